@@ -1,0 +1,20 @@
+//! Compiles `proto/` with protox (pure Rust, no system `protoc`) and generates the
+//! prost messages and tonic clients/servers into `OUT_DIR`.
+
+use prost::Message;
+use std::path::PathBuf;
+
+const PROTOS: &[&str] = &["rbee/v1/hive.proto"];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    let fds = protox::compile(PROTOS, ["proto"])?;
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").ok_or("OUT_DIR not set")?);
+    let fds_path = out.join("rbee_descriptor.bin");
+    std::fs::write(&fds_path, fds.encode_to_vec())?;
+    tonic_prost_build::configure()
+        .skip_protoc_run()
+        .file_descriptor_set_path(&fds_path)
+        .compile_protos(PROTOS, &["proto"])?;
+    Ok(())
+}

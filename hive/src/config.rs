@@ -1,0 +1,202 @@
+//! The hive's command line (every flag is also an environment variable) and the
+//! validated configuration the server runs with.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use rbee_shared::{DEFAULT_SAMPLE_INTERVAL, MAX_SAMPLE_INTERVAL, MIN_SAMPLE_INTERVAL};
+
+use crate::HiveError;
+use crate::identity::{default_state_dir, resolve_hive_id};
+use crate::monitor::GpuChoice;
+use crate::source::simulated::{DEMO_SCENARIO, Scenario};
+
+/// The default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7835";
+
+/// rbee hive: knows this machine's GPUs, CPU and RAM and streams live telemetry to the queen.
+#[derive(Debug, Parser)]
+#[command(name = "hive", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The hive's subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the rbee.v1.Hive gRPC API (Discover, MetricsStream), health and reflection.
+    Serve(ServeArgs),
+    /// Print this machine's capabilities and one live sample, then exit.
+    Probe(ProbeArgs),
+}
+
+/// Where GPU data comes from (shared by `serve` and `probe`).
+#[derive(Debug, Clone, Args)]
+pub struct GpuArgs {
+    /// Use simulated GPUs from this scenario file (TOML) instead of NVML. For tests and demos.
+    #[arg(long, env = "HIVE_SIMULATE", value_name = "FILE", conflicts_with = "demo")]
+    pub simulate: Option<PathBuf>,
+    /// Use the built-in demo scenario of simulated GPUs instead of NVML.
+    #[arg(long, env = "HIVE_DEMO")]
+    pub demo: bool,
+}
+
+impl GpuArgs {
+    /// Loads the chosen source's configuration.
+    pub fn choice(&self) -> Result<GpuChoice, HiveError> {
+        if let Some(path) = &self.simulate {
+            return Ok(GpuChoice::Simulated(Scenario::load(path)?));
+        }
+        if self.demo {
+            let scenario = Scenario::parse(DEMO_SCENARIO)
+                .map_err(|reason| HiveError::Scenario { path: "<built-in demo>".into(), reason })?;
+            return Ok(GpuChoice::Simulated(scenario));
+        }
+        Ok(GpuChoice::Nvml)
+    }
+}
+
+/// `hive serve` flags.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on. Binding a non-loopback address exposes telemetry to the network.
+    #[arg(long, env = "HIVE_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// Address the queen should dial (default: http://LISTEN, with the real port when LISTEN's port is 0).
+    #[arg(long, env = "HIVE_ADVERTISE", value_name = "URL")]
+    pub advertise: Option<String>,
+    /// Stable hive id (default: generated once and kept in the state directory).
+    #[arg(long, env = "HIVE_ID")]
+    pub hive_id: Option<String>,
+    /// A label KEY=VALUE reported with the capabilities; repeatable (env: comma-separated).
+    #[arg(long = "label", env = "HIVE_LABELS", value_name = "KEY=VALUE", value_delimiter = ',', value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Sample interval for streams that do not ask for one (100ms..=60s).
+    #[arg(long, env = "HIVE_SAMPLE_INTERVAL", default_value = "1s", value_parser = parse_sample_interval)]
+    pub sample_interval: Duration,
+    /// How often capabilities are rescanned for changes such as hot-plug (100ms..=60s).
+    #[arg(long, env = "HIVE_RESCAN_INTERVAL", default_value = "1s", value_parser = parse_sample_interval)]
+    pub rescan_interval: Duration,
+    /// Directory that keeps the generated hive id (default: $XDG_STATE_HOME/rbee/hive or ~/.local/state/rbee/hive).
+    #[arg(long, env = "HIVE_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// GPU source.
+    #[command(flatten)]
+    pub gpu: GpuArgs,
+}
+
+/// `hive probe` flags.
+#[derive(Debug, Clone, Args)]
+pub struct ProbeArgs {
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    /// GPU source.
+    #[command(flatten)]
+    pub gpu: GpuArgs,
+}
+
+/// Parses `KEY=VALUE`.
+pub fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("label {s:?} is not KEY=VALUE"))?;
+    let k = k.trim();
+    if k.is_empty() {
+        return Err(format!("label {s:?} has an empty key"));
+    }
+    if k.len() > 63 || v.len() > 256 {
+        return Err(format!("label {s:?} is too long (key <= 63, value <= 256 bytes)"));
+    }
+    Ok((k.to_owned(), v.trim().to_owned()))
+}
+
+/// Parses a duration like `500ms`, `1s`, `2m` and checks it is a valid sample interval.
+pub fn parse_sample_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (e.g. 500ms, 1s, 2m)"))?;
+    if !(MIN_SAMPLE_INTERVAL..=MAX_SAMPLE_INTERVAL).contains(&d) {
+        return Err(format!(
+            "{s:?} is out of range {}..={}",
+            humantime::format_duration(MIN_SAMPLE_INTERVAL),
+            humantime::format_duration(MAX_SAMPLE_INTERVAL)
+        ));
+    }
+    Ok(d)
+}
+
+/// The validated configuration `run` takes.
+#[derive(Debug, Clone)]
+pub struct HiveConfig {
+    /// Stable hive id.
+    pub hive_id: String,
+    /// Address to advertise; `None` derives it from the bound listener.
+    pub advertise: Option<String>,
+    /// Operator labels.
+    pub labels: BTreeMap<String, String>,
+    /// Sample interval for subscribers that do not set one.
+    pub default_interval: Duration,
+    /// Capability rescan interval.
+    pub rescan_interval: Duration,
+    /// GPU source.
+    pub gpu: GpuChoice,
+}
+
+impl HiveConfig {
+    /// A configuration with defaults, for embedding and tests.
+    pub fn new(hive_id: impl Into<String>, gpu: GpuChoice) -> Self {
+        Self {
+            hive_id: hive_id.into(),
+            advertise: None,
+            labels: BTreeMap::new(),
+            default_interval: DEFAULT_SAMPLE_INTERVAL,
+            rescan_interval: Duration::from_secs(1),
+            gpu,
+        }
+    }
+}
+
+impl ServeArgs {
+    /// Validates the flags and resolves the hive id (may create the state directory).
+    pub fn into_config(self) -> Result<(SocketAddr, HiveConfig), HiveError> {
+        let state_dir = self.state_dir.clone().unwrap_or_else(default_state_dir);
+        let hive_id = resolve_hive_id(self.hive_id.as_deref(), &state_dir)?;
+        let config = HiveConfig {
+            hive_id,
+            advertise: self.advertise,
+            labels: self.labels.into_iter().collect(),
+            default_interval: self.sample_interval,
+            rescan_interval: self.rescan_interval,
+            gpu: self.gpu.choice()?,
+        };
+        Ok((self.listen, config))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals_out_of_range_are_refused() {
+        assert_eq!(parse_sample_interval("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_sample_interval("0s").unwrap_err().contains("out of range"));
+        assert!(parse_sample_interval("2h").unwrap_err().contains("out of range"));
+        assert!(parse_sample_interval("soon").is_err());
+    }
+
+    #[test]
+    fn labels_are_key_value() {
+        assert_eq!(parse_label("zone=eu"), Ok(("zone".into(), "eu".into())));
+        assert!(parse_label("zone").is_err());
+        assert!(parse_label("=eu").is_err());
+    }
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

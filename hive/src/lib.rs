@@ -1,0 +1,21 @@
+//! rbee hive: the agent on every machine. It knows the hardware (NVIDIA GPUs through
+//! NVML, CPU and RAM through sysinfo, or simulated GPUs for tests and demos), rescans
+//! it for changes, and serves `rbee.v1.Hive`: `Discover` and a bidirectional
+//! `MetricsStream` of capability diffs and live samples.
+//!
+//! The binary is a thin wrapper: tests start the same [`run`] on `127.0.0.1:0`.
+
+pub mod config;
+pub mod convert;
+pub mod error;
+pub mod identity;
+pub mod monitor;
+pub mod probe;
+pub mod server;
+pub mod service;
+pub mod source;
+pub mod stream;
+
+pub use config::HiveConfig;
+pub use error::HiveError;
+pub use server::run;

@@ -1,0 +1,29 @@
+//! The `hive` binary: parse the command line, set up logging, bind, run.
+
+use anyhow::Context;
+use clap::Parser;
+use rbee_hive::config::{Cli, Command};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    rbee_shared::telemetry::init_tracing("info");
+    match cli.command {
+        Command::Serve(args) => {
+            let (listen, config) = args.into_config()?;
+            let listener =
+                tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+            rbee_hive::run(config, listener, rbee_shared::shutdown::shutdown_signal()).await?;
+        }
+        Command::Probe(args) => {
+            let gpu = args.gpu.choice()?;
+            let report = tokio::task::spawn_blocking(move || rbee_hive::probe::probe(gpu)).await??;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", rbee_hive::probe::render(&report));
+            }
+        }
+    }
+    Ok(())
+}

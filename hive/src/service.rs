@@ -1,0 +1,59 @@
+//! The `rbee.v1.Hive` gRPC handlers: thin, they convert and hand over to the domain.
+
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use rbee_proto::v1 as pb;
+use rbee_proto::v1::hive_server::Hive;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::stream::{Session, SessionContext};
+
+/// The Hive service.
+#[derive(Clone)]
+pub struct HiveService {
+    /// Everything a handler needs.
+    ctx: SessionContext,
+}
+
+impl HiveService {
+    /// A service over the hive's shared context.
+    pub fn new(ctx: SessionContext) -> Self {
+        Self { ctx }
+    }
+}
+
+type HiveMessageStream = Pin<Box<dyn Stream<Item = Result<pb::HiveMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Hive for HiveService {
+    async fn discover(&self, _request: Request<pb::DiscoverRequest>) -> Result<Response<pb::DiscoverResponse>, Status> {
+        let caps = self.ctx.telemetry.capabilities();
+        Ok(Response::new(pb::DiscoverResponse {
+            identity: Some(self.ctx.identity.as_ref().into()),
+            capabilities: Some(caps.as_ref().into()),
+        }))
+    }
+
+    type MetricsStreamStream = HiveMessageStream;
+
+    async fn metrics_stream(
+        &self,
+        request: Request<Streaming<pb::QueenMessage>>,
+    ) -> Result<Response<Self::MetricsStreamStream>, Status> {
+        let ctx = self.ctx.clone();
+        let inbound = request.into_inner();
+        // Subscribing waits for the caller's first message, so it happens inside the
+        // response stream: the caller gets headers at once, as gRPC clients expect.
+        let stream = futures::stream::once(async move { Session::subscribe(ctx, inbound).await })
+            .map(|subscribed| -> HiveMessageStream {
+                match subscribed {
+                    Ok(Some(session)) => Box::pin(session.into_stream()),
+                    Ok(None) => Box::pin(futures::stream::empty()),
+                    Err(status) => Box::pin(futures::stream::once(async move { Err(status) })),
+                }
+            })
+            .flatten();
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

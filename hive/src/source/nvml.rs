@@ -1,0 +1,207 @@
+//! NVIDIA GPUs through NVML. `libnvidia-ml.so` is loaded at run time, so the hive
+//! runs (CPU only) on machines without the driver.
+
+use std::collections::{HashMap, HashSet};
+
+use nvml_wrapper::bitmasks::event::EventTypes;
+use nvml_wrapper::enum_wrappers::device::{Clock, EccCounter, MemoryError, TemperatureSensor};
+use nvml_wrapper::enums::event::XidError;
+use nvml_wrapper::error::NvmlError;
+use nvml_wrapper::{Device, EventSet, Nvml};
+use rbee_shared::{Backend, Capabilities, ComputeCapability, DeviceSourceKind, GpuDevice, GpuSample, MigMode, Sample};
+
+use super::DeviceSource;
+use crate::HiveError;
+
+/// Critical XID events seen on one GPU.
+#[derive(Debug, Default, Clone, Copy)]
+struct XidCount {
+    /// Events seen since the hive started.
+    count: u64,
+    /// The last XID code.
+    last: Option<u64>,
+}
+
+/// GPUs read through NVML.
+pub struct NvmlSource {
+    /// The NVML handle. It lives for the whole process (NVML is process-global), so it
+    /// is leaked once, which lets the event set borrow it for `'static`.
+    nvml: &'static Nvml,
+    /// Critical-XID event registrations, when the driver supports them.
+    events: Option<EventSet<'static>>,
+    /// GPU ids already registered for XID events.
+    registered: HashSet<String>,
+    /// XID counts per GPU id.
+    xids: HashMap<String, XidCount>,
+    /// Driver version, read once.
+    driver_version: Option<String>,
+    /// CUDA driver API version, read once.
+    cuda_version: Option<String>,
+    /// GPU indexes that failed to answer last time, so a lost GPU is logged once.
+    unreadable: HashSet<u32>,
+}
+
+impl NvmlSource {
+    /// Loads and initialises NVML. Fails when the library or the driver is missing.
+    pub fn new() -> Result<Self, HiveError> {
+        let nvml = Nvml::init().map_err(|e| HiveError::Source { source_name: "nvml", reason: e.to_string() })?;
+        let nvml: &'static Nvml = Box::leak(Box::new(nvml));
+        let cuda_version = nvml.sys_cuda_driver_version().ok().map(|v| {
+            format!(
+                "{}.{}",
+                nvml_wrapper::cuda_driver_version_major(v),
+                nvml_wrapper::cuda_driver_version_minor(v)
+            )
+        });
+        Ok(Self {
+            nvml,
+            events: nvml.create_event_set().ok(),
+            registered: HashSet::new(),
+            xids: HashMap::new(),
+            driver_version: nvml.sys_driver_version().ok(),
+            cuda_version,
+            unreadable: HashSet::new(),
+        })
+    }
+
+    /// Every GPU NVML can open now, with its index and id. A GPU that fails is
+    /// logged once (e.g. "fell off the bus") and left out.
+    fn devices(&mut self) -> Result<Vec<(u32, String, Device<'static>)>, HiveError> {
+        let count = self
+            .nvml
+            .device_count()
+            .map_err(|e| HiveError::Source { source_name: "nvml", reason: format!("device count: {e}") })?;
+        let mut out = Vec::with_capacity(count as usize);
+        for index in 0..count {
+            match self.nvml.device_by_index(index).and_then(|d| d.uuid().map(|id| (d, id))) {
+                Ok((device, id)) => {
+                    if self.unreadable.remove(&index) {
+                        tracing::info!(index, %id, "GPU is readable again");
+                    }
+                    out.push((index, id, device));
+                }
+                Err(e) => {
+                    if self.unreadable.insert(index) {
+                        tracing::warn!(index, error = %e, "GPU cannot be read; leaving it out until it answers");
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Registers a GPU for critical XID events, once, where the driver supports it.
+    fn register_xid(&mut self, id: &str, device: &Device<'static>) {
+        if self.registered.contains(id) {
+            return;
+        }
+        self.registered.insert(id.to_owned());
+        let supported = device.supported_event_types().map(|t| t.contains(EventTypes::CRITICAL_XID_ERROR));
+        if !matches!(supported, Ok(true)) {
+            return;
+        }
+        let Some(set) = self.events.take() else { return };
+        match device.register_events(EventTypes::CRITICAL_XID_ERROR, set) {
+            Ok(set) => {
+                self.events = Some(set);
+                self.xids.entry(id.to_owned()).or_default();
+            }
+            Err(e) => {
+                tracing::debug!(%id, error = %e, "cannot register for XID events");
+                // A failed registration releases the set; start a new one for the others.
+                self.events = self.nvml.create_event_set().ok();
+            }
+        }
+    }
+
+    /// Drains pending XID events without waiting.
+    fn drain_xids(&mut self) {
+        let Some(set) = &self.events else { return };
+        for _ in 0..256 {
+            match set.wait(0) {
+                Ok(event) => {
+                    let Ok(id) = event.device.uuid() else { continue };
+                    let entry = self.xids.entry(id).or_default();
+                    entry.count += 1;
+                    if let Some(XidError::Value(code)) = event.event_data {
+                        entry.last = Some(code);
+                    }
+                }
+                Err(NvmlError::Timeout) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "XID event wait failed");
+                    break;
+                }
+            }
+        }
+    }
+
+    fn describe(&self, index: u32, id: String, d: &Device<'static>) -> Option<GpuDevice> {
+        let vram_total_bytes = d.memory_info().ok()?.total;
+        Some(GpuDevice {
+            id,
+            index,
+            name: d.name().unwrap_or_default(),
+            pci_bus_id: d.pci_info().map(|p| p.bus_id).unwrap_or_default(),
+            compute_capability: d.cuda_compute_capability().ok().map(|c| ComputeCapability {
+                major: u32::try_from(c.major).unwrap_or(0),
+                minor: u32::try_from(c.minor).unwrap_or(0),
+            }),
+            vram_total_bytes,
+            driver_version: self.driver_version.clone(),
+            cuda_version: self.cuda_version.clone(),
+            power_limit_mw: d.enforced_power_limit().ok(),
+            mig_mode: match d.mig_mode() {
+                Ok(m) if m.current == 1 => MigMode::Enabled,
+                Ok(_) => MigMode::Disabled,
+                Err(_) => MigMode::NotReported,
+            },
+        })
+    }
+}
+
+impl DeviceSource for NvmlSource {
+    fn kind(&self) -> DeviceSourceKind {
+        DeviceSourceKind::Nvml
+    }
+
+    fn scan(&mut self, caps: &mut Capabilities) -> Result<(), HiveError> {
+        for (index, id, device) in self.devices()? {
+            self.register_xid(&id, &device);
+            // A GPU whose memory cannot be read is not usable for placement: leave it out.
+            if let Some(gpu) = self.describe(index, id, &device) {
+                caps.gpus.insert(gpu.id.clone(), gpu);
+            }
+        }
+        if !caps.gpus.is_empty() {
+            caps.backends.push(Backend::Cuda);
+        }
+        Ok(())
+    }
+
+    fn sample(&mut self, sample: &mut Sample) -> Result<(), HiveError> {
+        self.drain_xids();
+        for (index, id, d) in self.devices()? {
+            let memory = d.memory_info().ok();
+            let util = d.utilization_rates().ok();
+            let xid = self.xids.get(&id).copied();
+            sample.gpus.push(GpuSample {
+                index,
+                vram_used_bytes: memory.as_ref().map(|m| m.used),
+                vram_free_bytes: memory.as_ref().map(|m| m.free),
+                gpu_util_percent: util.as_ref().map(|u| u.gpu.min(100) as f32),
+                mem_util_percent: util.as_ref().map(|u| u.memory.min(100) as f32),
+                temperature_c: d.temperature(TemperatureSensor::Gpu).ok().map(|t| t as f32),
+                power_draw_mw: d.power_usage().ok(),
+                sm_clock_mhz: d.clock_info(Clock::SM).ok(),
+                mem_clock_mhz: d.clock_info(Clock::Memory).ok(),
+                ecc_corrected_volatile: d.total_ecc_errors(MemoryError::Corrected, EccCounter::Volatile).ok(),
+                ecc_uncorrected_volatile: d.total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile).ok(),
+                xid_events: xid.map(|x| x.count),
+                last_xid: xid.and_then(|x| x.last),
+                id,
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,304 @@
+//! Simulated GPUs from a scenario file (TOML). For tests and demos only: a hive using
+//! it says so in `Discover` (`gpu_source: DEVICE_SOURCE_KIND_SIMULATED`).
+//!
+//! Times are seconds since the hive started. Each metric list is a cycle that moves
+//! one step every `step_s`. A GPU exists from `appear_at_s` until `remove_at_s`, which
+//! is how hot-plug and removal are scheduled. See `hive/scenarios/demo.toml`.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rbee_shared::bytesize::parse_bytes;
+use rbee_shared::{Backend, Capabilities, ComputeCapability, DeviceSourceKind, GpuDevice, GpuSample, MigMode, Sample};
+use serde::Deserialize;
+
+use super::DeviceSource;
+use crate::HiveError;
+
+/// The demo scenario shipped inside the binary (`hive serve --demo`).
+pub const DEMO_SCENARIO: &str = include_str!("../../scenarios/demo.toml");
+
+/// A byte size written as a number of bytes or a string like "80GiB".
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum ByteSize {
+    Bytes(u64),
+    Text(String),
+}
+
+impl ByteSize {
+    fn bytes(&self) -> Result<u64, String> {
+        match self {
+            Self::Bytes(b) => Ok(*b),
+            Self::Text(s) => parse_bytes(s),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScenarioFile {
+    #[serde(default = "default_step")]
+    step_s: f64,
+    #[serde(default)]
+    gpu: Vec<GpuSpecFile>,
+}
+
+fn default_step() -> f64 {
+    1.0
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GpuSpecFile {
+    id: String,
+    index: Option<u32>,
+    #[serde(default = "default_name")]
+    name: String,
+    vram_total: ByteSize,
+    #[serde(default)]
+    appear_at_s: f64,
+    remove_at_s: Option<f64>,
+    #[serde(default)]
+    util_percent: Vec<f32>,
+    #[serde(default)]
+    vram_used: Vec<ByteSize>,
+    #[serde(default)]
+    temperature_c: Vec<f32>,
+    #[serde(default)]
+    power_draw_w: Vec<u32>,
+    power_limit_w: Option<u32>,
+    compute_capability: Option<String>,
+}
+
+fn default_name() -> String {
+    "Simulated GPU".into()
+}
+
+/// One validated simulated GPU.
+#[derive(Debug, Clone)]
+struct SimGpu {
+    /// The static description.
+    device: GpuDevice,
+    /// When it appears.
+    appear_at: Duration,
+    /// When it goes away, if ever.
+    remove_at: Option<Duration>,
+    /// Utilisation cycle.
+    util: Vec<f32>,
+    /// VRAM-used cycle, bytes.
+    vram_used: Vec<u64>,
+    /// Temperature cycle.
+    temperature: Vec<f32>,
+    /// Power draw cycle, mW.
+    power_mw: Vec<u32>,
+}
+
+/// A parsed, validated scenario.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// How often the metric cycles advance.
+    step: Duration,
+    /// The GPUs.
+    gpus: Vec<SimGpu>,
+}
+
+fn pick<T: Copy>(cycle: &[T], step: usize) -> Option<T> {
+    (!cycle.is_empty()).then(|| cycle[step % cycle.len()])
+}
+
+fn seconds(field: &str, s: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(s).map_err(|_| format!("{field} = {s} is not a non-negative number of seconds"))
+}
+
+impl Scenario {
+    /// Parses a scenario from TOML text; errors name the GPU and the field.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let file: ScenarioFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        let step = seconds("step_s", file.step_s)?;
+        if step < Duration::from_millis(10) {
+            return Err(format!("step_s = {} must be at least 0.01", file.step_s));
+        }
+        let mut ids = std::collections::HashSet::new();
+        let mut gpus = Vec::new();
+        for (i, g) in file.gpu.into_iter().enumerate() {
+            let at = |field: &str| format!("gpu[{i}] ({}): {field}", g.id);
+            if g.id.is_empty() || !ids.insert(g.id.clone()) {
+                return Err(format!("gpu[{i}]: id {:?} is empty or used twice", g.id));
+            }
+            let vram_total = g.vram_total.bytes().map_err(|e| format!("{}: {e}", at("vram_total")))?;
+            let vram_used = g
+                .vram_used
+                .iter()
+                .map(|b| b.bytes().map_err(|e| format!("{}: {e}", at("vram_used"))))
+                .collect::<Result<Vec<_>, _>>()?;
+            if let Some(u) = vram_used.iter().find(|&&u| u > vram_total) {
+                return Err(format!("{}: {u} bytes exceeds vram_total {vram_total}", at("vram_used")));
+            }
+            if let Some(u) = g.util_percent.iter().find(|u| !(0.0..=100.0).contains(*u)) {
+                return Err(format!("{}: {u} is not in 0..=100", at("util_percent")));
+            }
+            if let Some(t) = g.temperature_c.iter().find(|t| !t.is_finite()) {
+                return Err(format!("{}: {t} is not finite", at("temperature_c")));
+            }
+            let compute_capability = match &g.compute_capability {
+                None => None,
+                Some(s) => {
+                    let (major, minor) = s.split_once('.').ok_or_else(|| format!("{}: expected e.g. \"9.0\"", at("compute_capability")))?;
+                    let parse = |v: &str| v.parse::<u32>().map_err(|_| format!("{}: {s:?} is not MAJOR.MINOR", at("compute_capability")));
+                    Some(ComputeCapability { major: parse(major)?, minor: parse(minor)? })
+                }
+            };
+            let appear_at = seconds(&at("appear_at_s"), g.appear_at_s)?;
+            let remove_at = g.remove_at_s.map(|s| seconds(&at("remove_at_s"), s)).transpose()?;
+            gpus.push(SimGpu {
+                device: GpuDevice {
+                    index: g.index.unwrap_or(i as u32),
+                    name: g.name,
+                    pci_bus_id: format!("00000000:{:02X}:00.0", 0x10 + i),
+                    compute_capability,
+                    vram_total_bytes: vram_total,
+                    driver_version: Some("simulated".into()),
+                    cuda_version: None,
+                    power_limit_mw: g.power_limit_w.map(|w| w.saturating_mul(1000)),
+                    mig_mode: MigMode::NotReported,
+                    id: g.id,
+                },
+                appear_at,
+                remove_at,
+                util: g.util_percent,
+                vram_used,
+                temperature: g.temperature_c,
+                power_mw: g.power_draw_w.iter().map(|w| w.saturating_mul(1000)).collect(),
+            });
+        }
+        Ok(Self { step, gpus })
+    }
+
+    /// Reads and parses a scenario file.
+    pub fn load(path: &Path) -> Result<Self, HiveError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| HiveError::Scenario { path: path.to_owned(), reason: e.to_string() })?;
+        Self::parse(&text).map_err(|reason| HiveError::Scenario { path: path.to_owned(), reason })
+    }
+
+    fn present(&self, elapsed: Duration) -> impl Iterator<Item = &SimGpu> {
+        self.gpus.iter().filter(move |g| elapsed >= g.appear_at && g.remove_at.is_none_or(|r| elapsed < r))
+    }
+
+    /// The GPUs present `elapsed` after start.
+    pub fn devices_at(&self, elapsed: Duration) -> Vec<GpuDevice> {
+        self.present(elapsed).map(|g| g.device.clone()).collect()
+    }
+
+    /// The readings of the GPUs present `elapsed` after start.
+    pub fn samples_at(&self, elapsed: Duration) -> Vec<GpuSample> {
+        let step = (elapsed.as_nanos() / self.step.as_nanos().max(1)) as usize;
+        self.present(elapsed)
+            .map(|g| {
+                let used = pick(&g.vram_used, step);
+                GpuSample {
+                    id: g.device.id.clone(),
+                    index: g.device.index,
+                    vram_used_bytes: used,
+                    vram_free_bytes: used.map(|u| g.device.vram_total_bytes - u),
+                    gpu_util_percent: pick(&g.util, step),
+                    mem_util_percent: None,
+                    temperature_c: pick(&g.temperature, step),
+                    power_draw_mw: pick(&g.power_mw, step),
+                    ..GpuSample::default()
+                }
+            })
+            .collect()
+    }
+}
+
+/// The simulated GPU source.
+pub struct SimulatedSource {
+    /// The scenario.
+    scenario: Scenario,
+    /// Time zero of the scenario.
+    start: Instant,
+}
+
+impl SimulatedSource {
+    /// Starts the scenario now.
+    pub fn new(scenario: Scenario) -> Self {
+        Self { scenario, start: Instant::now() }
+    }
+}
+
+impl DeviceSource for SimulatedSource {
+    fn kind(&self) -> DeviceSourceKind {
+        DeviceSourceKind::Simulated
+    }
+
+    fn scan(&mut self, caps: &mut Capabilities) -> Result<(), HiveError> {
+        let gpus = self.scenario.devices_at(self.start.elapsed());
+        if !gpus.is_empty() {
+            caps.backends.push(Backend::Cuda);
+        }
+        caps.gpus.extend(gpus.into_iter().map(|g| (g.id.clone(), g)));
+        Ok(())
+    }
+
+    fn sample(&mut self, sample: &mut Sample) -> Result<(), HiveError> {
+        sample.gpus.extend(self.scenario.samples_at(self.start.elapsed()));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TWO: &str = r#"
+        step_s = 1.0
+        [[gpu]]
+        id = "GPU-a"
+        vram_total = "80GiB"
+        util_percent = [10, 90]
+        vram_used = ["1GiB", 4294967296]
+        [[gpu]]
+        id = "GPU-b"
+        vram_total = "24GiB"
+        appear_at_s = 2
+        remove_at_s = 5
+    "#;
+
+    #[test]
+    fn gpus_appear_and_go_on_schedule() {
+        let s = Scenario::parse(TWO).unwrap();
+        let ids = |t: f64| s.devices_at(Duration::from_secs_f64(t)).into_iter().map(|g| g.id).collect::<Vec<_>>();
+        assert_eq!(ids(0.0), ["GPU-a"]);
+        assert_eq!(ids(2.5), ["GPU-a", "GPU-b"]);
+        assert_eq!(ids(5.0), ["GPU-a"]);
+    }
+
+    #[test]
+    fn metrics_cycle_per_step_and_free_is_total_minus_used() {
+        let s = Scenario::parse(TWO).unwrap();
+        let at = |t| s.samples_at(Duration::from_secs_f64(t))[0].clone();
+        assert_eq!(at(0.5).gpu_util_percent, Some(10.0));
+        assert_eq!(at(1.5).gpu_util_percent, Some(90.0));
+        assert_eq!(at(1.5).vram_used_bytes, Some(4 << 30));
+        assert_eq!(at(1.5).vram_free_bytes, Some(76 << 30));
+        assert_eq!(at(1.5).temperature_c, None, "unscripted metrics are absent, not 0");
+    }
+
+    #[test]
+    fn bad_scenarios_say_what_is_wrong() {
+        let used_over_total = "[[gpu]]\nid = \"x\"\nvram_total = \"1GiB\"\nvram_used = [\"2GiB\"]";
+        assert!(Scenario::parse(used_over_total).unwrap_err().contains("exceeds vram_total"));
+        let dup = "[[gpu]]\nid = \"x\"\nvram_total = 1\n[[gpu]]\nid = \"x\"\nvram_total = 1";
+        assert!(Scenario::parse(dup).unwrap_err().contains("used twice"));
+        let unknown = "[[gpu]]\nid = \"x\"\nvram_total = 1\nvram = 3";
+        assert!(Scenario::parse(unknown).unwrap_err().contains("unknown field"));
+        assert!(Scenario::parse("[[gpu]]\nid = \"x\"\nvram_total = \"lots\"").unwrap_err().contains("vram_total"));
+    }
+
+    #[test]
+    fn the_embedded_demo_parses() {
+        assert!(!Scenario::parse(DEMO_SCENARIO).unwrap().gpus.is_empty());
+    }
+}

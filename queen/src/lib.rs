@@ -1,0 +1,1 @@
+//! rbee queen: discovers hives and holds the live fleet view (being built).

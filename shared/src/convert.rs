@@ -1,0 +1,481 @@
+//! The one boundary between wire types (`rbee_proto::v1`) and domain types.
+//!
+//! Domain -> wire is infallible (`From`). Wire -> domain is `TryFrom` and validates
+//! once, here: a bad message is rejected with the field and the reason.
+
+use std::collections::{BTreeMap, HashMap};
+
+use rbee_proto::v1 as pb;
+
+use crate::{
+    Backend, Capabilities, CapabilityDiff, ComputeCapability, ConvertError, CpuInfo, DeviceSourceKind,
+    GpuDevice, GpuSample, HiveIdentity, LoadAverage, MigMode, Sample, VersionedCapabilities,
+};
+
+/// Most GPUs one hive may report.
+pub const MAX_DEVICES: usize = 64;
+/// Longest string (bytes) any field may carry.
+pub const MAX_STRING_BYTES: usize = 256;
+/// Most labels one hive may carry.
+pub const MAX_LABELS: usize = 64;
+/// Most per-core CPU readings one sample may carry.
+pub const MAX_CORES: usize = 4096;
+
+type Result<T> = std::result::Result<T, ConvertError>;
+
+fn check_str(field: &str, s: &str) -> Result<String> {
+    if s.len() > MAX_STRING_BYTES {
+        return Err(ConvertError::new(field, format!("{} bytes > {MAX_STRING_BYTES}", s.len())));
+    }
+    Ok(s.to_owned())
+}
+
+fn check_opt_str(field: &str, s: &Option<String>) -> Result<Option<String>> {
+    s.as_deref().map(|s| check_str(field, s)).transpose()
+}
+
+fn check_percent(field: &str, v: Option<f32>) -> Result<Option<f32>> {
+    match v {
+        Some(p) if !(p.is_finite() && (0.0..=100.0).contains(&p)) => {
+            Err(ConvertError::new(field, format!("{p} is not a percentage in 0..=100")))
+        }
+        other => Ok(other),
+    }
+}
+
+fn check_finite(field: &str, v: Option<f32>) -> Result<Option<f32>> {
+    match v {
+        Some(x) if !x.is_finite() => Err(ConvertError::new(field, format!("{x} is not finite"))),
+        other => Ok(other),
+    }
+}
+
+fn labels_from_wire(field: &str, labels: &HashMap<String, String>) -> Result<BTreeMap<String, String>> {
+    if labels.len() > MAX_LABELS {
+        return Err(ConvertError::new(field, format!("{} labels > {MAX_LABELS}", labels.len())));
+    }
+    labels.iter().map(|(k, v)| Ok((check_str(field, k)?, check_str(field, v)?))).collect()
+}
+
+fn labels_to_wire(labels: &BTreeMap<String, String>) -> HashMap<String, String> {
+    labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+impl From<Backend> for pb::Backend {
+    fn from(b: Backend) -> Self {
+        match b {
+            Backend::Cpu => pb::Backend::Cpu,
+            Backend::Cuda => pb::Backend::Cuda,
+        }
+    }
+}
+
+fn backends_from_wire(field: &str, raw: &[i32]) -> Result<Vec<Backend>> {
+    let mut out = raw
+        .iter()
+        .map(|&b| match pb::Backend::try_from(b) {
+            Ok(pb::Backend::Cpu) => Ok(Backend::Cpu),
+            Ok(pb::Backend::Cuda) => Ok(Backend::Cuda),
+            _ => Err(ConvertError::new(field, format!("unknown backend {b}"))),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+fn backends_to_wire(b: &[Backend]) -> Vec<i32> {
+    b.iter().map(|&b| pb::Backend::from(b) as i32).collect()
+}
+
+impl From<&GpuDevice> for pb::GpuDevice {
+    fn from(g: &GpuDevice) -> Self {
+        Self {
+            id: g.id.clone(),
+            index: g.index,
+            name: g.name.clone(),
+            pci_bus_id: g.pci_bus_id.clone(),
+            compute_capability: g.compute_capability.map(|c| pb::ComputeCapability { major: c.major, minor: c.minor }),
+            vram_total_bytes: g.vram_total_bytes,
+            driver_version: g.driver_version.clone(),
+            cuda_version: g.cuda_version.clone(),
+            power_limit_mw: g.power_limit_mw,
+            mig_mode: match g.mig_mode {
+                MigMode::NotReported => pb::MigMode::Unspecified,
+                MigMode::Disabled => pb::MigMode::Disabled,
+                MigMode::Enabled => pb::MigMode::Enabled,
+            } as i32,
+        }
+    }
+}
+
+fn gpu_from_wire(field: &str, g: &pb::GpuDevice) -> Result<GpuDevice> {
+    if g.id.is_empty() {
+        return Err(ConvertError::new(format!("{field}.id"), "must not be empty"));
+    }
+    Ok(GpuDevice {
+        id: check_str(&format!("{field}.id"), &g.id)?,
+        index: g.index,
+        name: check_str(&format!("{field}.name"), &g.name)?,
+        pci_bus_id: check_str(&format!("{field}.pci_bus_id"), &g.pci_bus_id)?,
+        compute_capability: g.compute_capability.map(|c| ComputeCapability { major: c.major, minor: c.minor }),
+        vram_total_bytes: g.vram_total_bytes,
+        driver_version: check_opt_str(&format!("{field}.driver_version"), &g.driver_version)?,
+        cuda_version: check_opt_str(&format!("{field}.cuda_version"), &g.cuda_version)?,
+        power_limit_mw: g.power_limit_mw,
+        mig_mode: match pb::MigMode::try_from(g.mig_mode) {
+            Ok(pb::MigMode::Unspecified) => MigMode::NotReported,
+            Ok(pb::MigMode::Disabled) => MigMode::Disabled,
+            Ok(pb::MigMode::Enabled) => MigMode::Enabled,
+            Err(_) => return Err(ConvertError::new(format!("{field}.mig_mode"), format!("unknown value {}", g.mig_mode))),
+        },
+    })
+}
+
+fn gpus_from_wire(field: &str, gpus: &[pb::GpuDevice]) -> Result<Vec<GpuDevice>> {
+    if gpus.len() > MAX_DEVICES {
+        return Err(ConvertError::new(field, format!("{} devices > {MAX_DEVICES}", gpus.len())));
+    }
+    let mut seen = std::collections::HashSet::new();
+    gpus.iter()
+        .enumerate()
+        .map(|(i, g)| {
+            let gpu = gpu_from_wire(&format!("{field}[{i}]"), g)?;
+            if !seen.insert(gpu.id.clone()) {
+                return Err(ConvertError::new(format!("{field}[{i}].id"), format!("duplicate device id {:?}", gpu.id)));
+            }
+            Ok(gpu)
+        })
+        .collect()
+}
+
+impl From<&CpuInfo> for pb::CpuInfo {
+    fn from(c: &CpuInfo) -> Self {
+        Self { model: c.model.clone(), physical_cores: c.physical_cores, logical_cores: c.logical_cores }
+    }
+}
+
+fn cpu_from_wire(field: &str, c: &pb::CpuInfo) -> Result<CpuInfo> {
+    Ok(CpuInfo {
+        model: check_str(&format!("{field}.model"), &c.model)?,
+        physical_cores: c.physical_cores,
+        logical_cores: c.logical_cores,
+    })
+}
+
+impl From<&VersionedCapabilities> for pb::Capabilities {
+    fn from(v: &VersionedCapabilities) -> Self {
+        let c = &v.caps;
+        Self {
+            version: v.version,
+            gpus: c.gpus_by_index().into_iter().map(Into::into).collect(),
+            cpu: Some((&c.cpu).into()),
+            ram_total_bytes: c.ram_total_bytes,
+            backends: backends_to_wire(&c.backends),
+            labels: labels_to_wire(&c.labels),
+        }
+    }
+}
+
+impl TryFrom<&pb::Capabilities> for VersionedCapabilities {
+    type Error = ConvertError;
+    fn try_from(c: &pb::Capabilities) -> Result<Self> {
+        let cpu = c.cpu.as_ref().ok_or_else(|| ConvertError::new("capabilities.cpu", "is required"))?;
+        Ok(Self {
+            version: c.version,
+            caps: Capabilities {
+                gpus: gpus_from_wire("capabilities.gpus", &c.gpus)?.into_iter().map(|g| (g.id.clone(), g)).collect(),
+                cpu: cpu_from_wire("capabilities.cpu", cpu)?,
+                ram_total_bytes: c.ram_total_bytes,
+                backends: backends_from_wire("capabilities.backends", &c.backends)?,
+                labels: labels_from_wire("capabilities.labels", &c.labels)?,
+            },
+        })
+    }
+}
+
+impl From<DeviceSourceKind> for pb::DeviceSourceKind {
+    fn from(k: DeviceSourceKind) -> Self {
+        match k {
+            DeviceSourceKind::None => pb::DeviceSourceKind::None,
+            DeviceSourceKind::Nvml => pb::DeviceSourceKind::Nvml,
+            DeviceSourceKind::Simulated => pb::DeviceSourceKind::Simulated,
+        }
+    }
+}
+
+impl From<&HiveIdentity> for pb::HiveIdentity {
+    fn from(i: &HiveIdentity) -> Self {
+        Self {
+            hive_id: i.hive_id.clone(),
+            epoch: i.epoch.clone(),
+            hostname: i.hostname.clone(),
+            advertised_address: i.advertised_address.clone(),
+            version: i.version.clone(),
+            protocol_version: i.protocol_version,
+            labels: labels_to_wire(&i.labels),
+            gpu_source: pb::DeviceSourceKind::from(i.gpu_source) as i32,
+            started_at_unix_ms: i.started_at_unix_ms,
+        }
+    }
+}
+
+impl TryFrom<&pb::HiveIdentity> for HiveIdentity {
+    type Error = ConvertError;
+    fn try_from(i: &pb::HiveIdentity) -> Result<Self> {
+        for (field, v) in [("identity.hive_id", &i.hive_id), ("identity.epoch", &i.epoch)] {
+            if v.is_empty() {
+                return Err(ConvertError::new(field, "must not be empty"));
+            }
+        }
+        Ok(Self {
+            hive_id: check_str("identity.hive_id", &i.hive_id)?,
+            epoch: check_str("identity.epoch", &i.epoch)?,
+            hostname: check_str("identity.hostname", &i.hostname)?,
+            advertised_address: check_str("identity.advertised_address", &i.advertised_address)?,
+            version: check_str("identity.version", &i.version)?,
+            protocol_version: i.protocol_version,
+            labels: labels_from_wire("identity.labels", &i.labels)?,
+            gpu_source: match pb::DeviceSourceKind::try_from(i.gpu_source) {
+                Ok(pb::DeviceSourceKind::Nvml) => DeviceSourceKind::Nvml,
+                Ok(pb::DeviceSourceKind::Simulated) => DeviceSourceKind::Simulated,
+                Ok(pb::DeviceSourceKind::None | pb::DeviceSourceKind::Unspecified) => DeviceSourceKind::None,
+                Err(_) => {
+                    return Err(ConvertError::new("identity.gpu_source", format!("unknown value {}", i.gpu_source)));
+                }
+            },
+            started_at_unix_ms: i.started_at_unix_ms,
+        })
+    }
+}
+
+impl From<&CapabilityDiff> for pb::CapabilityDiff {
+    fn from(d: &CapabilityDiff) -> Self {
+        Self {
+            base_version: d.base_version,
+            new_version: d.new_version,
+            gpus_added: d.gpus_added.iter().map(Into::into).collect(),
+            gpus_removed: d.gpus_removed.clone(),
+            gpus_changed: d.gpus_changed.iter().map(Into::into).collect(),
+            cpu: d.cpu.as_ref().map(Into::into),
+            ram_total_bytes: d.ram_total_bytes,
+            backends: d.backends.as_ref().map(|b| pb::BackendList { backends: backends_to_wire(b) }),
+            labels: d.labels.as_ref().map(|l| pb::Labels { labels: labels_to_wire(l) }),
+        }
+    }
+}
+
+impl TryFrom<&pb::CapabilityDiff> for CapabilityDiff {
+    type Error = ConvertError;
+    fn try_from(d: &pb::CapabilityDiff) -> Result<Self> {
+        if d.gpus_removed.len() > MAX_DEVICES {
+            return Err(ConvertError::new("diff.gpus_removed", format!("{} ids > {MAX_DEVICES}", d.gpus_removed.len())));
+        }
+        Ok(Self {
+            base_version: d.base_version,
+            new_version: d.new_version,
+            gpus_added: gpus_from_wire("diff.gpus_added", &d.gpus_added)?,
+            gpus_removed: d
+                .gpus_removed
+                .iter()
+                .map(|id| check_str("diff.gpus_removed", id))
+                .collect::<Result<_>>()?,
+            gpus_changed: gpus_from_wire("diff.gpus_changed", &d.gpus_changed)?,
+            cpu: d.cpu.as_ref().map(|c| cpu_from_wire("diff.cpu", c)).transpose()?,
+            ram_total_bytes: d.ram_total_bytes,
+            backends: d.backends.as_ref().map(|b| backends_from_wire("diff.backends", &b.backends)).transpose()?,
+            labels: d.labels.as_ref().map(|l| labels_from_wire("diff.labels", &l.labels)).transpose()?,
+        })
+    }
+}
+
+impl From<&GpuSample> for pb::GpuSample {
+    fn from(g: &GpuSample) -> Self {
+        Self {
+            id: g.id.clone(),
+            index: g.index,
+            vram_used_bytes: g.vram_used_bytes,
+            vram_free_bytes: g.vram_free_bytes,
+            gpu_util_percent: g.gpu_util_percent,
+            mem_util_percent: g.mem_util_percent,
+            temperature_c: g.temperature_c,
+            power_draw_mw: g.power_draw_mw,
+            sm_clock_mhz: g.sm_clock_mhz,
+            mem_clock_mhz: g.mem_clock_mhz,
+            ecc_corrected_volatile: g.ecc_corrected_volatile,
+            ecc_uncorrected_volatile: g.ecc_uncorrected_volatile,
+            xid_events: g.xid_events,
+            last_xid: g.last_xid,
+        }
+    }
+}
+
+fn gpu_sample_from_wire(field: &str, g: &pb::GpuSample) -> Result<GpuSample> {
+    if let (Some(used), Some(free)) = (g.vram_used_bytes, g.vram_free_bytes)
+        && used.checked_add(free).is_none()
+    {
+        return Err(ConvertError::new(format!("{field}.vram_used_bytes"), "used + free overflows"));
+    }
+    Ok(GpuSample {
+        id: check_str(&format!("{field}.id"), &g.id)?,
+        index: g.index,
+        vram_used_bytes: g.vram_used_bytes,
+        vram_free_bytes: g.vram_free_bytes,
+        gpu_util_percent: check_percent(&format!("{field}.gpu_util_percent"), g.gpu_util_percent)?,
+        mem_util_percent: check_percent(&format!("{field}.mem_util_percent"), g.mem_util_percent)?,
+        temperature_c: check_finite(&format!("{field}.temperature_c"), g.temperature_c)?,
+        power_draw_mw: g.power_draw_mw,
+        sm_clock_mhz: g.sm_clock_mhz,
+        mem_clock_mhz: g.mem_clock_mhz,
+        ecc_corrected_volatile: g.ecc_corrected_volatile,
+        ecc_uncorrected_volatile: g.ecc_uncorrected_volatile,
+        xid_events: g.xid_events,
+        last_xid: g.last_xid,
+    })
+}
+
+impl From<&Sample> for pb::Sample {
+    fn from(s: &Sample) -> Self {
+        Self {
+            taken_at_unix_ms: s.taken_at_unix_ms,
+            cpu_window_ms: s.cpu_window_ms,
+            cpu_percent: s.cpu_percent,
+            cpu_per_core_percent: s.cpu_per_core_percent.clone(),
+            load_average: s.load_average.map(|l| pb::LoadAverage { one: l.one, five: l.five, fifteen: l.fifteen }),
+            ram_total_bytes: s.ram_total_bytes,
+            ram_used_bytes: s.ram_used_bytes,
+            ram_available_bytes: s.ram_available_bytes,
+            swap_total_bytes: s.swap_total_bytes,
+            swap_used_bytes: s.swap_used_bytes,
+            uptime_s: s.uptime_s,
+            gpus: s.gpus.iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl TryFrom<&pb::Sample> for Sample {
+    type Error = ConvertError;
+    fn try_from(s: &pb::Sample) -> Result<Self> {
+        if s.ram_used_bytes > s.ram_total_bytes {
+            return Err(ConvertError::new(
+                "sample.ram_used_bytes",
+                format!("{} > ram_total_bytes {}", s.ram_used_bytes, s.ram_total_bytes),
+            ));
+        }
+        if s.ram_available_bytes > s.ram_total_bytes {
+            return Err(ConvertError::new(
+                "sample.ram_available_bytes",
+                format!("{} > ram_total_bytes {}", s.ram_available_bytes, s.ram_total_bytes),
+            ));
+        }
+        if let (Some(used), Some(total)) = (s.swap_used_bytes, s.swap_total_bytes)
+            && used > total
+        {
+            return Err(ConvertError::new("sample.swap_used_bytes", format!("{used} > swap_total_bytes {total}")));
+        }
+        if s.cpu_per_core_percent.len() > MAX_CORES {
+            return Err(ConvertError::new(
+                "sample.cpu_per_core_percent",
+                format!("{} cores > {MAX_CORES}", s.cpu_per_core_percent.len()),
+            ));
+        }
+        if s.gpus.len() > MAX_DEVICES {
+            return Err(ConvertError::new("sample.gpus", format!("{} devices > {MAX_DEVICES}", s.gpus.len())));
+        }
+        let load_average = match s.load_average {
+            Some(l) if ![l.one, l.five, l.fifteen].iter().all(|x| x.is_finite() && *x >= 0.0) => {
+                return Err(ConvertError::new("sample.load_average", "values must be finite and >= 0"));
+            }
+            Some(l) => Some(LoadAverage { one: l.one, five: l.five, fifteen: l.fifteen }),
+            None => None,
+        };
+        Ok(Self {
+            taken_at_unix_ms: s.taken_at_unix_ms,
+            cpu_window_ms: s.cpu_window_ms,
+            cpu_percent: check_percent("sample.cpu_percent", s.cpu_percent)?,
+            cpu_per_core_percent: s
+                .cpu_per_core_percent
+                .iter()
+                .enumerate()
+                .map(|(i, p)| check_percent(&format!("sample.cpu_per_core_percent[{i}]"), Some(*p)).map(|p| p.unwrap_or(0.0)))
+                .collect::<Result<_>>()?,
+            load_average,
+            ram_total_bytes: s.ram_total_bytes,
+            ram_used_bytes: s.ram_used_bytes,
+            ram_available_bytes: s.ram_available_bytes,
+            swap_total_bytes: s.swap_total_bytes,
+            swap_used_bytes: s.swap_used_bytes,
+            uptime_s: s.uptime_s,
+            gpus: s
+                .gpus
+                .iter()
+                .enumerate()
+                .map(|(i, g)| gpu_sample_from_wire(&format!("sample.gpus[{i}]"), g))
+                .collect::<Result<_>>()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gpu(id: &str) -> GpuDevice {
+        GpuDevice {
+            id: id.into(),
+            index: 0,
+            name: "Sim".into(),
+            pci_bus_id: "0000:01:00.0".into(),
+            compute_capability: Some(ComputeCapability { major: 9, minor: 0 }),
+            vram_total_bytes: 80 << 30,
+            driver_version: None,
+            cuda_version: Some("12.4".into()),
+            power_limit_mw: Some(700_000),
+            mig_mode: MigMode::Disabled,
+        }
+    }
+
+    #[test]
+    fn capabilities_round_trip() {
+        let mut caps = Capabilities { ram_total_bytes: 1 << 34, backends: vec![Backend::Cpu, Backend::Cuda], ..Default::default() };
+        caps.gpus.insert("GPU-a".into(), gpu("GPU-a"));
+        caps.labels.insert("zone".into(), "eu".into());
+        let v = VersionedCapabilities { version: 7, caps };
+        let wire = pb::Capabilities::from(&v);
+        assert_eq!(VersionedCapabilities::try_from(&wire).unwrap(), v);
+    }
+
+    #[test]
+    fn duplicate_device_ids_are_rejected_with_the_field() {
+        let wire = pb::Capabilities {
+            gpus: vec![(&gpu("GPU-a")).into(), (&gpu("GPU-a")).into()],
+            cpu: Some(pb::CpuInfo::default()),
+            ..Default::default()
+        };
+        let err = VersionedCapabilities::try_from(&wire).unwrap_err();
+        assert_eq!(err.field, "capabilities.gpus[1].id");
+        assert!(err.reason.contains("duplicate"), "{err}");
+    }
+
+    #[test]
+    fn sample_with_used_above_total_is_rejected() {
+        let wire = pb::Sample { ram_total_bytes: 10, ram_used_bytes: 11, ..Default::default() };
+        assert_eq!(Sample::try_from(&wire).unwrap_err().field, "sample.ram_used_bytes");
+    }
+
+    #[test]
+    fn non_finite_percentages_are_rejected() {
+        let wire = pb::Sample { cpu_percent: Some(f32::NAN), ..Default::default() };
+        assert_eq!(Sample::try_from(&wire).unwrap_err().field, "sample.cpu_percent");
+        let wire = pb::Sample { cpu_per_core_percent: vec![5.0, 101.0], ..Default::default() };
+        assert_eq!(Sample::try_from(&wire).unwrap_err().field, "sample.cpu_per_core_percent[1]");
+    }
+
+    #[test]
+    fn oversized_strings_are_rejected() {
+        let mut g = gpu("GPU-a");
+        g.name = "x".repeat(MAX_STRING_BYTES + 1);
+        let wire = pb::Capabilities { gpus: vec![(&g).into()], cpu: Some(pb::CpuInfo::default()), ..Default::default() };
+        assert_eq!(VersionedCapabilities::try_from(&wire).unwrap_err().field, "capabilities.gpus[0].name");
+    }
+}

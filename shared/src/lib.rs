@@ -1,0 +1,27 @@
+//! The rbee domain shared by the hive and the queen.
+//!
+//! - [`capability`]: what a hive has (GPUs, CPU, RAM, backends, labels), versioned.
+//! - [`sample`]: one live measurement of a machine.
+//! - [`identity`]: who a hive is (stable id, per-start epoch).
+//! - [`capability_diff`]: the incremental change between two capability versions.
+//! - [`convert`]: the one place where wire (`rbee_proto`) types become domain types and back.
+//! - [`bytesize`], [`telemetry`], [`shutdown`], [`time`]: small helpers both binaries use.
+//!
+//! Domain code never passes generated protobuf types around.
+
+pub mod bytesize;
+pub mod capability;
+pub mod capability_diff;
+pub mod convert;
+pub mod error;
+pub mod identity;
+pub mod sample;
+pub mod shutdown;
+pub mod telemetry;
+pub mod time;
+
+pub use capability::{Backend, Capabilities, ComputeCapability, CpuInfo, GpuDevice, MigMode, VersionedCapabilities};
+pub use capability_diff::CapabilityDiff;
+pub use error::{ConvertError, DiffError};
+pub use identity::{DeviceSourceKind, HiveIdentity};
+pub use sample::{DEFAULT_SAMPLE_INTERVAL, GpuSample, LoadAverage, MAX_SAMPLE_INTERVAL, MIN_SAMPLE_INTERVAL, Sample};
