@@ -39,7 +39,9 @@ impl TryFrom<&pb::QueenMessage> for StreamRequest {
         };
         let known = match (&m.known_epoch, m.known_capability_version) {
             (None, None) => None,
-            (Some(epoch), Some(version)) if !epoch.is_empty() && epoch.len() <= 64 => Some((epoch.clone(), version)),
+            (Some(epoch), Some(version)) if !epoch.is_empty() && epoch.len() <= 64 => {
+                Some((epoch.clone(), version))
+            }
             (Some(_), Some(_)) => {
                 return Err(HiveError::InvalidArgument("known_epoch must be 1..=64 bytes".into()));
             }

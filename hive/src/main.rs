@@ -11,8 +11,9 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let (listen, config) = args.into_config()?;
-            let listener =
-                tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
             rbee_hive::run(config, listener, rbee_shared::shutdown::shutdown_signal()).await?;
         }
         Command::Probe(args) => {

@@ -11,11 +11,11 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::HiveError;
 use crate::config::HiveConfig;
 use crate::monitor::Telemetry;
 use crate::service::HiveService;
 use crate::stream::SessionContext;
-use crate::HiveError;
 
 /// Largest message the hive accepts from a caller (queen messages are a few bytes).
 pub const MAX_DECODING_MESSAGE_BYTES: usize = 64 * 1024;
@@ -23,7 +23,8 @@ pub const MAX_DECODING_MESSAGE_BYTES: usize = 64 * 1024;
 /// The address to advertise for a listener bound to `local`.
 pub fn default_advertise(local: SocketAddr) -> String {
     if local.ip().is_unspecified() {
-        let host = hostname::get().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into());
+        let host =
+            hostname::get().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into());
         format!("http://{host}:{}", local.port())
     } else {
         format!("http://{local}")
@@ -100,7 +101,9 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(HiveServer::new(HiveService::new(ctx)).max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES))
+        .add_service(
+            HiveServer::new(HiveService::new(ctx)).max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES),
+        )
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), cancel.clone().cancelled_owned())
         .await;
     cancel.cancel();

@@ -27,7 +27,10 @@ type HiveMessageStream = Pin<Box<dyn Stream<Item = Result<pb::HiveMessage, Statu
 
 #[tonic::async_trait]
 impl Hive for HiveService {
-    async fn discover(&self, _request: Request<pb::DiscoverRequest>) -> Result<Response<pb::DiscoverResponse>, Status> {
+    async fn discover(
+        &self,
+        _request: Request<pb::DiscoverRequest>,
+    ) -> Result<Response<pb::DiscoverResponse>, Status> {
         let caps = self.ctx.telemetry.capabilities();
         Ok(Response::new(pb::DiscoverResponse {
             identity: Some(self.ctx.identity.as_ref().into()),

@@ -67,13 +67,20 @@ fn ticker(every: Duration) -> Interval {
 impl Session {
     /// Waits for the subscription and sets the session up. Returns `Err` for an invalid
     /// subscription, and `Ok(None)` when the caller went away first.
-    pub async fn subscribe(ctx: SessionContext, mut inbound: Streaming<pb::QueenMessage>) -> Result<Option<Self>, Status> {
+    pub async fn subscribe(
+        ctx: SessionContext,
+        mut inbound: Streaming<pb::QueenMessage>,
+    ) -> Result<Option<Self>, Status> {
         let first = tokio::select! {
             () = ctx.shutdown.cancelled() => return Err(Status::unavailable("the hive is shutting down")),
             first = tokio::time::timeout(SUBSCRIBE_TIMEOUT, inbound.message()) => first,
         };
         let first = match first {
-            Err(_) => return Err(Status::deadline_exceeded("no subscription message within 30 s; send {} to subscribe")),
+            Err(_) => {
+                return Err(Status::deadline_exceeded(
+                    "no subscription message within 30 s; send {} to subscribe",
+                ));
+            }
             Ok(Err(status)) => return Err(status),
             Ok(Ok(None)) => return Ok(None),
             Ok(Ok(Some(m))) => m,

@@ -20,7 +20,11 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         "mi" | "mib" => 1 << 20,
         "gi" | "gib" => 1 << 30,
         "ti" | "tib" => 1 << 40,
-        other => return Err(format!("unknown unit {other:?} in {s:?} (use B, KiB, MiB, GiB, TiB, kB, MB, GB, TB)")),
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {s:?} (use B, KiB, MiB, GiB, TiB, kB, MB, GB, TB)"
+            ));
+        }
     };
     if let Ok(n) = num.parse::<u64>() {
         return n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"));

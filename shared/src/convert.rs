@@ -95,7 +95,9 @@ impl From<&GpuDevice> for pb::GpuDevice {
             index: g.index,
             name: g.name.clone(),
             pci_bus_id: g.pci_bus_id.clone(),
-            compute_capability: g.compute_capability.map(|c| pb::ComputeCapability { major: c.major, minor: c.minor }),
+            compute_capability: g
+                .compute_capability
+                .map(|c| pb::ComputeCapability { major: c.major, minor: c.minor }),
             vram_total_bytes: g.vram_total_bytes,
             driver_version: g.driver_version.clone(),
             cuda_version: g.cuda_version.clone(),
@@ -118,7 +120,9 @@ fn gpu_from_wire(field: &str, g: &pb::GpuDevice) -> Result<GpuDevice> {
         index: g.index,
         name: check_str(&format!("{field}.name"), &g.name)?,
         pci_bus_id: check_str(&format!("{field}.pci_bus_id"), &g.pci_bus_id)?,
-        compute_capability: g.compute_capability.map(|c| ComputeCapability { major: c.major, minor: c.minor }),
+        compute_capability: g
+            .compute_capability
+            .map(|c| ComputeCapability { major: c.major, minor: c.minor }),
         vram_total_bytes: g.vram_total_bytes,
         driver_version: check_opt_str(&format!("{field}.driver_version"), &g.driver_version)?,
         cuda_version: check_opt_str(&format!("{field}.cuda_version"), &g.cuda_version)?,
@@ -127,7 +131,12 @@ fn gpu_from_wire(field: &str, g: &pb::GpuDevice) -> Result<GpuDevice> {
             Ok(pb::MigMode::Unspecified) => MigMode::NotReported,
             Ok(pb::MigMode::Disabled) => MigMode::Disabled,
             Ok(pb::MigMode::Enabled) => MigMode::Enabled,
-            Err(_) => return Err(ConvertError::new(format!("{field}.mig_mode"), format!("unknown value {}", g.mig_mode))),
+            Err(_) => {
+                return Err(ConvertError::new(
+                    format!("{field}.mig_mode"),
+                    format!("unknown value {}", g.mig_mode),
+                ));
+            }
         },
     })
 }
@@ -142,7 +151,10 @@ fn gpus_from_wire(field: &str, gpus: &[pb::GpuDevice]) -> Result<Vec<GpuDevice>>
         .map(|(i, g)| {
             let gpu = gpu_from_wire(&format!("{field}[{i}]"), g)?;
             if !seen.insert(gpu.id.clone()) {
-                return Err(ConvertError::new(format!("{field}[{i}].id"), format!("duplicate device id {:?}", gpu.id)));
+                return Err(ConvertError::new(
+                    format!("{field}[{i}].id"),
+                    format!("duplicate device id {:?}", gpu.id),
+                ));
             }
             Ok(gpu)
         })
@@ -184,7 +196,10 @@ impl TryFrom<&pb::Capabilities> for VersionedCapabilities {
         Ok(Self {
             version: c.version,
             caps: Capabilities {
-                gpus: gpus_from_wire("capabilities.gpus", &c.gpus)?.into_iter().map(|g| (g.id.clone(), g)).collect(),
+                gpus: gpus_from_wire("capabilities.gpus", &c.gpus)?
+                    .into_iter()
+                    .map(|g| (g.id.clone(), g))
+                    .collect(),
                 cpu: cpu_from_wire("capabilities.cpu", cpu)?,
                 ram_total_bytes: c.ram_total_bytes,
                 backends: backends_from_wire("capabilities.backends", &c.backends)?,
@@ -241,7 +256,10 @@ impl TryFrom<&pb::HiveIdentity> for HiveIdentity {
                 Ok(pb::DeviceSourceKind::Simulated) => DeviceSourceKind::Simulated,
                 Ok(pb::DeviceSourceKind::None | pb::DeviceSourceKind::Unspecified) => DeviceSourceKind::None,
                 Err(_) => {
-                    return Err(ConvertError::new("identity.gpu_source", format!("unknown value {}", i.gpu_source)));
+                    return Err(ConvertError::new(
+                        "identity.gpu_source",
+                        format!("unknown value {}", i.gpu_source),
+                    ));
                 }
             },
             started_at_unix_ms: i.started_at_unix_ms,
@@ -269,7 +287,10 @@ impl TryFrom<&pb::CapabilityDiff> for CapabilityDiff {
     type Error = ConvertError;
     fn try_from(d: &pb::CapabilityDiff) -> Result<Self> {
         if d.gpus_removed.len() > MAX_DEVICES {
-            return Err(ConvertError::new("diff.gpus_removed", format!("{} ids > {MAX_DEVICES}", d.gpus_removed.len())));
+            return Err(ConvertError::new(
+                "diff.gpus_removed",
+                format!("{} ids > {MAX_DEVICES}", d.gpus_removed.len()),
+            ));
         }
         Ok(Self {
             base_version: d.base_version,
@@ -283,7 +304,11 @@ impl TryFrom<&pb::CapabilityDiff> for CapabilityDiff {
             gpus_changed: gpus_from_wire("diff.gpus_changed", &d.gpus_changed)?,
             cpu: d.cpu.as_ref().map(|c| cpu_from_wire("diff.cpu", c)).transpose()?,
             ram_total_bytes: d.ram_total_bytes,
-            backends: d.backends.as_ref().map(|b| backends_from_wire("diff.backends", &b.backends)).transpose()?,
+            backends: d
+                .backends
+                .as_ref()
+                .map(|b| backends_from_wire("diff.backends", &b.backends))
+                .transpose()?,
             labels: d.labels.as_ref().map(|l| labels_from_wire("diff.labels", &l.labels)).transpose()?,
         })
     }
@@ -341,7 +366,11 @@ impl From<&Sample> for pb::Sample {
             cpu_window_ms: s.cpu_window_ms,
             cpu_percent: s.cpu_percent,
             cpu_per_core_percent: s.cpu_per_core_percent.clone(),
-            load_average: s.load_average.map(|l| pb::LoadAverage { one: l.one, five: l.five, fifteen: l.fifteen }),
+            load_average: s.load_average.map(|l| pb::LoadAverage {
+                one: l.one,
+                five: l.five,
+                fifteen: l.fifteen,
+            }),
             ram_total_bytes: s.ram_total_bytes,
             ram_used_bytes: s.ram_used_bytes,
             ram_available_bytes: s.ram_available_bytes,
@@ -371,7 +400,10 @@ impl TryFrom<&pb::Sample> for Sample {
         if let (Some(used), Some(total)) = (s.swap_used_bytes, s.swap_total_bytes)
             && used > total
         {
-            return Err(ConvertError::new("sample.swap_used_bytes", format!("{used} > swap_total_bytes {total}")));
+            return Err(ConvertError::new(
+                "sample.swap_used_bytes",
+                format!("{used} > swap_total_bytes {total}"),
+            ));
         }
         if s.cpu_per_core_percent.len() > MAX_CORES {
             return Err(ConvertError::new(
@@ -380,7 +412,10 @@ impl TryFrom<&pb::Sample> for Sample {
             ));
         }
         if s.gpus.len() > MAX_DEVICES {
-            return Err(ConvertError::new("sample.gpus", format!("{} devices > {MAX_DEVICES}", s.gpus.len())));
+            return Err(ConvertError::new(
+                "sample.gpus",
+                format!("{} devices > {MAX_DEVICES}", s.gpus.len()),
+            ));
         }
         let load_average = match s.load_average {
             Some(l) if ![l.one, l.five, l.fifteen].iter().all(|x| x.is_finite() && *x >= 0.0) => {
@@ -397,7 +432,10 @@ impl TryFrom<&pb::Sample> for Sample {
                 .cpu_per_core_percent
                 .iter()
                 .enumerate()
-                .map(|(i, p)| check_percent(&format!("sample.cpu_per_core_percent[{i}]"), Some(*p)).map(|p| p.unwrap_or(0.0)))
+                .map(|(i, p)| {
+                    check_percent(&format!("sample.cpu_per_core_percent[{i}]"), Some(*p))
+                        .map(|p| p.unwrap_or(0.0))
+                })
                 .collect::<Result<_>>()?,
             load_average,
             ram_total_bytes: s.ram_total_bytes,
@@ -437,7 +475,11 @@ mod tests {
 
     #[test]
     fn capabilities_round_trip() {
-        let mut caps = Capabilities { ram_total_bytes: 1 << 34, backends: vec![Backend::Cpu, Backend::Cuda], ..Default::default() };
+        let mut caps = Capabilities {
+            ram_total_bytes: 1 << 34,
+            backends: vec![Backend::Cpu, Backend::Cuda],
+            ..Default::default()
+        };
         caps.gpus.insert("GPU-a".into(), gpu("GPU-a"));
         caps.labels.insert("zone".into(), "eu".into());
         let v = VersionedCapabilities { version: 7, caps };
@@ -475,7 +517,11 @@ mod tests {
     fn oversized_strings_are_rejected() {
         let mut g = gpu("GPU-a");
         g.name = "x".repeat(MAX_STRING_BYTES + 1);
-        let wire = pb::Capabilities { gpus: vec![(&g).into()], cpu: Some(pb::CpuInfo::default()), ..Default::default() };
+        let wire = pb::Capabilities {
+            gpus: vec![(&g).into()],
+            cpu: Some(pb::CpuInfo::default()),
+            ..Default::default()
+        };
         assert_eq!(VersionedCapabilities::try_from(&wire).unwrap_err().field, "capabilities.gpus[0].name");
     }
 }

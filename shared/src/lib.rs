@@ -20,8 +20,12 @@ pub mod shutdown;
 pub mod telemetry;
 pub mod time;
 
-pub use capability::{Backend, Capabilities, ComputeCapability, CpuInfo, GpuDevice, MigMode, VersionedCapabilities};
+pub use capability::{
+    Backend, Capabilities, ComputeCapability, CpuInfo, GpuDevice, MigMode, VersionedCapabilities,
+};
 pub use capability_diff::CapabilityDiff;
 pub use error::{ConvertError, DiffError};
 pub use identity::{DeviceSourceKind, HiveIdentity};
-pub use sample::{DEFAULT_SAMPLE_INTERVAL, GpuSample, LoadAverage, MAX_SAMPLE_INTERVAL, MIN_SAMPLE_INTERVAL, Sample};
+pub use sample::{
+    DEFAULT_SAMPLE_INTERVAL, GpuSample, LoadAverage, MAX_SAMPLE_INTERVAL, MIN_SAMPLE_INTERVAL, Sample,
+};

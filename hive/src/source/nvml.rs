@@ -8,7 +8,9 @@ use nvml_wrapper::enum_wrappers::device::{Clock, EccCounter, MemoryError, Temper
 use nvml_wrapper::enums::event::XidError;
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::{Device, EventSet, Nvml};
-use rbee_shared::{Backend, Capabilities, ComputeCapability, DeviceSourceKind, GpuDevice, GpuSample, MigMode, Sample};
+use rbee_shared::{
+    Backend, Capabilities, ComputeCapability, DeviceSourceKind, GpuDevice, GpuSample, MigMode, Sample,
+};
 
 use super::DeviceSource;
 use crate::HiveError;
@@ -44,7 +46,8 @@ pub struct NvmlSource {
 impl NvmlSource {
     /// Loads and initialises NVML. Fails when the library or the driver is missing.
     pub fn new() -> Result<Self, HiveError> {
-        let nvml = Nvml::init().map_err(|e| HiveError::Source { source_name: "nvml", reason: e.to_string() })?;
+        let nvml =
+            Nvml::init().map_err(|e| HiveError::Source { source_name: "nvml", reason: e.to_string() })?;
         let nvml: &'static Nvml = Box::leak(Box::new(nvml));
         let cuda_version = nvml.sys_cuda_driver_version().ok().map(|v| {
             format!(
@@ -196,7 +199,9 @@ impl DeviceSource for NvmlSource {
                 sm_clock_mhz: d.clock_info(Clock::SM).ok(),
                 mem_clock_mhz: d.clock_info(Clock::Memory).ok(),
                 ecc_corrected_volatile: d.total_ecc_errors(MemoryError::Corrected, EccCounter::Volatile).ok(),
-                ecc_uncorrected_volatile: d.total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile).ok(),
+                ecc_uncorrected_volatile: d
+                    .total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile)
+                    .ok(),
                 xid_events: xid.map(|x| x.count),
                 last_xid: xid.and_then(|x| x.last),
                 id,

@@ -9,7 +9,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use rbee_shared::bytesize::parse_bytes;
-use rbee_shared::{Backend, Capabilities, ComputeCapability, DeviceSourceKind, GpuDevice, GpuSample, MigMode, Sample};
+use rbee_shared::{
+    Backend, Capabilities, ComputeCapability, DeviceSourceKind, GpuDevice, GpuSample, MigMode, Sample,
+};
 use serde::Deserialize;
 
 use super::DeviceSource;
@@ -108,7 +110,8 @@ fn pick<T: Copy>(cycle: &[T], step: usize) -> Option<T> {
 }
 
 fn seconds(field: &str, s: f64) -> Result<Duration, String> {
-    Duration::try_from_secs_f64(s).map_err(|_| format!("{field} = {s} is not a non-negative number of seconds"))
+    Duration::try_from_secs_f64(s)
+        .map_err(|_| format!("{field} = {s} is not a non-negative number of seconds"))
 }
 
 impl Scenario {
@@ -144,8 +147,13 @@ impl Scenario {
             let compute_capability = match &g.compute_capability {
                 None => None,
                 Some(s) => {
-                    let (major, minor) = s.split_once('.').ok_or_else(|| format!("{}: expected e.g. \"9.0\"", at("compute_capability")))?;
-                    let parse = |v: &str| v.parse::<u32>().map_err(|_| format!("{}: {s:?} is not MAJOR.MINOR", at("compute_capability")));
+                    let (major, minor) = s
+                        .split_once('.')
+                        .ok_or_else(|| format!("{}: expected e.g. \"9.0\"", at("compute_capability")))?;
+                    let parse = |v: &str| {
+                        v.parse::<u32>()
+                            .map_err(|_| format!("{}: {s:?} is not MAJOR.MINOR", at("compute_capability")))
+                    };
                     Some(ComputeCapability { major: parse(major)?, minor: parse(minor)? })
                 }
             };
@@ -269,7 +277,8 @@ mod tests {
     #[test]
     fn gpus_appear_and_go_on_schedule() {
         let s = Scenario::parse(TWO).unwrap();
-        let ids = |t: f64| s.devices_at(Duration::from_secs_f64(t)).into_iter().map(|g| g.id).collect::<Vec<_>>();
+        let ids =
+            |t: f64| s.devices_at(Duration::from_secs_f64(t)).into_iter().map(|g| g.id).collect::<Vec<_>>();
         assert_eq!(ids(0.0), ["GPU-a"]);
         assert_eq!(ids(2.5), ["GPU-a", "GPU-b"]);
         assert_eq!(ids(5.0), ["GPU-a"]);
@@ -294,7 +303,9 @@ mod tests {
         assert!(Scenario::parse(dup).unwrap_err().contains("used twice"));
         let unknown = "[[gpu]]\nid = \"x\"\nvram_total = 1\nvram = 3";
         assert!(Scenario::parse(unknown).unwrap_err().contains("unknown field"));
-        assert!(Scenario::parse("[[gpu]]\nid = \"x\"\nvram_total = \"lots\"").unwrap_err().contains("vram_total"));
+        assert!(
+            Scenario::parse("[[gpu]]\nid = \"x\"\nvram_total = \"lots\"").unwrap_err().contains("vram_total")
+        );
     }
 
     #[test]

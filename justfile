@@ -1,0 +1,35 @@
+# rbee developer recipes. `just` is optional: every recipe is a plain cargo command.
+
+default: fmt lint test
+
+# Format all crates.
+fmt:
+    cargo fmt --all
+
+# Clippy with warnings as errors.
+lint:
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# The full test suite (needs grpcurl on PATH for the end-to-end tests).
+test:
+    cargo test --workspace
+
+# What CI runs.
+ci:
+    bash .ci/run
+
+# Run a hive on this machine (NVML if present, else CPU only).
+hive *ARGS:
+    cargo run --release --bin hive -- serve {{ARGS}}
+
+# Run a hive with the built-in simulated GPUs.
+hive-demo *ARGS:
+    cargo run --release --bin hive -- serve --demo {{ARGS}}
+
+# Print this machine's capabilities and one sample.
+probe *ARGS:
+    cargo run --release --bin hive -- probe {{ARGS}}
+
+# Benchmarks (see docs/BENCHMARKS.md).
+bench:
+    cargo bench --workspace
