@@ -1,10 +1,10 @@
 //! Compiles `proto/` with protox (pure Rust, no system `protoc`) and generates the
-//! prost messages and tonic clients/servers into `OUT_DIR`.
+//! prost messages, tonic clients/servers and proto3-JSON serde impls into `OUT_DIR`.
 
 use prost::Message;
 use std::path::PathBuf;
 
-const PROTOS: &[&str] = &["rbee/v1/hive.proto"];
+const PROTOS: &[&str] = &["rbee/v1/hive.proto", "rbee/v1/fleet.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
@@ -16,5 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .skip_protoc_run()
         .file_descriptor_set_path(&fds_path)
         .compile_protos(PROTOS, &["proto"])?;
+    // Canonical proto3 JSON (the mapping grpcurl prints) for the CLI's --json output.
+    pbjson_build::Builder::new().register_descriptors(&fds.encode_to_vec())?.build(&[".rbee"])?;
     Ok(())
 }

@@ -8,6 +8,7 @@
 pub mod v1 {
     #![allow(missing_docs, clippy::all, clippy::pedantic)]
     tonic::include_proto!("rbee.v1");
+    include!(concat!(env!("OUT_DIR"), "/rbee.v1.serde.rs"));
 }
 
 /// The encoded `FileDescriptorSet` of every rbee proto, for gRPC reflection.

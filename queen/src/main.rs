@@ -1,1 +1,27 @@
-fn main() {}
+//! The `queen` binary: parse the command line, set up logging, then serve or act as a client.
+
+use anyhow::Context;
+use clap::Parser;
+use rbee_queen::config::{Cli, Command};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let serving = matches!(cli.command, Command::Serve(_));
+    rbee_shared::telemetry::init_tracing(if serving { "info" } else { "warn" });
+    match cli.command {
+        Command::Serve(args) => {
+            let (listen, config) = args.into_config()?;
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            rbee_queen::run(config, listener, rbee_shared::shutdown::shutdown_signal()).await?;
+        }
+        Command::Hives(args) => rbee_queen::cli::hives(args).await?,
+        Command::Hive(args) => rbee_queen::cli::hive(args).await?,
+        Command::Watch(args) => rbee_queen::cli::watch(args).await?,
+        Command::Add(args) => rbee_queen::cli::add(args).await?,
+        Command::Remove(args) => rbee_queen::cli::remove(args).await?,
+    }
+    Ok(())
+}

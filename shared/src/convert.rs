@@ -9,7 +9,8 @@ use rbee_proto::v1 as pb;
 
 use crate::{
     Backend, Capabilities, CapabilityDiff, ComputeCapability, ConvertError, CpuInfo, DeviceSourceKind,
-    GpuDevice, GpuSample, HiveIdentity, LoadAverage, MigMode, Sample, VersionedCapabilities,
+    GpuDevice, GpuSample, HiveIdentity, HivePayload, HiveStreamMessage, LoadAverage, MigMode, Sample,
+    SnapshotReason, VersionedCapabilities,
 };
 
 /// Most GPUs one hive may report.
@@ -451,6 +452,36 @@ impl TryFrom<&pb::Sample> for Sample {
                 .map(|(i, g)| gpu_sample_from_wire(&format!("sample.gpus[{i}]"), g))
                 .collect::<Result<_>>()?,
         })
+    }
+}
+
+impl TryFrom<&pb::HiveMessage> for HiveStreamMessage {
+    type Error = ConvertError;
+    fn try_from(m: &pb::HiveMessage) -> Result<Self> {
+        use pb::hive_message::Payload;
+        let payload = match m.payload.as_ref().ok_or_else(|| ConvertError::new("payload", "is required"))? {
+            Payload::Sample(s) => HivePayload::Sample(s.try_into()?),
+            Payload::Diff(d) => HivePayload::Diff(d.try_into()?),
+            Payload::Snapshot(s) => HivePayload::Snapshot {
+                reason: match pb::SnapshotReason::try_from(s.reason) {
+                    Ok(pb::SnapshotReason::Initial) => SnapshotReason::Initial,
+                    Ok(pb::SnapshotReason::Outdated) => SnapshotReason::Outdated,
+                    Ok(pb::SnapshotReason::Resync) => SnapshotReason::Resync,
+                    _ => SnapshotReason::Unspecified,
+                },
+                identity: s
+                    .identity
+                    .as_ref()
+                    .ok_or_else(|| ConvertError::new("snapshot.identity", "is required"))?
+                    .try_into()?,
+                capabilities: s
+                    .capabilities
+                    .as_ref()
+                    .ok_or_else(|| ConvertError::new("snapshot.capabilities", "is required"))?
+                    .try_into()?,
+            },
+        };
+        Ok(Self { seq: m.seq, hive_time_unix_ms: m.hive_time_unix_ms, payload })
     }
 }
 

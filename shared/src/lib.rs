@@ -17,6 +17,7 @@ pub mod error;
 pub mod identity;
 pub mod sample;
 pub mod shutdown;
+pub mod stream_message;
 pub mod telemetry;
 pub mod time;
 
@@ -29,3 +30,4 @@ pub use identity::{DeviceSourceKind, HiveIdentity};
 pub use sample::{
     DEFAULT_SAMPLE_INTERVAL, GpuSample, LoadAverage, MAX_SAMPLE_INTERVAL, MIN_SAMPLE_INTERVAL, Sample,
 };
+pub use stream_message::{HivePayload, HiveStreamMessage, SnapshotReason};

@@ -1,0 +1,166 @@
+//! Which hive addresses the queen will dial. Every address from the network (the
+//! `Announce` RPC) passes through [`admit_announce`]: the one place where the
+//! allow-list is enforced today and where authentication will be added.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::QueenError;
+
+/// Longest address accepted.
+pub const MAX_ADDRESS_BYTES: usize = 256;
+
+/// Normalises a hive address to `scheme://host:port`. A bare `host:port` means http.
+pub fn normalize_address(raw: &str) -> Result<String, QueenError> {
+    let s = raw.trim();
+    if s.is_empty() {
+        return Err(QueenError::InvalidArgument("address is empty".into()));
+    }
+    if s.len() > MAX_ADDRESS_BYTES {
+        return Err(QueenError::InvalidArgument(format!(
+            "address is {} bytes > {MAX_ADDRESS_BYTES}",
+            s.len()
+        )));
+    }
+    let full = if s.contains("://") { s.to_owned() } else { format!("http://{s}") };
+    let bad = |why: &str| QueenError::InvalidArgument(format!("address {raw:?} {why}"));
+    let uri: http::Uri = full.parse().map_err(|e| bad(&format!("is not a URL: {e}")))?;
+    let scheme = uri.scheme_str().ok_or_else(|| bad("has no scheme"))?;
+    if scheme != "http" && scheme != "https" {
+        return Err(bad("must use http:// or https://"));
+    }
+    let authority = uri.authority().ok_or_else(|| bad("has no host"))?;
+    if authority.port_u16().is_none() {
+        return Err(bad("has no port (e.g. http://10.0.0.5:7835)"));
+    }
+    if authority.as_str().contains('@') {
+        return Err(bad("must not carry credentials"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(bad("must not have a path or query"));
+    }
+    Ok(format!("{scheme}://{}", authority.as_str().to_ascii_lowercase()))
+}
+
+/// Networks announced hives may be in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowList {
+    /// The allowed networks.
+    nets: Vec<IpNet>,
+}
+
+impl Default for AllowList {
+    /// Loopback only.
+    fn default() -> Self {
+        Self::new(vec!["127.0.0.0/8".parse().expect("valid"), "::1/128".parse().expect("valid")])
+    }
+}
+
+impl AllowList {
+    /// An allow-list of these networks.
+    pub fn new(nets: Vec<IpNet>) -> Self {
+        Self { nets }
+    }
+
+    /// The networks.
+    pub fn nets(&self) -> &[IpNet] {
+        &self.nets
+    }
+
+    fn allows(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        self.nets.iter().any(|n| n.contains(&ip))
+    }
+
+    /// Checks a normalised address: every IP it resolves to must be allowed.
+    pub async fn check(&self, address: &str) -> Result<(), QueenError> {
+        let uri: http::Uri =
+            address.parse().map_err(|e| QueenError::InvalidArgument(format!("address {address:?}: {e}")))?;
+        let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+        let port = uri.port_u16().unwrap_or(0);
+        let ips: Vec<IpAddr> = match host.parse::<IpAddr>() {
+            Ok(ip) => vec![ip],
+            Err(_) => {
+                let lookup =
+                    tokio::time::timeout(Duration::from_secs(2), tokio::net::lookup_host((host, port))).await;
+                match lookup {
+                    Ok(Ok(addrs)) => addrs.map(|a| a.ip()).collect(),
+                    _ => {
+                        return Err(QueenError::PermissionDenied(format!(
+                            "address {address} does not resolve, so it cannot be checked against the allow-list"
+                        )));
+                    }
+                }
+            }
+        };
+        if ips.is_empty() {
+            return Err(QueenError::PermissionDenied(format!("address {address} resolves to nothing")));
+        }
+        if let Some(ip) = ips.iter().find(|ip| !self.allows(**ip)) {
+            let nets: Vec<String> = self.nets.iter().map(ToString::to_string).collect();
+            return Err(QueenError::PermissionDenied(format!(
+                "address {address} ({ip}) is outside the announce allow-list [{}]; the queen will not dial it",
+                nets.join(", ")
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Admits an announced address: normalises it and checks the allow-list. Returns the
+/// address to dial.
+pub async fn admit_announce(allow: &AllowList, address: &str) -> Result<String, QueenError> {
+    let address = normalize_address(address)?;
+    allow.check(&address).await?;
+    Ok(address)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_normalised() {
+        assert_eq!(normalize_address("127.0.0.1:7835").unwrap(), "http://127.0.0.1:7835");
+        assert_eq!(normalize_address(" http://Hive-1:7835/ ").unwrap(), "http://hive-1:7835");
+        assert_eq!(normalize_address("https://[::1]:7835").unwrap(), "https://[::1]:7835");
+    }
+
+    #[test]
+    fn bad_addresses_say_why() {
+        for (bad, why) in [
+            ("", "empty"),
+            ("ftp://x:1", "http"),
+            ("http://x", "no port"),
+            ("http://x:1/path", "path"),
+            ("http://u:p@x:1", "credentials"),
+        ] {
+            let err = normalize_address(bad).unwrap_err().to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_default_allows_loopback_only() {
+        let allow = AllowList::default();
+        assert!(admit_announce(&allow, "127.0.0.1:7835").await.is_ok());
+        assert!(admit_announce(&allow, "[::1]:7835").await.is_ok());
+        assert!(admit_announce(&allow, "localhost:7835").await.is_ok());
+        let err = admit_announce(&allow, "10.1.2.3:7835").await.unwrap_err();
+        assert!(matches!(err, QueenError::PermissionDenied(_)));
+        assert!(err.to_string().contains("allow-list"), "{err}");
+        assert!(admit_announce(&allow, "[::ffff:10.1.2.3]:7835").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_configured_network_is_allowed() {
+        let allow = AllowList::new(vec!["10.0.0.0/8".parse().unwrap()]);
+        assert!(admit_announce(&allow, "10.1.2.3:7835").await.is_ok());
+        assert!(admit_announce(&allow, "127.0.0.1:7835").await.is_err());
+    }
+}

@@ -1,0 +1,311 @@
+//! The client subcommands: `queen hives`, `hive`, `watch`, `add`, `remove`. They talk
+//! to a running queen over the same gRPC API scheduler clients use.
+
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow};
+use rbee_proto::v1 as pb;
+use rbee_proto::v1::fleet_client::FleetClient;
+use rbee_shared::bytesize::format_bytes;
+use tonic::transport::Channel;
+
+use crate::config::{AddArgs, HiveArgs, ListArgs, RemoveArgs, WatchArgs};
+
+async fn connect(url: &str) -> Result<FleetClient<Channel>> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .with_context(|| format!("--queen {url:?} is not a URL"))?
+        .connect_timeout(Duration::from_secs(5));
+    let channel = endpoint.connect().await.with_context(|| format!("cannot reach the queen at {url}"))?;
+    Ok(FleetClient::new(channel))
+}
+
+fn rpc_error(url: &str, s: tonic::Status) -> anyhow::Error {
+    anyhow!("queen at {url}: {:?}: {}", s.code(), s.message())
+}
+
+fn state_name(v: &pb::HiveView) -> &'static str {
+    match v.state() {
+        pb::HiveState::Pending => "pending",
+        pb::HiveState::Connecting => "connecting",
+        pb::HiveState::Online => "online",
+        pb::HiveState::Stale => "stale",
+        pb::HiveState::Lost => "lost",
+        pb::HiveState::Removed => "removed",
+        pb::HiveState::Unspecified => "?",
+    }
+}
+
+fn health_name(h: pb::Health) -> &'static str {
+    match h {
+        pb::Health::Healthy => "healthy",
+        pb::Health::Degraded => "degraded",
+        pb::Health::Unhealthy => "unhealthy",
+        pb::Health::Unspecified => "?",
+    }
+}
+
+fn age(ms: Option<u64>) -> String {
+    ms.map_or_else(|| "-".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0))
+}
+
+fn vram(v: &pb::HiveView) -> (u64, u64) {
+    let total = v.capabilities.as_ref().map_or(0, |c| c.gpus.iter().map(|g| g.vram_total_bytes).sum());
+    let used = v.latest_sample.as_ref().map_or(0, |s| s.gpus.iter().filter_map(|g| g.vram_used_bytes).sum());
+    (used, total)
+}
+
+/// Renders hives as a table.
+pub fn render_table(hives: &[pb::HiveView]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<24} {:<10} {:<9} {:>6} {:>5} {:>22} {:>4} {:>22}  {:<24} REASONS",
+        "HIVE", "STATE", "HEALTH", "AGE", "CPU", "RAM USED/TOTAL", "GPUS", "VRAM USED/TOTAL", "ADDRESS"
+    );
+    for v in hives {
+        let s = v.latest_sample.as_ref();
+        let cpu = s.and_then(|s| s.cpu_percent).map_or_else(|| "-".into(), |p| format!("{p:.0}%"));
+        let ram = s.map_or_else(
+            || "-".into(),
+            |s| format!("{}/{}", format_bytes(s.ram_used_bytes), format_bytes(s.ram_total_bytes)),
+        );
+        let (used, total) = vram(v);
+        let gpus = v.capabilities.as_ref().map_or(0, |c| c.gpus.len());
+        let _ = writeln!(
+            out,
+            "{:<24} {:<10} {:<9} {:>6} {:>5} {:>22} {:>4} {:>22}  {:<24} {}",
+            if v.hive_id.is_empty() { "(not discovered)" } else { &v.hive_id },
+            state_name(v),
+            health_name(v.health()),
+            age(v.sample_age_ms),
+            cpu,
+            ram,
+            gpus,
+            if total == 0 { "-".into() } else { format!("{}/{}", format_bytes(used), format_bytes(total)) },
+            v.address,
+            v.health_reasons.join("; "),
+        );
+    }
+    out
+}
+
+fn since(unix_ms: u64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(unix_ms);
+    let ago = SystemTime::now().duration_since(t).unwrap_or_default();
+    format!("{} ({:.0} s ago)", humantime::format_rfc3339_seconds(t), ago.as_secs_f64())
+}
+
+/// Renders one hive in detail.
+pub fn render_detail(v: &pb::HiveView) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "hive      {}", if v.hive_id.is_empty() { "(not discovered)" } else { &v.hive_id });
+    let _ = writeln!(out, "address   {}", v.address);
+    let _ = writeln!(out, "state     {} since {}", state_name(v), since(v.state_since_unix_ms));
+    let _ = writeln!(out, "health    {}", health_name(v.health()));
+    for r in &v.health_reasons {
+        let _ = writeln!(out, "          - {r}");
+    }
+    if let Some(e) = &v.last_error {
+        let _ = writeln!(out, "last error {e}");
+    }
+    if let Some(i) = &v.identity {
+        let _ = writeln!(
+            out,
+            "host      {} (hive {} , protocol {}, epoch {})",
+            i.hostname, i.version, i.protocol_version, i.epoch
+        );
+        let _ = writeln!(out, "gpu source {:?}", i.gpu_source());
+    }
+    if let Some(c) = &v.capabilities {
+        let cpu = c.cpu.as_ref();
+        let _ = writeln!(
+            out,
+            "caps      v{}: {} ({} logical cores), RAM {}, labels {:?}",
+            c.version,
+            cpu.map_or("", |c| c.model.as_str()),
+            cpu.map_or(0, |c| c.logical_cores),
+            format_bytes(c.ram_total_bytes),
+            c.labels
+        );
+        let s = v.latest_sample.as_ref();
+        for g in &c.gpus {
+            let live = s.and_then(|s| s.gpus.iter().find(|x| x.id == g.id));
+            let health = v.devices.iter().find(|d| d.device_id == g.id);
+            let _ = writeln!(
+                out,
+                "  gpu{:<3} {:<28} vram {}/{} util {} temp {} {}  {}",
+                g.index,
+                g.name,
+                live.and_then(|l| l.vram_used_bytes).map_or("-".into(), format_bytes),
+                format_bytes(g.vram_total_bytes),
+                live.and_then(|l| l.gpu_util_percent).map_or("-".into(), |u| format!("{u:.0}%")),
+                live.and_then(|l| l.temperature_c).map_or("-".into(), |t| format!("{t:.0}C")),
+                health.map_or("", |h| health_name(h.health())),
+                g.id,
+            );
+        }
+    }
+    if let Some(s) = &v.latest_sample {
+        let _ = writeln!(
+            out,
+            "sample    age {}: cpu {} ram {}/{}",
+            age(v.sample_age_ms),
+            s.cpu_percent.map_or("-".into(), |p| format!("{p:.1}%")),
+            format_bytes(s.ram_used_bytes),
+            format_bytes(s.ram_total_bytes)
+        );
+    }
+    if let Some(st) = &v.stats {
+        let f = |x: Option<f32>| x.map_or("-".into(), |x| format!("{x:.1}%"));
+        let _ = writeln!(
+            out,
+            "window    {} s, {} samples: cpu mean {} max {}, ram mean {} max {}",
+            st.window_ms / 1000,
+            st.samples,
+            f(st.cpu_mean_percent),
+            f(st.cpu_max_percent),
+            f(st.ram_used_mean_percent),
+            f(st.ram_used_max_percent)
+        );
+    }
+    if let Some(c) = &v.counters {
+        let _ = writeln!(
+            out,
+            "counters  reconnects {} gaps {} resyncs {} restarts {} invalid {}",
+            c.reconnects, c.gaps, c.resyncs, c.restarts, c.invalid_messages
+        );
+    }
+    out
+}
+
+/// `queen hives`.
+pub async fn hives(args: ListArgs) -> Result<()> {
+    let url = &args.queen.url;
+    let resp =
+        connect(url).await?.list_hives(pb::ListHivesRequest {}).await.map_err(|s| rpc_error(url, s))?;
+    let resp = resp.into_inner();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&resp)?);
+    } else {
+        print!("{}", render_table(&resp.hives));
+    }
+    Ok(())
+}
+
+/// `queen hive ID`.
+pub async fn hive(args: HiveArgs) -> Result<()> {
+    let url = &args.queen.url;
+    let view = connect(url)
+        .await?
+        .get_hive(pb::GetHiveRequest { hive: args.hive.clone() })
+        .await
+        .map_err(|s| rpc_error(url, s))?
+        .into_inner();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+    } else {
+        print!("{}", render_detail(&view));
+    }
+    Ok(())
+}
+
+/// One line for a fleet event.
+pub fn render_event(e: &pb::FleetEvent) -> String {
+    use pb::fleet_event::Event;
+    let t = humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(e.queen_time_unix_ms));
+    let name = |id: &str, addr: &str| if id.is_empty() { addr.to_owned() } else { id.to_owned() };
+    let body = match &e.event {
+        None => "(empty)".to_owned(),
+        Some(Event::Snapshot(s)) => {
+            let mut line =
+                format!("snapshot: {} hives{}", s.hives.len(), if s.coalesced { " (coalesced)" } else { "" });
+            for h in &s.hives {
+                let _ = write!(
+                    line,
+                    "\n    {} {} {}",
+                    name(&h.hive_id, &h.address),
+                    state_name(h),
+                    health_name(h.health())
+                );
+            }
+            line
+        }
+        Some(Event::HiveAdded(h)) => format!("added {}", h.address),
+        Some(Event::HiveRemoved(r)) => format!("removed {}", name(&r.hive_id, &r.address)),
+        Some(Event::StateChanged(c)) => {
+            format!("{} {:?} -> {:?}: {}", name(&c.hive_id, &c.address), c.from(), c.to(), c.reason)
+        }
+        Some(Event::HealthChanged(c)) => format!(
+            "{} health {} -> {} {}",
+            name(&c.hive_id, &c.address),
+            health_name(c.from()),
+            health_name(c.to()),
+            c.reasons.join("; ")
+        ),
+        Some(Event::CapabilitiesChanged(c)) => format!(
+            "{} capabilities v{}{}: {} gpus",
+            name(&c.hive_id, &c.address),
+            c.capabilities.as_ref().map_or(0, |c| c.version),
+            if c.restarted { " (hive restarted, new epoch)" } else { "" },
+            c.capabilities.as_ref().map_or(0, |c| c.gpus.len())
+        ),
+        Some(Event::Sample(s)) => {
+            let sample = s.sample.as_ref();
+            format!(
+                "{} sample cpu {} ram {} gpus {} (age {} ms)",
+                name(&s.hive_id, &s.address),
+                sample.and_then(|s| s.cpu_percent).map_or("-".into(), |p| format!("{p:.0}%")),
+                sample.map_or("-".into(), |s| format_bytes(s.ram_used_bytes)),
+                sample.map_or(0, |s| s.gpus.len()),
+                s.sample_age_ms
+            )
+        }
+    };
+    format!("{t} #{} {body}", e.seq)
+}
+
+/// `queen watch`.
+pub async fn watch(args: WatchArgs) -> Result<()> {
+    let url = &args.queen.url;
+    let request = pb::WatchFleetRequest { sample_interval_ms: args.samples.map(|d| d.as_millis() as u32) };
+    let mut stream =
+        connect(url).await?.watch_fleet(request).await.map_err(|s| rpc_error(url, s))?.into_inner();
+    loop {
+        tokio::select! {
+            () = rbee_shared::shutdown::shutdown_signal() => return Ok(()),
+            event = stream.message() => match event.map_err(|s| rpc_error(url, s))? {
+                Some(e) if args.json => println!("{}", serde_json::to_string(&e)?),
+                Some(e) => println!("{}", render_event(&e)),
+                None => return Ok(()),
+            },
+        }
+    }
+}
+
+/// `queen add ADDR`.
+pub async fn add(args: AddArgs) -> Result<()> {
+    let url = &args.queen.url;
+    let resp = connect(url)
+        .await?
+        .add_hive(pb::AddHiveRequest { address: args.address.clone() })
+        .await
+        .map_err(|s| rpc_error(url, s))?
+        .into_inner();
+    let address = resp.hive.map(|h| h.address).unwrap_or_default();
+    println!("{} {address}", if resp.added { "added" } else { "already managed:" });
+    Ok(())
+}
+
+/// `queen remove ID`.
+pub async fn remove(args: RemoveArgs) -> Result<()> {
+    let url = &args.queen.url;
+    let resp = connect(url)
+        .await?
+        .remove_hive(pb::RemoveHiveRequest { hive: args.hive.clone() })
+        .await
+        .map_err(|s| rpc_error(url, s))?
+        .into_inner();
+    println!("removed {}", resp.address);
+    Ok(())
+}

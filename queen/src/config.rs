@@ -1,0 +1,439 @@
+//! The queen's command line (every flag also an environment variable), its TOML config
+//! file, and the validated settings they merge into. Precedence: flag or env var, then
+//! the config file, then the built-in default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use ipnet::IpNet;
+use rbee_shared::{MAX_SAMPLE_INTERVAL, MIN_SAMPLE_INTERVAL};
+use serde::Deserialize;
+
+use crate::QueenError;
+use crate::admission::{AllowList, normalize_address};
+use crate::health::Thresholds;
+
+/// The default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7833";
+/// Where the client subcommands find the queen by default.
+pub const DEFAULT_QUEEN_URL: &str = "http://127.0.0.1:7833";
+
+/// rbee queen: discovers hives and holds a live fleet view (state, health, freshness).
+#[derive(Debug, Parser)]
+#[command(name = "queen", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The queen's subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve rbee.v1.Fleet: discover hives, hold their streams, judge their health.
+    Serve(Box<ServeArgs>),
+    /// List hives as a table (--json for scripts).
+    Hives(ListArgs),
+    /// Show one hive in detail, by hive id or address.
+    Hive(HiveArgs),
+    /// Print a line per fleet change until interrupted.
+    Watch(WatchArgs),
+    /// Ask the queen to manage a hive at an address.
+    Add(AddArgs),
+    /// Ask the queen to stop managing a hive (hive id or address).
+    Remove(RemoveArgs),
+}
+
+/// Where the client subcommands reach the queen.
+#[derive(Debug, Clone, Args)]
+pub struct QueenUrl {
+    /// The queen's URL.
+    #[arg(long = "queen", env = "QUEEN_URL", default_value = DEFAULT_QUEEN_URL, value_name = "URL")]
+    pub url: String,
+}
+
+/// `queen hives`.
+#[derive(Debug, Clone, Args)]
+pub struct ListArgs {
+    /// Print the ListHives response as JSON (the same mapping grpcurl prints).
+    #[arg(long)]
+    pub json: bool,
+    /// The queen.
+    #[command(flatten)]
+    pub queen: QueenUrl,
+}
+
+/// `queen hive ID`.
+#[derive(Debug, Clone, Args)]
+pub struct HiveArgs {
+    /// Hive id or address.
+    pub hive: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The queen.
+    #[command(flatten)]
+    pub queen: QueenUrl,
+}
+
+/// `queen watch`.
+#[derive(Debug, Clone, Args)]
+pub struct WatchArgs {
+    /// Also print each hive's newest sample at most this often (e.g. 1s).
+    #[arg(long, value_parser = parse_interval)]
+    pub samples: Option<Duration>,
+    /// Print each event as a JSON line.
+    #[arg(long)]
+    pub json: bool,
+    /// The queen.
+    #[command(flatten)]
+    pub queen: QueenUrl,
+}
+
+/// `queen add ADDR`.
+#[derive(Debug, Clone, Args)]
+pub struct AddArgs {
+    /// The hive's address, e.g. http://10.0.0.5:7835.
+    pub address: String,
+    /// The queen.
+    #[command(flatten)]
+    pub queen: QueenUrl,
+}
+
+/// `queen remove ID`.
+#[derive(Debug, Clone, Args)]
+pub struct RemoveArgs {
+    /// Hive id or address.
+    pub hive: String,
+    /// The queen.
+    #[command(flatten)]
+    pub queen: QueenUrl,
+}
+
+/// `queen serve` flags. Unset flags fall back to the config file, then to defaults.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// TOML config file (listen, hives, allow-list, timings, [health] thresholds).
+    #[arg(long, env = "QUEEN_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:7833].
+    #[arg(long, env = "QUEEN_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// A hive to manage, e.g. http://10.0.0.5:7835; repeatable (env: comma-separated).
+    #[arg(long = "hive", env = "QUEEN_HIVES", value_name = "ADDR", value_delimiter = ',')]
+    pub hives: Vec<String>,
+    /// Also start a hive in this process (this machine's GPUs, or --local-hive-demo) and manage it.
+    #[arg(long, env = "QUEEN_LOCAL_HIVE")]
+    pub local_hive: bool,
+    /// With --local-hive: use the hive's built-in simulated GPUs instead of NVML.
+    #[arg(long, env = "QUEEN_LOCAL_HIVE_DEMO", requires = "local_hive")]
+    pub local_hive_demo: bool,
+    /// Networks announced hives may be in (CIDR); repeatable [default: 127.0.0.0/8, ::1/128].
+    #[arg(long = "allow", env = "QUEEN_ALLOW", value_name = "CIDR", value_delimiter = ',')]
+    pub allow: Vec<IpNet>,
+    /// Sample interval asked of every hive [default: 1s; 100ms..=60s].
+    #[arg(long, env = "QUEEN_SAMPLE_INTERVAL", value_parser = parse_interval)]
+    pub sample_interval: Option<Duration>,
+    /// A hive silent for this many sample intervals is stale [default: 3].
+    #[arg(long, env = "QUEEN_STALE_AFTER_MISSED")]
+    pub stale_after_missed: Option<u32>,
+    /// A hive silent this long is lost and redialed [default: 10s].
+    #[arg(long, env = "QUEEN_LOST_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub lost_timeout: Option<Duration>,
+    /// HTTP/2 keepalive ping interval and timeout, to find half-open connections [default: 5s].
+    #[arg(long, env = "QUEEN_KEEPALIVE", value_parser = humantime::parse_duration)]
+    pub keepalive: Option<Duration>,
+    /// Longest reconnect backoff [default: 30s].
+    #[arg(long, env = "QUEEN_BACKOFF_MAX", value_parser = humantime::parse_duration)]
+    pub backoff_max: Option<Duration>,
+}
+
+/// Parses a sample interval and checks its bounds.
+pub fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (e.g. 500ms, 1s)"))?;
+    if !(MIN_SAMPLE_INTERVAL..=MAX_SAMPLE_INTERVAL).contains(&d) {
+        return Err(format!("{s:?} is out of range 100ms..=60s"));
+    }
+    Ok(d)
+}
+
+/// A `[[hive]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HiveEntry {
+    /// The hive's address.
+    pub address: String,
+}
+
+/// The config file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileConfig {
+    /// Listen address.
+    pub listen: Option<SocketAddr>,
+    /// Static hives.
+    pub hive: Vec<HiveEntry>,
+    /// Announce allow-list.
+    pub allow: Option<Vec<IpNet>>,
+    /// Start a local hive.
+    pub local_hive: Option<bool>,
+    /// Sample interval.
+    #[serde(default, with = "opt_duration")]
+    pub sample_interval: Option<Duration>,
+    /// Stale after this many intervals.
+    pub stale_after_missed: Option<u32>,
+    /// Lost timeout.
+    #[serde(default, with = "opt_duration")]
+    pub lost_timeout: Option<Duration>,
+    /// Keepalive.
+    #[serde(default, with = "opt_duration")]
+    pub keepalive: Option<Duration>,
+    /// Max backoff.
+    #[serde(default, with = "opt_duration")]
+    pub backoff_max: Option<Duration>,
+    /// Samples kept per hive.
+    pub history: Option<usize>,
+    /// Window of the reported statistics.
+    #[serde(default, with = "opt_duration")]
+    pub stats_window: Option<Duration>,
+    /// Health thresholds.
+    pub health: Thresholds,
+}
+
+mod opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+impl FileConfig {
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> Result<Self, QueenError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| QueenError::Io { path: path.to_owned(), source })?;
+        toml::from_str(&text).map_err(|e| QueenError::Config(format!("{}: {e}", path.display())))
+    }
+}
+
+/// How the queen watches hives.
+#[derive(Debug, Clone)]
+pub struct FleetSettings {
+    /// Sample interval asked of every hive.
+    pub sample_interval: Duration,
+    /// Stale after this many silent intervals.
+    pub stale_after_missed: u32,
+    /// Lost after this much silence.
+    pub lost_timeout: Duration,
+    /// Dial and Discover timeout.
+    pub connect_timeout: Duration,
+    /// HTTP/2 keepalive interval and timeout.
+    pub keepalive: Duration,
+    /// First reconnect delay.
+    pub backoff_min: Duration,
+    /// Longest reconnect delay.
+    pub backoff_max: Duration,
+    /// Samples kept per hive.
+    pub history: usize,
+    /// Window of the reported statistics.
+    pub stats_window: Duration,
+    /// Health thresholds.
+    pub thresholds: Thresholds,
+    /// Announce allow-list.
+    pub allow: AllowList,
+    /// Most hives the queen manages.
+    pub max_hives: usize,
+}
+
+impl Default for FleetSettings {
+    fn default() -> Self {
+        Self {
+            sample_interval: Duration::from_secs(1),
+            stale_after_missed: 3,
+            lost_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(3),
+            keepalive: Duration::from_secs(5),
+            backoff_min: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+            history: 300,
+            stats_window: Duration::from_secs(60),
+            thresholds: Thresholds::default(),
+            allow: AllowList::default(),
+            max_hives: 100_000,
+        }
+    }
+}
+
+impl FleetSettings {
+    /// Silence after which a hive is stale.
+    pub fn stale_after(&self) -> Duration {
+        self.sample_interval * self.stale_after_missed
+    }
+
+    /// Checks the settings make sense together.
+    pub fn validate(&self) -> Result<(), QueenError> {
+        let bad = |m: String| Err(QueenError::Config(m));
+        if !(MIN_SAMPLE_INTERVAL..=MAX_SAMPLE_INTERVAL).contains(&self.sample_interval) {
+            return bad("sample_interval must be 100ms..=60s".into());
+        }
+        if self.stale_after_missed == 0 {
+            return bad("stale_after_missed must be at least 1".into());
+        }
+        if self.lost_timeout <= self.stale_after() {
+            return bad(format!(
+                "lost_timeout ({}) must be longer than stale_after_missed x sample_interval ({})",
+                humantime::format_duration(self.lost_timeout),
+                humantime::format_duration(self.stale_after())
+            ));
+        }
+        if self.keepalive < Duration::from_millis(100) || self.backoff_max < self.backoff_min {
+            return bad("keepalive must be >= 100ms and backoff_max >= 500ms".into());
+        }
+        if self.history == 0 || self.history > 86_400 {
+            return bad("history must be 1..=86400 samples".into());
+        }
+        self.thresholds.validate().map_err(QueenError::Config)
+    }
+}
+
+/// Everything `run` needs.
+#[derive(Debug, Clone)]
+pub struct QueenConfig {
+    /// Fleet settings.
+    pub fleet: FleetSettings,
+    /// Hives to manage from the start.
+    pub hives: Vec<String>,
+    /// A hive to run in this process, if any.
+    pub local_hive: Option<rbee_hive::HiveConfig>,
+}
+
+impl ServeArgs {
+    /// Merges flags, the config file and defaults, and validates. Returns the listen
+    /// address and the configuration.
+    pub fn into_config(self) -> Result<(SocketAddr, QueenConfig), QueenError> {
+        let file = match &self.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        let d = FleetSettings::default();
+        let fleet = FleetSettings {
+            sample_interval: self.sample_interval.or(file.sample_interval).unwrap_or(d.sample_interval),
+            stale_after_missed: self
+                .stale_after_missed
+                .or(file.stale_after_missed)
+                .unwrap_or(d.stale_after_missed),
+            lost_timeout: self.lost_timeout.or(file.lost_timeout).unwrap_or(d.lost_timeout),
+            keepalive: self.keepalive.or(file.keepalive).unwrap_or(d.keepalive),
+            backoff_max: self.backoff_max.or(file.backoff_max).unwrap_or(d.backoff_max),
+            history: file.history.unwrap_or(d.history),
+            stats_window: file.stats_window.unwrap_or(d.stats_window),
+            thresholds: file.health.clone(),
+            allow: if !self.allow.is_empty() {
+                AllowList::new(self.allow.clone())
+            } else {
+                file.allow.clone().map(AllowList::new).unwrap_or_default()
+            },
+            ..d
+        };
+        fleet.validate()?;
+        let mut hives = Vec::new();
+        for raw in self.hives.iter().chain(file.hive.iter().map(|h| &h.address)) {
+            let address =
+                normalize_address(raw).map_err(|e| QueenError::Config(format!("hive {raw:?}: {e}")))?;
+            if !hives.contains(&address) {
+                hives.push(address);
+            }
+        }
+        let local_hive = (self.local_hive || file.local_hive.unwrap_or(false)).then(|| {
+            let gpu = if self.local_hive_demo {
+                let scenario = rbee_hive::source::simulated::Scenario::parse(
+                    rbee_hive::source::simulated::DEMO_SCENARIO,
+                )
+                .expect("the built-in demo scenario is valid");
+                rbee_hive::monitor::GpuChoice::Simulated(scenario)
+            } else {
+                rbee_hive::monitor::GpuChoice::Nvml
+            };
+            let id = hostname_id();
+            rbee_hive::HiveConfig::new(id, gpu)
+        });
+        let listen =
+            self.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default"));
+        Ok((listen, QueenConfig { fleet, hives, local_hive }))
+    }
+}
+
+/// The local hive's id: `local-HOSTNAME`.
+fn hostname_id() -> String {
+    let host: String = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()))
+        .unwrap_or_default()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c.to_ascii_lowercase() } else { '-' })
+        .take(48)
+        .collect();
+    if host.is_empty() { "local".into() } else { format!("local-{host}") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queen.toml");
+        std::fs::write(
+            &path,
+            "lost_timeout = \"20s\"\nsample_interval = \"2s\"\n[[hive]]\naddress = \"10.0.0.5:7835\"\n[health]\ngpu_temp_unhealthy_c = 95.0\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            sample_interval: Some(Duration::from_millis(500)),
+            hives: vec!["http://127.0.0.1:9".into()],
+            ..Default::default()
+        };
+        let (listen, cfg) = args.into_config().unwrap();
+        assert_eq!(listen, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(cfg.fleet.sample_interval, Duration::from_millis(500));
+        assert_eq!(cfg.fleet.lost_timeout, Duration::from_secs(20));
+        assert_eq!(cfg.fleet.thresholds.gpu_temp_unhealthy_c, 95.0);
+        assert_eq!(cfg.hives, ["http://127.0.0.1:9", "http://10.0.0.5:7835"]);
+    }
+
+    #[test]
+    fn bad_configs_fail_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queen.toml");
+        std::fs::write(&path, "lost_timout = \"20s\"\n").unwrap();
+        let err =
+            ServeArgs { config: Some(path), ..Default::default() }.into_config().unwrap_err().to_string();
+        assert!(err.contains("unknown field"), "{err}");
+        let err = ServeArgs { config: Some("/nonexistent.toml".into()), ..Default::default() }
+            .into_config()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent.toml"), "{err}");
+        let err = ServeArgs { lost_timeout: Some(Duration::from_secs(1)), ..Default::default() }
+            .into_config()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lost_timeout"), "{err}");
+    }
+}

@@ -1,0 +1,146 @@
+//! Queen domain -> wire (`rbee.v1.Fleet` messages). The one place these conversions live.
+
+use rbee_proto::v1 as pb;
+
+use crate::fleet::{ConnState, Counters, FleetEvent, HiveSnapshot, Origin};
+use crate::health::{Health, HealthReport};
+use crate::window::WindowStats;
+
+impl From<ConnState> for pb::HiveState {
+    fn from(s: ConnState) -> Self {
+        match s {
+            ConnState::Pending => Self::Pending,
+            ConnState::Connecting => Self::Connecting,
+            ConnState::Online => Self::Online,
+            ConnState::Stale => Self::Stale,
+            ConnState::Lost => Self::Lost,
+            ConnState::Removed => Self::Removed,
+        }
+    }
+}
+
+impl From<Health> for pb::Health {
+    fn from(h: Health) -> Self {
+        match h {
+            Health::Healthy => Self::Healthy,
+            Health::Degraded => Self::Degraded,
+            Health::Unhealthy => Self::Unhealthy,
+        }
+    }
+}
+
+impl From<Origin> for pb::HiveOrigin {
+    fn from(o: Origin) -> Self {
+        match o {
+            Origin::Static => Self::Static,
+            Origin::Api => Self::Api,
+            Origin::Announced => Self::Announced,
+            Origin::Local => Self::Local,
+        }
+    }
+}
+
+impl From<&WindowStats> for pb::WindowStats {
+    fn from(s: &WindowStats) -> Self {
+        Self {
+            window_ms: s.window_ms,
+            samples: s.samples,
+            cpu_mean_percent: s.cpu_mean_percent,
+            cpu_max_percent: s.cpu_max_percent,
+            ram_used_mean_percent: s.ram_used_mean_percent,
+            ram_used_max_percent: s.ram_used_max_percent,
+            gpus: s
+                .gpus
+                .iter()
+                .map(|g| pb::GpuWindowStats {
+                    device_id: g.device_id.clone(),
+                    util_mean_percent: g.util_mean_percent,
+                    util_max_percent: g.util_max_percent,
+                    vram_used_max_bytes: g.vram_used_max_bytes,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<&Counters> for pb::HiveCounters {
+    fn from(c: &Counters) -> Self {
+        Self {
+            reconnects: c.reconnects,
+            gaps: c.gaps,
+            resyncs: c.resyncs,
+            restarts: c.restarts,
+            invalid_messages: c.invalid_messages,
+        }
+    }
+}
+
+fn devices(h: &HealthReport) -> Vec<pb::DeviceHealth> {
+    h.devices
+        .iter()
+        .map(|d| pb::DeviceHealth {
+            device_id: d.device_id.clone(),
+            index: d.index,
+            health: pb::Health::from(d.health) as i32,
+            reasons: d.reasons.clone(),
+        })
+        .collect()
+}
+
+impl From<&HiveSnapshot> for pb::HiveView {
+    fn from(h: &HiveSnapshot) -> Self {
+        Self {
+            address: h.address.clone(),
+            hive_id: h.hive_id().to_owned(),
+            state: pb::HiveState::from(h.state) as i32,
+            state_since_unix_ms: h.state_since_unix_ms,
+            origin: pb::HiveOrigin::from(h.origin) as i32,
+            identity: h.identity.as_deref().map(Into::into),
+            capabilities: h.caps.as_deref().map(Into::into),
+            latest_sample: h.latest.as_deref().map(Into::into),
+            sample_age_ms: h.sample_age().map(|a| a.as_millis() as u64),
+            health: pb::Health::from(h.health.health) as i32,
+            health_reasons: h.health.reasons.clone(),
+            devices: devices(&h.health),
+            stats: Some((&h.stats).into()),
+            last_error: h.last_error.clone(),
+            counters: Some((&h.counters).into()),
+            sample_interval_ms: h.sample_interval.as_millis() as u32,
+        }
+    }
+}
+
+impl From<&FleetEvent> for pb::fleet_event::Event {
+    fn from(e: &FleetEvent) -> Self {
+        use pb::fleet_event::Event;
+        match e {
+            FleetEvent::Added(h) => Event::HiveAdded(h.as_ref().into()),
+            FleetEvent::Removed { address, hive_id } => {
+                Event::HiveRemoved(pb::HiveRemoved { address: address.clone(), hive_id: hive_id.clone() })
+            }
+            FleetEvent::StateChanged { hive, from, reason } => Event::StateChanged(pb::HiveStateChanged {
+                address: hive.address.clone(),
+                hive_id: hive.hive_id().to_owned(),
+                from: pb::HiveState::from(*from) as i32,
+                to: pb::HiveState::from(hive.state) as i32,
+                reason: reason.clone(),
+            }),
+            FleetEvent::HealthChanged { hive, from } => Event::HealthChanged(pb::HiveHealthChanged {
+                address: hive.address.clone(),
+                hive_id: hive.hive_id().to_owned(),
+                from: pb::Health::from(*from) as i32,
+                to: pb::Health::from(hive.health.health) as i32,
+                reasons: hive.health.reasons.clone(),
+            }),
+            FleetEvent::CapabilitiesChanged { hive, restarted, caps } => {
+                Event::CapabilitiesChanged(pb::HiveCapabilitiesChanged {
+                    address: hive.address.clone(),
+                    hive_id: hive.hive_id().to_owned(),
+                    restarted: *restarted,
+                    epoch: hive.identity.as_ref().map(|i| i.epoch.clone()).unwrap_or_default(),
+                    capabilities: Some(caps.as_ref().into()),
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! The queen's one error type, and its one mapping to a gRPC status.
+
+/// Everything that can go wrong in the queen.
+#[derive(Debug, thiserror::Error)]
+pub enum QueenError {
+    /// A caller sent something invalid.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// No such hive.
+    #[error("no hive {0:?} (give a hive id or an address)")]
+    NotFound(String),
+    /// The caller may not do this (e.g. announce an address outside the allow-list).
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// A limit was reached.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// The configuration is not valid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Reflection could not be built.
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The embedded local hive failed.
+    #[error("local hive: {0}")]
+    LocalHive(#[from] rbee_hive::HiveError),
+}
+
+impl From<QueenError> for tonic::Status {
+    fn from(e: QueenError) -> Self {
+        use tonic::Status;
+        match e {
+            QueenError::InvalidArgument(m) => Status::invalid_argument(m),
+            QueenError::NotFound(_) => Status::not_found(e.to_string()),
+            QueenError::PermissionDenied(m) => Status::permission_denied(m),
+            QueenError::ResourceExhausted(m) => Status::resource_exhausted(m),
+            QueenError::Config(_)
+            | QueenError::Io { .. }
+            | QueenError::Transport(_)
+            | QueenError::Reflection(_)
+            | QueenError::LocalHive(_) => Status::internal(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! The registry of managed hives and the fleet's change events.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use rbee_shared::VersionedCapabilities;
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::{ConnState, HiveSnapshot, Origin};
+use crate::QueenError;
+use crate::admission::normalize_address;
+use crate::config::FleetSettings;
+use crate::health::Health;
+
+/// Capacity of the change-event channel; a watcher further behind gets a snapshot.
+pub const EVENT_CAPACITY: usize = 4096;
+
+/// A change in the fleet.
+#[derive(Debug, Clone)]
+pub enum FleetEvent {
+    /// A hive is now managed.
+    Added(Arc<HiveSnapshot>),
+    /// A hive is no longer managed.
+    Removed {
+        /// Its address.
+        address: String,
+        /// Its id, if it was discovered.
+        hive_id: String,
+    },
+    /// A hive's connection state changed.
+    StateChanged {
+        /// The hive.
+        hive: Arc<HiveSnapshot>,
+        /// The previous state.
+        from: ConnState,
+        /// Why, in words.
+        reason: String,
+    },
+    /// A hive's health level changed.
+    HealthChanged {
+        /// The hive (its health is the new level).
+        hive: Arc<HiveSnapshot>,
+        /// The previous level.
+        from: Health,
+    },
+    /// A hive's capabilities changed, or it restarted.
+    CapabilitiesChanged {
+        /// The hive.
+        hive: Arc<HiveSnapshot>,
+        /// True for a new epoch (the snapshot was taken whole).
+        restarted: bool,
+        /// The new capabilities.
+        caps: Arc<VersionedCapabilities>,
+    },
+}
+
+/// One managed hive: its published view and the token that stops its manager.
+#[derive(Debug)]
+pub struct HiveHandle {
+    /// The address.
+    pub address: String,
+    /// The newest published view.
+    view: watch::Receiver<Arc<HiveSnapshot>>,
+    /// Stops the connection manager.
+    cancel: CancellationToken,
+}
+
+impl HiveHandle {
+    /// The newest view (an `Arc` clone).
+    pub fn snapshot(&self) -> Arc<HiveSnapshot> {
+        self.view.borrow().clone()
+    }
+}
+
+/// The fleet.
+pub struct Fleet {
+    /// How hives are watched.
+    settings: Arc<FleetSettings>,
+    /// Managed hives by address. Locked only to add, remove or list; never across `.await`.
+    hives: RwLock<BTreeMap<String, Arc<HiveHandle>>>,
+    /// Structural change events.
+    events: broadcast::Sender<FleetEvent>,
+    /// Cancelled at shutdown; every manager's token is a child.
+    shutdown: CancellationToken,
+}
+
+impl Fleet {
+    /// An empty fleet.
+    pub fn new(settings: FleetSettings, shutdown: CancellationToken) -> Arc<Self> {
+        let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        Arc::new(Self { settings: Arc::new(settings), hives: RwLock::new(BTreeMap::new()), events, shutdown })
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &Arc<FleetSettings> {
+        &self.settings
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<HiveHandle>>> {
+        self.hives.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<HiveHandle>>> {
+        self.hives.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts managing the hive at `address` (normalised). Returns its view and whether it
+    /// was new; an address already managed is left as it is.
+    pub fn add(
+        self: &Arc<Self>,
+        address: &str,
+        origin: Origin,
+    ) -> Result<(Arc<HiveSnapshot>, bool), QueenError> {
+        let address = normalize_address(address)?;
+        let (handle, tx, cancel) = {
+            let mut hives = self.write();
+            if let Some(existing) = hives.get(&address) {
+                return Ok((existing.snapshot(), false));
+            }
+            if hives.len() >= self.settings.max_hives {
+                return Err(QueenError::ResourceExhausted(format!(
+                    "the queen already manages {} hives (the limit)",
+                    hives.len()
+                )));
+            }
+            let initial =
+                Arc::new(HiveSnapshot::pending(address.clone(), origin, self.settings.sample_interval));
+            let (tx, rx) = watch::channel(initial);
+            let cancel = self.shutdown.child_token();
+            let handle = Arc::new(HiveHandle { address: address.clone(), view: rx, cancel: cancel.clone() });
+            hives.insert(address.clone(), handle.clone());
+            (handle, tx, cancel)
+        };
+        let view = handle.snapshot();
+        tracing::info!(%address, ?origin, "managing hive");
+        self.emit(FleetEvent::Added(view.clone()));
+        tokio::spawn(crate::connection::manage(self.clone(), tx, cancel));
+        Ok((view, true))
+    }
+
+    /// Stops managing a hive, by id or address. Returns its address.
+    pub fn remove(&self, key: &str) -> Result<String, QueenError> {
+        let handle = {
+            let mut hives = self.write();
+            let address = match hives.get(key) {
+                Some(_) => key.to_owned(),
+                None => normalize_address(key)
+                    .ok()
+                    .filter(|a| hives.contains_key(a))
+                    .or_else(|| hives.values().find(|h| h.snapshot().matches(key)).map(|h| h.address.clone()))
+                    .ok_or_else(|| QueenError::NotFound(key.to_owned()))?,
+            };
+            hives.remove(&address).ok_or_else(|| QueenError::NotFound(key.to_owned()))?
+        };
+        handle.cancel.cancel();
+        let view = handle.snapshot();
+        tracing::info!(address = %handle.address, hive_id = view.hive_id(), "hive removed");
+        self.emit(FleetEvent::Removed {
+            address: handle.address.clone(),
+            hive_id: view.hive_id().to_owned(),
+        });
+        Ok(handle.address.clone())
+    }
+
+    /// Every hive's newest view, ordered by address.
+    pub fn list(&self) -> Vec<Arc<HiveSnapshot>> {
+        let handles: Vec<Arc<HiveHandle>> = self.read().values().cloned().collect();
+        handles.iter().map(|h| h.snapshot()).collect()
+    }
+
+    /// One hive, by address or id.
+    pub fn get(&self, key: &str) -> Option<Arc<HiveSnapshot>> {
+        let hives = self.read();
+        if let Some(h) = hives.get(key) {
+            return Some(h.snapshot());
+        }
+        if let Some(h) = normalize_address(key).ok().and_then(|a| hives.get(&a).cloned()) {
+            return Some(h.snapshot());
+        }
+        hives.values().map(|h| h.snapshot()).find(|s| s.matches(key))
+    }
+
+    /// The address of another managed hive that holds `hive_id`, if any.
+    pub fn holder_of(&self, hive_id: &str, except_address: &str) -> Option<String> {
+        self.read()
+            .values()
+            .filter(|h| h.address != except_address)
+            .find(|h| h.snapshot().hive_id() == hive_id)
+            .map(|h| h.address.clone())
+    }
+
+    /// True while `address` is managed.
+    pub fn is_managed(&self, address: &str) -> bool {
+        self.read().contains_key(address)
+    }
+
+    /// Receives every structural change from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<FleetEvent> {
+        self.events.subscribe()
+    }
+
+    /// Sends a change to every watcher (none listening is fine).
+    pub fn emit(&self, event: FleetEvent) {
+        let _ = self.events.send(event);
+    }
+
+    /// Cancelled at shutdown.
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+}

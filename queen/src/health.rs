@@ -1,0 +1,378 @@
+//! Health per hive and per device: `healthy`, `degraded` or `unhealthy`, each with
+//! human-readable reasons. Pure functions over a view of the hive; thresholds are
+//! configurable.
+
+use std::time::Duration;
+
+use rbee_shared::{Sample, VersionedCapabilities};
+use serde::{Deserialize, Serialize};
+
+use crate::fleet::ConnState;
+
+/// A health level; ordered from best to worst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// Nothing wrong.
+    #[default]
+    Healthy,
+    /// Usable, but something needs attention.
+    Degraded,
+    /// Do not place work here.
+    Unhealthy,
+}
+
+impl Health {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Healthy => "healthy",
+            Self::Degraded => "degraded",
+            Self::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+/// Health thresholds (config file `[health]`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Thresholds {
+    /// CPU mean over `cpu_window` at or above this is degraded.
+    pub cpu_degraded_percent: f32,
+    /// The window the CPU mean is taken over, so that one spike is not "degraded".
+    #[serde(with = "humantime_serde_compat")]
+    pub cpu_window: Duration,
+    /// RAM used at or above this is degraded.
+    pub ram_degraded_percent: f32,
+    /// RAM used at or above this is unhealthy.
+    pub ram_unhealthy_percent: f32,
+    /// GPU temperature at or above this is degraded.
+    pub gpu_temp_degraded_c: f32,
+    /// GPU temperature at or above this is unhealthy.
+    pub gpu_temp_unhealthy_c: f32,
+    /// VRAM used at or above this percentage of total is degraded.
+    pub vram_degraded_percent: f32,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Self {
+            cpu_degraded_percent: 95.0,
+            cpu_window: Duration::from_secs(10),
+            ram_degraded_percent: 90.0,
+            ram_unhealthy_percent: 97.0,
+            gpu_temp_degraded_c: 85.0,
+            gpu_temp_unhealthy_c: 90.0,
+            vram_degraded_percent: 98.0,
+        }
+    }
+}
+
+impl Thresholds {
+    /// Checks that every threshold is a sensible number.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, v) in [
+            ("cpu_degraded_percent", self.cpu_degraded_percent),
+            ("ram_degraded_percent", self.ram_degraded_percent),
+            ("ram_unhealthy_percent", self.ram_unhealthy_percent),
+            ("vram_degraded_percent", self.vram_degraded_percent),
+        ] {
+            if !(v.is_finite() && (0.0..=100.0).contains(&v)) {
+                return Err(format!("health.{name} = {v} must be in 0..=100"));
+            }
+        }
+        if self.ram_degraded_percent > self.ram_unhealthy_percent {
+            return Err("health.ram_degraded_percent must not exceed ram_unhealthy_percent".into());
+        }
+        if !(self.gpu_temp_degraded_c.is_finite() && self.gpu_temp_unhealthy_c.is_finite())
+            || self.gpu_temp_degraded_c > self.gpu_temp_unhealthy_c
+        {
+            return Err("health.gpu_temp_degraded_c must be <= gpu_temp_unhealthy_c".into());
+        }
+        if self.cpu_window.is_zero() {
+            return Err("health.cpu_window must be > 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// `humantime` strings ("10s") for durations in the config file.
+pub(crate) mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The health of one device.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeviceHealth {
+    /// The GPU id.
+    pub device_id: String,
+    /// The GPU index.
+    pub index: u32,
+    /// Its level.
+    pub health: Health,
+    /// Why, when not healthy.
+    pub reasons: Vec<String>,
+}
+
+/// The health of a hive and its devices.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct HealthReport {
+    /// The hive's level: the worst of its own and its devices'.
+    pub health: Health,
+    /// Why, when not healthy (device reasons included).
+    pub reasons: Vec<String>,
+    /// Per device.
+    pub devices: Vec<DeviceHealth>,
+}
+
+/// What health is judged on.
+#[derive(Debug, Clone, Copy)]
+pub struct HealthInput<'a> {
+    /// The connection state.
+    pub state: ConnState,
+    /// Time since the last message, when connected.
+    pub silence: Option<Duration>,
+    /// Why the connection ended, when lost.
+    pub last_error: Option<&'a str>,
+    /// A validation failure in the hive's data, until a good snapshot replaces it.
+    pub invalid: Option<&'a str>,
+    /// The newest sample.
+    pub sample: Option<&'a Sample>,
+    /// The capabilities.
+    pub caps: Option<&'a VersionedCapabilities>,
+    /// CPU mean over the health window.
+    pub cpu_window_mean: Option<f32>,
+}
+
+fn push(report: &mut HealthReport, level: Health, reason: String) {
+    report.health = report.health.max(level);
+    report.reasons.push(reason);
+}
+
+fn percent(used: u64, total: u64) -> Option<f32> {
+    (total > 0).then(|| (used as f64 / total as f64 * 100.0) as f32)
+}
+
+/// Judges a hive.
+pub fn evaluate(input: &HealthInput<'_>, t: &Thresholds) -> HealthReport {
+    let mut r = HealthReport::default();
+    match input.state {
+        ConnState::Online => {}
+        ConnState::Stale => {
+            let s = input.silence.map_or(0.0, |d| d.as_secs_f64());
+            push(&mut r, Health::Degraded, format!("no sample for {s:.1} s"));
+        }
+        ConnState::Lost => {
+            let why = input.last_error.unwrap_or("connection lost");
+            push(&mut r, Health::Unhealthy, format!("lost: {why}"));
+        }
+        ConnState::Pending | ConnState::Connecting => {
+            push(&mut r, Health::Unhealthy, "not connected yet".to_owned());
+        }
+        ConnState::Removed => push(&mut r, Health::Unhealthy, "removed".to_owned()),
+    }
+    if let Some(why) = input.invalid {
+        push(&mut r, Health::Unhealthy, format!("invalid data from hive: {why}"));
+    }
+    if let Some(cpu) = input.cpu_window_mean
+        && cpu >= t.cpu_degraded_percent
+    {
+        push(
+            &mut r,
+            Health::Degraded,
+            format!("cpu {cpu:.0}% ({} s mean) >= {:.0}%", t.cpu_window.as_secs(), t.cpu_degraded_percent),
+        );
+    }
+    if let Some(s) = input.sample {
+        if let Some(ram) = percent(s.ram_used_bytes, s.ram_total_bytes) {
+            if ram >= t.ram_unhealthy_percent {
+                push(&mut r, Health::Unhealthy, format!("ram {ram:.0}% >= {:.0}%", t.ram_unhealthy_percent));
+            } else if ram >= t.ram_degraded_percent {
+                push(&mut r, Health::Degraded, format!("ram {ram:.0}% >= {:.0}%", t.ram_degraded_percent));
+            }
+        }
+        if let Some(caps) = input.caps {
+            for gpu in caps.caps.gpus_by_index() {
+                let mut d = DeviceHealth {
+                    device_id: gpu.id.clone(),
+                    index: gpu.index,
+                    health: Health::Healthy,
+                    reasons: vec![],
+                };
+                let mut flag = |level: Health, reason: String| {
+                    d.health = d.health.max(level);
+                    d.reasons.push(reason);
+                };
+                let name = format!("gpu{}", gpu.index);
+                match s.gpus.iter().find(|g| g.id == gpu.id) {
+                    None => flag(Health::Unhealthy, format!("{name} missing from the latest sample")),
+                    Some(g) => {
+                        if let Some(temp) = g.temperature_c {
+                            if temp >= t.gpu_temp_unhealthy_c {
+                                flag(
+                                    Health::Unhealthy,
+                                    format!(
+                                        "{name} temperature {temp:.0} C >= {:.0} C",
+                                        t.gpu_temp_unhealthy_c
+                                    ),
+                                );
+                            } else if temp >= t.gpu_temp_degraded_c {
+                                flag(
+                                    Health::Degraded,
+                                    format!(
+                                        "{name} temperature {temp:.0} C >= {:.0} C",
+                                        t.gpu_temp_degraded_c
+                                    ),
+                                );
+                            }
+                        }
+                        if let Some(vram) = g.vram_used_bytes.and_then(|u| percent(u, gpu.vram_total_bytes))
+                            && vram >= t.vram_degraded_percent
+                        {
+                            flag(
+                                Health::Degraded,
+                                format!("{name} vram {vram:.0}% >= {:.0}%", t.vram_degraded_percent),
+                            );
+                        }
+                        if let Some(n) = g.ecc_uncorrected_volatile.filter(|n| *n > 0) {
+                            flag(Health::Degraded, format!("{name} {n} uncorrected ECC errors"));
+                        }
+                        if let Some(n) = g.xid_events.filter(|n| *n > 0) {
+                            let last = g.last_xid.map_or(String::new(), |x| format!(" (last XID {x})"));
+                            flag(Health::Degraded, format!("{name} {n} critical XID events{last}"));
+                        }
+                    }
+                }
+                r.health = r.health.max(d.health);
+                r.reasons.extend(d.reasons.iter().cloned());
+                r.devices.push(d);
+            }
+        }
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rbee_shared::{Capabilities, GpuDevice, GpuSample, MigMode};
+
+    fn caps() -> VersionedCapabilities {
+        let mut c = Capabilities::default();
+        c.gpus.insert(
+            "GPU-0".into(),
+            GpuDevice {
+                id: "GPU-0".into(),
+                index: 0,
+                name: "x".into(),
+                pci_bus_id: String::new(),
+                compute_capability: None,
+                vram_total_bytes: 100,
+                driver_version: None,
+                cuda_version: None,
+                power_limit_mw: None,
+                mig_mode: MigMode::NotReported,
+            },
+        );
+        VersionedCapabilities { version: 1, caps: c }
+    }
+
+    fn sample(ram_used: u64, temp: f32) -> Sample {
+        Sample {
+            ram_total_bytes: 100,
+            ram_used_bytes: ram_used,
+            gpus: vec![GpuSample {
+                id: "GPU-0".into(),
+                temperature_c: Some(temp),
+                vram_used_bytes: Some(10),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn input<'a>(s: &'a Sample, c: &'a VersionedCapabilities) -> HealthInput<'a> {
+        HealthInput {
+            state: ConnState::Online,
+            silence: None,
+            last_error: None,
+            invalid: None,
+            sample: Some(s),
+            caps: Some(c),
+            cpu_window_mean: Some(20.0),
+        }
+    }
+
+    #[test]
+    fn a_calm_hive_is_healthy() {
+        let (s, c) = (sample(50, 50.0), caps());
+        let r = evaluate(&input(&s, &c), &Thresholds::default());
+        assert_eq!(r.health, Health::Healthy, "{:?}", r.reasons);
+        assert_eq!(r.devices[0].health, Health::Healthy);
+    }
+
+    #[test]
+    fn a_hot_gpu_makes_the_device_and_hive_unhealthy_with_a_reason() {
+        let (s, c) = (sample(50, 92.0), caps());
+        let r = evaluate(&input(&s, &c), &Thresholds::default());
+        assert_eq!(r.health, Health::Unhealthy);
+        assert_eq!(r.devices[0].reasons, ["gpu0 temperature 92 C >= 90 C"]);
+        assert!(r.reasons.contains(&"gpu0 temperature 92 C >= 90 C".to_string()));
+    }
+
+    #[test]
+    fn ram_pressure_is_graded() {
+        let c = caps();
+        let s = sample(92, 40.0);
+        assert_eq!(evaluate(&input(&s, &c), &Thresholds::default()).reasons, ["ram 92% >= 90%"]);
+        let s = sample(98, 40.0);
+        let r = evaluate(&input(&s, &c), &Thresholds::default());
+        assert_eq!(
+            (r.health, r.reasons.as_slice()),
+            (Health::Unhealthy, ["ram 98% >= 97%".to_string()].as_slice())
+        );
+    }
+
+    #[test]
+    fn cpu_is_judged_on_the_window_mean_not_a_spike() {
+        let (mut s, c) = (sample(10, 40.0), caps());
+        s.cpu_percent = Some(100.0);
+        let mut i = input(&s, &c);
+        i.cpu_window_mean = Some(40.0);
+        assert_eq!(evaluate(&i, &Thresholds::default()).health, Health::Healthy);
+        i.cpu_window_mean = Some(97.0);
+        assert_eq!(evaluate(&i, &Thresholds::default()).reasons, ["cpu 97% (10 s mean) >= 95%"]);
+    }
+
+    #[test]
+    fn stale_and_lost_say_why() {
+        let (s, c) = (sample(10, 40.0), caps());
+        let mut i = input(&s, &c);
+        i.state = ConnState::Stale;
+        i.silence = Some(Duration::from_millis(4100));
+        let r = evaluate(&i, &Thresholds::default());
+        assert_eq!((r.health, r.reasons[0].as_str()), (Health::Degraded, "no sample for 4.1 s"));
+        i.state = ConnState::Lost;
+        i.last_error = Some("stream reset");
+        assert_eq!(evaluate(&i, &Thresholds::default()).reasons[0], "lost: stream reset");
+    }
+
+    #[test]
+    fn inconsistent_thresholds_are_refused() {
+        let t =
+            Thresholds { ram_degraded_percent: 99.0, ram_unhealthy_percent: 90.0, ..Thresholds::default() };
+        assert!(t.validate().is_err());
+        assert!(Thresholds::default().validate().is_ok());
+    }
+}

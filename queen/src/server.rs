@@ -1,0 +1,90 @@
+//! `run`: the queen server — the Fleet service, gRPC health and reflection (v1 and
+//! v1alpha) on one listener; the managed hives; optionally a hive in-process.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use rbee_proto::v1::fleet_server::FleetServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::QueenError;
+use crate::config::QueenConfig;
+use crate::fleet::{Fleet, Origin};
+use crate::service::FleetService;
+
+/// Largest request the queen accepts.
+pub const MAX_DECODING_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// Runs the queen on `listener` until `shutdown` resolves.
+pub async fn run(
+    config: QueenConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), QueenError> {
+    let local = listener.local_addr().map_err(|e| QueenError::Config(format!("listener address: {e}")))?;
+    let cancel = CancellationToken::new();
+    let fleet = Fleet::new(config.fleet.clone(), cancel.clone());
+    let local_hive = match config.local_hive {
+        Some(hive_config) => Some(start_local_hive(&fleet, hive_config, cancel.clone()).await?),
+        None => None,
+    };
+    for address in &config.hives {
+        fleet.add(address, Origin::Static)?;
+    }
+    tracing::info!(listen = %local, hives = fleet.list().len(), "queen serving rbee.v1.Fleet");
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<FleetServer<FleetService>>().await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(rbee_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    let stop = cancel.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = shutdown => stop.cancel(),
+            () = stop.cancelled() => {}
+        }
+    });
+    let result = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(
+            FleetServer::new(FleetService::new(fleet)).max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), cancel.clone().cancelled_owned())
+        .await;
+    cancel.cancel();
+    if let Some(task) = local_hive {
+        let _ = task.await;
+    }
+    tracing::info!("queen stopped");
+    result.map_err(QueenError::from)
+}
+
+/// Starts a hive in this process on a loopback port and manages it.
+async fn start_local_hive(
+    fleet: &Arc<Fleet>,
+    config: rbee_hive::HiveConfig,
+    cancel: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, QueenError> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| QueenError::Config(format!("cannot bind the local hive: {e}")))?;
+    let address = format!("http://{}", listener.local_addr().map_err(|e| QueenError::Config(e.to_string()))?);
+    let task = tokio::spawn(async move {
+        if let Err(e) = rbee_hive::run(config, listener, cancel.cancelled_owned()).await {
+            tracing::error!(error = %e, "the local hive stopped with an error");
+        }
+    });
+    fleet.add(&address, Origin::Local)?;
+    tracing::info!(%address, "started a local hive in this process");
+    Ok(task)
+}

@@ -1,0 +1,119 @@
+//! The `rbee.v1.Fleet` gRPC handlers: validate, call the fleet, convert back.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use rbee_proto::v1 as pb;
+use rbee_proto::v1::fleet_server::Fleet as FleetApi;
+use rbee_shared::{MAX_SAMPLE_INTERVAL, MIN_SAMPLE_INTERVAL};
+use tonic::{Request, Response, Status};
+
+use crate::QueenError;
+use crate::admission::admit_announce;
+use crate::fleet::{Fleet, Origin};
+use crate::watch::WatchSession;
+
+/// The Fleet service.
+#[derive(Clone)]
+pub struct FleetService {
+    /// The fleet.
+    fleet: Arc<Fleet>,
+}
+
+impl FleetService {
+    /// A service over `fleet`.
+    pub fn new(fleet: Arc<Fleet>) -> Self {
+        Self { fleet }
+    }
+}
+
+fn key(raw: &str) -> Result<&str, QueenError> {
+    let k = raw.trim();
+    if k.is_empty() || k.len() > crate::admission::MAX_ADDRESS_BYTES {
+        return Err(QueenError::InvalidArgument(
+            "hive must be a hive id or an address (1..=256 bytes)".into(),
+        ));
+    }
+    Ok(k)
+}
+
+type FleetEventStream = Pin<Box<dyn Stream<Item = Result<pb::FleetEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl FleetApi for FleetService {
+    async fn list_hives(
+        &self,
+        _: Request<pb::ListHivesRequest>,
+    ) -> Result<Response<pb::ListHivesResponse>, Status> {
+        let hives = self.fleet.list().iter().map(|h| h.as_ref().into()).collect();
+        Ok(Response::new(pb::ListHivesResponse {
+            hives,
+            queen_time_unix_ms: rbee_shared::time::now_unix_ms(),
+        }))
+    }
+
+    async fn get_hive(&self, request: Request<pb::GetHiveRequest>) -> Result<Response<pb::HiveView>, Status> {
+        let k = key(&request.get_ref().hive)?;
+        let hive = self.fleet.get(k).ok_or_else(|| QueenError::NotFound(k.to_owned()))?;
+        Ok(Response::new(hive.as_ref().into()))
+    }
+
+    type WatchFleetStream = FleetEventStream;
+
+    async fn watch_fleet(
+        &self,
+        request: Request<pb::WatchFleetRequest>,
+    ) -> Result<Response<FleetEventStream>, Status> {
+        let every = match request.get_ref().sample_interval_ms {
+            None | Some(0) => None,
+            Some(ms) => {
+                let d = Duration::from_millis(u64::from(ms));
+                if !(MIN_SAMPLE_INTERVAL..=MAX_SAMPLE_INTERVAL).contains(&d) {
+                    return Err(QueenError::InvalidArgument(format!(
+                        "sample_interval_ms = {ms} is out of range: must be 0 (no samples) or 100..=60000"
+                    ))
+                    .into());
+                }
+                Some(d)
+            }
+        };
+        Ok(Response::new(Box::pin(WatchSession::new(self.fleet.clone(), every).into_stream())))
+    }
+
+    async fn add_hive(
+        &self,
+        request: Request<pb::AddHiveRequest>,
+    ) -> Result<Response<pb::AddHiveResponse>, Status> {
+        let (hive, added) = self.fleet.add(&request.get_ref().address, Origin::Api)?;
+        Ok(Response::new(pb::AddHiveResponse { hive: Some(hive.as_ref().into()), added }))
+    }
+
+    async fn remove_hive(
+        &self,
+        request: Request<pb::RemoveHiveRequest>,
+    ) -> Result<Response<pb::RemoveHiveResponse>, Status> {
+        let address = self.fleet.remove(key(&request.get_ref().hive)?)?;
+        Ok(Response::new(pb::RemoveHiveResponse { address }))
+    }
+
+    async fn announce(
+        &self,
+        request: Request<pb::AnnounceRequest>,
+    ) -> Result<Response<pb::AnnounceResponse>, Status> {
+        let req = request.get_ref();
+        let address = match admit_announce(&self.fleet.settings().allow, &req.address).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(address = %req.address, hive_id = %req.hive_id, error = %e, "announce refused");
+                return Err(e.into());
+            }
+        };
+        let (_, added) = self.fleet.add(&address, Origin::Announced)?;
+        if added {
+            tracing::info!(%address, hive_id = %req.hive_id, "hive announced itself");
+        }
+        Ok(Response::new(pb::AnnounceResponse { added }))
+    }
+}

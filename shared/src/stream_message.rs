@@ -1,0 +1,45 @@
+//! One message of a hive's `MetricsStream`, as domain types.
+
+use crate::{CapabilityDiff, HiveIdentity, Sample, VersionedCapabilities};
+
+/// Why a hive sent a full snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotReason {
+    /// The caller held no view.
+    Initial,
+    /// The caller's view was of another epoch or version.
+    Outdated,
+    /// The caller asked for it.
+    Resync,
+    /// Not reported.
+    Unspecified,
+}
+
+/// What a stream message carries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HivePayload {
+    /// The hive's identity and full capabilities.
+    Snapshot {
+        /// Why it was sent.
+        reason: SnapshotReason,
+        /// Who the hive is.
+        identity: HiveIdentity,
+        /// Everything it has.
+        capabilities: VersionedCapabilities,
+    },
+    /// A live measurement.
+    Sample(Sample),
+    /// A capability change.
+    Diff(CapabilityDiff),
+}
+
+/// One stream message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HiveStreamMessage {
+    /// Per-stream sequence number (1, 2, 3, ...).
+    pub seq: u64,
+    /// The hive's clock when sent, ms since the Unix epoch.
+    pub hive_time_unix_ms: u64,
+    /// The content.
+    pub payload: HivePayload,
+}
