@@ -85,6 +85,9 @@ pub struct ServeArgs {
     /// Directory that keeps the generated hive id (default: $XDG_STATE_HOME/rbee/hive or ~/.local/state/rbee/hive).
     #[arg(long, env = "HIVE_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Announce this hive to the queen at URL (it then discovers and streams from it).
+    #[arg(long, env = "HIVE_QUEEN", value_name = "URL")]
+    pub queen: Option<String>,
     /// GPU source.
     #[command(flatten)]
     pub gpu: GpuArgs,
@@ -142,6 +145,8 @@ pub struct HiveConfig {
     pub rescan_interval: Duration,
     /// GPU source.
     pub gpu: GpuChoice,
+    /// A queen to announce to.
+    pub queen: Option<String>,
 }
 
 impl HiveConfig {
@@ -154,6 +159,7 @@ impl HiveConfig {
             default_interval: DEFAULT_SAMPLE_INTERVAL,
             rescan_interval: Duration::from_secs(1),
             gpu,
+            queen: None,
         }
     }
 }
@@ -170,6 +176,7 @@ impl ServeArgs {
             default_interval: self.sample_interval,
             rescan_interval: self.rescan_interval,
             gpu: self.gpu.choice()?,
+            queen: self.queen,
         };
         Ok((self.listen, config))
     }

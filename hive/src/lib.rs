@@ -5,6 +5,7 @@
 //!
 //! The binary is a thin wrapper: tests start the same [`run`] on `127.0.0.1:0`.
 
+pub mod announce;
 pub mod config;
 pub mod convert;
 pub mod error;

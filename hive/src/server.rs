@@ -12,6 +12,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::HiveError;
+use crate::announce::{StreamCounter, announce_loop};
 use crate::config::HiveConfig;
 use crate::monitor::Telemetry;
 use crate::service::HiveService;
@@ -72,11 +73,17 @@ pub async fn run(
 
     let cancel = CancellationToken::new();
     let rescan = tokio::spawn(telemetry.clone().rescan_loop(config.rescan_interval, cancel.clone()));
+    let streams = StreamCounter::default();
+    let announcer = config.queen.clone().map(|queen| {
+        let a = identity.advertised_address.clone();
+        tokio::spawn(announce_loop(queen, a, identity.hive_id.clone(), streams.clone(), cancel.clone()))
+    });
     let ctx = SessionContext {
         identity,
         telemetry,
         default_interval: config.default_interval,
         shutdown: cancel.clone(),
+        streams,
     };
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -108,6 +115,9 @@ pub async fn run(
         .await;
     cancel.cancel();
     let _ = rescan.await;
+    if let Some(a) = announcer {
+        let _ = a.await;
+    }
     tracing::info!("hive stopped");
     result.map_err(HiveError::from)
 }

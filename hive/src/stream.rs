@@ -17,6 +17,7 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 
+use crate::announce::{StreamCounter, StreamGuard};
 use crate::convert::StreamRequest;
 use crate::monitor::Telemetry;
 
@@ -34,6 +35,8 @@ pub struct SessionContext {
     pub default_interval: Duration,
     /// Cancelled when the hive shuts down; ends every stream.
     pub shutdown: CancellationToken,
+    /// Counts open streams (the announcer re-announces when none is open).
+    pub streams: StreamCounter,
 }
 
 /// The state of one stream.
@@ -56,6 +59,8 @@ pub struct Session {
     seq: u64,
     /// Set after an error or shutdown: the stream ends.
     done: bool,
+    /// Counts this stream as open while it lives.
+    _open: StreamGuard,
 }
 
 fn ticker(every: Duration) -> Interval {
@@ -99,7 +104,6 @@ impl Session {
         let interval = request.interval.unwrap_or(ctx.default_interval);
         tracing::debug!(?interval, resumed = sent.is_some(), "stream subscribed");
         Ok(Some(Self {
-            ctx,
             inbound,
             inbound_open: true,
             caps_rx,
@@ -108,6 +112,8 @@ impl Session {
             ticker: ticker(interval),
             seq: 0,
             done: false,
+            _open: ctx.streams.open(),
+            ctx,
         }))
     }
 

@@ -1,0 +1,307 @@
+//! End to end: a real queen and real hives (simulated GPUs) on 127.0.0.1, over gRPC.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use rbee_proto::v1 as pb;
+use rbee_queen::QueenConfig;
+use tokio::time::Instant;
+
+#[tokio::test]
+async fn three_hives_are_discovered_and_their_samples_reach_list_hives() {
+    let hives = [
+        TestHive::start("hive-a", ONE_GPU).await,
+        TestHive::start("hive-b", ONE_GPU).await,
+        TestHive::start("hive-c", ONE_GPU).await,
+    ];
+    let queen = TestQueen::start(hives.iter().map(|h| h.url()).collect()).await;
+    let mut client = queen.client().await;
+    let list = wait_for(&mut client, "3 hives online with samples", |hs| {
+        hs.len() == 3 && hs.iter().all(|h| online(h) && h.latest_sample.is_some())
+    })
+    .await;
+    let mut ids: Vec<_> = list.iter().map(|h| h.hive_id.clone()).collect();
+    ids.sort();
+    assert_eq!(ids, ["hive-a", "hive-b", "hive-c"]);
+    for h in &list {
+        assert_eq!(h.origin(), pb::HiveOrigin::Static);
+        assert_eq!(h.health(), pb::Health::Healthy, "{:?}", h.health_reasons);
+        assert!(h.sample_age_ms.unwrap() < 2_000, "fresh data has a small age");
+        assert_eq!(h.capabilities.as_ref().unwrap().gpus.len(), 1);
+        assert_eq!(h.identity.as_ref().unwrap().gpu_source(), pb::DeviceSourceKind::Simulated);
+        assert_eq!(h.sample_interval_ms, 200);
+    }
+    // Windowed statistics fill up as samples arrive.
+    let list = wait_for(&mut client, "windowed stats", |hs| {
+        hs.iter().all(|h| h.stats.as_ref().is_some_and(|s| s.samples >= 3))
+    })
+    .await;
+    let stats = list[0].stats.as_ref().unwrap();
+    assert!(stats.cpu_mean_percent.is_some(), "{stats:?}");
+    assert!(matches!(stats.gpus[0].util_max_percent, Some(u) if u == 10.0 || u == 20.0), "{stats:?}");
+    // GetHive by id and by address.
+    let by_id = client.get_hive(pb::GetHiveRequest { hive: "hive-b".into() }).await.unwrap().into_inner();
+    let by_addr =
+        client.get_hive(pb::GetHiveRequest { hive: by_id.address.clone() }).await.unwrap().into_inner();
+    assert_eq!(by_id.hive_id, by_addr.hive_id);
+    let missing = client.get_hive(pb::GetHiveRequest { hive: "nope".into() }).await.unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    queen.stop().await;
+}
+
+#[tokio::test]
+async fn a_hot_plugged_gpu_shows_in_get_hive_within_2_s() {
+    let scenario = r#"
+        [[gpu]]
+        id = "GPU-base"
+        vram_total = "24GiB"
+        [[gpu]]
+        id = "GPU-hotplug"
+        vram_total = "48GiB"
+        appear_at_s = 1.5
+    "#;
+    let hive = TestHive::start("hot", scenario).await;
+    let plugged_at = Instant::now() + Duration::from_millis(1500);
+    let queen = TestQueen::start(vec![hive.url()]).await;
+    let mut client = queen.client().await;
+    wait_for(&mut client, "online", |hs| hs.iter().all(online)).await;
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let h = client.get_hive(pb::GetHiveRequest { hive: "hot".into() }).await.unwrap().into_inner();
+        let caps = h.capabilities.unwrap();
+        if caps.gpus.iter().any(|g| g.id == "GPU-hotplug") {
+            let seen = Instant::now().saturating_duration_since(plugged_at);
+            assert!(seen <= Duration::from_secs(2), "hot-plug took {seen:?} to show");
+            assert!(caps.version >= 2);
+            break;
+        }
+        assert!(Instant::now() < deadline, "hot-plug never showed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_killed_hive_is_lost_within_1_s_and_a_restarted_one_comes_back_with_a_new_epoch() {
+    let hive = TestHive::start("phoenix", ONE_GPU).await;
+    let (addr, url) = (hive.addr, hive.url());
+    let queen = TestQueen::start(vec![url.clone()]).await;
+    let mut client = queen.client().await;
+    let before =
+        wait_for(&mut client, "online", |hs| hs.iter().all(|h| online(h) && h.latest_sample.is_some())).await;
+    let old_epoch = before[0].identity.as_ref().unwrap().epoch.clone();
+    let mut watch = Watch::open(&mut client).await;
+
+    let killed_at = Instant::now();
+    hive.kill().await;
+    let (change, at) = watch.until(state_to(&url, pb::HiveState::Lost)).await;
+    assert!(at - killed_at < Duration::from_secs(1), "lost after {:?}", at - killed_at);
+    assert!(!change.reason.is_empty());
+    let lost = client.get_hive(pb::GetHiveRequest { hive: url.clone() }).await.unwrap().into_inner();
+    assert_eq!(lost.health(), pb::Health::Unhealthy);
+    assert!(lost.health_reasons[0].starts_with("lost:"), "{:?}", lost.health_reasons);
+    assert!(lost.latest_sample.is_some(), "old data is kept, with its age");
+
+    let _again = TestHive::start_on(addr, "phoenix", ONE_GPU, None).await;
+    let (restarted, _) = watch
+        .until(|e| match e {
+            pb::fleet_event::Event::CapabilitiesChanged(c) if c.restarted => Some(c.clone()),
+            _ => None,
+        })
+        .await;
+    assert_ne!(restarted.epoch, old_epoch);
+    let back = wait_for(&mut client, "back online", |hs| hs.iter().all(online)).await;
+    assert_ne!(back[0].identity.as_ref().unwrap().epoch, old_epoch);
+    let counters = back[0].counters.unwrap();
+    assert!(counters.restarts >= 1 && counters.reconnects >= 1, "{counters:?}");
+}
+
+#[tokio::test]
+async fn a_silent_partition_makes_a_hive_stale_then_lost_within_the_configured_bounds() {
+    let hive = TestHive::start("behind-proxy", ONE_GPU).await;
+    let proxy = Proxy::start(hive.addr).await;
+    let queen = TestQueen::start(vec![proxy.url()]).await;
+    let mut client = queen.client().await;
+    wait_for(&mut client, "online with a sample", |hs| {
+        hs.iter().all(|h| online(h) && h.latest_sample.is_some())
+    })
+    .await;
+    let mut watch = Watch::open(&mut client).await;
+
+    let frozen_at = Instant::now();
+    proxy.freeze();
+    let settings = fast_settings();
+    let (_, stale_at) = watch.until(state_to(&proxy.url(), pb::HiveState::Stale)).await;
+    let stale_after = stale_at - frozen_at;
+    // Stale after 3 missed intervals (600 ms); the last sample may be up to one interval old.
+    assert!(
+        stale_after >= settings.stale_after() - settings.sample_interval,
+        "stale too early: {stale_after:?}"
+    );
+    assert!(
+        stale_after <= settings.stale_after() + Duration::from_millis(500),
+        "stale too late: {stale_after:?}"
+    );
+    let stale =
+        client.get_hive(pb::GetHiveRequest { hive: "behind-proxy".into() }).await.unwrap().into_inner();
+    assert_eq!(stale.health(), pb::Health::Degraded);
+    assert!(
+        stale.health_reasons.iter().any(|r| r.starts_with("no sample for")),
+        "{:?}",
+        stale.health_reasons
+    );
+    assert!(stale.sample_age_ms.unwrap() >= 400, "stale data is not shown as fresh");
+
+    let (lost, lost_at) = watch.until(state_to(&proxy.url(), pb::HiveState::Lost)).await;
+    let lost_after = lost_at - frozen_at;
+    assert!(lost_after >= settings.lost_timeout - settings.sample_interval, "lost too early: {lost_after:?}");
+    assert!(
+        lost_after <= settings.lost_timeout + Duration::from_millis(700),
+        "lost too late: {lost_after:?}"
+    );
+    assert!(lost.reason.contains("no message for"), "{}", lost.reason);
+}
+
+#[tokio::test]
+async fn a_restarted_queen_rebuilds_the_fleet() {
+    let hives = [TestHive::start("r1", ONE_GPU).await, TestHive::start("r2", ONE_GPU).await];
+    let config = QueenConfig {
+        fleet: fast_settings(),
+        hives: hives.iter().map(|h| h.url()).collect(),
+        local_hive: None,
+    };
+    let queen = TestQueen::start_with(config.clone(), "127.0.0.1:0".parse().unwrap()).await;
+    let addr = queen.addr;
+    let mut client = queen.client().await;
+    wait_for(&mut client, "2 online", |hs| hs.len() == 2 && hs.iter().all(online)).await;
+    queen.stop().await;
+
+    // An announced hive comes back too: it re-announces once no queen streams from it.
+    let announced =
+        TestHive::start_on("127.0.0.1:0".parse().unwrap(), "r3", ONE_GPU, Some(format!("http://{addr}")))
+            .await;
+    let queen = TestQueen::start_with(config, addr).await;
+    let mut client = queen.client().await;
+    let hs =
+        wait_for(&mut client, "3 online after restart", |hs| hs.len() == 3 && hs.iter().all(online)).await;
+    let r3 = hs.iter().find(|h| h.hive_id == "r3").expect("the announced hive");
+    assert_eq!(r3.origin(), pb::HiveOrigin::Announced);
+    assert_eq!(r3.address, announced.url());
+}
+
+#[tokio::test]
+async fn announce_outside_the_allow_list_is_refused_and_loopback_is_discovered() {
+    let queen = TestQueen::start(vec![]).await;
+    let mut client = queen.client().await;
+    let refused = client
+        .announce(pb::AnnounceRequest { address: "http://10.20.30.40:7835".into(), hive_id: "evil".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    assert!(refused.message().contains("allow-list"), "{}", refused.message());
+    let bad =
+        client.announce(pb::AnnounceRequest { address: "not a url".into(), hive_id: String::new() }).await;
+    assert_eq!(bad.unwrap_err().code(), tonic::Code::InvalidArgument);
+    assert!(
+        client.list_hives(pb::ListHivesRequest {}).await.unwrap().into_inner().hives.is_empty(),
+        "nothing dialed"
+    );
+
+    let hive = TestHive::start("good", ONE_GPU).await;
+    let ok =
+        client.announce(pb::AnnounceRequest { address: hive.url(), hive_id: "good".into() }).await.unwrap();
+    assert!(ok.into_inner().added);
+    wait_for(&mut client, "announced hive online", |hs| {
+        hs.len() == 1 && online(&hs[0]) && hs[0].hive_id == "good"
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn add_and_remove_at_runtime() {
+    let queen = TestQueen::start(vec![]).await;
+    let mut client = queen.client().await;
+    let mut watch = Watch::open(&mut client).await;
+    let (snapshot, _) = watch
+        .until(|e| match e {
+            pb::fleet_event::Event::Snapshot(s) => Some(s.clone()),
+            _ => None,
+        })
+        .await;
+    assert!(snapshot.hives.is_empty());
+
+    let hive = TestHive::start("dyn", ONE_GPU).await;
+    let added =
+        client.add_hive(pb::AddHiveRequest { address: hive.addr.to_string() }).await.unwrap().into_inner();
+    assert!(added.added);
+    assert_eq!(added.hive.unwrap().address, hive.url(), "a bare host:port is normalised to http://");
+    let again = client.add_hive(pb::AddHiveRequest { address: hive.url() }).await.unwrap().into_inner();
+    assert!(!again.added);
+    watch.until(state_to(&hive.url(), pb::HiveState::Online)).await;
+
+    let bad =
+        client.add_hive(pb::AddHiveRequest { address: "http://host-without-port".into() }).await.unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(bad.message().contains("port"), "{}", bad.message());
+
+    client.remove_hive(pb::RemoveHiveRequest { hive: "dyn".into() }).await.unwrap();
+    watch
+        .until(|e| matches!(e, pb::fleet_event::Event::HiveRemoved(r) if r.hive_id == "dyn").then_some(()))
+        .await;
+    assert!(client.list_hives(pb::ListHivesRequest {}).await.unwrap().into_inner().hives.is_empty());
+    let gone = client.remove_hive(pb::RemoveHiveRequest { hive: "dyn".into() }).await.unwrap_err();
+    assert_eq!(gone.code(), tonic::Code::NotFound);
+}
+
+#[tokio::test]
+async fn local_hive_runs_in_process_and_is_managed() {
+    let mut local = rbee_hive::HiveConfig::new(
+        "local-test",
+        rbee_hive::monitor::GpuChoice::Simulated(
+            rbee_hive::source::simulated::Scenario::parse(ONE_GPU).unwrap(),
+        ),
+    );
+    local.rescan_interval = Duration::from_millis(100);
+    let config = QueenConfig { fleet: fast_settings(), hives: vec![], local_hive: Some(local) };
+    let queen = TestQueen::start_with(config, "127.0.0.1:0".parse().unwrap()).await;
+    let mut client = queen.client().await;
+    let hs = wait_for(&mut client, "local hive online", |hs| {
+        hs.len() == 1 && online(&hs[0]) && hs[0].latest_sample.is_some()
+    })
+    .await;
+    assert_eq!(hs[0].origin(), pb::HiveOrigin::Local);
+    assert_eq!(hs[0].hive_id, "local-test");
+    queen.stop().await;
+}
+
+#[tokio::test]
+async fn watch_fleet_sends_samples_at_the_asked_rate_and_refuses_bad_rates() {
+    let hive = TestHive::start("w", ONE_GPU).await;
+    let queen = TestQueen::start(vec![hive.url()]).await;
+    let mut client = queen.client().await;
+    let bad = client.watch_fleet(pb::WatchFleetRequest { sample_interval_ms: Some(5) }).await;
+    let err = match bad {
+        Err(s) => s,
+        Ok(r) => r.into_inner().message().await.unwrap_err(),
+    };
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let mut stream = client
+        .watch_fleet(pb::WatchFleetRequest { sample_interval_ms: Some(200) })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut samples = 0;
+    let deadline = Instant::now() + DEADLINE;
+    while samples < 3 {
+        let e = tokio::time::timeout_at(deadline, stream.message())
+            .await
+            .expect("samples arrive")
+            .unwrap()
+            .unwrap();
+        if let Some(pb::fleet_event::Event::Sample(s)) = e.event {
+            assert_eq!(s.hive_id, "w");
+            samples += 1;
+        }
+    }
+}
