@@ -418,6 +418,16 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_config_is_valid() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/queen.example.toml");
+        let args = ServeArgs { config: Some(path.into()), ..Default::default() };
+        let (listen, cfg) = args.into_config().unwrap();
+        assert_eq!(listen, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(cfg.fleet.thresholds, Thresholds::default());
+        assert_eq!(cfg.hives, ["http://127.0.0.1:7835"]);
+    }
+
+    #[test]
     fn bad_configs_fail_clearly() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("queen.toml");
