@@ -4,7 +4,7 @@
 use prost::Message;
 use std::path::PathBuf;
 
-const PROTOS: &[&str] = &["rbee/v1/hive.proto", "rbee/v1/fleet.proto"];
+const PROTOS: &[&str] = &["rbee/v1/hive.proto", "rbee/v1/fleet.proto", "rbee/v1/scheduler.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");

@@ -250,6 +250,13 @@ pub fn render_event(e: &pb::FleetEvent) -> String {
             if c.restarted { " (hive restarted, new epoch)" } else { "" },
             c.capabilities.as_ref().map_or(0, |c| c.gpus.len())
         ),
+        Some(Event::ReservationDropped(r)) => format!(
+            "{} reservation {} on {} dropped: {}",
+            name(&r.hive_id, &r.address),
+            r.reservation_id,
+            r.device_id,
+            r.reason
+        ),
         Some(Event::Sample(s)) => {
             let sample = s.sample.as_ref();
             format!(

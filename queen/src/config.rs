@@ -14,6 +14,7 @@ use serde::Deserialize;
 use crate::QueenError;
 use crate::admission::{AllowList, normalize_address};
 use crate::health::Thresholds;
+use crate::scheduler::SchedulerSettings;
 
 /// The default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7833";
@@ -148,6 +149,18 @@ pub struct ServeArgs {
     /// Longest reconnect backoff [default: 30s].
     #[arg(long, env = "QUEEN_BACKOFF_MAX", value_parser = humantime::parse_duration)]
     pub backoff_max: Option<Duration>,
+    /// Placement policy (Rhai), watched for edits [default: the built-in least-loaded policy].
+    #[arg(long, env = "QUEEN_POLICY", value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// When the policy fails (error, limit, time budget), answer with the built-in default instead of an error.
+    #[arg(long, env = "QUEEN_POLICY_FALLBACK")]
+    pub policy_fallback: bool,
+    /// Wall-time budget of one policy call [default: 50ms].
+    #[arg(long, env = "QUEEN_POLICY_BUDGET", value_parser = humantime::parse_duration)]
+    pub policy_budget: Option<Duration>,
+    /// Drop reservations on a hive lost for longer than this [default: 60s].
+    #[arg(long, env = "QUEEN_RESERVATION_LOST_GRACE", value_parser = humantime::parse_duration)]
+    pub reservation_lost_grace: Option<Duration>,
 }
 
 /// Parses a sample interval and checks its bounds.
@@ -200,6 +213,16 @@ pub struct FileConfig {
     pub stats_window: Option<Duration>,
     /// Health thresholds.
     pub health: Thresholds,
+    /// Placement policy file.
+    pub policy: Option<PathBuf>,
+    /// Fall back to the built-in policy when the policy fails.
+    pub policy_fallback: Option<bool>,
+    /// Wall-time budget of one policy call.
+    #[serde(default, with = "opt_duration")]
+    pub policy_budget: Option<Duration>,
+    /// Drop reservations on hives lost longer than this.
+    #[serde(default, with = "opt_duration")]
+    pub reservation_lost_grace: Option<Duration>,
 }
 
 mod opt_duration {
@@ -312,6 +335,8 @@ pub struct QueenConfig {
     pub hives: Vec<String>,
     /// A hive to run in this process, if any.
     pub local_hive: Option<rbee_hive::HiveConfig>,
+    /// Placement policy and reservations.
+    pub scheduler: crate::scheduler::SchedulerSettings,
 }
 
 impl ServeArgs {
@@ -366,7 +391,23 @@ impl ServeArgs {
         });
         let listen =
             self.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default"));
-        Ok((listen, QueenConfig { fleet, hives, local_hive }))
+        let defaults = SchedulerSettings::default();
+        let mut limits = defaults.limits;
+        limits.budget = self.policy_budget.or(file.policy_budget).unwrap_or(limits.budget);
+        if limits.budget.is_zero() || limits.budget > Duration::from_secs(10) {
+            return Err(QueenError::Config("policy_budget must be in (0, 10s]".into()));
+        }
+        let scheduler = SchedulerSettings {
+            policy_file: self.policy.clone().or(file.policy.clone()),
+            fallback_to_default: self.policy_fallback || file.policy_fallback.unwrap_or(false),
+            limits,
+            lost_grace: self
+                .reservation_lost_grace
+                .or(file.reservation_lost_grace)
+                .unwrap_or(defaults.lost_grace),
+            ..defaults
+        };
+        Ok((listen, QueenConfig { fleet, hives, local_hive, scheduler }))
     }
 }
 

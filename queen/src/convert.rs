@@ -141,6 +141,72 @@ impl From<&FleetEvent> for pb::fleet_event::Event {
                     capabilities: Some(caps.as_ref().into()),
                 })
             }
+            FleetEvent::ReservationDropped { reservation: r, reason } => {
+                Event::ReservationDropped(pb::ReservationDropped {
+                    reservation_id: r.id.clone(),
+                    hive_id: r.hive_id.clone(),
+                    address: r.address.clone(),
+                    device_id: r.device_id.clone(),
+                    reason: reason.clone(),
+                })
+            }
+        }
+    }
+}
+
+impl From<&crate::scheduler::book::Reservation> for pb::Reservation {
+    fn from(r: &crate::scheduler::book::Reservation) -> Self {
+        use crate::scheduler::book::ReservationState;
+        Self {
+            id: r.id.clone(),
+            hive_id: r.hive_id.clone(),
+            address: r.address.clone(),
+            device_id: r.device_id.clone(),
+            model: r.model.clone(),
+            bytes: r.bytes,
+            state: match r.state {
+                ReservationState::Active => pb::ReservationState::Active,
+                ReservationState::Settled => pb::ReservationState::Settled,
+            } as i32,
+            created_at_unix_ms: r.created_at_unix_ms,
+            expires_at_unix_ms: r.expires_at_unix_ms,
+        }
+    }
+}
+
+impl From<&crate::scheduler::Outcome> for pb::PlaceResponse {
+    fn from(o: &crate::scheduler::Outcome) -> Self {
+        use crate::scheduler::Outcome;
+        use pb::place_response::Result as R;
+        let result = match o {
+            Outcome::Placed(p) => R::Placement(pb::Placement {
+                hive_id: p.hive_id.clone(),
+                address: p.address.clone(),
+                device_id: p.device_id.clone(),
+                reservation_id: p.reservation.as_ref().map(|r| r.id.clone()).unwrap_or_default(),
+                expires_at_unix_ms: p.reservation.as_ref().map_or(0, |r| r.expires_at_unix_ms),
+                reserved_bytes: p.bytes,
+                free_after_bytes: p.free_after,
+                policy: p.policy.clone(),
+                fallback: p.fallback,
+            }),
+            Outcome::Rejected { reason, hive_reasons } => {
+                R::Rejection(pb::Rejection { reason: reason.clone(), hive_reasons: hive_reasons.clone() })
+            }
+        };
+        Self { result: Some(result) }
+    }
+}
+
+impl From<&crate::scheduler::PolicyStatus> for pb::PolicyStatus {
+    fn from(s: &crate::scheduler::PolicyStatus) -> Self {
+        Self {
+            source: s.source.clone(),
+            loaded_at_unix_ms: s.loaded_at_unix_ms,
+            failures: s.failures,
+            fallbacks: s.fallbacks,
+            reload_failures: s.reload_failures,
+            last_error: s.last_error.clone(),
         }
     }
 }

@@ -32,6 +32,9 @@ pub enum QueenError {
     /// Reflection could not be built.
     #[error("gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The placement policy failed (the message carries the script position).
+    #[error("{0}")]
+    Policy(String),
     /// The embedded local hive failed.
     #[error("local hive: {0}")]
     LocalHive(#[from] rbee_hive::HiveError),
@@ -45,6 +48,7 @@ impl From<QueenError> for tonic::Status {
             QueenError::NotFound(_) => Status::not_found(e.to_string()),
             QueenError::PermissionDenied(m) => Status::permission_denied(m),
             QueenError::ResourceExhausted(m) => Status::resource_exhausted(m),
+            QueenError::Policy(m) => Status::failed_precondition(m),
             QueenError::Config(_)
             | QueenError::Io { .. }
             | QueenError::Transport(_)

@@ -17,6 +17,8 @@ pub mod error;
 pub mod fleet;
 pub mod health;
 pub mod ingest;
+pub mod scheduler;
+pub mod scheduler_service;
 pub mod server;
 pub mod service;
 pub mod watch;

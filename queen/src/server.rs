@@ -1,10 +1,11 @@
-//! `run`: the queen server — the Fleet service, gRPC health and reflection (v1 and
+//! `run`: the queen server — the Fleet and Scheduler services, gRPC health and reflection (v1 and
 //! v1alpha) on one listener; the managed hives; optionally a hive in-process.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use rbee_proto::v1::fleet_server::FleetServer;
+use rbee_proto::v1::scheduler_server::SchedulerServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -12,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 use crate::QueenError;
 use crate::config::QueenConfig;
 use crate::fleet::{Fleet, Origin};
+use crate::scheduler::Scheduler;
+use crate::scheduler_service::SchedulerService;
 use crate::service::FleetService;
 
 /// Largest request the queen accepts.
@@ -33,7 +36,9 @@ pub async fn run(
     for address in &config.hives {
         fleet.add(address, Origin::Static)?;
     }
-    tracing::info!(listen = %local, hives = fleet.list().len(), "queen serving rbee.v1.Fleet");
+    let scheduler = Scheduler::new(fleet.clone(), config.scheduler.clone())?;
+    let maintenance = tokio::spawn(scheduler.clone().maintain(cancel.clone()));
+    tracing::info!(listen = %local, hives = fleet.list().len(), "queen serving rbee.v1.Fleet and rbee.v1.Scheduler");
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<FleetServer<FleetService>>().await;
@@ -59,9 +64,14 @@ pub async fn run(
         .add_service(
             FleetServer::new(FleetService::new(fleet)).max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES),
         )
+        .add_service(
+            SchedulerServer::new(SchedulerService::new(scheduler))
+                .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES),
+        )
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), cancel.clone().cancelled_owned())
         .await;
     cancel.cancel();
+    let _ = maintenance.await;
     if let Some(task) = local_hive {
         let _ = task.await;
     }

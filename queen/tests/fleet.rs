@@ -170,6 +170,7 @@ async fn a_restarted_queen_rebuilds_the_fleet() {
         fleet: fast_settings(),
         hives: hives.iter().map(|h| h.url()).collect(),
         local_hive: None,
+        scheduler: Default::default(),
     };
     let queen = TestQueen::start_with(config.clone(), "127.0.0.1:0".parse().unwrap()).await;
     let addr = queen.addr;
@@ -263,7 +264,12 @@ async fn local_hive_runs_in_process_and_is_managed() {
         ),
     );
     local.rescan_interval = Duration::from_millis(100);
-    let config = QueenConfig { fleet: fast_settings(), hives: vec![], local_hive: Some(local) };
+    let config = QueenConfig {
+        fleet: fast_settings(),
+        hives: vec![],
+        local_hive: Some(local),
+        scheduler: Default::default(),
+    };
     let queen = TestQueen::start_with(config, "127.0.0.1:0".parse().unwrap()).await;
     let mut client = queen.client().await;
     let hs = wait_for(&mut client, "local hive online", |hs| {

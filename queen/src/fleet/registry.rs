@@ -53,6 +53,13 @@ pub enum FleetEvent {
         /// The new capabilities.
         caps: Arc<VersionedCapabilities>,
     },
+    /// A reservation was dropped without a Release.
+    ReservationDropped {
+        /// The reservation.
+        reservation: crate::scheduler::book::Reservation,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// One managed hive: its published view and the token that stops its manager.

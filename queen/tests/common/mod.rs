@@ -108,7 +108,7 @@ pub struct TestQueen {
 impl TestQueen {
     pub async fn start(hives: Vec<String>) -> Self {
         Self::start_with(
-            QueenConfig { fleet: fast_settings(), hives, local_hive: None },
+            QueenConfig { fleet: fast_settings(), hives, local_hive: None, scheduler: Default::default() },
             "127.0.0.1:0".parse().unwrap(),
         )
         .await

@@ -1,0 +1,339 @@
+//! The reservation book: admission control that never promises the same memory twice.
+//!
+//! For each device, free memory for placement is
+//! `total - max(observed used, baseline + sum of active reservations)`, where the
+//! baseline is the usage observed when the oldest active reservation was made.
+//! Reservations settle (stop counting) in order once observed usage has grown by their
+//! size; active ones expire after their TTL. The book is one plain struct behind one
+//! mutex: checking and reserving happen under that lock, never across an `.await`.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Whether a reservation still counts against its device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReservationState {
+    /// Counted until the observed usage shows the model loaded.
+    Active,
+    /// Observed usage grew by its size; the memory is in the samples now.
+    Settled,
+}
+
+/// One reservation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reservation {
+    /// Unique id.
+    pub id: String,
+    /// The hive's id.
+    pub hive_id: String,
+    /// The hive's address (the fleet key).
+    pub address: String,
+    /// The GPU id, or "cpu".
+    pub device_id: String,
+    /// The model.
+    pub model: String,
+    /// Bytes reserved.
+    pub bytes: u64,
+    /// Active or settled.
+    pub state: ReservationState,
+    /// Created, ms since the Unix epoch.
+    pub created_at_unix_ms: u64,
+    /// Active reservations expire then (ms since the Unix epoch).
+    pub expires_at_unix_ms: u64,
+}
+
+/// A device in the book: `(hive address, device id)`.
+pub type DeviceKey = (String, String);
+
+/// Per-device accounting.
+#[derive(Debug, Default, Clone)]
+struct DeviceBook {
+    /// Observed usage when the oldest active reservation was made.
+    baseline: u64,
+    /// Active reservation ids, oldest first.
+    active: VecDeque<String>,
+    /// Sum of the active reservations' bytes.
+    active_bytes: u64,
+}
+
+/// Why a reservation was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoRoom {
+    /// Free bytes on the device at the time.
+    pub free: u64,
+}
+
+/// What to reserve.
+#[derive(Debug, Clone)]
+pub struct Claim<'a> {
+    /// The hive's id.
+    pub hive_id: &'a str,
+    /// The model.
+    pub model: &'a str,
+    /// Bytes.
+    pub bytes: u64,
+    /// Device total bytes.
+    pub total: u64,
+    /// Device observed used bytes (latest sample).
+    pub observed: u64,
+    /// How long an active reservation lasts.
+    pub ttl: Duration,
+    /// Now, ms since the Unix epoch.
+    pub now_ms: u64,
+}
+
+/// The book.
+#[derive(Debug, Default)]
+pub struct Book {
+    /// Every reservation by id.
+    reservations: HashMap<String, Reservation>,
+    /// Devices with active reservations, per hive address (one lookup per hive).
+    hives: HashMap<String, HashMap<String, DeviceBook>>,
+}
+
+impl Book {
+    /// Bytes committed on a device (baseline + active), if it has active reservations.
+    pub fn committed(&self, address: &str, device_id: &str) -> Option<u64> {
+        let d = self.hives.get(address)?.get(device_id)?;
+        Some(d.baseline + d.active_bytes)
+    }
+
+    /// True when the hive has any active reservation (a fast path for readers).
+    pub fn hive_has_active(&self, address: &str) -> bool {
+        self.hives.contains_key(address)
+    }
+
+    /// Free bytes for placement on a device.
+    pub fn free(&self, address: &str, device_id: &str, total: u64, observed: u64) -> u64 {
+        let committed = self.committed(address, device_id).unwrap_or(0);
+        total.saturating_sub(observed.max(committed))
+    }
+
+    /// Settles active reservations, oldest first, while the observed usage shows them
+    /// loaded. Returns the ids settled.
+    pub fn observe(&mut self, address: &str, device_id: &str, observed: u64) -> Vec<String> {
+        let mut settled = Vec::new();
+        let Some(devices) = self.hives.get_mut(address) else { return settled };
+        let Some(d) = devices.get_mut(device_id) else { return settled };
+        while let Some(id) = d.active.front() {
+            let bytes = self.reservations.get(id).map_or(0, |r| r.bytes);
+            if observed < d.baseline.saturating_add(bytes) {
+                break;
+            }
+            d.baseline += bytes;
+            d.active_bytes -= bytes;
+            let id = d.active.pop_front().unwrap_or_default();
+            if let Some(r) = self.reservations.get_mut(&id) {
+                r.state = ReservationState::Settled;
+            }
+            settled.push(id);
+        }
+        if d.active.is_empty() {
+            devices.remove(device_id);
+            if devices.is_empty() {
+                self.hives.remove(address);
+            }
+        }
+        settled
+    }
+
+    /// Reserves `claim.bytes` on a device if they are free. Settles first with the
+    /// observed usage.
+    pub fn reserve(
+        &mut self,
+        address: &str,
+        device_id: &str,
+        claim: &Claim<'_>,
+    ) -> Result<Reservation, NoRoom> {
+        self.observe(address, device_id, claim.observed);
+        let free = self.free(address, device_id, claim.total, claim.observed);
+        if claim.bytes > free {
+            return Err(NoRoom { free });
+        }
+        let r = Reservation {
+            id: uuid::Uuid::new_v4().to_string(),
+            hive_id: claim.hive_id.to_owned(),
+            address: address.to_owned(),
+            device_id: device_id.to_owned(),
+            model: claim.model.to_owned(),
+            bytes: claim.bytes,
+            state: ReservationState::Active,
+            created_at_unix_ms: claim.now_ms,
+            expires_at_unix_ms: claim.now_ms.saturating_add(claim.ttl.as_millis() as u64),
+        };
+        let d = self.hives.entry(address.to_owned()).or_default().entry(device_id.to_owned()).or_default();
+        if d.active.is_empty() {
+            d.baseline = claim.observed;
+        }
+        d.active.push_back(r.id.clone());
+        d.active_bytes += r.bytes;
+        self.reservations.insert(r.id.clone(), r.clone());
+        Ok(r)
+    }
+
+    /// Removes a reservation.
+    pub fn release(&mut self, id: &str) -> Option<Reservation> {
+        let r = self.reservations.remove(id)?;
+        if r.state == ReservationState::Active
+            && let Some(devices) = self.hives.get_mut(&r.address)
+            && let Some(d) = devices.get_mut(&r.device_id)
+        {
+            d.active.retain(|x| x != id);
+            d.active_bytes -= r.bytes;
+            if d.active.is_empty() {
+                devices.remove(&r.device_id);
+                if devices.is_empty() {
+                    self.hives.remove(&r.address);
+                }
+            }
+        }
+        Some(r)
+    }
+
+    /// Removes every reservation `drop` selects; returns them.
+    pub fn drop_where(&mut self, mut drop: impl FnMut(&Reservation) -> bool) -> Vec<Reservation> {
+        let ids: Vec<String> = self.reservations.values().filter(|r| drop(r)).map(|r| r.id.clone()).collect();
+        ids.iter().filter_map(|id| self.release(id)).collect()
+    }
+
+    /// Removes active reservations past their expiry.
+    pub fn expire(&mut self, now_ms: u64) -> Vec<Reservation> {
+        self.drop_where(|r| r.state == ReservationState::Active && r.expires_at_unix_ms <= now_ms)
+    }
+
+    /// Devices with active reservations, for settling.
+    pub fn active_devices(&self) -> Vec<DeviceKey> {
+        self.hives.iter().flat_map(|(a, ds)| ds.keys().map(move |d| (a.clone(), d.clone()))).collect()
+    }
+
+    /// Every reservation, oldest first.
+    pub fn list(&self) -> Vec<Reservation> {
+        let mut all: Vec<Reservation> = self.reservations.values().cloned().collect();
+        all.sort_by(|a, b| (a.created_at_unix_ms, &a.id).cmp(&(b.created_at_unix_ms, &b.id)));
+        all
+    }
+
+    /// Sum of active bytes per device (for tests and invariants).
+    pub fn active_bytes(&self) -> BTreeMap<DeviceKey, u64> {
+        let mut out = BTreeMap::new();
+        for r in self.reservations.values().filter(|r| r.state == ReservationState::Active) {
+            *out.entry((r.address.clone(), r.device_id.clone())).or_insert(0) += r.bytes;
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const GIB: u64 = 1 << 30;
+
+    fn claim(bytes: u64, observed: u64) -> Claim<'static> {
+        Claim {
+            hive_id: "h",
+            model: "m",
+            bytes,
+            total: 80 * GIB,
+            observed,
+            ttl: Duration::from_secs(60),
+            now_ms: 1000,
+        }
+    }
+
+    #[test]
+    fn free_counts_reservations_and_other_processes() {
+        let mut b = Book::default();
+        b.reserve("a", "g", &claim(30 * GIB, 10 * GIB)).unwrap();
+        // 80 - max(10, 10 + 30) = 40
+        assert_eq!(b.free("a", "g", 80 * GIB, 10 * GIB), 40 * GIB);
+        // Another process grabs VRAM: observed 60 > committed 40.
+        assert_eq!(b.free("a", "g", 80 * GIB, 60 * GIB), 20 * GIB);
+        assert_eq!(b.reserve("a", "g", &claim(41 * GIB, 10 * GIB)).unwrap_err(), NoRoom { free: 40 * GIB });
+    }
+
+    #[test]
+    fn a_reservation_settles_when_the_model_shows_up() {
+        let mut b = Book::default();
+        let r = b.reserve("a", "g", &claim(30 * GIB, 10 * GIB)).unwrap();
+        assert!(b.observe("a", "g", 25 * GIB).is_empty(), "half loaded: still active");
+        assert_eq!(b.observe("a", "g", 41 * GIB), [r.id.clone()]);
+        assert_eq!(b.list()[0].state, ReservationState::Settled);
+        assert_eq!(b.free("a", "g", 80 * GIB, 41 * GIB), 39 * GIB, "now the samples carry it");
+        // A settled reservation is released without touching the arithmetic.
+        assert!(b.release(&r.id).is_some());
+        assert!(b.list().is_empty());
+    }
+
+    #[test]
+    fn active_reservations_expire_and_settled_ones_do_not() {
+        let mut b = Book::default();
+        let a = b.reserve("a", "g", &claim(GIB, 0)).unwrap();
+        let s = b.reserve("a", "h", &claim(GIB, 0)).unwrap();
+        b.observe("a", "h", GIB);
+        let expired = b.expire(1000 + 60_000);
+        assert_eq!(expired.iter().map(|r| r.id.clone()).collect::<Vec<_>>(), [a.id]);
+        assert_eq!(b.list().iter().map(|r| r.id.clone()).collect::<Vec<_>>(), [s.id]);
+        assert_eq!(b.committed("a", "g"), None);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Reserve { device: u8, gib: u64, observed: u64 },
+        Release(usize),
+        Observe { device: u8, observed: u64 },
+        Expire(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u8..3, 1u64..40, 0u64..90).prop_map(|(device, gib, observed)| Op::Reserve {
+                device,
+                gib,
+                observed
+            }),
+            (0usize..50).prop_map(Op::Release),
+            (0u8..3, 0u64..90).prop_map(|(device, observed)| Op::Observe { device, observed }),
+            (0u64..120_000).prop_map(Op::Expire),
+        ]
+    }
+
+    proptest! {
+        /// Whatever happens, no device is ever committed beyond its capacity, and a
+        /// successful reservation always fitted the free memory at that moment.
+        #[test]
+        fn nothing_is_promised_twice(ops in prop::collection::vec(op(), 1..120)) {
+            let mut b = Book::default();
+            let mut ids: Vec<String> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Reserve { device, gib, observed } => {
+                        let observed = observed.min(80) * GIB;
+                        let dev = device.to_string();
+                        let free = b.free("a", &dev, 80 * GIB, observed);
+                        match b.reserve("a", &dev, &claim(gib * GIB, observed)) {
+                            Ok(r) => { prop_assert!(r.bytes <= free); ids.push(r.id) }
+                            Err(NoRoom { free }) => prop_assert!(gib * GIB > free),
+                        }
+                    }
+                    Op::Release(i) => { if let Some(id) = ids.get(i) { b.release(id); } }
+                    Op::Observe { device, observed } => { b.observe("a", &device.to_string(), observed.min(80) * GIB); }
+                    Op::Expire(t) => { b.expire(t); }
+                }
+                for d in 0..3u8 {
+                    let committed = b.committed("a", &d.to_string()).unwrap_or(0);
+                    prop_assert!(committed <= 80 * GIB, "device {d} committed {committed}");
+                }
+                let sums = b.active_bytes();
+                for ((_, d), sum) in sums {
+                    let committed = b.committed("a", &d).unwrap();
+                    prop_assert!(sum <= committed);
+                }
+            }
+        }
+    }
+}

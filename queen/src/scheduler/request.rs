@@ -1,0 +1,145 @@
+//! A placement request, validated from the wire once.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rbee_proto::v1 as pb;
+
+use crate::QueenError;
+
+/// Default reservation lifetime.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(120);
+/// Shortest and longest reservation lifetime a caller may ask for.
+pub const TTL_RANGE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(3600));
+
+/// Which kind of device a request wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// A GPU when one fits, else a CPU.
+    Any,
+    /// An NVIDIA GPU.
+    Cuda,
+    /// A hive's CPU and RAM.
+    Cpu,
+}
+
+impl DeviceKind {
+    /// Lower-case name, as policies see it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Any => "any",
+            Self::Cuda => "cuda",
+            Self::Cpu => "cpu",
+        }
+    }
+}
+
+/// A validated placement request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlaceRequest {
+    /// The model.
+    pub model: String,
+    /// VRAM on one GPU, bytes.
+    pub vram_bytes: u64,
+    /// RAM on the hive, bytes.
+    pub ram_bytes: Option<u64>,
+    /// Device kind.
+    pub kind: DeviceKind,
+    /// Hive labels that must match.
+    pub labels: BTreeMap<String, String>,
+    /// Decide without reserving.
+    pub dry_run: bool,
+    /// Reservation lifetime.
+    pub ttl: Duration,
+}
+
+impl PlaceRequest {
+    /// A request for `vram_bytes` on any GPU (tests, benchmarks, policy checks).
+    pub fn gpu(vram_bytes: u64) -> Self {
+        Self {
+            model: String::new(),
+            vram_bytes,
+            ram_bytes: None,
+            kind: DeviceKind::Cuda,
+            labels: BTreeMap::new(),
+            dry_run: false,
+            ttl: DEFAULT_TTL,
+        }
+    }
+}
+
+impl TryFrom<&pb::PlaceRequest> for PlaceRequest {
+    type Error = QueenError;
+
+    fn try_from(r: &pb::PlaceRequest) -> Result<Self, QueenError> {
+        let bad = |m: String| Err(QueenError::InvalidArgument(m));
+        if r.model.len() > 256 {
+            return bad(format!("model is {} bytes > 256", r.model.len()));
+        }
+        if r.labels.len() > 64 || r.labels.iter().any(|(k, v)| k.is_empty() || k.len() > 256 || v.len() > 256)
+        {
+            return bad("labels: at most 64, keys 1..=256 bytes, values <= 256 bytes".into());
+        }
+        let kind = match pb::DeviceKind::try_from(r.device_kind) {
+            Ok(pb::DeviceKind::Unspecified) => DeviceKind::Any,
+            Ok(pb::DeviceKind::Cuda) => DeviceKind::Cuda,
+            Ok(pb::DeviceKind::Cpu) => DeviceKind::Cpu,
+            Err(_) => return bad(format!("device_kind {} is unknown", r.device_kind)),
+        };
+        match kind {
+            DeviceKind::Cuda if r.vram_bytes == 0 => {
+                return bad("vram_bytes must be > 0 for a CUDA placement".into());
+            }
+            DeviceKind::Cpu if r.ram_bytes.unwrap_or(0) == 0 => {
+                return bad("ram_bytes must be > 0 for a CPU placement".into());
+            }
+            DeviceKind::Any if r.vram_bytes == 0 && r.ram_bytes.unwrap_or(0) == 0 => {
+                return bad("vram_bytes or ram_bytes must be > 0".into());
+            }
+            _ => {}
+        }
+        let ttl = match r.ttl_ms {
+            None => DEFAULT_TTL,
+            Some(ms) => {
+                let d = Duration::from_millis(u64::from(ms));
+                if !(TTL_RANGE.0..=TTL_RANGE.1).contains(&d) {
+                    return bad(format!("ttl_ms = {ms} is out of range 1000..=3600000"));
+                }
+                d
+            }
+        };
+        Ok(Self {
+            model: r.model.clone(),
+            vram_bytes: r.vram_bytes,
+            ram_bytes: r.ram_bytes.filter(|b| *b > 0),
+            kind,
+            labels: r.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            dry_run: r.dry_run,
+            ttl,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_validated_with_clear_messages() {
+        let ok = pb::PlaceRequest {
+            vram_bytes: 1,
+            device_kind: pb::DeviceKind::Cuda as i32,
+            ..Default::default()
+        };
+        assert_eq!(PlaceRequest::try_from(&ok).unwrap().kind, DeviceKind::Cuda);
+        let zero = pb::PlaceRequest { device_kind: pb::DeviceKind::Cuda as i32, ..Default::default() };
+        assert!(PlaceRequest::try_from(&zero).unwrap_err().to_string().contains("vram_bytes"));
+        let cpu =
+            pb::PlaceRequest { device_kind: pb::DeviceKind::Cpu as i32, vram_bytes: 5, ..Default::default() };
+        assert!(PlaceRequest::try_from(&cpu).unwrap_err().to_string().contains("ram_bytes"));
+        let ttl = pb::PlaceRequest { vram_bytes: 1, ttl_ms: Some(10), ..Default::default() };
+        assert!(PlaceRequest::try_from(&ttl).unwrap_err().to_string().contains("ttl_ms"));
+        let kind = pb::PlaceRequest { vram_bytes: 1, device_kind: 42, ..Default::default() };
+        assert!(PlaceRequest::try_from(&kind).unwrap_err().to_string().contains("device_kind"));
+    }
+}

@@ -1,0 +1,61 @@
+//! The `rbee.v1.Scheduler` gRPC handlers: validate, call the scheduler, convert back.
+
+use std::sync::Arc;
+
+use rbee_proto::v1 as pb;
+use rbee_proto::v1::scheduler_server::Scheduler as SchedulerApi;
+use tonic::{Request, Response, Status};
+
+use crate::QueenError;
+use crate::scheduler::Scheduler;
+use crate::scheduler::request::PlaceRequest;
+
+/// The Scheduler service.
+#[derive(Clone)]
+pub struct SchedulerService {
+    /// The scheduler.
+    scheduler: Arc<Scheduler>,
+}
+
+impl SchedulerService {
+    /// A service over `scheduler`.
+    pub fn new(scheduler: Arc<Scheduler>) -> Self {
+        Self { scheduler }
+    }
+}
+
+#[tonic::async_trait]
+impl SchedulerApi for SchedulerService {
+    async fn place(&self, request: Request<pb::PlaceRequest>) -> Result<Response<pb::PlaceResponse>, Status> {
+        let req = PlaceRequest::try_from(request.get_ref())?;
+        let outcome = self.scheduler.place(req).await?;
+        Ok(Response::new((&outcome).into()))
+    }
+
+    async fn release(
+        &self,
+        request: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let id = request.get_ref().reservation_id.trim();
+        if id.is_empty() || id.len() > 64 {
+            return Err(QueenError::InvalidArgument("reservation_id must be 1..=64 bytes".into()).into());
+        }
+        let r = self.scheduler.release(id)?;
+        Ok(Response::new(pb::ReleaseResponse { reservation: Some((&r).into()) }))
+    }
+
+    async fn list_reservations(
+        &self,
+        _: Request<pb::ListReservationsRequest>,
+    ) -> Result<Response<pb::ListReservationsResponse>, Status> {
+        let reservations = self.scheduler.reservations().iter().map(Into::into).collect();
+        Ok(Response::new(pb::ListReservationsResponse { reservations }))
+    }
+
+    async fn get_policy(
+        &self,
+        _: Request<pb::GetPolicyRequest>,
+    ) -> Result<Response<pb::PolicyStatus>, Status> {
+        Ok(Response::new((&self.scheduler.status()).into()))
+    }
+}
