@@ -261,7 +261,7 @@ mod tests {
         let mut b = Book::default();
         let r = b.reserve("a", "g", &claim(30 * GIB, 10 * GIB)).unwrap();
         assert!(b.observe("a", "g", 25 * GIB).is_empty(), "half loaded: still active");
-        assert_eq!(b.observe("a", "g", 41 * GIB), [r.id.clone()]);
+        assert_eq!(b.observe("a", "g", 41 * GIB).as_slice(), std::slice::from_ref(&r.id));
         assert_eq!(b.list()[0].state, ReservationState::Settled);
         assert_eq!(b.free("a", "g", 80 * GIB, 41 * GIB), 39 * GIB, "now the samples carry it");
         // A settled reservation is released without touching the arithmetic.

@@ -80,7 +80,7 @@ pub struct Placement {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Placed.
-    Placed(Placement),
+    Placed(Box<Placement>),
     /// Not placed: the reason and per-hive reasons.
     Rejected {
         /// Why.
@@ -257,7 +257,7 @@ impl Scheduler {
                 Ok(reservation) => {
                     let free_after = book.free(&address, &device.id, device.total, device.used)
                         - if reservation.is_none() { bytes } else { 0 };
-                    return Ok(Outcome::Placed(Placement {
+                    return Ok(Outcome::Placed(Box::new(Placement {
                         hive_id: device.hive.hive_id().to_owned(),
                         address,
                         device_id: device.id.clone(),
@@ -266,7 +266,7 @@ impl Scheduler {
                         free_after,
                         policy: used.source.clone(),
                         fallback,
-                    }));
+                    })));
                 }
                 Err(free) => reasons.push(format!(
                     "{}: {} free < {}",
