@@ -9,7 +9,11 @@
 pub mod book;
 pub mod policy;
 pub mod request;
+pub mod synthetic;
 pub mod view;
+
+#[cfg(test)]
+mod tests;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,7 +30,35 @@ use self::policy::{
 use self::request::PlaceRequest;
 use self::view::{Books, DeviceRef, FleetView, claim_bytes};
 use crate::QueenError;
-use crate::fleet::{ConnState, Fleet, FleetEvent};
+use crate::fleet::{ConnState, Fleet, FleetEvent, HiveSnapshot};
+
+/// Where the scheduler reads hives from: the live fleet, or a fixed set of snapshots
+/// (`queen policy check --fleet FILE`, tests, benchmarks).
+pub trait HiveSource: Send + Sync {
+    /// Every hive's newest view.
+    fn hives(&self) -> Vec<Arc<HiveSnapshot>>;
+    /// Tells watchers about a change (the live fleet does; a fixed set need not).
+    fn emit(&self, _event: FleetEvent) {}
+}
+
+impl HiveSource for Fleet {
+    fn hives(&self) -> Vec<Arc<HiveSnapshot>> {
+        self.list()
+    }
+
+    fn emit(&self, event: FleetEvent) {
+        Fleet::emit(self, event);
+    }
+}
+
+/// A fixed set of hive snapshots.
+pub struct StaticHives(pub Vec<Arc<HiveSnapshot>>);
+
+impl HiveSource for StaticHives {
+    fn hives(&self) -> Vec<Arc<HiveSnapshot>> {
+        self.0.clone()
+    }
+}
 
 /// How the scheduler behaves.
 #[derive(Debug, Clone)]
@@ -119,8 +151,8 @@ struct Loaded {
 
 /// The scheduler.
 pub struct Scheduler {
-    /// The live fleet.
-    fleet: Arc<Fleet>,
+    /// The hives.
+    fleet: Arc<dyn HiveSource>,
     /// The reservation book: one lock, never held across `.await`.
     book: Arc<Mutex<Book>>,
     /// The Rhai runtime.
@@ -147,7 +179,7 @@ fn read_policy(path: &std::path::Path) -> Result<String, QueenError> {
 
 impl Scheduler {
     /// A scheduler over `fleet`. Fails when the policy file cannot be read or compiled.
-    pub fn new(fleet: Arc<Fleet>, settings: SchedulerSettings) -> Result<Arc<Self>, QueenError> {
+    pub fn new(fleet: Arc<dyn HiveSource>, settings: SchedulerSettings) -> Result<Arc<Self>, QueenError> {
         let runtime = PolicyRuntime::new(settings.limits);
         let default = Arc::new(
             runtime
@@ -180,7 +212,7 @@ impl Scheduler {
     }
 
     fn view(&self) -> FleetView {
-        FleetView { hives: Arc::new(self.fleet.list()), book: self.book.clone() }
+        FleetView { hives: Arc::new(self.fleet.hives()), book: self.book.clone() }
     }
 
     fn policy(&self) -> Arc<Policy> {
@@ -382,7 +414,7 @@ impl Scheduler {
     /// Settles, expires and drops reservations, and reloads an edited policy file.
     pub fn maintain_once(&self) {
         let now = rbee_shared::time::now_unix_ms();
-        let hives = self.fleet.list();
+        let hives = self.fleet.hives();
         let mut dropped = Vec::new();
         {
             let mut book = self.book.lock().unwrap_or_else(|p| p.into_inner());

@@ -112,6 +112,9 @@ pub enum Choice {
 thread_local! {
     /// The wall-time deadline of the policy call running on this thread.
     static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// The script position last evaluated on this thread. Rhai reports limit and
+    /// budget errors at the call site; this is where the script really was.
+    static LAST_POS: Cell<Position> = const { Cell::new(Position::NONE) };
 }
 
 /// The Rhai runtime with the policy API registered.
@@ -281,6 +284,18 @@ impl PolicyRuntime {
             let late = DEADLINE.with(|d| d.get().is_some_and(|d| Instant::now() > d));
             late.then(|| Dynamic::from("wall-time budget exceeded"))
         });
+        // Step through the script, remembering the position, so that limit and budget
+        // errors can say where the script was (Rhai's debugger API is marked volatile).
+        #[allow(deprecated)]
+        engine.register_debugger(
+            |_, debugger| debugger,
+            |_, event, _, _, pos| {
+                if matches!(event, rhai::debugger::DebuggerEvent::Step) && !pos.is_none() {
+                    LAST_POS.with(|p| p.set(pos));
+                }
+                Ok(rhai::debugger::DebuggerCommand::StepInto)
+            },
+        );
         // Scripts have no I/O: `print` and `debug` go to the log.
         engine.on_print(|s| tracing::info!(target: "rbee_queen::policy", "{s}"));
         engine.on_debug(|s, _, pos| tracing::debug!(target: "rbee_queen::policy", ?pos, "{s}"));
@@ -314,6 +329,7 @@ impl PolicyRuntime {
         fleet: &FleetView,
     ) -> Result<Decision, PolicyError> {
         DEADLINE.with(|d| d.set(Some(Instant::now() + self.limits.budget)));
+        LAST_POS.with(|p| p.set(Position::NONE));
         let result = self.engine.call_fn::<Dynamic>(
             &mut Scope::new(),
             &policy.ast,
@@ -322,8 +338,9 @@ impl PolicyRuntime {
         );
         DEADLINE.with(|d| d.set(None));
         let value = result.map_err(|e| {
-            let pos = e.position();
-            let message = match *e {
+            let e = innermost(*e);
+            let pos = if e.is_system_exception() { LAST_POS.with(Cell::get) } else { e.position() };
+            let message = match e {
                 EvalAltResult::ErrorTerminated(_, _) => {
                     format!("the policy ran past its {} ms wall-time budget", self.limits.budget.as_millis())
                 }
@@ -336,6 +353,14 @@ impl PolicyRuntime {
         })?;
         decision(value)
     }
+}
+
+/// The error inside the function-call wrappers, which carries the script position.
+fn innermost(mut e: EvalAltResult) -> EvalAltResult {
+    while let EvalAltResult::ErrorInFunctionCall(_, _, inner, _) = e {
+        e = *inner;
+    }
+    e
 }
 
 fn choice(value: Dynamic) -> Result<Choice, PolicyError> {

@@ -1,0 +1,246 @@
+//! Scheduler tests over synthetic fleets: the shipped policies, the sandbox, the
+//! decisions a script can return, and admission control.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::policy::{Limits, PolicyRuntime};
+use super::request::PlaceRequest;
+use super::synthetic::hive;
+use super::*;
+use crate::fleet::ConnState;
+
+const GIB: u64 = 1 << 30;
+
+fn scheduler(hives: Vec<Arc<HiveSnapshot>>, settings: SchedulerSettings) -> Arc<Scheduler> {
+    Scheduler::new(Arc::new(StaticHives(hives)), settings).unwrap()
+}
+
+fn with_policy(text: &str) -> (Arc<Scheduler>, tempfile::NamedTempFile) {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    std::io::Write::write_all(&mut file, text.as_bytes()).unwrap();
+    let settings = SchedulerSettings { policy_file: Some(file.path().to_owned()), ..Default::default() };
+    (scheduler(small_fleet(), settings), file)
+}
+
+/// hive-a: 2 x 24 GiB, 20 GiB used, busy. hive-b: 2 x 24 GiB, 4 GiB used, idle (zone us).
+/// hive-c: 1 x 80 GiB, 10 GiB used, stale.
+fn small_fleet() -> Vec<Arc<HiveSnapshot>> {
+    vec![
+        hive("hive-a", 2, 24, 20, 90.0, ConnState::Online, &[("zone", "eu")]),
+        hive("hive-b", 2, 24, 4, 5.0, ConnState::Online, &[("zone", "us")]),
+        hive("hive-c", 1, 80, 10, 0.0, ConnState::Stale, &[("zone", "eu")]),
+    ]
+}
+
+fn placed(o: Outcome) -> Placement {
+    match o {
+        Outcome::Placed(p) => *p,
+        Outcome::Rejected { reason, hive_reasons } => panic!("rejected: {reason}: {hive_reasons:?}"),
+    }
+}
+
+fn rejected(o: Outcome) -> (String, Vec<String>) {
+    match o {
+        Outcome::Placed(p) => panic!("placed: {p:?}"),
+        Outcome::Rejected { reason, hive_reasons } => (reason, hive_reasons),
+    }
+}
+
+fn policy_file(name: &str) -> String {
+    std::fs::read_to_string(format!("{}/policies/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+#[test]
+fn the_default_policy_picks_the_least_loaded_healthy_online_device() {
+    let s = scheduler(small_fleet(), SchedulerSettings::default());
+    let p = placed(s.place_blocking(&PlaceRequest::gpu(2 * GIB)).unwrap());
+    assert_eq!(p.hive_id, "hive-b");
+    assert_eq!(p.device_id, "GPU-hive-b-0", "utilisation 5% beats 6%");
+    assert_eq!(p.policy, "built-in:least-loaded");
+    let r = p.reservation.unwrap();
+    assert_eq!((r.bytes, r.state), (2 * GIB, book::ReservationState::Active));
+    assert_eq!(p.free_after, 24 * GIB - 4 * GIB - 2 * GIB);
+}
+
+#[test]
+fn the_bin_pack_policy_fills_the_fullest_device_that_fits() {
+    let (s, _f) = with_policy(&policy_file("bin-pack.rhai"));
+    let p = placed(s.place_blocking(&PlaceRequest::gpu(2 * GIB)).unwrap());
+    assert_eq!(p.hive_id, "hive-a", "hive-a has 4 GiB free: the tightest fit");
+    // Nothing in the fleet has 21 GiB free on one healthy online GPU.
+    let (reason, per_hive) = rejected(s.place_blocking(&PlaceRequest::gpu(21 * GIB)).unwrap());
+    assert!(reason.contains("21.0 GiB"), "{reason}");
+    assert!(per_hive.contains(&"hive-b/GPU-hive-b-0: 20.0 GiB free < 21.0 GiB".to_string()), "{per_hive:?}");
+    assert!(per_hive.iter().any(|r| r.starts_with("hive-c: stale")), "{per_hive:?}");
+}
+
+#[test]
+fn the_zone_policy_prefers_the_zone_and_falls_back() {
+    let (s, _f) = with_policy(&policy_file("zone-affinity.rhai"));
+    let mut req = PlaceRequest::gpu(2 * GIB);
+    req.labels.insert("prefer_zone".into(), "eu".into());
+    assert_eq!(placed(s.place_blocking(&req).unwrap()).hive_id, "hive-a", "eu first");
+    req.vram_bytes = 10 * GIB;
+    assert_eq!(placed(s.place_blocking(&req).unwrap()).hive_id, "hive-b", "eu is full: fall back to us");
+}
+
+#[test]
+fn a_label_constraint_filters_hives_and_says_why() {
+    let s = scheduler(small_fleet(), SchedulerSettings::default());
+    let mut req = PlaceRequest::gpu(GIB);
+    req.labels.insert("zone".into(), "eu".into());
+    assert_eq!(placed(s.place_blocking(&req).unwrap()).hive_id, "hive-a");
+    req.labels.insert("zone".into(), "ap".into());
+    let (_, reasons) = rejected(s.place_blocking(&req).unwrap());
+    assert!(reasons.contains(&"hive-a: label zone=eu, wanted zone=ap".to_string()), "{reasons:?}");
+}
+
+#[test]
+fn reservations_are_counted_and_dry_runs_reserve_nothing() {
+    let s =
+        scheduler(vec![hive("solo", 1, 24, 4, 0.0, ConnState::Online, &[])], SchedulerSettings::default());
+    let dry = PlaceRequest { dry_run: true, ..PlaceRequest::gpu(20 * GIB) };
+    let p = placed(s.place_blocking(&dry).unwrap());
+    assert!(p.reservation.is_none());
+    assert_eq!(p.free_after, 0);
+    assert!(s.reservations().is_empty());
+    let first = placed(s.place_blocking(&PlaceRequest::gpu(12 * GIB)).unwrap());
+    let (_, reasons) = rejected(s.place_blocking(&PlaceRequest::gpu(12 * GIB)).unwrap());
+    assert_eq!(reasons, ["solo/GPU-solo-0: 8.0 GiB free < 12.0 GiB"]);
+    s.release(&first.reservation.unwrap().id).unwrap();
+    placed(s.place_blocking(&PlaceRequest::gpu(12 * GIB)).unwrap());
+    assert!(matches!(s.release("nope"), Err(QueenError::NotFound(_))));
+}
+
+#[test]
+fn a_policy_may_return_a_map_or_reject_with_its_own_reason() {
+    let (s, _f) = with_policy(r#"fn place(request, fleet) { #{ hive: "hive-a", device: "GPU-hive-a-1" } }"#);
+    let p = placed(s.place_blocking(&PlaceRequest::gpu(GIB)).unwrap());
+    assert_eq!((p.hive_id.as_str(), p.device_id.as_str()), ("hive-a", "GPU-hive-a-1"));
+    let (s, _f) = with_policy(r#"fn place(request, fleet) { reject("maintenance window") }"#);
+    let (reason, per_hive) = rejected(s.place_blocking(&PlaceRequest::gpu(GIB)).unwrap());
+    assert_eq!(reason, "maintenance window");
+    assert!(!per_hive.is_empty());
+    let (s, _f) = with_policy(r#"fn place(request, fleet) { #{ hive: "hive-c", device: "GPU-hive-c-0" } }"#);
+    let (_, per_hive) = rejected(s.place_blocking(&PlaceRequest::gpu(GIB)).unwrap());
+    assert!(per_hive[0].contains("stale"), "a policy cannot place on a stale hive: {per_hive:?}");
+}
+
+#[test]
+fn scripts_can_walk_the_fleet() {
+    let (s, _f) = with_policy(
+        r#"
+        fn place(request, fleet) {
+            let best = ();
+            for h in fleet.hives {
+                if !h.online || !h.healthy { continue; }
+                for d in h.devices {
+                    if d.kind == "cuda" && d.vram_free >= request.vram && (best == () || d.vram_free > best.vram_free) {
+                        best = d;
+                    }
+                }
+            }
+            best
+        }"#,
+    );
+    let p = placed(s.place_blocking(&PlaceRequest::gpu(GIB)).unwrap());
+    assert_eq!(p.hive_id, "hive-b", "most free VRAM");
+}
+
+#[test]
+fn a_runaway_script_gets_a_clear_error_with_its_position_and_is_counted() {
+    let (s, _f) = with_policy("fn place(request, fleet) {\n    let x = 0;\n    loop { x += 1; }\n}\n");
+    let err = s.place_blocking(&PlaceRequest::gpu(GIB)).unwrap_err().to_string();
+    assert!(err.contains("wall-time budget") || err.contains("operations"), "{err}");
+    assert!(err.contains("(line 3, column"), "the position inside the loop: {err}");
+    assert_eq!(s.status().failures, 1);
+    // A failing script: the message and position come through.
+    let (s, _f) = with_policy("fn place(request, fleet) {\n  fleet.hives[0].nope()\n}");
+    let err = s.place_blocking(&PlaceRequest::gpu(GIB)).unwrap_err().to_string();
+    assert!(err.contains("nope") && err.contains("line 2"), "{err}");
+}
+
+#[test]
+fn the_budget_and_operation_limits_both_stop_a_script() {
+    let rt = PolicyRuntime::new(Limits { budget: Duration::from_millis(5), ..Limits::default() });
+    let p = rt.compile("t", "fn place(r, f) { let x = 0; loop { x += 1; } }").unwrap();
+    let view = view::FleetView { hives: Arc::new(small_fleet()), book: Default::default() };
+    let e = rt.run(&p, &PlaceRequest::gpu(1), &view).unwrap_err();
+    assert!(e.message.contains("5 ms wall-time budget"), "{e}");
+    let rt = PolicyRuntime::new(Limits {
+        max_operations: 1000,
+        budget: Duration::from_secs(10),
+        ..Limits::default()
+    });
+    let p = rt.compile("t", "fn place(r, f) { let x = 0; loop { x += 1; } }").unwrap();
+    let e = rt.run(&p, &PlaceRequest::gpu(1), &view).unwrap_err();
+    assert!(e.message.contains("1000 operations"), "{e}");
+    let p = rt.compile("t", "fn place(r, f) { let s = \"x\"; loop { s += s; } }").unwrap();
+    assert!(rt.run(&p, &PlaceRequest::gpu(1), &view).is_err(), "string size is limited");
+}
+
+#[test]
+fn a_failing_policy_can_fall_back_to_the_default() {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    std::io::Write::write_all(&mut file, b"fn place(request, fleet) { throw \"boom\"; }").unwrap();
+    let settings = SchedulerSettings {
+        policy_file: Some(file.path().to_owned()),
+        fallback_to_default: true,
+        ..Default::default()
+    };
+    let s = scheduler(small_fleet(), settings);
+    let p = placed(s.place_blocking(&PlaceRequest::gpu(GIB)).unwrap());
+    assert!(p.fallback);
+    assert_eq!(p.policy, "built-in:least-loaded");
+    let st = s.status();
+    assert_eq!((st.failures, st.fallbacks), (1, 1));
+    assert!(st.last_error.unwrap().contains("boom"));
+}
+
+#[test]
+fn syntax_errors_and_missing_place_are_refused_with_positions() {
+    let rt = PolicyRuntime::new(Limits::default());
+    let e = rt.compile("t", "fn place(request, fleet) {\n  let x = ;\n}").unwrap_err();
+    assert_eq!(e.line, Some(2));
+    assert!(e.to_string().contains("line 2, column"), "{e}");
+    let e = rt.compile("t", "fn choose(a, b) { () }").unwrap_err();
+    assert!(e.message.contains("fn place(request, fleet)"));
+}
+
+#[test]
+fn a_broken_edit_keeps_the_old_policy_and_a_good_one_replaces_it() {
+    let (s, file) = with_policy(&policy_file("least-loaded.rhai"));
+    std::fs::write(file.path(), "fn place(request, fleet) { let = }").unwrap();
+    s.maintain_once();
+    assert_eq!(s.status().reload_failures, 1);
+    assert_eq!(
+        placed(s.place_blocking(&PlaceRequest::gpu(GIB)).unwrap()).hive_id,
+        "hive-b",
+        "old policy still in use"
+    );
+    // Compiles but fails when test-run on the fleet: refused too.
+    std::fs::write(file.path(), "fn place(request, fleet) { fleet.nope }").unwrap();
+    s.maintain_once();
+    assert_eq!(s.status().reload_failures, 2);
+    std::fs::write(file.path(), policy_file("bin-pack.rhai")).unwrap();
+    s.maintain_once();
+    assert_eq!(placed(s.place_blocking(&PlaceRequest::gpu(GIB)).unwrap()).hive_id, "hive-a", "bin-pack now");
+}
+
+#[test]
+fn cpu_placements_reserve_ram() {
+    let s = scheduler(
+        vec![hive("cpu-only", 0, 0, 0, 10.0, ConnState::Online, &[])],
+        SchedulerSettings::default(),
+    );
+    let req = PlaceRequest {
+        kind: request::DeviceKind::Cpu,
+        vram_bytes: 0,
+        ram_bytes: Some(100 * GIB),
+        ..PlaceRequest::gpu(0)
+    };
+    let p = placed(s.place_blocking(&req).unwrap());
+    assert_eq!(p.device_id, "cpu");
+    assert_eq!(p.bytes, 100 * GIB);
+}
