@@ -45,6 +45,121 @@ pub enum Command {
     Add(AddArgs),
     /// Ask the queen to stop managing a hive (hive id or address).
     Remove(RemoveArgs),
+    /// Place a model with the queen's policy and reserve its memory (exit code 3 when rejected).
+    Place(PlaceArgs),
+    /// Release a reservation.
+    Release(ReleaseArgs),
+    /// List reservations.
+    Reservations(ListArgs),
+    /// Work with placement policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+/// `queen policy ...`.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Compile a policy and run it (dry) against the live fleet or a saved snapshot.
+    Check(PolicyCheckArgs),
+    /// Show the policy the queen uses and how often it failed.
+    Status(QueenUrl),
+}
+
+/// What to place (shared by `place` and `policy check`).
+#[derive(Debug, Clone, Args)]
+pub struct RequestArgs {
+    /// VRAM the model needs on one GPU, e.g. 8GiB.
+    #[arg(long, value_parser = rbee_shared::bytesize::parse_bytes)]
+    pub vram: Option<u64>,
+    /// RAM the model needs on the hive, e.g. 16GiB (required for --kind cpu).
+    #[arg(long, value_parser = rbee_shared::bytesize::parse_bytes)]
+    pub ram: Option<u64>,
+    /// Device kind.
+    #[arg(long, value_enum, default_value = "any")]
+    pub kind: KindArg,
+    /// The model's name.
+    #[arg(long, default_value = "")]
+    pub model: String,
+    /// A hive label that must match, KEY=VALUE; repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = rbee_hive::config::parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// How long the reservation lasts unless the model shows up or it is released (1s..=1h).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub ttl: Option<Duration>,
+}
+
+/// Device kinds on the command line.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum KindArg {
+    /// A GPU when one fits, else a CPU.
+    Any,
+    /// An NVIDIA GPU.
+    Cuda,
+    /// A hive's CPU and RAM.
+    Cpu,
+}
+
+impl RequestArgs {
+    /// The wire request.
+    pub fn to_request(&self, dry_run: bool) -> rbee_proto::v1::PlaceRequest {
+        use rbee_proto::v1 as pb;
+        pb::PlaceRequest {
+            model: self.model.clone(),
+            vram_bytes: self.vram.unwrap_or(0),
+            ram_bytes: self.ram,
+            device_kind: match self.kind {
+                KindArg::Any => pb::DeviceKind::Unspecified,
+                KindArg::Cuda => pb::DeviceKind::Cuda,
+                KindArg::Cpu => pb::DeviceKind::Cpu,
+            } as i32,
+            labels: self.labels.iter().cloned().collect(),
+            dry_run,
+            ttl_ms: self.ttl.map(|d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
+        }
+    }
+}
+
+/// `queen place`.
+#[derive(Debug, Clone, Args)]
+pub struct PlaceArgs {
+    /// What to place.
+    #[command(flatten)]
+    pub request: RequestArgs,
+    /// Decide, but reserve nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the PlaceResponse as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The queen.
+    #[command(flatten)]
+    pub queen: QueenUrl,
+}
+
+/// `queen release ID`.
+#[derive(Debug, Clone, Args)]
+pub struct ReleaseArgs {
+    /// The reservation id.
+    pub id: String,
+    /// The queen.
+    #[command(flatten)]
+    pub queen: QueenUrl,
+}
+
+/// `queen policy check FILE`.
+#[derive(Debug, Clone, Args)]
+pub struct PolicyCheckArgs {
+    /// The policy file (Rhai).
+    pub file: PathBuf,
+    /// A saved fleet (`queen hives --json` output) instead of the live queen's.
+    #[arg(long, value_name = "SNAPSHOT.json")]
+    pub fleet: Option<PathBuf>,
+    /// What to place [default: --vram 1GiB].
+    #[command(flatten)]
+    pub request: RequestArgs,
+    /// The queen, when no --fleet is given.
+    #[command(flatten)]
+    pub queen: QueenUrl,
 }
 
 /// Where the client subcommands reach the queen.

@@ -210,3 +210,87 @@ impl From<&crate::scheduler::PolicyStatus> for pb::PolicyStatus {
         }
     }
 }
+
+/// Wire -> domain for a saved fleet (`queen hives --json` output), used by
+/// `queen policy check --fleet FILE`. Validates like every other inbound message.
+impl TryFrom<&pb::HiveView> for HiveSnapshot {
+    type Error = crate::QueenError;
+
+    fn try_from(v: &pb::HiveView) -> Result<Self, crate::QueenError> {
+        use std::sync::Arc;
+        use std::time::{Duration, Instant};
+
+        use crate::health::DeviceHealth;
+        use crate::window::GpuStats;
+
+        let bad = |e: rbee_shared::ConvertError| {
+            crate::QueenError::InvalidArgument(format!("hive {}: {e}", v.address))
+        };
+        let health = |h: i32| match pb::Health::try_from(h) {
+            Ok(pb::Health::Degraded) => Health::Degraded,
+            Ok(pb::Health::Healthy) => Health::Healthy,
+            _ => Health::Unhealthy,
+        };
+        let state = match v.state() {
+            pb::HiveState::Pending | pb::HiveState::Unspecified => ConnState::Pending,
+            pb::HiveState::Connecting => ConnState::Connecting,
+            pb::HiveState::Online => ConnState::Online,
+            pb::HiveState::Stale => ConnState::Stale,
+            pb::HiveState::Lost => ConnState::Lost,
+            pb::HiveState::Removed => ConnState::Removed,
+        };
+        let origin = match v.origin() {
+            pb::HiveOrigin::Api => Origin::Api,
+            pb::HiveOrigin::Announced => Origin::Announced,
+            pb::HiveOrigin::Local => Origin::Local,
+            pb::HiveOrigin::Static | pb::HiveOrigin::Unspecified => Origin::Static,
+        };
+        let stats = v.stats.as_ref().map_or_else(WindowStats::default, |s| WindowStats {
+            window_ms: s.window_ms,
+            samples: s.samples,
+            cpu_mean_percent: s.cpu_mean_percent,
+            cpu_max_percent: s.cpu_max_percent,
+            ram_used_mean_percent: s.ram_used_mean_percent,
+            ram_used_max_percent: s.ram_used_max_percent,
+            gpus: s
+                .gpus
+                .iter()
+                .map(|g| GpuStats {
+                    device_id: g.device_id.clone(),
+                    util_mean_percent: g.util_mean_percent,
+                    util_max_percent: g.util_max_percent,
+                    vram_used_max_bytes: g.vram_used_max_bytes,
+                })
+                .collect(),
+        });
+        let age = v.sample_age_ms.map(Duration::from_millis);
+        Ok(Self {
+            address: v.address.clone(),
+            origin,
+            state,
+            state_since_unix_ms: v.state_since_unix_ms,
+            identity: v.identity.as_ref().map(TryInto::try_into).transpose().map_err(bad)?.map(Arc::new),
+            caps: v.capabilities.as_ref().map(TryInto::try_into).transpose().map_err(bad)?.map(Arc::new),
+            latest: v.latest_sample.as_ref().map(TryInto::try_into).transpose().map_err(bad)?.map(Arc::new),
+            latest_received: age.and_then(|a| Instant::now().checked_sub(a)),
+            health: HealthReport {
+                health: health(v.health),
+                reasons: v.health_reasons.clone(),
+                devices: v
+                    .devices
+                    .iter()
+                    .map(|d| DeviceHealth {
+                        device_id: d.device_id.clone(),
+                        index: d.index,
+                        health: health(d.health),
+                        reasons: d.reasons.clone(),
+                    })
+                    .collect(),
+            },
+            stats,
+            last_error: v.last_error.clone(),
+            counters: Default::default(),
+            sample_interval: Duration::from_millis(u64::from(v.sample_interval_ms)),
+        })
+    }
+}

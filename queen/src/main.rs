@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use rbee_queen::config::{Cli, Command};
+use rbee_queen::config::{Cli, Command, PolicyCommand};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -22,6 +22,19 @@ async fn main() -> anyhow::Result<()> {
         Command::Watch(args) => rbee_queen::cli::watch(args).await?,
         Command::Add(args) => rbee_queen::cli::add(args).await?,
         Command::Remove(args) => rbee_queen::cli::remove(args).await?,
+        Command::Place(args) => {
+            if !rbee_queen::cli::place(args).await? {
+                std::process::exit(3);
+            }
+        }
+        Command::Release(args) => rbee_queen::cli::release(args).await?,
+        Command::Reservations(args) => rbee_queen::cli::reservations(args).await?,
+        Command::Policy(PolicyCommand::Check(args)) => {
+            if !rbee_queen::cli::policy_check(args).await? {
+                std::process::exit(3);
+            }
+        }
+        Command::Policy(PolicyCommand::Status(queen)) => rbee_queen::cli::policy_status(queen).await?,
     }
     Ok(())
 }

@@ -244,3 +244,31 @@ fn cpu_placements_reserve_ram() {
     assert_eq!(p.device_id, "cpu");
     assert_eq!(p.bytes, 100 * GIB);
 }
+
+#[test]
+fn reservations_on_a_hive_lost_past_the_grace_are_dropped() {
+    let lost_long_ago = {
+        let mut h = HiveSnapshot::clone(&hive("gone", 1, 24, 0, 0.0, ConnState::Online, &[]));
+        h.state = ConnState::Lost;
+        h.state_since_unix_ms = rbee_shared::time::now_unix_ms() - 120_000;
+        Arc::new(h)
+    };
+    let online = hive("gone", 1, 24, 0, 0.0, ConnState::Online, &[]);
+    let source = Arc::new(Swap(std::sync::Mutex::new(vec![online])));
+    let s = Scheduler::new(source.clone(), SchedulerSettings::default()).unwrap();
+    placed(s.place_blocking(&PlaceRequest::gpu(GIB)).unwrap());
+    s.maintain_once();
+    assert_eq!(s.reservations().len(), 1, "kept while online");
+    *source.0.lock().unwrap() = vec![lost_long_ago];
+    s.maintain_once();
+    assert!(s.reservations().is_empty(), "dropped: lost for 120 s > 60 s grace");
+}
+
+/// A hive source whose hives a test can swap.
+struct Swap(std::sync::Mutex<Vec<Arc<HiveSnapshot>>>);
+
+impl HiveSource for Swap {
+    fn hives(&self) -> Vec<Arc<HiveSnapshot>> {
+        self.0.lock().unwrap().clone()
+    }
+}

@@ -1,0 +1,264 @@
+//! The Scheduler API end to end: a real queen, real hives (simulated GPUs), the
+//! generated client.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+use rbee_proto::v1 as pb;
+use rbee_proto::v1::scheduler_client::SchedulerClient;
+use rbee_queen::QueenConfig;
+use rbee_queen::scheduler::SchedulerSettings;
+use tokio::time::Instant;
+
+const GIB: u64 = 1 << 30;
+
+/// Two GPUs of 24 GiB with 4 GiB in use: 20 GiB free on each.
+const TWO_GPUS: &str = r#"
+[[gpu]]
+id = "GPU-0"
+vram_total = "24GiB"
+vram_used = ["4GiB"]
+util_percent = [10]
+temperature_c = [40]
+[[gpu]]
+id = "GPU-1"
+vram_total = "24GiB"
+vram_used = ["4GiB"]
+util_percent = [20]
+temperature_c = [40]
+"#;
+
+fn settings() -> SchedulerSettings {
+    SchedulerSettings { maintain_every: Duration::from_millis(100), ..Default::default() }
+}
+
+async fn queen_with(
+    hives: Vec<String>,
+    scheduler: SchedulerSettings,
+) -> (TestQueen, SchedulerClient<tonic::transport::Channel>) {
+    let config = QueenConfig { fleet: fast_settings(), hives, local_hive: None, scheduler };
+    let queen = TestQueen::start_with(config, "127.0.0.1:0".parse().unwrap()).await;
+    let mut fleet = queen.client().await;
+    wait_for(&mut fleet, "hives online with samples", |hs| {
+        hs.iter().all(|h| online(h) && h.latest_sample.is_some())
+    })
+    .await;
+    let client = SchedulerClient::connect(queen.url()).await.unwrap();
+    (queen, client)
+}
+
+fn gpu_request(vram: u64) -> pb::PlaceRequest {
+    pb::PlaceRequest {
+        model: "m".into(),
+        vram_bytes: vram,
+        device_kind: pb::DeviceKind::Cuda as i32,
+        ..Default::default()
+    }
+}
+
+fn placement(r: pb::PlaceResponse) -> pb::Placement {
+    match r.result.unwrap() {
+        pb::place_response::Result::Placement(p) => p,
+        pb::place_response::Result::Rejection(r) => panic!("rejected: {r:?}"),
+    }
+}
+
+fn rejection(r: pb::PlaceResponse) -> pb::Rejection {
+    match r.result.unwrap() {
+        pb::place_response::Result::Rejection(r) => r,
+        pb::place_response::Result::Placement(p) => panic!("placed: {p:?}"),
+    }
+}
+
+#[tokio::test]
+async fn place_list_and_release() {
+    let hive = TestHive::start("sched-1", TWO_GPUS).await;
+    let (_queen, mut client) = queen_with(vec![hive.url()], settings()).await;
+    let p = placement(client.place(gpu_request(8 * GIB)).await.unwrap().into_inner());
+    assert_eq!(p.hive_id, "sched-1");
+    assert_eq!(p.device_id, "GPU-0", "least loaded: 10% < 20%");
+    assert_eq!(p.reserved_bytes, 8 * GIB);
+    assert_eq!(p.free_after_bytes, 12 * GIB);
+    assert!(!p.reservation_id.is_empty() && p.expires_at_unix_ms > rbee_shared::time::now_unix_ms());
+    assert_eq!(p.policy, "built-in:least-loaded");
+
+    let list = client.list_reservations(pb::ListReservationsRequest {}).await.unwrap().into_inner();
+    assert_eq!(list.reservations.len(), 1);
+    assert_eq!(list.reservations[0].state(), pb::ReservationState::Active);
+
+    let dry = pb::PlaceRequest { dry_run: true, ..gpu_request(GIB) };
+    assert!(placement(client.place(dry).await.unwrap().into_inner()).reservation_id.is_empty());
+    assert_eq!(
+        client
+            .list_reservations(pb::ListReservationsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .reservations
+            .len(),
+        1
+    );
+
+    client.release(pb::ReleaseRequest { reservation_id: p.reservation_id.clone() }).await.unwrap();
+    assert!(
+        client
+            .list_reservations(pb::ListReservationsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .reservations
+            .is_empty()
+    );
+    let again = client.release(pb::ReleaseRequest { reservation_id: p.reservation_id }).await.unwrap_err();
+    assert_eq!(again.code(), tonic::Code::NotFound);
+
+    let bad = client
+        .place(pb::PlaceRequest { device_kind: pb::DeviceKind::Cuda as i32, ..Default::default() })
+        .await;
+    let bad = bad.unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(bad.message().contains("vram_bytes"), "{}", bad.message());
+
+    let too_big = rejection(client.place(gpu_request(30 * GIB)).await.unwrap().into_inner());
+    assert!(
+        too_big.hive_reasons.contains(&"sched-1/GPU-0: 20.0 GiB free < 30.0 GiB".to_string()),
+        "{too_big:?}"
+    );
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_placements_never_oversubscribe_a_device() {
+    let hives = [TestHive::start("c1", TWO_GPUS).await, TestHive::start("c2", TWO_GPUS).await];
+    let (_queen, client) = queen_with(hives.iter().map(|h| h.url()).collect(), settings()).await;
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let mut c = client.clone();
+        tasks.push(tokio::spawn(async move { c.place(gpu_request(3 * GIB)).await.unwrap().into_inner() }));
+    }
+    let mut placed = 0;
+    for t in tasks {
+        if let Some(pb::place_response::Result::Placement(_)) = t.await.unwrap().result {
+            placed += 1;
+        }
+    }
+    // 20 GiB free per device holds 6 placements of 3 GiB; 4 devices: 24.
+    assert_eq!(placed, 24);
+    let mut c = client.clone();
+    let list = c.list_reservations(pb::ListReservationsRequest {}).await.unwrap().into_inner().reservations;
+    let mut per_device: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for r in &list {
+        *per_device.entry((r.hive_id.clone(), r.device_id.clone())).or_default() += r.bytes;
+    }
+    assert_eq!(per_device.len(), 4);
+    for (device, sum) in per_device {
+        assert!(sum <= 20 * GIB, "{device:?} holds {sum} bytes of reservations > 20 GiB free");
+    }
+}
+
+#[tokio::test]
+async fn reservations_survive_a_stale_hive_and_go_with_a_removed_one() {
+    let hive = TestHive::start("flaky", TWO_GPUS).await;
+    let proxy = Proxy::start(hive.addr).await;
+    let (queen, mut client) = queen_with(vec![proxy.url()], settings()).await;
+    let mut fleet = queen.client().await;
+    let mut watch = Watch::open(&mut fleet).await;
+    let p = placement(client.place(gpu_request(16 * GIB)).await.unwrap().into_inner());
+
+    proxy.freeze();
+    watch.until(state_to(&proxy.url(), pb::HiveState::Stale)).await;
+    let list =
+        client.list_reservations(pb::ListReservationsRequest {}).await.unwrap().into_inner().reservations;
+    assert_eq!(list.len(), 1, "kept while stale");
+    let stale = rejection(client.place(gpu_request(GIB)).await.unwrap().into_inner());
+    assert!(stale.hive_reasons.iter().any(|r| r.starts_with("flaky: stale")), "{stale:?}");
+
+    fleet.remove_hive(pb::RemoveHiveRequest { hive: "flaky".into() }).await.unwrap();
+    let (dropped, _) = watch
+        .until(|e| match e {
+            pb::fleet_event::Event::ReservationDropped(d) => Some(d.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(dropped.reservation_id, p.reservation_id);
+    assert_eq!(dropped.reason, "hive removed");
+    assert!(
+        client
+            .list_reservations(pb::ListReservationsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .reservations
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn unsettled_reservations_expire_with_an_event() {
+    let hive = TestHive::start("ttl", TWO_GPUS).await;
+    let (queen, mut client) = queen_with(vec![hive.url()], settings()).await;
+    let mut fleet = queen.client().await;
+    let mut watch = Watch::open(&mut fleet).await;
+    let req = pb::PlaceRequest { ttl_ms: Some(1000), ..gpu_request(GIB) };
+    let p = placement(client.place(req).await.unwrap().into_inner());
+    let (dropped, _) = watch
+        .until(|e| match e {
+            pb::fleet_event::Event::ReservationDropped(d) => Some(d.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(dropped.reservation_id, p.reservation_id);
+    assert!(dropped.reason.contains("expired"), "{}", dropped.reason);
+}
+
+#[tokio::test]
+async fn a_runaway_policy_answers_a_clear_error_and_a_fixed_file_is_hot_loaded() {
+    let hive = TestHive::start("pol", TWO_GPUS).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.rhai");
+    std::fs::write(&file, "fn place(request, fleet) {\n  while true {\n    let x = 1;\n  }\n}\n").unwrap();
+    let mut s = settings();
+    s.policy_file = Some(file.clone());
+    s.limits.budget = Duration::from_millis(20);
+    let (queen, mut client) = queen_with(vec![hive.url()], s).await;
+
+    let err = client.place(gpu_request(GIB)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        err.message().contains("wall-time budget") || err.message().contains("operations"),
+        "{}",
+        err.message()
+    );
+    assert!(
+        err.message().contains("(line 3, column") || err.message().contains("(line 2, column"),
+        "{}",
+        err.message()
+    );
+    let status = client.get_policy(pb::GetPolicyRequest {}).await.unwrap().into_inner();
+    assert_eq!(status.failures, 1);
+    // The queen keeps serving.
+    let mut fleet = queen.client().await;
+    assert_eq!(fleet.list_hives(pb::ListHivesRequest {}).await.unwrap().into_inner().hives.len(), 1);
+
+    // A broken edit is refused; the old policy stays.
+    std::fs::write(&file, "fn place(request, fleet) { let = }").unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    while client.get_policy(pb::GetPolicyRequest {}).await.unwrap().into_inner().reload_failures == 0 {
+        assert!(Instant::now() < deadline, "the broken edit was never noticed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A good edit is compiled, test-run and loaded.
+    std::fs::write(&file, "fn place(request, fleet) { sort_bin_pack(fleet.candidates(request)) }\n").unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Ok(r) = client.place(gpu_request(GIB)).await {
+            let p = placement(r.into_inner());
+            assert_eq!(p.policy, file.display().to_string());
+            break;
+        }
+        assert!(Instant::now() < deadline, "the fixed policy was never loaded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
