@@ -171,3 +171,85 @@ fn serve_refuses_bad_settings() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("http"));
 }
+
+#[test]
+fn place_release_and_check_policies_from_the_cli() {
+    let queen = start_queen(&["--local-hive", "--local-hive-demo"]);
+    let fleet = wait_online(&queen.url);
+
+    let (ok, out, err) = queen_cli(&["place", "--vram", "1GiB", "--model", "tiny", "--json"], &queen.url);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let id = v["placement"]["reservationId"].as_str().expect("a reservation").to_owned();
+    assert_eq!(v["placement"]["reservedBytes"], "1073741824");
+
+    let (ok, out, _) = queen_cli(&["reservations"], &queen.url);
+    assert!(ok && out.contains(&id) && out.contains("tiny"), "{out}");
+    let (ok, out, err) = queen_cli(&["release", &id], &queen.url);
+    assert!(ok && out.contains("released"), "{out}{err}");
+
+    let out =
+        Command::new(QUEEN).args(["place", "--vram", "500GiB", "--queen", &queen.url]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "a rejection exits with 3");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("rejected:") && text.contains("free < 500.0 GiB"), "{text}");
+
+    let (ok, out, err) = queen_cli(&["policy", "status"], &queen.url);
+    assert!(ok && out.contains("built-in:least-loaded"), "{out}{err}");
+
+    // A saved snapshot, checked offline against every shipped policy.
+    let dir = tempfile::tempdir().unwrap();
+    let snapshot = dir.path().join("fleet.json");
+    std::fs::write(&snapshot, serde_json::to_string(&fleet).unwrap()).unwrap();
+    let policies = concat!(env!("CARGO_MANIFEST_DIR"), "/policies");
+    for policy in ["least-loaded.rhai", "bin-pack.rhai", "zone-affinity.rhai"] {
+        let out = Command::new(QUEEN)
+            .args(["policy", "check", &format!("{policies}/{policy}"), "--fleet"])
+            .arg(&snapshot)
+            .args(["--vram", "2GiB"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{policy}: {text}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains("compiles") && text.contains("placed on"), "{policy}: {text}");
+    }
+    let broken = dir.path().join("broken.rhai");
+    std::fs::write(&broken, "fn place(request, fleet) {\n  let = 3;\n}\n").unwrap();
+    let out = Command::new(QUEEN)
+        .args(["policy", "check"])
+        .arg(&broken)
+        .arg("--fleet")
+        .arg(&snapshot)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 2, column"), "{err}");
+}
+
+#[test]
+fn grpcurl_places_on_the_scheduler() {
+    if Command::new("grpcurl").arg("-version").output().is_err() {
+        assert!(
+            std::env::var_os("RBEE_REQUIRE_GRPCURL").is_none(),
+            "grpcurl is required (RBEE_REQUIRE_GRPCURL is set)"
+        );
+        eprintln!("SKIPPED: grpcurl not on PATH");
+        return;
+    }
+    let queen = start_queen(&["--local-hive", "--local-hive-demo"]);
+    wait_online(&queen.url);
+    let out = Command::new("grpcurl")
+        .args([
+            "-plaintext",
+            "-d",
+            r#"{"model": "m", "vramBytes": "1073741824", "deviceKind": "DEVICE_KIND_CUDA", "dryRun": true}"#,
+        ])
+        .args([queen.addr.as_str(), "rbee.v1.Scheduler/Place"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert!(v["placement"]["deviceId"].as_str().unwrap().starts_with("GPU-"), "{v}");
+}

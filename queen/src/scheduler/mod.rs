@@ -153,8 +153,8 @@ struct Loaded {
 pub struct Scheduler {
     /// The hives.
     fleet: Arc<dyn HiveSource>,
-    /// The reservation book: one lock, never held across `.await`.
-    book: Arc<Mutex<Book>>,
+    /// The reservation book: one lock (scans read, commits write), never held across `.await`.
+    book: Arc<RwLock<Book>>,
     /// The Rhai runtime.
     runtime: PolicyRuntime,
     /// The policy in use.
@@ -199,7 +199,7 @@ impl Scheduler {
         tracing::info!(policy = %policy.source, "placement policy loaded");
         Ok(Arc::new(Self {
             fleet,
-            book: Arc::new(Mutex::new(Book::default())),
+            book: Arc::new(RwLock::new(Book::default())),
             runtime,
             current: RwLock::new(Loaded { policy, at_ms: rbee_shared::time::now_unix_ms(), text }),
             default,
@@ -254,7 +254,7 @@ impl Scheduler {
             Decision::Ranked(c) => c,
         };
         let mut reasons = Vec::new();
-        let mut book = self.book.lock().unwrap_or_else(|p| p.into_inner());
+        let mut book = view::write(&self.book);
         for choice in choices {
             let device = match self.resolve(&view, &book, choice) {
                 Ok(d) => d,
@@ -347,16 +347,12 @@ impl Scheduler {
 
     /// Releases a reservation.
     pub fn release(&self, id: &str) -> Result<Reservation, QueenError> {
-        self.book
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .release(id)
-            .ok_or_else(|| QueenError::NotFound(format!("reservation {id}")))
+        view::write(&self.book).release(id).ok_or_else(|| QueenError::NotFound(format!("reservation {id}")))
     }
 
     /// Every reservation.
     pub fn reservations(&self) -> Vec<Reservation> {
-        self.book.lock().unwrap_or_else(|p| p.into_inner()).list()
+        view::read(&self.book).list()
     }
 
     /// The policy in use and its failure counts.
@@ -417,7 +413,7 @@ impl Scheduler {
         let hives = self.fleet.hives();
         let mut dropped = Vec::new();
         {
-            let mut book = self.book.lock().unwrap_or_else(|p| p.into_inner());
+            let mut book = view::write(&self.book);
             for (address, device) in book.active_devices() {
                 let Some(h) = hives.iter().find(|h| h.address == address) else { continue };
                 let Some(s) = h.latest.as_ref() else { continue };

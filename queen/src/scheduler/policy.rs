@@ -19,6 +19,9 @@ pub const DEFAULT_POLICY: &str = include_str!("../../policies/least-loaded.rhai"
 /// Name of the built-in default.
 pub const DEFAULT_POLICY_NAME: &str = "built-in:least-loaded";
 
+/// Most devices a ranked answer may carry; the queen tries them in order.
+pub const MAX_RANKED: usize = 64;
+
 /// Sandbox limits.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -142,7 +145,7 @@ fn map_of(labels: &std::collections::BTreeMap<String, String>) -> Map {
 }
 
 fn devices_of(h: &HiveRef) -> Array {
-    let locked = view::lock(&h.book);
+    let locked = view::read(&h.book);
     let books = view::Books { locked: &locked, shared: &h.book };
     let mut out: Array = Vec::new();
     if let Some(caps) = h.hive.caps.as_ref() {
@@ -191,6 +194,14 @@ fn register_api(engine: &mut Engine) {
         })
         .register_fn("candidates", |f: &mut FleetView, r: PlaceRequest| -> Array {
             view::assess(f, &r, false).0.into_iter().map(Dynamic::from).collect()
+        })
+        .register_fn("least_loaded", |f: &mut FleetView, r: PlaceRequest, n: INT| -> Array {
+            let n = usize::try_from(n).unwrap_or(0).min(MAX_RANKED);
+            view::rank(f, &r, view::Order::LeastLoaded, n).into_iter().map(Dynamic::from).collect()
+        })
+        .register_fn("bin_pack", |f: &mut FleetView, r: PlaceRequest, n: INT| -> Array {
+            let n = usize::try_from(n).unwrap_or(0).min(MAX_RANKED);
+            view::rank(f, &r, view::Order::BinPack, n).into_iter().map(Dynamic::from).collect()
         });
 
     engine
@@ -367,7 +378,8 @@ fn choice(value: Dynamic) -> Result<Choice, PolicyError> {
     if value.is::<DeviceRef>() {
         return Ok(Choice::Device(value.cast::<DeviceRef>()));
     }
-    if let Some(map) = value.clone().try_cast::<Map>() {
+    if value.is_map() {
+        let map = value.cast::<Map>();
         let field = |k: &str| map.get(k).map(|v| v.to_string());
         return match (field("hive"), field("device")) {
             (Some(hive), Some(device)) => Ok(Choice::Named { hive, device }),
@@ -394,13 +406,15 @@ fn decision(value: Dynamic) -> Result<Decision, PolicyError> {
     if value.is_unit() {
         return Ok(Decision::Reject("the policy found no placement".into()));
     }
-    if let Some(map) = value.clone().try_cast::<Map>()
-        && let Some(reason) = map.get("reject")
+    if value.is_map()
+        && let Some(reason) = value.read_lock::<Map>().and_then(|m| m.get("reject").map(ToString::to_string))
     {
-        return Ok(Decision::Reject(reason.to_string()));
+        return Ok(Decision::Reject(reason));
     }
-    if let Some(arr) = value.clone().try_cast::<Array>() {
-        return arr.into_iter().map(choice).collect::<Result<_, _>>().map(Decision::Ranked);
+    if value.is_array() {
+        // The queen tries a ranking in order; past the first MAX_RANKED it is moot.
+        let arr = value.cast::<Array>();
+        return arr.into_iter().take(MAX_RANKED).map(choice).collect::<Result<_, _>>().map(Decision::Ranked);
     }
     Ok(Decision::Ranked(vec![choice(value)?]))
 }

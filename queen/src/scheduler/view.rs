@@ -2,7 +2,7 @@
 //! snapshots (no deep copy per call), the free memory after reservations, and the
 //! eligibility rules shared by `fleet.candidates(request)` and rejection reasons.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use rbee_shared::bytesize::format_bytes;
 
@@ -23,7 +23,7 @@ pub struct FleetView {
     /// Hive snapshots.
     pub hives: Arc<Vec<Arc<HiveSnapshot>>>,
     /// The reservation book.
-    pub book: Arc<Mutex<Book>>,
+    pub book: Arc<RwLock<Book>>,
 }
 
 /// A hive, for policies.
@@ -32,7 +32,7 @@ pub struct HiveRef {
     /// The snapshot.
     pub hive: Arc<HiveSnapshot>,
     /// The book.
-    pub book: Arc<Mutex<Book>>,
+    pub book: Arc<RwLock<Book>>,
 }
 
 /// A device (a GPU, or a hive's CPU), for policies.
@@ -49,11 +49,17 @@ pub struct DeviceRef {
     /// Free for placement after reservations, when the view was made.
     pub free: u64,
     /// The book, so that `device.hive` sees the same reservations.
-    pub book: Arc<Mutex<Book>>,
+    pub book: Arc<RwLock<Book>>,
 }
 
-pub fn lock(book: &Mutex<Book>) -> std::sync::MutexGuard<'_, Book> {
-    book.lock().unwrap_or_else(|p| p.into_inner())
+/// Reads the book (placement scans run side by side).
+pub fn read(book: &RwLock<Book>) -> RwLockReadGuard<'_, Book> {
+    book.read().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Writes the book (reserve, release, settle: short, and never across an `.await`).
+pub fn write(book: &RwLock<Book>) -> RwLockWriteGuard<'_, Book> {
+    book.write().unwrap_or_else(|p| p.into_inner())
 }
 
 impl DeviceRef {
@@ -102,7 +108,7 @@ pub struct Books<'a> {
     /// Locked for reading free memory.
     pub locked: &'a Book,
     /// Shared with the handles made.
-    pub shared: &'a Arc<Mutex<Book>>,
+    pub shared: &'a Arc<RwLock<Book>>,
 }
 
 /// Builds a GPU's handle: `None` when the hive has no VRAM reading for it.
@@ -170,67 +176,192 @@ fn hive_excluded(h: &HiveSnapshot, req: &PlaceRequest) -> Option<String> {
     None
 }
 
-/// Runs the eligibility rules over the fleet: the devices that can take the request now
-/// (healthy online hives with matching labels, healthy devices with enough free memory),
-/// and, when `explain`, why every other hive or device cannot.
-pub fn assess(view: &FleetView, req: &PlaceRequest, explain: bool) -> (Vec<DeviceRef>, Vec<String>) {
-    let locked = lock(&view.book);
-    let books = Books { locked: &locked, shared: &view.book };
-    let mut fit = Vec::new();
-    let mut reasons = Vec::new();
-    let mut note = |r: String| {
-        if explain && reasons.len() < MAX_REASONS {
-            reasons.push(r);
+/// A device that fits, before any handle is made (scanning 8,000 devices should not
+/// allocate 8,000 handles).
+struct Fit<'a> {
+    /// Its hive.
+    hive: &'a Arc<HiveSnapshot>,
+    /// GPU id or [`CPU_DEVICE`].
+    id: &'a str,
+    /// Total memory.
+    total: u64,
+    /// Observed used memory.
+    used: u64,
+    /// Free after reservations.
+    free: u64,
+    /// Utilisation (window mean, else latest), for ranking.
+    util: f32,
+}
+
+impl Fit<'_> {
+    fn handle(&self, shared: &Arc<RwLock<Book>>) -> DeviceRef {
+        DeviceRef {
+            hive: self.hive.clone(),
+            id: self.id.to_owned(),
+            total: self.total,
+            used: self.used,
+            free: self.free,
+            book: shared.clone(),
         }
-    };
+    }
+}
+
+/// The item of `items` with this id: usually at the same position (hives report GPUs
+/// in one order), else found by a scan.
+fn aligned<'a, T>(items: &'a [T], i: usize, id: &str, id_of: impl Fn(&T) -> &str) -> Option<&'a T> {
+    match items.get(i) {
+        Some(x) if id_of(x) == id => Some(x),
+        _ => items.iter().find(|x| id_of(x) == id),
+    }
+}
+
+/// Walks the fleet with the eligibility rules: `fit` sees every device that can take
+/// the request now (healthy online hives with matching labels, healthy devices with
+/// enough free memory); `note` hears why every other hive or device cannot.
+fn scan<'a>(
+    view: &'a FleetView,
+    req: &PlaceRequest,
+    book: &Book,
+    mut fit: impl FnMut(Fit<'a>),
+    mut note: impl FnMut(&dyn Fn() -> String),
+) {
+    if view.hives.is_empty() {
+        note(&|| "the fleet is empty".to_owned());
+    }
     for h in view.hives.iter() {
         if let Some(why) = hive_excluded(h, req) {
-            note(why);
+            note(&|| why.clone());
             continue;
         }
-        let mut devices = Vec::new();
+        let Some(sample) = h.latest.as_deref() else { continue };
+        let reserved = book.hive_has_active(&h.address);
+        let free = |id: &str, total: u64, used: u64| {
+            if reserved { book.free(&h.address, id, total, used) } else { total.saturating_sub(used) }
+        };
+        let mut any = false;
         if matches!(req.kind, DeviceKind::Cuda | DeviceKind::Any)
             && req.vram_bytes > 0
-            && let Some(caps) = h.caps.as_ref()
+            && let Some(caps) = h.caps.as_deref()
         {
-            for id in caps.caps.gpus.keys() {
-                match gpu_ref(h, id, &books) {
-                    Some(d) => devices.push(d),
-                    None => note(format!("{}/{id}: no VRAM reading", hive_name(h))),
+            for (i, gpu) in caps.caps.gpus.values().enumerate() {
+                any = true;
+                let name = || format!("{}/{}", hive_name(h), gpu.id);
+                let Some(used) = aligned(&sample.gpus, i, &gpu.id, |g| &g.id).and_then(|g| g.vram_used_bytes)
+                else {
+                    note(&|| format!("{}: no VRAM reading", name()));
+                    continue;
+                };
+                let health = aligned(&h.health.devices, i, &gpu.id, |d| &d.device_id)
+                    .map_or(Health::Healthy, |d| d.health);
+                if health != Health::Healthy {
+                    note(&|| format!("{}: {}", name(), health.as_str()));
+                    continue;
                 }
+                let free = free(&gpu.id, gpu.vram_total_bytes, used);
+                if free < req.vram_bytes {
+                    note(&|| {
+                        format!("{}: {} free < {}", name(), format_bytes(free), format_bytes(req.vram_bytes))
+                    });
+                    continue;
+                }
+                let util = aligned(&h.stats.gpus, i, &gpu.id, |g| &g.device_id)
+                    .and_then(|g| g.util_mean_percent)
+                    .or_else(|| aligned(&sample.gpus, i, &gpu.id, |g| &g.id).and_then(|g| g.gpu_util_percent))
+                    .unwrap_or(0.0);
+                fit(Fit { hive: h, id: &gpu.id, total: gpu.vram_total_bytes, used, free, util });
             }
         }
-        if (req.kind == DeviceKind::Cpu || (req.kind == DeviceKind::Any && req.ram_bytes.is_some()))
-            && let Some(d) = cpu_ref(h, &books)
+        if let Some(ram) = req.ram_bytes
+            && (req.kind == DeviceKind::Cpu || req.kind == DeviceKind::Any)
         {
-            devices.push(d);
-        }
-        if devices.is_empty() {
-            note(format!("{}: no {} device", hive_name(h), req.kind.as_str()));
-        }
-        for d in devices {
-            let need = claim_bytes(req, &d);
-            if d.health() != Health::Healthy {
-                note(format!("{}: {}", d.label(), d.health().as_str()));
-            } else if d.free < need {
-                note(format!("{}: {} free < {}", d.label(), format_bytes(d.free), format_bytes(need)));
+            any = true;
+            let (total, used) = (sample.ram_total_bytes, sample.ram_used_bytes);
+            let free = free(CPU_DEVICE, total, used);
+            if free < ram {
+                note(&|| {
+                    format!("{}/cpu: {} free < {}", hive_name(h), format_bytes(free), format_bytes(ram))
+                });
             } else {
-                fit.push(d);
+                let util = h.stats.cpu_mean_percent.or(sample.cpu_percent).unwrap_or(0.0);
+                fit(Fit { hive: h, id: CPU_DEVICE, total, used, free, util });
             }
         }
+        if !any {
+            note(&|| format!("{}: no {} device", hive_name(h), req.kind.as_str()));
+        }
     }
-    if view.hives.is_empty() {
-        note("the fleet is empty".to_owned());
+}
+
+/// Every device that can take the request now, and (when `explain`) why the others
+/// cannot (at most 64 reasons).
+pub fn assess(view: &FleetView, req: &PlaceRequest, explain: bool) -> (Vec<DeviceRef>, Vec<String>) {
+    let locked = read(&view.book);
+    let mut fits = Vec::new();
+    let mut reasons = Vec::new();
+    scan(
+        view,
+        req,
+        &locked,
+        |f| fits.push(f.handle(&view.book)),
+        |why| {
+            if explain && reasons.len() < MAX_REASONS {
+                reasons.push(why());
+            }
+        },
+    );
+    (fits, reasons)
+}
+
+/// How to rank devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Least loaded first.
+    LeastLoaded,
+    /// Tightest fit first.
+    BinPack,
+}
+
+fn hive_cpu(h: &HiveSnapshot) -> f32 {
+    h.stats.cpu_mean_percent.or(h.latest.as_ref().and_then(|s| s.cpu_percent)).unwrap_or(0.0)
+}
+
+/// The `n` best devices that can take the request, best first, without making a handle
+/// for every device of the fleet.
+pub fn rank(view: &FleetView, req: &PlaceRequest, order: Order, n: usize) -> Vec<DeviceRef> {
+    let locked = read(&view.book);
+    let mut keyed: Vec<((f32, f32, f32), Fit<'_>)> = Vec::new();
+    scan(
+        view,
+        req,
+        &locked,
+        |f| {
+            let key = match order {
+                Order::LeastLoaded => (f.util, used_fraction(f.total, f.free), hive_cpu(f.hive)),
+                Order::BinPack => (f.free as f32, 0.0, 0.0),
+            };
+            keyed.push((key, f));
+        },
+        |_| {},
+    );
+    let cmp = |a: &((f32, f32, f32), Fit<'_>), b: &((f32, f32, f32), Fit<'_>)| {
+        a.0.partial_cmp(&b.0)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then_with(|| (a.1.hive.address.as_str(), a.1.id).cmp(&(b.1.hive.address.as_str(), b.1.id)))
+    };
+    if n > 0 && keyed.len() > n {
+        keyed.select_nth_unstable_by(n - 1, cmp);
+        keyed.truncate(n);
     }
-    (fit, reasons)
+    keyed.sort_by(cmp);
+    keyed.iter().map(|(_, f)| f.handle(&view.book)).collect()
+}
+
+fn used_fraction(total: u64, free: u64) -> f32 {
+    if total == 0 { 1.0 } else { 1.0 - free as f32 / total as f32 }
 }
 
 fn load_key(d: &DeviceRef) -> (f32, f32, f32) {
-    let util = d.util().unwrap_or(0.0);
-    let used_fraction = if d.total == 0 { 1.0 } else { 1.0 - d.free as f32 / d.total as f32 };
-    let cpu =
-        d.hive.stats.cpu_mean_percent.or(d.hive.latest.as_ref().and_then(|s| s.cpu_percent)).unwrap_or(0.0);
-    (util, used_fraction, cpu)
+    (d.util().unwrap_or(0.0), used_fraction(d.total, d.free), hive_cpu(&d.hive))
 }
 
 /// Least loaded first: device utilisation (window mean), then memory in use after

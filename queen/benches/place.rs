@@ -1,0 +1,85 @@
+//! Place latency and throughput over a synthetic fleet (1,000 hives x 8 GPUs by
+//! default) with the built-in least-loaded policy. Run:
+//!
+//!     cargo bench -p rbee-queen --bench place [-- HIVES GPUS PLACEMENTS]
+//!
+//! It measures `Scheduler::place_blocking` (policy run + admission control + a real
+//! reservation), which is what the gRPC handler runs on a blocking thread; the
+//! reservation is released outside the timed section so the fleet stays comparable.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rbee_queen::scheduler::request::PlaceRequest;
+use rbee_queen::scheduler::{Outcome, Scheduler, SchedulerSettings, StaticHives, synthetic};
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn main() {
+    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let hives = args.first().copied().unwrap_or(1000);
+    let gpus = args.get(1).copied().unwrap_or(8);
+    let n = args.get(2).copied().unwrap_or(5000);
+    let scheduler =
+        Scheduler::new(Arc::new(StaticHives(synthetic::fleet(hives, gpus))), SchedulerSettings::default())
+            .unwrap();
+    let req = PlaceRequest::gpu(4 << 30);
+
+    // Warm up.
+    for _ in 0..200 {
+        if let Outcome::Placed(p) = scheduler.place_blocking(&req).unwrap() {
+            scheduler.release(&p.reservation.unwrap().id).unwrap();
+        }
+    }
+
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let outcome = scheduler.place_blocking(&req).unwrap();
+        lat.push(t.elapsed());
+        match outcome {
+            Outcome::Placed(p) => {
+                scheduler.release(&p.reservation.unwrap().id).unwrap();
+            }
+            Outcome::Rejected { reason, .. } => panic!("rejected: {reason}"),
+        }
+    }
+    lat.sort();
+    let mean = lat.iter().sum::<Duration>() / n as u32;
+    println!("fleet: {hives} hives x {gpus} GPUs ({} devices), policy built-in:least-loaded", hives * gpus);
+    println!(
+        "place latency (1 thread, {n} calls): p50 {:?}  p99 {:?}  max {:?}  mean {:?}",
+        percentile(&lat, 0.50),
+        percentile(&lat, 0.99),
+        lat[n - 1],
+        mean
+    );
+
+    // Throughput: every core placing at once; reservations accumulate (8 GiB x calls).
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let per_thread = n / threads;
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            let scheduler = scheduler.clone();
+            let req = req.clone();
+            s.spawn(move || {
+                for _ in 0..per_thread {
+                    match scheduler.place_blocking(&req) {
+                        Ok(Outcome::Placed(_)) => {}
+                        other => panic!("placement failed under load: {other:?}"),
+                    }
+                }
+            });
+        }
+    });
+    let elapsed = start.elapsed();
+    let total = per_thread * threads;
+    println!(
+        "place throughput ({threads} threads, {total} placements kept): {:.0} placements/s",
+        total as f64 / elapsed.as_secs_f64()
+    );
+    println!("reservations held: {}", scheduler.reservations().len());
+}
