@@ -60,16 +60,21 @@ fn main() {
     // Throughput: every core placing at once; reservations accumulate (8 GiB x calls).
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let per_thread = n / threads;
+    let failures = std::sync::atomic::AtomicUsize::new(0);
     let start = Instant::now();
     std::thread::scope(|s| {
         for _ in 0..threads {
             let scheduler = scheduler.clone();
             let req = req.clone();
+            let failures = &failures;
             s.spawn(move || {
                 for _ in 0..per_thread {
                     match scheduler.place_blocking(&req) {
                         Ok(Outcome::Placed(_)) => {}
-                        other => panic!("placement failed under load: {other:?}"),
+                        other => {
+                            failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            eprintln!("placement failed under load: {other:?}");
+                        }
                     }
                 }
             });
@@ -81,5 +86,9 @@ fn main() {
         "place throughput ({threads} threads, {total} placements kept): {:.0} placements/s",
         total as f64 / elapsed.as_secs_f64()
     );
-    println!("reservations held: {}", scheduler.reservations().len());
+    println!(
+        "reservations held: {}, failed placements: {}",
+        scheduler.reservations().len(),
+        failures.load(std::sync::atomic::Ordering::Relaxed)
+    );
 }
