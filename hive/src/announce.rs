@@ -45,32 +45,54 @@ impl Drop for StreamGuard {
     }
 }
 
-async fn announce_once(queen: &str, address: &str, hive_id: &str) -> Result<bool, String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(queen.to_owned())
+/// Where and how to announce.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The queen's URL.
+    pub queen: String,
+    /// TLS for an https:// queen.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
+    /// The queen's write token.
+    pub token: Option<String>,
+    /// This hive's advertised address.
+    pub address: String,
+    /// This hive's id.
+    pub hive_id: String,
+}
+
+async fn announce_once(t: &Target) -> Result<bool, String> {
+    let queen = &t.queen;
+    let mut endpoint = tonic::transport::Endpoint::from_shared(queen.clone())
         .map_err(|e| format!("--queen {queen:?}: {e}"))?
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(5));
+    if let Some(tls) = &t.tls {
+        endpoint = endpoint.tls_config(tls.clone()).map_err(|e| format!("--queen-ca: {e}"))?;
+    }
     let channel = endpoint.connect().await.map_err(|e| format!("cannot reach the queen at {queen}: {e}"))?;
+    let mut request =
+        tonic::Request::new(pb::AnnounceRequest { address: t.address.clone(), hive_id: t.hive_id.clone() });
+    if let Some(token) = &t.token {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| "the queen token has characters HTTP headers cannot carry")?;
+        request.metadata_mut().insert("authorization", value);
+    }
     let resp = FleetClient::new(channel)
-        .announce(pb::AnnounceRequest { address: address.to_owned(), hive_id: hive_id.to_owned() })
+        .announce(request)
         .await
         .map_err(|s| format!("the queen at {queen} refused the announce: {:?}: {}", s.code(), s.message()))?;
     Ok(resp.into_inner().added)
 }
 
 /// Announces until cancelled (see the module docs).
-pub async fn announce_loop(
-    queen: String,
-    address: String,
-    hive_id: String,
-    streams: StreamCounter,
-    cancel: CancellationToken,
-) {
+pub async fn announce_loop(target: Target, streams: StreamCounter, cancel: CancellationToken) {
     let mut delay = BACKOFF_MIN;
+    let queen = target.queen.clone();
     loop {
-        match announce_once(&queen, &address, &hive_id).await {
+        match announce_once(&target).await {
             Ok(added) => {
-                tracing::info!(%queen, %address, added, "announced to the queen");
+                tracing::info!(%queen, address = %target.address, added, "announced to the queen");
                 delay = BACKOFF_MIN;
                 // Wait until no queen has held a stream for REANNOUNCE_AFTER.
                 let mut idle = Duration::ZERO;

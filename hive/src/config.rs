@@ -88,6 +88,24 @@ pub struct ServeArgs {
     /// Announce this hive to the queen at URL (it then discovers and streams from it).
     #[arg(long, env = "HIVE_QUEEN", value_name = "URL")]
     pub queen: Option<String>,
+    /// CA that signs the queen's TLS certificate (for an https:// --queen).
+    #[arg(long, env = "HIVE_QUEEN_CA", value_name = "FILE")]
+    pub queen_ca: Option<PathBuf>,
+    /// File holding the queen's write token for Announce (or set HIVE_QUEEN_TOKEN to the token itself).
+    #[arg(long, env = "HIVE_QUEEN_TOKEN_FILE", value_name = "FILE")]
+    pub queen_token_file: Option<PathBuf>,
+    /// TLS certificate (PEM) this hive serves with.
+    #[arg(long, env = "HIVE_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "HIVE_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve only clients whose certificate chains to this CA (the queen's CA): mutual TLS.
+    #[arg(long, env = "HIVE_CLIENT_CA", value_name = "FILE", requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
+    /// Allow serving a non-loopback address without mutual TLS. Anyone who can reach it reads telemetry.
+    #[arg(long, env = "HIVE_INSECURE")]
+    pub insecure: bool,
     /// GPU source.
     #[command(flatten)]
     pub gpu: GpuArgs,
@@ -147,6 +165,12 @@ pub struct HiveConfig {
     pub gpu: GpuChoice,
     /// A queen to announce to.
     pub queen: Option<String>,
+    /// TLS for dialing the queen.
+    pub queen_tls: Option<tonic::transport::ClientTlsConfig>,
+    /// Bearer token for Announce.
+    pub queen_token: Option<String>,
+    /// TLS (and mutual TLS) for serving.
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 impl HiveConfig {
@@ -160,6 +184,9 @@ impl HiveConfig {
             rescan_interval: Duration::from_secs(1),
             gpu,
             queen: None,
+            queen_tls: None,
+            queen_token: None,
+            tls: None,
         }
     }
 }
@@ -167,6 +194,39 @@ impl HiveConfig {
 impl ServeArgs {
     /// Validates the flags and resolves the hive id (may create the state directory).
     pub fn into_config(self) -> Result<(SocketAddr, HiveConfig), HiveError> {
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                rbee_shared::tls::server(cert, key, self.client_ca.as_deref()).map_err(HiveError::Config)?,
+            ),
+            _ => None,
+        };
+        if !self.listen.ip().is_loopback() && self.client_ca.is_none() {
+            if !self.insecure {
+                return Err(HiveError::Config(format!(
+                    "refusing to serve telemetry on {} without mutual TLS: give --tls-cert, --tls-key and \
+                     --client-ca (the queen's CA), bind a loopback address, or pass --insecure",
+                    self.listen
+                )));
+            }
+            tracing::warn!(
+                listen = %self.listen,
+                "INSECURE: serving a non-loopback address without mutual TLS; anyone who can reach it reads this machine's telemetry"
+            );
+        }
+        let queen_tls = match &self.queen_ca {
+            Some(ca) => Some(rbee_shared::tls::client(ca, None).map_err(HiveError::Config)?),
+            None => None,
+        };
+        let queen_token = match (&self.queen_token_file, std::env::var("HIVE_QUEEN_TOKEN")) {
+            (Some(path), _) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| HiveError::Config(format!("--queen-token-file {}: {e}", path.display())))?
+                    .trim()
+                    .to_owned(),
+            ),
+            (None, Ok(token)) if !token.trim().is_empty() => Some(token.trim().to_owned()),
+            _ => None,
+        };
         let state_dir = self.state_dir.clone().unwrap_or_else(default_state_dir);
         let hive_id = resolve_hive_id(self.hive_id.as_deref(), &state_dir)?;
         let config = HiveConfig {
@@ -177,6 +237,9 @@ impl ServeArgs {
             rescan_interval: self.rescan_interval,
             gpu: self.gpu.choice()?,
             queen: self.queen,
+            queen_tls,
+            queen_token,
+            tls,
         };
         Ok((self.listen, config))
     }

@@ -21,14 +21,15 @@ use crate::stream::SessionContext;
 /// Largest message the hive accepts from a caller (queen messages are a few bytes).
 pub const MAX_DECODING_MESSAGE_BYTES: usize = 64 * 1024;
 
-/// The address to advertise for a listener bound to `local`.
-pub fn default_advertise(local: SocketAddr) -> String {
+/// The address to advertise for a listener bound to `local` (`https://` with TLS).
+pub fn default_advertise(local: SocketAddr, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
     if local.ip().is_unspecified() {
         let host =
             hostname::get().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into());
-        format!("http://{host}:{}", local.port())
+        format!("{scheme}://{host}:{}", local.port())
     } else {
-        format!("http://{local}")
+        format!("{scheme}://{local}")
     }
 }
 
@@ -42,7 +43,10 @@ pub fn identity(config: &HiveConfig, local: SocketAddr, telemetry: &Telemetry) -
         hive_id: config.hive_id.clone(),
         epoch: uuid::Uuid::now_v7().to_string(),
         hostname: hostname_string(),
-        advertised_address: config.advertise.clone().unwrap_or_else(|| default_advertise(local)),
+        advertised_address: config
+            .advertise
+            .clone()
+            .unwrap_or_else(|| default_advertise(local, config.tls.is_some())),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         protocol_version: rbee_proto::PROTOCOL_VERSION,
         labels: config.labels.clone(),
@@ -75,8 +79,14 @@ pub async fn run(
     let rescan = tokio::spawn(telemetry.clone().rescan_loop(config.rescan_interval, cancel.clone()));
     let streams = StreamCounter::default();
     let announcer = config.queen.clone().map(|queen| {
-        let a = identity.advertised_address.clone();
-        tokio::spawn(announce_loop(queen, a, identity.hive_id.clone(), streams.clone(), cancel.clone()))
+        let target = crate::announce::Target {
+            queen,
+            tls: config.queen_tls.clone(),
+            token: config.queen_token.clone(),
+            address: identity.advertised_address.clone(),
+            hive_id: identity.hive_id.clone(),
+        };
+        tokio::spawn(announce_loop(target, streams.clone(), cancel.clone()))
     });
     let ctx = SessionContext {
         identity,
@@ -104,7 +114,11 @@ pub async fn run(
             () = stop.cancelled() => {}
         }
     });
-    let result = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = config.tls.clone() {
+        builder = builder.tls_config(tls)?;
+    }
+    let result = builder
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

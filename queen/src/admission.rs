@@ -44,6 +44,13 @@ pub fn normalize_address(raw: &str) -> Result<String, QueenError> {
     Ok(format!("{scheme}://{}", authority.as_str().to_ascii_lowercase()))
 }
 
+/// True when a normalised address names a loopback IP or `localhost`.
+pub fn is_loopback_address(address: &str) -> bool {
+    let Ok(uri) = address.parse::<http::Uri>() else { return false };
+    let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Networks announced hives may be in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AllowList {
@@ -109,6 +116,43 @@ impl AllowList {
             )));
         }
         Ok(())
+    }
+}
+
+/// A token bucket: at most `per_second` on average, bursts of twice that.
+#[derive(Debug)]
+pub struct RateLimit {
+    /// Refill rate.
+    per_second: f64,
+    /// Bucket size.
+    burst: f64,
+    /// Tokens left and when they were counted.
+    state: std::sync::Mutex<(f64, std::time::Instant)>,
+}
+
+impl RateLimit {
+    /// A bucket refilling `per_second`.
+    pub fn new(per_second: u32) -> Self {
+        let per_second = f64::from(per_second.max(1));
+        Self {
+            per_second,
+            burst: per_second * 2.0,
+            state: std::sync::Mutex::new((per_second * 2.0, std::time::Instant::now())),
+        }
+    }
+
+    /// Takes one token if there is one.
+    pub fn try_acquire(&self) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        s.0 = (s.0 + now.duration_since(s.1).as_secs_f64() * self.per_second).min(self.burst);
+        s.1 = now;
+        if s.0 >= 1.0 {
+            s.0 -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 }
 

@@ -16,12 +16,52 @@ use crate::config::{
     AddArgs, HiveArgs, ListArgs, PlaceArgs, PolicyCheckArgs, QueenUrl, ReleaseArgs, RemoveArgs, WatchArgs,
 };
 
-async fn connect(url: &str) -> Result<FleetClient<Channel>> {
-    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
+/// Adds `authorization: Bearer TOKEN` to every call.
+#[derive(Clone)]
+pub struct BearerToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+type Authed = tonic::service::interceptor::InterceptedService<Channel, BearerToken>;
+
+async fn channel(q: &QueenUrl) -> Result<(Channel, BearerToken)> {
+    let url = &q.url;
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.clone())
         .with_context(|| format!("--queen {url:?} is not a URL"))?
         .connect_timeout(Duration::from_secs(5));
+    if let Some(ca) = &q.ca {
+        let tls = rbee_shared::tls::client(ca, None).map_err(|e| anyhow!(e))?;
+        endpoint = endpoint.tls_config(tls).context("TLS set-up")?;
+    }
+    let token = match (&q.token_file, std::env::var("QUEEN_TOKEN")) {
+        (Some(path), _) => {
+            Some(std::fs::read_to_string(path).with_context(|| format!("--token-file {}", path.display()))?)
+        }
+        (None, Ok(t)) => Some(t),
+        _ => None,
+    };
+    let token = match token.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()) {
+        Some(t) => Some(
+            format!("Bearer {t}")
+                .parse()
+                .map_err(|_| anyhow!("the token has characters HTTP headers cannot carry"))?,
+        ),
+        None => None,
+    };
     let channel = endpoint.connect().await.with_context(|| format!("cannot reach the queen at {url}"))?;
-    Ok(FleetClient::new(channel))
+    Ok((channel, BearerToken(token)))
+}
+
+async fn connect(q: &QueenUrl) -> Result<FleetClient<Authed>> {
+    let (channel, token) = channel(q).await?;
+    Ok(FleetClient::with_interceptor(channel, token))
 }
 
 fn rpc_error(url: &str, s: tonic::Status) -> anyhow::Error {
@@ -186,8 +226,11 @@ pub fn render_detail(v: &pb::HiveView) -> String {
 /// `queen hives`.
 pub async fn hives(args: ListArgs) -> Result<()> {
     let url = &args.queen.url;
-    let resp =
-        connect(url).await?.list_hives(pb::ListHivesRequest {}).await.map_err(|s| rpc_error(url, s))?;
+    let resp = connect(&args.queen)
+        .await?
+        .list_hives(pb::ListHivesRequest {})
+        .await
+        .map_err(|s| rpc_error(url, s))?;
     let resp = resp.into_inner();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&resp)?);
@@ -200,7 +243,7 @@ pub async fn hives(args: ListArgs) -> Result<()> {
 /// `queen hive ID`.
 pub async fn hive(args: HiveArgs) -> Result<()> {
     let url = &args.queen.url;
-    let view = connect(url)
+    let view = connect(&args.queen)
         .await?
         .get_hive(pb::GetHiveRequest { hive: args.hive.clone() })
         .await
@@ -281,7 +324,7 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
     let url = &args.queen.url;
     let request = pb::WatchFleetRequest { sample_interval_ms: args.samples.map(|d| d.as_millis() as u32) };
     let mut stream =
-        connect(url).await?.watch_fleet(request).await.map_err(|s| rpc_error(url, s))?.into_inner();
+        connect(&args.queen).await?.watch_fleet(request).await.map_err(|s| rpc_error(url, s))?.into_inner();
     loop {
         tokio::select! {
             () = rbee_shared::shutdown::shutdown_signal() => return Ok(()),
@@ -297,7 +340,7 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
 /// `queen add ADDR`.
 pub async fn add(args: AddArgs) -> Result<()> {
     let url = &args.queen.url;
-    let resp = connect(url)
+    let resp = connect(&args.queen)
         .await?
         .add_hive(pb::AddHiveRequest { address: args.address.clone() })
         .await
@@ -311,7 +354,7 @@ pub async fn add(args: AddArgs) -> Result<()> {
 /// `queen remove ID`.
 pub async fn remove(args: RemoveArgs) -> Result<()> {
     let url = &args.queen.url;
-    let resp = connect(url)
+    let resp = connect(&args.queen)
         .await?
         .remove_hive(pb::RemoveHiveRequest { hive: args.hive.clone() })
         .await
@@ -321,12 +364,9 @@ pub async fn remove(args: RemoveArgs) -> Result<()> {
     Ok(())
 }
 
-async fn connect_scheduler(url: &str) -> Result<SchedulerClient<Channel>> {
-    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
-        .with_context(|| format!("--queen {url:?} is not a URL"))?
-        .connect_timeout(Duration::from_secs(5));
-    let channel = endpoint.connect().await.with_context(|| format!("cannot reach the queen at {url}"))?;
-    Ok(SchedulerClient::new(channel))
+async fn connect_scheduler(q: &QueenUrl) -> Result<SchedulerClient<Authed>> {
+    let (channel, token) = channel(q).await?;
+    Ok(SchedulerClient::with_interceptor(channel, token))
 }
 
 /// Renders a placement answer.
@@ -373,7 +413,7 @@ pub fn render_place(r: &pb::PlaceResponse) -> String {
 /// `queen place`. Returns whether it placed.
 pub async fn place(args: PlaceArgs) -> Result<bool> {
     let url = &args.queen.url;
-    let resp = connect_scheduler(url)
+    let resp = connect_scheduler(&args.queen)
         .await?
         .place(args.request.to_request(args.dry_run))
         .await
@@ -390,7 +430,7 @@ pub async fn place(args: PlaceArgs) -> Result<bool> {
 /// `queen release ID`.
 pub async fn release(args: ReleaseArgs) -> Result<()> {
     let url = &args.queen.url;
-    connect_scheduler(url)
+    connect_scheduler(&args.queen)
         .await?
         .release(pb::ReleaseRequest { reservation_id: args.id.clone() })
         .await
@@ -402,7 +442,7 @@ pub async fn release(args: ReleaseArgs) -> Result<()> {
 /// `queen reservations`.
 pub async fn reservations(args: ListArgs) -> Result<()> {
     let url = &args.queen.url;
-    let resp = connect_scheduler(url)
+    let resp = connect_scheduler(&args.queen)
         .await?
         .list_reservations(pb::ListReservationsRequest {})
         .await
@@ -431,7 +471,7 @@ pub async fn reservations(args: ListArgs) -> Result<()> {
 /// `queen policy status`.
 pub async fn policy_status(queen: QueenUrl) -> Result<()> {
     let url = &queen.url;
-    let s = connect_scheduler(url)
+    let s = connect_scheduler(&queen)
         .await?
         .get_policy(pb::GetPolicyRequest {})
         .await
@@ -461,7 +501,7 @@ pub async fn policy_check(args: PolicyCheckArgs) -> Result<bool> {
         }
         None => {
             let url = &args.queen.url;
-            connect(url)
+            connect(&args.queen)
                 .await?
                 .list_hives(pb::ListHivesRequest {})
                 .await

@@ -54,6 +54,22 @@ pub enum Command {
     /// Work with placement policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Write a development CA and certificates for a mutual-TLS fleet.
+    Certs(CertsArgs),
+}
+
+/// `queen certs`.
+#[derive(Debug, Clone, Args)]
+pub struct CertsArgs {
+    /// Directory to write into.
+    #[arg(long, default_value = "certs")]
+    pub out: PathBuf,
+    /// Names the queen's certificate is valid for (DNS names or IPs); repeatable.
+    #[arg(long = "queen-name", default_values = ["localhost", "127.0.0.1"])]
+    pub queen_names: Vec<String>,
+    /// A hive's name (DNS name or IP the queen dials); repeatable.
+    #[arg(long = "hive-name", default_values = ["localhost"])]
+    pub hives: Vec<String>,
 }
 
 /// `queen policy ...`.
@@ -162,12 +178,18 @@ pub struct PolicyCheckArgs {
     pub queen: QueenUrl,
 }
 
-/// Where the client subcommands reach the queen.
+/// Where and how the client subcommands reach the queen.
 #[derive(Debug, Clone, Args)]
 pub struct QueenUrl {
-    /// The queen's URL.
+    /// The queen's URL (https:// when it serves TLS).
     #[arg(long = "queen", env = "QUEEN_URL", default_value = DEFAULT_QUEEN_URL, value_name = "URL")]
     pub url: String,
+    /// CA that signs the queen's certificate (the queen CA), for https://.
+    #[arg(long = "ca", env = "QUEEN_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// File holding a bearer token (or set QUEEN_TOKEN to the token itself).
+    #[arg(long = "token-file", env = "QUEEN_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 /// `queen hives`.
@@ -276,6 +298,24 @@ pub struct ServeArgs {
     /// Drop reservations on a hive lost for longer than this [default: 60s].
     #[arg(long, env = "QUEEN_RESERVATION_LOST_GRACE", value_parser = humantime::parse_duration)]
     pub reservation_lost_grace: Option<Duration>,
+    /// TLS certificate (PEM) the queen serves with; also its client identity towards hives.
+    #[arg(long, env = "QUEEN_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "QUEEN_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// CA that signs hive certificates: hives are dialed over mutual TLS (https://).
+    #[arg(long, env = "QUEEN_HIVE_CA", value_name = "FILE", requires = "tls_cert")]
+    pub hive_ca: Option<PathBuf>,
+    /// File with the read token (or set QUEEN_READ_TOKEN to the token itself).
+    #[arg(long, env = "QUEEN_READ_TOKEN_FILE", value_name = "FILE")]
+    pub read_token_file: Option<PathBuf>,
+    /// File with the write token (or set QUEEN_WRITE_TOKEN to the token itself).
+    #[arg(long, env = "QUEEN_WRITE_TOKEN_FILE", value_name = "FILE")]
+    pub write_token_file: Option<PathBuf>,
+    /// Allow a non-loopback listen address without TLS and tokens. Logs a warning at every start.
+    #[arg(long, env = "QUEEN_INSECURE")]
+    pub insecure: bool,
 }
 
 /// Parses a sample interval and checks its bounds.
@@ -388,6 +428,10 @@ pub struct FleetSettings {
     pub allow: AllowList,
     /// Most hives the queen manages.
     pub max_hives: usize,
+    /// Mutual TLS for dialing hives (`https://` addresses); plaintext then only to loopback.
+    pub hive_tls: Option<tonic::transport::ClientTlsConfig>,
+    /// Most Announce calls per second (burst of twice that).
+    pub announce_rate: u32,
 }
 
 impl Default for FleetSettings {
@@ -405,6 +449,8 @@ impl Default for FleetSettings {
             thresholds: Thresholds::default(),
             allow: AllowList::default(),
             max_hives: 100_000,
+            hive_tls: None,
+            announce_rate: 20,
         }
     }
 }
@@ -452,6 +498,24 @@ pub struct QueenConfig {
     pub local_hive: Option<rbee_hive::HiveConfig>,
     /// Placement policy and reservations.
     pub scheduler: crate::scheduler::SchedulerSettings,
+    /// TLS for the queen's own port.
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// Bearer tokens for the Fleet and Scheduler APIs.
+    pub tokens: crate::auth::Tokens,
+}
+
+impl QueenConfig {
+    /// A plaintext, token-less configuration (loopback use, tests).
+    pub fn new(fleet: FleetSettings, hives: Vec<String>) -> Self {
+        Self {
+            fleet,
+            hives,
+            local_hive: None,
+            scheduler: Default::default(),
+            tls: None,
+            tokens: Default::default(),
+        }
+    }
 }
 
 impl ServeArgs {
@@ -522,7 +586,32 @@ impl ServeArgs {
                 .unwrap_or(defaults.lost_grace),
             ..defaults
         };
-        Ok((listen, QueenConfig { fleet, hives, local_hive, scheduler }))
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(rbee_shared::tls::server(cert, key, None).map_err(QueenError::Config)?)
+            }
+            _ => None,
+        };
+        let mut fleet = fleet;
+        if let (Some(ca), Some(cert), Some(key)) = (&self.hive_ca, &self.tls_cert, &self.tls_key) {
+            fleet.hive_tls =
+                Some(rbee_shared::tls::client(ca, Some((cert, key))).map_err(QueenError::Config)?);
+        }
+        let tokens =
+            crate::auth::Tokens::load(self.read_token_file.as_deref(), self.write_token_file.as_deref())?;
+        if !listen.ip().is_loopback() && (tls.is_none() || !tokens.enabled()) {
+            if !self.insecure {
+                return Err(QueenError::Config(format!(
+                    "refusing to listen on {listen} without TLS and tokens: give --tls-cert/--tls-key and \
+                     --read-token-file/--write-token-file (or QUEEN_READ_TOKEN/QUEEN_WRITE_TOKEN), bind a \
+                     loopback address, or pass --insecure"
+                )));
+            }
+            tracing::warn!(%listen, tls = tls.is_some(), tokens = tokens.enabled(),
+                "INSECURE: listening on a non-loopback address without TLS and tokens; anyone who can reach it \
+                 can read the fleet, reserve VRAM and add hives");
+        }
+        Ok((listen, QueenConfig { fleet, hives, local_hive, scheduler, tls, tokens }))
     }
 }
 

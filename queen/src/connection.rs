@@ -208,8 +208,23 @@ impl Manager {
 
     async fn connect(&self) -> Result<HiveClient<Channel>, String> {
         let s = self.settings();
-        let endpoint = Endpoint::from_shared(self.view.address.clone())
-            .map_err(|e| format!("bad address: {e}"))?
+        let mut endpoint =
+            Endpoint::from_shared(self.view.address.clone()).map_err(|e| format!("bad address: {e}"))?;
+        match (&s.hive_tls, self.view.address.starts_with("https://")) {
+            (Some(tls), true) => {
+                endpoint = endpoint.tls_config(tls.clone()).map_err(|e| format!("TLS set-up: {e}"))?;
+            }
+            (None, true) => {
+                return Err("an https:// hive needs --hive-ca (and the queen's certificate)".into());
+            }
+            (Some(_), false) if !crate::admission::is_loopback_address(&self.view.address) => {
+                return Err(
+                    "plaintext to a non-loopback hive is refused while --hive-ca is set; use https://".into(),
+                );
+            }
+            _ => {}
+        }
+        let endpoint = endpoint
             .connect_timeout(s.connect_timeout)
             .http2_keep_alive_interval(s.keepalive)
             .keep_alive_timeout(s.keepalive)

@@ -9,6 +9,8 @@
 //! - [`cli`]: the client subcommands (`hives`, `hive`, `watch`, `add`, `remove`).
 
 pub mod admission;
+pub mod auth;
+pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod connection;

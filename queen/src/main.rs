@@ -35,6 +35,11 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Policy(PolicyCommand::Status(queen)) => rbee_queen::cli::policy_status(queen).await?,
+        Command::Certs(args) => {
+            for file in rbee_queen::certs::generate(&args.out, &args.queen_names, &args.hives)? {
+                println!("wrote {}", file.display());
+            }
+        }
     }
     Ok(())
 }

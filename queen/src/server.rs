@@ -11,6 +11,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::QueenError;
+use crate::auth::AuthLayer;
 use crate::config::QueenConfig;
 use crate::fleet::{Fleet, Origin};
 use crate::scheduler::Scheduler;
@@ -57,7 +58,15 @@ pub async fn run(
             () = stop.cancelled() => {}
         }
     });
-    let result = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = config.tls.clone() {
+        builder = builder.tls_config(tls)?;
+    }
+    if config.tokens.enabled() {
+        tracing::info!("bearer tokens required for rbee.v1.Fleet and rbee.v1.Scheduler");
+    }
+    let result = builder
+        .layer(AuthLayer::new(config.tokens.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -11,7 +11,7 @@ use rbee_shared::{MAX_SAMPLE_INTERVAL, MIN_SAMPLE_INTERVAL};
 use tonic::{Request, Response, Status};
 
 use crate::QueenError;
-use crate::admission::admit_announce;
+use crate::admission::{RateLimit, admit_announce};
 use crate::fleet::{Fleet, Origin};
 use crate::watch::WatchSession;
 
@@ -20,12 +20,15 @@ use crate::watch::WatchSession;
 pub struct FleetService {
     /// The fleet.
     fleet: Arc<Fleet>,
+    /// Limits Announce calls.
+    announces: Arc<RateLimit>,
 }
 
 impl FleetService {
     /// A service over `fleet`.
     pub fn new(fleet: Arc<Fleet>) -> Self {
-        Self { fleet }
+        let announces = Arc::new(RateLimit::new(fleet.settings().announce_rate));
+        Self { fleet, announces }
     }
 }
 
@@ -103,7 +106,22 @@ impl FleetApi for FleetService {
         request: Request<pb::AnnounceRequest>,
     ) -> Result<Response<pb::AnnounceResponse>, Status> {
         let req = request.get_ref();
-        let address = match admit_announce(&self.fleet.settings().allow, &req.address).await {
+        if !self.announces.try_acquire() {
+            return Err(QueenError::ResourceExhausted("too many Announce calls; retry later".into()).into());
+        }
+        if req.hive_id.len() > 64 {
+            return Err(QueenError::InvalidArgument("hive_id is longer than 64 bytes".into()).into());
+        }
+        let admitted = admit_announce(&self.fleet.settings().allow, &req.address).await.and_then(|address| {
+            match self.fleet.holder_of(&req.hive_id, &address).filter(|_| !req.hive_id.is_empty()) {
+                Some(holder) => Err(QueenError::PermissionDenied(format!(
+                    "hive id {:?} is already managed at {holder}; refusing an announce that claims it from {address}",
+                    req.hive_id
+                ))),
+                None => Ok(address),
+            }
+        });
+        let address = match admitted {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(address = %req.address, hive_id = %req.hive_id, error = %e, "announce refused");

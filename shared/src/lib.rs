@@ -20,6 +20,7 @@ pub mod shutdown;
 pub mod stream_message;
 pub mod telemetry;
 pub mod time;
+pub mod tls;
 
 pub use capability::{
     Backend, Capabilities, ComputeCapability, CpuInfo, GpuDevice, MigMode, VersionedCapabilities,

@@ -107,11 +107,7 @@ pub struct TestQueen {
 
 impl TestQueen {
     pub async fn start(hives: Vec<String>) -> Self {
-        Self::start_with(
-            QueenConfig { fleet: fast_settings(), hives, local_hive: None, scheduler: Default::default() },
-            "127.0.0.1:0".parse().unwrap(),
-        )
-        .await
+        Self::start_with(QueenConfig::new(fast_settings(), hives), "127.0.0.1:0".parse().unwrap()).await
     }
 
     pub async fn start_with(config: QueenConfig, addr: SocketAddr) -> Self {

@@ -1,0 +1,90 @@
+//! `queen certs`: a development CA and certificates for a mutual-TLS fleet (rcgen).
+//!
+//! Two CAs keep the roles apart: the **queen CA** signs the queen's certificate (served
+//! on its own port, and presented to hives as its client identity); the **hive CA**
+//! signs each hive's server certificate. Hives trust the queen CA (`--client-ca`); the
+//! queen trusts the hive CA (`--hive-ca`); CLI users trust the queen CA (`--ca`).
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+    IsCa, KeyPair, KeyUsagePurpose,
+};
+
+use crate::QueenError;
+
+fn fail(e: impl std::fmt::Display) -> QueenError {
+    QueenError::Config(format!("certificate generation: {e}"))
+}
+
+fn write(dir: &Path, name: &str, contents: &str, secret: bool) -> Result<PathBuf, QueenError> {
+    let path = dir.join(name);
+    std::fs::write(&path, contents).map_err(|source| QueenError::Io { path: path.clone(), source })?;
+    #[cfg(unix)]
+    if secret {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|source| QueenError::Io { path: path.clone(), source })?;
+    }
+    #[cfg(not(unix))]
+    let _ = secret;
+    Ok(path)
+}
+
+fn ca(name: &str) -> Result<CertifiedIssuer<'static, KeyPair>, QueenError> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(fail)?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages =
+        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    CertifiedIssuer::self_signed(params, KeyPair::generate().map_err(fail)?).map_err(fail)
+}
+
+fn leaf(
+    issuer: &CertifiedIssuer<'static, KeyPair>,
+    names: &[String],
+    usages: Vec<ExtendedKeyUsagePurpose>,
+) -> Result<(String, String), QueenError> {
+    let mut params = CertificateParams::new(names.to_vec()).map_err(fail)?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, names.first().cloned().unwrap_or_default());
+    params.distinguished_name = dn;
+    params.extended_key_usages = usages;
+    let key = KeyPair::generate().map_err(fail)?;
+    let cert = params.signed_by(&key, issuer).map_err(fail)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// Writes `queen-ca.pem`, `hive-ca.pem`, `queen.pem`/`queen.key` (for `queen_names`) and
+/// `hive-NAME.pem`/`hive-NAME.key` for each hive name into `dir`. Returns the files.
+pub fn generate(
+    dir: &Path,
+    queen_names: &[String],
+    hive_names: &[String],
+) -> Result<Vec<PathBuf>, QueenError> {
+    std::fs::create_dir_all(dir).map_err(|source| QueenError::Io { path: dir.to_owned(), source })?;
+    let queen_ca = ca("rbee queen CA (development)")?;
+    let hive_ca = ca("rbee hive CA (development)")?;
+    let mut files = vec![
+        write(dir, "queen-ca.pem", &queen_ca.pem(), false)?,
+        write(dir, "queen-ca.key", &queen_ca.key().serialize_pem(), true)?,
+        write(dir, "hive-ca.pem", &hive_ca.pem(), false)?,
+        write(dir, "hive-ca.key", &hive_ca.key().serialize_pem(), true)?,
+    ];
+    use ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+    let (cert, key) = leaf(&queen_ca, queen_names, vec![ServerAuth, ClientAuth])?;
+    files.push(write(dir, "queen.pem", &cert, false)?);
+    files.push(write(dir, "queen.key", &key, true)?);
+    for name in hive_names {
+        if name.is_empty() || name.contains(['/', '\\']) {
+            return Err(QueenError::Config(format!("hive name {name:?} cannot be a file name")));
+        }
+        let (cert, key) = leaf(&hive_ca, std::slice::from_ref(name), vec![ServerAuth])?;
+        files.push(write(dir, &format!("hive-{name}.pem"), &cert, false)?);
+        files.push(write(dir, &format!("hive-{name}.key"), &key, true)?);
+    }
+    Ok(files)
+}
