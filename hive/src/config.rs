@@ -30,7 +30,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the rbee.v1.Hive gRPC API (Discover, MetricsStream), health and reflection.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print this machine's capabilities and one live sample, then exit.
     Probe(ProbeArgs),
 }
