@@ -119,6 +119,7 @@ pub async fn run(
         builder = builder.tls_config(tls)?;
     }
     let result = builder
+        .layer(rbee_shared::size_limit::SizeLimitStatusLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -66,6 +66,7 @@ pub async fn run(
         tracing::info!("bearer tokens required for rbee.v1.Fleet and rbee.v1.Scheduler");
     }
     let result = builder
+        .layer(rbee_shared::size_limit::SizeLimitStatusLayer)
         .layer(AuthLayer::new(config.tokens.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)

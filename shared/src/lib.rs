@@ -17,6 +17,7 @@ pub mod error;
 pub mod identity;
 pub mod sample;
 pub mod shutdown;
+pub mod size_limit;
 pub mod stream_message;
 pub mod telemetry;
 pub mod time;

@@ -60,15 +60,24 @@ impl TestHive {
 
     pub async fn start_on(addr: SocketAddr, id: &str, scenario: &str, queen: Option<String>) -> Self {
         let mut config = HiveConfig::new(id, GpuChoice::Simulated(Scenario::parse(scenario).unwrap()));
-        config.rescan_interval = Duration::from_millis(100);
         config.queen = queen;
+        Self::start_config_on(addr, config).await
+    }
+
+    pub async fn start_config(config: HiveConfig) -> Self {
+        Self::start_config_on("127.0.0.1:0".parse().unwrap(), config).await
+    }
+
+    pub async fn start_config_on(addr: SocketAddr, mut config: HiveConfig) -> Self {
+        config.rescan_interval = Duration::from_millis(100);
+        let id = config.hive_id.clone();
         let listener = bind_retrying(addr).await;
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(rbee_hive::run(config, listener, async {
             let _ = rx.await;
         }));
-        Self { addr, id: id.to_owned(), stop: Some(tx), task }
+        Self { addr, id, stop: Some(tx), task }
     }
 
     pub fn url(&self) -> String {
