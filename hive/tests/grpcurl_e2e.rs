@@ -147,3 +147,85 @@ fn probe_json_prints_capabilities_and_a_sample() {
     assert!(v["capabilities"]["ram_total_bytes"].as_u64().unwrap() > 0);
     assert!(v["sample"]["cpu_percent"].is_number());
 }
+
+fn start_hive_with(args: &[&str]) -> Hive {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hive"))
+        .arg("serve")
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the hive binary");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listen=").nth(1) {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_owned());
+            }
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(20)).expect("the hive logs its listen address");
+    Hive { child, addr }
+}
+
+#[test]
+fn a_mutual_tls_hive_serves_only_the_queen_certificate() {
+    let Some(_) = grpcurl() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    rbee_shared::certs::generate(d, &["localhost".into()], &["localhost".into()]).unwrap();
+    let other = tempfile::tempdir().unwrap();
+    rbee_shared::certs::generate(other.path(), &["localhost".into()], &["localhost".into()]).unwrap();
+    let p = |dir: &std::path::Path, f: &str| dir.join(f).display().to_string();
+    let hive = start_hive_with(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--hive-id",
+        "tls-hive",
+        "--demo",
+        "--tls-cert",
+        &p(d, "hive-localhost.pem"),
+        "--tls-key",
+        &p(d, "hive-localhost.key"),
+        "--client-ca",
+        &p(d, "queen-ca.pem"),
+    ]);
+    let tls = |extra: &[&str]| {
+        let mut args = vec![
+            "-max-time".to_owned(),
+            "5".into(),
+            "-cacert".into(),
+            p(d, "hive-ca.pem"),
+            "-servername".into(),
+            "localhost".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.push(hive.addr.clone());
+        args.push("rbee.v1.Hive/Discover".into());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(&args)
+    };
+    let (ok, _, err) = run(&["-max-time", "5", "-plaintext", &hive.addr, "rbee.v1.Hive/Discover"]);
+    assert!(!ok, "plaintext against the TLS port must fail: {err}");
+    let (ok, _, err) = tls(&[]);
+    assert!(!ok, "no client certificate must fail: {err}");
+    let (ok, _, err) = tls(&["-cert", &p(other.path(), "queen.pem"), "-key", &p(other.path(), "queen.key")]);
+    assert!(!ok, "a certificate from another CA must fail: {err}");
+    let (ok, out, err) = tls(&["-cert", &p(d, "queen.pem"), "-key", &p(d, "queen.key")]);
+    assert!(ok, "the queen's certificate is served: {err}");
+    assert!(out.contains("\"hiveId\": \"tls-hive\""), "{out}");
+    assert!(out.contains("https://127.0.0.1:"), "a TLS hive advertises https: {out}");
+}
+
+#[test]
+fn the_hive_refuses_a_public_bind_without_mutual_tls() {
+    let out = Command::new(env!("CARGO_BIN_EXE_hive"))
+        .args(["serve", "--listen", "0.0.0.0:0", "--hive-id", "x", "--demo"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refusing to serve telemetry on 0.0.0.0:0 without mutual TLS"), "{err}");
+}

@@ -10,7 +10,6 @@
 
 pub mod admission;
 pub mod auth;
-pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod connection;

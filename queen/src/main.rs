@@ -36,7 +36,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Policy(PolicyCommand::Status(queen)) => rbee_queen::cli::policy_status(queen).await?,
         Command::Certs(args) => {
-            for file in rbee_queen::certs::generate(&args.out, &args.queen_names, &args.hives)? {
+            for file in rbee_shared::certs::generate(&args.out, &args.queen_names, &args.hives)
+                .map_err(anyhow::Error::msg)?
+            {
                 println!("wrote {}", file.display());
             }
         }

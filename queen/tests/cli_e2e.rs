@@ -253,3 +253,111 @@ fn grpcurl_places_on_the_scheduler() {
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert!(v["placement"]["deviceId"].as_str().unwrap().starts_with("GPU-"), "{v}");
 }
+
+const READ: &str = "read-token-aaaaaaaaaaaaaaaa";
+const WRITE: &str = "write-token-bbbbbbbbbbbbbbbb";
+
+#[test]
+fn a_tls_queen_with_tokens_from_grpcurl_and_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    rbee_shared::certs::generate(d, &["localhost".into(), "127.0.0.1".into()], &["localhost".into()])
+        .unwrap();
+    let p = |f: &str| d.join(f).display().to_string();
+    std::fs::write(d.join("read.token"), format!("{READ}\n")).unwrap();
+    std::fs::write(d.join("write.token"), format!("{WRITE}\n")).unwrap();
+    let queen = start_queen(&[
+        "--local-hive",
+        "--local-hive-demo",
+        "--tls-cert",
+        &p("queen.pem"),
+        "--tls-key",
+        &p("queen.key"),
+        "--read-token-file",
+        &p("read.token"),
+        "--write-token-file",
+        &p("write.token"),
+    ]);
+    let https = format!("https://{}", queen.addr);
+    let cli = |args: &[&str], token: Option<&str>| {
+        let mut cmd = Command::new(QUEEN);
+        cmd.args(args).args(["--queen", &https, "--ca", &p("queen-ca.pem")]);
+        match token {
+            Some(t) => cmd.env("QUEEN_TOKEN", t),
+            None => cmd.env_remove("QUEEN_TOKEN"),
+        };
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, _, err) = cli(&["hives"], None);
+    assert!(!ok && err.contains("Unauthenticated"), "{err}");
+    let (ok, out, err) = cli(&["hives"], Some(READ));
+    assert!(ok && out.starts_with("HIVE"), "{out}{err}");
+    let (ok, _, err) = cli(&["place", "--vram", "1GiB"], Some(READ));
+    assert!(!ok && err.contains("PermissionDenied"), "{err}");
+
+    if Command::new("grpcurl").arg("-version").output().is_err() {
+        assert!(
+            std::env::var_os("RBEE_REQUIRE_GRPCURL").is_none(),
+            "grpcurl is required (RBEE_REQUIRE_GRPCURL is set)"
+        );
+        return;
+    }
+    let grpcurl = |args: &[&str]| {
+        let out = Command::new("grpcurl").args(args).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, _, err) = grpcurl(&["-plaintext", &queen.addr, "rbee.v1.Fleet/ListHives"]);
+    assert!(!ok, "plaintext against the TLS port: {err}");
+    let ca = p("queen-ca.pem");
+    let (ok, _, err) = grpcurl(&["-cacert", &ca, &queen.addr, "rbee.v1.Fleet/ListHives"]);
+    assert!(!ok && err.contains("Unauthenticated"), "{err}");
+    let bearer = format!("authorization: Bearer {READ}");
+    let (ok, out, err) = grpcurl(&["-cacert", &ca, "-H", &bearer, &queen.addr, "rbee.v1.Fleet/ListHives"]);
+    assert!(ok && out.contains("hives"), "{out}{err}");
+    let (ok, _, err) = grpcurl(&[
+        "-cacert",
+        &ca,
+        "-H",
+        &bearer,
+        "-d",
+        r#"{"vramBytes": "1073741824"}"#,
+        &queen.addr,
+        "rbee.v1.Scheduler/Place",
+    ]);
+    assert!(!ok && err.contains("PermissionDenied"), "a read token cannot Place: {err}");
+}
+
+#[test]
+fn insecure_public_bind_starts_with_a_loud_warning() {
+    let mut child = Command::new(QUEEN)
+        .args(["serve", "--listen", "0.0.0.0:0", "--insecure"])
+        .env("RUST_LOG", "info")
+        .env_remove("QUEEN_READ_TOKEN")
+        .env_remove("QUEEN_WRITE_TOKEN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stderr.take().unwrap()).lines().map_while(Result::ok);
+    let mut warned = false;
+    for line in lines {
+        if line.contains("WARN") && line.contains("INSECURE") {
+            warned = true;
+        }
+        if line.contains("queen serving") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(warned, "no INSECURE warning before serving");
+}

@@ -23,7 +23,7 @@ const READ: &str = "read-token-aaaaaaaaaaaaaaaa";
 const WRITE: &str = "write-token-bbbbbbbbbbbbbbbb";
 
 fn certs(dir: &Path) {
-    rbee_queen::certs::generate(dir, &["localhost".into(), "127.0.0.1".into()], &["localhost".into()])
+    rbee_shared::certs::generate(dir, &["localhost".into(), "127.0.0.1".into()], &["localhost".into()])
         .unwrap();
 }
 

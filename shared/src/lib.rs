@@ -12,6 +12,7 @@
 pub mod bytesize;
 pub mod capability;
 pub mod capability_diff;
+pub mod certs;
 pub mod convert;
 pub mod error;
 pub mod identity;

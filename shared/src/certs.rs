@@ -1,4 +1,4 @@
-//! `queen certs`: a development CA and certificates for a mutual-TLS fleet (rcgen).
+//! A development CA and certificates for a mutual-TLS fleet (rcgen).
 //!
 //! Two CAs keep the roles apart: the **queen CA** signs the queen's certificate (served
 //! on its own port, and presented to hives as its client identity); the **hive CA**
@@ -12,27 +12,28 @@ use rcgen::{
     IsCa, KeyPair, KeyUsagePurpose,
 };
 
-use crate::QueenError;
-
-fn fail(e: impl std::fmt::Display) -> QueenError {
-    QueenError::Config(format!("certificate generation: {e}"))
+fn fail(e: impl std::fmt::Display) -> String {
+    format!("certificate generation: {e}")
 }
 
-fn write(dir: &Path, name: &str, contents: &str, secret: bool) -> Result<PathBuf, QueenError> {
+fn io(path: &Path, e: std::io::Error) -> String {
+    format!("{}: {e}", path.display())
+}
+
+fn write(dir: &Path, name: &str, contents: &str, secret: bool) -> Result<PathBuf, String> {
     let path = dir.join(name);
-    std::fs::write(&path, contents).map_err(|source| QueenError::Io { path: path.clone(), source })?;
+    std::fs::write(&path, contents).map_err(|e| io(&path, e))?;
     #[cfg(unix)]
     if secret {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|source| QueenError::Io { path: path.clone(), source })?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(|e| io(&path, e))?;
     }
     #[cfg(not(unix))]
     let _ = secret;
     Ok(path)
 }
 
-fn ca(name: &str) -> Result<CertifiedIssuer<'static, KeyPair>, QueenError> {
+fn ca(name: &str) -> Result<CertifiedIssuer<'static, KeyPair>, String> {
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(fail)?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, name);
@@ -47,7 +48,7 @@ fn leaf(
     issuer: &CertifiedIssuer<'static, KeyPair>,
     names: &[String],
     usages: Vec<ExtendedKeyUsagePurpose>,
-) -> Result<(String, String), QueenError> {
+) -> Result<(String, String), String> {
     let mut params = CertificateParams::new(names.to_vec()).map_err(fail)?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, names.first().cloned().unwrap_or_default());
@@ -60,12 +61,8 @@ fn leaf(
 
 /// Writes `queen-ca.pem`, `hive-ca.pem`, `queen.pem`/`queen.key` (for `queen_names`) and
 /// `hive-NAME.pem`/`hive-NAME.key` for each hive name into `dir`. Returns the files.
-pub fn generate(
-    dir: &Path,
-    queen_names: &[String],
-    hive_names: &[String],
-) -> Result<Vec<PathBuf>, QueenError> {
-    std::fs::create_dir_all(dir).map_err(|source| QueenError::Io { path: dir.to_owned(), source })?;
+pub fn generate(dir: &Path, queen_names: &[String], hive_names: &[String]) -> Result<Vec<PathBuf>, String> {
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     let queen_ca = ca("rbee queen CA (development)")?;
     let hive_ca = ca("rbee hive CA (development)")?;
     let mut files = vec![
@@ -80,7 +77,7 @@ pub fn generate(
     files.push(write(dir, "queen.key", &key, true)?);
     for name in hive_names {
         if name.is_empty() || name.contains(['/', '\\']) {
-            return Err(QueenError::Config(format!("hive name {name:?} cannot be a file name")));
+            return Err(format!("hive name {name:?} cannot be a file name"));
         }
         let (cert, key) = leaf(&hive_ca, std::slice::from_ref(name), vec![ServerAuth])?;
         files.push(write(dir, &format!("hive-{name}.pem"), &cert, false)?);
