@@ -54,6 +54,15 @@ impl IngestState {
             Some(old) => old.epoch != identity.epoch,
             None => false,
         };
+        if !restarted
+            && let Some(held) = &self.caps
+            && caps.version < held.version
+        {
+            return Err(format!(
+                "capability version went backwards from {} to {} within epoch {}",
+                held.version, caps.version, identity.epoch
+            ));
+        }
         self.identity = Some(Arc::new(identity));
         self.caps = Some(Arc::new(caps));
         self.awaiting_resync = false;
@@ -113,6 +122,8 @@ impl IngestState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use rbee_proto::v1 as pb;
     use rbee_shared::{CapabilityDiff, DeviceSourceKind, GpuDevice, MigMode, SnapshotReason};
 
     fn identity(epoch: &str) -> HiveIdentity {
@@ -210,5 +221,89 @@ mod tests {
         other.hive_id = "someone-else".into();
         assert!(s.replace(other, VersionedCapabilities::default()).is_err());
         assert_eq!(s.identity.as_ref().unwrap().hive_id, "h");
+    }
+
+    #[test]
+    fn a_snapshot_may_not_move_the_version_backwards_within_an_epoch() {
+        let mut s = IngestState::default();
+        s.start_stream();
+        s.apply(msg(1, snapshot("e1", 5)));
+        assert!(matches!(s.apply(msg(2, snapshot("e1", 3))), Outcome::Refused(r) if r.contains("backwards")));
+        assert_eq!(s.caps.as_ref().unwrap().version, 5);
+        assert_eq!(s.apply(msg(3, snapshot("e2", 1))), Outcome::Snapshot { restarted: true }, "a new epoch starts over");
+    }
+
+    fn wire_gpu() -> impl Strategy<Value = pb::GpuDevice> {
+        (prop_oneof![Just(""), Just("g0"), Just("g1"), Just("g2")], 0u64..1 << 40).prop_map(|(id, total)| pb::GpuDevice {
+            id: id.into(),
+            vram_total_bytes: total,
+            ..Default::default()
+        })
+    }
+
+    fn wire_message() -> impl Strategy<Value = pb::HiveMessage> {
+        let caps = (0u64..8, prop::collection::vec(wire_gpu(), 0..4), any::<bool>()).prop_map(|(version, gpus, cpu)| {
+            pb::Capabilities { version, gpus, cpu: cpu.then(pb::CpuInfo::default), ..Default::default() }
+        });
+        let snapshot = (prop_oneof![Just("e1"), Just("e2")], prop_oneof![Just("h"), Just("other")], caps).prop_map(
+            |(epoch, id, caps)| {
+                pb::hive_message::Payload::Snapshot(pb::Snapshot {
+                    reason: 1,
+                    identity: Some(pb::HiveIdentity { hive_id: id.into(), epoch: epoch.into(), ..Default::default() }),
+                    capabilities: Some(caps),
+                })
+            },
+        );
+        let diff = (0u64..8, 0u64..9, prop::collection::vec(wire_gpu(), 0..3), prop::collection::vec("g[0-3]", 0..3))
+            .prop_map(|(base, new, added, removed)| {
+                pb::hive_message::Payload::Diff(pb::CapabilityDiff {
+                    base_version: base,
+                    new_version: new,
+                    gpus_added: added,
+                    gpus_removed: removed,
+                    ..Default::default()
+                })
+            });
+        let sample = (0u64..100, 0u64..100, prop_oneof![Just(f32::NAN), -5.0f32..150.0], prop::collection::vec(wire_gpu(), 0..2))
+            .prop_map(|(total, used, cpu, _)| {
+                pb::hive_message::Payload::Sample(pb::Sample {
+                    ram_total_bytes: total,
+                    ram_used_bytes: used,
+                    ram_available_bytes: total.saturating_sub(used),
+                    cpu_percent: Some(cpu),
+                    ..Default::default()
+                })
+            });
+        (0u64..12, prop::option::of(prop_oneof![snapshot, diff, sample]))
+            .prop_map(|(seq, payload)| pb::HiveMessage { seq, hive_time_unix_ms: 0, payload })
+    }
+
+    proptest! {
+        /// Random, often hostile, stream messages: nothing panics, invalid data never
+        /// reaches the view, the hive id never changes, and within an epoch the
+        /// capability version only moves forward.
+        #[test]
+        fn random_streams_keep_the_invariants(messages in prop::collection::vec(wire_message(), 1..60)) {
+            let mut s = IngestState::default();
+            s.start_stream();
+            for m in &messages {
+                let before = (s.identity.clone(), s.caps.as_ref().map(|c| c.version));
+                let Ok(message) = HiveStreamMessage::try_from(m) else { continue };
+                let outcome = s.apply(message);
+                if let Outcome::Sample(sample) = &outcome {
+                    prop_assert!(sample.ram_used_bytes <= sample.ram_total_bytes);
+                    prop_assert!(sample.cpu_percent.is_none_or(|p| (0.0..=100.0).contains(&p)));
+                }
+                if let (Some(old), Some(new)) = (&before.0, &s.identity) {
+                    prop_assert_eq!(&old.hive_id, &new.hive_id);
+                    if old.epoch == new.epoch {
+                        prop_assert!(s.caps.as_ref().map(|c| c.version) >= before.1, "version went backwards");
+                    }
+                }
+                if matches!(outcome, Outcome::Refused(_)) {
+                    prop_assert_eq!(before.1, s.caps.as_ref().map(|c| c.version), "a refusal changes nothing");
+                }
+            }
+        }
     }
 }
