@@ -458,7 +458,7 @@ impl Default for FleetSettings {
 impl FleetSettings {
     /// Silence after which a hive is stale.
     pub fn stale_after(&self) -> Duration {
-        self.sample_interval * self.stale_after_missed
+        self.sample_interval.saturating_mul(self.stale_after_missed)
     }
 
     /// Checks the settings make sense together.
@@ -467,8 +467,16 @@ impl FleetSettings {
         if !(MIN_SAMPLE_INTERVAL..=MAX_SAMPLE_INTERVAL).contains(&self.sample_interval) {
             return bad("sample_interval must be 100ms..=60s".into());
         }
-        if self.stale_after_missed == 0 {
-            return bad("stale_after_missed must be at least 1".into());
+        if !(1..=100).contains(&self.stale_after_missed) {
+            return bad("stale_after_missed must be 1..=100".into());
+        }
+        let day = Duration::from_secs(86_400);
+        if self.lost_timeout > day
+            || self.keepalive > day
+            || self.backoff_max > day
+            || self.stats_window > day
+        {
+            return bad("lost_timeout, keepalive, backoff_max and stats_window must be at most 1 day".into());
         }
         if self.lost_timeout <= self.stale_after() {
             return bad(format!(

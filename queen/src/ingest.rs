@@ -230,31 +230,46 @@ mod tests {
         s.apply(msg(1, snapshot("e1", 5)));
         assert!(matches!(s.apply(msg(2, snapshot("e1", 3))), Outcome::Refused(r) if r.contains("backwards")));
         assert_eq!(s.caps.as_ref().unwrap().version, 5);
-        assert_eq!(s.apply(msg(3, snapshot("e2", 1))), Outcome::Snapshot { restarted: true }, "a new epoch starts over");
+        assert_eq!(
+            s.apply(msg(3, snapshot("e2", 1))),
+            Outcome::Snapshot { restarted: true },
+            "a new epoch starts over"
+        );
     }
 
     fn wire_gpu() -> impl Strategy<Value = pb::GpuDevice> {
-        (prop_oneof![Just(""), Just("g0"), Just("g1"), Just("g2")], 0u64..1 << 40).prop_map(|(id, total)| pb::GpuDevice {
-            id: id.into(),
-            vram_total_bytes: total,
-            ..Default::default()
+        (prop_oneof![Just(""), Just("g0"), Just("g1"), Just("g2")], 0u64..1 << 40).prop_map(|(id, total)| {
+            pb::GpuDevice { id: id.into(), vram_total_bytes: total, ..Default::default() }
         })
     }
 
     fn wire_message() -> impl Strategy<Value = pb::HiveMessage> {
-        let caps = (0u64..8, prop::collection::vec(wire_gpu(), 0..4), any::<bool>()).prop_map(|(version, gpus, cpu)| {
-            pb::Capabilities { version, gpus, cpu: cpu.then(pb::CpuInfo::default), ..Default::default() }
-        });
-        let snapshot = (prop_oneof![Just("e1"), Just("e2")], prop_oneof![Just("h"), Just("other")], caps).prop_map(
-            |(epoch, id, caps)| {
-                pb::hive_message::Payload::Snapshot(pb::Snapshot {
-                    reason: 1,
-                    identity: Some(pb::HiveIdentity { hive_id: id.into(), epoch: epoch.into(), ..Default::default() }),
-                    capabilities: Some(caps),
-                })
+        let caps = (0u64..8, prop::collection::vec(wire_gpu(), 0..4), any::<bool>()).prop_map(
+            |(version, gpus, cpu)| pb::Capabilities {
+                version,
+                gpus,
+                cpu: cpu.then(pb::CpuInfo::default),
+                ..Default::default()
             },
         );
-        let diff = (0u64..8, 0u64..9, prop::collection::vec(wire_gpu(), 0..3), prop::collection::vec("g[0-3]", 0..3))
+        let snapshot = (prop_oneof![Just("e1"), Just("e2")], prop_oneof![Just("h"), Just("other")], caps)
+            .prop_map(|(epoch, id, caps)| {
+                pb::hive_message::Payload::Snapshot(pb::Snapshot {
+                    reason: 1,
+                    identity: Some(pb::HiveIdentity {
+                        hive_id: id.into(),
+                        epoch: epoch.into(),
+                        ..Default::default()
+                    }),
+                    capabilities: Some(caps),
+                })
+            });
+        let diff = (
+            0u64..8,
+            0u64..9,
+            prop::collection::vec(wire_gpu(), 0..3),
+            prop::collection::vec("g[0-3]", 0..3),
+        )
             .prop_map(|(base, new, added, removed)| {
                 pb::hive_message::Payload::Diff(pb::CapabilityDiff {
                     base_version: base,
@@ -264,7 +279,12 @@ mod tests {
                     ..Default::default()
                 })
             });
-        let sample = (0u64..100, 0u64..100, prop_oneof![Just(f32::NAN), -5.0f32..150.0], prop::collection::vec(wire_gpu(), 0..2))
+        let sample = (
+            0u64..100,
+            0u64..100,
+            prop_oneof![Just(f32::NAN), -5.0f32..150.0],
+            prop::collection::vec(wire_gpu(), 0..2),
+        )
             .prop_map(|(total, used, cpu, _)| {
                 pb::hive_message::Payload::Sample(pb::Sample {
                     ram_total_bytes: total,
