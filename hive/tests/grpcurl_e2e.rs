@@ -19,24 +19,7 @@ impl Drop for Hive {
 }
 
 fn start_hive() -> Hive {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hive"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--hive-id", "e2e-hive", "--demo", "--label", "zone=e2e"])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the hive binary");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("listen=").nth(1) {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_owned());
-            }
-        }
-    });
-    let addr = rx.recv_timeout(Duration::from_secs(20)).expect("the hive logs its listen address");
-    Hive { child, addr }
+    start_hive_with(&["--listen", "127.0.0.1:0", "--hive-id", "e2e-hive", "--demo", "--label", "zone=e2e"])
 }
 
 fn grpcurl() -> Option<&'static str> {

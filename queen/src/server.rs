@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use rbee_proto::v1::fleet_server::FleetServer;
 use rbee_proto::v1::scheduler_server::SchedulerServer;
+use rbee_shared::grpc_server::{self, cancel_on};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -43,34 +44,16 @@ pub async fn run(
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<FleetServer<FleetService>>().await;
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(rbee_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
-
-    let stop = cancel.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            () = shutdown => stop.cancel(),
-            () = stop.cancelled() => {}
-        }
-    });
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = config.tls.clone() {
-        builder = builder.tls_config(tls)?;
-    }
+    cancel_on(shutdown, cancel.clone());
     if config.tokens.enabled() {
         tracing::info!("bearer tokens required for rbee.v1.Fleet and rbee.v1.Scheduler");
     }
-    let result = builder
+    let result = grpc_server::server(config.tls.clone())?
         .layer(rbee_shared::size_limit::SizeLimitStatusLayer)
         .layer(AuthLayer::new(config.tokens.clone()))
         .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
+        .add_service(grpc_server::reflection_v1()?)
+        .add_service(grpc_server::reflection_v1alpha()?)
         .add_service(
             FleetServer::new(FleetService::new(fleet)).max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES),
         )

@@ -15,6 +15,7 @@ pub mod capability_diff;
 pub mod certs;
 pub mod convert;
 pub mod error;
+pub mod grpc_server;
 pub mod identity;
 pub mod sample;
 pub mod shutdown;
