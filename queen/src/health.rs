@@ -37,7 +37,8 @@ impl Health {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Thresholds {
-    /// CPU mean over `cpu_window` at or above this is degraded.
+    /// CPU mean over `cpu_window` at or above this is degraded (above 100: never, for
+    /// hosts that run flat out by design).
     pub cpu_degraded_percent: f32,
     /// The window the CPU mean is taken over, so that one spike is not "degraded".
     #[serde(with = "humantime_serde_compat")]
@@ -71,8 +72,13 @@ impl Default for Thresholds {
 impl Thresholds {
     /// Checks that every threshold is a sensible number.
     pub fn validate(&self) -> Result<(), String> {
+        if !(self.cpu_degraded_percent.is_finite() && (0.0..=1000.0).contains(&self.cpu_degraded_percent)) {
+            return Err(format!(
+                "health.cpu_degraded_percent = {} must be in 0..=1000",
+                self.cpu_degraded_percent
+            ));
+        }
         for (name, v) in [
-            ("cpu_degraded_percent", self.cpu_degraded_percent),
             ("ram_degraded_percent", self.ram_degraded_percent),
             ("ram_unhealthy_percent", self.ram_unhealthy_percent),
             ("vram_degraded_percent", self.vram_degraded_percent),

@@ -11,6 +11,7 @@ struct Queen {
     child: Child,
     url: String,
     addr: String,
+    _config: tempfile::NamedTempFile,
 }
 
 impl Drop for Queen {
@@ -20,9 +21,19 @@ impl Drop for Queen {
     }
 }
 
+/// A config that turns off the host-CPU health rule: the test machine's own load must
+/// not make the local hive degraded.
+fn calm_config() -> tempfile::NamedTempFile {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), "[health]\ncpu_degraded_percent = 101.0\n").unwrap();
+    file
+}
+
 fn start_queen(extra: &[&str]) -> Queen {
+    let config = calm_config();
     let mut child = Command::new(QUEEN)
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(config.path())
         .args(extra)
         .env("RUST_LOG", "info")
         .env_remove("QUEEN_CONFIG")
@@ -42,7 +53,7 @@ fn start_queen(extra: &[&str]) -> Queen {
         }
     });
     let addr = rx.recv_timeout(Duration::from_secs(30)).expect("the queen logs its listen address");
-    Queen { child, url: format!("http://{addr}"), addr }
+    Queen { child, url: format!("http://{addr}"), addr, _config: config }
 }
 
 fn queen_cli(args: &[&str], url: &str) -> (bool, String, String) {
