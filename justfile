@@ -33,3 +33,15 @@ probe *ARGS:
 # Benchmarks (see docs/BENCHMARKS.md).
 bench:
     cargo bench --workspace
+
+# The one-command demo: a queen with a hive in the same process.
+demo:
+    cargo run --release --bin queen -- serve --local-hive
+
+# A development CA and certificates for a mutual-TLS fleet, in ./certs.
+certs *ARGS:
+    cargo run --release --bin queen -- certs --out certs {{ARGS}}
+
+# Fuzz decode + validate + apply for a minute (needs `cargo install cargo-fuzz`).
+fuzz:
+    cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run stream_ingest -- -max_total_time=60
