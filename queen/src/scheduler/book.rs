@@ -59,6 +59,41 @@ struct DeviceBook {
     active_bytes: u64,
 }
 
+/// The devices of one hive that have active reservations: a handful, so a small vector
+/// searched in order beats hashing device ids on the placement path.
+#[derive(Debug, Default, Clone)]
+pub struct HiveBook(Vec<(String, DeviceBook)>);
+
+impl HiveBook {
+    fn get(&self, device_id: &str) -> Option<&DeviceBook> {
+        self.0.iter().find(|(id, _)| id == device_id).map(|(_, d)| d)
+    }
+
+    fn get_mut(&mut self, device_id: &str) -> Option<&mut DeviceBook> {
+        self.0.iter_mut().find(|(id, _)| id == device_id).map(|(_, d)| d)
+    }
+
+    fn entry(&mut self, device_id: &str) -> &mut DeviceBook {
+        match self.0.iter().position(|(id, _)| id == device_id) {
+            Some(i) => &mut self.0[i].1,
+            None => {
+                self.0.push((device_id.to_owned(), DeviceBook::default()));
+                &mut self.0.last_mut().expect("just pushed").1
+            }
+        }
+    }
+
+    fn remove(&mut self, device_id: &str) {
+        self.0.retain(|(id, _)| id != device_id);
+    }
+
+    /// Free bytes on one of this hive's devices.
+    pub fn free(&self, device_id: &str, total: u64, observed: u64) -> u64 {
+        let committed = self.get(device_id).map_or(0, |d| d.baseline + d.active_bytes);
+        total.saturating_sub(observed.max(committed))
+    }
+}
+
 /// Why a reservation was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NoRoom {
@@ -91,7 +126,7 @@ pub struct Book {
     /// Every reservation by id.
     reservations: HashMap<String, Reservation>,
     /// Devices with active reservations, per hive address (one lookup per hive).
-    hives: HashMap<String, HashMap<String, DeviceBook>>,
+    hives: rustc_hash::FxHashMap<String, HiveBook>,
 }
 
 impl Book {
@@ -101,9 +136,9 @@ impl Book {
         Some(d.baseline + d.active_bytes)
     }
 
-    /// True when the hive has any active reservation (a fast path for readers).
-    pub fn hive_has_active(&self, address: &str) -> bool {
-        self.hives.contains_key(address)
+    /// The hive's devices with active reservations, if any (one lookup per hive).
+    pub fn hive(&self, address: &str) -> Option<&HiveBook> {
+        self.hives.get(address)
     }
 
     /// Free bytes for placement on a device.
@@ -133,7 +168,7 @@ impl Book {
         }
         if d.active.is_empty() {
             devices.remove(device_id);
-            if devices.is_empty() {
+            if devices.0.is_empty() {
                 self.hives.remove(address);
             }
         }
@@ -164,7 +199,7 @@ impl Book {
             created_at_unix_ms: claim.now_ms,
             expires_at_unix_ms: claim.now_ms.saturating_add(claim.ttl.as_millis() as u64),
         };
-        let d = self.hives.entry(address.to_owned()).or_default().entry(device_id.to_owned()).or_default();
+        let d = self.hives.entry(address.to_owned()).or_default().entry(device_id);
         if d.active.is_empty() {
             d.baseline = claim.observed;
         }
@@ -185,7 +220,7 @@ impl Book {
             d.active_bytes -= r.bytes;
             if d.active.is_empty() {
                 devices.remove(&r.device_id);
-                if devices.is_empty() {
+                if devices.0.is_empty() {
                     self.hives.remove(&r.address);
                 }
             }
@@ -206,7 +241,7 @@ impl Book {
 
     /// Devices with active reservations, for settling.
     pub fn active_devices(&self) -> Vec<DeviceKey> {
-        self.hives.iter().flat_map(|(a, ds)| ds.keys().map(move |d| (a.clone(), d.clone()))).collect()
+        self.hives.iter().flat_map(|(a, ds)| ds.0.iter().map(move |(d, _)| (a.clone(), d.clone()))).collect()
     }
 
     /// Every reservation, oldest first.

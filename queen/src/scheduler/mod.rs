@@ -122,6 +122,18 @@ pub enum Outcome {
     },
 }
 
+/// How often `place` decides again when concurrent placements filled every device a
+/// policy chose.
+const PLACE_ATTEMPTS: usize = 3;
+
+/// One decision and commit.
+enum Attempt {
+    /// A final answer.
+    Done(Outcome),
+    /// Every chosen device filled up since the policy ran (reasons for each).
+    Raced(Vec<String>),
+}
+
 /// Policy health, for `GetPolicy`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyStatus {
@@ -221,6 +233,26 @@ impl Scheduler {
 
     /// Places a request (blocking: runs the policy; call from a blocking thread).
     pub fn place_blocking(&self, req: &PlaceRequest) -> Result<Outcome, QueenError> {
+        // Policies rank on a snapshot; the commit re-checks under the lock. When every
+        // device a policy chose filled up in between (concurrent placements), decide
+        // again on a fresh view before answering "no room".
+        let mut outcome = self.attempt(req)?;
+        for _ in 1..PLACE_ATTEMPTS {
+            match &outcome {
+                Attempt::Raced(_) => outcome = self.attempt(req)?,
+                _ => break,
+            }
+        }
+        Ok(match outcome {
+            Attempt::Done(o) => o,
+            Attempt::Raced(hive_reasons) => {
+                Outcome::Rejected { reason: "no device the policy chose has room".into(), hive_reasons }
+            }
+        })
+    }
+
+    /// One policy run and commit.
+    fn attempt(&self, req: &PlaceRequest) -> Result<Attempt, QueenError> {
         let view = self.view();
         let policy = self.policy();
         let (decision, used, fallback) = match self.runtime.run(&policy, req, &view) {
@@ -243,13 +275,16 @@ impl Scheduler {
         };
         let choices = match decision {
             Decision::Reject(reason) => {
-                return Ok(Outcome::Rejected { reason, hive_reasons: view::assess(&view, req, true).1 });
+                return Ok(Attempt::Done(Outcome::Rejected {
+                    reason,
+                    hive_reasons: view::assess(&view, req, true).1,
+                }));
             }
             Decision::Ranked(c) if c.is_empty() => {
-                return Ok(Outcome::Rejected {
+                return Ok(Attempt::Done(Outcome::Rejected {
                     reason: "the policy chose no device".into(),
                     hive_reasons: view::assess(&view, req, true).1,
-                });
+                }));
             }
             Decision::Ranked(c) => c,
         };
@@ -289,7 +324,7 @@ impl Scheduler {
                 Ok(reservation) => {
                     let free_after = book.free(&address, &device.id, device.total, device.used)
                         - if reservation.is_none() { bytes } else { 0 };
-                    return Ok(Outcome::Placed(Box::new(Placement {
+                    return Ok(Attempt::Done(Outcome::Placed(Box::new(Placement {
                         hive_id: device.hive.hive_id().to_owned(),
                         address,
                         device_id: device.id.clone(),
@@ -298,7 +333,7 @@ impl Scheduler {
                         free_after,
                         policy: used.source.clone(),
                         fallback,
-                    })));
+                    }))));
                 }
                 Err(free) => reasons.push(format!(
                     "{}: {} free < {}",
@@ -311,7 +346,7 @@ impl Scheduler {
         drop(book);
         reasons.extend(view::assess(&view, req, true).1);
         reasons.dedup();
-        Ok(Outcome::Rejected { reason: "no device the policy chose has room".into(), hive_reasons: reasons })
+        Ok(Attempt::Raced(reasons))
     }
 
     /// Turns a policy's choice into a device of the view.

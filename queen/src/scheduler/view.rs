@@ -234,9 +234,10 @@ fn scan<'a>(
             continue;
         }
         let Some(sample) = h.latest.as_deref() else { continue };
-        let reserved = book.hive_has_active(&h.address);
-        let free = |id: &str, total: u64, used: u64| {
-            if reserved { book.free(&h.address, id, total, used) } else { total.saturating_sub(used) }
+        let reserved = book.hive(&h.address);
+        let free = |id: &str, total: u64, used: u64| match reserved {
+            Some(hive) => hive.free(id, total, used),
+            None => total.saturating_sub(used),
         };
         let mut any = false;
         if matches!(req.kind, DeviceKind::Cuda | DeviceKind::Any)
