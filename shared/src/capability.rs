@@ -92,11 +92,6 @@ impl Capabilities {
         gpus.sort_by(|a, b| (a.index, &a.id).cmp(&(b.index, &b.id)));
         gpus
     }
-
-    /// Total VRAM over all GPUs.
-    pub fn vram_total_bytes(&self) -> u64 {
-        self.gpus.values().map(|g| g.vram_total_bytes).sum()
-    }
 }
 
 /// Capabilities with the version they carry within one hive epoch.

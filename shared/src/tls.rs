@@ -38,8 +38,3 @@ pub fn client(ca: &Path, identity_files: Option<(&Path, &Path)>) -> Result<Clien
     }
     Ok(tls)
 }
-
-/// True for addresses that only this machine can reach.
-pub fn is_loopback(addr: &std::net::SocketAddr) -> bool {
-    addr.ip().is_loopback()
-}

@@ -197,11 +197,6 @@ impl Fleet {
             .map(|h| h.address.clone())
     }
 
-    /// True while `address` is managed.
-    pub fn is_managed(&self, address: &str) -> bool {
-        self.read().contains_key(address)
-    }
-
     /// Receives every structural change from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<FleetEvent> {
         self.events.subscribe()
