@@ -66,6 +66,13 @@ fn placement(r: pb::PlaceResponse) -> pb::Placement {
     }
 }
 
+fn reservation_dropped(e: &pb::fleet_event::Event) -> Option<pb::ReservationDropped> {
+    match e {
+        pb::fleet_event::Event::ReservationDropped(d) => Some(d.clone()),
+        _ => None,
+    }
+}
+
 fn rejection(r: pb::PlaceResponse) -> pb::Rejection {
     match r.result.unwrap() {
         pb::place_response::Result::Rejection(r) => r,
@@ -176,12 +183,7 @@ async fn reservations_survive_a_stale_hive_and_go_with_a_removed_one() {
     assert!(stale.hive_reasons.iter().any(|r| r.starts_with("flaky: stale")), "{stale:?}");
 
     fleet.remove_hive(pb::RemoveHiveRequest { hive: "flaky".into() }).await.unwrap();
-    let (dropped, _) = watch
-        .until(|e| match e {
-            pb::fleet_event::Event::ReservationDropped(d) => Some(d.clone()),
-            _ => None,
-        })
-        .await;
+    let (dropped, _) = watch.until(reservation_dropped).await;
     assert_eq!(dropped.reservation_id, p.reservation_id);
     assert_eq!(dropped.reason, "hive removed");
     assert!(
@@ -203,12 +205,7 @@ async fn unsettled_reservations_expire_with_an_event() {
     let mut watch = Watch::open(&mut fleet).await;
     let req = pb::PlaceRequest { ttl_ms: Some(1000), ..gpu_request(GIB) };
     let p = placement(client.place(req).await.unwrap().into_inner());
-    let (dropped, _) = watch
-        .until(|e| match e {
-            pb::fleet_event::Event::ReservationDropped(d) => Some(d.clone()),
-            _ => None,
-        })
-        .await;
+    let (dropped, _) = watch.until(reservation_dropped).await;
     assert_eq!(dropped.reservation_id, p.reservation_id);
     assert!(dropped.reason.contains("expired"), "{}", dropped.reason);
 }
