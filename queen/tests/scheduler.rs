@@ -66,6 +66,10 @@ fn placement(r: pb::PlaceResponse) -> pb::Placement {
     }
 }
 
+async fn reservations(client: &mut SchedulerClient<tonic::transport::Channel>) -> Vec<pb::Reservation> {
+    client.list_reservations(pb::ListReservationsRequest {}).await.unwrap().into_inner().reservations
+}
+
 fn reservation_dropped(e: &pb::fleet_event::Event) -> Option<pb::ReservationDropped> {
     match e {
         pb::fleet_event::Event::ReservationDropped(d) => Some(d.clone()),
@@ -98,27 +102,10 @@ async fn place_list_and_release() {
 
     let dry = pb::PlaceRequest { dry_run: true, ..gpu_request(GIB) };
     assert!(placement(client.place(dry).await.unwrap().into_inner()).reservation_id.is_empty());
-    assert_eq!(
-        client
-            .list_reservations(pb::ListReservationsRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .reservations
-            .len(),
-        1
-    );
+    assert_eq!(reservations(&mut client).await.len(), 1);
 
     client.release(pb::ReleaseRequest { reservation_id: p.reservation_id.clone() }).await.unwrap();
-    assert!(
-        client
-            .list_reservations(pb::ListReservationsRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .reservations
-            .is_empty()
-    );
+    assert!(reservations(&mut client).await.is_empty());
     let again = client.release(pb::ReleaseRequest { reservation_id: p.reservation_id }).await.unwrap_err();
     assert_eq!(again.code(), tonic::Code::NotFound);
 
@@ -154,7 +141,7 @@ async fn two_hundred_concurrent_placements_never_oversubscribe_a_device() {
     // 20 GiB free per device holds 6 placements of 3 GiB; 4 devices: 24.
     assert_eq!(placed, 24);
     let mut c = client.clone();
-    let list = c.list_reservations(pb::ListReservationsRequest {}).await.unwrap().into_inner().reservations;
+    let list = reservations(&mut c).await;
     let mut per_device: BTreeMap<(String, String), u64> = BTreeMap::new();
     for r in &list {
         *per_device.entry((r.hive_id.clone(), r.device_id.clone())).or_default() += r.bytes;
@@ -176,8 +163,7 @@ async fn reservations_survive_a_stale_hive_and_go_with_a_removed_one() {
 
     proxy.freeze();
     watch.until(state_to(&proxy.url(), pb::HiveState::Stale)).await;
-    let list =
-        client.list_reservations(pb::ListReservationsRequest {}).await.unwrap().into_inner().reservations;
+    let list = reservations(&mut client).await;
     assert_eq!(list.len(), 1, "kept while stale");
     let stale = rejection(client.place(gpu_request(GIB)).await.unwrap().into_inner());
     assert!(stale.hive_reasons.iter().any(|r| r.starts_with("flaky: stale")), "{stale:?}");
@@ -186,15 +172,7 @@ async fn reservations_survive_a_stale_hive_and_go_with_a_removed_one() {
     let (dropped, _) = watch.until(reservation_dropped).await;
     assert_eq!(dropped.reservation_id, p.reservation_id);
     assert_eq!(dropped.reason, "hive removed");
-    assert!(
-        client
-            .list_reservations(pb::ListReservationsRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .reservations
-            .is_empty()
-    );
+    assert!(reservations(&mut client).await.is_empty());
 }
 
 #[tokio::test]

@@ -70,6 +70,14 @@ async fn tls_channel(
         .await
 }
 
+/// True when the hive refuses a client: at the TLS handshake, or on its first call.
+async fn hive_refuses(channel: Result<Channel, tonic::transport::Error>) -> bool {
+    match channel {
+        Err(_) => true,
+        Ok(ch) => HiveClient::new(ch).discover(pb::DiscoverRequest {}).await.is_err(),
+    }
+}
+
 fn with_token<T>(msg: T, token: &str) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
@@ -103,25 +111,21 @@ async fn a_mutual_tls_fleet_works_and_plaintext_or_strangers_are_refused() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // Plaintext against TLS ports fails.
-    let plain = HiveClient::connect(format!("http://127.0.0.1:{}", hive.addr.port())).await;
-    if let Ok(mut c) = plain {
-        assert!(c.discover(pb::DiscoverRequest {}).await.is_err(), "plaintext Discover on a TLS port");
-    }
-    let plain = FleetClient::connect(format!("http://127.0.0.1:{}", queen.addr.port())).await;
-    if let Ok(mut c) = plain {
-        assert!(
-            c.list_hives(with_token(pb::ListHivesRequest {}, READ)).await.is_err(),
-            "plaintext on the queen's TLS port"
-        );
-    }
+    // Plaintext against TLS ports fails (at the handshake or on the first call).
+    let plain =
+        Endpoint::from_shared(format!("http://127.0.0.1:{}", hive.addr.port())).unwrap().connect().await;
+    assert!(hive_refuses(plain).await, "plaintext Discover on a TLS port");
+    let plain =
+        Endpoint::from_shared(format!("http://127.0.0.1:{}", queen.addr.port())).unwrap().connect().await;
+    let refused = match plain {
+        Err(_) => true,
+        Ok(ch) => FleetClient::new(ch).list_hives(with_token(pb::ListHivesRequest {}, READ)).await.is_err(),
+    };
+    assert!(refused, "plaintext on the queen's TLS port");
 
     // A client without a certificate, or with one from another CA, is refused by the hive.
     let hive_ca = dir.path().join("hive-ca.pem");
-    let no_cert = tls_channel(&hive_url, &hive_ca, None).await;
-    if let Ok(ch) = no_cert {
-        assert!(HiveClient::new(ch).discover(pb::DiscoverRequest {}).await.is_err(), "no client certificate");
-    }
+    assert!(hive_refuses(tls_channel(&hive_url, &hive_ca, None).await).await, "no client certificate");
     let other = tempfile::tempdir().unwrap();
     certs(other.path());
     let stranger = tls_channel(
@@ -130,12 +134,7 @@ async fn a_mutual_tls_fleet_works_and_plaintext_or_strangers_are_refused() {
         Some((&other.path().join("queen.pem"), &other.path().join("queen.key"))),
     )
     .await;
-    if let Ok(ch) = stranger {
-        assert!(
-            HiveClient::new(ch).discover(pb::DiscoverRequest {}).await.is_err(),
-            "a certificate from another CA"
-        );
-    }
+    assert!(hive_refuses(stranger).await, "a certificate from another CA");
     // The right queen certificate is accepted.
     let ok = tls_channel(
         &hive_url,
