@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 
 use rbee_proto::v1 as pb;
 use rbee_queen::fleet::ConnState;
-use rbee_queen::health::{HealthInput, Thresholds, evaluate};
-use rbee_queen::ingest::{IngestState, Outcome};
+use rbee_queen::fleet::Thresholds;
+use rbee_queen::link::health::{HealthInput, evaluate};
+use rbee_queen::link::ingest::{IngestState, Outcome};
+use rbee_queen::link::window::SampleWindow;
 use rbee_queen::scheduler::synthetic;
-use rbee_queen::window::SampleWindow;
 use rbee_shared::HiveStreamMessage;
 
 fn main() {

@@ -1,29 +1,30 @@
 //! rbee queen: discovers hives and holds the live fleet view — which hives exist, what
-//! they have, how loaded and healthy they are, and how fresh that knowledge is.
+//! they have, how loaded and healthy they are, and how fresh that knowledge is — and
+//! places work on it.
 //!
-//! - [`fleet`]: the registry and the published per-hive views.
-//! - [`connection`]: one manager per hive (Discover, MetricsStream, failure detection).
-//! - [`ingest`], [`health`], [`window`]: pure rules over a hive's stream.
-//! - [`admission`]: which addresses the queen will dial.
-//! - [`service`], [`watch`], [`convert`]: the `rbee.v1.Fleet` API.
-//! - [`cli`]: the client subcommands (`hives`, `hive`, `watch`, `add`, `remove`).
+//! The layers, lowest first. A layer imports only the ones above it in this list
+//! (and `rbee_shared`); [`run`] wires them together.
+//!
+//! - [`error`]: the crate's one error type and its one mapping to a gRPC status.
+//! - [`fleet`]: the registry of hives and their published views, states, health
+//!   levels, settings and change events. Knows nothing of networks.
+//! - [`link`]: the per-hive pipeline — dial, `Discover`, hold the `MetricsStream`,
+//!   ingest, window, health — which keeps each hive's view in the fleet current.
+//! - [`admission`]: which addresses the queen will dial, and how often hives may announce.
+//! - [`scheduler`]: placement with Rhai policies, and the reservation books.
+//! - [`api`]: the gRPC services (Fleet, Scheduler, WatchFleet), auth and wire conversion.
+//! - [`config`]: `queen serve`'s flags and config file, merged into a [`QueenConfig`].
+//! - [`cli`]: the command line and the client subcommands.
 
 pub mod admission;
-pub mod auth;
+pub mod api;
 pub mod cli;
 pub mod config;
-pub mod connection;
-pub mod convert;
 pub mod error;
 pub mod fleet;
-pub mod health;
-pub mod ingest;
+pub mod link;
 pub mod scheduler;
-pub mod scheduler_service;
-pub mod server;
-pub mod service;
-pub mod watch;
-pub mod window;
+mod server;
 
 pub use config::QueenConfig;
 pub use error::QueenError;

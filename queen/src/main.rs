@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use rbee_queen::config::{Cli, Command, PolicyCommand};
+use rbee_queen::cli::{Cli, Command, PolicyCommand};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

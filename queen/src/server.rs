@@ -12,12 +12,12 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::QueenError;
-use crate::auth::AuthLayer;
+use crate::api::auth::AuthLayer;
+use crate::api::{FleetService, SchedulerService};
 use crate::config::QueenConfig;
 use crate::fleet::{Fleet, Origin};
+use crate::link::Links;
 use crate::scheduler::Scheduler;
-use crate::scheduler_service::SchedulerService;
-use crate::service::FleetService;
 
 /// Largest request the queen accepts.
 pub const MAX_DECODING_MESSAGE_BYTES: usize = 64 * 1024;
@@ -30,7 +30,7 @@ pub async fn run(
 ) -> Result<(), QueenError> {
     let local = listener.local_addr().map_err(|e| QueenError::Config(format!("listener address: {e}")))?;
     let cancel = CancellationToken::new();
-    let fleet = Fleet::new(config.fleet.clone(), cancel.clone());
+    let fleet = Fleet::new(config.fleet.clone(), cancel.clone(), Links::new(config.link.clone()));
     let local_hive = match config.local_hive {
         Some(hive_config) => Some(start_local_hive(&fleet, hive_config, cancel.clone()).await?),
         None => None,
@@ -55,7 +55,8 @@ pub async fn run(
         .add_service(grpc_server::reflection_v1()?)
         .add_service(grpc_server::reflection_v1alpha()?)
         .add_service(
-            FleetServer::new(FleetService::new(fleet)).max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES),
+            FleetServer::new(FleetService::new(fleet, scheduler.clone(), config.admission.clone()))
+                .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES),
         )
         .add_service(
             SchedulerServer::new(SchedulerService::new(scheduler))

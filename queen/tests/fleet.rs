@@ -166,7 +166,7 @@ async fn a_silent_partition_makes_a_hive_stale_then_lost_within_the_configured_b
 #[tokio::test]
 async fn a_restarted_queen_rebuilds_the_fleet() {
     let hives = [TestHive::start("r1", ONE_GPU).await, TestHive::start("r2", ONE_GPU).await];
-    let config = QueenConfig::new(fast_settings(), hives.iter().map(|h| h.url()).collect());
+    let config = fast_config(hives.iter().map(|h| h.url()).collect());
     let queen = TestQueen::start_with(config.clone(), "127.0.0.1:0".parse().unwrap()).await;
     let addr = queen.addr;
     let mut client = queen.client().await;
@@ -259,7 +259,7 @@ async fn local_hive_runs_in_process_and_is_managed() {
         ),
     );
     local.rescan_interval = Duration::from_millis(100);
-    let config = QueenConfig { local_hive: Some(local), ..QueenConfig::new(fast_settings(), vec![]) };
+    let config = QueenConfig { local_hive: Some(local), ..fast_config(vec![]) };
     let queen = TestQueen::start_with(config, "127.0.0.1:0".parse().unwrap()).await;
     let mut client = queen.client().await;
     let hs = wait_for(&mut client, "local hive online", |hs| {

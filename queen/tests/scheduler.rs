@@ -39,7 +39,7 @@ async fn queen_with(
     hives: Vec<String>,
     scheduler: SchedulerSettings,
 ) -> (TestQueen, SchedulerClient<tonic::transport::Channel>) {
-    let config = QueenConfig { scheduler, ..QueenConfig::new(fast_settings(), hives) };
+    let config = QueenConfig { scheduler, ..fast_config(hives) };
     let queen = TestQueen::start_with(config, "127.0.0.1:0".parse().unwrap()).await;
     let mut fleet = queen.client().await;
     wait_for(&mut fleet, "hives online with samples", |hs| {

@@ -16,7 +16,7 @@ use rbee_proto::v1::fleet_client::FleetClient;
 use rbee_proto::v1::hive_client::HiveClient;
 use rbee_proto::v1::scheduler_client::SchedulerClient;
 use rbee_queen::QueenConfig;
-use rbee_queen::auth::Tokens;
+use rbee_queen::api::auth::Tokens;
 use tonic::transport::{Channel, Endpoint};
 
 const READ: &str = "read-token-aaaaaaaaaaaaaaaa";
@@ -41,8 +41,8 @@ async fn tls_hive(dir: &Path, id: &str) -> TestHive {
 }
 
 fn secure_queen_config(dir: &Path, hives: Vec<String>) -> QueenConfig {
-    let mut fleet = fast_settings();
-    fleet.hive_tls = Some(
+    let mut link = fast_link();
+    link.hive_tls = Some(
         rbee_shared::tls::client(
             &dir.join("hive-ca.pem"),
             Some((&dir.join("queen.pem"), &dir.join("queen.key"))),
@@ -52,7 +52,8 @@ fn secure_queen_config(dir: &Path, hives: Vec<String>) -> QueenConfig {
     QueenConfig {
         tls: Some(rbee_shared::tls::server(&dir.join("queen.pem"), &dir.join("queen.key"), None).unwrap()),
         tokens: Tokens::new(Some(READ), Some(WRITE)),
-        ..QueenConfig::new(fleet, hives)
+        link,
+        ..fast_config(hives)
     }
 }
 
@@ -186,10 +187,8 @@ async fn the_queen_checks_the_hive_certificate_names_the_host_it_dials() {
 #[tokio::test]
 async fn tokens_gate_the_api_by_role() {
     let hive = TestHive::start("tok", ONE_GPU).await;
-    let config = QueenConfig {
-        tokens: Tokens::new(Some(READ), Some(WRITE)),
-        ..QueenConfig::new(fast_settings(), vec![hive.url()])
-    };
+    let config =
+        QueenConfig { tokens: Tokens::new(Some(READ), Some(WRITE)), ..fast_config(vec![hive.url()]) };
     let queen = TestQueen::start_with(config, "127.0.0.1:0".parse().unwrap()).await;
     let ch = Endpoint::from_shared(queen.url()).unwrap().connect().await.unwrap();
     let mut fleet = FleetClient::new(ch.clone());

@@ -1,5 +1,6 @@
-//! The live fleet: one entry per managed hive, each written only by its own
-//! connection manager and read through cheap `Arc` snapshots.
+//! The live fleet: one entry per managed hive, each written only by its own watcher
+//! (the per-hive link) and read through cheap `Arc` snapshots. This layer imports
+//! only `rbee_shared` and the crate's error type.
 //!
 //! There is no global lock on the ingest path: the registry's lock is taken only to
 //! add, remove, find or list entries, and never across an `.await`. Each hive publishes
@@ -7,8 +8,19 @@
 //! removed, state, health, capabilities) go out on a bounded broadcast channel;
 //! watchers that fall behind get a fresh snapshot instead of the missed events.
 
+pub mod address;
+mod events;
+mod health;
 mod registry;
+mod settings;
 mod snapshot;
+mod state;
+mod stats;
 
-pub use registry::{EVENT_CAPACITY, Fleet, FleetEvent, HiveHandle};
-pub use snapshot::{ConnState, Counters, HiveSnapshot, Origin};
+pub use events::{EVENT_CAPACITY, FleetEvent};
+pub use health::{DeviceHealth, Health, HealthReport};
+pub use registry::{Fleet, HiveHandle, NewHive, Watcher};
+pub use settings::{FleetSettings, Thresholds};
+pub use snapshot::HiveSnapshot;
+pub use state::{ConnState, Counters, Origin};
+pub use stats::{GpuStats, WindowStats};

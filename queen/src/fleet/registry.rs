@@ -3,63 +3,30 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
-use rbee_shared::VersionedCapabilities;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::{ConnState, HiveSnapshot, Origin};
+use super::address::normalize_address;
+use super::{EVENT_CAPACITY, FleetEvent, FleetSettings, HiveSnapshot, Origin};
 use crate::QueenError;
-use crate::admission::normalize_address;
-use crate::config::FleetSettings;
-use crate::health::Health;
 
-/// Capacity of the change-event channel; a watcher further behind gets a snapshot.
-pub const EVENT_CAPACITY: usize = 4096;
+/// What a newly managed hive needs to be watched: the fleet, where to publish its
+/// view, and the token that stops its watcher.
+#[derive(Debug)]
+pub struct NewHive {
+    /// The fleet it belongs to.
+    pub fleet: Arc<Fleet>,
+    /// Where its watcher publishes each new view.
+    pub publish: watch::Sender<Arc<HiveSnapshot>>,
+    /// Cancelled when the hive is removed or the queen stops.
+    pub cancel: CancellationToken,
+}
 
-/// A change in the fleet.
-#[derive(Debug, Clone)]
-pub enum FleetEvent {
-    /// A hive is now managed.
-    Added(Arc<HiveSnapshot>),
-    /// A hive is no longer managed.
-    Removed {
-        /// Its address.
-        address: String,
-        /// Its id, if it was discovered.
-        hive_id: String,
-    },
-    /// A hive's connection state changed.
-    StateChanged {
-        /// The hive.
-        hive: Arc<HiveSnapshot>,
-        /// The previous state.
-        from: ConnState,
-        /// Why, in words.
-        reason: String,
-    },
-    /// A hive's health level changed, or a new problem appeared.
-    HealthChanged {
-        /// The hive (its health is the new level).
-        hive: Arc<HiveSnapshot>,
-        /// The previous level.
-        from: Health,
-    },
-    /// A hive's capabilities changed, or it restarted.
-    CapabilitiesChanged {
-        /// The hive.
-        hive: Arc<HiveSnapshot>,
-        /// True for a new epoch (the snapshot was taken whole).
-        restarted: bool,
-        /// The new capabilities.
-        caps: Arc<VersionedCapabilities>,
-    },
-    /// A reservation was dropped without a Release.
-    ReservationDropped {
-        /// The reservation.
-        reservation: crate::scheduler::book::Reservation,
-        /// Why.
-        reason: String,
-    },
+/// Starts whatever keeps a newly managed hive's view current (in the queen, the
+/// per-hive link). The fleet calls it once per added hive, outside its lock.
+pub trait Watcher: Send + Sync + 'static {
+    /// Starts watching `hive`; must not block.
+    fn start(&self, hive: NewHive);
 }
 
 /// One managed hive: its published view and the token that stops its manager.
@@ -90,13 +57,27 @@ pub struct Fleet {
     events: broadcast::Sender<FleetEvent>,
     /// Cancelled at shutdown; every manager's token is a child.
     shutdown: CancellationToken,
+    /// Starts each added hive's watcher.
+    watcher: Box<dyn Watcher>,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet").field("hives", &self.read().len()).finish_non_exhaustive()
+    }
 }
 
 impl Fleet {
-    /// An empty fleet.
-    pub fn new(settings: FleetSettings, shutdown: CancellationToken) -> Arc<Self> {
+    /// An empty fleet whose hives are watched by `watcher`.
+    pub fn new(settings: FleetSettings, shutdown: CancellationToken, watcher: impl Watcher) -> Arc<Self> {
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
-        Arc::new(Self { settings: Arc::new(settings), hives: RwLock::new(BTreeMap::new()), events, shutdown })
+        Arc::new(Self {
+            settings: Arc::new(settings),
+            hives: RwLock::new(BTreeMap::new()),
+            events,
+            shutdown,
+            watcher: Box::new(watcher),
+        })
     }
 
     /// The settings.
@@ -142,7 +123,7 @@ impl Fleet {
         let view = handle.snapshot();
         tracing::info!(%address, ?origin, "managing hive");
         self.emit(FleetEvent::Added(view.clone()));
-        tokio::spawn(crate::connection::manage(self.clone(), tx, cancel));
+        self.watcher.start(NewHive { fleet: self.clone(), publish: tx, cancel });
         Ok((view, true))
     }
 

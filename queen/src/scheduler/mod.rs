@@ -7,6 +7,7 @@
 //! - [`book`]: the reservation book.
 
 pub mod book;
+mod events;
 pub mod policy;
 pub mod request;
 pub mod synthetic;
@@ -21,7 +22,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use rbee_shared::bytesize::format_bytes;
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
+
+pub use self::events::{SCHEDULER_EVENT_CAPACITY, SchedulerEvent};
 
 use self::book::{Book, Claim, Reservation};
 use self::policy::{
@@ -30,24 +34,18 @@ use self::policy::{
 use self::request::PlaceRequest;
 use self::view::{Books, DeviceRef, FleetView, claim_bytes};
 use crate::QueenError;
-use crate::fleet::{ConnState, Fleet, FleetEvent, HiveSnapshot};
+use crate::fleet::{ConnState, Fleet, HiveSnapshot};
 
 /// Where the scheduler reads hives from: the live fleet, or a fixed set of snapshots
 /// (`queen policy check --fleet FILE`, tests, benchmarks).
 pub trait HiveSource: Send + Sync {
     /// Every hive's newest view.
     fn hives(&self) -> Vec<Arc<HiveSnapshot>>;
-    /// Tells watchers about a change (the live fleet does; a fixed set need not).
-    fn emit(&self, _event: FleetEvent) {}
 }
 
 impl HiveSource for Fleet {
     fn hives(&self) -> Vec<Arc<HiveSnapshot>> {
         self.list()
-    }
-
-    fn emit(&self, event: FleetEvent) {
-        Fleet::emit(self, event);
     }
 }
 
@@ -183,6 +181,8 @@ pub struct Scheduler {
     reload_failures: AtomicU64,
     /// The last policy failure.
     last_error: Mutex<Option<String>>,
+    /// Reservation events for watchers.
+    events: broadcast::Sender<SchedulerEvent>,
 }
 
 fn read_policy(path: &std::path::Path) -> Result<String, QueenError> {
@@ -220,7 +220,13 @@ impl Scheduler {
             fallbacks: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            events: broadcast::channel(SCHEDULER_EVENT_CAPACITY).0,
         }))
+    }
+
+    /// Receives every reservation event from now on (none listening is fine).
+    pub fn subscribe(&self) -> broadcast::Receiver<SchedulerEvent> {
+        self.events.subscribe()
     }
 
     fn view(&self) -> FleetView {
@@ -480,7 +486,7 @@ impl Scheduler {
         }
         for (r, reason) in dropped {
             tracing::info!(reservation = %r.id, hive = %r.hive_id, device = %r.device_id, %reason, "reservation dropped");
-            self.fleet.emit(FleetEvent::ReservationDropped { reservation: r, reason });
+            let _ = self.events.send(SchedulerEvent::ReservationDropped { reservation: r, reason });
         }
         self.reload_if_changed();
     }

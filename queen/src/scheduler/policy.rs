@@ -12,7 +12,7 @@ use rhai::{AST, Array, Dynamic, Engine, EvalAltResult, INT, ImmutableString, Map
 
 use super::request::PlaceRequest;
 use super::view::{self, DeviceRef, FleetView, HiveRef};
-use crate::health::Health;
+use crate::fleet::Health;
 
 /// The built-in default policy (least loaded), also shipped as `queen/policies/least-loaded.rhai`.
 pub const DEFAULT_POLICY: &str = include_str!("../../policies/least-loaded.rhai");

@@ -11,7 +11,7 @@ use rbee_shared::{
 };
 
 use crate::fleet::{ConnState, HiveSnapshot, Origin};
-use crate::health::{DeviceHealth, Health, HealthReport};
+use crate::fleet::{DeviceHealth, Health, HealthReport};
 
 const GIB: u64 = 1 << 30;
 

@@ -8,8 +8,8 @@ use rbee_shared::bytesize::format_bytes;
 
 use super::book::Book;
 use super::request::{DeviceKind, PlaceRequest};
+use crate::fleet::Health;
 use crate::fleet::{ConnState, HiveSnapshot};
-use crate::health::Health;
 
 /// The device id of a hive's CPU.
 pub const CPU_DEVICE: &str = "cpu";

@@ -12,7 +12,8 @@ use rbee_hive::source::simulated::Scenario;
 use rbee_proto::v1 as pb;
 use rbee_proto::v1::fleet_client::FleetClient;
 use rbee_queen::QueenConfig;
-use rbee_queen::config::FleetSettings;
+use rbee_queen::fleet::{FleetSettings, Thresholds};
+use rbee_queen::link::LinkSettings;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
@@ -35,16 +36,28 @@ temperature_c = [40]
 /// host CPU rule is off: the test machine's own load must not make hives degraded.
 pub fn fast_settings() -> FleetSettings {
     FleetSettings {
-        thresholds: rbee_queen::health::Thresholds { cpu_degraded_percent: 101.0, ..Default::default() },
+        thresholds: Thresholds { cpu_degraded_percent: 101.0, ..Default::default() },
         sample_interval: Duration::from_millis(200),
         stale_after_missed: 3,
         lost_timeout: Duration::from_secs(2),
+        ..FleetSettings::default()
+    }
+}
+
+/// Fast dialing for tests: 2 s connect timeout, reconnects after 100..400 ms.
+pub fn fast_link() -> LinkSettings {
+    LinkSettings {
         connect_timeout: Duration::from_secs(2),
         keepalive: Duration::from_secs(10),
         backoff_min: Duration::from_millis(100),
         backoff_max: Duration::from_millis(400),
-        ..FleetSettings::default()
+        ..LinkSettings::default()
     }
+}
+
+/// A plaintext queen config with the fast settings, managing `hives`.
+pub fn fast_config(hives: Vec<String>) -> QueenConfig {
+    QueenConfig { link: fast_link(), ..QueenConfig::new(fast_settings(), hives) }
 }
 
 /// A hive running in this process.
@@ -118,7 +131,7 @@ pub struct TestQueen {
 
 impl TestQueen {
     pub async fn start(hives: Vec<String>) -> Self {
-        Self::start_with(QueenConfig::new(fast_settings(), hives), "127.0.0.1:0".parse().unwrap()).await
+        Self::start_with(fast_config(hives), "127.0.0.1:0".parse().unwrap()).await
     }
 
     pub async fn start_with(config: QueenConfig, addr: SocketAddr) -> Self {

@@ -3,8 +3,8 @@
 use rbee_proto::v1 as pb;
 
 use crate::fleet::{ConnState, Counters, FleetEvent, HiveSnapshot, Origin};
-use crate::health::{Health, HealthReport};
-use crate::window::WindowStats;
+use crate::fleet::{Health, HealthReport, WindowStats};
+use crate::scheduler::SchedulerEvent;
 
 impl From<ConnState> for pb::HiveState {
     fn from(s: ConnState) -> Self {
@@ -141,8 +141,15 @@ impl From<&FleetEvent> for pb::fleet_event::Event {
                     capabilities: Some(caps.as_ref().into()),
                 })
             }
-            FleetEvent::ReservationDropped { reservation: r, reason } => {
-                Event::ReservationDropped(pb::ReservationDropped {
+        }
+    }
+}
+
+impl From<&SchedulerEvent> for pb::fleet_event::Event {
+    fn from(e: &SchedulerEvent) -> Self {
+        match e {
+            SchedulerEvent::ReservationDropped { reservation: r, reason } => {
+                pb::fleet_event::Event::ReservationDropped(pb::ReservationDropped {
                     reservation_id: r.id.clone(),
                     hive_id: r.hive_id.clone(),
                     address: r.address.clone(),
@@ -220,8 +227,7 @@ impl TryFrom<&pb::HiveView> for HiveSnapshot {
         use std::sync::Arc;
         use std::time::{Duration, Instant};
 
-        use crate::health::DeviceHealth;
-        use crate::window::GpuStats;
+        use crate::fleet::{DeviceHealth, GpuStats};
 
         let bad = |e: rbee_shared::ConvertError| {
             crate::QueenError::InvalidArgument(format!("hive {}: {e}", v.address))

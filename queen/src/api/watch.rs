@@ -18,6 +18,7 @@ use tokio::time::{Interval, MissedTickBehavior};
 use tonic::Status;
 
 use crate::fleet::{Fleet, FleetEvent};
+use crate::scheduler::{Scheduler, SchedulerEvent};
 
 type Event = pb::fleet_event::Event;
 
@@ -27,6 +28,8 @@ pub struct WatchSession {
     fleet: Arc<Fleet>,
     /// Structural events.
     events: broadcast::Receiver<FleetEvent>,
+    /// Reservation events.
+    books: broadcast::Receiver<SchedulerEvent>,
     /// Sample ticks, when asked for.
     samples: Option<Interval>,
     /// Per hive address, the time of the sample last sent.
@@ -41,9 +44,10 @@ pub struct WatchSession {
 
 impl WatchSession {
     /// Subscribes first, then snapshots, so that no change falls between the two.
-    pub fn new(fleet: Arc<Fleet>, sample_every: Option<Duration>) -> Self {
+    pub fn new(fleet: Arc<Fleet>, scheduler: &Scheduler, sample_every: Option<Duration>) -> Self {
         Self {
             events: fleet.subscribe(),
+            books: scheduler.subscribe(),
             fleet,
             samples: sample_every.map(|every| {
                 let mut t = tokio::time::interval(every);
@@ -104,6 +108,14 @@ impl WatchSession {
                 Err(broadcast::error::TryRecvError::Closed) => return None,
                 Err(broadcast::error::TryRecvError::Empty) => {}
             }
+            match self.books.try_recv() {
+                Ok(e) => return Some(self.envelope((&e).into())),
+                Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                    self.snapshot = Some(true);
+                    continue;
+                }
+                Err(broadcast::error::TryRecvError::Closed | broadcast::error::TryRecvError::Empty) => {}
+            }
             if let Some(e) = self.queue.pop_front() {
                 return Some(self.envelope(e));
             }
@@ -119,6 +131,11 @@ impl WatchSession {
             tokio::select! {
                 () = shutdown.cancelled() => return None,
                 e = self.events.recv() => match e {
+                    Ok(e) => return Some(self.envelope((&e).into())),
+                    Err(RecvError::Lagged(_)) => self.snapshot = Some(true),
+                    Err(RecvError::Closed) => return None,
+                },
+                e = self.books.recv() => match e {
                     Ok(e) => return Some(self.envelope((&e).into())),
                     Err(RecvError::Lagged(_)) => self.snapshot = Some(true),
                     Err(RecvError::Closed) => return None,

@@ -10,31 +10,36 @@ use rbee_proto::v1::fleet_server::Fleet as FleetApi;
 use rbee_shared::{MAX_SAMPLE_INTERVAL, MIN_SAMPLE_INTERVAL};
 use tonic::{Request, Response, Status};
 
+use super::watch::WatchSession;
 use crate::QueenError;
-use crate::admission::{RateLimit, admit_announce};
+use crate::admission::{AdmissionSettings, RateLimit, admit_announce};
 use crate::fleet::{Fleet, Origin};
-use crate::watch::WatchSession;
+use crate::scheduler::Scheduler;
 
 /// The Fleet service.
 #[derive(Clone)]
 pub struct FleetService {
     /// The fleet.
     fleet: Arc<Fleet>,
+    /// The scheduler (its reservation events go to watchers).
+    scheduler: Arc<Scheduler>,
+    /// Which addresses may announce.
+    admission: AdmissionSettings,
     /// Limits Announce calls.
     announces: Arc<RateLimit>,
 }
 
 impl FleetService {
     /// A service over `fleet`.
-    pub fn new(fleet: Arc<Fleet>) -> Self {
-        let announces = Arc::new(RateLimit::new(fleet.settings().announce_rate));
-        Self { fleet, announces }
+    pub fn new(fleet: Arc<Fleet>, scheduler: Arc<Scheduler>, admission: AdmissionSettings) -> Self {
+        let announces = Arc::new(RateLimit::new(admission.announce_rate));
+        Self { fleet, scheduler, admission, announces }
     }
 }
 
 fn key(raw: &str) -> Result<&str, QueenError> {
     let k = raw.trim();
-    if k.is_empty() || k.len() > crate::admission::MAX_ADDRESS_BYTES {
+    if k.is_empty() || k.len() > crate::fleet::address::MAX_ADDRESS_BYTES {
         return Err(QueenError::InvalidArgument(
             "hive must be a hive id or an address (1..=256 bytes)".into(),
         ));
@@ -82,7 +87,9 @@ impl FleetApi for FleetService {
                 Some(d)
             }
         };
-        Ok(Response::new(Box::pin(WatchSession::new(self.fleet.clone(), every).into_stream())))
+        Ok(Response::new(Box::pin(
+            WatchSession::new(self.fleet.clone(), &self.scheduler, every).into_stream(),
+        )))
     }
 
     async fn add_hive(
@@ -112,7 +119,7 @@ impl FleetApi for FleetService {
         if req.hive_id.len() > 64 {
             return Err(QueenError::InvalidArgument("hive_id is longer than 64 bytes".into()).into());
         }
-        let admitted = admit_announce(&self.fleet.settings().allow, &req.address).await.and_then(|address| {
+        let admitted = admit_announce(&self.admission.allow, &req.address).await.and_then(|address| {
             match self.fleet.holder_of(&req.hive_id, &address).filter(|_| !req.hive_id.is_empty()) {
                 Some(holder) => Err(QueenError::PermissionDenied(format!(
                     "hive id {:?} is already managed at {holder}; refusing an announce that claims it from {address}",

@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::Rng;
 use rbee_proto::v1 as pb;
 use rbee_proto::v1::hive_client::HiveClient;
 use rbee_shared::{HiveIdentity, HiveStreamMessage, Sample, VersionedCapabilities};
@@ -17,10 +16,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::fleet::{ConnState, Fleet, FleetEvent, HiveSnapshot};
-use crate::health::{HealthInput, evaluate};
-use crate::ingest::{IngestState, Outcome};
-use crate::window::SampleWindow;
+use super::LinkSettings;
+use super::backoff::Backoff;
+use super::health::{HealthInput, evaluate};
+use super::ingest::{IngestState, Outcome};
+use super::window::SampleWindow;
+use crate::fleet::address::is_loopback_address;
+use crate::fleet::{ConnState, Fleet, FleetEvent, FleetSettings, HiveSnapshot, NewHive};
 
 /// Largest message the queen accepts from a hive.
 pub const MAX_HIVE_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
@@ -33,33 +35,12 @@ enum End {
     Failed(String),
 }
 
-/// Exponential backoff with jitter.
-struct Backoff {
-    /// First delay.
-    min: Duration,
-    /// Longest delay.
-    max: Duration,
-    /// Failures in a row.
-    attempt: u32,
-}
-
-impl Backoff {
-    fn next(&mut self) -> Duration {
-        let base = self.min.saturating_mul(1 << self.attempt.min(16)).min(self.max);
-        self.attempt += 1;
-        // Full jitter in [base/2, base]: hives that failed together do not retry together.
-        base.mul_f64(rand::rng().random_range(0.5..=1.0))
-    }
-
-    fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
-
 /// The manager's working state; published as `HiveSnapshot`s.
 struct Manager {
     /// The fleet (settings, events, id conflicts).
     fleet: Arc<Fleet>,
+    /// How to dial.
+    link: Arc<LinkSettings>,
     /// Where this hive's view is published.
     tx: watch::Sender<Arc<HiveSnapshot>>,
     /// The view being built.
@@ -75,19 +56,21 @@ struct Manager {
 }
 
 /// Runs the manager for one hive until `cancel`.
-pub async fn manage(fleet: Arc<Fleet>, tx: watch::Sender<Arc<HiveSnapshot>>, cancel: CancellationToken) {
+pub(super) async fn manage(hive: NewHive, link: Arc<LinkSettings>) {
+    let NewHive { fleet, publish: tx, cancel } = hive;
     let settings = fleet.settings().clone();
     let view = HiveSnapshot::clone(&tx.borrow());
     let mut m = Manager {
         window: SampleWindow::new(settings.history),
         fleet,
+        link: link.clone(),
         tx,
         view,
         ingest: IngestState::default(),
         invalid: None,
         last_rx: Instant::now(),
     };
-    let mut backoff = Backoff { min: settings.backoff_min, max: settings.backoff_max, attempt: 0 };
+    let mut backoff = Backoff { min: link.backoff_min, max: link.backoff_max, attempt: 0 };
     loop {
         m.set_state(ConnState::Connecting, "dialing");
         let reached_online = match m.session(&cancel).await {
@@ -128,7 +111,7 @@ fn status_text(s: &tonic::Status) -> String {
 }
 
 impl Manager {
-    fn settings(&self) -> &crate::config::FleetSettings {
+    fn settings(&self) -> &FleetSettings {
         self.fleet.settings()
     }
 
@@ -207,7 +190,7 @@ impl Manager {
     }
 
     async fn connect(&self) -> Result<HiveClient<Channel>, String> {
-        let s = self.settings();
+        let s = &self.link;
         let mut endpoint =
             Endpoint::from_shared(self.view.address.clone()).map_err(|e| format!("bad address: {e}"))?;
         match (&s.hive_tls, self.view.address.starts_with("https://")) {
@@ -217,7 +200,7 @@ impl Manager {
             (None, true) => {
                 return Err("an https:// hive needs --hive-ca (and the queen's certificate)".into());
             }
-            (Some(_), false) if !crate::admission::is_loopback_address(&self.view.address) => {
+            (Some(_), false) if !is_loopback_address(&self.view.address) => {
                 return Err(
                     "plaintext to a non-loopback hive is refused while --hive-ca is set; use https://".into(),
                 );
@@ -242,14 +225,12 @@ impl Manager {
     async fn session(&mut self, cancel: &CancellationToken) -> (End, bool) {
         let attempt = async {
             let mut client = self.connect().await?;
-            let discover = tokio::time::timeout(
-                self.settings().connect_timeout,
-                client.discover(pb::DiscoverRequest {}),
-            )
-            .await
-            .map_err(|_| "Discover timed out".to_owned())?
-            .map_err(|s| format!("Discover failed: {}", status_text(&s)))?
-            .into_inner();
+            let discover =
+                tokio::time::timeout(self.link.connect_timeout, client.discover(pb::DiscoverRequest {}))
+                    .await
+                    .map_err(|_| "Discover timed out".to_owned())?
+                    .map_err(|s| format!("Discover failed: {}", status_text(&s)))?
+                    .into_inner();
             let identity = discover.identity.as_ref().ok_or("Discover returned no identity")?;
             let identity = HiveIdentity::try_from(identity).map_err(|e| format!("Discover: {e}"))?;
             let caps = discover.capabilities.as_ref().ok_or("Discover returned no capabilities")?;

@@ -1,72 +1,11 @@
-//! The client subcommands: `queen hives`, `hive`, `watch`, `add`, `remove`, `place`,
-//! `release`, `reservations`, `policy check|status`. They talk
-//! to a running queen over the same gRPC API scheduler clients use.
+//! How the client subcommands show what the queen answers: tables, detail, event
+//! lines, placements. Pure functions over wire types.
 
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, anyhow};
 use rbee_proto::v1 as pb;
-use rbee_proto::v1::fleet_client::FleetClient;
-use rbee_proto::v1::scheduler_client::SchedulerClient;
 use rbee_shared::bytesize::format_bytes;
-use tonic::transport::Channel;
-
-use crate::config::{
-    AddArgs, HiveArgs, ListArgs, PlaceArgs, PolicyCheckArgs, QueenUrl, ReleaseArgs, RemoveArgs, WatchArgs,
-};
-
-/// Adds `authorization: Bearer TOKEN` to every call.
-#[derive(Clone)]
-pub struct BearerToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
-
-impl tonic::service::Interceptor for BearerToken {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(req)
-    }
-}
-
-type Authed = tonic::service::interceptor::InterceptedService<Channel, BearerToken>;
-
-async fn channel(q: &QueenUrl) -> Result<(Channel, BearerToken)> {
-    let url = &q.url;
-    let mut endpoint = tonic::transport::Endpoint::from_shared(url.clone())
-        .with_context(|| format!("--queen {url:?} is not a URL"))?
-        .connect_timeout(Duration::from_secs(5));
-    if let Some(ca) = &q.ca {
-        let tls = rbee_shared::tls::client(ca, None).map_err(|e| anyhow!(e))?;
-        endpoint = endpoint.tls_config(tls).context("TLS set-up")?;
-    }
-    let token = match (&q.token_file, std::env::var("QUEEN_TOKEN")) {
-        (Some(path), _) => {
-            Some(std::fs::read_to_string(path).with_context(|| format!("--token-file {}", path.display()))?)
-        }
-        (None, Ok(t)) => Some(t),
-        _ => None,
-    };
-    let token = match token.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()) {
-        Some(t) => Some(
-            format!("Bearer {t}")
-                .parse()
-                .map_err(|_| anyhow!("the token has characters HTTP headers cannot carry"))?,
-        ),
-        None => None,
-    };
-    let channel = endpoint.connect().await.with_context(|| format!("cannot reach the queen at {url}"))?;
-    Ok((channel, BearerToken(token)))
-}
-
-async fn connect(q: &QueenUrl) -> Result<FleetClient<Authed>> {
-    let (channel, token) = channel(q).await?;
-    Ok(FleetClient::with_interceptor(channel, token))
-}
-
-fn rpc_error(url: &str, s: tonic::Status) -> anyhow::Error {
-    anyhow!("queen at {url}: {:?}: {}", s.code(), s.message())
-}
 
 fn state_name(v: &pb::HiveView) -> &'static str {
     match v.state() {
@@ -134,7 +73,7 @@ pub fn render_table(hives: &[pb::HiveView]) -> String {
     out
 }
 
-fn since(unix_ms: u64) -> String {
+pub(super) fn since(unix_ms: u64) -> String {
     let t = UNIX_EPOCH + Duration::from_millis(unix_ms);
     let ago = SystemTime::now().duration_since(t).unwrap_or_default();
     format!("{} ({:.0} s ago)", humantime::format_rfc3339_seconds(t), ago.as_secs_f64())
@@ -223,40 +162,6 @@ pub fn render_detail(v: &pb::HiveView) -> String {
     out
 }
 
-/// `queen hives`.
-pub async fn hives(args: ListArgs) -> Result<()> {
-    let url = &args.queen.url;
-    let resp = connect(&args.queen)
-        .await?
-        .list_hives(pb::ListHivesRequest {})
-        .await
-        .map_err(|s| rpc_error(url, s))?;
-    let resp = resp.into_inner();
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&resp)?);
-    } else {
-        print!("{}", render_table(&resp.hives));
-    }
-    Ok(())
-}
-
-/// `queen hive ID`.
-pub async fn hive(args: HiveArgs) -> Result<()> {
-    let url = &args.queen.url;
-    let view = connect(&args.queen)
-        .await?
-        .get_hive(pb::GetHiveRequest { hive: args.hive.clone() })
-        .await
-        .map_err(|s| rpc_error(url, s))?
-        .into_inner();
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&view)?);
-    } else {
-        print!("{}", render_detail(&view));
-    }
-    Ok(())
-}
-
 /// One line for a fleet event.
 pub fn render_event(e: &pb::FleetEvent) -> String {
     use pb::fleet_event::Event;
@@ -319,56 +224,6 @@ pub fn render_event(e: &pb::FleetEvent) -> String {
     format!("{t} #{} {body}", e.seq)
 }
 
-/// `queen watch`.
-pub async fn watch(args: WatchArgs) -> Result<()> {
-    let url = &args.queen.url;
-    let request = pb::WatchFleetRequest { sample_interval_ms: args.samples.map(|d| d.as_millis() as u32) };
-    let mut stream =
-        connect(&args.queen).await?.watch_fleet(request).await.map_err(|s| rpc_error(url, s))?.into_inner();
-    loop {
-        tokio::select! {
-            () = rbee_shared::shutdown::shutdown_signal() => return Ok(()),
-            event = stream.message() => match event.map_err(|s| rpc_error(url, s))? {
-                Some(e) if args.json => println!("{}", serde_json::to_string(&e)?),
-                Some(e) => println!("{}", render_event(&e)),
-                None => return Ok(()),
-            },
-        }
-    }
-}
-
-/// `queen add ADDR`.
-pub async fn add(args: AddArgs) -> Result<()> {
-    let url = &args.queen.url;
-    let resp = connect(&args.queen)
-        .await?
-        .add_hive(pb::AddHiveRequest { address: args.address.clone() })
-        .await
-        .map_err(|s| rpc_error(url, s))?
-        .into_inner();
-    let address = resp.hive.map(|h| h.address).unwrap_or_default();
-    println!("{} {address}", if resp.added { "added" } else { "already managed:" });
-    Ok(())
-}
-
-/// `queen remove ID`.
-pub async fn remove(args: RemoveArgs) -> Result<()> {
-    let url = &args.queen.url;
-    let resp = connect(&args.queen)
-        .await?
-        .remove_hive(pb::RemoveHiveRequest { hive: args.hive.clone() })
-        .await
-        .map_err(|s| rpc_error(url, s))?
-        .into_inner();
-    println!("removed {}", resp.address);
-    Ok(())
-}
-
-async fn connect_scheduler(q: &QueenUrl) -> Result<SchedulerClient<Authed>> {
-    let (channel, token) = channel(q).await?;
-    Ok(SchedulerClient::with_interceptor(channel, token))
-}
-
 /// Renders a placement answer.
 pub fn render_place(r: &pb::PlaceResponse) -> String {
     use pb::place_response::Result as R;
@@ -408,123 +263,4 @@ pub fn render_place(r: &pb::PlaceResponse) -> String {
         }
         None => "(empty answer)\n".into(),
     }
-}
-
-/// `queen place`. Returns whether it placed.
-pub async fn place(args: PlaceArgs) -> Result<bool> {
-    let url = &args.queen.url;
-    let resp = connect_scheduler(&args.queen)
-        .await?
-        .place(args.request.to_request(args.dry_run))
-        .await
-        .map_err(|s| rpc_error(url, s))?
-        .into_inner();
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&resp)?);
-    } else {
-        print!("{}", render_place(&resp));
-    }
-    Ok(matches!(resp.result, Some(pb::place_response::Result::Placement(_))))
-}
-
-/// `queen release ID`.
-pub async fn release(args: ReleaseArgs) -> Result<()> {
-    let url = &args.queen.url;
-    connect_scheduler(&args.queen)
-        .await?
-        .release(pb::ReleaseRequest { reservation_id: args.id.clone() })
-        .await
-        .map_err(|s| rpc_error(url, s))?;
-    println!("released {}", args.id);
-    Ok(())
-}
-
-/// `queen reservations`.
-pub async fn reservations(args: ListArgs) -> Result<()> {
-    let url = &args.queen.url;
-    let resp = connect_scheduler(&args.queen)
-        .await?
-        .list_reservations(pb::ListReservationsRequest {})
-        .await
-        .map_err(|s| rpc_error(url, s))?
-        .into_inner();
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&resp)?);
-        return Ok(());
-    }
-    println!("{:<36} {:<20} {:<44} {:>10} {:<8} MODEL", "ID", "HIVE", "DEVICE", "BYTES", "STATE");
-    for r in &resp.reservations {
-        let state = if r.state() == pb::ReservationState::Settled { "settled" } else { "active" };
-        println!(
-            "{:<36} {:<20} {:<44} {:>10} {:<8} {}",
-            r.id,
-            r.hive_id,
-            r.device_id,
-            format_bytes(r.bytes),
-            state,
-            r.model
-        );
-    }
-    Ok(())
-}
-
-/// `queen policy status`.
-pub async fn policy_status(queen: QueenUrl) -> Result<()> {
-    let url = &queen.url;
-    let s = connect_scheduler(&queen)
-        .await?
-        .get_policy(pb::GetPolicyRequest {})
-        .await
-        .map_err(|s| rpc_error(url, s))?;
-    let s = s.into_inner();
-    println!("policy {} (loaded {})", s.source, since(s.loaded_at_unix_ms));
-    println!("failures {} fallbacks {} refused edits {}", s.failures, s.fallbacks, s.reload_failures);
-    if let Some(e) = s.last_error {
-        println!("last error: {e}");
-    }
-    Ok(())
-}
-
-/// `queen policy check FILE`: compile, then a dry run on the live or saved fleet.
-/// Returns whether the policy placed.
-pub async fn policy_check(args: PolicyCheckArgs) -> Result<bool> {
-    use crate::scheduler::request::PlaceRequest;
-    use crate::scheduler::{Outcome, Scheduler, SchedulerSettings, StaticHives};
-
-    let hives: Vec<pb::HiveView> = match &args.fleet {
-        Some(path) => {
-            let text =
-                std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-            let list: pb::ListHivesResponse = serde_json::from_str(&text)
-                .with_context(|| format!("{} is not `queen hives --json` output", path.display()))?;
-            list.hives
-        }
-        None => {
-            let url = &args.queen.url;
-            connect(&args.queen)
-                .await?
-                .list_hives(pb::ListHivesRequest {})
-                .await
-                .map_err(|s| rpc_error(url, s))?
-                .into_inner()
-                .hives
-        }
-    };
-    let snapshots = hives
-        .iter()
-        .map(|h| crate::fleet::HiveSnapshot::try_from(h).map(std::sync::Arc::new))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut request = args.request.clone();
-    if request.vram.is_none() && request.ram.is_none() {
-        request.vram = Some(1 << 30);
-    }
-    let req = PlaceRequest::try_from(&request.to_request(true))?;
-    let settings = SchedulerSettings { policy_file: Some(args.file.clone()), ..SchedulerSettings::default() };
-    let scheduler =
-        Scheduler::new(std::sync::Arc::new(StaticHives(snapshots)), settings).map_err(|e| anyhow!("{e}"))?;
-    println!("policy {} compiles; fleet of {} hives", args.file.display(), hives.len());
-    let outcome = tokio::task::spawn_blocking(move || scheduler.place_blocking(&req)).await??;
-    let resp = pb::PlaceResponse::from(&outcome);
-    print!("{}", render_place(&resp));
-    Ok(matches!(outcome, Outcome::Placed(_)))
 }

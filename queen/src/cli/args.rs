@@ -1,0 +1,242 @@
+//! The queen's command line: the subcommands and their arguments. Every flag also
+//! reads an environment variable.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+pub use crate::config::ServeArgs;
+use crate::config::parse_interval;
+
+/// Where the client subcommands find the queen by default.
+pub const DEFAULT_QUEEN_URL: &str = "http://127.0.0.1:7833";
+
+/// rbee queen: discovers hives and holds a live fleet view (state, health, freshness).
+#[derive(Debug, Parser)]
+#[command(name = "queen", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The queen's subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve rbee.v1.Fleet: discover hives, hold their streams, judge their health.
+    Serve(Box<ServeArgs>),
+    /// List hives as a table (--json for scripts).
+    Hives(ListArgs),
+    /// Show one hive in detail, by hive id or address.
+    Hive(HiveArgs),
+    /// Print a line per fleet change until interrupted.
+    Watch(WatchArgs),
+    /// Ask the queen to manage a hive at an address.
+    Add(AddArgs),
+    /// Ask the queen to stop managing a hive (hive id or address).
+    Remove(RemoveArgs),
+    /// Place a model with the queen's policy and reserve its memory (exit code 3 when rejected).
+    Place(PlaceArgs),
+    /// Release a reservation.
+    Release(ReleaseArgs),
+    /// List reservations.
+    Reservations(ListArgs),
+    /// Work with placement policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Write a development CA and certificates for a mutual-TLS fleet.
+    Certs(CertsArgs),
+}
+
+/// `queen certs`.
+#[derive(Debug, Clone, Args)]
+pub struct CertsArgs {
+    /// Directory to write into.
+    #[arg(long, default_value = "certs")]
+    pub out: PathBuf,
+    /// Names the queen's certificate is valid for (DNS names or IPs); repeatable.
+    #[arg(long = "queen-name", default_values = ["localhost", "127.0.0.1"])]
+    pub queen_names: Vec<String>,
+    /// A hive's name (DNS name or IP the queen dials); repeatable.
+    #[arg(long = "hive-name", default_values = ["localhost"])]
+    pub hives: Vec<String>,
+}
+
+/// `queen policy ...`.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Compile a policy and run it (dry) against the live fleet or a saved snapshot.
+    Check(PolicyCheckArgs),
+    /// Show the policy the queen uses and how often it failed.
+    Status(QueenUrl),
+}
+
+/// What to place (shared by `place` and `policy check`).
+#[derive(Debug, Clone, Args)]
+pub struct RequestArgs {
+    /// VRAM the model needs on one GPU, e.g. 8GiB.
+    #[arg(long, value_parser = rbee_shared::bytesize::parse_bytes)]
+    pub vram: Option<u64>,
+    /// RAM the model needs on the hive, e.g. 16GiB (required for --kind cpu).
+    #[arg(long, value_parser = rbee_shared::bytesize::parse_bytes)]
+    pub ram: Option<u64>,
+    /// Device kind.
+    #[arg(long, value_enum, default_value = "any")]
+    pub kind: KindArg,
+    /// The model's name.
+    #[arg(long, default_value = "")]
+    pub model: String,
+    /// A hive label that must match, KEY=VALUE; repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = rbee_hive::config::parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// How long the reservation lasts unless the model shows up or it is released (1s..=1h).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub ttl: Option<Duration>,
+}
+
+/// Device kinds on the command line.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum KindArg {
+    /// A GPU when one fits, else a CPU.
+    Any,
+    /// An NVIDIA GPU.
+    Cuda,
+    /// A hive's CPU and RAM.
+    Cpu,
+}
+
+impl RequestArgs {
+    /// The wire request.
+    pub fn to_request(&self, dry_run: bool) -> rbee_proto::v1::PlaceRequest {
+        use rbee_proto::v1 as pb;
+        pb::PlaceRequest {
+            model: self.model.clone(),
+            vram_bytes: self.vram.unwrap_or(0),
+            ram_bytes: self.ram,
+            device_kind: match self.kind {
+                KindArg::Any => pb::DeviceKind::Unspecified,
+                KindArg::Cuda => pb::DeviceKind::Cuda,
+                KindArg::Cpu => pb::DeviceKind::Cpu,
+            } as i32,
+            labels: self.labels.iter().cloned().collect(),
+            dry_run,
+            ttl_ms: self.ttl.map(|d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
+        }
+    }
+}
+
+/// `queen place`.
+#[derive(Debug, Clone, Args)]
+pub struct PlaceArgs {
+    /// What to place.
+    #[command(flatten)]
+    pub request: RequestArgs,
+    /// Decide, but reserve nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the PlaceResponse as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The queen.
+    #[command(flatten)]
+    pub queen: QueenUrl,
+}
+
+/// `queen release ID`.
+#[derive(Debug, Clone, Args)]
+pub struct ReleaseArgs {
+    /// The reservation id.
+    pub id: String,
+    /// The queen.
+    #[command(flatten)]
+    pub queen: QueenUrl,
+}
+
+/// `queen policy check FILE`.
+#[derive(Debug, Clone, Args)]
+pub struct PolicyCheckArgs {
+    /// The policy file (Rhai).
+    pub file: PathBuf,
+    /// A saved fleet (`queen hives --json` output) instead of the live queen's.
+    #[arg(long, value_name = "SNAPSHOT.json")]
+    pub fleet: Option<PathBuf>,
+    /// What to place [default: --vram 1GiB].
+    #[command(flatten)]
+    pub request: RequestArgs,
+    /// The queen, when no --fleet is given.
+    #[command(flatten)]
+    pub queen: QueenUrl,
+}
+
+/// Where and how the client subcommands reach the queen.
+#[derive(Debug, Clone, Args)]
+pub struct QueenUrl {
+    /// The queen's URL (https:// when it serves TLS).
+    #[arg(long = "queen", env = "QUEEN_URL", default_value = DEFAULT_QUEEN_URL, value_name = "URL")]
+    pub url: String,
+    /// CA that signs the queen's certificate (the queen CA), for https://.
+    #[arg(long = "ca", env = "QUEEN_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// File holding a bearer token (or set QUEEN_TOKEN to the token itself).
+    #[arg(long = "token-file", env = "QUEEN_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// `queen hives`.
+#[derive(Debug, Clone, Args)]
+pub struct ListArgs {
+    /// Print the ListHives response as JSON (the same mapping grpcurl prints).
+    #[arg(long)]
+    pub json: bool,
+    /// The queen.
+    #[command(flatten)]
+    pub queen: QueenUrl,
+}
+
+/// `queen hive ID`.
+#[derive(Debug, Clone, Args)]
+pub struct HiveArgs {
+    /// Hive id or address.
+    pub hive: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The queen.
+    #[command(flatten)]
+    pub queen: QueenUrl,
+}
+
+/// `queen watch`.
+#[derive(Debug, Clone, Args)]
+pub struct WatchArgs {
+    /// Also print each hive's newest sample at most this often (e.g. 1s).
+    #[arg(long, value_parser = parse_interval)]
+    pub samples: Option<Duration>,
+    /// Print each event as a JSON line.
+    #[arg(long)]
+    pub json: bool,
+    /// The queen.
+    #[command(flatten)]
+    pub queen: QueenUrl,
+}
+
+/// `queen add ADDR`.
+#[derive(Debug, Clone, Args)]
+pub struct AddArgs {
+    /// The hive's address, e.g. http://10.0.0.5:7835.
+    pub address: String,
+    /// The queen.
+    #[command(flatten)]
+    pub queen: QueenUrl,
+}
+
+/// `queen remove ID`.
+#[derive(Debug, Clone, Args)]
+pub struct RemoveArgs {
+    /// Hive id or address.
+    pub hive: String,
+    /// The queen.
+    #[command(flatten)]
+    pub queen: QueenUrl,
+}

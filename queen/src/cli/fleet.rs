@@ -1,0 +1,87 @@
+//! `queen hives`, `hive`, `watch`, `add`, `remove`: the fleet, from a running queen.
+
+use anyhow::Result;
+use rbee_proto::v1 as pb;
+
+use super::args::{AddArgs, HiveArgs, ListArgs, RemoveArgs, WatchArgs};
+use super::client::{connect, rpc_error};
+use super::render::{render_detail, render_event, render_table};
+
+/// `queen hives`.
+pub async fn hives(args: ListArgs) -> Result<()> {
+    let url = &args.queen.url;
+    let resp = connect(&args.queen)
+        .await?
+        .list_hives(pb::ListHivesRequest {})
+        .await
+        .map_err(|s| rpc_error(url, s))?;
+    let resp = resp.into_inner();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&resp)?);
+    } else {
+        print!("{}", render_table(&resp.hives));
+    }
+    Ok(())
+}
+
+/// `queen hive ID`.
+pub async fn hive(args: HiveArgs) -> Result<()> {
+    let url = &args.queen.url;
+    let view = connect(&args.queen)
+        .await?
+        .get_hive(pb::GetHiveRequest { hive: args.hive.clone() })
+        .await
+        .map_err(|s| rpc_error(url, s))?
+        .into_inner();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+    } else {
+        print!("{}", render_detail(&view));
+    }
+    Ok(())
+}
+
+/// `queen watch`.
+pub async fn watch(args: WatchArgs) -> Result<()> {
+    let url = &args.queen.url;
+    let request = pb::WatchFleetRequest { sample_interval_ms: args.samples.map(|d| d.as_millis() as u32) };
+    let mut stream =
+        connect(&args.queen).await?.watch_fleet(request).await.map_err(|s| rpc_error(url, s))?.into_inner();
+    loop {
+        tokio::select! {
+            () = rbee_shared::shutdown::shutdown_signal() => return Ok(()),
+            event = stream.message() => match event.map_err(|s| rpc_error(url, s))? {
+                Some(e) if args.json => println!("{}", serde_json::to_string(&e)?),
+                Some(e) => println!("{}", render_event(&e)),
+                None => return Ok(()),
+            },
+        }
+    }
+}
+
+/// `queen add ADDR`.
+pub async fn add(args: AddArgs) -> Result<()> {
+    let url = &args.queen.url;
+    let resp = connect(&args.queen)
+        .await?
+        .add_hive(pb::AddHiveRequest { address: args.address.clone() })
+        .await
+        .map_err(|s| rpc_error(url, s))?
+        .into_inner();
+    let address = resp.hive.map(|h| h.address).unwrap_or_default();
+    println!("{} {address}", if resp.added { "added" } else { "already managed:" });
+    Ok(())
+}
+
+/// `queen remove ID`.
+pub async fn remove(args: RemoveArgs) -> Result<()> {
+    let url = &args.queen.url;
+    let resp = connect(&args.queen)
+        .await?
+        .remove_hive(pb::RemoveHiveRequest { hive: args.hive.clone() })
+        .await
+        .map_err(|s| rpc_error(url, s))?
+        .into_inner();
+    println!("removed {}", resp.address);
+    Ok(())
+}

@@ -1,0 +1,129 @@
+//! `queen place`, `release`, `reservations`, `policy status|check`: the scheduler,
+//! from a running queen (or, for `policy check --fleet`, a saved fleet).
+
+use anyhow::{Context, Result, anyhow};
+use rbee_proto::v1 as pb;
+use rbee_shared::bytesize::format_bytes;
+
+use super::args::{ListArgs, PlaceArgs, PolicyCheckArgs, QueenUrl, ReleaseArgs};
+use super::client::{connect, connect_scheduler, rpc_error};
+use super::render::{render_place, since};
+
+/// `queen place`. Returns whether it placed.
+pub async fn place(args: PlaceArgs) -> Result<bool> {
+    let url = &args.queen.url;
+    let resp = connect_scheduler(&args.queen)
+        .await?
+        .place(args.request.to_request(args.dry_run))
+        .await
+        .map_err(|s| rpc_error(url, s))?
+        .into_inner();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&resp)?);
+    } else {
+        print!("{}", render_place(&resp));
+    }
+    Ok(matches!(resp.result, Some(pb::place_response::Result::Placement(_))))
+}
+
+/// `queen release ID`.
+pub async fn release(args: ReleaseArgs) -> Result<()> {
+    let url = &args.queen.url;
+    connect_scheduler(&args.queen)
+        .await?
+        .release(pb::ReleaseRequest { reservation_id: args.id.clone() })
+        .await
+        .map_err(|s| rpc_error(url, s))?;
+    println!("released {}", args.id);
+    Ok(())
+}
+
+/// `queen reservations`.
+pub async fn reservations(args: ListArgs) -> Result<()> {
+    let url = &args.queen.url;
+    let resp = connect_scheduler(&args.queen)
+        .await?
+        .list_reservations(pb::ListReservationsRequest {})
+        .await
+        .map_err(|s| rpc_error(url, s))?
+        .into_inner();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&resp)?);
+        return Ok(());
+    }
+    println!("{:<36} {:<20} {:<44} {:>10} {:<8} MODEL", "ID", "HIVE", "DEVICE", "BYTES", "STATE");
+    for r in &resp.reservations {
+        let state = if r.state() == pb::ReservationState::Settled { "settled" } else { "active" };
+        println!(
+            "{:<36} {:<20} {:<44} {:>10} {:<8} {}",
+            r.id,
+            r.hive_id,
+            r.device_id,
+            format_bytes(r.bytes),
+            state,
+            r.model
+        );
+    }
+    Ok(())
+}
+
+/// `queen policy status`.
+pub async fn policy_status(queen: QueenUrl) -> Result<()> {
+    let url = &queen.url;
+    let s = connect_scheduler(&queen)
+        .await?
+        .get_policy(pb::GetPolicyRequest {})
+        .await
+        .map_err(|s| rpc_error(url, s))?;
+    let s = s.into_inner();
+    println!("policy {} (loaded {})", s.source, since(s.loaded_at_unix_ms));
+    println!("failures {} fallbacks {} refused edits {}", s.failures, s.fallbacks, s.reload_failures);
+    if let Some(e) = s.last_error {
+        println!("last error: {e}");
+    }
+    Ok(())
+}
+
+/// `queen policy check FILE`: compile, then a dry run on the live or saved fleet.
+/// Returns whether the policy placed.
+pub async fn policy_check(args: PolicyCheckArgs) -> Result<bool> {
+    use crate::scheduler::request::PlaceRequest;
+    use crate::scheduler::{Outcome, Scheduler, SchedulerSettings, StaticHives};
+
+    let hives: Vec<pb::HiveView> = match &args.fleet {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let list: pb::ListHivesResponse = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not `queen hives --json` output", path.display()))?;
+            list.hives
+        }
+        None => {
+            let url = &args.queen.url;
+            connect(&args.queen)
+                .await?
+                .list_hives(pb::ListHivesRequest {})
+                .await
+                .map_err(|s| rpc_error(url, s))?
+                .into_inner()
+                .hives
+        }
+    };
+    let snapshots = hives
+        .iter()
+        .map(|h| crate::fleet::HiveSnapshot::try_from(h).map(std::sync::Arc::new))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut request = args.request.clone();
+    if request.vram.is_none() && request.ram.is_none() {
+        request.vram = Some(1 << 30);
+    }
+    let req = PlaceRequest::try_from(&request.to_request(true))?;
+    let settings = SchedulerSettings { policy_file: Some(args.file.clone()), ..SchedulerSettings::default() };
+    let scheduler =
+        Scheduler::new(std::sync::Arc::new(StaticHives(snapshots)), settings).map_err(|e| anyhow!("{e}"))?;
+    println!("policy {} compiles; fleet of {} hives", args.file.display(), hives.len());
+    let outcome = tokio::task::spawn_blocking(move || scheduler.place_blocking(&req)).await??;
+    let resp = pb::PlaceResponse::from(&outcome);
+    print!("{}", render_place(&resp));
+    Ok(matches!(outcome, Outcome::Placed(_)))
+}

@@ -1,0 +1,85 @@
+//! The queen's TOML config file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::QueenError;
+use crate::fleet::Thresholds;
+
+/// A `[[hive]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HiveEntry {
+    /// The hive's address.
+    pub address: String,
+}
+
+/// The config file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileConfig {
+    /// Listen address.
+    pub listen: Option<SocketAddr>,
+    /// Static hives.
+    pub hive: Vec<HiveEntry>,
+    /// Announce allow-list.
+    pub allow: Option<Vec<IpNet>>,
+    /// Start a local hive.
+    pub local_hive: Option<bool>,
+    /// Sample interval.
+    #[serde(default, with = "opt_duration")]
+    pub sample_interval: Option<Duration>,
+    /// Stale after this many intervals.
+    pub stale_after_missed: Option<u32>,
+    /// Lost timeout.
+    #[serde(default, with = "opt_duration")]
+    pub lost_timeout: Option<Duration>,
+    /// Keepalive.
+    #[serde(default, with = "opt_duration")]
+    pub keepalive: Option<Duration>,
+    /// Max backoff.
+    #[serde(default, with = "opt_duration")]
+    pub backoff_max: Option<Duration>,
+    /// Samples kept per hive.
+    pub history: Option<usize>,
+    /// Window of the reported statistics.
+    #[serde(default, with = "opt_duration")]
+    pub stats_window: Option<Duration>,
+    /// Health thresholds.
+    pub health: Thresholds,
+    /// Placement policy file.
+    pub policy: Option<PathBuf>,
+    /// Fall back to the built-in policy when the policy fails.
+    pub policy_fallback: Option<bool>,
+    /// Wall-time budget of one policy call.
+    #[serde(default, with = "opt_duration")]
+    pub policy_budget: Option<Duration>,
+    /// Drop reservations on hives lost longer than this.
+    #[serde(default, with = "opt_duration")]
+    pub reservation_lost_grace: Option<Duration>,
+}
+
+mod opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+impl FileConfig {
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> Result<Self, QueenError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| QueenError::Io { path: path.to_owned(), source })?;
+        toml::from_str(&text).map_err(|e| QueenError::Config(format!("{}: {e}", path.display())))
+    }
+}

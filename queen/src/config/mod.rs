@@ -1,0 +1,51 @@
+//! The server's settings: `queen serve`'s flags ([`serve`]) and config file
+//! ([`file`]) merge into one validated [`QueenConfig`], which [`crate::run`] takes.
+
+mod file;
+mod serve;
+
+pub use file::{FileConfig, HiveEntry};
+pub use serve::{DEFAULT_LISTEN, ServeArgs, parse_interval};
+
+use crate::admission::AdmissionSettings;
+use crate::api::auth::Tokens;
+use crate::fleet::FleetSettings;
+use crate::link::LinkSettings;
+use crate::scheduler::SchedulerSettings;
+
+/// Everything `run` needs.
+#[derive(Debug, Clone)]
+pub struct QueenConfig {
+    /// How the fleet judges freshness and health.
+    pub fleet: FleetSettings,
+    /// How hives are dialed and kept.
+    pub link: LinkSettings,
+    /// Which addresses may announce themselves, and how often.
+    pub admission: AdmissionSettings,
+    /// Hives to manage from the start.
+    pub hives: Vec<String>,
+    /// A hive to run in this process, if any.
+    pub local_hive: Option<rbee_hive::HiveConfig>,
+    /// Placement policy and reservations.
+    pub scheduler: SchedulerSettings,
+    /// TLS for the queen's own port.
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// Bearer tokens for the Fleet and Scheduler APIs.
+    pub tokens: Tokens,
+}
+
+impl QueenConfig {
+    /// A plaintext, token-less configuration (loopback use, tests).
+    pub fn new(fleet: FleetSettings, hives: Vec<String>) -> Self {
+        Self {
+            fleet,
+            link: LinkSettings::default(),
+            admission: AdmissionSettings::default(),
+            hives,
+            local_hive: None,
+            scheduler: Default::default(),
+            tls: None,
+            tokens: Default::default(),
+        }
+    }
+}

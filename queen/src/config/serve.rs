@@ -1,0 +1,285 @@
+//! `queen serve`: its flags, merged with the config file and the defaults into one
+//! validated [`QueenConfig`]. Precedence: flag or env var, then the config file, then
+//! the built-in default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use ipnet::IpNet;
+use rbee_shared::{MAX_SAMPLE_INTERVAL, MIN_SAMPLE_INTERVAL};
+
+use super::{FileConfig, QueenConfig};
+use crate::QueenError;
+use crate::admission::{AdmissionSettings, AllowList};
+use crate::fleet::FleetSettings;
+use crate::fleet::address::normalize_address;
+use crate::link::LinkSettings;
+use crate::scheduler::SchedulerSettings;
+
+/// The default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7833";
+
+/// `queen serve` flags. Unset flags fall back to the config file, then to defaults.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// TOML config file (listen, hives, allow-list, timings, [health] thresholds).
+    #[arg(long, env = "QUEEN_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:7833].
+    #[arg(long, env = "QUEEN_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// A hive to manage, e.g. http://10.0.0.5:7835; repeatable (env: comma-separated).
+    #[arg(long = "hive", env = "QUEEN_HIVES", value_name = "ADDR", value_delimiter = ',')]
+    pub hives: Vec<String>,
+    /// Also start a hive in this process (this machine's GPUs, or --local-hive-demo) and manage it.
+    #[arg(long, env = "QUEEN_LOCAL_HIVE")]
+    pub local_hive: bool,
+    /// With --local-hive: use the hive's built-in simulated GPUs instead of NVML.
+    #[arg(long, env = "QUEEN_LOCAL_HIVE_DEMO", requires = "local_hive")]
+    pub local_hive_demo: bool,
+    /// Networks announced hives may be in (CIDR); repeatable [default: 127.0.0.0/8, ::1/128].
+    #[arg(long = "allow", env = "QUEEN_ALLOW", value_name = "CIDR", value_delimiter = ',')]
+    pub allow: Vec<IpNet>,
+    /// Sample interval asked of every hive [default: 1s; 100ms..=60s].
+    #[arg(long, env = "QUEEN_SAMPLE_INTERVAL", value_parser = parse_interval)]
+    pub sample_interval: Option<Duration>,
+    /// A hive silent for this many sample intervals is stale [default: 3].
+    #[arg(long, env = "QUEEN_STALE_AFTER_MISSED")]
+    pub stale_after_missed: Option<u32>,
+    /// A hive silent this long is lost and redialed [default: 10s].
+    #[arg(long, env = "QUEEN_LOST_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub lost_timeout: Option<Duration>,
+    /// HTTP/2 keepalive ping interval and timeout, to find half-open connections [default: 5s].
+    #[arg(long, env = "QUEEN_KEEPALIVE", value_parser = humantime::parse_duration)]
+    pub keepalive: Option<Duration>,
+    /// Longest reconnect backoff [default: 30s].
+    #[arg(long, env = "QUEEN_BACKOFF_MAX", value_parser = humantime::parse_duration)]
+    pub backoff_max: Option<Duration>,
+    /// Placement policy (Rhai), watched for edits [default: the built-in least-loaded policy].
+    #[arg(long, env = "QUEEN_POLICY", value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// When the policy fails (error, limit, time budget), answer with the built-in default instead of an error.
+    #[arg(long, env = "QUEEN_POLICY_FALLBACK")]
+    pub policy_fallback: bool,
+    /// Wall-time budget of one policy call [default: 50ms].
+    #[arg(long, env = "QUEEN_POLICY_BUDGET", value_parser = humantime::parse_duration)]
+    pub policy_budget: Option<Duration>,
+    /// Drop reservations on a hive lost for longer than this [default: 60s].
+    #[arg(long, env = "QUEEN_RESERVATION_LOST_GRACE", value_parser = humantime::parse_duration)]
+    pub reservation_lost_grace: Option<Duration>,
+    /// TLS certificate (PEM) the queen serves with; also its client identity towards hives.
+    #[arg(long, env = "QUEEN_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "QUEEN_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// CA that signs hive certificates: hives are dialed over mutual TLS (https://).
+    #[arg(long, env = "QUEEN_HIVE_CA", value_name = "FILE", requires = "tls_cert")]
+    pub hive_ca: Option<PathBuf>,
+    /// File with the read token (or set QUEEN_READ_TOKEN to the token itself).
+    #[arg(long, env = "QUEEN_READ_TOKEN_FILE", value_name = "FILE")]
+    pub read_token_file: Option<PathBuf>,
+    /// File with the write token (or set QUEEN_WRITE_TOKEN to the token itself).
+    #[arg(long, env = "QUEEN_WRITE_TOKEN_FILE", value_name = "FILE")]
+    pub write_token_file: Option<PathBuf>,
+    /// Allow a non-loopback listen address without TLS and tokens. Logs a warning at every start.
+    #[arg(long, env = "QUEEN_INSECURE")]
+    pub insecure: bool,
+}
+
+/// Parses a sample interval and checks its bounds.
+pub fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (e.g. 500ms, 1s)"))?;
+    if !(MIN_SAMPLE_INTERVAL..=MAX_SAMPLE_INTERVAL).contains(&d) {
+        return Err(format!("{s:?} is out of range 100ms..=60s"));
+    }
+    Ok(d)
+}
+
+impl ServeArgs {
+    /// Merges flags, the config file and defaults, and validates. Returns the listen
+    /// address and the configuration.
+    pub fn into_config(self) -> Result<(SocketAddr, QueenConfig), QueenError> {
+        let file = match &self.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        let d = FleetSettings::default();
+        let fleet = FleetSettings {
+            sample_interval: self.sample_interval.or(file.sample_interval).unwrap_or(d.sample_interval),
+            stale_after_missed: self
+                .stale_after_missed
+                .or(file.stale_after_missed)
+                .unwrap_or(d.stale_after_missed),
+            lost_timeout: self.lost_timeout.or(file.lost_timeout).unwrap_or(d.lost_timeout),
+            history: file.history.unwrap_or(d.history),
+            stats_window: file.stats_window.unwrap_or(d.stats_window),
+            thresholds: file.health.clone(),
+            ..d
+        };
+        let l = LinkSettings::default();
+        let mut link = LinkSettings {
+            keepalive: self.keepalive.or(file.keepalive).unwrap_or(l.keepalive),
+            backoff_max: self.backoff_max.or(file.backoff_max).unwrap_or(l.backoff_max),
+            ..l
+        };
+        link.validate()?;
+        let admission = AdmissionSettings {
+            allow: if !self.allow.is_empty() {
+                AllowList::new(self.allow.clone())
+            } else {
+                file.allow.clone().map(AllowList::new).unwrap_or_default()
+            },
+            ..AdmissionSettings::default()
+        };
+        fleet.validate()?;
+        let mut hives = Vec::new();
+        for raw in self.hives.iter().chain(file.hive.iter().map(|h| &h.address)) {
+            let address =
+                normalize_address(raw).map_err(|e| QueenError::Config(format!("hive {raw:?}: {e}")))?;
+            if !hives.contains(&address) {
+                hives.push(address);
+            }
+        }
+        let local_hive = (self.local_hive || file.local_hive.unwrap_or(false)).then(|| {
+            let gpu = if self.local_hive_demo {
+                let scenario = rbee_hive::source::simulated::Scenario::parse(
+                    rbee_hive::source::simulated::DEMO_SCENARIO,
+                )
+                .expect("the built-in demo scenario is valid");
+                rbee_hive::monitor::GpuChoice::Simulated(scenario)
+            } else {
+                rbee_hive::monitor::GpuChoice::Nvml
+            };
+            let id = hostname_id();
+            rbee_hive::HiveConfig::new(id, gpu)
+        });
+        let listen =
+            self.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default"));
+        let defaults = SchedulerSettings::default();
+        let mut limits = defaults.limits;
+        limits.budget = self.policy_budget.or(file.policy_budget).unwrap_or(limits.budget);
+        if limits.budget.is_zero() || limits.budget > Duration::from_secs(10) {
+            return Err(QueenError::Config("policy_budget must be in (0, 10s]".into()));
+        }
+        let scheduler = SchedulerSettings {
+            policy_file: self.policy.clone().or(file.policy.clone()),
+            fallback_to_default: self.policy_fallback || file.policy_fallback.unwrap_or(false),
+            limits,
+            lost_grace: self
+                .reservation_lost_grace
+                .or(file.reservation_lost_grace)
+                .unwrap_or(defaults.lost_grace),
+            ..defaults
+        };
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(rbee_shared::tls::server(cert, key, None).map_err(QueenError::Config)?)
+            }
+            _ => None,
+        };
+        if let (Some(ca), Some(cert), Some(key)) = (&self.hive_ca, &self.tls_cert, &self.tls_key) {
+            link.hive_tls =
+                Some(rbee_shared::tls::client(ca, Some((cert, key))).map_err(QueenError::Config)?);
+        }
+        let tokens = crate::api::auth::Tokens::load(
+            self.read_token_file.as_deref(),
+            self.write_token_file.as_deref(),
+        )?;
+        if !listen.ip().is_loopback() && (tls.is_none() || !tokens.enabled()) {
+            if !self.insecure {
+                return Err(QueenError::Config(format!(
+                    "refusing to listen on {listen} without TLS and tokens: give --tls-cert/--tls-key and \
+                     --read-token-file/--write-token-file (or QUEEN_READ_TOKEN/QUEEN_WRITE_TOKEN), bind a \
+                     loopback address, or pass --insecure"
+                )));
+            }
+            tracing::warn!(%listen, tls = tls.is_some(), tokens = tokens.enabled(),
+                "INSECURE: listening on a non-loopback address without TLS and tokens; anyone who can reach it \
+                 can read the fleet, reserve VRAM and add hives");
+        }
+        Ok((listen, QueenConfig { fleet, link, admission, hives, local_hive, scheduler, tls, tokens }))
+    }
+}
+
+/// The local hive's id: `local-HOSTNAME`.
+fn hostname_id() -> String {
+    let host: String = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()))
+        .unwrap_or_default()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c.to_ascii_lowercase() } else { '-' })
+        .take(48)
+        .collect();
+    if host.is_empty() { "local".into() } else { format!("local-{host}") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Cli;
+    use crate::fleet::Thresholds;
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queen.toml");
+        std::fs::write(
+            &path,
+            "lost_timeout = \"20s\"\nsample_interval = \"2s\"\n[[hive]]\naddress = \"10.0.0.5:7835\"\n[health]\ngpu_temp_unhealthy_c = 95.0\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            sample_interval: Some(Duration::from_millis(500)),
+            hives: vec!["http://127.0.0.1:9".into()],
+            ..Default::default()
+        };
+        let (listen, cfg) = args.into_config().unwrap();
+        assert_eq!(listen, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(cfg.fleet.sample_interval, Duration::from_millis(500));
+        assert_eq!(cfg.fleet.lost_timeout, Duration::from_secs(20));
+        assert_eq!(cfg.fleet.thresholds.gpu_temp_unhealthy_c, 95.0);
+        assert_eq!(cfg.hives, ["http://127.0.0.1:9", "http://10.0.0.5:7835"]);
+    }
+
+    #[test]
+    fn the_documented_example_config_is_valid() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/queen.example.toml");
+        let args = ServeArgs { config: Some(path.into()), ..Default::default() };
+        let (listen, cfg) = args.into_config().unwrap();
+        assert_eq!(listen, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(cfg.fleet.thresholds, Thresholds::default());
+        assert_eq!(cfg.hives, ["http://127.0.0.1:7835"]);
+    }
+
+    #[test]
+    fn bad_configs_fail_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queen.toml");
+        std::fs::write(&path, "lost_timout = \"20s\"\n").unwrap();
+        let err =
+            ServeArgs { config: Some(path), ..Default::default() }.into_config().unwrap_err().to_string();
+        assert!(err.contains("unknown field"), "{err}");
+        let err = ServeArgs { config: Some("/nonexistent.toml".into()), ..Default::default() }
+            .into_config()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent.toml"), "{err}");
+        let err = ServeArgs { lost_timeout: Some(Duration::from_secs(1)), ..Default::default() }
+            .into_config()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lost_timeout"), "{err}");
+    }
+}

@@ -1,0 +1,52 @@
+//! Health levels and reports, as the fleet publishes them. The rules that judge them
+//! live in `link::health`.
+
+use serde::Serialize;
+
+/// A health level; ordered from best to worst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// Nothing wrong.
+    #[default]
+    Healthy,
+    /// Usable, but something needs attention.
+    Degraded,
+    /// Do not place work here.
+    Unhealthy,
+}
+
+impl Health {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Healthy => "healthy",
+            Self::Degraded => "degraded",
+            Self::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+/// The health of one device.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeviceHealth {
+    /// The GPU id.
+    pub device_id: String,
+    /// The GPU index.
+    pub index: u32,
+    /// Its level.
+    pub health: Health,
+    /// Why, when not healthy.
+    pub reasons: Vec<String>,
+}
+
+/// The health of a hive and its devices.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct HealthReport {
+    /// The hive's level: the worst of its own and its devices'.
+    pub health: Health,
+    /// Why, when not healthy (device reasons included).
+    pub reasons: Vec<String>,
+    /// Per device.
+    pub devices: Vec<DeviceHealth>,
+}
