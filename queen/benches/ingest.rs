@@ -27,8 +27,8 @@ fn main() {
     let mut state = IngestState::default();
     state.replace((*identity).clone(), (*caps).clone()).unwrap();
     state.start_stream();
-    let mut window = SampleWindow::new(300);
     let thresholds = Thresholds::default();
+    let mut window = SampleWindow::new(300, Duration::from_secs(60), thresholds.cpu_window);
 
     let start = Instant::now();
     for seq in 1..=n as u64 {
@@ -41,8 +41,8 @@ fn main() {
         };
         let message = HiveStreamMessage::try_from(&wire).expect("valid");
         let Outcome::Sample(sample) = state.apply(message) else { panic!("not a sample") };
-        window.push(&sample);
-        let stats = window.stats(Duration::from_secs(60));
+        window.push(&sample, seq * 1000);
+        let stats = window.stats();
         let report = evaluate(
             &HealthInput {
                 state: ConnState::Online,
@@ -51,7 +51,8 @@ fn main() {
                 invalid: None,
                 sample: Some(&sample),
                 caps: Some(&caps),
-                cpu_window_mean: window.cpu_mean(thresholds.cpu_window),
+                cpu_window_mean: window.cpu_mean(),
+                pending: &|_| false,
             },
             &thresholds,
         );

@@ -23,6 +23,7 @@ impl From<Health> for pb::Health {
     fn from(h: Health) -> Self {
         match h {
             Health::Healthy => Self::Healthy,
+            Health::Pending => Self::Pending,
             Health::Degraded => Self::Degraded,
             Health::Unhealthy => Self::Unhealthy,
         }
@@ -102,7 +103,8 @@ impl From<&HiveSnapshot> for pb::HiveView {
             health: pb::Health::from(h.health.health) as i32,
             health_reasons: h.health.reasons.clone(),
             devices: devices(&h.health),
-            stats: Some((&h.stats).into()),
+            stats: Some(h.stats.as_ref().into()),
+            clock_skew_ms: h.clock_skew_ms,
             last_error: h.last_error.clone(),
             counters: Some((&h.counters).into()),
             sample_interval_ms: h.sample_interval.as_millis() as u32,
@@ -235,6 +237,7 @@ impl TryFrom<&pb::HiveView> for HiveSnapshot {
         let health = |h: i32| match pb::Health::try_from(h) {
             Ok(pb::Health::Degraded) => Health::Degraded,
             Ok(pb::Health::Healthy) => Health::Healthy,
+            Ok(pb::Health::Pending) => Health::Pending,
             _ => Health::Unhealthy,
         };
         let state = match v.state() {
@@ -279,7 +282,9 @@ impl TryFrom<&pb::HiveView> for HiveSnapshot {
             caps: v.capabilities.as_ref().map(TryInto::try_into).transpose().map_err(bad)?.map(Arc::new),
             latest: v.latest_sample.as_ref().map(TryInto::try_into).transpose().map_err(bad)?.map(Arc::new),
             latest_received: age.and_then(|a| Instant::now().checked_sub(a)),
-            health: HealthReport {
+            samples_applied: u64::from(v.latest_sample.is_some()),
+            clock_skew_ms: v.clock_skew_ms,
+            health: Arc::new(HealthReport {
                 health: health(v.health),
                 reasons: v.health_reasons.clone(),
                 devices: v
@@ -292,8 +297,8 @@ impl TryFrom<&pb::HiveView> for HiveSnapshot {
                         reasons: d.reasons.clone(),
                     })
                     .collect(),
-            },
-            stats,
+            }),
+            stats: Arc::new(stats),
             last_error: v.last_error.clone(),
             counters: Default::default(),
             sample_interval: Duration::from_millis(u64::from(v.sample_interval_ms)),

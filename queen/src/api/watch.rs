@@ -4,7 +4,9 @@
 //! Pulled, like the hive's stream: nothing is produced until the transport asks. A
 //! watcher that falls more than the event channel's capacity behind gets one
 //! coalesced snapshot instead of the events it missed; samples are read from the
-//! live views at each tick, so they coalesce by construction.
+//! live views at each tick, so they coalesce by construction. Capability changes
+//! coalesce too: at most one per hive per [`CAPS_COALESCE`], carrying the newest
+//! capabilities, so a hive that floods diffs cannot flood its watchers.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -14,13 +16,16 @@ use futures::Stream;
 use rbee_proto::v1 as pb;
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
-use tokio::time::{Interval, MissedTickBehavior};
+use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tonic::Status;
 
 use crate::fleet::{Fleet, FleetEvent};
 use crate::scheduler::{Scheduler, SchedulerEvent};
 
 type Event = pb::fleet_event::Event;
+
+/// Shortest time between two capability events for one hive on one watcher.
+pub const CAPS_COALESCE: Duration = Duration::from_millis(100);
 
 /// The state of one watcher.
 pub struct WatchSession {
@@ -32,12 +37,18 @@ pub struct WatchSession {
     books: broadcast::Receiver<SchedulerEvent>,
     /// Sample ticks, when asked for.
     samples: Option<Interval>,
-    /// Per hive address, the time of the sample last sent.
+    /// Per hive address, the count of applied samples when its last sample was sent
+    /// (the queen's own count: a hive's clock cannot hide its samples).
     sent: HashMap<String, u64>,
     /// Sample events ready to go (at most one per hive per tick).
     queue: VecDeque<Event>,
     /// A snapshot to send next (`true`: it replaces missed events).
     snapshot: Option<bool>,
+    /// Per hive address, when its last capability event went out.
+    caps_sent: HashMap<String, Instant>,
+    /// Per hive address, a held-back capability change: when it is due, and whether a
+    /// restart is among the changes it stands for.
+    caps_held: HashMap<String, (Instant, bool)>,
     /// Last sequence number sent.
     seq: u64,
 }
@@ -57,6 +68,8 @@ impl WatchSession {
             sent: HashMap::new(),
             queue: VecDeque::new(),
             snapshot: Some(false),
+            caps_sent: HashMap::new(),
+            caps_held: HashMap::new(),
             seq: 0,
         }
     }
@@ -79,10 +92,10 @@ impl WatchSession {
         for hive in self.fleet.list() {
             let Some(sample) = hive.latest.as_deref() else { continue };
             let last = self.sent.entry(hive.address.clone()).or_insert(0);
-            if sample.taken_at_unix_ms <= *last {
+            if hive.samples_applied <= *last {
                 continue;
             }
-            *last = sample.taken_at_unix_ms;
+            *last = hive.samples_applied;
             self.queue.push_back(Event::Sample(pb::HiveSample {
                 address: hive.address.clone(),
                 hive_id: hive.hive_id().to_owned(),
@@ -92,15 +105,59 @@ impl WatchSession {
         }
     }
 
+    /// Turns a fleet event into what this watcher sends now; a capability change within
+    /// [`CAPS_COALESCE`] of the hive's last one is held back and merged instead.
+    fn accept(&mut self, e: &FleetEvent) -> Option<Event> {
+        if let FleetEvent::CapabilitiesChanged { hive, restarted, .. } = e {
+            let now = Instant::now();
+            if let Some((_, held_restart)) = self.caps_held.get_mut(&hive.address) {
+                *held_restart |= *restarted;
+                return None;
+            }
+            if let Some(sent) = self.caps_sent.get(&hive.address)
+                && now < *sent + CAPS_COALESCE
+            {
+                self.caps_held.insert(hive.address.clone(), (*sent + CAPS_COALESCE, *restarted));
+                return None;
+            }
+            self.caps_sent.insert(hive.address.clone(), now);
+        }
+        if let FleetEvent::Removed { address, .. } = e {
+            self.caps_held.remove(address);
+            self.caps_sent.remove(address);
+        }
+        Some(e.into())
+    }
+
+    /// A held-back capability change whose time has come, with the hive's newest
+    /// capabilities.
+    fn due_caps(&mut self) -> Option<Event> {
+        let now = Instant::now();
+        let address = self.caps_held.iter().find(|(_, (due, _))| *due <= now).map(|(a, _)| a.clone())?;
+        let (_, restarted) = self.caps_held.remove(&address)?;
+        let hive = self.fleet.get(&address)?;
+        let caps = hive.caps.clone()?;
+        self.caps_sent.insert(address, now);
+        Some((&FleetEvent::CapabilitiesChanged { hive, restarted, caps }).into())
+    }
+
     async fn next(&mut self) -> Option<pb::FleetEvent> {
         loop {
             if let Some(coalesced) = self.snapshot.take() {
                 let hives = self.fleet.list().iter().map(|h| h.as_ref().into()).collect();
                 return Some(self.envelope(Event::Snapshot(pb::FleetSnapshot { hives, coalesced })));
             }
+            if let Some(e) = self.due_caps() {
+                return Some(self.envelope(e));
+            }
             // Structural events first, so samples never crowd them out.
             match self.events.try_recv() {
-                Ok(e) => return Some(self.envelope((&e).into())),
+                Ok(e) => {
+                    if let Some(e) = self.accept(&e) {
+                        return Some(self.envelope(e));
+                    }
+                    continue;
+                }
                 Err(broadcast::error::TryRecvError::Lagged(_)) => {
                     self.snapshot = Some(true);
                     continue;
@@ -128,10 +185,22 @@ impl WatchSession {
                     None => std::future::pending().await,
                 }
             };
+            let held = self.caps_held.values().map(|(due, _)| *due).min();
+            let flush = async {
+                match held {
+                    Some(due) => tokio::time::sleep_until(due).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = shutdown.cancelled() => return None,
+                () = flush => {}
                 e = self.events.recv() => match e {
-                    Ok(e) => return Some(self.envelope((&e).into())),
+                    Ok(e) => {
+                        if let Some(e) = self.accept(&e) {
+                            return Some(self.envelope(e));
+                        }
+                    }
                     Err(RecvError::Lagged(_)) => self.snapshot = Some(true),
                     Err(RecvError::Closed) => return None,
                 },

@@ -24,6 +24,7 @@ fn health_name(h: pb::Health) -> &'static str {
         pb::Health::Healthy => "healthy",
         pb::Health::Degraded => "degraded",
         pb::Health::Unhealthy => "unhealthy",
+        pb::Health::Pending => "pending",
         pb::Health::Unspecified => "?",
     }
 }

@@ -10,6 +10,9 @@ pub enum Health {
     /// Nothing wrong.
     #[default]
     Healthy,
+    /// A device the hive added but has not measured yet. Never a hive's level: it
+    /// keeps the device out of placement, not the hive.
+    Pending,
     /// Usable, but something needs attention.
     Degraded,
     /// Do not place work here.
@@ -21,6 +24,7 @@ impl Health {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Healthy => "healthy",
+            Self::Pending => "pending",
             Self::Degraded => "degraded",
             Self::Unhealthy => "unhealthy",
         }

@@ -21,14 +21,20 @@ pub struct HiveSnapshot {
     pub identity: Option<Arc<HiveIdentity>>,
     /// Capabilities, once discovered.
     pub caps: Option<Arc<VersionedCapabilities>>,
-    /// The newest sample.
+    /// The newest applied sample.
     pub latest: Option<Arc<Sample>>,
-    /// When the queen received it (for its age).
+    /// When the queen received it (its age is judged on the queen's clock alone).
     pub latest_received: Option<Instant>,
+    /// Samples applied since the queen started managing this hive (watchers use it to
+    /// send each sample once, whatever the hive's clock says).
+    pub samples_applied: u64,
+    /// The hive's clock minus the queen's when its newest message arrived, in ms
+    /// (includes the network delay).
+    pub clock_skew_ms: Option<i64>,
     /// Health and reasons.
-    pub health: HealthReport,
+    pub health: Arc<HealthReport>,
     /// Windowed statistics.
-    pub stats: WindowStats,
+    pub stats: Arc<WindowStats>,
     /// Why the last connection ended or failed.
     pub last_error: Option<String>,
     /// Connection counters.
@@ -49,12 +55,14 @@ impl HiveSnapshot {
             caps: None,
             latest: None,
             latest_received: None,
-            health: HealthReport {
+            samples_applied: 0,
+            clock_skew_ms: None,
+            health: Arc::new(HealthReport {
                 health: Health::Unhealthy,
                 reasons: vec!["not connected yet".into()],
                 devices: vec![],
-            },
-            stats: WindowStats::default(),
+            }),
+            stats: Arc::default(),
             last_error: None,
             counters: Counters::default(),
             sample_interval,

@@ -9,7 +9,7 @@ use rbee_shared::{Sample, VersionedCapabilities};
 use crate::fleet::{ConnState, DeviceHealth, Health, HealthReport, Thresholds};
 
 /// What health is judged on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct HealthInput<'a> {
     /// The connection state.
     pub state: ConnState,
@@ -25,6 +25,9 @@ pub struct HealthInput<'a> {
     pub caps: Option<&'a VersionedCapabilities>,
     /// CPU mean over the health window.
     pub cpu_window_mean: Option<f32>,
+    /// True for a GPU the hive added after the newest sample was measured: it has no
+    /// reading yet, and is `pending` rather than missing.
+    pub pending: &'a dyn Fn(&str) -> bool,
 }
 
 fn push(report: &mut HealthReport, level: Health, reason: String) {
@@ -88,6 +91,10 @@ pub fn evaluate(input: &HealthInput<'_>, t: &Thresholds) -> HealthReport {
                 };
                 let name = format!("gpu{}", gpu.index);
                 match s.gpus.iter().find(|g| g.id == gpu.id) {
+                    None if (input.pending)(&gpu.id) => {
+                        d.health = Health::Pending;
+                        d.reasons.push(format!("{name} pending: added since the latest sample"));
+                    }
                     None => flag(Health::Unhealthy, format!("{name} missing from the latest sample")),
                     Some(g) => {
                         if let Some(temp) = g.temperature_c {
@@ -126,8 +133,11 @@ pub fn evaluate(input: &HealthInput<'_>, t: &Thresholds) -> HealthReport {
                         }
                     }
                 }
-                r.health = r.health.max(d.health);
-                r.reasons.extend(d.reasons.iter().cloned());
+                // A pending device waits for its first reading; it is no problem of the hive's.
+                if d.health != Health::Pending {
+                    r.health = r.health.max(d.health);
+                    r.reasons.extend(d.reasons.iter().cloned());
+                }
                 r.devices.push(d);
             }
         }
@@ -183,6 +193,7 @@ mod tests {
             sample: Some(s),
             caps: Some(c),
             cpu_window_mean: Some(20.0),
+            pending: &|_| false,
         }
     }
 

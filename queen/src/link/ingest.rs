@@ -4,7 +4,11 @@
 
 use std::sync::Arc;
 
+use std::collections::HashMap;
+
 use rbee_shared::{HiveIdentity, HivePayload, HiveStreamMessage, Sample, VersionedCapabilities};
+
+use super::error::IngestError;
 
 /// What one message did.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,7 +28,7 @@ pub enum Outcome {
     /// A diff dropped while waiting for the snapshot.
     Dropped,
     /// The hive's identity changed under the same address: refuse the connection.
-    Refused(String),
+    Refused(IngestError),
 }
 
 /// The queen's view of one hive's identity and capabilities.
@@ -36,6 +40,9 @@ pub struct IngestState {
     pub caps: Option<Arc<VersionedCapabilities>>,
     /// A resync was asked for; diffs are dropped until the snapshot arrives.
     pub awaiting_resync: bool,
+    /// Per GPU id, the capability version it arrived with (0: known from the start).
+    /// A sample measured against an older version cannot name it yet.
+    added_in: HashMap<String, u64>,
     /// The last sequence number seen on the current stream.
     last_seq: u64,
 }
@@ -43,13 +50,14 @@ pub struct IngestState {
 impl IngestState {
     /// Takes a full identity and capability set (from `Discover` or a snapshot).
     /// Returns whether it is a new epoch, or `Err` if the hive id changed.
-    pub fn replace(&mut self, identity: HiveIdentity, caps: VersionedCapabilities) -> Result<bool, String> {
+    pub fn replace(
+        &mut self,
+        identity: HiveIdentity,
+        caps: VersionedCapabilities,
+    ) -> Result<bool, IngestError> {
         let restarted = match &self.identity {
             Some(old) if old.hive_id != identity.hive_id => {
-                return Err(format!(
-                    "the hive at this address changed its id from {:?} to {:?}",
-                    old.hive_id, identity.hive_id
-                ));
+                return Err(IngestError::IdChanged { from: old.hive_id.clone(), to: identity.hive_id });
             }
             Some(old) => old.epoch != identity.epoch,
             None => false,
@@ -58,15 +66,35 @@ impl IngestState {
             && let Some(held) = &self.caps
             && caps.version < held.version
         {
-            return Err(format!(
-                "capability version went backwards from {} to {} within epoch {}",
-                held.version, caps.version, identity.epoch
-            ));
+            return Err(IngestError::VersionBackwards {
+                from: held.version,
+                to: caps.version,
+                epoch: identity.epoch,
+            });
         }
+        // GPUs new to the queen within an epoch are as new as this snapshot; the rest
+        // keep the version they arrived with. A new epoch starts from scratch.
+        let fresh = if restarted || self.caps.is_none() { 0 } else { caps.version };
+        let mut added_in = HashMap::with_capacity(caps.caps.gpus.len());
+        for id in caps.caps.gpus.keys() {
+            let since = if restarted { None } else { self.added_in.get(id).copied() };
+            added_in.insert(id.clone(), since.unwrap_or(fresh));
+        }
+        self.added_in = added_in;
         self.identity = Some(Arc::new(identity));
         self.caps = Some(Arc::new(caps));
         self.awaiting_resync = false;
         Ok(restarted)
+    }
+
+    /// The capability version a GPU arrived with, if the queen holds it.
+    pub fn added_in(&self, id: &str) -> Option<u64> {
+        self.added_in.get(id).copied()
+    }
+
+    /// The capability version held, 0 before any.
+    pub fn version(&self) -> u64 {
+        self.caps.as_ref().map_or(0, |c| c.version)
     }
 
     /// A new stream starts: sequence numbers start again.
@@ -106,6 +134,12 @@ impl IngestState {
                 let mut next = VersionedCapabilities::clone(held);
                 match diff.apply_to(&mut next) {
                     Ok(()) => {
+                        for id in &diff.gpus_removed {
+                            self.added_in.remove(id);
+                        }
+                        for gpu in &diff.gpus_added {
+                            self.added_in.insert(gpu.id.clone(), diff.new_version);
+                        }
                         self.caps = Some(Arc::new(next));
                         Outcome::Diff
                     }
@@ -228,7 +262,10 @@ mod tests {
         let mut s = IngestState::default();
         s.start_stream();
         s.apply(msg(1, snapshot("e1", 5)));
-        assert!(matches!(s.apply(msg(2, snapshot("e1", 3))), Outcome::Refused(r) if r.contains("backwards")));
+        assert!(matches!(
+            s.apply(msg(2, snapshot("e1", 3))),
+            Outcome::Refused(IngestError::VersionBackwards { .. })
+        ));
         assert_eq!(s.caps.as_ref().unwrap().version, 5);
         assert_eq!(
             s.apply(msg(3, snapshot("e2", 1))),

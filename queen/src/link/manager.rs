@@ -1,8 +1,9 @@
-//! One connection manager per hive: Discover, then hold the MetricsStream; detect
-//! silence (stale, then lost) and broken connections (lost at once); reconnect with
-//! exponential backoff and jitter; publish every change as a new snapshot.
+//! One link per hive: Discover, then hold the MetricsStream; judge freshness by the
+//! last *applied* sample (stale, then lost, whatever else arrives); bound how long a
+//! resync may go unanswered; reconnect with exponential backoff and jitter; publish
+//! every change as a new snapshot.
 //!
-//! The manager is the only writer of its hive's view, so ingest takes no shared lock.
+//! The link is the only writer of its hive's view, so ingest takes no shared lock.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,8 +19,10 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::LinkSettings;
 use super::backoff::Backoff;
+use super::error::{LinkError, status_text};
 use super::health::{HealthInput, evaluate};
 use super::ingest::{IngestState, Outcome};
+use super::warn::WarnLimiter;
 use super::window::SampleWindow;
 use crate::fleet::address::is_loopback_address;
 use crate::fleet::{ConnState, Fleet, FleetEvent, FleetSettings, HiveSnapshot, NewHive};
@@ -27,15 +30,18 @@ use crate::fleet::{ConnState, Fleet, FleetEvent, FleetSettings, HiveSnapshot, Ne
 /// Largest message the queen accepts from a hive.
 pub const MAX_HIVE_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
+/// Shortest bound on an unanswered resync.
+const MIN_RESYNC_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Why a connection ended.
 enum End {
     /// Removed or shutting down.
     Cancelled,
     /// Failed; the reason is shown to users.
-    Failed(String),
+    Failed(LinkError),
 }
 
-/// The manager's working state; published as `HiveSnapshot`s.
+/// The link's working state; published as `HiveSnapshot`s.
 struct Manager {
     /// The fleet (settings, events, id conflicts).
     fleet: Arc<Fleet>,
@@ -49,33 +55,47 @@ struct Manager {
     ingest: IngestState,
     /// Recent samples.
     window: SampleWindow,
+    /// The capability version the newest sample was measured against.
+    sample_version: u64,
     /// A validation failure, until a good snapshot replaces it.
     invalid: Option<String>,
-    /// When the last message arrived on the current stream.
-    last_rx: Instant,
+    /// When the last sample was applied (or the stream opened, before the first):
+    /// freshness follows this clock alone.
+    last_applied: Instant,
+    /// When a resync was asked for and not yet answered.
+    resync_since: Option<Instant>,
+    /// The window's clock.
+    started: Instant,
+    /// Repeated warnings about this hive, rate-limited.
+    warnings: WarnLimiter,
 }
 
-/// Runs the manager for one hive until `cancel`.
+/// Runs the link for one hive until it is cancelled.
 pub(super) async fn manage(hive: NewHive, link: Arc<LinkSettings>) {
     let NewHive { fleet, publish: tx, cancel } = hive;
     let settings = fleet.settings().clone();
     let view = HiveSnapshot::clone(&tx.borrow());
     let mut m = Manager {
-        window: SampleWindow::new(settings.history),
+        window: SampleWindow::new(settings.history, settings.stats_window, settings.thresholds.cpu_window),
         fleet,
         link: link.clone(),
         tx,
         view,
         ingest: IngestState::default(),
+        sample_version: 0,
         invalid: None,
-        last_rx: Instant::now(),
+        last_applied: Instant::now(),
+        resync_since: None,
+        started: Instant::now(),
+        warnings: WarnLimiter::new(Duration::from_secs(10)),
     };
     let mut backoff = Backoff { min: link.backoff_min, max: link.backoff_max, attempt: 0 };
     loop {
         m.set_state(ConnState::Connecting, "dialing");
         let reached_online = match m.session(&cancel).await {
             (End::Cancelled, _) => break,
-            (End::Failed(reason), online) => {
+            (End::Failed(error), online) => {
+                let reason = error.to_string();
                 tracing::info!(address = %m.view.address, %reason, "hive connection ended");
                 m.view.last_error = Some(reason.clone());
                 m.set_state(ConnState::Lost, &reason);
@@ -102,31 +122,32 @@ fn same_problems(a: &[String], b: &[String]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| key(x) == key(y))
 }
 
-fn status_text(s: &tonic::Status) -> String {
-    if s.message().is_empty() {
-        format!("{:?}", s.code())
-    } else {
-        format!("{:?}: {}", s.code(), s.message())
-    }
-}
-
 impl Manager {
     fn settings(&self) -> &FleetSettings {
         self.fleet.settings()
     }
 
+    /// How long a resync may go unanswered before the link reconnects.
+    fn resync_timeout(&self) -> Duration {
+        self.settings().stale_after().max(MIN_RESYNC_TIMEOUT)
+    }
+
     /// Recomputes health and publishes the view; emits state and health events.
     fn publish(&mut self) {
+        let ingest = &self.ingest;
+        let sample_version = self.sample_version;
+        let pending = |id: &str| ingest.added_in(id).is_some_and(|v| v > sample_version);
         let input = HealthInput {
             state: self.view.state,
-            silence: Some(self.last_rx.elapsed()),
+            silence: Some(self.last_applied.elapsed()),
             last_error: self.view.last_error.as_deref(),
             invalid: self.invalid.as_deref(),
             sample: self.view.latest.as_deref(),
             caps: self.view.caps.as_deref(),
-            cpu_window_mean: self.window.cpu_mean(self.settings().thresholds.cpu_window),
+            cpu_window_mean: self.window.cpu_mean(),
+            pending: &pending,
         };
-        let report = evaluate(&input, &self.settings().thresholds);
+        let report = Arc::new(evaluate(&input, &self.fleet.settings().thresholds));
         let before = std::mem::replace(&mut self.view.health, report);
         let snapshot = Arc::new(self.view.clone());
         self.tx.send_replace(snapshot.clone());
@@ -150,12 +171,9 @@ impl Manager {
         self.fleet.emit(FleetEvent::StateChanged { hive, from, reason: reason.to_owned() });
     }
 
-    fn take_full(&mut self, identity: HiveIdentity, caps: VersionedCapabilities) -> Result<(), String> {
+    fn take_full(&mut self, identity: HiveIdentity, caps: VersionedCapabilities) -> Result<(), LinkError> {
         if let Some(holder) = self.fleet.holder_of(&identity.hive_id, &self.view.address) {
-            return Err(format!(
-                "hive id {:?} is already managed at {holder}; refusing a second address",
-                identity.hive_id
-            ));
+            return Err(LinkError::IdConflict { id: identity.hive_id, holder });
         }
         let changed =
             self.ingest.caps.as_deref() != Some(&caps) || self.ingest.identity.as_deref() != Some(&identity);
@@ -170,6 +188,9 @@ impl Manager {
     fn caps_changed(&mut self, restarted: bool) {
         if restarted {
             self.view.counters.restarts += 1;
+            // The old process's last reading says nothing about the new one's devices.
+            self.view.latest = None;
+            self.sample_version = 0;
             tracing::info!(address = %self.view.address, "hive restarted (new epoch); took its snapshot whole");
         }
         self.view.identity = self.ingest.identity.clone();
@@ -182,28 +203,32 @@ impl Manager {
     }
 
     fn take_sample(&mut self, sample: Sample) {
-        self.window.push(&sample);
-        self.view.stats = self.window.stats(self.settings().stats_window);
+        let received_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.window.push(&sample, received_ms);
+        self.view.stats = Arc::new(self.window.stats());
+        self.sample_version = self.ingest.version();
         self.view.latest = Some(Arc::new(sample));
         self.view.latest_received = Some(std::time::Instant::now());
-        self.publish();
+        self.view.samples_applied += 1;
+        self.last_applied = Instant::now();
+        if self.view.state == ConnState::Stale {
+            self.set_state(ConnState::Online, "samples apply again");
+        } else {
+            self.publish();
+        }
     }
 
-    async fn connect(&self) -> Result<HiveClient<Channel>, String> {
+    async fn connect(&self) -> Result<HiveClient<Channel>, LinkError> {
         let s = &self.link;
-        let mut endpoint =
-            Endpoint::from_shared(self.view.address.clone()).map_err(|e| format!("bad address: {e}"))?;
+        let mut endpoint = Endpoint::from_shared(self.view.address.clone())
+            .map_err(|e| LinkError::BadAddress(e.to_string()))?;
         match (&s.hive_tls, self.view.address.starts_with("https://")) {
             (Some(tls), true) => {
-                endpoint = endpoint.tls_config(tls.clone()).map_err(|e| format!("TLS set-up: {e}"))?;
+                endpoint = endpoint.tls_config(tls.clone()).map_err(|e| LinkError::Tls(e.to_string()))?;
             }
-            (None, true) => {
-                return Err("an https:// hive needs --hive-ca (and the queen's certificate)".into());
-            }
+            (None, true) => return Err(LinkError::TlsNotConfigured),
             (Some(_), false) if !is_loopback_address(&self.view.address) => {
-                return Err(
-                    "plaintext to a non-loopback hive is refused while --hive-ca is set; use https://".into(),
-                );
+                return Err(LinkError::PlaintextRefused);
             }
             _ => {}
         }
@@ -216,113 +241,145 @@ impl Manager {
             .tcp_nodelay(true);
         let channel = tokio::time::timeout(s.connect_timeout, endpoint.connect())
             .await
-            .map_err(|_| "connect timed out".to_owned())?
-            .map_err(|e| format!("cannot connect: {e}"))?;
+            .map_err(|_| LinkError::ConnectTimeout)?
+            .map_err(|e| LinkError::Connect(e.to_string()))?;
         Ok(HiveClient::new(channel).max_decoding_message_size(MAX_HIVE_MESSAGE_BYTES))
+    }
+
+    /// Dials, discovers and opens the stream.
+    async fn open(
+        &mut self,
+    ) -> Result<(tonic::Streaming<pb::HiveMessage>, mpsc::Sender<pb::QueenMessage>), LinkError> {
+        let mut client = self.connect().await?;
+        let discover =
+            tokio::time::timeout(self.link.connect_timeout, client.discover(pb::DiscoverRequest {}))
+                .await
+                .map_err(|_| LinkError::Timeout("Discover"))?
+                .map_err(|s| LinkError::Rpc { rpc: "Discover", status: status_text(&s) })?
+                .into_inner();
+        let missing = |field: &str| rbee_shared::ConvertError::new(field, "missing");
+        let identity =
+            HiveIdentity::try_from(discover.identity.as_ref().ok_or_else(|| missing("identity"))?)?;
+        let caps = VersionedCapabilities::try_from(
+            discover.capabilities.as_ref().ok_or_else(|| missing("capabilities"))?,
+        )?;
+        let (epoch, version) = (identity.epoch.clone(), caps.version);
+        self.take_full(identity, caps)?;
+        let (out, out_rx) = mpsc::channel::<pb::QueenMessage>(4);
+        let first = pb::QueenMessage {
+            sample_interval_ms: Some(self.view.sample_interval.as_millis() as u32),
+            known_epoch: Some(epoch),
+            known_capability_version: Some(version),
+            resync: false,
+        };
+        // A new channel has room for the first message.
+        let _ = out.try_send(first);
+        let open = client.metrics_stream(ReceiverStream::new(out_rx));
+        let inbound = tokio::time::timeout(self.link.connect_timeout, open)
+            .await
+            .map_err(|_| LinkError::Timeout("MetricsStream"))?
+            .map_err(|s| LinkError::Rpc { rpc: "MetricsStream", status: status_text(&s) })?
+            .into_inner();
+        Ok((inbound, out))
     }
 
     /// One connection: returns why it ended and whether it reached `online`.
     async fn session(&mut self, cancel: &CancellationToken) -> (End, bool) {
-        let attempt = async {
-            let mut client = self.connect().await?;
-            let discover =
-                tokio::time::timeout(self.link.connect_timeout, client.discover(pb::DiscoverRequest {}))
-                    .await
-                    .map_err(|_| "Discover timed out".to_owned())?
-                    .map_err(|s| format!("Discover failed: {}", status_text(&s)))?
-                    .into_inner();
-            let identity = discover.identity.as_ref().ok_or("Discover returned no identity")?;
-            let identity = HiveIdentity::try_from(identity).map_err(|e| format!("Discover: {e}"))?;
-            let caps = discover.capabilities.as_ref().ok_or("Discover returned no capabilities")?;
-            let caps = VersionedCapabilities::try_from(caps).map_err(|e| format!("Discover: {e}"))?;
-            self.take_full(identity, caps)?;
-            let (out, out_rx) = mpsc::channel::<pb::QueenMessage>(4);
-            let (epoch, version) = self.ingest.resume_point().ok_or("no resume point after Discover")?;
-            let first = pb::QueenMessage {
-                sample_interval_ms: Some(self.view.sample_interval.as_millis() as u32),
-                known_epoch: Some(epoch),
-                known_capability_version: Some(version),
-                resync: false,
-            };
-            out.try_send(first).map_err(|_| "cannot queue the subscription")?;
-            let inbound = client
-                .metrics_stream(ReceiverStream::new(out_rx))
-                .await
-                .map_err(|s| format!("MetricsStream failed: {}", status_text(&s)))?
-                .into_inner();
-            Ok::<_, String>((inbound, out))
-        };
         let (mut inbound, out) = tokio::select! {
             () = cancel.cancelled() => return (End::Cancelled, false),
-            r = attempt => match r {
+            r = self.open() => match r {
                 Ok(ok) => ok,
-                Err(reason) => return (End::Failed(reason), false),
+                Err(error) => return (End::Failed(error), false),
             },
         };
         self.ingest.start_stream();
-        self.last_rx = Instant::now();
+        self.resync_since = None;
+        // The first sample is due within the stale bound of the stream opening.
+        self.last_applied = Instant::now();
         self.set_state(ConnState::Online, "streaming");
         let stale_after = self.settings().stale_after();
         let lost_after = self.settings().lost_timeout;
         loop {
-            let silent_for = self.last_rx.elapsed();
-            let wake = if silent_for < stale_after {
-                self.last_rx + stale_after
-            } else {
+            let mut wake = if self.view.state == ConnState::Stale {
                 // While stale, refresh "no sample for N s" every second until lost.
-                (Instant::now() + Duration::from_secs(1)).min(self.last_rx + lost_after)
+                (Instant::now() + Duration::from_secs(1)).min(self.last_applied + lost_after)
+            } else {
+                self.last_applied + stale_after
             };
+            if let Some(since) = self.resync_since {
+                wake = wake.min(since + self.resync_timeout());
+            }
             tokio::select! {
                 () = cancel.cancelled() => return (End::Cancelled, true),
                 message = inbound.message() => match message {
                     Ok(Some(m)) => {
-                        self.last_rx = Instant::now();
-                        if self.view.state == ConnState::Stale {
-                            self.set_state(ConnState::Online, "messages flow again");
-                        }
-                        if let Err(reason) = self.handle(&m, &out) {
-                            return (End::Failed(reason), true);
+                        if let Err(error) = self.handle(&m, &out) {
+                            return (End::Failed(error), true);
                         }
                     }
-                    Ok(None) => return (End::Failed("the hive ended the stream".into()), true),
-                    Err(s) => return (End::Failed(format!("stream broke: {}", status_text(&s))), true),
+                    Ok(None) => return (End::Failed(LinkError::Ended), true),
+                    Err(s) => return (End::Failed(LinkError::Broken(status_text(&s))), true),
                 },
-                () = tokio::time::sleep_until(wake) => {
-                    let silent_for = self.last_rx.elapsed();
-                    if silent_for >= lost_after {
-                        return (End::Failed(format!("no message for {:.1} s", silent_for.as_secs_f64())), true);
-                    }
-                    if silent_for >= stale_after {
-                        if self.view.state == ConnState::Stale {
-                            self.publish();
-                        } else {
-                            let reason = format!("no message for {:.1} s", silent_for.as_secs_f64());
-                            self.set_state(ConnState::Stale, &reason);
-                        }
-                    }
-                }
+                () = tokio::time::sleep_until(wake) => {}
+            }
+            if let Some(error) = self.check_freshness(stale_after, lost_after) {
+                return (End::Failed(error), true);
             }
         }
     }
 
+    /// Applies the freshness rules: stale, lost, an unanswered resync. Runs after every
+    /// message and timer, so a stream of messages that never apply cannot keep a hive
+    /// fresh.
+    fn check_freshness(&mut self, stale_after: Duration, lost_after: Duration) -> Option<LinkError> {
+        if let Some(since) = self.resync_since
+            && since.elapsed() >= self.resync_timeout()
+        {
+            return Some(LinkError::ResyncUnanswered(since.elapsed()));
+        }
+        let quiet = self.last_applied.elapsed();
+        if quiet >= lost_after {
+            return Some(LinkError::NoSample(quiet));
+        }
+        if quiet >= stale_after {
+            if self.view.state == ConnState::Stale {
+                self.publish();
+            } else {
+                let reason = format!("no sample applied for {:.1} s", quiet.as_secs_f64());
+                self.set_state(ConnState::Stale, &reason);
+            }
+        }
+        None
+    }
+
+    /// Asks the hive for a snapshot, once per unanswered request.
+    fn ask_resync(&mut self, out: &mpsc::Sender<pb::QueenMessage>) {
+        if self.resync_since.is_some() {
+            return;
+        }
+        self.resync_since = Some(Instant::now());
+        self.view.counters.resyncs += 1;
+        // A new request finds room: at most one is outstanding.
+        let _ = out.try_send(pb::QueenMessage { resync: true, ..Default::default() });
+    }
+
     /// Applies one stream message. `Err` ends the connection.
-    fn handle(&mut self, m: &pb::HiveMessage, out: &mpsc::Sender<pb::QueenMessage>) -> Result<(), String> {
-        let resync = |view: &mut HiveSnapshot| {
-            view.counters.resyncs += 1;
-            // The channel holds a few messages; if it is full a resync is already queued.
-            let _ = out.try_send(pb::QueenMessage { resync: true, ..Default::default() });
-        };
+    fn handle(&mut self, m: &pb::HiveMessage, out: &mpsc::Sender<pb::QueenMessage>) -> Result<(), LinkError> {
+        if m.hive_time_unix_ms != 0 {
+            let now = rbee_shared::time::now_unix_ms();
+            self.view.clock_skew_ms = Some(m.hive_time_unix_ms as i64 - now as i64);
+        }
         let message = match HiveStreamMessage::try_from(m) {
             Ok(message) => message,
             Err(e) => {
                 self.view.counters.invalid_messages += 1;
-                tracing::warn!(address = %self.view.address, error = %e, "invalid message from hive; asking for a resync");
-                let first = self.invalid.is_none();
-                self.invalid = Some(e.to_string());
-                if first {
-                    self.ingest.awaiting_resync = true;
-                    resync(&mut self.view);
+                if let Some(suppressed) = self.warnings.allow() {
+                    tracing::warn!(address = %self.view.address, error = %e, suppressed,
+                        "invalid message from hive; asking for a resync");
                 }
+                self.invalid = Some(e.to_string());
+                self.ingest.awaiting_resync = true;
+                self.ask_resync(out);
                 self.publish();
                 return Ok(());
             }
@@ -330,18 +387,22 @@ impl Manager {
         match self.ingest.apply(message) {
             Outcome::Snapshot { restarted } => {
                 self.invalid = None;
+                self.resync_since = None;
                 self.caps_changed(restarted);
             }
             Outcome::Diff => self.caps_changed(false),
             Outcome::Sample(s) => self.take_sample(s),
             Outcome::NeedResync(reason) => {
                 self.view.counters.gaps += 1;
-                tracing::warn!(address = %self.view.address, %reason, "gap in the hive's stream; asking for a resync");
-                resync(&mut self.view);
+                if let Some(suppressed) = self.warnings.allow() {
+                    tracing::warn!(address = %self.view.address, %reason, suppressed,
+                        "gap in the hive's stream; asking for a resync");
+                }
+                self.ask_resync(out);
                 self.publish();
             }
             Outcome::Dropped => {}
-            Outcome::Refused(reason) => return Err(reason),
+            Outcome::Refused(error) => return Err(error.into()),
         }
         Ok(())
     }

@@ -4,14 +4,17 @@
 //! Imports the fleet and `rbee_shared`, nothing above.
 
 mod backoff;
+mod error;
 pub mod health;
 pub mod ingest;
 mod manager;
 mod settings;
+mod warn;
 pub mod window;
 
 use std::sync::Arc;
 
+pub use error::{IngestError, LinkError};
 pub use manager::MAX_HIVE_MESSAGE_BYTES;
 pub use settings::LinkSettings;
 

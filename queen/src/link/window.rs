@@ -1,5 +1,9 @@
 //! A ring buffer of recent samples per hive (default 300: 5 minutes at 1 Hz), with
 //! windowed mean and max. Entries are compact so that a large fleet stays small.
+//!
+//! Windows are measured on the queen's receive clock, not the hive's: a hive whose
+//! clock jumps cannot hide or stretch its own history. Each window keeps running sums
+//! and monotonic max queues, so a new sample costs O(GPUs), not O(window x GPUs).
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -15,14 +19,16 @@ struct GpuPoint {
     slot: u16,
     /// Utilisation, NaN when absent.
     util: f32,
-    /// VRAM used in MiB, `u32::MAX` when absent.
-    vram_used_mib: u32,
+    /// VRAM used in MiB, NaN when absent.
+    vram_used_mib: f32,
 }
 
 /// One compact sample.
 #[derive(Debug, Clone)]
 struct Entry {
-    /// When the sample was taken (hive clock), ms since the Unix epoch.
+    /// Position in the stream of entries (0, 1, 2, ...).
+    seq: u64,
+    /// When the queen received it, ms on the window's own clock.
     at_ms: u64,
     /// CPU%, NaN when absent.
     cpu: f32,
@@ -32,32 +38,113 @@ struct Entry {
     gpus: Box<[GpuPoint]>,
 }
 
-/// Mean and max over values, NaN skipped.
-#[derive(Default)]
-struct Agg {
+/// Running mean and max over a sliding range of values, NaN skipped.
+#[derive(Debug, Clone, Default)]
+struct Sliding {
+    /// Sum of the values in range.
     sum: f64,
+    /// How many.
     n: u32,
-    max: f32,
+    /// Candidates for the max, decreasing, with the entry they came from.
+    maxq: VecDeque<(u64, f32)>,
 }
 
-impl Agg {
-    fn add(&mut self, v: f32) {
+impl Sliding {
+    fn add(&mut self, seq: u64, v: f32) {
         if v.is_nan() {
             return;
         }
-        self.max = if self.n == 0 { v } else { self.max.max(v) };
         self.sum += f64::from(v);
         self.n += 1;
+        while self.maxq.back().is_some_and(|&(_, b)| b <= v) {
+            self.maxq.pop_back();
+        }
+        self.maxq.push_back((seq, v));
     }
+
+    fn remove(&mut self, seq: u64, v: f32) {
+        if v.is_nan() {
+            return;
+        }
+        self.n -= 1;
+        // Start from exact zero so that rounding never accumulates across windows.
+        self.sum = if self.n == 0 { 0.0 } else { self.sum - f64::from(v) };
+        if self.maxq.front().is_some_and(|&(s, _)| s == seq) {
+            self.maxq.pop_front();
+        }
+    }
+
     fn mean(&self) -> Option<f32> {
         (self.n > 0).then(|| (self.sum / f64::from(self.n)) as f32)
     }
+
     fn max(&self) -> Option<f32> {
-        (self.n > 0).then_some(self.max)
+        self.maxq.front().map(|&(_, v)| v)
     }
 }
 
-/// The ring buffer.
+/// The aggregates of one window length.
+#[derive(Debug, Clone)]
+struct Span {
+    /// Its length.
+    len_ms: u64,
+    /// The oldest entry inside it.
+    head: u64,
+    /// Entries inside it.
+    samples: u32,
+    /// CPU%.
+    cpu: Sliding,
+    /// RAM used %.
+    ram: Sliding,
+    /// Per GPU slot: utilisation.
+    util: Vec<Sliding>,
+    /// Per GPU slot: VRAM used (MiB).
+    vram: Vec<Sliding>,
+}
+
+impl Span {
+    fn new(len: Duration) -> Self {
+        Self {
+            len_ms: u64::try_from(len.as_millis()).unwrap_or(u64::MAX),
+            head: 0,
+            samples: 0,
+            cpu: Sliding::default(),
+            ram: Sliding::default(),
+            util: Vec::new(),
+            vram: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, e: &Entry) {
+        self.samples += 1;
+        self.cpu.add(e.seq, e.cpu);
+        self.ram.add(e.seq, e.ram);
+        for g in e.gpus.iter() {
+            let i = usize::from(g.slot);
+            if self.util.len() <= i {
+                self.util.resize_with(i + 1, Sliding::default);
+                self.vram.resize_with(i + 1, Sliding::default);
+            }
+            self.util[i].add(e.seq, g.util);
+            self.vram[i].add(e.seq, g.vram_used_mib);
+        }
+    }
+
+    fn remove(&mut self, e: &Entry) {
+        self.samples -= 1;
+        self.head = e.seq + 1;
+        self.cpu.remove(e.seq, e.cpu);
+        self.ram.remove(e.seq, e.ram);
+        for g in e.gpus.iter() {
+            let i = usize::from(g.slot);
+            self.util[i].remove(e.seq, g.util);
+            self.vram[i].remove(e.seq, g.vram_used_mib);
+        }
+    }
+}
+
+/// The ring buffer and its two windows: the reported statistics and the health rule's
+/// CPU mean.
 #[derive(Debug, Clone)]
 pub struct SampleWindow {
     /// Most entries kept.
@@ -66,12 +153,26 @@ pub struct SampleWindow {
     entries: VecDeque<Entry>,
     /// GPU ids, indexed by `GpuPoint::slot`.
     ids: Vec<String>,
+    /// The next entry's sequence number.
+    next_seq: u64,
+    /// The statistics window.
+    stats: Span,
+    /// The CPU window of the health rule.
+    cpu: Span,
 }
 
 impl SampleWindow {
-    /// A ring that keeps at most `capacity` samples.
-    pub fn new(capacity: usize) -> Self {
-        Self { capacity: capacity.max(1), entries: VecDeque::new(), ids: Vec::new() }
+    /// A ring that keeps at most `capacity` samples, with statistics over `stats_window`
+    /// and a CPU mean over `cpu_window`.
+    pub fn new(capacity: usize, stats_window: Duration, cpu_window: Duration) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            entries: VecDeque::new(),
+            ids: Vec::new(),
+            next_seq: 0,
+            stats: Span::new(stats_window),
+            cpu: Span::new(cpu_window),
+        }
     }
 
     fn slot(&mut self, id: &str) -> u16 {
@@ -84,12 +185,30 @@ impl SampleWindow {
         }
     }
 
-    /// Adds a sample, dropping the oldest when full.
-    pub fn push(&mut self, s: &Sample) {
+    /// Drops entries that fell out of a window by time.
+    fn trim(&mut self, newest_ms: u64) {
+        let Some(first) = self.entries.front().map(|e| e.seq) else { return };
+        for span in [&mut self.stats, &mut self.cpu] {
+            let from = newest_ms.saturating_sub(span.len_ms);
+            while let Some(e) = self.entries.get((span.head - first) as usize) {
+                if e.at_ms >= from {
+                    break;
+                }
+                span.remove(e);
+            }
+        }
+    }
+
+    /// Adds a sample received at `received_ms` (the queen's clock, ms since any fixed
+    /// point; never decreasing), dropping the oldest when full.
+    pub fn push(&mut self, s: &Sample, received_ms: u64) {
         if self.ids.len() > 4 * rbee_shared::convert::MAX_DEVICES {
             // Ids churned a lot (hot-plug storms): start the table afresh.
-            self.ids.clear();
-            self.entries.clear();
+            *self = Self::new(
+                self.capacity,
+                Duration::from_millis(self.stats.len_ms),
+                Duration::from_millis(self.cpu.len_ms),
+            );
         }
         let gpus = s
             .gpus
@@ -97,9 +216,7 @@ impl SampleWindow {
             .map(|g| GpuPoint {
                 slot: self.slot(&g.id),
                 util: g.gpu_util_percent.unwrap_or(f32::NAN),
-                vram_used_mib: g
-                    .vram_used_bytes
-                    .map_or(u32::MAX, |b| (b >> 20).min(u64::from(u32::MAX - 1)) as u32),
+                vram_used_mib: g.vram_used_bytes.map_or(f32::NAN, |b| (b >> 20) as f32),
             })
             .collect();
         let ram = if s.ram_total_bytes > 0 {
@@ -107,15 +224,23 @@ impl SampleWindow {
         } else {
             f32::NAN
         };
-        if self.entries.len() == self.capacity {
+        let at_ms = self.entries.back().map_or(received_ms, |e| e.at_ms.max(received_ms));
+        let entry = Entry { seq: self.next_seq, at_ms, cpu: s.cpu_percent.unwrap_or(f32::NAN), ram, gpus };
+        self.next_seq += 1;
+        self.stats.add(&entry);
+        self.cpu.add(&entry);
+        self.entries.push_back(entry);
+        // Leave the windows before leaving the ring, so their sums always match.
+        if self.entries.len() > self.capacity {
+            let oldest = self.entries.front().map_or(0, |e| e.seq);
+            for span in [&mut self.stats, &mut self.cpu] {
+                if span.head == oldest {
+                    span.remove(&self.entries[0]);
+                }
+            }
             self.entries.pop_front();
         }
-        self.entries.push_back(Entry {
-            at_ms: s.taken_at_unix_ms,
-            cpu: s.cpu_percent.unwrap_or(f32::NAN),
-            ram,
-            gpus,
-        });
+        self.trim(at_ms);
     }
 
     /// Samples held.
@@ -128,59 +253,38 @@ impl SampleWindow {
         self.entries.is_empty()
     }
 
-    fn recent(&self, window: Duration) -> impl Iterator<Item = &Entry> {
-        let newest = self.entries.back().map_or(0, |e| e.at_ms);
-        let from = newest.saturating_sub(window.as_millis() as u64);
-        self.entries.iter().rev().take_while(move |e| e.at_ms >= from)
+    /// Mean CPU% over the CPU window.
+    pub fn cpu_mean(&self) -> Option<f32> {
+        self.cpu.cpu.mean()
     }
 
-    /// Mean CPU% over the newest `window` of samples.
-    pub fn cpu_mean(&self, window: Duration) -> Option<f32> {
-        let mut a = Agg::default();
-        self.recent(window).for_each(|e| a.add(e.cpu));
-        a.mean()
-    }
-
-    /// Mean and max over the newest `window` of samples (measured on the hive's clock).
-    pub fn stats(&self, window: Duration) -> WindowStats {
-        let (mut cpu, mut ram, mut n) = (Agg::default(), Agg::default(), 0u32);
-        let mut util: Vec<Agg> = Vec::new();
-        let mut vram: Vec<Option<u32>> = Vec::new();
-        util.resize_with(self.ids.len(), Agg::default);
-        vram.resize(self.ids.len(), None);
-        for e in self.recent(window) {
-            n += 1;
-            cpu.add(e.cpu);
-            ram.add(e.ram);
-            for g in e.gpus.iter() {
-                let i = usize::from(g.slot);
-                util[i].add(g.util);
-                if g.vram_used_mib != u32::MAX {
-                    vram[i] = Some(vram[i].map_or(g.vram_used_mib, |v| v.max(g.vram_used_mib)));
-                }
-            }
-        }
-        let latest: Vec<u16> =
-            self.entries.back().map(|e| e.gpus.iter().map(|g| g.slot).collect()).unwrap_or_default();
+    /// Mean and max over the statistics window, for the GPUs of the newest sample.
+    pub fn stats(&self) -> WindowStats {
+        let span = &self.stats;
+        let newest = self.entries.back();
         WindowStats {
-            window_ms: window.as_millis() as u64,
-            samples: n,
-            cpu_mean_percent: cpu.mean(),
-            cpu_max_percent: cpu.max(),
-            ram_used_mean_percent: ram.mean(),
-            ram_used_max_percent: ram.max(),
-            gpus: latest
-                .into_iter()
-                .map(|slot| {
-                    let i = usize::from(slot);
-                    GpuStats {
-                        device_id: self.ids[i].clone(),
-                        util_mean_percent: util[i].mean(),
-                        util_max_percent: util[i].max(),
-                        vram_used_max_bytes: vram[i].map(|m| u64::from(m) << 20),
-                    }
+            window_ms: span.len_ms,
+            samples: span.samples,
+            cpu_mean_percent: span.cpu.mean(),
+            cpu_max_percent: span.cpu.max(),
+            ram_used_mean_percent: span.ram.mean(),
+            ram_used_max_percent: span.ram.max(),
+            gpus: newest
+                .map(|e| {
+                    e.gpus
+                        .iter()
+                        .map(|g| {
+                            let i = usize::from(g.slot);
+                            GpuStats {
+                                device_id: self.ids[i].clone(),
+                                util_mean_percent: span.util[i].mean(),
+                                util_max_percent: span.util[i].max(),
+                                vram_used_max_bytes: span.vram[i].max().map(|m| (m as u64) << 20),
+                            }
+                        })
+                        .collect()
                 })
-                .collect(),
+                .unwrap_or_default(),
         }
     }
 }
@@ -188,11 +292,11 @@ impl SampleWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use rbee_shared::GpuSample;
 
-    fn s(at_ms: u64, cpu: f32, util: f32) -> Sample {
+    fn s(cpu: f32, util: f32) -> Sample {
         Sample {
-            taken_at_unix_ms: at_ms,
             cpu_percent: Some(cpu),
             ram_total_bytes: 100,
             ram_used_bytes: 50,
@@ -206,23 +310,28 @@ mod tests {
         }
     }
 
+    fn window(capacity: usize, secs: u64) -> SampleWindow {
+        SampleWindow::new(capacity, Duration::from_secs(secs), Duration::from_secs(secs))
+    }
+
     #[test]
     fn keeps_at_most_capacity() {
-        let mut w = SampleWindow::new(3);
+        let mut w = window(3, 60);
         for i in 0..10 {
-            w.push(&s(i * 1000, 1.0, 1.0));
+            w.push(&s(1.0, 1.0), i * 1000);
         }
         assert_eq!(w.len(), 3);
+        assert_eq!(w.stats().samples, 3, "the window never counts what the ring dropped");
     }
 
     #[test]
     fn mean_and_max_cover_only_the_window() {
-        let mut w = SampleWindow::new(300);
-        w.push(&s(0, 100.0, 100.0));
+        let mut w = window(300, 10);
+        w.push(&s(100.0, 100.0), 0);
         for i in 1..=10 {
-            w.push(&s(60_000 + i * 1000, 10.0 * i as f32, 50.0));
+            w.push(&s(10.0 * i as f32, 50.0), 60_000 + i * 1000);
         }
-        let st = w.stats(Duration::from_secs(10));
+        let st = w.stats();
         assert_eq!(st.samples, 10);
         assert_eq!(st.cpu_max_percent, Some(100.0));
         assert_eq!(st.cpu_mean_percent, Some(55.0));
@@ -233,9 +342,58 @@ mod tests {
 
     #[test]
     fn absent_metrics_stay_absent() {
-        let mut w = SampleWindow::new(10);
-        w.push(&Sample { taken_at_unix_ms: 1, ..Default::default() });
-        let st = w.stats(Duration::from_secs(60));
+        let mut w = window(10, 60);
+        w.push(&Sample { taken_at_unix_ms: 1, ..Default::default() }, 1);
+        let st = w.stats();
         assert_eq!((st.samples, st.cpu_mean_percent, st.ram_used_mean_percent), (1, None, None));
+    }
+
+    #[test]
+    fn a_hive_clock_jump_does_not_hide_history() {
+        let mut w = window(300, 10);
+        let mut future = s(90.0, 1.0);
+        future.taken_at_unix_ms = u64::MAX / 2;
+        w.push(&future, 1_000);
+        w.push(&s(10.0, 1.0), 2_000);
+        assert_eq!(w.stats().samples, 2, "both are inside the window on the queen's clock");
+    }
+
+    /// The window over the naive recomputation it replaced.
+    fn naive(points: &[(u64, f32)], capacity: usize, len_ms: u64) -> (u32, Option<f32>, Option<f32>) {
+        let kept = &points[points.len().saturating_sub(capacity)..];
+        let newest = kept.last().map_or(0, |p| p.0);
+        let inside: Vec<f32> =
+            kept.iter().filter(|p| p.0 >= newest.saturating_sub(len_ms)).map(|p| p.1).collect();
+        let vals: Vec<f32> = inside.iter().copied().filter(|v| !v.is_nan()).collect();
+        let mean = (!vals.is_empty())
+            .then(|| (vals.iter().map(|v| f64::from(*v)).sum::<f64>() / vals.len() as f64) as f32);
+        let max = vals.iter().copied().reduce(f32::max);
+        (inside.len() as u32, mean, max)
+    }
+
+    proptest! {
+        #[test]
+        fn running_sums_match_a_full_recount(
+            steps in prop::collection::vec((0u64..3_000, prop_oneof![Just(f32::NAN), 0.0f32..100.0]), 1..200),
+            capacity in 1usize..50,
+            len_s in 1u64..20,
+        ) {
+            let mut w = window(capacity, len_s);
+            let mut at = 0;
+            let mut points = Vec::new();
+            for (gap, cpu) in steps {
+                at += gap;
+                w.push(&s(cpu, cpu), at);
+                points.push((at, cpu));
+                let (n, mean, max) = naive(&points, capacity, len_s * 1000);
+                let st = w.stats();
+                prop_assert_eq!(st.samples, n);
+                prop_assert_eq!(st.cpu_max_percent, max);
+                match (st.cpu_mean_percent, mean) {
+                    (Some(a), Some(b)) => prop_assert!((a - b).abs() < 1e-3, "{} vs {}", a, b),
+                    (a, b) => prop_assert_eq!(a, b),
+                }
+            }
+        }
     }
 }

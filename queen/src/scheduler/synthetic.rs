@@ -97,11 +97,13 @@ pub fn hive(
         caps: Some(Arc::new(VersionedCapabilities { version: 1, caps })),
         latest: Some(Arc::new(sample)),
         latest_received: Some(std::time::Instant::now()),
-        health: HealthReport {
+        samples_applied: 1,
+        clock_skew_ms: Some(0),
+        health: Arc::new(HealthReport {
             health: if online { Health::Healthy } else { Health::Degraded },
             reasons: if online { vec![] } else { vec![format!("no sample for {:.1} s", 4.0)] },
             devices,
-        },
+        }),
         stats: Default::default(),
         last_error: None,
         counters: Default::default(),

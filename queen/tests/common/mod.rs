@@ -20,6 +20,8 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
+pub mod scripted;
+
 /// How long any expected event may take before a test fails.
 pub const DEADLINE: Duration = Duration::from_secs(15);
 
@@ -172,13 +174,22 @@ pub async fn wait_for(
     mut done: impl FnMut(&[pb::HiveView]) -> bool,
 ) -> Vec<pb::HiveView> {
     let deadline = Instant::now() + DEADLINE;
+    // Subscribe first, then look: every change (and every sample) after the look wakes us.
+    let mut events = client
+        .watch_fleet(pb::WatchFleetRequest { sample_interval_ms: Some(100) })
+        .await
+        .expect("WatchFleet")
+        .into_inner();
     loop {
         let hives = client.list_hives(pb::ListHivesRequest {}).await.unwrap().into_inner().hives;
         if done(&hives) {
             return hives;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}; fleet: {hives:#?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        match tokio::time::timeout_at(deadline, events.message()).await {
+            Ok(Ok(Some(_))) => {}
+            Ok(other) => panic!("the watch ended while waiting for {what}: {other:?}"),
+            Err(_) => panic!("timed out waiting for {what}; fleet: {hives:#?}"),
+        }
     }
 }
 
@@ -195,11 +206,17 @@ impl Watch {
     }
 
     /// Skips events until `pick` returns `Some`; returns it and when it arrived.
-    pub async fn until<T>(
+    pub async fn until<T>(&mut self, pick: impl FnMut(&pb::fleet_event::Event) -> Option<T>) -> (T, Instant) {
+        self.until_within(DEADLINE, pick).await
+    }
+
+    /// Like [`Self::until`], with a deadline of `within` from now.
+    pub async fn until_within<T>(
         &mut self,
+        within: Duration,
         mut pick: impl FnMut(&pb::fleet_event::Event) -> Option<T>,
     ) -> (T, Instant) {
-        let deadline = Instant::now() + DEADLINE;
+        let deadline = Instant::now() + within;
         loop {
             let e = tokio::time::timeout_at(deadline, self.0.message())
                 .await

@@ -1,0 +1,106 @@
+//! Why a hive's link ended or was refused. Shown to users as the hive's `last_error`
+//! and in `lost:` health reasons, so every message is bounded and never carries the
+//! peer's response body.
+
+use std::time::Duration;
+
+use rbee_shared::ConvertError;
+
+/// What the queen refuses to take from a hive's stream.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IngestError {
+    /// The hive at this address now claims another id.
+    #[error("the hive at this address changed its id from {from:?} to {to:?}")]
+    IdChanged {
+        /// The id held.
+        from: String,
+        /// The id claimed.
+        to: String,
+    },
+    /// A snapshot moved the capability version backwards within one epoch.
+    #[error("capability version went backwards from {from} to {to} within epoch {epoch}")]
+    VersionBackwards {
+        /// The version held.
+        from: u64,
+        /// The version claimed.
+        to: u64,
+        /// The epoch.
+        epoch: String,
+    },
+}
+
+/// Why one connection to a hive ended.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    /// The address is not a valid endpoint.
+    #[error("bad address: {0}")]
+    BadAddress(String),
+    /// TLS could not be set up for the endpoint.
+    #[error("TLS set-up: {0}")]
+    Tls(String),
+    /// An `https://` hive, but no hive CA was configured.
+    #[error("an https:// hive needs --hive-ca (and the queen's certificate)")]
+    TlsNotConfigured,
+    /// Plaintext to a non-loopback hive while mutual TLS is configured.
+    #[error("plaintext to a non-loopback hive is refused while --hive-ca is set; use https://")]
+    PlaintextRefused,
+    /// Dialing took longer than the connect timeout.
+    #[error("connect timed out")]
+    ConnectTimeout,
+    /// Dialing failed.
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    /// An RPC took longer than the connect timeout.
+    #[error("{0} timed out")]
+    Timeout(&'static str),
+    /// An RPC answered an error.
+    #[error("{rpc} failed: {status}")]
+    Rpc {
+        /// Which call.
+        rpc: &'static str,
+        /// Its status code and bounded message.
+        status: String,
+    },
+    /// `Discover` answered something invalid.
+    #[error("Discover: {0}")]
+    Discover(#[from] ConvertError),
+    /// Another address already holds this hive's id.
+    #[error("hive id {id:?} is already managed at {holder}; refusing a second address")]
+    IdConflict {
+        /// The id claimed.
+        id: String,
+        /// The address that holds it.
+        holder: String,
+    },
+    /// The stream refused what the hive sent.
+    #[error(transparent)]
+    Refused(#[from] IngestError),
+    /// The hive closed the stream.
+    #[error("the hive ended the stream")]
+    Ended,
+    /// The stream failed.
+    #[error("stream broke: {0}")]
+    Broken(String),
+    /// No sample was applied for the lost timeout, whatever else arrived.
+    #[error("no sample applied for {:.1} s", .0.as_secs_f64())]
+    NoSample(Duration),
+    /// A resync was asked for and no snapshot came within the bound.
+    #[error("no snapshot {:.1} s after asking for a resync", .0.as_secs_f64())]
+    ResyncUnanswered(Duration),
+}
+
+/// Longest status message kept from a hive (it is shown to operators).
+const MAX_STATUS_CHARS: usize = 200;
+
+/// A status as `Code: message`, the message cut to a bounded length on a character
+/// boundary.
+pub fn status_text(s: &tonic::Status) -> String {
+    let message = s.message();
+    if message.is_empty() {
+        return format!("{:?}", s.code());
+    }
+    match message.char_indices().nth(MAX_STATUS_CHARS) {
+        Some((cut, _)) => format!("{:?}: {}… (cut)", s.code(), &message[..cut]),
+        None => format!("{:?}: {message}", s.code()),
+    }
+}
