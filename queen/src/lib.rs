@@ -11,6 +11,7 @@
 //! - [`link`]: the per-hive pipeline — dial, `Discover`, hold the `MetricsStream`,
 //!   ingest, window, health — which keeps each hive's view in the fleet current.
 //! - [`admission`]: which addresses the queen will dial, and how often hives may announce.
+//! - [`store`]: the hard state kept durably (reservations, run-time hives, policy).
 //! - [`scheduler`]: placement with Rhai policies, and the reservation books.
 //! - [`api`]: the gRPC services (Fleet, Scheduler, WatchFleet), auth and wire conversion.
 //! - [`config`]: `queen serve`'s flags and config file, merged into a [`QueenConfig`].
@@ -25,6 +26,7 @@ pub mod fleet;
 pub mod link;
 pub mod scheduler;
 mod server;
+pub mod store;
 
 pub use config::QueenConfig;
 pub use error::QueenError;

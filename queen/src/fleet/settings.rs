@@ -113,15 +113,11 @@ impl Default for Thresholds {
 impl Thresholds {
     /// Checks that every threshold is a sensible number.
     pub fn validate(&self) -> Result<(), QueenError> {
-        self.check().map_err(QueenError::Config)
-    }
-
-    fn check(&self) -> Result<(), String> {
         if !(self.cpu_degraded_percent.is_finite() && (0.0..=1000.0).contains(&self.cpu_degraded_percent)) {
-            return Err(format!(
+            return Err(QueenError::Config(format!(
                 "health.cpu_degraded_percent = {} must be in 0..=1000",
                 self.cpu_degraded_percent
-            ));
+            )));
         }
         for (name, v) in [
             ("ram_degraded_percent", self.ram_degraded_percent),
@@ -129,19 +125,23 @@ impl Thresholds {
             ("vram_degraded_percent", self.vram_degraded_percent),
         ] {
             if !(v.is_finite() && (0.0..=100.0).contains(&v)) {
-                return Err(format!("health.{name} = {v} must be in 0..=100"));
+                return Err(QueenError::Config(format!("health.{name} = {v} must be in 0..=100")));
             }
         }
         if self.ram_degraded_percent > self.ram_unhealthy_percent {
-            return Err("health.ram_degraded_percent must not exceed ram_unhealthy_percent".into());
+            return Err(QueenError::Config(
+                "health.ram_degraded_percent must not exceed ram_unhealthy_percent".into(),
+            ));
         }
         if !(self.gpu_temp_degraded_c.is_finite() && self.gpu_temp_unhealthy_c.is_finite())
             || self.gpu_temp_degraded_c > self.gpu_temp_unhealthy_c
         {
-            return Err("health.gpu_temp_degraded_c must be <= gpu_temp_unhealthy_c".into());
+            return Err(QueenError::Config(
+                "health.gpu_temp_degraded_c must be <= gpu_temp_unhealthy_c".into(),
+            ));
         }
         if self.cpu_window.is_zero() {
-            return Err("health.cpu_window must be > 0".into());
+            return Err(QueenError::Config("health.cpu_window must be > 0".into()));
         }
         Ok(())
     }

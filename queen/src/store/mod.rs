@@ -1,0 +1,292 @@
+//! The queen's hard state, kept durably: reservations (with their absolute expiry),
+//! hives added at run time (`AddHive`, `Announce`) and removed, and the fact of the
+//! last accepted policy. Telemetry is soft state that the hives' streams rebuild in
+//! seconds; none of it is stored.
+//!
+//! The embedded store is one [redb](https://www.redb.org) file under the state
+//! directory. Every write is one transaction committed with immediate durability
+//! (fsync'd before the call returns), so a `Place` that answered OK survives `kill -9`.
+//! This layer imports nothing of the queen's but its error type.
+
+mod records;
+
+use std::path::{Path, PathBuf};
+
+pub use records::{HiveRecord, PolicyRecord, ReservationRecord, Restored};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+
+/// Reservations by id (JSON records).
+const RESERVATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("reservations");
+/// Hives added or removed at run time, by address (JSON records).
+const HIVES: TableDefinition<&str, &[u8]> = TableDefinition::new("hives");
+/// Facts about the queen: the last accepted policy.
+const FACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("facts");
+/// The key of the last accepted policy in [`FACTS`].
+const POLICY: &str = "policy";
+
+/// The file inside the state directory.
+pub const STATE_FILE: &str = "queen.redb";
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The file could not be opened or read, or it is not a sound redb file.
+    #[error(
+        "the state store {path} cannot be opened: {reason}. The queen will not start without its \
+         reservations; restore a backup, or start with --reset-state to move the broken file aside \
+         and start empty"
+    )]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A read or write failed.
+    #[error("the state store {path}: {reason}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A record could not be decoded.
+    #[error("the state store {path} holds an unreadable {table} record {key:?}: {reason}")]
+    Record {
+        /// The file.
+        path: PathBuf,
+        /// The table.
+        table: &'static str,
+        /// The key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The embedded store.
+pub struct StateStore {
+    /// The open database.
+    db: Database,
+    /// Its file, for messages.
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateStore").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl StateStore {
+    /// Opens (or creates) the store in `dir`. A file that is not a sound store is an
+    /// error that names it; nothing is ever silently started afresh.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.join(STATE_FILE);
+        let fail = |reason: String| StoreError::Open { path: path.clone(), reason };
+        std::fs::create_dir_all(dir).map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
+        // redb checks its invariants with assertions; a corrupt file must be an error
+        // here, never a crash.
+        let opened = std::panic::catch_unwind(|| Database::create(&path))
+            .map_err(|_| fail("the file is corrupt".into()))?;
+        let db = opened.map_err(|e| fail(e.to_string()))?;
+        let store = Self { db, path };
+        // Create the tables, and read everything once: a broken record stops start-up.
+        store.write(|txn| {
+            txn.open_table(RESERVATIONS)?;
+            txn.open_table(HIVES)?;
+            txn.open_table(FACTS)?;
+            Ok(())
+        })?;
+        Ok(store)
+    }
+
+    /// Moves a broken store in `dir` aside (to `queen.redb.broken-UNIXMS`) and opens
+    /// a new, empty one. Returns the store and where the old file went.
+    pub fn reset(dir: &Path) -> Result<(Self, Option<PathBuf>), StoreError> {
+        let path = dir.join(STATE_FILE);
+        let aside = if path.exists() {
+            let to = dir.join(format!("{STATE_FILE}.broken-{}", rbee_shared::time::now_unix_ms()));
+            std::fs::rename(&path, &to).map_err(|e| StoreError::Open {
+                path: path.clone(),
+                reason: format!("cannot move it aside to {}: {e}", to.display()),
+            })?;
+            Some(to)
+        } else {
+            None
+        };
+        Ok((Self::open(dir)?, aside))
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn io(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Io { path: self.path.clone(), reason: e.to_string() }
+    }
+
+    /// Runs `f` in one write transaction and commits it durably.
+    fn write(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
+    ) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(|e| self.io(e))?;
+        txn.set_durability(Durability::Immediate).map_err(|e| self.io(e))?;
+        f(&txn).map_err(|e| self.io(e))?;
+        txn.commit().map_err(|e| self.io(e))
+    }
+
+    /// Everything kept, read in one transaction.
+    pub fn load(&self) -> Result<Restored, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.io(e))?;
+        let mut restored = Restored::default();
+        let reservations = txn.open_table(RESERVATIONS).map_err(|e| self.io(e))?;
+        for row in reservations.iter().map_err(|e| self.io(e))? {
+            let (k, v) = row.map_err(|e| self.io(e))?;
+            restored.reservations.push(self.decode("reservations", k.value(), v.value())?);
+        }
+        let hives = txn.open_table(HIVES).map_err(|e| self.io(e))?;
+        for row in hives.iter().map_err(|e| self.io(e))? {
+            let (k, v) = row.map_err(|e| self.io(e))?;
+            restored.hives.push(self.decode("hives", k.value(), v.value())?);
+        }
+        let facts = txn.open_table(FACTS).map_err(|e| self.io(e))?;
+        if let Some(v) = facts.get(POLICY).map_err(|e| self.io(e))? {
+            restored.policy = Some(self.decode("facts", POLICY, v.value())?);
+        }
+        Ok(restored)
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(
+        &self,
+        table: &'static str,
+        key: &str,
+        bytes: &[u8],
+    ) -> Result<T, StoreError> {
+        serde_json::from_slice(bytes).map_err(|e| StoreError::Record {
+            path: self.path.clone(),
+            table,
+            key: key.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Keeps (or updates) reservations, durably, in one transaction.
+    pub fn put_reservations(&self, records: &[ReservationRecord]) -> Result<(), StoreError> {
+        let encoded: Vec<(&str, Vec<u8>)> =
+            records.iter().map(|r| (r.id.as_str(), records::encode(r))).collect();
+        self.write(|txn| {
+            let mut table = txn.open_table(RESERVATIONS)?;
+            for (id, bytes) in &encoded {
+                table.insert(*id, bytes.as_slice())?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Forgets reservations, durably, in one transaction.
+    pub fn remove_reservations<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> Result<(), StoreError> {
+        let ids: Vec<&str> = ids.into_iter().collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.write(|txn| {
+            let mut table = txn.open_table(RESERVATIONS)?;
+            for id in &ids {
+                table.remove(*id)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Keeps a hive added or removed at run time.
+    pub fn put_hive(&self, record: &HiveRecord) -> Result<(), StoreError> {
+        let bytes = records::encode(record);
+        self.write(|txn| {
+            txn.open_table(HIVES)?.insert(record.address.as_str(), bytes.as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// Keeps the fact of the last accepted policy.
+    pub fn put_policy(&self, record: &PolicyRecord) -> Result<(), StoreError> {
+        let bytes = records::encode(record);
+        self.write(|txn| {
+            txn.open_table(FACTS)?.insert(POLICY, bytes.as_slice())?;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reservation(id: &str) -> ReservationRecord {
+        ReservationRecord {
+            id: id.into(),
+            hive_id: "h1".into(),
+            address: "http://127.0.0.1:7835".into(),
+            device_id: "GPU-0".into(),
+            model: "m".into(),
+            bytes: 60 << 30,
+            settled: false,
+            created_at_unix_ms: 1,
+            expires_at_unix_ms: 2,
+            baseline_bytes: 3,
+        }
+    }
+
+    #[test]
+    fn what_is_kept_comes_back_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = StateStore::open(dir.path()).unwrap();
+            store.put_reservations(&[reservation("a"), reservation("b"), reservation("c")]).unwrap();
+            store.remove_reservations(["b"]).unwrap();
+            store
+                .put_hive(&HiveRecord {
+                    address: "http://10.0.0.1:7835".into(),
+                    origin: "api".into(),
+                    removed: false,
+                })
+                .unwrap();
+            store
+                .put_policy(&PolicyRecord {
+                    source: "p.rhai".into(),
+                    accepted_at_unix_ms: 9,
+                    sha256: "x".into(),
+                })
+                .unwrap();
+        }
+        let store = StateStore::open(dir.path()).unwrap();
+        let restored = store.load().unwrap();
+        let ids: Vec<&str> = restored.reservations.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["a", "c"]);
+        assert_eq!(restored.reservations[0], reservation("a"));
+        assert_eq!(restored.hives.len(), 1);
+        assert_eq!(restored.policy.unwrap().source, "p.rhai");
+    }
+
+    #[test]
+    fn a_garbage_or_truncated_file_is_an_error_that_names_it_and_reset_moves_it_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = StateStore::open(dir.path()).unwrap();
+            store.put_reservations(&[reservation("a")]).unwrap();
+        }
+        let path = dir.path().join(STATE_FILE);
+        let full = std::fs::read(&path).unwrap();
+        for broken in [b"this is not a database".repeat(100), full[..full.len() / 3].to_vec()] {
+            std::fs::write(&path, &broken).unwrap();
+            let err = StateStore::open(dir.path()).and_then(|s| s.load()).unwrap_err().to_string();
+            assert!(err.contains(&path.display().to_string()), "{err}");
+            assert!(err.contains("--reset-state"), "{err}");
+        }
+        let (store, aside) = StateStore::reset(dir.path()).unwrap();
+        assert!(aside.unwrap().exists(), "the broken file is kept for inspection");
+        assert!(store.load().unwrap().reservations.is_empty());
+    }
+}
