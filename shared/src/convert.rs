@@ -7,18 +7,18 @@ use std::collections::{BTreeMap, HashMap};
 
 use rbee_proto::v1 as pb;
 
+pub use crate::labels::MAX_LABELS;
+use crate::stream_message::MAX_EPOCH_BYTES;
 use crate::{
     Backend, Capabilities, CapabilityDiff, ComputeCapability, ConvertError, CpuInfo, DeviceSourceKind,
-    GpuDevice, GpuSample, HiveIdentity, HivePayload, HiveStreamMessage, LoadAverage, MigMode, Sample,
-    SnapshotReason, VersionedCapabilities,
+    GpuDevice, GpuSample, HiveIdentity, HivePayload, HiveStreamMessage, KnownView, LoadAverage, MigMode,
+    QueenStreamMessage, Sample, SampleInterval, SnapshotReason, VersionedCapabilities,
 };
 
 /// Most GPUs one hive may report.
 pub const MAX_DEVICES: usize = 64;
 /// Longest string (bytes) any field may carry.
 pub const MAX_STRING_BYTES: usize = 256;
-/// Most labels one hive may carry.
-pub const MAX_LABELS: usize = 64;
 /// Most per-core CPU readings one sample may carry.
 pub const MAX_CORES: usize = 4096;
 
@@ -52,10 +52,8 @@ fn check_finite(field: &str, v: Option<f32>) -> Result<Option<f32>> {
 }
 
 fn labels_from_wire(field: &str, labels: &HashMap<String, String>) -> Result<BTreeMap<String, String>> {
-    if labels.len() > MAX_LABELS {
-        return Err(ConvertError::new(field, format!("{} labels > {MAX_LABELS}", labels.len())));
-    }
-    labels.iter().map(|(k, v)| Ok((check_str(field, k)?, check_str(field, v)?))).collect()
+    crate::labels::validate_labels(labels.iter()).map_err(|e| ConvertError::new(field, e.to_string()))?;
+    Ok(labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
 }
 
 fn labels_to_wire(labels: &BTreeMap<String, String>) -> HashMap<String, String> {
@@ -379,6 +377,7 @@ impl From<&Sample> for pb::Sample {
             swap_used_bytes: s.swap_used_bytes,
             uptime_s: s.uptime_s,
             gpus: s.gpus.iter().map(Into::into).collect(),
+            capability_version: s.capability_version,
         }
     }
 }
@@ -451,7 +450,81 @@ impl TryFrom<&pb::Sample> for Sample {
                 .enumerate()
                 .map(|(i, g)| gpu_sample_from_wire(&format!("sample.gpus[{i}]"), g))
                 .collect::<Result<_>>()?,
+            capability_version: s.capability_version,
         })
+    }
+}
+
+impl From<SnapshotReason> for pb::SnapshotReason {
+    fn from(r: SnapshotReason) -> Self {
+        match r {
+            SnapshotReason::Initial => pb::SnapshotReason::Initial,
+            SnapshotReason::Outdated => pb::SnapshotReason::Outdated,
+            SnapshotReason::Resync => pb::SnapshotReason::Resync,
+            SnapshotReason::Unspecified => pb::SnapshotReason::Unspecified,
+        }
+    }
+}
+
+impl From<&HivePayload> for pb::hive_message::Payload {
+    fn from(p: &HivePayload) -> Self {
+        use pb::hive_message::Payload;
+        match p {
+            HivePayload::Snapshot { reason, identity, capabilities } => Payload::Snapshot(pb::Snapshot {
+                reason: pb::SnapshotReason::from(*reason) as i32,
+                identity: Some(identity.into()),
+                capabilities: Some(capabilities.into()),
+            }),
+            HivePayload::Sample(s) => Payload::Sample(s.into()),
+            HivePayload::Diff(d) => Payload::Diff(d.into()),
+        }
+    }
+}
+
+impl From<&HiveStreamMessage> for pb::HiveMessage {
+    fn from(m: &HiveStreamMessage) -> Self {
+        Self { seq: m.seq, hive_time_unix_ms: m.hive_time_unix_ms, payload: Some((&m.payload).into()) }
+    }
+}
+
+impl From<&QueenStreamMessage> for pb::QueenMessage {
+    fn from(m: &QueenStreamMessage) -> Self {
+        Self {
+            sample_interval_ms: m.sample_interval.map(SampleInterval::as_millis_u32),
+            known_epoch: m.known.as_ref().map(|k| k.epoch.clone()),
+            known_capability_version: m.known.as_ref().map(|k| k.capability_version),
+            resync: m.resync,
+        }
+    }
+}
+
+impl TryFrom<&pb::QueenMessage> for QueenStreamMessage {
+    type Error = ConvertError;
+    fn try_from(m: &pb::QueenMessage) -> Result<Self> {
+        let sample_interval = m
+            .sample_interval_ms
+            .map(|ms| SampleInterval::from_millis(u64::from(ms)))
+            .transpose()
+            .map_err(|e| ConvertError::new("sample_interval_ms", e.to_string()))?;
+        let known = match (&m.known_epoch, m.known_capability_version) {
+            (None, None) => None,
+            (Some(epoch), Some(version)) => {
+                if epoch.is_empty() || epoch.len() > MAX_EPOCH_BYTES {
+                    return Err(ConvertError::new(
+                        "known_epoch",
+                        format!("must be 1..={MAX_EPOCH_BYTES} bytes, got {}", epoch.len()),
+                    ));
+                }
+                Some(KnownView { epoch: epoch.clone(), capability_version: version })
+            }
+            _ => {
+                return Err(ConvertError::new(
+                    "known_epoch",
+                    "known_epoch and known_capability_version must be set together",
+                ));
+            }
+        };
+        Ok(Self { sample_interval, known, resync: m.resync })
     }
 }
 
@@ -542,6 +615,55 @@ mod tests {
         assert_eq!(Sample::try_from(&wire).unwrap_err().field, "sample.cpu_percent");
         let wire = pb::Sample { cpu_per_core_percent: vec![5.0, 101.0], ..Default::default() };
         assert_eq!(Sample::try_from(&wire).unwrap_err().field, "sample.cpu_per_core_percent[1]");
+    }
+
+    #[test]
+    fn queen_messages_round_trip_and_validate() {
+        let m = QueenStreamMessage {
+            sample_interval: Some(SampleInterval::from_millis(250).unwrap()),
+            known: Some(KnownView { epoch: "e".into(), capability_version: 3 }),
+            resync: true,
+        };
+        assert_eq!(QueenStreamMessage::try_from(&pb::QueenMessage::from(&m)).unwrap(), m);
+        assert_eq!(
+            QueenStreamMessage::try_from(&pb::QueenMessage::default()).unwrap(),
+            QueenStreamMessage::default()
+        );
+        for ms in [0, 99, 60_001, u32::MAX] {
+            let wire = pb::QueenMessage { sample_interval_ms: Some(ms), ..Default::default() };
+            let err = QueenStreamMessage::try_from(&wire).unwrap_err();
+            assert_eq!(err.field, "sample_interval_ms");
+            assert!(err.reason.contains("100..=60000"), "{err}");
+        }
+        let half = pb::QueenMessage { known_epoch: Some("e".into()), ..Default::default() };
+        assert_eq!(QueenStreamMessage::try_from(&half).unwrap_err().field, "known_epoch");
+        let long = pb::QueenMessage {
+            known_epoch: Some("e".repeat(65)),
+            known_capability_version: Some(1),
+            ..Default::default()
+        };
+        assert_eq!(QueenStreamMessage::try_from(&long).unwrap_err().field, "known_epoch");
+    }
+
+    #[test]
+    fn hive_messages_round_trip() {
+        let sample = Sample { taken_at_unix_ms: 5, capability_version: Some(2), ..Default::default() };
+        let m = HiveStreamMessage { seq: 3, hive_time_unix_ms: 9, payload: HivePayload::Sample(sample) };
+        assert_eq!(HiveStreamMessage::try_from(&pb::HiveMessage::from(&m)).unwrap(), m);
+    }
+
+    #[test]
+    fn labels_follow_the_one_rule() {
+        let wire = |k: &str| pb::Capabilities {
+            cpu: Some(pb::CpuInfo::default()),
+            labels: [(k.to_owned(), "v".to_owned())].into(),
+            ..Default::default()
+        };
+        assert!(VersionedCapabilities::try_from(&wire("zone")).is_ok());
+        for bad in ["", "a b", &"k".repeat(64)] {
+            let err = VersionedCapabilities::try_from(&wire(bad)).unwrap_err();
+            assert_eq!(err.field, "capabilities.labels", "{err}");
+        }
     }
 
     #[test]
