@@ -13,6 +13,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
 use rbee_shared::lock::MutexExt;
 use rbee_shared::{Capabilities, DeviceSourceKind, GpuSample, Sample, VersionedCapabilities};
 use tokio::sync::watch;
@@ -105,8 +107,15 @@ impl Monitor {
     }
 }
 
+/// A measurement in flight, shared by every stream that asks while it runs.
+type SharedSample = Shared<BoxFuture<'static, Result<Arc<Sample>, String>>>;
+
 /// The monitor shared by all streams, and the capabilities it publishes.
 pub struct Telemetry {
+    /// The measurement in flight, if any: streams that tick while it runs wait for it
+    /// instead of queueing a blocking thread each (one reader at a time, whatever the
+    /// number of streams).
+    in_flight: Mutex<Option<SharedSample>>,
     /// The sources; locked only on blocking threads. A panic inside a source leaves
     /// the monitor usable (every call re-reads devices), so the lock is taken even
     /// when poisoned.
@@ -176,7 +185,12 @@ impl Telemetry {
         .await??;
         let gpu_source = monitor.gpu_source();
         let (tx, _) = watch::channel(Arc::new(VersionedCapabilities { version: 1, caps }));
-        Ok(Arc::new(Self { monitor: Arc::new(Mutex::new(monitor)), caps: Arc::new(tx), gpu_source }))
+        Ok(Arc::new(Self {
+            in_flight: Mutex::new(None),
+            monitor: Arc::new(Mutex::new(monitor)),
+            caps: Arc::new(tx),
+            gpu_source,
+        }))
     }
 
     /// Where GPU data comes from.
@@ -197,8 +211,32 @@ impl Telemetry {
     /// Measures the machine. The sample names exactly the GPUs of the capability
     /// version it is stamped with, and that version is already published.
     pub async fn sample(&self) -> Result<Sample, HiveError> {
-        let (monitor, tx) = (self.monitor.clone(), self.caps.clone());
-        tokio::task::spawn_blocking(move || consistent_sample(&mut monitor.lock_unpoisoned(), &tx)).await?
+        let flight = {
+            let mut slot = self.in_flight.lock_unpoisoned();
+            match slot.as_ref() {
+                Some(running) if running.peek().is_none() => running.clone(),
+                _ => {
+                    let (monitor, tx) = (self.monitor.clone(), self.caps.clone());
+                    let measure = async move {
+                        let read = tokio::task::spawn_blocking(move || {
+                            consistent_sample(&mut monitor.lock_unpoisoned(), &tx)
+                        });
+                        match read.await {
+                            Ok(Ok(sample)) => Ok(Arc::new(sample)),
+                            Ok(Err(e)) => Err(e.to_string()),
+                            Err(e) => Err(format!("measurement task failed: {e}")),
+                        }
+                    };
+                    let running = measure.boxed().shared();
+                    *slot = Some(running.clone());
+                    running
+                }
+            }
+        };
+        flight
+            .await
+            .map(|s| s.as_ref().clone())
+            .map_err(|reason| HiveError::Source { source_name: "monitor", reason })
     }
 
     /// Rescans capabilities; publishes a new version if anything changed. Returns
