@@ -50,10 +50,11 @@ async fn scripted_queen() -> (SocketAddr, mpsc::UnboundedReceiver<pb::AnnounceRe
                             let _ = body.flow_control().release_capacity(chunk.len());
                             buf.extend_from_slice(&chunk);
                         }
-                        if path == "/rbee.v1.Fleet/Announce" && buf.len() >= 5 {
-                            if let Ok(a) = pb::AnnounceRequest::decode(&buf[5..]) {
-                                let _ = tx.send(a);
-                            }
+                        if path == "/rbee.v1.Fleet/Announce"
+                            && buf.len() >= 5
+                            && let Ok(a) = pb::AnnounceRequest::decode(&buf[5..])
+                        {
+                            let _ = tx.send(a);
                         }
                         let response = http::Response::builder()
                             .header("content-type", "application/grpc")
