@@ -151,3 +151,20 @@ async fn reflection_lists_only_the_services_the_hive_serves() {
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unary_calls_on_a_reused_connection_are_not_held_back_by_nagle() {
+    let hive = TestHive::start(ONE_GPU).await;
+    let mut client = hive.client().await;
+    let mut took = Vec::new();
+    for _ in 0..30 {
+        let started = Instant::now();
+        client.discover(pb::DiscoverRequest {}).await.unwrap();
+        took.push(started.elapsed());
+    }
+    took.sort();
+    let median = took[took.len() / 2];
+    // Nagle's algorithm with delayed ACKs costs about 40 ms per call; without it a
+    // local Discover takes a few ms even in a debug build.
+    assert!(median < std::time::Duration::from_millis(20), "median Discover {median:?} ({took:?})");
+}

@@ -22,20 +22,21 @@ pub const MAX_STRING_BYTES: usize = 256;
 /// Most per-core CPU readings one sample may carry.
 pub const MAX_CORES: usize = 4096;
 
-type Result<T> = std::result::Result<T, ConvertError>;
+/// A value checked on its way in from the wire.
+type Checked<T> = std::result::Result<T, ConvertError>;
 
-fn check_str(field: &str, s: &str) -> Result<String> {
+fn check_str(field: &str, s: &str) -> Checked<String> {
     if s.len() > MAX_STRING_BYTES {
         return Err(ConvertError::new(field, format!("{} bytes > {MAX_STRING_BYTES}", s.len())));
     }
     Ok(s.to_owned())
 }
 
-fn check_opt_str(field: &str, s: &Option<String>) -> Result<Option<String>> {
+fn check_opt_str(field: &str, s: &Option<String>) -> Checked<Option<String>> {
     s.as_deref().map(|s| check_str(field, s)).transpose()
 }
 
-fn check_percent(field: &str, v: Option<f32>) -> Result<Option<f32>> {
+fn check_percent(field: &str, v: Option<f32>) -> Checked<Option<f32>> {
     match v {
         Some(p) if !(p.is_finite() && (0.0..=100.0).contains(&p)) => {
             Err(ConvertError::new(field, format!("{p} is not a percentage in 0..=100")))
@@ -44,14 +45,14 @@ fn check_percent(field: &str, v: Option<f32>) -> Result<Option<f32>> {
     }
 }
 
-fn check_finite(field: &str, v: Option<f32>) -> Result<Option<f32>> {
+fn check_finite(field: &str, v: Option<f32>) -> Checked<Option<f32>> {
     match v {
         Some(x) if !x.is_finite() => Err(ConvertError::new(field, format!("{x} is not finite"))),
         other => Ok(other),
     }
 }
 
-fn labels_from_wire(field: &str, labels: &HashMap<String, String>) -> Result<BTreeMap<String, String>> {
+fn labels_from_wire(field: &str, labels: &HashMap<String, String>) -> Checked<BTreeMap<String, String>> {
     crate::labels::validate_labels(labels.iter()).map_err(|e| ConvertError::new(field, e.to_string()))?;
     Ok(labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
 }
@@ -69,7 +70,7 @@ impl From<Backend> for pb::Backend {
     }
 }
 
-fn backends_from_wire(field: &str, raw: &[i32]) -> Result<Vec<Backend>> {
+fn backends_from_wire(field: &str, raw: &[i32]) -> Checked<Vec<Backend>> {
     let mut out = raw
         .iter()
         .map(|&b| match pb::Backend::try_from(b) {
@@ -77,7 +78,7 @@ fn backends_from_wire(field: &str, raw: &[i32]) -> Result<Vec<Backend>> {
             Ok(pb::Backend::Cuda) => Ok(Backend::Cuda),
             _ => Err(ConvertError::new(field, format!("unknown backend {b}"))),
         })
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Checked<Vec<_>>>()?;
     out.sort();
     out.dedup();
     Ok(out)
@@ -110,7 +111,7 @@ impl From<&GpuDevice> for pb::GpuDevice {
     }
 }
 
-fn gpu_from_wire(field: &str, g: &pb::GpuDevice) -> Result<GpuDevice> {
+fn gpu_from_wire(field: &str, g: &pb::GpuDevice) -> Checked<GpuDevice> {
     if g.id.is_empty() {
         return Err(ConvertError::new(format!("{field}.id"), "must not be empty"));
     }
@@ -140,7 +141,7 @@ fn gpu_from_wire(field: &str, g: &pb::GpuDevice) -> Result<GpuDevice> {
     })
 }
 
-fn gpus_from_wire(field: &str, gpus: &[pb::GpuDevice]) -> Result<Vec<GpuDevice>> {
+fn gpus_from_wire(field: &str, gpus: &[pb::GpuDevice]) -> Checked<Vec<GpuDevice>> {
     if gpus.len() > MAX_DEVICES {
         return Err(ConvertError::new(field, format!("{} devices > {MAX_DEVICES}", gpus.len())));
     }
@@ -166,7 +167,7 @@ impl From<&CpuInfo> for pb::CpuInfo {
     }
 }
 
-fn cpu_from_wire(field: &str, c: &pb::CpuInfo) -> Result<CpuInfo> {
+fn cpu_from_wire(field: &str, c: &pb::CpuInfo) -> Checked<CpuInfo> {
     Ok(CpuInfo {
         model: check_str(&format!("{field}.model"), &c.model)?,
         physical_cores: c.physical_cores,
@@ -190,7 +191,7 @@ impl From<&VersionedCapabilities> for pb::Capabilities {
 
 impl TryFrom<&pb::Capabilities> for VersionedCapabilities {
     type Error = ConvertError;
-    fn try_from(c: &pb::Capabilities) -> Result<Self> {
+    fn try_from(c: &pb::Capabilities) -> Checked<Self> {
         let cpu = c.cpu.as_ref().ok_or_else(|| ConvertError::new("capabilities.cpu", "is required"))?;
         Ok(Self {
             version: c.version,
@@ -236,7 +237,7 @@ impl From<&HiveIdentity> for pb::HiveIdentity {
 
 impl TryFrom<&pb::HiveIdentity> for HiveIdentity {
     type Error = ConvertError;
-    fn try_from(i: &pb::HiveIdentity) -> Result<Self> {
+    fn try_from(i: &pb::HiveIdentity) -> Checked<Self> {
         for (field, v) in [("identity.hive_id", &i.hive_id), ("identity.epoch", &i.epoch)] {
             if v.is_empty() {
                 return Err(ConvertError::new(field, "must not be empty"));
@@ -284,7 +285,7 @@ impl From<&CapabilityDiff> for pb::CapabilityDiff {
 
 impl TryFrom<&pb::CapabilityDiff> for CapabilityDiff {
     type Error = ConvertError;
-    fn try_from(d: &pb::CapabilityDiff) -> Result<Self> {
+    fn try_from(d: &pb::CapabilityDiff) -> Checked<Self> {
         if d.gpus_removed.len() > MAX_DEVICES {
             return Err(ConvertError::new(
                 "diff.gpus_removed",
@@ -299,7 +300,7 @@ impl TryFrom<&pb::CapabilityDiff> for CapabilityDiff {
                 .gpus_removed
                 .iter()
                 .map(|id| check_str("diff.gpus_removed", id))
-                .collect::<Result<_>>()?,
+                .collect::<Checked<_>>()?,
             gpus_changed: gpus_from_wire("diff.gpus_changed", &d.gpus_changed)?,
             cpu: d.cpu.as_ref().map(|c| cpu_from_wire("diff.cpu", c)).transpose()?,
             ram_total_bytes: d.ram_total_bytes,
@@ -334,7 +335,7 @@ impl From<&GpuSample> for pb::GpuSample {
     }
 }
 
-fn gpu_sample_from_wire(field: &str, g: &pb::GpuSample) -> Result<GpuSample> {
+fn gpu_sample_from_wire(field: &str, g: &pb::GpuSample) -> Checked<GpuSample> {
     if let (Some(used), Some(free)) = (g.vram_used_bytes, g.vram_free_bytes)
         && used.checked_add(free).is_none()
     {
@@ -384,7 +385,7 @@ impl From<&Sample> for pb::Sample {
 
 impl TryFrom<&pb::Sample> for Sample {
     type Error = ConvertError;
-    fn try_from(s: &pb::Sample) -> Result<Self> {
+    fn try_from(s: &pb::Sample) -> Checked<Self> {
         if s.ram_used_bytes > s.ram_total_bytes {
             return Err(ConvertError::new(
                 "sample.ram_used_bytes",
@@ -436,7 +437,7 @@ impl TryFrom<&pb::Sample> for Sample {
                     check_percent(&format!("sample.cpu_per_core_percent[{i}]"), Some(*p))
                         .map(|p| p.unwrap_or(0.0))
                 })
-                .collect::<Result<_>>()?,
+                .collect::<Checked<_>>()?,
             load_average,
             ram_total_bytes: s.ram_total_bytes,
             ram_used_bytes: s.ram_used_bytes,
@@ -449,7 +450,7 @@ impl TryFrom<&pb::Sample> for Sample {
                 .iter()
                 .enumerate()
                 .map(|(i, g)| gpu_sample_from_wire(&format!("sample.gpus[{i}]"), g))
-                .collect::<Result<_>>()?,
+                .collect::<Checked<_>>()?,
             capability_version: s.capability_version,
         })
     }
@@ -500,7 +501,7 @@ impl From<&QueenStreamMessage> for pb::QueenMessage {
 
 impl TryFrom<&pb::QueenMessage> for QueenStreamMessage {
     type Error = ConvertError;
-    fn try_from(m: &pb::QueenMessage) -> Result<Self> {
+    fn try_from(m: &pb::QueenMessage) -> Checked<Self> {
         let sample_interval = m
             .sample_interval_ms
             .map(|ms| SampleInterval::from_millis(u64::from(ms)))
@@ -530,7 +531,7 @@ impl TryFrom<&pb::QueenMessage> for QueenStreamMessage {
 
 impl TryFrom<&pb::HiveMessage> for HiveStreamMessage {
     type Error = ConvertError;
-    fn try_from(m: &pb::HiveMessage) -> Result<Self> {
+    fn try_from(m: &pb::HiveMessage) -> Checked<Self> {
         use pb::hive_message::Payload;
         let payload = match m.payload.as_ref().ok_or_else(|| ConvertError::new("payload", "is required"))? {
             Payload::Sample(s) => HivePayload::Sample(s.try_into()?),
