@@ -10,7 +10,6 @@ use rbee_shared::HiveIdentity;
 use rbee_shared::grpc_server::{self, cancel_on};
 use rbee_shared::warn_limit::WarnLimiter;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::HiveError;
@@ -125,7 +124,7 @@ pub async fn run(
             HiveServer::new(HiveService::new(ctx, streams))
                 .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), cancel.clone().cancelled_owned())
+        .serve_with_incoming_shutdown(grpc_server::incoming(listener), cancel.clone().cancelled_owned())
         .await;
     cancel.cancel();
     let _ = rescan.await;

@@ -154,13 +154,30 @@ async fn reflection_lists_only_the_services_the_hive_serves() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unary_calls_on_a_reused_connection_are_not_held_back_by_nagle() {
-    let hive = TestHive::start(ONE_GPU).await;
+    // A Discover answer larger than one loopback segment (64 KiB): under Nagle's
+    // algorithm its last, partial segment waits for the ACK of the first, and the
+    // client delays that ACK by about 40 ms.
+    let gpus: String = (0..64)
+        .map(|i| {
+            format!(
+                "[[gpu]]\nid = \"GPU-{i:02}-{}\"\nname = \"{}\"\nvram_total = \"80GiB\"\n",
+                "x".repeat(200),
+                "n".repeat(250)
+            )
+        })
+        .collect();
+    let mut config = config("large-hive", &gpus);
+    for i in 0..64 {
+        config.labels.insert(format!("label-{i:02}-{}", "k".repeat(50)), "v".repeat(256));
+    }
+    let hive = TestHive::start_with(config).await;
     let mut client = hive.client().await;
     let mut took = Vec::new();
     for _ in 0..30 {
         let started = Instant::now();
-        client.discover(pb::DiscoverRequest {}).await.unwrap();
+        let answer = client.discover(pb::DiscoverRequest {}).await.unwrap().into_inner();
         took.push(started.elapsed());
+        assert!(prost::Message::encoded_len(&answer) > 64 * 1024);
     }
     took.sort();
     let median = took[took.len() / 2];

@@ -4,6 +4,10 @@
 
 use std::future::Future;
 
+use futures::StreamExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_stream::wrappers::TcpListenerStream;
+
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Server, ServerTlsConfig};
 use tonic_reflection::server::{Builder, Error, v1, v1alpha};
@@ -61,8 +65,9 @@ pub fn reflection_v1alpha_for(
     builder(Some(services)).build_v1alpha()
 }
 
-/// A server builder, serving TLS when `tls` is given, with TCP_NODELAY (small replies
-/// are not held back by Nagle's algorithm) and bounded HTTP/2 windows
+/// A server builder, serving TLS when `tls` is given, with TCP_NODELAY (replies are
+/// not held back by Nagle's algorithm; serve [`incoming`] for a caller's listener) and
+/// bounded HTTP/2 windows
 /// ([`STREAM_WINDOW_BYTES`], [`CONNECTION_WINDOW_BYTES`]).
 pub fn server(tls: Option<ServerTlsConfig>) -> Result<Server, tonic::transport::Error> {
     let builder = Server::builder()
@@ -73,6 +78,22 @@ pub fn server(tls: Option<ServerTlsConfig>) -> Result<Server, tonic::transport::
         Some(tls) => builder.tls_config(tls),
         None => Ok(builder),
     }
+}
+
+/// The connections accepted on `listener`, each with TCP_NODELAY set. (tonic ignores
+/// its own `tcp_nodelay` setting for a caller-supplied listener, which is how both
+/// servers are started; without this a reply larger than one segment waits about
+/// 40 ms for a delayed ACK.)
+pub fn incoming(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<TcpStream>> + Send + 'static {
+    TcpListenerStream::new(listener).map(|accepted| {
+        let socket = accepted?;
+        if let Err(e) = socket.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted connection");
+        }
+        Ok(socket)
+    })
 }
 
 /// Cancels `token` when `shutdown` resolves (so servers and tasks that watch the token stop).
