@@ -7,12 +7,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use rbee_shared::{DEFAULT_SAMPLE_INTERVAL, MAX_SAMPLE_INTERVAL, MIN_SAMPLE_INTERVAL};
+use rbee_shared::labels::LabelError;
+use rbee_shared::{DEFAULT_SAMPLE_INTERVAL, IntervalError, SampleInterval};
 
 use crate::HiveError;
+use crate::announce::REANNOUNCE_AFTER;
 use crate::identity::{default_state_dir, resolve_hive_id};
 use crate::monitor::GpuChoice;
 use crate::source::simulated::{DEMO_SCENARIO, Scenario};
+use crate::streams::{DEFAULT_MAX_STREAMS, QUEEN_RESERVE};
 
 /// The default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7835";
@@ -54,7 +57,7 @@ impl GpuArgs {
         }
         if self.demo {
             let scenario = Scenario::parse(DEMO_SCENARIO)
-                .map_err(|reason| HiveError::Scenario { path: "<built-in demo>".into(), reason })?;
+                .map_err(|source| HiveError::Scenario { path: "<built-in demo>".into(), source })?;
             return Ok(GpuChoice::Simulated(scenario));
         }
         Ok(GpuChoice::Nvml)
@@ -73,7 +76,8 @@ pub struct ServeArgs {
     /// Stable hive id (default: generated once and kept in the state directory).
     #[arg(long, env = "HIVE_ID")]
     pub hive_id: Option<String>,
-    /// A label KEY=VALUE reported with the capabilities; repeatable (env: comma-separated).
+    /// A label KEY=VALUE reported with the capabilities; repeatable (env: comma-separated). KEY is
+    /// 1..=63 of [A-Za-z0-9._/-], VALUE at most 256 bytes.
     #[arg(long = "label", env = "HIVE_LABELS", value_name = "KEY=VALUE", value_delimiter = ',', value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
     /// Sample interval for streams that do not ask for one (100ms..=60s).
@@ -103,6 +107,10 @@ pub struct ServeArgs {
     /// Serve only clients whose certificate chains to this CA (the queen's CA): mutual TLS.
     #[arg(long, env = "HIVE_CLIENT_CA", value_name = "FILE", requires = "tls_cert")]
     pub client_ca: Option<PathBuf>,
+    /// Most MetricsStreams served at once; beyond it a caller gets RESOURCE_EXHAUSTED. With --queen, 2 of
+    /// them are kept for that queen.
+    #[arg(long, env = "HIVE_MAX_STREAMS", default_value_t = DEFAULT_MAX_STREAMS, value_parser = parse_max_streams)]
+    pub max_streams: usize,
     /// Allow serving a non-loopback address without mutual TLS. Anyone who can reach it reads telemetry.
     #[arg(long, env = "HIVE_INSECURE")]
     pub insecure: bool,
@@ -122,30 +130,24 @@ pub struct ProbeArgs {
     pub gpu: GpuArgs,
 }
 
-/// Parses `KEY=VALUE`.
-pub fn parse_label(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s.split_once('=').ok_or_else(|| format!("label {s:?} is not KEY=VALUE"))?;
-    let k = k.trim();
-    if k.is_empty() {
-        return Err(format!("label {s:?} has an empty key"));
-    }
-    if k.len() > 63 || v.len() > 256 {
-        return Err(format!("label {s:?} is too long (key <= 63, value <= 256 bytes)"));
-    }
-    Ok((k.to_owned(), v.trim().to_owned()))
+/// Parses `KEY=VALUE` by the one label rule ([`rbee_shared::labels`]).
+pub fn parse_label(s: &str) -> Result<(String, String), LabelError> {
+    rbee_shared::labels::parse_label(s)
 }
 
 /// Parses a duration like `500ms`, `1s`, `2m` and checks it is a valid sample interval.
-pub fn parse_sample_interval(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (e.g. 500ms, 1s, 2m)"))?;
-    if !(MIN_SAMPLE_INTERVAL..=MAX_SAMPLE_INTERVAL).contains(&d) {
-        return Err(format!(
-            "{s:?} is out of range {}..={}",
-            humantime::format_duration(MIN_SAMPLE_INTERVAL),
-            humantime::format_duration(MAX_SAMPLE_INTERVAL)
-        ));
-    }
-    Ok(d)
+pub fn parse_sample_interval(s: &str) -> Result<Duration, IntervalError> {
+    SampleInterval::parse(s).map(SampleInterval::get)
+}
+
+/// A `--max-streams` value that is not a number above the queen's reserve.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} must be a whole number greater than {QUEEN_RESERVE}")]
+pub struct MaxStreamsError(String);
+
+/// Parses `--max-streams`: more than the queen's reserve.
+pub fn parse_max_streams(s: &str) -> Result<usize, MaxStreamsError> {
+    s.trim().parse::<usize>().ok().filter(|n| *n > QUEEN_RESERVE).ok_or_else(|| MaxStreamsError(s.to_owned()))
 }
 
 /// The validated configuration `run` takes.
@@ -171,6 +173,10 @@ pub struct HiveConfig {
     pub queen_token: Option<String>,
     /// TLS (and mutual TLS) for serving.
     pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// Most MetricsStreams at once (with a queen, 2 are kept for it).
+    pub max_streams: usize,
+    /// Announce again after the queen has held no stream for this long.
+    pub reannounce_after: Duration,
 }
 
 impl HiveConfig {
@@ -187,6 +193,8 @@ impl HiveConfig {
             queen_tls: None,
             queen_token: None,
             tls: None,
+            max_streams: DEFAULT_MAX_STREAMS,
+            reannounce_after: REANNOUNCE_AFTER,
         }
     }
 }
@@ -195,9 +203,9 @@ impl ServeArgs {
     /// Validates the flags and resolves the hive id (may create the state directory).
     pub fn into_config(self) -> Result<(SocketAddr, HiveConfig), HiveError> {
         let tls = match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => Some(
-                rbee_shared::tls::server(cert, key, self.client_ca.as_deref()).map_err(HiveError::Config)?,
-            ),
+            (Some(cert), Some(key)) => {
+                Some(rbee_shared::tls::server_config(cert, key, self.client_ca.as_deref())?)
+            }
             _ => None,
         };
         if !self.listen.ip().is_loopback() && self.client_ca.is_none() {
@@ -214,7 +222,7 @@ impl ServeArgs {
             );
         }
         let queen_tls = match &self.queen_ca {
-            Some(ca) => Some(rbee_shared::tls::client(ca, None).map_err(HiveError::Config)?),
+            Some(ca) => Some(rbee_shared::tls::client_config(ca, None)?),
             None => None,
         };
         let queen_token = match (&self.queen_token_file, std::env::var("HIVE_QUEEN_TOKEN")) {
@@ -240,6 +248,8 @@ impl ServeArgs {
             queen_tls,
             queen_token,
             tls,
+            max_streams: self.max_streams,
+            reannounce_after: REANNOUNCE_AFTER,
         };
         Ok((self.listen, config))
     }
@@ -252,8 +262,8 @@ mod tests {
     #[test]
     fn intervals_out_of_range_are_refused() {
         assert_eq!(parse_sample_interval("250ms"), Ok(Duration::from_millis(250)));
-        assert!(parse_sample_interval("0s").unwrap_err().contains("out of range"));
-        assert!(parse_sample_interval("2h").unwrap_err().contains("out of range"));
+        assert!(parse_sample_interval("0s").unwrap_err().to_string().contains("out of range"));
+        assert!(parse_sample_interval("2h").unwrap_err().to_string().contains("out of range"));
         assert!(parse_sample_interval("soon").is_err());
     }
 
@@ -262,6 +272,14 @@ mod tests {
         assert_eq!(parse_label("zone=eu"), Ok(("zone".into(), "eu".into())));
         assert!(parse_label("zone").is_err());
         assert!(parse_label("=eu").is_err());
+        assert!(parse_label(&format!("{}=v", "k".repeat(64))).is_err());
+    }
+
+    #[test]
+    fn max_streams_must_exceed_the_reserve() {
+        assert_eq!(parse_max_streams("64"), Ok(64));
+        assert!(parse_max_streams("2").is_err());
+        assert!(parse_max_streams("many").is_err());
     }
 
     #[test]

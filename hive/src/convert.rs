@@ -1,58 +1,40 @@
-//! Wire -> domain for what the hive receives: the queen's stream messages. Validated
-//! here, once.
-
-use std::time::Duration;
+//! The hive's API edge: the caller's wire messages become domain
+//! [`QueenStreamMessage`]s (validated once, in `rbee_shared::convert`), and the
+//! session's domain messages become wire messages. Nothing else in the hive touches
+//! generated stream types.
 
 use rbee_proto::v1 as pb;
-use rbee_shared::{MAX_SAMPLE_INTERVAL, MIN_SAMPLE_INTERVAL};
+use rbee_shared::{HiveStreamMessage, QueenStreamMessage};
+use tokio_stream::StreamExt;
+use tonic::{Code, Status, Streaming};
 
 use crate::HiveError;
+use crate::stream::Inbound;
 
-/// What a queen's stream message asks for.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct StreamRequest {
-    /// A new sample interval.
-    pub interval: Option<Duration>,
-    /// The epoch and capability version the caller holds (meaningful on the first message).
-    pub known: Option<(String, u64)>,
-    /// Send a full snapshot now.
-    pub resync: bool,
+/// The caller's half of `MetricsStream`, converted. A message that does not decode
+/// (for example one over the size limit) or does not validate is an error item; a
+/// caller that resets or cancels simply ends the stream.
+pub fn inbound(messages: Streaming<pb::QueenMessage>) -> Inbound {
+    Box::pin(messages.map_while(|m| match m {
+        Ok(m) => Some(QueenStreamMessage::try_from(&m).map_err(HiveError::from)),
+        Err(status) if is_too_large(&status) => {
+            Some(Err(HiveError::MessageTooLarge(status.message().to_owned())))
+        }
+        Err(status) if status.code() == Code::InvalidArgument || status.code() == Code::Internal => {
+            Some(Err(HiveError::Undecodable(status.message().to_owned())))
+        }
+        Err(_) => None,
+    }))
 }
 
-impl TryFrom<&pb::QueenMessage> for StreamRequest {
-    type Error = HiveError;
+/// tonic reports an oversized message as OUT_OF_RANGE "... too large ...".
+fn is_too_large(status: &Status) -> bool {
+    status.code() == Code::OutOfRange && status.message().contains("too large")
+}
 
-    fn try_from(m: &pb::QueenMessage) -> Result<Self, HiveError> {
-        let interval = match m.sample_interval_ms {
-            None => None,
-            Some(ms) => {
-                let d = Duration::from_millis(u64::from(ms));
-                if !(MIN_SAMPLE_INTERVAL..=MAX_SAMPLE_INTERVAL).contains(&d) {
-                    return Err(HiveError::InvalidArgument(format!(
-                        "sample_interval_ms = {ms} is out of range: must be {}..={}",
-                        MIN_SAMPLE_INTERVAL.as_millis(),
-                        MAX_SAMPLE_INTERVAL.as_millis()
-                    )));
-                }
-                Some(d)
-            }
-        };
-        let known = match (&m.known_epoch, m.known_capability_version) {
-            (None, None) => None,
-            (Some(epoch), Some(version)) if !epoch.is_empty() && epoch.len() <= 64 => {
-                Some((epoch.clone(), version))
-            }
-            (Some(_), Some(_)) => {
-                return Err(HiveError::InvalidArgument("known_epoch must be 1..=64 bytes".into()));
-            }
-            _ => {
-                return Err(HiveError::InvalidArgument(
-                    "known_epoch and known_capability_version must be set together".into(),
-                ));
-            }
-        };
-        Ok(Self { interval, known, resync: m.resync })
-    }
+/// A session message for the wire, or the error as a status.
+pub fn outbound(m: Result<HiveStreamMessage, HiveError>) -> Result<pb::HiveMessage, Status> {
+    m.map(|m| pb::HiveMessage::from(&m)).map_err(Status::from)
 }
 
 #[cfg(test)]
@@ -60,22 +42,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_empty_message_subscribes_with_defaults() {
-        assert_eq!(StreamRequest::try_from(&pb::QueenMessage::default()).unwrap(), StreamRequest::default());
-    }
-
-    #[test]
-    fn intervals_outside_bounds_are_invalid_arguments() {
-        for ms in [0, 99, 60_001, u32::MAX] {
-            let m = pb::QueenMessage { sample_interval_ms: Some(ms), ..Default::default() };
-            let err = StreamRequest::try_from(&m).unwrap_err().to_string();
-            assert!(err.contains("sample_interval_ms") && err.contains("100..=60000"), "{err}");
-        }
-    }
-
-    #[test]
-    fn half_a_resume_point_is_refused() {
-        let m = pb::QueenMessage { known_epoch: Some("e".into()), ..Default::default() };
-        assert!(StreamRequest::try_from(&m).is_err());
+    fn oversized_messages_are_recognised() {
+        assert!(is_too_large(&Status::out_of_range(
+            "Error, decoded message length too large: found 70000 bytes, the limit is: 65536 bytes"
+        )));
+        assert!(!is_too_large(&Status::out_of_range("index")));
+        let status = Status::from(HiveError::MessageTooLarge("found 70000 bytes".into()));
+        assert_eq!(status.code(), Code::ResourceExhausted);
     }
 }

@@ -2,22 +2,49 @@
 
 use std::path::PathBuf;
 
+use rbee_shared::ConvertError;
+use rbee_shared::bearer::BearerError;
+use rbee_shared::tls::TlsError;
+
 /// Everything that can go wrong in the hive.
 #[derive(Debug, thiserror::Error)]
 pub enum HiveError {
     /// A caller sent a message that is not valid.
     #[error("{0}")]
-    InvalidArgument(String),
+    InvalidMessage(#[from] ConvertError),
+    /// A caller's message is larger than the hive accepts.
+    #[error("message too large: {0}")]
+    MessageTooLarge(String),
+    /// A caller's message could not be decoded.
+    #[error("message could not be decoded: {0}")]
+    Undecodable(String),
+    /// A caller did not subscribe in time.
+    #[error("no subscription message within {} s; send {{}} to subscribe", .0.as_secs())]
+    SubscribeTimeout(std::time::Duration),
+    /// Every stream slot is taken.
+    #[error(
+        "too many streams: this hive serves at most {limit} MetricsStreams at once ({reserved} of them \
+         reserved for the queen it announces to); close one or raise --max-streams"
+    )]
+    TooManyStreams {
+        /// The limit (`--max-streams`).
+        limit: usize,
+        /// Slots only the announced queen may use.
+        reserved: usize,
+    },
     /// A configuration value is not valid.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A TLS file could not be used.
+    #[error("invalid configuration: {0}")]
+    Tls(#[from] TlsError),
     /// A simulation scenario could not be read or parsed.
-    #[error("simulation file {path}: {reason}")]
+    #[error("simulation file {path}: {source}")]
     Scenario {
         /// The file.
         path: PathBuf,
         /// What is wrong with it.
-        reason: String,
+        source: crate::source::simulated::ScenarioError,
     },
     /// The state directory could not be used.
     #[error("state directory {path}: {source}")]
@@ -35,6 +62,25 @@ pub enum HiveError {
         /// What failed.
         reason: String,
     },
+    /// The queen to announce to could not be reached.
+    #[error("cannot reach the queen at {queen}: {source}")]
+    QueenUnreachable {
+        /// The queen's URL.
+        queen: String,
+        /// The transport error.
+        source: tonic::transport::Error,
+    },
+    /// The queen refused the announce.
+    #[error("the queen at {queen} refused the announce: {:?}: {}", status.code(), status.message())]
+    AnnounceRefused {
+        /// The queen's URL.
+        queen: String,
+        /// Its answer.
+        status: tonic::Status,
+    },
+    /// The queen token cannot be sent.
+    #[error("the queen token: {0}")]
+    Bearer(#[from] BearerError),
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -53,15 +99,38 @@ impl From<HiveError> for tonic::Status {
     fn from(e: HiveError) -> Self {
         use tonic::Status;
         match e {
-            HiveError::InvalidArgument(msg) => Status::invalid_argument(msg),
-            HiveError::ShuttingDown => Status::unavailable(e.to_string()),
-            HiveError::Source { .. } => Status::unavailable(e.to_string()),
+            HiveError::InvalidMessage(_) | HiveError::Undecodable(_) => {
+                Status::invalid_argument(e.to_string())
+            }
+            HiveError::MessageTooLarge(_) => Status::resource_exhausted(e.to_string()),
+            HiveError::SubscribeTimeout(_) => Status::deadline_exceeded(e.to_string()),
+            HiveError::TooManyStreams { .. } => Status::resource_exhausted(e.to_string()),
+            HiveError::ShuttingDown | HiveError::Source { .. } => Status::unavailable(e.to_string()),
             HiveError::Config(_)
+            | HiveError::Tls(_)
             | HiveError::Scenario { .. }
             | HiveError::StateDir { .. }
+            | HiveError::QueenUnreachable { .. }
+            | HiveError::AnnounceRefused { .. }
+            | HiveError::Bearer(_)
             | HiveError::Transport(_)
             | HiveError::Reflection(_)
             | HiveError::Task(_) => Status::internal(e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_follow_the_error() {
+        let s = tonic::Status::from(HiveError::TooManyStreams { limit: 4, reserved: 2 });
+        assert_eq!(s.code(), tonic::Code::ResourceExhausted);
+        assert!(s.message().contains("--max-streams"), "{}", s.message());
+        assert_eq!(tonic::Status::from(HiveError::ShuttingDown).code(), tonic::Code::Unavailable);
+        let bad = ConvertError::new("sample_interval_ms", "50 ms is out of range");
+        assert_eq!(tonic::Status::from(HiveError::from(bad)).code(), tonic::Code::InvalidArgument);
     }
 }

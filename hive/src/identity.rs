@@ -9,12 +9,14 @@ use crate::HiveError;
 pub const MAX_HIVE_ID_LEN: usize = 64;
 
 /// Checks an operator-chosen hive id: 1..=64 of `[A-Za-z0-9._-]`.
-pub fn validate_hive_id(id: &str) -> Result<(), String> {
+pub fn validate_hive_id(id: &str) -> Result<(), HiveError> {
     if id.is_empty() || id.len() > MAX_HIVE_ID_LEN {
-        return Err(format!("hive id {id:?} must be 1..={MAX_HIVE_ID_LEN} characters"));
+        return Err(HiveError::Config(format!("hive id {id:?} must be 1..={MAX_HIVE_ID_LEN} characters")));
     }
     if let Some(c) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
-        return Err(format!("hive id {id:?} contains {c:?}; use letters, digits, '.', '_' or '-'"));
+        return Err(HiveError::Config(format!(
+            "hive id {id:?} contains {c:?}; use letters, digits, '.', '_' or '-'"
+        )));
     }
     Ok(())
 }
@@ -32,14 +34,7 @@ pub fn default_state_dir() -> PathBuf {
 }
 
 fn generated_id() -> String {
-    let host: String = hostname::get()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_default()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c.to_ascii_lowercase() } else { '-' })
-        .take(40)
-        .collect();
+    let host = rbee_shared::hostname::normalize_hostname(&rbee_shared::hostname::local_hostname(), 40);
     let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
     if host.is_empty() { format!("hive-{suffix}") } else { format!("{host}-{suffix}") }
 }
@@ -48,7 +43,7 @@ fn generated_id() -> String {
 /// one (`HOSTNAME-xxxxxxxx`), stored there for the next start.
 pub fn resolve_hive_id(flag: Option<&str>, state_dir: &Path) -> Result<String, HiveError> {
     if let Some(id) = flag {
-        validate_hive_id(id).map_err(HiveError::Config)?;
+        validate_hive_id(id)?;
         return Ok(id.to_owned());
     }
     let file = state_dir.join("hive_id");

@@ -16,6 +16,9 @@ pub mod server;
 pub mod service;
 pub mod source;
 pub mod stream;
+pub mod streams;
+#[cfg(feature = "test-support")]
+pub mod test_support;
 
 pub use config::HiveConfig;
 pub use error::HiveError;

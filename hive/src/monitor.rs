@@ -3,12 +3,20 @@
 //!
 //! Source calls block (NVML), so they run on blocking threads; the lock is a plain
 //! mutex held only inside those threads, never across an `.await`.
+//!
+//! Every sample is consistent with a published capability version: a sample names
+//! exactly the GPUs of the version it is stamped with. When a reading sees another
+//! GPU set than the published one (a hot-plug between rescans), the monitor rescans
+//! and publishes the new version first, under the same lock.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rbee_shared::{Capabilities, DeviceSourceKind, Sample, VersionedCapabilities};
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use rbee_shared::lock::MutexExt;
+use rbee_shared::{Capabilities, DeviceSourceKind, GpuSample, Sample, VersionedCapabilities};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -39,7 +47,7 @@ pub struct Monitor {
     gpu_source: DeviceSourceKind,
     /// Operator labels, part of the capabilities.
     labels: BTreeMap<String, String>,
-    /// The last sample and when it was taken.
+    /// The last sample and when its measurement started.
     last: Option<(Instant, Sample)>,
 }
 
@@ -80,35 +88,88 @@ impl Monitor {
         Ok(caps)
     }
 
-    /// Measures the machine now (or returns a reading taken within the last 50 ms).
+    /// Measures the machine now (or returns a reading whose measurement started within
+    /// the last 50 ms: a slow measurement is never reused by the caller that waited
+    /// for it).
     pub fn sample(&mut self) -> Result<Sample, HiveError> {
         if let Some((at, sample)) = &self.last
             && at.elapsed() < SAMPLE_REUSE_WINDOW
         {
             return Ok(sample.clone());
         }
+        let started = Instant::now();
         let mut sample = Sample { taken_at_unix_ms: rbee_shared::time::now_unix_ms(), ..Sample::default() };
         for source in &mut self.sources {
             source.sample(&mut sample)?;
         }
-        self.last = Some((Instant::now(), sample.clone()));
+        self.last = Some((started, sample.clone()));
         Ok(sample)
     }
 }
 
+/// A measurement in flight, shared by every stream that asks while it runs.
+type SharedSample = Shared<BoxFuture<'static, Result<Arc<Sample>, String>>>;
+
 /// The monitor shared by all streams, and the capabilities it publishes.
 pub struct Telemetry {
-    /// The sources; locked only on blocking threads.
+    /// The measurement in flight, if any: streams that tick while it runs wait for it
+    /// instead of queueing a blocking thread each (one reader at a time, whatever the
+    /// number of streams).
+    in_flight: Mutex<Option<SharedSample>>,
+    /// The sources; locked only on blocking threads. A panic inside a source leaves
+    /// the monitor usable (every call re-reads devices), so the lock is taken even
+    /// when poisoned.
     monitor: Arc<Mutex<Monitor>>,
-    /// The current versioned capabilities (latest value wins).
-    caps: watch::Sender<Arc<VersionedCapabilities>>,
+    /// The current versioned capabilities (latest value wins). Published only while
+    /// holding the monitor lock, so versions follow scans in order.
+    caps: Arc<watch::Sender<Arc<VersionedCapabilities>>>,
     /// Where GPU data comes from.
     gpu_source: DeviceSourceKind,
 }
 
-fn lock(m: &Mutex<Monitor>) -> std::sync::MutexGuard<'_, Monitor> {
-    // A panic inside a source leaves the monitor usable: every call re-reads devices.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+/// Publishes `caps` as a new version if they differ from the current ones.
+fn publish(tx: &watch::Sender<Arc<VersionedCapabilities>>, caps: Capabilities) -> bool {
+    tx.send_if_modified(|current| {
+        if current.caps == caps {
+            return false;
+        }
+        let version = current.version + 1;
+        tracing::info!(version, gpus = caps.gpus.len(), "capabilities changed");
+        *current = Arc::new(VersionedCapabilities { version, caps });
+        true
+    })
+}
+
+fn gpu_ids(sample: &Sample) -> BTreeSet<&str> {
+    sample.gpus.iter().map(|g| g.id.as_str()).collect()
+}
+
+/// Makes `sample` name exactly the GPUs of `caps` (a GPU the reading missed is
+/// present with every metric unset) and stamps its version.
+fn conform(sample: &mut Sample, caps: &VersionedCapabilities) {
+    sample.gpus.retain(|g| caps.caps.gpus.contains_key(&g.id));
+    let have: BTreeSet<String> = sample.gpus.iter().map(|g| g.id.clone()).collect();
+    for gpu in caps.caps.gpus.values().filter(|g| !have.contains(&g.id)) {
+        sample.gpus.push(GpuSample { id: gpu.id.clone(), index: gpu.index, ..GpuSample::default() });
+    }
+    sample.gpus.sort_by_key(|g| g.index);
+    sample.capability_version = Some(caps.version);
+}
+
+/// Reads a sample consistent with the published capabilities (see the module docs).
+fn consistent_sample(
+    monitor: &mut Monitor,
+    tx: &watch::Sender<Arc<VersionedCapabilities>>,
+) -> Result<Sample, HiveError> {
+    let mut sample = monitor.sample()?;
+    let current = tx.borrow().clone();
+    let published: BTreeSet<&str> = current.caps.gpus.keys().map(String::as_str).collect();
+    if gpu_ids(&sample) != published {
+        publish(tx, monitor.scan()?);
+    }
+    let current = tx.borrow().clone();
+    conform(&mut sample, &current);
+    Ok(sample)
 }
 
 impl Telemetry {
@@ -124,7 +185,12 @@ impl Telemetry {
         .await??;
         let gpu_source = monitor.gpu_source();
         let (tx, _) = watch::channel(Arc::new(VersionedCapabilities { version: 1, caps }));
-        Ok(Arc::new(Self { monitor: Arc::new(Mutex::new(monitor)), caps: tx, gpu_source }))
+        Ok(Arc::new(Self {
+            in_flight: Mutex::new(None),
+            monitor: Arc::new(Mutex::new(monitor)),
+            caps: Arc::new(tx),
+            gpu_source,
+        }))
     }
 
     /// Where GPU data comes from.
@@ -142,26 +208,47 @@ impl Telemetry {
         self.caps.subscribe()
     }
 
-    /// Measures the machine.
+    /// Measures the machine. The sample names exactly the GPUs of the capability
+    /// version it is stamped with, and that version is already published.
     pub async fn sample(&self) -> Result<Sample, HiveError> {
-        let monitor = self.monitor.clone();
-        tokio::task::spawn_blocking(move || lock(&monitor).sample()).await?
+        let flight = {
+            let mut slot = self.in_flight.lock_unpoisoned();
+            match slot.as_ref() {
+                Some(running) if running.peek().is_none() => running.clone(),
+                _ => {
+                    let (monitor, tx) = (self.monitor.clone(), self.caps.clone());
+                    let measure = async move {
+                        let read = tokio::task::spawn_blocking(move || {
+                            consistent_sample(&mut monitor.lock_unpoisoned(), &tx)
+                        });
+                        match read.await {
+                            Ok(Ok(sample)) => Ok(Arc::new(sample)),
+                            Ok(Err(e)) => Err(e.to_string()),
+                            Err(e) => Err(format!("measurement task failed: {e}")),
+                        }
+                    };
+                    let running = measure.boxed().shared();
+                    *slot = Some(running.clone());
+                    running
+                }
+            }
+        };
+        flight
+            .await
+            .map(|s| s.as_ref().clone())
+            .map_err(|reason| HiveError::Source { source_name: "monitor", reason })
     }
 
     /// Rescans capabilities; publishes a new version if anything changed. Returns
     /// whether it did.
     pub async fn rescan(&self) -> Result<bool, HiveError> {
-        let monitor = self.monitor.clone();
-        let caps = tokio::task::spawn_blocking(move || lock(&monitor).scan()).await??;
-        Ok(self.caps.send_if_modified(|current| {
-            if current.caps == caps {
-                return false;
-            }
-            let version = current.version + 1;
-            tracing::info!(version, gpus = caps.gpus.len(), "capabilities changed");
-            *current = Arc::new(VersionedCapabilities { version, caps });
-            true
-        }))
+        let (monitor, tx) = (self.monitor.clone(), self.caps.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut monitor = monitor.lock_unpoisoned();
+            let caps = monitor.scan()?;
+            Ok(publish(&tx, caps))
+        })
+        .await?
     }
 
     /// Rescans every `every` until cancelled.

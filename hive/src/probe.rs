@@ -35,7 +35,7 @@ pub fn probe(gpu: GpuChoice) -> Result<ProbeReport, HiveError> {
     std::thread::sleep(PROBE_WINDOW);
     let sample = monitor.sample()?;
     Ok(ProbeReport {
-        hostname: hostname::get().ok().and_then(|h| h.into_string().ok()).unwrap_or_default(),
+        hostname: rbee_shared::hostname::local_hostname(),
         gpu_source: monitor.gpu_source(),
         capabilities,
         sample,

@@ -8,34 +8,43 @@ use std::sync::Arc;
 use rbee_proto::v1::hive_server::HiveServer;
 use rbee_shared::HiveIdentity;
 use rbee_shared::grpc_server::{self, cancel_on};
+use rbee_shared::warn_limit::WarnLimiter;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::HiveError;
-use crate::announce::{StreamCounter, announce_loop};
+use crate::announce::announce_loop;
 use crate::config::HiveConfig;
 use crate::monitor::Telemetry;
 use crate::service::HiveService;
 use crate::stream::SessionContext;
+use crate::streams::Streams;
 
 /// Largest message the hive accepts from a caller (queen messages are a few bytes).
 pub const MAX_DECODING_MESSAGE_BYTES: usize = 64 * 1024;
+/// Streams one HTTP/2 connection may open beyond `--max-streams` (Discover, health),
+/// so that a caller over the stream limit gets RESOURCE_EXHAUSTED rather than waiting.
+const EXTRA_STREAMS_PER_CONNECTION: usize = 16;
+/// Warnings about bad messages per peer per window.
+const WARN_BURST: u32 = 5;
+/// The warning window.
+const WARN_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+/// Peers the warning limiter remembers.
+const WARN_PEERS: usize = 1024;
+/// The services the hive serves (what reflection lists, with health and reflection).
+const SERVICES: &[&str] = &["rbee.v1.Hive"];
 
 /// The address to advertise for a listener bound to `local` (`https://` with TLS).
 pub fn default_advertise(local: SocketAddr, tls: bool) -> String {
     let scheme = if tls { "https" } else { "http" };
     if local.ip().is_unspecified() {
-        let host =
-            hostname::get().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into());
+        let host = Some(rbee_shared::hostname::local_hostname())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into());
         format!("{scheme}://{host}:{}", local.port())
     } else {
         format!("{scheme}://{local}")
     }
-}
-
-fn hostname_string() -> String {
-    hostname::get().ok().and_then(|h| h.into_string().ok()).unwrap_or_default()
 }
 
 /// Builds the identity reported by Discover for this process start.
@@ -43,7 +52,7 @@ pub fn identity(config: &HiveConfig, local: SocketAddr, telemetry: &Telemetry) -
     HiveIdentity {
         hive_id: config.hive_id.clone(),
         epoch: uuid::Uuid::now_v7().to_string(),
-        hostname: hostname_string(),
+        hostname: rbee_shared::hostname::local_hostname(),
         advertised_address: config
             .advertise
             .clone()
@@ -64,6 +73,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), HiveError> {
     let local = listener.local_addr().map_err(|e| HiveError::Config(format!("listener address: {e}")))?;
+    if config.max_streams == 0 {
+        return Err(HiveError::Config("max_streams must be at least 1".into()));
+    }
     let telemetry = Telemetry::open(config.gpu.clone(), config.labels.clone()).await?;
     let identity = Arc::new(identity(&config, local, &telemetry));
     tracing::info!(
@@ -78,7 +90,7 @@ pub async fn run(
 
     let cancel = CancellationToken::new();
     let rescan = tokio::spawn(telemetry.clone().rescan_loop(config.rescan_interval, cancel.clone()));
-    let streams = StreamCounter::default();
+    let streams = Streams::new(config.max_streams, config.queen.is_some());
     let announcer = config.queen.clone().map(|queen| {
         let target = crate::announce::Target {
             queen,
@@ -87,28 +99,32 @@ pub async fn run(
             address: identity.advertised_address.clone(),
             hive_id: identity.hive_id.clone(),
         };
-        tokio::spawn(announce_loop(target, streams.clone(), cancel.clone()))
+        tokio::spawn(announce_loop(target, streams.clone(), config.reannounce_after, cancel.clone()))
     });
     let ctx = SessionContext {
         identity,
         telemetry,
         default_interval: config.default_interval,
         shutdown: cancel.clone(),
-        streams,
+        warnings: Arc::new(WarnLimiter::new(WARN_BURST, WARN_WINDOW, WARN_PEERS)),
     };
+    let per_connection =
+        u32::try_from(config.max_streams.saturating_add(EXTRA_STREAMS_PER_CONNECTION)).unwrap_or(u32::MAX);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<HiveServer<HiveService>>().await;
     cancel_on(shutdown, cancel.clone());
     let result = grpc_server::server(config.tls.clone())?
+        .max_concurrent_streams(per_connection)
         .layer(rbee_shared::size_limit::SizeLimitStatusLayer)
         .add_service(health_service)
-        .add_service(grpc_server::reflection_v1()?)
-        .add_service(grpc_server::reflection_v1alpha()?)
+        .add_service(grpc_server::reflection_v1_for(SERVICES)?)
+        .add_service(grpc_server::reflection_v1alpha_for(SERVICES)?)
         .add_service(
-            HiveServer::new(HiveService::new(ctx)).max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES),
+            HiveServer::new(HiveService::new(ctx, streams))
+                .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), cancel.clone().cancelled_owned())
+        .serve_with_incoming_shutdown(grpc_server::incoming(listener), cancel.clone().cancelled_owned())
         .await;
     cancel.cancel();
     let _ = rescan.await;

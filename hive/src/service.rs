@@ -1,4 +1,5 @@
-//! The `rbee.v1.Hive` gRPC handlers: thin, they convert and hand over to the domain.
+//! The `rbee.v1.Hive` gRPC handlers: thin, they admit, convert and hand over to the
+//! domain.
 
 use std::pin::Pin;
 
@@ -7,19 +8,23 @@ use rbee_proto::v1 as pb;
 use rbee_proto::v1::hive_server::Hive;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::convert;
 use crate::stream::{Session, SessionContext};
+use crate::streams::Streams;
 
 /// The Hive service.
 #[derive(Clone)]
 pub struct HiveService {
-    /// Everything a handler needs.
+    /// Everything a session needs.
     ctx: SessionContext,
+    /// Stream admission.
+    streams: Streams,
 }
 
 impl HiveService {
     /// A service over the hive's shared context.
-    pub fn new(ctx: SessionContext) -> Self {
-        Self { ctx }
+    pub fn new(ctx: SessionContext, streams: Streams) -> Self {
+        Self { ctx, streams }
     }
 }
 
@@ -44,16 +49,18 @@ impl Hive for HiveService {
         &self,
         request: Request<Streaming<pb::QueenMessage>>,
     ) -> Result<Response<Self::MetricsStreamStream>, Status> {
+        let peer = request.remote_addr().map(|a| a.ip());
+        let slot = self.streams.admit(peer)?;
         let ctx = self.ctx.clone();
-        let inbound = request.into_inner();
+        let inbound = convert::inbound(request.into_inner());
         // Subscribing waits for the caller's first message, so it happens inside the
         // response stream: the caller gets headers at once, as gRPC clients expect.
-        let stream = futures::stream::once(async move { Session::subscribe(ctx, inbound).await })
+        let stream = futures::stream::once(Session::subscribe(ctx, peer, inbound, slot))
             .map(|subscribed| -> HiveMessageStream {
                 match subscribed {
-                    Ok(Some(session)) => Box::pin(session.into_stream()),
+                    Ok(Some(session)) => Box::pin(session.into_stream().map(convert::outbound)),
                     Ok(None) => Box::pin(futures::stream::empty()),
-                    Err(status) => Box::pin(futures::stream::once(async move { Err(status) })),
+                    Err(e) => Box::pin(futures::stream::once(async move { Err(e.into()) })),
                 }
             })
             .flatten();

@@ -1,28 +1,45 @@
-//! One `MetricsStream` session: subscribe, then snapshot (if the caller's view is
-//! missing or outdated), samples every interval, and capability diffs.
+//! One `MetricsStream` session, in domain types: subscribe, then a snapshot (if the
+//! caller's view is missing or outdated), samples every interval, and capability
+//! diffs. The service converts to and from the wire at the edge.
 //!
 //! The session is pulled: it produces the next message only when the transport asks
 //! for one. A slow reader therefore never makes memory grow: missed sample ticks are
 //! skipped (the next sample is fresh), and capability changes coalesce into one diff
 //! from the version the caller holds to the newest.
+//!
+//! Two promises hold on every stream:
+//! - every sample names exactly the GPUs of the capabilities the stream has delivered
+//!   (the diff that reaches the sample's stamped version goes first);
+//! - `taken_at` strictly increases (a late tick never resends an old reading).
 
+use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Stream;
-use rbee_proto::v1 as pb;
-use rbee_shared::{CapabilityDiff, HiveIdentity, VersionedCapabilities};
+use futures::{Stream, StreamExt};
+use rbee_shared::warn_limit::{Verdict, WarnLimiter};
+use rbee_shared::{
+    CapabilityDiff, HiveIdentity, HivePayload, HiveStreamMessage, QueenStreamMessage, Sample, SnapshotReason,
+    VersionedCapabilities,
+};
 use tokio::sync::watch;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
-use tonic::{Status, Streaming};
 
-use crate::announce::{StreamCounter, StreamGuard};
-use crate::convert::StreamRequest;
+use crate::HiveError;
 use crate::monitor::Telemetry;
+use crate::streams::StreamGuard;
 
 /// How long a caller may take to send its subscription.
 pub const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Readings taken at once when one does not match the stream's view (capabilities
+/// moved on while measuring); after that the stream waits for the next tick.
+const RESAMPLE_ATTEMPTS: u32 = 3;
+
+/// The caller's messages, already converted (a bad one is an error item; the stream
+/// ends when the caller half-closes or goes away).
+pub type Inbound = Pin<Box<dyn Stream<Item = Result<QueenStreamMessage, HiveError>> + Send>>;
 
 /// What every session needs from the hive.
 #[derive(Clone)]
@@ -35,16 +52,18 @@ pub struct SessionContext {
     pub default_interval: Duration,
     /// Cancelled when the hive shuts down; ends every stream.
     pub shutdown: CancellationToken,
-    /// Counts open streams (the announcer re-announces when none is open).
-    pub streams: StreamCounter,
+    /// Limits repeated warnings about bad messages, per peer.
+    pub warnings: Arc<WarnLimiter<Option<IpAddr>>>,
 }
 
 /// The state of one stream.
 pub struct Session {
     /// Shared hive context.
     ctx: SessionContext,
+    /// Who the caller is (for logs).
+    peer: Option<IpAddr>,
     /// Messages from the caller.
-    inbound: Streaming<pb::QueenMessage>,
+    inbound: Inbound,
     /// False once the caller has half-closed its side (grpcurl does after `-d '{}'`).
     inbound_open: bool,
     /// New capability versions.
@@ -52,15 +71,21 @@ pub struct Session {
     /// The capabilities the caller holds, as far as this stream has told it.
     sent: Option<Arc<VersionedCapabilities>>,
     /// A snapshot to send next, and why.
-    pending_snapshot: Option<pb::SnapshotReason>,
+    pending_snapshot: Option<SnapshotReason>,
+    /// A sample waiting for the diff that makes it consistent.
+    pending_sample: Option<Sample>,
+    /// Readings left to take at once, without waiting for a tick.
+    resample: u32,
     /// The sample ticker.
     ticker: Interval,
     /// The last sequence number sent.
     seq: u64,
+    /// `taken_at` of the last sample sent.
+    last_taken_at: u64,
     /// Set after an error or shutdown: the stream ends.
     done: bool,
-    /// Counts this stream as open while it lives.
-    _open: StreamGuard,
+    /// Holds this stream's slot while it lives.
+    _slot: StreamGuard,
 }
 
 fn ticker(every: Duration) -> Interval {
@@ -74,76 +99,72 @@ impl Session {
     /// subscription, and `Ok(None)` when the caller went away first.
     pub async fn subscribe(
         ctx: SessionContext,
-        mut inbound: Streaming<pb::QueenMessage>,
-    ) -> Result<Option<Self>, Status> {
+        peer: Option<IpAddr>,
+        mut inbound: Inbound,
+        slot: StreamGuard,
+    ) -> Result<Option<Self>, HiveError> {
         let first = tokio::select! {
-            () = ctx.shutdown.cancelled() => return Err(Status::unavailable("the hive is shutting down")),
-            first = tokio::time::timeout(SUBSCRIBE_TIMEOUT, inbound.message()) => first,
+            () = ctx.shutdown.cancelled() => return Err(HiveError::ShuttingDown),
+            first = tokio::time::timeout(SUBSCRIBE_TIMEOUT, inbound.next()) => first,
         };
-        let first = match first {
-            Err(_) => {
-                return Err(Status::deadline_exceeded(
-                    "no subscription message within 30 s; send {} to subscribe",
-                ));
+        let request = match first {
+            Err(_) => return Err(HiveError::SubscribeTimeout(SUBSCRIBE_TIMEOUT)),
+            Ok(None) => return Ok(None),
+            Ok(Some(Err(e))) => {
+                warn_bad_message(&ctx, peer, &e);
+                return Err(e);
             }
-            Ok(Err(status)) => return Err(status),
-            Ok(Ok(None)) => return Ok(None),
-            Ok(Ok(Some(m))) => m,
+            Ok(Some(Ok(m))) => m,
         };
-        let request = StreamRequest::try_from(&first)?;
         let mut caps_rx = ctx.telemetry.watch_capabilities();
         let current = caps_rx.borrow_and_update().clone();
         let (sent, pending_snapshot) = match &request.known {
-            _ if request.resync => (None, Some(pb::SnapshotReason::Resync)),
-            None => (None, Some(pb::SnapshotReason::Initial)),
-            Some((epoch, version)) if *epoch == ctx.identity.epoch && *version == current.version => {
+            _ if request.resync => (None, Some(SnapshotReason::Resync)),
+            None => (None, Some(SnapshotReason::Initial)),
+            Some(k) if k.epoch == ctx.identity.epoch && k.capability_version == current.version => {
                 (Some(current), None)
             }
-            Some(_) => (None, Some(pb::SnapshotReason::Outdated)),
+            Some(_) => (None, Some(SnapshotReason::Outdated)),
         };
-        let interval = request.interval.unwrap_or(ctx.default_interval);
-        tracing::debug!(?interval, resumed = sent.is_some(), "stream subscribed");
+        let interval = request.sample_interval.map_or(ctx.default_interval, Into::into);
+        tracing::debug!(?interval, resumed = sent.is_some(), ?peer, "stream subscribed");
         Ok(Some(Self {
+            peer,
             inbound,
             inbound_open: true,
             caps_rx,
             sent,
             pending_snapshot,
+            pending_sample: None,
+            resample: 0,
             ticker: ticker(interval),
             seq: 0,
+            last_taken_at: 0,
             done: false,
-            _open: ctx.streams.open(),
+            _slot: slot,
             ctx,
         }))
     }
 
-    /// Turns the session into the response stream.
-    pub fn into_stream(self) -> impl Stream<Item = Result<pb::HiveMessage, Status>> + Send + 'static {
+    /// Turns the session into the stream of messages for the caller.
+    pub fn into_stream(self) -> impl Stream<Item = Result<HiveStreamMessage, HiveError>> + Send + 'static {
         futures::stream::unfold(self, |mut s| async move { s.next().await.map(|m| (m, s)) })
     }
 
-    fn envelope(&mut self, payload: pb::hive_message::Payload) -> pb::HiveMessage {
+    fn envelope(&mut self, payload: HivePayload) -> HiveStreamMessage {
         self.seq += 1;
-        pb::HiveMessage {
-            seq: self.seq,
-            hive_time_unix_ms: rbee_shared::time::now_unix_ms(),
-            payload: Some(payload),
-        }
+        HiveStreamMessage { seq: self.seq, hive_time_unix_ms: rbee_shared::time::now_unix_ms(), payload }
     }
 
-    fn snapshot(&mut self, reason: pb::SnapshotReason) -> pb::HiveMessage {
+    fn snapshot(&mut self, reason: SnapshotReason) -> HiveStreamMessage {
         let caps = self.caps_rx.borrow_and_update().clone();
-        let snapshot = pb::Snapshot {
-            reason: reason as i32,
-            identity: Some(self.ctx.identity.as_ref().into()),
-            capabilities: Some(caps.as_ref().into()),
-        };
-        self.sent = Some(caps);
-        self.envelope(pb::hive_message::Payload::Snapshot(snapshot))
+        self.sent = Some(caps.clone());
+        let identity = self.ctx.identity.as_ref().clone();
+        self.envelope(HivePayload::Snapshot { reason, identity, capabilities: caps.as_ref().clone() })
     }
 
     /// A diff from what the caller holds to the newest capabilities, if they differ.
-    fn diff_if_changed(&mut self) -> Option<pb::HiveMessage> {
+    fn diff_if_changed(&mut self) -> Option<HiveStreamMessage> {
         let newest = self.caps_rx.borrow_and_update().clone();
         let base = self.sent.as_ref()?;
         if base.version == newest.version {
@@ -151,21 +172,48 @@ impl Session {
         }
         let diff = CapabilityDiff::between(base, &newest);
         self.sent = Some(newest);
-        Some(self.envelope(pb::hive_message::Payload::Diff((&diff).into())))
+        Some(self.envelope(HivePayload::Diff(diff)))
     }
 
-    fn apply(&mut self, request: StreamRequest) {
-        if let Some(every) = request.interval {
-            tracing::debug!(?every, "stream interval changed");
-            self.ticker = ticker(every);
+    /// The pending sample, if the caller's view is the one it was measured against.
+    /// One measured against an older view is dropped and a new reading is due.
+    fn consistent_sample(&mut self) -> Option<HiveStreamMessage> {
+        let sample = self.pending_sample.take()?;
+        let held = self.sent.as_ref().map(|c| c.version);
+        if sample.capability_version != held {
+            self.resample = self.resample.saturating_sub(1);
+            return None;
+        }
+        self.resample = 0;
+        self.last_taken_at = sample.taken_at_unix_ms;
+        Some(self.envelope(HivePayload::Sample(sample)))
+    }
+
+    fn apply(&mut self, request: QueenStreamMessage) {
+        if let Some(every) = request.sample_interval {
+            tracing::debug!(every = ?every.get(), "stream interval changed");
+            self.ticker = ticker(every.get());
         }
         if request.resync {
-            self.pending_snapshot = Some(pb::SnapshotReason::Resync);
+            self.pending_snapshot = Some(SnapshotReason::Resync);
         }
+    }
+
+    /// Takes a reading; keeps it for sending unless it is not newer than the last one.
+    async fn measure(&mut self) -> Result<(), HiveError> {
+        let sample = self.ctx.telemetry.sample().await?;
+        if sample.taken_at_unix_ms > self.last_taken_at {
+            self.pending_sample = Some(sample);
+        } else {
+            // A late tick got the reading this stream already sent: skip this tick.
+            tracing::debug!(taken_at = sample.taken_at_unix_ms, "late tick: no newer reading; skipped");
+            self.resample = 0;
+        }
+        Ok(())
     }
 
     /// The next message for the caller, or `None` when the stream ends.
-    async fn next(&mut self) -> Option<Result<pb::HiveMessage, Status>> {
+    async fn next(&mut self) -> Option<Result<HiveStreamMessage, HiveError>> {
         loop {
             if self.done {
                 return None;
@@ -176,19 +224,26 @@ impl Session {
             if let Some(diff) = self.diff_if_changed() {
                 return Some(Ok(diff));
             }
+            if let Some(sample) = self.consistent_sample() {
+                return Some(Ok(sample));
+            }
+            if self.resample > 0 {
+                if let Err(e) = self.measure().await {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+                continue;
+            }
             tokio::select! {
                 () = self.ctx.shutdown.cancelled() => return None,
-                message = self.inbound.message(), if self.inbound_open => match message {
-                    Ok(Some(m)) => match StreamRequest::try_from(&m) {
-                        Ok(request) => self.apply(request),
-                        Err(e) => {
-                            self.done = true;
-                            return Some(Err(e.into()));
-                        }
-                    },
-                    Ok(None) => self.inbound_open = false,
-                    // The caller reset or cancelled: nobody is listening any more.
-                    Err(_) => return None,
+                message = self.inbound.next(), if self.inbound_open => match message {
+                    Some(Ok(request)) => self.apply(request),
+                    Some(Err(e)) => {
+                        warn_bad_message(&self.ctx, self.peer, &e);
+                        self.done = true;
+                        return Some(Err(e));
+                    }
+                    None => self.inbound_open = false,
                 },
                 changed = self.caps_rx.changed() => {
                     if changed.is_err() {
@@ -197,15 +252,23 @@ impl Session {
                     // Loop: diff_if_changed compares versions and sends the diff.
                 }
                 _ = self.ticker.tick() => {
-                    return match self.ctx.telemetry.sample().await {
-                        Ok(sample) => Some(Ok(self.envelope(pb::hive_message::Payload::Sample((&sample).into())))),
-                        Err(e) => {
-                            self.done = true;
-                            Some(Err(e.into()))
-                        }
-                    };
+                    self.resample = RESAMPLE_ATTEMPTS;
+                    if let Err(e) = self.measure().await {
+                        self.done = true;
+                        return Some(Err(e));
+                    }
                 }
             }
         }
+    }
+}
+
+/// Logs a bad message from `peer`, a few lines per peer per minute; the rest are counted.
+fn warn_bad_message(ctx: &SessionContext, peer: Option<IpAddr>, e: &HiveError) {
+    match ctx.warnings.check(&peer) {
+        Verdict::Log { suppressed } => {
+            tracing::warn!(?peer, error = %e, suppressed, "bad MetricsStream message; stream ended");
+        }
+        Verdict::Suppress => {}
     }
 }

@@ -54,6 +54,9 @@ fn grpcurl_lists_discovers_and_streams() {
     for service in ["rbee.v1.Hive", "grpc.health.v1.Health"] {
         assert!(out.lines().any(|l| l.trim() == service), "{service} missing from:\n{out}");
     }
+    for service in ["rbee.v1.Fleet", "rbee.v1.Scheduler"] {
+        assert!(!out.lines().any(|l| l.trim() == service), "{service} is not served by a hive:\n{out}");
+    }
 
     let (ok, out, err) = run(&["-plaintext", &hive.addr, "rbee.v1.Hive/Discover"]);
     assert!(ok, "Discover failed: {err}");

@@ -4,18 +4,13 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use common::*;
 use rbee_proto::v1 as pb;
 
-fn subscribe(interval_ms: u32) -> pb::QueenMessage {
-    pb::QueenMessage { sample_interval_ms: Some(interval_ms), ..Default::default() }
-}
-
 #[tokio::test]
 async fn discover_reports_identity_and_simulated_capabilities() {
-    let hive = TestHive::start(ONE_GPU, Duration::from_secs(1)).await;
+    let hive = TestHive::start(ONE_GPU).await;
     let resp = hive.client().await.discover(pb::DiscoverRequest {}).await.unwrap().into_inner();
     let id = resp.identity.unwrap();
     assert_eq!(id.hive_id, "test-hive");
@@ -36,8 +31,8 @@ async fn discover_reports_identity_and_simulated_capabilities() {
 
 #[tokio::test]
 async fn a_new_process_start_is_a_new_epoch() {
-    let a = TestHive::start(ONE_GPU, Duration::from_secs(1)).await;
-    let b = TestHive::start(ONE_GPU, Duration::from_secs(1)).await;
+    let a = TestHive::start(ONE_GPU).await;
+    let b = TestHive::start(ONE_GPU).await;
     let ea =
         a.client().await.discover(pb::DiscoverRequest {}).await.unwrap().into_inner().identity.unwrap().epoch;
     let eb =
@@ -47,7 +42,7 @@ async fn a_new_process_start_is_a_new_epoch() {
 
 #[tokio::test]
 async fn an_empty_first_message_subscribes_with_a_snapshot_then_samples_at_the_interval() {
-    let hive = TestHive::start(ONE_GPU, Duration::from_secs(1)).await;
+    let hive = TestHive::start(ONE_GPU).await;
     let mut client = hive.client().await;
     let mut stream = TestStream::open(&mut client, subscribe(200)).await;
     let first = stream.next().await.unwrap();
@@ -87,7 +82,7 @@ async fn a_hot_plugged_gpu_arrives_as_a_diff_with_the_right_base() {
         appear_at_s = 0.6
         remove_at_s = 1.4
     "#;
-    let hive = TestHive::start(scenario, Duration::from_millis(100)).await;
+    let hive = TestHive::start(scenario).await;
     let mut client = hive.client().await;
     let mut stream = TestStream::open(&mut client, subscribe(1000)).await;
     let snap = as_snapshot(&stream.next().await.unwrap()).unwrap();
@@ -113,7 +108,7 @@ async fn a_hot_plugged_gpu_arrives_as_a_diff_with_the_right_base() {
 
 #[tokio::test]
 async fn resuming_with_the_current_version_gets_no_snapshot_and_an_old_one_does() {
-    let hive = TestHive::start(ONE_GPU, Duration::from_secs(1)).await;
+    let hive = TestHive::start(ONE_GPU).await;
     let mut client = hive.client().await;
     let d = client.discover(pb::DiscoverRequest {}).await.unwrap().into_inner();
     let (epoch, version) = (d.identity.unwrap().epoch, d.capabilities.unwrap().version);
@@ -139,7 +134,7 @@ async fn resuming_with_the_current_version_gets_no_snapshot_and_an_old_one_does(
 
 #[tokio::test]
 async fn interval_changes_and_resync_requests_are_honoured() {
-    let hive = TestHive::start(ONE_GPU, Duration::from_secs(1)).await;
+    let hive = TestHive::start(ONE_GPU).await;
     let mut client = hive.client().await;
     let mut stream = TestStream::open(&mut client, subscribe(60_000)).await;
     assert!(as_snapshot(&stream.next().await.unwrap()).is_some());
@@ -155,7 +150,7 @@ async fn interval_changes_and_resync_requests_are_honoured() {
 
 #[tokio::test]
 async fn cpu_utilisation_is_measured_while_a_core_burns() {
-    let hive = TestHive::start(ONE_GPU, Duration::from_secs(1)).await;
+    let hive = TestHive::start(ONE_GPU).await;
     let mut client = hive.client().await;
     let stop = Arc::new(AtomicBool::new(false));
     let burner = {
@@ -178,7 +173,7 @@ async fn cpu_utilisation_is_measured_while_a_core_burns() {
 
 #[tokio::test]
 async fn bad_intervals_are_invalid_arguments_and_the_server_keeps_serving() {
-    let hive = TestHive::start(ONE_GPU, Duration::from_secs(1)).await;
+    let hive = TestHive::start(ONE_GPU).await;
     let mut client = hive.client().await;
     for bad in [0, 50, 3_600_000] {
         let mut stream = TestStream::open(&mut client, subscribe(bad)).await;
@@ -206,7 +201,7 @@ async fn bad_intervals_are_invalid_arguments_and_the_server_keeps_serving() {
 
 #[tokio::test]
 async fn several_callers_stream_independently() {
-    let hive = TestHive::start(ONE_GPU, Duration::from_secs(1)).await;
+    let hive = TestHive::start(ONE_GPU).await;
     let mut client = hive.client().await;
     let mut fast = TestStream::open(&mut client, subscribe(100)).await;
     let mut slow = TestStream::open(&mut client, subscribe(60_000)).await;
@@ -222,7 +217,7 @@ async fn several_callers_stream_independently() {
 
 #[tokio::test]
 async fn shutdown_ends_open_streams_and_returns() {
-    let hive = TestHive::start(ONE_GPU, Duration::from_secs(1)).await;
+    let hive = TestHive::start(ONE_GPU).await;
     let mut client = hive.client().await;
     let mut stream = TestStream::open(&mut client, subscribe(100)).await;
     assert!(as_snapshot(&stream.next().await.unwrap()).is_some());
@@ -236,7 +231,7 @@ async fn shutdown_ends_open_streams_and_returns() {
 
 #[tokio::test]
 async fn health_reports_serving() {
-    let hive = TestHive::start(ONE_GPU, Duration::from_secs(1)).await;
+    let hive = TestHive::start(ONE_GPU).await;
     let channel = tonic::transport::Channel::from_shared(hive.url()).unwrap().connect().await.unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     let resp = health

@@ -1,14 +1,25 @@
 //! Human byte sizes: `8GiB`, `512 MiB`, `80GB`, `1073741824`.
 
+/// A text that is not a byte size.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{text:?} is not a byte size: {reason}")]
+pub struct ByteSizeError {
+    /// The text given.
+    pub text: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
 /// Parses a byte size. Binary units (KiB, MiB, GiB, TiB) are powers of 1024, decimal
 /// units (kB, MB, GB, TB) powers of 1000; a bare number is bytes. Fractions are
 /// allowed with a unit (`1.5GiB`).
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
+pub fn parse_bytes(s: &str) -> Result<u64, ByteSizeError> {
+    let bad = |reason: String| ByteSizeError { text: s.to_owned(), reason };
     let t = s.trim();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     if num.is_empty() {
-        return Err(format!("{s:?} is not a byte size (expected e.g. 8GiB, 512MiB or 1073741824)"));
+        return Err(bad("expected e.g. 8GiB, 512MiB or 1073741824".into()));
     }
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
@@ -21,18 +32,16 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         "gi" | "gib" => 1 << 30,
         "ti" | "tib" => 1 << 40,
         other => {
-            return Err(format!(
-                "unknown unit {other:?} in {s:?} (use B, KiB, MiB, GiB, TiB, kB, MB, GB, TB)"
-            ));
+            return Err(bad(format!("unknown unit {other:?} (use B, KiB, MiB, GiB, TiB, kB, MB, GB, TB)")));
         }
     };
     if let Ok(n) = num.parse::<u64>() {
-        return n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"));
+        return n.checked_mul(mult).ok_or_else(|| bad("too large".into()));
     }
-    let f: f64 = num.parse().map_err(|_| format!("{s:?} is not a byte size"))?;
+    let f: f64 = num.parse().map_err(|_| bad("not a number".into()))?;
     let bytes = f * mult as f64;
     if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
-        return Err(format!("{s:?} is out of range"));
+        return Err(bad("out of range".into()));
     }
     Ok(bytes.round() as u64)
 }
@@ -66,7 +75,7 @@ mod tests {
     fn rejects_garbage() {
         assert!(parse_bytes("").is_err());
         assert!(parse_bytes("GiB").is_err());
-        assert!(parse_bytes("8 parsecs").unwrap_err().contains("unknown unit"));
+        assert!(parse_bytes("8 parsecs").unwrap_err().to_string().contains("unknown unit"));
         assert!(parse_bytes("99999999999999999999TiB").is_err());
     }
 

@@ -12,15 +12,32 @@ use rcgen::{
     IsCa, KeyPair, KeyUsagePurpose,
 };
 
-fn fail(e: impl std::fmt::Display) -> String {
-    format!("certificate generation: {e}")
+/// Why the certificates could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    /// rcgen refused the parameters.
+    #[error("certificate generation: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// A file could not be written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A hive name that cannot be part of a file name.
+    #[error("hive name {0:?} cannot be a file name")]
+    BadName(String),
 }
 
-fn io(path: &Path, e: std::io::Error) -> String {
-    format!("{}: {e}", path.display())
+type Result<T> = std::result::Result<T, CertError>;
+
+fn io(path: &Path, source: std::io::Error) -> CertError {
+    CertError::Io { path: path.to_owned(), source }
 }
 
-fn write(dir: &Path, name: &str, contents: &str, secret: bool) -> Result<PathBuf, String> {
+fn write(dir: &Path, name: &str, contents: &str, secret: bool) -> Result<PathBuf> {
     let path = dir.join(name);
     std::fs::write(&path, contents).map_err(|e| io(&path, e))?;
     #[cfg(unix)]
@@ -33,35 +50,35 @@ fn write(dir: &Path, name: &str, contents: &str, secret: bool) -> Result<PathBuf
     Ok(path)
 }
 
-fn ca(name: &str) -> Result<CertifiedIssuer<'static, KeyPair>, String> {
-    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(fail)?;
+fn ca(name: &str) -> Result<CertifiedIssuer<'static, KeyPair>> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, name);
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages =
         vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    CertifiedIssuer::self_signed(params, KeyPair::generate().map_err(fail)?).map_err(fail)
+    Ok(CertifiedIssuer::self_signed(params, KeyPair::generate()?)?)
 }
 
 fn leaf(
     issuer: &CertifiedIssuer<'static, KeyPair>,
     names: &[String],
     usages: Vec<ExtendedKeyUsagePurpose>,
-) -> Result<(String, String), String> {
-    let mut params = CertificateParams::new(names.to_vec()).map_err(fail)?;
+) -> Result<(String, String)> {
+    let mut params = CertificateParams::new(names.to_vec())?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, names.first().cloned().unwrap_or_default());
     params.distinguished_name = dn;
     params.extended_key_usages = usages;
-    let key = KeyPair::generate().map_err(fail)?;
-    let cert = params.signed_by(&key, issuer).map_err(fail)?;
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, issuer)?;
     Ok((cert.pem(), key.serialize_pem()))
 }
 
 /// Writes `queen-ca.pem`, `hive-ca.pem`, `queen.pem`/`queen.key` (for `queen_names`) and
 /// `hive-NAME.pem`/`hive-NAME.key` for each hive name into `dir`. Returns the files.
-pub fn generate(dir: &Path, queen_names: &[String], hive_names: &[String]) -> Result<Vec<PathBuf>, String> {
+pub fn generate(dir: &Path, queen_names: &[String], hive_names: &[String]) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     let queen_ca = ca("rbee queen CA (development)")?;
     let hive_ca = ca("rbee hive CA (development)")?;
@@ -77,7 +94,7 @@ pub fn generate(dir: &Path, queen_names: &[String], hive_names: &[String]) -> Re
     files.push(write(dir, "queen.key", &key, true)?);
     for name in hive_names {
         if name.is_empty() || name.contains(['/', '\\']) {
-            return Err(format!("hive name {name:?} cannot be a file name"));
+            return Err(CertError::BadName(name.clone()));
         }
         let (cert, key) = leaf(&hive_ca, std::slice::from_ref(name), vec![ServerAuth])?;
         files.push(write(dir, &format!("hive-{name}.pem"), &cert, false)?);

@@ -7,35 +7,36 @@ use std::collections::{BTreeMap, HashMap};
 
 use rbee_proto::v1 as pb;
 
+pub use crate::labels::MAX_LABELS;
+use crate::stream_message::MAX_EPOCH_BYTES;
 use crate::{
     Backend, Capabilities, CapabilityDiff, ComputeCapability, ConvertError, CpuInfo, DeviceSourceKind,
-    GpuDevice, GpuSample, HiveIdentity, HivePayload, HiveStreamMessage, LoadAverage, MigMode, Sample,
-    SnapshotReason, VersionedCapabilities,
+    GpuDevice, GpuSample, HiveIdentity, HivePayload, HiveStreamMessage, KnownView, LoadAverage, MigMode,
+    QueenStreamMessage, Sample, SampleInterval, SnapshotReason, VersionedCapabilities,
 };
 
 /// Most GPUs one hive may report.
 pub const MAX_DEVICES: usize = 64;
 /// Longest string (bytes) any field may carry.
 pub const MAX_STRING_BYTES: usize = 256;
-/// Most labels one hive may carry.
-pub const MAX_LABELS: usize = 64;
 /// Most per-core CPU readings one sample may carry.
 pub const MAX_CORES: usize = 4096;
 
-type Result<T> = std::result::Result<T, ConvertError>;
+/// A value checked on its way in from the wire.
+type Checked<T> = std::result::Result<T, ConvertError>;
 
-fn check_str(field: &str, s: &str) -> Result<String> {
+fn check_str(field: &str, s: &str) -> Checked<String> {
     if s.len() > MAX_STRING_BYTES {
         return Err(ConvertError::new(field, format!("{} bytes > {MAX_STRING_BYTES}", s.len())));
     }
     Ok(s.to_owned())
 }
 
-fn check_opt_str(field: &str, s: &Option<String>) -> Result<Option<String>> {
+fn check_opt_str(field: &str, s: &Option<String>) -> Checked<Option<String>> {
     s.as_deref().map(|s| check_str(field, s)).transpose()
 }
 
-fn check_percent(field: &str, v: Option<f32>) -> Result<Option<f32>> {
+fn check_percent(field: &str, v: Option<f32>) -> Checked<Option<f32>> {
     match v {
         Some(p) if !(p.is_finite() && (0.0..=100.0).contains(&p)) => {
             Err(ConvertError::new(field, format!("{p} is not a percentage in 0..=100")))
@@ -44,18 +45,16 @@ fn check_percent(field: &str, v: Option<f32>) -> Result<Option<f32>> {
     }
 }
 
-fn check_finite(field: &str, v: Option<f32>) -> Result<Option<f32>> {
+fn check_finite(field: &str, v: Option<f32>) -> Checked<Option<f32>> {
     match v {
         Some(x) if !x.is_finite() => Err(ConvertError::new(field, format!("{x} is not finite"))),
         other => Ok(other),
     }
 }
 
-fn labels_from_wire(field: &str, labels: &HashMap<String, String>) -> Result<BTreeMap<String, String>> {
-    if labels.len() > MAX_LABELS {
-        return Err(ConvertError::new(field, format!("{} labels > {MAX_LABELS}", labels.len())));
-    }
-    labels.iter().map(|(k, v)| Ok((check_str(field, k)?, check_str(field, v)?))).collect()
+fn labels_from_wire(field: &str, labels: &HashMap<String, String>) -> Checked<BTreeMap<String, String>> {
+    crate::labels::validate_labels(labels.iter()).map_err(|e| ConvertError::new(field, e.to_string()))?;
+    Ok(labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
 }
 
 fn labels_to_wire(labels: &BTreeMap<String, String>) -> HashMap<String, String> {
@@ -71,7 +70,7 @@ impl From<Backend> for pb::Backend {
     }
 }
 
-fn backends_from_wire(field: &str, raw: &[i32]) -> Result<Vec<Backend>> {
+fn backends_from_wire(field: &str, raw: &[i32]) -> Checked<Vec<Backend>> {
     let mut out = raw
         .iter()
         .map(|&b| match pb::Backend::try_from(b) {
@@ -79,7 +78,7 @@ fn backends_from_wire(field: &str, raw: &[i32]) -> Result<Vec<Backend>> {
             Ok(pb::Backend::Cuda) => Ok(Backend::Cuda),
             _ => Err(ConvertError::new(field, format!("unknown backend {b}"))),
         })
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Checked<Vec<_>>>()?;
     out.sort();
     out.dedup();
     Ok(out)
@@ -112,7 +111,7 @@ impl From<&GpuDevice> for pb::GpuDevice {
     }
 }
 
-fn gpu_from_wire(field: &str, g: &pb::GpuDevice) -> Result<GpuDevice> {
+fn gpu_from_wire(field: &str, g: &pb::GpuDevice) -> Checked<GpuDevice> {
     if g.id.is_empty() {
         return Err(ConvertError::new(format!("{field}.id"), "must not be empty"));
     }
@@ -142,7 +141,7 @@ fn gpu_from_wire(field: &str, g: &pb::GpuDevice) -> Result<GpuDevice> {
     })
 }
 
-fn gpus_from_wire(field: &str, gpus: &[pb::GpuDevice]) -> Result<Vec<GpuDevice>> {
+fn gpus_from_wire(field: &str, gpus: &[pb::GpuDevice]) -> Checked<Vec<GpuDevice>> {
     if gpus.len() > MAX_DEVICES {
         return Err(ConvertError::new(field, format!("{} devices > {MAX_DEVICES}", gpus.len())));
     }
@@ -168,7 +167,7 @@ impl From<&CpuInfo> for pb::CpuInfo {
     }
 }
 
-fn cpu_from_wire(field: &str, c: &pb::CpuInfo) -> Result<CpuInfo> {
+fn cpu_from_wire(field: &str, c: &pb::CpuInfo) -> Checked<CpuInfo> {
     Ok(CpuInfo {
         model: check_str(&format!("{field}.model"), &c.model)?,
         physical_cores: c.physical_cores,
@@ -192,7 +191,7 @@ impl From<&VersionedCapabilities> for pb::Capabilities {
 
 impl TryFrom<&pb::Capabilities> for VersionedCapabilities {
     type Error = ConvertError;
-    fn try_from(c: &pb::Capabilities) -> Result<Self> {
+    fn try_from(c: &pb::Capabilities) -> Checked<Self> {
         let cpu = c.cpu.as_ref().ok_or_else(|| ConvertError::new("capabilities.cpu", "is required"))?;
         Ok(Self {
             version: c.version,
@@ -238,7 +237,7 @@ impl From<&HiveIdentity> for pb::HiveIdentity {
 
 impl TryFrom<&pb::HiveIdentity> for HiveIdentity {
     type Error = ConvertError;
-    fn try_from(i: &pb::HiveIdentity) -> Result<Self> {
+    fn try_from(i: &pb::HiveIdentity) -> Checked<Self> {
         for (field, v) in [("identity.hive_id", &i.hive_id), ("identity.epoch", &i.epoch)] {
             if v.is_empty() {
                 return Err(ConvertError::new(field, "must not be empty"));
@@ -286,7 +285,7 @@ impl From<&CapabilityDiff> for pb::CapabilityDiff {
 
 impl TryFrom<&pb::CapabilityDiff> for CapabilityDiff {
     type Error = ConvertError;
-    fn try_from(d: &pb::CapabilityDiff) -> Result<Self> {
+    fn try_from(d: &pb::CapabilityDiff) -> Checked<Self> {
         if d.gpus_removed.len() > MAX_DEVICES {
             return Err(ConvertError::new(
                 "diff.gpus_removed",
@@ -301,7 +300,7 @@ impl TryFrom<&pb::CapabilityDiff> for CapabilityDiff {
                 .gpus_removed
                 .iter()
                 .map(|id| check_str("diff.gpus_removed", id))
-                .collect::<Result<_>>()?,
+                .collect::<Checked<_>>()?,
             gpus_changed: gpus_from_wire("diff.gpus_changed", &d.gpus_changed)?,
             cpu: d.cpu.as_ref().map(|c| cpu_from_wire("diff.cpu", c)).transpose()?,
             ram_total_bytes: d.ram_total_bytes,
@@ -336,7 +335,7 @@ impl From<&GpuSample> for pb::GpuSample {
     }
 }
 
-fn gpu_sample_from_wire(field: &str, g: &pb::GpuSample) -> Result<GpuSample> {
+fn gpu_sample_from_wire(field: &str, g: &pb::GpuSample) -> Checked<GpuSample> {
     if let (Some(used), Some(free)) = (g.vram_used_bytes, g.vram_free_bytes)
         && used.checked_add(free).is_none()
     {
@@ -379,13 +378,14 @@ impl From<&Sample> for pb::Sample {
             swap_used_bytes: s.swap_used_bytes,
             uptime_s: s.uptime_s,
             gpus: s.gpus.iter().map(Into::into).collect(),
+            capability_version: s.capability_version,
         }
     }
 }
 
 impl TryFrom<&pb::Sample> for Sample {
     type Error = ConvertError;
-    fn try_from(s: &pb::Sample) -> Result<Self> {
+    fn try_from(s: &pb::Sample) -> Checked<Self> {
         if s.ram_used_bytes > s.ram_total_bytes {
             return Err(ConvertError::new(
                 "sample.ram_used_bytes",
@@ -437,7 +437,7 @@ impl TryFrom<&pb::Sample> for Sample {
                     check_percent(&format!("sample.cpu_per_core_percent[{i}]"), Some(*p))
                         .map(|p| p.unwrap_or(0.0))
                 })
-                .collect::<Result<_>>()?,
+                .collect::<Checked<_>>()?,
             load_average,
             ram_total_bytes: s.ram_total_bytes,
             ram_used_bytes: s.ram_used_bytes,
@@ -450,14 +450,88 @@ impl TryFrom<&pb::Sample> for Sample {
                 .iter()
                 .enumerate()
                 .map(|(i, g)| gpu_sample_from_wire(&format!("sample.gpus[{i}]"), g))
-                .collect::<Result<_>>()?,
+                .collect::<Checked<_>>()?,
+            capability_version: s.capability_version,
         })
+    }
+}
+
+impl From<SnapshotReason> for pb::SnapshotReason {
+    fn from(r: SnapshotReason) -> Self {
+        match r {
+            SnapshotReason::Initial => pb::SnapshotReason::Initial,
+            SnapshotReason::Outdated => pb::SnapshotReason::Outdated,
+            SnapshotReason::Resync => pb::SnapshotReason::Resync,
+            SnapshotReason::Unspecified => pb::SnapshotReason::Unspecified,
+        }
+    }
+}
+
+impl From<&HivePayload> for pb::hive_message::Payload {
+    fn from(p: &HivePayload) -> Self {
+        use pb::hive_message::Payload;
+        match p {
+            HivePayload::Snapshot { reason, identity, capabilities } => Payload::Snapshot(pb::Snapshot {
+                reason: pb::SnapshotReason::from(*reason) as i32,
+                identity: Some(identity.into()),
+                capabilities: Some(capabilities.into()),
+            }),
+            HivePayload::Sample(s) => Payload::Sample(s.into()),
+            HivePayload::Diff(d) => Payload::Diff(d.into()),
+        }
+    }
+}
+
+impl From<&HiveStreamMessage> for pb::HiveMessage {
+    fn from(m: &HiveStreamMessage) -> Self {
+        Self { seq: m.seq, hive_time_unix_ms: m.hive_time_unix_ms, payload: Some((&m.payload).into()) }
+    }
+}
+
+impl From<&QueenStreamMessage> for pb::QueenMessage {
+    fn from(m: &QueenStreamMessage) -> Self {
+        Self {
+            sample_interval_ms: m.sample_interval.map(SampleInterval::as_millis_u32),
+            known_epoch: m.known.as_ref().map(|k| k.epoch.clone()),
+            known_capability_version: m.known.as_ref().map(|k| k.capability_version),
+            resync: m.resync,
+        }
+    }
+}
+
+impl TryFrom<&pb::QueenMessage> for QueenStreamMessage {
+    type Error = ConvertError;
+    fn try_from(m: &pb::QueenMessage) -> Checked<Self> {
+        let sample_interval = m
+            .sample_interval_ms
+            .map(|ms| SampleInterval::from_millis(u64::from(ms)))
+            .transpose()
+            .map_err(|e| ConvertError::new("sample_interval_ms", e.to_string()))?;
+        let known = match (&m.known_epoch, m.known_capability_version) {
+            (None, None) => None,
+            (Some(epoch), Some(version)) => {
+                if epoch.is_empty() || epoch.len() > MAX_EPOCH_BYTES {
+                    return Err(ConvertError::new(
+                        "known_epoch",
+                        format!("must be 1..={MAX_EPOCH_BYTES} bytes, got {}", epoch.len()),
+                    ));
+                }
+                Some(KnownView { epoch: epoch.clone(), capability_version: version })
+            }
+            _ => {
+                return Err(ConvertError::new(
+                    "known_epoch",
+                    "known_epoch and known_capability_version must be set together",
+                ));
+            }
+        };
+        Ok(Self { sample_interval, known, resync: m.resync })
     }
 }
 
 impl TryFrom<&pb::HiveMessage> for HiveStreamMessage {
     type Error = ConvertError;
-    fn try_from(m: &pb::HiveMessage) -> Result<Self> {
+    fn try_from(m: &pb::HiveMessage) -> Checked<Self> {
         use pb::hive_message::Payload;
         let payload = match m.payload.as_ref().ok_or_else(|| ConvertError::new("payload", "is required"))? {
             Payload::Sample(s) => HivePayload::Sample(s.try_into()?),
@@ -542,6 +616,55 @@ mod tests {
         assert_eq!(Sample::try_from(&wire).unwrap_err().field, "sample.cpu_percent");
         let wire = pb::Sample { cpu_per_core_percent: vec![5.0, 101.0], ..Default::default() };
         assert_eq!(Sample::try_from(&wire).unwrap_err().field, "sample.cpu_per_core_percent[1]");
+    }
+
+    #[test]
+    fn queen_messages_round_trip_and_validate() {
+        let m = QueenStreamMessage {
+            sample_interval: Some(SampleInterval::from_millis(250).unwrap()),
+            known: Some(KnownView { epoch: "e".into(), capability_version: 3 }),
+            resync: true,
+        };
+        assert_eq!(QueenStreamMessage::try_from(&pb::QueenMessage::from(&m)).unwrap(), m);
+        assert_eq!(
+            QueenStreamMessage::try_from(&pb::QueenMessage::default()).unwrap(),
+            QueenStreamMessage::default()
+        );
+        for ms in [0, 99, 60_001, u32::MAX] {
+            let wire = pb::QueenMessage { sample_interval_ms: Some(ms), ..Default::default() };
+            let err = QueenStreamMessage::try_from(&wire).unwrap_err();
+            assert_eq!(err.field, "sample_interval_ms");
+            assert!(err.reason.contains("100..=60000"), "{err}");
+        }
+        let half = pb::QueenMessage { known_epoch: Some("e".into()), ..Default::default() };
+        assert_eq!(QueenStreamMessage::try_from(&half).unwrap_err().field, "known_epoch");
+        let long = pb::QueenMessage {
+            known_epoch: Some("e".repeat(65)),
+            known_capability_version: Some(1),
+            ..Default::default()
+        };
+        assert_eq!(QueenStreamMessage::try_from(&long).unwrap_err().field, "known_epoch");
+    }
+
+    #[test]
+    fn hive_messages_round_trip() {
+        let sample = Sample { taken_at_unix_ms: 5, capability_version: Some(2), ..Default::default() };
+        let m = HiveStreamMessage { seq: 3, hive_time_unix_ms: 9, payload: HivePayload::Sample(sample) };
+        assert_eq!(HiveStreamMessage::try_from(&pb::HiveMessage::from(&m)).unwrap(), m);
+    }
+
+    #[test]
+    fn labels_follow_the_one_rule() {
+        let wire = |k: &str| pb::Capabilities {
+            cpu: Some(pb::CpuInfo::default()),
+            labels: [(k.to_owned(), "v".to_owned())].into(),
+            ..Default::default()
+        };
+        assert!(VersionedCapabilities::try_from(&wire("zone")).is_ok());
+        for bad in ["", "a b", &"k".repeat(64)] {
+            let err = VersionedCapabilities::try_from(&wire(bad)).unwrap_err();
+            assert_eq!(err.field, "capabilities.labels", "{err}");
+        }
     }
 
     #[test]

@@ -1,35 +1,99 @@
 //! What both gRPC servers share: reflection over the rbee contract (v1 and v1alpha,
-//! for grpcurl 1.8.x), TLS set-up, and the shutdown hand-off.
+//! for grpcurl 1.8.x), the transport settings (TLS, TCP_NODELAY, HTTP/2 windows), and
+//! the shutdown hand-off.
 
 use std::future::Future;
+
+use futures::StreamExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_stream::wrappers::TcpListenerStream;
 
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Server, ServerTlsConfig};
 use tonic_reflection::server::{Builder, Error, v1, v1alpha};
 
-fn builder() -> Builder<'static> {
-    Builder::configure()
+/// The HTTP/2 flow-control window each stream grants its peer, bytes: the most a
+/// caller can have in flight towards the server on one stream (callers send small
+/// requests; a larger message waits for the server to read).
+pub const STREAM_WINDOW_BYTES: u32 = 64 * 1024;
+/// The HTTP/2 window of a whole connection, bytes (all its streams together).
+pub const CONNECTION_WINDOW_BYTES: u32 = 1024 * 1024;
+
+/// The health service's name, as reflection lists it.
+pub const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
+/// The reflection services' names, as reflection lists them.
+pub const REFLECTION_SERVICES: [&str; 2] =
+    ["grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"];
+
+fn builder(services: Option<&[&str]>) -> Builder<'static> {
+    let mut b = Builder::configure()
         .register_encoded_file_descriptor_set(rbee_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+    if let Some(services) = services {
+        for name in services.iter().copied().chain([HEALTH_SERVICE]).chain(REFLECTION_SERVICES) {
+            b = b.with_service_name(name);
+        }
+    }
+    b
 }
 
-/// Reflection v1 over the rbee and health descriptors.
+/// Reflection v1 over the rbee and health descriptors, listing every service in them.
+/// (Kept for the queen; a server should prefer [`reflection_v1_for`].)
 pub fn reflection_v1() -> Result<v1::ServerReflectionServer<impl v1::ServerReflection>, Error> {
-    builder().build_v1()
+    builder(None).build_v1()
 }
 
-/// Reflection v1alpha (what grpcurl 1.8.x and grpcio-reflection speak).
+/// Reflection v1alpha (what grpcurl 1.8.x and grpcio-reflection speak), listing every
+/// service. (Kept for the queen; a server should prefer [`reflection_v1alpha_for`].)
 pub fn reflection_v1alpha() -> Result<v1alpha::ServerReflectionServer<impl v1alpha::ServerReflection>, Error>
 {
-    builder().build_v1alpha()
+    builder(None).build_v1alpha()
 }
 
-/// A server builder, serving TLS when `tls` is given.
+/// Reflection v1 that lists only `services` (fully qualified, e.g. `rbee.v1.Hive`),
+/// health and reflection: the services this server really serves.
+pub fn reflection_v1_for(
+    services: &[&str],
+) -> Result<v1::ServerReflectionServer<impl v1::ServerReflection>, Error> {
+    builder(Some(services)).build_v1()
+}
+
+/// Reflection v1alpha that lists only `services`, health and reflection.
+pub fn reflection_v1alpha_for(
+    services: &[&str],
+) -> Result<v1alpha::ServerReflectionServer<impl v1alpha::ServerReflection>, Error> {
+    builder(Some(services)).build_v1alpha()
+}
+
+/// A server builder, serving TLS when `tls` is given, with TCP_NODELAY (replies are
+/// not held back by Nagle's algorithm; serve [`incoming`] for a caller's listener) and
+/// bounded HTTP/2 windows
+/// ([`STREAM_WINDOW_BYTES`], [`CONNECTION_WINDOW_BYTES`]).
 pub fn server(tls: Option<ServerTlsConfig>) -> Result<Server, tonic::transport::Error> {
+    let builder = Server::builder()
+        .tcp_nodelay(true)
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES);
     match tls {
-        Some(tls) => Server::builder().tls_config(tls),
-        None => Ok(Server::builder()),
+        Some(tls) => builder.tls_config(tls),
+        None => Ok(builder),
     }
+}
+
+/// The connections accepted on `listener`, each with TCP_NODELAY set. (tonic ignores
+/// its own `tcp_nodelay` setting for a caller-supplied listener, which is how both
+/// servers are started; without this a reply larger than one segment waits about
+/// 40 ms for a delayed ACK.)
+pub fn incoming(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<TcpStream>> + Send + 'static {
+    TcpListenerStream::new(listener).map(|accepted| {
+        let socket = accepted?;
+        if let Err(e) = socket.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted connection");
+        }
+        Ok(socket)
+    })
 }
 
 /// Cancels `token` when `shutdown` resolves (so servers and tasks that watch the token stop).

@@ -5,25 +5,37 @@
 //! - [`identity`]: who a hive is (stable id, per-start epoch).
 //! - [`capability_diff`]: the incremental change between two capability versions.
 //! - [`convert`]: the one place where wire (`rbee_proto`) types become domain types and back.
+//! - [`stream_message`]: both directions of `MetricsStream`, as domain types.
+//! - One home for each rule both programs follow: [`sample_interval`], [`labels`],
+//!   [`backoff`], [`bearer`], [`hostname`], [`duration_serde`], [`lock`],
+//!   [`warn_limit`].
 //! - [`bytesize`], [`telemetry`], [`shutdown`], [`time`]: small helpers both binaries use.
 //!
 //! Domain code never passes generated protobuf types around.
 
+pub mod backoff;
+pub mod bearer;
 pub mod bytesize;
 pub mod capability;
 pub mod capability_diff;
 pub mod certs;
 pub mod convert;
+pub mod duration_serde;
 pub mod error;
 pub mod grpc_server;
+pub mod hostname;
 pub mod identity;
+pub mod labels;
+pub mod lock;
 pub mod sample;
+pub mod sample_interval;
 pub mod shutdown;
 pub mod size_limit;
 pub mod stream_message;
 pub mod telemetry;
 pub mod time;
 pub mod tls;
+pub mod warn_limit;
 
 pub use capability::{
     Backend, Capabilities, ComputeCapability, CpuInfo, GpuDevice, MigMode, VersionedCapabilities,
@@ -34,4 +46,5 @@ pub use identity::{DeviceSourceKind, HiveIdentity};
 pub use sample::{
     DEFAULT_SAMPLE_INTERVAL, GpuSample, LoadAverage, MAX_SAMPLE_INTERVAL, MIN_SAMPLE_INTERVAL, Sample,
 };
-pub use stream_message::{HivePayload, HiveStreamMessage, SnapshotReason};
+pub use sample_interval::{IntervalError, SampleInterval};
+pub use stream_message::{HivePayload, HiveStreamMessage, KnownView, QueenStreamMessage, SnapshotReason};

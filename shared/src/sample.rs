@@ -71,11 +71,9 @@ pub struct Sample {
     pub uptime_s: Option<u64>,
     /// Per-GPU readings.
     pub gpus: Vec<GpuSample>,
+    /// The capability version this sample was measured against: its GPUs are exactly
+    /// the GPUs of that version. `None` from hives that predate the field.
+    pub capability_version: Option<u64>,
 }
 
-/// The shortest sample interval a stream may ask for.
-pub const MIN_SAMPLE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
-/// The longest sample interval a stream may ask for.
-pub const MAX_SAMPLE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
-/// The sample interval when a subscriber does not set one.
-pub const DEFAULT_SAMPLE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+pub use crate::sample_interval::{DEFAULT_SAMPLE_INTERVAL, MAX_SAMPLE_INTERVAL, MIN_SAMPLE_INTERVAL};

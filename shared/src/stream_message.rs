@@ -43,3 +43,28 @@ pub struct HiveStreamMessage {
     /// The content.
     pub payload: HivePayload,
 }
+
+/// The capability view a caller already holds (sent when it subscribes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownView {
+    /// The hive epoch the view belongs to.
+    pub epoch: String,
+    /// The capability version the view holds.
+    pub capability_version: u64,
+}
+
+/// Longest epoch a caller may name, bytes.
+pub const MAX_EPOCH_BYTES: usize = 64;
+
+/// One message from the queen (or any caller) on `MetricsStream`, as domain types. The
+/// first one subscribes; later ones may change the interval or ask for a resync.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct QueenStreamMessage {
+    /// A new sample interval; `None` keeps the current one (the hive's default at first).
+    pub sample_interval: Option<crate::SampleInterval>,
+    /// First message only: the view the caller holds. When it matches the hive's epoch
+    /// and version, no snapshot is sent.
+    pub known: Option<KnownView>,
+    /// Send a full snapshot now.
+    pub resync: bool,
+}

@@ -1,40 +1,100 @@
 //! Loading TLS material (PEM files) into tonic's rustls configuration, with errors
 //! that name the file.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
+/// A PEM file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The file could not be read.
+    #[error("{what} {}: {source}", path.display())]
+    Read {
+        /// What the file was for ("CA", "certificate", ...).
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not PEM.
+    #[error("{what} {}: not a PEM file", path.display())]
+    NotPem {
+        /// What the file was for.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+    },
+}
+
 /// Reads a PEM file; the error names the file and what it was for.
-pub fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{what} {}: {e}", path.display()))?;
+pub fn read_pem_file(path: &Path, what: &'static str) -> Result<Vec<u8>, TlsError> {
+    let bytes =
+        std::fs::read(path).map_err(|source| TlsError::Read { what, path: path.to_owned(), source })?;
     if !String::from_utf8_lossy(&bytes).contains("-----BEGIN ") {
-        return Err(format!("{what} {}: not a PEM file", path.display()));
+        return Err(TlsError::NotPem { what, path: path.to_owned() });
     }
     Ok(bytes)
 }
 
 /// A certificate and key as a TLS identity.
-pub fn identity(cert: &Path, key: &Path) -> Result<Identity, String> {
-    Ok(Identity::from_pem(read_pem(cert, "certificate")?, read_pem(key, "private key")?))
+pub fn identity_files(cert: &Path, key: &Path) -> Result<Identity, TlsError> {
+    Ok(Identity::from_pem(read_pem_file(cert, "certificate")?, read_pem_file(key, "private key")?))
 }
 
 /// Server TLS: this identity, and, with `client_ca`, mutual TLS that only admits
 /// clients whose certificate chains to that CA.
-pub fn server(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<ServerTlsConfig, String> {
-    let mut tls = ServerTlsConfig::new().identity(identity(cert, key)?);
+pub fn server_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<ServerTlsConfig, TlsError> {
+    let mut tls = ServerTlsConfig::new().identity(identity_files(cert, key)?);
     if let Some(ca) = client_ca {
-        tls = tls.client_ca_root(Certificate::from_pem(read_pem(ca, "client CA")?));
+        tls = tls.client_ca_root(Certificate::from_pem(read_pem_file(ca, "client CA")?));
     }
     Ok(tls)
 }
 
 /// Client TLS: trust `ca` for the server, and present `identity` when given (mutual TLS).
 /// The server's certificate must name the host being dialed.
-pub fn client(ca: &Path, identity_files: Option<(&Path, &Path)>) -> Result<ClientTlsConfig, String> {
-    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read_pem(ca, "CA")?));
-    if let Some((cert, key)) = identity_files {
-        tls = tls.identity(identity(cert, key)?);
+pub fn client_config(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<ClientTlsConfig, TlsError> {
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read_pem_file(ca, "CA")?));
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(identity_files(cert, key)?);
     }
     Ok(tls)
+}
+
+/// Compatibility for the queen, which maps these errors into `QueenError::Config(String)`
+/// today. TO REMOVE once the queen calls [`server_config`] / [`client_config`]: these
+/// are the only `Result<_, String>` left in this crate, on purpose, until then.
+pub mod compat {
+    use super::*;
+
+    /// [`server_config`] with the error as text.
+    pub fn server(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<ServerTlsConfig, String> {
+        server_config(cert, key, client_ca).map_err(|e| e.to_string())
+    }
+
+    /// [`client_config`] with the error as text.
+    pub fn client(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<ClientTlsConfig, String> {
+        client_config(ca, identity).map_err(|e| e.to_string())
+    }
+}
+
+pub use compat::{client, server};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_file_and_its_role() {
+        let err = client_config(Path::new("/nonexistent/ca.pem"), None).unwrap_err().to_string();
+        assert!(err.contains("CA /nonexistent/ca.pem"), "{err}");
+        let dir = std::env::temp_dir().join(format!("rbee-tls-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("not.pem");
+        std::fs::write(&file, "hello").unwrap();
+        assert!(matches!(read_pem_file(&file, "CA"), Err(TlsError::NotPem { .. })));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -3,7 +3,8 @@
 //!
 //! Times are seconds since the hive started. Each metric list is a cycle that moves
 //! one step every `step_s`. A GPU exists from `appear_at_s` until `remove_at_s`, which
-//! is how hot-plug and removal are scheduled. See `hive/scenarios/demo.toml`.
+//! is how hot-plug and removal are scheduled. `sample_latency_s` makes every reading
+//! take that long (a slow device). See `hive/scenarios/demo.toml`.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -20,6 +21,17 @@ use crate::HiveError;
 /// The demo scenario shipped inside the binary (`hive serve --demo`).
 pub const DEMO_SCENARIO: &str = include_str!("../../scenarios/demo.toml");
 
+/// What is wrong with a scenario (the message names the GPU and the field).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ScenarioError(pub String);
+
+impl From<String> for ScenarioError {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
 /// A byte size written as a number of bytes or a string like "80GiB".
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
@@ -29,10 +41,10 @@ enum ByteSize {
 }
 
 impl ByteSize {
-    fn bytes(&self) -> Result<u64, String> {
+    fn bytes(&self) -> Result<u64, ScenarioError> {
         match self {
             Self::Bytes(b) => Ok(*b),
-            Self::Text(s) => parse_bytes(s),
+            Self::Text(s) => parse_bytes(s).map_err(|e| ScenarioError(e.to_string())),
         }
     }
 }
@@ -42,6 +54,9 @@ impl ByteSize {
 struct ScenarioFile {
     #[serde(default = "default_step")]
     step_s: f64,
+    /// How long each reading takes (simulates a slow device; tests).
+    #[serde(default)]
+    sample_latency_s: f64,
     #[serde(default)]
     gpu: Vec<GpuSpecFile>,
 }
@@ -101,6 +116,8 @@ struct SimGpu {
 pub struct Scenario {
     /// How often the metric cycles advance.
     step: Duration,
+    /// How long each reading takes.
+    sample_latency: Duration,
     /// The GPUs.
     gpus: Vec<SimGpu>,
 }
@@ -109,50 +126,53 @@ fn pick<T: Copy>(cycle: &[T], step: usize) -> Option<T> {
     (!cycle.is_empty()).then(|| cycle[step % cycle.len()])
 }
 
-fn seconds(field: &str, s: f64) -> Result<Duration, String> {
+fn seconds(field: &str, s: f64) -> Result<Duration, ScenarioError> {
     Duration::try_from_secs_f64(s)
-        .map_err(|_| format!("{field} = {s} is not a non-negative number of seconds"))
+        .map_err(|_| ScenarioError(format!("{field} = {s} is not a non-negative number of seconds")))
 }
 
 impl Scenario {
     /// Parses a scenario from TOML text; errors name the GPU and the field.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let file: ScenarioFile = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str) -> Result<Self, ScenarioError> {
+        let file: ScenarioFile = toml::from_str(text).map_err(|e| ScenarioError(e.to_string()))?;
         let step = seconds("step_s", file.step_s)?;
+        let sample_latency = seconds("sample_latency_s", file.sample_latency_s)?;
         if step < Duration::from_millis(10) {
-            return Err(format!("step_s = {} must be at least 0.01", file.step_s));
+            return Err(format!("step_s = {} must be at least 0.01", file.step_s).into());
         }
         let mut ids = std::collections::HashSet::new();
         let mut gpus = Vec::new();
         for (i, g) in file.gpu.into_iter().enumerate() {
             let at = |field: &str| format!("gpu[{i}] ({}): {field}", g.id);
             if g.id.is_empty() || !ids.insert(g.id.clone()) {
-                return Err(format!("gpu[{i}]: id {:?} is empty or used twice", g.id));
+                return Err(format!("gpu[{i}]: id {:?} is empty or used twice", g.id).into());
             }
-            let vram_total = g.vram_total.bytes().map_err(|e| format!("{}: {e}", at("vram_total")))?;
+            let vram_total =
+                g.vram_total.bytes().map_err(|e| ScenarioError(format!("{}: {e}", at("vram_total"))))?;
             let vram_used = g
                 .vram_used
                 .iter()
-                .map(|b| b.bytes().map_err(|e| format!("{}: {e}", at("vram_used"))))
+                .map(|b| b.bytes().map_err(|e| ScenarioError(format!("{}: {e}", at("vram_used")))))
                 .collect::<Result<Vec<_>, _>>()?;
             if let Some(u) = vram_used.iter().find(|&&u| u > vram_total) {
-                return Err(format!("{}: {u} bytes exceeds vram_total {vram_total}", at("vram_used")));
+                return Err(format!("{}: {u} bytes exceeds vram_total {vram_total}", at("vram_used")).into());
             }
             if let Some(u) = g.util_percent.iter().find(|u| !(0.0..=100.0).contains(*u)) {
-                return Err(format!("{}: {u} is not in 0..=100", at("util_percent")));
+                return Err(format!("{}: {u} is not in 0..=100", at("util_percent")).into());
             }
             if let Some(t) = g.temperature_c.iter().find(|t| !t.is_finite()) {
-                return Err(format!("{}: {t} is not finite", at("temperature_c")));
+                return Err(format!("{}: {t} is not finite", at("temperature_c")).into());
             }
             let compute_capability = match &g.compute_capability {
                 None => None,
                 Some(s) => {
-                    let (major, minor) = s
-                        .split_once('.')
-                        .ok_or_else(|| format!("{}: expected e.g. \"9.0\"", at("compute_capability")))?;
+                    let (major, minor) = s.split_once('.').ok_or_else(|| {
+                        ScenarioError(format!("{}: expected e.g. \"9.0\"", at("compute_capability")))
+                    })?;
                     let parse = |v: &str| {
-                        v.parse::<u32>()
-                            .map_err(|_| format!("{}: {s:?} is not MAJOR.MINOR", at("compute_capability")))
+                        v.parse::<u32>().map_err(|_| {
+                            ScenarioError(format!("{}: {s:?} is not MAJOR.MINOR", at("compute_capability")))
+                        })
                     };
                     Some(ComputeCapability { major: parse(major)?, minor: parse(minor)? })
                 }
@@ -180,14 +200,16 @@ impl Scenario {
                 power_mw: g.power_draw_w.iter().map(|w| w.saturating_mul(1000)).collect(),
             });
         }
-        Ok(Self { step, gpus })
+        Ok(Self { step, sample_latency, gpus })
     }
 
     /// Reads and parses a scenario file.
     pub fn load(path: &Path) -> Result<Self, HiveError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| HiveError::Scenario { path: path.to_owned(), reason: e.to_string() })?;
-        Self::parse(&text).map_err(|reason| HiveError::Scenario { path: path.to_owned(), reason })
+        let text = std::fs::read_to_string(path).map_err(|e| HiveError::Scenario {
+            path: path.to_owned(),
+            source: ScenarioError(e.to_string()),
+        })?;
+        Self::parse(&text).map_err(|source| HiveError::Scenario { path: path.to_owned(), source })
     }
 
     fn present(&self, elapsed: Duration) -> impl Iterator<Item = &SimGpu> {
@@ -251,6 +273,10 @@ impl DeviceSource for SimulatedSource {
     }
 
     fn sample(&mut self, sample: &mut Sample) -> Result<(), HiveError> {
+        if !self.scenario.sample_latency.is_zero() {
+            // A slow device read, as the scenario asks (runs on a blocking thread).
+            std::thread::sleep(self.scenario.sample_latency);
+        }
         sample.gpus.extend(self.scenario.samples_at(self.start.elapsed()));
         Ok(())
     }
@@ -298,13 +324,16 @@ mod tests {
     #[test]
     fn bad_scenarios_say_what_is_wrong() {
         let used_over_total = "[[gpu]]\nid = \"x\"\nvram_total = \"1GiB\"\nvram_used = [\"2GiB\"]";
-        assert!(Scenario::parse(used_over_total).unwrap_err().contains("exceeds vram_total"));
+        assert!(Scenario::parse(used_over_total).unwrap_err().0.contains("exceeds vram_total"));
         let dup = "[[gpu]]\nid = \"x\"\nvram_total = 1\n[[gpu]]\nid = \"x\"\nvram_total = 1";
-        assert!(Scenario::parse(dup).unwrap_err().contains("used twice"));
+        assert!(Scenario::parse(dup).unwrap_err().0.contains("used twice"));
         let unknown = "[[gpu]]\nid = \"x\"\nvram_total = 1\nvram = 3";
-        assert!(Scenario::parse(unknown).unwrap_err().contains("unknown field"));
+        assert!(Scenario::parse(unknown).unwrap_err().0.contains("unknown field"));
         assert!(
-            Scenario::parse("[[gpu]]\nid = \"x\"\nvram_total = \"lots\"").unwrap_err().contains("vram_total")
+            Scenario::parse("[[gpu]]\nid = \"x\"\nvram_total = \"lots\"")
+                .unwrap_err()
+                .0
+                .contains("vram_total")
         );
     }
 

@@ -1,0 +1,209 @@
+//! Test support (feature `test-support`): a real hive on `127.0.0.1:0` with simulated
+//! GPUs, a real `MetricsStream` client, and helpers to pick messages. One harness for
+//! the hive's and the queen's tests.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rbee_proto::v1 as pb;
+use rbee_proto::v1::hive_client::HiveClient;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+use crate::monitor::GpuChoice;
+use crate::source::simulated::Scenario;
+use crate::{HiveConfig, HiveError};
+
+/// How long any single expected event may take before a test fails.
+pub const DEADLINE: Duration = Duration::from_secs(15);
+
+/// One static simulated GPU.
+pub const ONE_GPU: &str = r#"
+[[gpu]]
+id = "GPU-static-0"
+name = "Sim A100"
+vram_total = "80GiB"
+util_percent = [10, 20]
+vram_used = ["1GiB", "2GiB"]
+temperature_c = [40]
+"#;
+
+/// A test configuration: simulated GPUs from `scenario`, rescanned every 100 ms, with
+/// the label `zone=test`.
+pub fn config(id: &str, scenario: &str) -> HiveConfig {
+    let scenario = Scenario::parse(scenario).expect("a valid test scenario");
+    let mut config = HiveConfig::new(id, GpuChoice::Simulated(scenario));
+    config.rescan_interval = Duration::from_millis(100);
+    config.labels.insert("zone".into(), "test".into());
+    config
+}
+
+/// A hive running in this process.
+pub struct TestHive {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its hive id.
+    pub id: String,
+    /// Resolves the shutdown future.
+    stop: Option<oneshot::Sender<()>>,
+    /// The server task.
+    task: tokio::task::JoinHandle<Result<(), HiveError>>,
+}
+
+impl TestHive {
+    /// `test-hive` with `scenario` (see [`config`]).
+    pub async fn start(scenario: &str) -> Self {
+        Self::start_with(config("test-hive", scenario)).await
+    }
+
+    /// A hive named `id` with `scenario` (see [`config`]).
+    pub async fn start_named(id: &str, scenario: &str) -> Self {
+        Self::start_with(config(id, scenario)).await
+    }
+
+    /// A hive with `config` on `127.0.0.1:0`.
+    pub async fn start_with(config: HiveConfig) -> Self {
+        Self::start_with_on("127.0.0.1:0".parse().expect("an address"), config).await
+    }
+
+    /// A hive with `config` on `addr` (retried until the deadline, for a restart on the
+    /// same port).
+    pub async fn start_with_on(addr: SocketAddr, config: HiveConfig) -> Self {
+        let id = config.hive_id.clone();
+        let listener = bind_retrying(addr).await;
+        let addr = listener.local_addr().expect("a bound address");
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(crate::run(config, listener, async {
+            let _ = rx.await;
+        }));
+        Self { addr, id, stop: Some(tx), task }
+    }
+
+    /// `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A connected client (retried until the deadline).
+    pub async fn client(&self) -> HiveClient<Channel> {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            match HiveClient::connect(self.url()).await {
+                Ok(c) => return c,
+                Err(e) if Instant::now() > deadline => panic!("hive did not come up: {e}"),
+                Err(_) => tokio::task::yield_now().await,
+            }
+        }
+    }
+
+    /// Kills the hive: the server future is dropped, its connections close at once.
+    pub async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+
+    /// Stops the hive gracefully and returns what `run` returned.
+    pub async fn stop(mut self) -> Result<(), HiveError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(DEADLINE, self.task)
+            .await
+            .expect("hive did not stop in time")
+            .expect("hive task panicked")
+    }
+}
+
+/// Binds `addr`, retrying until the deadline.
+pub async fn bind_retrying(addr: SocketAddr) -> TcpListener {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => return l,
+            Err(e) if Instant::now() > deadline => panic!("cannot bind {addr}: {e}"),
+            Err(_) => tokio::task::yield_now().await,
+        }
+    }
+}
+
+/// An open MetricsStream: a sender for queen messages and the hive's replies.
+pub struct TestStream {
+    /// Messages to the hive.
+    pub tx: mpsc::Sender<pb::QueenMessage>,
+    /// Messages from the hive.
+    pub rx: tonic::Streaming<pb::HiveMessage>,
+}
+
+impl TestStream {
+    /// Opens a stream with `first` as the subscription.
+    pub async fn open(client: &mut HiveClient<Channel>, first: pb::QueenMessage) -> Self {
+        Self::try_open(client, first).await.expect("the hive accepts the stream")
+    }
+
+    /// Opens a stream, returning the hive's refusal.
+    pub async fn try_open(
+        client: &mut HiveClient<Channel>,
+        first: pb::QueenMessage,
+    ) -> Result<Self, tonic::Status> {
+        let (tx, rx) = mpsc::channel(8);
+        tx.send(first).await.expect("a fresh channel");
+        let rx = client.metrics_stream(ReceiverStream::new(rx)).await?.into_inner();
+        Ok(Self { tx, rx })
+    }
+
+    /// The next message, failing the test after the deadline.
+    pub async fn next(&mut self) -> Result<pb::HiveMessage, tonic::Status> {
+        tokio::time::timeout(DEADLINE, self.rx.next())
+            .await
+            .expect("no message from the hive before the deadline")
+            .expect("stream ended")
+    }
+
+    /// Skips messages until `pick` returns `Some`.
+    pub async fn until<T>(&mut self, mut pick: impl FnMut(&pb::HiveMessage) -> Option<T>) -> T {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let m = tokio::time::timeout_at(deadline, self.rx.next())
+                .await
+                .expect("expected message did not arrive before the deadline")
+                .expect("stream ended")
+                .expect("stream failed");
+            if let Some(t) = pick(&m) {
+                return t;
+            }
+        }
+    }
+}
+
+/// A subscription at `interval_ms`.
+pub fn subscribe(interval_ms: u32) -> pb::QueenMessage {
+    pb::QueenMessage { sample_interval_ms: Some(interval_ms), ..Default::default() }
+}
+
+/// The sample in `m`, if it is one.
+pub fn as_sample(m: &pb::HiveMessage) -> Option<pb::Sample> {
+    match &m.payload {
+        Some(pb::hive_message::Payload::Sample(s)) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// The snapshot in `m`, if it is one.
+pub fn as_snapshot(m: &pb::HiveMessage) -> Option<pb::Snapshot> {
+    match &m.payload {
+        Some(pb::hive_message::Payload::Snapshot(s)) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// The diff in `m`, if it is one.
+pub fn as_diff(m: &pb::HiveMessage) -> Option<pb::CapabilityDiff> {
+    match &m.payload {
+        Some(pb::hive_message::Payload::Diff(d)) => Some(d.clone()),
+        _ => None,
+    }
+}
