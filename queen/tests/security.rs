@@ -17,6 +17,7 @@ use rbee_proto::v1::hive_client::HiveClient;
 use rbee_proto::v1::scheduler_client::SchedulerClient;
 use rbee_queen::QueenConfig;
 use rbee_queen::api::auth::Tokens;
+use rbee_queen::link::HiveTls;
 use tonic::transport::{Channel, Endpoint};
 
 const READ: &str = "read-token-aaaaaaaaaaaaaaaa";
@@ -43,7 +44,7 @@ async fn tls_hive(dir: &Path, id: &str) -> TestHive {
 fn secure_queen_config(dir: &Path, hives: Vec<String>) -> QueenConfig {
     let mut link = fast_link();
     link.hive_tls = Some(
-        rbee_shared::tls::client(
+        HiveTls::from_pem_files(
             &dir.join("hive-ca.pem"),
             Some((&dir.join("queen.pem"), &dir.join("queen.key"))),
         )

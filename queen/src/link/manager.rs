@@ -14,14 +14,14 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::LinkSettings;
 use super::backoff::Backoff;
+use super::dial::{call_reason, stream_reason};
 use super::health::{HealthInput, evaluate};
 use super::ingest::{IngestState, Outcome};
 use super::window::SampleWindow;
-use crate::fleet::address::is_loopback_address;
 use crate::fleet::{ConnState, Fleet, FleetEvent, FleetSettings, HiveSnapshot, NewHive};
 
 /// Largest message the queen accepts from a hive.
@@ -53,6 +53,8 @@ struct Manager {
     invalid: Option<String>,
     /// When the last message arrived on the current stream.
     last_rx: Instant,
+    /// The names in the current connection's TLS certificate, which bound the hive id.
+    cert: Option<super::identity::CertNames>,
 }
 
 /// Runs the manager for one hive until `cancel`.
@@ -69,6 +71,7 @@ pub(super) async fn manage(hive: NewHive, link: Arc<LinkSettings>) {
         ingest: IngestState::default(),
         invalid: None,
         last_rx: Instant::now(),
+        cert: None,
     };
     let mut backoff = Backoff { min: link.backoff_min, max: link.backoff_max, attempt: 0 };
     loop {
@@ -100,14 +103,6 @@ pub(super) async fn manage(hive: NewHive, link: Arc<LinkSettings>) {
 fn same_problems(a: &[String], b: &[String]) -> bool {
     let key = |r: &String| r.chars().filter(|c| !c.is_ascii_digit() && *c != '.').collect::<String>();
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| key(x) == key(y))
-}
-
-fn status_text(s: &tonic::Status) -> String {
-    if s.message().is_empty() {
-        format!("{:?}", s.code())
-    } else {
-        format!("{:?}: {}", s.code(), s.message())
-    }
 }
 
 impl Manager {
@@ -151,6 +146,7 @@ impl Manager {
     }
 
     fn take_full(&mut self, identity: HiveIdentity, caps: VersionedCapabilities) -> Result<(), String> {
+        self.cert.as_ref().map_or(Ok(()), |cert| cert.check(&identity.hive_id))?;
         if let Some(holder) = self.fleet.holder_of(&identity.hive_id, &self.view.address) {
             return Err(format!(
                 "hive id {:?} is already managed at {holder}; refusing a second address",
@@ -189,36 +185,10 @@ impl Manager {
         self.publish();
     }
 
-    async fn connect(&self) -> Result<HiveClient<Channel>, String> {
-        let s = &self.link;
-        let mut endpoint =
-            Endpoint::from_shared(self.view.address.clone()).map_err(|e| format!("bad address: {e}"))?;
-        match (&s.hive_tls, self.view.address.starts_with("https://")) {
-            (Some(tls), true) => {
-                endpoint = endpoint.tls_config(tls.clone()).map_err(|e| format!("TLS set-up: {e}"))?;
-            }
-            (None, true) => {
-                return Err("an https:// hive needs --hive-ca (and the queen's certificate)".into());
-            }
-            (Some(_), false) if !is_loopback_address(&self.view.address) => {
-                return Err(
-                    "plaintext to a non-loopback hive is refused while --hive-ca is set; use https://".into(),
-                );
-            }
-            _ => {}
-        }
-        let endpoint = endpoint
-            .connect_timeout(s.connect_timeout)
-            .http2_keep_alive_interval(s.keepalive)
-            .keep_alive_timeout(s.keepalive)
-            .keep_alive_while_idle(true)
-            .tcp_keepalive(Some(s.keepalive))
-            .tcp_nodelay(true);
-        let channel = tokio::time::timeout(s.connect_timeout, endpoint.connect())
-            .await
-            .map_err(|_| "connect timed out".to_owned())?
-            .map_err(|e| format!("cannot connect: {e}"))?;
-        Ok(HiveClient::new(channel).max_decoding_message_size(MAX_HIVE_MESSAGE_BYTES))
+    async fn connect(&mut self) -> Result<HiveClient<Channel>, String> {
+        let dialed = super::dial::dial(&self.view.address, &self.link).await?;
+        self.cert = dialed.cert;
+        Ok(HiveClient::new(dialed.channel).max_decoding_message_size(MAX_HIVE_MESSAGE_BYTES))
     }
 
     /// One connection: returns why it ended and whether it reached `online`.
@@ -229,7 +199,7 @@ impl Manager {
                 tokio::time::timeout(self.link.connect_timeout, client.discover(pb::DiscoverRequest {}))
                     .await
                     .map_err(|_| "Discover timed out".to_owned())?
-                    .map_err(|s| format!("Discover failed: {}", status_text(&s)))?
+                    .map_err(|s| call_reason(&self.view.address, "Discover", &s))?
                     .into_inner();
             let identity = discover.identity.as_ref().ok_or("Discover returned no identity")?;
             let identity = HiveIdentity::try_from(identity).map_err(|e| format!("Discover: {e}"))?;
@@ -248,7 +218,7 @@ impl Manager {
             let inbound = client
                 .metrics_stream(ReceiverStream::new(out_rx))
                 .await
-                .map_err(|s| format!("MetricsStream failed: {}", status_text(&s)))?
+                .map_err(|s| call_reason(&self.view.address, "MetricsStream", &s))?
                 .into_inner();
             Ok::<_, String>((inbound, out))
         };
@@ -285,7 +255,7 @@ impl Manager {
                         }
                     }
                     Ok(None) => return (End::Failed("the hive ended the stream".into()), true),
-                    Err(s) => return (End::Failed(format!("stream broke: {}", status_text(&s))), true),
+                    Err(s) => return (End::Failed(stream_reason(&s)), true),
                 },
                 () = tokio::time::sleep_until(wake) => {
                     let silent_for = self.last_rx.elapsed();
@@ -329,6 +299,8 @@ impl Manager {
         };
         match self.ingest.apply(message) {
             Outcome::Snapshot { restarted } => {
+                let id = self.ingest.identity.as_ref().map(|i| i.hive_id.as_str()).unwrap_or_default();
+                self.cert.as_ref().map_or(Ok(()), |cert| cert.check(id))?;
                 self.invalid = None;
                 self.caps_changed(restarted);
             }
