@@ -283,10 +283,18 @@ mod tests {
     /// A hive that reports 64 GPUs of 2^64-1 bytes, all of it used.
     fn absurd_hive() -> pb::HiveView {
         let gpus = (0..64)
-            .map(|i| pb::GpuDevice { id: format!("GPU-{i}"), vram_total_bytes: u64::MAX, ..Default::default() })
+            .map(|i| pb::GpuDevice {
+                id: format!("GPU-{i}"),
+                vram_total_bytes: u64::MAX,
+                ..Default::default()
+            })
             .collect();
         let samples = (0..64)
-            .map(|i| pb::GpuSample { id: format!("GPU-{i}"), vram_used_bytes: Some(u64::MAX), ..Default::default() })
+            .map(|i| pb::GpuSample {
+                id: format!("GPU-{i}"),
+                vram_used_bytes: Some(u64::MAX),
+                ..Default::default()
+            })
             .collect();
         pb::HiveView {
             hive_id: "huge".into(),

@@ -182,8 +182,7 @@ impl ServeArgs {
             _ => None,
         };
         if let (Some(ca), Some(cert), Some(key)) = (&self.hive_ca, &self.tls_cert, &self.tls_key) {
-            link.hive_tls =
-                Some(HiveTls::from_pem_files(ca, Some((cert, key))).map_err(QueenError::Config)?);
+            link.hive_tls = Some(HiveTls::from_pem_files(ca, Some((cert, key))).map_err(QueenError::Config)?);
         }
         let tokens = crate::api::auth::Tokens::load(
             self.read_token_file.as_deref(),

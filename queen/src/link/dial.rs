@@ -174,12 +174,15 @@ impl tower::Service<Uri> for TlsConnector {
             let tcp = TcpStream::connect((host.as_str(), port)).await?;
             tcp.set_nodelay(true)?;
             let stream = tls.connect(name, tcp).await?;
-            let leaf = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).ok_or("no certificate")?;
+            let leaf =
+                stream.get_ref().1.peer_certificates().and_then(|c| c.first()).ok_or("no certificate")?;
             let mut first = seen.lock().unwrap_or_else(|p| p.into_inner());
             match first.as_ref() {
                 None => *first = Some(leaf.clone().into_owned()),
                 Some(held) if held == leaf => {}
-                Some(_) => return Err("the hive presented a different certificate on a new connection".into()),
+                Some(_) => {
+                    return Err("the hive presented a different certificate on a new connection".into());
+                }
             }
             drop(first);
             Ok(TokioIo::new(stream))

@@ -83,7 +83,8 @@ impl CertNames {
     /// What the certificate carries, bounded.
     fn describe(&self) -> String {
         let list = |names: &[String]| {
-            let mut shown: Vec<String> = names.iter().take(NAMES_SHOWN).map(|n| format!("{:?}", shorten(n))).collect();
+            let mut shown: Vec<String> =
+                names.iter().take(NAMES_SHOWN).map(|n| format!("{:?}", shorten(n))).collect();
             if names.len() > NAMES_SHOWN {
                 shown.push(format!("{} more", names.len() - NAMES_SHOWN));
             }
@@ -99,7 +100,11 @@ impl CertNames {
         if let Some(cn) = &self.common_name {
             parts.push(format!("CN {:?}", shorten(cn)));
         }
-        if parts.is_empty() { "it carries no names".into() } else { format!("it carries {}", parts.join("; ")) }
+        if parts.is_empty() {
+            "it carries no names".into()
+        } else {
+            format!("it carries {}", parts.join("; "))
+        }
     }
 }
 
