@@ -1,14 +1,32 @@
 //! The `queen` binary: parse the command line, set up logging, then serve or act as a client.
+//!
+//! An error ends the process with its chain on one line (`error: outer: cause`) and exit
+//! status 1, never a backtrace: `RUST_BACKTRACE` is for bugs, and these are not.
+
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
 use rbee_queen::cli::{Cli, Command, PolicyCommand};
 
+/// Exit status for "asked and answered no" (a rejected placement, a failing policy check).
+const ANSWERED_NO: u8 = 3;
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+async fn main() -> ExitCode {
+    match run(Cli::parse()).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let serving = matches!(cli.command, Command::Serve(_));
     rbee_shared::telemetry::init_tracing(if serving { "info" } else { "warn" });
+    let yes_or_no = |yes: bool| if yes { ExitCode::SUCCESS } else { ExitCode::from(ANSWERED_NO) };
     match cli.command {
         Command::Serve(args) => {
             let (listen, config) = args.into_config()?;
@@ -22,17 +40,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Watch(args) => rbee_queen::cli::watch(args).await?,
         Command::Add(args) => rbee_queen::cli::add(args).await?,
         Command::Remove(args) => rbee_queen::cli::remove(args).await?,
-        Command::Place(args) => {
-            if !rbee_queen::cli::place(args).await? {
-                std::process::exit(3);
-            }
-        }
+        Command::Place(args) => return Ok(yes_or_no(rbee_queen::cli::place(args).await?)),
         Command::Release(args) => rbee_queen::cli::release(args).await?,
         Command::Reservations(args) => rbee_queen::cli::reservations(args).await?,
         Command::Policy(PolicyCommand::Check(args)) => {
-            if !rbee_queen::cli::policy_check(args).await? {
-                std::process::exit(3);
-            }
+            return Ok(yes_or_no(rbee_queen::cli::policy_check(args).await?));
         }
         Command::Policy(PolicyCommand::Status(queen)) => rbee_queen::cli::policy_status(queen).await?,
         Command::Certs(args) => {
@@ -43,5 +55,5 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,5 +1,8 @@
 //! `run`: the queen server — the Fleet and Scheduler services, gRPC health and reflection (v1 and
 //! v1alpha) on one listener; the managed hives; optionally a hive in-process.
+//!
+//! Every accepted connection has `TCP_NODELAY` set: replies are small and written in several
+//! pieces, and Nagle's algorithm against the client's delayed ACK held each reply ~40 ms.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -8,8 +11,9 @@ use rbee_proto::v1::fleet_server::FleetServer;
 use rbee_proto::v1::scheduler_server::SchedulerServer;
 use rbee_shared::grpc_server::{self, cancel_on};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+use tonic_reflection::server::Builder as ReflectionBuilder;
 
 use crate::QueenError;
 use crate::api::auth::AuthLayer;
@@ -52,8 +56,8 @@ pub async fn run(
         .layer(rbee_shared::size_limit::SizeLimitStatusLayer)
         .layer(AuthLayer::new(config.tokens.clone()))
         .add_service(health_service)
-        .add_service(grpc_server::reflection_v1()?)
-        .add_service(grpc_server::reflection_v1alpha()?)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
         .add_service(
             FleetServer::new(FleetService::new(fleet, scheduler.clone(), config.admission.clone()))
                 .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES),
@@ -62,7 +66,7 @@ pub async fn run(
             SchedulerServer::new(SchedulerService::new(scheduler))
                 .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), cancel.clone().cancelled_owned())
+        .serve_with_incoming_shutdown(incoming(listener), cancel.clone().cancelled_owned())
         .await;
     cancel.cancel();
     let _ = maintenance.await;
@@ -71,6 +75,34 @@ pub async fn run(
     }
     tracing::info!("queen stopped");
     result.map_err(QueenError::from)
+}
+
+/// The services the queen serves: all that reflection lists.
+pub const SERVED_SERVICES: [&str; 5] = [
+    "rbee.v1.Fleet",
+    "rbee.v1.Scheduler",
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+/// Reflection over the descriptors the queen's services use, listing only
+/// [`SERVED_SERVICES`]: the rbee descriptor set also defines `rbee.v1.Hive`, which the
+/// queen does not serve. (The shared builder lists every service in the set.)
+fn reflection() -> ReflectionBuilder<'static> {
+    let builder = ReflectionBuilder::configure()
+        .include_reflection_service(false)
+        .register_encoded_file_descriptor_set(rbee_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET);
+    SERVED_SERVICES.iter().fold(builder, |b, name| b.with_service_name(*name))
+}
+
+/// The listener's connections, each with `TCP_NODELAY` set (tonic's own `tcp_nodelay`
+/// applies only when tonic binds the socket itself).
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 /// Starts a hive in this process on a loopback port and manages it.

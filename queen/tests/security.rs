@@ -17,22 +17,35 @@ use rbee_proto::v1::hive_client::HiveClient;
 use rbee_proto::v1::scheduler_client::SchedulerClient;
 use rbee_queen::QueenConfig;
 use rbee_queen::api::auth::Tokens;
+use rbee_queen::link::HiveTls;
 use tonic::transport::{Channel, Endpoint};
 
 const READ: &str = "read-token-aaaaaaaaaaaaaaaa";
 const WRITE: &str = "write-token-bbbbbbbbbbbbbbbb";
 
+/// A development PKI as `queen certs` makes it: hive certificates for `localhost` and
+/// for `127.0.0.1` (each names only its host, as SAN and CN).
 fn certs(dir: &Path) {
-    rbee_shared::certs::generate(dir, &["localhost".into(), "127.0.0.1".into()], &["localhost".into()])
-        .unwrap();
+    rbee_shared::certs::generate(
+        dir,
+        &["localhost".into(), "127.0.0.1".into()],
+        &["localhost".into(), "127.0.0.1".into()],
+    )
+    .unwrap();
 }
 
+/// A mutual-TLS hive with id `id`, serving the certificate made for `localhost`.
 async fn tls_hive(dir: &Path, id: &str) -> TestHive {
+    tls_hive_with_cert(dir, id, "localhost").await
+}
+
+/// A mutual-TLS hive with id `id`, serving the certificate made for `cert_name`.
+async fn tls_hive_with_cert(dir: &Path, id: &str, cert_name: &str) -> TestHive {
     let mut config = HiveConfig::new(id, GpuChoice::Simulated(Scenario::parse(ONE_GPU).unwrap()));
     config.tls = Some(
         rbee_shared::tls::server(
-            &dir.join("hive-localhost.pem"),
-            &dir.join("hive-localhost.key"),
+            &dir.join(format!("hive-{cert_name}.pem")),
+            &dir.join(format!("hive-{cert_name}.key")),
             Some(&dir.join("queen-ca.pem")),
         )
         .unwrap(),
@@ -43,7 +56,7 @@ async fn tls_hive(dir: &Path, id: &str) -> TestHive {
 fn secure_queen_config(dir: &Path, hives: Vec<String>) -> QueenConfig {
     let mut link = fast_link();
     link.hive_tls = Some(
-        rbee_shared::tls::client(
+        HiveTls::from_pem_files(
             &dir.join("hive-ca.pem"),
             Some((&dir.join("queen.pem"), &dir.join("queen.key"))),
         )
@@ -89,7 +102,8 @@ fn with_token<T>(msg: T, token: &str) -> tonic::Request<T> {
 async fn a_mutual_tls_fleet_works_and_plaintext_or_strangers_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     certs(dir.path());
-    let hive = tls_hive(dir.path(), "secure-hive").await;
+    // The hive id is the name its certificate carries (ids are bound to certificates).
+    let hive = tls_hive(dir.path(), "localhost").await;
     let hive_url = format!("https://localhost:{}", hive.addr.port());
     let queen = TestQueen::start_with(
         secure_queen_config(dir.path(), vec![hive_url.clone()]),
@@ -105,7 +119,7 @@ async fn a_mutual_tls_fleet_works_and_plaintext_or_strangers_are_refused() {
     loop {
         let hs =
             fleet.list_hives(with_token(pb::ListHivesRequest {}, READ)).await.unwrap().into_inner().hives;
-        if hs.iter().any(|h| h.state() == pb::HiveState::Online && h.hive_id == "secure-hive") {
+        if hs.iter().any(|h| h.state() == pb::HiveState::Online && h.hive_id == "localhost") {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "the TLS hive never came online: {hs:#?}");
@@ -182,6 +196,43 @@ async fn the_queen_checks_the_hive_certificate_names_the_host_it_dials() {
         assert!(tokio::time::Instant::now() < deadline, "no verdict: {h:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test]
+async fn with_mutual_tls_a_hive_cannot_claim_an_id_its_certificate_lacks() {
+    let dir = tempfile::tempdir().unwrap();
+    certs(dir.path());
+    // The impostor holds a valid hive certificate, but for 127.0.0.1, and claims "localhost".
+    let impostor = tls_hive_with_cert(dir.path(), "localhost", "127.0.0.1").await;
+    let impostor_url = format!("https://127.0.0.1:{}", impostor.addr.port());
+    let real = tls_hive(dir.path(), "localhost").await;
+    let real_url = format!("https://localhost:{}", real.addr.port());
+    let mut config = secure_queen_config(dir.path(), vec![impostor_url.clone()]);
+    config.tls = None;
+    config.tokens = Tokens::default();
+    let queen = TestQueen::start_with(config, "127.0.0.1:0".parse().unwrap()).await;
+    let mut fleet = queen.client().await;
+
+    // Alone and first, the impostor is still refused, with the reason in ListHives.
+    let hives = wait_for(&mut fleet, "a verdict on the impostor", |hs| {
+        hs.iter().any(|h| h.last_error.is_some() || online(h))
+    })
+    .await;
+    let shown = &hives[0];
+    assert_ne!(shown.state(), pb::HiveState::Online, "an impostor came online: {shown:#?}");
+    let reason = shown.last_error.as_deref().unwrap_or_default();
+    assert!(reason.contains("hive id \"localhost\" is not in the hive's TLS certificate"), "{reason}");
+    assert!(reason.contains("\"127.0.0.1\""), "names what the certificate carries: {reason}");
+    assert!(shown.health_reasons.iter().any(|r| r.contains("TLS certificate")), "{shown:#?}");
+
+    // The hive whose certificate carries the id gets it.
+    fleet.add_hive(pb::AddHiveRequest { address: real_url.clone() }).await.unwrap();
+    let hives = wait_for(&mut fleet, "the real hive online", |hs| {
+        hs.iter().any(|h| h.address == real_url && online(h) && h.hive_id == "localhost")
+    })
+    .await;
+    let impostor_view = hives.iter().find(|h| h.address == impostor_url).unwrap();
+    assert!(impostor_view.hive_id.is_empty(), "the impostor never held the id: {impostor_view:#?}");
 }
 
 #[tokio::test]

@@ -1,6 +1,8 @@
-//! Which hive addresses the queen will dial. Every address from the network (the
-//! `Announce` RPC) passes through [`admit_announce`]: the one place where the
-//! allow-list is enforced today and where authentication will be added.
+//! Which hive addresses the queen will dial. Every address that comes from the network
+//! — `AddHive` (a write-token holder) and `Announce` (a hive) — passes through
+//! [`admit_address`]: the one place where the allow-list is enforced. Only the queen's own
+//! configuration (`--hive`, the config file's `[[hive]]`, the local hive) is dialed
+//! without it: whoever writes that file already decides what the queen dials.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -10,10 +12,10 @@ use ipnet::IpNet;
 use crate::QueenError;
 use crate::fleet::address::normalize_address;
 
-/// Which hives may announce themselves, and how often.
+/// Which hives the API may add or may announce themselves, and how often.
 #[derive(Debug, Clone)]
 pub struct AdmissionSettings {
-    /// Networks announced hives may be in.
+    /// Networks that hives added over the API or announced may be in.
     pub allow: AllowList,
     /// Most Announce calls per second (burst of twice that).
     pub announce_rate: u32,
@@ -25,7 +27,7 @@ impl Default for AdmissionSettings {
     }
 }
 
-/// Networks announced hives may be in.
+/// Networks that hives added over the API or announced may be in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AllowList {
     /// The allowed networks.
@@ -85,7 +87,7 @@ impl AllowList {
         if let Some(ip) = ips.iter().find(|ip| !self.allows(**ip)) {
             let nets: Vec<String> = self.nets.iter().map(ToString::to_string).collect();
             return Err(QueenError::PermissionDenied(format!(
-                "address {address} ({ip}) is outside the announce allow-list [{}]; the queen will not dial it",
+                "address {address} ({ip}) is outside the allow-list [{}] (--allow); the queen will not dial it",
                 nets.join(", ")
             )));
         }
@@ -130,9 +132,9 @@ impl RateLimit {
     }
 }
 
-/// Admits an announced address: normalises it and checks the allow-list. Returns the
-/// address to dial.
-pub async fn admit_announce(allow: &AllowList, address: &str) -> Result<String, QueenError> {
+/// Admits an address from the network (`AddHive` or `Announce`): normalises it and
+/// checks the allow-list. Returns the address to dial.
+pub async fn admit_address(allow: &AllowList, address: &str) -> Result<String, QueenError> {
     let address = normalize_address(address)?;
     allow.check(&address).await?;
     Ok(address)
@@ -145,19 +147,29 @@ mod tests {
     #[tokio::test]
     async fn the_default_allows_loopback_only() {
         let allow = AllowList::default();
-        assert!(admit_announce(&allow, "127.0.0.1:7835").await.is_ok());
-        assert!(admit_announce(&allow, "[::1]:7835").await.is_ok());
-        assert!(admit_announce(&allow, "localhost:7835").await.is_ok());
-        let err = admit_announce(&allow, "10.1.2.3:7835").await.unwrap_err();
+        assert!(admit_address(&allow, "127.0.0.1:7835").await.is_ok());
+        assert!(admit_address(&allow, "[::1]:7835").await.is_ok());
+        assert!(admit_address(&allow, "localhost:7835").await.is_ok());
+        let err = admit_address(&allow, "10.1.2.3:7835").await.unwrap_err();
         assert!(matches!(err, QueenError::PermissionDenied(_)));
         assert!(err.to_string().contains("allow-list"), "{err}");
-        assert!(admit_announce(&allow, "[::ffff:10.1.2.3]:7835").await.is_err());
+        assert!(admit_address(&allow, "[::ffff:10.1.2.3]:7835").await.is_err());
     }
 
     #[tokio::test]
     async fn a_configured_network_is_allowed() {
         let allow = AllowList::new(vec!["10.0.0.0/8".parse().unwrap()]);
-        assert!(admit_announce(&allow, "10.1.2.3:7835").await.is_ok());
-        assert!(admit_announce(&allow, "127.0.0.1:7835").await.is_err());
+        assert!(admit_address(&allow, "10.1.2.3:7835").await.is_ok());
+        assert!(admit_address(&allow, "127.0.0.1:7835").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn aliases_are_checked_as_the_address_they_name() {
+        let allow = AllowList::new(vec!["10.0.0.0/8".parse().unwrap()]);
+        for alias in ["127.1:1", "2130706433:1", "[::ffff:127.0.0.1]:1", "0x7f.1:1", "169.254.169.254:80"] {
+            let err = admit_address(&allow, alias).await.unwrap_err();
+            assert!(err.to_string().contains("outside the allow-list"), "{alias}: {err}");
+        }
+        assert_eq!(admit_address(&allow, "167772161:1").await.unwrap(), "http://10.0.0.1:1");
     }
 }

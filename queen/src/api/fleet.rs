@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 
 use super::watch::WatchSession;
 use crate::QueenError;
-use crate::admission::{AdmissionSettings, RateLimit, admit_announce};
+use crate::admission::{AdmissionSettings, RateLimit, admit_address};
 use crate::fleet::{Fleet, Origin};
 use crate::scheduler::Scheduler;
 
@@ -96,7 +96,8 @@ impl FleetApi for FleetService {
         &self,
         request: Request<pb::AddHiveRequest>,
     ) -> Result<Response<pb::AddHiveResponse>, Status> {
-        let (hive, added) = self.fleet.add(&request.get_ref().address, Origin::Api)?;
+        let address = admit_address(&self.admission.allow, &request.get_ref().address).await?;
+        let (hive, added) = self.fleet.add(&address, Origin::Api)?;
         Ok(Response::new(pb::AddHiveResponse { hive: Some(hive.as_ref().into()), added }))
     }
 
@@ -119,7 +120,7 @@ impl FleetApi for FleetService {
         if req.hive_id.len() > 64 {
             return Err(QueenError::InvalidArgument("hive_id is longer than 64 bytes".into()).into());
         }
-        let admitted = admit_announce(&self.admission.allow, &req.address).await.and_then(|address| {
+        let admitted = admit_address(&self.admission.allow, &req.address).await.and_then(|address| {
             match self.fleet.holder_of(&req.hive_id, &address).filter(|_| !req.hive_id.is_empty()) {
                 Some(holder) => Err(QueenError::PermissionDenied(format!(
                     "hive id {:?} is already managed at {holder}; refusing an announce that claims it from {address}",

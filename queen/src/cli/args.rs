@@ -225,6 +225,7 @@ pub struct WatchArgs {
 #[derive(Debug, Clone, Args)]
 pub struct AddArgs {
     /// The hive's address, e.g. http://10.0.0.5:7835.
+    /// The queen dials it only inside its allow-list (`queen serve --allow`).
     pub address: String,
     /// The queen.
     #[command(flatten)]

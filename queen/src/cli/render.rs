@@ -33,9 +33,20 @@ fn age(ms: Option<u64>) -> String {
     ms.map_or_else(|| "-".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0))
 }
 
+/// Adds up byte counts a hive reported; a total past `u64::MAX` stays at `u64::MAX`
+/// instead of wrapping (a peer's numbers are not trusted to be sane).
+fn saturating_total(bytes: impl IntoIterator<Item = u64>) -> u64 {
+    bytes.into_iter().fold(0, u64::saturating_add)
+}
+
+/// VRAM used and total over a hive's GPUs, saturating.
 fn vram(v: &pb::HiveView) -> (u64, u64) {
-    let total = v.capabilities.as_ref().map_or(0, |c| c.gpus.iter().map(|g| g.vram_total_bytes).sum());
-    let used = v.latest_sample.as_ref().map_or(0, |s| s.gpus.iter().filter_map(|g| g.vram_used_bytes).sum());
+    let total =
+        v.capabilities.as_ref().map_or(0, |c| saturating_total(c.gpus.iter().map(|g| g.vram_total_bytes)));
+    let used = v
+        .latest_sample
+        .as_ref()
+        .map_or(0, |s| saturating_total(s.gpus.iter().filter_map(|g| g.vram_used_bytes)));
     (used, total)
 }
 
@@ -263,5 +274,53 @@ pub fn render_place(r: &pb::PlaceResponse) -> String {
             out
         }
         None => "(empty answer)\n".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hive that reports 64 GPUs of 2^64-1 bytes, all of it used.
+    fn absurd_hive() -> pb::HiveView {
+        let gpus = (0..64)
+            .map(|i| pb::GpuDevice {
+                id: format!("GPU-{i}"),
+                vram_total_bytes: u64::MAX,
+                ..Default::default()
+            })
+            .collect();
+        let samples = (0..64)
+            .map(|i| pb::GpuSample {
+                id: format!("GPU-{i}"),
+                vram_used_bytes: Some(u64::MAX),
+                ..Default::default()
+            })
+            .collect();
+        pb::HiveView {
+            hive_id: "huge".into(),
+            address: "http://10.0.0.1:7835".into(),
+            capabilities: Some(pb::Capabilities { gpus, ..Default::default() }),
+            latest_sample: Some(pb::Sample { gpus: samples, ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn vram_totals_saturate_instead_of_wrapping() {
+        let v = absurd_hive();
+        assert_eq!(vram(&v), (u64::MAX, u64::MAX));
+        let table = render_table(std::slice::from_ref(&v));
+        let full = format!("{}/{}", format_bytes(u64::MAX), format_bytes(u64::MAX));
+        assert!(table.contains(&full), "{table}");
+        assert!(render_detail(&v).contains("gpu"), "the detail view renders too");
+    }
+
+    #[test]
+    fn ordinary_totals_add_up() {
+        assert_eq!(saturating_total([1, 2, 3]), 6);
+        assert_eq!(saturating_total([u64::MAX - 1, 1]), u64::MAX);
+        assert_eq!(saturating_total([u64::MAX, 1]), u64::MAX);
+        assert_eq!(saturating_total([]), 0);
     }
 }

@@ -26,7 +26,7 @@ pub struct FileConfig {
     pub listen: Option<SocketAddr>,
     /// Static hives.
     pub hive: Vec<HiveEntry>,
-    /// Announce allow-list.
+    /// Allow-list for hives added over the API or announced (config-file hives are exempt).
     pub allow: Option<Vec<IpNet>>,
     /// Start a local hive.
     pub local_hive: Option<bool>,

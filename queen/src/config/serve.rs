@@ -15,7 +15,7 @@ use crate::QueenError;
 use crate::admission::{AdmissionSettings, AllowList};
 use crate::fleet::FleetSettings;
 use crate::fleet::address::normalize_address;
-use crate::link::LinkSettings;
+use crate::link::{HiveTls, LinkSettings};
 use crate::scheduler::SchedulerSettings;
 
 /// The default listen address.
@@ -39,7 +39,8 @@ pub struct ServeArgs {
     /// With --local-hive: use the hive's built-in simulated GPUs instead of NVML.
     #[arg(long, env = "QUEEN_LOCAL_HIVE_DEMO", requires = "local_hive")]
     pub local_hive_demo: bool,
-    /// Networks announced hives may be in (CIDR); repeatable [default: 127.0.0.0/8, ::1/128].
+    /// Networks that hives added with `queen add` (AddHive) or announced may be in (CIDR);
+    /// repeatable [default: 127.0.0.0/8, ::1/128]. Hives from --hive and the config file are exempt.
     #[arg(long = "allow", env = "QUEEN_ALLOW", value_name = "CIDR", value_delimiter = ',')]
     pub allow: Vec<IpNet>,
     /// Sample interval asked of every hive [default: 1s; 100ms..=60s].
@@ -181,8 +182,7 @@ impl ServeArgs {
             _ => None,
         };
         if let (Some(ca), Some(cert), Some(key)) = (&self.hive_ca, &self.tls_cert, &self.tls_key) {
-            link.hive_tls =
-                Some(rbee_shared::tls::client(ca, Some((cert, key))).map_err(QueenError::Config)?);
+            link.hive_tls = Some(HiveTls::from_pem_files(ca, Some((cert, key))).map_err(QueenError::Config)?);
         }
         let tokens = crate::api::auth::Tokens::load(
             self.read_token_file.as_deref(),

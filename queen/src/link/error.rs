@@ -32,35 +32,18 @@ pub enum IngestError {
 /// Why one connection to a hive ended.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LinkError {
-    /// The address is not a valid endpoint.
-    #[error("bad address: {0}")]
-    BadAddress(String),
-    /// TLS could not be set up for the endpoint.
-    #[error("TLS set-up: {0}")]
-    Tls(String),
-    /// An `https://` hive, but no hive CA was configured.
-    #[error("an https:// hive needs --hive-ca (and the queen's certificate)")]
-    TlsNotConfigured,
-    /// Plaintext to a non-loopback hive while mutual TLS is configured.
-    #[error("plaintext to a non-loopback hive is refused while --hive-ca is set; use https://")]
-    PlaintextRefused,
-    /// Dialing took longer than the connect timeout.
-    #[error("connect timed out")]
-    ConnectTimeout,
-    /// Dialing failed.
-    #[error("cannot connect: {0}")]
-    Connect(String),
+    /// Dialing failed (the reason is the transport's, bounded; never the peer's body).
+    #[error("{0}")]
+    Dial(String),
     /// An RPC took longer than the connect timeout.
     #[error("{0} timed out")]
     Timeout(&'static str),
-    /// An RPC answered an error.
-    #[error("{rpc} failed: {status}")]
-    Rpc {
-        /// Which call.
-        rpc: &'static str,
-        /// Its status code and bounded message.
-        status: String,
-    },
+    /// `Discover` or opening the stream failed: the status code, not the peer's text.
+    #[error("{0}")]
+    Call(String),
+    /// The hive claimed an id its TLS certificate does not carry.
+    #[error("{0}")]
+    Certificate(String),
     /// `Discover` answered something invalid.
     #[error("Discover: {0}")]
     Discover(#[from] ConvertError),
@@ -78,8 +61,8 @@ pub enum LinkError {
     /// The hive closed the stream.
     #[error("the hive ended the stream")]
     Ended,
-    /// The stream failed.
-    #[error("stream broke: {0}")]
+    /// The stream failed (code and bounded message).
+    #[error("{0}")]
     Broken(String),
     /// No sample was applied for the lost timeout, whatever else arrived.
     #[error("no sample applied for {:.1} s", .0.as_secs_f64())]
@@ -87,20 +70,4 @@ pub enum LinkError {
     /// A resync was asked for and no snapshot came within the bound.
     #[error("no snapshot {:.1} s after asking for a resync", .0.as_secs_f64())]
     ResyncUnanswered(Duration),
-}
-
-/// Longest status message kept from a hive (it is shown to operators).
-const MAX_STATUS_CHARS: usize = 200;
-
-/// A status as `Code: message`, the message cut to a bounded length on a character
-/// boundary.
-pub fn status_text(s: &tonic::Status) -> String {
-    let message = s.message();
-    if message.is_empty() {
-        return format!("{:?}", s.code());
-    }
-    match message.char_indices().nth(MAX_STATUS_CHARS) {
-        Some((cut, _)) => format!("{:?}: {}… (cut)", s.code(), &message[..cut]),
-        None => format!("{:?}: {message}", s.code()),
-    }
 }

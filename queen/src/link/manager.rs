@@ -15,16 +15,17 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::LinkSettings;
 use super::backoff::Backoff;
-use super::error::{LinkError, status_text};
+use super::dial::{call_reason, stream_reason};
+use super::error::LinkError;
 use super::health::{HealthInput, evaluate};
+use super::identity::CertNames;
 use super::ingest::{IngestState, Outcome};
 use super::warn::WarnLimiter;
 use super::window::SampleWindow;
-use crate::fleet::address::is_loopback_address;
 use crate::fleet::{ConnState, Fleet, FleetEvent, FleetSettings, HiveSnapshot, NewHive};
 
 /// Largest message the queen accepts from a hive.
@@ -68,6 +69,8 @@ struct Manager {
     started: Instant,
     /// Repeated warnings about this hive, rate-limited.
     warnings: WarnLimiter,
+    /// The names in the current connection's TLS certificate, which bound the hive id.
+    cert: Option<CertNames>,
 }
 
 /// Runs the link for one hive until it is cancelled.
@@ -88,6 +91,7 @@ pub(super) async fn manage(hive: NewHive, link: Arc<LinkSettings>) {
         resync_since: None,
         started: Instant::now(),
         warnings: WarnLimiter::new(Duration::from_secs(10)),
+        cert: None,
     };
     let mut backoff = Backoff { min: link.backoff_min, max: link.backoff_max, attempt: 0 };
     loop {
@@ -171,7 +175,13 @@ impl Manager {
         self.fleet.emit(FleetEvent::StateChanged { hive, from, reason: reason.to_owned() });
     }
 
+    /// With mutual TLS, the hive may only claim an id its certificate carries.
+    fn check_certificate(&self, hive_id: &str) -> Result<(), LinkError> {
+        self.cert.as_ref().map_or(Ok(()), |cert| cert.check(hive_id)).map_err(LinkError::Certificate)
+    }
+
     fn take_full(&mut self, identity: HiveIdentity, caps: VersionedCapabilities) -> Result<(), LinkError> {
+        self.check_certificate(&identity.hive_id)?;
         if let Some(holder) = self.fleet.holder_of(&identity.hive_id, &self.view.address) {
             return Err(LinkError::IdConflict { id: identity.hive_id, holder });
         }
@@ -218,32 +228,10 @@ impl Manager {
         }
     }
 
-    async fn connect(&self) -> Result<HiveClient<Channel>, LinkError> {
-        let s = &self.link;
-        let mut endpoint = Endpoint::from_shared(self.view.address.clone())
-            .map_err(|e| LinkError::BadAddress(e.to_string()))?;
-        match (&s.hive_tls, self.view.address.starts_with("https://")) {
-            (Some(tls), true) => {
-                endpoint = endpoint.tls_config(tls.clone()).map_err(|e| LinkError::Tls(e.to_string()))?;
-            }
-            (None, true) => return Err(LinkError::TlsNotConfigured),
-            (Some(_), false) if !is_loopback_address(&self.view.address) => {
-                return Err(LinkError::PlaintextRefused);
-            }
-            _ => {}
-        }
-        let endpoint = endpoint
-            .connect_timeout(s.connect_timeout)
-            .http2_keep_alive_interval(s.keepalive)
-            .keep_alive_timeout(s.keepalive)
-            .keep_alive_while_idle(true)
-            .tcp_keepalive(Some(s.keepalive))
-            .tcp_nodelay(true);
-        let channel = tokio::time::timeout(s.connect_timeout, endpoint.connect())
-            .await
-            .map_err(|_| LinkError::ConnectTimeout)?
-            .map_err(|e| LinkError::Connect(e.to_string()))?;
-        Ok(HiveClient::new(channel).max_decoding_message_size(MAX_HIVE_MESSAGE_BYTES))
+    async fn connect(&mut self) -> Result<HiveClient<Channel>, LinkError> {
+        let dialed = super::dial::dial(&self.view.address, &self.link).await.map_err(LinkError::Dial)?;
+        self.cert = dialed.cert;
+        Ok(HiveClient::new(dialed.channel).max_decoding_message_size(MAX_HIVE_MESSAGE_BYTES))
     }
 
     /// Dials, discovers and opens the stream.
@@ -255,7 +243,7 @@ impl Manager {
             tokio::time::timeout(self.link.connect_timeout, client.discover(pb::DiscoverRequest {}))
                 .await
                 .map_err(|_| LinkError::Timeout("Discover"))?
-                .map_err(|s| LinkError::Rpc { rpc: "Discover", status: status_text(&s) })?
+                .map_err(|s| LinkError::Call(call_reason(&self.view.address, "Discover", &s)))?
                 .into_inner();
         let missing = |field: &str| rbee_shared::ConvertError::new(field, "missing");
         let identity =
@@ -278,7 +266,7 @@ impl Manager {
         let inbound = tokio::time::timeout(self.link.connect_timeout, open)
             .await
             .map_err(|_| LinkError::Timeout("MetricsStream"))?
-            .map_err(|s| LinkError::Rpc { rpc: "MetricsStream", status: status_text(&s) })?
+            .map_err(|s| LinkError::Call(call_reason(&self.view.address, "MetricsStream", &s)))?
             .into_inner();
         Ok((inbound, out))
     }
@@ -318,7 +306,7 @@ impl Manager {
                         }
                     }
                     Ok(None) => return (End::Failed(LinkError::Ended), true),
-                    Err(s) => return (End::Failed(LinkError::Broken(status_text(&s))), true),
+                    Err(s) => return (End::Failed(LinkError::Broken(stream_reason(&s))), true),
                 },
                 () = tokio::time::sleep_until(wake) => {}
             }
@@ -386,6 +374,8 @@ impl Manager {
         };
         match self.ingest.apply(message) {
             Outcome::Snapshot { restarted } => {
+                let id = self.ingest.identity.as_ref().map(|i| i.hive_id.clone()).unwrap_or_default();
+                self.check_certificate(&id)?;
                 self.invalid = None;
                 self.resync_since = None;
                 self.caps_changed(restarted);

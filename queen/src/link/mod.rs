@@ -1,11 +1,14 @@
 //! The per-hive pipeline: one link per managed hive dials it, runs `Discover`, holds its
 //! `MetricsStream`, applies what arrives ([`ingest`]), keeps recent samples
 //! ([`window`]), judges health ([`health`]) and publishes each new view to the fleet.
+//! With mutual TLS it holds each hive to the ids its certificate carries ([`identity`]).
 //! Imports the fleet and `rbee_shared`, nothing above.
 
 mod backoff;
+mod dial;
 mod error;
 pub mod health;
+pub mod identity;
 pub mod ingest;
 mod manager;
 mod settings;
@@ -14,6 +17,7 @@ pub mod window;
 
 use std::sync::Arc;
 
+pub use dial::HiveTls;
 pub use error::{IngestError, LinkError};
 pub use manager::MAX_HIVE_MESSAGE_BYTES;
 pub use settings::LinkSettings;

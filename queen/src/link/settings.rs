@@ -16,7 +16,7 @@ pub struct LinkSettings {
     /// Longest reconnect delay.
     pub backoff_max: Duration,
     /// Mutual TLS for dialing hives (`https://` addresses); plaintext then only to loopback.
-    pub hive_tls: Option<tonic::transport::ClientTlsConfig>,
+    pub hive_tls: Option<super::HiveTls>,
 }
 
 impl Default for LinkSettings {

@@ -1,0 +1,260 @@
+//! Dialing a hive, and what a failed dial or call shows.
+//!
+//! Plaintext goes through tonic's own connector. TLS goes through [`TlsConnector`]: TCP
+//! (with `TCP_NODELAY`), then a rustls handshake that verifies the hive's certificate
+//! against `--hive-ca` and the dialed host name and keeps the certificate, so the link
+//! can hold the hive to the ids it carries ([`super::identity`]). Every connection of
+//! one channel must present that same certificate.
+//!
+//! The reasons shown to users (`last_error`, health reasons) are the queen's own words
+//! and a gRPC status code, bounded: never a peer's free text before it has proven to be
+//! a hive, so dialing something that is not a hive cannot relay its answer (an HTTP
+//! error page, a metadata service's reply) to a client.
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use super::LinkSettings;
+use super::identity::CertNames;
+use crate::fleet::address::is_loopback_address;
+
+/// Longest part of a transport error's text that is shown.
+const REASON_BYTES: usize = 160;
+
+/// Mutual TLS for dialing hives: trust the hive CA, present the queen's certificate.
+#[derive(Clone)]
+pub struct HiveTls {
+    /// The rustls client configuration (ALPN h2).
+    config: Arc<ClientConfig>,
+}
+
+impl std::fmt::Debug for HiveTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HiveTls").finish_non_exhaustive()
+    }
+}
+
+impl HiveTls {
+    /// Trust the CA in `ca` (PEM) for hive certificates, and present `identity`
+    /// (certificate and key PEM files) when given. Errors name the file.
+    pub fn from_pem_files(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<Self, String> {
+        let mut roots = RootCertStore::empty();
+        let ca_pem = rbee_shared::tls::read_pem_file(ca, "CA").map_err(|e| e.to_string())?;
+        for cert in CertificateDer::pem_slice_iter(&ca_pem) {
+            let cert = cert.map_err(|e| format!("CA {}: {e}", ca.display()))?;
+            roots.add(cert).map_err(|e| format!("CA {}: {e}", ca.display()))?;
+        }
+        if roots.is_empty() {
+            return Err(format!("CA {}: no certificate in it", ca.display()));
+        }
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let builder = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS set-up: {e}"))?
+            .with_root_certificates(roots);
+        let mut config = match identity {
+            Some((cert, key)) => {
+                let cert_pem =
+                    rbee_shared::tls::read_pem_file(cert, "certificate").map_err(|e| e.to_string())?;
+                let chain = CertificateDer::pem_slice_iter(&cert_pem)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("certificate {}: {e}", cert.display()))?;
+                let key_pem =
+                    rbee_shared::tls::read_pem_file(key, "private key").map_err(|e| e.to_string())?;
+                let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
+                    .map_err(|e| format!("private key {}: {e}", key.display()))?;
+                builder
+                    .with_client_auth_cert(chain, key_der)
+                    .map_err(|e| format!("certificate {} and key {}: {e}", cert.display(), key.display()))?
+            }
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Self { config: Arc::new(config) })
+    }
+}
+
+/// A connected channel, and the names in the hive's certificate when it was dialed over TLS.
+pub(super) struct Dialed {
+    /// The channel.
+    pub channel: Channel,
+    /// The certificate's names (TLS only).
+    pub cert: Option<CertNames>,
+}
+
+/// Dials `address` (normalised) with the link's timeouts, keepalive and TLS.
+pub(super) async fn dial(address: &str, s: &LinkSettings) -> Result<Dialed, String> {
+    let https = address.starts_with("https://");
+    let endpoint_for = |url: String| {
+        Endpoint::from_shared(url).map(|e| {
+            e.connect_timeout(s.connect_timeout)
+                .http2_keep_alive_interval(s.keepalive)
+                .keep_alive_timeout(s.keepalive)
+                .keep_alive_while_idle(true)
+                .tcp_keepalive(Some(s.keepalive))
+                .tcp_nodelay(true)
+        })
+    };
+    let bad_address = |e: tonic::transport::Error| format!("bad address: {}", transport_reason(&e));
+    match (&s.hive_tls, https) {
+        (None, true) => Err("an https:// hive needs --hive-ca (and the queen's certificate)".into()),
+        (Some(_), false) if !is_loopback_address(address) => {
+            Err("plaintext to a non-loopback hive is refused while --hive-ca is set; use https://".into())
+        }
+        (Some(tls), true) => {
+            // tonic would insist on its own TLS for an https:// URI: hand it the same
+            // authority as http:// and do TLS in the connector, keeping https as the origin.
+            let origin: Uri = address.parse().map_err(|e| format!("bad address: {e}"))?;
+            let plain = format!("http://{}", address.trim_start_matches("https://"));
+            let endpoint = endpoint_for(plain).map_err(bad_address)?.origin(origin);
+            let connector = TlsConnector::new(tls);
+            let seen = connector.seen.clone();
+            let channel = tokio::time::timeout(s.connect_timeout, endpoint.connect_with_connector(connector))
+                .await
+                .map_err(|_| "connect timed out".to_owned())?
+                .map_err(|e| format!("cannot connect: {}", transport_reason(&e)))?;
+            let leaf = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let leaf = leaf.ok_or("the hive presented no certificate")?;
+            Ok(Dialed { channel, cert: Some(CertNames::from_der(&leaf)?) })
+        }
+        (_, false) => {
+            let endpoint = endpoint_for(address.to_owned()).map_err(bad_address)?;
+            let channel = tokio::time::timeout(s.connect_timeout, endpoint.connect())
+                .await
+                .map_err(|_| "connect timed out".to_owned())?
+                .map_err(|e| format!("cannot connect: {}", transport_reason(&e)))?;
+            Ok(Dialed { channel, cert: None })
+        }
+    }
+}
+
+/// TCP then a rustls handshake; remembers the first certificate and refuses a later
+/// connection of the same channel that presents another.
+#[derive(Clone)]
+struct TlsConnector {
+    /// The handshake.
+    tls: tokio_rustls::TlsConnector,
+    /// The leaf certificate of the channel's first connection.
+    seen: Arc<Mutex<Option<CertificateDer<'static>>>>,
+}
+
+impl TlsConnector {
+    fn new(tls: &HiveTls) -> Self {
+        Self { tls: tokio_rustls::TlsConnector::from(tls.config.clone()), seen: Arc::default() }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower::Service<Uri> for TlsConnector {
+    type Response = TokioIo<TlsStream<TcpStream>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let tls = self.tls.clone();
+        let seen = self.seen.clone();
+        Box::pin(async move {
+            let host = uri.host().ok_or("no host")?.trim_start_matches('[').trim_end_matches(']').to_owned();
+            let port = uri.port_u16().ok_or("no port")?;
+            let name = ServerName::try_from(host.clone())?;
+            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            let stream = tls.connect(name, tcp).await?;
+            let leaf =
+                stream.get_ref().1.peer_certificates().and_then(|c| c.first()).ok_or("no certificate")?;
+            let mut first = seen.lock().unwrap_or_else(|p| p.into_inner());
+            match first.as_ref() {
+                None => *first = Some(leaf.clone().into_owned()),
+                Some(held) if held == leaf => {}
+                Some(_) => {
+                    return Err("the hive presented a different certificate on a new connection".into());
+                }
+            }
+            drop(first);
+            Ok(TokioIo::new(stream))
+        })
+    }
+}
+
+/// A transport error as its chain of causes, bounded to [`REASON_BYTES`], one line.
+pub(super) fn transport_reason(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    bounded(&parts.join(": "))
+}
+
+/// A failed call to a peer that has not yet proven to be a hive (`Discover`, opening the
+/// stream): the status code and what it means, never the peer's message, which is
+/// logged (bounded) instead.
+pub(super) fn call_reason(address: &str, call: &str, s: &tonic::Status) -> String {
+    tracing::debug!(%address, call, code = ?s.code(), message = %bounded(s.message()), "hive call failed");
+    format!("{call} failed: {:?} ({})", s.code(), s.code().description())
+}
+
+/// A broken stream from a hive: the code and the first [`REASON_BYTES`] of its message.
+pub(super) fn stream_reason(s: &tonic::Status) -> String {
+    if s.message().is_empty() {
+        format!("stream broke: {:?}", s.code())
+    } else {
+        format!("stream broke: {:?}: {}", s.code(), bounded(s.message()))
+    }
+}
+
+/// One line of at most [`REASON_BYTES`] bytes of `text`, control characters replaced,
+/// marked when cut.
+fn bounded(text: &str) -> String {
+    let clean: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    if clean.len() <= REASON_BYTES {
+        return clean;
+    }
+    let mut end = REASON_BYTES;
+    while !clean.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… (cut)", &clean[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_reason_never_carries_the_peers_message() {
+        let s = tonic::Status::internal("SECRET page body");
+        let reason = call_reason("http://10.0.0.1:1", "Discover", &s);
+        assert_eq!(reason, "Discover failed: Internal (Internal error)");
+    }
+
+    #[test]
+    fn stream_reasons_are_bounded_single_lines() {
+        let s = tonic::Status::unavailable(format!("line one\nline two {}", "é".repeat(500)));
+        let reason = stream_reason(&s);
+        assert!(!reason.contains('\n'), "{reason}");
+        assert!(reason.len() < REASON_BYTES + 60, "{} bytes", reason.len());
+        assert!(reason.ends_with("… (cut)"), "{reason}");
+        assert_eq!(stream_reason(&tonic::Status::cancelled("")), "stream broke: Cancelled");
+    }
+}
