@@ -267,3 +267,44 @@ impl Telemetry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rbee_shared::{GpuDevice, MigMode};
+
+    use super::*;
+
+    fn gpu(id: &str, index: u32) -> GpuDevice {
+        GpuDevice {
+            id: id.into(),
+            index,
+            name: "Sim".into(),
+            pci_bus_id: String::new(),
+            compute_capability: None,
+            vram_total_bytes: 1 << 30,
+            driver_version: None,
+            cuda_version: None,
+            power_limit_mw: None,
+            mig_mode: MigMode::NotReported,
+        }
+    }
+
+    #[test]
+    fn a_sample_is_made_to_name_exactly_the_published_gpus() {
+        let mut caps = Capabilities::default();
+        for (id, index) in [("a", 0), ("b", 1)] {
+            caps.gpus.insert(id.into(), gpu(id, index));
+        }
+        let published = VersionedCapabilities { version: 7, caps };
+        let reading =
+            |id: &str| GpuSample { id: id.into(), temperature_c: Some(40.0), ..GpuSample::default() };
+        // "c" is not published yet; "b" was not read.
+        let mut sample = Sample { gpus: vec![reading("c"), reading("a")], ..Sample::default() };
+        conform(&mut sample, &published);
+        let ids: Vec<&str> = sample.gpus.iter().map(|g| g.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(sample.gpus[0].temperature_c, Some(40.0));
+        assert_eq!(sample.gpus[1].temperature_c, None, "a GPU that was not read has no metrics");
+        assert_eq!(sample.capability_version, Some(7));
+    }
+}

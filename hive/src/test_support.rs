@@ -125,7 +125,8 @@ pub async fn bind_retrying(addr: SocketAddr) -> TcpListener {
         match TcpListener::bind(addr).await {
             Ok(l) => return l,
             Err(e) if Instant::now() > deadline => panic!("cannot bind {addr}: {e}"),
-            Err(_) => tokio::task::yield_now().await,
+            // A retry pause, not an event wait: nothing tells us when the port frees.
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }
 }
