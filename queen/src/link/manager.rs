@@ -186,7 +186,7 @@ impl Manager {
     }
 
     async fn connect(&mut self) -> Result<HiveClient<Channel>, String> {
-        let dialed = super::dial::dial(&self.view.address, &self.link).await?;
+        let dialed = super::dial::dial(&self.view.address, &self.link, self.view.origin).await?;
         self.cert = dialed.cert;
         Ok(HiveClient::new(dialed.channel).max_decoding_message_size(MAX_HIVE_MESSAGE_BYTES))
     }
