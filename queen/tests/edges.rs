@@ -135,6 +135,7 @@ async fn a_dial_error_never_shows_the_targets_response_body() {
         let shown = format!("{h:?}");
         assert!(!shown.contains("SECRET"), "the target's answer leaked into ListHives: {shown}");
         let error = h.last_error.as_deref().unwrap_or_default();
+        eprintln!("{}: {error}", h.address);
         assert!(error.len() <= 300, "a dial error is short: {} bytes: {error}", error.len());
     }
     let h2_view = hives.iter().find(|h| h.address.ends_with(&format!(":{}", h2.port()))).unwrap();

@@ -290,8 +290,12 @@ pub(super) fn transport_reason(e: &(dyn std::error::Error + 'static)) -> String 
 
 /// A failed call to a peer that has not yet proven to be a hive (`Discover`, opening the
 /// stream): the status code and what it means, never the peer's message, which is
-/// logged (bounded) instead.
+/// logged (bounded) instead. A status the queen's own transport made (it carries the
+/// local error as its source) keeps its text, bounded.
 pub(super) fn call_reason(address: &str, call: &str, s: &tonic::Status) -> String {
+    if let Some(local) = std::error::Error::source(s) {
+        return format!("{call} failed: {:?}: {}", s.code(), transport_reason(local));
+    }
     tracing::debug!(%address, call, code = ?s.code(), message = %bounded(s.message()), "hive call failed");
     format!("{call} failed: {:?} ({})", s.code(), s.code().description())
 }
