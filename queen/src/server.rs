@@ -20,7 +20,7 @@ use crate::api::auth::AuthLayer;
 use crate::api::{FleetService, SchedulerService};
 use crate::config::QueenConfig;
 use crate::fleet::{Fleet, Origin};
-use crate::link::Links;
+use crate::link::{LinkSettings, Links};
 use crate::scheduler::Scheduler;
 
 /// Largest request the queen accepts.
@@ -34,7 +34,8 @@ pub async fn run(
 ) -> Result<(), QueenError> {
     let local = listener.local_addr().map_err(|e| QueenError::Config(format!("listener address: {e}")))?;
     let cancel = CancellationToken::new();
-    let fleet = Fleet::new(config.fleet.clone(), cancel.clone(), Links::new(config.link.clone()));
+    let link = LinkSettings { dial_guard: Some(config.admission.allow.dial_guard()), ..config.link.clone() };
+    let fleet = Fleet::new(config.fleet.clone(), cancel.clone(), Links::new(link));
     let local_hive = match config.local_hive {
         Some(hive_config) => Some(start_local_hive(&fleet, hive_config, cancel.clone()).await?),
         None => None,

@@ -135,6 +135,7 @@ async fn a_dial_error_never_shows_the_targets_response_body() {
         let shown = format!("{h:?}");
         assert!(!shown.contains("SECRET"), "the target's answer leaked into ListHives: {shown}");
         let error = h.last_error.as_deref().unwrap_or_default();
+        eprintln!("{}: {error}", h.address);
         assert!(error.len() <= 300, "a dial error is short: {} bytes: {error}", error.len());
     }
     let h2_view = hives.iter().find(|h| h.address.ends_with(&format!(":{}", h2.port()))).unwrap();
@@ -199,6 +200,30 @@ async fn reflection_lists_only_the_services_the_queen_serves() {
             "rbee.v1.Scheduler",
         ]
     );
+    // v1alpha (what grpcurl 1.8.x speaks) lists the same.
+    {
+        use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+        let channel = tonic::transport::Endpoint::from_shared(queen.url()).unwrap().connect().await.unwrap();
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut answers = ServerReflectionClient::new(channel)
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .unwrap()
+            .into_inner();
+        let answer = answers.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+            panic!("not a service list: {answer:?}");
+        };
+        let mut alpha: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        alpha.sort();
+        assert_eq!(alpha, names);
+    }
     // Every listed service can be described (so grpcurl can call it).
     for name in names {
         let request = ServerReflectionRequest {

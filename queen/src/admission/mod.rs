@@ -11,6 +11,7 @@ use ipnet::IpNet;
 
 use crate::QueenError;
 use crate::fleet::address::normalize_address;
+use crate::link::DialGuard;
 
 /// Which hives the API may add or may announce themselves, and how often.
 #[derive(Debug, Clone)]
@@ -52,6 +53,18 @@ impl AllowList {
         &self.nets
     }
 
+    /// The guard the link checks at every dial of a hive from the network.
+    pub fn dial_guard(&self) -> DialGuard {
+        let list = self.clone();
+        DialGuard::new(self.describe(), move |ip| list.allows(ip))
+    }
+
+    /// The networks, as `[a, b]`.
+    fn describe(&self) -> String {
+        let nets: Vec<String> = self.nets.iter().map(ToString::to_string).collect();
+        format!("[{}]", nets.join(", "))
+    }
+
     fn allows(&self, ip: IpAddr) -> bool {
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
@@ -85,10 +98,9 @@ impl AllowList {
             return Err(QueenError::PermissionDenied(format!("address {address} resolves to nothing")));
         }
         if let Some(ip) = ips.iter().find(|ip| !self.allows(**ip)) {
-            let nets: Vec<String> = self.nets.iter().map(ToString::to_string).collect();
             return Err(QueenError::PermissionDenied(format!(
-                "address {address} ({ip}) is outside the allow-list [{}] (--allow); the queen will not dial it",
-                nets.join(", ")
+                "address {address} ({ip}) is outside the allow-list {} (--allow); the queen will not dial it",
+                self.describe()
             )));
         }
         Ok(())

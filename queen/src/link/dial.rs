@@ -6,12 +6,18 @@
 //! can hold the hive to the ids it carries ([`super::identity`]). Every connection of
 //! one channel must present that same certificate.
 //!
+//! A hive that came from the network (`AddHive`, `Announce`) is dialed only at IPs its
+//! [`DialGuard`] (the allow-list) allows, checked at every dial on the addresses the name
+//! resolves to then, and connected to those very addresses: a name that resolved inside
+//! the allow-list when it was added cannot later be rebound to an address outside it.
+//!
 //! The reasons shown to users (`last_error`, health reasons) are the queen's own words
 //! and a gRPC status code, bounded: never a peer's free text before it has proven to be
 //! a hive, so dialing something that is not a hive cannot relay its answer (an HTTP
 //! error page, a metadata service's reply) to a client.
 
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -27,6 +33,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 use super::LinkSettings;
 use super::identity::CertNames;
+use crate::fleet::Origin;
 use crate::fleet::address::is_loopback_address;
 
 /// Longest part of a transport error's text that is shown.
@@ -85,6 +92,47 @@ impl HiveTls {
     }
 }
 
+/// Which IPs the queen may dial for a hive that came from the network (the allow-list).
+#[derive(Clone)]
+pub struct DialGuard {
+    /// True for an IP that may be dialed.
+    allows: Arc<dyn Fn(IpAddr) -> bool + Send + Sync>,
+    /// What is allowed, for refusals ("[10.0.0.0/8]").
+    allowed: Arc<str>,
+}
+
+impl std::fmt::Debug for DialGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DialGuard").field("allowed", &self.allowed).finish_non_exhaustive()
+    }
+}
+
+impl DialGuard {
+    /// A guard that allows the IPs `allows` accepts, described as `allowed`.
+    pub fn new(allowed: impl Into<String>, allows: impl Fn(IpAddr) -> bool + Send + Sync + 'static) -> Self {
+        Self { allows: Arc::new(allows), allowed: Arc::from(allowed.into()) }
+    }
+
+    /// Resolves `host:port` and returns its addresses if every one is allowed.
+    async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|_| format!("{host} does not resolve, so it cannot be checked against the allow-list"))?
+            .collect();
+        if addrs.is_empty() {
+            return Err(format!("{host} resolves to nothing"));
+        }
+        if let Some(outside) = addrs.iter().find(|a| !(self.allows)(a.ip())) {
+            return Err(format!(
+                "{host} now resolves to {}, outside the allow-list {} (--allow); the queen will not dial it",
+                outside.ip(),
+                self.allowed
+            ));
+        }
+        Ok(addrs)
+    }
+}
+
 /// A connected channel, and the names in the hive's certificate when it was dialed over TLS.
 pub(super) struct Dialed {
     /// The channel.
@@ -93,9 +141,14 @@ pub(super) struct Dialed {
     pub cert: Option<CertNames>,
 }
 
-/// Dials `address` (normalised) with the link's timeouts, keepalive and TLS.
-pub(super) async fn dial(address: &str, s: &LinkSettings) -> Result<Dialed, String> {
+/// Dials `address` (normalised) with the link's timeouts, keepalive and TLS. A hive from
+/// the network is held to the link's [`DialGuard`].
+pub(super) async fn dial(address: &str, s: &LinkSettings, origin: Origin) -> Result<Dialed, String> {
     let https = address.starts_with("https://");
+    let guard = match origin {
+        Origin::Api | Origin::Announced => s.dial_guard.clone(),
+        Origin::Static | Origin::Local => None,
+    };
     let endpoint_for = |url: String| {
         Endpoint::from_shared(url).map(|e| {
             e.connect_timeout(s.connect_timeout)
@@ -107,6 +160,9 @@ pub(super) async fn dial(address: &str, s: &LinkSettings) -> Result<Dialed, Stri
         })
     };
     let bad_address = |e: tonic::transport::Error| format!("bad address: {}", transport_reason(&e));
+    let connect_failed = |e: tonic::transport::Error| format!("cannot connect: {}", transport_reason(&e));
+    let uri: Uri = address.parse().map_err(|e| format!("bad address: {e}"))?;
+    let (host, port) = host_port(&uri).map_err(|e| format!("bad address: {e}"))?;
     match (&s.hive_tls, https) {
         (None, true) => Err("an https:// hive needs --hive-ca (and the queen's certificate)".into()),
         (Some(_), false) if !is_loopback_address(address) => {
@@ -115,43 +171,68 @@ pub(super) async fn dial(address: &str, s: &LinkSettings) -> Result<Dialed, Stri
         (Some(tls), true) => {
             // tonic would insist on its own TLS for an https:// URI: hand it the same
             // authority as http:// and do TLS in the connector, keeping https as the origin.
-            let origin: Uri = address.parse().map_err(|e| format!("bad address: {e}"))?;
             let plain = format!("http://{}", address.trim_start_matches("https://"));
-            let endpoint = endpoint_for(plain).map_err(bad_address)?.origin(origin);
-            let connector = TlsConnector::new(tls);
+            let endpoint = endpoint_for(plain).map_err(bad_address)?.origin(uri);
+            let connector = TlsConnector::new(tls, guard);
             let seen = connector.seen.clone();
             let channel = tokio::time::timeout(s.connect_timeout, endpoint.connect_with_connector(connector))
                 .await
                 .map_err(|_| "connect timed out".to_owned())?
-                .map_err(|e| format!("cannot connect: {}", transport_reason(&e)))?;
+                .map_err(connect_failed)?;
             let leaf = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let leaf = leaf.ok_or("the hive presented no certificate")?;
             Ok(Dialed { channel, cert: Some(CertNames::from_der(&leaf)?) })
         }
         (_, false) => {
-            let endpoint = endpoint_for(address.to_owned()).map_err(bad_address)?;
-            let channel = tokio::time::timeout(s.connect_timeout, endpoint.connect())
-                .await
-                .map_err(|_| "connect timed out".to_owned())?
-                .map_err(|e| format!("cannot connect: {}", transport_reason(&e)))?;
-            Ok(Dialed { channel, cert: None })
+            // A guarded hive is dialed at the addresses just checked, never re-resolved.
+            let targets = match &guard {
+                Some(guard) => guard
+                    .resolve(&host, port)
+                    .await?
+                    .into_iter()
+                    .map(|a| (format!("http://{a}"), Some(uri.clone())))
+                    .collect(),
+                None => vec![(address.to_owned(), None)],
+            };
+            let mut failure = String::from("cannot connect: no address");
+            for (url, origin) in targets {
+                let mut endpoint = endpoint_for(url).map_err(bad_address)?;
+                if let Some(origin) = origin {
+                    endpoint = endpoint.origin(origin);
+                }
+                match tokio::time::timeout(s.connect_timeout, endpoint.connect()).await {
+                    Ok(Ok(channel)) => return Ok(Dialed { channel, cert: None }),
+                    Ok(Err(e)) => failure = connect_failed(e),
+                    Err(_) => failure = "connect timed out".to_owned(),
+                }
+            }
+            Err(failure)
         }
     }
 }
 
-/// TCP then a rustls handshake; remembers the first certificate and refuses a later
-/// connection of the same channel that presents another.
+/// The host (without IPv6 brackets) and port of a normalised address.
+fn host_port(uri: &Uri) -> Result<(String, u16), &'static str> {
+    let host = uri.host().ok_or("no host")?.trim_start_matches('[').trim_end_matches(']').to_owned();
+    Ok((host, uri.port_u16().ok_or("no port")?))
+}
+
+/// TCP (at the guard's checked addresses, when guarded) then a rustls handshake;
+/// remembers the first certificate and refuses a later connection of the same channel
+/// that presents another.
 #[derive(Clone)]
 struct TlsConnector {
     /// The handshake.
     tls: tokio_rustls::TlsConnector,
     /// The leaf certificate of the channel's first connection.
     seen: Arc<Mutex<Option<CertificateDer<'static>>>>,
+    /// Checks every address before it is dialed (hives from the network).
+    guard: Option<DialGuard>,
 }
 
 impl TlsConnector {
-    fn new(tls: &HiveTls) -> Self {
-        Self { tls: tokio_rustls::TlsConnector::from(tls.config.clone()), seen: Arc::default() }
+    fn new(tls: &HiveTls, guard: Option<DialGuard>) -> Self {
+        Self { tls: tokio_rustls::TlsConnector::from(tls.config.clone()), seen: Arc::default(), guard }
     }
 }
 
@@ -169,11 +250,14 @@ impl tower::Service<Uri> for TlsConnector {
     fn call(&mut self, uri: Uri) -> Self::Future {
         let tls = self.tls.clone();
         let seen = self.seen.clone();
+        let guard = self.guard.clone();
         Box::pin(async move {
-            let host = uri.host().ok_or("no host")?.trim_start_matches('[').trim_end_matches(']').to_owned();
-            let port = uri.port_u16().ok_or("no port")?;
+            let (host, port) = host_port(&uri)?;
             let name = ServerName::try_from(host.clone())?;
-            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            let tcp = match guard {
+                Some(guard) => TcpStream::connect(guard.resolve(&host, port).await?.as_slice()).await?,
+                None => TcpStream::connect((host.as_str(), port)).await?,
+            };
             tcp.set_nodelay(true)?;
             let stream = tls.connect(name, tcp).await?;
             let leaf =
@@ -208,8 +292,12 @@ pub(super) fn transport_reason(e: &(dyn std::error::Error + 'static)) -> String 
 
 /// A failed call to a peer that has not yet proven to be a hive (`Discover`, opening the
 /// stream): the status code and what it means, never the peer's message, which is
-/// logged (bounded) instead.
+/// logged (bounded) instead. A status the queen's own transport made (it carries the
+/// local error as its source) keeps its text, bounded.
 pub(super) fn call_reason(address: &str, call: &str, s: &tonic::Status) -> String {
+    if let Some(local) = std::error::Error::source(s) {
+        return format!("{call} failed: {:?}: {}", s.code(), transport_reason(local));
+    }
     tracing::debug!(%address, call, code = ?s.code(), message = %bounded(s.message()), "hive call failed");
     format!("{call} failed: {:?} ({})", s.code(), s.code().description())
 }
@@ -240,6 +328,29 @@ fn bounded(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn guarded(allow_loopback: bool) -> LinkSettings {
+        let guard = DialGuard::new("[test]", move |ip: IpAddr| allow_loopback || !ip.is_loopback());
+        LinkSettings { dial_guard: Some(guard), ..LinkSettings::default() }
+    }
+
+    #[tokio::test]
+    async fn hives_from_the_network_are_checked_at_every_dial() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = format!("http://localhost:{}", listener.local_addr().unwrap().port());
+        for origin in [Origin::Api, Origin::Announced] {
+            let err = dial(&address, &guarded(false), origin).await.err().unwrap();
+            assert!(err.contains("outside the allow-list [test]"), "{origin:?}: {err}");
+        }
+        // The queen's own configuration is not held to the allow-list.
+        for origin in [Origin::Static, Origin::Local] {
+            let r = dial(&address, &guarded(false), origin).await;
+            assert!(r.as_ref().err().is_none_or(|e| !e.contains("allow-list")), "{origin:?}");
+        }
+        // Allowed, the checked address is dialed (it accepts the TCP connection).
+        let r = dial(&address, &guarded(true), Origin::Api).await;
+        assert!(r.as_ref().err().is_none_or(|e| !e.contains("allow-list")));
+    }
 
     #[test]
     fn a_call_reason_never_carries_the_peers_message() {

@@ -229,7 +229,9 @@ impl Manager {
     }
 
     async fn connect(&mut self) -> Result<HiveClient<Channel>, LinkError> {
-        let dialed = super::dial::dial(&self.view.address, &self.link).await.map_err(LinkError::Dial)?;
+        let dialed = super::dial::dial(&self.view.address, &self.link, self.view.origin)
+            .await
+            .map_err(LinkError::Dial)?;
         self.cert = dialed.cert;
         Ok(HiveClient::new(dialed.channel).max_decoding_message_size(MAX_HIVE_MESSAGE_BYTES))
     }

@@ -17,7 +17,7 @@ pub mod window;
 
 use std::sync::Arc;
 
-pub use dial::HiveTls;
+pub use dial::{DialGuard, HiveTls};
 pub use error::{IngestError, LinkError};
 pub use manager::MAX_HIVE_MESSAGE_BYTES;
 pub use settings::LinkSettings;

@@ -17,6 +17,8 @@ pub struct LinkSettings {
     pub backoff_max: Duration,
     /// Mutual TLS for dialing hives (`https://` addresses); plaintext then only to loopback.
     pub hive_tls: Option<super::HiveTls>,
+    /// The allow-list, checked at every dial of a hive added over the API or announced.
+    pub dial_guard: Option<super::DialGuard>,
 }
 
 impl Default for LinkSettings {
@@ -27,6 +29,7 @@ impl Default for LinkSettings {
             backoff_min: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
             hive_tls: None,
+            dial_guard: None,
         }
     }
 }
