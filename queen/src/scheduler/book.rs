@@ -5,9 +5,13 @@
 //! baseline is the usage observed when the oldest active reservation was made.
 //! Reservations settle (stop counting) in order once observed usage has grown by their
 //! size; active ones expire after their TTL. The book is one plain struct behind one
-//! mutex: checking and reserving happen under that lock, never across an `.await`.
+//! lock: checking and reserving happen under that lock, never across an `.await`.
+//!
+//! The book holds at most [`BookLimits::per_hive`] reservations per hive and
+//! [`BookLimits::total`] in all; it lists them in pages, oldest first.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::ops::Bound;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -94,11 +98,60 @@ impl HiveBook {
     }
 }
 
+/// How many reservations the book holds at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BookLimits {
+    /// Per hive (active and settled).
+    pub per_hive: usize,
+    /// In all.
+    pub total: usize,
+}
+
+impl Default for BookLimits {
+    fn default() -> Self {
+        Self { per_hive: 1024, total: 65_536 }
+    }
+}
+
 /// Why a reservation was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// Not enough free memory on the device.
+    #[error("{free} bytes free")]
+    NoRoom {
+        /// Free bytes on the device at the time.
+        free: u64,
+    },
+    /// The hive holds as many reservations as it may.
+    #[error("the hive holds {limit} reservations, the most per hive")]
+    HiveFull {
+        /// The per-hive limit.
+        limit: usize,
+    },
+    /// The book holds as many reservations as it may.
+    #[error("the queen holds {limit} reservations, the most in all")]
+    BookFull {
+        /// The total limit.
+        limit: usize,
+    },
+}
+
+/// Where a page of the reservation list starts: after this (created, id).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Cursor {
+    /// The last listed reservation's creation time, ms since the Unix epoch.
+    pub created_at_unix_ms: u64,
+    /// Its id.
+    pub id: String,
+}
+
+/// One page of the reservation list.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NoRoom {
-    /// Free bytes on the device at the time.
-    pub free: u64,
+pub struct Page {
+    /// Reservations, oldest first.
+    pub reservations: Vec<Reservation>,
+    /// Where the next page starts; `None` on the last page.
+    pub next: Option<Cursor>,
 }
 
 /// What to reserve.
@@ -125,11 +178,40 @@ pub struct Claim<'a> {
 pub struct Book {
     /// Every reservation by id.
     reservations: HashMap<String, Reservation>,
+    /// Every reservation in list order: (created, id).
+    order: BTreeSet<(u64, String)>,
+    /// Reservations per hive address.
+    counts: rustc_hash::FxHashMap<String, usize>,
     /// Devices with active reservations, per hive address (one lookup per hive).
     hives: rustc_hash::FxHashMap<String, HiveBook>,
+    /// How many reservations it holds at most.
+    limits: BookLimits,
 }
 
 impl Book {
+    /// An empty book that holds at most `limits`.
+    pub fn new(limits: BookLimits) -> Self {
+        Self { limits, ..Self::default() }
+    }
+
+    /// Reservations held.
+    pub fn len(&self) -> usize {
+        self.reservations.len()
+    }
+
+    /// True when no reservation is held.
+    pub fn is_empty(&self) -> bool {
+        self.reservations.is_empty()
+    }
+
+    /// Refuses when the book holds as many reservations as it may in all.
+    pub fn check_total(&self) -> Result<(), Refused> {
+        if self.reservations.len() >= self.limits.total {
+            return Err(Refused::BookFull { limit: self.limits.total });
+        }
+        Ok(())
+    }
+
     /// Bytes committed on a device (baseline + active), if it has active reservations.
     pub fn committed(&self, address: &str, device_id: &str) -> Option<u64> {
         let d = self.hives.get(address)?.get(device_id)?;
@@ -175,18 +257,22 @@ impl Book {
         settled
     }
 
-    /// Reserves `claim.bytes` on a device if they are free. Settles first with the
-    /// observed usage.
+    /// Reserves `claim.bytes` on a device if they are free and the hive and the book
+    /// may hold one more reservation. Settles first with the observed usage.
     pub fn reserve(
         &mut self,
         address: &str,
         device_id: &str,
         claim: &Claim<'_>,
-    ) -> Result<Reservation, NoRoom> {
+    ) -> Result<Reservation, Refused> {
+        self.check_total()?;
+        if self.counts.get(address).copied().unwrap_or(0) >= self.limits.per_hive {
+            return Err(Refused::HiveFull { limit: self.limits.per_hive });
+        }
         self.observe(address, device_id, claim.observed);
         let free = self.free(address, device_id, claim.total, claim.observed);
         if claim.bytes > free {
-            return Err(NoRoom { free });
+            return Err(Refused::NoRoom { free });
         }
         let r = Reservation {
             id: uuid::Uuid::new_v4().to_string(),
@@ -205,6 +291,8 @@ impl Book {
         }
         d.active.push_back(r.id.clone());
         d.active_bytes += r.bytes;
+        self.order.insert((r.created_at_unix_ms, r.id.clone()));
+        *self.counts.entry(address.to_owned()).or_default() += 1;
         self.reservations.insert(r.id.clone(), r.clone());
         Ok(r)
     }
@@ -212,6 +300,13 @@ impl Book {
     /// Removes a reservation.
     pub fn release(&mut self, id: &str) -> Option<Reservation> {
         let r = self.reservations.remove(id)?;
+        self.order.remove(&(r.created_at_unix_ms, r.id.clone()));
+        if let Some(n) = self.counts.get_mut(&r.address) {
+            *n -= 1;
+            if *n == 0 {
+                self.counts.remove(&r.address);
+            }
+        }
         if r.state == ReservationState::Active
             && let Some(devices) = self.hives.get_mut(&r.address)
             && let Some(d) = devices.get_mut(&r.device_id)
@@ -246,9 +341,26 @@ impl Book {
 
     /// Every reservation, oldest first.
     pub fn list(&self) -> Vec<Reservation> {
-        let mut all: Vec<Reservation> = self.reservations.values().cloned().collect();
-        all.sort_by(|a, b| (a.created_at_unix_ms, &a.id).cmp(&(b.created_at_unix_ms, &b.id)));
-        all
+        self.order.iter().filter_map(|(_, id)| self.reservations.get(id).cloned()).collect()
+    }
+
+    /// Up to `size` reservations after `after` (from the start when `None`), oldest
+    /// first. Reservations made or dropped between pages do not shift the others.
+    pub fn page(&self, after: Option<&Cursor>, size: usize) -> Page {
+        let start = match after {
+            Some(c) => Bound::Excluded((c.created_at_unix_ms, c.id.clone())),
+            None => Bound::Unbounded,
+        };
+        let mut keys = self.order.range((start, Bound::Unbounded));
+        let reservations: Vec<Reservation> =
+            keys.by_ref().take(size).filter_map(|(_, id)| self.reservations.get(id).cloned()).collect();
+        let next = match (keys.next(), reservations.last()) {
+            (Some(_), Some(last)) => {
+                Some(Cursor { created_at_unix_ms: last.created_at_unix_ms, id: last.id.clone() })
+            }
+            _ => None,
+        };
+        Page { reservations, next }
     }
 
     /// Sum of active bytes per device (for tests and invariants).
@@ -288,7 +400,10 @@ mod tests {
         assert_eq!(b.free("a", "g", 80 * GIB, 10 * GIB), 40 * GIB);
         // Another process grabs VRAM: observed 60 > committed 40.
         assert_eq!(b.free("a", "g", 80 * GIB, 60 * GIB), 20 * GIB);
-        assert_eq!(b.reserve("a", "g", &claim(41 * GIB, 10 * GIB)).unwrap_err(), NoRoom { free: 40 * GIB });
+        assert_eq!(
+            b.reserve("a", "g", &claim(41 * GIB, 10 * GIB)).unwrap_err(),
+            Refused::NoRoom { free: 40 * GIB }
+        );
     }
 
     #[test]
@@ -314,6 +429,47 @@ mod tests {
         assert_eq!(expired.iter().map(|r| r.id.clone()).collect::<Vec<_>>(), [a.id]);
         assert_eq!(b.list().iter().map(|r| r.id.clone()).collect::<Vec<_>>(), [s.id]);
         assert_eq!(b.committed("a", "g"), None);
+    }
+
+    #[test]
+    fn the_book_holds_a_bounded_number_of_reservations() {
+        let mut b = Book::new(BookLimits { per_hive: 2, total: 3 });
+        b.reserve("a", "g", &claim(1, 0)).unwrap();
+        b.reserve("a", "h", &claim(1, 0)).unwrap();
+        assert_eq!(b.reserve("a", "g", &claim(1, 0)).unwrap_err(), Refused::HiveFull { limit: 2 });
+        let r = b.reserve("b", "g", &claim(1, 0)).unwrap();
+        assert_eq!(b.reserve("c", "g", &claim(1, 0)).unwrap_err(), Refused::BookFull { limit: 3 });
+        b.release(&r.id).unwrap();
+        b.reserve("c", "g", &claim(1, 0)).unwrap();
+        assert_eq!(b.len(), 3);
+    }
+
+    #[test]
+    fn pages_walk_every_reservation_once_in_order() {
+        let mut b = Book::default();
+        let mut made = Vec::new();
+        for i in 0..25u64 {
+            let c = Claim { now_ms: 1000 + i / 3, ..claim(1, 0) };
+            made.push(b.reserve(&format!("h{}", i % 4), "g", &c).unwrap().id);
+        }
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = b.page(after.as_ref(), 10);
+            assert!(page.reservations.len() <= 10);
+            seen.extend(page.reservations.iter().map(|r| r.id.clone()));
+            // A reservation dropped between pages does not shift the rest.
+            if seen.len() == 10 {
+                b.release(&made[24]).unwrap();
+            }
+            match page.next {
+                Some(c) => after = Some(c),
+                None => break,
+            }
+        }
+        assert_eq!(seen, b.list().iter().map(|r| r.id.clone()).collect::<Vec<_>>());
+        assert_eq!(seen.len(), 24);
+        assert_eq!(b.page(None, 100).next, None);
     }
 
     #[derive(Debug, Clone)]
@@ -352,7 +508,8 @@ mod tests {
                         let free = b.free("a", &dev, 80 * GIB, observed);
                         match b.reserve("a", &dev, &claim(gib * GIB, observed)) {
                             Ok(r) => { prop_assert!(r.bytes <= free); ids.push(r.id) }
-                            Err(NoRoom { free }) => prop_assert!(gib * GIB > free),
+                            Err(Refused::NoRoom { free }) => prop_assert!(gib * GIB > free),
+                            Err(other) => prop_assert!(false, "{other}"),
                         }
                     }
                     Op::Release(i) => { if let Some(id) = ids.get(i) { b.release(id); } }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::policy::{Limits, PolicyRuntime};
+use super::policy::{Limits, PolicyError, PolicyRuntime};
 use super::request::PlaceRequest;
 use super::synthetic::hive;
 use super::*;
@@ -110,7 +110,9 @@ fn reservations_are_counted_and_dry_runs_reserve_nothing() {
     assert_eq!(reasons, ["solo/GPU-solo-0: 8.0 GiB free < 12.0 GiB"]);
     s.release(&first.reservation.unwrap().id).unwrap();
     placed(s.place_blocking(&PlaceRequest::gpu(12 * GIB)).unwrap());
-    assert!(matches!(s.release("nope"), Err(QueenError::NotFound(_))));
+    let unknown = s.release("nope").unwrap_err();
+    assert!(matches!(unknown, QueenError::NoReservation(_)));
+    assert!(unknown.to_string().starts_with("no reservation \"nope\""), "{unknown}");
 }
 
 #[test]
@@ -167,7 +169,7 @@ fn the_budget_and_operation_limits_both_stop_a_script() {
     let p = rt.compile("t", "fn place(r, f) { let x = 0; loop { x += 1; } }").unwrap();
     let view = view::FleetView { hives: Arc::new(small_fleet()), book: Default::default() };
     let e = rt.run(&p, &PlaceRequest::gpu(1), &view).unwrap_err();
-    assert!(e.message.contains("5 ms wall-time budget"), "{e}");
+    assert!(e.to_string().contains("5 ms wall-time budget"), "{e}");
     let rt = PolicyRuntime::new(Limits {
         max_operations: 1000,
         budget: Duration::from_secs(10),
@@ -175,7 +177,7 @@ fn the_budget_and_operation_limits_both_stop_a_script() {
     });
     let p = rt.compile("t", "fn place(r, f) { let x = 0; loop { x += 1; } }").unwrap();
     let e = rt.run(&p, &PlaceRequest::gpu(1), &view).unwrap_err();
-    assert!(e.message.contains("1000 operations"), "{e}");
+    assert!(e.to_string().contains("1000 operations"), "{e}");
     let p = rt.compile("t", "fn place(r, f) { let s = \"x\"; loop { s += s; } }").unwrap();
     assert!(rt.run(&p, &PlaceRequest::gpu(1), &view).is_err(), "string size is limited");
 }
@@ -202,17 +204,17 @@ fn a_failing_policy_can_fall_back_to_the_default() {
 fn syntax_errors_and_missing_place_are_refused_with_positions() {
     let rt = PolicyRuntime::new(Limits::default());
     let e = rt.compile("t", "fn place(request, fleet) {\n  let x = ;\n}").unwrap_err();
-    assert_eq!(e.line, Some(2));
+    assert_eq!(e.position().line, Some(2));
     assert!(e.to_string().contains("line 2, column"), "{e}");
     let e = rt.compile("t", "fn choose(a, b) { () }").unwrap_err();
-    assert!(e.message.contains("fn place(request, fleet)"));
+    assert_eq!(e, PolicyError::NoPlaceFn);
 }
 
 #[test]
 fn a_broken_edit_keeps_the_old_policy_and_a_good_one_replaces_it() {
     let (s, file) = with_policy(&policy_file("least-loaded.rhai"));
     std::fs::write(file.path(), "fn place(request, fleet) { let = }").unwrap();
-    s.maintain_once();
+    s.reload_once();
     assert_eq!(s.status().reload_failures, 1);
     assert_eq!(
         placed(s.place_blocking(&PlaceRequest::gpu(GIB)).unwrap()).hive_id,
@@ -221,10 +223,10 @@ fn a_broken_edit_keeps_the_old_policy_and_a_good_one_replaces_it() {
     );
     // Compiles but fails when test-run on the fleet: refused too.
     std::fs::write(file.path(), "fn place(request, fleet) { fleet.nope }").unwrap();
-    s.maintain_once();
+    s.reload_once();
     assert_eq!(s.status().reload_failures, 2);
     std::fs::write(file.path(), policy_file("bin-pack.rhai")).unwrap();
-    s.maintain_once();
+    s.reload_once();
     assert_eq!(placed(s.place_blocking(&PlaceRequest::gpu(GIB)).unwrap()).hive_id, "hive-a", "bin-pack now");
 }
 
@@ -257,10 +259,10 @@ fn reservations_on_a_hive_lost_past_the_grace_are_dropped() {
     let source = Arc::new(Swap(std::sync::Mutex::new(vec![online])));
     let s = Scheduler::new(source.clone(), SchedulerSettings::default()).unwrap();
     placed(s.place_blocking(&PlaceRequest::gpu(GIB)).unwrap());
-    s.maintain_once();
+    s.upkeep_once();
     assert_eq!(s.reservations().len(), 1, "kept while online");
     *source.0.lock().unwrap() = vec![lost_long_ago];
-    s.maintain_once();
+    s.upkeep_once();
     assert!(s.reservations().is_empty(), "dropped: lost for 120 s > 60 s grace");
 }
 
