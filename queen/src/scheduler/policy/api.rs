@@ -10,7 +10,6 @@ use rhai::{Array, Dynamic, Engine, EvalAltResult, INT, ImmutableString, Map};
 use super::MAX_RANKED;
 use super::sandbox::charge;
 use crate::health::Health;
-use crate::scheduler::bounded_text;
 use crate::scheduler::request::PlaceRequest;
 use crate::scheduler::view::{self, DeviceRef, FleetView, HiveRef};
 
@@ -173,7 +172,8 @@ pub fn register(engine: &mut Engine) {
         })
         .register_fn("reject", |reason: ImmutableString| -> Map {
             let mut m = Map::new();
-            m.insert("reject".into(), Dynamic::from(bounded_text::bound(&reason).into_owned()));
+            // Bounded when the decision is read.
+            m.insert("reject".into(), Dynamic::from(reason));
             m
         })
         .register_fn("gib", |n: INT| n.saturating_mul(1 << 30))

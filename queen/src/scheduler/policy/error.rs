@@ -79,7 +79,7 @@ pub enum PolicyError {
         at: ScriptPosition,
     },
     /// The script raised an error or hit another sandbox limit.
-    #[error("the policy failed: {message}{at}")]
+    #[error("{message}{at}")]
     Script {
         /// Rhai's message (bounded).
         message: String,
@@ -89,11 +89,14 @@ pub enum PolicyError {
     /// `place()` returned something that is not a decision.
     #[error("{0}")]
     Answer(String),
-    /// Too many earlier runs overran their budget and are still stopping.
-    #[error("{stray} earlier policy runs overran their budget and are still running; try again shortly")]
-    Overloaded {
-        /// Runs still going after the queen stopped waiting.
-        stray: usize,
+    /// Every policy slot stayed busy (other calls, or abandoned ones still ending)
+    /// while the call waited for one.
+    #[error("all {slots} policy slots stayed busy for {waited_ms} ms; try again shortly")]
+    Busy {
+        /// Policy calls that may run at once.
+        slots: usize,
+        /// How long the call waited.
+        waited_ms: u64,
     },
     /// The policy's thread could not be started, or it died.
     #[error("the policy thread {0}")]
@@ -111,7 +114,7 @@ impl PolicyError {
             Self::NoPlaceFn
             | Self::Abandoned { .. }
             | Self::Answer(_)
-            | Self::Overloaded { .. }
+            | Self::Busy { .. }
             | Self::Thread(_) => ScriptPosition::NONE,
         }
     }
@@ -132,6 +135,6 @@ mod tests {
         assert_eq!(e.to_string(), "the policy ran past its 50 ms wall-time budget (line 3, column 5)");
         assert_eq!(e.position().line, Some(3));
         let e = PolicyError::Script { message: "boom".into(), at: ScriptPosition::NONE };
-        assert_eq!(e.to_string(), "the policy failed: boom");
+        assert_eq!(e.to_string(), "boom");
     }
 }

@@ -50,8 +50,11 @@ pub struct Limits {
     pub max_array_size: usize,
     /// Largest map.
     pub max_map_size: usize,
-    /// Wall-time budget per call.
+    /// Wall-time budget per call (from when its thread starts).
     pub budget: Duration,
+    /// Policy calls that run at once (the rest wait for a slot): one per core, so
+    /// that wall time measures the script rather than its neighbours.
+    pub parallel: usize,
 }
 
 impl Default for Limits {
@@ -64,6 +67,7 @@ impl Default for Limits {
             max_array_size: 200_000,
             max_map_size: 10_000,
             budget: Duration::from_millis(50),
+            parallel: std::thread::available_parallelism().map_or(2, |n| n.get()).max(2),
         }
     }
 }

@@ -1,17 +1,19 @@
 //! The Rhai runtime: a sandboxed engine with the policy API, compiling, and running one
 //! call under the sandbox limits and a wall-time budget.
 //!
-//! Each call runs on a thread of its own. The script is stopped at its deadline by the
+//! Each call runs on a thread of its own, and at most one call per core runs at once
+//! (the others wait for a slot, up to [`MAX_SLOT_WAIT`]), so that the wall-time budget
+//! measures the script and not its neighbours. The budget starts when the call's thread
+//! starts. The script is stopped at its deadline by the
 //! engine's progress hook (checked at every step) and by the metered natives (checked as
 //! they walk); and whatever the script calls, the caller stops waiting a grace period
 //! after the deadline and answers [`PolicyError::Abandoned`]. A thread the caller gave
-//! up on finishes on its own; while [`MAX_STRAY`] of them are still running, new calls
-//! are refused at once. No policy thread holds a lock of the scheduler or a Tokio
+//! up on finishes on its own and keeps its slot until then, so runaway threads never
+//! outnumber the slots. No policy thread holds a lock of the scheduler or a Tokio
 //! worker, so nothing else (reservation upkeep, other RPCs, shutdown) waits on a policy.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use rhai::{Dynamic, Engine, EvalAltResult, Scope};
@@ -23,9 +25,8 @@ use crate::scheduler::bounded_text;
 use crate::scheduler::request::PlaceRequest;
 use crate::scheduler::view::FleetView;
 
-/// Most policy threads still running after their caller stopped waiting; past this,
-/// calls are refused at once instead of starting more.
-pub const MAX_STRAY: usize = 8;
+/// Longest a call waits for a free slot before it is refused.
+pub const MAX_SLOT_WAIT: Duration = Duration::from_secs(2);
 
 /// The shortest grace the caller waits past the budget before it stops waiting.
 const MIN_GRACE: Duration = Duration::from_millis(100);
@@ -46,8 +47,46 @@ pub struct PolicyRuntime {
     engine: Arc<Engine>,
     /// The limits, for the budget and messages.
     limits: Limits,
-    /// Call threads still running after their caller gave up.
-    stray: Arc<AtomicUsize>,
+    /// Slots for calls running at once.
+    slots: Arc<Slots>,
+}
+
+/// A counting semaphore for call threads (blocking: callers are blocking threads).
+struct Slots {
+    /// Slots free now.
+    free: Mutex<usize>,
+    /// Signalled when a slot is freed.
+    freed: Condvar,
+    /// Slots in all.
+    total: usize,
+}
+
+impl Slots {
+    fn new(total: usize) -> Self {
+        Self { free: Mutex::new(total), freed: Condvar::new(), total }
+    }
+
+    /// Takes a slot, waiting at most `patience`.
+    fn take(self: &Arc<Self>, patience: Duration) -> Option<Slot> {
+        let deadline = Instant::now() + patience;
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        while *free == 0 {
+            let left = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero())?;
+            free = self.freed.wait_timeout(free, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        *free -= 1;
+        Some(Slot(self.clone()))
+    }
+}
+
+/// A taken slot, given back when dropped (by the call's thread, when it ends).
+struct Slot(Arc<Slots>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.0.freed.notify_one();
+    }
 }
 
 impl PolicyRuntime {
@@ -70,7 +109,7 @@ impl PolicyRuntime {
         sandbox::install(&mut engine);
         api::register(&mut engine);
         more(&mut engine);
-        Self { engine: Arc::new(engine), limits, stray: Arc::new(AtomicUsize::new(0)) }
+        Self { engine: Arc::new(engine), limits, slots: Arc::new(Slots::new(limits.parallel.max(1))) }
     }
 
     /// Compiles a policy; it must define `fn place(request, fleet)`.
@@ -99,12 +138,14 @@ impl PolicyRuntime {
         request: &PlaceRequest,
         fleet: &FleetView,
     ) -> Result<Decision, PolicyError> {
-        let stray = self.stray.load(Ordering::Relaxed);
-        if stray >= MAX_STRAY {
-            return Err(PolicyError::Overloaded { stray });
-        }
+        let queued = Instant::now();
+        let Some(slot) = self.slots.take(MAX_SLOT_WAIT) else {
+            return Err(PolicyError::Busy {
+                slots: self.slots.total,
+                waited_ms: queued.elapsed().as_millis() as u64,
+            });
+        };
         let started = Instant::now();
-        let deadline = started + self.limits.budget;
         let (tx, rx) = mpsc::sync_channel(1);
         let state = Arc::new(AtomicU8::new(RUNNING));
         let job = Call {
@@ -113,16 +154,16 @@ impl PolicyRuntime {
             policy: policy.clone(),
             request: request.clone(),
             fleet: fleet.clone(),
-            deadline,
         };
-        let (thread_state, thread_stray) = (state.clone(), self.stray.clone());
+        let thread_state = state.clone();
         std::thread::Builder::new()
             .name("policy".into())
             .stack_size(STACK_BYTES)
             .spawn(move || {
+                let _slot = slot;
                 let result = job.run();
                 if thread_state.swap(FINISHED, Ordering::AcqRel) == ABANDONED {
-                    thread_stray.fetch_sub(1, Ordering::Relaxed);
+                    tracing::info!("an abandoned policy call ended");
                 }
                 let _ = tx.send(result);
             })
@@ -132,7 +173,6 @@ impl PolicyRuntime {
             Err(mpsc::RecvTimeoutError::Disconnected) => Err(PolicyError::Thread("died".into())),
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if state.compare_exchange(RUNNING, ABANDONED, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-                    self.stray.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(policy = %policy.source, "a policy call ran past its budget and did not stop; abandoned");
                     return Err(PolicyError::Abandoned {
                         budget_ms: self.limits.budget.as_millis() as u64,
@@ -158,14 +198,12 @@ struct Call {
     request: PlaceRequest,
     /// The fleet.
     fleet: FleetView,
-    /// When the budget runs out.
-    deadline: Instant,
 }
 
 impl Call {
     /// Runs the script on this thread, metered.
     fn run(self) -> Result<Decision, PolicyError> {
-        sandbox::begin(self.deadline, self.limits.max_operations);
+        sandbox::begin(Instant::now() + self.limits.budget, self.limits.max_operations);
         let result = self.engine.call_fn::<Dynamic>(
             &mut Scope::new(),
             &self.policy.ast,
