@@ -89,7 +89,11 @@ impl Scheduler {
 
     /// Runs the policy, or the built-in default when it fails and fallback is on.
     /// Returns the decision, the policy that made it, and whether it was the fallback.
-    fn decide(&self, req: &PlaceRequest, view: &FleetView) -> Result<(Decision, Arc<Policy>, bool), QueenError> {
+    fn decide(
+        &self,
+        req: &PlaceRequest,
+        view: &FleetView,
+    ) -> Result<(Decision, Arc<Policy>, bool), QueenError> {
         let policy = self.policy();
         let error = match self.runtime.run(&policy, req, view) {
             Ok(d) => return Ok((d, policy, false)),
@@ -226,9 +230,11 @@ impl Scheduler {
     /// Places a request.
     pub async fn place(self: &Arc<Self>, req: PlaceRequest) -> Result<Outcome, QueenError> {
         let me = self.clone();
-        tokio::task::spawn_blocking(move || me.place_blocking(&req)).await.map_err(|e| QueenError::Policy {
-            policy: self.policy().source.clone(),
-            error: PolicyError::Thread(format!("of the placement failed: {e}")),
+        tokio::task::spawn_blocking(move || me.place_blocking(&req)).await.map_err(|e| {
+            QueenError::Policy {
+                policy: self.policy().source.clone(),
+                error: PolicyError::Thread(format!("of the placement failed: {e}")),
+            }
         })?
     }
 }

@@ -182,4 +182,3 @@ pub fn register(engine: &mut Engine) {
             rbee_shared::bytesize::format_bytes(u64::try_from(n).unwrap_or(0))
         });
 }
-

@@ -238,7 +238,9 @@ fn failure(e: EvalAltResult, limits: &Limits) -> PolicyError {
             PolicyError::Operations { limit: limits.max_operations, at }
         }
         EvalAltResult::ErrorTerminated(..) => PolicyError::Budget { budget_ms, at },
-        EvalAltResult::ErrorTooManyOperations(_) => PolicyError::Operations { limit: limits.max_operations, at },
+        EvalAltResult::ErrorTooManyOperations(_) => {
+            PolicyError::Operations { limit: limits.max_operations, at }
+        }
         other => PolicyError::Script { message: bounded_text::bound_owned(other.to_string()), at },
     }
 }

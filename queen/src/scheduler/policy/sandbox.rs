@@ -221,11 +221,7 @@ fn start_index(len: usize, start: INT) -> usize {
 }
 
 /// Element-wise equality of two arrays, metered.
-fn arrays_equal(
-    ctx: &NativeCallContext,
-    a: &mut Array,
-    b: &mut Array,
-) -> Result<bool, Box<EvalAltResult>> {
+fn arrays_equal(ctx: &NativeCallContext, a: &mut Array, b: &mut Array) -> Result<bool, Box<EvalAltResult>> {
     if a.len() != b.len() {
         return Ok(false);
     }
@@ -270,7 +266,9 @@ fn register_metered(engine: &mut Engine) {
             let start = start_index(a.len(), start);
             find(&ctx, a, &v, start).map(|i| i.map_or(-1, |i| i as INT))
         })
-        .register_fn("==", |ctx: NativeCallContext, a: &mut Array, mut b: Array| arrays_equal(&ctx, a, &mut b))
+        .register_fn("==", |ctx: NativeCallContext, a: &mut Array, mut b: Array| {
+            arrays_equal(&ctx, a, &mut b)
+        })
         .register_fn("!=", |ctx: NativeCallContext, a: &mut Array, mut b: Array| {
             arrays_equal(&ctx, a, &mut b).map(|e| !e)
         })

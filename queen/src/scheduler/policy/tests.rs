@@ -85,7 +85,8 @@ fn the_metered_natives_answer_as_rhai_does() {
         "#{a: 1} != #{a: 2}",
     ];
     for check in checks {
-        let script = format!("fn place(r, f) {{ if {check} {{ reject(\"yes\") }} else {{ reject(\"no\") }} }}");
+        let script =
+            format!("fn place(r, f) {{ if {check} {{ reject(\"yes\") }} else {{ reject(\"no\") }} }}");
         match run(&rt, &script) {
             Ok(Decision::Reject(answer)) => assert_eq!(answer, "yes", "{check}"),
             other => panic!("{check}: {other:?}"),
@@ -118,12 +119,9 @@ fn a_call_stuck_in_a_native_is_abandoned_at_the_deadline_and_keeps_its_slot_unti
 #[test]
 fn a_script_error_message_is_bounded_and_keeps_its_position() {
     let rt = PolicyRuntime::new(Limits { budget: Duration::from_secs(5), ..Limits::default() });
-    let e = run(&rt, "fn place(r, f) {\n  let s = \"x\";\n  s.pad(62000, \"y\");\n  throw s;\n}").unwrap_err();
+    let e =
+        run(&rt, "fn place(r, f) {\n  let s = \"x\";\n  s.pad(62000, \"y\");\n  throw s;\n}").unwrap_err();
     let text = e.to_string();
     assert!(text.len() < 1300, "{} bytes", text.len());
     assert!(text.contains("(cut, ") && text.ends_with("(line 4, column 3)"), "{text}");
 }
-
-
-
-
