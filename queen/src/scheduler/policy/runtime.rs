@@ -29,7 +29,7 @@ use crate::scheduler::view::FleetView;
 pub const MAX_SLOT_WAIT: Duration = Duration::from_secs(2);
 
 /// The shortest grace the caller waits past the budget before it stops waiting.
-const MIN_GRACE: Duration = Duration::from_millis(100);
+const MIN_GRACE: Duration = Duration::from_millis(250);
 
 /// Stack of a policy thread (scripts may nest calls 32 deep).
 const STACK_BYTES: usize = 4 << 20;
