@@ -233,7 +233,7 @@ impl Scheduler {
         tokio::task::spawn_blocking(move || me.place_blocking(&req)).await.map_err(|e| {
             QueenError::Policy {
                 policy: self.policy().source.clone(),
-                error: PolicyError::Thread(format!("of the placement failed: {e}")),
+                error: PolicyError::Thread(format!("failed: {e}")),
             }
         })?
     }

@@ -89,17 +89,17 @@ pub enum PolicyError {
     /// `place()` returned something that is not a decision.
     #[error("{0}")]
     Answer(String),
-    /// Every policy slot stayed busy (other calls, or abandoned ones still ending)
+    /// Every policy worker stayed busy (other calls, or abandoned ones still ending)
     /// while the call waited for one.
-    #[error("all {slots} policy slots stayed busy for {waited_ms} ms; try again shortly")]
+    #[error("all {workers} policy workers stayed busy for {waited_ms} ms; try again shortly")]
     Busy {
-        /// Policy calls that may run at once.
-        slots: usize,
+        /// Policy calls that may run at once (workers).
+        workers: usize,
         /// How long the call waited.
         waited_ms: u64,
     },
-    /// The policy's thread could not be started, or it died.
-    #[error("the policy thread {0}")]
+    /// The worker running the call died (a panic).
+    #[error("the policy call {0}")]
     Thread(String),
 }
 

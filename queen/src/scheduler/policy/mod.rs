@@ -4,8 +4,9 @@
 //! `#{ hive: ..., device: ... }`, an array of them (ranked, best first), or
 //! `reject("reason")`. See `docs/scheduling.md`.
 //!
-//! - [`runtime`]: the sandboxed engine; compiling; running a call on its own thread
-//!   under a wall-time deadline that holds whatever the script calls.
+//! - [`runtime`]: the sandboxed engine; compiling; running a call under a wall-time
+//!   deadline that holds whatever the script calls.
+//! - [`pool`]: the worker threads that run calls (one per core by default).
 //! - [`sandbox`]: the meter of one call (deadline, operations charged by natives,
 //!   position, log lines) and the metered collection natives.
 //! - [`api`]: the natives scripts see (request, fleet, hive, device).
@@ -15,6 +16,7 @@
 pub mod api;
 pub mod decision;
 pub mod error;
+pub mod pool;
 pub mod runtime;
 pub mod sandbox;
 
@@ -50,10 +52,10 @@ pub struct Limits {
     pub max_array_size: usize,
     /// Largest map.
     pub max_map_size: usize,
-    /// Wall-time budget per call (from when its thread starts).
+    /// Wall-time budget per call (from when it starts on a worker).
     pub budget: Duration,
-    /// Policy calls that run at once (the rest wait for a slot): one per core, so
-    /// that wall time measures the script rather than its neighbours.
+    /// Policy calls that run at once (workers; the rest wait, up to 2 s): one per
+    /// core, so that wall time measures the script rather than its neighbours.
     pub parallel: usize,
 }
 

@@ -95,7 +95,7 @@ fn the_metered_natives_answer_as_rhai_does() {
 }
 
 #[test]
-fn a_call_stuck_in_a_native_is_abandoned_at_the_deadline_and_keeps_its_slot_until_it_ends() {
+fn a_call_stuck_in_a_native_is_abandoned_at_the_deadline_and_keeps_its_worker_until_it_ends() {
     // A native that ignores the meter (none of the real ones does): the caller still
     // answers at the budget plus the grace.
     let limits = Limits { budget: Duration::from_millis(20), parallel: 1, ..Limits::default() };
@@ -106,13 +106,13 @@ fn a_call_stuck_in_a_native_is_abandoned_at_the_deadline_and_keeps_its_slot_unti
     let e = run(&rt, "fn place(r, f) { stall_ms(3000); () }").unwrap_err();
     assert!(matches!(e, PolicyError::Abandoned { budget_ms: 20, .. }), "{e}");
     assert!(t.elapsed() < rt.patience() + Duration::from_millis(300), "{:?}", t.elapsed());
-    // Its thread still holds the only slot: the next call waits, then is refused.
+    // It still holds the only worker: the next call waits, then is refused.
     let e = run(&rt, "fn place(r, f) { () }").unwrap_err();
-    assert!(matches!(e, PolicyError::Busy { slots: 1, .. }), "{e}");
+    assert!(matches!(e, PolicyError::Busy { workers: 1, .. }), "{e}");
     // Once it ends, calls run again.
     let deadline = Instant::now() + Duration::from_secs(10);
     while run(&rt, "fn place(r, f) { reject(\"ok\") }").is_err() {
-        assert!(Instant::now() < deadline, "the stuck call never gave its slot back");
+        assert!(Instant::now() < deadline, "the stuck call never gave its worker back");
     }
 }
 
