@@ -1,7 +1,7 @@
 //! The meter of one policy call: its wall-time deadline, the operations that natives
 //! charge, the script position last seen and the log lines it wrote.
 //!
-//! Each call runs on its own thread (see [`super::runtime`]), so this state is
+//! A worker runs one call at a time (see [`super::pool`]), so this state is
 //! thread-local. Rhai counts one operation per script step, but a native such as
 //! `array.contains(x)` can walk 200,000 elements in one step; such natives are replaced
 //! here by metered versions that charge one operation per element and check the
