@@ -255,6 +255,16 @@ async fn releasing_an_unknown_reservation_says_no_reservation() {
     assert!(!err.message().contains("hive"), "{}", err.message());
 }
 
+/// A child process killed when the test ends, however it ends.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The `queen` binary, serving with a runaway policy and no hives. (Two workers: the
 /// test blocks one on the child's stderr and exit while the other keeps placing.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,17 +272,19 @@ async fn sigterm_stops_a_queen_whose_policy_runs_away() {
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.rhai");
     std::fs::write(&policy, CONTAINS_LOOP.replacen("{\n", "{\n    print(\"policy started\");\n", 1)).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_queen"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--policy"])
-        .arg(&policy)
-        .env("RUST_LOG", "info")
-        .env_remove("QUEEN_CONFIG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the queen binary");
+    let mut child = Reaped(
+        Command::new(env!("CARGO_BIN_EXE_queen"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--policy"])
+            .arg(&policy)
+            .env("RUST_LOG", "info")
+            .env_remove("QUEEN_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the queen binary"),
+    );
     let (tx, rx) = std::sync::mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
+    let stderr = child.0.stderr.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if line.contains("queen serving")
@@ -297,10 +309,10 @@ async fn sigterm_stops_a_queen_whose_policy_runs_away() {
     });
     assert_eq!(rx.recv_timeout(DEADLINE).expect("the policy runs"), "started");
     let sent = std::time::Instant::now();
-    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let kill = Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().unwrap();
     assert!(kill.success());
     let exited = loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.0.try_wait().unwrap() {
             break Some(status);
         }
         if sent.elapsed() > Duration::from_secs(5) {
@@ -308,10 +320,6 @@ async fn sigterm_stops_a_queen_whose_policy_runs_away() {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    if exited.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
     placing.abort();
     let status = exited.expect("the queen did not stop within 5 s of SIGTERM");
     assert!(status.success(), "{status:?}");
