@@ -57,9 +57,14 @@ impl From<QueenError> for tonic::Status {
             QueenError::PermissionDenied(m) => Status::permission_denied(m),
             QueenError::ResourceExhausted(m) => Status::resource_exhausted(m),
             QueenError::Policy { ref error, .. } => {
+                // Every policy worker busy is load, not the policy's failure.
+                let code = match error {
+                    crate::scheduler::policy::PolicyError::Busy { .. } => tonic::Code::ResourceExhausted,
+                    _ => tonic::Code::FailedPrecondition,
+                };
                 // The script position also travels as metadata, for clients that point at it.
                 let at = error.position();
-                let mut status = Status::failed_precondition(e.to_string());
+                let mut status = Status::new(code, e.to_string());
                 for (key, value) in [("rbee-policy-line", at.line), ("rbee-policy-column", at.column)] {
                     if let Some(v) = value {
                         status.metadata_mut().insert(key, v.into());

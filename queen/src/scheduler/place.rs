@@ -97,6 +97,10 @@ impl Scheduler {
         let policy = self.policy();
         let error = match self.runtime.run(&policy, req, view) {
             Ok(d) => return Ok((d, policy, false)),
+            // Not the policy's failure, and the default would wait for a worker too.
+            Err(error @ PolicyError::Busy { .. }) => {
+                return Err(QueenError::Policy { policy: policy.source.clone(), error });
+            }
             Err(error) => error,
         };
         self.failures.fetch_add(1, Ordering::Relaxed);
