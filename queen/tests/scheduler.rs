@@ -31,8 +31,12 @@ util_percent = [20]
 temperature_c = [40]
 "#;
 
+/// Fast upkeep, and a wall-time budget that a loaded test machine does not break
+/// (the runaway test sets its own).
 fn settings() -> SchedulerSettings {
-    SchedulerSettings { maintain_every: Duration::from_millis(100), ..Default::default() }
+    let mut s = SchedulerSettings { maintain_every: Duration::from_millis(100), ..Default::default() };
+    s.limits.budget = Duration::from_secs(2);
+    s
 }
 
 async fn queen_with(

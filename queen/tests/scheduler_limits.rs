@@ -122,7 +122,8 @@ async fn a_policy_walking_a_190_000_element_array_is_stopped_at_its_budget() {
 #[tokio::test]
 async fn reservations_expire_on_time_while_a_runaway_policy_edit_is_test_run() {
     let hive = TestHive::start("upkeep", TWO_GPUS).await;
-    let (s, _dir, file) = with_policy(GOOD);
+    let (mut s, _dir, file) = with_policy(GOOD);
+    s.limits.budget = Duration::from_secs(2); // a loaded test machine must not fail GOOD
     let (queen, mut client) = queen_with(vec![hive.url()], s).await;
     let mut fleet = queen.client().await;
     let mut watch = Watch::open(&mut fleet).await;
@@ -153,7 +154,8 @@ async fn reservations_expire_on_time_while_a_runaway_policy_edit_is_test_run() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let why = status.last_error.unwrap_or_default();
-    assert!(why.contains("refused") && why.contains("wall-time budget"), "{why}");
+    // (With a 2 s budget, the metered `contains` reaches the operation limit first.)
+    assert!(why.contains("refused") && (why.contains("budget") || why.contains("operations")), "{why}");
     // A good file again is picked up.
     std::fs::write(&file, format!("{GOOD}// restored\n")).unwrap();
     let deadline = Instant::now() + DEADLINE;
@@ -198,7 +200,9 @@ async fn a_62_kb_reason_or_error_from_a_policy_reaches_the_client_cut_to_1_kib()
 async fn reservations_are_bounded_per_hive_and_listed_in_pages() {
     let hive = TestHive::start("greedy", TWO_GPUS).await;
     let limits = BookLimits::default();
-    let (_queen, mut client) = queen_with(vec![hive.url()], settings()).await;
+    let mut s = settings();
+    s.limits.budget = Duration::from_secs(2); // 1,025 placements on a loaded machine
+    let (_queen, mut client) = queen_with(vec![hive.url()], s).await;
     for _ in 0..limits.per_hive {
         placement(client.place(gpu_request(1)).await.unwrap().into_inner());
     }
