@@ -9,6 +9,9 @@ pub enum QueenError {
     /// No such hive.
     #[error("no hive {0:?} (give a hive id or an address)")]
     NotFound(String),
+    /// No such reservation.
+    #[error("no reservation {0:?} (it was released, expired, or never made)")]
+    NoReservation(String),
     /// The caller may not do this (e.g. announce an address outside the allow-list).
     #[error("{0}")]
     PermissionDenied(String),
@@ -32,9 +35,14 @@ pub enum QueenError {
     /// Reflection could not be built.
     #[error("gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
-    /// The placement policy failed (the message carries the script position).
-    #[error("{0}")]
-    Policy(String),
+    /// The placement policy failed (the error carries the script position).
+    #[error("placement policy {policy} failed: {error}")]
+    Policy {
+        /// The policy's source (a path, or the built-in name).
+        policy: String,
+        /// What went wrong, and where in the script.
+        error: crate::scheduler::policy::PolicyError,
+    },
     /// The embedded local hive failed.
     #[error("local hive: {0}")]
     LocalHive(#[from] rbee_hive::HiveError),
@@ -45,10 +53,25 @@ impl From<QueenError> for tonic::Status {
         use tonic::Status;
         match e {
             QueenError::InvalidArgument(m) => Status::invalid_argument(m),
-            QueenError::NotFound(_) => Status::not_found(e.to_string()),
+            QueenError::NotFound(_) | QueenError::NoReservation(_) => Status::not_found(e.to_string()),
             QueenError::PermissionDenied(m) => Status::permission_denied(m),
             QueenError::ResourceExhausted(m) => Status::resource_exhausted(m),
-            QueenError::Policy(m) => Status::failed_precondition(m),
+            QueenError::Policy { ref error, .. } => {
+                // Every policy worker busy is load, not the policy's failure.
+                let code = match error {
+                    crate::scheduler::policy::PolicyError::Busy { .. } => tonic::Code::ResourceExhausted,
+                    _ => tonic::Code::FailedPrecondition,
+                };
+                // The script position also travels as metadata, for clients that point at it.
+                let at = error.position();
+                let mut status = Status::new(code, e.to_string());
+                for (key, value) in [("rbee-policy-line", at.line), ("rbee-policy-column", at.column)] {
+                    if let Some(v) = value {
+                        status.metadata_mut().insert(key, v.into());
+                    }
+                }
+                status
+            }
             QueenError::Config(_)
             | QueenError::Io { .. }
             | QueenError::Transport(_)

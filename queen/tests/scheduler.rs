@@ -31,8 +31,12 @@ util_percent = [20]
 temperature_c = [40]
 "#;
 
+/// Fast upkeep, and a wall-time budget that a loaded test machine does not break
+/// (the runaway test sets its own).
 fn settings() -> SchedulerSettings {
-    SchedulerSettings { maintain_every: Duration::from_millis(100), ..Default::default() }
+    let mut s = SchedulerSettings { maintain_every: Duration::from_millis(100), ..Default::default() };
+    s.limits.budget = Duration::from_secs(2);
+    s
 }
 
 async fn queen_with(
@@ -66,8 +70,22 @@ fn placement(r: pb::PlaceResponse) -> pb::Placement {
     }
 }
 
+/// Every reservation, page by page.
 async fn reservations(client: &mut SchedulerClient<tonic::transport::Channel>) -> Vec<pb::Reservation> {
-    client.list_reservations(pb::ListReservationsRequest {}).await.unwrap().into_inner().reservations
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_reservations(pb::ListReservationsRequest { page_size: 0, page_token })
+            .await
+            .unwrap()
+            .into_inner();
+        all.extend(page.reservations);
+        if page.next_page_token.is_empty() {
+            return all;
+        }
+        page_token = page.next_page_token;
+    }
 }
 
 fn reservation_dropped(e: &pb::fleet_event::Event) -> Option<pb::ReservationDropped> {
@@ -96,9 +114,10 @@ async fn place_list_and_release() {
     assert!(!p.reservation_id.is_empty() && p.expires_at_unix_ms > rbee_shared::time::now_unix_ms());
     assert_eq!(p.policy, "built-in:least-loaded");
 
-    let list = client.list_reservations(pb::ListReservationsRequest {}).await.unwrap().into_inner();
+    let list = client.list_reservations(pb::ListReservationsRequest::default()).await.unwrap().into_inner();
     assert_eq!(list.reservations.len(), 1);
     assert_eq!(list.reservations[0].state(), pb::ReservationState::Active);
+    assert!(list.next_page_token.is_empty(), "one page");
 
     let dry = pb::PlaceRequest { dry_run: true, ..gpu_request(GIB) };
     assert!(placement(client.place(dry).await.unwrap().into_inner()).reservation_id.is_empty());

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use crate::QueenError;
 use crate::scheduler::Scheduler;
-use crate::scheduler::request::PlaceRequest;
+use crate::scheduler::request::{ListRequest, PlaceRequest, page_token};
 
 /// The Scheduler service.
 #[derive(Clone)]
@@ -46,10 +46,13 @@ impl SchedulerApi for SchedulerService {
 
     async fn list_reservations(
         &self,
-        _: Request<pb::ListReservationsRequest>,
+        request: Request<pb::ListReservationsRequest>,
     ) -> Result<Response<pb::ListReservationsResponse>, Status> {
-        let reservations = self.scheduler.reservations().iter().map(Into::into).collect();
-        Ok(Response::new(pb::ListReservationsResponse { reservations }))
+        let page = self.scheduler.reservations_page(&ListRequest::try_from(request.get_ref())?);
+        Ok(Response::new(pb::ListReservationsResponse {
+            reservations: page.reservations.iter().map(Into::into).collect(),
+            next_page_token: page.next.as_ref().map(page_token).unwrap_or_default(),
+        }))
     }
 
     async fn get_policy(

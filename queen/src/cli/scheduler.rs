@@ -41,12 +41,22 @@ pub async fn release(args: ReleaseArgs) -> Result<()> {
 /// `queen reservations`.
 pub async fn reservations(args: ListArgs) -> Result<()> {
     let url = &args.queen.url;
-    let resp = connect_scheduler(&args.queen)
-        .await?
-        .list_reservations(pb::ListReservationsRequest {})
-        .await
-        .map_err(|s| rpc_error(url, s))?
-        .into_inner();
+    // The queen answers in pages; gather them all.
+    let mut client = connect_scheduler(&args.queen).await?;
+    let mut resp = pb::ListReservationsResponse::default();
+    loop {
+        let page_token = std::mem::take(&mut resp.next_page_token);
+        let page = client
+            .list_reservations(pb::ListReservationsRequest { page_size: 0, page_token })
+            .await
+            .map_err(|s| rpc_error(url, s))?
+            .into_inner();
+        resp.reservations.extend(page.reservations);
+        resp.next_page_token = page.next_page_token;
+        if resp.next_page_token.is_empty() {
+            break;
+        }
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&resp)?);
         return Ok(());

@@ -61,6 +61,10 @@ pub struct FileConfig {
     /// Drop reservations on hives lost longer than this.
     #[serde(default, with = "opt_duration")]
     pub reservation_lost_grace: Option<Duration>,
+    /// Most reservations per hive.
+    pub max_reservations_per_hive: Option<usize>,
+    /// Most reservations in all.
+    pub max_reservations: Option<usize>,
 }
 
 mod opt_duration {

@@ -70,6 +70,12 @@ pub struct ServeArgs {
     /// Drop reservations on a hive lost for longer than this [default: 60s].
     #[arg(long, env = "QUEEN_RESERVATION_LOST_GRACE", value_parser = humantime::parse_duration)]
     pub reservation_lost_grace: Option<Duration>,
+    /// Most reservations held per hive; Place answers RESOURCE_EXHAUSTED past it [default: 1024].
+    #[arg(long, env = "QUEEN_MAX_RESERVATIONS_PER_HIVE", value_name = "N")]
+    pub max_reservations_per_hive: Option<usize>,
+    /// Most reservations held in all; Place answers RESOURCE_EXHAUSTED past it [default: 65536].
+    #[arg(long, env = "QUEEN_MAX_RESERVATIONS", value_name = "N")]
+    pub max_reservations: Option<usize>,
     /// TLS certificate (PEM) the queen serves with; also its client identity towards hives.
     #[arg(long, env = "QUEEN_TLS_CERT", value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -165,7 +171,20 @@ impl ServeArgs {
         if limits.budget.is_zero() || limits.budget > Duration::from_secs(10) {
             return Err(QueenError::Config("policy_budget must be in (0, 10s]".into()));
         }
+        let reservations = crate::scheduler::book::BookLimits {
+            per_hive: self
+                .max_reservations_per_hive
+                .or(file.max_reservations_per_hive)
+                .unwrap_or(defaults.reservations.per_hive),
+            total: self.max_reservations.or(file.max_reservations).unwrap_or(defaults.reservations.total),
+        };
+        if reservations.per_hive == 0 || reservations.per_hive > reservations.total {
+            return Err(QueenError::Config(
+                "max_reservations_per_hive must be in 1..=max_reservations".into(),
+            ));
+        }
         let scheduler = SchedulerSettings {
+            reservations,
             policy_file: self.policy.clone().or(file.policy.clone()),
             fallback_to_default: self.policy_fallback || file.policy_fallback.unwrap_or(false),
             limits,

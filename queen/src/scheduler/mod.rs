@@ -1,16 +1,25 @@
 //! The scheduler: placement with an operator's Rhai policy over the live fleet, and
 //! admission control so that two placements never promise the same memory.
 //!
-//! - [`request`]: the validated request.
+//! - [`request`]: the validated requests (place, list a page).
 //! - [`view`]: the fleet as policies see it, and the eligibility rules.
-//! - [`policy`]: the sandboxed Rhai runtime.
-//! - [`book`]: the reservation book.
+//! - [`policy`]: the sandboxed Rhai runtime, its API and budget.
+//! - [`book`]: the reservation book (bounded, paged).
+//! - `place`: the decision path (policy, then commit under the book's lock).
+//! - `upkeep`: settlement and expiry of reservations; never waits on a policy.
+//! - `reload`: the watched policy file (compile, test-run, swap).
+//! - [`bounded_text`]: the bound on script- and peer-controlled text.
 
 pub mod book;
+pub mod bounded_text;
 mod events;
+mod place;
 pub mod policy;
+mod reload;
 pub mod request;
+#[cfg(any(test, feature = "synthetic"))]
 pub mod synthetic;
+mod upkeep;
 pub mod view;
 
 #[cfg(test)]
@@ -21,20 +30,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use rbee_shared::bytesize::format_bytes;
-use tokio::sync::broadcast;
-use tokio_util::sync::CancellationToken;
-
+use self::book::{Book, BookLimits, Page, Reservation};
 pub use self::events::{SCHEDULER_EVENT_CAPACITY, SchedulerEvent};
-
-use self::book::{Book, Claim, Reservation};
-use self::policy::{
-    Choice, DEFAULT_POLICY, DEFAULT_POLICY_NAME, Decision, Limits, Policy, PolicyError, PolicyRuntime,
-};
-use self::request::PlaceRequest;
-use self::view::{Books, DeviceRef, FleetView, claim_bytes};
+use self::policy::{DEFAULT_POLICY, DEFAULT_POLICY_NAME, Limits, Policy, PolicyRuntime};
+use self::request::ListRequest;
+use self::view::FleetView;
 use crate::QueenError;
-use crate::fleet::{ConnState, Fleet, HiveSnapshot};
+use crate::fleet::{Fleet, HiveSnapshot};
 
 /// Where the scheduler reads hives from: the live fleet, or a fixed set of snapshots
 /// (`queen policy check --fleet FILE`, tests, benchmarks).
@@ -67,6 +69,8 @@ pub struct SchedulerSettings {
     pub fallback_to_default: bool,
     /// Sandbox limits and the wall-time budget.
     pub limits: Limits,
+    /// How many reservations the queen holds at most, per hive and in all.
+    pub reservations: BookLimits,
     /// Reservations on a hive lost for longer than this are dropped.
     pub lost_grace: Duration,
     /// How often reservations are settled/expired and the policy file is checked.
@@ -79,6 +83,7 @@ impl Default for SchedulerSettings {
             policy_file: None,
             fallback_to_default: false,
             limits: Limits::default(),
+            reservations: BookLimits::default(),
             lost_grace: Duration::from_secs(60),
             maintain_every: Duration::from_secs(1),
         }
@@ -111,25 +116,13 @@ pub struct Placement {
 pub enum Outcome {
     /// Placed.
     Placed(Box<Placement>),
-    /// Not placed: the reason and per-hive reasons.
+    /// Not placed: the reason and per-hive reasons (each bounded).
     Rejected {
         /// Why.
         reason: String,
         /// Per hive or device.
         hive_reasons: Vec<String>,
     },
-}
-
-/// How often `place` decides again when concurrent placements filled every device a
-/// policy chose.
-const PLACE_ATTEMPTS: usize = 3;
-
-/// One decision and commit.
-enum Attempt {
-    /// A final answer.
-    Done(Outcome),
-    /// Every chosen device filled up since the policy ran (reasons for each).
-    Raced(Vec<String>),
 }
 
 /// Policy health, for `GetPolicy`.
@@ -145,7 +138,7 @@ pub struct PolicyStatus {
     pub fallbacks: u64,
     /// Refused edits of the policy file.
     pub reload_failures: u64,
-    /// The last failure.
+    /// The last failure (of a call, or of an edit).
     pub last_error: Option<String>,
 }
 
@@ -155,7 +148,7 @@ struct Loaded {
     policy: Arc<Policy>,
     /// When.
     at_ms: u64,
-    /// The file content it was compiled from (to notice edits).
+    /// The file content last read (to notice edits), whether it was loaded or refused.
     text: Option<String>,
 }
 
@@ -163,7 +156,8 @@ struct Loaded {
 pub struct Scheduler {
     /// The hives.
     fleet: Arc<dyn HiveSource>,
-    /// The reservation book: one lock (scans read, commits write), never held across `.await`.
+    /// The reservation book: one lock (scans read, commits write), never held across
+    /// `.await` and never while a policy runs.
     book: Arc<RwLock<Book>>,
     /// The Rhai runtime.
     runtime: PolicyRuntime,
@@ -182,7 +176,7 @@ pub struct Scheduler {
     /// The last policy failure.
     last_error: Mutex<Option<String>>,
     /// Reservation events for watchers.
-    events: broadcast::Sender<SchedulerEvent>,
+    events: tokio::sync::broadcast::Sender<SchedulerEvent>,
 }
 
 fn read_policy(path: &std::path::Path) -> Result<String, QueenError> {
@@ -211,7 +205,7 @@ impl Scheduler {
         tracing::info!(policy = %policy.source, "placement policy loaded");
         Ok(Arc::new(Self {
             fleet,
-            book: Arc::new(RwLock::new(Book::default())),
+            book: Arc::new(RwLock::new(Book::new(settings.reservations))),
             runtime,
             current: RwLock::new(Loaded { policy, at_ms: rbee_shared::time::now_unix_ms(), text }),
             default,
@@ -220,180 +214,43 @@ impl Scheduler {
             fallbacks: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
             last_error: Mutex::new(None),
-            events: broadcast::channel(SCHEDULER_EVENT_CAPACITY).0,
+            events: tokio::sync::broadcast::channel(SCHEDULER_EVENT_CAPACITY).0,
         }))
     }
 
     /// Receives every reservation event from now on (none listening is fine).
-    pub fn subscribe(&self) -> broadcast::Receiver<SchedulerEvent> {
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<SchedulerEvent> {
         self.events.subscribe()
     }
 
+    /// The fleet now, with the book.
     fn view(&self) -> FleetView {
         FleetView { hives: Arc::new(self.fleet.hives()), book: self.book.clone() }
     }
 
+    /// The policy in use.
     fn policy(&self) -> Arc<Policy> {
         self.current.read().unwrap_or_else(|p| p.into_inner()).policy.clone()
     }
 
-    /// Places a request (blocking: runs the policy; call from a blocking thread).
-    pub fn place_blocking(&self, req: &PlaceRequest) -> Result<Outcome, QueenError> {
-        // Policies rank on a snapshot; the commit re-checks under the lock. When every
-        // device a policy chose filled up in between (concurrent placements), decide
-        // again on a fresh view before answering "no room".
-        let mut outcome = self.attempt(req)?;
-        for _ in 1..PLACE_ATTEMPTS {
-            match &outcome {
-                Attempt::Raced(_) => outcome = self.attempt(req)?,
-                _ => break,
-            }
-        }
-        Ok(match outcome {
-            Attempt::Done(o) => o,
-            Attempt::Raced(hive_reasons) => {
-                Outcome::Rejected { reason: "no device the policy chose has room".into(), hive_reasons }
-            }
-        })
-    }
-
-    /// One policy run and commit.
-    fn attempt(&self, req: &PlaceRequest) -> Result<Attempt, QueenError> {
-        let view = self.view();
-        let policy = self.policy();
-        let (decision, used, fallback) = match self.runtime.run(&policy, req, &view) {
-            Ok(d) => (d, policy, false),
-            Err(e) => {
-                self.failures.fetch_add(1, Ordering::Relaxed);
-                let msg = format!("placement policy {} failed: {e}", policy.source);
-                tracing::warn!("{msg}");
-                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(msg.clone());
-                if !self.settings.fallback_to_default || Arc::ptr_eq(&policy, &self.default) {
-                    return Err(QueenError::Policy(msg));
-                }
-                self.fallbacks.fetch_add(1, Ordering::Relaxed);
-                let d = self
-                    .runtime
-                    .run(&self.default, req, &view)
-                    .map_err(|e| QueenError::Policy(e.to_string()))?;
-                (d, self.default.clone(), true)
-            }
-        };
-        let choices = match decision {
-            Decision::Reject(reason) => {
-                return Ok(Attempt::Done(Outcome::Rejected {
-                    reason,
-                    hive_reasons: view::assess(&view, req, true).1,
-                }));
-            }
-            Decision::Ranked(c) if c.is_empty() => {
-                return Ok(Attempt::Done(Outcome::Rejected {
-                    reason: "the policy chose no device".into(),
-                    hive_reasons: view::assess(&view, req, true).1,
-                }));
-            }
-            Decision::Ranked(c) => c,
-        };
-        let mut reasons = Vec::new();
-        let mut book = view::write(&self.book);
-        for choice in choices {
-            let device = match self.resolve(&view, &book, choice) {
-                Ok(d) => d,
-                Err(why) => {
-                    reasons.push(why);
-                    continue;
-                }
-            };
-            let bytes = claim_bytes(req, &device);
-            if bytes == 0 {
-                reasons.push(format!("{}: the request needs no memory of this kind", device.label()));
-                continue;
-            }
-            let address = device.hive.address.clone();
-            let claim = Claim {
-                hive_id: device.hive.hive_id(),
-                model: &req.model,
-                bytes,
-                total: device.total,
-                observed: device.used,
-                ttl: req.ttl,
-                now_ms: rbee_shared::time::now_unix_ms(),
-            };
-            let result = if req.dry_run {
-                book.observe(&address, &device.id, device.used);
-                let free = book.free(&address, &device.id, device.total, device.used);
-                if bytes <= free { Ok(None) } else { Err(free) }
-            } else {
-                book.reserve(&address, &device.id, &claim).map(Some).map_err(|e| e.free)
-            };
-            match result {
-                Ok(reservation) => {
-                    let free_after = book.free(&address, &device.id, device.total, device.used)
-                        - if reservation.is_none() { bytes } else { 0 };
-                    return Ok(Attempt::Done(Outcome::Placed(Box::new(Placement {
-                        hive_id: device.hive.hive_id().to_owned(),
-                        address,
-                        device_id: device.id.clone(),
-                        reservation,
-                        bytes,
-                        free_after,
-                        policy: used.source.clone(),
-                        fallback,
-                    }))));
-                }
-                Err(free) => reasons.push(format!(
-                    "{}: {} free < {}",
-                    device.label(),
-                    format_bytes(free),
-                    format_bytes(bytes)
-                )),
-            }
-        }
-        drop(book);
-        reasons.extend(view::assess(&view, req, true).1);
-        reasons.dedup();
-        Ok(Attempt::Raced(reasons))
-    }
-
-    /// Turns a policy's choice into a device of the view.
-    fn resolve(&self, view: &FleetView, book: &Book, choice: Choice) -> Result<DeviceRef, String> {
-        let (hive_key, device_id) = match choice {
-            Choice::Device(d) => (d.hive.address.clone(), d.id),
-            Choice::Named { hive, device } => (hive, device),
-        };
-        let hive = view
-            .hives
-            .iter()
-            .find(|h| h.matches(&hive_key))
-            .ok_or_else(|| format!("{hive_key}: the policy chose a hive that is not in the fleet"))?;
-        if hive.state != ConnState::Online {
-            return Err(format!("{}: {}", hive_key, hive.state.as_str()));
-        }
-        let books = Books { locked: book, shared: &view.book };
-        let device = if device_id == view::CPU_DEVICE {
-            view::cpu_ref(hive, &books)
-        } else {
-            view::gpu_ref(hive, &device_id, &books)
-        };
-        device.ok_or_else(|| format!("{hive_key}/{device_id}: no such device, or no reading for it"))
-    }
-
-    /// Places a request.
-    pub async fn place(self: &Arc<Self>, req: PlaceRequest) -> Result<Outcome, QueenError> {
-        let me = self.clone();
-        tokio::task::spawn_blocking(move || me.place_blocking(&req))
-            .await
-            .map_err(|e| QueenError::Policy(format!("the placement task failed: {e}")))?
+    /// Remembers a failure for `GetPolicy`.
+    fn note_error(&self, message: String) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(message);
     }
 
     /// Releases a reservation.
     pub fn release(&self, id: &str) -> Result<Reservation, QueenError> {
-        view::write(&self.book).release(id).ok_or_else(|| QueenError::NotFound(format!("reservation {id}")))
+        view::write(&self.book).release(id).ok_or_else(|| QueenError::NoReservation(id.to_owned()))
     }
 
-    /// Every reservation.
+    /// Every reservation, oldest first.
     pub fn reservations(&self) -> Vec<Reservation> {
         view::read(&self.book).list()
+    }
+
+    /// One page of the reservations, oldest first.
+    pub fn reservations_page(&self, request: &ListRequest) -> Page {
+        view::read(&self.book).page(request.after.as_ref(), request.page_size)
     }
 
     /// The policy in use and its failure counts.
@@ -406,103 +263,6 @@ impl Scheduler {
             fallbacks: self.fallbacks.load(Ordering::Relaxed),
             reload_failures: self.reload_failures.load(Ordering::Relaxed),
             last_error: self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
-        }
-    }
-
-    /// Compiles a new policy text and test-runs it on the live fleet; swaps it in only
-    /// when both succeed.
-    pub fn try_replace(&self, source: &str, text: String) -> Result<(), PolicyError> {
-        let policy = self.runtime.compile(source, &text)?;
-        let probe = PlaceRequest { dry_run: true, ..PlaceRequest::gpu(1) };
-        self.runtime.run(&policy, &probe, &self.view())?;
-        let mut loaded = self.current.write().unwrap_or_else(|p| p.into_inner());
-        *loaded =
-            Loaded { policy: Arc::new(policy), at_ms: rbee_shared::time::now_unix_ms(), text: Some(text) };
-        Ok(())
-    }
-
-    fn reload_if_changed(&self) {
-        let Some(path) = &self.settings.policy_file else { return };
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(policy = %path.display(), error = %e, "cannot read the policy file; keeping the loaded policy");
-                return;
-            }
-        };
-        let same =
-            self.current.read().unwrap_or_else(|p| p.into_inner()).text.as_deref() == Some(text.as_str());
-        if same {
-            return;
-        }
-        match self.try_replace(&path.display().to_string(), text.clone()) {
-            Ok(()) => {
-                tracing::info!(policy = %path.display(), "policy file changed; new policy compiled, test-run and loaded")
-            }
-            Err(e) => {
-                self.reload_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(policy = %path.display(), error = %e, "policy edit refused; keeping the previous policy");
-                // Remember the refused text so the same broken edit is not retried every tick.
-                self.current.write().unwrap_or_else(|p| p.into_inner()).text = Some(text);
-            }
-        }
-    }
-
-    /// Settles, expires and drops reservations, and reloads an edited policy file.
-    pub fn maintain_once(&self) {
-        let now = rbee_shared::time::now_unix_ms();
-        let hives = self.fleet.hives();
-        let mut dropped = Vec::new();
-        {
-            let mut book = view::write(&self.book);
-            for (address, device) in book.active_devices() {
-                let Some(h) = hives.iter().find(|h| h.address == address) else { continue };
-                let Some(s) = h.latest.as_ref() else { continue };
-                let observed = if device == view::CPU_DEVICE {
-                    Some(s.ram_used_bytes)
-                } else {
-                    s.gpus.iter().find(|g| g.id == device).and_then(|g| g.vram_used_bytes)
-                };
-                if let Some(observed) = observed {
-                    book.observe(&address, &device, observed);
-                }
-            }
-            dropped.extend(
-                book.expire(now).into_iter().map(|r| (r, "expired before the model showed up".to_owned())),
-            );
-            let grace = self.settings.lost_grace.as_millis() as u64;
-            let gone = book.drop_where(|r| match hives.iter().find(|h| h.address == r.address) {
-                None => true,
-                Some(h) => h.state == ConnState::Lost && now.saturating_sub(h.state_since_unix_ms) > grace,
-            });
-            for r in gone {
-                let why = if hives.iter().any(|h| h.address == r.address) {
-                    format!("hive lost for more than {} s", self.settings.lost_grace.as_secs())
-                } else {
-                    "hive removed".to_owned()
-                };
-                dropped.push((r, why));
-            }
-        }
-        for (r, reason) in dropped {
-            tracing::info!(reservation = %r.id, hive = %r.hive_id, device = %r.device_id, %reason, "reservation dropped");
-            let _ = self.events.send(SchedulerEvent::ReservationDropped { reservation: r, reason });
-        }
-        self.reload_if_changed();
-    }
-
-    /// Runs [`Self::maintain_once`] every `maintain_every` until cancelled.
-    pub async fn maintain(self: Arc<Self>, cancel: CancellationToken) {
-        let mut tick = tokio::time::interval(self.settings.maintain_every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                _ = tick.tick() => {
-                    let me = self.clone();
-                    let _ = tokio::task::spawn_blocking(move || me.maintain_once()).await;
-                }
-            }
         }
     }
 }

@@ -5,12 +5,19 @@ use std::time::Duration;
 
 use rbee_proto::v1 as pb;
 
+use super::book::Cursor;
 use crate::QueenError;
 
 /// Default reservation lifetime.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(120);
 /// Shortest and longest reservation lifetime a caller may ask for.
 pub const TTL_RANGE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(3600));
+
+/// Reservations per `ListReservations` page when the caller gives no page size.
+pub const DEFAULT_PAGE_SIZE: usize = 500;
+/// Most reservations per page (a larger page size is lowered to this): 2,000 of at most
+/// about 1 KiB each stay well under the 4 MiB message limit.
+pub const MAX_PAGE_SIZE: usize = 2000;
 
 /// Which kind of device a request wants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +127,51 @@ impl TryFrom<&pb::PlaceRequest> for PlaceRequest {
     }
 }
 
+/// A validated `ListReservations` request: one page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListRequest {
+    /// Reservations on this page at most (1..=[`MAX_PAGE_SIZE`]).
+    pub page_size: usize,
+    /// Where the page starts (after this), from the caller's page token.
+    pub after: Option<Cursor>,
+}
+
+/// The prefix of page tokens this queen gives out.
+const TOKEN_PREFIX: &str = "r1.";
+
+/// The page token that continues after `cursor` (opaque to clients).
+pub fn page_token(cursor: &Cursor) -> String {
+    format!("{TOKEN_PREFIX}{}.{}", cursor.created_at_unix_ms, cursor.id)
+}
+
+impl TryFrom<&pb::ListReservationsRequest> for ListRequest {
+    type Error = QueenError;
+
+    fn try_from(r: &pb::ListReservationsRequest) -> Result<Self, QueenError> {
+        let page_size = match r.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n => usize::try_from(n).unwrap_or(MAX_PAGE_SIZE).min(MAX_PAGE_SIZE),
+        };
+        let after = if r.page_token.is_empty() {
+            None
+        } else {
+            let parsed = r
+                .page_token
+                .strip_prefix(TOKEN_PREFIX)
+                .and_then(|rest| rest.split_once('.'))
+                .and_then(|(ms, id)| Some((ms.parse::<u64>().ok()?, id)))
+                .filter(|(_, id)| !id.is_empty() && id.len() <= 64);
+            let Some((created_at_unix_ms, id)) = parsed else {
+                return Err(QueenError::InvalidArgument(
+                    "page_token is not one this queen gave out (pass next_page_token as is)".into(),
+                ));
+            };
+            Some(Cursor { created_at_unix_ms, id: id.to_owned() })
+        };
+        Ok(Self { page_size, after })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,5 +193,18 @@ mod tests {
         assert!(PlaceRequest::try_from(&ttl).unwrap_err().to_string().contains("ttl_ms"));
         let kind = pb::PlaceRequest { vram_bytes: 1, device_kind: 42, ..Default::default() };
         assert!(PlaceRequest::try_from(&kind).unwrap_err().to_string().contains("device_kind"));
+    }
+
+    #[test]
+    fn list_requests_take_a_bounded_page_size_and_a_token_given_out() {
+        let default = ListRequest::try_from(&pb::ListReservationsRequest::default()).unwrap();
+        assert_eq!(default, ListRequest { page_size: DEFAULT_PAGE_SIZE, after: None });
+        let big = pb::ListReservationsRequest { page_size: 1_000_000, ..Default::default() };
+        assert_eq!(ListRequest::try_from(&big).unwrap().page_size, MAX_PAGE_SIZE);
+        let cursor = Cursor { created_at_unix_ms: 17, id: "a.b-c".into() };
+        let next = pb::ListReservationsRequest { page_token: page_token(&cursor), ..Default::default() };
+        assert_eq!(ListRequest::try_from(&next).unwrap().after, Some(cursor));
+        let forged = pb::ListReservationsRequest { page_token: "17.x".into(), ..Default::default() };
+        assert!(ListRequest::try_from(&forged).unwrap_err().to_string().contains("page_token"));
     }
 }

@@ -5,9 +5,13 @@
 //! baseline is the usage observed when the oldest active reservation was made.
 //! Reservations settle (stop counting) in order once observed usage has grown by their
 //! size; active ones expire after their TTL. The book is one plain struct behind one
-//! mutex: checking and reserving happen under that lock, never across an `.await`.
+//! lock: checking and reserving happen under that lock, never across an `.await`.
+//!
+//! The book holds at most [`BookLimits::per_hive`] reservations per hive and
+//! [`BookLimits::total`] in all; it lists them in pages, oldest first.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::ops::Bound;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -94,11 +98,60 @@ impl HiveBook {
     }
 }
 
+/// How many reservations the book holds at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BookLimits {
+    /// Per hive (active and settled).
+    pub per_hive: usize,
+    /// In all.
+    pub total: usize,
+}
+
+impl Default for BookLimits {
+    fn default() -> Self {
+        Self { per_hive: 1024, total: 65_536 }
+    }
+}
+
 /// Why a reservation was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// Not enough free memory on the device.
+    #[error("{free} bytes free")]
+    NoRoom {
+        /// Free bytes on the device at the time.
+        free: u64,
+    },
+    /// The hive holds as many reservations as it may.
+    #[error("the hive holds {limit} reservations, the most per hive")]
+    HiveFull {
+        /// The per-hive limit.
+        limit: usize,
+    },
+    /// The book holds as many reservations as it may.
+    #[error("the queen holds {limit} reservations, the most in all")]
+    BookFull {
+        /// The total limit.
+        limit: usize,
+    },
+}
+
+/// Where a page of the reservation list starts: after this (created, id).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Cursor {
+    /// The last listed reservation's creation time, ms since the Unix epoch.
+    pub created_at_unix_ms: u64,
+    /// Its id.
+    pub id: String,
+}
+
+/// One page of the reservation list.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NoRoom {
-    /// Free bytes on the device at the time.
-    pub free: u64,
+pub struct Page {
+    /// Reservations, oldest first.
+    pub reservations: Vec<Reservation>,
+    /// Where the next page starts; `None` on the last page.
+    pub next: Option<Cursor>,
 }
 
 /// What to reserve.
@@ -125,11 +178,40 @@ pub struct Claim<'a> {
 pub struct Book {
     /// Every reservation by id.
     reservations: HashMap<String, Reservation>,
+    /// Every reservation in list order: (created, id).
+    order: BTreeSet<(u64, String)>,
+    /// Reservations per hive address.
+    counts: rustc_hash::FxHashMap<String, usize>,
     /// Devices with active reservations, per hive address (one lookup per hive).
     hives: rustc_hash::FxHashMap<String, HiveBook>,
+    /// How many reservations it holds at most.
+    limits: BookLimits,
 }
 
 impl Book {
+    /// An empty book that holds at most `limits`.
+    pub fn new(limits: BookLimits) -> Self {
+        Self { limits, ..Self::default() }
+    }
+
+    /// Reservations held.
+    pub fn len(&self) -> usize {
+        self.reservations.len()
+    }
+
+    /// True when no reservation is held.
+    pub fn is_empty(&self) -> bool {
+        self.reservations.is_empty()
+    }
+
+    /// Refuses when the book holds as many reservations as it may in all.
+    pub fn check_total(&self) -> Result<(), Refused> {
+        if self.reservations.len() >= self.limits.total {
+            return Err(Refused::BookFull { limit: self.limits.total });
+        }
+        Ok(())
+    }
+
     /// Bytes committed on a device (baseline + active), if it has active reservations.
     pub fn committed(&self, address: &str, device_id: &str) -> Option<u64> {
         let d = self.hives.get(address)?.get(device_id)?;
@@ -175,18 +257,22 @@ impl Book {
         settled
     }
 
-    /// Reserves `claim.bytes` on a device if they are free. Settles first with the
-    /// observed usage.
+    /// Reserves `claim.bytes` on a device if they are free and the hive and the book
+    /// may hold one more reservation. Settles first with the observed usage.
     pub fn reserve(
         &mut self,
         address: &str,
         device_id: &str,
         claim: &Claim<'_>,
-    ) -> Result<Reservation, NoRoom> {
+    ) -> Result<Reservation, Refused> {
+        self.check_total()?;
+        if self.counts.get(address).copied().unwrap_or(0) >= self.limits.per_hive {
+            return Err(Refused::HiveFull { limit: self.limits.per_hive });
+        }
         self.observe(address, device_id, claim.observed);
         let free = self.free(address, device_id, claim.total, claim.observed);
         if claim.bytes > free {
-            return Err(NoRoom { free });
+            return Err(Refused::NoRoom { free });
         }
         let r = Reservation {
             id: uuid::Uuid::new_v4().to_string(),
@@ -205,6 +291,8 @@ impl Book {
         }
         d.active.push_back(r.id.clone());
         d.active_bytes += r.bytes;
+        self.order.insert((r.created_at_unix_ms, r.id.clone()));
+        *self.counts.entry(address.to_owned()).or_default() += 1;
         self.reservations.insert(r.id.clone(), r.clone());
         Ok(r)
     }
@@ -212,6 +300,13 @@ impl Book {
     /// Removes a reservation.
     pub fn release(&mut self, id: &str) -> Option<Reservation> {
         let r = self.reservations.remove(id)?;
+        self.order.remove(&(r.created_at_unix_ms, r.id.clone()));
+        if let Some(n) = self.counts.get_mut(&r.address) {
+            *n -= 1;
+            if *n == 0 {
+                self.counts.remove(&r.address);
+            }
+        }
         if r.state == ReservationState::Active
             && let Some(devices) = self.hives.get_mut(&r.address)
             && let Some(d) = devices.get_mut(&r.device_id)
@@ -246,9 +341,26 @@ impl Book {
 
     /// Every reservation, oldest first.
     pub fn list(&self) -> Vec<Reservation> {
-        let mut all: Vec<Reservation> = self.reservations.values().cloned().collect();
-        all.sort_by(|a, b| (a.created_at_unix_ms, &a.id).cmp(&(b.created_at_unix_ms, &b.id)));
-        all
+        self.order.iter().filter_map(|(_, id)| self.reservations.get(id).cloned()).collect()
+    }
+
+    /// Up to `size` reservations after `after` (from the start when `None`), oldest
+    /// first. Reservations made or dropped between pages do not shift the others.
+    pub fn page(&self, after: Option<&Cursor>, size: usize) -> Page {
+        let start = match after {
+            Some(c) => Bound::Excluded((c.created_at_unix_ms, c.id.clone())),
+            None => Bound::Unbounded,
+        };
+        let mut keys = self.order.range((start, Bound::Unbounded));
+        let reservations: Vec<Reservation> =
+            keys.by_ref().take(size).filter_map(|(_, id)| self.reservations.get(id).cloned()).collect();
+        let next = match (keys.next(), reservations.last()) {
+            (Some(_), Some(last)) => {
+                Some(Cursor { created_at_unix_ms: last.created_at_unix_ms, id: last.id.clone() })
+            }
+            _ => None,
+        };
+        Page { reservations, next }
     }
 
     /// Sum of active bytes per device (for tests and invariants).
@@ -262,113 +374,4 @@ impl Book {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    const GIB: u64 = 1 << 30;
-
-    fn claim(bytes: u64, observed: u64) -> Claim<'static> {
-        Claim {
-            hive_id: "h",
-            model: "m",
-            bytes,
-            total: 80 * GIB,
-            observed,
-            ttl: Duration::from_secs(60),
-            now_ms: 1000,
-        }
-    }
-
-    #[test]
-    fn free_counts_reservations_and_other_processes() {
-        let mut b = Book::default();
-        b.reserve("a", "g", &claim(30 * GIB, 10 * GIB)).unwrap();
-        // 80 - max(10, 10 + 30) = 40
-        assert_eq!(b.free("a", "g", 80 * GIB, 10 * GIB), 40 * GIB);
-        // Another process grabs VRAM: observed 60 > committed 40.
-        assert_eq!(b.free("a", "g", 80 * GIB, 60 * GIB), 20 * GIB);
-        assert_eq!(b.reserve("a", "g", &claim(41 * GIB, 10 * GIB)).unwrap_err(), NoRoom { free: 40 * GIB });
-    }
-
-    #[test]
-    fn a_reservation_settles_when_the_model_shows_up() {
-        let mut b = Book::default();
-        let r = b.reserve("a", "g", &claim(30 * GIB, 10 * GIB)).unwrap();
-        assert!(b.observe("a", "g", 25 * GIB).is_empty(), "half loaded: still active");
-        assert_eq!(b.observe("a", "g", 41 * GIB).as_slice(), std::slice::from_ref(&r.id));
-        assert_eq!(b.list()[0].state, ReservationState::Settled);
-        assert_eq!(b.free("a", "g", 80 * GIB, 41 * GIB), 39 * GIB, "now the samples carry it");
-        // A settled reservation is released without touching the arithmetic.
-        assert!(b.release(&r.id).is_some());
-        assert!(b.list().is_empty());
-    }
-
-    #[test]
-    fn active_reservations_expire_and_settled_ones_do_not() {
-        let mut b = Book::default();
-        let a = b.reserve("a", "g", &claim(GIB, 0)).unwrap();
-        let s = b.reserve("a", "h", &claim(GIB, 0)).unwrap();
-        b.observe("a", "h", GIB);
-        let expired = b.expire(1000 + 60_000);
-        assert_eq!(expired.iter().map(|r| r.id.clone()).collect::<Vec<_>>(), [a.id]);
-        assert_eq!(b.list().iter().map(|r| r.id.clone()).collect::<Vec<_>>(), [s.id]);
-        assert_eq!(b.committed("a", "g"), None);
-    }
-
-    #[derive(Debug, Clone)]
-    enum Op {
-        Reserve { device: u8, gib: u64, observed: u64 },
-        Release(usize),
-        Observe { device: u8, observed: u64 },
-        Expire(u64),
-    }
-
-    fn op() -> impl Strategy<Value = Op> {
-        prop_oneof![
-            (0u8..3, 1u64..40, 0u64..90).prop_map(|(device, gib, observed)| Op::Reserve {
-                device,
-                gib,
-                observed
-            }),
-            (0usize..50).prop_map(Op::Release),
-            (0u8..3, 0u64..90).prop_map(|(device, observed)| Op::Observe { device, observed }),
-            (0u64..120_000).prop_map(Op::Expire),
-        ]
-    }
-
-    proptest! {
-        /// Whatever happens, no device is ever committed beyond its capacity, and a
-        /// successful reservation always fitted the free memory at that moment.
-        #[test]
-        fn nothing_is_promised_twice(ops in prop::collection::vec(op(), 1..120)) {
-            let mut b = Book::default();
-            let mut ids: Vec<String> = Vec::new();
-            for op in ops {
-                match op {
-                    Op::Reserve { device, gib, observed } => {
-                        let observed = observed.min(80) * GIB;
-                        let dev = device.to_string();
-                        let free = b.free("a", &dev, 80 * GIB, observed);
-                        match b.reserve("a", &dev, &claim(gib * GIB, observed)) {
-                            Ok(r) => { prop_assert!(r.bytes <= free); ids.push(r.id) }
-                            Err(NoRoom { free }) => prop_assert!(gib * GIB > free),
-                        }
-                    }
-                    Op::Release(i) => { if let Some(id) = ids.get(i) { b.release(id); } }
-                    Op::Observe { device, observed } => { b.observe("a", &device.to_string(), observed.min(80) * GIB); }
-                    Op::Expire(t) => { b.expire(t); }
-                }
-                for d in 0..3u8 {
-                    let committed = b.committed("a", &d.to_string()).unwrap_or(0);
-                    prop_assert!(committed <= 80 * GIB, "device {d} committed {committed}");
-                }
-                let sums = b.active_bytes();
-                for ((_, d), sum) in sums {
-                    let committed = b.committed("a", &d).unwrap();
-                    prop_assert!(sum <= committed);
-                }
-            }
-        }
-    }
-}
+mod tests;

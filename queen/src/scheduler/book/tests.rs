@@ -1,0 +1,156 @@
+//! The book's arithmetic, its bounds and its pages; and a property test that nothing is
+//! ever promised twice.
+
+use super::*;
+use proptest::prelude::*;
+
+const GIB: u64 = 1 << 30;
+
+fn claim(bytes: u64, observed: u64) -> Claim<'static> {
+    Claim {
+        hive_id: "h",
+        model: "m",
+        bytes,
+        total: 80 * GIB,
+        observed,
+        ttl: Duration::from_secs(60),
+        now_ms: 1000,
+    }
+}
+
+#[test]
+fn free_counts_reservations_and_other_processes() {
+    let mut b = Book::default();
+    b.reserve("a", "g", &claim(30 * GIB, 10 * GIB)).unwrap();
+    // 80 - max(10, 10 + 30) = 40
+    assert_eq!(b.free("a", "g", 80 * GIB, 10 * GIB), 40 * GIB);
+    // Another process grabs VRAM: observed 60 > committed 40.
+    assert_eq!(b.free("a", "g", 80 * GIB, 60 * GIB), 20 * GIB);
+    assert_eq!(
+        b.reserve("a", "g", &claim(41 * GIB, 10 * GIB)).unwrap_err(),
+        Refused::NoRoom { free: 40 * GIB }
+    );
+}
+
+#[test]
+fn a_reservation_settles_when_the_model_shows_up() {
+    let mut b = Book::default();
+    let r = b.reserve("a", "g", &claim(30 * GIB, 10 * GIB)).unwrap();
+    assert!(b.observe("a", "g", 25 * GIB).is_empty(), "half loaded: still active");
+    assert_eq!(b.observe("a", "g", 41 * GIB).as_slice(), std::slice::from_ref(&r.id));
+    assert_eq!(b.list()[0].state, ReservationState::Settled);
+    assert_eq!(b.free("a", "g", 80 * GIB, 41 * GIB), 39 * GIB, "now the samples carry it");
+    // A settled reservation is released without touching the arithmetic.
+    assert!(b.release(&r.id).is_some());
+    assert!(b.list().is_empty());
+}
+
+#[test]
+fn active_reservations_expire_and_settled_ones_do_not() {
+    let mut b = Book::default();
+    let a = b.reserve("a", "g", &claim(GIB, 0)).unwrap();
+    let s = b.reserve("a", "h", &claim(GIB, 0)).unwrap();
+    b.observe("a", "h", GIB);
+    let expired = b.expire(1000 + 60_000);
+    assert_eq!(expired.iter().map(|r| r.id.clone()).collect::<Vec<_>>(), [a.id]);
+    assert_eq!(b.list().iter().map(|r| r.id.clone()).collect::<Vec<_>>(), [s.id]);
+    assert_eq!(b.committed("a", "g"), None);
+}
+
+#[test]
+fn the_book_holds_a_bounded_number_of_reservations() {
+    let mut b = Book::new(BookLimits { per_hive: 2, total: 3 });
+    b.reserve("a", "g", &claim(1, 0)).unwrap();
+    b.reserve("a", "h", &claim(1, 0)).unwrap();
+    assert_eq!(b.reserve("a", "g", &claim(1, 0)).unwrap_err(), Refused::HiveFull { limit: 2 });
+    let r = b.reserve("b", "g", &claim(1, 0)).unwrap();
+    assert_eq!(b.reserve("c", "g", &claim(1, 0)).unwrap_err(), Refused::BookFull { limit: 3 });
+    b.release(&r.id).unwrap();
+    b.reserve("c", "g", &claim(1, 0)).unwrap();
+    assert_eq!(b.len(), 3);
+}
+
+#[test]
+fn pages_walk_every_reservation_once_in_order() {
+    let mut b = Book::default();
+    let mut made = Vec::new();
+    for i in 0..25u64 {
+        let c = Claim { now_ms: 1000 + i / 3, ..claim(1, 0) };
+        made.push(b.reserve(&format!("h{}", i % 4), "g", &c).unwrap().id);
+    }
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = b.page(after.as_ref(), 10);
+        assert!(page.reservations.len() <= 10);
+        seen.extend(page.reservations.iter().map(|r| r.id.clone()));
+        // A reservation dropped between pages does not shift the rest.
+        if seen.len() == 10 {
+            b.release(&made[24]).unwrap();
+        }
+        match page.next {
+            Some(c) => after = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(seen, b.list().iter().map(|r| r.id.clone()).collect::<Vec<_>>());
+    assert_eq!(seen.len(), 24);
+    assert_eq!(b.page(None, 100).next, None);
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Reserve { device: u8, gib: u64, observed: u64 },
+    Release(usize),
+    Observe { device: u8, observed: u64 },
+    Expire(u64),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0u8..3, 1u64..40, 0u64..90).prop_map(|(device, gib, observed)| Op::Reserve {
+            device,
+            gib,
+            observed
+        }),
+        (0usize..50).prop_map(Op::Release),
+        (0u8..3, 0u64..90).prop_map(|(device, observed)| Op::Observe { device, observed }),
+        (0u64..120_000).prop_map(Op::Expire),
+    ]
+}
+
+proptest! {
+    /// Whatever happens, no device is ever committed beyond its capacity, and a
+    /// successful reservation always fitted the free memory at that moment.
+    #[test]
+    fn nothing_is_promised_twice(ops in prop::collection::vec(op(), 1..120)) {
+        let mut b = Book::default();
+        let mut ids: Vec<String> = Vec::new();
+        for op in ops {
+            match op {
+                Op::Reserve { device, gib, observed } => {
+                    let observed = observed.min(80) * GIB;
+                    let dev = device.to_string();
+                    let free = b.free("a", &dev, 80 * GIB, observed);
+                    match b.reserve("a", &dev, &claim(gib * GIB, observed)) {
+                        Ok(r) => { prop_assert!(r.bytes <= free); ids.push(r.id) }
+                        Err(Refused::NoRoom { free }) => prop_assert!(gib * GIB > free),
+                        Err(other) => prop_assert!(false, "{other}"),
+                    }
+                }
+                Op::Release(i) => { if let Some(id) = ids.get(i) { b.release(id); } }
+                Op::Observe { device, observed } => { b.observe("a", &device.to_string(), observed.min(80) * GIB); }
+                Op::Expire(t) => { b.expire(t); }
+            }
+            for d in 0..3u8 {
+                let committed = b.committed("a", &d.to_string()).unwrap_or(0);
+                prop_assert!(committed <= 80 * GIB, "device {d} committed {committed}");
+            }
+            let sums = b.active_bytes();
+            for ((_, d), sum) in sums {
+                let committed = b.committed("a", &d).unwrap();
+                prop_assert!(sum <= committed);
+            }
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! The decision path: run the policy on a snapshot of the fleet, then commit its choice
+//! under the book's lock, re-checking free memory and the reservation bounds.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use rbee_shared::bytesize::format_bytes;
+
+use super::book::{Book, Claim, Refused};
+use super::bounded_text::bound_owned;
+use super::policy::{Choice, Decision, Policy, PolicyError};
+use super::request::PlaceRequest;
+use super::view::{self, Books, DeviceRef, FleetView, claim_bytes};
+use super::{Outcome, Placement, Scheduler};
+use crate::QueenError;
+use crate::fleet::ConnState;
+
+/// How often `place` decides again when concurrent placements filled every device a
+/// policy chose.
+const PLACE_ATTEMPTS: usize = 3;
+
+/// One decision and commit.
+enum Attempt {
+    /// A final answer.
+    Done(Outcome),
+    /// Every chosen device filled up since the policy ran (reasons for each).
+    Raced(Vec<String>),
+}
+
+/// Why a device the policy chose cannot be used.
+#[derive(Debug, thiserror::Error)]
+enum Unusable {
+    /// The hive is not in the fleet.
+    #[error("{0}: the policy chose a hive that is not in the fleet")]
+    NoHive(String),
+    /// The hive is not online.
+    #[error("{hive}: {state}")]
+    NotOnline {
+        /// Hive id or address.
+        hive: String,
+        /// Its state.
+        state: &'static str,
+    },
+    /// The hive has no such device, or no reading for it.
+    #[error("{hive}/{device}: no such device, or no reading for it")]
+    NoDevice {
+        /// Hive id or address.
+        hive: String,
+        /// Device id.
+        device: String,
+    },
+}
+
+/// A refused reservation count as the error the caller sees.
+fn exhausted(hive: &str, refused: &Refused) -> QueenError {
+    let hint = match refused {
+        Refused::HiveFull { .. } => format!("{hive}: {refused}; release some, or wait for them to expire"),
+        _ => format!("{refused}; release some, or wait for them to expire"),
+    };
+    QueenError::ResourceExhausted(hint)
+}
+
+impl Scheduler {
+    /// Places a request (blocking: waits for the policy, at most a few times its
+    /// budget; call from a blocking thread).
+    pub fn place_blocking(&self, req: &PlaceRequest) -> Result<Outcome, QueenError> {
+        if !req.dry_run
+            && let Err(refused) = view::read(&self.book).check_total()
+        {
+            return Err(exhausted("", &refused));
+        }
+        // Policies rank on a snapshot; the commit re-checks under the lock. When every
+        // device a policy chose filled up in between (concurrent placements), decide
+        // again on a fresh view before answering "no room".
+        let mut outcome = self.attempt(req)?;
+        for _ in 1..PLACE_ATTEMPTS {
+            match &outcome {
+                Attempt::Raced(_) => outcome = self.attempt(req)?,
+                Attempt::Done(_) => break,
+            }
+        }
+        Ok(match outcome {
+            Attempt::Done(o) => o,
+            Attempt::Raced(hive_reasons) => {
+                Outcome::Rejected { reason: "no device the policy chose has room".into(), hive_reasons }
+            }
+        })
+    }
+
+    /// Runs the policy, or the built-in default when it fails and fallback is on.
+    /// Returns the decision, the policy that made it, and whether it was the fallback.
+    fn decide(
+        &self,
+        req: &PlaceRequest,
+        view: &FleetView,
+    ) -> Result<(Decision, Arc<Policy>, bool), QueenError> {
+        let policy = self.policy();
+        let error = match self.runtime.run(&policy, req, view) {
+            Ok(d) => return Ok((d, policy, false)),
+            // Not the policy's failure, and the default would wait for a worker too.
+            Err(error @ PolicyError::Busy { .. }) => {
+                return Err(QueenError::Policy { policy: policy.source.clone(), error });
+            }
+            Err(error) => error,
+        };
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        let failed = QueenError::Policy { policy: policy.source.clone(), error };
+        tracing::warn!("{failed}");
+        self.note_error(failed.to_string());
+        if !self.settings.fallback_to_default || Arc::ptr_eq(&policy, &self.default) {
+            return Err(failed);
+        }
+        self.fallbacks.fetch_add(1, Ordering::Relaxed);
+        let d = self
+            .runtime
+            .run(&self.default, req, view)
+            .map_err(|error| QueenError::Policy { policy: self.default.source.clone(), error })?;
+        Ok((d, self.default.clone(), true))
+    }
+
+    /// One policy run and commit.
+    fn attempt(&self, req: &PlaceRequest) -> Result<Attempt, QueenError> {
+        let view = self.view();
+        let (decision, used, fallback) = self.decide(req, &view)?;
+        let choices = match decision {
+            Decision::Reject(reason) => {
+                return Ok(Attempt::Done(Outcome::Rejected { reason, hive_reasons: reasons(&view, req) }));
+            }
+            Decision::Ranked(c) if c.is_empty() => {
+                return Ok(Attempt::Done(Outcome::Rejected {
+                    reason: "the policy chose no device".into(),
+                    hive_reasons: reasons(&view, req),
+                }));
+            }
+            Decision::Ranked(c) => c,
+        };
+        let mut reasons = Vec::new();
+        let mut full = None;
+        let mut book = view::write(&self.book);
+        for choice in choices {
+            let device = match self.resolve(&view, &book, choice) {
+                Ok(d) => d,
+                Err(why) => {
+                    reasons.push(bound_owned(why.to_string()));
+                    continue;
+                }
+            };
+            let bytes = claim_bytes(req, &device);
+            if bytes == 0 {
+                reasons.push(format!("{}: the request needs no memory of this kind", device.label()));
+                continue;
+            }
+            let address = device.hive.address.clone();
+            let claim = Claim {
+                hive_id: device.hive.hive_id(),
+                model: &req.model,
+                bytes,
+                total: device.total,
+                observed: device.used,
+                ttl: req.ttl,
+                now_ms: rbee_shared::time::now_unix_ms(),
+            };
+            let result = if req.dry_run {
+                book.observe(&address, &device.id, device.used);
+                let free = book.free(&address, &device.id, device.total, device.used);
+                if bytes <= free { Ok(None) } else { Err(Refused::NoRoom { free }) }
+            } else {
+                book.reserve(&address, &device.id, &claim).map(Some)
+            };
+            match result {
+                Ok(reservation) => {
+                    let free_after = book.free(&address, &device.id, device.total, device.used)
+                        - if reservation.is_none() { bytes } else { 0 };
+                    return Ok(Attempt::Done(Outcome::Placed(Box::new(Placement {
+                        hive_id: device.hive.hive_id().to_owned(),
+                        address,
+                        device_id: device.id.clone(),
+                        reservation,
+                        bytes,
+                        free_after,
+                        policy: used.source.clone(),
+                        fallback,
+                    }))));
+                }
+                Err(Refused::NoRoom { free }) => reasons.push(format!(
+                    "{}: {} free < {}",
+                    device.label(),
+                    format_bytes(free),
+                    format_bytes(bytes)
+                )),
+                Err(refused @ Refused::HiveFull { .. }) => {
+                    reasons.push(format!("{}: {refused}", device.label()));
+                    full.get_or_insert_with(|| exhausted(&hive_name(&device), &refused));
+                }
+                Err(refused @ Refused::BookFull { .. }) => return Err(exhausted("", &refused)),
+            }
+        }
+        drop(book);
+        if let Some(full) = full {
+            return Err(full);
+        }
+        reasons.extend(self::reasons(&view, req));
+        reasons.dedup();
+        Ok(Attempt::Raced(reasons))
+    }
+
+    /// Turns a policy's choice into a device of the view: a device handle is used as
+    /// the policy returned it; a named one is looked up.
+    fn resolve(&self, view: &FleetView, book: &Book, choice: Choice) -> Result<DeviceRef, Unusable> {
+        let (hive_key, device_id) = match choice {
+            Choice::Device(d) => {
+                if d.hive.state != ConnState::Online {
+                    return Err(Unusable::NotOnline { hive: hive_name(&d), state: d.hive.state.as_str() });
+                }
+                return Ok(d);
+            }
+            Choice::Named { hive, device } => (hive, device),
+        };
+        let Some(hive) = view.hives.iter().find(|h| h.matches(&hive_key)) else {
+            return Err(Unusable::NoHive(hive_key));
+        };
+        if hive.state != ConnState::Online {
+            return Err(Unusable::NotOnline { hive: hive_key, state: hive.state.as_str() });
+        }
+        let books = Books { locked: book, shared: &view.book };
+        let device = if device_id == view::CPU_DEVICE {
+            view::cpu_ref(hive, &books)
+        } else {
+            view::gpu_ref(hive, &device_id, &books)
+        };
+        device.ok_or(Unusable::NoDevice { hive: hive_key, device: device_id })
+    }
+
+    /// Places a request.
+    pub async fn place(self: &Arc<Self>, req: PlaceRequest) -> Result<Outcome, QueenError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.place_blocking(&req)).await.map_err(|e| {
+            QueenError::Policy {
+                policy: self.policy().source.clone(),
+                error: PolicyError::Thread(format!("failed: {e}")),
+            }
+        })?
+    }
+}
+
+/// Why each hive or device cannot take the request (bounded: hive data is a peer's).
+fn reasons(view: &FleetView, req: &PlaceRequest) -> Vec<String> {
+    view::assess(view, req, true).1.into_iter().map(bound_owned).collect()
+}
+
+/// The hive's id, else its address.
+fn hive_name(device: &DeviceRef) -> String {
+    let id = device.hive.hive_id();
+    if id.is_empty() { device.hive.address.clone() } else { id.to_owned() }
+}

@@ -1,0 +1,82 @@
+//! Upkeep of the books: settle reservations the samples now show, expire unsettled ones
+//! past their TTL, and drop those on hives removed or lost past the grace.
+//!
+//! Upkeep runs on its own task and takes only the book's lock, which no policy holds:
+//! whatever a policy does (and however long a policy edit takes to test-run), TTLs and
+//! settlement keep their time.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::Scheduler;
+use super::SchedulerEvent;
+use super::view;
+use crate::fleet::ConnState;
+
+impl Scheduler {
+    /// Settles, expires and drops reservations once, and tells watchers what was dropped.
+    pub fn upkeep_once(&self) {
+        let now = rbee_shared::time::now_unix_ms();
+        let hives = self.fleet.hives();
+        let mut dropped = Vec::new();
+        {
+            let mut book = view::write(&self.book);
+            for (address, device) in book.active_devices() {
+                let Some(h) = hives.iter().find(|h| h.address == address) else { continue };
+                let Some(s) = h.latest.as_ref() else { continue };
+                let observed = if device == view::CPU_DEVICE {
+                    Some(s.ram_used_bytes)
+                } else {
+                    s.gpus.iter().find(|g| g.id == device).and_then(|g| g.vram_used_bytes)
+                };
+                if let Some(observed) = observed {
+                    book.observe(&address, &device, observed);
+                }
+            }
+            dropped.extend(
+                book.expire(now).into_iter().map(|r| (r, "expired before the model showed up".to_owned())),
+            );
+            let grace = self.settings.lost_grace.as_millis() as u64;
+            let gone = book.drop_where(|r| match hives.iter().find(|h| h.address == r.address) {
+                None => true,
+                Some(h) => h.state == ConnState::Lost && now.saturating_sub(h.state_since_unix_ms) > grace,
+            });
+            for r in gone {
+                let why = if hives.iter().any(|h| h.address == r.address) {
+                    format!("hive lost for more than {} s", self.settings.lost_grace.as_secs())
+                } else {
+                    "hive removed".to_owned()
+                };
+                dropped.push((r, why));
+            }
+        }
+        for (r, reason) in dropped {
+            tracing::info!(reservation = %r.id, hive = %r.hive_id, device = %r.device_id, %reason, "reservation dropped");
+            let _ = self.events.send(SchedulerEvent::ReservationDropped { reservation: r, reason });
+        }
+    }
+
+    /// Runs the upkeep of the books and the policy-file watch, each on its own task,
+    /// every `maintain_every` until cancelled.
+    pub async fn maintain(self: Arc<Self>, cancel: CancellationToken) {
+        let upkeep = tokio::spawn(self.clone().every_tick(cancel.clone(), Self::upkeep_once));
+        let reload = tokio::spawn(self.every_tick(cancel, Self::reload_once));
+        let _ = tokio::join!(upkeep, reload);
+    }
+
+    /// Runs `work` on a blocking thread every `maintain_every` until cancelled.
+    async fn every_tick(self: Arc<Self>, cancel: CancellationToken, work: fn(&Self)) {
+        let mut tick = tokio::time::interval(self.settings.maintain_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                _ = tick.tick() => {
+                    let me = self.clone();
+                    let _ = tokio::task::spawn_blocking(move || work(&me)).await;
+                }
+            }
+        }
+    }
+}
