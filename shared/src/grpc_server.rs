@@ -65,13 +65,22 @@ pub fn reflection_v1alpha_for(
     builder(Some(services)).build_v1alpha()
 }
 
-/// A server builder, serving TLS when `tls` is given, with TCP_NODELAY (replies are
+/// How often both servers ping an idle connection.
+pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+/// A connection whose peer does not answer a ping within this (for example a reader that
+/// stopped reading its socket) is closed, and what was queued for it is freed.
+pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// A server builder, serving TLS when `tls` is given, HTTP/2 keepalive pings
+/// ([`KEEPALIVE_INTERVAL`], [`KEEPALIVE_TIMEOUT`]), TCP_NODELAY (replies are
 /// not held back by Nagle's algorithm; serve [`incoming`] for a caller's listener) and
 /// bounded HTTP/2 windows
 /// ([`STREAM_WINDOW_BYTES`], [`CONNECTION_WINDOW_BYTES`]).
 pub fn server(tls: Option<ServerTlsConfig>) -> Result<Server, tonic::transport::Error> {
     let builder = Server::builder()
         .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES);
     match tls {

@@ -13,6 +13,11 @@ use crate::QueenError;
 use crate::fleet::address::normalize_address;
 use crate::link::DialGuard;
 
+/// Default bound on open `WatchFleet` streams. A reader that never reads pins at most
+/// about 400 KiB of unsent events in the HTTP/2 layer, so this bounds that memory to
+/// about 50 MiB.
+pub const DEFAULT_MAX_WATCHERS: usize = 128;
+
 /// Which hives the API may add or may announce themselves, and how often.
 #[derive(Debug, Clone)]
 pub struct AdmissionSettings {
@@ -20,11 +25,13 @@ pub struct AdmissionSettings {
     pub allow: AllowList,
     /// Most Announce calls per second (burst of twice that).
     pub announce_rate: u32,
+    /// Most `WatchFleet` streams open at once; more are refused with RESOURCE_EXHAUSTED.
+    pub max_watchers: usize,
 }
 
 impl Default for AdmissionSettings {
     fn default() -> Self {
-        Self { allow: AllowList::default(), announce_rate: 20 }
+        Self { allow: AllowList::default(), announce_rate: 20, max_watchers: DEFAULT_MAX_WATCHERS }
     }
 }
 

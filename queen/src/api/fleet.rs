@@ -10,7 +10,7 @@ use rbee_proto::v1::fleet_server::Fleet as FleetApi;
 use rbee_shared::{MAX_SAMPLE_INTERVAL, MIN_SAMPLE_INTERVAL};
 use tonic::{Request, Response, Status};
 
-use super::watch::WatchSession;
+use super::watch::{WatchSession, Watchers};
 use crate::QueenError;
 use crate::admission::{AdmissionSettings, RateLimit, admit_address};
 use crate::fleet::{Fleet, Origin};
@@ -27,13 +27,16 @@ pub struct FleetService {
     admission: AdmissionSettings,
     /// Limits Announce calls.
     announces: Arc<RateLimit>,
+    /// Bounds the open WatchFleet streams.
+    watchers: Watchers,
 }
 
 impl FleetService {
     /// A service over `fleet`.
     pub fn new(fleet: Arc<Fleet>, scheduler: Arc<Scheduler>, admission: AdmissionSettings) -> Self {
         let announces = Arc::new(RateLimit::new(admission.announce_rate));
-        Self { fleet, scheduler, admission, announces }
+        let watchers = Watchers::new(admission.max_watchers);
+        Self { fleet, scheduler, admission, announces, watchers }
     }
 }
 
@@ -87,8 +90,9 @@ impl FleetApi for FleetService {
                 Some(d)
             }
         };
+        let permit = self.watchers.admit()?;
         Ok(Response::new(Box::pin(
-            WatchSession::new(self.fleet.clone(), &self.scheduler, every).into_stream(),
+            WatchSession::new(self.fleet.clone(), &self.scheduler, every, permit).into_stream(),
         )))
     }
 

@@ -11,3 +11,4 @@ mod watch;
 
 pub use fleet::FleetService;
 pub use scheduler::SchedulerService;
+pub use watch::Watchers;

@@ -14,11 +14,12 @@ use std::time::Duration;
 
 use futures::Stream;
 use rbee_proto::v1 as pb;
-use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tonic::Status;
 
+use crate::QueenError;
 use crate::fleet::{Fleet, FleetEvent};
 use crate::scheduler::{Scheduler, SchedulerEvent};
 
@@ -26,6 +27,32 @@ type Event = pb::fleet_event::Event;
 
 /// Shortest time between two capability events for one hive on one watcher.
 pub const CAPS_COALESCE: Duration = Duration::from_millis(100);
+
+/// Bounds how many `WatchFleet` streams are open at once.
+#[derive(Debug, Clone)]
+pub struct Watchers {
+    /// One permit per open stream.
+    permits: Arc<Semaphore>,
+    /// The bound, for messages.
+    max: usize,
+}
+
+impl Watchers {
+    /// At most `max` streams at once.
+    pub fn new(max: usize) -> Self {
+        Self { permits: Arc::new(Semaphore::new(max)), max }
+    }
+
+    /// A place for one more stream, or RESOURCE_EXHAUSTED.
+    pub fn admit(&self) -> Result<OwnedSemaphorePermit, QueenError> {
+        self.permits.clone().try_acquire_owned().map_err(|_| {
+            QueenError::ResourceExhausted(format!(
+                "{} WatchFleet streams are open (the limit, --max-watchers); close one and retry",
+                self.max
+            ))
+        })
+    }
+}
 
 /// The state of one watcher.
 pub struct WatchSession {
@@ -51,11 +78,18 @@ pub struct WatchSession {
     caps_held: HashMap<String, (Instant, bool)>,
     /// Last sequence number sent.
     seq: u64,
+    /// This stream's place among the open watchers, given back when it ends.
+    _permit: OwnedSemaphorePermit,
 }
 
 impl WatchSession {
     /// Subscribes first, then snapshots, so that no change falls between the two.
-    pub fn new(fleet: Arc<Fleet>, scheduler: &Scheduler, sample_every: Option<Duration>) -> Self {
+    pub fn new(
+        fleet: Arc<Fleet>,
+        scheduler: &Scheduler,
+        sample_every: Option<Duration>,
+        permit: OwnedSemaphorePermit,
+    ) -> Self {
         Self {
             events: fleet.subscribe(),
             books: scheduler.subscribe(),
@@ -71,6 +105,7 @@ impl WatchSession {
             caps_sent: HashMap::new(),
             caps_held: HashMap::new(),
             seq: 0,
+            _permit: permit,
         }
     }
 

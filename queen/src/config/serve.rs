@@ -70,6 +70,9 @@ pub struct ServeArgs {
     /// Drop reservations on a hive lost for longer than this [default: 60s].
     #[arg(long, env = "QUEEN_RESERVATION_LOST_GRACE", value_parser = humantime::parse_duration)]
     pub reservation_lost_grace: Option<Duration>,
+    /// Most WatchFleet streams open at once; more get RESOURCE_EXHAUSTED [default: 128].
+    #[arg(long, env = "QUEEN_MAX_WATCHERS", value_name = "N")]
+    pub max_watchers: Option<usize>,
     /// Most reservations held per hive; Place answers RESOURCE_EXHAUSTED past it [default: 1024].
     #[arg(long, env = "QUEEN_MAX_RESERVATIONS_PER_HIVE", value_name = "N")]
     pub max_reservations_per_hive: Option<usize>,
@@ -139,6 +142,7 @@ impl ServeArgs {
             } else {
                 file.allow.clone().map(AllowList::new).unwrap_or_default()
             },
+            max_watchers: self.max_watchers.unwrap_or(crate::admission::DEFAULT_MAX_WATCHERS),
             ..AdmissionSettings::default()
         };
         fleet.validate()?;
