@@ -42,7 +42,7 @@ async fn add_hive_outside_the_allow_list_is_refused() {
         assert_eq!(err.code(), tonic::Code::PermissionDenied, "{address}: {err:?}");
         assert!(err.message().contains("allow-list"), "{address}: {}", err.message());
     }
-    let hives = fleet.list_hives(pb::ListHivesRequest {}).await.unwrap().into_inner().hives;
+    let hives = fleet.list_hives(pb::ListHivesRequest::default()).await.unwrap().into_inner().hives;
     assert!(hives.is_empty(), "nothing outside the allow-list is managed: {hives:#?}");
 }
 
@@ -268,7 +268,7 @@ async fn list_hives_is_quick_on_a_reused_connection() {
     let mut took = vec![];
     for _ in 0..41 {
         let start = Instant::now();
-        fleet.list_hives(pb::ListHivesRequest {}).await.unwrap();
+        fleet.list_hives(pb::ListHivesRequest::default()).await.unwrap();
         took.push(start.elapsed());
     }
     took.sort();

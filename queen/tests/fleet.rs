@@ -195,7 +195,7 @@ async fn announce_outside_the_allow_list_is_refused_and_loopback_is_discovered()
         client.announce(pb::AnnounceRequest { address: "not a url".into(), hive_id: String::new() }).await;
     assert_eq!(bad.unwrap_err().code(), tonic::Code::InvalidArgument);
     assert!(
-        client.list_hives(pb::ListHivesRequest {}).await.unwrap().into_inner().hives.is_empty(),
+        client.list_hives(pb::ListHivesRequest::default()).await.unwrap().into_inner().hives.is_empty(),
         "nothing dialed"
     );
 
@@ -240,7 +240,7 @@ async fn add_and_remove_at_runtime() {
     watch
         .until(|e| matches!(e, pb::fleet_event::Event::HiveRemoved(r) if r.hive_id == "dyn").then_some(()))
         .await;
-    assert!(client.list_hives(pb::ListHivesRequest {}).await.unwrap().into_inner().hives.is_empty());
+    assert!(client.list_hives(pb::ListHivesRequest::default()).await.unwrap().into_inner().hives.is_empty());
     let gone = client.remove_hive(pb::RemoveHiveRequest { hive: "dyn".into() }).await.unwrap_err();
     assert_eq!(gone.code(), tonic::Code::NotFound);
 }

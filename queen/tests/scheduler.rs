@@ -234,7 +234,7 @@ async fn a_runaway_policy_answers_a_clear_error_and_a_fixed_file_is_hot_loaded()
     assert_eq!(status.failures, 1);
     // The queen keeps serving.
     let mut fleet = queen.client().await;
-    assert_eq!(fleet.list_hives(pb::ListHivesRequest {}).await.unwrap().into_inner().hives.len(), 1);
+    assert_eq!(fleet.list_hives(pb::ListHivesRequest::default()).await.unwrap().into_inner().hives.len(), 1);
 
     // A broken edit is refused; the old policy stays.
     std::fs::write(&file, "fn place(request, fleet) { let = }").unwrap();

@@ -117,8 +117,12 @@ async fn a_mutual_tls_fleet_works_and_plaintext_or_strangers_are_refused() {
     let mut fleet = FleetClient::new(channel);
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
-        let hs =
-            fleet.list_hives(with_token(pb::ListHivesRequest {}, READ)).await.unwrap().into_inner().hives;
+        let hs = fleet
+            .list_hives(with_token(pb::ListHivesRequest::default(), READ))
+            .await
+            .unwrap()
+            .into_inner()
+            .hives;
         if hs.iter().any(|h| h.state() == pb::HiveState::Online && h.hive_id == "localhost") {
             break;
         }
@@ -134,7 +138,9 @@ async fn a_mutual_tls_fleet_works_and_plaintext_or_strangers_are_refused() {
         Endpoint::from_shared(format!("http://127.0.0.1:{}", queen.addr.port())).unwrap().connect().await;
     let refused = match plain {
         Err(_) => true,
-        Ok(ch) => FleetClient::new(ch).list_hives(with_token(pb::ListHivesRequest {}, READ)).await.is_err(),
+        Ok(ch) => {
+            FleetClient::new(ch).list_hives(with_token(pb::ListHivesRequest::default(), READ)).await.is_err()
+        }
     };
     assert!(refused, "plaintext on the queen's TLS port");
 
@@ -245,14 +251,14 @@ async fn tokens_gate_the_api_by_role() {
     let mut fleet = FleetClient::new(ch.clone());
     let mut sched = SchedulerClient::new(ch);
 
-    let none = fleet.list_hives(pb::ListHivesRequest {}).await.unwrap_err();
+    let none = fleet.list_hives(pb::ListHivesRequest::default()).await.unwrap_err();
     assert_eq!(none.code(), tonic::Code::Unauthenticated);
     let wrong = fleet
-        .list_hives(with_token(pb::ListHivesRequest {}, "wrong-token-cccccccccccccc"))
+        .list_hives(with_token(pb::ListHivesRequest::default(), "wrong-token-cccccccccccccc"))
         .await
         .unwrap_err();
     assert_eq!(wrong.code(), tonic::Code::Unauthenticated);
-    assert!(fleet.list_hives(with_token(pb::ListHivesRequest {}, READ)).await.is_ok());
+    assert!(fleet.list_hives(with_token(pb::ListHivesRequest::default(), READ)).await.is_ok());
 
     let place = pb::PlaceRequest { vram_bytes: 1 << 30, ..Default::default() };
     let denied = sched.place(with_token(place.clone(), READ)).await.unwrap_err();
@@ -281,7 +287,7 @@ async fn oversized_messages_are_refused_and_the_server_keeps_serving() {
     let huge = pb::AddHiveRequest { address: "x".repeat(200 * 1024) };
     let err = fleet.add_hive(huge).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
-    assert!(fleet.list_hives(pb::ListHivesRequest {}).await.is_ok());
+    assert!(fleet.list_hives(pb::ListHivesRequest::default()).await.is_ok());
     let long = pb::AddHiveRequest { address: format!("http://{}:1", "a".repeat(300)) };
     let err = fleet.add_hive(long).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
@@ -302,7 +308,7 @@ async fn an_announce_that_claims_another_hives_id_is_refused() {
         .unwrap_err();
     assert_eq!(spoof.code(), tonic::Code::PermissionDenied);
     assert!(spoof.message().contains("already managed"), "{}", spoof.message());
-    assert_eq!(fleet.list_hives(pb::ListHivesRequest {}).await.unwrap().into_inner().hives.len(), 1);
+    assert_eq!(fleet.list_hives(pb::ListHivesRequest::default()).await.unwrap().into_inner().hives.len(), 1);
 }
 
 #[tokio::test]

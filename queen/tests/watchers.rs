@@ -127,7 +127,7 @@ async fn watchers_that_never_read_cannot_grow_the_queen_without_bound() {
         );
     }
     // Everyone else is still served, and a new watcher is refused clearly.
-    let hives = client.list_hives(pb::ListHivesRequest {}).await.unwrap().into_inner().hives;
+    let hives = client.list_hives(pb::ListHivesRequest::default()).await.unwrap().into_inner().hives;
     assert_eq!(hives.len(), 1);
     let refused = match client.watch_fleet(pb::WatchFleetRequest::default()).await {
         Err(s) => s,

@@ -305,3 +305,95 @@ impl TryFrom<&pb::HiveView> for HiveSnapshot {
         })
     }
 }
+
+/// One page of `ListHives`: where to start and how many.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HivePage {
+    /// Start after this address (`None`: from the first).
+    pub after: Option<String>,
+    /// Hives in the page.
+    pub size: usize,
+}
+
+impl HivePage {
+    /// Hives per page when the caller does not say.
+    pub const DEFAULT_SIZE: usize = 100;
+    /// Most hives per page (a page of 64-GPU hives stays within the 4 MiB message limit).
+    pub const MAX_SIZE: usize = 1000;
+    /// Marks the queen's own tokens.
+    const TOKEN_PREFIX: &'static str = "h1.";
+
+    /// The answer for `hives`, fetched as `size + 1` so that the last page is known.
+    pub fn response(&self, hives: &[std::sync::Arc<HiveSnapshot>]) -> pb::ListHivesResponse {
+        let page = &hives[..hives.len().min(self.size)];
+        let next_page_token = match (hives.len() > self.size, page.last()) {
+            (true, Some(last)) => Self::token(&last.address),
+            _ => String::new(),
+        };
+        pb::ListHivesResponse {
+            hives: page.iter().map(|h| h.as_ref().into()).collect(),
+            queen_time_unix_ms: rbee_shared::time::now_unix_ms(),
+            next_page_token,
+        }
+    }
+
+    fn token(address: &str) -> String {
+        let hex: String = address.bytes().map(|b| format!("{b:02x}")).collect();
+        format!("{}{hex}", Self::TOKEN_PREFIX)
+    }
+}
+
+impl TryFrom<&pb::ListHivesRequest> for HivePage {
+    type Error = crate::QueenError;
+
+    fn try_from(r: &pb::ListHivesRequest) -> Result<Self, crate::QueenError> {
+        let size = match r.page_size as usize {
+            0 => Self::DEFAULT_SIZE,
+            n if n <= Self::MAX_SIZE => n,
+            n => {
+                return Err(crate::QueenError::InvalidArgument(format!(
+                    "page_size = {n} is out of range: must be 0 (the default, {}) or 1..={}",
+                    Self::DEFAULT_SIZE,
+                    Self::MAX_SIZE
+                )));
+            }
+        };
+        if r.page_token.is_empty() {
+            return Ok(Self { after: None, size });
+        }
+        let bad = || {
+            crate::QueenError::InvalidArgument(
+                "page_token is not one this queen gave out (pass next_page_token as is)".into(),
+            )
+        };
+        let hex = r.page_token.strip_prefix(Self::TOKEN_PREFIX).ok_or_else(bad)?;
+        if hex.len() % 2 != 0 || hex.len() > 2 * crate::fleet::address::MAX_ADDRESS_BYTES {
+            return Err(bad());
+        }
+        let bytes = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
+            .collect::<Result<Vec<u8>, _>>()
+            .map_err(|_| bad())?;
+        let after = String::from_utf8(bytes).map_err(|_| bad())?;
+        Ok(Self { after: Some(after), size })
+    }
+}
+
+#[cfg(test)]
+mod hive_page_tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_and_forged_ones_are_refused() {
+        let token = HivePage::token("http://10.0.0.1:7835");
+        let page = HivePage::try_from(&pb::ListHivesRequest { page_size: 5, page_token: token }).unwrap();
+        assert_eq!(page, HivePage { after: Some("http://10.0.0.1:7835".into()), size: 5 });
+        for forged in ["x", "h1.zz", "h1.f", "h1.ff"] {
+            let r = pb::ListHivesRequest { page_size: 0, page_token: forged.into() };
+            assert!(HivePage::try_from(&r).is_err(), "{forged}");
+        }
+        let r = pb::ListHivesRequest { page_size: 1001, page_token: String::new() };
+        assert!(HivePage::try_from(&r).unwrap_err().to_string().contains("page_size"));
+    }
+}

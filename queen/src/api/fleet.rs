@@ -10,6 +10,7 @@ use rbee_proto::v1::fleet_server::Fleet as FleetApi;
 use rbee_shared::{MAX_SAMPLE_INTERVAL, MIN_SAMPLE_INTERVAL};
 use tonic::{Request, Response, Status};
 
+use super::convert::HivePage;
 use super::watch::{WatchSession, Watchers};
 use crate::QueenError;
 use crate::admission::{AdmissionSettings, RateLimit, admit_address};
@@ -56,13 +57,11 @@ type FleetEventStream = Pin<Box<dyn Stream<Item = Result<pb::FleetEvent, Status>
 impl FleetApi for FleetService {
     async fn list_hives(
         &self,
-        _: Request<pb::ListHivesRequest>,
+        request: Request<pb::ListHivesRequest>,
     ) -> Result<Response<pb::ListHivesResponse>, Status> {
-        let hives = self.fleet.list().iter().map(|h| h.as_ref().into()).collect();
-        Ok(Response::new(pb::ListHivesResponse {
-            hives,
-            queen_time_unix_ms: rbee_shared::time::now_unix_ms(),
-        }))
+        let page = HivePage::try_from(request.get_ref())?;
+        let hives = self.fleet.list_after(page.after.as_deref(), page.size + 1);
+        Ok(Response::new(page.response(&hives)))
     }
 
     async fn get_hive(&self, request: Request<pb::GetHiveRequest>) -> Result<Response<pb::HiveView>, Status> {

@@ -3,19 +3,33 @@
 use anyhow::Result;
 use rbee_proto::v1 as pb;
 
-use super::args::{AddArgs, HiveArgs, ListArgs, RemoveArgs, WatchArgs};
+use super::args::{AddArgs, HiveArgs, ListArgs, QueenUrl, RemoveArgs, WatchArgs};
 use super::client::{connect, rpc_error};
 use super::render::{render_detail, render_event, render_table};
 
+/// Every hive, walking ListHives' pages.
+pub(super) async fn all_hives(queen: &QueenUrl) -> Result<pb::ListHivesResponse> {
+    let mut client = connect(queen).await?;
+    let mut all = pb::ListHivesResponse::default();
+    loop {
+        let page_token = std::mem::take(&mut all.next_page_token);
+        let page = client
+            .list_hives(pb::ListHivesRequest { page_size: 0, page_token })
+            .await
+            .map_err(|s| rpc_error(&queen.url, s))?
+            .into_inner();
+        all.hives.extend(page.hives);
+        all.queen_time_unix_ms = page.queen_time_unix_ms;
+        all.next_page_token = page.next_page_token;
+        if all.next_page_token.is_empty() {
+            return Ok(all);
+        }
+    }
+}
+
 /// `queen hives`.
 pub async fn hives(args: ListArgs) -> Result<()> {
-    let url = &args.queen.url;
-    let resp = connect(&args.queen)
-        .await?
-        .list_hives(pb::ListHivesRequest {})
-        .await
-        .map_err(|s| rpc_error(url, s))?;
-    let resp = resp.into_inner();
+    let resp = all_hives(&args.queen).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&resp)?);
     } else {

@@ -6,7 +6,7 @@ use rbee_proto::v1 as pb;
 use rbee_shared::bytesize::format_bytes;
 
 use super::args::{ListArgs, PlaceArgs, PolicyCheckArgs, QueenUrl, ReleaseArgs};
-use super::client::{connect, connect_scheduler, rpc_error};
+use super::client::{connect_scheduler, rpc_error};
 use super::render::{render_place, since};
 
 /// `queen place`. Returns whether it placed.
@@ -108,16 +108,7 @@ pub async fn policy_check(args: PolicyCheckArgs) -> Result<bool> {
                 .with_context(|| format!("{} is not `queen hives --json` output", path.display()))?;
             list.hives
         }
-        None => {
-            let url = &args.queen.url;
-            connect(&args.queen)
-                .await?
-                .list_hives(pb::ListHivesRequest {})
-                .await
-                .map_err(|s| rpc_error(url, s))?
-                .into_inner()
-                .hives
-        }
+        None => super::fleet::all_hives(&args.queen).await?.hives,
     };
     let snapshots = hives
         .iter()

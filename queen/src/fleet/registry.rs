@@ -157,6 +157,15 @@ impl Fleet {
         handles.iter().map(|h| h.snapshot()).collect()
     }
 
+    /// Up to `limit` hives' newest views, ordered by address, starting after `after`.
+    pub fn list_after(&self, after: Option<&str>, limit: usize) -> Vec<Arc<HiveSnapshot>> {
+        use std::ops::Bound;
+        let start = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.to_owned()));
+        let handles: Vec<Arc<HiveHandle>> =
+            self.read().range((start, Bound::Unbounded)).take(limit).map(|(_, h)| h.clone()).collect();
+        handles.iter().map(|h| h.snapshot()).collect()
+    }
+
     /// One hive, by address or id.
     pub fn get(&self, key: &str) -> Option<Arc<HiveSnapshot>> {
         let hives = self.read();

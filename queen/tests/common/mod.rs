@@ -181,7 +181,7 @@ pub async fn wait_for(
         .expect("WatchFleet")
         .into_inner();
     loop {
-        let hives = client.list_hives(pb::ListHivesRequest {}).await.unwrap().into_inner().hives;
+        let hives = client.list_hives(pb::ListHivesRequest::default()).await.unwrap().into_inner().hives;
         if done(&hives) {
             return hives;
         }
