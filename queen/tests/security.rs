@@ -43,7 +43,7 @@ async fn tls_hive(dir: &Path, id: &str) -> TestHive {
 async fn tls_hive_with_cert(dir: &Path, id: &str, cert_name: &str) -> TestHive {
     let mut config = HiveConfig::new(id, GpuChoice::Simulated(Scenario::parse(ONE_GPU).unwrap()));
     config.tls = Some(
-        rbee_shared::tls::server(
+        rbee_shared::tls::server_config(
             &dir.join(format!("hive-{cert_name}.pem")),
             &dir.join(format!("hive-{cert_name}.key")),
             Some(&dir.join("queen-ca.pem")),
@@ -63,7 +63,9 @@ fn secure_queen_config(dir: &Path, hives: Vec<String>) -> QueenConfig {
         .unwrap(),
     );
     QueenConfig {
-        tls: Some(rbee_shared::tls::server(&dir.join("queen.pem"), &dir.join("queen.key"), None).unwrap()),
+        tls: Some(
+            rbee_shared::tls::server_config(&dir.join("queen.pem"), &dir.join("queen.key"), None).unwrap(),
+        ),
         tokens: Tokens::new(Some(READ), Some(WRITE)),
         link,
         ..fast_config(hives)
@@ -77,7 +79,7 @@ async fn tls_channel(
 ) -> Result<Channel, tonic::transport::Error> {
     Endpoint::from_shared(url.to_owned())
         .unwrap()
-        .tls_config(rbee_shared::tls::client(ca, identity).unwrap())
+        .tls_config(rbee_shared::tls::client_config(ca, identity).unwrap())
         .unwrap()
         .connect_timeout(Duration::from_secs(3))
         .connect()
@@ -94,7 +96,7 @@ async fn hive_refuses(channel: Result<Channel, tonic::transport::Error>) -> bool
 
 fn with_token<T>(msg: T, token: &str) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
-    r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    rbee_shared::bearer::authorize(&mut r, token).unwrap();
     r
 }
 
