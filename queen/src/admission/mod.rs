@@ -49,11 +49,6 @@ impl AllowList {
         Self { nets }
     }
 
-    /// The networks.
-    pub fn nets(&self) -> &[IpNet] {
-        &self.nets
-    }
-
     /// The guard the link checks at every dial of a hive from the network.
     pub fn dial_guard(&self) -> DialGuard {
         let list = self.clone();

@@ -103,11 +103,6 @@ impl IngestState {
         self.last_seq = 0;
     }
 
-    /// The epoch and version to resume with, when known.
-    pub fn resume_point(&self) -> Option<(String, u64)> {
-        Some((self.identity.as_ref()?.epoch.clone(), self.caps.as_ref()?.version))
-    }
-
     /// Applies one message.
     pub fn apply(&mut self, msg: HiveStreamMessage) -> Outcome {
         let expected = self.last_seq + 1;
