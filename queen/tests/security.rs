@@ -8,9 +8,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use rbee_hive::HiveConfig;
-use rbee_hive::monitor::GpuChoice;
-use rbee_hive::source::simulated::Scenario;
 use rbee_proto::v1 as pb;
 use rbee_proto::v1::fleet_client::FleetClient;
 use rbee_proto::v1::hive_client::HiveClient;
@@ -41,7 +38,7 @@ async fn tls_hive(dir: &Path, id: &str) -> TestHive {
 
 /// A mutual-TLS hive with id `id`, serving the certificate made for `cert_name`.
 async fn tls_hive_with_cert(dir: &Path, id: &str, cert_name: &str) -> TestHive {
-    let mut config = HiveConfig::new(id, GpuChoice::Simulated(Scenario::parse(ONE_GPU).unwrap()));
+    let mut config = hive_config(id, ONE_GPU, None);
     config.tls = Some(
         rbee_shared::tls::server_config(
             &dir.join(format!("hive-{cert_name}.pem")),
@@ -50,7 +47,7 @@ async fn tls_hive_with_cert(dir: &Path, id: &str, cert_name: &str) -> TestHive {
         )
         .unwrap(),
     );
-    TestHive::start_config(config).await
+    TestHive::start_with(config).await
 }
 
 fn secure_queen_config(dir: &Path, hives: Vec<String>) -> QueenConfig {
@@ -239,7 +236,7 @@ async fn with_mutual_tls_a_hive_cannot_claim_an_id_its_certificate_lacks() {
 
 #[tokio::test]
 async fn tokens_gate_the_api_by_role() {
-    let hive = TestHive::start("tok", ONE_GPU).await;
+    let hive = TestHive::start_named("tok", ONE_GPU).await;
     let config =
         QueenConfig { tokens: Tokens::new(Some(READ), Some(WRITE)), ..fast_config(vec![hive.url()]) };
     let queen = TestQueen::start_with(config, "127.0.0.1:0".parse().unwrap()).await;
@@ -291,7 +288,7 @@ async fn oversized_messages_are_refused_and_the_server_keeps_serving() {
 
 #[tokio::test]
 async fn an_announce_that_claims_another_hives_id_is_refused() {
-    let real = TestHive::start("the-real-one", ONE_GPU).await;
+    let real = TestHive::start_named("the-real-one", ONE_GPU).await;
     let queen = TestQueen::start(vec![real.url()]).await;
     let mut fleet = queen.client().await;
     wait_for(&mut fleet, "online", |hs| hs.iter().all(online)).await;
