@@ -109,7 +109,7 @@ pub(super) async fn manage(hive: NewHive, link: Arc<LinkSettings>) {
             (End::Failed(error), online) => {
                 let reason = error.to_string();
                 tracing::info!(address = %m.view.address, %reason, "hive connection ended");
-                m.view.last_error = Some(reason.clone());
+                m.view.last_error = Some(Arc::from(reason.as_str()));
                 m.set_state(ConnState::Lost, &reason);
                 online
             }
@@ -161,6 +161,8 @@ impl Manager {
         };
         let report = Arc::new(evaluate(&input, &self.fleet.settings().thresholds));
         let before = std::mem::replace(&mut self.view.health, report);
+        // A shallow copy: identity, capabilities, sample, health, stats and the last
+        // error are shared; only the address and a few numbers are copied.
         let snapshot = Arc::new(self.view.clone());
         self.tx.send_replace(snapshot.clone());
         if snapshot.health.health != before.health
