@@ -21,6 +21,12 @@ pub enum QueenError {
     /// The configuration is not valid.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The queen's TLS files (`--tls-cert`, `--tls-key`) cannot be used.
+    #[error("invalid configuration: {0}")]
+    Tls(#[from] rbee_shared::tls::TlsError),
+    /// The TLS set-up for dialing hives (`--hive-ca`) cannot be used.
+    #[error("invalid configuration: {0}")]
+    HiveTls(#[from] crate::link::HiveTlsError),
     /// A file could not be read.
     #[error("{path}: {source}")]
     Io {
@@ -73,6 +79,8 @@ impl From<QueenError> for tonic::Status {
                 status
             }
             QueenError::Config(_)
+            | QueenError::Tls(_)
+            | QueenError::HiveTls(_)
             | QueenError::Io { .. }
             | QueenError::Transport(_)
             | QueenError::Reflection(_)

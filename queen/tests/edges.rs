@@ -29,7 +29,7 @@ fn allow_ten_only(hives: Vec<String>) -> QueenConfig {
 
 #[tokio::test]
 async fn add_hive_outside_the_allow_list_is_refused() {
-    let hive = TestHive::start("inside-loopback", ONE_GPU).await;
+    let hive = TestHive::start_named("inside-loopback", ONE_GPU).await;
     let queen = TestQueen::start_with(allow_ten_only(vec![]), "127.0.0.1:0".parse().unwrap()).await;
     let mut fleet = queen.client().await;
     for address in [
@@ -48,7 +48,7 @@ async fn add_hive_outside_the_allow_list_is_refused() {
 
 #[tokio::test]
 async fn hives_from_the_queens_own_config_are_dialed_whatever_the_allow_list() {
-    let hive = TestHive::start("configured", ONE_GPU).await;
+    let hive = TestHive::start_named("configured", ONE_GPU).await;
     let queen = TestQueen::start_with(allow_ten_only(vec![hive.url()]), "127.0.0.1:0".parse().unwrap()).await;
     let mut fleet = queen.client().await;
     wait_for(&mut fleet, "the configured hive online", |hs| hs.len() == 1 && hs.iter().all(online)).await;
@@ -145,7 +145,7 @@ async fn a_dial_error_never_shows_the_targets_response_body() {
 
 #[tokio::test]
 async fn loopback_aliases_are_one_hive() {
-    let hive = TestHive::start("aliased", ONE_GPU).await;
+    let hive = TestHive::start_named("aliased", ONE_GPU).await;
     let queen = TestQueen::start(vec![]).await;
     let mut fleet = queen.client().await;
     let port = hive.addr.port();
@@ -261,7 +261,7 @@ fn an_ordinary_cli_error_prints_its_chain_without_a_backtrace() {
 /// connection; with TCP_NODELAY on both ends a ListHives round trip is well under that.
 #[tokio::test]
 async fn list_hives_is_quick_on_a_reused_connection() {
-    let hives = [TestHive::start("n1", ONE_GPU).await, TestHive::start("n2", ONE_GPU).await];
+    let hives = [TestHive::start_named("n1", ONE_GPU).await, TestHive::start_named("n2", ONE_GPU).await];
     let queen = TestQueen::start(hives.iter().map(TestHive::url).collect()).await;
     let mut fleet = queen.client().await;
     wait_for(&mut fleet, "online", |hs| hs.len() == 2 && hs.iter().all(online)).await;

@@ -250,3 +250,72 @@ async fn a_diff_flood_reaches_each_watcher_coalesced() {
     let ids: Vec<&str> = held.gpus.iter().map(|g| g.id.as_str()).collect();
     assert_eq!((held.version, ids), (DIFFS + 1, vec!["GPU-A"]), "every diff applied in order");
 }
+
+#[tokio::test]
+async fn a_sample_measured_against_capabilities_the_queen_never_got_is_not_applied_and_resyncs() {
+    use common::scripted::caps;
+    let (asked_tx, mut asked) = mpsc::channel::<()>(1);
+    let (go, go_rx) = mpsc::channel::<()>(1);
+    let go_rx = std::sync::Arc::new(tokio::sync::Mutex::new(go_rx));
+    let hive = ScriptedHive::start(discover("lossy", &["GPU-A"]), move |mut s| {
+        let (asked_tx, go_rx) = (asked_tx.clone(), go_rx.clone());
+        async move {
+            let _ = s.inbound.message().await;
+            let mut first = sample(&["GPU-A"]);
+            first.capability_version = Some(1);
+            s.sample(first).await;
+            // The diff to version 2 (adding GPU-B) is lost; its sample arrives.
+            let mut orphan = sample(&["GPU-A", "GPU-B"]);
+            orphan.capability_version = Some(2);
+            orphan.cpu_percent = Some(77.0);
+            s.sample(orphan).await;
+            // The queen asks for a resync: answer with the whole of version 2.
+            while let Ok(Some(m)) = s.inbound.message().await {
+                if m.resync {
+                    break;
+                }
+            }
+            let _ = asked_tx.send(()).await;
+            let identity = discover("lossy", &[]).identity;
+            let snapshot = pb::Snapshot {
+                reason: pb::SnapshotReason::Resync as i32,
+                identity,
+                capabilities: Some(caps(2, &["GPU-A", "GPU-B"])),
+            };
+            s.send(pb::hive_message::Payload::Snapshot(snapshot)).await;
+            let _ = go_rx.lock().await.recv().await;
+            loop {
+                let mut next = sample(&["GPU-A", "GPU-B"]);
+                next.capability_version = Some(2);
+                if !s.sample(next).await {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    })
+    .await;
+    let queen = TestQueen::start(vec![hive.url.clone()]).await;
+    let mut client = queen.client().await;
+
+    tokio::time::timeout(DEADLINE, asked.recv()).await.expect("the queen asks for a resync").unwrap();
+    let views = wait_for(&mut client, "version 2 from the resync", |hs| {
+        hs[0].capabilities.as_ref().is_some_and(|c| c.version == 2)
+    })
+    .await;
+    let view = &views[0];
+    let counters = view.counters.unwrap();
+    assert_eq!((counters.gaps, counters.resyncs), (1, 1), "{counters:?}");
+    let latest = view.latest_sample.as_ref().expect("the first sample applied");
+    assert_eq!(latest.cpu_percent, Some(5.0), "the orphan sample was never applied");
+    assert_eq!(view.stats.as_ref().map(|s| s.samples), Some(1));
+    // Until a sample measured against version 2 arrives, GPU-B is pending.
+    let b = view.devices.iter().find(|d| d.device_id == "GPU-B").expect("GPU-B has a health entry");
+    assert_eq!(b.health(), pb::Health::Pending, "{:?}", b.reasons);
+
+    go.send(()).await.unwrap();
+    wait_for(&mut client, "GPU-B measured", |hs| {
+        hs[0].devices.iter().any(|d| d.device_id == "GPU-B" && d.health() == pb::Health::Healthy)
+    })
+    .await;
+}

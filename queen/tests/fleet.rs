@@ -12,9 +12,9 @@ use tokio::time::Instant;
 #[tokio::test]
 async fn three_hives_are_discovered_and_their_samples_reach_list_hives() {
     let hives = [
-        TestHive::start("hive-a", ONE_GPU).await,
-        TestHive::start("hive-b", ONE_GPU).await,
-        TestHive::start("hive-c", ONE_GPU).await,
+        TestHive::start_named("hive-a", ONE_GPU).await,
+        TestHive::start_named("hive-b", ONE_GPU).await,
+        TestHive::start_named("hive-c", ONE_GPU).await,
     ];
     let queen = TestQueen::start(hives.iter().map(|h| h.url()).collect()).await;
     let mut client = queen.client().await;
@@ -62,7 +62,7 @@ async fn a_hot_plugged_gpu_shows_in_get_hive_within_2_s() {
         vram_total = "48GiB"
         appear_at_s = 1.5
     "#;
-    let hive = TestHive::start("hot", scenario).await;
+    let hive = TestHive::start_named("hot", scenario).await;
     let queen = TestQueen::start(vec![hive.url()]).await;
     let mut client = queen.client().await;
     let mut watch = Watch::open(&mut client).await;
@@ -87,7 +87,7 @@ async fn a_hot_plugged_gpu_shows_in_get_hive_within_2_s() {
 
 #[tokio::test]
 async fn a_killed_hive_is_lost_within_1_s_and_a_restarted_one_comes_back_with_a_new_epoch() {
-    let hive = TestHive::start("phoenix", ONE_GPU).await;
+    let hive = TestHive::start_named("phoenix", ONE_GPU).await;
     let (addr, url) = (hive.addr, hive.url());
     let queen = TestQueen::start(vec![url.clone()]).await;
     let mut client = queen.client().await;
@@ -106,7 +106,7 @@ async fn a_killed_hive_is_lost_within_1_s_and_a_restarted_one_comes_back_with_a_
     assert!(lost.health_reasons[0].starts_with("lost:"), "{:?}", lost.health_reasons);
     assert!(lost.latest_sample.is_some(), "old data is kept, with its age");
 
-    let _again = TestHive::start_on(addr, "phoenix", ONE_GPU, None).await;
+    let _again = TestHive::start_with_on(addr, hive_config("phoenix", ONE_GPU, None)).await;
     let (restarted, _) = watch
         .until(|e| match e {
             pb::fleet_event::Event::CapabilitiesChanged(c) if c.restarted => Some(c.clone()),
@@ -122,7 +122,7 @@ async fn a_killed_hive_is_lost_within_1_s_and_a_restarted_one_comes_back_with_a_
 
 #[tokio::test]
 async fn a_silent_partition_makes_a_hive_stale_then_lost_within_the_configured_bounds() {
-    let hive = TestHive::start("behind-proxy", ONE_GPU).await;
+    let hive = TestHive::start_named("behind-proxy", ONE_GPU).await;
     let proxy = Proxy::start(hive.addr).await;
     let queen = TestQueen::start(vec![proxy.url()]).await;
     let mut client = queen.client().await;
@@ -160,7 +160,7 @@ async fn a_silent_partition_makes_a_hive_stale_then_lost_within_the_configured_b
 
 #[tokio::test]
 async fn a_restarted_queen_rebuilds_the_fleet() {
-    let hives = [TestHive::start("r1", ONE_GPU).await, TestHive::start("r2", ONE_GPU).await];
+    let hives = [TestHive::start_named("r1", ONE_GPU).await, TestHive::start_named("r2", ONE_GPU).await];
     let config = fast_config(hives.iter().map(|h| h.url()).collect());
     let queen = TestQueen::start_with(config.clone(), "127.0.0.1:0".parse().unwrap()).await;
     let addr = queen.addr;
@@ -169,9 +169,7 @@ async fn a_restarted_queen_rebuilds_the_fleet() {
     queen.stop().await;
 
     // An announced hive comes back too: it re-announces once no queen streams from it.
-    let announced =
-        TestHive::start_on("127.0.0.1:0".parse().unwrap(), "r3", ONE_GPU, Some(format!("http://{addr}")))
-            .await;
+    let announced = TestHive::start_with(hive_config("r3", ONE_GPU, Some(format!("http://{addr}")))).await;
     let queen = TestQueen::start_with(config, addr).await;
     let mut client = queen.client().await;
     let hs =
@@ -199,7 +197,7 @@ async fn announce_outside_the_allow_list_is_refused_and_loopback_is_discovered()
         "nothing dialed"
     );
 
-    let hive = TestHive::start("good", ONE_GPU).await;
+    let hive = TestHive::start_named("good", ONE_GPU).await;
     let ok =
         client.announce(pb::AnnounceRequest { address: hive.url(), hive_id: "good".into() }).await.unwrap();
     assert!(ok.into_inner().added);
@@ -222,7 +220,7 @@ async fn add_and_remove_at_runtime() {
         .await;
     assert!(snapshot.hives.is_empty());
 
-    let hive = TestHive::start("dyn", ONE_GPU).await;
+    let hive = TestHive::start_named("dyn", ONE_GPU).await;
     let added =
         client.add_hive(pb::AddHiveRequest { address: hive.addr.to_string() }).await.unwrap().into_inner();
     assert!(added.added);
@@ -247,13 +245,7 @@ async fn add_and_remove_at_runtime() {
 
 #[tokio::test]
 async fn local_hive_runs_in_process_and_is_managed() {
-    let mut local = rbee_hive::HiveConfig::new(
-        "local-test",
-        rbee_hive::monitor::GpuChoice::Simulated(
-            rbee_hive::source::simulated::Scenario::parse(ONE_GPU).unwrap(),
-        ),
-    );
-    local.rescan_interval = Duration::from_millis(100);
+    let local = hive_config("local-test", ONE_GPU, None);
     let config = QueenConfig { local_hive: Some(local), ..fast_config(vec![]) };
     let queen = TestQueen::start_with(config, "127.0.0.1:0".parse().unwrap()).await;
     let mut client = queen.client().await;
@@ -268,7 +260,7 @@ async fn local_hive_runs_in_process_and_is_managed() {
 
 #[tokio::test]
 async fn watch_fleet_sends_samples_at_the_asked_rate_and_refuses_bad_rates() {
-    let hive = TestHive::start("w", ONE_GPU).await;
+    let hive = TestHive::start_named("w", ONE_GPU).await;
     let queen = TestQueen::start(vec![hive.url()]).await;
     let mut client = queen.client().await;
     let bad = client.watch_fleet(pb::WatchFleetRequest { sample_interval_ms: Some(5) }).await;

@@ -104,7 +104,7 @@ fn rejection(r: pb::PlaceResponse) -> pb::Rejection {
 
 #[tokio::test]
 async fn place_list_and_release() {
-    let hive = TestHive::start("sched-1", TWO_GPUS).await;
+    let hive = TestHive::start_named("sched-1", TWO_GPUS).await;
     let (_queen, mut client) = queen_with(vec![hive.url()], settings()).await;
     let p = placement(client.place(gpu_request(8 * GIB)).await.unwrap().into_inner());
     assert_eq!(p.hive_id, "sched-1");
@@ -144,7 +144,7 @@ async fn place_list_and_release() {
 
 #[tokio::test]
 async fn two_hundred_concurrent_placements_never_oversubscribe_a_device() {
-    let hives = [TestHive::start("c1", TWO_GPUS).await, TestHive::start("c2", TWO_GPUS).await];
+    let hives = [TestHive::start_named("c1", TWO_GPUS).await, TestHive::start_named("c2", TWO_GPUS).await];
     let (_queen, client) = queen_with(hives.iter().map(|h| h.url()).collect(), settings()).await;
     let mut tasks = Vec::new();
     for _ in 0..200 {
@@ -173,7 +173,7 @@ async fn two_hundred_concurrent_placements_never_oversubscribe_a_device() {
 
 #[tokio::test]
 async fn reservations_survive_a_stale_hive_and_go_with_a_removed_one() {
-    let hive = TestHive::start("flaky", TWO_GPUS).await;
+    let hive = TestHive::start_named("flaky", TWO_GPUS).await;
     let proxy = Proxy::start(hive.addr).await;
     let (queen, mut client) = queen_with(vec![proxy.url()], settings()).await;
     let mut fleet = queen.client().await;
@@ -196,7 +196,7 @@ async fn reservations_survive_a_stale_hive_and_go_with_a_removed_one() {
 
 #[tokio::test]
 async fn unsettled_reservations_expire_with_an_event() {
-    let hive = TestHive::start("ttl", TWO_GPUS).await;
+    let hive = TestHive::start_named("ttl", TWO_GPUS).await;
     let (queen, mut client) = queen_with(vec![hive.url()], settings()).await;
     let mut fleet = queen.client().await;
     let mut watch = Watch::open(&mut fleet).await;
@@ -209,7 +209,7 @@ async fn unsettled_reservations_expire_with_an_event() {
 
 #[tokio::test]
 async fn a_runaway_policy_answers_a_clear_error_and_a_fixed_file_is_hot_loaded() {
-    let hive = TestHive::start("pol", TWO_GPUS).await;
+    let hive = TestHive::start_named("pol", TWO_GPUS).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("policy.rhai");
     std::fs::write(&file, "fn place(request, fleet) {\n  while true {\n    let x = 1;\n  }\n}\n").unwrap();

@@ -96,7 +96,7 @@ fn placement(r: pb::PlaceResponse) -> pb::Placement {
 
 #[tokio::test]
 async fn a_policy_walking_a_190_000_element_array_is_stopped_at_its_budget() {
-    let hive = TestHive::start("budget", TWO_GPUS).await;
+    let hive = TestHive::start_named("budget", TWO_GPUS).await;
     let (s, _dir, _file) = with_policy(CONTAINS_LOOP);
     let (_queen, mut client) = queen_with(vec![hive.url()], s).await;
     let t = Instant::now();
@@ -121,7 +121,7 @@ async fn a_policy_walking_a_190_000_element_array_is_stopped_at_its_budget() {
 
 #[tokio::test]
 async fn reservations_expire_on_time_while_a_runaway_policy_edit_is_test_run() {
-    let hive = TestHive::start("upkeep", TWO_GPUS).await;
+    let hive = TestHive::start_named("upkeep", TWO_GPUS).await;
     let (mut s, _dir, file) = with_policy(GOOD);
     s.limits.budget = Duration::from_secs(2); // a loaded test machine must not fail GOOD
     let (queen, mut client) = queen_with(vec![hive.url()], s).await;
@@ -170,7 +170,7 @@ async fn reservations_expire_on_time_while_a_runaway_policy_edit_is_test_run() {
 
 #[tokio::test]
 async fn a_62_kb_reason_or_error_from_a_policy_reaches_the_client_cut_to_1_kib() {
-    let hive = TestHive::start("text", TWO_GPUS).await;
+    let hive = TestHive::start_named("text", TWO_GPUS).await;
     let long = "fn place(request, fleet) {
   let s = \"x\";
   s.pad(62000, \"y\");
@@ -198,7 +198,7 @@ async fn a_62_kb_reason_or_error_from_a_policy_reaches_the_client_cut_to_1_kib()
 
 #[tokio::test]
 async fn reservations_are_bounded_per_hive_and_listed_in_pages() {
-    let hive = TestHive::start("greedy", TWO_GPUS).await;
+    let hive = TestHive::start_named("greedy", TWO_GPUS).await;
     let limits = BookLimits::default();
     let mut s = settings();
     s.limits.budget = Duration::from_secs(2); // 1,025 placements on a loaded machine
@@ -251,7 +251,7 @@ async fn reservations_are_bounded_per_hive_and_listed_in_pages() {
 
 #[tokio::test]
 async fn releasing_an_unknown_reservation_says_no_reservation() {
-    let hive = TestHive::start("release", TWO_GPUS).await;
+    let hive = TestHive::start_named("release", TWO_GPUS).await;
     let (_queen, mut client) = queen_with(vec![hive.url()], settings()).await;
     let err = client.release(pb::ReleaseRequest { reservation_id: "r-404".into() }).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);

@@ -8,9 +8,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use rbee_hive::HiveConfig;
-use rbee_hive::monitor::GpuChoice;
-use rbee_hive::source::simulated::Scenario;
 use rbee_proto::v1 as pb;
 use rbee_proto::v1::fleet_client::FleetClient;
 use rbee_proto::v1::hive_client::HiveClient;
@@ -41,16 +38,16 @@ async fn tls_hive(dir: &Path, id: &str) -> TestHive {
 
 /// A mutual-TLS hive with id `id`, serving the certificate made for `cert_name`.
 async fn tls_hive_with_cert(dir: &Path, id: &str, cert_name: &str) -> TestHive {
-    let mut config = HiveConfig::new(id, GpuChoice::Simulated(Scenario::parse(ONE_GPU).unwrap()));
+    let mut config = hive_config(id, ONE_GPU, None);
     config.tls = Some(
-        rbee_shared::tls::server(
+        rbee_shared::tls::server_config(
             &dir.join(format!("hive-{cert_name}.pem")),
             &dir.join(format!("hive-{cert_name}.key")),
             Some(&dir.join("queen-ca.pem")),
         )
         .unwrap(),
     );
-    TestHive::start_config(config).await
+    TestHive::start_with(config).await
 }
 
 fn secure_queen_config(dir: &Path, hives: Vec<String>) -> QueenConfig {
@@ -63,7 +60,9 @@ fn secure_queen_config(dir: &Path, hives: Vec<String>) -> QueenConfig {
         .unwrap(),
     );
     QueenConfig {
-        tls: Some(rbee_shared::tls::server(&dir.join("queen.pem"), &dir.join("queen.key"), None).unwrap()),
+        tls: Some(
+            rbee_shared::tls::server_config(&dir.join("queen.pem"), &dir.join("queen.key"), None).unwrap(),
+        ),
         tokens: Tokens::new(Some(READ), Some(WRITE)),
         link,
         ..fast_config(hives)
@@ -77,7 +76,7 @@ async fn tls_channel(
 ) -> Result<Channel, tonic::transport::Error> {
     Endpoint::from_shared(url.to_owned())
         .unwrap()
-        .tls_config(rbee_shared::tls::client(ca, identity).unwrap())
+        .tls_config(rbee_shared::tls::client_config(ca, identity).unwrap())
         .unwrap()
         .connect_timeout(Duration::from_secs(3))
         .connect()
@@ -94,7 +93,7 @@ async fn hive_refuses(channel: Result<Channel, tonic::transport::Error>) -> bool
 
 fn with_token<T>(msg: T, token: &str) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
-    r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    rbee_shared::bearer::authorize(&mut r, token).unwrap();
     r
 }
 
@@ -243,7 +242,7 @@ async fn with_mutual_tls_a_hive_cannot_claim_an_id_its_certificate_lacks() {
 
 #[tokio::test]
 async fn tokens_gate_the_api_by_role() {
-    let hive = TestHive::start("tok", ONE_GPU).await;
+    let hive = TestHive::start_named("tok", ONE_GPU).await;
     let config =
         QueenConfig { tokens: Tokens::new(Some(READ), Some(WRITE)), ..fast_config(vec![hive.url()]) };
     let queen = TestQueen::start_with(config, "127.0.0.1:0".parse().unwrap()).await;
@@ -295,7 +294,7 @@ async fn oversized_messages_are_refused_and_the_server_keeps_serving() {
 
 #[tokio::test]
 async fn an_announce_that_claims_another_hives_id_is_refused() {
-    let real = TestHive::start("the-real-one", ONE_GPU).await;
+    let real = TestHive::start_named("the-real-one", ONE_GPU).await;
     let queen = TestQueen::start(vec![real.url()]).await;
     let mut fleet = queen.client().await;
     wait_for(&mut fleet, "online", |hs| hs.iter().all(online)).await;

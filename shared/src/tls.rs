@@ -63,25 +63,6 @@ pub fn client_config(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<Clie
     Ok(tls)
 }
 
-/// Compatibility for the queen, which maps these errors into `QueenError::Config(String)`
-/// today. TO REMOVE once the queen calls [`server_config`] / [`client_config`]: these
-/// are the only `Result<_, String>` left in this crate, on purpose, until then.
-pub mod compat {
-    use super::*;
-
-    /// [`server_config`] with the error as text.
-    pub fn server(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<ServerTlsConfig, String> {
-        server_config(cert, key, client_ca).map_err(|e| e.to_string())
-    }
-
-    /// [`client_config`] with the error as text.
-    pub fn client(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<ClientTlsConfig, String> {
-        client_config(ca, identity).map_err(|e| e.to_string())
-    }
-}
-
-pub use compat::{client, server};
-
 #[cfg(test)]
 mod tests {
     use super::*;

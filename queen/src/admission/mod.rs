@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use rbee_shared::lock::MutexExt;
 
 use crate::QueenError;
 use crate::fleet::address::normalize_address;
@@ -53,11 +54,6 @@ impl AllowList {
     /// An allow-list of these networks.
     pub fn new(nets: Vec<IpNet>) -> Self {
         Self { nets }
-    }
-
-    /// The networks.
-    pub fn nets(&self) -> &[IpNet] {
-        &self.nets
     }
 
     /// The guard the link checks at every dial of a hive from the network.
@@ -138,7 +134,7 @@ impl RateLimit {
 
     /// Takes one token if there is one.
     pub fn try_acquire(&self) -> bool {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = self.state.lock_unpoisoned();
         let now = std::time::Instant::now();
         s.0 = (s.0 + now.duration_since(s.1).as_secs_f64() * self.per_second).min(self.burst);
         s.1 = now;

@@ -105,7 +105,7 @@ impl From<&HiveSnapshot> for pb::HiveView {
             devices: devices(&h.health),
             stats: Some(h.stats.as_ref().into()),
             clock_skew_ms: h.clock_skew_ms,
-            last_error: h.last_error.clone(),
+            last_error: h.last_error.as_deref().map(str::to_owned),
             counters: Some((&h.counters).into()),
             sample_interval_ms: h.sample_interval.as_millis() as u32,
         }
@@ -299,7 +299,7 @@ impl TryFrom<&pb::HiveView> for HiveSnapshot {
                     .collect(),
             }),
             stats: Arc::new(stats),
-            last_error: v.last_error.clone(),
+            last_error: v.last_error.as_deref().map(Arc::from),
             counters: Default::default(),
             sample_interval: Duration::from_millis(u64::from(v.sample_interval_ms)),
         })

@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::Stream;
 use rbee_proto::v1 as pb;
 use rbee_proto::v1::fleet_server::Fleet as FleetApi;
-use rbee_shared::{MAX_SAMPLE_INTERVAL, MIN_SAMPLE_INTERVAL};
+use rbee_shared::SampleInterval;
 use tonic::{Request, Response, Status};
 
 use super::convert::HivePage;
@@ -80,7 +80,7 @@ impl FleetApi for FleetService {
             None | Some(0) => None,
             Some(ms) => {
                 let d = Duration::from_millis(u64::from(ms));
-                if !(MIN_SAMPLE_INTERVAL..=MAX_SAMPLE_INTERVAL).contains(&d) {
+                if SampleInterval::new(d).is_err() {
                     return Err(QueenError::InvalidArgument(format!(
                         "sample_interval_ms = {ms} is out of range: must be 0 (no samples) or 100..=60000"
                     ))

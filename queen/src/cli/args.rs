@@ -7,7 +7,6 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 pub use crate::config::ServeArgs;
-use crate::config::parse_interval;
 
 /// Where the client subcommands find the queen by default.
 pub const DEFAULT_QUEEN_URL: &str = "http://127.0.0.1:7833";
@@ -88,7 +87,7 @@ pub struct RequestArgs {
     #[arg(long, default_value = "")]
     pub model: String,
     /// A hive label that must match, KEY=VALUE; repeatable.
-    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = rbee_hive::config::parse_label)]
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = rbee_shared::labels::parse_label)]
     pub labels: Vec<(String, String)>,
     /// How long the reservation lasts unless the model shows up or it is released (1s..=1h).
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -211,8 +210,8 @@ pub struct HiveArgs {
 #[derive(Debug, Clone, Args)]
 pub struct WatchArgs {
     /// Also print each hive's newest sample at most this often (e.g. 1s).
-    #[arg(long, value_parser = parse_interval)]
-    pub samples: Option<Duration>,
+    #[arg(long)]
+    pub samples: Option<rbee_shared::SampleInterval>,
     /// Print each event as a JSON line.
     #[arg(long)]
     pub json: bool,

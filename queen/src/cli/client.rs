@@ -17,7 +17,7 @@ pub struct BearerToken(Option<tonic::metadata::MetadataValue<tonic::metadata::As
 impl tonic::service::Interceptor for BearerToken {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(v) = &self.0 {
-            req.metadata_mut().insert("authorization", v.clone());
+            req.metadata_mut().insert(rbee_shared::bearer::AUTHORIZATION, v.clone());
         }
         Ok(req)
     }
@@ -33,7 +33,7 @@ async fn channel(q: &QueenUrl) -> Result<(Channel, BearerToken)> {
         // Small request, small reply: without it Nagle and a delayed ACK can add ~40 ms.
         .tcp_nodelay(true);
     if let Some(ca) = &q.ca {
-        let tls = rbee_shared::tls::client(ca, None).map_err(|e| anyhow!(e))?;
+        let tls = rbee_shared::tls::client_config(ca, None)?;
         endpoint = endpoint.tls_config(tls).context("TLS set-up")?;
     }
     let token = match (&q.token_file, std::env::var("QUEEN_TOKEN")) {
@@ -44,11 +44,7 @@ async fn channel(q: &QueenUrl) -> Result<(Channel, BearerToken)> {
         _ => None,
     };
     let token = match token.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()) {
-        Some(t) => Some(
-            format!("Bearer {t}")
-                .parse()
-                .map_err(|_| anyhow!("the token has characters HTTP headers cannot carry"))?,
-        ),
+        Some(t) => Some(rbee_shared::bearer::bearer_value(&t)?),
         None => None,
     };
     let channel = endpoint.connect().await.with_context(|| format!("cannot reach the queen at {url}"))?;

@@ -58,7 +58,7 @@ pub async fn hive(args: HiveArgs) -> Result<()> {
 /// `queen watch`.
 pub async fn watch(args: WatchArgs) -> Result<()> {
     let url = &args.queen.url;
-    let request = pb::WatchFleetRequest { sample_interval_ms: args.samples.map(|d| d.as_millis() as u32) };
+    let request = pb::WatchFleetRequest { sample_interval_ms: args.samples.map(|i| i.as_millis_u32()) };
     let mut stream =
         connect(&args.queen).await?.watch_fleet(request).await.map_err(|s| rpc_error(url, s))?.into_inner();
     loop {

@@ -31,23 +31,23 @@ pub struct FileConfig {
     /// Start a local hive.
     pub local_hive: Option<bool>,
     /// Sample interval.
-    #[serde(default, with = "opt_duration")]
+    #[serde(default, with = "rbee_shared::duration_serde::option")]
     pub sample_interval: Option<Duration>,
     /// Stale after this many intervals.
     pub stale_after_missed: Option<u32>,
     /// Lost timeout.
-    #[serde(default, with = "opt_duration")]
+    #[serde(default, with = "rbee_shared::duration_serde::option")]
     pub lost_timeout: Option<Duration>,
     /// Keepalive.
-    #[serde(default, with = "opt_duration")]
+    #[serde(default, with = "rbee_shared::duration_serde::option")]
     pub keepalive: Option<Duration>,
     /// Max backoff.
-    #[serde(default, with = "opt_duration")]
+    #[serde(default, with = "rbee_shared::duration_serde::option")]
     pub backoff_max: Option<Duration>,
     /// Samples kept per hive.
     pub history: Option<usize>,
     /// Window of the reported statistics.
-    #[serde(default, with = "opt_duration")]
+    #[serde(default, with = "rbee_shared::duration_serde::option")]
     pub stats_window: Option<Duration>,
     /// Health thresholds.
     pub health: Thresholds,
@@ -56,27 +56,15 @@ pub struct FileConfig {
     /// Fall back to the built-in policy when the policy fails.
     pub policy_fallback: Option<bool>,
     /// Wall-time budget of one policy call.
-    #[serde(default, with = "opt_duration")]
+    #[serde(default, with = "rbee_shared::duration_serde::option")]
     pub policy_budget: Option<Duration>,
     /// Drop reservations on hives lost longer than this.
-    #[serde(default, with = "opt_duration")]
+    #[serde(default, with = "rbee_shared::duration_serde::option")]
     pub reservation_lost_grace: Option<Duration>,
     /// Most reservations per hive.
     pub max_reservations_per_hive: Option<usize>,
     /// Most reservations in all.
     pub max_reservations: Option<usize>,
-}
-
-mod opt_duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        Option::<String>::deserialize(d)?
-            .map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
-            .transpose()
-    }
 }
 
 impl FileConfig {

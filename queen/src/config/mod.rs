@@ -5,7 +5,7 @@ mod file;
 mod serve;
 
 pub use file::{FileConfig, HiveEntry};
-pub use serve::{DEFAULT_LISTEN, ServeArgs, parse_interval};
+pub use serve::{DEFAULT_LISTEN, ServeArgs};
 
 use crate::admission::AdmissionSettings;
 use crate::api::auth::Tokens;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Args;
 use ipnet::IpNet;
-use rbee_shared::{MAX_SAMPLE_INTERVAL, MIN_SAMPLE_INTERVAL};
+use rbee_shared::SampleInterval;
 
 use super::{FileConfig, QueenConfig};
 use crate::QueenError;
@@ -44,8 +44,8 @@ pub struct ServeArgs {
     #[arg(long = "allow", env = "QUEEN_ALLOW", value_name = "CIDR", value_delimiter = ',')]
     pub allow: Vec<IpNet>,
     /// Sample interval asked of every hive [default: 1s; 100ms..=60s].
-    #[arg(long, env = "QUEEN_SAMPLE_INTERVAL", value_parser = parse_interval)]
-    pub sample_interval: Option<Duration>,
+    #[arg(long, env = "QUEEN_SAMPLE_INTERVAL")]
+    pub sample_interval: Option<SampleInterval>,
     /// A hive silent for this many sample intervals is stale [default: 3].
     #[arg(long, env = "QUEEN_STALE_AFTER_MISSED")]
     pub stale_after_missed: Option<u32>,
@@ -99,15 +99,6 @@ pub struct ServeArgs {
     pub insecure: bool,
 }
 
-/// Parses a sample interval and checks its bounds.
-pub fn parse_interval(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (e.g. 500ms, 1s)"))?;
-    if !(MIN_SAMPLE_INTERVAL..=MAX_SAMPLE_INTERVAL).contains(&d) {
-        return Err(format!("{s:?} is out of range 100ms..=60s"));
-    }
-    Ok(d)
-}
-
 impl ServeArgs {
     /// Merges flags, the config file and defaults, and validates. Returns the listen
     /// address and the configuration.
@@ -118,7 +109,11 @@ impl ServeArgs {
         };
         let d = FleetSettings::default();
         let fleet = FleetSettings {
-            sample_interval: self.sample_interval.or(file.sample_interval).unwrap_or(d.sample_interval),
+            sample_interval: self
+                .sample_interval
+                .map(Duration::from)
+                .or(file.sample_interval)
+                .unwrap_or(d.sample_interval),
             stale_after_missed: self
                 .stale_after_missed
                 .or(file.stale_after_missed)
@@ -199,13 +194,11 @@ impl ServeArgs {
             ..defaults
         };
         let tls = match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => {
-                Some(rbee_shared::tls::server(cert, key, None).map_err(QueenError::Config)?)
-            }
+            (Some(cert), Some(key)) => Some(rbee_shared::tls::server_config(cert, key, None)?),
             _ => None,
         };
         if let (Some(ca), Some(cert), Some(key)) = (&self.hive_ca, &self.tls_cert, &self.tls_key) {
-            link.hive_tls = Some(HiveTls::from_pem_files(ca, Some((cert, key))).map_err(QueenError::Config)?);
+            link.hive_tls = Some(HiveTls::from_pem_files(ca, Some((cert, key)))?);
         }
         let tokens = crate::api::auth::Tokens::load(
             self.read_token_file.as_deref(),
@@ -227,17 +220,10 @@ impl ServeArgs {
     }
 }
 
-/// The local hive's id: `local-HOSTNAME`.
+/// The local hive's id: `local-HOSTNAME` (the hostname as an id fragment), or `local`.
 fn hostname_id() -> String {
-    let host: String = std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()))
-        .unwrap_or_default()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c.to_ascii_lowercase() } else { '-' })
-        .take(48)
-        .collect();
+    use rbee_shared::hostname::{local_hostname, normalize_hostname};
+    let host = normalize_hostname(&local_hostname(), 48);
     if host.is_empty() { "local".into() } else { format!("local-{host}") }
 }
 
@@ -264,7 +250,7 @@ mod tests {
         .unwrap();
         let args = ServeArgs {
             config: Some(path),
-            sample_interval: Some(Duration::from_millis(500)),
+            sample_interval: Some(SampleInterval::from_millis(500).unwrap()),
             hives: vec!["http://127.0.0.1:9".into()],
             ..Default::default()
         };

@@ -51,15 +51,29 @@ pub fn normalize_address(raw: &str) -> Result<String, QueenError> {
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
         return Err(bad("must not have a path or query"));
     }
-    let host = normalize_host(authority.host()).map_err(|why| bad(&why))?;
+    let host = normalize_host(authority.host()).map_err(|why| bad(&why.to_string()))?;
     Ok(format!("{scheme}://{host}:{port}"))
+}
+
+/// Why a host cannot be normalised (completes "address ... ").
+#[derive(Debug, thiserror::Error)]
+enum HostError {
+    /// Brackets around something that is not an IPv6 address.
+    #[error("has a bad IPv6 address [{0}]")]
+    BadIpv6(String),
+    /// A name with an empty label (`a..b`, `.a`).
+    #[error("has an empty host name label")]
+    EmptyLabel,
+    /// A name whose last label is numeric, but which is no IPv4 address.
+    #[error("has host {0:?}, which is not a valid IPv4 address")]
+    BadIpv4(String),
 }
 
 /// The normal form of a host: an IP in its canonical spelling (IPv6 bracketed), or a
 /// lowercase name without the trailing dot.
-fn normalize_host(host: &str) -> Result<String, String> {
+fn normalize_host(host: &str) -> Result<String, HostError> {
     if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        let v6: Ipv6Addr = inner.parse().map_err(|_| format!("has a bad IPv6 address [{inner}]"))?;
+        let v6: Ipv6Addr = inner.parse().map_err(|_| HostError::BadIpv6(inner.to_owned()))?;
         return Ok(match v6.to_ipv4_mapped() {
             Some(v4) => v4.to_string(),
             None => format!("[{v6}]"),
@@ -67,7 +81,7 @@ fn normalize_host(host: &str) -> Result<String, String> {
     }
     let name = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
     if name.is_empty() || name.starts_with('.') || name.contains("..") {
-        return Err("has an empty host name label".into());
+        return Err(HostError::EmptyLabel);
     }
     // As in the WHATWG URL rules: a name whose last label is a number is an IPv4
     // address in one of inet_aton's forms, or invalid; it is never looked up by name.
@@ -75,7 +89,7 @@ fn normalize_host(host: &str) -> Result<String, String> {
     if last.bytes().all(|b| b.is_ascii_digit()) || ipv4_part(last).is_some() {
         return ipv4_number_form(&name)
             .map(|ip| ip.to_string())
-            .ok_or_else(|| format!("has host {host:?}, which is not a valid IPv4 address"));
+            .ok_or_else(|| HostError::BadIpv4(host.to_owned()));
     }
     Ok(name)
 }

@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
+use rbee_shared::lock::RwLockExt;
+
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -86,11 +88,11 @@ impl Fleet {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<HiveHandle>>> {
-        self.hives.read().unwrap_or_else(|p| p.into_inner())
+        self.hives.read_unpoisoned()
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<HiveHandle>>> {
-        self.hives.write().unwrap_or_else(|p| p.into_inner())
+        self.hives.write_unpoisoned()
     }
 
     /// Starts managing the hive at `address` (normalised). Returns its view and whether it

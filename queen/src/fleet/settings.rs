@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use rbee_shared::{MAX_SAMPLE_INTERVAL, MIN_SAMPLE_INTERVAL};
+use rbee_shared::SampleInterval;
 use serde::{Deserialize, Serialize};
 
 use crate::QueenError;
@@ -50,8 +50,8 @@ impl FleetSettings {
     /// Checks the settings make sense together.
     pub fn validate(&self) -> Result<(), QueenError> {
         let bad = |m: String| Err(QueenError::Config(m));
-        if !(MIN_SAMPLE_INTERVAL..=MAX_SAMPLE_INTERVAL).contains(&self.sample_interval) {
-            return bad("sample_interval must be 100ms..=60s".into());
+        if let Err(e) = SampleInterval::new(self.sample_interval) {
+            return bad(format!("sample_interval: {e}"));
         }
         if !(1..=100).contains(&self.stale_after_missed) {
             return bad("stale_after_missed must be 1..=100".into());
@@ -82,7 +82,7 @@ pub struct Thresholds {
     /// hosts that run flat out by design).
     pub cpu_degraded_percent: f32,
     /// The window the CPU mean is taken over, so that one spike is not "degraded".
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "rbee_shared::duration_serde")]
     pub cpu_window: Duration,
     /// RAM used at or above this is degraded.
     pub ram_degraded_percent: f32,
@@ -144,21 +144,5 @@ impl Thresholds {
             return Err(QueenError::Config("health.cpu_window must be > 0".into()));
         }
         Ok(())
-    }
-}
-
-/// `humantime` strings ("10s") for durations in the config file.
-pub(crate) mod humantime_serde_compat {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
     }
 }

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use super::{ConnState, Counters, Health, HealthReport, Origin, WindowStats};
 use rbee_shared::{HiveIdentity, Sample, VersionedCapabilities};
 
-/// One hive, as published by its connection manager.
+/// One hive, as published by its connection manager: a new one on every sample, so
+/// every part that is not a few bytes is shared (`Arc`), and a copy is cheap.
 #[derive(Debug, Clone)]
 pub struct HiveSnapshot {
     /// The address the queen dials.
@@ -35,8 +36,9 @@ pub struct HiveSnapshot {
     pub health: Arc<HealthReport>,
     /// Windowed statistics.
     pub stats: Arc<WindowStats>,
-    /// Why the last connection ended or failed.
-    pub last_error: Option<String>,
+    /// Why the last connection ended or failed (shared: a snapshot is published on
+    /// every sample, and this outlives the failure).
+    pub last_error: Option<Arc<str>>,
     /// Connection counters.
     pub counters: Counters,
     /// The sample interval asked of the hive.

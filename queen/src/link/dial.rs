@@ -24,6 +24,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use hyper_util::rt::TokioIo;
+use rbee_shared::lock::MutexExt;
+use rbee_shared::tls::read_pem_file;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -32,6 +34,7 @@ use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use super::LinkSettings;
+use super::error::{BoxError, DialError, GuardError, HiveTlsError};
 use super::identity::CertNames;
 use crate::fleet::Origin;
 use crate::fleet::address::is_loopback_address;
@@ -55,38 +58,41 @@ impl std::fmt::Debug for HiveTls {
 impl HiveTls {
     /// Trust the CA in `ca` (PEM) for hive certificates, and present `identity`
     /// (certificate and key PEM files) when given. Errors name the file.
-    pub fn from_pem_files(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<Self, String> {
+    pub fn from_pem_files(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<Self, HiveTlsError> {
+        let unusable = |what: &'static str, path: &Path| {
+            let path = path.to_owned();
+            move |e: BoxError| HiveTlsError::Unusable { what, path, source: e }
+        };
         let mut roots = RootCertStore::empty();
-        let ca_pem = rbee_shared::tls::read_pem_file(ca, "CA").map_err(|e| e.to_string())?;
+        let ca_pem = read_pem_file(ca, "CA")?;
         for cert in CertificateDer::pem_slice_iter(&ca_pem) {
-            let cert = cert.map_err(|e| format!("CA {}: {e}", ca.display()))?;
-            roots.add(cert).map_err(|e| format!("CA {}: {e}", ca.display()))?;
+            let cert = cert.map_err(|e| unusable("CA", ca)(e.into()))?;
+            roots.add(cert).map_err(|e| unusable("CA", ca)(e.into()))?;
         }
         if roots.is_empty() {
-            return Err(format!("CA {}: no certificate in it", ca.display()));
+            return Err(HiveTlsError::EmptyCa(ca.to_owned()));
         }
         let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
         let builder = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS set-up: {e}"))?
+            .map_err(HiveTlsError::Setup)?
             .with_root_certificates(roots);
-        let mut config = match identity {
-            Some((cert, key)) => {
-                let cert_pem =
-                    rbee_shared::tls::read_pem_file(cert, "certificate").map_err(|e| e.to_string())?;
-                let chain = CertificateDer::pem_slice_iter(&cert_pem)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| format!("certificate {}: {e}", cert.display()))?;
-                let key_pem =
-                    rbee_shared::tls::read_pem_file(key, "private key").map_err(|e| e.to_string())?;
-                let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
-                    .map_err(|e| format!("private key {}: {e}", key.display()))?;
-                builder
-                    .with_client_auth_cert(chain, key_der)
-                    .map_err(|e| format!("certificate {} and key {}: {e}", cert.display(), key.display()))?
-            }
-            None => builder.with_no_client_auth(),
-        };
+        let mut config =
+            match identity {
+                Some((cert, key)) => {
+                    let cert_pem = read_pem_file(cert, "certificate")?;
+                    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| unusable("certificate", cert)(e.into()))?;
+                    let key_pem = read_pem_file(key, "private key")?;
+                    let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
+                        .map_err(|e| unusable("private key", key)(e.into()))?;
+                    builder.with_client_auth_cert(chain, key_der).map_err(|source| {
+                        HiveTlsError::Identity { cert: cert.to_owned(), key: key.to_owned(), source }
+                    })?
+                }
+                None => builder.with_no_client_auth(),
+            };
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Self { config: Arc::new(config) })
     }
@@ -114,20 +120,20 @@ impl DialGuard {
     }
 
     /// Resolves `host:port` and returns its addresses if every one is allowed.
-    async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, GuardError> {
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
             .await
-            .map_err(|_| format!("{host} does not resolve, so it cannot be checked against the allow-list"))?
+            .map_err(|_| GuardError::Unresolvable { host: host.to_owned() })?
             .collect();
         if addrs.is_empty() {
-            return Err(format!("{host} resolves to nothing"));
+            return Err(GuardError::NoAddress { host: host.to_owned() });
         }
         if let Some(outside) = addrs.iter().find(|a| !(self.allows)(a.ip())) {
-            return Err(format!(
-                "{host} now resolves to {}, outside the allow-list {} (--allow); the queen will not dial it",
-                outside.ip(),
-                self.allowed
-            ));
+            return Err(GuardError::Outside {
+                host: host.to_owned(),
+                ip: outside.ip(),
+                allowed: self.allowed.to_string(),
+            });
         }
         Ok(addrs)
     }
@@ -143,7 +149,7 @@ pub(super) struct Dialed {
 
 /// Dials `address` (normalised) with the link's timeouts, keepalive and TLS. A hive from
 /// the network is held to the link's [`DialGuard`].
-pub(super) async fn dial(address: &str, s: &LinkSettings, origin: Origin) -> Result<Dialed, String> {
+pub(super) async fn dial(address: &str, s: &LinkSettings, origin: Origin) -> Result<Dialed, DialError> {
     let https = address.starts_with("https://");
     let guard = match origin {
         Origin::Api | Origin::Announced => s.dial_guard.clone(),
@@ -159,15 +165,14 @@ pub(super) async fn dial(address: &str, s: &LinkSettings, origin: Origin) -> Res
                 .tcp_nodelay(true)
         })
     };
-    let bad_address = |e: tonic::transport::Error| format!("bad address: {}", transport_reason(&e));
-    let connect_failed = |e: tonic::transport::Error| format!("cannot connect: {}", transport_reason(&e));
-    let uri: Uri = address.parse().map_err(|e| format!("bad address: {e}"))?;
-    let (host, port) = host_port(&uri).map_err(|e| format!("bad address: {e}"))?;
+    let bad_address = |e: tonic::transport::Error| DialError::BadAddress(transport_reason(&e));
+    let connect_failed = |e: tonic::transport::Error| DialError::Connect(transport_reason(&e));
+    let uri: Uri =
+        address.parse().map_err(|e: http::uri::InvalidUri| DialError::BadAddress(bounded(&e.to_string())))?;
+    let (host, port) = host_port(&uri).map_err(|e| DialError::BadAddress(e.to_owned()))?;
     match (&s.hive_tls, https) {
-        (None, true) => Err("an https:// hive needs --hive-ca (and the queen's certificate)".into()),
-        (Some(_), false) if !is_loopback_address(address) => {
-            Err("plaintext to a non-loopback hive is refused while --hive-ca is set; use https://".into())
-        }
+        (None, true) => Err(DialError::TlsNotConfigured),
+        (Some(_), false) if !is_loopback_address(address) => Err(DialError::PlaintextRefused),
         (Some(tls), true) => {
             // tonic would insist on its own TLS for an https:// URI: hand it the same
             // authority as http:// and do TLS in the connector, keeping https as the origin.
@@ -177,10 +182,10 @@ pub(super) async fn dial(address: &str, s: &LinkSettings, origin: Origin) -> Res
             let seen = connector.seen.clone();
             let channel = tokio::time::timeout(s.connect_timeout, endpoint.connect_with_connector(connector))
                 .await
-                .map_err(|_| "connect timed out".to_owned())?
+                .map_err(|_| DialError::TimedOut)?
                 .map_err(connect_failed)?;
-            let leaf = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            let leaf = leaf.ok_or("the hive presented no certificate")?;
+            let leaf = seen.lock_unpoisoned().clone();
+            let leaf = leaf.ok_or(DialError::NoCertificate)?;
             Ok(Dialed { channel, cert: Some(CertNames::from_der(&leaf)?) })
         }
         (_, false) => {
@@ -194,7 +199,7 @@ pub(super) async fn dial(address: &str, s: &LinkSettings, origin: Origin) -> Res
                     .collect(),
                 None => vec![(address.to_owned(), None)],
             };
-            let mut failure = String::from("cannot connect: no address");
+            let mut failure = DialError::Connect("no address".into());
             for (url, origin) in targets {
                 let mut endpoint = endpoint_for(url).map_err(bad_address)?;
                 if let Some(origin) = origin {
@@ -203,7 +208,7 @@ pub(super) async fn dial(address: &str, s: &LinkSettings, origin: Origin) -> Res
                 match tokio::time::timeout(s.connect_timeout, endpoint.connect()).await {
                     Ok(Ok(channel)) => return Ok(Dialed { channel, cert: None }),
                     Ok(Err(e)) => failure = connect_failed(e),
-                    Err(_) => failure = "connect timed out".to_owned(),
+                    Err(_) => failure = DialError::TimedOut,
                 }
             }
             Err(failure)
@@ -236,8 +241,6 @@ impl TlsConnector {
     }
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
 impl tower::Service<Uri> for TlsConnector {
     type Response = TokioIo<TlsStream<TcpStream>>;
     type Error = BoxError;
@@ -262,7 +265,7 @@ impl tower::Service<Uri> for TlsConnector {
             let stream = tls.connect(name, tcp).await?;
             let leaf =
                 stream.get_ref().1.peer_certificates().and_then(|c| c.first()).ok_or("no certificate")?;
-            let mut first = seen.lock().unwrap_or_else(|p| p.into_inner());
+            let mut first = seen.lock_unpoisoned();
             match first.as_ref() {
                 None => *first = Some(leaf.clone().into_owned()),
                 Some(held) if held == leaf => {}
@@ -339,17 +342,17 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = format!("http://localhost:{}", listener.local_addr().unwrap().port());
         for origin in [Origin::Api, Origin::Announced] {
-            let err = dial(&address, &guarded(false), origin).await.err().unwrap();
+            let err = dial(&address, &guarded(false), origin).await.err().unwrap().to_string();
             assert!(err.contains("outside the allow-list [test]"), "{origin:?}: {err}");
         }
         // The queen's own configuration is not held to the allow-list.
         for origin in [Origin::Static, Origin::Local] {
             let r = dial(&address, &guarded(false), origin).await;
-            assert!(r.as_ref().err().is_none_or(|e| !e.contains("allow-list")), "{origin:?}");
+            assert!(r.as_ref().err().is_none_or(|e| !e.to_string().contains("allow-list")), "{origin:?}");
         }
         // Allowed, the checked address is dialed (it accepts the TCP connection).
         let r = dial(&address, &guarded(true), Origin::Api).await;
-        assert!(r.as_ref().err().is_none_or(|e| !e.contains("allow-list")));
+        assert!(r.as_ref().err().is_none_or(|e| !e.to_string().contains("allow-list")));
     }
 
     #[test]

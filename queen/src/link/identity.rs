@@ -16,6 +16,8 @@
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use super::error::CertError;
+
 /// The URI SAN prefix that names a hive id: `rbee-hive-id:gpu-node-7`.
 pub const HIVE_ID_URI_PREFIX: &str = "rbee-hive-id:";
 
@@ -38,16 +40,13 @@ pub struct CertNames {
 
 impl CertNames {
     /// The names in a DER certificate.
-    pub fn from_der(der: &[u8]) -> Result<Self, String> {
-        let (_, cert) = X509Certificate::from_der(der)
-            .map_err(|e| format!("the hive's certificate cannot be parsed: {e}"))?;
+    pub fn from_der(der: &[u8]) -> Result<Self, CertError> {
+        let (_, cert) = X509Certificate::from_der(der).map_err(|e| CertError::Unparsable(e.to_string()))?;
         let mut names = Self {
             common_name: cert.subject().iter_common_name().find_map(|cn| cn.as_str().ok()).map(str::to_owned),
             ..Self::default()
         };
-        let san = cert
-            .subject_alternative_name()
-            .map_err(|e| format!("the hive's certificate has a bad subjectAltName: {e}"))?;
+        let san = cert.subject_alternative_name().map_err(|e| CertError::BadSubjectAltName(e.to_string()))?;
         for name in san.iter().flat_map(|san| san.value.general_names.iter()) {
             match name {
                 GeneralName::DNSName(dns) => names.dns.push((*dns).to_owned()),
@@ -64,7 +63,7 @@ impl CertNames {
 
     /// Whether the certificate lets its hive claim `hive_id` (the rule in the module
     /// docs). The refusal says what the certificate does carry.
-    pub fn check(&self, hive_id: &str) -> Result<(), String> {
+    pub fn check(&self, hive_id: &str) -> Result<(), CertError> {
         let same_name = |name: &str| !name.starts_with("*.") && name.eq_ignore_ascii_case(hive_id);
         let bound = self.ids.iter().any(|id| id == hive_id)
             || self.dns.iter().any(|dns| same_name(dns))
@@ -72,12 +71,7 @@ impl CertNames {
         if bound {
             return Ok(());
         }
-        Err(format!(
-            "hive id {:?} is not in the hive's TLS certificate ({}); with mutual TLS a hive may only \
-             claim an id its certificate carries (a DNS name, the CN, or a {HIVE_ID_URI_PREFIX}ID URI)",
-            shorten(hive_id),
-            self.describe()
-        ))
+        Err(CertError::NotBound { id: shorten(hive_id).to_owned(), carries: self.describe() })
     }
 
     /// What the certificate carries, bounded.
@@ -149,7 +143,7 @@ mod tests {
         assert!(names.check("gpu-node-7").is_ok());
         assert!(names.check("GPU-Node-7").is_ok());
         assert!(names.check("gpu-node-7.lan").is_ok());
-        let err = names.check("gpu-node-8").unwrap_err();
+        let err = names.check("gpu-node-8").unwrap_err().to_string();
         assert!(err.contains("\"gpu-node-8\" is not in the hive's TLS certificate"), "{err}");
         assert!(err.contains("DNS names \"gpu-node-7\", \"gpu-node-7.lan\""), "{err}");
     }
@@ -158,7 +152,7 @@ mod tests {
     fn the_common_name_binds_its_id() {
         let names = cert(Some("hive-a"), vec![]);
         assert!(names.check("hive-a").is_ok());
-        assert!(names.check("hive-b").unwrap_err().contains("CN \"hive-a\""));
+        assert!(names.check("hive-b").unwrap_err().to_string().contains("CN \"hive-a\""));
     }
 
     #[test]
@@ -175,14 +169,14 @@ mod tests {
         let names = cert(None, vec![dns("*.gpu.lan")]);
         assert!(names.check("*.gpu.lan").is_err());
         assert!(names.check("a.gpu.lan").is_err());
-        let err = cert(None, vec![]).check("x").unwrap_err();
+        let err = cert(None, vec![]).check("x").unwrap_err().to_string();
         assert!(err.contains("carries no names"), "{err}");
     }
 
     #[test]
     fn a_refusal_is_bounded_whatever_the_certificate_carries() {
         let many: Vec<SanType> = (0..50).map(|i| dns(&format!("{}-{i}", "n".repeat(200)))).collect();
-        let err = cert(Some(&"c".repeat(60)), many).check(&"x".repeat(1000)).unwrap_err();
+        let err = cert(Some(&"c".repeat(60)), many).check(&"x".repeat(1000)).unwrap_err().to_string();
         assert!(err.len() < 800, "{} bytes: {err}", err.len());
         assert!(err.contains("46 more"), "{err}");
     }

@@ -1,6 +1,7 @@
 //! Applying a hive's stream to the queen's view of it: snapshots replace, diffs apply
-//! only on their exact base, samples pass through. Pure and synchronous, so every
-//! rule is testable without a network.
+//! only on their exact base, samples pass through unless they were measured against
+//! capabilities newer than the ones held (then a diff was lost). Pure and synchronous,
+//! so every rule is testable without a network.
 
 use std::sync::Arc;
 
@@ -102,11 +103,6 @@ impl IngestState {
         self.last_seq = 0;
     }
 
-    /// The epoch and version to resume with, when known.
-    pub fn resume_point(&self) -> Option<(String, u64)> {
-        Some((self.identity.as_ref()?.epoch.clone(), self.caps.as_ref()?.version))
-    }
-
     /// Applies one message.
     pub fn apply(&mut self, msg: HiveStreamMessage) -> Outcome {
         let expected = self.last_seq + 1;
@@ -125,7 +121,17 @@ impl IngestState {
                 self.awaiting_resync = true;
                 Outcome::NeedResync(gap.unwrap_or_default())
             }
-            HivePayload::Sample(s) => Outcome::Sample(s),
+            HivePayload::Sample(s) => match s.capability_version {
+                // The hive moved on to capabilities the queen never received.
+                Some(stamped) if stamped > self.version() => {
+                    self.awaiting_resync = true;
+                    Outcome::NeedResync(format!(
+                        "a sample was measured against capability version {stamped}, newer than the {} held",
+                        self.version()
+                    ))
+                }
+                _ => Outcome::Sample(s),
+            },
             HivePayload::Diff(diff) => {
                 let Some(held) = &self.caps else {
                     self.awaiting_resync = true;
@@ -235,6 +241,31 @@ mod tests {
         assert_eq!(s.apply(msg(4, snapshot("e1", 6))), Outcome::Snapshot { restarted: false });
         assert!(!s.awaiting_resync);
         assert_eq!(s.apply(msg(5, add(6, "z"))), Outcome::Diff);
+    }
+
+    fn sample(capability_version: Option<u64>) -> HivePayload {
+        HivePayload::Sample(Sample { capability_version, ..Default::default() })
+    }
+
+    #[test]
+    fn a_sample_measured_against_newer_capabilities_is_not_applied_and_asks_for_a_resync() {
+        let mut s = IngestState::default();
+        s.start_stream();
+        s.apply(msg(1, snapshot("e1", 3)));
+        // Stamped with the held version, an older one, or not at all: applied.
+        for (seq, stamp) in [(2, Some(3)), (3, Some(2)), (4, None)] {
+            assert!(matches!(s.apply(msg(seq, sample(stamp))), Outcome::Sample(_)), "{stamp:?}");
+        }
+        // Stamped newer than held: the diff to version 4 was lost.
+        let outcome = s.apply(msg(5, sample(Some(4))));
+        assert!(
+            matches!(&outcome, Outcome::NeedResync(r) if r.contains("version 4, newer than the 3 held")),
+            "{outcome:?}"
+        );
+        assert!(s.awaiting_resync);
+        assert_eq!(s.apply(msg(6, sample(Some(4)))), Outcome::Dropped, "nothing applies until the snapshot");
+        assert_eq!(s.apply(msg(7, snapshot("e1", 4))), Outcome::Snapshot { restarted: false });
+        assert!(matches!(s.apply(msg(8, sample(Some(4)))), Outcome::Sample(_)));
     }
 
     #[test]

@@ -10,26 +10,33 @@ use std::time::Duration;
 
 use rbee_proto::v1 as pb;
 use rbee_proto::v1::hive_client::HiveClient;
-use rbee_shared::{HiveIdentity, HiveStreamMessage, Sample, VersionedCapabilities};
+use rbee_shared::backoff::Backoff;
+use rbee_shared::stream_message::KnownView;
+use rbee_shared::warn_limit::{Verdict, WarnLimiter};
+use rbee_shared::{
+    HiveIdentity, HiveStreamMessage, QueenStreamMessage, Sample, SampleInterval, VersionedCapabilities,
+};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 use super::LinkSettings;
-use super::backoff::Backoff;
 use super::dial::{call_reason, stream_reason};
 use super::error::LinkError;
 use super::health::{HealthInput, evaluate};
 use super::identity::CertNames;
 use super::ingest::{IngestState, Outcome};
-use super::warn::WarnLimiter;
 use super::window::SampleWindow;
 use crate::fleet::{ConnState, Fleet, FleetEvent, FleetSettings, HiveSnapshot, NewHive};
 
 /// Largest message the queen accepts from a hive.
 pub const MAX_HIVE_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// At most one warning about a hive per this period.
+const WARN_PERIOD: Duration = Duration::from_secs(10);
 
 /// Shortest bound on an unanswered resync.
 const MIN_RESYNC_TIMEOUT: Duration = Duration::from_secs(1);
@@ -67,8 +74,9 @@ struct Manager {
     resync_since: Option<Instant>,
     /// The window's clock.
     started: Instant,
-    /// Repeated warnings about this hive, rate-limited.
-    warnings: WarnLimiter,
+    /// Repeated warnings about this hive, rate-limited: one line per period for the
+    /// link (its one key), with the count of the ones left out.
+    warnings: WarnLimiter<()>,
     /// The names in the current connection's TLS certificate, which bound the hive id.
     cert: Option<CertNames>,
 }
@@ -90,10 +98,10 @@ pub(super) async fn manage(hive: NewHive, link: Arc<LinkSettings>) {
         last_applied: Instant::now(),
         resync_since: None,
         started: Instant::now(),
-        warnings: WarnLimiter::new(Duration::from_secs(10)),
+        warnings: WarnLimiter::new(1, WARN_PERIOD, 1),
         cert: None,
     };
-    let mut backoff = Backoff { min: link.backoff_min, max: link.backoff_max, attempt: 0 };
+    let mut backoff = Backoff::new(link.backoff_min, link.backoff_max);
     loop {
         m.set_state(ConnState::Connecting, "dialing");
         let reached_online = match m.session(&cancel).await {
@@ -101,7 +109,7 @@ pub(super) async fn manage(hive: NewHive, link: Arc<LinkSettings>) {
             (End::Failed(error), online) => {
                 let reason = error.to_string();
                 tracing::info!(address = %m.view.address, %reason, "hive connection ended");
-                m.view.last_error = Some(reason.clone());
+                m.view.last_error = Some(Arc::from(reason.as_str()));
                 m.set_state(ConnState::Lost, &reason);
                 online
             }
@@ -109,7 +117,7 @@ pub(super) async fn manage(hive: NewHive, link: Arc<LinkSettings>) {
         if reached_online {
             backoff.reset();
         }
-        let delay = backoff.next();
+        let delay = backoff.next_delay();
         tokio::select! {
             () = cancel.cancelled() => break,
             () = tokio::time::sleep(delay) => {}
@@ -153,6 +161,8 @@ impl Manager {
         };
         let report = Arc::new(evaluate(&input, &self.fleet.settings().thresholds));
         let before = std::mem::replace(&mut self.view.health, report);
+        // A shallow copy: identity, capabilities, sample, health, stats and the last
+        // error are shared; only the address and a few numbers are copied.
         let snapshot = Arc::new(self.view.clone());
         self.tx.send_replace(snapshot.clone());
         if snapshot.health.health != before.health
@@ -216,7 +226,9 @@ impl Manager {
         let received_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.window.push(&sample, received_ms);
         self.view.stats = Arc::new(self.window.stats());
-        self.sample_version = self.ingest.version();
+        // The version the hive measured against (ingest refused a newer one than held);
+        // hives that predate the stamp measured against the held version.
+        self.sample_version = sample.capability_version.unwrap_or_else(|| self.ingest.version());
         self.view.latest = Some(Arc::new(sample));
         self.view.latest_received = Some(std::time::Instant::now());
         self.view.samples_applied += 1;
@@ -229,17 +241,16 @@ impl Manager {
     }
 
     async fn connect(&mut self) -> Result<HiveClient<Channel>, LinkError> {
-        let dialed = super::dial::dial(&self.view.address, &self.link, self.view.origin)
-            .await
-            .map_err(LinkError::Dial)?;
+        let dialed = super::dial::dial(&self.view.address, &self.link, self.view.origin).await?;
         self.cert = dialed.cert;
         Ok(HiveClient::new(dialed.channel).max_decoding_message_size(MAX_HIVE_MESSAGE_BYTES))
     }
 
-    /// Dials, discovers and opens the stream.
+    /// Dials, discovers and opens the stream. What the link sends the hive goes through
+    /// the returned channel as domain messages; they become wire messages here only.
     async fn open(
         &mut self,
-    ) -> Result<(tonic::Streaming<pb::HiveMessage>, mpsc::Sender<pb::QueenMessage>), LinkError> {
+    ) -> Result<(tonic::Streaming<pb::HiveMessage>, mpsc::Sender<QueenStreamMessage>), LinkError> {
         let mut client = self.connect().await?;
         let discover =
             tokio::time::timeout(self.link.connect_timeout, client.discover(pb::DiscoverRequest {}))
@@ -255,16 +266,17 @@ impl Manager {
         )?;
         let (epoch, version) = (identity.epoch.clone(), caps.version);
         self.take_full(identity, caps)?;
-        let (out, out_rx) = mpsc::channel::<pb::QueenMessage>(4);
-        let first = pb::QueenMessage {
-            sample_interval_ms: Some(self.view.sample_interval.as_millis() as u32),
-            known_epoch: Some(epoch),
-            known_capability_version: Some(version),
+        let (out, out_rx) = mpsc::channel::<QueenStreamMessage>(4);
+        let first = QueenStreamMessage {
+            // The fleet's settings were validated: the interval is within bounds.
+            sample_interval: SampleInterval::new(self.view.sample_interval).ok(),
+            known: Some(KnownView { epoch, capability_version: version }),
             resync: false,
         };
         // A new channel has room for the first message.
         let _ = out.try_send(first);
-        let open = client.metrics_stream(ReceiverStream::new(out_rx));
+        let wire = ReceiverStream::new(out_rx).map(|m| pb::QueenMessage::from(&m));
+        let open = client.metrics_stream(wire);
         let inbound = tokio::time::timeout(self.link.connect_timeout, open)
             .await
             .map_err(|_| LinkError::Timeout("MetricsStream"))?
@@ -343,18 +355,22 @@ impl Manager {
     }
 
     /// Asks the hive for a snapshot, once per unanswered request.
-    fn ask_resync(&mut self, out: &mpsc::Sender<pb::QueenMessage>) {
+    fn ask_resync(&mut self, out: &mpsc::Sender<QueenStreamMessage>) {
         if self.resync_since.is_some() {
             return;
         }
         self.resync_since = Some(Instant::now());
         self.view.counters.resyncs += 1;
         // A new request finds room: at most one is outstanding.
-        let _ = out.try_send(pb::QueenMessage { resync: true, ..Default::default() });
+        let _ = out.try_send(QueenStreamMessage { resync: true, ..Default::default() });
     }
 
     /// Applies one stream message. `Err` ends the connection.
-    fn handle(&mut self, m: &pb::HiveMessage, out: &mpsc::Sender<pb::QueenMessage>) -> Result<(), LinkError> {
+    fn handle(
+        &mut self,
+        m: &pb::HiveMessage,
+        out: &mpsc::Sender<QueenStreamMessage>,
+    ) -> Result<(), LinkError> {
         if m.hive_time_unix_ms != 0 {
             let now = rbee_shared::time::now_unix_ms();
             self.view.clock_skew_ms = Some(m.hive_time_unix_ms as i64 - now as i64);
@@ -363,7 +379,7 @@ impl Manager {
             Ok(message) => message,
             Err(e) => {
                 self.view.counters.invalid_messages += 1;
-                if let Some(suppressed) = self.warnings.allow() {
+                if let Verdict::Log { suppressed } = self.warnings.check(&()) {
                     tracing::warn!(address = %self.view.address, error = %e, suppressed,
                         "invalid message from hive; asking for a resync");
                 }
@@ -386,7 +402,7 @@ impl Manager {
             Outcome::Sample(s) => self.take_sample(s),
             Outcome::NeedResync(reason) => {
                 self.view.counters.gaps += 1;
-                if let Some(suppressed) = self.warnings.allow() {
+                if let Verdict::Log { suppressed } = self.warnings.check(&()) {
                     tracing::warn!(address = %self.view.address, %reason, suppressed,
                         "gap in the hive's stream; asking for a resync");
                 }

@@ -4,7 +4,6 @@
 //! With mutual TLS it holds each hive to the ids its certificate carries ([`identity`]).
 //! Imports the fleet and `rbee_shared`, nothing above.
 
-mod backoff;
 mod dial;
 mod error;
 pub mod health;
@@ -12,13 +11,12 @@ pub mod identity;
 pub mod ingest;
 mod manager;
 mod settings;
-mod warn;
 pub mod window;
 
 use std::sync::Arc;
 
 pub use dial::{DialGuard, HiveTls};
-pub use error::{IngestError, LinkError};
+pub use error::{CertError, DialError, GuardError, HiveTlsError, IngestError, LinkError};
 pub use manager::MAX_HIVE_MESSAGE_BYTES;
 pub use settings::LinkSettings;
 

@@ -30,6 +30,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use rbee_shared::lock::{MutexExt, RwLockExt};
+
 use self::book::{Book, BookLimits, Page, Reservation};
 pub use self::events::{SCHEDULER_EVENT_CAPACITY, SchedulerEvent};
 use self::policy::{DEFAULT_POLICY, DEFAULT_POLICY_NAME, Limits, Policy, PolicyRuntime};
@@ -230,12 +232,12 @@ impl Scheduler {
 
     /// The policy in use.
     fn policy(&self) -> Arc<Policy> {
-        self.current.read().unwrap_or_else(|p| p.into_inner()).policy.clone()
+        self.current.read_unpoisoned().policy.clone()
     }
 
     /// Remembers a failure for `GetPolicy`.
     fn note_error(&self, message: String) {
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(message);
+        *self.last_error.lock_unpoisoned() = Some(message);
     }
 
     /// Releases a reservation.
@@ -255,14 +257,14 @@ impl Scheduler {
 
     /// The policy in use and its failure counts.
     pub fn status(&self) -> PolicyStatus {
-        let loaded = self.current.read().unwrap_or_else(|p| p.into_inner());
+        let loaded = self.current.read_unpoisoned();
         PolicyStatus {
             source: loaded.policy.source.clone(),
             loaded_at_unix_ms: loaded.at_ms,
             failures: self.failures.load(Ordering::Relaxed),
             fallbacks: self.fallbacks.load(Ordering::Relaxed),
             reload_failures: self.reload_failures.load(Ordering::Relaxed),
-            last_error: self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            last_error: self.last_error.lock_unpoisoned().clone(),
         }
     }
 }

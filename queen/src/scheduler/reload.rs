@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use rbee_shared::lock::RwLockExt;
+
 use super::policy::PolicyError;
 use super::request::PlaceRequest;
 use super::{Loaded, Scheduler};
@@ -16,7 +18,7 @@ impl Scheduler {
         let policy = self.runtime.compile(source, &text)?;
         let probe = PlaceRequest { dry_run: true, ..PlaceRequest::gpu(1) };
         self.runtime.run(&policy, &probe, &self.view())?;
-        let mut loaded = self.current.write().unwrap_or_else(|p| p.into_inner());
+        let mut loaded = self.current.write_unpoisoned();
         *loaded =
             Loaded { policy: Arc::new(policy), at_ms: rbee_shared::time::now_unix_ms(), text: Some(text) };
         Ok(())
@@ -32,8 +34,7 @@ impl Scheduler {
                 return;
             }
         };
-        let same =
-            self.current.read().unwrap_or_else(|p| p.into_inner()).text.as_deref() == Some(text.as_str());
+        let same = self.current.read_unpoisoned().text.as_deref() == Some(text.as_str());
         if same {
             return;
         }
@@ -46,7 +47,7 @@ impl Scheduler {
                 tracing::error!(policy = %path.display(), error = %e, "policy edit refused; keeping the previous policy");
                 self.note_error(format!("policy edit {} refused: {e}", path.display()));
                 // Remember the refused text so the same broken edit is not retried every tick.
-                self.current.write().unwrap_or_else(|p| p.into_inner()).text = Some(text);
+                self.current.write_unpoisoned().text = Some(text);
             }
         }
     }

@@ -83,9 +83,8 @@ impl TryFrom<&pb::PlaceRequest> for PlaceRequest {
         if r.model.len() > 256 {
             return bad(format!("model is {} bytes > 256", r.model.len()));
         }
-        if r.labels.len() > 64 || r.labels.iter().any(|(k, v)| k.is_empty() || k.len() > 256 || v.len() > 256)
-        {
-            return bad("labels: at most 64, keys 1..=256 bytes, values <= 256 bytes".into());
+        if let Err(e) = rbee_shared::labels::validate_labels(r.labels.iter()) {
+            return bad(format!("labels: {e}"));
         }
         let kind = match pb::DeviceKind::try_from(r.device_kind) {
             Ok(pb::DeviceKind::Unspecified) => DeviceKind::Any,
@@ -193,6 +192,20 @@ mod tests {
         assert!(PlaceRequest::try_from(&ttl).unwrap_err().to_string().contains("ttl_ms"));
         let kind = pb::PlaceRequest { vram_bytes: 1, device_kind: 42, ..Default::default() };
         assert!(PlaceRequest::try_from(&kind).unwrap_err().to_string().contains("device_kind"));
+    }
+
+    #[test]
+    fn request_labels_follow_the_one_label_rule() {
+        let with = |k: &str| pb::PlaceRequest {
+            vram_bytes: 1,
+            labels: [(k.to_owned(), "v".to_owned())].into(),
+            ..Default::default()
+        };
+        assert!(PlaceRequest::try_from(&with("rbee.dev/zone")).is_ok());
+        for bad in ["", "a b", &"k".repeat(64)] {
+            let err = PlaceRequest::try_from(&with(bad)).unwrap_err().to_string();
+            assert!(err.starts_with("labels: label key"), "{bad:?}: {err}");
+        }
     }
 
     #[test]

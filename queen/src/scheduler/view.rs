@@ -5,6 +5,7 @@
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use rbee_shared::bytesize::format_bytes;
+use rbee_shared::lock::RwLockExt;
 
 use super::book::Book;
 use super::request::{DeviceKind, PlaceRequest};
@@ -54,12 +55,12 @@ pub struct DeviceRef {
 
 /// Reads the book (placement scans run side by side).
 pub fn read(book: &RwLock<Book>) -> RwLockReadGuard<'_, Book> {
-    book.read().unwrap_or_else(|p| p.into_inner())
+    book.read_unpoisoned()
 }
 
 /// Writes the book (reserve, release, settle: short, and never across an `.await`).
 pub fn write(book: &RwLock<Book>) -> RwLockWriteGuard<'_, Book> {
-    book.write().unwrap_or_else(|p| p.into_inner())
+    book.write_unpoisoned()
 }
 
 impl DeviceRef {

@@ -1,14 +1,15 @@
-//! Test helpers: real hives and a real queen on 127.0.0.1:0, the generated clients,
-//! and a TCP proxy that can go silent (a partition that keeps sockets open).
+//! Test helpers: real hives (the hive crate's own [`TestHive`], one harness for both
+//! crates) and a real queen on 127.0.0.1:0, the generated clients, and a TCP proxy that
+//! can go silent (a partition that keeps sockets open).
 
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use rbee_hive::HiveConfig;
-use rbee_hive::monitor::GpuChoice;
-use rbee_hive::source::simulated::Scenario;
+// Not every test file starts a hive.
+#[allow(unused_imports)]
+pub use rbee_hive::test_support::{DEADLINE, ONE_GPU, TestHive, bind_retrying};
 use rbee_proto::v1 as pb;
 use rbee_proto::v1::fleet_client::FleetClient;
 use rbee_queen::QueenConfig;
@@ -21,18 +22,6 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 
 pub mod scripted;
-
-/// How long any expected event may take before a test fails.
-pub const DEADLINE: Duration = Duration::from_secs(15);
-
-pub const ONE_GPU: &str = r#"
-[[gpu]]
-id = "GPU-static-0"
-vram_total = "80GiB"
-util_percent = [10, 20]
-vram_used = ["1GiB"]
-temperature_c = [40]
-"#;
 
 /// Fast settings for tests: 200 ms samples, stale after 600 ms, lost after 2 s. The
 /// host CPU rule is off: the test machine's own load must not make hives degraded.
@@ -62,66 +51,12 @@ pub fn fast_config(hives: Vec<String>) -> QueenConfig {
     QueenConfig { link: fast_link(), ..QueenConfig::new(fast_settings(), hives) }
 }
 
-/// A hive running in this process.
-pub struct TestHive {
-    pub addr: SocketAddr,
-    pub id: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), rbee_hive::HiveError>>,
-}
-
-impl TestHive {
-    pub async fn start(id: &str, scenario: &str) -> Self {
-        Self::start_on("127.0.0.1:0".parse().unwrap(), id, scenario, None).await
-    }
-
-    pub async fn start_on(addr: SocketAddr, id: &str, scenario: &str, queen: Option<String>) -> Self {
-        let mut config = HiveConfig::new(id, GpuChoice::Simulated(Scenario::parse(scenario).unwrap()));
-        config.queen = queen;
-        Self::start_config_on(addr, config).await
-    }
-
-    pub async fn start_config(config: HiveConfig) -> Self {
-        Self::start_config_on("127.0.0.1:0".parse().unwrap(), config).await
-    }
-
-    pub async fn start_config_on(addr: SocketAddr, mut config: HiveConfig) -> Self {
-        config.rescan_interval = Duration::from_millis(100);
-        let id = config.hive_id.clone();
-        let listener = bind_retrying(addr).await;
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(rbee_hive::run(config, listener, async {
-            let _ = rx.await;
-        }));
-        Self { addr, id, stop: Some(tx), task }
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// Kills the hive: the server future is dropped, its connections close at once.
-    pub async fn kill(self) {
-        self.task.abort();
-        let _ = self.task.await;
-    }
-
-    pub async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        let _ = tokio::time::timeout(DEADLINE, self.task).await;
-    }
-}
-
-async fn bind_retrying(addr: SocketAddr) -> TcpListener {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        match TcpListener::bind(addr).await {
-            Ok(l) => return l,
-            Err(e) if Instant::now() > deadline => panic!("cannot bind {addr}: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
+/// A hive configuration for tests (simulated GPUs from `scenario`, fast rescans),
+/// announcing itself to `queen` when given.
+pub fn hive_config(id: &str, scenario: &str, queen: Option<String>) -> rbee_hive::HiveConfig {
+    let mut config = rbee_hive::test_support::config(id, scenario);
+    config.queen = queen;
+    config
 }
 
 /// A queen running in this process.

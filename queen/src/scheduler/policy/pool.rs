@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
+use rbee_shared::lock::MutexExt;
+
 /// Longest a call waits for a free worker before it is refused.
 pub const MAX_START_WAIT: Duration = Duration::from_secs(2);
 
@@ -154,7 +156,7 @@ impl Pool {
 /// A worker: runs jobs until the pool is dropped. A job that panics kills only itself.
 fn work(queue: &Mutex<mpsc::Receiver<Job>>) {
     loop {
-        let job = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
+        let job = queue.lock_unpoisoned().recv();
         match job {
             Ok(job) => {
                 if std::panic::catch_unwind(AssertUnwindSafe(job)).is_err() {
