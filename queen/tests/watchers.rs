@@ -95,7 +95,7 @@ async fn greedy_watcher(addr: SocketAddr, streams: usize) -> (usize, oneshot::Se
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watchers_that_never_read_cannot_grow_the_queen_without_bound() {
-    let hive = TestHive::start("wide", &many_gpus()).await;
+    let hive = TestHive::start_named("wide", &many_gpus()).await;
     let mut config = fast_config(vec![hive.url()]);
     config.fleet.sample_interval = Duration::from_millis(100);
     config.admission.max_watchers = 64;
