@@ -208,3 +208,82 @@ pub fn as_diff(m: &pb::HiveMessage) -> Option<pb::CapabilityDiff> {
         _ => None,
     }
 }
+
+/// This process's resident memory, from `/proc/self/status`.
+pub fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("a VmRSS line");
+    line.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()).expect("VmRSS in kB") * 1024
+}
+
+/// One message as a gRPC length-prefixed frame.
+pub fn grpc_frame(m: &impl prost::Message) -> bytes::Bytes {
+    let body = m.encode_to_vec();
+    let mut out = Vec::with_capacity(body.len() + 5);
+    out.push(0);
+    out.extend_from_slice(&u32::try_from(body.len()).expect("a small message").to_be_bytes());
+    out.extend_from_slice(&body);
+    out.into()
+}
+
+/// A reader that never reads: opens `streams` calls of the gRPC method `path` (e.g.
+/// `/rbee.v1.Hive/MetricsStream`) on one HTTP/2 connection to `addr` that grants a
+/// 1 GiB window, sends `request` on each (ending the request stream when
+/// `end_request`), then stops reading its socket while keeping it open. Returns how
+/// many calls the server accepted (not refused with RESOURCE_EXHAUSTED) and a sender
+/// that ends the connection.
+pub async fn greedy_reader(
+    addr: SocketAddr,
+    path: &str,
+    request: bytes::Bytes,
+    end_request: bool,
+    streams: usize,
+) -> (usize, oneshot::Sender<()>) {
+    let socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut client, connection) = h2::client::Builder::new()
+        .initial_window_size(1 << 30)
+        .initial_connection_window_size(1 << 30)
+        .max_concurrent_reset_streams(10_000)
+        .handshake::<_, bytes::Bytes>(socket)
+        .await
+        .expect("an HTTP/2 handshake");
+    let (freeze_tx, freeze_rx) = oneshot::channel::<()>();
+    let (end_tx, end_rx) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let mut connection = std::pin::pin!(connection);
+        tokio::select! {
+            _ = &mut connection => return,
+            _ = freeze_rx => {}
+        }
+        // Frozen: the socket stays open and nobody reads it.
+        let _ = end_rx.await;
+    });
+    let mut accepted = 0;
+    let mut held = Vec::new();
+    for _ in 0..streams {
+        client = client.ready().await.expect("room for a stream");
+        let call = http::Request::builder()
+            .method("POST")
+            .uri(format!("http://{addr}{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .expect("a request");
+        let (response, mut send) = client.send_request(call, false).expect("a stream");
+        // A refused stream may already be closed: the server answered before the body.
+        let _ = send.send_data(request.clone(), end_request);
+        let response = tokio::time::timeout(DEADLINE, response).await.expect("an answer").expect("headers");
+        let refused = response.headers().get("grpc-status").is_some_and(|s| s == "8");
+        if !refused {
+            accepted += 1;
+        }
+        held.push((send, response));
+    }
+    let _ = freeze_tx.send(());
+    // Keep every stream (and the client) alive while frozen.
+    tokio::spawn(async move {
+        let _keep = (client, held);
+        std::future::pending::<()>().await;
+    });
+    (accepted, end_tx)
+}

@@ -9,25 +9,15 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::*;
 use prost::Message;
 use rbee_proto::v1 as pb;
 use rbee_proto::v1::hive_client::HiveClient;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 const QUEEN_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
-
-fn grpc_frame(m: &impl Message) -> Bytes {
-    let body = m.encode_to_vec();
-    let mut out = Vec::with_capacity(body.len() + 5);
-    out.push(0);
-    out.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
-    out.extend_from_slice(&body);
-    out.into()
-}
 
 /// A queen that answers every `rbee.v1.Fleet/Announce` with `added: true` and reports
 /// each announce on a channel. Nothing else.
@@ -118,70 +108,11 @@ async fn a_third_party_stream_does_not_hold_back_the_re_announce_after_a_queen_r
     assert!(as_sample(&watcher.next().await.unwrap()).is_some());
 }
 
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
-}
-
 /// A scenario with 64 GPUs, so that each sample is a few KiB.
 fn many_gpus() -> String {
     (0..64)
         .map(|i| format!("[[gpu]]\nid = \"GPU-sim-{i:02}\"\nvram_total = \"80GiB\"\nutil_percent = [10, 90]\nvram_used = [\"1GiB\"]\ntemperature_c = [40]\npower_draw_w = [300]\n"))
         .collect()
-}
-
-/// Opens `streams` MetricsStreams on one connection that grants a 1 GiB window, then
-/// stops reading the socket (the connection stays open). Returns how many the hive
-/// accepted and a sender that ends the connection.
-async fn greedy_reader(addr: SocketAddr, streams: usize) -> (usize, oneshot::Sender<()>) {
-    let socket = TcpStream::connect(addr).await.unwrap();
-    let (mut client, connection) = h2::client::Builder::new()
-        .initial_window_size(1 << 30)
-        .initial_connection_window_size(1 << 30)
-        .max_concurrent_reset_streams(10_000)
-        .handshake::<_, Bytes>(socket)
-        .await
-        .unwrap();
-    let (freeze_tx, freeze_rx) = oneshot::channel::<()>();
-    let (end_tx, end_rx) = oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let mut connection = std::pin::pin!(connection);
-        tokio::select! {
-            _ = &mut connection => return,
-            _ = freeze_rx => {}
-        }
-        // Frozen: the socket stays open and nobody reads it.
-        let _ = end_rx.await;
-    });
-    let mut accepted = 0;
-    let mut held = Vec::new();
-    for _ in 0..streams {
-        client = client.ready().await.unwrap();
-        let request = http::Request::builder()
-            .method("POST")
-            .uri(format!("http://{addr}/rbee.v1.Hive/MetricsStream"))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(())
-            .unwrap();
-        let (response, mut send) = client.send_request(request, false).unwrap();
-        // A refused stream may already be closed: the hive answered before the body.
-        let _ = send.send_data(grpc_frame(&subscribe(100)), false);
-        let response = tokio::time::timeout(DEADLINE, response).await.unwrap().unwrap();
-        let refused = response.headers().get("grpc-status").is_some_and(|s| s == "8");
-        if !refused {
-            accepted += 1;
-        }
-        held.push((send, response));
-    }
-    let _ = freeze_tx.send(());
-    // Keep every stream (and the client) alive while frozen.
-    tokio::spawn(async move {
-        let _keep = (client, held);
-        std::future::pending::<()>().await;
-    });
-    (accepted, end_tx)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,7 +123,9 @@ async fn readers_that_never_read_cannot_grow_the_hive_without_bound() {
     let mut accepted = 0;
     let mut connections = Vec::new();
     for _ in 0..10 {
-        let (n, end) = greedy_reader(hive.addr, 100).await;
+        let (n, end) =
+            greedy_reader(hive.addr, "/rbee.v1.Hive/MetricsStream", grpc_frame(&subscribe(100)), false, 100)
+                .await;
         accepted += n;
         connections.push(end);
     }

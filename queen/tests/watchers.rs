@@ -4,32 +4,13 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::*;
-use prost::Message;
+use rbee_hive::test_support::{greedy_reader, grpc_frame, rss_bytes};
 use rbee_proto::v1 as pb;
 use rbee_queen::QueenConfig;
-use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 use tokio::time::Instant;
-
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
-}
-
-fn grpc_frame(m: &impl Message) -> Bytes {
-    let body = m.encode_to_vec();
-    let mut out = Vec::with_capacity(body.len() + 5);
-    out.push(0);
-    out.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
-    out.extend_from_slice(&body);
-    out.into()
-}
 
 /// 64 GPUs, so that every sample event is a few KiB.
 fn many_gpus() -> String {
@@ -41,56 +22,6 @@ fn many_gpus() -> String {
             )
         })
         .collect()
-}
-
-/// Opens `streams` WatchFleet streams (samples every 100 ms) on one connection that
-/// grants a 1 GiB window, then stops reading its socket. Returns how many the queen
-/// accepted and a sender that ends the connection.
-async fn greedy_watcher(addr: SocketAddr, streams: usize) -> (usize, oneshot::Sender<()>) {
-    let socket = TcpStream::connect(addr).await.unwrap();
-    let (mut client, connection) = h2::client::Builder::new()
-        .initial_window_size(1 << 30)
-        .initial_connection_window_size(1 << 30)
-        .handshake::<_, Bytes>(socket)
-        .await
-        .unwrap();
-    let (freeze_tx, freeze_rx) = oneshot::channel::<()>();
-    let (end_tx, end_rx) = oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let mut connection = std::pin::pin!(connection);
-        tokio::select! {
-            _ = &mut connection => return,
-            _ = freeze_rx => {}
-        }
-        // Frozen: the socket stays open and nobody reads it.
-        let _ = end_rx.await;
-    });
-    let mut accepted = 0;
-    let mut held = Vec::new();
-    for _ in 0..streams {
-        client = client.ready().await.unwrap();
-        let request = http::Request::builder()
-            .method("POST")
-            .uri(format!("http://{addr}/rbee.v1.Fleet/WatchFleet"))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(())
-            .unwrap();
-        let (response, mut send) = client.send_request(request, false).unwrap();
-        let _ = send.send_data(grpc_frame(&pb::WatchFleetRequest { sample_interval_ms: Some(100) }), true);
-        let response = tokio::time::timeout(DEADLINE, response).await.unwrap().unwrap();
-        let refused = response.headers().get("grpc-status").is_some_and(|s| s == "8");
-        if !refused {
-            accepted += 1;
-        }
-        held.push((send, response));
-    }
-    let _ = freeze_tx.send(());
-    tokio::spawn(async move {
-        let _keep = (client, held);
-        std::future::pending::<()>().await;
-    });
-    (accepted, end_tx)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,7 +37,8 @@ async fn watchers_that_never_read_cannot_grow_the_queen_without_bound() {
     let mut accepted = 0;
     let mut connections = Vec::new();
     for _ in 0..10 {
-        let (n, end) = greedy_watcher(queen.addr, 100).await;
+        let request = grpc_frame(&pb::WatchFleetRequest { sample_interval_ms: Some(100) });
+        let (n, end) = greedy_reader(queen.addr, "/rbee.v1.Fleet/WatchFleet", request, true, 100).await;
         accepted += n;
         connections.push(end);
     }
