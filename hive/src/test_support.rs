@@ -216,6 +216,22 @@ pub fn rss_bytes() -> u64 {
     line.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()).expect("VmRSS in kB") * 1024
 }
 
+/// A soak, not an event wait: samples this process's RSS every 500 ms for `window` and
+/// fails as soon as it has grown by `bound` bytes or more over `before`. Returns the
+/// peak growth.
+pub async fn assert_rss_stays_within(before: u64, bound: u64, window: Duration, what: &str) -> u64 {
+    let end = Instant::now() + window;
+    let mut every = tokio::time::interval(Duration::from_millis(500));
+    let mut peak = before;
+    while Instant::now() < end {
+        every.tick().await;
+        peak = peak.max(rss_bytes());
+        let grown = peak.saturating_sub(before);
+        assert!(grown < bound, "RSS grew by {} MiB with {what}", grown >> 20);
+    }
+    peak.saturating_sub(before)
+}
+
 /// One message as a gRPC length-prefixed frame.
 pub fn grpc_frame(m: &impl prost::Message) -> bytes::Bytes {
     let body = m.encode_to_vec();

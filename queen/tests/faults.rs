@@ -37,12 +37,7 @@ async fn a_hive_whose_samples_stop_applying_goes_stale_is_not_placed_on_and_is_r
         };
         s.diff(gapped).await;
         // ... which this hive ignores, while it keeps the stream busy with samples.
-        loop {
-            if !s.sample(sample(&["GPU-A"])).await {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        s.sample_forever(&["GPU-A"]).await;
     })
     .await;
     let queen = TestQueen::start(vec![hive.url.clone()]).await;
@@ -73,12 +68,7 @@ async fn a_hive_clock_an_hour_ahead_neither_hides_samples_nor_looks_fresher() {
         first.taken_at_unix_ms += HOUR_MS as u64;
         s.sample(first).await;
         // The hive's NTP catches up: the rest are stamped on time.
-        loop {
-            if !s.sample(sample(&["GPU-A"])).await {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        s.sample_forever(&["GPU-A"]).await;
     })
     .await;
     let queen = TestQueen::start(vec![hive.url.clone()]).await;
@@ -153,12 +143,7 @@ async fn hot_plug_never_makes_the_hive_unhealthy_and_a_new_gpu_is_pending_until_
                 ..Default::default()
             };
             s.diff(last).await;
-            loop {
-                if !s.sample(sample(&["GPU-A", "GPU-C"])).await {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            s.sample_forever(&["GPU-A", "GPU-C"]).await;
         }
     })
     .await;
@@ -216,12 +201,7 @@ async fn a_diff_flood_reaches_each_watcher_coalesced() {
                 return;
             }
         }
-        loop {
-            if !s.sample(sample(&["GPU-A"])).await {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        s.sample_forever(&["GPU-A"]).await;
     })
     .await;
     let queen = TestQueen::start(vec![hive.url.clone()]).await;

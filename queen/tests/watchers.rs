@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use rbee_hive::test_support::{greedy_reader, grpc_frame, rss_bytes};
+use rbee_hive::test_support::{assert_rss_stays_within, greedy_reader, grpc_frame, rss_bytes};
 use rbee_proto::v1 as pb;
 use rbee_queen::QueenConfig;
 use tokio::time::Instant;
@@ -45,19 +45,8 @@ async fn watchers_that_never_read_cannot_grow_the_queen_without_bound() {
     assert_eq!(accepted, 64, "exactly the limit is accepted");
     // A soak, not an event wait: memory is sampled over a window long enough for
     // unbounded buffering (1,000 streams of ~6 KiB events at 10/s) to pass the bound.
-    let bound = 100 << 20;
-    let end = Instant::now() + Duration::from_secs(12);
-    let mut every = tokio::time::interval(Duration::from_millis(500));
-    let mut peak = before;
-    while Instant::now() < end {
-        every.tick().await;
-        peak = peak.max(rss_bytes());
-        assert!(
-            peak.saturating_sub(before) < bound,
-            "RSS grew by {} MiB with {accepted} unread watchers",
-            (peak - before) >> 20
-        );
-    }
+    let what = format!("{accepted} unread watchers");
+    assert_rss_stays_within(before, 100 << 20, Duration::from_secs(12), &what).await;
     // Everyone else is still served, and a new watcher is refused clearly.
     let hives = client.list_hives(pb::ListHivesRequest::default()).await.unwrap().into_inner().hives;
     assert_eq!(hives.len(), 1);

@@ -41,6 +41,13 @@ impl Script {
         self.send(pb::hive_message::Payload::Sample(sample)).await
     }
 
+    /// Sends calm samples naming `gpus` every 50 ms until the queen hangs up.
+    pub async fn sample_forever(&mut self, gpus: &[&str]) {
+        while self.sample(sample(gpus)).await {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// Sends a capability diff.
     pub async fn diff(&mut self, diff: pb::CapabilityDiff) -> bool {
         self.send(pb::hive_message::Payload::Diff(diff)).await
