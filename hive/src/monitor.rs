@@ -108,7 +108,18 @@ impl Monitor {
 }
 
 /// A measurement in flight, shared by every stream that asks while it runs.
-type SharedSample = Shared<BoxFuture<'static, Result<Arc<Sample>, String>>>;
+type SharedSample = Shared<BoxFuture<'static, Result<Arc<Sample>, MeasureError>>>;
+
+/// Why a shared measurement failed; cloned to every stream that waited on it.
+#[derive(Debug, Clone, thiserror::Error)]
+enum MeasureError {
+    /// The sources failed.
+    #[error(transparent)]
+    Sources(Arc<HiveError>),
+    /// The blocking task that read them failed (panicked or was cancelled).
+    #[error("measurement task failed: {0}")]
+    Task(Arc<tokio::task::JoinError>),
+}
 
 /// The monitor shared by all streams, and the capabilities it publishes.
 pub struct Telemetry {
@@ -223,8 +234,8 @@ impl Telemetry {
                         });
                         match read.await {
                             Ok(Ok(sample)) => Ok(Arc::new(sample)),
-                            Ok(Err(e)) => Err(e.to_string()),
-                            Err(e) => Err(format!("measurement task failed: {e}")),
+                            Ok(Err(e)) => Err(MeasureError::Sources(Arc::new(e))),
+                            Err(e) => Err(MeasureError::Task(Arc::new(e))),
                         }
                     };
                     let running = measure.boxed().shared();
@@ -236,7 +247,7 @@ impl Telemetry {
         flight
             .await
             .map(|s| s.as_ref().clone())
-            .map_err(|reason| HiveError::Source { source_name: "monitor", reason })
+            .map_err(|e| HiveError::Source { source_name: "monitor", reason: e.to_string() })
     }
 
     /// Rescans capabilities; publishes a new version if anything changed. Returns

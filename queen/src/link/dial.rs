@@ -59,15 +59,11 @@ impl HiveTls {
     /// Trust the CA in `ca` (PEM) for hive certificates, and present `identity`
     /// (certificate and key PEM files) when given. Errors name the file.
     pub fn from_pem_files(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<Self, HiveTlsError> {
-        let unusable = |what: &'static str, path: &Path| {
-            let path = path.to_owned();
-            move |e: BoxError| HiveTlsError::Unusable { what, path, source: e }
-        };
         let mut roots = RootCertStore::empty();
         let ca_pem = read_pem_file(ca, "CA")?;
         for cert in CertificateDer::pem_slice_iter(&ca_pem) {
-            let cert = cert.map_err(|e| unusable("CA", ca)(e.into()))?;
-            roots.add(cert).map_err(|e| unusable("CA", ca)(e.into()))?;
+            let cert = cert.map_err(unusable("CA", ca))?;
+            roots.add(cert).map_err(unusable("CA", ca))?;
         }
         if roots.is_empty() {
             return Err(HiveTlsError::EmptyCa(ca.to_owned()));
@@ -83,10 +79,10 @@ impl HiveTls {
                     let cert_pem = read_pem_file(cert, "certificate")?;
                     let chain = CertificateDer::pem_slice_iter(&cert_pem)
                         .collect::<Result<Vec<_>, _>>()
-                        .map_err(|e| unusable("certificate", cert)(e.into()))?;
+                        .map_err(unusable("certificate", cert))?;
                     let key_pem = read_pem_file(key, "private key")?;
-                    let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
-                        .map_err(|e| unusable("private key", key)(e.into()))?;
+                    let key_der =
+                        PrivateKeyDer::from_pem_slice(&key_pem).map_err(unusable("private key", key))?;
                     builder.with_client_auth_cert(chain, key_der).map_err(|source| {
                         HiveTlsError::Identity { cert: cert.to_owned(), key: key.to_owned(), source }
                     })?
@@ -96,6 +92,12 @@ impl HiveTls {
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Self { config: Arc::new(config) })
     }
+}
+
+/// The error for a PEM file whose content the TLS library refused.
+fn unusable<E: Into<BoxError>>(what: &'static str, path: &Path) -> impl FnOnce(E) -> HiveTlsError + use<E> {
+    let path = path.to_owned();
+    move |e| HiveTlsError::Unusable { what, path, source: e.into() }
 }
 
 /// Which IPs the queen may dial for a hive that came from the network (the allow-list).
@@ -353,6 +355,19 @@ mod tests {
         // Allowed, the checked address is dialed (it accepts the TCP connection).
         let r = dial(&address, &guarded(true), Origin::Api).await;
         assert!(r.as_ref().err().is_none_or(|e| !e.to_string().contains("allow-list")));
+    }
+
+    #[test]
+    fn hive_tls_errors_name_the_file_and_its_role() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let err = HiveTls::from_pem_files(&missing, None).unwrap_err().to_string();
+        assert!(err.starts_with("CA ") && err.contains("missing.pem"), "{err}");
+        let keys_only = dir.path().join("keys-only.pem");
+        std::fs::write(&keys_only, "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").unwrap();
+        let err = HiveTls::from_pem_files(&keys_only, None).unwrap_err();
+        assert!(matches!(err, HiveTlsError::EmptyCa(_)), "{err}");
+        assert!(err.to_string().contains("keys-only.pem: no certificate in it"), "{err}");
     }
 
     #[test]
