@@ -46,6 +46,9 @@ pub enum QueenError {
     /// The embedded local hive failed.
     #[error("local hive: {0}")]
     LocalHive(#[from] rbee_hive::HiveError),
+    /// The state store cannot be opened, read or written (the message names its file).
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 impl From<QueenError> for tonic::Status {
@@ -72,6 +75,9 @@ impl From<QueenError> for tonic::Status {
                 }
                 status
             }
+            // The write that makes an answer durable failed: the queen promised nothing,
+            // and the caller may try again.
+            QueenError::Store(_) => Status::unavailable(e.to_string()),
             QueenError::Config(_)
             | QueenError::Io { .. }
             | QueenError::Transport(_)

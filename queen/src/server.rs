@@ -22,6 +22,7 @@ use crate::config::QueenConfig;
 use crate::fleet::{Fleet, Origin};
 use crate::link::{LinkSettings, Links};
 use crate::scheduler::Scheduler;
+use crate::store::{HiveRecord, Restored, StateStore};
 
 /// Largest request the queen accepts.
 pub const MAX_DECODING_MESSAGE_BYTES: usize = 64 * 1024;
@@ -40,10 +41,29 @@ pub async fn run(
         Some(hive_config) => Some(start_local_hive(&fleet, hive_config, cancel.clone()).await?),
         None => None,
     };
+    let (store, kept) = match &config.state_dir {
+        Some(dir) => {
+            let store = Arc::new(open_store(dir, config.reset_state)?);
+            let kept = store.load()?;
+            (Some(store), kept)
+        }
+        None => (None, Restored::default()),
+    };
+    let removed: Vec<&str> = kept.hives.iter().filter(|h| h.removed).map(|h| h.address.as_str()).collect();
     for address in &config.hives {
+        if removed.contains(&address.as_str()) {
+            tracing::info!(%address, "configured hive not managed: it was removed at run time (AddHive brings it back)");
+            continue;
+        }
         fleet.add(address, Origin::Static)?;
     }
-    let scheduler = Scheduler::new(fleet.clone(), config.scheduler.clone())?;
+    restore_hives(&fleet, &kept.hives);
+    let scheduler = match &store {
+        Some(store) => {
+            Scheduler::durable(fleet.clone(), config.scheduler.clone(), store.clone(), kept.reservations)?
+        }
+        None => Scheduler::new(fleet.clone(), config.scheduler.clone())?,
+    };
     let maintenance = tokio::spawn(scheduler.clone().maintain(cancel.clone()));
     tracing::info!(listen = %local, hives = fleet.list().len(), "queen serving rbee.v1.Fleet and rbee.v1.Scheduler");
 
@@ -60,8 +80,10 @@ pub async fn run(
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
         .add_service(
-            FleetServer::new(FleetService::new(fleet, scheduler.clone(), config.admission.clone()))
-                .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES),
+            FleetServer::new(
+                FleetService::new(fleet, scheduler.clone(), config.admission.clone()).with_store(store),
+            )
+            .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES),
         )
         .add_service(
             SchedulerServer::new(SchedulerService::new(scheduler))
@@ -124,4 +146,39 @@ async fn start_local_hive(
     fleet.add(&address, Origin::Local)?;
     tracing::info!(%address, "started a local hive in this process");
     Ok(task)
+}
+
+/// Opens the state store in `dir`; with `reset`, moves a broken one aside first (and
+/// says where it went). A store that cannot be opened stops the queen.
+fn open_store(dir: &std::path::Path, reset: bool) -> Result<StateStore, QueenError> {
+    if !reset {
+        let store = StateStore::open(dir)?;
+        tracing::info!(path = %store.path().display(), "state store opened");
+        return Ok(store);
+    }
+    let (store, aside) = StateStore::reset(dir)?;
+    match aside {
+        Some(old) => tracing::warn!(path = %store.path().display(), moved_to = %old.display(),
+            "--reset-state: the old state store was moved aside; starting with an empty one"),
+        None => {
+            tracing::info!(path = %store.path().display(), "--reset-state: there was no state store; starting with an empty one")
+        }
+    }
+    Ok(store)
+}
+
+/// Manages again the hives added (`AddHive`) or announced before a restart.
+fn restore_hives(fleet: &Arc<Fleet>, kept: &[HiveRecord]) {
+    for hive in kept.iter().filter(|h| !h.removed) {
+        let origin = if hive.origin == "announced" { Origin::Announced } else { Origin::Api };
+        match fleet.add(&hive.address, origin) {
+            Ok((_, true)) => {
+                tracing::info!(address = %hive.address, origin = %hive.origin, "hive restored from the state store")
+            }
+            Ok((_, false)) => {}
+            Err(e) => {
+                tracing::warn!(address = %hive.address, error = %e, "cannot manage a hive kept in the state store")
+            }
+        }
+    }
 }

@@ -19,6 +19,8 @@ impl Scheduler {
         let mut loaded = self.current.write().unwrap_or_else(|p| p.into_inner());
         *loaded =
             Loaded { policy: Arc::new(policy), at_ms: rbee_shared::time::now_unix_ms(), text: Some(text) };
+        drop(loaded);
+        self.record_policy();
         Ok(())
     }
 
