@@ -318,20 +318,21 @@ impl Book {
 
     /// Puts back reservations kept across a restart, each with its start (see
     /// [`Book::start_of`]); expiry stays absolute. Active ones queue on their device in
-    /// creation order, and the device's baseline is the lowest their starts allow. A
-    /// kept start is only ever too high (when a reservation ahead of it was released
-    /// after it was written), so a restored book counts more, never less. The limits
-    /// are not applied: what was promised stays promised.
+    /// the order of their starts, and the device's baseline is the lowest start. A kept
+    /// start is only ever too high (when a reservation ahead of it was released after
+    /// it was written), so a restored book counts more, never less. The limits are not
+    /// applied: what was promised stays promised.
     pub fn restore(&mut self, mut kept: Vec<(Reservation, u64)>) {
-        kept.sort_by(|(a, _), (b, _)| (a.created_at_unix_ms, &a.id).cmp(&(b.created_at_unix_ms, &b.id)));
+        kept.sort_by(|(a, sa), (b, sb)| (sa, a.created_at_unix_ms, &a.id).cmp(&(sb, b.created_at_unix_ms, &b.id)));
         for (r, start) in kept {
             if self.reservations.contains_key(&r.id) {
                 continue;
             }
             if r.state == ReservationState::Active {
                 let d = self.hives.entry(r.address.clone()).or_default().entry(&r.device_id);
-                let base = start.saturating_sub(d.active_bytes);
-                d.baseline = if d.active.is_empty() { base } else { d.baseline.min(base) };
+                if d.active.is_empty() {
+                    d.baseline = start;
+                }
                 d.active.push_back(r.id.clone());
                 d.active_bytes += r.bytes;
             }
