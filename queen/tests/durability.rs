@@ -101,6 +101,15 @@ impl Queen {
     fn logged(&self, what: &str) -> bool {
         self.log.lock().unwrap().iter().any(|l| l.contains(what))
     }
+
+    /// Waits until the queen has logged `what` (its log is read on another thread).
+    async fn wait_logged(&self, what: &str) {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while !self.logged(what) {
+            assert!(tokio::time::Instant::now() < deadline, "the queen did not log {what:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 /// `queen serve` on a loopback port with fast timings and `state` as its state dir. The
@@ -285,7 +294,7 @@ async fn a_queen_killed_mid_burst_keeps_every_acknowledged_reservation() {
     }
     assert!(rbee_shared::time::now_unix_ms() >= last_short, "nothing expired early");
     if short_kept > 0 {
-        assert!(queen.logged("expired before the model showed up"), "an expiry after the restart is told");
+        queen.wait_logged("expired before the model showed up").await;
     }
 }
 
