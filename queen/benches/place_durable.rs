@@ -89,7 +89,8 @@ async fn over_grpc(scheduler: Arc<Scheduler>, n: usize) -> (Vec<Duration>, Vec<D
             .add_service(SchedulerServer::new(SchedulerService::new(scheduler.clone())))
             .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true))),
     );
-    let channel = tonic::transport::Endpoint::from_shared(url).unwrap().tcp_nodelay(true).connect().await.unwrap();
+    let channel =
+        tonic::transport::Endpoint::from_shared(url).unwrap().tcp_nodelay(true).connect().await.unwrap();
     let mut client = SchedulerClient::new(channel);
 
     let mut one = Vec::with_capacity(n);
@@ -99,7 +100,9 @@ async fn over_grpc(scheduler: Arc<Scheduler>, n: usize) -> (Vec<Duration>, Vec<D
         if i >= 200 {
             one.push(t.elapsed());
         }
-        let Some(pb::place_response::Result::Placement(p)) = placed.result else { panic!("rejected: {placed:?}") };
+        let Some(pb::place_response::Result::Placement(p)) = placed.result else {
+            panic!("rejected: {placed:?}")
+        };
         let release = scheduler.clone();
         tokio::task::spawn_blocking(move || release.release(&p.reservation_id).unwrap()).await.unwrap();
     }

@@ -47,7 +47,7 @@ pub enum QueenError {
     #[error("local hive: {0}")]
     LocalHive(#[from] rbee_hive::HiveError),
     /// The state store cannot be opened, read or written (the message names its file).
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] crate::store::StoreError),
 }
 

@@ -161,7 +161,8 @@ fn open_store(dir: &std::path::Path, reset: bool) -> Result<StateStore, QueenErr
         Some(old) => tracing::warn!(path = %store.path().display(), moved_to = %old.display(),
             "--reset-state: the old state store was moved aside; starting with an empty one"),
         None => {
-            tracing::info!(path = %store.path().display(), "--reset-state: there was no state store; starting with an empty one")
+            tracing::warn!(path = %store.path().display(),
+                "--reset-state: the state store is absent, or opens and reads soundly: kept as it is, nothing moved aside")
         }
     }
     Ok(store)

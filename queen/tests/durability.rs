@@ -61,7 +61,8 @@ impl Drop for Queen {
 impl Queen {
     /// Starts `queen serve` on `state` managing `hives`, and waits until it serves.
     fn start(state: &Path, hives: &[String], extra: &[&str]) -> Self {
-        let mut child = serve(state, hives, extra).stderr(Stdio::piped()).spawn().expect("start the queen binary");
+        let mut child =
+            serve(state, hives, extra).stderr(Stdio::piped()).spawn().expect("start the queen binary");
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
@@ -200,15 +201,13 @@ async fn burst_and_kill(queen: &mut Queen) -> (Acked, Acked) {
             let mut acked = Vec::new();
             for _ in 0..5 {
                 match client.place(request(256 * MIB, ttl_ms)).await {
-                    Ok(r) => {
-                        match r.into_inner().result {
-                            Some(pb::place_response::Result::Placement(p)) => {
-                                oks.fetch_add(1, Ordering::SeqCst);
-                                acked.push((p.reservation_id, p.expires_at_unix_ms, ttl_ms));
-                            }
-                            _ => {}
+                    Ok(r) => match r.into_inner().result {
+                        Some(pb::place_response::Result::Placement(p)) => {
+                            oks.fetch_add(1, Ordering::SeqCst);
+                            acked.push((p.reservation_id, p.expires_at_unix_ms, ttl_ms));
                         }
-                    }
+                        _ => {}
+                    },
                     // Every policy worker busy: load, try again.
                     Err(s) if s.code() == tonic::Code::ResourceExhausted => {}
                     // The queen is gone: nothing more will be answered.
@@ -325,7 +324,11 @@ fn broken_store(dir: &Path, broken: impl FnOnce(&[u8]) -> Vec<u8>) -> std::path:
 
 /// Runs `queen serve` to its exit (it must exit on its own, quickly).
 fn serve_to_exit(state: &Path) -> (std::process::ExitStatus, String) {
-    let mut child = serve(state, &[], &[]).stderr(Stdio::piped()).spawn().unwrap();
+    serve_to_exit_with(state, &[])
+}
+
+fn serve_to_exit_with(state: &Path, extra: &[&str]) -> (std::process::ExitStatus, String) {
+    let mut child = serve(state, &[], extra).stderr(Stdio::piped()).spawn().unwrap();
     let deadline = std::time::Instant::now() + DEADLINE;
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -403,4 +406,15 @@ async fn hives_added_at_run_time_come_back_and_removed_ones_do_not() {
     let queen = Queen::start(state.path(), &configured_url, &[]);
     let hives = queen.fleet().await.list_hives(pb::ListHivesRequest {}).await.unwrap().into_inner().hives;
     assert_eq!(hives.len(), 2, "{hives:?}");
+}
+
+#[test]
+fn a_second_queen_on_the_same_state_dir_refuses_to_start() {
+    let state = tempfile::tempdir().unwrap();
+    let _first = Queen::start(state.path(), &[], &[]);
+    for extra in [&[][..], &["--reset-state"][..]] {
+        let (status, err) = serve_to_exit_with(state.path(), extra);
+        assert!(!status.success(), "{status:?}");
+        assert!(err.contains("in use by another queen"), "{err}");
+    }
 }

@@ -98,7 +98,7 @@ pub struct ServeArgs {
     /// [default: $XDG_STATE_HOME/rbee/queen, else ~/.local/state/rbee/queen].
     #[arg(long, env = "QUEEN_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
-    /// Move a broken state store aside (kept as queen.redb.broken-TIME) and start with an empty one.
+    /// If the state store is broken, move it aside (kept as queen.redb.broken-TIME) and start with an empty one; a sound store is kept.
     #[arg(long, env = "QUEEN_RESET_STATE")]
     pub reset_state: bool,
 }

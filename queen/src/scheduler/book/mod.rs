@@ -323,7 +323,9 @@ impl Book {
     /// it was written), so a restored book counts more, never less. The limits are not
     /// applied: what was promised stays promised.
     pub fn restore(&mut self, mut kept: Vec<(Reservation, u64)>) {
-        kept.sort_by(|(a, sa), (b, sb)| (sa, a.created_at_unix_ms, &a.id).cmp(&(sb, b.created_at_unix_ms, &b.id)));
+        kept.sort_by(|(a, sa), (b, sb)| {
+            (sa, a.created_at_unix_ms, &a.id).cmp(&(sb, b.created_at_unix_ms, &b.id))
+        });
         for (r, start) in kept {
             if self.reservations.contains_key(&r.id) {
                 continue;
