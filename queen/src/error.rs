@@ -46,6 +46,9 @@ pub enum QueenError {
     /// The embedded local hive failed.
     #[error("local hive: {0}")]
     LocalHive(#[from] rbee_hive::HiveError),
+    /// A worker thread failed (a bug: it panicked).
+    #[error("internal error: {0}")]
+    Internal(String),
     /// The state store cannot be opened, read or written (the message names its file).
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
@@ -79,6 +82,7 @@ impl From<QueenError> for tonic::Status {
             // and the caller may try again.
             QueenError::Store(_) => Status::unavailable(e.to_string()),
             QueenError::Config(_)
+            | QueenError::Internal(_)
             | QueenError::Io { .. }
             | QueenError::Transport(_)
             | QueenError::Reflection(_)

@@ -54,7 +54,7 @@ impl FleetService {
         let record = HiveRecord { address: address.to_owned(), origin: origin.into(), removed };
         tokio::task::spawn_blocking(move || store.put_hive(&record))
             .await
-            .map_err(|e| QueenError::Config(format!("state store writer: {e}")))??;
+            .map_err(|e| QueenError::Internal(format!("the state store writer failed: {e}")))??;
         Ok(())
     }
 }

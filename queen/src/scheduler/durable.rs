@@ -94,6 +94,15 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Releases a reservation on a blocking thread (the removal is fsync'd before it is
+    /// answered).
+    pub async fn release_durably(self: &Arc<Self>, id: String) -> Result<Reservation, QueenError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.release(&id))
+            .await
+            .map_err(|e| QueenError::Internal(format!("the release thread failed: {e}")))?
+    }
+
     /// Writes settlements and removals (upkeep, release).
     pub(super) fn persist_changes(
         &self,
