@@ -37,17 +37,22 @@ pub async fn run(
     let cancel = CancellationToken::new();
     let link = LinkSettings { dial_guard: Some(config.admission.allow.dial_guard()), ..config.link.clone() };
     let fleet = Fleet::new(config.fleet.clone(), cancel.clone(), Links::new(link));
-    let local_hive = match config.local_hive {
-        Some(hive_config) => Some(start_local_hive(&fleet, hive_config, cancel.clone()).await?),
-        None => None,
-    };
-    let (store, kept) = match &config.state_dir {
+    let (store, mut kept) = match &config.state_dir {
         Some(dir) => {
             let store = Arc::new(open_store(dir, config.reset_state)?);
             let kept = store.load()?;
             (Some(store), kept)
         }
         None => (None, Restored::default()),
+    };
+    let local_hive = match config.local_hive {
+        Some(hive_config) => {
+            let id = hive_config.hive_id.clone();
+            let (task, address) = start_local_hive(&fleet, hive_config, cancel.clone()).await?;
+            follow_local_hive(&mut kept, &config.hives, &id, &address);
+            Some(task)
+        }
+        None => None,
     };
     let removed: Vec<&str> = kept.hives.iter().filter(|h| h.removed).map(|h| h.address.as_str()).collect();
     for address in &config.hives {
@@ -129,11 +134,12 @@ fn incoming(listener: TcpListener) -> TcpIncoming {
 }
 
 /// Starts a hive in this process on a loopback port and manages it.
+/// Returns its task and its address.
 async fn start_local_hive(
     fleet: &Arc<Fleet>,
     config: rbee_hive::HiveConfig,
     cancel: CancellationToken,
-) -> Result<tokio::task::JoinHandle<()>, QueenError> {
+) -> Result<(tokio::task::JoinHandle<()>, String), QueenError> {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| QueenError::Config(format!("cannot bind the local hive: {e}")))?;
@@ -143,9 +149,26 @@ async fn start_local_hive(
             tracing::error!(error = %e, "the local hive stopped with an error");
         }
     });
-    fleet.add(&address, Origin::Local)?;
+    let (hive, _) = fleet.add(&address, Origin::Local)?;
     tracing::info!(%address, "started a local hive in this process");
-    Ok(task)
+    Ok((task, hive.address.clone()))
+}
+
+/// The local hive listens on a new port at every start: its kept reservations (same
+/// hive id, an address no other kept hive has) follow it to its new address.
+fn follow_local_hive(kept: &mut Restored, configured: &[String], hive_id: &str, address: &str) {
+    let others: Vec<&str> =
+        kept.hives.iter().map(|h| h.address.as_str()).chain(configured.iter().map(String::as_str)).collect();
+    let mut moved = 0;
+    for r in &mut kept.reservations {
+        if r.hive_id == hive_id && r.address != address && !others.contains(&r.address.as_str()) {
+            r.address = address.to_owned();
+            moved += 1;
+        }
+    }
+    if moved > 0 {
+        tracing::info!(reservations = moved, %address, "kept reservations follow the local hive to its new address");
+    }
 }
 
 /// Opens the state store in `dir`; with `reset`, moves a broken one aside first (and

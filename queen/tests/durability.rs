@@ -418,3 +418,29 @@ fn a_second_queen_on_the_same_state_dir_refuses_to_start() {
         assert!(err.contains("in use by another queen"), "{err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reservations_on_the_local_hive_follow_it_to_its_new_port() {
+    let state = tempfile::tempdir().unwrap();
+    let local = ["--local-hive", "--local-hive-demo"];
+    let mut queen = Queen::start(state.path(), &[], &local);
+    hives_online(&queen, 1).await;
+    let placed = queen.scheduler().await.place(request(GIB, 3_600_000)).await.unwrap().into_inner();
+    let Some(pb::place_response::Result::Placement(p)) = placed.result else {
+        panic!("rejected: {placed:?}")
+    };
+    queen.kill_9();
+    drop(queen);
+
+    let queen = Queen::start(state.path(), &[], &local);
+    queen.wait_logged("kept reservations follow the local hive").await;
+    hives_online(&queen, 1).await;
+    let hive = queen.fleet().await.list_hives(pb::ListHivesRequest {}).await.unwrap().into_inner().hives;
+    assert_ne!(hive[0].address, p.address, "the local hive listens on a new port");
+    // Several upkeeps (every second) later, the reservation is still held, on the new address.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let all = reservations(&mut queen.scheduler().await).await;
+    let kept: Vec<_> = all.iter().filter(|r| r.id == p.reservation_id).collect();
+    assert_eq!(kept.len(), 1, "{all:?}");
+    assert_eq!(kept[0].address, hive[0].address);
+}
