@@ -201,13 +201,12 @@ async fn burst_and_kill(queen: &mut Queen) -> (Acked, Acked) {
             let mut acked = Vec::new();
             for _ in 0..5 {
                 match client.place(request(256 * MIB, ttl_ms)).await {
-                    Ok(r) => match r.into_inner().result {
-                        Some(pb::place_response::Result::Placement(p)) => {
+                    Ok(r) => {
+                        if let Some(pb::place_response::Result::Placement(p)) = r.into_inner().result {
                             oks.fetch_add(1, Ordering::SeqCst);
                             acked.push((p.reservation_id, p.expires_at_unix_ms, ttl_ms));
                         }
-                        _ => {}
-                    },
+                    }
                     // Every policy worker busy: load, try again.
                     Err(s) if s.code() == tonic::Code::ResourceExhausted => {}
                     // The queen is gone: nothing more will be answered.

@@ -168,7 +168,7 @@ fn a_restored_book_counts_and_settles_as_the_original() {
     let mut b = Book::default();
     let first = b.reserve("a", "g", &claim(10 * GIB, 5 * GIB)).unwrap();
     b.reserve("a", "g", &claim(20 * GIB, 5 * GIB)).unwrap();
-    b.reserve("a", "h", &claim(1 * GIB, 0)).unwrap();
+    b.reserve("a", "h", &claim(GIB, 0)).unwrap();
     assert_eq!(b.start_of(&first.id), Some(5 * GIB));
     let mut again = restarted(&b);
     assert_eq!(again.list(), b.list());
@@ -178,7 +178,7 @@ fn a_restored_book_counts_and_settles_as_the_original() {
     assert_eq!(again.expire(1000 + 60_000).len(), 3, "expiry stays absolute");
     // Settlement resumes: the first settles once usage shows it, as it would have.
     let mut again = restarted(&b);
-    assert_eq!(again.observe("a", "g", 15 * GIB), [first.id.clone()]);
+    assert_eq!(again.observe("a", "g", 15 * GIB), std::slice::from_ref(&first.id));
     assert_eq!(again.free("a", "g", 80 * GIB, 15 * GIB), 80 * GIB - 35 * GIB);
 }
 
