@@ -52,6 +52,12 @@ pub enum QueenError {
     /// The embedded local hive failed.
     #[error("local hive: {0}")]
     LocalHive(#[from] rbee_hive::HiveError),
+    /// A worker thread failed (a bug: it panicked).
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// The state store cannot be opened, read or written (the message names its file).
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 impl From<QueenError> for tonic::Status {
@@ -78,9 +84,13 @@ impl From<QueenError> for tonic::Status {
                 }
                 status
             }
+            // The write that makes an answer durable failed: the queen promised nothing,
+            // and the caller may try again.
+            QueenError::Store(_) => Status::unavailable(e.to_string()),
             QueenError::Config(_)
             | QueenError::Tls(_)
             | QueenError::HiveTls(_)
+            | QueenError::Internal(_)
             | QueenError::Io { .. }
             | QueenError::Transport(_)
             | QueenError::Reflection(_)

@@ -22,6 +22,7 @@ use crate::config::QueenConfig;
 use crate::fleet::{Fleet, Origin};
 use crate::link::{LinkSettings, Links};
 use crate::scheduler::Scheduler;
+use crate::store::{HiveRecord, Restored, StateStore};
 
 /// Largest request the queen accepts.
 pub const MAX_DECODING_MESSAGE_BYTES: usize = 64 * 1024;
@@ -36,14 +37,38 @@ pub async fn run(
     let cancel = CancellationToken::new();
     let link = LinkSettings { dial_guard: Some(config.admission.allow.dial_guard()), ..config.link.clone() };
     let fleet = Fleet::new(config.fleet.clone(), cancel.clone(), Links::new(link));
+    let (store, mut kept) = match &config.state_dir {
+        Some(dir) => {
+            let store = Arc::new(open_store(dir, config.reset_state)?);
+            let kept = store.load()?;
+            (Some(store), kept)
+        }
+        None => (None, Restored::default()),
+    };
     let local_hive = match config.local_hive {
-        Some(hive_config) => Some(start_local_hive(&fleet, hive_config, cancel.clone()).await?),
+        Some(hive_config) => {
+            let id = hive_config.hive_id.clone();
+            let (task, address) = start_local_hive(&fleet, hive_config, cancel.clone()).await?;
+            follow_local_hive(&mut kept, &config.hives, &id, &address);
+            Some(task)
+        }
         None => None,
     };
+    let removed: Vec<&str> = kept.hives.iter().filter(|h| h.removed).map(|h| h.address.as_str()).collect();
     for address in &config.hives {
+        if removed.contains(&address.as_str()) {
+            tracing::info!(%address, "configured hive not managed: it was removed at run time (AddHive brings it back)");
+            continue;
+        }
         fleet.add(address, Origin::Static)?;
     }
-    let scheduler = Scheduler::new(fleet.clone(), config.scheduler.clone())?;
+    restore_hives(&fleet, &kept.hives);
+    let scheduler = match &store {
+        Some(store) => {
+            Scheduler::durable(fleet.clone(), config.scheduler.clone(), store.clone(), kept.reservations)?
+        }
+        None => Scheduler::new(fleet.clone(), config.scheduler.clone())?,
+    };
     let maintenance = tokio::spawn(scheduler.clone().maintain(cancel.clone()));
     tracing::info!(listen = %local, hives = fleet.list().len(), "queen serving rbee.v1.Fleet and rbee.v1.Scheduler");
 
@@ -60,8 +85,10 @@ pub async fn run(
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
         .add_service(
-            FleetServer::new(FleetService::new(fleet, scheduler.clone(), config.admission.clone()))
-                .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES),
+            FleetServer::new(
+                FleetService::new(fleet, scheduler.clone(), config.admission.clone()).with_store(store),
+            )
+            .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES),
         )
         .add_service(
             SchedulerServer::new(SchedulerService::new(scheduler))
@@ -107,11 +134,12 @@ fn incoming(listener: TcpListener) -> TcpIncoming {
 }
 
 /// Starts a hive in this process on a loopback port and manages it.
+/// Returns its task and its address.
 async fn start_local_hive(
     fleet: &Arc<Fleet>,
     config: rbee_hive::HiveConfig,
     cancel: CancellationToken,
-) -> Result<tokio::task::JoinHandle<()>, QueenError> {
+) -> Result<(tokio::task::JoinHandle<()>, String), QueenError> {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| QueenError::Config(format!("cannot bind the local hive: {e}")))?;
@@ -121,7 +149,60 @@ async fn start_local_hive(
             tracing::error!(error = %e, "the local hive stopped with an error");
         }
     });
-    fleet.add(&address, Origin::Local)?;
+    let (hive, _) = fleet.add(&address, Origin::Local)?;
     tracing::info!(%address, "started a local hive in this process");
-    Ok(task)
+    Ok((task, hive.address.clone()))
+}
+
+/// The local hive listens on a new port at every start: its kept reservations (same
+/// hive id, an address no other kept hive has) follow it to its new address.
+fn follow_local_hive(kept: &mut Restored, configured: &[String], hive_id: &str, address: &str) {
+    let others: Vec<&str> =
+        kept.hives.iter().map(|h| h.address.as_str()).chain(configured.iter().map(String::as_str)).collect();
+    let mut moved = 0;
+    for r in &mut kept.reservations {
+        if r.hive_id == hive_id && r.address != address && !others.contains(&r.address.as_str()) {
+            r.address = address.to_owned();
+            moved += 1;
+        }
+    }
+    if moved > 0 {
+        tracing::info!(reservations = moved, %address, "kept reservations follow the local hive to its new address");
+    }
+}
+
+/// Opens the state store in `dir`; with `reset`, moves a broken one aside first (and
+/// says where it went). A store that cannot be opened stops the queen.
+fn open_store(dir: &std::path::Path, reset: bool) -> Result<StateStore, QueenError> {
+    if !reset {
+        let store = StateStore::open(dir)?;
+        tracing::info!(path = %store.path().display(), "state store opened");
+        return Ok(store);
+    }
+    let (store, aside) = StateStore::reset(dir)?;
+    match aside {
+        Some(old) => tracing::warn!(path = %store.path().display(), moved_to = %old.display(),
+            "--reset-state: the old state store was moved aside; starting with an empty one"),
+        None => {
+            tracing::warn!(path = %store.path().display(),
+                "--reset-state: the state store is absent, or opens and reads soundly: kept as it is, nothing moved aside")
+        }
+    }
+    Ok(store)
+}
+
+/// Manages again the hives added (`AddHive`) or announced before a restart.
+fn restore_hives(fleet: &Arc<Fleet>, kept: &[HiveRecord]) {
+    for hive in kept.iter().filter(|h| !h.removed) {
+        let origin = if hive.origin == "announced" { Origin::Announced } else { Origin::Api };
+        match fleet.add(&hive.address, origin) {
+            Ok((_, true)) => {
+                tracing::info!(address = %hive.address, origin = %hive.origin, "hive restored from the state store")
+            }
+            Ok((_, false)) => {}
+            Err(e) => {
+                tracing::warn!(address = %hive.address, error = %e, "cannot manage a hive kept in the state store")
+            }
+        }
+    }
 }

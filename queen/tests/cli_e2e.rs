@@ -12,6 +12,8 @@ struct Queen {
     url: String,
     addr: String,
     _config: tempfile::NamedTempFile,
+    /// The queen's own state directory (tests must not share one, or use the user's).
+    _state: tempfile::TempDir,
 }
 
 impl Drop for Queen {
@@ -31,9 +33,12 @@ fn calm_config() -> tempfile::NamedTempFile {
 
 fn start_queen(extra: &[&str]) -> Queen {
     let config = calm_config();
+    let state = tempfile::tempdir().unwrap();
     let mut child = Command::new(QUEEN)
         .args(["serve", "--listen", "127.0.0.1:0", "--config"])
         .arg(config.path())
+        .arg("--state-dir")
+        .arg(state.path())
         .args(extra)
         .env("RUST_LOG", "info")
         .env_remove("QUEEN_CONFIG")
@@ -53,7 +58,7 @@ fn start_queen(extra: &[&str]) -> Queen {
         }
     });
     let addr = rx.recv_timeout(Duration::from_secs(30)).expect("the queen logs its listen address");
-    Queen { child, url: format!("http://{addr}"), addr, _config: config }
+    Queen { child, url: format!("http://{addr}"), addr, _config: config, _state: state }
 }
 
 fn queen_cli(args: &[&str], url: &str) -> (bool, String, String) {
@@ -349,8 +354,10 @@ fn a_tls_queen_with_tokens_from_grpcurl_and_the_cli() {
 
 #[test]
 fn insecure_public_bind_starts_with_a_loud_warning() {
+    let state = tempfile::tempdir().unwrap();
     let mut child = Command::new(QUEEN)
-        .args(["serve", "--listen", "0.0.0.0:0", "--insecure"])
+        .args(["serve", "--listen", "0.0.0.0:0", "--insecure", "--state-dir"])
+        .arg(state.path())
         .env("RUST_LOG", "info")
         .env_remove("QUEEN_READ_TOKEN")
         .env_remove("QUEEN_WRITE_TOKEN")

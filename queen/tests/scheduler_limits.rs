@@ -280,6 +280,8 @@ async fn sigterm_stops_a_queen_whose_policy_runs_away() {
         Command::new(env!("CARGO_BIN_EXE_queen"))
             .args(["serve", "--listen", "127.0.0.1:0", "--policy"])
             .arg(&policy)
+            .arg("--state-dir")
+            .arg(dir.path())
             .env("RUST_LOG", "info")
             .env_remove("QUEEN_CONFIG")
             .stdout(Stdio::null())

@@ -16,6 +16,7 @@ use crate::QueenError;
 use crate::admission::{AdmissionSettings, RateLimit, admit_address};
 use crate::fleet::{Fleet, Origin};
 use crate::scheduler::Scheduler;
+use crate::store::{HiveRecord, StateStore};
 
 /// The Fleet service.
 #[derive(Clone)]
@@ -30,6 +31,8 @@ pub struct FleetService {
     announces: Arc<RateLimit>,
     /// Bounds the open WatchFleet streams.
     watchers: Watchers,
+    /// Where hives added, announced and removed at run time are kept.
+    store: Option<Arc<StateStore>>,
 }
 
 impl FleetService {
@@ -37,7 +40,26 @@ impl FleetService {
     pub fn new(fleet: Arc<Fleet>, scheduler: Arc<Scheduler>, admission: AdmissionSettings) -> Self {
         let announces = Arc::new(RateLimit::new(admission.announce_rate));
         let watchers = Watchers::new(admission.max_watchers);
-        Self { fleet, scheduler, admission, announces, watchers }
+        Self { fleet, scheduler, admission, announces, watchers, store: None }
+    }
+
+    /// Keeps hives added, announced and removed in `store` (none: kept in memory only).
+    pub fn with_store(self, store: Option<Arc<StateStore>>) -> Self {
+        Self { store, ..self }
+    }
+
+    /// Writes a run-time change of the managed hives, durably, before it is answered.
+    async fn keep(&self, address: &str, origin: Origin, removed: bool) -> Result<(), QueenError> {
+        let Some(store) = self.store.clone() else { return Ok(()) };
+        let origin = match origin {
+            Origin::Announced => "announced",
+            _ => "api",
+        };
+        let record = HiveRecord { address: address.to_owned(), origin: origin.into(), removed };
+        tokio::task::spawn_blocking(move || store.put_hive(&record))
+            .await
+            .map_err(|e| QueenError::Internal(format!("the state store writer failed: {e}")))??;
+        Ok(())
     }
 }
 
@@ -101,6 +123,9 @@ impl FleetApi for FleetService {
     ) -> Result<Response<pb::AddHiveResponse>, Status> {
         let address = admit_address(&self.admission.allow, &request.get_ref().address).await?;
         let (hive, added) = self.fleet.add(&address, Origin::Api)?;
+        if added {
+            self.keep(&hive.address, Origin::Api, false).await?;
+        }
         Ok(Response::new(pb::AddHiveResponse { hive: Some(hive.as_ref().into()), added }))
     }
 
@@ -108,7 +133,10 @@ impl FleetApi for FleetService {
         &self,
         request: Request<pb::RemoveHiveRequest>,
     ) -> Result<Response<pb::RemoveHiveResponse>, Status> {
-        let address = self.fleet.remove(key(&request.get_ref().hive)?)?;
+        let k = key(&request.get_ref().hive)?;
+        let origin = self.fleet.get(k).map_or(Origin::Api, |h| h.origin);
+        let address = self.fleet.remove(k)?;
+        self.keep(&address, origin, true).await?;
         Ok(Response::new(pb::RemoveHiveResponse { address }))
     }
 
@@ -139,9 +167,10 @@ impl FleetApi for FleetService {
                 return Err(e.into());
             }
         };
-        let (_, added) = self.fleet.add(&address, Origin::Announced)?;
+        let (hive, added) = self.fleet.add(&address, Origin::Announced)?;
         if added {
             tracing::info!(%address, hive_id = %req.hive_id, "hive announced itself");
+            self.keep(&hive.address, Origin::Announced, false).await?;
         }
         Ok(Response::new(pb::AnnounceResponse { added }))
     }

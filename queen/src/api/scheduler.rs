@@ -40,7 +40,7 @@ impl SchedulerApi for SchedulerService {
         if id.is_empty() || id.len() > 64 {
             return Err(QueenError::InvalidArgument("reservation_id must be 1..=64 bytes".into()).into());
         }
-        let r = self.scheduler.release(id)?;
+        let r = self.scheduler.release_durably(id.to_owned()).await?;
         Ok(Response::new(pb::ReleaseResponse { reservation: Some((&r).into()) }))
     }
 

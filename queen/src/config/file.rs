@@ -65,6 +65,8 @@ pub struct FileConfig {
     pub max_reservations_per_hive: Option<usize>,
     /// Most reservations in all.
     pub max_reservations: Option<usize>,
+    /// The state directory.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl FileConfig {

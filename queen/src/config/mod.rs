@@ -5,7 +5,7 @@ mod file;
 mod serve;
 
 pub use file::{FileConfig, HiveEntry};
-pub use serve::{DEFAULT_LISTEN, ServeArgs};
+pub use serve::{DEFAULT_LISTEN, ServeArgs, default_state_dir};
 
 use crate::admission::AdmissionSettings;
 use crate::api::auth::Tokens;
@@ -32,6 +32,12 @@ pub struct QueenConfig {
     pub tls: Option<tonic::transport::ServerTlsConfig>,
     /// Bearer tokens for the Fleet and Scheduler APIs.
     pub tokens: Tokens,
+    /// The state directory (reservations, run-time hives, the accepted policy);
+    /// `None` keeps nothing across restarts (tests, benchmarks). `queen serve` always
+    /// gives one.
+    pub state_dir: Option<std::path::PathBuf>,
+    /// Move a broken state store aside and start with an empty one.
+    pub reset_state: bool,
 }
 
 impl QueenConfig {
@@ -46,6 +52,8 @@ impl QueenConfig {
             scheduler: Default::default(),
             tls: None,
             tokens: Default::default(),
+            state_dir: None,
+            reset_state: false,
         }
     }
 }

@@ -97,6 +97,22 @@ pub struct ServeArgs {
     /// Allow a non-loopback listen address without TLS and tokens. Logs a warning at every start.
     #[arg(long, env = "QUEEN_INSECURE")]
     pub insecure: bool,
+    /// Directory of the state store (reservations, run-time hives, the accepted policy)
+    /// [default: $XDG_STATE_HOME/rbee/queen, else ~/.local/state/rbee/queen].
+    #[arg(long, env = "QUEEN_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// If the state store is broken, move it aside (kept as queen.redb.broken-TIME) and start with an empty one; a sound store is kept.
+    #[arg(long, env = "QUEEN_RESET_STATE")]
+    pub reset_state: bool,
+}
+
+/// The default state directory: `$XDG_STATE_HOME/rbee/queen`, else
+/// `$HOME/.local/state/rbee/queen`; `None` when neither variable is set.
+pub fn default_state_dir() -> Option<PathBuf> {
+    let nonempty = |v: &str| std::env::var_os(v).filter(|s| !s.is_empty()).map(PathBuf::from);
+    nonempty("XDG_STATE_HOME")
+        .or_else(|| nonempty("HOME").map(|h| h.join(".local/state")))
+        .map(|base| base.join("rbee/queen"))
 }
 
 impl ServeArgs {
@@ -216,7 +232,30 @@ impl ServeArgs {
                 "INSECURE: listening on a non-loopback address without TLS and tokens; anyone who can reach it \
                  can read the fleet, reserve VRAM and add hives");
         }
-        Ok((listen, QueenConfig { fleet, link, admission, hives, local_hive, scheduler, tls, tokens }))
+        let state_dir =
+            self.state_dir.clone().or(file.state_dir.clone()).or_else(default_state_dir).ok_or_else(
+                || {
+                    QueenError::Config(
+                        "no state directory: give --state-dir (neither XDG_STATE_HOME nor HOME is set)"
+                            .into(),
+                    )
+                },
+            )?;
+        Ok((
+            listen,
+            QueenConfig {
+                fleet,
+                link,
+                admission,
+                hives,
+                local_hive,
+                scheduler,
+                tls,
+                tokens,
+                state_dir: Some(state_dir),
+                reset_state: self.reset_state,
+            },
+        ))
     }
 }
 

@@ -6,12 +6,14 @@
 //! - [`policy`]: the sandboxed Rhai runtime, its API and budget.
 //! - [`book`]: the reservation book (bounded, paged).
 //! - `place`: the decision path (policy, then commit under the book's lock).
+//! - `durable`: the books kept in the state store, and restored from it.
 //! - `upkeep`: settlement and expiry of reservations; never waits on a policy.
 //! - `reload`: the watched policy file (compile, test-run, swap).
 //! - [`bounded_text`]: the bound on script- and peer-controlled text.
 
 pub mod book;
 pub mod bounded_text;
+mod durable;
 mod events;
 mod place;
 pub mod policy;
@@ -39,6 +41,7 @@ use self::request::ListRequest;
 use self::view::FleetView;
 use crate::QueenError;
 use crate::fleet::{Fleet, HiveSnapshot};
+use crate::store::StateStore;
 
 /// Where the scheduler reads hives from: the live fleet, or a fixed set of snapshots
 /// (`queen policy check --fleet FILE`, tests, benchmarks).
@@ -179,6 +182,8 @@ pub struct Scheduler {
     last_error: Mutex<Option<String>>,
     /// Reservation events for watchers.
     events: tokio::sync::broadcast::Sender<SchedulerEvent>,
+    /// Where the books are kept durably; `None` keeps them in memory only.
+    store: Option<Arc<StateStore>>,
 }
 
 fn read_policy(path: &std::path::Path) -> Result<String, QueenError> {
@@ -186,8 +191,17 @@ fn read_policy(path: &std::path::Path) -> Result<String, QueenError> {
 }
 
 impl Scheduler {
-    /// A scheduler over `fleet`. Fails when the policy file cannot be read or compiled.
+    /// A scheduler over `fleet` whose books are kept in memory only. Fails when the
+    /// policy file cannot be read or compiled.
     pub fn new(fleet: Arc<dyn HiveSource>, settings: SchedulerSettings) -> Result<Arc<Self>, QueenError> {
+        Self::build(fleet, settings, None)
+    }
+
+    fn build(
+        fleet: Arc<dyn HiveSource>,
+        settings: SchedulerSettings,
+        store: Option<Arc<StateStore>>,
+    ) -> Result<Arc<Self>, QueenError> {
         let runtime = PolicyRuntime::new(settings.limits);
         let default = Arc::new(
             runtime
@@ -217,6 +231,7 @@ impl Scheduler {
             reload_failures: AtomicU64::new(0),
             last_error: Mutex::new(None),
             events: tokio::sync::broadcast::channel(SCHEDULER_EVENT_CAPACITY).0,
+            store,
         }))
     }
 
@@ -240,9 +255,14 @@ impl Scheduler {
         *self.last_error.lock_unpoisoned() = Some(message);
     }
 
-    /// Releases a reservation.
+    /// Releases a reservation, durably. When the removal cannot be written, the
+    /// reservation is gone from the book but answered as an error: after a restart it
+    /// comes back (and expires or is released again), which never over-promises.
     pub fn release(&self, id: &str) -> Result<Reservation, QueenError> {
-        view::write(&self.book).release(id).ok_or_else(|| QueenError::NoReservation(id.to_owned()))
+        let r =
+            view::write(&self.book).release(id).ok_or_else(|| QueenError::NoReservation(id.to_owned()))?;
+        self.persist_changes(&[], &[id])?;
+        Ok(r)
     }
 
     /// Every reservation, oldest first.

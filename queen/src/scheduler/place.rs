@@ -1,5 +1,6 @@
 //! The decision path: run the policy on a snapshot of the fleet, then commit its choice
-//! under the book's lock, re-checking free memory and the reservation bounds.
+//! under the book's lock, re-checking free memory and the reservation bounds, and write
+//! it to the state store (when there is one) before answering.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -171,6 +172,12 @@ impl Scheduler {
                 Ok(reservation) => {
                     let free_after = book.free(&address, &device.id, device.total, device.used)
                         - if reservation.is_none() { bytes } else { 0 };
+                    // Durable before it is answered, and written outside the lock.
+                    let start = reservation.as_ref().and_then(|r| book.start_of(&r.id)).unwrap_or(0);
+                    drop(book);
+                    if let Some(r) = &reservation {
+                        self.persist_placed(r, start)?;
+                    }
                     return Ok(Attempt::Done(Outcome::Placed(Box::new(Placement {
                         hive_id: device.hive.hive_id().to_owned(),
                         address,

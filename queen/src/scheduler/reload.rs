@@ -21,6 +21,8 @@ impl Scheduler {
         let mut loaded = self.current.write_unpoisoned();
         *loaded =
             Loaded { policy: Arc::new(policy), at_ms: rbee_shared::time::now_unix_ms(), text: Some(text) };
+        drop(loaded);
+        self.record_policy();
         Ok(())
     }
 

@@ -283,3 +283,41 @@ impl HiveSource for Swap {
         self.0.lock().unwrap().clone()
     }
 }
+
+/// A scheduler kept in `dir`, restored from what the store holds (as `run` does).
+fn durable_scheduler(dir: &std::path::Path, hives: Vec<Arc<HiveSnapshot>>) -> Arc<Scheduler> {
+    let store = Arc::new(crate::store::StateStore::open(dir).unwrap());
+    let kept = store.load().unwrap();
+    Scheduler::durable(Arc::new(StaticHives(hives)), calm(), store, kept.reservations).unwrap()
+}
+
+#[test]
+fn a_durable_scheduler_keeps_what_it_promised_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = || vec![hive("hive-b", 1, 24, 4, 5.0, ConnState::Online, &[])];
+    let (kept, released) = {
+        let s = durable_scheduler(dir.path(), fleet());
+        let short = PlaceRequest { ttl: Duration::from_millis(1), ..PlaceRequest::gpu(2 * GIB) };
+        placed(s.place_blocking(&short).unwrap());
+        let kept = placed(s.place_blocking(&PlaceRequest::gpu(8 * GIB)).unwrap()).reservation.unwrap();
+        let released = placed(s.place_blocking(&PlaceRequest::gpu(GIB)).unwrap()).reservation.unwrap();
+        s.release(&released.id).unwrap();
+        (kept, released)
+    };
+    let s = durable_scheduler(dir.path(), fleet());
+    let ids: Vec<String> = s.reservations().into_iter().map(|r| r.id).collect();
+    assert_eq!(ids.len(), 2, "the expired one is still there until the first upkeep");
+    assert!(ids.contains(&kept.id) && !ids.contains(&released.id));
+    let mut events = s.subscribe();
+    s.upkeep_once();
+    assert!(matches!(events.try_recv(), Ok(SchedulerEvent::ReservationDropped { .. })));
+    assert_eq!(s.reservations(), [kept]);
+    // 24 GiB - 4 used - 8 kept: 12 GiB free, and no more.
+    rejected(s.place_blocking(&PlaceRequest::gpu(13 * GIB)).unwrap());
+    placed(s.place_blocking(&PlaceRequest::gpu(12 * GIB)).unwrap());
+    drop(s);
+    let store = crate::store::StateStore::open(dir.path()).unwrap();
+    let policy = store.load().unwrap().policy.unwrap();
+    assert_eq!(policy.source, "built-in:least-loaded");
+    assert_eq!(policy.sha256.len(), 64);
+}

@@ -20,6 +20,7 @@ impl Scheduler {
         let now = rbee_shared::time::now_unix_ms();
         let hives = self.fleet.hives();
         let mut dropped = Vec::new();
+        let mut settled = Vec::new();
         {
             let mut book = view::write(&self.book);
             for (address, device) in book.active_devices() {
@@ -31,7 +32,7 @@ impl Scheduler {
                     s.gpus.iter().find(|g| g.id == device).and_then(|g| g.vram_used_bytes)
                 };
                 if let Some(observed) = observed {
-                    book.observe(&address, &device, observed);
+                    settled.extend(book.observe(&address, &device, observed));
                 }
             }
             dropped.extend(
@@ -49,6 +50,15 @@ impl Scheduler {
                     "hive removed".to_owned()
                 };
                 dropped.push((r, why));
+            }
+            // (One settled and then dropped in this same pass is no longer in the book.)
+            let settled: Vec<_> = settled.iter().filter_map(|id| book.get(id).cloned()).collect();
+            drop(book);
+            let removed: Vec<&str> = dropped.iter().map(|(r, _)| r.id.as_str()).collect();
+            if let Err(e) = self.persist_changes(&settled, &removed) {
+                // The records stay as they were: a restart counts them again, and
+                // settles, expires or drops them again.
+                tracing::error!(error = %e, "cannot keep the books' upkeep in the state store");
             }
         }
         for (r, reason) in dropped {

@@ -42,6 +42,15 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+    /// Another queen has the file open.
+    #[error(
+        "the state store {path} is in use by another queen process (one queen per state directory); \
+         stop it, or give this queen its own --state-dir"
+    )]
+    InUse {
+        /// The file.
+        path: PathBuf,
+    },
     /// A read or write failed.
     #[error("the state store {path}: {reason}")]
     Io {
@@ -89,7 +98,10 @@ impl StateStore {
         // here, never a crash.
         let opened = std::panic::catch_unwind(|| Database::create(&path))
             .map_err(|_| fail("the file is corrupt".into()))?;
-        let db = opened.map_err(|e| fail(e.to_string()))?;
+        let db = opened.map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse { path: path.clone() },
+            e => fail(e.to_string()),
+        })?;
         let store = Self { db, path };
         // Create the tables, and read everything once: a broken record stops start-up.
         store.write(|txn| {
@@ -101,21 +113,23 @@ impl StateStore {
         Ok(store)
     }
 
-    /// Moves a broken store in `dir` aside (to `queen.redb.broken-UNIXMS`) and opens
-    /// a new, empty one. Returns the store and where the old file went.
+    /// Opens the store in `dir`, and when it is broken (cannot be opened or read) moves
+    /// it aside (to `queen.redb.broken-UNIXMS`) and opens a new, empty one. Returns the
+    /// store and where a broken file went. A sound store is kept (so that a reset left
+    /// on by mistake never drops promises), and one in use by another queen is an error.
     pub fn reset(dir: &Path) -> Result<(Self, Option<PathBuf>), StoreError> {
         let path = dir.join(STATE_FILE);
-        let aside = if path.exists() {
-            let to = dir.join(format!("{STATE_FILE}.broken-{}", rbee_shared::time::now_unix_ms()));
-            std::fs::rename(&path, &to).map_err(|e| StoreError::Open {
-                path: path.clone(),
-                reason: format!("cannot move it aside to {}: {e}", to.display()),
-            })?;
-            Some(to)
-        } else {
-            None
+        let broken = match Self::open(dir).and_then(|s| s.load().map(|_| s)) {
+            Ok(store) => return Ok((store, None)),
+            Err(e @ StoreError::InUse { .. }) => return Err(e),
+            Err(e) => e,
         };
-        Ok((Self::open(dir)?, aside))
+        let to = dir.join(format!("{STATE_FILE}.broken-{}", rbee_shared::time::now_unix_ms()));
+        std::fs::rename(&path, &to).map_err(|e| StoreError::Open {
+            path: path.clone(),
+            reason: format!("{broken}; and it cannot be moved aside to {}: {e}", to.display()),
+        })?;
+        Ok((Self::open(dir)?, Some(to)))
     }
 
     /// The file.
@@ -288,5 +302,10 @@ mod tests {
         let (store, aside) = StateStore::reset(dir.path()).unwrap();
         assert!(aside.unwrap().exists(), "the broken file is kept for inspection");
         assert!(store.load().unwrap().reservations.is_empty());
+        store.put_reservations(&[reservation("b")]).unwrap();
+        drop(store);
+        let (store, aside) = StateStore::reset(dir.path()).unwrap();
+        assert_eq!(aside, None, "a sound store is never moved aside");
+        assert_eq!(store.load().unwrap().reservations.len(), 1);
     }
 }

@@ -297,6 +297,53 @@ impl Book {
         Ok(r)
     }
 
+    /// One reservation by id.
+    pub fn get(&self, id: &str) -> Option<&Reservation> {
+        self.reservations.get(id)
+    }
+
+    /// Where a reservation starts on its device: the usage below it (the baseline plus
+    /// the active reservations ahead of it). It settles once the observed usage reaches
+    /// this plus its bytes. Kept with the reservation so that a restart can rebuild the
+    /// device's baseline; `None` for a settled or unknown reservation.
+    pub fn start_of(&self, id: &str) -> Option<u64> {
+        let r = self.reservations.get(id).filter(|r| r.state == ReservationState::Active)?;
+        let d = self.hives.get(&r.address)?.get(&r.device_id)?;
+        let mut start = d.baseline;
+        for ahead in d.active.iter().take_while(|a| *a != id) {
+            start += self.reservations.get(ahead).map_or(0, |a| a.bytes);
+        }
+        Some(start)
+    }
+
+    /// Puts back reservations kept across a restart, each with its start (see
+    /// [`Book::start_of`]); expiry stays absolute. Active ones queue on their device in
+    /// the order of their starts, and the device's baseline is the lowest start. A kept
+    /// start is only ever too high (when a reservation ahead of it was released after
+    /// it was written), so a restored book counts more, never less. The limits are not
+    /// applied: what was promised stays promised.
+    pub fn restore(&mut self, mut kept: Vec<(Reservation, u64)>) {
+        kept.sort_by(|(a, sa), (b, sb)| {
+            (sa, a.created_at_unix_ms, &a.id).cmp(&(sb, b.created_at_unix_ms, &b.id))
+        });
+        for (r, start) in kept {
+            if self.reservations.contains_key(&r.id) {
+                continue;
+            }
+            if r.state == ReservationState::Active {
+                let d = self.hives.entry(r.address.clone()).or_default().entry(&r.device_id);
+                if d.active.is_empty() {
+                    d.baseline = start;
+                }
+                d.active.push_back(r.id.clone());
+                d.active_bytes += r.bytes;
+            }
+            self.order.insert((r.created_at_unix_ms, r.id.clone()));
+            *self.counts.entry(r.address.clone()).or_default() += 1;
+            self.reservations.insert(r.id.clone(), r);
+        }
+    }
+
     /// Removes a reservation.
     pub fn release(&mut self, id: &str) -> Option<Reservation> {
         let r = self.reservations.remove(id)?;

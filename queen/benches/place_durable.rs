@@ -1,0 +1,155 @@
+//! `Place` with the state store off and on, in-process and over gRPC, on a synthetic
+//! fleet (1,000 hives x 8 GPUs by default) with the built-in least-loaded policy. Run:
+//!
+//!     cargo bench -p rbee-queen --bench place_durable [-- HIVES GPUS PLACEMENTS]
+//!
+//! With the store on, every placement is committed and fsync'd before it is answered,
+//! in a state directory under `$RBEE_BENCH_STATE_DIR` (default: the system temp dir;
+//! put it on the disk the queen would use: a tmpfs makes fsync free).
+//!
+//! - in-process: `Scheduler::place_blocking`, one thread; each reservation released
+//!   outside the timed section so the fleet stays comparable.
+//! - gRPC, 1 caller: the real `rbee.v1.Scheduler` service on loopback (TCP_NODELAY), the
+//!   generated client, one call at a time; released outside the timed section.
+//! - gRPC, 16 callers: 16 concurrent callers on one connection; reservations are kept.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rbee_proto::v1 as pb;
+use rbee_proto::v1::scheduler_client::SchedulerClient;
+use rbee_proto::v1::scheduler_server::SchedulerServer;
+use rbee_queen::api::SchedulerService;
+use rbee_queen::scheduler::request::PlaceRequest;
+use rbee_queen::scheduler::{Outcome, Scheduler, SchedulerSettings, StaticHives, synthetic};
+use rbee_queen::store::StateStore;
+use tonic::transport::server::TcpIncoming;
+
+const CALLERS: usize = 16;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn report(what: &str, mut lat: Vec<Duration>) {
+    lat.sort();
+    let n = lat.len();
+    println!(
+        "  {what:<24} p50 {:>9.3?}  p99 {:>9.3?}  max {:>9.3?}  ({n} calls)",
+        percentile(&lat, 0.50),
+        percentile(&lat, 0.99),
+        lat[n - 1]
+    );
+}
+
+fn scheduler(hives: usize, gpus: usize, store: Option<&std::path::Path>) -> Arc<Scheduler> {
+    let fleet = Arc::new(StaticHives(synthetic::fleet(hives, gpus)));
+    match store {
+        None => Scheduler::new(fleet, SchedulerSettings::default()).unwrap(),
+        Some(dir) => {
+            let store = Arc::new(StateStore::open(dir).unwrap());
+            Scheduler::durable(fleet, SchedulerSettings::default(), store, Vec::new()).unwrap()
+        }
+    }
+}
+
+fn in_process(scheduler: &Scheduler, n: usize) -> Vec<Duration> {
+    let req = PlaceRequest::gpu(4 << 30);
+    let mut lat = Vec::with_capacity(n);
+    for i in 0..n + 200 {
+        let t = Instant::now();
+        let outcome = scheduler.place_blocking(&req).unwrap();
+        if i >= 200 {
+            lat.push(t.elapsed());
+        }
+        match outcome {
+            Outcome::Placed(p) => {
+                scheduler.release(&p.reservation.unwrap().id).unwrap();
+            }
+            Outcome::Rejected { reason, .. } => panic!("rejected: {reason}"),
+        }
+    }
+    lat
+}
+
+fn request() -> pb::PlaceRequest {
+    pb::PlaceRequest {
+        model: "m".into(),
+        vram_bytes: 4 << 30,
+        device_kind: pb::DeviceKind::Cuda as i32,
+        ..Default::default()
+    }
+}
+
+async fn over_grpc(scheduler: Arc<Scheduler>, n: usize) -> (Vec<Duration>, Vec<Duration>, f64) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(SchedulerServer::new(SchedulerService::new(scheduler.clone())))
+            .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true))),
+    );
+    let channel =
+        tonic::transport::Endpoint::from_shared(url).unwrap().tcp_nodelay(true).connect().await.unwrap();
+    let mut client = SchedulerClient::new(channel);
+
+    let mut one = Vec::with_capacity(n);
+    for i in 0..n + 200 {
+        let t = Instant::now();
+        let placed = client.place(request()).await.unwrap().into_inner();
+        if i >= 200 {
+            one.push(t.elapsed());
+        }
+        let Some(pb::place_response::Result::Placement(p)) = placed.result else {
+            panic!("rejected: {placed:?}")
+        };
+        let release = scheduler.clone();
+        tokio::task::spawn_blocking(move || release.release(&p.reservation_id).unwrap()).await.unwrap();
+    }
+
+    let start = Instant::now();
+    let mut callers = Vec::new();
+    for _ in 0..CALLERS {
+        let mut client = client.clone();
+        callers.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            for _ in 0..n / CALLERS {
+                let t = Instant::now();
+                let placed = client.place(request()).await.unwrap().into_inner();
+                lat.push(t.elapsed());
+                assert!(matches!(placed.result, Some(pb::place_response::Result::Placement(_))));
+            }
+            lat
+        }));
+    }
+    let mut many = Vec::new();
+    for c in callers {
+        many.extend(c.await.unwrap());
+    }
+    let rate = many.len() as f64 / start.elapsed().as_secs_f64();
+    server.abort();
+    (one, many, rate)
+}
+
+fn main() {
+    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let hives = args.first().copied().unwrap_or(1000);
+    let gpus = args.get(1).copied().unwrap_or(8);
+    let n = args.get(2).copied().unwrap_or(2000);
+    let base = std::env::var_os("RBEE_BENCH_STATE_DIR").map_or_else(std::env::temp_dir, Into::into);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    println!("fleet: {hives} hives x {gpus} GPUs ({} devices), policy built-in:least-loaded", hives * gpus);
+    for store in [false, true] {
+        let dir = tempfile::tempdir_in(&base).unwrap();
+        let state = store.then(|| dir.path());
+        match state {
+            Some(d) => println!("store on ({}):", d.display()),
+            None => println!("store off:"),
+        }
+        report("in-process, 1 thread", in_process(&scheduler(hives, gpus, state), n));
+        let (one, many, rate) = runtime.block_on(over_grpc(scheduler(hives, gpus, state), n));
+        report("gRPC, 1 caller", one);
+        report(&format!("gRPC, {CALLERS} callers"), many);
+        println!("  gRPC, {CALLERS} callers: {rate:.0} placements/s");
+    }
+}

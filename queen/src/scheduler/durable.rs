@@ -1,0 +1,157 @@
+//! The books kept durably: a reservation is written to the state store before `Place`
+//! answers OK, settlements and removals follow, and a restart puts them all back with
+//! their absolute expiry. Records are converted here, at the boundary: the store knows
+//! nothing of the scheduler.
+//!
+//! Ordering: a reservation is made in the book (under its lock), then written (outside
+//! it, so that a slow disk never stalls the policies' views), then answered. A crash in
+//! between loses only a reservation nobody was told about. Every failure to write errs
+//! on the side of counting more: a release whose removal was not written comes back
+//! after a restart, never the other way round.
+
+use std::sync::Arc;
+
+use super::book::{Reservation, ReservationState};
+use super::policy::DEFAULT_POLICY;
+use super::{HiveSource, Scheduler, SchedulerSettings, view};
+use crate::QueenError;
+use crate::store::{PolicyRecord, ReservationRecord, StateStore};
+
+/// A reservation as the store keeps it; `start` is where it begins on its device (see
+/// [`super::book::Book::start_of`]).
+pub(super) fn to_record(r: &Reservation, start: u64) -> ReservationRecord {
+    ReservationRecord {
+        id: r.id.clone(),
+        hive_id: r.hive_id.clone(),
+        address: r.address.clone(),
+        device_id: r.device_id.clone(),
+        model: r.model.clone(),
+        bytes: r.bytes,
+        settled: r.state == ReservationState::Settled,
+        created_at_unix_ms: r.created_at_unix_ms,
+        expires_at_unix_ms: r.expires_at_unix_ms,
+        baseline_bytes: start,
+    }
+}
+
+/// A kept reservation and its start, for [`super::book::Book::restore`].
+pub(super) fn from_record(r: ReservationRecord) -> (Reservation, u64) {
+    let state = if r.settled { ReservationState::Settled } else { ReservationState::Active };
+    let start = r.baseline_bytes;
+    (
+        Reservation {
+            id: r.id,
+            hive_id: r.hive_id,
+            address: r.address,
+            device_id: r.device_id,
+            model: r.model,
+            bytes: r.bytes,
+            state,
+            created_at_unix_ms: r.created_at_unix_ms,
+            expires_at_unix_ms: r.expires_at_unix_ms,
+        },
+        start,
+    )
+}
+
+/// The SHA-256 of a policy text, hex.
+fn sha256_hex(text: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, text.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Scheduler {
+    /// A scheduler whose books are kept in `store`, starting from the reservations it
+    /// kept. Expired ones are dropped, with an event, at the first upkeep.
+    pub fn durable(
+        fleet: Arc<dyn HiveSource>,
+        settings: SchedulerSettings,
+        store: Arc<StateStore>,
+        kept: Vec<ReservationRecord>,
+    ) -> Result<Arc<Self>, QueenError> {
+        let restored = kept.len();
+        let scheduler = Self::build(fleet, settings, Some(store))?;
+        view::write(&scheduler.book).restore(kept.into_iter().map(from_record).collect());
+        if restored > 0 {
+            tracing::info!(reservations = restored, "reservations restored from the state store");
+        }
+        scheduler.record_policy();
+        Ok(scheduler)
+    }
+
+    /// Writes a new reservation durably; on failure takes it back out of the book, so
+    /// that nothing unanswered stays promised.
+    pub(super) fn persist_placed(&self, r: &Reservation, start: u64) -> Result<(), QueenError> {
+        let Some(store) = &self.store else { return Ok(()) };
+        if let Err(e) = store.put_reservations(&[to_record(r, start)]) {
+            view::write(&self.book).release(&r.id);
+            tracing::error!(error = %e, reservation = %r.id, "a reservation could not be made durable; not placed");
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Releases a reservation on a blocking thread (the removal is fsync'd before it is
+    /// answered).
+    pub async fn release_durably(self: &Arc<Self>, id: String) -> Result<Reservation, QueenError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.release(&id))
+            .await
+            .map_err(|e| QueenError::Internal(format!("the release thread failed: {e}")))?
+    }
+
+    /// Writes settlements and removals (upkeep, release).
+    pub(super) fn persist_changes(
+        &self,
+        settled: &[Reservation],
+        removed: &[&str],
+    ) -> Result<(), QueenError> {
+        let Some(store) = &self.store else { return Ok(()) };
+        if !settled.is_empty() {
+            let records: Vec<ReservationRecord> = settled.iter().map(|r| to_record(r, 0)).collect();
+            store.put_reservations(&records)?;
+        }
+        store.remove_reservations(removed.iter().copied())?;
+        Ok(())
+    }
+
+    /// Keeps the fact of the policy in use (a fact, not a promise: a failure is logged).
+    pub(super) fn record_policy(&self) {
+        let Some(store) = &self.store else { return };
+        let loaded = self.current.read().unwrap_or_else(|p| p.into_inner());
+        let record = PolicyRecord {
+            source: loaded.policy.source.clone(),
+            accepted_at_unix_ms: loaded.at_ms,
+            sha256: sha256_hex(loaded.text.as_deref().unwrap_or(DEFAULT_POLICY)),
+        };
+        drop(loaded);
+        if let Err(e) = store.put_policy(&record) {
+            tracing::warn!(error = %e, "cannot keep the fact of the accepted policy");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_round_trips() {
+        let r = Reservation {
+            id: "r".into(),
+            hive_id: "h".into(),
+            address: "http://a".into(),
+            device_id: "GPU-0".into(),
+            model: "m".into(),
+            bytes: 5,
+            state: ReservationState::Settled,
+            created_at_unix_ms: 1,
+            expires_at_unix_ms: 2,
+        };
+        assert_eq!(from_record(to_record(&r, 7)), (r, 7));
+        assert_eq!(sha256_hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+}

@@ -1,0 +1,448 @@
+//! The state store end to end, with the real `queen` binary: a queen killed with
+//! SIGKILL in the middle of a burst of `Place` calls comes back with every reservation
+//! it answered OK for, promises no device past its capacity, and keeps the TTLs; a
+//! broken store stops it with a clear error; hives added at run time come back and
+//! removed ones stay removed.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::*;
+use rbee_proto::v1 as pb;
+use rbee_proto::v1::fleet_client::FleetClient;
+use rbee_proto::v1::scheduler_client::SchedulerClient;
+use tonic::transport::Channel;
+
+const QUEEN: &str = env!("CARGO_BIN_EXE_queen");
+const GIB: u64 = 1 << 30;
+const MIB: u64 = 1 << 20;
+
+/// Two GPUs of 24 GiB with 4 GiB in use: 20 GiB free on each. Usage never grows, so
+/// nothing settles: every reservation keeps counting.
+const TWO_GPUS: &str = r#"
+[[gpu]]
+id = "GPU-0"
+vram_total = "24GiB"
+vram_used = ["4GiB"]
+util_percent = [10]
+temperature_c = [40]
+[[gpu]]
+id = "GPU-1"
+vram_total = "24GiB"
+vram_used = ["4GiB"]
+util_percent = [20]
+temperature_c = [40]
+"#;
+const GPU_TOTAL: u64 = 24 * GIB;
+const GPU_USED: u64 = 4 * GIB;
+
+/// The `queen` binary, serving; killed when dropped, however the test ends.
+struct Queen {
+    child: Child,
+    url: String,
+    /// Everything it logged.
+    log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Drop for Queen {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Queen {
+    /// Starts `queen serve` on `state` managing `hives`, and waits until it serves.
+    fn start(state: &Path, hives: &[String], extra: &[&str]) -> Self {
+        let mut child =
+            serve(state, hives, extra).stderr(Stdio::piped()).spawn().expect("start the queen binary");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("queen serving")
+                    && let Some(rest) = line.split("listen=").nth(1)
+                {
+                    let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_owned());
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(DEADLINE) {
+            Ok(addr) => addr,
+            Err(_) => panic!("the queen did not serve: {:?}", log.lock().unwrap()),
+        };
+        Self { child, url: format!("http://{addr}"), log }
+    }
+
+    /// SIGKILL: no shutdown, no flush, nothing.
+    fn kill_9(&mut self) {
+        let status = Command::new("kill").args(["-9", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let _ = self.child.wait();
+    }
+
+    async fn scheduler(&self) -> SchedulerClient<Channel> {
+        SchedulerClient::connect(self.url.clone()).await.unwrap()
+    }
+
+    async fn fleet(&self) -> FleetClient<Channel> {
+        FleetClient::connect(self.url.clone()).await.unwrap()
+    }
+
+    fn logged(&self, what: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(what))
+    }
+
+    /// Waits until the queen has logged `what` (its log is read on another thread).
+    async fn wait_logged(&self, what: &str) {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while !self.logged(what) {
+            assert!(tokio::time::Instant::now() < deadline, "the queen did not log {what:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// `queen serve` on a loopback port with fast timings and `state` as its state dir. The
+/// host CPU rule is off: the test machine's own load must not make hives degraded.
+fn serve(state: &Path, hives: &[String], extra: &[&str]) -> Command {
+    let config = state.join("calm.toml");
+    std::fs::write(&config, "[health]\ncpu_degraded_percent = 101.0\n").unwrap();
+    let mut cmd = Command::new(QUEEN);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--sample-interval", "200ms", "--lost-timeout", "2s"])
+        .arg("--config")
+        .arg(config)
+        .arg("--state-dir")
+        .arg(state)
+        .args(hives.iter().flat_map(|h| ["--hive", h.as_str()]))
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .env_remove("QUEEN_CONFIG")
+        .env_remove("QUEEN_STATE_DIR")
+        .env_remove("QUEEN_RESET_STATE")
+        .stdout(Stdio::null());
+    cmd
+}
+
+/// Waits until every hive the queen manages is online with a sample.
+async fn hives_online(queen: &Queen, count: usize) {
+    let mut fleet = queen.fleet().await;
+    wait_for(&mut fleet, "hives online with samples", |hs| {
+        hs.len() == count && hs.iter().all(|h| online(h) && h.latest_sample.is_some())
+    })
+    .await;
+}
+
+fn request(vram: u64, ttl_ms: u32) -> pb::PlaceRequest {
+    pb::PlaceRequest {
+        model: "m".into(),
+        vram_bytes: vram,
+        device_kind: pb::DeviceKind::Cuda as i32,
+        ttl_ms: Some(ttl_ms),
+        ..Default::default()
+    }
+}
+
+/// Every reservation, page by page.
+async fn reservations(client: &mut SchedulerClient<Channel>) -> Vec<pb::Reservation> {
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_reservations(pb::ListReservationsRequest { page_size: 50, page_token })
+            .await
+            .unwrap()
+            .into_inner();
+        all.extend(page.reservations);
+        if page.next_page_token.is_empty() {
+            return all;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// No device promised past its capacity: its observed use plus every reservation on it.
+fn assert_within_capacity(all: &[pb::Reservation]) {
+    let mut per_device: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    for r in all {
+        assert_eq!(r.state(), pb::ReservationState::Active, "nothing settles on these hives: {r:?}");
+        *per_device.entry((&r.address, &r.device_id)).or_default() += r.bytes;
+    }
+    for ((hive, device), bytes) in per_device {
+        assert!(GPU_USED + bytes <= GPU_TOTAL, "{hive}/{device}: {bytes} bytes promised on 20 GiB free");
+    }
+}
+
+/// What a client was told: the reservation's id and expiry.
+type Acked = BTreeMap<String, u64>;
+
+/// 200 concurrent callers place 256 MiB each, again and again; the queen is killed with
+/// SIGKILL once 100 placements were answered OK. Returns the acknowledged ones: long
+/// (1 h) and short (8 s) TTLs.
+async fn burst_and_kill(queen: &mut Queen) -> (Acked, Acked) {
+    let client = queen.scheduler().await;
+    let oks = Arc::new(AtomicUsize::new(0));
+    let mut callers = Vec::new();
+    for i in 0..200u32 {
+        let mut client = client.clone();
+        let oks = oks.clone();
+        let ttl_ms = if i % 4 == 0 { 8_000 } else { 3_600_000 };
+        callers.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for _ in 0..5 {
+                match client.place(request(256 * MIB, ttl_ms)).await {
+                    Ok(r) => {
+                        if let Some(pb::place_response::Result::Placement(p)) = r.into_inner().result {
+                            oks.fetch_add(1, Ordering::SeqCst);
+                            acked.push((p.reservation_id, p.expires_at_unix_ms, ttl_ms));
+                        }
+                    }
+                    // Every policy worker busy: load, try again.
+                    Err(s) if s.code() == tonic::Code::ResourceExhausted => {}
+                    // The queen is gone: nothing more will be answered.
+                    Err(_) => break,
+                }
+            }
+            acked
+        }));
+    }
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while oks.load(Ordering::SeqCst) < 100 {
+        assert!(tokio::time::Instant::now() < deadline, "100 placements were not answered in time");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    queen.kill_9();
+    let (mut long, mut short) = (Acked::new(), Acked::new());
+    for caller in callers {
+        for (id, expires, ttl_ms) in caller.await.unwrap() {
+            if ttl_ms == 8_000 { &mut short } else { &mut long }.insert(id, expires);
+        }
+    }
+    (long, short)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_queen_killed_mid_burst_keeps_every_acknowledged_reservation() {
+    let state = tempfile::tempdir().unwrap();
+    let hives =
+        [TestHive::start_named("hive-a", TWO_GPUS).await, TestHive::start_named("hive-b", TWO_GPUS).await];
+    let urls: Vec<String> = hives.iter().map(TestHive::url).collect();
+
+    let mut queen = Queen::start(state.path(), &urls, &[]);
+    hives_online(&queen, 2).await;
+    let (long, short) = burst_and_kill(&mut queen).await;
+    assert!(long.len() + short.len() >= 100, "the kill came after 100 OKs");
+    assert!(long.len() + short.len() < 320, "the kill came before the GPUs were full");
+    drop(queen);
+
+    let queen = Queen::start(state.path(), &urls, &[]);
+    assert!(queen.logged("reservations restored from the state store"));
+    let mut client = queen.scheduler().await;
+    let listed_at = rbee_shared::time::now_unix_ms();
+    let after: BTreeMap<String, u64> =
+        reservations(&mut client).await.into_iter().map(|r| (r.id, r.expires_at_unix_ms)).collect();
+    for (id, expires) in &long {
+        assert_eq!(after.get(id), Some(expires), "reservation {id} was answered OK and is gone (or changed)");
+    }
+    let mut short_kept = 0;
+    for (id, expires) in &short {
+        match after.get(id) {
+            Some(kept) => {
+                assert_eq!(kept, expires, "a TTL continues from its absolute expiry");
+                short_kept += 1;
+            }
+            None => assert!(*expires <= listed_at + 1_000, "reservation {id} is gone before its expiry"),
+        }
+    }
+
+    // The restored books still count: filling the GPUs up never goes past their capacity.
+    hives_online(&queen, 2).await;
+    let mut more = 0;
+    while let Ok(r) = client.place(request(256 * MIB, 3_600_000)).await {
+        match r.into_inner().result {
+            Some(pb::place_response::Result::Placement(_)) => more += 1,
+            _ => break,
+        }
+        assert!(more <= 320, "placed past the GPUs' capacity");
+    }
+    let all = reservations(&mut client).await;
+    assert_within_capacity(&all);
+    assert!(all.len() <= 320, "{} reservations of 256 MiB on 80 GiB free", all.len());
+
+    // The short TTLs set before the kill still fire after the restart, with an event.
+    let last_short = short.values().copied().max().unwrap_or(0);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let ids: BTreeSet<String> = reservations(&mut client).await.into_iter().map(|r| r.id).collect();
+        if short.keys().all(|id| !ids.contains(id)) {
+            assert!(long.keys().all(|id| ids.contains(id)), "a 1 h reservation expired");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "short TTLs did not expire after the restart");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(rbee_shared::time::now_unix_ms() >= last_short, "nothing expired early");
+    if short_kept > 0 {
+        queen.wait_logged("expired before the model showed up").await;
+    }
+}
+
+/// Writes a store holding one reservation in `dir`, then breaks it with `broken`.
+fn broken_store(dir: &Path, broken: impl FnOnce(&[u8]) -> Vec<u8>) -> std::path::PathBuf {
+    {
+        let store = rbee_queen::store::StateStore::open(dir).unwrap();
+        store
+            .put_reservations(&[rbee_queen::store::ReservationRecord {
+                id: "r".into(),
+                hive_id: "h".into(),
+                address: "http://127.0.0.1:9".into(),
+                device_id: "GPU-0".into(),
+                model: "m".into(),
+                bytes: GIB,
+                settled: false,
+                created_at_unix_ms: 1,
+                expires_at_unix_ms: 2,
+                baseline_bytes: 0,
+            }])
+            .unwrap();
+    }
+    let path = dir.join(rbee_queen::store::STATE_FILE);
+    let full = std::fs::read(&path).unwrap();
+    std::fs::write(&path, broken(&full)).unwrap();
+    path
+}
+
+/// Runs `queen serve` to its exit (it must exit on its own, quickly).
+fn serve_to_exit(state: &Path) -> (std::process::ExitStatus, String) {
+    serve_to_exit_with(state, &[])
+}
+
+fn serve_to_exit_with(state: &Path, extra: &[&str]) -> (std::process::ExitStatus, String) {
+    let mut child = serve(state, &[], extra).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the queen started on a broken store instead of stopping");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    (status, err)
+}
+
+#[test]
+fn a_truncated_or_garbage_store_stops_the_queen_and_reset_state_starts_it() {
+    type Breaker = fn(&[u8]) -> Vec<u8>;
+    let breakers: [(&str, Breaker); 2] = [
+        ("truncated", |full| full[..full.len() / 3].to_vec()),
+        ("garbage", |_| b"this is not a database".repeat(100)),
+    ];
+    for (how, breaker) in breakers {
+        let state = tempfile::tempdir().unwrap();
+        let path = broken_store(state.path(), breaker);
+        let (status, err) = serve_to_exit(state.path());
+        assert!(!status.success(), "{how}: {status:?}");
+        assert!(err.contains(&path.display().to_string()), "{how}: the error names the file: {err}");
+        assert!(err.contains("--reset-state"), "{how}: the error says the way out: {err}");
+        assert!(!err.contains("panicked"), "{how}: {err}");
+
+        let queen = Queen::start(state.path(), &[], &["--reset-state"]);
+        assert!(queen.logged("moved aside"), "{how}: where the old file went is logged");
+        let kept: Vec<_> = std::fs::read_dir(state.path())
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with("queen.redb.broken-"))
+            .collect();
+        assert_eq!(kept.len(), 1, "{how}: the broken file is kept for inspection");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hives_added_at_run_time_come_back_and_removed_ones_do_not() {
+    let state = tempfile::tempdir().unwrap();
+    let configured = TestHive::start_named("configured", ONE_GPU).await;
+    let added = TestHive::start_named("added", ONE_GPU).await;
+    let removed = TestHive::start_named("removed", ONE_GPU).await;
+    let configured_url = [configured.url()];
+
+    let mut queen = Queen::start(state.path(), &configured_url, &[]);
+    let mut fleet = queen.fleet().await;
+    for hive in [&added, &removed] {
+        let r = fleet.add_hive(pb::AddHiveRequest { address: hive.url() }).await.unwrap().into_inner();
+        assert!(r.added);
+    }
+    for hive in [&removed, &configured] {
+        fleet.remove_hive(pb::RemoveHiveRequest { hive: hive.url() }).await.unwrap();
+    }
+    queen.kill_9();
+    drop(queen);
+
+    let queen = Queen::start(state.path(), &configured_url, &[]);
+    let mut fleet = queen.fleet().await;
+    let hives = fleet.list_hives(pb::ListHivesRequest::default()).await.unwrap().into_inner().hives;
+    let addresses: Vec<&str> = hives.iter().map(|h| h.address.as_str()).collect();
+    assert_eq!(addresses, [added.url()], "only the added hive is managed after the restart");
+    hives_online(&queen, 1).await;
+
+    // Adding the removed configured hive again brings it back for good.
+    fleet.add_hive(pb::AddHiveRequest { address: configured.url() }).await.unwrap();
+    drop(queen);
+    let queen = Queen::start(state.path(), &configured_url, &[]);
+    let hives =
+        queen.fleet().await.list_hives(pb::ListHivesRequest::default()).await.unwrap().into_inner().hives;
+    assert_eq!(hives.len(), 2, "{hives:?}");
+}
+
+#[test]
+fn a_second_queen_on_the_same_state_dir_refuses_to_start() {
+    let state = tempfile::tempdir().unwrap();
+    let _first = Queen::start(state.path(), &[], &[]);
+    for extra in [&[][..], &["--reset-state"][..]] {
+        let (status, err) = serve_to_exit_with(state.path(), extra);
+        assert!(!status.success(), "{status:?}");
+        assert!(err.contains("in use by another queen"), "{err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reservations_on_the_local_hive_follow_it_to_its_new_port() {
+    let state = tempfile::tempdir().unwrap();
+    let local = ["--local-hive", "--local-hive-demo"];
+    let mut queen = Queen::start(state.path(), &[], &local);
+    hives_online(&queen, 1).await;
+    let placed = queen.scheduler().await.place(request(GIB, 3_600_000)).await.unwrap().into_inner();
+    let Some(pb::place_response::Result::Placement(p)) = placed.result else {
+        panic!("rejected: {placed:?}")
+    };
+    queen.kill_9();
+    drop(queen);
+
+    let queen = Queen::start(state.path(), &[], &local);
+    queen.wait_logged("kept reservations follow the local hive").await;
+    hives_online(&queen, 1).await;
+    let hive =
+        queen.fleet().await.list_hives(pb::ListHivesRequest::default()).await.unwrap().into_inner().hives;
+    assert_ne!(hive[0].address, p.address, "the local hive listens on a new port");
+    // Several upkeeps (every second) later, the reservation is still held, on the new address.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let all = reservations(&mut queen.scheduler().await).await;
+    let kept: Vec<_> = all.iter().filter(|r| r.id == p.reservation_id).collect();
+    assert_eq!(kept.len(), 1, "{all:?}");
+    assert_eq!(kept[0].address, hive[0].address);
+}
