@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::scheduling::*;
 use common::*;
 use rbee_proto::v1 as pb;
 use rbee_proto::v1::fleet_client::FleetClient;
@@ -21,25 +22,8 @@ use rbee_proto::v1::scheduler_client::SchedulerClient;
 use tonic::transport::Channel;
 
 const QUEEN: &str = env!("CARGO_BIN_EXE_queen");
-const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
 
-/// Two GPUs of 24 GiB with 4 GiB in use: 20 GiB free on each. Usage never grows, so
-/// nothing settles: every reservation keeps counting.
-const TWO_GPUS: &str = r#"
-[[gpu]]
-id = "GPU-0"
-vram_total = "24GiB"
-vram_used = ["4GiB"]
-util_percent = [10]
-temperature_c = [40]
-[[gpu]]
-id = "GPU-1"
-vram_total = "24GiB"
-vram_used = ["4GiB"]
-util_percent = [20]
-temperature_c = [40]
-"#;
 const GPU_TOTAL: u64 = 24 * GIB;
 const GPU_USED: u64 = 4 * GIB;
 
@@ -153,24 +137,6 @@ fn request(vram: u64, ttl_ms: u32) -> pb::PlaceRequest {
     }
 }
 
-/// Every reservation, page by page.
-async fn reservations(client: &mut SchedulerClient<Channel>) -> Vec<pb::Reservation> {
-    let mut all = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .list_reservations(pb::ListReservationsRequest { page_size: 50, page_token })
-            .await
-            .unwrap()
-            .into_inner();
-        all.extend(page.reservations);
-        if page.next_page_token.is_empty() {
-            return all;
-        }
-        page_token = page.next_page_token;
-    }
-}
-
 /// No device promised past its capacity: its observed use plus every reservation on it.
 fn assert_within_capacity(all: &[pb::Reservation]) {
     let mut per_device: BTreeMap<(&str, &str), u64> = BTreeMap::new();
@@ -250,7 +216,7 @@ async fn a_queen_killed_mid_burst_keeps_every_acknowledged_reservation() {
     let mut client = queen.scheduler().await;
     let listed_at = rbee_shared::time::now_unix_ms();
     let after: BTreeMap<String, u64> =
-        reservations(&mut client).await.into_iter().map(|r| (r.id, r.expires_at_unix_ms)).collect();
+        all_reservations(&mut client, 50).await.into_iter().map(|r| (r.id, r.expires_at_unix_ms)).collect();
     for (id, expires) in &long {
         assert_eq!(after.get(id), Some(expires), "reservation {id} was answered OK and is gone (or changed)");
     }
@@ -275,7 +241,7 @@ async fn a_queen_killed_mid_burst_keeps_every_acknowledged_reservation() {
         }
         assert!(more <= 320, "placed past the GPUs' capacity");
     }
-    let all = reservations(&mut client).await;
+    let all = all_reservations(&mut client, 50).await;
     assert_within_capacity(&all);
     assert!(all.len() <= 320, "{} reservations of 256 MiB on 80 GiB free", all.len());
 
@@ -283,7 +249,8 @@ async fn a_queen_killed_mid_burst_keeps_every_acknowledged_reservation() {
     let last_short = short.values().copied().max().unwrap_or(0);
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
-        let ids: BTreeSet<String> = reservations(&mut client).await.into_iter().map(|r| r.id).collect();
+        let ids: BTreeSet<String> =
+            all_reservations(&mut client, 50).await.into_iter().map(|r| r.id).collect();
         if short.keys().all(|id| !ids.contains(id)) {
             assert!(long.keys().all(|id| ids.contains(id)), "a 1 h reservation expired");
             break;
@@ -441,7 +408,7 @@ async fn reservations_on_the_local_hive_follow_it_to_its_new_port() {
     assert_ne!(hive[0].address, p.address, "the local hive listens on a new port");
     // Several upkeeps (every second) later, the reservation is still held, on the new address.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let all = reservations(&mut queen.scheduler().await).await;
+    let all = all_reservations(&mut queen.scheduler().await, 50).await;
     let kept: Vec<_> = all.iter().filter(|r| r.id == p.reservation_id).collect();
     assert_eq!(kept.len(), 1, "{all:?}");
     assert_eq!(kept[0].address, hive[0].address);

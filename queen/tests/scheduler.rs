@@ -6,30 +6,11 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use common::scheduling::*;
 use common::*;
 use rbee_proto::v1 as pb;
-use rbee_proto::v1::scheduler_client::SchedulerClient;
-use rbee_queen::QueenConfig;
 use rbee_queen::scheduler::SchedulerSettings;
 use tokio::time::Instant;
-
-const GIB: u64 = 1 << 30;
-
-/// Two GPUs of 24 GiB with 4 GiB in use: 20 GiB free on each.
-const TWO_GPUS: &str = r#"
-[[gpu]]
-id = "GPU-0"
-vram_total = "24GiB"
-vram_used = ["4GiB"]
-util_percent = [10]
-temperature_c = [40]
-[[gpu]]
-id = "GPU-1"
-vram_total = "24GiB"
-vram_used = ["4GiB"]
-util_percent = [20]
-temperature_c = [40]
-"#;
 
 /// Fast upkeep, and a wall-time budget that a loaded test machine does not break
 /// (the runaway test sets its own).
@@ -37,55 +18,6 @@ fn settings() -> SchedulerSettings {
     let mut s = SchedulerSettings { maintain_every: Duration::from_millis(100), ..Default::default() };
     s.limits.budget = Duration::from_secs(2);
     s
-}
-
-async fn queen_with(
-    hives: Vec<String>,
-    scheduler: SchedulerSettings,
-) -> (TestQueen, SchedulerClient<tonic::transport::Channel>) {
-    let config = QueenConfig { scheduler, ..fast_config(hives) };
-    let queen = TestQueen::start_with(config, "127.0.0.1:0".parse().unwrap()).await;
-    let mut fleet = queen.client().await;
-    wait_for(&mut fleet, "hives online with samples", |hs| {
-        hs.iter().all(|h| online(h) && h.latest_sample.is_some())
-    })
-    .await;
-    let client = SchedulerClient::connect(queen.url()).await.unwrap();
-    (queen, client)
-}
-
-fn gpu_request(vram: u64) -> pb::PlaceRequest {
-    pb::PlaceRequest {
-        model: "m".into(),
-        vram_bytes: vram,
-        device_kind: pb::DeviceKind::Cuda as i32,
-        ..Default::default()
-    }
-}
-
-fn placement(r: pb::PlaceResponse) -> pb::Placement {
-    match r.result.unwrap() {
-        pb::place_response::Result::Placement(p) => p,
-        pb::place_response::Result::Rejection(r) => panic!("rejected: {r:?}"),
-    }
-}
-
-/// Every reservation, page by page.
-async fn reservations(client: &mut SchedulerClient<tonic::transport::Channel>) -> Vec<pb::Reservation> {
-    let mut all = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .list_reservations(pb::ListReservationsRequest { page_size: 0, page_token })
-            .await
-            .unwrap()
-            .into_inner();
-        all.extend(page.reservations);
-        if page.next_page_token.is_empty() {
-            return all;
-        }
-        page_token = page.next_page_token;
-    }
 }
 
 fn reservation_dropped(e: &pb::fleet_event::Event) -> Option<pb::ReservationDropped> {
@@ -121,10 +53,10 @@ async fn place_list_and_release() {
 
     let dry = pb::PlaceRequest { dry_run: true, ..gpu_request(GIB) };
     assert!(placement(client.place(dry).await.unwrap().into_inner()).reservation_id.is_empty());
-    assert_eq!(reservations(&mut client).await.len(), 1);
+    assert_eq!(all_reservations(&mut client, 0).await.len(), 1);
 
     client.release(pb::ReleaseRequest { reservation_id: p.reservation_id.clone() }).await.unwrap();
-    assert!(reservations(&mut client).await.is_empty());
+    assert!(all_reservations(&mut client, 0).await.is_empty());
     let again = client.release(pb::ReleaseRequest { reservation_id: p.reservation_id }).await.unwrap_err();
     assert_eq!(again.code(), tonic::Code::NotFound);
 
@@ -160,7 +92,7 @@ async fn two_hundred_concurrent_placements_never_oversubscribe_a_device() {
     // 20 GiB free per device holds 6 placements of 3 GiB; 4 devices: 24.
     assert_eq!(placed, 24);
     let mut c = client.clone();
-    let list = reservations(&mut c).await;
+    let list = all_reservations(&mut c, 0).await;
     let mut per_device: BTreeMap<(String, String), u64> = BTreeMap::new();
     for r in &list {
         *per_device.entry((r.hive_id.clone(), r.device_id.clone())).or_default() += r.bytes;
@@ -182,7 +114,7 @@ async fn reservations_survive_a_stale_hive_and_go_with_a_removed_one() {
 
     proxy.freeze();
     watch.until(state_to(&proxy.url(), pb::HiveState::Stale)).await;
-    let list = reservations(&mut client).await;
+    let list = all_reservations(&mut client, 0).await;
     assert_eq!(list.len(), 1, "kept while stale");
     let stale = rejection(client.place(gpu_request(GIB)).await.unwrap().into_inner());
     assert!(stale.hive_reasons.iter().any(|r| r.starts_with("flaky: stale")), "{stale:?}");
@@ -191,7 +123,7 @@ async fn reservations_survive_a_stale_hive_and_go_with_a_removed_one() {
     let (dropped, _) = watch.until(reservation_dropped).await;
     assert_eq!(dropped.reservation_id, p.reservation_id);
     assert_eq!(dropped.reason, "hive removed");
-    assert!(reservations(&mut client).await.is_empty());
+    assert!(all_reservations(&mut client, 0).await.is_empty());
 }
 
 #[tokio::test]

@@ -10,33 +10,13 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::scheduling::*;
 use common::*;
 use rbee_proto::v1 as pb;
 use rbee_proto::v1::scheduler_client::SchedulerClient;
-use rbee_queen::QueenConfig;
 use rbee_queen::scheduler::SchedulerSettings;
 use rbee_queen::scheduler::book::BookLimits;
 use tokio::time::Instant;
-
-type Client = SchedulerClient<tonic::transport::Channel>;
-
-const GIB: u64 = 1 << 30;
-
-/// Two GPUs of 24 GiB with 4 GiB in use.
-const TWO_GPUS: &str = r#"
-[[gpu]]
-id = "GPU-0"
-vram_total = "24GiB"
-vram_used = ["4GiB"]
-util_percent = [10]
-temperature_c = [40]
-[[gpu]]
-id = "GPU-1"
-vram_total = "24GiB"
-vram_used = ["4GiB"]
-util_percent = [20]
-temperature_c = [40]
-"#;
 
 /// The report's runaway: an array of 190,000 elements and `contains` in a loop. Every
 /// call walks the whole array inside one native; it used to run for minutes.
@@ -64,34 +44,6 @@ fn with_policy(text: &str) -> (SchedulerSettings, tempfile::TempDir, std::path::
     std::fs::write(&file, text).unwrap();
     let s = SchedulerSettings { policy_file: Some(file.clone()), ..settings() };
     (s, dir, file)
-}
-
-async fn queen_with(hives: Vec<String>, scheduler: SchedulerSettings) -> (TestQueen, Client) {
-    let config = QueenConfig { scheduler, ..QueenConfig::new(fast_settings(), hives) };
-    let queen = TestQueen::start_with(config, "127.0.0.1:0".parse().unwrap()).await;
-    let mut fleet = queen.client().await;
-    wait_for(&mut fleet, "hives online with samples", |hs| {
-        hs.iter().all(|h| online(h) && h.latest_sample.is_some())
-    })
-    .await;
-    let client = SchedulerClient::connect(queen.url()).await.unwrap();
-    (queen, client)
-}
-
-fn gpu_request(vram: u64) -> pb::PlaceRequest {
-    pb::PlaceRequest {
-        model: "m".into(),
-        vram_bytes: vram,
-        device_kind: pb::DeviceKind::Cuda as i32,
-        ..Default::default()
-    }
-}
-
-fn placement(r: pb::PlaceResponse) -> pb::Placement {
-    match r.result.unwrap() {
-        pb::place_response::Result::Placement(p) => p,
-        pb::place_response::Result::Rejection(r) => panic!("rejected: {r:?}"),
-    }
 }
 
 #[tokio::test]

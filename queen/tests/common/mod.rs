@@ -21,6 +21,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
+pub mod scheduling;
 pub mod scripted;
 
 /// Fast settings for tests: 200 ms samples, stale after 600 ms, lost after 2 s. The
