@@ -303,3 +303,51 @@ pub async fn greedy_reader(
     });
     (accepted, end_tx)
 }
+
+/// Another loopback address, so that a test can tell "the queen" from everyone else.
+pub const QUEEN_IP: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+
+/// A hive client whose connection comes from `local` (e.g. [`QUEEN_IP`]).
+pub async fn client_from(url: &str, local: std::net::IpAddr) -> HiveClient<Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .expect("a URL")
+        .local_address(Some(local))
+        .connect()
+        .await
+        .expect("a connection");
+    HiveClient::new(channel)
+}
+
+/// The services a server at `url` lists through gRPC reflection v1, sorted.
+pub async fn reflected_services(url: &str) -> Vec<String> {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .expect("a URL")
+        .connect()
+        .await
+        .expect("connect");
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection answers")
+        .into_inner();
+    let answer = tokio::time::timeout(DEADLINE, answers.message())
+        .await
+        .expect("an answer before the deadline")
+        .expect("a reflection answer")
+        .expect("one message");
+    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+        panic!("not a service list: {answer:?}");
+    };
+    let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    names.sort();
+    names
+}

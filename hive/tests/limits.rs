@@ -4,26 +4,9 @@
 
 mod common;
 
-use std::net::{IpAddr, Ipv4Addr};
-
 use common::*;
 use rbee_proto::v1 as pb;
-use rbee_proto::v1::hive_client::HiveClient;
 use tokio::time::Instant;
-use tokio_stream::StreamExt;
-
-/// Another loopback address, so that a test can tell "the queen" from everyone else.
-pub const QUEEN_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
-
-async fn client_from(url: &str, local: IpAddr) -> HiveClient<tonic::transport::Channel> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
-        .unwrap()
-        .local_address(Some(local))
-        .connect()
-        .await
-        .unwrap();
-    HiveClient::new(channel)
-}
 
 #[tokio::test]
 async fn streams_beyond_the_limit_get_resource_exhausted_with_a_clear_message() {
@@ -120,27 +103,9 @@ async fn an_oversized_stream_message_is_resource_exhausted() {
 
 #[tokio::test]
 async fn reflection_lists_only_the_services_the_hive_serves() {
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-
     let hive = TestHive::start(ONE_GPU).await;
     hive.client().await;
-    let channel = tonic::transport::Channel::from_shared(hive.url()).unwrap().connect().await.unwrap();
-    let mut reflection = ServerReflectionClient::new(channel);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut responses =
-        reflection.server_reflection_info(tokio_stream::once(request)).await.unwrap().into_inner();
-    let response = tokio::time::timeout(DEADLINE, responses.next()).await.unwrap().unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
-        panic!("not a service list: {response:?}");
-    };
-    let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    names.sort();
+    let names = reflected_services(&hive.url()).await;
     assert_eq!(
         names,
         [

@@ -5,18 +5,15 @@
 
 mod common;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
 use prost::Message;
 use rbee_proto::v1 as pb;
-use rbee_proto::v1::hive_client::HiveClient;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-
-const QUEEN_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 
 /// A queen that answers every `rbee.v1.Fleet/Announce` with `added: true` and reports
 /// each announce on a channel. Nothing else.
@@ -67,16 +64,6 @@ async fn next_announce(announces: &mut mpsc::UnboundedReceiver<pb::AnnounceReque
         .await
         .expect("the hive announces before the deadline")
         .expect("the scripted queen runs")
-}
-
-async fn client_from(url: &str, local: IpAddr) -> HiveClient<tonic::transport::Channel> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
-        .unwrap()
-        .local_address(Some(local))
-        .connect()
-        .await
-        .unwrap();
-    HiveClient::new(channel)
 }
 
 #[tokio::test]

@@ -169,27 +169,9 @@ async fn loopback_aliases_are_one_hive() {
 
 #[tokio::test]
 async fn reflection_lists_only_the_services_the_queen_serves() {
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-
     let queen = TestQueen::start(vec![]).await;
     let _ = queen.client().await;
-    let channel = tonic::transport::Endpoint::from_shared(queen.url()).unwrap().connect().await.unwrap();
-    let mut client = ServerReflectionClient::new(channel);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut answers =
-        client.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
-    let answer = tokio::time::timeout(DEADLINE, answers.message()).await.unwrap().unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
-        panic!("not a service list: {answer:?}");
-    };
-    let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    names.sort();
+    let names = rbee_hive::test_support::reflected_services(&queen.url()).await;
     assert_eq!(
         names,
         [
@@ -225,6 +207,12 @@ async fn reflection_lists_only_the_services_the_queen_serves() {
         assert_eq!(alpha, names);
     }
     // Every listed service can be described (so grpcurl can call it).
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let channel = tonic::transport::Endpoint::from_shared(queen.url()).unwrap().connect().await.unwrap();
+    let mut client = ServerReflectionClient::new(channel);
     for name in names {
         let request = ServerReflectionRequest {
             host: String::new(),
