@@ -351,3 +351,20 @@ pub async fn reflected_services(url: &str) -> Vec<String> {
     names.sort();
     names
 }
+
+/// An external program a test needs (etcd, prometheus, promtool, grpcurl, ...), found on
+/// `PATH`. Where it is missing the test is skipped loudly, with the reason on stderr;
+/// where `RBEE_REQUIRE_TOOLS=1` (CI sets it) a missing tool fails the test instead.
+/// `install` says how to get it, e.g. "apt-get install etcd-server".
+pub fn external_tool(name: &str, install: &str) -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths).map(|dir| dir.join(name)).find(|candidate| candidate.is_file())
+    });
+    if found.is_none() {
+        let required = std::env::var_os("RBEE_REQUIRE_TOOLS").is_some_and(|v| v == "1")
+            || (name == "grpcurl" && std::env::var_os("RBEE_REQUIRE_GRPCURL").is_some());
+        assert!(!required, "{name} is required here (RBEE_REQUIRE_TOOLS=1) but is not on PATH: {install}");
+        eprintln!("SKIPPED: {name} is not on PATH ({install}); this test did not run");
+    }
+    found
+}
