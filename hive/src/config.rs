@@ -47,6 +47,10 @@ pub struct GpuArgs {
     /// Use the built-in demo scenario of simulated GPUs instead of NVML.
     #[arg(long, env = "HIVE_DEMO")]
     pub demo: bool,
+    /// Load NVML from this library instead of the system's libnvidia-ml.so (e.g. a driver in an unusual
+    /// place, or the fake library of rbee-nvml-fake).
+    #[arg(long, env = "HIVE_NVML_LIB", value_name = "PATH", conflicts_with_all = ["simulate", "demo"])]
+    pub nvml_lib: Option<PathBuf>,
 }
 
 impl GpuArgs {
@@ -60,7 +64,7 @@ impl GpuArgs {
                 .map_err(|source| HiveError::Scenario { path: "<built-in demo>".into(), source })?;
             return Ok(GpuChoice::Simulated(scenario));
         }
-        Ok(GpuChoice::Nvml)
+        Ok(GpuChoice::Nvml { lib: self.nvml_lib.clone() })
     }
 }
 

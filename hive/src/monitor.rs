@@ -10,6 +10,7 @@
 //! and publishes the new version first, under the same lock.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,8 +30,12 @@ use crate::source::system::SystemSource;
 /// Which GPU source to use.
 #[derive(Debug, Clone)]
 pub enum GpuChoice {
-    /// NVML when the driver is present; otherwise CPU only, with one log line.
-    Nvml,
+    /// NVML when the driver is present; otherwise CPU only, with one log line. `lib`
+    /// names the driver library when it is not the system's `libnvidia-ml.so`.
+    Nvml {
+        /// The NVML library to load instead of the system's.
+        lib: Option<PathBuf>,
+    },
     /// Simulated GPUs from a scenario (tests and demos).
     Simulated(Scenario),
 }
@@ -60,12 +65,19 @@ impl Monitor {
                 tracing::warn!("GPU source: SIMULATED from a scenario file; these are not real GPUs");
                 sources.push(Box::new(SimulatedSource::new(scenario)));
             }
-            GpuChoice::Nvml => match NvmlSource::new() {
+            GpuChoice::Nvml { lib } => match NvmlSource::new(lib.as_deref()) {
                 Ok(nvml) => {
-                    tracing::info!("GPU source: NVML");
+                    tracing::info!(lib = %lib.as_deref().map_or("libnvidia-ml.so".into(), |l| l.display().to_string()), "GPU source: NVML");
                     sources.push(Box::new(nvml));
                 }
-                Err(e) => tracing::info!("no NVIDIA GPUs: NVML is not available ({e}); running CPU only"),
+                Err(e) => match lib {
+                    // Named by the operator: say which file failed, louder.
+                    Some(lib) => tracing::warn!(
+                        "no NVIDIA GPUs: NVML from {} is not available ({e}); running CPU only",
+                        lib.display()
+                    ),
+                    None => tracing::info!("no NVIDIA GPUs: NVML is not available ({e}); running CPU only"),
+                },
             },
         }
         let gpu_source = sources.iter().map(|s| s.kind()).find(|k| *k != DeviceSourceKind::None);

@@ -73,6 +73,10 @@ pub fn render(r: &ProbeReport) -> String {
     );
     let backends: Vec<String> = c.backends.iter().map(|b| format!("{b:?}").to_lowercase()).collect();
     let _ = writeln!(out, "backends: {}", backends.join(", "));
+    for lost in &s.lost_gpus {
+        let id = lost.id.as_deref().unwrap_or("-");
+        let _ = writeln!(out, "GPU {} ({id}) does not answer: {}", lost.index, lost.reason);
+    }
     if c.gpus.is_empty() {
         let _ = writeln!(out, "no GPUs");
         return out;

@@ -74,6 +74,28 @@ async fn place_list_and_release() {
     );
 }
 
+/// The driver's reserved VRAM (NVML v2 reports it apart from used and free) is not
+/// free: 80 GiB with 5 GiB used and 0.5 GiB reserved has 74.5 GiB to give, not 75.
+#[tokio::test]
+async fn place_does_not_promise_memory_the_driver_reserves() {
+    const RESERVED: &str = r#"
+[[gpu]]
+id = "GPU-0"
+vram_total = "80GiB"
+vram_used = ["5GiB"]
+vram_reserved = "512MiB"
+"#;
+    let hive = TestHive::start_named("reserved-1", RESERVED).await;
+    let (_queen, mut client) = queen_with(vec![hive.url()], settings()).await;
+    let over = rejection(client.place(gpu_request(75 * GIB - 100 * (1 << 20))).await.unwrap().into_inner());
+    assert!(
+        over.hive_reasons.contains(&"reserved-1/GPU-0: 74.5 GiB free < 74.9 GiB".to_string()),
+        "{over:?}"
+    );
+    let p = placement(client.place(gpu_request(74 * GIB + GIB / 2)).await.unwrap().into_inner());
+    assert_eq!((p.device_id.as_str(), p.free_after_bytes), ("GPU-0", 0));
+}
+
 #[tokio::test]
 async fn two_hundred_concurrent_placements_never_oversubscribe_a_device() {
     let hives = [TestHive::start_named("c1", TWO_GPUS).await, TestHive::start_named("c2", TWO_GPUS).await];

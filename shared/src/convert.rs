@@ -11,8 +11,8 @@ pub use crate::labels::MAX_LABELS;
 use crate::stream_message::MAX_EPOCH_BYTES;
 use crate::{
     Backend, Capabilities, CapabilityDiff, ComputeCapability, ConvertError, CpuInfo, DeviceSourceKind,
-    GpuDevice, GpuSample, HiveIdentity, HivePayload, HiveStreamMessage, KnownView, LoadAverage, MigMode,
-    QueenStreamMessage, Sample, SampleInterval, SnapshotReason, VersionedCapabilities,
+    GpuDevice, GpuSample, HiveIdentity, HivePayload, HiveStreamMessage, KnownView, LoadAverage, LostGpu,
+    MigMode, QueenStreamMessage, Sample, SampleInterval, SnapshotReason, VersionedCapabilities,
 };
 
 /// Most GPUs one hive may report.
@@ -331,6 +331,7 @@ impl From<&GpuSample> for pb::GpuSample {
             ecc_uncorrected_volatile: g.ecc_uncorrected_volatile,
             xid_events: g.xid_events,
             last_xid: g.last_xid,
+            vram_reserved_bytes: g.vram_reserved_bytes,
         }
     }
 }
@@ -340,6 +341,15 @@ fn gpu_sample_from_wire(field: &str, g: &pb::GpuSample) -> Checked<GpuSample> {
         && used.checked_add(free).is_none()
     {
         return Err(ConvertError::new(format!("{field}.vram_used_bytes"), "used + free overflows"));
+    }
+    if let (Some(used), Some(free), Some(reserved)) =
+        (g.vram_used_bytes, g.vram_free_bytes, g.vram_reserved_bytes)
+        && used.checked_add(free).and_then(|s| s.checked_add(reserved)).is_none()
+    {
+        return Err(ConvertError::new(
+            format!("{field}.vram_reserved_bytes"),
+            "used + free + reserved overflows",
+        ));
     }
     Ok(GpuSample {
         id: check_str(&format!("{field}.id"), &g.id)?,
@@ -356,6 +366,16 @@ fn gpu_sample_from_wire(field: &str, g: &pb::GpuSample) -> Checked<GpuSample> {
         ecc_uncorrected_volatile: g.ecc_uncorrected_volatile,
         xid_events: g.xid_events,
         last_xid: g.last_xid,
+        vram_reserved_bytes: g.vram_reserved_bytes,
+    })
+}
+
+fn lost_gpu_from_wire(field: &str, l: &pb::LostGpu) -> Checked<LostGpu> {
+    Ok(LostGpu {
+        index: l.index,
+        id: (!l.id.is_empty()).then(|| check_str(&format!("{field}.id"), &l.id)).transpose()?,
+        reason: check_str(&format!("{field}.reason"), &l.reason)?,
+        since_unix_ms: l.since_unix_ms,
     })
 }
 
@@ -379,6 +399,16 @@ impl From<&Sample> for pb::Sample {
             uptime_s: s.uptime_s,
             gpus: s.gpus.iter().map(Into::into).collect(),
             capability_version: s.capability_version,
+            lost_gpus: s
+                .lost_gpus
+                .iter()
+                .map(|l| pb::LostGpu {
+                    index: l.index,
+                    id: l.id.clone().unwrap_or_default(),
+                    reason: l.reason.clone(),
+                    since_unix_ms: l.since_unix_ms,
+                })
+                .collect(),
         }
     }
 }
@@ -410,6 +440,12 @@ impl TryFrom<&pb::Sample> for Sample {
             return Err(ConvertError::new(
                 "sample.cpu_per_core_percent",
                 format!("{} cores > {MAX_CORES}", s.cpu_per_core_percent.len()),
+            ));
+        }
+        if s.lost_gpus.len() > MAX_DEVICES {
+            return Err(ConvertError::new(
+                "sample.lost_gpus",
+                format!("{} devices > {MAX_DEVICES}", s.lost_gpus.len()),
             ));
         }
         if s.gpus.len() > MAX_DEVICES {
@@ -452,6 +488,12 @@ impl TryFrom<&pb::Sample> for Sample {
                 .map(|(i, g)| gpu_sample_from_wire(&format!("sample.gpus[{i}]"), g))
                 .collect::<Checked<_>>()?,
             capability_version: s.capability_version,
+            lost_gpus: s
+                .lost_gpus
+                .iter()
+                .enumerate()
+                .map(|(i, l)| lost_gpu_from_wire(&format!("sample.lost_gpus[{i}]"), l))
+                .collect::<Checked<_>>()?,
         })
     }
 }

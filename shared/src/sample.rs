@@ -42,6 +42,22 @@ pub struct GpuSample {
     pub xid_events: Option<u64>,
     /// The last XID code seen.
     pub last_xid: Option<u64>,
+    /// VRAM the driver reserves for itself, bytes, counted in neither used nor free.
+    pub vram_reserved_bytes: Option<u64>,
+}
+
+/// A GPU the driver lists that does not answer (e.g. it fell off the bus). It is left
+/// out of the capabilities until it answers again.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+pub struct LostGpu {
+    /// The driver's index of the GPU.
+    pub index: u32,
+    /// The [`crate::GpuDevice::id`] it last had, when known.
+    pub id: Option<String>,
+    /// What the driver answered.
+    pub reason: String,
+    /// When the hive first saw it fail, ms since the Unix epoch.
+    pub since_unix_ms: u64,
 }
 
 /// One measurement of the whole machine.
@@ -74,6 +90,8 @@ pub struct Sample {
     /// The capability version this sample was measured against: its GPUs are exactly
     /// the GPUs of that version. `None` from hives that predate the field.
     pub capability_version: Option<u64>,
+    /// GPUs the driver lists that stopped answering, left out of `gpus`.
+    pub lost_gpus: Vec<LostGpu>,
 }
 
 pub use crate::sample_interval::{DEFAULT_SAMPLE_INTERVAL, MAX_SAMPLE_INTERVAL, MIN_SAMPLE_INTERVAL};

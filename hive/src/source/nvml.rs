@@ -1,15 +1,25 @@
 //! NVIDIA GPUs through NVML. `libnvidia-ml.so` is loaded at run time, so the hive
 //! runs (CPU only) on machines without the driver.
+//!
+//! A GPU the driver lists but that does not answer (GPU_IS_LOST, "fell off the bus",
+//! or any other error opening it or reading its memory) is left out of the
+//! capabilities and reported in every sample's `lost_gpus`, with the driver's answer,
+//! until it answers again. Every other reading that fails (NOT_SUPPORTED, a symbol
+//! an old driver lacks) costs only that field.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
 
 use nvml_wrapper::bitmasks::event::EventTypes;
 use nvml_wrapper::enum_wrappers::device::{Clock, EccCounter, MemoryError, TemperatureSensor};
+use nvml_wrapper::enums::device::UsedGpuMemory;
 use nvml_wrapper::enums::event::XidError;
 use nvml_wrapper::error::NvmlError;
+use nvml_wrapper::struct_wrappers::device::MemoryInfo;
 use nvml_wrapper::{Device, EventSet, Nvml};
 use rbee_shared::{
-    Backend, Capabilities, ComputeCapability, DeviceSourceKind, GpuDevice, GpuSample, MigMode, Sample,
+    Backend, Capabilities, ComputeCapability, DeviceSourceKind, GpuDevice, GpuSample, LostGpu, MigMode,
+    Sample,
 };
 
 use super::DeviceSource;
@@ -39,15 +49,53 @@ pub struct NvmlSource {
     driver_version: Option<String>,
     /// CUDA driver API version, read once.
     cuda_version: Option<String>,
-    /// GPU indexes that failed to answer last time, so a lost GPU is logged once.
-    unreadable: HashSet<u32>,
+    /// GPUs that do not answer, by index, since when and why (logged once each).
+    lost: BTreeMap<u32, LostGpu>,
+    /// The id each index last answered with, to name a GPU once it is lost.
+    last_ids: HashMap<u32, String>,
+}
+
+/// What the driver answered, for a lost GPU's reason: the `nvml.h` code name where
+/// there is one, then nvml-wrapper's words.
+fn reason(what: &str, e: &NvmlError) -> String {
+    let code = match e {
+        NvmlError::GpuLost => "GPU_IS_LOST: ",
+        NvmlError::NotSupported => "NOT_SUPPORTED: ",
+        NvmlError::NoPermission => "NO_PERMISSION: ",
+        NvmlError::ResetRequired => "RESET_REQUIRED: ",
+        NvmlError::Unknown => "UNKNOWN: ",
+        _ => "",
+    };
+    format!("{what}: {code}{e}")
+}
+
+/// The compute processes NVML lists on a GPU: (pid, used VRAM where the driver
+/// reports it). NO_PERMISSION, NOT_SUPPORTED or a driver without the v3 call are
+/// errors, so that a caller leaves the list absent rather than empty.
+pub fn running_processes(device: &Device<'_>) -> Result<Vec<(u32, Option<u64>)>, NvmlError> {
+    Ok(device
+        .running_compute_processes()?
+        .into_iter()
+        .map(|p| {
+            let used = match p.used_gpu_memory {
+                UsedGpuMemory::Used(b) => Some(b),
+                UsedGpuMemory::Unavailable => None,
+            };
+            (p.pid, used)
+        })
+        .collect())
 }
 
 impl NvmlSource {
-    /// Loads and initialises NVML. Fails when the library or the driver is missing.
-    pub fn new() -> Result<Self, HiveError> {
+    /// Loads and initialises NVML, from `lib` when given (else the system's
+    /// `libnvidia-ml.so`). Fails when the library or the driver is missing.
+    pub fn new(lib: Option<&Path>) -> Result<Self, HiveError> {
+        let mut builder = Nvml::builder();
+        if let Some(lib) = lib {
+            builder.lib_path(lib.as_os_str());
+        }
         let nvml =
-            Nvml::init().map_err(|e| HiveError::Source { source_name: "nvml", reason: e.to_string() })?;
+            builder.init().map_err(|e| HiveError::Source { source_name: "nvml", reason: e.to_string() })?;
         let nvml: &'static Nvml = Box::leak(Box::new(nvml));
         let cuda_version = nvml.sys_cuda_driver_version().ok().map(|v| {
             format!(
@@ -63,31 +111,60 @@ impl NvmlSource {
             xids: HashMap::new(),
             driver_version: nvml.sys_driver_version().ok(),
             cuda_version,
-            unreadable: HashSet::new(),
+            lost: BTreeMap::new(),
+            last_ids: HashMap::new(),
         })
     }
 
-    /// Every GPU NVML can open now, with its index and id. A GPU that fails is
-    /// logged once (e.g. "fell off the bus") and left out.
-    fn devices(&mut self) -> Result<Vec<(u32, String, Device<'static>)>, HiveError> {
+    /// Records that the GPU at `index` does not answer (logged once).
+    fn mark_lost(&mut self, index: u32, why: String) {
+        let id = self.last_ids.get(&index).cloned();
+        if let Some(known) = self.lost.get_mut(&index) {
+            known.reason = why;
+            return;
+        }
+        tracing::warn!(index, id = id.as_deref().unwrap_or("-"), reason = %why, "GPU does not answer; leaving it out until it does");
+        let since_unix_ms = rbee_shared::time::now_unix_ms();
+        self.lost.insert(index, LostGpu { index, id, reason: why, since_unix_ms });
+    }
+
+    /// Records that the GPU at `index` answers as `id`.
+    fn mark_answering(&mut self, index: u32, id: &str) {
+        if self.lost.remove(&index).is_some() {
+            tracing::info!(index, %id, "GPU answers again");
+        }
+    }
+
+    /// Every GPU NVML can open now and whose memory it can read, with its index, id
+    /// and memory. A GPU that fails is marked lost (e.g. "fell off the bus") and left
+    /// out; GPUs beyond the driver's count are forgotten.
+    fn devices(&mut self) -> Result<Vec<(u32, String, Device<'static>, MemoryInfo)>, HiveError> {
         let count = self
             .nvml
             .device_count()
             .map_err(|e| HiveError::Source { source_name: "nvml", reason: format!("device count: {e}") })?;
         let mut out = Vec::with_capacity(count as usize);
+        self.lost.retain(|index, _| *index < count);
         for index in 0..count {
-            match self.nvml.device_by_index(index).and_then(|d| d.uuid().map(|id| (d, id))) {
-                Ok((device, id)) => {
-                    if self.unreadable.remove(&index) {
-                        tracing::info!(index, %id, "GPU is readable again");
-                    }
-                    out.push((index, id, device));
+            let opened = self.nvml.device_by_index(index).map_err(|e| reason("open", &e)).and_then(|d| {
+                let id = d.uuid().map_err(|e| reason("uuid", &e))?;
+                Ok((d, id))
+            });
+            let (device, id) = match opened {
+                Ok(opened) => opened,
+                Err(why) => {
+                    self.mark_lost(index, why);
+                    continue;
                 }
-                Err(e) => {
-                    if self.unreadable.insert(index) {
-                        tracing::warn!(index, error = %e, "GPU cannot be read; leaving it out until it answers");
-                    }
+            };
+            self.last_ids.insert(index, id.clone());
+            // Without its memory a GPU cannot be placed on: it counts as not answering.
+            match device.memory_info() {
+                Ok(memory) => {
+                    self.mark_answering(index, &id);
+                    out.push((index, id, device, memory));
                 }
+                Err(e) => self.mark_lost(index, reason("memory info", &e)),
             }
         }
         Ok(out)
@@ -139,9 +216,8 @@ impl NvmlSource {
         }
     }
 
-    fn describe(&self, index: u32, id: String, d: &Device<'static>) -> Option<GpuDevice> {
-        let vram_total_bytes = d.memory_info().ok()?.total;
-        Some(GpuDevice {
+    fn describe(&self, index: u32, id: String, d: &Device<'static>, vram_total_bytes: u64) -> GpuDevice {
+        GpuDevice {
             id,
             index,
             name: d.name().unwrap_or_default(),
@@ -159,7 +235,7 @@ impl NvmlSource {
                 Ok(_) => MigMode::Disabled,
                 Err(_) => MigMode::NotReported,
             },
-        })
+        }
     }
 }
 
@@ -169,12 +245,10 @@ impl DeviceSource for NvmlSource {
     }
 
     fn scan(&mut self, caps: &mut Capabilities) -> Result<(), HiveError> {
-        for (index, id, device) in self.devices()? {
+        for (index, id, device, memory) in self.devices()? {
             self.register_xid(&id, &device);
-            // A GPU whose memory cannot be read is not usable for placement: leave it out.
-            if let Some(gpu) = self.describe(index, id, &device) {
-                caps.gpus.insert(gpu.id.clone(), gpu);
-            }
+            let gpu = self.describe(index, id, &device, memory.total);
+            caps.gpus.insert(gpu.id.clone(), gpu);
         }
         if !caps.gpus.is_empty() {
             caps.backends.push(Backend::Cuda);
@@ -184,8 +258,8 @@ impl DeviceSource for NvmlSource {
 
     fn sample(&mut self, sample: &mut Sample) -> Result<(), HiveError> {
         self.drain_xids();
-        for (index, id, d) in self.devices()? {
-            let memory = d.memory_info().ok();
+        for (index, id, d, memory) in self.devices()? {
+            let memory = Some(memory);
             let util = d.utilization_rates().ok();
             let xid = self.xids.get(&id).copied();
             sample.gpus.push(GpuSample {
@@ -204,9 +278,12 @@ impl DeviceSource for NvmlSource {
                     .ok(),
                 xid_events: xid.map(|x| x.count),
                 last_xid: xid.and_then(|x| x.last),
+                vram_reserved_bytes: memory.as_ref().map(|m| m.reserved),
                 id,
             });
+            // Per-process readings of this GPU (`running_processes`) are filled in here.
         }
+        sample.lost_gpus = self.lost.values().cloned().collect();
         Ok(())
     }
 }

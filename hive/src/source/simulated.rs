@@ -80,6 +80,8 @@ struct GpuSpecFile {
     util_percent: Vec<f32>,
     #[serde(default)]
     vram_used: Vec<ByteSize>,
+    /// VRAM the driver keeps for itself, in neither used nor free (NVML v2 reports it).
+    vram_reserved: Option<ByteSize>,
     #[serde(default)]
     temperature_c: Vec<f32>,
     #[serde(default)]
@@ -105,6 +107,8 @@ struct SimGpu {
     util: Vec<f32>,
     /// VRAM-used cycle, bytes.
     vram_used: Vec<u64>,
+    /// VRAM the driver reserves, bytes.
+    vram_reserved: Option<u64>,
     /// Temperature cycle.
     temperature: Vec<f32>,
     /// Power draw cycle, mW.
@@ -154,8 +158,21 @@ impl Scenario {
                 .iter()
                 .map(|b| b.bytes().map_err(|e| ScenarioError(format!("{}: {e}", at("vram_used")))))
                 .collect::<Result<Vec<_>, _>>()?;
-            if let Some(u) = vram_used.iter().find(|&&u| u > vram_total) {
-                return Err(format!("{}: {u} bytes exceeds vram_total {vram_total}", at("vram_used")).into());
+            let vram_reserved = g
+                .vram_reserved
+                .as_ref()
+                .map(|b| b.bytes().map_err(|e| ScenarioError(format!("{}: {e}", at("vram_reserved")))))
+                .transpose()?;
+            let usable = vram_total.saturating_sub(vram_reserved.unwrap_or(0));
+            if vram_reserved.is_some_and(|r| r > vram_total) {
+                return Err(format!("{}: exceeds vram_total {vram_total}", at("vram_reserved")).into());
+            }
+            if let Some(u) = vram_used.iter().find(|&&u| u > usable) {
+                return Err(format!(
+                    "{}: {u} bytes exceeds vram_total {vram_total} less vram_reserved",
+                    at("vram_used")
+                )
+                .into());
             }
             if let Some(u) = g.util_percent.iter().find(|u| !(0.0..=100.0).contains(*u)) {
                 return Err(format!("{}: {u} is not in 0..=100", at("util_percent")).into());
@@ -196,6 +213,7 @@ impl Scenario {
                 remove_at,
                 util: g.util_percent,
                 vram_used,
+                vram_reserved,
                 temperature: g.temperature_c,
                 power_mw: g.power_draw_w.iter().map(|w| w.saturating_mul(1000)).collect(),
             });
@@ -227,11 +245,13 @@ impl Scenario {
         self.present(elapsed)
             .map(|g| {
                 let used = pick(&g.vram_used, step);
+                let reserved = g.vram_reserved.unwrap_or(0);
                 GpuSample {
                     id: g.device.id.clone(),
                     index: g.device.index,
                     vram_used_bytes: used,
-                    vram_free_bytes: used.map(|u| g.device.vram_total_bytes - u),
+                    vram_free_bytes: used.map(|u| g.device.vram_total_bytes - reserved - u),
+                    vram_reserved_bytes: g.vram_reserved,
                     gpu_util_percent: pick(&g.util, step),
                     mem_util_percent: None,
                     temperature_c: pick(&g.temperature, step),
@@ -319,6 +339,19 @@ mod tests {
         assert_eq!(at(1.5).vram_used_bytes, Some(4 << 30));
         assert_eq!(at(1.5).vram_free_bytes, Some(76 << 30));
         assert_eq!(at(1.5).temperature_c, None, "unscripted metrics are absent, not 0");
+    }
+
+    #[test]
+    fn reserved_vram_is_neither_used_nor_free() {
+        let s = Scenario::parse(
+            "[[gpu]]\nid = \"x\"\nvram_total = \"80GiB\"\nvram_used = [\"5GiB\"]\nvram_reserved = \"512MiB\"",
+        )
+        .unwrap();
+        let g = s.samples_at(Duration::ZERO)[0].clone();
+        assert_eq!(g.vram_reserved_bytes, Some(512 << 20));
+        assert_eq!(g.vram_free_bytes, Some((75 << 30) - (512 << 20)));
+        let over = "[[gpu]]\nid = \"x\"\nvram_total = \"1GiB\"\nvram_used = [\"1GiB\"]\nvram_reserved = 1";
+        assert!(Scenario::parse(over).unwrap_err().0.contains("less vram_reserved"));
     }
 
     #[test]

@@ -173,7 +173,7 @@ impl ServeArgs {
                 .expect("the built-in demo scenario is valid");
                 rbee_hive::monitor::GpuChoice::Simulated(scenario)
             } else {
-                rbee_hive::monitor::GpuChoice::Nvml
+                rbee_hive::monitor::GpuChoice::Nvml { lib: None }
             };
             let id = hostname_id();
             rbee_hive::HiveConfig::new(id, gpu)

@@ -35,6 +35,12 @@ fn push(report: &mut HealthReport, level: Health, reason: String) {
     report.reasons.push(reason);
 }
 
+/// XID codes after which a GPU cannot be trusted with work until someone acts: 48
+/// (double-bit ECC error), 79 (fell off the bus), 92 (high single-bit ECC rate), 94
+/// and 95 (contained and uncontained ECC errors), 119 and 120 (GSP errors). Other
+/// critical XIDs degrade it.
+pub const FATAL_XIDS: &[u64] = &[48, 79, 92, 94, 95, 119, 120];
+
 fn percent(used: u64, total: u64) -> Option<f32> {
     (total > 0).then(|| (used as f64 / total as f64 * 100.0) as f32)
 }
@@ -124,12 +130,17 @@ pub fn evaluate(input: &HealthInput<'_>, t: &Thresholds) -> HealthReport {
                                 format!("{name} vram {vram:.0}% >= {:.0}%", t.vram_degraded_percent),
                             );
                         }
+                        // Uncorrected errors mean memory content was lost: no new work.
                         if let Some(n) = g.ecc_uncorrected_volatile.filter(|n| *n > 0) {
-                            flag(Health::Degraded, format!("{name} {n} uncorrected ECC errors"));
+                            flag(Health::Unhealthy, format!("{name} {n} uncorrected ECC errors"));
                         }
                         if let Some(n) = g.xid_events.filter(|n| *n > 0) {
                             let last = g.last_xid.map_or(String::new(), |x| format!(" (last XID {x})"));
-                            flag(Health::Degraded, format!("{name} {n} critical XID events{last}"));
+                            let level = match g.last_xid {
+                                Some(x) if FATAL_XIDS.contains(&x) => Health::Unhealthy,
+                                _ => Health::Degraded,
+                            };
+                            flag(level, format!("{name} {n} critical XID events{last}"));
                         }
                     }
                 }
@@ -140,6 +151,12 @@ pub fn evaluate(input: &HealthInput<'_>, t: &Thresholds) -> HealthReport {
                 }
                 r.devices.push(d);
             }
+        }
+        // A GPU that stopped answering is out of the capabilities, so it has no device
+        // entry: the hive carries on with the others, degraded, and says which and why.
+        for lost in &s.lost_gpus {
+            let id = lost.id.as_deref().map_or(String::new(), |id| format!(" ({id})"));
+            push(&mut r, Health::Degraded, format!("gpu{}{id} does not answer: {}", lost.index, lost.reason));
         }
     }
     r
@@ -212,6 +229,41 @@ mod tests {
         assert_eq!(r.health, Health::Unhealthy);
         assert_eq!(r.devices[0].reasons, ["gpu0 temperature 92 C >= 90 C"]);
         assert!(r.reasons.contains(&"gpu0 temperature 92 C >= 90 C".to_string()));
+    }
+
+    #[test]
+    fn fatal_xids_and_uncorrected_ecc_make_the_device_unhealthy() {
+        let c = caps();
+        let mut s = sample(10, 40.0);
+        s.gpus[0].xid_events = Some(1);
+        s.gpus[0].last_xid = Some(13);
+        let r = evaluate(&input(&s, &c), &Thresholds::default());
+        assert_eq!(r.devices[0].health, Health::Degraded, "an ordinary XID degrades");
+        s.gpus[0].last_xid = Some(79);
+        let r = evaluate(&input(&s, &c), &Thresholds::default());
+        assert_eq!(r.devices[0].health, Health::Unhealthy);
+        assert_eq!(r.devices[0].reasons, ["gpu0 1 critical XID events (last XID 79)"]);
+        let mut s = sample(10, 40.0);
+        s.gpus[0].ecc_uncorrected_volatile = Some(2);
+        let r = evaluate(&input(&s, &c), &Thresholds::default());
+        assert_eq!((r.health, r.devices[0].health), (Health::Unhealthy, Health::Unhealthy));
+        assert_eq!(r.devices[0].reasons, ["gpu0 2 uncorrected ECC errors"]);
+    }
+
+    #[test]
+    fn a_gpu_that_does_not_answer_is_a_reason_until_it_does() {
+        let c = caps();
+        let mut s = sample(10, 40.0);
+        s.lost_gpus.push(rbee_shared::LostGpu {
+            index: 1,
+            id: Some("GPU-1".into()),
+            reason: "open: GPU_IS_LOST: device fell off the bus".into(),
+            since_unix_ms: 1,
+        });
+        let r = evaluate(&input(&s, &c), &Thresholds::default());
+        assert_eq!(r.health, Health::Degraded);
+        assert_eq!(r.reasons, ["gpu1 (GPU-1) does not answer: open: GPU_IS_LOST: device fell off the bus"]);
+        assert_eq!(r.devices[0].health, Health::Healthy, "the other GPU still serves");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use rbee_shared::GpuSample;
 use rbee_shared::bytesize::format_bytes;
 use rbee_shared::lock::RwLockExt;
 
@@ -43,7 +44,7 @@ pub struct DeviceRef {
     pub hive: Arc<HiveSnapshot>,
     /// GPU id or [`CPU_DEVICE`].
     pub id: String,
-    /// Total memory (VRAM, or RAM for the CPU).
+    /// Total memory jobs can use (VRAM less what the driver reserves, or RAM for the CPU).
     pub total: u64,
     /// Observed used memory.
     pub used: u64,
@@ -112,10 +113,18 @@ pub struct Books<'a> {
     pub shared: &'a Arc<RwLock<Book>>,
 }
 
+/// The VRAM jobs can use on a GPU: its total less what the driver reserves for itself
+/// (NVML v2 reports that apart from used and free). Everything the scheduler admits
+/// against (free memory, reservations, `vram_total` in policies) starts from this.
+pub fn usable_vram(total: u64, live: &GpuSample) -> u64 {
+    total.saturating_sub(live.vram_reserved_bytes.unwrap_or(0))
+}
+
 /// Builds a GPU's handle: `None` when the hive has no VRAM reading for it.
 pub fn gpu_ref(hive: &Arc<HiveSnapshot>, id: &str, books: &Books<'_>) -> Option<DeviceRef> {
     let total = hive.caps.as_ref()?.caps.gpus.get(id)?.vram_total_bytes;
-    let used = hive.latest.as_ref()?.gpus.iter().find(|g| g.id == id)?.vram_used_bytes?;
+    let live = hive.latest.as_ref()?.gpus.iter().find(|g| g.id == id)?;
+    let (total, used) = (usable_vram(total, live), live.vram_used_bytes?);
     let free = books.locked.free(&hive.address, id, total, used);
     Some(DeviceRef { hive: hive.clone(), id: id.to_owned(), total, used, free, book: books.shared.clone() })
 }
@@ -248,18 +257,19 @@ fn scan<'a>(
             for (i, gpu) in caps.caps.gpus.values().enumerate() {
                 any = true;
                 let name = || format!("{}/{}", hive_name(h), gpu.id);
-                let Some(used) = aligned(&sample.gpus, i, &gpu.id, |g| &g.id).and_then(|g| g.vram_used_bytes)
-                else {
+                let live = aligned(&sample.gpus, i, &gpu.id, |g| &g.id);
+                let Some((live, used)) = live.and_then(|g| g.vram_used_bytes.map(|u| (g, u))) else {
                     note(&|| format!("{}: no VRAM reading", name()));
                     continue;
                 };
+                let total = usable_vram(gpu.vram_total_bytes, live);
                 let health = aligned(&h.health.devices, i, &gpu.id, |d| &d.device_id)
                     .map_or(Health::Healthy, |d| d.health);
                 if health != Health::Healthy {
                     note(&|| format!("{}: {}", name(), health.as_str()));
                     continue;
                 }
-                let free = free(&gpu.id, gpu.vram_total_bytes, used);
+                let free = free(&gpu.id, total, used);
                 if free < req.vram_bytes {
                     note(&|| {
                         format!("{}: {} free < {}", name(), format_bytes(free), format_bytes(req.vram_bytes))
@@ -270,7 +280,7 @@ fn scan<'a>(
                     .and_then(|g| g.util_mean_percent)
                     .or_else(|| aligned(&sample.gpus, i, &gpu.id, |g| &g.id).and_then(|g| g.gpu_util_percent))
                     .unwrap_or(0.0);
-                fit(Fit { hive: h, id: &gpu.id, total: gpu.vram_total_bytes, used, free, util });
+                fit(Fit { hive: h, id: &gpu.id, total, used, free, util });
             }
         }
         if let Some(ram) = req.ram_bytes

@@ -1,0 +1,284 @@
+//! The NVML path without a GPU: the real `hive` binary loads the fake driver library
+//! (`rbee-nvml-fake`, a cdylib of this workspace) through `--nvml-lib`, nvml-wrapper's
+//! normal loading path, and a scenario file says what the "driver" answers.
+//!
+//! The libraries are built by `cargo test --workspace` (every member's cdylib lands
+//! next to the `hive` binary). Under `cargo test -p rbee-hive` alone they are not:
+//! the tests then fail, saying what to build.
+
+mod common;
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use common::*;
+use rbee_proto::v1 as pb;
+use rbee_proto::v1::hive_client::HiveClient;
+
+/// The fake library `lib<name>.so`, built next to the hive binary.
+fn fake_lib(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_BIN_EXE_hive")).parent().expect("the target directory");
+    let lib = dir.join(format!("lib{name}.so"));
+    assert!(
+        lib.exists(),
+        "{} is not built. `cargo test --workspace` builds it; alone, run \
+         `cargo build -p rbee-nvml-fake -p rbee-nvml-fake-old-driver` first",
+        lib.display()
+    );
+    lib
+}
+
+fn fake() -> PathBuf {
+    fake_lib("rbee_nvml_fake")
+}
+
+fn old_driver() -> PathBuf {
+    fake_lib("rbee_nvml_fake_old_driver")
+}
+
+/// A scenario file.
+fn scenario(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f
+}
+
+/// One GPU with every reading scripted.
+const FULL: &str = r#"
+driver_version = "550.54.15"
+cuda_version = "12.4"
+[[gpu]]
+uuid = "GPU-aaaaaaaa-0000-0000-0000-000000000000"
+name = "NVIDIA H100 80GB HBM3"
+pci_bus_id = "00000000:17:00.0"
+memory_total = "80GiB"
+memory_used = ["5GiB"]
+memory_reserved = "512MiB"
+compute_capability = "9.0"
+power_limit_w = 700
+mig_mode = "disabled"
+util_percent = [37]
+mem_util_percent = [12]
+temperature_c = [55]
+power_draw_w = [310]
+sm_clock_mhz = [1980]
+mem_clock_mhz = [2619]
+ecc_corrected = [4]
+ecc_uncorrected = [0]
+"#;
+
+/// `hive probe --json` against `lib`.
+fn probe(lib: &Path, scenario: &Path) -> (serde_json::Value, String) {
+    let out: Output = Command::new(env!("CARGO_BIN_EXE_hive"))
+        .args(["probe", "--json", "--nvml-lib"])
+        .arg(lib)
+        .env("RBEE_FAKE_NVML_SCENARIO", scenario)
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    (serde_json::from_slice(&out.stdout).unwrap(), err)
+}
+
+/// The real hive binary serving on a free loopback port.
+struct Hive {
+    child: Child,
+    addr: String,
+    _state: tempfile::TempDir,
+}
+
+impl Drop for Hive {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Hive {
+    fn start(lib: &Path, scenario: &Path) -> Self {
+        let state = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hive"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--hive-id",
+                "fake-nvml",
+                "--rescan-interval",
+                "100ms",
+            ])
+            .arg("--state-dir")
+            .arg(state.path())
+            .arg("--nvml-lib")
+            .arg(lib)
+            .env("RBEE_FAKE_NVML_SCENARIO", scenario)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the hive binary");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Reads the whole log, so that the hive never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listen=").nth(1) {
+                    let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_owned());
+                }
+            }
+        });
+        let addr = rx.recv_timeout(Duration::from_secs(20)).expect("the hive logs its listen address");
+        Self { child, addr, _state: state }
+    }
+
+    async fn stream(&self) -> TestStream {
+        let mut client = HiveClient::connect(format!("http://{}", self.addr)).await.unwrap();
+        TestStream::open(&mut client, subscribe(100)).await
+    }
+}
+
+fn gpu<'a>(s: &'a pb::Sample, id: &str) -> Option<&'a pb::GpuSample> {
+    s.gpus.iter().find(|g| g.id == id)
+}
+
+#[tokio::test]
+async fn every_field_arrives_through_the_real_loading_path() {
+    let file = scenario(FULL);
+    let hive = Hive::start(&fake(), file.path());
+    let mut stream = hive.stream().await;
+    let snap = stream.until(as_snapshot).await;
+    assert_eq!(snap.identity.unwrap().gpu_source(), pb::DeviceSourceKind::Nvml);
+    let caps = snap.capabilities.unwrap();
+    let g = &caps.gpus[0];
+    assert_eq!(g.id, "GPU-aaaaaaaa-0000-0000-0000-000000000000");
+    assert_eq!((g.index, g.name.as_str()), (0, "NVIDIA H100 80GB HBM3"));
+    assert_eq!(g.pci_bus_id, "00000000:17:00.0");
+    assert_eq!(g.vram_total_bytes, 80 << 30);
+    let cc = g.compute_capability.unwrap();
+    assert_eq!((cc.major, cc.minor), (9, 0));
+    assert_eq!(g.driver_version.as_deref(), Some("550.54.15"));
+    assert_eq!(g.cuda_version.as_deref(), Some("12.4"));
+    assert_eq!(g.power_limit_mw, Some(700_000));
+    assert_eq!(g.mig_mode(), pb::MigMode::Disabled);
+    assert!(caps.backends.contains(&(pb::Backend::Cuda as i32)));
+
+    let s = stream.until(as_sample).await;
+    let g = &s.gpus[0];
+    assert_eq!(g.vram_used_bytes, Some(5 << 30));
+    assert_eq!(g.vram_reserved_bytes, Some(512 << 20));
+    assert_eq!(g.vram_free_bytes, Some((75 << 30) - (512 << 20)), "total = used + reserved + free");
+    assert_eq!((g.gpu_util_percent, g.mem_util_percent), (Some(37.0), Some(12.0)));
+    assert_eq!((g.temperature_c, g.power_draw_mw), (Some(55.0), Some(310_000)));
+    assert_eq!((g.sm_clock_mhz, g.mem_clock_mhz), (Some(1980), Some(2619)));
+    assert_eq!((g.ecc_corrected_volatile, g.ecc_uncorrected_volatile), (Some(4), Some(0)));
+    assert_eq!((g.xid_events, g.last_xid), (Some(0), None), "registered for XID events, none yet");
+    assert!(s.lost_gpus.is_empty());
+}
+
+#[tokio::test]
+async fn an_unsupported_field_is_absent_not_zero_and_mig_mode_is_reported() {
+    let text = format!(
+        "{FULL}\n[[gpu]]\nuuid = \"GPU-b\"\nmemory_total = \"24GiB\"\nmemory_used = [0]\nmig_mode = \"enabled\"\n\
+         util_percent = [1]\npower_draw_w = [100]\nnot_supported = [\"nvmlDeviceGetPowerUsage\", \"nvmlDeviceGetTemperature\"]\n"
+    );
+    let file = scenario(&text);
+    let (v, _) = probe(&fake(), file.path());
+    assert_eq!(v["gpu_source"], "nvml");
+    let b = &v["capabilities"]["gpus"]["GPU-b"];
+    assert_eq!(b["mig_mode"], "enabled", "{v}");
+    let sample = v["sample"]["gpus"].as_array().unwrap().iter().find(|g| g["id"] == "GPU-b").unwrap();
+    assert!(sample["power_draw_mw"].is_null() && sample["temperature_c"].is_null(), "{sample}");
+    assert_eq!(sample["gpu_util_percent"], 1.0, "the other fields still arrive");
+    assert_eq!(sample["vram_used_bytes"], 0, "a real 0 stays 0");
+}
+
+#[tokio::test]
+async fn a_lost_gpu_is_removed_with_its_reason_until_it_answers_again() {
+    let text = format!(
+        "{FULL}\n[[gpu]]\nuuid = \"GPU-b\"\nmemory_total = \"24GiB\"\nmemory_used = [0]\nlost_at_s = 2.0\nback_at_s = 4.0\n"
+    );
+    let file = scenario(&text);
+    let hive = Hive::start(&fake(), file.path());
+    let mut stream = hive.stream().await;
+    let caps = stream.until(as_snapshot).await.capabilities.unwrap();
+    assert_eq!(caps.gpus.len(), 2);
+    let removed = stream.until(as_diff).await;
+    assert_eq!(removed.gpus_removed, ["GPU-b"]);
+    let s = stream.until(as_sample).await;
+    assert!(gpu(&s, "GPU-aaaaaaaa-0000-0000-0000-000000000000").is_some(), "the other GPU keeps serving");
+    assert!(gpu(&s, "GPU-b").is_none());
+    let lost = &s.lost_gpus[0];
+    assert_eq!((lost.index, lost.id.as_str()), (1, "GPU-b"));
+    assert!(lost.reason.contains("GPU_IS_LOST"), "{}", lost.reason);
+    assert!(lost.since_unix_ms > 0);
+    let added = stream.until(as_diff).await;
+    assert_eq!(added.gpus_added.iter().map(|g| g.id.as_str()).collect::<Vec<_>>(), ["GPU-b"]);
+    let s = stream.until(as_sample).await;
+    assert!(s.lost_gpus.is_empty() && gpu(&s, "GPU-b").is_some(), "{s:?}");
+}
+
+#[tokio::test]
+async fn xid_79_and_uncorrected_ecc_errors_reach_the_sample() {
+    let text =
+        FULL.replace("ecc_uncorrected = [0]", "ecc_uncorrected = [3]\nxid = [{ at_s = 0.5, code = 79 }]");
+    let file = scenario(&text);
+    let hive = Hive::start(&fake(), file.path());
+    let mut stream = hive.stream().await;
+    let g = stream
+        .until(|m| as_sample(m).and_then(|s| s.gpus.into_iter().find(|g| g.xid_events == Some(1))))
+        .await;
+    assert_eq!(g.last_xid, Some(79));
+    assert_eq!(g.ecc_uncorrected_volatile, Some(3));
+}
+
+#[tokio::test]
+async fn a_gpu_that_appears_later_gives_an_add_diff() {
+    let text = format!("{FULL}\n[[gpu]]\nuuid = \"GPU-late\"\nmemory_total = \"24GiB\"\nappear_at_s = 2.0\n");
+    let file = scenario(&text);
+    let hive = Hive::start(&fake(), file.path());
+    let mut stream = hive.stream().await;
+    assert_eq!(stream.until(as_snapshot).await.capabilities.unwrap().gpus.len(), 1);
+    let added = stream.until(as_diff).await;
+    assert_eq!(
+        added.gpus_added.iter().map(|g| (g.id.as_str(), g.index)).collect::<Vec<_>>(),
+        [("GPU-late", 1)]
+    );
+    let s = stream.until(as_sample).await;
+    assert_eq!(gpu(&s, "GPU-late").and_then(|g| g.vram_used_bytes), Some(0));
+}
+
+#[test]
+fn a_failing_init_leaves_the_hive_cpu_only_with_one_clear_log_line() {
+    let file = scenario(&format!("init_error = \"DRIVER_NOT_LOADED\"\n{FULL}"));
+    let (v, err) = probe(&fake(), file.path());
+    assert_eq!(v["gpu_source"], "none", "{v}");
+    assert!(v["capabilities"]["gpus"].as_object().unwrap().is_empty());
+    assert!(v["sample"]["ram_total_bytes"].as_u64().unwrap() > 0, "CPU and RAM still reported");
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("NVML")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains("no NVIDIA GPUs") && lines[0].contains("running CPU only"), "{err}");
+    assert!(lines[0].contains("driver is not loaded") && lines[0].contains("rbee_nvml_fake"), "{err}");
+}
+
+#[test]
+fn a_missing_optional_symbol_costs_only_that_field() {
+    let file = scenario(FULL);
+    // The old-driver library really lacks nvmlDeviceGetMigMode (dlsym finds nothing).
+    let (v, _) = probe(&old_driver(), file.path());
+    assert_eq!(v["gpu_source"], "nvml");
+    let g = &v["capabilities"]["gpus"]["GPU-aaaaaaaa-0000-0000-0000-000000000000"];
+    assert_eq!(g["mig_mode"], "not_reported", "{g}");
+    assert_eq!(g["power_limit_mw"], 700_000);
+    let s = &v["sample"]["gpus"][0];
+    assert_eq!((s["vram_used_bytes"].as_u64(), s["power_draw_mw"].as_u64()), (Some(5 << 30), Some(310_000)));
+
+    // A symbol that answers FUNCTION_NOT_FOUND costs only its field too.
+    let file = scenario(&format!("missing = [\"nvmlDeviceGetPowerUsage\"]\n{FULL}"));
+    let (v, _) = probe(&fake(), file.path());
+    let s = &v["sample"]["gpus"][0];
+    assert!(s["power_draw_mw"].is_null(), "{s}");
+    assert_eq!(s["temperature_c"], 55.0);
+}
