@@ -26,11 +26,4 @@ mod state;
 pub mod symbols;
 
 #[cfg(test)]
-mod tests {
-    use super::symbols::{EXPORTED, OPTIONAL};
-
-    #[test]
-    fn optional_symbols_are_exported_ones() {
-        assert!(OPTIONAL.iter().all(|o| EXPORTED.contains(o)));
-    }
-}
+mod tests;

@@ -70,6 +70,13 @@ pub fn init() -> ErrorCode {
     }
 }
 
+/// Loads `scenario` as `nvmlInit_v2` would (for this crate's unit tests, which cannot
+/// point the environment variable at a file without racing each other).
+#[cfg(test)]
+pub fn init_with(scenario: Scenario) {
+    *lock() = Some(State { scenario, start: Instant::now(), sets: HashMap::new(), next_set: 1 });
+}
+
 /// The device handle of the GPU at `pos` in the scenario. Handles are plain numbers
 /// (never dereferenced by a caller), so a handle stays valid across hot-plug.
 pub fn handle(pos: usize) -> sys::nvmlDevice_t {
