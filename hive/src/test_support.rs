@@ -368,3 +368,84 @@ pub fn external_tool(name: &str, install: &str) -> Option<std::path::PathBuf> {
     }
     found
 }
+
+/// The workspace's build output directory (`target/debug`), found from the running
+/// test executable (`target/debug/deps/NAME-HASH`).
+pub fn build_dir() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    exe.parent().and_then(|deps| deps.parent()).expect("target/debug/deps/TEST").to_owned()
+}
+
+/// `file` in the build directory, or a failure that says what to build. `cargo test
+/// --workspace` builds every member's binaries and cdylibs (the `hive` binary, the fake
+/// NVML libraries); `cargo test -p CRATE` alone does not.
+pub fn built_artifact(file: &str, build: &str) -> std::path::PathBuf {
+    let path = build_dir().join(file);
+    assert!(
+        path.is_file(),
+        "{} is not built: `cargo test --workspace` builds it; alone, run `cargo build {build}` first",
+        path.display()
+    );
+    path
+}
+
+/// The fake NVML library (`rbee-nvml-fake`), or its old-driver build when `old_driver`.
+pub fn fake_nvml_lib(old_driver: bool) -> std::path::PathBuf {
+    match old_driver {
+        false => built_artifact("librbee_nvml_fake.so", "-p rbee-nvml-fake"),
+        true => built_artifact("librbee_nvml_fake_old_driver.so", "-p rbee-nvml-fake-old-driver"),
+    }
+}
+
+/// The real `hive` binary serving on a free loopback port; killed when dropped.
+pub struct HiveProcess {
+    /// The running binary.
+    child: std::process::Child,
+    /// Where it listens (`127.0.0.1:PORT`).
+    pub addr: String,
+}
+
+impl HiveProcess {
+    /// Starts `bin serve --listen 127.0.0.1:0 ARGS` with `envs` and waits (with a
+    /// deadline) for the log line that names its address. Its log is read to the end,
+    /// so it never blocks on a full pipe.
+    pub fn spawn(
+        bin: &std::path::Path,
+        args: &[&std::ffi::OsStr],
+        envs: &[(&str, &std::ffi::OsStr)],
+    ) -> Self {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new(bin)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .envs(envs.iter().copied())
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the hive binary");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listen=").nth(1) {
+                    let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_owned());
+                }
+            }
+        });
+        let addr = rx.recv_timeout(DEADLINE).expect("the hive logs its listen address");
+        Self { child, addr }
+    }
+
+    /// `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for HiveProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

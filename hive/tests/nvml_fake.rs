@@ -3,39 +3,26 @@
 //! normal loading path, and a scenario file says what the "driver" answers.
 //!
 //! The libraries are built by `cargo test --workspace` (every member's cdylib lands
-//! next to the `hive` binary). Under `cargo test -p rbee-hive` alone they are not:
-//! the tests then fail, saying what to build.
+//! next to the `hive` binary, see `test_support::fake_nvml_lib`). Under
+//! `cargo test -p rbee-hive` alone they are not: the tests then fail, saying what to
+//! build.
 
 mod common;
 
-use std::io::{BufRead as _, BufReader, Write as _};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+use std::process::{Command, Output};
 
 use common::*;
 use rbee_proto::v1 as pb;
 use rbee_proto::v1::hive_client::HiveClient;
 
-/// The fake library `lib<name>.so`, built next to the hive binary.
-fn fake_lib(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_BIN_EXE_hive")).parent().expect("the target directory");
-    let lib = dir.join(format!("lib{name}.so"));
-    assert!(
-        lib.exists(),
-        "{} is not built. `cargo test --workspace` builds it; alone, run \
-         `cargo build -p rbee-nvml-fake -p rbee-nvml-fake-old-driver` first",
-        lib.display()
-    );
-    lib
-}
-
 fn fake() -> PathBuf {
-    fake_lib("rbee_nvml_fake")
+    fake_nvml_lib(false)
 }
 
 fn old_driver() -> PathBuf {
-    fake_lib("rbee_nvml_fake_old_driver")
+    fake_nvml_lib(true)
 }
 
 /// A scenario file.
@@ -83,59 +70,35 @@ fn probe(lib: &Path, scenario: &Path) -> (serde_json::Value, String) {
     (serde_json::from_slice(&out.stdout).unwrap(), err)
 }
 
-/// The real hive binary serving on a free loopback port.
+/// The real hive binary against `lib` and `scenario`, rescanning every 100 ms.
 struct Hive {
-    child: Child,
-    addr: String,
+    process: HiveProcess,
     _state: tempfile::TempDir,
-}
-
-impl Drop for Hive {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Hive {
     fn start(lib: &Path, scenario: &Path) -> Self {
         let state = tempfile::tempdir().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hive"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--hive-id",
-                "fake-nvml",
-                "--rescan-interval",
-                "100ms",
-            ])
-            .arg("--state-dir")
-            .arg(state.path())
-            .arg("--nvml-lib")
-            .arg(lib)
-            .env("RBEE_FAKE_NVML_SCENARIO", scenario)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the hive binary");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        // Reads the whole log, so that the hive never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listen=").nth(1) {
-                    let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_owned());
-                }
-            }
-        });
-        let addr = rx.recv_timeout(Duration::from_secs(20)).expect("the hive logs its listen address");
-        Self { child, addr, _state: state }
+        let args = [
+            "--hive-id".as_ref(),
+            "fake-nvml".as_ref(),
+            "--rescan-interval".as_ref(),
+            "100ms".as_ref(),
+            "--state-dir".as_ref(),
+            state.path().as_os_str(),
+            "--nvml-lib".as_ref(),
+            lib.as_os_str(),
+        ];
+        let process = HiveProcess::spawn(
+            env!("CARGO_BIN_EXE_hive").as_ref(),
+            &args,
+            &[("RBEE_FAKE_NVML_SCENARIO", scenario.as_os_str())],
+        );
+        Self { process, _state: state }
     }
 
     async fn stream(&self) -> TestStream {
-        let mut client = HiveClient::connect(format!("http://{}", self.addr)).await.unwrap();
+        let mut client = HiveClient::connect(self.process.url()).await.unwrap();
         TestStream::open(&mut client, subscribe(100)).await
     }
 }

@@ -1,13 +1,20 @@
 //! GPU faults the hive reports, judged by the queen's health rules and announced as
-//! events: a GPU that stops answering (GPU_IS_LOST) and a fatal XID. The hive side of
-//! each (the real binary against the fake NVML library) is `hive/tests/nvml_fake.rs`.
+//! events: a GPU that stops answering (GPU_IS_LOST) and a fatal XID; and the VRAM the
+//! driver reserves, which Place must not promise. Once from a scripted hive (every
+//! phase under the test's control), once end to end: the real `hive` binary on the
+//! fake NVML library (`rbee-nvml-fake`), dialed by a real queen.
 
 mod common;
 
+use std::io::Write as _;
+
+use common::scheduling::{GIB, gpu_request};
 use common::scripted::*;
 use common::*;
+use rbee_hive::test_support::{HiveProcess, built_artifact, fake_nvml_lib};
 use rbee_proto::v1 as pb;
 use rbee_proto::v1::fleet_event::Event;
+use rbee_proto::v1::scheduler_client::SchedulerClient;
 use tokio::sync::watch;
 
 /// The hive's story, one phase after another as the test moves it on.
@@ -103,4 +110,86 @@ async fn a_lost_gpu_and_a_fatal_xid_show_as_health_reasons_and_events_until_they
     phase_tx.send(Phase::Xid79).unwrap();
     let (xid, _) = watch.until(health_to(&hive.url, pb::Health::Unhealthy)).await;
     assert!(xid.reasons.contains(&"gpu0 1 critical XID events (last XID 79)".to_string()), "{xid:?}");
+}
+
+/// Two GPUs on the fake driver: GPU-b falls off the bus from 5 s to 7 s, GPU-a raises
+/// XID 79 at 8 s (late enough for the queen to connect and place first on a busy machine). Each GPU has 0.5 GiB reserved by the driver.
+const FAKE_DRIVER: &str = r#"
+[[gpu]]
+uuid = "GPU-a"
+memory_total = "80GiB"
+memory_used = ["5GiB"]
+memory_reserved = "512MiB"
+util_percent = [10]
+temperature_c = [40]
+xid = [{ at_s = 8.0, code = 79 }]
+[[gpu]]
+uuid = "GPU-b"
+memory_total = "80GiB"
+memory_used = ["10GiB"]
+memory_reserved = "512MiB"
+util_percent = [10]
+temperature_c = [40]
+lost_at_s = 5.0
+back_at_s = 7.0
+"#;
+
+#[tokio::test]
+async fn the_real_hive_on_the_fake_driver_reports_a_lost_gpu_and_xid_79_and_place_counts_reserved_vram() {
+    let hive_bin = built_artifact("hive", "-p rbee-hive");
+    let mut scenario = tempfile::NamedTempFile::new().unwrap();
+    scenario.write_all(FAKE_DRIVER.as_bytes()).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let lib = fake_nvml_lib(false);
+    let args = [
+        "--hive-id".as_ref(),
+        "fake-driver".as_ref(),
+        "--rescan-interval".as_ref(),
+        "100ms".as_ref(),
+        "--state-dir".as_ref(),
+        state.path().as_os_str(),
+        "--nvml-lib".as_ref(),
+        lib.as_os_str(),
+    ];
+    let hive =
+        HiveProcess::spawn(&hive_bin, &args, &[("RBEE_FAKE_NVML_SCENARIO", scenario.path().as_os_str())]);
+    let queen = TestQueen::start(vec![hive.url()]).await;
+    let mut client = queen.client().await;
+    let mut watch = Watch::open(&mut client).await;
+    wait_for(&mut client, "the hive online with a sample", |hs| {
+        hs.iter().all(|h| online(h) && h.latest_sample.is_some())
+    })
+    .await;
+
+    // 80 GiB - 5 GiB used - 0.5 GiB reserved: 74.5 GiB to give, not 75.
+    let mut scheduler = SchedulerClient::connect(queen.url()).await.unwrap();
+    let dry = |vram| pb::PlaceRequest { dry_run: true, ..gpu_request(vram) };
+    let r = scheduler.place(dry(75 * GIB - 100 * (1 << 20))).await.unwrap().into_inner();
+    let Some(pb::place_response::Result::Rejection(r)) = r.result else { panic!("placed: {r:?}") };
+    assert!(r.hive_reasons.contains(&"fake-driver/GPU-a: 74.5 GiB free < 74.9 GiB".to_string()), "{r:?}");
+    let r = scheduler.place(dry(74 * GIB + GIB / 2)).await.unwrap().into_inner();
+    assert!(matches!(r.result, Some(pb::place_response::Result::Placement(_))), "{r:?}");
+
+    let url = hive.url();
+    let (lost, _) = watch
+        .until(|e| match e {
+            Event::HealthChanged(h)
+                if h.address == url && h.reasons.iter().any(|r| r.contains("does not answer")) =>
+            {
+                Some(h.clone())
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!(lost.to(), pb::Health::Degraded, "{lost:?}");
+    assert!(
+        lost.reasons
+            .iter()
+            .any(|r| r.starts_with("gpu1 (GPU-b) does not answer:") && r.contains("GPU_IS_LOST"))
+    );
+    let (back, _) = watch.until(health_to(&url, pb::Health::Healthy)).await;
+    assert!(back.reasons.is_empty(), "{back:?}");
+    let (xid, _) = watch.until(health_to(&url, pb::Health::Unhealthy)).await;
+    assert!(xid.reasons.contains(&"gpu0 1 critical XID events (last XID 79)".to_string()), "{xid:?}");
+    drop(hive);
 }
