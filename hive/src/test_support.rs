@@ -377,8 +377,8 @@ pub fn build_dir() -> std::path::PathBuf {
 }
 
 /// `file` in the build directory, or a failure that says what to build. `cargo test
-/// --workspace` builds every member's binaries and cdylibs (the `hive` binary, the fake
-/// NVML libraries); `cargo test -p CRATE` alone does not.
+/// --workspace` builds every member's binaries (the `hive` binary); `cargo test -p
+/// CRATE` alone builds only that crate's.
 pub fn built_artifact(file: &str, build: &str) -> std::path::PathBuf {
     let path = build_dir().join(file);
     assert!(
@@ -389,12 +389,22 @@ pub fn built_artifact(file: &str, build: &str) -> std::path::PathBuf {
     path
 }
 
-/// The fake NVML library (`rbee-nvml-fake`), or its old-driver build when `old_driver`.
+/// The fake NVML library (`rbee-nvml-fake`), or its old-driver build when
+/// `old_driver`. Both are dev-dependencies of the crates whose tests load them, so
+/// that any `cargo test` building those tests builds the cdylib too; cargo leaves a
+/// dependency's cdylib in `deps/` under its plain name.
 pub fn fake_nvml_lib(old_driver: bool) -> std::path::PathBuf {
-    match old_driver {
-        false => built_artifact("librbee_nvml_fake.so", "-p rbee-nvml-fake"),
-        true => built_artifact("librbee_nvml_fake_old_driver.so", "-p rbee-nvml-fake-old-driver"),
-    }
+    let (file, package) = match old_driver {
+        false => ("librbee_nvml_fake.so", "rbee-nvml-fake"),
+        true => ("librbee_nvml_fake_old_driver.so", "rbee-nvml-fake-old-driver"),
+    };
+    let path = build_dir().join("deps").join(file);
+    assert!(
+        path.is_file(),
+        "{} is not built: add {package} to this crate's [dev-dependencies], or run `cargo build -p {package}`",
+        path.display()
+    );
+    path
 }
 
 /// The real `hive` binary serving on a free loopback port; killed when dropped.

@@ -2,10 +2,8 @@
 //! (`rbee-nvml-fake`, a cdylib of this workspace) through `--nvml-lib`, nvml-wrapper's
 //! normal loading path, and a scenario file says what the "driver" answers.
 //!
-//! The libraries are built by `cargo test --workspace` (every member's cdylib lands
-//! next to the `hive` binary, see `test_support::fake_nvml_lib`). Under
-//! `cargo test -p rbee-hive` alone they are not: the tests then fail, saying what to
-//! build.
+//! The libraries are dev-dependencies of this crate, so any `cargo test` that builds
+//! these tests builds them too (`test_support::fake_nvml_lib` finds them).
 
 mod common;
 

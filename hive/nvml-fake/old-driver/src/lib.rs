@@ -16,7 +16,7 @@ macro_rules! optional_export {
 
 #[path = "../../src/codes.rs"]
 mod codes;
-#[path = "../../src/exports.rs"]
+#[path = "../../src/exports/mod.rs"]
 pub mod exports;
 #[path = "../../src/scenario.rs"]
 mod scenario;
