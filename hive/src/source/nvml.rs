@@ -205,6 +205,7 @@ impl DeviceSource for NvmlSource {
                 xid_events: xid.map(|x| x.count),
                 last_xid: xid.and_then(|x| x.last),
                 id,
+                ..GpuSample::default()
             });
         }
         Ok(())
