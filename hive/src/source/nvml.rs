@@ -211,3 +211,31 @@ impl DeviceSource for NvmlSource {
         Ok(())
     }
 }
+
+/// The compute processes on one GPU, for [`DeviceSource::gpu_processes`]
+/// (`nvmlDeviceGetComputeRunningProcesses_v3`). NO_PERMISSION and NOT_SUPPORTED (or a
+/// driver without the symbol) leave the list absent and say why; any other error (e.g. the GPU
+/// is lost) gives `None`: the GPU is left out.
+pub fn raw_processes(device: &Device<'_>) -> Option<super::RawProcesses> {
+    use super::{RawGpuProcess, RawProcesses};
+    use nvml_wrapper::enums::device::UsedGpuMemory;
+    match device.running_compute_processes() {
+        Ok(list) => Some(RawProcesses::Listed(
+            list.into_iter()
+                .map(|p| RawGpuProcess {
+                    pid: p.pid,
+                    used_bytes: match p.used_gpu_memory {
+                        UsedGpuMemory::Used(b) => Some(b),
+                        UsedGpuMemory::Unavailable => None,
+                    },
+                })
+                .collect(),
+        )),
+        Err(NvmlError::NoPermission) => Some(RawProcesses::NoPermission),
+        Err(NvmlError::NotSupported | NvmlError::FailedToLoadSymbol(_)) => Some(RawProcesses::NotSupported),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot list a GPU's compute processes");
+            None
+        }
+    }
+}

@@ -241,7 +241,7 @@ mod by_process {
         assert_eq!(old.observe("a", "g", 30 * GIB).len(), 1);
         // The worker then shows up, new and big enough: now it settles.
         let loaded = procs(&[(10, 30 * GIB, None), (11, 20 * GIB, None)]);
-        assert_eq!(b.settle("a", "g", 50 * GIB, Some(&loaded)), [r.id.clone()]);
+        assert_eq!(b.settle("a", "g", 50 * GIB, Some(&loaded)).as_slice(), std::slice::from_ref(&r.id));
         assert_eq!(b.free("a", "g", 80 * GIB, 50 * GIB), 30 * GIB);
     }
 
@@ -257,7 +257,7 @@ mod by_process {
         assert_eq!(b.free("a", "g", 80 * GIB, 10 * GIB), 80 * GIB - 30 * GIB);
         // Fully loaded: exactly r2 settles, though r1 is older and would fit.
         let full = procs(&[(7, 20 * GIB, Some(&r2.id))]);
-        assert_eq!(b.settle("a", "g", 20 * GIB, Some(&full)), [r2.id.clone()]);
+        assert_eq!(b.settle("a", "g", 20 * GIB, Some(&full)).as_slice(), std::slice::from_ref(&r2.id));
         assert_eq!((state(&b, &r1), state(&b, &r2)), (ReservationState::Active, ReservationState::Settled));
         // A worker tagged for another reservation never settles r1 by size.
         let other = procs(&[(7, 20 * GIB, Some(&r2.id)), (8, 40 * GIB, Some("someone-else"))]);
@@ -272,13 +272,13 @@ mod by_process {
         let r1 = reserve(&mut b, 10 * GIB, 0, &none);
         let r2 = reserve(&mut b, 10 * GIB, 0, &none);
         let one = procs(&[(5, 12 * GIB, None)]);
-        assert_eq!(b.settle("a", "g", 12 * GIB, Some(&one)), [r1.id.clone()]);
+        assert_eq!(b.settle("a", "g", 12 * GIB, Some(&one)).as_slice(), std::slice::from_ref(&r1.id));
         // The same process, seen again and grown, does not settle r2 too.
         let grown = procs(&[(5, 25 * GIB, None)]);
         assert!(b.settle("a", "g", 25 * GIB, Some(&grown)).is_empty());
         assert_eq!(state(&b, &r2), ReservationState::Active);
         let second = procs(&[(5, 25 * GIB, None), (6, 10 * GIB, None)]);
-        assert_eq!(b.settle("a", "g", 35 * GIB, Some(&second)), [r2.id.clone()]);
+        assert_eq!(b.settle("a", "g", 35 * GIB, Some(&second)).as_slice(), std::slice::from_ref(&r2.id));
     }
 
     #[test]
