@@ -134,18 +134,24 @@ impl ProcessAttributor {
         GpuProcess {
             pid,
             used_vram_bytes: None,
-            name: r.name,
+            name: r.name.filter(|s| fits(s)),
             rss_bytes: r.rss_bytes,
             cpu_percent,
-            cgroup: path.filter(|p| p.len() <= rbee_shared::convert::MAX_STRING_BYTES),
+            cgroup: path.filter(|s| fits(s)),
             container_runtime: owner.runtime.map(str::to_owned),
             container_id: owner.container_id,
-            systemd_unit: owner.unit.filter(|u| u.len() <= rbee_shared::convert::MAX_STRING_BYTES),
+            systemd_unit: owner.unit.filter(|s| fits(s)),
             cgroup_memory_bytes: totals.memory_bytes,
             cgroup_cpu_usage_usec: totals.cpu_usage_usec,
             reservation_id: r.reservation_id,
         }
     }
+}
+
+/// Whether a string fits the wire bound (a longer one would make the queen refuse the
+/// whole sample, so it is left out instead).
+fn fits(s: &str) -> bool {
+    s.len() <= rbee_shared::convert::MAX_STRING_BYTES
 }
 
 /// A raw process, for sources and tests.
