@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use rbee_shared::gpu_process::{DEFAULT_MAX_GPU_PROCESSES, MAX_GPU_PROCESSES};
 use rbee_shared::labels::LabelError;
 use rbee_shared::{DEFAULT_SAMPLE_INTERVAL, IntervalError, SampleInterval};
 
@@ -51,6 +52,9 @@ pub struct GpuArgs {
     /// place, or the fake library of rbee-nvml-fake).
     #[arg(long, env = "HIVE_NVML_LIB", value_name = "PATH", conflicts_with_all = ["simulate", "demo"])]
     pub nvml_lib: Option<PathBuf>,
+    /// Most processes listed per GPU in each sample, by VRAM used (the rest are counted); 0..=1024.
+    #[arg(long, env = "HIVE_MAX_GPU_PROCESSES", default_value_t = DEFAULT_MAX_GPU_PROCESSES, value_parser = parse_max_gpu_processes)]
+    pub max_gpu_processes: usize,
 }
 
 impl GpuArgs {
@@ -154,6 +158,20 @@ pub fn parse_max_streams(s: &str) -> Result<usize, MaxStreamsError> {
     s.trim().parse::<usize>().ok().filter(|n| *n > QUEEN_RESERVE).ok_or_else(|| MaxStreamsError(s.to_owned()))
 }
 
+/// A `--max-gpu-processes` value out of range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} must be a whole number in 0..={MAX_GPU_PROCESSES}")]
+pub struct MaxGpuProcessesError(String);
+
+/// Parses `--max-gpu-processes`: at most the wire bound.
+pub fn parse_max_gpu_processes(s: &str) -> Result<usize, MaxGpuProcessesError> {
+    s.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|n| *n <= MAX_GPU_PROCESSES)
+        .ok_or_else(|| MaxGpuProcessesError(s.to_owned()))
+}
+
 /// The validated configuration `run` takes.
 #[derive(Debug, Clone)]
 pub struct HiveConfig {
@@ -181,6 +199,8 @@ pub struct HiveConfig {
     pub max_streams: usize,
     /// Announce again after the queen has held no stream for this long.
     pub reannounce_after: Duration,
+    /// Most processes listed per GPU in each sample.
+    pub max_gpu_processes: usize,
 }
 
 impl HiveConfig {
@@ -199,6 +219,7 @@ impl HiveConfig {
             tls: None,
             max_streams: DEFAULT_MAX_STREAMS,
             reannounce_after: REANNOUNCE_AFTER,
+            max_gpu_processes: DEFAULT_MAX_GPU_PROCESSES,
         }
     }
 }
@@ -248,6 +269,7 @@ impl ServeArgs {
             default_interval: self.sample_interval,
             rescan_interval: self.rescan_interval,
             gpu: self.gpu.choice()?,
+            max_gpu_processes: self.gpu.max_gpu_processes,
             queen: self.queen,
             queen_tls,
             queen_token,
@@ -284,6 +306,13 @@ mod tests {
         assert_eq!(parse_max_streams("64"), Ok(64));
         assert!(parse_max_streams("2").is_err());
         assert!(parse_max_streams("many").is_err());
+    }
+
+    #[test]
+    fn max_gpu_processes_is_bounded_by_the_wire() {
+        assert_eq!(parse_max_gpu_processes("32"), Ok(32));
+        assert!(parse_max_gpu_processes("1025").is_err());
+        assert!(parse_max_gpu_processes("-1").is_err());
     }
 
     #[test]

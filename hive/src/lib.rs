@@ -12,6 +12,7 @@ pub mod error;
 pub mod identity;
 pub mod monitor;
 pub mod probe;
+pub mod procs;
 pub mod server;
 pub mod service;
 pub mod source;

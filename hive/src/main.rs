@@ -28,8 +28,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             rbee_hive::run(config, listener, rbee_shared::shutdown::shutdown_signal()).await?;
         }
         Command::Probe(args) => {
-            let gpu = args.gpu.choice()?;
-            let report = tokio::task::spawn_blocking(move || rbee_hive::probe::probe(gpu)).await??;
+            let (gpu, max) = (args.gpu.choice()?, args.gpu.max_gpu_processes);
+            let report = tokio::task::spawn_blocking(move || rbee_hive::probe::probe(gpu, max)).await??;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::HiveError;
+use crate::procs::ProcessAttributor;
 use crate::source::DeviceSource;
 use crate::source::nvml::NvmlSource;
 use crate::source::simulated::{Scenario, SimulatedSource};
@@ -54,6 +55,8 @@ pub struct Monitor {
     labels: BTreeMap<String, String>,
     /// The last sample and when its measurement started.
     last: Option<(Instant, Sample)>,
+    /// Turns the GPU sources' raw process lists into bounded, enriched ones.
+    procs: ProcessAttributor,
 }
 
 impl Monitor {
@@ -81,7 +84,18 @@ impl Monitor {
             },
         }
         let gpu_source = sources.iter().map(|s| s.kind()).find(|k| *k != DeviceSourceKind::None);
-        Ok(Self { sources, gpu_source: gpu_source.unwrap_or(DeviceSourceKind::None), labels, last: None })
+        Ok(Self {
+            sources,
+            gpu_source: gpu_source.unwrap_or(DeviceSourceKind::None),
+            labels,
+            last: None,
+            procs: ProcessAttributor::new(rbee_shared::gpu_process::DEFAULT_MAX_GPU_PROCESSES),
+        })
+    }
+
+    /// Lists at most `max` processes per GPU in each sample (the rest are counted).
+    pub fn limit_gpu_processes(&mut self, max: usize) {
+        self.procs = ProcessAttributor::new(max);
     }
 
     /// Where GPU data comes from.
@@ -111,9 +125,12 @@ impl Monitor {
         }
         let started = Instant::now();
         let mut sample = Sample { taken_at_unix_ms: rbee_shared::time::now_unix_ms(), ..Sample::default() };
+        let mut processes = Vec::new();
         for source in &mut self.sources {
             source.sample(&mut sample)?;
+            processes.extend(source.gpu_processes());
         }
+        self.procs.attribute(&mut sample.gpus, processes);
         self.last = Some((started, sample.clone()));
         Ok(sample)
     }
@@ -197,9 +214,14 @@ fn consistent_sample(
 
 impl Telemetry {
     /// Opens the sources and takes the first capability scan (version 1).
-    pub async fn open(gpu: GpuChoice, labels: BTreeMap<String, String>) -> Result<Arc<Self>, HiveError> {
+    pub async fn open(
+        gpu: GpuChoice,
+        labels: BTreeMap<String, String>,
+        max_gpu_processes: usize,
+    ) -> Result<Arc<Self>, HiveError> {
         let (monitor, caps) = tokio::task::spawn_blocking(move || {
             let mut monitor = Monitor::open(gpu, labels)?;
+            monitor.limit_gpu_processes(max_gpu_processes);
             let caps = monitor.scan()?;
             // Start the first CPU measurement window now.
             monitor.sample()?;

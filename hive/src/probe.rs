@@ -28,8 +28,9 @@ pub struct ProbeReport {
 }
 
 /// Opens the sources, scans, and takes one sample over a short window. Blocks.
-pub fn probe(gpu: GpuChoice) -> Result<ProbeReport, HiveError> {
+pub fn probe(gpu: GpuChoice, max_gpu_processes: usize) -> Result<ProbeReport, HiveError> {
     let mut monitor = Monitor::open(gpu, Default::default())?;
+    monitor.limit_gpu_processes(max_gpu_processes);
     let capabilities = monitor.scan()?;
     monitor.sample()?;
     std::thread::sleep(PROBE_WINDOW);

@@ -76,7 +76,8 @@ pub async fn run(
     if config.max_streams == 0 {
         return Err(HiveError::Config("max_streams must be at least 1".into()));
     }
-    let telemetry = Telemetry::open(config.gpu.clone(), config.labels.clone()).await?;
+    let telemetry =
+        Telemetry::open(config.gpu.clone(), config.labels.clone(), config.max_gpu_processes).await?;
     let identity = Arc::new(identity(&config, local, &telemetry));
     tracing::info!(
         hive_id = %identity.hive_id,

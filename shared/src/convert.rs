@@ -7,12 +7,14 @@ use std::collections::{BTreeMap, HashMap};
 
 use rbee_proto::v1 as pb;
 
+use crate::gpu_process::MAX_GPU_PROCESSES;
 pub use crate::labels::MAX_LABELS;
 use crate::stream_message::MAX_EPOCH_BYTES;
 use crate::{
     Backend, Capabilities, CapabilityDiff, ComputeCapability, ConvertError, CpuInfo, DeviceSourceKind,
-    GpuDevice, GpuSample, HiveIdentity, HivePayload, HiveStreamMessage, KnownView, LoadAverage, LostGpu,
-    MigMode, QueenStreamMessage, Sample, SampleInterval, SnapshotReason, VersionedCapabilities,
+    GpuDevice, GpuProcess, GpuProcesses, GpuSample, HiveIdentity, HivePayload, HiveStreamMessage, KnownView,
+    LoadAverage, LostGpu, MigMode, QueenStreamMessage, Sample, SampleInterval, SnapshotReason,
+    VersionedCapabilities,
 };
 
 /// Most GPUs one hive may report.
@@ -332,6 +334,8 @@ impl From<&GpuSample> for pb::GpuSample {
             xid_events: g.xid_events,
             last_xid: g.last_xid,
             vram_reserved_bytes: g.vram_reserved_bytes,
+            processes: g.processes.as_ref().map(Into::into),
+            unattributed_vram_bytes: g.unattributed_vram_bytes,
         }
     }
 }
@@ -351,6 +355,14 @@ fn gpu_sample_from_wire(field: &str, g: &pb::GpuSample) -> Checked<GpuSample> {
             "used + free + reserved overflows",
         ));
     }
+    if let (Some(used), Some(rest)) = (g.vram_used_bytes, g.unattributed_vram_bytes)
+        && rest > used
+    {
+        return Err(ConvertError::new(
+            format!("{field}.unattributed_vram_bytes"),
+            format!("{rest} > vram_used_bytes {used}"),
+        ));
+    }
     Ok(GpuSample {
         id: check_str(&format!("{field}.id"), &g.id)?,
         index: g.index,
@@ -366,6 +378,12 @@ fn gpu_sample_from_wire(field: &str, g: &pb::GpuSample) -> Checked<GpuSample> {
         ecc_uncorrected_volatile: g.ecc_uncorrected_volatile,
         xid_events: g.xid_events,
         last_xid: g.last_xid,
+        processes: g
+            .processes
+            .as_ref()
+            .map(|p| gpu_processes_from_wire(&format!("{field}.processes"), p))
+            .transpose()?,
+        unattributed_vram_bytes: g.unattributed_vram_bytes,
         vram_reserved_bytes: g.vram_reserved_bytes,
     })
 }
@@ -377,6 +395,86 @@ fn lost_gpu_from_wire(field: &str, l: &pb::LostGpu) -> Checked<LostGpu> {
         reason: check_str(&format!("{field}.reason"), &l.reason)?,
         since_unix_ms: l.since_unix_ms,
     })
+}
+
+impl From<&GpuProcess> for pb::GpuProcess {
+    fn from(p: &GpuProcess) -> Self {
+        Self {
+            pid: p.pid,
+            used_vram_bytes: p.used_vram_bytes,
+            name: p.name.clone(),
+            rss_bytes: p.rss_bytes,
+            cpu_percent: p.cpu_percent,
+            cgroup: p.cgroup.clone(),
+            container_runtime: p.container_runtime.clone(),
+            container_id: p.container_id.clone(),
+            systemd_unit: p.systemd_unit.clone(),
+            cgroup_memory_bytes: p.cgroup_memory_bytes,
+            cgroup_cpu_usage_usec: p.cgroup_cpu_usage_usec,
+            reservation_id: p.reservation_id.clone(),
+        }
+    }
+}
+
+impl From<&GpuProcesses> for pb::GpuProcesses {
+    fn from(p: &GpuProcesses) -> Self {
+        Self {
+            listed: p.listed.iter().map(Into::into).collect(),
+            unlisted: p.unlisted,
+            unlisted_vram_bytes: p.unlisted_vram_bytes,
+        }
+    }
+}
+
+fn gpu_process_from_wire(field: &str, p: &pb::GpuProcess) -> Checked<GpuProcess> {
+    let s = |name: &str, v: &Option<String>| check_opt_str(&format!("{field}.{name}"), v);
+    if let Some(c) = p.cpu_percent
+        && !(c.is_finite() && c >= 0.0)
+    {
+        return Err(ConvertError::new(
+            format!("{field}.cpu_percent"),
+            format!("{c} is not a percentage >= 0"),
+        ));
+    }
+    Ok(GpuProcess {
+        pid: p.pid,
+        used_vram_bytes: p.used_vram_bytes,
+        name: s("name", &p.name)?,
+        rss_bytes: p.rss_bytes,
+        cpu_percent: p.cpu_percent,
+        cgroup: s("cgroup", &p.cgroup)?,
+        container_runtime: s("container_runtime", &p.container_runtime)?,
+        container_id: s("container_id", &p.container_id)?,
+        systemd_unit: s("systemd_unit", &p.systemd_unit)?,
+        cgroup_memory_bytes: p.cgroup_memory_bytes,
+        cgroup_cpu_usage_usec: p.cgroup_cpu_usage_usec,
+        reservation_id: s("reservation_id", &p.reservation_id)?,
+    })
+}
+
+fn gpu_processes_from_wire(field: &str, p: &pb::GpuProcesses) -> Checked<GpuProcesses> {
+    if p.listed.len() > MAX_GPU_PROCESSES {
+        return Err(ConvertError::new(
+            format!("{field}.listed"),
+            format!("{} processes > {MAX_GPU_PROCESSES}", p.listed.len()),
+        ));
+    }
+    let mut pids = std::collections::HashSet::with_capacity(p.listed.len());
+    let listed = p
+        .listed
+        .iter()
+        .enumerate()
+        .map(|(i, proc)| {
+            if !pids.insert(proc.pid) {
+                return Err(ConvertError::new(
+                    format!("{field}.listed[{i}].pid"),
+                    format!("pid {} is listed twice", proc.pid),
+                ));
+            }
+            gpu_process_from_wire(&format!("{field}.listed[{i}]"), proc)
+        })
+        .collect::<Checked<Vec<_>>>()?;
+    Ok(GpuProcesses { listed, unlisted: p.unlisted, unlisted_vram_bytes: p.unlisted_vram_bytes })
 }
 
 impl From<&Sample> for pb::Sample {

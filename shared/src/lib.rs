@@ -22,6 +22,7 @@ pub mod certs;
 pub mod convert;
 pub mod duration_serde;
 pub mod error;
+pub mod gpu_process;
 pub mod grpc_server;
 pub mod hostname;
 pub mod identity;
@@ -44,8 +45,8 @@ pub use capability_diff::CapabilityDiff;
 pub use error::{ConvertError, DiffError};
 pub use identity::{DeviceSourceKind, HiveIdentity};
 pub use sample::{
-    DEFAULT_SAMPLE_INTERVAL, GpuSample, LoadAverage, LostGpu, MAX_SAMPLE_INTERVAL, MIN_SAMPLE_INTERVAL,
-    Sample,
+    DEFAULT_SAMPLE_INTERVAL, GpuProcess, GpuProcesses, GpuSample, LoadAverage, LostGpu, MAX_SAMPLE_INTERVAL,
+    MIN_SAMPLE_INTERVAL, Sample,
 };
 pub use sample_interval::{IntervalError, SampleInterval};
 pub use stream_message::{HivePayload, HiveStreamMessage, KnownView, QueenStreamMessage, SnapshotReason};

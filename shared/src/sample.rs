@@ -42,6 +42,13 @@ pub struct GpuSample {
     pub xid_events: Option<u64>,
     /// The last XID code seen.
     pub last_xid: Option<u64>,
+    /// The compute processes holding this GPU's memory. `None` when the driver does
+    /// not say (no permission, not supported, or an older hive): absent, not empty.
+    pub processes: Option<GpuProcesses>,
+    /// VRAM in use that no listed process accounts for (used − the listed processes'
+    /// sum; includes the unlisted rest and memory the driver does not attribute).
+    /// `None` when the process list or the used reading is absent.
+    pub unattributed_vram_bytes: Option<u64>,
     /// VRAM the driver reserves for itself, bytes, counted in neither used nor free.
     pub vram_reserved_bytes: Option<u64>,
 }
@@ -59,6 +66,8 @@ pub struct LostGpu {
     /// When the hive first saw it fail, ms since the Unix epoch.
     pub since_unix_ms: u64,
 }
+
+pub use crate::gpu_process::{GpuProcess, GpuProcesses};
 
 /// One measurement of the whole machine.
 #[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]

@@ -25,4 +25,33 @@ pub trait DeviceSource: Send {
 
     /// Fills in this source's part of a sample. A metric that cannot be read stays `None`.
     fn sample(&mut self, sample: &mut Sample) -> Result<(), HiveError>;
+
+    /// The compute processes on this source's GPUs, read with the last [`Self::sample`],
+    /// by GPU id. A GPU left out keeps an absent list. The monitor enriches, sorts and
+    /// bounds them ([`crate::procs`]). Host-only sources have none.
+    fn gpu_processes(&mut self) -> Vec<(String, RawProcesses)> {
+        Vec::new()
+    }
+}
+
+/// One compute process as the driver lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawGpuProcess {
+    /// Its pid (NVML's `pid`).
+    pub pid: u32,
+    /// VRAM it uses on the GPU (`usedGpuMemory`; `None` when the driver says
+    /// `NVML_VALUE_NOT_AVAILABLE`).
+    pub used_bytes: Option<u64>,
+}
+
+/// What a GPU source knows of one GPU's compute processes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawProcesses {
+    /// The driver listed these (maybe none).
+    Listed(Vec<RawGpuProcess>),
+    /// The driver refused to list them (`NVML_ERROR_NO_PERMISSION`): the list is absent.
+    NoPermission,
+    /// The driver cannot list them (`NVML_ERROR_NOT_SUPPORTED`, or a driver without the
+    /// call): the list is absent.
+    NotSupported,
 }

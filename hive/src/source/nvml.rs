@@ -12,7 +12,6 @@ use std::path::Path;
 
 use nvml_wrapper::bitmasks::event::EventTypes;
 use nvml_wrapper::enum_wrappers::device::{Clock, EccCounter, MemoryError, TemperatureSensor};
-use nvml_wrapper::enums::device::UsedGpuMemory;
 use nvml_wrapper::enums::event::XidError;
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::struct_wrappers::device::MemoryInfo;
@@ -53,6 +52,8 @@ pub struct NvmlSource {
     lost: BTreeMap<u32, LostGpu>,
     /// The id each index last answered with, to name a GPU once it is lost.
     last_ids: HashMap<u32, String>,
+    /// The process lists read with the last sample, by GPU id, for `gpu_processes`.
+    processes: Vec<(String, super::RawProcesses)>,
 }
 
 /// What the driver answered, for a lost GPU's reason: the `nvml.h` code name where
@@ -67,23 +68,6 @@ fn reason(what: &str, e: &NvmlError) -> String {
         _ => "",
     };
     format!("{what}: {code}{e}")
-}
-
-/// The compute processes NVML lists on a GPU: (pid, used VRAM where the driver
-/// reports it). NO_PERMISSION, NOT_SUPPORTED or a driver without the v3 call are
-/// errors, so that a caller leaves the list absent rather than empty.
-pub fn running_processes(device: &Device<'_>) -> Result<Vec<(u32, Option<u64>)>, NvmlError> {
-    Ok(device
-        .running_compute_processes()?
-        .into_iter()
-        .map(|p| {
-            let used = match p.used_gpu_memory {
-                UsedGpuMemory::Used(b) => Some(b),
-                UsedGpuMemory::Unavailable => None,
-            };
-            (p.pid, used)
-        })
-        .collect())
 }
 
 impl NvmlSource {
@@ -113,6 +97,7 @@ impl NvmlSource {
             cuda_version,
             lost: BTreeMap::new(),
             last_ids: HashMap::new(),
+            processes: Vec::new(),
         })
     }
 
@@ -258,10 +243,14 @@ impl DeviceSource for NvmlSource {
 
     fn sample(&mut self, sample: &mut Sample) -> Result<(), HiveError> {
         self.drain_xids();
+        self.processes.clear();
         for (index, id, d, memory) in self.devices()? {
             let memory = Some(memory);
             let util = d.utilization_rates().ok();
             let xid = self.xids.get(&id).copied();
+            if let Some(list) = raw_processes(&d) {
+                self.processes.push((id.clone(), list));
+            }
             sample.gpus.push(GpuSample {
                 index,
                 vram_used_bytes: memory.as_ref().map(|m| m.used),
@@ -280,10 +269,42 @@ impl DeviceSource for NvmlSource {
                 last_xid: xid.and_then(|x| x.last),
                 vram_reserved_bytes: memory.as_ref().map(|m| m.reserved),
                 id,
+                ..GpuSample::default()
             });
-            // Per-process readings of this GPU (`running_processes`) are filled in here.
         }
         sample.lost_gpus = self.lost.values().cloned().collect();
         Ok(())
+    }
+
+    fn gpu_processes(&mut self) -> Vec<(String, super::RawProcesses)> {
+        std::mem::take(&mut self.processes)
+    }
+}
+
+/// The compute processes on one GPU, for [`DeviceSource::gpu_processes`]
+/// (`nvmlDeviceGetComputeRunningProcesses_v3`). NO_PERMISSION and NOT_SUPPORTED (or a
+/// driver without the symbol) leave the list absent and say why; any other error (e.g. the GPU
+/// is lost) gives `None`: the GPU is left out.
+pub fn raw_processes(device: &Device<'_>) -> Option<super::RawProcesses> {
+    use super::{RawGpuProcess, RawProcesses};
+    use nvml_wrapper::enums::device::UsedGpuMemory;
+    match device.running_compute_processes() {
+        Ok(list) => Some(RawProcesses::Listed(
+            list.into_iter()
+                .map(|p| RawGpuProcess {
+                    pid: p.pid,
+                    used_bytes: match p.used_gpu_memory {
+                        UsedGpuMemory::Used(b) => Some(b),
+                        UsedGpuMemory::Unavailable => None,
+                    },
+                })
+                .collect(),
+        )),
+        Err(NvmlError::NoPermission) => Some(RawProcesses::NoPermission),
+        Err(NvmlError::NotSupported | NvmlError::FailedToLoadSymbol(_)) => Some(RawProcesses::NotSupported),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot list a GPU's compute processes");
+            None
+        }
     }
 }

@@ -5,6 +5,13 @@
 //! one step every `step_s`. A GPU exists from `appear_at_s` until `remove_at_s`, which
 //! is how hot-plug and removal are scheduled. `sample_latency_s` makes every reading
 //! take that long (a slow device). See `hive/scenarios/demo.toml`.
+//!
+//! A GPU may list compute processes (`[[gpu.process]]`): a fixed `pid`, or a
+//! `pid_file` read at every sample (no file, no process), so that a test can start a
+//! real process and put it on a GPU. Each has a `used` cycle and its own
+//! `appear_at_s`/`remove_at_s`. Without a `vram_used` cycle, such a GPU's used VRAM is
+//! the sum of its present processes. `process_list = "no_permission"` or
+//! `"not_supported"` makes the driver refuse the list (absent, not empty).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -15,7 +22,7 @@ use rbee_shared::{
 };
 use serde::Deserialize;
 
-use super::DeviceSource;
+use super::{DeviceSource, RawGpuProcess, RawProcesses};
 use crate::HiveError;
 
 /// The demo scenario shipped inside the binary (`hive serve --demo`).
@@ -88,6 +95,55 @@ struct GpuSpecFile {
     power_draw_w: Vec<u32>,
     power_limit_w: Option<u32>,
     compute_capability: Option<String>,
+    /// `listed` (the default when processes are given), `no_permission` or `not_supported`.
+    process_list: Option<String>,
+    #[serde(default)]
+    process: Vec<ProcessSpecFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProcessSpecFile {
+    pid: Option<u32>,
+    pid_file: Option<std::path::PathBuf>,
+    #[serde(default)]
+    used: Vec<ByteSize>,
+    #[serde(default)]
+    appear_at_s: f64,
+    remove_at_s: Option<f64>,
+}
+
+/// Where a simulated process's pid comes from.
+#[derive(Debug, Clone)]
+enum SimPid {
+    /// Fixed.
+    Fixed(u32),
+    /// Read from this file at every sample (a test writes it once it has a child).
+    File(std::path::PathBuf),
+}
+
+/// One simulated compute process.
+#[derive(Debug, Clone)]
+struct SimProcess {
+    /// Its pid.
+    pid: SimPid,
+    /// Used-VRAM cycle, bytes.
+    used: Vec<u64>,
+    /// When it appears.
+    appear_at: Duration,
+    /// When it goes, if ever.
+    remove_at: Option<Duration>,
+}
+
+/// What the simulated driver says of a GPU's processes.
+#[derive(Debug, Clone)]
+enum SimList {
+    /// No list at all (the GPU's scenario says nothing of processes).
+    Absent,
+    /// These processes.
+    Listed(Vec<SimProcess>),
+    /// The list is refused.
+    Refused(RawProcesses),
 }
 
 fn default_name() -> String {
@@ -113,6 +169,8 @@ struct SimGpu {
     temperature: Vec<f32>,
     /// Power draw cycle, mW.
     power_mw: Vec<u32>,
+    /// Its compute processes.
+    processes: SimList,
 }
 
 /// A parsed, validated scenario.
@@ -194,6 +252,7 @@ impl Scenario {
                     Some(ComputeCapability { major: parse(major)?, minor: parse(minor)? })
                 }
             };
+            let processes = sim_list(&at("process"), g.process_list.as_deref(), g.process, vram_total)?;
             let appear_at = seconds(&at("appear_at_s"), g.appear_at_s)?;
             let remove_at = g.remove_at_s.map(|s| seconds(&at("remove_at_s"), s)).transpose()?;
             gpus.push(SimGpu {
@@ -216,6 +275,7 @@ impl Scenario {
                 vram_reserved,
                 temperature: g.temperature_c,
                 power_mw: g.power_draw_w.iter().map(|w| w.saturating_mul(1000)).collect(),
+                processes,
             });
         }
         Ok(Self { step, sample_latency, gpus })
@@ -241,16 +301,32 @@ impl Scenario {
 
     /// The readings of the GPUs present `elapsed` after start.
     pub fn samples_at(&self, elapsed: Duration) -> Vec<GpuSample> {
+        self.readings_at(elapsed).0
+    }
+
+    /// The readings and the process lists of the GPUs present `elapsed` after start.
+    pub fn readings_at(&self, elapsed: Duration) -> (Vec<GpuSample>, Vec<(String, RawProcesses)>) {
         let step = (elapsed.as_nanos() / self.step.as_nanos().max(1)) as usize;
-        self.present(elapsed)
+        let mut lists = Vec::new();
+        let samples = self
+            .present(elapsed)
             .map(|g| {
-                let used = pick(&g.vram_used, step);
+                let list = g.processes.at(elapsed, step);
+                let mut used = pick(&g.vram_used, step);
+                if let (None, RawProcesses::Listed(l)) = (used, &list) {
+                    let sum = l.iter().filter_map(|p| p.used_bytes).fold(0u64, u64::saturating_add);
+                    used = Some(sum.min(g.device.vram_total_bytes));
+                }
+                if !matches!(g.processes, SimList::Absent) {
+                    lists.push((g.device.id.clone(), list));
+                }
                 let reserved = g.vram_reserved.unwrap_or(0);
                 GpuSample {
                     id: g.device.id.clone(),
                     index: g.device.index,
                     vram_used_bytes: used,
-                    vram_free_bytes: used.map(|u| g.device.vram_total_bytes - reserved - u),
+                    vram_free_bytes: used
+                        .map(|u| g.device.vram_total_bytes.saturating_sub(reserved).saturating_sub(u)),
                     vram_reserved_bytes: g.vram_reserved,
                     gpu_util_percent: pick(&g.util, step),
                     mem_util_percent: None,
@@ -259,7 +335,76 @@ impl Scenario {
                     ..GpuSample::default()
                 }
             })
-            .collect()
+            .collect();
+        (samples, lists)
+    }
+}
+
+fn sim_list(
+    at: &str,
+    kind: Option<&str>,
+    specs: Vec<ProcessSpecFile>,
+    vram_total: u64,
+) -> Result<SimList, ScenarioError> {
+    let refused = match kind {
+        None if specs.is_empty() => return Ok(SimList::Absent),
+        None | Some("listed") => None,
+        Some("no_permission") => Some(RawProcesses::NoPermission),
+        Some("not_supported") => Some(RawProcesses::NotSupported),
+        Some(other) => {
+            return Err(format!(
+                "{at}_list: {other:?} is not one of \"listed\", \"no_permission\", \"not_supported\""
+            )
+            .into());
+        }
+    };
+    if let Some(r) = refused {
+        return Ok(SimList::Refused(r));
+    }
+    let mut out = Vec::new();
+    for (j, p) in specs.into_iter().enumerate() {
+        let at = format!("{at}[{j}]");
+        let pid = match (p.pid, p.pid_file) {
+            (Some(pid), None) => SimPid::Fixed(pid),
+            (None, Some(file)) => SimPid::File(file),
+            _ => return Err(format!("{at}: give exactly one of pid and pid_file").into()),
+        };
+        let used = p
+            .used
+            .iter()
+            .map(|b| b.bytes().map_err(|e| ScenarioError(format!("{at}.used: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(u) = used.iter().find(|&&u| u > vram_total) {
+            return Err(format!("{at}.used: {u} bytes exceeds vram_total {vram_total}").into());
+        }
+        let appear_at = seconds(&format!("{at}.appear_at_s"), p.appear_at_s)?;
+        let remove_at = p.remove_at_s.map(|s| seconds(&format!("{at}.remove_at_s"), s)).transpose()?;
+        out.push(SimProcess { pid, used, appear_at, remove_at });
+    }
+    Ok(SimList::Listed(out))
+}
+
+impl SimList {
+    /// What the simulated driver lists `elapsed` after start.
+    fn at(&self, elapsed: Duration, step: usize) -> RawProcesses {
+        let specs = match self {
+            Self::Absent => return RawProcesses::NotSupported,
+            Self::Refused(r) => return r.clone(),
+            Self::Listed(specs) => specs,
+        };
+        let present =
+            specs.iter().filter(|p| elapsed >= p.appear_at && p.remove_at.is_none_or(|r| elapsed < r));
+        RawProcesses::Listed(
+            present
+                .filter_map(|p| {
+                    let pid = match &p.pid {
+                        SimPid::Fixed(pid) => *pid,
+                        SimPid::File(f) => std::fs::read_to_string(f).ok()?.trim().parse().ok()?,
+                    };
+                    Some(RawGpuProcess { pid, used_bytes: pick(&p.used, step) })
+                })
+                .collect(),
+        )
     }
 }
 
@@ -269,12 +414,14 @@ pub struct SimulatedSource {
     scenario: Scenario,
     /// Time zero of the scenario.
     start: Instant,
+    /// The process lists read with the last sample.
+    processes: Vec<(String, RawProcesses)>,
 }
 
 impl SimulatedSource {
     /// Starts the scenario now.
     pub fn new(scenario: Scenario) -> Self {
-        Self { scenario, start: Instant::now() }
+        Self { scenario, start: Instant::now(), processes: Vec::new() }
     }
 }
 
@@ -297,8 +444,14 @@ impl DeviceSource for SimulatedSource {
             // A slow device read, as the scenario asks (runs on a blocking thread).
             std::thread::sleep(self.scenario.sample_latency);
         }
-        sample.gpus.extend(self.scenario.samples_at(self.start.elapsed()));
+        let (gpus, processes) = self.scenario.readings_at(self.start.elapsed());
+        sample.gpus.extend(gpus);
+        self.processes = processes;
         Ok(())
+    }
+
+    fn gpu_processes(&mut self) -> Vec<(String, RawProcesses)> {
+        std::mem::take(&mut self.processes)
     }
 }
 
@@ -368,6 +521,35 @@ mod tests {
                 .0
                 .contains("vram_total")
         );
+    }
+
+    #[test]
+    fn processes_follow_their_schedule_and_sum_to_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("child.pid");
+        let text = format!(
+            "[[gpu]]\nid = \"a\"\nvram_total = \"8GiB\"\n\
+             [[gpu.process]]\npid = 7\nused = [\"1GiB\"]\n\
+             [[gpu.process]]\npid_file = {pid_file:?}\nused = [\"2GiB\"]\nappear_at_s = 1\n\
+             [[gpu]]\nid = \"b\"\nvram_total = 1\nprocess_list = \"no_permission\"\n\
+             [[gpu]]\nid = \"c\"\nvram_total = 1\n"
+        );
+        let s = Scenario::parse(&text).unwrap();
+        let pids = |t: f64| {
+            let (gpus, lists) = s.readings_at(Duration::from_secs_f64(t));
+            let RawProcesses::Listed(l) = &lists[0].1 else { panic!("{lists:?}") };
+            assert_eq!(lists[1].1, RawProcesses::NoPermission);
+            assert_eq!(lists.len(), 2, "a GPU without processes in its scenario has no list");
+            (l.iter().map(|p| p.pid).collect::<Vec<_>>(), gpus[0].vram_used_bytes)
+        };
+        assert_eq!(pids(1.5), (vec![7], Some(1 << 30)), "no pid file yet, no process");
+        std::fs::write(&pid_file, "4242\n").unwrap();
+        assert_eq!(pids(0.5), (vec![7], Some(1 << 30)), "not yet appeared");
+        assert_eq!(pids(1.5), (vec![7, 4242], Some(3 << 30)));
+        let both = "[[gpu]]\nid = \"a\"\nvram_total = 1\n[[gpu.process]]\npid = 1\npid_file = \"x\"";
+        assert!(Scenario::parse(both).unwrap_err().0.contains("exactly one of pid and pid_file"));
+        let kind = "[[gpu]]\nid = \"a\"\nvram_total = 1\nprocess_list = \"maybe\"";
+        assert!(Scenario::parse(kind).unwrap_err().0.contains("process_list"));
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod args;
 mod client;
 mod fleet;
 pub mod render;
+mod render_processes;
 mod scheduler;
 
 pub use args::{Cli, Command, PolicyCommand};

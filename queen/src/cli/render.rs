@@ -139,6 +139,7 @@ pub fn render_detail(v: &pb::HiveView) -> String {
                 health.map_or("", |h| health_name(h.health())),
                 g.id,
             );
+            super::render_processes::render_gpu_processes(&mut out, live);
         }
     }
     if let Some(s) = &v.latest_sample {

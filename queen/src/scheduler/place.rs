@@ -158,11 +158,12 @@ impl Scheduler {
                 bytes,
                 total: device.total,
                 observed: device.used,
+                processes: device.processes(),
                 ttl: req.ttl,
                 now_ms: rbee_shared::time::now_unix_ms(),
             };
             let result = if req.dry_run {
-                book.observe(&address, &device.id, device.used);
+                book.settle(&address, &device.id, device.used, device.processes());
                 let free = book.free(&address, &device.id, device.total, device.used);
                 if bytes <= free { Ok(None) } else { Err(Refused::NoRoom { free }) }
             } else {

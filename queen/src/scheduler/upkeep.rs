@@ -26,13 +26,14 @@ impl Scheduler {
             for (address, device) in book.active_devices() {
                 let Some(h) = hives.iter().find(|h| h.address == address) else { continue };
                 let Some(s) = h.latest.as_ref() else { continue };
-                let observed = if device == view::CPU_DEVICE {
-                    Some(s.ram_used_bytes)
+                let (observed, processes) = if device == view::CPU_DEVICE {
+                    (Some(s.ram_used_bytes), None)
                 } else {
-                    s.gpus.iter().find(|g| g.id == device).and_then(|g| g.vram_used_bytes)
+                    let gpu = s.gpus.iter().find(|g| g.id == device);
+                    (gpu.and_then(|g| g.vram_used_bytes), gpu.and_then(|g| g.processes.as_ref()))
                 };
                 if let Some(observed) = observed {
-                    settled.extend(book.observe(&address, &device, observed));
+                    settled.extend(book.settle(&address, &device, observed, processes));
                 }
             }
             dropped.extend(

@@ -75,6 +75,11 @@ impl DeviceRef {
         self.hive.latest.as_ref()?.gpus.iter().find(|g| g.id == self.id)
     }
 
+    /// Who holds the GPU's memory, where the hive lists it (`None` for the CPU).
+    pub fn processes(&self) -> Option<&rbee_shared::GpuProcesses> {
+        self.live()?.processes.as_ref()
+    }
+
     /// The GPU's description.
     pub fn gpu(&self) -> Option<&rbee_shared::GpuDevice> {
         self.hive.caps.as_ref()?.caps.gpus.get(&self.id)

@@ -7,6 +7,13 @@
 //! size; active ones expire after their TTL. The book is one plain struct behind one
 //! lock: checking and reserving happen under that lock, never across an `.await`.
 //!
+//! Where the hive lists the device's processes, settlement goes by process instead
+//! ([`processes`]): a worker carrying its reservation id settles exactly that one, a new
+//! process reaching the reserved size settles the oldest it fits, and growth of
+//! processes already there settles nothing. Such a device commits
+//! `observed + active − already loaded by tagged workers`, so memory another process
+//! takes is never promised to a reservation still loading.
+//!
 //! The book holds at most [`BookLimits::per_hive`] reservations per hive and
 //! [`BookLimits::total`] in all; it lists them in pages, oldest first.
 
@@ -61,6 +68,27 @@ struct DeviceBook {
     active: VecDeque<String>,
     /// Sum of the active reservations' bytes.
     active_bytes: u64,
+    /// The pids on the device when each active reservation was made, for those made
+    /// while the hive listed the device's processes.
+    known: HashMap<String, Vec<u32>>,
+    /// Pids that settled a reservation here (pruned to those still listed).
+    claimed: BTreeSet<u32>,
+    /// Bytes that tagged workers of still-active reservations already hold.
+    loaded: u64,
+    /// Whether the last observation came with a process list.
+    by_process: bool,
+}
+
+impl DeviceBook {
+    /// Bytes committed on the device given the observed usage.
+    fn committed(&self, observed: u64) -> u64 {
+        let whole = self.baseline + self.active_bytes;
+        if self.by_process {
+            whole.max(observed.saturating_add(self.active_bytes.saturating_sub(self.loaded)))
+        } else {
+            whole
+        }
+    }
 }
 
 /// The devices of one hive that have active reservations: a handful, so a small vector
@@ -93,7 +121,7 @@ impl HiveBook {
 
     /// Free bytes on one of this hive's devices.
     pub fn free(&self, device_id: &str, total: u64, observed: u64) -> u64 {
-        let committed = self.get(device_id).map_or(0, |d| d.baseline + d.active_bytes);
+        let committed = self.get(device_id).map_or(0, |d| d.committed(observed));
         total.saturating_sub(observed.max(committed))
     }
 }
@@ -167,6 +195,8 @@ pub struct Claim<'a> {
     pub total: u64,
     /// Device observed used bytes (latest sample).
     pub observed: u64,
+    /// The device's processes (latest sample), where the hive lists them.
+    pub processes: Option<&'a rbee_shared::GpuProcesses>,
     /// How long an active reservation lasts.
     pub ttl: Duration,
     /// Now, ms since the Unix epoch.
@@ -225,8 +255,10 @@ impl Book {
 
     /// Free bytes for placement on a device.
     pub fn free(&self, address: &str, device_id: &str, total: u64, observed: u64) -> u64 {
-        let committed = self.committed(address, device_id).unwrap_or(0);
-        total.saturating_sub(observed.max(committed))
+        match self.hives.get(address) {
+            Some(hive) => hive.free(device_id, total, observed),
+            None => total.saturating_sub(observed),
+        }
     }
 
     /// Settles active reservations, oldest first, while the observed usage shows them
@@ -243,6 +275,7 @@ impl Book {
             d.baseline += bytes;
             d.active_bytes -= bytes;
             let id = d.active.pop_front().unwrap_or_default();
+            d.known.remove(&id);
             if let Some(r) = self.reservations.get_mut(&id) {
                 r.state = ReservationState::Settled;
             }
@@ -269,7 +302,7 @@ impl Book {
         if self.counts.get(address).copied().unwrap_or(0) >= self.limits.per_hive {
             return Err(Refused::HiveFull { limit: self.limits.per_hive });
         }
-        self.observe(address, device_id, claim.observed);
+        self.settle(address, device_id, claim.observed, claim.processes);
         let free = self.free(address, device_id, claim.total, claim.observed);
         if claim.bytes > free {
             return Err(Refused::NoRoom { free });
@@ -288,6 +321,10 @@ impl Book {
         let d = self.hives.entry(address.to_owned()).or_default().entry(device_id);
         if d.active.is_empty() {
             d.baseline = claim.observed;
+            d.by_process = claim.processes.is_some();
+        }
+        if let Some(p) = claim.processes {
+            d.known.insert(r.id.clone(), p.listed.iter().map(|p| p.pid).collect());
         }
         d.active.push_back(r.id.clone());
         d.active_bytes += r.bytes;
@@ -360,6 +397,7 @@ impl Book {
         {
             d.active.retain(|x| x != id);
             d.active_bytes -= r.bytes;
+            d.known.remove(id);
             if d.active.is_empty() {
                 devices.remove(&r.device_id);
                 if devices.0.is_empty() {
@@ -420,5 +458,6 @@ impl Book {
     }
 }
 
+mod processes;
 #[cfg(test)]
 mod tests;

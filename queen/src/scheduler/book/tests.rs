@@ -13,6 +13,7 @@ fn claim(bytes: u64, observed: u64) -> Claim<'static> {
         bytes,
         total: 80 * GIB,
         observed,
+        processes: None,
         ttl: Duration::from_secs(60),
         now_ms: 1000,
     }
@@ -193,4 +194,97 @@ fn a_restored_book_never_counts_less_after_a_release_ahead() {
     let mut again = Book::default();
     again.restore(kept);
     assert!(again.free("a", "g", 80 * GIB, 5 * GIB) <= b.free("a", "g", 80 * GIB, 5 * GIB));
+}
+
+mod by_process {
+    use rbee_shared::{GpuProcess, GpuProcesses};
+
+    use super::*;
+
+    fn procs(list: &[(u32, u64, Option<&str>)]) -> GpuProcesses {
+        GpuProcesses {
+            listed: list
+                .iter()
+                .map(|(pid, used, tag)| GpuProcess {
+                    pid: *pid,
+                    used_vram_bytes: Some(*used),
+                    reservation_id: tag.map(str::to_owned),
+                    ..GpuProcess::default()
+                })
+                .collect(),
+            ..GpuProcesses::default()
+        }
+    }
+
+    fn reserve(b: &mut Book, bytes: u64, observed: u64, p: &GpuProcesses) -> Reservation {
+        b.reserve("a", "g", &Claim { processes: Some(p), ..claim(bytes, observed) }).unwrap()
+    }
+
+    fn state(b: &Book, r: &Reservation) -> ReservationState {
+        b.get(&r.id).unwrap().state
+    }
+
+    #[test]
+    fn another_process_growing_at_the_same_moment_settles_nothing() {
+        let mut b = Book::default();
+        let before = procs(&[(10, 10 * GIB, None)]);
+        let r = reserve(&mut b, 20 * GIB, 10 * GIB, &before);
+        // The known process grows by exactly the reserved amount.
+        let grown = procs(&[(10, 30 * GIB, None)]);
+        assert!(b.settle("a", "g", 30 * GIB, Some(&grown)).is_empty());
+        assert_eq!(state(&b, &r), ReservationState::Active);
+        // Its growth is not promised to anyone else: 80 - (30 + 20 still to load).
+        assert_eq!(b.free("a", "g", 80 * GIB, 30 * GIB), 30 * GIB);
+        // The whole-device rule would have settled it (the bug this replaces).
+        let mut old = Book::default();
+        old.reserve("a", "g", &claim(20 * GIB, 10 * GIB)).unwrap();
+        assert_eq!(old.observe("a", "g", 30 * GIB).len(), 1);
+        // The worker then shows up, new and big enough: now it settles.
+        let loaded = procs(&[(10, 30 * GIB, None), (11, 20 * GIB, None)]);
+        assert_eq!(b.settle("a", "g", 50 * GIB, Some(&loaded)).as_slice(), std::slice::from_ref(&r.id));
+        assert_eq!(b.free("a", "g", 80 * GIB, 50 * GIB), 30 * GIB);
+    }
+
+    #[test]
+    fn a_tagged_worker_settles_exactly_its_reservation() {
+        let mut b = Book::default();
+        let none = procs(&[]);
+        let r1 = reserve(&mut b, 10 * GIB, 0, &none);
+        let r2 = reserve(&mut b, 20 * GIB, 0, &none);
+        // r2's worker, half loaded: nothing settles, and what it holds counts as loaded.
+        let half = procs(&[(7, 10 * GIB, Some(&r2.id))]);
+        assert!(b.settle("a", "g", 10 * GIB, Some(&half)).is_empty());
+        assert_eq!(b.free("a", "g", 80 * GIB, 10 * GIB), 80 * GIB - 30 * GIB);
+        // Fully loaded: exactly r2 settles, though r1 is older and would fit.
+        let full = procs(&[(7, 20 * GIB, Some(&r2.id))]);
+        assert_eq!(b.settle("a", "g", 20 * GIB, Some(&full)).as_slice(), std::slice::from_ref(&r2.id));
+        assert_eq!((state(&b, &r1), state(&b, &r2)), (ReservationState::Active, ReservationState::Settled));
+        // A worker tagged for another reservation never settles r1 by size.
+        let other = procs(&[(7, 20 * GIB, Some(&r2.id)), (8, 40 * GIB, Some("someone-else"))]);
+        assert!(b.settle("a", "g", 60 * GIB, Some(&other)).is_empty());
+        assert_eq!(state(&b, &r1), ReservationState::Active);
+    }
+
+    #[test]
+    fn one_new_process_settles_one_reservation() {
+        let mut b = Book::default();
+        let none = procs(&[]);
+        let r1 = reserve(&mut b, 10 * GIB, 0, &none);
+        let r2 = reserve(&mut b, 10 * GIB, 0, &none);
+        let one = procs(&[(5, 12 * GIB, None)]);
+        assert_eq!(b.settle("a", "g", 12 * GIB, Some(&one)).as_slice(), std::slice::from_ref(&r1.id));
+        // The same process, seen again and grown, does not settle r2 too.
+        let grown = procs(&[(5, 25 * GIB, None)]);
+        assert!(b.settle("a", "g", 25 * GIB, Some(&grown)).is_empty());
+        assert_eq!(state(&b, &r2), ReservationState::Active);
+        let second = procs(&[(5, 25 * GIB, None), (6, 10 * GIB, None)]);
+        assert_eq!(b.settle("a", "g", 35 * GIB, Some(&second)).as_slice(), std::slice::from_ref(&r2.id));
+    }
+
+    #[test]
+    fn without_a_list_the_whole_device_rule_still_applies() {
+        let mut b = Book::default();
+        let r = b.reserve("a", "g", &claim(20 * GIB, 10 * GIB)).unwrap();
+        assert_eq!(b.settle("a", "g", 30 * GIB, None), [r.id]);
+    }
 }

@@ -55,6 +55,36 @@ fn devices_of(h: &HiveRef) -> Native<Array> {
     Ok(out)
 }
 
+fn opt_s(v: Option<&String>) -> Dynamic {
+    v.map_or(Dynamic::UNIT, |s| Dynamic::from(s.clone()))
+}
+
+/// `device.processes`: an array of maps, or `()` when the hive does not list them.
+fn processes_of(d: &DeviceRef) -> Native<Dynamic> {
+    let Some(p) = d.processes() else { return Ok(Dynamic::UNIT) };
+    charge(p.listed.len())?;
+    Ok(Dynamic::from_array(
+        p.listed
+            .iter()
+            .map(|p| {
+                let mut m = Map::new();
+                m.insert("pid".into(), Dynamic::from_int(INT::from(p.pid)));
+                m.insert("vram".into(), opt_i(p.used_vram_bytes));
+                m.insert("name".into(), opt_s(p.name.as_ref()));
+                m.insert("rss".into(), opt_i(p.rss_bytes));
+                m.insert("cpu".into(), opt_f(p.cpu_percent));
+                m.insert("cgroup".into(), opt_s(p.cgroup.as_ref()));
+                m.insert("container".into(), opt_s(p.container_id.as_ref()));
+                m.insert("runtime".into(), opt_s(p.container_runtime.as_ref()));
+                m.insert("unit".into(), opt_s(p.systemd_unit.as_ref()));
+                m.insert("cgroup_memory".into(), opt_i(p.cgroup_memory_bytes));
+                m.insert("reservation".into(), opt_s(p.reservation_id.as_ref()));
+                Dynamic::from_map(m)
+            })
+            .collect(),
+    ))
+}
+
 fn device_array(arr: Array) -> Native<Vec<DeviceRef>> {
     // Sorting costs n log n comparisons; charge that.
     charge(arr.len().saturating_mul(arr.len().max(2).ilog2() as usize))?;
@@ -157,6 +187,10 @@ pub fn register(engine: &mut Engine) {
             opt_f(d.live().and_then(|g| g.power_draw_mw).map(|mw| mw as f32 / 1000.0))
         })
         .register_get("health", |d: &mut DeviceRef| d.health().as_str().to_owned())
+        .register_get("processes", |d: &mut DeviceRef| processes_of(d))
+        .register_get("unattributed_vram", |d: &mut DeviceRef| {
+            opt_i(d.live().and_then(|g| g.unattributed_vram_bytes))
+        })
         .register_get("hive", |d: &mut DeviceRef| HiveRef { hive: d.hive.clone(), book: d.book.clone() });
 
     engine

@@ -125,3 +125,35 @@ fn a_script_error_message_is_bounded_and_keeps_its_position() {
     assert!(text.len() < 1300, "{} bytes", text.len());
     assert!(text.contains("(cut, ") && text.ends_with("(line 4, column 3)"), "{text}");
 }
+
+#[test]
+fn policies_see_who_holds_each_gpu_and_absent_lists_are_unit() {
+    use rbee_shared::{GpuProcess, GpuProcesses};
+    let mut h = (*hive("h", 2, 24, 4, 5.0, ConnState::Online, &[])).clone();
+    let mut sample = (**h.latest.as_ref().unwrap()).clone();
+    sample.gpus[0].processes = Some(GpuProcesses {
+        listed: vec![GpuProcess {
+            pid: 42,
+            used_vram_bytes: Some(3 << 30),
+            name: Some("vllm".into()),
+            systemd_unit: Some("vllm.service".into()),
+            reservation_id: Some("r-1".into()),
+            ..GpuProcess::default()
+        }],
+        ..GpuProcesses::default()
+    });
+    sample.gpus[0].unattributed_vram_bytes = Some(1 << 30);
+    h.latest = Some(Arc::new(sample));
+    let view = FleetView { hives: Arc::new(vec![Arc::new(h)]), book: Default::default() };
+    let rt = PolicyRuntime::new(Limits::default());
+    let script = r#"fn place(r, f) {
+        let d = f.hives[0].devices;
+        let p = d[0].processes[0];
+        reject(`${d[0].processes.len()} ${p.pid} ${p.name} ${p.unit} ${p.reservation} ${p.rss == ()} ${d[0].unattributed_vram} ${d[1].processes == ()} ${d[1].unattributed_vram == ()}`)
+    }"#;
+    let p = rt.compile("t", script).unwrap();
+    let Decision::Reject(said) = rt.run(&p, &PlaceRequest::gpu(1), &view).unwrap() else {
+        panic!("not a rejection")
+    };
+    assert_eq!(said, format!("1 42 vllm vllm.service r-1 true {} true true", 1u64 << 30));
+}

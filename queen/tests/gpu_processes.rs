@@ -1,0 +1,127 @@
+//! Who holds each GPU's memory, end to end: a real hive whose simulated GPU lists real
+//! processes the test starts, a real queen, the generated clients. Settlement goes by
+//! process: a known process growing settles nothing; a worker carrying its reservation
+//! id settles exactly that reservation.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use common::scheduling::*;
+use common::*;
+use rbee_proto::v1 as pb;
+use rbee_queen::scheduler::SchedulerSettings;
+use tokio::time::Instant;
+
+/// A child that is killed when the test ends, however it ends.
+struct Kid(Child);
+
+impl Drop for Kid {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn sleeper(reservation: Option<&str>) -> Kid {
+    let mut cmd = Command::new("sleep");
+    cmd.arg("60");
+    if let Some(r) = reservation {
+        cmd.env("RBEE_RESERVATION_ID", r);
+    }
+    Kid(cmd.spawn().expect("spawn sleep"))
+}
+
+/// Puts `pid` on the simulated GPU: the scenario reads this file at every sample.
+fn put_on_gpu(file: &Path, pid: u32) {
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, pid.to_string()).unwrap();
+    std::fs::rename(tmp, file).unwrap();
+}
+
+async fn states(
+    client: &mut rbee_proto::v1::scheduler_client::SchedulerClient<tonic::transport::Channel>,
+) -> Vec<(String, pb::ReservationState)> {
+    all_reservations(client, 0).await.into_iter().map(|r| (r.id.clone(), r.state())).collect()
+}
+
+fn gpu_processes(h: &pb::HiveView) -> Option<&pb::GpuProcesses> {
+    h.latest_sample.as_ref()?.gpus.first()?.processes.as_ref()
+}
+
+#[tokio::test]
+async fn a_tagged_worker_settles_its_reservation_and_another_process_growing_settles_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let (other_pid, grown_pid, worker_pid) =
+        (dir.path().join("other.pid"), dir.path().join("grown.pid"), dir.path().join("worker.pid"));
+    // One 80 GiB GPU whose used VRAM is the sum of its processes. "other" holds 4 GiB;
+    // once its pid file is renamed to grown.pid it holds 20 GiB.
+    let scenario = format!(
+        "step_s = 0.1\n[[gpu]]\nid = \"GPU-0\"\nvram_total = \"80GiB\"\nutil_percent = [10]\n\
+         [[gpu.process]]\npid_file = {other_pid:?}\nused = [\"4GiB\"]\n\
+         [[gpu.process]]\npid_file = {grown_pid:?}\nused = [\"20GiB\"]\n\
+         [[gpu.process]]\npid_file = {worker_pid:?}\nused = [\"8GiB\"]\n"
+    );
+    let other = sleeper(None);
+    put_on_gpu(&other_pid, other.0.id());
+    let hive = TestHive::start_named("procs", &scenario).await;
+    let settings = SchedulerSettings { maintain_every: Duration::from_millis(100), ..Default::default() };
+    let (queen, mut client) = queen_with(vec![hive.url()], settings).await;
+    let mut fleet = queen.client().await;
+    let other_id = other.0.id();
+    let hives = wait_for(&mut fleet, "the other process at the queen", |hs| {
+        hs.iter().filter_map(gpu_processes).any(|p| p.listed.iter().any(|p| p.pid == other_id))
+    })
+    .await;
+    let listed = &gpu_processes(&hives[0]).unwrap().listed[0];
+    assert_eq!(listed.name.as_deref(), Some("sleep"));
+    assert!(listed.rss_bytes.is_some_and(|r| r > 0) && listed.cgroup.is_some(), "{listed:?}");
+
+    let r1 = placement(client.place(gpu_request(8 * GIB)).await.unwrap().into_inner()).reservation_id;
+    let r2 = placement(client.place(gpu_request(8 * GIB)).await.unwrap().into_inner()).reservation_id;
+
+    // The known process grows by both reservations together: under the whole-device
+    // rule both would settle now.
+    std::fs::rename(&other_pid, &grown_pid).unwrap();
+    wait_for(&mut fleet, "the growth at the queen", |hs| {
+        hs.iter()
+            .filter_map(|h| h.latest_sample.as_ref())
+            .any(|s| s.gpus[0].vram_used_bytes == Some(20 * GIB))
+    })
+    .await;
+    // Its growth is not promised away either: 80 - (20 used + 16 still to load).
+    let dry = pb::PlaceRequest { dry_run: true, ..gpu_request(GIB) };
+    assert_eq!(placement(client.place(dry).await.unwrap().into_inner()).free_after_bytes, 43 * GIB);
+
+    // r2's worker starts, carrying its reservation id, and loads.
+    let worker = sleeper(Some(&r2));
+    put_on_gpu(&worker_pid, worker.0.id());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = states(&mut client).await;
+        let state = |id: &str| now.iter().find(|(r, _)| r == id).map(|(_, s)| *s);
+        if state(&r2) == Some(pb::ReservationState::Settled) {
+            // Upkeep has seen the grown process (it came first) and settled only r2.
+            assert_eq!(state(&r1), Some(pb::ReservationState::Active), "r1 settled early: {now:?}");
+            break;
+        }
+        assert_eq!(state(&r1), Some(pb::ReservationState::Active), "r1 settled early: {now:?}");
+        assert!(Instant::now() < deadline, "r2 never settled: {now:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let hives = client_hives(&mut fleet).await;
+    let worker_seen =
+        gpu_processes(&hives[0]).unwrap().listed.iter().find(|p| p.pid == worker.0.id()).cloned();
+    assert_eq!(worker_seen.and_then(|p| p.reservation_id), Some(r2));
+    drop((worker, other));
+    queen.stop().await;
+    hive.stop().await.unwrap();
+}
+
+async fn client_hives(
+    fleet: &mut rbee_proto::v1::fleet_client::FleetClient<tonic::transport::Channel>,
+) -> Vec<pb::HiveView> {
+    fleet.list_hives(pb::ListHivesRequest::default()).await.unwrap().into_inner().hives
+}
