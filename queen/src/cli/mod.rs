@@ -1,6 +1,6 @@
 //! The `queen` command line: its arguments ([`args`]), and the client subcommands
 //! (`hives`, `hive`, `watch`, `add`, `remove`, `place`, `release`, `reservations`,
-//! `policy check|status`), which talk to a running queen over the same gRPC API that
+//! `policy check|status`, and `top`, the live view), which talk to a running queen over the same gRPC API that
 //! scheduler clients use.
 
 pub mod args;
@@ -8,6 +8,7 @@ mod client;
 mod fleet;
 pub mod render;
 mod scheduler;
+pub mod top;
 
 pub use args::{Cli, Command, PolicyCommand};
 pub use fleet::{add, hive, hives, remove, watch};
