@@ -369,7 +369,7 @@ pub fn external_tool(name: &str, install: &str) -> Option<std::path::PathBuf> {
     found
 }
 
-/// A plain HTTP/1.1 `GET` of `path` on `addr` (with `authorization: Bearer TOKEN` when
+/// A plain HTTP/1.0 `GET` of `path` on `addr` (with `authorization: Bearer TOKEN` when
 /// given): the status code and the body. For the `/metrics` endpoints.
 pub async fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -378,10 +378,14 @@ pub async fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16
         .expect("connect in time")
         .expect("connect");
     let auth = token.map(|t| format!("authorization: Bearer {t}\r\n")).unwrap_or_default();
-    let request = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\n{auth}connection: close\r\n\r\n");
+    // HTTP/1.0: the reply is never chunked, and the server closes the connection after it.
+    let request = format!("GET {path} HTTP/1.0\r\nhost: {addr}\r\n{auth}\r\n");
     stream.write_all(request.as_bytes()).await.expect("send the request");
     let mut reply = Vec::new();
-    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut reply)).await.expect("reply in time").expect("read");
+    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut reply))
+        .await
+        .expect("reply in time")
+        .expect("read");
     let reply = String::from_utf8(reply).expect("a UTF-8 reply");
     let (head, body) = reply.split_once("\r\n\r\n").expect("a header and a body");
     let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line");
@@ -403,6 +407,9 @@ pub fn promtool_check_metrics(text: &str) -> bool {
     child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write to promtool");
     let out = child.wait_with_output().expect("promtool ran");
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics failed:\n{said}\n--- input:\n{text}");
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics failed:\n{said}\n--- input:\n{text}"
+    );
     true
 }

@@ -25,10 +25,21 @@ async fn the_hive_serves_its_gpus_and_promtool_accepts_them() {
     let _ = hive.client().await;
     let (status, text) = http_get(addr, "/metrics", None).await;
     assert_eq!(status, 200, "{text}");
-    let vram = "rbee_gpu_memory_total_bytes{hive=\"metrics-hive\",gpu=\"0\",uuid=\"GPU-static-0\"} 85899345920";
+    let vram =
+        "rbee_gpu_memory_total_bytes{hive=\"metrics-hive\",gpu=\"0\",uuid=\"GPU-static-0\"} 85899345920";
     assert!(text.contains(vram), "{text}");
-    assert!(text.contains("rbee_hive_labels_info{hive=\"metrics-hive\",label_rbee_io_rack=\"r1\",label_zone=\"test\"} 1"), "{text}");
-    assert!(text.contains("rbee_gpu_temperature_celsius{hive=\"metrics-hive\",gpu=\"0\",uuid=\"GPU-static-0\"} 40"), "{text}");
+    assert!(
+        text.contains(
+            "rbee_hive_labels_info{hive=\"metrics-hive\",label_rbee_io_rack=\"r1\",label_zone=\"test\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "rbee_gpu_temperature_celsius{hive=\"metrics-hive\",gpu=\"0\",uuid=\"GPU-static-0\"} 40"
+        ),
+        "{text}"
+    );
     assert!(text.contains("rbee_hive_sample_ok{hive=\"metrics-hive\"} 1"), "{text}");
     promtool_check_metrics(&text);
     let (status, _) = http_get(addr, "/other", None).await;
@@ -66,9 +77,10 @@ fn metrics_beyond_loopback_need_a_token() {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, TOKEN).unwrap();
-    let (_, config) = serve_args(&["--metrics-listen", "0.0.0.0:9101", "--metrics-token-file", token.to_str().unwrap()])
-        .into_config()
-        .unwrap();
+    let (_, config) =
+        serve_args(&["--metrics-listen", "0.0.0.0:9101", "--metrics-token-file", token.to_str().unwrap()])
+            .into_config()
+            .unwrap();
     assert!(config.metrics.unwrap().access.enabled());
     let (_, config) = serve_args(&["--metrics-listen", "0.0.0.0:9101", "--insecure"]).into_config().unwrap();
     assert!(!config.metrics.unwrap().access.enabled());
