@@ -413,3 +413,33 @@ pub fn promtool_check_metrics(text: &str) -> bool {
     );
     true
 }
+
+/// Runs `systemd-analyze verify` on the unit file `unit` with its `ExecStart` program
+/// `installed` (e.g. `/usr/local/bin/hive`) replaced by `built` (verify needs the
+/// program to exist). `None` when systemd-analyze is missing (skipped, see
+/// [`external_tool`]); else what it said (empty when the unit is clean) and whether it
+/// passed.
+pub fn systemd_verify(
+    unit: &std::path::Path,
+    installed: &str,
+    built: &std::path::Path,
+) -> Option<(bool, String)> {
+    let tool = external_tool("systemd-analyze", "apt-get install systemd")?;
+    let text = std::fs::read_to_string(unit).expect("read the unit");
+    assert!(text.contains(installed), "{} does not start {installed}", unit.display());
+    let dir = tempfile_dir();
+    let copy = dir.join(unit.file_name().expect("a file name"));
+    std::fs::write(&copy, text.replace(installed, &built.display().to_string())).expect("write the copy");
+    let out =
+        std::process::Command::new(tool).arg("verify").arg(&copy).output().expect("systemd-analyze ran");
+    let _ = std::fs::remove_dir_all(&dir);
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    Some((out.status.success() && said.trim().is_empty(), said))
+}
+
+/// A fresh directory under the system's temp dir.
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("rbee-unit-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("create a temp dir");
+    dir
+}
