@@ -11,10 +11,10 @@ use prometheus_client::registry::Unit;
 use rbee_hive::metrics::{Labels, MachineView, counters, encode_machines, gauges, infos, label};
 
 use super::recorder::PlaceResult;
-use crate::fleet::{ConnState, Fleet, Health, HiveSnapshot};
-use crate::scheduler::Scheduler;
+use crate::fleet::{ConnState, Health, HiveSnapshot};
 use crate::scheduler::book::ReservationState;
 use crate::scheduler::view::CPU_DEVICE;
+use crate::scheduler::{HiveSource, Scheduler};
 
 /// Every connection state, for the state set.
 const STATES: [ConnState; 5] =
@@ -25,8 +25,8 @@ const HEALTHS: [Health; 3] = [Health::Healthy, Health::Degraded, Health::Unhealt
 
 /// The fleet and the scheduler, gathered on every scrape.
 pub struct FleetCollector {
-    /// The hives.
-    pub fleet: Arc<Fleet>,
+    /// The hives (the live fleet; a fixed set in benchmarks).
+    pub fleet: Arc<dyn HiveSource>,
     /// The books and placement counters.
     pub scheduler: Arc<Scheduler>,
 }
@@ -44,7 +44,7 @@ pub fn hive_name(h: &HiveSnapshot) -> &str {
 
 impl Collector for FleetCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
-        let hives = self.fleet.list();
+        let hives = self.fleet.hives();
         let machines: Vec<MachineView<'_>> = hives
             .iter()
             .map(|h| MachineView {

@@ -20,11 +20,10 @@ use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
 
-use crate::fleet::Fleet;
-use crate::scheduler::Scheduler;
+use crate::scheduler::{HiveSource, Scheduler};
 
 /// The registry `/metrics` renders: the fleet collector (and any added collector).
-pub fn registry(fleet: Arc<Fleet>, scheduler: Arc<Scheduler>) -> Registry {
+pub fn registry(fleet: Arc<dyn HiveSource>, scheduler: Arc<Scheduler>) -> Registry {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(collector::FleetCollector { fleet, scheduler }));
     registry
