@@ -37,6 +37,18 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Print this machine's capabilities and one live sample, then exit.
     Probe(ProbeArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) of hive to stdout.
+    Man,
+}
+
+/// `hive completions SHELL`.
+#[derive(Debug, Clone, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// Where GPU data comes from (shared by `serve` and `probe`).
@@ -122,6 +134,13 @@ pub struct ServeArgs {
     /// Allow serving a non-loopback address without mutual TLS. Anyone who can reach it reads telemetry.
     #[arg(long, env = "HIVE_INSECURE")]
     pub insecure: bool,
+    /// Serve Prometheus metrics of this machine at http://ADDR/metrics (off when not given). Beyond
+    /// loopback a metrics token is required (or --insecure).
+    #[arg(long, env = "HIVE_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// File holding the bearer token scrapers must send to /metrics (or set HIVE_METRICS_TOKEN to the token itself).
+    #[arg(long, env = "HIVE_METRICS_TOKEN_FILE", value_name = "FILE")]
+    pub metrics_token_file: Option<PathBuf>,
     /// GPU source.
     #[command(flatten)]
     pub gpu: GpuArgs,
@@ -201,6 +220,8 @@ pub struct HiveConfig {
     pub reannounce_after: Duration,
     /// Most processes listed per GPU in each sample.
     pub max_gpu_processes: usize,
+    /// The Prometheus `/metrics` endpoint, if any.
+    pub metrics: Option<rbee_shared::metrics_http::MetricsEndpoint>,
 }
 
 impl HiveConfig {
@@ -220,6 +241,7 @@ impl HiveConfig {
             max_streams: DEFAULT_MAX_STREAMS,
             reannounce_after: REANNOUNCE_AFTER,
             max_gpu_processes: DEFAULT_MAX_GPU_PROCESSES,
+            metrics: None,
         }
     }
 }
@@ -260,6 +282,7 @@ impl ServeArgs {
             (None, Ok(token)) if !token.trim().is_empty() => Some(token.trim().to_owned()),
             _ => None,
         };
+        let metrics = self.metrics_endpoint()?;
         let state_dir = self.state_dir.clone().unwrap_or_else(default_state_dir);
         let hive_id = resolve_hive_id(self.hive_id.as_deref(), &state_dir)?;
         let config = HiveConfig {
@@ -276,8 +299,34 @@ impl ServeArgs {
             tls,
             max_streams: self.max_streams,
             reannounce_after: REANNOUNCE_AFTER,
+            metrics,
         };
         Ok((self.listen, config))
+    }
+
+    /// The metrics endpoint from `--metrics-listen` and its token, checked against the
+    /// exposure rule.
+    fn metrics_endpoint(&self) -> Result<Option<rbee_shared::metrics_http::MetricsEndpoint>, HiveError> {
+        use rbee_shared::metrics_http::{MetricsAccess, MetricsEndpoint, check_exposure};
+        let Some(listen) = self.metrics_listen else { return Ok(None) };
+        let token = match (&self.metrics_token_file, std::env::var("HIVE_METRICS_TOKEN")) {
+            (Some(path), _) => std::fs::read_to_string(path)
+                .map_err(|e| HiveError::Config(format!("--metrics-token-file {}: {e}", path.display())))?,
+            (None, Ok(token)) => token,
+            (None, Err(_)) => String::new(),
+        };
+        let token = token.trim();
+        if !token.is_empty() && (token.len() < 16 || !token.chars().all(|c| c.is_ascii_graphic())) {
+            return Err(HiveError::Config(
+                "the metrics token must be at least 16 printable ASCII characters".into(),
+            ));
+        }
+        let access = MetricsAccess::new((!token.is_empty()).then_some(token.as_bytes()));
+        check_exposure(listen, &access, self.insecure, "--metrics-listen").map_err(HiveError::Config)?;
+        if !listen.ip().is_loopback() && !access.enabled() {
+            tracing::warn!(%listen, "INSECURE: serving metrics beyond loopback without a token");
+        }
+        Ok(Some(MetricsEndpoint { listen, listener: None, access }))
     }
 }
 

@@ -10,6 +10,7 @@ pub mod config;
 pub mod convert;
 pub mod error;
 pub mod identity;
+pub mod metrics;
 pub mod monitor;
 pub mod probe;
 pub mod procs;

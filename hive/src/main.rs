@@ -27,6 +27,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot listen on {listen}"))?;
             rbee_hive::run(config, listener, rbee_shared::shutdown::shutdown_signal()).await?;
         }
+        Command::Completions(args) => {
+            use clap::CommandFactory;
+            clap_complete::generate(args.shell, &mut Cli::command(), "hive", &mut std::io::stdout());
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+        }
         Command::Probe(args) => {
             let (gpu, max) = (args.gpu.choice()?, args.gpu.max_gpu_processes);
             let report = tokio::task::spawn_blocking(move || rbee_hive::probe::probe(gpu, max)).await??;

@@ -109,6 +109,23 @@ pub async fn run(
         shutdown: cancel.clone(),
         warnings: Arc::new(WarnLimiter::new(WARN_BURST, WARN_WINDOW, WARN_PEERS)),
     };
+    let metrics = match &config.metrics {
+        Some(endpoint) => {
+            let listener = endpoint.bind().map_err(|e| {
+                HiveError::Config(format!("cannot listen for metrics on {}: {e}", endpoint.listen))
+            })?;
+            tracing::info!(listen = %listener.local_addr().map_err(|e| HiveError::Config(e.to_string()))?,
+                "serving Prometheus metrics at /metrics");
+            let render = crate::metrics::render(ctx.identity.clone(), ctx.telemetry.clone(), streams.clone());
+            Some(tokio::spawn(rbee_shared::metrics_http::serve(
+                listener,
+                render,
+                endpoint.access.clone(),
+                cancel.clone(),
+            )))
+        }
+        None => None,
+    };
     let per_connection =
         u32::try_from(config.max_streams.saturating_add(EXTRA_STREAMS_PER_CONNECTION)).unwrap_or(u32::MAX);
 
@@ -129,6 +146,9 @@ pub async fn run(
         .await;
     cancel.cancel();
     let _ = rescan.await;
+    if let Some(m) = metrics {
+        let _ = m.await;
+    }
     if let Some(a) = announcer {
         let _ = a.await;
     }

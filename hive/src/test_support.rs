@@ -459,3 +459,78 @@ impl Drop for HiveProcess {
         let _ = self.child.wait();
     }
 }
+
+/// A plain HTTP/1.0 `GET` of `path` on `addr` (with `authorization: Bearer TOKEN` when
+/// given): the status code and the body. For the `/metrics` endpoints.
+pub async fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::time::timeout(DEADLINE, tokio::net::TcpStream::connect(addr))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    let auth = token.map(|t| format!("authorization: Bearer {t}\r\n")).unwrap_or_default();
+    // HTTP/1.0: the reply is never chunked, and the server closes the connection after it.
+    let request = format!("GET {path} HTTP/1.0\r\nhost: {addr}\r\n{auth}\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send the request");
+    let mut reply = Vec::new();
+    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut reply))
+        .await
+        .expect("reply in time")
+        .expect("read");
+    let reply = String::from_utf8(reply).expect("a UTF-8 reply");
+    let (head, body) = reply.split_once("\r\n\r\n").expect("a header and a body");
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line");
+    (status, body.to_owned())
+}
+
+/// Runs `promtool check metrics` on `text`; `false` when promtool is missing (skipped,
+/// see [`external_tool`]). Panics with promtool's complaints when it finds any.
+pub fn promtool_check_metrics(text: &str) -> bool {
+    use std::io::Write;
+    let Some(promtool) = external_tool("promtool", "apt-get install prometheus") else { return false };
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start promtool");
+    child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool ran");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics failed:\n{said}\n--- input:\n{text}"
+    );
+    true
+}
+
+/// Runs `systemd-analyze verify` on the unit file `unit` with its `ExecStart` program
+/// `installed` (e.g. `/usr/local/bin/hive`) replaced by `built` (verify needs the
+/// program to exist). `None` when systemd-analyze is missing (skipped, see
+/// [`external_tool`]); else what it said (empty when the unit is clean) and whether it
+/// passed.
+pub fn systemd_verify(
+    unit: &std::path::Path,
+    installed: &str,
+    built: &std::path::Path,
+) -> Option<(bool, String)> {
+    let tool = external_tool("systemd-analyze", "apt-get install systemd")?;
+    let text = std::fs::read_to_string(unit).expect("read the unit");
+    assert!(text.contains(installed), "{} does not start {installed}", unit.display());
+    let dir = tempfile_dir();
+    let copy = dir.join(unit.file_name().expect("a file name"));
+    std::fs::write(&copy, text.replace(installed, &built.display().to_string())).expect("write the copy");
+    let out =
+        std::process::Command::new(tool).arg("verify").arg(&copy).output().expect("systemd-analyze ran");
+    let _ = std::fs::remove_dir_all(&dir);
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    Some((out.status.success() && said.trim().is_empty(), said))
+}
+
+/// A fresh directory under the system's temp dir.
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("rbee-unit-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("create a temp dir");
+    dir
+}

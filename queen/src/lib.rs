@@ -13,6 +13,8 @@
 //! - [`admission`]: which addresses the queen will dial, and how often hives may announce.
 //! - [`store`]: the hard state kept durably (reservations, run-time hives, policy).
 //! - [`scheduler`]: placement with Rhai policies, and the reservation books.
+//! - [`metrics`]: Prometheus `/metrics`, gathered at scrape time from the fleet and the
+//!   scheduler (its `recorder` is a leaf the scheduler records placements into).
 //! - [`api`]: the gRPC services (Fleet, Scheduler, WatchFleet), auth and wire conversion.
 //! - [`config`]: `queen serve`'s flags and config file, merged into a [`QueenConfig`].
 //! - [`cli`]: the command line and the client subcommands.
@@ -24,6 +26,7 @@ pub mod config;
 pub mod error;
 pub mod fleet;
 pub mod link;
+pub mod metrics;
 pub mod scheduler;
 mod server;
 pub mod store;

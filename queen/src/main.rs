@@ -47,6 +47,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(yes_or_no(rbee_queen::cli::policy_check(args).await?));
         }
         Command::Policy(PolicyCommand::Status(queen)) => rbee_queen::cli::policy_status(queen).await?,
+        Command::Top(args) => rbee_queen::cli::top::run(args).await?,
+        Command::Completions(args) => {
+            use clap::CommandFactory;
+            clap_complete::generate(args.shell, &mut Cli::command(), "queen", &mut std::io::stdout());
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+        }
         Command::Certs(args) => {
             for file in rbee_shared::certs::generate(&args.out, &args.queen_names, &args.hives)
                 .map_err(anyhow::Error::msg)?

@@ -69,6 +69,8 @@ pub async fn run(
         }
         None => Scheduler::new(fleet.clone(), config.scheduler.clone())?,
     };
+    let metrics =
+        start_metrics(config.metrics.as_ref(), config.metrics_best_effort, &fleet, &scheduler, &cancel)?;
     let maintenance = tokio::spawn(scheduler.clone().maintain(cancel.clone()));
     tracing::info!(listen = %local, hives = fleet.list().len(), "queen serving rbee.v1.Fleet and rbee.v1.Scheduler");
 
@@ -98,6 +100,9 @@ pub async fn run(
         .await;
     cancel.cancel();
     let _ = maintenance.await;
+    if let Some(m) = metrics {
+        let _ = m.await;
+    }
     if let Some(task) = local_hive {
         let _ = task.await;
     }
@@ -205,4 +210,36 @@ fn restore_hives(fleet: &Arc<Fleet>, kept: &[HiveRecord]) {
             }
         }
     }
+}
+
+/// Serves `/metrics` when configured. A default address already taken is warned about
+/// and skipped; an address the operator gave must bind.
+fn start_metrics(
+    endpoint: Option<&rbee_shared::metrics_http::MetricsEndpoint>,
+    best_effort: bool,
+    fleet: &Arc<Fleet>,
+    scheduler: &Arc<Scheduler>,
+    cancel: &CancellationToken,
+) -> Result<Option<tokio::task::JoinHandle<()>>, QueenError> {
+    let Some(endpoint) = endpoint else { return Ok(None) };
+    let listener = match endpoint.bind() {
+        Ok(l) => l,
+        Err(e) if best_effort => {
+            tracing::warn!(listen = %endpoint.listen, error = %e,
+                "cannot listen for metrics on the default address; running without /metrics (give --metrics-listen)");
+            return Ok(None);
+        }
+        Err(e) => {
+            return Err(QueenError::Config(format!("cannot listen for metrics on {}: {e}", endpoint.listen)));
+        }
+    };
+    let local = listener.local_addr().map_err(|e| QueenError::Config(format!("metrics listener: {e}")))?;
+    tracing::info!(listen = %local, "serving Prometheus metrics at /metrics");
+    let registry = Arc::new(crate::metrics::registry(fleet.clone(), scheduler.clone()));
+    Ok(Some(tokio::spawn(rbee_shared::metrics_http::serve(
+        listener,
+        crate::metrics::render(registry),
+        endpoint.access.clone(),
+        cancel.clone(),
+    ))))
 }

@@ -9,6 +9,7 @@
 //! - One home for each rule both programs follow: [`sample_interval`], [`labels`],
 //!   [`backoff`], [`bearer`], [`hostname`], [`duration_serde`], [`lock`],
 //!   [`warn_limit`].
+//! - [`metrics_http`]: the `/metrics` endpoint both daemons serve for Prometheus.
 //! - [`bytesize`], [`telemetry`], [`shutdown`], [`time`]: small helpers both binaries use.
 //!
 //! Domain code never passes generated protobuf types around.
@@ -28,6 +29,7 @@ pub mod hostname;
 pub mod identity;
 pub mod labels;
 pub mod lock;
+pub mod metrics_http;
 pub mod sample;
 pub mod sample_interval;
 pub mod shutdown;

@@ -92,6 +92,11 @@ impl Tokens {
         self.read.is_some() || self.write.is_some()
     }
 
+    /// Who may scrape `/metrics`: the read or the write token (open when none is set).
+    pub fn metrics_access(&self) -> rbee_shared::metrics_http::MetricsAccess {
+        rbee_shared::metrics_http::MetricsAccess::new(self.read.iter().chain(&self.write).map(|t| &t[..]))
+    }
+
     fn matches(expected: &Option<Arc<[u8]>>, given: &[u8]) -> bool {
         expected.as_deref().is_some_and(|t| bool::from(t.ct_eq(given)))
     }

@@ -46,6 +46,31 @@ pub enum Command {
     Policy(PolicyCommand),
     /// Write a development CA and certificates for a mutual-TLS fleet.
     Certs(CertsArgs),
+    /// A live full-screen view of the fleet (follows WatchFleet; q quits).
+    Top(TopArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) of queen to stdout.
+    Man,
+}
+
+/// `queen completions SHELL`.
+#[derive(Debug, Clone, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// `queen top`.
+#[derive(Debug, Clone, Args)]
+pub struct TopArgs {
+    /// Show only hives with this label, KEY=VALUE (press / to change it in the view).
+    #[arg(long = "label", value_name = "KEY=VALUE", env = "QUEEN_TOP_LABEL", value_parser = rbee_shared::labels::parse_label)]
+    pub label: Option<(String, String)>,
+    /// The queen.
+    #[command(flatten)]
+    pub queen: QueenUrl,
 }
 
 /// `queen certs`.

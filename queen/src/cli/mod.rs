@@ -1,6 +1,6 @@
 //! The `queen` command line: its arguments ([`args`]), and the client subcommands
 //! (`hives`, `hive`, `watch`, `add`, `remove`, `place`, `release`, `reservations`,
-//! `policy check|status`), which talk to a running queen over the same gRPC API that
+//! `policy check|status`, and `top`, the live view), which talk to a running queen over the same gRPC API that
 //! scheduler clients use.
 
 pub mod args;
@@ -9,6 +9,7 @@ mod fleet;
 pub mod render;
 mod render_processes;
 mod scheduler;
+pub mod top;
 
 pub use args::{Cli, Command, PolicyCommand};
 pub use fleet::{add, hive, hives, remove, watch};

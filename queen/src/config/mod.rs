@@ -5,7 +5,7 @@ mod file;
 mod serve;
 
 pub use file::{FileConfig, HiveEntry};
-pub use serve::{DEFAULT_LISTEN, ServeArgs, default_state_dir};
+pub use serve::{DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN, ServeArgs, default_state_dir};
 
 use crate::admission::AdmissionSettings;
 use crate::api::auth::Tokens;
@@ -38,6 +38,11 @@ pub struct QueenConfig {
     pub state_dir: Option<std::path::PathBuf>,
     /// Move a broken state store aside and start with an empty one.
     pub reset_state: bool,
+    /// The Prometheus `/metrics` endpoint; `None` serves none.
+    pub metrics: Option<rbee_shared::metrics_http::MetricsEndpoint>,
+    /// When the metrics address cannot be bound, warn and run without metrics (the
+    /// default address) instead of failing (an address the operator gave).
+    pub metrics_best_effort: bool,
 }
 
 impl QueenConfig {
@@ -54,6 +59,8 @@ impl QueenConfig {
             tokens: Default::default(),
             state_dir: None,
             reset_state: false,
+            metrics: None,
+            metrics_best_effort: false,
         }
     }
 }

@@ -104,7 +104,18 @@ pub struct ServeArgs {
     /// If the state store is broken, move it aside (kept as queen.redb.broken-TIME) and start with an empty one; a sound store is kept.
     #[arg(long, env = "QUEEN_RESET_STATE")]
     pub reset_state: bool,
+    /// Serve Prometheus metrics of the fleet at http://ADDR/metrics [default: 127.0.0.1:7834; when the
+    /// default port is taken the queen runs without metrics and says so]. Needs the read or write token
+    /// when tokens are set; beyond loopback tokens are required (or --insecure).
+    #[arg(long, env = "QUEEN_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Do not serve /metrics at all.
+    #[arg(long, env = "QUEEN_NO_METRICS", conflicts_with = "metrics_listen")]
+    pub no_metrics: bool,
 }
+
+/// The default metrics address.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:7834";
 
 /// The default state directory: `$XDG_STATE_HOME/rbee/queen`, else
 /// `$HOME/.local/state/rbee/queen`; `None` when neither variable is set.
@@ -232,6 +243,7 @@ impl ServeArgs {
                 "INSECURE: listening on a non-loopback address without TLS and tokens; anyone who can reach it \
                  can read the fleet, reserve VRAM and add hives");
         }
+        let metrics = self.metrics_endpoint(&tokens)?;
         let state_dir =
             self.state_dir.clone().or(file.state_dir.clone()).or_else(default_state_dir).ok_or_else(
                 || {
@@ -254,8 +266,30 @@ impl ServeArgs {
                 tokens,
                 state_dir: Some(state_dir),
                 reset_state: self.reset_state,
+                metrics_best_effort: self.metrics_listen.is_none(),
+                metrics,
             },
         ))
+    }
+
+    /// The `/metrics` endpoint (`None` with --no-metrics), checked against the exposure
+    /// rule: beyond loopback the API tokens are required, unless --insecure.
+    fn metrics_endpoint(
+        &self,
+        tokens: &crate::api::auth::Tokens,
+    ) -> Result<Option<rbee_shared::metrics_http::MetricsEndpoint>, QueenError> {
+        if self.no_metrics {
+            return Ok(None);
+        }
+        let listen =
+            self.metrics_listen.unwrap_or_else(|| DEFAULT_METRICS_LISTEN.parse().expect("valid default"));
+        let access = tokens.metrics_access();
+        rbee_shared::metrics_http::check_exposure(listen, &access, self.insecure, "--metrics-listen")
+            .map_err(QueenError::Config)?;
+        if !listen.ip().is_loopback() && !access.enabled() {
+            tracing::warn!(%listen, "INSECURE: serving /metrics beyond loopback without a token");
+        }
+        Ok(Some(rbee_shared::metrics_http::MetricsEndpoint { listen, listener: None, access }))
     }
 }
 

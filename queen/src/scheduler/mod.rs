@@ -184,6 +184,8 @@ pub struct Scheduler {
     events: tokio::sync::broadcast::Sender<SchedulerEvent>,
     /// Where the books are kept durably; `None` keeps them in memory only.
     store: Option<Arc<StateStore>>,
+    /// `Place` counts by outcome and latency, for `/metrics`.
+    place_stats: crate::metrics::recorder::PlaceRecorder,
 }
 
 fn read_policy(path: &std::path::Path) -> Result<String, QueenError> {
@@ -232,6 +234,7 @@ impl Scheduler {
             last_error: Mutex::new(None),
             events: tokio::sync::broadcast::channel(SCHEDULER_EVENT_CAPACITY).0,
             store,
+            place_stats: Default::default(),
         }))
     }
 
@@ -273,6 +276,16 @@ impl Scheduler {
     /// One page of the reservations, oldest first.
     pub fn reservations_page(&self, request: &ListRequest) -> Page {
         view::read(&self.book).page(request.after.as_ref(), request.page_size)
+    }
+
+    /// `Place` counts by outcome and latency.
+    pub fn place_stats(&self) -> &crate::metrics::recorder::PlaceRecorder {
+        &self.place_stats
+    }
+
+    /// Runs `f` on the reservation book, read-locked (briefly: never across an `.await`).
+    pub fn with_book<R>(&self, f: impl FnOnce(&Book) -> R) -> R {
+        f(&view::read(&self.book))
     }
 
     /// The policy in use and its failure counts.

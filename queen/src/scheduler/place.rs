@@ -15,6 +15,7 @@ use super::view::{self, Books, DeviceRef, FleetView, claim_bytes};
 use super::{Outcome, Placement, Scheduler};
 use crate::QueenError;
 use crate::fleet::ConnState;
+use crate::metrics::recorder::PlaceResult;
 
 /// How often `place` decides again when concurrent placements filled every device a
 /// policy chose.
@@ -241,13 +242,15 @@ impl Scheduler {
 
     /// Places a request.
     pub async fn place(self: &Arc<Self>, req: PlaceRequest) -> Result<Outcome, QueenError> {
-        let me = self.clone();
-        tokio::task::spawn_blocking(move || me.place_blocking(&req)).await.map_err(|e| {
+        let (me, started) = (self.clone(), std::time::Instant::now());
+        let outcome = tokio::task::spawn_blocking(move || me.place_blocking(&req)).await.map_err(|e| {
             QueenError::Policy {
                 policy: self.policy().source.clone(),
                 error: PolicyError::Thread(format!("failed: {e}")),
             }
-        })?
+        })?;
+        self.place_stats.record(PlaceResult::of(&outcome), started.elapsed());
+        outcome
     }
 }
 

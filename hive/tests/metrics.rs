@@ -1,0 +1,89 @@
+//! The hive's `/metrics` endpoint: real hive, real HTTP, `promtool check metrics`, and the
+//! exposure and token rules.
+
+use std::sync::Arc;
+
+use clap::Parser;
+use rbee_hive::config::{Cli, Command};
+use rbee_hive::test_support::{ONE_GPU, TestHive, config, http_get, promtool_check_metrics};
+use rbee_shared::metrics_http::{MetricsAccess, MetricsEndpoint};
+
+const TOKEN: &str = "metrics-token-0123456789";
+
+async fn hive_with_metrics(access: MetricsAccess) -> (TestHive, std::net::SocketAddr) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut config = config("metrics-hive", ONE_GPU);
+    config.labels.insert("rbee.io/rack".into(), "r1".into());
+    config.metrics = Some(MetricsEndpoint { listen: addr, listener: Some(Arc::new(listener)), access });
+    (TestHive::start_with(config).await, addr)
+}
+
+#[tokio::test]
+async fn the_hive_serves_its_gpus_and_promtool_accepts_them() {
+    let (hive, addr) = hive_with_metrics(MetricsAccess::default()).await;
+    let _ = hive.client().await;
+    let (status, text) = http_get(addr, "/metrics", None).await;
+    assert_eq!(status, 200, "{text}");
+    let vram =
+        "rbee_gpu_memory_total_bytes{hive=\"metrics-hive\",gpu=\"0\",uuid=\"GPU-static-0\"} 85899345920";
+    assert!(text.contains(vram), "{text}");
+    assert!(
+        text.contains(
+            "rbee_hive_labels_info{hive=\"metrics-hive\",label_rbee_io_rack=\"r1\",label_zone=\"test\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "rbee_gpu_temperature_celsius{hive=\"metrics-hive\",gpu=\"0\",uuid=\"GPU-static-0\"} 40"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("rbee_hive_sample_ok{hive=\"metrics-hive\"} 1"), "{text}");
+    promtool_check_metrics(&text);
+    let (status, _) = http_get(addr, "/other", None).await;
+    assert_eq!(status, 404);
+    hive.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_token_is_required_when_set() {
+    let (hive, addr) = hive_with_metrics(MetricsAccess::new([TOKEN.as_bytes()])).await;
+    let _ = hive.client().await;
+    assert_eq!(http_get(addr, "/metrics", None).await.0, 401);
+    assert_eq!(http_get(addr, "/metrics", Some("wrong-token-0123456789")).await.0, 401);
+    let (status, text) = http_get(addr, "/metrics", Some(TOKEN)).await;
+    assert_eq!(status, 200);
+    assert!(text.contains("rbee_gpu_memory_total_bytes"));
+    hive.stop().await.unwrap();
+}
+
+fn serve_args(extra: &[&str]) -> Box<rbee_hive::config::ServeArgs> {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let state = dir.to_str().unwrap().to_owned();
+    let mut argv = vec!["hive", "serve", "--demo", "--hive-id", "h1", "--state-dir", &state];
+    argv.extend_from_slice(extra);
+    match Cli::try_parse_from(argv).unwrap().command {
+        Command::Serve(args) => args,
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn metrics_beyond_loopback_need_a_token() {
+    let err = serve_args(&["--metrics-listen", "0.0.0.0:9101"]).into_config().unwrap_err().to_string();
+    assert!(err.contains("refusing to serve metrics on 0.0.0.0:9101"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let (_, config) =
+        serve_args(&["--metrics-listen", "0.0.0.0:9101", "--metrics-token-file", token.to_str().unwrap()])
+            .into_config()
+            .unwrap();
+    assert!(config.metrics.unwrap().access.enabled());
+    let (_, config) = serve_args(&["--metrics-listen", "0.0.0.0:9101", "--insecure"]).into_config().unwrap();
+    assert!(!config.metrics.unwrap().access.enabled());
+    let (_, config) = serve_args(&[]).into_config().unwrap();
+    assert!(config.metrics.is_none(), "off by default");
+}

@@ -1,0 +1,261 @@
+//! The queen's collector: every family is read at scrape time from the fleet's
+//! snapshots and the scheduler's books and counters; nothing is copied or kept here.
+
+use std::fmt;
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Unit;
+use rbee_hive::metrics::{Labels, MachineView, counters, encode_machines, gauges, infos, label};
+
+use super::recorder::PlaceResult;
+use crate::fleet::{ConnState, Health, HiveSnapshot};
+use crate::scheduler::book::ReservationState;
+use crate::scheduler::view::CPU_DEVICE;
+use crate::scheduler::{HiveSource, Scheduler};
+
+/// Every connection state, for the state set.
+const STATES: [ConnState; 5] =
+    [ConnState::Pending, ConnState::Connecting, ConnState::Online, ConnState::Stale, ConnState::Lost];
+
+/// Every hive health level, for the health set.
+const HEALTHS: [Health; 3] = [Health::Healthy, Health::Degraded, Health::Unhealthy];
+
+/// The fleet and the scheduler, gathered on every scrape.
+pub struct FleetCollector {
+    /// The hives (the live fleet; a fixed set in benchmarks).
+    pub fleet: Arc<dyn HiveSource>,
+    /// The books and placement counters.
+    pub scheduler: Arc<Scheduler>,
+}
+
+impl fmt::Debug for FleetCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FleetCollector").finish_non_exhaustive()
+    }
+}
+
+/// The `hive` label of a snapshot: its id, else (before discovery) its address.
+pub fn hive_name(h: &HiveSnapshot) -> &str {
+    if h.hive_id().is_empty() { &h.address } else { h.hive_id() }
+}
+
+impl Collector for FleetCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let hives = self.fleet.hives();
+        let machines: Vec<MachineView<'_>> = hives
+            .iter()
+            .map(|h| MachineView {
+                hive: hive_name(h),
+                identity: h.identity.as_deref(),
+                caps: h.caps.as_ref().map(|c| &c.caps),
+                sample: h.latest.as_deref(),
+            })
+            .collect();
+        encode_hives(&mut enc, &hives)?;
+        encode_machines(&mut enc, &machines)?;
+        self.encode_books(&mut enc, &hives)?;
+        self.encode_scheduler(&mut enc)
+    }
+}
+
+/// The queen's own view of each hive: address, state, health, freshness, counters.
+fn encode_hives(enc: &mut DescriptorEncoder, hives: &[Arc<HiveSnapshot>]) -> fmt::Result {
+    let hive = |h: &HiveSnapshot| vec![label("hive", hive_name(h))];
+    infos(
+        enc,
+        "rbee_hive_managed",
+        "A hive the queen manages: its address and how the queen learned of it (value 1).",
+        hives.iter().map(|h| {
+            vec![label("hive", hive_name(h)), label("address", &*h.address), label("origin", origin(h))]
+        }),
+    )?;
+    gauges(
+        enc,
+        "rbee_hive_state",
+        "The hive's connection state: 1 for the current state, 0 for the others.",
+        None,
+        hives.iter().flat_map(|h| {
+            STATES.iter().map(move |s| {
+                (vec![label("hive", hive_name(h)), label("state", s.as_str())], u64::from(h.state == *s))
+            })
+        }),
+    )?;
+    gauges(
+        enc,
+        "rbee_hive_health",
+        "The hive's health level: 1 for the current level, 0 for the others.",
+        None,
+        hives.iter().flat_map(|h| {
+            HEALTHS.iter().map(move |l| {
+                (
+                    vec![label("hive", hive_name(h)), label("health", l.as_str())],
+                    u64::from(h.health.health == *l),
+                )
+            })
+        }),
+    )?;
+    gauges(
+        enc,
+        "rbee_hive_sample_age",
+        "How old the newest sample is, on the queen's clock.",
+        Some(Unit::Seconds),
+        hives.iter().filter_map(|h| Some((hive(h), h.sample_age()?.as_secs_f64()))),
+    )?;
+    gauges(
+        enc,
+        "rbee_hive_clock_skew",
+        "The hive's clock minus the queen's when its newest message arrived (network delay included).",
+        Some(Unit::Seconds),
+        hives.iter().filter_map(|h| Some((hive(h), h.clock_skew_ms? as f64 / 1000.0))),
+    )?;
+    let counter = |enc: &mut DescriptorEncoder, name: &str, help: &str, get: fn(&HiveSnapshot) -> u64| {
+        counters(enc, name, help, None, hives.iter().map(|h| (hive(h), get(h))))
+    };
+    counter(enc, "rbee_hive_samples", "Samples applied since the queen began managing the hive.", |h| {
+        h.samples_applied
+    })?;
+    counter(enc, "rbee_hive_reconnects", "Reconnect attempts after a connection ended.", |h| {
+        h.counters.reconnects
+    })?;
+    counter(enc, "rbee_hive_gaps", "Diffs with a wrong base, or sequence jumps.", |h| h.counters.gaps)?;
+    counter(enc, "rbee_hive_resyncs", "Resyncs the queen asked for.", |h| h.counters.resyncs)?;
+    counter(enc, "rbee_hive_restarts", "New hive epochs (restarts) seen.", |h| h.counters.restarts)?;
+    counter(enc, "rbee_hive_invalid_messages", "Messages refused by validation.", |h| {
+        h.counters.invalid_messages
+    })
+}
+
+fn origin(h: &HiveSnapshot) -> &'static str {
+    use crate::fleet::Origin;
+    match h.origin {
+        Origin::Static => "static",
+        Origin::Api => "api",
+        Origin::Announced => "announced",
+        Origin::Local => "local",
+    }
+}
+
+impl FleetCollector {
+    /// Free for placement and reserved, per GPU; reservations per hive.
+    fn encode_books(&self, enc: &mut DescriptorEncoder, hives: &[Arc<HiveSnapshot>]) -> fmt::Result {
+        let (placeable, reserved, counts) = self.scheduler.with_book(|book| {
+            let mut placeable: Vec<(Labels, u64)> = Vec::new();
+            for h in hives {
+                let (Some(caps), Some(sample)) = (&h.caps, &h.latest) else { continue };
+                for g in &sample.gpus {
+                    let (Some(gpu), Some(used)) = (caps.caps.gpus.get(&g.id), g.vram_used_bytes) else {
+                        continue;
+                    };
+                    let labels = vec![
+                        label("hive", hive_name(h)),
+                        label("gpu", g.index.to_string()),
+                        label("uuid", &*g.id),
+                    ];
+                    placeable.push((labels, book.free(&h.address, &g.id, gpu.vram_total_bytes, used)));
+                }
+            }
+            let mut reserved: std::collections::BTreeMap<(String, String, String), u64> = Default::default();
+            let mut counts: std::collections::BTreeMap<(String, &'static str), u64> = Default::default();
+            for r in book.list() {
+                let name = if r.hive_id.is_empty() { r.address.clone() } else { r.hive_id.clone() };
+                let state = match r.state {
+                    ReservationState::Active => "active",
+                    ReservationState::Settled => "settled",
+                };
+                *counts.entry((name.clone(), state)).or_default() += 1;
+                if r.state == ReservationState::Active {
+                    *reserved.entry((name, r.device_id.clone(), r.address.clone())).or_default() += r.bytes;
+                }
+            }
+            (placeable, reserved, counts)
+        });
+        gauges(
+            enc,
+            "rbee_gpu_memory_placeable",
+            "VRAM free for placement: total minus the larger of observed use and active reservations.",
+            Some(Unit::Bytes),
+            placeable,
+        )?;
+        let index_of = |address: &str, device: &str| {
+            hives
+                .iter()
+                .find(|h| h.address == address)
+                .and_then(|h| h.caps.as_ref()?.caps.gpus.get(device).map(|g| g.index.to_string()))
+        };
+        gauges(
+            enc,
+            "rbee_device_memory_reserved",
+            "Bytes held by active reservations, per device (a GPU, or a hive's CPU RAM with gpu=\"cpu\").",
+            Some(Unit::Bytes),
+            reserved.into_iter().map(|((hive, device, address), bytes)| {
+                let gpu = if device == CPU_DEVICE {
+                    CPU_DEVICE.to_owned()
+                } else {
+                    index_of(&address, &device).unwrap_or_default()
+                };
+                (vec![label("hive", hive), label("gpu", gpu), label("uuid", device)], bytes)
+            }),
+        )?;
+        gauges(
+            enc,
+            "rbee_reservations",
+            "Reservations held, per hive and state (active: counted against free memory; settled: loaded).",
+            None,
+            counts
+                .into_iter()
+                .map(|((hive, state), n)| (vec![label("hive", hive), label("state", state)], n)),
+        )
+    }
+
+    /// Placement outcomes and latency, policy failures.
+    fn encode_scheduler(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let stats = self.scheduler.place_stats();
+        counters(
+            enc,
+            "rbee_place_requests",
+            "Place calls answered, by outcome (placed, rejected, error).",
+            None,
+            PlaceResult::ALL.iter().map(|r| (vec![label("outcome", r.as_str())], stats.count(*r))),
+        )?;
+        let m = enc.encode_descriptor(
+            "rbee_place_duration",
+            "Wall time of a Place call: policy run and commit.",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        stats.latency().encode(m)?;
+        let status = self.scheduler.status();
+        let one = |v: u64| [(Labels::new(), v)];
+        counters(
+            enc,
+            "rbee_policy_failures",
+            "Policy calls that failed (error, budget, bad answer).",
+            None,
+            one(status.failures),
+        )?;
+        counters(
+            enc,
+            "rbee_policy_fallbacks",
+            "Calls answered by the built-in default after the policy failed.",
+            None,
+            one(status.fallbacks),
+        )?;
+        counters(
+            enc,
+            "rbee_policy_reload_failures",
+            "Edits of the policy file that were refused.",
+            None,
+            one(status.reload_failures),
+        )?;
+        gauges(
+            enc,
+            "rbee_policy_loaded_timestamp",
+            "When the policy in use was loaded, Unix time.",
+            Some(Unit::Seconds),
+            [(vec![label("policy", status.source)], status.loaded_at_unix_ms as f64 / 1000.0)],
+        )
+    }
+}

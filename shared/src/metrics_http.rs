@@ -1,0 +1,231 @@
+//! The `/metrics` HTTP endpoint both daemons serve for Prometheus: a small hyper
+//! server (HTTP/1.1) that renders the text exposition format on every `GET /metrics`,
+//! behind the same exposure rule as the gRPC listeners (loopback by default; beyond it,
+//! a bearer token is required) and the same bearer check.
+//!
+//! What is rendered is the caller's business ([`Render`]); the text itself is always
+//! written by `prometheus-client`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+/// The content type of the Prometheus text format (version 0.0.4).
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Connections served at once; more wait in the accept queue.
+pub const MAX_CONNECTIONS: usize = 32;
+
+/// How long a client may take to send its request headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Renders the exposition text at scrape time, or says why it cannot.
+pub type Render = Arc<dyn Fn() -> BoxFuture<'static, Result<String, String>> + Send + Sync>;
+
+/// Who may scrape: any bearer token in the list; no tokens means open.
+#[derive(Clone, Default)]
+pub struct MetricsAccess {
+    /// Accepted tokens.
+    tokens: Vec<Arc<[u8]>>,
+}
+
+impl std::fmt::Debug for MetricsAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsAccess").field("tokens", &self.tokens.len()).finish()
+    }
+}
+
+impl MetricsAccess {
+    /// Accepts any of `tokens` (none: open).
+    pub fn new<'a>(tokens: impl IntoIterator<Item = &'a [u8]>) -> Self {
+        Self { tokens: tokens.into_iter().map(Arc::from).collect() }
+    }
+
+    /// True when a token is required.
+    pub fn enabled(&self) -> bool {
+        !self.tokens.is_empty()
+    }
+
+    /// Checks an `authorization` header value; compares in constant time.
+    pub fn allows(&self, authorization: Option<&[u8]>) -> bool {
+        if self.tokens.is_empty() {
+            return true;
+        }
+        let Some(given) = authorization.and_then(|h| h.strip_prefix(b"Bearer ")) else { return false };
+        self.tokens.iter().fold(false, |ok, t| ok | bool::from(t.ct_eq(given)))
+    }
+}
+
+/// Where and for whom a daemon serves `/metrics`.
+#[derive(Debug, Clone)]
+pub struct MetricsEndpoint {
+    /// The address to bind (used when no `listener` is given).
+    pub listen: SocketAddr,
+    /// A listener bound already (tests bind port 0 and read the port back).
+    pub listener: Option<Arc<std::net::TcpListener>>,
+    /// Who may scrape.
+    pub access: MetricsAccess,
+}
+
+impl MetricsEndpoint {
+    /// Binds `listen`, or takes over the given listener.
+    pub fn bind(&self) -> std::io::Result<TcpListener> {
+        let std = match &self.listener {
+            Some(l) => l.try_clone()?,
+            None => std::net::TcpListener::bind(self.listen)?,
+        };
+        std.set_nonblocking(true)?;
+        TcpListener::from_std(std)
+    }
+}
+
+/// The exposure rule: a listener beyond loopback needs a token, unless `insecure`
+/// (then the caller logs a warning). `flag` names the listen flag in the error.
+pub fn check_exposure(
+    listen: SocketAddr,
+    access: &MetricsAccess,
+    insecure: bool,
+    flag: &str,
+) -> Result<(), String> {
+    if listen.ip().is_loopback() || access.enabled() || insecure {
+        return Ok(());
+    }
+    Err(format!(
+        "refusing to serve metrics on {listen} without a bearer token: configure a token, bind {flag} to a \
+         loopback address, or pass --insecure"
+    ))
+}
+
+/// Serves `/metrics` on `listener` until `cancel` fires.
+pub async fn serve(listener: TcpListener, render: Render, access: MetricsAccess, cancel: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            () = cancel.cancelled() => return,
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+        };
+        let (stream, peer) = tokio::select! {
+            () = cancel.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics listener: accept failed");
+                    continue;
+                }
+            },
+        };
+        let (render, access, cancel) = (render.clone(), access.clone(), cancel.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = hyper::service::service_fn(move |req| {
+                let (render, access) = (render.clone(), access.clone());
+                async move { Ok::<_, std::convert::Infallible>(respond(req, &render, &access).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                r = conn => if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "metrics connection ended with an error");
+                },
+                () = cancel.cancelled() => {}
+            }
+        });
+    }
+}
+
+/// One request's answer.
+async fn respond(req: Request<Incoming>, render: &Render, access: &MetricsAccess) -> Response<Full<Bytes>> {
+    if req.uri().path() != "/metrics" {
+        return plain(StatusCode::NOT_FOUND, "not found: the metrics are at /metrics\n");
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return plain(StatusCode::METHOD_NOT_ALLOWED, "only GET /metrics\n");
+    }
+    if !access.allows(req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes())) {
+        let mut r = plain(
+            StatusCode::UNAUTHORIZED,
+            "missing or invalid bearer token (authorization: Bearer TOKEN)\n",
+        );
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    match render().await {
+        Ok(text) => {
+            let mut r = Response::new(Full::new(Bytes::from(text)));
+            r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(CONTENT_TYPE));
+            r
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot render the metrics");
+            plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("cannot render the metrics: {e}\n"))
+        }
+    }
+}
+
+fn plain(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(text.to_owned())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+/// A Prometheus label name made from free text: characters outside `[A-Za-z0-9_]`
+/// become `_`, and a leading digit gets a `_` in front.
+pub fn label_name(text: &str) -> String {
+    let mut name: String = text.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    if name.starts_with(|c: char| c.is_ascii_digit()) || name.is_empty() {
+        name.insert(0, '_');
+    }
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_checked() {
+        let open = MetricsAccess::default();
+        assert!(open.allows(None));
+        let access = MetricsAccess::new([b"0123456789abcdef".as_slice(), b"fedcba9876543210".as_slice()]);
+        assert!(!access.allows(None));
+        assert!(!access.allows(Some(b"0123456789abcdef")));
+        assert!(!access.allows(Some(b"Bearer wrong")));
+        assert!(access.allows(Some(b"Bearer 0123456789abcdef")));
+        assert!(access.allows(Some(b"Bearer fedcba9876543210")));
+    }
+
+    #[test]
+    fn beyond_loopback_needs_a_token() {
+        let open = MetricsAccess::default();
+        let token = MetricsAccess::new([b"0123456789abcdef".as_slice()]);
+        let lo: SocketAddr = "127.0.0.1:7834".parse().unwrap();
+        let any: SocketAddr = "0.0.0.0:7834".parse().unwrap();
+        assert!(check_exposure(lo, &open, false, "--metrics-listen").is_ok());
+        let err = check_exposure(any, &open, false, "--metrics-listen").unwrap_err();
+        assert!(err.contains("0.0.0.0:7834") && err.contains("token"), "{err}");
+        assert!(check_exposure(any, &token, false, "--metrics-listen").is_ok());
+        assert!(check_exposure(any, &open, true, "--metrics-listen").is_ok());
+    }
+
+    #[test]
+    fn label_names_are_valid() {
+        assert_eq!(label_name("zone"), "zone");
+        assert_eq!(label_name("rbee.io/rack-1"), "rbee_io_rack_1");
+        assert_eq!(label_name("1x"), "_1x");
+    }
+}
