@@ -13,6 +13,7 @@
 //! - [`admission`]: which addresses the queen will dial, and how often hives may announce.
 //! - [`store`]: the hard state kept durably (reservations, run-time hives, policy).
 //! - [`scheduler`]: placement with Rhai policies, and the reservation books.
+//! - [`ha`]: with etcd, the election of one leading queen; loads and mirrors the books.
 //! - [`api`]: the gRPC services (Fleet, Scheduler, WatchFleet), auth and wire conversion.
 //! - [`config`]: `queen serve`'s flags and config file, merged into a [`QueenConfig`].
 //! - [`cli`]: the command line and the client subcommands.
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod fleet;
+pub mod ha;
 pub mod link;
 pub mod scheduler;
 mod server;

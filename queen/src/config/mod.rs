@@ -38,6 +38,9 @@ pub struct QueenConfig {
     pub state_dir: Option<std::path::PathBuf>,
     /// Move a broken state store aside and start with an empty one.
     pub reset_state: bool,
+    /// Keep the state in etcd, shared with other queens (`--store etcd://`), instead of
+    /// the state directory.
+    pub etcd: Option<crate::store::EtcdSettings>,
 }
 
 impl QueenConfig {
@@ -54,6 +57,7 @@ impl QueenConfig {
             tokens: Default::default(),
             state_dir: None,
             reset_state: false,
+            etcd: None,
         }
     }
 }

@@ -104,6 +104,18 @@ pub struct ServeArgs {
     /// If the state store is broken, move it aside (kept as queen.redb.broken-TIME) and start with an empty one; a sound store is kept.
     #[arg(long, env = "QUEEN_RESET_STATE")]
     pub reset_state: bool,
+    /// Keep the state in etcd v3 instead of the state directory, shared by several queens of which one leads: etcd://HOST:PORT[,HOST:PORT...].
+    #[arg(long, env = "QUEEN_STORE", value_name = "URL")]
+    pub store: Option<String>,
+    /// With --store etcd://: the leader lease's TTL (whole seconds, at least 2); a follower leads within TTL + 1 s of the leader's death [default: 5s].
+    #[arg(long, env = "QUEEN_LEADER_TTL", value_parser = humantime::parse_duration)]
+    pub leader_ttl: Option<Duration>,
+    /// With --store etcd://: the URL clients reach this queen at; followers name it to writers [default: http(s)://LISTEN, with this host's name when listening on all addresses].
+    #[arg(long, env = "QUEEN_ADVERTISE", value_name = "URL")]
+    pub advertise: Option<String>,
+    /// With --store etcd://: the etcd key prefix of this group of queens [default: /rbee/queen/].
+    #[arg(long, env = "QUEEN_ETCD_PREFIX", value_name = "PREFIX")]
+    pub etcd_prefix: Option<String>,
 }
 
 /// The default state directory: `$XDG_STATE_HOME/rbee/queen`, else
@@ -254,8 +266,43 @@ impl ServeArgs {
                 tokens,
                 state_dir: Some(state_dir),
                 reset_state: self.reset_state,
+                etcd: self.etcd()?,
             },
         ))
+    }
+}
+
+impl ServeArgs {
+    /// The etcd settings, when `--store etcd://...` is given (the advertised address may
+    /// be left empty: `run` derives it from the bound listener).
+    fn etcd(&self) -> Result<Option<crate::store::EtcdSettings>, QueenError> {
+        let Some(url) = &self.store else {
+            if self.leader_ttl.is_some() || self.advertise.is_some() || self.etcd_prefix.is_some() {
+                return Err(QueenError::Config(
+                    "--leader-ttl, --advertise and --etcd-prefix need --store etcd://HOST:PORT".into(),
+                ));
+            }
+            return Ok(None);
+        };
+        let endpoints = crate::store::EtcdSettings::parse_endpoints(url).map_err(QueenError::Config)?;
+        let lease_ttl = self.leader_ttl.unwrap_or(Duration::from_secs(5));
+        if lease_ttl < Duration::from_secs(2)
+            || lease_ttl.subsec_nanos() != 0
+            || lease_ttl > Duration::from_secs(300)
+        {
+            return Err(QueenError::Config("--leader-ttl must be whole seconds in 2s..=300s".into()));
+        }
+        let prefix = self.etcd_prefix.clone().unwrap_or_else(|| "/rbee/queen/".into());
+        if !prefix.ends_with('/') {
+            return Err(QueenError::Config("--etcd-prefix must end with '/'".into()));
+        }
+        let advertise = match &self.advertise {
+            Some(a) => {
+                normalize_address(a).map_err(|e| QueenError::Config(format!("--advertise {a:?}: {e}")))?
+            }
+            None => String::new(),
+        };
+        Ok(Some(crate::store::EtcdSettings { endpoints, prefix, advertise, lease_ttl }))
     }
 }
 

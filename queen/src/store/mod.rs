@@ -6,12 +6,19 @@
 //! The embedded store is one [redb](https://www.redb.org) file under the state
 //! directory. Every write is one transaction committed with immediate durability
 //! (fsync'd before the call returns), so a `Place` that answered OK survives `kill -9`.
+//! Several queens can instead share their state in etcd ([`EtcdStore`], `--store
+//! etcd://...`), where only the elected leader writes. The scheduler and the API see
+//! either through one interface, [`Store`].
 //! This layer imports nothing of the queen's but its error type.
 
+mod backend;
+mod etcd;
 mod records;
 
 use std::path::{Path, PathBuf};
 
+pub use backend::{Leader, Store};
+pub use etcd::{Campaign, EtcdSettings, EtcdStore, Renewal, Role};
 pub use records::{HiveRecord, PolicyRecord, ReservationRecord, Restored};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -71,6 +78,44 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+    /// etcd cannot be reached, or failed a request.
+    #[error(
+        "the state store (etcd at {endpoints}) is unavailable: {reason}; nothing was changed \
+         (there is no local fallback); try again when etcd is back"
+    )]
+    Etcd {
+        /// The endpoints.
+        endpoints: String,
+        /// Why.
+        reason: String,
+    },
+    /// Only the leader writes, and this queen does not lead.
+    #[error("{}", not_leader(.0))]
+    NotLeader(Leader),
+    /// The device is full counting every reservation the shared store holds on it
+    /// (another queen committed in between).
+    #[error(
+        "{device}: {reserved} bytes are reserved there in the shared store; {bytes} more do not fit \
+         in {total}; try again"
+    )]
+    OverCommit {
+        /// Address and device.
+        device: String,
+        /// Reserved there now.
+        reserved: u64,
+        /// Asked for.
+        bytes: u64,
+        /// The device's capacity.
+        total: u64,
+    },
+}
+
+fn not_leader(leader: &Leader) -> String {
+    match leader {
+        Leader::Me => "this queen leads".into(),
+        Leader::Other(at) => format!("this queen is a follower; writes go to the leader at {at}"),
+        Leader::Unknown(why) => format!("no queen leads now ({why}); try again shortly"),
+    }
 }
 
 /// The embedded store.
