@@ -167,6 +167,18 @@ fn assert_within_capacity(all: &[pb::Reservation]) {
     }
 }
 
+/// `queen place --queen URL,URL ...`: its output (it must succeed).
+fn cli_place(queens: &[&str]) -> String {
+    let out = Command::new(QUEEN)
+        .args(["place", "--kind", "cuda", "--vram", "256MiB", "--ttl", "1h", "--queen", &queens.join(",")])
+        .env_remove("QUEEN_URL")
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "queen place --queen {}: {text}", queens.join(","));
+    text
+}
+
 async fn three_hives() -> (Vec<TestHive>, Vec<String>) {
     let hives = vec![
         TestHive::start_named("hive-a", TWO_GPUS).await,
@@ -200,6 +212,10 @@ async fn the_follower_takes_over_a_killed_leader_with_every_acknowledged_reserva
     );
     let refused = follower.fleet().await.add_hive(pb::AddHiveRequest { address: urls[0].clone() }).await;
     assert_eq!(refused.unwrap_err().code(), tonic::Code::Unavailable);
+
+    // The CLI given the follower first follows the leader it names.
+    let placed = cli_place(&[&follower.url, &leader.url]);
+    assert!(placed.contains("placed on"), "{placed}");
 
     // The follower mirrors the leader's books.
     let first = placement(leader.scheduler().await.place(request(GIB)).await.unwrap().into_inner());
@@ -255,6 +271,10 @@ async fn the_follower_takes_over_a_killed_leader_with_every_acknowledged_reserva
     for id in &acked {
         assert!(after.iter().any(|r| &r.id == id), "reservation {id} was answered OK and is gone");
     }
+
+    // The CLI given the dead leader first goes on to the new one.
+    let placed = cli_place(&[&leader.url, &follower.url]);
+    assert!(placed.contains("placed on"), "{placed}");
 
     // Filling the GPUs up on the new leader never goes past their capacity.
     let mut more = 0;

@@ -171,8 +171,8 @@ pub struct PolicyCheckArgs {
 /// Where and how the client subcommands reach the queen.
 #[derive(Debug, Clone, Args)]
 pub struct QueenUrl {
-    /// The queen's URL (https:// when it serves TLS).
-    #[arg(long = "queen", env = "QUEEN_URL", default_value = DEFAULT_QUEEN_URL, value_name = "URL")]
+    /// The queen's URL (https:// when it serves TLS), or several, comma-separated (queens sharing etcd): calls go to the first that answers, and writes follow the leader.
+    #[arg(long = "queen", env = "QUEEN_URL", default_value = DEFAULT_QUEEN_URL, value_name = "URL[,URL...]")]
     pub url: String,
     /// CA that signs the queen's certificate (the queen CA), for https://.
     #[arg(long = "ca", env = "QUEEN_CA", value_name = "FILE")]
@@ -180,6 +180,13 @@ pub struct QueenUrl {
     /// File holding a bearer token (or set QUEEN_TOKEN to the token itself).
     #[arg(long = "token-file", env = "QUEEN_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+}
+
+impl QueenUrl {
+    /// The queens' URLs, in the order given.
+    pub fn urls(&self) -> Vec<String> {
+        self.url.split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned).collect()
+    }
 }
 
 /// `queen hives`.
