@@ -47,6 +47,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(yes_or_no(rbee_queen::cli::policy_check(args).await?));
         }
         Command::Policy(PolicyCommand::Status(queen)) => rbee_queen::cli::policy_status(queen).await?,
+        Command::Migrate(args) => rbee_queen::cli::migrate(args).await?,
         Command::Certs(args) => {
             for file in rbee_shared::certs::generate(&args.out, &args.queen_names, &args.hives)
                 .map_err(anyhow::Error::msg)?

@@ -410,3 +410,56 @@ async fn two_leaders_at_once_cannot_over_promise_a_device() {
     }
     assert_eq!(a.load().await.unwrap().reservations.len(), 10, "nothing changed");
 }
+
+/// `queen migrate` copies a stopped queen's state directory into etcd; a queen on etcd
+/// then holds its reservations. A second copy is refused rather than merged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_moves_the_embedded_state_into_etcd() {
+    let Some(etcd) = Etcd::start().await else { return };
+    let state = tempfile::tempdir().unwrap();
+    let record = |id: &str| ReservationRecord {
+        id: id.into(),
+        hive_id: "h".into(),
+        address: "http://127.0.0.1:9".into(),
+        device_id: "GPU-0".into(),
+        model: "m".into(),
+        bytes: GIB,
+        settled: false,
+        created_at_unix_ms: 1,
+        expires_at_unix_ms: u64::MAX / 2,
+        baseline_bytes: 0,
+    };
+    {
+        let kept = rbee_queen::store::StateStore::open(state.path()).unwrap();
+        kept.put_reservations(&[record("r1"), record("r2")]).unwrap();
+        kept.put_hive(&rbee_queen::store::HiveRecord {
+            address: "http://127.0.0.1:9".into(),
+            origin: "api".into(),
+            removed: false,
+        })
+        .unwrap();
+    }
+    let migrate = || {
+        Command::new(QUEEN)
+            .args(["migrate", "--store", &format!("etcd://{}", etcd.endpoint()), "--state-dir"])
+            .arg(state.path())
+            .env_remove("QUEEN_ETCD_PREFIX")
+            .output()
+            .unwrap()
+    };
+    let out = migrate();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("copied 2 reservations, 1 hives"));
+    let again = migrate();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("refusing to merge"));
+
+    let other = tempfile::tempdir().unwrap();
+    let queen = queen(&etcd, other.path(), &[]);
+    queen.wait_logged("this queen leads").await;
+    let hives = queen.fleet().await.list_hives(pb::ListHivesRequest::default()).await.unwrap().into_inner();
+    assert_eq!(hives.hives.len(), 1, "the run-time hive came along: {hives:?}");
+    let ids: Vec<String> =
+        all_reservations(&mut queen.scheduler().await, 0).await.into_iter().map(|r| r.id).collect();
+    assert_eq!(ids, ["r1", "r2"]);
+}

@@ -46,6 +46,22 @@ pub enum Command {
     Policy(PolicyCommand),
     /// Write a development CA and certificates for a mutual-TLS fleet.
     Certs(CertsArgs),
+    /// Copy a stopped queen's state directory into etcd, to move it to --store etcd://.
+    Migrate(MigrateArgs),
+}
+
+/// `queen migrate`.
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    /// The state directory to copy (its queen must be stopped).
+    #[arg(long, env = "QUEEN_STATE_DIR", value_name = "DIR")]
+    pub state_dir: PathBuf,
+    /// Where to copy it: etcd://HOST:PORT[,HOST:PORT...].
+    #[arg(long, env = "QUEEN_STORE", value_name = "URL")]
+    pub store: String,
+    /// The etcd key prefix the queens will use [default: /rbee/queen/].
+    #[arg(long, env = "QUEEN_ETCD_PREFIX", value_name = "PREFIX", default_value = "/rbee/queen/")]
+    pub etcd_prefix: String,
 }
 
 /// `queen certs`.

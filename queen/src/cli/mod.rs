@@ -1,14 +1,16 @@
 //! The `queen` command line: its arguments ([`args`]), and the client subcommands
 //! (`hives`, `hive`, `watch`, `add`, `remove`, `place`, `release`, `reservations`,
-//! `policy check|status`), which talk to a running queen over the same gRPC API that
+//! `policy check|status`, `migrate`), which talk to a running queen over the same gRPC API that
 //! scheduler clients use.
 
 pub mod args;
 mod client;
 mod fleet;
+mod migrate;
 pub mod render;
 mod scheduler;
 
 pub use args::{Cli, Command, PolicyCommand};
 pub use fleet::{add, hive, hives, remove, watch};
+pub use migrate::migrate;
 pub use scheduler::{place, policy_check, policy_status, release, reservations};

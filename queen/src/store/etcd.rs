@@ -358,6 +358,53 @@ impl EtcdStore {
     }
 }
 
+impl EtcdStore {
+    /// Copies what an embedded store kept into etcd (`queen migrate`): only while no
+    /// queen leads in this prefix and it holds no reservations yet, so that nothing is
+    /// merged into promises made since. Returns how many reservations were copied.
+    pub async fn import(&self, kept: &Restored) -> Result<usize, StoreError> {
+        if let Some((at, _)) = self.current_leader().await? {
+            return Err(
+                self.err(format!("the queen at {at} leads on this prefix; stop every queen on it first"))
+            );
+        }
+        let present = self.prefixed("reservations/").await?.len();
+        if present > 0 {
+            return Err(self.err(format!(
+                "{present} reservations are already kept under {}; refusing to merge (use another --etcd-prefix)",
+                self.settings.prefix
+            )));
+        }
+        let mut totals = std::collections::BTreeMap::<String, u64>::new();
+        let mut ops = Vec::new();
+        for r in &kept.reservations {
+            *totals.entry(self.device_key(&r.address, &r.device_id)).or_default() += r.bytes;
+            ops.push(TxnOp::put(self.key(&format!("reservations/{}", r.id)), encode(r), None));
+        }
+        for (device, total) in totals {
+            ops.push(TxnOp::put(device, total.to_string(), None));
+        }
+        for h in &kept.hives {
+            ops.push(TxnOp::put(self.key(&format!("hives/{}", h.address)), encode(h), None));
+        }
+        if let Some(p) = &kept.policy {
+            ops.push(TxnOp::put(self.key("facts/policy"), encode(p), None));
+        }
+        // etcd takes at most 128 operations per transaction; each batch re-checks that
+        // no queen leads.
+        let mut kv = self.client.kv_client();
+        for batch in ops.chunks(100) {
+            let txn = Txn::new()
+                .when([Compare::create_revision(self.key(LEADER), CompareOp::Equal, 0)])
+                .and_then(batch.to_vec());
+            if !kv.txn(txn).await.map_err(|e| self.err(e))?.succeeded() {
+                return Err(self.err("a queen started leading during the copy; the copy is incomplete"));
+            }
+        }
+        Ok(kept.reservations.len())
+    }
+}
+
 impl Store for EtcdStore {
     fn describe(&self) -> String {
         format!("etcd at {}", self.settings.endpoints.join(","))
