@@ -377,4 +377,26 @@ mod tests {
             .to_string();
         assert!(err.contains("lost_timeout"), "{err}");
     }
+
+    #[test]
+    fn the_etcd_flags_are_checked_once_at_start() {
+        let etcd = |store: &str, ttl: u64| ServeArgs {
+            store: Some(store.into()),
+            leader_ttl: Some(Duration::from_secs(ttl)),
+            state_dir: Some("/tmp/unused".into()),
+            ..Default::default()
+        };
+        let (_, cfg) = etcd("etcd://127.0.0.1:2379,127.0.0.2:2379", 5).into_config().unwrap();
+        let settings = cfg.etcd.unwrap();
+        assert_eq!(settings.endpoints, ["http://127.0.0.1:2379", "http://127.0.0.2:2379"]);
+        assert_eq!(settings.lease_ttl, Duration::from_secs(5));
+        assert_eq!(settings.prefix, "/rbee/queen/");
+        assert_eq!(settings.advertise, "", "derived from the bound listener at start");
+        for (store, ttl, what) in [("http://h:2379", 5, "etcd://"), ("etcd://h:2379", 1, "--leader-ttl")] {
+            let err = etcd(store, ttl).into_config().unwrap_err().to_string();
+            assert!(err.contains(what), "{err}");
+        }
+        let alone = ServeArgs { leader_ttl: Some(Duration::from_secs(5)), ..Default::default() };
+        assert!(alone.into_config().unwrap_err().to_string().contains("need --store"));
+    }
 }
