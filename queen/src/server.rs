@@ -24,7 +24,7 @@ use crate::fleet::{Fleet, Origin};
 use crate::ha::Ha;
 use crate::link::{LinkSettings, Links};
 use crate::scheduler::Scheduler;
-use crate::store::{EtcdSettings, EtcdStore, HiveRecord, Restored, StateStore, Store};
+use crate::store::{EtcdSettings, EtcdStore, GroupCommit, HiveRecord, Restored, StateStore, Store};
 
 /// Largest request the queen accepts.
 pub const MAX_DECODING_MESSAGE_BYTES: usize = 64 * 1024;
@@ -47,9 +47,10 @@ pub async fn run(
         // The books come from etcd once this queen leads or follows (see `ha`).
         (Some(etcd), _) => (Some(etcd.clone()), Restored::default()),
         (None, Some(dir)) => {
-            let store = Arc::new(open_store(dir, config.reset_state)?);
+            let store = open_store(dir, config.reset_state)?;
             let kept = store.load()?;
-            (Some(store), kept)
+            // Concurrent writers share one transaction and one fsync.
+            (Some(Arc::new(GroupCommit::new(Arc::new(store))?)), kept)
         }
         (None, None) => (None, Restored::default()),
     };
