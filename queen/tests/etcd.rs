@@ -229,9 +229,11 @@ async fn the_follower_takes_over_a_killed_leader_with_every_acknowledged_reserva
     let client = leader.scheduler().await;
     let oks = Arc::new(AtomicUsize::new(0));
     let mut callers = Vec::new();
+    let failed = Arc::new(std::sync::Mutex::new(Vec::new()));
     for _ in 0..40 {
         let mut client = client.clone();
         let oks = oks.clone();
+        let failed = failed.clone();
         callers.push(tokio::spawn(async move {
             let mut acked = Vec::new();
             for _ in 0..5 {
@@ -243,7 +245,10 @@ async fn the_follower_takes_over_a_killed_leader_with_every_acknowledged_reserva
                         }
                     }
                     Err(s) if s.code() == tonic::Code::ResourceExhausted => {}
-                    Err(_) => break,
+                    Err(s) => {
+                        failed.lock().unwrap().push(s);
+                        break;
+                    }
                 }
             }
             acked
@@ -251,7 +256,11 @@ async fn the_follower_takes_over_a_killed_leader_with_every_acknowledged_reserva
     }
     let deadline = Instant::now() + DEADLINE;
     while oks.load(Ordering::SeqCst) < 60 {
-        assert!(Instant::now() < deadline, "60 placements were not answered in time");
+        assert!(
+            Instant::now() < deadline,
+            "60 placements were not answered in time: {:?}",
+            failed.lock().unwrap()
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     leader.kill_9();

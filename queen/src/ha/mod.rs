@@ -97,8 +97,8 @@ impl Ha {
     }
 
     fn unreachable(&self, e: &StoreError) {
-        if self.store.role() != Role::Follower(Leader::Unknown(format!("{e}"))) {
-            tracing::warn!(error = %e, "etcd: no leader known");
+        if !matches!(self.store.role(), Role::Follower(Leader::Unknown(_))) {
+            tracing::warn!(error = %e, "etcd unreachable: no leader known");
         }
         self.store.set_role(Role::Follower(Leader::Unknown(e.to_string())));
     }

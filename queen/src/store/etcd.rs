@@ -24,13 +24,16 @@ use etcd_client::{
 use tokio::sync::watch;
 
 use super::backend::{Leader, Store};
+use super::etcd_commit::SharedCombiner;
 use super::records::encode;
 use super::{HiveRecord, PolicyRecord, ReservationRecord, Restored, StoreError};
 
 /// The leader key, under the prefix.
 const LEADER: &str = "leader";
-/// How often a failed optimistic commit is tried again before giving up.
-const COMMIT_TRIES: usize = 8;
+/// How often a commit whose device changed under it is tried again before giving up
+/// (each try is a fresh read; one of the racing writers always wins, and the whole is
+/// bounded by the request deadline too).
+const COMMIT_TRIES: usize = 64;
 
 /// How to reach etcd and take part in the election.
 #[derive(Debug, Clone)]
@@ -101,6 +104,8 @@ pub struct EtcdStore {
     runtime: tokio::runtime::Handle,
     /// The role now (set by `crate::ha`).
     role: watch::Sender<Role>,
+    /// New reservations, batched (see `etcd_commit`).
+    combiner: SharedCombiner,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -119,7 +124,8 @@ impl EtcdStore {
             .await
             .map_err(|e| etcd_error(&settings.endpoints, e))?;
         let role = watch::channel(Role::Follower(Leader::Unknown("no election has run yet".into()))).0;
-        Ok(Self { client, settings, runtime: tokio::runtime::Handle::current(), role })
+        let runtime = tokio::runtime::Handle::current();
+        Ok(Self { client, settings, runtime, role, combiner: SharedCombiner::default() })
     }
 
     /// The settings.
@@ -145,16 +151,32 @@ impl EtcdStore {
         format!("{}{rest}", self.settings.prefix)
     }
 
-    fn device_key(&self, address: &str, device: &str) -> String {
+    pub(super) fn device_key(&self, address: &str, device: &str) -> String {
         self.key(&format!("devices/{address}#{device}"))
+    }
+
+    pub(super) fn reservation_key(&self, id: &str) -> String {
+        self.key(&format!("reservations/{id}"))
+    }
+
+    pub(super) fn combiner(&self) -> &SharedCombiner {
+        &self.combiner
+    }
+
+    pub(super) fn kv(&self) -> etcd_client::KvClient {
+        self.client.kv_client()
     }
 
     fn err(&self, e: impl std::fmt::Display) -> StoreError {
         etcd_error(&self.settings.endpoints, e)
     }
 
+    pub(super) fn store_error(&self, e: impl std::fmt::Display) -> StoreError {
+        self.err(e)
+    }
+
     /// The lease to guard a write with, or why this queen may not write.
-    fn my_lease(&self) -> Result<i64, StoreError> {
+    pub(super) fn my_lease(&self) -> Result<i64, StoreError> {
         match self.role() {
             Role::Leader { lease } => Ok(lease),
             Role::Follower(leader) => Err(StoreError::NotLeader(leader)),
@@ -167,8 +189,8 @@ impl EtcdStore {
     }
 
     /// Runs `f` on the runtime from a blocking thread, within a deadline.
-    fn block<T>(&self, f: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
-        let limit = request_timeout(self.settings.lease_ttl) * 2;
+    pub(super) fn block<T>(&self, f: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+        let limit = self.settings.lease_ttl.max(Duration::from_secs(2));
         self.runtime.block_on(async {
             tokio::time::timeout(limit, f).await.unwrap_or_else(|_| Err(self.err("the request timed out")))
         })
@@ -176,7 +198,7 @@ impl EtcdStore {
 
     /// A guarded transaction; `Ok(false)` when a compare failed while this queen still
     /// leads, `Err(NotLeader)` when it no longer does.
-    async fn guarded(
+    pub(super) async fn guarded(
         &self,
         lease: i64,
         mut when: Vec<Compare>,
@@ -204,32 +226,6 @@ impl EtcdStore {
         })
     }
 
-    async fn commit_placed_async(&self, r: &ReservationRecord, total: u64) -> Result<(), StoreError> {
-        let lease = self.my_lease()?;
-        let device = self.device_key(&r.address, &r.device_id);
-        let record = self.key(&format!("reservations/{}", r.id));
-        for _ in 0..COMMIT_TRIES {
-            let (reserved, revision) = self.device_total(&device).await?;
-            if reserved.saturating_add(r.bytes) > total {
-                return Err(StoreError::OverCommit {
-                    device: format!("{}/{}", r.address, r.device_id),
-                    reserved,
-                    bytes: r.bytes,
-                    total,
-                });
-            }
-            let when = vec![Compare::mod_revision(device.as_str(), CompareOp::Equal, revision)];
-            let then = vec![
-                TxnOp::put(record.as_str(), encode(r), None),
-                TxnOp::put(device.as_str(), (reserved + r.bytes).to_string(), None),
-            ];
-            if self.guarded(lease, when, then).await? {
-                return Ok(());
-            }
-        }
-        Err(self.err("the device's reserved total kept changing under concurrent commits"))
-    }
-
     async fn forget_async(&self, id: &str) -> Result<(), StoreError> {
         let lease = self.my_lease()?;
         let key = self.key(&format!("reservations/{id}"));
@@ -250,6 +246,7 @@ impl EtcdStore {
             if self.guarded(lease, when, then).await? {
                 return Ok(());
             }
+            back_off().await;
         }
         Err(self.err("the device's reserved total kept changing under concurrent commits"))
     }
@@ -338,8 +335,13 @@ impl EtcdStore {
     }
 
     /// Gives up a lease (and with it the leader key, if it holds it).
+    /// A lease etcd no longer knows is given up already.
     pub async fn revoke(&self, lease: i64) -> Result<(), StoreError> {
-        self.client.lease_client().revoke(lease).await.map(|_| ()).map_err(|e| self.err(e))
+        match self.client.lease_client().revoke(lease).await {
+            Ok(_) => Ok(()),
+            Err(etcd_client::Error::GRpcStatus(s)) if s.code() == tonic::Code::NotFound => Ok(()),
+            Err(e) => Err(self.err(e)),
+        }
     }
 
     /// Opens the renewal of a lease.
@@ -411,7 +413,7 @@ impl Store for EtcdStore {
     }
 
     fn commit_placed(&self, record: &ReservationRecord, device_total: u64) -> Result<(), StoreError> {
-        self.block(self.commit_placed_async(record, device_total))
+        self.commit_combined(record, device_total)
     }
 
     fn update_reservations(&self, records: &[ReservationRecord]) -> Result<(), StoreError> {
@@ -446,6 +448,14 @@ impl Store for EtcdStore {
             Role::Follower(leader) => leader,
         }
     }
+}
+
+/// A short, jittered pause before a commit tries again, so that writers racing for
+/// one device do not keep colliding in lockstep.
+async fn back_off() {
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+    tokio::time::sleep(Duration::from_micros(u64::from(nanos % 2_000))).await;
 }
 
 /// How long one etcd request may take: a third of the lease TTL (at least 500 ms).
