@@ -59,7 +59,7 @@ pub struct MigrateArgs {
     /// Where to copy it: etcd://HOST:PORT[,HOST:PORT...].
     #[arg(long, env = "QUEEN_STORE", value_name = "URL")]
     pub store: String,
-    /// The etcd key prefix the queens will use [default: /rbee/queen/].
+    /// The etcd key prefix the queens will use.
     #[arg(long, env = "QUEEN_ETCD_PREFIX", value_name = "PREFIX", default_value = "/rbee/queen/")]
     pub etcd_prefix: String,
 }
