@@ -4,6 +4,7 @@
 //!     cargo bench -p rbee-queen --bench place_durable [-- HIVES GPUS PLACEMENTS]
 //!
 //! With the store on, every placement is committed and fsync'd before it is answered,
+//! one commit per write, then with group commit (concurrent writes share one commit),
 //! in a state directory under `$RBEE_BENCH_STATE_DIR` (default: the system temp dir;
 //! put it on the disk the queen would use: a tmpfs makes fsync free).
 //!
@@ -22,7 +23,7 @@ use rbee_proto::v1::scheduler_server::SchedulerServer;
 use rbee_queen::api::SchedulerService;
 use rbee_queen::scheduler::request::PlaceRequest;
 use rbee_queen::scheduler::{Outcome, Scheduler, SchedulerSettings, StaticHives, synthetic};
-use rbee_queen::store::StateStore;
+use rbee_queen::store::{GroupCommit, StateStore, Store};
 use tonic::transport::server::TcpIncoming;
 
 const CALLERS: usize = 16;
@@ -42,18 +43,28 @@ fn report(what: &str, mut lat: Vec<Duration>) {
     );
 }
 
-fn scheduler(hives: usize, gpus: usize, store: Option<&std::path::Path>) -> Arc<Scheduler> {
+/// How placements are kept.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// In memory only.
+    Off,
+    /// One transaction and fsync per write.
+    OneByOne,
+    /// Concurrent writes share a transaction and an fsync (what `queen serve` uses).
+    Grouped,
+}
+
+fn scheduler(hives: usize, gpus: usize, mode: Mode, dir: &std::path::Path) -> Arc<Scheduler> {
     let fleet = Arc::new(StaticHives(synthetic::fleet(hives, gpus)));
     // A budget a loaded machine does not break: this measures latency, not the budget.
     let mut settings = SchedulerSettings::default();
     settings.limits.budget = Duration::from_secs(2);
-    match store {
-        None => Scheduler::new(fleet, settings).unwrap(),
-        Some(dir) => {
-            let store = Arc::new(StateStore::open(dir).unwrap());
-            Scheduler::durable(fleet, settings, store, Vec::new()).unwrap()
-        }
-    }
+    let store: Arc<dyn Store> = match mode {
+        Mode::Off => return Scheduler::new(fleet, settings).unwrap(),
+        Mode::OneByOne => Arc::new(StateStore::open(dir).unwrap()),
+        Mode::Grouped => Arc::new(GroupCommit::new(Arc::new(StateStore::open(dir).unwrap())).unwrap()),
+    };
+    Scheduler::durable(fleet, settings, store, Vec::new()).unwrap()
 }
 
 fn in_process(scheduler: &Scheduler, n: usize) -> Vec<Duration> {
@@ -142,15 +153,21 @@ fn main() {
     let base = std::env::var_os("RBEE_BENCH_STATE_DIR").map_or_else(std::env::temp_dir, Into::into);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     println!("fleet: {hives} hives x {gpus} GPUs ({} devices), policy built-in:least-loaded", hives * gpus);
-    for store in [false, true] {
+    for mode in [Mode::Off, Mode::OneByOne, Mode::Grouped] {
         let dir = tempfile::tempdir_in(&base).unwrap();
-        let state = store.then(|| dir.path());
-        match state {
-            Some(d) => println!("store on ({}):", d.display()),
-            None => println!("store off:"),
+        match mode {
+            Mode::Off => println!("store off:"),
+            Mode::OneByOne => println!("store on, one commit per write ({}):", dir.path().display()),
+            Mode::Grouped => println!("store on, group commit ({}):", dir.path().display()),
         }
-        report("in-process, 1 thread", in_process(&scheduler(hives, gpus, state), n));
-        let (one, many, rate) = runtime.block_on(over_grpc(scheduler(hives, gpus, state), n));
+        // (Each scheduler is dropped, and its file closed, before the next opens it.)
+        let sub = |name: &str| {
+            let d = dir.path().join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            d
+        };
+        report("in-process, 1 thread", in_process(&scheduler(hives, gpus, mode, &sub("a")), n));
+        let (one, many, rate) = runtime.block_on(over_grpc(scheduler(hives, gpus, mode, &sub("b")), n));
         report("gRPC, 1 caller", one);
         report(&format!("gRPC, {CALLERS} callers"), many);
         println!("  gRPC, {CALLERS} callers: {rate:.0} placements/s");

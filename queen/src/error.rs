@@ -1,5 +1,9 @@
 //! The queen's one error type, and its one mapping to a gRPC status.
 
+/// The response metadata key that names the leader's address when a follower refuses
+/// a write.
+pub const LEADER_METADATA: &str = "rbee-leader";
+
 /// Everything that can go wrong in the queen.
 #[derive(Debug, thiserror::Error)]
 pub enum QueenError {
@@ -86,6 +90,19 @@ impl From<QueenError> for tonic::Status {
             }
             // The write that makes an answer durable failed: the queen promised nothing,
             // and the caller may try again.
+            // Only the leader writes: the leader's address also travels as metadata, for
+            // clients that follow it.
+            QueenError::Store(crate::store::StoreError::NotLeader(ref leader)) => {
+                let mut status = Status::unavailable(e.to_string());
+                if let crate::store::Leader::Other(at) = leader
+                    && let Ok(v) = at.parse()
+                {
+                    status.metadata_mut().insert(LEADER_METADATA, v);
+                }
+                status
+            }
+            // Another queen committed on the device in between: nothing was promised.
+            QueenError::Store(crate::store::StoreError::OverCommit { .. }) => Status::aborted(e.to_string()),
             QueenError::Store(_) => Status::unavailable(e.to_string()),
             QueenError::Config(_)
             | QueenError::Tls(_)

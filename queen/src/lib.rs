@@ -15,6 +15,7 @@
 //! - [`scheduler`]: placement with Rhai policies, and the reservation books.
 //! - [`metrics`]: Prometheus `/metrics`, gathered at scrape time from the fleet and the
 //!   scheduler (its `recorder` is a leaf the scheduler records placements into).
+//! - [`ha`]: with etcd, the election of one leading queen; loads and mirrors the books.
 //! - [`api`]: the gRPC services (Fleet, Scheduler, WatchFleet), auth and wire conversion.
 //! - [`config`]: `queen serve`'s flags and config file, merged into a [`QueenConfig`].
 //! - [`cli`]: the command line and the client subcommands.
@@ -25,6 +26,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod fleet;
+pub mod ha;
 pub mod link;
 pub mod metrics;
 pub mod scheduler;

@@ -17,12 +17,14 @@ use tonic_reflection::server::Builder as ReflectionBuilder;
 
 use crate::QueenError;
 use crate::api::auth::AuthLayer;
+use crate::api::leader::LeaderLayer;
 use crate::api::{FleetService, SchedulerService};
 use crate::config::QueenConfig;
 use crate::fleet::{Fleet, Origin};
+use crate::ha::Ha;
 use crate::link::{LinkSettings, Links};
 use crate::scheduler::Scheduler;
-use crate::store::{HiveRecord, Restored, StateStore};
+use crate::store::{EtcdSettings, EtcdStore, GroupCommit, HiveRecord, Restored, StateStore, Store};
 
 /// Largest request the queen accepts.
 pub const MAX_DECODING_MESSAGE_BYTES: usize = 64 * 1024;
@@ -37,13 +39,20 @@ pub async fn run(
     let cancel = CancellationToken::new();
     let link = LinkSettings { dial_guard: Some(config.admission.allow.dial_guard()), ..config.link.clone() };
     let fleet = Fleet::new(config.fleet.clone(), cancel.clone(), Links::new(link));
-    let (store, mut kept) = match &config.state_dir {
-        Some(dir) => {
-            let store = Arc::new(open_store(dir, config.reset_state)?);
+    let etcd = match &config.etcd {
+        Some(settings) => Some(Arc::new(connect_etcd(settings, local, config.tls.is_some()).await?)),
+        None => None,
+    };
+    let (store, mut kept): (Option<Arc<dyn Store>>, Restored) = match (&etcd, &config.state_dir) {
+        // The books come from etcd once this queen leads or follows (see `ha`).
+        (Some(etcd), _) => (Some(etcd.clone()), Restored::default()),
+        (None, Some(dir)) => {
+            let store = open_store(dir, config.reset_state)?;
             let kept = store.load()?;
-            (Some(store), kept)
+            // Concurrent writers share one transaction and one fsync.
+            (Some(Arc::new(GroupCommit::new(Arc::new(store))?)), kept)
         }
-        None => (None, Restored::default()),
+        (None, None) => (None, Restored::default()),
     };
     let local_hive = match config.local_hive {
         Some(hive_config) => {
@@ -72,6 +81,8 @@ pub async fn run(
     let metrics =
         start_metrics(config.metrics.as_ref(), config.metrics_best_effort, &fleet, &scheduler, &cancel)?;
     let maintenance = tokio::spawn(scheduler.clone().maintain(cancel.clone()));
+    let election =
+        etcd.map(|etcd| tokio::spawn(Ha::new(etcd, scheduler.clone(), fleet.clone()).run(cancel.clone())));
     tracing::info!(listen = %local, hives = fleet.list().len(), "queen serving rbee.v1.Fleet and rbee.v1.Scheduler");
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -83,6 +94,7 @@ pub async fn run(
     let result = grpc_server::server(config.tls.clone())?
         .layer(rbee_shared::size_limit::SizeLimitStatusLayer)
         .layer(AuthLayer::new(config.tokens.clone()))
+        .layer(LeaderLayer::new(store.clone()))
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
@@ -102,6 +114,9 @@ pub async fn run(
     let _ = maintenance.await;
     if let Some(m) = metrics {
         let _ = m.await;
+    }
+    if let Some(election) = election {
+        let _ = election.await;
     }
     if let Some(task) = local_hive {
         let _ = task.await;
@@ -193,6 +208,28 @@ fn open_store(dir: &std::path::Path, reset: bool) -> Result<StateStore, QueenErr
                 "--reset-state: the state store is absent, or opens and reads soundly: kept as it is, nothing moved aside")
         }
     }
+    Ok(store)
+}
+
+/// Connects to etcd (lazily: the election waits for it), advertising `--advertise`, or
+/// the bound listener (with this host's name when it listens on all addresses).
+async fn connect_etcd(
+    settings: &EtcdSettings,
+    local: std::net::SocketAddr,
+    tls: bool,
+) -> Result<EtcdStore, QueenError> {
+    let mut settings = settings.clone();
+    if settings.advertise.is_empty() {
+        let scheme = if tls { "https" } else { "http" };
+        settings.advertise = if local.ip().is_unspecified() {
+            format!("{scheme}://{}:{}", rbee_shared::hostname::local_hostname(), local.port())
+        } else {
+            format!("{scheme}://{local}")
+        };
+    }
+    let store = EtcdStore::connect(settings).await?;
+    tracing::info!(etcd = %store.describe(), advertise = %store.settings().advertise,
+        ttl_s = store.settings().lease_ttl.as_secs(), "state kept in etcd; electing a leader");
     Ok(store)
 }
 

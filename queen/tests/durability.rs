@@ -7,19 +7,16 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::process::QueenProcess;
 use common::scheduling::*;
 use common::*;
 use rbee_proto::v1 as pb;
-use rbee_proto::v1::fleet_client::FleetClient;
-use rbee_proto::v1::scheduler_client::SchedulerClient;
-use tonic::transport::Channel;
 
 const QUEEN: &str = env!("CARGO_BIN_EXE_queen");
 const MIB: u64 = 1 << 20;
@@ -27,73 +24,13 @@ const MIB: u64 = 1 << 20;
 const GPU_TOTAL: u64 = 24 * GIB;
 const GPU_USED: u64 = 4 * GIB;
 
-/// The `queen` binary, serving; killed when dropped, however the test ends.
-struct Queen {
-    child: Child,
-    url: String,
-    /// Everything it logged.
-    log: Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl Drop for Queen {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// The `queen` binary on a state directory (see [`QueenProcess`]).
+struct Queen;
 
 impl Queen {
     /// Starts `queen serve` on `state` managing `hives`, and waits until it serves.
-    fn start(state: &Path, hives: &[String], extra: &[&str]) -> Self {
-        let mut child =
-            serve(state, hives, extra).stderr(Stdio::piped()).spawn().expect("start the queen binary");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let lines = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("queen serving")
-                    && let Some(rest) = line.split("listen=").nth(1)
-                {
-                    let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_owned());
-                }
-                lines.lock().unwrap().push(line);
-            }
-        });
-        let addr = match rx.recv_timeout(DEADLINE) {
-            Ok(addr) => addr,
-            Err(_) => panic!("the queen did not serve: {:?}", log.lock().unwrap()),
-        };
-        Self { child, url: format!("http://{addr}"), log }
-    }
-
-    /// SIGKILL: no shutdown, no flush, nothing.
-    fn kill_9(&mut self) {
-        let status = Command::new("kill").args(["-9", &self.child.id().to_string()]).status().unwrap();
-        assert!(status.success());
-        let _ = self.child.wait();
-    }
-
-    async fn scheduler(&self) -> SchedulerClient<Channel> {
-        SchedulerClient::connect(self.url.clone()).await.unwrap()
-    }
-
-    async fn fleet(&self) -> FleetClient<Channel> {
-        FleetClient::connect(self.url.clone()).await.unwrap()
-    }
-
-    fn logged(&self, what: &str) -> bool {
-        self.log.lock().unwrap().iter().any(|l| l.contains(what))
-    }
-
-    /// Waits until the queen has logged `what` (its log is read on another thread).
-    async fn wait_logged(&self, what: &str) {
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        while !self.logged(what) {
-            assert!(tokio::time::Instant::now() < deadline, "the queen did not log {what:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    fn start(state: &Path, hives: &[String], extra: &[&str]) -> QueenProcess {
+        QueenProcess::start(serve(state, hives, extra))
     }
 }
 
@@ -119,7 +56,7 @@ fn serve(state: &Path, hives: &[String], extra: &[&str]) -> Command {
 }
 
 /// Waits until every hive the queen manages is online with a sample.
-async fn hives_online(queen: &Queen, count: usize) {
+async fn hives_online(queen: &QueenProcess, count: usize) {
     let mut fleet = queen.fleet().await;
     wait_for(&mut fleet, "hives online with samples", |hs| {
         hs.len() == count && hs.iter().all(|h| online(h) && h.latest_sample.is_some())
@@ -155,7 +92,7 @@ type Acked = BTreeMap<String, u64>;
 /// 200 concurrent callers place 256 MiB each, again and again; the queen is killed with
 /// SIGKILL once 100 placements were answered OK. Returns the acknowledged ones: long
 /// (1 h) and short (8 s) TTLs.
-async fn burst_and_kill(queen: &mut Queen) -> (Acked, Acked) {
+async fn burst_and_kill(queen: &mut QueenProcess) -> (Acked, Acked) {
     let client = queen.scheduler().await;
     let oks = Arc::new(AtomicUsize::new(0));
     let mut callers = Vec::new();

@@ -16,7 +16,7 @@ use crate::QueenError;
 use crate::admission::{AdmissionSettings, RateLimit, admit_address};
 use crate::fleet::{Fleet, Origin};
 use crate::scheduler::Scheduler;
-use crate::store::{HiveRecord, StateStore};
+use crate::store::{HiveRecord, Store};
 
 /// The Fleet service.
 #[derive(Clone)]
@@ -32,7 +32,7 @@ pub struct FleetService {
     /// Bounds the open WatchFleet streams.
     watchers: Watchers,
     /// Where hives added, announced and removed at run time are kept.
-    store: Option<Arc<StateStore>>,
+    store: Option<Arc<dyn Store>>,
 }
 
 impl FleetService {
@@ -44,7 +44,7 @@ impl FleetService {
     }
 
     /// Keeps hives added, announced and removed in `store` (none: kept in memory only).
-    pub fn with_store(self, store: Option<Arc<StateStore>>) -> Self {
+    pub fn with_store(self, store: Option<Arc<dyn Store>>) -> Self {
         Self { store, ..self }
     }
 
@@ -56,7 +56,7 @@ impl FleetService {
             _ => "api",
         };
         let record = HiveRecord { address: address.to_owned(), origin: origin.into(), removed };
-        tokio::task::spawn_blocking(move || store.put_hive(&record))
+        tokio::task::spawn_blocking(move || store.keep_hive(&record))
             .await
             .map_err(|e| QueenError::Internal(format!("the state store writer failed: {e}")))??;
         Ok(())

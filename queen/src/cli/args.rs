@@ -52,6 +52,22 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Print the man page (roff) of queen to stdout.
     Man,
+    /// Copy a stopped queen's state directory into etcd, to move it to --store etcd://.
+    Migrate(MigrateArgs),
+}
+
+/// `queen migrate`.
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    /// The state directory to copy (its queen must be stopped).
+    #[arg(long, env = "QUEEN_STATE_DIR", value_name = "DIR")]
+    pub state_dir: PathBuf,
+    /// Where to copy it: etcd://HOST:PORT[,HOST:PORT...].
+    #[arg(long, env = "QUEEN_STORE", value_name = "URL")]
+    pub store: String,
+    /// The etcd key prefix the queens will use.
+    #[arg(long, env = "QUEEN_ETCD_PREFIX", value_name = "PREFIX", default_value = "/rbee/queen/")]
+    pub etcd_prefix: String,
 }
 
 /// `queen completions SHELL`.
@@ -196,8 +212,8 @@ pub struct PolicyCheckArgs {
 /// Where and how the client subcommands reach the queen.
 #[derive(Debug, Clone, Args)]
 pub struct QueenUrl {
-    /// The queen's URL (https:// when it serves TLS).
-    #[arg(long = "queen", env = "QUEEN_URL", default_value = DEFAULT_QUEEN_URL, value_name = "URL")]
+    /// The queen's URL (https:// when it serves TLS), or several, comma-separated (queens sharing etcd): calls go to the first that answers, and writes follow the leader.
+    #[arg(long = "queen", env = "QUEEN_URL", default_value = DEFAULT_QUEEN_URL, value_name = "URL[,URL...]")]
     pub url: String,
     /// CA that signs the queen's certificate (the queen CA), for https://.
     #[arg(long = "ca", env = "QUEEN_CA", value_name = "FILE")]
@@ -205,6 +221,13 @@ pub struct QueenUrl {
     /// File holding a bearer token (or set QUEEN_TOKEN to the token itself).
     #[arg(long = "token-file", env = "QUEEN_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+}
+
+impl QueenUrl {
+    /// The queens' URLs, in the order given.
+    pub fn urls(&self) -> Vec<String> {
+        self.url.split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned).collect()
+    }
 }
 
 /// `queen hives`.

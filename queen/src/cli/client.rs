@@ -1,6 +1,10 @@
 //! Reaching a running queen: the channel (TLS when asked), the bearer token, and
-//! the clients of its two services.
+//! the clients of its two services. `--queen` may name several queens (a group
+//! sharing etcd): a call goes to the first that answers, and a write refused by a
+//! follower (UNAVAILABLE with `rbee-leader` metadata) is sent to the leader it names.
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
@@ -9,6 +13,7 @@ use rbee_proto::v1::scheduler_client::SchedulerClient;
 use tonic::transport::Channel;
 
 use super::args::QueenUrl;
+use crate::error::LEADER_METADATA;
 
 /// Adds `authorization: Bearer TOKEN` to every call.
 #[derive(Clone)]
@@ -25,9 +30,8 @@ impl tonic::service::Interceptor for BearerToken {
 
 pub(super) type Authed = tonic::service::interceptor::InterceptedService<Channel, BearerToken>;
 
-async fn channel(q: &QueenUrl) -> Result<(Channel, BearerToken)> {
-    let url = &q.url;
-    let mut endpoint = tonic::transport::Endpoint::from_shared(url.clone())
+async fn channel(q: &QueenUrl, url: &str) -> Result<(Channel, BearerToken)> {
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
         .with_context(|| format!("--queen {url:?} is not a URL"))?
         .connect_timeout(Duration::from_secs(5))
         // Small request, small reply: without it Nagle and a delayed ACK can add ~40 ms.
@@ -51,14 +55,85 @@ async fn channel(q: &QueenUrl) -> Result<(Channel, BearerToken)> {
     Ok((channel, BearerToken(token)))
 }
 
-pub(super) async fn connect(q: &QueenUrl) -> Result<FleetClient<Authed>> {
-    let (channel, token) = channel(q).await?;
-    Ok(FleetClient::with_interceptor(channel, token))
+/// The first of the queens that can be reached, and its URL.
+async fn first_reachable(q: &QueenUrl) -> Result<(Channel, BearerToken, String)> {
+    let mut last = None;
+    for url in q.urls() {
+        match channel(q, &url).await {
+            Ok((channel, token)) => return Ok((channel, token, url)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow!("--queen names no URL")))
 }
 
-pub(super) async fn connect_scheduler(q: &QueenUrl) -> Result<SchedulerClient<Authed>> {
-    let (channel, token) = channel(q).await?;
-    Ok(SchedulerClient::with_interceptor(channel, token))
+/// A Fleet client of the first queen that can be reached, and its URL.
+pub(super) async fn connect(q: &QueenUrl) -> Result<(FleetClient<Authed>, String)> {
+    let (channel, token, url) = first_reachable(q).await?;
+    Ok((FleetClient::with_interceptor(channel, token), url))
+}
+
+/// A Scheduler client of the first queen that can be reached, and its URL.
+pub(super) async fn connect_scheduler(q: &QueenUrl) -> Result<(SchedulerClient<Authed>, String)> {
+    let (channel, token, url) = first_reachable(q).await?;
+    Ok((SchedulerClient::with_interceptor(channel, token), url))
+}
+
+/// Makes one call on the queens: the first that answers it; a queen that cannot be
+/// reached or answers UNAVAILABLE passes it on to the leader it names, else to the
+/// next URL. Every queen is tried at most once.
+pub(super) async fn on_queens<C, T, Fut>(
+    q: &QueenUrl,
+    client: fn(Authed) -> C,
+    call: impl Fn(C) -> Fut,
+) -> Result<T>
+where
+    Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let mut queue: VecDeque<String> = q.urls().into();
+    let mut tried: Vec<String> = Vec::new();
+    let mut last = None;
+    while let Some(url) = queue.pop_front() {
+        if tried.contains(&url) {
+            continue;
+        }
+        tried.push(url.clone());
+        let (channel, token) = match channel(q, &url).await {
+            Ok(c) => c,
+            Err(e) => {
+                last = Some(e);
+                continue;
+            }
+        };
+        let authed = tonic::service::interceptor::InterceptedService::new(channel, token);
+        match call(client(authed)).await {
+            Ok(response) => return Ok(response.into_inner()),
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                if let Some(leader) = leader_named(&s) {
+                    queue.push_front(leader);
+                }
+                last = Some(rpc_error(&url, s));
+            }
+            Err(s) => return Err(rpc_error(&url, s)),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow!("--queen names no URL")))
+}
+
+/// The leader a follower named in its refusal.
+fn leader_named(s: &tonic::Status) -> Option<String> {
+    let v = s.metadata().get(LEADER_METADATA)?.to_str().ok()?;
+    Some(v.to_owned()).filter(|v| !v.is_empty())
+}
+
+/// A Fleet client over a channel (for [`on_queens`]).
+pub(super) fn fleet(channel: Authed) -> FleetClient<Authed> {
+    FleetClient::new(channel)
+}
+
+/// A Scheduler client over a channel (for [`on_queens`]).
+pub(super) fn scheduler(channel: Authed) -> SchedulerClient<Authed> {
+    SchedulerClient::new(channel)
 }
 
 pub(super) fn rpc_error(url: &str, s: tonic::Status) -> anyhow::Error {

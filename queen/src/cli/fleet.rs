@@ -4,19 +4,19 @@ use anyhow::Result;
 use rbee_proto::v1 as pb;
 
 use super::args::{AddArgs, HiveArgs, ListArgs, QueenUrl, RemoveArgs, WatchArgs};
-use super::client::{connect, rpc_error};
+use super::client::{connect, fleet, on_queens, rpc_error};
 use super::render::{render_detail, render_event, render_table};
 
 /// Every hive, walking ListHives' pages.
 pub(super) async fn all_hives(queen: &QueenUrl) -> Result<pb::ListHivesResponse> {
-    let mut client = connect(queen).await?;
+    let (mut client, url) = connect(queen).await?;
     let mut all = pb::ListHivesResponse::default();
     loop {
         let page_token = std::mem::take(&mut all.next_page_token);
         let page = client
             .list_hives(pb::ListHivesRequest { page_size: 0, page_token })
             .await
-            .map_err(|s| rpc_error(&queen.url, s))?
+            .map_err(|s| rpc_error(&url, s))?
             .into_inner();
         all.hives.extend(page.hives);
         all.queen_time_unix_ms = page.queen_time_unix_ms;
@@ -40,13 +40,12 @@ pub async fn hives(args: ListArgs) -> Result<()> {
 
 /// `queen hive ID`.
 pub async fn hive(args: HiveArgs) -> Result<()> {
-    let url = &args.queen.url;
-    let view = connect(&args.queen)
-        .await?
-        .get_hive(pb::GetHiveRequest { hive: args.hive.clone() })
-        .await
-        .map_err(|s| rpc_error(url, s))?
-        .into_inner();
+    let request = pb::GetHiveRequest { hive: args.hive.clone() };
+    let view = on_queens(&args.queen, fleet, |mut c| {
+        let request = request.clone();
+        async move { c.get_hive(request).await }
+    })
+    .await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&view)?);
     } else {
@@ -57,10 +56,10 @@ pub async fn hive(args: HiveArgs) -> Result<()> {
 
 /// `queen watch`.
 pub async fn watch(args: WatchArgs) -> Result<()> {
-    let url = &args.queen.url;
     let request = pb::WatchFleetRequest { sample_interval_ms: args.samples.map(|i| i.as_millis_u32()) };
-    let mut stream =
-        connect(&args.queen).await?.watch_fleet(request).await.map_err(|s| rpc_error(url, s))?.into_inner();
+    let (mut client, url) = connect(&args.queen).await?;
+    let url = &url;
+    let mut stream = client.watch_fleet(request).await.map_err(|s| rpc_error(url, s))?.into_inner();
     loop {
         tokio::select! {
             () = rbee_shared::shutdown::shutdown_signal() => return Ok(()),
@@ -75,13 +74,12 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
 
 /// `queen add ADDR`.
 pub async fn add(args: AddArgs) -> Result<()> {
-    let url = &args.queen.url;
-    let resp = connect(&args.queen)
-        .await?
-        .add_hive(pb::AddHiveRequest { address: args.address.clone() })
-        .await
-        .map_err(|s| rpc_error(url, s))?
-        .into_inner();
+    let request = pb::AddHiveRequest { address: args.address.clone() };
+    let resp = on_queens(&args.queen, fleet, |mut c| {
+        let request = request.clone();
+        async move { c.add_hive(request).await }
+    })
+    .await?;
     let address = resp.hive.map(|h| h.address).unwrap_or_default();
     println!("{} {address}", if resp.added { "added" } else { "already managed:" });
     Ok(())
@@ -89,13 +87,12 @@ pub async fn add(args: AddArgs) -> Result<()> {
 
 /// `queen remove ID`.
 pub async fn remove(args: RemoveArgs) -> Result<()> {
-    let url = &args.queen.url;
-    let resp = connect(&args.queen)
-        .await?
-        .remove_hive(pb::RemoveHiveRequest { hive: args.hive.clone() })
-        .await
-        .map_err(|s| rpc_error(url, s))?
-        .into_inner();
+    let request = pb::RemoveHiveRequest { hive: args.hive.clone() };
+    let resp = on_queens(&args.queen, fleet, |mut c| {
+        let request = request.clone();
+        async move { c.remove_hive(request).await }
+    })
+    .await?;
     println!("removed {}", resp.address);
     Ok(())
 }

@@ -6,18 +6,17 @@ use rbee_proto::v1 as pb;
 use rbee_shared::bytesize::format_bytes;
 
 use super::args::{ListArgs, PlaceArgs, PolicyCheckArgs, QueenUrl, ReleaseArgs};
-use super::client::{connect_scheduler, rpc_error};
+use super::client::{connect_scheduler, on_queens, rpc_error, scheduler};
 use super::render::{render_place, since};
 
 /// `queen place`. Returns whether it placed.
 pub async fn place(args: PlaceArgs) -> Result<bool> {
-    let url = &args.queen.url;
-    let resp = connect_scheduler(&args.queen)
-        .await?
-        .place(args.request.to_request(args.dry_run))
-        .await
-        .map_err(|s| rpc_error(url, s))?
-        .into_inner();
+    let request = args.request.to_request(args.dry_run);
+    let resp = on_queens(&args.queen, scheduler, |mut c| {
+        let request = request.clone();
+        async move { c.place(request).await }
+    })
+    .await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&resp)?);
     } else {
@@ -28,21 +27,21 @@ pub async fn place(args: PlaceArgs) -> Result<bool> {
 
 /// `queen release ID`.
 pub async fn release(args: ReleaseArgs) -> Result<()> {
-    let url = &args.queen.url;
-    connect_scheduler(&args.queen)
-        .await?
-        .release(pb::ReleaseRequest { reservation_id: args.id.clone() })
-        .await
-        .map_err(|s| rpc_error(url, s))?;
+    let request = pb::ReleaseRequest { reservation_id: args.id.clone() };
+    on_queens(&args.queen, scheduler, |mut c| {
+        let request = request.clone();
+        async move { c.release(request).await }
+    })
+    .await?;
     println!("released {}", args.id);
     Ok(())
 }
 
 /// `queen reservations`.
 pub async fn reservations(args: ListArgs) -> Result<()> {
-    let url = &args.queen.url;
     // The queen answers in pages; gather them all.
-    let mut client = connect_scheduler(&args.queen).await?;
+    let (mut client, url) = connect_scheduler(&args.queen).await?;
+    let url = &url;
     let mut resp = pb::ListReservationsResponse::default();
     loop {
         let page_token = std::mem::take(&mut resp.next_page_token);
@@ -79,13 +78,8 @@ pub async fn reservations(args: ListArgs) -> Result<()> {
 
 /// `queen policy status`.
 pub async fn policy_status(queen: QueenUrl) -> Result<()> {
-    let url = &queen.url;
-    let s = connect_scheduler(&queen)
-        .await?
-        .get_policy(pb::GetPolicyRequest {})
-        .await
-        .map_err(|s| rpc_error(url, s))?;
-    let s = s.into_inner();
+    let s = on_queens(&queen, scheduler, |mut c| async move { c.get_policy(pb::GetPolicyRequest {}).await })
+        .await?;
     println!("policy {} (loaded {})", s.source, since(s.loaded_at_unix_ms));
     println!("failures {} fallbacks {} refused edits {}", s.failures, s.fallbacks, s.reload_failures);
     if let Some(e) = s.last_error {

@@ -43,6 +43,9 @@ pub struct QueenConfig {
     /// When the metrics address cannot be bound, warn and run without metrics (the
     /// default address) instead of failing (an address the operator gave).
     pub metrics_best_effort: bool,
+    /// Keep the state in etcd, shared with other queens (`--store etcd://`), instead of
+    /// the state directory.
+    pub etcd: Option<crate::store::EtcdSettings>,
 }
 
 impl QueenConfig {
@@ -61,6 +64,7 @@ impl QueenConfig {
             reset_state: false,
             metrics: None,
             metrics_best_effort: false,
+            etcd: None,
         }
     }
 }

@@ -112,6 +112,18 @@ pub struct ServeArgs {
     /// Do not serve /metrics at all.
     #[arg(long, env = "QUEEN_NO_METRICS", conflicts_with = "metrics_listen")]
     pub no_metrics: bool,
+    /// Keep the state in etcd v3 instead of the state directory, shared by several queens of which one leads: etcd://HOST:PORT[,HOST:PORT...].
+    #[arg(long, env = "QUEEN_STORE", value_name = "URL")]
+    pub store: Option<String>,
+    /// With --store etcd://: the leader lease's TTL (whole seconds, at least 2); a follower leads within TTL + 1 s of the leader's death [default: 5s].
+    #[arg(long, env = "QUEEN_LEADER_TTL", value_parser = humantime::parse_duration)]
+    pub leader_ttl: Option<Duration>,
+    /// With --store etcd://: the URL clients reach this queen at; followers name it to writers [default: http(s)://LISTEN, with this host's name when listening on all addresses].
+    #[arg(long, env = "QUEEN_ADVERTISE", value_name = "URL")]
+    pub advertise: Option<String>,
+    /// With --store etcd://: the etcd key prefix of this group of queens [default: /rbee/queen/].
+    #[arg(long, env = "QUEEN_ETCD_PREFIX", value_name = "PREFIX")]
+    pub etcd_prefix: Option<String>,
 }
 
 /// The default metrics address.
@@ -268,6 +280,7 @@ impl ServeArgs {
                 reset_state: self.reset_state,
                 metrics_best_effort: self.metrics_listen.is_none(),
                 metrics,
+                etcd: self.etcd()?,
             },
         ))
     }
@@ -290,6 +303,40 @@ impl ServeArgs {
             tracing::warn!(%listen, "INSECURE: serving /metrics beyond loopback without a token");
         }
         Ok(Some(rbee_shared::metrics_http::MetricsEndpoint { listen, listener: None, access }))
+    }
+}
+
+impl ServeArgs {
+    /// The etcd settings, when `--store etcd://...` is given (the advertised address may
+    /// be left empty: `run` derives it from the bound listener).
+    fn etcd(&self) -> Result<Option<crate::store::EtcdSettings>, QueenError> {
+        let Some(url) = &self.store else {
+            if self.leader_ttl.is_some() || self.advertise.is_some() || self.etcd_prefix.is_some() {
+                return Err(QueenError::Config(
+                    "--leader-ttl, --advertise and --etcd-prefix need --store etcd://HOST:PORT".into(),
+                ));
+            }
+            return Ok(None);
+        };
+        let endpoints = crate::store::EtcdSettings::parse_endpoints(url).map_err(QueenError::Config)?;
+        let lease_ttl = self.leader_ttl.unwrap_or(Duration::from_secs(5));
+        if lease_ttl < Duration::from_secs(2)
+            || lease_ttl.subsec_nanos() != 0
+            || lease_ttl > Duration::from_secs(300)
+        {
+            return Err(QueenError::Config("--leader-ttl must be whole seconds in 2s..=300s".into()));
+        }
+        let prefix = self.etcd_prefix.clone().unwrap_or_else(|| "/rbee/queen/".into());
+        if !prefix.ends_with('/') {
+            return Err(QueenError::Config("--etcd-prefix must end with '/'".into()));
+        }
+        let advertise = match &self.advertise {
+            Some(a) => {
+                normalize_address(a).map_err(|e| QueenError::Config(format!("--advertise {a:?}: {e}")))?
+            }
+            None => String::new(),
+        };
+        Ok(Some(crate::store::EtcdSettings { endpoints, prefix, advertise, lease_ttl }))
     }
 }
 
@@ -363,5 +410,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("lost_timeout"), "{err}");
+    }
+
+    #[test]
+    fn the_etcd_flags_are_checked_once_at_start() {
+        let etcd = |store: &str, ttl: u64| ServeArgs {
+            store: Some(store.into()),
+            leader_ttl: Some(Duration::from_secs(ttl)),
+            state_dir: Some("/tmp/unused".into()),
+            ..Default::default()
+        };
+        let (_, cfg) = etcd("etcd://127.0.0.1:2379,127.0.0.2:2379", 5).into_config().unwrap();
+        let settings = cfg.etcd.unwrap();
+        assert_eq!(settings.endpoints, ["http://127.0.0.1:2379", "http://127.0.0.2:2379"]);
+        assert_eq!(settings.lease_ttl, Duration::from_secs(5));
+        assert_eq!(settings.prefix, "/rbee/queen/");
+        assert_eq!(settings.advertise, "", "derived from the bound listener at start");
+        for (store, ttl, what) in [("http://h:2379", 5, "etcd://"), ("etcd://h:2379", 1, "--leader-ttl")] {
+            let err = etcd(store, ttl).into_config().unwrap_err().to_string();
+            assert!(err.contains(what), "{err}");
+        }
+        let alone = ServeArgs { leader_ttl: Some(Duration::from_secs(5)), ..Default::default() };
+        assert!(alone.into_config().unwrap_err().to_string().contains("need --store"));
     }
 }

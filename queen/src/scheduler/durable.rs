@@ -15,7 +15,7 @@ use super::book::{Reservation, ReservationState};
 use super::policy::DEFAULT_POLICY;
 use super::{HiveSource, Scheduler, SchedulerSettings, view};
 use crate::QueenError;
-use crate::store::{PolicyRecord, ReservationRecord, StateStore};
+use crate::store::{PolicyRecord, ReservationRecord, Store};
 
 /// A reservation as the store keeps it; `start` is where it begins on its device (see
 /// [`super::book::Book::start_of`]).
@@ -69,7 +69,7 @@ impl Scheduler {
     pub fn durable(
         fleet: Arc<dyn HiveSource>,
         settings: SchedulerSettings,
-        store: Arc<StateStore>,
+        store: Arc<dyn Store>,
         kept: Vec<ReservationRecord>,
     ) -> Result<Arc<Self>, QueenError> {
         let restored = kept.len();
@@ -82,11 +82,26 @@ impl Scheduler {
         Ok(scheduler)
     }
 
-    /// Writes a new reservation durably; on failure takes it back out of the book, so
-    /// that nothing unanswered stays promised.
-    pub(super) fn persist_placed(&self, r: &Reservation, start: u64) -> Result<(), QueenError> {
+    /// Replaces the whole book with the reservations a shared store holds (a follower
+    /// mirroring the leader, or a queen that was just elected).
+    pub fn replace_reservations(&self, kept: Vec<ReservationRecord>) {
+        let mut book = view::write(&self.book);
+        *book = super::book::Book::new(self.settings.reservations);
+        book.restore(kept.into_iter().map(from_record).collect());
+    }
+
+    /// True when this queen may change the books (always, unless a shared store has
+    /// another queen leading).
+    pub fn writable(&self) -> bool {
+        self.store.as_ref().is_none_or(|s| s.writable())
+    }
+
+    /// Writes a new reservation durably (`total`: the device's capacity, which a shared
+    /// store re-checks); on failure takes it back out of the book, so that nothing
+    /// unanswered stays promised.
+    pub(super) fn persist_placed(&self, r: &Reservation, start: u64, total: u64) -> Result<(), QueenError> {
         let Some(store) = &self.store else { return Ok(()) };
-        if let Err(e) = store.put_reservations(&[to_record(r, start)]) {
+        if let Err(e) = store.commit_placed(&to_record(r, start), total) {
             view::write(&self.book).release(&r.id);
             tracing::error!(error = %e, reservation = %r.id, "a reservation could not be made durable; not placed");
             return Err(e.into());
@@ -112,15 +127,18 @@ impl Scheduler {
         let Some(store) = &self.store else { return Ok(()) };
         if !settled.is_empty() {
             let records: Vec<ReservationRecord> = settled.iter().map(|r| to_record(r, 0)).collect();
-            store.put_reservations(&records)?;
+            store.update_reservations(&records)?;
         }
-        store.remove_reservations(removed.iter().copied())?;
+        if !removed.is_empty() {
+            store.forget_reservations(removed)?;
+        }
         Ok(())
     }
 
     /// Keeps the fact of the policy in use (a fact, not a promise: a failure is logged).
-    pub(super) fn record_policy(&self) {
-        let Some(store) = &self.store else { return };
+    /// Only a queen that may write keeps it. Blocks: call from a blocking thread.
+    pub fn record_policy(&self) {
+        let Some(store) = self.store.as_ref().filter(|s| s.writable()) else { return };
         let loaded = self.current.read().unwrap_or_else(|p| p.into_inner());
         let record = PolicyRecord {
             source: loaded.policy.source.clone(),
@@ -128,7 +146,7 @@ impl Scheduler {
             sha256: sha256_hex(loaded.text.as_deref().unwrap_or(DEFAULT_POLICY)),
         };
         drop(loaded);
-        if let Err(e) = store.put_policy(&record) {
+        if let Err(e) = store.keep_policy(&record) {
             tracing::warn!(error = %e, "cannot keep the fact of the accepted policy");
         }
     }

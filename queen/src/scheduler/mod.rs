@@ -41,7 +41,7 @@ use self::request::ListRequest;
 use self::view::FleetView;
 use crate::QueenError;
 use crate::fleet::{Fleet, HiveSnapshot};
-use crate::store::StateStore;
+use crate::store::Store;
 
 /// Where the scheduler reads hives from: the live fleet, or a fixed set of snapshots
 /// (`queen policy check --fleet FILE`, tests, benchmarks).
@@ -183,7 +183,7 @@ pub struct Scheduler {
     /// Reservation events for watchers.
     events: tokio::sync::broadcast::Sender<SchedulerEvent>,
     /// Where the books are kept durably; `None` keeps them in memory only.
-    store: Option<Arc<StateStore>>,
+    store: Option<Arc<dyn Store>>,
     /// `Place` counts by outcome and latency, for `/metrics`.
     place_stats: crate::metrics::recorder::PlaceRecorder,
 }
@@ -202,7 +202,7 @@ impl Scheduler {
     fn build(
         fleet: Arc<dyn HiveSource>,
         settings: SchedulerSettings,
-        store: Option<Arc<StateStore>>,
+        store: Option<Arc<dyn Store>>,
     ) -> Result<Arc<Self>, QueenError> {
         let runtime = PolicyRuntime::new(settings.limits);
         let default = Arc::new(

@@ -178,7 +178,7 @@ impl Scheduler {
                     let start = reservation.as_ref().and_then(|r| book.start_of(&r.id)).unwrap_or(0);
                     drop(book);
                     if let Some(r) = &reservation {
-                        self.persist_placed(r, start)?;
+                        self.persist_placed(r, start, device.total)?;
                     }
                     return Ok(Attempt::Done(Outcome::Placed(Box::new(Placement {
                         hive_id: device.hive.hive_id().to_owned(),

@@ -16,7 +16,11 @@ use crate::fleet::ConnState;
 
 impl Scheduler {
     /// Settles, expires and drops reservations once, and tells watchers what was dropped.
+    /// A follower of a shared store does none: its books mirror the leader's.
     pub fn upkeep_once(&self) {
+        if !self.writable() {
+            return;
+        }
         let now = rbee_shared::time::now_unix_ms();
         let hives = self.fleet.hives();
         let mut dropped = Vec::new();

@@ -6,12 +6,22 @@
 //! The embedded store is one [redb](https://www.redb.org) file under the state
 //! directory. Every write is one transaction committed with immediate durability
 //! (fsync'd before the call returns), so a `Place` that answered OK survives `kill -9`.
+//! Several queens can instead share their state in etcd ([`EtcdStore`], `--store
+//! etcd://...`), where only the elected leader writes. The scheduler and the API see
+//! either through one interface, [`Store`].
 //! This layer imports nothing of the queen's but its error type.
 
+mod backend;
+mod etcd;
+mod etcd_commit;
+mod group;
 mod records;
 
 use std::path::{Path, PathBuf};
 
+pub use backend::{Leader, Store};
+pub use etcd::{Campaign, EtcdSettings, EtcdStore, Renewal, Role};
+pub use group::GroupCommit;
 pub use records::{HiveRecord, PolicyRecord, ReservationRecord, Restored};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -71,6 +81,44 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+    /// etcd cannot be reached, or failed a request.
+    #[error(
+        "the state store (etcd at {endpoints}) is unavailable: {reason}; nothing was changed \
+         (there is no local fallback); try again when etcd is back"
+    )]
+    Etcd {
+        /// The endpoints.
+        endpoints: String,
+        /// Why.
+        reason: String,
+    },
+    /// Only the leader writes, and this queen does not lead.
+    #[error("{}", not_leader(.0))]
+    NotLeader(Leader),
+    /// The device is full counting every reservation the shared store holds on it
+    /// (another queen committed in between).
+    #[error(
+        "{device}: {reserved} bytes are reserved there in the shared store; {bytes} more do not fit \
+         in {total}; try again"
+    )]
+    OverCommit {
+        /// Address and device.
+        device: String,
+        /// Reserved there now.
+        reserved: u64,
+        /// Asked for.
+        bytes: u64,
+        /// The device's capacity.
+        total: u64,
+    },
+}
+
+fn not_leader(leader: &Leader) -> String {
+    match leader {
+        Leader::Me => "this queen leads".into(),
+        Leader::Other(at) => format!("this queen is a follower; writes go to the leader at {at}"),
+        Leader::Unknown(why) => format!("no queen leads now ({why}); try again shortly"),
+    }
 }
 
 /// The embedded store.
@@ -142,7 +190,7 @@ impl StateStore {
     }
 
     /// Runs `f` in one write transaction and commits it durably.
-    fn write(
+    pub(super) fn write(
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
     ) -> Result<(), StoreError> {
@@ -189,15 +237,7 @@ impl StateStore {
 
     /// Keeps (or updates) reservations, durably, in one transaction.
     pub fn put_reservations(&self, records: &[ReservationRecord]) -> Result<(), StoreError> {
-        let encoded: Vec<(&str, Vec<u8>)> =
-            records.iter().map(|r| (r.id.as_str(), records::encode(r))).collect();
-        self.write(|txn| {
-            let mut table = txn.open_table(RESERVATIONS)?;
-            for (id, bytes) in &encoded {
-                table.insert(*id, bytes.as_slice())?;
-            }
-            Ok(())
-        })
+        self.write(|txn| self.put_reservations_in(txn, records))
     }
 
     /// Forgets reservations, durably, in one transaction.
@@ -206,31 +246,63 @@ impl StateStore {
         if ids.is_empty() {
             return Ok(());
         }
-        self.write(|txn| {
-            let mut table = txn.open_table(RESERVATIONS)?;
-            for id in &ids {
-                table.remove(*id)?;
-            }
-            Ok(())
-        })
+        self.write(|txn| self.remove_reservations_in(txn, ids.iter().copied()))
     }
 
     /// Keeps a hive added or removed at run time.
     pub fn put_hive(&self, record: &HiveRecord) -> Result<(), StoreError> {
-        let bytes = records::encode(record);
-        self.write(|txn| {
-            txn.open_table(HIVES)?.insert(record.address.as_str(), bytes.as_slice())?;
-            Ok(())
-        })
+        self.write(|txn| self.put_hive_in(txn, record))
     }
 
     /// Keeps the fact of the last accepted policy.
     pub fn put_policy(&self, record: &PolicyRecord) -> Result<(), StoreError> {
-        let bytes = records::encode(record);
-        self.write(|txn| {
-            txn.open_table(FACTS)?.insert(POLICY, bytes.as_slice())?;
-            Ok(())
-        })
+        self.write(|txn| self.put_policy_in(txn, record))
+    }
+
+    /// [`Self::put_reservations`] inside a transaction.
+    pub(super) fn put_reservations_in(
+        &self,
+        txn: &redb::WriteTransaction,
+        records: &[ReservationRecord],
+    ) -> Result<(), redb::Error> {
+        let mut table = txn.open_table(RESERVATIONS)?;
+        for r in records {
+            table.insert(r.id.as_str(), records::encode(r).as_slice())?;
+        }
+        Ok(())
+    }
+
+    /// [`Self::remove_reservations`] inside a transaction.
+    pub(super) fn remove_reservations_in<'a>(
+        &self,
+        txn: &redb::WriteTransaction,
+        ids: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), redb::Error> {
+        let mut table = txn.open_table(RESERVATIONS)?;
+        for id in ids {
+            table.remove(id)?;
+        }
+        Ok(())
+    }
+
+    /// [`Self::put_hive`] inside a transaction.
+    pub(super) fn put_hive_in(
+        &self,
+        txn: &redb::WriteTransaction,
+        record: &HiveRecord,
+    ) -> Result<(), redb::Error> {
+        txn.open_table(HIVES)?.insert(record.address.as_str(), records::encode(record).as_slice())?;
+        Ok(())
+    }
+
+    /// [`Self::put_policy`] inside a transaction.
+    pub(super) fn put_policy_in(
+        &self,
+        txn: &redb::WriteTransaction,
+        record: &PolicyRecord,
+    ) -> Result<(), redb::Error> {
+        txn.open_table(FACTS)?.insert(POLICY, records::encode(record).as_slice())?;
+        Ok(())
     }
 }
 

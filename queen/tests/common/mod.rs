@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 
 pub mod metrics;
+pub mod process;
 pub mod scheduling;
 pub mod scripted;
 

@@ -28,9 +28,8 @@ const SAMPLE_INTERVAL_MS: u32 = 1000;
 
 /// Runs the view until `q`.
 pub async fn run(args: TopArgs) -> Result<()> {
-    let url = args.queen.url.clone();
-    let mut fleet = connect(&args.queen).await?;
-    let mut scheduler = connect_scheduler(&args.queen).await?;
+    let (mut fleet, url) = connect(&args.queen).await?;
+    let (mut scheduler, _) = connect_scheduler(&args.queen).await?;
     let mut watch = fleet
         .watch_fleet(pb::WatchFleetRequest { sample_interval_ms: Some(SAMPLE_INTERVAL_MS) })
         .await

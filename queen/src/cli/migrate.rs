@@ -1,0 +1,38 @@
+//! `queen migrate`: copy what a stopped queen kept in its state directory into etcd,
+//! so that queens started with `--store etcd://...` continue with its reservations,
+//! run-time hives and policy fact.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+
+use super::args::MigrateArgs;
+use crate::store::{EtcdSettings, EtcdStore, StateStore};
+
+/// `queen migrate`.
+pub async fn migrate(args: MigrateArgs) -> Result<()> {
+    let endpoints = EtcdSettings::parse_endpoints(&args.store).map_err(|e| anyhow!(e))?;
+    if !args.etcd_prefix.ends_with('/') {
+        return Err(anyhow!("--etcd-prefix must end with '/'"));
+    }
+    let kept = StateStore::open(&args.state_dir)
+        .and_then(|s| s.load())
+        .with_context(|| format!("reading the state directory {}", args.state_dir.display()))?;
+    let settings = EtcdSettings {
+        endpoints,
+        prefix: args.etcd_prefix.clone(),
+        advertise: String::new(),
+        lease_ttl: Duration::from_secs(5),
+    };
+    let etcd = EtcdStore::connect(settings).await?;
+    let copied = etcd.import(&kept).await.context("copying into etcd")?;
+    println!(
+        "copied {copied} reservations, {} hives and {} policy fact from {} to {} under {}",
+        kept.hives.len(),
+        usize::from(kept.policy.is_some()),
+        args.state_dir.display(),
+        args.store,
+        args.etcd_prefix
+    );
+    Ok(())
+}
