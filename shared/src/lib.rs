@@ -27,6 +27,7 @@ pub mod hostname;
 pub mod identity;
 pub mod labels;
 pub mod lock;
+pub mod model;
 pub mod sample;
 pub mod sample_interval;
 pub mod shutdown;
@@ -45,6 +46,9 @@ pub use error::{ConvertError, DiffError};
 pub use identity::{DeviceSourceKind, HiveIdentity};
 pub use sample::{
     DEFAULT_SAMPLE_INTERVAL, GpuSample, LoadAverage, MAX_SAMPLE_INTERVAL, MIN_SAMPLE_INTERVAL, Sample,
+};
+pub use model::{
+    DiskSpace, DownloadPhase, DownloadProgress, FileSource, ModelEntry, ModelFile, ModelSource, ModelState,
 };
 pub use sample_interval::{IntervalError, SampleInterval};
 pub use stream_message::{HivePayload, HiveStreamMessage, KnownView, QueenStreamMessage, SnapshotReason};

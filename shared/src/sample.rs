@@ -74,6 +74,10 @@ pub struct Sample {
     /// The capability version this sample was measured against: its GPUs are exactly
     /// the GPUs of that version. `None` from hives that predate the field.
     pub capability_version: Option<u64>,
+    /// Active downloads, and those that finished within the last minute.
+    pub downloads: Vec<crate::DownloadProgress>,
+    /// The filesystem holding the models directory.
+    pub models_disk: Option<crate::DiskSpace>,
 }
 
 pub use crate::sample_interval::{DEFAULT_SAMPLE_INTERVAL, MAX_SAMPLE_INTERVAL, MIN_SAMPLE_INTERVAL};
