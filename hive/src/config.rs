@@ -117,6 +117,14 @@ pub struct ServeArgs {
     /// GPU source.
     #[command(flatten)]
     pub gpu: GpuArgs,
+    /// Directory of the model catalog and downloads (default: $XDG_DATA_HOME/rbee/models or
+    /// ~/.local/share/rbee/models).
+    #[arg(long, env = "HIVE_MODELS_DIR", value_name = "DIR")]
+    pub models_dir: Option<PathBuf>,
+    /// Model downloads that run at once; more wait for a slot.
+    #[arg(long, env = "HIVE_MAX_DOWNLOADS", default_value_t = crate::models::DEFAULT_MAX_DOWNLOADS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
+    pub max_downloads: usize,
 }
 
 /// `hive probe` flags.
@@ -177,6 +185,8 @@ pub struct HiveConfig {
     pub max_streams: usize,
     /// Announce again after the queen has held no stream for this long.
     pub reannounce_after: Duration,
+    /// The models directory; `None` runs without one (FetchModel answers FAILED_PRECONDITION).
+    pub models: Option<crate::models::ModelsConfig>,
 }
 
 impl HiveConfig {
@@ -195,6 +205,7 @@ impl HiveConfig {
             tls: None,
             max_streams: DEFAULT_MAX_STREAMS,
             reannounce_after: REANNOUNCE_AFTER,
+            models: None,
         }
     }
 }
@@ -250,6 +261,12 @@ impl ServeArgs {
             tls,
             max_streams: self.max_streams,
             reannounce_after: REANNOUNCE_AFTER,
+            models: Some(crate::models::ModelsConfig {
+                max_downloads: self.max_downloads,
+                ..crate::models::ModelsConfig::new(
+                    self.models_dir.clone().unwrap_or_else(crate::models::default_models_dir),
+                )
+            }),
         };
         Ok((self.listen, config))
     }
