@@ -79,6 +79,8 @@ pub async fn run(
         return Err(HiveError::Config("max_streams must be at least 1".into()));
     }
     let cancel = CancellationToken::new();
+    // Dropping `run` (an embedding task aborted) stops the model downloads too.
+    let _stop_on_drop = cancel.clone().drop_guard();
     let models = match &config.models {
         Some(models) => Some(Models::open(models.clone(), cancel.clone()).await?),
         None => None,

@@ -50,12 +50,19 @@ pub struct ModelsConfig {
     pub max_downloads: usize,
     /// How often the directory is scanned for hand-copied models.
     pub rescan: Duration,
+    /// The Hugging Face Hub (from `HF_ENDPOINT` and `HF_TOKEN` by default).
+    pub hub: hf::HubConfig,
 }
 
 impl ModelsConfig {
     /// `dir` with the defaults.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into(), max_downloads: DEFAULT_MAX_DOWNLOADS, rescan: Duration::from_secs(5) }
+        Self {
+            dir: dir.into(),
+            max_downloads: DEFAULT_MAX_DOWNLOADS,
+            rescan: Duration::from_secs(5),
+            hub: hf::HubConfig::from_env(),
+        }
     }
 }
 
@@ -141,14 +148,14 @@ impl Models {
         let client = http::client().map_err(|e| HiveError::Config(format!("HTTP client: {e}")))?;
         let inner = Arc::new(Inner {
             slots: Arc::new(Semaphore::new(config.max_downloads)),
-            config,
             catalog: Catalog::default(),
             jobs: Mutex::new(BTreeMap::new()),
             finished: Mutex::new(BTreeMap::new()),
             client,
-            hub: hf::HubConfig::from_env(),
+            hub: config.hub.clone(),
             shutdown,
             tasks: Mutex::new(Vec::new()),
+            config,
         });
         let models = Self { inner };
         for manifest in &found.ready {
