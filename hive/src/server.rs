@@ -101,7 +101,8 @@ pub async fn run(
         "hive serving rbee.v1.Hive"
     );
 
-    let catalog_follower = models.as_ref().map(|m| tokio::spawn(follow_catalog(m.watch(), telemetry.clone(), cancel.clone())));
+    let catalog_follower =
+        models.as_ref().map(|m| tokio::spawn(follow_catalog(m.watch(), telemetry.clone(), cancel.clone())));
     let rescan = tokio::spawn(telemetry.clone().rescan_loop(config.rescan_interval, cancel.clone()));
     let streams = Streams::new(config.max_streams, config.queen.is_some());
     let announcer = config.queen.clone().map(|queen| {

@@ -75,7 +75,13 @@ async fn a_killed_hive_resumes_its_download_after_a_restart() {
     let mut c = client(&hive).await;
     let mut stream = TestStream::open(&mut c, subscribe(100)).await;
     let end = stream
-        .until(|m| download_of(m, "resumed").filter(|d| d.phase != pb::DownloadPhase::Downloading as i32 && d.phase != pb::DownloadPhase::Resolving as i32 && d.phase != pb::DownloadPhase::Verifying as i32))
+        .until(|m| {
+            download_of(m, "resumed").filter(|d| {
+                d.phase != pb::DownloadPhase::Downloading as i32
+                    && d.phase != pb::DownloadPhase::Resolving as i32
+                    && d.phase != pb::DownloadPhase::Verifying as i32
+            })
+        })
         .await;
     assert_eq!(end.phase, pb::DownloadPhase::Done as i32, "{end:?}");
     let after = server.bytes_sent() - before;
@@ -85,7 +91,11 @@ async fn a_killed_hive_resumes_its_download_after_a_restart() {
 
 fn grpcurl(args: &[&str]) -> (bool, String, String) {
     let out = Command::new("grpcurl").args(args).output().expect("run grpcurl");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 #[tokio::test]
@@ -99,7 +109,9 @@ async fn grpcurl_starts_a_download_and_sees_its_progress_on_the_stream() {
     server.throttle(10 << 20);
     let hive = start_hive(dir.path());
     let addr = hive.addr.clone();
-    let request = format!(r#"{{"modelId":"grpcurl-model","urls":{{"files":[{{"url":"{url}","sizeBytes":"{SIZE}"}}]}}}}"#);
+    let request = format!(
+        r#"{{"modelId":"grpcurl-model","urls":{{"files":[{{"url":"{url}","sizeBytes":"{SIZE}"}}]}}}}"#
+    );
     let (ok, out, err) = tokio::task::spawn_blocking({
         let addr = addr.clone();
         move || grpcurl(&["-plaintext", "-d", &request, &addr, "rbee.v1.Hive/FetchModel"])
@@ -108,7 +120,15 @@ async fn grpcurl_starts_a_download_and_sees_its_progress_on_the_stream() {
     .unwrap();
     assert!(ok, "FetchModel: {out} {err}");
     let (_, out, err) = tokio::task::spawn_blocking(move || {
-        grpcurl(&["-plaintext", "-max-time", "2", "-d", r#"{"sampleIntervalMs": 200}"#, &addr, "rbee.v1.Hive/MetricsStream"])
+        grpcurl(&[
+            "-plaintext",
+            "-max-time",
+            "2",
+            "-d",
+            r#"{"sampleIntervalMs": 200}"#,
+            &addr,
+            "rbee.v1.Hive/MetricsStream",
+        ])
     })
     .await
     .unwrap();

@@ -96,7 +96,7 @@ pub async fn run(
                 SchedulerService::new(scheduler)
                     .with_models(crate::api::models::ModelFetcher::new(fleet_for_models, link)),
             )
-                .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES),
+            .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(incoming(listener), cancel.clone().cancelled_owned())
         .await;

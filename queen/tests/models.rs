@@ -19,7 +19,11 @@ const SIZE: usize = 50 << 20;
 async fn queen_cli(args: Vec<String>) -> (bool, String, String) {
     tokio::task::spawn_blocking(move || {
         let out = Command::new(QUEEN).args(&args).env_remove("QUEEN_TOKEN").output().expect("run queen");
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
     })
     .await
     .unwrap()
@@ -43,15 +47,27 @@ async fn queen_fetch_follows_the_download_and_exits_with_its_outcome() {
     let q = queen.url();
 
     let sha = sha256_hex(&data);
-    let (ok, out, err) =
-        queen_cli(args(&["fetch", "good", "--from", &url, "--sha256", &sha, "--hive", "models-q", "--quiet", "--queen", &q])).await;
+    let (ok, out, err) = queen_cli(args(&[
+        "fetch", "good", "--from", &url, "--sha256", &sha, "--hive", "models-q", "--quiet", "--queen", &q,
+    ]))
+    .await;
     assert!(ok, "queen fetch failed: {out} {err}");
     assert!(out.contains("good is ready on models-q"), "{out}");
     assert_eq!(std::fs::read(dir.path().join("good/w.bin")).unwrap(), data);
 
     // A wrong hash: non-zero exit, with the hive's reason.
     let (ok, out, err) = queen_cli(args(&[
-        "fetch", "wrong", "--from", &url, "--sha256", &"0".repeat(64), "--label", "zone=test", "--quiet", "--queen", &q,
+        "fetch",
+        "wrong",
+        "--from",
+        &url,
+        "--sha256",
+        &"0".repeat(64),
+        "--label",
+        "zone=test",
+        "--quiet",
+        "--queen",
+        &q,
     ]))
     .await;
     assert!(!ok, "a failed download exits non-zero: {out}");
@@ -65,7 +81,9 @@ async fn queen_fetch_follows_the_download_and_exits_with_its_outcome() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|m| (m["model"]["id"].as_str().unwrap().to_owned(), m["model"]["state"].as_str().unwrap().to_owned()))
+        .map(|m| {
+            (m["model"]["id"].as_str().unwrap().to_owned(), m["model"]["state"].as_str().unwrap().to_owned())
+        })
         .collect();
     assert!(states.contains(&("good".into(), "MODEL_STATE_READY".into())), "{states:?}");
     assert!(states.contains(&("wrong".into(), "MODEL_STATE_FAILED".into())), "{states:?}");
@@ -94,13 +112,21 @@ async fn queen_fetch_follows_the_download_and_exits_with_its_outcome() {
     assert!(r.result.unwrap().already_ready);
     assert_eq!(server.gets(), gets);
     let e = scheduler
-        .fetch_model(pb::ScheduleFetchRequest { fetch: Some(fetch("a b")), hive: "models-q".into(), ..Default::default() })
+        .fetch_model(pb::ScheduleFetchRequest {
+            fetch: Some(fetch("a b")),
+            hive: "models-q".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("model_id"), "{}", e.message());
     let e = scheduler
-        .fetch_model(pb::ScheduleFetchRequest { fetch: Some(fetch("x")), hive: "nope".into(), ..Default::default() })
+        .fetch_model(pb::ScheduleFetchRequest {
+            fetch: Some(fetch("x")),
+            hive: "nope".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound);

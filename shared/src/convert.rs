@@ -468,7 +468,11 @@ impl TryFrom<&pb::Sample> for Sample {
                 .collect::<Checked<_>>()?,
             capability_version: s.capability_version,
             downloads: models::downloads_from_wire("sample.downloads", &s.downloads)?,
-            models_disk: s.models_disk.as_ref().map(|d| models::disk_from_wire("sample.models_disk", d)).transpose()?,
+            models_disk: s
+                .models_disk
+                .as_ref()
+                .map(|d| models::disk_from_wire("sample.models_disk", d))
+                .transpose()?,
         })
     }
 }

@@ -86,7 +86,10 @@ pub fn unverified_entry(id: &str, files: &[(String, u64)]) -> ModelEntry {
         id: id.to_owned(),
         state: ModelState::Unverified,
         size_bytes: files.iter().map(|(_, s)| s).sum(),
-        files: files.iter().map(|(p, s)| ModelFile { path: p.clone(), size_bytes: *s, sha256: None }).collect(),
+        files: files
+            .iter()
+            .map(|(p, s)| ModelFile { path: p.clone(), size_bytes: *s, sha256: None })
+            .collect(),
         error: None,
     }
 }

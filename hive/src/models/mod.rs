@@ -309,7 +309,8 @@ impl Models {
         let root = self.inner.config.dir.clone();
         if entry.state != ModelState::Failed {
             let dir = layout::model_dir(&root, id);
-            let trash = root.join(layout::TRASH).join(format!("{}.{}", layout::dir_name(id), uuid::Uuid::new_v4()));
+            let trash =
+                root.join(layout::TRASH).join(format!("{}.{}", layout::dir_name(id), uuid::Uuid::new_v4()));
             let moved = tokio::task::spawn_blocking(move || {
                 std::fs::create_dir_all(trash.parent().unwrap_or(&trash))?;
                 match std::fs::rename(&dir, &trash) {

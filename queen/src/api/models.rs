@@ -43,7 +43,9 @@ impl ModelFetcher {
                 .get(key)
                 .ok_or_else(|| QueenError::NotFound(format!("no hive {key:?} in the fleet")))?,
             ("", false) => choose(&self.fleet.list(), &r.labels.clone().into_iter().collect(), &model)
-                .ok_or_else(|| QueenError::NotFound(format!("no online hive matches the labels {:?}", r.labels)))?,
+                .ok_or_else(|| {
+                    QueenError::NotFound(format!("no online hive matches the labels {:?}", r.labels))
+                })?,
             (_, false) => return Err(QueenError::InvalidArgument("give hive or labels, not both".into())),
         };
         let hive_id = hive.hive_id().to_owned();
@@ -62,7 +64,11 @@ impl ModelFetcher {
 
 /// Among online hives whose labels all match: one holding `model` ready, else the one
 /// with the most free models disk (ties: lowest id).
-fn choose(hives: &[Arc<HiveSnapshot>], labels: &BTreeMap<String, String>, model: &str) -> Option<Arc<HiveSnapshot>> {
+fn choose(
+    hives: &[Arc<HiveSnapshot>],
+    labels: &BTreeMap<String, String>,
+    model: &str,
+) -> Option<Arc<HiveSnapshot>> {
     let candidates = hives.iter().filter(|h| {
         h.state == ConnState::Online
             && h.identity.as_ref().is_some_and(|i| labels.iter().all(|(k, v)| i.labels.get(k) == Some(v)))
@@ -76,7 +82,5 @@ fn choose(hives: &[Arc<HiveSnapshot>], labels: &BTreeMap<String, String>, model:
         let free = h.latest.as_ref().and_then(|s| s.models_disk.as_ref()).map_or(0, |d| d.free_bytes);
         (ready, free)
     };
-    candidates
-        .max_by(|a, b| score(a).cmp(&score(b)).then_with(|| b.hive_id().cmp(a.hive_id())))
-        .cloned()
+    candidates.max_by(|a, b| score(a).cmp(&score(b)).then_with(|| b.hive_id().cmp(a.hive_id()))).cloned()
 }

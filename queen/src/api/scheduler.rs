@@ -75,7 +75,10 @@ impl SchedulerApi for SchedulerService {
         &self,
         request: Request<pb::ScheduleFetchRequest>,
     ) -> Result<Response<pb::ScheduleFetchResponse>, Status> {
-        let models = self.models.as_ref().ok_or_else(|| Status::unimplemented("this queen does not forward fetches"))?;
+        let models = self
+            .models
+            .as_ref()
+            .ok_or_else(|| Status::unimplemented("this queen does not forward fetches"))?;
         Ok(Response::new(models.fetch(request.get_ref()).await?))
     }
 }

@@ -42,7 +42,10 @@ pub fn fetch_request(args: &FetchArgs) -> pb::ScheduleFetchRequest {
 }
 
 fn bar(quiet: bool) -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(None, if quiet { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() });
+    let bar = ProgressBar::with_draw_target(
+        None,
+        if quiet { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() },
+    );
     bar.set_style(
         ProgressStyle::with_template("{spinner} {prefix} [{bar:30}] {bytes}/{total_bytes} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -101,12 +104,9 @@ pub async fn fetch(args: FetchArgs) -> Result<()> {
         };
         let Some(event) = event else { bail!("the queen ended the fleet stream") };
         let samples: Vec<pb::Sample> = match event.event {
-            Some(pb::fleet_event::Event::Snapshot(s)) => s
-                .hives
-                .into_iter()
-                .filter(|h| h.hive_id == hive)
-                .filter_map(|h| h.latest_sample)
-                .collect(),
+            Some(pb::fleet_event::Event::Snapshot(s)) => {
+                s.hives.into_iter().filter(|h| h.hive_id == hive).filter_map(|h| h.latest_sample).collect()
+            }
             Some(pb::fleet_event::Event::Sample(s)) if s.hive_id == hive => s.sample.into_iter().collect(),
             _ => Vec::new(),
         };
@@ -156,13 +156,13 @@ pub async fn models(args: ListArgs) -> Result<()> {
     let hives = all_hives(&args.queen).await?.hives;
     let rows: Vec<(&str, &pb::Model)> = hives
         .iter()
-        .flat_map(|h| h.capabilities.iter().flat_map(move |c| c.models.iter().map(move |m| (h.hive_id.as_str(), m))))
+        .flat_map(|h| {
+            h.capabilities.iter().flat_map(move |c| c.models.iter().map(move |m| (h.hive_id.as_str(), m)))
+        })
         .collect();
     if args.json {
-        let json: Vec<serde_json::Value> = rows
-            .iter()
-            .map(|(hive, m)| serde_json::json!({ "hiveId": hive, "model": m }))
-            .collect();
+        let json: Vec<serde_json::Value> =
+            rows.iter().map(|(hive, m)| serde_json::json!({ "hiveId": hive, "model": m })).collect();
         println!("{}", serde_json::to_string_pretty(&json)?);
         return Ok(());
     }
@@ -199,18 +199,22 @@ pub async fn downloads(args: ListArgs) -> Result<()> {
     let hives = all_hives(&args.queen).await?.hives;
     let rows: Vec<(&str, &pb::DownloadProgress)> = hives
         .iter()
-        .flat_map(|h| h.latest_sample.iter().flat_map(move |s| s.downloads.iter().map(move |d| (h.hive_id.as_str(), d))))
+        .flat_map(|h| {
+            h.latest_sample.iter().flat_map(move |s| s.downloads.iter().map(move |d| (h.hive_id.as_str(), d)))
+        })
         .collect();
     if args.json {
-        let json: Vec<serde_json::Value> = rows
-            .iter()
-            .map(|(hive, d)| serde_json::json!({ "hiveId": hive, "download": d }))
-            .collect();
+        let json: Vec<serde_json::Value> =
+            rows.iter().map(|(hive, d)| serde_json::json!({ "hiveId": hive, "download": d })).collect();
         println!("{}", serde_json::to_string_pretty(&json)?);
         return Ok(());
     }
     let mut out = String::new();
-    let _ = writeln!(out, "{:<24} {:<40} {:<12} {:>25} {:>22}  ERROR", "HIVE", "MODEL", "PHASE", "DONE/TOTAL", "SPEED/ETA");
+    let _ = writeln!(
+        out,
+        "{:<24} {:<40} {:<12} {:>25} {:>22}  ERROR",
+        "HIVE", "MODEL", "PHASE", "DONE/TOTAL", "SPEED/ETA"
+    );
     for (hive, d) in rows {
         let total = d.bytes_total.map_or_else(|| "?".into(), format_bytes);
         let _ = writeln!(

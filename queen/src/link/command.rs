@@ -8,7 +8,11 @@ use super::{LinkError, LinkSettings};
 use crate::fleet::Origin;
 
 /// A client for the hive at `address`.
-pub async fn hive_client(address: &str, settings: &LinkSettings, origin: Origin) -> Result<HiveClient<Channel>, LinkError> {
+pub async fn hive_client(
+    address: &str,
+    settings: &LinkSettings,
+    origin: Origin,
+) -> Result<HiveClient<Channel>, LinkError> {
     let dialed = super::dial::dial(address, settings, origin).await?;
     Ok(HiveClient::new(dialed.channel))
 }

@@ -45,7 +45,11 @@ impl From<&ModelEntry> for pb::Model {
             files: m
                 .files
                 .iter()
-                .map(|f| pb::ModelFile { path: f.path.clone(), size_bytes: f.size_bytes, sha256: f.sha256.clone() })
+                .map(|f| pb::ModelFile {
+                    path: f.path.clone(),
+                    size_bytes: f.size_bytes,
+                    sha256: f.sha256.clone(),
+                })
                 .collect(),
             size_bytes: m.size_bytes,
             error: m.error.clone(),
@@ -62,7 +66,10 @@ fn model_from_wire(field: &str, m: &pb::Model) -> Checked<ModelEntry> {
         _ => return Err(ConvertError::new(&format!("{field}.state"), format!("unknown value {}", m.state))),
     };
     if m.files.len() > MAX_MODEL_FILES {
-        return Err(ConvertError::new(&format!("{field}.files"), format!("{} > {MAX_MODEL_FILES}", m.files.len())));
+        return Err(ConvertError::new(
+            &format!("{field}.files"),
+            format!("{} > {MAX_MODEL_FILES}", m.files.len()),
+        ));
     }
     let files = m
         .files
@@ -172,7 +179,10 @@ fn download_from_wire(field: &str, d: &pb::DownloadProgress) -> Checked<Download
 }
 
 /// Download records from the wire.
-pub fn downloads_from_wire(field: &str, downloads: &[pb::DownloadProgress]) -> Checked<Vec<DownloadProgress>> {
+pub fn downloads_from_wire(
+    field: &str,
+    downloads: &[pb::DownloadProgress],
+) -> Checked<Vec<DownloadProgress>> {
     if downloads.len() > MAX_MODELS {
         return Err(ConvertError::new(field, format!("{} records > {MAX_MODELS}", downloads.len())));
     }
@@ -208,7 +218,10 @@ pub fn source_from_wire(source: Option<&pb::fetch_model_request::Source>) -> Che
         Some(Source::Hf(uri)) => parse_hf(uri).map_err(|e| ConvertError::new("source.hf", e.0)),
         Some(Source::Urls(urls)) => {
             if urls.files.is_empty() || urls.files.len() > MAX_MODEL_FILES {
-                return Err(ConvertError::new("source.urls.files", format!("must hold 1..={MAX_MODEL_FILES} files")));
+                return Err(ConvertError::new(
+                    "source.urls.files",
+                    format!("must hold 1..={MAX_MODEL_FILES} files"),
+                ));
             }
             let mut paths = std::collections::BTreeSet::new();
             let files = urls
@@ -219,11 +232,15 @@ pub fn source_from_wire(source: Option<&pb::fetch_model_request::Source>) -> Che
                     let field = format!("source.urls.files[{i}]");
                     let url = check_long(&format!("{field}.url"), &f.url)?;
                     if !(url.starts_with("http://") || url.starts_with("https://")) {
-                        return Err(ConvertError::new(&format!("{field}.url"), "must start with http:// or https://"));
+                        return Err(ConvertError::new(
+                            &format!("{field}.url"),
+                            "must start with http:// or https://",
+                        ));
                     }
                     let path = match &f.path {
                         Some(p) => {
-                            check_relative_path(p).map_err(|e| ConvertError::new(&format!("{field}.path"), e.0))?;
+                            check_relative_path(p)
+                                .map_err(|e| ConvertError::new(&format!("{field}.path"), e.0))?;
                             p.clone()
                         }
                         None => path_from_url(&url).ok_or_else(|| {
@@ -231,7 +248,10 @@ pub fn source_from_wire(source: Option<&pb::fetch_model_request::Source>) -> Che
                         })?,
                     };
                     if !paths.insert(path.clone()) {
-                        return Err(ConvertError::new(&format!("{field}.path"), format!("{path:?} appears twice")));
+                        return Err(ConvertError::new(
+                            &format!("{field}.path"),
+                            format!("{path:?} appears twice"),
+                        ));
                     }
                     let sha256 = f
                         .sha256
