@@ -144,6 +144,14 @@ pub struct ServeArgs {
     /// GPU source.
     #[command(flatten)]
     pub gpu: GpuArgs,
+    /// Directory of the model catalog and downloads (default: $XDG_DATA_HOME/rbee/models or
+    /// ~/.local/share/rbee/models).
+    #[arg(long, env = "HIVE_MODELS_DIR", value_name = "DIR")]
+    pub models_dir: Option<PathBuf>,
+    /// Model downloads that run at once; more wait for a slot.
+    #[arg(long, env = "HIVE_MAX_DOWNLOADS", default_value_t = crate::models::DEFAULT_MAX_DOWNLOADS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
+    pub max_downloads: usize,
 }
 
 /// `hive probe` flags.
@@ -222,6 +230,8 @@ pub struct HiveConfig {
     pub max_gpu_processes: usize,
     /// The Prometheus `/metrics` endpoint, if any.
     pub metrics: Option<rbee_shared::metrics_http::MetricsEndpoint>,
+    /// The models directory; `None` runs without one (FetchModel answers FAILED_PRECONDITION).
+    pub models: Option<crate::models::ModelsConfig>,
 }
 
 impl HiveConfig {
@@ -242,6 +252,7 @@ impl HiveConfig {
             reannounce_after: REANNOUNCE_AFTER,
             max_gpu_processes: DEFAULT_MAX_GPU_PROCESSES,
             metrics: None,
+            models: None,
         }
     }
 }
@@ -300,6 +311,13 @@ impl ServeArgs {
             max_streams: self.max_streams,
             reannounce_after: REANNOUNCE_AFTER,
             metrics,
+            models: Some(crate::models::ModelsConfig {
+                max_downloads: self.max_downloads,
+                optional: self.models_dir.is_none(),
+                ..crate::models::ModelsConfig::new(
+                    self.models_dir.clone().unwrap_or_else(crate::models::default_models_dir),
+                )
+            }),
         };
         Ok((self.listen, config))
     }

@@ -93,6 +93,33 @@ pub enum HiveError {
     /// A blocking task panicked or was cancelled.
     #[error("internal task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// This hive runs without a models directory.
+    #[error("this hive has no models directory")]
+    ModelsDisabled,
+    /// No such model or download.
+    #[error("{0}")]
+    ModelNotFound(String),
+    /// The model is on disk and being verified.
+    #[error("model {0} is on disk and its files are being verified; delete it first to download it again")]
+    ModelBusy(String),
+    /// A download's declared size exceeds the free disk.
+    #[error("not enough disk space in {}: the model declares {needed} bytes, {free} are free", dir.display())]
+    InsufficientDisk {
+        /// The models directory.
+        dir: PathBuf,
+        /// Declared bytes.
+        needed: u64,
+        /// Free bytes.
+        free: u64,
+    },
+    /// The models directory could not be used.
+    #[error("models directory {}: {source}", path.display())]
+    ModelIo {
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
 }
 
 impl From<HiveError> for tonic::Status {
@@ -106,6 +133,10 @@ impl From<HiveError> for tonic::Status {
             HiveError::SubscribeTimeout(_) => Status::deadline_exceeded(e.to_string()),
             HiveError::TooManyStreams { .. } => Status::resource_exhausted(e.to_string()),
             HiveError::ShuttingDown | HiveError::Source { .. } => Status::unavailable(e.to_string()),
+            HiveError::ModelNotFound(_) => Status::not_found(e.to_string()),
+            HiveError::ModelsDisabled | HiveError::ModelBusy(_) => Status::failed_precondition(e.to_string()),
+            HiveError::InsufficientDisk { .. } => Status::resource_exhausted(e.to_string()),
+            HiveError::ModelIo { .. } => Status::internal(e.to_string()),
             HiveError::Config(_)
             | HiveError::Tls(_)
             | HiveError::Scenario { .. }

@@ -1,7 +1,8 @@
 //! rbee hive: the agent on every machine. It knows the hardware (NVIDIA GPUs through
 //! NVML, CPU and RAM through sysinfo, or simulated GPUs for tests and demos), rescans
 //! it for changes, and serves `rbee.v1.Hive`: `Discover` and a bidirectional
-//! `MetricsStream` of capability diffs and live samples.
+//! `MetricsStream` of capability diffs and live samples. It also keeps a catalog of
+//! models on disk and downloads them on request (`FetchModel`, see [`models`]).
 //!
 //! The binary is a thin wrapper: tests start the same [`run`] on `127.0.0.1:0`.
 
@@ -11,6 +12,7 @@ pub mod convert;
 pub mod error;
 pub mod identity;
 pub mod metrics;
+pub mod models;
 pub mod monitor;
 pub mod probe;
 pub mod procs;

@@ -62,7 +62,17 @@ pub struct Monitor {
 impl Monitor {
     /// Opens the sources. Blocks (loads NVML): call from a blocking context.
     pub fn open(gpu: GpuChoice, labels: BTreeMap<String, String>) -> Result<Self, HiveError> {
+        Self::open_with(gpu, labels, Vec::new())
+    }
+
+    /// Opens the sources, plus `extra` ones (e.g. the models directory).
+    pub fn open_with(
+        gpu: GpuChoice,
+        labels: BTreeMap<String, String>,
+        extra: Vec<Box<dyn DeviceSource>>,
+    ) -> Result<Self, HiveError> {
         let mut sources: Vec<Box<dyn DeviceSource>> = vec![Box::new(SystemSource::new()?)];
+        sources.extend(extra);
         match gpu {
             GpuChoice::Simulated(scenario) => {
                 tracing::warn!("GPU source: SIMULATED from a scenario file; these are not real GPUs");
@@ -219,8 +229,18 @@ impl Telemetry {
         labels: BTreeMap<String, String>,
         max_gpu_processes: usize,
     ) -> Result<Arc<Self>, HiveError> {
+        Self::open_with(gpu, labels, max_gpu_processes, Vec::new()).await
+    }
+
+    /// Like [`Telemetry::open`], with `extra` sources (e.g. the models directory).
+    pub async fn open_with(
+        gpu: GpuChoice,
+        labels: BTreeMap<String, String>,
+        max_gpu_processes: usize,
+        extra: Vec<Box<dyn DeviceSource>>,
+    ) -> Result<Arc<Self>, HiveError> {
         let (monitor, caps) = tokio::task::spawn_blocking(move || {
-            let mut monitor = Monitor::open(gpu, labels)?;
+            let mut monitor = Monitor::open_with(gpu, labels, extra)?;
             monitor.limit_gpu_processes(max_gpu_processes);
             let caps = monitor.scan()?;
             // Start the first CPU measurement window now.

@@ -15,6 +15,8 @@ use tokio_util::sync::CancellationToken;
 use crate::HiveError;
 use crate::announce::announce_loop;
 use crate::config::HiveConfig;
+use crate::models::Models;
+use crate::models::source::ModelsSource;
 use crate::monitor::Telemetry;
 use crate::service::HiveService;
 use crate::stream::SessionContext;
@@ -76,8 +78,27 @@ pub async fn run(
     if config.max_streams == 0 {
         return Err(HiveError::Config("max_streams must be at least 1".into()));
     }
+    let cancel = CancellationToken::new();
+    // Dropping `run` (an embedding task aborted) stops the model downloads too.
+    let _stop_on_drop = cancel.clone().drop_guard();
+    let models = match &config.models {
+        Some(models) => match Models::open(models.clone(), cancel.clone()).await {
+            Ok(m) => Some(m),
+            Err(e) if models.optional => {
+                tracing::warn!(error = %e, "no models directory: FetchModel is off (give --models-dir)");
+                None
+            }
+            Err(e) => return Err(e),
+        },
+        None => None,
+    };
+    let extra: Vec<Box<dyn crate::source::DeviceSource>> = match &models {
+        Some(m) => vec![Box::new(ModelsSource::new(m.clone()))],
+        None => Vec::new(),
+    };
     let telemetry =
-        Telemetry::open(config.gpu.clone(), config.labels.clone(), config.max_gpu_processes).await?;
+        Telemetry::open_with(config.gpu.clone(), config.labels.clone(), config.max_gpu_processes, extra)
+            .await?;
     let identity = Arc::new(identity(&config, local, &telemetry));
     tracing::info!(
         hive_id = %identity.hive_id,
@@ -89,7 +110,8 @@ pub async fn run(
         "hive serving rbee.v1.Hive"
     );
 
-    let cancel = CancellationToken::new();
+    let catalog_follower =
+        models.as_ref().map(|m| tokio::spawn(follow_catalog(m.watch(), telemetry.clone(), cancel.clone())));
     let rescan = tokio::spawn(telemetry.clone().rescan_loop(config.rescan_interval, cancel.clone()));
     let streams = Streams::new(config.max_streams, config.queen.is_some());
     let announcer = config.queen.clone().map(|queen| {
@@ -139,7 +161,7 @@ pub async fn run(
         .add_service(grpc_server::reflection_v1_for(SERVICES)?)
         .add_service(grpc_server::reflection_v1alpha_for(SERVICES)?)
         .add_service(
-            HiveServer::new(HiveService::new(ctx, streams))
+            HiveServer::new(HiveService::new(ctx, streams, models.clone()))
                 .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(grpc_server::incoming(listener), cancel.clone().cancelled_owned())
@@ -149,9 +171,37 @@ pub async fn run(
     if let Some(m) = metrics {
         let _ = m.await;
     }
+    if let Some(f) = catalog_follower {
+        let _ = f.await;
+    }
+    if let Some(m) = &models {
+        m.stopped().await;
+    }
     if let Some(a) = announcer {
         let _ = a.await;
     }
     tracing::info!("hive stopped");
     result.map_err(HiveError::from)
+}
+
+/// Publishes a new capability version whenever the model catalog changes.
+async fn follow_catalog(
+    mut catalog: tokio::sync::watch::Receiver<Arc<crate::models::catalog::ModelMap>>,
+    telemetry: Arc<Telemetry>,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            changed = catalog.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                catalog.borrow_and_update();
+                if let Err(e) = telemetry.rescan().await {
+                    tracing::warn!(error = %e, "cannot publish the model catalog change");
+                }
+            }
+        }
+    }
 }

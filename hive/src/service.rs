@@ -8,7 +8,11 @@ use rbee_proto::v1 as pb;
 use rbee_proto::v1::hive_server::Hive;
 use tonic::{Request, Response, Status, Streaming};
 
+use rbee_shared::convert::models::{model_id_from_wire, source_from_wire};
+
+use crate::HiveError;
 use crate::convert;
+use crate::models::{FetchOutcome, Models};
 use crate::stream::{Session, SessionContext};
 use crate::streams::Streams;
 
@@ -19,12 +23,18 @@ pub struct HiveService {
     ctx: SessionContext,
     /// Stream admission.
     streams: Streams,
+    /// The models directory, if this hive has one.
+    models: Option<Models>,
 }
 
 impl HiveService {
     /// A service over the hive's shared context.
-    pub fn new(ctx: SessionContext, streams: Streams) -> Self {
-        Self { ctx, streams }
+    pub fn new(ctx: SessionContext, streams: Streams, models: Option<Models>) -> Self {
+        Self { ctx, streams, models }
+    }
+
+    fn models(&self) -> Result<&Models, Status> {
+        self.models.as_ref().ok_or_else(|| HiveError::ModelsDisabled.into())
     }
 }
 
@@ -65,5 +75,40 @@ impl Hive for HiveService {
             })
             .flatten();
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn fetch_model(
+        &self,
+        request: Request<pb::FetchModelRequest>,
+    ) -> Result<Response<pb::FetchModelResponse>, Status> {
+        let models = self.models()?;
+        let r = request.into_inner();
+        let id = model_id_from_wire("model_id", &r.model_id).map_err(HiveError::from)?;
+        let source = source_from_wire(r.source.as_ref()).map_err(HiveError::from)?;
+        let accepted_at_unix_ms = rbee_shared::time::now_unix_ms();
+        let outcome = models.fetch(&id, source)?;
+        Ok(Response::new(pb::FetchModelResponse {
+            accepted_at_unix_ms,
+            joined: outcome == FetchOutcome::Joined,
+            already_ready: outcome == FetchOutcome::AlreadyReady,
+        }))
+    }
+
+    async fn cancel_fetch(
+        &self,
+        request: Request<pb::CancelFetchRequest>,
+    ) -> Result<Response<pb::CancelFetchResponse>, Status> {
+        let id = model_id_from_wire("model_id", &request.into_inner().model_id).map_err(HiveError::from)?;
+        self.models()?.cancel(&id)?;
+        Ok(Response::new(pb::CancelFetchResponse {}))
+    }
+
+    async fn delete_model(
+        &self,
+        request: Request<pb::DeleteModelRequest>,
+    ) -> Result<Response<pb::DeleteModelResponse>, Status> {
+        let id = model_id_from_wire("model_id", &request.into_inner().model_id).map_err(HiveError::from)?;
+        self.models()?.delete(&id).await?;
+        Ok(Response::new(pb::DeleteModelResponse {}))
     }
 }

@@ -2,6 +2,8 @@
 //! GPUs, a real `MetricsStream` client, and helpers to pick messages. One harness for
 //! the hive's and the queen's tests.
 
+pub mod http_files;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -533,4 +535,31 @@ fn tempfile_dir() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("rbee-unit-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).expect("create a temp dir");
     dir
+}
+/// A test configuration (see [`config`]) with a models directory at `dir`, rescanned
+/// every 200 ms, with the Hub at `hub` (a [`http_files::FileServer`]'s base URL).
+pub fn models_config(id: &str, dir: &std::path::Path, hub: Option<String>) -> HiveConfig {
+    let mut c = config(id, ONE_GPU);
+    let mut models = crate::models::ModelsConfig::new(dir);
+    models.rescan = Duration::from_millis(200);
+    if let Some(endpoint) = hub {
+        models.hub = crate::models::hf::HubConfig { endpoint, token: Some("test-token".into()) };
+    }
+    c.models = Some(models);
+    c
+}
+
+/// The download record of `model` in a stream message, if it is a sample carrying one.
+pub fn download_of(m: &pb::HiveMessage, model: &str) -> Option<pb::DownloadProgress> {
+    as_sample(m)?.downloads.into_iter().find(|d| d.model_id == model)
+}
+
+/// A `FetchModel` request for one URL.
+pub fn fetch_url(model: &str, url: &str, size: Option<u64>, sha256: Option<String>) -> pb::FetchModelRequest {
+    pb::FetchModelRequest {
+        model_id: model.into(),
+        source: Some(pb::fetch_model_request::Source::Urls(pb::UrlSource {
+            files: vec![pb::FileSource { url: url.into(), path: None, size_bytes: size, sha256 }],
+        })),
+    }
 }

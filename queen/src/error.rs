@@ -62,6 +62,22 @@ pub enum QueenError {
     /// The state store cannot be opened, read or written (the message names its file).
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// A hive answered a call the queen made for a client with an error.
+    #[error("hive {hive}: {}", status.message())]
+    Hive {
+        /// The hive id.
+        hive: String,
+        /// Its answer.
+        status: tonic::Status,
+    },
+    /// A hive could not be reached for a call the queen made for a client.
+    #[error("hive {hive}: {reason}")]
+    HiveUnreachable {
+        /// The hive id.
+        hive: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl From<QueenError> for tonic::Status {
@@ -104,6 +120,8 @@ impl From<QueenError> for tonic::Status {
             // Another queen committed on the device in between: nothing was promised.
             QueenError::Store(crate::store::StoreError::OverCommit { .. }) => Status::aborted(e.to_string()),
             QueenError::Store(_) => Status::unavailable(e.to_string()),
+            QueenError::Hive { ref status, .. } => Status::new(status.code(), e.to_string()),
+            QueenError::HiveUnreachable { .. } => Status::unavailable(e.to_string()),
             QueenError::Config(_)
             | QueenError::Tls(_)
             | QueenError::HiveTls(_)

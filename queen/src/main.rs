@@ -57,6 +57,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
         }
         Command::Migrate(args) => rbee_queen::cli::migrate(args).await?,
+        Command::Fetch(args) => rbee_queen::cli::fetch(args).await?,
+        Command::Models(args) => rbee_queen::cli::models(args).await?,
+        Command::Downloads(args) => rbee_queen::cli::downloads(args).await?,
         Command::Certs(args) => {
             for file in rbee_shared::certs::generate(&args.out, &args.queen_names, &args.hives)
                 .map_err(anyhow::Error::msg)?

@@ -83,6 +83,8 @@ pub struct Capabilities {
     pub backends: Vec<Backend>,
     /// Operator labels.
     pub labels: BTreeMap<String, String>,
+    /// The models directory's catalog, by model id.
+    pub models: BTreeMap<String, crate::ModelEntry>,
 }
 
 impl Capabilities {

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::{Backend, CpuInfo, DiffError, GpuDevice, VersionedCapabilities};
+use crate::{Backend, CpuInfo, DiffError, GpuDevice, ModelEntry, VersionedCapabilities};
 
 /// The change from `base_version` to `new_version`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -26,6 +26,12 @@ pub struct CapabilityDiff {
     pub backends: Option<Vec<Backend>>,
     /// The new label set, when it changed.
     pub labels: Option<BTreeMap<String, String>>,
+    /// Models that appeared in the catalog.
+    pub models_added: Vec<ModelEntry>,
+    /// Ids of models that left the catalog.
+    pub models_removed: Vec<String>,
+    /// The full new record of models whose state or files changed.
+    pub models_changed: Vec<ModelEntry>,
 }
 
 impl CapabilityDiff {
@@ -45,6 +51,14 @@ impl CapabilityDiff {
         diff.ram_total_bytes = (a.ram_total_bytes != b.ram_total_bytes).then_some(b.ram_total_bytes);
         diff.backends = (a.backends != b.backends).then(|| b.backends.clone());
         diff.labels = (a.labels != b.labels).then(|| b.labels.clone());
+        for (id, model) in &b.models {
+            match a.models.get(id) {
+                None => diff.models_added.push(model.clone()),
+                Some(old) if old != model => diff.models_changed.push(model.clone()),
+                Some(_) => {}
+            }
+        }
+        diff.models_removed = a.models.keys().filter(|id| !b.models.contains_key(*id)).cloned().collect();
         diff
     }
 
@@ -57,6 +71,9 @@ impl CapabilityDiff {
             && self.ram_total_bytes.is_none()
             && self.backends.is_none()
             && self.labels.is_none()
+            && self.models_added.is_empty()
+            && self.models_removed.is_empty()
+            && self.models_changed.is_empty()
     }
 
     /// Applies the diff to `view`. The view must hold exactly `base_version`; on any
@@ -85,7 +102,25 @@ impl CapabilityDiff {
                 return Err(DiffError::Inconsistent(format!("adds gpu {} that is already held", gpu.id)));
             }
         }
+        let mut models = view.caps.models.clone();
+        for id in &self.models_removed {
+            if models.remove(id).is_none() {
+                return Err(DiffError::Inconsistent(format!("removes unknown model {id}")));
+            }
+        }
+        for model in &self.models_changed {
+            match models.get_mut(&model.id) {
+                Some(slot) => *slot = model.clone(),
+                None => return Err(DiffError::Inconsistent(format!("changes unknown model {}", model.id))),
+            }
+        }
+        for model in &self.models_added {
+            if models.insert(model.id.clone(), model.clone()).is_some() {
+                return Err(DiffError::Inconsistent(format!("adds model {} that is already held", model.id)));
+            }
+        }
         view.caps.gpus = gpus;
+        view.caps.models = models;
         if let Some(cpu) = &self.cpu {
             view.caps.cpu = cpu.clone();
         }
@@ -126,9 +161,20 @@ mod tests {
         )
     }
 
+    fn model_strategy() -> impl Strategy<Value = crate::ModelEntry> {
+        (0u8..5, 0u8..3, 0u64..1000).prop_map(|(id, state, size)| crate::ModelEntry {
+            id: format!("m{id}"),
+            state: [crate::ModelState::Downloading, crate::ModelState::Ready, crate::ModelState::Failed]
+                [state as usize],
+            files: vec![crate::ModelFile { path: "w.bin".into(), size_bytes: size, sha256: None }],
+            size_bytes: size,
+            error: None,
+        })
+    }
+
     fn caps_strategy() -> impl Strategy<Value = Capabilities> {
         (
-            prop::collection::vec(gpu_strategy(), 0..6),
+            (prop::collection::vec(gpu_strategy(), 0..6), prop::collection::vec(model_strategy(), 0..4)),
             "[a-z]{0,6}",
             prop::option::of(1u32..64),
             1u32..128,
@@ -136,12 +182,13 @@ mod tests {
             any::<bool>(),
             prop::collection::btree_map("[a-z]{1,3}", "[a-z]{0,3}", 0..3),
         )
-            .prop_map(|(gpus, model, physical, logical, ram, cuda, labels)| Capabilities {
+            .prop_map(|((gpus, models), model, physical, logical, ram, cuda, labels)| Capabilities {
                 gpus: gpus.into_iter().map(|g| (g.id.clone(), g)).collect(),
                 cpu: CpuInfo { model, physical_cores: physical, logical_cores: logical },
                 ram_total_bytes: ram,
                 backends: if cuda { vec![Backend::Cpu, Backend::Cuda] } else { vec![Backend::Cpu] },
                 labels,
+                models: models.into_iter().map(|m| (m.id.clone(), m)).collect(),
             })
     }
 

@@ -17,6 +17,8 @@ use crate::{
     VersionedCapabilities,
 };
 
+pub mod models;
+
 /// Most GPUs one hive may report.
 pub const MAX_DEVICES: usize = 64;
 /// Longest string (bytes) any field may carry.
@@ -25,7 +27,7 @@ pub const MAX_STRING_BYTES: usize = 256;
 pub const MAX_CORES: usize = 4096;
 
 /// A value checked on its way in from the wire.
-type Checked<T> = std::result::Result<T, ConvertError>;
+pub(crate) type Checked<T> = std::result::Result<T, ConvertError>;
 
 fn check_str(field: &str, s: &str) -> Checked<String> {
     if s.len() > MAX_STRING_BYTES {
@@ -187,6 +189,7 @@ impl From<&VersionedCapabilities> for pb::Capabilities {
             ram_total_bytes: c.ram_total_bytes,
             backends: backends_to_wire(&c.backends),
             labels: labels_to_wire(&c.labels),
+            models: c.models.values().map(Into::into).collect(),
         }
     }
 }
@@ -206,6 +209,10 @@ impl TryFrom<&pb::Capabilities> for VersionedCapabilities {
                 ram_total_bytes: c.ram_total_bytes,
                 backends: backends_from_wire("capabilities.backends", &c.backends)?,
                 labels: labels_from_wire("capabilities.labels", &c.labels)?,
+                models: models::models_from_wire("capabilities.models", &c.models)?
+                    .into_iter()
+                    .map(|m| (m.id.clone(), m))
+                    .collect(),
             },
         })
     }
@@ -281,6 +288,9 @@ impl From<&CapabilityDiff> for pb::CapabilityDiff {
             ram_total_bytes: d.ram_total_bytes,
             backends: d.backends.as_ref().map(|b| pb::BackendList { backends: backends_to_wire(b) }),
             labels: d.labels.as_ref().map(|l| pb::Labels { labels: labels_to_wire(l) }),
+            models_added: d.models_added.iter().map(Into::into).collect(),
+            models_removed: d.models_removed.clone(),
+            models_changed: d.models_changed.iter().map(Into::into).collect(),
         }
     }
 }
@@ -312,6 +322,9 @@ impl TryFrom<&pb::CapabilityDiff> for CapabilityDiff {
                 .map(|b| backends_from_wire("diff.backends", &b.backends))
                 .transpose()?,
             labels: d.labels.as_ref().map(|l| labels_from_wire("diff.labels", &l.labels)).transpose()?,
+            models_added: models::models_from_wire("diff.models_added", &d.models_added)?,
+            models_removed: models::model_ids_from_wire("diff.models_removed", &d.models_removed)?,
+            models_changed: models::models_from_wire("diff.models_changed", &d.models_changed)?,
         })
     }
 }
@@ -507,6 +520,8 @@ impl From<&Sample> for pb::Sample {
                     since_unix_ms: l.since_unix_ms,
                 })
                 .collect(),
+            downloads: s.downloads.iter().map(Into::into).collect(),
+            models_disk: s.models_disk.as_ref().map(Into::into),
         }
     }
 }
@@ -592,6 +607,12 @@ impl TryFrom<&pb::Sample> for Sample {
                 .enumerate()
                 .map(|(i, l)| lost_gpu_from_wire(&format!("sample.lost_gpus[{i}]"), l))
                 .collect::<Checked<_>>()?,
+            downloads: models::downloads_from_wire("sample.downloads", &s.downloads)?,
+            models_disk: s
+                .models_disk
+                .as_ref()
+                .map(|d| models::disk_from_wire("sample.models_disk", d))
+                .transpose()?,
         })
     }
 }

@@ -30,6 +30,7 @@ pub mod identity;
 pub mod labels;
 pub mod lock;
 pub mod metrics_http;
+pub mod model;
 pub mod sample;
 pub mod sample_interval;
 pub mod shutdown;
@@ -46,6 +47,9 @@ pub use capability::{
 pub use capability_diff::CapabilityDiff;
 pub use error::{ConvertError, DiffError};
 pub use identity::{DeviceSourceKind, HiveIdentity};
+pub use model::{
+    DiskSpace, DownloadPhase, DownloadProgress, FileSource, ModelEntry, ModelFile, ModelSource, ModelState,
+};
 pub use sample::{
     DEFAULT_SAMPLE_INTERVAL, GpuProcess, GpuProcesses, GpuSample, LoadAverage, LostGpu, MAX_SAMPLE_INTERVAL,
     MIN_SAMPLE_INTERVAL, Sample,

@@ -101,6 +101,10 @@ pub struct Sample {
     pub capability_version: Option<u64>,
     /// GPUs the driver lists that stopped answering, left out of `gpus`.
     pub lost_gpus: Vec<LostGpu>,
+    /// Active downloads, and those that finished within the last minute.
+    pub downloads: Vec<crate::DownloadProgress>,
+    /// The filesystem holding the models directory.
+    pub models_disk: Option<crate::DiskSpace>,
 }
 
 pub use crate::sample_interval::{DEFAULT_SAMPLE_INTERVAL, MAX_SAMPLE_INTERVAL, MIN_SAMPLE_INTERVAL};

@@ -1,0 +1,153 @@
+//! The catalog: every model the hive holds or is downloading, published as a
+//! latest-value `watch` so that capabilities follow it. Also what a scan of the models
+//! directory finds: manifests of ready models, hand-copied models (no manifest yet) and
+//! partial downloads to resume.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use rbee_shared::{ModelEntry, ModelFile, ModelState};
+use tokio::sync::watch;
+
+use super::layout;
+use super::manifest::{self, FetchRecord, Manifest};
+
+/// Models by id.
+pub type ModelMap = BTreeMap<String, ModelEntry>;
+
+/// The published catalog.
+pub struct Catalog {
+    /// Latest value; readers clone the `Arc`.
+    tx: watch::Sender<Arc<ModelMap>>,
+}
+
+impl Default for Catalog {
+    fn default() -> Self {
+        Self { tx: watch::channel(Arc::new(ModelMap::new())).0 }
+    }
+}
+
+impl Catalog {
+    /// The current catalog.
+    pub fn snapshot(&self) -> Arc<ModelMap> {
+        self.tx.borrow().clone()
+    }
+
+    /// Sees every change.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<ModelMap>> {
+        self.tx.subscribe()
+    }
+
+    /// One model's entry.
+    pub fn get(&self, id: &str) -> Option<ModelEntry> {
+        self.tx.borrow().get(id).cloned()
+    }
+
+    /// Inserts or replaces an entry (publishes only a real change).
+    pub fn put(&self, entry: ModelEntry) {
+        self.tx.send_if_modified(|map| {
+            if map.get(&entry.id) == Some(&entry) {
+                return false;
+            }
+            Arc::make_mut(map).insert(entry.id.clone(), entry);
+            true
+        });
+    }
+
+    /// Removes an entry; returns it.
+    pub fn remove(&self, id: &str) -> Option<ModelEntry> {
+        let mut removed = None;
+        self.tx.send_if_modified(|map| {
+            if !map.contains_key(id) {
+                return false;
+            }
+            removed = Arc::make_mut(map).remove(id);
+            true
+        });
+        removed
+    }
+}
+
+/// A ready entry from a manifest.
+pub fn ready_entry(manifest: &Manifest) -> ModelEntry {
+    ModelEntry {
+        id: manifest.id.clone(),
+        state: ModelState::Ready,
+        size_bytes: manifest.files.iter().map(|f| f.size_bytes).sum(),
+        files: manifest.files.clone(),
+        error: None,
+    }
+}
+
+/// An unverified entry for a model found on disk without a (valid) manifest.
+pub fn unverified_entry(id: &str, files: &[(String, u64)]) -> ModelEntry {
+    ModelEntry {
+        id: id.to_owned(),
+        state: ModelState::Unverified,
+        size_bytes: files.iter().map(|(_, s)| s).sum(),
+        files: files
+            .iter()
+            .map(|(p, s)| ModelFile { path: p.clone(), size_bytes: *s, sha256: None })
+            .collect(),
+        error: None,
+    }
+}
+
+/// What one scan of the models directory found.
+#[derive(Debug, Default)]
+pub struct Found {
+    /// Ready models (valid manifest, files present with their sizes).
+    pub ready: Vec<Manifest>,
+    /// Models without a valid manifest, with their files: to verify.
+    pub unverified: Vec<(String, layout::FileList)>,
+    /// Downloads to resume.
+    pub partial: Vec<FetchRecord>,
+}
+
+/// Scans `root`. Partial directories without a readable fetch record are orphans and
+/// are removed; `.trash` is emptied.
+pub fn scan(root: &Path) -> std::io::Result<Found> {
+    let mut found = Found::default();
+    let _ = layout::remove_tree(&root.join(layout::TRASH));
+    for entry in std::fs::read_dir(root)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || !entry.metadata()?.is_dir() {
+            continue;
+        }
+        let Some(id) = layout::id_of_dir(&name) else {
+            tracing::warn!(dir = %entry.path().display(), "not a valid model id; ignored");
+            continue;
+        };
+        let files = layout::list_files(&entry.path())?;
+        match manifest::read::<Manifest>(&entry.path().join(layout::MANIFEST)) {
+            Some(m) if m.id == id && matches_disk(&m.files, &files) => found.ready.push(m),
+            _ => found.unverified.push((id, files)),
+        }
+    }
+    let partial_root = root.join(layout::PARTIAL);
+    if partial_root.is_dir() {
+        for entry in std::fs::read_dir(&partial_root)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let record = manifest::read::<FetchRecord>(&entry.path().join(layout::FETCH_RECORD))
+                .filter(|r| layout::id_of_dir(&name).as_deref() == Some(r.id.as_str()));
+            match record {
+                Some(r) => found.partial.push(r),
+                None => {
+                    tracing::warn!(dir = %entry.path().display(), "partial download without a fetch record; removed");
+                    layout::remove_tree(&entry.path())?;
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// True when the files on disk are exactly the manifest's, with its sizes.
+fn matches_disk(manifest: &[ModelFile], disk: &[(String, u64)]) -> bool {
+    let mut listed: Vec<(String, u64)> = manifest.iter().map(|f| (f.path.clone(), f.size_bytes)).collect();
+    listed.sort();
+    listed == disk
+}

@@ -1,0 +1,366 @@
+//! Downloading one file: ranged GETs that resume from the bytes already on disk (after
+//! a network break or a restart), retried with backoff, hashed with SHA-256 while
+//! streaming, and checked against the declared size and hash.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rbee_shared::FileSource;
+use rbee_shared::backoff::Backoff;
+use rbee_shared::lock::MutexExt;
+use reqwest::StatusCode;
+use reqwest::header;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use super::hf::HubConfig;
+use super::manifest::{self, PartSidecar};
+use super::progress::Progress;
+use super::{disk, http, layout};
+
+/// Attempts in a row without a new byte before a download fails.
+const MAX_ATTEMPTS_WITHOUT_PROGRESS: u32 = 6;
+/// Backoff between attempts.
+const RETRY_MIN: Duration = Duration::from_millis(200);
+/// Longest wait between attempts.
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// Write buffer: few large writes rather than many small ones.
+const WRITE_BUFFER: usize = 1 << 20;
+
+/// Why a download stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    /// The network failed (retried).
+    #[error("{url}: {reason}")]
+    Network {
+        /// The URL.
+        url: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The server answered with an error status (5xx, 408 and 429 are retried).
+    #[error("{url}: HTTP {status}")]
+    Status {
+        /// The URL.
+        url: String,
+        /// The status code.
+        status: u16,
+    },
+    /// The source could not be resolved into files.
+    #[error("resolving the source: {0}")]
+    Resolve(String),
+    /// The body ended before the declared size (retried from where it stopped).
+    #[error("{path}: the connection ended at {got} of {total} bytes")]
+    Truncated {
+        /// The file.
+        path: String,
+        /// Bytes received.
+        got: u64,
+        /// Bytes expected.
+        total: u64,
+    },
+    /// The file's size is not the declared one.
+    #[error("{path}: size mismatch: expected {expected} bytes, the server has {actual}")]
+    SizeMismatch {
+        /// The file.
+        path: String,
+        /// Declared.
+        expected: u64,
+        /// Found.
+        actual: u64,
+    },
+    /// The file's hash is not the declared one.
+    #[error("{path}: sha256 mismatch: expected {expected}, got {actual}")]
+    Sha256Mismatch {
+        /// The file.
+        path: String,
+        /// Declared.
+        expected: String,
+        /// Computed.
+        actual: String,
+    },
+    /// Not enough free disk for the download.
+    #[error("not enough disk space in {dir}: the download needs {needed} more bytes, {free} are free")]
+    InsufficientDisk {
+        /// The models directory.
+        dir: String,
+        /// Bytes still to write.
+        needed: u64,
+        /// Free bytes.
+        free: u64,
+    },
+    /// A local file could not be written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Cancelled by CancelFetch.
+    #[error("cancelled")]
+    Cancelled,
+    /// The hive is shutting down (the partial files stay for a resume).
+    #[error("the hive is shutting down")]
+    ShuttingDown,
+}
+
+impl DownloadError {
+    /// A mapper for a reqwest error on `url`.
+    pub fn network(url: &str) -> impl FnOnce(reqwest::Error) -> Self + '_ {
+        move |e| {
+            let mut reason = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                reason = format!("{reason}: {s}");
+                source = s.source();
+            }
+            Self::Network { url: url.to_owned(), reason }
+        }
+    }
+
+    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Self + '_ {
+        move |source| Self::Io { path: path.display().to_string(), source }
+    }
+
+    /// Whether another attempt may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Network { .. } | Self::Truncated { .. } => true,
+            Self::Status { status, .. } => *status >= 500 || *status == 408 || *status == 429,
+            _ => false,
+        }
+    }
+}
+
+/// What a download task needs besides its file.
+pub struct FileJob<'a> {
+    /// The shared client.
+    pub client: &'a reqwest::Client,
+    /// Hub credentials (sent only to the Hub).
+    pub hub: &'a HubConfig,
+    /// The models directory (for the free-disk check).
+    pub root: &'a Path,
+    /// The model's partial directory.
+    pub partial: &'a Path,
+    /// The model's progress.
+    pub progress: &'a Arc<Mutex<Progress>>,
+    /// Bytes of the model's earlier files.
+    pub base: u64,
+    /// Cancelled by CancelFetch.
+    pub cancel: &'a CancellationToken,
+    /// Cancelled when the hive shuts down.
+    pub shutdown: &'a CancellationToken,
+}
+
+/// A finished, verified file (still at its `.part` path).
+#[derive(Debug, Clone)]
+pub struct FileDone {
+    /// Its size.
+    pub size: u64,
+    /// Its SHA-256, lowercase hex.
+    pub sha256: String,
+}
+
+/// Lowercase hex of a digest.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Bytes already downloaded for `file` (0 when there is no valid sidecar for its URL).
+pub fn bytes_on_disk(partial: &Path, file: &FileSource) -> u64 {
+    match manifest::read::<PartSidecar>(&layout::part_sidecar(partial, &file.path)) {
+        Some(s) if s.url == file.url => {
+            std::fs::metadata(layout::part_file(partial, &file.path)).map(|m| m.len()).unwrap_or(0)
+        }
+        _ => 0,
+    }
+}
+
+/// Downloads `file` into its `.part` file, with retries.
+pub async fn fetch_file(job: &FileJob<'_>, file: &FileSource) -> Result<FileDone, DownloadError> {
+    let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
+    let mut attempt = 0u32;
+    let mut fruitless = 0u32;
+    loop {
+        attempt += 1;
+        job.progress.lock_unpoisoned().set_attempt(attempt);
+        let before = bytes_on_disk(job.partial, file);
+        match attempt_once(job, file).await {
+            Ok(done) => return Ok(done),
+            Err(e) if e.is_retryable() => {
+                let after = bytes_on_disk(job.partial, file);
+                if after > before {
+                    fruitless = 0;
+                    backoff.reset();
+                } else {
+                    fruitless += 1;
+                }
+                if fruitless >= MAX_ATTEMPTS_WITHOUT_PROGRESS {
+                    return Err(e);
+                }
+                let delay = backoff.next_delay();
+                tracing::warn!(path = %file.path, attempt, error = %e, ?delay, "download interrupted; resuming");
+                tokio::select! {
+                    () = job.cancel.cancelled() => return Err(DownloadError::Cancelled),
+                    () = job.shutdown.cancelled() => return Err(DownloadError::ShuttingDown),
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Hashes the first `len` bytes of `path`.
+async fn hash_prefix(path: &Path, len: u64) -> Result<Sha256, DownloadError> {
+    let mut hasher = Sha256::new();
+    let mut f = tokio::fs::File::open(path).await.map_err(DownloadError::io(path))?;
+    let mut buf = vec![0u8; WRITE_BUFFER];
+    let mut left = len;
+    while left > 0 {
+        let want = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
+        let n = f.read(&mut buf[..want]).await.map_err(DownloadError::io(path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        left -= n as u64;
+    }
+    Ok(hasher)
+}
+
+/// One GET of the rest of `file`.
+async fn attempt_once(job: &FileJob<'_>, file: &FileSource) -> Result<FileDone, DownloadError> {
+    let part = layout::part_file(job.partial, &file.path);
+    let sidecar_path = layout::part_sidecar(job.partial, &file.path);
+    if let Some(parent) = part.parent() {
+        tokio::fs::create_dir_all(parent).await.map_err(DownloadError::io(parent))?;
+    }
+    let sidecar = manifest::read::<PartSidecar>(&sidecar_path).filter(|s| s.url == file.url);
+    let mut have = if sidecar.is_some() { bytes_on_disk(job.partial, file) } else { 0 };
+
+    let mut request = job.hub.authorize(&file.url, job.client.get(&file.url));
+    if have > 0 {
+        request = request.header(header::RANGE, format!("bytes={have}-"));
+        if let Some(validator) = sidecar.as_ref().and_then(|s| s.etag.clone().or(s.last_modified.clone())) {
+            request = request.header(header::IF_RANGE, validator);
+        }
+    }
+    let response = tokio::select! {
+        () = job.cancel.cancelled() => return Err(DownloadError::Cancelled),
+        () = job.shutdown.cancelled() => return Err(DownloadError::ShuttingDown),
+        r = request.send() => r.map_err(DownloadError::network(&file.url))?,
+    };
+    let status = response.status();
+    let headers = response.headers().clone();
+    let total = match status {
+        StatusCode::PARTIAL_CONTENT if have > 0 => match http::content_range(&headers) {
+            Some((start, total)) if start == have => total,
+            _ => {
+                return Err(DownloadError::Network {
+                    url: file.url.clone(),
+                    reason: "the server answered a resume with another range".into(),
+                });
+            }
+        },
+        StatusCode::OK => {
+            have = 0;
+            response.content_length()
+        }
+        StatusCode::RANGE_NOT_SATISFIABLE
+            if have > 0 && sidecar.as_ref().and_then(|s| s.total) == Some(have) =>
+        {
+            Some(have)
+        }
+        _ => return Err(DownloadError::Status { url: file.url.clone(), status: status.as_u16() }),
+    };
+    if let (Some(expected), Some(actual)) = (file.size_bytes, total)
+        && expected != actual
+    {
+        return Err(DownloadError::SizeMismatch { path: file.path.clone(), expected, actual });
+    }
+    let total = total.or(file.size_bytes);
+    if let Some(total) = total {
+        let needed = total.saturating_sub(have);
+        let free = disk::space(job.root).map_err(DownloadError::io(job.root))?.free_bytes;
+        if needed > free {
+            return Err(DownloadError::InsufficientDisk {
+                dir: job.root.display().to_string(),
+                needed,
+                free,
+            });
+        }
+    }
+    if have == 0 {
+        let record = PartSidecar {
+            url: file.url.clone(),
+            etag: http::text(&headers, header::ETAG),
+            last_modified: http::text(&headers, header::LAST_MODIFIED),
+            total,
+        };
+        manifest::write(&sidecar_path, &record).map_err(DownloadError::io(&sidecar_path))?;
+    }
+    let mut hasher = if have > 0 { hash_prefix(&part, have).await? } else { Sha256::new() };
+    let handle = if have > 0 {
+        tokio::fs::OpenOptions::new().append(true).open(&part).await
+    } else {
+        tokio::fs::File::create(&part).await
+    }
+    .map_err(DownloadError::io(&part))?;
+    let mut writer = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, handle);
+    job.progress.lock_unpoisoned().set_done(job.base + have);
+    let mut got = have;
+    let mut response = response;
+    let result = loop {
+        let chunk = tokio::select! {
+            () = job.cancel.cancelled() => break Err(DownloadError::Cancelled),
+            () = job.shutdown.cancelled() => break Err(DownloadError::ShuttingDown),
+            c = response.chunk() => c,
+        };
+        match chunk {
+            Ok(Some(bytes)) => {
+                if let Some(total) = total
+                    && got + bytes.len() as u64 > total
+                {
+                    break Err(DownloadError::SizeMismatch {
+                        path: file.path.clone(),
+                        expected: total,
+                        actual: got + bytes.len() as u64,
+                    });
+                }
+                hasher.update(&bytes);
+                if let Err(e) = writer.write_all(&bytes).await {
+                    break Err(DownloadError::io(&part)(e));
+                }
+                got += bytes.len() as u64;
+                job.progress.lock_unpoisoned().add(bytes.len() as u64);
+            }
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(DownloadError::network(&file.url)(e)),
+        }
+    };
+    // Keep what arrived, whatever happened: a resume continues from it.
+    let flushed = writer.flush().await.map_err(DownloadError::io(&part));
+    result?;
+    flushed?;
+    if let Some(total) = total
+        && got < total
+    {
+        return Err(DownloadError::Truncated { path: file.path.clone(), got, total });
+    }
+    writer.get_ref().sync_all().await.map_err(DownloadError::io(&part))?;
+    let sha256 = hex(&hasher.finalize());
+    if let Some(expected) = &file.sha256
+        && *expected != sha256
+    {
+        return Err(DownloadError::Sha256Mismatch {
+            path: file.path.clone(),
+            expected: expected.clone(),
+            actual: sha256,
+        });
+    }
+    Ok(FileDone { size: got, sha256 })
+}

@@ -1,0 +1,135 @@
+//! Where a model's files live under the models directory, and atomic small-file writes.
+//!
+//! ```text
+//! DIR/<id with / as -->/            a model: its files and .rbee-model.json
+//! DIR/.partial/<id with / as -->/   a download in progress: fetch.json, <path>.part,
+//!                                   <path>.part.json (the resume sidecar)
+//! DIR/.trash/                       models being deleted
+//! ```
+//! A model directory appears by one rename of its finished partial directory, so a
+//! model is never visible with a partial file.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The manifest inside a model's directory.
+pub const MANIFEST: &str = ".rbee-model.json";
+/// The fetch record inside a partial directory.
+pub const FETCH_RECORD: &str = "fetch.json";
+/// Partial downloads.
+pub const PARTIAL: &str = ".partial";
+/// Models being deleted.
+pub const TRASH: &str = ".trash";
+
+/// The directory name of a model id (`org/repo` -> `org--repo`).
+pub fn dir_name(id: &str) -> String {
+    id.replace('/', "--")
+}
+
+/// The model id of a directory name, if it is a valid id.
+pub fn id_of_dir(name: &str) -> Option<String> {
+    let id = name.replace("--", "/");
+    rbee_shared::model::check_model_id(&id).ok().map(|()| id)
+}
+
+/// A model's ready directory.
+pub fn model_dir(root: &Path, id: &str) -> PathBuf {
+    root.join(dir_name(id))
+}
+
+/// A model's partial directory.
+pub fn partial_dir(root: &Path, id: &str) -> PathBuf {
+    root.join(PARTIAL).join(dir_name(id))
+}
+
+/// A file's partial data.
+pub fn part_file(partial: &Path, path: &str) -> PathBuf {
+    partial.join(format!("{path}.part"))
+}
+
+/// A file's resume sidecar.
+pub fn part_sidecar(partial: &Path, path: &str) -> PathBuf {
+    partial.join(format!("{path}.part.json"))
+}
+
+/// Files of a model directory: relative path and size, sorted.
+pub type FileList = Vec<(String, u64)>;
+
+/// Writes `bytes` to `path` atomically: a temporary file, fsync, rename, fsync of the
+/// directory. A crash leaves the old file or the new one, never a torn one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    ));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    sync_dir(dir)
+}
+
+/// Makes a directory's entries (a rename, a new file) durable.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Removes a directory tree; a missing one is not an error.
+pub fn remove_tree(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Every regular file under `dir` (recursively), as relative `/`-separated paths,
+/// without the manifest and hidden names, sorted.
+pub fn list_files(dir: &Path) -> std::io::Result<FileList> {
+    let mut out = Vec::new();
+    let mut stack = vec![(dir.to_path_buf(), String::new())];
+    while let Some((at, prefix)) = stack.pop() {
+        for entry in std::fs::read_dir(&at)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            let rel = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
+            let meta = entry.metadata()?;
+            if meta.is_dir() {
+                stack.push((entry.path(), rel));
+            } else if meta.is_file() {
+                out.push((rel, meta.len()));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_map_to_directory_names_and_back() {
+        assert_eq!(dir_name("org/repo"), "org--repo");
+        assert_eq!(id_of_dir("org--repo").as_deref(), Some("org/repo"));
+        assert_eq!(id_of_dir("llama-3.1-8b").as_deref(), Some("llama-3.1-8b"));
+        assert_eq!(id_of_dir("bad name"), None);
+    }
+
+    #[test]
+    fn atomic_writes_replace_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.json");
+        write_atomic(&path, b"one").unwrap();
+        write_atomic(&path, b"two").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 1, "no temporary file left: {names:?}");
+    }
+}

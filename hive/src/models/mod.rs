@@ -1,0 +1,414 @@
+//! Models on this hive: the catalog of the models directory, and downloads.
+//!
+//! - [`layout`]: where files live; atomic writes. [`manifest`]: the on-disk records.
+//! - [`catalog`]: the published catalog and the directory scan. [`verify`]: hashing
+//!   hand-copied models in the background.
+//! - [`job`]: one model download; [`download`]: one file, resumable, retried and hashed
+//!   while streaming; [`http`]: the client; [`hf`]: `hf://` through the Hub API.
+//! - [`progress`]: what samples report per download. [`disk`]: free space.
+//! - [`source`]: how the catalog reaches capabilities, and progress reaches samples.
+
+pub mod catalog;
+pub mod disk;
+pub mod download;
+pub mod hf;
+pub mod http;
+pub mod job;
+pub mod layout;
+pub mod manifest;
+pub mod progress;
+pub mod source;
+pub mod verify;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rbee_shared::lock::MutexExt;
+use rbee_shared::{DiskSpace, DownloadProgress, ModelSource, ModelState};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::HiveError;
+use catalog::{Catalog, ModelMap};
+use manifest::FetchRecord;
+use progress::Progress;
+
+/// Downloads at once by default.
+pub const DEFAULT_MAX_DOWNLOADS: usize = 2;
+/// How long a finished download's final record stays in samples.
+pub const FINISHED_RETENTION: Duration = Duration::from_secs(60);
+
+/// How the models directory is run.
+#[derive(Debug, Clone)]
+pub struct ModelsConfig {
+    /// The models directory.
+    pub dir: PathBuf,
+    /// Downloads at once.
+    pub max_downloads: usize,
+    /// How often the directory is scanned for hand-copied models.
+    pub rescan: Duration,
+    /// The Hugging Face Hub (from `HF_ENDPOINT` and `HF_TOKEN` by default).
+    pub hub: hf::HubConfig,
+    /// True for the default directory: when it cannot be opened the hive runs without
+    /// one (a warning) instead of failing to start. A directory the operator named must
+    /// open.
+    pub optional: bool,
+}
+
+impl ModelsConfig {
+    /// `dir` with the defaults.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            max_downloads: DEFAULT_MAX_DOWNLOADS,
+            rescan: Duration::from_secs(5),
+            hub: hf::HubConfig::from_env(),
+            optional: false,
+        }
+    }
+}
+
+/// The default models directory: `$XDG_DATA_HOME/rbee/models` or
+/// `~/.local/share/rbee/models`.
+pub fn default_models_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("rbee/models")
+}
+
+/// A running download.
+struct Job {
+    /// Cancelled by CancelFetch or DeleteModel.
+    cancel: CancellationToken,
+    /// Its progress.
+    progress: Arc<Mutex<Progress>>,
+}
+
+/// What FetchModel did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchOutcome {
+    /// A new download started.
+    Started,
+    /// A download of the model was running; the call joined it.
+    Joined,
+    /// The model is ready already.
+    AlreadyReady,
+}
+
+/// The state shared by the handle and the download tasks.
+pub struct Inner {
+    /// Configuration.
+    config: ModelsConfig,
+    /// The catalog.
+    catalog: Catalog,
+    /// Running downloads by model id.
+    jobs: Mutex<BTreeMap<String, Job>>,
+    /// Final records of finished downloads, with when they finished.
+    finished: Mutex<BTreeMap<String, (Instant, DownloadProgress)>>,
+    /// Download slots (`--max-downloads`).
+    slots: Arc<Semaphore>,
+    /// The HTTP client.
+    client: reqwest::Client,
+    /// Hugging Face Hub endpoint and token.
+    hub: hf::HubConfig,
+    /// The hive's shutdown.
+    shutdown: CancellationToken,
+    /// Every task started, awaited at shutdown.
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Inner {
+    /// Records a download's final state and ends its job.
+    fn finish(&self, id: &str, record: DownloadProgress) {
+        self.finished.lock_unpoisoned().insert(id.to_owned(), (Instant::now(), record));
+        self.jobs.lock_unpoisoned().remove(id);
+    }
+}
+
+/// The models directory of this hive.
+#[derive(Clone)]
+pub struct Models {
+    /// Shared state.
+    inner: Arc<Inner>,
+}
+
+impl Models {
+    /// Opens the directory (creating it), loads the catalog, resumes partial downloads
+    /// and starts verifying hand-copied models.
+    pub async fn open(config: ModelsConfig, shutdown: CancellationToken) -> Result<Self, HiveError> {
+        if config.max_downloads == 0 {
+            return Err(HiveError::Config("--max-downloads must be at least 1".into()));
+        }
+        let dir = config.dir.clone();
+        let io = |source| HiveError::ModelIo { path: dir.clone(), source };
+        std::fs::create_dir_all(dir.join(layout::PARTIAL)).map_err(io)?;
+        let scan_dir = dir.clone();
+        let found = tokio::task::spawn_blocking(move || catalog::scan(&scan_dir)).await?.map_err(io)?;
+        let client = http::client().map_err(|e| HiveError::Config(format!("HTTP client: {e}")))?;
+        let inner = Arc::new(Inner {
+            slots: Arc::new(Semaphore::new(config.max_downloads)),
+            catalog: Catalog::default(),
+            jobs: Mutex::new(BTreeMap::new()),
+            finished: Mutex::new(BTreeMap::new()),
+            client,
+            hub: config.hub.clone(),
+            shutdown,
+            tasks: Mutex::new(Vec::new()),
+            config,
+        });
+        let models = Self { inner };
+        for manifest in &found.ready {
+            models.inner.catalog.put(catalog::ready_entry(manifest));
+        }
+        for (id, files) in &found.unverified {
+            models.inner.catalog.put(catalog::unverified_entry(id, files));
+        }
+        tracing::info!(
+            dir = %models.inner.config.dir.display(),
+            ready = found.ready.len(),
+            unverified = found.unverified.len(),
+            resuming = found.partial.len(),
+            "models directory opened"
+        );
+        for record in found.partial {
+            models.start(record);
+        }
+        let watcher = tokio::spawn(models.clone().upkeep_loop());
+        models.inner.tasks.lock_unpoisoned().push(watcher);
+        Ok(models)
+    }
+
+    /// The models directory.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.inner.config.dir
+    }
+
+    /// The catalog now.
+    pub fn catalog(&self) -> Arc<ModelMap> {
+        self.inner.catalog.snapshot()
+    }
+
+    /// Sees every catalog change.
+    pub fn watch(&self) -> watch::Receiver<Arc<ModelMap>> {
+        self.inner.catalog.subscribe()
+    }
+
+    /// One record per running download and per download finished within
+    /// [`FINISHED_RETENTION`], by model id.
+    pub fn downloads(&self) -> Vec<DownloadProgress> {
+        let mut out: BTreeMap<String, DownloadProgress> = {
+            let mut finished = self.inner.finished.lock_unpoisoned();
+            finished.retain(|_, (at, _)| at.elapsed() < FINISHED_RETENTION);
+            finished.iter().map(|(id, (_, r))| (id.clone(), r.clone())).collect()
+        };
+        for (id, job) in self.inner.jobs.lock_unpoisoned().iter() {
+            out.insert(id.clone(), job.progress.lock_unpoisoned().record());
+        }
+        out.into_values().collect()
+    }
+
+    /// The models filesystem's space, if it can be read.
+    pub fn disk(&self) -> Option<DiskSpace> {
+        disk::space(&self.inner.config.dir).ok()
+    }
+
+    /// Starts or joins the download of `id` from `source`. A declared size over the
+    /// free disk is refused here, before anything is written.
+    pub fn fetch(&self, id: &str, source: ModelSource) -> Result<FetchOutcome, HiveError> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(HiveError::ShuttingDown);
+        }
+        let mut jobs = self.inner.jobs.lock_unpoisoned();
+        if jobs.contains_key(id) {
+            return Ok(FetchOutcome::Joined);
+        }
+        match self.inner.catalog.get(id).map(|m| m.state) {
+            Some(ModelState::Ready) => return Ok(FetchOutcome::AlreadyReady),
+            Some(ModelState::Unverified) => return Err(HiveError::ModelBusy(id.to_owned())),
+            _ => {}
+        }
+        if let ModelSource::Urls(files) = &source
+            && let Some(declared) = files.iter().map(|f| f.size_bytes).sum::<Option<u64>>()
+        {
+            let space = disk::space(&self.inner.config.dir)
+                .map_err(|source| HiveError::ModelIo { path: self.inner.config.dir.clone(), source })?;
+            if declared > space.free_bytes {
+                return Err(HiveError::InsufficientDisk {
+                    dir: self.inner.config.dir.clone(),
+                    needed: declared,
+                    free: space.free_bytes,
+                });
+            }
+        }
+        let record = FetchRecord { id: id.to_owned(), source, resolved: None };
+        let partial = layout::partial_dir(&self.inner.config.dir, id);
+        let io = |source| HiveError::ModelIo { path: partial.clone(), source };
+        layout::remove_tree(&partial).map_err(io)?;
+        std::fs::create_dir_all(&partial).map_err(io)?;
+        manifest::write(&partial.join(layout::FETCH_RECORD), &record).map_err(io)?;
+        self.inner.finished.lock_unpoisoned().remove(id);
+        self.spawn_job(&mut jobs, record);
+        Ok(FetchOutcome::Started)
+    }
+
+    /// Starts a resumed download (at open).
+    fn start(&self, record: FetchRecord) {
+        let mut jobs = self.inner.jobs.lock_unpoisoned();
+        self.spawn_job(&mut jobs, record);
+    }
+
+    fn spawn_job(&self, jobs: &mut BTreeMap<String, Job>, record: FetchRecord) {
+        let id = record.id.clone();
+        let files = match (&record.resolved, &record.source) {
+            (Some(files), _) | (None, ModelSource::Urls(files)) => files.clone(),
+            (None, ModelSource::HuggingFace { .. }) => Vec::new(),
+        };
+        self.inner.catalog.put(rbee_shared::ModelEntry {
+            id: id.clone(),
+            state: ModelState::Downloading,
+            size_bytes: files.iter().filter_map(|f| f.size_bytes).sum(),
+            files: files
+                .iter()
+                .map(|f| rbee_shared::ModelFile {
+                    path: f.path.clone(),
+                    size_bytes: f.size_bytes.unwrap_or(0),
+                    sha256: f.sha256.clone(),
+                })
+                .collect(),
+            error: None,
+        });
+        let progress = Arc::new(Mutex::new(Progress::new(&id)));
+        let cancel = CancellationToken::new();
+        jobs.insert(id, Job { cancel: cancel.clone(), progress: progress.clone() });
+        let task = tokio::spawn(job::run(self.inner.clone(), record, progress, cancel));
+        let mut tasks = self.inner.tasks.lock_unpoisoned();
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
+    }
+
+    /// Cancels the running download of `id`; its partial files are removed.
+    pub fn cancel(&self, id: &str) -> Result<(), HiveError> {
+        match self.inner.jobs.lock_unpoisoned().get(id) {
+            Some(job) => {
+                job.cancel.cancel();
+                Ok(())
+            }
+            None => Err(HiveError::ModelNotFound(format!("no download of {id} is running"))),
+        }
+    }
+
+    /// Deletes `id`: cancels its download if one runs, or removes its files.
+    pub async fn delete(&self, id: &str) -> Result<(), HiveError> {
+        if self.cancel(id).is_ok() {
+            return Ok(());
+        }
+        let Some(entry) = self.inner.catalog.get(id) else {
+            return Err(HiveError::ModelNotFound(format!("model {id} is not in the catalog")));
+        };
+        let root = self.inner.config.dir.clone();
+        if entry.state != ModelState::Failed {
+            let dir = layout::model_dir(&root, id);
+            let trash =
+                root.join(layout::TRASH).join(format!("{}.{}", layout::dir_name(id), uuid::Uuid::new_v4()));
+            let moved = tokio::task::spawn_blocking(move || {
+                std::fs::create_dir_all(trash.parent().unwrap_or(&trash))?;
+                match std::fs::rename(&dir, &trash) {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(e),
+                    Ok(()) => layout::remove_tree(&trash),
+                }
+            })
+            .await?;
+            moved.map_err(|source| HiveError::ModelIo { path: layout::model_dir(&root, id), source })?;
+        }
+        self.inner.catalog.remove(id);
+        self.inner.finished.lock_unpoisoned().remove(id);
+        tracing::info!(model = %id, "model deleted");
+        Ok(())
+    }
+
+    /// Waits for every task after the hive's shutdown token was cancelled.
+    pub async fn stopped(&self) {
+        let tasks = std::mem::take(&mut *self.inner.tasks.lock_unpoisoned());
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Picks up hand-copied models and verifies them, and drops models whose
+    /// directory went away, every `rescan`.
+    async fn upkeep_loop(self) {
+        let mut ticker = tokio::time::interval(self.inner.config.rescan);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = self.inner.shutdown.cancelled() => return,
+                _ = ticker.tick() => self.upkeep().await,
+            }
+        }
+    }
+
+    async fn upkeep(&self) {
+        let root = self.inner.config.dir.clone();
+        let found = match tokio::task::spawn_blocking(move || scan_models_only(&root)).await {
+            Ok(Ok(found)) => found,
+            Ok(Err(e)) => return tracing::warn!(error = %e, "cannot scan the models directory"),
+            Err(e) => return tracing::warn!(error = %e, "models scan failed"),
+        };
+        let catalog = self.catalog();
+        for (id, model) in catalog.iter() {
+            let gone = matches!(model.state, ModelState::Ready | ModelState::Unverified)
+                && !found.iter().any(|(fid, _)| fid == id);
+            if gone {
+                tracing::warn!(model = %id, "model directory removed by hand; dropped from the catalog");
+                self.inner.catalog.remove(id);
+            }
+        }
+        for (id, files) in found {
+            let known = catalog.get(&id).map(|m| m.state);
+            let busy = self.inner.jobs.lock_unpoisoned().contains_key(&id);
+            if busy || matches!(known, Some(ModelState::Ready | ModelState::Downloading)) {
+                continue;
+            }
+            if known.is_none() || known == Some(ModelState::Failed) {
+                tracing::info!(model = %id, "hand-copied model found; verifying");
+                self.inner.catalog.put(catalog::unverified_entry(&id, &files));
+            }
+            let dir = layout::model_dir(&self.inner.config.dir, &id);
+            let vid = id.clone();
+            match tokio::task::spawn_blocking(move || verify::verify(&vid, &dir)).await {
+                Ok(Ok(manifest)) => {
+                    tracing::info!(model = %id, "hand-copied model verified");
+                    if self.inner.catalog.get(&id).map(|m| m.state) == Some(ModelState::Unverified) {
+                        self.inner.catalog.put(catalog::ready_entry(&manifest));
+                    }
+                }
+                Ok(Err(e)) => tracing::info!(model = %id, error = %e, "hand-copied model not verified yet"),
+                Err(e) => tracing::warn!(model = %id, error = %e, "verification task failed"),
+            }
+        }
+    }
+}
+
+/// The model directories with their files, whether or not they have a manifest (the
+/// ones with a valid manifest are listed too, so that removals are seen).
+fn scan_models_only(root: &std::path::Path) -> std::io::Result<Vec<(String, layout::FileList)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(root)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || !entry.metadata()?.is_dir() {
+            continue;
+        }
+        if let Some(id) = layout::id_of_dir(&name) {
+            out.push((id, layout::list_files(&entry.path())?));
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,177 @@
+//! One download's progress: bytes, a smoothed speed, the ETA and the phase, updated by
+//! the download task and read (as a [`DownloadProgress`] record) by every sample.
+//!
+//! The record is truthful: while the total is known and the phase is not `Done`,
+//! `bytes_done` stays below the total, so no reader ever sees 100% before the model is
+//! ready.
+
+use std::time::{Duration, Instant};
+
+use rbee_shared::{DownloadPhase, DownloadProgress};
+
+/// How often the speed estimate takes a new measurement.
+const SPEED_TICK: Duration = Duration::from_millis(250);
+/// Weight of the newest measurement in the smoothed speed.
+const SPEED_ALPHA: f64 = 0.3;
+
+/// The live state of one download.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    /// The model.
+    model_id: String,
+    /// Its phase.
+    phase: DownloadPhase,
+    /// Bytes on disk over all files.
+    done: u64,
+    /// The total, when known.
+    total: Option<u64>,
+    /// Smoothed bytes per second.
+    speed: f64,
+    /// When and at how many bytes the speed was last measured.
+    tick: Option<(Instant, u64)>,
+    /// Why it failed.
+    error: Option<String>,
+    /// Attempts for the current file.
+    attempt: u32,
+    /// When the record last changed.
+    updated_at_unix_ms: u64,
+}
+
+impl Progress {
+    /// A download of `model_id` that is resolving.
+    pub fn new(model_id: &str) -> Self {
+        Self {
+            model_id: model_id.to_owned(),
+            phase: DownloadPhase::Resolving,
+            done: 0,
+            total: None,
+            speed: 0.0,
+            tick: None,
+            error: None,
+            attempt: 0,
+            updated_at_unix_ms: rbee_shared::time::now_unix_ms(),
+        }
+    }
+
+    fn touch(&mut self) {
+        self.updated_at_unix_ms = rbee_shared::time::now_unix_ms();
+    }
+
+    /// Moves to `phase`.
+    pub fn set_phase(&mut self, phase: DownloadPhase) {
+        self.phase = phase;
+        if phase.is_final() {
+            self.speed = 0.0;
+        }
+        self.touch();
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> DownloadPhase {
+        self.phase
+    }
+
+    /// Sets the total (known once resolved).
+    pub fn set_total(&mut self, total: Option<u64>) {
+        self.total = total;
+        self.touch();
+    }
+
+    /// Sets the bytes on disk (after a resume or a restart from zero).
+    pub fn set_done(&mut self, done: u64) {
+        self.done = done;
+        self.tick = None;
+        self.touch();
+    }
+
+    /// Counts `n` more bytes and updates the speed at most every 250 ms.
+    pub fn add(&mut self, n: u64) {
+        self.done = self.done.saturating_add(n);
+        let now = Instant::now();
+        match self.tick {
+            None => self.tick = Some((now, self.done)),
+            Some((at, bytes)) => {
+                let dt = now.duration_since(at);
+                if dt >= SPEED_TICK {
+                    let instant = self.done.saturating_sub(bytes) as f64 / dt.as_secs_f64();
+                    self.speed = if self.speed == 0.0 {
+                        instant
+                    } else {
+                        SPEED_ALPHA * instant + (1.0 - SPEED_ALPHA) * self.speed
+                    };
+                    self.tick = Some((now, self.done));
+                    self.touch();
+                }
+            }
+        }
+    }
+
+    /// Counts a new connection attempt.
+    pub fn set_attempt(&mut self, attempt: u32) {
+        self.attempt = attempt;
+        self.touch();
+    }
+
+    /// Ends in failure.
+    pub fn fail(&mut self, error: String) {
+        self.error = Some(error);
+        self.set_phase(DownloadPhase::Failed);
+    }
+
+    /// The record a sample carries.
+    pub fn record(&self) -> DownloadProgress {
+        let done = match (self.total, self.phase) {
+            (Some(total), phase) if phase != DownloadPhase::Done => self.done.min(total.saturating_sub(1)),
+            (Some(total), _) => total,
+            (None, _) => self.done,
+        };
+        let eta_ms = match (self.total, self.phase) {
+            (Some(total), DownloadPhase::Downloading) if self.speed > 0.0 => {
+                Some((total.saturating_sub(self.done) as f64 / self.speed * 1000.0) as u64)
+            }
+            _ => None,
+        };
+        DownloadProgress {
+            model_id: self.model_id.clone(),
+            phase: self.phase,
+            bytes_done: done,
+            bytes_total: self.total,
+            speed_bytes_per_s: self.speed,
+            eta_ms,
+            error: self.error.clone(),
+            attempt: self.attempt,
+            updated_at_unix_ms: self.updated_at_unix_ms,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn never_shows_the_total_before_done() {
+        let mut p = Progress::new("m");
+        p.set_total(Some(100));
+        p.set_phase(DownloadPhase::Downloading);
+        p.add(100);
+        assert_eq!(p.record().bytes_done, 99);
+        p.set_phase(DownloadPhase::Verifying);
+        assert_eq!(p.record().bytes_done, 99);
+        p.set_phase(DownloadPhase::Done);
+        assert_eq!(p.record().bytes_done, 100);
+    }
+
+    #[test]
+    fn speed_and_eta_follow_the_bytes() {
+        let mut p = Progress::new("m");
+        p.set_total(Some(10_000_000));
+        p.set_phase(DownloadPhase::Downloading);
+        p.add(1);
+        std::thread::sleep(SPEED_TICK);
+        p.add(1_000_000);
+        let r = p.record();
+        assert!(r.speed_bytes_per_s > 0.0, "{r:?}");
+        assert!(r.eta_ms.is_some(), "{r:?}");
+    }
+}

@@ -1,0 +1,69 @@
+//! Hand-copied models: their files are hashed in the background, and once the files
+//! stood still while being hashed, a manifest makes them `ready`.
+
+use std::io::Read;
+use std::path::Path;
+use std::time::SystemTime;
+
+use rbee_shared::ModelFile;
+use sha2::{Digest, Sha256};
+
+use super::download::hex;
+use super::layout;
+use super::manifest::{self, Manifest};
+
+/// Why a hand-copied model could not be verified (yet).
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// A file changed while it was hashed (still being copied): try again later.
+    #[error("files changed while hashing (still being copied?)")]
+    Changing,
+    /// A file could not be read.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+fn stamp(path: &Path) -> std::io::Result<(u64, SystemTime)> {
+    let m = std::fs::metadata(path)?;
+    Ok((m.len(), m.modified()?))
+}
+
+fn hash_file(path: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+/// Hashes the model in `dir` and writes its manifest. Blocks: run on a blocking thread.
+pub fn verify(id: &str, dir: &Path) -> Result<Manifest, VerifyError> {
+    let listed = layout::list_files(dir)?;
+    let mut files = Vec::with_capacity(listed.len());
+    for (rel, _) in &listed {
+        let path = dir.join(rel);
+        let before = stamp(&path)?;
+        let sha256 = hash_file(&path)?;
+        if stamp(&path)? != before {
+            return Err(VerifyError::Changing);
+        }
+        files.push(ModelFile { path: rel.clone(), size_bytes: before.0, sha256: Some(sha256) });
+    }
+    if layout::list_files(dir)? != listed {
+        return Err(VerifyError::Changing);
+    }
+    let manifest = Manifest {
+        id: id.to_owned(),
+        files,
+        source: "hand-copied".into(),
+        ready_at_unix_ms: rbee_shared::time::now_unix_ms(),
+    };
+    manifest::write(&dir.join(layout::MANIFEST), &manifest)?;
+    Ok(manifest)
+}

@@ -1,0 +1,252 @@
+//! A small HTTP/1.1 file server on `127.0.0.1:0` for download tests: it serves
+//! generated files with `Range`/`If-Range`, answers the Hugging Face Hub endpoints the
+//! hive uses, counts the body bytes it sends, and can be throttled, made to drop a
+//! connection mid-body once, or made to corrupt a byte.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Bytes per write (and per throttle step).
+const CHUNK: usize = 64 * 1024;
+
+/// `len` deterministic pseudo-random bytes (xorshift64 from `seed`).
+pub fn generated(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// SHA-256 in lowercase hex.
+pub fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(Default)]
+struct State {
+    /// Path -> content.
+    files: Mutex<HashMap<String, Arc<Vec<u8>>>>,
+    /// Extra JSON documents by path (Hub API answers).
+    json: Mutex<HashMap<String, String>>,
+    /// Body bytes sent.
+    sent: AtomicU64,
+    /// GET requests served (files only).
+    gets: AtomicU64,
+    /// Bytes per second per connection; 0 = unthrottled.
+    throttle: AtomicU64,
+    /// Drop the next connection after this many body bytes (u64::MAX = never).
+    drop_after: AtomicU64,
+    /// Authorization headers seen on Hub API requests.
+    auth: Mutex<Vec<String>>,
+}
+
+/// The running server. Dropping it stops it.
+pub struct FileServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    state: Arc<State>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FileServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FileServer {
+    /// Starts the server on `127.0.0.1:0`.
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the file server");
+        let addr = listener.local_addr().expect("an address");
+        let state = Arc::new(State { drop_after: AtomicU64::new(u64::MAX), ..State::default() });
+        let s = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((conn, _)) = listener.accept().await else { return };
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let _ = serve(conn, s).await;
+                });
+            }
+        });
+        Self { addr, state, task }
+    }
+
+    /// Serves `data` at `/path`; returns its URL.
+    pub fn add(&self, path: &str, data: Vec<u8>) -> String {
+        self.state.files.lock().unwrap().insert(format!("/{path}"), Arc::new(data));
+        self.url(path)
+    }
+
+    /// The URL of `/path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}/{path}", self.addr)
+    }
+
+    /// The base URL (for `HF_ENDPOINT`).
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Flips one byte of the file at `/path`.
+    pub fn corrupt(&self, path: &str, at: usize) {
+        let mut files = self.state.files.lock().unwrap();
+        let data = files.get_mut(&format!("/{path}")).expect("a served file");
+        let mut copy = data.as_ref().clone();
+        copy[at] ^= 0xff;
+        *data = Arc::new(copy);
+    }
+
+    /// A Hub repository `repo` at `revision`, pinned to `commit`, with `files` (each
+    /// listed with its LFS sha256 and size).
+    pub fn add_hf_repo(&self, repo: &str, revision: &str, commit: &str, files: &[(&str, Vec<u8>)]) {
+        let siblings: Vec<String> = files
+            .iter()
+            .map(|(name, data)| {
+                format!(
+                    r#"{{"rfilename":"{name}","size":{},"lfs":{{"sha256":"{}","size":{},"pointerSize":134}}}}"#,
+                    data.len(),
+                    sha256_hex(data),
+                    data.len()
+                )
+            })
+            .collect();
+        let doc = format!(r#"{{"id":"{repo}","sha":"{commit}","siblings":[{}]}}"#, siblings.join(","));
+        self.state.json.lock().unwrap().insert(format!("/api/models/{repo}/revision/{revision}"), doc);
+        for (name, data) in files {
+            self.add(&format!("{repo}/resolve/{commit}/{name}"), data.clone());
+        }
+    }
+
+    /// Authorization headers the Hub API requests carried.
+    pub fn hub_authorizations(&self) -> Vec<String> {
+        self.state.auth.lock().unwrap().clone()
+    }
+
+    /// Body bytes sent so far.
+    pub fn bytes_sent(&self) -> u64 {
+        self.state.sent.load(Ordering::SeqCst)
+    }
+
+    /// File GETs served so far.
+    pub fn gets(&self) -> u64 {
+        self.state.gets.load(Ordering::SeqCst)
+    }
+
+    /// Limits each connection to `bytes_per_s` (0: unlimited).
+    pub fn throttle(&self, bytes_per_s: u64) {
+        self.state.throttle.store(bytes_per_s, Ordering::SeqCst);
+    }
+
+    /// Drops the next connection after `bytes` body bytes (once).
+    pub fn drop_once_after(&self, bytes: u64) {
+        self.state.drop_after.store(bytes, Ordering::SeqCst);
+    }
+}
+
+async fn read_head(conn: &mut TcpStream) -> std::io::Result<Option<String>> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = conn.read(&mut byte).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        head.extend_from_slice(&byte[..n]);
+        if head.len() > 64 * 1024 {
+            return Ok(None);
+        }
+    }
+    Ok(Some(String::from_utf8_lossy(&head).into_owned()))
+}
+
+async fn serve(mut conn: TcpStream, state: Arc<State>) -> std::io::Result<()> {
+    let Some(head) = read_head(&mut conn).await? else { return Ok(()) };
+    let mut lines = head.lines();
+    let request = lines.next().unwrap_or_default().to_owned();
+    let mut parts = request.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    let path = target.split('?').next().unwrap_or_default().to_owned();
+    let headers: HashMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let doc = state.json.lock().unwrap().get(&path).cloned();
+    if let Some(doc) = doc {
+        if let Some(a) = headers.get("authorization") {
+            state.auth.lock().unwrap().push(a.clone());
+        }
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{doc}",
+            doc.len()
+        );
+        return conn.write_all(reply.as_bytes()).await;
+    }
+    let data = state.files.lock().unwrap().get(&path).cloned();
+    let Some(data) = data else {
+        return conn
+            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .await;
+    };
+    let etag = format!("\"{}-{}\"", data.len(), &sha256_hex(&data[..data.len().min(4096)])[..16]);
+    let if_range_ok = headers.get("if-range").is_none_or(|v| *v == etag);
+    let start = headers
+        .get("range")
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.strip_suffix('-'))
+        .and_then(|s| s.parse::<usize>().ok())
+        .filter(|_| if_range_ok);
+    let len = data.len();
+    let (status, from) = match start {
+        Some(s) if s >= len => {
+            let reply = format!(
+                "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{len}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            return conn.write_all(reply.as_bytes()).await;
+        }
+        Some(s) => (format!("206 Partial Content\r\nContent-Range: bytes {s}-{}/{len}", len - 1), s),
+        None => ("200 OK".to_owned(), 0),
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nETag: {etag}\r\nAccept-Ranges: bytes\r\nConnection: close\r\n\r\n",
+        len - from
+    );
+    conn.write_all(head.as_bytes()).await?;
+    if method == "HEAD" {
+        return Ok(());
+    }
+    state.gets.fetch_add(1, Ordering::SeqCst);
+    let drop_after = state.drop_after.swap(u64::MAX, Ordering::SeqCst);
+    let mut at = from;
+    while at < len {
+        let throttle = state.throttle.load(Ordering::SeqCst);
+        let end = (at + CHUNK).min(len);
+        let end = if drop_after != u64::MAX { end.min(from + drop_after as usize).max(at) } else { end };
+        if end == at {
+            // Drop the connection mid-body: the client sees a truncated transfer.
+            return Ok(());
+        }
+        conn.write_all(&data[at..end]).await?;
+        let n = (end - at) as u64;
+        state.sent.fetch_add(n, Ordering::SeqCst);
+        at = end;
+        if throttle > 0 {
+            tokio::time::sleep(Duration::from_secs_f64(n as f64 / throttle as f64)).await;
+        }
+    }
+    conn.shutdown().await
+}

@@ -1,0 +1,287 @@
+//! Wire <-> domain for models: catalog entries, download progress, disk space and the
+//! fetch request's source. Part of [`crate::convert`], the one wire boundary.
+
+use rbee_proto::v1 as pb;
+
+use super::Checked;
+use crate::model::{
+    MAX_MODEL_FILES, MAX_MODELS, MAX_URL_BYTES, check_model_id, check_relative_path, check_sha256, parse_hf,
+    path_from_url,
+};
+use crate::{
+    ConvertError, DiskSpace, DownloadPhase, DownloadProgress, FileSource, ModelEntry, ModelFile, ModelSource,
+    ModelState,
+};
+
+fn check_long(field: &str, s: &str) -> Checked<String> {
+    if s.len() > MAX_URL_BYTES {
+        return Err(ConvertError::new(field, format!("{} bytes > {MAX_URL_BYTES}", s.len())));
+    }
+    Ok(s.to_owned())
+}
+
+/// Checks a model id from the wire.
+pub fn model_id_from_wire(field: &str, id: &str) -> Checked<String> {
+    check_model_id(id).map_err(|e| ConvertError::new(field, e.0))?;
+    Ok(id.to_owned())
+}
+
+impl From<ModelState> for pb::ModelState {
+    fn from(s: ModelState) -> Self {
+        match s {
+            ModelState::Downloading => Self::Downloading,
+            ModelState::Ready => Self::Ready,
+            ModelState::Failed => Self::Failed,
+            ModelState::Unverified => Self::Unverified,
+        }
+    }
+}
+
+impl From<&ModelEntry> for pb::Model {
+    fn from(m: &ModelEntry) -> Self {
+        Self {
+            id: m.id.clone(),
+            state: pb::ModelState::from(m.state) as i32,
+            files: m
+                .files
+                .iter()
+                .map(|f| pb::ModelFile {
+                    path: f.path.clone(),
+                    size_bytes: f.size_bytes,
+                    sha256: f.sha256.clone(),
+                })
+                .collect(),
+            size_bytes: m.size_bytes,
+            error: m.error.clone(),
+        }
+    }
+}
+
+fn model_from_wire(field: &str, m: &pb::Model) -> Checked<ModelEntry> {
+    let state = match pb::ModelState::try_from(m.state) {
+        Ok(pb::ModelState::Downloading) => ModelState::Downloading,
+        Ok(pb::ModelState::Ready) => ModelState::Ready,
+        Ok(pb::ModelState::Failed) => ModelState::Failed,
+        Ok(pb::ModelState::Unverified) => ModelState::Unverified,
+        _ => return Err(ConvertError::new(format!("{field}.state"), format!("unknown value {}", m.state))),
+    };
+    if m.files.len() > MAX_MODEL_FILES {
+        return Err(ConvertError::new(
+            format!("{field}.files"),
+            format!("{} > {MAX_MODEL_FILES}", m.files.len()),
+        ));
+    }
+    let files = m
+        .files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let ff = format!("{field}.files[{i}]");
+            check_relative_path(&f.path).map_err(|e| ConvertError::new(format!("{ff}.path"), e.0))?;
+            let sha256 = f
+                .sha256
+                .as_deref()
+                .map(check_sha256)
+                .transpose()
+                .map_err(|e| ConvertError::new(format!("{ff}.sha256"), e.0))?;
+            Ok(ModelFile { path: f.path.clone(), size_bytes: f.size_bytes, sha256 })
+        })
+        .collect::<Checked<_>>()?;
+    Ok(ModelEntry {
+        id: model_id_from_wire(&format!("{field}.id"), &m.id)?,
+        state,
+        files,
+        size_bytes: m.size_bytes,
+        error: m.error.as_deref().map(|e| check_long(&format!("{field}.error"), e)).transpose()?,
+    })
+}
+
+/// Models from the wire; ids unique.
+pub fn models_from_wire(field: &str, models: &[pb::Model]) -> Checked<Vec<ModelEntry>> {
+    if models.len() > MAX_MODELS {
+        return Err(ConvertError::new(field, format!("{} models > {MAX_MODELS}", models.len())));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    models
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let model = model_from_wire(&format!("{field}[{i}]"), m)?;
+            if !seen.insert(model.id.clone()) {
+                return Err(ConvertError::new(field, format!("duplicate model id {}", model.id)));
+            }
+            Ok(model)
+        })
+        .collect()
+}
+
+/// Removed model ids from the wire.
+pub fn model_ids_from_wire(field: &str, ids: &[String]) -> Checked<Vec<String>> {
+    if ids.len() > MAX_MODELS {
+        return Err(ConvertError::new(field, format!("{} ids > {MAX_MODELS}", ids.len())));
+    }
+    ids.iter().map(|id| model_id_from_wire(field, id)).collect()
+}
+
+impl From<DownloadPhase> for pb::DownloadPhase {
+    fn from(p: DownloadPhase) -> Self {
+        match p {
+            DownloadPhase::Resolving => Self::Resolving,
+            DownloadPhase::Downloading => Self::Downloading,
+            DownloadPhase::Verifying => Self::Verifying,
+            DownloadPhase::Done => Self::Done,
+            DownloadPhase::Failed => Self::Failed,
+            DownloadPhase::Cancelled => Self::Cancelled,
+        }
+    }
+}
+
+impl From<&DownloadProgress> for pb::DownloadProgress {
+    fn from(d: &DownloadProgress) -> Self {
+        Self {
+            model_id: d.model_id.clone(),
+            phase: pb::DownloadPhase::from(d.phase) as i32,
+            bytes_done: d.bytes_done,
+            bytes_total: d.bytes_total,
+            speed_bytes_per_s: d.speed_bytes_per_s,
+            eta_ms: d.eta_ms,
+            error: d.error.clone(),
+            attempt: d.attempt,
+            updated_at_unix_ms: d.updated_at_unix_ms,
+        }
+    }
+}
+
+fn download_from_wire(field: &str, d: &pb::DownloadProgress) -> Checked<DownloadProgress> {
+    let phase = match pb::DownloadPhase::try_from(d.phase) {
+        Ok(pb::DownloadPhase::Resolving) => DownloadPhase::Resolving,
+        Ok(pb::DownloadPhase::Downloading) => DownloadPhase::Downloading,
+        Ok(pb::DownloadPhase::Verifying) => DownloadPhase::Verifying,
+        Ok(pb::DownloadPhase::Done) => DownloadPhase::Done,
+        Ok(pb::DownloadPhase::Failed) => DownloadPhase::Failed,
+        Ok(pb::DownloadPhase::Cancelled) => DownloadPhase::Cancelled,
+        _ => return Err(ConvertError::new(format!("{field}.phase"), format!("unknown value {}", d.phase))),
+    };
+    if !d.speed_bytes_per_s.is_finite() || d.speed_bytes_per_s < 0.0 {
+        return Err(ConvertError::new(format!("{field}.speed_bytes_per_s"), "must be finite and >= 0"));
+    }
+    Ok(DownloadProgress {
+        model_id: model_id_from_wire(&format!("{field}.model_id"), &d.model_id)?,
+        phase,
+        bytes_done: d.bytes_done,
+        bytes_total: d.bytes_total,
+        speed_bytes_per_s: d.speed_bytes_per_s,
+        eta_ms: d.eta_ms,
+        error: d.error.as_deref().map(|e| check_long(&format!("{field}.error"), e)).transpose()?,
+        attempt: d.attempt,
+        updated_at_unix_ms: d.updated_at_unix_ms,
+    })
+}
+
+/// Download records from the wire.
+pub fn downloads_from_wire(
+    field: &str,
+    downloads: &[pb::DownloadProgress],
+) -> Checked<Vec<DownloadProgress>> {
+    if downloads.len() > MAX_MODELS {
+        return Err(ConvertError::new(field, format!("{} records > {MAX_MODELS}", downloads.len())));
+    }
+    downloads.iter().enumerate().map(|(i, d)| download_from_wire(&format!("{field}[{i}]"), d)).collect()
+}
+
+impl From<&DiskSpace> for pb::DiskSpace {
+    fn from(d: &DiskSpace) -> Self {
+        Self { path: d.path.clone(), total_bytes: d.total_bytes, free_bytes: d.free_bytes }
+    }
+}
+
+/// Disk space from the wire.
+pub fn disk_from_wire(field: &str, d: &pb::DiskSpace) -> Checked<DiskSpace> {
+    if d.free_bytes > d.total_bytes {
+        return Err(ConvertError::new(
+            format!("{field}.free_bytes"),
+            format!("{} > total_bytes {}", d.free_bytes, d.total_bytes),
+        ));
+    }
+    Ok(DiskSpace {
+        path: check_long(&format!("{field}.path"), &d.path)?,
+        total_bytes: d.total_bytes,
+        free_bytes: d.free_bytes,
+    })
+}
+
+/// The source of a `FetchModelRequest`, validated.
+pub fn source_from_wire(source: Option<&pb::fetch_model_request::Source>) -> Checked<ModelSource> {
+    use pb::fetch_model_request::Source;
+    match source {
+        None => Err(ConvertError::new("source", "is required: urls or hf")),
+        Some(Source::Hf(uri)) => parse_hf(uri).map_err(|e| ConvertError::new("source.hf", e.0)),
+        Some(Source::Urls(urls)) => {
+            if urls.files.is_empty() || urls.files.len() > MAX_MODEL_FILES {
+                return Err(ConvertError::new(
+                    "source.urls.files",
+                    format!("must hold 1..={MAX_MODEL_FILES} files"),
+                ));
+            }
+            let mut paths = std::collections::BTreeSet::new();
+            let files = urls
+                .files
+                .iter()
+                .enumerate()
+                .map(|(i, f)| {
+                    let field = format!("source.urls.files[{i}]");
+                    let url = check_long(&format!("{field}.url"), &f.url)?;
+                    if !(url.starts_with("http://") || url.starts_with("https://")) {
+                        return Err(ConvertError::new(
+                            format!("{field}.url"),
+                            "must start with http:// or https://",
+                        ));
+                    }
+                    let path = match &f.path {
+                        Some(p) => {
+                            check_relative_path(p)
+                                .map_err(|e| ConvertError::new(format!("{field}.path"), e.0))?;
+                            p.clone()
+                        }
+                        None => path_from_url(&url).ok_or_else(|| {
+                            ConvertError::new(format!("{field}.path"), "is required: the URL names no file")
+                        })?,
+                    };
+                    if !paths.insert(path.clone()) {
+                        return Err(ConvertError::new(
+                            format!("{field}.path"),
+                            format!("{path:?} appears twice"),
+                        ));
+                    }
+                    let sha256 = f
+                        .sha256
+                        .as_deref()
+                        .map(check_sha256)
+                        .transpose()
+                        .map_err(|e| ConvertError::new(format!("{field}.sha256"), e.0))?;
+                    Ok(FileSource { url, path, size_bytes: f.size_bytes, sha256 })
+                })
+                .collect::<Checked<_>>()?;
+            Ok(ModelSource::Urls(files))
+        }
+    }
+}
+
+/// The wire form of a source (for clients such as the queen's CLI).
+pub fn source_to_wire(source: &ModelSource) -> pb::fetch_model_request::Source {
+    use pb::fetch_model_request::Source;
+    match source {
+        ModelSource::HuggingFace { repo, revision } => Source::Hf(format!("hf://{repo}@{revision}")),
+        ModelSource::Urls(files) => Source::Urls(pb::UrlSource {
+            files: files
+                .iter()
+                .map(|f| pb::FileSource {
+                    url: f.url.clone(),
+                    path: Some(f.path.clone()),
+                    size_bytes: f.size_bytes,
+                    sha256: f.sha256.clone(),
+                })
+                .collect(),
+        }),
+    }
+}

@@ -1,0 +1,284 @@
+//! Models on a hive: the catalog's entries, where a model is fetched from, and how a
+//! download is going. The hive owns these; the queen reads them off the stream.
+
+use std::fmt;
+
+/// Longest model id, bytes.
+pub const MAX_MODEL_ID_BYTES: usize = 128;
+/// Longest file path inside a model, bytes.
+pub const MAX_MODEL_PATH_BYTES: usize = 256;
+/// Most files one model may have.
+pub const MAX_MODEL_FILES: usize = 512;
+/// Most models one hive may report.
+pub const MAX_MODELS: usize = 4096;
+/// Longest URL or error text, bytes.
+pub const MAX_URL_BYTES: usize = 2048;
+
+/// A model's state in a hive's catalog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelState {
+    /// Being downloaded; not usable yet.
+    Downloading,
+    /// Every file present and verified.
+    Ready,
+    /// The last download failed; none of its files is left.
+    Failed,
+    /// Copied in by hand; hashes are being computed.
+    Unverified,
+}
+
+impl ModelState {
+    /// The lowercase name users read.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Downloading => "downloading",
+            Self::Ready => "ready",
+            Self::Failed => "failed",
+            Self::Unverified => "unverified",
+        }
+    }
+}
+
+/// One file of a model.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ModelFile {
+    /// Path inside the model's directory.
+    pub path: String,
+    /// Size in bytes.
+    pub size_bytes: u64,
+    /// SHA-256, lowercase hex, when known.
+    pub sha256: Option<String>,
+}
+
+/// One model in a hive's catalog.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ModelEntry {
+    /// The model id (`llama-3.1-8b-q4`, `org/repo`).
+    pub id: String,
+    /// Its state.
+    pub state: ModelState,
+    /// Its files (the declared ones while downloading).
+    pub files: Vec<ModelFile>,
+    /// Sum of the file sizes (declared total while downloading, when known).
+    pub size_bytes: u64,
+    /// Why the last download failed.
+    pub error: Option<String>,
+}
+
+/// A download's phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DownloadPhase {
+    /// Resolving the source (e.g. listing a Hugging Face repository).
+    Resolving,
+    /// Bytes are coming in.
+    Downloading,
+    /// Every byte is in; hashes are checked and files moved into place.
+    Verifying,
+    /// Final: the model is ready.
+    Done,
+    /// Final: failed (see the error); nothing left behind.
+    Failed,
+    /// Final: cancelled; nothing left behind.
+    Cancelled,
+}
+
+impl DownloadPhase {
+    /// True for the phases a download ends in.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Done | Self::Failed | Self::Cancelled)
+    }
+
+    /// The lowercase name users read.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Resolving => "resolving",
+            Self::Downloading => "downloading",
+            Self::Verifying => "verifying",
+            Self::Done => "done",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// How one download is going.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DownloadProgress {
+    /// The model being downloaded.
+    pub model_id: String,
+    /// Its phase.
+    pub phase: DownloadPhase,
+    /// Bytes on disk so far; below `bytes_total` until the phase is `Done`.
+    pub bytes_done: u64,
+    /// The total, when known.
+    pub bytes_total: Option<u64>,
+    /// Smoothed speed, bytes per second.
+    pub speed_bytes_per_s: f64,
+    /// Estimated time left, ms.
+    pub eta_ms: Option<u64>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Connection attempts for the current file (1 = no retry yet).
+    pub attempt: u32,
+    /// When the record last changed, ms since the Unix epoch.
+    pub updated_at_unix_ms: u64,
+}
+
+/// Space on the filesystem holding a directory.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DiskSpace {
+    /// The directory.
+    pub path: String,
+    /// Filesystem size, bytes.
+    pub total_bytes: u64,
+    /// Space an unprivileged writer may still use, bytes.
+    pub free_bytes: u64,
+}
+
+/// One file to download over http(s).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileSource {
+    /// The URL.
+    pub url: String,
+    /// Path inside the model's directory.
+    pub path: String,
+    /// Declared size, when known.
+    pub size_bytes: Option<u64>,
+    /// Expected SHA-256, lowercase hex, when known.
+    pub sha256: Option<String>,
+}
+
+/// Where a model comes from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelSource {
+    /// Plain http(s) files.
+    Urls(Vec<FileSource>),
+    /// A Hugging Face Hub repository at a revision (default `main`).
+    HuggingFace {
+        /// `org/repo`.
+        repo: String,
+        /// Branch, tag or commit.
+        revision: String,
+    },
+}
+
+impl fmt::Display for ModelSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Urls(files) if files.len() == 1 => write!(f, "{}", files[0].url),
+            Self::Urls(files) => write!(f, "{} urls", files.len()),
+            Self::HuggingFace { repo, revision } => write!(f, "hf://{repo}@{revision}"),
+        }
+    }
+}
+
+/// Why a model id, path or source is not valid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ModelNameError(pub String);
+
+/// Checks a model id: 1..=128 bytes of `[A-Za-z0-9._-]` and `/`, no empty, `.` or `..`
+/// segment, no `--` (the directory name uses it for `/`).
+pub fn check_model_id(id: &str) -> Result<(), ModelNameError> {
+    if id.is_empty() || id.len() > MAX_MODEL_ID_BYTES {
+        return Err(ModelNameError(format!("model id must be 1..={MAX_MODEL_ID_BYTES} bytes")));
+    }
+    if id.contains("--") {
+        return Err(ModelNameError(format!("model id {id:?} must not contain \"--\"")));
+    }
+    check_relative_path(id).map_err(|e| ModelNameError(format!("model id {id:?}: {}", e.0)))
+}
+
+/// Checks a relative path inside a model: segments of `[A-Za-z0-9._-]`, no empty, `.`
+/// or `..` segment, at most 256 bytes.
+pub fn check_relative_path(path: &str) -> Result<(), ModelNameError> {
+    if path.is_empty() || path.len() > MAX_MODEL_PATH_BYTES {
+        return Err(ModelNameError(format!("must be 1..={MAX_MODEL_PATH_BYTES} bytes")));
+    }
+    for segment in path.split('/') {
+        if segment.is_empty() || segment == "." || segment == ".." {
+            return Err(ModelNameError("has an empty, \".\" or \"..\" segment".into()));
+        }
+        if let Some(c) = segment.chars().find(|c| !(c.is_ascii_alphanumeric() || "._-".contains(*c))) {
+            return Err(ModelNameError(format!("has {c:?}; allowed are A-Z a-z 0-9 . _ - and /")));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a SHA-256 in hex and returns it in lowercase.
+pub fn check_sha256(hex: &str) -> Result<String, ModelNameError> {
+    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(ModelNameError(format!("sha256 {hex:?} is not 64 hex digits")));
+    }
+    Ok(hex.to_ascii_lowercase())
+}
+
+/// Parses `hf://org/repo[@revision]`.
+pub fn parse_hf(uri: &str) -> Result<ModelSource, ModelNameError> {
+    let rest = uri
+        .strip_prefix("hf://")
+        .ok_or_else(|| ModelNameError(format!("{uri:?} does not start with hf://")))?;
+    let (repo, revision) = match rest.split_once('@') {
+        Some((repo, rev)) => (repo, rev),
+        None => (rest, "main"),
+    };
+    if repo.split('/').count() != 2 {
+        return Err(ModelNameError(format!("{uri:?}: the repository must be org/repo")));
+    }
+    check_relative_path(repo).map_err(|e| ModelNameError(format!("{uri:?}: {}", e.0)))?;
+    if revision.is_empty()
+        || revision.len() > MAX_MODEL_PATH_BYTES
+        || !revision.chars().all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c))
+    {
+        return Err(ModelNameError(format!("{uri:?}: revision {revision:?} is not valid")));
+    }
+    Ok(ModelSource::HuggingFace { repo: repo.to_owned(), revision: revision.to_owned() })
+}
+
+/// The default path of a URL's file: its last path segment.
+pub fn path_from_url(url: &str) -> Option<String> {
+    let no_query = url.split(['?', '#']).next()?;
+    let last = no_query.rsplit('/').next()?;
+    check_relative_path(last).ok().map(|()| last.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_and_paths_are_checked() {
+        assert!(check_model_id("llama-3.1-8b-q4").is_ok());
+        assert!(check_model_id("org/repo").is_ok());
+        for bad in ["", "../x", "a//b", "a/./b", "a b", "a--b", "/abs"] {
+            assert!(check_model_id(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(check_sha256(&"A".repeat(64)), Ok("a".repeat(64)));
+        assert!(check_sha256("abc").is_err());
+    }
+
+    #[test]
+    fn hf_uris_parse() {
+        assert_eq!(
+            parse_hf("hf://org/repo@v1"),
+            Ok(ModelSource::HuggingFace { repo: "org/repo".into(), revision: "v1".into() })
+        );
+        assert_eq!(
+            parse_hf("hf://org/repo"),
+            Ok(ModelSource::HuggingFace { repo: "org/repo".into(), revision: "main".into() })
+        );
+        assert!(parse_hf("hf://repo").is_err());
+        assert!(parse_hf("http://x/y").is_err());
+        assert!(parse_hf("hf://org/../x").is_err());
+    }
+
+    #[test]
+    fn url_paths() {
+        assert_eq!(path_from_url("http://h/a/model.bin?x=1").as_deref(), Some("model.bin"));
+        assert_eq!(path_from_url("http://h/"), None);
+    }
+}
