@@ -71,7 +71,14 @@ pub fn mincore_pages(file: &File) -> io::Result<u64> {
         // file we hold open; no Rust reference into it is ever made (only its address
         // is passed to mincore), so a concurrent truncation cannot break Rust's rules.
         let addr = unsafe {
-            libc::mmap(std::ptr::null_mut(), window_usize, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), offset)
+            libc::mmap(
+                std::ptr::null_mut(),
+                window_usize,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                offset,
+            )
         };
         if addr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());

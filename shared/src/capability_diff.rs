@@ -164,10 +164,13 @@ mod tests {
     fn model_strategy() -> impl Strategy<Value = crate::ModelEntry> {
         (0u8..5, 0u8..3, 0u64..1000).prop_map(|(id, state, size)| crate::ModelEntry {
             id: format!("m{id}"),
-            state: [crate::ModelState::Downloading, crate::ModelState::Ready, crate::ModelState::Failed][state as usize],
+            state: [crate::ModelState::Downloading, crate::ModelState::Ready, crate::ModelState::Failed]
+                [state as usize],
             files: vec![crate::ModelFile { path: "w.bin".into(), size_bytes: size, sha256: None }],
             size_bytes: size,
             error: None,
+            resident_bytes: None,
+            warm: false,
         })
     }
 

@@ -394,6 +394,8 @@ impl From<&Sample> for pb::Sample {
             capability_version: s.capability_version,
             downloads: s.downloads.iter().map(Into::into).collect(),
             models_disk: s.models_disk.as_ref().map(Into::into),
+            preloads: s.preloads.iter().map(Into::into).collect(),
+            read_bandwidth: s.read_bandwidth.as_ref().map(Into::into),
         }
     }
 }
@@ -468,7 +470,17 @@ impl TryFrom<&pb::Sample> for Sample {
                 .collect::<Checked<_>>()?,
             capability_version: s.capability_version,
             downloads: models::downloads_from_wire("sample.downloads", &s.downloads)?,
-            models_disk: s.models_disk.as_ref().map(|d| models::disk_from_wire("sample.models_disk", d)).transpose()?,
+            models_disk: s
+                .models_disk
+                .as_ref()
+                .map(|d| models::disk_from_wire("sample.models_disk", d))
+                .transpose()?,
+            preloads: models::downloads_from_wire("sample.preloads", &s.preloads)?,
+            read_bandwidth: s
+                .read_bandwidth
+                .as_ref()
+                .map(|b| models::read_bandwidth_from_wire("sample.read_bandwidth", b))
+                .transpose()?,
         })
     }
 }

@@ -44,11 +44,12 @@ pub use capability::{
 pub use capability_diff::CapabilityDiff;
 pub use error::{ConvertError, DiffError};
 pub use identity::{DeviceSourceKind, HiveIdentity};
-pub use sample::{
-    DEFAULT_SAMPLE_INTERVAL, GpuSample, LoadAverage, MAX_SAMPLE_INTERVAL, MIN_SAMPLE_INTERVAL, Sample,
-};
 pub use model::{
     DiskSpace, DownloadPhase, DownloadProgress, FileSource, ModelEntry, ModelFile, ModelSource, ModelState,
+    ReadBandwidth,
+};
+pub use sample::{
+    DEFAULT_SAMPLE_INTERVAL, GpuSample, LoadAverage, MAX_SAMPLE_INTERVAL, MIN_SAMPLE_INTERVAL, Sample,
 };
 pub use sample_interval::{IntervalError, SampleInterval};
 pub use stream_message::{HivePayload, HiveStreamMessage, KnownView, QueenStreamMessage, SnapshotReason};

@@ -71,6 +71,8 @@ pub async fn run(
                         files: Vec::new(),
                         size_bytes: 0,
                         error: None,
+                        resident_bytes: None,
+                        warm: false,
                     });
                     entry.state = ModelState::Failed;
                     entry.error = Some(e.to_string());
@@ -89,9 +91,15 @@ fn declared(id: &str, files: &[FileSource]) -> ModelEntry {
         size_bytes: files.iter().filter_map(|f| f.size_bytes).sum(),
         files: files
             .iter()
-            .map(|f| ModelFile { path: f.path.clone(), size_bytes: f.size_bytes.unwrap_or(0), sha256: f.sha256.clone() })
+            .map(|f| ModelFile {
+                path: f.path.clone(),
+                size_bytes: f.size_bytes.unwrap_or(0),
+                sha256: f.sha256.clone(),
+            })
             .collect(),
         error: None,
+        resident_bytes: None,
+        warm: false,
     }
 }
 
@@ -160,7 +168,11 @@ async fn download(
         };
         let finished = download::fetch_file(&job, file).await?;
         base += finished.size;
-        done.push(ModelFile { path: file.path.clone(), size_bytes: finished.size, sha256: Some(finished.sha256) });
+        done.push(ModelFile {
+            path: file.path.clone(),
+            size_bytes: finished.size,
+            sha256: Some(finished.sha256),
+        });
     }
     progress.lock_unpoisoned().set_phase(DownloadPhase::Verifying);
     let id = record.id.clone();
@@ -172,7 +184,12 @@ async fn download(
 }
 
 /// Moves the verified files into place and publishes the model with one rename.
-fn commit(root: &std::path::Path, id: &str, source: String, files: Vec<ModelFile>) -> Result<Manifest, DownloadError> {
+fn commit(
+    root: &std::path::Path,
+    id: &str,
+    source: String,
+    files: Vec<ModelFile>,
+) -> Result<Manifest, DownloadError> {
     let partial = layout::partial_dir(root, id);
     let io = |path: &std::path::Path| {
         let path = path.display().to_string();
@@ -186,7 +203,8 @@ fn commit(root: &std::path::Path, id: &str, source: String, files: Vec<ModelFile
         let _ = std::fs::remove_file(&sidecar);
     }
     let _ = std::fs::remove_file(partial.join(layout::FETCH_RECORD));
-    let manifest = Manifest { id: id.to_owned(), files, source, ready_at_unix_ms: rbee_shared::time::now_unix_ms() };
+    let manifest =
+        Manifest { id: id.to_owned(), files, source, ready_at_unix_ms: rbee_shared::time::now_unix_ms() };
     let path = partial.join(layout::MANIFEST);
     manifest::write(&path, &manifest).map_err(io(&path))?;
     let target = layout::model_dir(root, id);

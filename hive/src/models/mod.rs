@@ -17,6 +17,7 @@ pub mod job;
 pub mod layout;
 pub mod manifest;
 pub mod progress;
+pub mod residency;
 pub mod source;
 pub mod verify;
 
@@ -277,6 +278,8 @@ impl Models {
                 })
                 .collect(),
             error: None,
+            resident_bytes: None,
+            warm: false,
         });
         let progress = Arc::new(Mutex::new(Progress::new(&id)));
         let cancel = CancellationToken::new();
@@ -309,7 +312,8 @@ impl Models {
         let root = self.inner.config.dir.clone();
         if entry.state != ModelState::Failed {
             let dir = layout::model_dir(&root, id);
-            let trash = root.join(layout::TRASH).join(format!("{}.{}", layout::dir_name(id), uuid::Uuid::new_v4()));
+            let trash =
+                root.join(layout::TRASH).join(format!("{}.{}", layout::dir_name(id), uuid::Uuid::new_v4()));
             let moved = tokio::task::spawn_blocking(move || {
                 std::fs::create_dir_all(trash.parent().unwrap_or(&trash))?;
                 match std::fs::rename(&dir, &trash) {

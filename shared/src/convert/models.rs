@@ -10,7 +10,7 @@ use crate::model::{
 };
 use crate::{
     ConvertError, DiskSpace, DownloadPhase, DownloadProgress, FileSource, ModelEntry, ModelFile, ModelSource,
-    ModelState,
+    ModelState, ReadBandwidth,
 };
 
 fn check_long(field: &str, s: &str) -> Checked<String> {
@@ -45,10 +45,16 @@ impl From<&ModelEntry> for pb::Model {
             files: m
                 .files
                 .iter()
-                .map(|f| pb::ModelFile { path: f.path.clone(), size_bytes: f.size_bytes, sha256: f.sha256.clone() })
+                .map(|f| pb::ModelFile {
+                    path: f.path.clone(),
+                    size_bytes: f.size_bytes,
+                    sha256: f.sha256.clone(),
+                })
                 .collect(),
             size_bytes: m.size_bytes,
             error: m.error.clone(),
+            resident_bytes: m.resident_bytes,
+            warm: m.warm,
         }
     }
 }
@@ -62,7 +68,10 @@ fn model_from_wire(field: &str, m: &pb::Model) -> Checked<ModelEntry> {
         _ => return Err(ConvertError::new(&format!("{field}.state"), format!("unknown value {}", m.state))),
     };
     if m.files.len() > MAX_MODEL_FILES {
-        return Err(ConvertError::new(&format!("{field}.files"), format!("{} > {MAX_MODEL_FILES}", m.files.len())));
+        return Err(ConvertError::new(
+            &format!("{field}.files"),
+            format!("{} > {MAX_MODEL_FILES}", m.files.len()),
+        ));
     }
     let files = m
         .files
@@ -86,6 +95,16 @@ fn model_from_wire(field: &str, m: &pb::Model) -> Checked<ModelEntry> {
         files,
         size_bytes: m.size_bytes,
         error: m.error.as_deref().map(|e| check_long(&format!("{field}.error"), e)).transpose()?,
+        resident_bytes: match m.resident_bytes {
+            Some(r) if r > m.size_bytes => {
+                return Err(ConvertError::new(
+                    format!("{field}.resident_bytes"),
+                    format!("{r} > size_bytes {}", m.size_bytes),
+                ));
+            }
+            r => r,
+        },
+        warm: m.warm,
     })
 }
 
@@ -125,6 +144,7 @@ impl From<DownloadPhase> for pb::DownloadPhase {
             DownloadPhase::Done => Self::Done,
             DownloadPhase::Failed => Self::Failed,
             DownloadPhase::Cancelled => Self::Cancelled,
+            DownloadPhase::Preloading => Self::Preloading,
         }
     }
 }
@@ -153,6 +173,7 @@ fn download_from_wire(field: &str, d: &pb::DownloadProgress) -> Checked<Download
         Ok(pb::DownloadPhase::Done) => DownloadPhase::Done,
         Ok(pb::DownloadPhase::Failed) => DownloadPhase::Failed,
         Ok(pb::DownloadPhase::Cancelled) => DownloadPhase::Cancelled,
+        Ok(pb::DownloadPhase::Preloading) => DownloadPhase::Preloading,
         _ => return Err(ConvertError::new(&format!("{field}.phase"), format!("unknown value {}", d.phase))),
     };
     if !d.speed_bytes_per_s.is_finite() || d.speed_bytes_per_s < 0.0 {
@@ -172,7 +193,10 @@ fn download_from_wire(field: &str, d: &pb::DownloadProgress) -> Checked<Download
 }
 
 /// Download records from the wire.
-pub fn downloads_from_wire(field: &str, downloads: &[pb::DownloadProgress]) -> Checked<Vec<DownloadProgress>> {
+pub fn downloads_from_wire(
+    field: &str,
+    downloads: &[pb::DownloadProgress],
+) -> Checked<Vec<DownloadProgress>> {
     if downloads.len() > MAX_MODELS {
         return Err(ConvertError::new(field, format!("{} records > {MAX_MODELS}", downloads.len())));
     }
@@ -208,7 +232,10 @@ pub fn source_from_wire(source: Option<&pb::fetch_model_request::Source>) -> Che
         Some(Source::Hf(uri)) => parse_hf(uri).map_err(|e| ConvertError::new("source.hf", e.0)),
         Some(Source::Urls(urls)) => {
             if urls.files.is_empty() || urls.files.len() > MAX_MODEL_FILES {
-                return Err(ConvertError::new("source.urls.files", format!("must hold 1..={MAX_MODEL_FILES} files")));
+                return Err(ConvertError::new(
+                    "source.urls.files",
+                    format!("must hold 1..={MAX_MODEL_FILES} files"),
+                ));
             }
             let mut paths = std::collections::BTreeSet::new();
             let files = urls
@@ -219,11 +246,15 @@ pub fn source_from_wire(source: Option<&pb::fetch_model_request::Source>) -> Che
                     let field = format!("source.urls.files[{i}]");
                     let url = check_long(&format!("{field}.url"), &f.url)?;
                     if !(url.starts_with("http://") || url.starts_with("https://")) {
-                        return Err(ConvertError::new(&format!("{field}.url"), "must start with http:// or https://"));
+                        return Err(ConvertError::new(
+                            &format!("{field}.url"),
+                            "must start with http:// or https://",
+                        ));
                     }
                     let path = match &f.path {
                         Some(p) => {
-                            check_relative_path(p).map_err(|e| ConvertError::new(&format!("{field}.path"), e.0))?;
+                            check_relative_path(p)
+                                .map_err(|e| ConvertError::new(&format!("{field}.path"), e.0))?;
                             p.clone()
                         }
                         None => path_from_url(&url).ok_or_else(|| {
@@ -231,7 +262,10 @@ pub fn source_from_wire(source: Option<&pb::fetch_model_request::Source>) -> Che
                         })?,
                     };
                     if !paths.insert(path.clone()) {
-                        return Err(ConvertError::new(&format!("{field}.path"), format!("{path:?} appears twice")));
+                        return Err(ConvertError::new(
+                            &format!("{field}.path"),
+                            format!("{path:?} appears twice"),
+                        ));
                     }
                     let sha256 = f
                         .sha256
@@ -264,4 +298,24 @@ pub fn source_to_wire(source: &ModelSource) -> pb::fetch_model_request::Source {
                 .collect(),
         }),
     }
+}
+
+impl From<&ReadBandwidth> for pb::ReadBandwidth {
+    fn from(b: &ReadBandwidth) -> Self {
+        Self { disk_bytes_per_s: b.disk_bytes_per_s, ram_bytes_per_s: b.ram_bytes_per_s }
+    }
+}
+
+/// Read bandwidth from the wire: each speed finite and above 0 when set.
+pub fn read_bandwidth_from_wire(field: &str, b: &pb::ReadBandwidth) -> Checked<ReadBandwidth> {
+    let check = |name: &str, v: Option<f64>| match v {
+        Some(x) if !x.is_finite() || x <= 0.0 => {
+            Err(ConvertError::new(&format!("{field}.{name}"), format!("{x} is not a speed (finite, > 0)")))
+        }
+        v => Ok(v),
+    };
+    Ok(ReadBandwidth {
+        disk_bytes_per_s: check("disk_bytes_per_s", b.disk_bytes_per_s)?,
+        ram_bytes_per_s: check("ram_bytes_per_s", b.ram_bytes_per_s)?,
+    })
 }
