@@ -98,8 +98,10 @@ impl Hive for HiveService {
         let r = request.into_inner();
         let id = model_id_from_wire("model_id", &r.model_id).map_err(HiveError::from)?;
         let source = source_from_wire(r.source.as_ref()).map_err(HiveError::from)?;
+        let accepted_at_unix_ms = rbee_shared::time::now_unix_ms();
         let outcome = models.fetch(&id, source)?;
         Ok(Response::new(pb::FetchModelResponse {
+            accepted_at_unix_ms,
             joined: outcome == FetchOutcome::Joined,
             already_ready: outcome == FetchOutcome::AlreadyReady,
         }))

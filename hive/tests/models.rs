@@ -5,7 +5,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use rbee_hive::test_support::http_files::{FileServer, generated, sha256_hex};
-use rbee_hive::test_support::{TestHive, TestStream, as_diff, as_snapshot, download_of, fetch_url, models_config, subscribe};
+use rbee_hive::test_support::{
+    TestHive, TestStream, as_diff, as_snapshot, download_of, fetch_url, models_config, subscribe,
+};
 use rbee_proto::v1 as pb;
 
 /// The test file size (50 MiB).
@@ -32,8 +34,11 @@ async fn final_record(stream: &mut TestStream, model: &str) -> pb::DownloadProgr
             {
                 assert!(d.bytes_done < total, "100% shown before ready: {d:?}");
             }
-            matches!(phase, pb::DownloadPhase::Done | pb::DownloadPhase::Failed | pb::DownloadPhase::Cancelled)
-                .then_some(d)
+            matches!(
+                phase,
+                pb::DownloadPhase::Done | pb::DownloadPhase::Failed | pb::DownloadPhase::Cancelled
+            )
+            .then_some(d)
         })
         .await
 }
@@ -49,13 +54,20 @@ async fn a_download_is_verified_moved_into_place_and_reported() {
     let mut client = hive.client().await;
     let mut stream = TestStream::open(&mut client, subscribe(100)).await;
 
-    let r = client.fetch_model(fetch_url("tiny", &url, Some(SIZE as u64), Some(sha256_hex(&data)))).await.unwrap();
+    let r = client
+        .fetch_model(fetch_url("tiny", &url, Some(SIZE as u64), Some(sha256_hex(&data))))
+        .await
+        .unwrap();
     assert!(!r.get_ref().joined && !r.get_ref().already_ready);
     let moving = stream
-        .until(|m| download_of(m, "tiny").filter(|d| d.bytes_done > 0 && d.phase == pb::DownloadPhase::Downloading as i32))
+        .until(|m| {
+            download_of(m, "tiny")
+                .filter(|d| d.bytes_done > 0 && d.phase == pb::DownloadPhase::Downloading as i32)
+        })
         .await;
     assert_eq!(moving.bytes_total, Some(SIZE as u64));
-    let sample_disk = stream.until(|m| rbee_hive::test_support::as_sample(m).and_then(|s| s.models_disk)).await;
+    let sample_disk =
+        stream.until(|m| rbee_hive::test_support::as_sample(m).and_then(|s| s.models_disk)).await;
     assert!(sample_disk.total_bytes > 0 && sample_disk.free_bytes <= sample_disk.total_bytes);
 
     let done = final_record(&mut stream, "tiny").await;
@@ -68,7 +80,8 @@ async fn a_download_is_verified_moved_into_place_and_reported() {
     // The catalog says ready, with the hash, and a new subscriber's snapshot carries it.
     let mut late = TestStream::open(&mut client, subscribe(100)).await;
     let snap = late.until(as_snapshot).await;
-    let model = snap.capabilities.unwrap().models.into_iter().find(|m| m.id == "tiny").expect("in the catalog");
+    let model =
+        snap.capabilities.unwrap().models.into_iter().find(|m| m.id == "tiny").expect("in the catalog");
     assert_eq!(model.state, pb::ModelState::Ready as i32);
     assert_eq!(model.files[0].sha256.as_deref(), Some(sha256_hex(&data).as_str()));
     // ...and so does its sample: the final record is delivered to a late subscriber too.
@@ -87,7 +100,13 @@ async fn a_download_is_verified_moved_into_place_and_reported() {
     let mut client = hive.client().await;
     let mut stream = TestStream::open(&mut client, subscribe(100)).await;
     let snap = stream.until(as_snapshot).await;
-    assert!(snap.capabilities.unwrap().models.iter().any(|m| m.id == "tiny" && m.state == pb::ModelState::Ready as i32));
+    assert!(
+        snap.capabilities
+            .unwrap()
+            .models
+            .iter()
+            .any(|m| m.id == "tiny" && m.state == pb::ModelState::Ready as i32)
+    );
     client.delete_model(pb::DeleteModelRequest { model_id: "tiny".into() }).await.unwrap();
     let diff = stream.until(as_diff).await;
     assert_eq!(diff.models_removed, ["tiny"]);
@@ -136,7 +155,11 @@ async fn a_dropped_connection_is_retried_and_resumed() {
     let end = final_record(&mut stream, "flaky").await;
     assert_eq!(end.phase, pb::DownloadPhase::Done as i32, "{end:?}");
     assert!(server.gets() >= 2, "retried");
-    assert!(server.bytes_sent() < (SIZE + SIZE / 10) as u64, "resumed, not restarted: {} bytes sent", server.bytes_sent());
+    assert!(
+        server.bytes_sent() < (SIZE + SIZE / 10) as u64,
+        "resumed, not restarted: {} bytes sent",
+        server.bytes_sent()
+    );
     assert_eq!(std::fs::read(dir.path().join("flaky/w.bin")).unwrap(), data);
     hive.stop().await.unwrap();
 }
@@ -213,7 +236,10 @@ async fn a_hand_copied_model_is_picked_up_and_verified() {
     let ready = stream
         .until(|m| {
             let d = as_diff(m)?;
-            d.models_added.into_iter().chain(d.models_changed).find(|m| m.id == "org/copied" && m.state == pb::ModelState::Ready as i32)
+            d.models_added
+                .into_iter()
+                .chain(d.models_changed)
+                .find(|m| m.id == "org/copied" && m.state == pb::ModelState::Ready as i32)
         })
         .await;
     assert_eq!(ready.files[0].sha256.as_deref(), Some(sha256_hex(&data).as_str()));
@@ -227,7 +253,12 @@ async fn hf_repositories_resolve_through_the_hub_api() {
     let server = FileServer::start().await;
     let weights = generated(8 << 20, 7);
     let config = br#"{"arch":"test"}"#.to_vec();
-    server.add_hf_repo("org/tiny", "main", "0123abcd", &[("config.json", config.clone()), ("model.safetensors", weights.clone())]);
+    server.add_hf_repo(
+        "org/tiny",
+        "main",
+        "0123abcd",
+        &[("config.json", config.clone()), ("model.safetensors", weights.clone())],
+    );
     let hive = hive(dir.path(), Some(server.base())).await;
     let mut client = hive.client().await;
     let mut stream = TestStream::open(&mut client, subscribe(100)).await;

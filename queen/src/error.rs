@@ -58,6 +58,22 @@ pub enum QueenError {
     /// The state store cannot be opened, read or written (the message names its file).
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// A hive answered a call the queen made for a client with an error.
+    #[error("hive {hive}: {}", status.message())]
+    Hive {
+        /// The hive id.
+        hive: String,
+        /// Its answer.
+        status: tonic::Status,
+    },
+    /// A hive could not be reached for a call the queen made for a client.
+    #[error("hive {hive}: {reason}")]
+    HiveUnreachable {
+        /// The hive id.
+        hive: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl From<QueenError> for tonic::Status {
@@ -87,6 +103,8 @@ impl From<QueenError> for tonic::Status {
             // The write that makes an answer durable failed: the queen promised nothing,
             // and the caller may try again.
             QueenError::Store(_) => Status::unavailable(e.to_string()),
+            QueenError::Hive { ref status, .. } => Status::new(status.code(), e.to_string()),
+            QueenError::HiveUnreachable { .. } => Status::unavailable(e.to_string()),
             QueenError::Config(_)
             | QueenError::Tls(_)
             | QueenError::HiveTls(_)

@@ -47,6 +47,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(yes_or_no(rbee_queen::cli::policy_check(args).await?));
         }
         Command::Policy(PolicyCommand::Status(queen)) => rbee_queen::cli::policy_status(queen).await?,
+        Command::Fetch(args) => rbee_queen::cli::fetch(args).await?,
+        Command::Models(args) => rbee_queen::cli::models(args).await?,
+        Command::Downloads(args) => rbee_queen::cli::downloads(args).await?,
         Command::Certs(args) => {
             for file in rbee_shared::certs::generate(&args.out, &args.queen_names, &args.hives)
                 .map_err(anyhow::Error::msg)?

@@ -36,7 +36,8 @@ pub async fn run(
     let local = listener.local_addr().map_err(|e| QueenError::Config(format!("listener address: {e}")))?;
     let cancel = CancellationToken::new();
     let link = LinkSettings { dial_guard: Some(config.admission.allow.dial_guard()), ..config.link.clone() };
-    let fleet = Fleet::new(config.fleet.clone(), cancel.clone(), Links::new(link));
+    let fleet = Fleet::new(config.fleet.clone(), cancel.clone(), Links::new(link.clone()));
+    let fleet_for_models = fleet.clone();
     let (store, mut kept) = match &config.state_dir {
         Some(dir) => {
             let store = Arc::new(open_store(dir, config.reset_state)?);
@@ -91,8 +92,11 @@ pub async fn run(
             .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES),
         )
         .add_service(
-            SchedulerServer::new(SchedulerService::new(scheduler))
-                .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES),
+            SchedulerServer::new(
+                SchedulerService::new(scheduler)
+                    .with_models(crate::api::models::ModelFetcher::new(fleet_for_models, link)),
+            )
+            .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(incoming(listener), cancel.clone().cancelled_owned())
         .await;

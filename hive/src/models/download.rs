@@ -270,7 +270,9 @@ async fn attempt_once(job: &FileJob<'_>, file: &FileSource) -> Result<FileDone, 
             have = 0;
             response.content_length()
         }
-        StatusCode::RANGE_NOT_SATISFIABLE if have > 0 && sidecar.as_ref().and_then(|s| s.total) == Some(have) => {
+        StatusCode::RANGE_NOT_SATISFIABLE
+            if have > 0 && sidecar.as_ref().and_then(|s| s.total) == Some(have) =>
+        {
             Some(have)
         }
         _ => return Err(DownloadError::Status { url: file.url.clone(), status: status.as_u16() }),
@@ -285,7 +287,11 @@ async fn attempt_once(job: &FileJob<'_>, file: &FileSource) -> Result<FileDone, 
         let needed = total.saturating_sub(have);
         let free = disk::space(job.root).map_err(DownloadError::io(job.root))?.free_bytes;
         if needed > free {
-            return Err(DownloadError::InsufficientDisk { dir: job.root.display().to_string(), needed, free });
+            return Err(DownloadError::InsufficientDisk {
+                dir: job.root.display().to_string(),
+                needed,
+                free,
+            });
         }
     }
     if have == 0 {
@@ -350,7 +356,11 @@ async fn attempt_once(job: &FileJob<'_>, file: &FileSource) -> Result<FileDone, 
     if let Some(expected) = &file.sha256
         && *expected != sha256
     {
-        return Err(DownloadError::Sha256Mismatch { path: file.path.clone(), expected: expected.clone(), actual: sha256 });
+        return Err(DownloadError::Sha256Mismatch {
+            path: file.path.clone(),
+            expected: expected.clone(),
+            actual: sha256,
+        });
     }
     Ok(FileDone { size: got, sha256 })
 }

@@ -70,7 +70,8 @@ pub async fn resolve(
     revision: &str,
 ) -> Result<Vec<FileSource>, DownloadError> {
     let url = format!("{}/api/models/{repo}/revision/{revision}?blobs=true", hub.endpoint);
-    let response = hub.authorize(&url, client.get(&url)).send().await.map_err(DownloadError::network(&url))?;
+    let response =
+        hub.authorize(&url, client.get(&url)).send().await.map_err(DownloadError::network(&url))?;
     let status = response.status();
     if !status.is_success() {
         return Err(DownloadError::Status { url, status: status.as_u16() });

@@ -94,8 +94,11 @@ impl Progress {
                 let dt = now.duration_since(at);
                 if dt >= SPEED_TICK {
                     let instant = self.done.saturating_sub(bytes) as f64 / dt.as_secs_f64();
-                    self.speed =
-                        if self.speed == 0.0 { instant } else { SPEED_ALPHA * instant + (1.0 - SPEED_ALPHA) * self.speed };
+                    self.speed = if self.speed == 0.0 {
+                        instant
+                    } else {
+                        SPEED_ALPHA * instant + (1.0 - SPEED_ALPHA) * self.speed
+                    };
                     self.tick = Some((now, self.done));
                     self.touch();
                 }

@@ -198,7 +198,9 @@ async fn serve(mut conn: TcpStream, state: Arc<State>) -> std::io::Result<()> {
     }
     let data = state.files.lock().unwrap().get(&path).cloned();
     let Some(data) = data else {
-        return conn.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
+        return conn
+            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .await;
     };
     let etag = format!("\"{}-{}\"", data.len(), &sha256_hex(&data[..data.len().min(4096)])[..16]);
     let if_range_ok = headers.get("if-range").is_none_or(|v| *v == etag);

@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod convert;
 mod fleet;
+pub mod models;
 mod scheduler;
 mod watch;
 

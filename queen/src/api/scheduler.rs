@@ -6,6 +6,7 @@ use rbee_proto::v1 as pb;
 use rbee_proto::v1::scheduler_server::Scheduler as SchedulerApi;
 use tonic::{Request, Response, Status};
 
+use super::models::ModelFetcher;
 use crate::QueenError;
 use crate::scheduler::Scheduler;
 use crate::scheduler::request::{ListRequest, PlaceRequest, page_token};
@@ -15,12 +16,20 @@ use crate::scheduler::request::{ListRequest, PlaceRequest, page_token};
 pub struct SchedulerService {
     /// The scheduler.
     scheduler: Arc<Scheduler>,
+    /// Forwards FetchModel to hives (absent: FetchModel is UNIMPLEMENTED).
+    models: Option<Arc<ModelFetcher>>,
 }
 
 impl SchedulerService {
     /// A service over `scheduler`.
     pub fn new(scheduler: Arc<Scheduler>) -> Self {
-        Self { scheduler }
+        Self { scheduler, models: None }
+    }
+
+    /// Serves FetchModel with `models`.
+    pub fn with_models(mut self, models: ModelFetcher) -> Self {
+        self.models = Some(Arc::new(models));
+        self
     }
 }
 
@@ -60,5 +69,16 @@ impl SchedulerApi for SchedulerService {
         _: Request<pb::GetPolicyRequest>,
     ) -> Result<Response<pb::PolicyStatus>, Status> {
         Ok(Response::new((&self.scheduler.status()).into()))
+    }
+
+    async fn fetch_model(
+        &self,
+        request: Request<pb::ScheduleFetchRequest>,
+    ) -> Result<Response<pb::ScheduleFetchResponse>, Status> {
+        let models = self
+            .models
+            .as_ref()
+            .ok_or_else(|| Status::unimplemented("this queen does not forward fetches"))?;
+        Ok(Response::new(models.fetch(request.get_ref()).await?))
     }
 }

@@ -46,6 +46,40 @@ pub enum Command {
     Policy(PolicyCommand),
     /// Write a development CA and certificates for a mutual-TLS fleet.
     Certs(CertsArgs),
+    /// Have a hive download a model and follow it with a progress bar (exit 0 when ready).
+    Fetch(FetchArgs),
+    /// List the models on every hive: state and size (--json for scripts).
+    Models(ListArgs),
+    /// List running (and just finished) model downloads on every hive (--json for scripts).
+    Downloads(ListArgs),
+}
+
+/// `queen fetch MODEL --from URL|hf://org/repo[@rev] (--hive ID | --label K=V)`.
+#[derive(Debug, Clone, Args)]
+pub struct FetchArgs {
+    /// The model id on the hive, e.g. llama-3.1-8b-q4 or org/repo.
+    pub model: String,
+    /// Where from: an http(s) URL of one file, or hf://org/repo[@revision].
+    #[arg(long, value_name = "URL")]
+    pub from: String,
+    /// Expected SHA-256 of the file (hex), verified while it downloads.
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
+    /// Declared size of the file (e.g. 4GiB), checked against the hive's free disk first.
+    #[arg(long, value_parser = rbee_shared::bytesize::parse_bytes)]
+    pub size: Option<u64>,
+    /// The hive, by id or address.
+    #[arg(long, conflicts_with = "labels")]
+    pub hive: Option<String>,
+    /// Or any online hive with this label, KEY=VALUE; repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = rbee_shared::labels::parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// No progress bar (the outcome is still printed).
+    #[arg(long, env = "QUEEN_QUIET")]
+    pub quiet: bool,
+    /// The queen.
+    #[command(flatten)]
+    pub queen: QueenUrl,
 }
 
 /// `queen certs`.

@@ -4,6 +4,7 @@
 //! With mutual TLS it holds each hive to the ids its certificate carries ([`identity`]).
 //! Imports the fleet and `rbee_shared`, nothing above.
 
+pub mod command;
 mod dial;
 mod error;
 pub mod health;

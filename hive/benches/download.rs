@@ -1,0 +1,112 @@
+//! Download throughput of the `hive` binary against `curl`, from the same local HTTP
+//! server in the same run, and the hive's CPU time per GB downloaded.
+//!
+//! ```sh
+//! cargo bench -p rbee-hive --bench download             # 512 MiB, 3 rounds
+//! cargo bench -p rbee-hive --bench download -- 1024 5   # MiB ROUNDS
+//! ```
+//!
+//! Each round: curl writes the file to disk, then the hive fetches it as a new model
+//! (sha256 verified while streaming, fsync, rename). The hive's time runs from the
+//! FetchModel call until its model directory appears; its CPU is user+system time of
+//! the hive process over that span (from /proc).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rbee_hive::test_support::fetch_url;
+use rbee_hive::test_support::http_files::{FileServer, generated, sha256_hex};
+use rbee_proto::v1::hive_client::HiveClient;
+
+/// User+system CPU seconds of process `pid`.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+    let after_comm = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // Fields 14 and 15 of stat (utime, stime) are the 12th and 13th after the comm.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let mib: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(512);
+    let rounds: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(3);
+    let size = mib << 20;
+    let dir = tempfile::tempdir_in(std::env::var("RBEE_BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
+    let server = FileServer::start().await;
+    let data = generated(size, 42);
+    let sha = sha256_hex(&data);
+    let url = server.add("bench.bin", data);
+
+    let models = dir.path().join("models");
+    let mut hive = Command::new(env!("CARGO_BIN_EXE_hive"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--hive-id", "bench", "--demo"])
+        .arg("--models-dir")
+        .arg(&models)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the hive binary");
+    let stderr = hive.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listen=").nth(1) {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_owned());
+            }
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(20)).expect("the hive logs its listen address");
+    let mut client = HiveClient::connect(format!("http://{addr}")).await.unwrap();
+
+    let (mut curl_rates, mut hive_rates, mut cpu_per_gb) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let out = dir.path().join("curl.bin");
+        let started = Instant::now();
+        let status = Command::new("curl").args(["-sS", "-o"]).arg(&out).arg(&url).status().expect("run curl");
+        assert!(status.success(), "curl failed");
+        let curl = started.elapsed().as_secs_f64();
+        std::fs::remove_file(&out).unwrap();
+
+        let id = format!("bench-{round}");
+        let cpu_before = cpu_seconds(hive.id());
+        let started = Instant::now();
+        client.fetch_model(fetch_url(&id, &url, Some(size as u64), Some(sha.clone()))).await.unwrap();
+        while !models.join(&id).join("bench.bin").exists() {
+            assert!(started.elapsed() < Duration::from_secs(600), "the hive did not finish");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let took = started.elapsed().as_secs_f64();
+        let cpu = cpu_seconds(hive.id()) - cpu_before;
+        client.delete_model(rbee_proto::v1::DeleteModelRequest { model_id: id }).await.unwrap();
+
+        let gb = size as f64 / 1e9;
+        curl_rates.push(size as f64 / curl / 1e6);
+        hive_rates.push(size as f64 / took / 1e6);
+        cpu_per_gb.push(cpu / gb);
+        println!(
+            "round {round}: curl {:.0} MB/s, hive {:.0} MB/s ({:.0}% of curl), hive CPU {:.2} s/GB",
+            curl_rates[round],
+            hive_rates[round],
+            100.0 * hive_rates[round] / curl_rates[round],
+            cpu_per_gb[round]
+        );
+    }
+    let (c, h) = (median(curl_rates), median(hive_rates));
+    println!(
+        "median over {rounds} rounds of {mib} MiB: curl {c:.0} MB/s, hive {h:.0} MB/s = {:.0}% of curl (target >= 90%); hive CPU {:.2} s per GB",
+        100.0 * h / c,
+        median(cpu_per_gb)
+    );
+    let _ = hive.kill();
+    let _ = hive.wait();
+}

@@ -1,0 +1,232 @@
+//! `queen fetch`, `queen models`, `queen downloads`: models on the fleet's hives.
+//!
+//! `fetch` asks the queen (Scheduler.FetchModel) to have a hive download a model, then
+//! follows the download on the fleet stream (WatchFleet samples) with a progress bar,
+//! and ends with the download's outcome: exit 0 when ready, an error when it failed.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use anyhow::{Result, anyhow, bail};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rbee_proto::v1 as pb;
+use rbee_shared::bytesize::format_bytes;
+
+use super::args::{FetchArgs, ListArgs};
+use super::client::{connect, connect_scheduler, rpc_error};
+use super::fleet::all_hives;
+
+/// How often the followed hive's samples come while fetching.
+const FOLLOW_INTERVAL_MS: u32 = 250;
+
+/// The fetch request `args` describe.
+pub fn fetch_request(args: &FetchArgs) -> pb::ScheduleFetchRequest {
+    use pb::fetch_model_request::Source;
+    let source = if args.from.starts_with("hf://") {
+        Source::Hf(args.from.clone())
+    } else {
+        Source::Urls(pb::UrlSource {
+            files: vec![pb::FileSource {
+                url: args.from.clone(),
+                path: None,
+                size_bytes: args.size,
+                sha256: args.sha256.clone(),
+            }],
+        })
+    };
+    pb::ScheduleFetchRequest {
+        fetch: Some(pb::FetchModelRequest { model_id: args.model.clone(), source: Some(source) }),
+        hive: args.hive.clone().unwrap_or_default(),
+        labels: args.labels.iter().cloned().collect(),
+    }
+}
+
+fn bar(quiet: bool) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(
+        None,
+        if quiet { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() },
+    );
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {prefix} [{bar:30}] {bytes}/{total_bytes} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// Speed and ETA as the hive measured them.
+fn speed_eta(d: &pb::DownloadProgress) -> String {
+    let speed = format!("{}/s", format_bytes(d.speed_bytes_per_s as u64));
+    match d.eta_ms {
+        Some(ms) => format!("{speed} ETA {}s", ms.div_ceil(1000)),
+        None => speed,
+    }
+}
+
+/// `queen fetch`: Ok when the model is ready on the hive; an error naming the hive's
+/// reason when the download failed or was cancelled.
+pub async fn fetch(args: FetchArgs) -> Result<()> {
+    let url = &args.queen.url;
+    if args.hive.is_some() == !args.labels.is_empty() {
+        bail!("give --hive ID or --label K=V (one of them)");
+    }
+    // Subscribe first so that no sample after the hive accepted is missed.
+    let mut stream = connect(&args.queen)
+        .await?
+        .watch_fleet(pb::WatchFleetRequest { sample_interval_ms: Some(FOLLOW_INTERVAL_MS) })
+        .await
+        .map_err(|s| rpc_error(url, s))?
+        .into_inner();
+    let answer = connect_scheduler(&args.queen)
+        .await?
+        .fetch_model(fetch_request(&args))
+        .await
+        .map_err(|s| rpc_error(url, s))?
+        .into_inner();
+    let result = answer.result.unwrap_or_default();
+    let hive = answer.hive_id;
+    if result.already_ready {
+        println!("{} is ready on {hive}", args.model);
+        return Ok(());
+    }
+    let verb = if result.joined { "joined the download of" } else { "downloading" };
+    eprintln!("{verb} {} on {hive} ({})", args.model, answer.address);
+    let bar = bar(args.quiet);
+    bar.set_prefix(args.model.clone());
+    loop {
+        let event = tokio::select! {
+            () = rbee_shared::shutdown::shutdown_signal() => {
+                bar.abandon_with_message("interrupted; the download goes on on the hive");
+                bail!("interrupted");
+            }
+            e = stream.message() => e.map_err(|s| rpc_error(url, s))?,
+        };
+        let Some(event) = event else { bail!("the queen ended the fleet stream") };
+        let samples: Vec<pb::Sample> = match event.event {
+            Some(pb::fleet_event::Event::Snapshot(s)) => {
+                s.hives.into_iter().filter(|h| h.hive_id == hive).filter_map(|h| h.latest_sample).collect()
+            }
+            Some(pb::fleet_event::Event::Sample(s)) if s.hive_id == hive => s.sample.into_iter().collect(),
+            _ => Vec::new(),
+        };
+        for sample in samples.into_iter().filter(|s| s.taken_at_unix_ms >= result.accepted_at_unix_ms) {
+            let Some(d) = sample.downloads.iter().find(|d| d.model_id == args.model) else { continue };
+            if let Some(total) = d.bytes_total {
+                bar.set_length(total);
+            }
+            bar.set_position(d.bytes_done);
+            bar.set_message(speed_eta(d));
+            match pb::DownloadPhase::try_from(d.phase).unwrap_or_default() {
+                pb::DownloadPhase::Done => {
+                    bar.finish_with_message("ready");
+                    println!("{} is ready on {hive} ({})", args.model, format_bytes(d.bytes_done));
+                    return Ok(());
+                }
+                pb::DownloadPhase::Failed => {
+                    bar.abandon_with_message("failed");
+                    return Err(anyhow!(
+                        "downloading {} on {hive} failed: {}",
+                        args.model,
+                        d.error.as_deref().unwrap_or("no reason given")
+                    ));
+                }
+                pb::DownloadPhase::Cancelled => {
+                    bar.abandon_with_message("cancelled");
+                    bail!("downloading {} on {hive} was cancelled", args.model);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn model_state(m: &pb::Model) -> &'static str {
+    match m.state() {
+        pb::ModelState::Downloading => "downloading",
+        pb::ModelState::Ready => "ready",
+        pb::ModelState::Failed => "failed",
+        pb::ModelState::Unverified => "unverified",
+        pb::ModelState::Unspecified => "?",
+    }
+}
+
+/// `queen models`: which hive holds which model, its state and size.
+pub async fn models(args: ListArgs) -> Result<()> {
+    let hives = all_hives(&args.queen).await?.hives;
+    let rows: Vec<(&str, &pb::Model)> = hives
+        .iter()
+        .flat_map(|h| {
+            h.capabilities.iter().flat_map(move |c| c.models.iter().map(move |m| (h.hive_id.as_str(), m)))
+        })
+        .collect();
+    if args.json {
+        let json: Vec<serde_json::Value> =
+            rows.iter().map(|(hive, m)| serde_json::json!({ "hiveId": hive, "model": m })).collect();
+        println!("{}", serde_json::to_string_pretty(&json)?);
+        return Ok(());
+    }
+    let mut out = String::new();
+    let _ = writeln!(out, "{:<24} {:<40} {:<12} {:>12}  ERROR", "HIVE", "MODEL", "STATE", "SIZE");
+    for (hive, m) in rows {
+        let _ = writeln!(
+            out,
+            "{hive:<24} {:<40} {:<12} {:>12}  {}",
+            m.id,
+            model_state(m),
+            format_bytes(m.size_bytes),
+            m.error.as_deref().unwrap_or("")
+        );
+    }
+    print!("{out}");
+    Ok(())
+}
+
+fn phase_name(d: &pb::DownloadProgress) -> &'static str {
+    match d.phase() {
+        pb::DownloadPhase::Resolving => "resolving",
+        pb::DownloadPhase::Downloading => "downloading",
+        pb::DownloadPhase::Verifying => "verifying",
+        pb::DownloadPhase::Done => "done",
+        pb::DownloadPhase::Failed => "failed",
+        pb::DownloadPhase::Cancelled => "cancelled",
+        pb::DownloadPhase::Unspecified => "?",
+    }
+}
+
+/// `queen downloads`: running downloads (and those finished in the last minute) per hive.
+pub async fn downloads(args: ListArgs) -> Result<()> {
+    let hives = all_hives(&args.queen).await?.hives;
+    let rows: Vec<(&str, &pb::DownloadProgress)> = hives
+        .iter()
+        .flat_map(|h| {
+            h.latest_sample.iter().flat_map(move |s| s.downloads.iter().map(move |d| (h.hive_id.as_str(), d)))
+        })
+        .collect();
+    if args.json {
+        let json: Vec<serde_json::Value> =
+            rows.iter().map(|(hive, d)| serde_json::json!({ "hiveId": hive, "download": d })).collect();
+        println!("{}", serde_json::to_string_pretty(&json)?);
+        return Ok(());
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<24} {:<40} {:<12} {:>25} {:>22}  ERROR",
+        "HIVE", "MODEL", "PHASE", "DONE/TOTAL", "SPEED/ETA"
+    );
+    for (hive, d) in rows {
+        let total = d.bytes_total.map_or_else(|| "?".into(), format_bytes);
+        let _ = writeln!(
+            out,
+            "{hive:<24} {:<40} {:<12} {:>25} {:>22}  {}",
+            d.model_id,
+            phase_name(d),
+            format!("{}/{total}", format_bytes(d.bytes_done)),
+            speed_eta(d),
+            d.error.as_deref().unwrap_or("")
+        );
+    }
+    print!("{out}");
+    Ok(())
+}

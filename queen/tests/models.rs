@@ -1,0 +1,135 @@
+//! Models through the queen: Scheduler.FetchModel forwarded to a chosen hive, the
+//! Fleet API showing models and downloads, and the `queen fetch` binary following the
+//! download on the fleet stream, its exit code matching the outcome.
+
+mod common;
+
+use std::process::Command;
+
+use common::{TestHive, TestQueen, online, wait_for};
+use rbee_hive::test_support::http_files::{FileServer, generated, sha256_hex};
+use rbee_hive::test_support::models_config;
+use rbee_proto::v1 as pb;
+use rbee_proto::v1::scheduler_client::SchedulerClient;
+
+const QUEEN: &str = env!("CARGO_BIN_EXE_queen");
+/// 50 MiB.
+const SIZE: usize = 50 << 20;
+
+async fn queen_cli(args: Vec<String>) -> (bool, String, String) {
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new(QUEEN).args(&args).env_remove("QUEEN_TOKEN").output().expect("run queen");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| (*s).to_owned()).collect()
+}
+
+#[tokio::test]
+async fn queen_fetch_follows_the_download_and_exits_with_its_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = FileServer::start().await;
+    let data = generated(SIZE, 21);
+    let url = server.add("w.bin", data.clone());
+    server.throttle(100 << 20);
+    let hive = TestHive::start_with(models_config("models-q", dir.path(), None)).await;
+    let queen = TestQueen::start(vec![hive.url()]).await;
+    let mut fleet = queen.client().await;
+    wait_for(&mut fleet, "the hive online", |h| h.iter().any(online)).await;
+    let q = queen.url();
+
+    let sha = sha256_hex(&data);
+    let (ok, out, err) = queen_cli(args(&[
+        "fetch", "good", "--from", &url, "--sha256", &sha, "--hive", "models-q", "--quiet", "--queen", &q,
+    ]))
+    .await;
+    assert!(ok, "queen fetch failed: {out} {err}");
+    assert!(out.contains("good is ready on models-q"), "{out}");
+    assert_eq!(std::fs::read(dir.path().join("good/w.bin")).unwrap(), data);
+
+    // A wrong hash: non-zero exit, with the hive's reason.
+    let (ok, out, err) = queen_cli(args(&[
+        "fetch",
+        "wrong",
+        "--from",
+        &url,
+        "--sha256",
+        &"0".repeat(64),
+        "--label",
+        "zone=test",
+        "--quiet",
+        "--queen",
+        &q,
+    ]))
+    .await;
+    assert!(!ok, "a failed download exits non-zero: {out}");
+    assert!(err.contains("sha256 mismatch"), "{err}");
+
+    // The Fleet API shows the models and the downloads per hive.
+    let (ok, out, err) = queen_cli(args(&["models", "--json", "--queen", &q])).await;
+    assert!(ok, "{err}");
+    let models: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let states: Vec<(String, String)> = models
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (m["model"]["id"].as_str().unwrap().to_owned(), m["model"]["state"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    assert!(states.contains(&("good".into(), "MODEL_STATE_READY".into())), "{states:?}");
+    assert!(states.contains(&("wrong".into(), "MODEL_STATE_FAILED".into())), "{states:?}");
+    let (ok, out, _) = queen_cli(args(&["downloads", "--queen", &q])).await;
+    assert!(ok && out.contains("good") && out.contains("done") && out.contains("sha256 mismatch"), "{out}");
+
+    // Scheduler.FetchModel: a ready model is not downloaded again; bad input is precise.
+    let mut scheduler = SchedulerClient::connect(q.clone()).await.unwrap();
+    let fetch = |id: &str| pb::FetchModelRequest {
+        model_id: id.into(),
+        source: Some(pb::fetch_model_request::Source::Urls(pb::UrlSource {
+            files: vec![pb::FileSource { url: url.clone(), path: None, size_bytes: None, sha256: None }],
+        })),
+    };
+    let gets = server.gets();
+    let r = scheduler
+        .fetch_model(pb::ScheduleFetchRequest {
+            fetch: Some(fetch("good")),
+            labels: [("zone".to_owned(), "test".to_owned())].into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.hive_id, "models-q");
+    assert!(r.result.unwrap().already_ready);
+    assert_eq!(server.gets(), gets);
+    let e = scheduler
+        .fetch_model(pb::ScheduleFetchRequest {
+            fetch: Some(fetch("a b")),
+            hive: "models-q".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("model_id"), "{}", e.message());
+    let e = scheduler
+        .fetch_model(pb::ScheduleFetchRequest {
+            fetch: Some(fetch("x")),
+            hive: "nope".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    queen.stop().await;
+    hive.stop().await.unwrap();
+}
