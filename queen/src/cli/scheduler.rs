@@ -14,7 +14,11 @@ pub async fn place(args: PlaceArgs) -> Result<bool> {
     let url = &args.queen.url;
     let resp = connect_scheduler(&args.queen)
         .await?
-        .place(args.request.to_request(args.dry_run))
+        .place(pb::PlaceRequest {
+            prefetch: args.prefetch,
+            prefetch_from: args.prefetch_from.clone(),
+            ..args.request.to_request(args.dry_run)
+        })
         .await
         .map_err(|s| rpc_error(url, s))?
         .into_inner();
