@@ -295,6 +295,7 @@ impl ServeArgs {
             reannounce_after: REANNOUNCE_AFTER,
             models: Some(crate::models::ModelsConfig {
                 max_downloads: self.max_downloads,
+                optional: self.models_dir.is_none(),
                 ..crate::models::ModelsConfig::new(
                     self.models_dir.clone().unwrap_or_else(crate::models::default_models_dir),
                 )

@@ -84,7 +84,14 @@ pub async fn run(
     // Dropping `run` (an embedding task aborted) stops the model downloads too.
     let _stop_on_drop = cancel.clone().drop_guard();
     let models = match &config.models {
-        Some(models) => Some(Models::open(models.clone(), cancel.clone()).await?),
+        Some(models) => match Models::open(models.clone(), cancel.clone()).await {
+            Ok(m) => Some(m),
+            Err(e) if models.optional => {
+                tracing::warn!(error = %e, "no models directory: FetchModel is off (give --models-dir)");
+                None
+            }
+            Err(e) => return Err(e),
+        },
         None => None,
     };
     let preloader = match &models {

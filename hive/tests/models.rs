@@ -2,7 +2,6 @@
 //! generated tonic client, and an HTTP file server in this process that supports Range.
 
 use std::path::Path;
-use std::time::Duration;
 
 use rbee_hive::test_support::http_files::{FileServer, generated, sha256_hex};
 use rbee_hive::test_support::{
@@ -283,6 +282,5 @@ async fn hf_repositories_resolve_through_the_hub_api() {
     assert_eq!(end.phase, pb::DownloadPhase::Failed as i32);
     assert!(end.error.unwrap_or_default().contains("404"));
     assert_eq!(partial_entries(dir.path()), 0);
-    let _ = Duration::ZERO;
     hive.stop().await.unwrap();
 }

@@ -53,6 +53,10 @@ pub struct ModelsConfig {
     pub rescan: Duration,
     /// The Hugging Face Hub (from `HF_ENDPOINT` and `HF_TOKEN` by default).
     pub hub: hf::HubConfig,
+    /// True for the default directory: when it cannot be opened the hive runs without
+    /// one (a warning) instead of failing to start. A directory the operator named must
+    /// open.
+    pub optional: bool,
 }
 
 impl ModelsConfig {
@@ -63,6 +67,7 @@ impl ModelsConfig {
             max_downloads: DEFAULT_MAX_DOWNLOADS,
             rescan: Duration::from_secs(5),
             hub: hf::HubConfig::from_env(),
+            optional: false,
         }
     }
 }

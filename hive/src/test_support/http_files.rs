@@ -231,7 +231,6 @@ async fn serve(mut conn: TcpStream, state: Arc<State>) -> std::io::Result<()> {
     }
     state.gets.fetch_add(1, Ordering::SeqCst);
     let drop_after = state.drop_after.swap(u64::MAX, Ordering::SeqCst);
-    let mut sent_here = 0u64;
     let mut at = from;
     while at < len {
         let throttle = state.throttle.load(Ordering::SeqCst);
@@ -244,12 +243,10 @@ async fn serve(mut conn: TcpStream, state: Arc<State>) -> std::io::Result<()> {
         conn.write_all(&data[at..end]).await?;
         let n = (end - at) as u64;
         state.sent.fetch_add(n, Ordering::SeqCst);
-        sent_here += n;
         at = end;
         if throttle > 0 {
             tokio::time::sleep(Duration::from_secs_f64(n as f64 / throttle as f64)).await;
         }
     }
-    let _ = sent_here;
     conn.shutdown().await
 }

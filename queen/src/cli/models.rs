@@ -68,7 +68,7 @@ fn speed_eta(d: &pb::DownloadProgress) -> String {
 /// reason when the download failed or was cancelled.
 pub async fn fetch(args: FetchArgs) -> Result<()> {
     let url = &args.queen.url;
-    if args.hive.is_some() == !args.labels.is_empty() {
+    if args.hive.is_some() != args.labels.is_empty() {
         bail!("give --hive ID or --label K=V (one of them)");
     }
     // Subscribe first so that no sample after the hive accepted is missed.

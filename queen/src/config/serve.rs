@@ -176,7 +176,17 @@ impl ServeArgs {
                 rbee_hive::monitor::GpuChoice::Nvml
             };
             let id = hostname_id();
-            rbee_hive::HiveConfig::new(id, gpu)
+            let mut hive = rbee_hive::HiveConfig::new(id, gpu);
+            // The local hive keeps models where `hive serve` would (HIVE_MODELS_DIR or the default).
+            let dir =
+                std::env::var_os("HIVE_MODELS_DIR").filter(|d| !d.is_empty()).map(std::path::PathBuf::from);
+            hive.models = Some(rbee_hive::models::ModelsConfig {
+                optional: dir.is_none(),
+                ..rbee_hive::models::ModelsConfig::new(
+                    dir.unwrap_or_else(rbee_hive::models::default_models_dir),
+                )
+            });
+            hive
         });
         let listen =
             self.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default"));

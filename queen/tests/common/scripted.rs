@@ -85,6 +85,27 @@ impl Hive for Scripted {
         tokio::spawn((self.script)(script));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+
+    async fn fetch_model(
+        &self,
+        _: Request<pb::FetchModelRequest>,
+    ) -> Result<Response<pb::FetchModelResponse>, Status> {
+        Err(Status::unimplemented("a scripted hive has no models"))
+    }
+
+    async fn cancel_fetch(
+        &self,
+        _: Request<pb::CancelFetchRequest>,
+    ) -> Result<Response<pb::CancelFetchResponse>, Status> {
+        Err(Status::unimplemented("a scripted hive has no models"))
+    }
+
+    async fn delete_model(
+        &self,
+        _: Request<pb::DeleteModelRequest>,
+    ) -> Result<Response<pb::DeleteModelResponse>, Status> {
+        Err(Status::unimplemented("a scripted hive has no models"))
+    }
 }
 
 /// A running scripted hive.
@@ -143,6 +164,7 @@ pub fn caps(version: u64, gpus: &[&str]) -> pb::Capabilities {
         ram_total_bytes: 1 << 30,
         backends: vec![pb::Backend::Cpu as i32, pb::Backend::Cuda as i32],
         labels: Default::default(),
+        models: Vec::new(),
     }
 }
 
