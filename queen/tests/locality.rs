@@ -134,3 +134,52 @@ async fn place_goes_where_the_weights_are_and_prefetch_makes_them_resident() {
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
     queen.stop().await;
 }
+
+async fn queen_cli(args: Vec<String>) -> (bool, String, String) {
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_queen"))
+            .args(&args)
+            .env_remove("QUEEN_TOKEN")
+            .output()
+            .expect("run queen");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    })
+    .await
+    .unwrap()
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| (*s).to_owned()).collect()
+}
+
+#[tokio::test]
+async fn queen_preload_evict_and_models_show_the_resident_share() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    ready_model(dir.path(), "held", &[("w.bin", SIZE)]);
+    let h = hive("cli-hive", 5, dir.path()).await;
+    let (queen, _sched) = queen_with(vec![h.url()], SchedulerSettings::default()).await;
+    let mut fleet = queen.client().await;
+    wait_for(&mut fleet, "the model measured", |hs| {
+        hs.iter().any(|h| model_on(h, "held").is_some_and(|m| m.resident_bytes.is_some()))
+    })
+    .await;
+    let q = queen.url();
+
+    let (ok, out, err) = queen_cli(args(&["preload", "held", "--hive", "cli-hive", "--queen", &q])).await;
+    assert!(ok && out.contains("cli-hive: held 8.0 MiB resident (100%)"), "{out}{err}");
+    wait_for(&mut fleet, "the model resident", |hs| {
+        hs.iter().any(|h| model_on(h, "held").is_some_and(|m| resident_share(m) >= 0.95))
+    })
+    .await;
+    let (ok, out, err) = queen_cli(args(&["models", "--queen", &q])).await;
+    assert!(ok && out.contains("RESIDENT") && out.contains("100%"), "{out}{err}");
+
+    let (ok, out, err) = queen_cli(args(&["evict", "held", "--label", "zone=test", "--queen", &q])).await;
+    assert!(ok && out.contains("cli-hive: held 0 B resident (0%)"), "{out}{err}");
+
+    let (ok, out, err) = queen_cli(args(&["preload", "nope", "--hive", "cli-hive", "--queen", &q])).await;
+    assert!(!ok && err.contains("model nope is not in the catalog"), "{out}{err}");
+    let (ok, _, err) = queen_cli(args(&["preload", "held", "--queen", &q])).await;
+    assert!(!ok && err.contains("--hive"), "{err}");
+    queen.stop().await;
+}

@@ -107,7 +107,8 @@ impl ModelCache {
                     .map_err(|_| timed_out())?
                     .map_err(hive_err)?
                     .into_inner();
-                Ok::<_, QueenError>((r.resident_bytes, 0, Vec::new()))
+                let size = weights::entry(hive, model).map_or(0, |m| m.size_bytes);
+                Ok::<_, QueenError>((r.resident_bytes, size, Vec::new()))
             } else {
                 let r = tokio::time::timeout(limit, client.preload_model(pb::PreloadModelRequest { model_id: model.into(), wait }))
                     .await

@@ -36,9 +36,7 @@ fn report(verb: &str, model: &str, r: &pb::ScheduleCacheResponse, json: bool) ->
         let mut out = String::new();
         for h in &r.results {
             match &h.error {
-                Some(e) => {
-                    let _ = writeln!(out, "{}: {verb} {model} failed: {e}", h.hive_id);
-                }
+                Some(e) => eprintln!("{}: {verb} {model} failed: {e}", h.hive_id),
                 None => {
                     let share = if h.size_bytes > 0 {
                         format!(" ({:.0}%)", h.resident_bytes as f64 * 100.0 / h.size_bytes as f64)
