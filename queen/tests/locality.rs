@@ -93,12 +93,19 @@ async fn place_goes_where_the_weights_are_and_prefetch_makes_them_resident() {
             .into_inner();
         assert_eq!(r.results.len(), 1, "only the holder holds it: {r:?}");
         assert_eq!(r.results[0].hive_id, "holder");
-        assert!(r.results[0].error.is_none() && r.results[0].resident_bytes >= SIZE as u64 * 95 / 100, "{r:?}");
+        assert!(
+            r.results[0].error.is_none() && r.results[0].resident_bytes >= SIZE as u64 * 95 / 100,
+            "{r:?}"
+        );
     }
     wait_for(&mut fleet, "the holder's model in RAM, with a RAM read speed", |hs| {
         hs.iter().any(|h| {
             model_on(h, "held").is_some_and(|m| resident_share(m) >= 0.95)
-                && h.latest_sample.as_ref().and_then(|s| s.read_bandwidth).and_then(|b| b.ram_bytes_per_s).is_some()
+                && h.latest_sample
+                    .as_ref()
+                    .and_then(|s| s.read_bandwidth)
+                    .and_then(|b| b.ram_bytes_per_s)
+                    .is_some()
         })
     })
     .await;
@@ -111,7 +118,12 @@ async fn place_goes_where_the_weights_are_and_prefetch_makes_them_resident() {
     let url = server.add("p.bin", generated(SIZE, 5));
     let p = placement(
         sched
-            .place(pb::PlaceRequest { dry_run: false, prefetch: true, prefetch_from: Some(url), ..request("fresh") })
+            .place(pb::PlaceRequest {
+                dry_run: false,
+                prefetch: true,
+                prefetch_from: Some(url),
+                ..request("fresh")
+            })
             .await
             .unwrap()
             .into_inner(),
@@ -121,14 +133,20 @@ async fn place_goes_where_the_weights_are_and_prefetch_makes_them_resident() {
     assert!(p.prefetching && !p.reservation_id.is_empty(), "{p:?}");
     wait_for(&mut fleet, "the prefetched model ready and resident on idle", |hs| {
         hs.iter().any(|h| {
-            h.hive_id == "idle" && model_on(h, "fresh").is_some_and(|m| m.state() == pb::ModelState::Ready && resident_share(m) >= 0.95)
+            h.hive_id == "idle"
+                && model_on(h, "fresh")
+                    .is_some_and(|m| m.state() == pb::ModelState::Ready && resident_share(m) >= 0.95)
         })
     })
     .await;
 
     // A bad source is refused before anything is reserved.
     let e = sched
-        .place(pb::PlaceRequest { prefetch: true, prefetch_from: Some("ftp://x/y".into()), ..request("fresh") })
+        .place(pb::PlaceRequest {
+            prefetch: true,
+            prefetch_from: Some("ftp://x/y".into()),
+            ..request("fresh")
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
@@ -142,7 +160,11 @@ async fn queen_cli(args: Vec<String>) -> (bool, String, String) {
             .env_remove("QUEEN_TOKEN")
             .output()
             .expect("run queen");
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
     })
     .await
     .unwrap()

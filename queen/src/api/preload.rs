@@ -44,7 +44,8 @@ pub fn source_of(from: &str) -> Result<pb::fetch_model_request::Source, QueenErr
             files: vec![pb::FileSource { url: from.to_owned(), path: None, size_bytes: None, sha256: None }],
         })
     };
-    source_from_wire(Some(&source)).map_err(|e| QueenError::InvalidArgument(format!("prefetch_from: {e}")))?;
+    source_from_wire(Some(&source))
+        .map_err(|e| QueenError::InvalidArgument(format!("prefetch_from: {e}")))?;
     Ok(source)
 }
 
@@ -54,20 +55,29 @@ impl ModelCache {
         Self { fleet, link }
     }
 
-    async fn client(&self, hive: &HiveSnapshot) -> Result<pb::hive_client::HiveClient<tonic::transport::Channel>, QueenError> {
-        crate::link::command::hive_client(&hive.address, &self.link, hive.origin)
-            .await
-            .map_err(|e| QueenError::HiveUnreachable { hive: hive.hive_id().to_owned(), reason: e.to_string() })
+    async fn client(
+        &self,
+        hive: &HiveSnapshot,
+    ) -> Result<pb::hive_client::HiveClient<tonic::transport::Channel>, QueenError> {
+        crate::link::command::hive_client(&hive.address, &self.link, hive.origin).await.map_err(|e| {
+            QueenError::HiveUnreachable { hive: hive.hive_id().to_owned(), reason: e.to_string() }
+        })
     }
 
     /// Preloads (or, with `evict`, evicts) the model on the hives the request names.
-    pub async fn apply(&self, r: &pb::ScheduleCacheRequest, evict: bool) -> Result<pb::ScheduleCacheResponse, QueenError> {
+    pub async fn apply(
+        &self,
+        r: &pb::ScheduleCacheRequest,
+        evict: bool,
+    ) -> Result<pb::ScheduleCacheResponse, QueenError> {
         let model = model_id_from_wire("model_id", &r.model_id)
             .map_err(|e| QueenError::InvalidArgument(e.to_string()))?;
         let targets: Vec<Arc<HiveSnapshot>> = match (r.hive.trim(), r.labels.is_empty()) {
             ("", true) => return Err(QueenError::InvalidArgument("give hive or labels".into())),
             (key, true) => vec![
-                self.fleet.get(key).ok_or_else(|| QueenError::NotFound(format!("no hive {key:?} in the fleet")))?,
+                self.fleet
+                    .get(key)
+                    .ok_or_else(|| QueenError::NotFound(format!("no hive {key:?} in the fleet")))?,
             ],
             ("", false) => {
                 let labels: BTreeMap<String, String> = r.labels.clone().into_iter().collect();
@@ -77,7 +87,9 @@ impl ModelCache {
                     .into_iter()
                     .filter(|h| {
                         h.state == ConnState::Online
-                            && h.identity.as_ref().is_some_and(|i| labels.iter().all(|(k, v)| i.labels.get(k) == Some(v)))
+                            && h.identity
+                                .as_ref()
+                                .is_some_and(|i| labels.iter().all(|(k, v)| i.labels.get(k) == Some(v)))
                             && weights::tier(h, &model) != Tier::Absent
                     })
                     .collect();
@@ -100,21 +112,30 @@ impl ModelCache {
             let mut client = self.client(hive).await?;
             let limit = if wait && !evict { WAIT_TIMEOUT } else { CALL_TIMEOUT };
             let hive_err = |status| QueenError::Hive { hive: hive.hive_id().to_owned(), status };
-            let timed_out = || QueenError::HiveUnreachable { hive: hive.hive_id().to_owned(), reason: "timed out".into() };
+            let timed_out = || QueenError::HiveUnreachable {
+                hive: hive.hive_id().to_owned(),
+                reason: "timed out".into(),
+            };
             if evict {
-                let r = tokio::time::timeout(limit, client.evict_model(pb::EvictModelRequest { model_id: model.into() }))
-                    .await
-                    .map_err(|_| timed_out())?
-                    .map_err(hive_err)?
-                    .into_inner();
+                let r = tokio::time::timeout(
+                    limit,
+                    client.evict_model(pb::EvictModelRequest { model_id: model.into() }),
+                )
+                .await
+                .map_err(|_| timed_out())?
+                .map_err(hive_err)?
+                .into_inner();
                 let size = weights::entry(hive, model).map_or(0, |m| m.size_bytes);
                 Ok::<_, QueenError>((r.resident_bytes, size, Vec::new()))
             } else {
-                let r = tokio::time::timeout(limit, client.preload_model(pb::PreloadModelRequest { model_id: model.into(), wait }))
-                    .await
-                    .map_err(|_| timed_out())?
-                    .map_err(hive_err)?
-                    .into_inner();
+                let r = tokio::time::timeout(
+                    limit,
+                    client.preload_model(pb::PreloadModelRequest { model_id: model.into(), wait }),
+                )
+                .await
+                .map_err(|_| timed_out())?
+                .map_err(hive_err)?
+                .into_inner();
                 Ok((r.resident_bytes, r.size_bytes, r.evicted))
             }
         }
@@ -134,7 +155,13 @@ impl ModelCache {
     /// absent (from `from`) and preload it; without, preload it again only where it is
     /// kept warm (marks it used). Runs in the background; returns whether a prefetch
     /// was started.
-    pub fn after_place(&self, hive_id: &str, model: &str, prefetch: bool, from: Option<pb::fetch_model_request::Source>) -> bool {
+    pub fn after_place(
+        &self,
+        hive_id: &str,
+        model: &str,
+        prefetch: bool,
+        from: Option<pb::fetch_model_request::Source>,
+    ) -> bool {
         let Some(hive) = self.fleet.get(hive_id) else { return false };
         let tier = weights::tier(&hive, model);
         let warm = weights::entry(&hive, model).is_some_and(|m| m.warm);
@@ -160,8 +187,14 @@ impl ModelCache {
         prefetch
     }
 
-    async fn prefetch(&self, hive_id: &str, model: &str, fetch: Option<pb::fetch_model_request::Source>) -> Result<(), QueenError> {
-        let hive = self.fleet.get(hive_id).ok_or_else(|| QueenError::NotFound(format!("no hive {hive_id:?}")))?;
+    async fn prefetch(
+        &self,
+        hive_id: &str,
+        model: &str,
+        fetch: Option<pb::fetch_model_request::Source>,
+    ) -> Result<(), QueenError> {
+        let hive =
+            self.fleet.get(hive_id).ok_or_else(|| QueenError::NotFound(format!("no hive {hive_id:?}")))?;
         let mut client = self.client(&hive).await?;
         let hive_err = |status| QueenError::Hive { hive: hive_id.to_owned(), status };
         if let Some(source) = fetch {
@@ -173,7 +206,9 @@ impl ModelCache {
                 match state {
                     Some(ModelState::Ready) => break,
                     Some(ModelState::Failed) => {
-                        return Err(QueenError::NotFound(format!("the fetch of {model} on {hive_id} failed")));
+                        return Err(QueenError::NotFound(format!(
+                            "the fetch of {model} on {hive_id} failed"
+                        )));
                     }
                     _ if tokio::time::Instant::now() >= deadline => {
                         return Err(QueenError::NotFound(format!("{model} not ready on {hive_id} in time")));

@@ -54,7 +54,8 @@ impl SchedulerApi for SchedulerService {
         let from = r.prefetch_from.as_deref().map(source_of).transpose()?;
         let (model, dry_run) = (req.model.clone(), req.dry_run);
         let mut outcome = self.scheduler.place(req).await?;
-        if let (crate::scheduler::Outcome::Placed(p), Some(cache), false) = (&mut outcome, &self.cache, dry_run)
+        if let (crate::scheduler::Outcome::Placed(p), Some(cache), false) =
+            (&mut outcome, &self.cache, dry_run)
             && !model.is_empty()
         {
             p.prefetching = cache.after_place(&p.hive_id, &model, r.prefetch, from);

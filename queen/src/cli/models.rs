@@ -167,7 +167,11 @@ pub async fn models(args: ListArgs) -> Result<()> {
         return Ok(());
     }
     let mut out = String::new();
-    let _ = writeln!(out, "{:<24} {:<40} {:<12} {:>12} {:>9}  ERROR", "HIVE", "MODEL", "STATE", "SIZE", "RESIDENT");
+    let _ = writeln!(
+        out,
+        "{:<24} {:<40} {:<12} {:>12} {:>9}  ERROR",
+        "HIVE", "MODEL", "STATE", "SIZE", "RESIDENT"
+    );
     for (hive, m) in rows {
         let _ = writeln!(
             out,

@@ -43,7 +43,12 @@ fn report(verb: &str, model: &str, r: &pb::ScheduleCacheResponse, json: bool) ->
                     } else {
                         String::new()
                     };
-                    let _ = write!(out, "{}: {model} {} resident{share}", h.hive_id, format_bytes(h.resident_bytes));
+                    let _ = write!(
+                        out,
+                        "{}: {model} {} resident{share}",
+                        h.hive_id,
+                        format_bytes(h.resident_bytes)
+                    );
                     if !h.evicted.is_empty() {
                         let _ = write!(out, "; evicted {}", h.evicted.join(", "));
                     }

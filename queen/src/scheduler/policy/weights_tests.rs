@@ -12,7 +12,12 @@ use crate::scheduler::request::PlaceRequest;
 use crate::scheduler::synthetic::hive;
 use crate::scheduler::view::FleetView;
 
-fn with_model(h: Arc<HiveSnapshot>, state: ModelState, size: u64, resident: Option<u64>) -> Arc<HiveSnapshot> {
+fn with_model(
+    h: Arc<HiveSnapshot>,
+    state: ModelState,
+    size: u64,
+    resident: Option<u64>,
+) -> Arc<HiveSnapshot> {
     let mut h = (*h).clone();
     let mut caps = (**h.caps.as_ref().unwrap()).clone();
     caps.caps.models.insert(
@@ -48,9 +53,24 @@ fn policies_see_each_hives_models_and_the_ranking_by_weights() {
     let view = FleetView {
         hives: Arc::new(vec![
             hive("absent", 1, 24, 4, 1.0, ConnState::Online, &[]),
-            with_model(hive("disk", 1, 24, 4, 50.0, ConnState::Online, &[]), ModelState::Ready, 1000, Some(100)),
-            with_model(hive("ram", 1, 24, 4, 90.0, ConnState::Online, &[]), ModelState::Ready, 1000, Some(950)),
-            with_model(hive("fetching", 1, 24, 4, 0.5, ConnState::Online, &[]), ModelState::Downloading, 1000, None),
+            with_model(
+                hive("disk", 1, 24, 4, 50.0, ConnState::Online, &[]),
+                ModelState::Ready,
+                1000,
+                Some(100),
+            ),
+            with_model(
+                hive("ram", 1, 24, 4, 90.0, ConnState::Online, &[]),
+                ModelState::Ready,
+                1000,
+                Some(950),
+            ),
+            with_model(
+                hive("fetching", 1, 24, 4, 0.5, ConnState::Online, &[]),
+                ModelState::Downloading,
+                1000,
+                None,
+            ),
         ]),
         book: Default::default(),
     };
