@@ -118,7 +118,7 @@ pub struct Found {
     /// Ready models (valid manifest, files present with their sizes).
     pub ready: Vec<Manifest>,
     /// Models without a valid manifest, with their files: to verify.
-    pub unverified: Vec<(String, Vec<(String, u64)>)>,
+    pub unverified: Vec<(String, layout::FileList)>,
     /// Downloads to resume.
     pub partial: Vec<FetchRecord>,
 }

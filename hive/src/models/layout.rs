@@ -52,6 +52,9 @@ pub fn part_sidecar(partial: &Path, path: &str) -> PathBuf {
     partial.join(format!("{path}.part.json"))
 }
 
+/// Files of a model directory: relative path and size, sorted.
+pub type FileList = Vec<(String, u64)>;
+
 /// Writes `bytes` to `path` atomically: a temporary file, fsync, rename, fsync of the
 /// directory. A crash leaves the old file or the new one, never a torn one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -84,7 +87,7 @@ pub fn remove_tree(path: &Path) -> std::io::Result<()> {
 
 /// Every regular file under `dir` (recursively), as relative `/`-separated paths,
 /// without the manifest and hidden names, sorted.
-pub fn list_files(dir: &Path) -> std::io::Result<Vec<(String, u64)>> {
+pub fn list_files(dir: &Path) -> std::io::Result<FileList> {
     let mut out = Vec::new();
     let mut stack = vec![(dir.to_path_buf(), String::new())];
     while let Some((at, prefix)) = stack.pop() {

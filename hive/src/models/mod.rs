@@ -401,7 +401,7 @@ impl Models {
 
 /// The model directories with their files, whether or not they have a manifest (the
 /// ones with a valid manifest are listed too, so that removals are seen).
-fn scan_models_only(root: &std::path::Path) -> std::io::Result<Vec<(String, Vec<(String, u64)>)>> {
+fn scan_models_only(root: &std::path::Path) -> std::io::Result<Vec<(String, layout::FileList)>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(root)? {
         let entry = entry?;

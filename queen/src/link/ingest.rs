@@ -21,8 +21,8 @@ pub enum Outcome {
     },
     /// A diff applied cleanly.
     Diff,
-    /// A sample.
-    Sample(Sample),
+    /// A sample (boxed: it carries download records and is much larger than the rest).
+    Sample(Box<Sample>),
     /// The view can no longer be trusted: ask the hive for a snapshot. Later diffs are
     /// dropped until it arrives.
     NeedResync(String),
@@ -130,7 +130,7 @@ impl IngestState {
                         self.version()
                     ))
                 }
-                _ => Outcome::Sample(s),
+                _ => Outcome::Sample(Box::new(s)),
             },
             HivePayload::Diff(diff) => {
                 let Some(held) = &self.caps else {

@@ -399,7 +399,7 @@ impl Manager {
                 self.caps_changed(restarted);
             }
             Outcome::Diff => self.caps_changed(false),
-            Outcome::Sample(s) => self.take_sample(s),
+            Outcome::Sample(s) => self.take_sample(*s),
             Outcome::NeedResync(reason) => {
                 self.view.counters.gaps += 1;
                 if let Verdict::Log { suppressed } = self.warnings.check(&()) {

@@ -65,11 +65,11 @@ fn model_from_wire(field: &str, m: &pb::Model) -> Checked<ModelEntry> {
         Ok(pb::ModelState::Ready) => ModelState::Ready,
         Ok(pb::ModelState::Failed) => ModelState::Failed,
         Ok(pb::ModelState::Unverified) => ModelState::Unverified,
-        _ => return Err(ConvertError::new(&format!("{field}.state"), format!("unknown value {}", m.state))),
+        _ => return Err(ConvertError::new(format!("{field}.state"), format!("unknown value {}", m.state))),
     };
     if m.files.len() > MAX_MODEL_FILES {
         return Err(ConvertError::new(
-            &format!("{field}.files"),
+            format!("{field}.files"),
             format!("{} > {MAX_MODEL_FILES}", m.files.len()),
         ));
     }
@@ -79,13 +79,13 @@ fn model_from_wire(field: &str, m: &pb::Model) -> Checked<ModelEntry> {
         .enumerate()
         .map(|(i, f)| {
             let ff = format!("{field}.files[{i}]");
-            check_relative_path(&f.path).map_err(|e| ConvertError::new(&format!("{ff}.path"), e.0))?;
+            check_relative_path(&f.path).map_err(|e| ConvertError::new(format!("{ff}.path"), e.0))?;
             let sha256 = f
                 .sha256
                 .as_deref()
                 .map(check_sha256)
                 .transpose()
-                .map_err(|e| ConvertError::new(&format!("{ff}.sha256"), e.0))?;
+                .map_err(|e| ConvertError::new(format!("{ff}.sha256"), e.0))?;
             Ok(ModelFile { path: f.path.clone(), size_bytes: f.size_bytes, sha256 })
         })
         .collect::<Checked<_>>()?;
@@ -174,10 +174,10 @@ fn download_from_wire(field: &str, d: &pb::DownloadProgress) -> Checked<Download
         Ok(pb::DownloadPhase::Failed) => DownloadPhase::Failed,
         Ok(pb::DownloadPhase::Cancelled) => DownloadPhase::Cancelled,
         Ok(pb::DownloadPhase::Preloading) => DownloadPhase::Preloading,
-        _ => return Err(ConvertError::new(&format!("{field}.phase"), format!("unknown value {}", d.phase))),
+        _ => return Err(ConvertError::new(format!("{field}.phase"), format!("unknown value {}", d.phase))),
     };
     if !d.speed_bytes_per_s.is_finite() || d.speed_bytes_per_s < 0.0 {
-        return Err(ConvertError::new(&format!("{field}.speed_bytes_per_s"), "must be finite and >= 0"));
+        return Err(ConvertError::new(format!("{field}.speed_bytes_per_s"), "must be finite and >= 0"));
     }
     Ok(DownloadProgress {
         model_id: model_id_from_wire(&format!("{field}.model_id"), &d.model_id)?,
@@ -213,7 +213,7 @@ impl From<&DiskSpace> for pb::DiskSpace {
 pub fn disk_from_wire(field: &str, d: &pb::DiskSpace) -> Checked<DiskSpace> {
     if d.free_bytes > d.total_bytes {
         return Err(ConvertError::new(
-            &format!("{field}.free_bytes"),
+            format!("{field}.free_bytes"),
             format!("{} > total_bytes {}", d.free_bytes, d.total_bytes),
         ));
     }
@@ -247,23 +247,23 @@ pub fn source_from_wire(source: Option<&pb::fetch_model_request::Source>) -> Che
                     let url = check_long(&format!("{field}.url"), &f.url)?;
                     if !(url.starts_with("http://") || url.starts_with("https://")) {
                         return Err(ConvertError::new(
-                            &format!("{field}.url"),
+                            format!("{field}.url"),
                             "must start with http:// or https://",
                         ));
                     }
                     let path = match &f.path {
                         Some(p) => {
                             check_relative_path(p)
-                                .map_err(|e| ConvertError::new(&format!("{field}.path"), e.0))?;
+                                .map_err(|e| ConvertError::new(format!("{field}.path"), e.0))?;
                             p.clone()
                         }
                         None => path_from_url(&url).ok_or_else(|| {
-                            ConvertError::new(&format!("{field}.path"), "is required: the URL names no file")
+                            ConvertError::new(format!("{field}.path"), "is required: the URL names no file")
                         })?,
                     };
                     if !paths.insert(path.clone()) {
                         return Err(ConvertError::new(
-                            &format!("{field}.path"),
+                            format!("{field}.path"),
                             format!("{path:?} appears twice"),
                         ));
                     }
@@ -272,7 +272,7 @@ pub fn source_from_wire(source: Option<&pb::fetch_model_request::Source>) -> Che
                         .as_deref()
                         .map(check_sha256)
                         .transpose()
-                        .map_err(|e| ConvertError::new(&format!("{field}.sha256"), e.0))?;
+                        .map_err(|e| ConvertError::new(format!("{field}.sha256"), e.0))?;
                     Ok(FileSource { url, path, size_bytes: f.size_bytes, sha256 })
                 })
                 .collect::<Checked<_>>()?;
@@ -310,7 +310,7 @@ impl From<&ReadBandwidth> for pb::ReadBandwidth {
 pub fn read_bandwidth_from_wire(field: &str, b: &pb::ReadBandwidth) -> Checked<ReadBandwidth> {
     let check = |name: &str, v: Option<f64>| match v {
         Some(x) if !x.is_finite() || x <= 0.0 => {
-            Err(ConvertError::new(&format!("{field}.{name}"), format!("{x} is not a speed (finite, > 0)")))
+            Err(ConvertError::new(format!("{field}.{name}"), format!("{x} is not a speed (finite, > 0)")))
         }
         v => Ok(v),
     };
