@@ -152,6 +152,35 @@ pub struct ServeArgs {
     #[arg(long, env = "HIVE_MAX_DOWNLOADS", default_value_t = crate::models::DEFAULT_MAX_DOWNLOADS,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
     pub max_downloads: usize,
+    /// Most bytes of preloaded models kept warm in the page cache (e.g. 64GiB); beyond it the least
+    /// recently used preloaded model is evicted first. Unset: no budget, only MemAvailable limits.
+    #[arg(long, env = "HIVE_RAM_CACHE_BUDGET", value_name = "SIZE", value_parser = parse_budget)]
+    pub ram_cache_budget: Option<u64>,
+    /// How often each model's page-cache residency is measured (100ms..=60s).
+    #[arg(long, env = "HIVE_RESIDENCY_INTERVAL", default_value = "10s", value_parser = parse_sample_interval)]
+    pub residency_interval: Duration,
+    /// Memory pressure (PSI "some avg10", percent) above which preloads are refused and running ones
+    /// back off, then stop.
+    #[arg(long, env = "HIVE_PRELOAD_PRESSURE_LIMIT", default_value_t = crate::preload::DEFAULT_PRESSURE_LIMIT,
+          value_parser = parse_pressure_limit)]
+    pub preload_pressure_limit: f64,
+}
+
+/// Parses `--ram-cache-budget`: a byte size above zero.
+pub fn parse_budget(s: &str) -> Result<u64, String> {
+    match rbee_shared::bytesize::parse_bytes(s) {
+        Ok(0) => Err("the budget must be above 0".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Parses `--preload-pressure-limit`: a percentage in (0, 100].
+pub fn parse_pressure_limit(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 100.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a percentage in (0, 100]")),
+    }
 }
 
 /// `hive probe` flags.
@@ -232,6 +261,8 @@ pub struct HiveConfig {
     pub metrics: Option<rbee_shared::metrics_http::MetricsEndpoint>,
     /// The models directory; `None` runs without one (FetchModel answers FAILED_PRECONDITION).
     pub models: Option<crate::models::ModelsConfig>,
+    /// Preloading and residency (used only with a models directory).
+    pub preload: crate::preload::PreloadConfig,
 }
 
 impl HiveConfig {
@@ -253,6 +284,7 @@ impl HiveConfig {
             max_gpu_processes: DEFAULT_MAX_GPU_PROCESSES,
             metrics: None,
             models: None,
+            preload: crate::preload::PreloadConfig::default(),
         }
     }
 }
@@ -318,6 +350,12 @@ impl ServeArgs {
                     self.models_dir.clone().unwrap_or_else(crate::models::default_models_dir),
                 )
             }),
+            preload: crate::preload::PreloadConfig {
+                budget: self.ram_cache_budget,
+                residency_interval: self.residency_interval,
+                pressure_limit: self.preload_pressure_limit,
+                ..crate::preload::PreloadConfig::default()
+            },
         };
         Ok((self.listen, config))
     }

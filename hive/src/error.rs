@@ -120,6 +120,52 @@ pub enum HiveError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// A preload needs a ready model.
+    #[error("model {model} is {state}, not ready; only a ready model can be preloaded")]
+    ModelNotReady {
+        /// The model.
+        model: String,
+        /// Its state.
+        state: &'static str,
+    },
+    /// The model is larger than the whole RAM cache budget.
+    #[error("model {model} is {size} bytes, more than the whole --ram-cache-budget of {budget} bytes")]
+    OverBudget {
+        /// The model.
+        model: String,
+        /// Its size.
+        size: u64,
+        /// The budget.
+        budget: u64,
+    },
+    /// A preload would not fit the memory available now.
+    #[error(
+        "not enough memory to preload {model}: {needed} bytes still to read plus a headroom of {headroom} \
+         bytes exceed MemAvailable ({available} bytes)"
+    )]
+    InsufficientMemory {
+        /// The model.
+        model: String,
+        /// Bytes not yet resident.
+        needed: u64,
+        /// `MemAvailable`.
+        available: u64,
+        /// Kept free (5% of RAM).
+        headroom: u64,
+    },
+    /// The machine is under memory pressure.
+    #[error(
+        "memory pressure: some avg10 = {avg10:.1}% is over the limit of {limit:.1}% (--preload-pressure-limit); try later"
+    )]
+    MemoryPressure {
+        /// The reading.
+        avg10: f64,
+        /// The limit.
+        limit: f64,
+    },
+    /// A preload waited for failed or was cancelled.
+    #[error("preload failed: {0}")]
+    PreloadFailed(String),
 }
 
 impl From<HiveError> for tonic::Status {
@@ -137,6 +183,12 @@ impl From<HiveError> for tonic::Status {
             HiveError::ModelsDisabled | HiveError::ModelBusy(_) => Status::failed_precondition(e.to_string()),
             HiveError::InsufficientDisk { .. } => Status::resource_exhausted(e.to_string()),
             HiveError::ModelIo { .. } => Status::internal(e.to_string()),
+            HiveError::ModelNotReady { .. } => Status::failed_precondition(e.to_string()),
+            HiveError::OverBudget { .. } | HiveError::InsufficientMemory { .. } => {
+                Status::resource_exhausted(e.to_string())
+            }
+            HiveError::MemoryPressure { .. } => Status::unavailable(e.to_string()),
+            HiveError::PreloadFailed(_) => Status::aborted(e.to_string()),
             HiveError::Config(_)
             | HiveError::Tls(_)
             | HiveError::Scenario { .. }

@@ -2,7 +2,8 @@
 //! NVML, CPU and RAM through sysinfo, or simulated GPUs for tests and demos), rescans
 //! it for changes, and serves `rbee.v1.Hive`: `Discover` and a bidirectional
 //! `MetricsStream` of capability diffs and live samples. It also keeps a catalog of
-//! models on disk and downloads them on request (`FetchModel`, see [`models`]).
+//! models on disk and downloads them on request (`FetchModel`, see [`models`]), and
+//! keeps chosen models in RAM (`PreloadModel`, `EvictModel`, see [`preload`]).
 //!
 //! The binary is a thin wrapper: tests start the same [`run`] on `127.0.0.1:0`.
 
@@ -14,6 +15,7 @@ pub mod identity;
 pub mod metrics;
 pub mod models;
 pub mod monitor;
+pub mod preload;
 pub mod probe;
 pub mod procs;
 pub mod server;

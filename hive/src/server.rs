@@ -18,6 +18,8 @@ use crate::config::HiveConfig;
 use crate::models::Models;
 use crate::models::source::ModelsSource;
 use crate::monitor::Telemetry;
+use crate::preload::Preloader;
+use crate::preload::source::PreloadSource;
 use crate::service::HiveService;
 use crate::stream::SessionContext;
 use crate::streams::Streams;
@@ -92,9 +94,16 @@ pub async fn run(
         },
         None => None,
     };
-    let extra: Vec<Box<dyn crate::source::DeviceSource>> = match &models {
-        Some(m) => vec![Box::new(ModelsSource::new(m.clone()))],
-        None => Vec::new(),
+    let preloader = match &models {
+        Some(m) => Some(Preloader::start(config.preload.clone(), m.clone(), cancel.clone())?),
+        None => None,
+    };
+    let extra: Vec<Box<dyn crate::source::DeviceSource>> = match (&models, &preloader) {
+        (Some(m), Some(p)) => {
+            vec![Box::new(ModelsSource::new(m.clone())), Box::new(PreloadSource::new(p.clone()))]
+        }
+        (Some(m), None) => vec![Box::new(ModelsSource::new(m.clone()))],
+        _ => Vec::new(),
     };
     let telemetry =
         Telemetry::open_with(config.gpu.clone(), config.labels.clone(), config.max_gpu_processes, extra)
@@ -161,7 +170,7 @@ pub async fn run(
         .add_service(grpc_server::reflection_v1_for(SERVICES)?)
         .add_service(grpc_server::reflection_v1alpha_for(SERVICES)?)
         .add_service(
-            HiveServer::new(HiveService::new(ctx, streams, models.clone()))
+            HiveServer::new(HiveService::new(ctx, streams, models.clone()).with_preloader(preloader.clone()))
                 .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(grpc_server::incoming(listener), cancel.clone().cancelled_owned())
@@ -173,6 +182,9 @@ pub async fn run(
     }
     if let Some(f) = catalog_follower {
         let _ = f.await;
+    }
+    if let Some(p) = &preloader {
+        p.stopped().await;
     }
     if let Some(m) = &models {
         m.stopped().await;

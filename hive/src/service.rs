@@ -13,6 +13,7 @@ use rbee_shared::convert::models::{model_id_from_wire, source_from_wire};
 use crate::HiveError;
 use crate::convert;
 use crate::models::{FetchOutcome, Models};
+use crate::preload::Preloader;
 use crate::stream::{Session, SessionContext};
 use crate::streams::Streams;
 
@@ -25,12 +26,24 @@ pub struct HiveService {
     streams: Streams,
     /// The models directory, if this hive has one.
     models: Option<Models>,
+    /// The preloader (with a models directory).
+    preloader: Option<Preloader>,
 }
 
 impl HiveService {
     /// A service over the hive's shared context.
     pub fn new(ctx: SessionContext, streams: Streams, models: Option<Models>) -> Self {
-        Self { ctx, streams, models }
+        Self { ctx, streams, models, preloader: None }
+    }
+
+    /// With the preloader of PreloadModel and EvictModel.
+    pub fn with_preloader(mut self, preloader: Option<Preloader>) -> Self {
+        self.preloader = preloader;
+        self
+    }
+
+    fn preloader(&self) -> Result<&Preloader, Status> {
+        self.preloader.as_ref().ok_or_else(|| HiveError::ModelsDisabled.into())
     }
 
     fn models(&self) -> Result<&Models, Status> {
@@ -110,5 +123,29 @@ impl Hive for HiveService {
         let id = model_id_from_wire("model_id", &request.into_inner().model_id).map_err(HiveError::from)?;
         self.models()?.delete(&id).await?;
         Ok(Response::new(pb::DeleteModelResponse {}))
+    }
+
+    async fn preload_model(
+        &self,
+        request: Request<pb::PreloadModelRequest>,
+    ) -> Result<Response<pb::PreloadModelResponse>, Status> {
+        let r = request.into_inner();
+        let id = model_id_from_wire("model_id", &r.model_id).map_err(HiveError::from)?;
+        let out = self.preloader()?.preload(&id, r.wait).await?;
+        Ok(Response::new(pb::PreloadModelResponse {
+            joined: out.joined,
+            evicted: out.evicted,
+            resident_bytes: out.resident_bytes,
+            size_bytes: out.size_bytes,
+        }))
+    }
+
+    async fn evict_model(
+        &self,
+        request: Request<pb::EvictModelRequest>,
+    ) -> Result<Response<pb::EvictModelResponse>, Status> {
+        let id = model_id_from_wire("model_id", &request.into_inner().model_id).map_err(HiveError::from)?;
+        let resident_bytes = self.preloader()?.evict(&id).await?;
+        Ok(Response::new(pb::EvictModelResponse { resident_bytes }))
     }
 }

@@ -3,6 +3,7 @@
 //! the hive's and the queen's tests.
 
 pub mod http_files;
+pub mod model_files;
 
 use std::net::SocketAddr;
 use std::time::Duration;

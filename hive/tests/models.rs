@@ -107,7 +107,8 @@ async fn a_download_is_verified_moved_into_place_and_reported() {
             .any(|m| m.id == "tiny" && m.state == pb::ModelState::Ready as i32)
     );
     client.delete_model(pb::DeleteModelRequest { model_id: "tiny".into() }).await.unwrap();
-    let diff = stream.until(as_diff).await;
+    // Residency updates are diffs too (models_changed); wait for the removal.
+    let diff = stream.until(|m| as_diff(m).filter(|d| !d.models_removed.is_empty())).await;
     assert_eq!(diff.models_removed, ["tiny"]);
     assert!(!dir.path().join("tiny").exists());
     let e = client.delete_model(pb::DeleteModelRequest { model_id: "tiny".into() }).await.unwrap_err();

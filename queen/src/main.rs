@@ -60,6 +60,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Fetch(args) => rbee_queen::cli::fetch(args).await?,
         Command::Models(args) => rbee_queen::cli::models(args).await?,
         Command::Downloads(args) => rbee_queen::cli::downloads(args).await?,
+        Command::Preload(args) => rbee_queen::cli::preload(args).await?,
+        Command::Evict(args) => rbee_queen::cli::evict(args).await?,
         Command::Certs(args) => {
             for file in rbee_shared::certs::generate(&args.out, &args.queen_names, &args.hives)
                 .map_err(anyhow::Error::msg)?

@@ -108,6 +108,7 @@ pub async fn run(
         .add_service(
             SchedulerServer::new(
                 SchedulerService::new(scheduler)
+                    .with_cache(crate::api::preload::ModelCache::new(fleet_for_models.clone(), link.clone()))
                     .with_models(crate::api::models::ModelFetcher::new(fleet_for_models, link)),
             )
             .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES),

@@ -169,6 +169,8 @@ mod tests {
             files: vec![crate::ModelFile { path: "w.bin".into(), size_bytes: size, sha256: None }],
             size_bytes: size,
             error: None,
+            resident_bytes: None,
+            warm: false,
         })
     }
 

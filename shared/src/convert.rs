@@ -522,6 +522,8 @@ impl From<&Sample> for pb::Sample {
                 .collect(),
             downloads: s.downloads.iter().map(Into::into).collect(),
             models_disk: s.models_disk.as_ref().map(Into::into),
+            preloads: s.preloads.iter().map(Into::into).collect(),
+            read_bandwidth: s.read_bandwidth.as_ref().map(Into::into),
         }
     }
 }
@@ -612,6 +614,12 @@ impl TryFrom<&pb::Sample> for Sample {
                 .models_disk
                 .as_ref()
                 .map(|d| models::disk_from_wire("sample.models_disk", d))
+                .transpose()?,
+            preloads: models::downloads_from_wire("sample.preloads", &s.preloads)?,
+            read_bandwidth: s
+                .read_bandwidth
+                .as_ref()
+                .map(|b| models::read_bandwidth_from_wire("sample.read_bandwidth", b))
                 .transpose()?,
         })
     }

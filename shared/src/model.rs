@@ -64,6 +64,10 @@ pub struct ModelEntry {
     pub size_bytes: u64,
     /// Why the last download failed.
     pub error: Option<String>,
+    /// Bytes of its files in the page cache, when measured (see `hive::preload`).
+    pub resident_bytes: Option<u64>,
+    /// Preloaded and kept warm within the hive's RAM cache budget.
+    pub warm: bool,
 }
 
 /// A download's phase.
@@ -82,6 +86,8 @@ pub enum DownloadPhase {
     Failed,
     /// Final: cancelled; nothing left behind.
     Cancelled,
+    /// A preload: reading the files into the page cache.
+    Preloading,
 }
 
 impl DownloadPhase {
@@ -99,6 +105,7 @@ impl DownloadPhase {
             Self::Done => "done",
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
+            Self::Preloading => "preloading",
         }
     }
 }
@@ -281,4 +288,13 @@ mod tests {
         assert_eq!(path_from_url("http://h/a/model.bin?x=1").as_deref(), Some("model.bin"));
         assert_eq!(path_from_url("http://h/"), None);
     }
+}
+
+/// How fast a hive reads model files, measured from its own preloads.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
+pub struct ReadBandwidth {
+    /// From pages that were not cached (the disk), bytes per second.
+    pub disk_bytes_per_s: Option<f64>,
+    /// From pages that were cached (RAM), bytes per second.
+    pub ram_bytes_per_s: Option<f64>,
 }

@@ -105,6 +105,10 @@ pub struct Sample {
     pub downloads: Vec<crate::DownloadProgress>,
     /// The filesystem holding the models directory.
     pub models_disk: Option<crate::DiskSpace>,
+    /// Running preloads, and those that finished within the last minute.
+    pub preloads: Vec<crate::DownloadProgress>,
+    /// How fast the hive reads model files, when measured.
+    pub read_bandwidth: Option<crate::ReadBandwidth>,
 }
 
 pub use crate::sample_interval::{DEFAULT_SAMPLE_INTERVAL, MAX_SAMPLE_INTERVAL, MIN_SAMPLE_INTERVAL};

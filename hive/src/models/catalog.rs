@@ -55,6 +55,20 @@ impl Catalog {
         });
     }
 
+    /// Changes an entry in place, if present; `f` says whether it changed (only then is
+    /// the catalog republished).
+    pub fn update(&self, id: &str, f: impl FnOnce(&mut ModelEntry) -> bool) {
+        self.tx.send_if_modified(|map| {
+            let Some(current) = map.get(id) else { return false };
+            let mut entry = current.clone();
+            if !f(&mut entry) {
+                return false;
+            }
+            Arc::make_mut(map).insert(id.to_owned(), entry);
+            true
+        });
+    }
+
     /// Removes an entry; returns it.
     pub fn remove(&self, id: &str) -> Option<ModelEntry> {
         let mut removed = None;
@@ -77,6 +91,8 @@ pub fn ready_entry(manifest: &Manifest) -> ModelEntry {
         size_bytes: manifest.files.iter().map(|f| f.size_bytes).sum(),
         files: manifest.files.clone(),
         error: None,
+        resident_bytes: None,
+        warm: false,
     }
 }
 
@@ -91,6 +107,8 @@ pub fn unverified_entry(id: &str, files: &[(String, u64)]) -> ModelEntry {
             .map(|(p, s)| ModelFile { path: p.clone(), size_bytes: *s, sha256: None })
             .collect(),
         error: None,
+        resident_bytes: None,
+        warm: false,
     }
 }
 

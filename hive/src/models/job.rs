@@ -71,6 +71,8 @@ pub async fn run(
                         files: Vec::new(),
                         size_bytes: 0,
                         error: None,
+                        resident_bytes: None,
+                        warm: false,
                     });
                     entry.state = ModelState::Failed;
                     entry.error = Some(e.to_string());
@@ -96,6 +98,8 @@ fn declared(id: &str, files: &[FileSource]) -> ModelEntry {
             })
             .collect(),
         error: None,
+        resident_bytes: None,
+        warm: false,
     }
 }
 

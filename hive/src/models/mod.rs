@@ -17,6 +17,7 @@ pub mod job;
 pub mod layout;
 pub mod manifest;
 pub mod progress;
+pub mod residency;
 pub mod source;
 pub mod verify;
 
@@ -282,6 +283,8 @@ impl Models {
                 })
                 .collect(),
             error: None,
+            resident_bytes: None,
+            warm: false,
         });
         let progress = Arc::new(Mutex::new(Progress::new(&id)));
         let cancel = CancellationToken::new();

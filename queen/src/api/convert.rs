@@ -186,6 +186,7 @@ impl From<&crate::scheduler::book::Reservation> for pb::Reservation {
 impl From<&crate::scheduler::Outcome> for pb::PlaceResponse {
     fn from(o: &crate::scheduler::Outcome) -> Self {
         use crate::scheduler::Outcome;
+        use crate::scheduler::weights::Tier;
         use pb::place_response::Result as R;
         let result = match o {
             Outcome::Placed(p) => R::Placement(pb::Placement {
@@ -198,6 +199,14 @@ impl From<&crate::scheduler::Outcome> for pb::PlaceResponse {
                 free_after_bytes: p.free_after,
                 policy: p.policy.clone(),
                 fallback: p.fallback,
+                weights: match p.weights.tier {
+                    Tier::Ram => pb::WeightsLocation::Ram,
+                    Tier::Disk => pb::WeightsLocation::Disk,
+                    Tier::Absent => pb::WeightsLocation::Absent,
+                } as i32,
+                model_bytes: p.weights.bytes,
+                estimated_load_ms: p.weights.est_load_ms,
+                prefetching: p.prefetching,
             }),
             Outcome::Rejected { reason, hive_reasons } => {
                 R::Rejection(pb::Rejection { reason: reason.clone(), hive_reasons: hive_reasons.clone() })

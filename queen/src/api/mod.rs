@@ -8,6 +8,7 @@ pub mod convert;
 mod fleet;
 pub mod leader;
 pub mod models;
+pub mod preload;
 mod scheduler;
 mod watch;
 

@@ -7,6 +7,7 @@ use rbee_proto::v1::scheduler_server::Scheduler as SchedulerApi;
 use tonic::{Request, Response, Status};
 
 use super::models::ModelFetcher;
+use super::preload::{ModelCache, source_of};
 use crate::QueenError;
 use crate::scheduler::Scheduler;
 use crate::scheduler::request::{ListRequest, PlaceRequest, page_token};
@@ -18,12 +19,24 @@ pub struct SchedulerService {
     scheduler: Arc<Scheduler>,
     /// Forwards FetchModel to hives (absent: FetchModel is UNIMPLEMENTED).
     models: Option<Arc<ModelFetcher>>,
+    /// Preload, evict and prefetch on hives (absent: those are UNIMPLEMENTED).
+    cache: Option<ModelCache>,
 }
 
 impl SchedulerService {
     /// A service over `scheduler`.
     pub fn new(scheduler: Arc<Scheduler>) -> Self {
-        Self { scheduler, models: None }
+        Self { scheduler, models: None, cache: None }
+    }
+
+    /// Serves PreloadModel, EvictModel and Place's prefetch with `cache`.
+    pub fn with_cache(mut self, cache: ModelCache) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    fn cache(&self) -> Result<&ModelCache, Status> {
+        self.cache.as_ref().ok_or_else(|| Status::unimplemented("this queen does not forward preloads"))
     }
 
     /// Serves FetchModel with `models`.
@@ -36,8 +49,17 @@ impl SchedulerService {
 #[tonic::async_trait]
 impl SchedulerApi for SchedulerService {
     async fn place(&self, request: Request<pb::PlaceRequest>) -> Result<Response<pb::PlaceResponse>, Status> {
-        let req = PlaceRequest::try_from(request.get_ref())?;
-        let outcome = self.scheduler.place(req).await?;
+        let r = request.get_ref();
+        let req = PlaceRequest::try_from(r)?;
+        let from = r.prefetch_from.as_deref().map(source_of).transpose()?;
+        let (model, dry_run) = (req.model.clone(), req.dry_run);
+        let mut outcome = self.scheduler.place(req).await?;
+        if let (crate::scheduler::Outcome::Placed(p), Some(cache), false) =
+            (&mut outcome, &self.cache, dry_run)
+            && !model.is_empty()
+        {
+            p.prefetching = cache.after_place(&p.hive_id, &model, r.prefetch, from);
+        }
         Ok(Response::new((&outcome).into()))
     }
 
@@ -80,5 +102,19 @@ impl SchedulerApi for SchedulerService {
             .as_ref()
             .ok_or_else(|| Status::unimplemented("this queen does not forward fetches"))?;
         Ok(Response::new(models.fetch(request.get_ref()).await?))
+    }
+
+    async fn preload_model(
+        &self,
+        request: Request<pb::ScheduleCacheRequest>,
+    ) -> Result<Response<pb::ScheduleCacheResponse>, Status> {
+        Ok(Response::new(self.cache()?.apply(request.get_ref(), false).await?))
+    }
+
+    async fn evict_model(
+        &self,
+        request: Request<pb::ScheduleCacheRequest>,
+    ) -> Result<Response<pb::ScheduleCacheResponse>, Status> {
+        Ok(Response::new(self.cache()?.apply(request.get_ref(), true).await?))
     }
 }

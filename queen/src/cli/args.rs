@@ -60,6 +60,32 @@ pub enum Command {
     Models(ListArgs),
     /// List running (and just finished) model downloads on every hive (--json for scripts).
     Downloads(ListArgs),
+    /// Have hives read a model into RAM (page cache) and keep it warm within their budget.
+    Preload(CacheArgs),
+    /// Have hives drop a model from RAM (page cache).
+    Evict(CacheArgs),
+}
+
+/// `queen preload|evict MODEL (--hive ID | --label K=V)`.
+#[derive(Debug, Clone, Args)]
+pub struct CacheArgs {
+    /// The model id on the hives.
+    pub model: String,
+    /// The hive, by id or address.
+    #[arg(long, conflicts_with = "labels", required_unless_present = "labels")]
+    pub hive: Option<String>,
+    /// Or every online hive with this label that holds the model, KEY=VALUE; repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = rbee_shared::labels::parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Return at once instead of when the preloads are done.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Print the answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The queen.
+    #[command(flatten)]
+    pub queen: QueenUrl,
 }
 
 /// `queen migrate`.
@@ -196,6 +222,8 @@ impl RequestArgs {
             labels: self.labels.iter().cloned().collect(),
             dry_run,
             ttl_ms: self.ttl.map(|d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
+            prefetch: false,
+            prefetch_from: None,
         }
     }
 }
@@ -206,6 +234,12 @@ pub struct PlaceArgs {
     /// What to place.
     #[command(flatten)]
     pub request: RequestArgs,
+    /// After reserving, have the hive fetch the model if it lacks it and read it into RAM.
+    #[arg(long)]
+    pub prefetch: bool,
+    /// Where the hive fetches the model from when it lacks it: hf://org/repo[@rev] or an http(s) URL.
+    #[arg(long, value_name = "URL", requires = "prefetch")]
+    pub prefetch_from: Option<String>,
     /// Decide, but reserve nothing.
     #[arg(long)]
     pub dry_run: bool,

@@ -1,6 +1,6 @@
 //! The `queen` command line: its arguments ([`args`]), and the client subcommands
 //! (`hives`, `hive`, `watch`, `add`, `remove`, `place`, `release`, `reservations`,
-//! `policy check|status`, `migrate`, `fetch`, `models`, `downloads`, and `top`, the live view), which talk to a running queen over the same gRPC API that
+//! `policy check|status`, `migrate`, `fetch`, `models`, `downloads`, `preload`, `evict`, and `top`, the live view), which talk to a running queen over the same gRPC API that
 //! scheduler clients use.
 
 pub mod args;
@@ -8,6 +8,7 @@ mod client;
 mod fleet;
 mod migrate;
 mod models;
+mod preload;
 pub mod render;
 mod render_processes;
 mod scheduler;
@@ -17,4 +18,5 @@ pub use args::{Cli, Command, PolicyCommand};
 pub use fleet::{add, hive, hives, remove, watch};
 pub use migrate::migrate;
 pub use models::{downloads, fetch, fetch_request, models};
+pub use preload::{evict, preload};
 pub use scheduler::{place, policy_check, policy_status, release, reservations};

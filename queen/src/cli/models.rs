@@ -168,14 +168,19 @@ pub async fn models(args: ListArgs) -> Result<()> {
         return Ok(());
     }
     let mut out = String::new();
-    let _ = writeln!(out, "{:<24} {:<40} {:<12} {:>12}  ERROR", "HIVE", "MODEL", "STATE", "SIZE");
+    let _ = writeln!(
+        out,
+        "{:<24} {:<40} {:<12} {:>12} {:>9}  ERROR",
+        "HIVE", "MODEL", "STATE", "SIZE", "RESIDENT"
+    );
     for (hive, m) in rows {
         let _ = writeln!(
             out,
-            "{hive:<24} {:<40} {:<12} {:>12}  {}",
+            "{hive:<24} {:<40} {:<12} {:>12} {:>9}  {}",
             m.id,
             model_state(m),
             format_bytes(m.size_bytes),
+            super::preload::resident_percent(m),
             m.error.as_deref().unwrap_or("")
         );
     }
@@ -191,6 +196,7 @@ fn phase_name(d: &pb::DownloadProgress) -> &'static str {
         pb::DownloadPhase::Done => "done",
         pb::DownloadPhase::Failed => "failed",
         pb::DownloadPhase::Cancelled => "cancelled",
+        pb::DownloadPhase::Preloading => "preloading",
         pb::DownloadPhase::Unspecified => "?",
     }
 }

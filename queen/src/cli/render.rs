@@ -259,6 +259,21 @@ pub fn render_place(r: &pb::PlaceResponse) -> String {
                     p.reservation_id
                 );
             }
+            let weights = match p.weights() {
+                pb::WeightsLocation::Ram => "in RAM",
+                pb::WeightsLocation::Disk => "on disk",
+                pb::WeightsLocation::Absent => "absent",
+                pb::WeightsLocation::Unspecified => "",
+            };
+            if !weights.is_empty() {
+                let _ = write!(out, "\nweights {weights}");
+                if let Some(ms) = p.estimated_load_ms {
+                    let _ = write!(out, ", estimated load {:.1} s", ms as f64 / 1000.0);
+                }
+                if p.prefetching {
+                    let _ = write!(out, "; prefetching");
+                }
+            }
             let _ = write!(
                 out,
                 "\npolicy {}{}",

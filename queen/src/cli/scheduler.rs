@@ -11,7 +11,11 @@ use super::render::{render_place, since};
 
 /// `queen place`. Returns whether it placed.
 pub async fn place(args: PlaceArgs) -> Result<bool> {
-    let request = args.request.to_request(args.dry_run);
+    let request = pb::PlaceRequest {
+        prefetch: args.prefetch,
+        prefetch_from: args.prefetch_from.clone(),
+        ..args.request.to_request(args.dry_run)
+    };
     let resp = on_queens(&args.queen, scheduler, |mut c| {
         let request = request.clone();
         async move { c.place(request).await }

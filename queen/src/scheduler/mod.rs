@@ -23,6 +23,7 @@ pub mod request;
 pub mod synthetic;
 mod upkeep;
 pub mod view;
+pub mod weights;
 
 #[cfg(test)]
 mod tests;
@@ -114,6 +115,10 @@ pub struct Placement {
     pub policy: String,
     /// The built-in default decided because the policy failed.
     pub fallback: bool,
+    /// Where the model's weights are on the chosen hive, with a load-time estimate.
+    pub weights: weights::Weights,
+    /// A prefetch was started on the hive (set by the API layer).
+    pub prefetching: bool,
 }
 
 /// What `place` answers.

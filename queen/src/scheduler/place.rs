@@ -189,6 +189,8 @@ impl Scheduler {
                         free_after,
                         policy: used.source.clone(),
                         fallback,
+                        weights: super::weights::weights(&device.hive, &req.model),
+                        prefetching: false,
                     }))));
                 }
                 Err(Refused::NoRoom { free }) => reasons.push(format!(

@@ -336,6 +336,9 @@ pub enum Order {
     LeastLoaded,
     /// Tightest fit first.
     BinPack,
+    /// Nearest weights first (`request.model` in RAM, then on disk, then absent), then
+    /// least loaded within each tier.
+    NearestWeights,
 }
 
 fn hive_cpu(h: &HiveSnapshot) -> f32 {
@@ -355,6 +358,12 @@ pub fn rank(view: &FleetView, req: &PlaceRequest, order: Order, n: usize) -> Vec
             let key = match order {
                 Order::LeastLoaded => (f.util, used_fraction(f.total, f.free), hive_cpu(f.hive)),
                 Order::BinPack => (f.free as f32, 0.0, 0.0),
+                Order::NearestWeights => {
+                    let tier = super::weights::tier(f.hive, &req.model) as u8 as f32;
+                    // Tier first; within it device utilisation, then memory in use
+                    // (both at most 100, so one key orders tier before load).
+                    (tier * 1000.0 + f.util, used_fraction(f.total, f.free), hive_cpu(f.hive))
+                }
             };
             keyed.push((key, f));
         },

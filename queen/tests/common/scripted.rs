@@ -106,6 +106,20 @@ impl Hive for Scripted {
     ) -> Result<Response<pb::DeleteModelResponse>, Status> {
         Err(Status::unimplemented("a scripted hive has no models"))
     }
+
+    async fn preload_model(
+        &self,
+        _: Request<pb::PreloadModelRequest>,
+    ) -> Result<Response<pb::PreloadModelResponse>, Status> {
+        Err(Status::unimplemented("a scripted hive has no models"))
+    }
+
+    async fn evict_model(
+        &self,
+        _: Request<pb::EvictModelRequest>,
+    ) -> Result<Response<pb::EvictModelResponse>, Status> {
+        Err(Status::unimplemented("a scripted hive has no models"))
+    }
 }
 
 /// A running scripted hive.

@@ -10,7 +10,7 @@ use crate::model::{
 };
 use crate::{
     ConvertError, DiskSpace, DownloadPhase, DownloadProgress, FileSource, ModelEntry, ModelFile, ModelSource,
-    ModelState,
+    ModelState, ReadBandwidth,
 };
 
 fn check_long(field: &str, s: &str) -> Checked<String> {
@@ -53,6 +53,8 @@ impl From<&ModelEntry> for pb::Model {
                 .collect(),
             size_bytes: m.size_bytes,
             error: m.error.clone(),
+            resident_bytes: m.resident_bytes,
+            warm: m.warm,
         }
     }
 }
@@ -93,6 +95,16 @@ fn model_from_wire(field: &str, m: &pb::Model) -> Checked<ModelEntry> {
         files,
         size_bytes: m.size_bytes,
         error: m.error.as_deref().map(|e| check_long(&format!("{field}.error"), e)).transpose()?,
+        resident_bytes: match m.resident_bytes {
+            Some(r) if r > m.size_bytes => {
+                return Err(ConvertError::new(
+                    format!("{field}.resident_bytes"),
+                    format!("{r} > size_bytes {}", m.size_bytes),
+                ));
+            }
+            r => r,
+        },
+        warm: m.warm,
     })
 }
 
@@ -132,6 +144,7 @@ impl From<DownloadPhase> for pb::DownloadPhase {
             DownloadPhase::Done => Self::Done,
             DownloadPhase::Failed => Self::Failed,
             DownloadPhase::Cancelled => Self::Cancelled,
+            DownloadPhase::Preloading => Self::Preloading,
         }
     }
 }
@@ -160,6 +173,7 @@ fn download_from_wire(field: &str, d: &pb::DownloadProgress) -> Checked<Download
         Ok(pb::DownloadPhase::Done) => DownloadPhase::Done,
         Ok(pb::DownloadPhase::Failed) => DownloadPhase::Failed,
         Ok(pb::DownloadPhase::Cancelled) => DownloadPhase::Cancelled,
+        Ok(pb::DownloadPhase::Preloading) => DownloadPhase::Preloading,
         _ => return Err(ConvertError::new(format!("{field}.phase"), format!("unknown value {}", d.phase))),
     };
     if !d.speed_bytes_per_s.is_finite() || d.speed_bytes_per_s < 0.0 {
@@ -284,4 +298,24 @@ pub fn source_to_wire(source: &ModelSource) -> pb::fetch_model_request::Source {
                 .collect(),
         }),
     }
+}
+
+impl From<&ReadBandwidth> for pb::ReadBandwidth {
+    fn from(b: &ReadBandwidth) -> Self {
+        Self { disk_bytes_per_s: b.disk_bytes_per_s, ram_bytes_per_s: b.ram_bytes_per_s }
+    }
+}
+
+/// Read bandwidth from the wire: each speed finite and above 0 when set.
+pub fn read_bandwidth_from_wire(field: &str, b: &pb::ReadBandwidth) -> Checked<ReadBandwidth> {
+    let check = |name: &str, v: Option<f64>| match v {
+        Some(x) if !x.is_finite() || x <= 0.0 => {
+            Err(ConvertError::new(format!("{field}.{name}"), format!("{x} is not a speed (finite, > 0)")))
+        }
+        v => Ok(v),
+    };
+    Ok(ReadBandwidth {
+        disk_bytes_per_s: check("disk_bytes_per_s", b.disk_bytes_per_s)?,
+        ram_bytes_per_s: check("ram_bytes_per_s", b.ram_bytes_per_s)?,
+    })
 }

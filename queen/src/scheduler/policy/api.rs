@@ -12,6 +12,7 @@ use super::sandbox::charge;
 use crate::fleet::Health;
 use crate::scheduler::request::PlaceRequest;
 use crate::scheduler::view::{self, DeviceRef, FleetView, HiveRef};
+use crate::scheduler::weights;
 
 /// What a fallible native returns.
 type Native<T> = Result<T, Box<EvalAltResult>>;
@@ -85,6 +86,24 @@ fn processes_of(d: &DeviceRef) -> Native<Dynamic> {
     ))
 }
 
+/// `hive.models`: id -> #{ state, bytes, resident_bytes } (resident `()` when not
+/// measured).
+fn models_of(h: &HiveRef) -> Map {
+    let Some(caps) = h.hive.caps.as_ref() else { return Map::new() };
+    caps.caps
+        .models
+        .iter()
+        .map(|(id, m)| {
+            let mut e = Map::new();
+            e.insert("state".into(), Dynamic::from(m.state.as_str().to_owned()));
+            e.insert("bytes".into(), Dynamic::from(int(m.size_bytes)));
+            e.insert("resident_bytes".into(), opt_i(m.resident_bytes));
+            e.insert("warm".into(), Dynamic::from(m.warm));
+            (id.as_str().into(), Dynamic::from(e))
+        })
+        .collect()
+}
+
 fn device_array(arr: Array) -> Native<Vec<DeviceRef>> {
     // Sorting costs n log n comparisons; charge that.
     charge(arr.len().saturating_mul(arr.len().max(2).ilog2() as usize))?;
@@ -133,6 +152,11 @@ pub fn register(engine: &mut Engine) {
             let n = usize::try_from(n).unwrap_or(0).min(MAX_RANKED);
             Ok(view::rank(f, &r, view::Order::LeastLoaded, n).into_iter().map(Dynamic::from).collect())
         })
+        .register_fn("nearest_weights", |f: &mut FleetView, r: PlaceRequest, n: INT| -> Native<Array> {
+            charge(fleet_size(f))?;
+            let n = usize::try_from(n).unwrap_or(0).min(MAX_RANKED);
+            Ok(view::rank(f, &r, view::Order::NearestWeights, n).into_iter().map(Dynamic::from).collect())
+        })
         .register_fn("bin_pack", |f: &mut FleetView, r: PlaceRequest, n: INT| -> Native<Array> {
             charge(fleet_size(f))?;
             let n = usize::try_from(n).unwrap_or(0).min(MAX_RANKED);
@@ -163,7 +187,20 @@ pub fn register(engine: &mut Engine) {
         })
         .register_get("uptime", |h: &mut HiveRef| opt_i(h.hive.latest.as_ref().and_then(|s| s.uptime_s)))
         .register_get("age_ms", |h: &mut HiveRef| opt_i(h.hive.sample_age().map(|a| a.as_millis() as u64)))
-        .register_get("devices", |h: &mut HiveRef| devices_of(h));
+        .register_get("devices", |h: &mut HiveRef| devices_of(h))
+        .register_get("models", |h: &mut HiveRef| -> Native<Map> {
+            charge(h.hive.caps.as_ref().map_or(0, |c| c.caps.models.len()))?;
+            Ok(models_of(h))
+        })
+        .register_fn("has_model", |h: &mut HiveRef, id: ImmutableString| {
+            weights::tier(&h.hive, id.as_str()) != weights::Tier::Absent
+        })
+        .register_fn("resident_fraction", |h: &mut HiveRef, id: ImmutableString| {
+            weights::resident_fraction(&h.hive, id.as_str()) as rhai::FLOAT
+        })
+        .register_fn("weights", |h: &mut HiveRef, id: ImmutableString| {
+            weights::tier(&h.hive, id.as_str()).as_str().to_owned()
+        });
 
     engine
         .register_type_with_name::<DeviceRef>("Device")

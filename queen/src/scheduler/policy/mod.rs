@@ -85,3 +85,5 @@ pub struct Policy {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod weights_tests;

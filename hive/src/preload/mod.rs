@@ -1,0 +1,492 @@
+//! Model weights in RAM before they are needed (issue 12).
+//!
+//! - `PreloadModel` reads a ready model's files into the page cache ([`read`]), with
+//!   progress reported like a download (phase `PRELOADING`, in samples' `preloads`).
+//! - `EvictModel` drops them (`posix_fadvise(DONTNEED)`).
+//! - Within `--ram-cache-budget`, preloaded models are kept *warm*: the least recently
+//!   used is evicted first to make room. "Used" means preloaded again; the queen
+//!   preloads a model on the hive it places it on, which marks it used there.
+//! - Before a preload: the model must fit the budget, the bytes still to read (plus a
+//!   headroom of 5% of RAM) must fit `MemAvailable`, and memory pressure (PSI `some
+//!   avg10`) must be under the limit. During one, pressure is checked every 64 MiB; the
+//!   preload backs off, and gives up (dropping what it read) if pressure stays high.
+//! - Residency ([`residency`]) is measured every `--residency-interval` and after every
+//!   preload or evict, and published into the catalog behind a deadband. A warm model
+//!   the kernel has reclaimed below 90% is read again.
+//! - [`bandwidth`]: the disk and RAM read speeds measured from preloads.
+
+pub mod bandwidth;
+pub mod memory;
+pub mod read;
+pub mod residency;
+pub mod source;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rbee_shared::lock::MutexExt;
+use rbee_shared::{DownloadPhase, DownloadProgress, ModelEntry, ModelState, ReadBandwidth};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::HiveError;
+use crate::models::progress::Progress;
+use crate::models::{FINISHED_RETENTION, Models, layout};
+use bandwidth::Bandwidth;
+
+/// Default `--residency-interval`.
+pub const DEFAULT_RESIDENCY_INTERVAL: Duration = Duration::from_secs(10);
+/// Default `--preload-pressure-limit`, percent of `some avg10`.
+pub const DEFAULT_PRESSURE_LIMIT: f64 = 10.0;
+/// A warm model below this share resident is read again.
+const REWARM_BELOW: f64 = 0.9;
+
+/// How preloading is run.
+#[derive(Debug, Clone)]
+pub struct PreloadConfig {
+    /// Most bytes of preloaded models kept warm; `None`: no budget (only `MemAvailable`).
+    pub budget: Option<u64>,
+    /// How often residency is measured.
+    pub residency_interval: Duration,
+    /// Memory pressure (`some avg10`, percent) above which preloads back off.
+    pub pressure_limit: f64,
+    /// Where `meminfo` and `pressure/memory` are read (`/proc`; tests point elsewhere).
+    pub proc_root: PathBuf,
+}
+
+impl Default for PreloadConfig {
+    fn default() -> Self {
+        Self {
+            budget: None,
+            residency_interval: DEFAULT_RESIDENCY_INTERVAL,
+            pressure_limit: DEFAULT_PRESSURE_LIMIT,
+            proc_root: PathBuf::from("/proc"),
+        }
+    }
+}
+
+/// What a preload call did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PreloadOutcome {
+    /// It joined a running preload.
+    pub joined: bool,
+    /// Models evicted for room, least recently used first.
+    pub evicted: Vec<String>,
+    /// Bytes resident (after, when waited for).
+    pub resident_bytes: u64,
+    /// The model's size.
+    pub size_bytes: u64,
+}
+
+/// A running preload.
+struct Job {
+    /// Cancelled by EvictModel or shutdown.
+    cancel: CancellationToken,
+    /// Its progress.
+    progress: Arc<Mutex<Progress>>,
+    /// Set once it ended: `Ok(resident bytes)` or the error text.
+    done: watch::Receiver<Option<Result<u64, String>>>,
+}
+
+/// The mutable state, under one short lock (never held across `.await`).
+#[derive(Default)]
+struct State {
+    /// Warm models: size and last use (a logical clock).
+    warm: BTreeMap<String, (u64, u64)>,
+    /// The logical clock.
+    clock: u64,
+    /// Running preloads.
+    jobs: BTreeMap<String, Job>,
+    /// Final records of finished preloads.
+    finished: BTreeMap<String, (Instant, DownloadProgress)>,
+}
+
+struct Inner {
+    config: PreloadConfig,
+    models: Models,
+    state: Mutex<State>,
+    /// One preload reads at a time.
+    slot: Semaphore,
+    bandwidth: Bandwidth,
+    shutdown: CancellationToken,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// The preloader of this hive's models.
+#[derive(Clone)]
+pub struct Preloader {
+    inner: Arc<Inner>,
+}
+
+impl Preloader {
+    /// Starts the residency loop over `models`.
+    pub fn start(
+        config: PreloadConfig,
+        models: Models,
+        shutdown: CancellationToken,
+    ) -> Result<Self, HiveError> {
+        if !(config.pressure_limit > 0.0 && config.pressure_limit <= 100.0) {
+            return Err(HiveError::Config(format!(
+                "--preload-pressure-limit {} must be in (0, 100]",
+                config.pressure_limit
+            )));
+        }
+        if let Some(method) = probe_method(models.dir()) {
+            tracing::info!(method, budget = ?config.budget, "page-cache residency measured by {method}");
+        }
+        let p = Self {
+            inner: Arc::new(Inner {
+                config,
+                models,
+                state: Mutex::new(State::default()),
+                slot: Semaphore::new(1),
+                bandwidth: Bandwidth::default(),
+                shutdown,
+                tasks: Mutex::new(Vec::new()),
+            }),
+        };
+        let task = tokio::spawn(p.clone().residency_loop());
+        p.inner.tasks.lock_unpoisoned().push(task);
+        Ok(p)
+    }
+
+    /// Running preloads and those finished within a minute.
+    pub fn records(&self) -> Vec<DownloadProgress> {
+        let mut st = self.inner.state.lock_unpoisoned();
+        st.finished.retain(|_, (at, _)| at.elapsed() < FINISHED_RETENTION);
+        let mut out: BTreeMap<String, DownloadProgress> =
+            st.finished.iter().map(|(id, (_, r))| (id.clone(), r.clone())).collect();
+        for (id, job) in &st.jobs {
+            out.insert(id.clone(), job.progress.lock_unpoisoned().record());
+        }
+        out.into_values().collect()
+    }
+
+    /// The measured read speeds.
+    pub fn bandwidth(&self) -> ReadBandwidth {
+        self.inner.bandwidth.get()
+    }
+
+    /// Preloads `id` (a ready model), or joins its running preload; with `wait`,
+    /// returns when it has ended.
+    pub async fn preload(&self, id: &str, wait: bool) -> Result<PreloadOutcome, HiveError> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(HiveError::ShuttingDown);
+        }
+        let entry = self.ready_entry(id)?;
+        let size = entry.size_bytes;
+        if let Some(budget) = self.inner.config.budget
+            && size > budget
+        {
+            return Err(HiveError::OverBudget { model: id.to_owned(), size, budget });
+        }
+        let joined = {
+            let mut st = self.inner.state.lock_unpoisoned();
+            st.clock += 1;
+            let now = st.clock;
+            if let Some(w) = st.warm.get_mut(id) {
+                w.1 = now;
+            }
+            st.jobs.get(id).map(|j| j.done.clone())
+        };
+        if let Some(done) = joined {
+            let resident = if wait { wait_done(done).await? } else { entry.resident_bytes.unwrap_or(0) };
+            return Ok(PreloadOutcome {
+                joined: true,
+                evicted: Vec::new(),
+                resident_bytes: resident,
+                size_bytes: size,
+            });
+        }
+        let (dir, files) = (layout::model_dir(self.inner.models.dir(), id), entry.files.clone());
+        let resident = tokio::task::spawn_blocking({
+            let (dir, files) = (dir.clone(), files.clone());
+            move || residency::measure(&dir, &files)
+        })
+        .await?
+        .map_err(|source| HiveError::ModelIo { path: dir.clone(), source })?;
+        self.admit(id, size.saturating_sub(resident))?;
+        let evicted = self.make_room(id, size).await;
+        let done = self.spawn(id, dir, files, size);
+        let resident_bytes = if wait { wait_done(done).await? } else { resident };
+        Ok(PreloadOutcome { joined: false, evicted, resident_bytes, size_bytes: size })
+    }
+
+    /// Drops `id` from the page cache and stops keeping it warm; returns the bytes
+    /// still resident.
+    pub async fn evict(&self, id: &str) -> Result<u64, HiveError> {
+        let Some(entry) = self.inner.models.catalog().get(id).cloned() else {
+            return Err(HiveError::ModelNotFound(format!("model {id} is not in the catalog")));
+        };
+        let job = {
+            let mut st = self.inner.state.lock_unpoisoned();
+            st.warm.remove(id);
+            st.jobs.get(id).map(|j| (j.cancel.clone(), j.done.clone()))
+        };
+        if let Some((cancel, done)) = job {
+            cancel.cancel();
+            let _ = wait_done(done).await;
+        }
+        let resident = self.drop_pages(&entry).await?;
+        tracing::info!(model = %id, resident, "model evicted from the page cache");
+        Ok(resident)
+    }
+
+    /// Waits for the residency loop and every preload after shutdown.
+    pub async fn stopped(&self) {
+        let tasks = std::mem::take(&mut *self.inner.tasks.lock_unpoisoned());
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
+    fn ready_entry(&self, id: &str) -> Result<ModelEntry, HiveError> {
+        match self.inner.models.catalog().get(id) {
+            None => Err(HiveError::ModelNotFound(format!("model {id} is not in the catalog"))),
+            Some(e) if e.state != ModelState::Ready => {
+                Err(HiveError::ModelNotReady { model: id.to_owned(), state: e.state.as_str() })
+            }
+            Some(e) => Ok(e.clone()),
+        }
+    }
+
+    /// Refuses a preload of `needed` more bytes that memory cannot take now.
+    fn admit(&self, id: &str, needed: u64) -> Result<(), HiveError> {
+        let root = &self.inner.config.proc_root;
+        if let Some(avg10) = memory::pressure_some_avg10(root)
+            && avg10 > self.inner.config.pressure_limit
+        {
+            return Err(HiveError::MemoryPressure { avg10, limit: self.inner.config.pressure_limit });
+        }
+        let mem = memory::meminfo(root)
+            .map_err(|source| HiveError::ModelIo { path: root.join("meminfo"), source })?;
+        let headroom = mem.total / 20;
+        if needed.saturating_add(headroom) > mem.available {
+            return Err(HiveError::InsufficientMemory {
+                model: id.to_owned(),
+                needed,
+                available: mem.available,
+                headroom,
+            });
+        }
+        Ok(())
+    }
+
+    /// Marks `id` warm (used now) and evicts least recently used warm models until it
+    /// fits the budget; returns those evicted.
+    async fn make_room(&self, id: &str, size: u64) -> Vec<String> {
+        let victims = {
+            let mut st = self.inner.state.lock_unpoisoned();
+            st.clock += 1;
+            let now = st.clock;
+            st.warm.insert(id.to_owned(), (size, now));
+            let mut victims = Vec::new();
+            if let Some(budget) = self.inner.config.budget {
+                let mut by_age: Vec<(u64, String, u64)> =
+                    st.warm.iter().filter(|(k, _)| *k != id).map(|(k, (s, u))| (*u, k.clone(), *s)).collect();
+                by_age.sort();
+                let mut total: u64 = st.warm.values().map(|(s, _)| s).sum();
+                for (_, victim, s) in by_age {
+                    if total <= budget {
+                        break;
+                    }
+                    total -= s;
+                    st.warm.remove(&victim);
+                    victims.push(victim);
+                }
+            }
+            victims
+        };
+        for v in &victims {
+            if let Some(entry) = self.inner.models.catalog().get(v).cloned() {
+                match self.drop_pages(&entry).await {
+                    Ok(_) => {
+                        tracing::info!(model = %v, for_model = %id, "least recently used model evicted for room")
+                    }
+                    Err(e) => tracing::warn!(model = %v, error = %e, "cannot evict"),
+                }
+            }
+        }
+        self.publish_warm(id);
+        victims
+    }
+
+    fn is_warm(&self, id: &str) -> bool {
+        self.inner.state.lock_unpoisoned().warm.contains_key(id)
+    }
+
+    fn publish_warm(&self, id: &str) {
+        let warm = self.is_warm(id);
+        self.inner.models.update_residency(id, None, warm, false);
+    }
+
+    /// Drops a model's pages, measures and publishes; returns what is still resident.
+    async fn drop_pages(&self, entry: &ModelEntry) -> Result<u64, HiveError> {
+        let dir = layout::model_dir(self.inner.models.dir(), &entry.id);
+        let files = entry.files.clone();
+        let d = dir.clone();
+        let resident = tokio::task::spawn_blocking(move || {
+            residency::evict(&d, &files)?;
+            residency::measure(&d, &files)
+        })
+        .await?
+        .map_err(|source| HiveError::ModelIo { path: dir, source })?;
+        let warm = self.is_warm(&entry.id);
+        self.inner.models.update_residency(&entry.id, Some(resident), warm, true);
+        Ok(resident)
+    }
+
+    fn spawn(
+        &self,
+        id: &str,
+        dir: PathBuf,
+        files: Vec<rbee_shared::ModelFile>,
+        size: u64,
+    ) -> watch::Receiver<Option<Result<u64, String>>> {
+        let mut progress = Progress::new(id);
+        progress.set_phase(DownloadPhase::Preloading);
+        progress.set_total(Some(size));
+        let progress = Arc::new(Mutex::new(progress));
+        let cancel = self.inner.shutdown.child_token();
+        let (tx, rx) = watch::channel(None);
+        self.inner.state.lock_unpoisoned().jobs.insert(
+            id.to_owned(),
+            Job { cancel: cancel.clone(), progress: progress.clone(), done: rx.clone() },
+        );
+        let p = self.clone();
+        let id = id.to_owned();
+        let task = tokio::spawn(async move {
+            let result = p.run(&id, dir, files, progress.clone(), cancel).await;
+            let record = {
+                let mut pr = progress.lock_unpoisoned();
+                match &result {
+                    Ok(_) => pr.set_phase(DownloadPhase::Done),
+                    Err(read::Stopped::Cancelled) => pr.set_phase(DownloadPhase::Cancelled),
+                    Err(e) => pr.fail(e.to_string()),
+                }
+                pr.record()
+            };
+            {
+                let mut st = p.inner.state.lock_unpoisoned();
+                st.jobs.remove(&id);
+                st.finished.insert(id.clone(), (Instant::now(), record));
+            }
+            let _ = tx.send(Some(result.map_err(|e| e.to_string())));
+        });
+        let mut tasks = self.inner.tasks.lock_unpoisoned();
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
+        rx
+    }
+
+    async fn run(
+        &self,
+        id: &str,
+        dir: PathBuf,
+        files: Vec<rbee_shared::ModelFile>,
+        progress: Arc<Mutex<Progress>>,
+        cancel: CancellationToken,
+    ) -> Result<u64, read::Stopped> {
+        let _slot = tokio::select! {
+            s = self.inner.slot.acquire() => s.map_err(|_| read::Stopped::Cancelled)?,
+            () = cancel.cancelled() => return Err(read::Stopped::Cancelled),
+        };
+        let p = self.clone();
+        let d = dir.clone();
+        let started = Instant::now();
+        let result = tokio::task::spawn_blocking(move || {
+            let job = read::ReadJob {
+                dir: &d,
+                files: &files,
+                progress: &progress,
+                cancel: &cancel,
+                bandwidth: &p.inner.bandwidth,
+                proc_root: &p.inner.config.proc_root,
+                pressure_limit: p.inner.config.pressure_limit,
+            };
+            let r = read::read_all(&job);
+            if matches!(r, Err(read::Stopped::Pressure { .. })) {
+                let _ = residency::evict(&d, &files);
+            }
+            r.and_then(|()| {
+                residency::measure(&d, &files).map_err(|source| read::Stopped::Io { path: d.clone(), source })
+            })
+        })
+        .await
+        .unwrap_or(Err(read::Stopped::Cancelled));
+        if result.is_err() {
+            self.inner.state.lock_unpoisoned().warm.remove(id);
+        }
+        match &result {
+            Ok(resident) => {
+                tracing::info!(model = %id, resident, ms = started.elapsed().as_millis() as u64, "model preloaded");
+                self.inner.models.update_residency(id, Some(*resident), self.is_warm(id), true);
+            }
+            Err(e) => {
+                tracing::warn!(model = %id, error = %e, "preload stopped");
+                self.measure_one(id, true).await;
+            }
+        }
+        result
+    }
+
+    /// Measures one model and publishes (behind the deadband unless `force`).
+    async fn measure_one(&self, id: &str, force: bool) -> Option<u64> {
+        let entry = self.inner.models.catalog().get(id).cloned()?;
+        if entry.state != ModelState::Ready {
+            return None;
+        }
+        let dir = layout::model_dir(self.inner.models.dir(), id);
+        let files = entry.files.clone();
+        let resident =
+            tokio::task::spawn_blocking(move || residency::measure(&dir, &files)).await.ok()?.ok()?;
+        self.inner.models.update_residency(id, Some(resident), self.is_warm(id), force);
+        Some(resident)
+    }
+
+    async fn residency_loop(self) {
+        let mut ticker = tokio::time::interval(self.inner.config.residency_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = self.inner.shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            let catalog = self.inner.models.catalog();
+            for (id, entry) in catalog.iter() {
+                let Some(resident) = self.measure_one(id, false).await else { continue };
+                let running = self.inner.state.lock_unpoisoned().jobs.contains_key(id);
+                if self.is_warm(id) && !running && (resident as f64) < REWARM_BELOW * entry.size_bytes as f64
+                {
+                    tracing::info!(model = %id, resident, "warm model reclaimed by the kernel; reading it again");
+                    let this = self.clone();
+                    let id = id.clone();
+                    let dir = layout::model_dir(self.inner.models.dir(), &id);
+                    let needed = entry.size_bytes.saturating_sub(resident);
+                    match this.admit(&id, needed) {
+                        Ok(()) => drop(this.spawn(&id, dir, entry.files.clone(), entry.size_bytes)),
+                        Err(e) => tracing::info!(model = %id, error = %e, "not re-warmed"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn wait_done(mut done: watch::Receiver<Option<Result<u64, String>>>) -> Result<u64, HiveError> {
+    let result = done.wait_for(Option::is_some).await.map_err(|_| HiveError::ShuttingDown)?.clone();
+    match result {
+        Some(Ok(r)) => Ok(r),
+        Some(Err(e)) => Err(HiveError::PreloadFailed(e)),
+        None => Err(HiveError::ShuttingDown),
+    }
+}
+
+/// The residency method this kernel gives, tried on the hive's own executable.
+fn probe_method(_dir: &std::path::Path) -> Option<&'static str> {
+    let f = std::fs::File::open(std::env::current_exe().ok()?).ok()?;
+    Some(rbee_pagecache::method(&f).as_str())
+}

@@ -1,0 +1,179 @@
+//! Preloading end to end: a real hive on `127.0.0.1:0` with a models directory on the
+//! real disk (under the target directory, not a tmpfs), the generated tonic client, and
+//! util-linux `fincore` as the kernel's independent view of the page cache.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rbee_hive::HiveConfig;
+use rbee_hive::test_support::model_files::{RESIDENCY_DEADLINE, fake_proc, fincore_bytes, ready_model};
+use rbee_hive::test_support::{TestHive, TestStream, as_sample, external_tool, models_config, subscribe};
+use rbee_proto::v1 as pb;
+use tonic::transport::Channel;
+
+type Client = pb::hive_client::HiveClient<Channel>;
+
+/// The big test model, bytes (the issue asks for 100-500 MB).
+const BIG: usize = 100 << 20;
+/// The small models of the budget test, bytes.
+const SMALL: usize = 16 << 20;
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+}
+
+fn config(dir: &Path) -> HiveConfig {
+    let mut c = models_config("preload-hive", dir, None);
+    c.preload.residency_interval = Duration::from_millis(200);
+    c
+}
+
+fn preload(id: &str, wait: bool) -> pb::PreloadModelRequest {
+    pb::PreloadModelRequest { model_id: id.into(), wait }
+}
+
+fn evict(id: &str) -> pb::EvictModelRequest {
+    pb::EvictModelRequest { model_id: id.into() }
+}
+
+/// The model as Discover reports it, once `pick` accepts it (deadline
+/// [`RESIDENCY_DEADLINE`]).
+async fn model_until(client: &mut Client, id: &str, pick: impl Fn(&pb::Model) -> bool) -> pb::Model {
+    let deadline = tokio::time::Instant::now() + RESIDENCY_DEADLINE;
+    let mut last = None;
+    while tokio::time::Instant::now() < deadline {
+        let caps = client.discover(pb::DiscoverRequest {}).await.unwrap().into_inner().capabilities.unwrap();
+        if let Some(m) = caps.models.into_iter().find(|m| m.id == id) {
+            if pick(&m) {
+                return m;
+            }
+            last = Some(m);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("model {id} never reached the expected state; last {last:?}");
+}
+
+fn share(m: &pb::Model) -> f64 {
+    m.resident_bytes.unwrap_or(0) as f64 / m.size_bytes as f64
+}
+
+#[tokio::test]
+async fn preload_makes_a_model_resident_evict_drops_it_and_fincore_agrees() {
+    let fincore = external_tool("fincore", "apt-get install util-linux");
+    let dir = tmp();
+    let model_dir = ready_model(dir.path(), "big", &[("weights.bin", BIG)]);
+    let hive = TestHive::start_with(config(dir.path())).await;
+    let mut client = hive.client().await;
+    let cold = model_until(&mut client, "big", |m| m.resident_bytes.is_some()).await;
+    assert!(share(&cold) <= 0.05, "starts cold: {cold:?}");
+    let mut stream = TestStream::open(&mut client, subscribe(100)).await;
+
+    let r = client.preload_model(preload("big", true)).await.unwrap().into_inner();
+    assert_eq!(r.size_bytes, BIG as u64);
+    assert!(r.resident_bytes as f64 >= 0.95 * BIG as f64, "after preload: {r:?}");
+    let warm = model_until(&mut client, "big", |m| share(m) >= 0.95).await;
+    assert!(warm.warm, "a preloaded model is kept warm: {warm:?}");
+    let done = stream
+        .until(|m| {
+            as_sample(m)?
+                .preloads
+                .into_iter()
+                .find(|p| p.model_id == "big" && p.phase == pb::DownloadPhase::Done as i32)
+        })
+        .await;
+    assert_eq!(done.bytes_total, Some(BIG as u64));
+    let bw = stream.until(|m| as_sample(m)?.read_bandwidth).await;
+    assert!(bw.disk_bytes_per_s.unwrap_or(0.0) > 0.0, "a cold preload measures the disk: {bw:?}");
+    if let Some(fincore) = &fincore {
+        let kernel = fincore_bytes(fincore, &model_dir.join("weights.bin"));
+        let ours = warm.resident_bytes.unwrap();
+        assert!(kernel.abs_diff(ours) <= 1 << 20, "fincore says {kernel}, the hive {ours}");
+    }
+
+    let r = client.evict_model(evict("big")).await.unwrap().into_inner();
+    assert!(r.resident_bytes as f64 <= 0.05 * BIG as f64, "after evict: {r:?}");
+    let gone = model_until(&mut client, "big", |m| share(m) <= 0.05).await;
+    assert!(!gone.warm);
+    if let Some(fincore) = &fincore {
+        let kernel = fincore_bytes(fincore, &model_dir.join("weights.bin"));
+        assert!(kernel.abs_diff(gone.resident_bytes.unwrap()) <= 1 << 20, "fincore says {kernel}: {gone:?}");
+    }
+    hive.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_budget_evicts_the_least_recently_used_model() {
+    let dir = tmp();
+    for id in ["a", "b", "c"] {
+        ready_model(dir.path(), id, &[("w.bin", SMALL)]);
+    }
+    let mut c = config(dir.path());
+    c.preload.budget = Some(2 * SMALL as u64 + (SMALL as u64) / 2);
+    let hive = TestHive::start_with(c).await;
+    let mut client = hive.client().await;
+    model_until(&mut client, "c", |m| m.resident_bytes.is_some()).await;
+
+    for id in ["a", "b", "a"] {
+        let r = client.preload_model(preload(id, true)).await.unwrap().into_inner();
+        assert!(r.evicted.is_empty(), "{id}: {r:?}");
+    }
+    // a was used after b: b is the least recently used.
+    let r = client.preload_model(preload("c", true)).await.unwrap().into_inner();
+    assert_eq!(r.evicted, vec!["b".to_owned()]);
+    let b = model_until(&mut client, "b", |m| share(m) <= 0.05).await;
+    assert!(!b.warm);
+    for id in ["a", "c"] {
+        let m = model_until(&mut client, id, |m| share(m) >= 0.95).await;
+        assert!(m.warm, "{m:?}");
+    }
+
+    let over = pb::PreloadModelRequest { model_id: "nope".into(), wait: true };
+    assert_eq!(client.preload_model(over).await.unwrap_err().code(), tonic::Code::NotFound);
+    hive.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_model_larger_than_the_budget_or_memavailable_or_under_pressure_is_refused() {
+    let dir = tmp();
+    ready_model(dir.path(), "big", &[("weights.bin", SMALL)]);
+    let proc_dir = tmp();
+    // 1 GiB of RAM, of which 8 MiB available: the 16 MiB model cannot fit.
+    fake_proc(proc_dir.path(), 1 << 30, 8 << 20, None);
+    let mut c = config(dir.path());
+    c.preload.proc_root = proc_dir.path().to_owned();
+    let hive = TestHive::start_with(c).await;
+    let mut client = hive.client().await;
+    model_until(&mut client, "big", |m| m.resident_bytes.is_some()).await;
+
+    let e = client.preload_model(preload("big", true)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    assert!(
+        e.message().contains("not enough memory to preload big") && e.message().contains("MemAvailable"),
+        "{e:?}"
+    );
+    let m = model_until(&mut client, "big", |m| m.resident_bytes.is_some()).await;
+    assert!(!m.warm && share(&m) <= 0.05, "nothing read: {m:?}");
+
+    // Plenty of memory, but the machine is under pressure.
+    fake_proc(proc_dir.path(), 64 << 30, 32 << 30, Some(42.0));
+    let e = client.preload_model(preload("big", true)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("memory pressure: some avg10 = 42.0%"), "{e:?}");
+
+    // Pressure gone: it works, and the hive served on throughout.
+    fake_proc(proc_dir.path(), 64 << 30, 32 << 30, Some(0.0));
+    let r = client.preload_model(preload("big", true)).await.unwrap().into_inner();
+    assert!(r.resident_bytes as f64 >= 0.95 * SMALL as f64, "{r:?}");
+    hive.stop().await.unwrap();
+
+    let mut c = config(dir.path());
+    c.preload.budget = Some(SMALL as u64 / 2);
+    let hive = TestHive::start_with(c).await;
+    let mut client = hive.client().await;
+    model_until(&mut client, "big", |m| m.resident_bytes.is_some()).await;
+    let e = client.preload_model(preload("big", false)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("more than the whole --ram-cache-budget"), "{e:?}");
+    hive.stop().await.unwrap();
+}

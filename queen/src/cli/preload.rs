@@ -1,0 +1,90 @@
+//! `queen preload` and `queen evict`: have hives keep a model in RAM or drop it, through
+//! the queen (Scheduler.PreloadModel / EvictModel); and the resident column of
+//! `queen models`.
+
+use std::fmt::Write as _;
+
+use anyhow::{Result, bail};
+use rbee_proto::v1 as pb;
+use rbee_shared::bytesize::format_bytes;
+
+use super::args::CacheArgs;
+use super::client::{on_queens, scheduler};
+
+/// A model's resident share as `queen models` shows it (`-` when not measured).
+pub fn resident_percent(m: &pb::Model) -> String {
+    match m.resident_bytes {
+        Some(r) if m.size_bytes > 0 => format!("{:.0}%", r as f64 * 100.0 / m.size_bytes as f64),
+        _ => "-".into(),
+    }
+}
+
+fn request(args: &CacheArgs, wait: bool) -> pb::ScheduleCacheRequest {
+    pb::ScheduleCacheRequest {
+        model_id: args.model.clone(),
+        hive: args.hive.clone().unwrap_or_default(),
+        labels: args.labels.iter().cloned().collect(),
+        wait,
+    }
+}
+
+/// The answer, one line per hive; an error when any hive refused.
+fn report(verb: &str, model: &str, r: &pb::ScheduleCacheResponse, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(r)?);
+    } else {
+        let mut out = String::new();
+        for h in &r.results {
+            match &h.error {
+                Some(e) => eprintln!("{}: {verb} {model} failed: {e}", h.hive_id),
+                None => {
+                    let share = if h.size_bytes > 0 {
+                        format!(" ({:.0}%)", h.resident_bytes as f64 * 100.0 / h.size_bytes as f64)
+                    } else {
+                        String::new()
+                    };
+                    let _ = write!(
+                        out,
+                        "{}: {model} {} resident{share}",
+                        h.hive_id,
+                        format_bytes(h.resident_bytes)
+                    );
+                    if !h.evicted.is_empty() {
+                        let _ = write!(out, "; evicted {}", h.evicted.join(", "));
+                    }
+                    out.push('\n');
+                }
+            }
+        }
+        print!("{out}");
+    }
+    let failed = r.results.iter().filter(|h| h.error.is_some()).count();
+    if failed > 0 {
+        bail!("{verb} failed on {failed} of {} hives", r.results.len());
+    }
+    Ok(())
+}
+
+/// `queen preload MODEL (--hive ID | --label K=V)`.
+pub async fn preload(args: CacheArgs) -> Result<()> {
+    // A write: a follower passes it on to the leader it names.
+    let req = request(&args, !args.no_wait);
+    let r = on_queens(&args.queen, scheduler, |mut c| {
+        let req = req.clone();
+        async move { c.preload_model(req).await }
+    })
+    .await?;
+    report("preload", &args.model, &r, args.json)
+}
+
+/// `queen evict MODEL (--hive ID | --label K=V)`.
+pub async fn evict(args: CacheArgs) -> Result<()> {
+    // A write: a follower passes it on to the leader it names.
+    let req = request(&args, false);
+    let r = on_queens(&args.queen, scheduler, |mut c| {
+        let req = req.clone();
+        async move { c.evict_model(req).await }
+    })
+    .await?;
+    report("evict", &args.model, &r, args.json)
+}
