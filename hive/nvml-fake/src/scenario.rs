@@ -384,7 +384,12 @@ impl Scenario {
                         let pid = match (p.pid, &p.pid_file) {
                             (Some(pid), None) => Pid::Fixed(pid),
                             (None, Some(f)) => Pid::File(f.clone()),
-                            _ => return Err(format!("{}: give exactly one of pid and pid_file", at("process"))),
+                            _ => {
+                                return Err(format!(
+                                    "{}: give exactly one of pid and pid_file",
+                                    at("process")
+                                ));
+                            }
                         };
                         Ok(Process { pid, used_memory: used_memory.transpose()? })
                     })
