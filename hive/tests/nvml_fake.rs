@@ -243,3 +243,108 @@ fn a_missing_optional_symbol_costs_only_that_field() {
     assert!(s["power_draw_mw"].is_null(), "{s}");
     assert_eq!(s["temperature_c"], 55.0);
 }
+
+/// A child that is killed when the test ends, however it ends.
+struct Kid(std::process::Child);
+
+impl Drop for Kid {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn sleeper(reservation: Option<&str>) -> Kid {
+    let mut cmd = Command::new("sleep");
+    cmd.arg("60");
+    if let Some(r) = reservation {
+        cmd.env("RBEE_RESERVATION_ID", r);
+    }
+    Kid(cmd.spawn().expect("spawn sleep"))
+}
+
+/// Puts `pid` in `file` at once (the fake library re-reads it at every call).
+fn put_pid(file: &Path, pid: u32) {
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, pid.to_string()).unwrap();
+    std::fs::rename(tmp, file).unwrap();
+}
+
+/// GPU-a lists the process whose pid is in `pid_file` (8 GiB) and GPU-b answers
+/// NO_PERMISSION on its process list.
+fn processes_scenario(pid_file: &Path) -> String {
+    format!(
+        "[[gpu]]\nuuid = \"GPU-a\"\nmemory_total = \"80GiB\"\nmemory_reserved = \"512MiB\"\n\
+         process = [{{ pid_file = {pid_file:?}, used_memory = \"8GiB\" }}]\n\
+         [[gpu]]\nuuid = \"GPU-b\"\nmemory_total = \"24GiB\"\nmemory_used = [\"1GiB\"]\n\
+         process = [{{ pid = 1, used_memory = \"1GiB\" }}]\nprocesses_error = \"NO_PERMISSION\"\n"
+    )
+}
+
+#[tokio::test]
+async fn a_process_the_test_starts_arrives_attributed_and_no_permission_leaves_the_list_absent() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("worker.pid");
+    let file = scenario(&processes_scenario(&pid_file));
+    let hive = Hive::start(&fake(), file.path());
+    let mut stream = hive.stream().await;
+    let first = stream.until(as_sample).await;
+    let (a, b) = (gpu(&first, "GPU-a").unwrap(), gpu(&first, "GPU-b").unwrap());
+    assert_eq!(a.processes.as_ref().map(|p| p.listed.len()), Some(0), "listed, and empty: {a:?}");
+    assert_eq!((a.vram_used_bytes, a.unattributed_vram_bytes), (Some(0), Some(0)));
+    assert_eq!((b.processes.as_ref(), b.unattributed_vram_bytes), (None, None), "NO_PERMISSION: absent");
+
+    let worker = sleeper(Some("res-nvml"));
+    let pid = worker.0.id();
+    put_pid(&pid_file, pid);
+    let (g, p) = stream
+        .until(|m| {
+            let g = as_sample(m)?.gpus.into_iter().find(|g| g.id == "GPU-a")?;
+            let p = g.processes.as_ref()?.listed.iter().find(|p| p.pid == pid).cloned()?;
+            Some((g, p))
+        })
+        .await;
+    assert_eq!(p.used_vram_bytes, Some(8 << 30));
+    assert_eq!(p.name.as_deref(), Some("sleep"));
+    assert!(p.rss_bytes.is_some_and(|r| r > 0), "{p:?}");
+    assert!(p.cgroup.is_some(), "every Linux process has a cgroup: {p:?}");
+    assert_eq!(p.reservation_id.as_deref(), Some("res-nvml"));
+    assert_eq!((g.vram_used_bytes, g.unattributed_vram_bytes), (Some(8 << 30), Some(0)));
+
+    // The worker leaves the GPU: the list is empty again, not absent.
+    std::fs::remove_file(&pid_file).unwrap();
+    stream
+        .until(|m| {
+            let g = as_sample(m)?.gpus.into_iter().find(|g| g.id == "GPU-a")?;
+            g.processes.filter(|p| p.listed.is_empty())
+        })
+        .await;
+    drop(worker);
+}
+
+#[test]
+fn probe_json_shows_the_processes_and_the_old_driver_leaves_them_absent() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("worker.pid");
+    let worker = sleeper(None);
+    put_pid(&pid_file, worker.0.id());
+    let file = scenario(&processes_scenario(&pid_file));
+    let (v, _) = probe(&fake(), file.path());
+    let gpus = v["sample"]["gpus"].as_array().unwrap();
+    let a = gpus.iter().find(|g| g["id"] == "GPU-a").unwrap();
+    let listed = a["processes"]["listed"].as_array().unwrap_or_else(|| panic!("{a}"));
+    assert_eq!(listed.len(), 1, "{a}");
+    assert_eq!(listed[0]["pid"], worker.0.id());
+    assert_eq!(listed[0]["name"], "sleep");
+    assert_eq!(listed[0]["used_vram_bytes"], 8u64 << 30);
+    let b = gpus.iter().find(|g| g["id"] == "GPU-b").unwrap();
+    assert!(b["processes"].is_null(), "NO_PERMISSION: absent: {b}");
+
+    // No nvmlDeviceGetComputeRunningProcesses_v3 in the library at all: absent too,
+    // and every other field still arrives.
+    let (v, _) = probe(&old_driver(), file.path());
+    let a = v["sample"]["gpus"].as_array().unwrap().iter().find(|g| g["id"] == "GPU-a").unwrap().clone();
+    assert!(a["processes"].is_null() && a["unattributed_vram_bytes"].is_null(), "{a}");
+    assert_eq!(a["vram_used_bytes"], 8u64 << 30, "{a}");
+    drop(worker);
+}

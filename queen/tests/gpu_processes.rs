@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::scheduling::*;
 use common::*;
+use rbee_hive::test_support::{HiveProcess, built_artifact, fake_nvml_lib};
 use rbee_proto::v1 as pb;
 use rbee_queen::scheduler::SchedulerSettings;
 use tokio::time::Instant;
@@ -54,21 +55,73 @@ fn gpu_processes(h: &pb::HiveView) -> Option<&pb::GpuProcesses> {
 #[tokio::test]
 async fn a_tagged_worker_settles_its_reservation_and_another_process_growing_settles_none() {
     let dir = tempfile::tempdir().unwrap();
-    let (other_pid, grown_pid, worker_pid) =
-        (dir.path().join("other.pid"), dir.path().join("grown.pid"), dir.path().join("worker.pid"));
+    let pid = |name: &str| dir.path().join(name);
     // One 80 GiB GPU whose used VRAM is the sum of its processes. "other" holds 4 GiB;
     // once its pid file is renamed to grown.pid it holds 20 GiB.
     let scenario = format!(
         "step_s = 0.1\n[[gpu]]\nid = \"GPU-0\"\nvram_total = \"80GiB\"\nutil_percent = [10]\n\
-         [[gpu.process]]\npid_file = {other_pid:?}\nused = [\"4GiB\"]\n\
-         [[gpu.process]]\npid_file = {grown_pid:?}\nused = [\"20GiB\"]\n\
-         [[gpu.process]]\npid_file = {worker_pid:?}\nused = [\"8GiB\"]\n"
+         [[gpu.process]]\npid_file = {:?}\nused = [\"4GiB\"]\n\
+         [[gpu.process]]\npid_file = {:?}\nused = [\"20GiB\"]\n\
+         [[gpu.process]]\npid_file = {:?}\nused = [\"8GiB\"]\n",
+        pid("other.pid"),
+        pid("grown.pid"),
+        pid("worker.pid"),
     );
+    let hive = TestHive::start_named("procs", &scenario).await;
+    tagged_worker_story(hive.url(), dir.path()).await;
+    hive.stop().await.unwrap();
+}
+
+/// The same story end to end through NVML: the real `hive` binary loads the fake
+/// driver library (`--nvml-lib`), whose process list names the processes this test
+/// starts (pid files the library re-reads at every call) and whose used VRAM is the
+/// sum of them.
+#[tokio::test]
+async fn through_the_fake_nvml_library_a_tagged_worker_settles_exactly_its_reservation() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid = |name: &str| dir.path().join(name);
+    let scenario_text = format!(
+        "[[gpu]]\nuuid = \"GPU-0\"\nmemory_total = \"80GiB\"\nutil_percent = [10]\n\
+         process = [{{ pid_file = {:?}, used_memory = \"4GiB\" }}, \
+         {{ pid_file = {:?}, used_memory = \"20GiB\" }}, {{ pid_file = {:?}, used_memory = \"8GiB\" }}]\n",
+        pid("other.pid"),
+        pid("grown.pid"),
+        pid("worker.pid"),
+    );
+    let scenario = pid("scenario.toml");
+    std::fs::write(&scenario, scenario_text).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let lib = fake_nvml_lib(false);
+    let args = [
+        "--hive-id".as_ref(),
+        "fake-driver".as_ref(),
+        "--rescan-interval".as_ref(),
+        "100ms".as_ref(),
+        "--state-dir".as_ref(),
+        state.path().as_os_str(),
+        "--nvml-lib".as_ref(),
+        lib.as_os_str(),
+    ];
+    let hive = HiveProcess::spawn(
+        &built_artifact("hive", "-p rbee-hive"),
+        &args,
+        &[("RBEE_FAKE_NVML_SCENARIO", scenario.as_os_str())],
+    );
+    tagged_worker_story(hive.url(), dir.path()).await;
+    drop(hive);
+}
+
+/// A queen with one hive whose GPU-0 lists the processes named by `other.pid` (4 GiB),
+/// `grown.pid` (20 GiB) and `worker.pid` (8 GiB) in `dir`. Two reservations; a known
+/// process grows by both together: neither settles. A worker tagged with the second
+/// reservation loads: exactly that one settles.
+async fn tagged_worker_story(hive_url: String, dir: &Path) {
+    let (other_pid, grown_pid, worker_pid) =
+        (dir.join("other.pid"), dir.join("grown.pid"), dir.join("worker.pid"));
     let other = sleeper(None);
     put_on_gpu(&other_pid, other.0.id());
-    let hive = TestHive::start_named("procs", &scenario).await;
     let settings = SchedulerSettings { maintain_every: Duration::from_millis(100), ..Default::default() };
-    let (queen, mut client) = queen_with(vec![hive.url()], settings).await;
+    let (queen, mut client) = queen_with(vec![hive_url], settings).await;
     let mut fleet = queen.client().await;
     let other_id = other.0.id();
     let hives = wait_for(&mut fleet, "the other process at the queen", |hs| {
@@ -117,7 +170,6 @@ async fn a_tagged_worker_settles_its_reservation_and_another_process_growing_set
     assert_eq!(worker_seen.and_then(|p| p.reservation_id), Some(r2));
     drop((worker, other));
     queen.stop().await;
-    hive.stop().await.unwrap();
 }
 
 async fn client_hives(

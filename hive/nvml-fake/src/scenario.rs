@@ -25,6 +25,11 @@
 //! appear_at_s = 0.0                  # hot-plug: not listed before then
 //! xid = [{ at_s = 1.0, code = 79 }]
 //! process = [{ pid = 4242, used_memory = "1GiB" }]
+//! # A process a test starts: its pid is read from the file at every call (no file
+//! # or no number in it: not listed), so a test can put real processes on the GPU
+//! # and take them off while the hive runs.
+//! # process = [{ pid_file = "/tmp/worker.pid", used_memory = "8GiB" }]
+//! # memory_used unset or []: used = the sum of the processes listed at that moment
 //! # processes_error = "NO_PERMISSION"
 //! ```
 
@@ -152,7 +157,8 @@ struct XidFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ProcessFile {
-    pid: u32,
+    pid: Option<u32>,
+    pid_file: Option<std::path::PathBuf>,
     used_memory: Option<ByteSize>,
 }
 
@@ -165,14 +171,36 @@ pub struct Xid {
     pub code: u64,
 }
 
+/// Where a process's pid comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pid {
+    /// A fixed pid.
+    Fixed(u32),
+    /// The number in this file, read at every call; no file (or no number): not listed.
+    File(std::path::PathBuf),
+}
+
 /// One running compute process.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Process {
     /// Its pid.
-    pub pid: u32,
+    pub pid: Pid,
     /// Its used VRAM; `None` answers NVML_VALUE_NOT_AVAILABLE.
     pub used_memory: Option<u64>,
 }
+
+impl Process {
+    /// Its pid now, if it is listed now.
+    pub fn pid_now(&self) -> Option<u32> {
+        match &self.pid {
+            Pid::Fixed(p) => Some(*p),
+            Pid::File(f) => std::fs::read_to_string(f).ok()?.trim().parse().ok(),
+        }
+    }
+}
+
+/// A process listed now: pid and used VRAM (`None`: not available).
+pub type Listed = (u32, Option<u64>);
 
 /// One fake GPU.
 #[derive(Debug, Clone)]
@@ -231,6 +259,20 @@ impl Gpu {
     /// Whether it is listed at `t`.
     pub fn present(&self, t: Duration) -> bool {
         t >= self.appear_at
+    }
+
+    /// The processes listed now, in scenario order.
+    pub fn processes_now(&self) -> Vec<Listed> {
+        self.processes.iter().filter_map(|p| Some((p.pid_now()?, p.used_memory))).collect()
+    }
+
+    /// Used VRAM at `step`: the scripted cycle, or without one the sum of the
+    /// processes listed now.
+    pub fn used_at(&self, step: usize) -> u64 {
+        pick(&self.memory_used, step).unwrap_or_else(|| {
+            let sum = self.processes_now().iter().filter_map(|p| p.1).fold(0u64, u64::saturating_add);
+            sum.min(self.memory_total - self.memory_reserved)
+        })
     }
 
     /// Whether it answers GPU_IS_LOST at `t`.
@@ -339,7 +381,17 @@ impl Scenario {
                     .iter()
                     .map(|p| {
                         let used_memory = p.used_memory.as_ref().map(|b| b.bytes(&at("process.used_memory")));
-                        Ok(Process { pid: p.pid, used_memory: used_memory.transpose()? })
+                        let pid = match (p.pid, &p.pid_file) {
+                            (Some(pid), None) => Pid::Fixed(pid),
+                            (None, Some(f)) => Pid::File(f.clone()),
+                            _ => {
+                                return Err(format!(
+                                    "{}: give exactly one of pid and pid_file",
+                                    at("process")
+                                ));
+                            }
+                        };
+                        Ok(Process { pid, used_memory: used_memory.transpose()? })
                     })
                     .collect::<Result<_, String>>()?,
                 processes_error: g
@@ -411,11 +463,33 @@ mod tests {
         assert!(!g.lost(Duration::from_secs(1)) && g.lost(Duration::from_secs(3)));
         assert!(!g.lost(Duration::from_secs(4)));
         assert_eq!(g.processes[1].used_memory, None);
+        assert_eq!(g.processes_now(), [(7, Some(1 << 30)), (8, None)]);
 
         let bad = |t: &str| Scenario::parse(t).unwrap_err();
         assert!(bad("[[gpu]]\nuuid = \"x\"\nmemory_total = \"1XB\"").contains("memory_total"));
         assert!(bad("[[gpu]]\nuuid = \"x\"\nmemory_total = 1\nmemory_used = [2]").contains("exceeds"));
         assert!(bad("missing = [\"nvmlNope\"]").contains("nvmlNope"));
         assert!(bad("init_error = \"WHAT\"").contains("init_error"));
+        let both = "[[gpu]]\nuuid = \"x\"\nmemory_total = 1\nprocess = [{ pid = 1, pid_file = \"f\" }]";
+        assert!(bad(both).contains("exactly one of pid and pid_file"));
+    }
+
+    #[test]
+    fn a_pid_file_process_is_listed_while_its_file_names_a_pid_and_used_follows_the_list() {
+        let f = std::env::temp_dir().join(format!("rbee-nvml-fake-{}.pid", std::process::id()));
+        let s = Scenario::parse(&format!(
+            "[[gpu]]\nuuid = \"x\"\nmemory_total = \"8GiB\"\nmemory_reserved = \"1GiB\"\n\
+             process = [{{ pid = 3, used_memory = \"1GiB\" }}, {{ pid_file = {f:?}, used_memory = \"2GiB\" }}]"
+        ))
+        .unwrap();
+        let g = &s.gpus[0];
+        assert_eq!((g.processes_now(), g.used_at(0)), (vec![(3, Some(1 << 30))], 1 << 30));
+        std::fs::write(&f, "nonsense").unwrap();
+        assert_eq!(g.processes_now().len(), 1);
+        std::fs::write(&f, "4242\n").unwrap();
+        assert_eq!(g.processes_now(), [(3, Some(1 << 30)), (4242, Some(2 << 30))]);
+        assert_eq!(g.used_at(5), 3 << 30);
+        std::fs::remove_file(&f).unwrap();
+        assert_eq!((g.processes_now().len(), g.used_at(0)), (1, 1 << 30));
     }
 }

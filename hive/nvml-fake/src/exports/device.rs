@@ -92,7 +92,7 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
         return sys::nvmlReturn_enum_NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
     }
     let info = device_call("nvmlDeviceGetMemoryInfo_v2", device, |g, step| {
-        let used = pick(&g.memory_used, step).unwrap_or(0);
+        let used = g.used_at(step);
         Ok(sys::nvmlMemory_v2_t {
             version,
             total: g.memory_total,

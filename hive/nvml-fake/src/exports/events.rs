@@ -26,7 +26,7 @@ optional_export! {
         }
         let list = device_call("nvmlDeviceGetComputeRunningProcesses_v3", device, |g, _| match g.processes_error {
             Some(e) => Err(e),
-            None => Ok(g.processes.clone()),
+            None => Ok(g.processes_now()),
         });
         answer(list, |list| {
             // SAFETY: `count` is not null and valid for a read by the contract.
@@ -39,10 +39,10 @@ optional_export! {
             if infos.is_null() || room < list.len() {
                 return sys::nvmlReturn_enum_NVML_ERROR_INSUFFICIENT_SIZE;
             }
-            for (i, p) in list.iter().enumerate() {
+            for (i, &(pid, used)) in list.iter().enumerate() {
                 let info = sys::nvmlProcessInfo_t {
-                    pid: p.pid,
-                    usedGpuMemory: p.used_memory.unwrap_or(c_ulonglong::MAX),
+                    pid,
+                    usedGpuMemory: used.unwrap_or(c_ulonglong::MAX),
                     gpuInstanceId: c_uint::MAX,
                     computeInstanceId: c_uint::MAX,
                 };
