@@ -564,3 +564,25 @@ pub fn fetch_url(model: &str, url: &str, size: Option<u64>, sha256: Option<Strin
         })),
     }
 }
+
+/// Checks an example environment file (`deploy/systemd/*.env.example`): every
+/// `PREFIX*` variable it sets (or shows commented out) is one that `cli` reads, and
+/// it names at least `min` of them.
+pub fn check_env_example(file: &std::path::Path, prefix: &str, cli: &clap::Command, min: usize) {
+    let text = std::fs::read_to_string(file).expect("read the example env file");
+    let known: Vec<String> = cli
+        .get_subcommands()
+        .flat_map(|c| c.get_arguments())
+        .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
+        .collect();
+    let mut seen = 0;
+    for line in text.lines() {
+        let line = line.trim_start_matches('#');
+        let Some((name, _)) = line.split_once('=') else { continue };
+        if name.starts_with(prefix) {
+            assert!(known.iter().any(|k| k == name), "{}: {name} is no {prefix} variable", file.display());
+            seen += 1;
+        }
+    }
+    assert!(seen >= min, "only {seen} variables in {}", file.display());
+}

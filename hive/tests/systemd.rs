@@ -6,7 +6,7 @@ use std::path::Path;
 
 use clap::CommandFactory;
 use rbee_hive::config::Cli;
-use rbee_hive::test_support::systemd_verify;
+use rbee_hive::test_support::{check_env_example, systemd_verify};
 
 const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/systemd");
 
@@ -23,23 +23,7 @@ fn the_hive_unit_verifies() {
 
 #[test]
 fn the_example_env_file_names_real_variables() {
-    let text = std::fs::read_to_string(Path::new(DEPLOY).join("hive.env.example")).unwrap();
-    let cli = Cli::command();
-    let known: Vec<String> = cli
-        .get_subcommands()
-        .flat_map(|c| c.get_arguments())
-        .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
-        .collect();
-    let mut seen = 0;
-    for line in text.lines() {
-        let line = line.trim_start_matches('#');
-        let Some((name, _)) = line.split_once('=') else { continue };
-        if name.starts_with("HIVE_") {
-            assert!(known.iter().any(|k| k == name), "hive.env.example: {name} is no hive variable");
-            seen += 1;
-        }
-    }
-    assert!(seen >= 10, "only {seen} variables in hive.env.example");
+    check_env_example(&Path::new(DEPLOY).join("hive.env.example"), "HIVE_", &Cli::command(), 10);
 }
 
 #[test]

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use clap::CommandFactory;
-use rbee_hive::test_support::systemd_verify;
+use rbee_hive::test_support::{check_env_example, systemd_verify};
 use rbee_queen::cli::Cli;
 
 const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/systemd");
@@ -29,23 +29,7 @@ fn the_queen_unit_verifies_and_a_broken_one_does_not() {
 
 #[test]
 fn the_example_env_file_names_real_variables() {
-    let text = std::fs::read_to_string(Path::new(DEPLOY).join("queen.env.example")).unwrap();
-    let cli = Cli::command();
-    let known: Vec<String> = cli
-        .get_subcommands()
-        .flat_map(|c| c.get_arguments())
-        .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
-        .collect();
-    let mut seen = 0;
-    for line in text.lines() {
-        let line = line.trim_start_matches('#');
-        let Some((name, _)) = line.split_once('=') else { continue };
-        if name.starts_with("QUEEN_") {
-            assert!(known.iter().any(|k| k == name), "queen.env.example: {name} is no queen variable");
-            seen += 1;
-        }
-    }
-    assert!(seen >= 8, "only {seen} variables in queen.env.example");
+    check_env_example(&Path::new(DEPLOY).join("queen.env.example"), "QUEEN_", &Cli::command(), 8);
 }
 
 #[test]
