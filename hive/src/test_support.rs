@@ -586,3 +586,39 @@ pub fn check_env_example(file: &std::path::Path, prefix: &str, cli: &clap::Comma
     }
     assert!(seen >= min, "only {seen} variables in {}", file.display());
 }
+
+/// A `sleep 60` child standing in for a GPU worker, killed when the test ends however
+/// it ends.
+pub struct Sleeper(std::process::Child);
+
+impl Sleeper {
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a [`Sleeper`], with `RBEE_RESERVATION_ID` in its environment when given.
+pub fn sleeper(reservation: Option<&str>) -> Sleeper {
+    let mut cmd = std::process::Command::new("sleep");
+    cmd.arg("60");
+    if let Some(r) = reservation {
+        cmd.env("RBEE_RESERVATION_ID", r);
+    }
+    Sleeper(cmd.spawn().expect("spawn sleep"))
+}
+
+/// Puts `pid` in `file` at once (write aside, then rename), for the simulated source
+/// and the fake NVML library, which re-read such files at every sample or call.
+pub fn write_pid_file(file: &std::path::Path, pid: u32) {
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, pid.to_string()).expect("write the pid file");
+    std::fs::rename(tmp, file).expect("move the pid file into place");
+}

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::*;
+use rbee_hive::test_support::{sleeper, write_pid_file};
 use rbee_proto::v1 as pb;
 use rbee_proto::v1::hive_client::HiveClient;
 
@@ -244,32 +245,6 @@ fn a_missing_optional_symbol_costs_only_that_field() {
     assert_eq!(s["temperature_c"], 55.0);
 }
 
-/// A child that is killed when the test ends, however it ends.
-struct Kid(std::process::Child);
-
-impl Drop for Kid {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn sleeper(reservation: Option<&str>) -> Kid {
-    let mut cmd = Command::new("sleep");
-    cmd.arg("60");
-    if let Some(r) = reservation {
-        cmd.env("RBEE_RESERVATION_ID", r);
-    }
-    Kid(cmd.spawn().expect("spawn sleep"))
-}
-
-/// Puts `pid` in `file` at once (the fake library re-reads it at every call).
-fn put_pid(file: &Path, pid: u32) {
-    let tmp = file.with_extension("tmp");
-    std::fs::write(&tmp, pid.to_string()).unwrap();
-    std::fs::rename(tmp, file).unwrap();
-}
-
 /// GPU-a lists the process whose pid is in `pid_file` (8 GiB) and GPU-b answers
 /// NO_PERMISSION on its process list.
 fn processes_scenario(pid_file: &Path) -> String {
@@ -295,8 +270,8 @@ async fn a_process_the_test_starts_arrives_attributed_and_no_permission_leaves_t
     assert_eq!((b.processes.as_ref(), b.unattributed_vram_bytes), (None, None), "NO_PERMISSION: absent");
 
     let worker = sleeper(Some("res-nvml"));
-    let pid = worker.0.id();
-    put_pid(&pid_file, pid);
+    let pid = worker.pid();
+    write_pid_file(&pid_file, pid);
     let (g, p) = stream
         .until(|m| {
             let g = as_sample(m)?.gpus.into_iter().find(|g| g.id == "GPU-a")?;
@@ -327,14 +302,14 @@ fn probe_json_shows_the_processes_and_the_old_driver_leaves_them_absent() {
     let dir = tempfile::tempdir().unwrap();
     let pid_file = dir.path().join("worker.pid");
     let worker = sleeper(None);
-    put_pid(&pid_file, worker.0.id());
+    write_pid_file(&pid_file, worker.pid());
     let file = scenario(&processes_scenario(&pid_file));
     let (v, _) = probe(&fake(), file.path());
     let gpus = v["sample"]["gpus"].as_array().unwrap();
     let a = gpus.iter().find(|g| g["id"] == "GPU-a").unwrap();
     let listed = a["processes"]["listed"].as_array().unwrap_or_else(|| panic!("{a}"));
     assert_eq!(listed.len(), 1, "{a}");
-    assert_eq!(listed[0]["pid"], worker.0.id());
+    assert_eq!(listed[0]["pid"], worker.pid());
     assert_eq!(listed[0]["name"], "sleep");
     assert_eq!(listed[0]["used_vram_bytes"], 8u64 << 30);
     let b = gpus.iter().find(|g| g["id"] == "GPU-b").unwrap();

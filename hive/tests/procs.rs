@@ -5,12 +5,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::*;
 use rbee_hive::procs::{ProcessAttributor, raw};
 use rbee_hive::source::{RawGpuProcess, RawProcesses};
+use rbee_hive::test_support::sleeper;
 use rbee_shared::{GpuProcess, GpuSample};
 
 const GIB: u64 = 1 << 30;
@@ -123,25 +123,6 @@ fn refused_or_unsupported_lists_stay_absent_and_empty_lists_are_empty() {
     assert_eq!(gpus[2].unattributed_vram_bytes, Some(GIB), "nothing listed: all of it unattributed");
 }
 
-/// A child that is killed when the test ends, however it ends.
-struct Kid(Child);
-
-impl Drop for Kid {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn sleeper(reservation: Option<&str>) -> Kid {
-    let mut cmd = Command::new("sleep");
-    cmd.arg("60");
-    if let Some(r) = reservation {
-        cmd.env("RBEE_RESERVATION_ID", r);
-    }
-    Kid(cmd.spawn().expect("spawn sleep"))
-}
-
 #[test]
 fn real_processes_get_name_rss_cgroup_reservation_and_cpu() {
     let worker = sleeper(Some("res-real"));
@@ -150,15 +131,15 @@ fn real_processes_get_name_rss_cgroup_reservation_and_cpu() {
     let mut a = ProcessAttributor::new(32);
     let list = |used| {
         RawProcesses::Listed(vec![
-            RawGpuProcess { pid: worker.0.id(), used_bytes: Some(used) },
-            RawGpuProcess { pid: other.0.id(), used_bytes: None },
+            RawGpuProcess { pid: worker.pid(), used_bytes: Some(used) },
+            RawGpuProcess { pid: other.pid(), used_bytes: None },
             RawGpuProcess { pid: me, used_bytes: Some(1) },
         ])
     };
     let mut gpus = gpu(8 * GIB);
     a.attribute(&mut gpus, vec![("GPU-a".into(), list(2 * GIB))]);
     let p = listed(&gpus);
-    assert_eq!(p[0].pid, worker.0.id());
+    assert_eq!(p[0].pid, worker.pid());
     assert_eq!(p[0].name.as_deref(), Some("sleep"));
     assert!(p[0].rss_bytes.is_some_and(|r| r > 0), "{:?}", p[0]);
     assert!(p[0].cgroup.is_some(), "every Linux process has a cgroup: {:?}", p[0]);
@@ -212,8 +193,8 @@ async fn the_hive_streams_the_processes_of_a_child_the_test_starts() {
     assert_eq!(first.gpus[1].processes, None, "no permission: absent, not empty");
 
     let worker = sleeper(Some("res-e2e"));
-    std::fs::write(&pid_file, worker.0.id().to_string()).unwrap();
-    let pid = worker.0.id();
+    std::fs::write(&pid_file, worker.pid().to_string()).unwrap();
+    let pid = worker.pid();
     let p = stream
         .until(|m| {
             let s = as_sample(m)?;

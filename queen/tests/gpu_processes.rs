@@ -6,41 +6,14 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command};
 use std::time::Duration;
 
 use common::scheduling::*;
 use common::*;
-use rbee_hive::test_support::{HiveProcess, built_artifact, fake_nvml_lib};
+use rbee_hive::test_support::{HiveProcess, built_artifact, fake_nvml_lib, sleeper, write_pid_file};
 use rbee_proto::v1 as pb;
 use rbee_queen::scheduler::SchedulerSettings;
 use tokio::time::Instant;
-
-/// A child that is killed when the test ends, however it ends.
-struct Kid(Child);
-
-impl Drop for Kid {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn sleeper(reservation: Option<&str>) -> Kid {
-    let mut cmd = Command::new("sleep");
-    cmd.arg("60");
-    if let Some(r) = reservation {
-        cmd.env("RBEE_RESERVATION_ID", r);
-    }
-    Kid(cmd.spawn().expect("spawn sleep"))
-}
-
-/// Puts `pid` on the simulated GPU: the scenario reads this file at every sample.
-fn put_on_gpu(file: &Path, pid: u32) {
-    let tmp = file.with_extension("tmp");
-    std::fs::write(&tmp, pid.to_string()).unwrap();
-    std::fs::rename(tmp, file).unwrap();
-}
 
 async fn states(
     client: &mut rbee_proto::v1::scheduler_client::SchedulerClient<tonic::transport::Channel>,
@@ -119,11 +92,11 @@ async fn tagged_worker_story(hive_url: String, dir: &Path) {
     let (other_pid, grown_pid, worker_pid) =
         (dir.join("other.pid"), dir.join("grown.pid"), dir.join("worker.pid"));
     let other = sleeper(None);
-    put_on_gpu(&other_pid, other.0.id());
+    write_pid_file(&other_pid, other.pid());
     let settings = SchedulerSettings { maintain_every: Duration::from_millis(100), ..Default::default() };
     let (queen, mut client) = queen_with(vec![hive_url], settings).await;
     let mut fleet = queen.client().await;
-    let other_id = other.0.id();
+    let other_id = other.pid();
     let hives = wait_for(&mut fleet, "the other process at the queen", |hs| {
         hs.iter().filter_map(gpu_processes).any(|p| p.listed.iter().any(|p| p.pid == other_id))
     })
@@ -150,7 +123,7 @@ async fn tagged_worker_story(hive_url: String, dir: &Path) {
 
     // r2's worker starts, carrying its reservation id, and loads.
     let worker = sleeper(Some(&r2));
-    put_on_gpu(&worker_pid, worker.0.id());
+    write_pid_file(&worker_pid, worker.pid());
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let now = states(&mut client).await;
@@ -166,7 +139,7 @@ async fn tagged_worker_story(hive_url: String, dir: &Path) {
     }
     let hives = client_hives(&mut fleet).await;
     let worker_seen =
-        gpu_processes(&hives[0]).unwrap().listed.iter().find(|p| p.pid == worker.0.id()).cloned();
+        gpu_processes(&hives[0]).unwrap().listed.iter().find(|p| p.pid == worker.pid()).cloned();
     assert_eq!(worker_seen.and_then(|p| p.reservation_id), Some(r2));
     drop((worker, other));
     queen.stop().await;
