@@ -23,6 +23,8 @@ use common::process::QueenProcess;
 use common::scheduling::*;
 use common::*;
 use rbee_hive::test_support::external_tool;
+use rbee_proto::etcd::RangeRequest;
+use rbee_proto::etcd::kv_client::KvClient;
 use rbee_proto::v1 as pb;
 use rbee_queen::store::{EtcdSettings, EtcdStore, ReservationRecord, Role, Store, StoreError};
 
@@ -99,8 +101,8 @@ impl Etcd {
         self.child = Some(child);
         let deadline = Instant::now() + DEADLINE;
         loop {
-            if let Ok(mut c) = etcd_client::Client::connect([client.as_str()], None).await
-                && c.get("probe", None).await.is_ok()
+            if let Ok(mut c) = KvClient::connect(client.clone()).await
+                && c.range(RangeRequest { key: b"probe".to_vec(), ..Default::default() }).await.is_ok()
             {
                 return true;
             }

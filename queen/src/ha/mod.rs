@@ -180,16 +180,11 @@ impl Ha {
         if renewal.is_none() {
             *renewal = Some(self.store.renewal(lease).await?);
         }
-        let Some((keeper, answers)) = renewal.as_mut() else { return Ok(0) };
-        let closed = || StoreError::Etcd {
+        let Some(keep_alive) = renewal.as_mut() else { return Ok(0) };
+        keep_alive.renew().await.map_err(|e| StoreError::Etcd {
             endpoints: self.store.settings().endpoints.join(","),
-            reason: "the lease renewal stream closed".into(),
-        };
-        keeper.keep_alive().await.map_err(|_| closed())?;
-        match answers.message().await {
-            Ok(Some(answer)) => Ok(answer.ttl()),
-            _ => Err(closed()),
-        }
+            reason: format!("the lease renewal failed: {}", e.message()),
+        })
     }
 
     /// Follows `leader` until the leader key is gone, or until `cancel`.

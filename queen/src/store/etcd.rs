@@ -17,13 +17,12 @@
 use std::future::Future;
 use std::time::Duration;
 
-use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions,
-    Txn, TxnOp, TxnOpResponse, WatchOptions, WatchStream,
-};
+use rbee_proto::etcd::response_op::Response;
+use rbee_proto::etcd::{Compare, RequestOp};
 use tokio::sync::watch;
 
 use super::backend::{Leader, Store};
+use super::etcd_api::{self as api, EtcdClient, KeepAlive, Watcher};
 use super::etcd_commit::SharedCombiner;
 use super::records::encode;
 use super::{HiveRecord, PolicyRecord, ReservationRecord, Restored, StoreError};
@@ -91,13 +90,13 @@ pub enum Campaign {
     Lost(String),
 }
 
-/// The renewal of a lease: its keeper and its answers.
-pub type Renewal = (LeaseKeeper, LeaseKeepAliveStream);
+/// The renewal of a lease.
+pub type Renewal = KeepAlive;
 
 /// The state in etcd.
 pub struct EtcdStore {
     /// The client (cheap to clone; reconnects by itself).
-    client: Client,
+    client: EtcdClient,
     /// Settings.
     settings: EtcdSettings,
     /// The runtime the blocking [`Store`] methods run their requests on.
@@ -119,9 +118,7 @@ impl EtcdStore {
     /// Must be called inside the runtime.
     pub async fn connect(settings: EtcdSettings) -> Result<Self, StoreError> {
         let timeout = request_timeout(settings.lease_ttl);
-        let options = ConnectOptions::new().with_connect_timeout(timeout).with_timeout(timeout);
-        let client = Client::connect(&settings.endpoints, Some(options))
-            .await
+        let client = EtcdClient::connect(&settings.endpoints, timeout)
             .map_err(|e| etcd_error(&settings.endpoints, e))?;
         let role = watch::channel(Role::Follower(Leader::Unknown("no election has run yet".into()))).0;
         let runtime = tokio::runtime::Handle::current();
@@ -163,8 +160,8 @@ impl EtcdStore {
         &self.combiner
     }
 
-    pub(super) fn kv(&self) -> etcd_client::KvClient {
-        self.client.kv_client()
+    pub(super) fn client(&self) -> &EtcdClient {
+        &self.client
     }
 
     fn err(&self, e: impl std::fmt::Display) -> StoreError {
@@ -185,7 +182,7 @@ impl EtcdStore {
 
     /// The guard of every write: the leader key still carries this queen's lease.
     fn fence(&self, lease: i64) -> Compare {
-        Compare::lease(self.key(LEADER), CompareOp::Equal, lease)
+        api::lease_is(self.key(LEADER), lease)
     }
 
     /// Runs `f` on the runtime from a blocking thread, within a deadline.
@@ -202,12 +199,11 @@ impl EtcdStore {
         &self,
         lease: i64,
         mut when: Vec<Compare>,
-        then: Vec<TxnOp>,
+        then: Vec<RequestOp>,
     ) -> Result<bool, StoreError> {
         when.push(self.fence(lease));
-        let mut kv = self.client.kv_client();
-        let done = kv.txn(Txn::new().when(when).and_then(then)).await.map_err(|e| self.err(e))?;
-        if done.succeeded() {
+        let done = self.client.txn(when, then, Vec::new()).await.map_err(|e| self.err(e))?;
+        if done.succeeded {
             return Ok(true);
         }
         match self.current_leader().await? {
@@ -219,29 +215,26 @@ impl EtcdStore {
 
     /// A device's reserved total and the revision it was last changed at (0, 0 if none).
     async fn device_total(&self, key: &str) -> Result<(u64, i64), StoreError> {
-        let got = self.client.kv_client().get(key, None).await.map_err(|e| self.err(e))?;
-        Ok(match got.kvs().first() {
-            Some(kv) => (kv.value_str().ok().and_then(|v| v.parse().ok()).unwrap_or(0), kv.mod_revision()),
-            None => (0, 0),
-        })
+        let got = self.client.get(key).await.map_err(|e| self.err(e))?;
+        Ok(got.map_or((0, 0), |kv| (api::value_u64(&kv), kv.mod_revision)))
     }
 
     async fn forget_async(&self, id: &str) -> Result<(), StoreError> {
         let lease = self.my_lease()?;
         let key = self.key(&format!("reservations/{id}"));
         for _ in 0..COMMIT_TRIES {
-            let got = self.client.kv_client().get(key.as_str(), None).await.map_err(|e| self.err(e))?;
-            let Some(kv) = got.kvs().first() else { return Ok(()) };
-            let r: ReservationRecord = decode(&key, kv.value()).map_err(|e| self.err(e))?;
+            let got = self.client.get(key.as_str()).await.map_err(|e| self.err(e))?;
+            let Some(kv) = got else { return Ok(()) };
+            let r: ReservationRecord = decode(&key, &kv.value).map_err(|e| self.err(e))?;
             let device = self.device_key(&r.address, &r.device_id);
             let (reserved, revision) = self.device_total(&device).await?;
             let when = vec![
-                Compare::mod_revision(device.as_str(), CompareOp::Equal, revision),
-                Compare::mod_revision(key.as_str(), CompareOp::Equal, kv.mod_revision()),
+                api::mod_revision_is(device.as_str(), revision),
+                api::mod_revision_is(key.as_str(), kv.mod_revision),
             ];
             let then = vec![
-                TxnOp::delete(key.as_str(), None),
-                TxnOp::put(device.as_str(), reserved.saturating_sub(r.bytes).to_string(), None),
+                api::delete(key.as_str()),
+                api::put(device.as_str(), reserved.saturating_sub(r.bytes).to_string(), 0),
             ];
             if self.guarded(lease, when, then).await? {
                 return Ok(());
@@ -254,10 +247,9 @@ impl EtcdStore {
     /// Puts `value` at `key` when it exists (`must_exist`) or in any case.
     async fn put_guarded(&self, key: String, value: Vec<u8>, must_exist: bool) -> Result<(), StoreError> {
         let lease = self.my_lease()?;
-        let when =
-            if must_exist { vec![Compare::version(key.as_str(), CompareOp::Greater, 0)] } else { Vec::new() };
+        let when = if must_exist { vec![api::exists(key.as_str())] } else { Vec::new() };
         // A compare other than the fence that fails means the key is gone: nothing to do.
-        self.guarded(lease, when, vec![TxnOp::put(key, value, None)]).await.map(|_| ())
+        self.guarded(lease, when, vec![api::put(key, value, 0)]).await.map(|_| ())
     }
 
     /// Everything kept.
@@ -276,57 +268,42 @@ impl EtcdStore {
     }
 
     async fn prefixed(&self, rest: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let got = self
-            .client
-            .kv_client()
-            .get(self.key(rest), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(got
-            .kvs()
-            .iter()
-            .map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.value().to_vec()))
-            .collect())
+        let got = self.client.get_prefix(self.key(rest)).await.map_err(|e| self.err(e))?;
+        Ok(got.into_iter().map(|kv| (String::from_utf8_lossy(&kv.key).into_owned(), kv.value)).collect())
     }
 
     /// The leader's address and lease, if any queen leads.
     pub async fn current_leader(&self) -> Result<Option<(String, i64)>, StoreError> {
-        let got = self.client.kv_client().get(self.key(LEADER), None).await.map_err(|e| self.err(e))?;
-        Ok(got.kvs().first().map(|kv| (String::from_utf8_lossy(kv.value()).into_owned(), kv.lease())))
+        let got = self.client.get(self.key(LEADER)).await.map_err(|e| self.err(e))?;
+        Ok(got.map(|kv| (String::from_utf8_lossy(&kv.value).into_owned(), kv.lease)))
     }
 
     /// Tries to become the leader: grants a lease and puts the leader key with it if no
     /// queen holds it.
     pub async fn campaign(&self) -> Result<Campaign, StoreError> {
-        let mut client = self.client.clone();
-        let ttl = self.settings.lease_ttl.as_secs().max(1) as i64;
-        let lease = client.lease_grant(ttl, None).await.map_err(|e| self.err(e))?.id();
+        let client = &self.client;
+        let ttl = i64::try_from(self.settings.lease_ttl.as_secs().max(1)).unwrap_or(i64::MAX);
+        let lease = client.grant(ttl).await.map_err(|e| self.err(e))?;
         let key = self.key(LEADER);
-        let txn = Txn::new()
-            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(
-                key.as_str(),
-                self.settings.advertise.as_str(),
-                Some(PutOptions::new().with_lease(lease)),
-            )])
-            .or_else([TxnOp::get(key.as_str(), None)]);
-        let done = match client.txn(txn).await {
+        let when = vec![api::create_revision_is(key.as_str(), 0)];
+        let then = vec![api::put(key.as_str(), self.settings.advertise.as_str(), lease)];
+        let done = match client.txn(when, then, vec![api::get(key.as_str())]).await {
             Ok(done) => done,
             Err(e) => {
-                let _ = client.lease_revoke(lease).await;
+                let _ = client.revoke(lease).await;
                 return Err(self.err(e));
             }
         };
-        if done.succeeded() {
+        if done.succeeded {
             return Ok(Campaign::Won(lease));
         }
-        let _ = client.lease_revoke(lease).await;
+        let _ = client.revoke(lease).await;
         let leader = done
-            .op_responses()
+            .responses
             .into_iter()
-            .find_map(|op| match op {
-                TxnOpResponse::Get(got) => {
-                    got.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+            .find_map(|op| match op.response {
+                Some(Response::ResponseRange(got)) => {
+                    got.kvs.first().map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
                 }
                 _ => None,
             })
@@ -337,26 +314,21 @@ impl EtcdStore {
     /// Gives up a lease (and with it the leader key, if it holds it).
     /// A lease etcd no longer knows is given up already.
     pub async fn revoke(&self, lease: i64) -> Result<(), StoreError> {
-        match self.client.lease_client().revoke(lease).await {
-            Ok(_) => Ok(()),
-            Err(etcd_client::Error::GRpcStatus(s)) if s.code() == tonic::Code::NotFound => Ok(()),
+        match self.client.revoke(lease).await {
+            Ok(()) => Ok(()),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
             Err(e) => Err(self.err(e)),
         }
     }
 
     /// Opens the renewal of a lease.
     pub async fn renewal(&self, lease: i64) -> Result<Renewal, StoreError> {
-        self.client.lease_client().keep_alive(lease).await.map_err(|e| self.err(e))
+        self.client.keep_alive(lease).await.map_err(|e| self.err(e))
     }
 
     /// Watches the reservations (any change under `reservations/`).
-    pub async fn watch_reservations(&self) -> Result<WatchStream, StoreError> {
-        let key = self.key("reservations/");
-        self.client
-            .watch_client()
-            .watch(key, Some(WatchOptions::new().with_prefix()))
-            .await
-            .map_err(|e| self.err(e))
+    pub async fn watch_reservations(&self) -> Result<Watcher, StoreError> {
+        self.client.watch_prefix(self.key("reservations/")).await.map_err(|e| self.err(e))
     }
 }
 
@@ -381,25 +353,23 @@ impl EtcdStore {
         let mut ops = Vec::new();
         for r in &kept.reservations {
             *totals.entry(self.device_key(&r.address, &r.device_id)).or_default() += r.bytes;
-            ops.push(TxnOp::put(self.key(&format!("reservations/{}", r.id)), encode(r), None));
+            ops.push(api::put(self.key(&format!("reservations/{}", r.id)), encode(r), 0));
         }
         for (device, total) in totals {
-            ops.push(TxnOp::put(device, total.to_string(), None));
+            ops.push(api::put(device, total.to_string(), 0));
         }
         for h in &kept.hives {
-            ops.push(TxnOp::put(self.key(&format!("hives/{}", h.address)), encode(h), None));
+            ops.push(api::put(self.key(&format!("hives/{}", h.address)), encode(h), 0));
         }
         if let Some(p) = &kept.policy {
-            ops.push(TxnOp::put(self.key("facts/policy"), encode(p), None));
+            ops.push(api::put(self.key("facts/policy"), encode(p), 0));
         }
         // etcd takes at most 128 operations per transaction; each batch re-checks that
         // no queen leads.
-        let mut kv = self.client.kv_client();
         for batch in ops.chunks(100) {
-            let txn = Txn::new()
-                .when([Compare::create_revision(self.key(LEADER), CompareOp::Equal, 0)])
-                .and_then(batch.to_vec());
-            if !kv.txn(txn).await.map_err(|e| self.err(e))?.succeeded() {
+            let when = vec![api::create_revision_is(self.key(LEADER), 0)];
+            let done = self.client.txn(when, batch.to_vec(), Vec::new()).await.map_err(|e| self.err(e))?;
+            if !done.succeeded {
                 return Err(self.err("a queen started leading during the copy; the copy is incomplete"));
             }
         }

@@ -18,9 +18,10 @@ use std::collections::BTreeMap;
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 
-use etcd_client::{Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
+use rbee_proto::etcd::response_op::Response;
 
 use super::etcd::EtcdStore;
+use super::etcd_api as api;
 use super::records::encode;
 use super::{ReservationRecord, StoreError};
 
@@ -122,7 +123,7 @@ impl EtcdStore {
                     continue;
                 }
                 *reserved += r.bytes;
-                ops.push(TxnOp::put(self.reservation_key(&r.id), encode(*r), None));
+                ops.push(api::put(self.reservation_key(&r.id), encode(*r), 0));
                 answers.push(Ok(()));
             }
             if ops.is_empty() {
@@ -131,8 +132,8 @@ impl EtcdStore {
             let mut when = Vec::new();
             for (key, (reserved, revision)) in &totals {
                 if read.get(key).map(|(r, _)| r) != Some(reserved) {
-                    when.push(Compare::mod_revision(key.as_str(), CompareOp::Equal, *revision));
-                    ops.push(TxnOp::put(key.as_str(), reserved.to_string(), None));
+                    when.push(api::mod_revision_is(key.as_str(), *revision));
+                    ops.push(api::put(key.as_str(), reserved.to_string(), 0));
                 }
             }
             match self.guarded(lease, when, ops).await {
@@ -150,15 +151,14 @@ impl EtcdStore {
         let mut unique: Vec<&String> = keys.iter().collect();
         unique.sort();
         unique.dedup();
-        let gets: Vec<TxnOp> = unique.iter().map(|k| TxnOp::get(k.as_str(), None)).collect();
-        let done = self.kv().txn(Txn::new().and_then(gets)).await.map_err(|e| self.store_error(e))?;
+        let gets = unique.iter().map(|k| api::get(k.as_str())).collect();
+        let done = self.client().txn(Vec::new(), gets, Vec::new()).await.map_err(|e| self.store_error(e))?;
         let mut totals: Totals = unique.iter().map(|k| ((*k).clone(), (0, 0))).collect();
-        for op in done.op_responses() {
-            if let TxnOpResponse::Get(got) = op {
-                for kv in got.kvs() {
-                    let key = String::from_utf8_lossy(kv.key()).into_owned();
-                    let reserved = kv.value_str().ok().and_then(|v| v.parse().ok()).unwrap_or(0);
-                    totals.insert(key, (reserved, kv.mod_revision()));
+        for op in done.responses {
+            if let Some(Response::ResponseRange(got)) = op.response {
+                for kv in got.kvs {
+                    let key = String::from_utf8_lossy(&kv.key).into_owned();
+                    totals.insert(key, (api::value_u64(&kv), kv.mod_revision));
                 }
             }
         }

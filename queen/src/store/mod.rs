@@ -13,6 +13,7 @@
 
 mod backend;
 mod etcd;
+mod etcd_api;
 mod etcd_commit;
 mod group;
 mod records;
