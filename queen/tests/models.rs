@@ -133,3 +133,53 @@ async fn queen_fetch_follows_the_download_and_exits_with_its_outcome() {
     queen.stop().await;
     hive.stop().await.unwrap();
 }
+
+/// A hive that dies mid-download: `queen fetch` does not wait forever on a hive that
+/// can no longer report; it exits non-zero once the queen declares the hive lost,
+/// saying so.
+#[tokio::test]
+async fn queen_fetch_exits_when_the_hive_is_lost_mid_download() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = FileServer::start().await;
+    let data = generated(SIZE, 22);
+    let url = server.add("slow.bin", data.clone());
+    server.throttle(4 << 20);
+    let hive = TestHive::start_with(models_config("models-lost", dir.path(), None)).await;
+    let queen = TestQueen::start(vec![hive.url()]).await;
+    let mut fleet = queen.client().await;
+    wait_for(&mut fleet, "the hive online", |h| h.iter().any(online)).await;
+
+    let sha = sha256_hex(&data);
+    let q = queen.url();
+    let mut fetch = Command::new(QUEEN)
+        .args(["fetch", "slow", "--from", &url, "--sha256", &sha, "--hive", "models-lost", "--quiet"])
+        .args(["--queen", &q])
+        .env_remove("QUEEN_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run queen fetch");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while server.bytes_sent() < 1 << 20 {
+        assert!(std::time::Instant::now() < deadline, "the download did not start");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    hive.kill().await;
+    // Lost after 2 s without the stream (the tests' queen settings), then the CLI exits.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = fetch.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = fetch.kill();
+            panic!("queen fetch still waits on a lost hive");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let out = fetch.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!status.success(), "a download whose hive is lost exits non-zero: {err}");
+    assert!(err.contains("models-lost") && err.contains("lost"), "the error says the hive is lost: {err}");
+    queen.stop().await;
+}

@@ -104,6 +104,14 @@ pub async fn fetch(args: FetchArgs) -> Result<()> {
             e = stream.message() => e.map_err(|s| rpc_error(url, s))?,
         };
         let Some(event) = event else { bail!("the queen ended the fleet stream") };
+        if let Some(gone) = hive_gone(&event, &hive) {
+            bar.abandon_with_message("hive gone");
+            bail!(
+                "cannot follow the download of {} on {hive}: {gone}; its outcome is unknown (a partial \
+                 download resumes when the hive is back: see `queen downloads`)",
+                args.model
+            );
+        }
         let samples: Vec<pb::Sample> = match event.event {
             Some(pb::fleet_event::Event::Snapshot(s)) => {
                 s.hives.into_iter().filter(|h| h.hive_id == hive).filter_map(|h| h.latest_sample).collect()
@@ -139,6 +147,24 @@ pub async fn fetch(args: FetchArgs) -> Result<()> {
                 _ => {}
             }
         }
+    }
+}
+
+/// Why the fleet event says the followed hive can no longer report: it was lost or
+/// removed. A fetch that waited on it would wait forever.
+fn hive_gone(event: &pb::FleetEvent, hive: &str) -> Option<String> {
+    use pb::fleet_event::Event;
+    let lost = pb::HiveState::Lost as i32;
+    match event.event.as_ref()? {
+        Event::StateChanged(c) if c.hive_id == hive && c.to == lost => Some(format!(
+            "the hive is lost ({})",
+            if c.reason.is_empty() { "no reason given" } else { &c.reason }
+        )),
+        Event::HiveRemoved(r) if r.hive_id == hive => Some("the hive was removed from the fleet".into()),
+        Event::Snapshot(s) if s.hives.iter().any(|h| h.hive_id == hive && h.state == lost) => {
+            Some("the hive is lost".into())
+        }
+        _ => None,
     }
 }
 
