@@ -474,3 +474,42 @@ async fn migrate_moves_the_embedded_state_into_etcd() {
         all_reservations(&mut queen.scheduler().await, 0).await.into_iter().map(|r| r.id).collect();
     assert_eq!(ids, ["r1", "r2"]);
 }
+
+/// Hives added and removed at run time on the leader reach the follower, which keeps
+/// its own streams: it manages what the leader manages, so that it does not lead a
+/// different fleet after a failover (a removed hive must not come back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hives_added_and_removed_at_the_leader_reach_the_follower() {
+    let Some(etcd) = Etcd::start().await else { return };
+    let (_hives, urls) = three_hives().await;
+    let (state_a, state_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let leader = queen(&etcd, state_a.path(), &urls[..2]);
+    leader.wait_logged("this queen leads").await;
+    let follower = queen(&etcd, state_b.path(), &urls[..2]);
+    follower.wait_logged("this queen follows").await;
+
+    let added = leader.fleet().await.add_hive(pb::AddHiveRequest { address: urls[2].clone() }).await.unwrap();
+    let third = added.into_inner().hive.unwrap().address;
+    let removed = leader.fleet().await.remove_hive(pb::RemoveHiveRequest { hive: urls[0].clone() }).await;
+    let first = removed.unwrap().into_inner().address;
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let on_follower = managed(&follower).await;
+        if on_follower.contains(&third) && !on_follower.contains(&first) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the follower manages {on_follower:?}; the leader added {third} and removed {first}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(managed(&leader).await.len(), 2);
+}
+
+/// The addresses `queen` manages.
+async fn managed(queen: &QueenProcess) -> Vec<String> {
+    let mut fleet = queen.fleet().await;
+    let hives = fleet.list_hives(pb::ListHivesRequest::default()).await.unwrap().into_inner().hives;
+    hives.into_iter().map(|h| h.address).collect()
+}

@@ -63,6 +63,18 @@ impl FleetService {
     }
 }
 
+impl FleetService {
+    /// Keeps a hive just added; when that fails, stops managing it again, so that the
+    /// error leaves the fleet as it was and a retry adds (and keeps) it anew.
+    async fn keep_or_undo(&self, address: &str, origin: Origin) -> Result<(), QueenError> {
+        let kept = self.keep(address, origin, false).await;
+        if kept.is_err() {
+            let _ = self.fleet.remove(address);
+        }
+        kept
+    }
+}
+
 fn key(raw: &str) -> Result<&str, QueenError> {
     let k = raw.trim();
     if k.is_empty() || k.len() > crate::fleet::address::MAX_ADDRESS_BYTES {
@@ -124,7 +136,7 @@ impl FleetApi for FleetService {
         let address = admit_address(&self.admission.allow, &request.get_ref().address).await?;
         let (hive, added) = self.fleet.add(&address, Origin::Api)?;
         if added {
-            self.keep(&hive.address, Origin::Api, false).await?;
+            self.keep_or_undo(&hive.address, Origin::Api).await?;
         }
         Ok(Response::new(pb::AddHiveResponse { hive: Some(hive.as_ref().into()), added }))
     }
@@ -134,9 +146,10 @@ impl FleetApi for FleetService {
         request: Request<pb::RemoveHiveRequest>,
     ) -> Result<Response<pb::RemoveHiveResponse>, Status> {
         let k = key(&request.get_ref().hive)?;
-        let origin = self.fleet.get(k).map_or(Origin::Api, |h| h.origin);
-        let address = self.fleet.remove(k)?;
-        self.keep(&address, origin, true).await?;
+        let hive = self.fleet.get(k).ok_or_else(|| QueenError::NotFound(k.to_owned()))?;
+        // Durable first: a removal that cannot be kept changes nothing.
+        self.keep(&hive.address, hive.origin, true).await?;
+        let address = self.fleet.remove(&hive.address)?;
         Ok(Response::new(pb::RemoveHiveResponse { address }))
     }
 
@@ -170,8 +183,81 @@ impl FleetApi for FleetService {
         let (hive, added) = self.fleet.add(&address, Origin::Announced)?;
         if added {
             tracing::info!(%address, hive_id = %req.hive_id, "hive announced itself");
-            self.keep(&hive.address, Origin::Announced, false).await?;
+            self.keep_or_undo(&hive.address, Origin::Announced).await?;
         }
         Ok(Response::new(pb::AnnounceResponse { added }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::FleetSettings;
+    use crate::link::{LinkSettings, Links};
+    use crate::scheduler::SchedulerSettings;
+    use crate::store::{Leader, PolicyRecord, ReservationRecord, StoreError};
+    use tokio_util::sync::CancellationToken;
+
+    /// A store on a disk that refuses every write.
+    #[derive(Debug)]
+    struct Refusing;
+
+    impl Refusing {
+        fn refuse<T>(&self) -> Result<T, StoreError> {
+            Err(StoreError::Io { path: "/state/queen.redb".into(), reason: "No space left on device".into() })
+        }
+    }
+
+    impl Store for Refusing {
+        fn describe(&self) -> String {
+            "a refusing disk".into()
+        }
+        fn commit_placed(&self, _: &ReservationRecord, _: u64) -> Result<(), StoreError> {
+            self.refuse()
+        }
+        fn update_reservations(&self, _: &[ReservationRecord]) -> Result<(), StoreError> {
+            self.refuse()
+        }
+        fn forget_reservations(&self, _: &[&str]) -> Result<(), StoreError> {
+            self.refuse()
+        }
+        fn keep_hive(&self, _: &HiveRecord) -> Result<(), StoreError> {
+            self.refuse()
+        }
+        fn keep_policy(&self, _: &PolicyRecord) -> Result<(), StoreError> {
+            self.refuse()
+        }
+        fn leader(&self) -> Leader {
+            Leader::Me
+        }
+    }
+
+    /// AddHive, Announce and RemoveHive answer an error when their change cannot be
+    /// kept, and then the fleet is as it was: no hive managed that a restart would
+    /// forget, none dropped that a restart would bring back, and a retry is a new try
+    /// (not "already managed").
+    #[tokio::test]
+    async fn a_change_that_cannot_be_kept_leaves_the_fleet_as_it_was() {
+        let cancel = CancellationToken::new();
+        let fleet = Fleet::new(FleetSettings::default(), cancel.clone(), Links::new(LinkSettings::default()));
+        let scheduler = Scheduler::new(fleet.clone(), SchedulerSettings::default()).unwrap();
+        let service = FleetService::new(fleet.clone(), scheduler, AdmissionSettings::default())
+            .with_store(Some(Arc::new(Refusing)));
+
+        for _ in 0..2 {
+            let add = pb::AddHiveRequest { address: "127.0.0.1:9".into() };
+            let refused = service.add_hive(Request::new(add)).await.unwrap_err();
+            assert!(refused.message().contains("No space left"), "{}", refused.message());
+            assert!(fleet.list().is_empty(), "a hive whose addition was not kept is not managed");
+        }
+        let announce = pb::AnnounceRequest { address: "127.0.0.1:9".into(), ..Default::default() };
+        assert!(service.announce(Request::new(announce)).await.is_err());
+        assert!(fleet.list().is_empty(), "an announce that was not kept is not managed");
+
+        fleet.add("127.0.0.1:9", Origin::Static).unwrap();
+        let remove = pb::RemoveHiveRequest { hive: "127.0.0.1:9".into() };
+        assert!(service.remove_hive(Request::new(remove)).await.is_err());
+        assert_eq!(fleet.list().len(), 1, "a hive whose removal was not kept stays managed");
+        cancel.cancel();
     }
 }

@@ -11,7 +11,8 @@
 //!   writing (every write is also guarded by the lease in etcd). On shutdown it revokes
 //!   the lease, so that a follower takes over at once.
 //! - **Follow**: keep the own streams from every hive (the fleet does that anyway),
-//!   mirror the reservations from etcd (watched, applied at most every poll), and poll
+//!   mirror the reservations and the managed hives from etcd (watched, applied at most
+//!   every poll), and poll
 //!   the leader key; when it is gone (the leader's lease lapsed), campaign.
 //!
 //! When etcd is unreachable nobody leads: writes answer UNAVAILABLE, telemetry keeps
@@ -118,13 +119,29 @@ impl Ha {
         Ok(())
     }
 
-    /// Manages hives kept in etcd that this queen does not manage yet.
+    /// Makes the hives this queen manages agree with those kept in etcd: manages the
+    /// ones added or announced at the leader, and stops managing the ones an operator
+    /// removed there (a follower keeps its own streams, so a removal made at the leader
+    /// must reach it, or it would manage the hive again once it leads).
     fn manage(&self, hives: &[HiveRecord]) {
-        let known: Vec<String> = self.fleet.list().iter().map(|h| h.address.clone()).collect();
-        for hive in hives.iter().filter(|h| !h.removed && !known.contains(&h.address)) {
-            let origin = if hive.origin == "announced" { Origin::Announced } else { Origin::Api };
-            if let Err(e) = self.fleet.add(&hive.address, origin) {
-                tracing::warn!(address = %hive.address, error = %e, "cannot manage a hive kept in etcd");
+        let known: std::collections::HashSet<String> =
+            self.fleet.list().iter().map(|h| h.address.clone()).collect();
+        for hive in hives {
+            let managed = known.contains(&hive.address);
+            if hive.removed && managed {
+                match self.fleet.remove(&hive.address) {
+                    Ok(_) => {
+                        tracing::info!(address = %hive.address, "hive removed at the leader: no longer managed")
+                    }
+                    Err(e) => {
+                        tracing::warn!(address = %hive.address, error = %e, "cannot drop a hive removed in etcd")
+                    }
+                }
+            } else if !hive.removed && !managed {
+                let origin = if hive.origin == "announced" { Origin::Announced } else { Origin::Api };
+                if let Err(e) = self.fleet.add(&hive.address, origin) {
+                    tracing::warn!(address = %hive.address, error = %e, "cannot manage a hive kept in etcd");
+                }
             }
         }
     }
@@ -215,7 +232,7 @@ impl Ha {
                 }
             }
             if watch.is_none() {
-                watch = self.store.watch_reservations().await.ok();
+                watch = self.store.watch_all().await.ok();
                 dirty = true;
             }
             // Drain what the watch has seen since the last poll.

@@ -326,9 +326,10 @@ impl EtcdStore {
         self.client.keep_alive(lease).await.map_err(|e| self.err(e))
     }
 
-    /// Watches the reservations (any change under `reservations/`).
-    pub async fn watch_reservations(&self) -> Result<Watcher, StoreError> {
-        self.client.watch_prefix(self.key("reservations/")).await.map_err(|e| self.err(e))
+    /// Watches everything kept under the prefix (reservations, hives, the policy, the
+    /// leader key).
+    pub async fn watch_all(&self) -> Result<Watcher, StoreError> {
+        self.client.watch_prefix(self.settings.prefix.as_str()).await.map_err(|e| self.err(e))
     }
 }
 
