@@ -27,6 +27,7 @@ use rbee_proto::etcd::RangeRequest;
 use rbee_proto::etcd::kv_client::KvClient;
 use rbee_proto::v1 as pb;
 use rbee_queen::store::{EtcdSettings, EtcdStore, ReservationRecord, Role, Store, StoreError};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 const QUEEN: &str = env!("CARGO_BIN_EXE_queen");
 /// The leader lease's TTL in these tests.
@@ -47,6 +48,9 @@ struct Etcd {
     peer: u16,
     /// The process, while it runs.
     child: Option<Child>,
+    /// Where its certificates are (`rbee_shared::certs::generate`), when it serves TLS
+    /// and asks clients for certificates.
+    tls: Option<PathBuf>,
 }
 
 impl Drop for Etcd {
@@ -65,13 +69,19 @@ fn free_ports() -> (u16, u16) {
 impl Etcd {
     /// Starts etcd, or `None` (skipped loudly) where it is not installed.
     async fn start() -> Option<Self> {
+        Self::start_with(None).await
+    }
+
+    /// Starts etcd serving TLS with the certificates in `certs`: its server certificate
+    /// `hive-127.0.0.1.pem` (hive CA), client certificates from the queen CA required.
+    async fn start_with(tls: Option<PathBuf>) -> Option<Self> {
         let bin = external_tool("etcd", "apt-get install etcd-server")?;
         // A port picked free may be taken by another test before etcd binds it: then
         // etcd exits, and it is started again on other ports.
         for _ in 0..3 {
             let (client, peer) = free_ports();
-            let mut etcd =
-                Self { bin: bin.clone(), dir: tempfile::tempdir().unwrap(), client, peer, child: None };
+            let dir = tempfile::tempdir().unwrap();
+            let mut etcd = Self { bin: bin.clone(), dir, client, peer, child: None, tls: tls.clone() };
             if etcd.run().await {
                 return Some(etcd);
             }
@@ -86,9 +96,20 @@ impl Etcd {
     /// Runs etcd on its ports and data directory, and waits until it answers; false
     /// when it exited (its ports were taken).
     async fn run(&mut self) -> bool {
-        let client = format!("http://127.0.0.1:{}", self.client);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", self.client);
         let peer = format!("http://127.0.0.1:{}", self.peer);
-        let child = Command::new(&self.bin)
+        let mut cmd = Command::new(&self.bin);
+        if let Some(certs) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(certs.join("hive-127.0.0.1.pem"))
+                .arg("--key-file")
+                .arg(certs.join("hive-127.0.0.1.key"))
+                .arg("--client-cert-auth")
+                .arg("--trusted-ca-file")
+                .arg(certs.join("queen-ca.pem"));
+        }
+        let child = cmd
             .args(["--name", "t", "--data-dir"])
             .arg(self.dir.path().join("data"))
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
@@ -101,8 +122,11 @@ impl Etcd {
         self.child = Some(child);
         let deadline = Instant::now() + DEADLINE;
         loop {
-            if let Ok(mut c) = KvClient::connect(client.clone()).await
-                && c.range(RangeRequest { key: b"probe".to_vec(), ..Default::default() }).await.is_ok()
+            if let Ok(channel) = self.channel(&client).await
+                && KvClient::new(channel)
+                    .range(RangeRequest { key: b"probe".to_vec(), ..Default::default() })
+                    .await
+                    .is_ok()
             {
                 return true;
             }
@@ -117,6 +141,23 @@ impl Etcd {
         }
     }
 
+    /// A connection to `url`, with the queen's client certificate when etcd serves TLS.
+    async fn channel(&self, url: &str) -> Result<Channel, tonic::transport::Error> {
+        let endpoint = Endpoint::from_shared(url.to_owned())?;
+        let endpoint = match &self.tls {
+            Some(certs) => {
+                let pem = |name: &str| std::fs::read(certs.join(name)).unwrap();
+                endpoint.tls_config(
+                    ClientTlsConfig::new()
+                        .ca_certificate(Certificate::from_pem(pem("hive-ca.pem")))
+                        .identity(Identity::from_pem(pem("queen.pem"), pem("queen.key"))),
+                )?
+            }
+            None => endpoint,
+        };
+        endpoint.connect().await
+    }
+
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -127,6 +168,11 @@ impl Etcd {
 
 /// `queen serve` on etcd with a 2 s lease, managing `hives`.
 fn queen(etcd: &Etcd, state: &Path, hives: &[String]) -> QueenProcess {
+    queen_with(etcd, state, hives, &[])
+}
+
+/// `queen serve` on etcd with a 2 s lease, managing `hives`, with more arguments.
+fn queen_with(etcd: &Etcd, state: &Path, hives: &[String], more: &[&str]) -> QueenProcess {
     let config = state.join("calm.toml");
     std::fs::write(&config, "[health]\ncpu_degraded_percent = 101.0\n").unwrap();
     let mut cmd = Command::new(QUEEN);
@@ -137,6 +183,7 @@ fn queen(etcd: &Etcd, state: &Path, hives: &[String]) -> QueenProcess {
         .arg(state)
         .args(["--store", &format!("etcd://{}", etcd.endpoint()), "--leader-ttl", "2s"])
         .args(hives.iter().flat_map(|h| ["--hive", h.as_str()]))
+        .args(more)
         .env("RUST_LOG", "info")
         .env_remove("QUEEN_CONFIG")
         .env_remove("QUEEN_STATE_DIR")
@@ -368,6 +415,7 @@ async fn two_leaders_at_once_cannot_over_promise_a_device() {
         prefix: "/split-brain/".into(),
         advertise: advertise.into(),
         lease_ttl: Duration::from_secs(10),
+        tls: None,
     };
     let a = Arc::new(EtcdStore::connect(settings("http://a")).await.unwrap());
     let b = Arc::new(EtcdStore::connect(settings("http://b")).await.unwrap());
@@ -512,4 +560,34 @@ async fn managed(queen: &QueenProcess) -> Vec<String> {
     let mut fleet = queen.fleet().await;
     let hives = fleet.list_hives(pb::ListHivesRequest::default()).await.unwrap().into_inner().hives;
     hives.into_iter().map(|h| h.address).collect()
+}
+
+/// etcd serving TLS and asking for client certificates: a queen given the CA and its
+/// certificate leads and places; one without its certificate cannot write, and says
+/// etcd is unreachable rather than placing anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queen_reaches_etcd_over_tls_with_its_client_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    rbee_shared::certs::generate(certs.path(), &["127.0.0.1".into()], &["127.0.0.1".into()]).unwrap();
+    let Some(etcd) = Etcd::start_with(Some(certs.path().to_owned())).await else { return };
+    let (_hives, urls) = three_hives().await;
+    let file = |name: &str| certs.path().join(name).display().to_string();
+    let (ca, cert, key) = (file("hive-ca.pem"), file("queen.pem"), file("queen.key"));
+
+    let state = tempfile::tempdir().unwrap();
+    let tls = ["--etcd-ca", &ca, "--etcd-cert", &cert, "--etcd-key", &key];
+    let leader = queen_with(&etcd, state.path(), &urls[..1], &tls);
+    leader.wait_logged("this queen leads").await;
+    hives_online(&leader, 1).await;
+    placement(leader.scheduler().await.place(request(GIB)).await.unwrap().into_inner());
+
+    // Without its client certificate, etcd refuses the queen's connections.
+    let other = tempfile::tempdir().unwrap();
+    let anonymous = queen_with(&etcd, other.path(), &urls[..1], &["--etcd-ca", &ca]);
+    hives_online(&anonymous, 1).await;
+    let refused = anonymous.scheduler().await.place(request(GIB)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    eprintln!("without a client certificate: {}", refused.message());
+    assert!(refused.message().contains("etcd"), "{}", refused.message());
+    assert!(!refused.message().contains(&leader.url), "it cannot know the leader: {}", refused.message());
 }

@@ -100,6 +100,9 @@ pub struct MigrateArgs {
     /// The etcd key prefix the queens will use.
     #[arg(long, env = "QUEEN_ETCD_PREFIX", value_name = "PREFIX", default_value = "/rbee/queen/")]
     pub etcd_prefix: String,
+    /// TLS to etcd.
+    #[command(flatten)]
+    pub etcd_tls: crate::config::EtcdTlsArgs,
 }
 
 /// `queen completions SHELL`.

@@ -11,7 +11,8 @@ use crate::store::{EtcdSettings, EtcdStore, StateStore};
 
 /// `queen migrate`.
 pub async fn migrate(args: MigrateArgs) -> Result<()> {
-    let endpoints = EtcdSettings::parse_endpoints(&args.store).map_err(|e| anyhow!(e))?;
+    let tls = args.etcd_tls.load()?;
+    let endpoints = EtcdSettings::parse_endpoints(&args.store, tls.is_some()).map_err(|e| anyhow!(e))?;
     if !args.etcd_prefix.ends_with('/') {
         return Err(anyhow!("--etcd-prefix must end with '/'"));
     }
@@ -23,6 +24,7 @@ pub async fn migrate(args: MigrateArgs) -> Result<()> {
         prefix: args.etcd_prefix.clone(),
         advertise: String::new(),
         lease_ttl: Duration::from_secs(5),
+        tls,
     };
     let etcd = EtcdStore::connect(settings).await?;
     let copied = etcd.import(&kept).await.context("copying into etcd")?;

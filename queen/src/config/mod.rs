@@ -1,9 +1,11 @@
 //! The server's settings: `queen serve`'s flags ([`serve`]) and config file
 //! ([`file`]) merge into one validated [`QueenConfig`], which [`crate::run`] takes.
 
+mod etcd;
 mod file;
 mod serve;
 
+pub use etcd::EtcdTlsArgs;
 pub use file::{FileConfig, HiveEntry};
 pub use serve::{DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN, ServeArgs, default_state_dir};
 

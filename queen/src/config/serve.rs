@@ -124,6 +124,9 @@ pub struct ServeArgs {
     /// With --store etcd://: the etcd key prefix of this group of queens [default: /rbee/queen/].
     #[arg(long, env = "QUEEN_ETCD_PREFIX", value_name = "PREFIX")]
     pub etcd_prefix: Option<String>,
+    /// TLS to etcd.
+    #[command(flatten)]
+    pub etcd_tls: super::EtcdTlsArgs,
 }
 
 /// The default metrics address.
@@ -321,14 +324,22 @@ impl ServeArgs {
     /// be left empty: `run` derives it from the bound listener).
     fn etcd(&self) -> Result<Option<crate::store::EtcdSettings>, QueenError> {
         let Some(url) = &self.store else {
-            if self.leader_ttl.is_some() || self.advertise.is_some() || self.etcd_prefix.is_some() {
+            if self.leader_ttl.is_some()
+                || self.advertise.is_some()
+                || self.etcd_prefix.is_some()
+                || self.etcd_tls.given()
+            {
                 return Err(QueenError::Config(
-                    "--leader-ttl, --advertise and --etcd-prefix need --store etcd://HOST:PORT".into(),
+                    "--leader-ttl, --advertise, --etcd-prefix and --etcd-ca/--etcd-cert/--etcd-key need \
+                     --store etcd://HOST:PORT"
+                        .into(),
                 ));
             }
             return Ok(None);
         };
-        let endpoints = crate::store::EtcdSettings::parse_endpoints(url).map_err(QueenError::Config)?;
+        let tls = self.etcd_tls.load()?;
+        let endpoints =
+            crate::store::EtcdSettings::parse_endpoints(url, tls.is_some()).map_err(QueenError::Config)?;
         let lease_ttl = self.leader_ttl.unwrap_or(Duration::from_secs(5));
         if lease_ttl < Duration::from_secs(2)
             || lease_ttl.subsec_nanos() != 0
@@ -346,7 +357,7 @@ impl ServeArgs {
             }
             None => String::new(),
         };
-        Ok(Some(crate::store::EtcdSettings { endpoints, prefix, advertise, lease_ttl }))
+        Ok(Some(crate::store::EtcdSettings { endpoints, prefix, advertise, lease_ttl, tls }))
     }
 }
 

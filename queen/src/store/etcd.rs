@@ -45,11 +45,32 @@ pub struct EtcdSettings {
     pub advertise: String,
     /// The leader lease's TTL.
     pub lease_ttl: Duration,
+    /// TLS to etcd (`None`: plain HTTP/2).
+    pub tls: Option<EtcdTls>,
+}
+
+/// TLS to etcd: the CA that signed its server certificates, and this queen's client
+/// certificate and key for an etcd that asks for one (all PEM).
+#[derive(Clone)]
+pub struct EtcdTls {
+    /// The CA.
+    pub ca: Vec<u8>,
+    /// The client certificate and its key.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdTls")
+            .field("client_certificate", &self.identity.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl EtcdSettings {
-    /// Parses `etcd://HOST:PORT[,HOST:PORT...]` into endpoints.
-    pub fn parse_endpoints(url: &str) -> Result<Vec<String>, String> {
+    /// Parses `etcd://HOST:PORT[,HOST:PORT...]` into endpoints (https ones with `tls`).
+    pub fn parse_endpoints(url: &str, tls: bool) -> Result<Vec<String>, String> {
+        let scheme = if tls { "https" } else { "http" };
         let rest = url
             .strip_prefix("etcd://")
             .ok_or_else(|| format!("--store {url:?}: give etcd://HOST:PORT[,HOST:PORT...]"))?;
@@ -61,7 +82,7 @@ impl EtcdSettings {
                 if hp.is_empty() || hp.contains('/') || !hp.contains(':') {
                     Err(format!("--store {url:?}: {hp:?} is not HOST:PORT"))
                 } else {
-                    Ok(format!("http://{hp}"))
+                    Ok(format!("{scheme}://{hp}"))
                 }
             })
             .collect::<Result<_, _>>()?;
@@ -118,7 +139,7 @@ impl EtcdStore {
     /// Must be called inside the runtime.
     pub async fn connect(settings: EtcdSettings) -> Result<Self, StoreError> {
         let timeout = request_timeout(settings.lease_ttl);
-        let client = EtcdClient::connect(&settings.endpoints, timeout)
+        let client = EtcdClient::connect(&settings.endpoints, timeout, settings.tls.as_ref())
             .map_err(|e| etcd_error(&settings.endpoints, e))?;
         let role = watch::channel(Role::Follower(Leader::Unknown("no election has run yet".into()))).0;
         let runtime = tokio::runtime::Handle::current();
@@ -449,11 +470,12 @@ mod tests {
     #[test]
     fn store_urls_parse_into_endpoints() {
         assert_eq!(
-            EtcdSettings::parse_endpoints("etcd://127.0.0.1:2379,10.0.0.2:2379").unwrap(),
+            EtcdSettings::parse_endpoints("etcd://127.0.0.1:2379,10.0.0.2:2379", false).unwrap(),
             ["http://127.0.0.1:2379", "http://10.0.0.2:2379"]
         );
+        assert_eq!(EtcdSettings::parse_endpoints("etcd://h:2379", true).unwrap(), ["https://h:2379"]);
         for bad in ["http://h:2379", "etcd://", "etcd://h", "etcd://h:1/x"] {
-            assert!(EtcdSettings::parse_endpoints(bad).is_err(), "{bad}");
+            assert!(EtcdSettings::parse_endpoints(bad, false).is_err(), "{bad}");
         }
     }
 }

@@ -23,7 +23,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tonic::codec::Streaming;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use super::etcd::EtcdTls;
 
 /// The clients of one etcd cluster (cheap to clone; the channel reconnects by itself).
 #[derive(Clone)]
@@ -34,16 +36,29 @@ pub struct EtcdClient {
 }
 
 impl EtcdClient {
-    /// A channel balanced over `endpoints` (`http://HOST:PORT`), connected lazily: etcd
+    /// A channel balanced over `endpoints` (`http(s)://HOST:PORT`; https with `tls`), connected lazily: etcd
     /// may be down now and come later. Each request (up to its answer's headers) is
     /// bounded by `timeout`. Must be called inside the runtime.
-    pub fn connect(endpoints: &[String], timeout: Duration) -> Result<Self, String> {
+    pub fn connect(endpoints: &[String], timeout: Duration, tls: Option<&EtcdTls>) -> Result<Self, String> {
+        let tls = tls.map(|tls| {
+            let config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.ca));
+            match &tls.identity {
+                Some((cert, key)) => config.identity(Identity::from_pem(cert, key)),
+                None => config,
+            }
+        });
         let endpoints = endpoints
             .iter()
             .map(|url| {
-                Endpoint::from_shared(url.clone())
-                    .map(|e| e.connect_timeout(timeout).timeout(timeout).tcp_nodelay(true))
-                    .map_err(|e| format!("{url:?} is not an endpoint: {e}"))
+                let endpoint = Endpoint::from_shared(url.clone())
+                    .map_err(|e| format!("{url:?} is not an endpoint: {e}"))?
+                    .connect_timeout(timeout)
+                    .timeout(timeout)
+                    .tcp_nodelay(true);
+                match &tls {
+                    Some(tls) => endpoint.tls_config(tls.clone()).map_err(|e| format!("TLS to {url}: {e}")),
+                    None => Ok(endpoint),
+                }
             })
             .collect::<Result<Vec<_>, _>>()?;
         if endpoints.is_empty() {

@@ -21,7 +21,7 @@ mod records;
 use std::path::{Path, PathBuf};
 
 pub use backend::{Leader, Store};
-pub use etcd::{Campaign, EtcdSettings, EtcdStore, Renewal, Role};
+pub use etcd::{Campaign, EtcdSettings, EtcdStore, EtcdTls, Renewal, Role};
 pub use group::GroupCommit;
 pub use records::{HiveRecord, PolicyRecord, ReservationRecord, Restored};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
