@@ -591,3 +591,32 @@ async fn a_queen_reaches_etcd_over_tls_with_its_client_certificate() {
     assert!(refused.message().contains("etcd"), "{}", refused.message());
     assert!(!refused.message().contains(&leader.url), "it cannot know the leader: {}", refused.message());
 }
+
+/// With etcd healthy, the leader keeps its lease: it renews it every TTL/4, and never
+/// steps down (a renewal that never reached etcd made leadership change every 1.5 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_keeps_its_lease_while_etcd_is_healthy() {
+    let Some(etcd) = Etcd::start().await else { return };
+    let (_hives, urls) = three_hives().await;
+    let state = tempfile::tempdir().unwrap();
+    let leader = queen(&etcd, state.path(), &urls[..1]);
+    leader.wait_logged("this queen leads").await;
+    let channel = etcd.channel(&format!("http://{}", etcd.endpoint())).await.unwrap();
+    let leader_lease = || {
+        let mut kv = KvClient::new(channel.clone());
+        async move {
+            let key = b"/rbee/queen/leader".to_vec();
+            let got = kv.range(RangeRequest { key, ..Default::default() }).await.unwrap().into_inner();
+            got.kvs.first().map(|kv| kv.lease)
+        }
+    };
+    let lease = leader_lease().await.expect("the leader key is set");
+    // Three TTLs: an unrenewed lease lapses after one.
+    let until = Instant::now() + TTL * 3;
+    while Instant::now() < until {
+        assert_eq!(leader_lease().await, Some(lease), "the leader lease changed while etcd was healthy");
+        assert!(!leader.logged("stepped down"), "the leader stepped down while etcd was healthy");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    placement(leader.scheduler().await.place(request(GIB)).await.unwrap().into_inner());
+}

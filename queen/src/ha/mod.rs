@@ -181,7 +181,13 @@ impl Ha {
                     tracing::warn!(error = %e, "cannot renew the leader lease");
                     renewal = None;
                 }
-                Err(_) => renewal = None,
+                Err(_) => {
+                    tracing::warn!(
+                        waited_ms = every.as_millis(),
+                        "the leader lease renewal got no answer in time"
+                    );
+                    renewal = None;
+                }
             }
             if renewed.elapsed() >= deadline {
                 return Ended::Over(format!(

@@ -110,11 +110,17 @@ impl EtcdClient {
         self.lease.clone().lease_revoke(LeaseRevokeRequest { id }).await.map(drop)
     }
 
-    /// Opens the renewal stream of lease `id`.
+    /// Opens the renewal stream of lease `id`, renewing it once: etcd answers a stream's
+    /// headers only once it has a request, so the first renewal goes out before the
+    /// call is awaited (its answer is the first [`KeepAlive::renew`]'s).
     pub async fn keep_alive(&self, id: i64) -> Result<KeepAlive, Status> {
         let (requests, outgoing) = mpsc::channel(1);
+        requests
+            .send(LeaseKeepAliveRequest { id })
+            .await
+            .map_err(|_| Status::internal("the lease renewal stream closed before it opened"))?;
         let answers = self.lease.clone().lease_keep_alive(ReceiverStream::new(outgoing)).await?.into_inner();
-        Ok(KeepAlive { id, requests, answers })
+        Ok(KeepAlive { id, requests, answers, sent: true })
     }
 
     /// Watches every key under `prefix` from now on.
@@ -136,15 +142,19 @@ pub struct KeepAlive {
     id: i64,
     requests: mpsc::Sender<LeaseKeepAliveRequest>,
     answers: Streaming<LeaseKeepAliveResponse>,
+    /// A renewal was sent whose answer is not read yet (the one that opened the stream).
+    sent: bool,
 }
 
 impl KeepAlive {
     /// Renews the lease once; the TTL etcd answered with (0: the lease is gone).
     pub async fn renew(&mut self) -> Result<i64, Status> {
-        self.requests
-            .send(LeaseKeepAliveRequest { id: self.id })
-            .await
-            .map_err(|_| Status::unavailable("the lease renewal stream closed"))?;
+        if !std::mem::take(&mut self.sent) {
+            self.requests
+                .send(LeaseKeepAliveRequest { id: self.id })
+                .await
+                .map_err(|_| Status::unavailable("the lease renewal stream closed"))?;
+        }
         match self.answers.message().await? {
             Some(answer) => Ok(answer.ttl),
             None => Err(Status::unavailable("the lease renewal stream closed")),
