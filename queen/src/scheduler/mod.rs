@@ -267,10 +267,14 @@ impl Scheduler {
     /// reservation is gone from the book but answered as an error: after a restart it
     /// comes back (and expires or is released again), which never over-promises.
     pub fn release(&self, id: &str) -> Result<Reservation, QueenError> {
-        let r =
-            view::write(&self.book).release(id).ok_or_else(|| QueenError::NoReservation(id.to_owned()))?;
+        // The removal is kept first: a release that cannot be kept changes nothing (the
+        // memory stays counted, so it is never promised again while the store still
+        // holds the reservation).
+        if view::read(&self.book).get(id).is_none() {
+            return Err(QueenError::NoReservation(id.to_owned()));
+        }
         self.persist_changes(&[], &[id])?;
-        Ok(r)
+        view::write(&self.book).release(id).ok_or_else(|| QueenError::NoReservation(id.to_owned()))
     }
 
     /// Every reservation, oldest first.

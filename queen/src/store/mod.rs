@@ -18,7 +18,9 @@ mod etcd_commit;
 mod group;
 mod records;
 
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 pub use backend::{Leader, Store};
 pub use etcd::{Campaign, EtcdSettings, EtcdStore, EtcdTls, Renewal, Role};
@@ -124,8 +126,10 @@ fn not_leader(leader: &Leader) -> String {
 
 /// The embedded store.
 pub struct StateStore {
-    /// The open database.
-    db: Database,
+    /// The open database; `None` after a write failed, until the next call reopens it
+    /// (redb refuses every call after an I/O error until the file is opened again, so a
+    /// disk that was full for a moment would otherwise stop the books for good).
+    db: Mutex<Option<Database>>,
     /// Its file, for messages.
     path: PathBuf,
 }
@@ -143,22 +147,27 @@ impl StateStore {
         let path = dir.join(STATE_FILE);
         let fail = |reason: String| StoreError::Open { path: path.clone(), reason };
         std::fs::create_dir_all(dir).map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
-        // redb checks its invariants with assertions; a corrupt file must be an error
-        // here, never a crash.
-        let opened = std::panic::catch_unwind(|| Database::create(&path))
-            .map_err(|_| fail("the file is corrupt".into()))?;
-        let db = opened.map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse { path: path.clone() },
-            e => fail(e.to_string()),
-        })?;
-        let store = Self { db, path };
-        // Create the tables, and read everything once: a broken record stops start-up.
-        store.write(|txn| {
-            txn.open_table(RESERVATIONS)?;
-            txn.open_table(HIVES)?;
-            txn.open_table(FACTS)?;
-            Ok(())
-        })?;
+        // redb makes a new store of an empty file; a store that was truncated to nothing
+        // held promises, so it is an error (a first start creates the file itself).
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
+            return Err(fail(
+                "the file is empty (0 bytes): it was truncated, or never finished its first write".into(),
+            ));
+        }
+        let db = open_database(&path)?;
+        let store = Self { db: Mutex::new(Some(db)), path: path.clone() };
+        // Create the tables: a file whose tables cannot be opened stops start-up too.
+        store
+            .write(|txn| {
+                txn.open_table(RESERVATIONS)?;
+                txn.open_table(HIVES)?;
+                txn.open_table(FACTS)?;
+                Ok(())
+            })
+            .map_err(|e| match e {
+                StoreError::Io { reason, .. } => fail(reason),
+                other => other,
+            })?;
         Ok(store)
     }
 
@@ -190,20 +199,46 @@ impl StateStore {
         StoreError::Io { path: self.path.clone(), reason: e.to_string() }
     }
 
-    /// Runs `f` in one write transaction and commits it durably.
+    /// The open database, reopened first when the last write failed.
+    fn database(&self) -> Result<MutexGuard<'_, Option<Database>>, StoreError> {
+        let mut db = self.db.lock().unwrap_or_else(PoisonError::into_inner);
+        if db.is_none() {
+            *db = Some(open_database(&self.path)?);
+            tracing::info!(path = %self.path.display(), "state store reopened after a failed write");
+        }
+        Ok(db)
+    }
+
+    /// Runs `f` in one write transaction and commits it durably. A failure (or a panic
+    /// of redb on a corrupt page) is an error, and the next call reopens the file.
     pub(super) fn write(
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
     ) -> Result<(), StoreError> {
-        let mut txn = self.db.begin_write().map_err(|e| self.io(e))?;
-        txn.set_durability(Durability::Immediate).map_err(|e| self.io(e))?;
-        f(&txn).map_err(|e| self.io(e))?;
-        txn.commit().map_err(|e| self.io(e))
+        let mut guard = self.database()?;
+        let Some(db) = guard.as_ref() else { return Err(self.io("the state store is not open")) };
+        let written = unpanic(&self.path, || {
+            let mut txn = db.begin_write().map_err(|e| self.io(e))?;
+            txn.set_durability(Durability::Immediate).map_err(|e| self.io(e))?;
+            f(&txn).map_err(|e| self.io(e))?;
+            txn.commit().map_err(|e| self.io(e))
+        });
+        if written.is_err() {
+            *guard = None;
+        }
+        written
     }
 
-    /// Everything kept, read in one transaction.
+    /// Everything kept, read in one transaction (a panic of redb on a corrupt page is
+    /// an error naming the file).
     pub fn load(&self) -> Result<Restored, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.io(e))?;
+        let guard = self.database()?;
+        let Some(db) = guard.as_ref() else { return Err(self.io("the state store is not open")) };
+        unpanic(&self.path, || self.load_from(db))
+    }
+
+    fn load_from(&self, db: &Database) -> Result<Restored, StoreError> {
+        let txn = db.begin_read().map_err(|e| self.io(e))?;
         let mut restored = Restored::default();
         let reservations = txn.open_table(RESERVATIONS).map_err(|e| self.io(e))?;
         for row in reservations.iter().map_err(|e| self.io(e))? {
@@ -307,6 +342,28 @@ impl StateStore {
     }
 }
 
+/// Opens (or creates) the redb file; a panic of redb on a corrupt file is an error.
+fn open_database(path: &Path) -> Result<Database, StoreError> {
+    let opened = unpanic(path, || Ok(Database::create(path)))?;
+    opened.map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse { path: path.to_owned() },
+        e => StoreError::Open { path: path.to_owned(), reason: e.to_string() },
+    })
+}
+
+/// Runs `f`; redb checks its invariants with assertions, so a corrupt file can make it
+/// panic, which must be an error naming the file, never a crash.
+fn unpanic<T>(path: &Path, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    std::panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(StoreError::Open { path: path.to_owned(), reason: format!("the file is corrupt ({what})") })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,5 +437,99 @@ mod tests {
         let (store, aside) = StateStore::reset(dir.path()).unwrap();
         assert_eq!(aside, None, "a sound store is never moved aside");
         assert_eq!(store.load().unwrap().reservations.len(), 1);
+    }
+
+    /// A store truncated to nothing held promises: it is an error, not a new store.
+    #[test]
+    fn an_empty_file_is_an_error_not_a_new_store() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(StateStore::open(dir.path()).unwrap());
+        let path = dir.path().join(STATE_FILE);
+        std::fs::write(&path, b"").unwrap();
+        let err = StateStore::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("empty") && err.contains(&path.display().to_string()), "{err}");
+        let (store, aside) = StateStore::reset(dir.path()).unwrap();
+        assert!(aside.is_some(), "--reset-state moves the empty file aside");
+        store.put_reservations(&[reservation("a")]).unwrap();
+    }
+
+    /// Corrupt pages make redb assert (panic) in some places: opening, reading and
+    /// resetting such a file is an error or a fresh store, never a crash.
+    #[test]
+    fn corrupt_pages_are_errors_never_crashes_and_reset_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = StateStore::open(dir.path()).unwrap();
+            let many: Vec<ReservationRecord> = (0..200).map(|i| reservation(&format!("r{i}"))).collect();
+            store.put_reservations(&many).unwrap();
+        }
+        let path = dir.path().join(STATE_FILE);
+        let sound = std::fs::read(&path).unwrap();
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let (mut refused, mut read) = (0, 0);
+        for at in (4096..sound.len().min(64 << 10)).step_by(700) {
+            let mut broken = sound.clone();
+            let len = if at % 3 == 0 { 512 } else { 16 };
+            for b in broken.iter_mut().skip(at).take(len) {
+                *b = next() as u8;
+            }
+            std::fs::write(&path, &broken).unwrap();
+            match StateStore::open(dir.path()).and_then(|s| s.load()) {
+                Ok(_) => read += 1,
+                Err(e) => {
+                    refused += 1;
+                    assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+                }
+            }
+            let (store, _) = StateStore::reset(dir.path()).expect("--reset-state recovers any broken file");
+            drop(store);
+        }
+        eprintln!("{refused} corruptions refused, {read} read (the damage missed live pages)");
+        assert!(refused > 0, "some corruption must be noticed");
+    }
+
+    /// A disk that was full for a moment: the write that failed says why, and once
+    /// there is room again the store writes again (redb refuses every call after an
+    /// I/O error until the file is reopened). Needs a small tmpfs: run as root.
+    #[test]
+    fn after_a_full_disk_the_store_writes_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mount = |args: &[&str]| std::process::Command::new(args[0]).args(&args[1..]).status();
+        let at = dir.path().display().to_string();
+        if !mount(&["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", &at]).is_ok_and(|s| s.success()) {
+            eprintln!("SKIPPED: cannot mount a small tmpfs here (needs root): the full-disk case is not tested");
+            return;
+        }
+        let result = std::panic::catch_unwind(|| {
+            let store = StateStore::open(&dir.path().join("st")).unwrap();
+            store.put_reservations(&[reservation("kept")]).unwrap();
+            let fill = dir.path().join("fill");
+            let _ = std::fs::write(&fill, vec![0u8; 4 << 20]);
+            let mut failed = None;
+            for i in 0..64 {
+                let many: Vec<ReservationRecord> =
+                    (0..64).map(|j| reservation(&format!("r{i}-{j}-{}", "x".repeat(200)))).collect();
+                if let Err(e) = store.put_reservations(&many) {
+                    failed = Some(e.to_string());
+                    break;
+                }
+            }
+            let failed = failed.expect("a write fails on a full disk");
+            assert!(failed.to_lowercase().contains("space"), "the error says why: {failed}");
+            std::fs::remove_file(&fill).unwrap();
+            store.put_reservations(&[reservation("after")]).expect("writes resume once there is room");
+            let ids: Vec<String> = store.load().unwrap().reservations.into_iter().map(|r| r.id).collect();
+            assert!(ids.contains(&"kept".to_owned()) && ids.contains(&"after".to_owned()), "{ids:?}");
+        });
+        let _ = mount(&["umount", &at]);
+        if let Err(panic) = result {
+            std::panic::resume_unwind(panic);
+        }
     }
 }
