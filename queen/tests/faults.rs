@@ -299,3 +299,33 @@ async fn a_sample_measured_against_capabilities_the_queen_never_got_is_not_appli
     })
     .await;
 }
+
+/// Reservations on a hive that stays gone past `--reservation-lost-grace` are dropped,
+/// even while the queen keeps redialing it: each failed redial (lost, connecting, lost)
+/// used to restart the count, so with a backoff shorter than the grace they were held
+/// forever.
+#[tokio::test]
+async fn reservations_on_a_hive_gone_past_the_grace_are_dropped_while_it_is_redialed() {
+    use common::scheduling::{TWO_GPUS, all_reservations, gpu_request, placement};
+    let hive = TestHive::start(TWO_GPUS).await;
+    let mut config = fast_config(vec![hive.url()]);
+    config.scheduler.lost_grace = Duration::from_secs(2);
+    let queen = TestQueen::start_with(config, "127.0.0.1:0".parse().unwrap()).await;
+    let mut fleet = queen.client().await;
+    wait_for(&mut fleet, "the hive online with a sample", |h| {
+        h.iter().any(|h| online(h) && h.latest_sample.is_some())
+    })
+    .await;
+    let mut scheduler = SchedulerClient::connect(queen.url()).await.unwrap();
+    let request = pb::PlaceRequest { ttl_ms: Some(3_600_000), ..gpu_request(1 << 30) };
+    placement(scheduler.place(request).await.unwrap().into_inner());
+
+    hive.kill().await;
+    // Lost after 2 s without the stream, redialed every 100..400 ms, dropped 2 s later.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !all_reservations(&mut scheduler, 10).await.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the reservation on the gone hive is still held");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    queen.stop().await;
+}

@@ -287,6 +287,7 @@ impl TryFrom<&pb::HiveView> for HiveSnapshot {
             origin,
             state,
             state_since_unix_ms: v.state_since_unix_ms,
+            unreachable_since_unix_ms: None,
             identity: v.identity.as_ref().map(TryInto::try_into).transpose().map_err(bad)?.map(Arc::new),
             caps: v.capabilities.as_ref().map(TryInto::try_into).transpose().map_err(bad)?.map(Arc::new),
             latest: v.latest_sample.as_ref().map(TryInto::try_into).transpose().map_err(bad)?.map(Arc::new),

@@ -18,6 +18,10 @@ pub struct HiveSnapshot {
     pub state: ConnState,
     /// When it entered `state`, ms since the Unix epoch.
     pub state_since_unix_ms: u64,
+    /// Since when the queen has had no stream from it (neither online nor stale), ms
+    /// since the Unix epoch; `None` while it streams. Redials (lost, connecting, lost)
+    /// do not restart it: it says how long the hive has been gone.
+    pub unreachable_since_unix_ms: Option<u64>,
     /// Identity, once discovered.
     pub identity: Option<Arc<HiveIdentity>>,
     /// Capabilities, once discovered.
@@ -53,6 +57,7 @@ impl HiveSnapshot {
             origin,
             state: ConnState::Pending,
             state_since_unix_ms: rbee_shared::time::now_unix_ms(),
+            unreachable_since_unix_ms: Some(rbee_shared::time::now_unix_ms()),
             identity: None,
             caps: None,
             latest: None,

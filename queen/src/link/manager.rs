@@ -178,7 +178,12 @@ impl Manager {
             return;
         }
         self.view.state = state;
-        self.view.state_since_unix_ms = rbee_shared::time::now_unix_ms();
+        let now = rbee_shared::time::now_unix_ms();
+        self.view.state_since_unix_ms = now;
+        self.view.unreachable_since_unix_ms = match state {
+            ConnState::Online | ConnState::Stale => None,
+            _ => self.view.unreachable_since_unix_ms.or(Some(now)),
+        };
         tracing::debug!(address = %self.view.address, from = from.as_str(), to = state.as_str(), reason, "hive state");
         self.publish();
         let hive = self.tx.borrow().clone();

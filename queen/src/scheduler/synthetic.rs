@@ -83,6 +83,7 @@ pub fn hive(
         origin: Origin::Static,
         state,
         state_since_unix_ms: rbee_shared::time::now_unix_ms(),
+        unreachable_since_unix_ms: None,
         identity: Some(Arc::new(HiveIdentity {
             hive_id: id.to_owned(),
             epoch: "synthetic".into(),

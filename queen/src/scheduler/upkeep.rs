@@ -46,7 +46,12 @@ impl Scheduler {
             let grace = self.settings.lost_grace.as_millis() as u64;
             let gone = book.drop_where(|r| match hives.iter().find(|h| h.address == r.address) {
                 None => true,
-                Some(h) => h.state == ConnState::Lost && now.saturating_sub(h.state_since_unix_ms) > grace,
+                // Gone since it last streamed (redials do not restart the count).
+                Some(h) => {
+                    h.state == ConnState::Lost
+                        && now.saturating_sub(h.unreachable_since_unix_ms.unwrap_or(h.state_since_unix_ms))
+                            > grace
+                }
             });
             for r in gone {
                 let why = if hives.iter().any(|h| h.address == r.address) {

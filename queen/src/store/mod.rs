@@ -503,7 +503,9 @@ mod tests {
         let mount = |args: &[&str]| std::process::Command::new(args[0]).args(&args[1..]).status();
         let at = dir.path().display().to_string();
         if !mount(&["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", &at]).is_ok_and(|s| s.success()) {
-            eprintln!("SKIPPED: cannot mount a small tmpfs here (needs root): the full-disk case is not tested");
+            eprintln!(
+                "SKIPPED: cannot mount a small tmpfs here (needs root): the full-disk case is not tested"
+            );
             return;
         }
         let result = std::panic::catch_unwind(|| {
