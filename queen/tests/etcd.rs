@@ -511,7 +511,19 @@ async fn migrate_moves_the_embedded_state_into_etcd() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("copied 2 reservations, 1 hives"));
     let again = migrate();
     assert!(!again.status.success());
-    assert!(String::from_utf8_lossy(&again.stderr).contains("refusing to merge"));
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert!(said.contains("refusing to merge") && !said.contains("unavailable"), "{said}");
+
+    // A state directory that is not there is an error, and is not created.
+    let nowhere = state.path().join("nowhere");
+    let out = Command::new(QUEEN)
+        .args(["migrate", "--store", &format!("etcd://{}", etcd.endpoint()), "--state-dir"])
+        .arg(&nowhere)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no state store"), "{out:?}");
+    assert!(!nowhere.exists(), "migrate created the directory it was to copy from");
 
     let other = tempfile::tempdir().unwrap();
     let queen = queen(&etcd, other.path(), &[]);

@@ -16,9 +16,21 @@ pub async fn migrate(args: MigrateArgs) -> Result<()> {
     if !args.etcd_prefix.ends_with('/') {
         return Err(anyhow!("--etcd-prefix must end with '/'"));
     }
-    let kept = StateStore::open(&args.state_dir)
-        .and_then(|s| s.load())
-        .with_context(|| format!("reading the state directory {}", args.state_dir.display()))?;
+    let file = args.state_dir.join(crate::store::STATE_FILE);
+    if !file.is_file() {
+        return Err(anyhow!(
+            "no state store at {}: give the --state-dir of the stopped queen",
+            file.display()
+        ));
+    }
+    let kept = StateStore::open(&args.state_dir).and_then(|s| s.load()).map_err(|e| match e {
+        crate::store::StoreError::Open { path, reason } | crate::store::StoreError::Io { path, reason } => anyhow!(
+            "the state store {} cannot be read: {reason}; queen migrate copies only a sound store (restore a \
+             backup first)",
+            path.display()
+        ),
+        e => anyhow!("reading the state directory {}: {e}", args.state_dir.display()),
+    })?;
     let settings = EtcdSettings {
         endpoints,
         prefix: args.etcd_prefix.clone(),

@@ -360,13 +360,14 @@ impl EtcdStore {
     /// merged into promises made since. Returns how many reservations were copied.
     pub async fn import(&self, kept: &Restored) -> Result<usize, StoreError> {
         if let Some((at, _)) = self.current_leader().await? {
-            return Err(
-                self.err(format!("the queen at {at} leads on this prefix; stop every queen on it first"))
-            );
+            return Err(StoreError::Refused(format!(
+                "the queen at {at} leads on the prefix {}; stop every queen on it first",
+                self.settings.prefix
+            )));
         }
         let present = self.prefixed("reservations/").await?.len();
         if present > 0 {
-            return Err(self.err(format!(
+            return Err(StoreError::Refused(format!(
                 "{present} reservations are already kept under {}; refusing to merge (use another --etcd-prefix)",
                 self.settings.prefix
             )));
@@ -392,7 +393,9 @@ impl EtcdStore {
             let when = vec![api::create_revision_is(self.key(LEADER), 0)];
             let done = self.client.txn(when, batch.to_vec(), Vec::new()).await.map_err(|e| self.err(e))?;
             if !done.succeeded {
-                return Err(self.err("a queen started leading during the copy; the copy is incomplete"));
+                return Err(StoreError::Refused(
+                    "a queen started leading during the copy; the copy is incomplete".into(),
+                ));
             }
         }
         Ok(kept.reservations.len())

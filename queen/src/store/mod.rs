@@ -84,6 +84,10 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+    /// etcd answered, and the operation is refused (it would merge into promises made
+    /// elsewhere, or a record it holds is unreadable).
+    #[error("{0}")]
+    Refused(String),
     /// etcd cannot be reached, or failed a request.
     #[error(
         "the state store (etcd at {endpoints}) is unavailable: {reason}; nothing was changed \
