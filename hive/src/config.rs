@@ -36,6 +36,8 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Print this machine's capabilities and one live sample, then exit.
     Probe(ProbeArgs),
+    /// Serve many simulated hives from this process (the fleet simulator, for scale tests and benchmarks).
+    Swarm(Box<crate::swarm::SwarmArgs>),
 }
 
 /// Where GPU data comes from (shared by `serve` and `probe`).

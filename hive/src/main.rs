@@ -27,6 +27,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot listen on {listen}"))?;
             rbee_hive::run(config, listener, rbee_shared::shutdown::shutdown_signal()).await?;
         }
+        Command::Swarm(args) => {
+            rbee_hive::swarm::args::run(*args, rbee_shared::shutdown::shutdown_signal()).await?;
+        }
         Command::Probe(args) => {
             let gpu = args.gpu.choice()?;
             let report = tokio::task::spawn_blocking(move || rbee_hive::probe::probe(gpu)).await??;

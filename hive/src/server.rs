@@ -72,11 +72,41 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), HiveError> {
-    let local = listener.local_addr().map_err(|e| HiveError::Config(format!("listener address: {e}")))?;
     if config.max_streams == 0 {
         return Err(HiveError::Config("max_streams must be at least 1".into()));
     }
     let telemetry = Telemetry::open(config.gpu.clone(), config.labels.clone()).await?;
+    serve(config, listener, telemetry, ServeOptions::default(), shutdown).await
+}
+
+/// What [`serve`] may leave out (the fleet simulator serves thousands of hives from one
+/// process and skips what no queen calls).
+#[derive(Debug, Clone, Copy)]
+pub struct ServeOptions {
+    /// Serve gRPC reflection (v1 and v1alpha); each server builds its own descriptor
+    /// pool, which costs memory per hive.
+    pub reflection: bool,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self { reflection: true }
+    }
+}
+
+/// Serves a hive whose telemetry is already open (`run` opens it from the config's GPU
+/// choice; the fleet simulator opens it from simulated sources). A new epoch every call.
+pub async fn serve(
+    config: HiveConfig,
+    listener: TcpListener,
+    telemetry: Arc<Telemetry>,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), HiveError> {
+    let local = listener.local_addr().map_err(|e| HiveError::Config(format!("listener address: {e}")))?;
+    if config.max_streams == 0 {
+        return Err(HiveError::Config("max_streams must be at least 1".into()));
+    }
     let identity = Arc::new(identity(&config, local, &telemetry));
     tracing::info!(
         hive_id = %identity.hive_id,
@@ -89,6 +119,8 @@ pub async fn run(
     );
 
     let cancel = CancellationToken::new();
+    // A caller that drops this future (a killed simulated hive) stops its tasks too.
+    let _stop_tasks = cancel.clone().drop_guard();
     let rescan = tokio::spawn(telemetry.clone().rescan_loop(config.rescan_interval, cancel.clone()));
     let streams = Streams::new(config.max_streams, config.queen.is_some());
     let announcer = config.queen.clone().map(|queen| {
@@ -114,12 +146,20 @@ pub async fn run(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<HiveServer<HiveService>>().await;
     cancel_on(shutdown, cancel.clone());
+    let (reflection_v1, reflection_v1alpha) = if options.reflection {
+        (
+            Some(grpc_server::reflection_v1_for(SERVICES)?),
+            Some(grpc_server::reflection_v1alpha_for(SERVICES)?),
+        )
+    } else {
+        (None, None)
+    };
     let result = grpc_server::server(config.tls.clone())?
         .max_concurrent_streams(per_connection)
         .layer(rbee_shared::size_limit::SizeLimitStatusLayer)
         .add_service(health_service)
-        .add_service(grpc_server::reflection_v1_for(SERVICES)?)
-        .add_service(grpc_server::reflection_v1alpha_for(SERVICES)?)
+        .add_optional_service(reflection_v1)
+        .add_optional_service(reflection_v1alpha)
         .add_service(
             HiveServer::new(HiveService::new(ctx, streams))
                 .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES),

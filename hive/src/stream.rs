@@ -201,6 +201,10 @@ impl Session {
 
     /// Takes a reading; keeps it for sending unless it is not newer than the last one.
     async fn measure(&mut self) -> Result<(), HiveError> {
+        tokio::select! {
+            () = self.ctx.shutdown.cancelled() => return Ok(()),
+            () = self.ctx.telemetry.unsilenced() => {}
+        }
         let sample = self.ctx.telemetry.sample().await?;
         if sample.taken_at_unix_ms > self.last_taken_at {
             self.pending_sample = Some(sample);
