@@ -478,6 +478,7 @@ impl From<&HivePayload> for pb::hive_message::Payload {
             }),
             HivePayload::Sample(s) => Payload::Sample(s.into()),
             HivePayload::Diff(d) => Payload::Diff(d.into()),
+            HivePayload::Compact(c) => Payload::CompactSample(c.as_ref().clone()),
         }
     }
 }
@@ -495,6 +496,7 @@ impl From<&QueenStreamMessage> for pb::QueenMessage {
             known_epoch: m.known.as_ref().map(|k| k.epoch.clone()),
             known_capability_version: m.known.as_ref().map(|k| k.capability_version),
             resync: m.resync,
+            compact: m.compact,
         }
     }
 }
@@ -525,7 +527,7 @@ impl TryFrom<&pb::QueenMessage> for QueenStreamMessage {
                 ));
             }
         };
-        Ok(Self { sample_interval, known, resync: m.resync })
+        Ok(Self { sample_interval, known, resync: m.resync, compact: m.compact })
     }
 }
 
@@ -536,6 +538,7 @@ impl TryFrom<&pb::HiveMessage> for HiveStreamMessage {
         let payload = match m.payload.as_ref().ok_or_else(|| ConvertError::new("payload", "is required"))? {
             Payload::Sample(s) => HivePayload::Sample(s.try_into()?),
             Payload::Diff(d) => HivePayload::Diff(d.try_into()?),
+            Payload::CompactSample(c) => HivePayload::Compact(Box::new(c.clone())),
             Payload::Snapshot(s) => HivePayload::Snapshot {
                 reason: match pb::SnapshotReason::try_from(s.reason) {
                     Ok(pb::SnapshotReason::Initial) => SnapshotReason::Initial,
@@ -624,6 +627,7 @@ mod tests {
             sample_interval: Some(SampleInterval::from_millis(250).unwrap()),
             known: Some(KnownView { epoch: "e".into(), capability_version: 3 }),
             resync: true,
+            compact: true,
         };
         assert_eq!(QueenStreamMessage::try_from(&pb::QueenMessage::from(&m)).unwrap(), m);
         assert_eq!(

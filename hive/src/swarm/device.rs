@@ -212,6 +212,11 @@ impl SimulatedHost {
     fn advance(&mut self) {
         let dt = self.last.elapsed().as_secs_f32().min(60.0);
         self.last = Instant::now();
+        self.step(dt);
+    }
+
+    /// Moves every value on by `dt` seconds.
+    pub fn step(&mut self, dt: f32) {
         let n = self.present();
         for gpu in &mut self.gpus[..n] {
             gpu.advance(dt, &mut self.rng);
@@ -253,6 +258,14 @@ impl DeviceSource for SimulatedHost {
     fn sample(&mut self, sample: &mut Sample) -> Result<(), HiveError> {
         let window = self.last.elapsed();
         self.advance();
+        self.fill(sample, window);
+        Ok(())
+    }
+}
+
+impl SimulatedHost {
+    /// Writes the current values into `sample`, measured over `window`.
+    pub fn fill(&self, sample: &mut Sample, window: std::time::Duration) {
         sample.cpu_window_ms = Some(u32::try_from(window.as_millis()).unwrap_or(u32::MAX));
         sample.cpu_percent = Some(self.core_util.iter().sum::<f32>() / self.cores.max(1) as f32);
         sample.cpu_per_core_percent = self.core_util.clone();
@@ -266,7 +279,6 @@ impl DeviceSource for SimulatedHost {
         sample.uptime_s = Some(self.booted.elapsed().as_secs() + 86_400);
         let n = self.present();
         sample.gpus.extend(self.gpus[..n].iter().map(GpuState::sample));
-        Ok(())
     }
 }
 
@@ -287,6 +299,47 @@ mod tests {
             last = gpu.clone();
         }
         assert!(temperature_steps < 3.0, "temperature moved {temperature_steps} °C in one second");
+    }
+
+    /// The committed "realistic change" scenario for the wire figures: this simulated
+    /// 8-GPU, 16-core host sampled at 1 Hz for 10 minutes (run with --nocapture for the
+    /// figures in docs/BENCHMARKS.md).
+    #[test]
+    fn compact_samples_of_a_busy_8_gpu_host_are_a_few_dozen_bytes() {
+        use prost::Message;
+        use rbee_proto::v1 as pb;
+        use rbee_shared::VersionedCapabilities;
+        use rbee_shared::compact::{Encoder, Layout};
+
+        let mut host = SimulatedHost::new(42, 8, Arc::new(AtomicUsize::new(8)), 16);
+        let mut caps = Capabilities::default();
+        host.scan(&mut caps).unwrap();
+        let layout = Layout::of(&VersionedCapabilities { version: 1, caps });
+        let mut encoder = Encoder::new();
+        let (mut total, mut full, mut keys, mut key_max, mut n) = (0, 0, 0, 0, 0);
+        for second in 0..600u64 {
+            host.step(1.0);
+            let mut sample =
+                Sample { taken_at_unix_ms: 1_700_000_000_000 + second * 1000, ..Sample::default() };
+            host.fill(&mut sample, std::time::Duration::from_secs(1));
+            sample.capability_version = Some(1);
+            let wire = pb::Sample::from(&sample);
+            let compact = encoder.encode(&wire, &layout).unwrap();
+            let len = compact.encoded_len();
+            if compact.taken_at_unix_ms.is_some() {
+                keys += 1;
+                key_max = key_max.max(len);
+            }
+            total += len;
+            full += wire.encoded_len();
+            n += 1;
+        }
+        let (avg, full_avg) = (total / n, full / n);
+        eprintln!(
+            "8 GPUs, 16 cores, 1 Hz, 600 s: compact {avg} B/sample on average ({keys} keyframes, largest {key_max} B); full {full_avg} B/sample"
+        );
+        assert!(avg <= 64, "average compact sample {avg} B");
+        assert!(key_max <= 400, "keyframe {key_max} B");
     }
 
     #[test]
