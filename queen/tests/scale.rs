@@ -166,13 +166,27 @@ async fn a_simulated_fleet_with_faults_comes_out_right() {
         assert!(counters[id].counters.as_ref().unwrap().restarts >= 1, "{id} counted its restart");
     }
 
-    // Silence holds the connection: stale first (after 3 missed samples), lost after the
-    // lost timeout.
-    let took = until(&mut client, "silenced hives lost", |v| {
-        silenced.iter().filter(|id| v[*id].state() != pb::HiveState::Lost).cloned().collect()
+    // Silence holds the connection: the hive goes stale (3 missed samples), then lost
+    // after the lost timeout, for want of samples (it then reconnects, and the cycle
+    // repeats while it stays silent).
+    let mut seen_stale = std::collections::HashSet::new();
+    let took = until(&mut client, "silenced hives stale, then lost for want of samples", |v| {
+        let mut bad = Vec::new();
+        for id in &silenced {
+            let h = &v[id];
+            if h.state() == pb::HiveState::Stale {
+                seen_stale.insert(id.clone());
+            }
+            let starved = h.last_error.as_deref().is_some_and(|e| e.contains("no sample applied"));
+            if !starved || h.state() == pb::HiveState::Online && h.sample_age_ms.is_some_and(|a| a < 1500) {
+                bad.push(id.clone());
+            }
+        }
+        bad
     })
     .await;
-    eprintln!("silenced hives lost within {took:?} more");
+    assert!(!seen_stale.is_empty(), "silenced hives were seen stale on the way");
+    eprintln!("silenced hives lost for want of samples within {took:?} more");
     drop(client);
     queen.stop().await;
     swarm.stop().await;
