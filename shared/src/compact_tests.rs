@@ -42,8 +42,9 @@ fn walk(s: &mut pb::Sample, step: &Step, n: usize) {
         *c = pct(*c + step.nudges[(i + 1) % 12]);
     }
     s.uptime_s = s.uptime_s.map(|u| u + step.dt_ms / 1000);
-    let load = (f64::from(step.nudges[1]) * 10.0).round() / 100.0;
-    s.load_average = Some(pb::LoadAverage { one: (load + 1.0).abs(), five: 0.5, fifteen: 0.25 });
+    // Load averages have two decimals, as /proc/loadavg reports them.
+    let hundredths = ((f64::from(step.nudges[1]) * 10.0).round() + 100.0).abs();
+    s.load_average = Some(pb::LoadAverage { one: hundredths / 100.0, five: 0.5, fifteen: 0.25 });
     s.ram_used_bytes = (s.ram_used_bytes as i64 + (step.nudges[2] * 30_000_000.0) as i64).max(0) as u64;
     s.ram_available_bytes = (1 << 40) - s.ram_used_bytes;
     for (i, g) in s.gpus.iter_mut().enumerate() {
