@@ -146,6 +146,12 @@ fn centi(v: f64) -> u32 {
     (v * 100.0).round().clamp(0.0, f64::from(u32::MAX)) as u32
 }
 
+/// `v` rounded to a whole number (percentages are never negative; NaN never gets here:
+/// the wire conversion refuses it).
+fn whole(v: f32) -> i32 {
+    if v.is_finite() { v.round().clamp(-1e6, 1e6) as i32 } else { 0 }
+}
+
 fn core_byte(p: f32) -> u8 {
     if p.is_finite() { p.round().clamp(0.0, 100.0) as u8 } else { 0 }
 }
@@ -284,6 +290,9 @@ impl Encoder {
         }
         c.cpu_window_ms = field(now.cpu_window_ms, h.cpu_window_ms, deadband::CPU_WINDOW_MS, key, &mut cl, 2);
         c.cpu_percent = field(now.cpu_percent, h.cpu_percent, deadband::PERCENT, key, &mut cl, 3);
+        if !key {
+            c.cpu_percent_whole = c.cpu_percent.take().map(|p| whole(p) as u32);
+        }
         let cores_moved = now.cpu_per_core_percent.len() != h.cpu_per_core_percent.len()
             || now
                 .cpu_per_core_percent
@@ -419,6 +428,12 @@ fn encode_gpu(
         (Some(f), Some(w)) if (key && f == w) || (!key && !f.beyond(w, deadband::VRAM_BYTES)) => None,
         (Some(f), _) => Some(f),
     };
+    if !key {
+        // A delta carries whole units: within half a unit of the reading when sent.
+        c.gpu_util_whole = c.gpu_util_percent.take().map(|p| whole(p) as u32);
+        c.mem_util_whole = c.mem_util_percent.take().map(|p| whole(p) as u32);
+        c.temperature_whole = c.temperature_c.take().map(whole);
+    }
     let extras = gpu_extras(g);
     if extras != gpu_extras(h) || (key && extras != pb::GpuSample::default()) {
         c.extras = Some(extras);
@@ -460,6 +475,9 @@ pub fn apply(
         ($($f:ident),*) => { $( if c.$f.is_some() { s.$f = c.$f; } )* };
     }
     set!(capability_version, cpu_window_ms, cpu_percent, swap_total_bytes, swap_used_bytes, uptime_s);
+    if let Some(v) = c.cpu_percent_whole {
+        s.cpu_percent = Some(v as f32);
+    }
     if let Some(v) = c.ram_total_bytes {
         s.ram_total_bytes = v;
     }
@@ -530,6 +548,15 @@ fn apply_gpu(s: &mut pb::GpuSample, c: &pb::CompactGpu, total: u64) {
         xid_events,
         last_xid
     );
+    if let Some(v) = c.gpu_util_whole {
+        s.gpu_util_percent = Some(v as f32);
+    }
+    if let Some(v) = c.mem_util_whole {
+        s.mem_util_percent = Some(v as f32);
+    }
+    if let Some(v) = c.temperature_whole {
+        s.temperature_c = Some(v as f32);
+    }
     match (c.vram_free_bytes, c.vram_used_bytes) {
         (Some(f), _) => s.vram_free_bytes = Some(f),
         (None, Some(u)) => s.vram_free_bytes = Some(total.saturating_sub(u)),
