@@ -118,6 +118,7 @@ async fn resuming_with_the_current_version_gets_no_snapshot_and_an_old_one_does(
         known_epoch: Some(epoch.to_owned()),
         known_capability_version: Some(version),
         resync: false,
+        compact: false,
     };
     let mut current = TestStream::open(&mut client, resume(&epoch, version)).await;
     let first = current.next().await.unwrap();

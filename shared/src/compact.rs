@@ -105,7 +105,9 @@ trait Band: Copy + PartialEq {
 
 impl Band for f32 {
     fn beyond(self, held: f32, band: f32) -> bool {
-        !((self - held).abs() <= band)
+        // NaN is beyond every band: a NaN difference must be sent, never held.
+        use std::cmp::Ordering::{Equal, Less};
+        !matches!((self - held).abs().partial_cmp(&band), Some(Less | Equal))
     }
 }
 
