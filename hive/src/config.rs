@@ -41,6 +41,8 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Print the man page (roff) of hive to stdout.
     Man,
+    /// Serve many simulated hives from this process (the fleet simulator, for scale tests and benchmarks).
+    Swarm(Box<crate::swarm::SwarmArgs>),
 }
 
 /// `hive completions SHELL`.

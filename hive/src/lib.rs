@@ -23,6 +23,7 @@ pub mod service;
 pub mod source;
 pub mod stream;
 pub mod streams;
+pub mod swarm;
 #[cfg(feature = "test-support")]
 pub mod test_support;
 

@@ -35,6 +35,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             use clap::CommandFactory;
             clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
         }
+        Command::Swarm(args) => {
+            rbee_hive::swarm::args::run(*args, rbee_shared::shutdown::shutdown_signal()).await?;
+        }
         Command::Probe(args) => {
             let (gpu, max) = (args.gpu.choice()?, args.gpu.max_gpu_processes);
             let report = tokio::task::spawn_blocking(move || rbee_hive::probe::probe(gpu, max)).await??;

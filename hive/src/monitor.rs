@@ -108,6 +108,18 @@ impl Monitor {
         self.procs = ProcessAttributor::new(max);
     }
 
+    /// A monitor over sources the caller built (the fleet simulator's simulated hosts).
+    pub fn from_sources(sources: Vec<Box<dyn DeviceSource>>, labels: BTreeMap<String, String>) -> Self {
+        let gpu_source = sources.iter().map(|s| s.kind()).find(|k| *k != DeviceSourceKind::None);
+        Self {
+            sources,
+            gpu_source: gpu_source.unwrap_or(DeviceSourceKind::None),
+            labels,
+            last: None,
+            procs: ProcessAttributor::new(rbee_shared::gpu_process::DEFAULT_MAX_GPU_PROCESSES),
+        }
+    }
+
     /// Where GPU data comes from.
     pub fn gpu_source(&self) -> DeviceSourceKind {
         self.gpu_source
@@ -175,6 +187,9 @@ pub struct Telemetry {
     caps: Arc<watch::Sender<Arc<VersionedCapabilities>>>,
     /// Where GPU data comes from.
     gpu_source: DeviceSourceKind,
+    /// True while the hive is held silent (the fleet simulator's fault): streams keep
+    /// their connections but take no readings.
+    silenced: watch::Sender<bool>,
 }
 
 /// Publishes `caps` as a new version if they differ from the current ones.
@@ -239,9 +254,19 @@ impl Telemetry {
         max_gpu_processes: usize,
         extra: Vec<Box<dyn DeviceSource>>,
     ) -> Result<Arc<Self>, HiveError> {
-        let (monitor, caps) = tokio::task::spawn_blocking(move || {
+        let monitor = tokio::task::spawn_blocking(move || {
             let mut monitor = Monitor::open_with(gpu, labels, extra)?;
             monitor.limit_gpu_processes(max_gpu_processes);
+            Ok::<_, HiveError>(monitor)
+        })
+        .await??;
+        Self::start(monitor).await
+    }
+
+    /// Takes the first capability scan (version 1) of an opened monitor.
+    pub async fn start(monitor: Monitor) -> Result<Arc<Self>, HiveError> {
+        let (monitor, caps) = tokio::task::spawn_blocking(move || {
+            let mut monitor = monitor;
             let caps = monitor.scan()?;
             // Start the first CPU measurement window now.
             monitor.sample()?;
@@ -255,7 +280,21 @@ impl Telemetry {
             monitor: Arc::new(Mutex::new(monitor)),
             caps: Arc::new(tx),
             gpu_source,
+            silenced: watch::channel(false).0,
         }))
+    }
+
+    /// Holds every stream of this hive silent (`true`: connections stay open, no
+    /// readings are taken) or lets them sample again.
+    pub fn set_silenced(&self, silenced: bool) {
+        self.silenced.send_replace(silenced);
+    }
+
+    /// Resolves at once unless the hive is held silent; then when it is let go.
+    pub async fn unsilenced(&self) {
+        let mut rx = self.silenced.subscribe();
+        // The sender lives in `self`, so the wait ends only when the value turns false.
+        let _ = rx.wait_for(|s| !*s).await;
     }
 
     /// Where GPU data comes from.

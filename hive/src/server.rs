@@ -1,4 +1,4 @@
-//! `run`: the hive server — the Hive service, gRPC health (`grpc.health.v1`) and
+//! `run` and `serve`: the hive server — the Hive service, gRPC health (`grpc.health.v1`) and
 //! reflection (v1 and v1alpha) on one listener, with graceful shutdown.
 
 use std::future::Future;
@@ -76,7 +76,6 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), HiveError> {
-    let local = listener.local_addr().map_err(|e| HiveError::Config(format!("listener address: {e}")))?;
     if config.max_streams == 0 {
         return Err(HiveError::Config("max_streams must be at least 1".into()));
     }
@@ -108,6 +107,66 @@ pub async fn run(
     let telemetry =
         Telemetry::open_with(config.gpu.clone(), config.labels.clone(), config.max_gpu_processes, extra)
             .await?;
+    let parts = Parts { models, preloader, cancel };
+    serve_parts(config, listener, telemetry, parts, ServeOptions::default(), shutdown).await
+}
+
+/// What [`serve`] may leave out (the fleet simulator serves thousands of hives from one
+/// process and skips what no queen calls).
+#[derive(Debug, Clone, Copy)]
+pub struct ServeOptions {
+    /// Serve gRPC reflection (v1 and v1alpha); each server builds its own descriptor
+    /// pool, which costs memory per hive.
+    pub reflection: bool,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self { reflection: true }
+    }
+}
+
+/// Serves a hive whose telemetry is already open, without a models directory (`run`
+/// opens both from the config; the fleet simulator opens telemetry from simulated
+/// sources). A new epoch every call.
+pub async fn serve(
+    config: HiveConfig,
+    listener: TcpListener,
+    telemetry: Arc<Telemetry>,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), HiveError> {
+    let cancel = CancellationToken::new();
+    // A caller that drops this future (a killed simulated hive) stops its tasks too.
+    let _stop_tasks = cancel.clone().drop_guard();
+    let parts = Parts { models: None, preloader: None, cancel };
+    serve_parts(config, listener, telemetry, parts, options, shutdown).await
+}
+
+/// What `run` opened before serving (none of it for a simulated hive).
+struct Parts {
+    /// The model catalog and downloads.
+    models: Option<Models>,
+    /// Preloads into the page cache.
+    preloader: Option<Preloader>,
+    /// Cancelled when the hive stops; stops every task it started.
+    cancel: CancellationToken,
+}
+
+/// Serves the hive on `listener` with what `run` or `serve` opened.
+async fn serve_parts(
+    config: HiveConfig,
+    listener: TcpListener,
+    telemetry: Arc<Telemetry>,
+    parts: Parts,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), HiveError> {
+    let Parts { models, preloader, cancel } = parts;
+    let local = listener.local_addr().map_err(|e| HiveError::Config(format!("listener address: {e}")))?;
+    if config.max_streams == 0 {
+        return Err(HiveError::Config("max_streams must be at least 1".into()));
+    }
     let identity = Arc::new(identity(&config, local, &telemetry));
     tracing::info!(
         hive_id = %identity.hive_id,
@@ -163,12 +222,20 @@ pub async fn run(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<HiveServer<HiveService>>().await;
     cancel_on(shutdown, cancel.clone());
+    let (reflection_v1, reflection_v1alpha) = if options.reflection {
+        (
+            Some(grpc_server::reflection_v1_for(SERVICES)?),
+            Some(grpc_server::reflection_v1alpha_for(SERVICES)?),
+        )
+    } else {
+        (None, None)
+    };
     let result = grpc_server::server(config.tls.clone())?
         .max_concurrent_streams(per_connection)
         .layer(rbee_shared::size_limit::SizeLimitStatusLayer)
         .add_service(health_service)
-        .add_service(grpc_server::reflection_v1_for(SERVICES)?)
-        .add_service(grpc_server::reflection_v1alpha_for(SERVICES)?)
+        .add_optional_service(reflection_v1)
+        .add_optional_service(reflection_v1alpha)
         .add_service(
             HiveServer::new(HiveService::new(ctx, streams, models.clone()).with_preloader(preloader.clone()))
                 .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES),

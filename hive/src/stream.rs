@@ -18,6 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
+use rbee_proto::v1 as pb;
+use rbee_shared::compact::{Encoder, Layout};
 use rbee_shared::warn_limit::{Verdict, WarnLimiter};
 use rbee_shared::{
     CapabilityDiff, HiveIdentity, HivePayload, HiveStreamMessage, QueenStreamMessage, Sample, SnapshotReason,
@@ -84,6 +86,9 @@ pub struct Session {
     last_taken_at: u64,
     /// Set after an error or shutdown: the stream ends.
     done: bool,
+    /// On streams that asked for compact samples: the encoder, and the layout of the
+    /// capabilities delivered (kept while their version holds).
+    compact: Option<(Encoder, Option<Layout>)>,
     /// Holds this stream's slot while it lives.
     _slot: StreamGuard,
 }
@@ -141,6 +146,7 @@ impl Session {
             seq: 0,
             last_taken_at: 0,
             done: false,
+            compact: request.compact.then(|| (Encoder::new(), None)),
             _slot: slot,
             ctx,
         }))
@@ -159,6 +165,10 @@ impl Session {
     fn snapshot(&mut self, reason: SnapshotReason) -> HiveStreamMessage {
         let caps = self.caps_rx.borrow_and_update().clone();
         self.sent = Some(caps.clone());
+        if let Some(compact) = self.compact.as_mut() {
+            // The receiver's view starts again: the next sample is a keyframe.
+            *compact = (Encoder::new(), None);
+        }
         let identity = self.ctx.identity.as_ref().clone();
         self.envelope(HivePayload::Snapshot { reason, identity, capabilities: caps.as_ref().clone() })
     }
@@ -186,7 +196,28 @@ impl Session {
         }
         self.resample = 0;
         self.last_taken_at = sample.taken_at_unix_ms;
-        Some(self.envelope(HivePayload::Sample(sample)))
+        let payload = self.compacted(sample);
+        Some(self.envelope(payload))
+    }
+
+    /// The sample as this stream sends it: compact when asked for (a full sample if the
+    /// encoder cannot express it, which a consistent sample never causes).
+    fn compacted(&mut self, sample: Sample) -> HivePayload {
+        let (Some((encoder, layout)), Some(sent)) = (self.compact.as_mut(), self.sent.as_ref()) else {
+            return HivePayload::Sample(sample);
+        };
+        let layout = match layout {
+            Some(l) if l.version == sent.version => l,
+            _ => layout.insert(Layout::of(sent)),
+        };
+        match encoder.encode(&pb::Sample::from(&sample), layout) {
+            Ok(c) => HivePayload::Compact(Box::new(c)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot send this sample in compact form; sending it whole");
+                *encoder = Encoder::new();
+                HivePayload::Sample(sample)
+            }
+        }
     }
 
     fn apply(&mut self, request: QueenStreamMessage) {
@@ -201,6 +232,15 @@ impl Session {
 
     /// Takes a reading; keeps it for sending unless it is not newer than the last one.
     async fn measure(&mut self) -> Result<(), HiveError> {
+        tokio::select! {
+            () = self.ctx.shutdown.cancelled() => {
+                // No reading, and none will come: the stream ends (not "try again",
+                // which would spin while a resample is due).
+                self.done = true;
+                return Ok(());
+            }
+            () = self.ctx.telemetry.unsilenced() => {}
+        }
         let sample = self.ctx.telemetry.sample().await?;
         if sample.taken_at_unix_ms > self.last_taken_at {
             self.pending_sample = Some(sample);

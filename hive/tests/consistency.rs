@@ -79,6 +79,7 @@ async fn every_sample_matches_the_capabilities_delivered_through_100_hot_plug_cy
                 }
             }
             pb::hive_message::Payload::Snapshot(_) => panic!("no resync was asked for"),
+            pb::hive_message::Payload::CompactSample(_) => panic!("compact samples were not asked for"),
         }
     }
     assert!(samples >= 50, "{samples} samples");

@@ -118,6 +118,7 @@ async fn resuming_with_the_current_version_gets_no_snapshot_and_an_old_one_does(
         known_epoch: Some(epoch.to_owned()),
         known_capability_version: Some(version),
         resync: false,
+        compact: false,
     };
     let mut current = TestStream::open(&mut client, resume(&epoch, version)).await;
     let first = current.next().await.unwrap();
@@ -240,4 +241,44 @@ async fn health_reports_serving() {
         .unwrap()
         .into_inner();
     assert_eq!(resp.status(), tonic_health::pb::health_check_response::ServingStatus::Serving);
+}
+
+/// A hive stopped while a stream waits for its next reading (held silent by the fleet
+/// simulator, a resample due) ends that stream. The stop once made the wait return
+/// "no reading, try again" at once, so the session spun on a worker thread forever and
+/// its stream never ended.
+#[tokio::test]
+async fn a_silenced_hive_that_stops_ends_its_streams() {
+    use rbee_hive::swarm::{Swarm, SwarmConfig};
+    use std::time::Duration;
+    // The hive runs on a runtime of its own, so that a session spinning there cannot
+    // stall this test's clock: the test fails rather than hangs.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let config = SwarmConfig {
+        count: 1,
+        gpus: 1,
+        cores: 2,
+        id_prefix: "stop".into(),
+        first_address: std::net::Ipv4Addr::LOCALHOST,
+        ..SwarmConfig::default()
+    };
+    let mut swarm = rt.spawn(Swarm::start(config)).await.unwrap().expect("one simulated hive");
+    let mut client = rbee_proto::v1::hive_client::HiveClient::connect(swarm.url(0)).await.unwrap();
+    let mut stream = TestStream::open(&mut client, subscribe(100)).await;
+    stream.until(as_sample).await;
+    swarm.silence(0, true);
+    // Let a tick fall due while silent (nothing outside the hive shows it): the session
+    // now waits inside its reading, with a resample pending.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let killed = rt.spawn(async move {
+        swarm.kill(0).await;
+        swarm
+    });
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        let _swarm = killed.await.unwrap();
+        while let Some(Ok(_)) = tokio_stream::StreamExt::next(&mut stream.rx).await {}
+    })
+    .await;
+    rt.shutdown_background();
+    assert!(ended.is_ok(), "the stream of a stopped hive ends");
 }

@@ -647,6 +647,7 @@ impl From<&HivePayload> for pb::hive_message::Payload {
             }),
             HivePayload::Sample(s) => Payload::Sample(s.into()),
             HivePayload::Diff(d) => Payload::Diff(d.into()),
+            HivePayload::Compact(c) => Payload::CompactSample(c.as_ref().clone()),
         }
     }
 }
@@ -664,6 +665,7 @@ impl From<&QueenStreamMessage> for pb::QueenMessage {
             known_epoch: m.known.as_ref().map(|k| k.epoch.clone()),
             known_capability_version: m.known.as_ref().map(|k| k.capability_version),
             resync: m.resync,
+            compact: m.compact,
         }
     }
 }
@@ -694,7 +696,7 @@ impl TryFrom<&pb::QueenMessage> for QueenStreamMessage {
                 ));
             }
         };
-        Ok(Self { sample_interval, known, resync: m.resync })
+        Ok(Self { sample_interval, known, resync: m.resync, compact: m.compact })
     }
 }
 
@@ -705,6 +707,7 @@ impl TryFrom<&pb::HiveMessage> for HiveStreamMessage {
         let payload = match m.payload.as_ref().ok_or_else(|| ConvertError::new("payload", "is required"))? {
             Payload::Sample(s) => HivePayload::Sample(s.try_into()?),
             Payload::Diff(d) => HivePayload::Diff(d.try_into()?),
+            Payload::CompactSample(c) => HivePayload::Compact(Box::new(c.clone())),
             Payload::Snapshot(s) => HivePayload::Snapshot {
                 reason: match pb::SnapshotReason::try_from(s.reason) {
                     Ok(pb::SnapshotReason::Initial) => SnapshotReason::Initial,
@@ -793,6 +796,7 @@ mod tests {
             sample_interval: Some(SampleInterval::from_millis(250).unwrap()),
             known: Some(KnownView { epoch: "e".into(), capability_version: 3 }),
             resync: true,
+            compact: true,
         };
         assert_eq!(QueenStreamMessage::try_from(&pb::QueenMessage::from(&m)).unwrap(), m);
         assert_eq!(

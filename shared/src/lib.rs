@@ -6,6 +6,7 @@
 //! - [`capability_diff`]: the incremental change between two capability versions.
 //! - [`convert`]: the one place where wire (`rbee_proto`) types become domain types and back.
 //! - [`stream_message`]: both directions of `MetricsStream`, as domain types.
+//! - [`compact`]: compact samples (deadband deltas) on a stream, both ends.
 //! - One home for each rule both programs follow: [`sample_interval`], [`labels`],
 //!   [`backoff`], [`bearer`], [`hostname`], [`duration_serde`], [`lock`],
 //!   [`warn_limit`].
@@ -20,6 +21,7 @@ pub mod bytesize;
 pub mod capability;
 pub mod capability_diff;
 pub mod certs;
+pub mod compact;
 pub mod convert;
 pub mod duration_serde;
 pub mod error;

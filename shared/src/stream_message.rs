@@ -31,6 +31,10 @@ pub enum HivePayload {
     Sample(Sample),
     /// A capability change.
     Diff(CapabilityDiff),
+    /// A live measurement in compact form ([`crate::compact`]): already the wire's
+    /// deadband delta, since it only means something against the stream's earlier
+    /// messages (the receiver expands it back into a [`Sample`] at its edge).
+    Compact(Box<rbee_proto::v1::CompactSample>),
 }
 
 /// One stream message.
@@ -67,4 +71,6 @@ pub struct QueenStreamMessage {
     pub known: Option<KnownView>,
     /// Send a full snapshot now.
     pub resync: bool,
+    /// First message only: send samples in compact form.
+    pub compact: bool,
 }

@@ -11,6 +11,7 @@
 pub mod address;
 mod events;
 mod health;
+mod ids;
 mod registry;
 mod settings;
 mod snapshot;

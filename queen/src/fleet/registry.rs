@@ -1,14 +1,15 @@
 //! The registry of managed hives and the fleet's change events.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
-use rbee_shared::lock::RwLockExt;
+use rbee_shared::lock::{MutexExt, RwLockExt};
 
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::address::normalize_address;
+use super::ids::IdIndex;
 use super::{EVENT_CAPACITY, FleetEvent, FleetSettings, HiveSnapshot, Origin};
 use crate::QueenError;
 
@@ -55,6 +56,9 @@ pub struct Fleet {
     settings: Arc<FleetSettings>,
     /// Managed hives by address. Locked only to add, remove or list; never across `.await`.
     hives: RwLock<BTreeMap<String, Arc<HiveHandle>>>,
+    /// Which address holds which hive id (one lookup instead of a scan of every hive).
+    /// Locked briefly, never across `.await`, and never while `hives` is being locked.
+    ids: Mutex<IdIndex>,
     /// Structural change events.
     events: broadcast::Sender<FleetEvent>,
     /// Cancelled at shutdown; every manager's token is a child.
@@ -76,6 +80,7 @@ impl Fleet {
         Arc::new(Self {
             settings: Arc::new(settings),
             hives: RwLock::new(BTreeMap::new()),
+            ids: Mutex::new(IdIndex::default()),
             events,
             shutdown,
             watcher: Box::new(watcher),
@@ -131,6 +136,7 @@ impl Fleet {
 
     /// Stops managing a hive, by id or address. Returns its address.
     pub fn remove(&self, key: &str) -> Result<String, QueenError> {
+        let by_id = self.id_holder(key);
         let handle = {
             let mut hives = self.write();
             let address = match hives.get(key) {
@@ -138,10 +144,13 @@ impl Fleet {
                 None => normalize_address(key)
                     .ok()
                     .filter(|a| hives.contains_key(a))
-                    .or_else(|| hives.values().find(|h| h.snapshot().matches(key)).map(|h| h.address.clone()))
+                    .or(by_id)
                     .ok_or_else(|| QueenError::NotFound(key.to_owned()))?,
             };
-            hives.remove(&address).ok_or_else(|| QueenError::NotFound(key.to_owned()))?
+            let handle = hives.remove(&address).ok_or_else(|| QueenError::NotFound(key.to_owned()))?;
+            // Under the registry's lock, so that a claim cannot slip in between.
+            self.ids.lock_unpoisoned().release(&address);
+            handle
         };
         handle.cancel.cancel();
         let view = handle.snapshot();
@@ -170,6 +179,7 @@ impl Fleet {
 
     /// One hive, by address or id.
     pub fn get(&self, key: &str) -> Option<Arc<HiveSnapshot>> {
+        let by_id = self.id_holder(key);
         let hives = self.read();
         if let Some(h) = hives.get(key) {
             return Some(h.snapshot());
@@ -177,16 +187,33 @@ impl Fleet {
         if let Some(h) = normalize_address(key).ok().and_then(|a| hives.get(&a).cloned()) {
             return Some(h.snapshot());
         }
-        hives.values().map(|h| h.snapshot()).find(|s| s.matches(key))
+        by_id.and_then(|a| hives.get(&a).map(|h| h.snapshot()))
+    }
+
+    /// The address holding hive id `key`, if any.
+    fn id_holder(&self, key: &str) -> Option<String> {
+        if key.is_empty() {
+            return None;
+        }
+        self.ids.lock_unpoisoned().holder(key).map(str::to_owned)
     }
 
     /// The address of another managed hive that holds `hive_id`, if any.
     pub fn holder_of(&self, hive_id: &str, except_address: &str) -> Option<String> {
-        self.read()
-            .values()
-            .filter(|h| h.address != except_address)
-            .find(|h| h.snapshot().hive_id() == hive_id)
-            .map(|h| h.address.clone())
+        self.id_holder(hive_id).filter(|a| a != except_address)
+    }
+
+    /// Records that the hive at `address` is `hive_id`, unless another managed hive
+    /// holds that id: then its address is the error. One lookup, whatever the fleet's size.
+    pub fn claim_id(&self, hive_id: &str, address: &str) -> Result<(), String> {
+        // The registry's lock is held while claiming (always taken before `ids`), so a
+        // removal cannot release the address between the check and the claim.
+        let hives = self.read();
+        if !hives.contains_key(address) {
+            // Removed meanwhile: claim nothing for an address no longer managed.
+            return Ok(());
+        }
+        self.ids.lock_unpoisoned().claim(hive_id, address)
     }
 
     /// Receives every structural change from now on.

@@ -61,6 +61,8 @@ struct Manager {
     view: HiveSnapshot,
     /// Identity and capabilities.
     ingest: IngestState,
+    /// Expands compact samples against the capabilities held.
+    compact: super::ingest_compact::CompactIngest,
     /// Recent samples.
     window: SampleWindow,
     /// The capability version the newest sample was measured against.
@@ -79,10 +81,12 @@ struct Manager {
     warnings: WarnLimiter<()>,
     /// The names in the current connection's TLS certificate, which bound the hive id.
     cert: Option<CertNames>,
+    /// Turns to dial, shared by every link.
+    dials: Arc<tokio::sync::Semaphore>,
 }
 
 /// Runs the link for one hive until it is cancelled.
-pub(super) async fn manage(hive: NewHive, link: Arc<LinkSettings>) {
+pub(super) async fn manage(hive: NewHive, link: Arc<LinkSettings>, dials: Arc<tokio::sync::Semaphore>) {
     let NewHive { fleet, publish: tx, cancel } = hive;
     let settings = fleet.settings().clone();
     let view = HiveSnapshot::clone(&tx.borrow());
@@ -93,6 +97,7 @@ pub(super) async fn manage(hive: NewHive, link: Arc<LinkSettings>) {
         tx,
         view,
         ingest: IngestState::default(),
+        compact: Default::default(),
         sample_version: 0,
         invalid: None,
         last_applied: Instant::now(),
@@ -100,6 +105,7 @@ pub(super) async fn manage(hive: NewHive, link: Arc<LinkSettings>) {
         started: Instant::now(),
         warnings: WarnLimiter::new(1, WARN_PERIOD, 1),
         cert: None,
+        dials,
     };
     let mut backoff = Backoff::new(link.backoff_min, link.backoff_max);
     loop {
@@ -197,7 +203,7 @@ impl Manager {
 
     fn take_full(&mut self, identity: HiveIdentity, caps: VersionedCapabilities) -> Result<(), LinkError> {
         self.check_certificate(&identity.hive_id)?;
-        if let Some(holder) = self.fleet.holder_of(&identity.hive_id, &self.view.address) {
+        if let Err(holder) = self.fleet.claim_id(&identity.hive_id, &self.view.address) {
             return Err(LinkError::IdConflict { id: identity.hive_id, holder });
         }
         let changed =
@@ -277,6 +283,8 @@ impl Manager {
             sample_interval: SampleInterval::new(self.view.sample_interval).ok(),
             known: Some(KnownView { epoch, capability_version: version }),
             resync: false,
+            // Deadband deltas: a few dozen bytes a sample instead of hundreds.
+            compact: true,
         };
         // A new channel has room for the first message.
         let _ = out.try_send(first);
@@ -292,14 +300,22 @@ impl Manager {
 
     /// One connection: returns why it ended and whether it reached `online`.
     async fn session(&mut self, cancel: &CancellationToken) -> (End, bool) {
-        let (mut inbound, out) = tokio::select! {
+        // The dial's timeouts start once it may go: waiting for a turn is not a failure.
+        let permit = tokio::select! {
             () = cancel.cancelled() => return (End::Cancelled, false),
-            r = self.open() => match r {
-                Ok(ok) => ok,
-                Err(error) => return (End::Failed(error), false),
-            },
+            p = self.dials.clone().acquire_owned() => p,
+        };
+        let opened = tokio::select! {
+            () = cancel.cancelled() => return (End::Cancelled, false),
+            r = self.open() => r,
+        };
+        drop(permit);
+        let (mut inbound, out) = match opened {
+            Ok(ok) => ok,
+            Err(error) => return (End::Failed(error), false),
         };
         self.ingest.start_stream();
+        self.compact.reset();
         self.resync_since = None;
         // The first sample is due within the stale bound of the stream opening.
         self.last_applied = Instant::now();
@@ -380,7 +396,11 @@ impl Manager {
             let now = rbee_shared::time::now_unix_ms();
             self.view.clock_skew_ms = Some(m.hive_time_unix_ms as i64 - now as i64);
         }
-        let message = match HiveStreamMessage::try_from(m) {
+        let expanded = self.compact.expand(m, self.ingest.caps.as_ref());
+        let message = match expanded
+            .map_err(|e| e.to_string())
+            .and_then(|m| HiveStreamMessage::try_from(m.as_ref()).map_err(|e| e.to_string()))
+        {
             Ok(message) => message,
             Err(e) => {
                 self.view.counters.invalid_messages += 1;

@@ -10,6 +10,7 @@ mod error;
 pub mod health;
 pub mod identity;
 pub mod ingest;
+pub mod ingest_compact;
 mod manager;
 mod settings;
 pub mod window;
@@ -24,21 +25,37 @@ pub use settings::LinkSettings;
 use crate::fleet::{NewHive, Watcher};
 
 /// Starts a link for each hive the fleet adds.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Links {
     /// How links dial and keep their hives.
     settings: Arc<LinkSettings>,
+    /// Dials (connect, Discover, open the stream) in flight at once, all links together:
+    /// thousands of hives dialed at once (a cold start) would otherwise time each other
+    /// out and retry in a herd.
+    dials: Arc<tokio::sync::Semaphore>,
+}
+
+/// Most dials in flight at once (see [`Links`]).
+pub const MAX_CONCURRENT_DIALS: usize = 128;
+
+impl Default for Links {
+    fn default() -> Self {
+        Self::new(LinkSettings::default())
+    }
 }
 
 impl Links {
     /// Links that dial with `settings`.
     pub fn new(settings: LinkSettings) -> Self {
-        Self { settings: Arc::new(settings) }
+        Self {
+            settings: Arc::new(settings),
+            dials: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_DIALS)),
+        }
     }
 }
 
 impl Watcher for Links {
     fn start(&self, hive: NewHive) {
-        tokio::spawn(manager::manage(hive, self.settings.clone()));
+        tokio::spawn(manager::manage(hive, self.settings.clone(), self.dials.clone()));
     }
 }

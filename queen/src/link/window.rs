@@ -1,41 +1,65 @@
 //! A ring buffer of recent samples per hive (default 300: 5 minutes at 1 Hz), with
-//! windowed mean and max. Entries are compact so that a large fleet stays small.
+//! windowed mean and max. The ring is compact so that a large fleet stays small: it is
+//! two flat queues (one 18-byte head per sample, one 10-byte point per GPU per sample),
+//! never grown past what the capacity needs; with 8 GPUs a full ring of 300 samples and
+//! its windows take under 40 KiB (`heap_bytes`, tested below).
 //!
 //! Windows are measured on the queen's receive clock, not the hive's: a hive whose
 //! clock jumps cannot hide or stretch its own history. Each window keeps running sums
 //! and monotonic max queues, so a new sample costs O(GPUs), not O(window x GPUs).
 
 use std::collections::VecDeque;
+use std::mem::size_of;
 use std::time::Duration;
 
 use rbee_shared::Sample;
 
 use crate::fleet::{GpuStats, WindowStats};
 
-/// One GPU's point in a compact entry.
+/// One sample's head in the ring.
 #[derive(Debug, Clone, Copy)]
-struct GpuPoint {
-    /// Index into the hive's GPU id table at the time.
-    slot: u16,
-    /// Utilisation, NaN when absent.
-    util: f32,
-    /// VRAM used in MiB, NaN when absent.
-    vram_used_mib: f32,
-}
-
-/// One compact sample.
-#[derive(Debug, Clone)]
-struct Entry {
-    /// Position in the stream of entries (0, 1, 2, ...).
-    seq: u64,
+#[repr(C, packed(2))]
+struct Head {
     /// When the queen received it, ms on the window's own clock.
     at_ms: u64,
     /// CPU%, NaN when absent.
     cpu: f32,
     /// RAM used as % of total, NaN when unknown.
     ram: f32,
-    /// Per GPU.
-    gpus: Box<[GpuPoint]>,
+    /// How many GPU points follow in the point queue.
+    gpus: u16,
+}
+
+/// One GPU's point of one sample.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, packed(2))]
+struct Point {
+    /// Index into the hive's GPU id table at the time.
+    slot: u16,
+    /// Utilisation, NaN when absent.
+    util: f32,
+    /// VRAM used in MiB, [`NO_VRAM`] when absent.
+    vram_mib: u32,
+}
+
+/// `Point::vram_mib` of a GPU that reported no VRAM use.
+const NO_VRAM: u32 = u32::MAX;
+
+impl Point {
+    /// VRAM used in MiB as the windows hold it (NaN when absent).
+    fn vram(self) -> f32 {
+        let v = self.vram_mib;
+        if v == NO_VRAM { f32::NAN } else { v as f32 }
+    }
+}
+
+/// Pushes `v`, growing `q` to at most `limit` (never doubling past what it needs).
+fn push_bounded<T>(q: &mut VecDeque<T>, v: T, limit: usize) {
+    if q.len() == q.capacity() {
+        let want = q.capacity().saturating_mul(2).max(8).min(limit).max(q.len() + 1);
+        q.reserve_exact(want - q.len());
+    }
+    q.push_back(v);
 }
 
 /// Running mean and max over a sliding range of values, NaN skipped.
@@ -45,8 +69,9 @@ struct Sliding {
     sum: f64,
     /// How many.
     n: u32,
-    /// Candidates for the max, decreasing, with the entry they came from.
-    maxq: VecDeque<(u64, f32)>,
+    /// Candidates for the max, decreasing, with the entry they came from (its sequence
+    /// number's low 32 bits: a window never spans 2^32 samples).
+    maxq: VecDeque<(u32, f32)>,
 }
 
 impl Sliding {
@@ -59,7 +84,7 @@ impl Sliding {
         while self.maxq.back().is_some_and(|&(_, b)| b <= v) {
             self.maxq.pop_back();
         }
-        self.maxq.push_back((seq, v));
+        self.maxq.push_back((seq as u32, v));
     }
 
     fn remove(&mut self, seq: u64, v: f32) {
@@ -69,7 +94,7 @@ impl Sliding {
         self.n -= 1;
         // Start from exact zero so that rounding never accumulates across windows.
         self.sum = if self.n == 0 { 0.0 } else { self.sum - f64::from(v) };
-        if self.maxq.front().is_some_and(|&(s, _)| s == seq) {
+        if self.maxq.front().is_some_and(|&(s, _)| s == seq as u32) {
             self.maxq.pop_front();
         }
     }
@@ -81,6 +106,10 @@ impl Sliding {
     fn max(&self) -> Option<f32> {
         self.maxq.front().map(|&(_, v)| v)
     }
+
+    fn heap_bytes(&self) -> usize {
+        self.maxq.capacity() * size_of::<(u32, f32)>()
+    }
 }
 
 /// The aggregates of one window length.
@@ -88,8 +117,12 @@ impl Sliding {
 struct Span {
     /// Its length.
     len_ms: u64,
+    /// False for the health rule's window, which needs only CPU.
+    full: bool,
     /// The oldest entry inside it.
     head: u64,
+    /// The first point of that entry (a position in the stream of points).
+    head_point: u64,
     /// Entries inside it.
     samples: u32,
     /// CPU%.
@@ -103,10 +136,12 @@ struct Span {
 }
 
 impl Span {
-    fn new(len: Duration) -> Self {
+    fn new(len: Duration, full: bool) -> Self {
         Self {
             len_ms: u64::try_from(len.as_millis()).unwrap_or(u64::MAX),
+            full,
             head: 0,
+            head_point: 0,
             samples: 0,
             cpu: Sliding::default(),
             ram: Sliding::default(),
@@ -115,32 +150,62 @@ impl Span {
         }
     }
 
-    fn add(&mut self, e: &Entry) {
+    fn add(&mut self, seq: u64, h: Head, points: impl Iterator<Item = Point>) {
         self.samples += 1;
-        self.cpu.add(e.seq, e.cpu);
-        self.ram.add(e.seq, e.ram);
-        for g in e.gpus.iter() {
+        self.cpu.add(seq, h.cpu);
+        if !self.full {
+            return;
+        }
+        self.ram.add(seq, h.ram);
+        for g in points {
             let i = usize::from(g.slot);
             if self.util.len() <= i {
                 self.util.resize_with(i + 1, Sliding::default);
                 self.vram.resize_with(i + 1, Sliding::default);
             }
-            self.util[i].add(e.seq, g.util);
-            self.vram[i].add(e.seq, g.vram_used_mib);
+            self.util[i].add(seq, g.util);
+            self.vram[i].add(seq, g.vram());
         }
     }
 
-    fn remove(&mut self, e: &Entry) {
+    /// Takes the span's oldest entry out (`ring` holds it).
+    fn remove_head(&mut self, ring: &Ring) {
+        let seq = self.head;
+        let h = ring.heads[(seq - ring.first_seq) as usize];
+        let from = (self.head_point - ring.first_point) as usize;
         self.samples -= 1;
-        self.head = e.seq + 1;
-        self.cpu.remove(e.seq, e.cpu);
-        self.ram.remove(e.seq, e.ram);
-        for g in e.gpus.iter() {
+        self.head += 1;
+        self.head_point += u64::from(h.gpus);
+        self.cpu.remove(seq, h.cpu);
+        if !self.full {
+            return;
+        }
+        self.ram.remove(seq, h.ram);
+        for g in ring.points.range(from..from + usize::from(h.gpus)) {
             let i = usize::from(g.slot);
-            self.util[i].remove(e.seq, g.util);
-            self.vram[i].remove(e.seq, g.vram_used_mib);
+            self.util[i].remove(seq, g.util);
+            self.vram[i].remove(seq, g.vram());
         }
     }
+
+    fn heap_bytes(&self) -> usize {
+        let slidings = self.util.iter().chain(&self.vram).chain([&self.cpu, &self.ram]);
+        (self.util.capacity() + self.vram.capacity()) * size_of::<Sliding>()
+            + slidings.map(Sliding::heap_bytes).sum::<usize>()
+    }
+}
+
+/// The samples kept, oldest first.
+#[derive(Debug, Clone, Default)]
+struct Ring {
+    /// One per sample.
+    heads: VecDeque<Head>,
+    /// Every sample's GPU points, in sample order.
+    points: VecDeque<Point>,
+    /// The sequence number of `heads[0]`.
+    first_seq: u64,
+    /// The position of `points[0]` in the stream of points.
+    first_point: u64,
 }
 
 /// The ring buffer and its two windows: the reported statistics and the health rule's
@@ -149,12 +214,10 @@ impl Span {
 pub struct SampleWindow {
     /// Most entries kept.
     capacity: usize,
-    /// Oldest first.
-    entries: VecDeque<Entry>,
-    /// GPU ids, indexed by `GpuPoint::slot`.
+    /// The samples.
+    ring: Ring,
+    /// GPU ids, indexed by `Point::slot`.
     ids: Vec<String>,
-    /// The next entry's sequence number.
-    next_seq: u64,
     /// The statistics window.
     stats: Span,
     /// The CPU window of the health rule.
@@ -167,11 +230,10 @@ impl SampleWindow {
     pub fn new(capacity: usize, stats_window: Duration, cpu_window: Duration) -> Self {
         Self {
             capacity: capacity.max(1),
-            entries: VecDeque::new(),
+            ring: Ring::default(),
             ids: Vec::new(),
-            next_seq: 0,
-            stats: Span::new(stats_window),
-            cpu: Span::new(cpu_window),
+            stats: Span::new(stats_window, true),
+            cpu: Span::new(cpu_window, false),
         }
     }
 
@@ -185,18 +247,38 @@ impl SampleWindow {
         }
     }
 
+    /// The next entry's sequence number.
+    fn next_seq(&self) -> u64 {
+        self.ring.first_seq + self.ring.heads.len() as u64
+    }
+
     /// Drops entries that fell out of a window by time.
     fn trim(&mut self, newest_ms: u64) {
-        let Some(first) = self.entries.front().map(|e| e.seq) else { return };
+        let ring = &self.ring;
         for span in [&mut self.stats, &mut self.cpu] {
             let from = newest_ms.saturating_sub(span.len_ms);
-            while let Some(e) = self.entries.get((span.head - first) as usize) {
-                if e.at_ms >= from {
+            while let Some(h) = ring.heads.get((span.head - ring.first_seq) as usize) {
+                if h.at_ms >= from {
                     break;
                 }
-                span.remove(e);
+                span.remove_head(ring);
             }
         }
+    }
+
+    /// Drops the oldest entry, out of the windows first so that their sums always match.
+    fn pop_oldest(&mut self) {
+        let ring = &mut self.ring;
+        let Some(&h) = ring.heads.front() else { return };
+        for span in [&mut self.stats, &mut self.cpu] {
+            if span.head == ring.first_seq {
+                span.remove_head(ring);
+            }
+        }
+        ring.heads.pop_front();
+        ring.points.drain(..usize::from(h.gpus));
+        ring.first_seq += 1;
+        ring.first_point += u64::from(h.gpus);
     }
 
     /// Adds a sample received at `received_ms` (the queen's clock, ms since any fixed
@@ -210,47 +292,45 @@ impl SampleWindow {
                 Duration::from_millis(self.cpu.len_ms),
             );
         }
-        let gpus = s
-            .gpus
-            .iter()
-            .map(|g| GpuPoint {
-                slot: self.slot(&g.id),
-                util: g.gpu_util_percent.unwrap_or(f32::NAN),
-                vram_used_mib: g.vram_used_bytes.map_or(f32::NAN, |b| (b >> 20) as f32),
-            })
-            .collect();
+        if self.ring.heads.len() >= self.capacity {
+            self.pop_oldest();
+        }
         let ram = if s.ram_total_bytes > 0 {
             (s.ram_used_bytes as f64 / s.ram_total_bytes as f64 * 100.0) as f32
         } else {
             f32::NAN
         };
-        let at_ms = self.entries.back().map_or(received_ms, |e| e.at_ms.max(received_ms));
-        let entry = Entry { seq: self.next_seq, at_ms, cpu: s.cpu_percent.unwrap_or(f32::NAN), ram, gpus };
-        self.next_seq += 1;
-        self.stats.add(&entry);
-        self.cpu.add(&entry);
-        self.entries.push_back(entry);
-        // Leave the windows before leaving the ring, so their sums always match.
-        if self.entries.len() > self.capacity {
-            let oldest = self.entries.front().map_or(0, |e| e.seq);
-            for span in [&mut self.stats, &mut self.cpu] {
-                if span.head == oldest {
-                    span.remove(&self.entries[0]);
-                }
-            }
-            self.entries.pop_front();
+        let at_ms = self.ring.heads.back().map_or(received_ms, |h| h.at_ms.max(received_ms));
+        let gpus = u16::try_from(s.gpus.len()).unwrap_or(u16::MAX);
+        let head = Head { at_ms, cpu: s.cpu_percent.unwrap_or(f32::NAN), ram, gpus };
+        let limit = self.capacity.saturating_mul(usize::from(gpus));
+        for g in s.gpus.iter().take(usize::from(gpus)) {
+            let point = Point {
+                slot: self.slot(&g.id),
+                util: g.gpu_util_percent.unwrap_or(f32::NAN),
+                vram_mib: g
+                    .vram_used_bytes
+                    .map_or(NO_VRAM, |b| u32::try_from(b >> 20).unwrap_or(NO_VRAM - 1)),
+            };
+            push_bounded(&mut self.ring.points, point, limit);
+        }
+        let seq = self.next_seq();
+        push_bounded(&mut self.ring.heads, head, self.capacity);
+        let from = self.ring.points.len() - usize::from(gpus);
+        for span in [&mut self.stats, &mut self.cpu] {
+            span.add(seq, head, self.ring.points.range(from..).copied());
         }
         self.trim(at_ms);
     }
 
     /// Samples held.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.ring.heads.len()
     }
 
     /// True when empty.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.ring.heads.is_empty()
     }
 
     /// Mean CPU% over the CPU window.
@@ -258,10 +338,23 @@ impl SampleWindow {
         self.cpu.cpu.mean()
     }
 
+    /// Bytes this window holds on the heap (the ring, the id table, the windows'
+    /// queues), by the capacity of each allocation; the allocator's own overhead (a
+    /// few words per allocation) is not counted.
+    pub fn heap_bytes(&self) -> usize {
+        self.ring.heads.capacity() * size_of::<Head>()
+            + self.ring.points.capacity() * size_of::<Point>()
+            + self.ids.capacity() * size_of::<String>()
+            + self.ids.iter().map(String::capacity).sum::<usize>()
+            + self.stats.heap_bytes()
+            + self.cpu.heap_bytes()
+    }
+
     /// Mean and max over the statistics window, for the GPUs of the newest sample.
     pub fn stats(&self) -> WindowStats {
         let span = &self.stats;
-        let newest = self.entries.back();
+        let newest = self.ring.heads.back().map(|h| usize::from(h.gpus)).unwrap_or(0);
+        let points = self.ring.points.range(self.ring.points.len() - newest..);
         WindowStats {
             window_ms: span.len_ms,
             samples: span.samples,
@@ -269,131 +362,21 @@ impl SampleWindow {
             cpu_max_percent: span.cpu.max(),
             ram_used_mean_percent: span.ram.mean(),
             ram_used_max_percent: span.ram.max(),
-            gpus: newest
-                .map(|e| {
-                    e.gpus
-                        .iter()
-                        .map(|g| {
-                            let i = usize::from(g.slot);
-                            GpuStats {
-                                device_id: self.ids[i].clone(),
-                                util_mean_percent: span.util[i].mean(),
-                                util_max_percent: span.util[i].max(),
-                                vram_used_max_bytes: span.vram[i].max().map(|m| (m as u64) << 20),
-                            }
-                        })
-                        .collect()
+            gpus: points
+                .map(|g| {
+                    let i = usize::from(g.slot);
+                    GpuStats {
+                        device_id: self.ids[i].clone(),
+                        util_mean_percent: span.util[i].mean(),
+                        util_max_percent: span.util[i].max(),
+                        vram_used_max_bytes: span.vram[i].max().map(|m| (m as u64) << 20),
+                    }
                 })
-                .unwrap_or_default(),
+                .collect(),
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-    use rbee_shared::GpuSample;
-
-    fn s(cpu: f32, util: f32) -> Sample {
-        Sample {
-            cpu_percent: Some(cpu),
-            ram_total_bytes: 100,
-            ram_used_bytes: 50,
-            gpus: vec![GpuSample {
-                id: "g".into(),
-                gpu_util_percent: Some(util),
-                vram_used_bytes: Some(3 << 20),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }
-    }
-
-    fn window(capacity: usize, secs: u64) -> SampleWindow {
-        SampleWindow::new(capacity, Duration::from_secs(secs), Duration::from_secs(secs))
-    }
-
-    #[test]
-    fn keeps_at_most_capacity() {
-        let mut w = window(3, 60);
-        for i in 0..10 {
-            w.push(&s(1.0, 1.0), i * 1000);
-        }
-        assert_eq!(w.len(), 3);
-        assert_eq!(w.stats().samples, 3, "the window never counts what the ring dropped");
-    }
-
-    #[test]
-    fn mean_and_max_cover_only_the_window() {
-        let mut w = window(300, 10);
-        w.push(&s(100.0, 100.0), 0);
-        for i in 1..=10 {
-            w.push(&s(10.0 * i as f32, 50.0), 60_000 + i * 1000);
-        }
-        let st = w.stats();
-        assert_eq!(st.samples, 10);
-        assert_eq!(st.cpu_max_percent, Some(100.0));
-        assert_eq!(st.cpu_mean_percent, Some(55.0));
-        assert_eq!(st.gpus[0].util_max_percent, Some(50.0), "the old 100% is outside the window");
-        assert_eq!(st.gpus[0].vram_used_max_bytes, Some(3 << 20));
-        assert_eq!(st.ram_used_mean_percent, Some(50.0));
-    }
-
-    #[test]
-    fn absent_metrics_stay_absent() {
-        let mut w = window(10, 60);
-        w.push(&Sample { taken_at_unix_ms: 1, ..Default::default() }, 1);
-        let st = w.stats();
-        assert_eq!((st.samples, st.cpu_mean_percent, st.ram_used_mean_percent), (1, None, None));
-    }
-
-    #[test]
-    fn a_hive_clock_jump_does_not_hide_history() {
-        let mut w = window(300, 10);
-        let mut future = s(90.0, 1.0);
-        future.taken_at_unix_ms = u64::MAX / 2;
-        w.push(&future, 1_000);
-        w.push(&s(10.0, 1.0), 2_000);
-        assert_eq!(w.stats().samples, 2, "both are inside the window on the queen's clock");
-    }
-
-    /// The window over the naive recomputation it replaced.
-    fn naive(points: &[(u64, f32)], capacity: usize, len_ms: u64) -> (u32, Option<f32>, Option<f32>) {
-        let kept = &points[points.len().saturating_sub(capacity)..];
-        let newest = kept.last().map_or(0, |p| p.0);
-        let inside: Vec<f32> =
-            kept.iter().filter(|p| p.0 >= newest.saturating_sub(len_ms)).map(|p| p.1).collect();
-        let vals: Vec<f32> = inside.iter().copied().filter(|v| !v.is_nan()).collect();
-        let mean = (!vals.is_empty())
-            .then(|| (vals.iter().map(|v| f64::from(*v)).sum::<f64>() / vals.len() as f64) as f32);
-        let max = vals.iter().copied().reduce(f32::max);
-        (inside.len() as u32, mean, max)
-    }
-
-    proptest! {
-        #[test]
-        fn running_sums_match_a_full_recount(
-            steps in prop::collection::vec((0u64..3_000, prop_oneof![Just(f32::NAN), 0.0f32..100.0]), 1..200),
-            capacity in 1usize..50,
-            len_s in 1u64..20,
-        ) {
-            let mut w = window(capacity, len_s);
-            let mut at = 0;
-            let mut points = Vec::new();
-            for (gap, cpu) in steps {
-                at += gap;
-                w.push(&s(cpu, cpu), at);
-                points.push((at, cpu));
-                let (n, mean, max) = naive(&points, capacity, len_s * 1000);
-                let st = w.stats();
-                prop_assert_eq!(st.samples, n);
-                prop_assert_eq!(st.cpu_max_percent, max);
-                match (st.cpu_mean_percent, mean) {
-                    (Some(a), Some(b)) => prop_assert!((a - b).abs() < 1e-3, "{} vs {}", a, b),
-                    (a, b) => prop_assert_eq!(a, b),
-                }
-            }
-        }
-    }
-}
+#[path = "window_tests.rs"]
+mod tests;

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The hive's own cost next to node_exporter's, side by side in one run (issue 13).
+#
+#   docs/bench/hive_cost.sh [SECONDS] [HIVE_BINARY]
+#
+# Starts `hive serve` with the real host source (sysinfo) and 8 simulated GPUs
+# (docs/bench/eight-gpus.toml), with one MetricsStream subscriber at 1 Hz (grpcurl), and
+# `prometheus-node-exporter` with only the cpu and meminfo collectors, scraped once a
+# second (curl). Both run for SECONDS (default 60); then it prints each process's CPU
+# time per sample / per scrape (from /proc/PID/stat) and its RSS (VmRSS, VmHWM).
+set -euo pipefail
+secs=${1:-60}
+hive=${2:-${CARGO_TARGET_DIR:-target}/release/hive}
+here=$(cd "$(dirname "$0")" && pwd)
+tmp=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"; }
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+hp=$(port); np=$(port)
+RUST_LOG=warn "$hive" serve --listen "127.0.0.1:$hp" --hive-id bench --state-dir "$tmp" \
+  --simulate "$here/eight-gpus.toml" >"$tmp/hive.log" 2>&1 &
+hpid=$!; pids+=("$hpid")
+prometheus-node-exporter --collector.disable-defaults --collector.cpu --collector.meminfo \
+  --web.listen-address="127.0.0.1:$np" >"$tmp/ne.log" 2>&1 &
+npid=$!; pids+=("$npid")
+for _ in $(seq 100); do
+  curl -sf "http://127.0.0.1:$np/metrics" >/dev/null && grpcurl -plaintext "127.0.0.1:$hp" list >/dev/null 2>&1 && break
+  sleep 0.1
+done
+ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
+# One subscriber at 1 Hz; count the samples it gets.
+grpcurl -plaintext -max-time "$((secs + 2))" -d '{"sampleIntervalMs":1000}' "127.0.0.1:$hp" rbee.v1.Hive/MetricsStream \
+  >"$tmp/stream.json" 2>/dev/null &
+spid=$!; pids+=("$spid")
+sleep 1
+h0=$(ticks "$hpid"); n0=$(ticks "$npid"); start=$(date +%s.%N)
+scrapes=0
+while (( $(echo "$(date +%s.%N) - $start < $secs" | bc) )); do
+  curl -sf "http://127.0.0.1:$np/metrics" >/dev/null && scrapes=$((scrapes + 1))
+  sleep 1
+done
+h1=$(ticks "$hpid"); n1=$(ticks "$npid")
+samples=$(grep -c '"takenAtUnixMs"' "$tmp/stream.json" || true)
+rss() { awk -v k="$2" '$1==k {print $2}' "/proc/$1/status"; }
+awk -v hs="$samples" -v ns="$scrapes" -v ht="$((h1 - h0))" -v nt="$((n1 - n0))" -v hz="$hz" \
+  -v hr="$(rss "$hpid" VmRSS:)" -v hh="$(rss "$hpid" VmHWM:)" -v nr="$(rss "$npid" VmRSS:)" -v nh="$(rss "$npid" VmHWM:)" 'BEGIN {
+  hms = ht * 1000 / hz / (hs > 0 ? hs : 1); nms = nt * 1000 / hz / (ns > 0 ? ns : 1);
+  printf "hive:          %d samples (8 GPUs), CPU %.2f ms per sample, RSS %.1f MiB (peak %.1f MiB)\n", hs, hms, hr / 1024, hh / 1024;
+  printf "node_exporter: %d scrapes (cpu+meminfo), CPU %.2f ms per scrape, RSS %.1f MiB (peak %.1f MiB)\n", ns, nms, nr / 1024, nh / 1024;
+  if (nms > 0) printf "hive / node_exporter CPU: %.2f (target <= 0.25)\n", hms / nms;
+}'
+echo "(CPU from /proc/PID/stat utime+stime at $hz ticks/s over ${secs} s: coarse; use 120 s or more for tighter figures)"

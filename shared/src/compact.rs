@@ -1,0 +1,616 @@
+//! Compact samples: a stream's samples as deadband deltas against what the stream
+//! already delivered (`CompactSample` on the wire; the rules are in
+//! `docs/protocol.md`, "Compact samples").
+//!
+//! Both ends hold the same view: the encoder applies every compact sample it makes to
+//! its own copy with the decoder's [`apply`], so what it compares the next reading
+//! against is exactly what the receiver holds. A value is sent when it moved beyond
+//! its [`deadband`] from that view, so the receiver is never further than the deadband
+//! from the hive's latest reading; a keyframe (the first sample, a new capability
+//! version, and at least every [`KEYFRAME_EVERY_MS`]) carries every value and makes the
+//! view exact (per-core CPU is whole percents in compact form).
+//!
+//! GPUs are named by their position in the delivered capabilities' GPUs, ordered by id
+//! ([`Layout`]). `Sample`/`GpuSample` fields the compact form does not encode one by one
+//! (fields added after it) ride along whole in `extras`, sent when any of them changed.
+//!
+//! This is a conversion at the wire's edge, so it works on the wire types.
+
+use rbee_proto::v1 as pb;
+
+use crate::VersionedCapabilities;
+
+/// A keyframe is sent at least this often (ms of `taken_at`).
+pub const KEYFRAME_EVERY_MS: u64 = 30_000;
+
+/// How far each value may drift before it is sent again (see `docs/protocol.md`).
+pub mod deadband {
+    /// Any percentage (CPU, GPU and memory utilisation), points.
+    pub const PERCENT: f32 = 1.0;
+    /// Per-core CPU, whole points (values travel as whole percents).
+    pub const CORE_PERCENT: f32 = 1.0;
+    /// Temperature, °C.
+    pub const TEMPERATURE_C: f32 = 1.0;
+    /// VRAM used and free, bytes (64 MiB).
+    pub const VRAM_BYTES: u64 = 64 << 20;
+    /// RAM and swap, bytes (64 MiB).
+    pub const RAM_BYTES: u64 = 64 << 20;
+    /// Power draw, mW (5 W).
+    pub const POWER_MW: u32 = 5_000;
+    /// SM and memory clocks, MHz.
+    pub const CLOCK_MHZ: u32 = 15;
+    /// The CPU measurement window, ms.
+    pub const CPU_WINDOW_MS: u32 = 100;
+    /// Load averages, hundredths.
+    pub const LOAD_CENTI: u32 = 5;
+    /// Uptime against the previous uptime plus the time passed, s.
+    pub const UPTIME_S: u64 = 1;
+}
+
+/// Why a compact sample cannot be made or read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CompactError {
+    /// A delta arrived before any keyframe.
+    #[error("a compact delta arrived before any keyframe")]
+    NoKeyframe,
+    /// A GPU position outside the delivered capabilities.
+    #[error("compact GPU position {position} is outside the {gpus} GPUs of the held capabilities")]
+    BadPosition {
+        /// The position sent.
+        position: u32,
+        /// GPUs held.
+        gpus: usize,
+    },
+    /// A sample names a GPU the capabilities do not have.
+    #[error("sample GPU {0:?} is not in the delivered capabilities")]
+    UnknownGpu(String),
+    /// Per-core CPU bytes above 100.
+    #[error("compact per-core CPU value {0} is above 100")]
+    BadCore(u8),
+}
+
+/// The capabilities both ends hold, as the compact form refers to them.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Layout {
+    /// The capability version.
+    pub version: u64,
+    /// GPU ids in position order (sorted).
+    pub ids: Vec<String>,
+    /// Each GPU's NVML index, by position.
+    pub index: Vec<u32>,
+    /// Each GPU's VRAM, by position.
+    pub vram_total: Vec<u64>,
+    /// The host's RAM.
+    pub ram_total: u64,
+}
+
+impl Layout {
+    /// The layout of delivered capabilities.
+    pub fn of(caps: &VersionedCapabilities) -> Self {
+        let gpus = caps.caps.gpus.values();
+        Self {
+            version: caps.version,
+            ids: gpus.clone().map(|g| g.id.clone()).collect(),
+            index: gpus.clone().map(|g| g.index).collect(),
+            vram_total: gpus.map(|g| g.vram_total_bytes).collect(),
+            ram_total: caps.caps.ram_total_bytes,
+        }
+    }
+}
+
+/// Values that can move beyond a deadband.
+trait Band: Copy + PartialEq {
+    fn beyond(self, held: Self, band: Self) -> bool;
+}
+
+impl Band for f32 {
+    fn beyond(self, held: f32, band: f32) -> bool {
+        // NaN is beyond every band: a NaN difference must be sent, never held.
+        use std::cmp::Ordering::{Equal, Less};
+        !matches!((self - held).abs().partial_cmp(&band), Some(Less | Equal))
+    }
+}
+
+impl Band for u32 {
+    fn beyond(self, held: u32, band: u32) -> bool {
+        self.abs_diff(held) > band
+    }
+}
+
+impl Band for u64 {
+    fn beyond(self, held: u64, band: u64) -> bool {
+        self.abs_diff(held) > band
+    }
+}
+
+/// What to send for one field: the value on a keyframe or when it moved beyond `band`;
+/// on a delta, a field that became unset is listed in `cleared` as `number`.
+fn field<T: Band>(
+    now: Option<T>,
+    held: Option<T>,
+    band: T,
+    key: bool,
+    cleared: &mut Vec<u32>,
+    number: u32,
+) -> Option<T> {
+    match (now, held) {
+        (None, Some(_)) if !key => {
+            cleared.push(number);
+            None
+        }
+        (None, _) => None,
+        (Some(v), Some(h)) if !key && !v.beyond(h, band) => None,
+        (Some(v), _) => Some(v),
+    }
+}
+
+fn centi(v: f64) -> u32 {
+    (v * 100.0).round().clamp(0.0, f64::from(u32::MAX)) as u32
+}
+
+/// `v` rounded to a whole number (percentages are never negative; NaN never gets here:
+/// the wire conversion refuses it).
+fn whole(v: f32) -> i32 {
+    if v.is_finite() { v.round().clamp(-1e6, 1e6) as i32 } else { 0 }
+}
+
+fn core_byte(p: f32) -> u8 {
+    if p.is_finite() { p.round().clamp(0.0, 100.0) as u8 } else { 0 }
+}
+
+/// The sample without the fields the compact form encodes one by one.
+fn sample_extras(s: &pb::Sample) -> pb::Sample {
+    pb::Sample { gpus: Vec::new(), ..s.clone() }.without_known()
+}
+
+/// The GPU sample without the fields the compact form encodes one by one.
+fn gpu_extras(g: &pb::GpuSample) -> pb::GpuSample {
+    g.clone().without_known()
+}
+
+/// Dropping (and copying) the fields the compact form knows.
+trait Known: Sized {
+    /// The message with every field the compact form encodes reset.
+    fn without_known(self) -> Self;
+    /// `extras` with this message's known fields copied in.
+    fn known_onto(&self, extras: Self) -> Self;
+}
+
+impl Known for pb::Sample {
+    fn without_known(mut self) -> Self {
+        // Fields added after the compact form stay as they are.
+        self.taken_at_unix_ms = 0;
+        self.cpu_window_ms = None;
+        self.cpu_percent = None;
+        self.cpu_per_core_percent = Vec::new();
+        self.load_average = None;
+        self.ram_total_bytes = 0;
+        self.ram_used_bytes = 0;
+        self.ram_available_bytes = 0;
+        self.swap_total_bytes = None;
+        self.swap_used_bytes = None;
+        self.uptime_s = None;
+        self.gpus = Vec::new();
+        self.capability_version = None;
+        self
+    }
+    fn known_onto(&self, mut extras: Self) -> Self {
+        extras.taken_at_unix_ms = self.taken_at_unix_ms;
+        extras.cpu_window_ms = self.cpu_window_ms;
+        extras.cpu_percent = self.cpu_percent;
+        extras.cpu_per_core_percent = self.cpu_per_core_percent.clone();
+        extras.load_average = self.load_average;
+        extras.ram_total_bytes = self.ram_total_bytes;
+        extras.ram_used_bytes = self.ram_used_bytes;
+        extras.ram_available_bytes = self.ram_available_bytes;
+        extras.swap_total_bytes = self.swap_total_bytes;
+        extras.swap_used_bytes = self.swap_used_bytes;
+        extras.uptime_s = self.uptime_s;
+        extras.gpus = self.gpus.clone();
+        extras.capability_version = self.capability_version;
+        extras
+    }
+}
+
+impl Known for pb::GpuSample {
+    fn without_known(mut self) -> Self {
+        // Fields added after the compact form stay as they are.
+        self.id = String::new();
+        self.index = 0;
+        self.vram_used_bytes = None;
+        self.vram_free_bytes = None;
+        self.gpu_util_percent = None;
+        self.mem_util_percent = None;
+        self.temperature_c = None;
+        self.power_draw_mw = None;
+        self.sm_clock_mhz = None;
+        self.mem_clock_mhz = None;
+        self.ecc_corrected_volatile = None;
+        self.ecc_uncorrected_volatile = None;
+        self.xid_events = None;
+        self.last_xid = None;
+        self
+    }
+    fn known_onto(&self, mut extras: Self) -> Self {
+        extras.id = self.id.clone();
+        extras.index = self.index;
+        extras.vram_used_bytes = self.vram_used_bytes;
+        extras.vram_free_bytes = self.vram_free_bytes;
+        extras.gpu_util_percent = self.gpu_util_percent;
+        extras.mem_util_percent = self.mem_util_percent;
+        extras.temperature_c = self.temperature_c;
+        extras.power_draw_mw = self.power_draw_mw;
+        extras.sm_clock_mhz = self.sm_clock_mhz;
+        extras.mem_clock_mhz = self.mem_clock_mhz;
+        extras.ecc_corrected_volatile = self.ecc_corrected_volatile;
+        extras.ecc_uncorrected_volatile = self.ecc_uncorrected_volatile;
+        extras.xid_events = self.xid_events;
+        extras.last_xid = self.last_xid;
+        extras
+    }
+}
+
+/// The hive's side: turns a stream's readings into compact samples.
+#[derive(Debug, Default)]
+pub struct Encoder {
+    /// What the receiver holds (exactly what [`apply`] made of what was sent).
+    view: Option<pb::Sample>,
+    /// The layout the view was made with.
+    layout_version: u64,
+    /// `taken_at` of the last keyframe.
+    keyframe_at: u64,
+}
+
+impl Encoder {
+    /// A new encoder (its first sample is a keyframe).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The compact form of `now` against what this stream delivered, measured against
+    /// `layout` (the capabilities the stream has delivered).
+    pub fn encode(&mut self, now: &pb::Sample, layout: &Layout) -> Result<pb::CompactSample, CompactError> {
+        let held = self.view.as_ref().filter(|v| {
+            self.layout_version == layout.version
+                && now.taken_at_unix_ms >= v.taken_at_unix_ms
+                && now.taken_at_unix_ms - self.keyframe_at < KEYFRAME_EVERY_MS
+        });
+        let key = held.is_none();
+        let empty = pb::Sample::default();
+        let h = held.unwrap_or(&empty);
+        let mut c = pb::CompactSample::default();
+        let mut cl = Vec::new();
+        if key {
+            c.taken_at_unix_ms = Some(now.taken_at_unix_ms);
+        } else {
+            c.taken_at_delta_ms = now.taken_at_unix_ms - h.taken_at_unix_ms;
+        }
+        c.capability_version =
+            if key || now.capability_version != h.capability_version { now.capability_version } else { None };
+        if !key && now.capability_version.is_none() && h.capability_version.is_some() {
+            cl.push(13);
+        }
+        c.cpu_window_ms = field(now.cpu_window_ms, h.cpu_window_ms, deadband::CPU_WINDOW_MS, key, &mut cl, 2);
+        c.cpu_percent = field(now.cpu_percent, h.cpu_percent, deadband::PERCENT, key, &mut cl, 3);
+        if !key {
+            c.cpu_percent_whole = c.cpu_percent.take().map(|p| whole(p) as u32);
+        }
+        let cores_moved = now.cpu_per_core_percent.len() != h.cpu_per_core_percent.len()
+            || now
+                .cpu_per_core_percent
+                .iter()
+                .zip(&h.cpu_per_core_percent)
+                .any(|(n, h)| n.beyond(*h, deadband::CORE_PERCENT));
+        if key || cores_moved {
+            c.cpu_per_core = now.cpu_per_core_percent.iter().map(|p| core_byte(*p)).collect();
+            if c.cpu_per_core.is_empty() && !key {
+                cl.push(4);
+            }
+        }
+        let load = |l: Option<pb::LoadAverage>| l.map(|l| (centi(l.one), centi(l.five), centi(l.fifteen)));
+        let (ln, lh) = (load(now.load_average), load(h.load_average));
+        c.load_average = match (ln, lh) {
+            (None, Some(_)) if !key => {
+                cl.push(5);
+                None
+            }
+            (Some(n), Some(h))
+                if !key
+                    && [(n.0, h.0), (n.1, h.1), (n.2, h.2)]
+                        .iter()
+                        .all(|(a, b)| !a.beyond(*b, deadband::LOAD_CENTI)) =>
+            {
+                None
+            }
+            (n, _) => n.map(|(one, five, fifteen)| pb::CompactLoad { one, five, fifteen }),
+        };
+        // RAM total: only when it is not the capabilities' (or changed since sent).
+        let total_now = (now.ram_total_bytes != layout.ram_total).then_some(now.ram_total_bytes);
+        let total_held = (h.ram_total_bytes != layout.ram_total).then_some(h.ram_total_bytes);
+        c.ram_total_bytes =
+            if key { total_now } else { (total_now != total_held).then_some(now.ram_total_bytes) };
+        c.ram_used_bytes =
+            field(Some(now.ram_used_bytes), Some(h.ram_used_bytes), deadband::RAM_BYTES, key, &mut cl, 7);
+        c.ram_available_bytes = field(
+            Some(now.ram_available_bytes),
+            Some(h.ram_available_bytes),
+            deadband::RAM_BYTES,
+            key,
+            &mut cl,
+            8,
+        );
+        c.swap_total_bytes =
+            field(now.swap_total_bytes, h.swap_total_bytes, deadband::RAM_BYTES, key, &mut cl, 9);
+        c.swap_used_bytes =
+            field(now.swap_used_bytes, h.swap_used_bytes, deadband::RAM_BYTES, key, &mut cl, 10);
+        c.uptime_s = field(
+            now.uptime_s,
+            h.uptime_s.map(|u| u + c.taken_at_delta_ms / 1000),
+            deadband::UPTIME_S,
+            key,
+            &mut cl,
+            11,
+        );
+        let extras = sample_extras(now);
+        if extras != sample_extras(h) || (key && extras != pb::Sample::default()) {
+            c.extras = Some(extras);
+        }
+        for g in &now.gpus {
+            let position =
+                layout.ids.binary_search(&g.id).map_err(|_| CompactError::UnknownGpu(g.id.clone()))?;
+            let old = h.gpus.iter().find(|o| o.id == g.id);
+            c.gpus.extend(encode_gpu(g, old, position, layout.vram_total[position], key));
+        }
+        c.cleared = cl;
+        let mut view = self.view.take();
+        apply(&mut view, &c, layout)?;
+        self.view = view;
+        self.layout_version = layout.version;
+        if key {
+            self.keyframe_at = now.taken_at_unix_ms;
+        }
+        Ok(c)
+    }
+}
+
+fn encode_gpu(
+    g: &pb::GpuSample,
+    old: Option<&pb::GpuSample>,
+    position: usize,
+    total: u64,
+    key: bool,
+) -> Option<pb::CompactGpu> {
+    let empty = pb::GpuSample::default();
+    let key = key || old.is_none();
+    let h = old.unwrap_or(&empty);
+    let mut cl = Vec::new();
+    let mut c = pb::CompactGpu {
+        position: u32::try_from(position).unwrap_or(u32::MAX),
+        vram_used_bytes: field(g.vram_used_bytes, h.vram_used_bytes, deadband::VRAM_BYTES, key, &mut cl, 3),
+        gpu_util_percent: field(g.gpu_util_percent, h.gpu_util_percent, deadband::PERCENT, key, &mut cl, 5),
+        mem_util_percent: field(g.mem_util_percent, h.mem_util_percent, deadband::PERCENT, key, &mut cl, 6),
+        temperature_c: field(g.temperature_c, h.temperature_c, deadband::TEMPERATURE_C, key, &mut cl, 7),
+        power_draw_mw: field(g.power_draw_mw, h.power_draw_mw, deadband::POWER_MW, key, &mut cl, 8),
+        sm_clock_mhz: field(g.sm_clock_mhz, h.sm_clock_mhz, deadband::CLOCK_MHZ, key, &mut cl, 9),
+        mem_clock_mhz: field(g.mem_clock_mhz, h.mem_clock_mhz, deadband::CLOCK_MHZ, key, &mut cl, 10),
+        ecc_corrected_volatile: field(
+            g.ecc_corrected_volatile,
+            h.ecc_corrected_volatile,
+            0,
+            key,
+            &mut cl,
+            11,
+        ),
+        ecc_uncorrected_volatile: field(
+            g.ecc_uncorrected_volatile,
+            h.ecc_uncorrected_volatile,
+            0,
+            key,
+            &mut cl,
+            12,
+        ),
+        xid_events: field(g.xid_events, h.xid_events, 0, key, &mut cl, 13),
+        last_xid: field(g.last_xid, h.last_xid, 0, key, &mut cl, 14),
+        ..Default::default()
+    };
+    // Free VRAM: the receiver takes total minus used whenever used is sent, else keeps
+    // what it held; free is sent only when that would be wrong (beyond the band, or at
+    // all on a keyframe).
+    let would = match c.vram_used_bytes {
+        Some(u) => Some(total.saturating_sub(u)),
+        None if key => None,
+        None => h.vram_free_bytes,
+    };
+    c.vram_free_bytes = match (g.vram_free_bytes, would) {
+        (None, Some(_)) => {
+            cl.push(4);
+            None
+        }
+        (None, None) => None,
+        (Some(f), Some(w)) if (key && f == w) || (!key && !f.beyond(w, deadband::VRAM_BYTES)) => None,
+        (Some(f), _) => Some(f),
+    };
+    if !key {
+        // A delta carries whole units: within half a unit of the reading when sent.
+        c.gpu_util_whole = c.gpu_util_percent.take().map(|p| whole(p) as u32);
+        c.mem_util_whole = c.mem_util_percent.take().map(|p| whole(p) as u32);
+        c.temperature_whole = c.temperature_c.take().map(whole);
+    }
+    let extras = gpu_extras(g);
+    if extras != gpu_extras(h) || (key && extras != pb::GpuSample::default()) {
+        c.extras = Some(extras);
+    }
+    c.cleared = cl;
+    let changed = key || c != pb::CompactGpu { position: c.position, ..Default::default() };
+    changed.then_some(c)
+}
+
+/// Applies `c` to the receiver's `view` (what [`Decoder`] does; the encoder uses it to
+/// keep its copy of the receiver's view).
+pub fn apply(
+    view: &mut Option<pb::Sample>,
+    c: &pb::CompactSample,
+    layout: &Layout,
+) -> Result<(), CompactError> {
+    let mut s = match (c.taken_at_unix_ms, view.take()) {
+        (Some(at), _) => pb::Sample { taken_at_unix_ms: at, ..Default::default() },
+        (None, Some(mut held)) => {
+            held.taken_at_unix_ms = held.taken_at_unix_ms.saturating_add(c.taken_at_delta_ms);
+            if let Some(u) = held.uptime_s.as_mut() {
+                *u += c.taken_at_delta_ms / 1000;
+            }
+            held
+        }
+        (None, None) => return Err(CompactError::NoKeyframe),
+    };
+    let key = c.taken_at_unix_ms.is_some();
+    if let Some(b) = c.cpu_per_core.iter().find(|b| **b > 100) {
+        return Err(CompactError::BadCore(*b));
+    }
+    if let Some(extras) = &c.extras {
+        s = s.known_onto(extras.clone());
+    }
+    if key {
+        s.ram_total_bytes = layout.ram_total;
+    }
+    macro_rules! set {
+        ($($f:ident),*) => { $( if c.$f.is_some() { s.$f = c.$f; } )* };
+    }
+    set!(capability_version, cpu_window_ms, cpu_percent, swap_total_bytes, swap_used_bytes, uptime_s);
+    if let Some(v) = c.cpu_percent_whole {
+        s.cpu_percent = Some(v as f32);
+    }
+    if let Some(v) = c.ram_total_bytes {
+        s.ram_total_bytes = v;
+    }
+    if let Some(v) = c.ram_used_bytes {
+        s.ram_used_bytes = v;
+    }
+    if let Some(v) = c.ram_available_bytes {
+        s.ram_available_bytes = v;
+    }
+    if !c.cpu_per_core.is_empty() {
+        s.cpu_per_core_percent = c.cpu_per_core.iter().map(|b| f32::from(*b)).collect();
+    }
+    if let Some(l) = c.load_average {
+        let f = |v: u32| f64::from(v) / 100.0;
+        s.load_average = Some(pb::LoadAverage { one: f(l.one), five: f(l.five), fifteen: f(l.fifteen) });
+    }
+    for number in &c.cleared {
+        match number {
+            2 => s.cpu_window_ms = None,
+            3 => s.cpu_percent = None,
+            4 => s.cpu_per_core_percent.clear(),
+            5 => s.load_average = None,
+            9 => s.swap_total_bytes = None,
+            10 => s.swap_used_bytes = None,
+            11 => s.uptime_s = None,
+            13 => s.capability_version = None,
+            _ => {}
+        }
+    }
+    for g in &c.gpus {
+        let p = g.position as usize;
+        let (Some(id), Some(&total)) = (layout.ids.get(p), layout.vram_total.get(p)) else {
+            return Err(CompactError::BadPosition { position: g.position, gpus: layout.ids.len() });
+        };
+        let slot = match s.gpus.iter().position(|o| &o.id == id) {
+            Some(i) => i,
+            None => {
+                s.gpus.push(pb::GpuSample { id: id.clone(), index: layout.index[p], ..Default::default() });
+                s.gpus.len() - 1
+            }
+        };
+        apply_gpu(&mut s.gpus[slot], g, total);
+    }
+    if key {
+        s.gpus.sort_by_key(|g| layout.ids.binary_search(&g.id).unwrap_or(usize::MAX));
+    }
+    *view = Some(s);
+    Ok(())
+}
+
+fn apply_gpu(s: &mut pb::GpuSample, c: &pb::CompactGpu, total: u64) {
+    if let Some(extras) = &c.extras {
+        *s = s.known_onto(extras.clone());
+    }
+    macro_rules! set {
+        ($($f:ident),*) => { $( if c.$f.is_some() { s.$f = c.$f; } )* };
+    }
+    set!(
+        vram_used_bytes,
+        gpu_util_percent,
+        mem_util_percent,
+        temperature_c,
+        power_draw_mw,
+        sm_clock_mhz,
+        mem_clock_mhz,
+        ecc_corrected_volatile,
+        ecc_uncorrected_volatile,
+        xid_events,
+        last_xid
+    );
+    if let Some(v) = c.gpu_util_whole {
+        s.gpu_util_percent = Some(v as f32);
+    }
+    if let Some(v) = c.mem_util_whole {
+        s.mem_util_percent = Some(v as f32);
+    }
+    if let Some(v) = c.temperature_whole {
+        s.temperature_c = Some(v as f32);
+    }
+    match (c.vram_free_bytes, c.vram_used_bytes) {
+        (Some(f), _) => s.vram_free_bytes = Some(f),
+        (None, Some(u)) => s.vram_free_bytes = Some(total.saturating_sub(u)),
+        (None, None) => {}
+    }
+    for number in &c.cleared {
+        match number {
+            3 => s.vram_used_bytes = None,
+            4 => s.vram_free_bytes = None,
+            5 => s.gpu_util_percent = None,
+            6 => s.mem_util_percent = None,
+            7 => s.temperature_c = None,
+            8 => s.power_draw_mw = None,
+            9 => s.sm_clock_mhz = None,
+            10 => s.mem_clock_mhz = None,
+            11 => s.ecc_corrected_volatile = None,
+            12 => s.ecc_uncorrected_volatile = None,
+            13 => s.xid_events = None,
+            14 => s.last_xid = None,
+            _ => {}
+        }
+    }
+}
+
+/// The receiver's side: turns compact samples back into full samples.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    /// The view so far.
+    view: Option<pb::Sample>,
+}
+
+impl Decoder {
+    /// A decoder that holds nothing yet (it needs a keyframe first).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The full sample `c` makes of the held view, against `layout` (the capabilities
+    /// the stream delivered). A bad compact sample leaves the view as it was.
+    pub fn decode(&mut self, c: &pb::CompactSample, layout: &Layout) -> Result<pb::Sample, CompactError> {
+        let mut view = self.view.clone();
+        apply(&mut view, c, layout)?;
+        self.view = view;
+        Ok(self.view.clone().unwrap_or_default())
+    }
+
+    /// Forgets the view (a new stream, or a snapshot): the next sample must be a keyframe.
+    pub fn reset(&mut self) {
+        self.view = None;
+    }
+}
+
+#[cfg(test)]
+#[path = "compact_tests.rs"]
+mod tests;
