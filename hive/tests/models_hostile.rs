@@ -133,7 +133,7 @@ async fn a_resume_refuses_a_206_of_another_version_of_the_file() {
     let url = server.add("w.bin", old.clone());
     let grown = generated(5 << 20, 15);
     let url2 = server.add("g.bin", old.clone());
-    server.throttle(2 << 20);
+    server.throttle(1 << 20);
     let hive = hive(dir.path(), None).await;
     let mut client = hive.client().await;
     let mut stream = TestStream::open(&mut client, subscribe(100)).await;
@@ -180,7 +180,11 @@ fn model_change(m: &pb::HiveMessage, model: &str) -> Option<pb::Model> {
 async fn a_hand_copied_file_still_being_written_is_not_frozen_as_ready() {
     use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
-    let hive = hive(dir.path(), None).await;
+    // A quiet period (the rescan interval) far longer than the copier's pauses, so a
+    // busy machine cannot stretch a pause past it.
+    let mut config = models_config("hostile-hive", dir.path(), None);
+    config.models.as_mut().unwrap().rescan = std::time::Duration::from_secs(1);
+    let hive = TestHive::start_with(config).await;
     let mut client = hive.client().await;
     let mut stream = TestStream::open(&mut client, subscribe(100)).await;
     stream.until(as_snapshot).await;
