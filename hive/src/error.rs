@@ -102,6 +102,10 @@ pub enum HiveError {
     /// The model is on disk and being verified.
     #[error("model {0} is on disk and its files are being verified; delete it first to download it again")]
     ModelBusy(String),
+    /// The model is ready (or being downloaded) with other content than the caller
+    /// declared.
+    #[error("{0}")]
+    ModelConflict(String),
     /// A download's declared size exceeds the free disk.
     #[error("not enough disk space in {}: the model declares {needed} bytes, {free} are free", dir.display())]
     InsufficientDisk {
@@ -180,7 +184,9 @@ impl From<HiveError> for tonic::Status {
             HiveError::TooManyStreams { .. } => Status::resource_exhausted(e.to_string()),
             HiveError::ShuttingDown | HiveError::Source { .. } => Status::unavailable(e.to_string()),
             HiveError::ModelNotFound(_) => Status::not_found(e.to_string()),
-            HiveError::ModelsDisabled | HiveError::ModelBusy(_) => Status::failed_precondition(e.to_string()),
+            HiveError::ModelsDisabled | HiveError::ModelBusy(_) | HiveError::ModelConflict(_) => {
+                Status::failed_precondition(e.to_string())
+            }
             HiveError::InsufficientDisk { .. } => Status::resource_exhausted(e.to_string()),
             HiveError::ModelIo { .. } => Status::internal(e.to_string()),
             HiveError::ModelNotReady { .. } => Status::failed_precondition(e.to_string()),

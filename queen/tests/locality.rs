@@ -150,6 +150,20 @@ async fn place_goes_where_the_weights_are_and_prefetch_makes_them_resident() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    // So is a model id a hive would refuse (or that names the hive's own directories):
+    // INVALID_ARGUMENT up front, not OK with a prefetch that fails in the background.
+    for bad in ["../x", ".partial", "org/.trash"] {
+        let e = sched
+            .place(pb::PlaceRequest {
+                prefetch: true,
+                prefetch_from: Some(server.url("p.bin")),
+                ..request(bad)
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad}: {e:?}");
+        assert!(e.message().contains("model"), "{bad}: {}", e.message());
+    }
     queen.stop().await;
 }
 

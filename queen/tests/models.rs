@@ -73,6 +73,24 @@ async fn queen_fetch_follows_the_download_and_exits_with_its_outcome() {
     assert!(!ok, "a failed download exits non-zero: {out}");
     assert!(err.contains("sha256 mismatch"), "{err}");
 
+    // A ready model with other content than the caller names: non-zero, not "ready".
+    let (ok, out, err) = queen_cli(args(&[
+        "fetch",
+        "good",
+        "--from",
+        &url,
+        "--sha256",
+        &"1".repeat(64),
+        "--hive",
+        "models-q",
+        "--quiet",
+        "--queen",
+        &q,
+    ]))
+    .await;
+    assert!(!ok, "another sha256 than the ready model's exits non-zero: {out}");
+    assert!(err.contains("ready with other content"), "{err}");
+
     // The Fleet API shows the models and the downloads per hive.
     let (ok, out, err) = queen_cli(args(&["models", "--json", "--queen", &q])).await;
     assert!(ok, "{err}");
@@ -121,6 +139,17 @@ async fn queen_fetch_follows_the_download_and_exits_with_its_outcome() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("model_id"), "{}", e.message());
+    for bad in [".partial", ".trash", "org/.hidden"] {
+        let e = scheduler
+            .fetch_model(pb::ScheduleFetchRequest {
+                fetch: Some(fetch(bad)),
+                hive: "models-q".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad}: {e:?}");
+    }
     let e = scheduler
         .fetch_model(pb::ScheduleFetchRequest {
             fetch: Some(fetch("x")),

@@ -187,8 +187,9 @@ impl fmt::Display for ModelSource {
 #[error("{0}")]
 pub struct ModelNameError(pub String);
 
-/// Checks a model id: 1..=128 bytes of `[A-Za-z0-9._-]` and `/`, no empty, `.` or `..`
-/// segment, no `--` (the directory name uses it for `/`).
+/// Checks a model id: 1..=128 bytes of `[A-Za-z0-9._-]` and `/`, no empty segment, no
+/// segment starting with `.` (the hive's own directories, such as `.partial` and
+/// `.trash`, are hidden names), no `--` (the directory name uses it for `/`).
 pub fn check_model_id(id: &str) -> Result<(), ModelNameError> {
     if id.is_empty() || id.len() > MAX_MODEL_ID_BYTES {
         return Err(ModelNameError(format!("model id must be 1..={MAX_MODEL_ID_BYTES} bytes")));
@@ -199,19 +200,60 @@ pub fn check_model_id(id: &str) -> Result<(), ModelNameError> {
     check_relative_path(id).map_err(|e| ModelNameError(format!("model id {id:?}: {}", e.0)))
 }
 
-/// Checks a relative path inside a model: segments of `[A-Za-z0-9._-]`, no empty, `.`
-/// or `..` segment, at most 256 bytes.
+/// Checks a relative path: segments of `[A-Za-z0-9._-]`, none empty and none starting
+/// with `.` (so no `.`, `..` or hidden name), at most 256 bytes.
 pub fn check_relative_path(path: &str) -> Result<(), ModelNameError> {
     if path.is_empty() || path.len() > MAX_MODEL_PATH_BYTES {
         return Err(ModelNameError(format!("must be 1..={MAX_MODEL_PATH_BYTES} bytes")));
     }
     for segment in path.split('/') {
-        if segment.is_empty() || segment == "." || segment == ".." {
-            return Err(ModelNameError("has an empty, \".\" or \"..\" segment".into()));
+        if segment.is_empty() {
+            return Err(ModelNameError("has an empty segment".into()));
+        }
+        if segment.starts_with('.') {
+            return Err(ModelNameError(format!(
+                "has the segment {segment:?}: names starting with \".\" are reserved for the hive"
+            )));
         }
         if let Some(c) = segment.chars().find(|c| !(c.is_ascii_alphanumeric() || "._-".contains(*c))) {
             return Err(ModelNameError(format!("has {c:?}; allowed are A-Z a-z 0-9 . _ - and /")));
         }
+    }
+    Ok(())
+}
+
+/// Suffixes a file of a model may not end with: the hive keeps a download's partial
+/// data and resume sidecar under these names.
+pub const RESERVED_SUFFIXES: [&str; 2] = [".part", ".part.json"];
+/// Names a model's top directory may not hold: the hive's fetch record.
+pub const RESERVED_NAMES: [&str; 1] = ["fetch.json"];
+
+/// Checks a file path inside a model: [`check_relative_path`], and none of the hive's
+/// own names (a segment ending with `.part` or `.part.json`, a top-level `fetch.json`;
+/// hidden names are refused by [`check_relative_path`]).
+pub fn check_model_path(path: &str) -> Result<(), ModelNameError> {
+    check_relative_path(path)?;
+    if let Some(suffix) = path.split('/').find_map(|s| RESERVED_SUFFIXES.iter().find(|x| s.ends_with(**x))) {
+        return Err(ModelNameError(format!(
+            "ends with {suffix:?}, which the hive keeps for partial downloads"
+        )));
+    }
+    if RESERVED_NAMES.contains(&path) {
+        return Err(ModelNameError(format!("{path:?} is a name the hive keeps for its own records")));
+    }
+    Ok(())
+}
+
+/// Checks a Hub commit or revision: 1..=256 bytes of `[A-Za-z0-9._-]` and `/`, no
+/// empty segment, none starting with `.` (it becomes part of a URL path).
+pub fn check_revision(revision: &str) -> Result<(), ModelNameError> {
+    check_relative_path(revision).map_err(|e| ModelNameError(format!("revision {revision:?}: {}", e.0)))
+}
+
+/// Checks a Hub commit id: 7..=64 hex digits.
+pub fn check_commit(sha: &str) -> Result<(), ModelNameError> {
+    if !(7..=64).contains(&sha.len()) || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(ModelNameError(format!("commit {sha:?} is not 7..=64 hex digits")));
     }
     Ok(())
 }
@@ -237,12 +279,7 @@ pub fn parse_hf(uri: &str) -> Result<ModelSource, ModelNameError> {
         return Err(ModelNameError(format!("{uri:?}: the repository must be org/repo")));
     }
     check_relative_path(repo).map_err(|e| ModelNameError(format!("{uri:?}: {}", e.0)))?;
-    if revision.is_empty()
-        || revision.len() > MAX_MODEL_PATH_BYTES
-        || !revision.chars().all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c))
-    {
-        return Err(ModelNameError(format!("{uri:?}: revision {revision:?} is not valid")));
-    }
+    check_revision(revision).map_err(|e| ModelNameError(format!("{uri:?}: {}", e.0)))?;
     Ok(ModelSource::HuggingFace { repo: repo.to_owned(), revision: revision.to_owned() })
 }
 
@@ -250,7 +287,7 @@ pub fn parse_hf(uri: &str) -> Result<ModelSource, ModelNameError> {
 pub fn path_from_url(url: &str) -> Option<String> {
     let no_query = url.split(['?', '#']).next()?;
     let last = no_query.rsplit('/').next()?;
-    check_relative_path(last).ok().map(|()| last.to_owned())
+    check_model_path(last).ok().map(|()| last.to_owned())
 }
 
 #[cfg(test)]
@@ -261,8 +298,21 @@ mod tests {
     fn ids_and_paths_are_checked() {
         assert!(check_model_id("llama-3.1-8b-q4").is_ok());
         assert!(check_model_id("org/repo").is_ok());
-        for bad in ["", "../x", "a//b", "a/./b", "a b", "a--b", "/abs"] {
+        for bad in
+            ["", "../x", "a//b", "a/./b", "a b", "a--b", "/abs", ".partial", ".trash", "org/.hidden", "a/.."]
+        {
             assert!(check_model_id(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_model_path("sub/model.safetensors").is_ok());
+        for bad in
+            ["x.part", "d/x.part", "x.part.json", "fetch.json", ".rbee-model.json", ".gitattributes", "d/.x"]
+        {
+            assert!(check_model_path(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_model_path("d/fetch.json").is_ok(), "only the top-level fetch.json is the hive's");
+        assert!(check_commit(&"a".repeat(40)).is_ok());
+        for bad in ["../../x", "", "abc", "zzzzzzzz"] {
+            assert!(check_commit(bad).is_err(), "{bad:?}");
         }
         assert_eq!(check_sha256(&"A".repeat(64)), Ok("a".repeat(64)));
         assert!(check_sha256("abc").is_err());
@@ -281,6 +331,8 @@ mod tests {
         assert!(parse_hf("hf://repo").is_err());
         assert!(parse_hf("http://x/y").is_err());
         assert!(parse_hf("hf://org/../x").is_err());
+        assert!(parse_hf("hf://org/repo@../../x").is_err());
+        assert!(parse_hf("hf://org/repo@refs/pr/1").is_ok());
     }
 
     #[test]

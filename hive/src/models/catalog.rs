@@ -140,7 +140,13 @@ pub fn scan(root: &Path) -> std::io::Result<Found> {
         };
         let files = layout::list_files(&entry.path())?;
         match manifest::read::<Manifest>(&entry.path().join(layout::MANIFEST)) {
-            Some(m) if m.id == id && matches_disk(&m.files, &files) => found.ready.push(m),
+            Some(m)
+                if m.id == id
+                    && matches_disk(&m.files, &files)
+                    && !super::verify::changed_since_verified(&entry.path())? =>
+            {
+                found.ready.push(m)
+            }
             _ => found.unverified.push((id, files)),
         }
     }

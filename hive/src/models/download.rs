@@ -26,6 +26,8 @@ const MAX_ATTEMPTS_WITHOUT_PROGRESS: u32 = 6;
 const RETRY_MIN: Duration = Duration::from_millis(200);
 /// Longest wait between attempts.
 const RETRY_MAX: Duration = Duration::from_secs(5);
+/// Too-slow attempts in a row (see [`MinProgress`]) before a download fails.
+const MAX_SLOW_ATTEMPTS: u32 = 3;
 /// Write buffer: few large writes rather than many small ones.
 const WRITE_BUFFER: usize = 1 << 20;
 
@@ -51,6 +53,19 @@ pub enum DownloadError {
     /// The source could not be resolved into files.
     #[error("resolving the source: {0}")]
     Resolve(String),
+    /// Fewer bytes than [`MinProgress`] asks arrived in a window (a server dripping
+    /// bytes): the attempt is dropped and retried; a few in a row fail the download.
+    #[error("{url}: only {got} bytes arrived in {window:?}, fewer than {min}; the server is too slow")]
+    TooSlow {
+        /// The URL.
+        url: String,
+        /// Bytes that arrived in the window.
+        got: u64,
+        /// The least expected.
+        min: u64,
+        /// The window.
+        window: Duration,
+    },
     /// The body ended before the declared size (retried from where it stopped).
     #[error("{path}: the connection ended at {got} of {total} bytes")]
     Truncated {
@@ -128,7 +143,7 @@ impl DownloadError {
     /// Whether another attempt may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Network { .. } | Self::Truncated { .. } => true,
+            Self::Network { .. } | Self::Truncated { .. } | Self::TooSlow { .. } => true,
             Self::Status { status, .. } => *status >= 500 || *status == 408 || *status == 429,
             _ => false,
         }
@@ -153,6 +168,26 @@ pub struct FileJob<'a> {
     pub cancel: &'a CancellationToken,
     /// Cancelled when the hive shuts down.
     pub shutdown: &'a CancellationToken,
+    /// The least progress an attempt must make.
+    pub min_progress: MinProgress,
+}
+
+/// The minimum-progress rule: an attempt that receives fewer than `bytes` in any
+/// `window` (counted in consecutive windows from its first byte) is dropped, so that a
+/// server dripping bytes under the read timeout cannot hold a download slot forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MinProgress {
+    /// Least bytes per window.
+    pub bytes: u64,
+    /// The window.
+    pub window: Duration,
+}
+
+impl Default for MinProgress {
+    /// 64 KiB per 60 s.
+    fn default() -> Self {
+        Self { bytes: 64 << 10, window: Duration::from_secs(60) }
+    }
 }
 
 /// A finished, verified file (still at its `.part` path).
@@ -184,6 +219,7 @@ pub async fn fetch_file(job: &FileJob<'_>, file: &FileSource) -> Result<FileDone
     let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
     let mut attempt = 0u32;
     let mut fruitless = 0u32;
+    let mut slow = 0u32;
     loop {
         attempt += 1;
         job.progress.lock_unpoisoned().set_attempt(attempt);
@@ -192,13 +228,16 @@ pub async fn fetch_file(job: &FileJob<'_>, file: &FileSource) -> Result<FileDone
             Ok(done) => return Ok(done),
             Err(e) if e.is_retryable() => {
                 let after = bytes_on_disk(job.partial, file);
-                if after > before {
+                // A dripping server makes some progress each time; too slow counts
+                // on its own.
+                slow = if matches!(e, DownloadError::TooSlow { .. }) { slow + 1 } else { 0 };
+                if after > before && slow == 0 {
                     fruitless = 0;
                     backoff.reset();
                 } else {
                     fruitless += 1;
                 }
-                if fruitless >= MAX_ATTEMPTS_WITHOUT_PROGRESS {
+                if fruitless >= MAX_ATTEMPTS_WITHOUT_PROGRESS || slow >= MAX_SLOW_ATTEMPTS {
                     return Err(e);
                 }
                 let delay = backoff.next_delay();
@@ -232,6 +271,26 @@ async fn hash_prefix(path: &Path, len: u64) -> Result<Sha256, DownloadError> {
     Ok(hasher)
 }
 
+/// How a resumed 206 shows another version of the file than the kept prefix came
+/// from: another ETag or Last-Modified than the sidecar's, or another total.
+fn changed(sidecar: Option<&PartSidecar>, headers: &header::HeaderMap, total: Option<u64>) -> Option<String> {
+    let sidecar = sidecar?;
+    if let (Some(was), Some(now)) = (&sidecar.etag, http::text(headers, header::ETAG))
+        && *was != now
+    {
+        return Some(format!("ETag {was} became {now}"));
+    }
+    if let (Some(was), Some(now)) = (&sidecar.last_modified, http::text(headers, header::LAST_MODIFIED))
+        && *was != now
+    {
+        return Some(format!("Last-Modified {was} became {now}"));
+    }
+    match (sidecar.total, total) {
+        (Some(was), Some(now)) if was != now => Some(format!("its size {was} became {now}")),
+        _ => None,
+    }
+}
+
 /// One GET of the rest of `file`.
 async fn attempt_once(job: &FileJob<'_>, file: &FileSource) -> Result<FileDone, DownloadError> {
     let part = layout::part_file(job.partial, &file.path);
@@ -245,7 +304,9 @@ async fn attempt_once(job: &FileJob<'_>, file: &FileSource) -> Result<FileDone, 
     let mut request = job.hub.authorize(&file.url, job.client.get(&file.url));
     if have > 0 {
         request = request.header(header::RANGE, format!("bytes={have}-"));
-        if let Some(validator) = sidecar.as_ref().and_then(|s| s.etag.clone().or(s.last_modified.clone())) {
+        // If-Range takes a strong ETag only (RFC 9110 13.1.5); else Last-Modified.
+        let strong = sidecar.as_ref().and_then(|s| s.etag.clone()).filter(|e| !e.starts_with("W/"));
+        if let Some(validator) = strong.or_else(|| sidecar.as_ref().and_then(|s| s.last_modified.clone())) {
             request = request.header(header::IF_RANGE, validator);
         }
     }
@@ -258,7 +319,19 @@ async fn attempt_once(job: &FileJob<'_>, file: &FileSource) -> Result<FileDone, 
     let headers = response.headers().clone();
     let total = match status {
         StatusCode::PARTIAL_CONTENT if have > 0 => match http::content_range(&headers) {
-            Some((start, total)) if start == have => total,
+            Some((start, total)) if start == have => {
+                if let Some(why) = changed(sidecar.as_ref(), &headers, total) {
+                    // A 206 of another version of the file (a server that ignores
+                    // If-Range): the kept prefix is worthless; start the file over.
+                    let _ = tokio::fs::remove_file(&sidecar_path).await;
+                    let _ = tokio::fs::remove_file(&part).await;
+                    return Err(DownloadError::Network {
+                        url: file.url.clone(),
+                        reason: format!("the file changed on the server ({why}); starting it over"),
+                    });
+                }
+                total
+            }
             _ => {
                 return Err(DownloadError::Network {
                     url: file.url.clone(),
@@ -314,10 +387,24 @@ async fn attempt_once(job: &FileJob<'_>, file: &FileSource) -> Result<FileDone, 
     job.progress.lock_unpoisoned().set_done(job.base + have);
     let mut got = have;
     let mut response = response;
+    let rule = job.min_progress;
+    let (mut window_end, mut window_from) = (tokio::time::Instant::now() + rule.window, have);
     let result = loop {
         let chunk = tokio::select! {
             () = job.cancel.cancelled() => break Err(DownloadError::Cancelled),
             () = job.shutdown.cancelled() => break Err(DownloadError::ShuttingDown),
+            () = tokio::time::sleep_until(window_end) => {
+                if got - window_from < rule.bytes {
+                    break Err(DownloadError::TooSlow {
+                        url: file.url.clone(),
+                        got: got - window_from,
+                        min: rule.bytes,
+                        window: rule.window,
+                    });
+                }
+                (window_end, window_from) = (window_end + rule.window, got);
+                continue;
+            }
             c = response.chunk() => c,
         };
         match chunk {

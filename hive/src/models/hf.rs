@@ -5,7 +5,7 @@
 //! to the endpoint only.
 
 use rbee_shared::FileSource;
-use rbee_shared::model::check_relative_path;
+use rbee_shared::model::{check_commit, check_model_path, check_revision};
 use serde::Deserialize;
 
 use super::download::DownloadError;
@@ -69,6 +69,7 @@ pub async fn resolve(
     repo: &str,
     revision: &str,
 ) -> Result<Vec<FileSource>, DownloadError> {
+    check_revision(revision).map_err(|e| DownloadError::Resolve(e.0))?;
     let url = format!("{}/api/models/{repo}/revision/{revision}?blobs=true", hub.endpoint);
     let response =
         hub.authorize(&url, client.get(&url)).send().await.map_err(DownloadError::network(&url))?;
@@ -79,14 +80,25 @@ pub async fn resolve(
     let body = response.bytes().await.map_err(DownloadError::network(&url))?;
     let info: RepoInfo = serde_json::from_slice(&body)
         .map_err(|e| DownloadError::Resolve(format!("{url}: not a Hub repository listing: {e}")))?;
-    let commit = info.sha.unwrap_or_else(|| revision.to_owned());
+    let commit = match info.sha {
+        Some(sha) => {
+            check_commit(&sha)
+                .map_err(|e| DownloadError::Resolve(format!("{url}: the Hub answered {}", e.0)))?;
+            sha
+        }
+        None => revision.to_owned(),
+    };
     if info.siblings.is_empty() {
         return Err(DownloadError::Resolve(format!("{url}: the repository has no files")));
     }
-    info.siblings
+    let files = info
+        .siblings
         .into_iter()
+        // Hidden files (`.gitattributes`, `.github/...`) are repository metadata, not
+        // model files; the hive keeps hidden names for its own records.
+        .filter(|s| !s.rfilename.split('/').any(|seg| seg.starts_with('.')))
         .map(|s| {
-            check_relative_path(&s.rfilename)
+            check_model_path(&s.rfilename)
                 .map_err(|e| DownloadError::Resolve(format!("file {:?}: {}", s.rfilename, e.0)))?;
             let (size, sha256) = match s.lfs {
                 Some(lfs) => (lfs.size.or(s.size), lfs.sha256.map(|h| h.to_ascii_lowercase())),
@@ -99,5 +111,9 @@ pub async fn resolve(
                 sha256,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, DownloadError>>()?;
+    if files.iter().filter_map(|f| f.size_bytes).try_fold(0u64, u64::checked_add).is_none() {
+        return Err(DownloadError::Resolve(format!("{url}: the file sizes add up past 2^64 bytes")));
+    }
+    Ok(files)
 }

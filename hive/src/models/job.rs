@@ -142,7 +142,8 @@ async fn download(
         let needed = total.saturating_sub(on_disk);
         let free = disk::space(root)
             .map_err(|source| DownloadError::Io { path: root.display().to_string(), source })?
-            .free_bytes;
+            .free_bytes
+            .saturating_sub(Inner::in_flight_bytes(&inner.jobs.lock_unpoisoned(), &record.id));
         if needed > free {
             return Err(DownloadError::InsufficientDisk { dir: root.display().to_string(), needed, free });
         }
@@ -165,6 +166,7 @@ async fn download(
             base,
             cancel,
             shutdown,
+            min_progress: inner.config.min_progress,
         };
         let finished = download::fetch_file(&job, file).await?;
         base += finished.size;

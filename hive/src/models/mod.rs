@@ -9,6 +9,7 @@
 //! - [`source`]: how the catalog reaches capabilities, and progress reaches samples.
 
 pub mod catalog;
+pub mod conflict;
 pub mod disk;
 pub mod download;
 pub mod hf;
@@ -57,6 +58,8 @@ pub struct ModelsConfig {
     /// one (a warning) instead of failing to start. A directory the operator named must
     /// open.
     pub optional: bool,
+    /// The least progress a download attempt must make (default 64 KiB per 60 s).
+    pub min_progress: download::MinProgress,
 }
 
 impl ModelsConfig {
@@ -68,6 +71,7 @@ impl ModelsConfig {
             rescan: Duration::from_secs(5),
             hub: hf::HubConfig::from_env(),
             optional: false,
+            min_progress: download::MinProgress::default(),
         }
     }
 }
@@ -89,6 +93,18 @@ struct Job {
     cancel: CancellationToken,
     /// Its progress.
     progress: Arc<Mutex<Progress>>,
+    /// The declared total, until the job knows its own.
+    declared: Option<u64>,
+    /// The files it was asked for (empty for `hf://`).
+    files: Vec<rbee_shared::ModelFile>,
+}
+
+impl Job {
+    /// Bytes it will still write: its total (known or declared) minus what is done.
+    fn remaining(&self) -> u64 {
+        let r = self.progress.lock_unpoisoned().record();
+        r.bytes_total.or(self.declared).unwrap_or(0).saturating_sub(r.bytes_done)
+    }
 }
 
 /// What FetchModel did.
@@ -129,6 +145,15 @@ impl Inner {
     fn finish(&self, id: &str, record: DownloadProgress) {
         self.finished.lock_unpoisoned().insert(id.to_owned(), (Instant::now(), record));
         self.jobs.lock_unpoisoned().remove(id);
+    }
+
+    /// Bytes the running downloads other than `except` will still write: the free
+    /// disk a new download may count on is the free space minus these.
+    fn in_flight_bytes(jobs: &BTreeMap<String, Job>, except: &str) -> u64 {
+        jobs.iter()
+            .filter(|(id, _)| id.as_str() != except)
+            .map(|(_, j)| j.remaining())
+            .fold(0, u64::saturating_add)
     }
 }
 
@@ -226,24 +251,39 @@ impl Models {
             return Err(HiveError::ShuttingDown);
         }
         let mut jobs = self.inner.jobs.lock_unpoisoned();
-        if jobs.contains_key(id) {
+        if let Some(job) = jobs.get(id) {
+            if let Some(why) = conflict::disagreement(&source, &job.files) {
+                return Err(HiveError::ModelConflict(format!(
+                    "a download of {id} with other content is running ({why}); cancel it first"
+                )));
+            }
             return Ok(FetchOutcome::Joined);
         }
-        match self.inner.catalog.get(id).map(|m| m.state) {
-            Some(ModelState::Ready) => return Ok(FetchOutcome::AlreadyReady),
-            Some(ModelState::Unverified) => return Err(HiveError::ModelBusy(id.to_owned())),
+        match self.inner.catalog.get(id) {
+            Some(m) if m.state == ModelState::Ready => {
+                if let Some(why) = conflict::disagreement(&source, &m.files) {
+                    return Err(HiveError::ModelConflict(format!(
+                        "{id} is ready with other content ({why}); delete it first"
+                    )));
+                }
+                return Ok(FetchOutcome::AlreadyReady);
+            }
+            Some(m) if m.state == ModelState::Unverified => return Err(HiveError::ModelBusy(id.to_owned())),
             _ => {}
         }
         if let ModelSource::Urls(files) = &source
-            && let Some(declared) = files.iter().map(|f| f.size_bytes).sum::<Option<u64>>()
+            && let Some(declared) =
+                files.iter().map(|f| f.size_bytes).try_fold(0u64, |sum, s| s.and_then(|s| sum.checked_add(s)))
         {
             let space = disk::space(&self.inner.config.dir)
                 .map_err(|source| HiveError::ModelIo { path: self.inner.config.dir.clone(), source })?;
-            if declared > space.free_bytes {
+            // Downloads in flight will take their remaining bytes from the same space.
+            let free = space.free_bytes.saturating_sub(Inner::in_flight_bytes(&jobs, id));
+            if declared > free {
                 return Err(HiveError::InsufficientDisk {
                     dir: self.inner.config.dir.clone(),
                     needed: declared,
-                    free: space.free_bytes,
+                    free,
                 });
             }
         }
@@ -288,7 +328,12 @@ impl Models {
         });
         let progress = Arc::new(Mutex::new(Progress::new(&id)));
         let cancel = CancellationToken::new();
-        jobs.insert(id, Job { cancel: cancel.clone(), progress: progress.clone() });
+        let declared = files.iter().map(|f| f.size_bytes).sum::<Option<u64>>();
+        let declared_files = conflict::declared_files(&files);
+        jobs.insert(
+            id,
+            Job { cancel: cancel.clone(), progress: progress.clone(), declared, files: declared_files },
+        );
         let task = tokio::spawn(job::run(self.inner.clone(), record, progress, cancel));
         let mut tasks = self.inner.tasks.lock_unpoisoned();
         tasks.retain(|t| !t.is_finished());
@@ -376,16 +421,20 @@ impl Models {
         for (id, files) in found {
             let known = catalog.get(&id).map(|m| m.state);
             let busy = self.inner.jobs.lock_unpoisoned().contains_key(&id);
-            if busy || matches!(known, Some(ModelState::Ready | ModelState::Downloading)) {
+            if busy || known == Some(ModelState::Downloading) {
                 continue;
             }
-            if known.is_none() || known == Some(ModelState::Failed) {
+            if known == Some(ModelState::Ready) && !self.changed_since_ready(&id, &files).await {
+                continue;
+            }
+            if matches!(known, None | Some(ModelState::Failed | ModelState::Ready)) {
                 tracing::info!(model = %id, "hand-copied model found; verifying");
                 self.inner.catalog.put(catalog::unverified_entry(&id, &files));
             }
             let dir = layout::model_dir(&self.inner.config.dir, &id);
             let vid = id.clone();
-            match tokio::task::spawn_blocking(move || verify::verify(&vid, &dir)).await {
+            let quiet = self.inner.config.rescan;
+            match tokio::task::spawn_blocking(move || verify::verify(&vid, &dir, quiet)).await {
                 Ok(Ok(manifest)) => {
                     tracing::info!(model = %id, "hand-copied model verified");
                     if self.inner.catalog.get(&id).map(|m| m.state) == Some(ModelState::Unverified) {
@@ -396,6 +445,33 @@ impl Models {
                 Err(e) => tracing::warn!(model = %id, error = %e, "verification task failed"),
             }
         }
+    }
+}
+
+impl Models {
+    /// Whether the files of ready model `id` are no longer the ones it was verified
+    /// with (other paths or sizes, or modified after the manifest); then its manifest
+    /// is removed, so that it is verified again.
+    async fn changed_since_ready(&self, id: &str, files: &layout::FileList) -> bool {
+        let Some(entry) = self.inner.catalog.get(id) else { return false };
+        let mut listed: layout::FileList =
+            entry.files.iter().map(|f| (f.path.clone(), f.size_bytes)).collect();
+        listed.sort();
+        let dir = layout::model_dir(&self.inner.config.dir, id);
+        let resized = listed != *files;
+        let changed = tokio::task::spawn_blocking(move || {
+            let changed = resized || verify::changed_since_verified(&dir).unwrap_or(false);
+            if changed {
+                let _ = std::fs::remove_file(dir.join(layout::MANIFEST));
+            }
+            changed
+        })
+        .await
+        .unwrap_or(false);
+        if changed {
+            tracing::warn!(model = %id, "files of a ready model changed on disk; verifying it again");
+        }
+        changed
     }
 }
 

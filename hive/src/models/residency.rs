@@ -12,6 +12,8 @@ impl Models {
         self.inner.catalog.update(id, |e| {
             let mut changed = e.warm != warm;
             e.warm = warm;
+            // Never more than the model's size (a file may grow under a stale entry).
+            let resident = resident.map(|r| r.min(e.size_bytes));
             if let Some(r) = resident
                 && (force || crate::preload::residency::moved(e.resident_bytes, Some(r), e.size_bytes))
                 && e.resident_bytes != Some(r)

@@ -1,9 +1,11 @@
 //! Hand-copied models: their files are hashed in the background, and once the files
-//! stood still while being hashed, a manifest makes them `ready`.
+//! stood still before (for one rescan interval) and while being hashed, a manifest
+//! makes them `ready`. A file modified after its manifest makes the model unverified
+//! again (see [`changed_since_verified`]).
 
 use std::io::Read;
 use std::path::Path;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use rbee_shared::ModelFile;
 use sha2::{Digest, Sha256};
@@ -42,13 +44,35 @@ fn hash_file(path: &Path) -> std::io::Result<String> {
     Ok(hex(&hasher.finalize()))
 }
 
-/// Hashes the model in `dir` and writes its manifest. Blocks: run on a blocking thread.
-pub fn verify(id: &str, dir: &Path) -> Result<Manifest, VerifyError> {
+/// True when a file of the model in `dir` was modified after its manifest was written
+/// (a hand-copied file still being written when it was verified, or changed since), or
+/// when there is no manifest. Stats only.
+pub fn changed_since_verified(dir: &Path) -> std::io::Result<bool> {
+    let verified_at = match std::fs::metadata(dir.join(layout::MANIFEST)) {
+        Ok(m) => m.modified()?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
+        Err(e) => return Err(e),
+    };
+    for (rel, _) in layout::list_files(dir)? {
+        if stamp(&dir.join(rel))?.1 > verified_at {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Hashes the model in `dir` and writes its manifest, when every file stood still
+/// (size and mtime) for `quiet` before hashing and while it was hashed. Blocks: run on
+/// a blocking thread.
+pub fn verify(id: &str, dir: &Path, quiet: Duration) -> Result<Manifest, VerifyError> {
     let listed = layout::list_files(dir)?;
     let mut files = Vec::with_capacity(listed.len());
     for (rel, _) in &listed {
         let path = dir.join(rel);
         let before = stamp(&path)?;
+        if SystemTime::now().duration_since(before.1).unwrap_or_default() < quiet {
+            return Err(VerifyError::Changing);
+        }
         let sha256 = hash_file(&path)?;
         if stamp(&path)? != before {
             return Err(VerifyError::Changing);

@@ -1,7 +1,8 @@
 //! A small HTTP/1.1 file server on `127.0.0.1:0` for download tests: it serves
 //! generated files with `Range`/`If-Range`, answers the Hugging Face Hub endpoints the
 //! hive uses, counts the body bytes it sends, and can be throttled, made to drop a
-//! connection mid-body once, or made to corrupt a byte.
+//! connection mid-body once, made to corrupt a byte, to replace a file under a new
+//! ETag, to ignore `If-Range`, or to drip the body a byte at a time.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -51,6 +52,12 @@ struct State {
     drop_after: AtomicU64,
     /// Authorization headers seen on Hub API requests.
     auth: Mutex<Vec<String>>,
+    /// Times each path was replaced (part of its ETag).
+    versions: Mutex<HashMap<String, u64>>,
+    /// Answer a Range with 206 even when If-Range names another version.
+    ignore_if_range: std::sync::atomic::AtomicBool,
+    /// Send the body one byte per this many ms (0 = off): a slow drip.
+    drip_ms: AtomicU64,
 }
 
 /// The running server. Dropping it stops it.
@@ -90,6 +97,23 @@ impl FileServer {
     pub fn add(&self, path: &str, data: Vec<u8>) -> String {
         self.state.files.lock().unwrap().insert(format!("/{path}"), Arc::new(data));
         self.url(path)
+    }
+
+    /// Replaces the file at `/path` with `data`, under a new ETag.
+    pub fn replace(&self, path: &str, data: Vec<u8>) {
+        *self.state.versions.lock().unwrap().entry(format!("/{path}")).or_default() += 1;
+        self.add(path, data);
+    }
+
+    /// Makes the server answer a Range with 206 even when `If-Range` names another
+    /// version of the file (a server that ignores `If-Range`).
+    pub fn ignore_if_range(&self, ignore: bool) {
+        self.state.ignore_if_range.store(ignore, Ordering::SeqCst);
+    }
+
+    /// Sends file bodies one byte every `ms` milliseconds (0: off).
+    pub fn drip(&self, ms: u64) {
+        self.state.drip_ms.store(ms, Ordering::SeqCst);
     }
 
     /// The URL of `/path`.
@@ -202,8 +226,10 @@ async fn serve(mut conn: TcpStream, state: Arc<State>) -> std::io::Result<()> {
             .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
             .await;
     };
-    let etag = format!("\"{}-{}\"", data.len(), &sha256_hex(&data[..data.len().min(4096)])[..16]);
-    let if_range_ok = headers.get("if-range").is_none_or(|v| *v == etag);
+    let version = state.versions.lock().unwrap().get(&path).copied().unwrap_or(0);
+    let etag = format!("\"{}-{version}-{}\"", data.len(), &sha256_hex(&data[..data.len().min(4096)])[..16]);
+    let if_range_ok =
+        state.ignore_if_range.load(Ordering::SeqCst) || headers.get("if-range").is_none_or(|v| *v == etag);
     let start = headers
         .get("range")
         .and_then(|r| r.strip_prefix("bytes="))
@@ -232,6 +258,13 @@ async fn serve(mut conn: TcpStream, state: Arc<State>) -> std::io::Result<()> {
     state.gets.fetch_add(1, Ordering::SeqCst);
     let drop_after = state.drop_after.swap(u64::MAX, Ordering::SeqCst);
     let mut at = from;
+    let drip = state.drip_ms.load(Ordering::SeqCst);
+    while drip > 0 && at < len {
+        conn.write_all(&data[at..=at]).await?;
+        state.sent.fetch_add(1, Ordering::SeqCst);
+        at += 1;
+        tokio::time::sleep(Duration::from_millis(drip)).await;
+    }
     while at < len {
         let throttle = state.throttle.load(Ordering::SeqCst);
         let end = (at + CHUNK).min(len);

@@ -52,6 +52,11 @@ impl SchedulerApi for SchedulerService {
         let r = request.get_ref();
         let req = PlaceRequest::try_from(r)?;
         let from = r.prefetch_from.as_deref().map(source_of).transpose()?;
+        if r.prefetch {
+            // A prefetch sends the model id to a hive: refuse a bad one here, up front.
+            rbee_shared::convert::models::model_id_from_wire("model", &r.model)
+                .map_err(|e| QueenError::InvalidArgument(format!("prefetch: {e}")))?;
+        }
         let (model, dry_run) = (req.model.clone(), req.dry_run);
         let mut outcome = self.scheduler.place(req).await?;
         if let (crate::scheduler::Outcome::Placed(p), Some(cache), false) =

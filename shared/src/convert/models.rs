@@ -5,8 +5,8 @@ use rbee_proto::v1 as pb;
 
 use super::Checked;
 use crate::model::{
-    MAX_MODEL_FILES, MAX_MODELS, MAX_URL_BYTES, check_model_id, check_relative_path, check_sha256, parse_hf,
-    path_from_url,
+    MAX_MODEL_FILES, MAX_MODELS, MAX_URL_BYTES, check_model_id, check_model_path, check_relative_path,
+    check_sha256, parse_hf, path_from_url,
 };
 use crate::{
     ConvertError, DiskSpace, DownloadPhase, DownloadProgress, FileSource, ModelEntry, ModelFile, ModelSource,
@@ -95,44 +95,48 @@ fn model_from_wire(field: &str, m: &pb::Model) -> Checked<ModelEntry> {
         files,
         size_bytes: m.size_bytes,
         error: m.error.as_deref().map(|e| check_long(&format!("{field}.error"), e)).transpose()?,
-        resident_bytes: match m.resident_bytes {
-            Some(r) if r > m.size_bytes => {
-                return Err(ConvertError::new(
-                    format!("{field}.resident_bytes"),
-                    format!("{r} > size_bytes {}", m.size_bytes),
-                ));
-            }
-            r => r,
-        },
+        // More resident than the size (a file grew under a stale entry): clamped.
+        resident_bytes: m.resident_bytes.map(|r| r.min(m.size_bytes)),
         warm: m.warm,
     })
 }
 
-/// Models from the wire; ids unique.
+/// Models from the wire; ids unique. One bad entry (an invalid field, a repeated id)
+/// is dropped with a warning, not the whole message: one catalog entry must not take
+/// a whole hive down. Only a list over [`MAX_MODELS`] is an error.
 pub fn models_from_wire(field: &str, models: &[pb::Model]) -> Checked<Vec<ModelEntry>> {
     if models.len() > MAX_MODELS {
         return Err(ConvertError::new(field, format!("{} models > {MAX_MODELS}", models.len())));
     }
     let mut seen = std::collections::BTreeSet::new();
-    models
+    Ok(models
         .iter()
         .enumerate()
-        .map(|(i, m)| {
-            let model = model_from_wire(&format!("{field}[{i}]"), m)?;
-            if !seen.insert(model.id.clone()) {
-                return Err(ConvertError::new(field, format!("duplicate model id {}", model.id)));
-            }
-            Ok(model)
+        .filter_map(|(i, m)| {
+            let model = model_from_wire(&format!("{field}[{i}]"), m)
+                .and_then(|model| match seen.insert(model.id.clone()) {
+                    true => Ok(model),
+                    false => Err(ConvertError::new(field, format!("duplicate model id {}", model.id))),
+                })
+                .inspect_err(|e| tracing::warn!(error = %e, "model entry dropped"))
+                .ok()?;
+            Some(model)
         })
-        .collect()
+        .collect())
 }
 
-/// Removed model ids from the wire.
+/// Removed model ids from the wire (an invalid one is dropped with a warning: no
+/// valid entry can have it).
 pub fn model_ids_from_wire(field: &str, ids: &[String]) -> Checked<Vec<String>> {
     if ids.len() > MAX_MODELS {
         return Err(ConvertError::new(field, format!("{} ids > {MAX_MODELS}", ids.len())));
     }
-    ids.iter().map(|id| model_id_from_wire(field, id)).collect()
+    Ok(ids
+        .iter()
+        .filter_map(|id| {
+            model_id_from_wire(field, id).inspect_err(|e| tracing::warn!(error = %e, "model id dropped")).ok()
+        })
+        .collect())
 }
 
 impl From<DownloadPhase> for pb::DownloadPhase {
@@ -192,7 +196,8 @@ fn download_from_wire(field: &str, d: &pb::DownloadProgress) -> Checked<Download
     })
 }
 
-/// Download records from the wire.
+/// Download records from the wire (a bad record is dropped with a warning, not the
+/// whole sample).
 pub fn downloads_from_wire(
     field: &str,
     downloads: &[pb::DownloadProgress],
@@ -200,7 +205,15 @@ pub fn downloads_from_wire(
     if downloads.len() > MAX_MODELS {
         return Err(ConvertError::new(field, format!("{} records > {MAX_MODELS}", downloads.len())));
     }
-    downloads.iter().enumerate().map(|(i, d)| download_from_wire(&format!("{field}[{i}]"), d)).collect()
+    Ok(downloads
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| {
+            download_from_wire(&format!("{field}[{i}]"), d)
+                .inspect_err(|e| tracing::warn!(error = %e, "download record dropped"))
+                .ok()
+        })
+        .collect())
 }
 
 impl From<&DiskSpace> for pb::DiskSpace {
@@ -253,7 +266,7 @@ pub fn source_from_wire(source: Option<&pb::fetch_model_request::Source>) -> Che
                     }
                     let path = match &f.path {
                         Some(p) => {
-                            check_relative_path(p)
+                            check_model_path(p)
                                 .map_err(|e| ConvertError::new(format!("{field}.path"), e.0))?;
                             p.clone()
                         }
@@ -275,7 +288,13 @@ pub fn source_from_wire(source: Option<&pb::fetch_model_request::Source>) -> Che
                         .map_err(|e| ConvertError::new(format!("{field}.sha256"), e.0))?;
                     Ok(FileSource { url, path, size_bytes: f.size_bytes, sha256 })
                 })
-                .collect::<Checked<_>>()?;
+                .collect::<Checked<Vec<FileSource>>>()?;
+            if files.iter().filter_map(|f| f.size_bytes).try_fold(0u64, u64::checked_add).is_none() {
+                return Err(ConvertError::new(
+                    "source.urls.files",
+                    "the declared sizes add up past 2^64 bytes",
+                ));
+            }
             Ok(ModelSource::Urls(files))
         }
     }
@@ -318,4 +337,37 @@ pub fn read_bandwidth_from_wire(field: &str, b: &pb::ReadBandwidth) -> Checked<R
         disk_bytes_per_s: check("disk_bytes_per_s", b.disk_bytes_per_s)?,
         ram_bytes_per_s: check("ram_bytes_per_s", b.ram_bytes_per_s)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(id: &str, size: u64, resident: Option<u64>, path: &str) -> pb::Model {
+        pb::Model {
+            id: id.into(),
+            state: pb::ModelState::Ready as i32,
+            files: vec![pb::ModelFile { path: path.into(), size_bytes: size, sha256: None }],
+            size_bytes: size,
+            error: None,
+            resident_bytes: resident,
+            warm: false,
+        }
+    }
+
+    #[test]
+    fn one_bad_entry_does_not_reject_the_catalog() {
+        let models = [
+            model("good", 10, Some(5), "w.bin"),
+            model("grown", 10, Some(20), "w.bin"),
+            model("bad-path", 10, None, "../etc/passwd"),
+            model(".partial", 10, None, "w.bin"),
+            model("good", 10, None, "other.bin"),
+        ];
+        let out = models_from_wire("models", &models).unwrap();
+        let ids: Vec<_> = out.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, ["good", "grown"], "bad entries and the repeated id dropped");
+        assert_eq!(out[1].resident_bytes, Some(10), "resident clamped to the size");
+        assert_eq!(model_ids_from_wire("removed", &["a".into(), "../x".into()]).unwrap(), ["a"]);
+    }
 }
