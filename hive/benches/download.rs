@@ -4,6 +4,7 @@
 //! ```sh
 //! cargo bench -p rbee-hive --bench download             # 512 MiB, 3 rounds
 //! cargo bench -p rbee-hive --bench download -- 1024 5   # MiB ROUNDS
+//! RBEE_BENCH_HIVE=/path/to/hive cargo bench -p rbee-hive --bench download   # another build
 //! ```
 //!
 //! Each round: curl writes the file to disk, then the hive fetches it as a new model
@@ -32,6 +33,12 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks as f64 / 100.0
 }
 
+/// The 1-, 5- and 15-minute load averages.
+fn loadavg() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -50,7 +57,9 @@ async fn main() {
     let url = server.add("bench.bin", data);
 
     let models = dir.path().join("models");
-    let mut hive = Command::new(env!("CARGO_BIN_EXE_hive"))
+    // Another hive binary (an older build, to compare) when asked; else this build's.
+    let program = std::env::var("RBEE_BENCH_HIVE").unwrap_or_else(|_| env!("CARGO_BIN_EXE_hive").into());
+    let mut hive = Command::new(&program)
         .args(["serve", "--listen", "127.0.0.1:0", "--hive-id", "bench", "--demo"])
         .arg("--models-dir")
         .arg(&models)
@@ -58,7 +67,7 @@ async fn main() {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start the hive binary");
+        .unwrap_or_else(|e| panic!("start the hive binary {program}: {e}"));
     let stderr = hive.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -111,6 +120,7 @@ async fn main() {
         );
     }
     let (c, s, h) = (median(curl_rates), median(synced_rates), median(hive_rates));
+    println!("hive: {program}; load average at the end: {}", loadavg());
     println!(
         "median over {rounds} rounds of {mib} MiB: curl {c:.0} MB/s, curl+fsync {s:.0} MB/s, hive {h:.0} MB/s = {:.0}% of curl (target >= 90%), {:.0}% of curl+fsync; hive CPU {:.2} s per GB",
         100.0 * h / c,
