@@ -4,12 +4,16 @@
 //! ```sh
 //! cargo bench -p rbee-hive --bench download             # 512 MiB, 3 rounds
 //! cargo bench -p rbee-hive --bench download -- 1024 5   # MiB ROUNDS
+//! RBEE_BENCH_HIVE=/path/to/hive cargo bench -p rbee-hive --bench download   # another build
 //! ```
 //!
 //! Each round: curl writes the file to disk, then the hive fetches it as a new model
 //! (sha256 verified while streaming, fsync, rename). The hive's time runs from the
 //! FetchModel call until its model directory appears; its CPU is user+system time of
-//! the hive process over that span (from /proc).
+//! the hive process over that span (from /proc). curl leaves its file in the page
+//! cache, where the hive's file is on disk before it is ready, so each round also
+//! times an fsync of curl's file after curl exits ("curl+fsync": the same durability
+//! as the hive's, done after the transfer instead of during it).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -27,6 +31,12 @@ fn cpu_seconds(pid: u32) -> f64 {
     // Fields 14 and 15 of stat (utime, stime) are the 12th and 13th after the comm.
     let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
     ticks as f64 / 100.0
+}
+
+/// The 1-, 5- and 15-minute load averages.
+fn loadavg() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -47,7 +57,9 @@ async fn main() {
     let url = server.add("bench.bin", data);
 
     let models = dir.path().join("models");
-    let mut hive = Command::new(env!("CARGO_BIN_EXE_hive"))
+    // Another hive binary (an older build, to compare) when asked; else this build's.
+    let program = std::env::var("RBEE_BENCH_HIVE").unwrap_or_else(|_| env!("CARGO_BIN_EXE_hive").into());
+    let mut hive = Command::new(&program)
         .args(["serve", "--listen", "127.0.0.1:0", "--hive-id", "bench", "--demo"])
         .arg("--models-dir")
         .arg(&models)
@@ -55,7 +67,7 @@ async fn main() {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start the hive binary");
+        .unwrap_or_else(|e| panic!("start the hive binary {program}: {e}"));
     let stderr = hive.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -68,13 +80,16 @@ async fn main() {
     let addr = rx.recv_timeout(Duration::from_secs(20)).expect("the hive logs its listen address");
     let mut client = HiveClient::connect(format!("http://{addr}")).await.unwrap();
 
-    let (mut curl_rates, mut hive_rates, mut cpu_per_gb) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut curl_rates, mut synced_rates, mut hive_rates, mut cpu_per_gb) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
         let out = dir.path().join("curl.bin");
         let started = Instant::now();
         let status = Command::new("curl").args(["-sS", "-o"]).arg(&out).arg(&url).status().expect("run curl");
         assert!(status.success(), "curl failed");
         let curl = started.elapsed().as_secs_f64();
+        std::fs::File::open(&out).and_then(|f| f.sync_all()).expect("fsync curl's file");
+        let curl_synced = started.elapsed().as_secs_f64();
         std::fs::remove_file(&out).unwrap();
 
         let id = format!("bench-{round}");
@@ -91,20 +106,25 @@ async fn main() {
 
         let gb = size as f64 / 1e9;
         curl_rates.push(size as f64 / curl / 1e6);
+        synced_rates.push(size as f64 / curl_synced / 1e6);
         hive_rates.push(size as f64 / took / 1e6);
         cpu_per_gb.push(cpu / gb);
         println!(
-            "round {round}: curl {:.0} MB/s, hive {:.0} MB/s ({:.0}% of curl), hive CPU {:.2} s/GB",
+            "round {round}: curl {:.0} MB/s, curl+fsync {:.0} MB/s, hive {:.0} MB/s ({:.0}% of curl, {:.0}% of curl+fsync), hive CPU {:.2} s/GB",
             curl_rates[round],
+            synced_rates[round],
             hive_rates[round],
             100.0 * hive_rates[round] / curl_rates[round],
+            100.0 * hive_rates[round] / synced_rates[round],
             cpu_per_gb[round]
         );
     }
-    let (c, h) = (median(curl_rates), median(hive_rates));
+    let (c, s, h) = (median(curl_rates), median(synced_rates), median(hive_rates));
+    println!("hive: {program}; load average at the end: {}", loadavg());
     println!(
-        "median over {rounds} rounds of {mib} MiB: curl {c:.0} MB/s, hive {h:.0} MB/s = {:.0}% of curl (target >= 90%); hive CPU {:.2} s per GB",
+        "median over {rounds} rounds of {mib} MiB: curl {c:.0} MB/s, curl+fsync {s:.0} MB/s, hive {h:.0} MB/s = {:.0}% of curl (target >= 90%), {:.0}% of curl+fsync; hive CPU {:.2} s per GB",
         100.0 * h / c,
+        100.0 * h / s,
         median(cpu_per_gb)
     );
     let _ = hive.kill();

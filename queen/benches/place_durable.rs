@@ -13,6 +13,9 @@
 //! - gRPC, 1 caller: the real `rbee.v1.Scheduler` service on loopback (TCP_NODELAY), the
 //!   generated client, one call at a time; released outside the timed section.
 //! - gRPC, 16 callers: 16 concurrent callers on one connection; reservations are kept.
+//!
+//! First it measures the floor the store stands on: a bare 4 KiB write and fdatasync
+//! in the state directory, 500 times (what one durable commit cannot beat).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -145,6 +148,31 @@ async fn over_grpc(scheduler: Arc<Scheduler>, n: usize) -> (Vec<Duration>, Vec<D
     (one, many, rate)
 }
 
+/// A bare 4 KiB write + fdatasync in `dir`, `n` times (the floor of a durable commit).
+fn fsync_floor(dir: &std::path::Path, n: usize) -> Vec<Duration> {
+    use std::io::{Seek, SeekFrom, Write};
+    let path = dir.join("fsync-floor");
+    let mut file = std::fs::File::create(&path).unwrap();
+    let page = [0x5au8; 4096];
+    let mut lat = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = Instant::now();
+        file.seek(SeekFrom::Start((i % 64) as u64 * 4096)).unwrap();
+        file.write_all(&page).unwrap();
+        file.sync_data().unwrap();
+        lat.push(t.elapsed());
+    }
+    drop(file);
+    std::fs::remove_file(&path).unwrap();
+    lat
+}
+
+/// The 1-, 5- and 15-minute load averages.
+fn loadavg() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
 fn main() {
     let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let hives = args.first().copied().unwrap_or(1000);
@@ -153,6 +181,11 @@ fn main() {
     let base = std::env::var_os("RBEE_BENCH_STATE_DIR").map_or_else(std::env::temp_dir, Into::into);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     println!("fleet: {hives} hives x {gpus} GPUs ({} devices), policy built-in:least-loaded", hives * gpus);
+    println!("load average: {}", loadavg());
+    {
+        let dir = tempfile::tempdir_in(&base).unwrap();
+        report("bare write+fdatasync", fsync_floor(dir.path(), 500));
+    }
     for mode in [Mode::Off, Mode::OneByOne, Mode::Grouped] {
         let dir = tempfile::tempdir_in(&base).unwrap();
         match mode {
@@ -171,5 +204,6 @@ fn main() {
         report("gRPC, 1 caller", one);
         report(&format!("gRPC, {CALLERS} callers"), many);
         println!("  gRPC, {CALLERS} callers: {rate:.0} placements/s");
+        println!("  load average: {}", loadavg());
     }
 }

@@ -12,12 +12,13 @@ use rbee_shared::lock::MutexExt;
 use reqwest::StatusCode;
 use reqwest::header;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
 use super::hf::HubConfig;
 use super::manifest::{self, PartSidecar};
 use super::progress::Progress;
+use super::sink::Sink;
 use super::{disk, http, layout};
 
 /// Attempts in a row without a new byte before a download fails.
@@ -28,8 +29,8 @@ const RETRY_MIN: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 /// Too-slow attempts in a row (see [`MinProgress`]) before a download fails.
 const MAX_SLOW_ATTEMPTS: u32 = 3;
-/// Write buffer: few large writes rather than many small ones.
-const WRITE_BUFFER: usize = 1 << 20;
+/// Read buffer for hashing the bytes already on disk before a resume.
+const READ_BUFFER: usize = 1 << 20;
 
 /// Why a download stopped.
 #[derive(Debug, thiserror::Error)]
@@ -257,7 +258,7 @@ pub async fn fetch_file(job: &FileJob<'_>, file: &FileSource) -> Result<FileDone
 async fn hash_prefix(path: &Path, len: u64) -> Result<Sha256, DownloadError> {
     let mut hasher = Sha256::new();
     let mut f = tokio::fs::File::open(path).await.map_err(DownloadError::io(path))?;
-    let mut buf = vec![0u8; WRITE_BUFFER];
+    let mut buf = vec![0u8; READ_BUFFER];
     let mut left = len;
     while left > 0 {
         let want = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
@@ -376,14 +377,15 @@ async fn attempt_once(job: &FileJob<'_>, file: &FileSource) -> Result<FileDone, 
         };
         manifest::write(&sidecar_path, &record).map_err(DownloadError::io(&sidecar_path))?;
     }
-    let mut hasher = if have > 0 { hash_prefix(&part, have).await? } else { Sha256::new() };
+    let hasher = if have > 0 { hash_prefix(&part, have).await? } else { Sha256::new() };
     let handle = if have > 0 {
         tokio::fs::OpenOptions::new().append(true).open(&part).await
     } else {
         tokio::fs::File::create(&part).await
     }
     .map_err(DownloadError::io(&part))?;
-    let mut writer = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, handle);
+    // Chunks are hashed and written in order by the sink's thread, while this task receives.
+    let mut writer = Sink::start(handle.into_std().await, hasher);
     job.progress.lock_unpoisoned().set_done(job.base + have);
     let mut got = have;
     let mut response = response;
@@ -418,27 +420,28 @@ async fn attempt_once(job: &FileJob<'_>, file: &FileSource) -> Result<FileDone, 
                         actual: got + bytes.len() as u64,
                     });
                 }
-                hasher.update(&bytes);
-                if let Err(e) = writer.write_all(&bytes).await {
+                let n = bytes.len() as u64;
+                if let Err(e) = writer.write(bytes).await {
                     break Err(DownloadError::io(&part)(e));
                 }
-                got += bytes.len() as u64;
-                job.progress.lock_unpoisoned().add(bytes.len() as u64);
+                got += n;
+                job.progress.lock_unpoisoned().add(n);
             }
             Ok(None) => break Ok(()),
             Err(e) => break Err(DownloadError::network(&file.url)(e)),
         }
     };
-    // Keep what arrived, whatever happened: a resume continues from it.
-    let flushed = writer.flush().await.map_err(DownloadError::io(&part));
+    // Keep what arrived, whatever happened: a resume continues from it. A complete file
+    // is fsync'd before it is checked (and, by the caller, renamed into place).
+    let complete = result.is_ok() && total.is_none_or(|total| got >= total);
+    let written = writer.finish(complete).await.map_err(DownloadError::io(&part));
     result?;
-    flushed?;
+    let hasher = written?;
     if let Some(total) = total
         && got < total
     {
         return Err(DownloadError::Truncated { path: file.path.clone(), got, total });
     }
-    writer.get_ref().sync_all().await.map_err(DownloadError::io(&part))?;
     let sha256 = hex(&hasher.finalize());
     if let Some(expected) = &file.sha256
         && *expected != sha256

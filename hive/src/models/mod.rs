@@ -4,7 +4,8 @@
 //! - [`catalog`]: the published catalog and the directory scan. [`verify`]: hashing
 //!   hand-copied models in the background.
 //! - [`job`]: one model download; [`download`]: one file, resumable, retried and hashed
-//!   while streaming; [`http`]: the client; [`hf`]: `hf://` through the Hub API.
+//!   while streaming; [`sink`]: its writer and fsync threads; [`http`]: the client;
+//!   [`hf`]: `hf://` through the Hub API.
 //! - [`progress`]: what samples report per download. [`disk`]: free space.
 //! - [`source`]: how the catalog reaches capabilities, and progress reaches samples.
 
@@ -19,6 +20,7 @@ pub mod layout;
 pub mod manifest;
 pub mod progress;
 pub mod residency;
+pub mod sink;
 pub mod source;
 pub mod verify;
 
