@@ -13,6 +13,9 @@ pub enum QueenError {
     /// No such hive.
     #[error("no hive {0:?} (give a hive id or an address)")]
     NotFound(String),
+    /// Something else asked for is not there (the message says what).
+    #[error("{0}")]
+    Missing(String),
     /// No such reservation.
     #[error("no reservation {0:?} (it was released, expired, or never made)")]
     NoReservation(String),
@@ -85,7 +88,9 @@ impl From<QueenError> for tonic::Status {
         use tonic::Status;
         match e {
             QueenError::InvalidArgument(m) => Status::invalid_argument(m),
-            QueenError::NotFound(_) | QueenError::NoReservation(_) => Status::not_found(e.to_string()),
+            QueenError::NotFound(_) | QueenError::NoReservation(_) | QueenError::Missing(_) => {
+                Status::not_found(e.to_string())
+            }
             QueenError::PermissionDenied(m) => Status::permission_denied(m),
             QueenError::ResourceExhausted(m) => Status::resource_exhausted(m),
             QueenError::Policy { ref error, .. } => {

@@ -41,10 +41,10 @@ impl ModelFetcher {
             (key, true) => self
                 .fleet
                 .get(key)
-                .ok_or_else(|| QueenError::NotFound(format!("no hive {key:?} in the fleet")))?,
+                .ok_or_else(|| QueenError::Missing(format!("no hive {key:?} in the fleet")))?,
             ("", false) => choose(&self.fleet.list(), &r.labels.clone().into_iter().collect(), &model)
                 .ok_or_else(|| {
-                    QueenError::NotFound(format!("no online hive matches the labels {:?}", r.labels))
+                    QueenError::Missing(format!("no online hive matches the labels {:?}", r.labels))
                 })?,
             (_, false) => return Err(QueenError::InvalidArgument("give hive or labels, not both".into())),
         };

@@ -77,7 +77,7 @@ impl ModelCache {
             (key, true) => vec![
                 self.fleet
                     .get(key)
-                    .ok_or_else(|| QueenError::NotFound(format!("no hive {key:?} in the fleet")))?,
+                    .ok_or_else(|| QueenError::Missing(format!("no hive {key:?} in the fleet")))?,
             ],
             ("", false) => {
                 let labels: BTreeMap<String, String> = r.labels.clone().into_iter().collect();
@@ -94,7 +94,7 @@ impl ModelCache {
                     })
                     .collect();
                 if found.is_empty() {
-                    return Err(QueenError::NotFound(format!(
+                    return Err(QueenError::Missing(format!(
                         "no online hive matching the labels {labels:?} holds model {model} ready"
                     )));
                 }
@@ -194,7 +194,7 @@ impl ModelCache {
         fetch: Option<pb::fetch_model_request::Source>,
     ) -> Result<(), QueenError> {
         let hive =
-            self.fleet.get(hive_id).ok_or_else(|| QueenError::NotFound(format!("no hive {hive_id:?}")))?;
+            self.fleet.get(hive_id).ok_or_else(|| QueenError::Missing(format!("no hive {hive_id:?}")))?;
         let mut client = self.client(&hive).await?;
         let hive_err = |status| QueenError::Hive { hive: hive_id.to_owned(), status };
         if let Some(source) = fetch {
@@ -206,12 +206,12 @@ impl ModelCache {
                 match state {
                     Some(ModelState::Ready) => break,
                     Some(ModelState::Failed) => {
-                        return Err(QueenError::NotFound(format!(
+                        return Err(QueenError::Missing(format!(
                             "the fetch of {model} on {hive_id} failed"
                         )));
                     }
                     _ if tokio::time::Instant::now() >= deadline => {
-                        return Err(QueenError::NotFound(format!("{model} not ready on {hive_id} in time")));
+                        return Err(QueenError::Missing(format!("{model} not ready on {hive_id} in time")));
                     }
                     _ => tokio::time::sleep(Duration::from_millis(200)).await,
                 }
