@@ -206,9 +206,7 @@ impl ModelCache {
                 match state {
                     Some(ModelState::Ready) => break,
                     Some(ModelState::Failed) => {
-                        return Err(QueenError::Missing(format!(
-                            "the fetch of {model} on {hive_id} failed"
-                        )));
+                        return Err(QueenError::Missing(format!("the fetch of {model} on {hive_id} failed")));
                     }
                     _ if tokio::time::Instant::now() >= deadline => {
                         return Err(QueenError::Missing(format!("{model} not ready on {hive_id} in time")));
