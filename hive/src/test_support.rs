@@ -612,7 +612,15 @@ pub fn sleeper(reservation: Option<&str>) -> Sleeper {
     if let Some(r) = reservation {
         cmd.env("RBEE_RESERVATION_ID", r);
     }
-    Sleeper(cmd.spawn().expect("spawn sleep"))
+    let child = cmd.spawn().expect("spawn sleep");
+    // Callers read its name and environment from /proc: wait until it is `sleep` there.
+    let comm = format!("/proc/{}/comm", child.id());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !std::fs::read_to_string(&comm).is_ok_and(|c| c.trim() == "sleep") {
+        assert!(std::time::Instant::now() < deadline, "the sleeper never showed as `sleep` in {comm}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    Sleeper(child)
 }
 
 /// Puts `pid` in `file` at once (write aside, then rename), for the simulated source
