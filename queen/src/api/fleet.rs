@@ -195,42 +195,8 @@ mod tests {
     use crate::fleet::FleetSettings;
     use crate::link::{LinkSettings, Links};
     use crate::scheduler::SchedulerSettings;
-    use crate::store::{Leader, PolicyRecord, ReservationRecord, StoreError};
+    use crate::store::{Leader, TestStore};
     use tokio_util::sync::CancellationToken;
-
-    /// A store on a disk that refuses every write.
-    #[derive(Debug)]
-    struct Refusing;
-
-    impl Refusing {
-        fn refuse<T>(&self) -> Result<T, StoreError> {
-            Err(StoreError::Io { path: "/state/queen.redb".into(), reason: "No space left on device".into() })
-        }
-    }
-
-    impl Store for Refusing {
-        fn describe(&self) -> String {
-            "a refusing disk".into()
-        }
-        fn commit_placed(&self, _: &ReservationRecord, _: u64) -> Result<(), StoreError> {
-            self.refuse()
-        }
-        fn update_reservations(&self, _: &[ReservationRecord]) -> Result<(), StoreError> {
-            self.refuse()
-        }
-        fn forget_reservations(&self, _: &[&str]) -> Result<(), StoreError> {
-            self.refuse()
-        }
-        fn keep_hive(&self, _: &HiveRecord) -> Result<(), StoreError> {
-            self.refuse()
-        }
-        fn keep_policy(&self, _: &PolicyRecord) -> Result<(), StoreError> {
-            self.refuse()
-        }
-        fn leader(&self) -> Leader {
-            Leader::Me
-        }
-    }
 
     /// AddHive, Announce and RemoveHive answer an error when their change cannot be
     /// kept, and then the fleet is as it was: no hive managed that a restart would
@@ -242,7 +208,7 @@ mod tests {
         let fleet = Fleet::new(FleetSettings::default(), cancel.clone(), Links::new(LinkSettings::default()));
         let scheduler = Scheduler::new(fleet.clone(), SchedulerSettings::default()).unwrap();
         let service = FleetService::new(fleet.clone(), scheduler, AdmissionSettings::default())
-            .with_store(Some(Arc::new(Refusing)));
+            .with_store(Some(Arc::new(TestStore { leader: Leader::Me, refused: TestStore::ALL })));
 
         for _ in 0..2 {
             let add = pb::AddHiveRequest { address: "127.0.0.1:9".into() };

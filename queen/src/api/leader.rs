@@ -83,38 +83,15 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{HiveRecord, PolicyRecord, ReservationRecord};
+    use crate::store::TestStore;
 
-    #[derive(Debug)]
-    struct Follower(Leader);
-
-    impl Store for Follower {
-        fn describe(&self) -> String {
-            "test".into()
-        }
-        fn commit_placed(&self, _: &ReservationRecord, _: u64) -> Result<(), StoreError> {
-            Ok(())
-        }
-        fn update_reservations(&self, _: &[ReservationRecord]) -> Result<(), StoreError> {
-            Ok(())
-        }
-        fn forget_reservations(&self, _: &[&str]) -> Result<(), StoreError> {
-            Ok(())
-        }
-        fn keep_hive(&self, _: &HiveRecord) -> Result<(), StoreError> {
-            Ok(())
-        }
-        fn keep_policy(&self, _: &PolicyRecord) -> Result<(), StoreError> {
-            Ok(())
-        }
-        fn leader(&self) -> Leader {
-            self.0.clone()
-        }
+    fn follower(leader: Leader) -> TestStore {
+        TestStore { leader, refused: &[] }
     }
 
     #[test]
     fn a_follower_refuses_writes_naming_the_leader_and_serves_reads() {
-        let f = Follower(Leader::Other("http://10.0.0.1:7836".into()));
+        let f = follower(Leader::Other("http://10.0.0.1:7836".into()));
         let s = refuse_write(Some(&f), "/rbee.v1.Scheduler/Place").expect("refused");
         assert_eq!(s.code(), tonic::Code::Unavailable);
         assert!(s.message().contains("http://10.0.0.1:7836"), "{}", s.message());
@@ -122,11 +99,11 @@ mod tests {
         assert!(refuse_write(Some(&f), "/rbee.v1.Fleet/AddHive").is_some());
         assert!(refuse_write(Some(&f), "/rbee.v1.Scheduler/ListReservations").is_none());
         assert!(refuse_write(Some(&f), "/rbee.v1.Fleet/WatchFleet").is_none());
-        let nobody = Follower(Leader::Unknown("etcd unreachable".into()));
+        let nobody = follower(Leader::Unknown("etcd unreachable".into()));
         let s = refuse_write(Some(&nobody), "/rbee.v1.Scheduler/Release").expect("refused");
         assert!(s.message().contains("etcd unreachable"), "{}", s.message());
         assert!(s.metadata().get(crate::error::LEADER_METADATA).is_none());
-        assert!(refuse_write(Some(&Follower(Leader::Me)), "/rbee.v1.Scheduler/Place").is_none());
+        assert!(refuse_write(Some(&follower(Leader::Me)), "/rbee.v1.Scheduler/Place").is_none());
         assert!(refuse_write(None, "/rbee.v1.Scheduler/Place").is_none());
     }
 }

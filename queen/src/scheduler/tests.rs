@@ -322,49 +322,16 @@ fn a_durable_scheduler_keeps_what_it_promised_across_a_restart() {
     assert_eq!(policy.sha256.len(), 64);
 }
 
-/// A store that keeps new reservations but cannot forget any (a disk that filled up
-/// between the two).
-#[derive(Debug)]
-struct CannotForget;
-
-impl crate::store::Store for CannotForget {
-    fn describe(&self) -> String {
-        "a full disk".into()
-    }
-    fn commit_placed(
-        &self,
-        _: &crate::store::ReservationRecord,
-        _: u64,
-    ) -> Result<(), crate::store::StoreError> {
-        Ok(())
-    }
-    fn update_reservations(
-        &self,
-        _: &[crate::store::ReservationRecord],
-    ) -> Result<(), crate::store::StoreError> {
-        Ok(())
-    }
-    fn forget_reservations(&self, _: &[&str]) -> Result<(), crate::store::StoreError> {
-        Err(crate::store::StoreError::Io { path: "/state/queen.redb".into(), reason: "No space left".into() })
-    }
-    fn keep_hive(&self, _: &crate::store::HiveRecord) -> Result<(), crate::store::StoreError> {
-        Ok(())
-    }
-    fn keep_policy(&self, _: &crate::store::PolicyRecord) -> Result<(), crate::store::StoreError> {
-        Ok(())
-    }
-    fn leader(&self) -> crate::store::Leader {
-        crate::store::Leader::Me
-    }
-}
-
 /// A release whose removal cannot be kept changes nothing: the reservation stays in the
 /// books and its memory stays counted, so it is not promised again while the store
 /// (and the queen after a restart) still holds it.
 #[test]
 fn a_release_that_cannot_be_kept_keeps_the_memory_counted() {
     let fleet = Arc::new(StaticHives(vec![hive("solo", 1, 24, 4, 0.0, ConnState::Online, &[])]));
-    let s = Scheduler::durable(fleet, calm(), Arc::new(CannotForget), Vec::new()).unwrap();
+    // A disk that filled up between the placement and the release.
+    let cannot_forget =
+        crate::store::TestStore { leader: crate::store::Leader::Me, refused: &["forget_reservations"] };
+    let s = Scheduler::durable(fleet, calm(), Arc::new(cannot_forget), Vec::new()).unwrap();
     let first = placed(s.place_blocking(&PlaceRequest::gpu(12 * GIB)).unwrap()).reservation.unwrap();
     let refused = s.release(&first.id).unwrap_err();
     assert!(refused.to_string().contains("No space left"), "{refused}");

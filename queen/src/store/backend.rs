@@ -76,3 +76,56 @@ impl Store for super::StateStore {
         Leader::Me
     }
 }
+
+/// A store for unit tests: it keeps nothing, reports `leader`, and fails the writes
+/// named in `refused` (the [`Store`] method names) as a full disk would.
+#[cfg(test)]
+#[derive(Debug)]
+pub(crate) struct TestStore {
+    /// Who may write.
+    pub leader: Leader,
+    /// The methods that fail.
+    pub refused: &'static [&'static str],
+}
+
+#[cfg(test)]
+impl TestStore {
+    /// Every write fails.
+    pub const ALL: &'static [&'static str] =
+        &["commit_placed", "update_reservations", "forget_reservations", "keep_hive", "keep_policy"];
+
+    fn write(&self, method: &str) -> Result<(), StoreError> {
+        if self.refused.contains(&method) {
+            return Err(StoreError::Io {
+                path: "/state/queen.redb".into(),
+                reason: "No space left on device".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+impl Store for TestStore {
+    fn describe(&self) -> String {
+        "a test store".into()
+    }
+    fn commit_placed(&self, _: &ReservationRecord, _: u64) -> Result<(), StoreError> {
+        self.write("commit_placed")
+    }
+    fn update_reservations(&self, _: &[ReservationRecord]) -> Result<(), StoreError> {
+        self.write("update_reservations")
+    }
+    fn forget_reservations(&self, _: &[&str]) -> Result<(), StoreError> {
+        self.write("forget_reservations")
+    }
+    fn keep_hive(&self, _: &HiveRecord) -> Result<(), StoreError> {
+        self.write("keep_hive")
+    }
+    fn keep_policy(&self, _: &PolicyRecord) -> Result<(), StoreError> {
+        self.write("keep_policy")
+    }
+    fn leader(&self) -> Leader {
+        self.leader.clone()
+    }
+}

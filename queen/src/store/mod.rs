@@ -22,6 +22,8 @@ use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+#[cfg(test)]
+pub(crate) use backend::TestStore;
 pub use backend::{Leader, Store};
 pub use etcd::{Campaign, EtcdSettings, EtcdStore, EtcdTls, Renewal, Role};
 pub use group::GroupCommit;
