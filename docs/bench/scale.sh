@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# The queen under a simulated fleet (issue 13): N hives of 8 GPUs at 1 Hz from one
-# `hive swarm` process, the queen in its own process, measured apart.
+# The queen under a simulated fleet (issue 13): N hives of 8 GPUs at 1 Hz from
+# `hive swarm` processes, the queen in its own process, measured apart.
 #
 #   docs/bench/scale.sh N [STEADY_SECONDS] [BIN_DIR]
 #
 # Prints: time to all online from a cold queen start; queen and swarm CPU (cores, from
-# /proc/PID/stat) and RSS over STEADY_SECONDS (default 60); freshness (queen publish
-# time minus the hive's takenAt, from a WatchFleet client at 1 Hz, p50/p99) and whether
-# that client kept up; Place p50/p99 over gRPC at 20/s meanwhile (the place_load
-# example); time until 1,000 killed hives (or N/10 if fewer) are all lost;
-# time to all online after a queen restart. BIN_DIR defaults to target/release;
-# PLACE_LOAD names the place_load client (default BIN_DIR/examples/place_load).
+# /proc/PID/stat) and RSS over STEADY_SECONDS (default 60); freshness (the queen's own
+# histogram of publish time minus the hive's takenAt, from its /metrics); a WatchFleet
+# client at 1 Hz (samples per second, sample age at send, and whether its lag grows);
+# Place p50/p99 over gRPC at 20/s meanwhile (the place_load example); time until 1,000
+# killed hives (or N/10 if fewer) are all lost; time to all online after a queen
+# restart. Times come from the fleet_probe example, a WatchFleet client that follows
+# the state events (no ListHives polling). BIN_DIR defaults to target/release and must
+# hold hive, queen, examples/place_load and examples/fleet_probe:
+#
+#   cargo build --release -p rbee-hive -p rbee-queen --bins --examples
 set -euo pipefail
 n=${1:?usage: scale.sh N [STEADY_SECONDS] [BIN_DIR]}
 steady=${2:-60}
@@ -49,43 +53,28 @@ cat "$tmp"/urls.* > "$tmp/urls"
 sed 's/.*/[[hive]]\naddress = "&"/' "$tmp/urls" >"$tmp/queen.toml"
 start_queen() {
   RUST_LOG=warn "$bin/queen" serve --config "$tmp/queen.toml" --listen "127.0.0.1:$qp" \
-    --state-dir "$tmp/queen-state" >>"$tmp/queen.log" 2>&1 &
+    --metrics-listen "127.0.0.1:$mport" --state-dir "$tmp/queen-state" >>"$tmp/queen.log" 2>&1 &
   echo "$!" >>"$tmp/pids"; echo "$!"
 }
-online() { # count of ONLINE hives, all pages
-  local token="" total=0 page
-  while :; do
-    page=$(grpcurl -plaintext -max-msg-sz 268435456 -d "{\"pageSize\":1000,\"pageToken\":\"$token\"}" \
-      "127.0.0.1:$qp" rbee.v1.Fleet/ListHives 2>/dev/null) || { echo 0; return; }
-    total=$(( total + $(jq '[.hives[]? | select(.state == "HIVE_STATE_ONLINE")] | length' <<<"$page") ))
-    token=$(jq -r '.nextPageToken // ""' <<<"$page")
-    [ -z "$token" ] && break
-  done
-  echo "$total"
+probe=${FLEET_PROBE:-$bin/examples/fleet_probe}
+mport=$(port)
+# Starts a probe waiting for COUNT hives in STATE; its output goes to FILE.
+probe_until() { # STATE COUNT FILE
+  "$probe" "http://127.0.0.1:$qp" until "$1" "$2" 300 >"$3" 2>&1 &
+  echo "$!" >>"$tmp/pids"; echo "$!"
 }
-count_state() { # STATE: hives in it, all pages
-  local token="" total=0 page
-  while :; do
-    page=$(grpcurl -plaintext -max-msg-sz 268435456 -d "{\"pageSize\":1000,\"pageToken\":\"$token\"}" \
-      "127.0.0.1:$qp" rbee.v1.Fleet/ListHives 2>/dev/null) || { echo 0; return; }
-    total=$(( total + $(jq --arg s "$1" '[.hives[]? | select(.state == $s)] | length' <<<"$page") ))
-    token=$(jq -r '.nextPageToken // ""' <<<"$page")
-    [ -z "$token" ] && break
-  done
-  echo "$total"
+# Seconds from T0 until the probe writing FILE saw its count (the probe is PID, not
+# this shell's child: it was started in a command substitution).
+probe_wait() { # PID FILE T0
+  while [ -e "/proc/$1" ] && ! grep -q '^reached\|^timeout' "$2"; do sleep 0.05; done
+  local at; at=$(awk '$1=="reached" {print $2}' "$2")
+  if [ -n "$at" ]; then echo "$at - $3" | bc; else cat "$2"; fi
 }
-wait_online() { # T0 [COUNT]
-  local t0=$1 want=${2:-$n}
-  while [ "$(online)" -lt "$want" ]; do
-    if (( $(echo "$(since "$t0") > 300" | bc) )); then echo "timeout"; return; fi
-    sleep 1
-  done
-  since "$t0"
-}
-
+wait_ready() { while ! grep -q '^ready' "$1" 2>/dev/null; do sleep 0.05; done; }
 t0=$(now); q=$(start_queen)
+pr=$(probe_until online "$n" "$tmp/cold.txt")
 echo "hives: $n x 8 GPUs at 1 Hz; swarm pids $s1 $s2 $sk; queen pid $q; load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "all online from a cold start: $(wait_online "$t0") s"
+echo "all online from a cold start: $(probe_wait "$pr" "$tmp/cold.txt" "$t0") s"
 
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 rss() { awk '$1=="VmRSS:" {print $2}' "/proc/$1/status"; }
@@ -102,33 +91,42 @@ if [ -x "$place_load" ]; then
   "$place_load" "http://127.0.0.1:$qp" "$(( (steady - 2) * 20 ))" 20 >"$tmp/place.txt" 2>&1 &
   place=$!
 fi
-# A WatchFleet client at 1 Hz through the steady window: freshness and keeping up.
-grpcurl -plaintext -max-msg-sz 268435456 -max-time "$steady" -d '{"sampleIntervalMs":1000}' \
-  "127.0.0.1:$qp" rbee.v1.Fleet/WatchFleet >"$tmp/watch.json" 2>/dev/null || true
+# A WatchFleet client at 1 Hz through the steady window: sample age and keeping up.
+delay_before=$(curl -sf "http://127.0.0.1:$mport/metrics" | grep '^rbee_queen_sample_publish_delay_seconds_bucket' || true)
+"$probe" "http://127.0.0.1:$qp" watch "$steady" 1000 >"$tmp/watch.txt" 2>&1 || true
 qb=$(ticks "$q"); sb=$(swarm_ticks)
 load=$(cut -d' ' -f1-3 /proc/loadavg)
 srss=$(swarm_rss)
 echo "queen: CPU $(echo "scale=3; ($qb - $qa) / $hz / ($steady)" | bc) cores, RSS $(( $(rss "$q") / 1024 )) MiB ($(( $(rss "$q") / n )) KiB per hive)"
 echo "load average (1, 5, 15 min) at the end of the steady window: $load"
 echo "swarm: CPU $(echo "scale=3; ($sb - $sa) / $hz / ($steady)" | bc) cores, RSS $(( srss / 1024 )) MiB"
-jq -s -r '[.[] | select(.sample) | ((.queenTimeUnixMs | tonumber) - (.sample.sample.takenAtUnixMs | tonumber))] | sort
-  | if length == 0 then "freshness: no samples" else
-    "freshness (WatchFleet send time - takenAt): \(length) samples, p50 \(.[length/2|floor]) ms, p99 \(.[length*99/100|floor]) ms, max \(.[-1]) ms" end' \
-  "$tmp/watch.json"
-jq -s -r '[.[] | select(.sample)] | group_by((.queenTimeUnixMs | tonumber) / 1000 | floor) | map(length)
-  | "WatchFleet samples per second: first \(.[1] // 0), last \(.[-2] // 0) (expected about '"$n"'), \(length) seconds"' "$tmp/watch.json"
+cat "$tmp/watch.txt"
+# Freshness: the queen's publish delay histogram over the steady window (its buckets:
+# the p50 and p99 are given as the bucket bound they fall under).
+curl -sf "http://127.0.0.1:$mport/metrics" | grep '^rbee_queen_sample_publish_delay_seconds_bucket' \
+  | python3 -c '
+import re, sys
+def parse(text):
+    return {float(m.group(1)) if m.group(1) != "+Inf" else float("inf"): float(m.group(2))
+            for m in re.finditer(r"le=\"([^\"]+)\"\}\s+(\S+)", text)}
+after = parse(sys.stdin.read()); before = parse(sys.argv[1])
+d = sorted((le, c - before.get(le, 0)) for le, c in after.items())
+total = d[-1][1] if d else 0
+def q(p):
+    return next((le for le, c in d if c >= p * total), float("inf"))
+ms = lambda le: "over 10 s" if le == float("inf") else f"<= {le * 1000:g} ms"
+print(f"freshness (queen publish time - takenAt, its /metrics histogram over the window): {int(total)} samples, p50 {ms(q(0.5))}, p99 {ms(q(0.99))}")
+' "$delay_before"
 
 if [ -n "$place" ]; then wait "$place" || true; cat "$tmp/place.txt"; else echo "Place: not measured (build the place_load example, or set PLACE_LOAD)"; fi
 
 # Kill KILLS hives at once: all lost.
+pr=$(probe_until lost "$kills" "$tmp/lost.txt"); wait_ready "$tmp/lost.txt"
 t0=$(now); kill -9 "$sk"
-while [ "$(count_state HIVE_STATE_LOST)" -lt "$kills" ]; do
-  if (( $(echo "$(since "$t0") > 60" | bc) )); then echo "kill: timeout"; break; fi
-  sleep 0.2
-done
-echo "$kills hives killed at once: all lost after $(since "$t0") s (includes ListHives polling)"
+echo "$kills hives killed at once: all lost after $(probe_wait "$pr" "$tmp/lost.txt" "$t0") s"
 
 # Queen restart.
 kill "$q"; while [ -e "/proc/$q" ]; do sleep 0.1; done
 t0=$(now); q=$(start_queen)
-echo "all $rest live hives online after a queen restart: $(wait_online "$t0" "$rest") s"
+pr=$(probe_until online "$rest" "$tmp/restart.txt")
+echo "all $rest live hives online after a queen restart: $(probe_wait "$pr" "$tmp/restart.txt" "$t0") s"

@@ -277,7 +277,9 @@ fn start_metrics(
     };
     let local = listener.local_addr().map_err(|e| QueenError::Config(format!("metrics listener: {e}")))?;
     tracing::info!(listen = %local, "serving Prometheus metrics at /metrics");
-    let registry = Arc::new(crate::metrics::registry(fleet.clone(), scheduler.clone()));
+    let mut registry = crate::metrics::registry(fleet.clone(), scheduler.clone());
+    crate::metrics::register_publish_delay(&mut registry, fleet.publish_delay().clone());
+    let registry = Arc::new(registry);
     Ok(Some(tokio::spawn(rbee_shared::metrics_http::serve(
         listener,
         crate::metrics::render(registry),

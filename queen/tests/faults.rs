@@ -329,3 +329,42 @@ async fn reservations_on_a_hive_gone_past_the_grace_are_dropped_while_it_is_redi
     }
     queen.stop().await;
 }
+
+/// A lost hive stays lost while the queen redials it: one event when it is lost, none
+/// per retry. Each redial used to flip it to connecting and back, so watchers got two
+/// events per retry and a count of lost hives never held still.
+#[tokio::test]
+async fn a_lost_hive_stays_lost_while_it_is_redialed() {
+    use common::scheduling::TWO_GPUS;
+    let hive = TestHive::start(TWO_GPUS).await;
+    let queen = TestQueen::start(vec![hive.url()]).await;
+    let mut fleet = queen.client().await;
+    wait_for(&mut fleet, "the hive online", |h| h.iter().any(online)).await;
+    let address = fleet.list_hives(pb::ListHivesRequest::default()).await.unwrap().into_inner().hives[0]
+        .address
+        .clone();
+    let mut watch = Watch::open(&mut fleet).await;
+
+    hive.kill().await;
+    watch.until(state_to(&address, pb::HiveState::Lost)).await;
+    // Redialed every 100..400 ms: three failed retries (a retry sends no event, so
+    // the count is polled).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let hives = loop {
+        let hives = fleet.list_hives(pb::ListHivesRequest::default()).await.unwrap().into_inner().hives;
+        if hives[0].counters.is_some_and(|c| c.reconnects >= 3) {
+            break hives;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no three redials: {:?}", hives[0]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(hives[0].state(), pb::HiveState::Lost, "{:?}", hives[0]);
+    assert!(hives[0].last_error.is_some(), "the newest failure is shown");
+    // Everything the watcher got since: no state change for this hive.
+    while let Ok(Ok(Some(e))) = tokio::time::timeout(Duration::from_millis(300), watch.0.message()).await {
+        if let Some(Event::StateChanged(c)) = e.event {
+            assert_ne!(c.address, address, "a state change while the hive is redialed: {c:?}");
+        }
+    }
+    queen.stop().await;
+}

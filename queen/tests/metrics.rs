@@ -66,6 +66,14 @@ async fn promtool_accepts_the_fleet_metrics() {
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
+    // The queen's freshness: every applied sample's age at publish is in the histogram.
+    let count = text
+        .lines()
+        .find_map(|l| l.strip_prefix("rbee_queen_sample_publish_delay_seconds_count "))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no publish delay count in:\n{text}"));
+    assert!(count >= 1, "{text}");
+    assert!(text.contains("rbee_queen_sample_publish_delay_seconds_bucket{le=\"0.1\"}"), "{text}");
     promtool_check_metrics(&text);
     queen.stop().await;
     hive.stop().await.unwrap();

@@ -20,7 +20,7 @@ mod stats;
 
 pub use events::{EVENT_CAPACITY, FleetEvent};
 pub use health::{DeviceHealth, Health, HealthReport};
-pub use registry::{Fleet, HiveHandle, NewHive, Watcher};
+pub use registry::{Fleet, HiveHandle, NewHive, PUBLISH_DELAY_BUCKETS, Watcher};
 pub use settings::{FleetSettings, Thresholds};
 pub use snapshot::HiveSnapshot;
 pub use state::{ConnState, Counters, Origin};

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use rbee_shared::lock::{MutexExt, RwLockExt};
 
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -65,7 +66,14 @@ pub struct Fleet {
     shutdown: CancellationToken,
     /// Starts each added hive's watcher.
     watcher: Box<dyn Watcher>,
+    /// How old each sample was when the queen published it: publish time minus the
+    /// hive's `taken_at`, seconds (the two clocks' skew included).
+    publish_delay: Histogram,
 }
+
+/// The bucket bounds of the publish delay histogram, in seconds (1 ms .. 10 s).
+pub const PUBLISH_DELAY_BUCKETS: [f64; 14] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0];
 
 impl std::fmt::Debug for Fleet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -84,12 +92,26 @@ impl Fleet {
             events,
             shutdown,
             watcher: Box::new(watcher),
+            publish_delay: Histogram::new(PUBLISH_DELAY_BUCKETS),
         })
     }
 
     /// The settings.
     pub fn settings(&self) -> &Arc<FleetSettings> {
         &self.settings
+    }
+
+    /// Records that a sample taken at `taken_at_unix_ms` (the hive's clock) was published
+    /// now; a reading from the future (a hive clock ahead) counts as no delay.
+    pub fn sample_published(&self, taken_at_unix_ms: u64) {
+        let delay_ms = rbee_shared::time::now_unix_ms().saturating_sub(taken_at_unix_ms);
+        self.publish_delay.observe(delay_ms as f64 / 1000.0);
+    }
+
+    /// How old samples were when they were published (a shared handle: `/metrics`
+    /// registers it).
+    pub fn publish_delay(&self) -> &Histogram {
+        &self.publish_delay
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<HiveHandle>>> {

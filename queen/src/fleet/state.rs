@@ -9,13 +9,14 @@ use serde::Serialize;
 pub enum ConnState {
     /// Known, not yet dialed.
     Pending,
-    /// Dialing, discovering or opening the stream.
+    /// Dialing, discovering or opening the stream for the first time.
     Connecting,
     /// Streaming, data fresh.
     Online,
     /// Stream open but silent for 3 intervals or more.
     Stale,
-    /// Connection ended or silent past the lost timeout; retrying.
+    /// Connection ended or silent past the lost timeout; retrying, and still lost
+    /// while a retry dials, until the stream is open again.
     Lost,
     /// Removed; no longer managed.
     Removed,

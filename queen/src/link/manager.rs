@@ -109,14 +109,24 @@ pub(super) async fn manage(hive: NewHive, link: Arc<LinkSettings>, dials: Arc<to
     };
     let mut backoff = Backoff::new(link.backoff_min, link.backoff_max);
     loop {
-        m.set_state(ConnState::Connecting, "dialing");
+        // A lost hive stays lost through its redials, until its stream is open again:
+        // flapping between lost and connecting on every retry would tell operators and
+        // watchers nothing new, and hide how many hives are really gone.
+        if m.view.state != ConnState::Lost {
+            m.set_state(ConnState::Connecting, "dialing");
+        }
         let reached_online = match m.session(&cancel).await {
             (End::Cancelled, _) => break,
             (End::Failed(error), online) => {
                 let reason = error.to_string();
                 tracing::info!(address = %m.view.address, %reason, "hive connection ended");
                 m.view.last_error = Some(Arc::from(reason.as_str()));
-                m.set_state(ConnState::Lost, &reason);
+                if m.view.state == ConnState::Lost {
+                    // Still lost: the view shows the newest error.
+                    m.publish();
+                } else {
+                    m.set_state(ConnState::Lost, &reason);
+                }
                 online
             }
         };
@@ -240,6 +250,7 @@ impl Manager {
         // The version the hive measured against (ingest refused a newer one than held);
         // hives that predate the stamp measured against the held version.
         self.sample_version = sample.capability_version.unwrap_or_else(|| self.ingest.version());
+        let taken_at = sample.taken_at_unix_ms;
         self.view.latest = Some(Arc::new(sample));
         self.view.latest_received = Some(std::time::Instant::now());
         self.view.samples_applied += 1;
@@ -249,6 +260,7 @@ impl Manager {
         } else {
             self.publish();
         }
+        self.fleet.sample_published(taken_at);
     }
 
     async fn connect(&mut self) -> Result<HiveClient<Channel>, LinkError> {

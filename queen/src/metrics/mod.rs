@@ -18,6 +18,7 @@ pub mod recorder;
 
 use std::sync::Arc;
 
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::scheduler::{HiveSource, Scheduler};
@@ -27,6 +28,17 @@ pub fn registry(fleet: Arc<dyn HiveSource>, scheduler: Arc<Scheduler>) -> Regist
     let mut registry = Registry::default();
     registry.register_collector(Box::new(collector::FleetCollector { fleet, scheduler }));
     registry
+}
+
+/// Adds the fleet's sample publish delay (`rbee_queen_sample_publish_delay_seconds`):
+/// how old each sample was when the queen published it to its fleet view.
+pub fn register_publish_delay(registry: &mut Registry, delay: Histogram) {
+    registry.register_with_unit(
+        "rbee_queen_sample_publish_delay",
+        "How old each sample was when the queen published it: the queen's clock at publish minus the hive's taken_at (clock skew included).",
+        prometheus_client::registry::Unit::Seconds,
+        delay,
+    );
 }
 
 /// The Prometheus text of `registry`.

@@ -339,3 +339,32 @@ fn a_release_that_cannot_be_kept_keeps_the_memory_counted() {
     let (_, reasons) = rejected(s.place_blocking(&PlaceRequest::gpu(12 * GIB)).unwrap());
     assert_eq!(reasons, ["solo/GPU-solo-0: 8.0 GiB free < 12.0 GiB"]);
 }
+
+proptest::proptest! {
+    /// Keeping only the best `n` while walking the fleet ranks exactly as sorting every
+    /// device would, ties included.
+    #[test]
+    fn ranking_the_best_n_equals_the_head_of_the_full_ranking(
+        hives in proptest::collection::vec((1usize..4, 0u64..80, 0usize..3), 1..30),
+        n in 1usize..12,
+        vram_gib in 1u64..40,
+    ) {
+        let fleet: Vec<Arc<HiveSnapshot>> = hives
+            .iter()
+            .enumerate()
+            .map(|(i, &(gpus, used, load))| {
+                hive(&format!("h{i:02}"), gpus, 80, used, [0.0, 10.0, 50.0][load], ConnState::Online, &[])
+            })
+            .collect();
+        let view = view::FleetView { hives: Arc::new(fleet), book: Default::default() };
+        let req = PlaceRequest::gpu(vram_gib * GIB);
+        for order in [view::Order::LeastLoaded, view::Order::BinPack, view::Order::NearestWeights] {
+            let ids = |d: Vec<view::DeviceRef>| -> Vec<(String, String)> {
+                d.into_iter().map(|d| (d.hive.address.clone(), d.id)).collect()
+            };
+            let all = ids(view::rank(&view, &req, order, 0));
+            let head = ids(view::rank(&view, &req, order, n));
+            proptest::prop_assert_eq!(&head[..], &all[..n.min(all.len())], "{:?}", order);
+        }
+    }
+}

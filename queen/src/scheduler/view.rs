@@ -345,11 +345,27 @@ fn hive_cpu(h: &HiveSnapshot) -> f32 {
     h.stats.cpu_mean_percent.or(h.latest.as_ref().and_then(|s| s.cpu_percent)).unwrap_or(0.0)
 }
 
-/// The `n` best devices that can take the request, best first, without making a handle
-/// for every device of the fleet.
+/// A device's ranking key and the device.
+type Keyed<'a> = ((f32, f32, f32), Fit<'a>);
+
+/// Best first: the key, then the hive address and device id (a total order, so equal
+/// loads rank the same way every time).
+fn better(a: &Keyed<'_>, b: &Keyed<'_>) -> std::cmp::Ordering {
+    a.0.partial_cmp(&b.0)
+        .unwrap_or(std::cmp::Ordering::Equal)
+        .then_with(|| (a.1.hive.address.as_str(), a.1.id).cmp(&(b.1.hive.address.as_str(), b.1.id)))
+}
+
+/// The `n` best devices that can take the request, best first (every device when `n`
+/// is 0), without making a handle for every device of the fleet. Only the best `n` are
+/// kept while the fleet is walked: at 10,000 hives of 8 GPUs, a list of every device
+/// and its key was megabytes written and sorted per call.
 pub fn rank(view: &FleetView, req: &PlaceRequest, order: Order, n: usize) -> Vec<DeviceRef> {
     let locked = read(&view.book);
-    let mut keyed: Vec<((f32, f32, f32), Fit<'_>)> = Vec::new();
+    let mut best: Vec<Keyed<'_>> = Vec::with_capacity(if n > 0 { n + 1 } else { 0 });
+    // The tier of the hive whose devices are being walked (it is the hive's, not the
+    // device's: computed once per hive).
+    let mut tier_of: Option<(*const HiveSnapshot, f32)> = None;
     scan(
         view,
         req,
@@ -359,27 +375,38 @@ pub fn rank(view: &FleetView, req: &PlaceRequest, order: Order, n: usize) -> Vec
                 Order::LeastLoaded => (f.util, used_fraction(f.total, f.free), hive_cpu(f.hive)),
                 Order::BinPack => (f.free as f32, 0.0, 0.0),
                 Order::NearestWeights => {
-                    let tier = super::weights::tier(f.hive, &req.model) as u8 as f32;
+                    let here = Arc::as_ptr(f.hive);
+                    let tier = match tier_of {
+                        Some((at, tier)) if at == here => tier,
+                        _ => {
+                            let tier = super::weights::tier(f.hive, &req.model) as u8 as f32;
+                            tier_of = Some((here, tier));
+                            tier
+                        }
+                    };
                     // Tier first; within it device utilisation, then memory in use
                     // (both at most 100, so one key orders tier before load).
                     (tier * 1000.0 + f.util, used_fraction(f.total, f.free), hive_cpu(f.hive))
                 }
             };
-            keyed.push((key, f));
+            let item = (key, f);
+            if n == 0 {
+                best.push(item);
+                return;
+            }
+            if best.len() == n && best.last().is_some_and(|worst| better(&item, worst).is_ge()) {
+                return;
+            }
+            let at = best.partition_point(|x| better(x, &item).is_lt());
+            best.insert(at, item);
+            best.truncate(n);
         },
         |_| {},
     );
-    let cmp = |a: &((f32, f32, f32), Fit<'_>), b: &((f32, f32, f32), Fit<'_>)| {
-        a.0.partial_cmp(&b.0)
-            .unwrap_or(std::cmp::Ordering::Equal)
-            .then_with(|| (a.1.hive.address.as_str(), a.1.id).cmp(&(b.1.hive.address.as_str(), b.1.id)))
-    };
-    if n > 0 && keyed.len() > n {
-        keyed.select_nth_unstable_by(n - 1, cmp);
-        keyed.truncate(n);
+    if n == 0 {
+        best.sort_by(better);
     }
-    keyed.sort_by(cmp);
-    keyed.iter().map(|(_, f)| f.handle(&view.book)).collect()
+    best.iter().map(|(_, f)| f.handle(&view.book)).collect()
 }
 
 fn used_fraction(total: u64, free: u64) -> f32 {
