@@ -20,6 +20,14 @@ use rbee_proto::v1 as pb;
 
 use crate::VersionedCapabilities;
 
+#[path = "compact_cores.rs"]
+mod cores;
+#[path = "compact_extras.rs"]
+mod extras;
+
+use cores::core_byte;
+use extras::{Known, gpu_extras, sample_extras};
+
 /// A keyframe is sent at least this often (ms of `taken_at`).
 pub const KEYFRAME_EVERY_MS: u64 = 30_000;
 
@@ -67,6 +75,17 @@ pub enum CompactError {
     /// Per-core CPU bytes above 100.
     #[error("compact per-core CPU value {0} is above 100")]
     BadCore(u8),
+    /// Per-core CPU changes that cannot be applied.
+    #[error("compact per-core CPU changes cannot be applied: {0}")]
+    BadCoreDelta(&'static str),
+    /// A GPU's power change that cannot be applied.
+    #[error("compact GPU power change of {delta} W cannot be applied: {why}")]
+    BadPowerDelta {
+        /// The change sent, W.
+        delta: i32,
+        /// Why it cannot be applied.
+        why: &'static str,
+    },
 }
 
 /// The capabilities both ends hold, as the compact form refers to them.
@@ -154,100 +173,23 @@ fn whole(v: f32) -> i32 {
     if v.is_finite() { v.round().clamp(-1e6, 1e6) as i32 } else { 0 }
 }
 
-fn core_byte(p: f32) -> u8 {
-    if p.is_finite() { p.round().clamp(0.0, 100.0) as u8 } else { 0 }
+/// `v` as a whole number when it is one (and fits in 0..=1e6 or, signed, ±1e6): it
+/// travels in the whole-unit field exactly.
+fn exact_whole(v: f32) -> Option<i32> {
+    (v.fract() == 0.0 && v.abs() <= 1e6).then_some(v as i32)
 }
 
-/// The sample without the fields the compact form encodes one by one.
-fn sample_extras(s: &pb::Sample) -> pb::Sample {
-    pb::Sample { gpus: Vec::new(), ..s.clone() }.without_known()
+/// The uptime a receiver expects to have passed between two `taken_at`s: the whole
+/// seconds of the clock that `to` is past `from`. Counting second boundaries (rather
+/// than whole seconds in each interval) keeps the expected uptime within 1 s of the
+/// real one however the intervals jitter around a second.
+fn seconds_passed(from_ms: u64, to_ms: u64) -> u64 {
+    (to_ms / 1000).saturating_sub(from_ms / 1000)
 }
 
-/// The GPU sample without the fields the compact form encodes one by one.
-fn gpu_extras(g: &pb::GpuSample) -> pb::GpuSample {
-    g.clone().without_known()
-}
-
-/// Dropping (and copying) the fields the compact form knows.
-trait Known: Sized {
-    /// The message with every field the compact form encodes reset.
-    fn without_known(self) -> Self;
-    /// `extras` with this message's known fields copied in.
-    fn known_onto(&self, extras: Self) -> Self;
-}
-
-impl Known for pb::Sample {
-    fn without_known(mut self) -> Self {
-        // Fields added after the compact form stay as they are.
-        self.taken_at_unix_ms = 0;
-        self.cpu_window_ms = None;
-        self.cpu_percent = None;
-        self.cpu_per_core_percent = Vec::new();
-        self.load_average = None;
-        self.ram_total_bytes = 0;
-        self.ram_used_bytes = 0;
-        self.ram_available_bytes = 0;
-        self.swap_total_bytes = None;
-        self.swap_used_bytes = None;
-        self.uptime_s = None;
-        self.gpus = Vec::new();
-        self.capability_version = None;
-        self
-    }
-    fn known_onto(&self, mut extras: Self) -> Self {
-        extras.taken_at_unix_ms = self.taken_at_unix_ms;
-        extras.cpu_window_ms = self.cpu_window_ms;
-        extras.cpu_percent = self.cpu_percent;
-        extras.cpu_per_core_percent = self.cpu_per_core_percent.clone();
-        extras.load_average = self.load_average;
-        extras.ram_total_bytes = self.ram_total_bytes;
-        extras.ram_used_bytes = self.ram_used_bytes;
-        extras.ram_available_bytes = self.ram_available_bytes;
-        extras.swap_total_bytes = self.swap_total_bytes;
-        extras.swap_used_bytes = self.swap_used_bytes;
-        extras.uptime_s = self.uptime_s;
-        extras.gpus = self.gpus.clone();
-        extras.capability_version = self.capability_version;
-        extras
-    }
-}
-
-impl Known for pb::GpuSample {
-    fn without_known(mut self) -> Self {
-        // Fields added after the compact form stay as they are.
-        self.id = String::new();
-        self.index = 0;
-        self.vram_used_bytes = None;
-        self.vram_free_bytes = None;
-        self.gpu_util_percent = None;
-        self.mem_util_percent = None;
-        self.temperature_c = None;
-        self.power_draw_mw = None;
-        self.sm_clock_mhz = None;
-        self.mem_clock_mhz = None;
-        self.ecc_corrected_volatile = None;
-        self.ecc_uncorrected_volatile = None;
-        self.xid_events = None;
-        self.last_xid = None;
-        self
-    }
-    fn known_onto(&self, mut extras: Self) -> Self {
-        extras.id = self.id.clone();
-        extras.index = self.index;
-        extras.vram_used_bytes = self.vram_used_bytes;
-        extras.vram_free_bytes = self.vram_free_bytes;
-        extras.gpu_util_percent = self.gpu_util_percent;
-        extras.mem_util_percent = self.mem_util_percent;
-        extras.temperature_c = self.temperature_c;
-        extras.power_draw_mw = self.power_draw_mw;
-        extras.sm_clock_mhz = self.sm_clock_mhz;
-        extras.mem_clock_mhz = self.mem_clock_mhz;
-        extras.ecc_corrected_volatile = self.ecc_corrected_volatile;
-        extras.ecc_uncorrected_volatile = self.ecc_uncorrected_volatile;
-        extras.xid_events = self.xid_events;
-        extras.last_xid = self.last_xid;
-        extras
-    }
+/// Power in whole watts (rounded to the nearest), from mW.
+fn watts(mw: u32) -> i64 {
+    (i64::from(mw) + 500) / 1000
 }
 
 /// The hive's side: turns a stream's readings into compact samples.
@@ -302,8 +244,15 @@ impl Encoder {
                 .zip(&h.cpu_per_core_percent)
                 .any(|(n, h)| n.beyond(*h, deadband::CORE_PERCENT));
         if key || cores_moved {
-            c.cpu_per_core = now.cpu_per_core_percent.iter().map(|p| core_byte(*p)).collect();
-            if c.cpu_per_core.is_empty() && !key {
+            let bytes: Vec<u8> = now.cpu_per_core_percent.iter().map(|p| core_byte(*p)).collect();
+            let held: Vec<u8> = h.cpu_per_core_percent.iter().map(|p| core_byte(*p)).collect();
+            let packed =
+                (!key && !held.is_empty() && held.len() == bytes.len()).then(|| cores::pack(&bytes, &held));
+            match packed {
+                Some(packed) if packed.len() < bytes.len() => c.cpu_per_core_delta = packed,
+                _ => c.cpu_per_core = bytes,
+            }
+            if now.cpu_per_core_percent.is_empty() && !key {
                 cl.push(4);
             }
         }
@@ -345,7 +294,7 @@ impl Encoder {
             field(now.swap_used_bytes, h.swap_used_bytes, deadband::RAM_BYTES, key, &mut cl, 10);
         c.uptime_s = field(
             now.uptime_s,
-            h.uptime_s.map(|u| u + c.taken_at_delta_ms / 1000),
+            h.uptime_s.map(|u| u.saturating_add(seconds_passed(h.taken_at_unix_ms, now.taken_at_unix_ms))),
             deadband::UPTIME_S,
             key,
             &mut cl,
@@ -430,11 +379,31 @@ fn encode_gpu(
         (Some(f), Some(w)) if (key && f == w) || (!key && !f.beyond(w, deadband::VRAM_BYTES)) => None,
         (Some(f), _) => Some(f),
     };
-    if !key {
+    if key {
+        // A whole reading (NVML reports whole percents and °C) travels whole, exactly.
+        let unsigned = |v: &mut Option<f32>| {
+            let w = v.and_then(exact_whole).and_then(|w| u32::try_from(w).ok());
+            if w.is_some() {
+                *v = None;
+            }
+            w
+        };
+        c.gpu_util_whole = unsigned(&mut c.gpu_util_percent);
+        c.mem_util_whole = unsigned(&mut c.mem_util_percent);
+        c.temperature_whole = c.temperature_c.and_then(exact_whole);
+        if c.temperature_whole.is_some() {
+            c.temperature_c = None;
+        }
+    } else {
         // A delta carries whole units: within half a unit of the reading when sent.
         c.gpu_util_whole = c.gpu_util_percent.take().map(|p| whole(p) as u32);
         c.mem_util_whole = c.mem_util_percent.take().map(|p| whole(p) as u32);
         c.temperature_whole = c.temperature_c.take().map(whole);
+        // Power as the change in whole watts from the held value (within 0.5 W when sent).
+        if let (Some(p), Some(held)) = (c.power_draw_mw, h.power_draw_mw) {
+            c.power_draw_mw = None;
+            c.power_delta_w = Some(i32::try_from(watts(p) - watts(held)).unwrap_or(i32::MAX));
+        }
     }
     let extras = gpu_extras(g);
     if extras != gpu_extras(h) || (key && extras != pb::GpuSample::default()) {
@@ -455,10 +424,11 @@ pub fn apply(
     let mut s = match (c.taken_at_unix_ms, view.take()) {
         (Some(at), _) => pb::Sample { taken_at_unix_ms: at, ..Default::default() },
         (None, Some(mut held)) => {
-            held.taken_at_unix_ms = held.taken_at_unix_ms.saturating_add(c.taken_at_delta_ms);
+            let at = held.taken_at_unix_ms.saturating_add(c.taken_at_delta_ms);
             if let Some(u) = held.uptime_s.as_mut() {
-                *u += c.taken_at_delta_ms / 1000;
+                *u = u.saturating_add(seconds_passed(held.taken_at_unix_ms, at));
             }
+            held.taken_at_unix_ms = at;
             held
         }
         (None, None) => return Err(CompactError::NoKeyframe),
@@ -467,6 +437,14 @@ pub fn apply(
     if let Some(b) = c.cpu_per_core.iter().find(|b| **b > 100) {
         return Err(CompactError::BadCore(*b));
     }
+    let moved_cores = if c.cpu_per_core_delta.is_empty() {
+        None
+    } else if key || !c.cpu_per_core.is_empty() {
+        return Err(CompactError::BadCoreDelta("it comes on a keyframe or with cpu_per_core"));
+    } else {
+        let held: Vec<u8> = s.cpu_per_core_percent.iter().map(|p| core_byte(*p)).collect();
+        Some(cores::unpack(&c.cpu_per_core_delta, &held)?)
+    };
     if let Some(extras) = &c.extras {
         s = s.known_onto(extras.clone());
     }
@@ -489,8 +467,10 @@ pub fn apply(
     if let Some(v) = c.ram_available_bytes {
         s.ram_available_bytes = v;
     }
-    if !c.cpu_per_core.is_empty() {
-        s.cpu_per_core_percent = c.cpu_per_core.iter().map(|b| f32::from(*b)).collect();
+    if let Some(moved) =
+        moved_cores.as_deref().or((!c.cpu_per_core.is_empty()).then_some(&c.cpu_per_core[..]))
+    {
+        s.cpu_per_core_percent = moved.iter().map(|b| f32::from(*b)).collect();
     }
     if let Some(l) = c.load_average {
         let f = |v: u32| f64::from(v) / 100.0;
@@ -521,7 +501,7 @@ pub fn apply(
                 s.gpus.len() - 1
             }
         };
-        apply_gpu(&mut s.gpus[slot], g, total);
+        apply_gpu(&mut s.gpus[slot], g, total)?;
     }
     if key {
         s.gpus.sort_by_key(|g| layout.ids.binary_search(&g.id).unwrap_or(usize::MAX));
@@ -530,7 +510,7 @@ pub fn apply(
     Ok(())
 }
 
-fn apply_gpu(s: &mut pb::GpuSample, c: &pb::CompactGpu, total: u64) {
+fn apply_gpu(s: &mut pb::GpuSample, c: &pb::CompactGpu, total: u64) -> Result<(), CompactError> {
     if let Some(extras) = &c.extras {
         *s = s.known_onto(extras.clone());
     }
@@ -559,6 +539,16 @@ fn apply_gpu(s: &mut pb::GpuSample, c: &pb::CompactGpu, total: u64) {
     if let Some(v) = c.temperature_whole {
         s.temperature_c = Some(v as f32);
     }
+    if let Some(delta) = c.power_delta_w {
+        let bad = |why| CompactError::BadPowerDelta { delta, why };
+        let held = match (c.power_draw_mw, s.power_draw_mw) {
+            (Some(_), _) => return Err(bad("it comes with power_draw_mw")),
+            (None, None) => return Err(bad("no power draw is held")),
+            (None, Some(held)) => held,
+        };
+        let mw = (watts(held) + i64::from(delta)) * 1000;
+        s.power_draw_mw = Some(u32::try_from(mw).map_err(|_| bad("it leaves the range of a power draw"))?);
+    }
     match (c.vram_free_bytes, c.vram_used_bytes) {
         (Some(f), _) => s.vram_free_bytes = Some(f),
         (None, Some(u)) => s.vram_free_bytes = Some(total.saturating_sub(u)),
@@ -581,6 +571,7 @@ fn apply_gpu(s: &mut pb::GpuSample, c: &pb::CompactGpu, total: u64) {
             _ => {}
         }
     }
+    Ok(())
 }
 
 /// The receiver's side: turns compact samples back into full samples.
