@@ -44,6 +44,7 @@ pub(super) fn pack(now: &[u8], held: &[u8]) -> Vec<u8> {
 /// The receiver's side of [`pack`]: `held` moved on by `packed`.
 pub(super) fn unpack(packed: &[u8], held: &[u8]) -> Result<Vec<u8>, CompactError> {
     let bad = |why: &'static str| CompactError::BadCoreDelta(why);
+    // (An empty field is an absent one: it never gets here.)
     let (&bits, codes) = packed.split_first().ok_or(bad("it is empty"))?;
     if !(1..=8).contains(&bits) {
         return Err(bad("its bits per core are not 1..=8"));
