@@ -241,7 +241,10 @@ fn bad_compact_samples_are_refused_and_leave_the_view() {
     let bad_cores = CompactError::BadCoreDelta;
     let bad_power = |delta, why| CompactError::BadPowerDelta { delta, why };
     for (bad, error) in [
-        (gpu(pb::CompactGpu { position: 9, ..Default::default() }), CompactError::BadPosition { position: 9, gpus: GPUS }),
+        (
+            gpu(pb::CompactGpu { position: 9, ..Default::default() }),
+            CompactError::BadPosition { position: 9, gpus: GPUS },
+        ),
         (pb::CompactSample { cpu_per_core: vec![101], ..delta.clone() }, CompactError::BadCore(101)),
         (cores(vec![0]), bad_cores("its bits per core are not 1..=8")),
         (cores(vec![9, 0, 0, 0, 0, 0]), bad_cores("its bits per core are not 1..=8")),
@@ -252,7 +255,10 @@ fn bad_compact_samples_are_refused_and_leave_the_view() {
             pb::CompactSample { cpu_per_core: vec![1; 4], ..cores(vec![1, 0]) },
             bad_cores("it comes on a keyframe or with cpu_per_core"),
         ),
-        (pb::CompactSample { cpu_per_core_delta: vec![1, 0], ..key.clone() }, bad_cores("it comes on a keyframe or with cpu_per_core")),
+        (
+            pb::CompactSample { cpu_per_core_delta: vec![1, 0], ..key.clone() },
+            bad_cores("it comes on a keyframe or with cpu_per_core"),
+        ),
         (power(5, None), bad_power(5, "no power draw is held")),
         (
             gpu(pb::CompactGpu { power_delta_w: Some(5), power_draw_mw: Some(1), ..Default::default() }),
@@ -273,7 +279,9 @@ fn bad_compact_samples_are_refused_and_leave_the_view() {
     after.taken_at_unix_ms -= 1000;
     assert_eq!(after, held, "the bad ones left the view as it was");
     // Without the keyframe's cores, changes to them have nothing to apply to.
-    decoder.decode(&pb::CompactSample { taken_at_unix_ms: Some(5), ..Default::default() }, &layout(1)).unwrap();
+    decoder
+        .decode(&pb::CompactSample { taken_at_unix_ms: Some(5), ..Default::default() }, &layout(1))
+        .unwrap();
     assert_eq!(
         decoder.decode(&cores(vec![1, 0]), &layout(1)),
         Err(bad_cores("the receiver holds no per-core values to change"))

@@ -2,7 +2,10 @@
 //! whose values move the way real ones do. Each GPU is idle, steady or in a burst;
 //! utilisation eases towards its mode's target, temperature follows utilisation with
 //! a lag of tens of seconds, power follows utilisation, and VRAM moves in model-sized
-//! steps now and then. Nothing jumps every second.
+//! steps now and then. Nothing on a GPU jumps every second; utilisation and
+//! temperature are whole numbers, as NVML reports them. The host's cores carry a
+//! slowly moving load and each second's reading jitters around it, the load averages
+//! are the kernel's exponential averages, and uptime runs on the simulation's clock.
 //!
 //! It is a [`DeviceSource`] (the whole machine: no sysinfo), so the simulated hive runs
 //! the real monitor, stream and service code on top of it. Hot-plug is a shared

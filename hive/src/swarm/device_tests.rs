@@ -154,7 +154,7 @@ fn compact_samples_of_a_busy_8_gpu_host_are_small() {
         w.per_sample(w.delta_ms),
         w.per_sample(w.total - w.keyframes - w.cores - w.gpus - w.delta_ms)
     );
-    let others: Vec<f64> = (1..=10).map(|seed| scenario(seed)).map(|w| w.per_sample(w.total)).collect();
+    let others: Vec<f64> = (1..=10).map(scenario).map(|w| w.per_sample(w.total)).collect();
     let worst = others.iter().copied().fold(0.0, f64::max);
     eprintln!("  seeds 1..=10: {others:.1?} B/sample");
     assert!(avg <= 64.0, "average compact sample {avg:.1} B");
