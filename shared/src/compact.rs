@@ -8,7 +8,9 @@
 //! its [`deadband`] from that view, so the receiver is never further than the deadband
 //! from the hive's latest reading; a keyframe (the first sample, a new capability
 //! version, and at least every [`KEYFRAME_EVERY_MS`]) carries every value and makes the
-//! view exact (per-core CPU is whole percents in compact form).
+//! view exact (per-core CPU is whole percents in compact form). Integer units keep it
+//! small: whole percents and °C, power changes in whole watts, per-core changes packed
+//! in a few bits each (`compact_cores.rs`).
 //!
 //! GPUs are named by their position in the delivered capabilities' GPUs, ordered by id
 //! ([`Layout`]). `Sample`/`GpuSample` fields the compact form does not encode one by one

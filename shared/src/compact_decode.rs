@@ -30,13 +30,15 @@ pub fn apply(
     if let Some(b) = c.cpu_per_core.iter().find(|b| **b > 100) {
         return Err(CompactError::BadCore(*b));
     }
-    let moved_cores = if c.cpu_per_core_delta.is_empty() {
-        None
-    } else if key || !c.cpu_per_core.is_empty() {
-        return Err(CompactError::BadCoreDelta("it comes on a keyframe or with cpu_per_core"));
-    } else {
-        let held: Vec<u8> = s.cpu_per_core_percent.iter().map(|p| core_byte(*p)).collect();
-        Some(cores::unpack(&c.cpu_per_core_delta, &held)?)
+    // Per-core CPU: every core's byte, or every core's change (on a delta only).
+    let cores = match (c.cpu_per_core.is_empty(), c.cpu_per_core_delta.is_empty()) {
+        (true, true) => None,
+        (false, true) => Some(c.cpu_per_core.clone()),
+        (true, false) if !key => {
+            let held: Vec<u8> = s.cpu_per_core_percent.iter().map(|p| core_byte(*p)).collect();
+            Some(cores::unpack(&c.cpu_per_core_delta, &held)?)
+        }
+        _ => return Err(CompactError::BadCoreDelta("it comes on a keyframe or with cpu_per_core")),
     };
     if let Some(extras) = &c.extras {
         s = s.known_onto(extras.clone());
@@ -60,10 +62,8 @@ pub fn apply(
     if let Some(v) = c.ram_available_bytes {
         s.ram_available_bytes = v;
     }
-    if let Some(moved) =
-        moved_cores.as_deref().or((!c.cpu_per_core.is_empty()).then_some(&c.cpu_per_core[..]))
-    {
-        s.cpu_per_core_percent = moved.iter().map(|b| f32::from(*b)).collect();
+    if let Some(cores) = cores {
+        s.cpu_per_core_percent = cores.into_iter().map(f32::from).collect();
     }
     if let Some(l) = c.load_average {
         let f = |v: u32| f64::from(v) / 100.0;
