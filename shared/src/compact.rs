@@ -8,7 +8,9 @@
 //! its [`deadband`] from that view, so the receiver is never further than the deadband
 //! from the hive's latest reading; a keyframe (the first sample, a new capability
 //! version, and at least every [`KEYFRAME_EVERY_MS`]) carries every value and makes the
-//! view exact (per-core CPU is whole percents in compact form).
+//! view exact (per-core CPU is whole percents in compact form). Integer units keep it
+//! small: whole percents and °C, power changes in whole watts, per-core changes packed
+//! in a few bits each (`compact_cores.rs`).
 //!
 //! GPUs are named by their position in the delivered capabilities' GPUs, ordered by id
 //! ([`Layout`]). `Sample`/`GpuSample` fields the compact form does not encode one by one
@@ -19,6 +21,17 @@
 use rbee_proto::v1 as pb;
 
 use crate::VersionedCapabilities;
+
+#[path = "compact_cores.rs"]
+mod cores;
+#[path = "compact_decode.rs"]
+mod decode;
+#[path = "compact_extras.rs"]
+mod extras;
+
+use cores::core_byte;
+pub use decode::{Decoder, apply};
+use extras::{gpu_extras, sample_extras};
 
 /// A keyframe is sent at least this often (ms of `taken_at`).
 pub const KEYFRAME_EVERY_MS: u64 = 30_000;
@@ -67,6 +80,17 @@ pub enum CompactError {
     /// Per-core CPU bytes above 100.
     #[error("compact per-core CPU value {0} is above 100")]
     BadCore(u8),
+    /// Per-core CPU changes that cannot be applied.
+    #[error("compact per-core CPU changes cannot be applied: {0}")]
+    BadCoreDelta(&'static str),
+    /// A GPU's power change that cannot be applied.
+    #[error("compact GPU power change of {delta} W cannot be applied: {why}")]
+    BadPowerDelta {
+        /// The change sent, W.
+        delta: i32,
+        /// Why it cannot be applied.
+        why: &'static str,
+    },
 }
 
 /// The capabilities both ends hold, as the compact form refers to them.
@@ -154,100 +178,23 @@ fn whole(v: f32) -> i32 {
     if v.is_finite() { v.round().clamp(-1e6, 1e6) as i32 } else { 0 }
 }
 
-fn core_byte(p: f32) -> u8 {
-    if p.is_finite() { p.round().clamp(0.0, 100.0) as u8 } else { 0 }
+/// `v` as a whole number when it is one (and fits in 0..=1e6 or, signed, ±1e6): it
+/// travels in the whole-unit field exactly.
+fn exact_whole(v: f32) -> Option<i32> {
+    (v.fract() == 0.0 && v.abs() <= 1e6).then_some(v as i32)
 }
 
-/// The sample without the fields the compact form encodes one by one.
-fn sample_extras(s: &pb::Sample) -> pb::Sample {
-    pb::Sample { gpus: Vec::new(), ..s.clone() }.without_known()
+/// The uptime a receiver expects to have passed between two `taken_at`s: the whole
+/// seconds of the clock that `to` is past `from`. Counting second boundaries (rather
+/// than whole seconds in each interval) keeps the expected uptime within 1 s of the
+/// real one however the intervals jitter around a second.
+fn seconds_passed(from_ms: u64, to_ms: u64) -> u64 {
+    (to_ms / 1000).saturating_sub(from_ms / 1000)
 }
 
-/// The GPU sample without the fields the compact form encodes one by one.
-fn gpu_extras(g: &pb::GpuSample) -> pb::GpuSample {
-    g.clone().without_known()
-}
-
-/// Dropping (and copying) the fields the compact form knows.
-trait Known: Sized {
-    /// The message with every field the compact form encodes reset.
-    fn without_known(self) -> Self;
-    /// `extras` with this message's known fields copied in.
-    fn known_onto(&self, extras: Self) -> Self;
-}
-
-impl Known for pb::Sample {
-    fn without_known(mut self) -> Self {
-        // Fields added after the compact form stay as they are.
-        self.taken_at_unix_ms = 0;
-        self.cpu_window_ms = None;
-        self.cpu_percent = None;
-        self.cpu_per_core_percent = Vec::new();
-        self.load_average = None;
-        self.ram_total_bytes = 0;
-        self.ram_used_bytes = 0;
-        self.ram_available_bytes = 0;
-        self.swap_total_bytes = None;
-        self.swap_used_bytes = None;
-        self.uptime_s = None;
-        self.gpus = Vec::new();
-        self.capability_version = None;
-        self
-    }
-    fn known_onto(&self, mut extras: Self) -> Self {
-        extras.taken_at_unix_ms = self.taken_at_unix_ms;
-        extras.cpu_window_ms = self.cpu_window_ms;
-        extras.cpu_percent = self.cpu_percent;
-        extras.cpu_per_core_percent = self.cpu_per_core_percent.clone();
-        extras.load_average = self.load_average;
-        extras.ram_total_bytes = self.ram_total_bytes;
-        extras.ram_used_bytes = self.ram_used_bytes;
-        extras.ram_available_bytes = self.ram_available_bytes;
-        extras.swap_total_bytes = self.swap_total_bytes;
-        extras.swap_used_bytes = self.swap_used_bytes;
-        extras.uptime_s = self.uptime_s;
-        extras.gpus = self.gpus.clone();
-        extras.capability_version = self.capability_version;
-        extras
-    }
-}
-
-impl Known for pb::GpuSample {
-    fn without_known(mut self) -> Self {
-        // Fields added after the compact form stay as they are.
-        self.id = String::new();
-        self.index = 0;
-        self.vram_used_bytes = None;
-        self.vram_free_bytes = None;
-        self.gpu_util_percent = None;
-        self.mem_util_percent = None;
-        self.temperature_c = None;
-        self.power_draw_mw = None;
-        self.sm_clock_mhz = None;
-        self.mem_clock_mhz = None;
-        self.ecc_corrected_volatile = None;
-        self.ecc_uncorrected_volatile = None;
-        self.xid_events = None;
-        self.last_xid = None;
-        self
-    }
-    fn known_onto(&self, mut extras: Self) -> Self {
-        extras.id = self.id.clone();
-        extras.index = self.index;
-        extras.vram_used_bytes = self.vram_used_bytes;
-        extras.vram_free_bytes = self.vram_free_bytes;
-        extras.gpu_util_percent = self.gpu_util_percent;
-        extras.mem_util_percent = self.mem_util_percent;
-        extras.temperature_c = self.temperature_c;
-        extras.power_draw_mw = self.power_draw_mw;
-        extras.sm_clock_mhz = self.sm_clock_mhz;
-        extras.mem_clock_mhz = self.mem_clock_mhz;
-        extras.ecc_corrected_volatile = self.ecc_corrected_volatile;
-        extras.ecc_uncorrected_volatile = self.ecc_uncorrected_volatile;
-        extras.xid_events = self.xid_events;
-        extras.last_xid = self.last_xid;
-        extras
-    }
+/// Power in whole watts (rounded to the nearest), from mW.
+fn watts(mw: u32) -> i64 {
+    (i64::from(mw) + 500) / 1000
 }
 
 /// The hive's side: turns a stream's readings into compact samples.
@@ -302,8 +249,15 @@ impl Encoder {
                 .zip(&h.cpu_per_core_percent)
                 .any(|(n, h)| n.beyond(*h, deadband::CORE_PERCENT));
         if key || cores_moved {
-            c.cpu_per_core = now.cpu_per_core_percent.iter().map(|p| core_byte(*p)).collect();
-            if c.cpu_per_core.is_empty() && !key {
+            let bytes: Vec<u8> = now.cpu_per_core_percent.iter().map(|p| core_byte(*p)).collect();
+            let held: Vec<u8> = h.cpu_per_core_percent.iter().map(|p| core_byte(*p)).collect();
+            let packed =
+                (!key && !held.is_empty() && held.len() == bytes.len()).then(|| cores::pack(&bytes, &held));
+            match packed {
+                Some(packed) if packed.len() < bytes.len() => c.cpu_per_core_delta = packed,
+                _ => c.cpu_per_core = bytes,
+            }
+            if now.cpu_per_core_percent.is_empty() && !key {
                 cl.push(4);
             }
         }
@@ -345,7 +299,7 @@ impl Encoder {
             field(now.swap_used_bytes, h.swap_used_bytes, deadband::RAM_BYTES, key, &mut cl, 10);
         c.uptime_s = field(
             now.uptime_s,
-            h.uptime_s.map(|u| u + c.taken_at_delta_ms / 1000),
+            h.uptime_s.map(|u| u.saturating_add(seconds_passed(h.taken_at_unix_ms, now.taken_at_unix_ms))),
             deadband::UPTIME_S,
             key,
             &mut cl,
@@ -430,11 +384,31 @@ fn encode_gpu(
         (Some(f), Some(w)) if (key && f == w) || (!key && !f.beyond(w, deadband::VRAM_BYTES)) => None,
         (Some(f), _) => Some(f),
     };
-    if !key {
+    if key {
+        // A whole reading (NVML reports whole percents and °C) travels whole, exactly.
+        let unsigned = |v: &mut Option<f32>| {
+            let w = v.and_then(exact_whole).and_then(|w| u32::try_from(w).ok());
+            if w.is_some() {
+                *v = None;
+            }
+            w
+        };
+        c.gpu_util_whole = unsigned(&mut c.gpu_util_percent);
+        c.mem_util_whole = unsigned(&mut c.mem_util_percent);
+        c.temperature_whole = c.temperature_c.and_then(exact_whole);
+        if c.temperature_whole.is_some() {
+            c.temperature_c = None;
+        }
+    } else {
         // A delta carries whole units: within half a unit of the reading when sent.
         c.gpu_util_whole = c.gpu_util_percent.take().map(|p| whole(p) as u32);
         c.mem_util_whole = c.mem_util_percent.take().map(|p| whole(p) as u32);
         c.temperature_whole = c.temperature_c.take().map(whole);
+        // Power as the change in whole watts from the held value (within 0.5 W when sent).
+        if let (Some(p), Some(held)) = (c.power_draw_mw, h.power_draw_mw) {
+            c.power_draw_mw = None;
+            c.power_delta_w = Some(i32::try_from(watts(p) - watts(held)).unwrap_or(i32::MAX));
+        }
     }
     let extras = gpu_extras(g);
     if extras != gpu_extras(h) || (key && extras != pb::GpuSample::default()) {
@@ -443,172 +417,6 @@ fn encode_gpu(
     c.cleared = cl;
     let changed = key || c != pb::CompactGpu { position: c.position, ..Default::default() };
     changed.then_some(c)
-}
-
-/// Applies `c` to the receiver's `view` (what [`Decoder`] does; the encoder uses it to
-/// keep its copy of the receiver's view).
-pub fn apply(
-    view: &mut Option<pb::Sample>,
-    c: &pb::CompactSample,
-    layout: &Layout,
-) -> Result<(), CompactError> {
-    let mut s = match (c.taken_at_unix_ms, view.take()) {
-        (Some(at), _) => pb::Sample { taken_at_unix_ms: at, ..Default::default() },
-        (None, Some(mut held)) => {
-            held.taken_at_unix_ms = held.taken_at_unix_ms.saturating_add(c.taken_at_delta_ms);
-            if let Some(u) = held.uptime_s.as_mut() {
-                *u += c.taken_at_delta_ms / 1000;
-            }
-            held
-        }
-        (None, None) => return Err(CompactError::NoKeyframe),
-    };
-    let key = c.taken_at_unix_ms.is_some();
-    if let Some(b) = c.cpu_per_core.iter().find(|b| **b > 100) {
-        return Err(CompactError::BadCore(*b));
-    }
-    if let Some(extras) = &c.extras {
-        s = s.known_onto(extras.clone());
-    }
-    if key {
-        s.ram_total_bytes = layout.ram_total;
-    }
-    macro_rules! set {
-        ($($f:ident),*) => { $( if c.$f.is_some() { s.$f = c.$f; } )* };
-    }
-    set!(capability_version, cpu_window_ms, cpu_percent, swap_total_bytes, swap_used_bytes, uptime_s);
-    if let Some(v) = c.cpu_percent_whole {
-        s.cpu_percent = Some(v as f32);
-    }
-    if let Some(v) = c.ram_total_bytes {
-        s.ram_total_bytes = v;
-    }
-    if let Some(v) = c.ram_used_bytes {
-        s.ram_used_bytes = v;
-    }
-    if let Some(v) = c.ram_available_bytes {
-        s.ram_available_bytes = v;
-    }
-    if !c.cpu_per_core.is_empty() {
-        s.cpu_per_core_percent = c.cpu_per_core.iter().map(|b| f32::from(*b)).collect();
-    }
-    if let Some(l) = c.load_average {
-        let f = |v: u32| f64::from(v) / 100.0;
-        s.load_average = Some(pb::LoadAverage { one: f(l.one), five: f(l.five), fifteen: f(l.fifteen) });
-    }
-    for number in &c.cleared {
-        match number {
-            2 => s.cpu_window_ms = None,
-            3 => s.cpu_percent = None,
-            4 => s.cpu_per_core_percent.clear(),
-            5 => s.load_average = None,
-            9 => s.swap_total_bytes = None,
-            10 => s.swap_used_bytes = None,
-            11 => s.uptime_s = None,
-            13 => s.capability_version = None,
-            _ => {}
-        }
-    }
-    for g in &c.gpus {
-        let p = g.position as usize;
-        let (Some(id), Some(&total)) = (layout.ids.get(p), layout.vram_total.get(p)) else {
-            return Err(CompactError::BadPosition { position: g.position, gpus: layout.ids.len() });
-        };
-        let slot = match s.gpus.iter().position(|o| &o.id == id) {
-            Some(i) => i,
-            None => {
-                s.gpus.push(pb::GpuSample { id: id.clone(), index: layout.index[p], ..Default::default() });
-                s.gpus.len() - 1
-            }
-        };
-        apply_gpu(&mut s.gpus[slot], g, total);
-    }
-    if key {
-        s.gpus.sort_by_key(|g| layout.ids.binary_search(&g.id).unwrap_or(usize::MAX));
-    }
-    *view = Some(s);
-    Ok(())
-}
-
-fn apply_gpu(s: &mut pb::GpuSample, c: &pb::CompactGpu, total: u64) {
-    if let Some(extras) = &c.extras {
-        *s = s.known_onto(extras.clone());
-    }
-    macro_rules! set {
-        ($($f:ident),*) => { $( if c.$f.is_some() { s.$f = c.$f; } )* };
-    }
-    set!(
-        vram_used_bytes,
-        gpu_util_percent,
-        mem_util_percent,
-        temperature_c,
-        power_draw_mw,
-        sm_clock_mhz,
-        mem_clock_mhz,
-        ecc_corrected_volatile,
-        ecc_uncorrected_volatile,
-        xid_events,
-        last_xid
-    );
-    if let Some(v) = c.gpu_util_whole {
-        s.gpu_util_percent = Some(v as f32);
-    }
-    if let Some(v) = c.mem_util_whole {
-        s.mem_util_percent = Some(v as f32);
-    }
-    if let Some(v) = c.temperature_whole {
-        s.temperature_c = Some(v as f32);
-    }
-    match (c.vram_free_bytes, c.vram_used_bytes) {
-        (Some(f), _) => s.vram_free_bytes = Some(f),
-        (None, Some(u)) => s.vram_free_bytes = Some(total.saturating_sub(u)),
-        (None, None) => {}
-    }
-    for number in &c.cleared {
-        match number {
-            3 => s.vram_used_bytes = None,
-            4 => s.vram_free_bytes = None,
-            5 => s.gpu_util_percent = None,
-            6 => s.mem_util_percent = None,
-            7 => s.temperature_c = None,
-            8 => s.power_draw_mw = None,
-            9 => s.sm_clock_mhz = None,
-            10 => s.mem_clock_mhz = None,
-            11 => s.ecc_corrected_volatile = None,
-            12 => s.ecc_uncorrected_volatile = None,
-            13 => s.xid_events = None,
-            14 => s.last_xid = None,
-            _ => {}
-        }
-    }
-}
-
-/// The receiver's side: turns compact samples back into full samples.
-#[derive(Debug, Default)]
-pub struct Decoder {
-    /// The view so far.
-    view: Option<pb::Sample>,
-}
-
-impl Decoder {
-    /// A decoder that holds nothing yet (it needs a keyframe first).
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// The full sample `c` makes of the held view, against `layout` (the capabilities
-    /// the stream delivered). A bad compact sample leaves the view as it was.
-    pub fn decode(&mut self, c: &pb::CompactSample, layout: &Layout) -> Result<pb::Sample, CompactError> {
-        let mut view = self.view.clone();
-        apply(&mut view, c, layout)?;
-        self.view = view;
-        Ok(self.view.clone().unwrap_or_default())
-    }
-
-    /// Forgets the view (a new stream, or a snapshot): the next sample must be a keyframe.
-    pub fn reset(&mut self) {
-        self.view = None;
-    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,10 @@
 //! whose values move the way real ones do. Each GPU is idle, steady or in a burst;
 //! utilisation eases towards its mode's target, temperature follows utilisation with
 //! a lag of tens of seconds, power follows utilisation, and VRAM moves in model-sized
-//! steps now and then. Nothing jumps every second.
+//! steps now and then. Nothing on a GPU jumps every second; utilisation and
+//! temperature are whole numbers, as NVML reports them. The host's cores carry a
+//! slowly moving load and each second's reading jitters around it, the load averages
+//! are the kernel's exponential averages, and uptime runs on the simulation's clock.
 //!
 //! It is a [`DeviceSource`] (the whole machine: no sysinfo), so the simulated hive runs
 //! the real monitor, stream and service code on top of it. Hot-plug is a shared
@@ -34,6 +37,13 @@ const IDLE_POWER_MW: f32 = 60_000.0;
 const AMBIENT_C: f32 = 32.0;
 /// Seconds for temperature to close about two thirds of the gap to its target.
 const THERMAL_TIME_CONSTANT_S: f32 = 30.0;
+/// The kernel recomputes the load averages every 5 s (`LOAD_FREQ`).
+const LOAD_EVERY_S: f32 = 5.0;
+/// The kernel's decay factors per 5 s for the 1-, 5- and 15-minute load averages
+/// (`EXP_1`, `EXP_5`, `EXP_15` in `include/linux/sched/loadavg.h`, over 2048).
+const LOAD_DECAY: [f64; 3] = [1884.0 / 2048.0, 2014.0 / 2048.0, 2037.0 / 2048.0];
+/// The simulated hosts have been up a day when the simulation starts, s.
+const BOOTED_BEFORE_S: f64 = 86_400.0;
 
 /// A small, fast, deterministic random number generator (xorshift64*): the simulator
 /// needs plausible noise, not cryptography, and one per simulated host.
@@ -152,9 +162,10 @@ impl GpuState {
             index: self.device.index,
             vram_used_bytes: Some(self.vram_used),
             vram_free_bytes: Some(VRAM_TOTAL - self.vram_used),
-            gpu_util_percent: Some(self.util),
-            mem_util_percent: Some(self.util * 0.6),
-            temperature_c: Some(self.temperature),
+            // NVML reports utilisation in whole percents and temperature in whole °C.
+            gpu_util_percent: Some(self.util.round()),
+            mem_util_percent: Some((self.util * 0.6).round()),
+            temperature_c: Some(self.temperature.round()),
             power_draw_mw: Some(power as u32),
             sm_clock_mhz: Some(if self.util > 1.0 { 1980 } else { 345 }),
             mem_clock_mhz: Some(2619),
@@ -176,14 +187,21 @@ pub struct SimulatedHost {
     present: Arc<AtomicUsize>,
     /// Logical cores.
     cores: u32,
-    /// Per-core utilisation now, percent.
+    /// Per-core utilisation now, percent: the load each core carries.
     core_util: Vec<f32>,
+    /// Per-core utilisation as measured over the last second, percent: the load plus
+    /// the jitter of when threads happened to run.
+    core_read: Vec<f32>,
     /// RAM in use, bytes.
     ram_used: u64,
+    /// The 1-, 5- and 15-minute load averages, as the kernel keeps them.
+    load: [f64; 3],
+    /// Seconds until the kernel's next load average update.
+    load_due: f32,
     /// When the state last moved.
     last: Instant,
-    /// When the host "booted".
-    booted: Instant,
+    /// Seconds since the host booted, on the simulation's clock (the sum of `step`s).
+    up: f64,
 }
 
 impl SimulatedHost {
@@ -198,9 +216,12 @@ impl SimulatedHost {
             present,
             cores,
             core_util: vec![5.0; cores as usize],
+            core_read: vec![5.0; cores as usize],
             ram_used: RAM_TOTAL / 8,
+            load: [0.05 * f64::from(cores); 3],
+            load_due: LOAD_EVERY_S,
             last: now,
-            booted: now,
+            up: BOOTED_BEFORE_S,
             rng,
         }
     }
@@ -223,14 +244,30 @@ impl SimulatedHost {
         }
         // Host CPU follows the GPUs' work loosely (data loading), per core.
         let busy = self.gpus[..n].iter().map(|g| g.util).sum::<f32>() / n.max(1) as f32;
-        for core in &mut self.core_util {
+        for (core, read) in self.core_util.iter_mut().zip(&mut self.core_read) {
             let target = 3.0 + busy * 0.25;
             *core = (*core + (target - *core) * (0.2 * dt).min(1.0) + (self.rng.unit() - 0.5) * 2.0)
                 .clamp(0.0, 100.0);
+            // A second's reading jitters around the load, more so on a busier core
+            // (threads run in bursts): about ±2 points at 5%, ±5 at 25%.
+            *read = (*core + (self.rng.unit() - 0.5) * 2.0 * core.sqrt()).clamp(0.0, 100.0);
         }
         if self.rng.chance(0.01 * dt) {
             self.ram_used = (RAM_TOTAL / 16) * (1 + self.rng.next_u64() % 8);
         }
+        // Load averages: every 5 s the kernel counts the runnable tasks (here: the busy
+        // cores' share, give or take one task) and folds them into three exponential
+        // averages, so the 5- and 15-minute values move slowly.
+        self.load_due -= dt;
+        while self.load_due <= 0.0 {
+            self.load_due += LOAD_EVERY_S;
+            let busy = self.core_util.iter().sum::<f32>() / 100.0;
+            let active = f64::from((busy + self.rng.unit() * 2.0 - 1.0).round().max(0.0));
+            for (avg, decay) in self.load.iter_mut().zip(LOAD_DECAY) {
+                *avg = *avg * decay + active * (1.0 - decay);
+            }
+        }
+        self.up += f64::from(dt);
     }
 }
 
@@ -267,97 +304,22 @@ impl SimulatedHost {
     /// Writes the current values into `sample`, measured over `window`.
     pub fn fill(&self, sample: &mut Sample, window: std::time::Duration) {
         sample.cpu_window_ms = Some(u32::try_from(window.as_millis()).unwrap_or(u32::MAX));
-        sample.cpu_percent = Some(self.core_util.iter().sum::<f32>() / self.cores.max(1) as f32);
-        sample.cpu_per_core_percent = self.core_util.clone();
-        let load = self.core_util.iter().sum::<f32>() as f64 / 100.0;
-        sample.load_average = Some(LoadAverage { one: load, five: load, fifteen: load });
+        sample.cpu_percent = Some(self.core_read.iter().sum::<f32>() / self.cores.max(1) as f32);
+        sample.cpu_per_core_percent = self.core_read.clone();
+        // /proc/loadavg shows two decimals.
+        let [one, five, fifteen] = self.load.map(|l| (l * 100.0).round() / 100.0);
+        sample.load_average = Some(LoadAverage { one, five, fifteen });
         sample.ram_total_bytes = RAM_TOTAL;
         sample.ram_used_bytes = self.ram_used;
         sample.ram_available_bytes = RAM_TOTAL - self.ram_used;
         sample.swap_total_bytes = Some(0);
         sample.swap_used_bytes = Some(0);
-        sample.uptime_s = Some(self.booted.elapsed().as_secs() + 86_400);
+        sample.uptime_s = Some(self.up as u64);
         let n = self.present();
         sample.gpus.extend(self.gpus[..n].iter().map(GpuState::sample));
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn values_drift_rather_than_jump() {
-        let mut rng = Rng::new(7);
-        let mut gpu = GpuState::new(7, 0, &mut rng);
-        gpu.mode = Mode::Steady(50.0);
-        let mut last = gpu.clone();
-        let mut temperature_steps = 0.0f32;
-        for _ in 0..600 {
-            gpu.advance(1.0, &mut rng);
-            temperature_steps = temperature_steps.max((gpu.temperature - last.temperature).abs());
-            last = gpu.clone();
-        }
-        assert!(temperature_steps < 3.0, "temperature moved {temperature_steps} °C in one second");
-    }
-
-    /// The committed "realistic change" scenario for the wire figures: this simulated
-    /// 8-GPU, 16-core host sampled at 1 Hz for 10 minutes (run with --nocapture for the
-    /// figures in docs/BENCHMARKS.md).
-    #[test]
-    fn compact_samples_of_a_busy_8_gpu_host_are_small() {
-        use prost::Message;
-        use rbee_proto::v1 as pb;
-        use rbee_shared::VersionedCapabilities;
-        use rbee_shared::compact::{Encoder, Layout};
-
-        let mut host = SimulatedHost::new(42, 8, Arc::new(AtomicUsize::new(8)), 16);
-        let mut caps = Capabilities::default();
-        host.scan(&mut caps).unwrap();
-        let layout = Layout::of(&VersionedCapabilities { version: 1, caps });
-        let mut encoder = Encoder::new();
-        let (mut total, mut full, mut keys, mut key_max, mut n) = (0, 0, 0, 0, 0);
-        for second in 0..600u64 {
-            host.step(1.0);
-            let mut sample =
-                Sample { taken_at_unix_ms: 1_700_000_000_000 + second * 1000, ..Sample::default() };
-            host.fill(&mut sample, std::time::Duration::from_secs(1));
-            sample.capability_version = Some(1);
-            let wire = pb::Sample::from(&sample);
-            let compact = encoder.encode(&wire, &layout).unwrap();
-            let len = compact.encoded_len();
-            if compact.taken_at_unix_ms.is_some() {
-                keys += 1;
-                key_max = key_max.max(len);
-            }
-            total += len;
-            full += wire.encoded_len();
-            n += 1;
-        }
-        let (avg, full_avg) = (total / n, full / n);
-        eprintln!(
-            "8 GPUs, 16 cores, 1 Hz, 600 s: compact {avg} B/sample on average ({keys} keyframes, largest {key_max} B); full {full_avg} B/sample"
-        );
-        // The target is 64 B; this scenario measures 76 B (docs/BENCHMARKS.md says why).
-        // The bound guards against regressions until the target is met.
-        assert!(avg <= 80, "average compact sample {avg} B");
-        assert!(key_max <= 400, "keyframe {key_max} B");
-    }
-
-    #[test]
-    fn hot_plug_changes_the_scanned_gpus() {
-        let present = Arc::new(AtomicUsize::new(8));
-        let mut host = SimulatedHost::new(1, 9, present.clone(), 16);
-        let mut caps = Capabilities::default();
-        host.scan(&mut caps).unwrap();
-        assert_eq!(caps.gpus.len(), 8);
-        present.store(9, Ordering::Relaxed);
-        let mut caps = Capabilities::default();
-        host.scan(&mut caps).unwrap();
-        assert_eq!(caps.gpus.len(), 9);
-        let mut sample = Sample::default();
-        host.sample(&mut sample).unwrap();
-        assert_eq!(sample.gpus.len(), 9);
-        assert_eq!(sample.cpu_per_core_percent.len(), 16);
-    }
-}
+#[path = "device_tests.rs"]
+mod tests;

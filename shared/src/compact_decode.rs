@@ -1,0 +1,196 @@
+//! The receiver's side of compact samples: [`apply`] turns the held view and a compact
+//! sample into the next view (the encoder keeps its copy of the receiver's view with
+//! it too), and [`Decoder`] holds a stream's view.
+
+use rbee_proto::v1 as pb;
+
+use super::extras::Known;
+use super::{CompactError, Layout, core_byte, cores, seconds_passed, watts};
+
+/// Applies `c` to the receiver's `view` (what [`Decoder`] does; the encoder uses it to
+/// keep its copy of the receiver's view).
+pub fn apply(
+    view: &mut Option<pb::Sample>,
+    c: &pb::CompactSample,
+    layout: &Layout,
+) -> Result<(), CompactError> {
+    let mut s = match (c.taken_at_unix_ms, view.take()) {
+        (Some(at), _) => pb::Sample { taken_at_unix_ms: at, ..Default::default() },
+        (None, Some(mut held)) => {
+            let at = held.taken_at_unix_ms.saturating_add(c.taken_at_delta_ms);
+            if let Some(u) = held.uptime_s.as_mut() {
+                *u = u.saturating_add(seconds_passed(held.taken_at_unix_ms, at));
+            }
+            held.taken_at_unix_ms = at;
+            held
+        }
+        (None, None) => return Err(CompactError::NoKeyframe),
+    };
+    let key = c.taken_at_unix_ms.is_some();
+    if let Some(b) = c.cpu_per_core.iter().find(|b| **b > 100) {
+        return Err(CompactError::BadCore(*b));
+    }
+    // Per-core CPU: every core's byte, or every core's change (on a delta only).
+    let cores = match (c.cpu_per_core.is_empty(), c.cpu_per_core_delta.is_empty()) {
+        (true, true) => None,
+        (false, true) => Some(c.cpu_per_core.clone()),
+        (true, false) if !key => {
+            let held: Vec<u8> = s.cpu_per_core_percent.iter().map(|p| core_byte(*p)).collect();
+            Some(cores::unpack(&c.cpu_per_core_delta, &held)?)
+        }
+        _ => return Err(CompactError::BadCoreDelta("it comes on a keyframe or with cpu_per_core")),
+    };
+    if let Some(extras) = &c.extras {
+        s = s.known_onto(extras.clone());
+    }
+    if key {
+        s.ram_total_bytes = layout.ram_total;
+    }
+    macro_rules! set {
+        ($($f:ident),*) => { $( if c.$f.is_some() { s.$f = c.$f; } )* };
+    }
+    set!(capability_version, cpu_window_ms, cpu_percent, swap_total_bytes, swap_used_bytes, uptime_s);
+    if let Some(v) = c.cpu_percent_whole {
+        s.cpu_percent = Some(v as f32);
+    }
+    if let Some(v) = c.ram_total_bytes {
+        s.ram_total_bytes = v;
+    }
+    if let Some(v) = c.ram_used_bytes {
+        s.ram_used_bytes = v;
+    }
+    if let Some(v) = c.ram_available_bytes {
+        s.ram_available_bytes = v;
+    }
+    if let Some(cores) = cores {
+        s.cpu_per_core_percent = cores.into_iter().map(f32::from).collect();
+    }
+    if let Some(l) = c.load_average {
+        let f = |v: u32| f64::from(v) / 100.0;
+        s.load_average = Some(pb::LoadAverage { one: f(l.one), five: f(l.five), fifteen: f(l.fifteen) });
+    }
+    for number in &c.cleared {
+        match number {
+            2 => s.cpu_window_ms = None,
+            3 => s.cpu_percent = None,
+            4 => s.cpu_per_core_percent.clear(),
+            5 => s.load_average = None,
+            9 => s.swap_total_bytes = None,
+            10 => s.swap_used_bytes = None,
+            11 => s.uptime_s = None,
+            13 => s.capability_version = None,
+            _ => {}
+        }
+    }
+    for g in &c.gpus {
+        let p = g.position as usize;
+        let (Some(id), Some(&total)) = (layout.ids.get(p), layout.vram_total.get(p)) else {
+            return Err(CompactError::BadPosition { position: g.position, gpus: layout.ids.len() });
+        };
+        let slot = match s.gpus.iter().position(|o| &o.id == id) {
+            Some(i) => i,
+            None => {
+                s.gpus.push(pb::GpuSample { id: id.clone(), index: layout.index[p], ..Default::default() });
+                s.gpus.len() - 1
+            }
+        };
+        apply_gpu(&mut s.gpus[slot], g, total)?;
+    }
+    if key {
+        s.gpus.sort_by_key(|g| layout.ids.binary_search(&g.id).unwrap_or(usize::MAX));
+    }
+    *view = Some(s);
+    Ok(())
+}
+
+fn apply_gpu(s: &mut pb::GpuSample, c: &pb::CompactGpu, total: u64) -> Result<(), CompactError> {
+    if let Some(extras) = &c.extras {
+        *s = s.known_onto(extras.clone());
+    }
+    macro_rules! set {
+        ($($f:ident),*) => { $( if c.$f.is_some() { s.$f = c.$f; } )* };
+    }
+    set!(
+        vram_used_bytes,
+        gpu_util_percent,
+        mem_util_percent,
+        temperature_c,
+        power_draw_mw,
+        sm_clock_mhz,
+        mem_clock_mhz,
+        ecc_corrected_volatile,
+        ecc_uncorrected_volatile,
+        xid_events,
+        last_xid
+    );
+    if let Some(v) = c.gpu_util_whole {
+        s.gpu_util_percent = Some(v as f32);
+    }
+    if let Some(v) = c.mem_util_whole {
+        s.mem_util_percent = Some(v as f32);
+    }
+    if let Some(v) = c.temperature_whole {
+        s.temperature_c = Some(v as f32);
+    }
+    if let Some(delta) = c.power_delta_w {
+        let bad = |why| CompactError::BadPowerDelta { delta, why };
+        let held = match (c.power_draw_mw, s.power_draw_mw) {
+            (Some(_), _) => return Err(bad("it comes with power_draw_mw")),
+            (None, None) => return Err(bad("no power draw is held")),
+            (None, Some(held)) => held,
+        };
+        let mw = (watts(held) + i64::from(delta)) * 1000;
+        s.power_draw_mw = Some(u32::try_from(mw).map_err(|_| bad("it leaves the range of a power draw"))?);
+    }
+    match (c.vram_free_bytes, c.vram_used_bytes) {
+        (Some(f), _) => s.vram_free_bytes = Some(f),
+        (None, Some(u)) => s.vram_free_bytes = Some(total.saturating_sub(u)),
+        (None, None) => {}
+    }
+    for number in &c.cleared {
+        match number {
+            3 => s.vram_used_bytes = None,
+            4 => s.vram_free_bytes = None,
+            5 => s.gpu_util_percent = None,
+            6 => s.mem_util_percent = None,
+            7 => s.temperature_c = None,
+            8 => s.power_draw_mw = None,
+            9 => s.sm_clock_mhz = None,
+            10 => s.mem_clock_mhz = None,
+            11 => s.ecc_corrected_volatile = None,
+            12 => s.ecc_uncorrected_volatile = None,
+            13 => s.xid_events = None,
+            14 => s.last_xid = None,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The receiver's side: turns compact samples back into full samples.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    /// The view so far.
+    view: Option<pb::Sample>,
+}
+
+impl Decoder {
+    /// A decoder that holds nothing yet (it needs a keyframe first).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The full sample `c` makes of the held view, against `layout` (the capabilities
+    /// the stream delivered). A bad compact sample leaves the view as it was.
+    pub fn decode(&mut self, c: &pb::CompactSample, layout: &Layout) -> Result<pb::Sample, CompactError> {
+        let mut view = self.view.clone();
+        apply(&mut view, c, layout)?;
+        self.view = view;
+        Ok(self.view.clone().unwrap_or_default())
+    }
+
+    /// Forgets the view (a new stream, or a snapshot): the next sample must be a keyframe.
+    pub fn reset(&mut self) {
+        self.view = None;
+    }
+}
