@@ -14,8 +14,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var_os("OUT_DIR").ok_or("OUT_DIR not set")?);
     let fds_path = out.join("rbee_descriptor.bin");
     std::fs::write(&fds_path, fds.encode_to_vec())?;
+    // Small stream buffers: a queen holds one stream per hive (`src/codec.rs`).
     tonic_prost_build::configure()
         .skip_protoc_run()
+        .codec_path("crate::codec::LeanCodec")
         .file_descriptor_set_path(&fds_path)
         .compile_protos(PROTOS, &["proto"])?;
     // Canonical proto3 JSON (the mapping grpcurl prints) for the CLI's --json output.

@@ -5,6 +5,8 @@
 //! Domain code does not pass these types around: `rbee-shared`'s `convert`
 //! module translates them at the edge.
 
+pub mod codec;
+
 /// `rbee.v1`: hive and queen services and their messages.
 pub mod v1 {
     #![allow(missing_docs, clippy::all, clippy::pedantic)]

@@ -93,6 +93,7 @@ if [ -x "$place_load" ]; then
 fi
 # A WatchFleet client at 1 Hz through the steady window: sample age and keeping up.
 delay_before=$(curl -sf "http://127.0.0.1:$mport/metrics" | grep '^rbee_queen_sample_publish_delay_seconds_bucket' || true)
+place_before=$(curl -sf "http://127.0.0.1:$mport/metrics" | grep '^rbee_place_duration_seconds_bucket' || true)
 "$probe" "http://127.0.0.1:$qp" watch "$steady" 1000 >"$tmp/watch.txt" 2>&1 || true
 qb=$(ticks "$q"); sb=$(swarm_ticks)
 load=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -101,10 +102,10 @@ echo "queen: CPU $(echo "scale=3; ($qb - $qa) / $hz / ($steady)" | bc) cores, RS
 echo "load average (1, 5, 15 min) at the end of the steady window: $load"
 echo "swarm: CPU $(echo "scale=3; ($sb - $sa) / $hz / ($steady)" | bc) cores, RSS $(( srss / 1024 )) MiB"
 cat "$tmp/watch.txt"
-# Freshness: the queen's publish delay histogram over the steady window (its buckets:
-# the p50 and p99 are given as the bucket bound they fall under).
-curl -sf "http://127.0.0.1:$mport/metrics" | grep '^rbee_queen_sample_publish_delay_seconds_bucket' \
-  | python3 -c '
+# Quantiles of one of the queen's /metrics histograms over the steady window (given as
+# the bucket bound each falls under).
+histogram() { # NAME BEFORE_TEXT WHAT
+  curl -sf "http://127.0.0.1:$mport/metrics" | grep "^$1_bucket" | python3 -c '
 import re, sys
 def parse(text):
     return {float(m.group(1)) if m.group(1) != "+Inf" else float("inf"): float(m.group(2))
@@ -114,11 +115,18 @@ d = sorted((le, c - before.get(le, 0)) for le, c in after.items())
 total = d[-1][1] if d else 0
 def q(p):
     return next((le for le, c in d if c >= p * total), float("inf"))
-ms = lambda le: "over 10 s" if le == float("inf") else f"<= {le * 1000:g} ms"
-print(f"freshness (queen publish time - takenAt, its /metrics histogram over the window): {int(total)} samples, p50 {ms(q(0.5))}, p99 {ms(q(0.99))}")
-' "$delay_before"
+ms = lambda le: "above the last bucket" if le == float("inf") else f"<= {le * 1000:g} ms"
+print(f"{sys.argv[2]}: {int(total)} in the window, p50 {ms(q(0.5))}, p99 {ms(q(0.99))}")
+' "$2" "$3"
+}
+# Freshness: the queen's own publish delay histogram.
+histogram rbee_queen_sample_publish_delay_seconds "$delay_before" \
+  "freshness (queen publish time - takenAt, the queen's /metrics histogram)"
 
-if [ -n "$place" ]; then wait "$place" || true; cat "$tmp/place.txt"; else echo "Place: not measured (build the place_load example, or set PLACE_LOAD)"; fi
+if [ -n "$place" ]; then
+  wait "$place" || true; cat "$tmp/place.txt"
+  histogram rbee_place_duration_seconds "$place_before" "Place inside the queen (policy and durable commit, its /metrics histogram)"
+else echo "Place: not measured (build the place_load example, or set PLACE_LOAD)"; fi
 
 # Kill KILLS hives at once: all lost.
 pr=$(probe_until lost "$kills" "$tmp/lost.txt"); wait_ready "$tmp/lost.txt"

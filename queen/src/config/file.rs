@@ -44,7 +44,8 @@ pub struct FileConfig {
     /// Max backoff.
     #[serde(default, with = "rbee_shared::duration_serde::option")]
     pub backoff_max: Option<Duration>,
-    /// Samples kept per hive.
+    /// Most samples kept per hive (those inside the windows are kept; older ones
+    /// are dropped).
     pub history: Option<usize>,
     /// Window of the reported statistics.
     #[serde(default, with = "rbee_shared::duration_serde::option")]

@@ -17,7 +17,8 @@ pub struct FleetSettings {
     pub stale_after_missed: u32,
     /// Lost after this much silence.
     pub lost_timeout: Duration,
-    /// Samples kept per hive.
+    /// Most samples kept per hive (those inside the windows are kept; older ones
+    /// are dropped).
     pub history: usize,
     /// Window of the reported statistics.
     pub stats_window: Duration,

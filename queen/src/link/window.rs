@@ -1,8 +1,10 @@
-//! A ring buffer of recent samples per hive (default 300: 5 minutes at 1 Hz), with
-//! windowed mean and max. The ring is compact so that a large fleet stays small: it is
-//! two flat queues (one 18-byte head per sample, one 10-byte point per GPU per sample),
-//! never grown past what the capacity needs; with 8 GPUs a full ring of 300 samples and
-//! its windows take under 40 KiB (`heap_bytes`, tested below).
+//! A ring buffer of recent samples per hive, with windowed mean and max. It keeps the
+//! samples its windows cover (60 s by default: 61 samples at 1 Hz), never more than its
+//! capacity (`history`, default 300); nothing else reads older samples, so they are
+//! dropped. The ring is compact so that a large fleet stays small: it is two flat
+//! queues (one 18-byte head per sample, one 10-byte point per GPU per sample), never
+//! grown past what the capacity needs; with 8 GPUs a full ring of 300 samples and its
+//! windows take under 40 KiB (`heap_bytes`, tested below).
 //!
 //! Windows are measured on the queen's receive clock, not the hive's: a hive whose
 //! clock jumps cannot hide or stretch its own history. Each window keeps running sums
@@ -321,6 +323,13 @@ impl SampleWindow {
             span.add(seq, head, self.ring.points.range(from..).copied());
         }
         self.trim(at_ms);
+        // Entries that fell out of both windows are never read again: the ring keeps
+        // what the windows cover, and at most `capacity` (at 1 Hz with 60 s windows,
+        // 61 samples, not 300).
+        let read_from = self.stats.head.min(self.cpu.head);
+        while self.ring.first_seq < read_from && !self.ring.heads.is_empty() {
+            self.pop_oldest();
+        }
     }
 
     /// Samples held.
