@@ -4,10 +4,21 @@ use anyhow::Context;
 use clap::Parser;
 use rbee_hive::config::{Cli, Command};
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match run(cli).await {
+    // `serve` is a 1 Hz agent: a few async threads (`--worker-threads`), not one per core
+    // (each parked worker still costs wake-ups and memory). The fleet simulator serves
+    // thousands of hives and keeps one worker per core.
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Serve(args) = &cli.command {
+        runtime.worker_threads(args.worker_threads);
+    }
+    let result = runtime
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+        .and_then(|rt| rt.block_on(run(cli)));
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // The error chain only: an ordinary error is no crash, whatever RUST_BACKTRACE says.
