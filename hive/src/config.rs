@@ -166,9 +166,9 @@ pub struct ServeArgs {
     #[arg(long, env = "HIVE_PRELOAD_PRESSURE_LIMIT", default_value_t = crate::preload::DEFAULT_PRESSURE_LIMIT,
           value_parser = parse_pressure_limit)]
     pub preload_pressure_limit: f64,
-    /// Threads that run the hive's async work (gRPC, streams, downloads). Device reads, hashing and
-    /// preloads run on a separate blocking pool, so one is enough for a 1 Hz agent; raise it for
-    /// many parallel downloads over fast links.
+    /// Threads that run the hive's async work (gRPC, streams, downloads); 1 runs it on the main
+    /// thread. Device reads, hashing and preloads run on a separate blocking pool, so one is enough
+    /// for a 1 Hz agent; raise it for many parallel downloads over fast links.
     #[arg(long, env = "HIVE_WORKER_THREADS", default_value_t = DEFAULT_WORKER_THREADS,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
     pub worker_threads: usize,

@@ -6,18 +6,22 @@ use rbee_hive::config::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    // `serve` is a 1 Hz agent: a few async threads (`--worker-threads`), not one per core
-    // (each parked worker still costs wake-ups and memory). The fleet simulator serves
+    // `serve` is a 1 Hz agent: its async work runs on `--worker-threads` threads (one by
+    // default: the main thread, with no work-stealing scheduler to wake), not one per
+    // core. Blocking work has its own pool either way. The fleet simulator serves
     // thousands of hives and keeps one worker per core.
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Command::Serve(args) = &cli.command {
-        runtime.worker_threads(args.worker_threads);
+    let runtime = match &cli.command {
+        Command::Serve(args) if args.worker_threads == 1 => tokio::runtime::Builder::new_current_thread(),
+        Command::Serve(args) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(args.worker_threads);
+            b
+        }
+        _ => tokio::runtime::Builder::new_multi_thread(),
     }
-    let result = runtime
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
-        .and_then(|rt| rt.block_on(run(cli)));
+    .enable_all()
+    .build();
+    let result = runtime.context("cannot start the async runtime").and_then(|rt| rt.block_on(run(cli)));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
