@@ -45,10 +45,12 @@ h1=$(ticks "$hpid"); n1=$(ticks "$npid")
 samples=$(grep -c '"takenAtUnixMs"' "$tmp/stream.json" || true)
 rss() { awk -v k="$2" '$1==k {print $2}' "/proc/$1/status"; }
 awk -v hs="$samples" -v ns="$scrapes" -v ht="$((h1 - h0))" -v nt="$((n1 - n0))" -v hz="$hz" \
-  -v hr="$(rss "$hpid" VmRSS:)" -v hh="$(rss "$hpid" VmHWM:)" -v nr="$(rss "$npid" VmRSS:)" -v nh="$(rss "$npid" VmHWM:)" 'BEGIN {
+  -v hr="$(rss "$hpid" VmRSS:)" -v hh="$(rss "$hpid" VmHWM:)" -v nr="$(rss "$npid" VmRSS:)" -v nh="$(rss "$npid" VmHWM:)" \
+  -v ha="$(rss "$hpid" RssAnon:)" -v hf="$(rss "$hpid" RssFile:)" -v na="$(rss "$npid" RssAnon:)" -v nf="$(rss "$npid" RssFile:)" 'BEGIN {
   hms = ht * 1000 / hz / (hs > 0 ? hs : 1); nms = nt * 1000 / hz / (ns > 0 ? ns : 1);
-  printf "hive:          %d samples (8 GPUs), CPU %.2f ms per sample, RSS %.1f MiB (peak %.1f MiB)\n", hs, hms, hr / 1024, hh / 1024;
-  printf "node_exporter: %d scrapes (cpu+meminfo), CPU %.2f ms per scrape, RSS %.1f MiB (peak %.1f MiB)\n", ns, nms, nr / 1024, nh / 1024;
+  printf "hive:          %d samples (8 GPUs), CPU %.2f ms per sample, RSS %.1f MiB (peak %.1f MiB; anonymous %.1f, file-backed %.1f)\n", hs, hms, hr / 1024, hh / 1024, ha / 1024, hf / 1024;
+  printf "node_exporter: %d scrapes (cpu+meminfo), CPU %.2f ms per scrape, RSS %.1f MiB (peak %.1f MiB; anonymous %.1f, file-backed %.1f)\n", ns, nms, nr / 1024, nh / 1024, na / 1024, nf / 1024;
   if (nms > 0) printf "hive / node_exporter CPU: %.2f (target <= 0.25)\n", hms / nms;
 }'
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "(CPU from /proc/PID/stat utime+stime at $hz ticks/s over ${secs} s: coarse; use 120 s or more for tighter figures)"

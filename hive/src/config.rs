@@ -166,7 +166,16 @@ pub struct ServeArgs {
     #[arg(long, env = "HIVE_PRELOAD_PRESSURE_LIMIT", default_value_t = crate::preload::DEFAULT_PRESSURE_LIMIT,
           value_parser = parse_pressure_limit)]
     pub preload_pressure_limit: f64,
+    /// Threads that run the hive's async work (gRPC, streams, downloads); 1 runs it on the main
+    /// thread. Device reads, hashing and preloads run on a separate blocking pool, so one is enough
+    /// for a 1 Hz agent; raise it for many parallel downloads over fast links.
+    #[arg(long, env = "HIVE_WORKER_THREADS", default_value_t = DEFAULT_WORKER_THREADS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
+    pub worker_threads: usize,
 }
+
+/// Default `--worker-threads`.
+pub const DEFAULT_WORKER_THREADS: usize = 1;
 
 /// Parses `--ram-cache-budget`: a byte size above zero.
 pub fn parse_budget(s: &str) -> Result<u64, String> {
@@ -420,6 +429,22 @@ mod tests {
         assert_eq!(parse_max_gpu_processes("32"), Ok(32));
         assert!(parse_max_gpu_processes("1025").is_err());
         assert!(parse_max_gpu_processes("-1").is_err());
+    }
+
+    #[test]
+    fn serve_runs_one_worker_thread_unless_told_and_refuses_zero() {
+        use clap::Parser;
+        let serve = |args: &[&str]| Cli::try_parse_from([&["hive", "serve"], args].concat());
+        match serve(&[]).unwrap().command {
+            Command::Serve(a) => assert_eq!(a.worker_threads, 1),
+            _ => unreachable!(),
+        }
+        match serve(&["--worker-threads", "4"]).unwrap().command {
+            Command::Serve(a) => assert_eq!(a.worker_threads, 4),
+            _ => unreachable!(),
+        }
+        let e = serve(&["--worker-threads", "0"]).unwrap_err().to_string();
+        assert!(e.contains("--worker-threads") && e.contains("0"), "{e}");
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! rbee hive: the agent on every machine. It knows the hardware (NVIDIA GPUs through
-//! NVML, CPU and RAM through sysinfo, or simulated GPUs for tests and demos), rescans
+//! NVML, CPU and RAM from `/proc`, or simulated GPUs for tests and demos), rescans
 //! it for changes, and serves `rbee.v1.Hive`: `Discover` and a bidirectional
 //! `MetricsStream` of capability diffs and live samples. It also keeps a catalog of
 //! models on disk and downloads them on request (`FetchModel`, see [`models`]), and

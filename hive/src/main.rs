@@ -4,10 +4,25 @@ use anyhow::Context;
 use clap::Parser;
 use rbee_hive::config::{Cli, Command};
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match run(cli).await {
+    // `serve` is a 1 Hz agent: its async work runs on `--worker-threads` threads (one by
+    // default: the main thread, with no work-stealing scheduler to wake), not one per
+    // core. Blocking work has its own pool either way. The fleet simulator serves
+    // thousands of hives and keeps one worker per core.
+    let runtime = match &cli.command {
+        Command::Serve(args) if args.worker_threads == 1 => tokio::runtime::Builder::new_current_thread(),
+        Command::Serve(args) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(args.worker_threads);
+            b
+        }
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    }
+    .enable_all()
+    .build();
+    let result = runtime.context("cannot start the async runtime").and_then(|rt| rt.block_on(run(cli)));
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // The error chain only: an ordinary error is no crash, whatever RUST_BACKTRACE says.

@@ -45,6 +45,60 @@ pub enum GpuChoice {
 /// polling at once do not measure CPU over a meaninglessly short window.
 const SAMPLE_REUSE_WINDOW: Duration = Duration::from_millis(50);
 
+/// A measurement also rescans the capabilities once this share of the rescan interval
+/// has passed since the last scan, on the blocking thread it already holds: while
+/// streams sample, the rescan loop has nothing left to do and sleeps.
+const RESCAN_WITH_SAMPLE_AFTER: f64 = 0.9;
+/// The rescan loop scans when this share of the interval has passed with no scan (a
+/// little after a sample would have), so that it never races the sample for the scan.
+const RESCAN_LOOP_AFTER: f64 = 1.1;
+
+/// When the capabilities were last scanned, and how often they should be: shared by
+/// the measurements and the rescan loop without taking the monitor lock.
+#[derive(Debug)]
+struct ScanClock {
+    /// The origin of the stamps below.
+    origin: Instant,
+    /// The last scan, in nanoseconds since `origin`.
+    last_ns: std::sync::atomic::AtomicU64,
+    /// The rescan interval in nanoseconds; 0 while no rescan loop runs (measurements
+    /// then rescan only on a GPU-set change).
+    every_ns: std::sync::atomic::AtomicU64,
+}
+
+impl ScanClock {
+    fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+            last_ns: std::sync::atomic::AtomicU64::new(0),
+            every_ns: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Records a scan now.
+    fn mark(&self) {
+        let now = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last_ns.store(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Time since the last scan.
+    fn since_last(&self) -> Duration {
+        let last = Duration::from_nanos(self.last_ns.load(std::sync::atomic::Ordering::Relaxed));
+        self.origin.elapsed().saturating_sub(last)
+    }
+
+    /// The rescan interval, once a rescan loop runs.
+    fn every(&self) -> Option<Duration> {
+        let ns = self.every_ns.load(std::sync::atomic::Ordering::Relaxed);
+        (ns > 0).then(|| Duration::from_nanos(ns))
+    }
+
+    /// Whether a measurement should rescan too.
+    fn due_with_sample(&self) -> bool {
+        self.every().is_some_and(|every| self.since_last() >= every.mul_f64(RESCAN_WITH_SAMPLE_AFTER))
+    }
+}
+
 /// The device sources and the last reading.
 pub struct Monitor {
     /// Host CPU and RAM first, then the GPU source if any.
@@ -187,6 +241,8 @@ pub struct Telemetry {
     caps: Arc<watch::Sender<Arc<VersionedCapabilities>>>,
     /// Where GPU data comes from.
     gpu_source: DeviceSourceKind,
+    /// When capabilities were last scanned.
+    scans: Arc<ScanClock>,
     /// True while the hive is held silent (the fleet simulator's fault): streams keep
     /// their connections but take no readings.
     silenced: watch::Sender<bool>,
@@ -205,13 +261,25 @@ fn publish(tx: &watch::Sender<Arc<VersionedCapabilities>>, caps: Capabilities) -
     })
 }
 
-fn gpu_ids(sample: &Sample) -> BTreeSet<&str> {
-    sample.gpus.iter().map(|g| g.id.as_str()).collect()
+/// Whether `sample` names exactly the GPUs of `caps`, each once (checked without
+/// allocating: it runs on every sample).
+fn names_exactly(sample: &Sample, caps: &Capabilities) -> bool {
+    let gpus = &sample.gpus;
+    gpus.len() == caps.gpus.len()
+        && gpus
+            .iter()
+            .enumerate()
+            .all(|(i, g)| caps.gpus.contains_key(&g.id) && gpus[..i].iter().all(|h| h.id != g.id))
 }
 
 /// Makes `sample` name exactly the GPUs of `caps` (a GPU the reading missed is
 /// present with every metric unset) and stamps its version.
 fn conform(sample: &mut Sample, caps: &VersionedCapabilities) {
+    if names_exactly(sample, &caps.caps) {
+        sample.gpus.sort_by_key(|g| g.index);
+        sample.capability_version = Some(caps.version);
+        return;
+    }
     sample.gpus.retain(|g| caps.caps.gpus.contains_key(&g.id));
     let have: BTreeSet<String> = sample.gpus.iter().map(|g| g.id.clone()).collect();
     for gpu in caps.caps.gpus.values().filter(|g| !have.contains(&g.id)) {
@@ -221,16 +289,25 @@ fn conform(sample: &mut Sample, caps: &VersionedCapabilities) {
     sample.capability_version = Some(caps.version);
 }
 
-/// Reads a sample consistent with the published capabilities (see the module docs).
+/// Reads a sample consistent with the published capabilities (see the module docs),
+/// and rescans them when a rescan is (nearly) due.
 fn consistent_sample(
     monitor: &mut Monitor,
     tx: &watch::Sender<Arc<VersionedCapabilities>>,
+    scans: &ScanClock,
 ) -> Result<Sample, HiveError> {
     let mut sample = monitor.sample()?;
     let current = tx.borrow().clone();
-    let published: BTreeSet<&str> = current.caps.gpus.keys().map(String::as_str).collect();
-    if gpu_ids(&sample) != published {
+    if !names_exactly(&sample, &current.caps) {
         publish(tx, monitor.scan()?);
+        scans.mark();
+    } else if scans.due_with_sample() {
+        // The periodic rescan, done here; a failure keeps the last capabilities (the
+        // rescan loop retries and logs it), as the loop's own rescan would.
+        if let Ok(caps) = monitor.scan() {
+            publish(tx, caps);
+            scans.mark();
+        }
     }
     let current = tx.borrow().clone();
     conform(&mut sample, &current);
@@ -275,11 +352,14 @@ impl Telemetry {
         .await??;
         let gpu_source = monitor.gpu_source();
         let (tx, _) = watch::channel(Arc::new(VersionedCapabilities { version: 1, caps }));
+        let scans = Arc::new(ScanClock::new());
+        scans.mark();
         Ok(Arc::new(Self {
             in_flight: Mutex::new(None),
             monitor: Arc::new(Mutex::new(monitor)),
             caps: Arc::new(tx),
             gpu_source,
+            scans,
             silenced: watch::channel(false).0,
         }))
     }
@@ -320,10 +400,10 @@ impl Telemetry {
             match slot.as_ref() {
                 Some(running) if running.peek().is_none() => running.clone(),
                 _ => {
-                    let (monitor, tx) = (self.monitor.clone(), self.caps.clone());
+                    let (monitor, tx, scans) = (self.monitor.clone(), self.caps.clone(), self.scans.clone());
                     let measure = async move {
                         let read = tokio::task::spawn_blocking(move || {
-                            consistent_sample(&mut monitor.lock_unpoisoned(), &tx)
+                            consistent_sample(&mut monitor.lock_unpoisoned(), &tx, &scans)
                         });
                         match read.await {
                             Ok(Ok(sample)) => Ok(Arc::new(sample)),
@@ -346,27 +426,47 @@ impl Telemetry {
     /// Rescans capabilities; publishes a new version if anything changed. Returns
     /// whether it did.
     pub async fn rescan(&self) -> Result<bool, HiveError> {
-        let (monitor, tx) = (self.monitor.clone(), self.caps.clone());
+        self.rescan_unless_within(Duration::ZERO).await
+    }
+
+    /// Rescans unless a scan ran within `recent` (checked under the monitor lock, so a
+    /// scan that a measurement did meanwhile is not repeated).
+    async fn rescan_unless_within(&self, recent: Duration) -> Result<bool, HiveError> {
+        let (monitor, tx, scans) = (self.monitor.clone(), self.caps.clone(), self.scans.clone());
         tokio::task::spawn_blocking(move || {
             let mut monitor = monitor.lock_unpoisoned();
+            if !recent.is_zero() && scans.since_last() < recent {
+                return Ok(false);
+            }
             let caps = monitor.scan()?;
+            scans.mark();
             Ok(publish(&tx, caps))
         })
         .await?
     }
 
-    /// Rescans every `every` until cancelled.
+    /// Keeps the capabilities rescanned every `every` until cancelled. While streams
+    /// sample, their measurements rescan (once 90% of `every` has passed since the last
+    /// scan) and this loop only sleeps; without them it scans 10% after the interval.
     pub async fn rescan_loop(self: Arc<Self>, every: Duration, cancel: CancellationToken) {
-        let mut ticker = tokio::time::interval(every);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let every = every.max(Duration::from_millis(1));
+        self.scans
+            .every_ns
+            .store(u64::try_from(every.as_nanos()).unwrap_or(u64::MAX), std::sync::atomic::Ordering::Relaxed);
+        let after = every.mul_f64(RESCAN_LOOP_AFTER);
         loop {
+            let wait = after.saturating_sub(self.scans.since_last());
             tokio::select! {
                 () = cancel.cancelled() => return,
-                _ = ticker.tick() => {
-                    if let Err(e) = self.rescan().await {
-                        tracing::warn!(error = %e, "capability rescan failed; keeping the last capabilities");
-                    }
-                }
+                () = tokio::time::sleep(wait) => {}
+            }
+            if self.scans.since_last() < after {
+                continue;
+            }
+            if let Err(e) = self.rescan_unless_within(after).await {
+                tracing::warn!(error = %e, "capability rescan failed; keeping the last capabilities");
+                // Try again after a full interval, not at once.
+                self.scans.mark();
             }
         }
     }
@@ -410,5 +510,20 @@ mod tests {
         assert_eq!(sample.gpus[0].temperature_c, Some(40.0));
         assert_eq!(sample.gpus[1].temperature_c, None, "a GPU that was not read has no metrics");
         assert_eq!(sample.capability_version, Some(7));
+
+        // Already the published set (the common case): ordered by index and stamped.
+        let mut sample = Sample {
+            gpus: vec![GpuSample { index: 1, ..reading("b") }, GpuSample { index: 0, ..reading("a") }],
+            ..Sample::default()
+        };
+        assert!(names_exactly(&sample, &published.caps));
+        conform(&mut sample, &published);
+        let ids: Vec<&str> = sample.gpus.iter().map(|g| g.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert!(sample.gpus.iter().all(|g| g.temperature_c == Some(40.0)));
+        assert_eq!(sample.capability_version, Some(7));
+        // A GPU named twice is not "exactly the published set".
+        let twice = Sample { gpus: vec![reading("a"), reading("a")], ..Sample::default() };
+        assert!(!names_exactly(&twice, &published.caps));
     }
 }

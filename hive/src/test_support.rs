@@ -613,10 +613,18 @@ pub fn sleeper(reservation: Option<&str>) -> Sleeper {
         cmd.env("RBEE_RESERVATION_ID", r);
     }
     let child = cmd.spawn().expect("spawn sleep");
-    // Callers read its name and environment from /proc: wait until it is `sleep` there.
-    let comm = format!("/proc/{}/comm", child.id());
+    // Callers read its name and environment from /proc: wait until both are the new
+    // program's. The kernel names the process early in exec and fills in the
+    // environment's bounds later, so a name of `sleep` alone does not mean that
+    // `environ` is readable yet (it reads empty in between).
+    let (comm, environ) = (format!("/proc/{}/comm", child.id()), format!("/proc/{}/environ", child.id()));
+    let has_env = reservation.is_some() || std::env::vars_os().next().is_some();
+    let ready = || {
+        std::fs::read_to_string(&comm).is_ok_and(|c| c.trim() == "sleep")
+            && (!has_env || std::fs::read(&environ).is_ok_and(|e| !e.is_empty()))
+    };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !std::fs::read_to_string(&comm).is_ok_and(|c| c.trim() == "sleep") {
+    while !ready() {
         assert!(std::time::Instant::now() < deadline, "the sleeper never showed as `sleep` in {comm}");
         std::thread::sleep(std::time::Duration::from_millis(5));
     }

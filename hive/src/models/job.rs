@@ -125,7 +125,7 @@ async fn download(
                 ModelSource::HuggingFace { repo, revision } => tokio::select! {
                     () = cancel.cancelled() => return Err(DownloadError::Cancelled),
                     () = shutdown.cancelled() => return Err(DownloadError::ShuttingDown),
-                    r = hf::resolve(&inner.client, &inner.hub, repo, revision) => r?,
+                    r = hf::resolve(inner.client()?, &inner.hub, repo, revision) => r?,
                 },
             };
             record.resolved = Some(files.clone());
@@ -154,11 +154,12 @@ async fn download(
         p.set_done(on_disk);
         p.set_phase(DownloadPhase::Downloading);
     }
+    let client = inner.client()?;
     let mut done = Vec::with_capacity(files.len());
     let mut base = 0u64;
     for file in &files {
         let job = FileJob {
-            client: &inner.client,
+            client,
             hub: &inner.hub,
             root,
             partial: &partial,

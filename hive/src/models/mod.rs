@@ -132,8 +132,9 @@ pub struct Inner {
     finished: Mutex<BTreeMap<String, (Instant, DownloadProgress)>>,
     /// Download slots (`--max-downloads`).
     slots: Arc<Semaphore>,
-    /// The HTTP client.
-    client: reqwest::Client,
+    /// The HTTP client, built by the first download (a hive that never downloads does
+    /// not load the TLS client stack).
+    client: std::sync::OnceLock<reqwest::Client>,
     /// Hugging Face Hub endpoint and token.
     hub: hf::HubConfig,
     /// The hive's shutdown.
@@ -143,6 +144,17 @@ pub struct Inner {
 }
 
 impl Inner {
+    /// The HTTP client every download shares, built on first use.
+    fn client(&self) -> Result<&reqwest::Client, download::DownloadError> {
+        if let Some(c) = self.client.get() {
+            return Ok(c);
+        }
+        let built = http::client()
+            .map_err(|e| download::DownloadError::Resolve(format!("cannot build the HTTP client: {e}")))?;
+        // Two first downloads may race; either client serves.
+        Ok(self.client.get_or_init(|| built))
+    }
+
     /// Records a download's final state and ends its job.
     fn finish(&self, id: &str, record: DownloadProgress) {
         self.finished.lock_unpoisoned().insert(id.to_owned(), (Instant::now(), record));
@@ -178,13 +190,12 @@ impl Models {
         std::fs::create_dir_all(dir.join(layout::PARTIAL)).map_err(io)?;
         let scan_dir = dir.clone();
         let found = tokio::task::spawn_blocking(move || catalog::scan(&scan_dir)).await?.map_err(io)?;
-        let client = http::client().map_err(|e| HiveError::Config(format!("HTTP client: {e}")))?;
         let inner = Arc::new(Inner {
             slots: Arc::new(Semaphore::new(config.max_downloads)),
             catalog: Catalog::default(),
             jobs: Mutex::new(BTreeMap::new()),
             finished: Mutex::new(BTreeMap::new()),
-            client,
+            client: std::sync::OnceLock::new(),
             hub: config.hub.clone(),
             shutdown,
             tasks: Mutex::new(Vec::new()),

@@ -63,7 +63,9 @@ impl ProcessAttributor {
     /// names (by GPU id). GPUs it does not name keep an absent list.
     pub fn attribute(&mut self, gpus: &mut [GpuSample], raw: Vec<(String, RawProcesses)>) {
         let now = Instant::now();
-        let unified = cgroup::is_unified(&self.cgroup_root);
+        // The cgroup hierarchy is looked at only when some process is to be described.
+        let listed_any = raw.iter().any(|(_, l)| matches!(l, RawProcesses::Listed(p) if !p.is_empty()));
+        let unified = listed_any && cgroup::is_unified(&self.cgroup_root);
         let mut seen: HashMap<u32, GpuProcess> = HashMap::new();
         let mut next_cpu = HashMap::new();
         for (id, list) in raw {

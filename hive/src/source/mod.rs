@@ -1,11 +1,12 @@
 //! Device sources: where the hive's knowledge of its hardware comes from.
 //!
 //! Each source contributes its part of the capabilities and of every sample:
-//! [`system::SystemSource`] (CPU and RAM through sysinfo), [`nvml::NvmlSource`]
+//! [`system::SystemSource`] (CPU and RAM from `/proc`, [`procfs`]), [`nvml::NvmlSource`]
 //! (NVIDIA GPUs through NVML) and [`simulated::SimulatedSource`] (fake GPUs from a
 //! scenario file, for tests and demos only).
 
 pub mod nvml;
+pub mod procfs;
 pub mod simulated;
 pub mod system;
 
