@@ -155,31 +155,33 @@ fn hive_name(h: &HiveSnapshot) -> &str {
 /// Why a hive cannot take any placement, or `None` when it can be considered (`p` is
 /// its placement summary).
 fn hive_excluded(h: &HiveSnapshot, p: &PlacementSummary, req: &PlaceRequest) -> Option<String> {
-    let name = hive_name(h);
+    // Named only in a reason: the id is behind one more pointer.
+    let name = || hive_name(h);
     if h.state != ConnState::Online {
-        return Some(format!("{name}: {}", h.state.as_str()));
+        return Some(format!("{}: {}", name(), h.state.as_str()));
     }
     if p.health != Health::Healthy {
-        return Some(format!("{name}: {}: {}", p.health.as_str(), h.health.reasons.join("; ")));
+        return Some(format!("{}: {}: {}", name(), p.health.as_str(), h.health.reasons.join("; ")));
     }
     if !req.labels.is_empty() {
         let labels = h.caps.as_ref().map(|c| &c.caps.labels);
         for (k, v) in &req.labels {
             match labels.and_then(|l| l.get(k)) {
                 Some(have) if have == v => {}
-                Some(have) => return Some(format!("{name}: label {k}={have}, wanted {k}={v}")),
-                None => return Some(format!("{name}: no label {k}, wanted {k}={v}")),
+                Some(have) => return Some(format!("{}: label {k}={have}, wanted {k}={v}", name())),
+                None => return Some(format!("{}: no label {k}, wanted {k}={v}", name())),
             }
         }
     }
     let Some(ram_load) = p.ram else {
-        return Some(format!("{name}: no sample yet"));
+        return Some(format!("{}: no sample yet", name()));
     };
     if let Some(ram) = req.ram_bytes
         && ram_load.available < ram
     {
         return Some(format!(
-            "{name}: RAM {} available < {}",
+            "{}: RAM {} available < {}",
+            name(),
             format_bytes(ram_load.available),
             format_bytes(ram)
         ));
