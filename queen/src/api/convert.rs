@@ -312,7 +312,9 @@ impl TryFrom<&pb::HiveView> for HiveSnapshot {
             last_error: v.last_error.as_deref().map(Arc::from),
             counters: Default::default(),
             sample_interval: Duration::from_millis(u64::from(v.sample_interval_ms)),
-        })
+            placement: Default::default(),
+        }
+        .with_placement())
     }
 }
 

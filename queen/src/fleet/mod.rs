@@ -12,6 +12,7 @@ pub mod address;
 mod events;
 mod health;
 mod ids;
+mod placement;
 mod registry;
 mod settings;
 mod snapshot;
@@ -20,6 +21,7 @@ mod stats;
 
 pub use events::{EVENT_CAPACITY, FleetEvent};
 pub use health::{DeviceHealth, Health, HealthReport};
+pub use placement::{GpuLoad, PlacementSummary, RamLoad, usable_vram};
 pub use registry::{Fleet, HiveHandle, NewHive, PUBLISH_DELAY_BUCKETS, Watcher};
 pub use settings::{FleetSettings, Thresholds};
 pub use snapshot::HiveSnapshot;

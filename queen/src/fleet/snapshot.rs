@@ -1,9 +1,10 @@
 //! What the queen knows about one hive at one moment.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{ConnState, Counters, Health, HealthReport, Origin, WindowStats};
+use super::{ConnState, Counters, Health, HealthReport, Origin, PlacementSummary, WindowStats};
 use rbee_shared::{HiveIdentity, Sample, VersionedCapabilities};
 
 /// One hive, as published by its connection manager: a new one on every sample, so
@@ -47,12 +48,16 @@ pub struct HiveSnapshot {
     pub counters: Counters,
     /// The sample interval asked of the hive.
     pub sample_interval: Duration,
+    /// What placement reads of `caps`, `latest`, `health` and `stats`, in one compact
+    /// block ([`HiveSnapshot::refresh_placement`] after changing them; a stale one is
+    /// noticed and recomputed by [`HiveSnapshot::placement`]).
+    pub placement: Arc<PlacementSummary>,
 }
 
 impl HiveSnapshot {
     /// A hive that is known but not yet dialed.
     pub fn pending(address: String, origin: Origin, sample_interval: Duration) -> Self {
-        Self {
+        let mut pending = Self {
             address,
             origin,
             state: ConnState::Pending,
@@ -73,6 +78,31 @@ impl HiveSnapshot {
             last_error: None,
             counters: Counters::default(),
             sample_interval,
+            placement: Arc::default(),
+        };
+        pending.refresh_placement();
+        pending
+    }
+
+    /// Recomputes [`HiveSnapshot::placement`] from the capabilities, newest sample,
+    /// health and statistics (the link does this on every publish).
+    pub fn refresh_placement(&mut self) {
+        self.placement = Arc::new(PlacementSummary::of(self));
+    }
+
+    /// Refreshed, for a snapshot built or changed in one go.
+    pub fn with_placement(mut self) -> Self {
+        self.refresh_placement();
+        self
+    }
+
+    /// What placement reads of this hive: the published summary, or a fresh one when
+    /// the snapshot was changed without refreshing it.
+    pub fn placement(&self) -> Cow<'_, PlacementSummary> {
+        if self.placement.is_of(self) {
+            Cow::Borrowed(&self.placement)
+        } else {
+            Cow::Owned(PlacementSummary::of(self))
         }
     }
 

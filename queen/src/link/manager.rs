@@ -177,6 +177,7 @@ impl Manager {
         };
         let report = Arc::new(evaluate(&input, &self.fleet.settings().thresholds));
         let before = std::mem::replace(&mut self.view.health, report);
+        self.view.refresh_placement();
         // A shallow copy: identity, capabilities, sample, health, stats and the last
         // error are shared; only the address and a few numbers are copied.
         let snapshot = Arc::new(self.view.clone());

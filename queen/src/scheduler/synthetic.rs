@@ -78,38 +78,42 @@ pub fn hive(
         });
     }
     let online = state == ConnState::Online;
-    Arc::new(HiveSnapshot {
-        address: format!("http://{id}.synthetic:7835"),
-        origin: Origin::Static,
-        state,
-        state_since_unix_ms: rbee_shared::time::now_unix_ms(),
-        unreachable_since_unix_ms: None,
-        identity: Some(Arc::new(HiveIdentity {
-            hive_id: id.to_owned(),
-            epoch: "synthetic".into(),
-            hostname: id.to_owned(),
-            advertised_address: String::new(),
-            version: String::new(),
-            protocol_version: 1,
-            labels,
-            gpu_source: DeviceSourceKind::Simulated,
-            started_at_unix_ms: 0,
-        })),
-        caps: Some(Arc::new(VersionedCapabilities { version: 1, caps })),
-        latest: Some(Arc::new(sample)),
-        latest_received: Some(std::time::Instant::now()),
-        samples_applied: 1,
-        clock_skew_ms: Some(0),
-        health: Arc::new(HealthReport {
-            health: if online { Health::Healthy } else { Health::Degraded },
-            reasons: if online { vec![] } else { vec![format!("no sample for {:.1} s", 4.0)] },
-            devices,
-        }),
-        stats: Default::default(),
-        last_error: None,
-        counters: Default::default(),
-        sample_interval: Duration::from_secs(1),
-    })
+    Arc::new(
+        HiveSnapshot {
+            address: format!("http://{id}.synthetic:7835"),
+            origin: Origin::Static,
+            state,
+            state_since_unix_ms: rbee_shared::time::now_unix_ms(),
+            unreachable_since_unix_ms: None,
+            identity: Some(Arc::new(HiveIdentity {
+                hive_id: id.to_owned(),
+                epoch: "synthetic".into(),
+                hostname: id.to_owned(),
+                advertised_address: String::new(),
+                version: String::new(),
+                protocol_version: 1,
+                labels,
+                gpu_source: DeviceSourceKind::Simulated,
+                started_at_unix_ms: 0,
+            })),
+            caps: Some(Arc::new(VersionedCapabilities { version: 1, caps })),
+            latest: Some(Arc::new(sample)),
+            latest_received: Some(std::time::Instant::now()),
+            samples_applied: 1,
+            clock_skew_ms: Some(0),
+            health: Arc::new(HealthReport {
+                health: if online { Health::Healthy } else { Health::Degraded },
+                reasons: if online { vec![] } else { vec![format!("no sample for {:.1} s", 4.0)] },
+                devices,
+            }),
+            stats: Default::default(),
+            last_error: None,
+            counters: Default::default(),
+            sample_interval: Duration::from_secs(1),
+            placement: Default::default(),
+        }
+        .with_placement(),
+    )
 }
 
 /// `hives` online hives with `gpus` 80 GiB GPUs each, loads spread out.

@@ -368,3 +368,5 @@ proptest::proptest! {
         }
     }
 }
+
+mod summary;

@@ -4,14 +4,13 @@
 
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use rbee_shared::GpuSample;
 use rbee_shared::bytesize::format_bytes;
 use rbee_shared::lock::RwLockExt;
 
 use super::book::Book;
 use super::request::{DeviceKind, PlaceRequest};
 use crate::fleet::Health;
-use crate::fleet::{ConnState, HiveSnapshot};
+use crate::fleet::{ConnState, HiveSnapshot, PlacementSummary};
 
 /// The device id of a hive's CPU.
 pub const CPU_DEVICE: &str = "cpu";
@@ -118,12 +117,7 @@ pub struct Books<'a> {
     pub shared: &'a Arc<RwLock<Book>>,
 }
 
-/// The VRAM jobs can use on a GPU: its total less what the driver reserves for itself
-/// (NVML v2 reports that apart from used and free). Everything the scheduler admits
-/// against (free memory, reservations, `vram_total` in policies) starts from this.
-pub fn usable_vram(total: u64, live: &GpuSample) -> u64 {
-    total.saturating_sub(live.vram_reserved_bytes.unwrap_or(0))
-}
+pub use crate::fleet::usable_vram;
 
 /// Builds a GPU's handle: `None` when the hive has no VRAM reading for it.
 pub fn gpu_ref(hive: &Arc<HiveSnapshot>, id: &str, books: &Books<'_>) -> Option<DeviceRef> {
@@ -158,46 +152,64 @@ fn hive_name(h: &HiveSnapshot) -> &str {
     if h.hive_id().is_empty() { &h.address } else { h.hive_id() }
 }
 
-/// Why a hive cannot take any placement, or `None` when it can be considered.
-fn hive_excluded(h: &HiveSnapshot, req: &PlaceRequest) -> Option<String> {
-    let name = hive_name(h);
+/// Why a hive cannot take any placement, or `None` when it can be considered (`p` is
+/// its placement summary).
+fn hive_excluded(h: &HiveSnapshot, p: &PlacementSummary, req: &PlaceRequest) -> Option<String> {
+    // Named only in a reason: the id is behind one more pointer.
+    let name = || hive_name(h);
     if h.state != ConnState::Online {
-        return Some(format!("{name}: {}", h.state.as_str()));
+        return Some(format!("{}: {}", name(), h.state.as_str()));
     }
-    if h.health.health != Health::Healthy {
-        return Some(format!("{name}: {}: {}", h.health.health.as_str(), h.health.reasons.join("; ")));
+    if p.health != Health::Healthy {
+        return Some(format!("{}: {}: {}", name(), p.health.as_str(), h.health.reasons.join("; ")));
     }
-    let labels = h.caps.as_ref().map(|c| &c.caps.labels);
-    for (k, v) in &req.labels {
-        match labels.and_then(|l| l.get(k)) {
-            Some(have) if have == v => {}
-            Some(have) => return Some(format!("{name}: label {k}={have}, wanted {k}={v}")),
-            None => return Some(format!("{name}: no label {k}, wanted {k}={v}")),
+    if !req.labels.is_empty() {
+        let labels = h.caps.as_ref().map(|c| &c.caps.labels);
+        for (k, v) in &req.labels {
+            match labels.and_then(|l| l.get(k)) {
+                Some(have) if have == v => {}
+                Some(have) => return Some(format!("{}: label {k}={have}, wanted {k}={v}", name())),
+                None => return Some(format!("{}: no label {k}, wanted {k}={v}", name())),
+            }
         }
     }
-    let sample = match h.latest.as_ref() {
-        Some(s) => s,
-        None => return Some(format!("{name}: no sample yet")),
+    let Some(ram_load) = p.ram else {
+        return Some(format!("{}: no sample yet", name()));
     };
     if let Some(ram) = req.ram_bytes
-        && sample.ram_available_bytes < ram
+        && ram_load.available < ram
     {
         return Some(format!(
-            "{name}: RAM {} available < {}",
-            format_bytes(sample.ram_available_bytes),
+            "{}: RAM {} available < {}",
+            name(),
+            format_bytes(ram_load.available),
             format_bytes(ram)
         ));
     }
     None
 }
 
+/// Which device of a hive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Device {
+    /// The GPU at this position of the capabilities' GPU map (and of the summary).
+    Gpu(usize),
+    /// The hive's CPU.
+    Cpu,
+}
+
+/// The id of the GPU at position `i` of the hive's capabilities.
+fn gpu_id(h: &HiveSnapshot, i: usize) -> &str {
+    h.caps.as_ref().and_then(|c| c.caps.gpus.values().nth(i)).map_or("", |g| g.id.as_str())
+}
+
 /// A device that fits, before any handle is made (scanning 8,000 devices should not
-/// allocate 8,000 handles).
+/// allocate 8,000 handles, nor read 8,000 id strings).
 struct Fit<'a> {
     /// Its hive.
     hive: &'a Arc<HiveSnapshot>,
-    /// GPU id or [`CPU_DEVICE`].
-    id: &'a str,
+    /// Which device.
+    device: Device,
     /// Total memory.
     total: u64,
     /// Observed used memory.
@@ -206,13 +218,25 @@ struct Fit<'a> {
     free: u64,
     /// Utilisation (window mean, else latest), for ranking.
     util: f32,
+    /// The hive's CPU utilisation, for ranking.
+    hive_cpu: f32,
+    /// Whether the hive's catalog lists any model.
+    has_models: bool,
 }
 
-impl Fit<'_> {
+impl<'a> Fit<'a> {
+    /// GPU id or [`CPU_DEVICE`].
+    fn id(&self) -> &'a str {
+        match self.device {
+            Device::Gpu(i) => gpu_id(self.hive, i),
+            Device::Cpu => CPU_DEVICE,
+        }
+    }
+
     fn handle(&self, shared: &Arc<RwLock<Book>>) -> DeviceRef {
         DeviceRef {
             hive: self.hive.clone(),
-            id: self.id.to_owned(),
+            id: self.id().to_owned(),
             total: self.total,
             used: self.used,
             free: self.free,
@@ -221,18 +245,13 @@ impl Fit<'_> {
     }
 }
 
-/// The item of `items` with this id: usually at the same position (hives report GPUs
-/// in one order), else found by a scan.
-fn aligned<'a, T>(items: &'a [T], i: usize, id: &str, id_of: impl Fn(&T) -> &str) -> Option<&'a T> {
-    match items.get(i) {
-        Some(x) if id_of(x) == id => Some(x),
-        _ => items.iter().find(|x| id_of(x) == id),
-    }
-}
-
 /// Walks the fleet with the eligibility rules: `fit` sees every device that can take
 /// the request now (healthy online hives with matching labels, healthy devices with
 /// enough free memory); `note` hears why every other hive or device cannot.
+///
+/// It reads each hive's [`PlacementSummary`] (contiguous numbers, made when the hive
+/// published) rather than matching GPU ids across the capabilities, sample, health and
+/// statistics; ids are read only for reasons, and for hives with reservations.
 fn scan<'a>(
     view: &'a FleetView,
     req: &PlaceRequest,
@@ -243,64 +262,83 @@ fn scan<'a>(
     if view.hives.is_empty() {
         note(&|| "the fleet is empty".to_owned());
     }
+    let gpus_wanted = matches!(req.kind, DeviceKind::Cuda | DeviceKind::Any) && req.vram_bytes > 0;
+    let cpu_wanted = matches!(req.kind, DeviceKind::Cpu | DeviceKind::Any);
     for h in view.hives.iter() {
-        if let Some(why) = hive_excluded(h, req) {
+        if h.state != ConnState::Online {
+            note(&|| format!("{}: {}", hive_name(h), h.state.as_str()));
+            continue;
+        }
+        let p = h.placement();
+        if let Some(why) = hive_excluded(h, &p, req) {
             note(&|| why.clone());
             continue;
         }
-        let Some(sample) = h.latest.as_deref() else { continue };
-        let reserved = book.hive(&h.address);
-        let free = |id: &str, total: u64, used: u64| match reserved {
-            Some(hive) => hive.free(id, total, used),
-            None => total.saturating_sub(used),
-        };
+        let Some(ram_load) = p.ram else { continue };
+        // The hive's reservations, looked up once, and only when a device could fit.
+        let mut reserved = None;
+        let mut reserved = || *reserved.get_or_insert_with(|| book.hive(&h.address));
         let mut any = false;
-        if matches!(req.kind, DeviceKind::Cuda | DeviceKind::Any)
-            && req.vram_bytes > 0
-            && let Some(caps) = h.caps.as_deref()
-        {
-            for (i, gpu) in caps.caps.gpus.values().enumerate() {
+        if gpus_wanted && h.caps.is_some() {
+            for (i, gpu) in p.gpus.iter().enumerate() {
                 any = true;
-                let name = || format!("{}/{}", hive_name(h), gpu.id);
-                let live = aligned(&sample.gpus, i, &gpu.id, |g| &g.id);
-                let Some((live, used)) = live.and_then(|g| g.vram_used_bytes.map(|u| (g, u))) else {
+                let name = || format!("{}/{}", hive_name(h), gpu_id(h, i));
+                let Some((total, used)) = gpu.vram() else {
                     note(&|| format!("{}: no VRAM reading", name()));
                     continue;
                 };
-                let total = usable_vram(gpu.vram_total_bytes, live);
-                let health = aligned(&h.health.devices, i, &gpu.id, |d| &d.device_id)
-                    .map_or(Health::Healthy, |d| d.health);
-                if health != Health::Healthy {
-                    note(&|| format!("{}: {}", name(), health.as_str()));
+                if gpu.health != Health::Healthy {
+                    note(&|| format!("{}: {}", name(), gpu.health.as_str()));
                     continue;
                 }
-                let free = free(&gpu.id, total, used);
+                // Reservations only lower what is free: a device without room before
+                // them has none after (the reason still says what is free after them).
+                let unreserved = total.saturating_sub(used);
+                let free = if unreserved < req.vram_bytes {
+                    unreserved
+                } else {
+                    reserved().map_or(unreserved, |r| r.free(gpu_id(h, i), total, used))
+                };
                 if free < req.vram_bytes {
                     note(&|| {
+                        let free = book.free(&h.address, gpu_id(h, i), total, used);
                         format!("{}: {} free < {}", name(), format_bytes(free), format_bytes(req.vram_bytes))
                     });
                     continue;
                 }
-                let util = aligned(&h.stats.gpus, i, &gpu.id, |g| &g.device_id)
-                    .and_then(|g| g.util_mean_percent)
-                    .or_else(|| aligned(&sample.gpus, i, &gpu.id, |g| &g.id).and_then(|g| g.gpu_util_percent))
-                    .unwrap_or(0.0);
-                fit(Fit { hive: h, id: &gpu.id, total, used, free, util });
+                fit(Fit {
+                    hive: h,
+                    device: Device::Gpu(i),
+                    total,
+                    used,
+                    free,
+                    util: gpu.util,
+                    hive_cpu: p.cpu_util,
+                    has_models: p.has_models,
+                });
             }
         }
         if let Some(ram) = req.ram_bytes
-            && (req.kind == DeviceKind::Cpu || req.kind == DeviceKind::Any)
+            && cpu_wanted
         {
             any = true;
-            let (total, used) = (sample.ram_total_bytes, sample.ram_used_bytes);
-            let free = free(CPU_DEVICE, total, used);
+            let (total, used) = (ram_load.total, ram_load.used);
+            let free = reserved().map_or(total.saturating_sub(used), |r| r.free(CPU_DEVICE, total, used));
             if free < ram {
                 note(&|| {
                     format!("{}/cpu: {} free < {}", hive_name(h), format_bytes(free), format_bytes(ram))
                 });
             } else {
-                let util = h.stats.cpu_mean_percent.or(sample.cpu_percent).unwrap_or(0.0);
-                fit(Fit { hive: h, id: CPU_DEVICE, total, used, free, util });
+                fit(Fit {
+                    hive: h,
+                    device: Device::Cpu,
+                    total,
+                    used,
+                    free,
+                    util: p.cpu_util,
+                    hive_cpu: p.cpu_util,
+                    has_models: p.has_models,
+                });
             }
         }
         if !any {
@@ -351,9 +389,15 @@ type Keyed<'a> = ((f32, f32, f32), Fit<'a>);
 /// Best first: the key, then the hive address and device id (a total order, so equal
 /// loads rank the same way every time).
 fn better(a: &Keyed<'_>, b: &Keyed<'_>) -> std::cmp::Ordering {
-    a.0.partial_cmp(&b.0)
-        .unwrap_or(std::cmp::Ordering::Equal)
-        .then_with(|| (a.1.hive.address.as_str(), a.1.id).cmp(&(b.1.hive.address.as_str(), b.1.id)))
+    a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal).then_with(|| {
+        let (a, b) = (&a.1, &b.1);
+        let hive = if Arc::ptr_eq(a.hive, b.hive) {
+            std::cmp::Ordering::Equal
+        } else {
+            a.hive.address.cmp(&b.hive.address)
+        };
+        hive.then_with(|| a.id().cmp(b.id()))
+    })
 }
 
 /// The `n` best devices that can take the request, best first (every device when `n`
@@ -364,19 +408,21 @@ pub fn rank(view: &FleetView, req: &PlaceRequest, order: Order, n: usize) -> Vec
     let locked = read(&view.book);
     let mut best: Vec<Keyed<'_>> = Vec::with_capacity(if n > 0 { n + 1 } else { 0 });
     // The tier of the hive whose devices are being walked (it is the hive's, not the
-    // device's: computed once per hive).
+    // device's: computed once per hive, and only for hives with a catalog).
     let mut tier_of: Option<(*const HiveSnapshot, f32)> = None;
+    let absent = super::weights::Tier::Absent as u8 as f32;
     scan(
         view,
         req,
         &locked,
         |f| {
             let key = match order {
-                Order::LeastLoaded => (f.util, used_fraction(f.total, f.free), hive_cpu(f.hive)),
+                Order::LeastLoaded => (f.util, used_fraction(f.total, f.free), f.hive_cpu),
                 Order::BinPack => (f.free as f32, 0.0, 0.0),
                 Order::NearestWeights => {
                     let here = Arc::as_ptr(f.hive);
                     let tier = match tier_of {
+                        _ if !f.has_models => absent,
                         Some((at, tier)) if at == here => tier,
                         _ => {
                             let tier = super::weights::tier(f.hive, &req.model) as u8 as f32;
@@ -386,7 +432,7 @@ pub fn rank(view: &FleetView, req: &PlaceRequest, order: Order, n: usize) -> Vec
                     };
                     // Tier first; within it device utilisation, then memory in use
                     // (both at most 100, so one key orders tier before load).
-                    (tier * 1000.0 + f.util, used_fraction(f.total, f.free), hive_cpu(f.hive))
+                    (tier * 1000.0 + f.util, used_fraction(f.total, f.free), f.hive_cpu)
                 }
             };
             let item = (key, f);
