@@ -108,7 +108,10 @@ fn a_full_ring_of_8_gpus_fits_in_40_kib() {
         // 1 Hz with 60 s windows: the 61 samples they cover are kept, not 300.
         assert_eq!(w.len(), 61);
         let bytes = w.heap_bytes();
-        eprintln!("8 GPUs, 300 samples, falling={falling}: {bytes} B on the heap");
+        eprintln!(
+            "8 GPUs, capacity 300, 60 s windows, falling={falling}: {} samples, {bytes} B on the heap",
+            w.len()
+        );
         assert!(bytes <= 40 << 10, "{bytes} B");
     }
 }
