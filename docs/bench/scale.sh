@@ -70,7 +70,10 @@ probe_wait() { # PID FILE T0
   local at; at=$(awk '$1=="reached" {print $2}' "$2")
   if [ -n "$at" ]; then echo "$at - $3" | bc; else cat "$2"; fi
 }
-wait_ready() { while ! grep -q '^ready' "$1" 2>/dev/null; do sleep 0.05; done; }
+# Until the probe writing FILE has the fleet's snapshot (or has exited).
+wait_ready() { # PID FILE
+  while [ -e "/proc/$1" ] && ! grep -q '^ready' "$2" 2>/dev/null; do sleep 0.05; done
+}
 t0=$(now); q=$(start_queen)
 pr=$(probe_until online "$n" "$tmp/cold.txt")
 echo "hives: $n x 8 GPUs at 1 Hz; swarm pids $s1 $s2 $sk; queen pid $q; load average $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -129,7 +132,7 @@ if [ -n "$place" ]; then
 else echo "Place: not measured (build the place_load example, or set PLACE_LOAD)"; fi
 
 # Kill KILLS hives at once: all lost.
-pr=$(probe_until lost "$kills" "$tmp/lost.txt"); wait_ready "$tmp/lost.txt"
+pr=$(probe_until lost "$kills" "$tmp/lost.txt"); wait_ready "$pr" "$tmp/lost.txt"
 t0=$(now); kill -9 "$sk"
 echo "$kills hives killed at once: all lost after $(probe_wait "$pr" "$tmp/lost.txt" "$t0") s"
 

@@ -57,11 +57,10 @@ async fn until(
     let deadline = Instant::now() + timeout;
     let mut client = connect(url, timeout).await?;
     let mut events = client.watch_fleet(pb::WatchFleetRequest::default()).await?.into_inner();
-    let mut states: HashMap<String, pb::HiveState> = HashMap::new();
+    let mut tally = Tally { want, states: HashMap::new(), seen: 0 };
     let mut ready = false;
     loop {
-        let seen = states.values().filter(|s| **s == want).count();
-        if ready && seen >= count {
+        if ready && tally.seen >= count {
             let at = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs_f64();
             println!("reached {at:.3}");
             return Ok(true);
@@ -69,29 +68,49 @@ async fn until(
         let e = match tokio::time::timeout_at(deadline.into(), events.message()).await {
             Ok(e) => e?.ok_or("the watch ended")?,
             Err(_) => {
-                println!("timeout: {seen} of {count} hives {}", want.as_str_name());
+                println!("timeout: {} of {count} hives {}", tally.seen, want.as_str_name());
                 return Ok(false);
             }
         };
         match e.event {
             Some(Event::Snapshot(s)) => {
-                states = s.hives.iter().map(|h| (h.address.clone(), h.state())).collect();
+                tally.states.clear();
+                tally.seen = 0;
+                for h in &s.hives {
+                    tally.set(&h.address, Some(h.state()));
+                }
                 if !ready {
                     ready = true;
                     println!("ready");
                 }
             }
-            Some(Event::HiveAdded(h)) => {
-                states.insert(h.address.clone(), h.state());
-            }
-            Some(Event::HiveRemoved(h)) => {
-                states.remove(&h.address);
-            }
-            Some(Event::StateChanged(c)) => {
-                states.insert(c.address.clone(), c.to());
-            }
+            Some(Event::HiveAdded(h)) => tally.set(&h.address, Some(h.state())),
+            Some(Event::HiveRemoved(h)) => tally.set(&h.address, None),
+            Some(Event::StateChanged(c)) => tally.set(&c.address, Some(c.to())),
             _ => {}
         }
+    }
+}
+
+/// Each hive's state, and how many are in the wanted one (kept as states change, not
+/// recounted per event: a cold start of 10,000 hives sends tens of thousands).
+struct Tally {
+    /// The state counted.
+    want: pb::HiveState,
+    /// By address.
+    states: HashMap<String, pb::HiveState>,
+    /// How many are in `want`.
+    seen: usize,
+}
+
+impl Tally {
+    /// Sets a hive's state (`None`: removed).
+    fn set(&mut self, address: &str, to: Option<pb::HiveState>) {
+        let from = match to {
+            Some(to) => self.states.insert(address.to_owned(), to),
+            None => self.states.remove(address),
+        };
+        self.seen = self.seen - usize::from(from == Some(self.want)) + usize::from(to == Some(self.want));
     }
 }
 
