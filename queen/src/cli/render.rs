@@ -259,6 +259,11 @@ pub fn render_place(r: &pb::PlaceResponse) -> String {
                     p.reservation_id
                 );
             }
+            if !p.reservation_token.is_empty() {
+                // The placing caller's own secret: the worker carries it to settle this
+                // reservation (nobody else can list it).
+                let _ = write!(out, "\nstart the worker with RBEE_RESERVATION_TOKEN={}", p.reservation_token);
+            }
             let weights = match p.weights() {
                 pb::WeightsLocation::Ram => "in RAM",
                 pb::WeightsLocation::Disk => "on disk",

@@ -1,11 +1,17 @@
 //! Settlement by process, where the hive lists who holds a device's memory.
 //!
-//! 1. A worker that carries its reservation id (`RBEE_RESERVATION_ID`) settles exactly
-//!    that reservation once it holds the reserved bytes; until then what it holds
-//!    counts as loaded.
-//! 2. Otherwise a process that was not on the device when the reservation was made,
-//!    carries no reservation id, has settled nothing else here and holds at least the
-//!    reserved bytes settles it: oldest reservation first, smallest such process first.
+//! A process is *tagged* with a reservation when the hive reports that reservation's
+//! id for it: the id its `RBEE_RESERVATION_TOKEN` stands for, which only the holder of
+//! the token (the placing client) can give a process. A process whose id names no
+//! reservation of this device (a forged or stale tag) is untagged.
+//!
+//! 1. The workers tagged with an active reservation settle exactly that reservation
+//!    once together they hold its bytes; until then what they hold counts as loaded.
+//!    A tag never makes memory disappear: the reservation counts
+//!    `max(its bytes, what its workers use)`, and anything beyond counts as used.
+//! 2. Otherwise an untagged process that was not on the device when the reservation
+//!    was made, has settled nothing else here and holds at least the reserved bytes
+//!    settles it: oldest reservation first, smallest such process first.
 //! 3. Growth of processes already there settles nothing.
 //!
 //! Reservations made while the device had no process list (or restored after a
@@ -81,22 +87,41 @@ impl Book {
         d.by_process = true;
         d.claimed.retain(|pid| listed.iter().any(|p| p.pid == *pid));
 
-        // 1. Workers that carry their reservation id.
-        let mut loaded = 0u64;
+        // 1. Workers tagged with an active reservation, each reservation's together.
+        let mut tagged: Vec<(&str, u64, Vec<u32>)> = Vec::new();
         for p in listed {
-            let Some(pos) = p.reservation_id.as_deref().and_then(|id| position(&d.active, id)) else {
+            let Some(id) = p.reservation_id.as_deref().filter(|id| position(&d.active, id).is_some()) else {
                 continue;
             };
             let used = p.used_vram_bytes.unwrap_or(0);
-            if used >= bytes_of(reservations, &d.active[pos]) {
-                d.claimed.insert(p.pid);
+            match tagged.iter_mut().find(|(t, _, _)| *t == id) {
+                Some((_, sum, pids)) => {
+                    *sum = sum.saturating_add(used);
+                    pids.push(p.pid);
+                }
+                None => tagged.push((id, used, vec![p.pid])),
+            }
+        }
+        let mut loaded = 0u64;
+        for (id, used, pids) in tagged {
+            let Some(pos) = position(&d.active, id) else { continue };
+            if used >= bytes_of(reservations, id) {
+                d.claimed.extend(pids);
                 settled.extend(settle_at(d, reservations, pos));
             } else {
+                // Below its bytes: the reservation still counts them all.
                 loaded = loaded.saturating_add(used);
             }
         }
 
-        // 2. New, untagged processes that hold the reserved bytes.
+        // 2. New, untagged processes that hold the reserved bytes. A process whose id
+        //    names no reservation of this device is untagged.
+        let tags_here = |reservations: &HashMap<String, Reservation>, p: &rbee_shared::GpuProcess| {
+            p.reservation_id
+                .as_deref()
+                .and_then(|id| reservations.get(id))
+                .is_some_and(|r| r.address == address && r.device_id == device_id)
+        };
         let mut i = 0;
         while i < d.active.len() {
             let id = &d.active[i];
@@ -108,7 +133,7 @@ impl Book {
             let fit = listed
                 .iter()
                 .filter(|p| {
-                    p.reservation_id.is_none() && !known.contains(&p.pid) && !d.claimed.contains(&p.pid)
+                    !tags_here(reservations, p) && !known.contains(&p.pid) && !d.claimed.contains(&p.pid)
                 })
                 .filter(|p| p.used_vram_bytes.is_some_and(|u| u >= bytes))
                 .min_by_key(|p| (p.used_vram_bytes, p.pid));
