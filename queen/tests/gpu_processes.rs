@@ -289,3 +289,69 @@ async fn forged_tag_story(hive_url: String, dir: &Path) {
     drop((worker, forged, other));
     queen.stop().await;
 }
+
+/// The tag survives a queen restart: the queen keeps no token, only the reservation id
+/// (the token's digest) in its state store, and that is enough to recognise the worker.
+/// Another process (10 GiB) is there at Place time and gone when the worker loads, so
+/// the whole-device rule that restored reservations also follow cannot settle it
+/// (20 GiB observed < 10 + 20): only the tag can.
+#[tokio::test]
+async fn a_worker_tag_still_settles_its_reservation_after_a_queen_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let scenario = format!(
+        "step_s = 0.1\n[[gpu]]\nid = \"GPU-0\"\nvram_total = \"80GiB\"\nutil_percent = [10]\n\
+         [[gpu.process]]\npid_file = {:?}\nused = [\"10GiB\"]\n\
+         [[gpu.process]]\npid_file = {:?}\nused = [\"20GiB\"]\n",
+        dir.path().join("other.pid"),
+        dir.path().join("worker.pid"),
+    );
+    let other = sleeper(None);
+    write_pid_file(&dir.path().join("other.pid"), other.pid());
+    let hive = TestHive::start_named("restart", &scenario).await;
+    let config = |hive: String| rbee_queen::QueenConfig {
+        state_dir: Some(state.path().to_owned()),
+        scheduler: SchedulerSettings { maintain_every: Duration::from_millis(100), ..Default::default() },
+        ..fast_config(vec![hive])
+    };
+    let queen = TestQueen::start_with(config(hive.url()), "127.0.0.1:0".parse().unwrap()).await;
+    let mut fleet = queen.client().await;
+    wait_for(&mut fleet, "the hive online", |hs| hs.iter().all(|h| online(h) && h.latest_sample.is_some()))
+        .await;
+    let mut client = pb::scheduler_client::SchedulerClient::connect(queen.url()).await.unwrap();
+    let other_pid = other.pid();
+    wait_for(&mut fleet, "the other process", |hs| {
+        hs.iter().filter_map(gpu_processes).any(|p| p.listed.iter().any(|p| p.pid == other_pid))
+    })
+    .await;
+    let placed = placement(client.place(gpu_request(20 * GIB)).await.unwrap().into_inner());
+    queen.stop().await;
+    std::fs::remove_file(dir.path().join("other.pid")).unwrap();
+    drop(other);
+
+    let queen = TestQueen::start_with(config(hive.url()), "127.0.0.1:0".parse().unwrap()).await;
+    let mut fleet = queen.client().await;
+    wait_for(&mut fleet, "the hive online again", |hs| {
+        hs.iter().all(|h| online(h) && h.latest_sample.is_some())
+    })
+    .await;
+    let mut client = pb::scheduler_client::SchedulerClient::connect(queen.url()).await.unwrap();
+    let restored = states(&mut client).await;
+    assert_eq!(restored, vec![(placed.reservation_id.clone(), pb::ReservationState::Active)]);
+    let text = std::fs::read_dir(state.path())
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap_or_default())
+        .any(|bytes| bytes.windows(32).any(|w| w == placed.reservation_token.as_bytes()));
+    assert!(!text, "the state store holds the token");
+
+    let worker = sleeper(Some(&placed.reservation_token));
+    write_pid_file(&dir.path().join("worker.pid"), worker.pid());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while states(&mut client).await != vec![(placed.reservation_id.clone(), pb::ReservationState::Settled)] {
+        assert!(Instant::now() < deadline, "the tagged worker never settled its restored reservation");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(worker);
+    queen.stop().await;
+    hive.stop().await.unwrap();
+}
