@@ -605,13 +605,21 @@ impl Drop for Sleeper {
     }
 }
 
-/// Starts a [`Sleeper`], with `RBEE_RESERVATION_ID` in its environment when given.
-pub fn sleeper(reservation: Option<&str>) -> Sleeper {
+/// Starts a [`Sleeper`], with the reservation token `RBEE_RESERVATION_TOKEN` in its
+/// environment when given.
+pub fn sleeper(token: Option<&str>) -> Sleeper {
+    match token {
+        Some(t) => sleeper_with_env(&[("RBEE_RESERVATION_TOKEN", t)]),
+        None => sleeper_with_env(&[]),
+    }
+}
+
+/// Starts a [`Sleeper`] with these variables added to its environment.
+pub fn sleeper_with_env(vars: &[(&str, &str)]) -> Sleeper {
     let mut cmd = std::process::Command::new("sleep");
     cmd.arg("60");
-    if let Some(r) = reservation {
-        cmd.env("RBEE_RESERVATION_ID", r);
-    }
+    cmd.envs(vars.iter().copied());
+    let reservation = vars.first();
     let child = cmd.spawn().expect("spawn sleep");
     // Callers read its name and environment from /proc: wait until both are the new
     // program's. The kernel names the process early in exec and fills in the

@@ -269,7 +269,7 @@ async fn a_process_the_test_starts_arrives_attributed_and_no_permission_leaves_t
     assert_eq!((a.vram_used_bytes, a.unattributed_vram_bytes), (Some(0), Some(0)));
     assert_eq!((b.processes.as_ref(), b.unattributed_vram_bytes), (None, None), "NO_PERMISSION: absent");
 
-    let worker = sleeper(Some("res-nvml"));
+    let worker = sleeper(Some("tok-nvml"));
     let pid = worker.pid();
     write_pid_file(&pid_file, pid);
     let (g, p) = stream
@@ -283,7 +283,7 @@ async fn a_process_the_test_starts_arrives_attributed_and_no_permission_leaves_t
     assert_eq!(p.name.as_deref(), Some("sleep"));
     assert!(p.rss_bytes.is_some_and(|r| r > 0), "{p:?}");
     assert!(p.cgroup.is_some(), "every Linux process has a cgroup: {p:?}");
-    assert_eq!(p.reservation_id.as_deref(), Some("res-nvml"));
+    assert_eq!(p.reservation_id, Some(rbee_shared::gpu_process::reservation_id_of_token(b"tok-nvml")));
     assert_eq!((g.vram_used_bytes, g.unattributed_vram_bytes), (Some(8 << 30), Some(0)));
 
     // The worker leaves the GPU: the list is empty again, not absent.

@@ -11,6 +11,7 @@ use common::*;
 use rbee_hive::procs::{ProcessAttributor, raw};
 use rbee_hive::source::{RawGpuProcess, RawProcesses};
 use rbee_hive::test_support::sleeper;
+use rbee_shared::gpu_process::reservation_id_of_token;
 use rbee_shared::{GpuProcess, GpuSample};
 
 const GIB: u64 = 1 << 30;
@@ -50,7 +51,7 @@ fn cgroup_v2_fixture_names_containers_units_and_group_totals() {
     assert_eq!(vllm.container_id.as_deref(), Some(DOCKER_ID));
     assert_eq!(vllm.cgroup_memory_bytes, Some(3 * GIB));
     assert_eq!(vllm.cgroup_cpu_usage_usec, Some(7_000_000));
-    assert_eq!(vllm.reservation_id.as_deref(), Some("res-1"));
+    assert_eq!(vllm.reservation_id, Some(reservation_id_of_token(b"tok-1")), "the id its token stands for");
     assert_eq!(vllm.cpu_percent, None, "CPU% needs two readings");
 
     let ollama = &p[1];
@@ -125,7 +126,7 @@ fn refused_or_unsupported_lists_stay_absent_and_empty_lists_are_empty() {
 
 #[test]
 fn real_processes_get_name_rss_cgroup_reservation_and_cpu() {
-    let worker = sleeper(Some("res-real"));
+    let worker = sleeper(Some("tok-real"));
     let other = sleeper(None);
     let me = std::process::id();
     let mut a = ProcessAttributor::new(32);
@@ -143,7 +144,7 @@ fn real_processes_get_name_rss_cgroup_reservation_and_cpu() {
     assert_eq!(p[0].name.as_deref(), Some("sleep"));
     assert!(p[0].rss_bytes.is_some_and(|r| r > 0), "{:?}", p[0]);
     assert!(p[0].cgroup.is_some(), "every Linux process has a cgroup: {:?}", p[0]);
-    assert_eq!(p[0].reservation_id.as_deref(), Some("res-real"));
+    assert_eq!(p[0].reservation_id, Some(reservation_id_of_token(b"tok-real")));
     assert_eq!(p[2].reservation_id, None, "the other sleeper carries none");
     assert_eq!(gpus[0].unattributed_vram_bytes, Some(6 * GIB - 1));
 
@@ -192,7 +193,7 @@ async fn the_hive_streams_the_processes_of_a_child_the_test_starts() {
     assert_eq!(first.gpus[0].processes.as_ref().map(|p| p.listed.len()), Some(0));
     assert_eq!(first.gpus[1].processes, None, "no permission: absent, not empty");
 
-    let worker = sleeper(Some("res-e2e"));
+    let worker = sleeper(Some("tok-e2e"));
     std::fs::write(&pid_file, worker.pid().to_string()).unwrap();
     let pid = worker.pid();
     let p = stream
@@ -205,7 +206,7 @@ async fn the_hive_streams_the_processes_of_a_child_the_test_starts() {
     assert_eq!(p.used_vram_bytes, Some(6 * GIB));
     assert!(p.rss_bytes.is_some_and(|r| r > 0));
     assert!(p.cgroup.is_some());
-    assert_eq!(p.reservation_id.as_deref(), Some("res-e2e"));
+    assert_eq!(p.reservation_id, Some(reservation_id_of_token(b"tok-e2e")));
     drop(worker);
     hive.stop().await.unwrap();
 }

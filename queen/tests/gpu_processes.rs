@@ -1,7 +1,8 @@
 //! Who holds each GPU's memory, end to end: a real hive whose simulated GPU lists real
 //! processes the test starts, a real queen, the generated clients. Settlement goes by
 //! process: a known process growing settles nothing; a worker carrying its reservation
-//! id settles exactly that reservation.
+//! token settles exactly that reservation; a process carrying another tenant's
+//! reservation id (public) and a guessed token is untagged, and its memory counts.
 
 mod common;
 
@@ -10,7 +11,9 @@ use std::time::Duration;
 
 use common::scheduling::*;
 use common::*;
-use rbee_hive::test_support::{HiveProcess, built_artifact, fake_nvml_lib, sleeper, write_pid_file};
+use rbee_hive::test_support::{
+    HiveProcess, built_artifact, fake_nvml_lib, sleeper, sleeper_with_env, write_pid_file,
+};
 use rbee_proto::v1 as pb;
 use rbee_queen::scheduler::SchedulerSettings;
 use tokio::time::Instant;
@@ -106,7 +109,9 @@ async fn tagged_worker_story(hive_url: String, dir: &Path) {
     assert!(listed.rss_bytes.is_some_and(|r| r > 0) && listed.cgroup.is_some(), "{listed:?}");
 
     let r1 = placement(client.place(gpu_request(8 * GIB)).await.unwrap().into_inner()).reservation_id;
-    let r2 = placement(client.place(gpu_request(8 * GIB)).await.unwrap().into_inner()).reservation_id;
+    let p2 = placement(client.place(gpu_request(8 * GIB)).await.unwrap().into_inner());
+    let (r2, t2) = (p2.reservation_id, p2.reservation_token);
+    assert_eq!(t2.len(), 32, "Place answers the worker's secret tag");
 
     // The known process grows by both reservations together: under the whole-device
     // rule both would settle now.
@@ -121,8 +126,8 @@ async fn tagged_worker_story(hive_url: String, dir: &Path) {
     let dry = pb::PlaceRequest { dry_run: true, ..gpu_request(GIB) };
     assert_eq!(placement(client.place(dry).await.unwrap().into_inner()).free_after_bytes, 43 * GIB);
 
-    // r2's worker starts, carrying its reservation id, and loads.
-    let worker = sleeper(Some(&r2));
+    // r2's worker starts, carrying its reservation token, and loads.
+    let worker = sleeper(Some(&t2));
     write_pid_file(&worker_pid, worker.pid());
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -149,4 +154,204 @@ async fn client_hives(
     fleet: &mut rbee_proto::v1::fleet_client::FleetClient<tonic::transport::Channel>,
 ) -> Vec<pb::HiveView> {
     fleet.list_hives(pb::ListHivesRequest::default()).await.unwrap().into_inner().hives
+}
+
+/// 80 GiB; `other.pid` holds 25 GiB, `forged.pid` 10 GiB, `worker.pid` 20 GiB.
+fn forged_scenario_sim(dir: &Path) -> String {
+    format!(
+        "step_s = 0.1\n[[gpu]]\nid = \"GPU-0\"\nvram_total = \"80GiB\"\nutil_percent = [10]\n\
+         [[gpu.process]]\npid_file = {:?}\nused = [\"25GiB\"]\n\
+         [[gpu.process]]\npid_file = {:?}\nused = [\"10GiB\"]\n\
+         [[gpu.process]]\npid_file = {:?}\nused = [\"20GiB\"]\n",
+        dir.join("other.pid"),
+        dir.join("forged.pid"),
+        dir.join("worker.pid"),
+    )
+}
+
+#[tokio::test]
+async fn a_forged_tag_hides_no_memory_and_the_true_token_still_settles() {
+    let dir = tempfile::tempdir().unwrap();
+    let hive = TestHive::start_named("forged", &forged_scenario_sim(dir.path())).await;
+    forged_tag_story(hive.url(), dir.path()).await;
+    hive.stop().await.unwrap();
+}
+
+/// The same attack through the fake NVML library and the real `hive` binary.
+#[tokio::test]
+async fn through_the_fake_nvml_library_a_forged_tag_hides_no_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid = |name: &str| dir.path().join(name);
+    let scenario_text = format!(
+        "[[gpu]]\nuuid = \"GPU-0\"\nmemory_total = \"80GiB\"\nutil_percent = [10]\n\
+         process = [{{ pid_file = {:?}, used_memory = \"25GiB\" }}, \
+         {{ pid_file = {:?}, used_memory = \"10GiB\" }}, {{ pid_file = {:?}, used_memory = \"20GiB\" }}]\n",
+        pid("other.pid"),
+        pid("forged.pid"),
+        pid("worker.pid"),
+    );
+    let scenario = pid("scenario.toml");
+    std::fs::write(&scenario, scenario_text).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let lib = fake_nvml_lib(false);
+    let args = [
+        "--hive-id".as_ref(),
+        "fake-driver-forged".as_ref(),
+        "--rescan-interval".as_ref(),
+        "100ms".as_ref(),
+        "--state-dir".as_ref(),
+        state.path().as_os_str(),
+        "--nvml-lib".as_ref(),
+        lib.as_os_str(),
+    ];
+    let hive = HiveProcess::spawn(
+        &built_artifact("hive", "-p rbee-hive"),
+        &args,
+        &[("RBEE_FAKE_NVML_SCENARIO", scenario.as_os_str())],
+    );
+    forged_tag_story(hive.url(), dir.path()).await;
+    drop(hive);
+}
+
+/// Issue 26 part 5: on an 80 GiB GPU where another tenant holds 25 GiB, the victim
+/// reserves 20 GiB. An attacker starts a 10 GiB process carrying the victim's (public)
+/// reservation id and a guessed token. True free: 80 - 25 - 10 - 20 = 25 GiB. The old
+/// queen counted the attacker's 10 GiB inside the victim's reservation (35 GiB free)
+/// and admitted a 35 GiB Place. Here the forged process is untagged: 25 GiB free, the
+/// 35 GiB Place is refused, and the victim's worker, carrying the token Place gave it,
+/// still settles its reservation.
+async fn forged_tag_story(hive_url: String, dir: &Path) {
+    let other = sleeper(None);
+    write_pid_file(&dir.join("other.pid"), other.pid());
+    let settings = SchedulerSettings { maintain_every: Duration::from_millis(100), ..Default::default() };
+    let (queen, mut client) = queen_with(vec![hive_url], settings).await;
+    let mut fleet = queen.client().await;
+    let other_pid = other.pid();
+    wait_for(&mut fleet, "the other tenant's process at the queen", |hs| {
+        hs.iter().filter_map(gpu_processes).any(|p| p.listed.iter().any(|p| p.pid == other_pid))
+    })
+    .await;
+
+    let victim = placement(client.place(gpu_request(20 * GIB)).await.unwrap().into_inner());
+    let (victim_id, victim_token) = (victim.reservation_id.clone(), victim.reservation_token.clone());
+    assert_eq!(victim.free_after_bytes, 35 * GIB);
+
+    // The attacker lists reservations (a read token suffices) and copies the victim's id
+    // into both variables: the old one and, as a guess, the token.
+    let listed = all_reservations(&mut client, 0).await;
+    assert!(listed.iter().any(|r| r.id == victim_id));
+    let forged = sleeper_with_env(&[
+        ("RBEE_RESERVATION_ID", victim_id.as_str()),
+        ("RBEE_RESERVATION_TOKEN", victim_id.as_str()),
+    ]);
+    write_pid_file(&dir.join("forged.pid"), forged.pid());
+    let forged_pid = forged.pid();
+    let hives = wait_for(&mut fleet, "the forged process at the queen", |hs| {
+        hs.iter().filter_map(gpu_processes).any(|p| p.listed.iter().any(|p| p.pid == forged_pid))
+    })
+    .await;
+    let seen = gpu_processes(&hives[0]).unwrap().listed.iter().find(|p| p.pid == forged_pid).cloned();
+    assert_ne!(
+        seen.and_then(|p| p.reservation_id).as_deref(),
+        Some(victim_id.as_str()),
+        "the fleet view shows no forged tag"
+    );
+
+    // Its 10 GiB count as used: 25 GiB free, not 35.
+    let dry = pb::PlaceRequest { dry_run: true, ..gpu_request(GIB) };
+    assert_eq!(placement(client.place(dry).await.unwrap().into_inner()).free_after_bytes, 24 * GIB);
+    let over = client.place(gpu_request(35 * GIB)).await.unwrap().into_inner();
+    assert!(
+        matches!(over.result, Some(pb::place_response::Result::Rejection(_))),
+        "a 35 GiB Place over-commits the GPU by 10 GiB: {over:?}"
+    );
+    assert_eq!(states(&mut client).await, vec![(victim_id.clone(), pb::ReservationState::Active)]);
+
+    // The victim's worker carries the token Place answered, and loads: it settles.
+    let worker = sleeper(Some(&victim_token));
+    write_pid_file(&dir.join("worker.pid"), worker.pid());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while states(&mut client).await != vec![(victim_id.clone(), pb::ReservationState::Settled)] {
+        assert!(Instant::now() < deadline, "the victim's reservation never settled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let hives = client_hives(&mut fleet).await;
+    let listed = &gpu_processes(&hives[0]).unwrap().listed;
+    let worker_seen = listed.iter().find(|p| p.pid == worker.pid()).and_then(|p| p.reservation_id.clone());
+    assert_eq!(worker_seen, Some(victim_id.clone()));
+    // 80 - 25 - 10 - 20: all of it in the samples now.
+    let dry = pb::PlaceRequest { dry_run: true, ..gpu_request(GIB) };
+    assert_eq!(placement(client.place(dry).await.unwrap().into_inner()).free_after_bytes, 24 * GIB);
+
+    // The token was answered to the placing client only: no listing holds it.
+    let text = format!("{hives:?} {:?}", all_reservations(&mut client, 0).await);
+    assert!(!text.contains(&victim_token), "a listing leaks the token");
+    drop((worker, forged, other));
+    queen.stop().await;
+}
+
+/// The tag survives a queen restart: the queen keeps no token, only the reservation id
+/// (the token's digest) in its state store, and that is enough to recognise the worker.
+/// Another process (10 GiB) is there at Place time and gone when the worker loads, so
+/// the whole-device rule that restored reservations also follow cannot settle it
+/// (20 GiB observed < 10 + 20): only the tag can.
+#[tokio::test]
+async fn a_worker_tag_still_settles_its_reservation_after_a_queen_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let scenario = format!(
+        "step_s = 0.1\n[[gpu]]\nid = \"GPU-0\"\nvram_total = \"80GiB\"\nutil_percent = [10]\n\
+         [[gpu.process]]\npid_file = {:?}\nused = [\"10GiB\"]\n\
+         [[gpu.process]]\npid_file = {:?}\nused = [\"20GiB\"]\n",
+        dir.path().join("other.pid"),
+        dir.path().join("worker.pid"),
+    );
+    let other = sleeper(None);
+    write_pid_file(&dir.path().join("other.pid"), other.pid());
+    let hive = TestHive::start_named("restart", &scenario).await;
+    let config = |hive: String| rbee_queen::QueenConfig {
+        state_dir: Some(state.path().to_owned()),
+        scheduler: SchedulerSettings { maintain_every: Duration::from_millis(100), ..Default::default() },
+        ..fast_config(vec![hive])
+    };
+    let queen = TestQueen::start_with(config(hive.url()), "127.0.0.1:0".parse().unwrap()).await;
+    let mut fleet = queen.client().await;
+    wait_for(&mut fleet, "the hive online", |hs| hs.iter().all(|h| online(h) && h.latest_sample.is_some()))
+        .await;
+    let mut client = pb::scheduler_client::SchedulerClient::connect(queen.url()).await.unwrap();
+    let other_pid = other.pid();
+    wait_for(&mut fleet, "the other process", |hs| {
+        hs.iter().filter_map(gpu_processes).any(|p| p.listed.iter().any(|p| p.pid == other_pid))
+    })
+    .await;
+    let placed = placement(client.place(gpu_request(20 * GIB)).await.unwrap().into_inner());
+    queen.stop().await;
+    std::fs::remove_file(dir.path().join("other.pid")).unwrap();
+    drop(other);
+
+    let queen = TestQueen::start_with(config(hive.url()), "127.0.0.1:0".parse().unwrap()).await;
+    let mut fleet = queen.client().await;
+    wait_for(&mut fleet, "the hive online again", |hs| {
+        hs.iter().all(|h| online(h) && h.latest_sample.is_some())
+    })
+    .await;
+    let mut client = pb::scheduler_client::SchedulerClient::connect(queen.url()).await.unwrap();
+    let restored = states(&mut client).await;
+    assert_eq!(restored, vec![(placed.reservation_id.clone(), pb::ReservationState::Active)]);
+    let text = std::fs::read_dir(state.path())
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap_or_default())
+        .any(|bytes| bytes.windows(32).any(|w| w == placed.reservation_token.as_bytes()));
+    assert!(!text, "the state store holds the token");
+
+    let worker = sleeper(Some(&placed.reservation_token));
+    write_pid_file(&dir.path().join("worker.pid"), worker.pid());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while states(&mut client).await != vec![(placed.reservation_id.clone(), pb::ReservationState::Settled)] {
+        assert!(Instant::now() < deadline, "the tagged worker never settled its restored reservation");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(worker);
+    queen.stop().await;
+    hive.stop().await.unwrap();
 }

@@ -1,5 +1,6 @@
 //! Who holds a GPU's memory: the compute processes on one GPU, as a sample carries
-//! them (the top N by used VRAM, plus a count of the rest).
+//! them (the top N by used VRAM, plus a count of the rest), and the worker tag that
+//! ties a process to its reservation ([`ReservationToken`]).
 
 /// How many processes per GPU a sample lists unless told otherwise.
 pub const DEFAULT_MAX_GPU_PROCESSES: usize = 32;
@@ -33,9 +34,64 @@ pub struct GpuProcess {
     pub cgroup_memory_bytes: Option<u64>,
     /// Its cgroup's `cpu.stat` `usage_usec`: CPU time used, microseconds (cgroup v2 only).
     pub cgroup_cpu_usage_usec: Option<u64>,
-    /// The reservation it was started for (`RBEE_RESERVATION_ID` in its environment),
-    /// where the hive may read its environment.
+    /// The reservation it was started for: the id the hive derived from the
+    /// `RBEE_RESERVATION_TOKEN` in its environment ([`reservation_id_of_token`]), where
+    /// the hive may read its environment. Only the holder of the reservation's token can
+    /// make a process carry its id; `RBEE_RESERVATION_ID` alone is not read.
     pub reservation_id: Option<String>,
+}
+
+/// The environment variable that carries a worker's reservation token.
+pub const RESERVATION_TOKEN_ENV: &str = "RBEE_RESERVATION_TOKEN";
+
+/// The domain separator hashed before a token.
+const TOKEN_DOMAIN: &[u8] = b"rbee reservation token v1\0";
+
+/// The reservation id a token stands for: the first 128 bits of
+/// `sha256("rbee reservation token v1\0" || token)`, written as a UUID
+/// (`8-4-4-4-12` lowercase hex).
+///
+/// The id is public (any read-token holder lists reservations); the token is the
+/// secret only the placing client gets. Finding a token for a given id is a preimage
+/// of SHA-256, so a process can carry a reservation's id only by carrying its token.
+pub fn reservation_id_of_token(token: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::new().chain_update(TOKEN_DOMAIN).chain_update(token).finalize();
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
+}
+
+/// The secret tag of one reservation: 128 random bits, written as 32 lowercase hex
+/// digits. Place answers it once, to the placing client only; its worker carries it as
+/// `RBEE_RESERVATION_TOKEN`. The queen keeps only the reservation id, which is its
+/// digest ([`reservation_id_of_token`]), so nothing the queen stores, logs or lists
+/// holds it. `Debug` prints it redacted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ReservationToken(String);
+
+impl ReservationToken {
+    /// A fresh token from the thread's CSPRNG (ChaCha, seeded by the OS).
+    pub fn generate() -> Self {
+        use rand::Rng;
+        let bits: [u8; 16] = rand::rng().random();
+        Self(bits.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// The reservation id it stands for.
+    pub fn reservation_id(&self) -> String {
+        reservation_id_of_token(self.0.as_bytes())
+    }
+
+    /// The secret itself, for the Place answer only.
+    pub fn secret(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ReservationToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReservationToken(<redacted>)")
+    }
 }
 
 /// The processes on one GPU.
@@ -86,6 +142,21 @@ mod tests {
 
     fn gpu(s: &pb::Sample) -> Result<GpuSample, crate::ConvertError> {
         Sample::try_from(s).map(|s| s.gpus[0].clone())
+    }
+
+    #[test]
+    fn a_token_stands_for_one_id_and_never_shows_in_debug() {
+        let token = super::ReservationToken::generate();
+        assert_eq!(token.secret().len(), 32);
+        assert!(token.secret().bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(token, super::ReservationToken::generate());
+        let id = token.reservation_id();
+        assert_eq!(id, super::reservation_id_of_token(token.secret().as_bytes()));
+        assert_eq!(id.len(), 36);
+        assert!(!id.contains(token.secret()) && !format!("{token:?}").contains(token.secret()));
+        // A fixed vector, so hives and queens of different versions agree.
+        assert_eq!(super::reservation_id_of_token(b"t"), "cbf194bf-6253-331f-6bdb-7c11441786f5");
+        assert_ne!(super::reservation_id_of_token(b"t"), super::reservation_id_of_token(b"u"));
     }
 
     #[test]

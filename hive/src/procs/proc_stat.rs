@@ -1,6 +1,11 @@
 //! What `/proc/PID` says of one process: its name, CPU time, resident memory and the
 //! reservation it was started for. Every reader returns `None` for what it cannot
 //! read (the process exited, or the hive may not read it).
+//!
+//! The reservation comes from the worker's secret tag, `RBEE_RESERVATION_TOKEN`: the
+//! hive reports the id the token stands for ([`rbee_shared::gpu_process::reservation_id_of_token`])
+//! and never the token. `RBEE_RESERVATION_ID` is not read: the id is public, so a
+//! process naming it proves nothing, and such a worker is an untagged process.
 
 use std::path::Path;
 
@@ -8,11 +13,11 @@ use std::path::Path;
 /// hive builds for).
 pub const USER_HZ: u64 = 100;
 
-/// The environment variable that ties a worker to its reservation.
-pub const RESERVATION_ENV: &str = "RBEE_RESERVATION_ID";
+/// The environment variable that ties a worker to its reservation: its secret token.
+pub const RESERVATION_ENV: &str = rbee_shared::gpu_process::RESERVATION_TOKEN_ENV;
 
-/// Longest reservation id taken from an environment (longer ones are ignored).
-const MAX_RESERVATION_ID: usize = 128;
+/// Longest token taken from an environment (longer ones are ignored).
+const MAX_RESERVATION_TOKEN: usize = 128;
 
 /// User + system CPU time, in clock ticks, from the text of `/proc/PID/stat`.
 ///
@@ -40,17 +45,19 @@ pub fn parse_comm(comm: &str) -> Option<String> {
     (!name.is_empty()).then(|| name.chars().filter(|c| !c.is_control()).collect())
 }
 
-/// `RBEE_RESERVATION_ID` from the raw bytes of `/proc/PID/environ` (NUL-separated
-/// `KEY=VALUE`). A value that is empty, too long or not printable ASCII is ignored.
+/// The reservation id that the `RBEE_RESERVATION_TOKEN` in the raw bytes of
+/// `/proc/PID/environ` (NUL-separated `KEY=VALUE`) stands for. A value that is empty,
+/// too long or not printable ASCII is ignored. The token itself is not kept.
 pub fn parse_reservation_id(environ: &[u8]) -> Option<String> {
     let key = RESERVATION_ENV.as_bytes();
     let value = environ.split(|b| *b == 0).find_map(|kv| {
         let v = kv.strip_prefix(key)?;
         v.strip_prefix(b"=")
     })?;
-    let ok =
-        !value.is_empty() && value.len() <= MAX_RESERVATION_ID && value.iter().all(|b| b.is_ascii_graphic());
-    ok.then(|| String::from_utf8_lossy(value).into_owned())
+    let ok = !value.is_empty()
+        && value.len() <= MAX_RESERVATION_TOKEN
+        && value.iter().all(|b| b.is_ascii_graphic());
+    ok.then(|| rbee_shared::gpu_process::reservation_id_of_token(value))
 }
 
 /// One reading of a process from `/proc`.
@@ -64,7 +71,8 @@ pub struct ProcReading {
     pub rss_bytes: Option<u64>,
     /// The raw `/proc/PID/cgroup` text.
     pub cgroup: Option<String>,
-    /// `RBEE_RESERVATION_ID`, where the environment is readable.
+    /// The reservation id its `RBEE_RESERVATION_TOKEN` stands for, where the
+    /// environment is readable.
     pub reservation_id: Option<String>,
 }
 
@@ -101,11 +109,21 @@ mod tests {
     }
 
     #[test]
-    fn reservation_ids_come_only_from_the_exact_variable() {
-        let env = b"PATH=/bin\0RBEE_RESERVATION_IDX=no\0RBEE_RESERVATION_ID=r-1\0";
-        assert_eq!(parse_reservation_id(env).as_deref(), Some("r-1"));
-        assert_eq!(parse_reservation_id(b"RBEE_RESERVATION_ID=\0"), None);
-        assert_eq!(parse_reservation_id(b"RBEE_RESERVATION_ID=a b\0"), None);
+    fn reservation_ids_come_only_from_the_token_variable() {
+        use rbee_shared::gpu_process::reservation_id_of_token as id_of;
+        let env = b"PATH=/bin\0RBEE_RESERVATION_TOKENX=no\0RBEE_RESERVATION_TOKEN=t-1\0";
+        assert_eq!(parse_reservation_id(env), Some(id_of(b"t-1")));
+        assert_eq!(parse_reservation_id(b"RBEE_RESERVATION_TOKEN=\0"), None);
+        assert_eq!(parse_reservation_id(b"RBEE_RESERVATION_TOKEN=a b\0"), None);
         assert_eq!(parse_reservation_id(b"HOME=/\0"), None);
+    }
+
+    #[test]
+    fn a_public_reservation_id_alone_tags_nothing() {
+        // Anyone who may list reservations knows the id: naming it proves nothing.
+        assert_eq!(parse_reservation_id(b"RBEE_RESERVATION_ID=r-1\0"), None);
+        // A guessed token stands for some other id, never the one it sits beside.
+        let forged = b"RBEE_RESERVATION_ID=r-1\0RBEE_RESERVATION_TOKEN=r-1\0";
+        assert_ne!(parse_reservation_id(forged).as_deref(), Some("r-1"));
     }
 }

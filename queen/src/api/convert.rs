@@ -207,6 +207,7 @@ impl From<&crate::scheduler::Outcome> for pb::PlaceResponse {
                 model_bytes: p.weights.bytes,
                 estimated_load_ms: p.weights.est_load_ms,
                 prefetching: p.prefetching,
+                reservation_token: p.token.as_ref().map(|t| t.secret().to_owned()).unwrap_or_default(),
             }),
             Outcome::Rejected { reason, hive_reasons } => {
                 R::Rejection(pb::Rejection { reason: reason.clone(), hive_reasons: hive_reasons.clone() })

@@ -259,6 +259,11 @@ pub fn render_place(r: &pb::PlaceResponse) -> String {
                     p.reservation_id
                 );
             }
+            if !p.reservation_token.is_empty() {
+                // The placing caller's own secret: the worker carries it to settle this
+                // reservation (nobody else can list it).
+                let _ = write!(out, "\nstart the worker with RBEE_RESERVATION_TOKEN={}", p.reservation_token);
+            }
             let weights = match p.weights() {
                 pb::WeightsLocation::Ram => "in RAM",
                 pb::WeightsLocation::Disk => "on disk",
@@ -296,6 +301,20 @@ pub fn render_place(r: &pb::PlaceResponse) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_placement_tells_the_caller_how_to_start_its_worker() {
+        let placed = |id: &str, token: &str| pb::PlaceResponse {
+            result: Some(pb::place_response::Result::Placement(pb::Placement {
+                reservation_id: id.into(),
+                reservation_token: token.into(),
+                ..Default::default()
+            })),
+        };
+        let text = render_place(&placed("r-1", "0123456789abcdef0123456789abcdef"));
+        assert!(text.contains("RBEE_RESERVATION_TOKEN=0123456789abcdef0123456789abcdef"), "{text}");
+        assert!(!render_place(&placed("", "")).contains("RBEE_RESERVATION_TOKEN"), "a dry run has none");
+    }
 
     /// A hive that reports 64 GPUs of 2^64-1 bytes, all of it used.
     fn absurd_hive() -> pb::HiveView {

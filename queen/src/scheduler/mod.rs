@@ -119,6 +119,9 @@ pub struct Placement {
     pub weights: weights::Weights,
     /// A prefetch was started on the hive (set by the API layer).
     pub prefetching: bool,
+    /// The reservation's secret worker tag (none for a dry run): answered to the placing
+    /// client only, never logged (its `Debug` is redacted) nor kept.
+    pub token: Option<rbee_shared::gpu_process::ReservationToken>,
 }
 
 /// What `place` answers.

@@ -168,10 +168,11 @@ impl Scheduler {
                 let free = book.free(&address, &device.id, device.total, device.used);
                 if bytes <= free { Ok(None) } else { Err(Refused::NoRoom { free }) }
             } else {
-                book.reserve(&address, &device.id, &claim).map(Some)
+                book.reserve_tagged(&address, &device.id, &claim).map(Some)
             };
             match result {
-                Ok(reservation) => {
+                Ok(tagged) => {
+                    let (reservation, token) = tagged.map_or((None, None), |(r, t)| (Some(r), Some(t)));
                     let free_after = book.free(&address, &device.id, device.total, device.used)
                         - if reservation.is_none() { bytes } else { 0 };
                     // Durable before it is answered, and written outside the lock.
@@ -191,6 +192,7 @@ impl Scheduler {
                         fallback,
                         weights: super::weights::weights(&device.hive, &req.model),
                         prefetching: false,
+                        token,
                     }))));
                 }
                 Err(Refused::NoRoom { free }) => reasons.push(format!(

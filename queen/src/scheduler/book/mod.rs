@@ -298,6 +298,18 @@ impl Book {
         device_id: &str,
         claim: &Claim<'_>,
     ) -> Result<Reservation, Refused> {
+        self.reserve_tagged(address, device_id, claim).map(|(r, _)| r)
+    }
+
+    /// [`Book::reserve`], answering also the reservation's secret worker tag. The
+    /// reservation's id is the tag's digest ([`rbee_shared::gpu_process::ReservationToken`]);
+    /// the book keeps no token.
+    pub fn reserve_tagged(
+        &mut self,
+        address: &str,
+        device_id: &str,
+        claim: &Claim<'_>,
+    ) -> Result<(Reservation, rbee_shared::gpu_process::ReservationToken), Refused> {
         self.check_total()?;
         if self.counts.get(address).copied().unwrap_or(0) >= self.limits.per_hive {
             return Err(Refused::HiveFull { limit: self.limits.per_hive });
@@ -307,8 +319,9 @@ impl Book {
         if claim.bytes > free {
             return Err(Refused::NoRoom { free });
         }
+        let token = rbee_shared::gpu_process::ReservationToken::generate();
         let r = Reservation {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: token.reservation_id(),
             hive_id: claim.hive_id.to_owned(),
             address: address.to_owned(),
             device_id: device_id.to_owned(),
@@ -331,7 +344,7 @@ impl Book {
         self.order.insert((r.created_at_unix_ms, r.id.clone()));
         *self.counts.entry(address.to_owned()).or_default() += 1;
         self.reservations.insert(r.id.clone(), r.clone());
-        Ok(r)
+        Ok((r, token))
     }
 
     /// One reservation by id.

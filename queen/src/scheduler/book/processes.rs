@@ -1,8 +1,16 @@
 //! Settlement by process, where the hive lists who holds a device's memory.
 //!
-//! 1. A worker that carries its reservation id (`RBEE_RESERVATION_ID`) settles exactly
-//!    that reservation once it holds the reserved bytes; until then what it holds
-//!    counts as loaded.
+//! A process is *tagged* with a reservation when the hive reports that reservation's
+//! id for it: the id its `RBEE_RESERVATION_TOKEN` stands for, which only the holder of
+//! the token (the placing client) can give a process. A process whose id names no
+//! active reservation of this device (a guessed token, or a worker of a reservation
+//! elsewhere) is counted as untagged: its memory counts as used; and as it carries an
+//! id, it settles nothing by size either (rule 2 takes only processes without one).
+//!
+//! 1. The workers tagged with an active reservation settle exactly that reservation
+//!    once together they hold its bytes; until then what they hold counts as loaded.
+//!    A tag never makes memory disappear: the reservation counts
+//!    `max(its bytes, what its workers use)`, and anything beyond counts as used.
 //! 2. Otherwise a process that was not on the device when the reservation was made,
 //!    carries no reservation id, has settled nothing else here and holds at least the
 //!    reserved bytes settles it: oldest reservation first, smallest such process first.
@@ -81,22 +89,34 @@ impl Book {
         d.by_process = true;
         d.claimed.retain(|pid| listed.iter().any(|p| p.pid == *pid));
 
-        // 1. Workers that carry their reservation id.
-        let mut loaded = 0u64;
+        // 1. Workers tagged with an active reservation, each reservation's together.
+        let mut tagged: Vec<(&str, u64, Vec<u32>)> = Vec::new();
         for p in listed {
-            let Some(pos) = p.reservation_id.as_deref().and_then(|id| position(&d.active, id)) else {
+            let Some(id) = p.reservation_id.as_deref().filter(|id| position(&d.active, id).is_some()) else {
                 continue;
             };
             let used = p.used_vram_bytes.unwrap_or(0);
-            if used >= bytes_of(reservations, &d.active[pos]) {
-                d.claimed.insert(p.pid);
+            match tagged.iter_mut().find(|(t, _, _)| *t == id) {
+                Some((_, sum, pids)) => {
+                    *sum = sum.saturating_add(used);
+                    pids.push(p.pid);
+                }
+                None => tagged.push((id, used, vec![p.pid])),
+            }
+        }
+        let mut loaded = 0u64;
+        for (id, used, pids) in tagged {
+            let Some(pos) = position(&d.active, id) else { continue };
+            if used >= bytes_of(reservations, id) {
+                d.claimed.extend(pids);
                 settled.extend(settle_at(d, reservations, pos));
             } else {
+                // Below its bytes: the reservation still counts them all.
                 loaded = loaded.saturating_add(used);
             }
         }
 
-        // 2. New, untagged processes that hold the reserved bytes.
+        // 2. New processes without an id that hold the reserved bytes.
         let mut i = 0;
         while i < d.active.len() {
             let id = &d.active[i];
@@ -137,5 +157,74 @@ impl Book {
             }
         }
         settled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rbee_shared::{GpuProcess, GpuProcesses};
+
+    use super::super::{Book, Claim, ReservationState};
+
+    const GIB: u64 = 1 << 30;
+
+    fn procs(list: &[(u32, u64, Option<&str>)]) -> GpuProcesses {
+        GpuProcesses {
+            listed: list
+                .iter()
+                .map(|(pid, used, tag)| GpuProcess {
+                    pid: *pid,
+                    used_vram_bytes: Some(*used),
+                    reservation_id: tag.map(str::to_owned),
+                    ..GpuProcess::default()
+                })
+                .collect(),
+            ..GpuProcesses::default()
+        }
+    }
+
+    fn reserve(b: &mut Book, bytes: u64, observed: u64, p: &GpuProcesses) -> String {
+        let claim = Claim {
+            hive_id: "h",
+            model: "m",
+            bytes,
+            total: 80 * GIB,
+            observed,
+            processes: Some(p),
+            ttl: Duration::from_secs(60),
+            now_ms: 1000,
+        };
+        b.reserve("a", "g", &claim).unwrap().id
+    }
+
+    #[test]
+    fn the_workers_of_one_reservation_never_hide_memory_beyond_its_bytes() {
+        let mut b = Book::default();
+        let none = procs(&[]);
+        let small = reserve(&mut b, 8 * GIB, 0, &none);
+        let big = reserve(&mut b, 30 * GIB, 0, &none);
+        // Two processes tagged with `small`, 6 GiB each: neither alone holds its 8 GiB.
+        // Together they use 12: `small` counts max(8, 12) = 12, and `big` still
+        // counts all of its 30. Observed 12: free = 80 - (12 + 30) = 38.
+        let two = procs(&[(1, 6 * GIB, Some(&small)), (2, 6 * GIB, Some(&small))]);
+        b.settle("a", "g", 12 * GIB, Some(&two));
+        assert_eq!(b.free("a", "g", 80 * GIB, 12 * GIB), 38 * GIB, "memory hidden inside `big`");
+        assert_eq!(b.get(&small).unwrap().state, ReservationState::Settled);
+        assert_eq!(b.get(&big).unwrap().state, ReservationState::Active);
+    }
+
+    #[test]
+    fn below_its_bytes_a_reservation_counts_its_bytes_and_a_foreign_id_counts_as_used() {
+        let mut b = Book::default();
+        let none = procs(&[]);
+        let r = reserve(&mut b, 20 * GIB, 0, &none);
+        // Its worker holds 5 of 20; an id naming nothing here holds 30 and counts as used
+        // (and, carrying an id, settles nothing by size).
+        let p = procs(&[(1, 5 * GIB, Some(&r)), (2, 30 * GIB, Some("forged"))]);
+        assert!(b.settle("a", "g", 35 * GIB, Some(&p)).is_empty());
+        // 80 - (35 observed + 15 still to load) = 30.
+        assert_eq!(b.free("a", "g", 80 * GIB, 35 * GIB), 30 * GIB);
     }
 }
