@@ -154,6 +154,12 @@ pub struct ServeArgs {
     #[arg(long, env = "HIVE_MAX_DOWNLOADS", default_value_t = crate::models::DEFAULT_MAX_DOWNLOADS,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
     pub max_downloads: usize,
+    /// Destinations model downloads may fetch from besides public addresses: CIDRs, addresses or host
+    /// names, comma-separated (e.g. an internal mirror: 10.20.0.0/16,mirror.corp). Loopback, link-local
+    /// (cloud metadata), private, CGNAT, multicast and other special addresses are refused otherwise.
+    #[arg(long = "download-allow", env = "HIVE_DOWNLOAD_ALLOW", value_name = "CIDR|HOST", value_delimiter = ',',
+          value_parser = crate::models::egress::parse_allow)]
+    pub download_allow: Vec<crate::models::egress::Allow>,
     /// Most bytes of preloaded models kept warm in the page cache (e.g. 64GiB); beyond it the least
     /// recently used preloaded model is evicted first. Unset: no budget, only MemAvailable limits.
     #[arg(long, env = "HIVE_RAM_CACHE_BUDGET", value_name = "SIZE", value_parser = parse_budget)]
@@ -357,6 +363,7 @@ impl ServeArgs {
             models: Some(crate::models::ModelsConfig {
                 max_downloads: self.max_downloads,
                 optional: self.models_dir.is_none(),
+                egress: crate::models::egress::EgressRule::new(self.download_allow.clone()),
                 ..crate::models::ModelsConfig::new(
                     self.models_dir.clone().unwrap_or_else(crate::models::default_models_dir),
                 )
