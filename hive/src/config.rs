@@ -455,6 +455,25 @@ mod tests {
     }
 
     #[test]
+    fn download_allow_takes_networks_and_names_and_refuses_the_rest() {
+        use clap::Parser;
+        let serve = |args: &[&str]| Cli::try_parse_from([&["hive", "serve"], args].concat());
+        match serve(&["--download-allow", "10.20.0.0/16,mirror.corp,127.0.0.1"]).unwrap().command {
+            Command::Serve(a) => {
+                let shown: Vec<String> = a.download_allow.iter().map(ToString::to_string).collect();
+                assert_eq!(shown, ["10.20.0.0/16", "mirror.corp", "127.0.0.1/32"]);
+            }
+            _ => unreachable!(),
+        }
+        match serve(&[]).unwrap().command {
+            Command::Serve(a) => assert!(a.download_allow.is_empty(), "public addresses only by default"),
+            _ => unreachable!(),
+        }
+        let e = serve(&["--download-allow", "10.0.0.0/40"]).unwrap_err().to_string();
+        assert!(e.contains("--download-allow"), "{e}");
+    }
+
+    #[test]
     fn the_cli_is_well_formed() {
         use clap::CommandFactory;
         Cli::command().debug_assert();

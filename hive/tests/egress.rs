@@ -7,7 +7,9 @@ use std::process::Command;
 
 use rbee_hive::models::egress::{EgressRule, parse_allow};
 use rbee_hive::test_support::http_files::{FileServer, generated};
-use rbee_hive::test_support::{TestHive, TestStream, download_of, external_tool, fetch_url, models_config, subscribe};
+use rbee_hive::test_support::{
+    TestHive, TestStream, download_of, external_tool, fetch_url, models_config, subscribe,
+};
 use rbee_proto::v1 as pb;
 
 /// Set in the re-run of a test inside its private network namespace.
@@ -21,9 +23,10 @@ fn in_private_netns(name: &str) -> bool {
     if std::env::var_os(IN_NETNS).is_some() {
         return true;
     }
-    let (Some(unshare), Some(_)) =
-        (external_tool("unshare", "apt-get install util-linux"), external_tool("ip", "apt-get install iproute2"))
-    else {
+    let (Some(unshare), Some(_)) = (
+        external_tool("unshare", "apt-get install util-linux"),
+        external_tool("ip", "apt-get install iproute2"),
+    ) else {
         return false;
     };
     let usable = Command::new(&unshare).args(["-n", "true"]).status().is_ok_and(|s| s.success());
@@ -50,7 +53,11 @@ fn in_private_netns(name: &str) -> bool {
 fn add_to_lo(addr: &str) -> bool {
     let ip = |args: &[&str]| Command::new("ip").args(args).status().is_ok_and(|s| s.success());
     assert!(ip(&["link", "set", "lo", "up"]), "bring up lo in the namespace");
-    if addr.contains(':') { ip(&["-6", "addr", "add", addr, "dev", "lo"]) } else { ip(&["addr", "add", addr, "dev", "lo"]) }
+    if addr.contains(':') {
+        ip(&["-6", "addr", "add", addr, "dev", "lo"])
+    } else {
+        ip(&["addr", "add", addr, "dev", "lo"])
+    }
 }
 
 /// Waits for the final record of `model`.

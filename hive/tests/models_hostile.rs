@@ -398,7 +398,8 @@ async fn a_hub_listing_over_its_byte_cap_or_the_file_cap_is_refused_without_buff
     hub.add_json("api/models/org/huge/revision/main", doc.clone());
     hub.add_json("api/models/org/huge/revision/sized", doc);
     // 513 files: one more than a model may have.
-    let files: Vec<(String, Vec<u8>)> = (0..=MAX_MODEL_FILES).map(|i| (format!("f{i:04}.bin"), vec![1u8])).collect();
+    let files: Vec<(String, Vec<u8>)> =
+        (0..=MAX_MODEL_FILES).map(|i| (format!("f{i:04}.bin"), vec![1u8])).collect();
     let files: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
     hub.add_hf_repo("org/many", "main", "0123abce", &files);
     let hive = hive(dir.path(), Some(hub.base())).await;
@@ -462,7 +463,11 @@ async fn a_model_without_regular_files_is_never_ready() {
                 _ => Vec::new(),
             };
             for x in models.into_iter().filter(|x| x.id == "org/links" || x.id == "org/empty") {
-                assert_ne!(x.state, pb::ModelState::Ready as i32, "a model without files became ready: {x:?}");
+                assert_ne!(
+                    x.state,
+                    pb::ModelState::Ready as i32,
+                    "a model without files became ready: {x:?}"
+                );
                 seen.insert(x.id.clone(), x);
             }
             (seen.len() == 2 && seen.values().all(|x| x.error.is_some())).then(|| seen.clone())

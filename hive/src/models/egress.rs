@@ -101,7 +101,9 @@ pub fn parse_allow(s: &str) -> Result<Allow, String> {
     if let Some((addr, prefix)) = s.split_once('/') {
         let addr: IpAddr = addr.parse().map_err(|_| format!("{s:?}: {addr:?} is not an IP address"))?;
         let prefix: u8 = prefix.parse().map_err(|_| format!("{s:?}: {prefix:?} is not a prefix length"))?;
-        return Net::new(addr, prefix).map(Allow::Net).ok_or_else(|| format!("{s:?}: the prefix is too long"));
+        return Net::new(addr, prefix)
+            .map(Allow::Net)
+            .ok_or_else(|| format!("{s:?}: the prefix is too long"));
     }
     let bare = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')).unwrap_or(s);
     if let Ok(ip) = bare.parse::<IpAddr>() {
@@ -237,7 +239,8 @@ impl EgressRule {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             v4 => v4,
         };
-        if self.host_allowed(host) || self.allow.iter().any(|a| matches!(a, Allow::Net(n) if n.contains(ip))) {
+        if self.host_allowed(host) || self.allow.iter().any(|a| matches!(a, Allow::Net(n) if n.contains(ip)))
+        {
             return Ok(());
         }
         match denied_class(ip) {
@@ -426,7 +429,8 @@ mod tests {
 
     #[test]
     fn the_rule_opens_networks_and_names() {
-        let rule = EgressRule::new(vec![parse_allow("10.0.0.0/8").unwrap(), parse_allow("mirror.lan").unwrap()]);
+        let rule =
+            EgressRule::new(vec![parse_allow("10.0.0.0/8").unwrap(), parse_allow("mirror.lan").unwrap()]);
         assert!(rule.check("10.2.3.4", ip("10.2.3.4")).is_ok());
         assert!(rule.check("x", ip("::ffff:10.2.3.4")).is_ok());
         assert!(rule.check("MIRROR.lan.", ip("192.168.7.7")).is_ok());

@@ -80,7 +80,11 @@ struct Lfs {
 
 /// Reads a response body of at most `limit` bytes, chunk by chunk: a longer one (by
 /// its Content-Length or by what arrives) fails before more than `limit` bytes are kept.
-async fn read_capped(mut response: reqwest::Response, url: &str, limit: u64) -> Result<Vec<u8>, DownloadError> {
+async fn read_capped(
+    mut response: reqwest::Response,
+    url: &str,
+    limit: u64,
+) -> Result<Vec<u8>, DownloadError> {
     let too_big = || DownloadError::Resolve(format!("{url}: the Hub listing is larger than {limit} bytes"));
     if response.content_length().is_some_and(|n| n > limit) {
         return Err(too_big());

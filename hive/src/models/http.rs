@@ -53,12 +53,19 @@ impl Fetcher {
     /// GETs `url` with `headers`, following up to [`MAX_REDIRECTS`] redirects. Each hop
     /// is checked against the egress rule before it is requested, and carries the Hub
     /// token only when it is on the Hub's origin.
-    pub async fn get(&self, url: &str, headers: &HeaderMap, hub: &HubConfig) -> Result<reqwest::Response, DownloadError> {
-        let mut at = reqwest::Url::parse(url)
-            .map_err(|e| DownloadError::Resolve(format!("{url}: not a URL: {e}")))?;
+    pub async fn get(
+        &self,
+        url: &str,
+        headers: &HeaderMap,
+        hub: &HubConfig,
+    ) -> Result<reqwest::Response, DownloadError> {
+        let mut at =
+            reqwest::Url::parse(url).map_err(|e| DownloadError::Resolve(format!("{url}: not a URL: {e}")))?;
         for _ in 0..=MAX_REDIRECTS {
             let hop = at.to_string();
-            self.rule.check_url(&at).map_err(|source| DownloadError::NotAllowed { url: hop.clone(), source })?;
+            self.rule
+                .check_url(&at)
+                .map_err(|source| DownloadError::NotAllowed { url: hop.clone(), source })?;
             let request = hub.authorize(&at, self.client.get(at.clone()).headers(headers.clone()));
             let response = request.send().await.map_err(DownloadError::network(&hop))?;
             if !response.status().is_redirection() {
@@ -71,7 +78,10 @@ impl Fetcher {
             })?;
             tracing::debug!(from = %hop, to = %at, "following a redirect");
         }
-        Err(DownloadError::Network { url: url.to_owned(), reason: format!("more than {MAX_REDIRECTS} redirects") })
+        Err(DownloadError::Network {
+            url: url.to_owned(),
+            reason: format!("more than {MAX_REDIRECTS} redirects"),
+        })
     }
 }
 

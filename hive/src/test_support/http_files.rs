@@ -256,8 +256,9 @@ async fn serve(mut conn: TcpStream, state: Arc<State>) -> std::io::Result<()> {
     state.requests.lock().unwrap().push((path.clone(), headers.get("authorization").cloned()));
     let location = state.redirects.lock().unwrap().get(&path).cloned();
     if let Some(location) = location {
-        let reply =
-            format!("HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        let reply = format!(
+            "HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
         return conn.write_all(reply.as_bytes()).await;
     }
     let doc = state.json.lock().unwrap().get(&path).cloned();
