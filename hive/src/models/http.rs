@@ -23,6 +23,21 @@ const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Redirects followed per request, like reqwest's default.
 pub const MAX_REDIRECTS: usize = 10;
+/// Most bytes of a redirect target shown in an error (a `Location` is the server's
+/// text, not validated like the caller's URL).
+const SHOWN_URL_BYTES: usize = 512;
+
+/// `text` cut to [`SHOWN_URL_BYTES`] on a character boundary, marked when cut.
+fn shown(text: &str) -> String {
+    if text.len() <= SHOWN_URL_BYTES {
+        return text.to_owned();
+    }
+    let mut end = SHOWN_URL_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... (cut)", &text[..end])
+}
 
 /// The client every download shares (one connection pool), bound to the egress rule.
 #[derive(Debug, Clone)]
@@ -62,7 +77,7 @@ impl Fetcher {
         let mut at =
             reqwest::Url::parse(url).map_err(|e| DownloadError::Resolve(format!("{url}: not a URL: {e}")))?;
         for _ in 0..=MAX_REDIRECTS {
-            let hop = at.to_string();
+            let hop = shown(at.as_str());
             self.rule
                 .check_url(&at)
                 .map_err(|source| DownloadError::NotAllowed { url: hop.clone(), source })?;
@@ -74,7 +89,7 @@ impl Fetcher {
             let Some(location) = text(response.headers(), header::LOCATION) else { return Ok(response) };
             at = at.join(&location).map_err(|e| DownloadError::Network {
                 url: hop.clone(),
-                reason: format!("a redirect to {location:?} that is not a URL: {e}"),
+                reason: format!("a redirect to {:?} that is not a URL: {e}", shown(&location)),
             })?;
             tracing::debug!(from = %hop, to = %at, "following a redirect");
         }
@@ -102,6 +117,14 @@ pub fn text(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_redirect_targets_are_cut_in_errors() {
+        assert_eq!(shown("http://a/b"), "http://a/b");
+        let long = format!("http://a/{}", "é".repeat(400));
+        let cut = shown(&long);
+        assert!(cut.ends_with("... (cut)") && cut.len() <= SHOWN_URL_BYTES + 9, "{}", cut.len());
+    }
 
     #[test]
     fn content_ranges_parse() {
