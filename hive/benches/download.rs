@@ -61,6 +61,8 @@ async fn main() {
     let program = std::env::var("RBEE_BENCH_HIVE").unwrap_or_else(|_| env!("CARGO_BIN_EXE_hive").into());
     let mut hive = Command::new(&program)
         .args(["serve", "--listen", "127.0.0.1:0", "--hive-id", "bench", "--demo"])
+        // The file server is on loopback (an env var: an older build ignores it).
+        .env("HIVE_DOWNLOAD_ALLOW", "127.0.0.1")
         .arg("--models-dir")
         .arg(&models)
         .env("RUST_LOG", "info")

@@ -154,6 +154,12 @@ pub struct ServeArgs {
     #[arg(long, env = "HIVE_MAX_DOWNLOADS", default_value_t = crate::models::DEFAULT_MAX_DOWNLOADS,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
     pub max_downloads: usize,
+    /// Destinations model downloads may fetch from besides public addresses: CIDRs, addresses or host
+    /// names, comma-separated (e.g. an internal mirror: 10.20.0.0/16,mirror.corp). Loopback, link-local
+    /// (cloud metadata), private, CGNAT, multicast and other special addresses are refused otherwise.
+    #[arg(long = "download-allow", env = "HIVE_DOWNLOAD_ALLOW", value_name = "CIDR|HOST", value_delimiter = ',',
+          value_parser = crate::models::egress::parse_allow)]
+    pub download_allow: Vec<crate::models::egress::Allow>,
     /// Most bytes of preloaded models kept warm in the page cache (e.g. 64GiB); beyond it the least
     /// recently used preloaded model is evicted first. Unset: no budget, only MemAvailable limits.
     #[arg(long, env = "HIVE_RAM_CACHE_BUDGET", value_name = "SIZE", value_parser = parse_budget)]
@@ -357,6 +363,7 @@ impl ServeArgs {
             models: Some(crate::models::ModelsConfig {
                 max_downloads: self.max_downloads,
                 optional: self.models_dir.is_none(),
+                egress: crate::models::egress::EgressRule::new(self.download_allow.clone()),
                 ..crate::models::ModelsConfig::new(
                     self.models_dir.clone().unwrap_or_else(crate::models::default_models_dir),
                 )
@@ -445,6 +452,25 @@ mod tests {
         }
         let e = serve(&["--worker-threads", "0"]).unwrap_err().to_string();
         assert!(e.contains("--worker-threads") && e.contains("0"), "{e}");
+    }
+
+    #[test]
+    fn download_allow_takes_networks_and_names_and_refuses_the_rest() {
+        use clap::Parser;
+        let serve = |args: &[&str]| Cli::try_parse_from([&["hive", "serve"], args].concat());
+        match serve(&["--download-allow", "10.20.0.0/16,mirror.corp,127.0.0.1"]).unwrap().command {
+            Command::Serve(a) => {
+                let shown: Vec<String> = a.download_allow.iter().map(ToString::to_string).collect();
+                assert_eq!(shown, ["10.20.0.0/16", "mirror.corp", "127.0.0.1/32"]);
+            }
+            _ => unreachable!(),
+        }
+        match serve(&[]).unwrap().command {
+            Command::Serve(a) => assert!(a.download_allow.is_empty(), "public addresses only by default"),
+            _ => unreachable!(),
+        }
+        let e = serve(&["--download-allow", "10.0.0.0/40"]).unwrap_err().to_string();
+        assert!(e.contains("--download-allow"), "{e}");
     }
 
     #[test]

@@ -538,11 +538,13 @@ fn tempfile_dir() -> std::path::PathBuf {
     dir
 }
 /// A test configuration (see [`config`]) with a models directory at `dir`, rescanned
-/// every 200 ms, with the Hub at `hub` (a [`http_files::FileServer`]'s base URL).
+/// every 200 ms, downloads allowed from `127.0.0.1`, with the Hub at `hub` (a [`http_files::FileServer`]'s base URL).
 pub fn models_config(id: &str, dir: &std::path::Path, hub: Option<String>) -> HiveConfig {
     let mut c = config(id, ONE_GPU);
     let mut models = crate::models::ModelsConfig::new(dir);
     models.rescan = Duration::from_millis(200);
+    // The test servers listen on loopback: `--download-allow 127.0.0.1`.
+    models.egress = crate::models::egress::EgressRule::with_loopback();
     if let Some(endpoint) = hub {
         models.hub = crate::models::hf::HubConfig { endpoint, token: Some("test-token".into()) };
     }

@@ -29,6 +29,7 @@ impl Drop for Hive {
 fn start_hive(models: &Path) -> Hive {
     let mut child = Command::new(env!("CARGO_BIN_EXE_hive"))
         .args(["serve", "--listen", "127.0.0.1:0", "--hive-id", "models-bin", "--demo"])
+        .args(["--download-allow", "127.0.0.1"])
         .arg("--models-dir")
         .arg(models)
         .env("RUST_LOG", "info")

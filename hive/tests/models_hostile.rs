@@ -9,6 +9,7 @@ use rbee_hive::test_support::{
     TestHive, TestStream, as_diff, as_snapshot, download_of, fetch_url, models_config, subscribe,
 };
 use rbee_proto::v1 as pb;
+use rbee_shared::model::MAX_MODEL_FILES;
 
 async fn hive(dir: &Path, hub: Option<String>) -> TestHive {
     TestHive::start_with(models_config("hostile-hive", dir, hub)).await
@@ -335,5 +336,151 @@ async fn a_dripping_server_does_not_hold_a_download_slot() {
     server.drip(0);
     client.fetch_model(fetch_url("next", &url, None, Some(sha256_hex(&data)))).await.unwrap();
     assert_eq!(final_record(&mut stream, "next").await.phase, pb::DownloadPhase::Done as i32);
+    hive.stop().await.unwrap();
+}
+
+/// Two file servers on ports P and P' where P' is P followed by a digit (2880 and
+/// 28801): a text-prefix comparison of their URLs would take one for the other.
+async fn lookalike_ports() -> (FileServer, FileServer) {
+    let start = 2000 + (std::process::id() % 4000) as u16;
+    for p in (start..6500).chain(2000..start) {
+        let Ok(a) = FileServer::start_at(([127, 0, 0, 1], p).into()).await else { continue };
+        if let Ok(b) = FileServer::start_at(([127, 0, 0, 1], p * 10 + 1).into()).await {
+            return (a, b);
+        }
+    }
+    panic!("no free pair of ports P, P*10+1");
+}
+
+#[tokio::test]
+async fn the_hub_token_goes_only_to_the_hubs_origin_never_to_its_cdn_or_a_lookalike_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, lookalike) = lookalike_ports().await;
+    assert!(lookalike.base().starts_with(&hub.base()), "{} {}", hub.base(), lookalike.base());
+    let weights = generated(1 << 20, 30);
+    hub.add_hf_repo("org/tok", "main", "0123abcd", &[("model.bin", weights.clone())]);
+    // The Hub redirects the file to its CDN, on another origin.
+    let cdn = FileServer::start().await;
+    let blob = cdn.add("blobs/model.bin", weights.clone());
+    hub.redirect("org/tok/resolve/0123abcd/model.bin", &blob);
+    let hive = hive(dir.path(), Some(hub.base())).await;
+    let mut client = hive.client().await;
+    let mut stream = TestStream::open(&mut client, subscribe(100)).await;
+
+    client.fetch_model(hf("org/tok", "hf://org/tok")).await.unwrap();
+    let end = final_record(&mut stream, "org/tok").await;
+    assert_eq!(end.phase, pb::DownloadPhase::Done as i32, "{end:?}");
+    assert_eq!(std::fs::read(dir.path().join("org--tok/model.bin")).unwrap(), weights);
+    assert_eq!(hub.hub_authorizations(), ["Bearer test-token"], "the Hub API gets the token");
+    let cdn_seen = cdn.requests();
+    assert!(!cdn_seen.is_empty() && cdn_seen.iter().all(|(_, a)| a.is_none()), "the CDN got {cdn_seen:?}");
+
+    // A URL on port P' (whose decimal starts with the Hub's port) is another origin.
+    let url = lookalike.add("w.bin", weights.clone());
+    client.fetch_model(fetch_url("lookalike", &url, None, None)).await.unwrap();
+    let end = final_record(&mut stream, "lookalike").await;
+    assert_eq!(end.phase, pb::DownloadPhase::Done as i32, "{end:?}");
+    let seen = lookalike.requests();
+    assert!(!seen.is_empty() && seen.iter().all(|(_, a)| a.is_none()), "port P' got {seen:?}");
+    hive.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_hub_listing_over_its_byte_cap_or_the_file_cap_is_refused_without_buffering_it() {
+    use rbee_hive::models::hf::MAX_LISTING_BYTES;
+    let dir = tempfile::tempdir().unwrap();
+    let hub = FileServer::start().await;
+    // A listing four times the cap, of well-formed entries.
+    let entry = r#"{"rfilename":"model-00001.bin","size":1},"#;
+    let body = entry.repeat((4 * MAX_LISTING_BYTES as usize) / entry.len());
+    let doc = format!(r#"{{"id":"org/huge","sha":"0123abcd","siblings":[{}]}}"#, body.trim_end_matches(','));
+    let doc_len = doc.len() as u64;
+    hub.add_json("api/models/org/huge/revision/main", doc.clone());
+    hub.add_json("api/models/org/huge/revision/sized", doc);
+    // 513 files: one more than a model may have.
+    let files: Vec<(String, Vec<u8>)> =
+        (0..=MAX_MODEL_FILES).map(|i| (format!("f{i:04}.bin"), vec![1u8])).collect();
+    let files: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
+    hub.add_hf_repo("org/many", "main", "0123abce", &files);
+    let hive = hive(dir.path(), Some(hub.base())).await;
+    let mut client = hive.client().await;
+    let mut stream = TestStream::open(&mut client, subscribe(100)).await;
+
+    // Without a Content-Length the hive reads up to the cap and stops.
+    hub.json_unsized(true);
+    client.fetch_model(hf("org/huge", "hf://org/huge")).await.unwrap();
+    let end = final_record(&mut stream, "org/huge").await;
+    assert_eq!(end.phase, pb::DownloadPhase::Failed as i32, "{end:?}");
+    let e = end.error.unwrap_or_default();
+    assert!(e.contains("listing is larger than"), "{e}");
+    let sent = hub.json_bytes_sent();
+    assert!(sent < doc_len / 2, "the hive read {sent} of {doc_len} bytes");
+    // With a Content-Length over the cap it reads nothing of the body.
+    hub.json_unsized(false);
+    client.fetch_model(hf("org/huge2", "hf://org/huge@sized")).await.unwrap();
+    let end = final_record(&mut stream, "org/huge2").await;
+    assert!(end.error.unwrap_or_default().contains("listing is larger than"));
+
+    client.fetch_model(hf("org/many", "hf://org/many")).await.unwrap();
+    let end = final_record(&mut stream, "org/many").await;
+    assert_eq!(end.phase, pb::DownloadPhase::Failed as i32, "{end:?}");
+    let e = end.error.unwrap_or_default();
+    assert!(e.contains("513 files") && e.contains("512"), "{e}");
+    assert_eq!(hub.gets(), 0, "no file was fetched");
+    assert_eq!(std::fs::read_dir(dir.path().join(".partial")).unwrap().count(), 0);
+    hive.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_model_without_regular_files_is_never_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("weights.bin"), generated(1 << 20, 31)).unwrap();
+    // A manifest of no files (as an older hive wrote for a directory of symlinks).
+    let empty = dir.path().join("org--empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::write(
+        empty.join(".rbee-model.json"),
+        r#"{"id":"org/empty","files":[],"source":"hand-copied","ready_at_unix_ms":1}"#,
+    )
+    .unwrap();
+    let hive = hive(dir.path(), None).await;
+    let mut client = hive.client().await;
+    let mut stream = TestStream::open(&mut client, subscribe(100)).await;
+    // A hand-copied directory holding only symlinks (to a file, and to a directory).
+    let links = dir.path().join("org--links");
+    std::fs::create_dir_all(&links).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("weights.bin"), links.join("model.bin")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), links.join("sub")).unwrap();
+
+    // Follow both entries through the snapshot and the diffs until each has a reason.
+    let mut seen = std::collections::BTreeMap::new();
+    let seen = stream
+        .until(|m| {
+            let models = match (as_snapshot(m), as_diff(m)) {
+                (Some(snap), _) => snap.capabilities.map(|c| c.models).unwrap_or_default(),
+                (_, Some(d)) => d.models_added.into_iter().chain(d.models_changed).collect(),
+                _ => Vec::new(),
+            };
+            for x in models.into_iter().filter(|x| x.id == "org/links" || x.id == "org/empty") {
+                assert_ne!(
+                    x.state,
+                    pb::ModelState::Ready as i32,
+                    "a model without files became ready: {x:?}"
+                );
+                seen.insert(x.id.clone(), x);
+            }
+            (seen.len() == 2 && seen.values().all(|x| x.error.is_some())).then(|| seen.clone())
+        })
+        .await;
+    for m in seen.values() {
+        assert_eq!(m.state, pb::ModelState::Unverified as i32, "{m:?}");
+        assert!(m.error.as_deref().unwrap_or_default().contains("no regular files"), "{m:?}");
+    }
+    let caps = client.discover(pb::DiscoverRequest {}).await.unwrap().into_inner().capabilities.unwrap();
+    for id in ["org/links", "org/empty"] {
+        let m = caps.models.iter().find(|m| m.id == id).unwrap();
+        assert_eq!(m.state, pb::ModelState::Unverified as i32, "{m:?}");
+    }
     hive.stop().await.unwrap();
 }

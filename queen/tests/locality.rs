@@ -28,6 +28,8 @@ async fn hive(id: &str, util: u32, dir: &Path) -> TestHive {
     let mut c = rbee_hive::test_support::config(id, &scenario(util));
     let mut models = rbee_hive::models::ModelsConfig::new(dir);
     models.rescan = std::time::Duration::from_millis(200);
+    // Prefetches come from a loopback file server: `--download-allow 127.0.0.1`.
+    models.egress = rbee_hive::models::egress::EgressRule::with_loopback();
     c.models = Some(models);
     c.preload.residency_interval = std::time::Duration::from_millis(200);
     TestHive::start_with(c).await

@@ -140,8 +140,10 @@ pub fn scan(root: &Path) -> std::io::Result<Found> {
         };
         let files = layout::list_files(&entry.path())?;
         match manifest::read::<Manifest>(&entry.path().join(layout::MANIFEST)) {
+            // A manifest of no files never makes a model ready.
             Some(m)
                 if m.id == id
+                    && !m.files.is_empty()
                     && matches_disk(&m.files, &files)
                     && !super::verify::changed_since_verified(&entry.path())? =>
             {

@@ -51,6 +51,15 @@ pub enum DownloadError {
         /// The status code.
         status: u16,
     },
+    /// The URL, or a redirect hop, is a destination the egress rule refuses. Nothing
+    /// was sent there, and nothing about it is reported beyond its host.
+    #[error("{url}: {source}")]
+    NotAllowed {
+        /// The URL (or redirect hop) refused.
+        url: String,
+        /// Which host, and which rule.
+        source: super::egress::NotAllowed,
+    },
     /// The source could not be resolved into files.
     #[error("resolving the source: {0}")]
     Resolve(String),
@@ -127,6 +136,9 @@ impl DownloadError {
     /// A mapper for a reqwest error on `url`.
     pub fn network(url: &str) -> impl FnOnce(reqwest::Error) -> Self + '_ {
         move |e| {
+            if let Some(refused) = super::egress::refusal_in(&e) {
+                return Self::NotAllowed { url: url.to_owned(), source: refused.clone() };
+            }
             let mut reason = e.to_string();
             let mut source = std::error::Error::source(&e);
             while let Some(s) = source {
@@ -153,8 +165,8 @@ impl DownloadError {
 
 /// What a download task needs besides its file.
 pub struct FileJob<'a> {
-    /// The shared client.
-    pub client: &'a reqwest::Client,
+    /// The shared client (bound to the egress rule).
+    pub client: &'a http::Fetcher,
     /// Hub credentials (sent only to the Hub).
     pub hub: &'a HubConfig,
     /// The models directory (for the free-disk check).
@@ -302,19 +314,24 @@ async fn attempt_once(job: &FileJob<'_>, file: &FileSource) -> Result<FileDone, 
     let sidecar = manifest::read::<PartSidecar>(&sidecar_path).filter(|s| s.url == file.url);
     let mut have = if sidecar.is_some() { bytes_on_disk(job.partial, file) } else { 0 };
 
-    let mut request = job.hub.authorize(&file.url, job.client.get(&file.url));
+    let mut headers = header::HeaderMap::new();
     if have > 0 {
-        request = request.header(header::RANGE, format!("bytes={have}-"));
+        let range = header::HeaderValue::from_str(&format!("bytes={have}-")).map_err(|e| {
+            DownloadError::Network { url: file.url.clone(), reason: format!("a Range header: {e}") }
+        })?;
+        headers.insert(header::RANGE, range);
         // If-Range takes a strong ETag only (RFC 9110 13.1.5); else Last-Modified.
         let strong = sidecar.as_ref().and_then(|s| s.etag.clone()).filter(|e| !e.starts_with("W/"));
-        if let Some(validator) = strong.or_else(|| sidecar.as_ref().and_then(|s| s.last_modified.clone())) {
-            request = request.header(header::IF_RANGE, validator);
+        if let Some(validator) = strong.or_else(|| sidecar.as_ref().and_then(|s| s.last_modified.clone()))
+            && let Ok(value) = header::HeaderValue::from_str(&validator)
+        {
+            headers.insert(header::IF_RANGE, value);
         }
     }
     let response = tokio::select! {
         () = job.cancel.cancelled() => return Err(DownloadError::Cancelled),
         () = job.shutdown.cancelled() => return Err(DownloadError::ShuttingDown),
-        r = request.send() => r.map_err(DownloadError::network(&file.url))?,
+        r = job.client.get(&file.url, &headers, job.hub) => r?,
     };
     let status = response.status();
     let headers = response.headers().clone();

@@ -2,16 +2,22 @@
 //! the Hub HTTP API (`GET {HF_ENDPOINT}/api/models/{repo}/revision/{revision}?blobs=true`),
 //! pinned to the commit it answers with, and downloaded from
 //! `{HF_ENDPOINT}/{repo}/resolve/{commit}/{file}`. `HF_TOKEN` is sent as a bearer token
-//! to the endpoint only.
+//! only to the endpoint's origin (same scheme, host and port), never to a redirect
+//! elsewhere (the Hub's CDN). The listing is read up to [`MAX_LISTING_BYTES`] and may
+//! name at most [`MAX_MODEL_FILES`] files, the cap `FetchModel` applies to URL lists.
 
 use rbee_shared::FileSource;
-use rbee_shared::model::{check_commit, check_model_path, check_revision};
+use rbee_shared::model::{MAX_MODEL_FILES, check_commit, check_model_path, check_revision};
 use serde::Deserialize;
 
 use super::download::DownloadError;
+use super::http::Fetcher;
 
 /// The public Hub.
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
+/// The most bytes of a repository listing the hive reads (16 MiB: a listing of
+/// [`MAX_MODEL_FILES`] files is far smaller).
+pub const MAX_LISTING_BYTES: u64 = 16 << 20;
 
 /// Where the Hub is and how to authenticate (from `HF_ENDPOINT` and `HF_TOKEN`).
 #[derive(Debug, Clone)]
@@ -33,12 +39,22 @@ impl HubConfig {
         Self { endpoint: endpoint.trim_end_matches('/').to_owned(), token }
     }
 
-    /// Adds the token to a request for a URL on the endpoint.
-    pub fn authorize(&self, url: &str, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    /// Adds the token to a request for `url` when `url` is on the endpoint's origin.
+    pub fn authorize(&self, url: &reqwest::Url, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match &self.token {
-            Some(token) if url.starts_with(&self.endpoint) => request.bearer_auth(token),
+            Some(token) if self.is_origin_of(url) => request.bearer_auth(token),
             _ => request,
         }
+    }
+
+    /// Whether `url` has the endpoint's scheme, host and port (default ports filled in),
+    /// compared as parsed URLs, never as text prefixes.
+    pub fn is_origin_of(&self, url: &reqwest::Url) -> bool {
+        let Ok(endpoint) = reqwest::Url::parse(&self.endpoint) else { return false };
+        endpoint.host().is_some()
+            && endpoint.scheme() == url.scheme()
+            && endpoint.host() == url.host()
+            && endpoint.port_or_known_default() == url.port_or_known_default()
     }
 }
 
@@ -62,22 +78,42 @@ struct Lfs {
     size: Option<u64>,
 }
 
+/// Reads a response body of at most `limit` bytes, chunk by chunk: a longer one (by
+/// its Content-Length or by what arrives) fails before more than `limit` bytes are kept.
+async fn read_capped(
+    mut response: reqwest::Response,
+    url: &str,
+    limit: u64,
+) -> Result<Vec<u8>, DownloadError> {
+    let too_big = || DownloadError::Resolve(format!("{url}: the Hub listing is larger than {limit} bytes"));
+    if response.content_length().is_some_and(|n| n > limit) {
+        return Err(too_big());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(DownloadError::network(url))? {
+        if (body.len() + chunk.len()) as u64 > limit {
+            return Err(too_big());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// Lists the repository's files at `revision`.
 pub async fn resolve(
-    client: &reqwest::Client,
+    client: &Fetcher,
     hub: &HubConfig,
     repo: &str,
     revision: &str,
 ) -> Result<Vec<FileSource>, DownloadError> {
     check_revision(revision).map_err(|e| DownloadError::Resolve(e.0))?;
     let url = format!("{}/api/models/{repo}/revision/{revision}?blobs=true", hub.endpoint);
-    let response =
-        hub.authorize(&url, client.get(&url)).send().await.map_err(DownloadError::network(&url))?;
+    let response = client.get(&url, &reqwest::header::HeaderMap::new(), hub).await?;
     let status = response.status();
     if !status.is_success() {
         return Err(DownloadError::Status { url, status: status.as_u16() });
     }
-    let body = response.bytes().await.map_err(DownloadError::network(&url))?;
+    let body = read_capped(response, &url, MAX_LISTING_BYTES).await?;
     let info: RepoInfo = serde_json::from_slice(&body)
         .map_err(|e| DownloadError::Resolve(format!("{url}: not a Hub repository listing: {e}")))?;
     let commit = match info.sha {
@@ -112,8 +148,52 @@ pub async fn resolve(
             })
         })
         .collect::<Result<Vec<_>, DownloadError>>()?;
+    if files.is_empty() {
+        return Err(DownloadError::Resolve(format!("{url}: the repository has no model files")));
+    }
+    if files.len() > MAX_MODEL_FILES {
+        return Err(DownloadError::Resolve(format!(
+            "{url}: the repository has {} files, more than the {MAX_MODEL_FILES} a model may have",
+            files.len()
+        )));
+    }
     if files.iter().filter_map(|f| f.size_bytes).try_fold(0u64, u64::checked_add).is_none() {
         return Err(DownloadError::Resolve(format!("{url}: the file sizes add up past 2^64 bytes")));
     }
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub(endpoint: &str) -> HubConfig {
+        HubConfig { endpoint: endpoint.into(), token: Some("hf_secret".into()) }
+    }
+
+    fn url(s: &str) -> reqwest::Url {
+        reqwest::Url::parse(s).unwrap()
+    }
+
+    #[test]
+    fn the_token_goes_only_to_the_endpoints_exact_origin() {
+        let h = hub("https://huggingface.co");
+        assert!(h.is_origin_of(&url("https://huggingface.co/api/models/x")));
+        assert!(h.is_origin_of(&url("https://HuggingFace.co:443/org/repo/resolve/abc/f")));
+        for other in [
+            "https://huggingface.co.evil.example/api/models/x",
+            "https://huggingface.co@evil.example/x",
+            "https://evil.example/huggingface.co",
+            "http://huggingface.co/api/models/x",
+            "https://huggingface.co:8443/x",
+            "https://cdn-lfs.huggingface.co/x",
+        ] {
+            assert!(!h.is_origin_of(&url(other)), "{other} is another origin");
+        }
+        // A port whose decimal starts with the endpoint's is another port.
+        let h = hub("http://127.0.0.1:2880");
+        assert!(h.is_origin_of(&url("http://127.0.0.1:2880/api")));
+        assert!(!h.is_origin_of(&url("http://127.0.0.1:28801/api")));
+        assert!(!hub("not a url").is_origin_of(&url("http://127.0.0.1/")));
+    }
 }

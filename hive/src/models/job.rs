@@ -193,6 +193,9 @@ fn commit(
     source: String,
     files: Vec<ModelFile>,
 ) -> Result<Manifest, DownloadError> {
+    if files.is_empty() {
+        return Err(DownloadError::Resolve(format!("{id}: no files to make ready")));
+    }
     let partial = layout::partial_dir(root, id);
     let io = |path: &std::path::Path| {
         let path = path.display().to_string();

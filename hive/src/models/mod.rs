@@ -5,7 +5,7 @@
 //!   hand-copied models in the background.
 //! - [`job`]: one model download; [`download`]: one file, resumable, retried and hashed
 //!   while streaming; [`sink`]: its writer and fsync threads; [`http`]: the client;
-//!   [`hf`]: `hf://` through the Hub API.
+//!   [`hf`]: `hf://` through the Hub API; [`egress`]: where downloads may go.
 //! - [`progress`]: what samples report per download. [`disk`]: free space.
 //! - [`source`]: how the catalog reaches capabilities, and progress reaches samples.
 
@@ -13,6 +13,7 @@ pub mod catalog;
 pub mod conflict;
 pub mod disk;
 pub mod download;
+pub mod egress;
 pub mod hf;
 pub mod http;
 pub mod job;
@@ -62,6 +63,8 @@ pub struct ModelsConfig {
     pub optional: bool,
     /// The least progress a download attempt must make (default 64 KiB per 60 s).
     pub min_progress: download::MinProgress,
+    /// Where downloads may fetch from (`--download-allow`; default: public addresses).
+    pub egress: egress::EgressRule,
 }
 
 impl ModelsConfig {
@@ -74,6 +77,7 @@ impl ModelsConfig {
             hub: hf::HubConfig::from_env(),
             optional: false,
             min_progress: download::MinProgress::default(),
+            egress: egress::EgressRule::default(),
         }
     }
 }
@@ -134,7 +138,7 @@ pub struct Inner {
     slots: Arc<Semaphore>,
     /// The HTTP client, built by the first download (a hive that never downloads does
     /// not load the TLS client stack).
-    client: std::sync::OnceLock<reqwest::Client>,
+    client: std::sync::OnceLock<http::Fetcher>,
     /// Hugging Face Hub endpoint and token.
     hub: hf::HubConfig,
     /// The hive's shutdown.
@@ -145,11 +149,11 @@ pub struct Inner {
 
 impl Inner {
     /// The HTTP client every download shares, built on first use.
-    fn client(&self) -> Result<&reqwest::Client, download::DownloadError> {
+    fn client(&self) -> Result<&http::Fetcher, download::DownloadError> {
         if let Some(c) = self.client.get() {
             return Ok(c);
         }
-        let built = http::client()
+        let built = http::Fetcher::new(self.config.egress.clone())
             .map_err(|e| download::DownloadError::Resolve(format!("cannot build the HTTP client: {e}")))?;
         // Two first downloads may race; either client serves.
         Ok(self.client.get_or_init(|| built))
@@ -454,7 +458,19 @@ impl Models {
                         self.inner.catalog.put(catalog::ready_entry(&manifest));
                     }
                 }
-                Ok(Err(e)) => tracing::info!(model = %id, error = %e, "hand-copied model not verified yet"),
+                Ok(Err(e)) => {
+                    // The reason stays on the entry (e.g. no regular files), said once.
+                    let reason = Some(e.to_string());
+                    let mut changed = false;
+                    self.inner.catalog.update(&id, |m| {
+                        changed = m.error != reason;
+                        m.error.clone_from(&reason);
+                        changed
+                    });
+                    if changed {
+                        tracing::info!(model = %id, error = %e, "hand-copied model not verified yet");
+                    }
+                }
                 Err(e) => tracing::warn!(model = %id, error = %e, "verification task failed"),
             }
         }

@@ -1,7 +1,8 @@
 //! Hand-copied models: their files are hashed in the background, and once the files
 //! stood still before (for one rescan interval) and while being hashed, a manifest
 //! makes them `ready`. A file modified after its manifest makes the model unverified
-//! again (see [`changed_since_verified`]).
+//! again (see [`changed_since_verified`]). A directory without a regular file (empty,
+//! or holding only symlinks, FIFOs or devices, which are never read) is never ready.
 
 use std::io::Read;
 use std::path::Path;
@@ -20,6 +21,9 @@ pub enum VerifyError {
     /// A file changed while it was hashed (still being copied): try again later.
     #[error("files changed while hashing (still being copied?)")]
     Changing,
+    /// The directory holds no regular file: nothing to serve.
+    #[error("no regular files in the model directory (symlinks, FIFOs and devices are not model files)")]
+    NoFiles,
     /// A file could not be read.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -66,6 +70,9 @@ pub fn changed_since_verified(dir: &Path) -> std::io::Result<bool> {
 /// a blocking thread.
 pub fn verify(id: &str, dir: &Path, quiet: Duration) -> Result<Manifest, VerifyError> {
     let listed = layout::list_files(dir)?;
+    if listed.is_empty() {
+        return Err(VerifyError::NoFiles);
+    }
     let mut files = Vec::with_capacity(listed.len());
     for (rel, _) in &listed {
         let path = dir.join(rel);
@@ -90,4 +97,25 @@ pub fn verify(id: &str, dir: &Path, quiet: Duration) -> Result<Manifest, VerifyE
     };
     manifest::write(&dir.join(layout::MANIFEST), &manifest)?;
     Ok(manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_of_symlinks_only_is_never_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let target = outside.path().join("weights.bin");
+        std::fs::write(&target, b"weights").unwrap();
+        std::os::unix::fs::symlink(&target, dir.path().join("model.safetensors")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("sub")).unwrap();
+        let e = verify("links", dir.path(), Duration::ZERO).unwrap_err();
+        assert!(matches!(e, VerifyError::NoFiles), "{e}");
+        assert!(e.to_string().contains("no regular files"), "{e}");
+        assert!(!dir.path().join(layout::MANIFEST).exists(), "no manifest is written");
+        let empty = tempfile::tempdir().unwrap();
+        assert!(matches!(verify("empty", empty.path(), Duration::ZERO), Err(VerifyError::NoFiles)));
+    }
 }

@@ -2,7 +2,10 @@
 //! generated files with `Range`/`If-Range`, answers the Hugging Face Hub endpoints the
 //! hive uses, counts the body bytes it sends, and can be throttled, made to drop a
 //! connection mid-body once, made to corrupt a byte, to replace a file under a new
-//! ETag, to ignore `If-Range`, or to drip the body a byte at a time.
+//! ETag, to ignore `If-Range`, or to drip the body a byte at a time. It can also
+//! redirect a path elsewhere, serve JSON without a Content-Length, and listen on any
+//! address (e.g. a trap on 169.254.169.254 inside a test's own network namespace); it
+//! records every request's path and Authorization header.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -58,6 +61,14 @@ struct State {
     ignore_if_range: std::sync::atomic::AtomicBool,
     /// Send the body one byte per this many ms (0 = off): a slow drip.
     drip_ms: AtomicU64,
+    /// Every request: its path and Authorization header.
+    requests: Mutex<Vec<(String, Option<String>)>>,
+    /// Paths answered with `302 Found` to a URL.
+    redirects: Mutex<HashMap<String, String>>,
+    /// Serve JSON documents without a Content-Length (the body ends at close).
+    json_unsized: std::sync::atomic::AtomicBool,
+    /// JSON body bytes sent.
+    json_sent: AtomicU64,
 }
 
 /// The running server. Dropping it stops it.
@@ -77,7 +88,13 @@ impl Drop for FileServer {
 impl FileServer {
     /// Starts the server on `127.0.0.1:0`.
     pub async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the file server");
+        Self::start_at("127.0.0.1:0".parse().expect("an address")).await.expect("bind the file server")
+    }
+
+    /// Starts the server on `addr` (which must be on loopback or in the test's own
+    /// network namespace).
+    pub async fn start_at(addr: SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr().expect("an address");
         let state = Arc::new(State { drop_after: AtomicU64::new(u64::MAX), ..State::default() });
         let s = state.clone();
@@ -90,7 +107,34 @@ impl FileServer {
                 });
             }
         });
-        Self { addr, state, task }
+        Ok(Self { addr, state, task })
+    }
+
+    /// Answers `/path` with `302 Found` to `to`.
+    pub fn redirect(&self, path: &str, to: &str) -> String {
+        self.state.redirects.lock().unwrap().insert(format!("/{path}"), to.to_owned());
+        self.url(path)
+    }
+
+    /// Serves `doc` as JSON at `/path` (e.g. a Hub listing).
+    pub fn add_json(&self, path: &str, doc: String) {
+        self.state.json.lock().unwrap().insert(format!("/{path}"), doc);
+    }
+
+    /// Serves JSON documents without a Content-Length: the body ends when the
+    /// connection closes, so a client learns its size only by reading it.
+    pub fn json_unsized(&self, on: bool) {
+        self.state.json_unsized.store(on, Ordering::SeqCst);
+    }
+
+    /// JSON body bytes sent so far.
+    pub fn json_bytes_sent(&self) -> u64 {
+        self.state.json_sent.load(Ordering::SeqCst)
+    }
+
+    /// Every request so far: its path and Authorization header.
+    pub fn requests(&self) -> Vec<(String, Option<String>)> {
+        self.state.requests.lock().unwrap().clone()
     }
 
     /// Serves `data` at `/path`; returns its URL.
@@ -209,16 +253,32 @@ async fn serve(mut conn: TcpStream, state: Arc<State>) -> std::io::Result<()> {
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
+    state.requests.lock().unwrap().push((path.clone(), headers.get("authorization").cloned()));
+    let location = state.redirects.lock().unwrap().get(&path).cloned();
+    if let Some(location) = location {
+        let reply = format!(
+            "HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        return conn.write_all(reply.as_bytes()).await;
+    }
     let doc = state.json.lock().unwrap().get(&path).cloned();
     if let Some(doc) = doc {
         if let Some(a) = headers.get("authorization") {
             state.auth.lock().unwrap().push(a.clone());
         }
-        let reply = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{doc}",
-            doc.len()
-        );
-        return conn.write_all(reply.as_bytes()).await;
+        let length = if state.json_unsized.load(Ordering::SeqCst) {
+            String::new()
+        } else {
+            format!("Content-Length: {}\r\n", doc.len())
+        };
+        let head =
+            format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{length}Connection: close\r\n\r\n");
+        conn.write_all(head.as_bytes()).await?;
+        for chunk in doc.as_bytes().chunks(CHUNK) {
+            conn.write_all(chunk).await?;
+            state.json_sent.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+        }
+        return conn.shutdown().await;
     }
     let data = state.files.lock().unwrap().get(&path).cloned();
     let Some(data) = data else {
