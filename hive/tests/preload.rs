@@ -240,6 +240,24 @@ async fn concurrent_preloads_count_in_flight_against_the_budget() {
     hive.stop().await.unwrap();
 }
 
+#[tokio::test]
+async fn a_model_file_that_grew_is_read_only_up_to_its_catalog_size() {
+    let dir = tmp();
+    let model_dir = ready_model(dir.path(), "grown", &[("w.bin", SMALL)]);
+    let hive = TestHive::start_with(config(dir.path())).await;
+    let mut client = hive.client().await;
+    model_until(&mut client, "grown", |m| m.resident_bytes.is_some()).await;
+    // 1 GiB more of it (sparse): what is past the catalog's size is never read.
+    let file = std::fs::OpenOptions::new().write(true).open(model_dir.join("w.bin")).unwrap();
+    file.set_len(SMALL as u64 + (1 << 30)).unwrap();
+    let r = client.preload_model(preload("grown", true)).await.unwrap().into_inner();
+    assert_eq!(r.size_bytes, SMALL as u64);
+    // Kernel readahead may bring a little past it, never the gigabyte.
+    assert!(r.resident_bytes <= SMALL as u64 + (64 << 20), "read past the catalog's size: {r:?}");
+    assert!(r.resident_bytes as f64 >= 0.95 * SMALL as f64, "{r:?}");
+    hive.stop().await.unwrap();
+}
+
 /// The built `hive` binary on `models`; killed when dropped.
 struct HiveBinary {
     child: std::process::Child,
