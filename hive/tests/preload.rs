@@ -337,6 +337,8 @@ async fn a_model_file_swapped_for_a_fifo_or_dev_zero_fails_its_preload_and_sigte
                 .await
                 .unwrap_or_else(|_| panic!("the preload of {id} must fail, not hang"))
                 .unwrap_err();
+            assert_eq!(e.code(), tonic::Code::Aborted, "{id}: {e:?}");
+            assert!(e.message().starts_with("preload failed: "), "{id}: {e:?}");
             assert!(e.message().contains(what) && e.message().contains("w.bin"), "{id}: {e:?}");
         }
     }

@@ -208,7 +208,12 @@ impl Preloader {
             move || residency::measure(&dir, &files)
         })
         .await?
-        .map_err(|source| HiveError::ModelIo { path: dir.clone(), source })?;
+        .map_err(|source| match source.kind() {
+            // A file that is no longer a regular one: the preload fails, as it would
+            // had the file been swapped mid-read (the error names the file).
+            std::io::ErrorKind::InvalidInput => HiveError::PreloadFailed(source.to_string()),
+            _ => HiveError::ModelIo { path: dir.clone(), source },
+        })?;
         self.admit(id, size.saturating_sub(resident))?;
         let (evicted, launch) = match self.admit_budget(id, size)? {
             Admitted::Joined(done) => return join(done, wait, &entry).await,
