@@ -142,6 +142,22 @@ pub enum HiveError {
         /// The budget.
         budget: u64,
     },
+    /// Preloads in flight fill the RAM cache budget: a model being read is never
+    /// evicted for room, so this one must wait for them.
+    #[error(
+        "model {model} ({size} bytes) does not fit the --ram-cache-budget of {budget} bytes now: preloads in \
+         flight hold {in_flight} bytes of it; try again when they are done"
+    )]
+    BudgetInFlight {
+        /// The model.
+        model: String,
+        /// Its size.
+        size: u64,
+        /// Bytes of the other preloads in flight.
+        in_flight: u64,
+        /// The budget.
+        budget: u64,
+    },
     /// A preload would not fit the memory available now.
     #[error(
         "not enough memory to preload {model}: {needed} bytes still to read plus a headroom of {headroom} \
@@ -193,7 +209,9 @@ impl From<HiveError> for tonic::Status {
             HiveError::OverBudget { .. } | HiveError::InsufficientMemory { .. } => {
                 Status::resource_exhausted(e.to_string())
             }
-            HiveError::MemoryPressure { .. } => Status::unavailable(e.to_string()),
+            HiveError::MemoryPressure { .. } | HiveError::BudgetInFlight { .. } => {
+                Status::unavailable(e.to_string())
+            }
             HiveError::PreloadFailed(_) => Status::aborted(e.to_string()),
             HiveError::Config(_)
             | HiveError::Tls(_)

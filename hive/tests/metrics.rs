@@ -1,7 +1,8 @@
-//! The hive's `/metrics` endpoint: real hive, real HTTP, `promtool check metrics`, and the
-//! exposure and token rules.
+//! The hive's `/metrics` endpoint: real hive, real HTTP, `promtool check metrics`, the
+//! exposure and token rules, and idle connections that must not starve a scrape.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use rbee_hive::config::{Cli, Command};
@@ -56,6 +57,41 @@ async fn a_token_is_required_when_set() {
     let (status, text) = http_get(addr, "/metrics", Some(TOKEN)).await;
     assert_eq!(status, 200);
     assert!(text.contains("rbee_gpu_memory_total_bytes"));
+    hive.stop().await.unwrap();
+}
+
+/// True while the server has not closed `s` (a non-blocking peek would wait).
+fn still_open(s: &std::net::TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(s.peek(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+#[tokio::test]
+async fn idle_connections_cannot_starve_a_scrape_and_are_closed() {
+    let (hive, addr) = hive_with_metrics(MetricsAccess::default()).await;
+    let _ = hive.client().await;
+    // A slowloris: twice the connection cap, opened and left silent.
+    let idle: Vec<std::net::TcpStream> = (0..2 * rbee_shared::metrics_http::MAX_CONNECTIONS)
+        .map(|_| {
+            let s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_nonblocking(true).unwrap();
+            s
+        })
+        .collect();
+    let (status, text) = tokio::time::timeout(Duration::from_secs(120), http_get(addr, "/metrics", None))
+        .await
+        .expect("the scrape is answered");
+    assert_eq!(status, 200, "{text}");
+    // It was answered while idle connections were still open: it did not wait for them
+    // to time out (before the fix it waited for two rounds of the header timeout).
+    let open = idle.iter().filter(|s| still_open(s)).count();
+    assert!(open > 0, "the scrape waited until every idle connection had been closed");
+    // And the server closes every idle one, within its timeouts.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while idle.iter().any(still_open) {
+        assert!(tokio::time::Instant::now() < deadline, "idle connections left open");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     hive.stop().await.unwrap();
 }
 

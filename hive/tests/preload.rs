@@ -1,6 +1,8 @@
 //! Preloading end to end: a real hive on `127.0.0.1:0` with a models directory on the
 //! real disk (under the target directory, not a tmpfs), the generated tonic client, and
-//! util-linux `fincore` as the kernel's independent view of the page cache.
+//! util-linux `fincore` as the kernel's independent view of the page cache. The
+//! hostile files (a FIFO, a symlink to `/dev/zero`) are tried on the built `hive` binary,
+//! which must still stop on SIGTERM.
 
 use std::path::Path;
 use std::time::Duration;
@@ -183,4 +185,163 @@ async fn a_model_larger_than_the_budget_or_memavailable_or_under_pressure_is_ref
     assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
     assert!(e.message().contains("more than the whole --ram-cache-budget"), "{e:?}");
     hive.stop().await.unwrap();
+}
+
+/// Bytes of the concurrent budget test's models (three at once under 2.5 of them).
+const MID: usize = 48 << 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_preloads_count_in_flight_against_the_budget() {
+    let dir = tmp();
+    let ids = ["p", "q", "r"];
+    for id in ids {
+        ready_model(dir.path(), id, &[("w.bin", MID)]);
+    }
+    let budget = 2 * MID as u64 + MID as u64 / 2;
+    let mut c = config(dir.path());
+    c.preload.budget = Some(budget);
+    let hive = TestHive::start_with(c).await;
+    let mut client = hive.client().await;
+    for id in ids {
+        model_until(&mut client, id, |m| m.resident_bytes.is_some()).await;
+    }
+    // All three at once: one whose read is in flight is never evicted for another, so
+    // one of them waits its turn (UNAVAILABLE) instead of pushing the total over.
+    let calls = ids.map(|id| {
+        let mut client = client.clone();
+        async move { client.preload_model(preload(id, true)).await }
+    });
+    let [a, b, c] = calls;
+    let results = tokio::join!(a, b, c);
+    let mut refused = 0;
+    for r in [results.0, results.1, results.2] {
+        match r {
+            Ok(r) => assert!(r.into_inner().resident_bytes as f64 >= 0.95 * MID as f64),
+            Err(e) => {
+                assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+                assert!(e.message().contains("preloads in flight"), "{e:?}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused <= 1, "at most one had to wait");
+    // What stays resident fits the budget (1 MiB of slack per model for the deadband).
+    let deadline = tokio::time::Instant::now() + RESIDENCY_DEADLINE;
+    let mut total = 0;
+    while tokio::time::Instant::now() < deadline {
+        let caps = client.discover(pb::DiscoverRequest {}).await.unwrap().into_inner().capabilities.unwrap();
+        total = caps.models.iter().filter_map(|m| m.resident_bytes).sum::<u64>();
+        if total <= budget + (3 << 20) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(total <= budget + (3 << 20), "{total} bytes resident over a budget of {budget}");
+    hive.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_model_file_that_grew_is_read_only_up_to_its_catalog_size() {
+    let dir = tmp();
+    let model_dir = ready_model(dir.path(), "grown", &[("w.bin", SMALL)]);
+    let hive = TestHive::start_with(config(dir.path())).await;
+    let mut client = hive.client().await;
+    model_until(&mut client, "grown", |m| m.resident_bytes.is_some()).await;
+    // 1 GiB more of it (sparse): what is past the catalog's size is never read.
+    let file = std::fs::OpenOptions::new().write(true).open(model_dir.join("w.bin")).unwrap();
+    file.set_len(SMALL as u64 + (1 << 30)).unwrap();
+    let r = client.preload_model(preload("grown", true)).await.unwrap().into_inner();
+    assert_eq!(r.size_bytes, SMALL as u64);
+    // Kernel readahead may bring a little past it, never the gigabyte.
+    assert!(r.resident_bytes <= SMALL as u64 + (64 << 20), "read past the catalog's size: {r:?}");
+    assert!(r.resident_bytes as f64 >= 0.95 * SMALL as f64, "{r:?}");
+    hive.stop().await.unwrap();
+}
+
+/// The built `hive` binary on `models`; killed when dropped.
+struct HiveBinary {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Drop for HiveBinary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl HiveBinary {
+    fn start(models: &Path) -> Self {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hive"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--hive-id", "preload-bin", "--demo"])
+            .arg("--models-dir")
+            .arg(models)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the hive binary");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listen=").nth(1) {
+                    let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_owned());
+                }
+            }
+        });
+        let addr = rx.recv_timeout(Duration::from_secs(20)).expect("the hive logs its listen address");
+        Self { child, addr }
+    }
+
+    /// Sends SIGTERM and waits for the exit, up to `deadline`; `None` if it runs on.
+    async fn terminate(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
+        let pid = self.child.id().to_string();
+        let sent = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success());
+        let until = tokio::time::Instant::now() + deadline;
+        while tokio::time::Instant::now() < until {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+}
+
+#[tokio::test]
+async fn a_model_file_swapped_for_a_fifo_or_dev_zero_fails_its_preload_and_sigterm_still_stops_the_hive() {
+    let dir = tmp();
+    let fifo_dir = ready_model(dir.path(), "fifo", &[("w.bin", SMALL)]);
+    let zero_dir = ready_model(dir.path(), "zero", &[("w.bin", SMALL)]);
+    let mut hive = HiveBinary::start(dir.path());
+    let mut client = Client::connect(format!("http://{}", hive.addr)).await.unwrap();
+    for id in ["fifo", "zero"] {
+        model_until(&mut client, id, |m| m.resident_bytes.is_some()).await;
+    }
+    std::fs::remove_file(fifo_dir.join("w.bin")).unwrap();
+    let made = std::process::Command::new("mkfifo").arg(fifo_dir.join("w.bin")).status().unwrap();
+    assert!(made.success(), "mkfifo");
+    std::fs::remove_file(zero_dir.join("w.bin")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", zero_dir.join("w.bin")).unwrap();
+
+    for (id, what) in
+        [("fifo", "a FIFO, not a regular file"), ("zero", "a symbolic link, not a regular file")]
+    {
+        for wait in [true, false] {
+            let call = client.preload_model(preload(id, wait));
+            let e = tokio::time::timeout(RESIDENCY_DEADLINE, call)
+                .await
+                .unwrap_or_else(|_| panic!("the preload of {id} must fail, not hang"))
+                .unwrap_err();
+            assert_eq!(e.code(), tonic::Code::Aborted, "{id}: {e:?}");
+            assert!(e.message().starts_with("preload failed: "), "{id}: {e:?}");
+            assert!(e.message().contains(what) && e.message().contains("w.bin"), "{id}: {e:?}");
+        }
+    }
+    let status = hive.terminate(Duration::from_secs(30)).await.expect("SIGTERM stops the hive");
+    assert!(status.success(), "{status:?}");
 }

@@ -52,6 +52,7 @@ fn main() {
                 sample: Some(&sample),
                 caps: Some(&caps),
                 cpu_window_mean: window.cpu_mean(),
+                received_unix_ms: Some(sample.taken_at_unix_ms),
                 pending: &|_| false,
             },
             &thresholds,

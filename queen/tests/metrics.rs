@@ -1,6 +1,7 @@
 //! The queen's `/metrics`: promtool accepts it; a real Prometheus scrapes it and its
 //! PromQL answers match what ListHives shows; every panel of the Grafana dashboard
-//! returns data; and the endpoint follows the queen's token and exposure rules.
+//! returns data; the endpoint follows the queen's token and exposure rules; and idle
+//! connections cannot starve a scrape.
 
 mod common;
 
@@ -163,4 +164,32 @@ fn metrics_beyond_loopback_are_refused_without_tokens() {
     assert!(!config.metrics.unwrap().access.enabled(), "loopback without tokens is open");
     let none = ServeArgs { no_metrics: true, state_dir: Some(dir.path().to_owned()), ..Default::default() };
     assert!(none.into_config().unwrap().1.metrics.is_none());
+}
+
+/// True while the server has not closed `s` (a non-blocking peek would wait).
+fn still_open(s: &std::net::TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(s.peek(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+#[tokio::test]
+async fn idle_connections_cannot_starve_a_scrape_of_the_queen() {
+    let (queen, addr) = queen_with_metrics(fast_config(vec![]), MetricsAccess::default()).await;
+    let idle: Vec<std::net::TcpStream> = (0..2 * rbee_shared::metrics_http::MAX_CONNECTIONS)
+        .map(|_| {
+            let s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_nonblocking(true).unwrap();
+            s
+        })
+        .collect();
+    let scrape = tokio::time::timeout(std::time::Duration::from_secs(120), http_get(addr, "/metrics", None));
+    let (status, text) = scrape.await.expect("the scrape is answered");
+    assert_eq!(status, 200, "{text}");
+    assert!(idle.iter().any(still_open), "the scrape waited until every idle connection had been closed");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+    while idle.iter().any(still_open) {
+        assert!(tokio::time::Instant::now() < deadline, "idle connections left open");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    queen.stop().await;
 }

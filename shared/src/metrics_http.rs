@@ -5,9 +5,17 @@
 //!
 //! What is rendered is the caller's business ([`Render`]); the text itself is always
 //! written by `prometheus-client`.
+//!
+//! Slow or idle clients cannot starve a scrape: a client has [`HEADER_TIMEOUT`] to send
+//! its request head, a connection with no request in progress is closed after
+//! [`IDLE_TIMEOUT`], and at most [`MAX_CONNECTIONS`] are kept: a new connection beyond
+//! the cap closes the oldest idle one (or, when every one is busy answering, is closed
+//! itself), so a fresh scrape is always accepted at once.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,17 +26,24 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::lock::MutexExt;
 
 /// The content type of the Prometheus text format (version 0.0.4).
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Connections served at once; more wait in the accept queue.
+/// Connections kept at once. Beyond it, a new connection closes the oldest idle one;
+/// when every one is busy answering, the new one is closed.
 pub const MAX_CONNECTIONS: usize = 32;
 
 /// How long a client may take to send its request headers.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a connection may stay open with no request in progress (kept alive
+/// between scrapes, or never sending one).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Renders the exposition text at scrape time, or says why it cannot.
 pub type Render = Arc<dyn Fn() -> BoxFuture<'static, Result<String, String>> + Send + Sync>;
@@ -107,14 +122,78 @@ pub fn check_exposure(
     ))
 }
 
+/// One open connection, as the accept loop sees it.
+struct Conn {
+    /// A request is being answered.
+    busy: AtomicBool,
+    /// When its last request ended (or it was accepted).
+    last_active: Mutex<Instant>,
+    /// Cancelled to close it for a newer connection.
+    close: CancellationToken,
+}
+
+impl Conn {
+    fn new() -> Self {
+        Self {
+            busy: AtomicBool::new(false),
+            last_active: Mutex::new(Instant::now()),
+            close: CancellationToken::new(),
+        }
+    }
+
+    fn set_busy(&self, busy: bool) {
+        if !busy {
+            *self.last_active.lock_unpoisoned() = Instant::now();
+        }
+        self.busy.store(busy, Ordering::SeqCst);
+    }
+
+    fn is_busy(&self) -> bool {
+        self.busy.load(Ordering::SeqCst)
+    }
+
+    /// When it will have been idle for [`IDLE_TIMEOUT`]; a busy one is looked at again
+    /// a whole timeout from now.
+    fn idle_deadline(&self) -> Instant {
+        if self.is_busy() {
+            Instant::now() + IDLE_TIMEOUT
+        } else {
+            *self.last_active.lock_unpoisoned() + IDLE_TIMEOUT
+        }
+    }
+}
+
+/// The open connections, oldest first (by accept order).
+#[derive(Default)]
+struct Conns {
+    /// The next connection's number.
+    next: u64,
+    /// Open connections by number.
+    open: BTreeMap<u64, Arc<Conn>>,
+}
+
+impl Conns {
+    /// Makes room for one more and registers it; `None` when every connection is busy
+    /// answering (the new one is then refused).
+    fn admit(&mut self, cap: usize) -> Option<(u64, Arc<Conn>)> {
+        if self.open.len() >= cap {
+            let oldest_idle = self.open.iter().find(|(_, c)| !c.is_busy()).map(|(n, _)| *n)?;
+            if let Some(c) = self.open.remove(&oldest_idle) {
+                c.close.cancel();
+            }
+        }
+        let n = self.next;
+        self.next += 1;
+        let conn = Arc::new(Conn::new());
+        self.open.insert(n, conn.clone());
+        Some((n, conn))
+    }
+}
+
 /// Serves `/metrics` on `listener` until `cancel` fires.
 pub async fn serve(listener: TcpListener, render: Render, access: MetricsAccess, cancel: CancellationToken) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let conns = Arc::new(Mutex::new(Conns::default()));
     loop {
-        let permit = tokio::select! {
-            () = cancel.cancelled() => return,
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-        };
         let (stream, peer) = tokio::select! {
             () = cancel.cancelled() => return,
             r = listener.accept() => match r {
@@ -125,24 +204,74 @@ pub async fn serve(listener: TcpListener, render: Render, access: MetricsAccess,
                 }
             },
         };
-        let (render, access, cancel) = (render.clone(), access.clone(), cancel.clone());
+        let Some((n, conn)) = conns.lock_unpoisoned().admit(MAX_CONNECTIONS) else {
+            tracing::debug!(%peer, "metrics: every connection is busy; new connection closed");
+            continue;
+        };
+        let (render, access, cancel, conns) = (render.clone(), access.clone(), cancel.clone(), conns.clone());
         tokio::spawn(async move {
-            let _permit = permit;
-            let service = hyper::service::service_fn(move |req| {
-                let (render, access) = (render.clone(), access.clone());
-                async move { Ok::<_, std::convert::Infallible>(respond(req, &render, &access).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                r = conn => if let Err(e) = r {
-                    tracing::debug!(%peer, error = %e, "metrics connection ended with an error");
-                },
-                () = cancel.cancelled() => {}
-            }
+            serve_connection(stream, peer, &conn, render, access, cancel).await;
+            conns.lock_unpoisoned().open.remove(&n);
         });
+    }
+}
+
+/// Serves one connection until it ends, is idle too long, is closed for a newer one,
+/// or `cancel` fires.
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    conn: &Arc<Conn>,
+    render: Render,
+    access: MetricsAccess,
+    cancel: CancellationToken,
+) {
+    let state = conn.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let (render, access, state) = (render.clone(), access.clone(), state.clone());
+        async move {
+            state.set_busy(true);
+            let response = respond(req, &render, &access).await;
+            state.set_busy(false);
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    });
+    let http = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(http);
+    // Once asked to close, a request in progress is answered within this deadline.
+    let mut closing: Option<Instant> = None;
+    loop {
+        let idle = conn.idle_deadline();
+        let hard = closing.unwrap_or(idle);
+        tokio::select! {
+            r = http.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "metrics connection ended with an error");
+                }
+                return;
+            }
+            () = cancel.cancelled() => return,
+            () = conn.close.cancelled(), if closing.is_none() => {
+                if !conn.is_busy() {
+                    tracing::debug!(%peer, "metrics: idle connection closed for a newer one");
+                    return;
+                }
+                http.as_mut().graceful_shutdown();
+                closing = Some(Instant::now() + HEADER_TIMEOUT);
+            }
+            () = tokio::time::sleep_until(hard) => {
+                if closing.is_some() {
+                    return;
+                }
+                if !conn.is_busy() && Instant::now() >= conn.idle_deadline() {
+                    tracing::debug!(%peer, "metrics: idle connection closed");
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -220,6 +349,22 @@ mod tests {
         assert!(err.contains("0.0.0.0:7834") && err.contains("token"), "{err}");
         assert!(check_exposure(any, &token, false, "--metrics-listen").is_ok());
         assert!(check_exposure(any, &open, true, "--metrics-listen").is_ok());
+    }
+
+    #[test]
+    fn a_new_connection_closes_the_oldest_idle_one_at_the_cap() {
+        let mut conns = Conns::default();
+        let first: Vec<_> = (0..3).map(|_| conns.admit(3).unwrap()).collect();
+        first[0].1.set_busy(true);
+        let (n, _) = conns.admit(3).unwrap();
+        assert_eq!(n, 3);
+        assert!(!first[0].1.close.is_cancelled(), "a busy connection is kept");
+        assert!(first[1].1.close.is_cancelled(), "the oldest idle one is closed");
+        assert_eq!(conns.open.keys().copied().collect::<Vec<_>>(), [0, 2, 3]);
+        for c in conns.open.values() {
+            c.set_busy(true);
+        }
+        assert!(conns.admit(3).is_none(), "all busy: the new one is refused");
     }
 
     #[test]

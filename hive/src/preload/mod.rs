@@ -6,7 +6,9 @@
 //! - Within `--ram-cache-budget`, preloaded models are kept *warm*: the least recently
 //!   used is evicted first to make room. "Used" means preloaded again; the queen
 //!   preloads a model on the hive it places it on, which marks it used there.
-//! - Before a preload: the model must fit the budget, the bytes still to read (plus a
+//! - Before a preload: the model must fit the budget together with every other warm
+//!   model and every preload in flight (a model being read is never evicted for room:
+//!   its pages would come back as its read goes on), the bytes still to read (plus a
 //!   headroom of 5% of RAM) must fit `MemAvailable`, and memory pressure (PSI `some
 //!   avg10`) must be under the limit. During one, pressure is checked every 64 MiB; the
 //!   preload backs off, and gives up (dropping what it read) if pressure stays high.
@@ -14,8 +16,10 @@
 //!   preload or evict, and published into the catalog behind a deadband. A warm model
 //!   the kernel has reclaimed below 90% is read again.
 //! - [`bandwidth`]: the disk and RAM read speeds measured from preloads.
+//! - [`budget`]: which warm models make room for a preload, and when none can.
 
 pub mod bandwidth;
+pub mod budget;
 pub mod memory;
 pub mod read;
 pub mod residency;
@@ -36,6 +40,7 @@ use crate::HiveError;
 use crate::models::progress::Progress;
 use crate::models::{FINISHED_RETENTION, Models, layout};
 use bandwidth::Bandwidth;
+use budget::plan_room;
 
 /// Default `--residency-interval`.
 pub const DEFAULT_RESIDENCY_INTERVAL: Duration = Duration::from_secs(10);
@@ -83,6 +88,8 @@ pub struct PreloadOutcome {
 
 /// A running preload.
 struct Job {
+    /// The model's size: counted against the budget while the preload runs.
+    size: u64,
     /// Cancelled by EvictModel or shutdown.
     cancel: CancellationToken,
     /// Its progress.
@@ -193,13 +200,7 @@ impl Preloader {
             st.jobs.get(id).map(|j| j.done.clone())
         };
         if let Some(done) = joined {
-            let resident = if wait { wait_done(done).await? } else { entry.resident_bytes.unwrap_or(0) };
-            return Ok(PreloadOutcome {
-                joined: true,
-                evicted: Vec::new(),
-                resident_bytes: resident,
-                size_bytes: size,
-            });
+            return join(done, wait, &entry).await;
         }
         let (dir, files) = (layout::model_dir(self.inner.models.dir(), id), entry.files.clone());
         let resident = tokio::task::spawn_blocking({
@@ -207,10 +208,20 @@ impl Preloader {
             move || residency::measure(&dir, &files)
         })
         .await?
-        .map_err(|source| HiveError::ModelIo { path: dir.clone(), source })?;
+        .map_err(|source| match source.kind() {
+            // A file that is no longer a regular one: the preload fails, as it would
+            // had the file been swapped mid-read (the error names the file).
+            std::io::ErrorKind::InvalidInput => HiveError::PreloadFailed(source.to_string()),
+            _ => HiveError::ModelIo { path: dir.clone(), source },
+        })?;
         self.admit(id, size.saturating_sub(resident))?;
-        let evicted = self.make_room(id, size).await;
-        let done = self.spawn(id, dir, files, size);
+        let (evicted, launch) = match self.admit_budget(id, size)? {
+            Admitted::Joined(done) => return join(done, wait, &entry).await,
+            Admitted::Start { victims, launch } => (victims, launch),
+        };
+        self.drop_victims(id, &evicted).await;
+        self.publish_warm(id);
+        let done = self.launch(launch, dir, files);
         let resident_bytes = if wait { wait_done(done).await? } else { resident };
         Ok(PreloadOutcome { joined: false, evicted, resident_bytes, size_bytes: size })
     }
@@ -275,32 +286,41 @@ impl Preloader {
         Ok(())
     }
 
-    /// Marks `id` warm (used now) and evicts least recently used warm models until it
-    /// fits the budget; returns those evicted.
-    async fn make_room(&self, id: &str, size: u64) -> Vec<String> {
-        let victims = {
-            let mut st = self.inner.state.lock_unpoisoned();
-            st.clock += 1;
-            let now = st.clock;
-            st.warm.insert(id.to_owned(), (size, now));
-            let mut victims = Vec::new();
-            if let Some(budget) = self.inner.config.budget {
-                let mut by_age: Vec<(u64, String, u64)> =
-                    st.warm.iter().filter(|(k, _)| *k != id).map(|(k, (s, u))| (*u, k.clone(), *s)).collect();
-                by_age.sort();
-                let mut total: u64 = st.warm.values().map(|(s, _)| s).sum();
-                for (_, victim, s) in by_age {
-                    if total <= budget {
-                        break;
-                    }
-                    total -= s;
-                    st.warm.remove(&victim);
-                    victims.push(victim);
-                }
+    /// Admits `id` (`size` bytes) into the budget, in one step under the lock: joins a
+    /// preload of it that started meanwhile, or picks the least recently used idle warm
+    /// models to evict (see [`plan_room`]), marks `id` warm (used now) and registers its
+    /// job, so that the next admission counts it as in flight. Refuses when the
+    /// preloads in flight leave no room.
+    fn admit_budget(&self, id: &str, size: u64) -> Result<Admitted, HiveError> {
+        let mut st = self.inner.state.lock_unpoisoned();
+        if let Some(job) = st.jobs.get(id) {
+            return Ok(Admitted::Joined(job.done.clone()));
+        }
+        let victims = match self.inner.config.budget {
+            None => Vec::new(),
+            Some(budget) => {
+                let in_flight: BTreeMap<&str, u64> =
+                    st.jobs.iter().map(|(k, j)| (k.as_str(), j.size)).collect();
+                plan_room(&st.warm, &in_flight, id, size, budget).map_err(|in_flight| {
+                    HiveError::BudgetInFlight { model: id.to_owned(), size, in_flight, budget }
+                })?
             }
-            victims
         };
         for v in &victims {
+            st.warm.remove(v);
+        }
+        st.clock += 1;
+        let now = st.clock;
+        st.warm.insert(id.to_owned(), (size, now));
+        let Some(launch) = self.register(&mut st, id, size) else {
+            unreachable!("no job for {id}: checked under this lock")
+        };
+        Ok(Admitted::Start { victims, launch })
+    }
+
+    /// Drops the pages of the models evicted for room for `id`.
+    async fn drop_victims(&self, id: &str, victims: &[String]) {
+        for v in victims {
             if let Some(entry) = self.inner.models.catalog().get(v).cloned() {
                 match self.drop_pages(&entry).await {
                     Ok(_) => {
@@ -310,8 +330,6 @@ impl Preloader {
                 }
             }
         }
-        self.publish_warm(id);
-        victims
     }
 
     fn is_warm(&self, id: &str) -> bool {
@@ -339,25 +357,35 @@ impl Preloader {
         Ok(resident)
     }
 
-    fn spawn(
-        &self,
-        id: &str,
-        dir: PathBuf,
-        files: Vec<rbee_shared::ModelFile>,
-        size: u64,
-    ) -> watch::Receiver<Option<Result<u64, String>>> {
+    /// Registers a job for `id` in `st` (so that it counts as in flight at once); `None`
+    /// when one runs already.
+    fn register(&self, st: &mut State, id: &str, size: u64) -> Option<Launch> {
+        if st.jobs.contains_key(id) {
+            return None;
+        }
         let mut progress = Progress::new(id);
         progress.set_phase(DownloadPhase::Preloading);
         progress.set_total(Some(size));
         let progress = Arc::new(Mutex::new(progress));
         let cancel = self.inner.shutdown.child_token();
         let (tx, rx) = watch::channel(None);
-        self.inner.state.lock_unpoisoned().jobs.insert(
+        st.jobs.insert(
             id.to_owned(),
-            Job { cancel: cancel.clone(), progress: progress.clone(), done: rx.clone() },
+            Job { size, cancel: cancel.clone(), progress: progress.clone(), done: rx },
         );
+        Some(Launch { id: id.to_owned(), progress, cancel, tx })
+    }
+
+    /// Starts a registered job; returns where its end is announced.
+    fn launch(
+        &self,
+        launch: Launch,
+        dir: PathBuf,
+        files: Vec<rbee_shared::ModelFile>,
+    ) -> watch::Receiver<Option<Result<u64, String>>> {
+        let Launch { id, progress, cancel, tx } = launch;
+        let rx = tx.subscribe();
         let p = self.clone();
-        let id = id.to_owned();
         let task = tokio::spawn(async move {
             let result = p.run(&id, dir, files, progress.clone(), cancel).await;
             let record = {
@@ -467,13 +495,61 @@ impl Preloader {
                     let dir = layout::model_dir(self.inner.models.dir(), &id);
                     let needed = entry.size_bytes.saturating_sub(resident);
                     match this.admit(&id, needed) {
-                        Ok(()) => drop(this.spawn(&id, dir, entry.files.clone(), entry.size_bytes)),
+                        Ok(()) => {
+                            let launch = {
+                                let mut st = this.inner.state.lock_unpoisoned();
+                                this.register(&mut st, &id, entry.size_bytes)
+                            };
+                            if let Some(launch) = launch {
+                                drop(this.launch(launch, dir, entry.files.clone()));
+                            }
+                        }
                         Err(e) => tracing::info!(model = %id, error = %e, "not re-warmed"),
                     }
                 }
             }
         }
     }
+}
+
+/// A job registered but not started yet.
+struct Launch {
+    /// The model.
+    id: String,
+    /// Its progress (shared with the job's record).
+    progress: Arc<Mutex<Progress>>,
+    /// Cancelled by EvictModel or shutdown.
+    cancel: CancellationToken,
+    /// Where its end is announced.
+    tx: watch::Sender<Option<Result<u64, String>>>,
+}
+
+/// What the budget said to a preload.
+enum Admitted {
+    /// A preload of the model started meanwhile: join it.
+    Joined(watch::Receiver<Option<Result<u64, String>>>),
+    /// Go: evict these, then start.
+    Start {
+        /// Warm models to evict for room, least recently used first.
+        victims: Vec<String>,
+        /// The registered job.
+        launch: Launch,
+    },
+}
+
+/// The outcome of joining a running preload of `entry`.
+async fn join(
+    done: watch::Receiver<Option<Result<u64, String>>>,
+    wait: bool,
+    entry: &ModelEntry,
+) -> Result<PreloadOutcome, HiveError> {
+    let resident = if wait { wait_done(done).await? } else { entry.resident_bytes.unwrap_or(0) };
+    Ok(PreloadOutcome {
+        joined: true,
+        evicted: Vec::new(),
+        resident_bytes: resident,
+        size_bytes: entry.size_bytes,
+    })
 }
 
 async fn wait_done(mut done: watch::Receiver<Option<Result<u64, String>>>) -> Result<u64, HiveError> {

@@ -2,9 +2,14 @@
 //! them in the page cache, counting progress, stopping on cancel or memory pressure,
 //! and timing reads to learn the hive's disk and RAM read speeds. Blocking; run it on
 //! a blocking thread.
+//!
+//! Only regular files are read ([`open_regular`]), and never more than the catalog's
+//! size for each: a model file swapped for a FIFO, a device (`/dev/zero`) or a symlink
+//! fails the preload at once instead of blocking a thread or reading forever.
 
 use std::fs::File;
 use std::io::{self, Read};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -74,11 +79,13 @@ pub fn read_all(job: &ReadJob<'_>) -> Result<(), Stopped> {
     for f in job.files {
         let path = job.dir.join(&f.path);
         let io = |source| Stopped::Io { path: path.clone(), source };
-        let mut file = File::open(&path).map_err(io)?;
-        let len = file.metadata().map_err(io)?.len();
+        let file = open_regular(&path).map_err(io)?;
+        // Never more than the catalog says, even if the file grew since.
+        let len = file.metadata().map_err(io)?.len().min(f.size_bytes);
         let before = rbee_pagecache::resident_bytes(&file).map_err(io)?.0;
         let started = Instant::now();
         let mut read = 0u64;
+        let mut file = file.take(f.size_bytes);
         loop {
             if job.cancel.is_cancelled() {
                 return Err(Stopped::Cancelled);
@@ -108,6 +115,43 @@ pub fn read_all(job: &ReadJob<'_>) -> Result<(), Stopped> {
     Ok(())
 }
 
+/// Opens `path` for reading only if it is a regular file: without following a
+/// symlink and without blocking (a FIFO with no writer), then checked with `fstat`.
+/// Anything else is an error that names what the path is.
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let fd = rustix::fs::open(path, flags, Mode::empty()).map_err(|e| {
+        if e == rustix::io::Errno::LOOP { not_regular("a symbolic link") } else { io::Error::from(e) }
+    })?;
+    let file = File::from(fd);
+    let kind = file.metadata()?.file_type();
+    if kind.is_file() {
+        return Ok(file);
+    }
+    let what = if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
+    };
+    Err(not_regular(what))
+}
+
+fn not_regular(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{what}, not a regular file; only regular files are preloaded"),
+    )
+}
+
 /// Returns at once while pressure is under the limit (or unknown); else waits for it
 /// to ease, up to [`PRESSURE_PATIENCE`].
 fn wait_for_pressure(job: &ReadJob<'_>) -> Result<(), Stopped> {
@@ -126,5 +170,33 @@ fn wait_for_pressure(job: &ReadJob<'_>) -> Result<(), Stopped> {
             }
             _ => return Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_regular_files_open_and_nothing_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let regular = dir.path().join("w.bin");
+        std::fs::write(&regular, b"weights").unwrap();
+        assert!(open_regular(&regular).is_ok());
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(made.success());
+        // A plain open would block here for want of a writer.
+        let e = open_regular(&fifo).unwrap_err();
+        assert!(e.to_string().contains("a FIFO, not a regular file"), "{e}");
+        let link = dir.path().join("zero");
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        let e = open_regular(&link).unwrap_err();
+        assert!(e.to_string().contains("a symbolic link, not a regular file"), "{e}");
+        let e = open_regular(Path::new("/dev/zero")).unwrap_err();
+        assert!(e.to_string().contains("a character device"), "{e}");
+        let e = open_regular(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("a directory"), "{e}");
+        assert_eq!(open_regular(&dir.path().join("missing")).unwrap_err().kind(), io::ErrorKind::NotFound);
     }
 }

@@ -6,11 +6,12 @@
 //! as a capability diff) only when it moved by more than [`deadband`] bytes, or right
 //! after a preload or evict.
 
-use std::fs::File;
 use std::io;
 use std::path::Path;
 
 use rbee_shared::ModelFile;
+
+use super::read::open_regular;
 
 /// Smallest change worth a capability diff: 1% of the model's size, at least 1 MiB.
 pub fn deadband(size_bytes: u64) -> u64 {
@@ -18,14 +19,16 @@ pub fn deadband(size_bytes: u64) -> u64 {
 }
 
 /// Bytes of the model in `dir` (its `files`) now in the page cache. A missing file
-/// counts as nothing resident.
+/// counts as nothing resident; one that is no longer a regular file (a FIFO, a device,
+/// a symlink) is an error, never opened in a way that could block.
 pub fn measure(dir: &Path, files: &[ModelFile]) -> io::Result<u64> {
     let mut total = 0u64;
     for f in files {
-        let file = match File::open(dir.join(&f.path)) {
+        let path = dir.join(&f.path);
+        let file = match open_regular(&path) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
+            Err(e) => return Err(naming(&path, e)),
         };
         total = total.saturating_add(rbee_pagecache::resident_bytes(&file)?.0);
     }
@@ -35,13 +38,19 @@ pub fn measure(dir: &Path, files: &[ModelFile]) -> io::Result<u64> {
 /// Drops the model's files from the page cache. A missing file is skipped.
 pub fn evict(dir: &Path, files: &[ModelFile]) -> io::Result<()> {
     for f in files {
-        match File::open(dir.join(&f.path)) {
+        let path = dir.join(&f.path);
+        match open_regular(&path) {
             Ok(file) => rbee_pagecache::evict(&file)?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+            Err(e) => return Err(naming(&path, e)),
         }
     }
     Ok(())
+}
+
+/// `e` with the file it is about in front.
+fn naming(path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
 /// Whether a published figure `old` should be replaced by `new`.

@@ -95,6 +95,10 @@ pub struct Thresholds {
     pub gpu_temp_unhealthy_c: f32,
     /// VRAM used at or above this percentage of total is degraded.
     pub vram_degraded_percent: f32,
+    /// A sample stamped further than this from the queen's clock when it arrived is
+    /// degraded (the hive's clock, or what it says, cannot be believed).
+    #[serde(with = "rbee_shared::duration_serde")]
+    pub max_clock_skew: Duration,
 }
 
 impl Default for Thresholds {
@@ -107,6 +111,7 @@ impl Default for Thresholds {
             gpu_temp_degraded_c: 85.0,
             gpu_temp_unhealthy_c: 90.0,
             vram_degraded_percent: 98.0,
+            max_clock_skew: Duration::from_secs(60),
         }
     }
 }
@@ -143,6 +148,9 @@ impl Thresholds {
         }
         if self.cpu_window.is_zero() {
             return Err(QueenError::Config("health.cpu_window must be > 0".into()));
+        }
+        if self.max_clock_skew.is_zero() {
+            return Err(QueenError::Config("health.max_clock_skew must be > 0".into()));
         }
         Ok(())
     }

@@ -1,6 +1,11 @@
 //! Health per hive and per device: `healthy`, `degraded` or `unhealthy`, each with
 //! human-readable reasons. Pure functions over a view of the hive; thresholds are
 //! configurable.
+//!
+//! What a hive says about time is checked against the queen's clock, never trusted to
+//! be sane: a sample stamped more than `health.max_clock_skew` away from when it arrived,
+//! or an uptime longer than the time since 1970, is a degraded reason; the arithmetic
+//! on such figures saturates (a `u64::MAX` stamp never overflows).
 
 use std::time::Duration;
 
@@ -25,6 +30,8 @@ pub struct HealthInput<'a> {
     pub caps: Option<&'a VersionedCapabilities>,
     /// CPU mean over the health window.
     pub cpu_window_mean: Option<f32>,
+    /// The queen's wall clock (unix ms) when the newest sample arrived.
+    pub received_unix_ms: Option<u64>,
     /// True for a GPU the hive added after the newest sample was measured: it has no
     /// reading yet, and is `pending` rather than missing.
     pub pending: &'a dyn Fn(&str) -> bool,
@@ -40,6 +47,36 @@ fn push(report: &mut HealthReport, level: Health, reason: String) {
 /// and 95 (contained and uncontained ECC errors), 119 and 120 (GSP errors). Other
 /// critical XIDs degrade it.
 pub const FATAL_XIDS: &[u64] = &[48, 79, 92, 94, 95, 119, 120];
+
+/// `hive_ms - queen_ms`, saturated to the range of `i64` (a hostile stamp of `u64::MAX`
+/// gives `i64::MAX`, not an overflow).
+pub fn skew_ms(hive_ms: u64, queen_ms: u64) -> i64 {
+    let d = i128::from(hive_ms) - i128::from(queen_ms);
+    i64::try_from(d).unwrap_or(if d > 0 { i64::MAX } else { i64::MIN })
+}
+
+/// Reasons why a sample's clock cannot be believed: its `taken_at` too far from the
+/// queen's clock when it arrived (`received_ms`), or an uptime longer than the time
+/// since 1970 by the queen's clock.
+fn implausible_times(s: &Sample, received_ms: u64, t: &Thresholds) -> Vec<String> {
+    let mut out = Vec::new();
+    let skew = skew_ms(s.taken_at_unix_ms, received_ms);
+    let max = i64::try_from(t.max_clock_skew.as_millis()).unwrap_or(i64::MAX);
+    if skew.unsigned_abs() > max.unsigned_abs() {
+        let side = if skew > 0 { "ahead of" } else { "behind" };
+        out.push(format!(
+            "sample time {} s {side} the queen's clock (limit {} s, health.max_clock_skew)",
+            skew.unsigned_abs() / 1000,
+            t.max_clock_skew.as_secs()
+        ));
+    }
+    if let Some(up) = s.uptime_s
+        && up > received_ms / 1000
+    {
+        out.push(format!("implausible uptime {up} s: longer than the queen's clock since 1970"));
+    }
+    out
+}
 
 fn percent(used: u64, total: u64) -> Option<f32> {
     (total > 0).then(|| (used as f64 / total as f64 * 100.0) as f32)
@@ -76,6 +113,11 @@ pub fn evaluate(input: &HealthInput<'_>, t: &Thresholds) -> HealthReport {
         );
     }
     if let Some(s) = input.sample {
+        if let Some(received) = input.received_unix_ms {
+            for reason in implausible_times(s, received, t) {
+                push(&mut r, Health::Degraded, reason);
+            }
+        }
         if let Some(ram) = percent(s.ram_used_bytes, s.ram_total_bytes) {
             if ram >= t.ram_unhealthy_percent {
                 push(&mut r, Health::Unhealthy, format!("ram {ram:.0}% >= {:.0}%", t.ram_unhealthy_percent));
@@ -210,6 +252,7 @@ mod tests {
             sample: Some(s),
             caps: Some(c),
             cpu_window_mean: Some(20.0),
+            received_unix_ms: Some(s.taken_at_unix_ms.saturating_add(300)),
             pending: &|_| false,
         }
     }
@@ -301,6 +344,47 @@ mod tests {
         i.state = ConnState::Lost;
         i.last_error = Some("stream reset");
         assert_eq!(evaluate(&i, &Thresholds::default()).reasons[0], "lost: stream reset");
+    }
+
+    #[test]
+    fn implausible_sample_times_and_uptimes_degrade_without_overflow() {
+        let c = caps();
+        let now = 1_780_000_000_000;
+        let mut s = sample(10, 40.0);
+        s.taken_at_unix_ms = now - 500;
+        s.uptime_s = Some(86_400);
+        let mut i = input(&s, &c);
+        i.received_unix_ms = Some(now);
+        assert_eq!(evaluate(&i, &Thresholds::default()).health, Health::Healthy);
+        let mut s = sample(10, 40.0);
+        s.taken_at_unix_ms = u64::MAX;
+        s.uptime_s = Some(u64::MAX);
+        let mut i = input(&s, &c);
+        i.received_unix_ms = Some(now);
+        let r = evaluate(&i, &Thresholds::default());
+        assert_eq!(r.health, Health::Degraded);
+        assert_eq!(r.reasons.len(), 2, "{:?}", r.reasons);
+        assert!(
+            r.reasons[0].starts_with("sample time ") && r.reasons[0].contains("s ahead of the queen's clock")
+        );
+        assert!(r.reasons[1].starts_with("implausible uptime 18446744073709551615 s"), "{:?}", r.reasons);
+        let mut s = sample(10, 40.0);
+        s.taken_at_unix_ms = now - 3_600_000;
+        let mut i = input(&s, &c);
+        i.received_unix_ms = Some(now);
+        let r = evaluate(&i, &Thresholds::default());
+        assert_eq!(
+            r.reasons,
+            ["sample time 3600 s behind the queen's clock (limit 60 s, health.max_clock_skew)"]
+        );
+        let mut s = sample(10, 40.0);
+        s.taken_at_unix_ms = 0;
+        let mut i = input(&s, &c);
+        i.received_unix_ms = Some(now);
+        assert_eq!(evaluate(&i, &Thresholds::default()).health, Health::Degraded);
+        assert_eq!(skew_ms(u64::MAX, 0), i64::MAX);
+        assert_eq!(skew_ms(0, u64::MAX), i64::MIN);
+        assert_eq!(skew_ms(5, 7), -2);
     }
 
     #[test]

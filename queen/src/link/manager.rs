@@ -74,6 +74,9 @@ struct Manager {
     last_applied: Instant,
     /// When a resync was asked for and not yet answered.
     resync_since: Option<Instant>,
+    /// The queen's wall clock (unix ms) when the newest sample arrived: its `taken_at`
+    /// and uptime are judged against it.
+    sample_received_unix_ms: Option<u64>,
     /// The window's clock.
     started: Instant,
     /// Repeated warnings about this hive, rate-limited: one line per period for the
@@ -102,6 +105,7 @@ pub(super) async fn manage(hive: NewHive, link: Arc<LinkSettings>, dials: Arc<to
         invalid: None,
         last_applied: Instant::now(),
         resync_since: None,
+        sample_received_unix_ms: None,
         started: Instant::now(),
         warnings: WarnLimiter::new(1, WARN_PERIOD, 1),
         cert: None,
@@ -173,6 +177,7 @@ impl Manager {
             sample: self.view.latest.as_deref(),
             caps: self.view.caps.as_deref(),
             cpu_window_mean: self.window.cpu_mean(),
+            received_unix_ms: self.sample_received_unix_ms,
             pending: &pending,
         };
         let report = Arc::new(evaluate(&input, &self.fleet.settings().thresholds));
@@ -252,6 +257,7 @@ impl Manager {
         // hives that predate the stamp measured against the held version.
         self.sample_version = sample.capability_version.unwrap_or_else(|| self.ingest.version());
         let taken_at = sample.taken_at_unix_ms;
+        self.sample_received_unix_ms = Some(rbee_shared::time::now_unix_ms());
         self.view.latest = Some(Arc::new(sample));
         self.view.latest_received = Some(std::time::Instant::now());
         self.view.samples_applied += 1;
@@ -407,7 +413,7 @@ impl Manager {
     ) -> Result<(), LinkError> {
         if m.hive_time_unix_ms != 0 {
             let now = rbee_shared::time::now_unix_ms();
-            self.view.clock_skew_ms = Some(m.hive_time_unix_ms as i64 - now as i64);
+            self.view.clock_skew_ms = Some(super::health::skew_ms(m.hive_time_unix_ms, now));
         }
         let expanded = self.compact.expand(m, self.ingest.caps.as_ref());
         let message = match expanded
