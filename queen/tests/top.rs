@@ -61,6 +61,7 @@ fn fleet_model() -> Model {
                 view_of("http://b:1", "beta", "us", 90.0, 10 * GIB),
             ],
             coalesced: false,
+            more: false,
         })),
         Instant::now(),
     );

@@ -10,6 +10,7 @@
 //! - One home for each rule both programs follow: [`sample_interval`], [`labels`],
 //!   [`backoff`], [`bearer`], [`hostname`], [`duration_serde`], [`lock`],
 //!   [`warn_limit`].
+//! - [`view_budget`]: the budgets on one hive's view (catalog, records, bytes).
 //! - [`metrics_http`]: the `/metrics` endpoint both daemons serve for Prometheus.
 //! - [`bytesize`], [`telemetry`], [`shutdown`], [`time`]: small helpers both binaries use.
 //!
@@ -41,6 +42,7 @@ pub mod stream_message;
 pub mod telemetry;
 pub mod time;
 pub mod tls;
+pub mod view_budget;
 pub mod warn_limit;
 
 pub use capability::{

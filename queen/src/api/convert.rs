@@ -336,14 +336,29 @@ impl HivePage {
     const TOKEN_PREFIX: &'static str = "h1.";
 
     /// The answer for `hives`, fetched as `size + 1` so that the last page is known.
+    /// The page also ends before it would pass [`view_budget::MAX_ANSWER_BYTES`]
+    /// (never before its first hive, which the per-hive budgets keep far smaller).
+    ///
+    /// [`view_budget::MAX_ANSWER_BYTES`]: rbee_shared::view_budget::MAX_ANSWER_BYTES
     pub fn response(&self, hives: &[std::sync::Arc<HiveSnapshot>]) -> pb::ListHivesResponse {
-        let page = &hives[..hives.len().min(self.size)];
-        let next_page_token = match (hives.len() > self.size, page.last()) {
+        let budget = rbee_shared::view_budget::MAX_ANSWER_BYTES;
+        let mut page: Vec<pb::HiveView> = Vec::new();
+        let mut bytes = 0;
+        for hive in hives.iter().take(self.size) {
+            let view = pb::HiveView::from(hive.as_ref());
+            let len = prost::Message::encoded_len(&view) + 8;
+            if !page.is_empty() && bytes + len > budget {
+                break;
+            }
+            bytes += len;
+            page.push(view);
+        }
+        let next_page_token = match (hives.len() > page.len(), page.last()) {
             (true, Some(last)) => Self::token(&last.address),
             _ => String::new(),
         };
         pb::ListHivesResponse {
-            hives: page.iter().map(|h| h.as_ref().into()).collect(),
+            hives: page,
             queen_time_unix_ms: rbee_shared::time::now_unix_ms(),
             next_page_token,
         }

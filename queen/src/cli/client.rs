@@ -137,5 +137,7 @@ pub(super) fn scheduler(channel: Authed) -> SchedulerClient<Authed> {
 }
 
 pub(super) fn rpc_error(url: &str, s: tonic::Status) -> anyhow::Error {
+    // A message over the client's size limit is RESOURCE_EXHAUSTED, as gRPC specifies.
+    let s = rbee_shared::size_limit::normalize(s);
     anyhow!("queen at {url}: {:?}: {}", s.code(), s.message())
 }
