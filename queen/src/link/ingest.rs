@@ -357,6 +357,68 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_queen_cuts_a_hives_view_to_its_budgets_and_samples_say_what_was_cut() {
+        use rbee_shared::{DownloadPhase, DownloadProgress, ModelEntry, ModelState};
+        let failed = |i: usize| ModelEntry {
+            id: format!("bad-{i:04}"),
+            state: ModelState::Failed,
+            files: Vec::new(),
+            size_bytes: 0,
+            error: Some("x".repeat(800)),
+            resident_bytes: None,
+            warm: false,
+        };
+        let mut caps = VersionedCapabilities { version: 1, caps: Default::default() };
+        caps.caps.models = (0..100).map(|i| (failed(i).id, failed(i))).collect();
+        let mut s = IngestState::default();
+        s.start_stream();
+        let payload = HivePayload::Snapshot {
+            reason: SnapshotReason::Initial,
+            identity: identity("e1"),
+            capabilities: caps,
+        };
+        assert_eq!(s.apply(msg(1, payload)), Outcome::Snapshot { restarted: false });
+        let published = s.published_caps().unwrap();
+        assert_eq!(published.caps.models.len(), view_budget::MAX_FAILED_ENTRIES);
+        assert!(
+            published
+                .caps
+                .models
+                .values()
+                .all(|m| m.error.as_ref().unwrap().len() <= view_budget::MAX_ERROR_BYTES)
+        );
+        assert_eq!(s.caps.as_ref().unwrap().caps.models.len(), 100, "diffs apply to the whole view");
+        // A diff removing a model the queen cut from what it publishes still applies.
+        let diff = CapabilityDiff {
+            base_version: 1,
+            new_version: 2,
+            models_removed: vec!["bad-0099".into()],
+            ..Default::default()
+        };
+        assert_eq!(s.apply(msg(2, HivePayload::Diff(diff))), Outcome::Diff);
+        let record = |i: usize| DownloadProgress {
+            model_id: format!("m-{i:04}"),
+            phase: DownloadPhase::Failed,
+            bytes_done: 0,
+            bytes_total: None,
+            speed_bytes_per_s: 0.0,
+            eta_ms: None,
+            error: Some("e".repeat(800)),
+            attempt: 1,
+            updated_at_unix_ms: i as u64,
+        };
+        let sample = Sample { downloads: (0..4096).map(record).collect(), ..Default::default() };
+        let Outcome::Sample(sample) = s.apply(msg(3, HivePayload::Sample(sample))) else {
+            panic!("not applied")
+        };
+        assert_eq!(sample.downloads.len(), view_budget::MAX_RECORDS);
+        assert_eq!(
+            sample.cuts,
+            ["catalog: kept 32 of 99 failed entries", "downloads: kept 64 of 4096 records"]
+        );
+    }
+
     fn wire_gpu() -> impl Strategy<Value = pb::GpuDevice> {
         (prop_oneof![Just(""), Just("g0"), Just("g1"), Just("g2")], 0u64..1 << 40).prop_map(|(id, total)| {
             pb::GpuDevice { id: id.into(), vram_total_bytes: total, ..Default::default() }
