@@ -156,6 +156,18 @@ pub struct Inner {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Failed downloads per caller.
     failures: Mutex<failures::FailureLimit>,
+    /// Budget events (failed entries dropped, downloads refused): per kind, how many
+    /// and the last one, while they keep coming within [`FINISHED_RETENTION`].
+    budget_events: Mutex<BTreeMap<BudgetEvent, (u64, Instant)>>,
+}
+
+/// Something the view budgets made the hive drop or refuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum BudgetEvent {
+    /// Failed catalog entries dropped (the oldest beyond the bound, or aged out).
+    FailedDropped,
+    /// New downloads refused (a caller's failures, or a full catalog).
+    Refused,
 }
 
 impl Inner {
@@ -168,6 +180,26 @@ impl Inner {
             .map_err(|e| download::DownloadError::Resolve(format!("cannot build the HTTP client: {e}")))?;
         // Two first downloads may race; either client serves.
         Ok(self.client.get_or_init(|| built))
+    }
+
+    /// Counts `n` budget events of `kind`.
+    fn budget_event(&self, kind: BudgetEvent, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let mut events = self.budget_events.lock_unpoisoned();
+        let now = Instant::now();
+        let e = events.entry(kind).or_insert((0, now));
+        if e.1.elapsed() >= FINISHED_RETENTION {
+            e.0 = 0;
+        }
+        *e = (e.0 + n, now);
+    }
+
+    /// Drops failed entries beyond their bound or age, counting them.
+    fn prune_failed(&self, keep: usize, max_age: Duration) {
+        let n = self.catalog.prune_failed(keep, max_age);
+        self.budget_event(BudgetEvent::FailedDropped, n as u64);
     }
 
     /// Records a download's final state and ends its job; a failure is charged to
@@ -190,7 +222,7 @@ impl Inner {
         if failed {
             let caller = job.and_then(|j| j.caller);
             self.failures.lock_unpoisoned().charge(caller, Instant::now());
-            self.catalog.prune_failed(view_budget::MAX_FAILED_ENTRIES, FAILED_RETENTION);
+            self.prune_failed(view_budget::MAX_FAILED_ENTRIES, FAILED_RETENTION);
         }
     }
 
@@ -233,6 +265,7 @@ impl Models {
             shutdown,
             tasks: Mutex::new(Vec::new()),
             failures: Mutex::default(),
+            budget_events: Mutex::default(),
             config,
         });
         let models = Self { inner };
@@ -286,6 +319,26 @@ impl Models {
         out.into_values().collect()
     }
 
+    /// What the view budgets made the hive drop or refuse within the last
+    /// [`FINISHED_RETENTION`], one line each (samples carry them as cut lines).
+    pub fn budget_cuts(&self) -> Vec<String> {
+        let events = self.inner.budget_events.lock_unpoisoned();
+        events
+            .iter()
+            .filter(|(_, (_, at))| at.elapsed() < FINISHED_RETENTION)
+            .map(|(kind, (n, _))| match kind {
+                BudgetEvent::FailedDropped => format!(
+                    "catalog: {n} failed entries dropped (the newest {} are kept, for at most {} s)",
+                    view_budget::MAX_FAILED_ENTRIES,
+                    FAILED_RETENTION.as_secs()
+                ),
+                BudgetEvent::Refused => {
+                    format!("downloads: {n} new downloads refused (too many failures, or a full catalog)")
+                }
+            })
+            .collect()
+    }
+
     /// The models filesystem's space, if it can be read.
     pub fn disk(&self) -> Option<DiskSpace> {
         disk::space(&self.inner.config.dir).ok()
@@ -330,7 +383,9 @@ impl Models {
             Some(m) if m.state == ModelState::Unverified => return Err(HiveError::ModelBusy(id.to_owned())),
             _ => {}
         }
-        if let Err(wait) = self.inner.failures.lock_unpoisoned().check(caller, Instant::now()) {
+        let limited = self.inner.failures.lock_unpoisoned().check(caller, Instant::now());
+        if let Err(wait) = limited {
+            self.inner.budget_event(BudgetEvent::Refused, 1);
             return Err(HiveError::ModelsBudget(format!(
                 "too many failed downloads from this caller; retry in {} s",
                 wait.as_secs().max(1)
@@ -339,8 +394,9 @@ impl Models {
         if self.inner.catalog.get(id).is_none()
             && self.inner.catalog.len() >= view_budget::MAX_CATALOG_ENTRIES
         {
-            self.inner.catalog.prune_failed(0, Duration::ZERO);
+            self.inner.prune_failed(0, Duration::ZERO);
             if self.inner.catalog.len() >= view_budget::MAX_CATALOG_ENTRIES {
+                self.inner.budget_event(BudgetEvent::Refused, 1);
                 return Err(HiveError::ModelsBudget(format!(
                     "the catalog holds {} models, its limit; delete one first",
                     view_budget::MAX_CATALOG_ENTRIES
@@ -485,7 +541,7 @@ impl Models {
     }
 
     async fn upkeep(&self) {
-        self.inner.catalog.prune_failed(view_budget::MAX_FAILED_ENTRIES, FAILED_RETENTION);
+        self.inner.prune_failed(view_budget::MAX_FAILED_ENTRIES, FAILED_RETENTION);
         let root = self.inner.config.dir.clone();
         let found = match tokio::task::spawn_blocking(move || scan_models_only(&root)).await {
             Ok(Ok(found)) => found,

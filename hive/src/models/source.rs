@@ -40,8 +40,8 @@ impl DeviceSource for ModelsSource {
     fn sample(&mut self, sample: &mut Sample) -> Result<(), HiveError> {
         sample.downloads = self.models.downloads();
         sample.models_disk = self.models.disk();
-        for cut in &self.catalog_cuts {
-            push_cut(&mut sample.cuts, cut.clone());
+        for cut in self.catalog_cuts.iter().cloned().chain(self.models.budget_cuts()) {
+            push_cut(&mut sample.cuts, cut);
         }
         view_budget::cut_sample(sample);
         Ok(())
