@@ -423,4 +423,50 @@ mod hive_page_tests {
         let r = pb::ListHivesRequest { page_size: 1001, page_token: String::new() };
         assert!(HivePage::try_from(&r).unwrap_err().to_string().contains("page_size"));
     }
+
+    #[test]
+    fn pages_end_before_they_pass_the_answer_budget() {
+        use rbee_shared::{ModelEntry, ModelFile, ModelState, VersionedCapabilities};
+        use std::sync::Arc;
+        // Five hives of ~1 MB each (a catalog at its byte budget): 5 MB in all.
+        let entry = ModelEntry {
+            id: "big".into(),
+            state: ModelState::Ready,
+            files: (0..6000)
+                .map(|i| ModelFile { path: format!("{i:0>80}"), size_bytes: 1, sha256: Some("a".repeat(64)) })
+                .collect(),
+            size_bytes: 6000,
+            error: None,
+            resident_bytes: None,
+            warm: false,
+        };
+        let mut caps = VersionedCapabilities { version: 1, caps: Default::default() };
+        caps.caps.models.insert(entry.id.clone(), entry);
+        let caps = Arc::new(caps);
+        let hives: Vec<Arc<HiveSnapshot>> = (0..5)
+            .map(|i| {
+                let mut h =
+                    HiveSnapshot::pending(format!("http://10.0.0.{i}:1"), Origin::Static, Default::default());
+                h.caps = Some(caps.clone());
+                Arc::new(h)
+            })
+            .collect();
+        let mut after: Option<String> = None;
+        let mut seen = 0;
+        loop {
+            let rest: Vec<_> =
+                hives.iter().filter(|h| after.as_ref().is_none_or(|a| h.address > *a)).cloned().collect();
+            let page = HivePage { after: after.clone(), size: HivePage::DEFAULT_SIZE }.response(&rest);
+            let bytes = prost::Message::encoded_len(&page);
+            assert!(bytes <= rbee_shared::view_budget::MAX_ANSWER_BYTES, "{bytes} bytes");
+            assert!(!page.hives.is_empty());
+            seen += page.hives.len();
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            let token = pb::ListHivesRequest { page_size: 0, page_token: page.next_page_token };
+            after = HivePage::try_from(&token).unwrap().after;
+        }
+        assert_eq!(seen, 5);
+    }
 }
