@@ -247,8 +247,10 @@ mod tests {
             attempt: 1,
             updated_at_unix_ms: i,
         };
-        let mut sample = Sample::default();
-        sample.downloads = (0..4096).map(|i| record(i, DownloadPhase::Failed)).collect();
+        let mut sample = Sample {
+            downloads: (0..4096).map(|i| record(i, DownloadPhase::Failed)).collect(),
+            ..Sample::default()
+        };
         sample.downloads.push(record(0, DownloadPhase::Downloading));
         sample.downloads[1].model_id = "running".into();
         sample.downloads[1].phase = DownloadPhase::Downloading;
