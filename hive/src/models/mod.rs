@@ -42,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::HiveError;
 use catalog::{Catalog, ModelMap};
+use failures::{BudgetEvent, BudgetLog};
 use manifest::FetchRecord;
 use progress::Progress;
 
@@ -156,18 +157,8 @@ pub struct Inner {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Failed downloads per caller.
     failures: Mutex<failures::FailureLimit>,
-    /// Budget events (failed entries dropped, downloads refused): per kind, how many
-    /// and the last one, while they keep coming within [`FINISHED_RETENTION`].
-    budget_events: Mutex<BTreeMap<BudgetEvent, (u64, Instant)>>,
-}
-
-/// Something the view budgets made the hive drop or refuse.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum BudgetEvent {
-    /// Failed catalog entries dropped (the oldest beyond the bound, or aged out).
-    FailedDropped,
-    /// New downloads refused (a caller's failures, or a full catalog).
-    Refused,
+    /// What the view budgets made the hive drop or refuse lately.
+    budget_log: Mutex<BudgetLog>,
 }
 
 impl Inner {
@@ -184,16 +175,7 @@ impl Inner {
 
     /// Counts `n` budget events of `kind`.
     fn budget_event(&self, kind: BudgetEvent, n: u64) {
-        if n == 0 {
-            return;
-        }
-        let mut events = self.budget_events.lock_unpoisoned();
-        let now = Instant::now();
-        let e = events.entry(kind).or_insert((0, now));
-        if e.1.elapsed() >= FINISHED_RETENTION {
-            e.0 = 0;
-        }
-        *e = (e.0 + n, now);
+        self.budget_log.lock_unpoisoned().record(kind, n, Instant::now());
     }
 
     /// Drops failed entries beyond their bound or age, counting them.
@@ -265,7 +247,7 @@ impl Models {
             shutdown,
             tasks: Mutex::new(Vec::new()),
             failures: Mutex::default(),
-            budget_events: Mutex::default(),
+            budget_log: Mutex::default(),
             config,
         });
         let models = Self { inner };
@@ -322,21 +304,7 @@ impl Models {
     /// What the view budgets made the hive drop or refuse within the last
     /// [`FINISHED_RETENTION`], one line each (samples carry them as cut lines).
     pub fn budget_cuts(&self) -> Vec<String> {
-        let events = self.inner.budget_events.lock_unpoisoned();
-        events
-            .iter()
-            .filter(|(_, (_, at))| at.elapsed() < FINISHED_RETENTION)
-            .map(|(kind, (n, _))| match kind {
-                BudgetEvent::FailedDropped => format!(
-                    "catalog: {n} failed entries dropped (the newest {} are kept, for at most {} s)",
-                    view_budget::MAX_FAILED_ENTRIES,
-                    FAILED_RETENTION.as_secs()
-                ),
-                BudgetEvent::Refused => {
-                    format!("downloads: {n} new downloads refused (too many failures, or a full catalog)")
-                }
-            })
-            .collect()
+        self.inner.budget_log.lock_unpoisoned().lines()
     }
 
     /// The models filesystem's space, if it can be read.
