@@ -1,8 +1,9 @@
 //! The fleet view under a flood stays readable by default clients (4 MiB a message):
 //! hostile hives stuffing download records into compact `extras`, and failing
-//! `Scheduler.FetchModel` calls against a real hive. ListHives, WatchFleet and
-//! `queen hives` keep working, and each flooded hive stays managed, shown Degraded
-//! with a reason that says what was cut.
+//! `FetchModel` calls against a real hive, directly and through `Scheduler.FetchModel`.
+//! ListHives, WatchFleet and `queen hives` keep working, each flooded hive stays
+//! managed, shown Degraded with a reason that says what was cut, and failing fetches
+//! are limited per caller.
 
 mod common;
 
@@ -11,7 +12,7 @@ use std::process::Command;
 use common::scripted::{ScriptedHive, discover, sample};
 use common::{TestHive, TestQueen, online, wait_for};
 use rbee_hive::test_support::http_files::FileServer;
-use rbee_hive::test_support::models_config;
+use rbee_hive::test_support::{QUEEN_IP, models_config};
 use rbee_proto::v1 as pb;
 use rbee_proto::v1::scheduler_client::SchedulerClient;
 use rbee_shared::VersionedCapabilities;
@@ -127,37 +128,34 @@ async fn hostile_hives_stuffing_extras_are_cut_and_the_view_stays_readable() {
     queen.stop().await;
 }
 
+/// A fetch of a file the server does not have (404): the download fails at once.
+fn missing(server: &FileServer, i: usize) -> pb::FetchModelRequest {
+    pb::FetchModelRequest {
+        model_id: format!("missing-{i:04}"),
+        source: Some(pb::fetch_model_request::Source::Urls(pb::UrlSource {
+            files: vec![pb::FileSource {
+                url: server.url(&format!("missing-{i}.bin")),
+                ..Default::default()
+            }],
+        })),
+    }
+}
+
 #[tokio::test]
-async fn failing_fetches_are_limited_per_caller_and_the_hive_stays_visible() {
+async fn failing_fetches_on_a_hive_are_limited_per_caller_and_the_hive_stays_visible() {
     let dir = tempfile::tempdir().unwrap();
     let server = FileServer::start().await;
     let hive = TestHive::start_with(models_config("flooded", dir.path(), None)).await;
     let queen = TestQueen::start(vec![hive.url()]).await;
     let mut fleet = queen.client().await;
     wait_for(&mut fleet, "the hive online", |h| h.iter().any(online)).await;
-    let mut scheduler = SchedulerClient::connect(queen.url()).await.unwrap();
+    let mut direct = hive.client().await;
 
-    // Fetches of files that do not exist (404): each download fails at once. The hive
-    // refuses new ones from this caller once its failures pile up.
+    // Each download fails at once (404); the hive refuses new ones from this caller
+    // once its failures pile up.
     let mut refused = None;
     for i in 0..3000 {
-        let fetch = pb::FetchModelRequest {
-            model_id: format!("missing-{i:04}"),
-            source: Some(pb::fetch_model_request::Source::Urls(pb::UrlSource {
-                files: vec![pb::FileSource {
-                    url: server.url(&format!("missing-{i}.bin")),
-                    ..Default::default()
-                }],
-            })),
-        };
-        let r = scheduler
-            .fetch_model(pb::ScheduleFetchRequest {
-                hive: "flooded".into(),
-                fetch: Some(fetch),
-                ..Default::default()
-            })
-            .await;
-        if let Err(status) = r {
+        if let Err(status) = direct.fetch_model(missing(&server, i)).await {
             refused = Some(status);
             break;
         }
@@ -174,11 +172,50 @@ async fn failing_fetches_are_limited_per_caller_and_the_hive_stays_visible() {
     the_view_reads_whole(&queen, 1).await;
 
     // What a queen that starts now would read first is within its budget.
-    let mut direct = hive.client().await;
     let discover = direct.discover(pb::DiscoverRequest {}).await.unwrap().into_inner();
     assert!(prost::Message::encoded_len(&discover) < MAX_DISCOVER_BYTES);
     let failed =
         discover.capabilities.unwrap().models.iter().filter(|m| m.state() == pb::ModelState::Failed).count();
     assert!(failed <= rbee_shared::view_budget::MAX_FAILED_ENTRIES, "{failed} failed entries");
+    queen.stop().await;
+}
+
+#[tokio::test]
+async fn failing_scheduler_fetches_are_limited_per_caller_at_the_queen() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = FileServer::start().await;
+    let hive = TestHive::start_with(models_config("shared", dir.path(), None)).await;
+    let queen = TestQueen::start(vec![hive.url()]).await;
+    let mut fleet = queen.client().await;
+    wait_for(&mut fleet, "the hive online", |h| h.iter().any(online)).await;
+    let fetch = |i| pb::ScheduleFetchRequest {
+        hive: "shared".into(),
+        fetch: Some(missing(&server, i)),
+        ..Default::default()
+    };
+
+    // One caller's failing fetches are refused by the queen...
+    let mut flooder = SchedulerClient::connect(queen.url()).await.unwrap();
+    let mut accepted = 0;
+    let refused = loop {
+        match flooder.fetch_model(fetch(accepted)).await {
+            Ok(_) => accepted += 1,
+            Err(status) => break status,
+        }
+        assert!(accepted < 3000, "3,000 failing fetches, none refused");
+    };
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("from this caller"), "{}", refused.message());
+
+    // ...before they use up what the hive allows the queen: another caller still fetches.
+    let channel = tonic::transport::Endpoint::from_shared(queen.url())
+        .unwrap()
+        .local_address(Some(QUEEN_IP))
+        .connect()
+        .await
+        .unwrap();
+    let mut other = SchedulerClient::new(channel);
+    let r = other.fetch_model(fetch(10_000)).await;
+    assert!(r.is_ok(), "after {accepted} failing fetches of another caller: {r:?}");
     queen.stop().await;
 }

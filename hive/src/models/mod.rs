@@ -156,7 +156,7 @@ pub struct Inner {
     /// Every task started, awaited at shutdown.
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Failed downloads per caller.
-    failures: Mutex<failures::FailureLimit>,
+    failures: Mutex<rbee_shared::failure_limit::FailureLimit<Option<IpAddr>>>,
     /// What the view budgets made the hive drop or refuse lately.
     budget_log: Mutex<BudgetLog>,
 }
@@ -246,7 +246,7 @@ impl Models {
             hub: config.hub.clone(),
             shutdown,
             tasks: Mutex::new(Vec::new()),
-            failures: Mutex::default(),
+            failures: Mutex::new(failures::limit()),
             budget_log: Mutex::default(),
             config,
         });
