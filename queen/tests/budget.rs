@@ -17,7 +17,7 @@ use rbee_proto::v1 as pb;
 use rbee_proto::v1::scheduler_client::SchedulerClient;
 use rbee_shared::VersionedCapabilities;
 use rbee_shared::compact::{Encoder, Layout};
-use rbee_shared::view_budget::{MAX_DISCOVER_BYTES, MAX_RECORDS};
+use rbee_shared::view_budget::{MAX_DISCOVER_BYTES, MAX_FAILED_ENTRIES, MAX_RECORDS};
 
 const QUEEN: &str = env!("CARGO_BIN_EXE_queen");
 /// The limit of a default gRPC client.
@@ -35,11 +35,27 @@ fn record(i: usize) -> pb::DownloadProgress {
     }
 }
 
-/// A hive that sends 4,096 download records of ~800 B in its compact samples' extras
-/// (~3.3 MB: under the 4 MiB a hive message may be, ~10 MB for three such hives).
+/// `Discover` of a hive whose catalog holds 3,000 failed entries with 1 KB errors
+/// (~3 MB).
+fn fat_discover(id: &str) -> pb::DiscoverResponse {
+    let mut d = discover(id, &["g0"]);
+    d.capabilities.as_mut().unwrap().models = (0..3000)
+        .map(|i| pb::Model {
+            id: format!("failed-{i:04}"),
+            state: pb::ModelState::Failed as i32,
+            error: Some("x".repeat(1000)),
+            ..Default::default()
+        })
+        .collect();
+    d
+}
+
+/// A hive with a fat catalog ([`fat_discover`]) that sends 4,096 download records of
+/// ~800 B in its compact samples' extras (~3.3 MB: under the 4 MiB a hive message may
+/// be; ~19 MB of view for three such hives).
 async fn hostile(id: &'static str) -> ScriptedHive {
-    ScriptedHive::start(discover(id, &["g0"]), move |mut script| async move {
-        let caps = discover(id, &["g0"]).capabilities.unwrap();
+    ScriptedHive::start(fat_discover(id), move |mut script| async move {
+        let caps = fat_discover(id).capabilities.unwrap();
         let layout = Layout::of(&VersionedCapabilities::try_from(&caps).unwrap());
         let mut encoder = Encoder::new();
         let downloads: Vec<pb::DownloadProgress> = (0..4096).map(record).collect();
@@ -115,8 +131,9 @@ async fn hostile_hives_stuffing_extras_are_cut_and_the_view_stays_readable() {
     let queen = TestQueen::start(hives.iter().map(|h| h.url.clone()).collect()).await;
     let mut client = queen.client().await;
     let cut = format!("downloads: kept {MAX_RECORDS} of 4096 records");
+    let catalog_cut = format!("catalog: kept {MAX_FAILED_ENTRIES} of 3000 failed entries");
     wait_for(&mut client, "every stuffing hive online, degraded, saying what was cut", |hs| {
-        hs.len() == 3 && hs.iter().all(|h| online(h) && cut_reason(h, &cut))
+        hs.len() == 3 && hs.iter().all(|h| online(h) && cut_reason(h, &cut) && cut_reason(h, &catalog_cut))
     })
     .await;
     let seen = the_view_reads_whole(&queen, 3).await;
@@ -124,6 +141,7 @@ async fn hostile_hives_stuffing_extras_are_cut_and_the_view_stays_readable() {
         let s = h.latest_sample.as_ref().unwrap();
         assert_eq!(s.downloads.len(), MAX_RECORDS);
         assert!(s.cuts.iter().any(|c| c == &cut), "{:?}", s.cuts);
+        assert_eq!(h.capabilities.as_ref().unwrap().models.len(), MAX_FAILED_ENTRIES);
     }
     queen.stop().await;
 }
@@ -176,7 +194,7 @@ async fn failing_fetches_on_a_hive_are_limited_per_caller_and_the_hive_stays_vis
     assert!(prost::Message::encoded_len(&discover) < MAX_DISCOVER_BYTES);
     let failed =
         discover.capabilities.unwrap().models.iter().filter(|m| m.state() == pb::ModelState::Failed).count();
-    assert!(failed <= rbee_shared::view_budget::MAX_FAILED_ENTRIES, "{failed} failed entries");
+    assert!(failed <= MAX_FAILED_ENTRIES, "{failed} failed entries");
     queen.stop().await;
 }
 
