@@ -19,6 +19,9 @@ pub const MAX_FAILED_ENTRIES: usize = 32;
 pub const MAX_CATALOG_BYTES: usize = 1024 * 1024;
 /// Most records per list in one sample (downloads, and preloads).
 pub const MAX_RECORDS: usize = 64;
+/// Most GPU processes listed in one sample, over all its GPUs (the rest are counted
+/// as unlisted, with their VRAM): the hive's default of 32 per GPU, for 32 GPUs.
+pub const MAX_PROCESSES: usize = 1024;
 /// Longest error text kept in a record or a catalog entry.
 pub const MAX_ERROR_BYTES: usize = 256;
 /// Most cut lines one sample carries, and the longest one.
@@ -155,10 +158,34 @@ pub fn push_cut(cuts: &mut Vec<String>, cut: String) {
     cuts.push(bounded(&cut, MAX_CUT_BYTES));
 }
 
-/// Cuts a sample's record lists to their budgets, adding a line for each cut.
+/// Cuts the GPU process lists of a sample to [`MAX_PROCESSES`] in all (an equal share
+/// per GPU, the ones using the most VRAM kept): the processes left out are counted as
+/// unlisted, their VRAM with them, so the accounting stays whole.
+pub fn cut_processes(sample: &mut Sample) -> Option<String> {
+    let total: usize = sample.gpus.iter().filter_map(|g| g.processes.as_ref()).map(|p| p.listed.len()).sum();
+    if total <= MAX_PROCESSES {
+        return None;
+    }
+    let share = (MAX_PROCESSES / sample.gpus.len().max(1)).max(1);
+    for p in sample.gpus.iter_mut().filter_map(|g| g.processes.as_mut()) {
+        if p.listed.len() > share {
+            let tail = p.listed.split_off(share);
+            let vram = tail.iter().filter_map(|x| x.used_vram_bytes).fold(0u64, u64::saturating_add);
+            p.unlisted = p.unlisted.saturating_add(u32::try_from(tail.len()).unwrap_or(u32::MAX));
+            p.unlisted_vram_bytes = p.unlisted_vram_bytes.saturating_add(vram);
+        }
+    }
+    let kept: usize = sample.gpus.iter().filter_map(|g| g.processes.as_ref()).map(|p| p.listed.len()).sum();
+    Some(format!("gpu processes: listed {kept} of {total}"))
+}
+
+/// Cuts a sample's record and process lists to their budgets, adding a line for each cut.
 pub fn cut_sample(sample: &mut Sample) {
-    let cuts =
-        [cut_records(&mut sample.downloads, "downloads"), cut_records(&mut sample.preloads, "preloads")];
+    let cuts = [
+        cut_records(&mut sample.downloads, "downloads"),
+        cut_records(&mut sample.preloads, "preloads"),
+        cut_processes(sample),
+    ];
     for cut in cuts.into_iter().flatten() {
         push_cut(&mut sample.cuts, cut);
     }
@@ -232,6 +259,34 @@ mod tests {
         let cuts = cut_catalog(&mut many);
         assert_eq!(cuts, ["catalog: kept 1024 of 5000 entries"]);
         assert!(many.values().all(|e| e.state == ModelState::Ready), "ready entries are kept first");
+    }
+
+    #[test]
+    fn process_lists_are_cut_and_the_vram_they_use_stays_counted() {
+        use crate::{GpuProcess, GpuProcesses, GpuSample};
+        let proc = |pid: u32| GpuProcess {
+            pid,
+            used_vram_bytes: Some(10),
+            name: Some("n".repeat(200)),
+            ..GpuProcess::default()
+        };
+        let gpu = |id: &str| GpuSample {
+            id: id.into(),
+            processes: Some(GpuProcesses {
+                listed: (0..2048).map(proc).collect(),
+                unlisted: 1,
+                unlisted_vram_bytes: 5,
+            }),
+            ..GpuSample::default()
+        };
+        let mut sample = Sample { gpus: vec![gpu("a"), gpu("b")], ..Sample::default() };
+        cut_sample(&mut sample);
+        assert_eq!(sample.cuts, ["gpu processes: listed 1024 of 4096"]);
+        for g in &sample.gpus {
+            let p = g.processes.as_ref().unwrap();
+            assert_eq!((p.listed.len(), p.unlisted), (512, 1 + 1536));
+            assert_eq!(p.listed_vram_bytes() + p.unlisted_vram_bytes, 2048 * 10 + 5, "no VRAM disappears");
+        }
     }
 
     #[test]
