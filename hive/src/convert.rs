@@ -4,6 +4,7 @@
 //! generated stream types.
 
 use rbee_proto::v1 as pb;
+use rbee_shared::size_limit::is_too_large;
 use rbee_shared::{HiveStreamMessage, QueenStreamMessage};
 use tokio_stream::StreamExt;
 use tonic::{Code, Status, Streaming};
@@ -25,11 +26,6 @@ pub fn inbound(messages: Streaming<pb::QueenMessage>) -> Inbound {
         }
         Err(_) => None,
     }))
-}
-
-/// tonic reports an oversized message as OUT_OF_RANGE "... too large ...".
-fn is_too_large(status: &Status) -> bool {
-    status.code() == Code::OutOfRange && status.message().contains("too large")
 }
 
 /// A session message for the wire, or the error as a status.

@@ -106,6 +106,10 @@ pub enum HiveError {
     /// declared.
     #[error("{0}")]
     ModelConflict(String),
+    /// A new download would pass a budget of the hive's view (catalog entries, failed
+    /// downloads per caller): RESOURCE_EXHAUSTED.
+    #[error("{0}")]
+    ModelsBudget(String),
     /// A download's declared size exceeds the free disk.
     #[error("not enough disk space in {}: the model declares {needed} bytes, {free} are free", dir.display())]
     InsufficientDisk {
@@ -203,7 +207,9 @@ impl From<HiveError> for tonic::Status {
             HiveError::ModelsDisabled | HiveError::ModelBusy(_) | HiveError::ModelConflict(_) => {
                 Status::failed_precondition(e.to_string())
             }
-            HiveError::InsufficientDisk { .. } => Status::resource_exhausted(e.to_string()),
+            HiveError::InsufficientDisk { .. } | HiveError::ModelsBudget(_) => {
+                Status::resource_exhausted(e.to_string())
+            }
             HiveError::ModelIo { .. } => Status::internal(e.to_string()),
             HiveError::ModelNotReady { .. } => Status::failed_precondition(e.to_string()),
             HiveError::OverBudget { .. } | HiveError::InsufficientMemory { .. } => {

@@ -60,10 +60,20 @@ impl Hive for HiveService {
         _request: Request<pb::DiscoverRequest>,
     ) -> Result<Response<pb::DiscoverResponse>, Status> {
         let caps = self.ctx.telemetry.capabilities();
-        Ok(Response::new(pb::DiscoverResponse {
+        let answer = pb::DiscoverResponse {
             identity: Some(self.ctx.identity.as_ref().into()),
             capabilities: Some(caps.as_ref().into()),
-        }))
+        };
+        // The catalog's budget keeps this far below; say so loudly if it ever is not.
+        let bytes = prost::Message::encoded_len(&answer);
+        if bytes > rbee_shared::view_budget::MAX_DISCOVER_BYTES {
+            tracing::error!(
+                bytes,
+                budget = rbee_shared::view_budget::MAX_DISCOVER_BYTES,
+                "Discover answer over its budget"
+            );
+        }
+        Ok(Response::new(answer))
     }
 
     type MetricsStreamStream = HiveMessageStream;
@@ -95,11 +105,12 @@ impl Hive for HiveService {
         request: Request<pb::FetchModelRequest>,
     ) -> Result<Response<pb::FetchModelResponse>, Status> {
         let models = self.models()?;
+        let caller = request.remote_addr().map(|a| a.ip());
         let r = request.into_inner();
         let id = model_id_from_wire("model_id", &r.model_id).map_err(HiveError::from)?;
         let source = source_from_wire(r.source.as_ref()).map_err(HiveError::from)?;
         let accepted_at_unix_ms = rbee_shared::time::now_unix_ms();
-        let outcome = models.fetch(&id, source)?;
+        let outcome = models.fetch_for(&id, source, caller)?;
         Ok(Response::new(pb::FetchModelResponse {
             accepted_at_unix_ms,
             joined: outcome == FetchOutcome::Joined,

@@ -61,6 +61,7 @@ fn fleet_model() -> Model {
                 view_of("http://b:1", "beta", "us", 90.0, 10 * GIB),
             ],
             coalesced: false,
+            more: false,
         })),
         Instant::now(),
     );
@@ -69,6 +70,20 @@ fn fleet_model() -> Model {
 
 fn names(m: &Model) -> Vec<String> {
     m.visible().iter().map(|r| r.name().to_owned()).collect()
+}
+
+#[test]
+fn a_snapshot_in_parts_builds_the_whole_fleet() {
+    let mut m = fleet_model();
+    let part = |hives: Vec<pb::HiveView>, more: bool| {
+        event(pb::fleet_event::Event::Snapshot(pb::FleetSnapshot { hives, coalesced: true, more }))
+    };
+    m.apply(part(vec![view_of("http://c:1", "gamma", "eu", 1.0, GIB)], true), Instant::now());
+    assert_eq!(names(&m), ["gamma"], "the first part replaces the rows");
+    m.apply(part(vec![view_of("http://d:1", "delta", "eu", 1.0, GIB)], false), Instant::now());
+    assert_eq!(names(&m), ["delta", "gamma"], "the next parts add to them");
+    m.apply(part(vec![view_of("http://a:1", "alpha", "eu", 1.0, GIB)], false), Instant::now());
+    assert_eq!(names(&m), ["alpha"], "a new snapshot replaces them again");
 }
 
 #[test]

@@ -524,6 +524,7 @@ impl From<&Sample> for pb::Sample {
             models_disk: s.models_disk.as_ref().map(Into::into),
             preloads: s.preloads.iter().map(Into::into).collect(),
             read_bandwidth: s.read_bandwidth.as_ref().map(Into::into),
+            cuts: s.cuts.clone(),
         }
     }
 }
@@ -621,6 +622,7 @@ impl TryFrom<&pb::Sample> for Sample {
                 .as_ref()
                 .map(|b| models::read_bandwidth_from_wire("sample.read_bandwidth", b))
                 .transpose()?,
+            cuts: crate::view_budget::cuts_from_wire(&s.cuts),
         })
     }
 }

@@ -9,7 +9,8 @@
 //! - [`compact`]: compact samples (deadband deltas) on a stream, both ends.
 //! - One home for each rule both programs follow: [`sample_interval`], [`labels`],
 //!   [`backoff`], [`bearer`], [`hostname`], [`duration_serde`], [`lock`],
-//!   [`warn_limit`].
+//!   [`warn_limit`], [`failure_limit`].
+//! - [`view_budget`]: the budgets on one hive's view (catalog, records, bytes).
 //! - [`metrics_http`]: the `/metrics` endpoint both daemons serve for Prometheus.
 //! - [`bytesize`], [`telemetry`], [`shutdown`], [`time`]: small helpers both binaries use.
 //!
@@ -25,6 +26,7 @@ pub mod compact;
 pub mod convert;
 pub mod duration_serde;
 pub mod error;
+pub mod failure_limit;
 pub mod gpu_process;
 pub mod grpc_server;
 pub mod hostname;
@@ -41,6 +43,7 @@ pub mod stream_message;
 pub mod telemetry;
 pub mod time;
 pub mod tls;
+pub mod view_budget;
 pub mod warn_limit;
 
 pub use capability::{

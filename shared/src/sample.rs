@@ -109,6 +109,9 @@ pub struct Sample {
     pub preloads: Vec<crate::DownloadProgress>,
     /// How fast the hive reads model files, when measured.
     pub read_bandwidth: Option<crate::ReadBandwidth>,
+    /// What was cut from the hive's view to keep it within its budgets, one line each
+    /// ([`crate::view_budget`]).
+    pub cuts: Vec<String>,
 }
 
 pub use crate::sample_interval::{DEFAULT_SAMPLE_INTERVAL, MAX_SAMPLE_INTERVAL, MIN_SAMPLE_INTERVAL};

@@ -1,5 +1,7 @@
-//! Oversized requests answer `RESOURCE_EXHAUSTED`, as gRPC specifies for message size
-//! limits (tonic's decoder says `OUT_OF_RANGE`). A tower layer for both servers.
+//! Oversized messages are `RESOURCE_EXHAUSTED`, as gRPC specifies for message size
+//! limits (tonic's decoder says `OUT_OF_RANGE`): a tower layer for both servers, and
+//! [`is_too_large`] / [`normalize`] for what a client (the queen's dialer, the CLI)
+//! received.
 
 use std::task::{Context, Poll};
 
@@ -23,6 +25,23 @@ impl<S> Layer<S> for SizeLimitStatusLayer {
 pub struct SizeLimitStatus<S> {
     /// The wrapped service.
     inner: S,
+}
+
+/// True for tonic's status for a message over the size limit: `OUT_OF_RANGE` "... too
+/// large ..." (or already `RESOURCE_EXHAUSTED` with that text).
+pub fn is_too_large(status: &tonic::Status) -> bool {
+    matches!(status.code(), tonic::Code::OutOfRange | tonic::Code::ResourceExhausted)
+        && status.message().contains("too large")
+}
+
+/// `status`, with a message-size error turned into `RESOURCE_EXHAUSTED` (its text
+/// kept); any other status as it is.
+pub fn normalize(status: tonic::Status) -> tonic::Status {
+    if status.code() == tonic::Code::OutOfRange && is_too_large(&status) {
+        tonic::Status::resource_exhausted(status.message().to_owned())
+    } else {
+        status
+    }
 }
 
 /// gRPC status codes as they appear in the `grpc-status` header.
@@ -80,5 +99,17 @@ mod tests {
         assert_eq!(r.headers()["grpc-status"], "11");
         let r = rewrite(resp("3", "too large"));
         assert_eq!(r.headers()["grpc-status"], "3");
+    }
+
+    #[test]
+    fn a_client_side_size_error_becomes_resource_exhausted() {
+        let decoded = tonic::Status::out_of_range(
+            "Error, decoded message length too large: found 8500000 bytes, the limit is: 4194304 bytes",
+        );
+        assert!(is_too_large(&decoded));
+        let n = normalize(decoded);
+        assert_eq!(n.code(), tonic::Code::ResourceExhausted);
+        assert!(n.message().contains("8500000"));
+        assert_eq!(normalize(tonic::Status::out_of_range("index")).code(), tonic::Code::OutOfRange);
     }
 }

@@ -5,8 +5,10 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use rbee_shared::lock::MutexExt;
 use rbee_shared::{ModelEntry, ModelFile, ModelState};
 use tokio::sync::watch;
 
@@ -20,11 +22,13 @@ pub type ModelMap = BTreeMap<String, ModelEntry>;
 pub struct Catalog {
     /// Latest value; readers clone the `Arc`.
     tx: watch::Sender<Arc<ModelMap>>,
+    /// When each failed entry failed, to keep the newest and age the rest out.
+    failed_at: Mutex<BTreeMap<String, Instant>>,
 }
 
 impl Default for Catalog {
     fn default() -> Self {
-        Self { tx: watch::channel(Arc::new(ModelMap::new())).0 }
+        Self { tx: watch::channel(Arc::new(ModelMap::new())).0, failed_at: Mutex::default() }
     }
 }
 
@@ -44,8 +48,65 @@ impl Catalog {
         self.tx.borrow().get(id).cloned()
     }
 
+    /// Entries in the catalog.
+    pub fn len(&self) -> usize {
+        self.tx.borrow().len()
+    }
+
+    /// True when the catalog is empty.
+    pub fn is_empty(&self) -> bool {
+        self.tx.borrow().is_empty()
+    }
+
+    /// Notes when `id` failed, or forgets it when it is no longer failed.
+    fn track(&self, id: &str, state: Option<ModelState>) {
+        let mut failed_at = self.failed_at.lock_unpoisoned();
+        if state == Some(ModelState::Failed) {
+            failed_at.entry(id.to_owned()).or_insert_with(Instant::now);
+        } else {
+            failed_at.remove(id);
+        }
+    }
+
+    /// Removes failed entries older than `max_age`, then the oldest beyond `keep`;
+    /// returns how many were removed.
+    pub fn prune_failed(&self, keep: usize, max_age: Duration) -> usize {
+        let doomed: Vec<String> = {
+            // The catalog's lock before `failed_at`, as in `update`.
+            let map = self.tx.borrow();
+            let mut failed_at = self.failed_at.lock_unpoisoned();
+            failed_at.retain(|id, _| map.get(id).is_some_and(|e| e.state == ModelState::Failed));
+            let mut by_age: Vec<(Instant, String)> =
+                failed_at.iter().map(|(id, at)| (*at, id.clone())).collect();
+            by_age.sort();
+            let over = by_age.len().saturating_sub(keep);
+            by_age
+                .into_iter()
+                .enumerate()
+                .filter(|(i, (at, _))| *i < over || at.elapsed() >= max_age)
+                .map(|(_, (_, id))| id)
+                .collect()
+        };
+        if doomed.is_empty() {
+            return 0;
+        }
+        self.tx.send_if_modified(|map| {
+            let map = Arc::make_mut(map);
+            for id in &doomed {
+                map.remove(id);
+            }
+            true
+        });
+        let mut failed_at = self.failed_at.lock_unpoisoned();
+        for id in &doomed {
+            failed_at.remove(id);
+        }
+        doomed.len()
+    }
+
     /// Inserts or replaces an entry (publishes only a real change).
     pub fn put(&self, entry: ModelEntry) {
+        self.track(&entry.id, Some(entry.state));
         self.tx.send_if_modified(|map| {
             if map.get(&entry.id) == Some(&entry) {
                 return false;
@@ -64,6 +125,7 @@ impl Catalog {
             if !f(&mut entry) {
                 return false;
             }
+            self.track(id, Some(entry.state));
             Arc::make_mut(map).insert(id.to_owned(), entry);
             true
         });
@@ -71,6 +133,7 @@ impl Catalog {
 
     /// Removes an entry; returns it.
     pub fn remove(&self, id: &str) -> Option<ModelEntry> {
+        self.track(id, None);
         let mut removed = None;
         self.tx.send_if_modified(|map| {
             if !map.contains_key(id) {
@@ -176,4 +239,31 @@ fn matches_disk(manifest: &[ModelFile], disk: &[(String, u64)]) -> bool {
     let mut listed: Vec<(String, u64)> = manifest.iter().map(|f| (f.path.clone(), f.size_bytes)).collect();
     listed.sort();
     listed == disk
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(id: &str) -> ModelEntry {
+        ModelEntry { state: ModelState::Failed, ..unverified_entry(id, &[]) }
+    }
+
+    #[test]
+    fn failed_entries_are_bounded_and_aged_out_and_others_stay() {
+        let catalog = Catalog::default();
+        catalog.put(ModelEntry { state: ModelState::Ready, ..unverified_entry("ready", &[]) });
+        for i in 0..10 {
+            catalog.put(failed(&format!("bad-{i}")));
+        }
+        assert_eq!(catalog.prune_failed(4, Duration::from_secs(3600)), 6);
+        let kept: Vec<String> = catalog.snapshot().keys().cloned().collect();
+        assert_eq!(kept, ["bad-6", "bad-7", "bad-8", "bad-9", "ready"], "the newest failures are kept");
+        assert_eq!(catalog.prune_failed(4, Duration::ZERO), 4, "all aged out");
+        assert_eq!(catalog.len(), 1);
+        // A failed entry that is fetched again is no longer counted as failed.
+        catalog.put(failed("again"));
+        catalog.put(ModelEntry { state: ModelState::Downloading, ..failed("again") });
+        assert_eq!(catalog.prune_failed(0, Duration::ZERO), 0);
+    }
 }

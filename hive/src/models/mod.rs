@@ -7,6 +7,8 @@
 //!   while streaming; [`sink`]: its writer and fsync threads; [`http`]: the client;
 //!   [`hf`]: `hf://` through the Hub API; [`egress`]: where downloads may go.
 //! - [`progress`]: what samples report per download. [`disk`]: free space.
+//! - [`failures`]: failed downloads, limited per caller. Failed entries and finished
+//!   records are bounded too (the view budgets, `rbee_shared::view_budget`).
 //! - [`source`]: how the catalog reaches capabilities, and progress reaches samples.
 
 pub mod catalog;
@@ -14,6 +16,7 @@ pub mod conflict;
 pub mod disk;
 pub mod download;
 pub mod egress;
+pub mod failures;
 pub mod hf;
 pub mod http;
 pub mod job;
@@ -26,11 +29,13 @@ pub mod source;
 pub mod verify;
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rbee_shared::lock::MutexExt;
+use rbee_shared::view_budget;
 use rbee_shared::{DiskSpace, DownloadProgress, ModelSource, ModelState};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
@@ -38,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::HiveError;
 use catalog::{Catalog, ModelMap};
+use failures::{BudgetEvent, BudgetLog};
 use manifest::FetchRecord;
 use progress::Progress;
 
@@ -45,6 +51,12 @@ use progress::Progress;
 pub const DEFAULT_MAX_DOWNLOADS: usize = 2;
 /// How long a finished download's final record stays in samples.
 pub const FINISHED_RETENTION: Duration = Duration::from_secs(60);
+/// Most final records kept (the newest); samples carry at most
+/// [`view_budget::MAX_RECORDS`] records in all.
+pub const MAX_FINISHED: usize = view_budget::MAX_RECORDS;
+/// How long a failed download stays in the catalog (at most
+/// [`view_budget::MAX_FAILED_ENTRIES`] of them, the newest).
+pub const FAILED_RETENTION: Duration = Duration::from_secs(3600);
 
 /// How the models directory is run.
 #[derive(Debug, Clone)]
@@ -103,6 +115,8 @@ struct Job {
     declared: Option<u64>,
     /// The files it was asked for (empty for `hf://`).
     files: Vec<rbee_shared::ModelFile>,
+    /// Who asked for it (the peer of the FetchModel call), charged if it fails.
+    caller: Option<IpAddr>,
 }
 
 impl Job {
@@ -145,6 +159,10 @@ pub struct Inner {
     shutdown: CancellationToken,
     /// Every task started, awaited at shutdown.
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Failed downloads per caller.
+    failures: Mutex<rbee_shared::failure_limit::FailureLimit<Option<IpAddr>>>,
+    /// What the view budgets made the hive drop or refuse lately.
+    budget_log: Mutex<BudgetLog>,
 }
 
 impl Inner {
@@ -159,10 +177,39 @@ impl Inner {
         Ok(self.client.get_or_init(|| built))
     }
 
-    /// Records a download's final state and ends its job.
+    /// Counts `n` budget events of `kind`.
+    fn budget_event(&self, kind: BudgetEvent, n: u64) {
+        self.budget_log.lock_unpoisoned().record(kind, n, Instant::now());
+    }
+
+    /// Drops failed entries beyond their bound or age, counting them.
+    fn prune_failed(&self, keep: usize, max_age: Duration) {
+        let n = self.catalog.prune_failed(keep, max_age);
+        self.budget_event(BudgetEvent::FailedDropped, n as u64);
+    }
+
+    /// Records a download's final state and ends its job; a failure is charged to
+    /// its caller, and failed entries and final records are kept within their budgets.
     fn finish(&self, id: &str, record: DownloadProgress) {
-        self.finished.lock_unpoisoned().insert(id.to_owned(), (Instant::now(), record));
-        self.jobs.lock_unpoisoned().remove(id);
+        let failed = record.phase == rbee_shared::DownloadPhase::Failed;
+        {
+            let mut finished = self.finished.lock_unpoisoned();
+            finished.insert(id.to_owned(), (Instant::now(), record));
+            if finished.len() > MAX_FINISHED {
+                let mut by_age: Vec<(Instant, String)> =
+                    finished.iter().map(|(id, (at, _))| (*at, id.clone())).collect();
+                by_age.sort();
+                for (_, old) in by_age.into_iter().take(finished.len() - MAX_FINISHED) {
+                    finished.remove(&old);
+                }
+            }
+        }
+        let job = self.jobs.lock_unpoisoned().remove(id);
+        if failed {
+            let caller = job.and_then(|j| j.caller);
+            self.failures.lock_unpoisoned().charge(caller, Instant::now());
+            self.prune_failed(view_budget::MAX_FAILED_ENTRIES, FAILED_RETENTION);
+        }
     }
 
     /// Bytes the running downloads other than `except` will still write: the free
@@ -203,6 +250,8 @@ impl Models {
             hub: config.hub.clone(),
             shutdown,
             tasks: Mutex::new(Vec::new()),
+            failures: Mutex::new(failures::limit()),
+            budget_log: Mutex::default(),
             config,
         });
         let models = Self { inner };
@@ -256,6 +305,12 @@ impl Models {
         out.into_values().collect()
     }
 
+    /// What the view budgets made the hive drop or refuse within the last
+    /// [`FINISHED_RETENTION`], one line each (samples carry them as cut lines).
+    pub fn budget_cuts(&self) -> Vec<String> {
+        self.inner.budget_log.lock_unpoisoned().lines()
+    }
+
     /// The models filesystem's space, if it can be read.
     pub fn disk(&self) -> Option<DiskSpace> {
         disk::space(&self.inner.config.dir).ok()
@@ -264,6 +319,18 @@ impl Models {
     /// Starts or joins the download of `id` from `source`. A declared size over the
     /// free disk is refused here, before anything is written.
     pub fn fetch(&self, id: &str, source: ModelSource) -> Result<FetchOutcome, HiveError> {
+        self.fetch_for(id, source, None)
+    }
+
+    /// [`Models::fetch`] for `caller` (the peer of the call): a new download is refused
+    /// while the caller's downloads keep failing ([`failures`]), or when the catalog
+    /// holds [`view_budget::MAX_CATALOG_ENTRIES`] entries.
+    pub fn fetch_for(
+        &self,
+        id: &str,
+        source: ModelSource,
+        caller: Option<IpAddr>,
+    ) -> Result<FetchOutcome, HiveError> {
         if self.inner.shutdown.is_cancelled() {
             return Err(HiveError::ShuttingDown);
         }
@@ -288,6 +355,26 @@ impl Models {
             Some(m) if m.state == ModelState::Unverified => return Err(HiveError::ModelBusy(id.to_owned())),
             _ => {}
         }
+        let limited = self.inner.failures.lock_unpoisoned().check(caller, Instant::now());
+        if let Err(wait) = limited {
+            self.inner.budget_event(BudgetEvent::Refused, 1);
+            return Err(HiveError::ModelsBudget(format!(
+                "too many failed downloads from this caller; retry in {} s",
+                wait.as_secs().max(1)
+            )));
+        }
+        if self.inner.catalog.get(id).is_none()
+            && self.inner.catalog.len() >= view_budget::MAX_CATALOG_ENTRIES
+        {
+            self.inner.prune_failed(0, Duration::ZERO);
+            if self.inner.catalog.len() >= view_budget::MAX_CATALOG_ENTRIES {
+                self.inner.budget_event(BudgetEvent::Refused, 1);
+                return Err(HiveError::ModelsBudget(format!(
+                    "the catalog holds {} models, its limit; delete one first",
+                    view_budget::MAX_CATALOG_ENTRIES
+                )));
+            }
+        }
         if let ModelSource::Urls(files) = &source
             && let Some(declared) =
                 files.iter().map(|f| f.size_bytes).try_fold(0u64, |sum, s| s.and_then(|s| sum.checked_add(s)))
@@ -311,17 +398,17 @@ impl Models {
         std::fs::create_dir_all(&partial).map_err(io)?;
         manifest::write(&partial.join(layout::FETCH_RECORD), &record).map_err(io)?;
         self.inner.finished.lock_unpoisoned().remove(id);
-        self.spawn_job(&mut jobs, record);
+        self.spawn_job(&mut jobs, record, caller);
         Ok(FetchOutcome::Started)
     }
 
     /// Starts a resumed download (at open).
     fn start(&self, record: FetchRecord) {
         let mut jobs = self.inner.jobs.lock_unpoisoned();
-        self.spawn_job(&mut jobs, record);
+        self.spawn_job(&mut jobs, record, None);
     }
 
-    fn spawn_job(&self, jobs: &mut BTreeMap<String, Job>, record: FetchRecord) {
+    fn spawn_job(&self, jobs: &mut BTreeMap<String, Job>, record: FetchRecord, caller: Option<IpAddr>) {
         let id = record.id.clone();
         let files = match (&record.resolved, &record.source) {
             (Some(files), _) | (None, ModelSource::Urls(files)) => files.clone(),
@@ -349,7 +436,13 @@ impl Models {
         let declared_files = conflict::declared_files(&files);
         jobs.insert(
             id,
-            Job { cancel: cancel.clone(), progress: progress.clone(), declared, files: declared_files },
+            Job {
+                cancel: cancel.clone(),
+                progress: progress.clone(),
+                declared,
+                files: declared_files,
+                caller,
+            },
         );
         let task = tokio::spawn(job::run(self.inner.clone(), record, progress, cancel));
         let mut tasks = self.inner.tasks.lock_unpoisoned();
@@ -420,6 +513,7 @@ impl Models {
     }
 
     async fn upkeep(&self) {
+        self.inner.prune_failed(view_budget::MAX_FAILED_ENTRIES, FAILED_RETENTION);
         let root = self.inner.config.dir.clone();
         let found = match tokio::task::spawn_blocking(move || scan_models_only(&root)).await {
             Ok(Ok(found)) => found,

@@ -337,14 +337,29 @@ impl HivePage {
     const TOKEN_PREFIX: &'static str = "h1.";
 
     /// The answer for `hives`, fetched as `size + 1` so that the last page is known.
+    /// The page also ends before it would pass [`view_budget::MAX_ANSWER_BYTES`]
+    /// (never before its first hive, which the per-hive budgets keep far smaller).
+    ///
+    /// [`view_budget::MAX_ANSWER_BYTES`]: rbee_shared::view_budget::MAX_ANSWER_BYTES
     pub fn response(&self, hives: &[std::sync::Arc<HiveSnapshot>]) -> pb::ListHivesResponse {
-        let page = &hives[..hives.len().min(self.size)];
-        let next_page_token = match (hives.len() > self.size, page.last()) {
+        let budget = rbee_shared::view_budget::MAX_ANSWER_BYTES;
+        let mut page: Vec<pb::HiveView> = Vec::new();
+        let mut bytes = 0;
+        for hive in hives.iter().take(self.size) {
+            let view = pb::HiveView::from(hive.as_ref());
+            let len = prost::Message::encoded_len(&view) + 8;
+            if !page.is_empty() && bytes + len > budget {
+                break;
+            }
+            bytes += len;
+            page.push(view);
+        }
+        let next_page_token = match (hives.len() > page.len(), page.last()) {
             (true, Some(last)) => Self::token(&last.address),
             _ => String::new(),
         };
         pb::ListHivesResponse {
-            hives: page.iter().map(|h| h.as_ref().into()).collect(),
+            hives: page,
             queen_time_unix_ms: rbee_shared::time::now_unix_ms(),
             next_page_token,
         }
@@ -408,5 +423,51 @@ mod hive_page_tests {
         }
         let r = pb::ListHivesRequest { page_size: 1001, page_token: String::new() };
         assert!(HivePage::try_from(&r).unwrap_err().to_string().contains("page_size"));
+    }
+
+    #[test]
+    fn pages_end_before_they_pass_the_answer_budget() {
+        use rbee_shared::{ModelEntry, ModelFile, ModelState, VersionedCapabilities};
+        use std::sync::Arc;
+        // Five hives of ~1 MB each (a catalog at its byte budget): 5 MB in all.
+        let entry = ModelEntry {
+            id: "big".into(),
+            state: ModelState::Ready,
+            files: (0..6000)
+                .map(|i| ModelFile { path: format!("{i:0>80}"), size_bytes: 1, sha256: Some("a".repeat(64)) })
+                .collect(),
+            size_bytes: 6000,
+            error: None,
+            resident_bytes: None,
+            warm: false,
+        };
+        let mut caps = VersionedCapabilities { version: 1, caps: Default::default() };
+        caps.caps.models.insert(entry.id.clone(), entry);
+        let caps = Arc::new(caps);
+        let hives: Vec<Arc<HiveSnapshot>> = (0..5)
+            .map(|i| {
+                let mut h =
+                    HiveSnapshot::pending(format!("http://10.0.0.{i}:1"), Origin::Static, Default::default());
+                h.caps = Some(caps.clone());
+                Arc::new(h)
+            })
+            .collect();
+        let mut after: Option<String> = None;
+        let mut seen = 0;
+        loop {
+            let rest: Vec<_> =
+                hives.iter().filter(|h| after.as_ref().is_none_or(|a| h.address > *a)).cloned().collect();
+            let page = HivePage { after: after.clone(), size: HivePage::DEFAULT_SIZE }.response(&rest);
+            let bytes = prost::Message::encoded_len(&page);
+            assert!(bytes <= rbee_shared::view_budget::MAX_ANSWER_BYTES, "{bytes} bytes");
+            assert!(!page.hives.is_empty());
+            seen += page.hives.len();
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            let token = pb::ListHivesRequest { page_size: 0, page_token: page.next_page_token };
+            after = HivePage::try_from(&token).unwrap().after;
+        }
+        assert_eq!(seen, 5);
     }
 }

@@ -1,13 +1,22 @@
 //! `Scheduler.FetchModel`: choose the hive (named, or the best online hive whose labels
 //! match), then call its `rbee.v1.Hive/FetchModel` the way the link dials it.
+//!
+//! Failing fetches are limited per caller (the peer of the call): each started download
+//! is charged to its caller up front, and given back once the fleet view shows it
+//! progressing or done; a failed one (or a refused call) stays charged. A caller has
+//! [`CALLER_BURST`] such charges, refilled one every [`CALLER_REFILL`], so that one
+//! caller's failing downloads cannot use up what a hive allows the queen as a whole.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{BTreeMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rbee_proto::v1 as pb;
-use rbee_shared::ModelState;
 use rbee_shared::convert::models::{model_id_from_wire, source_from_wire};
+use rbee_shared::failure_limit::FailureLimit;
+use rbee_shared::lock::MutexExt;
+use rbee_shared::{DownloadPhase, ModelState};
 
 use crate::QueenError;
 use crate::fleet::{ConnState, Fleet, HiveSnapshot};
@@ -16,18 +25,161 @@ use crate::link::LinkSettings;
 /// Longest a hive may take to answer FetchModel (it answers at once).
 const FETCH_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Downloads a caller may have unfinished or failed at once.
+pub const CALLER_BURST: u32 = 8;
+/// One more every this long.
+pub const CALLER_REFILL: Duration = Duration::from_secs(4);
+/// Started downloads whose outcome is watched, at most (the oldest are forgotten).
+const MAX_OPEN: usize = 4096;
+/// How long a started download's outcome is watched for.
+const WATCH_FOR: Duration = Duration::from_secs(120);
+
+/// A download started for a caller, whose outcome is not known yet.
+#[derive(Debug, Clone)]
+struct OpenFetch {
+    /// Who asked.
+    caller: Option<IpAddr>,
+    /// The hive's address.
+    address: String,
+    /// The model.
+    model: String,
+    /// When the hive accepted it (its clock, ms since the Unix epoch).
+    accepted_at_unix_ms: u64,
+    /// When the queen forwarded it.
+    at: Instant,
+}
+
 /// Asks hives to fetch models.
 pub struct ModelFetcher {
     /// The fleet to choose from.
     fleet: Arc<Fleet>,
     /// How to dial hives.
     link: LinkSettings,
+    /// Failed and unfinished downloads per caller.
+    limit: Mutex<FailureLimit<Option<IpAddr>>>,
+    /// Started downloads whose outcome is watched.
+    open: Mutex<VecDeque<OpenFetch>>,
+}
+
+/// What the fleet view says of a started download.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    /// Progressing, done or cancelled: it was no failing call.
+    Fine,
+    /// It failed.
+    Failed,
+    /// Not known yet.
+    Open,
 }
 
 impl ModelFetcher {
     /// Over `fleet`, dialing with `link`.
     pub fn new(fleet: Arc<Fleet>, link: LinkSettings) -> Self {
-        Self { fleet, link }
+        Self {
+            fleet,
+            link,
+            limit: Mutex::new(FailureLimit::new(CALLER_BURST, CALLER_REFILL)),
+            open: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// What the fleet view says of `f` now.
+    fn seen(&self, f: &OpenFetch) -> Seen {
+        let Some(hive) = self.fleet.get(&f.address) else { return Seen::Fine };
+        let record = hive.latest.as_ref().and_then(|s| {
+            s.downloads
+                .iter()
+                .find(|d| d.model_id == f.model && d.updated_at_unix_ms >= f.accepted_at_unix_ms)
+                .cloned()
+        });
+        match record.map(|d| (d.phase, d.bytes_done)) {
+            Some((DownloadPhase::Failed, _)) => Seen::Failed,
+            Some((DownloadPhase::Done | DownloadPhase::Cancelled, _)) => Seen::Fine,
+            Some((DownloadPhase::Downloading | DownloadPhase::Verifying, done)) if done > 0 => Seen::Fine,
+            _ => match hive.caps.as_ref().and_then(|c| c.caps.models.get(&f.model)).map(|m| m.state) {
+                Some(ModelState::Ready) => Seen::Fine,
+                _ => Seen::Open,
+            },
+        }
+    }
+
+    /// Settles the started downloads whose outcome the fleet view shows: a fine one
+    /// gives its caller's charge back, a failed one keeps it.
+    fn settle(&self) {
+        let open = std::mem::take(&mut *self.open.lock_unpoisoned());
+        let mut still = VecDeque::with_capacity(open.len());
+        let mut refunds = Vec::new();
+        for f in open {
+            match self.seen(&f) {
+                Seen::Fine => refunds.push(f.caller),
+                Seen::Failed => {}
+                Seen::Open if f.at.elapsed() >= WATCH_FOR => {}
+                Seen::Open => still.push_back(f),
+            }
+        }
+        let now = Instant::now();
+        {
+            let mut limit = self.limit.lock_unpoisoned();
+            for caller in refunds {
+                limit.refund(caller, now);
+            }
+        }
+        let mut open = self.open.lock_unpoisoned();
+        // Fetches started meanwhile stay after the ones settled here.
+        still.append(&mut open);
+        *open = still;
+    }
+
+    /// Charges `caller` for one fetch, or refuses it while the caller has too many
+    /// failed or unfinished downloads.
+    fn admit(&self, caller: Option<IpAddr>) -> Result<(), QueenError> {
+        self.settle();
+        let now = Instant::now();
+        let mut limit = self.limit.lock_unpoisoned();
+        if let Err(wait) = limit.check(caller, now) {
+            return Err(QueenError::ResourceExhausted(format!(
+                "too many failed or unfinished downloads from this caller; retry in {} s",
+                wait.as_secs().max(1)
+            )));
+        }
+        limit.charge(caller, now);
+        Ok(())
+    }
+
+    /// Watches a started download, or gives the charge back for a call that started
+    /// none (joined, or already ready).
+    fn started(&self, caller: Option<IpAddr>, address: &str, model: &str, result: &pb::FetchModelResponse) {
+        if result.joined || result.already_ready {
+            self.limit.lock_unpoisoned().refund(caller, Instant::now());
+            return;
+        }
+        let mut open = self.open.lock_unpoisoned();
+        if open.len() >= MAX_OPEN {
+            open.pop_front();
+        }
+        open.push_back(OpenFetch {
+            caller,
+            address: address.to_owned(),
+            model: model.to_owned(),
+            accepted_at_unix_ms: result.accepted_at_unix_ms,
+            at: Instant::now(),
+        });
+    }
+
+    /// Validates the request, chooses the hive and forwards the fetch, for `caller`
+    /// (the peer of the call), within the caller's limit of failing fetches.
+    pub async fn fetch_for(
+        &self,
+        r: &pb::ScheduleFetchRequest,
+        caller: Option<IpAddr>,
+    ) -> Result<pb::ScheduleFetchResponse, QueenError> {
+        let model = r.fetch.as_ref().map(|f| f.model_id.clone()).unwrap_or_default();
+        self.admit(caller)?;
+        let answer = self.fetch(r).await?;
+        if let Some(result) = &answer.result {
+            self.started(caller, &answer.address, &model, result);
+        }
+        Ok(answer)
     }
 
     /// Validates the request, chooses the hive and forwards the fetch.

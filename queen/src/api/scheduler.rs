@@ -106,7 +106,8 @@ impl SchedulerApi for SchedulerService {
             .models
             .as_ref()
             .ok_or_else(|| Status::unimplemented("this queen does not forward fetches"))?;
-        Ok(Response::new(models.fetch(request.get_ref()).await?))
+        let caller = request.remote_addr().map(|a| a.ip());
+        Ok(Response::new(models.fetch_for(request.get_ref(), caller).await?))
     }
 
     async fn preload_model(

@@ -7,6 +7,9 @@
 //! live views at each tick, so they coalesce by construction. Capability changes
 //! coalesce too: at most one per hive per [`CAPS_COALESCE`], carrying the newest
 //! capabilities, so a hive that floods diffs cannot flood its watchers.
+//!
+//! A snapshot larger than one message may be ([`view_budget::MAX_ANSWER_BYTES`]) goes
+//! in parts, split by hives: every part but the last says `more`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -19,8 +22,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tonic::Status;
 
+use rbee_shared::view_budget;
+
 use crate::QueenError;
-use crate::fleet::{Fleet, FleetEvent};
+use crate::fleet::{Fleet, FleetEvent, HiveSnapshot};
 use crate::scheduler::{Scheduler, SchedulerEvent};
 
 type Event = pb::fleet_event::Event;
@@ -71,6 +76,8 @@ pub struct WatchSession {
     queue: VecDeque<Event>,
     /// A snapshot to send next (`true`: it replaces missed events).
     snapshot: Option<bool>,
+    /// The parts of the snapshot being sent, still to go.
+    parts: VecDeque<pb::FleetSnapshot>,
     /// Per hive address, when its last capability event went out.
     caps_sent: HashMap<String, Instant>,
     /// Per hive address, a held-back capability change: when it is due, and whether a
@@ -102,6 +109,7 @@ impl WatchSession {
             sent: HashMap::new(),
             queue: VecDeque::new(),
             snapshot: Some(false),
+            parts: VecDeque::new(),
             caps_sent: HashMap::new(),
             caps_held: HashMap::new(),
             seq: 0,
@@ -178,9 +186,12 @@ impl WatchSession {
 
     async fn next(&mut self) -> Option<pb::FleetEvent> {
         loop {
+            if let Some(part) = self.parts.pop_front() {
+                return Some(self.envelope(Event::Snapshot(part)));
+            }
             if let Some(coalesced) = self.snapshot.take() {
-                let hives = self.fleet.list().iter().map(|h| h.as_ref().into()).collect();
-                return Some(self.envelope(Event::Snapshot(pb::FleetSnapshot { hives, coalesced })));
+                self.parts = snapshot_parts(&self.fleet.list(), coalesced, view_budget::MAX_ANSWER_BYTES);
+                continue;
             }
             if let Some(e) = self.due_caps() {
                 return Some(self.envelope(e));
@@ -247,5 +258,64 @@ impl WatchSession {
                 () = tick => self.fill_samples(),
             }
         }
+    }
+}
+
+/// The snapshot of `hives` in parts of at most `budget` bytes each (a part holds at
+/// least one hive); every part but the last has `more` set. An empty fleet is one
+/// empty part.
+pub fn snapshot_parts(
+    hives: &[Arc<HiveSnapshot>],
+    coalesced: bool,
+    budget: usize,
+) -> VecDeque<pb::FleetSnapshot> {
+    let mut parts = VecDeque::new();
+    let mut part = pb::FleetSnapshot { hives: Vec::new(), coalesced, more: false };
+    let mut bytes = 0;
+    for hive in hives {
+        let view = pb::HiveView::from(hive.as_ref());
+        let len = prost::Message::encoded_len(&view) + 8;
+        if !part.hives.is_empty() && bytes + len > budget {
+            let next = pb::FleetSnapshot { hives: Vec::new(), coalesced, more: false };
+            let mut full = std::mem::replace(&mut part, next);
+            full.more = true;
+            parts.push_back(full);
+            bytes = 0;
+        }
+        bytes += len;
+        part.hives.push(view);
+    }
+    parts.push_back(part);
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::Origin;
+
+    #[test]
+    fn a_snapshot_over_the_budget_goes_in_parts_that_each_fit() {
+        let hives: Vec<Arc<HiveSnapshot>> = (0..10)
+            .map(|i| {
+                let h = HiveSnapshot::pending(
+                    format!("http://10.0.0.{i}:7835"),
+                    Origin::Static,
+                    Duration::from_secs(1),
+                );
+                Arc::new(h)
+            })
+            .collect();
+        let one = prost::Message::encoded_len(&pb::HiveView::from(hives[0].as_ref())) + 8;
+        let parts = snapshot_parts(&hives, true, 3 * one);
+        assert_eq!(parts.len(), 4);
+        assert!(parts.iter().all(|p| p.coalesced && p.hives.len() <= 3));
+        let more: Vec<bool> = parts.iter().map(|p| p.more).collect();
+        assert_eq!(more, [true, true, true, false]);
+        let all: Vec<&str> = parts.iter().flat_map(|p| p.hives.iter().map(|h| h.address.as_str())).collect();
+        assert_eq!(all.len(), 10);
+        let empty = snapshot_parts(&[], false, 100);
+        assert_eq!(empty.len(), 1);
+        assert!(!empty[0].more && empty[0].hives.is_empty());
     }
 }

@@ -137,5 +137,23 @@ pub(super) fn scheduler(channel: Authed) -> SchedulerClient<Authed> {
 }
 
 pub(super) fn rpc_error(url: &str, s: tonic::Status) -> anyhow::Error {
+    // A message over the client's size limit is RESOURCE_EXHAUSTED, as gRPC specifies.
+    let s = rbee_shared::size_limit::normalize(s);
     anyhow!("queen at {url}: {:?}: {}", s.code(), s.message())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_over_the_size_limit_is_reported_as_resource_exhausted() {
+        let s = tonic::Status::out_of_range(
+            "Error, decoded message length too large: found 8500000 bytes, the limit is: 4194304 bytes",
+        );
+        let e = rpc_error("http://q:1", s).to_string();
+        assert!(e.starts_with("queen at http://q:1: ResourceExhausted: "), "{e}");
+        let other = rpc_error("http://q:1", tonic::Status::out_of_range("page 9 of 3")).to_string();
+        assert!(other.contains("OutOfRange"), "{other}");
+    }
 }

@@ -183,8 +183,12 @@ pub fn render_event(e: &pb::FleetEvent) -> String {
     let body = match &e.event {
         None => "(empty)".to_owned(),
         Some(Event::Snapshot(s)) => {
-            let mut line =
-                format!("snapshot: {} hives{}", s.hives.len(), if s.coalesced { " (coalesced)" } else { "" });
+            let mut line = format!(
+                "snapshot: {} hives{}{}",
+                s.hives.len(),
+                if s.coalesced { " (coalesced)" } else { "" },
+                if s.more { " (more parts follow)" } else { "" }
+            );
             for h in &s.hives {
                 let _ = write!(
                     line,

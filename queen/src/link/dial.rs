@@ -300,6 +300,13 @@ pub(super) fn transport_reason(e: &(dyn std::error::Error + 'static)) -> String 
 /// logged (bounded) instead. A status the queen's own transport made (it carries the
 /// local error as its source) keeps its text, bounded.
 pub(super) fn call_reason(address: &str, call: &str, s: &tonic::Status) -> String {
+    if rbee_shared::size_limit::is_too_large(s) {
+        // The queen's own decoder refused an answer over its limit: say so plainly.
+        return format!(
+            "{call} failed: ResourceExhausted (the hive's answer is over the queen's {} MiB message limit)",
+            super::manager::MAX_HIVE_MESSAGE_BYTES >> 20
+        );
+    }
     if let Some(local) = std::error::Error::source(s) {
         return format!("{call} failed: {:?}: {}", s.code(), transport_reason(local));
     }
@@ -309,6 +316,7 @@ pub(super) fn call_reason(address: &str, call: &str, s: &tonic::Status) -> Strin
 
 /// A broken stream from a hive: the code and the first [`REASON_BYTES`] of its message.
 pub(super) fn stream_reason(s: &tonic::Status) -> String {
+    let s = &rbee_shared::size_limit::normalize(s.clone());
     if s.message().is_empty() {
         format!("stream broke: {:?}", s.code())
     } else {
@@ -375,6 +383,18 @@ mod tests {
         let s = tonic::Status::internal("SECRET page body");
         let reason = call_reason("http://10.0.0.1:1", "Discover", &s);
         assert_eq!(reason, "Discover failed: Internal (Internal error)");
+    }
+
+    #[test]
+    fn message_size_errors_are_resource_exhausted() {
+        let s = tonic::Status::out_of_range(
+            "Error, decoded message length too large: found 4700000 bytes, the limit is: 4194304 bytes",
+        );
+        let reason = call_reason("http://10.0.0.1:1", "Discover", &s);
+        assert!(reason.starts_with("Discover failed: ResourceExhausted"), "{reason}");
+        assert!(!reason.contains("OutOfRange"), "{reason}");
+        let reason = stream_reason(&s);
+        assert!(reason.starts_with("stream broke: ResourceExhausted"), "{reason}");
     }
 
     #[test]

@@ -103,6 +103,9 @@ pub fn evaluate(input: &HealthInput<'_>, t: &Thresholds) -> HealthReport {
     if let Some(why) = input.invalid {
         push(&mut r, Health::Unhealthy, format!("invalid data from hive: {why}"));
     }
+    if let Some(s) = input.sample.filter(|s| !s.cuts.is_empty()) {
+        push(&mut r, Health::Degraded, format!("view cut to its budgets: {}", s.cuts.join("; ")));
+    }
     if let Some(cpu) = input.cpu_window_mean
         && cpu >= t.cpu_degraded_percent
     {

@@ -2,11 +2,17 @@
 //! only on their exact base, samples pass through unless they were measured against
 //! capabilities newer than the ones held (then a diff was lost). Pure and synchronous,
 //! so every rule is testable without a network.
+//!
+//! The queen holds every hive to the view budgets ([`rbee_shared::view_budget`]) itself,
+//! whatever the hive did: the capabilities it publishes are cut to them (diffs still
+//! apply to the whole capabilities held), and so are the samples, which then say what
+//! was cut.
 
 use std::sync::Arc;
 
 use std::collections::HashMap;
 
+use rbee_shared::view_budget::{self, push_cut};
 use rbee_shared::{HiveIdentity, HivePayload, HiveStreamMessage, Sample, VersionedCapabilities};
 
 use super::error::IngestError;
@@ -37,8 +43,13 @@ pub enum Outcome {
 pub struct IngestState {
     /// Identity, once known.
     pub identity: Option<Arc<HiveIdentity>>,
-    /// Capabilities, once known.
+    /// Capabilities, once known, whole as the hive sent them (diffs apply to these).
     pub caps: Option<Arc<VersionedCapabilities>>,
+    /// The capabilities as the queen publishes them: `caps` cut to the view budgets
+    /// (the same `Arc` when nothing was cut).
+    published: Option<Arc<VersionedCapabilities>>,
+    /// What was cut from `caps` for `published`.
+    caps_cuts: Vec<String>,
     /// A resync was asked for; diffs are dropped until the snapshot arrives.
     pub awaiting_resync: bool,
     /// Per GPU id, the capability version it arrived with (0: known from the start).
@@ -83,9 +94,44 @@ impl IngestState {
         }
         self.added_in = added_in;
         self.identity = Some(Arc::new(identity));
-        self.caps = Some(Arc::new(caps));
+        self.set_caps(Arc::new(caps));
         self.awaiting_resync = false;
         Ok(restarted)
+    }
+
+    /// Holds `caps`, and cuts the published copy to the view budgets.
+    fn set_caps(&mut self, caps: Arc<VersionedCapabilities>) {
+        let models = &caps.caps.models;
+        let within = models.len() <= view_budget::MAX_CATALOG_ENTRIES
+            && models.values().filter(|m| m.state == rbee_shared::ModelState::Failed).count()
+                <= view_budget::MAX_FAILED_ENTRIES
+            && models
+                .values()
+                .all(|m| m.error.as_ref().is_none_or(|e| e.len() <= view_budget::MAX_ERROR_BYTES))
+            && models.values().map(view_budget::entry_bytes).sum::<usize>() <= view_budget::MAX_CATALOG_BYTES;
+        if within {
+            self.published = Some(caps.clone());
+            self.caps_cuts = Vec::new();
+        } else {
+            let mut cut = VersionedCapabilities::clone(&caps);
+            self.caps_cuts = view_budget::cut_catalog(&mut cut.caps.models);
+            self.published = Some(Arc::new(cut));
+        }
+        self.caps = Some(caps);
+    }
+
+    /// The capabilities to publish: those held, cut to the view budgets.
+    pub fn published_caps(&self) -> Option<Arc<VersionedCapabilities>> {
+        self.published.clone()
+    }
+
+    /// Holds `sample` to the view budgets, and adds what the queen cut to its cut lines.
+    fn cut_sample(&self, sample: &mut Sample) {
+        sample.cuts = view_budget::cuts_from_wire(&sample.cuts);
+        for cut in &self.caps_cuts {
+            push_cut(&mut sample.cuts, cut.clone());
+        }
+        view_budget::cut_sample(sample);
     }
 
     /// The capability version a GPU arrived with, if the queen holds it.
@@ -130,7 +176,11 @@ impl IngestState {
                         self.version()
                     ))
                 }
-                _ => Outcome::Sample(Box::new(s)),
+                _ => {
+                    let mut s = s;
+                    self.cut_sample(&mut s);
+                    Outcome::Sample(Box::new(s))
+                }
             },
             // The link expands compact samples before they get here (ingest_compact).
             HivePayload::Compact(_) => Outcome::Dropped,
@@ -148,7 +198,7 @@ impl IngestState {
                         for gpu in &diff.gpus_added {
                             self.added_in.insert(gpu.id.clone(), diff.new_version);
                         }
-                        self.caps = Some(Arc::new(next));
+                        self.set_caps(Arc::new(next));
                         Outcome::Diff
                     }
                     Err(e) => {
@@ -304,6 +354,68 @@ mod tests {
             s.apply(msg(3, snapshot("e2", 1))),
             Outcome::Snapshot { restarted: true },
             "a new epoch starts over"
+        );
+    }
+
+    #[test]
+    fn the_queen_cuts_a_hives_view_to_its_budgets_and_samples_say_what_was_cut() {
+        use rbee_shared::{DownloadPhase, DownloadProgress, ModelEntry, ModelState};
+        let failed = |i: usize| ModelEntry {
+            id: format!("bad-{i:04}"),
+            state: ModelState::Failed,
+            files: Vec::new(),
+            size_bytes: 0,
+            error: Some("x".repeat(800)),
+            resident_bytes: None,
+            warm: false,
+        };
+        let mut caps = VersionedCapabilities { version: 1, caps: Default::default() };
+        caps.caps.models = (0..100).map(|i| (failed(i).id, failed(i))).collect();
+        let mut s = IngestState::default();
+        s.start_stream();
+        let payload = HivePayload::Snapshot {
+            reason: SnapshotReason::Initial,
+            identity: identity("e1"),
+            capabilities: caps,
+        };
+        assert_eq!(s.apply(msg(1, payload)), Outcome::Snapshot { restarted: false });
+        let published = s.published_caps().unwrap();
+        assert_eq!(published.caps.models.len(), view_budget::MAX_FAILED_ENTRIES);
+        assert!(
+            published
+                .caps
+                .models
+                .values()
+                .all(|m| m.error.as_ref().unwrap().len() <= view_budget::MAX_ERROR_BYTES)
+        );
+        assert_eq!(s.caps.as_ref().unwrap().caps.models.len(), 100, "diffs apply to the whole view");
+        // A diff removing a model the queen cut from what it publishes still applies.
+        let diff = CapabilityDiff {
+            base_version: 1,
+            new_version: 2,
+            models_removed: vec!["bad-0099".into()],
+            ..Default::default()
+        };
+        assert_eq!(s.apply(msg(2, HivePayload::Diff(diff))), Outcome::Diff);
+        let record = |i: usize| DownloadProgress {
+            model_id: format!("m-{i:04}"),
+            phase: DownloadPhase::Failed,
+            bytes_done: 0,
+            bytes_total: None,
+            speed_bytes_per_s: 0.0,
+            eta_ms: None,
+            error: Some("e".repeat(800)),
+            attempt: 1,
+            updated_at_unix_ms: i as u64,
+        };
+        let sample = Sample { downloads: (0..4096).map(record).collect(), ..Default::default() };
+        let Outcome::Sample(sample) = s.apply(msg(3, HivePayload::Sample(sample))) else {
+            panic!("not applied")
+        };
+        assert_eq!(sample.downloads.len(), view_budget::MAX_RECORDS);
+        assert_eq!(
+            sample.cuts,
+            ["catalog: kept 32 of 99 failed entries", "downloads: kept 64 of 4096 records"]
         );
     }
 

@@ -241,7 +241,7 @@ impl Manager {
             tracing::info!(address = %self.view.address, "hive restarted (new epoch); took its snapshot whole");
         }
         self.view.identity = self.ingest.identity.clone();
-        self.view.caps = self.ingest.caps.clone();
+        self.view.caps = self.ingest.published_caps();
         self.publish();
         if let Some(caps) = self.view.caps.clone() {
             let hive = self.tx.borrow().clone();

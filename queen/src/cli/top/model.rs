@@ -210,6 +210,8 @@ pub struct Model {
     pub reservations: Vec<pb::Reservation>,
     /// Events applied (the header shows it).
     pub events: u64,
+    /// The last snapshot part said more parts follow.
+    snapshot_continues: bool,
 }
 
 impl Model {
@@ -225,6 +227,7 @@ impl Model {
             detail: false,
             reservations: vec![],
             events: 0,
+            snapshot_continues: false,
         }
     }
 
@@ -235,8 +238,14 @@ impl Model {
         let Some(event) = event.event else { return };
         match event {
             Event::Snapshot(s) => {
-                self.rows =
-                    s.hives.into_iter().map(|v| (v.address.clone(), Row::from_view(v, now))).collect();
+                let rows = s.hives.into_iter().map(|v| (v.address.clone(), Row::from_view(v, now)));
+                // A snapshot in parts: the first part replaces the rows, the others add to them.
+                if self.snapshot_continues {
+                    self.rows.extend(rows);
+                } else {
+                    self.rows = rows.collect();
+                }
+                self.snapshot_continues = s.more;
                 self.status = format!("following the fleet ({} hives)", self.rows.len());
             }
             Event::HiveAdded(v) => {
