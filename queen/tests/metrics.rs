@@ -135,8 +135,9 @@ async fn prometheus_scrapes_the_queen_and_every_dashboard_panel_has_data() {
     let r = prometheus.query("rbee_gpu_memory_used_bytes{source=\"queen\",hive=\"prom-hive\"}").await;
     assert_eq!(value(&r[0]) as u64, used);
     // The documented label join (docs/metrics.md) has one series per side: no "duplicate series".
-    let join = "sum by (label_zone) (rbee_gpu_memory_total_bytes{source=\"queen\"} \
-                * on (hive) group_left (label_zone) rbee_hive_labels_info{source=\"queen\"})";
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md")).unwrap();
+    let join =
+        docs.split("```promql\n").nth(1).and_then(|b| b.split("```").next()).expect("the join in the docs");
     let r = prometheus.query(join).await;
     assert_eq!(r.len(), 1, "{r:?}");
     assert_eq!(r[0]["metric"]["label_zone"], "test");
