@@ -4,6 +4,11 @@
 //!
 //! Values are read at scrape time from a sample and the capabilities; nothing is kept.
 //! The text is written by `prometheus-client`. Names and labels: see `docs/metrics.md`.
+//!
+//! One source of truth per series: both endpoints export the same families, so every
+//! series carries a `source` label naming the endpoint ([`SOURCE_LABEL`]: `queen` or
+//! `hive`), and every dashboard, rule and documented query selects `source="queen"`.
+//! A Prometheus that scrapes the hives as well as the queen then never double counts.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -21,6 +26,27 @@ use crate::streams::Streams;
 
 /// A metric's labels: name and value.
 pub type Labels = Vec<(String, String)>;
+
+/// The label every series of an endpoint carries, naming the endpoint that wrote it.
+pub const SOURCE_LABEL: &str = "source";
+
+/// The `source` value of the hive's own `/metrics`.
+pub const SOURCE_HIVE: &str = "hive";
+
+/// The download phases exported by `rbee_model_downloads`, each as 0 when none is in it.
+const DOWNLOAD_PHASES: [rbee_shared::DownloadPhase; 6] = [
+    rbee_shared::DownloadPhase::Resolving,
+    rbee_shared::DownloadPhase::Downloading,
+    rbee_shared::DownloadPhase::Verifying,
+    rbee_shared::DownloadPhase::Done,
+    rbee_shared::DownloadPhase::Failed,
+    rbee_shared::DownloadPhase::Cancelled,
+];
+
+/// A registry whose every series carries `source="<source>"` (collectors included).
+pub fn registry_for(source: &'static str) -> Registry {
+    Registry::with_labels(std::iter::once((SOURCE_LABEL.into(), source.into())))
+}
 
 /// Encodes a gauge family; nothing when `rows` is empty.
 pub fn gauges<V: EncodeGaugeValue>(
@@ -193,6 +219,39 @@ pub fn encode_machines(enc: &mut DescriptorEncoder, machines: &[MachineView<'_>]
         "The machine's uptime.",
         Some(Unit::Seconds),
         samples().filter_map(|(m, s)| Some((hive(m), s.uptime_s?))),
+    )?;
+    gauges(
+        enc,
+        "rbee_hive_gpus_lost",
+        "GPUs the driver lists but that stopped answering (e.g. fallen off the bus); 0 when none.",
+        None,
+        samples().map(|(m, s)| (hive(m), s.lost_gpus.len() as u64)),
+    )?;
+    gauges(
+        enc,
+        "rbee_models_disk_total",
+        "Size of the filesystem that holds the models directory (absent: downloads are off).",
+        Some(Unit::Bytes),
+        samples().filter_map(|(m, s)| Some((hive(m), s.models_disk.as_ref()?.total_bytes))),
+    )?;
+    gauges(
+        enc,
+        "rbee_models_disk_free",
+        "Space the hive may still write on the filesystem of the models directory.",
+        Some(Unit::Bytes),
+        samples().filter_map(|(m, s)| Some((hive(m), s.models_disk.as_ref()?.free_bytes))),
+    )?;
+    gauges(
+        enc,
+        "rbee_model_downloads",
+        "Model downloads by phase: running ones, and those that ended within the last minute.",
+        None,
+        samples().flat_map(|(m, s)| {
+            DOWNLOAD_PHASES.iter().map(move |p| {
+                let n = s.downloads.iter().filter(|d| d.phase == *p).count() as u64;
+                (vec![label("hive", m.hive), label("phase", p.as_str())], n)
+            })
+        }),
     )?;
     encode_gpus(enc, machines)
 }
@@ -375,7 +434,7 @@ pub fn render(
                 }
             };
             let scrape = Scrape { identity, caps: telemetry.capabilities(), sample, streams: streams.open() };
-            let mut registry = Registry::default();
+            let mut registry = registry_for(SOURCE_HIVE);
             registry.register_collector(Box::new(scrape));
             let mut text = String::new();
             prometheus_client::encoding::prometheus_text::encode(&mut text, &registry)

@@ -1,5 +1,6 @@
-//! The hive's `/metrics` endpoint: real hive, real HTTP, `promtool check metrics`, the
-//! exposure and token rules, and idle connections that must not starve a scrape.
+//! The hive's `/metrics` endpoint: real hive, real HTTP, `promtool check metrics`, every
+//! series labelled `source="hive"`, the exposure and token rules, and idle connections
+//! that must not starve a scrape.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,22 +27,35 @@ async fn the_hive_serves_its_gpus_and_promtool_accepts_them() {
     let _ = hive.client().await;
     let (status, text) = http_get(addr, "/metrics", None).await;
     assert_eq!(status, 200, "{text}");
-    let vram =
-        "rbee_gpu_memory_total_bytes{hive=\"metrics-hive\",gpu=\"0\",uuid=\"GPU-static-0\"} 85899345920";
+    let vram = "rbee_gpu_memory_total_bytes{source=\"hive\",hive=\"metrics-hive\",gpu=\"0\",uuid=\"GPU-static-0\"} 85899345920";
     assert!(text.contains(vram), "{text}");
     assert!(
         text.contains(
-            "rbee_hive_labels_info{hive=\"metrics-hive\",label_rbee_io_rack=\"r1\",label_zone=\"test\"} 1"
+            "rbee_hive_labels_info{source=\"hive\",hive=\"metrics-hive\",label_rbee_io_rack=\"r1\",label_zone=\"test\"} 1"
         ),
         "{text}"
     );
     assert!(
         text.contains(
-            "rbee_gpu_temperature_celsius{hive=\"metrics-hive\",gpu=\"0\",uuid=\"GPU-static-0\"} 40"
+            "rbee_gpu_temperature_celsius{source=\"hive\",hive=\"metrics-hive\",gpu=\"0\",uuid=\"GPU-static-0\"} 40"
         ),
         "{text}"
     );
-    assert!(text.contains("rbee_hive_sample_ok{hive=\"metrics-hive\"} 1"), "{text}");
+    assert!(text.contains("rbee_hive_sample_ok{source=\"hive\",hive=\"metrics-hive\"} 1"), "{text}");
+    // One source of truth per series: a Prometheus scraping this hive and the queen tells
+    // the two apart by `source`, and dashboards select `source="queen"`.
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        assert!(line.contains("source=\"hive\""), "{line}");
+    }
+    for help in text.lines().filter(|l| l.starts_with("# HELP ")) {
+        assert!(!help.ends_with(".."), "{help}");
+    }
+    // Zero-valued gauges are exported as 0.
+    assert!(text.contains("rbee_hive_gpus_lost{source=\"hive\",hive=\"metrics-hive\"} 0"), "{text}");
+    assert!(
+        text.contains("rbee_model_downloads{source=\"hive\",hive=\"metrics-hive\",phase=\"failed\"} 0"),
+        "{text}"
+    );
     promtool_check_metrics(&text);
     let (status, _) = http_get(addr, "/other", None).await;
     assert_eq!(status, 404);

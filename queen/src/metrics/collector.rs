@@ -1,5 +1,7 @@
 //! The queen's collector: every family is read at scrape time from the fleet's
 //! snapshots and the scheduler's books and counters; nothing is copied or kept here.
+//! A gauge that can be zero (reservations, reserved bytes) is written as 0 for every
+//! known hive and device, never left out.
 
 use std::fmt;
 use std::sync::Arc;
@@ -157,8 +159,21 @@ impl FleetCollector {
                     placeable.push((labels, book.free(&h.address, &g.id, gpu.vram_total_bytes, used)));
                 }
             }
+            // Every known device and hive reads 0 until something is reserved on it, so an
+            // idle fleet shows zeros rather than no series ("No data" on a dashboard).
             let mut reserved: std::collections::BTreeMap<(String, String, String), u64> = Default::default();
             let mut counts: std::collections::BTreeMap<(String, &'static str), u64> = Default::default();
+            for h in hives {
+                let name = hive_name(h).to_owned();
+                for state in ["active", "settled"] {
+                    counts.insert((name.clone(), state), 0);
+                }
+                let Some(caps) = &h.caps else { continue };
+                let devices = caps.caps.gpus.keys().map(String::as_str).chain([CPU_DEVICE]);
+                for device in devices {
+                    reserved.insert((name.clone(), device.to_owned(), h.address.clone()), 0);
+                }
+            }
             for r in book.list() {
                 let name = if r.hive_id.is_empty() { r.address.clone() } else { r.hive_id.clone() };
                 let state = match r.state {

@@ -6,8 +6,10 @@
 //!   the scheduler's books (nothing duplicated).
 //!
 //! The per-hive and per-GPU machine families are `rbee_hive::metrics`' (the hive's own
-//! endpoint exports the same ones). The HTTP endpoint and its token check are
-//! `rbee_shared::metrics_http`'s.
+//! endpoint exports the same ones). Every series here carries `source="queen"` (the
+//! hive's own carry `source="hive"`), so that queries selecting `source="queen"` count
+//! each GPU once however many endpoints Prometheus scrapes. The HTTP endpoint and its
+//! token check are `rbee_shared::metrics_http`'s.
 //!
 //! **Extension point**: another part of the queen (models, downloads) exports its own
 //! families by implementing `prometheus_client::collector::Collector` and adding it in
@@ -23,9 +25,13 @@ use prometheus_client::registry::Registry;
 
 use crate::scheduler::{HiveSource, Scheduler};
 
-/// The registry `/metrics` renders: the fleet collector (and any added collector).
+/// The `source` value of every series the queen exports.
+pub const SOURCE_QUEEN: &str = "queen";
+
+/// The registry `/metrics` renders: the fleet collector (and any added collector), every
+/// series labelled `source="queen"`.
 pub fn registry(fleet: Arc<dyn HiveSource>, scheduler: Arc<Scheduler>) -> Registry {
-    let mut registry = Registry::default();
+    let mut registry = rbee_hive::metrics::registry_for(SOURCE_QUEEN);
     registry.register_collector(Box::new(collector::FleetCollector { fleet, scheduler }));
     registry
 }
@@ -35,7 +41,8 @@ pub fn registry(fleet: Arc<dyn HiveSource>, scheduler: Arc<Scheduler>) -> Regist
 pub fn register_publish_delay(registry: &mut Registry, delay: Histogram) {
     registry.register_with_unit(
         "rbee_queen_sample_publish_delay",
-        "How old each sample was when the queen published it: the queen's clock at publish minus the hive's taken_at (clock skew included).",
+        // prometheus-client ends a registered metric's HELP with a period itself.
+        "How old each sample was when the queen published it: the queen's clock at publish minus the hive's taken_at (clock skew included)",
         prometheus_client::registry::Unit::Seconds,
         delay,
     );
@@ -54,4 +61,64 @@ pub fn render(registry: Arc<Registry>) -> rbee_shared::metrics_http::Render {
         let registry = registry.clone();
         Box::pin(async move { encode(&registry).map_err(|e| format!("encoding failed: {e}")) })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::{SchedulerSettings, StaticHives, synthetic};
+
+    /// The text of a queen's registry over a synthetic idle fleet (no reservation).
+    fn idle_fleet_text() -> String {
+        let fleet = Arc::new(StaticHives(synthetic::fleet(2, 2)));
+        let scheduler = Scheduler::new(fleet.clone(), SchedulerSettings::default()).unwrap();
+        let mut registry = registry(fleet.clone(), scheduler);
+        register_publish_delay(&mut registry, Histogram::new([0.001, 0.01]));
+        encode(&registry).unwrap()
+    }
+
+    #[test]
+    fn no_help_text_ends_with_two_periods() {
+        let text = idle_fleet_text();
+        let helps: Vec<&str> = text.lines().filter(|l| l.starts_with("# HELP ")).collect();
+        assert!(helps.len() > 20, "{text}");
+        for help in helps {
+            assert!(!help.ends_with(".."), "{help}");
+        }
+    }
+
+    #[test]
+    fn every_series_names_its_source() {
+        let text = idle_fleet_text();
+        for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+            assert!(line.contains("source=\"queen\""), "{line}");
+        }
+    }
+
+    /// Gauges that can be zero read 0 on an idle fleet instead of disappearing, so that
+    /// dashboards show 0 rather than "No data".
+    #[test]
+    fn reservation_gauges_read_zero_on_an_idle_fleet() {
+        let text = idle_fleet_text();
+        let has = |prefix: &str, hive: &str, extra: &str| {
+            text.lines().any(|l| {
+                l.starts_with(prefix)
+                    && l.contains(&format!("hive=\"{hive}\""))
+                    && l.contains(extra)
+                    && l.ends_with(" 0")
+            })
+        };
+        for hive in ["hive-00000", "hive-00001"] {
+            for state in ["active", "settled"] {
+                assert!(
+                    has("rbee_reservations{", hive, &format!("state=\"{state}\"")),
+                    "{hive} {state}:\n{text}"
+                );
+            }
+            for gpu in ["0", "1", "cpu"] {
+                let extra = format!("gpu=\"{gpu}\"");
+                assert!(has("rbee_device_memory_reserved_bytes{", hive, &extra), "{hive} gpu {gpu}:\n{text}");
+            }
+        }
+    }
 }

@@ -55,15 +55,20 @@ impl Prometheus {
     /// Starts `prometheus` scraping `target` every second, with its config and data in `dir`;
     /// returns once it is ready.
     pub async fn start(binary: &Path, dir: &Path, target: SocketAddr) -> Self {
+        Self::start_scraping(binary, dir, &[("rbee", target)]).await
+    }
+
+    /// Like [`Prometheus::start`], scraping each `(job, target)` every second.
+    pub async fn start_scraping(binary: &Path, dir: &Path, targets: &[(&str, SocketAddr)]) -> Self {
         let config = dir.join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: rbee\n    \
-                 static_configs:\n      - targets: ['{target}']\n"
-            ),
-        )
-        .unwrap();
+        let mut text =
+            String::from("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n");
+        for (job, target) in targets {
+            text.push_str(&format!(
+                "  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n"
+            ));
+        }
+        std::fs::write(&config, text).unwrap();
         let addr = free_port();
         let child = Command::new(binary)
             .arg(format!("--config.file={}", config.display()))
