@@ -1,10 +1,15 @@
 //! `queen fetch`, `queen models`, `queen downloads`: models on the fleet's hives.
 //!
 //! `fetch` asks the queen (Scheduler.FetchModel) to have a hive download a model, then
-//! follows the download on the fleet stream (WatchFleet samples) with a progress bar,
-//! and ends with the download's outcome: exit 0 when ready, an error when it failed.
+//! follows the download on the fleet stream (WatchFleet samples) with a progress bar
+//! (bytes, percentage and ETA once the hive knows the total), and ends with the
+//! download's outcome: exit 0 when ready, an error when it failed. Ctrl-C (or SIGTERM)
+//! exits 130: with `--cancel-on-interrupt` it first cancels the download through the
+//! queen (Scheduler.CancelFetch); without, the download goes on and the exact
+//! `queen cancel-fetch ...` command that cancels it is printed.
 
 use std::fmt::Write as _;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail};
@@ -15,6 +20,10 @@ use rbee_shared::bytesize::format_bytes;
 use super::args::{FetchArgs, ListArgs};
 use super::client::{connect, on_queens, rpc_error, scheduler};
 use super::fleet::all_hives;
+use super::model_removal;
+
+/// The exit status after an interrupt (128 + SIGINT), as shells report Ctrl-C.
+const INTERRUPTED: u8 = 130;
 
 /// How often the followed hive's samples come while fetching.
 const FOLLOW_INTERVAL_MS: u32 = 250;
@@ -55,6 +64,12 @@ fn bar(quiet: bool) -> ProgressBar {
     bar
 }
 
+/// The share done, e.g. "42%", when the total is known.
+fn percent(d: &pb::DownloadProgress) -> Option<String> {
+    let total = d.bytes_total.filter(|t| *t > 0)?;
+    Some(format!("{:.0}%", d.bytes_done.min(total) as f64 * 100.0 / total as f64))
+}
+
 /// Speed and ETA as the hive measured them.
 fn speed_eta(d: &pb::DownloadProgress) -> String {
     let speed = format!("{}/s", format_bytes(d.speed_bytes_per_s as u64));
@@ -64,12 +79,55 @@ fn speed_eta(d: &pb::DownloadProgress) -> String {
     }
 }
 
-/// `queen fetch`: Ok when the model is ready on the hive; an error naming the hive's
-/// reason when the download failed or was cancelled.
-pub async fn fetch(args: FetchArgs) -> Result<()> {
+/// Resolves on SIGINT or SIGTERM; listening starts when this is called, not when the
+/// future is first polled, so no interrupt after the call is missed.
+fn interrupted() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
+}
+
+/// After an interrupt: cancel the download (with `--cancel-on-interrupt`), or say how.
+async fn on_interrupt(args: &FetchArgs, hive: &str, bar: &ProgressBar) -> ExitCode {
+    let command = model_removal::cancel_command(&args.model, hive, &args.queen);
+    if !args.cancel_on_interrupt {
+        bar.abandon_with_message("interrupted");
+        eprintln!("interrupted; the download of {} goes on on {hive}. To cancel it: {command}", args.model);
+        return ExitCode::from(INTERRUPTED);
+    }
+    bar.abandon_with_message("interrupted; cancelling");
+    let request = pb::ScheduleModelRequest {
+        model_id: args.model.clone(),
+        hive: hive.to_owned(),
+        labels: Default::default(),
+    };
+    match model_removal::send(&args.queen, request, false).await {
+        Ok(r) if r.results.iter().all(|h| h.error.is_none()) => {
+            eprintln!("interrupted; cancelled the download of {} on {hive}", args.model);
+        }
+        Ok(r) => {
+            let errors: Vec<&str> = r.results.iter().filter_map(|h| h.error.as_deref()).collect();
+            eprintln!("interrupted; cancelling failed: {}. To retry: {command}", errors.join("; "));
+        }
+        Err(e) => eprintln!("interrupted; cancelling failed: {e:#}. To retry: {command}"),
+    }
+    ExitCode::from(INTERRUPTED)
+}
+
+/// `queen fetch`: success when the model is ready on the hive, 130 when interrupted;
+/// an error naming the hive's reason when the download failed or was cancelled.
+pub async fn fetch(args: FetchArgs) -> Result<ExitCode> {
     if args.hive.is_some() != args.labels.is_empty() {
         bail!("give --hive ID or --label K=V (one of them)");
     }
+    let interrupted = interrupted()?;
+    tokio::pin!(interrupted);
     // Subscribe first so that no sample after the hive accepted is missed.
     let (mut fleet, url) = connect(&args.queen).await?;
     let url = &url;
@@ -89,7 +147,7 @@ pub async fn fetch(args: FetchArgs) -> Result<()> {
     let hive = answer.hive_id;
     if result.already_ready {
         println!("{} is ready on {hive}", args.model);
-        return Ok(());
+        return Ok(ExitCode::SUCCESS);
     }
     let verb = if result.joined { "joined the download of" } else { "downloading" };
     eprintln!("{verb} {} on {hive} ({})", args.model, answer.address);
@@ -97,10 +155,7 @@ pub async fn fetch(args: FetchArgs) -> Result<()> {
     bar.set_prefix(args.model.clone());
     loop {
         let event = tokio::select! {
-            () = rbee_shared::shutdown::shutdown_signal() => {
-                bar.abandon_with_message("interrupted; the download goes on on the hive");
-                bail!("interrupted");
-            }
+            () = &mut interrupted => return Ok(on_interrupt(&args, &hive, &bar).await),
             e = stream.message() => e.map_err(|s| rpc_error(url, s))?,
         };
         let Some(event) = event else { bail!("the queen ended the fleet stream") };
@@ -125,12 +180,15 @@ pub async fn fetch(args: FetchArgs) -> Result<()> {
                 bar.set_length(total);
             }
             bar.set_position(d.bytes_done);
-            bar.set_message(speed_eta(d));
+            bar.set_message(match percent(d) {
+                Some(p) => format!("{p} {}", speed_eta(d)),
+                None => speed_eta(d),
+            });
             match pb::DownloadPhase::try_from(d.phase).unwrap_or_default() {
                 pb::DownloadPhase::Done => {
                     bar.finish_with_message("ready");
                     println!("{} is ready on {hive} ({})", args.model, format_bytes(d.bytes_done));
-                    return Ok(());
+                    return Ok(ExitCode::SUCCESS);
                 }
                 pb::DownloadPhase::Failed => {
                     bar.abandon_with_message("failed");
@@ -250,12 +308,13 @@ pub async fn downloads(args: ListArgs) -> Result<()> {
     );
     for (hive, d) in rows {
         let total = d.bytes_total.map_or_else(|| "?".into(), format_bytes);
+        let share = percent(d).map(|p| format!(" {p}")).unwrap_or_default();
         let _ = writeln!(
             out,
             "{hive:<24} {:<40} {:<12} {:>25} {:>22}  {}",
             d.model_id,
             phase_name(d),
-            format!("{}/{total}", format_bytes(d.bytes_done)),
+            format!("{}/{total}{share}", format_bytes(d.bytes_done)),
             speed_eta(d),
             d.error.as_deref().unwrap_or("")
         );
