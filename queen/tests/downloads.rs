@@ -171,6 +171,50 @@ async fn a_fetch_without_a_size_shows_its_total_while_running_and_once_done() {
     hive.stop().await.unwrap();
 }
 
+/// A server that sends no length: the total is unknown while the download runs, but
+/// the final record (and `queen downloads`) carries the model's size.
+#[tokio::test]
+async fn a_download_without_any_length_shows_its_size_once_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = FileServer::start().await;
+    let url = server.add("u.bin", generated(1 << 20, 35));
+    server.files_unsized(true);
+    let (hive, queen) = fleet("dl-unsized", dir.path()).await;
+    let q = queen.url();
+    let (ok, out, err) = queen_cli(args(&[
+        "fetch",
+        "unsized",
+        "--from",
+        &url,
+        "--hive",
+        "dl-unsized",
+        "--quiet",
+        "--queen",
+        &q,
+    ]))
+    .await;
+    assert!(ok, "{out} {err}");
+    let mut client = queen.client().await;
+    let hives = wait_for(&mut client, "the final record", |h| {
+        h.iter().filter_map(|h| h.latest_sample.as_ref()).any(|s| {
+            s.downloads.iter().any(|d| d.model_id == "unsized" && d.phase() == pb::DownloadPhase::Done)
+        })
+    })
+    .await;
+    let d = hives
+        .iter()
+        .filter_map(|h| h.latest_sample.as_ref())
+        .flat_map(|s| s.downloads.iter())
+        .find(|d| d.model_id == "unsized")
+        .unwrap()
+        .clone();
+    assert_eq!((d.bytes_done, d.bytes_total), (1 << 20, Some(1 << 20)), "{d:?}");
+    let (_, out, _) = queen_cli(args(&["downloads", "--queen", &q])).await;
+    assert!(out.contains("1.0 MiB/1.0 MiB 100%"), "{out}");
+    queen.stop().await;
+    hive.stop().await.unwrap();
+}
+
 /// `queen cancel-fetch` stops a slow download on the hive (by hive, then by label),
 /// which removes its partial files; `queen rm-model` deletes a ready model and its
 /// files. Nothing to act on is a clear error.
