@@ -408,3 +408,66 @@ async fn ctrl_c_on_queen_fetch_cancels_or_says_how() {
     queen.stop().await;
     hive.stop().await.unwrap();
 }
+
+/// On a terminal, Ctrl-C on `queen fetch` asks whether to cancel; "y" cancels the
+/// download on the hive (the terminal is a pty that `script` makes; Ctrl-C is the ^C
+/// byte the pty turns into SIGINT).
+#[tokio::test]
+async fn ctrl_c_on_a_terminal_asks_and_y_cancels() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let server = FileServer::start().await;
+    let slow = server.add("slow.bin", generated(SIZE, 36));
+    server.throttle(1 << 20);
+    let (hive, queen) = fleet("dl-tty", dir.path()).await;
+    let q = queen.url();
+    let mut w = watch(&queen).await;
+
+    let line = format!("'{QUEEN}' fetch asked --from {slow} --hive dl-tty --quiet --queen {q}");
+    let mut child = Command::new("script")
+        .args(["-qefc", &line, "/dev/null"])
+        .env_remove("QUEEN_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run script");
+    let screen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut stdout = child.stdout.take().unwrap();
+    let s = screen.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            s.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let mut stdin = child.stdin.take().unwrap();
+    until_phase(&mut w, "dl-tty", "asked", pb::DownloadPhase::Downloading).await;
+    stdin.write_all(b"\x03").unwrap();
+    stdin.flush().unwrap();
+    let deadline = Instant::now() + WAIT;
+    while !screen.lock().unwrap().contains("[y/N]") {
+        assert!(Instant::now() < deadline, "no question: {}", screen.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        screen.lock().unwrap().contains("Cancel the download of asked on dl-tty?"),
+        "{}",
+        screen.lock().unwrap()
+    );
+    stdin.write_all(b"y\n").unwrap();
+    stdin.flush().unwrap();
+    until_phase(&mut w, "dl-tty", "asked", pb::DownloadPhase::Cancelled).await;
+    let (code, _, _) = exited(child).await;
+    assert_eq!(code, Some(130), "{}", screen.lock().unwrap());
+    assert!(
+        screen.lock().unwrap().contains("cancelled the download of asked on dl-tty"),
+        "{}",
+        screen.lock().unwrap()
+    );
+    queen.stop().await;
+    hive.stop().await.unwrap();
+}

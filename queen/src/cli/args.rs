@@ -151,7 +151,7 @@ pub struct FetchArgs {
     /// No progress bar (the outcome is still printed).
     #[arg(long, env = "QUEEN_QUIET")]
     pub quiet: bool,
-    /// On Ctrl-C, cancel the download on the hive (otherwise it goes on, and the command that cancels it is printed).
+    /// On Ctrl-C, cancel the download on the hive (otherwise, on a terminal, ask; if not cancelled it goes on, and the command that cancels it is printed).
     #[arg(long)]
     pub cancel_on_interrupt: bool,
     /// The queen.

@@ -5,6 +5,7 @@
 
 pub mod args;
 mod client;
+mod fetch_interrupt;
 mod fleet;
 mod migrate;
 mod model_removal;

@@ -19,11 +19,8 @@ use rbee_shared::bytesize::format_bytes;
 
 use super::args::{FetchArgs, ListArgs};
 use super::client::{connect, on_queens, rpc_error, scheduler};
+use super::fetch_interrupt::{interrupted, on_interrupt};
 use super::fleet::all_hives;
-use super::model_removal;
-
-/// The exit status after an interrupt (128 + SIGINT), as shells report Ctrl-C.
-const INTERRUPTED: u8 = 130;
 
 /// How often the followed hive's samples come while fetching.
 const FOLLOW_INTERVAL_MS: u32 = 250;
@@ -77,47 +74,6 @@ fn speed_eta(d: &pb::DownloadProgress) -> String {
         Some(ms) => format!("{speed} ETA {}s", ms.div_ceil(1000)),
         None => speed,
     }
-}
-
-/// Resolves on SIGINT or SIGTERM; listening starts when this is called, not when the
-/// future is first polled, so no interrupt after the call is missed.
-fn interrupted() -> Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut term = signal(SignalKind::terminate())?;
-    Ok(async move {
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-        }
-    })
-}
-
-/// After an interrupt: cancel the download (with `--cancel-on-interrupt`), or say how.
-async fn on_interrupt(args: &FetchArgs, hive: &str, bar: &ProgressBar) -> ExitCode {
-    let command = model_removal::cancel_command(&args.model, hive, &args.queen);
-    if !args.cancel_on_interrupt {
-        bar.abandon_with_message("interrupted");
-        eprintln!("interrupted; the download of {} goes on on {hive}. To cancel it: {command}", args.model);
-        return ExitCode::from(INTERRUPTED);
-    }
-    bar.abandon_with_message("interrupted; cancelling");
-    let request = pb::ScheduleModelRequest {
-        model_id: args.model.clone(),
-        hive: hive.to_owned(),
-        labels: Default::default(),
-    };
-    match model_removal::send(&args.queen, request, false).await {
-        Ok(r) if r.results.iter().all(|h| h.error.is_none()) => {
-            eprintln!("interrupted; cancelled the download of {} on {hive}", args.model);
-        }
-        Ok(r) => {
-            let errors: Vec<&str> = r.results.iter().filter_map(|h| h.error.as_deref()).collect();
-            eprintln!("interrupted; cancelling failed: {}. To retry: {command}", errors.join("; "));
-        }
-        Err(e) => eprintln!("interrupted; cancelling failed: {e:#}. To retry: {command}"),
-    }
-    ExitCode::from(INTERRUPTED)
 }
 
 /// `queen fetch`: success when the model is ready on the hive, 130 when interrupted;
