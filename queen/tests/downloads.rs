@@ -471,3 +471,113 @@ async fn ctrl_c_on_a_terminal_asks_and_y_cancels() {
     queen.stop().await;
     hive.stop().await.unwrap();
 }
+
+/// On a mutual-TLS fleet only the queen's client certificate reaches a hive: an
+/// operator with the queen's CA and write token fetches, cancels and deletes through
+/// the queen, while the hive refuses the operator's own direct call.
+#[tokio::test]
+async fn through_the_queen_an_operator_needs_no_hive_certificate() {
+    use rbee_proto::v1::hive_client::HiveClient;
+    use rbee_queen::link::HiveTls;
+    use tonic::transport::Endpoint;
+    const READ: &str = "read-token-aaaaaaaaaaaaaaaa";
+    const WRITE: &str = "write-token-bbbbbbbbbbbbbbbb";
+    let pki = tempfile::tempdir().unwrap();
+    let pki = pki.path();
+    rbee_shared::certs::generate(pki, &["localhost".into()], &["localhost".into()]).unwrap();
+    let models = tempfile::tempdir().unwrap();
+    let server = FileServer::start().await;
+    let small = server.add("small.bin", generated(1 << 20, 37));
+    let slow = server.add("slow.bin", generated(SIZE, 38));
+
+    let mut config = models_config("localhost", models.path(), None);
+    config.tls = Some(
+        rbee_shared::tls::server_config(
+            &pki.join("hive-localhost.pem"),
+            &pki.join("hive-localhost.key"),
+            Some(&pki.join("queen-ca.pem")),
+        )
+        .unwrap(),
+    );
+    let hive = TestHive::start_with(config).await;
+    let hive_url = format!("https://localhost:{}", hive.addr.port());
+    let mut link = common::fast_link();
+    link.hive_tls = Some(
+        HiveTls::from_pem_files(
+            &pki.join("hive-ca.pem"),
+            Some((&pki.join("queen.pem"), &pki.join("queen.key"))),
+        )
+        .unwrap(),
+    );
+    let config = rbee_queen::QueenConfig {
+        tls: Some(
+            rbee_shared::tls::server_config(&pki.join("queen.pem"), &pki.join("queen.key"), None).unwrap(),
+        ),
+        tokens: rbee_queen::api::auth::Tokens::new(Some(READ), Some(WRITE)),
+        link,
+        ..common::fast_config(vec![hive_url.clone()])
+    };
+    let queen = TestQueen::start_with(config, "127.0.0.1:0".parse().unwrap()).await;
+    let q = format!("https://localhost:{}", queen.addr.port());
+    let token = pki.join("write.token");
+    std::fs::write(&token, WRITE).unwrap();
+    let ca = pki.join("queen-ca.pem").display().to_string();
+    let token = token.display().to_string();
+    let tls = |list: &[&str]| {
+        let mut v = args(list);
+        v.extend(args(&["--queen", &q, "--ca", &ca, "--token-file", &token]));
+        v
+    };
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, out, _) = queen_cli(tls(&["hives", "--json"])).await;
+        if out.contains("HIVE_STATE_ONLINE") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the TLS hive never came online: {out}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The operator's own call to the hive, without a client certificate, is refused.
+    let direct = Endpoint::from_shared(hive_url.clone())
+        .unwrap()
+        .tls_config(rbee_shared::tls::client_config(&pki.join("hive-ca.pem"), None).unwrap())
+        .unwrap()
+        .connect()
+        .await;
+    let refused = match direct {
+        Err(_) => true,
+        Ok(ch) => HiveClient::new(ch)
+            .delete_model(pb::DeleteModelRequest { model_id: "small".into() })
+            .await
+            .is_err(),
+    };
+    assert!(refused, "the hive takes only the queen's certificate");
+
+    // Through the queen: fetch, delete; a slow fetch, cancelled.
+    let (ok, out, err) =
+        queen_cli(tls(&["fetch", "small", "--from", &small, "--hive", "localhost", "--quiet"])).await;
+    assert!(ok, "{out} {err}");
+    let (ok, out, err) = queen_cli(tls(&["rm-model", "small", "--hive", "localhost"])).await;
+    assert!(ok, "{out} {err}");
+    assert!(!models.path().join("small").exists(), "deleted through the queen");
+    server.throttle(1 << 20);
+    let mut fetch = Command::new(QUEEN);
+    fetch
+        .args(tls(&["fetch", "slow", "--from", &slow, "--hive", "localhost", "--quiet"]))
+        .env_remove("QUEEN_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let fetch = fetch.spawn().unwrap();
+    while server.bytes_sent() < (1 << 20) + (256 << 10) {
+        assert!(Instant::now() < deadline + WAIT, "the slow download did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (ok, out, err) = queen_cli(tls(&["cancel-fetch", "slow", "--hive", "localhost"])).await;
+    assert!(ok, "{out} {err}");
+    let (code, _, err) = exited(fetch).await;
+    assert_ne!(code, Some(0), "{err}");
+    assert!(err.contains("slow on localhost was cancelled"), "{err}");
+    queen.stop().await;
+    hive.stop().await.unwrap();
+}
