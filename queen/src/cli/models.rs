@@ -4,9 +4,8 @@
 //! follows the download on the fleet stream (WatchFleet samples) with a progress bar
 //! (bytes, percentage and ETA once the hive knows the total), and ends with the
 //! download's outcome: exit 0 when ready, an error when it failed. Ctrl-C (or SIGTERM)
-//! exits 130: with `--cancel-on-interrupt` it first cancels the download through the
-//! queen (Scheduler.CancelFetch); without, the download goes on and the exact
-//! `queen cancel-fetch ...` command that cancels it is printed.
+//! exits 130, cancelling the download first with `--cancel-on-interrupt` (or when the
+//! operator says so on a terminal): see [`super::fetch_interrupt`].
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
@@ -61,10 +60,11 @@ fn bar(quiet: bool) -> ProgressBar {
     bar
 }
 
-/// The share done, e.g. "42%", when the total is known.
+/// The share done, rounded down (100% only when all is there), e.g. "42%", when the
+/// total is known.
 fn percent(d: &pb::DownloadProgress) -> Option<String> {
     let total = d.bytes_total.filter(|t| *t > 0)?;
-    Some(format!("{:.0}%", d.bytes_done.min(total) as f64 * 100.0 / total as f64))
+    Some(format!("{}%", u128::from(d.bytes_done.min(total)) * 100 / u128::from(total)))
 }
 
 /// Speed and ETA as the hive measured them.
@@ -277,4 +277,20 @@ pub async fn downloads(args: ListArgs) -> Result<()> {
     }
     print!("{out}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_percentage_never_shows_100_before_all_bytes_are_there() {
+        let d =
+            |done, total| pb::DownloadProgress { bytes_done: done, bytes_total: total, ..Default::default() };
+        assert_eq!(percent(&d(996, Some(1000))).as_deref(), Some("99%"));
+        assert_eq!(percent(&d(1000, Some(1000))).as_deref(), Some("100%"));
+        assert_eq!(percent(&d(u64::MAX - 1, Some(u64::MAX))).as_deref(), Some("99%"));
+        assert_eq!(percent(&d(5, None)), None);
+        assert_eq!(percent(&d(0, Some(0))), None);
+    }
 }
