@@ -57,11 +57,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
         }
         Command::Migrate(args) => rbee_queen::cli::migrate(args).await?,
-        Command::Fetch(args) => rbee_queen::cli::fetch(args).await?,
+        Command::Fetch(args) => return rbee_queen::cli::fetch(args).await,
         Command::Models(args) => rbee_queen::cli::models(args).await?,
         Command::Downloads(args) => rbee_queen::cli::downloads(args).await?,
         Command::Preload(args) => rbee_queen::cli::preload(args).await?,
         Command::Evict(args) => rbee_queen::cli::evict(args).await?,
+        Command::CancelFetch(args) => rbee_queen::cli::cancel_fetch(args).await?,
+        Command::RmModel(args) => rbee_queen::cli::rm_model(args).await?,
         Command::Certs(args) => {
             for file in rbee_shared::certs::generate(&args.out, &args.queen_names, &args.hives)
                 .map_err(anyhow::Error::msg)?

@@ -109,6 +109,10 @@ pub async fn run(
             SchedulerServer::new(
                 SchedulerService::new(scheduler)
                     .with_cache(crate::api::preload::ModelCache::new(fleet_for_models.clone(), link.clone()))
+                    .with_remover(crate::api::model_removal::ModelRemover::new(
+                        fleet_for_models.clone(),
+                        link.clone(),
+                    ))
                     .with_models(crate::api::models::ModelFetcher::new(fleet_for_models, link)),
             )
             .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES),

@@ -177,6 +177,9 @@ pub struct FileJob<'a> {
     pub progress: &'a Arc<Mutex<Progress>>,
     /// Bytes of the model's earlier files.
     pub base: u64,
+    /// Declared bytes of the model's later files (None when one is not declared): with
+    /// this file's size from the server, the model's total for the progress.
+    pub rest: Option<u64>,
     /// Cancelled by CancelFetch.
     pub cancel: &'a CancellationToken,
     /// Cancelled when the hive shuts down.
@@ -374,6 +377,11 @@ async fn attempt_once(job: &FileJob<'_>, file: &FileSource) -> Result<FileDone, 
         return Err(DownloadError::SizeMismatch { path: file.path.clone(), expected, actual });
     }
     let total = total.or(file.size_bytes);
+    if let (Some(total), Some(rest)) = (total, job.rest) {
+        // Without declared sizes, the server's length gives the progress its total
+        // (and so a percentage and an ETA).
+        job.progress.lock_unpoisoned().learn_total(job.base.saturating_add(total).saturating_add(rest));
+    }
     if let Some(total) = total {
         let needed = total.saturating_sub(have);
         let free = disk::space(job.root).map_err(DownloadError::io(job.root))?.free_bytes;

@@ -37,7 +37,11 @@ pub async fn run(
     let final_record = {
         let mut p = progress.lock_unpoisoned();
         match &outcome {
-            Outcome::Ready(_) => p.set_phase(DownloadPhase::Done),
+            Outcome::Ready(manifest) => {
+                // The final record carries the model's size, declared or not.
+                p.set_total(Some(manifest.files.iter().map(|f| f.size_bytes).sum()));
+                p.set_phase(DownloadPhase::Done);
+            }
             Outcome::Stopped(DownloadError::Cancelled) => p.set_phase(DownloadPhase::Cancelled),
             Outcome::Stopped(DownloadError::ShuttingDown) => {}
             Outcome::Stopped(e) => p.fail(e.to_string()),
@@ -157,7 +161,8 @@ async fn download(
     let client = inner.client()?;
     let mut done = Vec::with_capacity(files.len());
     let mut base = 0u64;
-    for file in &files {
+    for (i, file) in files.iter().enumerate() {
+        let rest = files[i + 1..].iter().map(|f| f.size_bytes).sum::<Option<u64>>();
         let job = FileJob {
             client,
             hub: &inner.hub,
@@ -165,6 +170,7 @@ async fn download(
             partial: &partial,
             progress,
             base,
+            rest,
             cancel,
             shutdown,
             min_progress: inner.config.min_progress,

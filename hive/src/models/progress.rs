@@ -77,6 +77,15 @@ impl Progress {
         self.touch();
     }
 
+    /// Takes `total` as the total when none is known yet: the sum the server's
+    /// Content-Length (or Content-Range) gives once every file's size is known. A
+    /// declared total stays (a server answering another size fails the download).
+    pub fn learn_total(&mut self, total: u64) {
+        if self.total.is_none() {
+            self.set_total(Some(total));
+        }
+    }
+
     /// Sets the bytes on disk (after a resume or a restart from zero).
     pub fn set_done(&mut self, done: u64) {
         self.done = done;
@@ -160,6 +169,23 @@ mod tests {
         assert_eq!(p.record().bytes_done, 99);
         p.set_phase(DownloadPhase::Done);
         assert_eq!(p.record().bytes_done, 100);
+    }
+
+    #[test]
+    fn a_learned_total_gives_a_percentage_and_an_eta_but_never_overrides_a_declared_one() {
+        let mut p = Progress::new("m");
+        p.set_phase(DownloadPhase::Downloading);
+        p.add(1);
+        std::thread::sleep(SPEED_TICK);
+        p.add(1_000);
+        assert_eq!(p.record().bytes_total, None);
+        assert_eq!(p.record().eta_ms, None);
+        p.learn_total(10_000_000);
+        let r = p.record();
+        assert_eq!(r.bytes_total, Some(10_000_000));
+        assert!(r.eta_ms.is_some(), "{r:?}");
+        p.learn_total(5);
+        assert_eq!(p.record().bytes_total, Some(10_000_000));
     }
 
     #[test]

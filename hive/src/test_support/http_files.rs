@@ -69,6 +69,8 @@ struct State {
     json_unsized: std::sync::atomic::AtomicBool,
     /// JSON body bytes sent.
     json_sent: AtomicU64,
+    /// Serve whole files (200) without a Content-Length (the body ends at close).
+    files_unsized: std::sync::atomic::AtomicBool,
 }
 
 /// The running server. Dropping it stops it.
@@ -125,6 +127,12 @@ impl FileServer {
     /// connection closes, so a client learns its size only by reading it.
     pub fn json_unsized(&self, on: bool) {
         self.state.json_unsized.store(on, Ordering::SeqCst);
+    }
+
+    /// Serves whole files (200 answers) without a Content-Length: the body ends when
+    /// the connection closes, so a client learns a file's size only by reading it.
+    pub fn files_unsized(&self, on: bool) {
+        self.state.files_unsized.store(on, Ordering::SeqCst);
     }
 
     /// JSON body bytes sent so far.
@@ -307,9 +315,13 @@ async fn serve(mut conn: TcpStream, state: Arc<State>) -> std::io::Result<()> {
         Some(s) => (format!("206 Partial Content\r\nContent-Range: bytes {s}-{}/{len}", len - 1), s),
         None => ("200 OK".to_owned(), 0),
     };
+    let length = if from == 0 && state.files_unsized.load(Ordering::SeqCst) {
+        String::new()
+    } else {
+        format!("Content-Length: {}\r\n", len - from)
+    };
     let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nETag: {etag}\r\nAccept-Ranges: bytes\r\nConnection: close\r\n\r\n",
-        len - from
+        "HTTP/1.1 {status}\r\n{length}ETag: {etag}\r\nAccept-Ranges: bytes\r\nConnection: close\r\n\r\n"
     );
     conn.write_all(head.as_bytes()).await?;
     if method == "HEAD" {

@@ -6,6 +6,7 @@ use rbee_proto::v1 as pb;
 use rbee_proto::v1::scheduler_server::Scheduler as SchedulerApi;
 use tonic::{Request, Response, Status};
 
+use super::model_removal::{ModelRemover, Removal};
 use super::models::ModelFetcher;
 use super::preload::{ModelCache, source_of};
 use crate::QueenError;
@@ -21,12 +22,14 @@ pub struct SchedulerService {
     models: Option<Arc<ModelFetcher>>,
     /// Preload, evict and prefetch on hives (absent: those are UNIMPLEMENTED).
     cache: Option<ModelCache>,
+    /// CancelFetch and DeleteModel on hives (absent: those are UNIMPLEMENTED).
+    remover: Option<ModelRemover>,
 }
 
 impl SchedulerService {
     /// A service over `scheduler`.
     pub fn new(scheduler: Arc<Scheduler>) -> Self {
-        Self { scheduler, models: None, cache: None }
+        Self { scheduler, models: None, cache: None, remover: None }
     }
 
     /// Serves PreloadModel, EvictModel and Place's prefetch with `cache`.
@@ -37,6 +40,18 @@ impl SchedulerService {
 
     fn cache(&self) -> Result<&ModelCache, Status> {
         self.cache.as_ref().ok_or_else(|| Status::unimplemented("this queen does not forward preloads"))
+    }
+
+    /// Serves CancelFetch and DeleteModel with `remover`.
+    pub fn with_remover(mut self, remover: ModelRemover) -> Self {
+        self.remover = Some(remover);
+        self
+    }
+
+    fn remover(&self) -> Result<&ModelRemover, Status> {
+        self.remover
+            .as_ref()
+            .ok_or_else(|| Status::unimplemented("this queen does not forward model removals"))
     }
 
     /// Serves FetchModel with `models`.
@@ -122,5 +137,19 @@ impl SchedulerApi for SchedulerService {
         request: Request<pb::ScheduleCacheRequest>,
     ) -> Result<Response<pb::ScheduleCacheResponse>, Status> {
         Ok(Response::new(self.cache()?.apply(request.get_ref(), true).await?))
+    }
+
+    async fn cancel_fetch(
+        &self,
+        request: Request<pb::ScheduleModelRequest>,
+    ) -> Result<Response<pb::ScheduleModelResponse>, Status> {
+        Ok(Response::new(self.remover()?.apply(request.get_ref(), Removal::CancelFetch).await?))
+    }
+
+    async fn delete_model(
+        &self,
+        request: Request<pb::ScheduleModelRequest>,
+    ) -> Result<Response<pb::ScheduleModelResponse>, Status> {
+        Ok(Response::new(self.remover()?.apply(request.get_ref(), Removal::DeleteModel).await?))
     }
 }

@@ -64,6 +64,10 @@ pub enum Command {
     Preload(CacheArgs),
     /// Have hives drop a model from RAM (page cache).
     Evict(CacheArgs),
+    /// Cancel a model download on hives (the partial files are removed).
+    CancelFetch(super::model_removal::ModelRemovalArgs),
+    /// Delete a model and its files from hives (cancelling its download if one runs).
+    RmModel(super::model_removal::ModelRemovalArgs),
 }
 
 /// `queen preload|evict MODEL (--hive ID | --label K=V)`.
@@ -147,6 +151,9 @@ pub struct FetchArgs {
     /// No progress bar (the outcome is still printed).
     #[arg(long, env = "QUEEN_QUIET")]
     pub quiet: bool,
+    /// On Ctrl-C, cancel the download on the hive (otherwise, on a terminal, ask; if not cancelled it goes on, and the command that cancels it is printed).
+    #[arg(long)]
+    pub cancel_on_interrupt: bool,
     /// The queen.
     #[command(flatten)]
     pub queen: QueenUrl,

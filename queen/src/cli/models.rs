@@ -1,10 +1,14 @@
 //! `queen fetch`, `queen models`, `queen downloads`: models on the fleet's hives.
 //!
 //! `fetch` asks the queen (Scheduler.FetchModel) to have a hive download a model, then
-//! follows the download on the fleet stream (WatchFleet samples) with a progress bar,
-//! and ends with the download's outcome: exit 0 when ready, an error when it failed.
+//! follows the download on the fleet stream (WatchFleet samples) with a progress bar
+//! (bytes, percentage and ETA once the hive knows the total), and ends with the
+//! download's outcome: exit 0 when ready, an error when it failed. Ctrl-C (or SIGTERM)
+//! exits 130, cancelling the download first with `--cancel-on-interrupt` (or when the
+//! operator says so on a terminal): see [`super::fetch_interrupt`].
 
 use std::fmt::Write as _;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail};
@@ -14,6 +18,7 @@ use rbee_shared::bytesize::format_bytes;
 
 use super::args::{FetchArgs, ListArgs};
 use super::client::{connect, on_queens, rpc_error, scheduler};
+use super::fetch_interrupt::{interrupted, on_interrupt};
 use super::fleet::all_hives;
 
 /// How often the followed hive's samples come while fetching.
@@ -55,6 +60,13 @@ fn bar(quiet: bool) -> ProgressBar {
     bar
 }
 
+/// The share done, rounded down (100% only when all is there), e.g. "42%", when the
+/// total is known.
+fn percent(d: &pb::DownloadProgress) -> Option<String> {
+    let total = d.bytes_total.filter(|t| *t > 0)?;
+    Some(format!("{}%", u128::from(d.bytes_done.min(total)) * 100 / u128::from(total)))
+}
+
 /// Speed and ETA as the hive measured them.
 fn speed_eta(d: &pb::DownloadProgress) -> String {
     let speed = format!("{}/s", format_bytes(d.speed_bytes_per_s as u64));
@@ -64,12 +76,14 @@ fn speed_eta(d: &pb::DownloadProgress) -> String {
     }
 }
 
-/// `queen fetch`: Ok when the model is ready on the hive; an error naming the hive's
-/// reason when the download failed or was cancelled.
-pub async fn fetch(args: FetchArgs) -> Result<()> {
+/// `queen fetch`: success when the model is ready on the hive, 130 when interrupted;
+/// an error naming the hive's reason when the download failed or was cancelled.
+pub async fn fetch(args: FetchArgs) -> Result<ExitCode> {
     if args.hive.is_some() != args.labels.is_empty() {
         bail!("give --hive ID or --label K=V (one of them)");
     }
+    let interrupted = interrupted()?;
+    tokio::pin!(interrupted);
     // Subscribe first so that no sample after the hive accepted is missed.
     let (mut fleet, url) = connect(&args.queen).await?;
     let url = &url;
@@ -89,7 +103,7 @@ pub async fn fetch(args: FetchArgs) -> Result<()> {
     let hive = answer.hive_id;
     if result.already_ready {
         println!("{} is ready on {hive}", args.model);
-        return Ok(());
+        return Ok(ExitCode::SUCCESS);
     }
     let verb = if result.joined { "joined the download of" } else { "downloading" };
     eprintln!("{verb} {} on {hive} ({})", args.model, answer.address);
@@ -97,10 +111,7 @@ pub async fn fetch(args: FetchArgs) -> Result<()> {
     bar.set_prefix(args.model.clone());
     loop {
         let event = tokio::select! {
-            () = rbee_shared::shutdown::shutdown_signal() => {
-                bar.abandon_with_message("interrupted; the download goes on on the hive");
-                bail!("interrupted");
-            }
+            () = &mut interrupted => return Ok(on_interrupt(&args, &hive, &bar).await),
             e = stream.message() => e.map_err(|s| rpc_error(url, s))?,
         };
         let Some(event) = event else { bail!("the queen ended the fleet stream") };
@@ -125,12 +136,15 @@ pub async fn fetch(args: FetchArgs) -> Result<()> {
                 bar.set_length(total);
             }
             bar.set_position(d.bytes_done);
-            bar.set_message(speed_eta(d));
+            bar.set_message(match percent(d) {
+                Some(p) => format!("{p} {}", speed_eta(d)),
+                None => speed_eta(d),
+            });
             match pb::DownloadPhase::try_from(d.phase).unwrap_or_default() {
                 pb::DownloadPhase::Done => {
                     bar.finish_with_message("ready");
                     println!("{} is ready on {hive} ({})", args.model, format_bytes(d.bytes_done));
-                    return Ok(());
+                    return Ok(ExitCode::SUCCESS);
                 }
                 pb::DownloadPhase::Failed => {
                     bar.abandon_with_message("failed");
@@ -250,16 +264,33 @@ pub async fn downloads(args: ListArgs) -> Result<()> {
     );
     for (hive, d) in rows {
         let total = d.bytes_total.map_or_else(|| "?".into(), format_bytes);
+        let share = percent(d).map(|p| format!(" {p}")).unwrap_or_default();
         let _ = writeln!(
             out,
             "{hive:<24} {:<40} {:<12} {:>25} {:>22}  {}",
             d.model_id,
             phase_name(d),
-            format!("{}/{total}", format_bytes(d.bytes_done)),
+            format!("{}/{total}{share}", format_bytes(d.bytes_done)),
             speed_eta(d),
             d.error.as_deref().unwrap_or("")
         );
     }
     print!("{out}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_percentage_never_shows_100_before_all_bytes_are_there() {
+        let d =
+            |done, total| pb::DownloadProgress { bytes_done: done, bytes_total: total, ..Default::default() };
+        assert_eq!(percent(&d(996, Some(1000))).as_deref(), Some("99%"));
+        assert_eq!(percent(&d(1000, Some(1000))).as_deref(), Some("100%"));
+        assert_eq!(percent(&d(u64::MAX - 1, Some(u64::MAX))).as_deref(), Some("99%"));
+        assert_eq!(percent(&d(5, None)), None);
+        assert_eq!(percent(&d(0, Some(0))), None);
+    }
 }
