@@ -54,7 +54,9 @@ fn add_to_lo(addr: &str) -> bool {
     let ip = |args: &[&str]| Command::new("ip").args(args).status().is_ok_and(|s| s.success());
     assert!(ip(&["link", "set", "lo", "up"]), "bring up lo in the namespace");
     if addr.contains(':') {
-        ip(&["-6", "addr", "add", addr, "dev", "lo"])
+        // `nodad`: without it the address stays "tentative" for a moment and a bind to it
+        // fails with EADDRNOTAVAIL.
+        ip(&["-6", "addr", "add", addr, "dev", "lo", "nodad"])
     } else {
         ip(&["addr", "add", addr, "dev", "lo"])
     }

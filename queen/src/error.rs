@@ -25,6 +25,9 @@ pub enum QueenError {
     /// A limit was reached.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The caller's deadline passed before the answer was certain (nothing was kept).
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// The configuration is not valid.
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -93,6 +96,7 @@ impl From<QueenError> for tonic::Status {
             }
             QueenError::PermissionDenied(m) => Status::permission_denied(m),
             QueenError::ResourceExhausted(m) => Status::resource_exhausted(m),
+            QueenError::DeadlineExceeded(m) => Status::deadline_exceeded(m),
             QueenError::Policy { ref error, .. } => {
                 // Every policy worker busy is load, not the policy's failure.
                 let code = match error {

@@ -95,15 +95,39 @@ fn normal_host(host: &str) -> String {
     host.trim_end_matches('.').to_ascii_lowercase()
 }
 
+/// Why a `--download-allow` entry was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AllowError {
+    /// `ADDR/PREFIX` whose address part is not an IP address.
+    #[error("{entry:?}: {addr:?} is not an IP address")]
+    Address {
+        /// The whole entry.
+        entry: String,
+        /// Its address part.
+        addr: String,
+    },
+    /// `ADDR/PREFIX` whose prefix is not a number, or longer than the address.
+    #[error("{entry:?}: {prefix:?} is not a prefix length for that address")]
+    Prefix {
+        /// The whole entry.
+        entry: String,
+        /// Its prefix part.
+        prefix: String,
+    },
+    /// Neither a CIDR, an address nor a valid host name.
+    #[error("{0:?} is neither a CIDR, an IP address nor a host name")]
+    Unrecognised(String),
+}
+
 /// Parses one `--download-allow` entry: `CIDR`, an address, or a host name.
-pub fn parse_allow(s: &str) -> Result<Allow, String> {
+pub fn parse_allow(s: &str) -> Result<Allow, AllowError> {
     let s = s.trim();
     if let Some((addr, prefix)) = s.split_once('/') {
-        let addr: IpAddr = addr.parse().map_err(|_| format!("{s:?}: {addr:?} is not an IP address"))?;
-        let prefix: u8 = prefix.parse().map_err(|_| format!("{s:?}: {prefix:?} is not a prefix length"))?;
-        return Net::new(addr, prefix)
-            .map(Allow::Net)
-            .ok_or_else(|| format!("{s:?}: the prefix is too long"));
+        let bad_prefix = || AllowError::Prefix { entry: s.to_owned(), prefix: prefix.to_owned() };
+        let addr: IpAddr =
+            addr.parse().map_err(|_| AllowError::Address { entry: s.to_owned(), addr: addr.to_owned() })?;
+        let prefix: u8 = prefix.parse().map_err(|_| bad_prefix())?;
+        return Net::new(addr, prefix).map(Allow::Net).ok_or_else(bad_prefix);
     }
     let bare = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')).unwrap_or(s);
     if let Ok(ip) = bare.parse::<IpAddr>() {
@@ -117,14 +141,18 @@ pub fn parse_allow(s: &str) -> Result<Allow, String> {
             && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
             && !l.starts_with('-')
     };
-    if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
-        return Err(format!("{s:?} is neither a CIDR, an IP address nor a host name"));
-    }
     // A name made of digits only would be read by URL parsers as an IPv4 address.
-    if host.split('.').all(|l| l.chars().all(|c| c.is_ascii_digit())) {
-        return Err(format!("{s:?} is neither a CIDR, an IP address nor a host name"));
+    let numeric = host.split('.').all(|l| l.chars().all(|c| c.is_ascii_digit()));
+    if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) || numeric {
+        return Err(AllowError::Unrecognised(s.to_owned()));
     }
     Ok(Allow::Host(host))
+}
+
+/// Parses a comma-separated list of `--download-allow` entries (as `HIVE_DOWNLOAD_ALLOW`
+/// holds them); empty items are skipped.
+pub fn parse_allow_list(s: &str) -> Result<Vec<Allow>, AllowError> {
+    s.split(',').filter(|e| !e.trim().is_empty()).map(parse_allow).collect()
 }
 
 /// Why an address is refused by default, or `None` for a public one.

@@ -1,6 +1,7 @@
 //! The `rbee.v1.Scheduler` gRPC handlers: validate, call the scheduler, convert back.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rbee_proto::v1 as pb;
 use rbee_proto::v1::scheduler_server::Scheduler as SchedulerApi;
@@ -12,6 +13,27 @@ use super::preload::{ModelCache, source_of};
 use crate::QueenError;
 use crate::scheduler::Scheduler;
 use crate::scheduler::request::{ListRequest, PlaceRequest, page_token};
+
+/// When the caller stops waiting: now plus the `grpc-timeout` it sent (1 to 8 digits
+/// and a unit: H, M, S, m, u or n), or `None` when it sent none or an unreadable one.
+fn deadline_of<T>(request: &Request<T>) -> Option<Instant> {
+    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    let timeout = match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    };
+    Instant::now().checked_add(timeout)
+}
 
 /// The Scheduler service.
 #[derive(Clone)]
@@ -65,7 +87,7 @@ impl SchedulerService {
 impl SchedulerApi for SchedulerService {
     async fn place(&self, request: Request<pb::PlaceRequest>) -> Result<Response<pb::PlaceResponse>, Status> {
         let r = request.get_ref();
-        let req = PlaceRequest::try_from(r)?;
+        let req = PlaceRequest { deadline: deadline_of(&request), ..PlaceRequest::try_from(r)? };
         let from = r.prefetch_from.as_deref().map(source_of).transpose()?;
         if r.prefetch {
             // A prefetch sends the model id to a hive: refuse a bad one here, up front.
@@ -151,5 +173,32 @@ impl SchedulerApi for SchedulerService {
         request: Request<pb::ScheduleModelRequest>,
     ) -> Result<Response<pb::ScheduleModelResponse>, Status> {
         Ok(Response::new(self.remover()?.apply(request.get_ref(), Removal::DeleteModel).await?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_timeout(v: &str) -> Request<()> {
+        let mut r = Request::new(());
+        r.metadata_mut().insert("grpc-timeout", v.parse().unwrap());
+        r
+    }
+
+    #[test]
+    fn the_callers_deadline_comes_from_grpc_timeout() {
+        let before = Instant::now();
+        let d = deadline_of(&with_timeout("1500m")).unwrap();
+        assert!(
+            d >= before + Duration::from_millis(1500) && d <= Instant::now() + Duration::from_millis(1500)
+        );
+        assert!(deadline_of(&with_timeout("2H")).unwrap() >= before + Duration::from_secs(7200));
+        assert!(deadline_of(&with_timeout("20S")).unwrap() >= before + Duration::from_secs(20));
+        assert!(deadline_of(&with_timeout("5n")).is_some());
+        for bad in ["", "m", "12", "1x", "123456789S", "-1S", "1.5S"] {
+            assert!(deadline_of(&with_timeout(bad)).is_none(), "{bad:?}");
+        }
+        assert!(deadline_of(&Request::new(())).is_none());
     }
 }

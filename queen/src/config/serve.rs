@@ -34,6 +34,8 @@ pub struct ServeArgs {
     #[arg(long = "hive", env = "QUEEN_HIVES", value_name = "ADDR", value_delimiter = ',')]
     pub hives: Vec<String>,
     /// Also start a hive in this process (this machine's GPUs, or --local-hive-demo) and manage it.
+    /// It keeps models in HIVE_MODELS_DIR and downloads from what HIVE_DOWNLOAD_ALLOW opens, as
+    /// `hive serve` does.
     #[arg(long, env = "QUEEN_LOCAL_HIVE")]
     pub local_hive: bool,
     /// With --local-hive: use the hive's built-in simulated GPUs instead of NVML.
@@ -191,6 +193,12 @@ impl ServeArgs {
                 hives.push(address);
             }
         }
+        // The local hive takes its download rule where `hive serve` would (HIVE_DOWNLOAD_ALLOW).
+        let local_allow = match std::env::var("HIVE_DOWNLOAD_ALLOW") {
+            Ok(list) => rbee_hive::models::egress::parse_allow_list(&list)
+                .map_err(|e| QueenError::Config(format!("HIVE_DOWNLOAD_ALLOW: {e}")))?,
+            Err(_) => Vec::new(),
+        };
         let local_hive = (self.local_hive || file.local_hive.unwrap_or(false)).then(|| {
             let gpu = if self.local_hive_demo {
                 let scenario = rbee_hive::source::simulated::Scenario::parse(
@@ -208,6 +216,7 @@ impl ServeArgs {
                 std::env::var_os("HIVE_MODELS_DIR").filter(|d| !d.is_empty()).map(std::path::PathBuf::from);
             hive.models = Some(rbee_hive::models::ModelsConfig {
                 optional: dir.is_none(),
+                egress: rbee_hive::models::egress::EgressRule::new(local_allow),
                 ..rbee_hive::models::ModelsConfig::new(
                     dir.unwrap_or_else(rbee_hive::models::default_models_dir),
                 )

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use rbee_shared::bytesize::format_bytes;
 
-use super::book::{Book, Claim, Refused};
+use super::book::{Book, Claim, Refused, Reservation};
 use super::bounded_text::bound_owned;
 use super::policy::{Choice, Decision, Policy, PolicyError};
 use super::request::PlaceRequest;
@@ -179,7 +179,7 @@ impl Scheduler {
                     let start = reservation.as_ref().and_then(|r| book.start_of(&r.id)).unwrap_or(0);
                     drop(book);
                     if let Some(r) = &reservation {
-                        self.persist_placed(r, start, device.total)?;
+                        self.persist_in_time(r, start, device.total, req.deadline)?;
                     }
                     return Ok(Attempt::Done(Outcome::Placed(Box::new(Placement {
                         hive_id: device.hive.hive_id().to_owned(),
@@ -242,6 +242,40 @@ impl Scheduler {
             view::gpu_ref(hive, &device_id, &books)
         };
         device.ok_or(Unusable::NoDevice { hive: hive_key, device: device_id })
+    }
+
+    /// Writes a new reservation durably unless the caller's deadline has passed: one
+    /// not yet written is taken back, one written after it is released (the caller
+    /// was told it failed, so nothing may stay promised in its name).
+    fn persist_in_time(
+        &self,
+        r: &Reservation,
+        start: u64,
+        total: u64,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<(), QueenError> {
+        let late = || deadline.is_some_and(|d| std::time::Instant::now() >= d);
+        let refused = || {
+            QueenError::DeadlineExceeded(format!(
+                "the caller's deadline passed before the placement was answered; reservation {} was not kept",
+                r.id
+            ))
+        };
+        if late() {
+            view::write(&self.book).release(&r.id);
+            return Err(refused());
+        }
+        self.persist_placed(r, start, total)?;
+        if late() {
+            if let Err(e) = self.release(&r.id) {
+                // The release could not be written: it comes back after a restart and
+                // expires with its TTL (counting more, never less).
+                tracing::error!(error = %e, reservation = %r.id, "a late reservation could not be released");
+            }
+            tracing::warn!(reservation = %r.id, "committed after the caller's deadline; released");
+            return Err(refused());
+        }
+        Ok(())
     }
 
     /// Places a request.

@@ -58,6 +58,9 @@ pub struct PlaceRequest {
     pub dry_run: bool,
     /// Reservation lifetime.
     pub ttl: Duration,
+    /// When the caller stops waiting (its gRPC deadline): a placement that would be
+    /// committed after it is not made, and one committed after it is released.
+    pub deadline: Option<std::time::Instant>,
 }
 
 impl PlaceRequest {
@@ -71,6 +74,7 @@ impl PlaceRequest {
             labels: BTreeMap::new(),
             dry_run: false,
             ttl: DEFAULT_TTL,
+            deadline: None,
         }
     }
 }
@@ -122,6 +126,7 @@ impl TryFrom<&pb::PlaceRequest> for PlaceRequest {
             labels: r.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             dry_run: r.dry_run,
             ttl,
+            deadline: None,
         })
     }
 }

@@ -370,3 +370,88 @@ proptest::proptest! {
 }
 
 mod summary;
+
+/// A state disk that hangs: every commit returns only once `thaw_at` has passed. It
+/// keeps the ids it holds, as a real store would.
+#[derive(Debug)]
+struct HungDisk {
+    thaw_at: std::time::Instant,
+    commits: std::sync::atomic::AtomicUsize,
+    kept: std::sync::Mutex<Vec<String>>,
+}
+
+impl HungDisk {
+    fn thawing_at(thaw_at: std::time::Instant) -> Arc<Self> {
+        Arc::new(Self { thaw_at, commits: 0.into(), kept: std::sync::Mutex::default() })
+    }
+    fn kept(&self) -> Vec<String> {
+        self.kept.lock().unwrap().clone()
+    }
+}
+
+impl crate::store::Store for HungDisk {
+    fn describe(&self) -> String {
+        "a hung disk".into()
+    }
+    fn commit_placed(
+        &self,
+        r: &crate::store::ReservationRecord,
+        _: u64,
+    ) -> Result<(), crate::store::StoreError> {
+        while let Some(left) = self.thaw_at.checked_duration_since(std::time::Instant::now()) {
+            std::thread::sleep(left);
+        }
+        self.commits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.kept.lock().unwrap().push(r.id.clone());
+        Ok(())
+    }
+    fn update_reservations(
+        &self,
+        _: &[crate::store::ReservationRecord],
+    ) -> Result<(), crate::store::StoreError> {
+        Ok(())
+    }
+    fn forget_reservations(&self, ids: &[&str]) -> Result<(), crate::store::StoreError> {
+        self.kept.lock().unwrap().retain(|k| !ids.contains(&k.as_str()));
+        Ok(())
+    }
+    fn keep_hive(&self, _: &crate::store::HiveRecord) -> Result<(), crate::store::StoreError> {
+        Ok(())
+    }
+    fn keep_policy(&self, _: &crate::store::PolicyRecord) -> Result<(), crate::store::StoreError> {
+        Ok(())
+    }
+    fn leader(&self) -> crate::store::Leader {
+        crate::store::Leader::Me
+    }
+}
+
+#[test]
+fn a_place_committed_after_the_callers_deadline_is_released_and_says_so() {
+    let now = std::time::Instant::now();
+    let deadline = now + Duration::from_millis(100);
+    // The disk thaws after the caller has given up.
+    let disk = HungDisk::thawing_at(deadline + Duration::from_millis(50));
+    let s = Scheduler::durable(Arc::new(StaticHives(small_fleet())), calm(), disk.clone(), vec![]).unwrap();
+    let req = PlaceRequest { deadline: Some(deadline), ..PlaceRequest::gpu(GIB) };
+    let err = s.place_blocking(&req).expect_err("a placement answered after the caller's deadline");
+    assert!(matches!(err, QueenError::DeadlineExceeded(_)), "{err}");
+    assert_eq!(tonic::Status::from(err).code(), tonic::Code::DeadlineExceeded);
+    assert_eq!(disk.commits.load(std::sync::atomic::Ordering::SeqCst), 1, "it reached the disk");
+    assert!(disk.kept().is_empty(), "the late commit is released in the store: {:?}", disk.kept());
+    assert!(s.reservations().is_empty(), "nothing stays promised: {:?}", s.reservations());
+    // Without a deadline the same placement is kept.
+    let kept = placed(s.place_blocking(&PlaceRequest::gpu(GIB)).unwrap());
+    assert_eq!(disk.kept(), vec![kept.reservation.unwrap().id]);
+}
+
+#[test]
+fn a_place_whose_deadline_passed_before_the_commit_never_reaches_the_disk() {
+    let disk = HungDisk::thawing_at(std::time::Instant::now());
+    let s = Scheduler::durable(Arc::new(StaticHives(small_fleet())), calm(), disk.clone(), vec![]).unwrap();
+    let req = PlaceRequest { deadline: Some(std::time::Instant::now()), ..PlaceRequest::gpu(GIB) };
+    let err = s.place_blocking(&req).expect_err("a placement after the caller's deadline");
+    assert!(matches!(err, QueenError::DeadlineExceeded(_)), "{err}");
+    assert_eq!(disk.commits.load(std::sync::atomic::Ordering::SeqCst), 0, "nothing was written");
+    assert!(s.reservations().is_empty());
+}
