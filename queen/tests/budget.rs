@@ -189,6 +189,18 @@ async fn failing_fetches_on_a_hive_are_limited_per_caller_and_the_hive_stays_vis
     assert_eq!(hives[0].state(), pb::HiveState::Online, "never lost for being big");
     the_view_reads_whole(&queen, 1).await;
 
+    // A cut says what the view left out, not what the hive can run: it still places.
+    let mut scheduler = SchedulerClient::connect(queen.url()).await.unwrap();
+    let answer = scheduler
+        .place(pb::PlaceRequest { vram_bytes: 1 << 30, dry_run: true, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        matches!(answer.result, Some(pb::place_response::Result::Placement(_))),
+        "a hive with a cut view was refused placement: {answer:?}"
+    );
+
     // What a queen that starts now would read first is within its budget.
     let discover = direct.discover(pb::DiscoverRequest {}).await.unwrap().into_inner();
     assert!(prost::Message::encoded_len(&discover) < MAX_DISCOVER_BYTES);

@@ -297,6 +297,7 @@ impl TryFrom<&pb::HiveView> for HiveSnapshot {
             clock_skew_ms: v.clock_skew_ms,
             health: Arc::new(HealthReport {
                 health: health(v.health),
+                placement: health(v.health),
                 reasons: v.health_reasons.clone(),
                 devices: v
                     .devices

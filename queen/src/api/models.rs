@@ -2,8 +2,10 @@
 //! match), then call its `rbee.v1.Hive/FetchModel` the way the link dials it.
 //!
 //! Failing fetches are limited per caller (the peer of the call): each started download
-//! is charged to its caller up front, and given back once the fleet view shows it
-//! progressing or done; a failed one (or a refused call) stays charged. A caller has
+//! is charged to its caller up front, and given back once the fleet view shows it done
+//! or cancelled (or still progressing when the queen stops watching it); a failed one
+//! (or a refused call) stays charged. A download that fails after a few bytes is a
+//! failure like any other: the hive counts it against the queen. A caller has
 //! [`CALLER_BURST`] such charges, refilled one every [`CALLER_REFILL`], so that one
 //! caller's failing downloads cannot use up what a hive allows the queen as a whole.
 
@@ -64,10 +66,12 @@ pub struct ModelFetcher {
 /// What the fleet view says of a started download.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Seen {
-    /// Progressing, done or cancelled: it was no failing call.
+    /// Done or cancelled (or the model ready): it was no failing call.
     Fine,
     /// It failed.
     Failed,
+    /// Still moving bytes: not known yet, but no failing call so far.
+    Progressing,
     /// Not known yet.
     Open,
 }
@@ -95,7 +99,9 @@ impl ModelFetcher {
         match record.map(|d| (d.phase, d.bytes_done)) {
             Some((DownloadPhase::Failed, _)) => Seen::Failed,
             Some((DownloadPhase::Done | DownloadPhase::Cancelled, _)) => Seen::Fine,
-            Some((DownloadPhase::Downloading | DownloadPhase::Verifying, done)) if done > 0 => Seen::Fine,
+            Some((DownloadPhase::Downloading | DownloadPhase::Verifying, done)) if done > 0 => {
+                Seen::Progressing
+            }
             _ => match hive.caps.as_ref().and_then(|c| c.caps.models.get(&f.model)).map(|m| m.state) {
                 Some(ModelState::Ready) => Seen::Fine,
                 _ => Seen::Open,
@@ -113,8 +119,10 @@ impl ModelFetcher {
             match self.seen(&f) {
                 Seen::Fine => refunds.push(f.caller),
                 Seen::Failed => {}
+                // A long download, still moving when the queen stops watching it.
+                Seen::Progressing if f.at.elapsed() >= WATCH_FOR => refunds.push(f.caller),
                 Seen::Open if f.at.elapsed() >= WATCH_FOR => {}
-                Seen::Open => still.push_back(f),
+                Seen::Open | Seen::Progressing => still.push_back(f),
             }
         }
         let now = Instant::now();
@@ -132,7 +140,7 @@ impl ModelFetcher {
 
     /// Charges `caller` for one fetch, or refuses it while the caller has too many
     /// failed or unfinished downloads.
-    fn admit(&self, caller: Option<IpAddr>) -> Result<(), QueenError> {
+    pub(crate) fn admit(&self, caller: Option<IpAddr>) -> Result<(), QueenError> {
         self.settle();
         let now = Instant::now();
         let mut limit = self.limit.lock_unpoisoned();
@@ -148,7 +156,13 @@ impl ModelFetcher {
 
     /// Watches a started download, or gives the charge back for a call that started
     /// none (joined, or already ready).
-    fn started(&self, caller: Option<IpAddr>, address: &str, model: &str, result: &pb::FetchModelResponse) {
+    pub(crate) fn started(
+        &self,
+        caller: Option<IpAddr>,
+        address: &str,
+        model: &str,
+        result: &pb::FetchModelResponse,
+    ) {
         if result.joined || result.already_ready {
             self.limit.lock_unpoisoned().refund(caller, Instant::now());
             return;

@@ -6,6 +6,7 @@
 //! marks it used for the hive's least-recently-used budget.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use rbee_proto::v1 as pb;
 use rbee_shared::ModelState;
 use rbee_shared::convert::models::{model_id_from_wire, source_from_wire};
 
+use super::models::ModelFetcher;
 use crate::QueenError;
 use crate::fleet::{ConnState, Fleet, HiveSnapshot};
 use crate::link::LinkSettings;
@@ -153,14 +155,16 @@ impl ModelCache {
 
     /// After a placement on `hive_id`: with `prefetch`, fetch the model there if it is
     /// absent (from `from`) and preload it; without, preload it again only where it is
-    /// kept warm (marks it used). Runs in the background; returns whether a prefetch
-    /// was started.
+    /// kept warm (marks it used). A fetch counts against the caller's limit of failing
+    /// fetches in `limit` (the same as `Scheduler.FetchModel`'s): one it refuses is
+    /// not started. Runs in the background; returns whether a prefetch was started.
     pub fn after_place(
         &self,
         hive_id: &str,
         model: &str,
         prefetch: bool,
         from: Option<pb::fetch_model_request::Source>,
+        limit: Option<(Arc<ModelFetcher>, Option<IpAddr>)>,
     ) -> bool {
         let Some(hive) = self.fleet.get(hive_id) else { return false };
         let tier = weights::tier(&hive, model);
@@ -177,10 +181,17 @@ impl ModelCache {
             },
             (true, _) => None,
         };
+        if fetch.is_some()
+            && let Some((fetcher, caller)) = &limit
+            && let Err(e) = fetcher.admit(*caller)
+        {
+            tracing::warn!(hive = %hive_id, model, error = %e, "prefetch not started");
+            return false;
+        }
         let this = self.clone();
         let (hive_id, model) = (hive_id.to_owned(), model.to_owned());
         tokio::spawn(async move {
-            if let Err(e) = this.prefetch(&hive_id, &model, fetch).await {
+            if let Err(e) = this.prefetch(&hive_id, &model, fetch, limit).await {
                 tracing::warn!(hive = %hive_id, model = %model, error = %e, "prefetch failed");
             }
         });
@@ -192,6 +203,7 @@ impl ModelCache {
         hive_id: &str,
         model: &str,
         fetch: Option<pb::fetch_model_request::Source>,
+        limit: Option<(Arc<ModelFetcher>, Option<IpAddr>)>,
     ) -> Result<(), QueenError> {
         let hive =
             self.fleet.get(hive_id).ok_or_else(|| QueenError::Missing(format!("no hive {hive_id:?}")))?;
@@ -199,7 +211,10 @@ impl ModelCache {
         let hive_err = |status| QueenError::Hive { hive: hive_id.to_owned(), status };
         if let Some(source) = fetch {
             let req = pb::FetchModelRequest { model_id: model.to_owned(), source: Some(source) };
-            client.fetch_model(req).await.map_err(hive_err)?;
+            let started = client.fetch_model(req).await.map_err(hive_err)?.into_inner();
+            if let Some((fetcher, caller)) = &limit {
+                fetcher.started(*caller, &hive.address, model, &started);
+            }
             let deadline = tokio::time::Instant::now() + FETCH_WAIT;
             loop {
                 let state = self.fleet.get(hive_id).and_then(|h| weights::entry(&h, model).map(|m| m.state));

@@ -88,6 +88,7 @@ impl SchedulerApi for SchedulerService {
     async fn place(&self, request: Request<pb::PlaceRequest>) -> Result<Response<pb::PlaceResponse>, Status> {
         let r = request.get_ref();
         let req = PlaceRequest { deadline: deadline_of(&request), ..PlaceRequest::try_from(r)? };
+        let caller = request.remote_addr().map(|a| a.ip());
         let from = r.prefetch_from.as_deref().map(source_of).transpose()?;
         if r.prefetch {
             // A prefetch sends the model id to a hive: refuse a bad one here, up front.
@@ -100,7 +101,8 @@ impl SchedulerApi for SchedulerService {
             (&mut outcome, &self.cache, dry_run)
             && !model.is_empty()
         {
-            p.prefetching = cache.after_place(&p.hive_id, &model, r.prefetch, from);
+            let limit = self.models.clone().map(|m| (m, caller));
+            p.prefetching = cache.after_place(&p.hive_id, &model, r.prefetch, from, limit);
         }
         Ok(Response::new((&outcome).into()))
     }

@@ -53,4 +53,9 @@ pub struct HealthReport {
     pub reasons: Vec<String>,
     /// Per device.
     pub devices: Vec<DeviceHealth>,
+    /// The level placement judges: `health` less the notices that say nothing about
+    /// what the hive can run (its view cut to the budgets), so that a big catalog or a
+    /// refused download never takes a hive out of placement.
+    #[serde(skip)]
+    pub placement: Health,
 }

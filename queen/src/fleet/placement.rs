@@ -127,7 +127,7 @@ impl PlacementSummary {
                 health: h.health.clone(),
                 stats: h.stats.clone(),
             },
-            health: h.health.health,
+            health: h.health.placement,
             cpu_util: h.stats.cpu_mean_percent.or(sample.and_then(|s| s.cpu_percent)).unwrap_or(0.0),
             ram: sample.map(|s| RamLoad {
                 total: s.ram_total_bytes,

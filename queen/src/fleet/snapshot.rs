@@ -71,6 +71,7 @@ impl HiveSnapshot {
             clock_skew_ms: None,
             health: Arc::new(HealthReport {
                 health: Health::Unhealthy,
+                placement: Health::Unhealthy,
                 reasons: vec!["not connected yet".into()],
                 devices: vec![],
             }),

@@ -38,6 +38,13 @@ pub struct HealthInput<'a> {
 }
 
 fn push(report: &mut HealthReport, level: Health, reason: String) {
+    report.placement = report.placement.max(level);
+    notice(report, level, reason);
+}
+
+/// A reason shown at `level` that placement does not judge (see
+/// [`HealthReport::placement`]).
+fn notice(report: &mut HealthReport, level: Health, reason: String) {
     report.health = report.health.max(level);
     report.reasons.push(reason);
 }
@@ -104,7 +111,7 @@ pub fn evaluate(input: &HealthInput<'_>, t: &Thresholds) -> HealthReport {
         push(&mut r, Health::Unhealthy, format!("invalid data from hive: {why}"));
     }
     if let Some(s) = input.sample.filter(|s| !s.cuts.is_empty()) {
-        push(&mut r, Health::Degraded, format!("view cut to its budgets: {}", s.cuts.join("; ")));
+        notice(&mut r, Health::Degraded, format!("view cut to its budgets: {}", s.cuts.join("; ")));
     }
     if let Some(cpu) = input.cpu_window_mean
         && cpu >= t.cpu_degraded_percent

@@ -103,6 +103,7 @@ pub fn hive(
             clock_skew_ms: Some(0),
             health: Arc::new(HealthReport {
                 health: if online { Health::Healthy } else { Health::Degraded },
+                placement: if online { Health::Healthy } else { Health::Degraded },
                 reasons: if online { vec![] } else { vec![format!("no sample for {:.1} s", 4.0)] },
                 devices,
             }),

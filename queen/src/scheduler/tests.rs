@@ -429,9 +429,9 @@ impl crate::store::Store for HungDisk {
 #[test]
 fn a_place_committed_after_the_callers_deadline_is_released_and_says_so() {
     let now = std::time::Instant::now();
-    let deadline = now + Duration::from_millis(100);
+    let deadline = now + Duration::from_secs(1);
     // The disk thaws after the caller has given up.
-    let disk = HungDisk::thawing_at(deadline + Duration::from_millis(50));
+    let disk = HungDisk::thawing_at(deadline + Duration::from_millis(100));
     let s = Scheduler::durable(Arc::new(StaticHives(small_fleet())), calm(), disk.clone(), vec![]).unwrap();
     let req = PlaceRequest { deadline: Some(deadline), ..PlaceRequest::gpu(GIB) };
     let err = s.place_blocking(&req).expect_err("a placement answered after the caller's deadline");

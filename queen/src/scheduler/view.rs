@@ -97,7 +97,7 @@ impl DeviceRef {
     /// The device's own health.
     pub fn health(&self) -> Health {
         if self.is_cpu() {
-            return self.hive.health.health;
+            return self.hive.health.placement;
         }
         self.hive.health.devices.iter().find(|d| d.device_id == self.id).map_or(Health::Healthy, |d| d.health)
     }

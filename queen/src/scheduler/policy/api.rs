@@ -170,7 +170,7 @@ pub fn register(engine: &mut Engine) {
         .register_get("state", |h: &mut HiveRef| h.hive.state.as_str().to_owned())
         .register_get("online", |h: &mut HiveRef| h.hive.state == crate::fleet::ConnState::Online)
         .register_get("health", |h: &mut HiveRef| h.hive.health.health.as_str().to_owned())
-        .register_get("healthy", |h: &mut HiveRef| h.hive.health.health == Health::Healthy)
+        .register_get("healthy", |h: &mut HiveRef| h.hive.health.placement == Health::Healthy)
         .register_get("reasons", |h: &mut HiveRef| -> Native<Array> {
             charge(h.hive.health.reasons.len())?;
             Ok(h.hive.health.reasons.iter().map(|r| Dynamic::from(r.clone())).collect())

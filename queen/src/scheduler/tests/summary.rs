@@ -32,8 +32,8 @@ fn excluded(h: &HiveSnapshot, req: &PlaceRequest) -> Option<String> {
     if h.state != ConnState::Online {
         return Some(format!("{n}: {}", h.state.as_str()));
     }
-    if h.health.health != Health::Healthy {
-        return Some(format!("{n}: {}: {}", h.health.health.as_str(), h.health.reasons.join("; ")));
+    if h.health.placement != Health::Healthy {
+        return Some(format!("{n}: {}: {}", h.health.placement.as_str(), h.health.reasons.join("; ")));
     }
     let labels = h.caps.as_ref().map(|c| &c.caps.labels);
     for (k, v) in &req.labels {
@@ -161,6 +161,7 @@ fn rough(i: usize, gpus: usize, used: u64, seed: u64, refresh: bool) -> Arc<Hive
     }
     if bit(4) && bit(5) && state == ConnState::Online {
         health.health = Health::Degraded;
+        health.placement = Health::Degraded;
         health.reasons.push("cpu 99% (30 s mean) >= 90%".into());
     }
     if bit(6) {
