@@ -145,12 +145,20 @@ pub fn cut_records(records: &mut Vec<DownloadProgress>, what: &str) -> Option<St
     Some(format!("{what}: kept {MAX_RECORDS} of {total} records"))
 }
 
+/// Keeps at most `MAX_CUTS - own` of a sender's cut lines, so that `own` lines of the
+/// receiver's fit after them.
+pub fn room_for_own_cuts(cuts: &mut Vec<String>, own: usize) {
+    cuts.truncate(MAX_CUTS.saturating_sub(own));
+}
+
 /// Cut lines from the wire: at most [`MAX_CUTS`], each at most [`MAX_CUT_BYTES`], one line.
 pub fn cuts_from_wire(cuts: &[String]) -> Vec<String> {
     cuts.iter().take(MAX_CUTS).map(|c| bounded(c, MAX_CUT_BYTES)).collect()
 }
 
 /// Adds a cut line, keeping at most [`MAX_CUTS`] (the newest line replaces the last).
+/// A receiver that adds its own lines to a sender's first makes room with
+/// [`room_for_own_cuts`], so a sender's lines cannot push them out.
 pub fn push_cut(cuts: &mut Vec<String>, cut: String) {
     if cuts.len() >= MAX_CUTS {
         cuts.truncate(MAX_CUTS - 1);
@@ -178,6 +186,9 @@ pub fn cut_processes(sample: &mut Sample) -> Option<String> {
     let kept: usize = sample.gpus.iter().filter_map(|g| g.processes.as_ref()).map(|p| p.listed.len()).sum();
     Some(format!("gpu processes: listed {kept} of {total}"))
 }
+
+/// The most cut lines [`cut_sample`] adds.
+pub const SAMPLE_CUT_LINES: usize = 3;
 
 /// Cuts a sample's record and process lists to their budgets, adding a line for each cut.
 pub fn cut_sample(sample: &mut Sample) {

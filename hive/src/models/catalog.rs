@@ -90,18 +90,27 @@ impl Catalog {
         if doomed.is_empty() {
             return 0;
         }
+        // Only what is still failed: a model fetched again since it was picked (now
+        // downloading) keeps its entry.
+        let mut removed = Vec::with_capacity(doomed.len());
         self.tx.send_if_modified(|map| {
+            let still_failed = |id: &String| map.get(id).is_some_and(|e| e.state == ModelState::Failed);
+            let gone: Vec<String> = doomed.into_iter().filter(still_failed).collect();
+            if gone.is_empty() {
+                return false;
+            }
             let map = Arc::make_mut(map);
-            for id in &doomed {
+            for id in &gone {
                 map.remove(id);
             }
+            removed = gone;
             true
         });
         let mut failed_at = self.failed_at.lock_unpoisoned();
-        for id in &doomed {
+        for id in &removed {
             failed_at.remove(id);
         }
-        doomed.len()
+        removed.len()
     }
 
     /// Inserts or replaces an entry (publishes only a real change).

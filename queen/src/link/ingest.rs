@@ -128,6 +128,11 @@ impl IngestState {
     /// Holds `sample` to the view budgets, and adds what the queen cut to its cut lines.
     fn cut_sample(&self, sample: &mut Sample) {
         sample.cuts = view_budget::cuts_from_wire(&sample.cuts);
+        // The hive's own lines never push the queen's out.
+        view_budget::room_for_own_cuts(
+            &mut sample.cuts,
+            self.caps_cuts.len() + view_budget::SAMPLE_CUT_LINES,
+        );
         for cut in &self.caps_cuts {
             push_cut(&mut sample.cuts, cut.clone());
         }
@@ -417,6 +422,19 @@ mod tests {
             sample.cuts,
             ["catalog: kept 32 of 99 failed entries", "downloads: kept 64 of 4096 records"]
         );
+        // A hive that fills every cut line itself cannot push the queen's lines out.
+        let sample = Sample {
+            downloads: (0..4096).map(record).collect(),
+            cuts: (0..view_budget::MAX_CUTS).map(|i| format!("hive line {i}")).collect(),
+            ..Default::default()
+        };
+        let Outcome::Sample(sample) = s.apply(msg(4, HivePayload::Sample(sample))) else {
+            panic!("not applied")
+        };
+        assert!(sample.cuts.len() <= view_budget::MAX_CUTS, "{:?}", sample.cuts);
+        for own in ["catalog: kept 32 of 99 failed entries", "downloads: kept 64 of 4096 records"] {
+            assert!(sample.cuts.iter().any(|c| c == own), "{own:?} pushed out: {:?}", sample.cuts);
+        }
     }
 
     fn wire_gpu() -> impl Strategy<Value = pb::GpuDevice> {
