@@ -581,3 +581,18 @@ async fn through_the_queen_an_operator_needs_no_hive_certificate() {
     queen.stop().await;
     hive.stop().await.unwrap();
 }
+
+/// Ctrl-C while the queen has not answered yet (it accepted the connection and says
+/// nothing) ends `queen fetch` at once with 130, instead of being swallowed.
+#[tokio::test]
+async fn ctrl_c_before_the_queen_answers_ends_queen_fetch() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let q = format!("http://{}", silent.local_addr().unwrap());
+    let fetch = spawn_fetch(&q, "never", "https://example.invalid/w.bin", "h", &[]);
+    // The command is reaching the queen once its connection arrives; hold it open.
+    let (_held, _) = tokio::time::timeout(WAIT, silent.accept()).await.expect("no connection").unwrap();
+    interrupt(&fetch);
+    let (code, _, err) = exited(fetch).await;
+    assert_eq!(code, Some(130), "{err}");
+    assert!(err.contains("interrupted before the queen answered"), "{err}");
+}

@@ -15,7 +15,10 @@ use super::args::FetchArgs;
 use super::model_removal;
 
 /// The exit status after an interrupt (128 + SIGINT), as shells report Ctrl-C.
-const INTERRUPTED: u8 = 130;
+pub(super) const INTERRUPTED: u8 = 130;
+
+/// Longest the cancel after an interrupt may take before the command gives up on it.
+const CANCEL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Resolves on SIGINT or SIGTERM. Listening starts when this is called, not when the
 /// future is first polled, so no interrupt after the call is missed.
@@ -75,11 +78,26 @@ pub(super) async fn on_interrupt(args: &FetchArgs, hive: &str, bar: &ProgressBar
         hive: hive.to_owned(),
         labels: Default::default(),
     };
-    match model_removal::send(&args.queen, request, false).await {
-        Ok(r) if r.results.iter().all(|h| h.error.is_none()) => {
+    let sent = async {
+        let Ok(again) = interrupted() else {
+            return model_removal::send(&args.queen, request, false).await.map(Some);
+        };
+        tokio::select! {
+            r = tokio::time::timeout(CANCEL_TIMEOUT, model_removal::send(&args.queen, request, false)) => {
+                r.map_err(|_| anyhow::anyhow!("no answer in {} s", CANCEL_TIMEOUT.as_secs()))?.map(Some)
+            }
+            // A second interrupt: stop waiting for the cancel.
+            () = again => Ok(None),
+        }
+    };
+    match sent.await {
+        Ok(None) => {
+            eprintln!("interrupted again; the cancel may not have reached {hive}. To retry: {command}")
+        }
+        Ok(Some(r)) if r.results.iter().all(|h| h.error.is_none()) => {
             eprintln!("interrupted; cancelled the download of {} on {hive}", args.model);
         }
-        Ok(r) => {
+        Ok(Some(r)) => {
             let errors: Vec<&str> = r.results.iter().filter_map(|h| h.error.as_deref()).collect();
             eprintln!("interrupted; cancelling failed: {}. To retry: {command}", errors.join("; "));
         }

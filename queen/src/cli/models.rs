@@ -84,21 +84,34 @@ pub async fn fetch(args: FetchArgs) -> Result<ExitCode> {
     }
     let interrupted = interrupted()?;
     tokio::pin!(interrupted);
-    // Subscribe first so that no sample after the hive accepted is missed.
-    let (mut fleet, url) = connect(&args.queen).await?;
+    let setup = async {
+        // Subscribe first so that no sample after the hive accepted is missed.
+        let (mut fleet, url) = connect(&args.queen).await?;
+        let stream = fleet
+            .watch_fleet(pb::WatchFleetRequest { sample_interval_ms: Some(FOLLOW_INTERVAL_MS) })
+            .await
+            .map_err(|s| rpc_error(&url, s))?
+            .into_inner();
+        // A write: a follower passes it on to the leader it names.
+        let request = fetch_request(&args);
+        let answer = on_queens(&args.queen, scheduler, |mut c| {
+            let request = request.clone();
+            async move { c.fetch_model(request).await }
+        })
+        .await?;
+        anyhow::Ok((url, stream, answer))
+    };
+    // Ctrl-C while the queen is still being reached ends the command at once.
+    let (url, mut stream, answer) = tokio::select! {
+        () = &mut interrupted => {
+            eprintln!(
+                "interrupted before the queen answered; a download may have started: see `queen downloads`"
+            );
+            return Ok(ExitCode::from(super::fetch_interrupt::INTERRUPTED));
+        }
+        r = setup => r?,
+    };
     let url = &url;
-    let mut stream = fleet
-        .watch_fleet(pb::WatchFleetRequest { sample_interval_ms: Some(FOLLOW_INTERVAL_MS) })
-        .await
-        .map_err(|s| rpc_error(url, s))?
-        .into_inner();
-    // A write: a follower passes it on to the leader it names.
-    let request = fetch_request(&args);
-    let answer = on_queens(&args.queen, scheduler, |mut c| {
-        let request = request.clone();
-        async move { c.fetch_model(request).await }
-    })
-    .await?;
     let result = answer.result.unwrap_or_default();
     let hive = answer.hive_id;
     if result.already_ready {
