@@ -9,6 +9,11 @@ use super::args::{ListArgs, PlaceArgs, PolicyCheckArgs, QueenUrl, ReleaseArgs};
 use super::client::{connect_scheduler, on_queens, rpc_error, scheduler};
 use super::render::{render_place, since};
 
+/// How long `queen place` waits for an answer. It is sent as the call's deadline, so a
+/// queen that could only commit after it gives the reservation back instead of keeping
+/// one nobody was told about.
+const PLACE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// `queen place`. Returns whether it placed.
 pub async fn place(args: PlaceArgs) -> Result<bool> {
     let request = pb::PlaceRequest {
@@ -18,6 +23,8 @@ pub async fn place(args: PlaceArgs) -> Result<bool> {
     };
     let resp = on_queens(&args.queen, scheduler, |mut c| {
         let request = request.clone();
+        let mut request = tonic::Request::new(request.clone());
+        request.set_timeout(PLACE_DEADLINE);
         async move { c.place(request).await }
     })
     .await?;
