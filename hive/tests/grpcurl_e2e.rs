@@ -95,6 +95,33 @@ fn grpcurl_lists_discovers_and_streams() {
     assert!(err.contains("InvalidArgument") && err.contains("sample_interval_ms"), "{err}");
 }
 
+/// Every service the hive lists describes, one by one and all together (`grpcurl
+/// describe` with no symbol), reflection's own services included: grpcurl 1.8 asks over
+/// v1alpha for the v1 service's descriptor too.
+#[test]
+fn grpcurl_describes_every_service() {
+    let Some(_) = grpcurl() else { return };
+    let hive = start_hive();
+    let (ok, out, err) = run(&["-plaintext", &hive.addr, "list"]);
+    assert!(ok, "grpcurl list failed: {err}");
+    let services: Vec<&str> = out.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    for expected in [
+        "rbee.v1.Hive",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ] {
+        assert!(services.contains(&expected), "{expected} missing from:\n{out}");
+    }
+    for service in &services {
+        let (ok, out, err) = run(&["-plaintext", &hive.addr, "describe", service]);
+        assert!(ok && out.contains("is a service"), "describe {service}: {out}{err}");
+    }
+    let (ok, out, err) = run(&["-plaintext", &hive.addr, "describe"]);
+    assert!(ok, "describe (all): {err}");
+    assert_eq!(out.matches(" is a service:").count(), services.len(), "{out}");
+}
+
 #[test]
 fn the_binary_refuses_an_out_of_range_flag() {
     let out = Command::new(env!("CARGO_BIN_EXE_hive"))

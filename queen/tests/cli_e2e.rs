@@ -165,6 +165,47 @@ fn grpcurl_reaches_the_fleet_api() {
     assert!(err.contains("PermissionDenied") && err.contains("allow-list"), "{err}");
 }
 
+/// Every service the queen lists describes, one by one and all together, over
+/// grpcurl's reflection (v1alpha asking for v1's descriptor too).
+#[test]
+fn grpcurl_describes_every_service() {
+    if Command::new("grpcurl").arg("-version").output().is_err() {
+        assert!(
+            std::env::var_os("RBEE_REQUIRE_GRPCURL").is_none(),
+            "grpcurl is required (RBEE_REQUIRE_GRPCURL is set)"
+        );
+        eprintln!("SKIPPED: grpcurl not on PATH");
+        return;
+    }
+    let queen = start_queen(&[]);
+    let grpcurl = |args: &[&str]| {
+        let out = Command::new("grpcurl").arg("-plaintext").arg(&queen.addr).args(args).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, out) = grpcurl(&["list"]);
+    assert!(ok, "{out}");
+    let services: Vec<&str> = out.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    for expected in [
+        "rbee.v1.Fleet",
+        "rbee.v1.Scheduler",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ] {
+        assert!(services.contains(&expected), "{expected} missing from:\n{out}");
+    }
+    for service in &services {
+        let (ok, text) = grpcurl(&["describe", service]);
+        assert!(ok && text.contains("is a service"), "describe {service}: {text}");
+    }
+    let (ok, text) = grpcurl(&["describe"]);
+    assert!(ok, "{text}");
+    assert_eq!(text.matches(" is a service:").count(), services.len(), "{text}");
+}
+
 #[test]
 fn client_commands_fail_clearly_without_a_queen() {
     let (ok, _, err) = queen_cli(&["hives"], "http://127.0.0.1:1");
