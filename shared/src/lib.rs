@@ -11,7 +11,7 @@
 //!   [`backoff`], [`bearer`], [`hostname`], [`duration_serde`], [`lock`],
 //!   [`warn_limit`].
 //! - [`metrics_http`]: the `/metrics` endpoint both daemons serve for Prometheus.
-//! - [`bytesize`], [`telemetry`], [`shutdown`], [`time`]: small helpers both binaries use.
+//! - [`bytesize`], [`telemetry`], [`shutdown`], [`time`], [`stdout`], [`report`]: small helpers both binaries use.
 //!
 //! Domain code never passes generated protobuf types around.
 
@@ -33,10 +33,12 @@ pub mod labels;
 pub mod lock;
 pub mod metrics_http;
 pub mod model;
+pub mod report;
 pub mod sample;
 pub mod sample_interval;
 pub mod shutdown;
 pub mod size_limit;
+pub mod stdout;
 pub mod stream_message;
 pub mod telemetry;
 pub mod time;

@@ -88,7 +88,7 @@ pub async fn fetch(args: FetchArgs) -> Result<()> {
     let result = answer.result.unwrap_or_default();
     let hive = answer.hive_id;
     if result.already_ready {
-        println!("{} is ready on {hive}", args.model);
+        rbee_shared::outln!("{} is ready on {hive}", args.model)?;
         return Ok(());
     }
     let verb = if result.joined { "joined the download of" } else { "downloading" };
@@ -129,7 +129,11 @@ pub async fn fetch(args: FetchArgs) -> Result<()> {
             match pb::DownloadPhase::try_from(d.phase).unwrap_or_default() {
                 pb::DownloadPhase::Done => {
                     bar.finish_with_message("ready");
-                    println!("{} is ready on {hive} ({})", args.model, format_bytes(d.bytes_done));
+                    rbee_shared::outln!(
+                        "{} is ready on {hive} ({})",
+                        args.model,
+                        format_bytes(d.bytes_done)
+                    )?;
                     return Ok(());
                 }
                 pb::DownloadPhase::Failed => {
@@ -190,7 +194,7 @@ pub async fn models(args: ListArgs) -> Result<()> {
     if args.json {
         let json: Vec<serde_json::Value> =
             rows.iter().map(|(hive, m)| serde_json::json!({ "hiveId": hive, "model": m })).collect();
-        println!("{}", serde_json::to_string_pretty(&json)?);
+        rbee_shared::outln!("{}", super::json(&json)?)?;
         return Ok(());
     }
     let mut out = String::new();
@@ -210,7 +214,7 @@ pub async fn models(args: ListArgs) -> Result<()> {
             m.error.as_deref().unwrap_or("")
         );
     }
-    print!("{out}");
+    rbee_shared::out!("{out}")?;
     Ok(())
 }
 
@@ -239,7 +243,7 @@ pub async fn downloads(args: ListArgs) -> Result<()> {
     if args.json {
         let json: Vec<serde_json::Value> =
             rows.iter().map(|(hive, d)| serde_json::json!({ "hiveId": hive, "download": d })).collect();
-        println!("{}", serde_json::to_string_pretty(&json)?);
+        rbee_shared::outln!("{}", super::json(&json)?)?;
         return Ok(());
     }
     let mut out = String::new();
@@ -260,6 +264,6 @@ pub async fn downloads(args: ListArgs) -> Result<()> {
             d.error.as_deref().unwrap_or("")
         );
     }
-    print!("{out}");
+    rbee_shared::out!("{out}")?;
     Ok(())
 }

@@ -237,7 +237,8 @@ impl Model {
             Event::Snapshot(s) => {
                 self.rows =
                     s.hives.into_iter().map(|v| (v.address.clone(), Row::from_view(v, now))).collect();
-                self.status = format!("following the fleet ({} hives)", self.rows.len());
+                self.status =
+                    format!("following the fleet ({})", crate::cli::render::count(self.rows.len(), "hive"));
             }
             Event::HiveAdded(v) => {
                 self.rows.insert(v.address.clone(), Row::from_view(v, now));
