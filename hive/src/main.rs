@@ -65,7 +65,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (gpu, max) = (args.gpu.choice()?, args.gpu.max_gpu_processes);
             let report = tokio::task::spawn_blocking(move || rbee_hive::probe::probe(gpu, max)).await??;
             if args.json {
-                rbee_shared::outln!("{}", serde_json::to_string_pretty(&report)?)?;
+                rbee_shared::outln!("{}", rbee_hive::probe::to_json(&report)?)?;
             } else {
                 rbee_shared::out!("{}", rbee_hive::probe::render(&report))?;
             }

@@ -156,9 +156,34 @@ fn probe_json_prints_capabilities_and_a_sample() {
     let out = Command::new(env!("CARGO_BIN_EXE_hive")).args(["probe", "--json", "--demo"]).output().unwrap();
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["gpu_source"], "simulated");
-    assert!(v["capabilities"]["ram_total_bytes"].as_u64().unwrap() > 0);
-    assert!(v["sample"]["cpu_percent"].is_number());
+    // The proto3 JSON mapping, as grpcurl prints Discover and the queen prints a hive.
+    assert_eq!(v["gpuSource"], "DEVICE_SOURCE_KIND_SIMULATED");
+    assert!(v["capabilities"]["ramTotalBytes"].as_str().unwrap().parse::<u64>().unwrap() > 0);
+    assert!(v["sample"]["cpuPercent"].is_number());
+    let gpus = v["capabilities"]["gpus"].as_array().unwrap();
+    assert!(gpus.iter().any(|g| g["index"] == 0), "GPU 0 has its index: {v}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("_bytes\"") && !text.contains("gpu_source"), "no snake_case keys: {text}");
+}
+
+/// A reader that goes away (`hive probe --json | head -1`) ends the command quietly
+/// with exit 0, not a panic ("failed printing to stdout: Broken pipe", exit 101).
+#[test]
+fn a_closed_stdout_ends_probe_and_completions_quietly() {
+    for args in [&["probe", "--json", "--demo"][..], &["probe", "--demo"], &["completions", "bash"], &["man"]]
+    {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hive"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{args:?}: {err}");
+    }
 }
 
 fn start_hive_with(args: &[&str]) -> Hive {
