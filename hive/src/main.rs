@@ -52,11 +52,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             clap_complete::generate(args.shell, &mut Cli::command(), "hive", &mut script);
             rbee_shared::stdout::write_bytes(&script)?;
         }
-        Command::Man => {
+        Command::Man(args) => {
             use clap::CommandFactory;
-            let mut page = Vec::new();
-            clap_mangen::Man::new(Cli::command()).render(&mut page)?;
-            rbee_shared::stdout::write_bytes(&page)?;
+            match args.dir {
+                // Every page the main page's SEE ALSO names, one per subcommand.
+                Some(dir) => {
+                    clap_mangen::generate_to(Cli::command(), &dir)
+                        .with_context(|| format!("cannot write the man pages into {}", dir.display()))?;
+                    rbee_shared::outln!("wrote the man pages into {}", dir.display())?;
+                }
+                None => {
+                    let mut page = Vec::new();
+                    clap_mangen::Man::new(Cli::command()).render(&mut page)?;
+                    rbee_shared::stdout::write_bytes(&page)?;
+                }
+            }
         }
         Command::Swarm(args) => {
             rbee_hive::swarm::args::run(*args, rbee_shared::shutdown::shutdown_signal()).await?;
