@@ -122,6 +122,35 @@ fn grpcurl_describes_every_service() {
     assert_eq!(out.matches(" is a service:").count(), services.len(), "{out}");
 }
 
+/// `buf curl --list-methods` over each reflection protocol (buf asks v1 first; with
+/// v1alpha it still looks up the v1 service, which failed on the hive: "failed to find
+/// service named grpc.reflection.v1.ServerReflection").
+#[test]
+fn buf_curl_lists_the_methods_over_both_reflection_protocols() {
+    let Some(buf) = rbee_hive::test_support::external_tool("buf", "pip install buf-bin==1.75.0") else {
+        return;
+    };
+    let hive = start_hive();
+    for protocol in ["grpc-v1", "grpc-v1alpha"] {
+        let out = Command::new(&buf)
+            .args(["curl", "--protocol", "grpc", "--http2-prior-knowledge", "--reflect-protocol", protocol])
+            .arg("--list-methods")
+            .arg(format!("http://{}", hive.addr))
+            .output()
+            .unwrap();
+        let (text, err) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{protocol}: {text}{err}");
+        for method in [
+            "rbee.v1.Hive/Discover",
+            "grpc.health.v1.Health/Check",
+            "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ] {
+            assert!(text.lines().any(|l| l == method), "{protocol}: {method} missing from:\n{text}");
+        }
+    }
+}
+
 #[test]
 fn the_binary_refuses_an_out_of_range_flag() {
     let out = Command::new(env!("CARGO_BIN_EXE_hive"))

@@ -211,6 +211,34 @@ fn grpcurl_describes_every_service() {
     assert_eq!(text.matches(" is a service:").count(), services.len(), "{text}");
 }
 
+/// `buf curl --list-methods` over each reflection protocol.
+#[test]
+fn buf_curl_lists_the_methods_over_both_reflection_protocols() {
+    let Some(buf) = rbee_hive::test_support::external_tool("buf", "pip install buf-bin==1.75.0") else {
+        return;
+    };
+    let queen = start_queen(&[]);
+    for protocol in ["grpc-v1", "grpc-v1alpha"] {
+        let out = Command::new(&buf)
+            .args(["curl", "--protocol", "grpc", "--http2-prior-knowledge", "--reflect-protocol", protocol])
+            .arg("--list-methods")
+            .arg(&queen.url)
+            .output()
+            .unwrap();
+        let (text, err) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{protocol}: {text}{err}");
+        for method in [
+            "rbee.v1.Fleet/ListHives",
+            "rbee.v1.Scheduler/Place",
+            "grpc.health.v1.Health/Check",
+            "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ] {
+            assert!(text.lines().any(|l| l == method), "{protocol}: {method} missing from:\n{text}");
+        }
+    }
+}
+
 #[test]
 fn client_commands_fail_clearly_without_a_queen() {
     let (ok, _, err) = queen_cli(&["hives"], "http://127.0.0.1:1");
