@@ -363,6 +363,41 @@ fn watch_reconnects_when_the_queen_restarts() {
     let _ = watch.wait();
 }
 
+/// With several `--queen` URLs, a watch whose queen goes away moves on to the next one
+/// that answers (here a queen with one hive, so its snapshot is told apart).
+#[test]
+fn watch_moves_to_the_next_queen_when_its_queen_goes_away() {
+    let mut first = start_queen(&[]);
+    let second = start_queen(&["--local-hive", "--local-hive-demo"]);
+    let urls = format!("{},{}", first.url, second.url);
+    let mut watch = Command::new(QUEEN)
+        .args(["watch", "--queen", &urls])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = read_lines(&mut watch);
+    wait_line(
+        &rx,
+        "the first queen's snapshot",
+        |l| matches!(l, Line::Out(l) if l.contains("snapshot: 0 hives")),
+    );
+    let _ = first.child.kill();
+    let _ = first.child.wait();
+    let (mut moved, mut snapshot) = (false, false);
+    while !(moved && snapshot) {
+        let line = wait_line(&rx, "the move to the second queen", |l| match l {
+            Line::Err(l) => l.contains(&format!("reconnected to the queen at {}", second.url)),
+            Line::Out(l) => l.contains("snapshot: 1 hive"),
+        });
+        moved |= line.contains("reconnected");
+        snapshot |= line.contains("snapshot: 1 hive");
+    }
+    assert!(watch.try_wait().unwrap().is_none());
+    let _ = watch.kill();
+    let _ = watch.wait();
+}
+
 /// Waits (with a deadline) for a child to exit; its status and stderr.
 fn exit_of(mut child: Child) -> (Option<i32>, String) {
     let deadline = Instant::now() + Duration::from_secs(30);
