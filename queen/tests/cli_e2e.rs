@@ -318,7 +318,12 @@ fn wait_line(rx: &std::sync::mpsc::Receiver<Line>, what: &str, pick: impl Fn(&Li
             }
             Ok(Line::Out(l)) => seen.push(format!("out: {l}")),
             Ok(Line::Err(l)) => seen.push(format!("err: {l}")),
-            Err(_) => panic!("no {what} within the deadline; saw:\n{}", seen.join("\n")),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("the command ended before {what}; it printed:\n{}", seen.join("\n"))
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("no {what} within the deadline; saw:\n{}", seen.join("\n"))
+            }
         }
     }
 }
