@@ -66,11 +66,13 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
     let mut connected_once = false;
     // Nobody reads any more (`queen watch | head -1`): done, quietly.
     let gone = rbee_shared::stdout::reader_gone();
-    tokio::pin!(gone);
+    // One listener for the whole command: a Ctrl-C between two waits is not lost.
+    let interrupted = rbee_shared::shutdown::shutdown_signal();
+    tokio::pin!(gone, interrupted);
     loop {
         let opened = tokio::select! {
             () = &mut gone => return Ok(()),
-            () = rbee_shared::shutdown::shutdown_signal() => return Ok(()),
+            () = &mut interrupted => return Ok(()),
             opened = open_watch(&args.queen, request) => opened,
         };
         let why = match opened {
@@ -82,7 +84,7 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
                 loop {
                     let event = tokio::select! {
                         () = &mut gone => return Ok(()),
-                        () = rbee_shared::shutdown::shutdown_signal() => return Ok(()),
+                        () = &mut interrupted => return Ok(()),
                         event = stream.message() => event,
                     };
                     match event {
@@ -109,7 +111,7 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
         eprintln!("reconnecting... ({})", super::error_chain(&why));
         tokio::select! {
             () = &mut gone => return Ok(()),
-            () = rbee_shared::shutdown::shutdown_signal() => return Ok(()),
+            () = &mut interrupted => return Ok(()),
             () = tokio::time::sleep(delay) => {}
         }
     }
