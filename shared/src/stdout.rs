@@ -23,6 +23,13 @@ pub fn write_bytes(bytes: &[u8]) -> io::Result<()> {
     out.flush()
 }
 
+/// Writes a line to stderr (a progress note such as "reconnecting..."), ignoring a
+/// closed stderr: `eprintln!` would panic there, and a note is not worth a crash.
+pub fn note(text: &str) {
+    let mut err = io::stderr().lock();
+    let _ = writeln!(err, "{text}");
+}
+
 /// True when an error chain (outermost first, e.g. `anyhow::Error::chain`) holds a
 /// broken pipe: the reader of our output went away, which is no failure of ours.
 pub fn is_broken_pipe<'a>(mut chain: impl Iterator<Item = &'a (dyn Error + 'static)>) -> bool {

@@ -78,7 +78,7 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
         let why = match opened {
             Ok((mut stream, url)) => {
                 if connected_once {
-                    eprintln!("reconnected to the queen at {url}");
+                    rbee_shared::stdout::note(&format!("reconnected to the queen at {url}"));
                 }
                 connected_once = true;
                 loop {
@@ -108,7 +108,7 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
             return Err(why);
         }
         let delay = backoff.next_delay();
-        eprintln!("reconnecting... ({})", super::error_chain(&why));
+        rbee_shared::stdout::note(&format!("reconnecting... ({})", super::error_chain(&why)));
         tokio::select! {
             () = &mut gone => return Ok(()),
             () = &mut interrupted => return Ok(()),
