@@ -20,8 +20,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .codec_path("crate::codec::LeanCodec")
         .file_descriptor_set_path(&fds_path)
         .compile_protos(PROTOS, &["proto"])?;
-    // Canonical proto3 JSON (the mapping grpcurl prints) for the CLI's --json output.
-    pbjson_build::Builder::new().register_descriptors(&fds.encode_to_vec())?.build(&[".rbee"])?;
+    // Canonical proto3 JSON (the mapping grpcurl prints) for the CLI's --json output, with
+    // every field emitted: a zero (`"index": 0`) or an empty list (`"reservations": []`)
+    // is printed, not dropped. (Unset optional and message fields come out as null, which
+    // the CLI leaves out: `queen/src/cli/json.rs`.)
+    pbjson_build::Builder::new()
+        .register_descriptors(&fds.encode_to_vec())?
+        .emit_fields()
+        .build(&[".rbee"])?;
 
     // etcd: clients only, and a descriptor set of its own (not served by reflection).
     let etcd = protox::compile(ETCD, ["proto"])?;

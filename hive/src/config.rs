@@ -39,10 +39,20 @@ pub enum Command {
     Probe(ProbeArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(CompletionsArgs),
-    /// Print the man page (roff) of hive to stdout.
-    Man,
+    /// Print the man page (roff) of hive to stdout, or write every page (hive(1),
+    /// hive-serve(1), ...) into --dir.
+    Man(ManArgs),
     /// Serve many simulated hives from this process (the fleet simulator, for scale tests and benchmarks).
     Swarm(Box<crate::swarm::SwarmArgs>),
+}
+
+/// `hive man [--dir DIR]`.
+#[derive(Debug, Clone, Args)]
+pub struct ManArgs {
+    /// Write hive.1 and one page per subcommand (hive-serve.1, hive-probe.1, ...) into
+    /// this directory instead of printing hive(1).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 /// `hive completions SHELL`.

@@ -1,4 +1,6 @@
-//! The `hive` binary: parse the command line, set up logging, bind, run.
+//! The `hive` binary: parse the command line, set up logging, bind, run. Output goes
+//! through `rbee_shared::stdout`: a reader that closed the pipe (`hive probe | head -1`)
+//! ends the command quietly with exit 0.
 
 use anyhow::Context;
 use clap::Parser;
@@ -24,9 +26,10 @@ fn main() -> std::process::ExitCode {
     let result = runtime.context("cannot start the async runtime").and_then(|rt| rt.block_on(run(cli)));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if rbee_shared::stdout::is_broken_pipe(e.chain()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // The error chain only: an ordinary error is no crash, whatever RUST_BACKTRACE says.
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", rbee_shared::report::chain_text(e.chain()));
             std::process::ExitCode::FAILURE
         }
     }
@@ -44,11 +47,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Completions(args) => {
             use clap::CommandFactory;
-            clap_complete::generate(args.shell, &mut Cli::command(), "hive", &mut std::io::stdout());
+            // Into memory first: clap_complete panics when its writer fails (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(args.shell, &mut Cli::command(), "hive", &mut script);
+            rbee_shared::stdout::write_bytes(&script)?;
         }
-        Command::Man => {
+        Command::Man(args) => {
             use clap::CommandFactory;
-            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            match args.dir {
+                // Every page the main page's SEE ALSO names, one per subcommand.
+                Some(dir) => {
+                    clap_mangen::generate_to(Cli::command(), &dir)
+                        .with_context(|| format!("cannot write the man pages into {}", dir.display()))?;
+                    rbee_shared::outln!("wrote the man pages into {}", dir.display())?;
+                }
+                None => {
+                    let mut page = Vec::new();
+                    clap_mangen::Man::new(Cli::command()).render(&mut page)?;
+                    rbee_shared::stdout::write_bytes(&page)?;
+                }
+            }
         }
         Command::Swarm(args) => {
             rbee_hive::swarm::args::run(*args, rbee_shared::shutdown::shutdown_signal()).await?;
@@ -57,9 +75,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (gpu, max) = (args.gpu.choice()?, args.gpu.max_gpu_processes);
             let report = tokio::task::spawn_blocking(move || rbee_hive::probe::probe(gpu, max)).await??;
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                rbee_shared::outln!("{}", rbee_hive::probe::to_json(&report)?)?;
             } else {
-                print!("{}", rbee_hive::probe::render(&report));
+                rbee_shared::out!("{}", rbee_hive::probe::render(&report))?;
             }
         }
     }

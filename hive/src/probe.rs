@@ -43,6 +43,44 @@ pub fn probe(gpu: GpuChoice, max_gpu_processes: usize) -> Result<ProbeReport, Hi
     })
 }
 
+/// A report as `hive probe --json` prints it: the proto3 JSON mapping of the wire types
+/// (camelCase, 64-bit counts as strings, enum names), as grpcurl prints `Discover` and
+/// the queen's `--json` prints a hive: one JSON style everywhere. Zeros and empty lists
+/// are printed; unset optional fields are left out.
+pub fn to_json(r: &ProbeReport) -> Result<String, serde_json::Error> {
+    use rbee_proto::v1 as pb;
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Wire {
+        hostname: String,
+        gpu_source: pb::DeviceSourceKind,
+        capabilities: pb::Capabilities,
+        sample: pb::Sample,
+    }
+    let versioned = rbee_shared::VersionedCapabilities { version: 1, caps: r.capabilities.clone() };
+    let wire = Wire {
+        hostname: r.hostname.clone(),
+        gpu_source: r.gpu_source.into(),
+        capabilities: (&versioned).into(),
+        sample: (&r.sample).into(),
+    };
+    let mut value = serde_json::to_value(&wire)?;
+    drop_nulls(&mut value);
+    serde_json::to_string_pretty(&value)
+}
+
+/// Leaves out the nulls of unset optional and message fields, at any depth.
+fn drop_nulls(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            map.retain(|_, v| !v.is_null());
+            map.values_mut().for_each(drop_nulls);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(drop_nulls),
+        _ => {}
+    }
+}
+
 fn opt<T: std::fmt::Display>(v: Option<T>, unit: &str) -> String {
     v.map_or_else(|| "-".to_owned(), |v| format!("{v}{unit}"))
 }

@@ -17,3 +17,34 @@ fn an_ordinary_error_prints_its_chain_without_a_backtrace() {
     let last = err.trim_end().lines().last().unwrap_or_default();
     assert!(last.starts_with("error: ") && last.contains("0.0.0.0"), "names the cause: {err}");
 }
+
+/// `hive man --dir` writes hive.1 and a page for every subcommand, and every page any
+/// of them refers to (roff writes `hive\-serve(1)`) exists.
+#[test]
+fn man_writes_a_page_for_every_subcommand() {
+    let dir = tempfile::tempdir().unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_hive")).args(["man", "--dir"]).arg(dir.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for page in ["hive.1", "hive-serve.1", "hive-probe.1", "hive-swarm.1", "hive-completions.1", "hive-man.1"]
+    {
+        assert!(dir.path().join(page).is_file(), "no {page}");
+    }
+    let mut referred = 0;
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap().replace("\\-", "-");
+        for (at, _) in text.match_indices("(1)") {
+            let before = &text[..at];
+            let start = before.rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '-')).map_or(0, |i| i + 1);
+            let name = &before[start..];
+            if name.starts_with("hive-") {
+                referred += 1;
+                assert!(
+                    dir.path().join(format!("{name}.1")).is_file(),
+                    "{name}(1) is referred to but missing"
+                );
+            }
+        }
+    }
+    assert!(referred >= 4, "{referred} references");
+}

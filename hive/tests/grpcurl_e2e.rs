@@ -95,6 +95,62 @@ fn grpcurl_lists_discovers_and_streams() {
     assert!(err.contains("InvalidArgument") && err.contains("sample_interval_ms"), "{err}");
 }
 
+/// Every service the hive lists describes, one by one and all together (`grpcurl
+/// describe` with no symbol), reflection's own services included: grpcurl 1.8 asks over
+/// v1alpha for the v1 service's descriptor too.
+#[test]
+fn grpcurl_describes_every_service() {
+    let Some(_) = grpcurl() else { return };
+    let hive = start_hive();
+    let (ok, out, err) = run(&["-plaintext", &hive.addr, "list"]);
+    assert!(ok, "grpcurl list failed: {err}");
+    let services: Vec<&str> = out.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    for expected in [
+        "rbee.v1.Hive",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ] {
+        assert!(services.contains(&expected), "{expected} missing from:\n{out}");
+    }
+    for service in &services {
+        let (ok, out, err) = run(&["-plaintext", &hive.addr, "describe", service]);
+        assert!(ok && out.contains("is a service"), "describe {service}: {out}{err}");
+    }
+    let (ok, out, err) = run(&["-plaintext", &hive.addr, "describe"]);
+    assert!(ok, "describe (all): {err}");
+    assert_eq!(out.matches(" is a service:").count(), services.len(), "{out}");
+}
+
+/// `buf curl --list-methods` over each reflection protocol (buf asks v1 first; with
+/// v1alpha it still looks up the v1 service, which failed on the hive: "failed to find
+/// service named grpc.reflection.v1.ServerReflection").
+#[test]
+fn buf_curl_lists_the_methods_over_both_reflection_protocols() {
+    let Some(buf) = rbee_hive::test_support::external_tool("buf", "pip install buf-bin==1.75.0") else {
+        return;
+    };
+    let hive = start_hive();
+    for protocol in ["grpc-v1", "grpc-v1alpha"] {
+        let out = Command::new(&buf)
+            .args(["curl", "--protocol", "grpc", "--http2-prior-knowledge", "--reflect-protocol", protocol])
+            .arg("--list-methods")
+            .arg(format!("http://{}", hive.addr))
+            .output()
+            .unwrap();
+        let (text, err) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{protocol}: {text}{err}");
+        for method in [
+            "rbee.v1.Hive/Discover",
+            "grpc.health.v1.Health/Check",
+            "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ] {
+            assert!(text.lines().any(|l| l == method), "{protocol}: {method} missing from:\n{text}");
+        }
+    }
+}
+
 #[test]
 fn the_binary_refuses_an_out_of_range_flag() {
     let out = Command::new(env!("CARGO_BIN_EXE_hive"))
@@ -129,9 +185,34 @@ fn probe_json_prints_capabilities_and_a_sample() {
     let out = Command::new(env!("CARGO_BIN_EXE_hive")).args(["probe", "--json", "--demo"]).output().unwrap();
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["gpu_source"], "simulated");
-    assert!(v["capabilities"]["ram_total_bytes"].as_u64().unwrap() > 0);
-    assert!(v["sample"]["cpu_percent"].is_number());
+    // The proto3 JSON mapping, as grpcurl prints Discover and the queen prints a hive.
+    assert_eq!(v["gpuSource"], "DEVICE_SOURCE_KIND_SIMULATED");
+    assert!(v["capabilities"]["ramTotalBytes"].as_str().unwrap().parse::<u64>().unwrap() > 0);
+    assert!(v["sample"]["cpuPercent"].is_number());
+    let gpus = v["capabilities"]["gpus"].as_array().unwrap();
+    assert!(gpus.iter().any(|g| g["index"] == 0), "GPU 0 has its index: {v}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("_bytes\"") && !text.contains("gpu_source"), "no snake_case keys: {text}");
+}
+
+/// A reader that goes away (`hive probe --json | head -1`) ends the command quietly
+/// with exit 0, not a panic ("failed printing to stdout: Broken pipe", exit 101).
+#[test]
+fn a_closed_stdout_ends_probe_and_completions_quietly() {
+    for args in [&["probe", "--json", "--demo"][..], &["probe", "--demo"], &["completions", "bash"], &["man"]]
+    {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hive"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{args:?}: {err}");
+    }
 }
 
 fn start_hive_with(args: &[&str]) -> Hive {

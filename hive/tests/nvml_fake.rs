@@ -69,6 +69,21 @@ fn probe(lib: &Path, scenario: &Path) -> (serde_json::Value, String) {
     (serde_json::from_slice(&out.stdout).unwrap(), err)
 }
 
+/// A 64-bit count from proto3 JSON (a string) or a smaller one (a number).
+fn n(v: &serde_json::Value) -> Option<u64> {
+    v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+}
+
+/// The GPU `id` among a probe's capabilities.
+fn cap_gpu<'a>(v: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    v["capabilities"]["gpus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["id"] == id)
+        .unwrap_or_else(|| panic!("{v}"))
+}
+
 /// The real hive binary against `lib` and `scenario`, rescanning every 100 ms.
 struct Hive {
     process: HiveProcess,
@@ -148,13 +163,13 @@ async fn an_unsupported_field_is_absent_not_zero_and_mig_mode_is_reported() {
     );
     let file = scenario(&text);
     let (v, _) = probe(&fake(), file.path());
-    assert_eq!(v["gpu_source"], "nvml");
-    let b = &v["capabilities"]["gpus"]["GPU-b"];
-    assert_eq!(b["mig_mode"], "enabled", "{v}");
+    assert_eq!(v["gpuSource"], "DEVICE_SOURCE_KIND_NVML");
+    let b = cap_gpu(&v, "GPU-b");
+    assert_eq!(b["migMode"], "MIG_MODE_ENABLED", "{v}");
     let sample = v["sample"]["gpus"].as_array().unwrap().iter().find(|g| g["id"] == "GPU-b").unwrap();
-    assert!(sample["power_draw_mw"].is_null() && sample["temperature_c"].is_null(), "{sample}");
-    assert_eq!(sample["gpu_util_percent"], 1.0, "the other fields still arrive");
-    assert_eq!(sample["vram_used_bytes"], 0, "a real 0 stays 0");
+    assert!(sample.get("powerDrawMw").is_none() && sample.get("temperatureC").is_none(), "{sample}");
+    assert_eq!(sample["gpuUtilPercent"], 1.0, "the other fields still arrive");
+    assert_eq!(sample["vramUsedBytes"], "0", "a real 0 stays 0");
 }
 
 #[tokio::test]
@@ -216,9 +231,9 @@ async fn a_gpu_that_appears_later_gives_an_add_diff() {
 fn a_failing_init_leaves_the_hive_cpu_only_with_one_clear_log_line() {
     let file = scenario(&format!("init_error = \"DRIVER_NOT_LOADED\"\n{FULL}"));
     let (v, err) = probe(&fake(), file.path());
-    assert_eq!(v["gpu_source"], "none", "{v}");
-    assert!(v["capabilities"]["gpus"].as_object().unwrap().is_empty());
-    assert!(v["sample"]["ram_total_bytes"].as_u64().unwrap() > 0, "CPU and RAM still reported");
+    assert_eq!(v["gpuSource"], "DEVICE_SOURCE_KIND_NONE", "{v}");
+    assert!(v["capabilities"]["gpus"].as_array().unwrap().is_empty());
+    assert!(n(&v["sample"]["ramTotalBytes"]).unwrap() > 0, "CPU and RAM still reported");
     let lines: Vec<&str> = err.lines().filter(|l| l.contains("NVML")).collect();
     assert_eq!(lines.len(), 1, "{err}");
     assert!(lines[0].contains("no NVIDIA GPUs") && lines[0].contains("running CPU only"), "{err}");
@@ -230,19 +245,19 @@ fn a_missing_optional_symbol_costs_only_that_field() {
     let file = scenario(FULL);
     // The old-driver library really lacks nvmlDeviceGetMigMode (dlsym finds nothing).
     let (v, _) = probe(&old_driver(), file.path());
-    assert_eq!(v["gpu_source"], "nvml");
-    let g = &v["capabilities"]["gpus"]["GPU-aaaaaaaa-0000-0000-0000-000000000000"];
-    assert_eq!(g["mig_mode"], "not_reported", "{g}");
-    assert_eq!(g["power_limit_mw"], 700_000);
+    assert_eq!(v["gpuSource"], "DEVICE_SOURCE_KIND_NVML");
+    let g = cap_gpu(&v, "GPU-aaaaaaaa-0000-0000-0000-000000000000");
+    assert_eq!(g["migMode"], "MIG_MODE_UNSPECIFIED", "not reported: {g}");
+    assert_eq!(g["powerLimitMw"], 700_000);
     let s = &v["sample"]["gpus"][0];
-    assert_eq!((s["vram_used_bytes"].as_u64(), s["power_draw_mw"].as_u64()), (Some(5 << 30), Some(310_000)));
+    assert_eq!((n(&s["vramUsedBytes"]), n(&s["powerDrawMw"])), (Some(5 << 30), Some(310_000)));
 
     // A symbol that answers FUNCTION_NOT_FOUND costs only its field too.
     let file = scenario(&format!("missing = [\"nvmlDeviceGetPowerUsage\"]\n{FULL}"));
     let (v, _) = probe(&fake(), file.path());
     let s = &v["sample"]["gpus"][0];
-    assert!(s["power_draw_mw"].is_null(), "{s}");
-    assert_eq!(s["temperature_c"], 55.0);
+    assert!(s.get("powerDrawMw").is_none(), "{s}");
+    assert_eq!(s["temperatureC"], 55.0);
 }
 
 /// GPU-a lists the process whose pid is in `pid_file` (8 GiB) and GPU-b answers
@@ -311,15 +326,15 @@ fn probe_json_shows_the_processes_and_the_old_driver_leaves_them_absent() {
     assert_eq!(listed.len(), 1, "{a}");
     assert_eq!(listed[0]["pid"], worker.pid());
     assert_eq!(listed[0]["name"], "sleep");
-    assert_eq!(listed[0]["used_vram_bytes"], 8u64 << 30);
+    assert_eq!(n(&listed[0]["usedVramBytes"]), Some(8u64 << 30));
     let b = gpus.iter().find(|g| g["id"] == "GPU-b").unwrap();
-    assert!(b["processes"].is_null(), "NO_PERMISSION: absent: {b}");
+    assert!(b.get("processes").is_none(), "NO_PERMISSION: absent: {b}");
 
     // No nvmlDeviceGetComputeRunningProcesses_v3 in the library at all: absent too,
     // and every other field still arrives.
     let (v, _) = probe(&old_driver(), file.path());
     let a = v["sample"]["gpus"].as_array().unwrap().iter().find(|g| g["id"] == "GPU-a").unwrap().clone();
-    assert!(a["processes"].is_null() && a["unattributed_vram_bytes"].is_null(), "{a}");
-    assert_eq!(a["vram_used_bytes"], 8u64 << 30, "{a}");
+    assert!(a.get("processes").is_none() && a.get("unattributedVramBytes").is_none(), "{a}");
+    assert_eq!(n(&a["vramUsedBytes"]), Some(8u64 << 30), "{a}");
     drop(worker);
 }

@@ -1,7 +1,9 @@
 //! The `queen` binary: parse the command line, set up logging, then serve or act as a client.
 //!
 //! An error ends the process with its chain on one line (`error: outer: cause`) and exit
-//! status 1, never a backtrace: `RUST_BACKTRACE` is for bugs, and these are not.
+//! status 1, never a backtrace: `RUST_BACKTRACE` is for bugs, and these are not. Output
+//! goes through `rbee_shared::stdout`: a reader that closed the pipe (`queen watch | head -1`)
+//! ends the command quietly with exit 0.
 
 use std::process::ExitCode;
 
@@ -16,8 +18,9 @@ const ANSWERED_NO: u8 = 3;
 async fn main() -> ExitCode {
     match run(Cli::parse()).await {
         Ok(code) => code,
+        Err(e) if rbee_shared::stdout::is_broken_pipe(e.chain()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", rbee_shared::report::chain_text(e.chain()));
             ExitCode::FAILURE
         }
     }
@@ -46,15 +49,30 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Policy(PolicyCommand::Check(args)) => {
             return Ok(yes_or_no(rbee_queen::cli::policy_check(args).await?));
         }
-        Command::Policy(PolicyCommand::Status(queen)) => rbee_queen::cli::policy_status(queen).await?,
+        Command::Policy(PolicyCommand::Status(args)) => rbee_queen::cli::policy_status(args).await?,
         Command::Top(args) => rbee_queen::cli::top::run(args).await?,
         Command::Completions(args) => {
             use clap::CommandFactory;
-            clap_complete::generate(args.shell, &mut Cli::command(), "queen", &mut std::io::stdout());
+            // Into memory first: clap_complete panics when its writer fails (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(args.shell, &mut Cli::command(), "queen", &mut script);
+            rbee_shared::stdout::write_bytes(&script)?;
         }
-        Command::Man => {
+        Command::Man(args) => {
             use clap::CommandFactory;
-            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            match args.dir {
+                // Every page the main page's SEE ALSO names, one per subcommand.
+                Some(dir) => {
+                    clap_mangen::generate_to(Cli::command(), &dir)
+                        .with_context(|| format!("cannot write the man pages into {}", dir.display()))?;
+                    rbee_shared::outln!("wrote the man pages into {}", dir.display())?;
+                }
+                None => {
+                    let mut page = Vec::new();
+                    clap_mangen::Man::new(Cli::command()).render(&mut page)?;
+                    rbee_shared::stdout::write_bytes(&page)?;
+                }
+            }
         }
         Command::Migrate(args) => rbee_queen::cli::migrate(args).await?,
         Command::Fetch(args) => return rbee_queen::cli::fetch(args).await,
@@ -68,7 +86,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for file in rbee_shared::certs::generate(&args.out, &args.queen_names, &args.hives)
                 .map_err(anyhow::Error::msg)?
             {
-                println!("wrote {}", file.display());
+                rbee_shared::outln!("wrote {}", file.display())?;
             }
         }
     }

@@ -32,10 +32,15 @@ fn calm_config() -> tempfile::NamedTempFile {
 }
 
 fn start_queen(extra: &[&str]) -> Queen {
+    start_queen_at("127.0.0.1:0", extra)
+}
+
+/// A queen listening on `listen` (an address a previous queen of the test had: a restart).
+fn start_queen_at(listen: &str, extra: &[&str]) -> Queen {
     let config = calm_config();
     let state = tempfile::tempdir().unwrap();
     let mut child = Command::new(QUEEN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .args(["serve", "--listen", listen, "--config"])
         .arg(config.path())
         .arg("--state-dir")
         .arg(state.path())
@@ -120,7 +125,7 @@ fn serve_local_hive_then_inspect_with_the_cli() {
         .unwrap();
     let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
     let first = lines.next().unwrap().unwrap();
-    assert!(first.contains("snapshot: 1 hives"), "{first}");
+    assert!(first.contains("snapshot: 1 hive") && !first.contains("1 hives"), "{first}");
     let sample_line =
         lines.map_while(Result::ok).find(|l| l.contains(" sample cpu ")).expect("a sample line");
     assert!(sample_line.contains(&id), "{sample_line}");
@@ -165,11 +170,348 @@ fn grpcurl_reaches_the_fleet_api() {
     assert!(err.contains("PermissionDenied") && err.contains("allow-list"), "{err}");
 }
 
+/// Every service the queen lists describes, one by one and all together, over
+/// grpcurl's reflection (v1alpha asking for v1's descriptor too).
+#[test]
+fn grpcurl_describes_every_service() {
+    if Command::new("grpcurl").arg("-version").output().is_err() {
+        assert!(
+            std::env::var_os("RBEE_REQUIRE_GRPCURL").is_none(),
+            "grpcurl is required (RBEE_REQUIRE_GRPCURL is set)"
+        );
+        eprintln!("SKIPPED: grpcurl not on PATH");
+        return;
+    }
+    let queen = start_queen(&[]);
+    let grpcurl = |args: &[&str]| {
+        let out = Command::new("grpcurl").arg("-plaintext").arg(&queen.addr).args(args).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, out) = grpcurl(&["list"]);
+    assert!(ok, "{out}");
+    let services: Vec<&str> = out.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    for expected in [
+        "rbee.v1.Fleet",
+        "rbee.v1.Scheduler",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ] {
+        assert!(services.contains(&expected), "{expected} missing from:\n{out}");
+    }
+    for service in &services {
+        let (ok, text) = grpcurl(&["describe", service]);
+        assert!(ok && text.contains("is a service"), "describe {service}: {text}");
+    }
+    let (ok, text) = grpcurl(&["describe"]);
+    assert!(ok, "{text}");
+    assert_eq!(text.matches(" is a service:").count(), services.len(), "{text}");
+}
+
+/// `buf curl --list-methods` over each reflection protocol.
+#[test]
+fn buf_curl_lists_the_methods_over_both_reflection_protocols() {
+    let Some(buf) = rbee_hive::test_support::external_tool("buf", "pip install buf-bin==1.75.0") else {
+        return;
+    };
+    let queen = start_queen(&[]);
+    for protocol in ["grpc-v1", "grpc-v1alpha"] {
+        let out = Command::new(&buf)
+            .args(["curl", "--protocol", "grpc", "--http2-prior-knowledge", "--reflect-protocol", protocol])
+            .arg("--list-methods")
+            .arg(&queen.url)
+            .output()
+            .unwrap();
+        let (text, err) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{protocol}: {text}{err}");
+        for method in [
+            "rbee.v1.Fleet/ListHives",
+            "rbee.v1.Scheduler/Place",
+            "grpc.health.v1.Health/Check",
+            "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ] {
+            assert!(text.lines().any(|l| l == method), "{protocol}: {method} missing from:\n{text}");
+        }
+    }
+}
+
 #[test]
 fn client_commands_fail_clearly_without_a_queen() {
     let (ok, _, err) = queen_cli(&["hives"], "http://127.0.0.1:1");
     assert!(!ok);
     assert!(err.contains("cannot reach the queen at http://127.0.0.1:1"), "{err}");
+    // Each cause once: not "tcp connect error: tcp connect error: ...".
+    assert_eq!(err.matches("tcp connect error").count(), 1, "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn only_http_and_https_urls_are_taken() {
+    for url in ["ftp://127.0.0.1:1", "127.0.0.1:7833", "http://127.0.0.1:1,grpc://127.0.0.1:2"] {
+        let out = Command::new(QUEEN).args(["hives", "--queen", url]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{url}: a usage error: {err}");
+        assert!(err.contains("is not an http:// or https:// URL"), "{url}: {err}");
+    }
+}
+
+/// `https://` without `--ca` is checked against the web PKI's roots (a queen behind a
+/// public certificate needs no --ca), and a failure says to pass --ca; it was tonic's
+/// "Connecting to HTTPS without TLS enabled".
+#[test]
+fn https_without_a_ca_uses_the_web_roots_and_says_pass_ca() {
+    let queen = start_queen(&[]);
+    let (ok, _, err) = queen_cli(&["hives"], &format!("https://{}", queen.addr));
+    assert!(!ok);
+    assert!(!err.contains("without TLS enabled"), "{err}");
+    assert!(err.contains("pass --ca"), "{err}");
+}
+
+#[test]
+fn a_bad_fetch_names_its_field() {
+    let queen = start_queen(&[]);
+    let (ok, _, err) =
+        queen_cli(&["fetch", "../escape", "--from", "http://127.0.0.1:1/m.gguf", "--hive", "h"], &queen.url);
+    assert!(!ok);
+    assert!(err.contains("invalid fetch.model_id"), "{err}");
+}
+
+/// Lines a child prints, from both its pipes, as they come.
+enum Line {
+    Out(String),
+    Err(String),
+}
+
+fn read_lines(child: &mut Child) -> std::sync::mpsc::Receiver<Line> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    let err = child.stderr.take().unwrap();
+    let tx2 = tx.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(Line::Out(line));
+        }
+    });
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx2.send(Line::Err(line));
+        }
+    });
+    rx
+}
+
+/// Waits (with a deadline) for a line that `pick` accepts; returns it.
+fn wait_line(rx: &std::sync::mpsc::Receiver<Line>, what: &str, pick: impl Fn(&Line) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if pick(&line) => {
+                return match line {
+                    Line::Out(l) | Line::Err(l) => l,
+                };
+            }
+            Ok(Line::Out(l)) => seen.push(format!("out: {l}")),
+            Ok(Line::Err(l)) => seen.push(format!("err: {l}")),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("the command ended before {what}; it printed:\n{}", seen.join("\n"))
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("no {what} within the deadline; saw:\n{}", seen.join("\n"))
+            }
+        }
+    }
+}
+
+/// `queen watch` lives through restarts of its queen (SIGKILL, then SIGTERM as systemd
+/// sends): it says "reconnecting..." on stderr, never exits, and prints the new
+/// queen's snapshot once it is back on the same address. The dead first URL of the list
+/// is passed over each time.
+#[test]
+fn watch_reconnects_when_the_queen_restarts() {
+    let mut queen = start_queen(&[]);
+    let addr = queen.addr.clone();
+    let urls = format!("http://127.0.0.1:1,{}", queen.url);
+    let mut watch = Command::new(QUEEN)
+        .args(["watch", "--queen", &urls])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = read_lines(&mut watch);
+    wait_line(&rx, "the first snapshot", |l| matches!(l, Line::Out(l) if l.contains("snapshot: 0 hives")));
+    for signal in ["-KILL", "-TERM"] {
+        let pid = queen.child.id().to_string();
+        assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success());
+        let _ = queen.child.wait();
+        wait_line(&rx, "reconnecting", |l| matches!(l, Line::Err(l) if l.starts_with("reconnecting...")));
+        assert!(watch.try_wait().unwrap().is_none(), "the watch exited when the queen went away");
+        queen = start_queen_at(&addr, &[]);
+        // stdout and stderr are read on two threads: either may come first.
+        let (mut reconnected, mut snapshot) = (false, false);
+        while !(reconnected && snapshot) {
+            let line = wait_line(&rx, "reconnected and a new snapshot", |l| match l {
+                Line::Err(l) => l.contains("reconnected to the queen"),
+                Line::Out(l) => l.contains("snapshot: 0 hives"),
+            });
+            reconnected |= line.contains("reconnected to the queen");
+            snapshot |= line.contains("snapshot: 0 hives");
+        }
+        assert!(watch.try_wait().unwrap().is_none());
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+}
+
+/// With several `--queen` URLs, a watch whose queen goes away moves on to the next one
+/// that answers (here a queen with one hive, so its snapshot is told apart).
+#[test]
+fn watch_moves_to_the_next_queen_when_its_queen_goes_away() {
+    let mut first = start_queen(&[]);
+    let second = start_queen(&["--local-hive", "--local-hive-demo"]);
+    let urls = format!("{},{}", first.url, second.url);
+    let mut watch = Command::new(QUEEN)
+        .args(["watch", "--queen", &urls])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = read_lines(&mut watch);
+    wait_line(
+        &rx,
+        "the first queen's snapshot",
+        |l| matches!(l, Line::Out(l) if l.contains("snapshot: 0 hives")),
+    );
+    let _ = first.child.kill();
+    let _ = first.child.wait();
+    let (mut moved, mut snapshot) = (false, false);
+    while !(moved && snapshot) {
+        let line = wait_line(&rx, "the move to the second queen", |l| match l {
+            Line::Err(l) => l.contains(&format!("reconnected to the queen at {}", second.url)),
+            Line::Out(l) => l.contains("snapshot: 1 hive"),
+        });
+        moved |= line.contains("reconnected");
+        snapshot |= line.contains("snapshot: 1 hive");
+    }
+    assert!(watch.try_wait().unwrap().is_none());
+    let _ = watch.kill();
+    let _ = watch.wait();
+}
+
+/// Waits (with a deadline) for a child to exit; its status and stderr.
+fn exit_of(mut child: Child) -> (Option<i32>, String) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            return (status.code(), err);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the command did not end after its reader went away");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A reader that goes away (`| head -1`) ends a command quietly with exit 0: no panic
+/// ("failed printing to stdout: Broken pipe", exit 101), whether it had printed or not.
+#[test]
+fn a_closed_stdout_ends_commands_quietly() {
+    let queen = start_queen(&["--local-hive", "--local-hive-demo"]);
+    wait_online(&queen.url);
+    let spawn = |args: &[&str]| {
+        Command::new(QUEEN).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+    };
+    // Read one line, then close: the next sample line finds nobody.
+    let mut watch = spawn(&["watch", "--samples", "200ms", "--queen", &queen.url]);
+    let mut out = BufReader::new(watch.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert!(first.contains("snapshot"), "{first}");
+    drop(out);
+    let (code, err) = exit_of(watch);
+    assert_eq!(code, Some(0), "watch: {err}");
+    assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
+    // Closed before the first line.
+    for args in [
+        &["hives", "--json", "--queen", &queen.url][..],
+        &["hives", "--queen", &queen.url],
+        &["reservations", "--json", "--queen", &queen.url],
+        &["watch", "--queen", &queen.url],
+        &["completions", "bash"],
+        &["man"],
+    ] {
+        let mut child = spawn(args);
+        drop(child.stdout.take());
+        let (code, err) = exit_of(child);
+        assert_eq!(code, Some(0), "{args:?}: {err}");
+        assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{args:?}: {err}");
+    }
+}
+
+/// `--json` prints every field: GPU 0 has its `index`, an empty list is `[]`.
+#[test]
+fn json_prints_zeros_and_empty_lists() {
+    let queen = start_queen(&["--local-hive", "--local-hive-demo"]);
+    let v = wait_online(&queen.url);
+    let gpus = v["hives"][0]["capabilities"]["gpus"].as_array().expect("GPUs").clone();
+    assert!(gpus.iter().any(|g| g["index"] == 0), "GPU 0 has an index: {gpus:?}");
+    let (ok, out, err) = queen_cli(&["reservations", "--json"], &queen.url);
+    assert!(ok, "{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["reservations"], serde_json::json!([]), "{out}");
+    let (ok, out, err) = queen_cli(&["policy", "status", "--json"], &queen.url);
+    assert!(ok, "{err}");
+    let p: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(p["source"], "built-in:least-loaded", "{out}");
+    assert_eq!(p["failures"], "0", "{out}");
+}
+
+#[test]
+fn man_writes_a_page_for_every_subcommand() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(QUEEN).args(["man", "--dir"]).arg(dir.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let main = std::fs::read_to_string(dir.path().join("queen.1")).unwrap();
+    // Every page queen(1) refers to exists.
+    for sub in ["serve", "hives", "watch", "top", "policy", "policy-check", "policy-status", "man", "fetch"] {
+        let page = dir.path().join(format!("queen-{sub}.1"));
+        assert!(page.is_file(), "no {}", page.display());
+    }
+    // Every page any page refers to (roff writes queen\-policy\-check(1)) exists.
+    let mut referred = 0;
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap().replace("\\-", "-");
+        for (at, _) in text.match_indices("(1)") {
+            let before = &text[..at];
+            let start = before.rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '-')).map_or(0, |i| i + 1);
+            let name = &before[start..];
+            if name.starts_with("queen-") {
+                referred += 1;
+                assert!(
+                    dir.path().join(format!("{name}.1")).is_file(),
+                    "{name}(1) is referred to but missing"
+                );
+            }
+        }
+    }
+    assert!(referred > 10, "{referred} references");
+    assert!(main.contains("queen\\-serve(1)"), "{main}");
+    // Help texts: `--json` of every list says what it prints, not "the ListHives response".
+    for sub in ["models", "downloads", "reservations"] {
+        let out = Command::new(QUEEN).args([sub, "--help"]).output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(!help.contains("ListHives"), "{sub}: {help}");
+    }
 }
 
 #[test]

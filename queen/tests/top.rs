@@ -275,3 +275,62 @@ async fn queen_top_in_tmux_follows_the_fleet_and_quits_on_q() {
     assert_eq!(said.trim(), "exit=0", "stderr: {stderr}");
     queen.stop().await;
 }
+
+/// `queen top` lives through a restart of its queen: the view stays up and says
+/// "reconnecting...", then follows the queen that is back on the same address (its
+/// snapshot shows the hive again), and still quits on q with exit 0.
+#[tokio::test]
+async fn queen_top_in_tmux_reconnects_when_the_queen_restarts() {
+    let Some(tool) = external_tool("tmux", "apt-get install tmux") else { return };
+    let hive = TestHive::start_named("again-hive", ONE_GPU).await;
+    let queen = TestQueen::start(vec![hive.url()]).await;
+    let addr = queen.addr;
+    let mut client = queen.client().await;
+    wait_for(&mut client, "the hive online", |hs| hs.iter().all(online)).await;
+    drop(client);
+
+    let dir = tempfile::tempdir().unwrap();
+    let status = dir.path().join("status");
+    let tmux = Tmux { tool, socket: format!("rbee-top-{}", uuid::Uuid::new_v4()) };
+    let command = format!(
+        "{} top --queen {} 2>{}; echo exit=$? > {}",
+        env!("CARGO_BIN_EXE_queen"),
+        queen.url(),
+        dir.path().join("stderr").display(),
+        status.display()
+    );
+    let out = tmux.run(&["new-session", "-d", "-s", "top", "-x", "160", "-y", "40", &command]);
+    assert!(out.status.success(), "tmux: {}", String::from_utf8_lossy(&out.stderr));
+    tmux.until("1 hive, followed", |s| {
+        s.contains("again-hive") && s.contains("following the fleet (1 hive)")
+    })
+    .await;
+
+    queen.stop().await;
+    tmux.until("reconnecting", |s| s.contains("reconnecting...")).await;
+    assert!(!status.exists(), "queen top exited when the queen stopped:\n{}", tmux.capture());
+
+    let queen = TestQueen::start_with(common::fast_config(vec![hive.url()]), addr).await;
+    let screen = tmux
+        .until("the fleet followed again", |s| {
+            s.contains("following the fleet") && !s.contains("reconnecting")
+        })
+        .await;
+    assert!(screen.contains("again-hive"), "{screen}");
+    assert!(!screen.contains("1 hives"), "{screen}");
+
+    tmux.run(&["send-keys", "-t", "top", "q"]);
+    let deadline = Instant::now() + DEADLINE;
+    let said = loop {
+        if let Ok(s) = std::fs::read_to_string(&status)
+            && s.ends_with('\n')
+        {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "queen top did not exit after q:\n{}", tmux.capture());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let stderr = std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
+    assert_eq!(said.trim(), "exit=0", "stderr: {stderr}");
+    queen.stop().await;
+}

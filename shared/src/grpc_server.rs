@@ -25,10 +25,17 @@ pub const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 pub const REFLECTION_SERVICES: [&str; 2] =
     ["grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"];
 
+/// The descriptors reflection serves: rbee's, health's, and both reflection protocols'
+/// own. (tonic-reflection's default adds only the descriptor of the version being
+/// built, so a v1alpha client such as grpcurl 1.8 could list
+/// `grpc.reflection.v1.ServerReflection` but not describe it: "Symbol not found".)
 fn builder(services: Option<&[&str]>) -> Builder<'static> {
     let mut b = Builder::configure()
+        .include_reflection_service(false)
         .register_encoded_file_descriptor_set(rbee_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET);
     if let Some(services) = services {
         for name in services.iter().copied().chain([HEALTH_SERVICE]).chain(REFLECTION_SERVICES) {
             b = b.with_service_name(name);

@@ -12,7 +12,7 @@
 //!   [`warn_limit`], [`failure_limit`].
 //! - [`view_budget`]: the budgets on one hive's view (catalog, records, bytes).
 //! - [`metrics_http`]: the `/metrics` endpoint both daemons serve for Prometheus.
-//! - [`bytesize`], [`telemetry`], [`shutdown`], [`time`]: small helpers both binaries use.
+//! - [`bytesize`], [`telemetry`], [`shutdown`], [`time`], [`stdout`], [`report`]: small helpers both binaries use.
 //!
 //! Domain code never passes generated protobuf types around.
 
@@ -35,10 +35,12 @@ pub mod labels;
 pub mod lock;
 pub mod metrics_http;
 pub mod model;
+pub mod report;
 pub mod sample;
 pub mod sample_interval;
 pub mod shutdown;
 pub mod size_limit;
+pub mod stdout;
 pub mod stream_message;
 pub mod telemetry;
 pub mod time;

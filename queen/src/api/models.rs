@@ -198,7 +198,12 @@ impl ModelFetcher {
 
     /// Validates the request, chooses the hive and forwards the fetch.
     pub async fn fetch(&self, r: &pb::ScheduleFetchRequest) -> Result<pb::ScheduleFetchResponse, QueenError> {
-        let bad = |e: rbee_shared::ConvertError| QueenError::InvalidArgument(format!("fetch.{e}"));
+        // The field under `fetch`: "invalid fetch.model_id: ...", not "fetch.invalid model_id".
+        let bad = |e: rbee_shared::ConvertError| {
+            QueenError::InvalidArgument(
+                rbee_shared::ConvertError::new(format!("fetch.{}", e.field), e.reason).to_string(),
+            )
+        };
         let fetch = r.fetch.clone().ok_or_else(|| QueenError::InvalidArgument("fetch is required".into()))?;
         let model = model_id_from_wire("model_id", &fetch.model_id).map_err(bad)?;
         source_from_wire(fetch.source.as_ref()).map_err(bad)?;

@@ -50,8 +50,9 @@ pub enum Command {
     Top(TopArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(CompletionsArgs),
-    /// Print the man page (roff) of queen to stdout.
-    Man,
+    /// Print the man page (roff) of queen to stdout, or write every page (queen(1),
+    /// queen-serve(1), ...) into --dir.
+    Man(ManArgs),
     /// Copy a stopped queen's state directory into etcd, to move it to --store etcd://.
     Migrate(MigrateArgs),
     /// Have a hive download a model and follow it with a progress bar (exit 0 when ready).
@@ -107,6 +108,15 @@ pub struct MigrateArgs {
     /// TLS to etcd.
     #[command(flatten)]
     pub etcd_tls: crate::config::EtcdTlsArgs,
+}
+
+/// `queen man [--dir DIR]`.
+#[derive(Debug, Clone, Args)]
+pub struct ManArgs {
+    /// Write queen.1 and one page per subcommand (queen-serve.1, queen-policy-check.1, ...)
+    /// into this directory instead of printing queen(1).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 /// `queen completions SHELL`.
@@ -179,7 +189,18 @@ pub enum PolicyCommand {
     /// Compile a policy and run it (dry) against the live fleet or a saved snapshot.
     Check(PolicyCheckArgs),
     /// Show the policy the queen uses and how often it failed.
-    Status(QueenUrl),
+    Status(PolicyStatusArgs),
+}
+
+/// `queen policy status`.
+#[derive(Debug, Clone, Args)]
+pub struct PolicyStatusArgs {
+    /// Print the GetPolicy answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The queen.
+    #[command(flatten)]
+    pub queen: QueenUrl,
 }
 
 /// What to place (shared by `place` and `policy check`).
@@ -291,14 +312,32 @@ pub struct PolicyCheckArgs {
 #[derive(Debug, Clone, Args)]
 pub struct QueenUrl {
     /// The queen's URL (https:// when it serves TLS), or several, comma-separated (queens sharing etcd): calls go to the first that answers, and writes follow the leader.
-    #[arg(long = "queen", env = "QUEEN_URL", default_value = DEFAULT_QUEEN_URL, value_name = "URL[,URL...]")]
+    #[arg(long = "queen", env = "QUEEN_URL", default_value = DEFAULT_QUEEN_URL, value_name = "URL[,URL...]", value_parser = parse_queen_urls)]
     pub url: String,
-    /// CA that signs the queen's certificate (the queen CA), for https://.
+    /// CA that signs the queen's certificate (the queen CA), for https:// (without it, the
+    /// web PKI's roots).
     #[arg(long = "ca", env = "QUEEN_CA", value_name = "FILE")]
     pub ca: Option<PathBuf>,
     /// File holding a bearer token (or set QUEEN_TOKEN to the token itself).
     #[arg(long = "token-file", env = "QUEEN_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+}
+
+/// `--queen`: one or more comma-separated URLs, each http:// or https:// (a queen
+/// speaks gRPC over HTTP/2; any other scheme was once taken for http).
+pub fn parse_queen_urls(text: &str) -> Result<String, String> {
+    let mut any = false;
+    for url in text.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        any = true;
+        let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        if !matches!(scheme.as_deref(), Some("http" | "https")) {
+            return Err(format!("{url:?} is not an http:// or https:// URL"));
+        }
+    }
+    if !any {
+        return Err("no URL given".into());
+    }
+    Ok(text.to_owned())
 }
 
 impl QueenUrl {
@@ -308,10 +347,11 @@ impl QueenUrl {
     }
 }
 
-/// `queen hives`.
+/// `queen hives`, `reservations`, `models`, `downloads`.
 #[derive(Debug, Clone, Args)]
 pub struct ListArgs {
-    /// Print the ListHives response as JSON (the same mapping grpcurl prints).
+    /// Print JSON instead of a table (the proto3 JSON mapping grpcurl prints: camelCase,
+    /// every field, zeros and empty lists included).
     #[arg(long)]
     pub json: bool,
     /// The queen.

@@ -36,8 +36,13 @@ async fn channel(q: &QueenUrl, url: &str) -> Result<(Channel, BearerToken)> {
         .connect_timeout(Duration::from_secs(5))
         // Small request, small reply: without it Nagle and a delayed ACK can add ~40 ms.
         .tcp_nodelay(true);
+    let https = url.get(..8).is_some_and(|s| s.eq_ignore_ascii_case("https://"));
     if let Some(ca) = &q.ca {
         let tls = rbee_shared::tls::client_config(ca, None)?;
+        endpoint = endpoint.tls_config(tls).context("TLS set-up")?;
+    } else if https {
+        // No CA named: the web PKI's roots (a queen behind a publicly trusted certificate).
+        let tls = tonic::transport::ClientTlsConfig::new().with_webpki_roots();
         endpoint = endpoint.tls_config(tls).context("TLS set-up")?;
     }
     let token = match (&q.token_file, std::env::var("QUEEN_TOKEN")) {
@@ -51,7 +56,13 @@ async fn channel(q: &QueenUrl, url: &str) -> Result<(Channel, BearerToken)> {
         Some(t) => Some(rbee_shared::bearer::bearer_value(&t)?),
         None => None,
     };
-    let channel = endpoint.connect().await.with_context(|| format!("cannot reach the queen at {url}"))?;
+    let hint = if https && q.ca.is_none() {
+        " (checked against the web PKI's roots: pass --ca with the CA that signed the queen's certificate)"
+    } else {
+        ""
+    };
+    let channel =
+        endpoint.connect().await.with_context(|| format!("cannot reach the queen at {url}{hint}"))?;
     Ok((channel, BearerToken(token)))
 }
 
@@ -90,6 +101,18 @@ pub(super) async fn on_queens<C, T, Fut>(
 where
     Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
+    Ok(on_queens_at(q, client, call).await?.0)
+}
+
+/// [`on_queens`], and the URL of the queen that answered.
+pub(super) async fn on_queens_at<C, T, Fut>(
+    q: &QueenUrl,
+    client: fn(Authed) -> C,
+    call: impl Fn(C) -> Fut,
+) -> Result<(T, String)>
+where
+    Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
     let mut queue: VecDeque<String> = q.urls().into();
     let mut tried: Vec<String> = Vec::new();
     let mut last = None;
@@ -107,7 +130,7 @@ where
         };
         let authed = tonic::service::interceptor::InterceptedService::new(channel, token);
         match call(client(authed)).await {
-            Ok(response) => return Ok(response.into_inner()),
+            Ok(response) => return Ok((response.into_inner(), url)),
             Err(s) if s.code() == tonic::Code::Unavailable => {
                 if let Some(leader) = leader_named(&s) {
                     queue.push_front(leader);
@@ -136,10 +159,53 @@ pub(super) fn scheduler(channel: Authed) -> SchedulerClient<Authed> {
     SchedulerClient::new(channel)
 }
 
+/// A queen's error answer, with the queen's URL (kept typed so that a caller can tell a
+/// refusal from an outage).
+#[derive(Debug, thiserror::Error)]
+#[error("queen at {url}: {:?}: {}", status.code(), status.message())]
+pub(super) struct RpcError {
+    /// The queen that answered.
+    pub url: String,
+    /// Its answer.
+    pub status: tonic::Status,
+}
+
 pub(super) fn rpc_error(url: &str, s: tonic::Status) -> anyhow::Error {
     // A message over the client's size limit is RESOURCE_EXHAUSTED, as gRPC specifies.
-    let s = rbee_shared::size_limit::normalize(s);
-    anyhow!("queen at {url}: {:?}: {}", s.code(), s.message())
+    let status = rbee_shared::size_limit::normalize(s);
+    RpcError { url: url.to_owned(), status }.into()
+}
+
+/// True when an error will not go away by asking again (a refused token, a bad request):
+/// a live view reconnects after anything else (an unreachable queen, a restart, a
+/// stream the queen ended).
+pub(super) fn is_final(e: &anyhow::Error) -> bool {
+    use tonic::Code;
+    e.chain().filter_map(|c| c.downcast_ref::<RpcError>()).any(|r| {
+        matches!(
+            r.status.code(),
+            Code::Unauthenticated
+                | Code::PermissionDenied
+                | Code::InvalidArgument
+                | Code::Unimplemented
+                | Code::FailedPrecondition
+                | Code::OutOfRange
+        )
+    })
+}
+
+/// `WatchFleet` on the first queen that takes it (following a leader a queen names), and
+/// the queen's URL.
+pub(super) async fn open_watch(
+    q: &QueenUrl,
+    request: rbee_proto::v1::WatchFleetRequest,
+) -> Result<(tonic::Streaming<rbee_proto::v1::FleetEvent>, String)> {
+    on_queens_at(q, fleet, |mut c| async move { c.watch_fleet(request).await }).await
+}
+
+/// The backoff of a live view between reconnections.
+pub(super) fn reconnect_backoff() -> rbee_shared::backoff::Backoff {
+    rbee_shared::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(5))
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@ use anyhow::Result;
 use rbee_proto::v1 as pb;
 
 use super::args::{AddArgs, HiveArgs, ListArgs, QueenUrl, RemoveArgs, WatchArgs};
-use super::client::{connect, fleet, on_queens, rpc_error};
+use super::client::{connect, fleet, is_final, on_queens, open_watch, reconnect_backoff, rpc_error};
 use super::render::{render_detail, render_event, render_table};
 
 /// Every hive, walking ListHives' pages.
@@ -31,9 +31,9 @@ pub(super) async fn all_hives(queen: &QueenUrl) -> Result<pb::ListHivesResponse>
 pub async fn hives(args: ListArgs) -> Result<()> {
     let resp = all_hives(&args.queen).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&resp)?);
+        rbee_shared::outln!("{}", super::json(&resp)?)?;
     } else {
-        print!("{}", render_table(&resp.hives));
+        rbee_shared::out!("{}", render_table(&resp.hives))?;
     }
     Ok(())
 }
@@ -47,27 +47,72 @@ pub async fn hive(args: HiveArgs) -> Result<()> {
     })
     .await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&view)?);
+        rbee_shared::outln!("{}", super::json(&view)?)?;
     } else {
-        print!("{}", render_detail(&view));
+        rbee_shared::out!("{}", render_detail(&view))?;
     }
     Ok(())
 }
 
-/// `queen watch`.
+/// `queen watch`: one line per event until interrupted. When the watch breaks (the
+/// queen restarts, its certificate rotates, the network drops) it says
+/// "reconnecting..." on stderr and opens it again, with backoff, on the first of the
+/// `--queen` URLs that answers (following the leader a queen names); the queen's
+/// snapshot then resumes the stream. Only the first connection, and an answer that no
+/// retry can change (a refused token, a bad request), end it with an error.
 pub async fn watch(args: WatchArgs) -> Result<()> {
     let request = pb::WatchFleetRequest { sample_interval_ms: args.samples.map(|i| i.as_millis_u32()) };
-    let (mut client, url) = connect(&args.queen).await?;
-    let url = &url;
-    let mut stream = client.watch_fleet(request).await.map_err(|s| rpc_error(url, s))?.into_inner();
+    let mut backoff = reconnect_backoff();
+    let mut connected_once = false;
+    // Nobody reads any more (`queen watch | head -1`): done, quietly.
+    let gone = rbee_shared::stdout::reader_gone();
+    // One listener for the whole command: a Ctrl-C between two waits is not lost.
+    let interrupted = rbee_shared::shutdown::shutdown_signal();
+    tokio::pin!(gone, interrupted);
     loop {
+        let opened = tokio::select! {
+            () = &mut gone => return Ok(()),
+            () = &mut interrupted => return Ok(()),
+            opened = open_watch(&args.queen, request) => opened,
+        };
+        let why = match opened {
+            Ok((mut stream, url)) => {
+                if connected_once {
+                    rbee_shared::stdout::note(&format!("reconnected to the queen at {url}"));
+                }
+                connected_once = true;
+                loop {
+                    let event = tokio::select! {
+                        () = &mut gone => return Ok(()),
+                        () = &mut interrupted => return Ok(()),
+                        event = stream.message() => event,
+                    };
+                    match event {
+                        Ok(Some(e)) => {
+                            backoff.reset();
+                            if args.json {
+                                rbee_shared::outln!("{}", super::json_line(&e)?)?;
+                            } else {
+                                rbee_shared::outln!("{}", render_event(&e))?;
+                            }
+                        }
+                        Ok(None) => break anyhow::anyhow!("the queen at {url} ended the watch"),
+                        Err(s) => break rpc_error(&url, s),
+                    }
+                }
+            }
+            Err(e) if !connected_once || is_final(&e) => return Err(e),
+            Err(e) => e,
+        };
+        if is_final(&why) {
+            return Err(why);
+        }
+        let delay = backoff.next_delay();
+        rbee_shared::stdout::note(&format!("reconnecting... ({})", super::error_chain(&why)));
         tokio::select! {
-            () = rbee_shared::shutdown::shutdown_signal() => return Ok(()),
-            event = stream.message() => match event.map_err(|s| rpc_error(url, s))? {
-                Some(e) if args.json => println!("{}", serde_json::to_string(&e)?),
-                Some(e) => println!("{}", render_event(&e)),
-                None => return Ok(()),
-            },
+            () = &mut gone => return Ok(()),
+            () = &mut interrupted => return Ok(()),
+            () = tokio::time::sleep(delay) => {}
         }
     }
 }
@@ -81,7 +126,7 @@ pub async fn add(args: AddArgs) -> Result<()> {
     })
     .await?;
     let address = resp.hive.map(|h| h.address).unwrap_or_default();
-    println!("{} {address}", if resp.added { "added" } else { "already managed:" });
+    rbee_shared::outln!("{} {address}", if resp.added { "added" } else { "already managed:" })?;
     Ok(())
 }
 
@@ -93,6 +138,6 @@ pub async fn remove(args: RemoveArgs) -> Result<()> {
         async move { c.remove_hive(request).await }
     })
     .await?;
-    println!("removed {}", resp.address);
+    rbee_shared::outln!("removed {}", resp.address)?;
     Ok(())
 }

@@ -40,13 +40,13 @@ pub async fn migrate(args: MigrateArgs) -> Result<()> {
     };
     let etcd = EtcdStore::connect(settings).await?;
     let copied = etcd.import(&kept).await.context("copying into etcd")?;
-    println!(
+    rbee_shared::outln!(
         "copied {copied} reservations, {} hives and {} policy fact from {} to {} under {}",
         kept.hives.len(),
         usize::from(kept.policy.is_some()),
         args.state_dir.display(),
         args.store,
         args.etcd_prefix
-    );
+    )?;
     Ok(())
 }

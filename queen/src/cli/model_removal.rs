@@ -39,12 +39,12 @@ fn request(args: &ModelRemovalArgs) -> pb::ScheduleModelRequest {
 /// The answer, one line per hive; an error when any hive refused.
 fn report(done: &str, verb: &str, model: &str, r: &pb::ScheduleModelResponse, json: bool) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(r)?);
+        rbee_shared::outln!("{}", super::json(r)?)?;
     }
     for h in &r.results {
         match &h.error {
             Some(e) => eprintln!("{}: {verb} {model} failed: {e}", h.hive_id),
-            None if !json => println!("{}: {model} {done}", h.hive_id),
+            None if !json => rbee_shared::outln!("{}: {model} {done}", h.hive_id)?,
             None => {}
         }
     }

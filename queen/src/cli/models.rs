@@ -115,7 +115,7 @@ pub async fn fetch(args: FetchArgs) -> Result<ExitCode> {
     let result = answer.result.unwrap_or_default();
     let hive = answer.hive_id;
     if result.already_ready {
-        println!("{} is ready on {hive}", args.model);
+        rbee_shared::outln!("{} is ready on {hive}", args.model)?;
         return Ok(ExitCode::SUCCESS);
     }
     let verb = if result.joined { "joined the download of" } else { "downloading" };
@@ -156,7 +156,11 @@ pub async fn fetch(args: FetchArgs) -> Result<ExitCode> {
             match pb::DownloadPhase::try_from(d.phase).unwrap_or_default() {
                 pb::DownloadPhase::Done => {
                     bar.finish_with_message("ready");
-                    println!("{} is ready on {hive} ({})", args.model, format_bytes(d.bytes_done));
+                    rbee_shared::outln!(
+                        "{} is ready on {hive} ({})",
+                        args.model,
+                        format_bytes(d.bytes_done)
+                    )?;
                     return Ok(ExitCode::SUCCESS);
                 }
                 pb::DownloadPhase::Failed => {
@@ -217,7 +221,7 @@ pub async fn models(args: ListArgs) -> Result<()> {
     if args.json {
         let json: Vec<serde_json::Value> =
             rows.iter().map(|(hive, m)| serde_json::json!({ "hiveId": hive, "model": m })).collect();
-        println!("{}", serde_json::to_string_pretty(&json)?);
+        rbee_shared::outln!("{}", super::json(&json)?)?;
         return Ok(());
     }
     let mut out = String::new();
@@ -237,7 +241,7 @@ pub async fn models(args: ListArgs) -> Result<()> {
             m.error.as_deref().unwrap_or("")
         );
     }
-    print!("{out}");
+    rbee_shared::out!("{out}")?;
     Ok(())
 }
 
@@ -266,7 +270,7 @@ pub async fn downloads(args: ListArgs) -> Result<()> {
     if args.json {
         let json: Vec<serde_json::Value> =
             rows.iter().map(|(hive, d)| serde_json::json!({ "hiveId": hive, "download": d })).collect();
-        println!("{}", serde_json::to_string_pretty(&json)?);
+        rbee_shared::outln!("{}", super::json(&json)?)?;
         return Ok(());
     }
     let mut out = String::new();
@@ -288,7 +292,7 @@ pub async fn downloads(args: ListArgs) -> Result<()> {
             d.error.as_deref().unwrap_or("")
         );
     }
-    print!("{out}");
+    rbee_shared::out!("{out}")?;
     Ok(())
 }
 

@@ -31,7 +31,7 @@ fn request(args: &CacheArgs, wait: bool) -> pb::ScheduleCacheRequest {
 /// The answer, one line per hive; an error when any hive refused.
 fn report(verb: &str, model: &str, r: &pb::ScheduleCacheResponse, json: bool) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(r)?);
+        rbee_shared::outln!("{}", super::json(r)?)?;
     } else {
         let mut out = String::new();
         for h in &r.results {
@@ -56,7 +56,7 @@ fn report(verb: &str, model: &str, r: &pb::ScheduleCacheResponse, json: bool) ->
                 }
             }
         }
-        print!("{out}");
+        rbee_shared::out!("{out}")?;
     }
     let failed = r.results.iter().filter(|h| h.error.is_some()).count();
     if failed > 0 {

@@ -85,6 +85,24 @@ pub fn render_table(hives: &[pb::HiveView]) -> String {
     out
 }
 
+/// `1 hive`, `2 hives`, `0 hives`.
+pub fn count(n: usize, noun: &str) -> String {
+    if n == 1 { format!("1 {noun}") } else { format!("{n} {noun}s") }
+}
+
+/// A short duration as people read it: `39 ms` under a second, `1.5 s`, `12 s`, `3 min 20 s`.
+pub fn duration_ms(ms: u64) -> String {
+    match ms {
+        0..1_000 => format!("{ms} ms"),
+        1_000..10_000 => format!("{:.1} s", ms as f64 / 1000.0),
+        10_000..120_000 => format!("{} s", (ms + 500) / 1000),
+        _ => {
+            let s = (ms + 500) / 1000;
+            format!("{} min {} s", s / 60, s % 60)
+        }
+    }
+}
+
 pub(super) fn since(unix_ms: u64) -> String {
     let t = UNIX_EPOCH + Duration::from_millis(unix_ms);
     let ago = SystemTime::now().duration_since(t).unwrap_or_default();
@@ -107,7 +125,7 @@ pub fn render_detail(v: &pb::HiveView) -> String {
     if let Some(i) = &v.identity {
         let _ = writeln!(
             out,
-            "host      {} (hive {} , protocol {}, epoch {})",
+            "host      {} (hive {}, protocol {}, epoch {})",
             i.hostname, i.version, i.protocol_version, i.epoch
         );
         let _ = writeln!(out, "gpu source {:?}", i.gpu_source());
@@ -184,8 +202,8 @@ pub fn render_event(e: &pb::FleetEvent) -> String {
         None => "(empty)".to_owned(),
         Some(Event::Snapshot(s)) => {
             let mut line = format!(
-                "snapshot: {} hives{}{}",
-                s.hives.len(),
+                "snapshot: {}{}{}",
+                count(s.hives.len(), "hive"),
                 if s.coalesced { " (coalesced)" } else { "" },
                 if s.more { " (more parts follow)" } else { "" }
             );
@@ -213,11 +231,11 @@ pub fn render_event(e: &pb::FleetEvent) -> String {
             c.reasons.join("; ")
         ),
         Some(Event::CapabilitiesChanged(c)) => format!(
-            "{} capabilities v{}{}: {} gpus",
+            "{} capabilities v{}{}: {}",
             name(&c.hive_id, &c.address),
             c.capabilities.as_ref().map_or(0, |c| c.version),
             if c.restarted { " (hive restarted, new epoch)" } else { "" },
-            c.capabilities.as_ref().map_or(0, |c| c.gpus.len())
+            count(c.capabilities.as_ref().map_or(0, |c| c.gpus.len()), "GPU")
         ),
         Some(Event::ReservationDropped(r)) => format!(
             "{} reservation {} on {} dropped: {}",
@@ -229,12 +247,12 @@ pub fn render_event(e: &pb::FleetEvent) -> String {
         Some(Event::Sample(s)) => {
             let sample = s.sample.as_ref();
             format!(
-                "{} sample cpu {} ram {} gpus {} (age {} ms)",
+                "{} sample cpu {} ram {} gpus {} (age {})",
                 name(&s.hive_id, &s.address),
                 sample.and_then(|s| s.cpu_percent).map_or("-".into(), |p| format!("{p:.0}%")),
                 sample.map_or("-".into(), |s| format_bytes(s.ram_used_bytes)),
                 sample.map_or(0, |s| s.gpus.len()),
-                s.sample_age_ms
+                duration_ms(s.sample_age_ms)
             )
         }
     };
@@ -277,7 +295,7 @@ pub fn render_place(r: &pb::PlaceResponse) -> String {
             if !weights.is_empty() {
                 let _ = write!(out, "\nweights {weights}");
                 if let Some(ms) = p.estimated_load_ms {
-                    let _ = write!(out, ", estimated load {:.1} s", ms as f64 / 1000.0);
+                    let _ = write!(out, ", estimated load {}", duration_ms(ms));
                 }
                 if p.prefetching {
                     let _ = write!(out, "; prefetching");
@@ -353,6 +371,55 @@ mod tests {
         let full = format!("{}/{}", format_bytes(u64::MAX), format_bytes(u64::MAX));
         assert!(table.contains(&full), "{table}");
         assert!(render_detail(&v).contains("gpu"), "the detail view renders too");
+    }
+
+    #[test]
+    fn counts_and_durations_read_as_english() {
+        assert_eq!(count(1, "hive"), "1 hive");
+        assert_eq!(count(0, "hive"), "0 hives");
+        assert_eq!(count(2, "GPU"), "2 GPUs");
+        assert_eq!(duration_ms(39), "39 ms");
+        assert_eq!(duration_ms(1_500), "1.5 s");
+        assert_eq!(duration_ms(42_000), "42 s");
+        assert_eq!(duration_ms(200_000), "3 min 20 s");
+    }
+
+    #[test]
+    fn a_short_load_estimate_is_not_rounded_to_zero() {
+        let r = pb::PlaceResponse {
+            result: Some(pb::place_response::Result::Placement(pb::Placement {
+                weights: pb::WeightsLocation::Ram as i32,
+                estimated_load_ms: Some(39),
+                ..Default::default()
+            })),
+        };
+        let text = render_place(&r);
+        assert!(text.contains("estimated load 39 ms"), "{text}");
+    }
+
+    #[test]
+    fn the_detail_has_no_stray_space_before_a_comma() {
+        let v = pb::HiveView {
+            identity: Some(pb::HiveIdentity { version: "0.1.0".into(), ..Default::default() }),
+            ..Default::default()
+        };
+        let text = render_detail(&v);
+        assert!(text.contains("(hive 0.1.0, protocol"), "{text}");
+    }
+
+    #[test]
+    fn a_snapshot_of_one_hive_says_hive() {
+        let e = pb::FleetEvent {
+            event: Some(pb::fleet_event::Event::Snapshot(pb::FleetSnapshot {
+                hives: vec![pb::HiveView::default()],
+                coalesced: false,
+                more: false,
+            })),
+            ..Default::default()
+        };
+        assert!(
+            render_event(&e).contains("snapshot: 1 hive\n") || render_event(&e).ends_with("snapshot: 1 hive")
+        );
     }
 
     #[test]

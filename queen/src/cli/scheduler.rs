@@ -5,7 +5,7 @@ use anyhow::{Context, Result, anyhow};
 use rbee_proto::v1 as pb;
 use rbee_shared::bytesize::format_bytes;
 
-use super::args::{ListArgs, PlaceArgs, PolicyCheckArgs, QueenUrl, ReleaseArgs};
+use super::args::{ListArgs, PlaceArgs, PolicyCheckArgs, PolicyStatusArgs, ReleaseArgs};
 use super::client::{connect_scheduler, on_queens, rpc_error, scheduler};
 use super::render::{render_place, since};
 
@@ -29,9 +29,9 @@ pub async fn place(args: PlaceArgs) -> Result<bool> {
     })
     .await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&resp)?);
+        rbee_shared::outln!("{}", super::json(&resp)?)?;
     } else {
-        print!("{}", render_place(&resp));
+        rbee_shared::out!("{}", render_place(&resp))?;
     }
     Ok(matches!(resp.result, Some(pb::place_response::Result::Placement(_))))
 }
@@ -44,7 +44,7 @@ pub async fn release(args: ReleaseArgs) -> Result<()> {
         async move { c.release(request).await }
     })
     .await?;
-    println!("released {}", args.id);
+    rbee_shared::outln!("released {}", args.id)?;
     Ok(())
 }
 
@@ -68,13 +68,13 @@ pub async fn reservations(args: ListArgs) -> Result<()> {
         }
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&resp)?);
+        rbee_shared::outln!("{}", super::json(&resp)?)?;
         return Ok(());
     }
-    println!("{:<36} {:<20} {:<44} {:>10} {:<8} MODEL", "ID", "HIVE", "DEVICE", "BYTES", "STATE");
+    rbee_shared::outln!("{:<36} {:<20} {:<44} {:>10} {:<8} MODEL", "ID", "HIVE", "DEVICE", "BYTES", "STATE")?;
     for r in &resp.reservations {
         let state = if r.state() == pb::ReservationState::Settled { "settled" } else { "active" };
-        println!(
+        rbee_shared::outln!(
             "{:<36} {:<20} {:<44} {:>10} {:<8} {}",
             r.id,
             r.hive_id,
@@ -82,19 +82,29 @@ pub async fn reservations(args: ListArgs) -> Result<()> {
             format_bytes(r.bytes),
             state,
             r.model
-        );
+        )?;
     }
     Ok(())
 }
 
 /// `queen policy status`.
-pub async fn policy_status(queen: QueenUrl) -> Result<()> {
-    let s = on_queens(&queen, scheduler, |mut c| async move { c.get_policy(pb::GetPolicyRequest {}).await })
-        .await?;
-    println!("policy {} (loaded {})", s.source, since(s.loaded_at_unix_ms));
-    println!("failures {} fallbacks {} refused edits {}", s.failures, s.fallbacks, s.reload_failures);
+pub async fn policy_status(args: PolicyStatusArgs) -> Result<()> {
+    let s =
+        on_queens(&args.queen, scheduler, |mut c| async move { c.get_policy(pb::GetPolicyRequest {}).await })
+            .await?;
+    if args.json {
+        rbee_shared::outln!("{}", super::json(&s)?)?;
+        return Ok(());
+    }
+    rbee_shared::outln!("policy {} (loaded {})", s.source, since(s.loaded_at_unix_ms))?;
+    rbee_shared::outln!(
+        "failures {} fallbacks {} refused edits {}",
+        s.failures,
+        s.fallbacks,
+        s.reload_failures
+    )?;
     if let Some(e) = s.last_error {
-        println!("last error: {e}");
+        rbee_shared::outln!("last error: {e}")?;
     }
     Ok(())
 }
@@ -127,9 +137,13 @@ pub async fn policy_check(args: PolicyCheckArgs) -> Result<bool> {
     let settings = SchedulerSettings { policy_file: Some(args.file.clone()), ..SchedulerSettings::default() };
     let scheduler =
         Scheduler::new(std::sync::Arc::new(StaticHives(snapshots)), settings).map_err(|e| anyhow!("{e}"))?;
-    println!("policy {} compiles; fleet of {} hives", args.file.display(), hives.len());
+    rbee_shared::outln!(
+        "policy {} compiles; fleet of {}",
+        args.file.display(),
+        super::render::count(hives.len(), "hive")
+    )?;
     let outcome = tokio::task::spawn_blocking(move || scheduler.place_blocking(&req)).await??;
     let resp = pb::PlaceResponse::from(&outcome);
-    print!("{}", render_place(&resp));
+    rbee_shared::out!("{}", render_place(&resp))?;
     Ok(matches!(outcome, Outcome::Placed(_)))
 }

@@ -9,6 +9,8 @@
 pub mod model;
 pub mod view;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -17,8 +19,8 @@ use rbee_proto::v1 as pb;
 use tokio::sync::mpsc;
 
 use self::model::{Action, Key, Model};
-use super::args::TopArgs;
-use super::client::{connect, connect_scheduler, rpc_error};
+use super::args::{QueenUrl, TopArgs};
+use super::client::{is_final, on_queens, open_watch, reconnect_backoff, rpc_error, scheduler};
 
 /// How often the screen is redrawn without news (sample ages keep counting).
 const REDRAW: Duration = Duration::from_secs(1);
@@ -26,15 +28,50 @@ const REDRAW: Duration = Duration::from_secs(1);
 /// Samples asked of the watch.
 const SAMPLE_INTERVAL_MS: u32 = 1000;
 
-/// Runs the view until `q`.
+/// A watch being opened (after a backoff delay): the stream and the queen's URL.
+type Opening = Pin<Box<dyn Future<Output = Result<(tonic::Streaming<pb::FleetEvent>, String)>> + Send>>;
+
+/// Opens the watch on the queens after `delay`.
+fn reopen(queen: &QueenUrl, delay: Duration) -> Opening {
+    let queen = queen.clone();
+    Box::pin(async move {
+        tokio::time::sleep(delay).await;
+        open_watch(&queen, watch_request()).await
+    })
+}
+
+fn watch_request() -> pb::WatchFleetRequest {
+    pb::WatchFleetRequest { sample_interval_ms: Some(SAMPLE_INTERVAL_MS) }
+}
+
+/// The next event of the watch, or never while there is none.
+async fn next_event(
+    watch: &mut Option<tonic::Streaming<pb::FleetEvent>>,
+) -> Result<Option<pb::FleetEvent>, tonic::Status> {
+    match watch {
+        Some(w) => w.message().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The watch being opened, or never while none is.
+async fn opened(opening: &mut Option<Opening>) -> Result<(tonic::Streaming<pb::FleetEvent>, String)> {
+    match opening {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs the view until `q`. When the watch breaks (the queen restarts or goes away) the
+/// view stays up, says "reconnecting..." and opens the watch again with backoff on the
+/// first `--queen` URL that answers (following the leader a queen names); the queen's
+/// snapshot then refreshes the rows. Keys keep working meanwhile.
 pub async fn run(args: TopArgs) -> Result<()> {
-    let (mut fleet, url) = connect(&args.queen).await?;
-    let (mut scheduler, _) = connect_scheduler(&args.queen).await?;
-    let mut watch = fleet
-        .watch_fleet(pb::WatchFleetRequest { sample_interval_ms: Some(SAMPLE_INTERVAL_MS) })
-        .await
-        .map_err(|s| rpc_error(&url, s))?
-        .into_inner();
+    // The first connection must work: a wrong URL is reported at once.
+    let (first, mut url) = open_watch(&args.queen, watch_request()).await?;
+    let mut watch = Some(first);
+    let mut opening: Option<Opening> = None;
+    let mut backoff = reconnect_backoff();
     let mut model = Model::new(args.label);
     let mut terminal = ratatui::try_init().context("cannot set up the terminal")?;
     let mut keys = spawn_key_reader();
@@ -44,18 +81,52 @@ pub async fn run(args: TopArgs) -> Result<()> {
             break Err(anyhow::Error::from(e).context("cannot draw"));
         }
         tokio::select! {
-            message = watch.message() => match message {
-                Ok(Some(event)) => model.apply(event, Instant::now()),
-                Ok(None) => break Err(anyhow::anyhow!("the queen at {url} ended the watch")),
-                Err(s) => break Err(rpc_error(&url, s)),
-            },
+            message = next_event(&mut watch) => {
+                let why = match message {
+                    Ok(Some(event)) => {
+                        backoff.reset();
+                        model.apply(event, Instant::now());
+                        continue;
+                    }
+                    Ok(None) => anyhow::anyhow!("the queen at {url} ended the watch"),
+                    Err(s) => rpc_error(&url, s),
+                };
+                if is_final(&why) {
+                    break Err(why);
+                }
+                watch = None;
+                model.status = format!("reconnecting... ({})", super::error_chain(&why));
+                opening = Some(reopen(&args.queen, backoff.next_delay()));
+            }
+            result = opened(&mut opening) => {
+                opening = None;
+                match result {
+                    Ok((stream, at)) => {
+                        url = at;
+                        watch = Some(stream);
+                        model.new_watch();
+                        model.status = format!("reconnected to {url}");
+                    }
+                    Err(e) if is_final(&e) => break Err(e),
+                    Err(e) => {
+                        model.status = format!("reconnecting... ({})", super::error_chain(&e));
+                        opening = Some(reopen(&args.queen, backoff.next_delay()));
+                    }
+                }
+            }
             key = keys.recv() => match key.map(|k| model.key(k)) {
                 None => break Err(anyhow::anyhow!("the terminal's input ended")),
                 Some(Action::Quit) => break Ok(()),
                 Some(Action::Reservations(address)) => {
-                    match scheduler.list_reservations(pb::ListReservationsRequest { page_size: 2000, page_token: String::new() }).await {
-                        Ok(r) => model.set_reservations(&address, r.into_inner().reservations),
-                        Err(s) => model.status = format!("reservations: {}", s.message()),
+                    let request = pb::ListReservationsRequest { page_size: 2000, page_token: String::new() };
+                    let listed = on_queens(&args.queen, scheduler, |mut c| {
+                        let request = request.clone();
+                        async move { c.list_reservations(request).await }
+                    })
+                    .await;
+                    match listed {
+                        Ok(r) => model.set_reservations(&address, r.reservations),
+                        Err(e) => model.status = format!("reservations: {}", super::error_chain(&e)),
                     }
                 }
                 Some(Action::None) => {}

@@ -215,6 +215,12 @@ pub struct Model {
 }
 
 impl Model {
+    /// A new watch begins: its first snapshot replaces the rows, even if the last
+    /// watch broke between the parts of one.
+    pub fn new_watch(&mut self) {
+        self.snapshot_continues = false;
+    }
+
     /// An empty view, filtered by `filter`.
     pub fn new(filter: Option<(String, String)>) -> Self {
         Self {
@@ -246,7 +252,8 @@ impl Model {
                     self.rows = rows.collect();
                 }
                 self.snapshot_continues = s.more;
-                self.status = format!("following the fleet ({} hives)", self.rows.len());
+                self.status =
+                    format!("following the fleet ({})", crate::cli::render::count(self.rows.len(), "hive"));
             }
             Event::HiveAdded(v) => {
                 self.rows.insert(v.address.clone(), Row::from_view(v, now));

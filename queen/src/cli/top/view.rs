@@ -44,7 +44,8 @@ fn draw_header(frame: &mut Frame<'_>, area: Rect, model: &Model) {
     let text = Line::from(vec![
         Span::styled("rbee top ", Style::new().add_modifier(Modifier::BOLD)),
         Span::raw(format!(
-            "| {shown} hives | sort: {} | filter: {filter} | {}",
+            "| {} | sort: {} | filter: {filter} | {}",
+            crate::cli::render::count(shown, "hive"),
             model.sort.as_str(),
             model.status
         )),
