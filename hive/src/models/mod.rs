@@ -23,6 +23,7 @@ pub mod job;
 pub mod layout;
 pub mod manifest;
 pub mod progress;
+pub mod redact;
 pub mod residency;
 pub mod sink;
 pub mod source;
@@ -396,7 +397,7 @@ impl Models {
         let io = |source| HiveError::ModelIo { path: partial.clone(), source };
         layout::remove_tree(&partial).map_err(io)?;
         std::fs::create_dir_all(&partial).map_err(io)?;
-        manifest::write(&partial.join(layout::FETCH_RECORD), &record).map_err(io)?;
+        manifest::write_private(&partial.join(layout::FETCH_RECORD), &record).map_err(io)?;
         self.inner.finished.lock_unpoisoned().remove(id);
         self.spawn_job(&mut jobs, record, caller);
         Ok(FetchOutcome::Started)
