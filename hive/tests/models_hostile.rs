@@ -534,6 +534,23 @@ async fn hub_listing_entries_are_checked_like_url_sources_and_the_error_names_th
         assert!(e.contains(want) && e.len() < 1000, "{repo}: {} bytes: {:.300}", e.len(), e);
     }
     assert_eq!(hub.gets(), 0, "no file of a refused listing was fetched");
+    // A URL list is held to the same rule, at once.
+    let file = |path: &str| pb::FileSource {
+        url: hub.url(&format!("org/clash/resolve/0123abcd/{path}")),
+        path: Some(path.into()),
+        size_bytes: None,
+        sha256: None,
+    };
+    let request = pb::FetchModelRequest {
+        model_id: "urls-clash".into(),
+        source: Some(pb::fetch_model_request::Source::Urls(pb::UrlSource {
+            files: vec![file("x/y"), file("x")],
+        })),
+    };
+    let e = client.fetch_model(request).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains(r#"file "x" is also the directory of file "x/y""#), "{}", e.message());
+    assert_eq!(hub.gets(), 0);
     // The catalog (what Discover and every subscriber get) stays small.
     let caps = client.discover(pb::DiscoverRequest {}).await.unwrap().into_inner().capabilities.unwrap();
     let size = prost::Message::encoded_len(&caps);

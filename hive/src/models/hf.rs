@@ -144,47 +144,7 @@ struct Lfs {
     size: Option<u64>,
 }
 
-/// Most bytes of a listing's own text (a file name) quoted in an error.
-const SHOWN_NAME_BYTES: usize = 128;
-
-/// A name from the listing as an error quotes it: debug-quoted, cut to
-/// [`SHOWN_NAME_BYTES`] (the listing is the server's text, not validated yet).
-fn shown_name(name: &str) -> String {
-    if name.len() <= SHOWN_NAME_BYTES {
-        return format!("{name:?}");
-    }
-    let mut end = SHOWN_NAME_BYTES;
-    while !name.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{:?}... ({} bytes)", &name[..end], name.len())
-}
-
-/// Checks a listing's files as `FetchModel` checks a URL list, and more: each path is a
-/// valid model path, each `lfs.sha256` is 64 hex digits, no path appears twice and no
-/// file is also a directory of another (`x` next to `x/y`). The error names the entry.
-fn check_files(files: &[FileSource]) -> Result<(), String> {
-    let mut paths = std::collections::BTreeSet::new();
-    for f in files {
-        if !paths.insert(f.path.as_str()) {
-            return Err(format!("file {} appears twice in the listing", shown_name(&f.path)));
-        }
-    }
-    for f in files {
-        let mut dir = f.path.as_str();
-        while let Some((parent, _)) = dir.rsplit_once('/') {
-            if paths.contains(parent) {
-                return Err(format!(
-                    "file {} is also the directory of file {}",
-                    shown_name(parent),
-                    shown_name(&f.path)
-                ));
-            }
-            dir = parent;
-        }
-    }
-    Ok(())
-}
+use super::layout::shown_name;
 
 /// One listing entry as a file to fetch, its path and hash checked.
 fn file_source(s: Sibling, base: &str) -> Result<FileSource, String> {
@@ -272,7 +232,9 @@ pub async fn resolve(
         .into_iter()
         .map(|s| file_source(s, &base))
         .collect::<Result<Vec<_>, String>>()
-        .and_then(|files| check_files(&files).map(|()| files))
+        .and_then(|files| {
+            super::layout::check_file_set(files.iter().map(|f| f.path.as_str())).map(|()| files)
+        })
         .map_err(|e| DownloadError::Resolve(format!("{shown}: {e}")))?;
     if files.iter().filter_map(|f| f.size_bytes).try_fold(0u64, u64::checked_add).is_none() {
         return Err(DownloadError::Resolve(format!("{shown}: the file sizes add up past 2^64 bytes")));
@@ -326,6 +288,8 @@ mod tests {
         let files = |paths: &[&str]| -> Vec<FileSource> {
             paths.iter().map(|p| file_source(entry(p, &ok), "http://h").unwrap()).collect()
         };
+        let check_files =
+            |f: &[FileSource]| super::super::layout::check_file_set(f.iter().map(|f| f.path.as_str()));
         assert_eq!(check_files(&files(&["a", "b/c", "b/d"])), Ok(()));
         let e = check_files(&files(&["w", "v", "w"])).unwrap_err();
         assert!(e.contains("\"w\" appears twice"), "{e}");

@@ -126,6 +126,48 @@ pub fn list_files(dir: &Path) -> std::io::Result<FileList> {
     Ok(out)
 }
 
+/// Most bytes of a server's or a caller's name quoted in an error.
+const SHOWN_NAME_BYTES: usize = 128;
+
+/// A name as an error quotes it: debug-quoted, cut to [`SHOWN_NAME_BYTES`] (a Hub
+/// listing's names are the server's text, checked or not).
+pub fn shown_name(name: &str) -> String {
+    if name.len() <= SHOWN_NAME_BYTES {
+        return format!("{name:?}");
+    }
+    let mut end = SHOWN_NAME_BYTES;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}... ({} bytes)", &name[..end], name.len())
+}
+
+/// Checks that a model's file paths can all be written: none appears twice, and no
+/// file is also the directory of another (`x` next to `x/y`). The error names the
+/// entry. Hub listings and URL lists both go through it before anything is fetched.
+pub fn check_file_set<'a>(paths: impl Iterator<Item = &'a str> + Clone) -> Result<(), String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for path in paths.clone() {
+        if !seen.insert(path) {
+            return Err(format!("file {} appears twice", shown_name(path)));
+        }
+    }
+    for path in paths {
+        let mut dir = path;
+        while let Some((parent, _)) = dir.rsplit_once('/') {
+            if seen.contains(parent) {
+                return Err(format!(
+                    "file {} is also the directory of file {}",
+                    shown_name(parent),
+                    shown_name(path)
+                ));
+            }
+            dir = parent;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -335,6 +335,10 @@ impl Models {
         if self.inner.shutdown.is_cancelled() {
             return Err(HiveError::ShuttingDown);
         }
+        if let ModelSource::Urls(files) = &source {
+            layout::check_file_set(files.iter().map(|f| f.path.as_str()))
+                .map_err(|e| rbee_shared::ConvertError::new("source.urls.files", e))?;
+        }
         let mut jobs = self.inner.jobs.lock_unpoisoned();
         if let Some(job) = jobs.get(id) {
             if let Some(why) = conflict::disagreement(&source, &job.files) {
