@@ -156,7 +156,9 @@ pub struct ServeArgs {
     pub max_downloads: usize,
     /// Destinations model downloads may fetch from besides public addresses: CIDRs, addresses or host
     /// names, comma-separated (e.g. an internal mirror: 10.20.0.0/16,mirror.corp). Loopback, link-local
-    /// (cloud metadata), private, CGNAT, multicast and other special addresses are refused otherwise.
+    /// (cloud metadata), private, CGNAT, multicast and other special addresses, and this host's own
+    /// addresses, are refused otherwise. A CIDR may not have bits set past its prefix; a name never
+    /// opens link-local addresses (only a CIDR does).
     #[arg(long = "download-allow", env = "HIVE_DOWNLOAD_ALLOW", value_name = "CIDR|HOST", value_delimiter = ',',
           value_parser = crate::models::egress::parse_allow)]
     pub download_allow: Vec<crate::models::egress::Allow>,
