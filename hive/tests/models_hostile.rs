@@ -609,4 +609,22 @@ async fn credentials_in_a_url_reach_no_error_record_or_manifest() {
     let caps = client.discover(pb::DiscoverRequest {}).await.unwrap().into_inner().capabilities.unwrap();
     assert_no_secret("Discover", &format!("{caps:?}"));
     hive.stop().await.unwrap();
+
+    // A Hub endpoint with credentials (as a hive embedded elsewhere may be given): the
+    // fetch fails before any request, and says so without them.
+    let hub = FileServer::start().await;
+    hub.add_hf_repo("org/r", "main", "0123abcd", &[("w.bin", vec![1u8])]);
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = hub.base().replacen("http://", "http://alice:PASSWORD@", 1);
+    let hive = self::hive(dir.path(), Some(endpoint)).await;
+    let mut client = hive.client().await;
+    let mut stream = TestStream::open(&mut client, subscribe(100)).await;
+    client.fetch_model(hf("org/r", "hf://org/r")).await.unwrap();
+    let end = final_record(&mut stream, "org/r").await;
+    assert_eq!(end.phase, pb::DownloadPhase::Failed as i32, "{end:?}");
+    let e = end.error.unwrap_or_default();
+    assert!(e.contains("HF_ENDPOINT") && e.contains("HF_TOKEN"), "{e}");
+    assert_no_secret("the download record", &e);
+    assert_eq!(hub.requests(), [], "no Basic auth went to the Hub");
+    hive.stop().await.unwrap();
 }

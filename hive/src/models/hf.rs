@@ -194,6 +194,9 @@ pub async fn resolve(
     revision: &str,
 ) -> Result<Vec<FileSource>, DownloadError> {
     check_revision(revision).map_err(|e| DownloadError::Resolve(e.0))?;
+    // `hive serve` refuses such an endpoint at start; a hive embedded elsewhere (the
+    // queen's local hive) meets the same rule here, before any request.
+    hub.check().map_err(DownloadError::Resolve)?;
     let url = format!("{}/api/models/{repo}/revision/{revision}?blobs=true", hub.endpoint);
     let shown = redact_url(&url);
     let response = client.get(&url, &reqwest::header::HeaderMap::new(), hub).await?;
