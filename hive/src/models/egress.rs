@@ -147,6 +147,10 @@ pub enum AllowError {
         /// The network the prefix names.
         network: String,
     },
+    /// An IPv4-mapped network that is every IPv4 address (`::ffff:0:0/96`): only
+    /// `0.0.0.0/0`, written so, opens that.
+    #[error("{0:?} opens every IPv4 address; write 0.0.0.0/0 if that is meant")]
+    Everything(String),
     /// Neither a CIDR, an address nor a valid host name.
     #[error("{0:?} is neither a CIDR, an IP address nor a host name")]
     Unrecognised(String),
@@ -174,7 +178,11 @@ pub fn parse_allow(s: &str) -> Result<Allow, AllowError> {
                 network: net.to_string(),
             });
         }
-        return Ok(Allow::Net(unmap(net)));
+        let net = unmap(net);
+        if net.prefix == 0 && net.addr.is_ipv4() != addr.is_ipv4() {
+            return Err(AllowError::Everything(s.to_owned()));
+        }
+        return Ok(Allow::Net(net));
     }
     if let Ok(ip) = unbracket(s).parse::<IpAddr>() {
         let prefix = if ip.is_ipv4() { 32 } else { 128 };
@@ -612,6 +620,7 @@ mod tests {
         // `/0` only as written for the whole family.
         assert_eq!(parse_allow("0.0.0.0/0").unwrap().to_string(), "0.0.0.0/0");
         assert_eq!(parse_allow("::/0").unwrap().to_string(), "::/0");
+        assert_eq!(parse_allow("::ffff:0:0/96"), Err(AllowError::Everything("::ffff:0:0/96".into())));
         // Mapped entries are the IPv4 addresses they carry, and match them.
         assert_eq!(parse_allow("[::ffff:169.254.169.254]").unwrap().to_string(), "169.254.169.254/32");
         assert_eq!(parse_allow("::ffff:10.0.0.0/104").unwrap().to_string(), "10.0.0.0/8");
