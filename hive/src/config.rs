@@ -166,7 +166,9 @@ pub struct ServeArgs {
     pub max_downloads: usize,
     /// Destinations model downloads may fetch from besides public addresses: CIDRs, addresses or host
     /// names, comma-separated (e.g. an internal mirror: 10.20.0.0/16,mirror.corp). Loopback, link-local
-    /// (cloud metadata), private, CGNAT, multicast and other special addresses are refused otherwise.
+    /// (cloud metadata), private, CGNAT, multicast and other special addresses, and this host's own
+    /// addresses, are refused otherwise. A CIDR may not have bits set past its prefix; a name never
+    /// opens link-local addresses (only a CIDR does).
     #[arg(long = "download-allow", env = "HIVE_DOWNLOAD_ALLOW", value_name = "CIDR|HOST", value_delimiter = ',',
           value_parser = crate::models::egress::parse_allow)]
     pub download_allow: Vec<crate::models::egress::Allow>,
@@ -353,6 +355,8 @@ impl ServeArgs {
             _ => None,
         };
         let metrics = self.metrics_endpoint()?;
+        crate::models::hf::HubConfig::from_env().check().map_err(HiveError::Config)?;
+        crate::models::egress::log_allowed(&self.download_allow);
         let state_dir = self.state_dir.clone().unwrap_or_else(default_state_dir);
         let hive_id = resolve_hive_id(self.hive_id.as_deref(), &state_dir)?;
         let config = HiveConfig {

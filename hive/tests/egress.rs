@@ -190,3 +190,71 @@ async fn by_default_loopback_is_refused_by_address_and_by_name_and_a_named_host_
     assert_eq!(server.requests().len(), 1, "only the named fetch reached the server");
     hive.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_hives_own_public_address_is_refused_unless_opened() {
+    if !in_private_netns("the_hives_own_public_address_is_refused_unless_opened") {
+        return;
+    }
+    // A "public" address of this host (in the namespace): a service bound to it is the
+    // host's own, not the internet's.
+    assert!(add_to_lo("11.0.0.1/32"), "add 11.0.0.1 to lo");
+    let own = FileServer::start_at("11.0.0.1:0".parse().unwrap()).await.expect("bind 11.0.0.1");
+    let url = own.add("w.bin", generated(64 << 10, 3));
+    let closed = format!("http://11.0.0.1:{}/w.bin", free_port());
+
+    let dir = tempfile::tempdir().unwrap();
+    let hive = TestHive::start_with(models_config("egress-own", dir.path(), None)).await;
+    let mut client = hive.client().await;
+    let mut stream = TestStream::open(&mut client, subscribe(100)).await;
+    assert_refused(&url, fetch(&mut client, &mut stream, "own", &url).await);
+    // A closed port reads the same: no port scan of the host.
+    assert_refused(&closed, fetch(&mut client, &mut stream, "own-closed", &closed).await);
+    assert_eq!(own.requests(), [], "nothing reached the host's own service");
+    hive.stop().await.unwrap();
+
+    // `--download-allow 11.0.0.1` opens it.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = models_config("egress-own-opened", dir.path(), None);
+    config.models.as_mut().unwrap().egress = EgressRule::new(vec![parse_allow("11.0.0.1").unwrap()]);
+    let hive = TestHive::start_with(config).await;
+    let mut client = hive.client().await;
+    let mut stream = TestStream::open(&mut client, subscribe(100)).await;
+    assert_eq!(fetch(&mut client, &mut stream, "opened", &url).await, Ok(()));
+    hive.stop().await.unwrap();
+}
+
+/// A port nothing listens on (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("11.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test]
+async fn a_refused_name_and_a_name_that_does_not_resolve_read_the_same() {
+    if !in_private_netns("a_refused_name_and_a_name_that_does_not_resolve_read_the_same") {
+        return;
+    }
+    // Inside the namespace no DNS server answers: names beyond /etc/hosts fail there.
+    assert!(Command::new("ip").args(["link", "set", "lo", "up"]).status().is_ok_and(|s| s.success()));
+    let server = FileServer::start().await;
+    let url = server.add("w.bin", generated(4 << 10, 4));
+    let port = server.addr.port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = models_config("egress-oracle", dir.path(), None);
+    config.models.as_mut().unwrap().egress = EgressRule::default();
+    let hive = TestHive::start_with(config).await;
+    let mut client = hive.client().await;
+    let mut stream = TestStream::open(&mut client, subscribe(100)).await;
+    let refused = fetch(&mut client, &mut stream, "lo", &url.replace("127.0.0.1", "localhost")).await;
+    let missing = format!("http://no-such-host.invalid:{port}/w.bin");
+    let unresolved = fetch(&mut client, &mut stream, "nx", &missing).await;
+    assert_refused("localhost", refused.clone());
+    assert_refused("no-such-host.invalid", unresolved.clone());
+    let (refused, unresolved) = (refused.unwrap_err(), unresolved.unwrap_err());
+    assert_eq!(refused.replace("localhost", "HOST"), unresolved.replace("no-such-host.invalid", "HOST"));
+    for class in ["loopback", "dns", "resolve error", "127.0.0.1", "::1"] {
+        assert!(!refused.contains(class), "{refused}");
+    }
+    assert_eq!(server.requests(), []);
+    hive.stop().await.unwrap();
+}

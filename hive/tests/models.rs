@@ -285,3 +285,79 @@ async fn hf_repositories_resolve_through_the_hub_api() {
     assert_eq!(partial_entries(dir.path()), 0);
     hive.stop().await.unwrap();
 }
+
+/// The `hive` binary serving on loopback with `models` and `extra` arguments and
+/// environment, its stderr lines sent to the returned channel.
+fn hive_binary(
+    models: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hive"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--hive-id", "models-start", "--demo"])
+        .arg("--models-dir")
+        .arg(models)
+        .args(extra)
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "info")
+        .env_remove("HIVE_DOWNLOAD_ALLOW")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the hive binary");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (child, rx)
+}
+
+/// Everything the binary said until it exited, and how it exited.
+fn until_exit(mut child: std::process::Child, lines: std::sync::mpsc::Receiver<String>) -> (bool, String) {
+    let status = child.wait().unwrap();
+    (status.success(), lines.iter().collect::<Vec<_>>().join("\n"))
+}
+
+#[test]
+fn the_hive_refuses_credentials_in_hf_endpoint_and_careless_allow_entries_and_logs_what_is_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let wait = std::time::Duration::from_secs(30);
+
+    let (child, lines) =
+        hive_binary(dir.path(), &[], &[("HF_ENDPOINT", "http://alice:PASSWORD@127.0.0.1:9/hub")]);
+    let (ok, said) = until_exit(child, lines);
+    assert!(!ok && said.contains("HF_ENDPOINT") && said.contains("HF_TOKEN"), "{said}");
+    assert!(!said.contains("PASSWORD") && !said.contains("alice"), "{said}");
+
+    for (entry, want) in [
+        ("10.20.30.40/1", "did you mean 10.20.30.40/32 or 0.0.0.0/1"),
+        ("169.254.169.254/0", "host bits set"),
+    ] {
+        let (child, lines) = hive_binary(dir.path(), &["--download-allow", entry], &[]);
+        let (ok, said) = until_exit(child, lines);
+        assert!(!ok && said.contains(want), "{entry}: {said}");
+    }
+
+    // A good list starts, and the log says what it opens (mapped entries as IPv4).
+    let (mut child, lines) = hive_binary(
+        dir.path(),
+        &["--download-allow", "127.0.0.1,10.0.0.0/8,[::ffff:192.168.1.1],mirror.lan"],
+        &[],
+    );
+    let line = loop {
+        let line = lines.recv_timeout(wait).expect("the hive logs what --download-allow opens");
+        if line.contains("--download-allow") {
+            break line;
+        }
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        line.contains("INFO") && line.contains("127.0.0.1/32,10.0.0.0/8,192.168.1.1/32,mirror.lan"),
+        "{line}"
+    );
+}

@@ -484,3 +484,147 @@ async fn a_model_without_regular_files_is_never_ready() {
     }
     hive.stop().await.unwrap();
 }
+
+/// A Hub listing of `siblings` (JSON objects) pinned to a good commit.
+fn listing(repo: &str, siblings: &[String]) -> String {
+    format!(r#"{{"id":"{repo}","sha":"0123abcd","siblings":[{}]}}"#, siblings.join(","))
+}
+
+fn sibling(name: &str, sha256: &str) -> String {
+    format!(r#"{{"rfilename":"{name}","size":1,"lfs":{{"sha256":"{sha256}","size":1}}}}"#)
+}
+
+#[tokio::test]
+async fn hub_listing_entries_are_checked_like_url_sources_and_the_error_names_the_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = FileServer::start().await;
+    let good = sha256_hex(&[1u8]);
+    // A hash of a megabyte of "Z": it would grow every record and Discover answer that
+    // carries the model.
+    let huge = "Z".repeat(1 << 20);
+    hub.add_json("api/models/org/hash/revision/main", listing("org/hash", &[sibling("w.bin", &huge)]));
+    hub.add_json("api/models/org/short/revision/main", listing("org/short", &[sibling("w.bin", "abc")]));
+    hub.add_json(
+        "api/models/org/dup/revision/main",
+        listing("org/dup", &[sibling("w", &good), sibling("w", &good)]),
+    );
+    hub.add_json(
+        "api/models/org/clash/revision/main",
+        listing("org/clash", &[sibling("x", &good), sibling("x/y", &good)]),
+    );
+    for (repo, name) in [("org/hash", "w.bin"), ("org/short", "w.bin"), ("org/dup", "w"), ("org/clash", "x")]
+    {
+        hub.add(&format!("{repo}/resolve/0123abcd/{name}"), vec![1u8]);
+    }
+    hub.add("org/clash/resolve/0123abcd/x/y", vec![1u8]);
+    let hive = hive(dir.path(), Some(hub.base())).await;
+    let mut client = hive.client().await;
+    let mut stream = TestStream::open(&mut client, subscribe(100)).await;
+
+    for (repo, want) in [
+        ("org/hash", r#"file "w.bin": lfs.sha256 is not 64 hex digits"#),
+        ("org/short", r#"file "w.bin": lfs.sha256 is not 64 hex digits"#),
+        ("org/dup", r#"file "w" appears twice"#),
+        ("org/clash", r#"file "x" is also the directory of file "x/y""#),
+    ] {
+        client.fetch_model(hf(repo, &format!("hf://{repo}"))).await.unwrap();
+        let end = final_record(&mut stream, repo).await;
+        assert_eq!(end.phase, pb::DownloadPhase::Failed as i32, "{repo}: {:.300?}", end);
+        let e = end.error.unwrap_or_default();
+        assert!(e.contains(want) && e.len() < 1000, "{repo}: {} bytes: {:.300}", e.len(), e);
+    }
+    assert_eq!(hub.gets(), 0, "no file of a refused listing was fetched");
+    // A URL list is held to the same rule, at once.
+    let file = |path: &str| pb::FileSource {
+        url: hub.url(&format!("org/clash/resolve/0123abcd/{path}")),
+        path: Some(path.into()),
+        size_bytes: None,
+        sha256: None,
+    };
+    let request = pb::FetchModelRequest {
+        model_id: "urls-clash".into(),
+        source: Some(pb::fetch_model_request::Source::Urls(pb::UrlSource {
+            files: vec![file("x/y"), file("x")],
+        })),
+    };
+    let e = client.fetch_model(request).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains(r#"file "x" is also the directory of file "x/y""#), "{}", e.message());
+    assert_eq!(hub.gets(), 0);
+    // The catalog (what Discover and every subscriber get) stays small.
+    let caps = client.discover(pb::DiscoverRequest {}).await.unwrap().into_inner().capabilities.unwrap();
+    let size = prost::Message::encoded_len(&caps);
+    assert!(size < 64 << 10, "Discover is {size} bytes");
+    assert_eq!(std::fs::read_dir(dir.path().join(".partial")).unwrap().count(), 0);
+    hive.stop().await.unwrap();
+}
+
+/// Asserts `text` holds none of the secrets a URL carried.
+fn assert_no_secret(what: &str, text: &str) {
+    for secret in ["PASSWORD", "SECRET", "AKIA", "alice"] {
+        assert!(!text.contains(secret), "{what} shows {secret:?}: {text}");
+    }
+}
+
+#[tokio::test]
+async fn credentials_in_a_url_reach_no_error_record_or_manifest() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let server = FileServer::start().await;
+    let data = generated(2 << 20, 21);
+    server.add("w.bin", data.clone());
+    let signed = |path: &str| {
+        let base = server.url(path).replacen("http://", "http://alice:PASSWORD@", 1);
+        format!("{base}?X-Amz-Signature=SECRET&X-Amz-Credential=AKIAXXXX%2Fus-east-1")
+    };
+    let hive = hive(dir.path(), None).await;
+    let mut client = hive.client().await;
+    let mut stream = TestStream::open(&mut client, subscribe(100)).await;
+
+    // A 404: the error keeps the URL's host, path and query names, not its secrets.
+    client.fetch_model(fetch_url("gone", &signed("missing.bin"), None, None)).await.unwrap();
+    let end = final_record(&mut stream, "gone").await;
+    assert_eq!(end.phase, pb::DownloadPhase::Failed as i32, "{end:?}");
+    let e = end.error.unwrap_or_default();
+    assert!(e.contains("HTTP 404") && e.contains("missing.bin?X-Amz-Signature&X-Amz-Credential"), "{e}");
+    assert_no_secret("the download record", &e);
+    let caps = client.discover(pb::DiscoverRequest {}).await.unwrap().into_inner().capabilities.unwrap();
+    assert_no_secret("Discover", &format!("{caps:?}"));
+
+    // A success: while it runs, the records that keep the whole URL (to resume) are
+    // the hive's own (0600); the manifest it leaves holds no secret.
+    server.throttle(4 << 20);
+    client.fetch_model(fetch_url("signed", &signed("w.bin"), Some(data.len() as u64), None)).await.unwrap();
+    stream.until(|m| download_of(m, "signed").filter(|d| d.bytes_done > 0)).await;
+    let partial = std::fs::read_dir(dir.path().join(".partial")).unwrap().next().unwrap().unwrap().path();
+    for record in ["fetch.json", "w.bin.part.json"] {
+        let mode = std::fs::metadata(partial.join(record)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{record}");
+    }
+    let end = final_record(&mut stream, "signed").await;
+    assert_eq!(end.phase, pb::DownloadPhase::Done as i32, "{end:?}");
+    let manifest = std::fs::read_to_string(dir.path().join("signed/.rbee-model.json")).unwrap();
+    assert!(manifest.contains("/w.bin?X-Amz-Signature"), "{manifest}");
+    assert_no_secret("the manifest", &manifest);
+    let caps = client.discover(pb::DiscoverRequest {}).await.unwrap().into_inner().capabilities.unwrap();
+    assert_no_secret("Discover", &format!("{caps:?}"));
+    hive.stop().await.unwrap();
+
+    // A Hub endpoint with credentials (as a hive embedded elsewhere may be given): the
+    // fetch fails before any request, and says so without them.
+    let hub = FileServer::start().await;
+    hub.add_hf_repo("org/r", "main", "0123abcd", &[("w.bin", vec![1u8])]);
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = hub.base().replacen("http://", "http://alice:PASSWORD@", 1);
+    let hive = self::hive(dir.path(), Some(endpoint)).await;
+    let mut client = hive.client().await;
+    let mut stream = TestStream::open(&mut client, subscribe(100)).await;
+    client.fetch_model(hf("org/r", "hf://org/r")).await.unwrap();
+    let end = final_record(&mut stream, "org/r").await;
+    assert_eq!(end.phase, pb::DownloadPhase::Failed as i32, "{end:?}");
+    let e = end.error.unwrap_or_default();
+    assert!(e.contains("HF_ENDPOINT") && e.contains("HF_TOKEN"), "{e}");
+    assert_no_secret("the download record", &e);
+    assert_eq!(hub.requests(), [], "no Basic auth went to the Hub");
+    hive.stop().await.unwrap();
+}

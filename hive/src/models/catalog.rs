@@ -232,7 +232,15 @@ pub fn scan(root: &Path) -> std::io::Result<Found> {
             let record = manifest::read::<FetchRecord>(&entry.path().join(layout::FETCH_RECORD))
                 .filter(|r| layout::id_of_dir(&name).as_deref() == Some(r.id.as_str()));
             match record {
-                Some(r) => found.partial.push(r),
+                Some(r) => {
+                    // It keeps the whole URL: the hive's user only (an older hive wrote it 0644).
+                    use std::os::unix::fs::PermissionsExt;
+                    let path = entry.path().join(layout::FETCH_RECORD);
+                    if let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)) {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot make the fetch record private");
+                    }
+                    found.partial.push(r)
+                }
                 None => {
                     tracing::warn!(dir = %entry.path().display(), "partial download without a fetch record; removed");
                     layout::remove_tree(&entry.path())?;
@@ -256,6 +264,25 @@ mod tests {
 
     fn failed(id: &str) -> ModelEntry {
         ModelEntry { state: ModelState::Failed, ..unverified_entry(id, &[]) }
+    }
+
+    #[test]
+    fn a_fetch_record_an_older_hive_left_readable_is_made_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let partial = layout::partial_dir(root.path(), "m");
+        std::fs::create_dir_all(&partial).unwrap();
+        let record = FetchRecord {
+            id: "m".into(),
+            source: rbee_shared::ModelSource::HuggingFace { repo: "org/r".into(), revision: "main".into() },
+            resolved: None,
+        };
+        let path = partial.join(layout::FETCH_RECORD);
+        manifest::write(&path, &record).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let found = scan(root.path()).unwrap();
+        assert_eq!(found.partial, [record]);
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
     }
 
     #[test]

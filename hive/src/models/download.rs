@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::hf::HubConfig;
 use super::manifest::{self, PartSidecar};
 use super::progress::Progress;
+use super::redact::redact_url;
 use super::sink::Sink;
 use super::{disk, http, layout};
 
@@ -33,10 +34,13 @@ const MAX_SLOW_ATTEMPTS: u32 = 3;
 const READ_BUFFER: usize = 1 << 20;
 
 /// Why a download stopped.
+///
+/// Every URL is shown through [`redact_url`]: no password or presigned query reaches
+/// an error text, a record or a log line.
 #[derive(Debug, thiserror::Error)]
 pub enum DownloadError {
     /// The network failed (retried).
-    #[error("{url}: {reason}")]
+    #[error("{}: {reason}", redact_url(.url))]
     Network {
         /// The URL.
         url: String,
@@ -44,7 +48,7 @@ pub enum DownloadError {
         reason: String,
     },
     /// The server answered with an error status (5xx, 408 and 429 are retried).
-    #[error("{url}: HTTP {status}")]
+    #[error("{}: HTTP {status}", redact_url(.url))]
     Status {
         /// The URL.
         url: String,
@@ -53,7 +57,7 @@ pub enum DownloadError {
     },
     /// The URL, or a redirect hop, is a destination the egress rule refuses. Nothing
     /// was sent there, and nothing about it is reported beyond its host.
-    #[error("{url}: {source}")]
+    #[error("{}: {source}", redact_url(.url))]
     NotAllowed {
         /// The URL (or redirect hop) refused.
         url: String,
@@ -65,7 +69,7 @@ pub enum DownloadError {
     Resolve(String),
     /// Fewer bytes than [`MinProgress`] asks arrived in a window (a server dripping
     /// bytes): the attempt is dropped and retried; a few in a row fail the download.
-    #[error("{url}: only {got} bytes arrived in {window:?}, fewer than {min}; the server is too slow")]
+    #[error("{}: only {got} bytes arrived in {window:?}, fewer than {min}; the server is too slow", redact_url(.url))]
     TooSlow {
         /// The URL.
         url: String,
@@ -139,6 +143,8 @@ impl DownloadError {
             if let Some(refused) = super::egress::refusal_in(&e) {
                 return Self::NotAllowed { url: url.to_owned(), source: refused.clone() };
             }
+            // reqwest's text names the whole URL: the error shows it redacted instead.
+            let e = e.without_url();
             let mut reason = e.to_string();
             let mut source = std::error::Error::source(&e);
             while let Some(s) = source {
@@ -400,7 +406,7 @@ async fn attempt_once(job: &FileJob<'_>, file: &FileSource) -> Result<FileDone, 
             last_modified: http::text(&headers, header::LAST_MODIFIED),
             total,
         };
-        manifest::write(&sidecar_path, &record).map_err(DownloadError::io(&sidecar_path))?;
+        manifest::write_private(&sidecar_path, &record).map_err(DownloadError::io(&sidecar_path))?;
     }
     let hasher = if have > 0 { hash_prefix(&part, have).await? } else { Sha256::new() };
     let handle = if have > 0 {

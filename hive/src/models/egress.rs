@@ -3,8 +3,15 @@
 //! By default a destination is refused when its *resolved* address is loopback,
 //! link-local (every cloud metadata address among them), private (RFC 1918, ULA),
 //! CGNAT, multicast, unspecified, broadcast or otherwise reserved, including the IPv6
-//! forms that carry such an IPv4 address (IPv4-mapped, NAT64, 6to4). `--download-allow`
-//! opens networks (CIDR) or host names, e.g. an internal mirror.
+//! forms that carry such an IPv4 address (IPv4-mapped, NAT64, 6to4), and when it is
+//! one of the hive's own interface addresses (a public address of the host reaches the
+//! host's own services). `--download-allow` opens networks (CIDR) or host names, e.g. an
+//! internal mirror; a name never opens link-local (cloud metadata) addresses, and a
+//! CIDR with bits set past its prefix is refused as the typo it is.
+//!
+//! A refusal names the host only: a refused name and a name that does not resolve read
+//! the same (the cause is logged at DEBUG), so refusals tell a caller nothing about the
+//! hive's network.
 //!
 //! The check runs on addresses, never on the URL's text: spellings such as
 //! `2852039166`, `0xa9.0xfe.0xa9.0xfe` or `169.254.169.254.` are parsed into the
@@ -18,14 +25,29 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
-/// A refused destination. Says which host, and nothing about what answers there.
+/// A refused destination. Says which host, and nothing about what answers there nor
+/// what the name resolved to: a refused name and a name that does not resolve read the
+/// same, so that refusals are no oracle for the hive's DNS view. Which rule refused it
+/// ([`NotAllowed::why`]) goes to the hive's DEBUG log only.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("destination not allowed: {host} ({why}; --download-allow opens it)")]
+#[error(
+    "destination not allowed: {host} (it does not resolve, or not to an address the hive fetches from; \
+     --download-allow opens networks and names)"
+)]
 pub struct NotAllowed {
     /// The host as the URL names it.
     pub host: String,
-    /// Which rule refused it (e.g. "link-local").
+    /// Which rule refused it (e.g. "link-local"), for the DEBUG log.
     pub why: String,
+}
+
+impl NotAllowed {
+    /// A refusal of `host` for `why`, logged at DEBUG.
+    fn new(host: &str, why: impl Into<String>) -> Self {
+        let why = why.into();
+        tracing::debug!(%host, %why, "download destination refused");
+        Self { host: host.to_owned(), why }
+    }
 }
 
 /// A network in CIDR form.
@@ -114,6 +136,21 @@ pub enum AllowError {
         /// Its prefix part.
         prefix: String,
     },
+    /// `ADDR/PREFIX` whose address has bits set past the prefix: a typo that would
+    /// open another network than meant (`169.254.169.254/0` is everything).
+    #[error("{entry:?}: host bits set; did you mean {exact} or {network}?")]
+    HostBits {
+        /// The whole entry.
+        entry: String,
+        /// The address alone (`/32` or `/128`).
+        exact: String,
+        /// The network the prefix names.
+        network: String,
+    },
+    /// An IPv4-mapped network that is every IPv4 address (`::ffff:0:0/96`): only
+    /// `0.0.0.0/0`, written so, opens that.
+    #[error("{0:?} opens every IPv4 address; write 0.0.0.0/0 if that is meant")]
+    Everything(String),
     /// Neither a CIDR, an address nor a valid host name.
     #[error("{0:?} is neither a CIDR, an IP address nor a host name")]
     Unrecognised(String),
@@ -122,17 +159,34 @@ pub enum AllowError {
 /// Parses one `--download-allow` entry: `CIDR`, an address, or a host name.
 pub fn parse_allow(s: &str) -> Result<Allow, AllowError> {
     let s = s.trim();
+    let unbracket =
+        |a: &'_ str| a.strip_prefix('[').and_then(|r| r.strip_suffix(']')).unwrap_or(a).to_owned();
     if let Some((addr, prefix)) = s.split_once('/') {
         let bad_prefix = || AllowError::Prefix { entry: s.to_owned(), prefix: prefix.to_owned() };
-        let addr: IpAddr =
-            addr.parse().map_err(|_| AllowError::Address { entry: s.to_owned(), addr: addr.to_owned() })?;
+        let addr: IpAddr = unbracket(addr)
+            .parse()
+            .map_err(|_| AllowError::Address { entry: s.to_owned(), addr: addr.to_owned() })?;
         let prefix: u8 = prefix.parse().map_err(|_| bad_prefix())?;
-        return Net::new(addr, prefix).map(Allow::Net).ok_or_else(bad_prefix);
+        let net = Net::new(addr, prefix).ok_or_else(bad_prefix)?;
+        // Bits past the prefix are a typo for the address alone or for the network:
+        // refuse rather than guess (this also refuses any `/0` but `0.0.0.0/0`, `::/0`).
+        if net.addr != addr {
+            let exact = if addr.is_ipv4() { 32 } else { 128 };
+            return Err(AllowError::HostBits {
+                entry: s.to_owned(),
+                exact: format!("{addr}/{exact}"),
+                network: net.to_string(),
+            });
+        }
+        let net = unmap(net);
+        if net.prefix == 0 && net.addr.is_ipv4() != addr.is_ipv4() {
+            return Err(AllowError::Everything(s.to_owned()));
+        }
+        return Ok(Allow::Net(net));
     }
-    let bare = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')).unwrap_or(s);
-    if let Ok(ip) = bare.parse::<IpAddr>() {
+    if let Ok(ip) = unbracket(s).parse::<IpAddr>() {
         let prefix = if ip.is_ipv4() { 32 } else { 128 };
-        return Ok(Allow::Net(Net { addr: ip, prefix }));
+        return Ok(Allow::Net(unmap(Net { addr: ip, prefix })));
     }
     let host = normal_host(s);
     let label_ok = |l: &str| {
@@ -147,6 +201,39 @@ pub fn parse_allow(s: &str) -> Result<Allow, AllowError> {
         return Err(AllowError::Unrecognised(s.to_owned()));
     }
     Ok(Allow::Host(host))
+}
+
+/// An IPv4-mapped network (`::ffff:a.b.c.d/PREFIX`, prefix 96 or more) as the IPv4
+/// network it is: [`EgressRule::check`] compares mapped addresses as IPv4.
+fn unmap(net: Net) -> Net {
+    match net.addr {
+        IpAddr::V6(v6) if net.prefix >= 96 => match v6.to_ipv4_mapped() {
+            Some(v4) => Net { addr: IpAddr::V4(v4), prefix: net.prefix - 96 },
+            None => net,
+        },
+        _ => net,
+    }
+}
+
+/// Logs at start (INFO) what `--download-allow` opens beyond public addresses.
+pub fn log_allowed(allow: &[Allow]) {
+    if allow.is_empty() {
+        tracing::info!("downloads fetch from public addresses only (--download-allow opens more)");
+        return;
+    }
+    let opened: Vec<String> = allow.iter().map(ToString::to_string).collect();
+    tracing::info!(
+        opened = %opened.join(","),
+        "downloads may also fetch from these networks and names (--download-allow); \
+         a name never opens link-local (cloud metadata) addresses"
+    );
+    for a in allow {
+        if let Allow::Net(n) = a
+            && n.prefix == 0
+        {
+            tracing::warn!(net = %n, "--download-allow opens every address of its family, cloud metadata included");
+        }
+    }
 }
 
 /// Parses a comma-separated list of `--download-allow` entries (as `HIVE_DOWNLOAD_ALLOW`
@@ -231,6 +318,47 @@ fn denied_v6(ip: Ipv6Addr) -> Option<&'static str> {
         .map(|(_, _, why)| *why)
 }
 
+/// Whether `ip` is link-local or a cloud metadata address (`fd00:ec2::254`), in any
+/// IPv6 form that reaches one.
+fn is_metadata(ip: IpAddr) -> bool {
+    const AWS_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
+    ip == IpAddr::V6(AWS_V6) || denied_class(ip).is_some_and(|why| why.starts_with("link-local"))
+}
+
+/// The addresses of this host's interfaces, read now (getifaddrs); empty, and logged,
+/// when they cannot be read.
+pub fn own_addresses() -> Vec<IpAddr> {
+    match nix::ifaddrs::getifaddrs() {
+        Ok(found) => found
+            .filter_map(|a| {
+                let a = a.address?;
+                a.as_sockaddr_in()
+                    .map(|v4| IpAddr::V4(v4.ip()))
+                    .or_else(|| a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+            })
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list this host's addresses; downloads may reach them");
+            Vec::new()
+        }
+    }
+}
+
+/// Whether `ip` (or the IPv4 address an IPv6 form of it carries) is one of this host's.
+fn is_own_address(ip: IpAddr) -> bool {
+    let v4 = match ip {
+        IpAddr::V6(v6) => embedded_v4(v6).map(IpAddr::V4),
+        IpAddr::V4(_) => None,
+    };
+    own_addresses().into_iter().any(|own| {
+        let own = match own {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(own, IpAddr::V4),
+            v4 => v4,
+        };
+        own == ip || Some(own) == v4
+    })
+}
+
 /// Which destinations the hive may fetch from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EgressRule {
@@ -261,27 +389,44 @@ impl EgressRule {
     }
 
     /// Checks address `ip` reached for `host` (the name in the URL, or the literal).
+    ///
+    /// An allowed network opens every address inside. An allowed name opens the
+    /// addresses it resolves to, except link-local and cloud metadata ones (a name
+    /// answered by a hostile resolver must not open the metadata service). Otherwise
+    /// an address is refused when it is special ([`denied_class`]) or one of this
+    /// host's own interface addresses (read afresh for each check: they change).
     pub fn check(&self, host: &str, ip: IpAddr) -> Result<(), NotAllowed> {
         // A mapped address reaches its IPv4 address: compare that one with the nets.
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             v4 => v4,
         };
-        if self.host_allowed(host) || self.allow.iter().any(|a| matches!(a, Allow::Net(n) if n.contains(ip)))
-        {
+        if self.allow.iter().any(|a| matches!(a, Allow::Net(n) if n.contains(ip))) {
             return Ok(());
         }
-        match denied_class(ip) {
-            None => Ok(()),
-            Some(why) => Err(NotAllowed { host: host.to_owned(), why: why.to_owned() }),
+        if self.host_allowed(host) {
+            return match is_metadata(ip) {
+                true => Err(NotAllowed::new(
+                    host,
+                    format!("{ip}: link-local (cloud metadata), opened only by a CIDR"),
+                )),
+                false => Ok(()),
+            };
         }
+        if let Some(why) = denied_class(ip) {
+            return Err(NotAllowed::new(host, format!("{ip}: {why}")));
+        }
+        if is_own_address(ip) {
+            return Err(NotAllowed::new(host, format!("{ip}: an address of this host")));
+        }
+        Ok(())
     }
 
     /// Checks a URL before a request: its scheme is http or https, and an IP-literal host
     /// (which reqwest connects to without a resolver) is allowed. Names are checked by
     /// [`CheckedResolver`] when they are resolved.
     pub fn check_url(&self, url: &reqwest::Url) -> Result<(), NotAllowed> {
-        let refuse = |host: &str, why: &str| NotAllowed { host: host.to_owned(), why: why.to_owned() };
+        let refuse = |host: &str, why: &str| NotAllowed::new(&super::redact::redact_url(host), why);
         if !matches!(url.scheme(), "http" | "https") {
             return Err(refuse(url.as_str(), "only http and https are fetched"));
         }
@@ -315,7 +460,15 @@ impl reqwest::dns::Resolve for CheckedResolver {
         let rule = self.rule.clone();
         let host = name.as_str().to_owned();
         Box::pin(async move {
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            // A name that does not resolve is refused with the same text as a refused
+            // one (the cause goes to the DEBUG log): no DNS oracle.
+            let found: Vec<SocketAddr> = match tokio::net::lookup_host((host.as_str(), 0)).await {
+                Ok(found) => found.collect(),
+                Err(e) => return Err(Box::new(NotAllowed::new(&host, format!("does not resolve: {e}"))) as _),
+            };
+            if found.is_empty() {
+                return Err(Box::new(NotAllowed::new(&host, "resolves to no address")) as _);
+            }
             let mut refused = None;
             let allowed: Vec<SocketAddr> = found
                 .into_iter()
@@ -446,13 +599,70 @@ mod tests {
     #[test]
     fn allow_entries_parse() {
         assert_eq!(parse_allow("10.0.0.0/8").unwrap().to_string(), "10.0.0.0/8");
-        assert_eq!(parse_allow("10.9.8.7/8").unwrap().to_string(), "10.0.0.0/8");
         assert_eq!(parse_allow("127.0.0.1").unwrap().to_string(), "127.0.0.1/32");
         assert_eq!(parse_allow("[fd00::1]").unwrap().to_string(), "fd00::1/128");
         assert_eq!(parse_allow("Mirror.Internal.").unwrap(), Allow::Host("mirror.internal".into()));
         for bad in ["", "10.0.0.0/33", "x/8", "a b", "2852039166", "-x.y", "http://mirror"] {
             assert!(parse_allow(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn careless_cidrs_are_refused_and_mapped_entries_read_as_ipv4() {
+        let e = parse_allow("10.20.30.40/1").unwrap_err().to_string();
+        assert!(
+            e.contains("host bits set") && e.contains("10.20.30.40/32") && e.contains("0.0.0.0/1"),
+            "{e}"
+        );
+        for bad in ["169.254.169.254/0", "10.9.8.7/8", "1.2.3.4/0", "fd00::1/0", "::ffff:10.0.0.1/8"] {
+            assert!(matches!(parse_allow(bad), Err(AllowError::HostBits { .. })), "{bad}");
+        }
+        // `/0` only as written for the whole family.
+        assert_eq!(parse_allow("0.0.0.0/0").unwrap().to_string(), "0.0.0.0/0");
+        assert_eq!(parse_allow("::/0").unwrap().to_string(), "::/0");
+        assert_eq!(parse_allow("::ffff:0:0/96"), Err(AllowError::Everything("::ffff:0:0/96".into())));
+        // Mapped entries are the IPv4 addresses they carry, and match them.
+        assert_eq!(parse_allow("[::ffff:169.254.169.254]").unwrap().to_string(), "169.254.169.254/32");
+        assert_eq!(parse_allow("::ffff:10.0.0.0/104").unwrap().to_string(), "10.0.0.0/8");
+        assert_eq!(parse_allow("[::ffff:10.0.0.0]/104").unwrap().to_string(), "10.0.0.0/8");
+        let rule = EgressRule::new(vec![parse_allow("::ffff:169.254.169.254").unwrap()]);
+        assert!(rule.check("169.254.169.254", ip("169.254.169.254")).is_ok());
+        assert!(rule.check("x", ip("::ffff:169.254.169.254")).is_ok());
+    }
+
+    #[test]
+    fn an_allowed_name_never_opens_link_local_or_metadata_addresses_a_cidr_does() {
+        let rule = EgressRule::new(vec![parse_allow("mirror.lan").unwrap()]);
+        assert!(rule.check("mirror.lan", ip("10.1.2.3")).is_ok());
+        for meta in
+            ["169.254.169.254", "::ffff:169.254.169.254", "fe80::1", "fd00:ec2::254", "64:ff9b::a9fe:a9fe"]
+        {
+            assert!(rule.check("mirror.lan", ip(meta)).is_err(), "{meta}");
+        }
+        let rule = EgressRule::new(vec![
+            parse_allow("mirror.lan").unwrap(),
+            parse_allow("169.254.169.254").unwrap(),
+        ]);
+        assert!(rule.check("mirror.lan", ip("169.254.169.254")).is_ok());
+    }
+
+    #[test]
+    fn a_refusal_does_not_say_what_the_name_resolved_to() {
+        let rule = EgressRule::default();
+        let texts: Vec<String> = ["127.0.0.1", "169.254.169.254", "10.0.0.1", "fd00::1"]
+            .into_iter()
+            .map(|a| rule.check("name.test", ip(a)).unwrap_err().to_string())
+            .collect();
+        for t in &texts {
+            assert_eq!(t, &texts[0], "every refusal of a name reads the same");
+            for class in ["loopback", "link-local", "metadata", "private", "unique local", "127.", "169.254"]
+            {
+                assert!(!t.contains(class), "{t}");
+            }
+        }
+        assert!(texts[0].starts_with("destination not allowed: name.test"), "{}", texts[0]);
+        // The cause stays in the error for the DEBUG log.
+        assert!(rule.check("name.test", ip("127.0.0.1")).unwrap_err().why.contains("loopback"));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use reqwest::header::{self, HeaderMap};
 use super::download::DownloadError;
 use super::egress::EgressRule;
 use super::hf::HubConfig;
+use super::redact::redact_url;
 
 /// A connection attempt longer than this fails (and is retried).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -74,10 +75,10 @@ impl Fetcher {
         headers: &HeaderMap,
         hub: &HubConfig,
     ) -> Result<reqwest::Response, DownloadError> {
-        let mut at =
-            reqwest::Url::parse(url).map_err(|e| DownloadError::Resolve(format!("{url}: not a URL: {e}")))?;
+        let mut at = reqwest::Url::parse(url)
+            .map_err(|e| DownloadError::Resolve(format!("{}: not a URL: {e}", redact_url(url))))?;
         for _ in 0..=MAX_REDIRECTS {
-            let hop = shown(at.as_str());
+            let hop = shown(&redact_url(at.as_str()));
             self.rule
                 .check_url(&at)
                 .map_err(|source| DownloadError::NotAllowed { url: hop.clone(), source })?;
@@ -89,9 +90,9 @@ impl Fetcher {
             let Some(location) = text(response.headers(), header::LOCATION) else { return Ok(response) };
             at = at.join(&location).map_err(|e| DownloadError::Network {
                 url: hop.clone(),
-                reason: format!("a redirect to {:?} that is not a URL: {e}", shown(&location)),
+                reason: format!("a redirect to {:?} that is not a URL: {e}", shown(&redact_url(&location))),
             })?;
-            tracing::debug!(from = %hop, to = %at, "following a redirect");
+            tracing::debug!(from = %hop, to = %redact_url(at.as_str()), "following a redirect");
         }
         Err(DownloadError::Network {
             url: url.to_owned(),

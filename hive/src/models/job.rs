@@ -134,7 +134,7 @@ async fn download(
             };
             record.resolved = Some(files.clone());
             let path = partial.join(layout::FETCH_RECORD);
-            manifest::write(&path, &record)
+            manifest::write_private(&path, &record)
                 .map_err(|source| DownloadError::Io { path: path.display().to_string(), source })?;
             files
         }
@@ -185,7 +185,7 @@ async fn download(
     }
     progress.lock_unpoisoned().set_phase(DownloadPhase::Verifying);
     let id = record.id.clone();
-    let source = record.source.to_string();
+    let source = super::redact::redact_source(&record.source);
     let dir = inner.config.dir.clone();
     tokio::task::spawn_blocking(move || commit(&dir, &id, source, done))
         .await

@@ -58,13 +58,29 @@ pub type FileList = Vec<(String, u64)>;
 /// Writes `bytes` to `path` atomically: a temporary file, fsync, rename, fsync of the
 /// directory. A crash leaves the old file or the new one, never a torn one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic_mode(path, bytes, 0o666)
+}
+
+/// [`write_atomic`] for a file only the hive's user may read (mode 0600): records that
+/// hold a download's whole URL, credentials included.
+pub fn write_atomic_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic_mode(path, bytes, 0o600)
+}
+
+fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp",
         path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
     ));
+    // A leftover temporary file keeps its mode on open: start from a new one.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
     }
@@ -108,6 +124,48 @@ pub fn list_files(dir: &Path) -> std::io::Result<FileList> {
     }
     out.sort();
     Ok(out)
+}
+
+/// Most bytes of a server's or a caller's name quoted in an error.
+const SHOWN_NAME_BYTES: usize = 128;
+
+/// A name as an error quotes it: debug-quoted, cut to [`SHOWN_NAME_BYTES`] (a Hub
+/// listing's names are the server's text, checked or not).
+pub fn shown_name(name: &str) -> String {
+    if name.len() <= SHOWN_NAME_BYTES {
+        return format!("{name:?}");
+    }
+    let mut end = SHOWN_NAME_BYTES;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}... ({} bytes)", &name[..end], name.len())
+}
+
+/// Checks that a model's file paths can all be written: none appears twice, and no
+/// file is also the directory of another (`x` next to `x/y`). The error names the
+/// entry. Hub listings and URL lists both go through it before anything is fetched.
+pub fn check_file_set<'a>(paths: impl Iterator<Item = &'a str> + Clone) -> Result<(), String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for path in paths.clone() {
+        if !seen.insert(path) {
+            return Err(format!("file {} appears twice", shown_name(path)));
+        }
+    }
+    for path in paths {
+        let mut dir = path;
+        while let Some((parent, _)) = dir.rsplit_once('/') {
+            if seen.contains(parent) {
+                return Err(format!(
+                    "file {} is also the directory of file {}",
+                    shown_name(parent),
+                    shown_name(path)
+                ));
+            }
+            dir = parent;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

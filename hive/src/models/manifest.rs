@@ -71,3 +71,10 @@ pub fn write<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
     let bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
     layout::write_atomic(path, &bytes)
 }
+
+/// Writes a JSON record atomically, readable by the hive's user only (0600): for
+/// records that keep a download's whole URL (the fetch record, a part's sidecar).
+pub fn write_private<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
+    layout::write_atomic_private(path, &bytes)
+}

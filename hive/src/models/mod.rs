@@ -23,6 +23,7 @@ pub mod job;
 pub mod layout;
 pub mod manifest;
 pub mod progress;
+pub mod redact;
 pub mod residency;
 pub mod sink;
 pub mod source;
@@ -334,6 +335,10 @@ impl Models {
         if self.inner.shutdown.is_cancelled() {
             return Err(HiveError::ShuttingDown);
         }
+        if let ModelSource::Urls(files) = &source {
+            layout::check_file_set(files.iter().map(|f| f.path.as_str()))
+                .map_err(|e| rbee_shared::ConvertError::new("source.urls.files", e))?;
+        }
         let mut jobs = self.inner.jobs.lock_unpoisoned();
         if let Some(job) = jobs.get(id) {
             if let Some(why) = conflict::disagreement(&source, &job.files) {
@@ -396,7 +401,7 @@ impl Models {
         let io = |source| HiveError::ModelIo { path: partial.clone(), source };
         layout::remove_tree(&partial).map_err(io)?;
         std::fs::create_dir_all(&partial).map_err(io)?;
-        manifest::write(&partial.join(layout::FETCH_RECORD), &record).map_err(io)?;
+        manifest::write_private(&partial.join(layout::FETCH_RECORD), &record).map_err(io)?;
         self.inner.finished.lock_unpoisoned().remove(id);
         self.spawn_job(&mut jobs, record, caller);
         Ok(FetchOutcome::Started)
