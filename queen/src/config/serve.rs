@@ -197,8 +197,12 @@ impl ServeArgs {
         let local_allow = match std::env::var("HIVE_DOWNLOAD_ALLOW") {
             Ok(list) => rbee_hive::models::egress::parse_allow_list(&list)
                 .map_err(|e| QueenError::Config(format!("HIVE_DOWNLOAD_ALLOW: {e}")))?,
-            Err(_) => Vec::new(),
+            Err(std::env::VarError::NotPresent) => Vec::new(),
+            Err(e) => return Err(QueenError::Config(format!("HIVE_DOWNLOAD_ALLOW: {e}"))),
         };
+        if self.local_hive || file.local_hive.unwrap_or(false) {
+            rbee_hive::models::egress::log_allowed(&local_allow);
+        }
         let local_hive = (self.local_hive || file.local_hive.unwrap_or(false)).then(|| {
             let gpu = if self.local_hive_demo {
                 let scenario = rbee_hive::source::simulated::Scenario::parse(
