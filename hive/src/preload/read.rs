@@ -120,14 +120,23 @@ pub fn read_all(job: &ReadJob<'_>) -> Result<(), Stopped> {
 /// subdirectory would lead outside the model), `..` may not climb out of `dir`, and the
 /// open never blocks (a FIFO with no writer); the result is then checked with `fstat`.
 /// Anything else is an error that names what the path is. `dir` itself is opened as
-/// given (the operator chose it).
+/// given up to its last component (the operator chose the models directory), which
+/// must not be a symlink.
 ///
 /// Uses `openat2(2)` with `RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH`; on kernels without it
 /// (`ENOSYS`, before 5.6) walks `rel` one component at a time with `O_NOFOLLOW`.
 pub fn open_beneath(dir: &Path, rel: impl AsRef<Path>) -> io::Result<File> {
     use rustix::fs::{Mode, OFlags, ResolveFlags};
     let rel = rel.as_ref();
-    let dirfd = rustix::fs::open(dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+    // The model directory itself is never a symlink either (the catalog lists none).
+    let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let dirfd = rustix::fs::open(dir, dir_flags, Mode::empty()).map_err(|e| match e {
+        rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the model directory is a symbolic link or not a directory; only files beneath a real one are preloaded",
+        ),
+        e => io::Error::from(e),
+    })?;
     let resolve = ResolveFlags::NO_SYMLINKS | ResolveFlags::BENEATH;
     let fd = match rustix::fs::openat2(&dirfd, rel, file_flags(), Mode::empty(), resolve) {
         Err(rustix::io::Errno::NOSYS) => open_walking(&dirfd, rel)?,
@@ -289,6 +298,11 @@ mod tests {
         assert!(open_walking(&dirfd, Path::new("../w.bin")).is_err());
         assert!(open_walking(&dirfd, Path::new("/etc/passwd")).is_err());
         std::os::unix::fs::symlink(outside.path().join("w.bin"), model.join("real/link")).unwrap();
+        // A model directory swapped for a symlink is refused as well.
+        let linked = root.path().join("linked");
+        std::os::unix::fs::symlink(&model, &linked).unwrap();
+        let e = open_beneath(&linked, "real/w.bin").unwrap_err();
+        assert!(e.to_string().contains("the model directory is a symbolic link"), "{e}");
         assert!(open_walking(&dirfd, Path::new("real/link")).is_err());
     }
 }
