@@ -51,11 +51,33 @@ pub fn default_advertise(local: SocketAddr, tls: bool) -> String {
     }
 }
 
+/// The epoch id of a process start at `now`: a time-ordered UUIDv7, or a random UUIDv4 when
+/// the clock reads before 1970 (UUIDv7 cannot encode it and `Uuid::now_v7` panics there), so a
+/// hive with a bad clock still starts; the bad clock is logged, and the queen degrades the
+/// implausible `started_at_unix_ms` it reports.
+pub fn epoch_id(now: std::time::SystemTime) -> String {
+    match now.duration_since(std::time::UNIX_EPOCH) {
+        Ok(since) => uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            since.as_secs(),
+            since.subsec_nanos(),
+        ))
+        .to_string(),
+        Err(before) => {
+            tracing::warn!(
+                seconds_before_1970 = before.duration().as_secs(),
+                "the system clock reads before 1970; using a random epoch id"
+            );
+            uuid::Uuid::new_v4().to_string()
+        }
+    }
+}
+
 /// Builds the identity reported by Discover for this process start.
 pub fn identity(config: &HiveConfig, local: SocketAddr, telemetry: &Telemetry) -> HiveIdentity {
     HiveIdentity {
         hive_id: config.hive_id.clone(),
-        epoch: uuid::Uuid::now_v7().to_string(),
+        epoch: epoch_id(std::time::SystemTime::now()),
         hostname: rbee_shared::hostname::local_hostname(),
         advertised_address: config
             .advertise
@@ -282,5 +304,31 @@ async fn follow_catalog(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use super::epoch_id;
+
+    #[test]
+    fn epoch_id_is_v7_after_1970() {
+        let id = uuid::Uuid::parse_str(&epoch_id(UNIX_EPOCH + Duration::from_secs(1_700_000_000))).unwrap();
+        assert_eq!(id.get_version_num(), 7);
+        let (secs, _) = id.get_timestamp().unwrap().to_unix();
+        assert_eq!(secs, 1_700_000_000);
+    }
+
+    #[test]
+    fn epoch_id_survives_a_clock_before_1970() {
+        let before = UNIX_EPOCH - Duration::from_secs(10 * 365 * 86_400);
+        let a = uuid::Uuid::parse_str(&epoch_id(before)).unwrap();
+        let b = uuid::Uuid::parse_str(&epoch_id(before)).unwrap();
+        assert_eq!(a.get_version_num(), 4);
+        assert_ne!(a, b, "each start gets its own epoch");
+        // The far future still gives an id.
+        epoch_id(SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_740));
     }
 }

@@ -109,6 +109,58 @@ async fn idle_connections_cannot_starve_a_scrape_and_are_closed() {
     hive.stop().await.unwrap();
 }
 
+/// Hostile round 3, F6: a connect flood (connections that never send a byte) from
+/// 127.0.0.2 must not close a scraper's connection from 127.0.0.1 that waits 0.5 s
+/// between connect and request. Before the fix each new connection closed the oldest
+/// idle one, the scraper's included: 6 of 10 such scrapes failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_flood_from_one_peer_does_not_close_a_slow_scrapers_connection() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (hive, addr) = hive_with_metrics(MetricsAccess::default()).await;
+    let _ = hive.client().await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let flood = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut held = std::collections::VecDeque::new();
+            let mut opened = 0u64;
+            while !stop.is_cancelled() {
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+                if let Ok(s) = socket.connect(addr).await {
+                    held.push_back(s);
+                    opened += 1;
+                }
+                if held.len() > 64 {
+                    held.pop_front();
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            opened
+        }
+    });
+    let mut answered = 0;
+    for _ in 0..10 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // A slow scraper: the flood goes on meanwhile.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let request = "GET /metrics HTTP/1.1\r\nhost: hive\r\nconnection: close\r\n\r\n";
+        let mut reply = Vec::new();
+        let ok = s.write_all(request.as_bytes()).await.is_ok()
+            && tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut reply))
+                .await
+                .is_ok_and(|r| r.is_ok());
+        if ok && reply.starts_with(b"HTTP/1.1 200") {
+            answered += 1;
+        }
+    }
+    stop.cancel();
+    let opened = flood.await.unwrap();
+    assert!(opened > 64, "the flood ran: {opened} connections");
+    assert_eq!(answered, 10, "scrapes answered during the flood");
+    hive.stop().await.unwrap();
+}
+
 fn serve_args(extra: &[&str]) -> Box<rbee_hive::config::ServeArgs> {
     let dir = tempfile::tempdir().unwrap().keep();
     let state = dir.to_str().unwrap().to_owned();

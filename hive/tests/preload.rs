@@ -258,6 +258,112 @@ async fn a_model_file_that_grew_is_read_only_up_to_its_catalog_size() {
     hive.stop().await.unwrap();
 }
 
+/// Hostile round 3, F3: a warm model that changes is no longer kept warm, so the
+/// residency loop never reads it back in past `--ram-cache-budget`: (a) a hand-placed
+/// model that grows, (b) one deleted by DeleteModel and placed again, bigger. The old
+/// loop kept both warm at their old size and re-read them whole. A model that was only
+/// reclaimed by the kernel is still read again.
+#[tokio::test]
+async fn a_warm_model_that_is_deleted_or_grows_is_never_rewarmed_past_the_budget() {
+    let dir = tmp();
+    let budget = SMALL as u64 + SMALL as u64 / 2;
+    // (a) hand-placed: files without a manifest, verified by the hive.
+    let gr = dir.path().join("gr");
+    std::fs::create_dir_all(&gr).unwrap();
+    std::fs::write(gr.join("w.bin"), vec![7u8; 1 << 20]).unwrap();
+    ready_model(dir.path(), "dm", &[("w.bin", SMALL)]);
+    ready_model(dir.path(), "keep", &[("w.bin", 1 << 20)]);
+    let mut c = config(dir.path());
+    c.preload.budget = Some(budget);
+    let hive = TestHive::start_with(c).await;
+    let mut client = hive.client().await;
+    for id in ["gr", "dm", "keep"] {
+        model_until(&mut client, id, |m| {
+            m.state == pb::ModelState::Ready as i32 && m.resident_bytes.is_some()
+        })
+        .await;
+        let r = client.preload_model(preload(id, true)).await.unwrap().into_inner();
+        assert!(r.resident_bytes as f64 >= 0.95 * r.size_bytes as f64, "{id}: {r:?}");
+        model_until(&mut client, id, |m| m.warm && share(m) >= 0.95).await;
+    }
+
+    // (b) DeleteModel, then the same id again at twice the budget's size.
+    client.delete_model(pb::DeleteModelRequest { model_id: "dm".into() }).await.unwrap();
+    let dm = ready_model(dir.path(), "dm", &[("w.bin", 2 * SMALL)]);
+    // (a) the hand-placed model grows past the budget; its pages are dropped.
+    let mut f = std::fs::OpenOptions::new().append(true).open(gr.join("w.bin")).unwrap();
+    std::io::Write::write_all(&mut f, &vec![9u8; 2 * SMALL]).unwrap();
+    f.sync_all().unwrap();
+    rbee_pagecache::evict(&f).unwrap();
+    drop(f);
+    let sizes =
+        [("dm", dm.join("w.bin"), 2 * SMALL as u64), ("gr", gr.join("w.bin"), 2 * SMALL as u64 + (1 << 20))];
+    for (id, _, size) in &sizes {
+        let m = model_until(&mut client, id, |m| {
+            m.state == pb::ModelState::Ready as i32 && m.size_bytes == *size && m.resident_bytes.is_some()
+        })
+        .await;
+        assert!(!m.warm, "{id} changed: no longer warm: {m:?}");
+    }
+    // Their pages go (hashing the new files read them); once the hive has measured
+    // them cold, the kernel reclaims the unchanged model too: the residency loop reads
+    // that one again, and only that one.
+    let drop_pages = |path: &Path| rbee_pagecache::evict(&std::fs::File::open(path).unwrap()).unwrap();
+    for (_, file, _) in &sizes {
+        drop_pages(file);
+    }
+    for (id, _, _) in &sizes {
+        model_until(&mut client, id, |m| m.resident_bytes.is_some_and(|r| r <= 1 << 20)).await;
+    }
+    let keep = std::fs::File::open(dir.path().join("keep/w.bin")).unwrap();
+    rbee_pagecache::evict(&keep).unwrap();
+    let deadline = tokio::time::Instant::now() + RESIDENCY_DEADLINE;
+    while rbee_pagecache::resident_bytes(&keep).unwrap().0 < 1 << 20 {
+        assert!(tokio::time::Instant::now() < deadline, "the reclaimed warm model was never read again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (id, file, _) in &sizes {
+        let m = model_until(&mut client, id, |m| m.resident_bytes.is_some()).await;
+        assert!(!m.warm && m.resident_bytes.unwrap() <= 1 << 20, "{id} re-warmed: {m:?}");
+        let (resident, _) = rbee_pagecache::resident_bytes(&std::fs::File::open(file).unwrap()).unwrap();
+        assert!(resident <= budget, "{id}: {resident} bytes resident over a budget of {budget}");
+        // Preloading it again is admitted at its size now: over the whole budget.
+        let e = client.preload_model(preload(id, true)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{id}: {e:?}");
+        assert!(e.message().contains("more than the whole --ram-cache-budget"), "{e:?}");
+    }
+    hive.stop().await.unwrap();
+}
+
+/// Hostile round 3, F7: a model's subdirectory swapped for a symlink to a directory
+/// outside the model: the preload fails naming the file, and the outside file is never
+/// read (O_NOFOLLOW on the last component alone let the old preload read it).
+#[tokio::test]
+async fn a_preload_never_follows_a_symlinked_directory_out_of_the_model() {
+    let dir = tmp();
+    std::fs::create_dir_all(dir.path().join("sym/sub")).unwrap();
+    let model = ready_model(dir.path(), "sym", &[("sub/w.bin", SMALL)]);
+    let outside = tmp();
+    std::fs::create_dir_all(outside.path().join("sub")).unwrap();
+    let secret = outside.path().join("sub/w.bin");
+    std::fs::write(&secret, vec![1u8; SMALL]).unwrap();
+    let f = std::fs::File::open(&secret).unwrap();
+    f.sync_all().unwrap();
+    rbee_pagecache::evict(&f).unwrap();
+    let hive = TestHive::start_with(config(dir.path())).await;
+    let mut client = hive.client().await;
+    model_until(&mut client, "sym", |m| m.resident_bytes.is_some()).await;
+    std::fs::remove_dir_all(model.join("sub")).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("sub"), model.join("sub")).unwrap();
+
+    let e = client.preload_model(preload("sym", true)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Aborted, "{e:?}");
+    assert!(e.message().contains("symbolic link") && e.message().contains("w.bin"), "{e:?}");
+    let (resident, _) = rbee_pagecache::resident_bytes(&f).unwrap();
+    assert!(resident <= 1 << 20, "the outside file was read: {resident} bytes resident");
+    hive.stop().await.unwrap();
+}
+
 /// The built `hive` binary on `models`; killed when dropped.
 struct HiveBinary {
     child: std::process::Child,

@@ -355,3 +355,65 @@ async fn a_worker_tag_still_settles_its_reservation_after_a_queen_restart() {
     queen.stop().await;
     hive.stop().await.unwrap();
 }
+
+/// Hostile round 3, F4: the victim places 20 GiB on an 80 GiB GPU; before its worker
+/// starts, an attacker starts an untagged 20 GiB process, which settles the reservation
+/// by size, and exits. The old queen left it settled: a 61 GiB Place was admitted, and
+/// the victim's worker then loaded 20 GiB: 81 GiB promised on 80. Now the settlement is
+/// undone once the process that made it is gone: 60 GiB free, the 61 GiB Place refused.
+#[tokio::test]
+async fn a_settlement_by_a_process_that_exits_is_undone() {
+    let dir = tempfile::tempdir().unwrap();
+    let attacker_pid = dir.path().join("attacker.pid");
+    let scenario = format!(
+        "step_s = 0.1\n[[gpu]]\nid = \"GPU-0\"\nvram_total = \"80GiB\"\nutil_percent = [10]\n\
+         [[gpu.process]]\npid_file = {attacker_pid:?}\nused = [\"20GiB\"]\n",
+    );
+    let hive = TestHive::start_named("short-lived", &scenario).await;
+    let settings = SchedulerSettings { maintain_every: Duration::from_millis(100), ..Default::default() };
+    let (queen, mut client) = queen_with(vec![hive.url()], settings).await;
+    let mut fleet = queen.client().await;
+
+    let victim = placement(client.place(gpu_request(20 * GIB)).await.unwrap().into_inner());
+    assert_eq!(victim.free_after_bytes, 60 * GIB);
+    let attacker = sleeper(None);
+    write_pid_file(&attacker_pid, attacker.pid());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while states(&mut client).await != vec![(victim.reservation_id.clone(), pb::ReservationState::Settled)] {
+        assert!(Instant::now() < deadline, "the attacker's process never settled the reservation");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The attacker exits.
+    std::fs::remove_file(&attacker_pid).unwrap();
+    let gone = attacker.pid();
+    drop(attacker);
+    wait_for(&mut fleet, "the attacker gone from the process list", |hs| {
+        hs.iter().filter_map(gpu_processes).all(|p| p.listed.iter().all(|p| p.pid != gone))
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while states(&mut client).await != vec![(victim.reservation_id.clone(), pb::ReservationState::Active)] {
+        assert!(Instant::now() < deadline, "the settlement was never undone");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let over = client.place(gpu_request(61 * GIB)).await.unwrap().into_inner();
+    assert!(
+        matches!(over.result, Some(pb::place_response::Result::Rejection(_))),
+        "a 61 GiB Place over-commits the GPU by 1 GiB: {over:?}"
+    );
+    let dry = pb::PlaceRequest { dry_run: true, ..gpu_request(GIB) };
+    assert_eq!(placement(client.place(dry).await.unwrap().into_inner()).free_after_bytes, 59 * GIB);
+
+    // The victim's worker loads, carrying its token: settled again, by its own worker.
+    let worker = sleeper(Some(&victim.reservation_token));
+    write_pid_file(&attacker_pid, worker.pid());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while states(&mut client).await != vec![(victim.reservation_id.clone(), pb::ReservationState::Settled)] {
+        assert!(Instant::now() < deadline, "the victim's worker never settled its reservation");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(worker);
+    queen.stop().await;
+    hive.stop().await.unwrap();
+}

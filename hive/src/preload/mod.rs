@@ -14,7 +14,13 @@
 //!   preload backs off, and gives up (dropping what it read) if pressure stays high.
 //! - Residency ([`residency`]) is measured every `--residency-interval` and after every
 //!   preload or evict, and published into the catalog behind a deadband. A warm model
-//!   the kernel has reclaimed below 90% is read again.
+//!   the kernel has reclaimed below 90% is read again, through the same admission as a
+//!   preload (the budget, `MemAvailable`, pressure) at the model's size now.
+//! - A warm model is kept warm only while it is the model that was preloaded: on every
+//!   catalog change, one deleted (DeleteModel), no longer ready (fetched again) or whose
+//!   size changed (a hand-placed model that grew) stops being warm, and a preload of it
+//!   in flight is cancelled; it is warm again only by a new PreloadModel, which is
+//!   admitted at its new size.
 //! - [`bandwidth`]: the disk and RAM read speeds measured from preloads.
 //! - [`budget`]: which warm models make room for a preload, and when none can.
 
@@ -37,6 +43,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::HiveError;
+use crate::models::catalog::ModelMap;
 use crate::models::progress::Progress;
 use crate::models::{FINISHED_RETENTION, Models, layout};
 use bandwidth::Bandwidth;
@@ -215,9 +222,10 @@ impl Preloader {
             _ => HiveError::ModelIo { path: dir.clone(), source },
         })?;
         self.admit(id, size.saturating_sub(resident))?;
-        let (evicted, launch) = match self.admit_budget(id, size)? {
+        let (evicted, launch) = match self.admit_budget(id, size, true)? {
             Admitted::Joined(done) => return join(done, wait, &entry).await,
             Admitted::Start { victims, launch } => (victims, launch),
+            Admitted::NotWarm => unreachable!("a preload (touch) is always admitted warm"),
         };
         self.drop_victims(id, &evicted).await;
         self.publish_warm(id);
@@ -288,13 +296,19 @@ impl Preloader {
 
     /// Admits `id` (`size` bytes) into the budget, in one step under the lock: joins a
     /// preload of it that started meanwhile, or picks the least recently used idle warm
-    /// models to evict (see [`plan_room`]), marks `id` warm (used now) and registers its
-    /// job, so that the next admission counts it as in flight. Refuses when the
-    /// preloads in flight leave no room.
-    fn admit_budget(&self, id: &str, size: u64) -> Result<Admitted, HiveError> {
+    /// models to evict (see [`plan_room`]), marks `id` warm and registers its job, so
+    /// that the next admission counts it as in flight. Refuses when the preloads in
+    /// flight leave no room. `touch`: a PreloadModel, which marks `id` used now; else a
+    /// re-warm, which keeps its last use and only goes ahead while `id` is still warm at
+    /// `size` (it may have been evicted or changed since it was picked).
+    fn admit_budget(&self, id: &str, size: u64, touch: bool) -> Result<Admitted, HiveError> {
         let mut st = self.inner.state.lock_unpoisoned();
         if let Some(job) = st.jobs.get(id) {
             return Ok(Admitted::Joined(job.done.clone()));
+        }
+        let last_use = st.warm.get(id).filter(|w| w.0 == size).map(|w| w.1);
+        if !touch && last_use.is_none() {
+            return Ok(Admitted::NotWarm);
         }
         let victims = match self.inner.config.budget {
             None => Vec::new(),
@@ -311,7 +325,8 @@ impl Preloader {
         }
         st.clock += 1;
         let now = st.clock;
-        st.warm.insert(id.to_owned(), (size, now));
+        let used = if touch { now } else { last_use.unwrap_or(now) };
+        st.warm.insert(id.to_owned(), (size, used));
         let Some(launch) = self.register(&mut st, id, size) else {
             unreachable!("no job for {id}: checked under this lock")
         };
@@ -475,37 +490,92 @@ impl Preloader {
         Some(resident)
     }
 
+    /// Stops keeping warm every model that is no longer the one preloaded: gone from
+    /// `catalog` (deleted), not ready (being fetched again) or of another size (a file
+    /// grew or shrank). Its preload in flight, if any, is cancelled. Such a model is warm
+    /// again only by a new PreloadModel, admitted into the budget at its size now.
+    fn forget_changed(&self, catalog: &ModelMap) {
+        let mut forgotten = Vec::new();
+        {
+            let mut st = self.inner.state.lock_unpoisoned();
+            st.warm.retain(|id, (size, _)| {
+                let same =
+                    catalog.get(id).is_some_and(|e| e.state == ModelState::Ready && e.size_bytes == *size);
+                if !same {
+                    forgotten.push(id.clone());
+                }
+                same
+            });
+            for id in &forgotten {
+                if let Some(job) = st.jobs.get(id) {
+                    job.cancel.cancel();
+                }
+            }
+        }
+        for id in forgotten {
+            let now = catalog.get(&id).map(|e| (e.state.as_str(), e.size_bytes));
+            tracing::info!(model = %id, now = ?now, "warm model deleted or changed; no longer kept warm");
+            if catalog.contains_key(&id) {
+                self.inner.models.update_residency(&id, None, false, false);
+            }
+        }
+    }
+
+    /// Reads a warm model the kernel reclaimed again, admitted like a preload: refused
+    /// over the whole budget (then no longer warm), over `MemAvailable` or under
+    /// pressure, and making room in the budget from the least recently used idle models.
+    async fn rewarm(&self, id: &str, entry: &ModelEntry, resident: u64) -> Result<(), HiveError> {
+        let size = entry.size_bytes;
+        if let Some(budget) = self.inner.config.budget
+            && size > budget
+        {
+            self.inner.state.lock_unpoisoned().warm.remove(id);
+            self.publish_warm(id);
+            return Err(HiveError::OverBudget { model: id.to_owned(), size, budget });
+        }
+        self.admit(id, size.saturating_sub(resident))?;
+        let (victims, launch) = match self.admit_budget(id, size, false)? {
+            Admitted::Start { victims, launch } => (victims, launch),
+            Admitted::Joined(_) | Admitted::NotWarm => return Ok(()),
+        };
+        tracing::info!(model = %id, resident, "warm model reclaimed by the kernel; reading it again");
+        self.drop_victims(id, &victims).await;
+        let dir = layout::model_dir(self.inner.models.dir(), id);
+        drop(self.launch(launch, dir, entry.files.clone()));
+        Ok(())
+    }
+
     async fn residency_loop(self) {
         let mut ticker = tokio::time::interval(self.inner.config.residency_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut changes = self.inner.models.watch();
+        let mut watching = true;
         loop {
             tokio::select! {
                 () = self.inner.shutdown.cancelled() => return,
+                changed = changes.changed(), if watching => {
+                    match changed {
+                        Ok(()) => {
+                            let catalog = changes.borrow_and_update().clone();
+                            self.forget_changed(&catalog);
+                        }
+                        Err(_) => watching = false,
+                    }
+                    continue;
+                }
                 _ = ticker.tick() => {}
             }
             let catalog = self.inner.models.catalog();
+            self.forget_changed(&catalog);
             for (id, entry) in catalog.iter() {
                 let Some(resident) = self.measure_one(id, false).await else { continue };
                 let running = self.inner.state.lock_unpoisoned().jobs.contains_key(id);
-                if self.is_warm(id) && !running && (resident as f64) < REWARM_BELOW * entry.size_bytes as f64
+                if self.is_warm(id)
+                    && !running
+                    && (resident as f64) < REWARM_BELOW * entry.size_bytes as f64
+                    && let Err(e) = self.rewarm(id, entry, resident).await
                 {
-                    tracing::info!(model = %id, resident, "warm model reclaimed by the kernel; reading it again");
-                    let this = self.clone();
-                    let id = id.clone();
-                    let dir = layout::model_dir(self.inner.models.dir(), &id);
-                    let needed = entry.size_bytes.saturating_sub(resident);
-                    match this.admit(&id, needed) {
-                        Ok(()) => {
-                            let launch = {
-                                let mut st = this.inner.state.lock_unpoisoned();
-                                this.register(&mut st, &id, entry.size_bytes)
-                            };
-                            if let Some(launch) = launch {
-                                drop(this.launch(launch, dir, entry.files.clone()));
-                            }
-                        }
-                        Err(e) => tracing::info!(model = %id, error = %e, "not re-warmed"),
-                    }
+                    tracing::info!(model = %id, error = %e, "not re-warmed");
                 }
             }
         }
@@ -535,6 +605,8 @@ enum Admitted {
         /// The registered job.
         launch: Launch,
     },
+    /// A re-warm of a model no longer warm (or no longer of that size): nothing to do.
+    NotWarm,
 }
 
 /// The outcome of joining a running preload of `entry`.

@@ -3,9 +3,9 @@
 //! and timing reads to learn the hive's disk and RAM read speeds. Blocking; run it on
 //! a blocking thread.
 //!
-//! Only regular files are read ([`open_regular`]), and never more than the catalog's
-//! size for each: a model file swapped for a FIFO, a device (`/dev/zero`) or a symlink
-//! fails the preload at once instead of blocking a thread or reading forever.
+//! Only regular files beneath the model directory are read ([`open_beneath`]), and never more than the catalog's
+//! size for each: a model file swapped for a FIFO, a device (`/dev/zero`), a symlink or a
+//! path through a symlinked directory fails the preload at once instead of blocking a thread or reading forever.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -79,7 +79,7 @@ pub fn read_all(job: &ReadJob<'_>) -> Result<(), Stopped> {
     for f in job.files {
         let path = job.dir.join(&f.path);
         let io = |source| Stopped::Io { path: path.clone(), source };
-        let file = open_regular(&path).map_err(io)?;
+        let file = open_beneath(job.dir, &f.path).map_err(io)?;
         // Never more than the catalog says, even if the file grew since.
         let len = file.metadata().map_err(io)?.len().min(f.size_bytes);
         let before = rbee_pagecache::resident_bytes(&file).map_err(io)?.0;
@@ -115,16 +115,89 @@ pub fn read_all(job: &ReadJob<'_>) -> Result<(), Stopped> {
     Ok(())
 }
 
-/// Opens `path` for reading only if it is a regular file: without following a
-/// symlink and without blocking (a FIFO with no writer), then checked with `fstat`.
-/// Anything else is an error that names what the path is.
-pub fn open_regular(path: &Path) -> io::Result<File> {
-    use rustix::fs::{Mode, OFlags};
-    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-    let fd = rustix::fs::open(path, flags, Mode::empty()).map_err(|e| {
-        if e == rustix::io::Errno::LOOP { not_regular("a symbolic link") } else { io::Error::from(e) }
+/// Opens the model file `rel` beneath the model directory `dir` for reading, only if it
+/// is a regular file: no component of `rel` may be a symbolic link (a symlinked
+/// subdirectory would lead outside the model), `..` may not climb out of `dir`, and the
+/// open never blocks (a FIFO with no writer); the result is then checked with `fstat`.
+/// Anything else is an error that names what the path is. `dir` itself is opened as
+/// given up to its last component (the operator chose the models directory), which
+/// must not be a symlink.
+///
+/// Uses `openat2(2)` with `RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH`; on kernels without it
+/// (`ENOSYS`, before 5.6) walks `rel` one component at a time with `O_NOFOLLOW`.
+pub fn open_beneath(dir: &Path, rel: impl AsRef<Path>) -> io::Result<File> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let rel = rel.as_ref();
+    // The model directory itself is never a symlink either (the catalog lists none).
+    let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let dirfd = rustix::fs::open(dir, dir_flags, Mode::empty()).map_err(|e| match e {
+        rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the model directory is a symbolic link or not a directory; only files beneath a real one are preloaded",
+        ),
+        e => io::Error::from(e),
     })?;
-    let file = File::from(fd);
+    let resolve = ResolveFlags::NO_SYMLINKS | ResolveFlags::BENEATH;
+    let fd = match rustix::fs::openat2(&dirfd, rel, file_flags(), Mode::empty(), resolve) {
+        Err(rustix::io::Errno::NOSYS) => open_walking(&dirfd, rel)?,
+        other => other.map_err(resolve_error)?,
+    };
+    check_regular(File::from(fd))
+}
+
+/// The flags every model file is opened with.
+fn file_flags() -> rustix::fs::OFlags {
+    use rustix::fs::OFlags;
+    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC
+}
+
+/// The fallback of [`open_beneath`]: each directory component opened with
+/// `O_NOFOLLOW | O_DIRECTORY`, the file with `O_NOFOLLOW`; `..`, `/` and `.` are refused.
+fn open_walking(dirfd: &rustix::fd::OwnedFd, rel: &Path) -> io::Result<rustix::fd::OwnedFd> {
+    use std::path::Component;
+
+    use rustix::fs::{Mode, OFlags};
+    let parts: Vec<_> = rel
+        .components()
+        .map(|c| match c {
+            Component::Normal(name) => Ok(name),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the path leaves the model directory, only plain names are allowed",
+            )),
+        })
+        .collect::<io::Result<_>>()?;
+    let Some((last, dirs)) = parts.split_last() else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "an empty path"));
+    };
+    let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut at: Option<rustix::fd::OwnedFd> = None;
+    for name in dirs {
+        let next = rustix::fs::openat(at.as_ref().unwrap_or(dirfd), *name, dir_flags, Mode::empty())
+            .map_err(|e| match e {
+                // O_NOFOLLOW | O_DIRECTORY on a symlink gives ELOOP or ENOTDIR.
+                rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => {
+                    not_regular("a path through a symbolic link or non-directory")
+                }
+                e => io::Error::from(e),
+            })?;
+        at = Some(next);
+    }
+    rustix::fs::openat(at.as_ref().unwrap_or(dirfd), *last, file_flags(), Mode::empty())
+        .map_err(resolve_error)
+}
+
+/// An `openat2`/`openat` error with the symlink and escape cases named.
+fn resolve_error(e: rustix::io::Errno) -> io::Error {
+    match e {
+        rustix::io::Errno::LOOP => not_regular("a symbolic link"),
+        rustix::io::Errno::XDEV => not_regular("a path that leaves the model directory"),
+        e => io::Error::from(e),
+    }
+}
+
+/// `file` if it is a regular file, else an error naming what it is.
+fn check_regular(file: File) -> io::Result<File> {
     let kind = file.metadata()?.file_type();
     if kind.is_file() {
         return Ok(file);
@@ -180,23 +253,56 @@ mod tests {
     #[test]
     fn only_regular_files_open_and_nothing_blocks() {
         let dir = tempfile::tempdir().unwrap();
-        let regular = dir.path().join("w.bin");
-        std::fs::write(&regular, b"weights").unwrap();
-        assert!(open_regular(&regular).is_ok());
-        let fifo = dir.path().join("fifo");
-        let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("w.bin"), b"weights").unwrap();
+        assert!(open_beneath(d, "w.bin").is_ok());
+        let made = std::process::Command::new("mkfifo").arg(d.join("fifo")).status().unwrap();
         assert!(made.success());
         // A plain open would block here for want of a writer.
-        let e = open_regular(&fifo).unwrap_err();
+        let e = open_beneath(d, "fifo").unwrap_err();
         assert!(e.to_string().contains("a FIFO, not a regular file"), "{e}");
-        let link = dir.path().join("zero");
-        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
-        let e = open_regular(&link).unwrap_err();
-        assert!(e.to_string().contains("a symbolic link, not a regular file"), "{e}");
-        let e = open_regular(Path::new("/dev/zero")).unwrap_err();
-        assert!(e.to_string().contains("a character device"), "{e}");
-        let e = open_regular(dir.path()).unwrap_err();
+        std::os::unix::fs::symlink("/dev/zero", d.join("zero")).unwrap();
+        let e = open_beneath(d, "zero").unwrap_err();
+        assert!(e.to_string().contains("a symbolic link"), "{e}");
+        std::fs::create_dir(d.join("sub")).unwrap();
+        let e = open_beneath(d, "sub").unwrap_err();
         assert!(e.to_string().contains("a directory"), "{e}");
-        assert_eq!(open_regular(&dir.path().join("missing")).unwrap_err().kind(), io::ErrorKind::NotFound);
+        assert_eq!(open_beneath(d, "missing").unwrap_err().kind(), io::ErrorKind::NotFound);
+    }
+
+    /// A model whose subdirectory was swapped for a symlink to a directory outside it
+    /// (hostile round 3, F7), and a `..` path: neither reaches the outside file, by
+    /// `openat2` and by the component walk alike.
+    #[test]
+    fn a_symlinked_directory_or_dotdot_never_leads_outside_the_model() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("w.bin"), b"secret").unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let model = root.path().join("m");
+        std::fs::create_dir_all(model.join("real")).unwrap();
+        std::fs::write(model.join("real/w.bin"), b"weights").unwrap();
+        std::os::unix::fs::symlink(outside.path(), model.join("sub")).unwrap();
+        std::fs::write(root.path().join("w.bin"), b"secret").unwrap();
+
+        assert!(open_beneath(&model, "real/w.bin").is_ok());
+        let e = open_beneath(&model, "sub/w.bin").unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert!(open_beneath(&model, "../w.bin").is_err());
+        assert!(open_beneath(&model, "real/../../w.bin").is_err());
+
+        use rustix::fs::{Mode, OFlags};
+        let dirfd = rustix::fs::open(&model, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        assert!(open_walking(&dirfd, Path::new("real/w.bin")).is_ok());
+        let e = open_walking(&dirfd, Path::new("sub/w.bin")).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert!(open_walking(&dirfd, Path::new("../w.bin")).is_err());
+        assert!(open_walking(&dirfd, Path::new("/etc/passwd")).is_err());
+        std::os::unix::fs::symlink(outside.path().join("w.bin"), model.join("real/link")).unwrap();
+        // A model directory swapped for a symlink is refused as well.
+        let linked = root.path().join("linked");
+        std::os::unix::fs::symlink(&model, &linked).unwrap();
+        let e = open_beneath(&linked, "real/w.bin").unwrap_err();
+        assert!(e.to_string().contains("the model directory is a symbolic link"), "{e}");
+        assert!(open_walking(&dirfd, Path::new("real/link")).is_err());
     }
 }

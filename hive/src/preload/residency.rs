@@ -11,7 +11,7 @@ use std::path::Path;
 
 use rbee_shared::ModelFile;
 
-use super::read::open_regular;
+use super::read::open_beneath;
 
 /// Smallest change worth a capability diff: 1% of the model's size, at least 1 MiB.
 pub fn deadband(size_bytes: u64) -> u64 {
@@ -20,12 +20,12 @@ pub fn deadband(size_bytes: u64) -> u64 {
 
 /// Bytes of the model in `dir` (its `files`) now in the page cache. A missing file
 /// counts as nothing resident; one that is no longer a regular file (a FIFO, a device,
-/// a symlink) is an error, never opened in a way that could block.
+/// a symlink or a path through one) is an error, never opened in a way that could block.
 pub fn measure(dir: &Path, files: &[ModelFile]) -> io::Result<u64> {
     let mut total = 0u64;
     for f in files {
         let path = dir.join(&f.path);
-        let file = match open_regular(&path) {
+        let file = match open_beneath(dir, &f.path) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(naming(&path, e)),
@@ -39,7 +39,7 @@ pub fn measure(dir: &Path, files: &[ModelFile]) -> io::Result<u64> {
 pub fn evict(dir: &Path, files: &[ModelFile]) -> io::Result<()> {
     for f in files {
         let path = dir.join(&f.path);
-        match open_regular(&path) {
+        match open_beneath(dir, &f.path) {
             Ok(file) => rbee_pagecache::evict(&file)?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(naming(&path, e)),

@@ -12,7 +12,9 @@
 //! process reaching the reserved size settles the oldest it fits, and growth of
 //! processes already there settles nothing. Such a device commits
 //! `observed + active − already loaded by tagged workers`, so memory another process
-//! takes is never promised to a reservation still loading.
+//! takes is never promised to a reservation still loading. A reservation settled by
+//! process counts again once every process that settled it is gone before it is
+//! released.
 //!
 //! The book holds at most [`BookLimits::per_hive`] reservations per hive and
 //! [`BookLimits::total`] in all; it lists them in pages, oldest first.
@@ -216,6 +218,9 @@ pub struct Book {
     hives: rustc_hash::FxHashMap<String, HiveBook>,
     /// How many reservations it holds at most.
     limits: BookLimits,
+    /// Reservations settled by process, per hive address, with the pids that settled
+    /// them: undone when those are all gone ([`processes`]).
+    settled_by: HashMap<String, Vec<processes::SettledBy>>,
 }
 
 impl Book {
@@ -397,6 +402,7 @@ impl Book {
     /// Removes a reservation.
     pub fn release(&mut self, id: &str) -> Option<Reservation> {
         let r = self.reservations.remove(id)?;
+        self.forget_settled_by(&r.address, id);
         self.order.remove(&(r.created_at_unix_ms, r.id.clone()));
         if let Some(n) = self.counts.get_mut(&r.address) {
             *n -= 1;
@@ -433,8 +439,18 @@ impl Book {
     }
 
     /// Devices with active reservations, for settling.
+    /// Also those with a reservation settled by process, whose settlement a sample may
+    /// undo.
     pub fn active_devices(&self) -> Vec<DeviceKey> {
-        self.hives.iter().flat_map(|(a, ds)| ds.0.iter().map(move |(d, _)| (a.clone(), d.clone()))).collect()
+        let mut keys: Vec<DeviceKey> = self
+            .hives
+            .iter()
+            .flat_map(|(a, ds)| ds.0.iter().map(move |(d, _)| (a.clone(), d.clone())))
+            .collect();
+        keys.extend(self.settled_by_devices());
+        keys.sort();
+        keys.dedup();
+        keys
     }
 
     /// Every reservation, oldest first.

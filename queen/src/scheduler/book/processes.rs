@@ -16,6 +16,14 @@
 //!    reserved bytes settles it: oldest reservation first, smallest such process first.
 //! 3. Growth of processes already there settles nothing.
 //!
+//! A settlement by process lasts while a process that made it is listed: once every
+//! one of them is gone from the device's list and the reservation is not released, it
+//! is active again (its bytes count; it expires at its TTL), and may settle again by
+//! the rules above. So a short-lived process cannot free another tenant's memory: an
+//! untagged 20 GiB process that settles a victim's 20 GiB reservation by size and exits
+//! before the victim's worker loads leaves the reservation counting (hostile round 3,
+//! F4), as does a tagged worker that exits without releasing.
+//!
 //! Reservations made while the device had no process list (or restored after a
 //! restart, which does not keep the pids) settle by the whole-device rule, in order.
 //! Without a process list the whole device rule applies to all ([`Book::observe`]).
@@ -25,6 +33,17 @@ use std::collections::{HashMap, VecDeque};
 use rbee_shared::GpuProcesses;
 
 use super::{Book, DeviceBook, Reservation, ReservationState};
+
+/// A reservation settled by process, and the pids that settled it.
+#[derive(Debug, Clone)]
+pub(super) struct SettledBy {
+    /// The device.
+    device_id: String,
+    /// The reservation.
+    id: String,
+    /// The processes that settled it.
+    pids: Vec<u32>,
+}
 
 /// Settles the active reservation at `pos` of the device's queue.
 fn settle_at(
@@ -48,6 +67,75 @@ fn position(active: &VecDeque<String>, id: &str) -> Option<usize> {
 }
 
 impl Book {
+    /// The devices with a reservation settled by process.
+    pub(super) fn settled_by_devices(&self) -> impl Iterator<Item = (String, String)> + '_ {
+        self.settled_by
+            .iter()
+            .flat_map(|(a, list)| list.iter().map(move |s| (a.clone(), s.device_id.clone())))
+    }
+
+    /// Forgets how `id` (on the hive at `address`) was settled: it was released.
+    pub(super) fn forget_settled_by(&mut self, address: &str, id: &str) {
+        if let Some(list) = self.settled_by.get_mut(address) {
+            list.retain(|s| s.id != id);
+            if list.is_empty() {
+                self.settled_by.remove(address);
+            }
+        }
+    }
+
+    /// Makes active again every reservation of the device settled by processes that are
+    /// all gone from `processes`; returns their ids. It queues last on the device, the
+    /// processes listed now counting as there before it (so only a new process may
+    /// settle it again by size).
+    fn unsettle_gone(
+        &mut self,
+        address: &str,
+        device_id: &str,
+        observed: u64,
+        processes: &GpuProcesses,
+    ) -> Vec<String> {
+        let Some(list) = self.settled_by.get_mut(address) else { return Vec::new() };
+        let listed = &processes.listed;
+        let mut back = Vec::new();
+        list.retain(|s| {
+            let alive =
+                s.device_id != device_id || s.pids.iter().any(|pid| listed.iter().any(|p| p.pid == *pid));
+            if !alive {
+                back.push(s.id.clone());
+            }
+            alive
+        });
+        if list.is_empty() {
+            self.settled_by.remove(address);
+        }
+        back.retain(|id| {
+            let Some(r) = self.reservations.get_mut(id).filter(|r| r.state == ReservationState::Settled)
+            else {
+                return false;
+            };
+            r.state = ReservationState::Active;
+            let bytes = r.bytes;
+            let d = self.hives.entry(address.to_owned()).or_default().entry(device_id);
+            if d.active.is_empty() {
+                d.baseline = observed;
+                d.by_process = true;
+            } else {
+                // Its settlement moved its bytes into the baseline (or the baseline was
+                // taken while its processes held them): they are gone now.
+                d.baseline = d.baseline.saturating_sub(bytes);
+            }
+            d.known.insert(id.clone(), listed.iter().map(|p| p.pid).collect());
+            d.active.push_back(id.clone());
+            d.active_bytes += bytes;
+            true
+        });
+        for id in &back {
+            tracing::warn!(reservation = %id, device = %device_id, "every process that settled the reservation is gone before its release: it counts again");
+        }
+        back
+    }
+
     /// Settles active reservations on a device with its latest sample: by process when
     /// the sample lists the device's processes, else by whole-device usage. Returns the
     /// ids settled.
@@ -59,7 +147,10 @@ impl Book {
         processes: Option<&GpuProcesses>,
     ) -> Vec<String> {
         match processes {
-            Some(p) => self.observe_processes(address, device_id, observed, p),
+            Some(p) => {
+                self.unsettle_gone(address, device_id, observed, p);
+                self.observe_processes(address, device_id, observed, p)
+            }
             None => {
                 if let Some(d) = self.hives.get_mut(address).and_then(|h| h.get_mut(device_id)) {
                     d.by_process = false;
@@ -79,6 +170,7 @@ impl Book {
         processes: &GpuProcesses,
     ) -> Vec<String> {
         let mut settled = Vec::new();
+        let mut by: Vec<SettledBy> = Vec::new();
         let Some(devices) = self.hives.get_mut(address) else { return settled };
         let Some(d) = devices.get_mut(device_id) else { return settled };
         let reservations = &mut self.reservations;
@@ -108,7 +200,8 @@ impl Book {
         for (id, used, pids) in tagged {
             let Some(pos) = position(&d.active, id) else { continue };
             if used >= bytes_of(reservations, id) {
-                d.claimed.extend(pids);
+                d.claimed.extend(pids.iter().copied());
+                by.push(SettledBy { device_id: device_id.to_owned(), id: id.to_owned(), pids });
                 settled.extend(settle_at(d, reservations, pos));
             } else {
                 // Below its bytes: the reservation still counts them all.
@@ -135,6 +228,7 @@ impl Book {
             match fit {
                 Some(p) => {
                     d.claimed.insert(p.pid);
+                    by.push(SettledBy { device_id: device_id.to_owned(), id: id.clone(), pids: vec![p.pid] });
                     settled.extend(settle_at(d, reservations, i));
                 }
                 None => i += 1,
@@ -155,6 +249,9 @@ impl Book {
             if devices.0.is_empty() {
                 self.hives.remove(address);
             }
+        }
+        if !by.is_empty() {
+            self.settled_by.entry(address.to_owned()).or_default().extend(by);
         }
         settled
     }
@@ -226,5 +323,88 @@ mod tests {
         assert!(b.settle("a", "g", 35 * GIB, Some(&p)).is_empty());
         // 80 - (35 observed + 15 still to load) = 30.
         assert_eq!(b.free("a", "g", 80 * GIB, 35 * GIB), 30 * GIB);
+    }
+
+    /// Hostile round 3, F4: the victim reserves 20 GiB of 80; an attacker's untagged
+    /// 20 GiB process settles it by size and exits before the victim's worker loads. The
+    /// reservation counts again: a 61 GiB reservation is refused (the old book admitted
+    /// it: 81 GiB promised on 80).
+    #[test]
+    fn a_settlement_whose_processes_are_all_gone_counts_again() {
+        let mut b = Book::default();
+        let none = procs(&[]);
+        let victim = reserve(&mut b, 20 * GIB, 0, &none);
+        let attacker = procs(&[(66, 20 * GIB, None)]);
+        assert_eq!(b.settle("a", "g", 20 * GIB, Some(&attacker)), vec![victim.clone()]);
+        assert_eq!(b.get(&victim).unwrap().state, ReservationState::Settled);
+        // While it is there, its memory is in the samples.
+        assert!(b.settle("a", "g", 20 * GIB, Some(&attacker)).is_empty());
+        assert_eq!(b.get(&victim).unwrap().state, ReservationState::Settled);
+        assert_eq!(b.free("a", "g", 80 * GIB, 20 * GIB), 60 * GIB);
+        assert!(b.active_devices().contains(&("a".to_owned(), "g".to_owned())));
+
+        // The attacker exits.
+        assert!(b.settle("a", "g", 0, Some(&none)).is_empty());
+        assert_eq!(b.get(&victim).unwrap().state, ReservationState::Active);
+        assert_eq!(b.free("a", "g", 80 * GIB, 0), 60 * GIB);
+        let claim = Claim {
+            hive_id: "h",
+            model: "m",
+            bytes: 61 * GIB,
+            total: 80 * GIB,
+            observed: 0,
+            processes: Some(&none),
+            ttl: Duration::from_secs(60),
+            now_ms: 1000,
+        };
+        assert!(b.reserve("a", "g", &claim).is_err(), "61 GiB promised over a counted 20");
+        // The attacker again: another process must hold the bytes to settle it again.
+        let again = procs(&[(67, 20 * GIB, None)]);
+        assert_eq!(b.settle("a", "g", 20 * GIB, Some(&again)), vec![victim.clone()]);
+        // The attacker goes as the victim's own tagged worker loads: undone, and
+        // settled again at once by the worker.
+        let worker = procs(&[(7, 20 * GIB, Some(&victim))]);
+        assert_eq!(b.settle("a", "g", 20 * GIB, Some(&worker)), vec![victim.clone()]);
+        assert_eq!(b.get(&victim).unwrap().state, ReservationState::Settled);
+        // Released: nothing is undone any more, and the device is no longer watched.
+        b.release(&victim);
+        assert!(b.settle("a", "g", 0, Some(&none)).is_empty());
+        assert!(b.active_devices().is_empty());
+    }
+
+    #[test]
+    fn a_tagged_worker_that_exits_unreleased_leaves_its_reservation_counting() {
+        let mut b = Book::default();
+        let none = procs(&[]);
+        let r = reserve(&mut b, 8 * GIB, 0, &none);
+        let w = procs(&[(1, 5 * GIB, Some(&r)), (2, 3 * GIB, Some(&r))]);
+        assert_eq!(b.settle("a", "g", 8 * GIB, Some(&w)), vec![r.clone()]);
+        // One of its two workers goes: still settled.
+        let one = procs(&[(2, 3 * GIB, Some(&r))]);
+        assert!(b.settle("a", "g", 3 * GIB, Some(&one)).is_empty());
+        assert_eq!(b.get(&r).unwrap().state, ReservationState::Settled);
+        // Both gone: it counts again, and expires at its TTL.
+        b.settle("a", "g", 0, Some(&none));
+        assert_eq!(b.get(&r).unwrap().state, ReservationState::Active);
+        assert_eq!(b.free("a", "g", 80 * GIB, 0), 72 * GIB);
+        assert_eq!(b.expire(u64::MAX).len(), 1);
+        assert_eq!(b.free("a", "g", 80 * GIB, 0), 80 * GIB);
+    }
+
+    #[test]
+    fn an_undone_settlement_counts_its_bytes_once() {
+        let mut b = Book::default();
+        let none = procs(&[]);
+        let victim = reserve(&mut b, 20 * GIB, 0, &none);
+        let other = reserve(&mut b, 10 * GIB, 0, &none);
+        let attacker = procs(&[(66, 20 * GIB, None)]);
+        assert_eq!(b.settle("a", "g", 20 * GIB, Some(&attacker)), vec![victim.clone()]);
+        // 80 - (20 in the samples + 10 still to load).
+        assert_eq!(b.free("a", "g", 80 * GIB, 20 * GIB), 50 * GIB);
+        b.settle("a", "g", 0, Some(&none));
+        assert_eq!(b.get(&victim).unwrap().state, ReservationState::Active);
+        assert_eq!(b.get(&other).unwrap().state, ReservationState::Active);
+        // Both count, each once: 80 - 30.
+        assert_eq!(b.free("a", "g", 80 * GIB, 0), 50 * GIB);
     }
 }
