@@ -229,8 +229,10 @@ impl StateStore {
             f(&txn).map_err(|e| self.io(e))?;
             txn.commit().map_err(|e| self.io(e))
         });
-        if written.is_err() {
-            *guard = None;
+        if written.is_err()
+            && let Some(db) = guard.take()
+        {
+            close(&self.path, db);
         }
         written
     }
@@ -348,6 +350,24 @@ impl StateStore {
     }
 }
 
+impl Drop for StateStore {
+    fn drop(&mut self) {
+        if let Some(db) = self.db.get_mut().unwrap_or_else(PoisonError::into_inner).take() {
+            close(&self.path, db);
+        }
+    }
+}
+
+/// Closes a database. redb flushes and trims the file when a database is dropped, and
+/// on a corrupt file (or after a panic poisoned its state) that can panic too: here it
+/// is logged, never a crash (a corrupt file is reported by the call that found it).
+fn close(path: &Path, db: Database) {
+    if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(move || drop(db))) {
+        tracing::error!(path = %path.display(), panic = %panic_text(&*panic),
+            "the state store could not be closed cleanly (the file is corrupt)");
+    }
+}
+
 /// Opens (or creates) the redb file; a panic of redb on a corrupt file is an error.
 fn open_database(path: &Path) -> Result<Database, StoreError> {
     let opened = unpanic(path, || Ok(Database::create(path)))?;
@@ -361,13 +381,18 @@ fn open_database(path: &Path) -> Result<Database, StoreError> {
 /// panic, which must be an error naming the file, never a crash.
 fn unpanic<T>(path: &Path, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
     std::panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
+        let what = panic_text(&*panic);
         Err(StoreError::Open { path: path.to_owned(), reason: format!("the file is corrupt ({what})") })
     })
+}
+
+/// A panic's message.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
