@@ -62,6 +62,21 @@ pub enum QueenError {
     /// The embedded local hive failed.
     #[error("local hive: {0}")]
     LocalHive(#[from] rbee_hive::HiveError),
+    /// A kept reservation record is not sound (corrupted): the queen will not start and
+    /// drop it silently.
+    #[error(
+        "the state store {store} holds a reservation record {key:?} that is not sound: {reason}. It \
+         may be corrupt; the queen will not start and drop it silently. Restore a backup, or start \
+         with --reset-state to move the state aside and start empty"
+    )]
+    UnsoundRecord {
+        /// The store (its file, or etcd endpoints).
+        store: String,
+        /// The record's key (the reservation id).
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A worker thread failed (a bug: it panicked).
     #[error("internal error: {0}")]
     Internal(String),
@@ -135,6 +150,7 @@ impl From<QueenError> for tonic::Status {
             | QueenError::Tls(_)
             | QueenError::HiveTls(_)
             | QueenError::Internal(_)
+            | QueenError::UnsoundRecord { .. }
             | QueenError::Io { .. }
             | QueenError::Transport(_)
             | QueenError::Reflection(_)

@@ -277,6 +277,25 @@ fn a_truncated_or_garbage_store_stops_the_queen_and_reset_state_starts_it() {
     }
 }
 
+/// One flipped bit in a record ("127.0.0.1" read back as "127,0.0.1"): the record still
+/// decodes, but names no hive the queen could have written. The start stops with an
+/// error naming the record, instead of dropping that reservation with one INFO line.
+#[test]
+fn a_record_corrupted_into_nonsense_stops_the_start_and_names_its_key() {
+    let state = tempfile::tempdir().unwrap();
+    broken_store(state.path(), |full| {
+        let at =
+            full.windows(11).position(|w| w == b"127.0.0.1:9").expect("the record's address in the file");
+        let mut flipped = full.to_vec();
+        flipped[at + 3] ^= 0x02; // '.' (0x2e) -> ',' (0x2c)
+        flipped
+    });
+    let (status, err) = serve_to_exit(state.path());
+    assert!(!status.success(), "{status:?}");
+    assert!(err.contains("reservation record \"r\"") && err.contains("127,0.0.1"), "names the record: {err}");
+    assert!(err.contains("--reset-state"), "says the way out: {err}");
+}
+
 /// A state file whose damage makes redb panic (inside a commit, and again when the
 /// broken database is dropped): the queen stops with an error naming the file and the
 /// way out, never with a panic's exit 101. (The damage found by flipping single bits of

@@ -267,6 +267,13 @@ impl FleetCollector {
         )?;
         gauges(
             enc,
+            "rbee_reservations_on_missing_hives",
+            "Reservations kept, and counted, on hives not in the fleet until the lost grace ends.",
+            None,
+            [(Labels::new(), status.kept_on_missing_hives as f64)],
+        )?;
+        gauges(
+            enc,
             "rbee_policy_loaded_timestamp",
             "When the policy in use was loaded, Unix time.",
             Some(Unit::Seconds),

@@ -54,6 +54,29 @@ pub(super) fn from_record(r: ReservationRecord) -> (Reservation, u64) {
     )
 }
 
+/// Why a kept reservation cannot be sound (the queen writes only sound ones: such a
+/// record was corrupted on disk or in etcd), or `None`.
+pub(super) fn unsound(r: &ReservationRecord) -> Option<String> {
+    let printable =
+        |s: &str, max: usize| !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_graphic());
+    if !printable(&r.id, 64) {
+        return Some(format!("id {:?} is not 1 to 64 printable bytes", r.id));
+    }
+    if crate::fleet::address::normalize_address(&r.address).ok().as_deref() != Some(r.address.as_str()) {
+        return Some(format!("address {:?} is not a hive address as the queen writes them", r.address));
+    }
+    if !printable(&r.device_id, 256) {
+        return Some(format!("device {:?} is not 1 to 256 printable bytes", r.device_id));
+    }
+    if r.bytes == 0 {
+        return Some("it reserves 0 bytes".into());
+    }
+    if r.expires_at_unix_ms < r.created_at_unix_ms {
+        return Some("it expires before it was made".into());
+    }
+    None
+}
+
 /// The SHA-256 of a policy text, hex.
 fn sha256_hex(text: &str) -> String {
     ring::digest::digest(&ring::digest::SHA256, text.as_bytes())
@@ -73,6 +96,14 @@ impl Scheduler {
         kept: Vec<ReservationRecord>,
     ) -> Result<Arc<Self>, QueenError> {
         let restored = kept.len();
+        // A record that is not sound is never dropped quietly: the start stops, naming it.
+        if let Some((r, why)) = kept.iter().find_map(|r| unsound(r).map(|why| (r, why))) {
+            return Err(QueenError::UnsoundRecord {
+                store: store.describe(),
+                key: r.id.clone(),
+                reason: why,
+            });
+        }
         let scheduler = Self::build(fleet, settings, Some(store))?;
         view::write(&scheduler.book).restore(kept.into_iter().map(from_record).collect());
         if restored > 0 {
@@ -85,6 +116,12 @@ impl Scheduler {
     /// Replaces the whole book with the reservations a shared store holds (a follower
     /// mirroring the leader, or a queen that was just elected).
     pub fn replace_reservations(&self, kept: Vec<ReservationRecord>) {
+        // A leader's books must go on: an unsound record is kept, counted where it
+        // says (a hive that may not exist, so it is visible and can be released), and
+        // reported, never dropped.
+        for (r, why) in kept.iter().filter_map(|r| unsound(r).map(|why| (r, why))) {
+            tracing::error!(reservation = %r.id, %why, "the shared store holds an unsound reservation record; kept");
+        }
         let mut book = view::write(&self.book);
         *book = super::book::Book::new(self.settings.reservations);
         book.restore(kept.into_iter().map(from_record).collect());

@@ -151,6 +151,9 @@ pub struct PolicyStatus {
     pub fallbacks: u64,
     /// Refused edits of the policy file.
     pub reload_failures: u64,
+    /// Reservations kept on hives that are not in the fleet (left out of the
+    /// configuration, or a record whose address matches no hive), until the grace ends.
+    pub kept_on_missing_hives: u64,
     /// The last failure (of a call, or of an edit).
     pub last_error: Option<String>,
 }
@@ -194,6 +197,8 @@ pub struct Scheduler {
     store: Option<Arc<dyn Store>>,
     /// `Place` counts by outcome and latency, for `/metrics`.
     place_stats: crate::metrics::recorder::PlaceRecorder,
+    /// Hives missing from the fleet that hold reservations (see [`upkeep::Missing`]).
+    missing: Mutex<upkeep::Missing>,
 }
 
 fn read_policy(path: &std::path::Path) -> Result<String, QueenError> {
@@ -243,6 +248,7 @@ impl Scheduler {
             events: tokio::sync::broadcast::channel(SCHEDULER_EVENT_CAPACITY).0,
             store,
             place_stats: Default::default(),
+            missing: Mutex::default(),
         }))
     }
 
@@ -309,6 +315,7 @@ impl Scheduler {
             failures: self.failures.load(Ordering::Relaxed),
             fallbacks: self.fallbacks.load(Ordering::Relaxed),
             reload_failures: self.reload_failures.load(Ordering::Relaxed),
+            kept_on_missing_hives: self.missing.lock_unpoisoned().kept,
             last_error: self.last_error.lock_unpoisoned().clone(),
         }
     }

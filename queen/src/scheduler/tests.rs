@@ -275,6 +275,73 @@ fn reservations_on_a_hive_lost_past_the_grace_are_dropped() {
     assert!(s.reservations().is_empty(), "dropped: lost for 120 s > 60 s grace");
 }
 
+/// A restart whose fleet leaves out a hive that holds reservations keeps them, counted,
+/// through the lost grace (and says so), where a hive removed at run time takes its
+/// reservations at once.
+#[test]
+fn reservations_on_a_hive_missing_from_the_fleet_are_kept_through_the_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let both = || {
+        vec![
+            hive("kept", 1, 24, 0, 0.0, ConnState::Online, &[]),
+            hive("left-out", 1, 24, 0, 0.0, ConnState::Online, &[]),
+        ]
+    };
+    {
+        let s = durable_scheduler(dir.path(), both());
+        for _ in 0..4 {
+            placed(s.place_blocking(&PlaceRequest::gpu(GIB)).unwrap());
+        }
+        assert_eq!(s.reservations().len(), 4);
+    }
+    // Restarted with "left-out" no longer configured.
+    let source =
+        Arc::new(Swap(std::sync::Mutex::new(vec![hive("kept", 1, 24, 0, 0.0, ConnState::Online, &[])])));
+    let store = Arc::new(crate::store::StateStore::open(dir.path()).unwrap());
+    let kept = store.load().unwrap();
+    let s = Scheduler::durable(source.clone(), calm(), store, kept.reservations).unwrap();
+    let on_left_out = s.reservations().iter().filter(|r| r.hive_id == "left-out").count();
+    assert!(on_left_out > 0, "the bin-pack or spread put some on left-out: {:?}", s.reservations());
+    for _ in 0..3 {
+        s.upkeep_once();
+    }
+    assert_eq!(s.reservations().len(), 4, "none dropped within the 60 s grace");
+    assert_eq!(s.status().kept_on_missing_hives, on_left_out as u64);
+    // A hive that was in the fleet during this run and is removed takes its own at once.
+    *source.0.lock().unwrap() = vec![];
+    s.upkeep_once();
+    assert_eq!(
+        s.reservations().len(),
+        on_left_out,
+        "the removed hive's went; the never-seen hive's stay: {:?}",
+        s.reservations()
+    );
+}
+
+/// A record corrupted into nonsense (a flipped bit in its address) stops the start.
+#[test]
+fn an_unsound_kept_record_stops_the_start_naming_it() {
+    let record = crate::store::ReservationRecord {
+        id: "r-1".into(),
+        hive_id: "h".into(),
+        address: "http://127,0.0.1:7835".into(),
+        device_id: "GPU-0".into(),
+        model: "m".into(),
+        bytes: GIB,
+        settled: false,
+        created_at_unix_ms: 1,
+        expires_at_unix_ms: 2,
+        baseline_bytes: 0,
+    };
+    let store = Arc::new(crate::store::TestStore { leader: crate::store::Leader::Me, refused: &[] });
+    let Err(err) = Scheduler::durable(Arc::new(StaticHives(small_fleet())), calm(), store, vec![record])
+    else {
+        panic!("started with an unsound record")
+    };
+    let text = err.to_string();
+    assert!(text.contains("\"r-1\"") && text.contains("127,0.0.1"), "{text}");
+}
+
 /// A hive source whose hives a test can swap.
 struct Swap(std::sync::Mutex<Vec<Arc<HiveSnapshot>>>);
 

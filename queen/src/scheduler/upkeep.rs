@@ -5,14 +5,30 @@
 //! whatever a policy does (and however long a policy edit takes to test-run), TTLs and
 //! settlement keep their time.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use rbee_shared::lock::MutexExt;
 use tokio_util::sync::CancellationToken;
 
 use super::Scheduler;
 use super::SchedulerEvent;
 use super::view;
 use crate::fleet::ConnState;
+
+/// Reservations whose hive is not in the fleet. A hive removed at run time (it was in the
+/// fleet during this run) takes its reservations at once; one that never was (left out
+/// of the configuration at a restart, or a record whose address matches no hive) keeps
+/// them through the lost grace, counted, with a WARN when first seen and when dropped.
+#[derive(Debug, Default)]
+pub(super) struct Missing {
+    /// Addresses seen in the fleet during this run.
+    seen: HashSet<String>,
+    /// Addresses never seen that hold reservations: since when (ms since the epoch).
+    since: HashMap<String, u64>,
+    /// Reservations kept on such hives at the last upkeep.
+    pub(super) kept: u64,
+}
 
 impl Scheduler {
     /// Settles, expires and drops reservations once, and tells watchers what was dropped.
@@ -44,8 +60,26 @@ impl Scheduler {
                 book.expire(now).into_iter().map(|r| (r, "expired before the model showed up".to_owned())),
             );
             let grace = self.settings.lost_grace.as_millis() as u64;
+            let mut missing = self.missing.lock_unpoisoned();
+            missing.seen.extend(hives.iter().map(|h| h.address.clone()));
+            let mut newly_missing: HashMap<String, u64> = HashMap::new();
+            for r in book.iter() {
+                if !missing.seen.contains(&r.address) && !missing.since.contains_key(&r.address) {
+                    *newly_missing.entry(r.address.clone()).or_default() += 1;
+                }
+            }
+            for (address, count) in &newly_missing {
+                tracing::warn!(%address, reservations = count, grace_s = self.settings.lost_grace.as_secs(),
+                    "reservations on a hive that is not in the fleet (left out of the configuration?) are \
+                     kept, and counted, until the grace ends");
+                missing.since.insert(address.clone(), now);
+            }
+            let missing_past_grace =
+                |address: &str| missing.since.get(address).is_some_and(|at| now.saturating_sub(*at) > grace);
             let gone = book.drop_where(|r| match hives.iter().find(|h| h.address == r.address) {
-                None => true,
+                // Removed at run time: its reservations go with it.
+                None if missing.seen.contains(&r.address) => true,
+                None => missing_past_grace(&r.address),
                 // Gone since it last streamed (redials do not restart the count).
                 Some(h) => {
                     h.state == ConnState::Lost
@@ -56,11 +90,19 @@ impl Scheduler {
             for r in gone {
                 let why = if hives.iter().any(|h| h.address == r.address) {
                     format!("hive lost for more than {} s", self.settings.lost_grace.as_secs())
-                } else {
+                } else if missing.seen.contains(&r.address) {
                     "hive removed".to_owned()
+                } else {
+                    tracing::warn!(reservation = %r.id, address = %r.address,
+                        "reservation dropped: its hive was not in the fleet for the whole grace");
+                    format!("hive not in the fleet for more than {} s", self.settings.lost_grace.as_secs())
                 };
                 dropped.push((r, why));
             }
+            let held: HashSet<&str> = book.iter().map(|r| r.address.as_str()).collect();
+            missing.since.retain(|address, _| held.contains(address.as_str()));
+            missing.kept = book.iter().filter(|r| !missing.seen.contains(&r.address)).count() as u64;
+            drop(missing);
             // (One settled and then dropped in this same pass is no longer in the book.)
             let settled: Vec<_> = settled.iter().filter_map(|id| book.get(id).cloned()).collect();
             drop(book);

@@ -453,6 +453,11 @@ impl Book {
         keys
     }
 
+    /// Every reservation, in no order (no copies).
+    pub fn iter(&self) -> impl Iterator<Item = &Reservation> {
+        self.reservations.values()
+    }
+
     /// Every reservation, oldest first.
     pub fn list(&self) -> Vec<Reservation> {
         self.order.iter().filter_map(|(_, id)| self.reservations.get(id).cloned()).collect()
