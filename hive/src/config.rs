@@ -355,7 +355,7 @@ impl ServeArgs {
             _ => None,
         };
         let metrics = self.metrics_endpoint()?;
-        crate::models::hf::HubConfig::from_env().check().map_err(HiveError::Config)?;
+        crate::models::hf::HubConfig::from_env().check().map_err(|e| HiveError::Config(e.to_string()))?;
         crate::models::egress::log_allowed(&self.download_allow);
         let state_dir = self.state_dir.clone().unwrap_or_else(default_state_dir);
         let hive_id = resolve_hive_id(self.hive_id.as_deref(), &state_dir)?;

@@ -44,20 +44,15 @@ impl HubConfig {
     /// Credentials in `HF_ENDPOINT` (`https://user:pw@mirror/`) are refused rather than
     /// sent: reqwest would send them as Basic auth with every Hub request, and the URL
     /// would reach errors and logs; `HF_TOKEN` is the Hub's credential.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), EndpointError> {
+        let shown = || redact_url(&self.endpoint);
         let url = reqwest::Url::parse(&self.endpoint)
-            .map_err(|e| format!("HF_ENDPOINT {:?} is not a URL: {e}", redact_url(&self.endpoint)))?;
+            .map_err(|e| EndpointError::NotUrl { shown: shown(), reason: e.to_string() })?;
         if !matches!(url.scheme(), "http" | "https") || !url.has_host() {
-            return Err(format!(
-                "HF_ENDPOINT {:?} must be an http(s) URL with a host",
-                redact_url(&self.endpoint)
-            ));
+            return Err(EndpointError::NotHttp(shown()));
         }
         if !url.username().is_empty() || url.password().is_some() {
-            return Err(format!(
-                "HF_ENDPOINT {:?} holds credentials (user:password@): they are not sent; use HF_TOKEN",
-                redact_url(&self.endpoint)
-            ));
+            return Err(EndpointError::Credentials(shown()));
         }
         Ok(())
     }
@@ -79,6 +74,44 @@ impl HubConfig {
             && endpoint.host() == url.host()
             && endpoint.port_or_known_default() == url.port_or_known_default()
     }
+}
+
+/// Why `HF_ENDPOINT` cannot be used (the endpoint shown redacted).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointError {
+    /// Not a URL.
+    #[error("HF_ENDPOINT {shown:?} is not a URL: {reason}")]
+    NotUrl {
+        /// The endpoint, redacted.
+        shown: String,
+        /// Why.
+        reason: String,
+    },
+    /// Not http(s), or without a host.
+    #[error("HF_ENDPOINT {0:?} must be an http(s) URL with a host")]
+    NotHttp(String),
+    /// It holds userinfo.
+    #[error("HF_ENDPOINT {0:?} holds credentials (user:password@): they are not sent; use HF_TOKEN")]
+    Credentials(String),
+}
+
+/// Why a Hub listing entry is refused (the file's name quoted and cut).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EntryError {
+    /// Its path breaks the model path rules.
+    #[error("file {name}: {reason}")]
+    Path {
+        /// The file.
+        name: String,
+        /// Which rule.
+        reason: String,
+    },
+    /// Its `lfs.sha256` is not a SHA-256.
+    #[error("file {0}: lfs.sha256 is not 64 hex digits")]
+    Sha256(String),
+    /// The files cannot all be written.
+    #[error(transparent)]
+    Set(#[from] super::layout::FileSetError),
 }
 
 #[derive(Debug, Deserialize)]
@@ -147,17 +180,13 @@ struct Lfs {
 use super::layout::shown_name;
 
 /// One listing entry as a file to fetch, its path and hash checked.
-fn file_source(s: Sibling, base: &str) -> Result<FileSource, String> {
-    let name = shown_name(&s.rfilename);
-    check_model_path(&s.rfilename).map_err(|e| format!("file {name}: {}", e.0))?;
+fn file_source(s: Sibling, base: &str) -> Result<FileSource, EntryError> {
+    let name = || shown_name(&s.rfilename);
+    check_model_path(&s.rfilename).map_err(|e| EntryError::Path { name: name(), reason: e.0 })?;
     let (size, sha256) = match s.lfs {
         Some(lfs) => {
-            let sha256 = lfs
-                .sha256
-                .map(|h| {
-                    check_sha256(&h).map_err(|_| format!("file {name}: lfs.sha256 is not 64 hex digits"))
-                })
-                .transpose()?;
+            let sha256 =
+                lfs.sha256.map(|h| check_sha256(&h).map_err(|_| EntryError::Sha256(name()))).transpose()?;
             (lfs.size.or(s.size), sha256)
         }
         None => (s.size, None),
@@ -196,7 +225,7 @@ pub async fn resolve(
     check_revision(revision).map_err(|e| DownloadError::Resolve(e.0))?;
     // `hive serve` refuses such an endpoint at start; a hive embedded elsewhere (the
     // queen's local hive) meets the same rule here, before any request.
-    hub.check().map_err(DownloadError::Resolve)?;
+    hub.check().map_err(|e| DownloadError::Resolve(e.to_string()))?;
     let url = format!("{}/api/models/{repo}/revision/{revision}?blobs=true", hub.endpoint);
     let shown = redact_url(&url);
     let response = client.get(&url, &reqwest::header::HeaderMap::new(), hub).await?;
@@ -234,9 +263,10 @@ pub async fn resolve(
         .0
         .into_iter()
         .map(|s| file_source(s, &base))
-        .collect::<Result<Vec<_>, String>>()
+        .collect::<Result<Vec<_>, EntryError>>()
         .and_then(|files| {
-            super::layout::check_file_set(files.iter().map(|f| f.path.as_str())).map(|()| files)
+            super::layout::check_file_set(files.iter().map(|f| f.path.as_str()))?;
+            Ok(files)
         })
         .map_err(|e| DownloadError::Resolve(format!("{shown}: {e}")))?;
     if files.iter().filter_map(|f| f.size_bytes).try_fold(0u64, u64::checked_add).is_none() {
@@ -262,7 +292,7 @@ mod tests {
         assert_eq!(hub("https://huggingface.co").check(), Ok(()));
         assert_eq!(hub("http://127.0.0.1:8080/hub").check(), Ok(()));
         for bad in ["http://user:PW@mirror.example", "https://PW@mirror.example/", "ftp://mirror", "mirror"] {
-            let e = hub(bad).check().expect_err(bad);
+            let e = hub(bad).check().expect_err(bad).to_string();
             assert!(e.contains("HF_ENDPOINT") && !e.contains("PW"), "{bad}: {e}");
         }
     }
@@ -285,7 +315,7 @@ mod tests {
             ("w.bin", &"g".repeat(64), "lfs.sha256"),
             (&"n".repeat(1 << 20), ok.as_str(), "must be 1..="),
         ] {
-            let e = file_source(entry(name, sha), "http://h/r").unwrap_err();
+            let e = file_source(entry(name, sha), "http://h/r").unwrap_err().to_string();
             assert!(e.contains(want) && e.len() < 400, "{want}: {} bytes: {:.200}", e.len(), e);
         }
         let files = |paths: &[&str]| -> Vec<FileSource> {
@@ -294,11 +324,11 @@ mod tests {
         let check_files =
             |f: &[FileSource]| super::super::layout::check_file_set(f.iter().map(|f| f.path.as_str()));
         assert_eq!(check_files(&files(&["a", "b/c", "b/d"])), Ok(()));
-        let e = check_files(&files(&["w", "v", "w"])).unwrap_err();
+        let e = check_files(&files(&["w", "v", "w"])).unwrap_err().to_string();
         assert!(e.contains("\"w\" appears twice"), "{e}");
-        let e = check_files(&files(&["x/y/z", "x"])).unwrap_err();
+        let e = check_files(&files(&["x/y/z", "x"])).unwrap_err().to_string();
         assert!(e.contains("\"x\" is also the directory of file \"x/y/z\""), "{e}");
-        let e = check_files(&files(&["x/y", "x/y/z"])).unwrap_err();
+        let e = check_files(&files(&["x/y", "x/y/z"])).unwrap_err().to_string();
         assert!(e.contains("\"x/y\" is also the directory"), "{e}");
     }
 

@@ -145,27 +145,39 @@ pub fn shown_name(name: &str) -> String {
 /// Checks that a model's file paths can all be written: none appears twice, and no
 /// file is also the directory of another (`x` next to `x/y`). The error names the
 /// entry. Hub listings and URL lists both go through it before anything is fetched.
-pub fn check_file_set<'a>(paths: impl Iterator<Item = &'a str> + Clone) -> Result<(), String> {
+pub fn check_file_set<'a>(paths: impl Iterator<Item = &'a str> + Clone) -> Result<(), FileSetError> {
     let mut seen = std::collections::BTreeSet::new();
     for path in paths.clone() {
         if !seen.insert(path) {
-            return Err(format!("file {} appears twice", shown_name(path)));
+            return Err(FileSetError::Twice(shown_name(path)));
         }
     }
     for path in paths {
         let mut dir = path;
         while let Some((parent, _)) = dir.rsplit_once('/') {
             if seen.contains(parent) {
-                return Err(format!(
-                    "file {} is also the directory of file {}",
-                    shown_name(parent),
-                    shown_name(path)
-                ));
+                return Err(FileSetError::FileIsDirectory { file: shown_name(parent), of: shown_name(path) });
             }
             dir = parent;
         }
     }
     Ok(())
+}
+
+/// Why a model's file paths cannot all be written (names quoted and cut, as shown).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FileSetError {
+    /// The same path twice.
+    #[error("file {0} appears twice")]
+    Twice(String),
+    /// A file that another file's path runs through as a directory.
+    #[error("file {file} is also the directory of file {of}")]
+    FileIsDirectory {
+        /// The file.
+        file: String,
+        /// The file under it.
+        of: String,
+    },
 }
 
 #[cfg(test)]

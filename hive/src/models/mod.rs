@@ -337,7 +337,7 @@ impl Models {
         }
         if let ModelSource::Urls(files) = &source {
             layout::check_file_set(files.iter().map(|f| f.path.as_str()))
-                .map_err(|e| rbee_shared::ConvertError::new("source.urls.files", e))?;
+                .map_err(|e| rbee_shared::ConvertError::new("source.urls.files", e.to_string()))?;
         }
         let mut jobs = self.inner.jobs.lock_unpoisoned();
         if let Some(job) = jobs.get(id) {

@@ -325,19 +325,30 @@ pub struct QueenUrl {
 
 /// `--queen`: one or more comma-separated URLs, each http:// or https:// (a queen
 /// speaks gRPC over HTTP/2; any other scheme was once taken for http).
-pub fn parse_queen_urls(text: &str) -> Result<String, String> {
+pub fn parse_queen_urls(text: &str) -> Result<String, QueenUrlError> {
     let mut any = false;
     for url in text.split(',').map(str::trim).filter(|u| !u.is_empty()) {
         any = true;
         let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
         if !matches!(scheme.as_deref(), Some("http" | "https")) {
-            return Err(format!("{url:?} is not an http:// or https:// URL"));
+            return Err(QueenUrlError::Scheme(url.to_owned()));
         }
     }
     if !any {
-        return Err("no URL given".into());
+        return Err(QueenUrlError::Empty);
     }
     Ok(text.to_owned())
+}
+
+/// Why a `--queen` value is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueenUrlError {
+    /// A URL whose scheme is not http or https.
+    #[error("{0:?} is not an http:// or https:// URL")]
+    Scheme(String),
+    /// Nothing but commas and spaces.
+    #[error("no URL given")]
+    Empty,
 }
 
 impl QueenUrl {
