@@ -16,6 +16,16 @@ const ANSWERED_NO: u8 = 3;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // A child started to check a state directory before the queen opens it.
+    if let Some(dir) = std::env::var_os(rbee_queen::store::CHECK_STATE_ENV) {
+        return match rbee_queen::store::check(std::path::Path::new(&dir)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(Cli::parse()).await {
         Ok(code) => code,
         Err(e) if rbee_shared::stdout::is_broken_pipe(e.chain()) => ExitCode::SUCCESS,
@@ -33,6 +43,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => {
             let (listen, config) = args.into_config()?;
+            // redb can crash the process on some damaged files: a child reads it first.
+            if let (Some(dir), None) = (&config.state_dir, &config.etcd) {
+                let exe = std::env::current_exe().context("cannot find the queen binary")?;
+                rbee_queen::store::check_in_child(dir, &exe, config.reset_state)?;
+            }
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;

@@ -632,3 +632,57 @@ async fn the_leader_keeps_its_lease_while_etcd_is_healthy() {
     }
     placement(leader.scheduler().await.place(request(GIB)).await.unwrap().into_inner());
 }
+
+/// A reservation record in etcd that does not decode, or decodes to one the queen never
+/// wrote (a flipped bit: "127,0.0.1"), is refused with its key, never taken for etcd
+/// being down, nor dropped: a queen does not lead on such books.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_reservation_record_in_etcd_is_refused_with_its_key() {
+    let Some(etcd) = Etcd::start().await else { return };
+    let put = |key: &str, value: &[u8]| rbee_proto::etcd::PutRequest {
+        key: key.as_bytes().to_vec(),
+        value: value.to_vec(),
+        ..Default::default()
+    };
+    let mut kv = KvClient::new(etcd.channel(&format!("http://{}", etcd.endpoint())).await.unwrap());
+    let store = |prefix: &str| {
+        EtcdStore::connect(EtcdSettings {
+            endpoints: vec![format!("http://{}", etcd.endpoint())],
+            prefix: prefix.into(),
+            advertise: "http://a".into(),
+            lease_ttl: Duration::from_secs(10),
+            tls: None,
+        })
+    };
+    // Unreadable JSON: refused, naming the key (it was "etcd is unavailable").
+    kv.put(put("/garbled/reservations/r1", b"{\"id\":\"r1\",\"hive_id\"#")).await.unwrap();
+    let err = store("/garbled/").await.unwrap().load().await.unwrap_err();
+    assert!(matches!(err, StoreError::Refused(_)), "{err:?}");
+    assert!(err.to_string().contains("/garbled/reservations/r1"), "{err}");
+
+    // A record that decodes, with one flipped bit in its hive's address.
+    let record = ReservationRecord {
+        id: "r1".into(),
+        hive_id: "h".into(),
+        address: "http://127,0.0.1:9".into(),
+        device_id: "GPU-0".into(),
+        model: "m".into(),
+        bytes: GIB,
+        settled: false,
+        created_at_unix_ms: 1,
+        expires_at_unix_ms: u64::MAX,
+        baseline_bytes: 0,
+    };
+    kv.put(put("/flipped/reservations/r1", &serde_json::to_vec(&record).unwrap())).await.unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let queen = queen_with(&etcd, state.path(), &[], &["--etcd-prefix", "/flipped/"]);
+    queen.wait_logged("cannot load the books from etcd").await;
+    assert!(queen.logged("\"r1\"") && queen.logged("127,0.0.1"), "the record is named");
+    assert!(!queen.logged("this queen leads"), "no queen leads on books it cannot trust");
+    let kept = kv
+        .range(RangeRequest { key: b"/flipped/reservations/r1".to_vec(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(kept.kvs.len(), 1, "the record is kept for the operator");
+}

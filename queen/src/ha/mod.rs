@@ -114,8 +114,12 @@ impl Ha {
     /// Loads the books and the hives from etcd.
     async fn load(&self) -> Result<(), StoreError> {
         let kept = self.store.load().await?;
-        self.scheduler.replace_reservations(kept.reservations);
+        // The hives first: reservations on hives added at the leader are not taken for
+        // reservations on hives missing from the configuration.
         self.manage(&kept.hives);
+        self.scheduler
+            .replace_reservations(kept.reservations)
+            .map_err(|e| StoreError::Refused(e.to_string()))?;
         Ok(())
     }
 
@@ -249,8 +253,17 @@ impl Ha {
                     Some(_) => watch = None,
                 }
             }
-            if dirty && self.load().await.is_ok() {
-                dirty = false;
+            if dirty {
+                match self.load().await {
+                    Ok(()) => dirty = false,
+                    // A record the books cannot trust: the mirror keeps what it had, loudly
+                    // (once per change, not at every poll).
+                    Err(e @ StoreError::Refused(_)) => {
+                        tracing::error!(error = %e, "cannot mirror the leader's books; keeping the last good copy");
+                        dirty = false;
+                    }
+                    Err(_) => {}
+                }
             }
         }
     }

@@ -115,16 +115,17 @@ impl Scheduler {
 
     /// Replaces the whole book with the reservations a shared store holds (a follower
     /// mirroring the leader, or a queen that was just elected).
-    pub fn replace_reservations(&self, kept: Vec<ReservationRecord>) {
-        // A leader's books must go on: an unsound record is kept, counted where it
-        // says (a hive that may not exist, so it is visible and can be released), and
-        // reported, never dropped.
-        for (r, why) in kept.iter().filter_map(|r| unsound(r).map(|why| (r, why))) {
-            tracing::error!(reservation = %r.id, %why, "the shared store holds an unsound reservation record; kept");
+    pub fn replace_reservations(&self, kept: Vec<ReservationRecord>) -> Result<(), QueenError> {
+        // Books with a record that is not sound are not taken: nothing replaces the
+        // ones held, and the caller (a queen about to lead, or mirroring) says so.
+        if let Some((r, why)) = kept.iter().find_map(|r| unsound(r).map(|why| (r, why))) {
+            let store = self.store.as_ref().map_or_else(|| "in memory".to_owned(), |s| s.describe());
+            return Err(QueenError::UnsoundRecord { store, key: r.id.clone(), reason: why });
         }
         let mut book = view::write(&self.book);
         *book = super::book::Book::new(self.settings.reservations);
         book.restore(kept.into_iter().map(from_record).collect());
+        Ok(())
     }
 
     /// True when this queen may change the books (always, unless a shared store has

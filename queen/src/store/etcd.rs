@@ -276,14 +276,22 @@ impl EtcdStore {
     /// Everything kept.
     pub async fn load(&self) -> Result<Restored, StoreError> {
         let mut restored = Restored::default();
+        // An unreadable record is refused with its key (etcd answered: it is not down).
         for kv in self.prefixed("reservations/").await? {
-            restored.reservations.push(decode(kv.0.as_str(), &kv.1).map_err(|e| self.err(e))?);
+            let r: ReservationRecord = decode(kv.0.as_str(), &kv.1).map_err(StoreError::Refused)?;
+            if kv.0 != self.key(&format!("reservations/{}", r.id)) {
+                return Err(StoreError::Refused(format!(
+                    "the record {:?} is unreadable: its id {:?} is not its key",
+                    kv.0, r.id
+                )));
+            }
+            restored.reservations.push(r);
         }
         for kv in self.prefixed("hives/").await? {
-            restored.hives.push(decode(kv.0.as_str(), &kv.1).map_err(|e| self.err(e))?);
+            restored.hives.push(decode(kv.0.as_str(), &kv.1).map_err(StoreError::Refused)?);
         }
         if let Some(kv) = self.prefixed("facts/policy").await?.into_iter().next() {
-            restored.policy = Some(decode(kv.0.as_str(), &kv.1).map_err(|e| self.err(e))?);
+            restored.policy = Some(decode(kv.0.as_str(), &kv.1).map_err(StoreError::Refused)?);
         }
         Ok(restored)
     }
@@ -462,8 +470,8 @@ fn etcd_error(endpoints: &[String], e: impl std::fmt::Display) -> StoreError {
     StoreError::Etcd { endpoints: endpoints.join(","), reason: e.to_string() }
 }
 
-fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, String> {
-    serde_json::from_slice(bytes).map_err(|e| format!("the record {key:?} is unreadable: {e}"))
+fn decode<T: serde::Serialize + serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, String> {
+    super::records::decode(bytes).map_err(|e| format!("the record {key:?} is unreadable: {e}"))
 }
 
 #[cfg(test)]

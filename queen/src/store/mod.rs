@@ -75,7 +75,11 @@ pub enum StoreError {
         reason: String,
     },
     /// A record could not be decoded.
-    #[error("the state store {path} holds an unreadable {table} record {key:?}: {reason}")]
+    #[error(
+        "the state store {path} holds an unreadable {table} record {key:?}: {reason}. The queen will \
+         not start with it (a reservation's memory would go uncounted); restore a backup, or start \
+         with --reset-state to move the file aside and start empty (see docs/security.md, Books)"
+    )]
     Record {
         /// The file.
         path: PathBuf,
@@ -251,7 +255,16 @@ impl StateStore {
         let reservations = txn.open_table(RESERVATIONS).map_err(|e| self.io(e))?;
         for row in reservations.iter().map_err(|e| self.io(e))? {
             let (k, v) = row.map_err(|e| self.io(e))?;
-            restored.reservations.push(self.decode("reservations", k.value(), v.value())?);
+            let r: ReservationRecord = self.decode("reservations", k.value(), v.value())?;
+            if r.id != k.value() {
+                return Err(StoreError::Record {
+                    path: self.path.clone(),
+                    table: "reservations",
+                    key: k.value().to_owned(),
+                    reason: format!("the record's id {:?} is not its key", r.id),
+                });
+            }
+            restored.reservations.push(r);
         }
         let hives = txn.open_table(HIVES).map_err(|e| self.io(e))?;
         for row in hives.iter().map_err(|e| self.io(e))? {
@@ -265,17 +278,17 @@ impl StateStore {
         Ok(restored)
     }
 
-    fn decode<T: serde::de::DeserializeOwned>(
+    fn decode<T: serde::Serialize + serde::de::DeserializeOwned>(
         &self,
         table: &'static str,
         key: &str,
         bytes: &[u8],
     ) -> Result<T, StoreError> {
-        serde_json::from_slice(bytes).map_err(|e| StoreError::Record {
+        records::decode(bytes).map_err(|reason| StoreError::Record {
             path: self.path.clone(),
             table,
             key: key.to_owned(),
-            reason: e.to_string(),
+            reason,
         })
     }
 
@@ -356,6 +369,53 @@ impl Drop for StateStore {
             close(&self.path, db);
         }
     }
+}
+
+/// The environment variable that makes the `queen` binary check a state directory and
+/// exit (see [`check_in_child`]).
+pub const CHECK_STATE_ENV: &str = "RBEE_QUEEN_CHECK_STATE";
+
+/// Opens and reads the store in `dir`, then closes it: what a child process started by
+/// [`check_in_child`] runs.
+pub fn check(dir: &Path) -> Result<(), StoreError> {
+    StateStore::open(dir)?.load().map(drop)
+}
+
+/// Checks the store in `dir` in a child process (`exe` with [`CHECK_STATE_ENV`] set),
+/// before this process opens it. Some damage makes redb panic again while it unwinds
+/// (a panicking destructor), which aborts the whole process whatever catches panics:
+/// such a crash of the child is an error naming the file here, not a crash of the
+/// queen. An error the child reports is left to the open in this process, which says
+/// it the same way. With `reset`, a file that crashes the child is moved aside, as
+/// `--reset-state` does with any broken file.
+pub fn check_in_child(dir: &Path, exe: &Path, reset: bool) -> Result<(), StoreError> {
+    let path = dir.join(STATE_FILE);
+    if !path.exists() {
+        return Ok(());
+    }
+    let status = std::process::Command::new(exe)
+        .env(CHECK_STATE_ENV, dir)
+        .env("RUST_BACKTRACE", "0")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map_err(|e| StoreError::Open { path: path.clone(), reason: format!("cannot check it: {e}") })?;
+    if status.code().is_some_and(|c| c == 0 || c == 1) {
+        return Ok(());
+    }
+    let reason = format!("the file is corrupt (redb crashed reading it: {status})");
+    if !reset {
+        return Err(StoreError::Open { path, reason });
+    }
+    let to = dir.join(format!("{STATE_FILE}.broken-{}", rbee_shared::time::now_unix_ms()));
+    std::fs::rename(&path, &to).map_err(|e| StoreError::Open {
+        path: path.clone(),
+        reason: format!("{reason}; and it cannot be moved aside to {}: {e}", to.display()),
+    })?;
+    tracing::warn!(path = %path.display(), moved_to = %to.display(), %reason,
+        "--reset-state: the old state store was moved aside; starting with an empty one");
+    Ok(())
 }
 
 /// Closes a database. redb flushes and trims the file when a database is dropped, and

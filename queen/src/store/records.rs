@@ -1,6 +1,8 @@
 //! What the store keeps, as plain records (JSON in the file: readable with any redb
-//! tool, and tolerant of added fields).
+//! tool, and tolerant of added fields), each with a checksum of its fields, so that a
+//! damaged record is refused rather than read as another one.
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// One reservation, with what settlement needs to resume.
@@ -64,8 +66,96 @@ pub struct Restored {
     pub policy: Option<PolicyRecord>,
 }
 
-/// A record as stored.
+/// The field that carries a record's checksum.
+const SUM: &str = "sum";
+
+/// The checksum of a record's JSON object without its `sum` field: the first 16 bytes
+/// of its SHA-256, hex. It covers every field, those this queen knows and any a newer
+/// one added, so one flipped bit anywhere in the record is noticed.
+fn checksum(fields: &serde_json::Map<String, serde_json::Value>) -> String {
+    let body = serde_json::to_vec(fields).unwrap_or_default();
+    let digest = ring::digest::digest(&ring::digest::SHA256, &body);
+    digest.as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A record as stored: its JSON object with a `sum` field (see [`checksum`]).
 pub(super) fn encode<T: Serialize>(record: &T) -> Vec<u8> {
     // Records are plain structs of strings and integers: serialising cannot fail.
-    serde_json::to_vec(record).unwrap_or_default()
+    let Ok(serde_json::Value::Object(mut fields)) = serde_json::to_value(record) else {
+        return serde_json::to_vec(record).unwrap_or_default();
+    };
+    let sum = checksum(&fields);
+    fields.insert(SUM.into(), serde_json::Value::String(sum));
+    serde_json::to_vec(&fields).unwrap_or_default()
+}
+
+/// A stored record, checked: its checksum must match; a record written before records
+/// carried one is accepted only when every field it holds is one this queen knows (a
+/// flipped bit in the name `sum` would otherwise pass for such a record). Returns why not.
+pub(super) fn decode<T: Serialize + DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    let serde_json::Value::Object(mut fields) = value else { return Err("it is not a JSON object".into()) };
+    let sum = fields.remove(SUM);
+    let checked = match &sum {
+        Some(serde_json::Value::String(sum)) if *sum == checksum(&fields) => true,
+        Some(_) => return Err("its checksum does not match: the record was damaged".into()),
+        None => false,
+    };
+    let keys: Vec<String> = fields.keys().cloned().collect();
+    let record: T = serde_json::from_value(serde_json::Value::Object(fields)).map_err(|e| e.to_string())?;
+    if !checked
+        && let Ok(serde_json::Value::Object(known)) = serde_json::to_value(&record)
+        && let Some(unknown) = keys.iter().find(|k| !known.contains_key(*k))
+    {
+        return Err(format!("it has no checksum and an unknown field {unknown:?}: the record was damaged"));
+    }
+    Ok(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> ReservationRecord {
+        ReservationRecord {
+            id: "r".into(),
+            hive_id: "h".into(),
+            address: "http://127.0.0.1:7835".into(),
+            device_id: "GPU-0".into(),
+            model: "m".into(),
+            bytes: 64 << 30,
+            settled: false,
+            created_at_unix_ms: 1,
+            expires_at_unix_ms: 2,
+            baseline_bytes: 3,
+        }
+    }
+
+    /// Every single flipped bit of a stored record is noticed (or leaves a record equal
+    /// to the one written, which cannot happen for a bit inside the JSON).
+    #[test]
+    fn every_flipped_bit_of_a_record_is_noticed() {
+        let stored = encode(&record());
+        assert_eq!(decode::<ReservationRecord>(&stored).unwrap(), record());
+        for at in 0..stored.len() {
+            for bit in 0..8 {
+                let mut flipped = stored.clone();
+                flipped[at] ^= 1 << bit;
+                if let Ok(r) = decode::<ReservationRecord>(&flipped) {
+                    panic!("byte {at} bit {bit}: {:?} read as {r:?}", String::from_utf8_lossy(&flipped));
+                }
+            }
+        }
+    }
+
+    /// Records written before checksums are read, unless they hold a field this queen
+    /// does not know.
+    #[test]
+    fn records_without_a_checksum_are_read_when_every_field_is_known() {
+        let old = serde_json::to_vec(&record()).unwrap();
+        assert_eq!(decode::<ReservationRecord>(&old).unwrap(), record());
+        let renamed = String::from_utf8(old).unwrap().replace("\"baseline_bytes\"", "\"baseline_bytez\"");
+        let err = decode::<ReservationRecord>(renamed.as_bytes()).unwrap_err();
+        assert!(err.contains("baseline_bytez"), "{err}");
+    }
 }
