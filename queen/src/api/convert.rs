@@ -343,18 +343,7 @@ impl HivePage {
     ///
     /// [`view_budget::MAX_ANSWER_BYTES`]: rbee_shared::view_budget::MAX_ANSWER_BYTES
     pub fn response(&self, hives: &[std::sync::Arc<HiveSnapshot>]) -> pb::ListHivesResponse {
-        let budget = rbee_shared::view_budget::MAX_ANSWER_BYTES;
-        let mut page: Vec<pb::HiveView> = Vec::new();
-        let mut bytes = 0;
-        for hive in hives.iter().take(self.size) {
-            let view = pb::HiveView::from(hive.as_ref());
-            let len = prost::Message::encoded_len(&view) + 8;
-            if !page.is_empty() && bytes + len > budget {
-                break;
-            }
-            bytes += len;
-            page.push(view);
-        }
+        let page = views_within(hives.iter().take(self.size), rbee_shared::view_budget::MAX_ANSWER_BYTES);
         let next_page_token = match (hives.len() > page.len(), page.last()) {
             (true, Some(last)) => Self::token(&last.address),
             _ => String::new(),
@@ -407,6 +396,28 @@ impl TryFrom<&pb::ListHivesRequest> for HivePage {
         let after = String::from_utf8(bytes).map_err(|_| bad())?;
         Ok(Self { after: Some(after), size })
     }
+}
+
+/// The views of `hives`, in order, until the next one would take the encoded total
+/// past `budget` bytes (never fewer than one while there are any): one `ListHives`
+/// page, or one part of a `WatchFleet` snapshot.
+pub fn views_within<'a>(
+    hives: impl IntoIterator<Item = &'a std::sync::Arc<HiveSnapshot>>,
+    budget: usize,
+) -> Vec<pb::HiveView> {
+    let mut views = Vec::new();
+    let mut bytes = 0;
+    for hive in hives {
+        let view = pb::HiveView::from(hive.as_ref());
+        // With the repeated field's tag and length prefix.
+        let len = prost::Message::encoded_len(&view) + 8;
+        if !views.is_empty() && bytes + len > budget {
+            break;
+        }
+        bytes += len;
+        views.push(view);
+    }
+    views
 }
 
 #[cfg(test)]

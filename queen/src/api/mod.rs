@@ -11,6 +11,7 @@ pub mod model_removal;
 pub mod models;
 pub mod preload;
 mod scheduler;
+mod targets;
 mod watch;
 
 pub use fleet::FleetService;

@@ -9,7 +9,6 @@
 //! rule, the hive key by [`MAX_HIVE_KEY_BYTES`]), and at most [`MAX_CONCURRENT_CALLS`]
 //! hives are called at once.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +18,7 @@ use rbee_shared::ModelState;
 use rbee_shared::convert::models::model_id_from_wire;
 
 use crate::QueenError;
-use crate::fleet::{ConnState, Fleet, HiveSnapshot};
+use crate::fleet::{Fleet, HiveSnapshot};
 use crate::link::LinkSettings;
 use crate::scheduler::weights;
 
@@ -28,7 +27,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Hives called at once.
 const MAX_CONCURRENT_CALLS: usize = 32;
 /// The longest hive id or address a request may name.
-pub const MAX_HIVE_KEY_BYTES: usize = 512;
+pub use super::targets::MAX_HIVE_KEY_BYTES;
 
 /// Which call to make.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,45 +83,13 @@ impl ModelRemover {
         model: &str,
         what: Removal,
     ) -> Result<Vec<Arc<HiveSnapshot>>, QueenError> {
-        if r.hive.len() > MAX_HIVE_KEY_BYTES {
-            return Err(QueenError::InvalidArgument(format!(
-                "hive is {} bytes, more than {MAX_HIVE_KEY_BYTES}",
-                r.hive.len()
-            )));
-        }
-        rbee_shared::labels::validate_labels(r.labels.iter())
-            .map_err(|e| QueenError::InvalidArgument(format!("labels: {e}")))?;
-        match (r.hive.trim(), r.labels.is_empty()) {
-            ("", true) => Err(QueenError::InvalidArgument("give hive or labels".into())),
-            (key, true) => Ok(vec![
-                self.fleet
-                    .get(key)
-                    .ok_or_else(|| QueenError::Missing(format!("no hive {key:?} in the fleet")))?,
-            ]),
-            ("", false) => {
-                let labels: BTreeMap<&String, &String> = r.labels.iter().collect();
-                let found: Vec<_> = self
-                    .fleet
-                    .list()
-                    .into_iter()
-                    .filter(|h| {
-                        h.state == ConnState::Online
-                            && h.identity
-                                .as_ref()
-                                .is_some_and(|i| labels.iter().all(|(k, v)| i.labels.get(*k) == Some(*v)))
-                            && what.applies(h, model)
-                    })
-                    .collect();
-                if found.is_empty() {
-                    return Err(QueenError::Missing(format!(
-                        "no online hive matching the labels {labels:?} {} model {model}",
-                        what.verb()
-                    )));
-                }
-                Ok(found)
-            }
-            (_, false) => Err(QueenError::InvalidArgument("give hive or labels, not both".into())),
-        }
+        super::targets::named_hives(
+            &self.fleet,
+            &r.hive,
+            &r.labels,
+            |h| what.applies(h, model),
+            |labels| format!("no online hive matching the labels {labels:?} {} model {model}", what.verb()),
+        )
     }
 
     /// Cancels the download of (or deletes) the model on the hives `r` names: one

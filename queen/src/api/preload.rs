@@ -5,7 +5,6 @@
 //! A placement on a hive where the model is kept warm preloads it again there, which
 //! marks it used for the hive's least-recently-used budget.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +15,7 @@ use rbee_shared::convert::models::{model_id_from_wire, source_from_wire};
 
 use super::models::ModelFetcher;
 use crate::QueenError;
-use crate::fleet::{ConnState, Fleet, HiveSnapshot};
+use crate::fleet::{Fleet, HiveSnapshot};
 use crate::link::LinkSettings;
 use crate::scheduler::weights::{self, Tier};
 
@@ -74,36 +73,13 @@ impl ModelCache {
     ) -> Result<pb::ScheduleCacheResponse, QueenError> {
         let model = model_id_from_wire("model_id", &r.model_id)
             .map_err(|e| QueenError::InvalidArgument(e.to_string()))?;
-        let targets: Vec<Arc<HiveSnapshot>> = match (r.hive.trim(), r.labels.is_empty()) {
-            ("", true) => return Err(QueenError::InvalidArgument("give hive or labels".into())),
-            (key, true) => vec![
-                self.fleet
-                    .get(key)
-                    .ok_or_else(|| QueenError::Missing(format!("no hive {key:?} in the fleet")))?,
-            ],
-            ("", false) => {
-                let labels: BTreeMap<String, String> = r.labels.clone().into_iter().collect();
-                let found: Vec<_> = self
-                    .fleet
-                    .list()
-                    .into_iter()
-                    .filter(|h| {
-                        h.state == ConnState::Online
-                            && h.identity
-                                .as_ref()
-                                .is_some_and(|i| labels.iter().all(|(k, v)| i.labels.get(k) == Some(v)))
-                            && weights::tier(h, &model) != Tier::Absent
-                    })
-                    .collect();
-                if found.is_empty() {
-                    return Err(QueenError::Missing(format!(
-                        "no online hive matching the labels {labels:?} holds model {model} ready"
-                    )));
-                }
-                found
-            }
-            (_, false) => return Err(QueenError::InvalidArgument("give hive or labels, not both".into())),
-        };
+        let targets = super::targets::named_hives(
+            &self.fleet,
+            &r.hive,
+            &r.labels,
+            |h| weights::tier(h, &model) != Tier::Absent,
+            |labels| format!("no online hive matching the labels {labels:?} holds model {model} ready"),
+        )?;
         let calls = targets.iter().map(|h| self.one(h, &model, evict, r.wait));
         Ok(pb::ScheduleCacheResponse { results: futures::future::join_all(calls).await })
     }

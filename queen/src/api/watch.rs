@@ -270,23 +270,16 @@ pub fn snapshot_parts(
     budget: usize,
 ) -> VecDeque<pb::FleetSnapshot> {
     let mut parts = VecDeque::new();
-    let mut part = pb::FleetSnapshot { hives: Vec::new(), coalesced, more: false };
-    let mut bytes = 0;
-    for hive in hives {
-        let view = pb::HiveView::from(hive.as_ref());
-        let len = prost::Message::encoded_len(&view) + 8;
-        if !part.hives.is_empty() && bytes + len > budget {
-            let next = pb::FleetSnapshot { hives: Vec::new(), coalesced, more: false };
-            let mut full = std::mem::replace(&mut part, next);
-            full.more = true;
-            parts.push_back(full);
-            bytes = 0;
+    let mut rest = hives;
+    loop {
+        let views = super::convert::views_within(rest, budget);
+        rest = &rest[views.len()..];
+        let more = !rest.is_empty();
+        parts.push_back(pb::FleetSnapshot { hives: views, coalesced, more });
+        if !more {
+            return parts;
         }
-        bytes += len;
-        part.hives.push(view);
     }
-    parts.push_back(part);
-    parts
 }
 
 #[cfg(test)]
