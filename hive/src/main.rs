@@ -47,26 +47,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Completions(args) => {
             use clap::CommandFactory;
-            // Into memory first: clap_complete panics when its writer fails (a closed pipe).
-            let mut script = Vec::new();
-            clap_complete::generate(args.shell, &mut Cli::command(), "hive", &mut script);
-            rbee_shared::stdout::write_bytes(&script)?;
+            rbee_shared::cli_docs::completions(Cli::command(), "hive", args.shell)?;
         }
         Command::Man(args) => {
             use clap::CommandFactory;
-            match args.dir {
-                // Every page the main page's SEE ALSO names, one per subcommand.
-                Some(dir) => {
-                    clap_mangen::generate_to(Cli::command(), &dir)
-                        .with_context(|| format!("cannot write the man pages into {}", dir.display()))?;
-                    rbee_shared::outln!("wrote the man pages into {}", dir.display())?;
-                }
-                None => {
-                    let mut page = Vec::new();
-                    clap_mangen::Man::new(Cli::command()).render(&mut page)?;
-                    rbee_shared::stdout::write_bytes(&page)?;
-                }
-            }
+            rbee_shared::cli_docs::man(Cli::command(), args.dir.as_deref())?;
         }
         Command::Swarm(args) => {
             rbee_hive::swarm::args::run(*args, rbee_shared::shutdown::shutdown_signal()).await?;

@@ -22,6 +22,7 @@ pub mod bytesize;
 pub mod capability;
 pub mod capability_diff;
 pub mod certs;
+pub mod cli_docs;
 pub mod compact;
 pub mod convert;
 pub mod duration_serde;
