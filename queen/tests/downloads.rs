@@ -10,6 +10,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::cli::{args, queen_cli};
 use common::{TestHive, TestQueen, Watch, online, wait_for};
 use rbee_hive::test_support::http_files::{FileServer, generated};
 use rbee_hive::test_support::models_config;
@@ -21,24 +22,6 @@ const QUEEN: &str = env!("CARGO_BIN_EXE_queen");
 const SIZE: usize = 16 << 20;
 /// Longest a test waits for anything.
 const WAIT: Duration = Duration::from_secs(30);
-
-/// Runs `queen ARGS`: success, stdout, stderr.
-async fn queen_cli(args: Vec<String>) -> (bool, String, String) {
-    tokio::task::spawn_blocking(move || {
-        let out = Command::new(QUEEN).args(&args).env_remove("QUEEN_TOKEN").output().expect("run queen");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into(),
-            String::from_utf8_lossy(&out.stderr).into(),
-        )
-    })
-    .await
-    .unwrap()
-}
-
-fn args(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| (*s).to_owned()).collect()
-}
 
 /// Starts `queen fetch MODEL --from URL --hive HIVE --quiet EXTRA...` in the background.
 fn spawn_fetch(q: &str, model: &str, url: &str, hive: &str, extra: &[&str]) -> Child {

@@ -8,6 +8,7 @@ mod common;
 
 use std::path::Path;
 
+use common::cli::{args, queen_cli};
 use common::scheduling::{GIB, placement, queen_with};
 use common::{TestHive, wait_for};
 use rbee_hive::test_support::http_files::{FileServer, generated};
@@ -167,27 +168,6 @@ async fn place_goes_where_the_weights_are_and_prefetch_makes_them_resident() {
         assert!(e.message().contains("model"), "{bad}: {}", e.message());
     }
     queen.stop().await;
-}
-
-async fn queen_cli(args: Vec<String>) -> (bool, String, String) {
-    tokio::task::spawn_blocking(move || {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_queen"))
-            .args(&args)
-            .env_remove("QUEEN_TOKEN")
-            .output()
-            .expect("run queen");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into(),
-            String::from_utf8_lossy(&out.stderr).into(),
-        )
-    })
-    .await
-    .unwrap()
-}
-
-fn args(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| (*s).to_owned()).collect()
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@ mod common;
 
 use std::process::Command;
 
+use common::cli::{args, queen_cli};
 use common::{TestHive, TestQueen, online, wait_for};
 use rbee_hive::test_support::http_files::{FileServer, generated, sha256_hex};
 use rbee_hive::test_support::models_config;
@@ -15,23 +16,6 @@ use rbee_proto::v1::scheduler_client::SchedulerClient;
 const QUEEN: &str = env!("CARGO_BIN_EXE_queen");
 /// 50 MiB.
 const SIZE: usize = 50 << 20;
-
-async fn queen_cli(args: Vec<String>) -> (bool, String, String) {
-    tokio::task::spawn_blocking(move || {
-        let out = Command::new(QUEEN).args(&args).env_remove("QUEEN_TOKEN").output().expect("run queen");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into(),
-            String::from_utf8_lossy(&out.stderr).into(),
-        )
-    })
-    .await
-    .unwrap()
-}
-
-fn args(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| (*s).to_owned()).collect()
-}
 
 #[tokio::test]
 async fn queen_fetch_follows_the_download_and_exits_with_its_outcome() {

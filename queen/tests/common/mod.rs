@@ -21,6 +21,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
+pub mod cli;
 pub mod metrics;
 pub mod process;
 pub mod scheduling;
