@@ -287,4 +287,112 @@ mod by_process {
         let r = b.reserve("a", "g", &claim(20 * GIB, 10 * GIB)).unwrap();
         assert_eq!(b.settle("a", "g", 30 * GIB, None), [r.id]);
     }
+
+    /// The id of a new reservation (settlement by process, `processes.rs`).
+    fn reserve_id(b: &mut Book, bytes: u64, observed: u64, p: &GpuProcesses) -> String {
+        reserve(b, bytes, observed, p).id
+    }
+
+    #[test]
+    fn the_workers_of_one_reservation_never_hide_memory_beyond_its_bytes() {
+        let mut b = Book::default();
+        let none = procs(&[]);
+        let small = reserve_id(&mut b, 8 * GIB, 0, &none);
+        let big = reserve_id(&mut b, 30 * GIB, 0, &none);
+        // Two processes tagged with `small`, 6 GiB each: neither alone holds its 8 GiB.
+        // Together they use 12: `small` counts max(8, 12) = 12, and `big` still
+        // counts all of its 30. Observed 12: free = 80 - (12 + 30) = 38.
+        let two = procs(&[(1, 6 * GIB, Some(&small)), (2, 6 * GIB, Some(&small))]);
+        b.settle("a", "g", 12 * GIB, Some(&two));
+        assert_eq!(b.free("a", "g", 80 * GIB, 12 * GIB), 38 * GIB, "memory hidden inside `big`");
+        assert_eq!(b.get(&small).unwrap().state, ReservationState::Settled);
+        assert_eq!(b.get(&big).unwrap().state, ReservationState::Active);
+    }
+
+    #[test]
+    fn below_its_bytes_a_reservation_counts_its_bytes_and_a_foreign_id_counts_as_used() {
+        let mut b = Book::default();
+        let none = procs(&[]);
+        let r = reserve_id(&mut b, 20 * GIB, 0, &none);
+        // Its worker holds 5 of 20; an id naming nothing here holds 30 and counts as used
+        // (and, carrying an id, settles nothing by size).
+        let p = procs(&[(1, 5 * GIB, Some(&r)), (2, 30 * GIB, Some("forged"))]);
+        assert!(b.settle("a", "g", 35 * GIB, Some(&p)).is_empty());
+        // 80 - (35 observed + 15 still to load) = 30.
+        assert_eq!(b.free("a", "g", 80 * GIB, 35 * GIB), 30 * GIB);
+    }
+
+    /// Hostile round 3, F4: the victim reserves 20 GiB of 80; an attacker's untagged
+    /// 20 GiB process settles it by size and exits before the victim's worker loads. The
+    /// reservation counts again: a 61 GiB reservation is refused (the old book admitted
+    /// it: 81 GiB promised on 80).
+    #[test]
+    fn a_settlement_whose_processes_are_all_gone_counts_again() {
+        let mut b = Book::default();
+        let none = procs(&[]);
+        let victim = reserve_id(&mut b, 20 * GIB, 0, &none);
+        let attacker = procs(&[(66, 20 * GIB, None)]);
+        assert_eq!(b.settle("a", "g", 20 * GIB, Some(&attacker)), vec![victim.clone()]);
+        assert_eq!(b.get(&victim).unwrap().state, ReservationState::Settled);
+        // While it is there, its memory is in the samples.
+        assert!(b.settle("a", "g", 20 * GIB, Some(&attacker)).is_empty());
+        assert_eq!(b.get(&victim).unwrap().state, ReservationState::Settled);
+        assert_eq!(b.free("a", "g", 80 * GIB, 20 * GIB), 60 * GIB);
+        assert!(b.active_devices().contains(&("a".to_owned(), "g".to_owned())));
+
+        // The attacker exits.
+        assert!(b.settle("a", "g", 0, Some(&none)).is_empty());
+        assert_eq!(b.get(&victim).unwrap().state, ReservationState::Active);
+        assert_eq!(b.free("a", "g", 80 * GIB, 0), 60 * GIB);
+        let claim = Claim { processes: Some(&none), ..claim(61 * GIB, 0) };
+        assert!(b.reserve("a", "g", &claim).is_err(), "61 GiB promised over a counted 20");
+        // The attacker again: another process must hold the bytes to settle it again.
+        let again = procs(&[(67, 20 * GIB, None)]);
+        assert_eq!(b.settle("a", "g", 20 * GIB, Some(&again)), vec![victim.clone()]);
+        // The attacker goes as the victim's own tagged worker loads: undone, and
+        // settled again at once by the worker.
+        let worker = procs(&[(7, 20 * GIB, Some(&victim))]);
+        assert_eq!(b.settle("a", "g", 20 * GIB, Some(&worker)), vec![victim.clone()]);
+        assert_eq!(b.get(&victim).unwrap().state, ReservationState::Settled);
+        // Released: nothing is undone any more, and the device is no longer watched.
+        b.release(&victim);
+        assert!(b.settle("a", "g", 0, Some(&none)).is_empty());
+        assert!(b.active_devices().is_empty());
+    }
+
+    #[test]
+    fn a_tagged_worker_that_exits_unreleased_leaves_its_reservation_counting() {
+        let mut b = Book::default();
+        let none = procs(&[]);
+        let r = reserve_id(&mut b, 8 * GIB, 0, &none);
+        let w = procs(&[(1, 5 * GIB, Some(&r)), (2, 3 * GIB, Some(&r))]);
+        assert_eq!(b.settle("a", "g", 8 * GIB, Some(&w)), vec![r.clone()]);
+        // One of its two workers goes: still settled.
+        let one = procs(&[(2, 3 * GIB, Some(&r))]);
+        assert!(b.settle("a", "g", 3 * GIB, Some(&one)).is_empty());
+        assert_eq!(b.get(&r).unwrap().state, ReservationState::Settled);
+        // Both gone: it counts again, and expires at its TTL.
+        b.settle("a", "g", 0, Some(&none));
+        assert_eq!(b.get(&r).unwrap().state, ReservationState::Active);
+        assert_eq!(b.free("a", "g", 80 * GIB, 0), 72 * GIB);
+        assert_eq!(b.expire(u64::MAX).len(), 1);
+        assert_eq!(b.free("a", "g", 80 * GIB, 0), 80 * GIB);
+    }
+
+    #[test]
+    fn an_undone_settlement_counts_its_bytes_once() {
+        let mut b = Book::default();
+        let none = procs(&[]);
+        let victim = reserve_id(&mut b, 20 * GIB, 0, &none);
+        let other = reserve_id(&mut b, 10 * GIB, 0, &none);
+        let attacker = procs(&[(66, 20 * GIB, None)]);
+        assert_eq!(b.settle("a", "g", 20 * GIB, Some(&attacker)), vec![victim.clone()]);
+        // 80 - (20 in the samples + 10 still to load).
+        assert_eq!(b.free("a", "g", 80 * GIB, 20 * GIB), 50 * GIB);
+        b.settle("a", "g", 0, Some(&none));
+        assert_eq!(b.get(&victim).unwrap().state, ReservationState::Active);
+        assert_eq!(b.get(&other).unwrap().state, ReservationState::Active);
+        // Both count, each once: 80 - 30.
+        assert_eq!(b.free("a", "g", 80 * GIB, 0), 50 * GIB);
+    }
 }
