@@ -288,7 +288,7 @@ impl StateStore {
             path: self.path.clone(),
             table,
             key: key.to_owned(),
-            reason,
+            reason: reason.to_string(),
         })
     }
 

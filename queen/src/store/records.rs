@@ -92,24 +92,41 @@ pub(super) fn encode<T: Serialize>(record: &T) -> Vec<u8> {
 /// A stored record, checked: its checksum must match; a record written before records
 /// carried one is accepted only when every field it holds is one this queen knows (a
 /// flipped bit in the name `sum` would otherwise pass for such a record). Returns why not.
-pub(super) fn decode<T: Serialize + DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    let serde_json::Value::Object(mut fields) = value else { return Err("it is not a JSON object".into()) };
+pub(super) fn decode<T: Serialize + DeserializeOwned>(bytes: &[u8]) -> Result<T, DamagedRecord> {
+    let value: serde_json::Value = serde_json::from_slice(bytes)?;
+    let serde_json::Value::Object(mut fields) = value else { return Err(DamagedRecord::NotAnObject) };
     let sum = fields.remove(SUM);
     let checked = match &sum {
         Some(serde_json::Value::String(sum)) if *sum == checksum(&fields) => true,
-        Some(_) => return Err("its checksum does not match: the record was damaged".into()),
+        Some(_) => return Err(DamagedRecord::Checksum),
         None => false,
     };
     let keys: Vec<String> = fields.keys().cloned().collect();
-    let record: T = serde_json::from_value(serde_json::Value::Object(fields)).map_err(|e| e.to_string())?;
+    let record: T = serde_json::from_value(serde_json::Value::Object(fields))?;
     if !checked
         && let Ok(serde_json::Value::Object(known)) = serde_json::to_value(&record)
         && let Some(unknown) = keys.iter().find(|k| !known.contains_key(*k))
     {
-        return Err(format!("it has no checksum and an unknown field {unknown:?}: the record was damaged"));
+        return Err(DamagedRecord::UnknownField(unknown.clone()));
     }
     Ok(record)
+}
+
+/// Why a stored record is not read.
+#[derive(Debug, thiserror::Error)]
+pub enum DamagedRecord {
+    /// Not JSON, or not the record's shape.
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    /// JSON, but not an object.
+    #[error("it is not a JSON object")]
+    NotAnObject,
+    /// The checksum does not match its fields.
+    #[error("its checksum does not match: the record was damaged")]
+    Checksum,
+    /// A record without a checksum holds a field the queen does not know.
+    #[error("it has no checksum and an unknown field {0:?}: the record was damaged")]
+    UnknownField(String),
 }
 
 #[cfg(test)]
@@ -155,7 +172,7 @@ mod tests {
         let old = serde_json::to_vec(&record()).unwrap();
         assert_eq!(decode::<ReservationRecord>(&old).unwrap(), record());
         let renamed = String::from_utf8(old).unwrap().replace("\"baseline_bytes\"", "\"baseline_bytez\"");
-        let err = decode::<ReservationRecord>(renamed.as_bytes()).unwrap_err();
+        let err = decode::<ReservationRecord>(renamed.as_bytes()).unwrap_err().to_string();
         assert!(err.contains("baseline_bytez"), "{err}");
     }
 }
