@@ -102,7 +102,7 @@ struct Job {
     /// Its progress.
     progress: Arc<Mutex<Progress>>,
     /// Set once it ended: `Ok(resident bytes)` or the error text.
-    done: watch::Receiver<Option<Result<u64, String>>>,
+    done: watch::Receiver<Done>,
 }
 
 /// The mutable state, under one short lock (never held across `.await`).
@@ -397,7 +397,7 @@ impl Preloader {
         launch: Launch,
         dir: PathBuf,
         files: Vec<rbee_shared::ModelFile>,
-    ) -> watch::Receiver<Option<Result<u64, String>>> {
+    ) -> watch::Receiver<Done> {
         let Launch { id, progress, cancel, tx } = launch;
         let rx = tx.subscribe();
         let p = self.clone();
@@ -417,7 +417,7 @@ impl Preloader {
                 st.jobs.remove(&id);
                 st.finished.insert(id.clone(), (Instant::now(), record));
             }
-            let _ = tx.send(Some(result.map_err(|e| e.to_string())));
+            let _ = tx.send(Some(result.map_err(Arc::new)));
         });
         let mut tasks = self.inner.tasks.lock_unpoisoned();
         tasks.retain(|t| !t.is_finished());
@@ -591,13 +591,13 @@ struct Launch {
     /// Cancelled by EvictModel or shutdown.
     cancel: CancellationToken,
     /// Where its end is announced.
-    tx: watch::Sender<Option<Result<u64, String>>>,
+    tx: watch::Sender<Done>,
 }
 
 /// What the budget said to a preload.
 enum Admitted {
     /// A preload of the model started meanwhile: join it.
-    Joined(watch::Receiver<Option<Result<u64, String>>>),
+    Joined(watch::Receiver<Done>),
     /// Go: evict these, then start.
     Start {
         /// Warm models to evict for room, least recently used first.
@@ -611,7 +611,7 @@ enum Admitted {
 
 /// The outcome of joining a running preload of `entry`.
 async fn join(
-    done: watch::Receiver<Option<Result<u64, String>>>,
+    done: watch::Receiver<Done>,
     wait: bool,
     entry: &ModelEntry,
 ) -> Result<PreloadOutcome, HiveError> {
@@ -624,11 +624,15 @@ async fn join(
     })
 }
 
-async fn wait_done(mut done: watch::Receiver<Option<Result<u64, String>>>) -> Result<u64, HiveError> {
+/// How a preload ended, for every caller waiting on it: the bytes it left resident, or
+/// why it stopped (shared: several callers may wait on one preload).
+type Done = Option<Result<u64, Arc<read::Stopped>>>;
+
+async fn wait_done(mut done: watch::Receiver<Done>) -> Result<u64, HiveError> {
     let result = done.wait_for(Option::is_some).await.map_err(|_| HiveError::ShuttingDown)?.clone();
     match result {
         Some(Ok(r)) => Ok(r),
-        Some(Err(e)) => Err(HiveError::PreloadFailed(e)),
+        Some(Err(e)) => Err(HiveError::PreloadFailed(e.to_string())),
         None => Err(HiveError::ShuttingDown),
     }
 }
