@@ -3,30 +3,24 @@
 //! `HIVE_DOWNLOAD_ALLOW` opens them, and a malformed rule stops the start with a clear
 //! error. Real `queen` binary, real loopback file server.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
+mod common;
+
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use common::process::QueenProcess;
 use rbee_hive::test_support::http_files::{FileServer, generated, sha256_hex};
 
 const QUEEN: &str = env!("CARGO_BIN_EXE_queen");
 
-/// A running `queen serve --local-hive --local-hive-demo`, killed on drop.
+/// A running `queen serve --local-hive --local-hive-demo`, with its state and models
+/// directories.
 struct Queen {
-    child: Child,
-    url: String,
+    process: QueenProcess,
     _dirs: (tempfile::TempDir, tempfile::TempDir),
 }
 
-impl Drop for Queen {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `queen serve` with a local demo hive whose models live in a temp dir; `allow` is
-/// `HIVE_DOWNLOAD_ALLOW`, or unset.
+/// `queen serve` with a local demo hive; `allow` is `HIVE_DOWNLOAD_ALLOW`, or unset.
 fn serve(allow: Option<&str>) -> Command {
     let mut cmd = Command::new(QUEEN);
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--local-hive", "--local-hive-demo"])
@@ -39,29 +33,12 @@ fn serve(allow: Option<&str>) -> Command {
     cmd
 }
 
+/// Starts it with models in a temp dir.
 fn start(allow: Option<&str>) -> Queen {
     let (state, models) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut child = serve(allow)
-        .arg("--state-dir")
-        .arg(state.path())
-        .env("HIVE_MODELS_DIR", models.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the queen binary");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("queen serving")
-                && let Some(rest) = line.split("listen=").nth(1)
-            {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_owned());
-            }
-        }
-    });
-    let addr = rx.recv_timeout(Duration::from_secs(30)).expect("the queen logs its listen address");
-    Queen { child, url: format!("http://{addr}"), _dirs: (state, models) }
+    let mut cmd = serve(allow);
+    cmd.arg("--state-dir").arg(state.path()).env("HIVE_MODELS_DIR", models.path());
+    Queen { process: QueenProcess::start(cmd), _dirs: (state, models) }
 }
 
 fn cli(args: &[&str], url: &str) -> Output {
@@ -86,7 +63,7 @@ fn local_hive_id(url: &str) -> String {
 
 /// `queen fetch` of one generated file from `url`; its output.
 async fn fetch(queen: &Queen, model: &str, url: &str, sha: &str) -> Output {
-    let q = queen.url.clone();
+    let q = queen.process.url.clone();
     let (model, url, sha) = (model.to_owned(), url.to_owned(), sha.to_owned());
     tokio::task::spawn_blocking(move || {
         let hive = local_hive_id(&q);
