@@ -490,6 +490,7 @@ mod tests {
             cuda_version: None,
             power_limit_mw: None,
             mig_mode: MigMode::NotReported,
+            topology: Default::default(),
         }
     }
 

@@ -57,6 +57,8 @@ pub struct GpuDevice {
     pub power_limit_mw: Option<u32>,
     /// MIG mode.
     pub mig_mode: MigMode,
+    /// NUMA node, CPU affinity, MIG parent and links to the other GPUs.
+    pub topology: crate::GpuTopology,
 }
 
 /// The host CPU.

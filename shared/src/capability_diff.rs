@@ -157,6 +157,7 @@ mod tests {
                 cuda_version: None,
                 power_limit_mw: power,
                 mig_mode: if mig { MigMode::Enabled } else { MigMode::NotReported },
+                topology: Default::default(),
             },
         )
     }

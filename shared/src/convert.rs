@@ -18,6 +18,7 @@ use crate::{
 };
 
 pub mod models;
+mod topology;
 
 /// Most GPUs one hive may report.
 pub const MAX_DEVICES: usize = 64;
@@ -111,6 +112,7 @@ impl From<&GpuDevice> for pb::GpuDevice {
                 MigMode::Disabled => pb::MigMode::Disabled,
                 MigMode::Enabled => pb::MigMode::Enabled,
             } as i32,
+            topology: Some(pb::GpuTopology::from(&g.topology)),
         }
     }
 }
@@ -142,6 +144,7 @@ fn gpu_from_wire(field: &str, g: &pb::GpuDevice) -> Checked<GpuDevice> {
                 ));
             }
         },
+        topology: topology::topology_from_wire(&format!("{field}.topology"), &g.id, g.topology.as_ref())?,
     })
 }
 
@@ -749,6 +752,7 @@ mod tests {
             cuda_version: Some("12.4".into()),
             power_limit_mw: Some(700_000),
             mig_mode: MigMode::Disabled,
+            topology: Default::default(),
         }
     }
 

@@ -46,6 +46,7 @@ pub mod stream_message;
 pub mod telemetry;
 pub mod time;
 pub mod tls;
+pub mod topology;
 pub mod view_budget;
 pub mod warn_limit;
 
@@ -65,3 +66,4 @@ pub use sample::{
 };
 pub use sample_interval::{IntervalError, SampleInterval};
 pub use stream_message::{HivePayload, HiveStreamMessage, KnownView, QueenStreamMessage, SnapshotReason};
+pub use topology::{GpuLink, GpuTopology, PcieLevel};

@@ -220,6 +220,8 @@ impl NvmlSource {
                 Ok(_) => MigMode::Disabled,
                 Err(_) => MigMode::NotReported,
             },
+            // Filled by the topology reader after every GPU is described (issue 22).
+            topology: Default::default(),
         }
     }
 }

@@ -266,6 +266,7 @@ impl Scenario {
                     cuda_version: None,
                     power_limit_mw: g.power_limit_w.map(|w| w.saturating_mul(1000)),
                     mig_mode: MigMode::NotReported,
+                    topology: Default::default(),
                     id: g.id,
                 },
                 appear_at,

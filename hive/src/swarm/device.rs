@@ -118,6 +118,7 @@ impl GpuState {
                 cuda_version: Some("12.4".into()),
                 power_limit_mw: Some(POWER_LIMIT_MW),
                 mig_mode: MigMode::Disabled,
+                topology: Default::default(),
             },
             mode: if vram_used == 0 { Mode::Idle } else { Mode::Steady(20.0 + 60.0 * rng.unit()) },
             util: 0.0,

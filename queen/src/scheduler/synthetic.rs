@@ -59,6 +59,7 @@ pub fn hive(
                 cuda_version: None,
                 power_limit_mw: None,
                 mig_mode: MigMode::NotReported,
+                topology: Default::default(),
             },
         );
         sample.gpus.push(GpuSample {
