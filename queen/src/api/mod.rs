@@ -9,6 +9,7 @@ mod fleet;
 pub mod leader;
 pub mod model_removal;
 pub mod models;
+mod place_request;
 pub mod preload;
 mod scheduler;
 mod targets;
