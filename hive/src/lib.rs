@@ -22,6 +22,7 @@ pub mod server;
 pub mod service;
 pub mod source;
 pub mod stream;
+pub mod stream_compact;
 pub mod streams;
 pub mod swarm;
 #[cfg(feature = "test-support")]
