@@ -450,7 +450,8 @@ fn domain_samples_encode_and_decode_to_the_same_domain_sample() {
     let mut decoder = Decoder::new();
     assert_eq!(decoder.decode_sample(&c, &layout).unwrap(), sample);
     // A frame whose full sample does not validate is refused and leaves the view as it was.
-    let bad = pb::CompactSample { taken_at_delta_ms: 1, ram_used_bytes: Some(u64::MAX), ..Default::default() };
+    let bad =
+        pb::CompactSample { taken_at_delta_ms: 1, ram_used_bytes: Some(u64::MAX), ..Default::default() };
     assert!(matches!(decoder.decode_sample(&bad, &layout), Err(CompactError::Invalid(_))));
     let held = decoder.decode_sample(&pb::CompactSample::default(), &layout).unwrap();
     assert_eq!(held.ram_used_bytes, sample.ram_used_bytes);
