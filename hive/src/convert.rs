@@ -1,13 +1,13 @@
 //! The hive's API edge: the caller's wire messages become domain
-//! [`QueenStreamMessage`]s (validated once, in `rbee_shared::convert`), and the
-//! session's domain messages become wire messages. Nothing else in the hive touches
-//! generated stream types.
+//! [`QueenStreamMessage`]s (validated once, in `rbee_shared::convert`); the session's
+//! domain messages become wire messages at `stream_compact.rs`. Nothing else in the
+//! hive touches generated stream types.
 
 use rbee_proto::v1 as pb;
+use rbee_shared::QueenStreamMessage;
 use rbee_shared::size_limit::is_too_large;
-use rbee_shared::{HiveStreamMessage, QueenStreamMessage};
 use tokio_stream::StreamExt;
-use tonic::{Code, Status, Streaming};
+use tonic::{Code, Streaming};
 
 use crate::HiveError;
 use crate::stream::Inbound;
@@ -28,14 +28,10 @@ pub fn inbound(messages: Streaming<pb::QueenMessage>) -> Inbound {
     }))
 }
 
-/// A session message for the wire, or the error as a status.
-pub fn outbound(m: Result<HiveStreamMessage, HiveError>) -> Result<pb::HiveMessage, Status> {
-    m.map(|m| pb::HiveMessage::from(&m)).map_err(Status::from)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tonic::Status;
 
     #[test]
     fn oversized_messages_are_recognised() {

@@ -4,7 +4,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use rbee_hive::config::{Cli, Command};
+use rbee_hive::cli::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();

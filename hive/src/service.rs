@@ -15,6 +15,7 @@ use crate::convert;
 use crate::models::{FetchOutcome, Models};
 use crate::preload::Preloader;
 use crate::stream::{Session, SessionContext};
+use crate::stream_compact::CompactEgress;
 use crate::streams::Streams;
 
 /// The Hive service.
@@ -91,7 +92,14 @@ impl Hive for HiveService {
         let stream = futures::stream::once(Session::subscribe(ctx, peer, inbound, slot))
             .map(|subscribed| -> HiveMessageStream {
                 match subscribed {
-                    Ok(Some(session)) => Box::pin(session.into_stream().map(convert::outbound)),
+                    Ok(Some(session)) => {
+                        let mut edge = if session.wants_compact() {
+                            CompactEgress::compact(session.delivered().map(|c| c.as_ref().clone()))
+                        } else {
+                            CompactEgress::whole()
+                        };
+                        Box::pin(session.into_stream().map(move |m| edge.outbound(m)))
+                    }
                     Ok(None) => Box::pin(futures::stream::empty()),
                     Err(e) => Box::pin(futures::stream::once(async move { Err(e.into()) })),
                 }

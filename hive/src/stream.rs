@@ -1,6 +1,8 @@
 //! One `MetricsStream` session, in domain types: subscribe, then a snapshot (if the
 //! caller's view is missing or outdated), samples every interval, and capability
-//! diffs. The service converts to and from the wire at the edge.
+//! diffs. The service converts to and from the wire at the edge (`convert.rs` inbound;
+//! `stream_compact.rs` outbound, which also turns samples into compact samples on
+//! streams that asked for them).
 //!
 //! The session is pulled: it produces the next message only when the transport asks
 //! for one. A slow reader therefore never makes memory grow: missed sample ticks are
@@ -18,8 +20,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use rbee_proto::v1 as pb;
-use rbee_shared::compact::{Encoder, Layout};
 use rbee_shared::warn_limit::{Verdict, WarnLimiter};
 use rbee_shared::{
     CapabilityDiff, HiveIdentity, HivePayload, HiveStreamMessage, QueenStreamMessage, Sample, SnapshotReason,
@@ -86,9 +86,8 @@ pub struct Session {
     last_taken_at: u64,
     /// Set after an error or shutdown: the stream ends.
     done: bool,
-    /// On streams that asked for compact samples: the encoder, and the layout of the
-    /// capabilities delivered (kept while their version holds).
-    compact: Option<(Encoder, Option<Layout>)>,
+    /// The caller asked for compact samples (the outbound edge makes them).
+    compact: bool,
     /// Holds this stream's slot while it lives.
     _slot: StreamGuard,
 }
@@ -146,10 +145,21 @@ impl Session {
             seq: 0,
             last_taken_at: 0,
             done: false,
-            compact: request.compact.then(|| (Encoder::new(), None)),
+            compact: request.compact,
             _slot: slot,
             ctx,
         }))
+    }
+
+    /// Whether the caller asked for compact samples.
+    pub fn wants_compact(&self) -> bool {
+        self.compact
+    }
+
+    /// The capabilities the caller already holds when the stream resumed its view
+    /// without a snapshot (`None` when a snapshot comes first).
+    pub fn delivered(&self) -> Option<Arc<VersionedCapabilities>> {
+        self.sent.clone()
     }
 
     /// Turns the session into the stream of messages for the caller.
@@ -165,10 +175,6 @@ impl Session {
     fn snapshot(&mut self, reason: SnapshotReason) -> HiveStreamMessage {
         let caps = self.caps_rx.borrow_and_update().clone();
         self.sent = Some(caps.clone());
-        if let Some(compact) = self.compact.as_mut() {
-            // The receiver's view starts again: the next sample is a keyframe.
-            *compact = (Encoder::new(), None);
-        }
         let identity = self.ctx.identity.as_ref().clone();
         self.envelope(HivePayload::Snapshot { reason, identity, capabilities: caps.as_ref().clone() })
     }
@@ -196,28 +202,7 @@ impl Session {
         }
         self.resample = 0;
         self.last_taken_at = sample.taken_at_unix_ms;
-        let payload = self.compacted(sample);
-        Some(self.envelope(payload))
-    }
-
-    /// The sample as this stream sends it: compact when asked for (a full sample if the
-    /// encoder cannot express it, which a consistent sample never causes).
-    fn compacted(&mut self, sample: Sample) -> HivePayload {
-        let (Some((encoder, layout)), Some(sent)) = (self.compact.as_mut(), self.sent.as_ref()) else {
-            return HivePayload::Sample(sample);
-        };
-        let layout = match layout {
-            Some(l) if l.version == sent.version => l,
-            _ => layout.insert(Layout::of(sent)),
-        };
-        match encoder.encode(&pb::Sample::from(&sample), layout) {
-            Ok(c) => HivePayload::Compact(Box::new(c)),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot send this sample in compact form; sending it whole");
-                *encoder = Encoder::new();
-                HivePayload::Sample(sample)
-            }
-        }
+        Some(self.envelope(HivePayload::Sample(sample)))
     }
 
     fn apply(&mut self, request: QueenStreamMessage) {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use rbee_hive::config::{Cli, Command};
+use rbee_hive::cli::{Cli, Command};
 use rbee_hive::test_support::{ONE_GPU, TestHive, config, http_get, promtool_check_metrics};
 use rbee_shared::metrics_http::{MetricsAccess, MetricsEndpoint};
 

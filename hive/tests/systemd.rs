@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use clap::CommandFactory;
-use rbee_hive::config::Cli;
+use rbee_hive::cli::Cli;
 use rbee_hive::test_support::{
     HiveProcess, TestStream, as_sample, check_env_example, subscribe, systemd_verify,
 };

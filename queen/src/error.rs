@@ -59,9 +59,6 @@ pub enum QueenError {
         /// What went wrong, and where in the script.
         error: crate::scheduler::policy::PolicyError,
     },
-    /// The embedded local hive failed.
-    #[error("local hive: {0}")]
-    LocalHive(#[from] rbee_hive::HiveError),
     /// A kept reservation record is not sound (corrupted): the queen will not start and
     /// drop it silently.
     #[error(
@@ -153,8 +150,7 @@ impl From<QueenError> for tonic::Status {
             | QueenError::UnsoundRecord { .. }
             | QueenError::Io { .. }
             | QueenError::Transport(_)
-            | QueenError::Reflection(_)
-            | QueenError::LocalHive(_) => Status::internal(e.to_string()),
+            | QueenError::Reflection(_) => Status::internal(e.to_string()),
         }
     }
 }

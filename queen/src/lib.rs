@@ -19,6 +19,10 @@
 //! - [`api`]: the gRPC services (Fleet, Scheduler, WatchFleet), auth and wire conversion.
 //! - [`config`]: `queen serve`'s flags and config file, merged into a [`QueenConfig`].
 //! - [`cli`]: the command line and the client subcommands.
+//!
+//! Beside [`run`] in the wiring: [`local_hive`], the embedded hive (`--local-hive`), the
+//! only code that links the hive crate, behind the `local-hive` cargo feature (on by
+//! default; `cargo build -p rbee-queen --no-default-features` builds a queen without it).
 
 pub mod admission;
 pub mod api;
@@ -28,6 +32,7 @@ pub mod error;
 pub mod fleet;
 pub mod ha;
 pub mod link;
+pub mod local_hive;
 pub mod metrics;
 pub mod scheduler;
 mod server;

@@ -23,6 +23,7 @@ use crate::config::QueenConfig;
 use crate::fleet::{Fleet, Origin};
 use crate::ha::Ha;
 use crate::link::{LinkSettings, Links};
+use crate::local_hive;
 use crate::scheduler::Scheduler;
 use crate::store::{EtcdSettings, EtcdStore, GroupCommit, HiveRecord, Restored, StateStore, Store};
 
@@ -57,10 +58,7 @@ pub async fn run(
     };
     let local_hive = match config.local_hive {
         Some(hive_config) => {
-            let id = hive_config.hive_id.clone();
-            let (task, address) = start_local_hive(&fleet, hive_config, cancel.clone()).await?;
-            follow_local_hive(&mut kept, &config.hives, &id, &address);
-            Some(task)
+            Some(local_hive::start(&fleet, hive_config, &mut kept, &config.hives, cancel.clone()).await?)
         }
         None => None,
     };
@@ -160,44 +158,6 @@ fn reflection() -> ReflectionBuilder<'static> {
 /// applies only when tonic binds the socket itself).
 fn incoming(listener: TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener).with_nodelay(Some(true))
-}
-
-/// Starts a hive in this process on a loopback port and manages it.
-/// Returns its task and its address.
-async fn start_local_hive(
-    fleet: &Arc<Fleet>,
-    config: rbee_hive::HiveConfig,
-    cancel: CancellationToken,
-) -> Result<(tokio::task::JoinHandle<()>, String), QueenError> {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| QueenError::Config(format!("cannot bind the local hive: {e}")))?;
-    let address = format!("http://{}", listener.local_addr().map_err(|e| QueenError::Config(e.to_string()))?);
-    let task = tokio::spawn(async move {
-        if let Err(e) = rbee_hive::run(config, listener, cancel.cancelled_owned()).await {
-            tracing::error!(error = %e, "the local hive stopped with an error");
-        }
-    });
-    let (hive, _) = fleet.add(&address, Origin::Local)?;
-    tracing::info!(%address, "started a local hive in this process");
-    Ok((task, hive.address.clone()))
-}
-
-/// The local hive listens on a new port at every start: its kept reservations (same
-/// hive id, an address no other kept hive has) follow it to its new address.
-fn follow_local_hive(kept: &mut Restored, configured: &[String], hive_id: &str, address: &str) {
-    let others: Vec<&str> =
-        kept.hives.iter().map(|h| h.address.as_str()).chain(configured.iter().map(String::as_str)).collect();
-    let mut moved = 0;
-    for r in &mut kept.reservations {
-        if r.hive_id == hive_id && r.address != address && !others.contains(&r.address.as_str()) {
-            r.address = address.to_owned();
-            moved += 1;
-        }
-    }
-    if moved > 0 {
-        tracing::info!(reservations = moved, %address, "kept reservations follow the local hive to its new address");
-    }
 }
 
 /// Opens the state store in `dir`; with `reset`, moves a broken one aside first (and

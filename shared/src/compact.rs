@@ -16,11 +16,16 @@
 //! ([`Layout`]). `Sample`/`GpuSample` fields the compact form does not encode one by one
 //! (fields added after it) ride along whole in `extras`, sent when any of them changed.
 //!
-//! This is a conversion at the wire's edge, so it works on the wire types.
+//! This is a conversion at the wire's edge, so it works on the wire types: the hive's
+//! outbound edge (`hive/src/stream_compact.rs`) encodes a domain [`Sample`] with
+//! [`Encoder::encode_sample`], and the queen's inbound edge (`queen/src/link/ingest_compact.rs`)
+//! decodes a frame straight into a domain [`Sample`] with [`Decoder::decode_sample`]. The
+//! view both ends hold stays in wire form inside this module, so the two ends apply the
+//! very same [`apply`].
 
 use rbee_proto::v1 as pb;
 
-use crate::VersionedCapabilities;
+use crate::{Sample, VersionedCapabilities};
 
 #[path = "compact_cores.rs"]
 mod cores;
@@ -63,6 +68,9 @@ pub mod deadband {
 /// Why a compact sample cannot be made or read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CompactError {
+    /// The full sample a compact sample makes of the held view is not a valid sample.
+    #[error("the sample a compact sample makes is invalid: {0}")]
+    Invalid(#[from] crate::ConvertError),
     /// A delta arrived before any keyframe.
     #[error("a compact delta arrived before any keyframe")]
     NoKeyframe,
@@ -212,6 +220,15 @@ impl Encoder {
     /// A new encoder (its first sample is a keyframe).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The compact form of the domain sample `now` (see [`Encoder::encode`]).
+    pub fn encode_sample(
+        &mut self,
+        now: &Sample,
+        layout: &Layout,
+    ) -> Result<pb::CompactSample, CompactError> {
+        self.encode(&pb::Sample::from(now), layout)
     }
 
     /// The compact form of `now` against what this stream delivered, measured against

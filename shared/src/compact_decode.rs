@@ -6,6 +6,7 @@ use rbee_proto::v1 as pb;
 
 use super::extras::Known;
 use super::{CompactError, Layout, core_byte, cores, seconds_passed, watts};
+use crate::Sample;
 
 /// Applies `c` to the receiver's `view` (what [`Decoder`] does; the encoder uses it to
 /// keep its copy of the receiver's view).
@@ -187,6 +188,17 @@ impl Decoder {
         apply(&mut view, c, layout)?;
         self.view = view;
         Ok(self.view.clone().unwrap_or_default())
+    }
+
+    /// The domain sample `c` makes of the held view, against `layout`: the receiver's
+    /// edge turns a compact frame straight into a [`Sample`]. A bad compact sample, or
+    /// one whose full sample does not validate, leaves the view as it was.
+    pub fn decode_sample(&mut self, c: &pb::CompactSample, layout: &Layout) -> Result<Sample, CompactError> {
+        let mut view = self.view.clone();
+        apply(&mut view, c, layout)?;
+        let sample = Sample::try_from(view.as_ref().unwrap_or(&pb::Sample::default()))?;
+        self.view = view;
+        Ok(sample)
     }
 
     /// Forgets the view (a new stream, or a snapshot): the next sample must be a keyframe.

@@ -412,3 +412,47 @@ fn later_fields_ride_in_extras_exactly() {
     s.lost_gpus.clear();
     step(&s);
 }
+
+#[test]
+fn a_compact_frame_is_never_a_domain_message_of_its_own() {
+    // It means something only against the stream's view: the receiver's edge decodes it
+    // (`Decoder::decode_sample`); converted alone it is a precise error.
+    let wire = pb::HiveMessage {
+        seq: 1,
+        hive_time_unix_ms: 0,
+        payload: Some(pb::hive_message::Payload::CompactSample(pb::CompactSample::default())),
+    };
+    let err = crate::HiveStreamMessage::try_from(&wire).unwrap_err();
+    assert_eq!(err.field, "compact_sample");
+}
+
+#[test]
+fn domain_samples_encode_and_decode_to_the_same_domain_sample() {
+    let layout = layout(1);
+    let sample = crate::Sample {
+        taken_at_unix_ms: 1_000,
+        capability_version: Some(1),
+        ram_total_bytes: 1 << 40,
+        ram_used_bytes: 1 << 30,
+        ram_available_bytes: (1 << 40) - (1 << 30),
+        cpu_per_core_percent: vec![3.0, 97.0],
+        gpus: vec![crate::GpuSample {
+            id: "GPU-1".into(),
+            index: 1,
+            vram_used_bytes: Some(5 << 30),
+            vram_free_bytes: Some(TOTAL - (5 << 30)),
+            temperature_c: Some(61.0),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let c = Encoder::new().encode_sample(&sample, &layout).unwrap();
+    let mut decoder = Decoder::new();
+    assert_eq!(decoder.decode_sample(&c, &layout).unwrap(), sample);
+    // A frame whose full sample does not validate is refused and leaves the view as it was.
+    let bad =
+        pb::CompactSample { taken_at_delta_ms: 1, ram_used_bytes: Some(u64::MAX), ..Default::default() };
+    assert!(matches!(decoder.decode_sample(&bad, &layout), Err(CompactError::Invalid(_))));
+    let held = decoder.decode_sample(&pb::CompactSample::default(), &layout).unwrap();
+    assert_eq!(held.ram_used_bytes, sample.ram_used_bytes);
+}

@@ -652,7 +652,6 @@ impl From<&HivePayload> for pb::hive_message::Payload {
             }),
             HivePayload::Sample(s) => Payload::Sample(s.into()),
             HivePayload::Diff(d) => Payload::Diff(d.into()),
-            HivePayload::Compact(c) => Payload::CompactSample(c.as_ref().clone()),
         }
     }
 }
@@ -712,7 +711,14 @@ impl TryFrom<&pb::HiveMessage> for HiveStreamMessage {
         let payload = match m.payload.as_ref().ok_or_else(|| ConvertError::new("payload", "is required"))? {
             Payload::Sample(s) => HivePayload::Sample(s.try_into()?),
             Payload::Diff(d) => HivePayload::Diff(d.try_into()?),
-            Payload::CompactSample(c) => HivePayload::Compact(Box::new(c.clone())),
+            // Only means something against the stream's earlier samples: the receiver's
+            // edge decodes it (`compact::Decoder::decode_sample`) before this conversion.
+            Payload::CompactSample(_) => {
+                return Err(ConvertError::new(
+                    "compact_sample",
+                    "is decoded against the stream's view at the receiver's edge, not converted alone",
+                ));
+            }
             Payload::Snapshot(s) => HivePayload::Snapshot {
                 reason: match pb::SnapshotReason::try_from(s.reason) {
                     Ok(pb::SnapshotReason::Initial) => SnapshotReason::Initial,

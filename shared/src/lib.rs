@@ -11,7 +11,8 @@
 //!   [`backoff`], [`bearer`], [`hostname`], [`duration_serde`], [`lock`],
 //!   [`warn_limit`], [`failure_limit`].
 //! - [`view_budget`]: the budgets on one hive's view (catalog, records, bytes).
-//! - [`metrics_http`]: the `/metrics` endpoint both daemons serve for Prometheus.
+//! - [`metrics_http`]: the `/metrics` endpoint both daemons serve for Prometheus;
+//!   [`machine_metrics`]: the per-hive and per-GPU families both export.
 //! - [`bytesize`], [`telemetry`], [`shutdown`], [`time`], [`stdout`], [`report`]: small helpers both binaries use.
 //!
 //! Domain code never passes generated protobuf types around.
@@ -34,6 +35,7 @@ pub mod hostname;
 pub mod identity;
 pub mod labels;
 pub mod lock;
+pub mod machine_metrics;
 pub mod metrics_http;
 pub mod model;
 pub mod report;

@@ -1,4 +1,8 @@
 //! One message of a hive's `MetricsStream`, as domain types.
+//!
+//! A sample is always a whole [`Sample`] here. Compact samples ([`crate::compact`]) exist
+//! only on the wire: the hive's outbound edge encodes them and the receiver's edge
+//! decodes them straight back into a [`Sample`].
 
 use crate::{CapabilityDiff, HiveIdentity, Sample, VersionedCapabilities};
 
@@ -31,10 +35,6 @@ pub enum HivePayload {
     Sample(Sample),
     /// A capability change.
     Diff(CapabilityDiff),
-    /// A live measurement in compact form ([`crate::compact`]): already the wire's
-    /// deadband delta, since it only means something against the stream's earlier
-    /// messages (the receiver expands it back into a [`Sample`] at its edge).
-    Compact(Box<rbee_proto::v1::CompactSample>),
 }
 
 /// One stream message.

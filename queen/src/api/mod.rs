@@ -1,7 +1,7 @@
 //! The API edge: the `rbee.v1.Fleet` and `rbee.v1.Scheduler` gRPC services, the
 //! `WatchFleet` stream, bearer-token auth, the leader gate for writes, and the one place where the queen's domain
-//! types become wire types ([`convert`]). Handlers validate, convert, call the layer
-//! below and convert back.
+//! types become wire types ([`convert`]) and wire requests become the scheduler's
+//! (`place_request.rs`). Handlers validate, convert, call the layer below and convert back.
 
 pub mod auth;
 pub mod convert;
@@ -9,6 +9,7 @@ mod fleet;
 pub mod leader;
 pub mod model_removal;
 pub mod models;
+mod place_request;
 pub mod preload;
 mod scheduler;
 mod targets;

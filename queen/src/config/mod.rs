@@ -27,7 +27,7 @@ pub struct QueenConfig {
     /// Hives to manage from the start.
     pub hives: Vec<String>,
     /// A hive to run in this process, if any.
-    pub local_hive: Option<rbee_hive::HiveConfig>,
+    pub local_hive: Option<crate::local_hive::LocalHiveConfig>,
     /// Placement policy and reservations.
     pub scheduler: SchedulerSettings,
     /// TLS for the queen's own port.

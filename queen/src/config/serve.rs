@@ -193,40 +193,10 @@ impl ServeArgs {
                 hives.push(address);
             }
         }
-        // The local hive takes its download rule where `hive serve` would (HIVE_DOWNLOAD_ALLOW).
-        let local_allow = match std::env::var("HIVE_DOWNLOAD_ALLOW") {
-            Ok(list) => rbee_hive::models::egress::parse_allow_list(&list)
-                .map_err(|e| QueenError::Config(format!("HIVE_DOWNLOAD_ALLOW: {e}")))?,
-            Err(std::env::VarError::NotPresent) => Vec::new(),
-            Err(e) => return Err(QueenError::Config(format!("HIVE_DOWNLOAD_ALLOW: {e}"))),
-        };
-        if self.local_hive || file.local_hive.unwrap_or(false) {
-            rbee_hive::models::egress::log_allowed(&local_allow);
-        }
-        let local_hive = (self.local_hive || file.local_hive.unwrap_or(false)).then(|| {
-            let gpu = if self.local_hive_demo {
-                let scenario = rbee_hive::source::simulated::Scenario::parse(
-                    rbee_hive::source::simulated::DEMO_SCENARIO,
-                )
-                .expect("the built-in demo scenario is valid");
-                rbee_hive::monitor::GpuChoice::Simulated(scenario)
-            } else {
-                rbee_hive::monitor::GpuChoice::Nvml { lib: None }
-            };
-            let id = hostname_id();
-            let mut hive = rbee_hive::HiveConfig::new(id, gpu);
-            // The local hive keeps models where `hive serve` would (HIVE_MODELS_DIR or the default).
-            let dir =
-                std::env::var_os("HIVE_MODELS_DIR").filter(|d| !d.is_empty()).map(std::path::PathBuf::from);
-            hive.models = Some(rbee_hive::models::ModelsConfig {
-                optional: dir.is_none(),
-                egress: rbee_hive::models::egress::EgressRule::new(local_allow),
-                ..rbee_hive::models::ModelsConfig::new(
-                    dir.unwrap_or_else(rbee_hive::models::default_models_dir),
-                )
-            });
-            hive
-        });
+        let local_hive = crate::local_hive::configure(
+            self.local_hive || file.local_hive.unwrap_or(false),
+            self.local_hive_demo,
+        )?;
         let listen =
             self.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default"));
         let defaults = SchedulerSettings::default();
@@ -375,12 +345,6 @@ impl ServeArgs {
 }
 
 /// The local hive's id: `local-HOSTNAME` (the hostname as an id fragment), or `local`.
-fn hostname_id() -> String {
-    use rbee_shared::hostname::{local_hostname, normalize_hostname};
-    let host = normalize_hostname(&local_hostname(), 48);
-    if host.is_empty() { "local".into() } else { format!("local-{host}") }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

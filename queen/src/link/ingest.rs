@@ -187,8 +187,6 @@ impl IngestState {
                     Outcome::Sample(Box::new(s))
                 }
             },
-            // The link expands compact samples before they get here (ingest_compact).
-            HivePayload::Compact(_) => Outcome::Dropped,
             HivePayload::Diff(diff) => {
                 let Some(held) = &self.caps else {
                     self.awaiting_resync = true;

@@ -13,9 +13,7 @@ use rbee_proto::v1::hive_client::HiveClient;
 use rbee_shared::backoff::Backoff;
 use rbee_shared::stream_message::KnownView;
 use rbee_shared::warn_limit::{Verdict, WarnLimiter};
-use rbee_shared::{
-    HiveIdentity, HiveStreamMessage, QueenStreamMessage, Sample, SampleInterval, VersionedCapabilities,
-};
+use rbee_shared::{HiveIdentity, QueenStreamMessage, Sample, SampleInterval, VersionedCapabilities};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
@@ -61,7 +59,8 @@ struct Manager {
     view: HiveSnapshot,
     /// Identity and capabilities.
     ingest: IngestState,
-    /// Expands compact samples against the capabilities held.
+    /// The inbound edge: wire messages to domain ones, compact samples decoded against
+    /// the capabilities held.
     compact: super::ingest_compact::CompactIngest,
     /// Recent samples.
     window: SampleWindow,
@@ -415,11 +414,7 @@ impl Manager {
             let now = rbee_shared::time::now_unix_ms();
             self.view.clock_skew_ms = Some(super::health::skew_ms(m.hive_time_unix_ms, now));
         }
-        let expanded = self.compact.expand(m, self.ingest.caps.as_ref());
-        let message = match expanded
-            .map_err(|e| e.to_string())
-            .and_then(|m| HiveStreamMessage::try_from(m.as_ref()).map_err(|e| e.to_string()))
-        {
+        let message = match self.compact.decode(m, self.ingest.caps.as_ref()) {
             Ok(message) => message,
             Err(e) => {
                 self.view.counters.invalid_messages += 1;

@@ -10,7 +10,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Unit;
-use rbee_hive::metrics::{Labels, MachineView, counters, encode_machines, gauges, infos, label};
+use rbee_shared::machine_metrics::{Labels, MachineView, counters, encode_machines, gauges, infos, label};
 
 use super::recorder::PlaceResult;
 use crate::fleet::{ConnState, Health, HiveSnapshot};

@@ -5,7 +5,7 @@
 //! - [`collector`]: the families gathered at scrape time from the fleet's snapshots and
 //!   the scheduler's books (nothing duplicated).
 //!
-//! The per-hive and per-GPU machine families are `rbee_hive::metrics`' (the hive's own
+//! The per-hive and per-GPU machine families are `rbee_shared::machine_metrics`' (the hive's own
 //! endpoint exports the same ones). Every series here carries `source="queen"` (the
 //! hive's own carry `source="hive"`), so that queries selecting `source="queen"` count
 //! each GPU once however many endpoints Prometheus scrapes. The HTTP endpoint and its
@@ -31,7 +31,7 @@ pub const SOURCE_QUEEN: &str = "queen";
 /// The registry `/metrics` renders: the fleet collector (and any added collector), every
 /// series labelled `source="queen"`.
 pub fn registry(fleet: Arc<dyn HiveSource>, scheduler: Arc<Scheduler>) -> Registry {
-    let mut registry = rbee_hive::metrics::registry_for(SOURCE_QUEEN);
+    let mut registry = rbee_shared::machine_metrics::registry_for(SOURCE_QUEEN);
     registry.register_collector(Box::new(collector::FleetCollector { fleet, scheduler }));
     registry
 }

@@ -1,0 +1,139 @@
+//! Wire -> scheduler: the `rbee.v1.PlaceRequest` and `ListReservationsRequest` checks and
+//! conversions, done once at the API edge so the scheduler never sees a generated type.
+
+use std::time::Duration;
+
+use rbee_proto::v1 as pb;
+
+use crate::QueenError;
+use crate::scheduler::request::{
+    DEFAULT_PAGE_SIZE, DEFAULT_TTL, DeviceKind, ListRequest, MAX_PAGE_SIZE, PlaceRequest, TTL_RANGE,
+    parse_page_token,
+};
+
+impl TryFrom<&pb::PlaceRequest> for PlaceRequest {
+    type Error = QueenError;
+
+    fn try_from(r: &pb::PlaceRequest) -> Result<Self, QueenError> {
+        let bad = |m: String| Err(QueenError::InvalidArgument(m));
+        if r.model.len() > 256 {
+            return bad(format!("model is {} bytes > 256", r.model.len()));
+        }
+        if let Err(e) = rbee_shared::labels::validate_labels(r.labels.iter()) {
+            return bad(format!("labels: {e}"));
+        }
+        let kind = match pb::DeviceKind::try_from(r.device_kind) {
+            Ok(pb::DeviceKind::Unspecified) => DeviceKind::Any,
+            Ok(pb::DeviceKind::Cuda) => DeviceKind::Cuda,
+            Ok(pb::DeviceKind::Cpu) => DeviceKind::Cpu,
+            Err(_) => return bad(format!("device_kind {} is unknown", r.device_kind)),
+        };
+        match kind {
+            DeviceKind::Cuda if r.vram_bytes == 0 => {
+                return bad("vram_bytes must be > 0 for a CUDA placement".into());
+            }
+            DeviceKind::Cpu if r.ram_bytes.unwrap_or(0) == 0 => {
+                return bad("ram_bytes must be > 0 for a CPU placement".into());
+            }
+            DeviceKind::Any if r.vram_bytes == 0 && r.ram_bytes.unwrap_or(0) == 0 => {
+                return bad("vram_bytes or ram_bytes must be > 0".into());
+            }
+            _ => {}
+        }
+        let ttl = match r.ttl_ms {
+            None => DEFAULT_TTL,
+            Some(ms) => {
+                let d = Duration::from_millis(u64::from(ms));
+                if !(TTL_RANGE.0..=TTL_RANGE.1).contains(&d) {
+                    return bad(format!("ttl_ms = {ms} is out of range 1000..=3600000"));
+                }
+                d
+            }
+        };
+        Ok(Self {
+            model: r.model.clone(),
+            vram_bytes: r.vram_bytes,
+            ram_bytes: r.ram_bytes.filter(|b| *b > 0),
+            kind,
+            labels: r.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            dry_run: r.dry_run,
+            ttl,
+            deadline: None,
+        })
+    }
+}
+
+impl TryFrom<&pb::ListReservationsRequest> for ListRequest {
+    type Error = QueenError;
+
+    fn try_from(r: &pb::ListReservationsRequest) -> Result<Self, QueenError> {
+        let page_size = match r.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n => usize::try_from(n).unwrap_or(MAX_PAGE_SIZE).min(MAX_PAGE_SIZE),
+        };
+        let after = if r.page_token.is_empty() {
+            None
+        } else {
+            let Some(cursor) = parse_page_token(&r.page_token) else {
+                return Err(QueenError::InvalidArgument(
+                    "page_token is not one this queen gave out (pass next_page_token as is)".into(),
+                ));
+            };
+            Some(cursor)
+        };
+        Ok(Self { page_size, after })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::book::Cursor;
+    use crate::scheduler::request::page_token;
+
+    #[test]
+    fn requests_are_validated_with_clear_messages() {
+        let ok = pb::PlaceRequest {
+            vram_bytes: 1,
+            device_kind: pb::DeviceKind::Cuda as i32,
+            ..Default::default()
+        };
+        assert_eq!(PlaceRequest::try_from(&ok).unwrap().kind, DeviceKind::Cuda);
+        let zero = pb::PlaceRequest { device_kind: pb::DeviceKind::Cuda as i32, ..Default::default() };
+        assert!(PlaceRequest::try_from(&zero).unwrap_err().to_string().contains("vram_bytes"));
+        let cpu =
+            pb::PlaceRequest { device_kind: pb::DeviceKind::Cpu as i32, vram_bytes: 5, ..Default::default() };
+        assert!(PlaceRequest::try_from(&cpu).unwrap_err().to_string().contains("ram_bytes"));
+        let ttl = pb::PlaceRequest { vram_bytes: 1, ttl_ms: Some(10), ..Default::default() };
+        assert!(PlaceRequest::try_from(&ttl).unwrap_err().to_string().contains("ttl_ms"));
+        let kind = pb::PlaceRequest { vram_bytes: 1, device_kind: 42, ..Default::default() };
+        assert!(PlaceRequest::try_from(&kind).unwrap_err().to_string().contains("device_kind"));
+    }
+
+    #[test]
+    fn request_labels_follow_the_one_label_rule() {
+        let with = |k: &str| pb::PlaceRequest {
+            vram_bytes: 1,
+            labels: [(k.to_owned(), "v".to_owned())].into(),
+            ..Default::default()
+        };
+        assert!(PlaceRequest::try_from(&with("rbee.dev/zone")).is_ok());
+        for bad in ["", "a b", &"k".repeat(64)] {
+            let err = PlaceRequest::try_from(&with(bad)).unwrap_err().to_string();
+            assert!(err.starts_with("labels: label key"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn list_requests_take_a_bounded_page_size_and_a_token_given_out() {
+        let default = ListRequest::try_from(&pb::ListReservationsRequest::default()).unwrap();
+        assert_eq!(default, ListRequest { page_size: DEFAULT_PAGE_SIZE, after: None });
+        let big = pb::ListReservationsRequest { page_size: 1_000_000, ..Default::default() };
+        assert_eq!(ListRequest::try_from(&big).unwrap().page_size, MAX_PAGE_SIZE);
+        let cursor = Cursor { created_at_unix_ms: 17, id: "a.b-c".into() };
+        let next = pb::ListReservationsRequest { page_token: page_token(&cursor), ..Default::default() };
+        assert_eq!(ListRequest::try_from(&next).unwrap().after, Some(cursor));
+        let forged = pb::ListReservationsRequest { page_token: "17.x".into(), ..Default::default() };
+        assert!(ListRequest::try_from(&forged).unwrap_err().to_string().contains("page_token"));
+    }
+}
