@@ -256,7 +256,11 @@ impl TryFrom<&pb::HiveIdentity> for HiveIdentity {
             }
         }
         Ok(Self {
-            hive_id: check_str("identity.hive_id", &i.hive_id)?,
+            hive_id: {
+                crate::identity::check_hive_id(&i.hive_id)
+                    .map_err(|e| ConvertError::new("identity.hive_id", e.0))?;
+                i.hive_id.clone()
+            },
             epoch: check_str("identity.epoch", &i.epoch)?,
             hostname: check_str("identity.hostname", &i.hostname)?,
             advertised_address: check_str("identity.advertised_address", &i.advertised_address)?,
@@ -739,6 +743,22 @@ impl TryFrom<&pb::HiveMessage> for HiveStreamMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `Discover`'s identity takes exactly the hive ids the one rule takes
+    /// (`identity::check_hive_id`, which the hive's `--hive-id` and `Announce` use too).
+    #[test]
+    fn discover_takes_the_hive_ids_the_one_rule_takes() {
+        let long = "x".repeat(65);
+        for id in ["gpu-node-7", "a.b_c-D9", "has space", "a/b", "é", "x:1", long.as_str(), &long[1..]] {
+            let wire = pb::HiveIdentity { hive_id: id.into(), epoch: "e".into(), ..Default::default() };
+            let converted = HiveIdentity::try_from(&wire);
+            assert_eq!(
+                converted.is_ok(),
+                crate::identity::check_hive_id(id).is_ok(),
+                "{id:?}: {converted:?}"
+            );
+        }
+    }
 
     fn gpu(id: &str) -> GpuDevice {
         GpuDevice {
