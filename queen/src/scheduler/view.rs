@@ -104,8 +104,7 @@ impl DeviceRef {
 
     /// `hive/device`, for reasons.
     pub fn label(&self) -> String {
-        let hive = if self.hive.hive_id().is_empty() { &self.hive.address } else { self.hive.hive_id() };
-        format!("{hive}/{}", self.id)
+        format!("{}/{}", hive_name(&self.hive), self.id)
     }
 }
 
@@ -149,7 +148,7 @@ pub fn claim_bytes(req: &PlaceRequest, device: &DeviceRef) -> u64 {
 }
 
 fn hive_name(h: &HiveSnapshot) -> &str {
-    if h.hive_id().is_empty() { &h.address } else { h.hive_id() }
+    rbee_shared::identity::display_name(h.hive_id(), &h.address)
 }
 
 /// Why a hive cannot take any placement, or `None` when it can be considered (`p` is

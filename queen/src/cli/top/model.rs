@@ -115,7 +115,7 @@ impl Row {
 
     /// The hive id, else the address.
     pub fn name(&self) -> &str {
-        if self.hive_id.is_empty() { &self.address } else { &self.hive_id }
+        rbee_shared::identity::display_name(&self.hive_id, &self.address)
     }
 
     /// How old the newest sample is at `now`.

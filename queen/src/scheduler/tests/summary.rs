@@ -23,7 +23,7 @@ const GIB: u64 = 1 << 30;
 type Fit = (String, String, u64, u64, u64, f32, f32);
 
 fn name(h: &HiveSnapshot) -> &str {
-    if h.hive_id().is_empty() { &h.address } else { h.hive_id() }
+    rbee_shared::identity::display_name(h.hive_id(), &h.address)
 }
 
 /// Why the hive as a whole is out, by the plain rules.
