@@ -7,26 +7,23 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rbee_proto::v1 as pb;
 use rbee_shared::bytesize::format_bytes;
 
+use crate::api::convert::{conn_state_from_wire, health_from_wire};
+use crate::fleet::{ConnState, Health};
+
 fn state_name(v: &pb::HiveView) -> &'static str {
-    match v.state() {
-        pb::HiveState::Pending => "pending",
-        pb::HiveState::Connecting => "connecting",
-        pb::HiveState::Online => "online",
-        pb::HiveState::Stale => "stale",
-        pb::HiveState::Lost => "lost",
-        pb::HiveState::Removed => "removed",
-        pb::HiveState::Unspecified => "?",
-    }
+    hive_state_name(v.state())
 }
 
-fn health_name(h: pb::Health) -> &'static str {
-    match h {
-        pb::Health::Healthy => "healthy",
-        pb::Health::Degraded => "degraded",
-        pb::Health::Unhealthy => "unhealthy",
-        pb::Health::Pending => "pending",
-        pb::Health::Unspecified => "?",
-    }
+/// The name users read for a wire hive state: the domain's ([`ConnState::as_str`]);
+/// `?` for one the queen never sends.
+pub fn hive_state_name(s: pb::HiveState) -> &'static str {
+    conn_state_from_wire(s as i32).map_or("?", ConnState::as_str)
+}
+
+/// The name users read for a wire health: the domain's ([`Health::as_str`]); `?` for
+/// one the queen never sends.
+pub fn health_name(h: pb::Health) -> &'static str {
+    health_from_wire(h as i32).map_or("?", Health::as_str)
 }
 
 fn age(ms: Option<u64>) -> String {
@@ -323,6 +320,34 @@ pub fn render_place(r: &pb::PlaceResponse) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One name per state: every table (`queen hives`, `queen hive`, `queen top`) names a
+    /// wire state by the domain's `as_str`, and a state the queen never sends is `?`
+    /// everywhere (`queen top` used to print "unspecified" where the tables print "?").
+    #[test]
+    fn wire_states_are_named_by_the_domain() {
+        use crate::cli::top::view;
+        for s in [
+            ConnState::Pending,
+            ConnState::Connecting,
+            ConnState::Online,
+            ConnState::Stale,
+            ConnState::Lost,
+            ConnState::Removed,
+        ] {
+            let wire = pb::HiveState::from(s);
+            assert_eq!(hive_state_name(wire), s.as_str());
+            assert_eq!(view::state_name(wire), s.as_str());
+        }
+        for h in [Health::Healthy, Health::Pending, Health::Degraded, Health::Unhealthy] {
+            assert_eq!(health_name(pb::Health::from(h)), h.as_str());
+            assert_eq!(view::health_name(pb::Health::from(h)), h.as_str());
+        }
+        assert_eq!(hive_state_name(pb::HiveState::Unspecified), "?");
+        assert_eq!(view::state_name(pb::HiveState::Unspecified), "?");
+        assert_eq!(health_name(pb::Health::Unspecified), "?");
+        assert_eq!(view::health_name(pb::Health::Unspecified), "?");
+    }
 
     #[test]
     fn a_placement_tells_the_caller_how_to_start_its_worker() {
