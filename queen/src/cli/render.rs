@@ -8,7 +8,7 @@ use rbee_proto::v1 as pb;
 use rbee_shared::bytesize::format_bytes;
 
 use crate::api::convert::{conn_state_from_wire, health_from_wire};
-use crate::fleet::{ConnState, Health};
+use crate::fleet::{ConnState, Health, join_by_id};
 
 fn state_name(v: &pb::HiveView) -> &'static str {
     hive_state_name(v.state())
@@ -24,6 +24,37 @@ pub fn hive_state_name(s: pb::HiveState) -> &'static str {
 /// one the queen never sends.
 pub fn health_name(h: pb::Health) -> &'static str {
     health_from_wire(h as i32).map_or("?", Health::as_str)
+}
+
+/// One GPU of a hive view from the queen: its description, newest reading and health
+/// entry.
+#[derive(Debug, Clone, Copy)]
+pub struct WireGpu<'a> {
+    /// The description (id, index, name, VRAM).
+    pub device: &'a pb::GpuDevice,
+    /// The newest reading, if the sample has one.
+    pub live: Option<&'a pb::GpuSample>,
+    /// The health entry, if the report lists the GPU.
+    pub health: Option<&'a pb::DeviceHealth>,
+}
+
+/// The GPUs of a hive view, in the capabilities' order, each joined with its reading and
+/// health entry by the queen's one matching rule ([`crate::fleet::join_by_id`]): the
+/// CLI's only join of these parts (`queen hive` and `queen top` both read it).
+pub fn wire_gpus<'a>(
+    caps: &'a pb::Capabilities,
+    sample: Option<&'a pb::Sample>,
+    devices: &'a [pb::DeviceHealth],
+) -> Vec<WireGpu<'a>> {
+    caps.gpus
+        .iter()
+        .enumerate()
+        .map(|(i, g)| WireGpu {
+            device: g,
+            live: sample.and_then(|s| join_by_id(&s.gpus, i, &g.id, |x| &x.id).map(|j| &s.gpus[j])),
+            health: join_by_id(devices, i, &g.id, |d| &d.device_id).map(|j| &devices[j]),
+        })
+        .collect()
 }
 
 fn age(ms: Option<u64>) -> String {
@@ -138,10 +169,7 @@ pub fn render_detail(v: &pb::HiveView) -> String {
             format_bytes(c.ram_total_bytes),
             c.labels
         );
-        let s = v.latest_sample.as_ref();
-        for g in &c.gpus {
-            let live = s.and_then(|s| s.gpus.iter().find(|x| x.id == g.id));
-            let health = v.devices.iter().find(|d| d.device_id == g.id);
+        for WireGpu { device: g, live, health } in wire_gpus(c, v.latest_sample.as_ref(), &v.devices) {
             let _ = writeln!(
                 out,
                 "  gpu{:<3} {:<28} vram {}/{} util {} temp {} {}  {}",
