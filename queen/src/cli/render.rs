@@ -222,7 +222,7 @@ pub fn render_detail(v: &pb::HiveView) -> String {
 pub fn render_event(e: &pb::FleetEvent) -> String {
     use pb::fleet_event::Event;
     let t = humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(e.queen_time_unix_ms));
-    let name = |id: &str, addr: &str| if id.is_empty() { addr.to_owned() } else { id.to_owned() };
+    let name = rbee_shared::identity::display_name;
     let body = match &e.event {
         None => "(empty)".to_owned(),
         Some(Event::Snapshot(s)) => {
@@ -246,7 +246,8 @@ pub fn render_event(e: &pb::FleetEvent) -> String {
         Some(Event::HiveAdded(h)) => format!("added {}", h.address),
         Some(Event::HiveRemoved(r)) => format!("removed {}", name(&r.hive_id, &r.address)),
         Some(Event::StateChanged(c)) => {
-            format!("{} {:?} -> {:?}: {}", name(&c.hive_id, &c.address), c.from(), c.to(), c.reason)
+            let (from, to) = (hive_state_name(c.from()), hive_state_name(c.to()));
+            format!("{} {from} -> {to}: {}", name(&c.hive_id, &c.address), c.reason)
         }
         Some(Event::HealthChanged(c)) => format!(
             "{} health {} -> {} {}",
@@ -375,6 +376,19 @@ mod tests {
         assert_eq!(view::state_name(pb::HiveState::Unspecified), "?");
         assert_eq!(health_name(pb::Health::Unspecified), "?");
         assert_eq!(view::health_name(pb::Health::Unspecified), "?");
+        // Event lines too (they used to print the wire enums' Debug names, "Online").
+        let changed = pb::FleetEvent {
+            event: Some(pb::fleet_event::Event::StateChanged(pb::HiveStateChanged {
+                address: "http://127.0.0.1:1".into(),
+                from: pb::HiveState::Connecting as i32,
+                to: pb::HiveState::Online as i32,
+                reason: "streaming".into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let line = render_event(&changed);
+        assert!(line.contains("http://127.0.0.1:1 connecting -> online: streaming"), "{line}");
     }
 
     #[test]
