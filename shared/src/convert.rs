@@ -247,6 +247,16 @@ impl From<&HiveIdentity> for pb::HiveIdentity {
     }
 }
 
+/// A wire GPU source as the domain's (`UNSPECIFIED` is `None`, no GPU source); `None`
+/// for an unknown value. The CLI names a source by this and [`DeviceSourceKind::as_str`].
+pub fn device_source_from_wire(k: i32) -> Option<DeviceSourceKind> {
+    match pb::DeviceSourceKind::try_from(k).ok()? {
+        pb::DeviceSourceKind::Nvml => Some(DeviceSourceKind::Nvml),
+        pb::DeviceSourceKind::Simulated => Some(DeviceSourceKind::Simulated),
+        pb::DeviceSourceKind::None | pb::DeviceSourceKind::Unspecified => Some(DeviceSourceKind::None),
+    }
+}
+
 impl TryFrom<&pb::HiveIdentity> for HiveIdentity {
     type Error = ConvertError;
     fn try_from(i: &pb::HiveIdentity) -> Checked<Self> {
@@ -267,17 +277,9 @@ impl TryFrom<&pb::HiveIdentity> for HiveIdentity {
             version: check_str("identity.version", &i.version)?,
             protocol_version: i.protocol_version,
             labels: labels_from_wire("identity.labels", &i.labels)?,
-            gpu_source: match pb::DeviceSourceKind::try_from(i.gpu_source) {
-                Ok(pb::DeviceSourceKind::Nvml) => DeviceSourceKind::Nvml,
-                Ok(pb::DeviceSourceKind::Simulated) => DeviceSourceKind::Simulated,
-                Ok(pb::DeviceSourceKind::None | pb::DeviceSourceKind::Unspecified) => DeviceSourceKind::None,
-                Err(_) => {
-                    return Err(ConvertError::new(
-                        "identity.gpu_source",
-                        format!("unknown value {}", i.gpu_source),
-                    ));
-                }
-            },
+            gpu_source: device_source_from_wire(i.gpu_source).ok_or_else(|| {
+                ConvertError::new("identity.gpu_source", format!("unknown value {}", i.gpu_source))
+            })?,
             started_at_unix_ms: i.started_at_unix_ms,
         })
     }

@@ -156,7 +156,8 @@ pub fn render_detail(v: &pb::HiveView) -> String {
             "host      {} (hive {}, protocol {}, epoch {})",
             i.hostname, i.version, i.protocol_version, i.epoch
         );
-        let _ = writeln!(out, "gpu source {:?}", i.gpu_source());
+        let source = rbee_shared::convert::device_source_from_wire(i.gpu_source);
+        let _ = writeln!(out, "gpu source {}", source.map_or("?", rbee_shared::DeviceSourceKind::as_str));
     }
     if let Some(c) = &v.capabilities {
         let cpu = c.cpu.as_ref();
@@ -387,6 +388,22 @@ mod tests {
             })),
             ..Default::default()
         };
+        for k in [rbee_shared::DeviceSourceKind::Nvml, rbee_shared::DeviceSourceKind::Simulated] {
+            let identity = pb::HiveIdentity::from(&rbee_shared::HiveIdentity {
+                hive_id: "h".into(),
+                epoch: "e".into(),
+                hostname: String::new(),
+                advertised_address: String::new(),
+                version: String::new(),
+                protocol_version: 1,
+                labels: Default::default(),
+                gpu_source: k,
+                started_at_unix_ms: 0,
+            });
+            let v = pb::HiveView { identity: Some(identity), ..Default::default() };
+            let text = render_detail(&v);
+            assert!(text.contains(&format!("gpu source {}\n", k.as_str())), "{text}");
+        }
         let line = render_event(&changed);
         assert!(line.contains("http://127.0.0.1:1 connecting -> online: streaming"), "{line}");
     }
