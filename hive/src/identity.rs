@@ -5,20 +5,10 @@ use std::path::{Path, PathBuf};
 
 use crate::HiveError;
 
-/// Longest hive id accepted.
-pub const MAX_HIVE_ID_LEN: usize = 64;
-
-/// Checks an operator-chosen hive id: 1..=64 of `[A-Za-z0-9._-]`.
+/// Checks an operator-chosen hive id by the one rule
+/// ([`rbee_shared::identity::check_hive_id`]): 1..=64 of `[A-Za-z0-9._-]`.
 pub fn validate_hive_id(id: &str) -> Result<(), HiveError> {
-    if id.is_empty() || id.len() > MAX_HIVE_ID_LEN {
-        return Err(HiveError::Config(format!("hive id {id:?} must be 1..={MAX_HIVE_ID_LEN} characters")));
-    }
-    if let Some(c) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
-        return Err(HiveError::Config(format!(
-            "hive id {id:?} contains {c:?}; use letters, digits, '.', '_' or '-'"
-        )));
-    }
-    Ok(())
+    rbee_shared::identity::check_hive_id(id).map_err(|e| HiveError::Config(e.0))
 }
 
 /// The default state directory: `$XDG_STATE_HOME/rbee/hive`, else

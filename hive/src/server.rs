@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use rbee_proto::v1::hive_server::HiveServer;
 use rbee_shared::HiveIdentity;
-use rbee_shared::grpc_server::{self, cancel_on};
+use rbee_shared::grpc_server::{self, MAX_DECODING_MESSAGE_BYTES, cancel_on};
 use rbee_shared::warn_limit::WarnLimiter;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -24,8 +24,6 @@ use crate::service::HiveService;
 use crate::stream::SessionContext;
 use crate::streams::Streams;
 
-/// Largest message the hive accepts from a caller (queen messages are a few bytes).
-pub const MAX_DECODING_MESSAGE_BYTES: usize = 64 * 1024;
 /// Streams one HTTP/2 connection may open beyond `--max-streams` (Discover, health),
 /// so that a caller over the stream limit gets RESOURCE_EXHAUSTED rather than waiting.
 const EXTRA_STREAMS_PER_CONNECTION: usize = 16;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use rbee_proto::v1::fleet_server::FleetServer;
 use rbee_proto::v1::scheduler_server::SchedulerServer;
-use rbee_shared::grpc_server::{self, cancel_on};
+use rbee_shared::grpc_server::{self, MAX_DECODING_MESSAGE_BYTES, cancel_on};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
@@ -26,9 +26,6 @@ use crate::link::{LinkSettings, Links};
 use crate::local_hive;
 use crate::scheduler::Scheduler;
 use crate::store::{EtcdSettings, EtcdStore, GroupCommit, HiveRecord, Restored, StateStore, Store};
-
-/// Largest request the queen accepts.
-pub const MAX_DECODING_MESSAGE_BYTES: usize = 64 * 1024;
 
 /// Runs the queen on `listener` until `shutdown` resolves.
 pub async fn run(

@@ -207,6 +207,28 @@ async fn announce_outside_the_allow_list_is_refused_and_loopback_is_discovered()
     .await;
 }
 
+/// One hive-id rule at every door (`rbee_shared::identity::check_hive_id`): an Announce
+/// that names a hive id the hive itself could never take is refused and adds nothing.
+#[tokio::test]
+async fn announce_with_a_hive_id_the_hive_id_rule_refuses_is_invalid_and_adds_nothing() {
+    let queen = TestQueen::start(vec![]).await;
+    let mut client = queen.client().await;
+    let hive = TestHive::start_named("good", ONE_GPU).await;
+    for bad in ["has space", "a/b", "é", &"x".repeat(65)] {
+        assert!(rbee_shared::identity::check_hive_id(bad).is_err(), "{bad:?}");
+        let err = client
+            .announce(pb::AnnounceRequest { address: hive.url(), hive_id: bad.to_owned() })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{bad:?}: {err:?}");
+        assert!(err.message().contains("hive id"), "{}", err.message());
+    }
+    assert!(
+        client.list_hives(pb::ListHivesRequest::default()).await.unwrap().into_inner().hives.is_empty(),
+        "a refused announce adds nothing"
+    );
+}
+
 #[tokio::test]
 async fn add_and_remove_at_runtime() {
     let queen = TestQueen::start(vec![]).await;

@@ -74,6 +74,31 @@ async fn place_list_and_release() {
     );
 }
 
+/// A model id follows one rule at every door (`rbee_shared::model::check_model_id`):
+/// Place refuses what prefetch, preload and fetch refuse, and reserves nothing. An
+/// empty model stays allowed (a placement for no model).
+#[tokio::test]
+async fn place_refuses_a_model_id_the_model_rule_refuses() {
+    let hive = TestHive::start_named("sched-model", TWO_GPUS).await;
+    let (_queen, mut client) = queen_with(vec![hive.url()], settings()).await;
+    for bad in ["has space", "../etc", "a--b", ".hidden", "x".repeat(129).as_str(), "é"] {
+        assert!(rbee_shared::model::check_model_id(bad).is_err(), "{bad:?}");
+        let err = client.place(pb::PlaceRequest { model: bad.into(), ..gpu_request(GIB) }).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{bad:?}: {err:?}");
+        assert!(err.message().contains("model"), "{}", err.message());
+    }
+    assert!(all_reservations(&mut client, 0).await.is_empty(), "a refused Place reserves nothing");
+    let ok = placement(
+        client
+            .place(pb::PlaceRequest { model: "org/llama-3.1".into(), ..gpu_request(GIB) })
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    assert!(!ok.reservation_id.is_empty());
+    placement(client.place(gpu_request(GIB)).await.unwrap().into_inner());
+}
+
 /// The driver's reserved VRAM (NVML v2 reports it apart from used and free) is not
 /// free: 80 GiB with 5 GiB used and 0.5 GiB reserved has 74.5 GiB to give, not 75.
 #[tokio::test]

@@ -46,6 +46,28 @@ pub fn parse_bytes(s: &str) -> Result<u64, ByteSizeError> {
     Ok(bytes.round() as u64)
 }
 
+/// A byte size as a config or scenario file writes it: a number of bytes (`1073741824`)
+/// or text that [`parse_bytes`] reads (`"80GiB"`). Every file format that takes a byte
+/// size deserializes this, so they all share one grammar.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(untagged)]
+pub enum ByteSizeField {
+    /// A plain number of bytes.
+    Bytes(u64),
+    /// Text with a unit.
+    Text(String),
+}
+
+impl ByteSizeField {
+    /// The size in bytes.
+    pub fn bytes(&self) -> Result<u64, ByteSizeError> {
+        match self {
+            Self::Bytes(b) => Ok(*b),
+            Self::Text(t) => parse_bytes(t),
+        }
+    }
+}
+
 /// Formats bytes with a binary unit and one decimal, e.g. `7.5 GiB`.
 pub fn format_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

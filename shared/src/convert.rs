@@ -247,6 +247,16 @@ impl From<&HiveIdentity> for pb::HiveIdentity {
     }
 }
 
+/// A wire GPU source as the domain's (`UNSPECIFIED` is `None`, no GPU source); `None`
+/// for an unknown value. The CLI names a source by this and [`DeviceSourceKind::as_str`].
+pub fn device_source_from_wire(k: i32) -> Option<DeviceSourceKind> {
+    match pb::DeviceSourceKind::try_from(k).ok()? {
+        pb::DeviceSourceKind::Nvml => Some(DeviceSourceKind::Nvml),
+        pb::DeviceSourceKind::Simulated => Some(DeviceSourceKind::Simulated),
+        pb::DeviceSourceKind::None | pb::DeviceSourceKind::Unspecified => Some(DeviceSourceKind::None),
+    }
+}
+
 impl TryFrom<&pb::HiveIdentity> for HiveIdentity {
     type Error = ConvertError;
     fn try_from(i: &pb::HiveIdentity) -> Checked<Self> {
@@ -256,24 +266,20 @@ impl TryFrom<&pb::HiveIdentity> for HiveIdentity {
             }
         }
         Ok(Self {
-            hive_id: check_str("identity.hive_id", &i.hive_id)?,
+            hive_id: {
+                crate::identity::check_hive_id(&i.hive_id)
+                    .map_err(|e| ConvertError::new("identity.hive_id", e.0))?;
+                i.hive_id.clone()
+            },
             epoch: check_str("identity.epoch", &i.epoch)?,
             hostname: check_str("identity.hostname", &i.hostname)?,
             advertised_address: check_str("identity.advertised_address", &i.advertised_address)?,
             version: check_str("identity.version", &i.version)?,
             protocol_version: i.protocol_version,
             labels: labels_from_wire("identity.labels", &i.labels)?,
-            gpu_source: match pb::DeviceSourceKind::try_from(i.gpu_source) {
-                Ok(pb::DeviceSourceKind::Nvml) => DeviceSourceKind::Nvml,
-                Ok(pb::DeviceSourceKind::Simulated) => DeviceSourceKind::Simulated,
-                Ok(pb::DeviceSourceKind::None | pb::DeviceSourceKind::Unspecified) => DeviceSourceKind::None,
-                Err(_) => {
-                    return Err(ConvertError::new(
-                        "identity.gpu_source",
-                        format!("unknown value {}", i.gpu_source),
-                    ));
-                }
-            },
+            gpu_source: device_source_from_wire(i.gpu_source).ok_or_else(|| {
+                ConvertError::new("identity.gpu_source", format!("unknown value {}", i.gpu_source))
+            })?,
             started_at_unix_ms: i.started_at_unix_ms,
         })
     }
@@ -745,6 +751,22 @@ impl TryFrom<&pb::HiveMessage> for HiveStreamMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `Discover`'s identity takes exactly the hive ids the one rule takes
+    /// (`identity::check_hive_id`, which the hive's `--hive-id` and `Announce` use too).
+    #[test]
+    fn discover_takes_the_hive_ids_the_one_rule_takes() {
+        let long = "x".repeat(65);
+        for id in ["gpu-node-7", "a.b_c-D9", "has space", "a/b", "é", "x:1", long.as_str(), &long[1..]] {
+            let wire = pb::HiveIdentity { hive_id: id.into(), epoch: "e".into(), ..Default::default() };
+            let converted = HiveIdentity::try_from(&wire);
+            assert_eq!(
+                converted.is_ok(),
+                crate::identity::check_hive_id(id).is_ok(),
+                "{id:?}: {converted:?}"
+            );
+        }
+    }
 
     fn gpu(id: &str) -> GpuDevice {
         GpuDevice {

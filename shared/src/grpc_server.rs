@@ -16,6 +16,10 @@ use tonic_reflection::server::{Builder, Error, v1, v1alpha};
 /// caller can have in flight towards the server on one stream (callers send small
 /// requests; a larger message waits for the server to read).
 pub const STREAM_WINDOW_BYTES: u32 = 64 * 1024;
+
+/// Largest message a queen or hive server accepts from a caller (requests and hive
+/// streams are a few bytes to a few KiB). The one limit for both servers.
+pub const MAX_DECODING_MESSAGE_BYTES: usize = 64 * 1024;
 /// The HTTP/2 window of a whole connection, bytes (all its streams together).
 pub const CONNECTION_WINDOW_BYTES: u32 = 1024 * 1024;
 

@@ -1,5 +1,7 @@
 //! The scenario file: which GPUs the fake driver has, how their readings move over
-//! time, and which faults it injects. TOML; times are seconds since `nvmlInit`.
+//! time, and which faults it injects. TOML; times are seconds since `nvmlInit`. The
+//! fields it shares with the hive's simulated scenarios (`hive/src/source/simulated.rs`)
+//! have the same names and the same byte-size grammar (`rbee_shared::bytesize`).
 //!
 //! ```toml
 //! driver_version = "550.54.15"
@@ -9,12 +11,12 @@
 //! # missing = ["nvmlDeviceGetPowerUsage"]  # answer FUNCTION_NOT_FOUND
 //!
 //! [[gpu]]
-//! uuid = "GPU-00000000-0000-0000-0000-000000000000"
+//! id = "GPU-00000000-0000-0000-0000-000000000000"  # (or `uuid`, the older name)
 //! name = "NVIDIA H100 80GB HBM3"
 //! pci_bus_id = "00000000:17:00.0"
-//! memory_total = "80GiB"
-//! memory_used = ["5GiB"]
-//! memory_reserved = "512MiB"
+//! vram_total = "80GiB"              # `memory_total`, `memory_used`, `memory_reserved`:
+//! vram_used = ["5GiB"]               # the older names, still accepted
+//! vram_reserved = "512MiB"
 //! compute_capability = "9.0"
 //! power_limit_w = 700
 //! mig_mode = "disabled"              # or "enabled"; unset: NOT_SUPPORTED
@@ -29,46 +31,27 @@
 //! # or no number in it: not listed), so a test can put real processes on the GPU
 //! # and take them off while the hive runs.
 //! # process = [{ pid_file = "/tmp/worker.pid", used_memory = "8GiB" }]
-//! # memory_used unset or []: used = the sum of the processes listed at that moment
+//! # vram_used unset or []: used = the sum of the processes listed at that moment
 //! # processes_error = "NO_PERMISSION"
 //! ```
 
 use std::time::Duration;
 
+use rbee_shared::bytesize::ByteSizeField;
 use serde::Deserialize;
 
 use crate::codes::{ErrorCode, parse_code};
 use crate::symbols::EXPORTED;
 
-/// A byte size: a number of bytes, or text like "80GiB".
+/// A byte size: a number of bytes, or text like "80GiB" (the one grammar of
+/// `rbee_shared::bytesize`, as in the hive's simulated scenarios).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-enum ByteSize {
-    Bytes(u64),
-    Text(String),
-}
+#[serde(transparent)]
+struct ByteSize(ByteSizeField);
 
 impl ByteSize {
     fn bytes(&self, field: &str) -> Result<u64, String> {
-        let text = match self {
-            Self::Bytes(b) => return Ok(*b),
-            Self::Text(t) => t.trim(),
-        };
-        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-        let (digits, unit) = text.split_at(split);
-        let shift = match unit.trim() {
-            "" | "B" => 0,
-            "KiB" => 10,
-            "MiB" => 20,
-            "GiB" => 30,
-            "TiB" => 40,
-            other => return Err(format!("{field}: unknown unit {other:?} (B, KiB, MiB, GiB, TiB)")),
-        };
-        digits
-            .parse::<u64>()
-            .ok()
-            .and_then(|n| n.checked_mul(1 << shift))
-            .ok_or_else(|| format!("{field}: {text:?} is not a byte size"))
+        self.0.bytes().map_err(|e| format!("{field}: {e}"))
     }
 }
 
@@ -103,13 +86,19 @@ fn default_step() -> f64 {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct GpuFile {
+    /// The schema is the hive's simulated scenario's (`id`, `vram_*`); the older
+    /// names (`uuid`, `memory_*`) stay accepted.
+    #[serde(rename = "id", alias = "uuid")]
     uuid: String,
     #[serde(default = "default_name")]
     name: String,
     pci_bus_id: Option<String>,
+    #[serde(rename = "vram_total", alias = "memory_total")]
     memory_total: ByteSize,
     #[serde(default)]
+    #[serde(rename = "vram_used", alias = "memory_used")]
     memory_used: Vec<ByteSize>,
+    #[serde(rename = "vram_reserved", alias = "memory_reserved")]
     memory_reserved: Option<ByteSize>,
     compute_capability: Option<String>,
     power_limit_w: Option<u32>,

@@ -16,7 +16,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rbee_shared::bytesize::parse_bytes;
+use rbee_shared::bytesize::ByteSizeField;
 use rbee_shared::{
     Backend, Capabilities, ComputeCapability, DeviceSourceKind, GpuDevice, GpuSample, MigMode, Sample,
 };
@@ -39,20 +39,15 @@ impl From<String> for ScenarioError {
     }
 }
 
-/// A byte size written as a number of bytes or a string like "80GiB".
+/// A byte size written as a number of bytes or a string like "80GiB" (the one grammar
+/// of `rbee_shared::bytesize`).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-enum ByteSize {
-    Bytes(u64),
-    Text(String),
-}
+#[serde(transparent)]
+struct ByteSize(ByteSizeField);
 
 impl ByteSize {
     fn bytes(&self) -> Result<u64, ScenarioError> {
-        match self {
-            Self::Bytes(b) => Ok(*b),
-            Self::Text(s) => parse_bytes(s).map_err(|e| ScenarioError(e.to_string())),
-        }
+        self.0.bytes().map_err(|e| ScenarioError(e.to_string()))
     }
 }
 
@@ -75,10 +70,14 @@ fn default_step() -> f64 {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct GpuSpecFile {
+    /// The GPU's UUID. The scenario schema is the same as the fake NVML library's
+    /// (`rbee-nvml-fake`): its older names (`uuid`, `memory_*`) are accepted here too.
+    #[serde(alias = "uuid")]
     id: String,
     index: Option<u32>,
     #[serde(default = "default_name")]
     name: String,
+    #[serde(alias = "memory_total")]
     vram_total: ByteSize,
     #[serde(default)]
     appear_at_s: f64,
@@ -86,8 +85,10 @@ struct GpuSpecFile {
     #[serde(default)]
     util_percent: Vec<f32>,
     #[serde(default)]
+    #[serde(alias = "memory_used")]
     vram_used: Vec<ByteSize>,
     /// VRAM the driver keeps for itself, in neither used nor free (NVML v2 reports it).
+    #[serde(alias = "memory_reserved")]
     vram_reserved: Option<ByteSize>,
     #[serde(default)]
     temperature_c: Vec<f32>,
@@ -551,6 +552,42 @@ mod tests {
         assert!(Scenario::parse(both).unwrap_err().0.contains("exactly one of pid and pid_file"));
         let kind = "[[gpu]]\nid = \"a\"\nvram_total = 1\nprocess_list = \"maybe\"";
         assert!(Scenario::parse(kind).unwrap_err().0.contains("process_list"));
+    }
+
+    /// The hive's simulated scenarios and the fake NVML library's (`rbee-nvml-fake`) are
+    /// one schema with one byte-size grammar: the same text, in either spelling of the
+    /// shared fields, reads the same in both, and what one refuses the other refuses.
+    #[test]
+    fn the_fake_nvml_library_reads_the_same_schema_and_byte_sizes() {
+        let sizes = ["80GiB", "80GB", "1.5TiB", "512 MiB", "8gib", "85899345920"];
+        for (id, total, used, reserved) in [
+            ("id", "vram_total", "vram_used", "vram_reserved"),
+            ("uuid", "memory_total", "memory_used", "memory_reserved"),
+        ] {
+            for size in sizes {
+                let size_toml = if size.bytes().all(|b| b.is_ascii_digit()) {
+                    size.to_owned()
+                } else {
+                    format!("{size:?}")
+                };
+                let text = format!(
+                    "[[gpu]]\n{id} = \"GPU-a\"\n{total} = {size_toml}\n{used} = [\"1MiB\", \"1.5kB\"]\n{reserved} = \"1kB\"\n"
+                );
+                let ours = Scenario::parse(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+                let fake = rbee_nvml_fake::scenario::Scenario::parse(&text)
+                    .unwrap_or_else(|e| panic!("{text}: {e}"));
+                let (o, f) = (&ours.gpus[0], &fake.gpus[0]);
+                assert_eq!(o.device.id, f.uuid, "{text}");
+                assert_eq!(o.device.vram_total_bytes, f.memory_total, "{text}");
+                assert_eq!(o.vram_used, f.memory_used, "{text}");
+                assert_eq!(o.vram_reserved, Some(f.memory_reserved), "{text}");
+            }
+        }
+        for bad in ["\"80 parsecs\"", "\"GiB\"", "\"99999999999999999999TiB\"", "-1"] {
+            let text = format!("[[gpu]]\nid = \"GPU-a\"\nvram_total = {bad}\n");
+            assert!(Scenario::parse(&text).is_err(), "{text}");
+            assert!(rbee_nvml_fake::scenario::Scenario::parse(&text).is_err(), "{text}");
+        }
     }
 
     #[test]

@@ -244,20 +244,8 @@ impl TryFrom<&pb::HiveView> for HiveSnapshot {
         let bad = |e: rbee_shared::ConvertError| {
             crate::QueenError::InvalidArgument(format!("hive {}: {e}", v.address))
         };
-        let health = |h: i32| match pb::Health::try_from(h) {
-            Ok(pb::Health::Degraded) => Health::Degraded,
-            Ok(pb::Health::Healthy) => Health::Healthy,
-            Ok(pb::Health::Pending) => Health::Pending,
-            _ => Health::Unhealthy,
-        };
-        let state = match v.state() {
-            pb::HiveState::Pending | pb::HiveState::Unspecified => ConnState::Pending,
-            pb::HiveState::Connecting => ConnState::Connecting,
-            pb::HiveState::Online => ConnState::Online,
-            pb::HiveState::Stale => ConnState::Stale,
-            pb::HiveState::Lost => ConnState::Lost,
-            pb::HiveState::Removed => ConnState::Removed,
-        };
+        let health = |h: i32| health_from_wire(h).unwrap_or(Health::Unhealthy);
+        let state = conn_state_from_wire(v.state).unwrap_or(ConnState::Pending);
         let origin = match v.origin() {
             pb::HiveOrigin::Api => Origin::Api,
             pb::HiveOrigin::Announced => Origin::Announced,
@@ -418,6 +406,32 @@ pub fn views_within<'a>(
         views.push(view);
     }
     views
+}
+
+/// A wire health as the domain's; `None` for `UNSPECIFIED` or an unknown value. The
+/// CLI names a health by this and [`Health::as_str`], so there is one name per state.
+pub fn health_from_wire(h: i32) -> Option<Health> {
+    match pb::Health::try_from(h).ok()? {
+        pb::Health::Healthy => Some(Health::Healthy),
+        pb::Health::Degraded => Some(Health::Degraded),
+        pb::Health::Unhealthy => Some(Health::Unhealthy),
+        pb::Health::Pending => Some(Health::Pending),
+        pb::Health::Unspecified => None,
+    }
+}
+
+/// A wire hive state as the domain's; `None` for `UNSPECIFIED` or an unknown value (the
+/// CLI names a state by this and [`ConnState::as_str`]).
+pub fn conn_state_from_wire(s: i32) -> Option<ConnState> {
+    match pb::HiveState::try_from(s).ok()? {
+        pb::HiveState::Pending => Some(ConnState::Pending),
+        pb::HiveState::Connecting => Some(ConnState::Connecting),
+        pb::HiveState::Online => Some(ConnState::Online),
+        pb::HiveState::Stale => Some(ConnState::Stale),
+        pb::HiveState::Lost => Some(ConnState::Lost),
+        pb::HiveState::Removed => Some(ConnState::Removed),
+        pb::HiveState::Unspecified => None,
+    }
 }
 
 #[cfg(test)]

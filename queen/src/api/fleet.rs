@@ -161,8 +161,11 @@ impl FleetApi for FleetService {
         if !self.announces.try_acquire() {
             return Err(QueenError::ResourceExhausted("too many Announce calls; retry later".into()).into());
         }
-        if req.hive_id.len() > 64 {
-            return Err(QueenError::InvalidArgument("hive_id is longer than 64 bytes".into()).into());
+        // Empty: the hive does not say who it is; otherwise the one hive-id rule.
+        if !req.hive_id.is_empty()
+            && let Err(e) = rbee_shared::identity::check_hive_id(&req.hive_id)
+        {
+            return Err(QueenError::InvalidArgument(format!("hive_id: {e}")).into());
         }
         let admitted = admit_address(&self.admission.allow, &req.address).await.and_then(|address| {
             match self.fleet.holder_of(&req.hive_id, &address).filter(|_| !req.hive_id.is_empty()) {

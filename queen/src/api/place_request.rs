@@ -16,8 +16,11 @@ impl TryFrom<&pb::PlaceRequest> for PlaceRequest {
 
     fn try_from(r: &pb::PlaceRequest) -> Result<Self, QueenError> {
         let bad = |m: String| Err(QueenError::InvalidArgument(m));
-        if r.model.len() > 256 {
-            return bad(format!("model is {} bytes > 256", r.model.len()));
+        // A model id, when given, follows the one rule of every door (`rbee_shared::model`).
+        if !r.model.is_empty()
+            && let Err(e) = rbee_shared::model::check_model_id(&r.model)
+        {
+            return bad(format!("model: {e}"));
         }
         if let Err(e) = rbee_shared::labels::validate_labels(r.labels.iter()) {
             return bad(format!("labels: {e}"));

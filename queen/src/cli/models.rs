@@ -15,6 +15,8 @@ use anyhow::{Result, anyhow, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rbee_proto::v1 as pb;
 use rbee_shared::bytesize::format_bytes;
+use rbee_shared::convert::models::{download_phase_from_wire, model_state_from_wire};
+use rbee_shared::{DownloadPhase, ModelState};
 
 use super::args::{FetchArgs, ListArgs};
 use super::client::{connect, on_queens, rpc_error, scheduler};
@@ -200,13 +202,7 @@ fn hive_gone(event: &pb::FleetEvent, hive: &str) -> Option<String> {
 }
 
 fn model_state(m: &pb::Model) -> &'static str {
-    match m.state() {
-        pb::ModelState::Downloading => "downloading",
-        pb::ModelState::Ready => "ready",
-        pb::ModelState::Failed => "failed",
-        pb::ModelState::Unverified => "unverified",
-        pb::ModelState::Unspecified => "?",
-    }
+    model_state_from_wire(m.state).map_or("?", ModelState::as_str)
 }
 
 /// `queen models`: which hive holds which model, its state and size.
@@ -246,16 +242,7 @@ pub async fn models(args: ListArgs) -> Result<()> {
 }
 
 fn phase_name(d: &pb::DownloadProgress) -> &'static str {
-    match d.phase() {
-        pb::DownloadPhase::Resolving => "resolving",
-        pb::DownloadPhase::Downloading => "downloading",
-        pb::DownloadPhase::Verifying => "verifying",
-        pb::DownloadPhase::Done => "done",
-        pb::DownloadPhase::Failed => "failed",
-        pb::DownloadPhase::Cancelled => "cancelled",
-        pb::DownloadPhase::Preloading => "preloading",
-        pb::DownloadPhase::Unspecified => "?",
-    }
+    download_phase_from_wire(d.phase).map_or("?", DownloadPhase::as_str)
 }
 
 /// `queen downloads`: running downloads (and those finished in the last minute) per hive.
@@ -299,6 +286,24 @@ pub async fn downloads(args: ListArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Model states and download phases are named by the domain's `as_str`.
+    #[test]
+    fn model_states_and_phases_are_named_by_the_domain() {
+        use ModelState as M;
+        for s in [M::Downloading, M::Ready, M::Failed, M::Unverified] {
+            let m = pb::Model { state: pb::ModelState::from(s) as i32, ..Default::default() };
+            assert_eq!(model_state(&m), s.as_str());
+        }
+        use DownloadPhase as P;
+        for p in [P::Resolving, P::Downloading, P::Verifying, P::Done, P::Failed, P::Cancelled, P::Preloading]
+        {
+            let d = pb::DownloadProgress { phase: pb::DownloadPhase::from(p) as i32, ..Default::default() };
+            assert_eq!(phase_name(&d), p.as_str());
+        }
+        assert_eq!(model_state(&pb::Model::default()), "?");
+        assert_eq!(phase_name(&pb::DownloadProgress { phase: 99, ..Default::default() }), "?");
+    }
 
     #[test]
     fn the_percentage_never_shows_100_before_all_bytes_are_there() {

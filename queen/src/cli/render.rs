@@ -7,26 +7,54 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rbee_proto::v1 as pb;
 use rbee_shared::bytesize::format_bytes;
 
+use crate::api::convert::{conn_state_from_wire, health_from_wire};
+use crate::fleet::{ConnState, Health, join_by_id};
+
 fn state_name(v: &pb::HiveView) -> &'static str {
-    match v.state() {
-        pb::HiveState::Pending => "pending",
-        pb::HiveState::Connecting => "connecting",
-        pb::HiveState::Online => "online",
-        pb::HiveState::Stale => "stale",
-        pb::HiveState::Lost => "lost",
-        pb::HiveState::Removed => "removed",
-        pb::HiveState::Unspecified => "?",
-    }
+    hive_state_name(v.state())
 }
 
-fn health_name(h: pb::Health) -> &'static str {
-    match h {
-        pb::Health::Healthy => "healthy",
-        pb::Health::Degraded => "degraded",
-        pb::Health::Unhealthy => "unhealthy",
-        pb::Health::Pending => "pending",
-        pb::Health::Unspecified => "?",
-    }
+/// The name users read for a wire hive state: the domain's ([`ConnState::as_str`]);
+/// `?` for one the queen never sends.
+pub fn hive_state_name(s: pb::HiveState) -> &'static str {
+    conn_state_from_wire(s as i32).map_or("?", ConnState::as_str)
+}
+
+/// The name users read for a wire health: the domain's ([`Health::as_str`]); `?` for
+/// one the queen never sends.
+pub fn health_name(h: pb::Health) -> &'static str {
+    health_from_wire(h as i32).map_or("?", Health::as_str)
+}
+
+/// One GPU of a hive view from the queen: its description, newest reading and health
+/// entry.
+#[derive(Debug, Clone, Copy)]
+pub struct WireGpu<'a> {
+    /// The description (id, index, name, VRAM).
+    pub device: &'a pb::GpuDevice,
+    /// The newest reading, if the sample has one.
+    pub live: Option<&'a pb::GpuSample>,
+    /// The health entry, if the report lists the GPU.
+    pub health: Option<&'a pb::DeviceHealth>,
+}
+
+/// The GPUs of a hive view, in the capabilities' order, each joined with its reading and
+/// health entry by the queen's one matching rule ([`crate::fleet::join_by_id`]): the
+/// CLI's only join of these parts (`queen hive` and `queen top` both read it).
+pub fn wire_gpus<'a>(
+    caps: &'a pb::Capabilities,
+    sample: Option<&'a pb::Sample>,
+    devices: &'a [pb::DeviceHealth],
+) -> Vec<WireGpu<'a>> {
+    caps.gpus
+        .iter()
+        .enumerate()
+        .map(|(i, g)| WireGpu {
+            device: g,
+            live: sample.and_then(|s| join_by_id(&s.gpus, i, &g.id, |x| &x.id).map(|j| &s.gpus[j])),
+            health: join_by_id(devices, i, &g.id, |d| &d.device_id).map(|j| &devices[j]),
+        })
+        .collect()
 }
 
 fn age(ms: Option<u64>) -> String {
@@ -128,7 +156,8 @@ pub fn render_detail(v: &pb::HiveView) -> String {
             "host      {} (hive {}, protocol {}, epoch {})",
             i.hostname, i.version, i.protocol_version, i.epoch
         );
-        let _ = writeln!(out, "gpu source {:?}", i.gpu_source());
+        let source = rbee_shared::convert::device_source_from_wire(i.gpu_source);
+        let _ = writeln!(out, "gpu source {}", source.map_or("?", rbee_shared::DeviceSourceKind::as_str));
     }
     if let Some(c) = &v.capabilities {
         let cpu = c.cpu.as_ref();
@@ -141,10 +170,7 @@ pub fn render_detail(v: &pb::HiveView) -> String {
             format_bytes(c.ram_total_bytes),
             c.labels
         );
-        let s = v.latest_sample.as_ref();
-        for g in &c.gpus {
-            let live = s.and_then(|s| s.gpus.iter().find(|x| x.id == g.id));
-            let health = v.devices.iter().find(|d| d.device_id == g.id);
+        for WireGpu { device: g, live, health } in wire_gpus(c, v.latest_sample.as_ref(), &v.devices) {
             let _ = writeln!(
                 out,
                 "  gpu{:<3} {:<28} vram {}/{} util {} temp {} {}  {}",
@@ -197,7 +223,7 @@ pub fn render_detail(v: &pb::HiveView) -> String {
 pub fn render_event(e: &pb::FleetEvent) -> String {
     use pb::fleet_event::Event;
     let t = humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(e.queen_time_unix_ms));
-    let name = |id: &str, addr: &str| if id.is_empty() { addr.to_owned() } else { id.to_owned() };
+    let name = rbee_shared::identity::display_name;
     let body = match &e.event {
         None => "(empty)".to_owned(),
         Some(Event::Snapshot(s)) => {
@@ -221,7 +247,8 @@ pub fn render_event(e: &pb::FleetEvent) -> String {
         Some(Event::HiveAdded(h)) => format!("added {}", h.address),
         Some(Event::HiveRemoved(r)) => format!("removed {}", name(&r.hive_id, &r.address)),
         Some(Event::StateChanged(c)) => {
-            format!("{} {:?} -> {:?}: {}", name(&c.hive_id, &c.address), c.from(), c.to(), c.reason)
+            let (from, to) = (hive_state_name(c.from()), hive_state_name(c.to()));
+            format!("{} {from} -> {to}: {}", name(&c.hive_id, &c.address), c.reason)
         }
         Some(Event::HealthChanged(c)) => format!(
             "{} health {} -> {} {}",
@@ -323,6 +350,63 @@ pub fn render_place(r: &pb::PlaceResponse) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One name per state: every table (`queen hives`, `queen hive`, `queen top`) names a
+    /// wire state by the domain's `as_str`, and a state the queen never sends is `?`
+    /// everywhere (`queen top` used to print "unspecified" where the tables print "?").
+    #[test]
+    fn wire_states_are_named_by_the_domain() {
+        use crate::cli::top::view;
+        for s in [
+            ConnState::Pending,
+            ConnState::Connecting,
+            ConnState::Online,
+            ConnState::Stale,
+            ConnState::Lost,
+            ConnState::Removed,
+        ] {
+            let wire = pb::HiveState::from(s);
+            assert_eq!(hive_state_name(wire), s.as_str());
+            assert_eq!(view::state_name(wire), s.as_str());
+        }
+        for h in [Health::Healthy, Health::Pending, Health::Degraded, Health::Unhealthy] {
+            assert_eq!(health_name(pb::Health::from(h)), h.as_str());
+            assert_eq!(view::health_name(pb::Health::from(h)), h.as_str());
+        }
+        assert_eq!(hive_state_name(pb::HiveState::Unspecified), "?");
+        assert_eq!(view::state_name(pb::HiveState::Unspecified), "?");
+        assert_eq!(health_name(pb::Health::Unspecified), "?");
+        assert_eq!(view::health_name(pb::Health::Unspecified), "?");
+        // Event lines too (they used to print the wire enums' Debug names, "Online").
+        let changed = pb::FleetEvent {
+            event: Some(pb::fleet_event::Event::StateChanged(pb::HiveStateChanged {
+                address: "http://127.0.0.1:1".into(),
+                from: pb::HiveState::Connecting as i32,
+                to: pb::HiveState::Online as i32,
+                reason: "streaming".into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        for k in [rbee_shared::DeviceSourceKind::Nvml, rbee_shared::DeviceSourceKind::Simulated] {
+            let identity = pb::HiveIdentity::from(&rbee_shared::HiveIdentity {
+                hive_id: "h".into(),
+                epoch: "e".into(),
+                hostname: String::new(),
+                advertised_address: String::new(),
+                version: String::new(),
+                protocol_version: 1,
+                labels: Default::default(),
+                gpu_source: k,
+                started_at_unix_ms: 0,
+            });
+            let v = pb::HiveView { identity: Some(identity), ..Default::default() };
+            let text = render_detail(&v);
+            assert!(text.contains(&format!("gpu source {}\n", k.as_str())), "{text}");
+        }
+        let line = render_event(&changed);
+        assert!(line.contains("http://127.0.0.1:1 connecting -> online: streaming"), "{line}");
+    }
 
     #[test]
     fn a_placement_tells_the_caller_how_to_start_its_worker() {

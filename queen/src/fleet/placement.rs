@@ -3,15 +3,20 @@
 //! contiguous rows of numbers instead of comparing GPU id strings across the
 //! capabilities, the sample, the health report and the window statistics.
 //!
+//! It is the one join of a GPU's parts: each row carries where the GPU is in the
+//! sample, the health report and the statistics ([`GpuParts`]), so the scheduler's
+//! device handles and the Rhai API read the same join instead of matching ids again.
+//! (The CLI matches the wire copies with the same rule, [`join_by_id`].)
+//!
 //! A summary holds the shared parts it was computed from, so a reader can tell a
 //! current summary from one left behind by a change that did not refresh it
 //! ([`PlacementSummary::is_of`]) and compute a fresh one instead.
 
 use std::sync::Arc;
 
-use rbee_shared::{GpuSample, Sample, VersionedCapabilities};
+use rbee_shared::{GpuDevice, GpuSample, Sample, VersionedCapabilities};
 
-use super::{Health, HealthReport, HiveSnapshot, WindowStats};
+use super::{DeviceHealth, GpuStats, Health, HealthReport, HiveSnapshot, WindowStats};
 
 /// The VRAM jobs can use on a GPU: its total less what the driver reserves for itself
 /// (NVML v2 reports that apart from used and free). Everything the scheduler admits
@@ -20,12 +25,65 @@ pub fn usable_vram(total: u64, live: &GpuSample) -> u64 {
     total.saturating_sub(live.vram_reserved_bytes.unwrap_or(0))
 }
 
-/// The item of `items` with this id: usually at the same position (hives report GPUs
-/// in one order), else found by a scan.
-fn aligned<'a, T>(items: &'a [T], i: usize, id: &str, id_of: impl Fn(&T) -> &str) -> Option<&'a T> {
+/// The position of the item of `items` with this GPU id: usually `i` (hives report
+/// GPUs in one order), else found by a scan. The one rule that matches a GPU across the
+/// capabilities, the sample, the health report and the statistics (the CLI matches the
+/// wire copies of them with it too).
+pub fn join_by_id<T>(items: &[T], i: usize, id: &str, id_of: impl Fn(&T) -> &str) -> Option<usize> {
     match items.get(i) {
-        Some(x) if id_of(x) == id => Some(x),
-        _ => items.iter().find(|x| id_of(x) == id),
+        Some(x) if id_of(x) == id => Some(i),
+        _ => items.iter().position(|x| id_of(x) == id),
+    }
+}
+
+/// Where one GPU's parts are in a hive's view: its positions in the newest sample's GPUs,
+/// the health report's devices and the window statistics' GPUs (`None`: not there).
+/// Computed once per publish, in [`PlacementSummary::of`]; readers resolve it against
+/// the snapshot the summary was made of instead of matching ids again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GpuParts {
+    /// In `latest.gpus`.
+    live: Option<u32>,
+    /// In `health.devices`.
+    health: Option<u32>,
+    /// In `stats.gpus`.
+    stats: Option<u32>,
+}
+
+impl GpuParts {
+    /// Joins GPU `gpu` (at position `i` of the capabilities' GPU map) with `h`'s parts.
+    fn of(h: &HiveSnapshot, i: usize, gpu: &GpuDevice) -> Self {
+        let at = |j: Option<usize>| j.and_then(|j| u32::try_from(j).ok());
+        Self {
+            live: at(h.latest.as_deref().and_then(|s| join_by_id(&s.gpus, i, &gpu.id, |g| &g.id))),
+            health: at(join_by_id(&h.health.devices, i, &gpu.id, |d| &d.device_id)),
+            stats: at(join_by_id(&h.stats.gpus, i, &gpu.id, |g| &g.device_id)),
+        }
+    }
+
+    /// The GPU's newest reading in `h` (the snapshot these parts were computed from).
+    pub fn live<'a>(&self, h: &'a HiveSnapshot) -> Option<&'a GpuSample> {
+        h.latest.as_deref()?.gpus.get(self.live? as usize)
+    }
+
+    /// The GPU's entry in `h`'s health report.
+    pub fn device_health<'a>(&self, h: &'a HiveSnapshot) -> Option<&'a DeviceHealth> {
+        h.health.devices.get(self.health? as usize)
+    }
+
+    /// The GPU's own health in `h` (healthy when the report does not list it).
+    pub fn health(&self, h: &HiveSnapshot) -> Health {
+        self.device_health(h).map_or(Health::Healthy, |d| d.health)
+    }
+
+    /// The GPU's window statistics in `h`.
+    pub fn stats<'a>(&self, h: &'a HiveSnapshot) -> Option<&'a GpuStats> {
+        h.stats.gpus.get(self.stats? as usize)
+    }
+
+    /// Utilisation: the window mean, else the newest reading.
+    pub fn util(&self, h: &HiveSnapshot) -> Option<f32> {
+        self.stats(h).and_then(|g| g.util_mean_percent).or_else(|| self.live(h)?.gpu_util_percent)
     }
 }
 
@@ -42,6 +100,8 @@ pub struct GpuLoad {
     pub reading: bool,
     /// The device's own health (healthy when the report does not list it).
     pub health: Health,
+    /// Where its parts are in the hive's view (the join, for handles made from this row).
+    pub parts: GpuParts,
 }
 
 impl GpuLoad {
@@ -105,18 +165,15 @@ impl PlacementSummary {
                 .values()
                 .enumerate()
                 .map(|(i, gpu)| {
-                    let live = sample.and_then(|s| aligned(&s.gpus, i, &gpu.id, |g| &g.id));
-                    let health = aligned(&h.health.devices, i, &gpu.id, |d| &d.device_id)
-                        .map_or(Health::Healthy, |d| d.health);
+                    let parts = GpuParts::of(h, i, gpu);
+                    let health = parts.health(h);
+                    let live = parts.live(h);
                     let Some((live, used)) = live.and_then(|g| g.vram_used_bytes.map(|u| (g, u))) else {
-                        return GpuLoad { usable: 0, used: 0, util: 0.0, reading: false, health };
+                        return GpuLoad { usable: 0, used: 0, util: 0.0, reading: false, health, parts };
                     };
-                    let util = aligned(&h.stats.gpus, i, &gpu.id, |g| &g.device_id)
-                        .and_then(|g| g.util_mean_percent)
-                        .or(live.gpu_util_percent)
-                        .unwrap_or(0.0);
+                    let util = parts.util(h).unwrap_or(0.0);
                     let usable = usable_vram(gpu.vram_total_bytes, live);
-                    GpuLoad { usable, used, util, reading: true, health }
+                    GpuLoad { usable, used, util, reading: true, health, parts }
                 })
                 .collect()
         });
@@ -137,6 +194,12 @@ impl PlacementSummary {
             has_models: caps.is_some_and(|c| !c.models.is_empty()),
             gpus,
         }
+    }
+
+    /// The row of the GPU with this id, and its position in the capabilities' GPU map.
+    pub fn gpu(&self, h: &HiveSnapshot, id: &str) -> Option<(usize, &GpuLoad)> {
+        let i = h.caps.as_ref()?.caps.gpus.keys().position(|k| k == id)?;
+        Some((i, self.gpus.get(i)?))
     }
 
     /// True when this is the summary of `h` as it is now (computed from the very

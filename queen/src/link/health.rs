@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use rbee_shared::{Sample, VersionedCapabilities};
 
-use crate::fleet::{ConnState, DeviceHealth, Health, HealthReport, Thresholds};
+use crate::fleet::{ConnState, DeviceHealth, Health, HealthReport, Thresholds, join_by_id};
 
 /// What health is judged on.
 #[derive(Clone, Copy)]
@@ -136,7 +136,9 @@ pub fn evaluate(input: &HealthInput<'_>, t: &Thresholds) -> HealthReport {
             }
         }
         if let Some(caps) = input.caps {
-            for gpu in caps.caps.gpus_by_index() {
+            // Health is an input of the placement summary, so it cannot read the
+            // summary's join; it matches a GPU's reading by the same rule (`join_by_id`).
+            for (i, gpu) in caps.caps.gpus_by_index().into_iter().enumerate() {
                 let mut d = DeviceHealth {
                     device_id: gpu.id.clone(),
                     index: gpu.index,
@@ -148,7 +150,7 @@ pub fn evaluate(input: &HealthInput<'_>, t: &Thresholds) -> HealthReport {
                     d.reasons.push(reason);
                 };
                 let name = format!("gpu{}", gpu.index);
-                match s.gpus.iter().find(|g| g.id == gpu.id) {
+                match join_by_id(&s.gpus, i, &gpu.id, |g| &g.id).map(|j| &s.gpus[j]) {
                     None if (input.pending)(&gpu.id) => {
                         d.health = Health::Pending;
                         d.reasons.push(format!("{name} pending: added since the latest sample"));

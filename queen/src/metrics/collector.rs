@@ -41,7 +41,7 @@ impl fmt::Debug for FleetCollector {
 
 /// The `hive` label of a snapshot: its id, else (before discovery) its address.
 pub fn hive_name(h: &HiveSnapshot) -> &str {
-    if h.hive_id().is_empty() { &h.address } else { h.hive_id() }
+    rbee_shared::identity::display_name(h.hive_id(), &h.address)
 }
 
 impl Collector for FleetCollector {
@@ -175,7 +175,7 @@ impl FleetCollector {
                 }
             }
             for r in book.list() {
-                let name = if r.hive_id.is_empty() { r.address.clone() } else { r.hive_id.clone() };
+                let name = rbee_shared::identity::display_name(&r.hive_id, &r.address).to_owned();
                 let state = match r.state {
                     ReservationState::Active => "active",
                     ReservationState::Settled => "settled",

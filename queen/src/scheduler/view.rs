@@ -10,7 +10,7 @@ use rbee_shared::lock::RwLockExt;
 use super::book::Book;
 use super::request::{DeviceKind, PlaceRequest};
 use crate::fleet::Health;
-use crate::fleet::{ConnState, HiveSnapshot, PlacementSummary};
+use crate::fleet::{ConnState, GpuLoad, GpuParts, HiveSnapshot, PlacementSummary};
 
 /// The device id of a hive's CPU.
 pub const CPU_DEVICE: &str = "cpu";
@@ -51,6 +51,9 @@ pub struct DeviceRef {
     pub free: u64,
     /// The book, so that `device.hive` sees the same reservations.
     pub book: Arc<RwLock<Book>>,
+    /// Where the GPU's parts are in `hive` (the placement summary's join; default for
+    /// the CPU).
+    pub parts: GpuParts,
 }
 
 /// Reads the book (placement scans run side by side).
@@ -71,7 +74,7 @@ impl DeviceRef {
 
     /// The GPU's live readings.
     pub fn live(&self) -> Option<&rbee_shared::GpuSample> {
-        self.hive.latest.as_ref()?.gpus.iter().find(|g| g.id == self.id)
+        self.parts.live(&self.hive)
     }
 
     /// Who holds the GPU's memory, where the hive lists it (`None` for the CPU).
@@ -89,9 +92,7 @@ impl DeviceRef {
         if self.is_cpu() {
             return self.hive.stats.cpu_mean_percent.or(self.hive.latest.as_ref()?.cpu_percent);
         }
-        let mean =
-            self.hive.stats.gpus.iter().find(|g| g.device_id == self.id).and_then(|g| g.util_mean_percent);
-        mean.or_else(|| self.live()?.gpu_util_percent)
+        self.parts.util(&self.hive)
     }
 
     /// The device's own health.
@@ -99,13 +100,12 @@ impl DeviceRef {
         if self.is_cpu() {
             return self.hive.health.placement;
         }
-        self.hive.health.devices.iter().find(|d| d.device_id == self.id).map_or(Health::Healthy, |d| d.health)
+        self.parts.health(&self.hive)
     }
 
     /// `hive/device`, for reasons.
     pub fn label(&self) -> String {
-        let hive = if self.hive.hive_id().is_empty() { &self.hive.address } else { self.hive.hive_id() };
-        format!("{hive}/{}", self.id)
+        format!("{}/{}", hive_name(&self.hive), self.id)
     }
 }
 
@@ -119,13 +119,36 @@ pub struct Books<'a> {
 
 pub use crate::fleet::usable_vram;
 
-/// Builds a GPU's handle: `None` when the hive has no VRAM reading for it.
+/// Builds a GPU's handle from the hive's placement summary (the one join of its
+/// parts): `None` when the hive has no VRAM reading for it.
 pub fn gpu_ref(hive: &Arc<HiveSnapshot>, id: &str, books: &Books<'_>) -> Option<DeviceRef> {
-    let total = hive.caps.as_ref()?.caps.gpus.get(id)?.vram_total_bytes;
-    let live = hive.latest.as_ref()?.gpus.iter().find(|g| g.id == id)?;
-    let (total, used) = (usable_vram(total, live), live.vram_used_bytes?);
+    let p = hive.placement();
+    let (_, row) = p.gpu(hive, id)?;
+    gpu_handle(hive, id, row, books)
+}
+
+fn gpu_handle(hive: &Arc<HiveSnapshot>, id: &str, row: &GpuLoad, books: &Books<'_>) -> Option<DeviceRef> {
+    let (total, used) = row.vram()?;
     let free = books.locked.free(&hive.address, id, total, used);
-    Some(DeviceRef { hive: hive.clone(), id: id.to_owned(), total, used, free, book: books.shared.clone() })
+    Some(DeviceRef {
+        hive: hive.clone(),
+        id: id.to_owned(),
+        total,
+        used,
+        free,
+        book: books.shared.clone(),
+        parts: row.parts,
+    })
+}
+
+/// The handles of a hive's GPUs that have a VRAM reading, in device-index order, from
+/// its placement summary.
+pub fn gpu_refs(hive: &Arc<HiveSnapshot>, books: &Books<'_>) -> Vec<DeviceRef> {
+    let Some(caps) = hive.caps.as_ref() else { return Vec::new() };
+    let p = hive.placement();
+    let mut gpus: Vec<_> = caps.caps.gpus.values().zip(p.gpus.iter()).collect();
+    gpus.sort_by_key(|(g, _)| g.index);
+    gpus.into_iter().filter_map(|(g, row)| gpu_handle(hive, &g.id, row, books)).collect()
 }
 
 /// Builds a hive's CPU handle: `None` without a sample.
@@ -140,6 +163,7 @@ pub fn cpu_ref(hive: &Arc<HiveSnapshot>, books: &Books<'_>) -> Option<DeviceRef>
         used,
         free,
         book: books.shared.clone(),
+        parts: GpuParts::default(),
     })
 }
 
@@ -149,7 +173,7 @@ pub fn claim_bytes(req: &PlaceRequest, device: &DeviceRef) -> u64 {
 }
 
 fn hive_name(h: &HiveSnapshot) -> &str {
-    if h.hive_id().is_empty() { &h.address } else { h.hive_id() }
+    rbee_shared::identity::display_name(h.hive_id(), &h.address)
 }
 
 /// Why a hive cannot take any placement, or `None` when it can be considered (`p` is
@@ -222,6 +246,8 @@ struct Fit<'a> {
     hive_cpu: f32,
     /// Whether the hive's catalog lists any model.
     has_models: bool,
+    /// Where a GPU's parts are in its hive (default for the CPU).
+    parts: GpuParts,
 }
 
 impl<'a> Fit<'a> {
@@ -241,6 +267,7 @@ impl<'a> Fit<'a> {
             used: self.used,
             free: self.free,
             book: shared.clone(),
+            parts: self.parts,
         }
     }
 }
@@ -315,6 +342,7 @@ fn scan<'a>(
                     util: gpu.util,
                     hive_cpu: p.cpu_util,
                     has_models: p.has_models,
+                    parts: gpu.parts,
                 });
             }
         }
@@ -338,6 +366,7 @@ fn scan<'a>(
                     util: p.cpu_util,
                     hive_cpu: p.cpu_util,
                     has_models: p.has_models,
+                    parts: GpuParts::default(),
                 });
             }
         }

@@ -59,13 +59,36 @@ impl From<&ModelEntry> for pb::Model {
     }
 }
 
+/// A wire model state as the domain's; `None` for `UNSPECIFIED` or an unknown value.
+/// The CLI names a state by this and [`ModelState::as_str`].
+pub fn model_state_from_wire(s: i32) -> Option<ModelState> {
+    match pb::ModelState::try_from(s).ok()? {
+        pb::ModelState::Downloading => Some(ModelState::Downloading),
+        pb::ModelState::Ready => Some(ModelState::Ready),
+        pb::ModelState::Failed => Some(ModelState::Failed),
+        pb::ModelState::Unverified => Some(ModelState::Unverified),
+        pb::ModelState::Unspecified => None,
+    }
+}
+
+/// A wire download phase as the domain's; `None` for `UNSPECIFIED` or an unknown
+/// value. The CLI names a phase by this and [`DownloadPhase::as_str`].
+pub fn download_phase_from_wire(p: i32) -> Option<DownloadPhase> {
+    match pb::DownloadPhase::try_from(p).ok()? {
+        pb::DownloadPhase::Resolving => Some(DownloadPhase::Resolving),
+        pb::DownloadPhase::Downloading => Some(DownloadPhase::Downloading),
+        pb::DownloadPhase::Verifying => Some(DownloadPhase::Verifying),
+        pb::DownloadPhase::Done => Some(DownloadPhase::Done),
+        pb::DownloadPhase::Failed => Some(DownloadPhase::Failed),
+        pb::DownloadPhase::Cancelled => Some(DownloadPhase::Cancelled),
+        pb::DownloadPhase::Preloading => Some(DownloadPhase::Preloading),
+        pb::DownloadPhase::Unspecified => None,
+    }
+}
+
 fn model_from_wire(field: &str, m: &pb::Model) -> Checked<ModelEntry> {
-    let state = match pb::ModelState::try_from(m.state) {
-        Ok(pb::ModelState::Downloading) => ModelState::Downloading,
-        Ok(pb::ModelState::Ready) => ModelState::Ready,
-        Ok(pb::ModelState::Failed) => ModelState::Failed,
-        Ok(pb::ModelState::Unverified) => ModelState::Unverified,
-        _ => return Err(ConvertError::new(format!("{field}.state"), format!("unknown value {}", m.state))),
+    let Some(state) = model_state_from_wire(m.state) else {
+        return Err(ConvertError::new(format!("{field}.state"), format!("unknown value {}", m.state)));
     };
     if m.files.len() > MAX_MODEL_FILES {
         return Err(ConvertError::new(
@@ -170,15 +193,8 @@ impl From<&DownloadProgress> for pb::DownloadProgress {
 }
 
 fn download_from_wire(field: &str, d: &pb::DownloadProgress) -> Checked<DownloadProgress> {
-    let phase = match pb::DownloadPhase::try_from(d.phase) {
-        Ok(pb::DownloadPhase::Resolving) => DownloadPhase::Resolving,
-        Ok(pb::DownloadPhase::Downloading) => DownloadPhase::Downloading,
-        Ok(pb::DownloadPhase::Verifying) => DownloadPhase::Verifying,
-        Ok(pb::DownloadPhase::Done) => DownloadPhase::Done,
-        Ok(pb::DownloadPhase::Failed) => DownloadPhase::Failed,
-        Ok(pb::DownloadPhase::Cancelled) => DownloadPhase::Cancelled,
-        Ok(pb::DownloadPhase::Preloading) => DownloadPhase::Preloading,
-        _ => return Err(ConvertError::new(format!("{field}.phase"), format!("unknown value {}", d.phase))),
+    let Some(phase) = download_phase_from_wire(d.phase) else {
+        return Err(ConvertError::new(format!("{field}.phase"), format!("unknown value {}", d.phase)));
     };
     if !d.speed_bytes_per_s.is_finite() || d.speed_bytes_per_s < 0.0 {
         return Err(ConvertError::new(format!("{field}.speed_bytes_per_s"), "must be finite and >= 0"));

@@ -115,7 +115,7 @@ impl Row {
 
     /// The hive id, else the address.
     pub fn name(&self) -> &str {
-        if self.hive_id.is_empty() { &self.address } else { &self.hive_id }
+        rbee_shared::identity::display_name(&self.hive_id, &self.address)
     }
 
     /// How old the newest sample is at `now`.
@@ -137,20 +137,16 @@ impl Row {
     /// Each GPU: index, id, name, VRAM used and total (from the newest sample).
     pub fn gpus(&self) -> Vec<GpuRow> {
         let Some(caps) = &self.caps else { return vec![] };
-        let mut gpus: Vec<GpuRow> = caps
-            .gpus
-            .iter()
-            .map(|g| {
-                let live = self.sample.as_ref().and_then(|s| s.gpus.iter().find(|x| x.id == g.id));
-                GpuRow {
-                    index: g.index,
-                    id: g.id.clone(),
-                    name: g.name.clone(),
-                    total: g.vram_total_bytes,
-                    used: live.and_then(|l| l.vram_used_bytes),
-                    util: live.and_then(|l| l.gpu_util_percent),
-                    temperature: live.and_then(|l| l.temperature_c),
-                }
+        let mut gpus: Vec<GpuRow> = crate::cli::render::wire_gpus(caps, self.sample.as_ref(), &[])
+            .into_iter()
+            .map(|crate::cli::render::WireGpu { device: g, live, .. }| GpuRow {
+                index: g.index,
+                id: g.id.clone(),
+                name: g.name.clone(),
+                total: g.vram_total_bytes,
+                used: live.and_then(|l| l.vram_used_bytes),
+                util: live.and_then(|l| l.gpu_util_percent),
+                temperature: live.and_then(|l| l.temperature_c),
             })
             .collect();
         gpus.sort_by_key(|g| g.index);

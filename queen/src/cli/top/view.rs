@@ -72,15 +72,7 @@ fn health_style(h: pb::Health) -> Style {
     }
 }
 
-/// Lower-case names without the prefix, as the CLI prints them.
-pub fn state_name(s: pb::HiveState) -> String {
-    s.as_str_name().trim_start_matches("HIVE_STATE_").to_ascii_lowercase()
-}
-
-/// Lower-case health names.
-pub fn health_name(h: pb::Health) -> String {
-    h.as_str_name().trim_start_matches("HEALTH_").to_ascii_lowercase()
-}
+pub use crate::cli::render::{health_name, hive_state_name as state_name};
 
 /// `[#####.....]` for `used` of `total`.
 pub fn bar(used: Option<u64>, total: u64, width: usize) -> String {

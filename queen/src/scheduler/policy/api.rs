@@ -43,12 +43,9 @@ fn devices_of(h: &HiveRef) -> Native<Array> {
     let locked = view::read(&h.book);
     let books = view::Books { locked: &locked, shared: &h.book };
     let mut out: Array = Vec::new();
-    if let Some(caps) = h.hive.caps.as_ref() {
-        for gpu in caps.caps.gpus_by_index() {
-            if let Some(d) = view::gpu_ref(&h.hive, &gpu.id, &books) {
-                out.push(Dynamic::from(d));
-            }
-        }
+    // The GPUs as the placement summary joined them, in index order.
+    for d in view::gpu_refs(&h.hive, &books) {
+        out.push(Dynamic::from(d));
     }
     if let Some(d) = view::cpu_ref(&h.hive, &books) {
         out.push(Dynamic::from(d));

@@ -23,7 +23,7 @@ const GIB: u64 = 1 << 30;
 type Fit = (String, String, u64, u64, u64, f32, f32);
 
 fn name(h: &HiveSnapshot) -> &str {
-    if h.hive_id().is_empty() { &h.address } else { h.hive_id() }
+    rbee_shared::identity::display_name(h.hive_id(), &h.address)
 }
 
 /// Why the hive as a whole is out, by the plain rules.
@@ -251,5 +251,46 @@ proptest::proptest! {
             .map(|d| (d.hive.address.clone(), d.id))
             .collect();
         proptest::prop_assert_eq!(got, ranked);
+    }
+}
+
+proptest::proptest! {
+    /// The device handles (`gpu_ref`, and `hive.devices` through `gpu_refs`) read the
+    /// summary's one join of a GPU's parts: their reading, utilisation and health are
+    /// what the plain id matching gives, on rough fleets (reordered readings, missing
+    /// ones, unlisted devices, summaries left stale).
+    #[test]
+    fn device_handles_read_the_summary_join(
+        hives in proptest::collection::vec((0usize..4, 0u64..40, proptest::num::u64::ANY, proptest::bool::ANY), 0..8),
+    ) {
+        let book = Arc::new(RwLock::new(Book::default()));
+        let locked = view::read(&book);
+        let books = view::Books { locked: &locked, shared: &book };
+        for (i, &(gpus, used, seed, refresh)) in hives.iter().enumerate() {
+            let h = rough(i, gpus, used, seed, refresh);
+            let mut want = Vec::new();
+            if let Some(caps) = h.caps.as_deref() {
+                for gpu in caps.caps.gpus_by_index() {
+                    let id = &gpu.id;
+                    let live = h.latest.as_deref().and_then(|s| s.gpus.iter().find(|g| &g.id == id));
+                    let mean = h.stats.gpus.iter().find(|g| &g.device_id == id).and_then(|g| g.util_mean_percent);
+                    let util = mean.or_else(|| live?.gpu_util_percent);
+                    let health =
+                        h.health.devices.iter().find(|d| &d.device_id == id).map_or(Health::Healthy, |d| d.health);
+                    let handle = view::gpu_ref(&h, id, &books);
+                    let reading = live.and_then(|l| l.vram_used_bytes).is_some();
+                    proptest::prop_assert_eq!(handle.is_some(), reading, "{}", id);
+                    if let Some(d) = handle {
+                        proptest::prop_assert_eq!(d.live(), live);
+                        proptest::prop_assert_eq!(d.util(), util);
+                        proptest::prop_assert_eq!(d.health(), health);
+                        proptest::prop_assert_eq!(d.used, live.unwrap().vram_used_bytes.unwrap());
+                        want.push((id.clone(), util, health));
+                    }
+                }
+            }
+            let got: Vec<_> = view::gpu_refs(&h, &books).iter().map(|d| (d.id.clone(), d.util(), d.health())).collect();
+            proptest::prop_assert_eq!(got, want);
+        }
     }
 }
