@@ -24,6 +24,7 @@ pub mod exports;
 pub mod scenario;
 mod state;
 pub mod symbols;
+pub mod topology;
 
 #[cfg(test)]
 mod tests;
