@@ -8,6 +8,7 @@
 pub mod nvml;
 pub mod nvml_topology;
 pub mod procfs;
+pub mod sim_topology;
 pub mod simulated;
 pub mod system;
 
