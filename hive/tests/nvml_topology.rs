@@ -147,20 +147,20 @@ async fn mig_instances_are_devices_of_their_own_sampled_for_memory() {
     assert_eq!(used(&whole.id), Some(3 << 30));
 }
 
-/// Two GPUs over 4 NVLink links; GPU 0's links go down at 1.5 s.
+/// Two GPUs over 4 NVLink links, down at 3 s (after the stream has seen them up).
 const LINK_DOWN: &str = r#"
 [[gpu]]
 uuid = "GPU-x"
 pci_bus_id = "00000000:18:00.0"
 memory_total = "80GiB"
 numa_node = 0
-nvlink = [{ peer = 1, links = 4, down_at_s = 1.5 }]
+nvlink = [{ peer = 1, links = 4, down_at_s = 3.0 }]
 [[gpu]]
 uuid = "GPU-y"
 pci_bus_id = "00000000:2A:00.0"
 memory_total = "80GiB"
 numa_node = 0
-nvlink = [{ peer = 0, links = 4, down_at_s = 1.5 }]
+nvlink = [{ peer = 0, links = 4, down_at_s = 3.0 }]
 "#;
 
 #[tokio::test]
