@@ -109,7 +109,8 @@ async fn nvlink_peers_are_one_info_series_per_linked_pair_and_direction() {
     let hive = TestHive::start_named("linked", LINKED).await;
     let (queen, metrics) = queen_with_metrics(fast_config(vec![hive.url()]), MetricsAccess::default()).await;
     let mut client = queen.client().await;
-    wait_for(&mut client, "the hive online", |hs| hs.iter().all(|h| online(h) && h.capabilities.is_some())).await;
+    wait_for(&mut client, "the hive online", |hs| hs.iter().all(|h| online(h) && h.capabilities.is_some()))
+        .await;
     let (status, text) = http_get(metrics, "/metrics", None).await;
     assert_eq!(status, 200, "{text}");
     let series: Vec<&str> = text.lines().filter(|l| l.starts_with("rbee_gpu_nvlink_peer_info{")).collect();

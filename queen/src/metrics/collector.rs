@@ -153,7 +153,12 @@ fn encode_nvlinks(enc: &mut DescriptorEncoder, hives: &[Arc<HiveSnapshot>]) -> f
             })
         })
     });
-    infos(enc, "rbee_gpu_nvlink_peer", "A GPU's NVLink-connected peer on its hive, with the active link count (value 1).", rows)
+    infos(
+        enc,
+        "rbee_gpu_nvlink_peer",
+        "A GPU's NVLink-connected peer on its hive, with the active link count (value 1).",
+        rows,
+    )
 }
 
 fn origin(h: &HiveSnapshot) -> &'static str {
