@@ -87,7 +87,7 @@ struct Manager {
     /// Turns to dial, shared by every link.
     dials: Arc<tokio::sync::Semaphore>,
     /// The most NVLink links each GPU pair has had, to say which went down.
-    nvlinks: super::health::NvlinkBaseline,
+    nvlinks: super::nvlink_baseline::NvlinkBaseline,
 }
 
 /// Runs the link for one hive until it is cancelled.
