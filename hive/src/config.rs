@@ -31,6 +31,10 @@ pub struct GpuArgs {
     /// Use the built-in demo scenario of simulated GPUs instead of NVML.
     #[arg(long, env = "HIVE_DEMO")]
     pub demo: bool,
+    /// Topology shape of the simulated GPUs (--simulate, --demo), instead of the scenario's: dgx8 (every
+    /// pair over NVSwitch), pcie2x4 (2 NUMA nodes, NVLink in pairs) or none.
+    #[arg(long, env = "HIVE_SIM_TOPOLOGY", value_enum, value_name = "SHAPE", conflicts_with = "nvml_lib")]
+    pub sim_topology: Option<crate::source::sim_topology::Shape>,
     /// Load NVML from this library instead of the system's libnvidia-ml.so (e.g. a driver in an unusual
     /// place, or the fake library of rbee-nvml-fake).
     #[arg(long, env = "HIVE_NVML_LIB", value_name = "PATH", conflicts_with_all = ["simulate", "demo"])]
@@ -43,13 +47,17 @@ pub struct GpuArgs {
 impl GpuArgs {
     /// Loads the chosen source's configuration.
     pub fn choice(&self) -> Result<GpuChoice, HiveError> {
+        let shaped = |s: Scenario| match self.sim_topology {
+            Some(shape) => s.with_shape(shape),
+            None => s,
+        };
         if let Some(path) = &self.simulate {
-            return Ok(GpuChoice::Simulated(Scenario::load(path)?));
+            return Ok(GpuChoice::Simulated(shaped(Scenario::load(path)?)));
         }
         if self.demo {
             let scenario = Scenario::parse(DEMO_SCENARIO)
                 .map_err(|source| HiveError::Scenario { path: "<built-in demo>".into(), source })?;
-            return Ok(GpuChoice::Simulated(scenario));
+            return Ok(GpuChoice::Simulated(shaped(scenario)));
         }
         Ok(GpuChoice::Nvml { lib: self.nvml_lib.clone() })
     }

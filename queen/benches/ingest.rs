@@ -54,6 +54,7 @@ fn main() {
                 cpu_window_mean: window.cpu_mean(),
                 received_unix_ms: Some(sample.taken_at_unix_ms),
                 pending: &|_| false,
+                links_down: &[],
             },
             &thresholds,
         );

@@ -112,6 +112,13 @@ fn serve_local_hive_then_inspect_with_the_cli() {
     assert!(ok, "{err}");
     assert!(detail.contains("state     online"), "{detail}");
     assert!(detail.contains("Simulated NVIDIA H200"), "{detail}");
+    // The demo box's topology, as `nvidia-smi topo -m` draws it: NVLink in pairs.
+    let row =
+        detail.lines().find(|l| l.trim_start().starts_with("GPU0 ")).unwrap_or_else(|| panic!("{detail}"));
+    assert!(
+        row.contains("X") && row.contains("NV4") && row.contains("SYS") && row.ends_with("0-31"),
+        "{row}"
+    );
 
     let (ok, _, err) = queen_cli(&["hive", "no-such-hive"], &queen.url);
     assert!(!ok);

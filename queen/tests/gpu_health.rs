@@ -193,3 +193,70 @@ async fn the_real_hive_on_the_fake_driver_reports_a_lost_gpu_and_xid_79_and_plac
     assert!(xid.reasons.contains(&"gpu0 1 critical XID events (last XID 79)".to_string()), "{xid:?}");
     drop(hive);
 }
+
+/// Two GPUs over 4 NVLink links, down from 4 s to 7 s (late enough that the queen
+/// has seen them up on a loaded machine).
+const LINK_DOWN: &str = r#"
+[[gpu]]
+uuid = "GPU-x"
+pci_bus_id = "00000000:18:00.0"
+memory_total = "80GiB"
+numa_node = 0
+nvlink = [{ peer = 1, links = 4, down_at_s = 4.0, up_at_s = 7.0 }]
+[[gpu]]
+uuid = "GPU-y"
+pci_bus_id = "00000000:2A:00.0"
+memory_total = "80GiB"
+numa_node = 0
+nvlink = [{ peer = 0, links = 4, down_at_s = 4.0, up_at_s = 7.0 }]
+"#;
+
+#[tokio::test]
+async fn an_nvlink_that_goes_down_on_the_real_hive_reaches_the_queen_as_a_diff_and_a_degraded_reason() {
+    let hive_bin = built_artifact("hive", "-p rbee-hive");
+    let mut scenario = tempfile::NamedTempFile::new().unwrap();
+    scenario.write_all(LINK_DOWN.as_bytes()).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let lib = fake_nvml_lib(false);
+    let args = [
+        "--hive-id".as_ref(),
+        "linked".as_ref(),
+        "--rescan-interval".as_ref(),
+        "100ms".as_ref(),
+        "--state-dir".as_ref(),
+        state.path().as_os_str(),
+        "--nvml-lib".as_ref(),
+        lib.as_os_str(),
+    ];
+    let hive =
+        HiveProcess::spawn(&hive_bin, &args, &[("RBEE_FAKE_NVML_SCENARIO", scenario.path().as_os_str())]);
+    let queen = TestQueen::start(vec![hive.url()]).await;
+    let mut client = queen.client().await;
+    let mut watch = Watch::open(&mut client).await;
+    let url = hive.url();
+    let nvlinks = |h: &pb::HiveView| -> Vec<Option<u32>> {
+        let gpus = h.capabilities.as_ref().map_or(&[][..], |c| &c.gpus[..]);
+        gpus.iter().flat_map(|g| g.topology.iter().flat_map(|t| t.links.iter().map(|l| l.nvlinks))).collect()
+    };
+
+    let (down, _) = watch
+        .until(|e| match e {
+            Event::HealthChanged(h) if h.address == url && h.reasons.iter().any(|r| r.contains("NVLink")) => {
+                Some(h.clone())
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!(down.to(), pb::Health::Degraded, "{down:?}");
+    assert_eq!(down.reasons, ["GPU-x: NVLink to GPU-y down (4 -> 0 links)"]);
+    let hives = wait_for(&mut client, "the diff in the queen's view", |hs| {
+        hs.iter().any(|h| nvlinks(h) == [Some(0), Some(0)])
+    })
+    .await;
+    assert_eq!(hives.len(), 1);
+
+    let (up, _) = watch.until(health_to(&url, pb::Health::Healthy)).await;
+    assert!(up.reasons.is_empty(), "{up:?}");
+    wait_for(&mut client, "the links back", |hs| hs.iter().any(|h| nvlinks(h) == [Some(4), Some(4)])).await;
+    drop(hive);
+}

@@ -87,6 +87,46 @@ async fn promtool_accepts_the_fleet_metrics() {
     hive.stop().await.unwrap();
 }
 
+/// A simulated two-socket box (`pcie2x4`) of three GPUs: 0-1 over NVLink, 2 alone.
+const LINKED: &str = r#"
+topology = "pcie2x4"
+[[gpu]]
+id = "GPU-l0"
+vram_total = "80GiB"
+vram_used = ["1GiB"]
+[[gpu]]
+id = "GPU-l1"
+vram_total = "80GiB"
+vram_used = ["1GiB"]
+[[gpu]]
+id = "GPU-l2"
+vram_total = "80GiB"
+vram_used = ["1GiB"]
+"#;
+
+#[tokio::test]
+async fn nvlink_peers_are_one_info_series_per_linked_pair_and_direction() {
+    let hive = TestHive::start_named("linked", LINKED).await;
+    let (queen, metrics) = queen_with_metrics(fast_config(vec![hive.url()]), MetricsAccess::default()).await;
+    let mut client = queen.client().await;
+    wait_for(&mut client, "the hive online", |hs| hs.iter().all(|h| online(h) && h.capabilities.is_some()))
+        .await;
+    let (status, text) = http_get(metrics, "/metrics", None).await;
+    assert_eq!(status, 200, "{text}");
+    let series: Vec<&str> = text.lines().filter(|l| l.starts_with("rbee_gpu_nvlink_peer_info{")).collect();
+    assert_eq!(
+        series,
+        [
+            "rbee_gpu_nvlink_peer_info{source=\"queen\",hive=\"linked\",gpu=\"0\",uuid=\"GPU-l0\",peer=\"1\",peer_uuid=\"GPU-l1\",links=\"4\"} 1",
+            "rbee_gpu_nvlink_peer_info{source=\"queen\",hive=\"linked\",gpu=\"1\",uuid=\"GPU-l1\",peer=\"0\",peer_uuid=\"GPU-l0\",links=\"4\"} 1",
+        ],
+        "GPU 2 has no NVLink peer: no series"
+    );
+    promtool_check_metrics(&text);
+    queen.stop().await;
+    hive.stop().await.unwrap();
+}
+
 /// A hive (GPU with every reading, a models directory) serving its own `/metrics` too.
 async fn hive_with_own_metrics(id: &str, models: &std::path::Path) -> (TestHive, std::net::SocketAddr) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

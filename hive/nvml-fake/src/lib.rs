@@ -6,8 +6,10 @@
 //! Faults a scenario can inject: a failing `nvmlInit_v2`, a function that answers
 //! NOT_SUPPORTED for one GPU, GPU_IS_LOST from a time (and answering again from a
 //! later one), XID events at given times, an error (e.g. NO_PERMISSION) on the
-//! process list, a GPU that appears later, and FUNCTION_NOT_FOUND for named
-//! functions. A symbol that is really absent, as on an old driver, needs another
+//! process list, a GPU that appears later, FUNCTION_NOT_FOUND for named functions,
+//! and NVLink links that go down (and up). Topology (NUMA node, CPU affinity, PCIe
+//! levels, NVLink, MIG instances) is described in [`topology`]; `scenarios/` ships a
+//! DGX-style box (`dgx8`), a two-socket PCIe box (`pcie2x4`) and a MIG GPU (`mig`). A symbol that is really absent, as on an old driver, needs another
 //! library: the `rbee-nvml-fake-old-driver` crate builds these sources without the
 //! functions in [`symbols::OPTIONAL`].
 //!
@@ -24,6 +26,7 @@ pub mod exports;
 pub mod scenario;
 mod state;
 pub mod symbols;
+pub mod topology;
 
 #[cfg(test)]
 mod tests;

@@ -42,15 +42,16 @@ use serde::Deserialize;
 
 use crate::codes::{ErrorCode, parse_code};
 use crate::symbols::EXPORTED;
+use crate::topology::{MigFile, NvLinkFile, Topology, TopologyFile};
 
 /// A byte size: a number of bytes, or text like "80GiB" (the one grammar of
 /// `rbee_shared::bytesize`, as in the hive's simulated scenarios).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(transparent)]
-struct ByteSize(ByteSizeField);
+pub(crate) struct ByteSize(ByteSizeField);
 
 impl ByteSize {
-    fn bytes(&self, field: &str) -> Result<u64, String> {
+    pub(crate) fn bytes(&self, field: &str) -> Result<u64, String> {
         self.0.bytes().map_err(|e| format!("{field}: {e}"))
     }
 }
@@ -130,6 +131,17 @@ struct GpuFile {
     #[serde(default)]
     process: Vec<ProcessFile>,
     processes_error: Option<String>,
+    // Topology (see [`crate::topology`]).
+    numa_node: Option<u32>,
+    cpu_affinity: Option<String>,
+    board: Option<String>,
+    pcie_switch: Option<String>,
+    pcie_root: Option<String>,
+    host_bridge: Option<String>,
+    #[serde(default)]
+    nvlink: Vec<NvLinkFile>,
+    #[serde(default)]
+    mig: Vec<MigFile>,
 }
 
 fn default_name() -> String {
@@ -242,6 +254,8 @@ pub struct Gpu {
     pub processes: Vec<Process>,
     /// What the process list answers instead, if set.
     pub processes_error: Option<ErrorCode>,
+    /// Where it sits, its NVLink links and MIG instances.
+    pub topology: Topology,
 }
 
 impl Gpu {
@@ -287,7 +301,7 @@ pub struct Scenario {
     pub gpus: Vec<Gpu>,
 }
 
-fn seconds(field: &str, s: f64) -> Result<Duration, String> {
+pub(crate) fn seconds(field: &str, s: f64) -> Result<Duration, String> {
     Duration::try_from_secs_f64(s)
         .map_err(|_| format!("{field} = {s} is not a non-negative number of seconds"))
 }
@@ -313,8 +327,10 @@ impl Scenario {
             return Err(format!("step_s = {} must be at least 0.01", f.step_s));
         }
         let mut gpus = Vec::new();
+        let count = f.gpu.len();
         for (i, g) in f.gpu.into_iter().enumerate() {
-            let at = |field: &str| format!("gpu[{i}] ({}): {field}", g.uuid);
+            let uuid = g.uuid.clone();
+            let at = |field: &str| format!("gpu[{i}] ({uuid}): {field}");
             let memory_total = g.memory_total.bytes(&at("memory_total"))?;
             let memory_reserved = g.memory_reserved.map(|b| b.bytes(&at("memory_reserved"))).transpose()?;
             let memory_reserved = memory_reserved.unwrap_or(0);
@@ -339,7 +355,17 @@ impl Scenario {
                     return Err(format!("{}: {o:?} is not \"enabled\" or \"disabled\"", at("mig_mode")));
                 }
             };
-            gpus.push(Gpu {
+            let topology = TopologyFile {
+                numa_node: g.numa_node,
+                cpu_affinity: g.cpu_affinity,
+                board: g.board,
+                pcie_switch: g.pcie_switch,
+                pcie_root: g.pcie_root,
+                host_bridge: g.host_bridge,
+                nvlink: g.nvlink,
+                mig: g.mig,
+            };
+            let mut gpu = Gpu {
                 pci_bus_id: g.pci_bus_id.unwrap_or_else(|| format!("00000000:{:02X}:00.0", 0x17 + i)),
                 name: g.name,
                 memory_total,
@@ -389,8 +415,11 @@ impl Scenario {
                         parse_code(&c).ok_or_else(|| format!("{}: unknown code {c:?}", at("processes_error")))
                     })
                     .transpose()?,
+                topology: Topology::default(),
                 uuid: g.uuid,
-            });
+            };
+            gpu.topology = topology.parse(i, count, &at, &gpu)?;
+            gpus.push(gpu);
         }
         Ok(Self {
             driver_version: f.driver_version,

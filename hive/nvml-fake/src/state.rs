@@ -97,6 +97,37 @@ pub fn call<R>(
     f(state, t)
 }
 
+/// The handle of MIG instance `mig` of the GPU at `pos`: the instance number above
+/// bit 20, the GPU's handle below.
+pub fn mig_handle(pos: usize, mig: usize) -> sys::nvmlDevice_t {
+    std::ptr::without_provenance_mut(((mig + 1) << 20) | (pos + 1))
+}
+
+/// The device a handle names (a GPU, or a MIG instance while its GPU is in MIG mode),
+/// if it is listed at `t`, with the position of its (parent) GPU.
+pub fn resolve_device(
+    state: &State,
+    device: sys::nvmlDevice_t,
+    t: Duration,
+) -> Result<(usize, &Gpu), ErrorCode> {
+    let addr = device.addr();
+    let pos = (addr & 0xF_FFFF).wrapping_sub(1);
+    let gpu = match state.scenario.gpus.get(pos) {
+        Some(g) if g.present(t) => g,
+        _ => return Err(sys::nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT),
+    };
+    match addr >> 20 {
+        0 => Ok((pos, gpu)),
+        m => gpu
+            .topology
+            .mig
+            .get(m - 1)
+            .filter(|_| gpu.mig_enabled == Some(true))
+            .map(|g| (pos, g))
+            .ok_or(sys::nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT),
+    }
+}
+
 /// The GPU position a handle names, if it is listed at `t`.
 pub fn resolve(state: &State, device: sys::nvmlDevice_t, t: Duration) -> Result<usize, ErrorCode> {
     let pos = device.addr().wrapping_sub(1);
@@ -106,7 +137,7 @@ pub fn resolve(state: &State, device: sys::nvmlDevice_t, t: Duration) -> Result<
     }
 }
 
-/// Runs `f` on the GPU behind `device` with the step of the metric cycles, after the
+/// Runs `f` on the GPU (or MIG instance) behind `device` with the step of the metric cycles, after the
 /// checks: a lost GPU answers GPU_IS_LOST, a function the scenario marks unsupported
 /// for this GPU answers NOT_SUPPORTED.
 pub fn device_call<R>(
@@ -115,7 +146,7 @@ pub fn device_call<R>(
     f: impl FnOnce(&Gpu, usize) -> Result<R, ErrorCode>,
 ) -> Result<R, ErrorCode> {
     call(name, |state, t| {
-        let gpu = &state.scenario.gpus[resolve(state, device, t)?];
+        let (_, gpu) = resolve_device(state, device, t)?;
         if gpu.lost(t) {
             return Err(sys::nvmlReturn_enum_NVML_ERROR_GPU_IS_LOST);
         }

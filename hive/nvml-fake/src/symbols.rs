@@ -27,8 +27,32 @@ pub const EXPORTED: &[&str] = &[
     "nvmlEventSetCreate",
     "nvmlEventSetWait_v2",
     "nvmlEventSetFree",
+    "nvmlDeviceGetNumaNodeId",
+    "nvmlDeviceGetCpuAffinity",
+    "nvmlDeviceGetTopologyCommonAncestor",
+    "nvmlDeviceGetP2PStatus",
+    "nvmlDeviceGetNvLinkState",
+    "nvmlDeviceGetNvLinkRemotePciInfo_v2",
+    "nvmlDeviceGetMaxMigDeviceCount",
+    "nvmlDeviceGetMigDeviceHandleByIndex",
+    "nvmlDeviceGetDeviceHandleFromMigDeviceHandle",
+    "nvmlDeviceIsMigDeviceHandle",
 ];
 
 /// The functions an old driver lacks, left out of `rbee-nvml-fake-old-driver`:
-/// MIG (R450+) and the v3 process list (R510+).
-pub const OPTIONAL: &[&str] = &["nvmlDeviceGetMigMode", "nvmlDeviceGetComputeRunningProcesses_v3"];
+/// MIG (R450+), the v3 process list (R510+) and the topology calls (this library's
+/// `exports::topology`).
+pub const OPTIONAL: &[&str] = &[
+    "nvmlDeviceGetMigMode",
+    "nvmlDeviceGetComputeRunningProcesses_v3",
+    "nvmlDeviceGetNumaNodeId",
+    "nvmlDeviceGetCpuAffinity",
+    "nvmlDeviceGetTopologyCommonAncestor",
+    "nvmlDeviceGetP2PStatus",
+    "nvmlDeviceGetNvLinkState",
+    "nvmlDeviceGetNvLinkRemotePciInfo_v2",
+    "nvmlDeviceGetMaxMigDeviceCount",
+    "nvmlDeviceGetMigDeviceHandleByIndex",
+    "nvmlDeviceGetDeviceHandleFromMigDeviceHandle",
+    "nvmlDeviceIsMigDeviceHandle",
+];

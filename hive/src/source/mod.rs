@@ -6,7 +6,9 @@
 //! scenario file, for tests and demos only).
 
 pub mod nvml;
+pub mod nvml_topology;
 pub mod procfs;
+pub mod sim_topology;
 pub mod simulated;
 pub mod system;
 

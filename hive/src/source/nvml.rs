@@ -6,6 +6,11 @@
 //! capabilities and reported in every sample's `lost_gpus`, with the driver's answer,
 //! until it answers again. Every other reading that fails (NOT_SUPPORTED, a symbol
 //! an old driver lacks) costs only that field.
+//!
+//! Topology (NUMA node, CPU affinity, PCIe levels, NVLink) is read by
+//! [`super::nvml_topology`] at every scan, never per sample. A GPU in MIG mode with
+//! MIG instances is listed as those instances: each a device with its own UUID and
+//! memory (sampled like a GPU's) and `mig_parent` naming the GPU.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -17,11 +22,12 @@ use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::struct_wrappers::device::MemoryInfo;
 use nvml_wrapper::{Device, EventSet, Nvml};
 use rbee_shared::{
-    Backend, Capabilities, ComputeCapability, DeviceSourceKind, GpuDevice, GpuSample, LostGpu, MigMode,
-    Sample,
+    Backend, Capabilities, ComputeCapability, DeviceSourceKind, GpuDevice, GpuSample, GpuTopology, LostGpu,
+    MigMode, Sample,
 };
 
 use super::DeviceSource;
+use super::nvml_topology::{self, Physical};
 use crate::HiveError;
 
 /// Critical XID events seen on one GPU.
@@ -54,6 +60,9 @@ pub struct NvmlSource {
     last_ids: HashMap<u32, String>,
     /// The process lists read with the last sample, by GPU id, for `gpu_processes`.
     processes: Vec<(String, super::RawProcesses)>,
+    /// GPUs in MIG mode listed as their MIG instances at the last scan, by GPU id:
+    /// samples read the instances' memory instead of the GPU's.
+    mig_parents: HashSet<String>,
 }
 
 /// What the driver answered, for a lost GPU's reason: the `nvml.h` code name where
@@ -98,6 +107,7 @@ impl NvmlSource {
             lost: BTreeMap::new(),
             last_ids: HashMap::new(),
             processes: Vec::new(),
+            mig_parents: HashSet::new(),
         })
     }
 
@@ -220,7 +230,7 @@ impl NvmlSource {
                 Ok(_) => MigMode::Disabled,
                 Err(_) => MigMode::NotReported,
             },
-            // Filled by the topology reader after every GPU is described (issue 22).
+            // Filled by `scan` once every GPU is described (nvml_topology).
             topology: Default::default(),
         }
     }
@@ -231,11 +241,52 @@ impl DeviceSource for NvmlSource {
         DeviceSourceKind::Nvml
     }
 
+    /// Lists every GPU that answers. A GPU in MIG mode with MIG instances is listed as
+    /// its instances (each with its own id and memory, `mig_parent` its GPU); every
+    /// other GPU as itself, with its topology (read here, never per sample).
     fn scan(&mut self, caps: &mut Capabilities) -> Result<(), HiveError> {
+        let mut described = Vec::new();
         for (index, id, device, memory) in self.devices()? {
             self.register_xid(&id, &device);
             let gpu = self.describe(index, id, &device, memory.total);
-            caps.gpus.insert(gpu.id.clone(), gpu);
+            let instances =
+                if gpu.mig_mode == MigMode::Enabled { mig_instances(&device) } else { Vec::new() };
+            let place = match instances.is_empty() {
+                true => (None, None),
+                false => nvml_topology::place(&device, &gpu.pci_bus_id),
+            };
+            described.push((gpu, instances, place));
+        }
+        let physical: Vec<Physical> = described
+            .iter()
+            .filter(|(_, instances, _)| instances.is_empty())
+            .map(|(g, _, _)| Physical { index: g.index, id: g.id.clone(), bus_id: g.pci_bus_id.clone() })
+            .collect();
+        let mut topology = nvml_topology::read(self.nvml, &physical);
+        self.mig_parents.clear();
+        for (mut gpu, instances, (numa_node, cpu_affinity)) in described {
+            if instances.is_empty() {
+                gpu.topology = topology.remove(&gpu.id).unwrap_or_default();
+                caps.gpus.insert(gpu.id.clone(), gpu);
+                continue;
+            }
+            self.mig_parents.insert(gpu.id.clone());
+            for (id, d, memory) in instances {
+                let instance = GpuDevice {
+                    id,
+                    name: d.name().unwrap_or_else(|_| format!("{} MIG", gpu.name)),
+                    vram_total_bytes: memory.total,
+                    power_limit_mw: None,
+                    topology: GpuTopology {
+                        numa_node,
+                        cpu_affinity: cpu_affinity.clone(),
+                        mig_parent: Some(gpu.id.clone()),
+                        links: Vec::new(),
+                    },
+                    ..gpu.clone()
+                };
+                caps.gpus.insert(instance.id.clone(), instance);
+            }
         }
         if !caps.gpus.is_empty() {
             caps.backends.push(Backend::Cuda);
@@ -247,6 +298,20 @@ impl DeviceSource for NvmlSource {
         self.drain_xids();
         self.processes.clear();
         for (index, id, d, memory) in self.devices()? {
+            if self.mig_parents.contains(&id) {
+                // Its MIG instances are the devices: their memory, like a GPU's.
+                for (id, _, memory) in mig_instances(&d) {
+                    sample.gpus.push(GpuSample {
+                        index,
+                        id,
+                        vram_used_bytes: Some(memory.used),
+                        vram_free_bytes: Some(memory.free),
+                        vram_reserved_bytes: Some(memory.reserved),
+                        ..GpuSample::default()
+                    });
+                }
+                continue;
+            }
             let memory = Some(memory);
             let util = d.utilization_rates().ok();
             let xid = self.xids.get(&id).copied();
@@ -281,6 +346,20 @@ impl DeviceSource for NvmlSource {
     fn gpu_processes(&mut self) -> Vec<(String, super::RawProcesses)> {
         std::mem::take(&mut self.processes)
     }
+}
+
+/// The MIG instances of a GPU in MIG mode that answer, in index order: id, handle
+/// and memory. Empty when the GPU has none (or the driver cannot list them).
+fn mig_instances(device: &Device<'static>) -> Vec<(String, Device<'static>, MemoryInfo)> {
+    let Ok(max) = device.mig_device_count() else { return Vec::new() };
+    (0..max)
+        .filter_map(|i| {
+            let d = device.mig_device_by_index(i).ok()?;
+            let id = d.uuid().ok()?;
+            let memory = d.memory_info().ok()?;
+            Some((id, d, memory))
+        })
+        .collect()
 }
 
 /// The compute processes on one GPU, for [`DeviceSource::gpu_processes`]

@@ -12,6 +12,11 @@
 //! `appear_at_s`/`remove_at_s`. Without a `vram_used` cycle, such a GPU's used VRAM is
 //! the sum of its present processes. `process_list = "no_permission"` or
 //! `"not_supported"` makes the driver refuse the list (absent, not empty).
+//!
+//! Topology: `topology = "dgx8"` or `"pcie2x4"` at the top gives the GPUs, by their
+//! position in the file, the shape of [`super::sim_topology`] (`hive serve
+//! --sim-topology` overrides it). A GPU's `nvlink_down_at_s` (and `nvlink_up_at_s`)
+//! takes its NVLink links down (and up again): a link-down fault.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -22,6 +27,7 @@ use rbee_shared::{
 };
 use serde::Deserialize;
 
+use super::sim_topology::{Shape, Slot};
 use super::{DeviceSource, RawGpuProcess, RawProcesses};
 use crate::HiveError;
 
@@ -59,6 +65,9 @@ struct ScenarioFile {
     /// How long each reading takes (simulates a slow device; tests).
     #[serde(default)]
     sample_latency_s: f64,
+    /// The box's topology shape.
+    #[serde(default)]
+    topology: Shape,
     #[serde(default)]
     gpu: Vec<GpuSpecFile>,
 }
@@ -100,6 +109,10 @@ struct GpuSpecFile {
     process_list: Option<String>,
     #[serde(default)]
     process: Vec<ProcessSpecFile>,
+    /// From when its NVLink links are down.
+    nvlink_down_at_s: Option<f64>,
+    /// From when they are up again.
+    nvlink_up_at_s: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -172,6 +185,17 @@ struct SimGpu {
     power_mw: Vec<u32>,
     /// Its compute processes.
     processes: SimList,
+    /// From when its NVLink links are down.
+    nvlink_down_at: Option<Duration>,
+    /// From when they are up again.
+    nvlink_up_at: Option<Duration>,
+}
+
+impl SimGpu {
+    /// Whether its NVLink links are up `elapsed` after start.
+    fn nvlink_up(&self, elapsed: Duration) -> bool {
+        !(self.nvlink_down_at.is_some_and(|d| elapsed >= d) && self.nvlink_up_at.is_none_or(|u| elapsed < u))
+    }
 }
 
 /// A parsed, validated scenario.
@@ -183,6 +207,8 @@ pub struct Scenario {
     sample_latency: Duration,
     /// The GPUs.
     gpus: Vec<SimGpu>,
+    /// The box's topology shape.
+    shape: Shape,
 }
 
 fn pick<T: Copy>(cycle: &[T], step: usize) -> Option<T> {
@@ -256,7 +282,12 @@ impl Scenario {
             let processes = sim_list(&at("process"), g.process_list.as_deref(), g.process, vram_total)?;
             let appear_at = seconds(&at("appear_at_s"), g.appear_at_s)?;
             let remove_at = g.remove_at_s.map(|s| seconds(&at("remove_at_s"), s)).transpose()?;
+            let nvlink_down_at =
+                g.nvlink_down_at_s.map(|s| seconds(&at("nvlink_down_at_s"), s)).transpose()?;
+            let nvlink_up_at = g.nvlink_up_at_s.map(|s| seconds(&at("nvlink_up_at_s"), s)).transpose()?;
             gpus.push(SimGpu {
+                nvlink_down_at,
+                nvlink_up_at,
                 device: GpuDevice {
                     index: g.index.unwrap_or(i as u32),
                     name: g.name,
@@ -280,7 +311,7 @@ impl Scenario {
                 processes,
             });
         }
-        Ok(Self { step, sample_latency, gpus })
+        Ok(Self { step, sample_latency, gpus, shape: file.topology })
     }
 
     /// Reads and parses a scenario file.
@@ -296,9 +327,30 @@ impl Scenario {
         self.gpus.iter().filter(move |g| elapsed >= g.appear_at && g.remove_at.is_none_or(|r| elapsed < r))
     }
 
-    /// The GPUs present `elapsed` after start.
+    /// The same scenario with another topology shape (`--sim-topology`).
+    pub fn with_shape(mut self, shape: Shape) -> Self {
+        self.shape = shape;
+        self
+    }
+
+    /// The GPUs present `elapsed` after start, with their topology then.
     pub fn devices_at(&self, elapsed: Duration) -> Vec<GpuDevice> {
-        self.present(elapsed).map(|g| g.device.clone()).collect()
+        let present: Vec<(usize, &SimGpu)> = self
+            .gpus
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| elapsed >= g.appear_at && g.remove_at.is_none_or(|r| elapsed < r))
+            .collect();
+        let slots: Vec<Slot> = present
+            .iter()
+            .map(|(pos, g)| Slot { pos: *pos, id: g.device.id.clone(), nvlink_up: g.nvlink_up(elapsed) })
+            .collect();
+        let topology = self.shape.place(self.gpus.len(), &slots);
+        present
+            .into_iter()
+            .zip(topology)
+            .map(|((_, g), topology)| GpuDevice { topology, ..g.device.clone() })
+            .collect()
     }
 
     /// The readings of the GPUs present `elapsed` after start.
@@ -593,5 +645,25 @@ mod tests {
     #[test]
     fn the_embedded_demo_parses() {
         assert!(!Scenario::parse(DEMO_SCENARIO).unwrap().gpus.is_empty());
+    }
+
+    #[test]
+    fn a_shaped_box_reports_topology_and_a_link_down_fault_zeroes_its_links() {
+        let text = "topology = \"pcie2x4\"\n\
+            [[gpu]]\nid = \"a\"\nvram_total = 1\nnvlink_down_at_s = 2\nnvlink_up_at_s = 4\n\
+            [[gpu]]\nid = \"b\"\nvram_total = 1\n";
+        let s = Scenario::parse(text).unwrap();
+        let nvlinks = |t: u64| {
+            let d = s.devices_at(Duration::from_secs(t));
+            (d[0].topology.links[0].nvlinks, d[1].topology.links[0].nvlinks)
+        };
+        assert_eq!(nvlinks(1), (Some(4), Some(4)));
+        assert_eq!(nvlinks(3), (Some(0), Some(0)), "both ends see the link down");
+        assert_eq!(nvlinks(5), (Some(4), Some(4)));
+        let flat = s.clone().with_shape(Shape::None).devices_at(Duration::ZERO);
+        assert!(flat.iter().all(|g| g.topology == rbee_shared::GpuTopology::default()));
+        let demo = Scenario::parse(DEMO_SCENARIO).unwrap().devices_at(Duration::ZERO);
+        assert!(demo.iter().all(|g| g.topology.numa_node.is_some()), "the demo box has a shape");
+        assert!(Scenario::parse("topology = \"ring\"").unwrap_err().0.contains("ring"));
     }
 }

@@ -21,6 +21,10 @@ pub struct SwarmArgs {
     /// GPUs per simulated hive at start (hot-plug adds one, or takes it away again).
     #[arg(long, env = "HIVE_SWARM_GPUS", default_value_t = 8)]
     pub gpus: u32,
+    /// Topology shape of every hive's GPUs: dgx8 (every pair over NVSwitch), pcie2x4 (2 NUMA nodes,
+    /// NVLink in pairs) or none.
+    #[arg(long, env = "HIVE_SWARM_TOPOLOGY", value_enum, value_name = "SHAPE", default_value = "none")]
+    pub topology: crate::source::sim_topology::Shape,
     /// Logical CPU cores per simulated hive.
     #[arg(long, env = "HIVE_SWARM_CORES", default_value_t = 16)]
     pub cores: u32,
@@ -72,6 +76,7 @@ impl SwarmArgs {
             announce_rate: self.announce_rate,
             sample_interval: self.sample_interval,
             labels: self.labels.iter().cloned().collect(),
+            topology: self.topology,
         }
     }
 }

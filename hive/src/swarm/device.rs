@@ -9,7 +9,8 @@
 //!
 //! It is a [`DeviceSource`] (the whole machine: no sysinfo), so the simulated hive runs
 //! the real monitor, stream and service code on top of it. Hot-plug is a shared
-//! counter of present GPUs that the swarm changes.
+//! counter of present GPUs that the swarm changes. Its GPUs have the topology of a
+//! [`Shape`] (none unless [`SimulatedHost::with_shape`] says otherwise).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,6 +23,7 @@ use rbee_shared::{
 
 use crate::HiveError;
 use crate::source::DeviceSource;
+use crate::source::sim_topology::{Shape, Slot};
 
 /// VRAM of every simulated GPU: 80 GiB.
 pub const VRAM_TOTAL: u64 = 80 << 30;
@@ -203,6 +205,8 @@ pub struct SimulatedHost {
     last: Instant,
     /// Seconds since the host booted, on the simulation's clock (the sum of `step`s).
     up: f64,
+    /// The topology shape of its GPUs.
+    shape: Shape,
 }
 
 impl SimulatedHost {
@@ -224,7 +228,14 @@ impl SimulatedHost {
             last: now,
             up: BOOTED_BEFORE_S,
             rng,
+            shape: Shape::None,
         }
+    }
+
+    /// The same host with its GPUs in `shape` (a box of all the GPUs it can have).
+    pub fn with_shape(mut self, shape: Shape) -> Self {
+        self.shape = shape;
+        self
     }
 
     fn present(&self) -> usize {
@@ -289,7 +300,19 @@ impl DeviceSource for SimulatedHost {
         if n > 0 {
             caps.backends.push(Backend::Cuda);
         }
-        caps.gpus.extend(self.gpus[..n].iter().map(|g| (g.device.id.clone(), g.device.clone())));
+        let slots: Vec<Slot> = self.gpus[..n]
+            .iter()
+            .enumerate()
+            .map(|(pos, g)| Slot { pos, id: g.device.id.clone(), nvlink_up: true })
+            .collect();
+        // The box is the GPUs at start; the spare that hot-plug adds joins the last socket.
+        let topology = self.shape.place(self.gpus.len().saturating_sub(1).max(1), &slots);
+        caps.gpus.extend(
+            self.gpus[..n]
+                .iter()
+                .zip(topology)
+                .map(|(g, topology)| (g.device.id.clone(), GpuDevice { topology, ..g.device.clone() })),
+        );
         Ok(())
     }
 

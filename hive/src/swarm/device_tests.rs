@@ -178,3 +178,26 @@ fn hot_plug_changes_the_scanned_gpus() {
     assert_eq!(sample.gpus.len(), 9);
     assert_eq!(sample.cpu_per_core_percent.len(), 16);
 }
+
+#[test]
+fn a_shaped_host_reports_its_box_and_the_hot_plugged_spare_joins_the_last_socket() {
+    let present = Arc::new(AtomicUsize::new(8));
+    let mut host = SimulatedHost::new(1, 9, present.clone(), 16).with_shape(Shape::Pcie2x4);
+    let mut caps = Capabilities::default();
+    host.scan(&mut caps).unwrap();
+    let by_index = |caps: &Capabilities, i: u32| caps.gpus.values().find(|g| g.index == i).unwrap().clone();
+    let (g0, g1, g4) = (by_index(&caps, 0), by_index(&caps, 1), by_index(&caps, 4));
+    assert_eq!(g0.topology.link(&g1.id).unwrap().nvlinks, Some(4));
+    assert_eq!((g0.topology.numa_node, g4.topology.numa_node), (Some(0), Some(1)));
+    assert_eq!(g0.topology.links.len(), 7);
+    present.store(9, Ordering::Relaxed);
+    let mut caps = Capabilities::default();
+    host.scan(&mut caps).unwrap();
+    assert_eq!(by_index(&caps, 8).topology.numa_node, Some(1));
+    assert_eq!(by_index(&caps, 0).topology.links.len(), 8);
+
+    let mut flat = SimulatedHost::new(1, 2, Arc::new(AtomicUsize::new(2)), 4);
+    let mut caps = Capabilities::default();
+    flat.scan(&mut caps).unwrap();
+    assert!(caps.gpus.values().all(|g| g.topology == Default::default()), "no shape, no topology");
+}

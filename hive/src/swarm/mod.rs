@@ -63,6 +63,8 @@ pub struct SwarmConfig {
     pub sample_interval: Duration,
     /// Labels every hive reports.
     pub labels: BTreeMap<String, String>,
+    /// The topology shape of every hive's GPUs.
+    pub topology: crate::source::sim_topology::Shape,
 }
 
 impl Default for SwarmConfig {
@@ -78,6 +80,7 @@ impl Default for SwarmConfig {
             announce_rate: 0.0,
             sample_interval: rbee_shared::DEFAULT_SAMPLE_INTERVAL,
             labels: BTreeMap::new(),
+            topology: Default::default(),
         }
     }
 }
@@ -178,7 +181,8 @@ impl Swarm {
         let c = &self.config;
         let hive = &mut self.hives[i];
         let host =
-            SimulatedHost::new(i as u64 + (hive.starts << 32), c.gpus + 1, hive.present.clone(), c.cores);
+            SimulatedHost::new(i as u64 + (hive.starts << 32), c.gpus + 1, hive.present.clone(), c.cores)
+                .with_shape(c.topology);
         let telemetry =
             Telemetry::start(Monitor::from_sources(vec![Box::new(host)], c.labels.clone())).await?;
         let mut config = HiveConfig::new(hive.id.clone(), GpuChoice::Nvml { lib: None });

@@ -14,6 +14,7 @@ mod models;
 mod preload;
 pub mod render;
 mod render_processes;
+mod render_topology;
 mod scheduler;
 pub mod top;
 

@@ -185,6 +185,7 @@ pub fn render_detail(v: &pb::HiveView) -> String {
             );
             super::render_processes::render_gpu_processes(&mut out, live);
         }
+        super::render_topology::render_topology(&mut out, &c.gpus);
     }
     if let Some(s) = &v.latest_sample {
         let _ = writeln!(

@@ -6,6 +6,11 @@
 //! be sane: a sample stamped more than `health.max_clock_skew` away from when it arrived,
 //! or an uptime longer than the time since 1970, is a degraded reason; the arithmetic
 //! on such figures saturates (a `u64::MAX` stamp never overflows).
+//!
+//! NVLink links that go down are compared against what the hive reported before
+//! ([`super::nvlink_baseline::NvlinkBaseline`]): a pair with fewer links than the most it had is a degraded
+//! reason ("GPU-x: NVLink to GPU-y down (12 -> 0 links)") until the links come back.
+//! Placement of single GPUs does not judge it; gangs read the links themselves.
 
 use std::time::Duration;
 
@@ -35,6 +40,9 @@ pub struct HealthInput<'a> {
     /// True for a GPU the hive added after the newest sample was measured: it has no
     /// reading yet, and is `pending` rather than missing.
     pub pending: &'a dyn Fn(&str) -> bool,
+    /// NVLink pairs with fewer links than before
+    /// ([`super::nvlink_baseline::NvlinkBaseline::update`]).
+    pub links_down: &'a [String],
 }
 
 fn push(report: &mut HealthReport, level: Health, reason: String) {
@@ -109,6 +117,9 @@ pub fn evaluate(input: &HealthInput<'_>, t: &Thresholds) -> HealthReport {
     }
     if let Some(why) = input.invalid {
         push(&mut r, Health::Unhealthy, format!("invalid data from hive: {why}"));
+    }
+    for reason in input.links_down {
+        notice(&mut r, Health::Degraded, reason.clone());
     }
     if let Some(s) = input.sample.filter(|s| !s.cuts.is_empty()) {
         notice(&mut r, Health::Degraded, format!("view cut to its budgets: {}", s.cuts.join("; ")));
@@ -267,6 +278,7 @@ mod tests {
             cpu_window_mean: Some(20.0),
             received_unix_ms: Some(s.taken_at_unix_ms.saturating_add(300)),
             pending: &|_| false,
+            links_down: &[],
         }
     }
 
@@ -406,5 +418,16 @@ mod tests {
             Thresholds { ram_degraded_percent: 99.0, ram_unhealthy_percent: 90.0, ..Thresholds::default() };
         assert!(t.validate().is_err());
         assert!(Thresholds::default().validate().is_ok());
+    }
+
+    #[test]
+    fn an_nvlink_that_went_down_is_a_degraded_reason_placement_does_not_judge() {
+        let (s, c) = (sample(10, 40.0), caps());
+        let reasons = ["GPU-x: NVLink to GPU-y down (12 -> 0 links)".to_string()];
+        let mut i = input(&s, &c);
+        i.links_down = &reasons;
+        let r = evaluate(&i, &Thresholds::default());
+        assert_eq!((r.health, r.placement), (Health::Degraded, Health::Healthy), "single GPUs still place");
+        assert_eq!(r.reasons, reasons);
     }
 }

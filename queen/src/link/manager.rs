@@ -85,6 +85,8 @@ struct Manager {
     cert: Option<CertNames>,
     /// Turns to dial, shared by every link.
     dials: Arc<tokio::sync::Semaphore>,
+    /// The most NVLink links each GPU pair has had, to say which went down.
+    nvlinks: super::nvlink_baseline::NvlinkBaseline,
 }
 
 /// Runs the link for one hive until it is cancelled.
@@ -109,6 +111,7 @@ pub(super) async fn manage(hive: NewHive, link: Arc<LinkSettings>, dials: Arc<to
         warnings: WarnLimiter::new(1, WARN_PERIOD, 1),
         cert: None,
         dials,
+        nvlinks: Default::default(),
     };
     let mut backoff = Backoff::new(link.backoff_min, link.backoff_max);
     loop {
@@ -168,6 +171,7 @@ impl Manager {
         let ingest = &self.ingest;
         let sample_version = self.sample_version;
         let pending = |id: &str| ingest.added_in(id).is_some_and(|v| v > sample_version);
+        let links_down = self.nvlinks.update(self.view.caps.as_deref());
         let input = HealthInput {
             state: self.view.state,
             silence: Some(self.last_applied.elapsed()),
@@ -178,6 +182,7 @@ impl Manager {
             cpu_window_mean: self.window.cpu_mean(),
             received_unix_ms: self.sample_received_unix_ms,
             pending: &pending,
+            links_down,
         };
         let report = Arc::new(evaluate(&input, &self.fleet.settings().thresholds));
         let before = std::mem::replace(&mut self.view.health, report);

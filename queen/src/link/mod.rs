@@ -1,6 +1,7 @@
 //! The per-hive pipeline: one link per managed hive dials it, runs `Discover`, holds its
 //! `MetricsStream`, applies what arrives ([`ingest`]), keeps recent samples
-//! ([`window`]), judges health ([`health`]) and publishes each new view to the fleet.
+//! ([`window`]), judges health ([`health`], with NVLink pairs that went down from
+//! `nvlink_baseline`) and publishes each new view to the fleet.
 //! With mutual TLS it holds each hive to the ids its certificate carries ([`identity`]).
 //! Imports the fleet and `rbee_shared`, nothing above.
 
@@ -12,6 +13,7 @@ pub mod identity;
 pub mod ingest;
 pub mod ingest_compact;
 mod manager;
+pub mod nvlink_baseline;
 mod settings;
 pub mod window;
 

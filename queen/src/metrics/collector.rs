@@ -58,6 +58,7 @@ impl Collector for FleetCollector {
             .collect();
         encode_hives(&mut enc, &hives)?;
         encode_machines(&mut enc, &machines)?;
+        encode_nvlinks(&mut enc, &hives)?;
         self.encode_books(&mut enc, &hives)?;
         self.encode_scheduler(&mut enc)
     }
@@ -128,6 +129,36 @@ fn encode_hives(enc: &mut DescriptorEncoder, hives: &[Arc<HiveSnapshot>]) -> fmt
     counter(enc, "rbee_hive_invalid_messages", "Messages refused by validation.", |h| {
         h.counters.invalid_messages
     })
+}
+
+/// One series per GPU and NVLink-connected peer (each direction), with its active
+/// link count: `rbee_gpu_nvlink_peer_info{hive,gpu,uuid,peer,peer_uuid,links}`. Pairs
+/// without NVLink, or whose links are not reported, have none.
+fn encode_nvlinks(enc: &mut DescriptorEncoder, hives: &[Arc<HiveSnapshot>]) -> fmt::Result {
+    let rows = hives.iter().flat_map(|h| {
+        let gpus = h.caps.as_ref().map(|c| &c.caps.gpus);
+        gpus.into_iter().flat_map(move |gpus| {
+            gpus.values().flat_map(move |g| {
+                g.topology.links.iter().filter(|l| l.is_nvlink()).map(move |l| {
+                    let peer = gpus.get(&l.peer).map_or_else(String::new, |p| p.index.to_string());
+                    vec![
+                        label("hive", hive_name(h)),
+                        label("gpu", g.index.to_string()),
+                        label("uuid", &*g.id),
+                        label("peer", peer),
+                        label("peer_uuid", &*l.peer),
+                        label("links", l.nvlinks.unwrap_or(0).to_string()),
+                    ]
+                })
+            })
+        })
+    });
+    infos(
+        enc,
+        "rbee_gpu_nvlink_peer",
+        "A GPU's NVLink-connected peer on its hive, with the active link count (value 1).",
+        rows,
+    )
 }
 
 fn origin(h: &HiveSnapshot) -> &'static str {

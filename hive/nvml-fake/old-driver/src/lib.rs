@@ -8,6 +8,8 @@
 
 // Helpers that only the left-out functions use are unused here.
 #![allow(dead_code)]
+// ... and so are their imports.
+#![allow(unused_imports)]
 
 /// Drops its items: this build does not export them.
 macro_rules! optional_export {
@@ -24,3 +26,5 @@ mod scenario;
 mod state;
 #[path = "../../src/symbols.rs"]
 mod symbols;
+#[path = "../../src/topology.rs"]
+mod topology;

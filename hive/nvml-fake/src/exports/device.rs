@@ -4,7 +4,7 @@ use std::ffi::{c_char, c_int, c_uint, c_ulonglong};
 
 use nvml_wrapper_sys::bindings::{self as sys, nvmlDevice_t, nvmlReturn_t};
 
-use super::{INVALID_ARGUMENT, MEMORY_V2, NOT_SUPPORTED, SUCCESS, answer, fill, put, put_str};
+use super::{INVALID_ARGUMENT, MEMORY_V2, NOT_SUPPORTED, SUCCESS, answer, put, put_str};
 use crate::scenario::pick;
 use crate::state::device_call;
 
@@ -49,24 +49,8 @@ pub unsafe extern "C" fn nvmlDeviceGetPciInfo_v3(
     device: nvmlDevice_t,
     pci: *mut sys::nvmlPciInfo_t,
 ) -> nvmlReturn_t {
-    let info = device_call("nvmlDeviceGetPciInfo_v3", device, |g, _| {
-        // "DDDDDDDD:BB:DD.F", hexadecimal.
-        let part = |range: std::ops::Range<usize>| {
-            g.pci_bus_id.get(range).and_then(|p| u32::from_str_radix(p, 16).ok()).unwrap_or(0)
-        };
-        let mut info = sys::nvmlPciInfo_t {
-            busIdLegacy: [0; 16],
-            domain: part(0..8),
-            bus: part(9..11),
-            device: part(12..14),
-            pciDeviceId: 0x2330_10DE,
-            pciSubSystemId: 0x16C1_10DE,
-            busId: [0; 32],
-        };
-        fill(&mut info.busId, &g.pci_bus_id);
-        fill(&mut info.busIdLegacy, g.pci_bus_id.get(4..).unwrap_or_default());
-        Ok(info)
-    });
+    let info =
+        device_call("nvmlDeviceGetPciInfo_v3", device, |g, _| Ok(super::topology::pci_info(&g.pci_bus_id)));
     answer(info, |v| {
         // SAFETY: the caller's pointer contract is this function's.
         unsafe { put(pci, v) }

@@ -7,13 +7,15 @@
 //! buffers for `length` bytes. Null pointers answer INVALID_ARGUMENT.
 //!
 //! `device` holds the per-GPU queries, `events` the XID event sets and the process
-//! list; this file the helpers, initialisation and enumeration.
+//! list, `topology` the topology and MIG queries; this file the helpers, initialisation and enumeration.
 
 mod device;
 mod events;
+mod topology;
 
 pub use device::*;
 pub use events::*;
+pub use topology::*;
 
 use std::ffi::{c_char, c_int, c_uint, c_ulonglong};
 
