@@ -23,21 +23,10 @@ use rbee_shared::{
 use serde::Deserialize;
 
 use super::{DeviceSource, RawGpuProcess, RawProcesses};
-use crate::HiveError;
+use crate::error::{HiveError, ScenarioError};
 
 /// The demo scenario shipped inside the binary (`hive serve --demo`).
 pub const DEMO_SCENARIO: &str = include_str!("../../scenarios/demo.toml");
-
-/// What is wrong with a scenario (the message names the GPU and the field).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct ScenarioError(pub String);
-
-impl From<String> for ScenarioError {
-    fn from(s: String) -> Self {
-        Self(s)
-    }
-}
 
 /// A byte size written as a number of bytes or a string like "80GiB".
 #[derive(Debug, Clone, Deserialize)]

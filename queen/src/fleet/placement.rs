@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use rbee_shared::{GpuSample, Sample, VersionedCapabilities};
 
-use super::{Health, HealthReport, HiveSnapshot, WindowStats};
+use super::{Health, HealthReport, WindowStats};
 
 /// The VRAM jobs can use on a GPU: its total less what the driver reserves for itself
 /// (NVML v2 reports that apart from used and free). Everything the scheduler admits
@@ -96,8 +96,15 @@ pub struct PlacementSummary {
 }
 
 impl PlacementSummary {
-    /// Computes the summary of a hive's view.
-    pub fn of(h: &HiveSnapshot) -> Self {
+    /// Computes the summary of a hive's view from its parts (a `HiveSnapshot`'s
+    /// capabilities, newest sample, health report and window statistics).
+    pub fn of(
+        caps: Option<Arc<VersionedCapabilities>>,
+        latest: Option<Arc<Sample>>,
+        health: Arc<HealthReport>,
+        stats: Arc<WindowStats>,
+    ) -> Self {
+        let h = Sources { caps, latest, health, stats };
         let sample = h.latest.as_deref();
         let caps = h.caps.as_deref().map(|c| &c.caps);
         let gpus = caps.map_or_else(Vec::new, |caps| {
@@ -121,12 +128,6 @@ impl PlacementSummary {
                 .collect()
         });
         Self {
-            sources: Sources {
-                caps: h.caps.clone(),
-                latest: h.latest.clone(),
-                health: h.health.clone(),
-                stats: h.stats.clone(),
-            },
             health: h.health.placement,
             cpu_util: h.stats.cpu_mean_percent.or(sample.and_then(|s| s.cpu_percent)).unwrap_or(0.0),
             ram: sample.map(|s| RamLoad {
@@ -136,12 +137,19 @@ impl PlacementSummary {
             }),
             has_models: caps.is_some_and(|c| !c.models.is_empty()),
             gpus,
+            sources: h,
         }
     }
 
-    /// True when this is the summary of `h` as it is now (computed from the very
-    /// capabilities, sample, health and statistics it holds).
-    pub fn is_of(&self, h: &HiveSnapshot) -> bool {
+    /// True when this is the summary of a hive's view as it is now (computed from the
+    /// very capabilities, sample, health and statistics it holds).
+    pub fn is_of(
+        &self,
+        caps: &Option<Arc<VersionedCapabilities>>,
+        latest: &Option<Arc<Sample>>,
+        health: &Arc<HealthReport>,
+        stats: &Arc<WindowStats>,
+    ) -> bool {
         fn same<T>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
             match (a, b) {
                 (Some(a), Some(b)) => Arc::ptr_eq(a, b),
@@ -150,9 +158,9 @@ impl PlacementSummary {
             }
         }
         let s = &self.sources;
-        same(&s.caps, &h.caps)
-            && same(&s.latest, &h.latest)
-            && Arc::ptr_eq(&s.health, &h.health)
-            && Arc::ptr_eq(&s.stats, &h.stats)
+        same(&s.caps, caps)
+            && same(&s.latest, latest)
+            && Arc::ptr_eq(&s.health, health)
+            && Arc::ptr_eq(&s.stats, stats)
     }
 }

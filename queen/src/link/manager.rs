@@ -24,16 +24,13 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 use super::LinkSettings;
-use super::dial::{call_reason, stream_reason};
+use super::dial::{MAX_HIVE_MESSAGE_BYTES, call_reason, stream_reason};
 use super::error::LinkError;
 use super::health::{HealthInput, evaluate};
 use super::identity::CertNames;
 use super::ingest::{IngestState, Outcome};
 use super::window::SampleWindow;
 use crate::fleet::{ConnState, Fleet, FleetEvent, FleetSettings, HiveSnapshot, NewHive};
-
-/// Largest message the queen accepts from a hive.
-pub const MAX_HIVE_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// At most one warning about a hive per this period.
 const WARN_PERIOD: Duration = Duration::from_secs(10);

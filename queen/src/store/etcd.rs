@@ -14,6 +14,9 @@
 //! The election itself (lease, campaign, renewal) is driven by `crate::ha`; this module
 //! holds its primitives and the role they reached.
 
+// New reservations reach etcd in batches: an extension of `EtcdStore`, in its own file.
+mod commit;
+
 use std::future::Future;
 use std::time::Duration;
 
@@ -22,10 +25,10 @@ use rbee_proto::etcd::{Compare, RequestOp};
 use tokio::sync::watch;
 
 use super::backend::{Leader, Store};
-use super::etcd_api::{self as api, EtcdClient, KeepAlive, Watcher};
-use super::etcd_commit::SharedCombiner;
+use super::etcd_api::{self as api, EtcdClient, EtcdTls, KeepAlive, Watcher};
 use super::records::encode;
 use super::{HiveRecord, PolicyRecord, ReservationRecord, Restored, StoreError};
+use commit::SharedCombiner;
 
 /// The leader key, under the prefix.
 const LEADER: &str = "leader";
@@ -47,24 +50,6 @@ pub struct EtcdSettings {
     pub lease_ttl: Duration,
     /// TLS to etcd (`None`: plain HTTP/2).
     pub tls: Option<EtcdTls>,
-}
-
-/// TLS to etcd: the CA that signed its server certificates, and this queen's client
-/// certificate and key for an etcd that asks for one (all PEM).
-#[derive(Clone)]
-pub struct EtcdTls {
-    /// The CA.
-    pub ca: Vec<u8>,
-    /// The client certificate and its key.
-    pub identity: Option<(Vec<u8>, Vec<u8>)>,
-}
-
-impl std::fmt::Debug for EtcdTls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EtcdTls")
-            .field("client_certificate", &self.identity.is_some())
-            .finish_non_exhaustive()
-    }
 }
 
 impl EtcdSettings {

@@ -25,7 +25,23 @@ use tonic::Status;
 use tonic::codec::Streaming;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use super::etcd::EtcdTls;
+/// TLS to etcd: the CA that signed its server certificates, and this queen's client
+/// certificate and key for an etcd that asks for one (all PEM).
+#[derive(Clone)]
+pub struct EtcdTls {
+    /// The CA.
+    pub ca: Vec<u8>,
+    /// The client certificate and its key.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdTls")
+            .field("client_certificate", &self.identity.is_some())
+            .finish_non_exhaustive()
+    }
+}
 
 /// The clients of one etcd cluster (cheap to clone; the channel reconnects by itself).
 #[derive(Clone)]
