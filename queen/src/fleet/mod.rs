@@ -21,6 +21,7 @@ mod stats;
 
 pub use events::{EVENT_CAPACITY, FleetEvent};
 pub use health::{DeviceHealth, Health, HealthReport};
+pub use ids::IdTaken;
 pub use placement::{GpuLoad, PlacementSummary, RamLoad, usable_vram};
 pub use registry::{Fleet, HiveHandle, NewHive, PUBLISH_DELAY_BUCKETS, Watcher};
 pub use settings::{FleetSettings, Thresholds};

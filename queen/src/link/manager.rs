@@ -216,7 +216,9 @@ impl Manager {
 
     fn take_full(&mut self, identity: HiveIdentity, caps: VersionedCapabilities) -> Result<(), LinkError> {
         self.check_certificate(&identity.hive_id)?;
-        if let Err(holder) = self.fleet.claim_id(&identity.hive_id, &self.view.address) {
+        if let Err(crate::fleet::IdTaken { holder }) =
+            self.fleet.claim_id(&identity.hive_id, &self.view.address)
+        {
             return Err(LinkError::IdConflict { id: identity.hive_id, holder });
         }
         let changed =
