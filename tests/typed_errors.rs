@@ -4,6 +4,9 @@
 //! `shared`, `hive`, `queen`; not the fake NVML libraries, which are test fixtures),
 //! outside `#[cfg(test)]` code, `*_tests.rs` files and `test_support`. Each error is a `thiserror` type of its
 //! crate or a small local one, so callers can match on it and the text has one home.
+//!
+//! And the queen's error becomes a gRPC status in one place, at its API edge
+//! (`queen/src/api/status.rs`).
 
 use std::path::{Path, PathBuf};
 
@@ -169,4 +172,44 @@ fn a_text_typed_error_is_found_and_test_code_is_not() {
     assert_eq!(found.len(), 2, "{found:?}");
     assert!(found[0].ends_with("lib.rs:a: Result<_, String>"), "{found:?}");
     assert!(found[1].ends_with("lib.rs:P: type Err = String"), "{found:?}");
+}
+
+/// The files of `dir` holding an `impl From<ERROR> for …Status`.
+fn status_mappings(dir: &Path, error: &str) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    sources(dir, &mut files);
+    files.sort();
+    files
+        .into_iter()
+        .filter(|file| {
+            let text = std::fs::read_to_string(file).expect("a source file");
+            let syntax = syn::parse_file(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            syntax.items.iter().any(|item| {
+                let syn::Item::Impl(i) = item else { return false };
+                let Some((_, trait_path, _)) = &i.trait_ else { return false };
+                let names_status = matches!(&*i.self_ty, syn::Type::Path(p)
+                    if p.path.segments.last().is_some_and(|s| s.ident == "Status"));
+                let from_error = trait_path.segments.last().is_some_and(|s| {
+                    s.ident == "From"
+                        && matches!(&s.arguments, syn::PathArguments::AngleBracketed(a)
+                            if matches!(a.args.first(), Some(syn::GenericArgument::Type(syn::Type::Path(t)))
+                                if t.path.segments.last().is_some_and(|s| s.ident == error)))
+                });
+                names_status && from_error
+            })
+        })
+        .collect()
+}
+
+/// The queen's error becomes a gRPC status in one place, at its API edge: the layers
+/// below keep their typed errors and never see a status.
+#[test]
+fn the_queen_maps_its_error_to_a_status_once_in_its_api() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("queen/src");
+    let found = status_mappings(&src, "QueenError");
+    assert_eq!(
+        found,
+        [src.join("api/status.rs")],
+        "From<QueenError> for Status belongs in queen/src/api/status.rs"
+    );
 }

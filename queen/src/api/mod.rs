@@ -1,7 +1,8 @@
 //! The API edge: the `rbee.v1.Fleet` and `rbee.v1.Scheduler` gRPC services, the
 //! `WatchFleet` stream, bearer-token auth, the leader gate for writes, and the one place where the queen's domain
-//! types become wire types ([`convert`]). Handlers validate, convert, call the layer
-//! below and convert back.
+//! types become wire types ([`convert`]), and the one mapping of the queen's error to a
+//! gRPC status ([`status`]). Handlers validate, convert, call the layer below and
+//! convert back.
 
 pub mod auth;
 pub mod convert;
@@ -11,6 +12,7 @@ pub mod model_removal;
 pub mod models;
 pub mod preload;
 mod scheduler;
+pub mod status;
 mod targets;
 mod watch;
 
