@@ -1,5 +1,5 @@
 //! What a subcommand is: a clap `Args` type that runs itself ([`RunCommand`]). The
-//! command enum names each one on one line ([`commands!`]), which also writes its one
+//! command enum names each one on one line (`commands!`), which also writes its one
 //! dispatch, so a new subcommand is its file plus that line.
 
 use std::future::Future;

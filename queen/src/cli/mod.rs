@@ -3,6 +3,10 @@
 //! (`hives`, `hive`, `watch`, `add`, `remove`, `place`, `release`, `reservations`,
 //! `policy check|status`, `migrate`, `fetch`, `models`, `downloads`, `preload`, `evict`, `cancel-fetch`, `rm-model`, and `top`, the live view), which talk to a running queen over the same gRPC API that
 //! scheduler clients use.
+//!
+//! A new subcommand is one file — its clap `Args` type and its `RunCommand` impl — plus
+//! one line in [`args::Command`]: the `commands!` macro that declares the enum also
+//! writes its one dispatch.
 
 pub mod args;
 mod certs;
