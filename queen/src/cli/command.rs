@@ -55,3 +55,71 @@ macro_rules! commands {
     };
 }
 pub(crate) use commands;
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU8, Ordering};
+
+    use clap::{Args, Parser, Subcommand};
+
+    use super::*;
+
+    /// Which test command ran last.
+    static RAN: AtomicU8 = AtomicU8::new(0);
+
+    /// A command that records that it ran.
+    #[derive(Debug, Args)]
+    struct First {
+        /// A flag.
+        #[arg(long)]
+        no: bool,
+    }
+
+    impl RunCommand for First {
+        async fn run(self) -> anyhow::Result<ExitCode> {
+            RAN.store(1, Ordering::SeqCst);
+            Ok(yes_or_no(!self.no))
+        }
+    }
+
+    /// Another.
+    #[derive(Debug, Args)]
+    struct Second {}
+
+    impl RunCommand for Second {
+        async fn run(self) -> anyhow::Result<ExitCode> {
+            RAN.store(2, Ordering::SeqCst);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+
+    commands! {
+    /// Two commands, one line each.
+    #[derive(Debug, Subcommand)]
+    pub enum TwoCommands {
+        /// The first.
+        First(First),
+        /// The second, boxed.
+        Second(Box<Second>),
+    }
+    }
+
+    /// The command line of the test commands.
+    #[derive(Debug, Parser)]
+    struct TestCli {
+        /// Which.
+        #[command(subcommand)]
+        command: TwoCommands,
+    }
+
+    #[tokio::test]
+    async fn one_line_per_command_parses_and_runs_that_command() {
+        let cli = TestCli::try_parse_from(["t", "second"]).unwrap();
+        cli.command.run().await.unwrap();
+        assert_eq!(RAN.load(Ordering::SeqCst), 2);
+        let cli = TestCli::try_parse_from(["t", "first", "--no"]).unwrap();
+        let code = cli.command.run().await.unwrap();
+        assert_eq!(RAN.load(Ordering::SeqCst), 1);
+        assert_eq!(format!("{code:?}"), format!("{:?}", ExitCode::from(ANSWERED_NO)));
+    }
+}
