@@ -69,7 +69,7 @@ mod tests {
 
     /// A command that records that it ran.
     #[derive(Debug, Args)]
-    struct First {
+    pub struct First {
         /// A flag.
         #[arg(long)]
         no: bool,
@@ -84,7 +84,7 @@ mod tests {
 
     /// Another.
     #[derive(Debug, Args)]
-    struct Second {}
+    pub struct Second {}
 
     impl RunCommand for Second {
         async fn run(self) -> anyhow::Result<ExitCode> {
