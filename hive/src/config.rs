@@ -162,20 +162,33 @@ pub struct ServeArgs {
 /// Default `--worker-threads`.
 pub const DEFAULT_WORKER_THREADS: usize = 1;
 
+/// Why a `--ram-cache-budget` or `--preload-pressure-limit` value is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PreloadFlagError {
+    /// A budget of zero.
+    #[error("the budget must be above 0")]
+    ZeroBudget,
+    /// Not a byte size.
+    #[error(transparent)]
+    Size(#[from] rbee_shared::bytesize::ByteSizeError),
+    /// Not a percentage in (0, 100].
+    #[error("{0:?} is not a percentage in (0, 100]")]
+    Pressure(String),
+}
+
 /// Parses `--ram-cache-budget`: a byte size above zero.
-pub fn parse_budget(s: &str) -> Result<u64, String> {
-    match rbee_shared::bytesize::parse_bytes(s) {
-        Ok(0) => Err("the budget must be above 0".into()),
-        Ok(n) => Ok(n),
-        Err(e) => Err(e.to_string()),
+pub fn parse_budget(s: &str) -> Result<u64, PreloadFlagError> {
+    match rbee_shared::bytesize::parse_bytes(s)? {
+        0 => Err(PreloadFlagError::ZeroBudget),
+        n => Ok(n),
     }
 }
 
 /// Parses `--preload-pressure-limit`: a percentage in (0, 100].
-pub fn parse_pressure_limit(s: &str) -> Result<f64, String> {
+pub fn parse_pressure_limit(s: &str) -> Result<f64, PreloadFlagError> {
     match s.trim().parse::<f64>() {
         Ok(v) if v > 0.0 && v <= 100.0 => Ok(v),
-        _ => Err(format!("{s:?} is not a percentage in (0, 100]")),
+        _ => Err(PreloadFlagError::Pressure(s.to_owned())),
     }
 }
 
@@ -377,7 +390,8 @@ impl ServeArgs {
             ));
         }
         let access = MetricsAccess::new((!token.is_empty()).then_some(token.as_bytes()));
-        check_exposure(listen, &access, self.insecure, "--metrics-listen").map_err(HiveError::Config)?;
+        check_exposure(listen, &access, self.insecure, "--metrics-listen")
+            .map_err(|e| HiveError::Config(e.to_string()))?;
         if !listen.ip().is_loopback() && !access.enabled() {
             tracing::warn!(%listen, "INSECURE: serving metrics beyond loopback without a token");
         }

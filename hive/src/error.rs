@@ -44,7 +44,7 @@ pub enum HiveError {
         /// The file.
         path: PathBuf,
         /// What is wrong with it.
-        source: crate::source::simulated::ScenarioError,
+        source: ScenarioError,
     },
     /// The state directory could not be used.
     #[error("state directory {path}: {source}")]
@@ -230,6 +230,19 @@ impl From<HiveError> for tonic::Status {
             | HiveError::Reflection(_)
             | HiveError::Task(_) => Status::internal(e.to_string()),
         }
+    }
+}
+
+/// What is wrong with a simulation scenario (the message names the GPU and the field).
+/// Defined here, below `source::simulated` which parses scenarios, so that this file
+/// imports nothing of the layers above it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ScenarioError(pub String);
+
+impl From<String> for ScenarioError {
+    fn from(s: String) -> Self {
+        Self(s)
     }
 }
 

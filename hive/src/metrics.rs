@@ -77,8 +77,7 @@ pub fn render(
             let mut registry = registry_for(SOURCE_HIVE);
             registry.register_collector(Box::new(scrape));
             let mut text = String::new();
-            prometheus_client::encoding::prometheus_text::encode(&mut text, &registry)
-                .map_err(|e| e.to_string())?;
+            prometheus_client::encoding::prometheus_text::encode(&mut text, &registry)?;
             Ok(text)
         })
     })

@@ -16,6 +16,10 @@
 //! - [`bytesize`], [`telemetry`], [`shutdown`], [`time`], [`stdout`], [`report`]: small helpers both binaries use.
 //!
 //! Domain code never passes generated protobuf types around.
+//!
+//! No two files of one crate import each other, directly or through others (a parent
+//! module assembling its children does not count); `tests/no_import_cycles.rs` at the
+//! workspace root checks every crate of the workspace and states the rule precisely.
 
 pub mod backoff;
 pub mod bearer;

@@ -55,7 +55,28 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Renders the exposition text at scrape time, or says why it cannot.
-pub type Render = Arc<dyn Fn() -> BoxFuture<'static, Result<String, String>> + Send + Sync>;
+pub type Render = Arc<dyn Fn() -> BoxFuture<'static, Result<String, RenderError>> + Send + Sync>;
+
+/// Why the exposition text cannot be rendered (answered as a 500).
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// The text encoder failed.
+    #[error("encoding failed: {0}")]
+    Encode(#[from] std::fmt::Error),
+}
+
+/// A metrics listener beyond loopback without a bearer token, and not `--insecure`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "refusing to serve metrics on {listen} without a bearer token: configure a token, bind {flag} to a \
+     loopback address, or pass --insecure"
+)]
+pub struct ExposureError {
+    /// The listen address.
+    pub listen: SocketAddr,
+    /// The listen flag, named in the message.
+    pub flag: String,
+}
 
 /// Who may scrape: any bearer token in the list; no tokens means open.
 #[derive(Clone, Default)]
@@ -121,14 +142,11 @@ pub fn check_exposure(
     access: &MetricsAccess,
     insecure: bool,
     flag: &str,
-) -> Result<(), String> {
+) -> Result<(), ExposureError> {
     if listen.ip().is_loopback() || access.enabled() || insecure {
         return Ok(());
     }
-    Err(format!(
-        "refusing to serve metrics on {listen} without a bearer token: configure a token, bind {flag} to a \
-         loopback address, or pass --insecure"
-    ))
+    Err(ExposureError { listen, flag: flag.to_owned() })
 }
 
 /// The peer a connection is counted against: its IPv4 address (an IPv4-mapped IPv6
@@ -423,7 +441,7 @@ mod tests {
         let lo: SocketAddr = "127.0.0.1:7834".parse().unwrap();
         let any: SocketAddr = "0.0.0.0:7834".parse().unwrap();
         assert!(check_exposure(lo, &open, false, "--metrics-listen").is_ok());
-        let err = check_exposure(any, &open, false, "--metrics-listen").unwrap_err();
+        let err = check_exposure(any, &open, false, "--metrics-listen").unwrap_err().to_string();
         assert!(err.contains("0.0.0.0:7834") && err.contains("token"), "{err}");
         assert!(check_exposure(any, &token, false, "--metrics-listen").is_ok());
         assert!(check_exposure(any, &open, true, "--metrics-listen").is_ok());

@@ -8,7 +8,7 @@
 //! later one), XID events at given times, an error (e.g. NO_PERMISSION) on the
 //! process list, a GPU that appears later, FUNCTION_NOT_FOUND for named functions,
 //! and NVLink links that go down (and up). Topology (NUMA node, CPU affinity, PCIe
-//! levels, NVLink, MIG instances) is described in [`topology`]; `scenarios/` ships a
+//! levels, NVLink, MIG instances) is described in [`scenario::topology`]; `scenarios/` ships a
 //! DGX-style box (`dgx8`), a two-socket PCIe box (`pcie2x4`) and a MIG GPU (`mig`). A symbol that is really absent, as on an old driver, needs another
 //! library: the `rbee-nvml-fake-old-driver` crate builds these sources without the
 //! functions in [`symbols::OPTIONAL`].
@@ -26,7 +26,6 @@ pub mod exports;
 pub mod scenario;
 mod state;
 pub mod symbols;
-pub mod topology;
 
 #[cfg(test)]
 mod tests;

@@ -40,9 +40,14 @@ use std::time::Duration;
 use rbee_shared::bytesize::ByteSizeField;
 use serde::Deserialize;
 
+use self::topology::{MigFile, NvLinkFile, Topology, TopologyFile};
 use crate::codes::{ErrorCode, parse_code};
 use crate::symbols::EXPORTED;
-use crate::topology::{MigFile, NvLinkFile, Topology, TopologyFile};
+
+// A child of the scenario (it reads the scenario's GPU and units); the path keeps the
+// file beside this one for both builds (the old-driver crate includes this file by path).
+#[path = "topology.rs"]
+pub mod topology;
 
 /// A byte size: a number of bytes, or text like "80GiB" (the one grammar of
 /// `rbee_shared::bytesize`, as in the hive's simulated scenarios).
@@ -131,7 +136,7 @@ struct GpuFile {
     #[serde(default)]
     process: Vec<ProcessFile>,
     processes_error: Option<String>,
-    // Topology (see [`crate::topology`]).
+    // Topology (see [`topology`]).
     numa_node: Option<u32>,
     cpu_affinity: Option<String>,
     board: Option<String>,

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use reqwest::header::{self, HeaderMap};
 
-use super::download::DownloadError;
+use super::download_error::DownloadError;
 use super::egress::EgressRule;
-use super::hf::HubConfig;
+use super::hub::HubConfig;
 use super::redact::redact_url;
 
 /// A connection attempt longer than this fails (and is retried).

@@ -34,7 +34,7 @@ fn stamp(path: &Path) -> std::io::Result<(u64, SystemTime)> {
     Ok((m.len(), m.modified()?))
 }
 
-fn hash_file(path: &Path) -> std::io::Result<String> {
+fn hash_file(path: &Path) -> Result<String, std::io::Error> {
     let mut f = std::fs::File::open(path)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];

@@ -6,6 +6,9 @@
 
 use std::collections::BTreeMap;
 
+/// The warm models to evict, by id, least recently used first.
+pub type Evictions = Vec<String>;
+
 /// Which warm models to evict, least recently used first, so that `id` (`size` bytes)
 /// fits `budget` together with every other warm model and every preload in flight
 /// (`in_flight`: model and size). A model whose preload is in flight is never a victim:
@@ -17,7 +20,7 @@ pub fn plan_room(
     id: &str,
     size: u64,
     budget: u64,
-) -> Result<Vec<String>, u64> {
+) -> Result<Evictions, u64> {
     let others = warm.iter().filter(|(k, _)| *k != id).map(|(_, (s, _))| *s);
     let running = in_flight.iter().filter(|(k, _)| **k != id && !warm.contains_key(**k)).map(|(_, s)| *s);
     let mut total = others.chain(running).fold(size, u64::saturating_add);

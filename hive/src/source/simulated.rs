@@ -29,21 +29,10 @@ use serde::Deserialize;
 
 use super::sim_topology::{Shape, Slot};
 use super::{DeviceSource, RawGpuProcess, RawProcesses};
-use crate::HiveError;
+use crate::error::{HiveError, ScenarioError};
 
 /// The demo scenario shipped inside the binary (`hive serve --demo`).
 pub const DEMO_SCENARIO: &str = include_str!("../../scenarios/demo.toml");
-
-/// What is wrong with a scenario (the message names the GPU and the field).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct ScenarioError(pub String);
-
-impl From<String> for ScenarioError {
-    fn from(s: String) -> Self {
-        Self(s)
-    }
-}
 
 /// A byte size written as a number of bytes or a string like "80GiB" (the one grammar
 /// of `rbee_shared::bytesize`).

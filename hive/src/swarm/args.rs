@@ -58,7 +58,7 @@ pub struct SwarmArgs {
     pub urls_file: Option<PathBuf>,
 }
 
-fn parse_fault(s: &str) -> Result<Fault, String> {
+fn parse_fault(s: &str) -> Result<Fault, super::fault::FaultError> {
     s.parse()
 }
 

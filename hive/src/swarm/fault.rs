@@ -4,6 +4,44 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+/// Why a fault does not parse (the message quotes the text).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FaultError {
+    /// Not one of the actions.
+    #[error("unknown action {0:?}; use kill, revive, silence, unsilence, restart or hotplug")]
+    UnknownAction(String),
+    /// A `N%` whose number does not parse.
+    #[error("{0:?} is not a percentage")]
+    NotPercentage(String),
+    /// A percentage beyond 100 %.
+    #[error("{0:?} is not within 0%..=100%")]
+    PercentageRange(String),
+    /// Neither a count nor a percentage.
+    #[error("{0:?} is neither a count nor a percentage like 10%")]
+    NotAmount(String),
+    /// Not three `:`-separated parts.
+    #[error("{0:?}: expected AT:ACTION:AMOUNT, e.g. 30s:kill:10%")]
+    Shape(String),
+    /// The time does not parse.
+    #[error("{fault:?}: time {at:?}: {reason}")]
+    Time {
+        /// The whole fault.
+        fault: String,
+        /// Its time.
+        at: String,
+        /// Why.
+        reason: humantime::DurationError,
+    },
+    /// The action does not parse.
+    #[error("{fault:?}: {reason}")]
+    Action {
+        /// The whole fault.
+        fault: String,
+        /// Why.
+        reason: Box<FaultError>,
+    },
+}
+
 /// What a fault does to each hive it picks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -22,8 +60,8 @@ pub enum Action {
 }
 
 impl FromStr for Action {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = FaultError;
+    fn from_str(s: &str) -> Result<Self, FaultError> {
         Ok(match s {
             "kill" => Self::Kill,
             "revive" => Self::Revive,
@@ -32,9 +70,7 @@ impl FromStr for Action {
             "restart" => Self::Restart,
             "hotplug" => Self::HotPlug,
             other => {
-                return Err(format!(
-                    "unknown action {other:?}; use kill, revive, silence, unsilence, restart or hotplug"
-                ));
+                return Err(FaultError::UnknownAction(other.to_owned()));
             }
         })
     }
@@ -60,16 +96,16 @@ impl Amount {
 }
 
 impl FromStr for Amount {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = FaultError;
+    fn from_str(s: &str) -> Result<Self, FaultError> {
         if let Some(p) = s.strip_suffix('%') {
-            let p: f64 = p.parse().map_err(|_| format!("{s:?} is not a percentage"))?;
+            let p: f64 = p.parse().map_err(|_| FaultError::NotPercentage(s.to_owned()))?;
             if !(0.0..=100.0).contains(&p) {
-                return Err(format!("{s:?} is not within 0%..=100%"));
+                return Err(FaultError::PercentageRange(s.to_owned()));
             }
             return Ok(Self::Fraction(p / 100.0));
         }
-        s.parse().map(Self::Count).map_err(|_| format!("{s:?} is neither a count nor a percentage like 10%"))
+        s.parse().map(Self::Count).map_err(|_| FaultError::NotAmount(s.to_owned()))
     }
 }
 
@@ -85,14 +121,20 @@ pub struct Fault {
 }
 
 impl FromStr for Fault {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = FaultError;
+    fn from_str(s: &str) -> Result<Self, FaultError> {
         let mut parts = s.splitn(3, ':');
         let (Some(at), Some(action), Some(amount)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(format!("{s:?}: expected AT:ACTION:AMOUNT, e.g. 30s:kill:10%"));
+            return Err(FaultError::Shape(s.to_owned()));
         };
-        let at = humantime::parse_duration(at).map_err(|e| format!("{s:?}: time {at:?}: {e}"))?;
-        Ok(Self { at, action: action.parse().map_err(|e| format!("{s:?}: {e}"))?, amount: amount.parse()? })
+        let at = humantime::parse_duration(at).map_err(|reason| FaultError::Time {
+            fault: s.to_owned(),
+            at: at.to_owned(),
+            reason,
+        })?;
+        let action =
+            action.parse().map_err(|e| FaultError::Action { fault: s.to_owned(), reason: Box::new(e) })?;
+        Ok(Self { at, action, amount: amount.parse()? })
     }
 }
 
@@ -108,9 +150,9 @@ mod tests {
             Fault { at: Duration::from_secs(30), action: Action::Kill, amount: Amount::Fraction(0.1) }
         );
         assert_eq!("1m:hotplug:25".parse::<Fault>().unwrap().amount, Amount::Count(25));
-        assert!("30s:explode:1".parse::<Fault>().unwrap_err().contains("unknown action"));
-        assert!("30s:kill".parse::<Fault>().unwrap_err().contains("AT:ACTION:AMOUNT"));
-        assert!("30s:kill:150%".parse::<Fault>().unwrap_err().contains("0%..=100%"));
+        assert!("30s:explode:1".parse::<Fault>().unwrap_err().to_string().contains("unknown action"));
+        assert!("30s:kill".parse::<Fault>().unwrap_err().to_string().contains("AT:ACTION:AMOUNT"));
+        assert!("30s:kill:150%".parse::<Fault>().unwrap_err().to_string().contains("0%..=100%"));
         assert_eq!(Amount::Fraction(0.1).of(300), 30);
         assert_eq!(Amount::Count(5).of(3), 3);
     }

@@ -234,7 +234,11 @@ impl FileServer {
     }
 }
 
-async fn read_head(conn: &mut TcpStream) -> std::io::Result<Option<String>> {
+/// An HTTP request's head (request line and headers), as text.
+type Head = String;
+
+/// Reads a request head; `None` when the peer closed first.
+async fn read_head(conn: &mut TcpStream) -> Result<Option<Head>, std::io::Error> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {

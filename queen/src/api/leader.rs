@@ -95,14 +95,14 @@ mod tests {
         let s = refuse_write(Some(&f), "/rbee.v1.Scheduler/Place").expect("refused");
         assert_eq!(s.code(), tonic::Code::Unavailable);
         assert!(s.message().contains("http://10.0.0.1:7836"), "{}", s.message());
-        assert_eq!(s.metadata().get(crate::error::LEADER_METADATA).unwrap(), "http://10.0.0.1:7836");
+        assert_eq!(s.metadata().get(crate::api::status::LEADER_METADATA).unwrap(), "http://10.0.0.1:7836");
         assert!(refuse_write(Some(&f), "/rbee.v1.Fleet/AddHive").is_some());
         assert!(refuse_write(Some(&f), "/rbee.v1.Scheduler/ListReservations").is_none());
         assert!(refuse_write(Some(&f), "/rbee.v1.Fleet/WatchFleet").is_none());
         let nobody = follower(Leader::Unknown("etcd unreachable".into()));
         let s = refuse_write(Some(&nobody), "/rbee.v1.Scheduler/Release").expect("refused");
         assert!(s.message().contains("etcd unreachable"), "{}", s.message());
-        assert!(s.metadata().get(crate::error::LEADER_METADATA).is_none());
+        assert!(s.metadata().get(crate::api::status::LEADER_METADATA).is_none());
         assert!(refuse_write(Some(&follower(Leader::Me)), "/rbee.v1.Scheduler/Place").is_none());
         assert!(refuse_write(None, "/rbee.v1.Scheduler/Place").is_none());
     }

@@ -12,8 +12,8 @@ use rbee_proto::v1::fleet_client::FleetClient;
 use rbee_proto::v1::scheduler_client::SchedulerClient;
 use tonic::transport::Channel;
 
-use super::args::QueenUrl;
-use crate::error::LEADER_METADATA;
+use super::flags::QueenUrl;
+use crate::api::status::LEADER_METADATA;
 
 /// Adds `authorization: Bearer TOKEN` to every call.
 #[derive(Clone)]

@@ -11,7 +11,7 @@ use anyhow::Result;
 use indicatif::ProgressBar;
 use rbee_proto::v1 as pb;
 
-use super::args::FetchArgs;
+use super::flags::QueenUrl;
 use super::model_removal;
 
 /// The exit status after an interrupt (128 + SIGINT), as shells report Ctrl-C.
@@ -60,10 +60,21 @@ async fn ask(question: &str) -> bool {
     }
 }
 
+/// What an interrupted `queen fetch` was doing: its model, its queen, and whether
+/// `--cancel-on-interrupt` was given.
+pub(super) struct Interrupted<'a> {
+    /// The model id.
+    pub model: &'a str,
+    /// The queen.
+    pub queen: &'a QueenUrl,
+    /// `--cancel-on-interrupt`.
+    pub cancel_on_interrupt: bool,
+}
+
 /// After an interrupt: cancels the download of `args.model` on `hive` (with
 /// `--cancel-on-interrupt`, or when the operator says so), or says how. Always 130.
-pub(super) async fn on_interrupt(args: &FetchArgs, hive: &str, bar: &ProgressBar) -> ExitCode {
-    let command = model_removal::cancel_command(&args.model, hive, &args.queen);
+pub(super) async fn on_interrupt(args: Interrupted<'_>, hive: &str, bar: &ProgressBar) -> ExitCode {
+    let command = model_removal::cancel_command(args.model, hive, args.queen);
     bar.abandon_with_message("interrupted");
     let cancel = args.cancel_on_interrupt
         || (std::io::stdin().is_terminal()
@@ -74,16 +85,16 @@ pub(super) async fn on_interrupt(args: &FetchArgs, hive: &str, bar: &ProgressBar
         return ExitCode::from(INTERRUPTED);
     }
     let request = pb::ScheduleModelRequest {
-        model_id: args.model.clone(),
+        model_id: args.model.to_owned(),
         hive: hive.to_owned(),
         labels: Default::default(),
     };
     let sent = async {
         let Ok(again) = interrupted() else {
-            return model_removal::send(&args.queen, request, false).await.map(Some);
+            return model_removal::send(args.queen, request, false).await.map(Some);
         };
         tokio::select! {
-            r = tokio::time::timeout(CANCEL_TIMEOUT, model_removal::send(&args.queen, request, false)) => {
+            r = tokio::time::timeout(CANCEL_TIMEOUT, model_removal::send(args.queen, request, false)) => {
                 r.map_err(|_| anyhow::anyhow!("no answer in {} s", CANCEL_TIMEOUT.as_secs()))?.map(Some)
             }
             // A second interrupt: stop waiting for the cancel.

@@ -1,10 +1,14 @@
 //! `queen hives`, `hive`, `watch`, `add`, `remove`: the fleet, from a running queen.
 
+use std::process::ExitCode;
+
 use anyhow::Result;
+use clap::Args;
 use rbee_proto::v1 as pb;
 
-use super::args::{AddArgs, HiveArgs, ListArgs, QueenUrl, RemoveArgs, WatchArgs};
 use super::client::{connect, fleet, is_final, on_queens, open_watch, reconnect_backoff, rpc_error};
+use super::command::{RunCommand, done};
+use super::flags::{ListArgs, QueenUrl};
 use super::render::{render_detail, render_event, render_table};
 
 /// Every hive, walking ListHives' pages.
@@ -140,4 +144,90 @@ pub async fn remove(args: RemoveArgs) -> Result<()> {
     .await?;
     rbee_shared::outln!("removed {}", resp.address)?;
     Ok(())
+}
+
+/// `queen hives`.
+#[derive(Debug, Clone, Args)]
+pub struct HivesArgs {
+    /// Its flags.
+    #[command(flatten)]
+    pub list: ListArgs,
+}
+
+impl RunCommand for HivesArgs {
+    async fn run(self) -> Result<ExitCode> {
+        done(hives(self.list).await)
+    }
+}
+
+/// `queen hive ID`.
+#[derive(Debug, Clone, Args)]
+pub struct HiveArgs {
+    /// Hive id or address.
+    pub hive: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The queen.
+    #[command(flatten)]
+    pub queen: QueenUrl,
+}
+
+/// `queen watch`.
+#[derive(Debug, Clone, Args)]
+pub struct WatchArgs {
+    /// Also print each hive's newest sample at most this often (e.g. 1s).
+    #[arg(long)]
+    pub samples: Option<rbee_shared::SampleInterval>,
+    /// Print each event as a JSON line.
+    #[arg(long)]
+    pub json: bool,
+    /// The queen.
+    #[command(flatten)]
+    pub queen: QueenUrl,
+}
+
+/// `queen add ADDR`.
+#[derive(Debug, Clone, Args)]
+pub struct AddArgs {
+    /// The hive's address, e.g. http://10.0.0.5:7835.
+    /// The queen dials it only inside its allow-list (`queen serve --allow`).
+    pub address: String,
+    /// The queen.
+    #[command(flatten)]
+    pub queen: QueenUrl,
+}
+
+/// `queen remove ID`.
+#[derive(Debug, Clone, Args)]
+pub struct RemoveArgs {
+    /// Hive id or address.
+    pub hive: String,
+    /// The queen.
+    #[command(flatten)]
+    pub queen: QueenUrl,
+}
+
+impl RunCommand for HiveArgs {
+    async fn run(self) -> Result<ExitCode> {
+        done(hive(self).await)
+    }
+}
+
+impl RunCommand for WatchArgs {
+    async fn run(self) -> Result<ExitCode> {
+        done(watch(self).await)
+    }
+}
+
+impl RunCommand for AddArgs {
+    async fn run(self) -> Result<ExitCode> {
+        done(add(self).await)
+    }
+}
+
+impl RunCommand for RemoveArgs {
+    async fn run(self) -> Result<ExitCode> {
+        done(remove(self).await)
+    }
 }

@@ -3,7 +3,6 @@
 //! `"reservations": []` are there for `jq`; an optional or message field that is unset
 //! is left out, as in the canonical mapping (the generated serializers emit it as null).
 
-use anyhow::Result;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -20,17 +19,17 @@ fn drop_nulls(v: &mut Value) {
 }
 
 /// `v` as pretty-printed JSON.
-pub fn json<T: Serialize + ?Sized>(v: &T) -> Result<String> {
+pub fn json<T: Serialize + ?Sized>(v: &T) -> Result<String, serde_json::Error> {
     let mut value = serde_json::to_value(v)?;
     drop_nulls(&mut value);
-    Ok(serde_json::to_string_pretty(&value)?)
+    serde_json::to_string_pretty(&value)
 }
 
 /// `v` as JSON on one line (a stream of events, one per line).
-pub fn json_line<T: Serialize + ?Sized>(v: &T) -> Result<String> {
+pub fn json_line<T: Serialize + ?Sized>(v: &T) -> Result<String, serde_json::Error> {
     let mut value = serde_json::to_value(v)?;
     drop_nulls(&mut value);
-    Ok(serde_json::to_string(&value)?)
+    serde_json::to_string(&value)
 }
 
 #[cfg(test)]

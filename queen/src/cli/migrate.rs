@@ -2,11 +2,14 @@
 //! so that queens started with `--store etcd://...` continue with its reservations,
 //! run-time hives and policy fact.
 
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
+use clap::Args;
 
-use super::args::MigrateArgs;
+use super::command::{RunCommand, done};
 use crate::store::{EtcdSettings, EtcdStore, StateStore};
 
 /// `queen migrate`.
@@ -49,4 +52,27 @@ pub async fn migrate(args: MigrateArgs) -> Result<()> {
         args.etcd_prefix
     )?;
     Ok(())
+}
+
+/// `queen migrate`.
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    /// The state directory to copy (its queen must be stopped).
+    #[arg(long, env = "QUEEN_STATE_DIR", value_name = "DIR")]
+    pub state_dir: PathBuf,
+    /// Where to copy it: etcd://HOST:PORT[,HOST:PORT...].
+    #[arg(long, env = "QUEEN_STORE", value_name = "URL")]
+    pub store: String,
+    /// The etcd key prefix the queens will use.
+    #[arg(long, env = "QUEEN_ETCD_PREFIX", value_name = "PREFIX", default_value = "/rbee/queen/")]
+    pub etcd_prefix: String,
+    /// TLS to etcd.
+    #[command(flatten)]
+    pub etcd_tls: crate::config::EtcdTlsArgs,
+}
+
+impl RunCommand for MigrateArgs {
+    async fn run(self) -> Result<ExitCode> {
+        done(migrate(self).await)
+    }
 }

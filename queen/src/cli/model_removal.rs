@@ -2,12 +2,15 @@
 //! files, on hives through the queen (Scheduler.CancelFetch / DeleteModel), with the
 //! queen's write token; and the command `queen fetch` prints to cancel what it follows.
 
+use std::process::ExitCode;
+
 use anyhow::{Result, bail};
 use clap::Args;
 use rbee_proto::v1 as pb;
 
-use super::args::QueenUrl;
 use super::client::{on_queens, scheduler};
+use super::command::{RunCommand, done};
+use super::flags::QueenUrl;
 
 /// `queen cancel-fetch|rm-model MODEL (--hive ID | --label K=V)`.
 #[derive(Debug, Clone, Args)]
@@ -100,6 +103,34 @@ pub fn cancel_command(model: &str, hive: &str, queen: &QueenUrl) -> String {
 fn quote(s: &str) -> String {
     let plain = !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./:,=@+%".contains(&b));
     if plain { s.to_owned() } else { format!("'{}'", s.replace('\'', r"'\''")) }
+}
+
+/// `queen cancel-fetch`.
+#[derive(Debug, Clone, Args)]
+pub struct CancelFetchArgs {
+    /// Its flags.
+    #[command(flatten)]
+    pub removal: ModelRemovalArgs,
+}
+
+impl RunCommand for CancelFetchArgs {
+    async fn run(self) -> Result<ExitCode> {
+        done(cancel_fetch(self.removal).await)
+    }
+}
+
+/// `queen rm-model`.
+#[derive(Debug, Clone, Args)]
+pub struct RmModelArgs {
+    /// Its flags.
+    #[command(flatten)]
+    pub removal: ModelRemovalArgs,
+}
+
+impl RunCommand for RmModelArgs {
+    async fn run(self) -> Result<ExitCode> {
+        done(rm_model(self.removal).await)
+    }
 }
 
 #[cfg(test)]

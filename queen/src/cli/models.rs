@@ -12,15 +12,17 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail};
+use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rbee_proto::v1 as pb;
 use rbee_shared::bytesize::format_bytes;
 use rbee_shared::convert::models::{download_phase_from_wire, model_state_from_wire};
 use rbee_shared::{DownloadPhase, ModelState};
 
-use super::args::{FetchArgs, ListArgs};
 use super::client::{connect, on_queens, rpc_error, scheduler};
-use super::fetch_interrupt::{interrupted, on_interrupt};
+use super::command::{RunCommand, done};
+use super::fetch_interrupt::{Interrupted, interrupted, on_interrupt};
+use super::flags::{ListArgs, QueenUrl};
 use super::fleet::all_hives;
 
 /// How often the followed hive's samples come while fetching.
@@ -126,7 +128,12 @@ pub async fn fetch(args: FetchArgs) -> Result<ExitCode> {
     bar.set_prefix(args.model.clone());
     loop {
         let event = tokio::select! {
-            () = &mut interrupted => return Ok(on_interrupt(&args, &hive, &bar).await),
+            () = &mut interrupted => return Ok(on_interrupt(
+                Interrupted { model: &args.model, queen: &args.queen, cancel_on_interrupt: args.cancel_on_interrupt },
+                &hive,
+                &bar,
+            )
+            .await),
             e = stream.message() => e.map_err(|s| rpc_error(url, s))?,
         };
         let Some(event) = event else { bail!("the queen ended the fleet stream") };
@@ -281,6 +288,71 @@ pub async fn downloads(args: ListArgs) -> Result<()> {
     }
     rbee_shared::out!("{out}")?;
     Ok(())
+}
+
+/// `queen fetch MODEL --from URL|hf://org/repo[@rev] (--hive ID | --label K=V)`.
+#[derive(Debug, Clone, Args)]
+pub struct FetchArgs {
+    /// The model id on the hive, e.g. llama-3.1-8b-q4 or org/repo.
+    pub model: String,
+    /// Where from: an http(s) URL of one file, or hf://org/repo[@revision].
+    #[arg(long, value_name = "URL")]
+    pub from: String,
+    /// Expected SHA-256 of the file (hex), verified while it downloads.
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
+    /// Declared size of the file (e.g. 4GiB), checked against the hive's free disk first.
+    #[arg(long, value_parser = rbee_shared::bytesize::parse_bytes)]
+    pub size: Option<u64>,
+    /// The hive, by id or address.
+    #[arg(long, conflicts_with = "labels")]
+    pub hive: Option<String>,
+    /// Or any online hive with this label, KEY=VALUE; repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = rbee_shared::labels::parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// No progress bar (the outcome is still printed).
+    #[arg(long, env = "QUEEN_QUIET")]
+    pub quiet: bool,
+    /// On Ctrl-C, cancel the download on the hive (otherwise, on a terminal, ask; if not cancelled it goes on, and the command that cancels it is printed).
+    #[arg(long)]
+    pub cancel_on_interrupt: bool,
+    /// The queen.
+    #[command(flatten)]
+    pub queen: QueenUrl,
+}
+
+impl RunCommand for FetchArgs {
+    async fn run(self) -> Result<ExitCode> {
+        fetch(self).await
+    }
+}
+
+/// `queen models`.
+#[derive(Debug, Clone, Args)]
+pub struct ModelsArgs {
+    /// Its flags.
+    #[command(flatten)]
+    pub list: ListArgs,
+}
+
+impl RunCommand for ModelsArgs {
+    async fn run(self) -> Result<ExitCode> {
+        done(models(self.list).await)
+    }
+}
+
+/// `queen downloads`.
+#[derive(Debug, Clone, Args)]
+pub struct DownloadsArgs {
+    /// Its flags.
+    #[command(flatten)]
+    pub list: ListArgs,
+}
+
+impl RunCommand for DownloadsArgs {
+    async fn run(self) -> Result<ExitCode> {
+        done(downloads(self.list).await)
+    }
 }
 
 #[cfg(test)]

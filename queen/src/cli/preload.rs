@@ -3,13 +3,16 @@
 //! `queen models`.
 
 use std::fmt::Write as _;
+use std::process::ExitCode;
 
 use anyhow::{Result, bail};
+use clap::Args;
 use rbee_proto::v1 as pb;
 use rbee_shared::bytesize::format_bytes;
 
-use super::args::CacheArgs;
 use super::client::{on_queens, scheduler};
+use super::command::{RunCommand, done};
+use super::flags::QueenUrl;
 
 /// A model's resident share as `queen models` shows it (`-` when not measured).
 pub fn resident_percent(m: &pb::Model) -> String {
@@ -87,4 +90,54 @@ pub async fn evict(args: CacheArgs) -> Result<()> {
     })
     .await?;
     report("evict", &args.model, &r, args.json)
+}
+
+/// `queen preload|evict MODEL (--hive ID | --label K=V)`.
+#[derive(Debug, Clone, Args)]
+pub struct CacheArgs {
+    /// The model id on the hives.
+    pub model: String,
+    /// The hive, by id or address.
+    #[arg(long, conflicts_with = "labels", required_unless_present = "labels")]
+    pub hive: Option<String>,
+    /// Or every online hive with this label that holds the model, KEY=VALUE; repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = rbee_shared::labels::parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Return at once instead of when the preloads are done.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Print the answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The queen.
+    #[command(flatten)]
+    pub queen: QueenUrl,
+}
+
+/// `queen preload`.
+#[derive(Debug, Clone, Args)]
+pub struct PreloadArgs {
+    /// Its flags.
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+impl RunCommand for PreloadArgs {
+    async fn run(self) -> Result<ExitCode> {
+        done(preload(self.cache).await)
+    }
+}
+
+/// `queen evict`.
+#[derive(Debug, Clone, Args)]
+pub struct EvictArgs {
+    /// Its flags.
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+impl RunCommand for EvictArgs {
+    async fn run(self) -> Result<ExitCode> {
+        done(evict(self.cache).await)
+    }
 }

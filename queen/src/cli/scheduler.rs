@@ -1,12 +1,18 @@
 //! `queen place`, `release`, `reservations`, `policy status|check`: the scheduler,
 //! from a running queen (or, for `policy check --fleet`, a saved fleet).
 
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
 use anyhow::{Context, Result, anyhow};
+use clap::{Args, Subcommand};
 use rbee_proto::v1 as pb;
 use rbee_shared::bytesize::format_bytes;
 
-use super::args::{ListArgs, PlaceArgs, PolicyCheckArgs, PolicyStatusArgs, ReleaseArgs};
 use super::client::{connect_scheduler, on_queens, rpc_error, scheduler};
+use super::command::{RunCommand, commands, done, yes_or_no};
+use super::flags::{ListArgs, QueenUrl};
 use super::render::{render_place, since};
 
 /// How long `queen place` waits for an answer. It is sent as the call's deadline, so a
@@ -146,4 +152,169 @@ pub async fn policy_check(args: PolicyCheckArgs) -> Result<bool> {
     let resp = pb::PlaceResponse::from(&outcome);
     rbee_shared::out!("{}", render_place(&resp))?;
     Ok(matches!(outcome, Outcome::Placed(_)))
+}
+
+commands! {
+/// `queen policy ...`.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Compile a policy and run it (dry) against the live fleet or a saved snapshot.
+    Check(PolicyCheckArgs),
+    /// Show the policy the queen uses and how often it failed.
+    Status(PolicyStatusArgs),
+}
+}
+
+/// `queen policy status`.
+#[derive(Debug, Clone, Args)]
+pub struct PolicyStatusArgs {
+    /// Print the GetPolicy answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The queen.
+    #[command(flatten)]
+    pub queen: QueenUrl,
+}
+
+/// What to place (shared by `place` and `policy check`).
+#[derive(Debug, Clone, Args)]
+pub struct RequestArgs {
+    /// VRAM the model needs on one GPU, e.g. 8GiB.
+    #[arg(long, value_parser = rbee_shared::bytesize::parse_bytes)]
+    pub vram: Option<u64>,
+    /// RAM the model needs on the hive, e.g. 16GiB (required for --kind cpu).
+    #[arg(long, value_parser = rbee_shared::bytesize::parse_bytes)]
+    pub ram: Option<u64>,
+    /// Device kind.
+    #[arg(long, value_enum, default_value = "any")]
+    pub kind: KindArg,
+    /// The model's name.
+    #[arg(long, default_value = "")]
+    pub model: String,
+    /// A hive label that must match, KEY=VALUE; repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = rbee_shared::labels::parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// How long the reservation lasts unless the model shows up or it is released (1s..=1h).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub ttl: Option<Duration>,
+}
+
+/// Device kinds on the command line.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum KindArg {
+    /// A GPU when one fits, else a CPU.
+    Any,
+    /// An NVIDIA GPU.
+    Cuda,
+    /// A hive's CPU and RAM.
+    Cpu,
+}
+
+impl RequestArgs {
+    /// The wire request.
+    pub fn to_request(&self, dry_run: bool) -> rbee_proto::v1::PlaceRequest {
+        use rbee_proto::v1 as pb;
+        pb::PlaceRequest {
+            model: self.model.clone(),
+            vram_bytes: self.vram.unwrap_or(0),
+            ram_bytes: self.ram,
+            device_kind: match self.kind {
+                KindArg::Any => pb::DeviceKind::Unspecified,
+                KindArg::Cuda => pb::DeviceKind::Cuda,
+                KindArg::Cpu => pb::DeviceKind::Cpu,
+            } as i32,
+            labels: self.labels.iter().cloned().collect(),
+            dry_run,
+            ttl_ms: self.ttl.map(|d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
+            prefetch: false,
+            prefetch_from: None,
+        }
+    }
+}
+
+/// `queen place`.
+#[derive(Debug, Clone, Args)]
+pub struct PlaceArgs {
+    /// What to place.
+    #[command(flatten)]
+    pub request: RequestArgs,
+    /// After reserving, have the hive fetch the model if it lacks it and read it into RAM.
+    #[arg(long)]
+    pub prefetch: bool,
+    /// Where the hive fetches the model from when it lacks it: hf://org/repo[@rev] or an http(s) URL.
+    #[arg(long, value_name = "URL", requires = "prefetch")]
+    pub prefetch_from: Option<String>,
+    /// Decide, but reserve nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the PlaceResponse as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The queen.
+    #[command(flatten)]
+    pub queen: QueenUrl,
+}
+
+/// `queen release ID`.
+#[derive(Debug, Clone, Args)]
+pub struct ReleaseArgs {
+    /// The reservation id.
+    pub id: String,
+    /// The queen.
+    #[command(flatten)]
+    pub queen: QueenUrl,
+}
+
+/// `queen policy check FILE`.
+#[derive(Debug, Clone, Args)]
+pub struct PolicyCheckArgs {
+    /// The policy file (Rhai).
+    pub file: PathBuf,
+    /// A saved fleet (`queen hives --json` output) instead of the live queen's.
+    #[arg(long, value_name = "SNAPSHOT.json")]
+    pub fleet: Option<PathBuf>,
+    /// What to place [default: --vram 1GiB].
+    #[command(flatten)]
+    pub request: RequestArgs,
+    /// The queen, when no --fleet is given.
+    #[command(flatten)]
+    pub queen: QueenUrl,
+}
+
+/// `queen reservations`.
+#[derive(Debug, Clone, Args)]
+pub struct ReservationsArgs {
+    /// Its flags.
+    #[command(flatten)]
+    pub list: ListArgs,
+}
+
+impl RunCommand for ReservationsArgs {
+    async fn run(self) -> Result<ExitCode> {
+        done(reservations(self.list).await)
+    }
+}
+
+impl RunCommand for PlaceArgs {
+    async fn run(self) -> Result<ExitCode> {
+        Ok(yes_or_no(place(self).await?))
+    }
+}
+
+impl RunCommand for ReleaseArgs {
+    async fn run(self) -> Result<ExitCode> {
+        done(release(self).await)
+    }
+}
+
+impl RunCommand for PolicyCheckArgs {
+    async fn run(self) -> Result<ExitCode> {
+        Ok(yes_or_no(policy_check(self).await?))
+    }
+}
+
+impl RunCommand for PolicyStatusArgs {
+    async fn run(self) -> Result<ExitCode> {
+        done(policy_status(self).await)
+    }
 }

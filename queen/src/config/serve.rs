@@ -294,7 +294,7 @@ impl ServeArgs {
             self.metrics_listen.unwrap_or_else(|| DEFAULT_METRICS_LISTEN.parse().expect("valid default"));
         let access = tokens.metrics_access();
         rbee_shared::metrics_http::check_exposure(listen, &access, self.insecure, "--metrics-listen")
-            .map_err(QueenError::Config)?;
+            .map_err(|e| QueenError::Config(e.to_string()))?;
         if !listen.ip().is_loopback() && !access.enabled() {
             tracing::warn!(%listen, "INSECURE: serving /metrics beyond loopback without a token");
         }
@@ -321,8 +321,8 @@ impl ServeArgs {
             return Ok(None);
         };
         let tls = self.etcd_tls.load()?;
-        let endpoints =
-            crate::store::EtcdSettings::parse_endpoints(url, tls.is_some()).map_err(QueenError::Config)?;
+        let endpoints = crate::store::EtcdSettings::parse_endpoints(url, tls.is_some())
+            .map_err(|e| QueenError::Config(e.to_string()))?;
         let lease_ttl = self.leader_ttl.unwrap_or(Duration::from_secs(5));
         if lease_ttl < Duration::from_secs(2)
             || lease_ttl.subsec_nanos() != 0

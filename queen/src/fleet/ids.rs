@@ -5,6 +5,14 @@
 
 use std::collections::HashMap;
 
+/// A hive id another address holds.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the hive id is held by {holder}")]
+pub struct IdTaken {
+    /// The address that holds it.
+    pub holder: String,
+}
+
 /// Hive ids and their holders, both ways.
 #[derive(Debug, Default)]
 pub struct IdIndex {
@@ -17,9 +25,9 @@ pub struct IdIndex {
 impl IdIndex {
     /// Makes `address` the holder of `hive_id` (dropping the id it held before), unless
     /// another address holds it: then that address is returned and nothing changes.
-    pub fn claim(&mut self, hive_id: &str, address: &str) -> Result<(), String> {
+    pub fn claim(&mut self, hive_id: &str, address: &str) -> Result<(), IdTaken> {
         match self.by_id.get(hive_id) {
-            Some(holder) if holder != address => return Err(holder.clone()),
+            Some(holder) if holder != address => return Err(IdTaken { holder: holder.clone() }),
             Some(_) => return Ok(()),
             None => {}
         }
@@ -51,7 +59,7 @@ mod tests {
     fn an_id_has_one_holder_and_moves_with_its_address() {
         let mut ids = IdIndex::default();
         ids.claim("a", "http://h1").unwrap();
-        assert_eq!(ids.claim("a", "http://h2"), Err("http://h1".into()));
+        assert_eq!(ids.claim("a", "http://h2"), Err(IdTaken { holder: "http://h1".into() }));
         ids.claim("a", "http://h1").unwrap();
         // The hive at h1 restarted with another id: "a" is free again.
         ids.claim("b", "http://h1").unwrap();

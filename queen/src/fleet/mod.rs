@@ -21,7 +21,8 @@ mod stats;
 
 pub use events::{EVENT_CAPACITY, FleetEvent};
 pub use health::{DeviceHealth, Health, HealthReport};
-pub use placement::{GpuLoad, GpuParts, PlacementSummary, RamLoad, join_by_id, usable_vram};
+pub use ids::IdTaken;
+pub use placement::{GpuLoad, GpuParts, PlacementSummary, RamLoad, ViewParts, join_by_id, usable_vram};
 pub use registry::{Fleet, HiveHandle, NewHive, PUBLISH_DELAY_BUCKETS, Watcher};
 pub use settings::{FleetSettings, Thresholds};
 pub use snapshot::HiveSnapshot;

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use rbee_shared::{GpuDevice, GpuSample, Sample, VersionedCapabilities};
 
-use super::{DeviceHealth, GpuStats, Health, HealthReport, HiveSnapshot, WindowStats};
+use super::{DeviceHealth, GpuStats, Health, HealthReport, WindowStats};
 
 /// The VRAM jobs can use on a GPU: its total less what the driver reserves for itself
 /// (NVML v2 reports that apart from used and free). Everything the scheduler admits
@@ -36,6 +36,18 @@ pub fn join_by_id<T>(items: &[T], i: usize, id: &str, id_of: impl Fn(&T) -> &str
     }
 }
 
+/// The parts of a hive's view a [`GpuParts`] is resolved against, borrowed (from a
+/// `HiveSnapshot`, or from the parts a summary was computed from).
+#[derive(Debug, Clone, Copy)]
+pub struct ViewParts<'a> {
+    /// The newest sample.
+    pub latest: Option<&'a Sample>,
+    /// The health report.
+    pub health: &'a HealthReport,
+    /// The window statistics.
+    pub stats: &'a WindowStats,
+}
+
 /// Where one GPU's parts are in a hive's view: its positions in the newest sample's GPUs,
 /// the health report's devices and the window statistics' GPUs (`None`: not there).
 /// Computed once per publish, in [`PlacementSummary::of`]; readers resolve it against
@@ -52,37 +64,37 @@ pub struct GpuParts {
 
 impl GpuParts {
     /// Joins GPU `gpu` (at position `i` of the capabilities' GPU map) with `h`'s parts.
-    fn of(h: &HiveSnapshot, i: usize, gpu: &GpuDevice) -> Self {
+    fn of(h: ViewParts<'_>, i: usize, gpu: &GpuDevice) -> Self {
         let at = |j: Option<usize>| j.and_then(|j| u32::try_from(j).ok());
         Self {
-            live: at(h.latest.as_deref().and_then(|s| join_by_id(&s.gpus, i, &gpu.id, |g| &g.id))),
+            live: at(h.latest.and_then(|s| join_by_id(&s.gpus, i, &gpu.id, |g| &g.id))),
             health: at(join_by_id(&h.health.devices, i, &gpu.id, |d| &d.device_id)),
             stats: at(join_by_id(&h.stats.gpus, i, &gpu.id, |g| &g.device_id)),
         }
     }
 
     /// The GPU's newest reading in `h` (the snapshot these parts were computed from).
-    pub fn live<'a>(&self, h: &'a HiveSnapshot) -> Option<&'a GpuSample> {
-        h.latest.as_deref()?.gpus.get(self.live? as usize)
+    pub fn live<'a>(&self, h: ViewParts<'a>) -> Option<&'a GpuSample> {
+        h.latest?.gpus.get(self.live? as usize)
     }
 
     /// The GPU's entry in `h`'s health report.
-    pub fn device_health<'a>(&self, h: &'a HiveSnapshot) -> Option<&'a DeviceHealth> {
+    pub fn device_health<'a>(&self, h: ViewParts<'a>) -> Option<&'a DeviceHealth> {
         h.health.devices.get(self.health? as usize)
     }
 
     /// The GPU's own health in `h` (healthy when the report does not list it).
-    pub fn health(&self, h: &HiveSnapshot) -> Health {
+    pub fn health(&self, h: ViewParts<'_>) -> Health {
         self.device_health(h).map_or(Health::Healthy, |d| d.health)
     }
 
     /// The GPU's window statistics in `h`.
-    pub fn stats<'a>(&self, h: &'a HiveSnapshot) -> Option<&'a GpuStats> {
+    pub fn stats<'a>(&self, h: ViewParts<'a>) -> Option<&'a GpuStats> {
         h.stats.gpus.get(self.stats? as usize)
     }
 
     /// Utilisation: the window mean, else the newest reading.
-    pub fn util(&self, h: &HiveSnapshot) -> Option<f32> {
+    pub fn util(&self, h: ViewParts<'_>) -> Option<f32> {
         self.stats(h).and_then(|g| g.util_mean_percent).or_else(|| self.live(h)?.gpu_util_percent)
     }
 }
@@ -155,11 +167,25 @@ pub struct PlacementSummary {
     pub gpus: Vec<GpuLoad>,
 }
 
+impl Sources {
+    fn view(&self) -> ViewParts<'_> {
+        ViewParts { latest: self.latest.as_deref(), health: &self.health, stats: &self.stats }
+    }
+}
+
 impl PlacementSummary {
-    /// Computes the summary of a hive's view.
-    pub fn of(h: &HiveSnapshot) -> Self {
-        let sample = h.latest.as_deref();
-        let caps = h.caps.as_deref().map(|c| &c.caps);
+    /// Computes the summary of a hive's view from its parts (a `HiveSnapshot`'s
+    /// capabilities, newest sample, health report and window statistics).
+    pub fn of(
+        caps: Option<Arc<VersionedCapabilities>>,
+        latest: Option<Arc<Sample>>,
+        health: Arc<HealthReport>,
+        stats: Arc<WindowStats>,
+    ) -> Self {
+        let sources = Sources { caps, latest, health, stats };
+        let h = sources.view();
+        let sample = h.latest;
+        let caps = sources.caps.as_deref().map(|c| &c.caps);
         let gpus = caps.map_or_else(Vec::new, |caps| {
             caps.gpus
                 .values()
@@ -178,12 +204,6 @@ impl PlacementSummary {
                 .collect()
         });
         Self {
-            sources: Sources {
-                caps: h.caps.clone(),
-                latest: h.latest.clone(),
-                health: h.health.clone(),
-                stats: h.stats.clone(),
-            },
             health: h.health.placement,
             cpu_util: h.stats.cpu_mean_percent.or(sample.and_then(|s| s.cpu_percent)).unwrap_or(0.0),
             ram: sample.map(|s| RamLoad {
@@ -193,18 +213,26 @@ impl PlacementSummary {
             }),
             has_models: caps.is_some_and(|c| !c.models.is_empty()),
             gpus,
+            sources,
         }
     }
 
-    /// The row of the GPU with this id, and its position in the capabilities' GPU map.
-    pub fn gpu(&self, h: &HiveSnapshot, id: &str) -> Option<(usize, &GpuLoad)> {
-        let i = h.caps.as_ref()?.caps.gpus.keys().position(|k| k == id)?;
+    /// The row of the GPU with this id, and its position in the capabilities' GPU map
+    /// (of the capabilities the summary was computed from).
+    pub fn gpu(&self, id: &str) -> Option<(usize, &GpuLoad)> {
+        let i = self.sources.caps.as_ref()?.caps.gpus.keys().position(|k| k == id)?;
         Some((i, self.gpus.get(i)?))
     }
 
-    /// True when this is the summary of `h` as it is now (computed from the very
-    /// capabilities, sample, health and statistics it holds).
-    pub fn is_of(&self, h: &HiveSnapshot) -> bool {
+    /// True when this is the summary of a hive's view as it is now (computed from the
+    /// very capabilities, sample, health and statistics it holds).
+    pub fn is_of(
+        &self,
+        caps: &Option<Arc<VersionedCapabilities>>,
+        latest: &Option<Arc<Sample>>,
+        health: &Arc<HealthReport>,
+        stats: &Arc<WindowStats>,
+    ) -> bool {
         fn same<T>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
             match (a, b) {
                 (Some(a), Some(b)) => Arc::ptr_eq(a, b),
@@ -213,9 +241,9 @@ impl PlacementSummary {
             }
         }
         let s = &self.sources;
-        same(&s.caps, &h.caps)
-            && same(&s.latest, &h.latest)
-            && Arc::ptr_eq(&s.health, &h.health)
-            && Arc::ptr_eq(&s.stats, &h.stats)
+        same(&s.caps, caps)
+            && same(&s.latest, latest)
+            && Arc::ptr_eq(&s.health, health)
+            && Arc::ptr_eq(&s.stats, stats)
     }
 }

@@ -227,7 +227,7 @@ impl Fleet {
 
     /// Records that the hive at `address` is `hive_id`, unless another managed hive
     /// holds that id: then its address is the error. One lookup, whatever the fleet's size.
-    pub fn claim_id(&self, hive_id: &str, address: &str) -> Result<(), String> {
+    pub fn claim_id(&self, hive_id: &str, address: &str) -> Result<(), super::ids::IdTaken> {
         // The registry's lock is held while claiming (always taken before `ids`), so a
         // removal cannot release the address between the check and the claim.
         let hives = self.read();

@@ -88,7 +88,7 @@ impl HiveSnapshot {
     /// Recomputes [`HiveSnapshot::placement`] from the capabilities, newest sample,
     /// health and statistics (the link does this on every publish).
     pub fn refresh_placement(&mut self) {
-        self.placement = Arc::new(PlacementSummary::of(self));
+        self.placement = Arc::new(self.fresh_placement());
     }
 
     /// Refreshed, for a snapshot built or changed in one go.
@@ -97,14 +97,24 @@ impl HiveSnapshot {
         self
     }
 
+    /// The parts of this view a GPU's join ([`super::GpuParts`]) resolves against.
+    pub fn view_parts(&self) -> super::ViewParts<'_> {
+        super::ViewParts { latest: self.latest.as_deref(), health: &self.health, stats: &self.stats }
+    }
+
     /// What placement reads of this hive: the published summary, or a fresh one when
     /// the snapshot was changed without refreshing it.
     pub fn placement(&self) -> Cow<'_, PlacementSummary> {
-        if self.placement.is_of(self) {
+        if self.placement.is_of(&self.caps, &self.latest, &self.health, &self.stats) {
             Cow::Borrowed(&self.placement)
         } else {
-            Cow::Owned(PlacementSummary::of(self))
+            Cow::Owned(self.fresh_placement())
         }
+    }
+
+    /// The summary computed from this snapshot's parts now.
+    fn fresh_placement(&self) -> PlacementSummary {
+        PlacementSummary::of(self.caps.clone(), self.latest.clone(), self.health.clone(), self.stats.clone())
     }
 
     /// The hive id, empty before discovery.

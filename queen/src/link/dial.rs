@@ -17,129 +17,30 @@
 //! error page, a metadata service's reply) to a client.
 
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use hyper_util::rt::TokioIo;
 use rbee_shared::lock::MutexExt;
-use rbee_shared::tls::read_pem_file;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
-use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use super::LinkSettings;
-use super::error::{BoxError, DialError, GuardError, HiveTlsError};
+use super::error::{BoxError, DialError};
+use super::guard::DialGuard;
 use super::identity::CertNames;
+use super::tls::HiveTls;
 use crate::fleet::Origin;
 use crate::fleet::address::is_loopback_address;
 
+/// Largest message the queen accepts from a hive.
+pub const MAX_HIVE_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
 /// Longest part of a transport error's text that is shown.
 const REASON_BYTES: usize = 160;
-
-/// Mutual TLS for dialing hives: trust the hive CA, present the queen's certificate.
-#[derive(Clone)]
-pub struct HiveTls {
-    /// The rustls client configuration (ALPN h2).
-    config: Arc<ClientConfig>,
-}
-
-impl std::fmt::Debug for HiveTls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HiveTls").finish_non_exhaustive()
-    }
-}
-
-impl HiveTls {
-    /// Trust the CA in `ca` (PEM) for hive certificates, and present `identity`
-    /// (certificate and key PEM files) when given. Errors name the file.
-    pub fn from_pem_files(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<Self, HiveTlsError> {
-        let mut roots = RootCertStore::empty();
-        let ca_pem = read_pem_file(ca, "CA")?;
-        for cert in CertificateDer::pem_slice_iter(&ca_pem) {
-            let cert = cert.map_err(unusable("CA", ca))?;
-            roots.add(cert).map_err(unusable("CA", ca))?;
-        }
-        if roots.is_empty() {
-            return Err(HiveTlsError::EmptyCa(ca.to_owned()));
-        }
-        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-        let builder = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(HiveTlsError::Setup)?
-            .with_root_certificates(roots);
-        let mut config =
-            match identity {
-                Some((cert, key)) => {
-                    let cert_pem = read_pem_file(cert, "certificate")?;
-                    let chain = CertificateDer::pem_slice_iter(&cert_pem)
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(unusable("certificate", cert))?;
-                    let key_pem = read_pem_file(key, "private key")?;
-                    let key_der =
-                        PrivateKeyDer::from_pem_slice(&key_pem).map_err(unusable("private key", key))?;
-                    builder.with_client_auth_cert(chain, key_der).map_err(|source| {
-                        HiveTlsError::Identity { cert: cert.to_owned(), key: key.to_owned(), source }
-                    })?
-                }
-                None => builder.with_no_client_auth(),
-            };
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        Ok(Self { config: Arc::new(config) })
-    }
-}
-
-/// The error for a PEM file whose content the TLS library refused.
-fn unusable<E: Into<BoxError>>(what: &'static str, path: &Path) -> impl FnOnce(E) -> HiveTlsError + use<E> {
-    let path = path.to_owned();
-    move |e| HiveTlsError::Unusable { what, path, source: e.into() }
-}
-
-/// Which IPs the queen may dial for a hive that came from the network (the allow-list).
-#[derive(Clone)]
-pub struct DialGuard {
-    /// True for an IP that may be dialed.
-    allows: Arc<dyn Fn(IpAddr) -> bool + Send + Sync>,
-    /// What is allowed, for refusals ("[10.0.0.0/8]").
-    allowed: Arc<str>,
-}
-
-impl std::fmt::Debug for DialGuard {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DialGuard").field("allowed", &self.allowed).finish_non_exhaustive()
-    }
-}
-
-impl DialGuard {
-    /// A guard that allows the IPs `allows` accepts, described as `allowed`.
-    pub fn new(allowed: impl Into<String>, allows: impl Fn(IpAddr) -> bool + Send + Sync + 'static) -> Self {
-        Self { allows: Arc::new(allows), allowed: Arc::from(allowed.into()) }
-    }
-
-    /// Resolves `host:port` and returns its addresses if every one is allowed.
-    async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, GuardError> {
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
-            .await
-            .map_err(|_| GuardError::Unresolvable { host: host.to_owned() })?
-            .collect();
-        if addrs.is_empty() {
-            return Err(GuardError::NoAddress { host: host.to_owned() });
-        }
-        if let Some(outside) = addrs.iter().find(|a| !(self.allows)(a.ip())) {
-            return Err(GuardError::Outside {
-                host: host.to_owned(),
-                ip: outside.ip(),
-                allowed: self.allowed.to_string(),
-            });
-        }
-        Ok(addrs)
-    }
-}
 
 /// A connected channel, and the names in the hive's certificate when it was dialed over TLS.
 pub(super) struct Dialed {
@@ -239,7 +140,7 @@ struct TlsConnector {
 
 impl TlsConnector {
     fn new(tls: &HiveTls, guard: Option<DialGuard>) -> Self {
-        Self { tls: tokio_rustls::TlsConnector::from(tls.config.clone()), seen: Arc::default(), guard }
+        Self { tls: tokio_rustls::TlsConnector::from(tls.client_config()), seen: Arc::default(), guard }
     }
 }
 
@@ -304,7 +205,7 @@ pub(super) fn call_reason(address: &str, call: &str, s: &tonic::Status) -> Strin
         // The queen's own decoder refused an answer over its limit: say so plainly.
         return format!(
             "{call} failed: ResourceExhausted (the hive's answer is over the queen's {} MiB message limit)",
-            super::manager::MAX_HIVE_MESSAGE_BYTES >> 20
+            MAX_HIVE_MESSAGE_BYTES >> 20
         );
     }
     if let Some(local) = std::error::Error::source(s) {
@@ -340,6 +241,9 @@ fn bounded(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
+
+    use super::super::error::HiveTlsError;
     use super::*;
 
     fn guarded(allow_loopback: bool) -> LinkSettings {

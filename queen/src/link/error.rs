@@ -9,7 +9,7 @@ use std::time::Duration;
 use rbee_shared::ConvertError;
 use rbee_shared::tls::TlsError;
 
-use super::identity::HIVE_ID_URI_PREFIX;
+use super::identity::CertError;
 
 /// A transport or TLS library's error, kept as the source of ours.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -47,28 +47,6 @@ pub enum HiveTlsError {
     /// The TLS library refused the protocol set-up.
     #[error("TLS set-up: {0}")]
     Setup(#[source] tokio_rustls::rustls::Error),
-}
-
-/// Why a hive's certificate does not let it be the hive it says it is.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CertError {
-    /// The certificate is not valid DER X.509.
-    #[error("the hive's certificate cannot be parsed: {0}")]
-    Unparsable(String),
-    /// The subjectAltName extension is malformed.
-    #[error("the hive's certificate has a bad subjectAltName: {0}")]
-    BadSubjectAltName(String),
-    /// The id the hive claims is not among the certificate's names.
-    #[error(
-        "hive id {id:?} is not in the hive's TLS certificate ({carries}); with mutual TLS a hive may only \
-         claim an id its certificate carries (a DNS name, the CN, or a {HIVE_ID_URI_PREFIX}ID URI)"
-    )]
-    NotBound {
-        /// The id claimed (bounded).
-        id: String,
-        /// What the certificate carries (bounded).
-        carries: String,
-    },
 }
 
 /// Why a hive from the network may not be dialed at the addresses its name resolves to.

@@ -16,10 +16,30 @@
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use super::error::CertError;
-
 /// The URI SAN prefix that names a hive id: `rbee-hive-id:gpu-node-7`.
 pub const HIVE_ID_URI_PREFIX: &str = "rbee-hive-id:";
+
+/// Why a hive's certificate does not let it be the hive it says it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CertError {
+    /// The certificate is not valid DER X.509.
+    #[error("the hive's certificate cannot be parsed: {0}")]
+    Unparsable(String),
+    /// The subjectAltName extension is malformed.
+    #[error("the hive's certificate has a bad subjectAltName: {0}")]
+    BadSubjectAltName(String),
+    /// The id the hive claims is not among the certificate's names.
+    #[error(
+        "hive id {id:?} is not in the hive's TLS certificate ({carries}); with mutual TLS a hive may only \
+         claim an id its certificate carries (a DNS name, the CN, or a {HIVE_ID_URI_PREFIX}ID URI)"
+    )]
+    NotBound {
+        /// The id claimed (bounded).
+        id: String,
+        /// What the certificate carries (bounded).
+        carries: String,
+    },
+}
 
 /// Most names listed in a refusal (a certificate can carry many).
 const NAMES_SHOWN: usize = 4;

@@ -22,16 +22,13 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 use super::LinkSettings;
-use super::dial::{call_reason, stream_reason};
+use super::dial::{MAX_HIVE_MESSAGE_BYTES, call_reason, stream_reason};
 use super::error::LinkError;
 use super::health::{HealthInput, evaluate};
 use super::identity::CertNames;
 use super::ingest::{IngestState, Outcome};
 use super::window::SampleWindow;
 use crate::fleet::{ConnState, Fleet, FleetEvent, FleetSettings, HiveSnapshot, NewHive};
-
-/// Largest message the queen accepts from a hive.
-pub const MAX_HIVE_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// At most one warning about a hive per this period.
 const WARN_PERIOD: Duration = Duration::from_secs(10);
@@ -223,7 +220,9 @@ impl Manager {
 
     fn take_full(&mut self, identity: HiveIdentity, caps: VersionedCapabilities) -> Result<(), LinkError> {
         self.check_certificate(&identity.hive_id)?;
-        if let Err(holder) = self.fleet.claim_id(&identity.hive_id, &self.view.address) {
+        if let Err(crate::fleet::IdTaken { holder }) =
+            self.fleet.claim_id(&identity.hive_id, &self.view.address)
+        {
             return Err(LinkError::IdConflict { id: identity.hive_id, holder });
         }
         let changed =

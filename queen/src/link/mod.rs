@@ -8,6 +8,7 @@
 pub mod command;
 mod dial;
 mod error;
+mod guard;
 pub mod health;
 pub mod identity;
 pub mod ingest;
@@ -15,14 +16,17 @@ pub mod ingest_compact;
 mod manager;
 pub mod nvlink_baseline;
 mod settings;
+mod tls;
 pub mod window;
 
 use std::sync::Arc;
 
-pub use dial::{DialGuard, HiveTls};
-pub use error::{CertError, DialError, GuardError, HiveTlsError, IngestError, LinkError};
-pub use manager::MAX_HIVE_MESSAGE_BYTES;
+pub use dial::MAX_HIVE_MESSAGE_BYTES;
+pub use error::{DialError, GuardError, HiveTlsError, IngestError, LinkError};
+pub use guard::DialGuard;
+pub use identity::CertError;
 pub use settings::LinkSettings;
+pub use tls::HiveTls;
 
 use crate::fleet::{NewHive, Watcher};
 

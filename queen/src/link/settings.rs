@@ -16,9 +16,9 @@ pub struct LinkSettings {
     /// Longest reconnect delay.
     pub backoff_max: Duration,
     /// Mutual TLS for dialing hives (`https://` addresses); plaintext then only to loopback.
-    pub hive_tls: Option<super::HiveTls>,
+    pub hive_tls: Option<super::tls::HiveTls>,
     /// The allow-list, checked at every dial of a hive added over the API or announced.
-    pub dial_guard: Option<super::DialGuard>,
+    pub dial_guard: Option<super::guard::DialGuard>,
 }
 
 impl Default for LinkSettings {

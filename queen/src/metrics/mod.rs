@@ -59,7 +59,7 @@ pub fn encode(registry: &Registry) -> Result<String, std::fmt::Error> {
 pub fn render(registry: Arc<Registry>) -> rbee_shared::metrics_http::Render {
     Arc::new(move || {
         let registry = registry.clone();
-        Box::pin(async move { encode(&registry).map_err(|e| format!("encoding failed: {e}")) })
+        Box::pin(async move { Ok(encode(&registry)?) })
     })
 }
 

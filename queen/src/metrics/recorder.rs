@@ -1,6 +1,7 @@
 //! Counters kept where events happen (the scheduler's `place`), read at scrape time.
-//! A leaf: it imports only the scheduler's answer type, so the scheduler records into it
-//! without depending on the rest of `metrics`.
+//! A leaf: it imports nothing of the crate, and takes a plain [`PlaceResult`], so the
+//! scheduler records into it without this file or the rest of `metrics` depending on
+//! the scheduler.
 
 use std::time::Duration;
 
@@ -21,15 +22,6 @@ pub enum PlaceResult {
 impl PlaceResult {
     /// Every outcome, in label order.
     pub const ALL: [Self; 3] = [Self::Placed, Self::Rejected, Self::Error];
-
-    /// How a `place` call's answer counts.
-    pub fn of<E>(answer: &Result<crate::scheduler::Outcome, E>) -> Self {
-        match answer {
-            Ok(crate::scheduler::Outcome::Placed(_)) => Self::Placed,
-            Ok(crate::scheduler::Outcome::Rejected { .. }) => Self::Rejected,
-            Err(_) => Self::Error,
-        }
-    }
 
     /// The `outcome` label value.
     pub fn as_str(self) -> &'static str {

@@ -287,7 +287,7 @@ impl Scheduler {
                 error: PolicyError::Thread(format!("failed: {e}")),
             }
         })?;
-        self.place_stats.record(PlaceResult::of(&outcome), started.elapsed());
+        self.place_stats.record(place_result(&outcome), started.elapsed());
         outcome
     }
 }
@@ -301,4 +301,13 @@ fn reasons(view: &FleetView, req: &PlaceRequest) -> Vec<String> {
 fn hive_name(device: &DeviceRef) -> String {
     let id = device.hive.hive_id();
     if id.is_empty() { device.hive.address.clone() } else { id.to_owned() }
+}
+
+/// How a `place` call's answer counts in the placement metrics.
+fn place_result<E>(answer: &Result<Outcome, E>) -> PlaceResult {
+    match answer {
+        Ok(Outcome::Placed(_)) => PlaceResult::Placed,
+        Ok(Outcome::Rejected { .. }) => PlaceResult::Rejected,
+        Err(_) => PlaceResult::Error,
+    }
 }

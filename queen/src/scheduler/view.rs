@@ -74,7 +74,7 @@ impl DeviceRef {
 
     /// The GPU's live readings.
     pub fn live(&self) -> Option<&rbee_shared::GpuSample> {
-        self.parts.live(&self.hive)
+        self.parts.live(self.hive.view_parts())
     }
 
     /// Who holds the GPU's memory, where the hive lists it (`None` for the CPU).
@@ -92,7 +92,7 @@ impl DeviceRef {
         if self.is_cpu() {
             return self.hive.stats.cpu_mean_percent.or(self.hive.latest.as_ref()?.cpu_percent);
         }
-        self.parts.util(&self.hive)
+        self.parts.util(self.hive.view_parts())
     }
 
     /// The device's own health.
@@ -100,7 +100,7 @@ impl DeviceRef {
         if self.is_cpu() {
             return self.hive.health.placement;
         }
-        self.parts.health(&self.hive)
+        self.parts.health(self.hive.view_parts())
     }
 
     /// `hive/device`, for reasons.
@@ -123,7 +123,7 @@ pub use crate::fleet::usable_vram;
 /// parts): `None` when the hive has no VRAM reading for it.
 pub fn gpu_ref(hive: &Arc<HiveSnapshot>, id: &str, books: &Books<'_>) -> Option<DeviceRef> {
     let p = hive.placement();
-    let (_, row) = p.gpu(hive, id)?;
+    let (_, row) = p.gpu(id)?;
     gpu_handle(hive, id, row, books)
 }
 

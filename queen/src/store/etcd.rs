@@ -14,6 +14,9 @@
 //! The election itself (lease, campaign, renewal) is driven by `crate::ha`; this module
 //! holds its primitives and the role they reached.
 
+// New reservations reach etcd in batches: an extension of `EtcdStore`, in its own file.
+mod commit;
+
 use std::future::Future;
 use std::time::Duration;
 
@@ -22,10 +25,10 @@ use rbee_proto::etcd::{Compare, RequestOp};
 use tokio::sync::watch;
 
 use super::backend::{Leader, Store};
-use super::etcd_api::{self as api, EtcdClient, KeepAlive, Watcher};
-use super::etcd_commit::SharedCombiner;
+use super::etcd_api::{self as api, EtcdClient, EtcdTls, KeepAlive, Watcher};
 use super::records::encode;
 use super::{HiveRecord, PolicyRecord, ReservationRecord, Restored, StoreError};
+use commit::SharedCombiner;
 
 /// The leader key, under the prefix.
 const LEADER: &str = "leader";
@@ -49,38 +52,18 @@ pub struct EtcdSettings {
     pub tls: Option<EtcdTls>,
 }
 
-/// TLS to etcd: the CA that signed its server certificates, and this queen's client
-/// certificate and key for an etcd that asks for one (all PEM).
-#[derive(Clone)]
-pub struct EtcdTls {
-    /// The CA.
-    pub ca: Vec<u8>,
-    /// The client certificate and its key.
-    pub identity: Option<(Vec<u8>, Vec<u8>)>,
-}
-
-impl std::fmt::Debug for EtcdTls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EtcdTls")
-            .field("client_certificate", &self.identity.is_some())
-            .finish_non_exhaustive()
-    }
-}
-
 impl EtcdSettings {
     /// Parses `etcd://HOST:PORT[,HOST:PORT...]` into endpoints (https ones with `tls`).
-    pub fn parse_endpoints(url: &str, tls: bool) -> Result<Vec<String>, String> {
+    pub fn parse_endpoints(url: &str, tls: bool) -> Result<EndpointUrls, EndpointsError> {
         let scheme = if tls { "https" } else { "http" };
-        let rest = url
-            .strip_prefix("etcd://")
-            .ok_or_else(|| format!("--store {url:?}: give etcd://HOST:PORT[,HOST:PORT...]"))?;
+        let rest = url.strip_prefix("etcd://").ok_or_else(|| EndpointsError::NotEtcd(url.to_owned()))?;
         let endpoints: Vec<String> = rest
             .split(',')
             .map(str::trim)
             .map(|hp| {
                 let hp = hp.trim_end_matches('/');
                 if hp.is_empty() || hp.contains('/') || !hp.contains(':') {
-                    Err(format!("--store {url:?}: {hp:?} is not HOST:PORT"))
+                    Err(EndpointsError::NotHostPort { url: url.to_owned(), part: hp.to_owned() })
                 } else {
                     Ok(format!("{scheme}://{hp}"))
                 }
@@ -278,7 +261,8 @@ impl EtcdStore {
         let mut restored = Restored::default();
         // An unreadable record is refused with its key (etcd answered: it is not down).
         for kv in self.prefixed("reservations/").await? {
-            let r: ReservationRecord = decode(kv.0.as_str(), &kv.1).map_err(StoreError::Refused)?;
+            let r: ReservationRecord =
+                decode(kv.0.as_str(), &kv.1).map_err(|e| StoreError::Refused(e.to_string()))?;
             if kv.0 != self.key(&format!("reservations/{}", r.id)) {
                 return Err(StoreError::Refused(format!(
                     "the record {:?} is unreadable: its id {:?} is not its key",
@@ -288,10 +272,13 @@ impl EtcdStore {
             restored.reservations.push(r);
         }
         for kv in self.prefixed("hives/").await? {
-            restored.hives.push(decode(kv.0.as_str(), &kv.1).map_err(StoreError::Refused)?);
+            restored
+                .hives
+                .push(decode(kv.0.as_str(), &kv.1).map_err(|e| StoreError::Refused(e.to_string()))?);
         }
         if let Some(kv) = self.prefixed("facts/policy").await?.into_iter().next() {
-            restored.policy = Some(decode(kv.0.as_str(), &kv.1).map_err(StoreError::Refused)?);
+            restored.policy =
+                Some(decode(kv.0.as_str(), &kv.1).map_err(|e| StoreError::Refused(e.to_string()))?);
         }
         Ok(restored)
     }
@@ -470,8 +457,40 @@ fn etcd_error(endpoints: &[String], e: impl std::fmt::Display) -> StoreError {
     StoreError::Etcd { endpoints: endpoints.join(","), reason: e.to_string() }
 }
 
-fn decode<T: serde::Serialize + serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, String> {
-    super::records::decode(bytes).map_err(|e| format!("the record {key:?} is unreadable: {e}"))
+fn decode<T: serde::Serialize + serde::de::DeserializeOwned>(
+    key: &str,
+    bytes: &[u8],
+) -> Result<T, UnreadableRecord> {
+    super::records::decode(bytes).map_err(|source| UnreadableRecord { key: key.to_owned(), source })
+}
+
+/// A record in etcd that does not decode.
+#[derive(Debug, thiserror::Error)]
+#[error("the record {key:?} is unreadable: {source}")]
+struct UnreadableRecord {
+    /// Its key.
+    key: String,
+    /// What is wrong with it.
+    source: super::records::DamagedRecord,
+}
+
+/// etcd endpoints as URLs (`http(s)://HOST:PORT`).
+pub type EndpointUrls = Vec<String>;
+
+/// Why `--store etcd://...` names no etcd endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointsError {
+    /// Not an `etcd://` URL.
+    #[error("--store {0:?}: give etcd://HOST:PORT[,HOST:PORT...]")]
+    NotEtcd(String),
+    /// One of its parts is not `HOST:PORT`.
+    #[error("--store {url:?}: {part:?} is not HOST:PORT")]
+    NotHostPort {
+        /// The URL.
+        url: String,
+        /// The part.
+        part: String,
+    },
 }
 
 #[cfg(test)]

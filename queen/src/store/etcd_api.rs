@@ -25,7 +25,47 @@ use tonic::Status;
 use tonic::codec::Streaming;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use super::etcd::EtcdTls;
+/// TLS to etcd: the CA that signed its server certificates, and this queen's client
+/// certificate and key for an etcd that asks for one (all PEM).
+#[derive(Clone)]
+pub struct EtcdTls {
+    /// The CA.
+    pub ca: Vec<u8>,
+    /// The client certificate and its key.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdTls")
+            .field("client_certificate", &self.identity.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a client for etcd cannot be made (nothing was dialed yet).
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// An endpoint is not a URL tonic can dial.
+    #[error("{url:?} is not an endpoint: {source}")]
+    NotEndpoint {
+        /// The endpoint.
+        url: String,
+        /// Why.
+        source: tonic::transport::Error,
+    },
+    /// The TLS set-up for an endpoint failed.
+    #[error("TLS to {url}: {source}")]
+    Tls {
+        /// The endpoint.
+        url: String,
+        /// Why.
+        source: tonic::transport::Error,
+    },
+    /// The list of endpoints is empty.
+    #[error("no etcd endpoint given")]
+    NoEndpoint,
+}
 
 /// The clients of one etcd cluster (cheap to clone; the channel reconnects by itself).
 #[derive(Clone)]
@@ -39,7 +79,11 @@ impl EtcdClient {
     /// A channel balanced over `endpoints` (`http(s)://HOST:PORT`; https with `tls`), connected lazily: etcd
     /// may be down now and come later. Each request (up to its answer's headers) is
     /// bounded by `timeout`. Must be called inside the runtime.
-    pub fn connect(endpoints: &[String], timeout: Duration, tls: Option<&EtcdTls>) -> Result<Self, String> {
+    pub fn connect(
+        endpoints: &[String],
+        timeout: Duration,
+        tls: Option<&EtcdTls>,
+    ) -> Result<Self, ConnectError> {
         let tls = tls.map(|tls| {
             let config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.ca));
             match &tls.identity {
@@ -51,18 +95,20 @@ impl EtcdClient {
             .iter()
             .map(|url| {
                 let endpoint = Endpoint::from_shared(url.clone())
-                    .map_err(|e| format!("{url:?} is not an endpoint: {e}"))?
+                    .map_err(|source| ConnectError::NotEndpoint { url: url.clone(), source })?
                     .connect_timeout(timeout)
                     .timeout(timeout)
                     .tcp_nodelay(true);
                 match &tls {
-                    Some(tls) => endpoint.tls_config(tls.clone()).map_err(|e| format!("TLS to {url}: {e}")),
+                    Some(tls) => endpoint
+                        .tls_config(tls.clone())
+                        .map_err(|source| ConnectError::Tls { url: url.clone(), source }),
                     None => Ok(endpoint),
                 }
             })
             .collect::<Result<Vec<_>, _>>()?;
         if endpoints.is_empty() {
-            return Err("no etcd endpoint given".into());
+            return Err(ConnectError::NoEndpoint);
         }
         let channel = Channel::balance_list(endpoints.into_iter());
         Ok(Self {

@@ -14,7 +14,6 @@
 mod backend;
 mod etcd;
 mod etcd_api;
-mod etcd_commit;
 mod group;
 mod records;
 
@@ -25,7 +24,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 #[cfg(test)]
 pub(crate) use backend::TestStore;
 pub use backend::{Leader, Store};
-pub use etcd::{Campaign, EtcdSettings, EtcdStore, EtcdTls, Renewal, Role};
+pub use etcd::{Campaign, EtcdSettings, EtcdStore, Renewal, Role};
+pub use etcd_api::EtcdTls;
 pub use group::GroupCommit;
 pub use records::{HiveRecord, PolicyRecord, ReservationRecord, Restored};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};

@@ -26,5 +26,3 @@ mod scenario;
 mod state;
 #[path = "../../src/symbols.rs"]
 mod symbols;
-#[path = "../../src/topology.rs"]
-mod topology;

@@ -9,8 +9,8 @@ use nvml_wrapper_sys::bindings::{self as sys, nvmlDevice_t, nvmlReturn_t};
 use super::{INVALID_ARGUMENT, NOT_SUPPORTED, SUCCESS, answer, fill, put};
 use crate::codes::ErrorCode;
 use crate::scenario::Gpu;
+use crate::scenario::topology::{MAX_LINKS, NVSWITCH_BUS_ID, Remote, common_ancestor, p2p_nvlink};
 use crate::state::{State, call, device_call, handle, mig_handle, resolve_device};
-use crate::topology::{MAX_LINKS, NVSWITCH_BUS_ID, Remote, common_ancestor, p2p_nvlink};
 
 /// Runs `f` on two devices (positions and GPUs), after the checks of
 /// [`crate::state::device_call`] on the first.

@@ -11,16 +11,19 @@ pub mod view;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use clap::Args;
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind};
 use rbee_proto::v1 as pb;
 use tokio::sync::mpsc;
 
 use self::model::{Action, Key, Model};
-use super::args::{QueenUrl, TopArgs};
 use super::client::{is_final, on_queens, open_watch, reconnect_backoff, rpc_error, scheduler};
+use super::command::{RunCommand, done};
+use super::flags::QueenUrl;
 
 /// How often the screen is redrawn without news (sample ages keep counting).
 const REDRAW: Duration = Duration::from_secs(1);
@@ -168,4 +171,21 @@ fn spawn_key_reader() -> mpsc::Receiver<Key> {
         }
     });
     rx
+}
+
+/// `queen top`.
+#[derive(Debug, Clone, Args)]
+pub struct TopArgs {
+    /// Show only hives with this label, KEY=VALUE (press / to change it in the view).
+    #[arg(long = "label", value_name = "KEY=VALUE", env = "QUEEN_TOP_LABEL", value_parser = rbee_shared::labels::parse_label)]
+    pub label: Option<(String, String)>,
+    /// The queen.
+    #[command(flatten)]
+    pub queen: QueenUrl,
+}
+
+impl RunCommand for TopArgs {
+    async fn run(self) -> Result<ExitCode> {
+        done(run(self).await)
+    }
 }

@@ -20,10 +20,10 @@ use std::sync::{Arc, Mutex};
 
 use rbee_proto::etcd::response_op::Response;
 
-use super::etcd::EtcdStore;
-use super::etcd_api as api;
-use super::records::encode;
-use super::{ReservationRecord, StoreError};
+use super::EtcdStore;
+use crate::store::etcd_api as api;
+use crate::store::records::encode;
+use crate::store::{ReservationRecord, StoreError};
 
 /// Most reservations in one transaction (etcd takes at most 128 operations in one; a
 /// reservation needs at most two).
@@ -32,7 +32,7 @@ pub const MAX_BATCH: usize = 60;
 const TRIES: usize = 16;
 
 /// A reservation waiting to be committed.
-pub(super) struct Pending {
+pub(in crate::store) struct Pending {
     /// The record.
     record: ReservationRecord,
     /// Its device's capacity.
@@ -43,7 +43,7 @@ pub(super) struct Pending {
 
 /// The queue and the combiner lock.
 #[derive(Default)]
-pub(super) struct Combiner {
+pub(in crate::store) struct Combiner {
     /// Reservations queued, not yet taken by a combiner.
     queue: Mutex<Vec<Pending>>,
     /// Held by the caller committing a batch.
@@ -56,7 +56,11 @@ type Totals = BTreeMap<String, (u64, i64)>;
 impl EtcdStore {
     /// Commits `record` with whatever else is queued; returns once it is in etcd (or
     /// refused).
-    pub(super) fn commit_combined(&self, record: &ReservationRecord, total: u64) -> Result<(), StoreError> {
+    pub(in crate::store) fn commit_combined(
+        &self,
+        record: &ReservationRecord,
+        total: u64,
+    ) -> Result<(), StoreError> {
         let (reply, answer) = sync_channel(1);
         let combiner = self.combiner();
         lock(&combiner.queue).push(Pending { record: record.clone(), total, reply });
@@ -184,4 +188,4 @@ impl StoreError {
 }
 
 /// Shared by the store and its callers.
-pub(super) type SharedCombiner = Arc<Combiner>;
+pub(in crate::store) type SharedCombiner = Arc<Combiner>;
