@@ -5,6 +5,7 @@ use rbee_proto::v1 as pb;
 use crate::fleet::{ConnState, Counters, FleetEvent, HiveSnapshot, Origin};
 use crate::fleet::{Health, HealthReport, WindowStats};
 use crate::scheduler::SchedulerEvent;
+use crate::scheduler::figures::DeviceFigures;
 
 impl From<ConnState> for pb::HiveState {
     fn from(s: ConnState) -> Self {
@@ -84,8 +85,23 @@ fn devices(h: &HealthReport) -> Vec<pb::DeviceHealth> {
             index: d.index,
             health: pb::Health::from(d.health) as i32,
             reasons: d.reasons.clone(),
+            reserved_bytes: 0,
+            placeable_bytes: None,
         })
         .collect()
+}
+
+/// A hive's view with each GPU's reservation figures ([`DeviceFigures`]: what this
+/// queen's reservations hold there, and what admission would grant there now).
+pub fn hive_view(h: &HiveSnapshot, figures: &[DeviceFigures]) -> pb::HiveView {
+    let mut view = pb::HiveView::from(h);
+    for d in &mut view.devices {
+        if let Some(f) = figures.iter().find(|f| f.device_id == d.device_id) {
+            d.reserved_bytes = f.reserved;
+            d.placeable_bytes = f.placeable;
+        }
+    }
+    view
 }
 
 impl From<&HiveSnapshot> for pb::HiveView {
@@ -342,8 +358,13 @@ impl HivePage {
     /// (never before its first hive, which the per-hive budgets keep far smaller).
     ///
     /// [`view_budget::MAX_ANSWER_BYTES`]: rbee_shared::view_budget::MAX_ANSWER_BYTES
-    pub fn response(&self, hives: &[std::sync::Arc<HiveSnapshot>]) -> pb::ListHivesResponse {
-        let page = views_within(hives.iter().take(self.size), rbee_shared::view_budget::MAX_ANSWER_BYTES);
+    pub fn response(
+        &self,
+        hives: &[std::sync::Arc<HiveSnapshot>],
+        figures: &dyn Fn(&HiveSnapshot) -> Vec<DeviceFigures>,
+    ) -> pb::ListHivesResponse {
+        let page =
+            views_within(hives.iter().take(self.size), rbee_shared::view_budget::MAX_ANSWER_BYTES, figures);
         let next_page_token = match (hives.len() > page.len(), page.last()) {
             (true, Some(last)) => Self::token(&last.address),
             _ => String::new(),
@@ -398,17 +419,18 @@ impl TryFrom<&pb::ListHivesRequest> for HivePage {
     }
 }
 
-/// The views of `hives`, in order, until the next one would take the encoded total
+/// The views of `hives` (with their devices' `figures`), in order, until the next one would take the encoded total
 /// past `budget` bytes (never fewer than one while there are any): one `ListHives`
 /// page, or one part of a `WatchFleet` snapshot.
 pub fn views_within<'a>(
     hives: impl IntoIterator<Item = &'a std::sync::Arc<HiveSnapshot>>,
     budget: usize,
+    figures: &dyn Fn(&HiveSnapshot) -> Vec<DeviceFigures>,
 ) -> Vec<pb::HiveView> {
     let mut views = Vec::new();
     let mut bytes = 0;
     for hive in hives {
-        let view = pb::HiveView::from(hive.as_ref());
+        let view = hive_view(hive, &figures(hive));
         // With the repeated field's tag and length prefix.
         let len = prost::Message::encoded_len(&view) + 8;
         if !views.is_empty() && bytes + len > budget {
@@ -469,7 +491,8 @@ mod hive_page_tests {
         loop {
             let rest: Vec<_> =
                 hives.iter().filter(|h| after.as_ref().is_none_or(|a| h.address > *a)).cloned().collect();
-            let page = HivePage { after: after.clone(), size: HivePage::DEFAULT_SIZE }.response(&rest);
+            let page = HivePage { after: after.clone(), size: HivePage::DEFAULT_SIZE }
+                .response(&rest, &|_| Vec::new());
             let bytes = prost::Message::encoded_len(&page);
             assert!(bytes <= rbee_shared::view_budget::MAX_ANSWER_BYTES, "{bytes} bytes");
             assert!(!page.hives.is_empty());

@@ -95,13 +95,13 @@ impl FleetApi for FleetService {
     ) -> Result<Response<pb::ListHivesResponse>, Status> {
         let page = HivePage::try_from(request.get_ref())?;
         let hives = self.fleet.list_after(page.after.as_deref(), page.size + 1);
-        Ok(Response::new(page.response(&hives)))
+        Ok(Response::new(page.response(&hives, &|h| self.scheduler.figures(h))))
     }
 
     async fn get_hive(&self, request: Request<pb::GetHiveRequest>) -> Result<Response<pb::HiveView>, Status> {
         let k = key(&request.get_ref().hive)?;
         let hive = self.fleet.get(k).ok_or_else(|| QueenError::NotFound(k.to_owned()))?;
-        Ok(Response::new(hive.as_ref().into()))
+        Ok(Response::new(super::convert::hive_view(&hive, &self.scheduler.figures(&hive))))
     }
 
     type WatchFleetStream = FleetEventStream;

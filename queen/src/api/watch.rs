@@ -26,6 +26,7 @@ use rbee_shared::view_budget;
 
 use crate::QueenError;
 use crate::fleet::{Fleet, FleetEvent, HiveSnapshot};
+use crate::scheduler::figures::DeviceFigures;
 use crate::scheduler::{Scheduler, SchedulerEvent};
 
 type Event = pb::fleet_event::Event;
@@ -63,6 +64,8 @@ impl Watchers {
 pub struct WatchSession {
     /// The fleet.
     fleet: Arc<Fleet>,
+    /// The scheduler, for the devices' reservation figures in snapshots.
+    scheduler: Arc<Scheduler>,
     /// Structural events.
     events: broadcast::Receiver<FleetEvent>,
     /// Reservation events.
@@ -93,13 +96,14 @@ impl WatchSession {
     /// Subscribes first, then snapshots, so that no change falls between the two.
     pub fn new(
         fleet: Arc<Fleet>,
-        scheduler: &Scheduler,
+        scheduler: &Arc<Scheduler>,
         sample_every: Option<Duration>,
         permit: OwnedSemaphorePermit,
     ) -> Self {
         Self {
             events: fleet.subscribe(),
             books: scheduler.subscribe(),
+            scheduler: scheduler.clone(),
             fleet,
             samples: sample_every.map(|every| {
                 let mut t = tokio::time::interval(every);
@@ -190,7 +194,11 @@ impl WatchSession {
                 return Some(self.envelope(Event::Snapshot(part)));
             }
             if let Some(coalesced) = self.snapshot.take() {
-                self.parts = snapshot_parts(&self.fleet.list(), coalesced, view_budget::MAX_ANSWER_BYTES);
+                let scheduler = &self.scheduler;
+                self.parts =
+                    snapshot_parts(&self.fleet.list(), coalesced, view_budget::MAX_ANSWER_BYTES, &|h| {
+                        scheduler.figures(h)
+                    });
                 continue;
             }
             if let Some(e) = self.due_caps() {
@@ -268,11 +276,12 @@ pub fn snapshot_parts(
     hives: &[Arc<HiveSnapshot>],
     coalesced: bool,
     budget: usize,
+    figures: &dyn Fn(&HiveSnapshot) -> Vec<DeviceFigures>,
 ) -> VecDeque<pb::FleetSnapshot> {
     let mut parts = VecDeque::new();
     let mut rest = hives;
     loop {
-        let views = super::convert::views_within(rest, budget);
+        let views = super::convert::views_within(rest, budget, figures);
         rest = &rest[views.len()..];
         let more = !rest.is_empty();
         parts.push_back(pb::FleetSnapshot { hives: views, coalesced, more });
@@ -300,14 +309,14 @@ mod tests {
             })
             .collect();
         let one = prost::Message::encoded_len(&pb::HiveView::from(hives[0].as_ref())) + 8;
-        let parts = snapshot_parts(&hives, true, 3 * one);
+        let parts = snapshot_parts(&hives, true, 3 * one, &|_| Vec::new());
         assert_eq!(parts.len(), 4);
         assert!(parts.iter().all(|p| p.coalesced && p.hives.len() <= 3));
         let more: Vec<bool> = parts.iter().map(|p| p.more).collect();
         assert_eq!(more, [true, true, true, false]);
         let all: Vec<&str> = parts.iter().flat_map(|p| p.hives.iter().map(|h| h.address.as_str())).collect();
         assert_eq!(all.len(), 10);
-        let empty = snapshot_parts(&[], false, 100);
+        let empty = snapshot_parts(&[], false, 100, &|_| Vec::new());
         assert_eq!(empty.len(), 1);
         assert!(!empty[0].more && empty[0].hives.is_empty());
     }

@@ -157,6 +157,14 @@ pub fn render_detail(v: &pb::HiveView) -> String {
                 health.map_or("", |h| health_name(h.health())),
                 g.id,
             );
+            if let Some(h) = health {
+                let _ = writeln!(
+                    out,
+                    "         reserved {} placeable {}",
+                    format_bytes(h.reserved_bytes),
+                    h.placeable_bytes.map_or("-".into(), format_bytes),
+                );
+            }
             super::render_processes::render_gpu_processes(&mut out, live);
         }
     }

@@ -15,6 +15,7 @@ pub mod book;
 pub mod bounded_text;
 mod durable;
 mod events;
+pub mod figures;
 mod place;
 pub mod policy;
 mod reload;
