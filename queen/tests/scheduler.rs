@@ -130,6 +130,42 @@ vram_used = ["12GiB"]
     assert!(out.contains("reserved 30.0 GiB placeable 38.0 GiB"), "{out}");
 }
 
+/// A hive degraded only by its CPU load (every load passes a 0% threshold) still takes
+/// GPU placements, and the answer says why it is degraded; CPU work is refused, and the
+/// rejection counts the cause.
+#[tokio::test]
+async fn a_cpu_busy_hive_still_takes_gpu_placements() {
+    let hive = TestHive::start_named("cpu-busy-1", TWO_GPUS).await;
+    let mut config = fast_config(vec![hive.url()]);
+    config.fleet.thresholds.cpu_degraded_percent = 0.0;
+    config.scheduler = settings();
+    let queen = TestQueen::start_with(config, "127.0.0.1:0".parse().unwrap()).await;
+    let mut fleet = queen.client().await;
+    wait_for(&mut fleet, "the hive online and degraded by its CPU", |hs| {
+        hs.iter().all(|h| {
+            online(h)
+                && h.health() == pb::Health::Degraded
+                && h.health_reasons.iter().any(|r| r.starts_with("cpu ") && r.ends_with(">= 0%"))
+        })
+    })
+    .await;
+    let mut client = pb::scheduler_client::SchedulerClient::connect(queen.url()).await.unwrap();
+    let p = placement(client.place(gpu_request(8 * GIB)).await.unwrap().into_inner());
+    assert_eq!(p.hive_id, "cpu-busy-1");
+    assert!(
+        p.notes.iter().any(|n| n.starts_with("cpu-busy-1: degraded: cpu ") && n.contains(">= 0%")),
+        "{p:?}"
+    );
+    let cpu = pb::PlaceRequest {
+        model: "m".into(),
+        ram_bytes: Some(GIB),
+        device_kind: pb::DeviceKind::Cpu as i32,
+        ..Default::default()
+    };
+    let refused = rejection(client.place(cpu).await.unwrap().into_inner());
+    assert!(refused.reason.ends_with("no hive fits: 1 degraded (cpu >= 0%)"), "{refused:?}");
+}
+
 #[tokio::test]
 async fn two_hundred_concurrent_placements_never_oversubscribe_a_device() {
     let hives = [TestHive::start_named("c1", TWO_GPUS).await, TestHive::start_named("c2", TWO_GPUS).await];

@@ -224,6 +224,7 @@ impl From<&crate::scheduler::Outcome> for pb::PlaceResponse {
                 estimated_load_ms: p.weights.est_load_ms,
                 prefetching: p.prefetching,
                 reservation_token: p.token.as_ref().map(|t| t.secret().to_owned()).unwrap_or_default(),
+                notes: p.notes.clone(),
             }),
             Outcome::Rejected { reason, hive_reasons } => {
                 R::Rejection(pb::Rejection { reason: reason.clone(), hive_reasons: hive_reasons.clone() })
@@ -299,6 +300,7 @@ impl TryFrom<&pb::HiveView> for HiveSnapshot {
                 .collect(),
         });
         let age = v.sample_age_ms.map(Duration::from_millis);
+        let cpu_busy = v.health_reasons.iter().find_map(|r| cpu_busy_of(r));
         Ok(Self {
             address: v.address.clone(),
             origin,
@@ -313,7 +315,14 @@ impl TryFrom<&pb::HiveView> for HiveSnapshot {
             clock_skew_ms: v.clock_skew_ms,
             health: Arc::new(HealthReport {
                 health: health(v.health),
-                placement: health(v.health),
+                // A hive degraded by its CPU alone stays placeable for GPU work, as it
+                // was in the queen that saved it.
+                placement: if cpu_busy.is_some() && v.health_reasons.len() == 1 {
+                    Health::Healthy
+                } else {
+                    health(v.health)
+                },
+                cpu_busy,
                 reasons: v.health_reasons.clone(),
                 devices: v
                     .devices
@@ -334,6 +343,12 @@ impl TryFrom<&pb::HiveView> for HiveSnapshot {
         }
         .with_placement())
     }
+}
+
+/// The CPU load reason of a saved hive view ("cpu 97% (10 s mean) >= 95%"), read back.
+fn cpu_busy_of(reason: &str) -> Option<crate::fleet::CpuBusy> {
+    let limit = reason.strip_prefix("cpu ")?.rsplit_once(">= ")?.1.strip_suffix('%')?.parse().ok()?;
+    Some(crate::fleet::CpuBusy { limit_percent: limit, reason: reason.to_owned() })
 }
 
 /// One page of `ListHives`: where to start and how many.

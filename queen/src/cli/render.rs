@@ -294,6 +294,9 @@ pub fn render_place(r: &pb::PlaceResponse) -> String {
                 // reservation (nobody else can list it).
                 let _ = write!(out, "\nstart the worker with RBEE_RESERVATION_TOKEN={}", p.reservation_token);
             }
+            for note in &p.notes {
+                let _ = write!(out, "\nnote: {note}");
+            }
             let weights = match p.weights() {
                 pb::WeightsLocation::Ram => "in RAM",
                 pb::WeightsLocation::Disk => "on disk",

@@ -20,7 +20,7 @@ mod state;
 mod stats;
 
 pub use events::{EVENT_CAPACITY, FleetEvent};
-pub use health::{DeviceHealth, Health, HealthReport};
+pub use health::{CpuBusy, DeviceHealth, Health, HealthReport};
 pub use placement::{GpuLoad, PlacementSummary, RamLoad, usable_vram};
 pub use registry::{Fleet, HiveHandle, NewHive, PUBLISH_DELAY_BUCKETS, Watcher};
 pub use settings::{FleetSettings, Thresholds};
