@@ -80,3 +80,22 @@ fn a_rejection_counts_its_causes() {
     let Outcome::Rejected { reason, .. } = s.place_blocking(&cpu(1 << 40)).unwrap() else { panic!() };
     assert_eq!(reason, "no hive fits: 3 degraded (cpu >= 95%), 1 lost, 2 too little available RAM");
 }
+
+/// A policy vetoes busy hives with `hive.cpu_busy` (the example in docs/scheduling.md).
+#[test]
+fn a_policy_can_keep_gpu_work_off_busy_hives() {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    let text = "fn place(request, fleet) {\n    let ranked = fleet.least_loaded(request, 8).filter(|d| !d.hive.cpu_busy);\n    if ranked.is_empty() { return reject(fleet.why_no_fit(request)); }\n    ranked\n}\n";
+    std::io::Write::write_all(&mut file, text.as_bytes()).unwrap();
+    let mut settings = SchedulerSettings { policy_file: Some(file.path().to_owned()), ..Default::default() };
+    settings.limits.budget = std::time::Duration::from_secs(2);
+    let s = Scheduler::new(Arc::new(StaticHives(vec![busy("busy-1", 4)])), settings.clone()).unwrap();
+    let Outcome::Rejected { reason, .. } = s.place_blocking(&PlaceRequest::gpu(8 * GIB)).unwrap() else {
+        panic!("the policy vetoes the busy hive");
+    };
+    assert_eq!(reason, "every device that fits was passed over by the policy");
+    let calm = hive("calm-1", 1, 24, 4, 0.0, ConnState::Online, &[]);
+    let s = Scheduler::new(Arc::new(StaticHives(vec![busy("busy-1", 4), calm])), settings).unwrap();
+    let Outcome::Placed(p) = s.place_blocking(&PlaceRequest::gpu(8 * GIB)).unwrap() else { panic!() };
+    assert_eq!(p.hive_id, "calm-1");
+}
