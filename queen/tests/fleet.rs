@@ -263,14 +263,15 @@ async fn watch_fleet_sends_samples_at_the_asked_rate_and_refuses_bad_rates() {
     let hive = TestHive::start_named("w", ONE_GPU).await;
     let queen = TestQueen::start(vec![hive.url()]).await;
     let mut client = queen.client().await;
-    let bad = client.watch_fleet(pb::WatchFleetRequest { sample_interval_ms: Some(5) }).await;
+    let bad =
+        client.watch_fleet(pb::WatchFleetRequest { sample_interval_ms: Some(5), ..Default::default() }).await;
     let err = match bad {
         Err(s) => s,
         Ok(r) => r.into_inner().message().await.unwrap_err(),
     };
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     let mut stream = client
-        .watch_fleet(pb::WatchFleetRequest { sample_interval_ms: Some(200) })
+        .watch_fleet(pb::WatchFleetRequest { sample_interval_ms: Some(200), ..Default::default() })
         .await
         .unwrap()
         .into_inner();

@@ -210,9 +210,10 @@ pub fn render_event(e: &pb::FleetEvent) -> String {
         None => "(empty)".to_owned(),
         Some(Event::Snapshot(s)) => {
             let mut line = format!(
-                "snapshot: {}{}{}",
+                "snapshot: {}{}{}{}",
                 count(s.hives.len(), "hive"),
                 if s.coalesced { " (coalesced)" } else { "" },
+                if s.reset { " (reset: events since the last one seen are gone)" } else { "" },
                 if s.more { " (more parts follow)" } else { "" }
             );
             for h in &s.hives {
@@ -425,6 +426,7 @@ mod tests {
                 hives: vec![pb::HiveView::default()],
                 coalesced: false,
                 more: false,
+                reset: false,
             })),
             ..Default::default()
         };
