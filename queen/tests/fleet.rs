@@ -328,7 +328,8 @@ async fn watch_fleet_resumes_with_exactly_the_missed_events() {
     let open = |after: Option<u64>, epoch: u64| {
         let mut client = watcher.clone();
         async move {
-            let req = pb::WatchFleetRequest { resume_after_seq: after, resume_epoch: epoch, ..Default::default() };
+            let req =
+                pb::WatchFleetRequest { resume_after_seq: after, resume_epoch: epoch, ..Default::default() };
             client.watch_fleet(req).await.unwrap().into_inner()
         }
     };
@@ -357,7 +358,8 @@ async fn watch_fleet_resumes_with_exactly_the_missed_events() {
     assert!(s.reset);
     // A seq from the future: refused.
     let mut c = client.clone();
-    let ahead = pb::WatchFleetRequest { resume_after_seq: Some(1 << 40), resume_epoch: epoch, ..Default::default() };
+    let ahead =
+        pb::WatchFleetRequest { resume_after_seq: Some(1 << 40), resume_epoch: epoch, ..Default::default() };
     let refused = match c.watch_fleet(ahead).await {
         Err(s) => s,
         Ok(r) => r.into_inner().message().await.unwrap_err(),

@@ -77,7 +77,12 @@ fn names(m: &Model) -> Vec<String> {
 fn a_snapshot_in_parts_builds_the_whole_fleet() {
     let mut m = fleet_model();
     let part = |hives: Vec<pb::HiveView>, more: bool| {
-        event(pb::fleet_event::Event::Snapshot(pb::FleetSnapshot { hives, coalesced: true, more, reset: false }))
+        event(pb::fleet_event::Event::Snapshot(pb::FleetSnapshot {
+            hives,
+            coalesced: true,
+            more,
+            reset: false,
+        }))
     };
     m.apply(part(vec![view_of("http://c:1", "gamma", "eu", 1.0, GIB)], true), Instant::now());
     assert_eq!(names(&m), ["gamma"], "the first part replaces the rows");

@@ -520,4 +520,22 @@ mod hive_page_tests {
         }
         assert_eq!(seen, 5);
     }
+    /// A saved view of a hive degraded by its CPU alone (`queen hives --json`, read back
+    /// by `queen policy check --fleet`) stays placeable for GPU work, as it was live;
+    /// one with another problem too does not.
+    #[test]
+    fn a_saved_cpu_busy_hive_stays_placeable_for_gpu_work() {
+        let view = |reasons: &[&str]| pb::HiveView {
+            address: "http://10.0.0.1:7835".into(),
+            state: pb::HiveState::Online as i32,
+            health: pb::Health::Degraded as i32,
+            health_reasons: reasons.iter().map(|r| (*r).to_owned()).collect(),
+            ..Default::default()
+        };
+        let busy = HiveSnapshot::try_from(&view(&["cpu 97% (10 s mean) >= 95%"])).unwrap();
+        assert_eq!((busy.health.health, busy.health.placement), (Health::Degraded, Health::Healthy));
+        assert_eq!(busy.health.cpu_busy.as_ref().map(|b| b.limit_percent), Some(95.0));
+        let both = HiveSnapshot::try_from(&view(&["cpu 97% (10 s mean) >= 95%", "ram 92% >= 90%"])).unwrap();
+        assert_eq!(both.health.placement, Health::Degraded);
+    }
 }
