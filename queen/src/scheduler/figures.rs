@@ -1,12 +1,16 @@
 //! The per-device figures a scheduler client reads: what this queen's active
 //! reservations hold on each GPU, and what admission would still grant there now.
 //!
-//! [`placeable`] is the one computation of "free for placement": admission (the
-//! placement scan, a policy's `device.vram_free`, the commit and a dry run), the
-//! `rbee_gpu_memory_placeable_bytes` gauge and the Fleet API's `placeable_bytes` all read
-//! it, from the same inputs: the VRAM jobs can use ([`usable_vram`]: the total less what
-//! the driver reserves) and the newest sample's used VRAM. The figures are as of the
-//! book's last settlement (upkeep settles with every sample it sees, once a second).
+//! [`placeable`] is the one computation of "free for placement": what the commit of a
+//! `Place` (or a dry run) grants on a device, the `rbee_gpu_memory_placeable_bytes`
+//! gauge and the Fleet API's `placeable_bytes` all read it, from the same inputs: the
+//! VRAM jobs can use ([`usable_vram`]: the total less what the driver reserves), the
+//! newest sample's used VRAM and process list, and the book settled with that sample
+//! (as the commit settles it first; tried on a copy here, so reading changes nothing).
+//! The policy's view (`device.vram_free`, the candidate scan) reads the same formula as
+//! of the book's last settlement (upkeep settles once a second); the commit re-checks.
+
+use rbee_shared::GpuProcesses;
 
 use super::book::Book;
 use super::{Scheduler, view};
@@ -28,9 +32,17 @@ pub struct DeviceFigures {
 }
 
 /// Free for placement on one device: `usable - max(observed used, committed)`, where
-/// committed is the book's baseline plus its active reservations there.
-pub fn placeable(book: &Book, address: &str, device_id: &str, usable: u64, used: u64) -> u64 {
-    book.free(address, device_id, usable, used)
+/// committed is the book's baseline plus its active reservations there, once settled
+/// with the sample's `used` and `processes`.
+pub fn placeable(
+    book: &Book,
+    address: &str,
+    device_id: &str,
+    usable: u64,
+    used: u64,
+    processes: Option<&GpuProcesses>,
+) -> u64 {
+    book.free_settled(address, device_id, usable, used, processes)
 }
 
 /// The figures of every GPU of a hive, in the order of its capabilities' GPU map.
@@ -42,14 +54,18 @@ pub fn gpu_figures(book: &Book, h: &HiveSnapshot) -> Vec<DeviceFigures> {
         .values()
         .map(|gpu| {
             let live = sample.and_then(|s| s.gpus.iter().find(|g| g.id == gpu.id));
-            let reading =
-                live.and_then(|g| g.vram_used_bytes.map(|used| (usable_vram(gpu.vram_total_bytes, g), used)));
+            let reading = live.and_then(|g| {
+                g.vram_used_bytes
+                    .map(|used| (usable_vram(gpu.vram_total_bytes, g), used, g.processes.as_ref()))
+            });
             DeviceFigures {
                 device_id: gpu.id.clone(),
                 index: gpu.index,
                 reserved: book.reserved(&h.address, &gpu.id),
-                usable: reading.map(|(usable, _)| usable),
-                placeable: reading.map(|(usable, used)| placeable(book, &h.address, &gpu.id, usable, used)),
+                usable: reading.map(|(usable, _, _)| usable),
+                placeable: reading.map(|(usable, used, processes)| {
+                    placeable(book, &h.address, &gpu.id, usable, used, processes)
+                }),
             }
         })
         .collect()

@@ -169,7 +169,14 @@ impl Scheduler {
             };
             let result = if req.dry_run {
                 book.settle(&address, &device.id, device.used, device.processes());
-                let free = super::figures::placeable(&book, &address, &device.id, device.total, device.used);
+                let free = super::figures::placeable(
+                    &book,
+                    &address,
+                    &device.id,
+                    device.total,
+                    device.used,
+                    device.processes(),
+                );
                 if bytes <= free { Ok(None) } else { Err(Refused::NoRoom { free }) }
             } else {
                 book.reserve_tagged(&address, &device.id, &claim).map(Some)

@@ -125,7 +125,7 @@ pub fn gpu_ref(hive: &Arc<HiveSnapshot>, id: &str, books: &Books<'_>) -> Option<
     let total = hive.caps.as_ref()?.caps.gpus.get(id)?.vram_total_bytes;
     let live = hive.latest.as_ref()?.gpus.iter().find(|g| g.id == id)?;
     let (total, used) = (usable_vram(total, live), live.vram_used_bytes?);
-    let free = super::figures::placeable(books.locked, &hive.address, id, total, used);
+    let free = books.locked.free(&hive.address, id, total, used);
     Some(DeviceRef { hive: hive.clone(), id: id.to_owned(), total, used, free, book: books.shared.clone() })
 }
 
@@ -358,7 +358,7 @@ fn scan<'a>(
                 };
                 if free < req.vram_bytes {
                     note(Cause::Vram, &|| {
-                        let free = super::figures::placeable(book, &h.address, gpu_id(h, i), total, used);
+                        let free = book.free(&h.address, gpu_id(h, i), total, used);
                         format!("{}: {} free < {}", name(), format_bytes(free), format_bytes(req.vram_bytes))
                     });
                     continue;

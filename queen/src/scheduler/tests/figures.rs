@@ -1,12 +1,13 @@
 //! The Fleet API's per-device figures against admission: on random reservations,
-//! releases and samples (driver-reserved VRAM included), `placeable` is exactly what a
-//! dry-run Place admits (it admits `placeable` bytes and refuses one byte more), and
-//! `reserved` is the sum of the active reservations.
+//! releases and samples (driver-reserved VRAM and process lists included), `placeable`
+//! is exactly what a dry-run Place admits (it admits `placeable` bytes and refuses one
+//! byte more), and `reserved` is the sum of the active reservations.
 
 use std::sync::{Arc, Mutex};
 
 use proptest::prelude::*;
 use rbee_shared::Sample;
+use rbee_shared::gpu_process::{GpuProcess, GpuProcesses};
 
 use crate::fleet::{ConnState, HiveSnapshot};
 use crate::scheduler::request::PlaceRequest;
@@ -26,13 +27,21 @@ impl HiveSource for Swap {
 }
 
 impl Swap {
-    /// A new sample: `used` VRAM in use, `reserved` kept by the driver.
-    fn sample(&self, used: u64, reserved: u64) {
+    /// A new sample: `used` VRAM in use, `reserved` kept by the driver, and the listed
+    /// processes (pid, VRAM) when the hive lists them.
+    fn sample(&self, used: u64, reserved: u64, processes: Option<&[(u32, u64)]>) {
         let mut h = self.0.lock().unwrap();
         let mut next = HiveSnapshot::clone(&h);
         let mut s = Sample::clone(next.latest.as_deref().unwrap());
         s.gpus[0].vram_used_bytes = Some(used);
         s.gpus[0].vram_reserved_bytes = Some(reserved);
+        s.gpus[0].processes = processes.map(|list| GpuProcesses {
+            listed: list
+                .iter()
+                .map(|&(pid, bytes)| GpuProcess { pid, used_vram_bytes: Some(bytes), ..Default::default() })
+                .collect(),
+            ..Default::default()
+        });
         next.latest = Some(Arc::new(s));
         *h = Arc::new(next.with_placement());
     }
@@ -44,16 +53,21 @@ enum Op {
     Reserve(u64),
     /// Release the n-th reservation still held (modulo their count).
     Release(usize),
-    /// A sample with this many MiB used and this many MiB reserved by the driver, then
-    /// upkeep (settles what it shows).
-    Sample(u64, u64),
+    /// A sample with this many MiB used and this many MiB reserved by the driver, and
+    /// maybe a process list (pid, MiB), then upkeep (settles what it shows).
+    Sample(u64, u64, Option<Vec<(u32, u64)>>),
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         (1u64..40 * 1024).prop_map(Op::Reserve),
         (0usize..8).prop_map(Op::Release),
-        (0u64..80 * 1024, 0u64..1024).prop_map(|(u, r)| Op::Sample(u, r)),
+        (
+            0u64..80 * 1024,
+            0u64..1024,
+            proptest::option::of(proptest::collection::vec((1u32..6, 0u64..30 * 1024), 0..4)),
+        )
+            .prop_map(|(u, r, p)| Op::Sample(u, r, p)),
     ]
 }
 
@@ -69,7 +83,7 @@ proptest! {
         ops in proptest::collection::vec(op(), 1..24),
     ) {
         let fleet = Arc::new(Swap(Mutex::new(hive("fig", 1, 80, 0, 0.0, ConnState::Online, &[]))));
-        fleet.sample(used * MIB, 0);
+        fleet.sample(used * MIB, 0, None);
         let mut settings = SchedulerSettings::default();
         settings.limits.budget = std::time::Duration::from_secs(2);
         let s = Scheduler::new(fleet.clone(), settings).unwrap();
@@ -84,11 +98,19 @@ proptest! {
                         s.release(&held[n % held.len()].id).unwrap();
                     }
                 }
-                Op::Sample(used, reserved) => {
-                    fleet.sample(used * MIB, reserved * MIB);
+                Op::Sample(used, reserved, processes) => {
+                    let processes: Option<Vec<(u32, u64)>> =
+                        processes.map(|p| p.into_iter().map(|(pid, mib)| (pid, mib * MIB)).collect());
+                    // The device's use covers what its processes use.
+                    let listed: u64 = processes.iter().flatten().map(|p| p.1).sum();
+                    fleet.sample((used * MIB).max(listed).min(80 * GIB), reserved * MIB, processes.as_deref());
                     s.upkeep_once();
                 }
             }
+            // As the queen does every `maintain_every`: the candidate scan reads the
+            // book as of its last settlement (the figures and the commit settle with
+            // the newest sample themselves).
+            s.upkeep_once();
             let h = fleet.hives().remove(0);
             let figures = s.figures(&h);
             prop_assert_eq!(figures.len(), 1);
