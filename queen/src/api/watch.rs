@@ -324,21 +324,32 @@ impl WatchSession {
             tokio::select! {
                 () = shutdown.cancelled() => return None,
                 () = flush => {}
-                // Wake-ups: the journal holds the events (and knows what was lost).
+                // Wake-ups: the journal holds the events (and knows what was lost), so
+                // what waits here is dropped in one go.
                 e = self.events.recv() => {
                     if let Err(RecvError::Closed) = e {
                         return None;
                     }
+                    drain(&mut self.events);
                 }
                 e = self.books.recv() => {
                     if let Err(RecvError::Closed) = e {
                         return None;
                     }
+                    drain(&mut self.books);
                 }
                 () = tick => self.fill_samples(),
             }
         }
     }
+}
+
+/// Drops what a wake-up channel holds.
+fn drain<T: Clone>(rx: &mut broadcast::Receiver<T>) {
+    while !matches!(
+        rx.try_recv(),
+        Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed)
+    ) {}
 }
 
 /// The snapshot of `hives` in parts of at most `budget` bytes each (a part holds at
