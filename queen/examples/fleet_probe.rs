@@ -121,7 +121,7 @@ fn pct(v: &[u64], q: f64) -> u64 {
 
 async fn watch(url: &str, seconds: u64, interval_ms: u32) -> Result<(), Box<dyn std::error::Error>> {
     let mut client = connect(url, Duration::from_secs(10)).await?;
-    let req = pb::WatchFleetRequest { sample_interval_ms: Some(interval_ms) };
+    let req = pb::WatchFleetRequest { sample_interval_ms: Some(interval_ms), ..Default::default() };
     let mut events = client.watch_fleet(req).await?.into_inner();
     let start = Instant::now();
     let end = start + Duration::from_secs(seconds);

@@ -359,15 +359,18 @@ fn watch_reconnects_when_the_queen_restarts() {
         wait_line(&rx, "reconnecting", |l| matches!(l, Line::Err(l) if l.starts_with("reconnecting...")));
         assert!(watch.try_wait().unwrap().is_none(), "the watch exited when the queen went away");
         queen = start_queen_at(&addr, &[]);
-        // stdout and stderr are read on two threads: either may come first.
+        // stdout and stderr are read on two threads: either may come first. The watch
+        // asks to resume after the last event it saw; a new queen process cannot serve
+        // that, so its snapshot says it is a reset.
+        let reset = "snapshot: 0 hives (reset: events since the last one seen are gone)";
         let (mut reconnected, mut snapshot) = (false, false);
         while !(reconnected && snapshot) {
-            let line = wait_line(&rx, "reconnected and a new snapshot", |l| match l {
+            let line = wait_line(&rx, "reconnected and a reset snapshot", |l| match l {
                 Line::Err(l) => l.contains("reconnected to the queen"),
-                Line::Out(l) => l.contains("snapshot: 0 hives"),
+                Line::Out(l) => l.contains(reset),
             });
             reconnected |= line.contains("reconnected to the queen");
-            snapshot |= line.contains("snapshot: 0 hives");
+            snapshot |= line.contains(reset);
         }
         assert!(watch.try_wait().unwrap().is_none());
     }

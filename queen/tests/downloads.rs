@@ -58,7 +58,7 @@ async fn watch(queen: &TestQueen) -> Watch {
     let mut fleet = queen.client().await;
     Watch(
         fleet
-            .watch_fleet(pb::WatchFleetRequest { sample_interval_ms: Some(100) })
+            .watch_fleet(pb::WatchFleetRequest { sample_interval_ms: Some(100), ..Default::default() })
             .await
             .unwrap()
             .into_inner(),

@@ -74,7 +74,7 @@ async fn a_hive_clock_an_hour_ahead_neither_hides_samples_nor_looks_fresher() {
     let queen = TestQueen::start(vec![hive.url.clone()]).await;
     let mut client = queen.client().await;
     let mut watch = client
-        .watch_fleet(pb::WatchFleetRequest { sample_interval_ms: Some(100) })
+        .watch_fleet(pb::WatchFleetRequest { sample_interval_ms: Some(100), ..Default::default() })
         .await
         .unwrap()
         .into_inner();

@@ -285,14 +285,15 @@ async fn watch_fleet_sends_samples_at_the_asked_rate_and_refuses_bad_rates() {
     let hive = TestHive::start_named("w", ONE_GPU).await;
     let queen = TestQueen::start(vec![hive.url()]).await;
     let mut client = queen.client().await;
-    let bad = client.watch_fleet(pb::WatchFleetRequest { sample_interval_ms: Some(5) }).await;
+    let bad =
+        client.watch_fleet(pb::WatchFleetRequest { sample_interval_ms: Some(5), ..Default::default() }).await;
     let err = match bad {
         Err(s) => s,
         Ok(r) => r.into_inner().message().await.unwrap_err(),
     };
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     let mut stream = client
-        .watch_fleet(pb::WatchFleetRequest { sample_interval_ms: Some(200) })
+        .watch_fleet(pb::WatchFleetRequest { sample_interval_ms: Some(200), ..Default::default() })
         .await
         .unwrap()
         .into_inner();
@@ -309,4 +310,81 @@ async fn watch_fleet_sends_samples_at_the_asked_rate_and_refuses_bad_rates() {
             samples += 1;
         }
     }
+}
+
+/// The events of `stream` numbered after `after`, up to and with the first removal.
+async fn events_until_removed(
+    stream: &mut tonic::Streaming<pb::FleetEvent>,
+    after: u64,
+) -> Vec<(u64, pb::fleet_event::Event)> {
+    let deadline = Instant::now() + DEADLINE;
+    let mut got = Vec::new();
+    loop {
+        let e = tokio::time::timeout_at(deadline, stream.message())
+            .await
+            .expect("events until the removal arrive")
+            .unwrap()
+            .expect("the stream stays open");
+        let event = e.event.unwrap();
+        if e.fleet_seq <= after {
+            continue;
+        }
+        let removed = matches!(event, pb::fleet_event::Event::HiveRemoved(_));
+        got.push((e.fleet_seq, event));
+        if removed {
+            return got;
+        }
+    }
+}
+
+/// A client that reconnects with resume_after_seq gets exactly the events it missed
+/// (those a watcher that stayed connected saw), numbered without a gap, and no
+/// snapshot.
+#[tokio::test]
+async fn watch_fleet_resumes_with_exactly_the_missed_events() {
+    let hive = TestHive::start_named("resume-1", ONE_GPU).await;
+    let queen = TestQueen::start(vec![hive.url()]).await;
+    let mut client = queen.client().await;
+    wait_for(&mut client, "the hive online", |hs| hs.iter().all(online)).await;
+    let watcher = client.clone();
+    let open = |after: Option<u64>, epoch: u64| {
+        let mut client = watcher.clone();
+        async move {
+            let req =
+                pb::WatchFleetRequest { resume_after_seq: after, resume_epoch: epoch, ..Default::default() };
+            client.watch_fleet(req).await.unwrap().into_inner()
+        }
+    };
+    let mut stayed = open(None, 0).await;
+    let mut left = open(None, 0).await;
+    let snapshot = left.message().await.unwrap().unwrap();
+    assert!(matches!(snapshot.event, Some(pb::fleet_event::Event::Snapshot(_))));
+    let (seq, epoch) = (snapshot.fleet_seq, snapshot.queen_epoch);
+    drop(left);
+
+    client.add_hive(pb::AddHiveRequest { address: "127.0.0.1:9".into() }).await.unwrap();
+    client.remove_hive(pb::RemoveHiveRequest { hive: "127.0.0.1:9".into() }).await.unwrap();
+    let missed = events_until_removed(&mut stayed, seq).await;
+    assert!(matches!(missed[0].1, pb::fleet_event::Event::HiveAdded(_)), "{missed:?}");
+
+    let mut resumed = open(Some(seq), epoch).await;
+    let got = events_until_removed(&mut resumed, 0).await;
+    assert_eq!(got, missed);
+    let numbers: Vec<u64> = got.iter().map(|(n, _)| *n).collect();
+    assert_eq!(numbers, (seq + 1..=seq + got.len() as u64).collect::<Vec<_>>());
+
+    // The same seq from another queen's numbering: a reset snapshot.
+    let mut other = open(Some(seq), epoch ^ 1).await;
+    let reset = other.message().await.unwrap().unwrap();
+    let Some(pb::fleet_event::Event::Snapshot(s)) = reset.event else { panic!("{reset:?}") };
+    assert!(s.reset);
+    // A seq from the future: refused.
+    let mut c = client.clone();
+    let ahead =
+        pb::WatchFleetRequest { resume_after_seq: Some(1 << 40), resume_epoch: epoch, ..Default::default() };
+    let refused = match c.watch_fleet(ahead).await {
+        Err(s) => s,
+        Ok(r) => r.into_inner().message().await.unwrap_err(),
+    };
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
 }

@@ -121,6 +121,76 @@ vram_reserved = "512MiB"
     assert_eq!((p.device_id.as_str(), p.free_after_bytes), ("GPU-0", 0));
 }
 
+/// Each GPU of a hive view carries what this queen's reservations hold there and what
+/// a Place would grant there now (80 GiB, 12 GiB used, one 30 GiB reservation: 38 GiB),
+/// in ListHives, GetHive and `queen hive`; a dry run admits exactly that.
+#[tokio::test]
+async fn hive_views_carry_the_reserved_and_placeable_figures() {
+    const EIGHTY: &str = r#"
+[[gpu]]
+id = "GPU-0"
+vram_total = "80GiB"
+vram_used = ["12GiB"]
+"#;
+    let hive = TestHive::start_named("figures-1", EIGHTY).await;
+    let (queen, mut client) = queen_with(vec![hive.url()], settings()).await;
+    let mut fleet = queen.client().await;
+    let figures = |v: &pb::HiveView| (v.devices[0].reserved_bytes, v.devices[0].placeable_bytes);
+    let got = fleet.get_hive(pb::GetHiveRequest { hive: "figures-1".into() }).await.unwrap().into_inner();
+    assert_eq!(figures(&got), (0, Some(68 * GIB)));
+
+    let p = placement(client.place(gpu_request(30 * GIB)).await.unwrap().into_inner());
+    assert_eq!(p.free_after_bytes, 38 * GIB);
+    let got = fleet.get_hive(pb::GetHiveRequest { hive: "figures-1".into() }).await.unwrap().into_inner();
+    assert_eq!(figures(&got), (30 * GIB, Some(38 * GIB)));
+    let listed = fleet.list_hives(pb::ListHivesRequest::default()).await.unwrap().into_inner();
+    assert_eq!(figures(&listed.hives[0]), (30 * GIB, Some(38 * GIB)));
+
+    let dry = |bytes| pb::PlaceRequest { dry_run: true, ..gpu_request(bytes) };
+    placement(client.place(dry(38 * GIB)).await.unwrap().into_inner());
+    rejection(client.place(dry(38 * GIB + 1)).await.unwrap().into_inner());
+
+    let (ok, out, err) = cli::queen_cli(cli::args(&["hive", "figures-1", "--queen", &queen.url()])).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("reserved 30.0 GiB placeable 38.0 GiB"), "{out}");
+}
+
+/// A hive degraded only by its CPU load (every load passes a 0% threshold) still takes
+/// GPU placements, and the answer says why it is degraded; CPU work is refused, and the
+/// rejection counts the cause.
+#[tokio::test]
+async fn a_cpu_busy_hive_still_takes_gpu_placements() {
+    let hive = TestHive::start_named("cpu-busy-1", TWO_GPUS).await;
+    let mut config = fast_config(vec![hive.url()]);
+    config.fleet.thresholds.cpu_degraded_percent = 0.0;
+    config.scheduler = settings();
+    let queen = TestQueen::start_with(config, "127.0.0.1:0".parse().unwrap()).await;
+    let mut fleet = queen.client().await;
+    wait_for(&mut fleet, "the hive online and degraded by its CPU", |hs| {
+        hs.iter().all(|h| {
+            online(h)
+                && h.health() == pb::Health::Degraded
+                && h.health_reasons.iter().any(|r| r.starts_with("cpu ") && r.ends_with(">= 0%"))
+        })
+    })
+    .await;
+    let mut client = pb::scheduler_client::SchedulerClient::connect(queen.url()).await.unwrap();
+    let p = placement(client.place(gpu_request(8 * GIB)).await.unwrap().into_inner());
+    assert_eq!(p.hive_id, "cpu-busy-1");
+    assert!(
+        p.notes.iter().any(|n| n.starts_with("cpu-busy-1: degraded: cpu ") && n.contains(">= 0%")),
+        "{p:?}"
+    );
+    let cpu = pb::PlaceRequest {
+        model: "m".into(),
+        ram_bytes: Some(GIB),
+        device_kind: pb::DeviceKind::Cpu as i32,
+        ..Default::default()
+    };
+    let refused = rejection(client.place(cpu).await.unwrap().into_inner());
+    assert!(refused.reason.ends_with("no hive fits: 1 degraded (cpu >= 0%)"), "{refused:?}");
+}
+
 #[tokio::test]
 async fn two_hundred_concurrent_placements_never_oversubscribe_a_device() {
     let hives = [TestHive::start_named("c1", TWO_GPUS).await, TestHive::start_named("c2", TWO_GPUS).await];

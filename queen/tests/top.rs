@@ -49,7 +49,7 @@ fn view_of(address: &str, id: &str, zone: &str, cpu: f32, used: u64) -> pb::Hive
 }
 
 fn event(e: pb::fleet_event::Event) -> pb::FleetEvent {
-    pb::FleetEvent { seq: 1, queen_time_unix_ms: 0, event: Some(e) }
+    pb::FleetEvent { seq: 1, queen_time_unix_ms: 0, event: Some(e), ..Default::default() }
 }
 
 fn fleet_model() -> Model {
@@ -62,6 +62,7 @@ fn fleet_model() -> Model {
             ],
             coalesced: false,
             more: false,
+            reset: false,
         })),
         Instant::now(),
     );
@@ -76,7 +77,12 @@ fn names(m: &Model) -> Vec<String> {
 fn a_snapshot_in_parts_builds_the_whole_fleet() {
     let mut m = fleet_model();
     let part = |hives: Vec<pb::HiveView>, more: bool| {
-        event(pb::fleet_event::Event::Snapshot(pb::FleetSnapshot { hives, coalesced: true, more }))
+        event(pb::fleet_event::Event::Snapshot(pb::FleetSnapshot {
+            hives,
+            coalesced: true,
+            more,
+            reset: false,
+        }))
     };
     m.apply(part(vec![view_of("http://c:1", "gamma", "eu", 1.0, GIB)], true), Instant::now());
     assert_eq!(names(&m), ["gamma"], "the first part replaces the rows");

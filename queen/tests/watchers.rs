@@ -37,7 +37,8 @@ async fn watchers_that_never_read_cannot_grow_the_queen_without_bound() {
     let mut accepted = 0;
     let mut connections = Vec::new();
     for _ in 0..10 {
-        let request = grpc_frame(&pb::WatchFleetRequest { sample_interval_ms: Some(100) });
+        let request =
+            grpc_frame(&pb::WatchFleetRequest { sample_interval_ms: Some(100), ..Default::default() });
         let (n, end) = greedy_reader(queen.addr, "/rbee.v1.Fleet/WatchFleet", request, true, 100).await;
         accepted += n;
         connections.push(end);

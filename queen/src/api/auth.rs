@@ -183,6 +183,43 @@ mod tests {
     const R: &str = "read-token-0123456789";
     const W: &str = "write-token-0123456789";
 
+    /// The proto is the contract: every RPC of Fleet and Scheduler says in its comment
+    /// the role this layer asks of it (and writes say they go to the leader), and each
+    /// service's comment names the bearer header and the `rbee-leader` redirect.
+    #[test]
+    fn every_rpc_comment_names_the_role_the_code_asks() {
+        for (file, service) in [("fleet.proto", "Fleet"), ("scheduler.proto", "Scheduler")] {
+            let path = format!("{}/../proto/rbee/v1/{file}", env!("CARGO_MANIFEST_DIR"));
+            let text = std::fs::read_to_string(path).unwrap();
+            let body =
+                text.split(&format!("service {service} {{")).nth(1).unwrap().split("\n}").next().unwrap();
+            let head = text.split(&format!("service {service} {{")).next().unwrap();
+            let head = &head[head.rfind("\n\n").unwrap_or(0)..];
+            for needle in ["authorization: Bearer TOKEN", "UNAVAILABLE", "`rbee-leader`"] {
+                assert!(head.contains(needle), "{file}: the {service} comment lacks {needle}");
+            }
+            let mut comment = String::new();
+            let mut rpcs = 0;
+            for line in body.lines().map(str::trim) {
+                if let Some(c) = line.strip_prefix("//") {
+                    comment.push_str(c);
+                    continue;
+                }
+                let Some(rest) = line.strip_prefix("rpc ") else { continue };
+                let name = rest.split('(').next().unwrap();
+                let role = role_of(&format!("/rbee.v1.{service}/{name}")).unwrap();
+                let documented = match role {
+                    Role::Read => comment.contains("Role: read."),
+                    Role::Write => comment.contains("Role: write") && comment.contains("on the leader"),
+                };
+                assert!(documented, "{service}.{name} needs {role:?}; its comment says: {comment}");
+                comment.clear();
+                rpcs += 1;
+            }
+            assert!(rpcs >= 6, "{file}: {rpcs} rpcs found");
+        }
+    }
+
     fn check(t: &Tokens, path: &str, token: Option<&str>) -> Result<(), tonic::Code> {
         let header = token.map(|t| format!("Bearer {t}"));
         t.check(path, header.as_deref().map(str::as_bytes)).map_err(|s| s.code())

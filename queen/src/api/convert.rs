@@ -5,6 +5,7 @@ use rbee_proto::v1 as pb;
 use crate::fleet::{ConnState, Counters, FleetEvent, HiveSnapshot, Origin};
 use crate::fleet::{Health, HealthReport, WindowStats};
 use crate::scheduler::SchedulerEvent;
+use crate::scheduler::figures::DeviceFigures;
 
 impl From<ConnState> for pb::HiveState {
     fn from(s: ConnState) -> Self {
@@ -84,8 +85,23 @@ fn devices(h: &HealthReport) -> Vec<pb::DeviceHealth> {
             index: d.index,
             health: pb::Health::from(d.health) as i32,
             reasons: d.reasons.clone(),
+            reserved_bytes: 0,
+            placeable_bytes: None,
         })
         .collect()
+}
+
+/// A hive's view with each GPU's reservation figures ([`DeviceFigures`]: what this
+/// queen's reservations hold there, and what admission would grant there now).
+pub fn hive_view(h: &HiveSnapshot, figures: &[DeviceFigures]) -> pb::HiveView {
+    let mut view = pb::HiveView::from(h);
+    for d in &mut view.devices {
+        if let Some(f) = figures.iter().find(|f| f.device_id == d.device_id) {
+            d.reserved_bytes = f.reserved;
+            d.placeable_bytes = f.placeable;
+        }
+    }
+    view
 }
 
 impl From<&HiveSnapshot> for pb::HiveView {
@@ -208,6 +224,7 @@ impl From<&crate::scheduler::Outcome> for pb::PlaceResponse {
                 estimated_load_ms: p.weights.est_load_ms,
                 prefetching: p.prefetching,
                 reservation_token: p.token.as_ref().map(|t| t.secret().to_owned()).unwrap_or_default(),
+                notes: p.notes.clone(),
             }),
             Outcome::Rejected { reason, hive_reasons } => {
                 R::Rejection(pb::Rejection { reason: reason.clone(), hive_reasons: hive_reasons.clone() })
@@ -271,6 +288,7 @@ impl TryFrom<&pb::HiveView> for HiveSnapshot {
                 .collect(),
         });
         let age = v.sample_age_ms.map(Duration::from_millis);
+        let cpu_busy = v.health_reasons.iter().find_map(|r| cpu_busy_of(r));
         Ok(Self {
             address: v.address.clone(),
             origin,
@@ -285,7 +303,14 @@ impl TryFrom<&pb::HiveView> for HiveSnapshot {
             clock_skew_ms: v.clock_skew_ms,
             health: Arc::new(HealthReport {
                 health: health(v.health),
-                placement: health(v.health),
+                // A hive degraded by its CPU alone stays placeable for GPU work, as it
+                // was in the queen that saved it.
+                placement: if cpu_busy.is_some() && v.health_reasons.len() == 1 {
+                    Health::Healthy
+                } else {
+                    health(v.health)
+                },
+                cpu_busy,
                 reasons: v.health_reasons.clone(),
                 devices: v
                     .devices
@@ -306,6 +331,12 @@ impl TryFrom<&pb::HiveView> for HiveSnapshot {
         }
         .with_placement())
     }
+}
+
+/// The CPU load reason of a saved hive view ("cpu 97% (10 s mean) >= 95%"), read back.
+fn cpu_busy_of(reason: &str) -> Option<crate::fleet::CpuBusy> {
+    let limit = reason.strip_prefix("cpu ")?.rsplit_once(">= ")?.1.strip_suffix('%')?.parse().ok()?;
+    Some(crate::fleet::CpuBusy { limit_percent: limit, reason: reason.to_owned() })
 }
 
 /// One page of `ListHives`: where to start and how many.
@@ -330,8 +361,13 @@ impl HivePage {
     /// (never before its first hive, which the per-hive budgets keep far smaller).
     ///
     /// [`view_budget::MAX_ANSWER_BYTES`]: rbee_shared::view_budget::MAX_ANSWER_BYTES
-    pub fn response(&self, hives: &[std::sync::Arc<HiveSnapshot>]) -> pb::ListHivesResponse {
-        let page = views_within(hives.iter().take(self.size), rbee_shared::view_budget::MAX_ANSWER_BYTES);
+    pub fn response(
+        &self,
+        hives: &[std::sync::Arc<HiveSnapshot>],
+        figures: &dyn Fn(&HiveSnapshot) -> Vec<DeviceFigures>,
+    ) -> pb::ListHivesResponse {
+        let page =
+            views_within(hives.iter().take(self.size), rbee_shared::view_budget::MAX_ANSWER_BYTES, figures);
         let next_page_token = match (hives.len() > page.len(), page.last()) {
             (true, Some(last)) => Self::token(&last.address),
             _ => String::new(),
@@ -386,17 +422,18 @@ impl TryFrom<&pb::ListHivesRequest> for HivePage {
     }
 }
 
-/// The views of `hives`, in order, until the next one would take the encoded total
+/// The views of `hives` (with their devices' `figures`), in order, until the next one would take the encoded total
 /// past `budget` bytes (never fewer than one while there are any): one `ListHives`
 /// page, or one part of a `WatchFleet` snapshot.
 pub fn views_within<'a>(
     hives: impl IntoIterator<Item = &'a std::sync::Arc<HiveSnapshot>>,
     budget: usize,
+    figures: &dyn Fn(&HiveSnapshot) -> Vec<DeviceFigures>,
 ) -> Vec<pb::HiveView> {
     let mut views = Vec::new();
     let mut bytes = 0;
     for hive in hives {
-        let view = pb::HiveView::from(hive.as_ref());
+        let view = hive_view(hive, &figures(hive));
         // With the repeated field's tag and length prefix.
         let len = prost::Message::encoded_len(&view) + 8;
         if !views.is_empty() && bytes + len > budget {
@@ -483,7 +520,8 @@ mod hive_page_tests {
         loop {
             let rest: Vec<_> =
                 hives.iter().filter(|h| after.as_ref().is_none_or(|a| h.address > *a)).cloned().collect();
-            let page = HivePage { after: after.clone(), size: HivePage::DEFAULT_SIZE }.response(&rest);
+            let page = HivePage { after: after.clone(), size: HivePage::DEFAULT_SIZE }
+                .response(&rest, &|_| Vec::new());
             let bytes = prost::Message::encoded_len(&page);
             assert!(bytes <= rbee_shared::view_budget::MAX_ANSWER_BYTES, "{bytes} bytes");
             assert!(!page.hives.is_empty());
@@ -495,5 +533,23 @@ mod hive_page_tests {
             after = HivePage::try_from(&token).unwrap().after;
         }
         assert_eq!(seen, 5);
+    }
+    /// A saved view of a hive degraded by its CPU alone (`queen hives --json`, read back
+    /// by `queen policy check --fleet`) stays placeable for GPU work, as it was live;
+    /// one with another problem too does not.
+    #[test]
+    fn a_saved_cpu_busy_hive_stays_placeable_for_gpu_work() {
+        let view = |reasons: &[&str]| pb::HiveView {
+            address: "http://10.0.0.1:7835".into(),
+            state: pb::HiveState::Online as i32,
+            health: pb::Health::Degraded as i32,
+            health_reasons: reasons.iter().map(|r| (*r).to_owned()).collect(),
+            ..Default::default()
+        };
+        let busy = HiveSnapshot::try_from(&view(&["cpu 97% (10 s mean) >= 95%"])).unwrap();
+        assert_eq!((busy.health.health, busy.health.placement), (Health::Degraded, Health::Healthy));
+        assert_eq!(busy.health.cpu_busy.as_ref().map(|b| b.limit_percent), Some(95.0));
+        let both = HiveSnapshot::try_from(&view(&["cpu 97% (10 s mean) >= 95%", "ram 92% >= 90%"])).unwrap();
+        assert_eq!(both.health.placement, Health::Degraded);
     }
 }

@@ -11,7 +11,8 @@ use rbee_shared::SampleInterval;
 use tonic::{Request, Response, Status};
 
 use super::convert::HivePage;
-use super::watch::{WatchSession, Watchers};
+use super::journal::{Journal, JournalLimits};
+use super::watch::{Resume, WatchSession, Watchers};
 use crate::QueenError;
 use crate::admission::{AdmissionSettings, RateLimit, admit_address};
 use crate::fleet::{Fleet, Origin};
@@ -31,6 +32,8 @@ pub struct FleetService {
     announces: Arc<RateLimit>,
     /// Bounds the open WatchFleet streams.
     watchers: Watchers,
+    /// The numbered recent events WatchFleet streams send and resume from.
+    journal: Arc<Journal>,
     /// Where hives added, announced and removed at run time are kept.
     store: Option<Arc<dyn Store>>,
 }
@@ -40,7 +43,15 @@ impl FleetService {
     pub fn new(fleet: Arc<Fleet>, scheduler: Arc<Scheduler>, admission: AdmissionSettings) -> Self {
         let announces = Arc::new(RateLimit::new(admission.announce_rate));
         let watchers = Watchers::new(admission.max_watchers);
-        Self { fleet, scheduler, admission, announces, watchers, store: None }
+        let journal =
+            Arc::new(Journal::new(fleet.subscribe(), scheduler.subscribe(), JournalLimits::default()));
+        Self { fleet, scheduler, admission, announces, watchers, journal, store: None }
+    }
+
+    /// Keeps at most these recent events for WatchFleet to resume from.
+    pub fn with_journal_limits(self, limits: JournalLimits) -> Self {
+        let journal = Arc::new(Journal::new(self.fleet.subscribe(), self.scheduler.subscribe(), limits));
+        Self { journal, ..self }
     }
 
     /// Keeps hives added, announced and removed in `store` (none: kept in memory only).
@@ -95,13 +106,13 @@ impl FleetApi for FleetService {
     ) -> Result<Response<pb::ListHivesResponse>, Status> {
         let page = HivePage::try_from(request.get_ref())?;
         let hives = self.fleet.list_after(page.after.as_deref(), page.size + 1);
-        Ok(Response::new(page.response(&hives)))
+        Ok(Response::new(page.response(&hives, &|h| self.scheduler.figures(h))))
     }
 
     async fn get_hive(&self, request: Request<pb::GetHiveRequest>) -> Result<Response<pb::HiveView>, Status> {
         let k = key(&request.get_ref().hive)?;
         let hive = self.fleet.get(k).ok_or_else(|| QueenError::NotFound(k.to_owned()))?;
-        Ok(Response::new(hive.as_ref().into()))
+        Ok(Response::new(super::convert::hive_view(&hive, &self.scheduler.figures(&hive))))
     }
 
     type WatchFleetStream = FleetEventStream;
@@ -110,6 +121,10 @@ impl FleetApi for FleetService {
         &self,
         request: Request<pb::WatchFleetRequest>,
     ) -> Result<Response<FleetEventStream>, Status> {
+        let resume = request
+            .get_ref()
+            .resume_after_seq
+            .map(|after| Resume { after, epoch: request.get_ref().resume_epoch });
         let every = match request.get_ref().sample_interval_ms {
             None | Some(0) => None,
             Some(ms) => {
@@ -124,9 +139,15 @@ impl FleetApi for FleetService {
             }
         };
         let permit = self.watchers.admit()?;
-        Ok(Response::new(Box::pin(
-            WatchSession::new(self.fleet.clone(), &self.scheduler, every, permit).into_stream(),
-        )))
+        let session = WatchSession::new(
+            self.fleet.clone(),
+            &self.scheduler,
+            self.journal.clone(),
+            resume,
+            every,
+            permit,
+        )?;
+        Ok(Response::new(Box::pin(session.into_stream())))
     }
 
     async fn add_hive(
@@ -227,6 +248,54 @@ mod tests {
         let remove = pb::RemoveHiveRequest { hive: "127.0.0.1:9".into() };
         assert!(service.remove_hive(Request::new(remove)).await.is_err());
         assert_eq!(fleet.list().len(), 1, "a hive whose removal was not kept stays managed");
+        cancel.cancel();
+    }
+    /// WatchFleet resumes after a fleet_seq the journal holds, resets when it holds it no
+    /// more (or the epoch is another queen's), and refuses a seq from the future.
+    #[tokio::test]
+    async fn watch_fleet_resumes_from_the_journal_or_resets() {
+        use futures::StreamExt;
+        let cancel = CancellationToken::new();
+        let fleet = Fleet::new(FleetSettings::default(), cancel.clone(), Links::new(LinkSettings::default()));
+        let scheduler = Scheduler::new(fleet.clone(), SchedulerSettings::default()).unwrap();
+        let service = FleetService::new(fleet.clone(), scheduler, AdmissionSettings::default())
+            .with_journal_limits(JournalLimits { max_events: 4, max_age: Duration::from_secs(60) });
+        let watch = |after: Option<u64>, epoch: u64| {
+            let req =
+                pb::WatchFleetRequest { resume_after_seq: after, resume_epoch: epoch, ..Default::default() };
+            service.watch_fleet(Request::new(req))
+        };
+        let first = watch(None, 0).await.unwrap().into_inner().next().await.unwrap().unwrap();
+        assert!(matches!(first.event, Some(pb::fleet_event::Event::Snapshot(_))));
+        let (seq, epoch) = (first.fleet_seq, first.queen_epoch);
+        assert_ne!(epoch, 0);
+
+        // Nothing happened since: the resumed stream has no snapshot, only what comes.
+        let mut resumed = watch(Some(seq), epoch).await.unwrap().into_inner();
+        fleet.add("127.0.0.1:9", Origin::Static).unwrap();
+        let next = resumed.next().await.unwrap().unwrap();
+        assert!(matches!(next.event, Some(pb::fleet_event::Event::HiveAdded(_))), "{next:?}");
+        assert_eq!(next.fleet_seq, seq + 1);
+
+        // From the future: refused, and nothing is opened.
+        let ahead = watch(Some(next.fleet_seq + 1000), epoch).await.err().unwrap();
+        assert_eq!(ahead.code(), tonic::Code::InvalidArgument);
+        assert!(ahead.message().contains("resume_after_seq"), "{}", ahead.message());
+
+        // Another queen's numbering: a reset snapshot.
+        let other = watch(Some(seq), epoch ^ 1).await.unwrap().into_inner().next().await.unwrap().unwrap();
+        let Some(pb::fleet_event::Event::Snapshot(s)) = other.event else { panic!("{other:?}") };
+        assert!(s.reset && !s.coalesced);
+
+        // More events than the journal holds: resuming from the first seq resets.
+        for i in 10..20 {
+            fleet.add(&format!("127.0.0.1:{i}"), Origin::Static).unwrap();
+        }
+        let gone = watch(Some(seq), epoch).await.unwrap().into_inner().next().await.unwrap().unwrap();
+        let Some(pb::fleet_event::Event::Snapshot(s)) = gone.event else { panic!("{gone:?}") };
+        assert!(s.reset, "{s:?}");
+        assert_eq!(s.hives.len(), 11);
+        assert!(gone.fleet_seq >= seq + 11, "the snapshot holds every event so far: {}", gone.fleet_seq);
         cancel.cancel();
     }
 }

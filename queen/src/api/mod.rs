@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod convert;
 mod fleet;
+pub mod journal;
 pub mod leader;
 pub mod model_removal;
 pub mod models;

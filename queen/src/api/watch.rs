@@ -10,6 +10,10 @@
 //!
 //! A snapshot larger than one message may be ([`view_budget::MAX_ANSWER_BYTES`]) goes
 //! in parts, split by hives: every part but the last says `more`.
+//!
+//! Events come from the queen's [`Journal`], numbered (`fleet_seq`): a stream asked to
+//! resume after a number the journal still holds starts with the events after it
+//! instead of a snapshot; one whose events are gone starts with a `reset` snapshot.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -24,8 +28,10 @@ use tonic::Status;
 
 use rbee_shared::view_budget;
 
+use super::journal::{Journal, Journaled};
 use crate::QueenError;
 use crate::fleet::{Fleet, FleetEvent, HiveSnapshot};
+use crate::scheduler::figures::DeviceFigures;
 use crate::scheduler::{Scheduler, SchedulerEvent};
 
 type Event = pb::fleet_event::Event;
@@ -59,13 +65,43 @@ impl Watchers {
     }
 }
 
+/// Journal events a watcher takes at a time.
+const JOURNAL_BATCH: usize = 256;
+
+/// Where a new stream starts: after a `fleet_seq` of an earlier stream, of this queen
+/// (`epoch` 0 or this queen's) or another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    /// The newest `fleet_seq` the client has.
+    pub after: u64,
+    /// The `queen_epoch` it came with.
+    pub epoch: u64,
+}
+
+/// The snapshot a stream sends next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SnapshotKind {
+    /// It replaces events the watcher fell behind on.
+    coalesced: bool,
+    /// It replaces events a resume asked for and the journal no longer holds.
+    reset: bool,
+}
+
 /// The state of one watcher.
 pub struct WatchSession {
     /// The fleet.
     fleet: Arc<Fleet>,
-    /// Structural events.
+    /// The scheduler, for the devices' reservation figures in snapshots.
+    scheduler: Arc<Scheduler>,
+    /// The numbered events.
+    journal: Arc<Journal>,
+    /// The newest journal number this stream has reached.
+    cursor: u64,
+    /// Journal events read and not yet sent.
+    pending: VecDeque<super::journal::Entry>,
+    /// Structural events: only a wake-up (the journal has them).
     events: broadcast::Receiver<FleetEvent>,
-    /// Reservation events.
+    /// Reservation events: only a wake-up (the journal has them).
     books: broadcast::Receiver<SchedulerEvent>,
     /// Sample ticks, when asked for.
     samples: Option<Interval>,
@@ -74,8 +110,8 @@ pub struct WatchSession {
     sent: HashMap<String, u64>,
     /// Sample events ready to go (at most one per hive per tick).
     queue: VecDeque<Event>,
-    /// A snapshot to send next (`true`: it replaces missed events).
-    snapshot: Option<bool>,
+    /// A snapshot to send next.
+    snapshot: Option<SnapshotKind>,
     /// The parts of the snapshot being sent, still to go.
     parts: VecDeque<pb::FleetSnapshot>,
     /// Per hive address, when its last capability event went out.
@@ -90,16 +126,41 @@ pub struct WatchSession {
 }
 
 impl WatchSession {
-    /// Subscribes first, then snapshots, so that no change falls between the two.
+    /// Subscribes first, then snapshots, so that no change falls between the two. With
+    /// `resume`, starts after that event when the journal still holds what follows it,
+    /// else with a reset snapshot; a number the journal has not reached is
+    /// INVALID_ARGUMENT.
     pub fn new(
         fleet: Arc<Fleet>,
-        scheduler: &Scheduler,
+        scheduler: &Arc<Scheduler>,
+        journal: Arc<Journal>,
+        resume: Option<Resume>,
         sample_every: Option<Duration>,
         permit: OwnedSemaphorePermit,
-    ) -> Self {
-        Self {
-            events: fleet.subscribe(),
-            books: scheduler.subscribe(),
+    ) -> Result<Self, QueenError> {
+        let (events, books) = (fleet.subscribe(), scheduler.subscribe());
+        let (head, floor) = journal.bounds();
+        let fresh = SnapshotKind { coalesced: false, reset: false };
+        let reset = SnapshotKind { coalesced: false, reset: true };
+        let (cursor, snapshot) = match resume {
+            None => (head, Some(fresh)),
+            Some(r) if r.epoch != 0 && r.epoch != journal.epoch() => (head, Some(reset)),
+            Some(r) if r.after > head => {
+                return Err(QueenError::InvalidArgument(format!(
+                    "resume_after_seq = {} is ahead of this queen's newest event ({head})",
+                    r.after
+                )));
+            }
+            Some(r) if r.after < floor => (head, Some(reset)),
+            Some(r) => (r.after, None),
+        };
+        Ok(Self {
+            journal,
+            cursor,
+            pending: VecDeque::new(),
+            events,
+            books,
+            scheduler: scheduler.clone(),
             fleet,
             samples: sample_every.map(|every| {
                 let mut t = tokio::time::interval(every);
@@ -108,13 +169,13 @@ impl WatchSession {
             }),
             sent: HashMap::new(),
             queue: VecDeque::new(),
-            snapshot: Some(false),
+            snapshot,
             parts: VecDeque::new(),
             caps_sent: HashMap::new(),
             caps_held: HashMap::new(),
             seq: 0,
             _permit: permit,
-        }
+        })
     }
 
     /// Turns the session into the response stream.
@@ -122,12 +183,33 @@ impl WatchSession {
         futures::stream::unfold(self, |mut s| async move { s.next().await.map(|e| (Ok(e), s)) })
     }
 
+    /// The message for `event`; `fleet_seq` is the journal number the stream reached.
     fn envelope(&mut self, event: Event) -> pb::FleetEvent {
         self.seq += 1;
         pb::FleetEvent {
             seq: self.seq,
             queen_time_unix_ms: rbee_shared::time::now_unix_ms(),
             event: Some(event),
+            fleet_seq: self.cursor,
+            queen_epoch: self.journal.epoch(),
+        }
+    }
+
+    /// Reads the journal after the cursor into `pending`; a snapshot instead when the
+    /// events the stream needs are gone. Returns whether anything is to do.
+    fn read_journal(&mut self) -> bool {
+        if !self.pending.is_empty() {
+            return true;
+        }
+        match self.journal.after(self.cursor, JOURNAL_BATCH) {
+            Ok(entries) => {
+                self.pending.extend(entries);
+                !self.pending.is_empty()
+            }
+            Err(super::journal::Gone) => {
+                self.snapshot = Some(SnapshotKind { coalesced: true, reset: false });
+                true
+            }
         }
     }
 
@@ -189,35 +271,36 @@ impl WatchSession {
             if let Some(part) = self.parts.pop_front() {
                 return Some(self.envelope(Event::Snapshot(part)));
             }
-            if let Some(coalesced) = self.snapshot.take() {
-                self.parts = snapshot_parts(&self.fleet.list(), coalesced, view_budget::MAX_ANSWER_BYTES);
+            if let Some(kind) = self.snapshot.take() {
+                // Everything numbered up to here is in the snapshot (or newer than it).
+                self.cursor = self.journal.bounds().0;
+                self.pending.clear();
+                let scheduler = &self.scheduler;
+                let mut parts =
+                    snapshot_parts(&self.fleet.list(), kind.coalesced, view_budget::MAX_ANSWER_BYTES, &|h| {
+                        scheduler.figures(h)
+                    });
+                for part in &mut parts {
+                    part.reset = kind.reset;
+                }
+                self.parts = parts;
                 continue;
             }
             if let Some(e) = self.due_caps() {
                 return Some(self.envelope(e));
             }
-            // Structural events first, so samples never crowd them out.
-            match self.events.try_recv() {
-                Ok(e) => {
-                    if let Some(e) = self.accept(&e) {
-                        return Some(self.envelope(e));
-                    }
-                    continue;
+            // Journaled events first, so samples never crowd them out.
+            if self.read_journal() {
+                let Some(entry) = self.pending.pop_front() else { continue };
+                self.cursor = entry.seq;
+                let event = match &entry.event {
+                    Journaled::Fleet(e) => self.accept(e),
+                    Journaled::Books(e) => Some(e.into()),
+                };
+                if let Some(e) = event {
+                    return Some(self.envelope(e));
                 }
-                Err(broadcast::error::TryRecvError::Lagged(_)) => {
-                    self.snapshot = Some(true);
-                    continue;
-                }
-                Err(broadcast::error::TryRecvError::Closed) => return None,
-                Err(broadcast::error::TryRecvError::Empty) => {}
-            }
-            match self.books.try_recv() {
-                Ok(e) => return Some(self.envelope((&e).into())),
-                Err(broadcast::error::TryRecvError::Lagged(_)) => {
-                    self.snapshot = Some(true);
-                    continue;
-                }
-                Err(broadcast::error::TryRecvError::Closed | broadcast::error::TryRecvError::Empty) => {}
+                continue;
             }
             if let Some(e) = self.queue.pop_front() {
                 return Some(self.envelope(e));
@@ -241,24 +324,32 @@ impl WatchSession {
             tokio::select! {
                 () = shutdown.cancelled() => return None,
                 () = flush => {}
-                e = self.events.recv() => match e {
-                    Ok(e) => {
-                        if let Some(e) = self.accept(&e) {
-                            return Some(self.envelope(e));
-                        }
+                // Wake-ups: the journal holds the events (and knows what was lost), so
+                // what waits here is dropped in one go.
+                e = self.events.recv() => {
+                    if let Err(RecvError::Closed) = e {
+                        return None;
                     }
-                    Err(RecvError::Lagged(_)) => self.snapshot = Some(true),
-                    Err(RecvError::Closed) => return None,
-                },
-                e = self.books.recv() => match e {
-                    Ok(e) => return Some(self.envelope((&e).into())),
-                    Err(RecvError::Lagged(_)) => self.snapshot = Some(true),
-                    Err(RecvError::Closed) => return None,
-                },
+                    drain(&mut self.events);
+                }
+                e = self.books.recv() => {
+                    if let Err(RecvError::Closed) = e {
+                        return None;
+                    }
+                    drain(&mut self.books);
+                }
                 () = tick => self.fill_samples(),
             }
         }
     }
+}
+
+/// Drops what a wake-up channel holds.
+fn drain<T: Clone>(rx: &mut broadcast::Receiver<T>) {
+    while !matches!(
+        rx.try_recv(),
+        Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed)
+    ) {}
 }
 
 /// The snapshot of `hives` in parts of at most `budget` bytes each (a part holds at
@@ -268,14 +359,15 @@ pub fn snapshot_parts(
     hives: &[Arc<HiveSnapshot>],
     coalesced: bool,
     budget: usize,
+    figures: &dyn Fn(&HiveSnapshot) -> Vec<DeviceFigures>,
 ) -> VecDeque<pb::FleetSnapshot> {
     let mut parts = VecDeque::new();
     let mut rest = hives;
     loop {
-        let views = super::convert::views_within(rest, budget);
+        let views = super::convert::views_within(rest, budget, figures);
         rest = &rest[views.len()..];
         let more = !rest.is_empty();
-        parts.push_back(pb::FleetSnapshot { hives: views, coalesced, more });
+        parts.push_back(pb::FleetSnapshot { hives: views, coalesced, more, reset: false });
         if !more {
             return parts;
         }
@@ -300,14 +392,14 @@ mod tests {
             })
             .collect();
         let one = prost::Message::encoded_len(&pb::HiveView::from(hives[0].as_ref())) + 8;
-        let parts = snapshot_parts(&hives, true, 3 * one);
+        let parts = snapshot_parts(&hives, true, 3 * one, &|_| Vec::new());
         assert_eq!(parts.len(), 4);
         assert!(parts.iter().all(|p| p.coalesced && p.hives.len() <= 3));
         let more: Vec<bool> = parts.iter().map(|p| p.more).collect();
         assert_eq!(more, [true, true, true, false]);
         let all: Vec<&str> = parts.iter().flat_map(|p| p.hives.iter().map(|h| h.address.as_str())).collect();
         assert_eq!(all.len(), 10);
-        let empty = snapshot_parts(&[], false, 100);
+        let empty = snapshot_parts(&[], false, 100, &|_| Vec::new());
         assert_eq!(empty.len(), 1);
         assert!(!empty[0].more && empty[0].hives.is_empty());
     }

@@ -62,10 +62,16 @@ pub async fn hive(args: HiveArgs) -> Result<()> {
 /// queen restarts, its certificate rotates, the network drops) it says
 /// "reconnecting..." on stderr and opens it again, with backoff, on the first of the
 /// `--queen` URLs that answers (following the leader a queen names); the queen's
-/// snapshot then resumes the stream. Only the first connection, and an answer that no
-/// retry can change (a refused token, a bad request), end it with an error.
+/// snapshot then resumes the stream. It asks to resume after the last event it printed
+/// (`resume_after_seq`): the queen sends just the events missed meanwhile, or a snapshot
+/// flagged as a reset when it no longer holds them (or is another queen). Only the
+/// first connection, and an answer that no retry can change (a refused token, a bad
+/// request), end it with an error.
 pub async fn watch(args: WatchArgs) -> Result<()> {
-    let request = pb::WatchFleetRequest { sample_interval_ms: args.samples.map(|i| i.as_millis_u32()) };
+    let mut request = pb::WatchFleetRequest {
+        sample_interval_ms: args.samples.map(|i| i.as_millis_u32()),
+        ..Default::default()
+    };
     let mut backoff = reconnect_backoff();
     let mut connected_once = false;
     // Nobody reads any more (`queen watch | head -1`): done, quietly.
@@ -94,6 +100,13 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
                     match event {
                         Ok(Some(e)) => {
                             backoff.reset();
+                            // Resume after it on a reconnect (0: a queen that numbers no
+                            // events); not from the middle of a snapshot in parts.
+                            let partial =
+                                matches!(&e.event, Some(pb::fleet_event::Event::Snapshot(s)) if s.more);
+                            request.resume_after_seq =
+                                (e.queen_epoch != 0 && !partial).then_some(e.fleet_seq);
+                            request.resume_epoch = e.queen_epoch;
                             if args.json {
                                 rbee_shared::outln!("{}", super::json_line(&e)?)?;
                             } else {

@@ -92,7 +92,10 @@ pub async fn fetch(args: FetchArgs) -> Result<ExitCode> {
         // Subscribe first so that no sample after the hive accepted is missed.
         let (mut fleet, url) = connect(&args.queen).await?;
         let stream = fleet
-            .watch_fleet(pb::WatchFleetRequest { sample_interval_ms: Some(FOLLOW_INTERVAL_MS) })
+            .watch_fleet(pb::WatchFleetRequest {
+                sample_interval_ms: Some(FOLLOW_INTERVAL_MS),
+                ..Default::default()
+            })
             .await
             .map_err(|s| rpc_error(&url, s))?
             .into_inner();

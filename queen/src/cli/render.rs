@@ -183,6 +183,14 @@ pub fn render_detail(v: &pb::HiveView) -> String {
                 health.map_or("", |h| health_name(h.health())),
                 g.id,
             );
+            if let Some(h) = health {
+                let _ = writeln!(
+                    out,
+                    "         reserved {} placeable {}",
+                    format_bytes(h.reserved_bytes),
+                    h.placeable_bytes.map_or("-".into(), format_bytes),
+                );
+            }
             super::render_processes::render_gpu_processes(&mut out, live);
         }
         super::render_topology::render_topology(&mut out, &c.gpus);
@@ -229,9 +237,10 @@ pub fn render_event(e: &pb::FleetEvent) -> String {
         None => "(empty)".to_owned(),
         Some(Event::Snapshot(s)) => {
             let mut line = format!(
-                "snapshot: {}{}{}",
+                "snapshot: {}{}{}{}",
                 count(s.hives.len(), "hive"),
                 if s.coalesced { " (coalesced)" } else { "" },
+                if s.reset { " (reset: events since the last one seen are gone)" } else { "" },
                 if s.more { " (more parts follow)" } else { "" }
             );
             for h in &s.hives {
@@ -313,6 +322,9 @@ pub fn render_place(r: &pb::PlaceResponse) -> String {
                 // The placing caller's own secret: the worker carries it to settle this
                 // reservation (nobody else can list it).
                 let _ = write!(out, "\nstart the worker with RBEE_RESERVATION_TOKEN={}", p.reservation_token);
+            }
+            for note in &p.notes {
+                let _ = write!(out, "\nnote: {note}");
             }
             let weights = match p.weights() {
                 pb::WeightsLocation::Ram => "in RAM",
@@ -499,6 +511,7 @@ mod tests {
                 hives: vec![pb::HiveView::default()],
                 coalesced: false,
                 more: false,
+                reset: false,
             })),
             ..Default::default()
         };

@@ -58,4 +58,18 @@ pub struct HealthReport {
     /// refused download never takes a hive out of placement.
     #[serde(skip)]
     pub placement: Health,
+    /// Set when the hive's CPU load is at or above the degraded threshold. It degrades
+    /// `health` but not `placement`: GPU work still goes there (ranked after calmer
+    /// hives' devices of equal load), work on the hive's CPU does not.
+    #[serde(skip)]
+    pub cpu_busy: Option<CpuBusy>,
+}
+
+/// A hive's CPU load over the degraded threshold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CpuBusy {
+    /// The threshold passed (percent, `health.cpu_degraded_percent`).
+    pub limit_percent: f32,
+    /// The health reason, e.g. "cpu 97% (10 s mean) >= 95%".
+    pub reason: String,
 }

@@ -20,7 +20,7 @@ mod state;
 mod stats;
 
 pub use events::{EVENT_CAPACITY, FleetEvent};
-pub use health::{DeviceHealth, Health, HealthReport};
+pub use health::{CpuBusy, DeviceHealth, Health, HealthReport};
 pub use ids::IdTaken;
 pub use placement::{GpuLoad, GpuParts, PlacementSummary, RamLoad, ViewParts, join_by_id, usable_vram};
 pub use registry::{Fleet, HiveHandle, NewHive, PUBLISH_DELAY_BUCKETS, Watcher};

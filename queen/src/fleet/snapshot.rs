@@ -72,6 +72,7 @@ impl HiveSnapshot {
             health: Arc::new(HealthReport {
                 health: Health::Unhealthy,
                 placement: Health::Unhealthy,
+                cpu_busy: None,
                 reasons: vec!["not connected yet".into()],
                 devices: vec![],
             }),

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use rbee_shared::{Sample, VersionedCapabilities};
 
-use crate::fleet::{ConnState, DeviceHealth, Health, HealthReport, Thresholds, join_by_id};
+use crate::fleet::{ConnState, CpuBusy, DeviceHealth, Health, HealthReport, Thresholds, join_by_id};
 
 /// What health is judged on.
 #[derive(Clone, Copy)]
@@ -127,11 +127,12 @@ pub fn evaluate(input: &HealthInput<'_>, t: &Thresholds) -> HealthReport {
     if let Some(cpu) = input.cpu_window_mean
         && cpu >= t.cpu_degraded_percent
     {
-        push(
-            &mut r,
-            Health::Degraded,
-            format!("cpu {cpu:.0}% ({} s mean) >= {:.0}%", t.cpu_window.as_secs(), t.cpu_degraded_percent),
-        );
+        // A reason, not a placement veto: GPU work still goes there (see
+        // `HealthReport::cpu_busy`).
+        let reason =
+            format!("cpu {cpu:.0}% ({} s mean) >= {:.0}%", t.cpu_window.as_secs(), t.cpu_degraded_percent);
+        r.cpu_busy = Some(CpuBusy { limit_percent: t.cpu_degraded_percent, reason: reason.clone() });
+        notice(&mut r, Health::Degraded, reason);
     }
     if let Some(s) = input.sample {
         if let Some(received) = input.received_unix_ms {
@@ -356,6 +357,19 @@ mod tests {
         assert_eq!(evaluate(&i, &Thresholds::default()).health, Health::Healthy);
         i.cpu_window_mean = Some(97.0);
         assert_eq!(evaluate(&i, &Thresholds::default()).reasons, ["cpu 97% (10 s mean) >= 95%"]);
+    }
+
+    /// CPU load degrades the hive and is a reason, but placement of GPU work still
+    /// judges it healthy; the reason and threshold are kept for CPU work and answers.
+    #[test]
+    fn a_busy_cpu_is_a_reason_not_a_placement_veto() {
+        let (s, c) = (sample(10, 40.0), caps());
+        let mut i = input(&s, &c);
+        i.cpu_window_mean = Some(97.0);
+        let r = evaluate(&i, &Thresholds::default());
+        assert_eq!((r.health, r.placement), (Health::Degraded, Health::Healthy));
+        let busy = r.cpu_busy.unwrap();
+        assert_eq!((busy.limit_percent, busy.reason.as_str()), (95.0, "cpu 97% (10 s mean) >= 95%"));
     }
 
     #[test]

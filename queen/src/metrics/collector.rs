@@ -15,6 +15,7 @@ use rbee_shared::machine_metrics::{Labels, MachineView, counters, encode_machine
 use super::recorder::PlaceResult;
 use crate::fleet::{ConnState, Health, HiveSnapshot};
 use crate::scheduler::book::ReservationState;
+use crate::scheduler::figures::gpu_figures;
 use crate::scheduler::view::CPU_DEVICE;
 use crate::scheduler::{HiveSource, Scheduler};
 
@@ -177,17 +178,14 @@ impl FleetCollector {
         let (placeable, reserved, counts) = self.scheduler.with_book(|book| {
             let mut placeable: Vec<(Labels, u64)> = Vec::new();
             for h in hives {
-                let (Some(caps), Some(sample)) = (&h.caps, &h.latest) else { continue };
-                for g in &sample.gpus {
-                    let (Some(gpu), Some(used)) = (caps.caps.gpus.get(&g.id), g.vram_used_bytes) else {
-                        continue;
-                    };
+                for f in gpu_figures(book, h) {
+                    let Some(free) = f.placeable else { continue };
                     let labels = vec![
                         label("hive", hive_name(h)),
-                        label("gpu", g.index.to_string()),
-                        label("uuid", &*g.id),
+                        label("gpu", f.index.to_string()),
+                        label("uuid", &*f.device_id),
                     ];
-                    placeable.push((labels, book.free(&h.address, &g.id, gpu.vram_total_bytes, used)));
+                    placeable.push((labels, free));
                 }
             }
             // Every known device and hive reads 0 until something is reserved on it, so an
@@ -221,7 +219,7 @@ impl FleetCollector {
         gauges(
             enc,
             "rbee_gpu_memory_placeable",
-            "VRAM free for placement: total minus the larger of observed use and active reservations.",
+            "VRAM free for placement: usable (total less the driver's reserve) minus the larger of observed use and active reservations.",
             Some(Unit::Bytes),
             placeable,
         )?;

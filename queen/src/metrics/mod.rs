@@ -121,4 +121,32 @@ mod tests {
             }
         }
     }
+    /// The placeable gauge is the figure admission uses: the driver's reserve is not
+    /// placeable (80 GiB, 12 GiB used, 1 GiB kept by the driver, 30 GiB reserved: 37 GiB).
+    #[test]
+    fn the_placeable_gauge_is_what_admission_would_grant() {
+        const GIB: u64 = 1 << 30;
+        let mut h = crate::fleet::HiveSnapshot::clone(&synthetic::hive(
+            "gauge",
+            1,
+            80,
+            12,
+            0.0,
+            crate::fleet::ConnState::Online,
+            &[],
+        ));
+        let mut sample = rbee_shared::Sample::clone(h.latest.as_deref().unwrap());
+        sample.gpus[0].vram_reserved_bytes = Some(GIB);
+        h.latest = Some(Arc::new(sample));
+        let h = Arc::new(h.with_placement());
+        let fleet = Arc::new(StaticHives(vec![h.clone()]));
+        let scheduler = Scheduler::new(fleet.clone(), SchedulerSettings::default()).unwrap();
+        let req = crate::scheduler::request::PlaceRequest::gpu(30 * GIB);
+        assert!(matches!(scheduler.place_blocking(&req).unwrap(), crate::scheduler::Outcome::Placed(_)));
+        let figure = scheduler.figures(&h)[0].placeable;
+        assert_eq!(figure, Some(37 * GIB));
+        let text = encode(&registry(fleet, scheduler)).unwrap();
+        let line = text.lines().find(|l| l.starts_with("rbee_gpu_memory_placeable_bytes{")).unwrap();
+        assert!(line.ends_with(&format!(" {}", 37 * GIB)), "{line}");
+    }
 }

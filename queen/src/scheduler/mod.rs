@@ -15,6 +15,7 @@ pub mod book;
 pub mod bounded_text;
 mod durable;
 mod events;
+pub mod figures;
 mod place;
 pub mod policy;
 mod reload;
@@ -122,6 +123,9 @@ pub struct Placement {
     /// The reservation's secret worker tag (none for a dry run): answered to the placing
     /// client only, never logged (its `Debug` is redacted) nor kept.
     pub token: Option<rbee_shared::gpu_process::ReservationToken>,
+    /// What the caller should know about the chosen device, e.g. its hive's CPU load
+    /// over the degraded threshold (a reason, not a veto, for GPU work).
+    pub notes: Vec<String>,
 }
 
 /// What `place` answers.

@@ -84,7 +84,11 @@ impl Scheduler {
         Ok(match outcome {
             Attempt::Done(o) => o,
             Attempt::Raced(hive_reasons) => {
-                Outcome::Rejected { reason: "no device the policy chose has room".into(), hive_reasons }
+                let why = view::why_no_fit(&self.view(), req);
+                Outcome::Rejected {
+                    reason: format!("no device the policy chose has room; {why}"),
+                    hive_reasons,
+                }
             }
         })
     }
@@ -130,7 +134,7 @@ impl Scheduler {
             }
             Decision::Ranked(c) if c.is_empty() => {
                 return Ok(Attempt::Done(Outcome::Rejected {
-                    reason: "the policy chose no device".into(),
+                    reason: format!("the policy chose no device; {}", view::why_no_fit(&view, req)),
                     hive_reasons: reasons(&view, req),
                 }));
             }
@@ -165,7 +169,14 @@ impl Scheduler {
             };
             let result = if req.dry_run {
                 book.settle(&address, &device.id, device.used, device.processes());
-                let free = book.free(&address, &device.id, device.total, device.used);
+                let free = super::figures::placeable(
+                    &book,
+                    &address,
+                    &device.id,
+                    device.total,
+                    device.used,
+                    device.processes(),
+                );
                 if bytes <= free { Ok(None) } else { Err(Refused::NoRoom { free }) }
             } else {
                 book.reserve_tagged(&address, &device.id, &claim).map(Some)
@@ -193,6 +204,7 @@ impl Scheduler {
                         weights: super::weights::weights(&device.hive, &req.model),
                         prefetching: false,
                         token,
+                        notes: notes(&device),
                     }))));
                 }
                 Err(Refused::NoRoom { free }) => reasons.push(format!(
@@ -295,6 +307,17 @@ impl Scheduler {
 /// Why each hive or device cannot take the request (bounded: hive data is a peer's).
 fn reasons(view: &FleetView, req: &PlaceRequest) -> Vec<String> {
     view::assess(view, req, true).1.into_iter().map(bound_owned).collect()
+}
+
+/// What the caller should know about the chosen device: its hive's CPU load over the
+/// threshold (GPU work goes there anyway; the load only ranks it).
+fn notes(device: &DeviceRef) -> Vec<String> {
+    match &device.hive.health.cpu_busy {
+        Some(busy) if !device.is_cpu() => {
+            vec![format!("{}: degraded: {} (not a veto for GPU work)", hive_name(device), busy.reason)]
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// The hive's id, else its address.

@@ -107,6 +107,7 @@ pub fn hive(
                 placement: if online { Health::Healthy } else { Health::Degraded },
                 reasons: if online { vec![] } else { vec![format!("no sample for {:.1} s", 4.0)] },
                 devices,
+                cpu_busy: None,
             }),
             stats: Default::default(),
             last_error: None,

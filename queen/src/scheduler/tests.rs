@@ -522,3 +522,5 @@ fn a_place_whose_deadline_passed_before_the_commit_never_reaches_the_disk() {
     assert_eq!(disk.commits.load(std::sync::atomic::Ordering::SeqCst), 0, "nothing was written");
     assert!(s.reservations().is_empty());
 }
+mod cpu;
+mod figures;

@@ -98,7 +98,8 @@ impl DeviceRef {
     /// The device's own health.
     pub fn health(&self) -> Health {
         if self.is_cpu() {
-            return self.hive.health.placement;
+            let busy = if self.hive.health.cpu_busy.is_some() { Health::Degraded } else { Health::Healthy };
+            return self.hive.health.placement.max(busy);
         }
         self.parts.health(self.hive.view_parts())
     }
@@ -176,39 +177,95 @@ fn hive_name(h: &HiveSnapshot) -> &str {
     rbee_shared::identity::display_name(h.hive_id(), &h.address)
 }
 
+/// Why a hive or device cannot take a request: what a rejection's summary counts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Cause {
+    /// No hive at all.
+    EmptyFleet,
+    /// The hive is not online.
+    NotOnline(ConnState),
+    /// The hive's health keeps it out of placement.
+    Health(Health),
+    /// The request wants the hive's CPU, and its CPU load is at or above this percent.
+    CpuBusy(f32),
+    /// The hive's labels do not match.
+    Labels,
+    /// The hive has no sample yet.
+    NoSample,
+    /// The hive has too little RAM available.
+    Ram,
+    /// A GPU has no VRAM reading.
+    NoReading,
+    /// A GPU's own health keeps it out.
+    DeviceHealth(Health),
+    /// A GPU has too little free VRAM.
+    Vram,
+    /// The hive's CPU has too little free RAM after reservations.
+    CpuRam,
+    /// The hive has no device of the kind asked for.
+    NoDevice,
+}
+
+impl Cause {
+    /// `n` of this cause, as a summary says it ("3 degraded (cpu >= 95%)").
+    fn counted(self, n: usize) -> String {
+        match self {
+            Self::EmptyFleet => "the fleet is empty".to_owned(),
+            Self::NotOnline(state) => format!("{n} {}", state.as_str()),
+            Self::Health(level) => format!("{n} {}", level.as_str()),
+            Self::CpuBusy(limit) => format!("{n} degraded (cpu >= {limit:.0}%)"),
+            Self::Labels => format!("{n} without the labels asked for"),
+            Self::NoSample => format!("{n} without a sample yet"),
+            Self::Ram => format!("{n} too little available RAM"),
+            Self::NoReading => format!("{n} without a VRAM reading"),
+            Self::DeviceHealth(level) => format!("{n} GPU {}", level.as_str()),
+            Self::Vram => format!("{n} too little free VRAM"),
+            Self::CpuRam => format!("{n} too little free RAM"),
+            Self::NoDevice => format!("{n} without a device of the kind asked for"),
+        }
+    }
+}
+
 /// Why a hive cannot take any placement, or `None` when it can be considered (`p` is
-/// its placement summary).
-fn hive_excluded(h: &HiveSnapshot, p: &PlacementSummary, req: &PlaceRequest) -> Option<String> {
+/// its placement summary). A hive whose CPU load is over the threshold is out only
+/// for work on its CPU (`device_kind` CPU); for GPU work its load ranks it.
+fn hive_excluded(h: &HiveSnapshot, p: &PlacementSummary, req: &PlaceRequest) -> Option<(Cause, String)> {
     // Named only in a reason: the id is behind one more pointer.
     let name = || hive_name(h);
     if h.state != ConnState::Online {
-        return Some(format!("{}: {}", name(), h.state.as_str()));
+        return Some((Cause::NotOnline(h.state), format!("{}: {}", name(), h.state.as_str())));
     }
     if p.health != Health::Healthy {
-        return Some(format!("{}: {}: {}", name(), p.health.as_str(), h.health.reasons.join("; ")));
+        let why = format!("{}: {}: {}", name(), p.health.as_str(), h.health.reasons.join("; "));
+        return Some((Cause::Health(p.health), why));
+    }
+    if req.kind == DeviceKind::Cpu
+        && let Some(busy) = &h.health.cpu_busy
+    {
+        let why = format!("{}: degraded: {} (the request wants the CPU)", name(), busy.reason);
+        return Some((Cause::CpuBusy(busy.limit_percent), why));
     }
     if !req.labels.is_empty() {
         let labels = h.caps.as_ref().map(|c| &c.caps.labels);
         for (k, v) in &req.labels {
             match labels.and_then(|l| l.get(k)) {
                 Some(have) if have == v => {}
-                Some(have) => return Some(format!("{}: label {k}={have}, wanted {k}={v}", name())),
-                None => return Some(format!("{}: no label {k}, wanted {k}={v}", name())),
+                Some(have) => {
+                    return Some((Cause::Labels, format!("{}: label {k}={have}, wanted {k}={v}", name())));
+                }
+                None => return Some((Cause::Labels, format!("{}: no label {k}, wanted {k}={v}", name()))),
             }
         }
     }
     let Some(ram_load) = p.ram else {
-        return Some(format!("{}: no sample yet", name()));
+        return Some((Cause::NoSample, format!("{}: no sample yet", name())));
     };
     if let Some(ram) = req.ram_bytes
         && ram_load.available < ram
     {
-        return Some(format!(
-            "{}: RAM {} available < {}",
-            name(),
-            format_bytes(ram_load.available),
-            format_bytes(ram)
-        ));
+        let why =
+            format!("{}: RAM {} available < {}", name(), format_bytes(ram_load.available), format_bytes(ram));
+        return Some((Cause::Ram, why));
     }
     None
 }
@@ -284,21 +341,21 @@ fn scan<'a>(
     req: &PlaceRequest,
     book: &Book,
     mut fit: impl FnMut(Fit<'a>),
-    mut note: impl FnMut(&dyn Fn() -> String),
+    mut note: impl FnMut(Cause, &dyn Fn() -> String),
 ) {
     if view.hives.is_empty() {
-        note(&|| "the fleet is empty".to_owned());
+        note(Cause::EmptyFleet, &|| "the fleet is empty".to_owned());
     }
     let gpus_wanted = matches!(req.kind, DeviceKind::Cuda | DeviceKind::Any) && req.vram_bytes > 0;
     let cpu_wanted = matches!(req.kind, DeviceKind::Cpu | DeviceKind::Any);
     for h in view.hives.iter() {
         if h.state != ConnState::Online {
-            note(&|| format!("{}: {}", hive_name(h), h.state.as_str()));
+            note(Cause::NotOnline(h.state), &|| format!("{}: {}", hive_name(h), h.state.as_str()));
             continue;
         }
         let p = h.placement();
-        if let Some(why) = hive_excluded(h, &p, req) {
-            note(&|| why.clone());
+        if let Some((cause, why)) = hive_excluded(h, &p, req) {
+            note(cause, &|| why.clone());
             continue;
         }
         let Some(ram_load) = p.ram else { continue };
@@ -311,11 +368,11 @@ fn scan<'a>(
                 any = true;
                 let name = || format!("{}/{}", hive_name(h), gpu_id(h, i));
                 let Some((total, used)) = gpu.vram() else {
-                    note(&|| format!("{}: no VRAM reading", name()));
+                    note(Cause::NoReading, &|| format!("{}: no VRAM reading", name()));
                     continue;
                 };
                 if gpu.health != Health::Healthy {
-                    note(&|| format!("{}: {}", name(), gpu.health.as_str()));
+                    note(Cause::DeviceHealth(gpu.health), &|| format!("{}: {}", name(), gpu.health.as_str()));
                     continue;
                 }
                 // Reservations only lower what is free: a device without room before
@@ -327,7 +384,7 @@ fn scan<'a>(
                     reserved().map_or(unreserved, |r| r.free(gpu_id(h, i), total, used))
                 };
                 if free < req.vram_bytes {
-                    note(&|| {
+                    note(Cause::Vram, &|| {
                         let free = book.free(&h.address, gpu_id(h, i), total, used);
                         format!("{}: {} free < {}", name(), format_bytes(free), format_bytes(req.vram_bytes))
                     });
@@ -352,8 +409,12 @@ fn scan<'a>(
             any = true;
             let (total, used) = (ram_load.total, ram_load.used);
             let free = reserved().map_or(total.saturating_sub(used), |r| r.free(CPU_DEVICE, total, used));
-            if free < ram {
-                note(&|| {
+            if let Some(busy) = h.health.cpu_busy.as_ref() {
+                note(Cause::CpuBusy(busy.limit_percent), &|| {
+                    format!("{}/cpu: degraded: {}", hive_name(h), busy.reason)
+                });
+            } else if free < ram {
+                note(Cause::CpuRam, &|| {
                     format!("{}/cpu: {} free < {}", hive_name(h), format_bytes(free), format_bytes(ram))
                 });
             } else {
@@ -371,7 +432,7 @@ fn scan<'a>(
             }
         }
         if !any {
-            note(&|| format!("{}: no {} device", hive_name(h), req.kind.as_str()));
+            note(Cause::NoDevice, &|| format!("{}: no {} device", hive_name(h), req.kind.as_str()));
         }
     }
 }
@@ -387,13 +448,35 @@ pub fn assess(view: &FleetView, req: &PlaceRequest, explain: bool) -> (Vec<Devic
         req,
         &locked,
         |f| fits.push(f.handle(&view.book)),
-        |why| {
+        |_, why| {
             if explain && reasons.len() < MAX_REASONS {
                 reasons.push(why());
             }
         },
     );
     (fits, reasons)
+}
+
+/// Why nothing fits the request, counted by cause, e.g. "no hive fits: 3 degraded
+/// (cpu >= 95%), 1 lost, 2 too little free VRAM" (causes in the order first met).
+pub fn why_no_fit(view: &FleetView, req: &PlaceRequest) -> String {
+    let locked = read(&view.book);
+    let mut counts: Vec<(Cause, usize)> = Vec::new();
+    scan(
+        view,
+        req,
+        &locked,
+        |_| {},
+        |cause, _| match counts.iter_mut().find(|(c, _)| *c == cause) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((cause, 1)),
+        },
+    );
+    if counts.is_empty() {
+        return "every device that fits was passed over by the policy".to_owned();
+    }
+    let causes: Vec<String> = counts.into_iter().map(|(c, n)| c.counted(n)).collect();
+    format!("no hive fits: {}", causes.join(", "))
 }
 
 /// How to rank devices.
@@ -476,7 +559,7 @@ pub fn rank(view: &FleetView, req: &PlaceRequest, order: Order, n: usize) -> Vec
             best.insert(at, item);
             best.truncate(n);
         },
-        |_| {},
+        |_, _| {},
     );
     if n == 0 {
         best.sort_by(better);

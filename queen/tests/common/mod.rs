@@ -115,7 +115,7 @@ pub async fn wait_for(
     let deadline = Instant::now() + DEADLINE;
     // Subscribe first, then look: every change (and every sample) after the look wakes us.
     let mut events = client
-        .watch_fleet(pb::WatchFleetRequest { sample_interval_ms: Some(100) })
+        .watch_fleet(pb::WatchFleetRequest { sample_interval_ms: Some(100), ..Default::default() })
         .await
         .expect("WatchFleet")
         .into_inner();

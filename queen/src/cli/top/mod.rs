@@ -44,7 +44,7 @@ fn reopen(queen: &QueenUrl, delay: Duration) -> Opening {
 }
 
 fn watch_request() -> pb::WatchFleetRequest {
-    pb::WatchFleetRequest { sample_interval_ms: Some(SAMPLE_INTERVAL_MS) }
+    pb::WatchFleetRequest { sample_interval_ms: Some(SAMPLE_INTERVAL_MS), ..Default::default() }
 }
 
 /// The next event of the watch, or never while there is none.

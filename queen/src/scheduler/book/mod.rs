@@ -266,6 +266,11 @@ impl Book {
         }
     }
 
+    /// Bytes held by active reservations on a device (0 when it has none).
+    pub fn reserved(&self, address: &str, device_id: &str) -> u64 {
+        self.hives.get(address).and_then(|h| h.get(device_id)).map_or(0, |d| d.active_bytes)
+    }
+
     /// Settles active reservations, oldest first, while the observed usage shows them
     /// loaded. Returns the ids settled.
     pub fn observe(&mut self, address: &str, device_id: &str, observed: u64) -> Vec<String> {

@@ -136,6 +136,43 @@ impl Book {
         back
     }
 
+    /// Free bytes for placement on a device once settled with this sample: what
+    /// [`Book::settle`] then [`Book::free`] would give, without changing the book (the
+    /// settlement is tried on a copy of just this device's accounting). Devices without
+    /// reservations are `total - observed` at once.
+    pub fn free_settled(
+        &self,
+        address: &str,
+        device_id: &str,
+        total: u64,
+        observed: u64,
+        processes: Option<&GpuProcesses>,
+    ) -> u64 {
+        let device = self.hives.get(address).and_then(|h| h.get(device_id));
+        let settled_here: Vec<SettledBy> = match (processes, self.settled_by.get(address)) {
+            (Some(_), Some(list)) => list.iter().filter(|s| s.device_id == device_id).cloned().collect(),
+            _ => Vec::new(),
+        };
+        if device.is_none() && settled_here.is_empty() {
+            return total.saturating_sub(observed);
+        }
+        let mut scratch = Book::default();
+        if let Some(d) = device {
+            scratch.hives.entry(address.to_owned()).or_default().0.push((device_id.to_owned(), d.clone()));
+        }
+        let ids = device.into_iter().flat_map(|d| d.active.iter()).chain(settled_here.iter().map(|s| &s.id));
+        for id in ids {
+            if let Some(r) = self.reservations.get(id) {
+                scratch.reservations.insert(id.clone(), r.clone());
+            }
+        }
+        if !settled_here.is_empty() {
+            scratch.settled_by.insert(address.to_owned(), settled_here);
+        }
+        scratch.settle(address, device_id, observed, processes);
+        scratch.free(address, device_id, total, observed)
+    }
+
     /// Settles active reservations on a device with its latest sample: by process when
     /// the sample lists the device's processes, else by whole-device usage. Returns the
     /// ids settled.

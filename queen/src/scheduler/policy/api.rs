@@ -154,6 +154,10 @@ pub fn register(engine: &mut Engine) {
             let n = usize::try_from(n).unwrap_or(0).min(MAX_RANKED);
             Ok(view::rank(f, &r, view::Order::NearestWeights, n).into_iter().map(Dynamic::from).collect())
         })
+        .register_fn("why_no_fit", |f: &mut FleetView, r: PlaceRequest| -> Native<String> {
+            charge(fleet_size(f))?;
+            Ok(view::why_no_fit(f, &r))
+        })
         .register_fn("bin_pack", |f: &mut FleetView, r: PlaceRequest, n: INT| -> Native<Array> {
             charge(fleet_size(f))?;
             let n = usize::try_from(n).unwrap_or(0).min(MAX_RANKED);
@@ -168,6 +172,7 @@ pub fn register(engine: &mut Engine) {
         .register_get("online", |h: &mut HiveRef| h.hive.state == crate::fleet::ConnState::Online)
         .register_get("health", |h: &mut HiveRef| h.hive.health.health.as_str().to_owned())
         .register_get("healthy", |h: &mut HiveRef| h.hive.health.placement == Health::Healthy)
+        .register_get("cpu_busy", |h: &mut HiveRef| h.hive.health.cpu_busy.is_some())
         .register_get("reasons", |h: &mut HiveRef| -> Native<Array> {
             charge(h.hive.health.reasons.len())?;
             Ok(h.hive.health.reasons.iter().map(|r| Dynamic::from(r.clone())).collect())

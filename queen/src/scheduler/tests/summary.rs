@@ -35,6 +35,12 @@ fn excluded(h: &HiveSnapshot, req: &PlaceRequest) -> Option<String> {
     if h.health.placement != Health::Healthy {
         return Some(format!("{n}: {}: {}", h.health.placement.as_str(), h.health.reasons.join("; ")));
     }
+    // A busy CPU keeps out work on the CPU only.
+    if req.kind == DeviceKind::Cpu
+        && let Some(busy) = &h.health.cpu_busy
+    {
+        return Some(format!("{n}: degraded: {} (the request wants the CPU)", busy.reason));
+    }
     let labels = h.caps.as_ref().map(|c| &c.caps.labels);
     for (k, v) in &req.labels {
         match labels.and_then(|l| l.get(k)) {
@@ -109,7 +115,9 @@ fn reference(hives: &[Arc<HiveSnapshot>], req: &PlaceRequest, book: &Book) -> (V
             any = true;
             let (total, used) = (s.ram_total_bytes, s.ram_used_bytes);
             let free = book.free(&h.address, view::CPU_DEVICE, total, used);
-            if free < ram {
+            if let Some(busy) = &h.health.cpu_busy {
+                reasons.push(format!("{n}/cpu: degraded: {}", busy.reason));
+            } else if free < ram {
                 reasons.push(format!("{n}/cpu: {} free < {}", format_bytes(free), format_bytes(ram)));
             } else {
                 fits.push((h.address.clone(), view::CPU_DEVICE.into(), total, used, free, cpu, cpu));
@@ -162,7 +170,14 @@ fn rough(i: usize, gpus: usize, used: u64, seed: u64, refresh: bool) -> Arc<Hive
     if bit(4) && bit(5) && state == ConnState::Online {
         health.health = Health::Degraded;
         health.placement = Health::Degraded;
-        health.reasons.push("cpu 99% (30 s mean) >= 90%".into());
+        health.reasons.push("ram 92% >= 90%".into());
+    }
+    // Degraded by its CPU alone (as link::health judges it): placeable for GPU work.
+    if bit(40) && state == ConnState::Online {
+        let reason = "cpu 99% (30 s mean) >= 90%".to_owned();
+        health.health = Health::Degraded;
+        health.reasons.push(reason.clone());
+        health.cpu_busy = Some(crate::fleet::CpuBusy { limit_percent: 90.0, reason });
     }
     if bit(6) {
         stats.cpu_mean_percent = Some((seed % 13) as f32);
