@@ -19,6 +19,9 @@ pub enum QueenError {
     /// No such reservation.
     #[error("no reservation {0:?} (it was released, expired, or never made)")]
     NoReservation(String),
+    /// The request conflicts with the state (e.g. a request id held for another request).
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// The caller may not do this (e.g. announce an address outside the allow-list).
     #[error("{0}")]
     PermissionDenied(String),
@@ -110,6 +113,7 @@ impl From<QueenError> for tonic::Status {
                 Status::not_found(e.to_string())
             }
             QueenError::PermissionDenied(m) => Status::permission_denied(m),
+            QueenError::FailedPrecondition(m) => Status::failed_precondition(m),
             QueenError::ResourceExhausted(m) => Status::resource_exhausted(m),
             QueenError::DeadlineExceeded(m) => Status::deadline_exceeded(m),
             QueenError::Policy { ref error, .. } => {

@@ -60,6 +60,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Remove(args) => rbee_queen::cli::remove(args).await?,
         Command::Place(args) => return Ok(yes_or_no(rbee_queen::cli::place(args).await?)),
         Command::Release(args) => rbee_queen::cli::release(args).await?,
+        Command::Renew(args) => rbee_queen::cli::renew(args).await?,
         Command::Reservations(args) => rbee_queen::cli::reservations(args).await?,
         Command::Policy(PolicyCommand::Check(args)) => {
             return Ok(yes_or_no(rbee_queen::cli::policy_check(args).await?));

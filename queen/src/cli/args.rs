@@ -39,6 +39,8 @@ pub enum Command {
     Place(PlaceArgs),
     /// Release a reservation.
     Release(ReleaseArgs),
+    /// Extend an active reservation: it expires --ttl from now (at most 1h per call).
+    Renew(RenewArgs),
     /// List reservations.
     Reservations(ListArgs),
     /// Work with placement policies.
@@ -255,6 +257,7 @@ impl RequestArgs {
             ttl_ms: self.ttl.map(|d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
             prefetch: false,
             prefetch_from: None,
+            request_id: None,
         }
     }
 }
@@ -274,6 +277,10 @@ pub struct PlaceArgs {
     /// Decide, but reserve nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// An idempotency key (1..=128 of [A-Za-z0-9._:-]): a retry with the same key answers
+    /// the same reservation instead of reserving again.
+    #[arg(long, value_name = "ID")]
+    pub request_id: Option<String>,
     /// Print the PlaceResponse as JSON.
     #[arg(long)]
     pub json: bool,
@@ -287,6 +294,19 @@ pub struct PlaceArgs {
 pub struct ReleaseArgs {
     /// The reservation id.
     pub id: String,
+    /// The queen.
+    #[command(flatten)]
+    pub queen: QueenUrl,
+}
+
+/// `queen renew ID --ttl 10m`.
+#[derive(Debug, Clone, Args)]
+pub struct RenewArgs {
+    /// The reservation id.
+    pub id: String,
+    /// It expires this long from now (1ms..=1h).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
     /// The queen.
     #[command(flatten)]
     pub queen: QueenUrl,

@@ -29,4 +29,4 @@ pub fn error_chain(e: &anyhow::Error) -> String {
     rbee_shared::report::chain_text(e.chain())
 }
 
-pub use scheduler::{place, policy_check, policy_status, release, reservations};
+pub use scheduler::{place, policy_check, policy_status, release, renew, reservations};

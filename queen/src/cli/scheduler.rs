@@ -1,11 +1,11 @@
-//! `queen place`, `release`, `reservations`, `policy status|check`: the scheduler,
+//! `queen place`, `release`, `renew`, `reservations`, `policy status|check`: the scheduler,
 //! from a running queen (or, for `policy check --fleet`, a saved fleet).
 
 use anyhow::{Context, Result, anyhow};
 use rbee_proto::v1 as pb;
 use rbee_shared::bytesize::format_bytes;
 
-use super::args::{ListArgs, PlaceArgs, PolicyCheckArgs, PolicyStatusArgs, ReleaseArgs};
+use super::args::{ListArgs, PlaceArgs, PolicyCheckArgs, PolicyStatusArgs, ReleaseArgs, RenewArgs};
 use super::client::{connect_scheduler, on_queens, rpc_error, scheduler};
 use super::render::{render_place, since};
 
@@ -19,6 +19,7 @@ pub async fn place(args: PlaceArgs) -> Result<bool> {
     let request = pb::PlaceRequest {
         prefetch: args.prefetch,
         prefetch_from: args.prefetch_from.clone(),
+        request_id: args.request_id.clone(),
         ..args.request.to_request(args.dry_run)
     };
     let resp = on_queens(&args.queen, scheduler, |mut c| {
@@ -45,6 +46,22 @@ pub async fn release(args: ReleaseArgs) -> Result<()> {
     })
     .await?;
     rbee_shared::outln!("released {}", args.id)?;
+    Ok(())
+}
+
+/// `queen renew ID --ttl D`.
+pub async fn renew(args: RenewArgs) -> Result<()> {
+    let request = pb::RenewRequest {
+        reservation_id: args.id.clone(),
+        ttl_ms: u32::try_from(args.ttl.as_millis()).unwrap_or(u32::MAX),
+    };
+    let resp = on_queens(&args.queen, scheduler, |mut c| {
+        let request = request.clone();
+        async move { c.renew(request).await }
+    })
+    .await?;
+    let expires = resp.reservation.map_or(0, |r| r.expires_at_unix_ms);
+    rbee_shared::outln!("renewed {}: expires at {expires} ms since the epoch", args.id)?;
     Ok(())
 }
 

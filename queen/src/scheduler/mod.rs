@@ -44,6 +44,9 @@ use crate::QueenError;
 use crate::fleet::{Fleet, HiveSnapshot};
 use crate::store::Store;
 
+/// Stripes of the keyed-Place turns.
+const KEY_TURNS: usize = 64;
+
 /// Where the scheduler reads hives from: the live fleet, or a fixed set of snapshots
 /// (`queen policy check --fleet FILE`, tests, benchmarks).
 pub trait HiveSource: Send + Sync {
@@ -199,6 +202,16 @@ pub struct Scheduler {
     place_stats: crate::metrics::recorder::PlaceRecorder,
     /// Hives missing from the fleet that hold reservations (see [`upkeep::Missing`]).
     missing: Mutex<upkeep::Missing>,
+    /// Turns of keyed Places, striped by request id (see `place`).
+    key_turns: Box<[Mutex<()>]>,
+}
+
+/// A refused renewal as the error the caller sees.
+fn renew_error(e: book::NotRenewed) -> QueenError {
+    match e {
+        book::NotRenewed::Settled(_) => QueenError::FailedPrecondition(e.to_string()),
+        _ => QueenError::Missing(e.to_string()),
+    }
 }
 
 fn read_policy(path: &std::path::Path) -> Result<String, QueenError> {
@@ -249,6 +262,7 @@ impl Scheduler {
             store,
             place_stats: Default::default(),
             missing: Mutex::default(),
+            key_turns: (0..KEY_TURNS).map(|_| Mutex::new(())).collect(),
         }))
     }
 
@@ -279,11 +293,52 @@ impl Scheduler {
         // The removal is kept first: a release that cannot be kept changes nothing (the
         // memory stays counted, so it is never promised again while the store still
         // holds the reservation).
-        if view::read(&self.book).get(id).is_none() {
-            return Err(QueenError::NoReservation(id.to_owned()));
+        let ended = {
+            let book = view::read(&self.book);
+            let Some(r) = book.get(id) else { return Err(QueenError::NoReservation(id.to_owned())) };
+            let now = rbee_shared::time::now_unix_ms();
+            r.keyed.as_ref().map(|k| book::Ended {
+                id: id.to_owned(),
+                request_id: Some(k.request_id.clone()),
+                how: book::EndedHow::Released,
+                at_unix_ms: now,
+            })
+        };
+        self.persist_changes(&[], &[id], ended.as_slice())?;
+        let mut book = view::write(&self.book);
+        let mut r = book.release(id).ok_or_else(|| QueenError::NoReservation(id.to_owned()))?;
+        book.remember_ended(&r, book::EndedHow::Released, rbee_shared::time::now_unix_ms());
+        r.state = book::ReservationState::Released;
+        Ok(r)
+    }
+
+    /// Extends an active reservation: it expires `req.ttl` from now. Durable before it
+    /// is answered (blocking: call from a blocking thread). NOT_FOUND when it is
+    /// unknown, released or expired (the message says which).
+    pub fn renew(&self, req: &request::RenewRequest) -> Result<Reservation, QueenError> {
+        let now = rbee_shared::time::now_unix_ms();
+        let expires = now.saturating_add(req.ttl.as_millis() as u64);
+        let (record, start) = {
+            let book = view::read(&self.book);
+            let r = book.renewable(&req.id, now).map_err(renew_error)?;
+            (Reservation { expires_at_unix_ms: expires, ..r.clone() }, book.start_of(&req.id).unwrap_or(0))
+        };
+        // Written first: a renewal that cannot be kept changes nothing.
+        if let Some(store) = &self.store {
+            store.update_reservations(&[durable::to_record(&record, start)])?;
         }
-        self.persist_changes(&[], &[id])?;
-        view::write(&self.book).release(id).ok_or_else(|| QueenError::NoReservation(id.to_owned()))
+        view::write(&self.book).renew(&req.id, expires, now).map_err(renew_error)
+    }
+
+    /// [`Scheduler::renew`] on a blocking thread.
+    pub async fn renew_durably(
+        self: &Arc<Self>,
+        req: request::RenewRequest,
+    ) -> Result<Reservation, QueenError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.renew(&req))
+            .await
+            .map_err(|e| QueenError::Internal(format!("the renew thread failed: {e}")))?
     }
 
     /// Every reservation, oldest first.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rbee_proto::v1 as pb;
 
-use super::book::Cursor;
+use super::book::{Cursor, PlacedFor, Reservation};
 use crate::QueenError;
 
 /// Default reservation lifetime.
@@ -61,6 +61,23 @@ pub struct PlaceRequest {
     /// When the caller stops waiting (its gRPC deadline): a placement that would be
     /// committed after it is not made, and one committed after it is released.
     pub deadline: Option<std::time::Instant>,
+    /// The client's idempotency key ([`check_request_id`]).
+    pub request_id: Option<String>,
+}
+
+/// The longest request id.
+pub const MAX_REQUEST_ID: usize = 128;
+
+/// Checks a request id: 1 to [`MAX_REQUEST_ID`] bytes of `[A-Za-z0-9._:-]`.
+pub fn check_request_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_REQUEST_ID {
+        return Err(format!("request_id is {} bytes; it must be 1..={MAX_REQUEST_ID}", id.len()));
+    }
+    if let Some(bad) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
+    {
+        return Err(format!("request_id holds {bad:?}; only [A-Za-z0-9._:-] is allowed"));
+    }
+    Ok(())
 }
 
 impl PlaceRequest {
@@ -75,7 +92,71 @@ impl PlaceRequest {
             dry_run: false,
             ttl: DEFAULT_TTL,
             deadline: None,
+            request_id: None,
         }
+    }
+
+    /// What a keyed request asks for besides its model (see [`crate::scheduler::book::Keyed`]).
+    pub fn placed_for(&self) -> PlacedFor {
+        PlacedFor {
+            vram_bytes: self.vram_bytes,
+            ram_bytes: self.ram_bytes,
+            kind: self.kind.as_str().to_owned(),
+            labels: self.labels.clone(),
+        }
+    }
+
+    /// How this request differs from the one that made `r` (empty when it is the same
+    /// request): each difference as `field: held X, asked Y`.
+    pub fn differences(&self, r: &Reservation) -> Vec<String> {
+        let Some(k) = &r.keyed else { return vec!["the reservation was placed without a request id".into()] };
+        let mine = self.placed_for();
+        let held = &k.placed_for;
+        let mut out = Vec::new();
+        if self.model != r.model {
+            out.push(format!("model: held {:?}, asked {:?}", r.model, self.model));
+        }
+        if mine.vram_bytes != held.vram_bytes {
+            out.push(format!("vram_bytes: held {}, asked {}", held.vram_bytes, mine.vram_bytes));
+        }
+        if mine.ram_bytes != held.ram_bytes {
+            out.push(format!("ram_bytes: held {:?}, asked {:?}", held.ram_bytes, mine.ram_bytes));
+        }
+        if mine.kind != held.kind {
+            out.push(format!("device_kind: held {}, asked {}", held.kind, mine.kind));
+        }
+        if mine.labels != held.labels {
+            out.push(format!("labels: held {:?}, asked {:?}", held.labels, mine.labels));
+        }
+        out
+    }
+}
+
+/// A validated `Renew` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenewRequest {
+    /// The reservation.
+    pub id: String,
+    /// The new lifetime, from now.
+    pub ttl: Duration,
+}
+
+impl TryFrom<&pb::RenewRequest> for RenewRequest {
+    type Error = QueenError;
+
+    fn try_from(r: &pb::RenewRequest) -> Result<Self, QueenError> {
+        let id = r.reservation_id.trim();
+        if id.is_empty() || id.len() > 64 {
+            return Err(QueenError::InvalidArgument("reservation_id must be 1..=64 bytes".into()));
+        }
+        let ttl = Duration::from_millis(u64::from(r.ttl_ms));
+        if r.ttl_ms == 0 || ttl > TTL_RANGE.1 {
+            return Err(QueenError::InvalidArgument(format!(
+                "ttl_ms = {} is out of range 1..=3600000 (renew again to keep it longer)",
+                r.ttl_ms
+            )));
+        }
+        Ok(Self { id: id.to_owned(), ttl })
     }
 }
 
@@ -118,6 +199,11 @@ impl TryFrom<&pb::PlaceRequest> for PlaceRequest {
                 d
             }
         };
+        if let Some(id) = &r.request_id
+            && let Err(why) = check_request_id(id)
+        {
+            return bad(why);
+        }
         Ok(Self {
             model: r.model.clone(),
             vram_bytes: r.vram_bytes,
@@ -127,6 +213,7 @@ impl TryFrom<&pb::PlaceRequest> for PlaceRequest {
             dry_run: r.dry_run,
             ttl,
             deadline: None,
+            request_id: r.request_id.clone(),
         })
     }
 }
@@ -197,6 +284,32 @@ mod tests {
         assert!(PlaceRequest::try_from(&ttl).unwrap_err().to_string().contains("ttl_ms"));
         let kind = pb::PlaceRequest { vram_bytes: 1, device_kind: 42, ..Default::default() };
         assert!(PlaceRequest::try_from(&kind).unwrap_err().to_string().contains("device_kind"));
+    }
+
+    #[test]
+    fn request_ids_are_short_and_plain() {
+        let with =
+            |id: &str| pb::PlaceRequest { vram_bytes: 1, request_id: Some(id.into()), ..Default::default() };
+        for good in ["a", "job-1.retry_2:x", &"k".repeat(128)] {
+            assert_eq!(PlaceRequest::try_from(&with(good)).unwrap().request_id.as_deref(), Some(good));
+        }
+        for bad in ["", "a b", "a/b", "é", &"k".repeat(129), "a\n"] {
+            let err = PlaceRequest::try_from(&with(bad)).unwrap_err();
+            assert!(matches!(err, QueenError::InvalidArgument(_)), "{bad:?}");
+            assert!(err.to_string().starts_with("request_id"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn renew_ttls_are_one_ms_to_one_hour() {
+        let with = |ttl_ms: u32| pb::RenewRequest { reservation_id: "r".into(), ttl_ms };
+        assert_eq!(RenewRequest::try_from(&with(1)).unwrap().ttl, Duration::from_millis(1));
+        assert_eq!(RenewRequest::try_from(&with(3_600_000)).unwrap().ttl, TTL_RANGE.1);
+        for bad in [0, 3_600_001, u32::MAX] {
+            assert!(RenewRequest::try_from(&with(bad)).unwrap_err().to_string().contains("ttl_ms"), "{bad}");
+        }
+        let no_id = pb::RenewRequest { reservation_id: " ".into(), ttl_ms: 5 };
+        assert!(RenewRequest::try_from(&no_id).unwrap_err().to_string().contains("reservation_id"));
     }
 
     #[test]

@@ -18,6 +18,11 @@
 //!
 //! The book holds at most [`BookLimits::per_hive`] reservations per hive and
 //! [`BookLimits::total`] in all; it lists them in pages, oldest first.
+//!
+//! A reservation placed with a request id (an idempotency key, [`Keyed`]) is found by
+//! that id while it lives, and for [`ENDED_GRACE`] after it ended ([`ended`]): the
+//! check and the reserve happen under the book's one lock, so one id never holds two
+//! reservations.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Bound;
@@ -33,6 +38,35 @@ pub enum ReservationState {
     Active,
     /// Observed usage grew by its size; the memory is in the samples now.
     Settled,
+    /// Released (answered by `Release` only: the book no longer holds it).
+    Released,
+}
+
+/// What a keyed `Place` asked for besides its model: a retry with the same request id
+/// must ask the same.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlacedFor {
+    /// VRAM on one GPU, bytes.
+    pub vram_bytes: u64,
+    /// RAM on the hive, bytes.
+    pub ram_bytes: Option<u64>,
+    /// The device kind, as policies name it (`any`, `cuda`, `cpu`).
+    pub kind: String,
+    /// The hive labels that had to match.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The idempotency key a reservation was placed with, what it was placed for, and its
+/// worker tag (kept so that a retried `Place` answers a usable token too).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Keyed {
+    /// The client's request id.
+    pub request_id: String,
+    /// What the request asked for.
+    pub placed_for: PlacedFor,
+    /// The reservation's secret worker tag (never serialised; `Debug` is redacted).
+    #[serde(skip)]
+    pub token: rbee_shared::gpu_process::ReservationToken,
 }
 
 /// One reservation.
@@ -56,6 +90,8 @@ pub struct Reservation {
     pub created_at_unix_ms: u64,
     /// Active reservations expire then (ms since the Unix epoch).
     pub expires_at_unix_ms: u64,
+    /// The request id it was placed with, if any.
+    pub keyed: Option<Keyed>,
 }
 
 /// A device in the book: `(hive address, device id)`.
@@ -164,6 +200,36 @@ pub enum Refused {
         /// The total limit.
         limit: usize,
     },
+    /// The request id is held already (by a live reservation, or one that ended less
+    /// than [`ENDED_GRACE`] ago).
+    #[error("request id {request_id:?} is held by reservation {id}")]
+    KeyHeld {
+        /// The request id.
+        request_id: String,
+        /// The reservation that holds it.
+        id: String,
+    },
+}
+
+/// Why a reservation cannot be renewed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotRenewed {
+    /// The book never held it, or forgot it long ago.
+    #[error("no reservation {0:?}: it was never made, or ended long ago")]
+    Unknown(String),
+    /// It ended.
+    #[error("reservation {id:?} was {how} at {at_unix_ms} ms since the epoch; it cannot be renewed")]
+    Ended {
+        /// Its id.
+        id: String,
+        /// How it ended.
+        how: ended::EndedHow,
+        /// When.
+        at_unix_ms: u64,
+    },
+    /// It is settled: it no longer expires.
+    #[error("reservation {0:?} is settled: it no longer expires, so there is nothing to renew")]
+    Settled(String),
 }
 
 /// Where a page of the reservation list starts: after this (created, id).
@@ -221,12 +287,16 @@ pub struct Book {
     /// Reservations settled by process, per hive address, with the pids that settled
     /// them: undone when those are all gone ([`processes`]).
     settled_by: HashMap<String, Vec<processes::SettledBy>>,
+    /// Live reservations by request id.
+    by_request: HashMap<String, String>,
+    /// Reservations that ended recently ([`ended`]).
+    ended: ended::EndedBook,
 }
 
 impl Book {
     /// An empty book that holds at most `limits`.
     pub fn new(limits: BookLimits) -> Self {
-        Self { limits, ..Self::default() }
+        Self { limits, ended: ended::EndedBook::new(limits.total.max(4096)), ..Self::default() }
     }
 
     /// Reservations held.
@@ -315,6 +385,24 @@ impl Book {
         device_id: &str,
         claim: &Claim<'_>,
     ) -> Result<(Reservation, rbee_shared::gpu_process::ReservationToken), Refused> {
+        self.reserve_keyed(address, device_id, claim, None)
+    }
+
+    /// [`Book::reserve_tagged`] for a request with an idempotency key: refused with
+    /// [`Refused::KeyHeld`] when a live reservation (or one that ended less than
+    /// [`ENDED_GRACE`] ago) holds the key, checked under the same lock as the reserve.
+    pub fn reserve_keyed(
+        &mut self,
+        address: &str,
+        device_id: &str,
+        claim: &Claim<'_>,
+        key: Option<(String, PlacedFor)>,
+    ) -> Result<(Reservation, rbee_shared::gpu_process::ReservationToken), Refused> {
+        if let Some((request_id, _)) = &key
+            && let Some(id) = self.key_holder(request_id)
+        {
+            return Err(Refused::KeyHeld { request_id: request_id.clone(), id: id.to_owned() });
+        }
         self.check_total()?;
         if self.counts.get(address).copied().unwrap_or(0) >= self.limits.per_hive {
             return Err(Refused::HiveFull { limit: self.limits.per_hive });
@@ -335,7 +423,11 @@ impl Book {
             state: ReservationState::Active,
             created_at_unix_ms: claim.now_ms,
             expires_at_unix_ms: claim.now_ms.saturating_add(claim.ttl.as_millis() as u64),
+            keyed: key.map(|(request_id, placed_for)| Keyed { request_id, placed_for, token: token.clone() }),
         };
+        if let Some(k) = &r.keyed {
+            self.by_request.insert(k.request_id.clone(), r.id.clone());
+        }
         let d = self.hives.entry(address.to_owned()).or_default().entry(device_id);
         if d.active.is_empty() {
             d.baseline = claim.observed;
@@ -395,6 +487,9 @@ impl Book {
             }
             self.order.insert((r.created_at_unix_ms, r.id.clone()));
             *self.counts.entry(r.address.clone()).or_default() += 1;
+            if let Some(k) = &r.keyed {
+                self.by_request.insert(k.request_id.clone(), r.id.clone());
+            }
             self.reservations.insert(r.id.clone(), r);
         }
     }
@@ -402,6 +497,9 @@ impl Book {
     /// Removes a reservation.
     pub fn release(&mut self, id: &str) -> Option<Reservation> {
         let r = self.reservations.remove(id)?;
+        if let Some(k) = &r.keyed {
+            self.by_request.remove(&k.request_id);
+        }
         self.forget_settled_by(&r.address, id);
         self.order.remove(&(r.created_at_unix_ms, r.id.clone()));
         if let Some(n) = self.counts.get_mut(&r.address) {
@@ -492,6 +590,9 @@ impl Book {
     }
 }
 
+pub mod ended;
 mod processes;
+
+pub use ended::{ENDED_GRACE, Ended, EndedHow, KeyState};
 #[cfg(test)]
 mod tests;
