@@ -278,6 +278,7 @@ mod tests {
         let token = ReservationToken::generate();
         let keyed = Reservation {
             id: token.reservation_id(),
+            address: "http://127.0.0.1:7835".into(),
             keyed: Some(Keyed {
                 request_id: "job-1".into(),
                 token,

@@ -4,7 +4,9 @@
 //! `total - max(observed used, baseline + sum of active reservations)`, where the
 //! baseline is the usage observed when the oldest active reservation was made.
 //! Reservations settle (stop counting) in order once observed usage has grown by their
-//! size; active ones expire after their TTL. The book is one plain struct behind one
+//! size (each also only once the usage grew by its size above what it was when the
+//! reservation was made: growth from before never settles it); active ones expire
+//! after their TTL. The book is one plain struct behind one
 //! lock: checking and reserving happen under that lock, never across an `.await`.
 //!
 //! Where the hive lists the device's processes, settlement goes by process instead
@@ -109,6 +111,10 @@ struct DeviceBook {
     /// The pids on the device when each active reservation was made, for those made
     /// while the hive listed the device's processes.
     known: HashMap<String, Vec<u32>>,
+    /// The observed usage when each active reservation was made (its floor): without
+    /// process lists, it settles only once usage grew by its size above this, so growth
+    /// from before it was made never settles it.
+    floors: HashMap<String, u64>,
     /// Pids that settled a reservation here (pruned to those still listed).
     claimed: BTreeSet<u32>,
     /// Bytes that tagged workers of still-active reservations already hold.
@@ -344,13 +350,15 @@ impl Book {
         let Some(d) = devices.get_mut(device_id) else { return settled };
         while let Some(id) = d.active.front() {
             let bytes = self.reservations.get(id).map_or(0, |r| r.bytes);
-            if observed < d.baseline.saturating_add(bytes) {
+            let floor = d.floors.get(id).copied().unwrap_or(0);
+            if observed < d.baseline.max(floor).saturating_add(bytes) {
                 break;
             }
             d.baseline += bytes;
             d.active_bytes -= bytes;
             let id = d.active.pop_front().unwrap_or_default();
             d.known.remove(&id);
+            d.floors.remove(&id);
             if let Some(r) = self.reservations.get_mut(&id) {
                 r.state = ReservationState::Settled;
             }
@@ -436,6 +444,7 @@ impl Book {
         if let Some(p) = claim.processes {
             d.known.insert(r.id.clone(), p.listed.iter().map(|p| p.pid).collect());
         }
+        d.floors.insert(r.id.clone(), claim.observed);
         d.active.push_back(r.id.clone());
         d.active_bytes += r.bytes;
         self.order.insert((r.created_at_unix_ms, r.id.clone()));
@@ -482,6 +491,9 @@ impl Book {
                 if d.active.is_empty() {
                     d.baseline = start;
                 }
+                // The kept start is the floor: it is never below the usage the
+                // reservation saw ahead of it, so settling stays on the safe side.
+                d.floors.insert(r.id.clone(), start);
                 d.active.push_back(r.id.clone());
                 d.active_bytes += r.bytes;
             }
@@ -515,6 +527,7 @@ impl Book {
             d.active.retain(|x| x != id);
             d.active_bytes -= r.bytes;
             d.known.remove(id);
+            d.floors.remove(id);
             if d.active.is_empty() {
                 devices.remove(&r.device_id);
                 if devices.0.is_empty() {

@@ -56,6 +56,7 @@ fn settle_at(
     d.baseline += bytes;
     d.active_bytes -= bytes;
     d.known.remove(&id);
+    d.floors.remove(&id);
     if let Some(r) = reservations.get_mut(&id) {
         r.state = ReservationState::Settled;
     }
