@@ -323,10 +323,8 @@ impl Scheduler {
     /// never decide at the same time). Striped: keys that share a stripe also take
     /// turns, which costs only waiting.
     fn key_turn(&self, key: &str) -> std::sync::MutexGuard<'_, ()> {
-        use std::hash::{BuildHasher, Hash, Hasher};
-        let mut h = rustc_hash::FxBuildHasher.build_hasher();
-        key.hash(&mut h);
-        let stripe = (h.finish() as usize) % self.key_turns.len();
+        use std::hash::BuildHasher;
+        let stripe = (rustc_hash::FxBuildHasher.hash_one(key) as usize) % self.key_turns.len();
         self.key_turns[stripe].lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 

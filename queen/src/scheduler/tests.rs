@@ -437,6 +437,7 @@ proptest::proptest! {
     }
 }
 
+mod keyed;
 mod summary;
 
 /// A state disk that hangs: every commit returns only once `thaw_at` has passed. It

@@ -415,7 +415,7 @@ fn growth_from_before_a_reservation_never_settles_it() {
     assert!(b.observe("a", "g2", 20 * GIB).is_empty());
     assert_eq!(b.get(&mine.id).unwrap().state, ReservationState::Active);
     // Its own 10 GiB since it was made: settled.
-    assert_eq!(b.observe("a", "g", 15 * GIB), [mine.id.clone()]);
+    assert_eq!(b.observe("a", "g", 15 * GIB), std::slice::from_ref(&mine.id));
 }
 
 /// With process lists, a process that was there before the reservation grows by 20 GiB:
