@@ -9,8 +9,13 @@
 //!   keeps flowing, and placing works again once etcd is back.
 //! - Two queens that both believe they lead cannot over-promise a device: the device's
 //!   total in etcd is re-checked in every commit.
+//! - Retried placement through a failover (`etcd_failover/`): a Place whose answer was
+//!   lost is answered again by the new leader, and a foreign Python client never
+//!   double-reserves.
 
 mod common;
+#[path = "etcd_failover/mod.rs"]
+mod failover;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -103,7 +103,7 @@ async fn concurrent_retries_make_one_reservation_per_request_id_across_kill_9() 
     let held = by_key(&all_reservations(&mut client.clone(), 0).await);
     assert_eq!(held.len(), 5, "exactly 5 reservations: {held:?}");
     for (key, (id, token)) in &told {
-        assert_eq!(held[key], [id.clone()], "{key}");
+        assert_eq!(held[key], std::slice::from_ref(id), "{key}");
         assert_eq!(
             &rbee_shared::gpu_process::reservation_id_of_token(token.as_bytes()),
             id,
