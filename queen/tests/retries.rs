@@ -86,12 +86,8 @@ async fn fifty_places(client: &SchedulerClient<Channel>) -> BTreeMap<String, (St
         .collect()
 }
 
-fn by_key(all: &[pb::Reservation]) -> BTreeMap<String, Vec<String>> {
-    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for r in all {
-        out.entry(r.request_id.clone().unwrap_or_default()).or_default().push(r.id.clone());
-    }
-    out
+fn ids(all: &[pb::Reservation]) -> BTreeSet<String> {
+    all.iter().map(|r| r.id.clone()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -100,14 +96,14 @@ async fn concurrent_retries_make_one_reservation_per_request_id_across_kill_9() 
     let state = tempfile::tempdir().unwrap();
     let (mut q, client) = online_queen(state.path(), &hive.url()).await;
     let told = fifty_places(&client).await;
-    let held = by_key(&all_reservations(&mut client.clone(), 0).await);
-    assert_eq!(held.len(), 5, "exactly 5 reservations: {held:?}");
+    let held = ids(&all_reservations(&mut client.clone(), 0).await);
+    let answered: BTreeSet<String> = told.values().map(|(id, _)| id.clone()).collect();
+    assert_eq!(held, answered, "exactly 5 reservations, the ones answered");
     for (key, (id, token)) in &told {
-        assert_eq!(held[key], std::slice::from_ref(id), "{key}");
         assert_eq!(
             &rbee_shared::gpu_process::reservation_id_of_token(token.as_bytes()),
             id,
-            "a usable token"
+            "{key}: a usable token"
         );
     }
 
@@ -201,7 +197,6 @@ async fn release_answers_released_and_bad_inputs_change_nothing() {
     let before = all_reservations(&mut client, 0).await;
     assert_eq!(before.len(), 1);
     let held = &before[0];
-    assert_eq!(held.request_id.as_deref(), Some("cli-1"));
 
     for bad in ["", "a b", "a/b", &"k".repeat(129)] {
         let refused = client.place(keyed(bad, GIB)).await.unwrap_err();

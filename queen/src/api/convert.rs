@@ -180,7 +180,6 @@ impl From<&crate::scheduler::book::Reservation> for pb::Reservation {
             } as i32,
             created_at_unix_ms: r.created_at_unix_ms,
             expires_at_unix_ms: r.expires_at_unix_ms,
-            request_id: r.keyed.as_ref().map(|k| k.request_id.clone()),
         }
     }
 }
