@@ -1,5 +1,5 @@
 //! Writes go to the leader: a tower layer in front of every service that answers a
-//! write method (Place, Release, AddHive, RemoveHive, Announce; see
+//! write method (Place, Release, Renew, AddHive, RemoveHive, Announce; see
 //! [`super::auth::role_of`]) with UNAVAILABLE on a queen that does not lead, naming the
 //! leader in the message and in the `rbee-leader` response metadata. Reads are served
 //! by every queen. With the embedded store the queen always leads.
