@@ -97,6 +97,7 @@ mod tests {
         assert!(s.message().contains("http://10.0.0.1:7836"), "{}", s.message());
         assert_eq!(s.metadata().get(crate::error::LEADER_METADATA).unwrap(), "http://10.0.0.1:7836");
         assert!(refuse_write(Some(&f), "/rbee.v1.Fleet/AddHive").is_some());
+        assert!(refuse_write(Some(&f), "/rbee.v1.Scheduler/Renew").is_some(), "Renew is a write");
         assert!(refuse_write(Some(&f), "/rbee.v1.Scheduler/ListReservations").is_none());
         assert!(refuse_write(Some(&f), "/rbee.v1.Fleet/WatchFleet").is_none());
         let nobody = follower(Leader::Unknown("etcd unreachable".into()));

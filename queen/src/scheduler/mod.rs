@@ -290,25 +290,35 @@ impl Scheduler {
     /// reservation is gone from the book but answered as an error: after a restart it
     /// comes back (and expires or is released again), which never over-promises.
     pub fn release(&self, id: &str) -> Result<Reservation, QueenError> {
+        let mut r = self.remove(id, Some(book::EndedHow::Released))?;
+        r.state = book::ReservationState::Released;
+        Ok(r)
+    }
+
+    /// Removes a reservation durably; remembers its end as `how` (its request id stays
+    /// taken for the grace), or, with `None`, forgets it as never made (a placement the
+    /// caller was told failed: its retry may place again).
+    pub(super) fn remove(&self, id: &str, how: Option<book::EndedHow>) -> Result<Reservation, QueenError> {
         // The removal is kept first: a release that cannot be kept changes nothing (the
         // memory stays counted, so it is never promised again while the store still
         // holds the reservation).
+        let now = rbee_shared::time::now_unix_ms();
         let ended = {
             let book = view::read(&self.book);
             let Some(r) = book.get(id) else { return Err(QueenError::NoReservation(id.to_owned())) };
-            let now = rbee_shared::time::now_unix_ms();
-            r.keyed.as_ref().map(|k| book::Ended {
+            how.zip(r.keyed.as_ref()).map(|(how, k)| book::Ended {
                 id: id.to_owned(),
                 request_id: Some(k.request_id.clone()),
-                how: book::EndedHow::Released,
+                how,
                 at_unix_ms: now,
             })
         };
         self.persist_changes(&[], &[id], ended.as_slice())?;
         let mut book = view::write(&self.book);
-        let mut r = book.release(id).ok_or_else(|| QueenError::NoReservation(id.to_owned()))?;
-        book.remember_ended(&r, book::EndedHow::Released, rbee_shared::time::now_unix_ms());
-        r.state = book::ReservationState::Released;
+        let r = book.release(id).ok_or_else(|| QueenError::NoReservation(id.to_owned()))?;
+        if let Some(how) = how {
+            book.remember_ended(&r, how, now);
+        }
         Ok(r)
     }
 
@@ -327,7 +337,16 @@ impl Scheduler {
         if let Some(store) = &self.store {
             store.update_reservations(&[durable::to_record(&record, start)])?;
         }
-        view::write(&self.book).renew(&req.id, expires, now).map_err(renew_error)
+        let renewed = view::write(&self.book).renew(&req.id, expires, now);
+        if renewed.is_err()
+            && let Some(store) = &self.store
+            && let Err(e) = store.forget_reservations(&[req.id.as_str()])
+        {
+            // It ended while its renewal was written (upkeep expired it): the record
+            // written back comes back after a restart and expires again.
+            tracing::warn!(error = %e, reservation = %req.id, "cannot forget a reservation that ended while renewed");
+        }
+        renewed.map_err(renew_error)
     }
 
     /// [`Scheduler::renew`] on a blocking thread.

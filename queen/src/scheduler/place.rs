@@ -288,7 +288,8 @@ impl Scheduler {
         }
         self.persist_placed(r, start, total)?;
         if late() {
-            if let Err(e) = self.release(&r.id) {
+            // Forgotten as never made: the caller may retry with the same request id.
+            if let Err(e) = self.remove(&r.id, None) {
                 // The release could not be written: it comes back after a restart and
                 // expires with its TTL (counting more, never less).
                 tracing::error!(error = %e, reservation = %r.id, "a late reservation could not be released");

@@ -182,3 +182,17 @@ fn a_rejected_keyed_place_leaves_the_key_free() {
     rejected(s.place_blocking(&keyed("job-1", 81)).unwrap());
     placed(s.place_blocking(&keyed("job-1", 10)).unwrap());
 }
+
+/// A keyed placement committed after the caller's deadline is taken back as never made:
+/// the caller was told it failed, so its retry with the same request id places.
+#[test]
+fn a_keyed_place_that_missed_its_deadline_leaves_the_key_free_for_the_retry() {
+    let deadline = std::time::Instant::now() + Duration::from_millis(300);
+    let disk = super::HungDisk::thawing_at(deadline + Duration::from_millis(100));
+    let s = Scheduler::durable(Arc::new(StaticHives(fleet())), calm(), disk.clone(), vec![]).unwrap();
+    let late = PlaceRequest { deadline: Some(deadline), ..keyed("job-1", 10) };
+    assert!(matches!(s.place_blocking(&late).unwrap_err(), QueenError::DeadlineExceeded(_)));
+    assert!(s.reservations().is_empty() && disk.kept().is_empty());
+    let retried = placed(s.place_blocking(&keyed("job-1", 10)).unwrap());
+    assert_eq!(disk.kept(), [retried.reservation.unwrap().id]);
+}
