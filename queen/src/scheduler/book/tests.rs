@@ -433,3 +433,19 @@ fn a_simulated_load_rising_by_20_gib_settles_nothing() {
     assert!(b.settle("a", "g", 22 * GIB, Some(&grown)).is_empty());
     assert_eq!(b.get(&r.id).unwrap().state, ReservationState::Active);
 }
+
+/// The same on a device that lists its processes now, for a reservation made while it
+/// did not (the whole-device rule applies to it there too).
+#[test]
+fn growth_from_before_a_reservation_never_settles_it_once_processes_are_listed() {
+    let mut b = Book::default();
+    let old = b.reserve("a", "g", &claim(10 * GIB, 0)).unwrap();
+    let mine = b.reserve("a", "g", &claim(10 * GIB, 5 * GIB)).unwrap();
+    b.release(&old.id).unwrap();
+    let none = rbee_shared::GpuProcesses::default();
+    assert!(
+        b.settle("a", "g", 10 * GIB, Some(&none)).is_empty(),
+        "settled by growth from before it was made"
+    );
+    assert_eq!(b.settle("a", "g", 15 * GIB, Some(&none)), std::slice::from_ref(&mine.id));
+}
