@@ -122,7 +122,7 @@ pub(super) fn unsound(r: &ReservationRecord) -> Option<String> {
     }
     if let Some(k) = &r.keyed {
         if let Err(why) = super::request::check_request_id(&k.request_id) {
-            return Some(why);
+            return Some(why.to_string());
         }
         if rbee_shared::gpu_process::reservation_id_of_token(k.token.as_bytes()) != r.id {
             return Some("its worker tag does not stand for its id".into());

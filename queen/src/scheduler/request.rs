@@ -68,14 +68,15 @@ pub struct PlaceRequest {
 /// The longest request id.
 pub const MAX_REQUEST_ID: usize = 128;
 
-/// Checks a request id: 1 to [`MAX_REQUEST_ID`] bytes of `[A-Za-z0-9._:-]`.
-pub fn check_request_id(id: &str) -> Result<(), String> {
+/// Checks a request id: 1 to [`MAX_REQUEST_ID`] bytes of `[A-Za-z0-9._:-]`
+/// (`INVALID_ARGUMENT` naming what is wrong).
+pub fn check_request_id(id: &str) -> Result<(), QueenError> {
+    let bad = |m: String| Err(QueenError::InvalidArgument(m));
     if id.is_empty() || id.len() > MAX_REQUEST_ID {
-        return Err(format!("request_id is {} bytes; it must be 1..={MAX_REQUEST_ID}", id.len()));
+        return bad(format!("request_id is {} bytes; it must be 1..={MAX_REQUEST_ID}", id.len()));
     }
-    if let Some(bad) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
-    {
-        return Err(format!("request_id holds {bad:?}; only [A-Za-z0-9._:-] is allowed"));
+    if let Some(c) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))) {
+        return bad(format!("request_id holds {c:?}; only [A-Za-z0-9._:-] is allowed"));
     }
     Ok(())
 }
@@ -199,10 +200,8 @@ impl TryFrom<&pb::PlaceRequest> for PlaceRequest {
                 d
             }
         };
-        if let Some(id) = &r.request_id
-            && let Err(why) = check_request_id(id)
-        {
-            return bad(why);
+        if let Some(id) = &r.request_id {
+            check_request_id(id)?;
         }
         Ok(Self {
             model: r.model.clone(),
