@@ -44,33 +44,6 @@ pub enum ReservationState {
     Released,
 }
 
-/// What a keyed `Place` asked for besides its model: a retry with the same request id
-/// must ask the same.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PlacedFor {
-    /// VRAM on one GPU, bytes.
-    pub vram_bytes: u64,
-    /// RAM on the hive, bytes.
-    pub ram_bytes: Option<u64>,
-    /// The device kind, as policies name it (`any`, `cuda`, `cpu`).
-    pub kind: String,
-    /// The hive labels that had to match.
-    pub labels: BTreeMap<String, String>,
-}
-
-/// The idempotency key a reservation was placed with, what it was placed for, and its
-/// worker tag (kept so that a retried `Place` answers a usable token too).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Keyed {
-    /// The client's request id.
-    pub request_id: String,
-    /// What the request asked for.
-    pub placed_for: PlacedFor,
-    /// The reservation's secret worker tag (never serialised; `Debug` is redacted).
-    #[serde(skip)]
-    pub token: rbee_shared::gpu_process::ReservationToken,
-}
-
 /// One reservation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Reservation {
@@ -217,27 +190,6 @@ pub enum Refused {
     },
 }
 
-/// Why a reservation cannot be renewed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum NotRenewed {
-    /// The book never held it, or forgot it long ago.
-    #[error("no reservation {0:?}: it was never made, or ended long ago")]
-    Unknown(String),
-    /// It ended.
-    #[error("reservation {id:?} was {how} at {at_unix_ms} ms since the epoch; it cannot be renewed")]
-    Ended {
-        /// Its id.
-        id: String,
-        /// How it ended.
-        how: ended::EndedHow,
-        /// When.
-        at_unix_ms: u64,
-    },
-    /// It is settled: it no longer expires.
-    #[error("reservation {0:?} is settled: it no longer expires, so there is nothing to renew")]
-    Settled(String),
-}
-
 /// Where a page of the reservation list starts: after this (created, id).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Cursor {
@@ -296,13 +248,13 @@ pub struct Book {
     /// Live reservations by request id.
     by_request: HashMap<String, String>,
     /// Reservations that ended recently ([`ended`]).
-    ended: ended::EndedBook,
+    ended: keyed::EndedBook,
 }
 
 impl Book {
     /// An empty book that holds at most `limits`.
     pub fn new(limits: BookLimits) -> Self {
-        Self { limits, ended: ended::EndedBook::new(limits.total.max(4096)), ..Self::default() }
+        Self { limits, ended: keyed::EndedBook::new(limits.total.max(4096)), ..Self::default() }
     }
 
     /// Reservations held.
@@ -603,9 +555,9 @@ impl Book {
     }
 }
 
-pub mod ended;
+pub mod keyed;
 mod processes;
 
-pub use ended::{ENDED_GRACE, Ended, EndedHow, KeyState};
+pub use keyed::{ENDED_GRACE, Ended, EndedHow, KeyState, Keyed, NotRenewed, PlacedFor};
 #[cfg(test)]
 mod tests;

@@ -1,19 +1,68 @@
-//! Reservations that ended (released, expired, dropped), remembered for a while: a
-//! request id stays taken for [`ENDED_GRACE`] after its reservation ended, so that a
-//! late retry of a `Place` is refused rather than placed twice, and `Renew` can say
-//! whether a reservation it does not hold was released or expired.
+//! Request ids and renewal: what a keyed reservation keeps ([`Keyed`]), the
+//! reservations that ended (released, expired, dropped) remembered for a while, and
+//! `Renew`. A request id stays taken for [`ENDED_GRACE`] after its reservation ended,
+//! so that a late retry of a `Place` is refused rather than placed twice, and `Renew`
+//! can say whether a reservation it does not hold was released or expired.
 //!
 //! The memory is bounded ([`EndedBook::new`]'s capacity): past it the oldest entry is
 //! forgotten early, with a WARN. Entries of keyed reservations are also kept in the
 //! state store (the queen writes them before it forgets the reservation), so the
 //! grace holds across restarts and failovers; the others live in memory only.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{Book, NotRenewed, Reservation, ReservationState};
+use super::{Book, Reservation, ReservationState};
+
+/// What a keyed `Place` asked for besides its model: a retry with the same request id
+/// must ask the same.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlacedFor {
+    /// VRAM on one GPU, bytes.
+    pub vram_bytes: u64,
+    /// RAM on the hive, bytes.
+    pub ram_bytes: Option<u64>,
+    /// The device kind, as policies name it (`any`, `cuda`, `cpu`).
+    pub kind: String,
+    /// The hive labels that had to match.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The idempotency key a reservation was placed with, what it was placed for, and its
+/// worker tag (kept so that a retried `Place` answers a usable token too).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Keyed {
+    /// The client's request id.
+    pub request_id: String,
+    /// What the request asked for.
+    pub placed_for: PlacedFor,
+    /// The reservation's secret worker tag (never serialised; `Debug` is redacted).
+    #[serde(skip)]
+    pub token: rbee_shared::gpu_process::ReservationToken,
+}
+
+/// Why a reservation cannot be renewed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotRenewed {
+    /// The book never held it, or forgot it long ago.
+    #[error("no reservation {0:?}: it was never made, or ended long ago")]
+    Unknown(String),
+    /// It ended.
+    #[error("reservation {id:?} was {how} at {at_unix_ms} ms since the epoch; it cannot be renewed")]
+    Ended {
+        /// Its id.
+        id: String,
+        /// How it ended.
+        how: EndedHow,
+        /// When.
+        at_unix_ms: u64,
+    },
+    /// It is settled: it no longer expires.
+    #[error("reservation {0:?} is settled: it no longer expires, so there is nothing to renew")]
+    Settled(String),
+}
 
 /// How long a request id stays taken after its reservation ended.
 pub const ENDED_GRACE: Duration = Duration::from_secs(600);
