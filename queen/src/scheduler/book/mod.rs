@@ -22,7 +22,7 @@
 //! [`BookLimits::total`] in all; it lists them in pages, oldest first.
 //!
 //! A reservation placed with a request id (an idempotency key, [`Keyed`]) is found by
-//! that id while it lives, and for [`ENDED_GRACE`] after it ended ([`ended`]): the
+//! that id while it lives, and for [`ENDED_GRACE`] after it ended ([`keyed`]): the
 //! check and the reserve happen under the book's one lock, so one id never holds two
 //! reservations.
 
