@@ -333,6 +333,8 @@ impl Scheduler {
     /// (with its token), or FAILED_PRECONDITION when it was asked for with a different
     /// request or it ended less than the grace ago; `None` when the key is free.
     fn replay(&self, req: &PlaceRequest, key: &str) -> Result<Option<Outcome>, QueenError> {
+        // The fleet first, as every path reads it: never while the book is locked.
+        let hives = self.fleet.hives();
         let book = view::read(&self.book);
         let r = match book.key_state(key) {
             KeyState::Free => return Ok(None),
@@ -356,7 +358,6 @@ impl Scheduler {
                 differences.join("; ")
             )));
         }
-        let hives = self.fleet.hives();
         let hive = hives.iter().find(|h| h.address == r.address);
         let books = Books { locked: &book, shared: &self.book };
         let device = hive.and_then(|h| {
