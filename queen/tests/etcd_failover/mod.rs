@@ -110,10 +110,15 @@ async fn a_place_whose_answer_was_lost_in_a_failover_is_answered_again_by_the_ne
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     leader.kill_9();
+    let killed = Instant::now();
     assert!(lost.await.unwrap().is_err(), "the first answer was lost");
 
     // The client retries on the standby until it leads: the committed reservation.
     let again = place_until_led(&mut on_follower, keyed("lost-1")).await;
+    eprintln!(
+        "the retry was answered by the new leader {} ms after the leader was killed",
+        killed.elapsed().as_millis()
+    );
     assert_eq!(again.reservation_id, committed);
     assert_eq!(
         rbee_shared::gpu_process::reservation_id_of_token(again.reservation_token.as_bytes()),
