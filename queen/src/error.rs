@@ -19,6 +19,9 @@ pub enum QueenError {
     /// No such reservation.
     #[error("no reservation {0:?} (it was released, expired, or never made)")]
     NoReservation(String),
+    /// The request conflicts with the state (e.g. a request id held for another request).
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// The caller may not do this (e.g. announce an address outside the allow-list).
     #[error("{0}")]
     PermissionDenied(String),

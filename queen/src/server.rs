@@ -70,7 +70,14 @@ pub async fn run(
     restore_hives(&fleet, &kept.hives);
     let scheduler = match &store {
         Some(store) => {
-            Scheduler::durable(fleet.clone(), config.scheduler.clone(), store.clone(), kept.reservations)?
+            let s = Scheduler::durable(
+                fleet.clone(),
+                config.scheduler.clone(),
+                store.clone(),
+                kept.reservations,
+            )?;
+            s.restore_ended(kept.ended);
+            s
         }
         None => Scheduler::new(fleet.clone(), config.scheduler.clone())?,
     };

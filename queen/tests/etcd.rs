@@ -9,8 +9,13 @@
 //!   keeps flowing, and placing works again once etcd is back.
 //! - Two queens that both believe they lead cannot over-promise a device: the device's
 //!   total in etcd is re-checked in every commit.
+//! - Retried placement through a failover (`etcd_failover/`): a Place whose answer was
+//!   lost is answered again by the new leader, and a foreign Python client never
+//!   double-reserves.
 
 mod common;
+#[path = "etcd_failover/mod.rs"]
+mod failover;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -439,6 +444,7 @@ async fn two_leaders_at_once_cannot_over_promise_a_device() {
                 created_at_unix_ms: 1,
                 expires_at_unix_ms: u64::MAX,
                 baseline_bytes: 0,
+                keyed: None,
             };
             store.commit_placed(&r, total)
         }));
@@ -487,6 +493,7 @@ async fn migrate_moves_the_embedded_state_into_etcd() {
         created_at_unix_ms: 1,
         expires_at_unix_ms: u64::MAX / 2,
         baseline_bytes: 0,
+        keyed: None,
     };
     {
         let kept = rbee_queen::store::StateStore::open(state.path()).unwrap();
@@ -672,6 +679,7 @@ async fn a_broken_reservation_record_in_etcd_is_refused_with_its_key() {
         created_at_unix_ms: 1,
         expires_at_unix_ms: u64::MAX,
         baseline_bytes: 0,
+        keyed: None,
     };
     kv.put(put("/flipped/reservations/r1", &serde_json::to_vec(&record).unwrap())).await.unwrap();
     let state = tempfile::tempdir().unwrap();

@@ -77,6 +77,11 @@ impl ReservationToken {
         Self(bits.iter().map(|b| format!("{b:02x}")).collect())
     }
 
+    /// A token kept before (the queen's store keeps a keyed reservation's token).
+    pub fn from_secret(secret: String) -> Self {
+        Self(secret)
+    }
+
     /// The reservation id it stands for.
     pub fn reservation_id(&self) -> String {
         reservation_id_of_token(self.0.as_bytes())

@@ -1,6 +1,6 @@
 //! Bearer tokens for the Fleet and Scheduler APIs: a tower layer in front of every
 //! service. Two roles: **read** (ListHives, GetHive, WatchFleet, ListReservations,
-//! GetPolicy) and **write** (Place, Release, AddHive, RemoveHive, Announce); the write
+//! GetPolicy) and **write** (Place, Release, Renew, AddHive, RemoveHive, Announce); the write
 //! token also reads. Health and reflection stay open: they reveal no fleet data.
 //! Tokens are compared in constant time.
 
@@ -20,7 +20,7 @@ use crate::QueenError;
 pub enum Role {
     /// Read the fleet.
     Read,
-    /// Change it (place, release, add, remove, announce).
+    /// Change it (place, release, renew, add, remove, announce).
     Write,
 }
 
@@ -232,6 +232,8 @@ mod tests {
         assert_eq!(check(&t, "/rbee.v1.Fleet/ListHives", Some(W)), Ok(()));
         assert_eq!(check(&t, "/rbee.v1.Scheduler/Place", Some(R)), Err(tonic::Code::PermissionDenied));
         assert_eq!(check(&t, "/rbee.v1.Scheduler/Place", Some(W)), Ok(()));
+        assert_eq!(check(&t, "/rbee.v1.Scheduler/Renew", Some(R)), Err(tonic::Code::PermissionDenied));
+        assert_eq!(check(&t, "/rbee.v1.Scheduler/Renew", Some(W)), Ok(()));
         assert_eq!(check(&t, "/rbee.v1.Fleet/Announce", Some(R)), Err(tonic::Code::PermissionDenied));
         assert_eq!(check(&t, "/rbee.v1.Fleet/ListHives", None), Err(tonic::Code::Unauthenticated));
         assert_eq!(

@@ -192,6 +192,7 @@ impl From<&crate::scheduler::book::Reservation> for pb::Reservation {
             state: match r.state {
                 ReservationState::Active => pb::ReservationState::Active,
                 ReservationState::Settled => pb::ReservationState::Settled,
+                ReservationState::Released => pb::ReservationState::Released,
             } as i32,
             created_at_unix_ms: r.created_at_unix_ms,
             expires_at_unix_ms: r.expires_at_unix_ms,

@@ -45,7 +45,7 @@ pub enum Journaled {
     /// A structural fleet change.
     Fleet(FleetEvent),
     /// A change in the books.
-    Books(SchedulerEvent),
+    Books(Box<SchedulerEvent>),
 }
 
 /// An event and its number.
@@ -133,7 +133,7 @@ impl Journal {
         }
         loop {
             match s.books.try_recv() {
-                Ok(e) => push(s, now, Journaled::Books(e)),
+                Ok(e) => push(s, now, Journaled::Books(Box::new(e))),
                 Err(TryRecvError::Lagged(n)) => lost(s, n),
                 Err(TryRecvError::Empty | TryRecvError::Closed) => break,
             }

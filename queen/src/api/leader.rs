@@ -1,5 +1,5 @@
 //! Writes go to the leader: a tower layer in front of every service that answers a
-//! write method (Place, Release, AddHive, RemoveHive, Announce; see
+//! write method (Place, Release, Renew, AddHive, RemoveHive, Announce; see
 //! [`super::auth::role_of`]) with UNAVAILABLE on a queen that does not lead, naming the
 //! leader in the message and in the `rbee-leader` response metadata. Reads are served
 //! by every queen. With the embedded store the queen always leads.
@@ -97,6 +97,7 @@ mod tests {
         assert!(s.message().contains("http://10.0.0.1:7836"), "{}", s.message());
         assert_eq!(s.metadata().get(crate::api::status::LEADER_METADATA).unwrap(), "http://10.0.0.1:7836");
         assert!(refuse_write(Some(&f), "/rbee.v1.Fleet/AddHive").is_some());
+        assert!(refuse_write(Some(&f), "/rbee.v1.Scheduler/Renew").is_some(), "Renew is a write");
         assert!(refuse_write(Some(&f), "/rbee.v1.Scheduler/ListReservations").is_none());
         assert!(refuse_write(Some(&f), "/rbee.v1.Fleet/WatchFleet").is_none());
         let nobody = follower(Leader::Unknown("etcd unreachable".into()));

@@ -7,8 +7,8 @@ use rbee_proto::v1 as pb;
 
 use crate::QueenError;
 use crate::scheduler::request::{
-    DEFAULT_PAGE_SIZE, DEFAULT_TTL, DeviceKind, ListRequest, MAX_PAGE_SIZE, PlaceRequest, TTL_RANGE,
-    parse_page_token,
+    DEFAULT_PAGE_SIZE, DEFAULT_TTL, DeviceKind, ListRequest, MAX_PAGE_SIZE, PlaceRequest, RenewRequest,
+    TTL_RANGE, check_request_id, parse_page_token,
 };
 
 impl TryFrom<&pb::PlaceRequest> for PlaceRequest {
@@ -53,6 +53,9 @@ impl TryFrom<&pb::PlaceRequest> for PlaceRequest {
                 d
             }
         };
+        if let Some(id) = &r.request_id {
+            check_request_id(id)?;
+        }
         Ok(Self {
             model: r.model.clone(),
             vram_bytes: r.vram_bytes,
@@ -62,7 +65,27 @@ impl TryFrom<&pb::PlaceRequest> for PlaceRequest {
             dry_run: r.dry_run,
             ttl,
             deadline: None,
+            request_id: r.request_id.clone(),
         })
+    }
+}
+
+impl TryFrom<&pb::RenewRequest> for RenewRequest {
+    type Error = QueenError;
+
+    fn try_from(r: &pb::RenewRequest) -> Result<Self, QueenError> {
+        let id = r.reservation_id.trim();
+        if id.is_empty() || id.len() > 64 {
+            return Err(QueenError::InvalidArgument("reservation_id must be 1..=64 bytes".into()));
+        }
+        let ttl = Duration::from_millis(u64::from(r.ttl_ms));
+        if r.ttl_ms == 0 || ttl > TTL_RANGE.1 {
+            return Err(QueenError::InvalidArgument(format!(
+                "ttl_ms = {} is out of range 1..=3600000 (renew again to keep it longer)",
+                r.ttl_ms
+            )));
+        }
+        Ok(Self { id: id.to_owned(), ttl })
     }
 }
 
@@ -93,6 +116,32 @@ mod tests {
     use super::*;
     use crate::scheduler::book::Cursor;
     use crate::scheduler::request::page_token;
+
+    #[test]
+    fn request_ids_are_short_and_plain() {
+        let with =
+            |id: &str| pb::PlaceRequest { vram_bytes: 1, request_id: Some(id.into()), ..Default::default() };
+        for good in ["a", "job-1.retry_2:x", &"k".repeat(128)] {
+            assert_eq!(PlaceRequest::try_from(&with(good)).unwrap().request_id.as_deref(), Some(good));
+        }
+        for bad in ["", "a b", "a/b", "é", &"k".repeat(129), "a\n"] {
+            let err = PlaceRequest::try_from(&with(bad)).unwrap_err();
+            assert!(matches!(err, QueenError::InvalidArgument(_)), "{bad:?}");
+            assert!(err.to_string().starts_with("request_id"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn renew_ttls_are_one_ms_to_one_hour() {
+        let with = |ttl_ms: u32| pb::RenewRequest { reservation_id: "r".into(), ttl_ms };
+        assert_eq!(RenewRequest::try_from(&with(1)).unwrap().ttl, Duration::from_millis(1));
+        assert_eq!(RenewRequest::try_from(&with(3_600_000)).unwrap().ttl, TTL_RANGE.1);
+        for bad in [0, 3_600_001, u32::MAX] {
+            assert!(RenewRequest::try_from(&with(bad)).unwrap_err().to_string().contains("ttl_ms"), "{bad}");
+        }
+        let no_id = pb::RenewRequest { reservation_id: " ".into(), ttl_ms: 5 };
+        assert!(RenewRequest::try_from(&no_id).unwrap_err().to_string().contains("reservation_id"));
+    }
 
     #[test]
     fn requests_are_validated_with_clear_messages() {

@@ -12,7 +12,7 @@ use super::models::ModelFetcher;
 use super::preload::{ModelCache, source_of};
 use crate::QueenError;
 use crate::scheduler::Scheduler;
-use crate::scheduler::request::{ListRequest, PlaceRequest, page_token};
+use crate::scheduler::request::{ListRequest, PlaceRequest, RenewRequest, page_token};
 
 /// When the caller stops waiting: now plus the `grpc-timeout` it sent (1 to 8 digits
 /// and a unit: H, M, S, m, u or n), or `None` when it sent none or an unreadable one.
@@ -117,6 +117,12 @@ impl SchedulerApi for SchedulerService {
         }
         let r = self.scheduler.release_durably(id.to_owned()).await?;
         Ok(Response::new(pb::ReleaseResponse { reservation: Some((&r).into()) }))
+    }
+
+    async fn renew(&self, request: Request<pb::RenewRequest>) -> Result<Response<pb::RenewResponse>, Status> {
+        let req = RenewRequest::try_from(request.get_ref())?;
+        let r = self.scheduler.renew_durably(req).await?;
+        Ok(Response::new(pb::RenewResponse { reservation: Some((&r).into()) }))
     }
 
     async fn list_reservations(

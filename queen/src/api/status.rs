@@ -21,6 +21,7 @@ impl From<QueenError> for Status {
                 Status::not_found(e.to_string())
             }
             QueenError::PermissionDenied(m) => Status::permission_denied(m),
+            QueenError::FailedPrecondition(m) => Status::failed_precondition(m),
             QueenError::ResourceExhausted(m) => Status::resource_exhausted(m),
             QueenError::DeadlineExceeded(m) => Status::deadline_exceeded(m),
             QueenError::Policy { ref error, .. } => {

@@ -295,7 +295,7 @@ impl WatchSession {
                 self.cursor = entry.seq;
                 let event = match &entry.event {
                     Journaled::Fleet(e) => self.accept(e),
-                    Journaled::Books(e) => Some(e.into()),
+                    Journaled::Books(e) => Some(e.as_ref().into()),
                 };
                 if let Some(e) = event {
                     return Some(self.envelope(e));

@@ -16,6 +16,7 @@ use super::migrate::MigrateArgs;
 use super::model_removal::{CancelFetchArgs, RmModelArgs};
 use super::models::{DownloadsArgs, FetchArgs, ModelsArgs};
 use super::preload::{EvictArgs, PreloadArgs};
+use super::renew::RenewArgs;
 use super::scheduler::{PlaceArgs, PolicyCommand, ReleaseArgs, ReservationsArgs};
 use super::top::TopArgs;
 pub use crate::config::ServeArgs;
@@ -49,6 +50,8 @@ pub enum Command {
     Place(PlaceArgs),
     /// Release a reservation.
     Release(ReleaseArgs),
+    /// Extend an active reservation: it expires --ttl from now (at most 1h per call).
+    Renew(RenewArgs),
     /// List reservations.
     Reservations(ReservationsArgs),
     /// Work with placement policies.

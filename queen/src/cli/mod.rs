@@ -1,6 +1,6 @@
 //! The `queen` command line: the subcommand enum ([`args`]), each subcommand a type that
 //! runs itself ([`command::RunCommand`]), and the client subcommands
-//! (`hives`, `hive`, `watch`, `add`, `remove`, `place`, `release`, `reservations`,
+//! (`hives`, `hive`, `watch`, `add`, `remove`, `place`, `release`, `renew`, `reservations`,
 //! `policy check|status`, `migrate`, `fetch`, `models`, `downloads`, `preload`, `evict`, `cancel-fetch`, `rm-model`, and `top`, the live view), which talk to a running queen over the same gRPC API that
 //! scheduler clients use.
 //!
@@ -23,6 +23,7 @@ mod preload;
 pub mod render;
 mod render_processes;
 mod render_topology;
+mod renew;
 mod scheduler;
 mod serve;
 pub mod top;

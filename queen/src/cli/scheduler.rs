@@ -25,6 +25,7 @@ pub async fn place(args: PlaceArgs) -> Result<bool> {
     let request = pb::PlaceRequest {
         prefetch: args.prefetch,
         prefetch_from: args.prefetch_from.clone(),
+        request_id: args.request_id.clone(),
         ..args.request.to_request(args.dry_run)
     };
     let resp = on_queens(&args.queen, scheduler, |mut c| {
@@ -228,6 +229,7 @@ impl RequestArgs {
             ttl_ms: self.ttl.map(|d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
             prefetch: false,
             prefetch_from: None,
+            request_id: None,
         }
     }
 }
@@ -247,6 +249,10 @@ pub struct PlaceArgs {
     /// Decide, but reserve nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// An idempotency key (1..=128 of [A-Za-z0-9._:-]): a retry with the same key answers
+    /// the same reservation instead of reserving again.
+    #[arg(long, value_name = "ID")]
+    pub request_id: Option<String>,
     /// Print the PlaceResponse as JSON.
     #[arg(long)]
     pub json: bool,

@@ -120,6 +120,7 @@ impl Ha {
         self.scheduler
             .replace_reservations(kept.reservations)
             .map_err(|e| StoreError::Refused(e.to_string()))?;
+        self.scheduler.restore_ended(kept.ended);
         Ok(())
     }
 

@@ -208,6 +208,7 @@ impl FleetCollector {
                 let state = match r.state {
                     ReservationState::Active => "active",
                     ReservationState::Settled => "settled",
+                    ReservationState::Released => "released",
                 };
                 *counts.entry((name.clone(), state)).or_default() += 1;
                 if r.state == ReservationState::Active {

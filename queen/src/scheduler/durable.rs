@@ -8,14 +8,21 @@
 //! between loses only a reservation nobody was told about. Every failure to write errs
 //! on the side of counting more: a release whose removal was not written comes back
 //! after a restart, never the other way round.
+//!
+//! A keyed reservation (placed with a request id) keeps its key, its request and its
+//! worker tag in its record, so that a retry after a restart or on a new leader answers
+//! the same reservation and token. When it ends, its end is written (`ended`) before
+//! its record is forgotten, and forgotten after [`super::book::ENDED_GRACE`].
 
 use std::sync::Arc;
 
+use super::book::{Ended, EndedHow, Keyed, PlacedFor};
 use super::book::{Reservation, ReservationState};
 use super::policy::DEFAULT_POLICY;
 use super::{HiveSource, Scheduler, SchedulerSettings, view};
 use crate::QueenError;
-use crate::store::{PolicyRecord, ReservationRecord, Store};
+use crate::store::{EndedRecord, KeyedRecord, PolicyRecord, ReservationRecord, Store};
+use rbee_shared::gpu_process::ReservationToken;
 
 /// A reservation as the store keeps it; `start` is where it begins on its device (see
 /// [`super::book::Book::start_of`]).
@@ -31,6 +38,35 @@ pub(super) fn to_record(r: &Reservation, start: u64) -> ReservationRecord {
         created_at_unix_ms: r.created_at_unix_ms,
         expires_at_unix_ms: r.expires_at_unix_ms,
         baseline_bytes: start,
+        keyed: r.keyed.as_ref().map(|k| KeyedRecord {
+            request_id: k.request_id.clone(),
+            token: k.token.secret().to_owned(),
+            vram_bytes: k.placed_for.vram_bytes,
+            ram_bytes: k.placed_for.ram_bytes,
+            kind: k.placed_for.kind.clone(),
+            labels: k.placed_for.labels.clone(),
+        }),
+    }
+}
+
+/// An ended keyed reservation as the store keeps it (`None` for one without a key).
+pub(super) fn to_ended_record(e: &Ended) -> Option<EndedRecord> {
+    Some(EndedRecord {
+        id: e.id.clone(),
+        request_id: e.request_id.clone()?,
+        how: e.how.as_str().to_owned(),
+        ended_at_unix_ms: e.at_unix_ms,
+    })
+}
+
+/// An ended keyed reservation kept across a restart (an unknown `how` reads as
+/// released: the key stays taken either way).
+pub(super) fn from_ended_record(e: EndedRecord) -> Ended {
+    Ended {
+        id: e.id,
+        request_id: Some(e.request_id),
+        how: EndedHow::parse(&e.how).unwrap_or(EndedHow::Released),
+        at_unix_ms: e.ended_at_unix_ms,
     }
 }
 
@@ -49,6 +85,16 @@ pub(super) fn from_record(r: ReservationRecord) -> (Reservation, u64) {
             state,
             created_at_unix_ms: r.created_at_unix_ms,
             expires_at_unix_ms: r.expires_at_unix_ms,
+            keyed: r.keyed.map(|k| Keyed {
+                request_id: k.request_id,
+                token: ReservationToken::from_secret(k.token),
+                placed_for: PlacedFor {
+                    vram_bytes: k.vram_bytes,
+                    ram_bytes: k.ram_bytes,
+                    kind: k.kind,
+                    labels: k.labels,
+                },
+            }),
         },
         start,
     )
@@ -73,6 +119,14 @@ pub(super) fn unsound(r: &ReservationRecord) -> Option<String> {
     }
     if r.expires_at_unix_ms < r.created_at_unix_ms {
         return Some("it expires before it was made".into());
+    }
+    if let Some(k) = &r.keyed {
+        if let Err(why) = super::request::check_request_id(&k.request_id) {
+            return Some(why.to_string());
+        }
+        if rbee_shared::gpu_process::reservation_id_of_token(k.token.as_bytes()) != r.id {
+            return Some("its worker tag does not stand for its id".into());
+        }
     }
     None
 }
@@ -156,13 +210,25 @@ impl Scheduler {
             .map_err(|e| QueenError::Internal(format!("the release thread failed: {e}")))?
     }
 
-    /// Writes settlements and removals (upkeep, release).
+    /// Puts back the keyed reservations that ended within the grace (at start-up, and
+    /// on a queen that mirrors or takes over a shared store).
+    pub fn restore_ended(&self, kept: Vec<EndedRecord>) {
+        view::write(&self.book).restore_ended(kept.into_iter().map(from_ended_record).collect());
+    }
+
+    /// Writes settlements and removals (upkeep, release); `ended`: the ends of keyed
+    /// reservations among the removed, written first.
     pub(super) fn persist_changes(
         &self,
         settled: &[Reservation],
         removed: &[&str],
+        ended: &[Ended],
     ) -> Result<(), QueenError> {
         let Some(store) = &self.store else { return Ok(()) };
+        let ended: Vec<EndedRecord> = ended.iter().filter_map(to_ended_record).collect();
+        if !ended.is_empty() {
+            store.keep_ended(&ended)?;
+        }
         if !settled.is_empty() {
             let records: Vec<ReservationRecord> = settled.iter().map(|r| to_record(r, 0)).collect();
             store.update_reservations(&records)?;
@@ -206,8 +272,58 @@ mod tests {
             state: ReservationState::Settled,
             created_at_unix_ms: 1,
             expires_at_unix_ms: 2,
+            keyed: None,
         };
-        assert_eq!(from_record(to_record(&r, 7)), (r, 7));
+        assert_eq!(from_record(to_record(&r, 7)), (r.clone(), 7));
+        let token = ReservationToken::generate();
+        let keyed = Reservation {
+            id: token.reservation_id(),
+            address: "http://127.0.0.1:7835".into(),
+            keyed: Some(Keyed {
+                request_id: "job-1".into(),
+                token,
+                placed_for: PlacedFor {
+                    vram_bytes: 5,
+                    ram_bytes: Some(3),
+                    kind: "cuda".into(),
+                    labels: [("zone".to_owned(), "eu".to_owned())].into(),
+                },
+            }),
+            ..r
+        };
+        let record = to_record(&keyed, 7);
+        assert_eq!(unsound(&record), None);
+        assert_eq!(from_record(record), (keyed.clone(), 7));
+        the_reservation_its_record_and_its_wire_message_hold_the_same_fields(&keyed);
+    }
+
+    /// One reservation type: the domain reservation, its record and its wire message
+    /// hold the same fields, so that one added to the domain type and not carried by the
+    /// conversions at the edges fails here. The record says `settled` for the state and
+    /// keeps where the reservation starts (`baseline_bytes`) for settlement; the wire
+    /// leaves out the key (with the same request it answers the token: the client's to
+    /// keep, like the token).
+    fn the_reservation_its_record_and_its_wire_message_hold_the_same_fields(r: &Reservation) {
+        use std::collections::BTreeSet;
+        let keys = |v: serde_json::Value| -> BTreeSet<String> {
+            let snake = |k: &str| {
+                k.chars()
+                    .flat_map(|c| {
+                        if c.is_ascii_uppercase() { vec!['_', c.to_ascii_lowercase()] } else { vec![c] }
+                    })
+                    .collect::<String>()
+            };
+            v.as_object().expect("an object").keys().map(|k| snake(k)).collect()
+        };
+        let set = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect::<BTreeSet<String>>();
+        let domain = keys(serde_json::to_value(r).unwrap());
+        let record = keys(serde_json::to_value(to_record(r, 7)).unwrap());
+        let wire = keys(serde_json::to_value(rbee_proto::v1::Reservation::from(r)).unwrap());
+        let record_as_domain: BTreeSet<String> =
+            record.difference(&set(&["settled", "baseline_bytes"])).cloned().chain(set(&["state"])).collect();
+        assert_eq!(record_as_domain, domain, "the record's fields");
+        let wire_as_domain: BTreeSet<String> = wire.iter().cloned().chain(set(&["keyed"])).collect();
+        assert_eq!(wire_as_domain, domain, "the wire message's fields");
         assert_eq!(sha256_hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 }

@@ -45,6 +45,9 @@ use crate::QueenError;
 use crate::fleet::{Fleet, HiveSnapshot};
 use crate::store::Store;
 
+/// Stripes of the keyed-Place turns.
+const KEY_TURNS: usize = 64;
+
 /// Where the scheduler reads hives from: the live fleet, or a fixed set of snapshots
 /// (`queen policy check --fleet FILE`, tests, benchmarks).
 pub trait HiveSource: Send + Sync {
@@ -203,6 +206,16 @@ pub struct Scheduler {
     place_stats: crate::metrics::recorder::PlaceRecorder,
     /// Hives missing from the fleet that hold reservations (see [`upkeep::Missing`]).
     missing: Mutex<upkeep::Missing>,
+    /// Turns of keyed Places, striped by request id (see `place`).
+    key_turns: Box<[Mutex<()>]>,
+}
+
+/// A refused renewal as the error the caller sees.
+fn renew_error(e: book::NotRenewed) -> QueenError {
+    match e {
+        book::NotRenewed::Settled(_) => QueenError::FailedPrecondition(e.to_string()),
+        _ => QueenError::Missing(e.to_string()),
+    }
 }
 
 fn read_policy(path: &std::path::Path) -> Result<String, QueenError> {
@@ -253,6 +266,7 @@ impl Scheduler {
             store,
             place_stats: Default::default(),
             missing: Mutex::default(),
+            key_turns: (0..KEY_TURNS).map(|_| Mutex::new(())).collect(),
         }))
     }
 
@@ -280,14 +294,74 @@ impl Scheduler {
     /// reservation is gone from the book but answered as an error: after a restart it
     /// comes back (and expires or is released again), which never over-promises.
     pub fn release(&self, id: &str) -> Result<Reservation, QueenError> {
+        let mut r = self.remove(id, Some(book::EndedHow::Released))?;
+        r.state = book::ReservationState::Released;
+        Ok(r)
+    }
+
+    /// Removes a reservation durably; remembers its end as `how` (its request id stays
+    /// taken for the grace), or, with `None`, forgets it as never made (a placement the
+    /// caller was told failed: its retry may place again).
+    pub(super) fn remove(&self, id: &str, how: Option<book::EndedHow>) -> Result<Reservation, QueenError> {
         // The removal is kept first: a release that cannot be kept changes nothing (the
         // memory stays counted, so it is never promised again while the store still
         // holds the reservation).
-        if view::read(&self.book).get(id).is_none() {
-            return Err(QueenError::NoReservation(id.to_owned()));
+        let now = rbee_shared::time::now_unix_ms();
+        let ended = {
+            let book = view::read(&self.book);
+            let Some(r) = book.get(id) else { return Err(QueenError::NoReservation(id.to_owned())) };
+            how.zip(r.keyed.as_ref()).map(|(how, k)| book::Ended {
+                id: id.to_owned(),
+                request_id: Some(k.request_id.clone()),
+                how,
+                at_unix_ms: now,
+            })
+        };
+        self.persist_changes(&[], &[id], ended.as_slice())?;
+        let mut book = view::write(&self.book);
+        let r = book.release(id).ok_or_else(|| QueenError::NoReservation(id.to_owned()))?;
+        if let Some(how) = how {
+            book.remember_ended(&r, how, now);
         }
-        self.persist_changes(&[], &[id])?;
-        view::write(&self.book).release(id).ok_or_else(|| QueenError::NoReservation(id.to_owned()))
+        Ok(r)
+    }
+
+    /// Extends an active reservation: it expires `req.ttl` from now. Durable before it
+    /// is answered (blocking: call from a blocking thread). NOT_FOUND when it is
+    /// unknown, released or expired (the message says which).
+    pub fn renew(&self, req: &request::RenewRequest) -> Result<Reservation, QueenError> {
+        let now = rbee_shared::time::now_unix_ms();
+        let expires = now.saturating_add(req.ttl.as_millis() as u64);
+        let (record, start) = {
+            let book = view::read(&self.book);
+            let r = book.renewable(&req.id, now).map_err(renew_error)?;
+            (Reservation { expires_at_unix_ms: expires, ..r.clone() }, book.start_of(&req.id).unwrap_or(0))
+        };
+        // Written first: a renewal that cannot be kept changes nothing.
+        if let Some(store) = &self.store {
+            store.update_reservations(&[durable::to_record(&record, start)])?;
+        }
+        let renewed = view::write(&self.book).renew(&req.id, expires, now);
+        if renewed.is_err()
+            && let Some(store) = &self.store
+            && let Err(e) = store.forget_reservations(&[req.id.as_str()])
+        {
+            // It ended while its renewal was written (upkeep expired it): the record
+            // written back comes back after a restart and expires again.
+            tracing::warn!(error = %e, reservation = %req.id, "cannot forget a reservation that ended while renewed");
+        }
+        renewed.map_err(renew_error)
+    }
+
+    /// [`Scheduler::renew`] on a blocking thread.
+    pub async fn renew_durably(
+        self: &Arc<Self>,
+        req: request::RenewRequest,
+    ) -> Result<Reservation, QueenError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.renew(&req))
+            .await
+            .map_err(|e| QueenError::Internal(format!("the renew thread failed: {e}")))?
     }
 
     /// Every reservation, oldest first.

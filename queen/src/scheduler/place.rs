@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use rbee_shared::bytesize::format_bytes;
 
-use super::book::{Book, Claim, Refused, Reservation};
+use super::book::{Book, Claim, KeyState, Refused, Reservation};
 use super::bounded_text::bound_owned;
 use super::policy::{Choice, Decision, Policy, PolicyError};
 use super::request::PlaceRequest;
@@ -66,6 +66,15 @@ impl Scheduler {
     /// Places a request (blocking: waits for the policy, at most a few times its
     /// budget; call from a blocking thread).
     pub fn place_blocking(&self, req: &PlaceRequest) -> Result<Outcome, QueenError> {
+        // A keyed request: Places with the same key take turns (on this queen), and one
+        // whose key is held answers that reservation (or why not) without deciding again.
+        let key = req.request_id.as_deref().filter(|_| !req.dry_run);
+        let _turn = key.map(|k| self.key_turn(k));
+        if let Some(k) = key
+            && let Some(answer) = self.replay(req, k)?
+        {
+            return Ok(answer);
+        }
         if !req.dry_run
             && let Err(refused) = view::read(&self.book).check_total()
         {
@@ -179,7 +188,8 @@ impl Scheduler {
                 );
                 if bytes <= free { Ok(None) } else { Err(Refused::NoRoom { free }) }
             } else {
-                book.reserve_tagged(&address, &device.id, &claim).map(Some)
+                let key = req.request_id.clone().map(|k| (k, req.placed_for()));
+                book.reserve_keyed(&address, &device.id, &claim, key).map(Some)
             };
             match result {
                 Ok(tagged) => {
@@ -218,6 +228,17 @@ impl Scheduler {
                     full.get_or_insert_with(|| exhausted(&hive_name(&device), &refused));
                 }
                 Err(refused @ Refused::BookFull { .. }) => return Err(exhausted("", &refused)),
+                // Another Place with this key committed first (on this queen, keyed
+                // Places take turns, so only a book replaced in between gets here).
+                Err(Refused::KeyHeld { request_id, .. }) => {
+                    drop(book);
+                    return match self.replay(req, &request_id)? {
+                        Some(answer) => Ok(Attempt::Done(answer)),
+                        None => {
+                            Ok(Attempt::Raced(vec![format!("request id {request_id:?} was taken meanwhile")]))
+                        }
+                    };
+                }
             }
         }
         drop(book);
@@ -279,7 +300,8 @@ impl Scheduler {
         }
         self.persist_placed(r, start, total)?;
         if late() {
-            if let Err(e) = self.release(&r.id) {
+            // Forgotten as never made: the caller may retry with the same request id.
+            if let Err(e) = self.remove(&r.id, None) {
                 // The release could not be written: it comes back after a restart and
                 // expires with its TTL (counting more, never less).
                 tracing::error!(error = %e, reservation = %r.id, "a late reservation could not be released");
@@ -320,10 +342,81 @@ fn notes(device: &DeviceRef) -> Vec<String> {
     }
 }
 
+impl Scheduler {
+    /// Waits for this queen's turn with request id `key` (Places with the same key
+    /// never decide at the same time). Striped: keys that share a stripe also take
+    /// turns, which costs only waiting.
+    fn key_turn(&self, key: &str) -> std::sync::MutexGuard<'_, ()> {
+        use std::hash::BuildHasher;
+        let stripe = (rustc_hash::FxBuildHasher.hash_one(key) as usize) % self.key_turns.len();
+        self.key_turns[stripe].lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The answer for a keyed request whose key is held: the live reservation again
+    /// (with its token), or FAILED_PRECONDITION when it was asked for with a different
+    /// request or it ended less than the grace ago; `None` when the key is free.
+    fn replay(&self, req: &PlaceRequest, key: &str) -> Result<Option<Outcome>, QueenError> {
+        // The fleet first, as every path reads it: never while the book is locked.
+        let hives = self.fleet.hives();
+        let book = view::read(&self.book);
+        let r = match book.key_state(key) {
+            KeyState::Free => return Ok(None),
+            KeyState::Ended(e) => {
+                return Err(QueenError::FailedPrecondition(format!(
+                    "request_id {key:?} was used by reservation {}, which was {} at {} ms since the epoch; \
+                     a request id is not reused for {} s after its reservation ended: use a new one",
+                    e.id,
+                    e.how,
+                    e.at_unix_ms,
+                    super::book::ENDED_GRACE.as_secs()
+                )));
+            }
+            KeyState::Live(r) => r.clone(),
+        };
+        let differences = req.differences(&r);
+        if !differences.is_empty() {
+            return Err(QueenError::FailedPrecondition(format!(
+                "request_id {key:?} is held by reservation {} for a different request ({}); use a new request id",
+                r.id,
+                differences.join("; ")
+            )));
+        }
+        let hive = hives.iter().find(|h| h.address == r.address);
+        let books = Books { locked: &book, shared: &self.book };
+        let device = hive.and_then(|h| {
+            if r.device_id == view::CPU_DEVICE {
+                view::cpu_ref(h, &books)
+            } else {
+                view::gpu_ref(h, &r.device_id, &books)
+            }
+        });
+        let weights = hive.map_or(
+            super::weights::Weights { tier: super::weights::Tier::Absent, bytes: None, est_load_ms: None },
+            |h| super::weights::weights(h, &r.model),
+        );
+        let token = r.keyed.as_ref().map(|k| k.token.clone());
+        drop(book);
+        tracing::info!(reservation = %r.id, request_id = %key, "a retried Place answered its reservation again");
+        Ok(Some(Outcome::Placed(Box::new(Placement {
+            hive_id: r.hive_id.clone(),
+            address: r.address.clone(),
+            device_id: r.device_id.clone(),
+            bytes: r.bytes,
+            free_after: device.map_or(0, |d| d.free),
+            policy: self.policy().source.clone(),
+            fallback: false,
+            weights,
+            prefetching: false,
+            notes: Vec::new(),
+            token,
+            reservation: Some(r),
+        }))))
+    }
+}
+
 /// The hive's id, else its address.
 fn hive_name(device: &DeviceRef) -> String {
-    let id = device.hive.hive_id();
-    if id.is_empty() { device.hive.address.clone() } else { id.to_owned() }
+    rbee_shared::identity::display_name(device.hive.hive_id(), &device.hive.address).to_owned()
 }
 
 /// How a `place` call's answer counts in the placement metrics.

@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::book::Cursor;
+use super::book::{Cursor, PlacedFor, Reservation};
+use crate::QueenError;
 
 /// Default reservation lifetime.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(120);
@@ -59,6 +60,24 @@ pub struct PlaceRequest {
     /// When the caller stops waiting (its gRPC deadline): a placement that would be
     /// committed after it is not made, and one committed after it is released.
     pub deadline: Option<std::time::Instant>,
+    /// The client's idempotency key ([`check_request_id`]).
+    pub request_id: Option<String>,
+}
+
+/// The longest request id.
+pub const MAX_REQUEST_ID: usize = 128;
+
+/// Checks a request id: 1 to [`MAX_REQUEST_ID`] bytes of `[A-Za-z0-9._:-]`
+/// (`INVALID_ARGUMENT` naming what is wrong).
+pub fn check_request_id(id: &str) -> Result<(), QueenError> {
+    let bad = |m: String| Err(QueenError::InvalidArgument(m));
+    if id.is_empty() || id.len() > MAX_REQUEST_ID {
+        return bad(format!("request_id is {} bytes; it must be 1..={MAX_REQUEST_ID}", id.len()));
+    }
+    if let Some(c) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))) {
+        return bad(format!("request_id holds {c:?}; only [A-Za-z0-9._:-] is allowed"));
+    }
+    Ok(())
 }
 
 impl PlaceRequest {
@@ -73,8 +92,53 @@ impl PlaceRequest {
             dry_run: false,
             ttl: DEFAULT_TTL,
             deadline: None,
+            request_id: None,
         }
     }
+
+    /// What a keyed request asks for besides its model (see [`crate::scheduler::book::Keyed`]).
+    pub fn placed_for(&self) -> PlacedFor {
+        PlacedFor {
+            vram_bytes: self.vram_bytes,
+            ram_bytes: self.ram_bytes,
+            kind: self.kind.as_str().to_owned(),
+            labels: self.labels.clone(),
+        }
+    }
+
+    /// How this request differs from the one that made `r` (empty when it is the same
+    /// request): each difference as `field: held X, asked Y`.
+    pub fn differences(&self, r: &Reservation) -> Vec<String> {
+        let Some(k) = &r.keyed else { return vec!["the reservation was placed without a request id".into()] };
+        let mine = self.placed_for();
+        let held = &k.placed_for;
+        let mut out = Vec::new();
+        if self.model != r.model {
+            out.push(format!("model: held {:?}, asked {:?}", r.model, self.model));
+        }
+        if mine.vram_bytes != held.vram_bytes {
+            out.push(format!("vram_bytes: held {}, asked {}", held.vram_bytes, mine.vram_bytes));
+        }
+        if mine.ram_bytes != held.ram_bytes {
+            out.push(format!("ram_bytes: held {:?}, asked {:?}", held.ram_bytes, mine.ram_bytes));
+        }
+        if mine.kind != held.kind {
+            out.push(format!("device_kind: held {}, asked {}", held.kind, mine.kind));
+        }
+        if mine.labels != held.labels {
+            out.push(format!("labels: held {:?}, asked {:?}", held.labels, mine.labels));
+        }
+        out
+    }
+}
+
+/// A validated `Renew` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenewRequest {
+    /// The reservation.
+    pub id: String,
+    /// The new lifetime, from now.
+    pub ttl: Duration,
 }
 
 /// A validated `ListReservations` request: one page.

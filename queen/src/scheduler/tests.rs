@@ -332,6 +332,7 @@ fn an_unsound_kept_record_stops_the_start_naming_it() {
         created_at_unix_ms: 1,
         expires_at_unix_ms: 2,
         baseline_bytes: 0,
+        keyed: None,
     };
     let store = Arc::new(crate::store::TestStore { leader: crate::store::Leader::Me, refused: &[] });
     let Err(err) = Scheduler::durable(Arc::new(StaticHives(small_fleet())), calm(), store, vec![record])
@@ -436,6 +437,7 @@ proptest::proptest! {
     }
 }
 
+mod keyed;
 mod summary;
 
 /// A state disk that hangs: every commit returns only once `thaw_at` has passed. It
@@ -483,6 +485,12 @@ impl crate::store::Store for HungDisk {
         Ok(())
     }
     fn keep_hive(&self, _: &crate::store::HiveRecord) -> Result<(), crate::store::StoreError> {
+        Ok(())
+    }
+    fn keep_ended(&self, _: &[crate::store::EndedRecord]) -> Result<(), crate::store::StoreError> {
+        Ok(())
+    }
+    fn forget_ended(&self, _: &[&str]) -> Result<(), crate::store::StoreError> {
         Ok(())
     }
     fn keep_policy(&self, _: &crate::store::PolicyRecord) -> Result<(), crate::store::StoreError> {

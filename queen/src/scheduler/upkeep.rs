@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Scheduler;
 use super::SchedulerEvent;
+use super::book::EndedHow;
 use super::view;
 use crate::fleet::ConnState;
 
@@ -99,6 +100,14 @@ impl Scheduler {
                 };
                 dropped.push((r, why));
             }
+            // Remember how each ended (a request id stays taken for the grace), and
+            // forget the ends past it.
+            let mut ended = Vec::new();
+            for (r, why) in &dropped {
+                let how = if why.starts_with("expired") { EndedHow::Expired } else { EndedHow::Dropped };
+                ended.extend(book.remember_ended(r, how, now));
+            }
+            let past_grace = book.prune_ended(now);
             let held: HashSet<&str> = book.iter().map(|r| r.address.as_str()).collect();
             missing.since.retain(|address, _| held.contains(address.as_str()));
             missing.kept = book.iter().filter(|r| !missing.seen.contains(&r.address)).count() as u64;
@@ -107,10 +116,17 @@ impl Scheduler {
             let settled: Vec<_> = settled.iter().filter_map(|id| book.get(id).cloned()).collect();
             drop(book);
             let removed: Vec<&str> = dropped.iter().map(|(r, _)| r.id.as_str()).collect();
-            if let Err(e) = self.persist_changes(&settled, &removed) {
+            if let Err(e) = self.persist_changes(&settled, &removed, &ended) {
                 // The records stay as they were: a restart counts them again, and
                 // settles, expires or drops them again.
                 tracing::error!(error = %e, "cannot keep the books' upkeep in the state store");
+            }
+            if let Some(store) = self.store.as_ref().filter(|_| !past_grace.is_empty()) {
+                let ids: Vec<&str> = past_grace.iter().map(String::as_str).collect();
+                if let Err(e) = store.forget_ended(&ids) {
+                    // Kept longer: a restart forgets them at its first upkeep.
+                    tracing::warn!(error = %e, "cannot forget ended reservations in the state store");
+                }
             }
         }
         for (r, reason) in dropped {

@@ -2,7 +2,7 @@
 //! the embedded redb file ([`super::StateStore`]) or etcd ([`super::EtcdStore`]).
 //! Every method blocks until its write is durable; call it from a blocking thread.
 
-use super::{HiveRecord, PolicyRecord, ReservationRecord, StoreError};
+use super::{EndedRecord, HiveRecord, PolicyRecord, ReservationRecord, StoreError};
 
 /// Who may write the state now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +30,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Forgets reservations.
     fn forget_reservations(&self, ids: &[&str]) -> Result<(), StoreError>;
+
+    /// Keeps keyed reservations that ended (written before the reservations are
+    /// forgotten, so that a crash in between leaves both, never neither).
+    fn keep_ended(&self, records: &[EndedRecord]) -> Result<(), StoreError>;
+
+    /// Forgets ended reservations past their grace.
+    fn forget_ended(&self, ids: &[&str]) -> Result<(), StoreError>;
 
     /// Keeps a hive added, announced or removed at run time.
     fn keep_hive(&self, record: &HiveRecord) -> Result<(), StoreError>;
@@ -64,6 +71,14 @@ impl Store for super::StateStore {
         self.remove_reservations(ids.iter().copied())
     }
 
+    fn keep_ended(&self, records: &[EndedRecord]) -> Result<(), StoreError> {
+        self.put_ended(records)
+    }
+
+    fn forget_ended(&self, ids: &[&str]) -> Result<(), StoreError> {
+        self.remove_ended(ids)
+    }
+
     fn keep_hive(&self, record: &HiveRecord) -> Result<(), StoreError> {
         self.put_hive(record)
     }
@@ -91,8 +106,14 @@ pub(crate) struct TestStore {
 #[cfg(test)]
 impl TestStore {
     /// Every write fails.
-    pub const ALL: &'static [&'static str] =
-        &["commit_placed", "update_reservations", "forget_reservations", "keep_hive", "keep_policy"];
+    pub const ALL: &'static [&'static str] = &[
+        "commit_placed",
+        "update_reservations",
+        "forget_reservations",
+        "keep_hive",
+        "keep_policy",
+        "keep_ended",
+    ];
 
     fn write(&self, method: &str) -> Result<(), StoreError> {
         if self.refused.contains(&method) {
@@ -118,6 +139,12 @@ impl Store for TestStore {
     }
     fn forget_reservations(&self, _: &[&str]) -> Result<(), StoreError> {
         self.write("forget_reservations")
+    }
+    fn keep_ended(&self, _: &[EndedRecord]) -> Result<(), StoreError> {
+        self.write("keep_ended")
+    }
+    fn forget_ended(&self, _: &[&str]) -> Result<(), StoreError> {
+        self.write("forget_ended")
     }
     fn keep_hive(&self, _: &HiveRecord) -> Result<(), StoreError> {
         self.write("keep_hive")

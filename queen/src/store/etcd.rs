@@ -5,7 +5,8 @@
 //! - `reservations/ID`: a reservation (JSON, as in the embedded store);
 //! - `devices/ADDRESS#DEVICE`: the bytes the reservations on that device hold in all;
 //! - `hives/ADDRESS`: a hive added, announced or removed at run time;
-//! - `facts/policy`: the last accepted policy.
+//! - `facts/policy`: the last accepted policy;
+//! - `ended/ID`: a keyed reservation that ended, kept for the request-id grace.
 //!
 //! Every write is one transaction guarded by the leader's lease (`lease(leader) ==
 //! mine`): a queen that lost its lease writes nothing. A new reservation also compares
@@ -27,7 +28,7 @@ use tokio::sync::watch;
 use super::backend::{Leader, Store};
 use super::etcd_api::{self as api, EtcdClient, EtcdTls, KeepAlive, Watcher};
 use super::records::encode;
-use super::{HiveRecord, PolicyRecord, ReservationRecord, Restored, StoreError};
+use super::{EndedRecord, HiveRecord, PolicyRecord, ReservationRecord, Restored, StoreError};
 use commit::SharedCombiner;
 
 /// The leader key, under the prefix.
@@ -280,6 +281,11 @@ impl EtcdStore {
             restored.policy =
                 Some(decode(kv.0.as_str(), &kv.1).map_err(|e| StoreError::Refused(e.to_string()))?);
         }
+        for kv in self.prefixed("ended/").await? {
+            restored
+                .ended
+                .push(decode(kv.0.as_str(), &kv.1).map_err(|e| StoreError::Refused(e.to_string()))?);
+        }
         Ok(restored)
     }
 
@@ -382,6 +388,9 @@ impl EtcdStore {
         if let Some(p) = &kept.policy {
             ops.push(api::put(self.key("facts/policy"), encode(p), 0));
         }
+        for e in &kept.ended {
+            ops.push(api::put(self.key(&format!("ended/{}", e.id)), encode(e), 0));
+        }
         // etcd takes at most 128 operations per transaction; each batch re-checks that
         // no queen leads.
         for batch in ops.chunks(100) {
@@ -419,6 +428,25 @@ impl Store for EtcdStore {
         self.block(async {
             for id in ids {
                 self.forget_async(id).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn keep_ended(&self, records: &[EndedRecord]) -> Result<(), StoreError> {
+        self.block(async {
+            for r in records {
+                self.put_guarded(self.key(&format!("ended/{}", r.id)), encode(r), false).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn forget_ended(&self, ids: &[&str]) -> Result<(), StoreError> {
+        self.block(async {
+            let lease = self.my_lease()?;
+            for id in ids {
+                self.guarded(lease, Vec::new(), vec![api::delete(self.key(&format!("ended/{id}")))]).await?;
             }
             Ok(())
         })

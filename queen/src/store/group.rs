@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use super::backend::{Leader, Store};
-use super::{HiveRecord, PolicyRecord, ReservationRecord, StateStore, StoreError};
+use super::{EndedRecord, HiveRecord, PolicyRecord, ReservationRecord, StateStore, StoreError};
 
 /// Most jobs in one transaction.
 pub const MAX_BATCH: usize = 256;
@@ -151,6 +151,16 @@ impl Store for GroupCommit {
         self.submit(Write::Forget(ids.iter().map(|s| (*s).to_owned()).collect()))
     }
 
+    fn keep_ended(&self, records: &[EndedRecord]) -> Result<(), StoreError> {
+        // Rare (a keyed reservation ended): its own transaction, done before it answers,
+        // so it is durable before the reservation is forgotten.
+        self.store.put_ended(records)
+    }
+
+    fn forget_ended(&self, ids: &[&str]) -> Result<(), StoreError> {
+        self.store.remove_ended(ids)
+    }
+
     fn keep_hive(&self, record: &HiveRecord) -> Result<(), StoreError> {
         self.submit(Write::Hive(record.clone()))
     }
@@ -180,6 +190,7 @@ mod tests {
             created_at_unix_ms: 1,
             expires_at_unix_ms: 2,
             baseline_bytes: 0,
+            keyed: None,
         }
     }
 

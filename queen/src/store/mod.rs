@@ -27,13 +27,15 @@ pub use backend::{Leader, Store};
 pub use etcd::{Campaign, EtcdSettings, EtcdStore, Renewal, Role};
 pub use etcd_api::EtcdTls;
 pub use group::GroupCommit;
-pub use records::{HiveRecord, PolicyRecord, ReservationRecord, Restored};
+pub use records::{EndedRecord, HiveRecord, KeyedRecord, PolicyRecord, ReservationRecord, Restored};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 /// Reservations by id (JSON records).
 const RESERVATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("reservations");
 /// Hives added or removed at run time, by address (JSON records).
 const HIVES: TableDefinition<&str, &[u8]> = TableDefinition::new("hives");
+/// Keyed reservations that ended, by id (JSON records), kept for the grace.
+const ENDED: TableDefinition<&str, &[u8]> = TableDefinition::new("ended");
 /// Facts about the queen: the last accepted policy.
 const FACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("facts");
 /// The key of the last accepted policy in [`FACTS`].
@@ -172,6 +174,7 @@ impl StateStore {
                 txn.open_table(RESERVATIONS)?;
                 txn.open_table(HIVES)?;
                 txn.open_table(FACTS)?;
+                txn.open_table(ENDED)?;
                 Ok(())
             })
             .map_err(|e| match e {
@@ -275,6 +278,17 @@ impl StateStore {
         if let Some(v) = facts.get(POLICY).map_err(|e| self.io(e))? {
             restored.policy = Some(self.decode("facts", POLICY, v.value())?);
         }
+        // A file written before request ids has no such table: nothing ended.
+        match txn.open_table(ENDED) {
+            Ok(ended) => {
+                for row in ended.iter().map_err(|e| self.io(e))? {
+                    let (k, v) = row.map_err(|e| self.io(e))?;
+                    restored.ended.push(self.decode("ended", k.value(), v.value())?);
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(self.io(e)),
+        }
         Ok(restored)
     }
 
@@ -304,6 +318,34 @@ impl StateStore {
             return Ok(());
         }
         self.write(|txn| self.remove_reservations_in(txn, ids.iter().copied()))
+    }
+
+    /// Keeps ended keyed reservations, durably, in one transaction.
+    pub fn put_ended(&self, records: &[EndedRecord]) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.write(|txn| {
+            let mut table = txn.open_table(ENDED)?;
+            for r in records {
+                table.insert(r.id.as_str(), records::encode(r).as_slice())?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Forgets ended keyed reservations, durably, in one transaction.
+    pub fn remove_ended(&self, ids: &[&str]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.write(|txn| {
+            let mut table = txn.open_table(ENDED)?;
+            for id in ids {
+                table.remove(*id)?;
+            }
+            Ok(())
+        })
     }
 
     /// Keeps a hive added or removed at run time.
@@ -471,6 +513,7 @@ mod tests {
             created_at_unix_ms: 1,
             expires_at_unix_ms: 2,
             baseline_bytes: 3,
+            keyed: None,
         }
     }
 

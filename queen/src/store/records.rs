@@ -30,6 +30,43 @@ pub struct ReservationRecord {
     /// The device's observed usage when the reservation was made.
     #[serde(default)]
     pub baseline_bytes: u64,
+    /// The request id it was placed with, what for, and its worker tag (absent when
+    /// placed without one; records written before request ids have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyed: Option<KeyedRecord>,
+}
+
+/// A keyed reservation's idempotency key, request and worker tag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyedRecord {
+    /// The client's request id.
+    pub request_id: String,
+    /// The worker tag (secret: the store is as secret as the write token, see
+    /// docs/security.md).
+    pub token: String,
+    /// VRAM asked for, bytes.
+    pub vram_bytes: u64,
+    /// RAM asked for, bytes.
+    #[serde(default)]
+    pub ram_bytes: Option<u64>,
+    /// The device kind (`any`, `cuda`, `cpu`).
+    pub kind: String,
+    /// The labels that had to match.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// A keyed reservation that ended: its request id stays taken for the grace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndedRecord {
+    /// The reservation's id.
+    pub id: String,
+    /// The request id it was placed with.
+    pub request_id: String,
+    /// `released`, `expired` or `dropped`.
+    pub how: String,
+    /// When it ended, ms since the Unix epoch.
+    pub ended_at_unix_ms: u64,
 }
 
 /// A hive added or removed at run time.
@@ -64,6 +101,8 @@ pub struct Restored {
     pub hives: Vec<HiveRecord>,
     /// The last accepted policy.
     pub policy: Option<PolicyRecord>,
+    /// Keyed reservations that ended within the grace, by id order.
+    pub ended: Vec<EndedRecord>,
 }
 
 /// The field that carries a record's checksum.
@@ -145,6 +184,7 @@ mod tests {
             created_at_unix_ms: 1,
             expires_at_unix_ms: 2,
             baseline_bytes: 3,
+            keyed: None,
         }
     }
 

@@ -4,7 +4,9 @@
 //! `total - max(observed used, baseline + sum of active reservations)`, where the
 //! baseline is the usage observed when the oldest active reservation was made.
 //! Reservations settle (stop counting) in order once observed usage has grown by their
-//! size; active ones expire after their TTL. The book is one plain struct behind one
+//! size (each also only once the usage grew by its size above what it was when the
+//! reservation was made: growth from before never settles it); active ones expire
+//! after their TTL. The book is one plain struct behind one
 //! lock: checking and reserving happen under that lock, never across an `.await`.
 //!
 //! Where the hive lists the device's processes, settlement goes by process instead
@@ -18,6 +20,11 @@
 //!
 //! The book holds at most [`BookLimits::per_hive`] reservations per hive and
 //! [`BookLimits::total`] in all; it lists them in pages, oldest first.
+//!
+//! A reservation placed with a request id (an idempotency key, [`Keyed`]) is found by
+//! that id while it lives, and for [`ENDED_GRACE`] after it ended ([`keyed`]): the
+//! check and the reserve happen under the book's one lock, so one id never holds two
+//! reservations.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Bound;
@@ -33,6 +40,8 @@ pub enum ReservationState {
     Active,
     /// Observed usage grew by its size; the memory is in the samples now.
     Settled,
+    /// Released (answered by `Release` only: the book no longer holds it).
+    Released,
 }
 
 /// One reservation.
@@ -56,6 +65,8 @@ pub struct Reservation {
     pub created_at_unix_ms: u64,
     /// Active reservations expire then (ms since the Unix epoch).
     pub expires_at_unix_ms: u64,
+    /// The request id it was placed with, if any.
+    pub keyed: Option<Keyed>,
 }
 
 /// A device in the book: `(hive address, device id)`.
@@ -73,6 +84,10 @@ struct DeviceBook {
     /// The pids on the device when each active reservation was made, for those made
     /// while the hive listed the device's processes.
     known: HashMap<String, Vec<u32>>,
+    /// The observed usage when each active reservation was made (its floor): without
+    /// process lists, it settles only once usage grew by its size above this, so growth
+    /// from before it was made never settles it.
+    floors: HashMap<String, u64>,
     /// Pids that settled a reservation here (pruned to those still listed).
     claimed: BTreeSet<u32>,
     /// Bytes that tagged workers of still-active reservations already hold.
@@ -164,6 +179,15 @@ pub enum Refused {
         /// The total limit.
         limit: usize,
     },
+    /// The request id is held already (by a live reservation, or one that ended less
+    /// than [`ENDED_GRACE`] ago).
+    #[error("request id {request_id:?} is held by reservation {id}")]
+    KeyHeld {
+        /// The request id.
+        request_id: String,
+        /// The reservation that holds it.
+        id: String,
+    },
 }
 
 /// Where a page of the reservation list starts: after this (created, id).
@@ -221,12 +245,16 @@ pub struct Book {
     /// Reservations settled by process, per hive address, with the pids that settled
     /// them: undone when those are all gone ([`processes`]).
     settled_by: HashMap<String, Vec<processes::SettledBy>>,
+    /// Live reservations by request id.
+    by_request: HashMap<String, String>,
+    /// Reservations that ended recently ([`ended`]).
+    ended: keyed::EndedBook,
 }
 
 impl Book {
     /// An empty book that holds at most `limits`.
     pub fn new(limits: BookLimits) -> Self {
-        Self { limits, ..Self::default() }
+        Self { limits, ended: keyed::EndedBook::new(limits.total.max(4096)), ..Self::default() }
     }
 
     /// Reservations held.
@@ -279,13 +307,15 @@ impl Book {
         let Some(d) = devices.get_mut(device_id) else { return settled };
         while let Some(id) = d.active.front() {
             let bytes = self.reservations.get(id).map_or(0, |r| r.bytes);
-            if observed < d.baseline.saturating_add(bytes) {
+            let floor = d.floors.get(id).copied().unwrap_or(0);
+            if observed < d.baseline.max(floor).saturating_add(bytes) {
                 break;
             }
             d.baseline += bytes;
             d.active_bytes -= bytes;
             let id = d.active.pop_front().unwrap_or_default();
             d.known.remove(&id);
+            d.floors.remove(&id);
             if let Some(r) = self.reservations.get_mut(&id) {
                 r.state = ReservationState::Settled;
             }
@@ -320,6 +350,24 @@ impl Book {
         device_id: &str,
         claim: &Claim<'_>,
     ) -> Result<(Reservation, rbee_shared::gpu_process::ReservationToken), Refused> {
+        self.reserve_keyed(address, device_id, claim, None)
+    }
+
+    /// [`Book::reserve_tagged`] for a request with an idempotency key: refused with
+    /// [`Refused::KeyHeld`] when a live reservation (or one that ended less than
+    /// [`ENDED_GRACE`] ago) holds the key, checked under the same lock as the reserve.
+    pub fn reserve_keyed(
+        &mut self,
+        address: &str,
+        device_id: &str,
+        claim: &Claim<'_>,
+        key: Option<(String, PlacedFor)>,
+    ) -> Result<(Reservation, rbee_shared::gpu_process::ReservationToken), Refused> {
+        if let Some((request_id, _)) = &key
+            && let Some(id) = self.key_holder(request_id)
+        {
+            return Err(Refused::KeyHeld { request_id: request_id.clone(), id: id.to_owned() });
+        }
         self.check_total()?;
         if self.counts.get(address).copied().unwrap_or(0) >= self.limits.per_hive {
             return Err(Refused::HiveFull { limit: self.limits.per_hive });
@@ -340,7 +388,11 @@ impl Book {
             state: ReservationState::Active,
             created_at_unix_ms: claim.now_ms,
             expires_at_unix_ms: claim.now_ms.saturating_add(claim.ttl.as_millis() as u64),
+            keyed: key.map(|(request_id, placed_for)| Keyed { request_id, placed_for, token: token.clone() }),
         };
+        if let Some(k) = &r.keyed {
+            self.by_request.insert(k.request_id.clone(), r.id.clone());
+        }
         let d = self.hives.entry(address.to_owned()).or_default().entry(device_id);
         if d.active.is_empty() {
             d.baseline = claim.observed;
@@ -349,6 +401,7 @@ impl Book {
         if let Some(p) = claim.processes {
             d.known.insert(r.id.clone(), p.listed.iter().map(|p| p.pid).collect());
         }
+        d.floors.insert(r.id.clone(), claim.observed);
         d.active.push_back(r.id.clone());
         d.active_bytes += r.bytes;
         self.order.insert((r.created_at_unix_ms, r.id.clone()));
@@ -395,11 +448,17 @@ impl Book {
                 if d.active.is_empty() {
                     d.baseline = start;
                 }
+                // The kept start is the floor: it is never below the usage the
+                // reservation saw ahead of it, so settling stays on the safe side.
+                d.floors.insert(r.id.clone(), start);
                 d.active.push_back(r.id.clone());
                 d.active_bytes += r.bytes;
             }
             self.order.insert((r.created_at_unix_ms, r.id.clone()));
             *self.counts.entry(r.address.clone()).or_default() += 1;
+            if let Some(k) = &r.keyed {
+                self.by_request.insert(k.request_id.clone(), r.id.clone());
+            }
             self.reservations.insert(r.id.clone(), r);
         }
     }
@@ -407,6 +466,9 @@ impl Book {
     /// Removes a reservation.
     pub fn release(&mut self, id: &str) -> Option<Reservation> {
         let r = self.reservations.remove(id)?;
+        if let Some(k) = &r.keyed {
+            self.by_request.remove(&k.request_id);
+        }
         self.forget_settled_by(&r.address, id);
         self.order.remove(&(r.created_at_unix_ms, r.id.clone()));
         if let Some(n) = self.counts.get_mut(&r.address) {
@@ -422,6 +484,7 @@ impl Book {
             d.active.retain(|x| x != id);
             d.active_bytes -= r.bytes;
             d.known.remove(id);
+            d.floors.remove(id);
             if d.active.is_empty() {
                 devices.remove(&r.device_id);
                 if devices.0.is_empty() {
@@ -497,6 +560,9 @@ impl Book {
     }
 }
 
+pub mod keyed;
 mod processes;
+
+pub use keyed::{ENDED_GRACE, Ended, EndedHow, KeyState, Keyed, NotRenewed, PlacedFor};
 #[cfg(test)]
 mod tests;

@@ -56,6 +56,7 @@ fn settle_at(
     d.baseline += bytes;
     d.active_bytes -= bytes;
     d.known.remove(&id);
+    d.floors.remove(&id);
     if let Some(r) = reservations.get_mut(&id) {
         r.state = ReservationState::Settled;
     }
@@ -274,7 +275,11 @@ impl Book {
 
         // 3. Reservations made without a process list: the whole-device rule, in order.
         while let Some(id) = d.active.front() {
-            if d.known.contains_key(id) || observed < d.baseline.saturating_add(bytes_of(reservations, id)) {
+            // Above the usage it saw when it was made too: growth from before never counts.
+            let floor = d.floors.get(id).copied().unwrap_or(0);
+            if d.known.contains_key(id)
+                || observed < d.baseline.max(floor).saturating_add(bytes_of(reservations, id))
+            {
                 break;
             }
             settled.extend(settle_at(d, reservations, 0));

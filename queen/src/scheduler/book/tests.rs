@@ -396,3 +396,56 @@ mod by_process {
         assert_eq!(b.free("a", "g", 80 * GIB, 0), 50 * GIB);
     }
 }
+
+/// Without process lists, a reservation settles only on growth seen on its own device
+/// after it was made: never on growth that happened before (here: a simulated load that
+/// rose while an older reservation was still active, which was then released), and
+/// never on growth on another device.
+#[test]
+fn growth_from_before_a_reservation_never_settles_it() {
+    let mut b = Book::default();
+    let old = b.reserve("a", "g", &claim(10 * GIB, 0)).unwrap();
+    // A simulated load rises by 5 GiB (the old reservation's model never loads).
+    assert!(b.observe("a", "g", 5 * GIB).is_empty());
+    let mine = b.reserve("a", "g", &claim(10 * GIB, 5 * GIB)).unwrap();
+    b.release(&old.id).unwrap();
+    // The load rises by 5 GiB more: 5 GiB since `mine` was made, less than its 10.
+    assert!(b.observe("a", "g", 10 * GIB).is_empty(), "settled by growth from before it was made");
+    // A load on another GPU of the hive rises by 20 GiB: not `mine`'s device.
+    assert!(b.observe("a", "g2", 20 * GIB).is_empty());
+    assert_eq!(b.get(&mine.id).unwrap().state, ReservationState::Active);
+    // Its own 10 GiB since it was made: settled.
+    assert_eq!(b.observe("a", "g", 15 * GIB), std::slice::from_ref(&mine.id));
+}
+
+/// With process lists, a process that was there before the reservation grows by 20 GiB:
+/// nothing settles.
+#[test]
+fn a_simulated_load_rising_by_20_gib_settles_nothing() {
+    let listed = |vram: u64| rbee_shared::GpuProcesses {
+        listed: vec![rbee_shared::GpuProcess { pid: 7, used_vram_bytes: Some(vram), ..Default::default() }],
+        ..Default::default()
+    };
+    let mut b = Book::default();
+    let before = listed(2 * GIB);
+    let r = b.reserve("a", "g", &Claim { processes: Some(&before), ..claim(20 * GIB, 2 * GIB) }).unwrap();
+    let grown = listed(22 * GIB);
+    assert!(b.settle("a", "g", 22 * GIB, Some(&grown)).is_empty());
+    assert_eq!(b.get(&r.id).unwrap().state, ReservationState::Active);
+}
+
+/// The same on a device that lists its processes now, for a reservation made while it
+/// did not (the whole-device rule applies to it there too).
+#[test]
+fn growth_from_before_a_reservation_never_settles_it_once_processes_are_listed() {
+    let mut b = Book::default();
+    let old = b.reserve("a", "g", &claim(10 * GIB, 0)).unwrap();
+    let mine = b.reserve("a", "g", &claim(10 * GIB, 5 * GIB)).unwrap();
+    b.release(&old.id).unwrap();
+    let none = rbee_shared::GpuProcesses::default();
+    assert!(
+        b.settle("a", "g", 10 * GIB, Some(&none)).is_empty(),
+        "settled by growth from before it was made"
+    );
+    assert_eq!(b.settle("a", "g", 15 * GIB, Some(&none)), std::slice::from_ref(&mine.id));
+}
