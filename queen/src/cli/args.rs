@@ -206,9 +206,15 @@ pub struct PolicyStatusArgs {
 /// What to place (shared by `place` and `policy check`).
 #[derive(Debug, Clone, Args)]
 pub struct RequestArgs {
-    /// VRAM the model needs on one GPU, e.g. 8GiB.
+    /// VRAM the model needs on one GPU (on EACH GPU of a gang), e.g. 8GiB.
     #[arg(long, value_parser = rbee_shared::bytesize::parse_bytes)]
     pub vram: Option<u64>,
+    /// GPUs wanted on one hive, for a tensor-parallel worker (1..=64; default 1).
+    #[arg(long)]
+    pub gpus: Option<u32>,
+    /// How a gang's GPUs must be connected.
+    #[arg(long, value_enum, default_value = "any")]
+    pub topology: TopologyArg,
     /// RAM the model needs on the hive, e.g. 16GiB (required for --kind cpu).
     #[arg(long, value_parser = rbee_shared::bytesize::parse_bytes)]
     pub ram: Option<u64>,
@@ -224,6 +230,17 @@ pub struct RequestArgs {
     /// How long the reservation lasts unless the model shows up or it is released (1s..=1h).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub ttl: Option<Duration>,
+}
+
+/// Gang topologies on the command line.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum TopologyArg {
+    /// Any GPUs of one hive (the tightest that fits is still preferred).
+    Any,
+    /// All on one NUMA node.
+    Numa,
+    /// Every pair NVLink-connected.
+    Nvlink,
 }
 
 /// Device kinds on the command line.
@@ -255,6 +272,12 @@ impl RequestArgs {
             ttl_ms: self.ttl.map(|d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
             prefetch: false,
             prefetch_from: None,
+            gpus: self.gpus,
+            topology: match self.topology {
+                TopologyArg::Any => pb::GangTopology::Any,
+                TopologyArg::Numa => pb::GangTopology::SameNuma,
+                TopologyArg::Nvlink => pb::GangTopology::Nvlink,
+            } as i32,
         }
     }
 }

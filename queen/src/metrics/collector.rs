@@ -242,6 +242,13 @@ impl FleetCollector {
             MetricType::Histogram,
         )?;
         stats.latency().encode(m)?;
+        counters(
+            enc,
+            "rbee_place_gang_size",
+            "Placements made, by their number of GPUs (the gang size; 1 for a plain placement).",
+            None,
+            stats.sizes().map(|(n, count)| (vec![label("gpus", n.to_string())], count)),
+        )?;
         let status = self.scheduler.status();
         let one = |v: u64| [(Labels::new(), v)];
         counters(

@@ -15,11 +15,12 @@ use super::book::{Reservation, ReservationState};
 use super::policy::DEFAULT_POLICY;
 use super::{HiveSource, Scheduler, SchedulerSettings, view};
 use crate::QueenError;
-use crate::store::{PolicyRecord, ReservationRecord, Store};
+use crate::store::{GangDeviceRecord, PolicyRecord, ReservationRecord, Store};
 
-/// A reservation as the store keeps it; `start` is where it begins on its device (see
-/// [`super::book::Book::start_of`]).
-pub(super) fn to_record(r: &Reservation, start: u64) -> ReservationRecord {
+/// A reservation as the store keeps it; `starts` is where it begins on each of its
+/// devices (see [`super::book::Book::starts_of`]; the first for `baseline_bytes`).
+pub(super) fn to_record(r: &Reservation, starts: &[u64]) -> ReservationRecord {
+    let start = starts.first().copied().unwrap_or(0);
     ReservationRecord {
         id: r.id.clone(),
         hive_id: r.hive_id.clone(),
@@ -31,13 +32,28 @@ pub(super) fn to_record(r: &Reservation, start: u64) -> ReservationRecord {
         created_at_unix_ms: r.created_at_unix_ms,
         expires_at_unix_ms: r.expires_at_unix_ms,
         baseline_bytes: start,
+        gang: r
+            .gang
+            .iter()
+            .enumerate()
+            .map(|(i, d)| GangDeviceRecord {
+                device_id: d.clone(),
+                baseline_bytes: starts.get(i).copied().unwrap_or(start),
+            })
+            .collect(),
     }
 }
 
-/// A kept reservation and its start, for [`super::book::Book::restore`].
-pub(super) fn from_record(r: ReservationRecord) -> (Reservation, u64) {
+/// A kept reservation and its start on each device, for
+/// [`super::book::Book::restore_gangs`].
+pub(super) fn from_record(r: ReservationRecord) -> (Reservation, Vec<u64>) {
     let state = if r.settled { ReservationState::Settled } else { ReservationState::Active };
-    let start = r.baseline_bytes;
+    let start = if r.gang.is_empty() {
+        vec![r.baseline_bytes]
+    } else {
+        r.gang.iter().map(|g| g.baseline_bytes).collect()
+    };
+    let gang = r.gang.into_iter().map(|g| g.device_id).collect();
     (
         Reservation {
             id: r.id,
@@ -49,6 +65,7 @@ pub(super) fn from_record(r: ReservationRecord) -> (Reservation, u64) {
             state,
             created_at_unix_ms: r.created_at_unix_ms,
             expires_at_unix_ms: r.expires_at_unix_ms,
+            gang,
         },
         start,
     )
@@ -67,6 +84,12 @@ pub(super) fn unsound(r: &ReservationRecord) -> Option<String> {
     }
     if !printable(&r.device_id, 256) {
         return Some(format!("device {:?} is not 1 to 256 printable bytes", r.device_id));
+    }
+    if let Some(g) = r.gang.iter().find(|g| !printable(&g.device_id, 256)) {
+        return Some(format!("gang device {:?} is not 1 to 256 printable bytes", g.device_id));
+    }
+    if !r.gang.is_empty() && (r.gang.len() > 64 || r.gang[0].device_id != r.device_id) {
+        return Some("its gang is longer than 64 GPUs, or does not start with its device".into());
     }
     if r.bytes == 0 {
         return Some("it reserves 0 bytes".into());
@@ -105,7 +128,7 @@ impl Scheduler {
             });
         }
         let scheduler = Self::build(fleet, settings, Some(store))?;
-        view::write(&scheduler.book).restore(kept.into_iter().map(from_record).collect());
+        view::write(&scheduler.book).restore_gangs(kept.into_iter().map(from_record).collect());
         if restored > 0 {
             tracing::info!(reservations = restored, "reservations restored from the state store");
         }
@@ -124,7 +147,7 @@ impl Scheduler {
         }
         let mut book = view::write(&self.book);
         *book = super::book::Book::new(self.settings.reservations);
-        book.restore(kept.into_iter().map(from_record).collect());
+        book.restore_gangs(kept.into_iter().map(from_record).collect());
         Ok(())
     }
 
@@ -137,9 +160,14 @@ impl Scheduler {
     /// Writes a new reservation durably (`total`: the device's capacity, which a shared
     /// store re-checks); on failure takes it back out of the book, so that nothing
     /// unanswered stays promised.
-    pub(super) fn persist_placed(&self, r: &Reservation, start: u64, total: u64) -> Result<(), QueenError> {
+    pub(super) fn persist_placed(
+        &self,
+        r: &Reservation,
+        starts: &[u64],
+        total: u64,
+    ) -> Result<(), QueenError> {
         let Some(store) = &self.store else { return Ok(()) };
-        if let Err(e) = store.commit_placed(&to_record(r, start), total) {
+        if let Err(e) = store.commit_placed(&to_record(r, starts), total) {
             view::write(&self.book).release(&r.id);
             tracing::error!(error = %e, reservation = %r.id, "a reservation could not be made durable; not placed");
             return Err(e.into());
@@ -164,7 +192,7 @@ impl Scheduler {
     ) -> Result<(), QueenError> {
         let Some(store) = &self.store else { return Ok(()) };
         if !settled.is_empty() {
-            let records: Vec<ReservationRecord> = settled.iter().map(|r| to_record(r, 0)).collect();
+            let records: Vec<ReservationRecord> = settled.iter().map(|r| to_record(r, &[])).collect();
             store.update_reservations(&records)?;
         }
         if !removed.is_empty() {
@@ -206,8 +234,14 @@ mod tests {
             state: ReservationState::Settled,
             created_at_unix_ms: 1,
             expires_at_unix_ms: 2,
+            gang: Vec::new(),
         };
-        assert_eq!(from_record(to_record(&r, 7)), (r, 7));
+        assert_eq!(from_record(to_record(&r, &[7])), (r.clone(), vec![7]));
+        let gang = Reservation { gang: vec!["GPU-0".into(), "GPU-1".into()], ..r };
+        let record = to_record(&gang, &[7, 9]);
+        assert_eq!(record.devices(), ["GPU-0", "GPU-1"]);
+        assert_eq!(unsound(&record), None);
+        assert_eq!(from_record(record), (gang, vec![7, 9]));
         assert_eq!(sha256_hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 }

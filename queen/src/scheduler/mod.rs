@@ -5,6 +5,7 @@
 //! - [`view`]: the fleet as policies see it, and the eligibility rules.
 //! - [`policy`]: the sandboxed Rhai runtime, its API and budget.
 //! - [`book`]: the reservation book (bounded, paged).
+//! - [`gang`]: the search for a gang of GPUs of one hive over its topology.
 //! - `place`: the decision path (policy, then commit under the book's lock).
 //! - `durable`: the books kept in the state store, and restored from it.
 //! - `upkeep`: settlement and expiry of reservations; never waits on a policy.
@@ -15,6 +16,7 @@ pub mod book;
 pub mod bounded_text;
 mod durable;
 mod events;
+pub mod gang;
 mod place;
 pub mod policy;
 mod reload;
@@ -122,6 +124,21 @@ pub struct Placement {
     /// The reservation's secret worker tag (none for a dry run): answered to the placing
     /// client only, never logged (its `Debug` is redacted) nor kept.
     pub token: Option<rbee_shared::gpu_process::ReservationToken>,
+    /// Every device of the placement, `device_id` first: a gang's GPUs, else the one.
+    pub devices: Vec<PlacedDevice>,
+    /// How tightly a gang's GPUs are connected (`None` for one device).
+    pub level: Option<gang::Level>,
+}
+
+/// One device of a placement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacedDevice {
+    /// GPU id or "cpu".
+    pub device_id: String,
+    /// The GPU's index on its hive (`None` for the CPU).
+    pub index: Option<u32>,
+    /// Free on the device after the placement.
+    pub free_after: u64,
 }
 
 /// What `place` answers.

@@ -9,10 +9,11 @@ use rbee_shared::bytesize::format_bytes;
 
 use super::book::{Book, Claim, Refused, Reservation};
 use super::bounded_text::bound_owned;
+use super::gang::{self, Gang, Links};
 use super::policy::{Choice, Decision, Policy, PolicyError};
 use super::request::PlaceRequest;
 use super::view::{self, Books, DeviceRef, FleetView, claim_bytes};
-use super::{Outcome, Placement, Scheduler};
+use super::{Outcome, PlacedDevice, Placement, Scheduler};
 use crate::QueenError;
 use crate::fleet::ConnState;
 use crate::metrics::recorder::PlaceResult;
@@ -43,6 +44,9 @@ enum Unusable {
         /// Its state.
         state: &'static str,
     },
+    /// A gang of several GPUs for a request of one.
+    #[error("{0}: the policy chose a gang of {1} GPUs for a request of one")]
+    Gang(String, usize),
     /// The hive has no such device, or no reading for it.
     #[error("{hive}/{device}: no such device, or no reading for it")]
     NoDevice {
@@ -52,6 +56,9 @@ enum Unusable {
         device: String,
     },
 }
+
+/// A gang that cannot be used, or the reason why.
+type GangTry = Result<(Outcome, Vec<u64>), String>;
 
 /// A refused reservation count as the error the caller sees.
 fn exhausted(hive: &str, refused: &Refused) -> QueenError {
@@ -136,6 +143,9 @@ impl Scheduler {
             }
             Decision::Ranked(c) => c,
         };
+        if req.gpus > 1 {
+            return self.commit_gang(&view, req, choices, &used, fallback);
+        }
         let mut reasons = Vec::new();
         let mut full = None;
         let mut book = view::write(&self.book);
@@ -176,11 +186,16 @@ impl Scheduler {
                     let free_after = book.free(&address, &device.id, device.total, device.used)
                         - if reservation.is_none() { bytes } else { 0 };
                     // Durable before it is answered, and written outside the lock.
-                    let start = reservation.as_ref().and_then(|r| book.start_of(&r.id)).unwrap_or(0);
+                    let starts = reservation.as_ref().and_then(|r| book.starts_of(&r.id)).unwrap_or_default();
                     drop(book);
                     if let Some(r) = &reservation {
-                        self.persist_in_time(r, start, device.total, req.deadline)?;
+                        self.persist_in_time(r, &starts, device.total, req.deadline)?;
                     }
+                    let placed = PlacedDevice {
+                        device_id: device.id.clone(),
+                        index: device.gpu().map(|g| g.index),
+                        free_after,
+                    };
                     return Ok(Attempt::Done(Outcome::Placed(Box::new(Placement {
                         hive_id: device.hive.hive_id().to_owned(),
                         address,
@@ -193,6 +208,8 @@ impl Scheduler {
                         weights: super::weights::weights(&device.hive, &req.model),
                         prefetching: false,
                         token,
+                        devices: vec![placed],
+                        level: None,
                     }))));
                 }
                 Err(Refused::NoRoom { free }) => reasons.push(format!(
@@ -217,10 +234,181 @@ impl Scheduler {
         Ok(Attempt::Raced(reasons))
     }
 
+    /// Commits the first gang of the policy's ranking whose every GPU still has room,
+    /// all or nothing, under the book's lock; each gang that cannot be used says why.
+    fn commit_gang(
+        &self,
+        view: &FleetView,
+        req: &PlaceRequest,
+        choices: Vec<Choice>,
+        used: &Arc<Policy>,
+        fallback: bool,
+    ) -> Result<Attempt, QueenError> {
+        let mut reasons = Vec::new();
+        let mut book = view::write(&self.book);
+        for choice in choices {
+            let Choice::Gang(g) = choice else {
+                reasons.push(format!(
+                    "the policy chose one device for a gang of {} GPUs (a gang comes from \
+                     fleet.best_gangs(request, n) or hive.gangs(request))",
+                    req.gpus
+                ));
+                continue;
+            };
+            match self.try_gang(view, &mut book, req, &g, used, fallback) {
+                Ok(Ok((outcome, starts))) => {
+                    // The reservation is in the book; durable before it is answered,
+                    // and written outside the lock.
+                    drop(book);
+                    if let Outcome::Placed(p) = &outcome
+                        && let Some(r) = &p.reservation
+                    {
+                        self.persist_in_time(r, &starts, gang_total(view, &g), req.deadline)?;
+                    }
+                    return Ok(Attempt::Done(outcome));
+                }
+                Ok(Err(why)) => reasons.push(bound_owned(why)),
+                Err(e) => return Err(e),
+            }
+        }
+        drop(book);
+        if reasons.is_empty() {
+            reasons.push("the policy chose no gang".into());
+        }
+        reasons.extend(gang_reasons(view, req));
+        reasons.dedup();
+        Ok(Attempt::Raced(reasons))
+    }
+
+    /// Tries one gang under the lock: the placement, or why not.
+    fn try_gang(
+        &self,
+        view: &FleetView,
+        book: &mut Book,
+        req: &PlaceRequest,
+        g: &Gang,
+        used: &Arc<Policy>,
+        fallback: bool,
+    ) -> Result<GangTry, QueenError> {
+        let name =
+            if g.hive.hive_id().is_empty() { g.hive.address.clone() } else { g.hive.hive_id().to_owned() };
+        if g.devices.len() != req.gpus as usize {
+            return Ok(Err(format!(
+                "{name}: the policy chose {} GPUs for a gang of {}",
+                g.devices.len(),
+                req.gpus
+            )));
+        }
+        // The hive as the view has it (a policy's gang may be older).
+        let Some(hive) = view.hives.iter().find(|h| h.address == g.hive.address) else {
+            return Ok(Err(format!("{name}: the policy chose a hive that is not in the fleet")));
+        };
+        if hive.state != ConnState::Online {
+            return Ok(Err(format!("{name}: {}", hive.state.as_str())));
+        }
+        let Some(links) = Links::of(hive) else {
+            return Ok(Err(format!("{name}: more than {} GPUs", gang::MAX_GANG_GPUS)));
+        };
+        let set = gang::set_of(hive, &g.devices);
+        if set.count_ones() as usize != g.devices.len() || (links.mig & set != 0) {
+            return Ok(Err(format!(
+                "{name}: the gang names GPUs the hive does not have, twice, or MIG instances"
+            )));
+        }
+        if !links.meets(set, req.topology) {
+            return Ok(Err(format!(
+                "{name}: the gang's GPUs are not connected as {} asks",
+                req.topology.as_str()
+            )));
+        }
+        let books = Books { locked: book, shared: &view.book };
+        let mut devices = Vec::with_capacity(g.devices.len());
+        for id in &g.devices {
+            match view::gpu_ref(hive, id, &books) {
+                Some(d) if d.health() == crate::fleet::Health::Healthy => devices.push(d),
+                Some(d) => return Ok(Err(format!("{}: {}", d.label(), d.health().as_str()))),
+                None => return Ok(Err(format!("{name}/{id}: no such device, or no reading for it"))),
+            }
+        }
+        let bytes = req.vram_bytes;
+        let address = hive.address.clone();
+        let now_ms = rbee_shared::time::now_unix_ms();
+        let reservation = if req.dry_run {
+            for d in &devices {
+                book.settle(&address, &d.id, d.used, d.processes());
+                let free = book.free(&address, &d.id, d.total, d.used);
+                if free < bytes {
+                    return Ok(Err(no_room(&d.label(), free, bytes, req.gpus)));
+                }
+            }
+            None
+        } else {
+            let claims: Vec<(&str, Claim<'_>)> = devices
+                .iter()
+                .map(|d| {
+                    (
+                        d.id.as_str(),
+                        Claim {
+                            hive_id: hive.hive_id(),
+                            model: &req.model,
+                            bytes,
+                            total: d.total,
+                            observed: d.used,
+                            processes: d.processes(),
+                            ttl: req.ttl,
+                            now_ms,
+                        },
+                    )
+                })
+                .collect();
+            match book.reserve_gang(&address, &claims) {
+                Ok(tagged) => Some(tagged),
+                Err((i, Refused::NoRoom { free })) => {
+                    return Ok(Err(no_room(&devices[i].label(), free, bytes, req.gpus)));
+                }
+                Err((_, refused @ Refused::HiveFull { .. })) => return Err(exhausted(&name, &refused)),
+                Err((_, refused @ Refused::BookFull { .. })) => return Err(exhausted("", &refused)),
+            }
+        };
+        let placed: Vec<PlacedDevice> = devices
+            .iter()
+            .map(|d| PlacedDevice {
+                device_id: d.id.clone(),
+                index: d.gpu().map(|g| g.index),
+                free_after: book.free(&address, &d.id, d.total, d.used)
+                    - if reservation.is_none() { bytes } else { 0 },
+            })
+            .collect();
+        let (reservation, token) = reservation.map_or((None, None), |(r, t)| (Some(r), Some(t)));
+        let starts = reservation.as_ref().and_then(|r| book.starts_of(&r.id)).unwrap_or_default();
+        Ok(Ok((
+            Outcome::Placed(Box::new(Placement {
+                hive_id: hive.hive_id().to_owned(),
+                address,
+                device_id: devices[0].id.clone(),
+                reservation,
+                bytes,
+                free_after: placed[0].free_after,
+                policy: used.source.clone(),
+                fallback,
+                weights: super::weights::weights(hive, &req.model),
+                prefetching: false,
+                token,
+                level: Some(links.level(set)),
+                devices: placed,
+            })),
+            starts,
+        )))
+    }
+
     /// Turns a policy's choice into a device of the view: a device handle is used as
     /// the policy returned it; a named one is looked up.
     fn resolve(&self, view: &FleetView, book: &Book, choice: Choice) -> Result<DeviceRef, Unusable> {
         let (hive_key, device_id) = match choice {
+            Choice::Gang(g) if g.devices.len() == 1 => {
+                (g.hive.address.clone(), g.devices.into_iter().next().unwrap_or_default())
+            }
+            Choice::Gang(g) => return Err(Unusable::Gang(g.hive.address.clone(), g.devices.len())),
             Choice::Device(d) => {
                 if d.hive.state != ConnState::Online {
                     return Err(Unusable::NotOnline { hive: hive_name(&d), state: d.hive.state.as_str() });
@@ -250,7 +438,7 @@ impl Scheduler {
     fn persist_in_time(
         &self,
         r: &Reservation,
-        start: u64,
+        starts: &[u64],
         total: u64,
         deadline: Option<std::time::Instant>,
     ) -> Result<(), QueenError> {
@@ -265,7 +453,7 @@ impl Scheduler {
             view::write(&self.book).release(&r.id);
             return Err(refused());
         }
-        self.persist_placed(r, start, total)?;
+        self.persist_placed(r, starts, total)?;
         if late() {
             if let Err(e) = self.release(&r.id) {
                 // The release could not be written: it comes back after a restart and
@@ -288,13 +476,51 @@ impl Scheduler {
             }
         })?;
         self.place_stats.record(PlaceResult::of(&outcome), started.elapsed());
+        if let Ok(Outcome::Placed(p)) = &outcome {
+            self.place_stats.record_size(p.devices.len());
+        }
         outcome
     }
 }
 
 /// Why each hive or device cannot take the request (bounded: hive data is a peer's).
 fn reasons(view: &FleetView, req: &PlaceRequest) -> Vec<String> {
+    if req.gpus > 1 {
+        return gang_reasons(view, req);
+    }
     view::assess(view, req, true).1.into_iter().map(bound_owned).collect()
+}
+
+/// Why each hive cannot take the gang (bounded).
+fn gang_reasons(view: &FleetView, req: &PlaceRequest) -> Vec<String> {
+    let mut reasons = Vec::new();
+    gang::scan_gangs(
+        view,
+        req,
+        |_, _| {},
+        |why| {
+            if reasons.len() < 64 {
+                reasons.push(bound_owned(why()));
+            }
+        },
+    );
+    reasons
+}
+
+/// A gang member without room.
+fn no_room(label: &str, free: u64, bytes: u64, gpus: u32) -> String {
+    format!(
+        "{label}: {} free < {} (none of the gang of {gpus} was reserved)",
+        format_bytes(free),
+        format_bytes(bytes)
+    )
+}
+
+/// The capacity a shared store re-checks each of a gang's GPUs against: the smallest.
+fn gang_total(view: &FleetView, g: &Gang) -> u64 {
+    let locked = view::read(&view.book);
+    let books = Books { locked: &locked, shared: &view.book };
+    g.devices.iter().filter_map(|id| view::gpu_ref(&g.hive, id, &books)).map(|d| d.total).min().unwrap_or(0)
 }
 
 /// The hive's id, else its address.

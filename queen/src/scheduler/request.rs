@@ -41,13 +41,70 @@ impl DeviceKind {
     }
 }
 
+/// How a gang's GPUs must be connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GangTopology {
+    /// Any GPUs of one hive.
+    Any,
+    /// All on one NUMA node.
+    SameNuma,
+    /// Every pair NVLink-connected.
+    Nvlink,
+}
+
+impl GangTopology {
+    /// Lower-case name, as policies and the CLI see it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Any => "any",
+            Self::SameNuma => "numa",
+            Self::Nvlink => "nvlink",
+        }
+    }
+}
+
+/// Most GPUs one gang may ask for.
+pub const MAX_GANG: u32 = 64;
+
+/// The gang fields of a wire request, validated: `(gpus, topology)`. An old client
+/// that never sets `gpus` asks for 1 GPU, as before.
+pub fn gang_of(r: &pb::PlaceRequest) -> Result<(u32, GangTopology), QueenError> {
+    let bad = |m: String| Err(QueenError::InvalidArgument(m));
+    let gpus = match r.gpus {
+        None => 1,
+        Some(n) if n == 0 || n > MAX_GANG => {
+            return bad(format!("gpus = {n} is out of range 1..={MAX_GANG}"));
+        }
+        Some(n) => n,
+    };
+    let topology = match pb::GangTopology::try_from(r.topology) {
+        Ok(pb::GangTopology::Any) => GangTopology::Any,
+        Ok(pb::GangTopology::SameNuma) => GangTopology::SameNuma,
+        Ok(pb::GangTopology::Nvlink) => GangTopology::Nvlink,
+        Err(_) => return bad(format!("topology {} is unknown", r.topology)),
+    };
+    if gpus > 1 {
+        if r.device_kind == pb::DeviceKind::Cpu as i32 {
+            return bad(format!("gpus = {gpus} asks for a gang of GPUs, but device_kind is CPU"));
+        }
+        if r.vram_bytes == 0 {
+            return bad(format!("vram_bytes (per GPU) must be > 0 for a gang of {gpus} GPUs"));
+        }
+    }
+    Ok((gpus, topology))
+}
+
 /// A validated placement request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlaceRequest {
     /// The model.
     pub model: String,
-    /// VRAM on one GPU, bytes.
+    /// VRAM on each GPU, bytes.
     pub vram_bytes: u64,
+    /// GPUs wanted on one hive (1 unless a gang).
+    pub gpus: u32,
+    /// How a gang's GPUs must be connected.
+    pub topology: GangTopology,
     /// RAM on the hive, bytes.
     pub ram_bytes: Option<u64>,
     /// Device kind.
@@ -69,6 +126,8 @@ impl PlaceRequest {
         Self {
             model: String::new(),
             vram_bytes,
+            gpus: 1,
+            topology: GangTopology::Any,
             ram_bytes: None,
             kind: DeviceKind::Cuda,
             labels: BTreeMap::new(),
@@ -108,6 +167,7 @@ impl TryFrom<&pb::PlaceRequest> for PlaceRequest {
             }
             _ => {}
         }
+        let (gpus, topology) = gang_of(r)?;
         let ttl = match r.ttl_ms {
             None => DEFAULT_TTL,
             Some(ms) => {
@@ -121,6 +181,8 @@ impl TryFrom<&pb::PlaceRequest> for PlaceRequest {
         Ok(Self {
             model: r.model.clone(),
             vram_bytes: r.vram_bytes,
+            gpus,
+            topology,
             ram_bytes: r.ram_bytes.filter(|b| *b > 0),
             kind,
             labels: r.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
@@ -197,6 +259,40 @@ mod tests {
         assert!(PlaceRequest::try_from(&ttl).unwrap_err().to_string().contains("ttl_ms"));
         let kind = pb::PlaceRequest { vram_bytes: 1, device_kind: 42, ..Default::default() };
         assert!(PlaceRequest::try_from(&kind).unwrap_err().to_string().contains("device_kind"));
+    }
+
+    #[test]
+    fn gang_fields_are_validated_and_absent_means_one_gpu() {
+        let old = pb::PlaceRequest { vram_bytes: 1, ..Default::default() };
+        let r = PlaceRequest::try_from(&old).unwrap();
+        assert_eq!((r.gpus, r.topology), (1, GangTopology::Any));
+        let gang = pb::PlaceRequest {
+            vram_bytes: 1,
+            gpus: Some(8),
+            topology: pb::GangTopology::Nvlink as i32,
+            ..Default::default()
+        };
+        let r = PlaceRequest::try_from(&gang).unwrap();
+        assert_eq!((r.gpus, r.topology), (8, GangTopology::Nvlink));
+        for (req, says) in [
+            (pb::PlaceRequest { vram_bytes: 1, gpus: Some(0), ..Default::default() }, "gpus = 0"),
+            (pb::PlaceRequest { vram_bytes: 1, gpus: Some(65), ..Default::default() }, "gpus = 65"),
+            (pb::PlaceRequest { vram_bytes: 1, topology: 9, ..Default::default() }, "topology 9"),
+            (
+                pb::PlaceRequest {
+                    ram_bytes: Some(1),
+                    gpus: Some(2),
+                    device_kind: pb::DeviceKind::Cpu as i32,
+                    ..Default::default()
+                },
+                "device_kind is CPU",
+            ),
+            (pb::PlaceRequest { ram_bytes: Some(1), gpus: Some(2), ..Default::default() }, "vram_bytes"),
+        ] {
+            let err = PlaceRequest::try_from(&req).unwrap_err();
+            assert!(matches!(err, QueenError::InvalidArgument(_)), "{err}");
+            assert!(err.to_string().contains(says), "{err}");
+        }
     }
 
     #[test]

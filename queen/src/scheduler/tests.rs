@@ -332,6 +332,7 @@ fn an_unsound_kept_record_stops_the_start_naming_it() {
         created_at_unix_ms: 1,
         expires_at_unix_ms: 2,
         baseline_bytes: 0,
+        gang: Vec::new(),
     };
     let store = Arc::new(crate::store::TestStore { leader: crate::store::Leader::Me, refused: &[] });
     let Err(err) = Scheduler::durable(Arc::new(StaticHives(small_fleet())), calm(), store, vec![record])

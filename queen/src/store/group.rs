@@ -180,6 +180,7 @@ mod tests {
             created_at_unix_ms: 1,
             expires_at_unix_ms: 2,
             baseline_bytes: 0,
+            gang: Vec::new(),
         }
     }
 

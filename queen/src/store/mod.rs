@@ -27,7 +27,7 @@ pub(crate) use backend::TestStore;
 pub use backend::{Leader, Store};
 pub use etcd::{Campaign, EtcdSettings, EtcdStore, EtcdTls, Renewal, Role};
 pub use group::GroupCommit;
-pub use records::{HiveRecord, PolicyRecord, ReservationRecord, Restored};
+pub use records::{GangDeviceRecord, HiveRecord, PolicyRecord, ReservationRecord, Restored};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 /// Reservations by id (JSON records).
@@ -471,6 +471,7 @@ mod tests {
             created_at_unix_ms: 1,
             expires_at_unix_ms: 2,
             baseline_bytes: 3,
+            gang: Vec::new(),
         }
     }
 

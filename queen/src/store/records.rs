@@ -30,6 +30,30 @@ pub struct ReservationRecord {
     /// The device's observed usage when the reservation was made.
     #[serde(default)]
     pub baseline_bytes: u64,
+    /// A gang's GPUs (`device_id` first), each holding `bytes`, with where it starts on
+    /// each; absent for one device (records written before gangs load as one device).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gang: Vec<GangDeviceRecord>,
+}
+
+/// One GPU of a gang reservation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GangDeviceRecord {
+    /// The GPU id.
+    pub device_id: String,
+    /// Where the reservation starts on it (see `baseline_bytes`).
+    pub baseline_bytes: u64,
+}
+
+impl ReservationRecord {
+    /// Every device the reservation holds `bytes` on (`device_id` first).
+    pub fn devices(&self) -> Vec<&str> {
+        if self.gang.is_empty() {
+            vec![self.device_id.as_str()]
+        } else {
+            self.gang.iter().map(|g| g.device_id.as_str()).collect()
+        }
+    }
 }
 
 /// A hive added or removed at run time.
@@ -145,6 +169,7 @@ mod tests {
             created_at_unix_ms: 1,
             expires_at_unix_ms: 2,
             baseline_bytes: 3,
+            gang: Vec::new(),
         }
     }
 
