@@ -217,6 +217,7 @@ fn broken_store(dir: &Path, broken: impl FnOnce(&[u8]) -> Vec<u8>) -> std::path:
                 created_at_unix_ms: 1,
                 expires_at_unix_ms: 2,
                 baseline_bytes: 0,
+                gang: Vec::new(),
             }])
             .unwrap();
     }
@@ -326,6 +327,7 @@ fn a_state_file_that_makes_redb_panic_is_an_error_exit_not_a_crash() {
                         created_at_unix_ms: 1,
                         expires_at_unix_ms: 2,
                         baseline_bytes: 3,
+                        gang: Vec::new(),
                     })
                     .collect();
                 store.put_reservations(&many).unwrap();

@@ -439,6 +439,7 @@ async fn two_leaders_at_once_cannot_over_promise_a_device() {
                 created_at_unix_ms: 1,
                 expires_at_unix_ms: u64::MAX,
                 baseline_bytes: 0,
+                gang: Vec::new(),
             };
             store.commit_placed(&r, total)
         }));
@@ -487,6 +488,7 @@ async fn migrate_moves_the_embedded_state_into_etcd() {
         created_at_unix_ms: 1,
         expires_at_unix_ms: u64::MAX / 2,
         baseline_bytes: 0,
+        gang: Vec::new(),
     };
     {
         let kept = rbee_queen::store::StateStore::open(state.path()).unwrap();
@@ -672,6 +674,7 @@ async fn a_broken_reservation_record_in_etcd_is_refused_with_its_key() {
         created_at_unix_ms: 1,
         expires_at_unix_ms: u64::MAX,
         baseline_bytes: 0,
+        gang: Vec::new(),
     };
     kv.put(put("/flipped/reservations/r1", &serde_json::to_vec(&record).unwrap())).await.unwrap();
     let state = tempfile::tempdir().unwrap();

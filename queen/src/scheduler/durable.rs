@@ -238,9 +238,20 @@ mod tests {
         };
         assert_eq!(from_record(to_record(&r, &[7])), (r.clone(), vec![7]));
         let gang = Reservation { gang: vec!["GPU-0".into(), "GPU-1".into()], ..r };
-        let record = to_record(&gang, &[7, 9]);
+        let mut record = to_record(&gang, &[7, 9]);
         assert_eq!(record.devices(), ["GPU-0", "GPU-1"]);
-        assert_eq!(unsound(&record), None);
+        let sound = ReservationRecord {
+            address: crate::fleet::address::normalize_address("http://a:7835").unwrap(),
+            ..record.clone()
+        };
+        assert_eq!(unsound(&sound), None);
+        let mut bad = sound.clone();
+        bad.gang[1].device_id = " ".into();
+        assert!(unsound(&bad).unwrap().contains("gang device"));
+        bad.gang[1].device_id = "GPU-1".into();
+        bad.gang[0].device_id = "GPU-9".into();
+        assert!(unsound(&bad).unwrap().contains("does not start with its device"));
+        record.bytes = 5;
         assert_eq!(from_record(record), (gang, vec![7, 9]));
         assert_eq!(sha256_hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
