@@ -25,7 +25,8 @@ fn main() {
     let hives = args.first().copied().unwrap_or(1000);
     let n = args.get(1).copied().unwrap_or(3000);
     let scheduler =
-        Scheduler::new(Arc::new(StaticHives(synthetic::dgx_fleet(hives))), SchedulerSettings::default()).unwrap();
+        Scheduler::new(Arc::new(StaticHives(synthetic::dgx_fleet(hives))), SchedulerSettings::default())
+            .unwrap();
     let topologies = [GangTopology::Nvlink, GangTopology::SameNuma, GangTopology::Any];
     let request = |i: usize| PlaceRequest {
         gpus: [2, 4, 8][i % 3],

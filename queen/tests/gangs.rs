@@ -196,3 +196,33 @@ async fn a_gang_survives_kill_9_of_the_queen() {
     client.release(pb::ReleaseRequest { reservation_id: p.reservation_id }).await.unwrap();
     assert!(all_reservations(&mut client, 0).await.is_empty());
 }
+
+/// `/metrics` counts placements by gang size, and shows a gang's bytes reserved on each
+/// of its GPUs.
+#[tokio::test]
+async fn metrics_count_gang_sizes_and_show_the_bytes_on_each_gpu() {
+    use common::metrics::queen_with_metrics;
+    use rbee_hive::test_support::http_get;
+    let hive = topology_hive("metered").await;
+    let (queen, metrics) =
+        queen_with_metrics(fast_config(vec![hive.url.clone()]), rbee_shared::metrics_http::MetricsAccess::default())
+            .await;
+    let mut fleet = queen.client().await;
+    wait_for(&mut fleet, "the hive online with a sample", |hs| {
+        hs.iter().all(|h| online(h) && h.latest_sample.is_some())
+    })
+    .await;
+    let mut client = rbee_proto::v1::scheduler_client::SchedulerClient::connect(queen.url()).await.unwrap();
+    placement(client.place(gang(2, 30 * GIB, pb::GangTopology::Nvlink)).await.unwrap().into_inner());
+    placement(client.place(gpu_request(GIB)).await.unwrap().into_inner());
+    let (status, text) = http_get(metrics, "/metrics", None).await;
+    assert_eq!(status, 200, "{text}");
+    for expected in [
+        "rbee_place_gang_size_total{source=\"queen\",gpus=\"2\"} 1",
+        "rbee_place_gang_size_total{source=\"queen\",gpus=\"1\"} 1",
+        "rbee_device_memory_reserved_bytes{source=\"queen\",hive=\"metered\",gpu=\"0\",uuid=\"GPU-0\"} 32212254720",
+        "rbee_device_memory_reserved_bytes{source=\"queen\",hive=\"metered\",gpu=\"1\",uuid=\"GPU-1\"} 32212254720",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+}

@@ -181,8 +181,10 @@ impl FleetCollector {
                     ReservationState::Settled => "settled",
                 };
                 *counts.entry((name.clone(), state)).or_default() += 1;
-                if r.state == ReservationState::Active {
-                    *reserved.entry((name, r.device_id.clone(), r.address.clone())).or_default() += r.bytes;
+                // Every GPU of a gang where it still counts.
+                for device in r.devices().filter(|d| book.counts_on(&r, d)) {
+                    *reserved.entry((name.clone(), device.to_owned(), r.address.clone())).or_default() +=
+                        r.bytes;
                 }
             }
             (placeable, reserved, counts)

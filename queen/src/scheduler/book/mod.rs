@@ -571,19 +571,23 @@ impl Book {
         Page { reservations, next }
     }
 
+    /// Whether the reservation still counts on one of its devices (it is active and not
+    /// settled there yet: a gang settles GPU by GPU).
+    pub fn counts_on(&self, r: &Reservation, device_id: &str) -> bool {
+        r.state == ReservationState::Active
+            && self
+                .hives
+                .get(&r.address)
+                .and_then(|h| h.get(device_id))
+                .is_some_and(|d| d.active.contains(&r.id))
+    }
+
     /// Sum of active bytes per device (for tests and invariants).
     pub fn active_bytes(&self) -> BTreeMap<DeviceKey, u64> {
         let mut out = BTreeMap::new();
         for r in self.reservations.values().filter(|r| r.state == ReservationState::Active) {
-            for dev in r.devices() {
-                let queued = self
-                    .hives
-                    .get(&r.address)
-                    .and_then(|h| h.get(dev))
-                    .is_some_and(|d| d.active.contains(&r.id));
-                if queued {
-                    *out.entry((r.address.clone(), dev.to_owned())).or_insert(0) += r.bytes;
-                }
+            for dev in r.devices().filter(|dev| self.counts_on(r, dev)) {
+                *out.entry((r.address.clone(), dev.to_owned())).or_insert(0) += r.bytes;
             }
         }
         out
