@@ -204,9 +204,11 @@ async fn metrics_count_gang_sizes_and_show_the_bytes_on_each_gpu() {
     use common::metrics::queen_with_metrics;
     use rbee_hive::test_support::http_get;
     let hive = topology_hive("metered").await;
-    let (queen, metrics) =
-        queen_with_metrics(fast_config(vec![hive.url.clone()]), rbee_shared::metrics_http::MetricsAccess::default())
-            .await;
+    let (queen, metrics) = queen_with_metrics(
+        fast_config(vec![hive.url.clone()]),
+        rbee_shared::metrics_http::MetricsAccess::default(),
+    )
+    .await;
     let mut fleet = queen.client().await;
     wait_for(&mut fleet, "the hive online with a sample", |hs| {
         hs.iter().all(|h| online(h) && h.latest_sample.is_some())

@@ -17,10 +17,11 @@
 //! between MIG instances, so a tensor-parallel worker cannot span them. Each instance
 //! is still placed on its own, like any GPU.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, Weak};
 
 use rbee_shared::bytesize::format_bytes;
-use rbee_shared::{GpuTopology, PcieLevel};
+use rbee_shared::lock::RwLockExt;
+use rbee_shared::{GpuTopology, PcieLevel, VersionedCapabilities};
 
 use super::request::{GangTopology, PlaceRequest};
 use crate::fleet::HiveSnapshot;
@@ -84,7 +85,37 @@ pub struct Links {
     pub mig: u64,
 }
 
+/// Links read once per capabilities (they change only with them), by the address of
+/// the capabilities' allocation; the `Weak` keeps that address from being reused while
+/// the entry exists.
+type LinksCache = std::collections::HashMap<usize, (Weak<VersionedCapabilities>, Option<Arc<Links>>)>;
+
+static CACHE: std::sync::LazyLock<RwLock<LinksCache>> = std::sync::LazyLock::new(Default::default);
+
+/// Most capabilities whose links are kept; past it, entries of capabilities no longer
+/// held are dropped (and all of them, if that is not enough).
+const CACHE_ENTRIES: usize = 65_536;
+
 impl Links {
+    /// [`Links::of`], read once per capabilities and shared.
+    pub fn cached(h: &HiveSnapshot) -> Option<Arc<Links>> {
+        let caps = h.caps.as_ref()?;
+        let key = Arc::as_ptr(caps) as usize;
+        if let Some((_, links)) = CACHE.read_unpoisoned().get(&key) {
+            return links.clone();
+        }
+        let links = Self::of(h).map(Arc::new);
+        let mut cache = CACHE.write_unpoisoned();
+        if cache.len() >= CACHE_ENTRIES {
+            cache.retain(|_, (weak, _)| weak.strong_count() > 0);
+            if cache.len() >= CACHE_ENTRIES {
+                cache.clear();
+            }
+        }
+        cache.insert(key, (Arc::downgrade(caps), links.clone()));
+        links
+    }
+
     /// Reads a hive's topology (every GPU of its capabilities, in map order); `None`
     /// when it has more than [`MAX_GANG_GPUS`] GPUs. A link reported by either side
     /// counts.
@@ -102,8 +133,16 @@ impl Links {
             if t.mig_parent.is_some() {
                 links.mig |= 1 << i;
             }
+            // Links come ordered by peer id, as the GPU map is: walk both at once (a
+            // link out of order is looked up from the start).
+            let mut next = 0;
             for l in &t.links {
-                let Some(j) = ids.iter().position(|id| *id == l.peer).filter(|j| *j != i) else { continue };
+                let found = ids[next..].iter().position(|id| *id == l.peer).map(|off| next + off);
+                let Some(j) = found.or_else(|| ids.iter().position(|id| *id == l.peer)) else { continue };
+                next = (j + 1).min(n);
+                if j == i {
+                    continue;
+                }
                 if l.is_nvlink() {
                     links.nvlink[i] |= 1 << j;
                     links.nvlink[j] |= 1 << i;
@@ -217,14 +256,19 @@ fn cliques(adj: &[u64], pool: u64, min: u32) -> Vec<u64> {
 }
 
 /// The `k` members of `group` with the most free memory (ties: less utilised, lower
-/// position), as a mask; `None` when it has fewer.
-fn pick(members: &[Member], group: u64, k: usize) -> Option<u64> {
-    let mut inside: Vec<&Member> = members.iter().filter(|m| group & (1u64 << m.pos) != 0).collect();
-    if inside.len() < k {
-        return None;
+/// position), as a mask; `None` when it has fewer. `order`: the members' positions,
+/// most free first.
+fn pick(order: &[usize], group: u64, k: usize) -> Option<u64> {
+    let mut set = 0u64;
+    let mut n = 0;
+    for pos in order.iter().filter(|p| group & (1u64 << **p) != 0) {
+        set |= 1u64 << pos;
+        n += 1;
+        if n == k {
+            return Some(set);
+        }
     }
-    inside.sort_by(|a, b| b.free.cmp(&a.free).then(a.util.total_cmp(&b.util)).then(a.pos.cmp(&b.pos)));
-    Some(inside[..k].iter().fold(0, |s, m| s | (1u64 << m.pos)))
+    None
 }
 
 fn load(members: &[Member], set: u64, vram: u64) -> (f32, f32) {
@@ -249,6 +293,9 @@ pub fn search(links: &Links, members: &[Member], k: usize, need: GangTopology, v
         return Vec::new();
     }
     let min = k as u32;
+    let mut order: Vec<&Member> = members.iter().collect();
+    order.sort_by(|a, b| b.free.cmp(&a.free).then(a.util.total_cmp(&b.util)).then(a.pos.cmp(&b.pos)));
+    let order: Vec<usize> = order.into_iter().map(|m| m.pos).collect();
     // Pools: a SAME_NUMA request searches each NUMA node on its own, so that the
     // tightest set it finds is also on one node.
     let pools: Vec<u64> = match need {
@@ -265,7 +312,7 @@ pub fn search(links: &Links, members: &[Member], k: usize, need: GangTopology, v
             groups.extend(numa_groups(links, pool).into_iter().filter(|g| g.count_ones() >= min));
             groups.push(pool);
         }
-        sets.extend(groups.into_iter().filter_map(|g| pick(members, g, k)));
+        sets.extend(groups.into_iter().filter_map(|g| pick(&order, g, k)));
     }
     sets.sort_unstable();
     sets.dedup();
@@ -394,12 +441,19 @@ pub fn scan_gangs(
     let mut flush = |hive: &Arc<HiveSnapshot>, members: Vec<Member>| {
         let gpus = hive.caps.as_ref().map_or(0, |c| c.caps.gpus.len());
         let mut note = note.borrow_mut();
-        let Some(links) = Links::of(hive) else {
+        if gpus < k || members.len() < k {
+            // Not enough GPUs with room: the links matter only for the reason.
+            note(&|| match Links::of(hive) {
+                Some(links) => why_not(name(hive), &links, &members, gpus, k, req.topology, req.vram_bytes),
+                None => format!("{}: more than {MAX_GANG_GPUS} GPUs, not searched for gangs", name(hive)),
+            });
+            return;
+        }
+        let Some(links) = Links::cached(hive) else {
             note(&|| format!("{}: more than {MAX_GANG_GPUS} GPUs, not searched for gangs", name(hive)));
             return;
         };
-        let sets =
-            if gpus < k { Vec::new() } else { search(&links, &members, k, req.topology, req.vram_bytes) };
+        let sets = search(&links, &members, k, req.topology, req.vram_bytes);
         if sets.is_empty() {
             note(&|| why_not(name(hive), &links, &members, gpus, k, req.topology, req.vram_bytes));
         } else {

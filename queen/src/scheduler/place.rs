@@ -306,7 +306,7 @@ impl Scheduler {
         if hive.state != ConnState::Online {
             return Ok(Err(format!("{name}: {}", hive.state.as_str())));
         }
-        let Some(links) = Links::of(hive) else {
+        let Some(links) = Links::cached(hive) else {
             return Ok(Err(format!("{name}: more than {} GPUs", gang::MAX_GANG_GPUS)));
         };
         let set = gang::set_of(hive, &g.devices);
