@@ -361,3 +361,56 @@ proptest! {
         }
     }
 }
+
+fn procs(list: &[(u32, u64, Option<&str>)]) -> rbee_shared::GpuProcesses {
+    rbee_shared::GpuProcesses {
+        listed: list
+            .iter()
+            .map(|(pid, used, tag)| rbee_shared::gpu_process::GpuProcess {
+                pid: *pid,
+                used_vram_bytes: Some(*used),
+                reservation_id: tag.map(str::to_owned),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn tagged_workers_settle_the_gang_on_their_own_gpus_and_only_there() {
+    let s = scheduler(vec![shaped("dgx", &Shape::dgx())]);
+    let p = placed(s.place_blocking(&gang(2, 30, GangTopology::Nvlink)).unwrap());
+    let r = p.reservation.unwrap();
+    let (g0, g1) = (r.gang[0].clone(), r.gang[1].clone());
+    let other = (0..8).map(|i| format!("GPU-dgx-{i}")).find(|d| !r.gang.contains(d)).unwrap();
+    let mut book = s.book.write().unwrap();
+    let empty = procs(&[]);
+    for d in [&g0, &g1, &other] {
+        book.settle(&p.address, d, 0, Some(&empty));
+    }
+    // A worker with the gang's tag on a GPU outside the gang settles nothing.
+    assert!(
+        book.settle(&p.address, &other, 30 * GIB, Some(&procs(&[(7, 30 * GIB, Some(&r.id))]))).is_empty()
+    );
+    assert!(book.counts_on(&r, &g0) && book.counts_on(&r, &g1));
+    // The worker on the first GPU settles the gang there only.
+    assert!(book.settle(&p.address, &g0, 30 * GIB, Some(&procs(&[(8, 30 * GIB, Some(&r.id))]))).is_empty());
+    let now = book.get(&r.id).unwrap().clone();
+    assert_eq!(now.state, ReservationState::Active);
+    assert!(!book.counts_on(&now, &g0) && book.counts_on(&now, &g1));
+    // The second worker settles the whole gang.
+    assert_eq!(
+        book.settle(&p.address, &g1, 30 * GIB, Some(&procs(&[(9, 30 * GIB, Some(&r.id))]))),
+        std::slice::from_ref(&r.id)
+    );
+    assert_eq!(book.get(&r.id).unwrap().state, ReservationState::Settled);
+    // A worker that exits before the release makes its GPU count the gang again.
+    book.settle(&p.address, &g0, 0, Some(&empty));
+    let back = book.get(&r.id).unwrap().clone();
+    assert_eq!(back.state, ReservationState::Active);
+    assert!(book.counts_on(&back, &g0) && !book.counts_on(&back, &g1));
+    drop(book);
+    s.release(&r.id).unwrap();
+    assert!(s.book.read().unwrap().active_bytes().is_empty(), "released as one");
+}
