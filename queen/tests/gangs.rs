@@ -124,6 +124,9 @@ async fn queen_place_asks_for_a_gang_and_exits_3_when_rejected() {
     .await;
     assert!(ok, "{err}");
     assert!(out.contains("gang of 2 GPUs (nvlink)"), "{out}");
+    let (ok, out, err) = queen_cli(args(&["reservations", "--queen", &url])).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("GPU-0,GPU-1 (gang of 2)"), "{out}");
 
     // On a blocking thread: this test's runtime serves the queen.
     let three = tokio::task::spawn_blocking(move || {

@@ -74,11 +74,17 @@ pub async fn reservations(args: ListArgs) -> Result<()> {
     rbee_shared::outln!("{:<36} {:<20} {:<44} {:>10} {:<8} MODEL", "ID", "HIVE", "DEVICE", "BYTES", "STATE")?;
     for r in &resp.reservations {
         let state = if r.state() == pb::ReservationState::Settled { "settled" } else { "active" };
+        // A gang: its GPUs, and the bytes on each.
+        let device = if r.gang_device_ids.is_empty() {
+            r.device_id.clone()
+        } else {
+            format!("{} (gang of {})", r.gang_device_ids.join(","), r.gang_device_ids.len())
+        };
         rbee_shared::outln!(
             "{:<36} {:<20} {:<44} {:>10} {:<8} {}",
             r.id,
             r.hive_id,
-            r.device_id,
+            device,
             format_bytes(r.bytes),
             state,
             r.model
