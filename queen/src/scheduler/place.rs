@@ -57,8 +57,13 @@ enum Unusable {
     },
 }
 
-/// A gang that cannot be used, or the reason why.
-type GangTry = Result<(Outcome, Vec<u64>), String>;
+/// What trying one gang of a policy's ranking gave.
+enum GangTry {
+    /// Placed (reserved, unless a dry run), with the reservation's start on each GPU.
+    Placed(Outcome, Vec<u64>),
+    /// The gang cannot be used now: why (for the rejection's reasons).
+    Unfit(String),
+}
 
 /// A refused reservation count as the error the caller sees.
 fn exhausted(hive: &str, refused: &Refused) -> QueenError {
@@ -256,7 +261,7 @@ impl Scheduler {
                 continue;
             };
             match self.try_gang(view, &mut book, req, &g, used, fallback) {
-                Ok(Ok((outcome, starts))) => {
+                Ok(GangTry::Placed(outcome, starts)) => {
                     // The reservation is in the book; durable before it is answered,
                     // and written outside the lock.
                     drop(book);
@@ -267,7 +272,7 @@ impl Scheduler {
                     }
                     return Ok(Attempt::Done(outcome));
                 }
-                Ok(Err(why)) => reasons.push(bound_owned(why)),
+                Ok(GangTry::Unfit(why)) => reasons.push(bound_owned(why)),
                 Err(e) => return Err(e),
             }
         }
@@ -293,7 +298,7 @@ impl Scheduler {
         let name =
             if g.hive.hive_id().is_empty() { g.hive.address.clone() } else { g.hive.hive_id().to_owned() };
         if g.devices.len() != req.gpus as usize {
-            return Ok(Err(format!(
+            return Ok(GangTry::Unfit(format!(
                 "{name}: the policy chose {} GPUs for a gang of {}",
                 g.devices.len(),
                 req.gpus
@@ -301,22 +306,22 @@ impl Scheduler {
         }
         // The hive as the view has it (a policy's gang may be older).
         let Some(hive) = view.hives.iter().find(|h| h.address == g.hive.address) else {
-            return Ok(Err(format!("{name}: the policy chose a hive that is not in the fleet")));
+            return Ok(GangTry::Unfit(format!("{name}: the policy chose a hive that is not in the fleet")));
         };
         if hive.state != ConnState::Online {
-            return Ok(Err(format!("{name}: {}", hive.state.as_str())));
+            return Ok(GangTry::Unfit(format!("{name}: {}", hive.state.as_str())));
         }
         let Some(links) = Links::cached(hive) else {
-            return Ok(Err(format!("{name}: more than {} GPUs", gang::MAX_GANG_GPUS)));
+            return Ok(GangTry::Unfit(format!("{name}: more than {} GPUs", gang::MAX_GANG_GPUS)));
         };
         let set = gang::set_of(hive, &g.devices);
         if set.count_ones() as usize != g.devices.len() || (links.mig & set != 0) {
-            return Ok(Err(format!(
+            return Ok(GangTry::Unfit(format!(
                 "{name}: the gang names GPUs the hive does not have, twice, or MIG instances"
             )));
         }
         if !links.meets(set, req.topology) {
-            return Ok(Err(format!(
+            return Ok(GangTry::Unfit(format!(
                 "{name}: the gang's GPUs are not connected as {} asks",
                 req.topology.as_str()
             )));
@@ -326,8 +331,10 @@ impl Scheduler {
         for id in &g.devices {
             match view::gpu_ref(hive, id, &books) {
                 Some(d) if d.health() == crate::fleet::Health::Healthy => devices.push(d),
-                Some(d) => return Ok(Err(format!("{}: {}", d.label(), d.health().as_str()))),
-                None => return Ok(Err(format!("{name}/{id}: no such device, or no reading for it"))),
+                Some(d) => return Ok(GangTry::Unfit(format!("{}: {}", d.label(), d.health().as_str()))),
+                None => {
+                    return Ok(GangTry::Unfit(format!("{name}/{id}: no such device, or no reading for it")));
+                }
             }
         }
         let bytes = req.vram_bytes;
@@ -338,7 +345,7 @@ impl Scheduler {
                 book.settle(&address, &d.id, d.used, d.processes());
                 let free = book.free(&address, &d.id, d.total, d.used);
                 if free < bytes {
-                    return Ok(Err(no_room(&d.label(), free, bytes, req.gpus)));
+                    return Ok(GangTry::Unfit(no_room(&d.label(), free, bytes, req.gpus)));
                 }
             }
             None
@@ -364,7 +371,7 @@ impl Scheduler {
             match book.reserve_gang(&address, &claims) {
                 Ok(tagged) => Some(tagged),
                 Err((i, Refused::NoRoom { free })) => {
-                    return Ok(Err(no_room(&devices[i].label(), free, bytes, req.gpus)));
+                    return Ok(GangTry::Unfit(no_room(&devices[i].label(), free, bytes, req.gpus)));
                 }
                 Err((_, refused @ Refused::HiveFull { .. })) => return Err(exhausted(&name, &refused)),
                 Err((_, refused @ Refused::BookFull { .. })) => return Err(exhausted("", &refused)),
@@ -381,7 +388,7 @@ impl Scheduler {
             .collect();
         let (reservation, token) = reservation.map_or((None, None), |(r, t)| (Some(r), Some(t)));
         let starts = reservation.as_ref().and_then(|r| book.starts_of(&r.id)).unwrap_or_default();
-        Ok(Ok((
+        Ok(GangTry::Placed(
             Outcome::Placed(Box::new(Placement {
                 hive_id: hive.hive_id().to_owned(),
                 address,
@@ -398,7 +405,7 @@ impl Scheduler {
                 devices: placed,
             })),
             starts,
-        )))
+        ))
     }
 
     /// Turns a policy's choice into a device of the view: a device handle is used as
