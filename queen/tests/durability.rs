@@ -218,6 +218,7 @@ fn broken_store(dir: &Path, broken: impl FnOnce(&[u8]) -> Vec<u8>) -> std::path:
                 expires_at_unix_ms: 2,
                 baseline_bytes: 0,
                 keyed: None,
+                gang: Vec::new(),
             }])
             .unwrap();
     }
@@ -328,6 +329,7 @@ fn a_state_file_that_makes_redb_panic_is_an_error_exit_not_a_crash() {
                         expires_at_unix_ms: 2,
                         baseline_bytes: 3,
                         keyed: None,
+                        gang: Vec::new(),
                     })
                     .collect();
                 store.put_reservations(&many).unwrap();

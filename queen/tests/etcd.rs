@@ -445,6 +445,7 @@ async fn two_leaders_at_once_cannot_over_promise_a_device() {
                 expires_at_unix_ms: u64::MAX,
                 baseline_bytes: 0,
                 keyed: None,
+                gang: Vec::new(),
             };
             store.commit_placed(&r, total)
         }));
@@ -494,6 +495,7 @@ async fn migrate_moves_the_embedded_state_into_etcd() {
         expires_at_unix_ms: u64::MAX / 2,
         baseline_bytes: 0,
         keyed: None,
+        gang: Vec::new(),
     };
     {
         let kept = rbee_queen::store::StateStore::open(state.path()).unwrap();
@@ -680,6 +682,7 @@ async fn a_broken_reservation_record_in_etcd_is_refused_with_its_key() {
         expires_at_unix_ms: u64::MAX,
         baseline_bytes: 0,
         keyed: None,
+        gang: Vec::new(),
     };
     kv.put(put("/flipped/reservations/r1", &serde_json::to_vec(&record).unwrap())).await.unwrap();
     let state = tempfile::tempdir().unwrap();
@@ -693,4 +696,48 @@ async fn a_broken_reservation_record_in_etcd_is_refused_with_its_key() {
         .unwrap()
         .into_inner();
     assert_eq!(kept.kvs.len(), 1, "the record is kept for the operator");
+}
+
+/// A gang (one reservation over two NVLink GPUs) survives a failover: the new leader
+/// lists it with both GPUs, counts it on both, and releases it as one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gang_survives_a_failover() {
+    use common::topology::{gang, topology_hive};
+    let Some(etcd) = Etcd::start().await else { return };
+    let hive = topology_hive("topo").await;
+    let urls = vec![hive.url.clone()];
+    let (state_a, state_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut leader = queen(&etcd, state_a.path(), &urls);
+    leader.wait_logged("this queen leads").await;
+    let follower = queen(&etcd, state_b.path(), &urls);
+    follower.wait_logged("this queen follows").await;
+    hives_online(&leader, 1).await;
+
+    let p = placement(
+        leader
+            .scheduler()
+            .await
+            .place(gang(2, 30 * GIB, pb::GangTopology::Nvlink))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    let ids: Vec<&str> = p.devices.iter().map(|d| d.device_id.as_str()).collect();
+    assert_eq!(ids, ["GPU-0", "GPU-1"]);
+    leader.kill_9();
+    follower.wait_logged_within("this queen leads", TTL + Duration::from_secs(1)).await;
+    hives_online(&follower, 1).await;
+
+    let mut client = follower.scheduler().await;
+    let kept = all_reservations(&mut client, 0).await;
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(kept[0].gang_device_ids, ["GPU-0", "GPU-1"]);
+    let no = client.place(gang(2, 30 * GIB, pb::GangTopology::Nvlink)).await.unwrap().into_inner();
+    let Some(pb::place_response::Result::Rejection(no)) = no.result else { panic!("placed: {no:?}") };
+    assert!(no.hive_reasons.iter().any(|r| r.contains("only 1 share NVLink")), "{no:?}");
+
+    client.release(pb::ReleaseRequest { reservation_id: p.reservation_id }).await.unwrap();
+    let again =
+        placement(client.place(gang(2, 30 * GIB, pb::GangTopology::Nvlink)).await.unwrap().into_inner());
+    assert_eq!(again.devices.len(), 2, "released as one: the pair is free again, in etcd too");
 }

@@ -196,6 +196,7 @@ impl From<&crate::scheduler::book::Reservation> for pb::Reservation {
             } as i32,
             created_at_unix_ms: r.created_at_unix_ms,
             expires_at_unix_ms: r.expires_at_unix_ms,
+            gang_device_ids: r.gang.clone(),
         }
     }
 }
@@ -226,6 +227,16 @@ impl From<&crate::scheduler::Outcome> for pb::PlaceResponse {
                 prefetching: p.prefetching,
                 reservation_token: p.token.as_ref().map(|t| t.secret().to_owned()).unwrap_or_default(),
                 notes: p.notes.clone(),
+                devices: p
+                    .devices
+                    .iter()
+                    .map(|d| pb::PlacedDevice {
+                        device_id: d.device_id.clone(),
+                        index: d.index,
+                        free_after_bytes: d.free_after,
+                    })
+                    .collect(),
+                topology: p.level.map(|l| l.as_str().to_owned()).unwrap_or_default(),
             }),
             Outcome::Rejected { reason, hive_reasons } => {
                 R::Rejection(pb::Rejection { reason: reason.clone(), hive_reasons: hive_reasons.clone() })

@@ -7,9 +7,37 @@ use rbee_proto::v1 as pb;
 
 use crate::QueenError;
 use crate::scheduler::request::{
-    DEFAULT_PAGE_SIZE, DEFAULT_TTL, DeviceKind, ListRequest, MAX_PAGE_SIZE, PlaceRequest, RenewRequest,
-    TTL_RANGE, check_request_id, parse_page_token,
+    DEFAULT_PAGE_SIZE, DEFAULT_TTL, DeviceKind, GangTopology, ListRequest, MAX_GANG, MAX_PAGE_SIZE,
+    PlaceRequest, RenewRequest, TTL_RANGE, check_request_id, parse_page_token,
 };
+
+/// The gang fields of a wire request, validated: `(gpus, topology)`. An old client
+/// that never sets `gpus` asks for 1 GPU, as before.
+pub fn gang_of(r: &pb::PlaceRequest) -> Result<(u32, GangTopology), QueenError> {
+    let bad = |m: String| Err(QueenError::InvalidArgument(m));
+    let gpus = match r.gpus {
+        None => 1,
+        Some(n) if n == 0 || n > MAX_GANG => {
+            return bad(format!("gpus = {n} is out of range 1..={MAX_GANG}"));
+        }
+        Some(n) => n,
+    };
+    let topology = match pb::GangTopology::try_from(r.topology) {
+        Ok(pb::GangTopology::Any) => GangTopology::Any,
+        Ok(pb::GangTopology::SameNuma) => GangTopology::SameNuma,
+        Ok(pb::GangTopology::Nvlink) => GangTopology::Nvlink,
+        Err(_) => return bad(format!("topology {} is unknown", r.topology)),
+    };
+    if gpus > 1 {
+        if r.device_kind == pb::DeviceKind::Cpu as i32 {
+            return bad(format!("gpus = {gpus} asks for a gang of GPUs, but device_kind is CPU"));
+        }
+        if r.vram_bytes == 0 {
+            return bad(format!("vram_bytes (per GPU) must be > 0 for a gang of {gpus} GPUs"));
+        }
+    }
+    Ok((gpus, topology))
+}
 
 impl TryFrom<&pb::PlaceRequest> for PlaceRequest {
     type Error = QueenError;
@@ -56,9 +84,12 @@ impl TryFrom<&pb::PlaceRequest> for PlaceRequest {
         if let Some(id) = &r.request_id {
             check_request_id(id)?;
         }
+        let (gpus, topology) = gang_of(r)?;
         Ok(Self {
             model: r.model.clone(),
             vram_bytes: r.vram_bytes,
+            gpus,
+            topology,
             ram_bytes: r.ram_bytes.filter(|b| *b > 0),
             kind,
             labels: r.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
@@ -116,6 +147,40 @@ mod tests {
     use super::*;
     use crate::scheduler::book::Cursor;
     use crate::scheduler::request::page_token;
+
+    #[test]
+    fn gang_fields_are_validated_and_absent_means_one_gpu() {
+        let old = pb::PlaceRequest { vram_bytes: 1, ..Default::default() };
+        let r = PlaceRequest::try_from(&old).unwrap();
+        assert_eq!((r.gpus, r.topology), (1, GangTopology::Any));
+        let gang = pb::PlaceRequest {
+            vram_bytes: 1,
+            gpus: Some(8),
+            topology: pb::GangTopology::Nvlink as i32,
+            ..Default::default()
+        };
+        let r = PlaceRequest::try_from(&gang).unwrap();
+        assert_eq!((r.gpus, r.topology), (8, GangTopology::Nvlink));
+        for (req, says) in [
+            (pb::PlaceRequest { vram_bytes: 1, gpus: Some(0), ..Default::default() }, "gpus = 0"),
+            (pb::PlaceRequest { vram_bytes: 1, gpus: Some(65), ..Default::default() }, "gpus = 65"),
+            (pb::PlaceRequest { vram_bytes: 1, topology: 9, ..Default::default() }, "topology 9"),
+            (
+                pb::PlaceRequest {
+                    ram_bytes: Some(1),
+                    gpus: Some(2),
+                    device_kind: pb::DeviceKind::Cpu as i32,
+                    ..Default::default()
+                },
+                "device_kind is CPU",
+            ),
+            (pb::PlaceRequest { ram_bytes: Some(1), gpus: Some(2), ..Default::default() }, "vram_bytes"),
+        ] {
+            let err = PlaceRequest::try_from(&req).unwrap_err();
+            assert!(matches!(err, QueenError::InvalidArgument(_)), "{err}");
+            assert!(err.to_string().contains(says), "{err}");
+        }
+    }
 
     #[test]
     fn request_ids_are_short_and_plain() {

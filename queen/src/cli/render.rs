@@ -310,6 +310,24 @@ pub fn render_place(r: &pb::PlaceResponse) -> String {
                 if p.reservation_id.is_empty() { "would be reserved (dry run)" } else { "reserved" },
                 format_bytes(p.free_after_bytes),
             );
+            if p.devices.len() > 1 {
+                let _ = write!(
+                    out,
+                    "\ngang of {} GPUs ({}), {} on each:",
+                    p.devices.len(),
+                    if p.topology.is_empty() { "any" } else { p.topology.as_str() },
+                    format_bytes(p.reserved_bytes)
+                );
+                for d in &p.devices {
+                    let index = d.index.map_or("-".to_owned(), |i| i.to_string());
+                    let _ = write!(
+                        out,
+                        "\n  GPU {index} {}: {} free after",
+                        d.device_id,
+                        format_bytes(d.free_after_bytes)
+                    );
+                }
+            }
             if !p.reservation_id.is_empty() {
                 let left = p.expires_at_unix_ms.saturating_sub(rbee_shared::time::now_unix_ms()) / 1000;
                 let _ = write!(

@@ -81,11 +81,17 @@ pub async fn reservations(args: ListArgs) -> Result<()> {
     rbee_shared::outln!("{:<36} {:<20} {:<44} {:>10} {:<8} MODEL", "ID", "HIVE", "DEVICE", "BYTES", "STATE")?;
     for r in &resp.reservations {
         let state = if r.state() == pb::ReservationState::Settled { "settled" } else { "active" };
+        // A gang: its GPUs, and the bytes on each.
+        let device = if r.gang_device_ids.is_empty() {
+            r.device_id.clone()
+        } else {
+            format!("{} (gang of {})", r.gang_device_ids.join(","), r.gang_device_ids.len())
+        };
         rbee_shared::outln!(
             "{:<36} {:<20} {:<44} {:>10} {:<8} {}",
             r.id,
             r.hive_id,
-            r.device_id,
+            device,
             format_bytes(r.bytes),
             state,
             r.model
@@ -180,9 +186,15 @@ pub struct PolicyStatusArgs {
 /// What to place (shared by `place` and `policy check`).
 #[derive(Debug, Clone, Args)]
 pub struct RequestArgs {
-    /// VRAM the model needs on one GPU, e.g. 8GiB.
+    /// VRAM the model needs on one GPU (on EACH GPU of a gang), e.g. 8GiB.
     #[arg(long, value_parser = rbee_shared::bytesize::parse_bytes)]
     pub vram: Option<u64>,
+    /// GPUs wanted on one hive, for a tensor-parallel worker (1..=64; default 1).
+    #[arg(long)]
+    pub gpus: Option<u32>,
+    /// How a gang's GPUs must be connected.
+    #[arg(long, value_enum, default_value = "any")]
+    pub topology: TopologyArg,
     /// RAM the model needs on the hive, e.g. 16GiB (required for --kind cpu).
     #[arg(long, value_parser = rbee_shared::bytesize::parse_bytes)]
     pub ram: Option<u64>,
@@ -198,6 +210,17 @@ pub struct RequestArgs {
     /// How long the reservation lasts unless the model shows up or it is released (1s..=1h).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub ttl: Option<Duration>,
+}
+
+/// Gang topologies on the command line.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum TopologyArg {
+    /// Any GPUs of one hive (the tightest that fits is still preferred).
+    Any,
+    /// All on one NUMA node.
+    Numa,
+    /// Every pair NVLink-connected.
+    Nvlink,
 }
 
 /// Device kinds on the command line.
@@ -230,6 +253,12 @@ impl RequestArgs {
             prefetch: false,
             prefetch_from: None,
             request_id: None,
+            gpus: self.gpus,
+            topology: match self.topology {
+                TopologyArg::Any => pb::GangTopology::Any,
+                TopologyArg::Numa => pb::GangTopology::SameNuma,
+                TopologyArg::Nvlink => pb::GangTopology::Nvlink,
+            } as i32,
         }
     }
 }

@@ -211,8 +211,10 @@ impl FleetCollector {
                     ReservationState::Released => "released",
                 };
                 *counts.entry((name.clone(), state)).or_default() += 1;
-                if r.state == ReservationState::Active {
-                    *reserved.entry((name, r.device_id.clone(), r.address.clone())).or_default() += r.bytes;
+                // Every GPU of a gang where it still counts.
+                for device in r.devices().filter(|d| book.counts_on(&r, d)) {
+                    *reserved.entry((name.clone(), device.to_owned(), r.address.clone())).or_default() +=
+                        r.bytes;
                 }
             }
             (placeable, reserved, counts)
@@ -272,6 +274,13 @@ impl FleetCollector {
             MetricType::Histogram,
         )?;
         stats.latency().encode(m)?;
+        counters(
+            enc,
+            "rbee_place_gang_size",
+            "Placements made, by their number of GPUs (the gang size; 1 for a plain placement).",
+            None,
+            stats.sizes().map(|(n, count)| (vec![label("gpus", n.to_string())], count)),
+        )?;
         let status = self.scheduler.status();
         let one = |v: u64| [(Labels::new(), v)];
         counters(

@@ -44,11 +44,20 @@ pub struct PlaceRecorder {
     outcomes: [Counter; 3],
     /// Wall time of each call (policy and commit), seconds.
     latency: Histogram,
+    /// Placements made, by their number of devices (index: size − 1; 1..=64).
+    sizes: Vec<Counter>,
 }
+
+/// The largest placement size counted on its own (larger ones count at this size).
+pub const MAX_PLACED_SIZE: usize = 64;
 
 impl Default for PlaceRecorder {
     fn default() -> Self {
-        Self { outcomes: Default::default(), latency: Histogram::new(PLACE_BUCKETS) }
+        Self {
+            outcomes: Default::default(),
+            latency: Histogram::new(PLACE_BUCKETS),
+            sizes: (0..MAX_PLACED_SIZE).map(|_| Counter::default()).collect(),
+        }
     }
 }
 
@@ -57,6 +66,16 @@ impl PlaceRecorder {
     pub fn record(&self, result: PlaceResult, took: Duration) {
         self.outcomes[result as usize].inc();
         self.latency.observe(took.as_secs_f64());
+    }
+
+    /// One placement of `devices` devices (a gang's GPUs, else 1).
+    pub fn record_size(&self, devices: usize) {
+        self.sizes[devices.clamp(1, MAX_PLACED_SIZE) - 1].inc();
+    }
+
+    /// Placements made, by size, for the sizes seen.
+    pub fn sizes(&self) -> impl Iterator<Item = (usize, u64)> + '_ {
+        self.sizes.iter().enumerate().map(|(i, c)| (i + 1, c.get())).filter(|(_, n)| *n > 0)
     }
 
     /// Calls that ended with `result`.

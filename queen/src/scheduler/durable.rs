@@ -21,12 +21,13 @@ use super::book::{Reservation, ReservationState};
 use super::policy::DEFAULT_POLICY;
 use super::{HiveSource, Scheduler, SchedulerSettings, view};
 use crate::QueenError;
-use crate::store::{EndedRecord, KeyedRecord, PolicyRecord, ReservationRecord, Store};
+use crate::store::{EndedRecord, GangDeviceRecord, KeyedRecord, PolicyRecord, ReservationRecord, Store};
 use rbee_shared::gpu_process::ReservationToken;
 
-/// A reservation as the store keeps it; `start` is where it begins on its device (see
-/// [`super::book::Book::start_of`]).
-pub(super) fn to_record(r: &Reservation, start: u64) -> ReservationRecord {
+/// A reservation as the store keeps it; `starts` is where it begins on each of its
+/// devices (see [`super::book::Book::starts_of`]; the first for `baseline_bytes`).
+pub(super) fn to_record(r: &Reservation, starts: &[u64]) -> ReservationRecord {
+    let start = starts.first().copied().unwrap_or(0);
     ReservationRecord {
         id: r.id.clone(),
         hive_id: r.hive_id.clone(),
@@ -45,7 +46,18 @@ pub(super) fn to_record(r: &Reservation, start: u64) -> ReservationRecord {
             ram_bytes: k.placed_for.ram_bytes,
             kind: k.placed_for.kind.clone(),
             labels: k.placed_for.labels.clone(),
+            gpus: k.placed_for.gpus,
+            topology: k.placed_for.topology.clone(),
         }),
+        gang: r
+            .gang
+            .iter()
+            .enumerate()
+            .map(|(i, d)| GangDeviceRecord {
+                device_id: d.clone(),
+                baseline_bytes: starts.get(i).copied().unwrap_or(start),
+            })
+            .collect(),
     }
 }
 
@@ -70,10 +82,16 @@ pub(super) fn from_ended_record(e: EndedRecord) -> Ended {
     }
 }
 
-/// A kept reservation and its start, for [`super::book::Book::restore`].
-pub(super) fn from_record(r: ReservationRecord) -> (Reservation, u64) {
+/// A kept reservation and its start on each device, for
+/// [`super::book::Book::restore_gangs`].
+pub(super) fn from_record(r: ReservationRecord) -> (Reservation, Vec<u64>) {
     let state = if r.settled { ReservationState::Settled } else { ReservationState::Active };
-    let start = r.baseline_bytes;
+    let start = if r.gang.is_empty() {
+        vec![r.baseline_bytes]
+    } else {
+        r.gang.iter().map(|g| g.baseline_bytes).collect()
+    };
+    let gang = r.gang.into_iter().map(|g| g.device_id).collect();
     (
         Reservation {
             id: r.id,
@@ -93,8 +111,11 @@ pub(super) fn from_record(r: ReservationRecord) -> (Reservation, u64) {
                     ram_bytes: k.ram_bytes,
                     kind: k.kind,
                     labels: k.labels,
+                    gpus: k.gpus,
+                    topology: k.topology,
                 },
             }),
+            gang,
         },
         start,
     )
@@ -113,6 +134,12 @@ pub(super) fn unsound(r: &ReservationRecord) -> Option<String> {
     }
     if !printable(&r.device_id, 256) {
         return Some(format!("device {:?} is not 1 to 256 printable bytes", r.device_id));
+    }
+    if let Some(g) = r.gang.iter().find(|g| !printable(&g.device_id, 256)) {
+        return Some(format!("gang device {:?} is not 1 to 256 printable bytes", g.device_id));
+    }
+    if !r.gang.is_empty() && (r.gang.len() > 64 || r.gang[0].device_id != r.device_id) {
+        return Some("its gang is longer than 64 GPUs, or does not start with its device".into());
     }
     if r.bytes == 0 {
         return Some("it reserves 0 bytes".into());
@@ -159,7 +186,7 @@ impl Scheduler {
             });
         }
         let scheduler = Self::build(fleet, settings, Some(store))?;
-        view::write(&scheduler.book).restore(kept.into_iter().map(from_record).collect());
+        view::write(&scheduler.book).restore_gangs(kept.into_iter().map(from_record).collect());
         if restored > 0 {
             tracing::info!(reservations = restored, "reservations restored from the state store");
         }
@@ -178,7 +205,7 @@ impl Scheduler {
         }
         let mut book = view::write(&self.book);
         *book = super::book::Book::new(self.settings.reservations);
-        book.restore(kept.into_iter().map(from_record).collect());
+        book.restore_gangs(kept.into_iter().map(from_record).collect());
         Ok(())
     }
 
@@ -191,9 +218,14 @@ impl Scheduler {
     /// Writes a new reservation durably (`total`: the device's capacity, which a shared
     /// store re-checks); on failure takes it back out of the book, so that nothing
     /// unanswered stays promised.
-    pub(super) fn persist_placed(&self, r: &Reservation, start: u64, total: u64) -> Result<(), QueenError> {
+    pub(super) fn persist_placed(
+        &self,
+        r: &Reservation,
+        starts: &[u64],
+        total: u64,
+    ) -> Result<(), QueenError> {
         let Some(store) = &self.store else { return Ok(()) };
-        if let Err(e) = store.commit_placed(&to_record(r, start), total) {
+        if let Err(e) = store.commit_placed(&to_record(r, starts), total) {
             view::write(&self.book).release(&r.id);
             tracing::error!(error = %e, reservation = %r.id, "a reservation could not be made durable; not placed");
             return Err(e.into());
@@ -230,7 +262,7 @@ impl Scheduler {
             store.keep_ended(&ended)?;
         }
         if !settled.is_empty() {
-            let records: Vec<ReservationRecord> = settled.iter().map(|r| to_record(r, 0)).collect();
+            let records: Vec<ReservationRecord> = settled.iter().map(|r| to_record(r, &[])).collect();
             store.update_reservations(&records)?;
         }
         if !removed.is_empty() {
@@ -273,8 +305,9 @@ mod tests {
             created_at_unix_ms: 1,
             expires_at_unix_ms: 2,
             keyed: None,
+            gang: Vec::new(),
         };
-        assert_eq!(from_record(to_record(&r, 7)), (r.clone(), 7));
+        assert_eq!(from_record(to_record(&r, &[7])), (r.clone(), vec![7]));
         let token = ReservationToken::generate();
         let keyed = Reservation {
             id: token.reservation_id(),
@@ -287,14 +320,34 @@ mod tests {
                     ram_bytes: Some(3),
                     kind: "cuda".into(),
                     labels: [("zone".to_owned(), "eu".to_owned())].into(),
+                    gpus: 1,
+                    topology: "any".into(),
                 },
             }),
-            ..r
+            ..r.clone()
         };
-        let record = to_record(&keyed, 7);
+        let record = to_record(&keyed, &[7]);
         assert_eq!(unsound(&record), None);
-        assert_eq!(from_record(record), (keyed.clone(), 7));
-        the_reservation_its_record_and_its_wire_message_hold_the_same_fields(&keyed);
+        assert_eq!(from_record(record), (keyed.clone(), vec![7]));
+        let keyed_gang = Reservation { gang: vec!["GPU-0".into(), "GPU-1".into()], ..keyed };
+        the_reservation_its_record_and_its_wire_message_hold_the_same_fields(&keyed_gang);
+        let gang = Reservation { gang: vec!["GPU-0".into(), "GPU-1".into()], ..r };
+        let mut record = to_record(&gang, &[7, 9]);
+        assert_eq!(record.devices(), ["GPU-0", "GPU-1"]);
+        let sound = ReservationRecord {
+            address: crate::fleet::address::normalize_address("http://a:7835").unwrap(),
+            ..record.clone()
+        };
+        assert_eq!(unsound(&sound), None);
+        let mut bad = sound.clone();
+        bad.gang[1].device_id = " ".into();
+        assert!(unsound(&bad).unwrap().contains("gang device"));
+        bad.gang[1].device_id = "GPU-1".into();
+        bad.gang[0].device_id = "GPU-9".into();
+        assert!(unsound(&bad).unwrap().contains("does not start with its device"));
+        record.bytes = 5;
+        assert_eq!(from_record(record), (gang, vec![7, 9]));
+        assert_eq!(sha256_hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 
     /// One reservation type: the domain reservation, its record and its wire message
@@ -317,13 +370,16 @@ mod tests {
         };
         let set = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect::<BTreeSet<String>>();
         let domain = keys(serde_json::to_value(r).unwrap());
-        let record = keys(serde_json::to_value(to_record(r, 7)).unwrap());
+        let record = keys(serde_json::to_value(to_record(r, &[7])).unwrap());
         let wire = keys(serde_json::to_value(rbee_proto::v1::Reservation::from(r)).unwrap());
         let record_as_domain: BTreeSet<String> =
             record.difference(&set(&["settled", "baseline_bytes"])).cloned().chain(set(&["state"])).collect();
         assert_eq!(record_as_domain, domain, "the record's fields");
-        let wire_as_domain: BTreeSet<String> = wire.iter().cloned().chain(set(&["keyed"])).collect();
+        let wire_as_domain: BTreeSet<String> = wire
+            .iter()
+            .map(|k| if k == "gang_device_ids" { "gang".to_owned() } else { k.clone() })
+            .chain(set(&["keyed"]))
+            .collect();
         assert_eq!(wire_as_domain, domain, "the wire message's fields");
-        assert_eq!(sha256_hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 }

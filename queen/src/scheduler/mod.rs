@@ -5,6 +5,7 @@
 //! - [`view`]: the fleet as policies see it, and the eligibility rules.
 //! - [`policy`]: the sandboxed Rhai runtime, its API and budget.
 //! - [`book`]: the reservation book (bounded, paged).
+//! - [`gang`]: the search for a gang of GPUs of one hive over its topology.
 //! - `place`: the decision path (policy, then commit under the book's lock).
 //! - `durable`: the books kept in the state store, and restored from it.
 //! - `upkeep`: settlement and expiry of reservations; never waits on a policy.
@@ -16,6 +17,7 @@ pub mod bounded_text;
 mod durable;
 mod events;
 pub mod figures;
+pub mod gang;
 mod place;
 pub mod policy;
 mod reload;
@@ -129,6 +131,21 @@ pub struct Placement {
     /// What the caller should know about the chosen device, e.g. its hive's CPU load
     /// over the degraded threshold (a reason, not a veto, for GPU work).
     pub notes: Vec<String>,
+    /// Every device of the placement, `device_id` first: a gang's GPUs, else the one.
+    pub devices: Vec<PlacedDevice>,
+    /// How tightly a gang's GPUs are connected (`None` for one device).
+    pub level: Option<gang::Level>,
+}
+
+/// One device of a placement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacedDevice {
+    /// GPU id or "cpu".
+    pub device_id: String,
+    /// The GPU's index on its hive (`None` for the CPU).
+    pub index: Option<u32>,
+    /// Free on the device after the placement.
+    pub free_after: u64,
 }
 
 /// What `place` answers.
@@ -332,14 +349,17 @@ impl Scheduler {
     pub fn renew(&self, req: &request::RenewRequest) -> Result<Reservation, QueenError> {
         let now = rbee_shared::time::now_unix_ms();
         let expires = now.saturating_add(req.ttl.as_millis() as u64);
-        let (record, start) = {
+        let (record, starts) = {
             let book = view::read(&self.book);
             let r = book.renewable(&req.id, now).map_err(renew_error)?;
-            (Reservation { expires_at_unix_ms: expires, ..r.clone() }, book.start_of(&req.id).unwrap_or(0))
+            (
+                Reservation { expires_at_unix_ms: expires, ..r.clone() },
+                book.starts_of(&req.id).unwrap_or_default(),
+            )
         };
         // Written first: a renewal that cannot be kept changes nothing.
         if let Some(store) = &self.store {
-            store.update_reservations(&[durable::to_record(&record, start)])?;
+            store.update_reservations(&[durable::to_record(&record, &starts)])?;
         }
         let renewed = view::write(&self.book).renew(&req.id, expires, now);
         if renewed.is_err()

@@ -9,10 +9,11 @@ use rbee_shared::bytesize::format_bytes;
 
 use super::book::{Book, Claim, KeyState, Refused, Reservation};
 use super::bounded_text::bound_owned;
+use super::gang::{self, Gang, Links};
 use super::policy::{Choice, Decision, Policy, PolicyError};
 use super::request::PlaceRequest;
 use super::view::{self, Books, DeviceRef, FleetView, claim_bytes};
-use super::{Outcome, Placement, Scheduler};
+use super::{Outcome, PlacedDevice, Placement, Scheduler};
 use crate::QueenError;
 use crate::fleet::ConnState;
 use crate::metrics::recorder::PlaceResult;
@@ -43,6 +44,9 @@ enum Unusable {
         /// Its state.
         state: &'static str,
     },
+    /// A gang of several GPUs for a request of one.
+    #[error("{0}: the policy chose a gang of {1} GPUs for a request of one")]
+    Gang(String, usize),
     /// The hive has no such device, or no reading for it.
     #[error("{hive}/{device}: no such device, or no reading for it")]
     NoDevice {
@@ -51,6 +55,16 @@ enum Unusable {
         /// Device id.
         device: String,
     },
+}
+
+/// What trying one gang of a policy's ranking gave.
+enum GangTry {
+    /// Placed (reserved, unless a dry run), with the reservation's start on each GPU.
+    Placed(Outcome, Vec<u64>),
+    /// The gang cannot be used now: why (for the rejection's reasons).
+    Unfit(String),
+    /// The request id is held already (a keyed Place that raced this one).
+    KeyHeld(String),
 }
 
 /// A refused reservation count as the error the caller sees.
@@ -149,6 +163,9 @@ impl Scheduler {
             }
             Decision::Ranked(c) => c,
         };
+        if req.gpus > 1 {
+            return self.commit_gang(&view, req, choices, &used, fallback);
+        }
         let mut reasons = Vec::new();
         let mut full = None;
         let mut book = view::write(&self.book);
@@ -197,11 +214,16 @@ impl Scheduler {
                     let free_after = book.free(&address, &device.id, device.total, device.used)
                         - if reservation.is_none() { bytes } else { 0 };
                     // Durable before it is answered, and written outside the lock.
-                    let start = reservation.as_ref().and_then(|r| book.start_of(&r.id)).unwrap_or(0);
+                    let starts = reservation.as_ref().and_then(|r| book.starts_of(&r.id)).unwrap_or_default();
                     drop(book);
                     if let Some(r) = &reservation {
-                        self.persist_in_time(r, start, device.total, req.deadline)?;
+                        self.persist_in_time(r, &starts, device.total, req.deadline)?;
                     }
+                    let placed = PlacedDevice {
+                        device_id: device.id.clone(),
+                        index: device.gpu().map(|g| g.index),
+                        free_after,
+                    };
                     return Ok(Attempt::Done(Outcome::Placed(Box::new(Placement {
                         hive_id: device.hive.hive_id().to_owned(),
                         address,
@@ -215,6 +237,8 @@ impl Scheduler {
                         prefetching: false,
                         token,
                         notes: notes(&device),
+                        devices: vec![placed],
+                        level: None,
                     }))));
                 }
                 Err(Refused::NoRoom { free }) => reasons.push(format!(
@@ -250,10 +274,195 @@ impl Scheduler {
         Ok(Attempt::Raced(reasons))
     }
 
+    /// Commits the first gang of the policy's ranking whose every GPU still has room,
+    /// all or nothing, under the book's lock; each gang that cannot be used says why.
+    fn commit_gang(
+        &self,
+        view: &FleetView,
+        req: &PlaceRequest,
+        choices: Vec<Choice>,
+        used: &Arc<Policy>,
+        fallback: bool,
+    ) -> Result<Attempt, QueenError> {
+        let mut reasons = Vec::new();
+        let mut book = view::write(&self.book);
+        for choice in choices {
+            let Choice::Gang(g) = choice else {
+                reasons.push(format!(
+                    "the policy chose one device for a gang of {} GPUs (a gang comes from \
+                     fleet.best_gangs(request, n) or hive.gangs(request))",
+                    req.gpus
+                ));
+                continue;
+            };
+            match self.try_gang(view, &mut book, req, &g, used, fallback) {
+                Ok(GangTry::Placed(outcome, starts)) => {
+                    // The reservation is in the book; durable before it is answered,
+                    // and written outside the lock.
+                    drop(book);
+                    if let Outcome::Placed(p) = &outcome
+                        && let Some(r) = &p.reservation
+                    {
+                        self.persist_in_time(r, &starts, gang_total(view, &g), req.deadline)?;
+                    }
+                    return Ok(Attempt::Done(outcome));
+                }
+                Ok(GangTry::Unfit(why)) => reasons.push(bound_owned(why)),
+                Ok(GangTry::KeyHeld(request_id)) => {
+                    drop(book);
+                    return match self.replay(req, &request_id)? {
+                        Some(answer) => Ok(Attempt::Done(answer)),
+                        None => {
+                            Ok(Attempt::Raced(vec![format!("request id {request_id:?} was taken meanwhile")]))
+                        }
+                    };
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        drop(book);
+        if reasons.is_empty() {
+            reasons.push("the policy chose no gang".into());
+        }
+        reasons.extend(gang_reasons(view, req));
+        reasons.dedup();
+        Ok(Attempt::Raced(reasons))
+    }
+
+    /// Tries one gang under the lock: the placement, or why not.
+    fn try_gang(
+        &self,
+        view: &FleetView,
+        book: &mut Book,
+        req: &PlaceRequest,
+        g: &Gang,
+        used: &Arc<Policy>,
+        fallback: bool,
+    ) -> Result<GangTry, QueenError> {
+        let name =
+            if g.hive.hive_id().is_empty() { g.hive.address.clone() } else { g.hive.hive_id().to_owned() };
+        if g.devices.len() != req.gpus as usize {
+            return Ok(GangTry::Unfit(format!(
+                "{name}: the policy chose {} GPUs for a gang of {}",
+                g.devices.len(),
+                req.gpus
+            )));
+        }
+        // The hive as the view has it (a policy's gang may be older).
+        let Some(hive) = view.hives.iter().find(|h| h.address == g.hive.address) else {
+            return Ok(GangTry::Unfit(format!("{name}: the policy chose a hive that is not in the fleet")));
+        };
+        if hive.state != ConnState::Online {
+            return Ok(GangTry::Unfit(format!("{name}: {}", hive.state.as_str())));
+        }
+        let Some(links) = Links::cached(hive) else {
+            return Ok(GangTry::Unfit(format!("{name}: more than {} GPUs", gang::MAX_GANG_GPUS)));
+        };
+        let set = gang::set_of(hive, &g.devices);
+        if set.count_ones() as usize != g.devices.len() || (links.mig & set != 0) {
+            return Ok(GangTry::Unfit(format!(
+                "{name}: the gang names GPUs the hive does not have, twice, or MIG instances"
+            )));
+        }
+        if !links.meets(set, req.topology) {
+            return Ok(GangTry::Unfit(format!(
+                "{name}: the gang's GPUs are not connected as {} asks",
+                req.topology.as_str()
+            )));
+        }
+        let books = Books { locked: book, shared: &view.book };
+        let mut devices = Vec::with_capacity(g.devices.len());
+        for id in &g.devices {
+            match view::gpu_ref(hive, id, &books) {
+                Some(d) if d.health() == crate::fleet::Health::Healthy => devices.push(d),
+                Some(d) => return Ok(GangTry::Unfit(format!("{}: {}", d.label(), d.health().as_str()))),
+                None => {
+                    return Ok(GangTry::Unfit(format!("{name}/{id}: no such device, or no reading for it")));
+                }
+            }
+        }
+        let bytes = req.vram_bytes;
+        let address = hive.address.clone();
+        let now_ms = rbee_shared::time::now_unix_ms();
+        let reservation = if req.dry_run {
+            for d in &devices {
+                book.settle(&address, &d.id, d.used, d.processes());
+                let free = super::figures::placeable(book, &address, &d.id, d.total, d.used, d.processes());
+                if free < bytes {
+                    return Ok(GangTry::Unfit(no_room(&d.label(), free, bytes, req.gpus)));
+                }
+            }
+            None
+        } else {
+            let claims: Vec<(&str, Claim<'_>)> = devices
+                .iter()
+                .map(|d| {
+                    (
+                        d.id.as_str(),
+                        Claim {
+                            hive_id: hive.hive_id(),
+                            model: &req.model,
+                            bytes,
+                            total: d.total,
+                            observed: d.used,
+                            processes: d.processes(),
+                            ttl: req.ttl,
+                            now_ms,
+                        },
+                    )
+                })
+                .collect();
+            let key = req.request_id.clone().map(|k| (k, req.placed_for()));
+            match book.reserve_gang_keyed(&address, &claims, key) {
+                Ok(tagged) => Some(tagged),
+                Err((_, Refused::KeyHeld { request_id, .. })) => return Ok(GangTry::KeyHeld(request_id)),
+                Err((i, Refused::NoRoom { free })) => {
+                    return Ok(GangTry::Unfit(no_room(&devices[i].label(), free, bytes, req.gpus)));
+                }
+                Err((_, refused @ Refused::HiveFull { .. })) => return Err(exhausted(&name, &refused)),
+                Err((_, refused @ Refused::BookFull { .. })) => return Err(exhausted("", &refused)),
+            }
+        };
+        let placed: Vec<PlacedDevice> = devices
+            .iter()
+            .map(|d| PlacedDevice {
+                device_id: d.id.clone(),
+                index: d.gpu().map(|g| g.index),
+                free_after: book.free(&address, &d.id, d.total, d.used)
+                    - if reservation.is_none() { bytes } else { 0 },
+            })
+            .collect();
+        let (reservation, token) = reservation.map_or((None, None), |(r, t)| (Some(r), Some(t)));
+        let starts = reservation.as_ref().and_then(|r| book.starts_of(&r.id)).unwrap_or_default();
+        Ok(GangTry::Placed(
+            Outcome::Placed(Box::new(Placement {
+                hive_id: hive.hive_id().to_owned(),
+                address,
+                device_id: devices[0].id.clone(),
+                reservation,
+                bytes,
+                free_after: placed[0].free_after,
+                policy: used.source.clone(),
+                fallback,
+                weights: super::weights::weights(hive, &req.model),
+                prefetching: false,
+                notes: notes(&devices[0]),
+                token,
+                level: Some(links.level(set)),
+                devices: placed,
+            })),
+            starts,
+        ))
+    }
+
     /// Turns a policy's choice into a device of the view: a device handle is used as
     /// the policy returned it; a named one is looked up.
     fn resolve(&self, view: &FleetView, book: &Book, choice: Choice) -> Result<DeviceRef, Unusable> {
         let (hive_key, device_id) = match choice {
+            Choice::Gang(g) if g.devices.len() == 1 => {
+                (g.hive.address.clone(), g.devices.into_iter().next().unwrap_or_default())
+            }
+            Choice::Gang(g) => return Err(Unusable::Gang(g.hive.address.clone(), g.devices.len())),
             Choice::Device(d) => {
                 if d.hive.state != ConnState::Online {
                     return Err(Unusable::NotOnline { hive: hive_name(&d), state: d.hive.state.as_str() });
@@ -283,7 +492,7 @@ impl Scheduler {
     fn persist_in_time(
         &self,
         r: &Reservation,
-        start: u64,
+        starts: &[u64],
         total: u64,
         deadline: Option<std::time::Instant>,
     ) -> Result<(), QueenError> {
@@ -298,7 +507,7 @@ impl Scheduler {
             view::write(&self.book).release(&r.id);
             return Err(refused());
         }
-        self.persist_placed(r, start, total)?;
+        self.persist_placed(r, starts, total)?;
         if late() {
             // Forgotten as never made: the caller may retry with the same request id.
             if let Err(e) = self.remove(&r.id, None) {
@@ -322,12 +531,18 @@ impl Scheduler {
             }
         })?;
         self.place_stats.record(place_result(&outcome), started.elapsed());
+        if let Ok(Outcome::Placed(p)) = &outcome {
+            self.place_stats.record_size(p.devices.len());
+        }
         outcome
     }
 }
 
 /// Why each hive or device cannot take the request (bounded: hive data is a peer's).
 fn reasons(view: &FleetView, req: &PlaceRequest) -> Vec<String> {
+    if req.gpus > 1 {
+        return gang_reasons(view, req);
+    }
     view::assess(view, req, true).1.into_iter().map(bound_owned).collect()
 }
 
@@ -394,6 +609,18 @@ impl Scheduler {
             super::weights::Weights { tier: super::weights::Tier::Absent, bytes: None, est_load_ms: None },
             |h| super::weights::weights(h, &r.model),
         );
+        // Every device it holds, as the first answer listed them.
+        let devices = r
+            .devices()
+            .map(|id| {
+                let gpu = hive.and_then(|h| view::gpu_ref(h, id, &books));
+                PlacedDevice {
+                    device_id: id.to_owned(),
+                    index: gpu.as_ref().and_then(|d| d.gpu().map(|g| g.index)),
+                    free_after: gpu.map_or(0, |d| d.free),
+                }
+            })
+            .collect();
         let token = r.keyed.as_ref().map(|k| k.token.clone());
         drop(book);
         tracing::info!(reservation = %r.id, request_id = %key, "a retried Place answered its reservation again");
@@ -408,10 +635,44 @@ impl Scheduler {
             weights,
             prefetching: false,
             notes: Vec::new(),
+            devices,
+            level: None,
             token,
             reservation: Some(r),
         }))))
     }
+}
+
+/// Why each hive cannot take the gang (bounded).
+fn gang_reasons(view: &FleetView, req: &PlaceRequest) -> Vec<String> {
+    let mut reasons = Vec::new();
+    gang::scan_gangs(
+        view,
+        req,
+        |_, _| {},
+        |why| {
+            if reasons.len() < 64 {
+                reasons.push(bound_owned(why()));
+            }
+        },
+    );
+    reasons
+}
+
+/// A gang member without room.
+fn no_room(label: &str, free: u64, bytes: u64, gpus: u32) -> String {
+    format!(
+        "{label}: {} free < {} (none of the gang of {gpus} was reserved)",
+        format_bytes(free),
+        format_bytes(bytes)
+    )
+}
+
+/// The capacity a shared store re-checks each of a gang's GPUs against: the smallest.
+fn gang_total(view: &FleetView, g: &Gang) -> u64 {
+    let locked = view::read(&view.book);
+    let books = Books { locked: &locked, shared: &view.book };
+    g.devices.iter().filter_map(|id| view::gpu_ref(&g.hive, id, &books)).map(|d| d.total).min().unwrap_or(0)
 }
 
 /// The hive's id, else its address.

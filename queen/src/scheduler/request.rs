@@ -40,13 +40,42 @@ impl DeviceKind {
     }
 }
 
+/// How a gang's GPUs must be connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GangTopology {
+    /// Any GPUs of one hive.
+    Any,
+    /// All on one NUMA node.
+    SameNuma,
+    /// Every pair NVLink-connected.
+    Nvlink,
+}
+
+impl GangTopology {
+    /// Lower-case name, as policies and the CLI see it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Any => "any",
+            Self::SameNuma => "numa",
+            Self::Nvlink => "nvlink",
+        }
+    }
+}
+
+/// Most GPUs one gang may ask for.
+pub const MAX_GANG: u32 = 64;
+
 /// A validated placement request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlaceRequest {
     /// The model.
     pub model: String,
-    /// VRAM on one GPU, bytes.
+    /// VRAM on each GPU, bytes.
     pub vram_bytes: u64,
+    /// GPUs wanted on one hive (1 unless a gang).
+    pub gpus: u32,
+    /// How a gang's GPUs must be connected.
+    pub topology: GangTopology,
     /// RAM on the hive, bytes.
     pub ram_bytes: Option<u64>,
     /// Device kind.
@@ -86,6 +115,8 @@ impl PlaceRequest {
         Self {
             model: String::new(),
             vram_bytes,
+            gpus: 1,
+            topology: GangTopology::Any,
             ram_bytes: None,
             kind: DeviceKind::Cuda,
             labels: BTreeMap::new(),
@@ -103,6 +134,8 @@ impl PlaceRequest {
             ram_bytes: self.ram_bytes,
             kind: self.kind.as_str().to_owned(),
             labels: self.labels.clone(),
+            gpus: self.gpus,
+            topology: self.topology.as_str().to_owned(),
         }
     }
 
@@ -127,6 +160,12 @@ impl PlaceRequest {
         }
         if mine.labels != held.labels {
             out.push(format!("labels: held {:?}, asked {:?}", held.labels, mine.labels));
+        }
+        if mine.gpus != held.gpus {
+            out.push(format!("gpus: held {}, asked {}", held.gpus, mine.gpus));
+        }
+        if mine.topology != held.topology {
+            out.push(format!("topology: held {}, asked {}", held.topology, mine.topology));
         }
         out
     }

@@ -136,3 +136,121 @@ pub fn fleet(hives: usize, gpus: usize) -> Vec<Arc<HiveSnapshot>> {
         })
         .collect()
 }
+
+/// A hive's GPU topology, for [`shaped`]: per GPU its used memory, NUMA node and MIG
+/// parent, and the pairs linked by NVLink and by one PCIe switch.
+#[derive(Debug, Clone, Default)]
+pub struct Shape {
+    /// VRAM of each GPU, GiB.
+    pub vram_gib: u64,
+    /// Used VRAM per GPU, GiB (its length is the GPU count).
+    pub used_gib: Vec<u64>,
+    /// NUMA node per GPU (`None`: not reported).
+    pub numa: Vec<Option<u32>>,
+    /// MIG parent per GPU (`None`: a whole GPU).
+    pub mig_parent: Vec<Option<String>>,
+    /// Pairs linked by NVLink (directly or through an NVSwitch).
+    pub nvlink: Vec<(usize, usize)>,
+    /// Pairs behind one PCIe switch (`PIX`).
+    pub switch: Vec<(usize, usize)>,
+}
+
+impl Shape {
+    /// A DGX-style box: 8 GPUs of 80 GiB, every pair on NVSwitch, two NUMA nodes of 4.
+    pub fn dgx() -> Self {
+        let all: Vec<(usize, usize)> = (0..8).flat_map(|i| (i + 1..8).map(move |j| (i, j))).collect();
+        Self {
+            vram_gib: 80,
+            used_gib: vec![0; 8],
+            numa: (0..8).map(|i| Some(i as u32 / 4)).collect(),
+            mig_parent: vec![None; 8],
+            nvlink: all,
+            switch: vec![(0, 1), (2, 3), (4, 5), (6, 7)],
+        }
+    }
+
+    /// A two-socket PCIe box: 2 NUMA nodes of 4 GPUs of 80 GiB, NVLink bridges in pairs
+    /// (0-1, 2-3, 4-5, 6-7), each pair behind one PCIe switch.
+    pub fn two_socket_pairs() -> Self {
+        let pairs = vec![(0, 1), (2, 3), (4, 5), (6, 7)];
+        Self {
+            vram_gib: 80,
+            used_gib: vec![0; 8],
+            numa: (0..8).map(|i| Some(i as u32 / 4)).collect(),
+            mig_parent: vec![None; 8],
+            nvlink: pairs.clone(),
+            switch: pairs,
+        }
+    }
+
+    /// One 80 GiB GPU split into `instances` MIG instances (devices of their own, with
+    /// its id as their parent) of `80 / instances` GiB each.
+    pub fn mig(instances: usize) -> Self {
+        Self {
+            vram_gib: 80 / instances.max(1) as u64,
+            used_gib: vec![0; instances],
+            numa: vec![Some(0); instances],
+            mig_parent: vec![Some("GPU-physical-0".into()); instances],
+            nvlink: Vec::new(),
+            switch: Vec::new(),
+        }
+    }
+}
+
+/// A synthetic online hive with the GPUs and topology of `shape` (GPU ids
+/// `GPU-{id}-{i}`, in index order).
+pub fn shaped(id: &str, shape: &Shape) -> Arc<HiveSnapshot> {
+    use rbee_shared::{GpuLink, PcieLevel};
+    let n = shape.used_gib.len();
+    let base = hive(id, n, shape.vram_gib, 0, 10.0, ConnState::Online, &[]);
+    let mut h = (*base).clone();
+    let ids: Vec<String> = (0..n).map(|i| format!("GPU-{id}-{i}")).collect();
+    let has =
+        |pairs: &[(usize, usize)], i: usize, j: usize| pairs.iter().any(|p| *p == (i, j) || *p == (j, i));
+    let mut caps = h
+        .caps
+        .as_ref()
+        .map(|c| (**c).clone())
+        .unwrap_or_else(|| VersionedCapabilities { version: 1, caps: Capabilities::default() });
+    for (i, gid) in ids.iter().enumerate() {
+        let Some(gpu) = caps.caps.gpus.get_mut(gid) else { continue };
+        gpu.topology.numa_node = shape.numa.get(i).copied().flatten();
+        gpu.topology.mig_parent = shape.mig_parent.get(i).cloned().flatten();
+        gpu.topology.links = (0..n)
+            .filter(|j| *j != i)
+            .map(|j| GpuLink {
+                peer: ids[j].clone(),
+                pcie: Some(if has(&shape.switch, i, j) {
+                    PcieLevel::Single
+                } else if shape.numa.get(i) == shape.numa.get(j) {
+                    PcieLevel::Node
+                } else {
+                    PcieLevel::System
+                }),
+                nvlinks: Some(if has(&shape.nvlink, i, j) { 12 } else { 0 }),
+            })
+            .collect();
+        gpu.topology.links.sort_by(|a, b| a.peer.cmp(&b.peer));
+    }
+    h.caps = Some(Arc::new(caps));
+    let mut sample = h.latest.as_ref().map(|s| (**s).clone()).unwrap_or_default();
+    for (i, g) in sample.gpus.iter_mut().enumerate() {
+        let used = shape.used_gib.get(i).copied().unwrap_or(0) * GIB;
+        g.vram_used_bytes = Some(used);
+        g.vram_free_bytes = Some((shape.vram_gib * GIB).saturating_sub(used));
+        g.gpu_util_percent = Some(10.0);
+    }
+    h.latest = Some(Arc::new(sample));
+    Arc::new(h.with_placement())
+}
+
+/// `hives` online DGX-style hives ([`Shape::dgx`]) with loads spread out.
+pub fn dgx_fleet(hives: usize) -> Vec<Arc<HiveSnapshot>> {
+    (0..hives)
+        .map(|i| {
+            let mut shape = Shape::dgx();
+            shape.used_gib = (0..8).map(|g| ((i * 7 + g * 13) % 50) as u64).collect();
+            shaped(&format!("hive-{i:05}"), &shape)
+        })
+        .collect()
+}

@@ -333,6 +333,7 @@ fn an_unsound_kept_record_stops_the_start_naming_it() {
         expires_at_unix_ms: 2,
         baseline_bytes: 0,
         keyed: None,
+        gang: Vec::new(),
     };
     let store = Arc::new(crate::store::TestStore { leader: crate::store::Leader::Me, refused: &[] });
     let Err(err) = Scheduler::durable(Arc::new(StaticHives(small_fleet())), calm(), store, vec![record])

@@ -437,6 +437,31 @@ fn scan<'a>(
     }
 }
 
+/// The GPUs that can take a gang member's share now (`req.vram_bytes` each), hive by
+/// hive in fleet order, with the eligibility rules of [`assess`]: `fit` hears each one's
+/// hive, position in the capabilities' GPU map, usable total, free bytes and
+/// utilisation; `note` why every other hive or GPU cannot.
+pub fn scan_gpus<'a>(
+    view: &'a FleetView,
+    req: &PlaceRequest,
+    mut fit: impl FnMut(&'a Arc<HiveSnapshot>, usize, u64, u64, f32),
+    mut note: impl FnMut(&dyn Fn() -> String),
+) {
+    let locked = read(&view.book);
+    let req = PlaceRequest { kind: DeviceKind::Cuda, ..req.clone() };
+    scan(
+        view,
+        &req,
+        &locked,
+        |f| {
+            if let Device::Gpu(i) = f.device {
+                fit(f.hive, i, f.total, f.free, f.util);
+            }
+        },
+        |_, why| note(why),
+    );
+}
+
 /// Every device that can take the request now, and (when `explain`) why the others
 /// cannot (at most 64 reasons).
 pub fn assess(view: &FleetView, req: &PlaceRequest, explain: bool) -> (Vec<DeviceRef>, Vec<String>) {

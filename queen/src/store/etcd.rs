@@ -231,16 +231,15 @@ impl EtcdStore {
             let got = self.client.get(key.as_str()).await.map_err(|e| self.err(e))?;
             let Some(kv) = got else { return Ok(()) };
             let r: ReservationRecord = decode(&key, &kv.value).map_err(|e| self.err(e))?;
-            let device = self.device_key(&r.address, &r.device_id);
-            let (reserved, revision) = self.device_total(&device).await?;
-            let when = vec![
-                api::mod_revision_is(device.as_str(), revision),
-                api::mod_revision_is(key.as_str(), kv.mod_revision),
-            ];
-            let then = vec![
-                api::delete(key.as_str()),
-                api::put(device.as_str(), reserved.saturating_sub(r.bytes).to_string(), 0),
-            ];
+            // Every device of a gang gives its bytes back in the same transaction.
+            let mut when = vec![api::mod_revision_is(key.as_str(), kv.mod_revision)];
+            let mut then = vec![api::delete(key.as_str())];
+            for device in r.devices() {
+                let device = self.device_key(&r.address, device);
+                let (reserved, revision) = self.device_total(&device).await?;
+                when.push(api::mod_revision_is(device.as_str(), revision));
+                then.push(api::put(device.as_str(), reserved.saturating_sub(r.bytes).to_string(), 0));
+            }
             if self.guarded(lease, when, then).await? {
                 return Ok(());
             }
@@ -376,7 +375,9 @@ impl EtcdStore {
         let mut totals = std::collections::BTreeMap::<String, u64>::new();
         let mut ops = Vec::new();
         for r in &kept.reservations {
-            *totals.entry(self.device_key(&r.address, &r.device_id)).or_default() += r.bytes;
+            for device in r.devices() {
+                *totals.entry(self.device_key(&r.address, device)).or_default() += r.bytes;
+            }
             ops.push(api::put(self.key(&format!("reservations/{}", r.id)), encode(r), 0));
         }
         for (device, total) in totals {

@@ -191,6 +191,7 @@ mod tests {
             expires_at_unix_ms: 2,
             baseline_bytes: 0,
             keyed: None,
+            gang: Vec::new(),
         }
     }
 

@@ -27,7 +27,9 @@ pub use backend::{Leader, Store};
 pub use etcd::{Campaign, EtcdSettings, EtcdStore, Renewal, Role};
 pub use etcd_api::EtcdTls;
 pub use group::GroupCommit;
-pub use records::{EndedRecord, HiveRecord, KeyedRecord, PolicyRecord, ReservationRecord, Restored};
+pub use records::{
+    EndedRecord, GangDeviceRecord, HiveRecord, KeyedRecord, PolicyRecord, ReservationRecord, Restored,
+};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 /// Reservations by id (JSON records).
@@ -514,6 +516,7 @@ mod tests {
             expires_at_unix_ms: 2,
             baseline_bytes: 3,
             keyed: None,
+            gang: Vec::new(),
         }
     }
 

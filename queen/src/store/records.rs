@@ -34,6 +34,10 @@ pub struct ReservationRecord {
     /// placed without one; records written before request ids have none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keyed: Option<KeyedRecord>,
+    /// A gang's GPUs (`device_id` first), each holding `bytes`, with where it starts on
+    /// each; absent for one device (records written before gangs load as one device).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gang: Vec<GangDeviceRecord>,
 }
 
 /// A keyed reservation's idempotency key, request and worker tag.
@@ -54,6 +58,20 @@ pub struct KeyedRecord {
     /// The labels that had to match.
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// GPUs of the gang (records written before gangs: 1).
+    #[serde(default = "one_gpu")]
+    pub gpus: u32,
+    /// How a gang's GPUs had to be connected (records written before gangs: `any`).
+    #[serde(default = "any_topology")]
+    pub topology: String,
+}
+
+fn one_gpu() -> u32 {
+    1
+}
+
+fn any_topology() -> String {
+    "any".to_owned()
 }
 
 /// A keyed reservation that ended: its request id stays taken for the grace.
@@ -67,6 +85,26 @@ pub struct EndedRecord {
     pub how: String,
     /// When it ended, ms since the Unix epoch.
     pub ended_at_unix_ms: u64,
+}
+
+/// One GPU of a gang reservation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GangDeviceRecord {
+    /// The GPU id.
+    pub device_id: String,
+    /// Where the reservation starts on it (see `baseline_bytes`).
+    pub baseline_bytes: u64,
+}
+
+impl ReservationRecord {
+    /// Every device the reservation holds `bytes` on (`device_id` first).
+    pub fn devices(&self) -> Vec<&str> {
+        if self.gang.is_empty() {
+            vec![self.device_id.as_str()]
+        } else {
+            self.gang.iter().map(|g| g.device_id.as_str()).collect()
+        }
+    }
 }
 
 /// A hive added or removed at run time.
@@ -185,6 +223,7 @@ mod tests {
             expires_at_unix_ms: 2,
             baseline_bytes: 3,
             keyed: None,
+            gang: Vec::new(),
         }
     }
 

@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod process;
 pub mod scheduling;
 pub mod scripted;
+pub mod topology;
 
 /// Fast settings for tests: 200 ms samples, stale after 600 ms, lost after 2 s. The
 /// host CPU rule is off: the test machine's own load must not make hives degraded.

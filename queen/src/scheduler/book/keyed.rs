@@ -28,6 +28,10 @@ pub struct PlacedFor {
     pub kind: String,
     /// The hive labels that had to match.
     pub labels: BTreeMap<String, String>,
+    /// GPUs of the gang (1 for one device).
+    pub gpus: u32,
+    /// How a gang's GPUs had to be connected (`any`, `numa`, `nvlink`).
+    pub topology: String,
 }
 
 /// The idempotency key a reservation was placed with, what it was placed for, and its

@@ -67,6 +67,18 @@ pub struct Reservation {
     pub expires_at_unix_ms: u64,
     /// The request id it was placed with, if any.
     pub keyed: Option<Keyed>,
+    /// A gang's GPUs (`device_id` first), each holding `bytes`; empty for one device.
+    /// The gang is kept, settled, released and expired as one reservation.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gang: Vec<String>,
+}
+
+impl Reservation {
+    /// Every device the reservation holds `bytes` on (`device_id` first).
+    pub fn devices(&self) -> impl Iterator<Item = &str> {
+        let single = self.gang.is_empty().then_some(self.device_id.as_str());
+        single.into_iter().chain(self.gang.iter().map(String::as_str))
+    }
 }
 
 /// A device in the book: `(hive address, device id)`.
@@ -327,6 +339,23 @@ impl Book {
                 self.hives.remove(address);
             }
         }
+        self.whole_gangs(address, settled)
+    }
+
+    /// Of the reservations just settled on one device, those settled as a whole: a
+    /// gang still queued on another of its devices stays active (it counts there until
+    /// every device shows it).
+    fn whole_gangs(&mut self, address: &str, mut settled: Vec<String>) -> Vec<String> {
+        settled.retain(|id| {
+            let Some(r) = self.reservations.get_mut(id).filter(|r| !r.gang.is_empty()) else { return true };
+            let hive = self.hives.get(address);
+            let pending =
+                r.gang.iter().any(|dev| hive.and_then(|h| h.get(dev)).is_some_and(|d| d.active.contains(id)));
+            if pending {
+                r.state = ReservationState::Active;
+            }
+            !pending
+        });
         settled
     }
 
@@ -363,47 +392,84 @@ impl Book {
         claim: &Claim<'_>,
         key: Option<(String, PlacedFor)>,
     ) -> Result<(Reservation, rbee_shared::gpu_process::ReservationToken), Refused> {
+        self.reserve_gang_keyed(address, &[(device_id, claim.clone())], key).map_err(|(_, refused)| refused)
+    }
+
+    /// Reserves `bytes` on EVERY device of `members` (one hive's GPUs, with each one's
+    /// claim: the model, bytes, TTL and time are the first's) as one reservation, or
+    /// nothing: each device is settled and checked first, and the first that has no
+    /// room refuses the whole gang (its position and why). One member makes a plain
+    /// reservation (no `gang` list).
+    pub fn reserve_gang(
+        &mut self,
+        address: &str,
+        members: &[(&str, Claim<'_>)],
+    ) -> Result<(Reservation, rbee_shared::gpu_process::ReservationToken), (usize, Refused)> {
+        self.reserve_gang_keyed(address, members, None)
+    }
+
+    /// [`Book::reserve_gang`] with an idempotency key ([`Book::reserve_keyed`]): the key
+    /// is checked under the same lock as the reserve, and one reservation holds it for
+    /// the whole gang.
+    pub fn reserve_gang_keyed(
+        &mut self,
+        address: &str,
+        members: &[(&str, Claim<'_>)],
+        key: Option<(String, PlacedFor)>,
+    ) -> Result<(Reservation, rbee_shared::gpu_process::ReservationToken), (usize, Refused)> {
+        let Some((first_id, claim)) = members.first() else {
+            return Err((0, Refused::NoRoom { free: 0 }));
+        };
         if let Some((request_id, _)) = &key
             && let Some(id) = self.key_holder(request_id)
         {
-            return Err(Refused::KeyHeld { request_id: request_id.clone(), id: id.to_owned() });
+            return Err((0, Refused::KeyHeld { request_id: request_id.clone(), id: id.to_owned() }));
         }
-        self.check_total()?;
+        self.check_total().map_err(|r| (0, r))?;
         if self.counts.get(address).copied().unwrap_or(0) >= self.limits.per_hive {
-            return Err(Refused::HiveFull { limit: self.limits.per_hive });
+            return Err((0, Refused::HiveFull { limit: self.limits.per_hive }));
         }
-        self.settle(address, device_id, claim.observed, claim.processes);
-        let free = self.free(address, device_id, claim.total, claim.observed);
-        if claim.bytes > free {
-            return Err(Refused::NoRoom { free });
+        for (i, (device_id, c)) in members.iter().enumerate() {
+            self.settle(address, device_id, c.observed, c.processes);
+            let free = self.free(address, device_id, c.total, c.observed);
+            if claim.bytes > free || members[..i].iter().any(|(d, _)| d == device_id) {
+                return Err((i, Refused::NoRoom { free }));
+            }
         }
         let token = rbee_shared::gpu_process::ReservationToken::generate();
         let r = Reservation {
             id: token.reservation_id(),
             hive_id: claim.hive_id.to_owned(),
             address: address.to_owned(),
-            device_id: device_id.to_owned(),
+            device_id: (*first_id).to_owned(),
             model: claim.model.to_owned(),
             bytes: claim.bytes,
             state: ReservationState::Active,
             created_at_unix_ms: claim.now_ms,
             expires_at_unix_ms: claim.now_ms.saturating_add(claim.ttl.as_millis() as u64),
             keyed: key.map(|(request_id, placed_for)| Keyed { request_id, placed_for, token: token.clone() }),
+            gang: if members.len() > 1 {
+                members.iter().map(|(d, _)| (*d).to_owned()).collect()
+            } else {
+                Vec::new()
+            },
         };
         if let Some(k) = &r.keyed {
             self.by_request.insert(k.request_id.clone(), r.id.clone());
         }
-        let d = self.hives.entry(address.to_owned()).or_default().entry(device_id);
-        if d.active.is_empty() {
-            d.baseline = claim.observed;
-            d.by_process = claim.processes.is_some();
+        for (device_id, c) in members {
+            let d = self.hives.entry(address.to_owned()).or_default().entry(device_id);
+            if d.active.is_empty() {
+                d.baseline = c.observed;
+                d.by_process = c.processes.is_some();
+            }
+            if let Some(p) = c.processes {
+                d.known.insert(r.id.clone(), p.listed.iter().map(|p| p.pid).collect());
+            }
+            d.floors.insert(r.id.clone(), c.observed);
+            d.active.push_back(r.id.clone());
+            d.active_bytes += r.bytes;
         }
-        if let Some(p) = claim.processes {
-            d.known.insert(r.id.clone(), p.listed.iter().map(|p| p.pid).collect());
-        }
-        d.floors.insert(r.id.clone(), claim.observed);
-        d.active.push_back(r.id.clone());
-        d.active_bytes += r.bytes;
         self.order.insert((r.created_at_unix_ms, r.id.clone()));
         *self.counts.entry(address.to_owned()).or_default() += 1;
         self.reservations.insert(r.id.clone(), r.clone());
@@ -421,12 +487,25 @@ impl Book {
     /// device's baseline; `None` for a settled or unknown reservation.
     pub fn start_of(&self, id: &str) -> Option<u64> {
         let r = self.reservations.get(id).filter(|r| r.state == ReservationState::Active)?;
-        let d = self.hives.get(&r.address)?.get(&r.device_id)?;
+        self.start_on(r, &r.device_id)
+    }
+
+    /// Where a reservation starts on one of its devices; `None` where it is settled.
+    fn start_on(&self, r: &Reservation, device_id: &str) -> Option<u64> {
+        let d = self.hives.get(&r.address)?.get(device_id)?;
+        let pos = d.active.iter().position(|a| *a == r.id)?;
         let mut start = d.baseline;
-        for ahead in d.active.iter().take_while(|a| *a != id) {
+        for ahead in d.active.iter().take(pos) {
             start += self.reservations.get(ahead).map_or(0, |a| a.bytes);
         }
         Some(start)
+    }
+
+    /// [`Book::start_of`] on each of the reservation's devices (in [`Reservation::devices`]
+    /// order; 0 where it is settled already); `None` for a settled or unknown one.
+    pub fn starts_of(&self, id: &str) -> Option<Vec<u64>> {
+        let r = self.reservations.get(id).filter(|r| r.state == ReservationState::Active)?;
+        Some(r.devices().map(|dev| self.start_on(r, dev).unwrap_or(0)).collect())
     }
 
     /// Puts back reservations kept across a restart, each with its start (see
@@ -435,24 +514,30 @@ impl Book {
     /// start is only ever too high (when a reservation ahead of it was released after
     /// it was written), so a restored book counts more, never less. The limits are not
     /// applied: what was promised stays promised.
-    pub fn restore(&mut self, mut kept: Vec<(Reservation, u64)>) {
-        kept.sort_by(|(a, sa), (b, sb)| {
-            (sa, a.created_at_unix_ms, &a.id).cmp(&(sb, b.created_at_unix_ms, &b.id))
-        });
-        for (r, start) in kept {
+    pub fn restore(&mut self, kept: Vec<(Reservation, u64)>) {
+        self.restore_gangs(kept.into_iter().map(|(r, start)| (r, vec![start])).collect());
+    }
+
+    /// [`Book::restore`] with a start per device of each reservation (in
+    /// [`Reservation::devices`] order; a missing one is the first's). An active gang
+    /// queues on each of its devices in the order of its starts there.
+    pub fn restore_gangs(&mut self, kept: Vec<(Reservation, Vec<u64>)>) {
+        // Per device: (start, created, id, bytes).
+        let mut queues: BTreeMap<DeviceKey, Vec<(u64, u64, String, u64)>> = BTreeMap::new();
+        for (r, starts) in kept {
             if self.reservations.contains_key(&r.id) {
                 continue;
             }
             if r.state == ReservationState::Active {
-                let d = self.hives.entry(r.address.clone()).or_default().entry(&r.device_id);
-                if d.active.is_empty() {
-                    d.baseline = start;
+                for (i, dev) in r.devices().enumerate() {
+                    let start = starts.get(i).or(starts.first()).copied().unwrap_or(0);
+                    queues.entry((r.address.clone(), dev.to_owned())).or_default().push((
+                        start,
+                        r.created_at_unix_ms,
+                        r.id.clone(),
+                        r.bytes,
+                    ));
                 }
-                // The kept start is the floor: it is never below the usage the
-                // reservation saw ahead of it, so settling stays on the safe side.
-                d.floors.insert(r.id.clone(), start);
-                d.active.push_back(r.id.clone());
-                d.active_bytes += r.bytes;
             }
             self.order.insert((r.created_at_unix_ms, r.id.clone()));
             *self.counts.entry(r.address.clone()).or_default() += 1;
@@ -460,6 +545,20 @@ impl Book {
                 self.by_request.insert(k.request_id.clone(), r.id.clone());
             }
             self.reservations.insert(r.id.clone(), r);
+        }
+        for ((address, device), mut queue) in queues {
+            queue.sort();
+            let d = self.hives.entry(address).or_default().entry(&device);
+            for (start, _, id, bytes) in queue {
+                if d.active.is_empty() {
+                    d.baseline = start;
+                }
+                // The kept start is the floor: it is never below the usage the
+                // reservation saw ahead of it, so settling stays on the safe side.
+                d.floors.insert(id.clone(), start);
+                d.active.push_back(id);
+                d.active_bytes += bytes;
+            }
         }
     }
 
@@ -477,19 +576,21 @@ impl Book {
                 self.counts.remove(&r.address);
             }
         }
-        if r.state == ReservationState::Active
-            && let Some(devices) = self.hives.get_mut(&r.address)
-            && let Some(d) = devices.get_mut(&r.device_id)
-        {
-            d.active.retain(|x| x != id);
-            d.active_bytes -= r.bytes;
-            d.known.remove(id);
-            d.floors.remove(id);
-            if d.active.is_empty() {
-                devices.remove(&r.device_id);
-                if devices.0.is_empty() {
-                    self.hives.remove(&r.address);
+        // Every device where it still counts (a gang may be settled on some already).
+        if let Some(devices) = self.hives.get_mut(&r.address) {
+            for dev in r.devices() {
+                let Some(d) = devices.get_mut(dev) else { continue };
+                let Some(pos) = d.active.iter().position(|x| x == id) else { continue };
+                d.active.remove(pos);
+                d.active_bytes -= r.bytes;
+                d.known.remove(id);
+                d.floors.remove(id);
+                if d.active.is_empty() {
+                    devices.remove(dev);
                 }
+            }
+            if devices.0.is_empty() {
+                self.hives.remove(&r.address);
             }
         }
         Some(r)
@@ -550,11 +651,24 @@ impl Book {
         Page { reservations, next }
     }
 
+    /// Whether the reservation still counts on one of its devices (it is active and not
+    /// settled there yet: a gang settles GPU by GPU).
+    pub fn counts_on(&self, r: &Reservation, device_id: &str) -> bool {
+        r.state == ReservationState::Active
+            && self
+                .hives
+                .get(&r.address)
+                .and_then(|h| h.get(device_id))
+                .is_some_and(|d| d.active.contains(&r.id))
+    }
+
     /// Sum of active bytes per device (for tests and invariants).
     pub fn active_bytes(&self) -> BTreeMap<DeviceKey, u64> {
         let mut out = BTreeMap::new();
         for r in self.reservations.values().filter(|r| r.state == ReservationState::Active) {
-            *out.entry((r.address.clone(), r.device_id.clone())).or_insert(0) += r.bytes;
+            for dev in r.devices().filter(|dev| self.counts_on(r, dev)) {
+                *out.entry((r.address.clone(), dev.to_owned())).or_insert(0) += r.bytes;
+            }
         }
         out
     }

@@ -111,8 +111,10 @@ impl Book {
             self.settled_by.remove(address);
         }
         back.retain(|id| {
-            let Some(r) = self.reservations.get_mut(id).filter(|r| r.state == ReservationState::Settled)
-            else {
+            // Settled on this device: the whole reservation, or this GPU of a gang.
+            let queued =
+                self.hives.get(address).and_then(|h| h.get(device_id)).is_some_and(|d| d.active.contains(id));
+            let Some(r) = self.reservations.get_mut(id).filter(|_| !queued) else {
                 return false;
             };
             r.state = ReservationState::Active;
@@ -295,6 +297,6 @@ impl Book {
         if !by.is_empty() {
             self.settled_by.entry(address.to_owned()).or_default().extend(by);
         }
-        settled
+        self.whole_gangs(address, settled)
     }
 }

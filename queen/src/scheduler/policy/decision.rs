@@ -1,7 +1,7 @@
 //! What a policy decided: reading the value `place()` returned.
 //!
-//! A policy returns a device, a map `#{ hive: ..., device: ... }`, an array of them
-//! (ranked, best first), `reject("reason")`, or `()` (no placement). Every text taken
+//! A policy returns a device, a map `#{ hive: ..., device: ... }`, a gang (for a
+//! request of several GPUs), an array of them (ranked, best first), `reject("reason")`, or `()` (no placement). Every text taken
 //! from the script is bounded.
 
 use rhai::{Array, Dynamic, Map};
@@ -25,6 +25,8 @@ pub enum Decision {
 pub enum Choice {
     /// A device handle from the API (the queen uses it as is).
     Device(DeviceRef),
+    /// A gang of one hive's GPUs from `fleet.best_gangs` or `hive.gangs`.
+    Gang(crate::scheduler::gang::Gang),
     /// A hive (id or address) and device id from a map (bounded).
     Named {
         /// Hive id or address.
@@ -37,6 +39,9 @@ pub enum Choice {
 fn choice(value: Dynamic) -> Result<Choice, PolicyError> {
     if value.is::<DeviceRef>() {
         return Ok(Choice::Device(value.cast::<DeviceRef>()));
+    }
+    if value.is::<crate::scheduler::gang::Gang>() {
+        return Ok(Choice::Gang(value.cast::<crate::scheduler::gang::Gang>()));
     }
     if value.is_map() {
         let map = value.cast::<Map>();

@@ -16,6 +16,7 @@
 pub mod api;
 pub mod decision;
 pub mod error;
+pub mod gangs;
 pub mod pool;
 pub mod runtime;
 pub mod sandbox;

@@ -56,6 +56,7 @@ impl PolicyRuntime {
             .set_max_modules(0);
         sandbox::install(&mut engine);
         api::register(&mut engine);
+        super::gangs::register(&mut engine);
         more(&mut engine);
         Self { engine: Arc::new(engine), limits, pool: Pool::new(limits.parallel.max(1), "policy") }
     }

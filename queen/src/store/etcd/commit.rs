@@ -28,6 +28,9 @@ use crate::store::{ReservationRecord, StoreError};
 /// Most reservations in one transaction (etcd takes at most 128 operations in one; a
 /// reservation needs at most two).
 pub const MAX_BATCH: usize = 60;
+/// Most operations one batch may need: a reservation needs one, plus one per device
+/// (a gang's GPUs each), so a batch of gangs holds fewer reservations.
+const MAX_OPS: usize = 120;
 /// How often a batch whose devices changed under it is read and tried again.
 const TRIES: usize = 16;
 
@@ -76,7 +79,15 @@ impl EtcdStore {
             loop {
                 let batch: Vec<Pending> = {
                     let mut queue = lock(&combiner.queue);
-                    let n = queue.len().min(MAX_BATCH);
+                    let (mut n, mut ops) = (0, 0);
+                    for p in queue.iter().take(MAX_BATCH) {
+                        let need = 1 + p.record.devices().len();
+                        if n > 0 && ops + need > MAX_OPS {
+                            break;
+                        }
+                        n += 1;
+                        ops += need;
+                    }
                     queue.drain(..n).collect()
                 };
                 if batch.is_empty() {
@@ -106,8 +117,12 @@ impl EtcdStore {
             Err(e) => return fail_all(e),
         };
         for _ in 0..TRIES {
-            let keys: Vec<String> =
-                batch.iter().map(|(r, _)| self.device_key(&r.address, &r.device_id)).collect();
+            // Per reservation, its devices' keys (a gang's GPUs each).
+            let per: Vec<Vec<String>> = batch
+                .iter()
+                .map(|(r, _)| r.devices().into_iter().map(|d| self.device_key(&r.address, d)).collect())
+                .collect();
+            let keys: Vec<String> = per.iter().flatten().cloned().collect();
             let mut totals = match self.totals(&keys).await {
                 Ok(t) => t,
                 Err(e) => return fail_all(e),
@@ -115,18 +130,24 @@ impl EtcdStore {
             let read = totals.clone();
             let mut answers = Vec::with_capacity(batch.len());
             let mut ops = Vec::new();
-            for ((r, capacity), key) in batch.iter().zip(&keys) {
-                let (reserved, _) = totals.get_mut(key).expect("every key was read");
-                if reserved.saturating_add(r.bytes) > *capacity {
+            for ((r, capacity), keys) in batch.iter().zip(&per) {
+                // All or nothing: a gang is refused when any of its GPUs is full.
+                let full = r.devices().into_iter().zip(keys).find_map(|(device, key)| {
+                    let (reserved, _) = totals.get(key).expect("every key was read");
+                    (reserved.saturating_add(r.bytes) > *capacity).then_some((device, *reserved))
+                });
+                if let Some((device, reserved)) = full {
                     answers.push(Err(StoreError::OverCommit {
-                        device: format!("{}/{}", r.address, r.device_id),
-                        reserved: *reserved,
+                        device: format!("{}/{}", r.address, device),
+                        reserved,
                         bytes: r.bytes,
                         total: *capacity,
                     }));
                     continue;
                 }
-                *reserved += r.bytes;
+                for key in keys {
+                    totals.get_mut(key).expect("every key was read").0 += r.bytes;
+                }
                 ops.push(api::put(self.reservation_key(&r.id), encode(*r), 0));
                 answers.push(Ok(()));
             }
