@@ -319,6 +319,18 @@ async fn cancel_fetch_and_delete_model_need_the_write_token() {
         ..common::fast_config(vec![hive.url()])
     };
     let queen = TestQueen::start_with(config, "127.0.0.1:0".parse().unwrap()).await;
+    // The hive must be in the fleet first (else the answer is "no hive dl-auth").
+    let mut fleet = rbee_proto::v1::fleet_client::FleetClient::connect(queen.url()).await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut r = tonic::Request::new(pb::ListHivesRequest::default());
+        rbee_shared::bearer::authorize(&mut r, READ).unwrap();
+        if fleet.list_hives(r).await.unwrap().into_inner().hives.iter().any(online) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the hive is not online after {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mut scheduler = SchedulerClient::connect(queen.url()).await.unwrap();
     let with = |token: &str| {
         let mut r = tonic::Request::new(pb::ScheduleModelRequest {

@@ -179,6 +179,13 @@ impl From<&SchedulerEvent> for pb::fleet_event::Event {
     }
 }
 
+/// A reservation's wire message as JSON (for the scheduler's test that the domain
+/// reservation, its record and its wire message hold the same fields).
+#[cfg(test)]
+pub(crate) fn reservation_wire_json(r: &crate::scheduler::book::Reservation) -> serde_json::Value {
+    serde_json::to_value(pb::Reservation::from(r)).expect("a wire message is JSON")
+}
+
 impl From<&crate::scheduler::book::Reservation> for pb::Reservation {
     fn from(r: &crate::scheduler::book::Reservation) -> Self {
         use crate::scheduler::book::ReservationState;

@@ -371,7 +371,7 @@ mod tests {
         let set = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect::<BTreeSet<String>>();
         let domain = keys(serde_json::to_value(r).unwrap());
         let record = keys(serde_json::to_value(to_record(r, &[7])).unwrap());
-        let wire = keys(serde_json::to_value(rbee_proto::v1::Reservation::from(r)).unwrap());
+        let wire = keys(crate::api::convert::reservation_wire_json(r));
         let record_as_domain: BTreeSet<String> =
             record.difference(&set(&["settled", "baseline_bytes"])).cloned().chain(set(&["state"])).collect();
         assert_eq!(record_as_domain, domain, "the record's fields");
