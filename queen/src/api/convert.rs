@@ -173,9 +173,39 @@ impl From<&SchedulerEvent> for pb::fleet_event::Event {
                     address: r.address.clone(),
                     device_id: r.device_id.clone(),
                     reason: reason.clone(),
+                    gang_device_ids: r.gang.clone(),
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod event_tests {
+    use super::*;
+
+    /// A dropped gang names every GPU it freed, not only the first.
+    #[test]
+    fn a_dropped_gang_names_every_gpu() {
+        let r = crate::scheduler::book::Reservation {
+            id: "r".into(),
+            hive_id: "h".into(),
+            address: "http://a:7835".into(),
+            device_id: "GPU-0".into(),
+            model: "m".into(),
+            bytes: 5,
+            state: crate::scheduler::book::ReservationState::Active,
+            created_at_unix_ms: 1,
+            expires_at_unix_ms: 2,
+            keyed: None,
+            gang: vec!["GPU-0".into(), "GPU-1".into()],
+        };
+        let e = SchedulerEvent::ReservationDropped { reservation: r, reason: "expired".into() };
+        let pb::fleet_event::Event::ReservationDropped(d) = pb::fleet_event::Event::from(&e) else {
+            panic!("a dropped reservation")
+        };
+        assert_eq!(d.device_id, "GPU-0");
+        assert_eq!(d.gang_device_ids, ["GPU-0", "GPU-1"]);
     }
 }
 

@@ -286,6 +286,11 @@ mod tests {
         let other = watch(Some(seq), epoch ^ 1).await.unwrap().into_inner().next().await.unwrap().unwrap();
         let Some(pb::fleet_event::Event::Snapshot(s)) = other.event else { panic!("{other:?}") };
         assert!(s.reset && !s.coalesced);
+        // No epoch: the queen cannot tell the seq is its own, so a reset snapshot too
+        // (not this queen's events after a number another process gave out).
+        let unknown = watch(Some(seq), 0).await.unwrap().into_inner().next().await.unwrap().unwrap();
+        let Some(pb::fleet_event::Event::Snapshot(s)) = unknown.event else { panic!("{unknown:?}") };
+        assert!(s.reset, "{s:?}");
 
         // More events than the journal holds: resuming from the first seq resets.
         for i in 10..20 {

@@ -75,6 +75,10 @@ struct State {
     head: u64,
     /// Every event numbered up to this one is no longer held.
     floor: u64,
+    /// When the channels were last read: an event read now was sent after it, so it is
+    /// held as that old (never younger than it may be: the journal reads on demand, and
+    /// an event that waited in a channel longer than the age bound is not replayed).
+    last_read: Instant,
 }
 
 /// The journal.
@@ -106,7 +110,8 @@ impl Journal {
             ^ u64::from(std::process::id())
             ^ MADE.fetch_add(1, Ordering::Relaxed).rotate_right(8);
         let epoch = epoch.max(1);
-        let state = State { fleet, books, ring: VecDeque::new(), head: 0, floor: 0 };
+        let state =
+            State { fleet, books, ring: VecDeque::new(), head: 0, floor: 0, last_read: Instant::now() };
         Self { epoch, limits, state: Mutex::new(state) }
     }
 
@@ -118,7 +123,14 @@ impl Journal {
     /// Reads what the channels hold into the ring and drops what the bounds no longer
     /// allow.
     fn pump(&self, s: &mut State) {
-        let now = Instant::now();
+        self.pump_at(s, Instant::now());
+    }
+
+    /// [`Journal::pump`] at `now`.
+    fn pump_at(&self, s: &mut State, now: Instant) {
+        // Sent at some time since the last read: held as sent then.
+        let sent = s.last_read;
+        s.last_read = now;
         let lost = |s: &mut State, n: u64| {
             s.head += n;
             s.floor = s.head;
@@ -126,14 +138,14 @@ impl Journal {
         };
         loop {
             match s.fleet.try_recv() {
-                Ok(e) => push(s, now, Journaled::Fleet(e)),
+                Ok(e) => push(s, sent, Journaled::Fleet(e)),
                 Err(TryRecvError::Lagged(n)) => lost(s, n),
                 Err(TryRecvError::Empty | TryRecvError::Closed) => break,
             }
         }
         loop {
             match s.books.try_recv() {
-                Ok(e) => push(s, now, Journaled::Books(Box::new(e))),
+                Ok(e) => push(s, sent, Journaled::Books(Box::new(e))),
                 Err(TryRecvError::Lagged(n)) => lost(s, n),
                 Err(TryRecvError::Empty | TryRecvError::Closed) => break,
             }
@@ -227,9 +239,30 @@ mod tests {
         let limits = JournalLimits { max_events: 100, max_age: Duration::ZERO };
         let j = Journal::new(fleet.subscribe(), books.subscribe(), limits);
         fleet.send(removed(0)).unwrap();
-        // Read and aged in one call: the age is measured from the read.
-        assert_eq!(j.bounds().0, 1);
+        // Held as sent at the previous read, so aged out at once.
         assert_eq!(j.bounds(), (1, 1));
         assert_eq!(j.after(0, 10).unwrap_err(), Gone);
+    }
+
+    /// An event that waited in its channel (no watcher read the journal) longer than the
+    /// age bound is not replayed: a resume from before it resets instead.
+    #[test]
+    fn events_that_waited_unread_past_the_age_bound_are_gone() {
+        let (fleet, _) = broadcast::channel(8);
+        let (books, _) = broadcast::channel::<SchedulerEvent>(2);
+        let limits = JournalLimits { max_events: 100, max_age: Duration::from_secs(60) };
+        let j = Journal::new(fleet.subscribe(), books.subscribe(), limits);
+        assert_eq!(j.bounds(), (0, 0));
+        fleet.send(removed(0)).unwrap();
+        // Read 61 s after the previous read: it may be 61 s old.
+        let later = Instant::now() + Duration::from_secs(61);
+        let mut s = j.state.lock_unpoisoned();
+        j.pump_at(&mut s, later);
+        assert_eq!((s.head, s.floor), (1, 1));
+        drop(s);
+        assert_eq!(j.after(0, 10).unwrap_err(), Gone);
+        // Read soon after the previous read: held.
+        fleet.send(removed(1)).unwrap();
+        assert_eq!(seqs(&j.after(1, 10).unwrap()), [2]);
     }
 }

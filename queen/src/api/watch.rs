@@ -144,13 +144,16 @@ impl WatchSession {
         let reset = SnapshotKind { coalesced: false, reset: true };
         let (cursor, snapshot) = match resume {
             None => (head, Some(fresh)),
-            Some(r) if r.epoch != 0 && r.epoch != journal.epoch() => (head, Some(reset)),
+            // Not this queen's numbering (another queen's, or not given: the queen cannot
+            // tell the seq is its own): a reset.
+            Some(r) if r.epoch != journal.epoch() => (head, Some(reset)),
             Some(r) if r.after > head => {
                 return Err(QueenError::InvalidArgument(format!(
                     "resume_after_seq = {} is ahead of this queen's newest event ({head})",
                     r.after
                 )));
             }
+            // Below the floor: no longer held.
             Some(r) if r.after < floor => (head, Some(reset)),
             Some(r) => (r.after, None),
         };

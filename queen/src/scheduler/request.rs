@@ -135,7 +135,8 @@ impl PlaceRequest {
             kind: self.kind.as_str().to_owned(),
             labels: self.labels.clone(),
             gpus: self.gpus,
-            topology: self.topology.as_str().to_owned(),
+            // Ignored for one GPU, so not part of what a one-GPU request asks for.
+            topology: if self.gpus > 1 { self.topology } else { GangTopology::Any }.as_str().to_owned(),
         }
     }
 

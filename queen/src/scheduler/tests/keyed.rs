@@ -196,3 +196,21 @@ fn a_keyed_place_that_missed_its_deadline_leaves_the_key_free_for_the_retry() {
     let retried = placed(s.place_blocking(&keyed("job-1", 10)).unwrap());
     assert_eq!(disk.kept(), [retried.reservation.unwrap().id]);
 }
+
+/// `topology` is ignored for one GPU, so a retry of a one-GPU request that names another
+/// topology is the same request; for a gang it is a different one.
+#[test]
+fn topology_counts_in_a_keys_request_only_for_a_gang() {
+    use crate::scheduler::request::GangTopology;
+    let s = super::scheduler(fleet(), calm());
+    let first = placed(s.place_blocking(&keyed("one", 10)).unwrap());
+    let other_topology = PlaceRequest { topology: GangTopology::Nvlink, ..keyed("one", 10) };
+    let again = placed(s.place_blocking(&other_topology).unwrap());
+    assert_eq!(again.reservation, first.reservation);
+    assert_eq!(s.reservations().len(), 1);
+
+    let gang = |topology| PlaceRequest { gpus: 2, topology, ..keyed("two", 10) };
+    placed(s.place_blocking(&gang(GangTopology::Any)).unwrap());
+    let why = failed_precondition(s.place_blocking(&gang(GangTopology::SameNuma)).unwrap_err());
+    assert!(why.contains("topology: held any, asked numa"), "{why}");
+}
