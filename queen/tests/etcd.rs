@@ -172,6 +172,25 @@ impl Etcd {
 }
 
 /// `queen serve` on etcd with a 2 s lease, managing `hives`.
+/// Two queens on one etcd: the first leads, the second follows, and both see `hives`
+/// hives online (each with its own state dir, kept alive with it).
+struct Pair {
+    leader: QueenProcess,
+    follower: QueenProcess,
+    _state: (tempfile::TempDir, tempfile::TempDir),
+}
+
+async fn leader_and_follower(etcd: &Etcd, urls: &[String], hives: usize) -> Pair {
+    let (state_a, state_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let leader = queen(etcd, state_a.path(), urls);
+    leader.wait_logged("this queen leads").await;
+    let follower = queen(etcd, state_b.path(), urls);
+    follower.wait_logged("this queen follows").await;
+    hives_online(&leader, hives).await;
+    hives_online(&follower, hives).await;
+    Pair { leader, follower, _state: (state_a, state_b) }
+}
+
 fn queen(etcd: &Etcd, state: &Path, hives: &[String]) -> QueenProcess {
     queen_with(etcd, state, hives, &[])
 }
@@ -247,13 +266,7 @@ async fn three_hives() -> (Vec<TestHive>, Vec<String>) {
 async fn the_follower_takes_over_a_killed_leader_with_every_acknowledged_reservation() {
     let Some(etcd) = Etcd::start().await else { return };
     let (_hives, urls) = three_hives().await;
-    let (state_a, state_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut leader = queen(&etcd, state_a.path(), &urls);
-    leader.wait_logged("this queen leads").await;
-    let follower = queen(&etcd, state_b.path(), &urls);
-    follower.wait_logged("this queen follows").await;
-    hives_online(&leader, 3).await;
-    hives_online(&follower, 3).await;
+    let Pair { mut leader, follower, _state } = leader_and_follower(&etcd, &urls, 3).await;
 
     // A write to the follower: UNAVAILABLE, naming the leader. Reads are served.
     let mut on_follower = follower.scheduler().await;
@@ -706,12 +719,7 @@ async fn a_gang_survives_a_failover() {
     let Some(etcd) = Etcd::start().await else { return };
     let hive = topology_hive("topo").await;
     let urls = vec![hive.url.clone()];
-    let (state_a, state_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut leader = queen(&etcd, state_a.path(), &urls);
-    leader.wait_logged("this queen leads").await;
-    let follower = queen(&etcd, state_b.path(), &urls);
-    follower.wait_logged("this queen follows").await;
-    hives_online(&leader, 1).await;
+    let Pair { mut leader, follower, _state } = leader_and_follower(&etcd, &urls, 1).await;
 
     let p = placement(
         leader

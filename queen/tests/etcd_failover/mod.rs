@@ -80,13 +80,7 @@ async fn held(client: &mut SchedulerClient<Channel>) -> std::collections::BTreeS
 async fn a_place_whose_answer_was_lost_in_a_failover_is_answered_again_by_the_new_leader() {
     let Some(etcd) = Etcd::start().await else { return };
     let (_hives, urls) = three_hives().await;
-    let (state_a, state_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut leader = queen(&etcd, state_a.path(), &urls);
-    leader.wait_logged("this queen leads").await;
-    let follower = queen(&etcd, state_b.path(), &urls);
-    follower.wait_logged("this queen follows").await;
-    hives_online(&leader, 3).await;
-    hives_online(&follower, 3).await;
+    let Pair { mut leader, follower, _state } = leader_and_follower(&etcd, &urls, 3).await;
 
     // The client reaches the leader through a proxy that will lose the answer.
     let proxy = LossyProxy::start(leader.url.trim_start_matches("http://").parse().unwrap()).await;
@@ -177,13 +171,7 @@ async fn a_foreign_python_client_retries_place_through_a_failover_without_double
     let Some(python) = python_with_grpc() else { return };
     let Some(etcd) = Etcd::start().await else { return };
     let (_hives, urls) = three_hives().await;
-    let (state_a, state_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut leader = queen(&etcd, state_a.path(), &urls);
-    leader.wait_logged("this queen leads").await;
-    let follower = queen(&etcd, state_b.path(), &urls);
-    follower.wait_logged("this queen follows").await;
-    hives_online(&leader, 3).await;
-    hives_online(&follower, 3).await;
+    let Pair { mut leader, follower, _state } = leader_and_follower(&etcd, &urls, 3).await;
 
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     // The follower first: the client must follow the leader it names.
