@@ -614,13 +614,17 @@ impl Scheduler {
             .devices()
             .map(|id| {
                 let gpu = hive.and_then(|h| view::gpu_ref(h, id, &books));
-                PlacedDevice {
-                    device_id: id.to_owned(),
-                    index: gpu.as_ref().and_then(|d| d.gpu().map(|g| g.index)),
-                    free_after: gpu.map_or(0, |d| d.free),
-                }
+                // The index from the capabilities: known even before the first sample.
+                let index = hive.and_then(|h| h.caps.as_ref()?.caps.gpus.get(id).map(|g| g.index));
+                PlacedDevice { device_id: id.to_owned(), index, free_after: gpu.map_or(0, |d| d.free) }
             })
             .collect();
+        // A gang's level, from the hive's links as they are now.
+        let level = hive.filter(|_| !r.gang.is_empty()).and_then(|h| {
+            let links = Links::cached(h)?;
+            Some(links.level(gang::set_of(h, &r.gang)))
+        });
+        let notes = device.as_ref().map(notes).unwrap_or_default();
         let token = r.keyed.as_ref().map(|k| k.token.clone());
         drop(book);
         tracing::info!(reservation = %r.id, request_id = %key, "a retried Place answered its reservation again");
@@ -634,9 +638,9 @@ impl Scheduler {
             fallback: false,
             weights,
             prefetching: false,
-            notes: Vec::new(),
+            notes,
             devices,
-            level: None,
+            level,
             token,
             reservation: Some(r),
         }))))

@@ -414,3 +414,21 @@ fn tagged_workers_settle_the_gang_on_their_own_gpus_and_only_there() {
     s.release(&r.id).unwrap();
     assert!(s.book.read().unwrap().active_bytes().is_empty(), "released as one");
 }
+
+/// A retried keyed gang answers the same reservation with what the first answer said:
+/// every GPU with its index, and the level the gang got.
+#[test]
+fn a_retried_keyed_gang_answers_its_gpus_and_level_again() {
+    let s = scheduler(vec![shaped("dgx", &Shape::dgx())]);
+    let req = PlaceRequest { request_id: Some("tp-1".into()), ..gang(2, 10, GangTopology::Nvlink) };
+    let first = placed(s.place_blocking(&req).unwrap());
+    let again = placed(s.place_blocking(&req).unwrap());
+    assert_eq!(s.reservations().len(), 1, "the retry reserved nothing");
+    assert_eq!(again.reservation.as_ref().map(|r| &r.id), first.reservation.as_ref().map(|r| &r.id));
+    assert_eq!(ids(&again), ids(&first));
+    let index = |p: &Placement| p.devices.iter().map(|d| d.index).collect::<Vec<_>>();
+    assert_eq!(index(&again), index(&first));
+    assert!(index(&again).iter().all(Option::is_some), "{:?}", again.devices);
+    assert_eq!(again.level, first.level);
+    assert!(again.level.is_some());
+}
