@@ -1,17 +1,22 @@
 //! The hive's own `/metrics` endpoint (`hive serve --metrics-listen`): a fresh sample on
 //! every scrape, encoded with the machine families both daemons share
-//! ([`rbee_shared::machine_metrics`]), plus the hive's own stream gauges. Every series
+//! ([`rbee_shared::machine_metrics`]), plus the hive's own stream gauges and its own
+//! cost (CPU time and resident memory, read from `/proc/self` at the scrape, never on
+//! the sampling path). Every series
 //! carries `source="hive"` ([`SOURCE_HIVE`]). Names and labels: see `docs/metrics.md`.
 
 use std::fmt;
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Unit;
 use rbee_shared::machine_metrics::{MachineView, encode_machines, gauges, label, registry_for};
 use rbee_shared::{HiveIdentity, Sample};
 
 use crate::monitor::Telemetry;
+use crate::procs::proc_stat::{USER_HZ, parse_cpu_ticks, parse_rss_bytes};
 use crate::streams::Streams;
 
 /// The `source` value of the hive's own `/metrics`.
@@ -28,6 +33,29 @@ struct Scrape {
     sample: Option<Sample>,
     /// MetricsStreams open now.
     streams: usize,
+    /// What this process costs, at the scrape.
+    cost: OwnCost,
+}
+
+/// What the hive process itself costs: CPU time used and resident memory (`None` where
+/// `/proc/self` cannot be read).
+#[derive(Debug, Clone, Copy, Default)]
+struct OwnCost {
+    /// User + system CPU seconds since the process started.
+    cpu_seconds: Option<f64>,
+    /// Resident memory, bytes.
+    resident_bytes: Option<u64>,
+}
+
+impl OwnCost {
+    /// Reads `/proc/self/stat` and `/proc/self/status`.
+    fn read() -> Self {
+        let read = |f: &str| std::fs::read_to_string(format!("/proc/self/{f}")).ok();
+        Self {
+            cpu_seconds: read("stat").and_then(|s| parse_cpu_ticks(&s)).map(|t| t as f64 / USER_HZ as f64),
+            resident_bytes: read("status").and_then(|s| parse_rss_bytes(&s)),
+        }
+    }
 }
 
 impl Collector for Scrape {
@@ -53,6 +81,22 @@ impl Collector for Scrape {
             "1 when this scrape's sample was taken, 0 when sampling failed.",
             None,
             [(vec![label("hive", hive)], u64::from(self.sample.is_some()))],
+        )?;
+        if let Some(cpu) = self.cost.cpu_seconds {
+            let mut m = enc.encode_descriptor(
+                "rbee_hive_cpu",
+                "CPU time (user + system) this hive process has used since it started.",
+                Some(&Unit::Seconds),
+                MetricType::Counter,
+            )?;
+            m.encode_family(&vec![label("hive", hive)])?.encode_counter::<NoLabelSet, _, f64>(&cpu, None)?;
+        }
+        gauges(
+            &mut enc,
+            "rbee_hive_resident_memory",
+            "Resident memory of this hive process.",
+            Some(Unit::Bytes),
+            self.cost.resident_bytes.map(|b| (vec![label("hive", hive)], b)),
         )
     }
 }
@@ -73,7 +117,13 @@ pub fn render(
                     None
                 }
             };
-            let scrape = Scrape { identity, caps: telemetry.capabilities(), sample, streams: streams.open() };
+            let scrape = Scrape {
+                identity,
+                caps: telemetry.capabilities(),
+                sample,
+                streams: streams.open(),
+                cost: OwnCost::read(),
+            };
             let mut registry = registry_for(SOURCE_HIVE);
             registry.register_collector(Box::new(scrape));
             let mut text = String::new();

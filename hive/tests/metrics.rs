@@ -42,6 +42,16 @@ async fn the_hive_serves_its_gpus_and_promtool_accepts_them() {
         "{text}"
     );
     assert!(text.contains("rbee_hive_sample_ok{source=\"hive\",hive=\"metrics-hive\"} 1"), "{text}");
+    // The hive's own cost: CPU seconds so far (a young process may have used less than one
+    // clock tick) and resident memory.
+    let value = |name: &str| -> f64 {
+        let prefix = format!("{name}{{source=\"hive\",hive=\"metrics-hive\"}} ");
+        let line =
+            text.lines().find_map(|l| l.strip_prefix(&prefix)).unwrap_or_else(|| panic!("{name}: {text}"));
+        line.parse().unwrap()
+    };
+    assert!(value("rbee_hive_cpu_seconds_total") >= 0.0);
+    assert!(value("rbee_hive_resident_memory_bytes") > 1e6);
     // One source of truth per series: a Prometheus scraping this hive and the queen tells
     // the two apart by `source`, and dashboards select `source="queen"`.
     for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
