@@ -450,6 +450,29 @@ impl HiveProcess {
         Self { child, addr }
     }
 
+    /// `bin` loading the NVML library `lib` (the fake one: [`fake_nvml_lib`]) with the
+    /// scenario file `scenario`, as hive `hive_id`, its state in `state`, rescanning every
+    /// 100 ms.
+    pub fn on_fake_driver(
+        bin: &std::path::Path,
+        lib: &std::path::Path,
+        scenario: &std::path::Path,
+        hive_id: &str,
+        state: &std::path::Path,
+    ) -> Self {
+        let args = [
+            "--hive-id".as_ref(),
+            hive_id.as_ref(),
+            "--rescan-interval".as_ref(),
+            "100ms".as_ref(),
+            "--state-dir".as_ref(),
+            state.as_os_str(),
+            "--nvml-lib".as_ref(),
+            lib.as_os_str(),
+        ];
+        Self::spawn(bin, &args, &[("RBEE_FAKE_NVML_SCENARIO", scenario.as_os_str())])
+    }
+
     /// `http://ADDR`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
@@ -461,6 +484,26 @@ impl Drop for HiveProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Checks that every man page in `dir` that another page refers to (roff writes
+/// `queen\-policy\-check(1)`) exists, for pages named `PREFIX-...`; returns how many
+/// references it followed.
+pub fn man_references_resolve(dir: &std::path::Path, prefix: &str) -> usize {
+    let mut referred = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap().replace("\\-", "-");
+        for (at, _) in text.match_indices("(1)") {
+            let before = &text[..at];
+            let start = before.rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '-')).map_or(0, |i| i + 1);
+            let name = &before[start..];
+            if name.starts_with(&format!("{prefix}-")) {
+                referred += 1;
+                assert!(dir.join(format!("{name}.1")).is_file(), "{name}(1) is referred to but missing");
+            }
+        }
+    }
+    referred
 }
 
 /// A plain HTTP/1.0 `GET` of `path` on `addr` (with `authorization: Bearer TOKEN` when

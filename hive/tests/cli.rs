@@ -30,21 +30,6 @@ fn man_writes_a_page_for_every_subcommand() {
     {
         assert!(dir.path().join(page).is_file(), "no {page}");
     }
-    let mut referred = 0;
-    for entry in std::fs::read_dir(dir.path()).unwrap() {
-        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap().replace("\\-", "-");
-        for (at, _) in text.match_indices("(1)") {
-            let before = &text[..at];
-            let start = before.rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '-')).map_or(0, |i| i + 1);
-            let name = &before[start..];
-            if name.starts_with("hive-") {
-                referred += 1;
-                assert!(
-                    dir.path().join(format!("{name}.1")).is_file(),
-                    "{name}(1) is referred to but missing"
-                );
-            }
-        }
-    }
+    let referred = rbee_hive::test_support::man_references_resolve(dir.path(), "hive");
     assert!(referred >= 4, "{referred} references");
 }

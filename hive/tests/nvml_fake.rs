@@ -93,20 +93,12 @@ struct Hive {
 impl Hive {
     fn start(lib: &Path, scenario: &Path) -> Self {
         let state = tempfile::tempdir().unwrap();
-        let args = [
-            "--hive-id".as_ref(),
-            "fake-nvml".as_ref(),
-            "--rescan-interval".as_ref(),
-            "100ms".as_ref(),
-            "--state-dir".as_ref(),
-            state.path().as_os_str(),
-            "--nvml-lib".as_ref(),
-            lib.as_os_str(),
-        ];
-        let process = HiveProcess::spawn(
+        let process = HiveProcess::on_fake_driver(
             env!("CARGO_BIN_EXE_hive").as_ref(),
-            &args,
-            &[("RBEE_FAKE_NVML_SCENARIO", scenario.as_os_str())],
+            lib,
+            scenario,
+            "fake-nvml",
+            state.path(),
         );
         Self { process, _state: state }
     }

@@ -19,21 +19,7 @@ fn shipped(name: &str) -> PathBuf {
 
 /// The real hive on `lib` and `scenario`, rescanning every 100 ms.
 fn start(lib: &Path, scenario: &Path, state: &Path) -> HiveProcess {
-    let args = [
-        "--hive-id".as_ref(),
-        "topo".as_ref(),
-        "--rescan-interval".as_ref(),
-        "100ms".as_ref(),
-        "--state-dir".as_ref(),
-        state.as_os_str(),
-        "--nvml-lib".as_ref(),
-        lib.as_os_str(),
-    ];
-    HiveProcess::spawn(
-        env!("CARGO_BIN_EXE_hive").as_ref(),
-        &args,
-        &[("RBEE_FAKE_NVML_SCENARIO", scenario.as_os_str())],
-    )
+    HiveProcess::on_fake_driver(env!("CARGO_BIN_EXE_hive").as_ref(), lib, scenario, "topo", state)
 }
 
 /// The capabilities `Discover` answers, GPUs by index then id.

@@ -498,22 +498,7 @@ fn man_writes_a_page_for_every_subcommand() {
         assert!(page.is_file(), "no {}", page.display());
     }
     // Every page any page refers to (roff writes queen\-policy\-check(1)) exists.
-    let mut referred = 0;
-    for entry in std::fs::read_dir(dir.path()).unwrap() {
-        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap().replace("\\-", "-");
-        for (at, _) in text.match_indices("(1)") {
-            let before = &text[..at];
-            let start = before.rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '-')).map_or(0, |i| i + 1);
-            let name = &before[start..];
-            if name.starts_with("queen-") {
-                referred += 1;
-                assert!(
-                    dir.path().join(format!("{name}.1")).is_file(),
-                    "{name}(1) is referred to but missing"
-                );
-            }
-        }
-    }
+    let referred = rbee_hive::test_support::man_references_resolve(dir.path(), "queen");
     assert!(referred > 10, "{referred} references");
     assert!(main.contains("queen\\-serve(1)"), "{main}");
     // Help texts: `--json` of every list says what it prints, not "the ListHives response".

@@ -141,18 +141,7 @@ async fn the_real_hive_on_the_fake_driver_reports_a_lost_gpu_and_xid_79_and_plac
     scenario.write_all(FAKE_DRIVER.as_bytes()).unwrap();
     let state = tempfile::tempdir().unwrap();
     let lib = fake_nvml_lib(false);
-    let args = [
-        "--hive-id".as_ref(),
-        "fake-driver".as_ref(),
-        "--rescan-interval".as_ref(),
-        "100ms".as_ref(),
-        "--state-dir".as_ref(),
-        state.path().as_os_str(),
-        "--nvml-lib".as_ref(),
-        lib.as_os_str(),
-    ];
-    let hive =
-        HiveProcess::spawn(&hive_bin, &args, &[("RBEE_FAKE_NVML_SCENARIO", scenario.path().as_os_str())]);
+    let hive = HiveProcess::on_fake_driver(&hive_bin, &lib, scenario.path(), "fake-driver", state.path());
     let queen = TestQueen::start(vec![hive.url()]).await;
     let mut client = queen.client().await;
     let mut watch = Watch::open(&mut client).await;
@@ -218,18 +207,7 @@ async fn an_nvlink_that_goes_down_on_the_real_hive_reaches_the_queen_as_a_diff_a
     scenario.write_all(LINK_DOWN.as_bytes()).unwrap();
     let state = tempfile::tempdir().unwrap();
     let lib = fake_nvml_lib(false);
-    let args = [
-        "--hive-id".as_ref(),
-        "linked".as_ref(),
-        "--rescan-interval".as_ref(),
-        "100ms".as_ref(),
-        "--state-dir".as_ref(),
-        state.path().as_os_str(),
-        "--nvml-lib".as_ref(),
-        lib.as_os_str(),
-    ];
-    let hive =
-        HiveProcess::spawn(&hive_bin, &args, &[("RBEE_FAKE_NVML_SCENARIO", scenario.path().as_os_str())]);
+    let hive = HiveProcess::on_fake_driver(&hive_bin, &lib, scenario.path(), "linked", state.path());
     let queen = TestQueen::start(vec![hive.url()]).await;
     let mut client = queen.client().await;
     let mut watch = Watch::open(&mut client).await;

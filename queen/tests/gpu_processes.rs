@@ -68,20 +68,12 @@ async fn through_the_fake_nvml_library_a_tagged_worker_settles_exactly_its_reser
     std::fs::write(&scenario, scenario_text).unwrap();
     let state = tempfile::tempdir().unwrap();
     let lib = fake_nvml_lib(false);
-    let args = [
-        "--hive-id".as_ref(),
-        "fake-driver".as_ref(),
-        "--rescan-interval".as_ref(),
-        "100ms".as_ref(),
-        "--state-dir".as_ref(),
-        state.path().as_os_str(),
-        "--nvml-lib".as_ref(),
-        lib.as_os_str(),
-    ];
-    let hive = HiveProcess::spawn(
+    let hive = HiveProcess::on_fake_driver(
         &built_artifact("hive", "-p rbee-hive"),
-        &args,
-        &[("RBEE_FAKE_NVML_SCENARIO", scenario.as_os_str())],
+        &lib,
+        &scenario,
+        "fake-driver",
+        state.path(),
     );
     tagged_worker_story(hive.url(), dir.path()).await;
     drop(hive);
@@ -194,20 +186,12 @@ async fn through_the_fake_nvml_library_a_forged_tag_hides_no_memory() {
     std::fs::write(&scenario, scenario_text).unwrap();
     let state = tempfile::tempdir().unwrap();
     let lib = fake_nvml_lib(false);
-    let args = [
-        "--hive-id".as_ref(),
-        "fake-driver-forged".as_ref(),
-        "--rescan-interval".as_ref(),
-        "100ms".as_ref(),
-        "--state-dir".as_ref(),
-        state.path().as_os_str(),
-        "--nvml-lib".as_ref(),
-        lib.as_os_str(),
-    ];
-    let hive = HiveProcess::spawn(
+    let hive = HiveProcess::on_fake_driver(
         &built_artifact("hive", "-p rbee-hive"),
-        &args,
-        &[("RBEE_FAKE_NVML_SCENARIO", scenario.as_os_str())],
+        &lib,
+        &scenario,
+        "fake-driver-forged",
+        state.path(),
     );
     forged_tag_story(hive.url(), dir.path()).await;
     drop(hive);
