@@ -167,4 +167,13 @@ impl Hive for HiveService {
         let resident_bytes = self.preloader()?.evict(&id).await?;
         Ok(Response::new(pb::EvictModelResponse { resident_bytes }))
     }
+
+    type ReadModelFileStream = Pin<Box<dyn Stream<Item = Result<pb::ModelFileChunk, Status>> + Send>>;
+
+    async fn read_model_file(
+        &self,
+        _request: Request<pb::ReadModelFileRequest>,
+    ) -> Result<Response<Self::ReadModelFileStream>, Status> {
+        Err(Status::unimplemented("serving model files to peers is not built yet (issue 27)"))
+    }
 }

@@ -607,6 +607,7 @@ pub fn fetch_url(model: &str, url: &str, size: Option<u64>, sha256: Option<Strin
         source: Some(pb::fetch_model_request::Source::Urls(pb::UrlSource {
             files: vec![pb::FileSource { url: url.into(), path: None, size_bytes: size, sha256 }],
         })),
+        ..Default::default()
     }
 }
 

@@ -265,6 +265,7 @@ async fn hf_repositories_resolve_through_the_hub_api() {
     let request = pb::FetchModelRequest {
         model_id: "org/tiny".into(),
         source: Some(pb::fetch_model_request::Source::Hf("hf://org/tiny".into())),
+        ..Default::default()
     };
     client.fetch_model(request).await.unwrap();
     let end = final_record(&mut stream, "org/tiny").await;
@@ -277,6 +278,7 @@ async fn hf_repositories_resolve_through_the_hub_api() {
     let request = pb::FetchModelRequest {
         model_id: "org/missing".into(),
         source: Some(pb::fetch_model_request::Source::Hf("hf://org/missing@v2".into())),
+        ..Default::default()
     };
     client.fetch_model(request).await.unwrap();
     let end = final_record(&mut stream, "org/missing").await;

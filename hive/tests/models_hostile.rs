@@ -33,6 +33,7 @@ fn hf(model: &str, uri: &str) -> pb::FetchModelRequest {
     pb::FetchModelRequest {
         model_id: model.into(),
         source: Some(pb::fetch_model_request::Source::Hf(uri.into())),
+        ..Default::default()
     }
 }
 
@@ -546,6 +547,7 @@ async fn hub_listing_entries_are_checked_like_url_sources_and_the_error_names_th
         source: Some(pb::fetch_model_request::Source::Urls(pb::UrlSource {
             files: vec![file("x/y"), file("x")],
         })),
+        ..Default::default()
     };
     let e = client.fetch_model(request).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");

@@ -156,6 +156,7 @@ fn missing(server: &FileServer, i: usize) -> pb::FetchModelRequest {
                 ..Default::default()
             }],
         })),
+        ..Default::default()
     }
 }
 

@@ -99,6 +99,7 @@ async fn queen_fetch_follows_the_download_and_exits_with_its_outcome() {
         source: Some(pb::fetch_model_request::Source::Urls(pb::UrlSource {
             files: vec![pb::FileSource { url: url.clone(), path: None, size_bytes: None, sha256: None }],
         })),
+        ..Default::default()
     };
     let gets = server.gets();
     let r = scheduler

@@ -64,7 +64,7 @@ pub use error::{ConvertError, DiffError};
 pub use identity::{DeviceSourceKind, HiveIdentity};
 pub use model::{
     DiskSpace, DownloadPhase, DownloadProgress, FileSource, ModelEntry, ModelFile, ModelSource, ModelState,
-    ReadBandwidth,
+    ReadBandwidth, SourceBytes,
 };
 pub use sample::{
     DEFAULT_SAMPLE_INTERVAL, GpuProcess, GpuProcesses, GpuSample, LoadAverage, LostGpu, MAX_SAMPLE_INTERVAL,

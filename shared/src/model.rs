@@ -131,6 +131,23 @@ pub struct DownloadProgress {
     pub attempt: u32,
     /// When the record last changed, ms since the Unix epoch.
     pub updated_at_unix_ms: u64,
+    /// Where the bytes came from, in first-use order (at most [`MAX_DOWNLOAD_SOURCES`]).
+    pub sources: Vec<SourceBytes>,
+}
+
+/// The most sources one download record names.
+pub const MAX_DOWNLOAD_SOURCES: usize = 16;
+
+/// The source name of bytes fetched from the origin (a URL or the Hub).
+pub const ORIGIN_SOURCE: &str = "origin";
+
+/// Bytes of one download that came from one source.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SourceBytes {
+    /// [`ORIGIN_SOURCE`], or the peer's hive id.
+    pub source: String,
+    /// Bytes kept from it.
+    pub bytes: u64,
 }
 
 /// Space on the filesystem holding a directory.

@@ -312,6 +312,7 @@ mod tests {
             error: Some("e".repeat(800)),
             attempt: 1,
             updated_at_unix_ms: i,
+            sources: Vec::new(),
         };
         let mut sample = Sample {
             downloads: (0..4096).map(|i| record(i, DownloadPhase::Failed)).collect(),

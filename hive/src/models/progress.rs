@@ -150,6 +150,7 @@ impl Progress {
             error: self.error.clone(),
             attempt: self.attempt,
             updated_at_unix_ms: self.updated_at_unix_ms,
+            sources: Vec::new(),
         }
     }
 }

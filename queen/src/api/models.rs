@@ -229,7 +229,12 @@ impl ModelFetcher {
             .map_err(|_| unreachable("FetchModel timed out".into()))?
             .map_err(|status| QueenError::Hive { hive: hive_id.clone(), status })?
             .into_inner();
-        Ok(pb::ScheduleFetchResponse { hive_id, address: hive.address.clone(), result: Some(result) })
+        Ok(pb::ScheduleFetchResponse {
+            hive_id,
+            address: hive.address.clone(),
+            result: Some(result),
+            ..Default::default()
+        })
     }
 }
 

@@ -186,7 +186,11 @@ impl ModelCache {
         let mut client = self.client(&hive).await?;
         let hive_err = |status| QueenError::Hive { hive: hive_id.to_owned(), status };
         if let Some(source) = fetch {
-            let req = pb::FetchModelRequest { model_id: model.to_owned(), source: Some(source) };
+            let req = pb::FetchModelRequest {
+                model_id: model.to_owned(),
+                source: Some(source),
+                ..Default::default()
+            };
             let started = client.fetch_model(req).await.map_err(hive_err)?.into_inner();
             if let Some((fetcher, caller)) = &limit {
                 fetcher.started(*caller, &hive.address, model, &started);

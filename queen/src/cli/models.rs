@@ -44,9 +44,14 @@ pub fn fetch_request(args: &FetchArgs) -> pb::ScheduleFetchRequest {
         })
     };
     pb::ScheduleFetchRequest {
-        fetch: Some(pb::FetchModelRequest { model_id: args.model.clone(), source: Some(source) }),
+        fetch: Some(pb::FetchModelRequest {
+            model_id: args.model.clone(),
+            source: Some(source),
+            ..Default::default()
+        }),
         hive: args.hive.clone().unwrap_or_default(),
         labels: args.labels.iter().cloned().collect(),
+        ..Default::default()
     }
 }
 

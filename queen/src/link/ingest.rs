@@ -411,6 +411,7 @@ mod tests {
             error: Some("e".repeat(800)),
             attempt: 1,
             updated_at_unix_ms: i as u64,
+            sources: Vec::new(),
         };
         let sample = Sample { downloads: (0..4096).map(record).collect(), ..Default::default() };
         let Outcome::Sample(sample) = s.apply(msg(3, HivePayload::Sample(sample))) else {

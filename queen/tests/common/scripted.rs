@@ -120,6 +120,15 @@ impl Hive for Scripted {
     ) -> Result<Response<pb::EvictModelResponse>, Status> {
         Err(Status::unimplemented("a scripted hive has no models"))
     }
+
+    type ReadModelFileStream = Pin<Box<dyn Stream<Item = Result<pb::ModelFileChunk, Status>> + Send>>;
+
+    async fn read_model_file(
+        &self,
+        _: Request<pb::ReadModelFileRequest>,
+    ) -> Result<Response<Self::ReadModelFileStream>, Status> {
+        Err(Status::unimplemented("a scripted hive has no models"))
+    }
 }
 
 /// A running scripted hive.

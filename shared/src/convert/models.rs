@@ -5,8 +5,8 @@ use rbee_proto::v1 as pb;
 
 use super::Checked;
 use crate::model::{
-    MAX_MODEL_FILES, MAX_MODELS, MAX_URL_BYTES, check_model_id, check_model_path, check_relative_path,
-    check_sha256, parse_hf, path_from_url,
+    MAX_DOWNLOAD_SOURCES, MAX_MODEL_FILES, MAX_MODELS, MAX_URL_BYTES, ORIGIN_SOURCE, SourceBytes,
+    check_model_id, check_model_path, check_relative_path, check_sha256, parse_hf, path_from_url,
 };
 use crate::{
     ConvertError, DiskSpace, DownloadPhase, DownloadProgress, FileSource, ModelEntry, ModelFile, ModelSource,
@@ -188,8 +188,30 @@ impl From<&DownloadProgress> for pb::DownloadProgress {
             error: d.error.clone(),
             attempt: d.attempt,
             updated_at_unix_ms: d.updated_at_unix_ms,
+            sources: d
+                .sources
+                .iter()
+                .map(|s| pb::SourceBytes { source: s.source.clone(), bytes: s.bytes })
+                .collect(),
         }
     }
+}
+
+fn sources_from_wire(field: &str, sources: &[pb::SourceBytes]) -> Checked<Vec<SourceBytes>> {
+    if sources.len() > MAX_DOWNLOAD_SOURCES {
+        return Err(ConvertError::new(field, format!("{} sources > {MAX_DOWNLOAD_SOURCES}", sources.len())));
+    }
+    sources
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            if s.source != ORIGIN_SOURCE {
+                crate::identity::check_hive_id(&s.source)
+                    .map_err(|e| ConvertError::new(format!("{field}[{i}].source"), e.to_string()))?;
+            }
+            Ok(SourceBytes { source: s.source.clone(), bytes: s.bytes })
+        })
+        .collect()
 }
 
 fn download_from_wire(field: &str, d: &pb::DownloadProgress) -> Checked<DownloadProgress> {
@@ -209,6 +231,7 @@ fn download_from_wire(field: &str, d: &pb::DownloadProgress) -> Checked<Download
         error: d.error.as_deref().map(|e| check_long(&format!("{field}.error"), e)).transpose()?,
         attempt: d.attempt,
         updated_at_unix_ms: d.updated_at_unix_ms,
+        sources: sources_from_wire(&format!("{field}.sources"), &d.sources)?,
     })
 }
 
