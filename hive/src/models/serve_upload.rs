@@ -152,13 +152,16 @@ impl Upload {
         let ours = file.metadata().map(|m| (m.dev(), m.ino())).map_err(|e| self.io(e))?;
         let size = self.file.size_bytes;
         let mut first = true;
+        // The longest the file was seen: a file that shrinks was started over.
+        let mut seen = 0;
         loop {
             let len = file.metadata().map_err(|e| self.io(e))?.len();
-            if len < self.offset {
+            if len < seen {
                 return Err(self.aborted("its download started the file over"));
             }
+            seen = len;
             let available = len.min(size);
-            if available > self.offset || (first && self.offset == size) {
+            if available > self.offset || (first && available == size && self.offset == size) {
                 let want = (available - self.offset).min(CHUNK_BYTES as u64) as usize;
                 let data = read_at(&file, self.offset, want).map_err(|e| self.io(e))?;
                 if data.len() < want {
