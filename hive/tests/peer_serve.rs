@@ -517,3 +517,35 @@ fn telemetry_stays_on_time_while_a_peer_reads_as_fast_as_it_can() {
         assert!(mean <= 400, "mean gap {mean} ms for a 200 ms interval: {gaps:?}");
     });
 }
+
+#[tokio::test]
+async fn a_partial_read_ends_aborted_when_its_download_starts_the_file_over() {
+    let root = tempfile::tempdir().unwrap();
+    let server = http_files::FileServer::start().await;
+    let old = http_files::generated(4 << 20, 13);
+    let url = server.add("w.bin", old.clone());
+    server.throttle(512 << 10);
+    // The first connection breaks after 1 MiB; by then the file has changed on the
+    // server, so the resume gets the whole new file (If-Range) and the hive writes
+    // its .part file over from byte 0.
+    server.drop_once_after(1 << 20);
+    let hive = TestHive::start_with(hive_with_models(root.path(), |_| {})).await;
+    let mut client = hive.client().await;
+    client.fetch_model(fetch_url("m", &url, Some(old.len() as u64), None)).await.unwrap();
+    let mut stream = client.read_model_file(partial("m", "w.bin", 0)).await.unwrap().into_inner();
+    let first = tokio::time::timeout(DEADLINE, stream.next()).await.unwrap().unwrap().unwrap();
+    server.replace("w.bin", http_files::generated(4 << 20, 14));
+    let mut got = first.data.clone();
+    let end = tokio::time::timeout(DEADLINE, async {
+        while let Some(item) = stream.next().await {
+            got.extend_from_slice(&item?.data);
+        }
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let status: tonic::Status = end.unwrap_err();
+    assert_eq!(status.code(), Code::Aborted, "{status:?}");
+    assert!(status.message().contains("started the file over"), "{status:?}");
+    assert_eq!(got, old[..got.len()], "only bytes of the file as it was are sent");
+}
