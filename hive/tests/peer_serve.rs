@@ -549,3 +549,39 @@ async fn a_partial_read_ends_aborted_when_its_download_starts_the_file_over() {
     assert!(status.message().contains("started the file over"), "{status:?}");
     assert_eq!(got, old[..got.len()], "only bytes of the file as it was are sent");
 }
+
+#[tokio::test]
+async fn a_hive_shutting_down_ends_its_uploads_with_unavailable_and_does_not_wait_for_them() {
+    let root = tempfile::tempdir().unwrap();
+    make_model(root.path(), "m", &[("w.bin", &http_files::generated(16 << 20, 6))]);
+    let server = http_files::FileServer::start().await;
+    let url = server.add("slow.bin", http_files::generated(4 << 20, 8));
+    server.throttle(64 << 10);
+    let hive =
+        TestHive::start_with(hive_with_models(root.path(), |m| m.serve.upload_limit = Some(256 << 10))).await;
+    let mut client = hive.client().await;
+    client.fetch_model(fetch_url("dl", &url, Some(4 << 20), None)).await.unwrap();
+    // A throttled reader of a ready file, a reader that stopped reading, and a reader
+    // waiting for a download's bytes: none of them holds the shutdown up.
+    let mut slow = client.read_model_file(request("m", "w.bin", 0)).await.unwrap().into_inner();
+    slow.next().await.unwrap().unwrap();
+    let mut stalled = client.read_model_file(request("m", "w.bin", 1 << 20)).await.unwrap().into_inner();
+    stalled.next().await.unwrap().unwrap();
+    let waiting = client.read_model_file(partial("dl", "slow.bin", 3 << 20)).await.unwrap();
+    let slow_end = tokio::spawn(async move {
+        loop {
+            match slow.next().await {
+                Some(Ok(_)) => {}
+                Some(Err(status)) => return Some(status.code()),
+                None => return None,
+            }
+        }
+    });
+    hive.stop().await.unwrap();
+    let code = tokio::time::timeout(DEADLINE, slow_end).await.unwrap().unwrap();
+    assert!(
+        matches!(code, Some(Code::Unavailable)),
+        "a reader cut off by the shutdown sees an error, not the end of the file: {code:?}"
+    );
+    drop((stalled, waiting));
+}
