@@ -284,7 +284,15 @@ async fn a_file_changed_behind_its_mtime_ends_with_data_loss_and_is_verified_aga
 async fn uploads_beyond_the_limit_are_resource_exhausted_until_one_ends() {
     let root = tempfile::tempdir().unwrap();
     make_model(root.path(), "m", &[("w.bin", &http_files::generated(32 << 20, 5))]);
-    let hive = TestHive::start_with(hive_with_models(root.path(), |m| m.serve.max_uploads = 2)).await;
+    let mut config = hive_with_models(root.path(), |m| m.serve.max_uploads = 2);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let metrics = listener.local_addr().unwrap();
+    config.metrics = Some(rbee_shared::metrics_http::MetricsEndpoint {
+        listen: metrics,
+        listener: Some(std::sync::Arc::new(listener)),
+        access: rbee_shared::metrics_http::MetricsAccess::new(None),
+    });
+    let hive = TestHive::start_with(config).await;
     let mut client = hive.client().await;
     // Two readers that take one chunk and then stall: both slots held.
     let mut held = Vec::new();
@@ -296,6 +304,20 @@ async fn uploads_beyond_the_limit_are_resource_exhausted_until_one_ends() {
     let refused = read(&mut client, request("m", "w.bin", 0)).await;
     assert_eq!(refused.code(), Code::ResourceExhausted, "{:?}", refused.end);
     assert!(refused.end.unwrap_err().message().contains("--max-peer-uploads"));
+    // /metrics says so: two running, one refused, bytes sent.
+    let (status, text) = http_get(metrics, "/metrics", None).await;
+    assert_eq!(status, 200);
+    let value = |name: &str| -> u64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{")))
+            .unwrap_or_else(|| panic!("{name}:\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(value("rbee_hive_peer_uploads"), 2);
+    assert_eq!(value("rbee_hive_peer_uploads_refused_total"), 1);
+    assert!(value("rbee_hive_peer_upload_bytes_total") >= 2 * rbee_hive::models::serve::CHUNK_BYTES as u64);
+    promtool_check_metrics(&text);
     drop(held.pop());
     let deadline = Instant::now() + DEADLINE;
     loop {
