@@ -412,6 +412,18 @@ async fn the_upload_limit_holds() {
     let rate = (size as f64 - burst) / secs;
     assert!(rate <= LIMIT as f64 * 1.1, "{rate:.0} B/s over the limit of {LIMIT} B/s");
     assert!(rate >= LIMIT as f64 * 0.5, "{rate:.0} B/s, far under the limit of {LIMIT} B/s");
+
+    // Two readers at once share the one limit.
+    let (mut a, mut b) = (client.clone(), client.clone());
+    let started = Instant::now();
+    let (ra, rb) =
+        tokio::join!(read(&mut a, request("m", "w.bin", 0)), read(&mut b, request("m", "w.bin", 5 << 20)));
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!((ra.code(), rb.code()), (Code::Ok, Code::Ok));
+    let both = (ra.data().len() + rb.data().len()) as f64;
+    let rate = (both - burst) / secs;
+    assert!(rate <= LIMIT as f64 * 1.1, "two readers: {rate:.0} B/s over the limit of {LIMIT} B/s");
+    assert!(rate >= LIMIT as f64 * 0.5, "two readers: {rate:.0} B/s, far under the limit of {LIMIT} B/s");
 }
 
 fn partial(model: &str, path: &str, offset: u64) -> pb::ReadModelFileRequest {
