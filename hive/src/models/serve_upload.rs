@@ -96,7 +96,7 @@ impl Upload {
     fn changed(&self, why: &str) -> Stop {
         reverify(&self.inner, &self.model_id);
         Stop::Error(HiveError::ServedFileChanged(format!(
-            "model {} file {} {why} since it was verified; not served, the model is being verified again",
+            "model {} file {} {why} since it was verified: the stream ends here, and the model is being verified again",
             self.model_id,
             layout::shown_name(&self.file.path)
         )))
