@@ -1,6 +1,7 @@
 //! The hive's own `/metrics` endpoint (`hive serve --metrics-listen`): a fresh sample on
 //! every scrape, encoded with the machine families both daemons share
-//! ([`rbee_shared::machine_metrics`]), plus the hive's own stream gauges and its own
+//! ([`rbee_shared::machine_metrics`]), plus the hive's own stream gauges, its uploads of
+//! model files to peers, and its own
 //! cost (CPU time and resident memory, read from `/proc/self` at the scrape, never on
 //! the sampling path). Every series
 //! carries `source="hive"` ([`SOURCE_HIVE`]). Names and labels: see `docs/metrics.md`.
@@ -15,6 +16,7 @@ use prometheus_client::registry::Unit;
 use rbee_shared::machine_metrics::{MachineView, encode_machines, gauges, label, registry_for};
 use rbee_shared::{HiveIdentity, Sample};
 
+use crate::models::serve::{PeerServer, UploadCounts};
 use crate::monitor::Telemetry;
 use crate::procs::proc_stat::{USER_HZ, parse_cpu_ticks, parse_rss_bytes};
 use crate::streams::Streams;
@@ -35,6 +37,8 @@ struct Scrape {
     streams: usize,
     /// What this process costs, at the scrape.
     cost: OwnCost,
+    /// Uploads of model files to peers (with a models directory).
+    uploads: Option<UploadCounts>,
 }
 
 /// What the hive process itself costs: CPU time used and resident memory (`None` where
@@ -97,8 +101,42 @@ impl Collector for Scrape {
             "Resident memory of this hive process.",
             Some(Unit::Bytes),
             self.cost.resident_bytes.map(|b| (vec![label("hive", hive)], b)),
-        )
+        )?;
+        if let Some(u) = self.uploads {
+            encode_uploads(&mut enc, hive, u)?;
+        }
+        Ok(())
     }
+}
+
+/// The peer upload families: running now, bytes sent, calls refused.
+fn encode_uploads(enc: &mut DescriptorEncoder, hive: &str, u: UploadCounts) -> fmt::Result {
+    gauges(
+        enc,
+        "rbee_hive_peer_uploads",
+        "Uploads of model files to peer hives running now (at most --max-peer-uploads).",
+        None,
+        [(vec![label("hive", hive)], u.running)],
+    )?;
+    let counters = [
+        (
+            "rbee_hive_peer_upload",
+            "Model file bytes this hive sent to peer hives.",
+            Some(Unit::Bytes),
+            u.bytes,
+        ),
+        (
+            "rbee_hive_peer_uploads_refused",
+            "ReadModelFile calls refused because --max-peer-uploads were running.",
+            None,
+            u.refused,
+        ),
+    ];
+    for (name, help, unit, value) in counters {
+        let mut m = enc.encode_descriptor(name, help, unit.as_ref(), MetricType::Counter)?;
+        m.encode_family(&vec![label("hive", hive)])?.encode_counter::<NoLabelSet, _, u64>(&value, None)?;
+    }
+    Ok(())
 }
 
 /// What the hive's `/metrics` endpoint renders: a fresh sample on every scrape.
@@ -106,9 +144,11 @@ pub fn render(
     identity: Arc<HiveIdentity>,
     telemetry: Arc<Telemetry>,
     streams: Streams,
+    uploads: Option<PeerServer>,
 ) -> rbee_shared::metrics_http::Render {
     Arc::new(move || {
         let (identity, telemetry, streams) = (identity.clone(), telemetry.clone(), streams.clone());
+        let uploads = uploads.as_ref().map(PeerServer::counts);
         Box::pin(async move {
             let sample = match telemetry.sample().await {
                 Ok(s) => Some(s),
@@ -123,6 +163,7 @@ pub fn render(
                 sample,
                 streams: streams.open(),
                 cost: OwnCost::read(),
+                uploads,
             };
             let mut registry = registry_for(SOURCE_HIVE);
             registry.register_collector(Box::new(scrape));
