@@ -25,6 +25,7 @@ use crate::HiveError;
 use crate::procs::ProcessAttributor;
 use crate::source::DeviceSource;
 use crate::source::nvml::NvmlSource;
+use crate::source::nvml_calls::NvmlCalls;
 use crate::source::simulated::{Scenario, SimulatedSource};
 use crate::source::system::SystemSource;
 
@@ -111,6 +112,8 @@ pub struct Monitor {
     last: Option<(Instant, Sample)>,
     /// Turns the GPU sources' raw process lists into bounded, enriched ones.
     procs: ProcessAttributor,
+    /// The latency of the NVML calls, when NVML is the GPU source.
+    nvml_calls: Option<Arc<NvmlCalls>>,
 }
 
 impl Monitor {
@@ -127,6 +130,7 @@ impl Monitor {
     ) -> Result<Self, HiveError> {
         let mut sources: Vec<Box<dyn DeviceSource>> = vec![Box::new(SystemSource::new()?)];
         sources.extend(extra);
+        let mut nvml_calls = None;
         match gpu {
             GpuChoice::Simulated(scenario) => {
                 tracing::warn!("GPU source: SIMULATED from a scenario file; these are not real GPUs");
@@ -135,6 +139,7 @@ impl Monitor {
             GpuChoice::Nvml { lib } => match NvmlSource::new(lib.as_deref()) {
                 Ok(nvml) => {
                     tracing::info!(lib = %lib.as_deref().map_or("libnvidia-ml.so".into(), |l| l.display().to_string()), "GPU source: NVML");
+                    nvml_calls = Some(nvml.calls());
                     sources.push(Box::new(nvml));
                 }
                 Err(e) => match lib {
@@ -154,6 +159,7 @@ impl Monitor {
             labels,
             last: None,
             procs: ProcessAttributor::new(rbee_shared::gpu_process::DEFAULT_MAX_GPU_PROCESSES),
+            nvml_calls,
         })
     }
 
@@ -171,12 +177,18 @@ impl Monitor {
             labels,
             last: None,
             procs: ProcessAttributor::new(rbee_shared::gpu_process::DEFAULT_MAX_GPU_PROCESSES),
+            nvml_calls: None,
         }
     }
 
     /// Where GPU data comes from.
     pub fn gpu_source(&self) -> DeviceSourceKind {
         self.gpu_source
+    }
+
+    /// The latency of the NVML calls (`None` unless NVML is the GPU source).
+    pub fn nvml_calls(&self) -> Option<Arc<NvmlCalls>> {
+        self.nvml_calls.clone()
     }
 
     /// Reads the capabilities now.
@@ -241,6 +253,8 @@ pub struct Telemetry {
     caps: Arc<watch::Sender<Arc<VersionedCapabilities>>>,
     /// Where GPU data comes from.
     gpu_source: DeviceSourceKind,
+    /// The latency of the NVML calls, when NVML is the GPU source.
+    nvml_calls: Option<Arc<NvmlCalls>>,
     /// When capabilities were last scanned.
     scans: Arc<ScanClock>,
     /// True while the hive is held silent (the fleet simulator's fault): streams keep
@@ -351,6 +365,7 @@ impl Telemetry {
         })
         .await??;
         let gpu_source = monitor.gpu_source();
+        let nvml_calls = monitor.nvml_calls();
         let (tx, _) = watch::channel(Arc::new(VersionedCapabilities { version: 1, caps }));
         let scans = Arc::new(ScanClock::new());
         scans.mark();
@@ -359,6 +374,7 @@ impl Telemetry {
             monitor: Arc::new(Mutex::new(monitor)),
             caps: Arc::new(tx),
             gpu_source,
+            nvml_calls,
             scans,
             silenced: watch::channel(false).0,
         }))
@@ -380,6 +396,11 @@ impl Telemetry {
     /// Where GPU data comes from.
     pub fn gpu_source(&self) -> DeviceSourceKind {
         self.gpu_source
+    }
+
+    /// The latency of the NVML calls (`None` unless NVML is the GPU source).
+    pub fn nvml_calls(&self) -> Option<Arc<NvmlCalls>> {
+        self.nvml_calls.clone()
     }
 
     /// The current capabilities.
