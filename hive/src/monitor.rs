@@ -53,6 +53,12 @@ const RESCAN_WITH_SAMPLE_AFTER: f64 = 0.9;
 /// The rescan loop scans when this share of the interval has passed with no scan (a
 /// little after a sample would have), so that it never races the sample for the scan.
 const RESCAN_LOOP_AFTER: f64 = 1.1;
+/// While measurements do the rescans, the loop checks back only after this many more
+/// intervals: it is the fallback for when streams stop sampling, and each wake-up of
+/// its own costs the hive two timer wake-ups (tokio's wheel cascades a 1 s timer). When
+/// samples stop, the loop rescans within `RESCAN_LOOP_AFTER + RESCAN_LOOP_SLACK_WHILE_SAMPLED`
+/// intervals of the last scan (4.1 s by default).
+const RESCAN_LOOP_SLACK_WHILE_SAMPLED: f64 = 3.0;
 
 /// When the capabilities were last scanned, and how often they should be: shared by
 /// the measurements and the rescan loop without taking the monitor lock.
@@ -65,6 +71,8 @@ struct ScanClock {
     /// The rescan interval in nanoseconds; 0 while no rescan loop runs (measurements
     /// then rescan only on a GPU-set change).
     every_ns: std::sync::atomic::AtomicU64,
+    /// How often the rescan loop has woken up (its own cost, for tests).
+    loop_wakes: std::sync::atomic::AtomicU64,
 }
 
 impl ScanClock {
@@ -73,6 +81,7 @@ impl ScanClock {
             origin: Instant::now(),
             last_ns: std::sync::atomic::AtomicU64::new(0),
             every_ns: std::sync::atomic::AtomicU64::new(0),
+            loop_wakes: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -468,22 +477,29 @@ impl Telemetry {
 
     /// Keeps the capabilities rescanned every `every` until cancelled. While streams
     /// sample, their measurements rescan (once 90% of `every` has passed since the last
-    /// scan) and this loop only sleeps; without them it scans 10% after the interval.
+    /// scan) and this loop only sleeps, waking every few intervals to see whether they
+    /// still do; without them it scans 10% after the interval.
     pub async fn rescan_loop(self: Arc<Self>, every: Duration, cancel: CancellationToken) {
         let every = every.max(Duration::from_millis(1));
         self.scans
             .every_ns
             .store(u64::try_from(every.as_nanos()).unwrap_or(u64::MAX), std::sync::atomic::Ordering::Relaxed);
         let after = every.mul_f64(RESCAN_LOOP_AFTER);
+        // Zero while the loop does the scans; more while measurements do them.
+        let mut slack = Duration::ZERO;
         loop {
-            let wait = after.saturating_sub(self.scans.since_last());
+            let wait = (after + slack).saturating_sub(self.scans.since_last());
             tokio::select! {
                 () = cancel.cancelled() => return,
                 () = tokio::time::sleep(wait) => {}
             }
+            self.scans.loop_wakes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if self.scans.since_last() < after {
+                // A measurement scanned meanwhile: check back less often.
+                slack = every.mul_f64(RESCAN_LOOP_SLACK_WHILE_SAMPLED);
                 continue;
             }
+            slack = Duration::ZERO;
             if let Err(e) = self.rescan_unless_within(after).await {
                 tracing::warn!(error = %e, "capability rescan failed; keeping the last capabilities");
                 // Try again after a full interval, not at once.
@@ -512,6 +528,65 @@ mod tests {
             power_limit_mw: None,
             mig_mode: MigMode::NotReported,
             topology: Default::default(),
+        }
+    }
+
+    /// A host-only source that counts its scans.
+    struct Counting(Arc<std::sync::atomic::AtomicU64>);
+
+    impl DeviceSource for Counting {
+        fn kind(&self) -> DeviceSourceKind {
+            DeviceSourceKind::None
+        }
+        fn scan(&mut self, _caps: &mut Capabilities) -> Result<(), HiveError> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
+        }
+        fn sample(&mut self, _sample: &mut Sample) -> Result<(), HiveError> {
+            Ok(())
+        }
+    }
+
+    /// While a stream samples at the rescan interval, the measurements do the rescans and
+    /// the rescan loop's own timer wakes rarely (each wake-up is CPU the hive spends for
+    /// nothing); when sampling stops, the loop rescans on its own again.
+    #[tokio::test]
+    async fn the_rescan_loop_stays_asleep_while_measurements_rescan() {
+        const EVERY: Duration = Duration::from_millis(100);
+        let scans = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let monitor = Monitor::from_sources(vec![Box::new(Counting(scans.clone()))], BTreeMap::new());
+        let telemetry = Telemetry::start(monitor).await.unwrap();
+        let cancel = CancellationToken::new();
+        let _stop = cancel.clone().drop_guard();
+        tokio::spawn(telemetry.clone().rescan_loop(EVERY, cancel.clone()));
+        let wakes = || telemetry.scans.loop_wakes.load(std::sync::atomic::Ordering::Relaxed);
+        let count = || scans.load(std::sync::atomic::Ordering::Relaxed);
+        let mut ticker = tokio::time::interval(EVERY);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        for _ in 0..5 {
+            ticker.tick().await;
+            telemetry.sample().await.unwrap();
+        }
+        let (wakes_before, scans_before) = (wakes(), count());
+        // 40 intervals of sampling: the samples rescan (about once per interval).
+        for _ in 0..40 {
+            ticker.tick().await;
+            telemetry.sample().await.unwrap();
+        }
+        let (sampled_wakes, sampled_scans) = (wakes() - wakes_before, count() - scans_before);
+        assert!(sampled_scans >= 20, "capabilities rescanned only {sampled_scans} times in 40 intervals");
+        // Before, the loop woke once per interval (40 times) to find the scan done; now
+        // about every 4 intervals (10), more when a late sample lets the loop scan itself.
+        assert!(sampled_wakes <= 20, "the rescan loop woke {sampled_wakes} times in 40 sampled intervals");
+        // Sampling stops: the loop rescans on its own again, every interval.
+        let stopped = count();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while count() < stopped + 5 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the loop stopped rescanning once sampling stopped"
+            );
+            tokio::time::sleep(EVERY).await;
         }
     }
 
