@@ -1,8 +1,14 @@
 //! The monitor: the hive's device sources behind one lock, and the published,
 //! versioned capabilities that streams watch.
 //!
-//! Source calls block (NVML), so they run on blocking threads; the lock is a plain
-//! mutex held only inside those threads, never across an `.await`.
+//! Source calls block (NVML), so they run off the async runtime; the lock is a plain
+//! mutex held only inside those threads, never across an `.await`. A hive's own
+//! monitor has one dedicated sampler thread that also keeps the streams' schedule: a
+//! stream asks for a reading *at* its next tick ([`Telemetry::sample_at`]), the
+//! sampler thread sleeps until then, reads, and hands the reading over, so one sample
+//! costs one wake-up of that thread and one of the runtime (a timer on the runtime and
+//! a blocking-pool hand-off cost four). Monitors of the fleet simulator, thousands in
+//! one process, use the blocking pool instead.
 //!
 //! Every sample is consistent with a published capability version: a sample names
 //! exactly the GPUs of the version it is stamped with. When a reading sees another
@@ -245,14 +251,80 @@ enum MeasureError {
     /// The blocking task that read them failed (panicked or was cancelled).
     #[error("measurement task failed: {0}")]
     Task(Arc<tokio::task::JoinError>),
+    /// The sampler thread panicked while reading.
+    #[error("measurement panicked")]
+    Panicked,
+    /// The sampler thread is gone or has too many readings queued.
+    #[error("the sampler thread is not taking requests")]
+    Unavailable,
+}
+
+/// A reading asked of the sampler thread: when, and where the answer goes.
+struct Request {
+    /// Read no earlier than this.
+    at: Instant,
+    /// The answer; a closed one (the stream went away) is skipped.
+    reply: tokio::sync::oneshot::Sender<Result<Arc<Sample>, MeasureError>>,
+}
+
+/// Readings the sampler thread may have queued (streams are bounded by
+/// `--max-streams`; scrapes and rescans add a few).
+const SAMPLER_QUEUE: usize = 1024;
+
+/// The sampler thread: answers each request at its time, one reading for all that are
+/// due together. Ends when the telemetry (the sender) is dropped.
+fn sampler_thread(
+    requests: std::sync::mpsc::Receiver<Request>,
+    monitor: Arc<Mutex<Monitor>>,
+    tx: Arc<watch::Sender<Arc<VersionedCapabilities>>>,
+    scans: Arc<ScanClock>,
+) {
+    use std::sync::mpsc::RecvTimeoutError;
+    // Ordered by time (few: one per stream).
+    let mut pending: Vec<Request> = Vec::new();
+    let mut due: Vec<Request> = Vec::new();
+    loop {
+        pending.retain(|r| !r.reply.is_closed());
+        let now = Instant::now();
+        if pending.first().is_some_and(|r| r.at <= now) {
+            let split = pending.partition_point(|r| r.at <= now);
+            due.extend(pending.drain(..split));
+            let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                consistent_sample(&mut monitor.lock_unpoisoned(), &tx, &scans)
+            }));
+            let answer = match read {
+                Ok(Ok(sample)) => Ok(Arc::new(sample)),
+                Ok(Err(e)) => Err(MeasureError::Sources(Arc::new(e))),
+                Err(_) => Err(MeasureError::Panicked),
+            };
+            for request in due.drain(..) {
+                let _ = request.reply.send(answer.clone());
+            }
+            continue;
+        }
+        let next = match pending.first() {
+            Some(first) => requests.recv_timeout(first.at.saturating_duration_since(now)),
+            None => requests.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        match next {
+            Ok(request) => {
+                let at = pending.partition_point(|r| r.at <= request.at);
+                pending.insert(at, request);
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
 }
 
 /// The monitor shared by all streams, and the capabilities it publishes.
 pub struct Telemetry {
-    /// The measurement in flight, if any: streams that tick while it runs wait for it
-    /// instead of queueing a blocking thread each (one reader at a time, whatever the
-    /// number of streams).
+    /// The measurement in flight, if any (blocking-pool monitors): streams that tick
+    /// while it runs wait for it instead of queueing a blocking thread each (one reader
+    /// at a time, whatever the number of streams).
     in_flight: Mutex<Option<SharedSample>>,
+    /// The dedicated sampler thread's queue (`None`: readings use the blocking pool).
+    sampler: Option<std::sync::mpsc::SyncSender<Request>>,
     /// The sources; locked only on blocking threads. A panic inside a source leaves
     /// the monitor usable (every call re-reads devices), so the lock is taken even
     /// when poisoned.
@@ -360,11 +432,17 @@ impl Telemetry {
             Ok::<_, HiveError>(monitor)
         })
         .await??;
-        Self::start(monitor).await
+        Self::start_on(monitor, true).await
     }
 
-    /// Takes the first capability scan (version 1) of an opened monitor.
+    /// Takes the first capability scan (version 1) of an opened monitor; readings use
+    /// the blocking pool (the fleet simulator's many monitors, tests).
     pub async fn start(monitor: Monitor) -> Result<Arc<Self>, HiveError> {
+        Self::start_on(monitor, false).await
+    }
+
+    /// Like [`Telemetry::start`], with a dedicated sampler thread when `own_thread`.
+    pub async fn start_on(monitor: Monitor, own_thread: bool) -> Result<Arc<Self>, HiveError> {
         let (monitor, caps) = tokio::task::spawn_blocking(move || {
             let mut monitor = monitor;
             let caps = monitor.scan()?;
@@ -378,10 +456,24 @@ impl Telemetry {
         let (tx, _) = watch::channel(Arc::new(VersionedCapabilities { version: 1, caps }));
         let scans = Arc::new(ScanClock::new());
         scans.mark();
+        let (monitor, caps) = (Arc::new(Mutex::new(monitor)), Arc::new(tx));
+        let sampler = match own_thread {
+            false => None,
+            true => {
+                let (requests, queue) = std::sync::mpsc::sync_channel(SAMPLER_QUEUE);
+                let (monitor, caps, scans) = (monitor.clone(), caps.clone(), scans.clone());
+                std::thread::Builder::new()
+                    .name("hive-sampler".into())
+                    .spawn(move || sampler_thread(queue, monitor, caps, scans))
+                    .map_err(|e| HiveError::Source { source_name: "monitor", reason: e.to_string() })?;
+                Some(requests)
+            }
+        };
         Ok(Arc::new(Self {
             in_flight: Mutex::new(None),
-            monitor: Arc::new(Mutex::new(monitor)),
-            caps: Arc::new(tx),
+            sampler,
+            monitor,
+            caps,
             gpu_source,
             nvml_calls,
             scans,
@@ -425,6 +517,34 @@ impl Telemetry {
     /// Measures the machine. The sample names exactly the GPUs of the capability
     /// version it is stamped with, and that version is already published.
     pub async fn sample(&self) -> Result<Sample, HiveError> {
+        match &self.sampler {
+            Some(_) => self.sample_at(tokio::time::Instant::now()).await,
+            None => self.sample_on_pool().await,
+        }
+    }
+
+    /// Measures the machine at `at` (at once when it has passed), like
+    /// [`Telemetry::sample`]. With a sampler thread, that thread keeps the time: the
+    /// runtime is woken once, with the reading.
+    pub async fn sample_at(&self, at: tokio::time::Instant) -> Result<Sample, HiveError> {
+        let Some(sampler) = &self.sampler else {
+            tokio::time::sleep_until(at).await;
+            return self.sample_on_pool().await;
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let asked =
+            sampler.try_send(Request { at: at.into_std(), reply }).map_err(|_| MeasureError::Unavailable);
+        let answer = match asked {
+            Ok(()) => answer.await.unwrap_or(Err(MeasureError::Unavailable)),
+            Err(e) => Err(e),
+        };
+        answer
+            .map(|s| s.as_ref().clone())
+            .map_err(|e| HiveError::Source { source_name: "monitor", reason: e.to_string() })
+    }
+
+    /// A reading on a blocking-pool thread, shared by every caller that asks while it runs.
+    async fn sample_on_pool(&self) -> Result<Sample, HiveError> {
         let flight = {
             let mut slot = self.in_flight.lock_unpoisoned();
             match slot.as_ref() {
@@ -588,6 +708,45 @@ mod tests {
             );
             tokio::time::sleep(EVERY).await;
         }
+    }
+
+    /// How often this thread has blocked (`voluntary_ctxt_switches`): each time the
+    /// runtime parks and is woken.
+    fn wake_ups() -> u64 {
+        let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap()
+    }
+
+    /// The runtime thread's wake-ups per reading asked for at a time 50 ms ahead.
+    async fn wake_ups_per_timed_reading(own_thread: bool) -> f64 {
+        let scans = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let monitor = Monitor::from_sources(vec![Box::new(Counting(scans))], BTreeMap::new());
+        let telemetry = Telemetry::start_on(monitor, own_thread).await.unwrap();
+        const READINGS: u32 = 10;
+        let before = wake_ups();
+        for _ in 0..READINGS {
+            let at = tokio::time::Instant::now() + Duration::from_millis(50);
+            let sample = telemetry.sample_at(at).await.unwrap();
+            assert!(tokio::time::Instant::now() >= at, "read before its time");
+            assert_eq!(sample.capability_version, Some(1));
+        }
+        (wake_ups() - before) as f64 / f64::from(READINGS)
+    }
+
+    /// A stream's tick costs the runtime one wake-up, with the reading: the sampler thread
+    /// keeps the time and reads. (A runtime timer plus a blocking-pool hand-off, the
+    /// fleet simulator's path, wakes it at least twice: the timer, then the reading.)
+    #[tokio::test]
+    async fn a_reading_at_a_tick_wakes_the_runtime_once() {
+        let own = wake_ups_per_timed_reading(true).await;
+        assert!(own <= 1.2, "{own} runtime wake-ups per reading with a sampler thread");
+        let pool = wake_ups_per_timed_reading(false).await;
+        eprintln!("runtime wake-ups per reading: sampler thread {own}, blocking pool {pool}");
+        assert!(pool >= 2.0, "{pool} runtime wake-ups per reading on the blocking pool");
     }
 
     #[test]
