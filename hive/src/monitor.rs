@@ -749,6 +749,40 @@ mod tests {
         assert!(pool >= 2.0, "{pool} runtime wake-ups per reading on the blocking pool");
     }
 
+    /// A source whose next reading panics when told to.
+    struct Panicking(Arc<std::sync::atomic::AtomicBool>);
+
+    impl DeviceSource for Panicking {
+        fn kind(&self) -> DeviceSourceKind {
+            DeviceSourceKind::None
+        }
+        fn scan(&mut self, _caps: &mut Capabilities) -> Result<(), HiveError> {
+            Ok(())
+        }
+        fn sample(&mut self, _sample: &mut Sample) -> Result<(), HiveError> {
+            assert!(!self.0.swap(false, std::sync::atomic::Ordering::Relaxed), "a source panicked");
+            Ok(())
+        }
+    }
+
+    /// A panic inside a source fails that reading only: the sampler thread lives on and
+    /// the next reading is taken.
+    #[tokio::test]
+    async fn a_panicking_source_fails_one_reading_and_the_sampler_thread_survives() {
+        let panic_next = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let monitor = Monitor::from_sources(vec![Box::new(Panicking(panic_next.clone()))], BTreeMap::new());
+        let telemetry = Telemetry::start_on(monitor, true).await.unwrap();
+        telemetry.sample().await.unwrap();
+        panic_next.store(true, std::sync::atomic::Ordering::Relaxed);
+        // Past the reuse window, so the next call reads the source.
+        let at = tokio::time::Instant::now() + SAMPLE_REUSE_WINDOW * 2;
+        let failed = telemetry.sample_at(at).await.unwrap_err();
+        assert!(failed.to_string().contains("panicked"), "{failed}");
+        let at = tokio::time::Instant::now() + SAMPLE_REUSE_WINDOW * 2;
+        let sample = telemetry.sample_at(at).await.unwrap();
+        assert_eq!(sample.capability_version, Some(1));
+    }
+
     #[test]
     fn a_sample_is_made_to_name_exactly_the_published_gpus() {
         let mut caps = Capabilities::default();
