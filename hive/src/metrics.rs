@@ -3,7 +3,8 @@
 //! ([`rbee_shared::machine_metrics`]), plus the hive's own stream gauges, its uploads of
 //! model files to peers, and its own
 //! cost (CPU time and resident memory, read from `/proc/self` at the scrape, never on
-//! the sampling path). Every series
+//! the sampling path; the latency of its NVML calls, timed where they are made,
+//! [`crate::source::nvml_calls`]). Every series
 //! carries `source="hive"` ([`SOURCE_HIVE`]). Names and labels: see `docs/metrics.md`.
 
 use std::fmt;
@@ -19,6 +20,7 @@ use rbee_shared::{HiveIdentity, Sample};
 use crate::models::serve::{PeerServer, UploadCounts};
 use crate::monitor::Telemetry;
 use crate::procs::proc_stat::{USER_HZ, parse_cpu_ticks, parse_rss_bytes};
+use crate::source::nvml_calls::CallSnapshot;
 use crate::streams::Streams;
 
 /// The `source` value of the hive's own `/metrics`.
@@ -39,6 +41,8 @@ struct Scrape {
     cost: OwnCost,
     /// Uploads of model files to peers (with a models directory).
     uploads: Option<UploadCounts>,
+    /// The latency of the NVML calls made so far, by kind (empty without NVML).
+    nvml_calls: Vec<CallSnapshot>,
 }
 
 /// What the hive process itself costs: CPU time used and resident memory (`None` where
@@ -105,6 +109,18 @@ impl Collector for Scrape {
         if let Some(u) = self.uploads {
             encode_uploads(&mut enc, hive, u)?;
         }
+        if !self.nvml_calls.is_empty() {
+            let mut m = enc.encode_descriptor(
+                "rbee_hive_nvml_call",
+                "How long this hive's NVML calls take, by kind of call.",
+                Some(&Unit::Seconds),
+                MetricType::Histogram,
+            )?;
+            for calls in &self.nvml_calls {
+                m.encode_family(&vec![label("hive", hive), label("call", calls.call.label())])?
+                    .encode_histogram::<NoLabelSet>(calls.sum_s, calls.count, &calls.buckets, None)?;
+            }
+        }
         Ok(())
     }
 }
@@ -164,6 +180,7 @@ pub fn render(
                 streams: streams.open(),
                 cost: OwnCost::read(),
                 uploads,
+                nvml_calls: telemetry.nvml_calls().map(|c| c.snapshot()).unwrap_or_default(),
             };
             let mut registry = registry_for(SOURCE_HIVE);
             registry.register_collector(Box::new(scrape));
