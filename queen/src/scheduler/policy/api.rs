@@ -35,7 +35,10 @@ fn map_of(labels: &std::collections::BTreeMap<String, String>) -> Map {
 
 /// Elements a scan of the whole fleet walks: each hive, each GPU.
 fn fleet_size(f: &FleetView) -> usize {
-    f.hives.iter().map(|h| 1 + h.caps.as_ref().map_or(0, |c| c.caps.gpus.len())).sum()
+    match &f.index {
+        Some(index) => index.elements(&f.hives),
+        None => f.hives.iter().map(|h| 1 + h.caps.as_ref().map_or(0, |c| c.caps.gpus.len())).sum(),
+    }
 }
 
 fn devices_of(h: &HiveRef) -> Native<Array> {
