@@ -153,7 +153,7 @@ fn check(
 }
 
 proptest::proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
     /// One index follows a fleet through a run of changes; after each, queries through
     /// it answer as the full scan does (identically in exact mode; in bounded mode
     /// devices that fit, as many as asked).
@@ -202,4 +202,26 @@ fn the_index_names_only_hives_that_fit() {
     let bounded = SharedIndex::with_min_scored(0, 2);
     assert_eq!(bounded.candidates(&hives, &none, 1, 20 * GIB, Bound::MostFree), (vec![4, 1], true));
     assert_eq!(bounded.candidates(&hives, &none, 1, 20 * GIB, Bound::LeastFree), (vec![3, 1], true));
+}
+
+/// Above `place_exact_up_to` hives the default policy scores the hives with the most
+/// free memory first and may miss the least loaded device elsewhere; with the knob
+/// above the fleet's size it ranks exactly again. Both answers fit.
+#[test]
+fn bounded_ranking_may_miss_the_global_best_and_the_knob_makes_it_exact() {
+    let on = ConnState::Online;
+    // 150 hives of one 80 GiB GPU, all free and 50% busy; one idle GPU with 10 GiB free.
+    let mut fleet: Vec<Arc<HiveSnapshot>> =
+        (0..150).map(|i| hive(&format!("busy-{i:03}"), 1, 80, 0, 50.0, on, &[])).collect();
+    fleet.push(hive("idle", 1, 80, 70, 0.0, on, &[]));
+    let req = PlaceRequest { dry_run: true, ..PlaceRequest::gpu(4 * GIB) };
+    let place = |exact_up_to: usize| {
+        let settings =
+            crate::scheduler::SchedulerSettings { place_exact_up_to: exact_up_to, ..super::calm() };
+        super::placed(super::scheduler(fleet.clone(), settings).place_blocking(&req).unwrap()).hive_id
+    };
+    assert_eq!(place(usize::MAX), "idle", "exact: the least loaded device");
+    assert_eq!(place(151), "idle", "exact up to the fleet's size");
+    let bounded = place(150);
+    assert!(bounded.starts_with("busy-"), "bounded: the 100 most-free hives are scored, got {bounded}");
 }
