@@ -70,7 +70,8 @@ struct Row {
 /// The index (see the module doc).
 #[derive(Debug, Default)]
 pub struct PlaceIndex {
-    /// The list it mirrors.
+    /// The list it mirrors (held, so that a pointer compare cannot be fooled by a freed
+    /// and reused address: at most one older view per hive, until the next call).
     synced: Option<Arc<Vec<Arc<HiveSnapshot>>>>,
     /// One row per position of `synced`.
     rows: Vec<Row>,

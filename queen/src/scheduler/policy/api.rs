@@ -33,7 +33,8 @@ fn map_of(labels: &std::collections::BTreeMap<String, String>) -> Map {
     labels.iter().map(|(k, v)| (k.as_str().into(), Dynamic::from(v.clone()))).collect()
 }
 
-/// Elements a scan of the whole fleet walks: each hive, each GPU.
+/// Elements a scan of the whole fleet walks: each hive, each GPU (kept by the view's
+/// index, when it has one, instead of counted per call).
 fn fleet_size(f: &FleetView) -> usize {
     match &f.index {
         Some(index) => index.elements(&f.hives),

@@ -14,7 +14,8 @@ use crate::scheduler::view::{DeviceRef, FleetView, HiveRef};
 /// What a fallible native returns.
 type Native<T> = Result<T, Box<EvalAltResult>>;
 
-/// Elements a gang search of the whole fleet walks: each hive, each GPU.
+/// Elements a gang search of the whole fleet walks: each hive, each GPU (kept by the
+/// view's index, when it has one, instead of counted per call).
 fn fleet_size(f: &FleetView) -> usize {
     match &f.index {
         Some(index) => index.elements(&f.hives),
