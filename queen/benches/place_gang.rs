@@ -43,7 +43,7 @@ fn main() {
     if std::env::var("GANG_PROFILE").is_ok() {
         use rbee_queen::scheduler::{gang, view};
         let fleet = Arc::new(synthetic::dgx_fleet(hives));
-        let v = view::FleetView { hives: fleet.clone(), book: Default::default() };
+        let v = view::FleetView { hives: fleet.clone(), book: Default::default(), index: None };
         let req = PlaceRequest { gpus: 4, ..PlaceRequest::gpu(20 << 30) };
         for (what, f) in [
             (

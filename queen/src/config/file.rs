@@ -66,6 +66,8 @@ pub struct FileConfig {
     pub max_reservations_per_hive: Option<usize>,
     /// Most reservations in all.
     pub max_reservations: Option<usize>,
+    /// Rank placements exactly while the fleet has at most this many hives.
+    pub place_exact_up_to: Option<usize>,
     /// The state directory.
     pub state_dir: Option<PathBuf>,
 }

@@ -72,6 +72,11 @@ pub struct ServeArgs {
     /// Drop reservations on a hive lost for longer than this [default: 60s].
     #[arg(long, env = "QUEEN_RESERVATION_LOST_GRACE", value_parser = humantime::parse_duration)]
     pub reservation_lost_grace: Option<Duration>,
+    /// Rank placements exactly while the fleet has at most N hives; above, the ranking natives
+    /// score the best-placed max(100, 5%) hives that fit and may miss the global best
+    /// (docs/scheduling.md). Set it above the fleet's size for exact ranking [default: 1000].
+    #[arg(long, env = "QUEEN_PLACE_EXACT_UP_TO", value_name = "N")]
+    pub place_exact_up_to: Option<usize>,
     /// Most WatchFleet streams open at once; more get RESOURCE_EXHAUSTED [default: 128].
     #[arg(long, env = "QUEEN_MAX_WATCHERS", value_name = "N")]
     pub max_watchers: Option<usize>,
@@ -226,6 +231,10 @@ impl ServeArgs {
                 .reservation_lost_grace
                 .or(file.reservation_lost_grace)
                 .unwrap_or(defaults.lost_grace),
+            place_exact_up_to: self
+                .place_exact_up_to
+                .or(file.place_exact_up_to)
+                .unwrap_or(defaults.place_exact_up_to),
             ..defaults
         };
         let tls = match (&self.tls_cert, &self.tls_key) {

@@ -427,15 +427,31 @@ impl Gang {
 pub fn scan_gangs(
     view: &super::view::FleetView,
     req: &PlaceRequest,
+    found: impl FnMut(&Arc<HiveSnapshot>, Vec<GangSet>),
+    note: impl FnMut(&dyn Fn() -> String),
+) {
+    gangs_in(view, req, None, found, note);
+}
+
+/// [`scan_gangs`] over the hives the view's index names (`Some(bound)`; no reasons for
+/// the others), or over every hive (`None`). Returns whether the walk was bounded.
+fn gangs_in(
+    view: &super::view::FleetView,
+    req: &PlaceRequest,
+    bound: Option<super::index::Bound>,
     mut found: impl FnMut(&Arc<HiveSnapshot>, Vec<GangSet>),
     mut note: impl FnMut(&dyn Fn() -> String),
-) {
+) -> bool {
     let k = req.gpus as usize;
+    // Only for the reason: the index names no hive with fewer than `k` GPUs.
     let largest =
-        view.hives.iter().filter_map(|h| h.caps.as_ref().map(|c| c.caps.gpus.len())).max().unwrap_or(0);
-    if k > largest {
+        || view.hives.iter().filter_map(|h| h.caps.as_ref().map(|c| c.caps.gpus.len())).max().unwrap_or(0);
+    if bound.is_none()
+        && let largest = largest()
+        && k > largest
+    {
         note(&|| format!("no hive has {k} GPUs (the largest has {largest}): a gang is on one hive"));
-        return;
+        return false;
     }
     let note = std::cell::RefCell::new(note);
     let mut flush = |hive: &Arc<HiveSnapshot>, members: Vec<Member>| {
@@ -461,25 +477,33 @@ pub fn scan_gangs(
         }
     };
     let mut current: Option<(&Arc<HiveSnapshot>, Vec<Member>)> = None;
-    super::view::scan_gpus(
-        view,
-        req,
-        |hive, pos, total, free, util| {
-            let m = Member { pos, free, total, util };
-            match &mut current {
-                Some((h, members)) if Arc::ptr_eq(h, hive) => members.push(m),
-                _ => {
-                    if let Some((h, members)) = current.replace((hive, vec![m])) {
-                        flush(h, members);
-                    }
+    let mut member = members_of(|hive, pos, total, free, util| {
+        let m = Member { pos, free, total, util };
+        match &mut current {
+            Some((h, members)) if Arc::ptr_eq(h, hive) => members.push(m),
+            _ => {
+                if let Some((h, members)) = current.replace((hive, vec![m])) {
+                    flush(h, members);
                 }
             }
-        },
-        |why| (note.borrow_mut())(why),
-    );
+        }
+    });
+    let bounded = match bound {
+        None => {
+            super::view::scan_gpus(view, req, &mut member, |why| (note.borrow_mut())(why));
+            false
+        }
+        Some(bound) => super::view::scan_fitting_gpus(view, req, bound, &mut member),
+    };
     if let Some((h, members)) = current.take() {
         flush(h, members);
     }
+    bounded
+}
+
+/// Types a closure that hears the GPUs of a scan (borrowed from the view).
+fn members_of<'a, F: FnMut(&'a Arc<HiveSnapshot>, usize, u64, u64, f32)>(f: F) -> F {
+    f
 }
 
 fn name(h: &HiveSnapshot) -> &str {
@@ -493,20 +517,31 @@ pub fn best(view: &super::view::FleetView, req: &PlaceRequest, n: usize) -> Vec<
         better(&a.0, &b.0).then_with(|| a.1.address.cmp(&b.1.address))
     };
     let mut sets: Vec<(GangSet, Arc<HiveSnapshot>)> = Vec::new();
-    scan_gangs(
-        view,
-        req,
-        |h, found| {
-            if let Some(first) = found.into_iter().next() {
-                sets.push((first, h.clone()));
-                if n > 0 && sets.len() >= 4 * n.max(16) {
-                    sets.sort_by(order);
-                    sets.truncate(n);
+    // On a large fleet the hives with the most free memory are scored first, a
+    // bounded set of them (see `index`), unless that set holds fewer than `n` gangs.
+    let mut bound = if n == 0 { super::index::Bound::Exact } else { super::index::Bound::MostFree };
+    loop {
+        let bounded = gangs_in(
+            view,
+            req,
+            Some(bound),
+            |h, found| {
+                if let Some(first) = found.into_iter().next() {
+                    sets.push((first, h.clone()));
+                    if n > 0 && sets.len() >= 4 * n.max(16) {
+                        sets.sort_by(order);
+                        sets.truncate(n);
+                    }
                 }
-            }
-        },
-        |_| {},
-    );
+            },
+            |_| {},
+        );
+        if !bounded || sets.len() >= n {
+            break;
+        }
+        sets.clear();
+        bound = super::index::Bound::Exact;
+    }
     sets.sort_by(order);
     if n > 0 {
         sets.truncate(n);

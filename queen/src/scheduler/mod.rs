@@ -6,6 +6,7 @@
 //! - [`policy`]: the sandboxed Rhai runtime, its API and budget.
 //! - [`book`]: the reservation book (bounded, paged).
 //! - [`gang`]: the search for a gang of GPUs of one hive over its topology.
+//! - [`index`]: which hives can take a request, without walking every GPU.
 //! - `place`: the decision path (policy, then commit under the book's lock).
 //! - `durable`: the books kept in the state store, and restored from it.
 //! - `upkeep`: settlement and expiry of reservations; never waits on a policy.
@@ -18,6 +19,7 @@ mod durable;
 mod events;
 pub mod figures;
 pub mod gang;
+pub mod index;
 mod place;
 pub mod policy;
 mod reload;
@@ -87,6 +89,9 @@ pub struct SchedulerSettings {
     pub lost_grace: Duration,
     /// How often reservations are settled/expired and the policy file is checked.
     pub maintain_every: Duration,
+    /// Ranking natives rank exactly (every device that fits) while the fleet has at
+    /// most this many hives; above, they score a bounded set of hives (see [`index`]).
+    pub place_exact_up_to: usize,
 }
 
 impl Default for SchedulerSettings {
@@ -98,6 +103,7 @@ impl Default for SchedulerSettings {
             reservations: BookLimits::default(),
             lost_grace: Duration::from_secs(60),
             maintain_every: Duration::from_secs(1),
+            place_exact_up_to: index::DEFAULT_EXACT_UP_TO,
         }
     }
 }
@@ -225,6 +231,8 @@ pub struct Scheduler {
     missing: Mutex<upkeep::Missing>,
     /// Turns of keyed Places, striped by request id (see `place`).
     key_turns: Box<[Mutex<()>]>,
+    /// Which hives can take a request (see [`index`]), shared by every view.
+    index: Arc<index::SharedIndex>,
 }
 
 /// A refused renewal as the error the caller sees.
@@ -274,7 +282,6 @@ impl Scheduler {
             runtime,
             current: RwLock::new(Loaded { policy, at_ms: rbee_shared::time::now_unix_ms(), text }),
             default,
-            settings,
             failures: AtomicU64::new(0),
             fallbacks: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
@@ -284,6 +291,8 @@ impl Scheduler {
             place_stats: Default::default(),
             missing: Mutex::default(),
             key_turns: (0..KEY_TURNS).map(|_| Mutex::new(())).collect(),
+            index: Arc::new(index::SharedIndex::new(settings.place_exact_up_to)),
+            settings,
         }))
     }
 
@@ -294,7 +303,11 @@ impl Scheduler {
 
     /// The fleet now, with the book.
     fn view(&self) -> FleetView {
-        FleetView { hives: Arc::new(self.fleet.hives()), book: self.book.clone() }
+        FleetView {
+            hives: Arc::new(self.fleet.hives()),
+            book: self.book.clone(),
+            index: Some(self.index.clone()),
+        }
     }
 
     /// The policy in use.

@@ -182,7 +182,7 @@ fn a_runaway_script_gets_a_clear_error_with_its_position_and_is_counted() {
 fn the_budget_and_operation_limits_both_stop_a_script() {
     let rt = PolicyRuntime::new(Limits { budget: Duration::from_millis(5), ..Limits::default() });
     let p = rt.compile("t", "fn place(r, f) { let x = 0; loop { x += 1; } }").unwrap();
-    let view = view::FleetView { hives: Arc::new(small_fleet()), book: Default::default() };
+    let view = view::FleetView { hives: Arc::new(small_fleet()), book: Default::default(), index: None };
     let e = rt.run(&p, &PlaceRequest::gpu(1), &view).unwrap_err();
     assert!(e.to_string().contains("5 ms wall-time budget"), "{e}");
     let rt = PolicyRuntime::new(Limits {
@@ -425,7 +425,7 @@ proptest::proptest! {
                 hive(&format!("h{i:02}"), gpus, 80, used, [0.0, 10.0, 50.0][load], ConnState::Online, &[])
             })
             .collect();
-        let view = view::FleetView { hives: Arc::new(fleet), book: Default::default() };
+        let view = view::FleetView { hives: Arc::new(fleet), book: Default::default(), index: None };
         let req = PlaceRequest::gpu(vram_gib * GIB);
         for order in [view::Order::LeastLoaded, view::Order::BinPack, view::Order::NearestWeights] {
             let ids = |d: Vec<view::DeviceRef>| -> Vec<(String, String)> {
@@ -438,6 +438,7 @@ proptest::proptest! {
     }
 }
 
+mod index;
 mod keyed;
 mod summary;
 

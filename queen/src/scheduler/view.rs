@@ -8,6 +8,7 @@ use rbee_shared::bytesize::format_bytes;
 use rbee_shared::lock::RwLockExt;
 
 use super::book::Book;
+use super::index::{Bound, SharedIndex};
 use super::request::{DeviceKind, PlaceRequest};
 use crate::fleet::Health;
 use crate::fleet::{ConnState, GpuLoad, GpuParts, HiveSnapshot, PlacementSummary};
@@ -25,6 +26,15 @@ pub struct FleetView {
     pub hives: Arc<Vec<Arc<HiveSnapshot>>>,
     /// The reservation book.
     pub book: Arc<RwLock<Book>>,
+    /// The placement index over `hives` (see [`super::index`]); `None` walks every hive.
+    pub index: Option<Arc<SharedIndex>>,
+}
+
+impl FleetView {
+    /// A view of `hives` with `book`, without an index (every native walks every hive).
+    pub fn new(hives: Arc<Vec<Arc<HiveSnapshot>>>, book: Arc<RwLock<Book>>) -> Self {
+        Self { hives, book, index: None }
+    }
 }
 
 /// A hive, for policies.
@@ -329,6 +339,52 @@ impl<'a> Fit<'a> {
     }
 }
 
+/// Which hives a scan walks.
+#[derive(Debug, Clone, Copy)]
+enum Visit<'v> {
+    /// Every hive of the view.
+    All,
+    /// These positions of the view's hives, in this order (from the index).
+    Only(&'v [u32]),
+}
+
+/// Which hives a native that only needs the devices that fit walks, from the view's
+/// index: `None` walks every hive (no index, or a request that wants a hive's CPU,
+/// which the index does not key). With `bounded`, the answer may be a bounded subset
+/// (`true`: the most free first), see [`super::index`].
+fn fitting_hives(view: &FleetView, req: &PlaceRequest, k: usize, bound: Bound) -> Option<(Vec<u32>, bool)> {
+    let index = view.index.as_ref()?;
+    let gpus_wanted = matches!(req.kind, DeviceKind::Cuda | DeviceKind::Any) && req.vram_bytes > 0;
+    let cpu_wanted = matches!(req.kind, DeviceKind::Cpu | DeviceKind::Any) && req.ram_bytes.is_some();
+    if !gpus_wanted || cpu_wanted {
+        return None;
+    }
+    Some(index.candidates(&view.hives, &req.labels, k, req.vram_bytes, bound))
+}
+
+/// Walks the hives that have `k` GPUs that can take the request (see
+/// [`fitting_hives`]): every one, or with `bound` a bounded subset on a large fleet.
+/// Returns whether it was bounded.
+fn scan_fitting<'a>(
+    view: &'a FleetView,
+    req: &PlaceRequest,
+    book: &Book,
+    k: usize,
+    bound: Bound,
+    fit: impl FnMut(Fit<'a>),
+) -> bool {
+    match fitting_hives(view, req, k, bound) {
+        None => {
+            scan(view, Visit::All, req, book, fit, |_, _| {});
+            false
+        }
+        Some((at, bounded)) => {
+            scan(view, Visit::Only(&at), req, book, fit, |_, _| {});
+            bounded
+        }
+    }
+}
+
 /// Walks the fleet with the eligibility rules: `fit` sees every device that can take
 /// the request now (healthy online hives with matching labels, healthy devices with
 /// enough free memory); `note` hears why every other hive or device cannot.
@@ -338,6 +394,7 @@ impl<'a> Fit<'a> {
 /// statistics; ids are read only for reasons, and for hives with reservations.
 fn scan<'a>(
     view: &'a FleetView,
+    visit: Visit<'_>,
     req: &PlaceRequest,
     book: &Book,
     mut fit: impl FnMut(Fit<'a>),
@@ -348,7 +405,11 @@ fn scan<'a>(
     }
     let gpus_wanted = matches!(req.kind, DeviceKind::Cuda | DeviceKind::Any) && req.vram_bytes > 0;
     let cpu_wanted = matches!(req.kind, DeviceKind::Cpu | DeviceKind::Any);
-    for h in view.hives.iter() {
+    let hives: Box<dyn Iterator<Item = &'a Arc<HiveSnapshot>>> = match visit {
+        Visit::All => Box::new(view.hives.iter()),
+        Visit::Only(at) => Box::new(at.iter().filter_map(|&i| view.hives.get(i as usize))),
+    };
+    for h in hives {
         if h.state != ConnState::Online {
             note(Cause::NotOnline(h.state), &|| format!("{}: {}", hive_name(h), h.state.as_str()));
             continue;
@@ -451,6 +512,7 @@ pub fn scan_gpus<'a>(
     let req = PlaceRequest { kind: DeviceKind::Cuda, ..req.clone() };
     scan(
         view,
+        Visit::All,
         &req,
         &locked,
         |f| {
@@ -462,14 +524,37 @@ pub fn scan_gpus<'a>(
     );
 }
 
+/// [`scan_gpus`] over only the hives that have `req.gpus` GPUs with room, from the
+/// view's index (without reasons). With `bound` on a large fleet it walks a bounded
+/// subset, the most free first, and returns `true`.
+pub fn scan_fitting_gpus<'a>(
+    view: &'a FleetView,
+    req: &PlaceRequest,
+    bound: Bound,
+    mut fit: impl FnMut(&'a Arc<HiveSnapshot>, usize, u64, u64, f32),
+) -> bool {
+    let locked = read(&view.book);
+    let req = PlaceRequest { kind: DeviceKind::Cuda, ..req.clone() };
+    scan_fitting(view, &req, &locked, (req.gpus as usize).max(1), bound, |f| {
+        if let Device::Gpu(i) = f.device {
+            fit(f.hive, i, f.total, f.free, f.util);
+        }
+    })
+}
+
 /// Every device that can take the request now, and (when `explain`) why the others
 /// cannot (at most 64 reasons).
 pub fn assess(view: &FleetView, req: &PlaceRequest, explain: bool) -> (Vec<DeviceRef>, Vec<String>) {
     let locked = read(&view.book);
     let mut fits = Vec::new();
     let mut reasons = Vec::new();
+    if !explain {
+        scan_fitting(view, req, &locked, 1, Bound::Exact, |f| fits.push(f.handle(&view.book)));
+        return (fits, reasons);
+    }
     scan(
         view,
+        Visit::All,
         req,
         &locked,
         |f| fits.push(f.handle(&view.book)),
@@ -489,6 +574,7 @@ pub fn why_no_fit(view: &FleetView, req: &PlaceRequest) -> String {
     let mut counts: Vec<(Cause, usize)> = Vec::new();
     scan(
         view,
+        Visit::All,
         req,
         &locked,
         |_| {},
@@ -542,54 +628,72 @@ fn better(a: &Keyed<'_>, b: &Keyed<'_>) -> std::cmp::Ordering {
 /// kept while the fleet is walked: at 10,000 hives of 8 GPUs, a list of every device
 /// and its key was megabytes written and sorted per call.
 pub fn rank(view: &FleetView, req: &PlaceRequest, order: Order, n: usize) -> Vec<DeviceRef> {
+    // On a large fleet, a ranking of the best `n` scores the devices of a bounded set
+    // of hives (the most free first; the tightest first for bin-packing), unless that
+    // set holds fewer than `n` devices that fit: then it ranks them all.
+    let bound = match order {
+        _ if n == 0 => Bound::Exact,
+        Order::BinPack => Bound::LeastFree,
+        Order::LeastLoaded | Order::NearestWeights => Bound::MostFree,
+    };
     let locked = read(&view.book);
+    let (best, bounded) = rank_in(view, req, order, n, &locked, bound);
+    if bounded && best.len() < n {
+        return rank_in(view, req, order, n, &locked, Bound::Exact).0;
+    }
+    best
+}
+
+/// [`rank`] over the hives [`scan_fitting`] walks with `bound`; whether it was bounded.
+fn rank_in(
+    view: &FleetView,
+    req: &PlaceRequest,
+    order: Order,
+    n: usize,
+    locked: &Book,
+    bound: Bound,
+) -> (Vec<DeviceRef>, bool) {
     let mut best: Vec<Keyed<'_>> = Vec::with_capacity(if n > 0 { n + 1 } else { 0 });
     // The tier of the hive whose devices are being walked (it is the hive's, not the
     // device's: computed once per hive, and only for hives with a catalog).
     let mut tier_of: Option<(*const HiveSnapshot, f32)> = None;
     let absent = super::weights::Tier::Absent as u8 as f32;
-    scan(
-        view,
-        req,
-        &locked,
-        |f| {
-            let key = match order {
-                Order::LeastLoaded => (f.util, used_fraction(f.total, f.free), f.hive_cpu),
-                Order::BinPack => (f.free as f32, 0.0, 0.0),
-                Order::NearestWeights => {
-                    let here = Arc::as_ptr(f.hive);
-                    let tier = match tier_of {
-                        _ if !f.has_models => absent,
-                        Some((at, tier)) if at == here => tier,
-                        _ => {
-                            let tier = super::weights::tier(f.hive, &req.model) as u8 as f32;
-                            tier_of = Some((here, tier));
-                            tier
-                        }
-                    };
-                    // Tier first; within it device utilisation, then memory in use
-                    // (both at most 100, so one key orders tier before load).
-                    (tier * 1000.0 + f.util, used_fraction(f.total, f.free), f.hive_cpu)
-                }
-            };
-            let item = (key, f);
-            if n == 0 {
-                best.push(item);
-                return;
+    let bounded = scan_fitting(view, req, locked, 1, bound, |f| {
+        let key = match order {
+            Order::LeastLoaded => (f.util, used_fraction(f.total, f.free), f.hive_cpu),
+            Order::BinPack => (f.free as f32, 0.0, 0.0),
+            Order::NearestWeights => {
+                let here = Arc::as_ptr(f.hive);
+                let tier = match tier_of {
+                    _ if !f.has_models => absent,
+                    Some((at, tier)) if at == here => tier,
+                    _ => {
+                        let tier = super::weights::tier(f.hive, &req.model) as u8 as f32;
+                        tier_of = Some((here, tier));
+                        tier
+                    }
+                };
+                // Tier first; within it device utilisation, then memory in use
+                // (both at most 100, so one key orders tier before load).
+                (tier * 1000.0 + f.util, used_fraction(f.total, f.free), f.hive_cpu)
             }
-            if best.len() == n && best.last().is_some_and(|worst| better(&item, worst).is_ge()) {
-                return;
-            }
-            let at = best.partition_point(|x| better(x, &item).is_lt());
-            best.insert(at, item);
-            best.truncate(n);
-        },
-        |_, _| {},
-    );
+        };
+        let item = (key, f);
+        if n == 0 {
+            best.push(item);
+            return;
+        }
+        if best.len() == n && best.last().is_some_and(|worst| better(&item, worst).is_ge()) {
+            return;
+        }
+        let at = best.partition_point(|x| better(x, &item).is_lt());
+        best.insert(at, item);
+        best.truncate(n);
+    });
     if n == 0 {
         best.sort_by(better);
     }
-    best.iter().map(|(_, f)| f.handle(&view.book)).collect()
+    (best.iter().map(|(_, f)| f.handle(&view.book)).collect(), bounded)
 }
 
 fn used_fraction(total: u64, free: u64) -> f32 {

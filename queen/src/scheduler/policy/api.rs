@@ -33,9 +33,13 @@ fn map_of(labels: &std::collections::BTreeMap<String, String>) -> Map {
     labels.iter().map(|(k, v)| (k.as_str().into(), Dynamic::from(v.clone()))).collect()
 }
 
-/// Elements a scan of the whole fleet walks: each hive, each GPU.
+/// Elements a scan of the whole fleet walks: each hive, each GPU (kept by the view's
+/// index, when it has one, instead of counted per call).
 fn fleet_size(f: &FleetView) -> usize {
-    f.hives.iter().map(|h| 1 + h.caps.as_ref().map_or(0, |c| c.caps.gpus.len())).sum()
+    match &f.index {
+        Some(index) => index.elements(&f.hives),
+        None => f.hives.iter().map(|h| 1 + h.caps.as_ref().map_or(0, |c| c.caps.gpus.len())).sum(),
+    }
 }
 
 fn devices_of(h: &HiveRef) -> Native<Array> {

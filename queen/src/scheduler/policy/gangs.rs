@@ -14,9 +14,13 @@ use crate::scheduler::view::{DeviceRef, FleetView, HiveRef};
 /// What a fallible native returns.
 type Native<T> = Result<T, Box<EvalAltResult>>;
 
-/// Elements a gang search of the whole fleet walks: each hive, each GPU.
+/// Elements a gang search of the whole fleet walks: each hive, each GPU (kept by the
+/// view's index, when it has one, instead of counted per call).
 fn fleet_size(f: &FleetView) -> usize {
-    f.hives.iter().map(|h| 1 + h.caps.as_ref().map_or(0, |c| c.caps.gpus.len())).sum()
+    match &f.index {
+        Some(index) => index.elements(&f.hives),
+        None => f.hives.iter().map(|h| 1 + h.caps.as_ref().map_or(0, |c| c.caps.gpus.len())).sum(),
+    }
 }
 
 /// Registers the gang API.
@@ -42,7 +46,8 @@ pub fn register(engine: &mut Engine) {
 
     engine.register_fn("gangs", |h: &mut HiveRef, r: PlaceRequest| -> Native<Array> {
         charge(1 + h.hive.caps.as_ref().map_or(0, |c| c.caps.gpus.len()))?;
-        let one = FleetView { hives: std::sync::Arc::new(vec![h.hive.clone()]), book: h.book.clone() };
+        let one =
+            FleetView { hives: std::sync::Arc::new(vec![h.hive.clone()]), book: h.book.clone(), index: None };
         let mut out = Array::new();
         gang::scan_gangs(
             &one,

@@ -15,6 +15,7 @@ fn view() -> FleetView {
     FleetView {
         hives: Arc::new(vec![hive("h", 2, 24, 4, 5.0, ConnState::Online, &[])]),
         book: Default::default(),
+        index: None,
     }
 }
 
@@ -144,7 +145,7 @@ fn policies_see_who_holds_each_gpu_and_absent_lists_are_unit() {
     });
     sample.gpus[0].unattributed_vram_bytes = Some(1 << 30);
     h.latest = Some(Arc::new(sample));
-    let view = FleetView { hives: Arc::new(vec![Arc::new(h)]), book: Default::default() };
+    let view = FleetView { hives: Arc::new(vec![Arc::new(h)]), book: Default::default(), index: None };
     let rt = PolicyRuntime::new(Limits::default());
     let script = r#"fn place(r, f) {
         let d = f.hives[0].devices;

@@ -73,6 +73,7 @@ fn policies_see_each_hives_models_and_the_ranking_by_weights() {
             ),
         ]),
         book: Default::default(),
+        index: None,
     };
     let got = reason(
         &view,

@@ -137,7 +137,7 @@ fn reference(hives: &[Arc<HiveSnapshot>], req: &PlaceRequest, book: &Book) -> (V
 /// unhealthy or pending device, driver-reserved VRAM, a window mean; per hive a
 /// degraded report, no sample, a CPU mean, readings in reverse order. `refresh: false`
 /// leaves the summary as it was before the changes.
-fn rough(i: usize, gpus: usize, used: u64, seed: u64, refresh: bool) -> Arc<HiveSnapshot> {
+pub(super) fn rough(i: usize, gpus: usize, used: u64, seed: u64, refresh: bool) -> Arc<HiveSnapshot> {
     let bit = |b: u32| seed >> b & 1 == 1;
     let state = if bit(0) && bit(1) { ConnState::Stale } else { ConnState::Online };
     let zone = if bit(2) { "eu" } else { "us" };
@@ -247,7 +247,7 @@ proptest::proptest! {
             req.labels.insert("zone".into(), "eu".into());
         }
         let (want, why) = reference(&fleet, &req, &book);
-        let view = FleetView { hives: Arc::new(fleet), book: Arc::new(RwLock::new(book)) };
+        let view = FleetView { hives: Arc::new(fleet), book: Arc::new(RwLock::new(book)), index: None };
 
         let (fits, reasons) = view::assess(&view, &req, true);
         let got: Vec<_> = fits.iter().map(|d| (d.hive.address.clone(), d.id.clone(), d.total, d.used, d.free)).collect();
