@@ -24,12 +24,12 @@ use tonic::transport::Channel;
 use super::LinkSettings;
 use super::dial::{MAX_HIVE_MESSAGE_BYTES, call_reason, stream_reason};
 use super::error::LinkError;
-use super::health::{HealthInput, evaluate_into};
+use super::health::HealthInput;
 use super::identity::CertNames;
 use super::ingest::{IngestState, Outcome};
-use super::recycle::refill;
+use super::recycle::Spares;
 use super::window::SampleWindow;
-use crate::fleet::{ConnState, Fleet, FleetEvent, FleetSettings, HealthReport, HiveSnapshot, NewHive};
+use crate::fleet::{ConnState, Fleet, FleetEvent, FleetSettings, HiveSnapshot, NewHive};
 
 /// At most one warning about a hive per this period.
 const WARN_PERIOD: Duration = Duration::from_secs(10);
@@ -87,19 +87,7 @@ struct Manager {
     nvlinks: super::nvlink_baseline::NvlinkBaseline,
     /// What the snapshot before last held, refilled in place when nobody else holds it
     /// any more ([`super::recycle`]).
-    spare: Spare,
-}
-
-/// The snapshot the watch channel gave back at the last publish, and the statistics and
-/// health report it held; each reused only while nothing else holds it.
-#[derive(Default)]
-struct Spare {
-    /// The snapshot (its sample and placement summary let go: it holds only shared parts).
-    snapshot: Option<Arc<HiveSnapshot>>,
-    /// Its window statistics.
-    stats: Option<Arc<crate::fleet::WindowStats>>,
-    /// Its health report.
-    health: Option<Arc<crate::fleet::HealthReport>>,
+    spare: Spares,
 }
 
 /// Runs the link for one hive until it is cancelled.
@@ -125,7 +113,7 @@ pub(super) async fn manage(hive: NewHive, link: Arc<LinkSettings>, dials: Arc<to
         cert: None,
         dials,
         nvlinks: Default::default(),
-        spare: Spare::default(),
+        spare: Spares::default(),
     };
     let mut backoff = Backoff::new(link.backoff_min, link.backoff_max);
     loop {
@@ -198,27 +186,12 @@ impl Manager {
             pending: &pending,
             links_down,
         };
-        let thresholds = &self.fleet.settings().thresholds;
-        let report = refill(self.spare.health.take(), HealthReport::default, |r| {
-            evaluate_into(&input, thresholds, r);
-        });
+        let report = self.spare.health(&input, &self.fleet.settings().thresholds);
         let before = std::mem::replace(&mut self.view.health, report);
         self.view.refresh_placement();
         // A shallow copy: identity, capabilities, sample, health, stats and the last
         // error are shared; only the address and a few numbers are copied.
-        let view = &self.view;
-        let snapshot = refill(self.spare.snapshot.take(), || view.clone(), |s| view.copy_into(s));
-        let mut old = self.tx.send_replace(snapshot.clone());
-        if let Some(old) = Arc::get_mut(&mut old) {
-            // Nobody else holds the one replaced: keep it and its parts for the next
-            // publish, letting go of its sample and summary (only shared parts stay).
-            let view = &self.view;
-            self.spare.stats = Some(std::mem::replace(&mut old.stats, view.stats.clone()));
-            self.spare.health = Some(std::mem::replace(&mut old.health, view.health.clone()));
-            old.latest.clone_from(&view.latest);
-            old.placement.clone_from(&view.placement);
-        }
-        self.spare.snapshot = Some(old);
+        let snapshot = self.spare.publish(&self.view, &self.tx);
         if snapshot.health.health != before.health
             || !same_problems(&snapshot.health.reasons, &before.reasons)
         {
@@ -286,8 +259,7 @@ impl Manager {
     fn take_sample(&mut self, sample: Sample) {
         let received_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.window.push(&sample, received_ms);
-        let window = &self.window;
-        self.view.stats = refill(self.spare.stats.take(), Default::default, |s| window.stats_into(s));
+        self.view.stats = self.spare.stats(&self.window);
         // The version the hive measured against (ingest refused a newer one than held);
         // hives that predate the stamp measured against the held version.
         self.sample_version = sample.capability_version.unwrap_or_else(|| self.ingest.version());

@@ -6,6 +6,57 @@
 
 use std::sync::Arc;
 
+use tokio::sync::watch;
+
+use super::health::{HealthInput, evaluate_into};
+use super::window::SampleWindow;
+use crate::fleet::{HealthReport, HiveSnapshot, Thresholds, WindowStats};
+
+/// What one link's snapshot before last held: the snapshot the watch channel gave back at
+/// the last publish, and its statistics and health report. Each is reused only while
+/// nothing else holds it; the spare snapshot lets go of its sample and placement summary
+/// at once, so it keeps nothing alive that the current one does not.
+#[derive(Debug, Default)]
+pub struct Spares {
+    /// The snapshot.
+    snapshot: Option<Arc<HiveSnapshot>>,
+    /// Its window statistics.
+    stats: Option<Arc<WindowStats>>,
+    /// Its health report.
+    health: Option<Arc<HealthReport>>,
+}
+
+impl Spares {
+    /// The window's statistics, in the spare ones when free.
+    pub fn stats(&mut self, window: &SampleWindow) -> Arc<WindowStats> {
+        refill(self.stats.take(), WindowStats::default, |s| window.stats_into(s))
+    }
+
+    /// The health report of `input`, in the spare one when free.
+    pub fn health(&mut self, input: &HealthInput<'_>, t: &Thresholds) -> Arc<HealthReport> {
+        refill(self.health.take(), HealthReport::default, |r| evaluate_into(input, t, r))
+    }
+
+    /// Publishes a copy of `view` on `tx` (in the spare snapshot when free) and keeps the
+    /// one it replaced, with its statistics and report, as the next spares.
+    pub fn publish(
+        &mut self,
+        view: &HiveSnapshot,
+        tx: &watch::Sender<Arc<HiveSnapshot>>,
+    ) -> Arc<HiveSnapshot> {
+        let snapshot = refill(self.snapshot.take(), || view.clone(), |s| view.copy_into(s));
+        let mut old = tx.send_replace(snapshot.clone());
+        if let Some(o) = Arc::get_mut(&mut old) {
+            self.stats = Some(std::mem::replace(&mut o.stats, view.stats.clone()));
+            self.health = Some(std::mem::replace(&mut o.health, view.health.clone()));
+            o.latest.clone_from(&view.latest);
+            o.placement.clone_from(&view.placement);
+        }
+        self.snapshot = Some(old);
+        snapshot
+    }
+}
+
 /// `spare` refilled by `fill` when nothing else holds it; otherwise a new value made by
 /// `make` and then filled. `fill` must overwrite everything `make`'s value would carry,
 /// so that the result does not depend on which was reused.
