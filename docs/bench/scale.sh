@@ -51,10 +51,24 @@ cat "$tmp"/urls.* > "$tmp/urls"
 
 # The hives go in a config file: 10,000 URLs are too long for one environment variable.
 sed 's/.*/[[hive]]\naddress = "&"/' "$tmp/urls" >"$tmp/queen.toml"
+# QUEEN_WRAP: a command the queen runs under, for memory studies (docs/BENCHMARKS.md):
+# `env MALLOC_ARENA_MAX=2`, `env LD_PRELOAD=...`, or `heaptrack -o FILE`. The queen's pid
+# (measured, killed) is then the wrapper's child named queen, or the wrapper if it exec'd.
 start_queen() {
-  RUST_LOG=warn "$bin/queen" serve --config "$tmp/queen.toml" --listen "127.0.0.1:$qp" \
+  # shellcheck disable=SC2086 # the wrapper is words
+  RUST_LOG=warn ${QUEEN_WRAP:-} "$bin/queen" serve --config "$tmp/queen.toml" --listen "127.0.0.1:$qp" \
     --metrics-listen "127.0.0.1:$mport" --state-dir "$tmp/queen-state" >>"$tmp/queen.log" 2>&1 &
-  echo "$!" >>"$tmp/pids"; echo "$!"
+  local p=$! c=""
+  echo "$p" >>"$tmp/pids"
+  if [ -n "${QUEEN_WRAP:-}" ]; then
+    for _ in $(seq 200); do
+      if [ "$(cat "/proc/$p/comm" 2>/dev/null)" = queen ]; then c=$p; break; fi
+      c=$(pgrep -n -x queen -P "$p" || true); [ -n "$c" ] && break
+      sleep 0.05
+    done
+    p=${c:-$p}; echo "$p" >>"$tmp/pids"
+  fi
+  echo "$p"
 }
 probe=${FLEET_PROBE:-$bin/examples/fleet_probe}
 mport=$(port)

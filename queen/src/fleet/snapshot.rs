@@ -86,6 +86,48 @@ impl HiveSnapshot {
         pending
     }
 
+    /// Makes `target` a copy of this snapshot, reusing its address string: a link
+    /// refills the snapshot it published before last instead of allocating one per
+    /// sample. Every field is named, so a new one cannot be forgotten here.
+    pub fn copy_into(&self, target: &mut HiveSnapshot) {
+        let HiveSnapshot {
+            address,
+            origin,
+            state,
+            state_since_unix_ms,
+            unreachable_since_unix_ms,
+            identity,
+            caps,
+            latest,
+            latest_received,
+            samples_applied,
+            clock_skew_ms,
+            health,
+            stats,
+            last_error,
+            counters,
+            sample_interval,
+            placement,
+        } = self;
+        target.address.clone_from(address);
+        target.origin = *origin;
+        target.state = *state;
+        target.state_since_unix_ms = *state_since_unix_ms;
+        target.unreachable_since_unix_ms = *unreachable_since_unix_ms;
+        target.identity.clone_from(identity);
+        target.caps.clone_from(caps);
+        target.latest.clone_from(latest);
+        target.latest_received = *latest_received;
+        target.samples_applied = *samples_applied;
+        target.clock_skew_ms = *clock_skew_ms;
+        target.health.clone_from(health);
+        target.stats.clone_from(stats);
+        target.last_error.clone_from(last_error);
+        target.counters = *counters;
+        target.sample_interval = *sample_interval;
+        target.placement.clone_from(placement);
+    }
+
     /// Recomputes [`HiveSnapshot::placement`] from the capabilities, newest sample,
     /// health and statistics (the link does this on every publish).
     pub fn refresh_placement(&mut self) {
@@ -131,5 +173,28 @@ impl HiveSnapshot {
     /// True when `key` is this hive's id or address.
     pub fn matches(&self, key: &str) -> bool {
         self.address == key || (!key.is_empty() && self.hive_id() == key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_into_makes_an_equal_snapshot_over_any_other() {
+        let mut source =
+            HiveSnapshot::pending("http://10.0.0.1:7070".into(), Origin::Api, Duration::from_secs(1));
+        source.state = ConnState::Online;
+        source.samples_applied = 7;
+        source.clock_skew_ms = Some(-3);
+        source.last_error = Some(Arc::from("stream broke"));
+        source.counters.gaps = 2;
+        source.latest = Some(Arc::new(Sample { taken_at_unix_ms: 5, ..Default::default() }));
+        source.refresh_placement();
+        let mut target =
+            HiveSnapshot::pending("http://a-much-longer-host-name:1".into(), Origin::Static, Duration::ZERO);
+        source.copy_into(&mut target);
+        assert_eq!(format!("{target:?}"), format!("{source:?}"));
+        assert!(Arc::ptr_eq(&target.placement, &source.placement), "the shared parts are shared, not copied");
     }
 }

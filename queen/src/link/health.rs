@@ -97,32 +97,68 @@ fn percent(used: u64, total: u64) -> Option<f32> {
     (total > 0).then(|| (used as f64 / total as f64 * 100.0) as f32)
 }
 
+/// A GPU's short name in reasons ("gpu3"), formatted only into a reason that is made.
+struct GpuName(u32);
+
+impl std::fmt::Display for GpuName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "gpu{}", self.0)
+    }
+}
+
 /// Judges a hive.
 pub fn evaluate(input: &HealthInput<'_>, t: &Thresholds) -> HealthReport {
     let mut r = HealthReport::default();
+    evaluate_into(input, t, &mut r);
+    r
+}
+
+/// [`evaluate`] written over `r`, reusing its allocations (the device list, the device
+/// id strings): a link refills the report it published before last
+/// ([`super::recycle`]), so a healthy hive's sample costs no allocation here.
+pub fn evaluate_into(input: &HealthInput<'_>, t: &Thresholds, r: &mut HealthReport) {
+    let mut devices = std::mem::take(&mut r.devices);
+    r.health = Health::Healthy;
+    r.placement = Health::Healthy;
+    r.cpu_busy = None;
+    r.reasons.clear();
+    let used = judge(input, t, r, &mut devices);
+    devices.truncate(used);
+    r.devices = devices;
+}
+
+/// The rules, into a cleared `r`; device entries go into `devices` from the start,
+/// reusing the ones there. Returns how many devices were judged.
+fn judge(
+    input: &HealthInput<'_>,
+    t: &Thresholds,
+    r: &mut HealthReport,
+    devices: &mut Vec<DeviceHealth>,
+) -> usize {
+    let mut used = 0;
     match input.state {
         ConnState::Online => {}
         ConnState::Stale => {
             let s = input.silence.map_or(0.0, |d| d.as_secs_f64());
-            push(&mut r, Health::Degraded, format!("no sample for {s:.1} s"));
+            push(r, Health::Degraded, format!("no sample for {s:.1} s"));
         }
         ConnState::Lost => {
             let why = input.last_error.unwrap_or("connection lost");
-            push(&mut r, Health::Unhealthy, format!("lost: {why}"));
+            push(r, Health::Unhealthy, format!("lost: {why}"));
         }
         ConnState::Pending | ConnState::Connecting => {
-            push(&mut r, Health::Unhealthy, "not connected yet".to_owned());
+            push(r, Health::Unhealthy, "not connected yet".to_owned());
         }
-        ConnState::Removed => push(&mut r, Health::Unhealthy, "removed".to_owned()),
+        ConnState::Removed => push(r, Health::Unhealthy, "removed".to_owned()),
     }
     if let Some(why) = input.invalid {
-        push(&mut r, Health::Unhealthy, format!("invalid data from hive: {why}"));
+        push(r, Health::Unhealthy, format!("invalid data from hive: {why}"));
     }
     for reason in input.links_down {
-        notice(&mut r, Health::Degraded, reason.clone());
+        notice(r, Health::Degraded, reason.clone());
     }
     if let Some(s) = input.sample.filter(|s| !s.cuts.is_empty()) {
-        notice(&mut r, Health::Degraded, format!("view cut to its budgets: {}", s.cuts.join("; ")));
+        notice(r, Health::Degraded, format!("view cut to its budgets: {}", s.cuts.join("; ")));
     }
     if let Some(cpu) = input.cpu_window_mean
         && cpu >= t.cpu_degraded_percent
@@ -132,36 +168,44 @@ pub fn evaluate(input: &HealthInput<'_>, t: &Thresholds) -> HealthReport {
         let reason =
             format!("cpu {cpu:.0}% ({} s mean) >= {:.0}%", t.cpu_window.as_secs(), t.cpu_degraded_percent);
         r.cpu_busy = Some(CpuBusy { limit_percent: t.cpu_degraded_percent, reason: reason.clone() });
-        notice(&mut r, Health::Degraded, reason);
+        notice(r, Health::Degraded, reason);
     }
     if let Some(s) = input.sample {
         if let Some(received) = input.received_unix_ms {
             for reason in implausible_times(s, received, t) {
-                push(&mut r, Health::Degraded, reason);
+                push(r, Health::Degraded, reason);
             }
         }
         if let Some(ram) = percent(s.ram_used_bytes, s.ram_total_bytes) {
             if ram >= t.ram_unhealthy_percent {
-                push(&mut r, Health::Unhealthy, format!("ram {ram:.0}% >= {:.0}%", t.ram_unhealthy_percent));
+                push(r, Health::Unhealthy, format!("ram {ram:.0}% >= {:.0}%", t.ram_unhealthy_percent));
             } else if ram >= t.ram_degraded_percent {
-                push(&mut r, Health::Degraded, format!("ram {ram:.0}% >= {:.0}%", t.ram_degraded_percent));
+                push(r, Health::Degraded, format!("ram {ram:.0}% >= {:.0}%", t.ram_degraded_percent));
             }
         }
         if let Some(caps) = input.caps {
             // Health is an input of the placement summary, so it cannot read the
             // summary's join; it matches a GPU's reading by the same rule (`join_by_id`).
             for (i, gpu) in caps.caps.gpus_by_index().into_iter().enumerate() {
-                let mut d = DeviceHealth {
-                    device_id: gpu.id.clone(),
-                    index: gpu.index,
-                    health: Health::Healthy,
-                    reasons: vec![],
-                };
+                if devices.len() <= used {
+                    devices.push(DeviceHealth {
+                        device_id: String::new(),
+                        index: 0,
+                        health: Health::Healthy,
+                        reasons: vec![],
+                    });
+                }
+                let d = &mut devices[used];
+                used += 1;
+                d.device_id.clone_from(&gpu.id);
+                d.index = gpu.index;
+                d.health = Health::Healthy;
+                d.reasons.clear();
                 let mut flag = |level: Health, reason: String| {
                     d.health = d.health.max(level);
                     d.reasons.push(reason);
                 };
-                let name = format!("gpu{}", gpu.index);
+                let name = GpuName(gpu.index);
                 match join_by_id(&s.gpus, i, &gpu.id, |g| &g.id).map(|j| &s.gpus[j]) {
                     None if (input.pending)(&gpu.id) => {
                         d.health = Health::Pending;
@@ -215,17 +259,16 @@ pub fn evaluate(input: &HealthInput<'_>, t: &Thresholds) -> HealthReport {
                     r.health = r.health.max(d.health);
                     r.reasons.extend(d.reasons.iter().cloned());
                 }
-                r.devices.push(d);
             }
         }
         // A GPU that stopped answering is out of the capabilities, so it has no device
         // entry: the hive carries on with the others, degraded, and says which and why.
         for lost in &s.lost_gpus {
             let id = lost.id.as_deref().map_or(String::new(), |id| format!(" ({id})"));
-            push(&mut r, Health::Degraded, format!("gpu{}{id} does not answer: {}", lost.index, lost.reason));
+            push(r, Health::Degraded, format!("gpu{}{id} does not answer: {}", lost.index, lost.reason));
         }
     }
-    r
+    used
 }
 
 #[cfg(test)]
@@ -280,6 +323,42 @@ mod tests {
             received_unix_ms: Some(s.taken_at_unix_ms.saturating_add(300)),
             pending: &|_| false,
             links_down: &[],
+        }
+    }
+
+    /// A report refilled in place, over any earlier one (more or fewer devices, other
+    /// ids, reasons, a busy CPU, stale), equals a fresh one.
+    #[test]
+    fn a_report_refilled_in_place_equals_a_fresh_one() {
+        let t = Thresholds::default();
+        let mut two = caps();
+        let mut second = two.caps.gpus["GPU-0"].clone();
+        (second.id, second.index) = ("GPU-1".into(), 1);
+        two.caps.gpus.insert("GPU-1".into(), second);
+        let no_gpus = VersionedCapabilities::default();
+        let hot = sample(99, 95.0);
+        let calm = sample(10, 30.0);
+        let mut xid = sample(10, 30.0);
+        (xid.gpus[0].xid_events, xid.gpus[0].last_xid) = (Some(2), Some(79));
+        let cases: Vec<HealthInput<'_>> = vec![
+            input(&hot, &two),
+            input(&calm, &two),
+            HealthInput { cpu_window_mean: Some(99.0), ..input(&xid, &two) },
+            input(&calm, &no_gpus),
+            HealthInput {
+                state: ConnState::Stale,
+                silence: Some(Duration::from_secs(4)),
+                ..input(&hot, &two)
+            },
+            input(&xid, &two),
+            input(&calm, &two),
+        ];
+        for (a, first) in cases.iter().enumerate() {
+            for (b, then) in cases.iter().enumerate() {
+                let mut reused = evaluate(first, &t);
+                evaluate_into(then, &t, &mut reused);
+                assert_eq!(reused, evaluate(then, &t), "case {b} over case {a}");
+            }
         }
     }
 

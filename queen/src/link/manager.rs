@@ -24,9 +24,10 @@ use tonic::transport::Channel;
 use super::LinkSettings;
 use super::dial::{MAX_HIVE_MESSAGE_BYTES, call_reason, stream_reason};
 use super::error::LinkError;
-use super::health::{HealthInput, evaluate};
+use super::health::HealthInput;
 use super::identity::CertNames;
 use super::ingest::{IngestState, Outcome};
+use super::recycle::Spares;
 use super::window::SampleWindow;
 use crate::fleet::{ConnState, Fleet, FleetEvent, FleetSettings, HiveSnapshot, NewHive};
 
@@ -84,6 +85,9 @@ struct Manager {
     dials: Arc<tokio::sync::Semaphore>,
     /// The most NVLink links each GPU pair has had, to say which went down.
     nvlinks: super::nvlink_baseline::NvlinkBaseline,
+    /// What the snapshot before last held, refilled in place when nobody else holds it
+    /// any more ([`super::recycle`]).
+    spare: Spares,
 }
 
 /// Runs the link for one hive until it is cancelled.
@@ -109,6 +113,7 @@ pub(super) async fn manage(hive: NewHive, link: Arc<LinkSettings>, dials: Arc<to
         cert: None,
         dials,
         nvlinks: Default::default(),
+        spare: Spares::default(),
     };
     let mut backoff = Backoff::new(link.backoff_min, link.backoff_max);
     loop {
@@ -181,13 +186,12 @@ impl Manager {
             pending: &pending,
             links_down,
         };
-        let report = Arc::new(evaluate(&input, &self.fleet.settings().thresholds));
+        let report = self.spare.health(&input, &self.fleet.settings().thresholds);
         let before = std::mem::replace(&mut self.view.health, report);
         self.view.refresh_placement();
         // A shallow copy: identity, capabilities, sample, health, stats and the last
         // error are shared; only the address and a few numbers are copied.
-        let snapshot = Arc::new(self.view.clone());
-        self.tx.send_replace(snapshot.clone());
+        let snapshot = self.spare.publish(&self.view, &self.tx);
         if snapshot.health.health != before.health
             || !same_problems(&snapshot.health.reasons, &before.reasons)
         {
@@ -255,7 +259,7 @@ impl Manager {
     fn take_sample(&mut self, sample: Sample) {
         let received_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.window.push(&sample, received_ms);
-        self.view.stats = Arc::new(self.window.stats());
+        self.view.stats = self.spare.stats(&self.window);
         // The version the hive measured against (ingest refused a newer one than held);
         // hives that predate the stamp measured against the held version.
         self.sample_version = sample.capability_version.unwrap_or_else(|| self.ingest.version());
@@ -327,9 +331,12 @@ impl Manager {
             () = cancel.cancelled() => return (End::Cancelled, false),
             p = self.dials.clone().acquire_owned() => p,
         };
+        // Boxed: dialing (TLS, resolution, Discover) is the largest state of the link's
+        // future, and a task is as large as its largest state for as long as it lives;
+        // boxed, it is held only while dialing, not by every streaming hive's task.
         let opened = tokio::select! {
             () = cancel.cancelled() => return (End::Cancelled, false),
-            r = self.open() => r,
+            r = Box::pin(self.open()) => r,
         };
         drop(permit);
         let (mut inbound, out) = match opened {
@@ -456,5 +463,36 @@ impl Manager {
             Outcome::Refused(error) => return Err(error.into()),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Nothing: the link under test is made by hand.
+    struct NoLinks;
+
+    impl crate::fleet::Watcher for NoLinks {
+        fn start(&self, _: NewHive) {}
+    }
+
+    /// Every hive's link task lives as long as the hive, and is as large as its largest
+    /// state: dialing (resolution, TLS, Discover) must not set that size for every
+    /// streaming hive (issue 24: the queen's memory per hive). 5,832 bytes with the dial
+    /// inline, 2,584 boxed (debug build, where tests run).
+    #[test]
+    fn a_links_task_does_not_hold_room_for_dialing() {
+        let fleet = Fleet::new(FleetSettings::default(), CancellationToken::new(), NoLinks);
+        let snapshot = HiveSnapshot::pending(
+            "http://127.0.0.1:1".into(),
+            crate::fleet::Origin::Static,
+            Duration::from_secs(1),
+        );
+        let (publish, _rx) = watch::channel(Arc::new(snapshot));
+        let hive = NewHive { fleet, publish, cancel: CancellationToken::new() };
+        let task = manage(hive, Arc::new(LinkSettings::default()), Arc::new(tokio::sync::Semaphore::new(1)));
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 3584, "a link's task is {size} bytes");
     }
 }

@@ -15,6 +15,7 @@ pub mod ingest;
 pub mod ingest_compact;
 mod manager;
 pub mod nvlink_baseline;
+pub mod recycle;
 mod settings;
 mod tls;
 pub mod window;

@@ -361,27 +361,44 @@ impl SampleWindow {
 
     /// Mean and max over the statistics window, for the GPUs of the newest sample.
     pub fn stats(&self) -> WindowStats {
+        let mut out = WindowStats::default();
+        self.stats_into(&mut out);
+        out
+    }
+
+    /// [`SampleWindow::stats`] written over `out`, reusing its allocations (the per-GPU
+    /// list and the device id strings): a link refills the statistics it published
+    /// before last ([`super::recycle`]) instead of allocating them on every sample.
+    pub fn stats_into(&self, out: &mut WindowStats) {
         let span = &self.stats;
         let newest = self.ring.heads.back().map(|h| usize::from(h.gpus)).unwrap_or(0);
         let points = self.ring.points.range(self.ring.points.len() - newest..);
-        WindowStats {
-            window_ms: span.len_ms,
-            samples: span.samples,
-            cpu_mean_percent: span.cpu.mean(),
-            cpu_max_percent: span.cpu.max(),
-            ram_used_mean_percent: span.ram.mean(),
-            ram_used_max_percent: span.ram.max(),
-            gpus: points
-                .map(|g| {
-                    let i = usize::from(g.slot);
-                    GpuStats {
-                        device_id: self.ids[i].clone(),
-                        util_mean_percent: span.util[i].mean(),
-                        util_max_percent: span.util[i].max(),
-                        vram_used_max_bytes: span.vram[i].max().map(|m| (m as u64) << 20),
-                    }
-                })
-                .collect(),
+        out.window_ms = span.len_ms;
+        out.samples = span.samples;
+        out.cpu_mean_percent = span.cpu.mean();
+        out.cpu_max_percent = span.cpu.max();
+        out.ram_used_mean_percent = span.ram.mean();
+        out.ram_used_max_percent = span.ram.max();
+        out.gpus.truncate(newest);
+        for (k, g) in points.enumerate() {
+            let i = usize::from(g.slot);
+            let util_mean_percent = span.util[i].mean();
+            let util_max_percent = span.util[i].max();
+            let vram_used_max_bytes = span.vram[i].max().map(|m| (m as u64) << 20);
+            match out.gpus.get_mut(k) {
+                Some(o) => {
+                    o.device_id.clone_from(&self.ids[i]);
+                    o.util_mean_percent = util_mean_percent;
+                    o.util_max_percent = util_max_percent;
+                    o.vram_used_max_bytes = vram_used_max_bytes;
+                }
+                None => out.gpus.push(GpuStats {
+                    device_id: self.ids[i].clone(),
+                    util_mean_percent,
+                    util_max_percent,
+                    vram_used_max_bytes,
+                }),
+            }
         }
     }
 }

@@ -172,3 +172,28 @@ fn the_ring_keeps_only_what_its_windows_cover() {
     }
     assert_eq!(w.len(), 5);
 }
+
+proptest! {
+    /// Statistics written over a reused value (any earlier statistics, of more or fewer
+    /// GPUs, other ids) are the same as freshly computed ones.
+    #[test]
+    fn stats_into_a_reused_value_equal_fresh_stats(
+        gpus in prop::collection::vec(0usize..10, 1..30),
+        reuse_from in 0usize..30,
+    ) {
+        let mut w = window(300, 10);
+        let mut reused = WindowStats::default();
+        for (i, &n) in gpus.iter().enumerate() {
+            let mut sample = busy(i as u64);
+            sample.gpus.truncate(n);
+            if n > 0 && i % 2 == 1 {
+                sample.gpus[0].id = format!("other-{i}");
+            }
+            w.push(&sample, i as u64 * 1000);
+            if i >= reuse_from {
+                w.stats_into(&mut reused);
+                prop_assert_eq!(&reused, &w.stats());
+            }
+        }
+    }
+}
