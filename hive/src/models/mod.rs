@@ -12,6 +12,8 @@
 //! - [`failures`]: failed downloads, limited per caller. Failed entries and finished
 //!   records are bounded too (the view budgets, `rbee_shared::view_budget`).
 //! - [`source`]: how the catalog reaches capabilities, and progress reaches samples.
+//! - [`serve`]: serving model files to peer hives (`ReadModelFile`); [`serve_upload`]:
+//!   one upload; [`serve_throttle`]: `--peer-upload-limit`.
 
 pub mod catalog;
 pub mod conflict;
@@ -32,6 +34,9 @@ pub mod peer_fetch_read;
 pub mod progress;
 pub mod redact;
 pub mod residency;
+pub mod serve;
+pub mod serve_throttle;
+pub mod serve_upload;
 pub mod sink;
 pub mod source;
 pub mod verify;
@@ -88,6 +93,9 @@ pub struct ModelsConfig {
     /// Dials peer hives (`--peer-ca`, `--peer-tls-cert`, `--peer-tls-key`; default:
     /// loopback plaintext peers only).
     pub peer_dialer: peer_fetch_dial::PeerDialer,
+    /// Serving model files to peers (`--serve-models`, `--peer-upload-limit`,
+    /// `--max-peer-uploads`).
+    pub serve: serve::ServeConfig,
 }
 
 impl ModelsConfig {
@@ -102,6 +110,7 @@ impl ModelsConfig {
             min_progress: download::MinProgress::default(),
             egress: egress::EgressRule::default(),
             peer_dialer: peer_fetch_dial::PeerDialer::default(),
+            serve: serve::ServeConfig::default(),
         }
     }
 }

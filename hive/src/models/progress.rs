@@ -5,10 +5,13 @@
 //! `bytes_done` stays below the total, so no reader ever sees 100% before the model is
 //! ready.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rbee_shared::model::MAX_DOWNLOAD_SOURCES;
 use rbee_shared::{DownloadPhase, DownloadProgress, SourceBytes};
+use rbee_shared::{DownloadPhase, DownloadProgress};
+use tokio::sync::watch;
 
 /// How often the speed estimate takes a new measurement.
 const SPEED_TICK: Duration = Duration::from_millis(250);
@@ -38,6 +41,9 @@ pub struct Progress {
     updated_at_unix_ms: u64,
     /// Bytes kept per source, in first-use order (at most [`MAX_DOWNLOAD_SOURCES`]).
     sources: Vec<SourceBytes>,
+    /// Bytes done, sent on every change: wakes the peer uploads that serve this
+    /// download's files as they grow (`serve_upload.rs`).
+    wake: Arc<watch::Sender<u64>>,
 }
 
 impl Progress {
@@ -54,11 +60,18 @@ impl Progress {
             attempt: 0,
             updated_at_unix_ms: rbee_shared::time::now_unix_ms(),
             sources: Vec::new(),
+            wake: Arc::new(watch::channel(0).0),
         }
     }
 
     fn touch(&mut self) {
         self.updated_at_unix_ms = rbee_shared::time::now_unix_ms();
+        self.wake.send_replace(self.done);
+    }
+
+    /// Wakes on every change of this download (bytes, phase).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.wake.subscribe()
     }
 
     /// Moves to `phase`.
@@ -100,6 +113,7 @@ impl Progress {
     /// Counts `n` more bytes and updates the speed at most every 250 ms.
     pub fn add(&mut self, n: u64) {
         self.done = self.done.saturating_add(n);
+        self.wake.send_replace(self.done);
         let now = Instant::now();
         match self.tick {
             None => self.tick = Some((now, self.done)),
