@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use rbee_shared::model::MAX_DOWNLOAD_SOURCES;
 use rbee_shared::{DownloadPhase, DownloadProgress, SourceBytes};
-use rbee_shared::{DownloadPhase, DownloadProgress};
 use tokio::sync::watch;
 
 /// How often the speed estimate takes a new measurement.
