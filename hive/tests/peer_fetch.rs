@@ -231,7 +231,7 @@ impl Hive for Corrupting {
             .map(|(i, c)| {
                 Ok(pb::ModelFileChunk {
                     offset: (offset + i * (1 << 20)) as u64,
-                    data: c.to_vec().into(),
+                    data: c.to_vec(),
                     size_bytes: (i == 0).then_some(size),
                     sha256: None,
                 })
