@@ -11,7 +11,7 @@ use std::path::Path;
 use std::pin::Pin;
 
 use common::*;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use rbee_hive::HiveConfig;
 use rbee_hive::models::peer_fetch_dial::{PeerDialer, PeerTls};
 use rbee_proto::v1 as pb;
@@ -153,10 +153,32 @@ async fn a_peer_killed_mid_transfer_is_resumed_from_the_origin_at_the_same_offse
     assert_eq!(origin.gets() - gets, 1, "one GET of the rest from the origin");
 }
 
-/// A hive whose ReadModelFile serves its file with one byte flipped; nothing else.
+/// What a scripted peer's ReadModelFile does wrong.
+#[derive(Clone, Copy)]
+enum Fault {
+    /// Serves the file with its last byte flipped.
+    Corrupt,
+    /// Sends this many bytes, then nothing, keeping the stream open.
+    StallAfter(usize),
+}
+
+/// A hive whose ReadModelFile serves its one file with a [`Fault`]; nothing else.
 #[derive(Clone)]
 struct Corrupting {
     data: Vec<u8>,
+    fault: Fault,
+}
+
+/// Serves a scripted peer on 127.0.0.1:0; returns its address.
+async fn scripted_peer(data: &[u8], fault: Fault) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(HiveServer::new(Corrupting { data: data.to_vec(), fault }))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    address
 }
 
 type Chunks = Pin<Box<dyn Stream<Item = Result<pb::ModelFileChunk, Status>> + Send>>;
@@ -223,9 +245,15 @@ impl Hive for Corrupting {
         let offset = request.into_inner().offset as usize;
         let mut data = self.data.clone();
         let last = data.len() - 1;
-        data[last] ^= 0xff;
+        let end = match self.fault {
+            Fault::Corrupt => {
+                data[last] ^= 0xff;
+                data.len()
+            }
+            Fault::StallAfter(n) => (offset + n).min(data.len()),
+        };
         let size = data.len() as u64;
-        let chunks: Vec<_> = data[offset..]
+        let chunks: Vec<_> = data[offset..end]
             .chunks(1 << 20)
             .enumerate()
             .map(|(i, c)| {
@@ -237,6 +265,11 @@ impl Hive for Corrupting {
                 })
             })
             .collect();
+        if let Fault::StallAfter(_) = self.fault {
+            // The stream stays open and silent: only the minimum-progress rule ends it.
+            let silent = futures::stream::pending();
+            return Ok(Response::new(Box::pin(futures::stream::iter(chunks).chain(silent))));
+        }
         Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
     }
 }
@@ -246,13 +279,7 @@ async fn a_peer_serving_wrong_bytes_is_caught_and_the_next_source_finishes_the_f
     let origin = http_files::FileServer::start().await;
     let data = http_files::generated(SIZE, 3);
     let url = origin.add("w.bin", data.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let evil = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(HiveServer::new(Corrupting { data: data.clone() }))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let evil = scripted_peer(&data, Fault::Corrupt).await;
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = TestHive::start_with(hive_config("hive-a", dir_a.path(), |_| {})).await;
     assert_eq!(fetch_to_end(&a, fetch("m", &url, &data, vec![])).await.phase, pb::DownloadPhase::Done as i32);
@@ -375,4 +402,88 @@ async fn over_mutual_tls_a_peer_must_carry_its_hive_id_and_a_hive_without_a_clie
     assert_eq!(done.phase, pb::DownloadPhase::Done as i32, "{done:?}");
     assert_eq!(sources(&done), [("origin".to_owned(), data.len() as u64)]);
     assert_eq!(origin.bytes_sent() - served, data.len() as u64);
+}
+
+#[tokio::test]
+async fn a_stalled_peer_is_dropped_after_the_minimum_progress_window_and_its_bytes_are_kept() {
+    let origin = http_files::FileServer::start().await;
+    let data = http_files::generated(SIZE, 5);
+    let url = origin.add("w.bin", data.clone());
+    let first = 3 << 20;
+    let stalling = scripted_peer(&data, Fault::StallAfter(first)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestHive::start_with(hive_config("hive-b", dir.path(), |m| {
+        m.min_progress = rbee_hive::models::download::MinProgress {
+            bytes: 64 << 10,
+            window: std::time::Duration::from_millis(500),
+        };
+    }))
+    .await;
+    let done = fetch_to_end(&b, fetch("m", &url, &data, vec![peer(stalling, "stalling")])).await;
+    assert_eq!(done.phase, pb::DownloadPhase::Done as i32, "{done:?}");
+    assert_eq!(std::fs::read(dir.path().join("m/w.bin")).unwrap(), data);
+    // Its bytes were right (the sha256 of the whole file says so), and the origin sent
+    // only the rest.
+    let rest = (SIZE - first) as u64;
+    assert_eq!(sources(&done), [("stalling".to_owned(), first as u64), ("origin".to_owned(), rest)]);
+    assert_eq!(origin.bytes_sent(), rest);
+}
+
+#[tokio::test]
+async fn a_hive_chains_on_the_prefix_a_downloading_peer_has_so_the_origin_serves_the_model_once() {
+    let origin = http_files::FileServer::start().await;
+    let data = http_files::generated(SIZE, 6);
+    let url = origin.add("w.bin", data.clone());
+    // Slow enough that B starts while A is mid-file.
+    origin.throttle(8 << 20);
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = TestHive::start_with(hive_config("hive-a", dir_a.path(), |_| {})).await;
+    let mut a_client = a.client().await;
+    let mut a_stream = TestStream::open(&mut a_client, subscribe(100)).await;
+    a_client.fetch_model(fetch("m", &url, &data, vec![])).await.unwrap();
+    a_stream.until(|m| download_of(m, "m").filter(|d| d.bytes_done > 1 << 20)).await;
+
+    let b = TestHive::start_with(hive_config("hive-b", dir_b.path(), |_| {})).await;
+    let chained = pb::PeerSource { partial: true, ..peer(a.url(), "hive-a") };
+    let done = fetch_to_end(&b, fetch("m", &url, &data, vec![chained])).await;
+    assert_eq!(done.phase, pb::DownloadPhase::Done as i32, "{done:?}");
+    assert_eq!(std::fs::read(dir_b.path().join("m/w.bin")).unwrap(), data);
+    assert_eq!(sources(&done), [("hive-a".to_owned(), SIZE as u64)]);
+    let a_done = final_record(&mut a_stream, "m").await;
+    assert_eq!(a_done.phase, pb::DownloadPhase::Done as i32, "{a_done:?}");
+    assert_eq!(origin.bytes_sent(), SIZE as u64, "the origin served the model once");
+}
+
+#[tokio::test]
+async fn a_restarted_hive_resumes_its_fetch_from_the_same_peers() {
+    let origin = http_files::FileServer::start().await;
+    let data = http_files::generated(SIZE, 7);
+    let url = origin.add("w.bin", data.clone());
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a =
+        TestHive::start_with(hive_config("hive-a", dir_a.path(), |m| m.serve.upload_limit = Some(8 << 20)))
+            .await;
+    assert_eq!(fetch_to_end(&a, fetch("m", &url, &data, vec![])).await.phase, pb::DownloadPhase::Done as i32);
+    let served = origin.bytes_sent();
+
+    let b = TestHive::start_with(hive_config("hive-b", dir_b.path(), |_| {})).await;
+    let mut client = b.client().await;
+    let mut stream = TestStream::open(&mut client, subscribe(100)).await;
+    client.fetch_model(fetch("m", &url, &data, vec![peer(a.url(), "hive-a")])).await.unwrap();
+    stream.until(|m| download_of(m, "m").filter(|d| d.bytes_done >= 2 << 20)).await;
+    drop(stream);
+    b.stop().await.unwrap();
+
+    // The fetch record kept the peers: the restarted hive reads the rest from A.
+    let b = TestHive::start_with(hive_config("hive-b", dir_b.path(), |_| {})).await;
+    let mut client = b.client().await;
+    let mut stream = TestStream::open(&mut client, subscribe(100)).await;
+    let done = final_record(&mut stream, "m").await;
+    assert_eq!(done.phase, pb::DownloadPhase::Done as i32, "{done:?}");
+    assert_eq!(std::fs::read(dir_b.path().join("m/w.bin")).unwrap(), data);
+    assert_eq!(origin.bytes_sent(), served, "the origin served nothing");
+    let got = sources(&done);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].0, "hive-a");
+    assert!(got[0].1 < SIZE as u64, "the kept prefix is not fetched again: {got:?}");
 }
