@@ -284,7 +284,15 @@ async fn a_file_changed_behind_its_mtime_ends_with_data_loss_and_is_verified_aga
 async fn uploads_beyond_the_limit_are_resource_exhausted_until_one_ends() {
     let root = tempfile::tempdir().unwrap();
     make_model(root.path(), "m", &[("w.bin", &http_files::generated(32 << 20, 5))]);
-    let hive = TestHive::start_with(hive_with_models(root.path(), |m| m.serve.max_uploads = 2)).await;
+    let mut config = hive_with_models(root.path(), |m| m.serve.max_uploads = 2);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let metrics = listener.local_addr().unwrap();
+    config.metrics = Some(rbee_shared::metrics_http::MetricsEndpoint {
+        listen: metrics,
+        listener: Some(std::sync::Arc::new(listener)),
+        access: rbee_shared::metrics_http::MetricsAccess::new(None),
+    });
+    let hive = TestHive::start_with(config).await;
     let mut client = hive.client().await;
     // Two readers that take one chunk and then stall: both slots held.
     let mut held = Vec::new();
@@ -296,6 +304,20 @@ async fn uploads_beyond_the_limit_are_resource_exhausted_until_one_ends() {
     let refused = read(&mut client, request("m", "w.bin", 0)).await;
     assert_eq!(refused.code(), Code::ResourceExhausted, "{:?}", refused.end);
     assert!(refused.end.unwrap_err().message().contains("--max-peer-uploads"));
+    // /metrics says so: two running, one refused, bytes sent.
+    let (status, text) = http_get(metrics, "/metrics", None).await;
+    assert_eq!(status, 200);
+    let value = |name: &str| -> u64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{")))
+            .unwrap_or_else(|| panic!("{name}:\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(value("rbee_hive_peer_uploads"), 2);
+    assert_eq!(value("rbee_hive_peer_uploads_refused_total"), 1);
+    assert!(value("rbee_hive_peer_upload_bytes_total") >= 2 * rbee_hive::models::serve::CHUNK_BYTES as u64);
+    promtool_check_metrics(&text);
     drop(held.pop());
     let deadline = Instant::now() + DEADLINE;
     loop {
@@ -390,4 +412,210 @@ async fn the_upload_limit_holds() {
     let rate = (size as f64 - burst) / secs;
     assert!(rate <= LIMIT as f64 * 1.1, "{rate:.0} B/s over the limit of {LIMIT} B/s");
     assert!(rate >= LIMIT as f64 * 0.5, "{rate:.0} B/s, far under the limit of {LIMIT} B/s");
+
+    // Two readers at once share the one limit.
+    let (mut a, mut b) = (client.clone(), client.clone());
+    let started = Instant::now();
+    let (ra, rb) =
+        tokio::join!(read(&mut a, request("m", "w.bin", 0)), read(&mut b, request("m", "w.bin", 5 << 20)));
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!((ra.code(), rb.code()), (Code::Ok, Code::Ok));
+    let both = (ra.data().len() + rb.data().len()) as f64;
+    let rate = (both - burst) / secs;
+    assert!(rate <= LIMIT as f64 * 1.1, "two readers: {rate:.0} B/s over the limit of {LIMIT} B/s");
+    assert!(rate >= LIMIT as f64 * 0.5, "two readers: {rate:.0} B/s, far under the limit of {LIMIT} B/s");
+}
+
+fn partial(model: &str, path: &str, offset: u64) -> pb::ReadModelFileRequest {
+    pb::ReadModelFileRequest { allow_partial: true, ..request(model, path, offset) }
+}
+
+#[tokio::test]
+async fn a_file_being_downloaded_is_served_as_it_grows_and_ends_at_its_size() {
+    let root = tempfile::tempdir().unwrap();
+    let server = http_files::FileServer::start().await;
+    let data = http_files::generated(3 << 20, 11);
+    let url = server.add("w.bin", data.clone());
+    server.throttle(1 << 20);
+    let hive = TestHive::start_with(hive_with_models(root.path(), |_| {})).await;
+    let mut client = hive.client().await;
+    let sha = http_files::sha256_hex(&data);
+    client.fetch_model(fetch_url("m", &url, Some(data.len() as u64), Some(sha.clone()))).await.unwrap();
+    until_state(&mut client, "m", pb::ModelState::Downloading).await;
+
+    // From the start, and from an offset the download has not reached yet; both
+    // outlive the renames that make the model ready.
+    let (mut a, mut b) = (client.clone(), client.clone());
+    let (whole, tail) =
+        tokio::join!(read(&mut a, partial("m", "w.bin", 0)), read(&mut b, partial("m", "w.bin", 2 << 20)));
+    assert_eq!(whole.code(), Code::Ok, "{:?}", whole.end);
+    assert_eq!(whole.data(), data);
+    assert_eq!(whole.chunks[0].size_bytes, Some(data.len() as u64));
+    assert_eq!(whole.chunks[0].sha256, None, "not verified by this hive yet: the reader checks it");
+    assert_eq!(tail.code(), Code::Ok, "{:?}", tail.end);
+    assert_eq!(tail.data(), data[2 << 20..]);
+    until_state(&mut client, "m", pb::ModelState::Ready).await;
+}
+
+#[tokio::test]
+async fn a_partial_read_ends_aborted_when_its_download_is_cancelled() {
+    let root = tempfile::tempdir().unwrap();
+    let server = http_files::FileServer::start().await;
+    let data = http_files::generated(4 << 20, 12);
+    let url = server.add("w.bin", data.clone());
+    let unsized_url = server.add("unsized.bin", data.clone());
+    server.throttle(256 << 10);
+    let hive = TestHive::start_with(hive_with_models(root.path(), |_| {})).await;
+    let mut client = hive.client().await;
+    client.fetch_model(fetch_url("m", &url, Some(data.len() as u64), None)).await.unwrap();
+    // A download of undeclared size: its end is not known, so it is not served.
+    client.fetch_model(fetch_url("u", &unsized_url, None, None)).await.unwrap();
+    until_state(&mut client, "u", pb::ModelState::Downloading).await;
+    let r = read(&mut client, partial("u", "unsized.bin", 0)).await;
+    assert_eq!(r.code(), Code::NotFound, "{:?}", r.end);
+    assert!(r.end.unwrap_err().message().contains("size is not known"));
+
+    let mut stream = client.read_model_file(partial("m", "w.bin", 0)).await.unwrap().into_inner();
+    let first = tokio::time::timeout(DEADLINE, stream.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(first.offset, 0);
+    assert!(!first.data.is_empty());
+    client.cancel_fetch(pb::CancelFetchRequest { model_id: "m".into() }).await.unwrap();
+    let mut got = first.data.len();
+    let end = tokio::time::timeout(DEADLINE, async {
+        while let Some(item) = stream.next().await {
+            got += item?.data.len();
+        }
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let status: tonic::Status = end.unwrap_err();
+    assert_eq!(status.code(), Code::Aborted, "{status:?}");
+    assert!(got < data.len());
+}
+
+#[test]
+fn telemetry_stays_on_time_while_a_peer_reads_as_fast_as_it_can() {
+    let root = tempfile::tempdir().unwrap();
+    make_model(root.path(), "m", &[("w.bin", &http_files::generated(64 << 20, 4))]);
+    let hive = HiveProcess::spawn(
+        Path::new(env!("CARGO_BIN_EXE_hive")),
+        &[
+            "--hive-id".as_ref(),
+            "busy".as_ref(),
+            "--demo".as_ref(),
+            "--models-dir".as_ref(),
+            root.path().as_os_str(),
+        ],
+        &[],
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async {
+        let mut client = client_from(&hive.url(), "127.0.0.1".parse().unwrap()).await;
+        until_state(&mut client, "m", pb::ModelState::Ready).await;
+        let stop = tokio_util::sync::CancellationToken::new();
+        // Two readers pull the file over and over, as fast as the hive sends it (one
+        // worker thread, the default).
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (mut client, stop) = (client.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut bytes = 0u64;
+                    while !stop.is_cancelled() {
+                        let r = read(&mut client, request("m", "w.bin", 0)).await;
+                        assert_eq!(r.code(), Code::Ok, "{:?}", r.end);
+                        bytes += r.data().len() as u64;
+                    }
+                    bytes
+                })
+            })
+            .collect();
+        let mut stream = TestStream::open(&mut client, subscribe(200)).await;
+        let mut times = Vec::new();
+        while times.len() < 16 {
+            let m = stream.next().await.unwrap();
+            if as_sample(&m).is_some() {
+                times.push(m.hive_time_unix_ms);
+            }
+        }
+        stop.cancel();
+        let mut served = 0;
+        for r in readers {
+            served += r.await.unwrap();
+        }
+        assert!(served >= 64 << 20, "the readers got only {served} bytes");
+        let gaps: Vec<u64> = times.windows(2).map(|w| w[1].saturating_sub(w[0])).collect();
+        // 200 ms samples; generous slack for a loaded machine, far under a stall.
+        assert!(gaps.iter().all(|g| *g <= 1_000), "samples late while serving: {gaps:?}");
+        let mean = gaps.iter().sum::<u64>() / gaps.len() as u64;
+        assert!(mean <= 400, "mean gap {mean} ms for a 200 ms interval: {gaps:?}");
+    });
+}
+
+#[tokio::test]
+async fn a_partial_read_ends_aborted_when_its_download_starts_the_file_over() {
+    let root = tempfile::tempdir().unwrap();
+    let server = http_files::FileServer::start().await;
+    let old = http_files::generated(4 << 20, 13);
+    let url = server.add("w.bin", old.clone());
+    server.throttle(512 << 10);
+    // The first connection breaks after 1 MiB; by then the file has changed on the
+    // server, so the resume gets the whole new file (If-Range) and the hive writes
+    // its .part file over from byte 0.
+    server.drop_once_after(1 << 20);
+    let hive = TestHive::start_with(hive_with_models(root.path(), |_| {})).await;
+    let mut client = hive.client().await;
+    client.fetch_model(fetch_url("m", &url, Some(old.len() as u64), None)).await.unwrap();
+    let mut stream = client.read_model_file(partial("m", "w.bin", 0)).await.unwrap().into_inner();
+    let first = tokio::time::timeout(DEADLINE, stream.next()).await.unwrap().unwrap().unwrap();
+    server.replace("w.bin", http_files::generated(4 << 20, 14));
+    let mut got = first.data.clone();
+    let end = tokio::time::timeout(DEADLINE, async {
+        while let Some(item) = stream.next().await {
+            got.extend_from_slice(&item?.data);
+        }
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let status: tonic::Status = end.unwrap_err();
+    assert_eq!(status.code(), Code::Aborted, "{status:?}");
+    assert!(status.message().contains("started the file over"), "{status:?}");
+    assert_eq!(got, old[..got.len()], "only bytes of the file as it was are sent");
+}
+
+#[tokio::test]
+async fn a_hive_shutting_down_ends_its_uploads_with_unavailable_and_does_not_wait_for_them() {
+    let root = tempfile::tempdir().unwrap();
+    make_model(root.path(), "m", &[("w.bin", &http_files::generated(16 << 20, 6))]);
+    let server = http_files::FileServer::start().await;
+    let url = server.add("slow.bin", http_files::generated(4 << 20, 8));
+    server.throttle(64 << 10);
+    let hive =
+        TestHive::start_with(hive_with_models(root.path(), |m| m.serve.upload_limit = Some(256 << 10))).await;
+    let mut client = hive.client().await;
+    client.fetch_model(fetch_url("dl", &url, Some(4 << 20), None)).await.unwrap();
+    // A throttled reader of a ready file, a reader that stopped reading, and a reader
+    // waiting for a download's bytes: none of them holds the shutdown up.
+    let mut slow = client.read_model_file(request("m", "w.bin", 0)).await.unwrap().into_inner();
+    slow.next().await.unwrap().unwrap();
+    let mut stalled = client.read_model_file(request("m", "w.bin", 1 << 20)).await.unwrap().into_inner();
+    stalled.next().await.unwrap().unwrap();
+    let waiting = client.read_model_file(partial("dl", "slow.bin", 3 << 20)).await.unwrap();
+    let slow_end = tokio::spawn(async move {
+        loop {
+            match slow.next().await {
+                Some(Ok(_)) => {}
+                Some(Err(status)) => return Some(status.code()),
+                None => return None,
+            }
+        }
+    });
+    hive.stop().await.unwrap();
+    let code = tokio::time::timeout(DEADLINE, slow_end).await.unwrap().unwrap();
+    assert!(
+        matches!(code, Some(Code::Unavailable)),
+        "a reader cut off by the shutdown sees an error, not the end of the file: {code:?}"
+    );
+    drop((stalled, waiting));
 }
