@@ -123,6 +123,13 @@ mod tests {
         };
         let e = args.into_config().unwrap_err().to_string();
         assert!(e.contains("--peer-ca") && e.contains("/nonexistent/hive-ca.pem"), "{e}");
+        let Command::Serve(args) = serve(&["--peer-allow", "10.0.0.0/8,192.168.7.0/24"]).unwrap().command
+        else {
+            unreachable!()
+        };
+        assert_eq!(args.peer_allow.len(), 2);
+        let e = serve(&["--peer-allow", "gpu-2.lan"]).unwrap_err().to_string();
+        assert!(e.contains("--peer-allow") && e.contains("not names"), "{e}");
     }
 
     #[test]

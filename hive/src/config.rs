@@ -144,6 +144,12 @@ pub struct ServeArgs {
     /// loopback plaintext peers are read from.
     #[arg(long, env = "HIVE_PEER_CA", value_name = "FILE")]
     pub peer_ca: Option<PathBuf>,
+    /// Networks (CIDR, comma-separated) where FetchModel may name plaintext http:// peers besides
+    /// loopback: a fleet without TLS on a private network. Bytes are still checked by sha256, but
+    /// nothing authenticates such a peer. Link-local (cloud metadata) addresses are never dialed.
+    #[arg(long = "peer-allow", env = "HIVE_PEER_ALLOW", value_name = "CIDR", value_delimiter = ',',
+          value_parser = parse_peer_net)]
+    pub peer_allow: Vec<crate::models::egress::Net>,
     /// Client certificate (PEM) this hive presents to peers it reads model files from: one from the
     /// CA the other hives trust as --client-ca (e.g. from `queen certs`).
     #[arg(long, env = "HIVE_PEER_TLS_CERT", value_name = "FILE", requires_all = ["peer_tls_key", "peer_ca"])]
@@ -259,6 +265,16 @@ pub fn parse_max_streams(s: &str) -> Result<usize, MaxStreamsError> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0:?} must be a whole number in 0..={MAX_GPU_PROCESSES}")]
 pub struct MaxGpuProcessesError(String);
+
+/// Parses one `--peer-allow` entry: a network (CIDR) or an address, never a name.
+pub fn parse_peer_net(s: &str) -> Result<crate::models::egress::Net, String> {
+    match crate::models::egress::parse_allow(s).map_err(|e| e.to_string())? {
+        crate::models::egress::Allow::Net(n) => Ok(n),
+        crate::models::egress::Allow::Host(h) => {
+            Err(format!("{h}: --peer-allow takes networks (CIDR), not names"))
+        }
+    }
+}
 
 /// Parses `--max-gpu-processes`: at most the wire bound.
 pub fn parse_max_gpu_processes(s: &str) -> Result<usize, MaxGpuProcessesError> {
@@ -397,7 +413,8 @@ impl ServeArgs {
                 max_downloads: self.max_downloads,
                 optional: self.models_dir.is_none(),
                 egress: crate::models::egress::EgressRule::new(self.download_allow.clone()),
-                peer_dialer: crate::models::peer_fetch_dial::PeerDialer::new(peer_tls),
+                peer_dialer: crate::models::peer_fetch_dial::PeerDialer::new(peer_tls)
+                    .with_plaintext_networks(self.peer_allow.clone()),
                 serve: crate::models::serve::ServeConfig {
                     enabled: self.serve_models,
                     upload_limit: self.peer_upload_limit,

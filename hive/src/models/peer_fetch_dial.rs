@@ -33,7 +33,7 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName}
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use super::egress::denied_class;
+use super::egress::{Net, denied_class};
 use super::peer_fetch::PeerSource;
 use crate::HiveError;
 
@@ -165,6 +165,12 @@ fn ipv4_number_form(s: &str) -> Option<std::net::Ipv4Addr> {
 
 /// Why `ip` is never dialed as a peer, or `None`. `tls`: over verified mutual TLS.
 pub fn peer_refusal(ip: IpAddr, tls: bool) -> Option<String> {
+    peer_refusal_with(ip, tls, &[])
+}
+
+/// [`peer_refusal`] where plaintext may also reach the networks `plaintext`
+/// (`--peer-allow`); link-local and the other never-dialed classes stay refused.
+fn peer_refusal_with(ip: IpAddr, tls: bool, plaintext: &[Net]) -> Option<String> {
     if let Some(class) = denied_class(ip)
         && ["link-local", "unspecified", "multicast", "reserved", "discard", "IPv4-compatible"]
             .iter()
@@ -173,8 +179,10 @@ pub fn peer_refusal(ip: IpAddr, tls: bool) -> Option<String> {
         return Some(format!("{ip} is {class}: never a peer"));
     }
     let loopback = denied_class(ip).is_some_and(|c| c == "loopback");
-    if !tls && !loopback {
-        return Some(format!("{ip}: plaintext (http://) only to loopback peers; use https:// and --peer-ca"));
+    if !tls && !loopback && !plaintext.iter().any(|n| n.contains(ip)) {
+        return Some(format!(
+            "{ip}: plaintext (http://) only to loopback peers and --peer-allow networks; use https:// and --peer-ca"
+        ));
     }
     None
 }
@@ -241,17 +249,27 @@ pub struct PeerDialer {
     /// Mutual TLS for `https://` peers (`--peer-ca`); without it only loopback
     /// plaintext peers are dialed.
     tls: Option<PeerTls>,
+    /// Networks plaintext (`http://`) peers may be on besides loopback (`--peer-allow`).
+    plaintext: Vec<Net>,
 }
 
 impl PeerDialer {
     /// A dialer with `tls` for https peers.
     pub fn new(tls: Option<PeerTls>) -> Self {
-        Self { tls }
+        Self { tls, plaintext: Vec::new() }
     }
 
     /// A dialer of loopback plaintext peers only.
     pub fn plaintext_only() -> Self {
-        Self { tls: None }
+        Self::default()
+    }
+
+    /// Also dials plaintext peers on `networks` (`--peer-allow`: a fleet without TLS on
+    /// a private network; the sha256 still checks every byte, but nothing authenticates
+    /// the peer).
+    pub fn with_plaintext_networks(mut self, networks: Vec<Net>) -> Self {
+        self.plaintext = networks;
+        self
     }
 
     /// Whether this hive may dial `address` at all (an IP literal is checked now; a
@@ -263,13 +281,14 @@ impl PeerDialer {
             ));
         }
         if let Some(ip) = address.ip()
-            && let Some(why) = peer_refusal(ip, address.tls)
+            && let Some(why) = peer_refusal_with(ip, address.tls, &self.plaintext)
         {
             return Err(why);
         }
-        if !address.tls && address.ip().is_none() && address.host != "localhost" {
+        if !address.tls && address.ip().is_none() && address.host != "localhost" && self.plaintext.is_empty()
+        {
             return Err(format!(
-                "{address}: plaintext (http://) only to loopback peers; use https:// and --peer-ca"
+                "{address}: plaintext (http://) only to loopback peers and --peer-allow networks; use https:// and --peer-ca"
             ));
         }
         Ok(())
@@ -291,7 +310,7 @@ impl PeerDialer {
         let mut refused = None;
         let targets: Vec<SocketAddr> = resolved
             .into_iter()
-            .filter(|a| match peer_refusal(a.ip(), address.tls) {
+            .filter(|a| match peer_refusal_with(a.ip(), address.tls, &self.plaintext) {
                 Some(why) => {
                     tracing::debug!(peer = %peer.hive_id, reason = %why, "peer address refused");
                     refused = Some(why);
@@ -430,5 +449,25 @@ mod tests {
         assert!(peer_refusal(ip("10.0.0.5"), false).is_some());
         assert!(peer_refusal(ip("10.0.0.5"), true).is_none());
         assert!(peer_refusal(ip("8.8.8.8"), false).is_some());
+    }
+
+    #[test]
+    fn peer_allow_opens_plaintext_to_its_networks_but_never_link_local() {
+        let net = |s: &str| match super::super::egress::parse_allow(s).unwrap() {
+            super::super::egress::Allow::Net(n) => n,
+            other => panic!("{other}"),
+        };
+        let dialer = PeerDialer::plaintext_only()
+            .with_plaintext_networks(vec![net("10.0.0.0/8"), net("169.254.0.0/16")]);
+        let admits = |s: &str| dialer.admits(&PeerAddress::parse(s).unwrap());
+        assert_eq!(admits("http://10.1.2.3:7834"), Ok(()));
+        assert!(admits("http://192.168.1.1:7834").unwrap_err().contains("--peer-allow"));
+        assert!(admits("http://169.254.169.254:80").unwrap_err().contains("link-local"));
+        assert!(admits("http://gpu-2.lan:7834").is_ok(), "a name's addresses are checked at the dial");
+        assert!(
+            PeerDialer::plaintext_only()
+                .admits(&PeerAddress::parse("http://gpu-2.lan:7834").unwrap())
+                .is_err()
+        );
     }
 }
