@@ -111,6 +111,28 @@ mod tests {
     }
 
     #[test]
+    fn peer_tls_flags_go_together_and_a_bad_file_stops_the_start_naming_the_flag() {
+        use clap::Parser;
+        let serve = |args: &[&str]| Cli::try_parse_from([&["hive", "serve"], args].concat());
+        let e = serve(&["--peer-tls-cert", "c.pem", "--peer-tls-key", "k.pem"]).unwrap_err().to_string();
+        assert!(e.contains("--peer-ca"), "{e}");
+        let e = serve(&["--peer-tls-key", "k.pem"]).unwrap_err().to_string();
+        assert!(e.contains("--peer-tls-cert"), "{e}");
+        let Command::Serve(args) = serve(&["--peer-ca", "/nonexistent/hive-ca.pem"]).unwrap().command else {
+            unreachable!()
+        };
+        let e = args.into_config().unwrap_err().to_string();
+        assert!(e.contains("--peer-ca") && e.contains("/nonexistent/hive-ca.pem"), "{e}");
+        let Command::Serve(args) = serve(&["--peer-allow", "10.0.0.0/8,192.168.7.0/24"]).unwrap().command
+        else {
+            unreachable!()
+        };
+        assert_eq!(args.peer_allow.len(), 2);
+        let e = serve(&["--peer-allow", "gpu-2.lan"]).unwrap_err().to_string();
+        assert!(e.contains("--peer-allow") && e.contains("not names"), "{e}");
+    }
+
+    #[test]
     fn the_cli_is_well_formed() {
         use clap::CommandFactory;
         Cli::command().debug_assert();

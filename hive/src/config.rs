@@ -139,6 +139,24 @@ pub struct ServeArgs {
     #[arg(long = "download-allow", env = "HIVE_DOWNLOAD_ALLOW", value_name = "CIDR|HOST", value_delimiter = ',',
           value_parser = crate::models::egress::parse_allow)]
     pub download_allow: Vec<crate::models::egress::Allow>,
+    /// CA that signs the other hives' server certificates: FetchModel may then name https:// peers to
+    /// read model files from (their certificate must also carry the peer's hive id). Without it only
+    /// loopback plaintext peers are read from.
+    #[arg(long, env = "HIVE_PEER_CA", value_name = "FILE")]
+    pub peer_ca: Option<PathBuf>,
+    /// Networks (CIDR, comma-separated) where FetchModel may name plaintext http:// peers besides
+    /// loopback: a fleet without TLS on a private network. Bytes are still checked by sha256, but
+    /// nothing authenticates such a peer. Link-local (cloud metadata) addresses are never dialed.
+    #[arg(long = "peer-allow", env = "HIVE_PEER_ALLOW", value_name = "CIDR", value_delimiter = ',',
+          value_parser = parse_peer_net)]
+    pub peer_allow: Vec<crate::models::egress::Net>,
+    /// Client certificate (PEM) this hive presents to peers it reads model files from: one from the
+    /// CA the other hives trust as --client-ca (e.g. from `queen certs`).
+    #[arg(long, env = "HIVE_PEER_TLS_CERT", value_name = "FILE", requires_all = ["peer_tls_key", "peer_ca"])]
+    pub peer_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --peer-tls-cert.
+    #[arg(long, env = "HIVE_PEER_TLS_KEY", value_name = "FILE", requires = "peer_tls_cert")]
+    pub peer_tls_key: Option<PathBuf>,
     /// Most bytes of preloaded models kept warm in the page cache (e.g. 64GiB); beyond it the least
     /// recently used preloaded model is evicted first. Unset: no budget, only MemAvailable limits.
     #[arg(long, env = "HIVE_RAM_CACHE_BUDGET", value_name = "SIZE", value_parser = parse_budget)]
@@ -247,6 +265,16 @@ pub fn parse_max_streams(s: &str) -> Result<usize, MaxStreamsError> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0:?} must be a whole number in 0..={MAX_GPU_PROCESSES}")]
 pub struct MaxGpuProcessesError(String);
+
+/// Parses one `--peer-allow` entry: a network (CIDR) or an address, never a name.
+pub fn parse_peer_net(s: &str) -> Result<crate::models::egress::Net, String> {
+    match crate::models::egress::parse_allow(s).map_err(|e| e.to_string())? {
+        crate::models::egress::Allow::Net(n) => Ok(n),
+        crate::models::egress::Allow::Host(h) => {
+            Err(format!("{h}: --peer-allow takes networks (CIDR), not names"))
+        }
+    }
+}
 
 /// Parses `--max-gpu-processes`: at most the wire bound.
 pub fn parse_max_gpu_processes(s: &str) -> Result<usize, MaxGpuProcessesError> {
@@ -357,6 +385,13 @@ impl ServeArgs {
         let metrics = self.metrics_endpoint()?;
         crate::models::hf::HubConfig::from_env().check().map_err(|e| HiveError::Config(e.to_string()))?;
         crate::models::egress::log_allowed(&self.download_allow);
+        let peer_tls = match &self.peer_ca {
+            Some(ca) => Some(crate::models::peer_fetch_dial::PeerTls::from_pem_files(
+                ca,
+                self.peer_tls_cert.as_deref().zip(self.peer_tls_key.as_deref()),
+            )?),
+            None => None,
+        };
         let state_dir = self.state_dir.clone().unwrap_or_else(default_state_dir);
         let hive_id = resolve_hive_id(self.hive_id.as_deref(), &state_dir)?;
         let config = HiveConfig {
@@ -378,6 +413,8 @@ impl ServeArgs {
                 max_downloads: self.max_downloads,
                 optional: self.models_dir.is_none(),
                 egress: crate::models::egress::EgressRule::new(self.download_allow.clone()),
+                peer_dialer: crate::models::peer_fetch_dial::PeerDialer::new(peer_tls)
+                    .with_plaintext_networks(self.peer_allow.clone()),
                 serve: crate::models::serve::ServeConfig {
                     enabled: self.serve_models,
                     upload_limit: self.peer_upload_limit,
