@@ -63,7 +63,7 @@ fn to_follow(
         vec![pb::HiveFetchResult {
             hive_id: answer.hive_id.clone(),
             address: answer.address.clone(),
-            result: answer.result.clone(),
+            result: answer.result,
             peers: answer.peers.clone(),
             ..Default::default()
         }]
