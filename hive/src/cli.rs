@@ -90,6 +90,27 @@ mod tests {
     }
 
     #[test]
+    fn models_are_served_to_peers_unless_turned_off() {
+        use clap::Parser;
+        let serve = |args: &[&str]| match Cli::try_parse_from([&["hive", "serve"], args].concat()) {
+            Ok(Cli { command: Command::Serve(a) }) => Ok(a),
+            Ok(_) => unreachable!(),
+            Err(e) => Err(e.to_string()),
+        };
+        let a = serve(&[]).unwrap();
+        assert!(a.serve_models);
+        assert_eq!((a.peer_upload_limit, a.max_peer_uploads), (None, 4));
+        assert!(serve(&["--serve-models"]).unwrap().serve_models);
+        assert!(!serve(&["--serve-models=false"]).unwrap().serve_models);
+        let a = serve(&["--peer-upload-limit", "100M", "--max-peer-uploads", "64"]).unwrap();
+        assert_eq!((a.peer_upload_limit, a.max_peer_uploads), (Some(100_000_000), 64));
+        for bad in [["--max-peer-uploads", "0"], ["--max-peer-uploads", "65"], ["--peer-upload-limit", "0"]] {
+            let e = serve(&bad).unwrap_err();
+            assert!(e.contains(bad[0]), "{e}");
+        }
+    }
+
+    #[test]
     fn the_cli_is_well_formed() {
         use clap::CommandFactory;
         Cli::command().debug_assert();

@@ -151,6 +151,20 @@ pub struct ServeArgs {
     #[arg(long, env = "HIVE_PRELOAD_PRESSURE_LIMIT", default_value_t = crate::preload::DEFAULT_PRESSURE_LIMIT,
           value_parser = parse_pressure_limit)]
     pub preload_pressure_limit: f64,
+    /// Serve this hive's ready model files to peer hives (ReadModelFile), so that a fleet fetches a model
+    /// from the origin about once: only to callers with a client certificate from --client-ca (plaintext
+    /// callers on loopback only). --serve-models=false turns it off.
+    #[arg(long, env = "HIVE_SERVE_MODELS", value_name = "BOOL", default_value_t = true,
+          action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub serve_models: bool,
+    /// Most bytes per second all uploads to peers send together, e.g. 500MB or 1GiB (a trailing /s is
+    /// allowed). Unset: unlimited.
+    #[arg(long, env = "HIVE_PEER_UPLOAD_LIMIT", value_name = "BYTES/S", value_parser = parse_upload_limit)]
+    pub peer_upload_limit: Option<u64>,
+    /// Most uploads to peers at once (1..=64); beyond it a peer gets RESOURCE_EXHAUSTED.
+    #[arg(long, env = "HIVE_MAX_PEER_UPLOADS", default_value_t = crate::models::serve::DEFAULT_MAX_PEER_UPLOADS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=crate::models::serve::MAX_PEER_UPLOADS as u64))]
+    pub max_peer_uploads: usize,
     /// Threads that run the hive's async work (gRPC, streams, downloads); 1 runs it on the main
     /// thread. Device reads, hashing and preloads run on a separate blocking pool, so one is enough
     /// for a 1 Hz agent; raise it for many parallel downloads over fast links.
@@ -182,6 +196,12 @@ pub fn parse_budget(s: &str) -> Result<u64, PreloadFlagError> {
         0 => Err(PreloadFlagError::ZeroBudget),
         n => Ok(n),
     }
+}
+
+/// Parses `--peer-upload-limit`: a byte size per second above zero (`500MB`, `1GiB/s`).
+pub fn parse_upload_limit(s: &str) -> Result<u64, PreloadFlagError> {
+    let t = s.trim();
+    parse_budget(t.strip_suffix("/s").unwrap_or(t))
 }
 
 /// Parses `--preload-pressure-limit`: a percentage in (0, 100].
@@ -358,6 +378,11 @@ impl ServeArgs {
                 max_downloads: self.max_downloads,
                 optional: self.models_dir.is_none(),
                 egress: crate::models::egress::EgressRule::new(self.download_allow.clone()),
+                serve: crate::models::serve::ServeConfig {
+                    enabled: self.serve_models,
+                    upload_limit: self.peer_upload_limit,
+                    max_uploads: self.max_peer_uploads,
+                },
                 ..crate::models::ModelsConfig::new(
                     self.models_dir.clone().unwrap_or_else(crate::models::default_models_dir),
                 )
@@ -424,6 +449,15 @@ mod tests {
         assert_eq!(parse_max_streams("64"), Ok(64));
         assert!(parse_max_streams("2").is_err());
         assert!(parse_max_streams("many").is_err());
+    }
+
+    #[test]
+    fn upload_limits_are_sizes_per_second_above_zero() {
+        assert_eq!(parse_upload_limit("100M"), Ok(100_000_000));
+        assert_eq!(parse_upload_limit("1GiB/s"), Ok(1 << 30));
+        assert_eq!(parse_upload_limit("4096"), Ok(4096));
+        assert!(parse_upload_limit("0").is_err());
+        assert!(parse_upload_limit("fast").is_err());
     }
 
     #[test]

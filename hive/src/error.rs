@@ -190,6 +190,42 @@ pub enum HiveError {
     /// A preload waited for failed or was cancelled.
     #[error("preload failed: {0}")]
     PreloadFailed(String),
+    /// This hive does not serve its models to peers (`--serve-models=false`).
+    #[error("this hive does not serve model files to peers (--serve-models=false)")]
+    ServingDisabled,
+    /// A ReadModelFile caller without a client certificate, beyond loopback.
+    #[error(
+        "reading model files needs a client certificate the hive trusts (--client-ca, mutual TLS); \
+         plaintext callers are served on loopback only"
+    )]
+    PeerUnauthenticated,
+    /// Every peer upload slot is taken (`--max-peer-uploads`).
+    #[error(
+        "this hive serves at most {limit} model file uploads to peers at once (--max-peer-uploads); \
+         read from another source or retry later"
+    )]
+    TooManyUploads {
+        /// The limit.
+        limit: usize,
+    },
+    /// A served file's bytes are not the ones verified (they changed on disk): the
+    /// stream ends and the model is verified again.
+    #[error("{0}")]
+    ServedFileChanged(String),
+    /// A partial file being served stopped growing for good: its download failed, was
+    /// cancelled or started the file over.
+    #[error("{0}")]
+    PartialAborted(String),
+    /// A read offset past the end of the file.
+    #[error("offset {offset} is past the end of {path} ({size} bytes)")]
+    OffsetPastEnd {
+        /// The file.
+        path: String,
+        /// The offset asked for.
+        offset: u64,
+        /// The file's size.
+        size: u64,
+    },
 }
 
 impl From<HiveError> for tonic::Status {
@@ -219,6 +255,12 @@ impl From<HiveError> for tonic::Status {
                 Status::unavailable(e.to_string())
             }
             HiveError::PreloadFailed(_) => Status::aborted(e.to_string()),
+            HiveError::ServingDisabled => Status::failed_precondition(e.to_string()),
+            HiveError::PeerUnauthenticated => Status::unauthenticated(e.to_string()),
+            HiveError::TooManyUploads { .. } => Status::resource_exhausted(e.to_string()),
+            HiveError::ServedFileChanged(_) => Status::data_loss(e.to_string()),
+            HiveError::PartialAborted(_) => Status::aborted(e.to_string()),
+            HiveError::OffsetPastEnd { .. } => Status::out_of_range(e.to_string()),
             HiveError::Config(_)
             | HiveError::Tls(_)
             | HiveError::Scenario { .. }

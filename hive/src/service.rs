@@ -12,6 +12,7 @@ use rbee_shared::convert::models::{model_id_from_wire, source_from_wire};
 
 use crate::HiveError;
 use crate::convert;
+use crate::models::serve::{PeerServer, may_read};
 use crate::models::{FetchOutcome, Models};
 use crate::preload::Preloader;
 use crate::stream::{Session, SessionContext};
@@ -29,12 +30,15 @@ pub struct HiveService {
     models: Option<Models>,
     /// The preloader (with a models directory).
     preloader: Option<Preloader>,
+    /// Serves model files to peers (with a models directory).
+    peer_server: Option<PeerServer>,
 }
 
 impl HiveService {
     /// A service over the hive's shared context.
     pub fn new(ctx: SessionContext, streams: Streams, models: Option<Models>) -> Self {
-        Self { ctx, streams, models, preloader: None }
+        let peer_server = models.clone().map(PeerServer::new);
+        Self { ctx, streams, models, preloader: None, peer_server }
     }
 
     /// With the preloader of PreloadModel and EvictModel.
@@ -172,8 +176,12 @@ impl Hive for HiveService {
 
     async fn read_model_file(
         &self,
-        _request: Request<pb::ReadModelFileRequest>,
+        request: Request<pb::ReadModelFileRequest>,
     ) -> Result<Response<Self::ReadModelFileStream>, Status> {
-        Err(Status::unimplemented("serving model files to peers is not built yet (issue 27)"))
+        let server = self.peer_server.as_ref().ok_or(HiveError::ModelsDisabled)?;
+        may_read(request.remote_addr(), request.peer_certs().is_some_and(|c| !c.is_empty()))?;
+        let req = convert::file_request(request.into_inner())?;
+        let chunks = server.read(req).await?;
+        Ok(Response::new(Box::pin(chunks.map(|c| c.map(pb::ModelFileChunk::from).map_err(Status::from)))))
     }
 }

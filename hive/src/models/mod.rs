@@ -10,6 +10,8 @@
 //! - [`failures`]: failed downloads, limited per caller. Failed entries and finished
 //!   records are bounded too (the view budgets, `rbee_shared::view_budget`).
 //! - [`source`]: how the catalog reaches capabilities, and progress reaches samples.
+//! - [`serve`]: serving model files to peer hives (`ReadModelFile`); [`serve_upload`]:
+//!   one upload; [`serve_throttle`]: `--peer-upload-limit`.
 
 pub mod catalog;
 pub mod conflict;
@@ -27,6 +29,9 @@ pub mod manifest;
 pub mod progress;
 pub mod redact;
 pub mod residency;
+pub mod serve;
+pub mod serve_throttle;
+pub mod serve_upload;
 pub mod sink;
 pub mod source;
 pub mod verify;
@@ -80,6 +85,9 @@ pub struct ModelsConfig {
     pub min_progress: download::MinProgress,
     /// Where downloads may fetch from (`--download-allow`; default: public addresses).
     pub egress: egress::EgressRule,
+    /// Serving model files to peers (`--serve-models`, `--peer-upload-limit`,
+    /// `--max-peer-uploads`).
+    pub serve: serve::ServeConfig,
 }
 
 impl ModelsConfig {
@@ -93,6 +101,7 @@ impl ModelsConfig {
             optional: false,
             min_progress: download::MinProgress::default(),
             egress: egress::EgressRule::default(),
+            serve: serve::ServeConfig::default(),
         }
     }
 }

@@ -5,9 +5,11 @@
 //! `bytes_done` stays below the total, so no reader ever sees 100% before the model is
 //! ready.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rbee_shared::{DownloadPhase, DownloadProgress};
+use tokio::sync::watch;
 
 /// How often the speed estimate takes a new measurement.
 const SPEED_TICK: Duration = Duration::from_millis(250);
@@ -35,6 +37,9 @@ pub struct Progress {
     attempt: u32,
     /// When the record last changed.
     updated_at_unix_ms: u64,
+    /// Bytes done, sent on every change: wakes the peer uploads that serve this
+    /// download's files as they grow (`serve_upload.rs`).
+    wake: Arc<watch::Sender<u64>>,
 }
 
 impl Progress {
@@ -50,11 +55,18 @@ impl Progress {
             error: None,
             attempt: 0,
             updated_at_unix_ms: rbee_shared::time::now_unix_ms(),
+            wake: Arc::new(watch::channel(0).0),
         }
     }
 
     fn touch(&mut self) {
         self.updated_at_unix_ms = rbee_shared::time::now_unix_ms();
+        self.wake.send_replace(self.done);
+    }
+
+    /// Wakes on every change of this download (bytes, phase).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.wake.subscribe()
     }
 
     /// Moves to `phase`.
@@ -96,6 +108,7 @@ impl Progress {
     /// Counts `n` more bytes and updates the speed at most every 250 ms.
     pub fn add(&mut self, n: u64) {
         self.done = self.done.saturating_add(n);
+        self.wake.send_replace(self.done);
         let now = Instant::now();
         match self.tick {
             None => self.tick = Some((now, self.done)),
