@@ -139,6 +139,18 @@ pub struct ServeArgs {
     #[arg(long = "download-allow", env = "HIVE_DOWNLOAD_ALLOW", value_name = "CIDR|HOST", value_delimiter = ',',
           value_parser = crate::models::egress::parse_allow)]
     pub download_allow: Vec<crate::models::egress::Allow>,
+    /// CA that signs the other hives' server certificates: FetchModel may then name https:// peers to
+    /// read model files from (their certificate must also carry the peer's hive id). Without it only
+    /// loopback plaintext peers are read from.
+    #[arg(long, env = "HIVE_PEER_CA", value_name = "FILE")]
+    pub peer_ca: Option<PathBuf>,
+    /// Client certificate (PEM) this hive presents to peers it reads model files from: one from the
+    /// CA the other hives trust as --client-ca (e.g. from `queen certs`).
+    #[arg(long, env = "HIVE_PEER_TLS_CERT", value_name = "FILE", requires_all = ["peer_tls_key", "peer_ca"])]
+    pub peer_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --peer-tls-cert.
+    #[arg(long, env = "HIVE_PEER_TLS_KEY", value_name = "FILE", requires = "peer_tls_cert")]
+    pub peer_tls_key: Option<PathBuf>,
     /// Most bytes of preloaded models kept warm in the page cache (e.g. 64GiB); beyond it the least
     /// recently used preloaded model is evicted first. Unset: no budget, only MemAvailable limits.
     #[arg(long, env = "HIVE_RAM_CACHE_BUDGET", value_name = "SIZE", value_parser = parse_budget)]
@@ -357,6 +369,13 @@ impl ServeArgs {
         let metrics = self.metrics_endpoint()?;
         crate::models::hf::HubConfig::from_env().check().map_err(|e| HiveError::Config(e.to_string()))?;
         crate::models::egress::log_allowed(&self.download_allow);
+        let peer_tls = match &self.peer_ca {
+            Some(ca) => Some(crate::models::peer_fetch_dial::PeerTls::from_pem_files(
+                ca,
+                self.peer_tls_cert.as_deref().zip(self.peer_tls_key.as_deref()),
+            )?),
+            None => None,
+        };
         let state_dir = self.state_dir.clone().unwrap_or_else(default_state_dir);
         let hive_id = resolve_hive_id(self.hive_id.as_deref(), &state_dir)?;
         let config = HiveConfig {
@@ -378,6 +397,7 @@ impl ServeArgs {
                 max_downloads: self.max_downloads,
                 optional: self.models_dir.is_none(),
                 egress: crate::models::egress::EgressRule::new(self.download_allow.clone()),
+                peer_dialer: crate::models::peer_fetch_dial::PeerDialer::new(peer_tls),
                 serve: crate::models::serve::ServeConfig {
                     enabled: self.serve_models,
                     upload_limit: self.peer_upload_limit,

@@ -120,9 +120,17 @@ impl Hive for HiveService {
         let caller = request.remote_addr().map(|a| a.ip());
         let r = request.into_inner();
         let id = model_id_from_wire("model_id", &r.model_id).map_err(HiveError::from)?;
-        let source = source_from_wire(r.source.as_ref()).map_err(HiveError::from)?;
+        let source =
+            r.source.as_ref().map(|s| source_from_wire(Some(s))).transpose().map_err(HiveError::from)?;
+        let peers = crate::models::peer_fetch::check_peers(
+            &r.peers,
+            &r.peer_files,
+            source.as_ref(),
+            models.peer_dialer(),
+        )
+        .map_err(HiveError::from)?;
         let accepted_at_unix_ms = rbee_shared::time::now_unix_ms();
-        let outcome = models.fetch_for(&id, source, caller)?;
+        let outcome = models.fetch_with(&id, source, peers, caller)?;
         Ok(Response::new(pb::FetchModelResponse {
             accepted_at_unix_ms,
             joined: outcome == FetchOutcome::Joined,

@@ -26,6 +26,7 @@ pub mod bearer;
 pub mod bytesize;
 pub mod capability;
 pub mod capability_diff;
+pub mod cert_names;
 pub mod certs;
 pub mod cli_docs;
 pub mod compact;

@@ -274,8 +274,13 @@ mod tests {
         std::fs::create_dir_all(&partial).unwrap();
         let record = FetchRecord {
             id: "m".into(),
-            source: rbee_shared::ModelSource::HuggingFace { repo: "org/r".into(), revision: "main".into() },
+            source: Some(rbee_shared::ModelSource::HuggingFace {
+                repo: "org/r".into(),
+                revision: "main".into(),
+            }),
             resolved: None,
+            peers: Vec::new(),
+            peer_files: Vec::new(),
         };
         let path = partial.join(layout::FETCH_RECORD);
         manifest::write(&path, &record).unwrap();

@@ -140,7 +140,7 @@ pub async fn fetch_file(job: &FileJob<'_>, file: &FileSource) -> Result<FileDone
 }
 
 /// Hashes the first `len` bytes of `path`.
-async fn hash_prefix(path: &Path, len: u64) -> Result<Sha256, DownloadError> {
+pub(super) async fn hash_prefix(path: &Path, len: u64) -> Result<Sha256, DownloadError> {
     let mut hasher = Sha256::new();
     let mut f = tokio::fs::File::open(path).await.map_err(DownloadError::io(path))?;
     let mut buf = vec![0u8; READ_BUFFER];
@@ -320,7 +320,7 @@ async fn attempt_once(job: &FileJob<'_>, file: &FileSource) -> Result<FileDone, 
                     break Err(DownloadError::io(&part)(e));
                 }
                 got += n;
-                job.progress.lock_unpoisoned().add(n);
+                job.progress.lock_unpoisoned().add_from(rbee_shared::model::ORIGIN_SOURCE, n);
             }
             Ok(None) => break Ok(()),
             Err(e) => break Err(DownloadError::network(&file.url)(e)),

@@ -1,5 +1,5 @@
 //! One model download from start to end: wait for a slot, resolve the source, fetch
-//! every file, then verify and move the model into place with one rename. Failure and
+//! every file (from the peers first, then the origin: [`peer_fetch`]), then verify and move the model into place with one rename. Failure and
 //! cancel remove the partial directory; a hive shutdown keeps it for a resume.
 
 use std::sync::{Arc, Mutex};
@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::download::{self, DownloadError, FileJob};
 use super::manifest::{self, FetchRecord, Manifest};
+use super::peer_fetch::{self, PeerSet};
 use super::progress::Progress;
 use super::{Inner, catalog, disk, hf, layout};
 
@@ -124,13 +125,23 @@ async fn download(
     let files = match record.resolved.clone() {
         Some(files) => files,
         None => {
-            let files = match &record.source {
-                ModelSource::Urls(files) => files.clone(),
-                ModelSource::HuggingFace { repo, revision } => tokio::select! {
+            let origin = match &record.source {
+                Some(ModelSource::Urls(files)) => Some(files.clone()),
+                Some(ModelSource::HuggingFace { repo, revision }) => Some(tokio::select! {
                     () = cancel.cancelled() => return Err(DownloadError::Cancelled),
                     () = shutdown.cancelled() => return Err(DownloadError::ShuttingDown),
                     r = hf::resolve(inner.client()?, &inner.hub, repo, revision) => r?,
-                },
+                }),
+                None => None,
+            };
+            let files = match peer_fetch::merge_files(origin.as_deref(), &record.peer_files) {
+                Some(files) => files,
+                None => {
+                    tracing::warn!(model = %record.id, "the origin lists other files than the peers hold; fetching from the origin only");
+                    record.peers.clear();
+                    record.peer_files.clear();
+                    origin.unwrap_or_default()
+                }
             };
             record.resolved = Some(files.clone());
             let path = partial.join(layout::FETCH_RECORD);
@@ -159,6 +170,7 @@ async fn download(
         p.set_phase(DownloadPhase::Downloading);
     }
     let client = inner.client()?;
+    let mut peers = PeerSet::new(&record.peers, inner.config.peer_dialer.clone());
     let mut done = Vec::with_capacity(files.len());
     let mut base = 0u64;
     for (i, file) in files.iter().enumerate() {
@@ -175,7 +187,7 @@ async fn download(
             shutdown,
             min_progress: inner.config.min_progress,
         };
-        let finished = download::fetch_file(&job, file).await?;
+        let finished = peer_fetch::fetch_file(&job, &record.id, file, &mut peers).await?;
         base += finished.size;
         done.push(ModelFile {
             path: file.path.clone(),
@@ -185,7 +197,10 @@ async fn download(
     }
     progress.lock_unpoisoned().set_phase(DownloadPhase::Verifying);
     let id = record.id.clone();
-    let source = super::redact::redact_source(&record.source);
+    let source = match &record.source {
+        Some(origin) => super::redact::redact_source(origin),
+        None => "peers".to_owned(),
+    };
     let dir = inner.config.dir.clone();
     tokio::task::spawn_blocking(move || commit(&dir, &id, source, done))
         .await

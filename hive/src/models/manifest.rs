@@ -27,10 +27,16 @@ pub struct Manifest {
 pub struct FetchRecord {
     /// The model id.
     pub id: String,
-    /// The requested source.
-    pub source: ModelSource,
+    /// The requested origin; `None` for a fetch from peers only.
+    pub source: Option<ModelSource>,
     /// The files once resolved (a Hugging Face revision pinned to its commit).
     pub resolved: Option<Vec<FileSource>>,
+    /// Hives to read the files from before the origin, most preferred first.
+    #[serde(default)]
+    pub peers: Vec<super::peer_fetch::PeerSource>,
+    /// The files as the peers hold them (size and sha256 set).
+    #[serde(default)]
+    pub peer_files: Vec<ModelFile>,
 }
 
 /// What a partial file was downloaded from (`<path>.part.json`): a resume is only

@@ -6,6 +6,8 @@
 //! - [`job`]: one model download; [`download`]: one file, resumable, retried and hashed
 //!   while streaming; [`sink`]: its writer and fsync threads; [`http`]: the client;
 //!   [`hf`]: `hf://` through the Hub API; [`egress`]: where downloads may go.
+//! - [`peer_fetch`]: weights from peers, the fetching side (sources in order, peers
+//!   before the origin); [`peer_fetch_dial`]: dialing them; [`peer_fetch_read`]: one read.
 //! - [`progress`]: what samples report per download. [`disk`]: free space.
 //! - [`failures`]: failed downloads, limited per caller. Failed entries and finished
 //!   records are bounded too (the view budgets, `rbee_shared::view_budget`).
@@ -26,6 +28,9 @@ pub mod hub;
 pub mod job;
 pub mod layout;
 pub mod manifest;
+pub mod peer_fetch;
+pub mod peer_fetch_dial;
+pub mod peer_fetch_read;
 pub mod progress;
 pub mod redact;
 pub mod residency;
@@ -85,6 +90,9 @@ pub struct ModelsConfig {
     pub min_progress: download::MinProgress,
     /// Where downloads may fetch from (`--download-allow`; default: public addresses).
     pub egress: egress::EgressRule,
+    /// Dials peer hives (`--peer-ca`, `--peer-tls-cert`, `--peer-tls-key`; default:
+    /// loopback plaintext peers only).
+    pub peer_dialer: peer_fetch_dial::PeerDialer,
     /// Serving model files to peers (`--serve-models`, `--peer-upload-limit`,
     /// `--max-peer-uploads`).
     pub serve: serve::ServeConfig,
@@ -101,6 +109,7 @@ impl ModelsConfig {
             optional: false,
             min_progress: download::MinProgress::default(),
             egress: egress::EgressRule::default(),
+            peer_dialer: peer_fetch_dial::PeerDialer::default(),
             serve: serve::ServeConfig::default(),
         }
     }
@@ -343,16 +352,45 @@ impl Models {
         source: ModelSource,
         caller: Option<IpAddr>,
     ) -> Result<FetchOutcome, HiveError> {
+        self.fetch_with(id, Some(source), peer_fetch::PeerPlan::default(), caller)
+    }
+
+    /// Who dials peers for this hive's fetches (validating a FetchModel's peers needs it).
+    pub fn peer_dialer(&self) -> &peer_fetch_dial::PeerDialer {
+        &self.inner.config.peer_dialer
+    }
+
+    /// [`Models::fetch_for`] from `source` (none: the peers alone) after the peers of
+    /// `plan`, most preferred first (validated by [`peer_fetch::check_peers`]).
+    pub fn fetch_with(
+        &self,
+        id: &str,
+        source: Option<ModelSource>,
+        plan: peer_fetch::PeerPlan,
+        caller: Option<IpAddr>,
+    ) -> Result<FetchOutcome, HiveError> {
         if self.inner.shutdown.is_cancelled() {
             return Err(HiveError::ShuttingDown);
         }
-        if let ModelSource::Urls(files) = &source {
+        // What the caller declares: the origin's files with the peers' sizes and hashes.
+        let origin_files = match &source {
+            Some(ModelSource::Urls(files)) => Some(files.as_slice()),
+            _ => None,
+        };
+        let declared = match (&source, plan.files.is_empty()) {
+            (Some(ModelSource::HuggingFace { .. }), true) => None,
+            (Some(ModelSource::HuggingFace { .. }), false) => peer_fetch::merge_files(None, &plan.files),
+            _ => peer_fetch::merge_files(origin_files, &plan.files),
+        };
+        let declared_source = declared.clone().map(ModelSource::Urls);
+        if let Some(ModelSource::Urls(files)) = &declared_source {
             layout::check_file_set(files.iter().map(|f| f.path.as_str()))
                 .map_err(|e| rbee_shared::ConvertError::new("source.urls.files", e.to_string()))?;
         }
         let mut jobs = self.inner.jobs.lock_unpoisoned();
+        let want = declared_source.as_ref().or(source.as_ref());
         if let Some(job) = jobs.get(id) {
-            if let Some(why) = conflict::disagreement(&source, &job.files) {
+            if let Some(why) = want.and_then(|w| conflict::disagreement(w, &job.files)) {
                 return Err(HiveError::ModelConflict(format!(
                     "a download of {id} with other content is running ({why}); cancel it first"
                 )));
@@ -361,7 +399,7 @@ impl Models {
         }
         match self.inner.catalog.get(id) {
             Some(m) if m.state == ModelState::Ready => {
-                if let Some(why) = conflict::disagreement(&source, &m.files) {
+                if let Some(why) = want.and_then(|w| conflict::disagreement(w, &m.files)) {
                     return Err(HiveError::ModelConflict(format!(
                         "{id} is ready with other content ({why}); delete it first"
                     )));
@@ -391,7 +429,7 @@ impl Models {
                 )));
             }
         }
-        if let ModelSource::Urls(files) = &source
+        if let Some(ModelSource::Urls(files)) = &declared_source
             && let Some(declared) =
                 files.iter().map(|f| f.size_bytes).try_fold(0u64, |sum, s| s.and_then(|s| sum.checked_add(s)))
         {
@@ -407,7 +445,13 @@ impl Models {
                 });
             }
         }
-        let record = FetchRecord { id: id.to_owned(), source, resolved: None };
+        let record = FetchRecord {
+            id: id.to_owned(),
+            source,
+            resolved: None,
+            peers: plan.peers,
+            peer_files: plan.files,
+        };
         let partial = layout::partial_dir(&self.inner.config.dir, id);
         let io = |source| HiveError::ModelIo { path: partial.clone(), source };
         layout::remove_tree(&partial).map_err(io)?;
@@ -427,8 +471,11 @@ impl Models {
     fn spawn_job(&self, jobs: &mut BTreeMap<String, Job>, record: FetchRecord, caller: Option<IpAddr>) {
         let id = record.id.clone();
         let files = match (&record.resolved, &record.source) {
-            (Some(files), _) | (None, ModelSource::Urls(files)) => files.clone(),
-            (None, ModelSource::HuggingFace { .. }) => Vec::new(),
+            (Some(files), _) => files.clone(),
+            (None, Some(ModelSource::Urls(files))) => {
+                peer_fetch::merge_files(Some(files), &record.peer_files).unwrap_or_else(|| files.clone())
+            }
+            (None, _) => peer_fetch::merge_files(None, &record.peer_files).unwrap_or_default(),
         };
         self.inner.catalog.put(rbee_shared::ModelEntry {
             id: id.clone(),

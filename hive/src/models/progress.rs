@@ -8,7 +8,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rbee_shared::{DownloadPhase, DownloadProgress};
+use rbee_shared::model::MAX_DOWNLOAD_SOURCES;
+use rbee_shared::{DownloadPhase, DownloadProgress, SourceBytes};
 use tokio::sync::watch;
 
 /// How often the speed estimate takes a new measurement.
@@ -37,6 +38,8 @@ pub struct Progress {
     attempt: u32,
     /// When the record last changed.
     updated_at_unix_ms: u64,
+    /// Bytes kept per source, in first-use order (at most [`MAX_DOWNLOAD_SOURCES`]).
+    sources: Vec<SourceBytes>,
     /// Bytes done, sent on every change: wakes the peer uploads that serve this
     /// download's files as they grow (`serve_upload.rs`).
     wake: Arc<watch::Sender<u64>>,
@@ -55,6 +58,7 @@ impl Progress {
             error: None,
             attempt: 0,
             updated_at_unix_ms: rbee_shared::time::now_unix_ms(),
+            sources: Vec::new(),
             wake: Arc::new(watch::channel(0).0),
         }
     }
@@ -128,6 +132,30 @@ impl Progress {
         }
     }
 
+    /// Counts `n` more bytes that came from `source` ("origin" or a peer's hive id). A
+    /// source beyond [`MAX_DOWNLOAD_SOURCES`] is not named (a fetch names fewer).
+    pub fn add_from(&mut self, source: &str, n: u64) {
+        self.add(n);
+        let room = self.sources.len() < MAX_DOWNLOAD_SOURCES;
+        match self.sources.iter_mut().find(|s| s.source == source) {
+            Some(s) => s.bytes = s.bytes.saturating_add(n),
+            None if room => self.sources.push(SourceBytes { source: source.to_owned(), bytes: n }),
+            None => {}
+        }
+    }
+
+    /// Takes `n` bytes of `source` back: they were discarded (a file that failed its
+    /// sha256 is started over), so they are neither done nor kept from that source.
+    pub fn discard(&mut self, source: &str, n: u64) {
+        self.done = self.done.saturating_sub(n);
+        if let Some(s) = self.sources.iter_mut().find(|s| s.source == source) {
+            s.bytes = s.bytes.saturating_sub(n);
+        }
+        self.sources.retain(|s| s.bytes > 0);
+        self.tick = None;
+        self.touch();
+    }
+
     /// Counts a new connection attempt.
     pub fn set_attempt(&mut self, attempt: u32) {
         self.attempt = attempt;
@@ -163,7 +191,7 @@ impl Progress {
             error: self.error.clone(),
             attempt: self.attempt,
             updated_at_unix_ms: self.updated_at_unix_ms,
-            sources: Vec::new(),
+            sources: self.sources.clone(),
         }
     }
 }
@@ -200,6 +228,24 @@ mod tests {
         assert!(r.eta_ms.is_some(), "{r:?}");
         p.learn_total(5);
         assert_eq!(p.record().bytes_total, Some(10_000_000));
+    }
+
+    #[test]
+    fn bytes_are_counted_per_source_and_discarded_bytes_are_not_kept() {
+        let mut p = Progress::new("m");
+        p.add_from("hive-a", 10);
+        p.add_from(rbee_shared::model::ORIGIN_SOURCE, 5);
+        p.add_from("hive-a", 1);
+        let shown =
+            |p: &Progress| p.record().sources.iter().map(|s| (s.source.clone(), s.bytes)).collect::<Vec<_>>();
+        assert_eq!(shown(&p), [("hive-a".to_owned(), 11), ("origin".to_owned(), 5)]);
+        p.discard("hive-a", 11);
+        assert_eq!(shown(&p), [("origin".to_owned(), 5)]);
+        assert_eq!(p.record().bytes_done, 5);
+        for i in 0..40 {
+            p.add_from(&format!("h{i}"), 1);
+        }
+        assert_eq!(p.record().sources.len(), MAX_DOWNLOAD_SOURCES);
     }
 
     #[test]
