@@ -99,19 +99,6 @@ async fn fetch_model_hands_the_ready_holders_as_peers_and_refuses_caller_named_p
     assert!(e.message().contains("fetch.peers"), "{}", e.message());
     assert_eq!(server.gets(), gets);
 
-    // Another hash than the holder's: no peers.
-    let other = scheduler
-        .fetch_model(pb::ScheduleFetchRequest {
-            fetch: Some(url_fetch("m", &url, Some("0".repeat(64)))),
-            hive: "peer-2".into(),
-            no_peers: false,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(other.peers.is_empty(), "a holder of other bytes is never offered: {:?}", other.peers);
-
     // The holder is handed to the next hive.
     let before = server.bytes_sent();
     let r = scheduler
@@ -131,9 +118,20 @@ async fn fetch_model_hands_the_ready_holders_as_peers_and_refuses_caller_named_p
     .await;
     assert_eq!(std::fs::read(dirs[1].path().join("m/w.bin")).unwrap(), data);
     let from_origin = server.bytes_sent() - before;
-    if peers_implemented() {
-        assert_eq!(from_origin, 0, "the origin served bytes a peer held");
-    }
+    assert_eq!(from_origin, 0, "the origin served bytes a peer held");
+
+    // Another hash than the holder's: no peers.
+    let other = scheduler
+        .fetch_model(pb::ScheduleFetchRequest {
+            fetch: Some(url_fetch("m", &url, Some("0".repeat(64)))),
+            hive: "peer-2".into(),
+            no_peers: false,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(other.peers.is_empty(), "a holder of other bytes is never offered: {:?}", other.peers);
 
     // no_peers: the origin only.
     let r = scheduler
@@ -165,11 +163,6 @@ async fn fetch_model_hands_the_ready_holders_as_peers_and_refuses_caller_named_p
     for h in hives {
         h.stop().await.unwrap();
     }
-}
-
-/// Whether the hives read from peers (ReadModelFile and the peer fetch: 27a and 27b).
-fn peers_implemented() -> bool {
-    std::env::var_os("RBEE_PEERS_PENDING").is_none()
 }
 
 #[tokio::test]
@@ -217,10 +210,8 @@ async fn a_fan_out_chains_each_hive_on_the_ones_before_it_and_the_cli_follows_th
     for dir in &dirs {
         assert_eq!(std::fs::read(dir.path().join("f/w.bin")).unwrap(), data);
     }
-    if peers_implemented() {
-        let served = server.bytes_sent();
-        assert!(served <= SIZE as u64 * 11 / 10, "the origin served {served} bytes for a {SIZE}-byte model");
-    }
+    let served = server.bytes_sent();
+    assert!(served <= SIZE as u64 * 11 / 10, "the origin served {served} bytes for a {SIZE}-byte model");
 
     // The CLI: one bar per hive, exit 0 when all are ready (here all already are).
     let q = queen.url();
@@ -263,6 +254,9 @@ async fn a_fan_out_chains_each_hive_on_the_ones_before_it_and_the_cli_follows_th
     for id in ["peer-0", "peer-1", "peer-2"] {
         assert!(out.contains(&format!("g is ready on {id}")), "{out}");
     }
+    // Where the bytes came from: the first from the origin, the others from peers.
+    assert_eq!(out.lines().filter(|l| l.contains("from origin")).count(), 1, "{out}");
+    assert_eq!(out.lines().filter(|l| l.contains("from peer-")).count(), 2, "{out}");
     // `--all` without `--label` is a usage error.
     let (ok, _, err) =
         queen_cli(args(&["fetch", "g", "--from", &url, "--hive", "peer-0", "--all", "--queen", &q])).await;

@@ -160,8 +160,10 @@ pub async fn follow(
             let Some(d) = sample.downloads.iter().find(|d| d.model_id == model) else { continue };
             if let Some(o) = progress(h, d) {
                 if let Outcome::Ready(bytes) = o {
+                    let from = sources_text(d);
+                    let from = if from.is_empty() { from } else { format!(", {from}") };
                     multi.suspend(|| {
-                        rbee_shared::outln!("{model} is ready on {hive} ({})", format_bytes(bytes))
+                        rbee_shared::outln!("{model} is ready on {hive} ({}{from})", format_bytes(bytes))
                     })?;
                 }
                 h.outcome = Some(o);
