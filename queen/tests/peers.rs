@@ -24,15 +24,14 @@ fn ready_on(h: &pb::HiveView, model: &str) -> bool {
 }
 
 fn url_fetch(model: &str, url: &str, sha256: Option<String>) -> pb::FetchModelRequest {
+    sized_fetch(model, url, SIZE as u64, sha256)
+}
+
+fn sized_fetch(model: &str, url: &str, size: u64, sha256: Option<String>) -> pb::FetchModelRequest {
     pb::FetchModelRequest {
         model_id: model.into(),
         source: Some(pb::fetch_model_request::Source::Urls(pb::UrlSource {
-            files: vec![pb::FileSource {
-                url: url.into(),
-                path: None,
-                size_bytes: Some(SIZE as u64),
-                sha256,
-            }],
+            files: vec![pb::FileSource { url: url.into(), path: None, size_bytes: Some(size), sha256 }],
         })),
         ..Default::default()
     }
@@ -42,18 +41,23 @@ fn zone() -> std::collections::HashMap<String, String> {
     [("zone".to_owned(), "test".to_owned())].into()
 }
 
-/// Three hives on loopback, one queen over them, all online.
-async fn fleet_of_three(
-    dirs: &[tempfile::TempDir; 3],
-) -> (Vec<TestHive>, TestQueen, pb::fleet_client::FleetClient<tonic::transport::Channel>) {
+type Fleet = pb::fleet_client::FleetClient<tonic::transport::Channel>;
+
+/// Hives `peer-0`, `peer-1`, ... on loopback, one in each of `dirs`, one queen over
+/// them, all online.
+async fn fleet_of(dirs: &[tempfile::TempDir]) -> (Vec<TestHive>, TestQueen, Fleet) {
     let mut hives = Vec::new();
     for (i, dir) in dirs.iter().enumerate() {
         hives.push(TestHive::start_with(models_config(&format!("peer-{i}"), dir.path(), None)).await);
     }
     let queen = TestQueen::start(hives.iter().map(TestHive::url).collect()).await;
     let mut fleet = queen.client().await;
-    wait_for(&mut fleet, "three hives online", |h| h.iter().filter(|h| online(h)).count() == 3).await;
+    wait_for(&mut fleet, "every hive online", |h| h.iter().filter(|h| online(h)).count() == dirs.len()).await;
     (hives, queen, fleet)
+}
+
+async fn fleet_of_three(dirs: &[tempfile::TempDir; 3]) -> (Vec<TestHive>, TestQueen, Fleet) {
+    fleet_of(dirs).await
 }
 
 #[tokio::test]
@@ -262,6 +266,81 @@ async fn a_fan_out_chains_each_hive_on_the_ones_before_it_and_the_cli_follows_th
         queen_cli(args(&["fetch", "g", "--from", &url, "--hive", "peer-0", "--all", "--queen", &q])).await;
     assert!(!ok && err.contains("--label"), "{err}");
 
+    queen.stop().await;
+    for h in hives {
+        h.stop().await.unwrap();
+    }
+}
+
+/// Polls the fleet until `n` hives hold `model` ready; how long that took.
+async fn until_ready_on(fleet: &mut Fleet, model: &str, n: usize) -> std::time::Duration {
+    let start = std::time::Instant::now();
+    let deadline = start + std::time::Duration::from_secs(900);
+    loop {
+        let hives = fleet.list_hives(pb::ListHivesRequest::default()).await.unwrap().into_inner().hives;
+        if hives.iter().filter(|h| ready_on(h, model)).count() >= n {
+            return start.elapsed();
+        }
+        assert!(std::time::Instant::now() < deadline, "{model} not ready on {n} hives in time");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// The fan-out benchmark (docs/BENCHMARKS.md, "Weights from peers: fan-out"): one
+/// hive's fetch from the counting origin, then a fan-out of another model (same size)
+/// to all hives; the origin's bytes and the wall times. `RBEE_BENCH_MIB` (default 256),
+/// `RBEE_BENCH_HIVES` (default 4).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a benchmark: cargo test --release -p rbee-queen --test peers fan_out_bench -- --ignored --nocapture"]
+async fn fan_out_bench() {
+    let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let size = env("RBEE_BENCH_MIB", 256) << 20;
+    let n = env("RBEE_BENCH_HIVES", 4);
+    let dirs: Vec<_> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
+    let server = FileServer::start().await;
+    let (one, fan) = (generated(size, 41), generated(size, 42));
+    let (one_sha, fan_sha) = (sha256_hex(&one), sha256_hex(&fan));
+    let one_url = server.add("one.bin", one);
+    let fan_url = server.add("fan.bin", fan);
+    let (hives, queen, mut fleet) = fleet_of(&dirs).await;
+    let mut scheduler = SchedulerClient::connect(queen.url()).await.unwrap();
+
+    let r = scheduler
+        .fetch_model(pb::ScheduleFetchRequest {
+            fetch: Some(sized_fetch("one", &one_url, size as u64, Some(one_sha))),
+            hive: "peer-0".into(),
+            no_peers: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.result.is_some());
+    let single = until_ready_on(&mut fleet, "one", 1).await;
+    let single_bytes = server.bytes_sent();
+
+    let r = scheduler
+        .fetch_model(pb::ScheduleFetchRequest {
+            fetch: Some(sized_fetch("fan", &fan_url, size as u64, Some(fan_sha))),
+            labels: zone(),
+            all: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.results.len(), n);
+    let fanned = until_ready_on(&mut fleet, "fan", n).await;
+    let fan_bytes = server.bytes_sent() - single_bytes;
+    println!(
+        "fan-out bench: {} MiB model, {n} hives: one hive {:.2} s (origin {:.2}x); fan-out {:.2} s ({:.2}x one hive), origin served {:.3}x the size",
+        size >> 20,
+        single.as_secs_f64(),
+        single_bytes as f64 / size as f64,
+        fanned.as_secs_f64(),
+        fanned.as_secs_f64() / single.as_secs_f64(),
+        fan_bytes as f64 / size as f64,
+    );
     queen.stop().await;
     for h in hives {
         h.stop().await.unwrap();
