@@ -1,6 +1,6 @@
 //! The fan-out plan: a chain on prefixes once the files are known.
 
-use rbee_shared::{FileSource, ModelState};
+use rbee_shared::{DownloadPhase, FileSource, ModelState};
 
 use super::*;
 use crate::api::peers::tests::{MODEL, file, fleet, hive, ready};
@@ -54,4 +54,34 @@ fn ready_holders_outside_the_targets_come_before_the_chain() {
     let p = plan(&all, &targets, MODEL, None, false).expect("known from the holder");
     assert_eq!(ids(&p[0]), [("holder", false)]);
     assert_eq!(ids(&p[1]), [("holder", false), ("t0", true)]);
+}
+
+#[test]
+fn a_waiting_fan_out_gives_up_only_on_the_first_hives_failure_of_this_fetch() {
+    use rbee_shared::{DownloadProgress, Sample};
+    let record = |phase, at| DownloadProgress {
+        model_id: MODEL.into(),
+        phase,
+        bytes_done: 1,
+        bytes_total: None,
+        speed_bytes_per_s: 0.0,
+        eta_ms: None,
+        error: None,
+        attempt: 1,
+        updated_at_unix_ms: at,
+        sources: vec![],
+    };
+    let with = |records: Vec<DownloadProgress>, state| {
+        let mut h = hive("t0", &[], state, vec![file("w.bin", 10, 'a')]);
+        h.latest = Some(std::sync::Arc::new(Sample { downloads: records, ..Default::default() }));
+        h
+    };
+    assert!(first_failed(&with(vec![record(DownloadPhase::Failed, 10)], None), MODEL, 10));
+    assert!(first_failed(&with(vec![record(DownloadPhase::Cancelled, 11)], None), MODEL, 10));
+    // An older download's failure is not this one's.
+    assert!(!first_failed(&with(vec![record(DownloadPhase::Failed, 9)], None), MODEL, 10));
+    assert!(!first_failed(&with(vec![record(DownloadPhase::Downloading, 12)], None), MODEL, 10));
+    // No record yet, the catalog says failed.
+    assert!(first_failed(&with(vec![], Some(ModelState::Failed)), MODEL, 10));
+    assert!(!first_failed(&with(vec![], Some(ModelState::Downloading)), MODEL, 10));
 }
