@@ -111,6 +111,21 @@ mod tests {
     }
 
     #[test]
+    fn peer_tls_flags_go_together_and_a_bad_file_stops_the_start_naming_the_flag() {
+        use clap::Parser;
+        let serve = |args: &[&str]| Cli::try_parse_from([&["hive", "serve"], args].concat());
+        let e = serve(&["--peer-tls-cert", "c.pem", "--peer-tls-key", "k.pem"]).unwrap_err().to_string();
+        assert!(e.contains("--peer-ca"), "{e}");
+        let e = serve(&["--peer-tls-key", "k.pem"]).unwrap_err().to_string();
+        assert!(e.contains("--peer-tls-cert"), "{e}");
+        let Command::Serve(args) = serve(&["--peer-ca", "/nonexistent/hive-ca.pem"]).unwrap().command else {
+            unreachable!()
+        };
+        let e = args.into_config().unwrap_err().to_string();
+        assert!(e.contains("--peer-ca") && e.contains("/nonexistent/hive-ca.pem"), "{e}");
+    }
+
+    #[test]
     fn the_cli_is_well_formed() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
