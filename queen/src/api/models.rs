@@ -194,8 +194,20 @@ impl ModelFetcher {
         let model = r.fetch.as_ref().map(|f| f.model_id.clone()).unwrap_or_default();
         self.admit(caller)?;
         let answer = self.fetch(r).await?;
-        if let Some(result) = &answer.result {
-            self.started(caller, &answer.address, &model, result);
+        if answer.results.is_empty() {
+            if let Some(result) = &answer.result {
+                self.started(caller, &answer.address, &model, result);
+            }
+        } else {
+            // A fan-out: one charge per hive it started (the first was charged above),
+            // each given back as its download ends well.
+            for (i, x) in answer.results.iter().enumerate() {
+                let Some(result) = &x.result else { continue };
+                if i > 0 {
+                    self.limit.lock_unpoisoned().charge(caller, Instant::now());
+                }
+                self.started(caller, &x.address, &model, result);
+            }
         }
         Ok(answer)
     }
