@@ -55,12 +55,7 @@ impl FanOut {
         let planned =
             plan(&self.fleet.list(), &self.targets, &model, self.declared.as_deref(), self.no_peers);
         if let Some(plan) = planned {
-            let mut out = Vec::with_capacity(self.targets.len());
-            // In order: hive k's partial peers have accepted their download before it asks them.
-            for (hive, choice) in self.targets.iter().zip(plan) {
-                out.push(self.one(hive, &choice).await);
-            }
-            return Ok(out);
+            return Ok(self.in_order(plan, 0).await);
         }
         let permit = Arc::clone(waiting).try_acquire_owned().map_err(|_| {
             QueenError::ResourceExhausted(format!(
@@ -107,8 +102,7 @@ impl FanOut {
                 return;
             }
             if let Some(plan) = plan(&fleet, &self.targets, &model, self.declared.as_deref(), false) {
-                for (hive, choice) in self.targets.iter().zip(plan).skip(1) {
-                    let r = self.one(hive, &choice).await;
+                for r in self.in_order(plan, 1).await {
                     if let Some(e) = r.error {
                         tracing::warn!(model = %model, hive = %r.hive_id, error = %e, "fan-out: a hive refused");
                     }
@@ -121,6 +115,26 @@ impl FanOut {
             }
             tokio::time::sleep(WAIT_POLL).await;
         }
+    }
+
+    /// Asks the targets from `from` on, one after another, so that hive k's partial
+    /// peers have accepted their download before it reads them; a hive that refused is
+    /// no later hive's peer.
+    async fn in_order(&self, plan: Vec<PeerChoice>, from: usize) -> Vec<pb::HiveFetchResult> {
+        let mut refused: Vec<String> = Vec::new();
+        let mut out = Vec::with_capacity(self.targets.len());
+        for (hive, mut choice) in self.targets.iter().zip(plan).skip(from) {
+            choice.peers.retain(|p| !refused.contains(&p.hive_id));
+            if choice.peers.is_empty() {
+                choice.files.clear();
+            }
+            let r = self.one(hive, &choice).await;
+            if r.error.is_some() {
+                refused.push(r.hive_id.clone());
+            }
+            out.push(r);
+        }
+        out
     }
 
     /// Asks one hive, with `choice` as its peers.
