@@ -8,6 +8,8 @@
 # `prometheus-node-exporter` with only the cpu and meminfo collectors, scraped once a
 # second (curl). Both run for SECONDS (default 60); then it prints each process's CPU
 # time per sample / per scrape (from /proc/PID/stat) and its RSS (VmRSS, VmHWM).
+# Where `perf` runs, it also prints each one's task-clock over the same window (finer
+# than the 10 ms ticks of /proc/PID/stat).
 set -euo pipefail
 secs=${1:-60}
 hive=${2:-${CARGO_TARGET_DIR:-target}/release/hive}
@@ -36,6 +38,11 @@ grpcurl -plaintext -max-time "$((secs + 2))" -d '{"sampleIntervalMs":1000}' "127
 spid=$!; pids+=("$spid")
 sleep 1
 h0=$(ticks "$hpid"); n0=$(ticks "$npid"); start=$(date +%s.%N)
+perfs=()
+if perf stat -e task-clock -- true >/dev/null 2>&1; then
+  perf stat -x, -e task-clock -p "$hpid" -o "$tmp/hive.perf" -- sleep "$secs" >/dev/null 2>&1 & perfs+=($!)
+  perf stat -x, -e task-clock -p "$npid" -o "$tmp/ne.perf" -- sleep "$secs" >/dev/null 2>&1 & perfs+=($!)
+fi
 scrapes=0
 while (( $(echo "$(date +%s.%N) - $start < $secs" | bc) )); do
   curl -sf "http://127.0.0.1:$np/metrics" >/dev/null && scrapes=$((scrapes + 1))
@@ -52,5 +59,13 @@ awk -v hs="$samples" -v ns="$scrapes" -v ht="$((h1 - h0))" -v nt="$((n1 - n0))" 
   printf "node_exporter: %d scrapes (cpu+meminfo), CPU %.2f ms per scrape, RSS %.1f MiB (peak %.1f MiB; anonymous %.1f, file-backed %.1f)\n", ns, nms, nr / 1024, nh / 1024, na / 1024, nf / 1024;
   if (nms > 0) printf "hive / node_exporter CPU: %.2f (target <= 0.25)\n", hms / nms;
 }'
+if ((${#perfs[@]})); then
+  wait "${perfs[@]}" || true
+  clock() { awk -F, '$3 == "task-clock" || $3 ~ /task-clock/ {print $1; exit}' "$1"; }
+  awk -v hs="$samples" -v ns="$scrapes" -v h="$(clock "$tmp/hive.perf")" -v n="$(clock "$tmp/ne.perf")" 'BEGIN {
+    if (h == "" || n == "") exit;
+    printf "perf task-clock: hive %.3f ms per sample, node_exporter %.3f ms per scrape, ratio %.2f\n", h / (hs > 0 ? hs : 1), n / (ns > 0 ? ns : 1), (h / (hs > 0 ? hs : 1)) / (n / (ns > 0 ? ns : 1));
+  }'
+fi
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "(CPU from /proc/PID/stat utime+stime at $hz ticks/s over ${secs} s: coarse; use 120 s or more for tighter figures)"

@@ -1,8 +1,10 @@
 //! The hive's own `/metrics` endpoint (`hive serve --metrics-listen`): a fresh sample on
 //! every scrape, encoded with the machine families both daemons share
-//! ([`rbee_shared::machine_metrics`]), plus the hive's own stream gauges and its own
+//! ([`rbee_shared::machine_metrics`]), plus the hive's own stream gauges, its uploads of
+//! model files to peers, and its own
 //! cost (CPU time and resident memory, read from `/proc/self` at the scrape, never on
-//! the sampling path). Every series
+//! the sampling path; the latency of its NVML calls, timed where they are made,
+//! [`crate::source::nvml_calls`]). Every series
 //! carries `source="hive"` ([`SOURCE_HIVE`]). Names and labels: see `docs/metrics.md`.
 
 use std::fmt;
@@ -15,8 +17,10 @@ use prometheus_client::registry::Unit;
 use rbee_shared::machine_metrics::{MachineView, encode_machines, gauges, label, registry_for};
 use rbee_shared::{HiveIdentity, Sample};
 
+use crate::models::serve::{PeerServer, UploadCounts};
 use crate::monitor::Telemetry;
 use crate::procs::proc_stat::{USER_HZ, parse_cpu_ticks, parse_rss_bytes};
+use crate::source::nvml_calls::CallSnapshot;
 use crate::streams::Streams;
 
 /// The `source` value of the hive's own `/metrics`.
@@ -35,6 +39,10 @@ struct Scrape {
     streams: usize,
     /// What this process costs, at the scrape.
     cost: OwnCost,
+    /// Uploads of model files to peers (with a models directory).
+    uploads: Option<UploadCounts>,
+    /// The latency of the NVML calls made so far, by kind (empty without NVML).
+    nvml_calls: Vec<CallSnapshot>,
 }
 
 /// What the hive process itself costs: CPU time used and resident memory (`None` where
@@ -97,8 +105,54 @@ impl Collector for Scrape {
             "Resident memory of this hive process.",
             Some(Unit::Bytes),
             self.cost.resident_bytes.map(|b| (vec![label("hive", hive)], b)),
-        )
+        )?;
+        if let Some(u) = self.uploads {
+            encode_uploads(&mut enc, hive, u)?;
+        }
+        if !self.nvml_calls.is_empty() {
+            let mut m = enc.encode_descriptor(
+                "rbee_hive_nvml_call",
+                "How long this hive's NVML calls take, by kind of call.",
+                Some(&Unit::Seconds),
+                MetricType::Histogram,
+            )?;
+            for calls in &self.nvml_calls {
+                m.encode_family(&vec![label("hive", hive), label("call", calls.call.label())])?
+                    .encode_histogram::<NoLabelSet>(calls.sum_s, calls.count, &calls.buckets, None)?;
+            }
+        }
+        Ok(())
     }
+}
+
+/// The peer upload families: running now, bytes sent, calls refused.
+fn encode_uploads(enc: &mut DescriptorEncoder, hive: &str, u: UploadCounts) -> fmt::Result {
+    gauges(
+        enc,
+        "rbee_hive_peer_uploads",
+        "Uploads of model files to peer hives running now (at most --max-peer-uploads).",
+        None,
+        [(vec![label("hive", hive)], u.running)],
+    )?;
+    let counters = [
+        (
+            "rbee_hive_peer_upload",
+            "Model file bytes this hive sent to peer hives.",
+            Some(Unit::Bytes),
+            u.bytes,
+        ),
+        (
+            "rbee_hive_peer_uploads_refused",
+            "ReadModelFile calls refused because --max-peer-uploads were running.",
+            None,
+            u.refused,
+        ),
+    ];
+    for (name, help, unit, value) in counters {
+        let mut m = enc.encode_descriptor(name, help, unit.as_ref(), MetricType::Counter)?;
+        m.encode_family(&vec![label("hive", hive)])?.encode_counter::<NoLabelSet, _, u64>(&value, None)?;
+    }
+    Ok(())
 }
 
 /// What the hive's `/metrics` endpoint renders: a fresh sample on every scrape.
@@ -106,9 +160,11 @@ pub fn render(
     identity: Arc<HiveIdentity>,
     telemetry: Arc<Telemetry>,
     streams: Streams,
+    uploads: Option<PeerServer>,
 ) -> rbee_shared::metrics_http::Render {
     Arc::new(move || {
         let (identity, telemetry, streams) = (identity.clone(), telemetry.clone(), streams.clone());
+        let uploads = uploads.as_ref().map(PeerServer::counts);
         Box::pin(async move {
             let sample = match telemetry.sample().await {
                 Ok(s) => Some(s),
@@ -123,6 +179,8 @@ pub fn render(
                 sample,
                 streams: streams.open(),
                 cost: OwnCost::read(),
+                uploads,
+                nvml_calls: telemetry.nvml_calls().map(|c| c.snapshot()).unwrap_or_default(),
             };
             let mut registry = registry_for(SOURCE_HIVE);
             registry.register_collector(Box::new(scrape));

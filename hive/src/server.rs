@@ -16,6 +16,7 @@ use crate::HiveError;
 use crate::announce::announce_loop;
 use crate::config::HiveConfig;
 use crate::models::Models;
+use crate::models::serve::PeerServer;
 use crate::models::source::ModelsSource;
 use crate::monitor::Telemetry;
 use crate::preload::Preloader;
@@ -219,6 +220,7 @@ async fn serve_parts(
         shutdown: cancel.clone(),
         warnings: Arc::new(WarnLimiter::new(WARN_BURST, WARN_WINDOW, WARN_PEERS)),
     };
+    let peer_server = models.as_ref().map(|m| PeerServer::new(m.clone()));
     let metrics = match &config.metrics {
         Some(endpoint) => {
             let listener = endpoint.bind().map_err(|e| {
@@ -226,7 +228,12 @@ async fn serve_parts(
             })?;
             tracing::info!(listen = %listener.local_addr().map_err(|e| HiveError::Config(e.to_string()))?,
                 "serving Prometheus metrics at /metrics");
-            let render = crate::metrics::render(ctx.identity.clone(), ctx.telemetry.clone(), streams.clone());
+            let render = crate::metrics::render(
+                ctx.identity.clone(),
+                ctx.telemetry.clone(),
+                streams.clone(),
+                peer_server.clone(),
+            );
             Some(tokio::spawn(rbee_shared::metrics_http::serve(
                 listener,
                 render,
@@ -257,8 +264,12 @@ async fn serve_parts(
         .add_optional_service(reflection_v1)
         .add_optional_service(reflection_v1alpha)
         .add_service(
-            HiveServer::new(HiveService::new(ctx, streams, models.clone()).with_preloader(preloader.clone()))
-                .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES),
+            HiveServer::new(
+                HiveService::new(ctx, streams, models.clone())
+                    .with_preloader(preloader.clone())
+                    .with_peer_server(peer_server),
+            )
+            .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(grpc_server::incoming(listener), cancel.clone().cancelled_owned())
         .await;

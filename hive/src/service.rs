@@ -37,13 +37,18 @@ pub struct HiveService {
 impl HiveService {
     /// A service over the hive's shared context.
     pub fn new(ctx: SessionContext, streams: Streams, models: Option<Models>) -> Self {
-        let peer_server = models.clone().map(PeerServer::new);
-        Self { ctx, streams, models, preloader: None, peer_server }
+        Self { ctx, streams, models, preloader: None, peer_server: None }
     }
 
     /// With the preloader of PreloadModel and EvictModel.
     pub fn with_preloader(mut self, preloader: Option<Preloader>) -> Self {
         self.preloader = preloader;
+        self
+    }
+
+    /// With the server of ReadModelFile (with a models directory).
+    pub fn with_peer_server(mut self, peer_server: Option<PeerServer>) -> Self {
+        self.peer_server = peer_server;
         self
     }
 

@@ -14,6 +14,7 @@
 //!   (the diff that reaches the sample's stamped version goes first);
 //! - `taken_at` strictly increases (a late tick never resends an old reading).
 
+use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -26,7 +27,7 @@ use rbee_shared::{
     VersionedCapabilities,
 };
 use tokio::sync::watch;
-use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::HiveError;
@@ -78,8 +79,10 @@ pub struct Session {
     pending_sample: Option<Sample>,
     /// Readings left to take at once, without waiting for a tick.
     resample: u32,
-    /// The sample ticker.
-    ticker: Interval,
+    /// The sample schedule.
+    ticker: Ticker,
+    /// The reading asked for at the next tick, while waiting for it.
+    reading: Option<Reading>,
     /// The last sequence number sent.
     seq: u64,
     /// `taken_at` of the last sample sent.
@@ -92,10 +95,38 @@ pub struct Session {
     _slot: StreamGuard,
 }
 
-fn ticker(every: Duration) -> Interval {
-    let mut t = tokio::time::interval_at(Instant::now() + every, every);
-    t.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    t
+/// A reading asked for at a tick: waits while the hive is held silent, then for the
+/// tick, and measures.
+type Reading = Pin<Box<dyn Future<Output = Result<Sample, HiveError>> + Send>>;
+
+/// When samples are due: every `every`, the first one interval from now; a tick
+/// missed (a slow reading) moves the schedule to one interval after it was taken
+/// (tokio's `MissedTickBehavior::Delay`).
+#[derive(Debug, Clone, Copy)]
+struct Ticker {
+    /// The interval.
+    every: Duration,
+    /// The next tick.
+    next: Instant,
+}
+
+impl Ticker {
+    fn new(every: Duration) -> Self {
+        Self { every, next: Instant::now() + every }
+    }
+
+    /// Moves on from the tick just served.
+    fn advance(&mut self) {
+        let now = Instant::now();
+        self.next += self.every;
+        if self.next <= now {
+            self.next = now + self.every;
+        }
+    }
+}
+
+fn ticker(every: Duration) -> Ticker {
+    Ticker::new(every)
 }
 
 impl Session {
@@ -142,6 +173,7 @@ impl Session {
             pending_sample: None,
             resample: 0,
             ticker: ticker(interval),
+            reading: None,
             seq: 0,
             last_taken_at: 0,
             done: false,
@@ -209,6 +241,9 @@ impl Session {
         if let Some(every) = request.sample_interval {
             tracing::debug!(every = ?every.get(), "stream interval changed");
             self.ticker = ticker(every.get());
+            // The reading asked for at the old schedule is not wanted (dropping it
+            // withdraws the request).
+            self.reading = None;
         }
         if request.resync {
             self.pending_snapshot = Some(SnapshotReason::Resync);
@@ -227,6 +262,12 @@ impl Session {
             () = self.ctx.telemetry.unsilenced() => {}
         }
         let sample = self.ctx.telemetry.sample().await?;
+        self.keep(sample);
+        Ok(())
+    }
+
+    /// Keeps a reading for sending unless it is not newer than the last one sent.
+    fn keep(&mut self, sample: Sample) {
         if sample.taken_at_unix_ms > self.last_taken_at {
             self.pending_sample = Some(sample);
         } else {
@@ -234,7 +275,20 @@ impl Session {
             tracing::debug!(taken_at = sample.taken_at_unix_ms, "late tick: no newer reading; skipped");
             self.resample = 0;
         }
-        Ok(())
+    }
+
+    /// The reading for the next tick, asked for once and kept while other events are
+    /// served (the sampler keeps the time: the stream wakes once, with the reading).
+    fn ask_for_reading(&mut self) {
+        if self.reading.is_some() {
+            return;
+        }
+        let at = self.ticker.next;
+        let telemetry = self.ctx.telemetry.clone();
+        self.reading = Some(Box::pin(async move {
+            telemetry.unsilenced().await;
+            telemetry.sample_at(at).await
+        }));
     }
 
     /// The next message for the caller, or `None` when the stream ends.
@@ -259,6 +313,8 @@ impl Session {
                 }
                 continue;
             }
+            self.ask_for_reading();
+            let Some(reading) = self.reading.as_mut() else { continue };
             tokio::select! {
                 () = self.ctx.shutdown.cancelled() => return None,
                 message = self.inbound.next(), if self.inbound_open => match message {
@@ -276,11 +332,16 @@ impl Session {
                     }
                     // Loop: diff_if_changed compares versions and sends the diff.
                 }
-                _ = self.ticker.tick() => {
+                reading = reading => {
+                    self.reading = None;
+                    self.ticker.advance();
                     self.resample = RESAMPLE_ATTEMPTS;
-                    if let Err(e) = self.measure().await {
-                        self.done = true;
-                        return Some(Err(e));
+                    match reading {
+                        Ok(sample) => self.keep(sample),
+                        Err(e) => {
+                            self.done = true;
+                            return Some(Err(e));
+                        }
                     }
                 }
             }

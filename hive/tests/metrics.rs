@@ -52,6 +52,8 @@ async fn the_hive_serves_its_gpus_and_promtool_accepts_them() {
     };
     assert!(value("rbee_hive_cpu_seconds_total") >= 0.0);
     assert!(value("rbee_hive_resident_memory_bytes") > 1e6);
+    // No NVML, no NVML latency (the simulated source makes no driver calls).
+    assert!(!text.contains("rbee_hive_nvml_call"), "{text}");
     // One source of truth per series: a Prometheus scraping this hive and the queen tells
     // the two apart by `source`, and dashboards select `source="queen"`.
     for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
@@ -198,4 +200,118 @@ fn metrics_beyond_loopback_need_a_token() {
     assert!(!config.metrics.unwrap().access.enabled());
     let (_, config) = serve_args(&[]).into_config().unwrap();
     assert!(config.metrics.is_none(), "off by default");
+}
+
+/// One GPU with every reading the sample path asks NVML for.
+const ONE_NVML_GPU: &str = r#"
+driver_version = "550.54.15"
+cuda_version = "12.4"
+[[gpu]]
+uuid = "GPU-aaaaaaaa-0000-0000-0000-000000000000"
+name = "NVIDIA H100 80GB HBM3"
+pci_bus_id = "00000000:17:00.0"
+memory_total = "80GiB"
+memory_used = ["5GiB"]
+compute_capability = "9.0"
+power_limit_w = 700
+util_percent = [37]
+temperature_c = [55]
+power_draw_w = [310]
+sm_clock_mhz = [1980]
+mem_clock_mhz = [2619]
+ecc_corrected = [4]
+ecc_uncorrected = [0]
+"#;
+
+/// Scrapes `addr` until it answers (the hive is starting), within the deadline.
+async fn scrape_when_up(addr: std::net::SocketAddr) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            let (status, text) = http_get(addr, "/metrics", None).await;
+            assert_eq!(status, 200, "{text}");
+            return text;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the metrics endpoint did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `NAME{source="hive",hive="nvml-metrics",call="CALL"[,le="LE"]} VALUE` as a number.
+fn nvml_series(text: &str, suffix: &str, call: &str, le: Option<&str>) -> Option<f64> {
+    let le = le.map(|le| format!(",le=\"{le}\"")).unwrap_or_default();
+    let prefix = format!(
+        "rbee_hive_nvml_call_seconds_{suffix}{{source=\"hive\",hive=\"nvml-metrics\",call=\"{call}\"{le}}} "
+    );
+    text.lines().find_map(|l| l.strip_prefix(&prefix)).map(|v| v.parse().unwrap())
+}
+
+/// The hive reports the latency of its own NVML calls, by kind of call, timed around
+/// the real calls: the real binary, nvml-wrapper's loading path and the fake driver
+/// library (the same code path as a real driver's).
+#[tokio::test]
+async fn the_hive_reports_its_nvml_call_latency_per_kind_of_call() {
+    use std::io::Write as _;
+    let mut scenario = tempfile::NamedTempFile::new().unwrap();
+    scenario.write_all(ONE_NVML_GPU.as_bytes()).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let lib = rbee_hive::test_support::fake_nvml_lib(false);
+    let listen = metrics.to_string();
+    let args = [
+        "--hive-id".as_ref(),
+        "nvml-metrics".as_ref(),
+        "--state-dir".as_ref(),
+        state.path().as_os_str(),
+        "--nvml-lib".as_ref(),
+        lib.as_os_str(),
+        "--metrics-listen".as_ref(),
+        listen.as_ref(),
+    ];
+    let _hive = rbee_hive::test_support::HiveProcess::spawn(
+        env!("CARGO_BIN_EXE_hive").as_ref(),
+        &args,
+        &[("RBEE_FAKE_NVML_SCENARIO", scenario.path().as_os_str())],
+    );
+    let first = scrape_when_up(metrics).await;
+    assert!(first.contains("# TYPE rbee_hive_nvml_call_seconds histogram"), "{first}");
+    // Every kind the sample path and the capability scan make is there.
+    let calls = [
+        "device_count",
+        "handle",
+        "memory_info",
+        "utilization",
+        "temperature",
+        "power",
+        "clocks",
+        "ecc",
+        "processes",
+        "describe",
+        "topology",
+    ];
+    for call in calls {
+        let count = nvml_series(&first, "count", call, None).unwrap_or_else(|| panic!("{call}: {first}"));
+        assert!(count >= 1.0, "{call}: {first}");
+        assert_eq!(nvml_series(&first, "bucket", call, Some("+Inf")), Some(count), "{call}");
+        let sum = nvml_series(&first, "sum", call, None).unwrap();
+        assert!(sum > 0.0 && sum.is_finite(), "{call}: {sum}");
+    }
+    // Each reading is timed where it is made: one GPU read once per sample gives one
+    // temperature, utilization, power and process-list call per sample, and two clock
+    // and two ECC calls (SM and memory; corrected and uncorrected).
+    let per_sample = |text: &str| nvml_series(text, "count", "temperature", None).unwrap();
+    let samples = per_sample(&first);
+    for (call, per) in
+        [("utilization", 1.0), ("power", 1.0), ("processes", 1.0), ("clocks", 2.0), ("ecc", 2.0)]
+    {
+        assert_eq!(nvml_series(&first, "count", call, None), Some(per * samples), "{call}: {first}");
+    }
+    // A scrape samples: the counts grow with it.
+    let mut second = http_get(metrics, "/metrics", None).await.1;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while per_sample(&second) <= samples {
+        assert!(tokio::time::Instant::now() < deadline, "no new NVML reading: {second}");
+        second = http_get(metrics, "/metrics", None).await.1;
+    }
+    promtool_check_metrics(&second);
 }

@@ -284,7 +284,15 @@ async fn a_file_changed_behind_its_mtime_ends_with_data_loss_and_is_verified_aga
 async fn uploads_beyond_the_limit_are_resource_exhausted_until_one_ends() {
     let root = tempfile::tempdir().unwrap();
     make_model(root.path(), "m", &[("w.bin", &http_files::generated(32 << 20, 5))]);
-    let hive = TestHive::start_with(hive_with_models(root.path(), |m| m.serve.max_uploads = 2)).await;
+    let mut config = hive_with_models(root.path(), |m| m.serve.max_uploads = 2);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let metrics = listener.local_addr().unwrap();
+    config.metrics = Some(rbee_shared::metrics_http::MetricsEndpoint {
+        listen: metrics,
+        listener: Some(std::sync::Arc::new(listener)),
+        access: rbee_shared::metrics_http::MetricsAccess::new(None),
+    });
+    let hive = TestHive::start_with(config).await;
     let mut client = hive.client().await;
     // Two readers that take one chunk and then stall: both slots held.
     let mut held = Vec::new();
@@ -296,6 +304,20 @@ async fn uploads_beyond_the_limit_are_resource_exhausted_until_one_ends() {
     let refused = read(&mut client, request("m", "w.bin", 0)).await;
     assert_eq!(refused.code(), Code::ResourceExhausted, "{:?}", refused.end);
     assert!(refused.end.unwrap_err().message().contains("--max-peer-uploads"));
+    // /metrics says so: two running, one refused, bytes sent.
+    let (status, text) = http_get(metrics, "/metrics", None).await;
+    assert_eq!(status, 200);
+    let value = |name: &str| -> u64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{")))
+            .unwrap_or_else(|| panic!("{name}:\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(value("rbee_hive_peer_uploads"), 2);
+    assert_eq!(value("rbee_hive_peer_uploads_refused_total"), 1);
+    assert!(value("rbee_hive_peer_upload_bytes_total") >= 2 * rbee_hive::models::serve::CHUNK_BYTES as u64);
+    promtool_check_metrics(&text);
     drop(held.pop());
     let deadline = Instant::now() + DEADLINE;
     loop {
@@ -390,6 +412,18 @@ async fn the_upload_limit_holds() {
     let rate = (size as f64 - burst) / secs;
     assert!(rate <= LIMIT as f64 * 1.1, "{rate:.0} B/s over the limit of {LIMIT} B/s");
     assert!(rate >= LIMIT as f64 * 0.5, "{rate:.0} B/s, far under the limit of {LIMIT} B/s");
+
+    // Two readers at once share the one limit.
+    let (mut a, mut b) = (client.clone(), client.clone());
+    let started = Instant::now();
+    let (ra, rb) =
+        tokio::join!(read(&mut a, request("m", "w.bin", 0)), read(&mut b, request("m", "w.bin", 5 << 20)));
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!((ra.code(), rb.code()), (Code::Ok, Code::Ok));
+    let both = (ra.data().len() + rb.data().len()) as f64;
+    let rate = (both - burst) / secs;
+    assert!(rate <= LIMIT as f64 * 1.1, "two readers: {rate:.0} B/s over the limit of {LIMIT} B/s");
+    assert!(rate >= LIMIT as f64 * 0.5, "two readers: {rate:.0} B/s, far under the limit of {LIMIT} B/s");
 }
 
 fn partial(model: &str, path: &str, offset: u64) -> pb::ReadModelFileRequest {
@@ -548,4 +582,40 @@ async fn a_partial_read_ends_aborted_when_its_download_starts_the_file_over() {
     assert_eq!(status.code(), Code::Aborted, "{status:?}");
     assert!(status.message().contains("started the file over"), "{status:?}");
     assert_eq!(got, old[..got.len()], "only bytes of the file as it was are sent");
+}
+
+#[tokio::test]
+async fn a_hive_shutting_down_ends_its_uploads_with_unavailable_and_does_not_wait_for_them() {
+    let root = tempfile::tempdir().unwrap();
+    make_model(root.path(), "m", &[("w.bin", &http_files::generated(16 << 20, 6))]);
+    let server = http_files::FileServer::start().await;
+    let url = server.add("slow.bin", http_files::generated(4 << 20, 8));
+    server.throttle(64 << 10);
+    let hive =
+        TestHive::start_with(hive_with_models(root.path(), |m| m.serve.upload_limit = Some(256 << 10))).await;
+    let mut client = hive.client().await;
+    client.fetch_model(fetch_url("dl", &url, Some(4 << 20), None)).await.unwrap();
+    // A throttled reader of a ready file, a reader that stopped reading, and a reader
+    // waiting for a download's bytes: none of them holds the shutdown up.
+    let mut slow = client.read_model_file(request("m", "w.bin", 0)).await.unwrap().into_inner();
+    slow.next().await.unwrap().unwrap();
+    let mut stalled = client.read_model_file(request("m", "w.bin", 1 << 20)).await.unwrap().into_inner();
+    stalled.next().await.unwrap().unwrap();
+    let waiting = client.read_model_file(partial("dl", "slow.bin", 3 << 20)).await.unwrap();
+    let slow_end = tokio::spawn(async move {
+        loop {
+            match slow.next().await {
+                Some(Ok(_)) => {}
+                Some(Err(status)) => return Some(status.code()),
+                None => return None,
+            }
+        }
+    });
+    hive.stop().await.unwrap();
+    let code = tokio::time::timeout(DEADLINE, slow_end).await.unwrap().unwrap();
+    assert!(
+        matches!(code, Some(Code::Unavailable)),
+        "a reader cut off by the shutdown sees an error, not the end of the file: {code:?}"
+    );
+    drop((stalled, waiting));
 }

@@ -40,6 +40,9 @@ use crate::HiveError;
 /// A connection attempt to a peer longer than this fails (the next source is tried).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// HTTP/2 receive window for a peer's stream and connection (bytes in flight).
+const PEER_WINDOW_BYTES: u32 = 8 << 20;
+
 /// Longest peer address accepted, bytes.
 const MAX_ADDRESS_BYTES: usize = 256;
 
@@ -314,7 +317,11 @@ impl PeerDialer {
         let mut endpoint = Endpoint::from_shared(plain)
             .map_err(|e| e.to_string())?
             .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            // The receiver's HTTP/2 windows bound a peer's bytes in flight: h2's 64 KiB
+            // default would stall a fast link every round trip.
+            .initial_stream_window_size(PEER_WINDOW_BYTES)
+            .initial_connection_window_size(PEER_WINDOW_BYTES);
         if address.tls {
             let origin: Uri = address.to_string().parse().map_err(|e: http_uri::InvalidUri| e.to_string())?;
             endpoint = endpoint.origin(origin);

@@ -24,6 +24,7 @@ use std::fs::File;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
 
 use futures::Stream;
@@ -95,8 +96,28 @@ pub struct FileChunk {
 /// The chunks of one upload; an error item ends it.
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<FileChunk, HiveError>> + Send>>;
 
-/// Serves the files of a [`Models`] directory to peers; clones share the upload slots
-/// and the throttle.
+/// What the uploads to peers did since the hive started (for `/metrics`).
+#[derive(Debug, Default)]
+pub struct UploadStats {
+    /// Bytes of file data sent.
+    pub bytes: AtomicU64,
+    /// Calls refused for want of a slot (`--max-peer-uploads`).
+    pub refused: AtomicU64,
+}
+
+/// The uploads to peers now, as `/metrics` shows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadCounts {
+    /// Uploads running now.
+    pub running: u64,
+    /// Bytes of file data sent since the hive started.
+    pub bytes: u64,
+    /// Calls refused for want of a slot since the hive started.
+    pub refused: u64,
+}
+
+/// Serves the files of a [`Models`] directory to peers; clones share the upload slots,
+/// the throttle and the counts.
 #[derive(Clone)]
 pub struct PeerServer {
     /// The models.
@@ -107,6 +128,8 @@ pub struct PeerServer {
     slots: Arc<Semaphore>,
     /// The shared throttle, when limited.
     bucket: Option<Arc<TokenBucket>>,
+    /// What the uploads did.
+    stats: Arc<UploadStats>,
 }
 
 /// Whether a caller may read model files: one that presented a client certificate
@@ -127,7 +150,17 @@ impl PeerServer {
             .upload_limit
             .map(|rate| Arc::new(TokenBucket::new(rate, CHUNK_BYTES as u64, Instant::now())));
         let slots = Arc::new(Semaphore::new(config.max_uploads.max(1)));
-        Self { models, config, slots, bucket }
+        Self { models, config, slots, bucket, stats: Arc::default() }
+    }
+
+    /// The uploads now.
+    pub fn counts(&self) -> UploadCounts {
+        let free = self.slots.available_permits();
+        UploadCounts {
+            running: self.config.max_uploads.max(1).saturating_sub(free) as u64,
+            bytes: self.stats.bytes.load(Ordering::Relaxed),
+            refused: self.stats.refused.load(Ordering::Relaxed),
+        }
     }
 
     /// Starts streaming the file `req` names, from its offset. Errors before the first
@@ -169,11 +202,10 @@ impl PeerServer {
                 size: file.size_bytes,
             });
         }
-        let permit = self
-            .slots
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| HiveError::TooManyUploads { limit: self.config.max_uploads })?;
+        let permit = self.slots.clone().try_acquire_owned().map_err(|_| {
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            HiveError::TooManyUploads { limit: self.config.max_uploads }
+        })?;
         let id = req.model_id.clone();
         let (source, growth) = if partial {
             (None, Some(Growth::new(inner.clone(), id.clone(), file.path.clone())))
@@ -194,6 +226,7 @@ impl PeerServer {
             growth,
             tx,
             bucket: self.bucket.clone(),
+            stats: self.stats.clone(),
             cancel: inner.shutdown.clone(),
             _permit: permit,
         };

@@ -94,6 +94,40 @@ mod tests {
         assert!(sent + 3 * chunk >= rate * 10, "the rate is used, not starved: {sent}");
     }
 
+    proptest::proptest! {
+        /// Whatever the reservations (sizes, arrival times, how many uploads), the bytes
+        /// allowed to go by any moment are at most the burst plus the rate times the
+        /// time since the start, and no reservation waits longer than every byte
+        /// reserved so far takes at the rate.
+        #[test]
+        fn never_more_than_rate_times_time_plus_burst(
+            rate in 1_000u64..100_000_000,
+            burst in 1u64..4_000_000,
+            steps in proptest::collection::vec((0u64..50_000, 1u64..2_000_000), 1..200),
+        ) {
+            let t0 = Instant::now();
+            let bucket = TokenBucket::new(rate, burst, t0);
+            let mut now = t0;
+            let mut sends = Vec::new();
+            let mut reserved = 0u64;
+            for (gap_us, n) in steps {
+                now += Duration::from_micros(gap_us);
+                let wait = bucket.reserve(n, now);
+                reserved += n;
+                let bound = reserved as f64 / rate as f64;
+                proptest::prop_assert!(wait.as_secs_f64() <= bound + 1e-6, "{wait:?} > {bound}");
+                sends.push((now + wait, n));
+            }
+            sends.sort();
+            let mut sent = 0u64;
+            for (at, n) in sends {
+                sent += n;
+                let allowed = burst as f64 + rate as f64 * (at - t0).as_secs_f64();
+                proptest::prop_assert!(sent as f64 <= allowed * (1.0 + 1e-9) + 1.0, "{sent} by {at:?} > {allowed}");
+            }
+        }
+    }
+
     #[test]
     fn a_clock_going_backwards_never_refills() {
         let t0 = Instant::now() + Duration::from_secs(5);

@@ -17,6 +17,7 @@ use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rbee_shared::lock::MutexExt;
@@ -27,7 +28,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::download::hex;
-use super::serve::{CHUNK_BYTES, FileChunk, Opened, reverify};
+use super::serve::{CHUNK_BYTES, FileChunk, Opened, UploadStats, reverify};
 use super::serve_throttle::TokenBucket;
 use super::{Inner, layout};
 use crate::HiveError;
@@ -70,6 +71,8 @@ pub struct Upload {
     pub tx: mpsc::Sender<Result<FileChunk, HiveError>>,
     /// The shared throttle.
     pub bucket: Option<Arc<TokenBucket>>,
+    /// The shared counts.
+    pub stats: Arc<UploadStats>,
     /// The hive's shutdown.
     pub cancel: CancellationToken,
     /// The upload slot, held until the upload ends.
@@ -93,7 +96,7 @@ impl Upload {
     fn changed(&self, why: &str) -> Stop {
         reverify(&self.inner, &self.model_id);
         Stop::Error(HiveError::ServedFileChanged(format!(
-            "model {} file {} {why} since it was verified; not served, the model is being verified again",
+            "model {} file {} {why} since it was verified: the stream ends here, and the model is being verified again",
             self.model_id,
             layout::shown_name(&self.file.path)
         )))
@@ -207,6 +210,7 @@ impl Upload {
             return Err(Stop::Closed);
         }
         self.offset += n;
+        self.stats.bytes.fetch_add(n, Ordering::Relaxed);
         Ok(())
     }
 

@@ -6,6 +6,7 @@
 //! scenario file, for tests and demos only).
 
 pub mod nvml;
+pub mod nvml_calls;
 pub mod nvml_topology;
 pub mod procfs;
 pub mod sim_topology;

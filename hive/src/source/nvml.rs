@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 
 use nvml_wrapper::bitmasks::event::EventTypes;
 use nvml_wrapper::enum_wrappers::device::{Clock, EccCounter, MemoryError, TemperatureSensor};
@@ -27,6 +28,7 @@ use rbee_shared::{
 };
 
 use super::DeviceSource;
+use super::nvml_calls::{NvmlCall, NvmlCalls};
 use super::nvml_topology::{self, Physical};
 use crate::HiveError;
 
@@ -63,6 +65,8 @@ pub struct NvmlSource {
     /// GPUs in MIG mode listed as their MIG instances at the last scan, by GPU id:
     /// samples read the instances' memory instead of the GPU's.
     mig_parents: HashSet<String>,
+    /// How long each kind of call takes (the hive's `/metrics`).
+    calls: Arc<NvmlCalls>,
 }
 
 /// What the driver answered, for a lost GPU's reason: the `nvml.h` code name where
@@ -108,7 +112,13 @@ impl NvmlSource {
             last_ids: HashMap::new(),
             processes: Vec::new(),
             mig_parents: HashSet::new(),
+            calls: Arc::new(NvmlCalls::new()),
         })
+    }
+
+    /// The latency histograms of this source's NVML calls.
+    pub fn calls(&self) -> Arc<NvmlCalls> {
+        self.calls.clone()
     }
 
     /// Records that the GPU at `index` does not answer (logged once).
@@ -134,16 +144,18 @@ impl NvmlSource {
     /// and memory. A GPU that fails is marked lost (e.g. "fell off the bus") and left
     /// out; GPUs beyond the driver's count are forgotten.
     fn devices(&mut self) -> Result<Vec<(u32, String, Device<'static>, MemoryInfo)>, HiveError> {
-        let count = self
-            .nvml
-            .device_count()
+        let calls = self.calls.clone();
+        let count = calls
+            .time(NvmlCall::DeviceCount, || self.nvml.device_count())
             .map_err(|e| HiveError::Source { source_name: "nvml", reason: format!("device count: {e}") })?;
         let mut out = Vec::with_capacity(count as usize);
         self.lost.retain(|index, _| *index < count);
         for index in 0..count {
-            let opened = self.nvml.device_by_index(index).map_err(|e| reason("open", &e)).and_then(|d| {
-                let id = d.uuid().map_err(|e| reason("uuid", &e))?;
-                Ok((d, id))
+            let opened = calls.time(NvmlCall::Handle, || {
+                self.nvml.device_by_index(index).map_err(|e| reason("open", &e)).and_then(|d| {
+                    let id = d.uuid().map_err(|e| reason("uuid", &e))?;
+                    Ok((d, id))
+                })
             });
             let (device, id) = match opened {
                 Ok(opened) => opened,
@@ -154,7 +166,7 @@ impl NvmlSource {
             };
             self.last_ids.insert(index, id.clone());
             // Without its memory a GPU cannot be placed on: it counts as not answering.
-            match device.memory_info() {
+            match calls.time(NvmlCall::MemoryInfo, || device.memory_info()) {
                 Ok(memory) => {
                     self.mark_answering(index, &id);
                     out.push((index, id, device, memory));
@@ -193,7 +205,7 @@ impl NvmlSource {
     fn drain_xids(&mut self) {
         let Some(set) = &self.events else { return };
         for _ in 0..256 {
-            match set.wait(0) {
+            match self.calls.time(NvmlCall::Events, || set.wait(0)) {
                 Ok(event) => {
                     let Ok(id) = event.device.uuid() else { continue };
                     let entry = self.xids.entry(id).or_default();
@@ -248,9 +260,12 @@ impl DeviceSource for NvmlSource {
         let mut described = Vec::new();
         for (index, id, device, memory) in self.devices()? {
             self.register_xid(&id, &device);
-            let gpu = self.describe(index, id, &device, memory.total);
-            let instances =
-                if gpu.mig_mode == MigMode::Enabled { mig_instances(&device) } else { Vec::new() };
+            let gpu = self.calls.time(NvmlCall::Describe, || self.describe(index, id, &device, memory.total));
+            let instances = if gpu.mig_mode == MigMode::Enabled {
+                self.calls.time(NvmlCall::Mig, || mig_instances(&device))
+            } else {
+                Vec::new()
+            };
             let place = match instances.is_empty() {
                 true => (None, None),
                 false => nvml_topology::place(&device, &gpu.pci_bus_id),
@@ -262,7 +277,7 @@ impl DeviceSource for NvmlSource {
             .filter(|(_, instances, _)| instances.is_empty())
             .map(|(g, _, _)| Physical { index: g.index, id: g.id.clone(), bus_id: g.pci_bus_id.clone() })
             .collect();
-        let mut topology = nvml_topology::read(self.nvml, &physical);
+        let mut topology = self.calls.time(NvmlCall::Topology, || nvml_topology::read(self.nvml, &physical));
         self.mig_parents.clear();
         for (mut gpu, instances, (numa_node, cpu_affinity)) in described {
             if instances.is_empty() {
@@ -297,10 +312,11 @@ impl DeviceSource for NvmlSource {
     fn sample(&mut self, sample: &mut Sample) -> Result<(), HiveError> {
         self.drain_xids();
         self.processes.clear();
+        let calls = self.calls.clone();
         for (index, id, d, memory) in self.devices()? {
             if self.mig_parents.contains(&id) {
                 // Its MIG instances are the devices: their memory, like a GPU's.
-                for (id, _, memory) in mig_instances(&d) {
+                for (id, _, memory) in calls.time(NvmlCall::Mig, || mig_instances(&d)) {
                     sample.gpus.push(GpuSample {
                         index,
                         id,
@@ -313,9 +329,9 @@ impl DeviceSource for NvmlSource {
                 continue;
             }
             let memory = Some(memory);
-            let util = d.utilization_rates().ok();
+            let util = calls.time(NvmlCall::Utilization, || d.utilization_rates()).ok();
             let xid = self.xids.get(&id).copied();
-            if let Some(list) = raw_processes(&d) {
+            if let Some(list) = calls.time(NvmlCall::Processes, || raw_processes(&d)) {
                 self.processes.push((id.clone(), list));
             }
             sample.gpus.push(GpuSample {
@@ -324,13 +340,20 @@ impl DeviceSource for NvmlSource {
                 vram_free_bytes: memory.as_ref().map(|m| m.free),
                 gpu_util_percent: util.as_ref().map(|u| u.gpu.min(100) as f32),
                 mem_util_percent: util.as_ref().map(|u| u.memory.min(100) as f32),
-                temperature_c: d.temperature(TemperatureSensor::Gpu).ok().map(|t| t as f32),
-                power_draw_mw: d.power_usage().ok(),
-                sm_clock_mhz: d.clock_info(Clock::SM).ok(),
-                mem_clock_mhz: d.clock_info(Clock::Memory).ok(),
-                ecc_corrected_volatile: d.total_ecc_errors(MemoryError::Corrected, EccCounter::Volatile).ok(),
-                ecc_uncorrected_volatile: d
-                    .total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile)
+                temperature_c: calls
+                    .time(NvmlCall::Temperature, || d.temperature(TemperatureSensor::Gpu))
+                    .ok()
+                    .map(|t| t as f32),
+                power_draw_mw: calls.time(NvmlCall::Power, || d.power_usage()).ok(),
+                sm_clock_mhz: calls.time(NvmlCall::Clocks, || d.clock_info(Clock::SM)).ok(),
+                mem_clock_mhz: calls.time(NvmlCall::Clocks, || d.clock_info(Clock::Memory)).ok(),
+                ecc_corrected_volatile: calls
+                    .time(NvmlCall::Ecc, || d.total_ecc_errors(MemoryError::Corrected, EccCounter::Volatile))
+                    .ok(),
+                ecc_uncorrected_volatile: calls
+                    .time(NvmlCall::Ecc, || {
+                        d.total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile)
+                    })
                     .ok(),
                 xid_events: xid.map(|x| x.count),
                 last_xid: xid.and_then(|x| x.last),
