@@ -6,11 +6,14 @@
 
 pub mod auth;
 pub mod convert;
+pub mod fanout;
+mod fetch_call;
 mod fleet;
 pub mod journal;
 pub mod leader;
 pub mod model_removal;
 pub mod models;
+pub mod peers;
 mod place_request;
 pub mod preload;
 mod scheduler;

@@ -18,14 +18,15 @@ use rbee_proto::v1 as pb;
 use rbee_shared::convert::models::{model_id_from_wire, source_from_wire};
 use rbee_shared::failure_limit::FailureLimit;
 use rbee_shared::lock::MutexExt;
-use rbee_shared::{DownloadPhase, ModelState};
+use rbee_shared::{DownloadPhase, ModelSource, ModelState};
+use tokio::sync::Semaphore;
 
+use super::fanout::{FanOut, MAX_FAN_OUT, MAX_WAITING_FAN_OUTS};
+use super::fetch_call::ask;
+use super::peers::{self, PeerChoice};
 use crate::QueenError;
 use crate::fleet::{ConnState, Fleet, HiveSnapshot};
 use crate::link::LinkSettings;
-
-/// Longest a hive may take to answer FetchModel (it answers at once).
-const FETCH_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Downloads a caller may have unfinished or failed at once.
 pub const CALLER_BURST: u32 = 8;
@@ -61,6 +62,8 @@ pub struct ModelFetcher {
     limit: Mutex<FailureLimit<Option<IpAddr>>>,
     /// Started downloads whose outcome is watched.
     open: Mutex<VecDeque<OpenFetch>>,
+    /// Permits of fan-outs waiting for their first hive (background tasks).
+    waiting: Arc<Semaphore>,
 }
 
 /// What the fleet view says of a started download.
@@ -84,6 +87,7 @@ impl ModelFetcher {
             link,
             limit: Mutex::new(FailureLimit::new(CALLER_BURST, CALLER_REFILL)),
             open: Mutex::new(VecDeque::new()),
+            waiting: Arc::new(Semaphore::new(MAX_WAITING_FAN_OUTS)),
         }
     }
 
@@ -190,13 +194,26 @@ impl ModelFetcher {
         let model = r.fetch.as_ref().map(|f| f.model_id.clone()).unwrap_or_default();
         self.admit(caller)?;
         let answer = self.fetch(r).await?;
-        if let Some(result) = &answer.result {
-            self.started(caller, &answer.address, &model, result);
+        if answer.results.is_empty() {
+            if let Some(result) = &answer.result {
+                self.started(caller, &answer.address, &model, result);
+            }
+        } else {
+            // A fan-out: one charge per hive it started (the first was charged above),
+            // each given back as its download ends well.
+            for (i, x) in answer.results.iter().enumerate() {
+                let Some(result) = &x.result else { continue };
+                if i > 0 {
+                    self.limit.lock_unpoisoned().charge(caller, Instant::now());
+                }
+                self.started(caller, &x.address, &model, result);
+            }
         }
         Ok(answer)
     }
 
-    /// Validates the request, chooses the hive and forwards the fetch.
+    /// Validates the request, chooses the hive (or, with `all`, the hives) and forwards
+    /// the fetch with the peers that hold the model.
     pub async fn fetch(&self, r: &pb::ScheduleFetchRequest) -> Result<pb::ScheduleFetchResponse, QueenError> {
         // The field under `fetch`: "invalid fetch.model_id: ...", not "fetch.invalid model_id".
         let bad = |e: rbee_shared::ConvertError| {
@@ -206,7 +223,20 @@ impl ModelFetcher {
         };
         let fetch = r.fetch.clone().ok_or_else(|| QueenError::InvalidArgument("fetch is required".into()))?;
         let model = model_id_from_wire("model_id", &fetch.model_id).map_err(bad)?;
-        source_from_wire(fetch.source.as_ref()).map_err(bad)?;
+        let source = source_from_wire(fetch.source.as_ref()).map_err(bad)?;
+        if !fetch.peers.is_empty() || !fetch.peer_files.is_empty() {
+            return Err(QueenError::InvalidArgument(
+                "fetch.peers and fetch.peer_files are the queen's to fill: leave them empty (no_peers turns them off)"
+                    .into(),
+            ));
+        }
+        let declared = match source {
+            ModelSource::Urls(files) => Some(files),
+            ModelSource::HuggingFace { .. } => None,
+        };
+        if r.all {
+            return self.fan_out(r, fetch, &model, declared).await;
+        }
         let hive = match (r.hive.trim(), r.labels.is_empty()) {
             ("", true) => return Err(QueenError::InvalidArgument("give hive or labels".into())),
             (key, true) => self
@@ -219,23 +249,85 @@ impl ModelFetcher {
                 })?,
             (_, false) => return Err(QueenError::InvalidArgument("give hive or labels, not both".into())),
         };
-        let hive_id = hive.hive_id().to_owned();
-        let unreachable = |reason: String| QueenError::HiveUnreachable { hive: hive_id.clone(), reason };
-        let mut client = crate::link::command::hive_client(&hive.address, &self.link, hive.origin)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        let result = tokio::time::timeout(FETCH_CALL_TIMEOUT, client.fetch_model(fetch))
-            .await
-            .map_err(|_| unreachable("FetchModel timed out".into()))?
-            .map_err(|status| QueenError::Hive { hive: hive_id.clone(), status })?
-            .into_inner();
+        let choice = if r.no_peers {
+            PeerChoice::default()
+        } else {
+            peers::select(&self.fleet.list(), &hive, &model, declared.as_deref())
+        };
+        let mut fetch = fetch;
+        choice.apply(&mut fetch);
+        let result = ask(&self.link, &hive, fetch).await?;
         Ok(pb::ScheduleFetchResponse {
-            hive_id,
+            hive_id: hive.hive_id().to_owned(),
             address: hive.address.clone(),
             result: Some(result),
+            peers: choice.ids(),
             ..Default::default()
         })
     }
+
+    /// `all`: every online hive whose labels match (at most [`MAX_FAN_OUT`]), the one
+    /// [`choose`] picks first.
+    async fn fan_out(
+        &self,
+        r: &pb::ScheduleFetchRequest,
+        fetch: pb::FetchModelRequest,
+        model: &str,
+        declared: Option<Vec<rbee_shared::FileSource>>,
+    ) -> Result<pb::ScheduleFetchResponse, QueenError> {
+        if r.labels.is_empty() || !r.hive.trim().is_empty() {
+            return Err(QueenError::InvalidArgument("all needs labels (and no hive)".into()));
+        }
+        rbee_shared::labels::validate_labels(r.labels.iter())
+            .map_err(|e| QueenError::InvalidArgument(format!("labels: {e}")))?;
+        let labels: BTreeMap<String, String> = r.labels.clone().into_iter().collect();
+        let fleet = self.fleet.list();
+        let mut targets: Vec<Arc<HiveSnapshot>> =
+            fleet.iter().filter(|h| matches(h, &labels)).cloned().collect();
+        if targets.is_empty() {
+            return Err(QueenError::Missing(format!("no online hive matches the labels {:?}", r.labels)));
+        }
+        if targets.len() > MAX_FAN_OUT {
+            return Err(QueenError::InvalidArgument(format!(
+                "{} online hives match the labels, more than {MAX_FAN_OUT} in one fetch: narrow the labels",
+                targets.len()
+            )));
+        }
+        // The hive `choose` picks goes first; the rest by id.
+        targets.sort_by(|a, b| a.hive_id().cmp(b.hive_id()));
+        if let Some(first) = choose(&targets, &labels, model)
+            && let Some(at) = targets.iter().position(|h| h.address == first.address)
+        {
+            let first = targets.remove(at);
+            targets.insert(0, first);
+        }
+        let run = FanOut {
+            fleet: Arc::clone(&self.fleet),
+            link: self.link.clone(),
+            fetch,
+            declared,
+            targets,
+            no_peers: r.no_peers,
+        };
+        let results = run.start(&self.waiting).await?;
+        let first = results[0].clone();
+        if let (Some(e), true) = (&first.error, results.iter().all(|x| x.result.is_none() && !x.deferred)) {
+            tracing::warn!(model, error = %e, "fan-out: no hive started");
+        }
+        Ok(pb::ScheduleFetchResponse {
+            hive_id: first.hive_id,
+            address: first.address,
+            result: first.result,
+            peers: first.peers,
+            results,
+        })
+    }
+}
+
+/// Online, discovered, and every label matches.
+fn matches(h: &HiveSnapshot, labels: &BTreeMap<String, String>) -> bool {
+    h.state == ConnState::Online
+        && h.identity.as_ref().is_some_and(|i| labels.iter().all(|(k, v)| i.labels.get(k) == Some(v)))
 }
 
 /// Among online hives whose labels all match: one holding `model` ready, else the one
@@ -245,10 +337,7 @@ fn choose(
     labels: &BTreeMap<String, String>,
     model: &str,
 ) -> Option<Arc<HiveSnapshot>> {
-    let candidates = hives.iter().filter(|h| {
-        h.state == ConnState::Online
-            && h.identity.as_ref().is_some_and(|i| labels.iter().all(|(k, v)| i.labels.get(k) == Some(v)))
-    });
+    let candidates = hives.iter().filter(|h| matches(h, labels));
     let score = |h: &HiveSnapshot| {
         let ready = h
             .caps

@@ -1,6 +1,7 @@
 //! `Scheduler.PreloadModel` / `EvictModel`, and the prefetch of `Place`: the queen asks
 //! hives to keep a model in RAM (`rbee.v1.Hive/PreloadModel`), drop it (`EvictModel`),
-//! or fetch it first (`FetchModel`), dialed the way the link dials.
+//! or fetch it first (`FetchModel`, with the hives that hold it as peers:
+//! [`super::peers`]), dialed the way the link dials.
 //!
 //! A placement on a hive where the model is kept warm preloads it again there, which
 //! marks it used for the hive's least-recently-used budget.
@@ -10,10 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rbee_proto::v1 as pb;
-use rbee_shared::ModelState;
 use rbee_shared::convert::models::{model_id_from_wire, source_from_wire};
+use rbee_shared::{ModelSource, ModelState};
 
 use super::models::ModelFetcher;
+use super::peers;
 use crate::QueenError;
 use crate::fleet::{Fleet, HiveSnapshot};
 use crate::link::LinkSettings;
@@ -186,11 +188,19 @@ impl ModelCache {
         let mut client = self.client(&hive).await?;
         let hive_err = |status| QueenError::Hive { hive: hive_id.to_owned(), status };
         if let Some(source) = fetch {
-            let req = pb::FetchModelRequest {
+            let declared = match source_from_wire(Some(&source)) {
+                Ok(ModelSource::Urls(files)) => Some(files),
+                _ => None,
+            };
+            // Several prefetches of one model spread from each other: a hive still
+            // downloading it (with every hash known) is a partial peer.
+            let choice = peers::select(&self.fleet.list(), &hive, model, declared.as_deref());
+            let mut req = pb::FetchModelRequest {
                 model_id: model.to_owned(),
                 source: Some(source),
                 ..Default::default()
             };
+            choice.apply(&mut req);
             let started = client.fetch_model(req).await.map_err(hive_err)?.into_inner();
             if let Some((fetcher, caller)) = &limit {
                 fetcher.started(*caller, &hive.address, model, &started);

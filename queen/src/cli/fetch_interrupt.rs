@@ -62,6 +62,7 @@ async fn ask(question: &str) -> bool {
 
 /// What an interrupted `queen fetch` was doing: its model, its queen, and whether
 /// `--cancel-on-interrupt` was given.
+#[derive(Clone, Copy)]
 pub(super) struct Interrupted<'a> {
     /// The model id.
     pub model: &'a str,

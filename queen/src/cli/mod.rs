@@ -12,6 +12,7 @@ pub mod args;
 mod certs;
 mod client;
 pub mod command;
+mod fetch_follow;
 mod fetch_interrupt;
 pub mod flags;
 mod fleet;

@@ -9,11 +9,9 @@
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, bail};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rbee_proto::v1 as pb;
 use rbee_shared::bytesize::format_bytes;
 use rbee_shared::convert::models::{download_phase_from_wire, model_state_from_wire};
@@ -21,7 +19,8 @@ use rbee_shared::{DownloadPhase, ModelState};
 
 use super::client::{connect, on_queens, rpc_error, scheduler};
 use super::command::{RunCommand, done};
-use super::fetch_interrupt::{Interrupted, interrupted, on_interrupt};
+use super::fetch_follow::{percent, speed_eta};
+use super::fetch_interrupt::{Interrupted, interrupted};
 use super::flags::{ListArgs, QueenUrl};
 use super::fleet::all_hives;
 
@@ -51,37 +50,8 @@ pub fn fetch_request(args: &FetchArgs) -> pb::ScheduleFetchRequest {
         }),
         hive: args.hive.clone().unwrap_or_default(),
         labels: args.labels.iter().cloned().collect(),
-        ..Default::default()
-    }
-}
-
-fn bar(quiet: bool) -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(
-        None,
-        if quiet { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() },
-    );
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} {prefix} [{bar:30}] {bytes}/{total_bytes} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    bar.enable_steady_tick(Duration::from_millis(200));
-    bar
-}
-
-/// The share done, rounded down (100% only when all is there), e.g. "42%", when the
-/// total is known.
-fn percent(d: &pb::DownloadProgress) -> Option<String> {
-    let total = d.bytes_total.filter(|t| *t > 0)?;
-    Some(format!("{}%", u128::from(d.bytes_done.min(total)) * 100 / u128::from(total)))
-}
-
-/// Speed and ETA as the hive measured them.
-fn speed_eta(d: &pb::DownloadProgress) -> String {
-    let speed = format!("{}/s", format_bytes(d.speed_bytes_per_s as u64));
-    match d.eta_ms {
-        Some(ms) => format!("{speed} ETA {}s", ms.div_ceil(1000)),
-        None => speed,
+        all: args.all,
+        no_peers: args.no_peers,
     }
 }
 
@@ -90,6 +60,9 @@ fn speed_eta(d: &pb::DownloadProgress) -> String {
 pub async fn fetch(args: FetchArgs) -> Result<ExitCode> {
     if args.hive.is_some() != args.labels.is_empty() {
         bail!("give --hive ID or --label K=V (one of them)");
+    }
+    if args.all && args.labels.is_empty() {
+        bail!("--all fetches to every hive matching --label K=V: give --label, not --hive");
     }
     let interrupted = interrupted()?;
     tokio::pin!(interrupted);
@@ -123,104 +96,32 @@ pub async fn fetch(args: FetchArgs) -> Result<ExitCode> {
         }
         r = setup => r?,
     };
-    let url = &url;
-    let result = answer.result.unwrap_or_default();
-    let hive = answer.hive_id;
-    if result.already_ready {
-        rbee_shared::outln!("{} is ready on {hive}", args.model)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    let verb = if result.joined { "joined the download of" } else { "downloading" };
-    eprintln!("{verb} {} on {hive} ({})", args.model, answer.address);
-    let bar = bar(args.quiet);
-    bar.set_prefix(args.model.clone());
-    loop {
-        let event = tokio::select! {
-            () = &mut interrupted => return Ok(on_interrupt(
-                Interrupted { model: &args.model, queen: &args.queen, cancel_on_interrupt: args.cancel_on_interrupt },
-                &hive,
-                &bar,
-            )
-            .await),
-            e = stream.message() => e.map_err(|s| rpc_error(url, s))?,
-        };
-        let Some(event) = event else { bail!("the queen ended the fleet stream") };
-        if let Some(gone) = hive_gone(&event, &hive) {
-            bar.abandon_with_message("hive gone");
-            bail!(
-                "cannot follow the download of {} on {hive}: {gone}; its outcome is unknown (a partial \
-                 download resumes when the hive is back: see `queen downloads`)",
-                args.model
-            );
-        }
-        let samples: Vec<pb::Sample> = match event.event {
-            Some(pb::fleet_event::Event::Snapshot(s)) => {
-                s.hives.into_iter().filter(|h| h.hive_id == hive).filter_map(|h| h.latest_sample).collect()
-            }
-            Some(pb::fleet_event::Event::Sample(s)) if s.hive_id == hive => s.sample.into_iter().collect(),
-            _ => Vec::new(),
-        };
-        for sample in samples.into_iter().filter(|s| s.taken_at_unix_ms >= result.accepted_at_unix_ms) {
-            let Some(d) = sample.downloads.iter().find(|d| d.model_id == args.model) else { continue };
-            if let Some(total) = d.bytes_total {
-                bar.set_length(total);
-            }
-            bar.set_position(d.bytes_done);
-            bar.set_message(match percent(d) {
-                Some(p) => format!("{p} {}", speed_eta(d)),
-                None => speed_eta(d),
-            });
-            match pb::DownloadPhase::try_from(d.phase).unwrap_or_default() {
-                pb::DownloadPhase::Done => {
-                    bar.finish_with_message("ready");
-                    rbee_shared::outln!(
-                        "{} is ready on {hive} ({})",
-                        args.model,
-                        format_bytes(d.bytes_done)
-                    )?;
-                    return Ok(ExitCode::SUCCESS);
-                }
-                pb::DownloadPhase::Failed => {
-                    bar.abandon_with_message("failed");
-                    return Err(anyhow!(
-                        "downloading {} on {hive} failed: {}",
-                        args.model,
-                        d.error.as_deref().unwrap_or("no reason given")
-                    ));
-                }
-                pb::DownloadPhase::Cancelled => {
-                    bar.abandon_with_message("cancelled");
-                    bail!("downloading {} on {hive} was cancelled", args.model);
-                }
-                _ => {}
-            }
-        }
-    }
-}
-
-/// Why the fleet event says the followed hive can no longer report: it was lost or
-/// removed. A fetch that waited on it would wait forever.
-fn hive_gone(event: &pb::FleetEvent, hive: &str) -> Option<String> {
-    use pb::fleet_event::Event;
-    let lost = pb::HiveState::Lost as i32;
-    match event.event.as_ref()? {
-        Event::StateChanged(c) if c.hive_id == hive && c.to == lost => Some(format!(
-            "the hive is lost ({})",
-            if c.reason.is_empty() { "no reason given" } else { &c.reason }
-        )),
-        Event::HiveRemoved(r) if r.hive_id == hive => Some("the hive was removed from the fleet".into()),
-        Event::Snapshot(s) if s.hives.iter().any(|h| h.hive_id == hive && h.state == lost) => {
-            Some("the hive is lost".into())
-        }
-        _ => None,
-    }
+    super::fetch_follow::follow(
+        &answer,
+        &mut stream,
+        &url,
+        Interrupted { model: &args.model, queen: &args.queen, cancel_on_interrupt: args.cancel_on_interrupt },
+        args.quiet,
+        interrupted,
+    )
+    .await
 }
 
 fn model_state(m: &pb::Model) -> &'static str {
     model_state_from_wire(m.state).map_or("?", ModelState::as_str)
 }
 
-/// `queen models`: which hive holds which model, its state and size.
+/// How many hives hold each model ready (only models some hive holds ready).
+fn ready_counts<'a>(rows: &[(&str, &'a pb::Model)]) -> std::collections::BTreeMap<&'a str, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for (_, m) in rows.iter().filter(|(_, m)| model_state_from_wire(m.state) == Some(ModelState::Ready)) {
+        *counts.entry(m.id.as_str()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// `queen models`: which hive holds which model, its state and size, then how many
+/// hives hold each model ready.
 pub async fn models(args: ListArgs) -> Result<()> {
     let hives = all_hives(&args.queen).await?.hives;
     let rows: Vec<(&str, &pb::Model)> = hives
@@ -229,9 +130,15 @@ pub async fn models(args: ListArgs) -> Result<()> {
             h.capabilities.iter().flat_map(move |c| c.models.iter().map(move |m| (h.hive_id.as_str(), m)))
         })
         .collect();
+    let counts = ready_counts(&rows);
     if args.json {
-        let json: Vec<serde_json::Value> =
-            rows.iter().map(|(hive, m)| serde_json::json!({ "hiveId": hive, "model": m })).collect();
+        let json: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(hive, m)| {
+                let ready_on = counts.get(m.id.as_str()).copied().unwrap_or(0);
+                serde_json::json!({ "hiveId": hive, "model": m, "readyOn": ready_on })
+            })
+            .collect();
         rbee_shared::outln!("{}", super::json(&json)?)?;
         return Ok(());
     }
@@ -241,7 +148,7 @@ pub async fn models(args: ListArgs) -> Result<()> {
         "{:<24} {:<40} {:<12} {:>12} {:>9}  ERROR",
         "HIVE", "MODEL", "STATE", "SIZE", "RESIDENT"
     );
-    for (hive, m) in rows {
+    for (hive, m) in &rows {
         let _ = writeln!(
             out,
             "{hive:<24} {:<40} {:<12} {:>12} {:>9}  {}",
@@ -251,6 +158,12 @@ pub async fn models(args: ListArgs) -> Result<()> {
             super::preload::resident_percent(m),
             m.error.as_deref().unwrap_or("")
         );
+    }
+    if !counts.is_empty() {
+        let _ = writeln!(out, "\n{:<40} {:>8}", "MODEL", "READY ON");
+        for (model, n) in &counts {
+            let _ = writeln!(out, "{model:<40} {:>8}", format!("{n} hive{}", if *n == 1 { "" } else { "s" }));
+        }
     }
     rbee_shared::out!("{out}")?;
     Ok(())
@@ -298,7 +211,7 @@ pub async fn downloads(args: ListArgs) -> Result<()> {
     Ok(())
 }
 
-/// `queen fetch MODEL --from URL|hf://org/repo[@rev] (--hive ID | --label K=V)`.
+/// `queen fetch MODEL --from URL|hf://org/repo[@rev] (--hive ID | --label K=V [--all]) [--no-peers]`.
 #[derive(Debug, Clone, Args)]
 pub struct FetchArgs {
     /// The model id on the hive, e.g. llama-3.1-8b-q4 or org/repo.
@@ -318,6 +231,12 @@ pub struct FetchArgs {
     /// Or any online hive with this label, KEY=VALUE; repeatable.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = rbee_shared::labels::parse_label)]
     pub labels: Vec<(String, String)>,
+    /// With --label: fetch to every online hive that matches, one bar per hive; the queen arranges it so that the origin serves the model about once (docs/models.md, "Weights from peers").
+    #[arg(long)]
+    pub all: bool,
+    /// Fetch from the origin only: the queen hands the hive no peers (hives holding the model).
+    #[arg(long)]
+    pub no_peers: bool,
     /// No progress bar (the outcome is still printed).
     #[arg(long, env = "QUEEN_QUIET")]
     pub quiet: bool,
@@ -383,6 +302,24 @@ mod tests {
         }
         assert_eq!(model_state(&pb::Model::default()), "?");
         assert_eq!(phase_name(&pb::DownloadProgress { phase: 99, ..Default::default() }), "?");
+    }
+
+    #[test]
+    fn ready_counts_count_the_hives_holding_each_model_ready() {
+        let m = |id: &str, s: ModelState| pb::Model {
+            id: id.into(),
+            state: pb::ModelState::from(s) as i32,
+            ..Default::default()
+        };
+        let (a, b, c, d) = (
+            m("a", ModelState::Ready),
+            m("a", ModelState::Ready),
+            m("a", ModelState::Downloading),
+            m("b", ModelState::Failed),
+        );
+        let rows = [("h1", &a), ("h2", &b), ("h3", &c), ("h1", &d)];
+        let counts = ready_counts(&rows);
+        assert_eq!(counts.into_iter().collect::<Vec<_>>(), [("a", 2)]);
     }
 
     #[test]

@@ -1,0 +1,348 @@
+//! Weights from peers, the queen's part (issue 27): Scheduler.FetchModel hands the
+//! fetching hive the hives that hold the model ready with matching hashes, `no_peers`
+//! turns that off, a caller cannot name peers itself, and `all` fans a fetch out to
+//! every matching hive as a chain on prefixes; `queen fetch --all` follows one bar per
+//! hive and `queen models` counts the hives holding each model. Real queen, real hives,
+//! a counting Range server, all on loopback.
+
+mod common;
+
+use common::cli::{args, queen_cli};
+use common::{TestHive, TestQueen, online, wait_for};
+use rbee_hive::test_support::http_files::{FileServer, generated, sha256_hex};
+use rbee_hive::test_support::models_config;
+use rbee_proto::v1 as pb;
+use rbee_proto::v1::scheduler_client::SchedulerClient;
+
+/// 8 MiB.
+const SIZE: usize = 8 << 20;
+
+fn ready_on(h: &pb::HiveView, model: &str) -> bool {
+    h.capabilities
+        .as_ref()
+        .is_some_and(|c| c.models.iter().any(|m| m.id == model && m.state() == pb::ModelState::Ready))
+}
+
+fn url_fetch(model: &str, url: &str, sha256: Option<String>) -> pb::FetchModelRequest {
+    sized_fetch(model, url, SIZE as u64, sha256)
+}
+
+fn sized_fetch(model: &str, url: &str, size: u64, sha256: Option<String>) -> pb::FetchModelRequest {
+    pb::FetchModelRequest {
+        model_id: model.into(),
+        source: Some(pb::fetch_model_request::Source::Urls(pb::UrlSource {
+            files: vec![pb::FileSource { url: url.into(), path: None, size_bytes: Some(size), sha256 }],
+        })),
+        ..Default::default()
+    }
+}
+
+fn zone() -> std::collections::HashMap<String, String> {
+    [("zone".to_owned(), "test".to_owned())].into()
+}
+
+type Fleet = pb::fleet_client::FleetClient<tonic::transport::Channel>;
+
+/// Hives `peer-0`, `peer-1`, ... on loopback, one in each of `dirs`, one queen over
+/// them, all online.
+async fn fleet_of(dirs: &[tempfile::TempDir]) -> (Vec<TestHive>, TestQueen, Fleet) {
+    let mut hives = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        hives.push(TestHive::start_with(models_config(&format!("peer-{i}"), dir.path(), None)).await);
+    }
+    let queen = TestQueen::start(hives.iter().map(TestHive::url).collect()).await;
+    let mut fleet = queen.client().await;
+    wait_for(&mut fleet, "every hive online", |h| h.iter().filter(|h| online(h)).count() == dirs.len()).await;
+    (hives, queen, fleet)
+}
+
+async fn fleet_of_three(dirs: &[tempfile::TempDir; 3]) -> (Vec<TestHive>, TestQueen, Fleet) {
+    fleet_of(dirs).await
+}
+
+#[tokio::test]
+async fn fetch_model_hands_the_ready_holders_as_peers_and_refuses_caller_named_peers() {
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let server = FileServer::start().await;
+    let data = generated(SIZE, 31);
+    let sha = sha256_hex(&data);
+    let url = server.add("w.bin", data.clone());
+    let (hives, queen, mut fleet) = fleet_of_three(&dirs).await;
+    let mut scheduler = SchedulerClient::connect(queen.url()).await.unwrap();
+
+    // No holder yet: no peers.
+    let r = scheduler
+        .fetch_model(pb::ScheduleFetchRequest {
+            fetch: Some(url_fetch("m", &url, Some(sha.clone()))),
+            hive: "peer-0".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.peers.is_empty(), "{:?}", r.peers);
+    wait_for(&mut fleet, "m ready on peer-0", |h| {
+        h.iter().any(|h| h.hive_id == "peer-0" && ready_on(h, "m"))
+    })
+    .await;
+
+    // A caller may not name peers: INVALID_ARGUMENT, and nothing starts.
+    let mut named = url_fetch("m", &url, Some(sha.clone()));
+    named.peers =
+        vec![pb::PeerSource { address: "http://127.0.0.1:9".into(), hive_id: "x".into(), partial: false }];
+    let gets = server.gets();
+    let e = scheduler
+        .fetch_model(pb::ScheduleFetchRequest {
+            fetch: Some(named),
+            hive: "peer-1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("fetch.peers"), "{}", e.message());
+    assert_eq!(server.gets(), gets);
+
+    // The holder is handed to the next hive.
+    let before = server.bytes_sent();
+    let r = scheduler
+        .fetch_model(pb::ScheduleFetchRequest {
+            fetch: Some(url_fetch("m", &url, Some(sha.clone()))),
+            hive: "peer-1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.hive_id, "peer-1");
+    assert_eq!(r.peers, ["peer-0"]);
+    wait_for(&mut fleet, "m ready on peer-1", |h| {
+        h.iter().any(|h| h.hive_id == "peer-1" && ready_on(h, "m"))
+    })
+    .await;
+    assert_eq!(std::fs::read(dirs[1].path().join("m/w.bin")).unwrap(), data);
+    let from_origin = server.bytes_sent() - before;
+    assert_eq!(from_origin, 0, "the origin served bytes a peer held");
+
+    // Another hash than the holder's: no peers.
+    let other = scheduler
+        .fetch_model(pb::ScheduleFetchRequest {
+            fetch: Some(url_fetch("m", &url, Some("0".repeat(64)))),
+            hive: "peer-2".into(),
+            no_peers: false,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(other.peers.is_empty(), "a holder of other bytes is never offered: {:?}", other.peers);
+
+    // no_peers: the origin only.
+    let r = scheduler
+        .fetch_model(pb::ScheduleFetchRequest {
+            fetch: Some(url_fetch("n", &url, Some(sha.clone()))),
+            hive: "peer-1".into(),
+            no_peers: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.peers.is_empty());
+
+    // `queen models` counts the hives holding each model ready (text and --json).
+    let q = queen.url();
+    let (ok, out, err) = queen_cli(args(&["models", "--queen", &q])).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("READY ON"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("m ") && l.trim_end().ends_with("2 hives")), "{out}");
+    let (ok, out, err) = queen_cli(args(&["models", "--json", "--queen", &q])).await;
+    assert!(ok, "{err}");
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let m = rows.as_array().unwrap().iter().find(|r| r["model"]["id"] == "m").unwrap();
+    assert_eq!(m["readyOn"], 2, "{m}");
+    assert!(m["hiveId"].is_string() && m["model"]["state"].is_string(), "old fields kept: {m}");
+
+    queen.stop().await;
+    for h in hives {
+        h.stop().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_fan_out_chains_each_hive_on_the_ones_before_it_and_the_cli_follows_them_all() {
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let server = FileServer::start().await;
+    let data = generated(SIZE, 32);
+    let sha = sha256_hex(&data);
+    let url = server.add("w.bin", data.clone());
+    server.throttle(16 << 20);
+    let (hives, queen, mut fleet) = fleet_of_three(&dirs).await;
+    let mut scheduler = SchedulerClient::connect(queen.url()).await.unwrap();
+
+    // `all` needs labels.
+    let e = scheduler
+        .fetch_model(pb::ScheduleFetchRequest {
+            fetch: Some(url_fetch("f", &url, Some(sha.clone()))),
+            hive: "peer-0".into(),
+            all: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+
+    let r = scheduler
+        .fetch_model(pb::ScheduleFetchRequest {
+            fetch: Some(url_fetch("f", &url, Some(sha.clone()))),
+            labels: zone(),
+            all: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.results.len(), 3, "{r:?}");
+    let ids: Vec<&str> = r.results.iter().map(|x| x.hive_id.as_str()).collect();
+    assert_eq!(r.hive_id, ids[0]);
+    assert!(r.results[0].peers.is_empty(), "the first reads from the origin");
+    assert_eq!(r.results[1].peers, [ids[0]]);
+    assert_eq!(r.results[2].peers, [ids[1], ids[0]]);
+    assert!(r.results.iter().all(|x| x.result.is_some() && x.error.is_none() && !x.deferred), "{r:?}");
+    wait_for(&mut fleet, "f ready on all three", |h| h.iter().filter(|h| ready_on(h, "f")).count() == 3)
+        .await;
+    for dir in &dirs {
+        assert_eq!(std::fs::read(dir.path().join("f/w.bin")).unwrap(), data);
+    }
+    let served = server.bytes_sent();
+    assert!(served <= SIZE as u64 * 11 / 10, "the origin served {served} bytes for a {SIZE}-byte model");
+
+    // The CLI: one bar per hive, exit 0 when all are ready (here all already are).
+    let q = queen.url();
+    let (ok, out, err) = queen_cli(args(&[
+        "fetch",
+        "f",
+        "--from",
+        &url,
+        "--sha256",
+        &sha,
+        "--label",
+        "zone=test",
+        "--all",
+        "--quiet",
+        "--queen",
+        &q,
+    ]))
+    .await;
+    assert!(ok, "{out} {err}");
+    for id in ["peer-0", "peer-1", "peer-2"] {
+        assert!(out.contains(&format!("f is ready on {id}")), "{out}");
+    }
+
+    // Without the hashes the others wait for the first: deferred, then all ready.
+    let (ok, out, err) = queen_cli(args(&[
+        "fetch",
+        "g",
+        "--from",
+        &url,
+        "--label",
+        "zone=test",
+        "--all",
+        "--quiet",
+        "--queen",
+        &q,
+    ]))
+    .await;
+    assert!(ok, "{out} {err}");
+    assert!(err.contains("starts once the first hive has the files"), "{err}");
+    for id in ["peer-0", "peer-1", "peer-2"] {
+        assert!(out.contains(&format!("g is ready on {id}")), "{out}");
+    }
+    // Where the bytes came from: the first from the origin, the others from peers.
+    assert_eq!(out.lines().filter(|l| l.contains("from origin")).count(), 1, "{out}");
+    assert_eq!(out.lines().filter(|l| l.contains("from peer-")).count(), 2, "{out}");
+    // `--all` without `--label` is a usage error.
+    let (ok, _, err) =
+        queen_cli(args(&["fetch", "g", "--from", &url, "--hive", "peer-0", "--all", "--queen", &q])).await;
+    assert!(!ok && err.contains("--label"), "{err}");
+
+    queen.stop().await;
+    for h in hives {
+        h.stop().await.unwrap();
+    }
+}
+
+/// Polls the fleet until `n` hives hold `model` ready; how long that took.
+async fn until_ready_on(fleet: &mut Fleet, model: &str, n: usize) -> std::time::Duration {
+    let start = std::time::Instant::now();
+    let deadline = start + std::time::Duration::from_secs(900);
+    loop {
+        let hives = fleet.list_hives(pb::ListHivesRequest::default()).await.unwrap().into_inner().hives;
+        if hives.iter().filter(|h| ready_on(h, model)).count() >= n {
+            return start.elapsed();
+        }
+        assert!(std::time::Instant::now() < deadline, "{model} not ready on {n} hives in time");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// The fan-out benchmark (docs/BENCHMARKS.md, "Weights from peers: fan-out"): one
+/// hive's fetch from the counting origin, then a fan-out of another model (same size)
+/// to all hives; the origin's bytes and the wall times. `RBEE_BENCH_MIB` (default 256),
+/// `RBEE_BENCH_HIVES` (default 4).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a benchmark: cargo test --release -p rbee-queen --test peers fan_out_bench -- --ignored --nocapture"]
+async fn fan_out_bench() {
+    let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let size = env("RBEE_BENCH_MIB", 256) << 20;
+    let n = env("RBEE_BENCH_HIVES", 4);
+    let dirs: Vec<_> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
+    let server = FileServer::start().await;
+    let (one, fan) = (generated(size, 41), generated(size, 42));
+    let (one_sha, fan_sha) = (sha256_hex(&one), sha256_hex(&fan));
+    let one_url = server.add("one.bin", one);
+    let fan_url = server.add("fan.bin", fan);
+    let (hives, queen, mut fleet) = fleet_of(&dirs).await;
+    let mut scheduler = SchedulerClient::connect(queen.url()).await.unwrap();
+
+    let r = scheduler
+        .fetch_model(pb::ScheduleFetchRequest {
+            fetch: Some(sized_fetch("one", &one_url, size as u64, Some(one_sha))),
+            hive: "peer-0".into(),
+            no_peers: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.result.is_some());
+    let single = until_ready_on(&mut fleet, "one", 1).await;
+    let single_bytes = server.bytes_sent();
+
+    let r = scheduler
+        .fetch_model(pb::ScheduleFetchRequest {
+            fetch: Some(sized_fetch("fan", &fan_url, size as u64, Some(fan_sha))),
+            labels: zone(),
+            all: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.results.len(), n);
+    let fanned = until_ready_on(&mut fleet, "fan", n).await;
+    let fan_bytes = server.bytes_sent() - single_bytes;
+    println!(
+        "fan-out bench: {} MiB model, {n} hives: one hive {:.2} s (origin {:.2}x); fan-out {:.2} s ({:.2}x one hive), origin served {:.3}x the size",
+        size >> 20,
+        single.as_secs_f64(),
+        single_bytes as f64 / size as f64,
+        fanned.as_secs_f64(),
+        fanned.as_secs_f64() / single.as_secs_f64(),
+        fan_bytes as f64 / size as f64,
+    );
+    queen.stop().await;
+    for h in hives {
+        h.stop().await.unwrap();
+    }
+}
