@@ -4,6 +4,7 @@
 //! once, here: a bad message is rejected with the field and the reason.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 
 use rbee_proto::v1 as pb;
 
@@ -27,32 +28,34 @@ pub const MAX_STRING_BYTES: usize = 256;
 /// Most per-core CPU readings one sample may carry.
 pub const MAX_CORES: usize = 4096;
 
-/// A value checked on its way in from the wire.
+/// A value checked on its way in from the wire. The checks take the field's name as
+/// `impl Display` (e.g. `format_args!("{field}.id")`) and build its text only for an
+/// error: a sample of 8 GPUs is checked without formatting a name per field.
 pub(crate) type Checked<T> = std::result::Result<T, ConvertError>;
 
-fn check_str(field: &str, s: &str) -> Checked<String> {
+fn check_str(field: impl fmt::Display, s: &str) -> Checked<String> {
     if s.len() > MAX_STRING_BYTES {
-        return Err(ConvertError::new(field, format!("{} bytes > {MAX_STRING_BYTES}", s.len())));
+        return Err(ConvertError::new(field.to_string(), format!("{} bytes > {MAX_STRING_BYTES}", s.len())));
     }
     Ok(s.to_owned())
 }
 
-fn check_opt_str(field: &str, s: &Option<String>) -> Checked<Option<String>> {
+fn check_opt_str(field: impl fmt::Display, s: &Option<String>) -> Checked<Option<String>> {
     s.as_deref().map(|s| check_str(field, s)).transpose()
 }
 
-fn check_percent(field: &str, v: Option<f32>) -> Checked<Option<f32>> {
+fn check_percent(field: impl fmt::Display, v: Option<f32>) -> Checked<Option<f32>> {
     match v {
         Some(p) if !(p.is_finite() && (0.0..=100.0).contains(&p)) => {
-            Err(ConvertError::new(field, format!("{p} is not a percentage in 0..=100")))
+            Err(ConvertError::new(field.to_string(), format!("{p} is not a percentage in 0..=100")))
         }
         other => Ok(other),
     }
 }
 
-fn check_finite(field: &str, v: Option<f32>) -> Checked<Option<f32>> {
+fn check_finite(field: impl fmt::Display, v: Option<f32>) -> Checked<Option<f32>> {
     match v {
-        Some(x) if !x.is_finite() => Err(ConvertError::new(field, format!("{x} is not finite"))),
+        Some(x) if !x.is_finite() => Err(ConvertError::new(field.to_string(), format!("{x} is not finite"))),
         other => Ok(other),
     }
 }
@@ -122,16 +125,16 @@ fn gpu_from_wire(field: &str, g: &pb::GpuDevice) -> Checked<GpuDevice> {
         return Err(ConvertError::new(format!("{field}.id"), "must not be empty"));
     }
     Ok(GpuDevice {
-        id: check_str(&format!("{field}.id"), &g.id)?,
+        id: check_str(format_args!("{field}.id"), &g.id)?,
         index: g.index,
-        name: check_str(&format!("{field}.name"), &g.name)?,
-        pci_bus_id: check_str(&format!("{field}.pci_bus_id"), &g.pci_bus_id)?,
+        name: check_str(format_args!("{field}.name"), &g.name)?,
+        pci_bus_id: check_str(format_args!("{field}.pci_bus_id"), &g.pci_bus_id)?,
         compute_capability: g
             .compute_capability
             .map(|c| ComputeCapability { major: c.major, minor: c.minor }),
         vram_total_bytes: g.vram_total_bytes,
-        driver_version: check_opt_str(&format!("{field}.driver_version"), &g.driver_version)?,
-        cuda_version: check_opt_str(&format!("{field}.cuda_version"), &g.cuda_version)?,
+        driver_version: check_opt_str(format_args!("{field}.driver_version"), &g.driver_version)?,
+        cuda_version: check_opt_str(format_args!("{field}.cuda_version"), &g.cuda_version)?,
         power_limit_mw: g.power_limit_mw,
         mig_mode: match pb::MigMode::try_from(g.mig_mode) {
             Ok(pb::MigMode::Unspecified) => MigMode::NotReported,
@@ -176,7 +179,7 @@ impl From<&CpuInfo> for pb::CpuInfo {
 
 fn cpu_from_wire(field: &str, c: &pb::CpuInfo) -> Checked<CpuInfo> {
     Ok(CpuInfo {
-        model: check_str(&format!("{field}.model"), &c.model)?,
+        model: check_str(format_args!("{field}.model"), &c.model)?,
         physical_cores: c.physical_cores,
         logical_cores: c.logical_cores,
     })
@@ -362,7 +365,7 @@ impl From<&GpuSample> for pb::GpuSample {
     }
 }
 
-fn gpu_sample_from_wire(field: &str, g: &pb::GpuSample) -> Checked<GpuSample> {
+fn gpu_sample_from_wire(field: impl fmt::Display + Copy, g: &pb::GpuSample) -> Checked<GpuSample> {
     if let (Some(used), Some(free)) = (g.vram_used_bytes, g.vram_free_bytes)
         && used.checked_add(free).is_none()
     {
@@ -386,13 +389,13 @@ fn gpu_sample_from_wire(field: &str, g: &pb::GpuSample) -> Checked<GpuSample> {
         ));
     }
     Ok(GpuSample {
-        id: check_str(&format!("{field}.id"), &g.id)?,
+        id: check_str(format_args!("{field}.id"), &g.id)?,
         index: g.index,
         vram_used_bytes: g.vram_used_bytes,
         vram_free_bytes: g.vram_free_bytes,
-        gpu_util_percent: check_percent(&format!("{field}.gpu_util_percent"), g.gpu_util_percent)?,
-        mem_util_percent: check_percent(&format!("{field}.mem_util_percent"), g.mem_util_percent)?,
-        temperature_c: check_finite(&format!("{field}.temperature_c"), g.temperature_c)?,
+        gpu_util_percent: check_percent(format_args!("{field}.gpu_util_percent"), g.gpu_util_percent)?,
+        mem_util_percent: check_percent(format_args!("{field}.mem_util_percent"), g.mem_util_percent)?,
+        temperature_c: check_finite(format_args!("{field}.temperature_c"), g.temperature_c)?,
         power_draw_mw: g.power_draw_mw,
         sm_clock_mhz: g.sm_clock_mhz,
         mem_clock_mhz: g.mem_clock_mhz,
@@ -403,18 +406,18 @@ fn gpu_sample_from_wire(field: &str, g: &pb::GpuSample) -> Checked<GpuSample> {
         processes: g
             .processes
             .as_ref()
-            .map(|p| gpu_processes_from_wire(&format!("{field}.processes"), p))
+            .map(|p| gpu_processes_from_wire(format_args!("{field}.processes"), p))
             .transpose()?,
         unattributed_vram_bytes: g.unattributed_vram_bytes,
         vram_reserved_bytes: g.vram_reserved_bytes,
     })
 }
 
-fn lost_gpu_from_wire(field: &str, l: &pb::LostGpu) -> Checked<LostGpu> {
+fn lost_gpu_from_wire(field: impl fmt::Display + Copy, l: &pb::LostGpu) -> Checked<LostGpu> {
     Ok(LostGpu {
         index: l.index,
-        id: (!l.id.is_empty()).then(|| check_str(&format!("{field}.id"), &l.id)).transpose()?,
-        reason: check_str(&format!("{field}.reason"), &l.reason)?,
+        id: (!l.id.is_empty()).then(|| check_str(format_args!("{field}.id"), &l.id)).transpose()?,
+        reason: check_str(format_args!("{field}.reason"), &l.reason)?,
         since_unix_ms: l.since_unix_ms,
     })
 }
@@ -448,8 +451,8 @@ impl From<&GpuProcesses> for pb::GpuProcesses {
     }
 }
 
-fn gpu_process_from_wire(field: &str, p: &pb::GpuProcess) -> Checked<GpuProcess> {
-    let s = |name: &str, v: &Option<String>| check_opt_str(&format!("{field}.{name}"), v);
+fn gpu_process_from_wire(field: impl fmt::Display + Copy, p: &pb::GpuProcess) -> Checked<GpuProcess> {
+    let s = |name: &str, v: &Option<String>| check_opt_str(format_args!("{field}.{name}"), v);
     if let Some(c) = p.cpu_percent
         && !(c.is_finite() && c >= 0.0)
     {
@@ -474,7 +477,7 @@ fn gpu_process_from_wire(field: &str, p: &pb::GpuProcess) -> Checked<GpuProcess>
     })
 }
 
-fn gpu_processes_from_wire(field: &str, p: &pb::GpuProcesses) -> Checked<GpuProcesses> {
+fn gpu_processes_from_wire(field: impl fmt::Display + Copy, p: &pb::GpuProcesses) -> Checked<GpuProcesses> {
     if p.listed.len() > MAX_GPU_PROCESSES {
         return Err(ConvertError::new(
             format!("{field}.listed"),
@@ -493,7 +496,7 @@ fn gpu_processes_from_wire(field: &str, p: &pb::GpuProcesses) -> Checked<GpuProc
                     format!("pid {} is listed twice", proc.pid),
                 ));
             }
-            gpu_process_from_wire(&format!("{field}.listed[{i}]"), proc)
+            gpu_process_from_wire(format_args!("{field}.listed[{i}]"), proc)
         })
         .collect::<Checked<Vec<_>>>()?;
     Ok(GpuProcesses { listed, unlisted: p.unlisted, unlisted_vram_bytes: p.unlisted_vram_bytes })
@@ -595,7 +598,7 @@ impl TryFrom<&pb::Sample> for Sample {
                 .iter()
                 .enumerate()
                 .map(|(i, p)| {
-                    check_percent(&format!("sample.cpu_per_core_percent[{i}]"), Some(*p))
+                    check_percent(format_args!("sample.cpu_per_core_percent[{i}]"), Some(*p))
                         .map(|p| p.unwrap_or(0.0))
                 })
                 .collect::<Checked<_>>()?,
@@ -610,14 +613,14 @@ impl TryFrom<&pb::Sample> for Sample {
                 .gpus
                 .iter()
                 .enumerate()
-                .map(|(i, g)| gpu_sample_from_wire(&format!("sample.gpus[{i}]"), g))
+                .map(|(i, g)| gpu_sample_from_wire(format_args!("sample.gpus[{i}]"), g))
                 .collect::<Checked<_>>()?,
             capability_version: s.capability_version,
             lost_gpus: s
                 .lost_gpus
                 .iter()
                 .enumerate()
-                .map(|(i, l)| lost_gpu_from_wire(&format!("sample.lost_gpus[{i}]"), l))
+                .map(|(i, l)| lost_gpu_from_wire(format_args!("sample.lost_gpus[{i}]"), l))
                 .collect::<Checked<_>>()?,
             downloads: models::downloads_from_wire("sample.downloads", &s.downloads)?,
             models_disk: s
