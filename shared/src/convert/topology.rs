@@ -70,7 +70,7 @@ pub(super) fn topology_from_wire(
             return Err(ConvertError::new(format!("{at}.peer"), "must name another GPU of the hive"));
         }
         links.push(GpuLink {
-            peer: check_str(&format!("{at}.peer"), &l.peer)?,
+            peer: check_str(format_args!("{at}.peer"), &l.peer)?,
             pcie: level_from_wire(&format!("{at}.pcie"), l.pcie)?,
             nvlinks: l.nvlinks,
         });
@@ -81,8 +81,8 @@ pub(super) fn topology_from_wire(
     }
     Ok(GpuTopology {
         numa_node: t.numa_node,
-        cpu_affinity: check_opt_str(&format!("{field}.cpu_affinity"), &t.cpu_affinity)?,
-        mig_parent: check_opt_str(&format!("{field}.mig_parent"), &t.mig_parent)?,
+        cpu_affinity: check_opt_str(format_args!("{field}.cpu_affinity"), &t.cpu_affinity)?,
+        mig_parent: check_opt_str(format_args!("{field}.mig_parent"), &t.mig_parent)?,
         links,
     })
 }
