@@ -107,7 +107,9 @@ async fn main() {
     let mib: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(1024);
     let rounds: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(3);
     let size = mib << 20;
-    let dir = tempfile::tempdir_in(std::env::var("RBEE_BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
+    let dir =
+        tempfile::tempdir_in(std::env::var_os("RBEE_BENCH_DIR").map_or_else(std::env::temp_dir, Into::into))
+            .unwrap();
     let server = FileServer::start().await;
     let data = generated(size, 42);
     let sha = sha256_hex(&data);

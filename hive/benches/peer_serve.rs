@@ -8,7 +8,7 @@
 //! ```
 //!
 //! The bench writes one ready model (a generated file and its manifest) into a fresh
-//! models directory (under `RBEE_BENCH_DIR`, default `.`), starts the release `hive`
+//! models directory (under `RBEE_BENCH_DIR`, default the system's temporary directory), starts the release `hive`
 //! with it, and reads the whole file over loopback each round three ways: from offset 0
 //! (the hive hashes what it sends), from offset 1 (no hash: what a resume costs), and
 //! from offset 0 with 8 MiB HTTP/2 windows on the reader (tonic's default is 64 KiB per
@@ -93,7 +93,9 @@ async fn main() {
     let mib: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(1024);
     let rounds: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(3);
     let size = mib << 20;
-    let dir = tempfile::tempdir_in(std::env::var("RBEE_BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
+    let dir =
+        tempfile::tempdir_in(std::env::var_os("RBEE_BENCH_DIR").map_or_else(std::env::temp_dir, Into::into))
+            .unwrap();
     let models = dir.path().join("models");
     write_model(&models, size);
 

@@ -32,11 +32,6 @@ impl TokenBucket {
         Self { rate: rate.max(1), burst, state: Mutex::new((burst as f64, now)) }
     }
 
-    /// The rate, bytes per second.
-    pub fn rate(&self) -> u64 {
-        self.rate
-    }
-
     /// Reserves `n` bytes at `now`; returns how long the caller must wait before it
     /// sends them (zero when the bucket holds them).
     pub fn reserve(&self, n: u64, now: Instant) -> Duration {

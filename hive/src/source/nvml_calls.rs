@@ -92,8 +92,6 @@ pub const BUCKETS_S: [f64; 10] = [1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 
 struct Histogram {
     /// Calls per bucket (not cumulative); the last is `+Inf`.
     buckets: [AtomicU64; BUCKETS_S.len() + 1],
-    /// Calls.
-    count: AtomicU64,
     /// Total time, nanoseconds.
     sum_ns: AtomicU64,
 }
@@ -140,11 +138,10 @@ impl NvmlCalls {
         let bucket = BUCKETS_S.iter().position(|&le| s <= le).unwrap_or(BUCKETS_S.len());
         h.buckets[bucket].fetch_add(1, Ordering::Relaxed);
         h.sum_ns.fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
-        h.count.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The kinds called at least once, for a scrape. The count is read last, so it
-    /// never exceeds the buckets' total by more than the calls recorded meanwhile.
+    /// The kinds called at least once, for a scrape. The count is the buckets' sum, so
+    /// a scrape's count and buckets always agree.
     pub fn snapshot(&self) -> Vec<CallSnapshot> {
         NvmlCall::ALL
             .iter()

@@ -35,6 +35,15 @@ impl FleetView {
     pub fn new(hives: Arc<Vec<Arc<HiveSnapshot>>>, book: Arc<RwLock<Book>>) -> Self {
         Self { hives, book, index: None }
     }
+
+    /// Elements a scan of the whole fleet walks, for a policy's op budget: each hive and
+    /// each GPU (kept by the index, when the view has one, instead of counted per call).
+    pub fn elements(&self) -> usize {
+        match &self.index {
+            Some(index) => index.elements(&self.hives),
+            None => self.hives.iter().map(|h| 1 + h.caps.as_ref().map_or(0, |c| c.caps.gpus.len())).sum(),
+        }
+    }
 }
 
 /// A hive, for policies.

@@ -33,15 +33,6 @@ fn map_of(labels: &std::collections::BTreeMap<String, String>) -> Map {
     labels.iter().map(|(k, v)| (k.as_str().into(), Dynamic::from(v.clone()))).collect()
 }
 
-/// Elements a scan of the whole fleet walks: each hive, each GPU (kept by the view's
-/// index, when it has one, instead of counted per call).
-fn fleet_size(f: &FleetView) -> usize {
-    match &f.index {
-        Some(index) => index.elements(&f.hives),
-        None => f.hives.iter().map(|h| 1 + h.caps.as_ref().map_or(0, |c| c.caps.gpus.len())).sum(),
-    }
-}
-
 fn devices_of(h: &HiveRef) -> Native<Array> {
     charge(1 + h.hive.caps.as_ref().map_or(0, |c| c.caps.gpus.len()))?;
     let locked = view::read(&h.book);
@@ -145,25 +136,25 @@ pub fn register(engine: &mut Engine) {
                 .map_or(Dynamic::UNIT, |h| Dynamic::from(HiveRef { hive: h.clone(), book: f.book.clone() })))
         })
         .register_fn("candidates", |f: &mut FleetView, r: PlaceRequest| -> Native<Array> {
-            charge(fleet_size(f))?;
+            charge(f.elements())?;
             Ok(view::assess(f, &r, false).0.into_iter().map(Dynamic::from).collect())
         })
         .register_fn("least_loaded", |f: &mut FleetView, r: PlaceRequest, n: INT| -> Native<Array> {
-            charge(fleet_size(f))?;
+            charge(f.elements())?;
             let n = usize::try_from(n).unwrap_or(0).min(MAX_RANKED);
             Ok(view::rank(f, &r, view::Order::LeastLoaded, n).into_iter().map(Dynamic::from).collect())
         })
         .register_fn("nearest_weights", |f: &mut FleetView, r: PlaceRequest, n: INT| -> Native<Array> {
-            charge(fleet_size(f))?;
+            charge(f.elements())?;
             let n = usize::try_from(n).unwrap_or(0).min(MAX_RANKED);
             Ok(view::rank(f, &r, view::Order::NearestWeights, n).into_iter().map(Dynamic::from).collect())
         })
         .register_fn("why_no_fit", |f: &mut FleetView, r: PlaceRequest| -> Native<String> {
-            charge(fleet_size(f))?;
+            charge(f.elements())?;
             Ok(view::why_no_fit(f, &r))
         })
         .register_fn("bin_pack", |f: &mut FleetView, r: PlaceRequest, n: INT| -> Native<Array> {
-            charge(fleet_size(f))?;
+            charge(f.elements())?;
             let n = usize::try_from(n).unwrap_or(0).min(MAX_RANKED);
             Ok(view::rank(f, &r, view::Order::BinPack, n).into_iter().map(Dynamic::from).collect())
         });

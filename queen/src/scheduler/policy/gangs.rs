@@ -14,15 +14,6 @@ use crate::scheduler::view::{DeviceRef, FleetView, HiveRef};
 /// What a fallible native returns.
 type Native<T> = Result<T, Box<EvalAltResult>>;
 
-/// Elements a gang search of the whole fleet walks: each hive, each GPU (kept by the
-/// view's index, when it has one, instead of counted per call).
-fn fleet_size(f: &FleetView) -> usize {
-    match &f.index {
-        Some(index) => index.elements(&f.hives),
-        None => f.hives.iter().map(|h| 1 + h.caps.as_ref().map_or(0, |c| c.caps.gpus.len())).sum(),
-    }
-}
-
 /// Registers the gang API.
 pub fn register(engine: &mut Engine) {
     engine
@@ -60,7 +51,7 @@ pub fn register(engine: &mut Engine) {
         Ok(out)
     });
     engine.register_fn("best_gangs", |f: &mut FleetView, r: PlaceRequest, n: INT| -> Native<Array> {
-        charge(fleet_size(f))?;
+        charge(f.elements())?;
         let n = usize::try_from(n).unwrap_or(0).clamp(1, MAX_RANKED);
         Ok(gang::best(f, &r, n).into_iter().map(Dynamic::from).collect())
     });
