@@ -303,7 +303,13 @@ fn forward(
         }
         tokio::select! {
             biased;
-            item = rx.recv() => item.map(|i| (i, (rx, shutdown, false))),
+            item = rx.recv() => match item {
+                Some(item) => Some((item, (rx, shutdown, false))),
+                // The upload stopped because the hive is shutting down (it drops its
+                // sender at once): a reader cut off must see an error, never the end.
+                None if shutdown.is_cancelled() => Some((Err(HiveError::ShuttingDown), (rx, shutdown, true))),
+                None => None,
+            },
             () = shutdown.cancelled() => Some((Err(HiveError::ShuttingDown), (rx, shutdown, true))),
         }
     }))
