@@ -624,7 +624,9 @@ impl Models {
                         m.error.clone_from(&reason);
                         changed
                     });
-                    if changed {
+                    if changed && matches!(e, verify::VerifyError::ChangedAfterDownload(_)) {
+                        tracing::warn!(model = %id, error = %e, "downloaded model changed on disk; not ready");
+                    } else if changed {
                         tracing::info!(model = %id, error = %e, "hand-copied model not verified yet");
                     }
                 }
@@ -637,7 +639,7 @@ impl Models {
 impl Models {
     /// Whether the files of ready model `id` are no longer the ones it was verified
     /// with (other paths or sizes, or modified after the manifest); then its manifest
-    /// is removed, so that it is verified again.
+    /// is set aside ([`verify::set_aside`]), so that it is verified again.
     async fn changed_since_ready(&self, id: &str, files: &layout::FileList) -> bool {
         let Some(entry) = self.inner.catalog.get(id) else { return false };
         let mut listed: layout::FileList =
@@ -648,7 +650,7 @@ impl Models {
         let changed = tokio::task::spawn_blocking(move || {
             let changed = resized || verify::changed_since_verified(&dir).unwrap_or(false);
             if changed {
-                let _ = std::fs::remove_file(dir.join(layout::MANIFEST));
+                verify::set_aside(&dir);
             }
             changed
         })

@@ -272,15 +272,16 @@ fn open_ready(inner: &Inner, id: &str, file: &ModelFile) -> Result<Opened, HiveE
     Ok(Opened { file: opened, verified_at: Some(verified_at) })
 }
 
-/// Makes ready model `id` unverified (its manifest removed), so that the directory
-/// scan verifies it again, as for a file changed by hand. Blocking.
+/// Makes ready model `id` unverified (its manifest set aside, see
+/// [`super::verify::set_aside`]), so that the directory scan verifies it again, as for a
+/// file changed by hand: a downloaded model only against its download's hashes. Blocking.
 pub fn reverify(inner: &Inner, id: &str) {
     let dir = layout::model_dir(&inner.config.dir, id);
     if inner.catalog.get(id).map(|m| m.state) != Some(ModelState::Ready) {
         return;
     }
     tracing::warn!(model = %id, "a served file is not the verified one; verifying the model again");
-    let _ = std::fs::remove_file(dir.join(layout::MANIFEST));
+    super::verify::set_aside(&dir);
     let files = layout::list_files(&dir).unwrap_or_default();
     inner.catalog.update(id, |m| {
         if m.state != ModelState::Ready {
