@@ -560,12 +560,19 @@ async fn a_partial_read_ends_aborted_when_its_download_is_cancelled() {
     let hive = TestHive::start_with(hive_with_models(root.path(), |_| {})).await;
     let mut client = hive.client().await;
     client.fetch_model(fetch_url("m", &url, Some(data.len() as u64), None)).await.unwrap();
-    // A download of undeclared size: its end is not known, so it is not served.
+    // A download of undeclared size: its end is not known, so it is not served, even
+    // when its hash is declared.
+    let hashed_url = server.add("hashed.bin", data.clone());
     client.fetch_model(fetch_url("u", &unsized_url, None, None)).await.unwrap();
+    let sha = Some(http_files::sha256_hex(&data));
+    client.fetch_model(fetch_url("h", &hashed_url, None, sha)).await.unwrap();
     until_state(&mut client, "u", pb::ModelState::Downloading).await;
-    let r = read(&mut client, partial("u", "unsized.bin", 0)).await;
-    assert_eq!(r.code(), Code::NotFound, "{:?}", r.end);
-    assert!(r.end.unwrap_err().message().contains("size is not known"));
+    until_state(&mut client, "h", pb::ModelState::Downloading).await;
+    for (model, file) in [("u", "unsized.bin"), ("h", "hashed.bin")] {
+        let r = read(&mut client, partial(model, file, 0)).await;
+        assert_eq!(r.code(), Code::NotFound, "{model}: {:?}", r.end);
+        assert!(r.end.unwrap_err().message().contains("size is not known"));
+    }
 
     let mut stream = client.read_model_file(partial("m", "w.bin", 0)).await.unwrap().into_inner();
     let first = tokio::time::timeout(DEADLINE, stream.next()).await.unwrap().unwrap().unwrap();

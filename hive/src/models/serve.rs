@@ -37,6 +37,9 @@ use super::{Inner, Models, catalog, layout};
 use crate::HiveError;
 use crate::preload::read::open_beneath;
 
+/// SHA-256 of no bytes: a file declared with it is known to be empty.
+const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
 /// Uploads to peers at once by default (`--max-peer-uploads`).
 pub const DEFAULT_MAX_PEER_UPLOADS: usize = 4;
 /// The most `--max-peer-uploads` may be.
@@ -185,7 +188,9 @@ impl PeerServer {
         let partial = match entry.state {
             ModelState::Ready => false,
             ModelState::Downloading if req.allow_partial => {
-                if file.size_bytes == 0 && file.sha256.is_none() {
+                // A declared size, or the hash of the empty file; a hash alone does
+                // not say where the file ends.
+                if file.size_bytes == 0 && file.sha256.as_deref() != Some(EMPTY_SHA256) {
                     return Err(not_served("its size is not known yet"));
                 }
                 true
