@@ -487,3 +487,37 @@ async fn a_restarted_hive_resumes_its_fetch_from_the_same_peers() {
     assert_eq!(got[0].0, "hive-a");
     assert!(got[0].1 < SIZE as u64, "the kept prefix is not fetched again: {got:?}");
 }
+
+#[tokio::test]
+async fn a_fetch_of_the_most_files_with_peers_is_accepted_by_the_hive() {
+    use rbee_shared::model::{MAX_MODEL_FILES, MAX_MODEL_PATH_BYTES, MAX_URL_BYTES};
+    let dir = tempfile::tempdir().unwrap();
+    let hive = TestHive::start_with(hive_config("hive-b", dir.path(), |_| {})).await;
+    let mut client = hive.client().await;
+    // Every file at the length limits: far over the 64 KiB other requests get.
+    let sha = "a".repeat(64);
+    let path = |i: usize| format!("{i:03}{}", "p".repeat(MAX_MODEL_PATH_BYTES - 3));
+    let url = format!("http://127.0.0.1:9/{}", "u".repeat(MAX_URL_BYTES - 19));
+    let files = (0..MAX_MODEL_FILES)
+        .map(|i| pb::FileSource {
+            url: url.clone(),
+            path: Some(path(i)),
+            size_bytes: Some(1),
+            sha256: Some(sha.clone()),
+        })
+        .collect();
+    let request = pb::FetchModelRequest {
+        model_id: "many".into(),
+        source: Some(pb::fetch_model_request::Source::Urls(pb::UrlSource { files })),
+        peers: (0..15)
+            .map(|i| peer(format!("http://127.0.0.1:{}", 1 + i), &format!("peer-{i:02}{}", "h".repeat(50))))
+            .collect(),
+        peer_files: (0..MAX_MODEL_FILES)
+            .map(|i| pb::ModelFile { path: path(i), size_bytes: 1, sha256: Some(sha.clone()) })
+            .collect(),
+    };
+    assert!(prost::Message::encoded_len(&request) > 1 << 20);
+    let r = client.fetch_model(request).await;
+    assert!(r.is_ok(), "{r:?}");
+    client.cancel_fetch(pb::CancelFetchRequest { model_id: "many".into() }).await.unwrap();
+}

@@ -44,7 +44,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const PEER_WINDOW_BYTES: u32 = 8 << 20;
 
 /// Longest peer address accepted, bytes.
-const MAX_ADDRESS_BYTES: usize = 256;
+const MAX_ADDRESS_BYTES: usize = rbee_shared::model::MAX_PEER_ADDRESS_BYTES;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
