@@ -268,7 +268,8 @@ async fn serve_parts(
             HiveServer::new(
                 HiveService::new(ctx, streams, models.clone())
                     .with_preloader(preloader.clone())
-                    .with_peer_server(peer_server),
+                    .with_peer_server(peer_server)
+                    .with_listen(local),
             )
             // FetchModel's largest valid request (512 files with peers) is over 1 MiB;
             // tonic's limit is per service, so every Hive RPC gets it (docs/models.md).

@@ -328,6 +328,19 @@ async fn refused_peer_addresses_are_invalid_argument_and_start_nothing() {
             e.message()
         );
     }
+    // Not a hive: the origin's name, this hive's id, this hive's own listener.
+    let own = format!("http://127.0.0.1:{}", hive.addr.port());
+    let own_localhost = format!("localhost:{}", hive.addr.port());
+    for (p, field, why) in [
+        (peer("http://127.0.0.1:1".into(), "origin"), "peers[0].hive_id", "origin"),
+        (peer("http://127.0.0.1:1".into(), "hive-b"), "peers[0].hive_id", "this hive"),
+        (peer(own, "other"), "peers[0].address", "own listener"),
+        (peer(own_localhost, "other"), "peers[0].address", "own listener"),
+    ] {
+        let e = client.fetch_model(fetch("m", url, &data, vec![p.clone()])).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{p:?}: {e:?}");
+        assert!(e.message().contains(field) && e.message().contains(why), "{p:?}: {}", e.message());
+    }
     let no_source = pb::FetchModelRequest { source: None, ..fetch("m", url, &data, vec![]) };
     let e = client.fetch_model(no_source).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");

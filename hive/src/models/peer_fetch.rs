@@ -13,6 +13,7 @@
 //!   from one peer in [`super::peer_fetch_read`].
 
 use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
 
 use rbee_proto::v1 as pb;
 use rbee_shared::lock::MutexExt;
@@ -43,6 +44,41 @@ pub struct PeerSource {
     pub partial: bool,
 }
 
+/// This hive, which a peer list may not name: its own bytes are not a source (a fetch
+/// would wait on itself), and its id would make its bytes look like another hive's.
+#[derive(Debug, Clone, Default)]
+pub struct Myself {
+    /// Its hive id.
+    pub hive_id: String,
+    /// The address its gRPC listener is bound to.
+    pub listen: Option<SocketAddr>,
+    /// The address it advertises to the queen.
+    pub advertised: Option<String>,
+}
+
+impl Myself {
+    /// True when `address` reaches this hive's own listener: its advertised address, or
+    /// the listener's port on its IP (any local IP for a wildcard listener: loopback,
+    /// `localhost`, the unspecified address).
+    fn is_me(&self, address: &PeerAddress) -> bool {
+        let advertised = self.advertised.as_deref().and_then(|a| PeerAddress::parse(a).ok());
+        if advertised.is_some_and(|a| a.host == address.host && a.port == address.port) {
+            return true;
+        }
+        let Some(listen) = self.listen else { return false };
+        if address.port != listen.port() {
+            return false;
+        }
+        let local = |ip: IpAddr| ip.is_loopback() || ip.is_unspecified();
+        match address.host.parse::<IpAddr>() {
+            Ok(ip) => {
+                ip == listen.ip() || (local(ip) && (listen.ip().is_unspecified() || local(listen.ip())))
+            }
+            Err(_) => address.host == "localhost" && local(listen.ip()),
+        }
+    }
+}
+
 /// The peers of a FetchModel request and the files they hold, validated.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PeerPlan {
@@ -55,7 +91,8 @@ pub struct PeerPlan {
 /// Validates `peers` and `peer_files` of a FetchModel against its origin (`None` when
 /// the request names none): at most [`MAX_PEERS`] peers with valid, distinct hive ids and
 /// addresses the hive may dial ([`PeerAddress::parse`]: never link-local, plaintext only
-/// to loopback, https only with `--peer-ca`); every peer file with a path, size and
+/// to loopback, https only with `--peer-ca`), none of them the origin's source name or
+/// this hive ([`Myself`]: its id or its listener); every peer file with a path, size and
 /// sha256, and the same files as a URL origin declares. A request with neither an origin
 /// nor peers is refused, as is a partial list.
 pub fn check_peers(
@@ -63,6 +100,7 @@ pub fn check_peers(
     files: &[pb::ModelFile],
     origin: Option<&ModelSource>,
     dialer: &PeerDialer,
+    me: &Myself,
 ) -> Result<PeerPlan, ConvertError> {
     if peers.is_empty() {
         if origin.is_none() {
@@ -84,6 +122,18 @@ pub fn check_peers(
             let field = format!("peers[{i}]");
             rbee_shared::identity::check_hive_id(&p.hive_id)
                 .map_err(|e| ConvertError::new(format!("{field}.hive_id"), e.to_string()))?;
+            if p.hive_id == ORIGIN_SOURCE {
+                return Err(ConvertError::new(
+                    format!("{field}.hive_id"),
+                    format!("{ORIGIN_SOURCE:?} names the origin in progress records; it is not a hive id"),
+                ));
+            }
+            if p.hive_id == me.hive_id {
+                return Err(ConvertError::new(
+                    format!("{field}.hive_id"),
+                    format!("{:?} is this hive: it cannot fetch from itself", p.hive_id),
+                ));
+            }
             if !ids.insert(p.hive_id.clone()) {
                 return Err(ConvertError::new(
                     format!("{field}.hive_id"),
@@ -93,6 +143,12 @@ pub fn check_peers(
             let address = PeerAddress::parse(&p.address)
                 .and_then(|a| dialer.admits(&a).map(|()| a))
                 .map_err(|why| ConvertError::new(format!("{field}.address"), why))?;
+            if me.is_me(&address) {
+                return Err(ConvertError::new(
+                    format!("{field}.address"),
+                    format!("{address} (peer {:?}) is this hive's own listener", p.hive_id),
+                ));
+            }
             Ok(PeerSource { address: address.to_string(), hive_id: p.hive_id.clone(), partial: p.partial })
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -391,13 +447,14 @@ mod tests {
             &[file("w.bin", 5, Some(SHA))],
             None,
             &d,
+            &Myself::default(),
         )
         .unwrap();
         assert_eq!(plan.peers[0].address, "http://127.0.0.1:7834");
         assert_eq!(plan.peers[1].address, "http://localhost:1");
         assert_eq!(plan.files[0].sha256.as_deref(), Some(SHA));
         let files = [file("w.bin", 5, Some(SHA))];
-        let e = |peers: &[pb::PeerSource]| field_of(check_peers(peers, &files, None, &d));
+        let e = |peers: &[pb::PeerSource]| field_of(check_peers(peers, &files, None, &d, &Myself::default()));
         assert!(e(&[peer("http://169.254.169.254:80", "h")]).contains("peers[0].address"));
         assert!(e(&[peer("http://[fe80::1]:80", "h")]).contains("link-local"));
         assert!(e(&[peer("http://10.0.0.5:7834", "h")]).contains("plaintext"));
@@ -413,11 +470,39 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_named_origin_or_this_hive_is_refused() {
+        let d = PeerDialer::plaintext_only();
+        let files = [file("w.bin", 5, Some(SHA))];
+        let wildcard = Myself {
+            hive_id: "me".into(),
+            listen: Some("0.0.0.0:7834".parse().unwrap()),
+            advertised: Some("http://gpu-1.example:7834".into()),
+        };
+        let e = |peers: &[pb::PeerSource], me: &Myself| field_of(check_peers(peers, &files, None, &d, me));
+        assert!(e(&[peer("127.0.0.1:1", "origin")], &wildcard).contains("peers[0].hive_id"));
+        assert!(e(&[peer("127.0.0.1:1", "me")], &wildcard).contains("this hive"));
+        for address in ["127.0.0.1:7834", "http://localhost:7834", "127.1:7834", "http://[::1]:7834"] {
+            let why = e(&[peer(address, "other")], &wildcard);
+            assert!(why.contains("peers[0].address") && why.contains("own listener"), "{address}: {why}");
+        }
+        let loopback = Myself { listen: Some("127.0.0.1:7834".parse().unwrap()), ..wildcard.clone() };
+        assert!(e(&[peer("http://127.0.0.2:7834", "other")], &loopback).contains("own listener"));
+        // Another port, or another hive on the same machine, is a peer.
+        for me in [&wildcard, &loopback] {
+            assert!(check_peers(&[peer("127.0.0.1:7835", "other")], &files, None, &d, me).is_ok());
+        }
+        let on_lan = Myself { listen: Some("10.0.0.5:7834".parse().unwrap()), ..wildcard };
+        assert!(check_peers(&[peer("127.0.0.1:7834", "other")], &files, None, &d, &on_lan).is_ok());
+    }
+
+    #[test]
     fn peer_files_need_sizes_and_hashes_and_must_match_the_origin() {
         let d = PeerDialer::plaintext_only();
         let p = [peer("127.0.0.1:1", "a")];
-        let check =
-            |files: &[pb::ModelFile], o: Option<&ModelSource>| field_of(check_peers(&p, files, o, &d));
+        let none = Myself::default();
+        let check = |files: &[pb::ModelFile], o: Option<&ModelSource>| {
+            field_of(check_peers(&p, files, o, &d, &Myself::default()))
+        };
         assert!(check(&[], None).contains("peer_files"));
         assert!(check(&[file("w.bin", 5, None)], None).contains("peer_files[0].sha256"));
         assert!(check(&[file("../w.bin", 5, Some(SHA))], None).contains("peer_files[0].path"));
@@ -427,12 +512,13 @@ mod tests {
         assert!(check(&[file("w.bin", 5, Some(SHA))], Some(&origin(None, Some(&other)))).contains("sha256"));
         assert!(check(&[file("x.bin", 5, Some(SHA))], Some(&origin(None, None))).contains("no file w.bin"));
         assert!(
-            check_peers(&p, &[file("w.bin", 5, Some(SHA))], Some(&origin(Some(5), Some(SHA))), &d).is_ok()
+            check_peers(&p, &[file("w.bin", 5, Some(SHA))], Some(&origin(Some(5), Some(SHA))), &d, &none)
+                .is_ok()
         );
         // Neither an origin nor peers; peer files without peers.
-        assert!(field_of(check_peers(&[], &[], None, &d)).contains("source"));
+        assert!(field_of(check_peers(&[], &[], None, &d, &none)).contains("source"));
         assert!(
-            field_of(check_peers(&[], &[file("w.bin", 5, Some(SHA))], Some(&origin(None, None)), &d))
+            field_of(check_peers(&[], &[file("w.bin", 5, Some(SHA))], Some(&origin(None, None)), &d, &none))
                 .contains("peer_files")
         );
     }
