@@ -462,7 +462,13 @@ mod tests {
         assert!(e(&[peer("http://127.0.0.1:7834/x", "h")]).contains("path"));
         assert!(e(&[peer("http://u:p@127.0.0.1:7834", "h")]).contains("credentials"));
         assert!(e(&[peer("ftp://127.0.0.1:7834", "h")]).contains("http"));
-        assert!(e(&[peer("http://127.0.0.1", "h")]).contains("port"));
+        assert!(e(&[peer("http://127.0.0.1", "h")]).contains("needs a port"));
+        let why = e(&[peer("http://127.0.0.1:99999", "h")]);
+        assert!(why.contains("port out of range"), "{why}");
+        assert!(e(&[peer("http://127.0.0.1:0", "h")]).contains("port out of range"));
+        assert!(e(&[peer("http://127.0.0.1:7834#x", "h")]).contains("fragment"));
+        assert!(e(&[peer("http://127.0.0.1:7834/#x", "h")]).contains("fragment"));
+        assert!(e(&[peer("http://127.0.0.1:7834?q", "h")]).contains("query"));
         assert!(e(&[peer("127.0.0.1:1", "bad id!")]).contains("peers[0].hive_id"));
         assert!(e(&[peer("127.0.0.1:1", "a"), peer("127.0.0.1:2", "a")]).contains("twice"));
         let many: Vec<_> = (0..=MAX_PEERS).map(|i| peer("127.0.0.1:1", &format!("h{i}"))).collect();
