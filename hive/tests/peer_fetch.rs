@@ -160,6 +160,8 @@ enum Fault {
     Corrupt,
     /// Sends this many bytes, then nothing, keeping the stream open.
     StallAfter(usize),
+    /// Sends this many bytes, then fails with a long message.
+    FailAfter(usize),
 }
 
 /// A hive whose ReadModelFile serves its one file with a [`Fault`]; nothing else.
@@ -250,7 +252,7 @@ impl Hive for Corrupting {
                 data[last] ^= 0xff;
                 data.len()
             }
-            Fault::StallAfter(n) => (offset + n).min(data.len()),
+            Fault::StallAfter(n) | Fault::FailAfter(n) => (offset + n).min(data.len()),
         };
         let size = data.len() as u64;
         let chunks: Vec<_> = data[offset..end]
@@ -269,6 +271,12 @@ impl Hive for Corrupting {
             // The stream stays open and silent: only the minimum-progress rule ends it.
             let silent = futures::stream::pending();
             return Ok(Response::new(Box::pin(futures::stream::iter(chunks).chain(silent))));
+        }
+        if let Fault::FailAfter(_) = self.fault {
+            let failed = Err(Status::internal(format!("disk on fire {}", "!".repeat(4000))));
+            return Ok(Response::new(Box::pin(
+                futures::stream::iter(chunks).chain(futures::stream::iter([failed])),
+            )));
         }
         Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
     }
@@ -533,4 +541,25 @@ async fn a_fetch_of_the_most_files_with_peers_is_accepted_by_the_hive() {
     let r = client.fetch_model(request).await;
     assert!(r.is_ok(), "{r:?}");
     client.cancel_fetch(pb::CancelFetchRequest { model_id: "many".into() }).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_fetch_whose_peers_all_fail_says_the_last_reason_and_counts_no_dropped_bytes() {
+    let data = http_files::generated(4 << 20, 8);
+    let first = scripted_peer(&data, Fault::FailAfter(1 << 20)).await;
+    let second = scripted_peer(&data, Fault::FailAfter(1 << 20)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestHive::start_with(hive_config("hive-b", dir.path(), |_| {})).await;
+    let request = pb::FetchModelRequest {
+        source: None,
+        ..fetch("m", "http://127.0.0.1:9/w.bin", &data, vec![peer(first, "first"), peer(second, "second")])
+    };
+    let done = fetch_to_end(&b, request).await;
+    assert_eq!(done.phase, pb::DownloadPhase::Failed as i32, "{done:?}");
+    let error = done.error.clone().unwrap_or_default();
+    assert!(error.contains("every peer failed and the fetch names no origin"), "{error}");
+    assert!(error.contains("(last: second: Internal: disk on fire !!!"), "{error}");
+    assert!(error.len() < 400, "the peer's text is bounded: {} bytes", error.len());
+    // Their bytes were not kept (the file failed): not counted as kept from them.
+    assert_eq!(sources(&done), Vec::<(String, u64)>::new(), "{done:?}");
 }

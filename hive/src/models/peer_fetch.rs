@@ -14,6 +14,7 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use rbee_proto::v1 as pb;
 use rbee_shared::lock::MutexExt;
@@ -261,19 +262,62 @@ struct Peer {
     channel: Option<Channel>,
 }
 
+/// The most time one fetch spends on peers that are then dropped (stalled, failed, cut
+/// off): past it every peer left is dropped and the origin takes over, so that slow or
+/// silent peers cannot hold a download slot for long (15 peers x the stall window).
+pub const PEER_BUDGET: Duration = Duration::from_secs(30);
+
+/// Longest part of a dropped peer's reason quoted in a download's error, bytes.
+const QUOTED_REASON_BYTES: usize = 160;
+
 /// The peers of one fetch, in preference order, and which are still usable.
 pub struct PeerSet {
     /// The peers.
     peers: Vec<Peer>,
     /// Dials them.
     dialer: PeerDialer,
+    /// Time spent on peers that were then dropped.
+    lost: Duration,
+    /// The last peer dropped and why.
+    last: Option<(String, String)>,
 }
 
 impl PeerSet {
     /// Over `peers`, dialed by `dialer`.
     pub fn new(peers: &[PeerSource], dialer: PeerDialer) -> Self {
         let peers = peers.iter().map(|p| Peer { source: p.clone(), dropped: None, channel: None }).collect();
-        Self { peers, dialer }
+        Self { peers, dialer, lost: Duration::ZERO, last: None }
+    }
+
+    /// Charges `spent` on a peer that was dropped to the fetch's [`PEER_BUDGET`]; once it
+    /// is spent, every peer left is dropped.
+    pub fn charge(&mut self, spent: Duration) {
+        self.lost += spent;
+        if self.lost < PEER_BUDGET {
+            return;
+        }
+        let why = format!(
+            "the fetch spent {} s on peers that failed (the budget is {} s); the origin goes on",
+            self.lost.as_secs(),
+            PEER_BUDGET.as_secs()
+        );
+        for i in 0..self.peers.len() {
+            if self.peers[i].dropped.is_none() {
+                self.drop_peer(i, why.clone());
+            }
+        }
+    }
+
+    /// The last dropped peer and why, as a download's error quotes it: its hive id and at
+    /// most [`QUOTED_REASON_BYTES`] of the reason.
+    pub fn last_reason(&self) -> Option<String> {
+        let (id, why) = self.last.as_ref()?;
+        let mut end = why.len().min(QUOTED_REASON_BYTES);
+        while !why.is_char_boundary(end) {
+            end -= 1;
+        }
+        let cut = if end < why.len() { "..." } else { "" };
+        Some(format!("{id}: {}{cut}", &why[..end]))
     }
 
     /// No peer at all (an origin-only fetch).
@@ -283,6 +327,7 @@ impl PeerSet {
 
     fn drop_peer(&mut self, i: usize, why: String) {
         tracing::warn!(peer = %self.peers[i].source.hive_id, reason = %why, "peer dropped for this fetch");
+        self.last = Some((self.peers[i].source.hive_id.clone(), why.clone()));
         self.peers[i].dropped = Some(why);
         self.peers[i].channel = None;
     }
@@ -322,28 +367,50 @@ pub async fn fetch_file(
 ) -> Result<FileDone, DownloadError> {
     // Sources that sent bytes of this file in this run, with how many (kept so far).
     let mut sent: Vec<(String, u64)> = Vec::new();
+    let result = fetch_file_from(job, model_id, file, peers, &mut sent).await;
+    if result.is_err() {
+        // The file is not kept (a failed download leaves nothing): peers' bytes of it
+        // were never verified, so they are not counted as kept from them.
+        let mut p = job.progress.lock_unpoisoned();
+        for (source, n) in sent.iter().filter(|(s, _)| s != ORIGIN_SOURCE) {
+            p.discard(source, *n);
+        }
+    }
+    result
+}
+
+async fn fetch_file_from(
+    job: &FileJob<'_>,
+    model_id: &str,
+    file: &FileSource,
+    peers: &mut PeerSet,
+    sent: &mut Vec<(String, u64)>,
+) -> Result<FileDone, DownloadError> {
     loop {
         let attempt = if let Some((i, channel)) = peers.next().await {
             let peer = peers.peers[i].source.clone();
+            let started = tokio::time::Instant::now();
             match peer_fetch_read::read(job, model_id, file, &peer, channel).await {
                 Ok((done, n)) => {
-                    tally(&mut sent, &peer.hive_id, n);
+                    tally(sent, &peer.hive_id, n);
                     Ok(done)
                 }
                 Err(PeerFailure::Fatal(e)) => return Err(e),
                 Err(PeerFailure::Dropped { why, kept }) => {
-                    tally(&mut sent, &peer.hive_id, kept);
+                    tally(sent, &peer.hive_id, kept);
                     peers.drop_peer(i, why);
+                    peers.charge(started.elapsed());
                     continue;
                 }
                 Err(PeerFailure::Corrupt { error, kept }) => {
-                    tally(&mut sent, &peer.hive_id, kept);
+                    tally(sent, &peer.hive_id, kept);
                     Err(error)
                 }
             }
         } else if file.url.is_empty() {
+            let last = peers.last_reason().map(|r| format!(" (last: {r})")).unwrap_or_default();
             return Err(DownloadError::Resolve(format!(
-                "{}: every peer failed and the fetch names no origin",
+                "{}: every peer failed and the fetch names no origin{last}",
                 file.path
             )));
         } else {
@@ -353,7 +420,7 @@ pub async fn fetch_file(
                 Ok(done) => done.size,
                 Err(_) => download::bytes_on_disk(job.partial, file),
             };
-            tally(&mut sent, ORIGIN_SOURCE, after.saturating_sub(before));
+            tally(sent, ORIGIN_SOURCE, after.saturating_sub(before));
             result
         };
         match attempt {
@@ -366,7 +433,7 @@ pub async fn fetch_file(
                 tracing::warn!(%path, %expected, %actual, "a file with bytes from peers failed its sha256; starting it over");
                 {
                     let mut p = job.progress.lock_unpoisoned();
-                    for (source, n) in &sent {
+                    for (source, n) in sent.iter() {
                         p.discard(source, *n);
                     }
                 }
@@ -473,6 +540,33 @@ mod tests {
         assert!(e(&[peer("127.0.0.1:1", "a"), peer("127.0.0.1:2", "a")]).contains("twice"));
         let many: Vec<_> = (0..=MAX_PEERS).map(|i| peer("127.0.0.1:1", &format!("h{i}"))).collect();
         assert!(e(&many).contains("peers"));
+    }
+
+    #[test]
+    fn peers_that_fail_spend_a_bounded_budget_and_the_last_reason_is_quoted_bounded() {
+        let sources: Vec<PeerSource> = (0..3)
+            .map(|i| PeerSource {
+                address: format!("http://127.0.0.1:{}", i + 1),
+                hive_id: format!("p{i}"),
+                partial: false,
+            })
+            .collect();
+        let mut set = PeerSet::new(&sources, PeerDialer::plaintext_only());
+        assert_eq!(set.last_reason(), None);
+        set.drop_peer(0, format!("Internal: {}", "é".repeat(500)));
+        let quoted = set.last_reason().unwrap();
+        assert!(quoted.starts_with("p0: Internal: "), "{quoted}");
+        assert!(quoted.len() <= "p0: ".len() + QUOTED_REASON_BYTES + 3, "{} bytes", quoted.len());
+        set.charge(PEER_BUDGET / 2);
+        assert!(set.peers[1].dropped.is_none(), "within the budget the others stay");
+        set.charge(PEER_BUDGET / 2);
+        assert!(set.peers.iter().all(|p| p.dropped.is_some()), "past it every peer is dropped");
+        assert!(set.last_reason().unwrap().contains("budget"));
+        // A peer's stall window is short whatever the download's is.
+        let slow = download::MinProgress { bytes: 1, window: Duration::from_secs(60) };
+        assert_eq!(peer_fetch_read::peer_rule(slow).window, peer_fetch_read::PEER_WINDOW);
+        let quick = download::MinProgress { bytes: 1, window: Duration::from_millis(500) };
+        assert_eq!(peer_fetch_read::peer_rule(quick).window, quick.window);
     }
 
     #[test]
