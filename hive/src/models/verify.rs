@@ -105,6 +105,32 @@ fn other_files(listed: &layout::FileList, download: &[ModelFile]) -> Option<Stri
         .map(|(p, _)| format!("{} was added after the model was downloaded", layout::shown_name(p)))
 }
 
+/// The files of a model directory with their size, mtime, ctime (ns) and inode: ctime
+/// moves on every write or rename, even when the mtime is put back.
+pub type Stamps = Vec<(String, u64, SystemTime, i128, u64)>;
+
+/// The stats of every file in `dir` (with the manifest and download record), to tell
+/// whether anything changed without reading a byte.
+pub fn stamps(dir: &Path) -> std::io::Result<Stamps> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    for rel in layout::list_files(dir)?
+        .into_iter()
+        .map(|(r, _)| r)
+        .chain([layout::MANIFEST.to_owned(), layout::DOWNLOAD_RECORD.to_owned()])
+    {
+        match std::fs::metadata(dir.join(&rel)) {
+            Ok(m) => {
+                let ctime = i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec());
+                out.push((rel, m.len(), m.modified()?, ctime, m.ino()));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
 /// True when a file of the model in `dir` was modified after its manifest was written
 /// (a hand-copied file still being written when it was verified, or changed since), or
 /// when there is no manifest. Stats only.
