@@ -262,10 +262,14 @@ struct Peer {
     channel: Option<Channel>,
 }
 
-/// The most time one fetch spends on peers that are then dropped (stalled, failed, cut
-/// off): past it every peer left is dropped and the origin takes over, so that slow or
-/// silent peers cannot hold a download slot for long (15 peers x the stall window).
+/// The most time one fetch spends on peers that are then dropped having written less
+/// than [`USEFUL_PEER_BYTES`] (silent, trickling, failing at once): past it every peer
+/// left is dropped and the origin takes over, so that such peers cannot hold a download
+/// slot for long (15 peers x the stall window).
 pub const PEER_BUDGET: Duration = Duration::from_secs(30);
+
+/// A dropped peer that wrote fewer bytes than this was charged to the [`PEER_BUDGET`].
+const USEFUL_PEER_BYTES: u64 = 1 << 20;
 
 /// Longest part of a dropped peer's reason quoted in a download's error, bytes.
 const QUOTED_REASON_BYTES: usize = 160;
@@ -399,7 +403,11 @@ async fn fetch_file_from(
                 Err(PeerFailure::Dropped { why, kept }) => {
                     tally(sent, &peer.hive_id, kept);
                     peers.drop_peer(i, why);
-                    peers.charge(started.elapsed());
+                    // Only a peer that gave next to nothing wastes the budget: one that
+                    // served a long prefix (a chain's partial peer) and then failed did not.
+                    if kept < USEFUL_PEER_BYTES {
+                        peers.charge(started.elapsed());
+                    }
                     continue;
                 }
                 Err(PeerFailure::Corrupt { error, kept }) => {
