@@ -24,7 +24,9 @@ pub enum ModelState {
     Ready,
     /// The last download failed; none of its files is left.
     Failed,
-    /// Copied in by hand; hashes are being computed.
+    /// Copied in by hand, or its files changed on disk; hashes are being computed, or
+    /// (a downloaded model with other bytes than its download's) it is refused: see
+    /// the entry's error.
     Unverified,
 }
 
