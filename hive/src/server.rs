@@ -8,6 +8,7 @@ use std::sync::Arc;
 use rbee_proto::v1::hive_server::HiveServer;
 use rbee_shared::HiveIdentity;
 use rbee_shared::grpc_server::{self, MAX_DECODING_MESSAGE_BYTES, cancel_on};
+use rbee_shared::model::MAX_FETCH_REQUEST_BYTES;
 use rbee_shared::warn_limit::WarnLimiter;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -267,9 +268,12 @@ async fn serve_parts(
             HiveServer::new(
                 HiveService::new(ctx, streams, models.clone())
                     .with_preloader(preloader.clone())
-                    .with_peer_server(peer_server),
+                    .with_peer_server(peer_server)
+                    .with_listen(local),
             )
-            .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES),
+            // FetchModel's largest valid request (512 files with peers) is over 1 MiB;
+            // tonic's limit is per service, so every Hive RPC gets it (docs/models.md).
+            .max_decoding_message_size(MAX_FETCH_REQUEST_BYTES.max(MAX_DECODING_MESSAGE_BYTES)),
         )
         .serve_with_incoming_shutdown(grpc_server::incoming(listener), cancel.clone().cancelled_owned())
         .await;

@@ -32,12 +32,29 @@ pub struct HiveService {
     preloader: Option<Preloader>,
     /// Serves model files to peers (with a models directory).
     peer_server: Option<PeerServer>,
+    /// The address its listener is bound to.
+    listen: Option<std::net::SocketAddr>,
 }
 
 impl HiveService {
     /// A service over the hive's shared context.
     pub fn new(ctx: SessionContext, streams: Streams, models: Option<Models>) -> Self {
-        Self { ctx, streams, models, preloader: None, peer_server: None }
+        Self { ctx, streams, models, preloader: None, peer_server: None, listen: None }
+    }
+
+    /// With the address its listener is bound to (a fetch may not name it as a peer).
+    pub fn with_listen(mut self, listen: std::net::SocketAddr) -> Self {
+        self.listen = Some(listen);
+        self
+    }
+
+    /// This hive as a FetchModel's peers may not name it.
+    fn myself(&self) -> crate::models::peer_fetch::Myself {
+        crate::models::peer_fetch::Myself {
+            hive_id: self.ctx.identity.hive_id.clone(),
+            listen: self.listen,
+            advertised: Some(self.ctx.identity.advertised_address.clone()),
+        }
     }
 
     /// With the preloader of PreloadModel and EvictModel.
@@ -132,6 +149,7 @@ impl Hive for HiveService {
             &r.peer_files,
             source.as_ref(),
             models.peer_dialer(),
+            &self.myself(),
         )
         .map_err(HiveError::from)?;
         let accepted_at_unix_ms = rbee_shared::time::now_unix_ms();

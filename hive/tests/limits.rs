@@ -87,7 +87,9 @@ async fn an_oversized_stream_message_is_resource_exhausted() {
     let hive = TestHive::start(ONE_GPU).await;
     let mut client = hive.client().await;
     let huge = pb::QueenMessage {
-        known_epoch: Some("e".repeat(100_000)),
+        // Over the Hive service's limit: the largest valid FetchModel (tonic's limit is
+        // per service).
+        known_epoch: Some("e".repeat(rbee_shared::model::MAX_FETCH_REQUEST_BYTES + 1)),
         known_capability_version: Some(1),
         ..Default::default()
     };

@@ -160,6 +160,8 @@ enum Fault {
     Corrupt,
     /// Sends this many bytes, then nothing, keeping the stream open.
     StallAfter(usize),
+    /// Sends this many bytes, then fails with a long message.
+    FailAfter(usize),
 }
 
 /// A hive whose ReadModelFile serves its one file with a [`Fault`]; nothing else.
@@ -250,7 +252,7 @@ impl Hive for Corrupting {
                 data[last] ^= 0xff;
                 data.len()
             }
-            Fault::StallAfter(n) => (offset + n).min(data.len()),
+            Fault::StallAfter(n) | Fault::FailAfter(n) => (offset + n).min(data.len()),
         };
         let size = data.len() as u64;
         let chunks: Vec<_> = data[offset..end]
@@ -269,6 +271,12 @@ impl Hive for Corrupting {
             // The stream stays open and silent: only the minimum-progress rule ends it.
             let silent = futures::stream::pending();
             return Ok(Response::new(Box::pin(futures::stream::iter(chunks).chain(silent))));
+        }
+        if let Fault::FailAfter(_) = self.fault {
+            let failed = Err(Status::internal(format!("disk on fire {}", "!".repeat(4000))));
+            return Ok(Response::new(Box::pin(
+                futures::stream::iter(chunks).chain(futures::stream::iter([failed])),
+            )));
         }
         Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
     }
@@ -327,6 +335,19 @@ async fn refused_peer_addresses_are_invalid_argument_and_start_nothing() {
             "{address}: {}",
             e.message()
         );
+    }
+    // Not a hive: the origin's name, this hive's id, this hive's own listener.
+    let own = format!("http://127.0.0.1:{}", hive.addr.port());
+    let own_localhost = format!("localhost:{}", hive.addr.port());
+    for (p, field, why) in [
+        (peer("http://127.0.0.1:1".into(), "origin"), "peers[0].hive_id", "origin"),
+        (peer("http://127.0.0.1:1".into(), "hive-b"), "peers[0].hive_id", "this hive"),
+        (peer(own, "other"), "peers[0].address", "own listener"),
+        (peer(own_localhost, "other"), "peers[0].address", "own listener"),
+    ] {
+        let e = client.fetch_model(fetch("m", url, &data, vec![p.clone()])).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{p:?}: {e:?}");
+        assert!(e.message().contains(field) && e.message().contains(why), "{p:?}: {}", e.message());
     }
     let no_source = pb::FetchModelRequest { source: None, ..fetch("m", url, &data, vec![]) };
     let e = client.fetch_model(no_source).await.unwrap_err();
@@ -486,4 +507,59 @@ async fn a_restarted_hive_resumes_its_fetch_from_the_same_peers() {
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].0, "hive-a");
     assert!(got[0].1 < SIZE as u64, "the kept prefix is not fetched again: {got:?}");
+}
+
+#[tokio::test]
+async fn a_fetch_of_the_most_files_with_peers_is_accepted_by_the_hive() {
+    use rbee_shared::model::{MAX_MODEL_FILES, MAX_MODEL_PATH_BYTES, MAX_URL_BYTES};
+    let dir = tempfile::tempdir().unwrap();
+    let hive = TestHive::start_with(hive_config("hive-b", dir.path(), |_| {})).await;
+    let mut client = hive.client().await;
+    // Every file at the length limits: far over the 64 KiB other requests get.
+    let sha = "a".repeat(64);
+    let path = |i: usize| format!("{i:03}{}", "p".repeat(MAX_MODEL_PATH_BYTES - 3));
+    let url = format!("http://127.0.0.1:9/{}", "u".repeat(MAX_URL_BYTES - 19));
+    let files = (0..MAX_MODEL_FILES)
+        .map(|i| pb::FileSource {
+            url: url.clone(),
+            path: Some(path(i)),
+            size_bytes: Some(1),
+            sha256: Some(sha.clone()),
+        })
+        .collect();
+    let request = pb::FetchModelRequest {
+        model_id: "many".into(),
+        source: Some(pb::fetch_model_request::Source::Urls(pb::UrlSource { files })),
+        peers: (0..15)
+            .map(|i| peer(format!("http://127.0.0.1:{}", 1 + i), &format!("peer-{i:02}{}", "h".repeat(50))))
+            .collect(),
+        peer_files: (0..MAX_MODEL_FILES)
+            .map(|i| pb::ModelFile { path: path(i), size_bytes: 1, sha256: Some(sha.clone()) })
+            .collect(),
+    };
+    assert!(prost::Message::encoded_len(&request) > 1 << 20);
+    let r = client.fetch_model(request).await;
+    assert!(r.is_ok(), "{r:?}");
+    client.cancel_fetch(pb::CancelFetchRequest { model_id: "many".into() }).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_fetch_whose_peers_all_fail_says_the_last_reason_and_counts_no_dropped_bytes() {
+    let data = http_files::generated(4 << 20, 8);
+    let first = scripted_peer(&data, Fault::FailAfter(1 << 20)).await;
+    let second = scripted_peer(&data, Fault::FailAfter(1 << 20)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestHive::start_with(hive_config("hive-b", dir.path(), |_| {})).await;
+    let request = pb::FetchModelRequest {
+        source: None,
+        ..fetch("m", "http://127.0.0.1:9/w.bin", &data, vec![peer(first, "first"), peer(second, "second")])
+    };
+    let done = fetch_to_end(&b, request).await;
+    assert_eq!(done.phase, pb::DownloadPhase::Failed as i32, "{done:?}");
+    let error = done.error.clone().unwrap_or_default();
+    assert!(error.contains("every peer failed and the fetch names no origin"), "{error}");
+    assert!(error.contains("(last: second: Internal: disk on fire !!!"), "{error}");
+    assert!(error.len() < 400, "the peer's text is bounded: {} bytes", error.len());
+    // Their bytes were not kept (the file failed): not counted as kept from them.
+    assert_eq!(sources(&done), Vec::<(String, u64)>::new(), "{done:?}");
 }

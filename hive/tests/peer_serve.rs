@@ -19,9 +19,14 @@ use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic::transport::Channel;
 
-/// Writes model `id` with `files` into `root` and a manifest with their real sha256:
-/// the hive opens it as ready.
+/// Writes model `id` with `files` into `root` and a manifest with their real sha256, as
+/// a download leaves it: the hive opens it as ready.
 fn make_model(root: &Path, id: &str, files: &[(&str, &[u8])]) -> std::path::PathBuf {
+    make_model_from(root, id, files, "test")
+}
+
+/// [`make_model`] with the manifest's `source` (`hand-copied`: verified from disk).
+fn make_model_from(root: &Path, id: &str, files: &[(&str, &[u8])], source: &str) -> std::path::PathBuf {
     let dir = layout::model_dir(root, id);
     let mut listed = Vec::new();
     for (path, data) in files {
@@ -34,7 +39,7 @@ fn make_model(root: &Path, id: &str, files: &[(&str, &[u8])]) -> std::path::Path
             sha256: Some(http_files::sha256_hex(data)),
         });
     }
-    let m = Manifest { id: id.to_owned(), files: listed, source: "test".into(), ready_at_unix_ms: 0 };
+    let m = Manifest { id: id.to_owned(), files: listed, source: source.into(), ready_at_unix_ms: 0 };
     manifest::write(&dir.join(layout::MANIFEST), &m).unwrap();
     dir
 }
@@ -248,10 +253,10 @@ async fn a_file_changed_since_verification_is_never_served_and_the_model_is_veri
 }
 
 #[tokio::test]
-async fn a_file_changed_behind_its_mtime_ends_with_data_loss_and_is_verified_again() {
+async fn a_hand_copied_file_changed_behind_its_mtime_ends_with_data_loss_and_is_verified_again() {
     let root = tempfile::tempdir().unwrap();
     let old = http_files::generated(2 << 20, 1);
-    let dir = make_model(root.path(), "m", &[("a.bin", &old)]);
+    let dir = make_model_from(root.path(), "m", &[("a.bin", &old)], "hand-copied");
     let hive =
         TestHive::start_with(hive_with_models(root.path(), |m| m.rescan = Duration::from_millis(200))).await;
     let mut client = hive.client().await;
@@ -278,6 +283,93 @@ async fn a_file_changed_behind_its_mtime_ends_with_data_loss_and_is_verified_aga
         assert!(Instant::now() < deadline, "never verified again: {:?}", r.end);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The catalog entry of `model` once its error says `want`.
+async fn until_refused(client: &mut HiveClient<Channel>, model: &str, want: &str) -> pb::Model {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let caps = client.discover(pb::DiscoverRequest {}).await.unwrap().into_inner().capabilities.unwrap();
+        if let Some(m) =
+            caps.models.iter().find(|m| m.id == model && m.error.as_ref().is_some_and(|e| e.contains(want)))
+        {
+            return m.clone();
+        }
+        assert!(Instant::now() < deadline, "{model} never got an error: {:?}", caps.models);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_downloaded_file_changed_on_disk_is_never_ready_again_with_other_bytes() {
+    let root = tempfile::tempdir().unwrap();
+    let old = http_files::generated(2 << 20, 1);
+    let dir = make_model(root.path(), "m", &[("a.bin", &old), ("b.bin", &old)]);
+    let hive =
+        TestHive::start_with(hive_with_models(root.path(), |m| m.rescan = Duration::from_millis(200))).await;
+    let mut client = hive.client().await;
+    until_state(&mut client, "m", pb::ModelState::Ready).await;
+
+    // Same size, old mtime put back: caught by serving (DATA_LOSS), and then the model
+    // stays unverified with the download's hash, never ready with the new bytes.
+    let path = dir.join("a.bin");
+    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let mut new = old.clone();
+    new[1_500_000] ^= 0xff;
+    // Replaced in one rename, so that no rescan sees the new mtime.
+    let staged = root.path().join("staged.bin");
+    std::fs::write(&staged, &new).unwrap();
+    std::fs::File::options().write(true).open(&staged).unwrap().set_modified(mtime).unwrap();
+    std::fs::rename(&staged, &path).unwrap();
+    let r = read(&mut client, request("m", "a.bin", 0)).await;
+    assert_eq!(r.code(), Code::DataLoss, "{:?}", r.end);
+    let m = until_refused(&mut client, "m", "after it was downloaded").await;
+    let error = m.error.clone().unwrap();
+    assert_eq!(m.state(), pb::ModelState::Unverified, "{error}");
+    let (got, want) = (http_files::sha256_hex(&new), http_files::sha256_hex(&old));
+    assert!(error.contains("\"a.bin\" changed after it was downloaded"), "{error}");
+    assert!(error.contains(&format!("sha256 {got}, downloaded as {want}")), "{error}");
+    assert!(error.contains("fetch it again"), "{error}");
+    // Several rescans later it is still not ready, and nothing is served.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let caps = client.discover(pb::DiscoverRequest {}).await.unwrap().into_inner().capabilities.unwrap();
+    let m = caps.models.iter().find(|m| m.id == "m").unwrap();
+    assert_eq!(m.state(), pb::ModelState::Unverified, "{m:?}");
+    for file in ["a.bin", "b.bin"] {
+        let r = read(&mut client, request("m", file, 0)).await;
+        assert_eq!(r.code(), Code::NotFound, "{file}: {:?}", r.end);
+    }
+    // The downloaded bytes put back: ready again, with the download's hashes.
+    std::fs::write(&path, &old).unwrap();
+    until_state(&mut client, "m", pb::ModelState::Ready).await;
+    let r = read(&mut client, request("m", "a.bin", 0)).await;
+    assert_eq!(r.code(), Code::Ok, "{:?}", r.end);
+    assert_eq!(r.chunks[0].sha256.as_deref(), Some(want.as_str()));
+    let kept = manifest::read::<Manifest>(&dir.join(layout::MANIFEST)).unwrap();
+    assert_eq!(kept.source, "test", "still the download's manifest");
+
+    // Truncated (the rescan sees the size): refused at once, with both sizes.
+    std::fs::File::options().write(true).open(dir.join("b.bin")).unwrap().set_len(1000).unwrap();
+    let m = until_refused(&mut client, "m", "after it was downloaded").await;
+    let error = m.error.clone().unwrap();
+    assert_eq!(m.state(), pb::ModelState::Unverified, "{error}");
+    assert!(error.contains(&format!("1000 bytes, downloaded as {} bytes", old.len())), "{error}");
+}
+
+#[tokio::test]
+async fn a_changed_download_survives_a_restart_unready() {
+    let root = tempfile::tempdir().unwrap();
+    let old = http_files::generated(1 << 20, 3);
+    let dir = make_model(root.path(), "m", &[("a.bin", &old)]);
+    // Zeroed while the hive was down (mtime newer than the manifest).
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(dir.join("a.bin"), vec![0u8; old.len()]).unwrap();
+    let hive =
+        TestHive::start_with(hive_with_models(root.path(), |m| m.rescan = Duration::from_millis(100))).await;
+    let mut client = hive.client().await;
+    let m = until_refused(&mut client, "m", "after it was downloaded").await;
+    assert_eq!(m.state(), pb::ModelState::Unverified, "{m:?}");
+    assert!(m.error.unwrap().contains("changed after it was downloaded"));
 }
 
 #[tokio::test]
@@ -468,12 +560,19 @@ async fn a_partial_read_ends_aborted_when_its_download_is_cancelled() {
     let hive = TestHive::start_with(hive_with_models(root.path(), |_| {})).await;
     let mut client = hive.client().await;
     client.fetch_model(fetch_url("m", &url, Some(data.len() as u64), None)).await.unwrap();
-    // A download of undeclared size: its end is not known, so it is not served.
+    // A download of undeclared size: its end is not known, so it is not served, even
+    // when its hash is declared.
+    let hashed_url = server.add("hashed.bin", data.clone());
     client.fetch_model(fetch_url("u", &unsized_url, None, None)).await.unwrap();
+    let sha = Some(http_files::sha256_hex(&data));
+    client.fetch_model(fetch_url("h", &hashed_url, None, sha)).await.unwrap();
     until_state(&mut client, "u", pb::ModelState::Downloading).await;
-    let r = read(&mut client, partial("u", "unsized.bin", 0)).await;
-    assert_eq!(r.code(), Code::NotFound, "{:?}", r.end);
-    assert!(r.end.unwrap_err().message().contains("size is not known"));
+    until_state(&mut client, "h", pb::ModelState::Downloading).await;
+    for (model, file) in [("u", "unsized.bin"), ("h", "hashed.bin")] {
+        let r = read(&mut client, partial(model, file, 0)).await;
+        assert_eq!(r.code(), Code::NotFound, "{model}: {:?}", r.end);
+        assert!(r.end.unwrap_err().message().contains("size is not known"));
+    }
 
     let mut stream = client.read_model_file(partial("m", "w.bin", 0)).await.unwrap().into_inner();
     let first = tokio::time::timeout(DEADLINE, stream.next()).await.unwrap().unwrap().unwrap();

@@ -117,7 +117,10 @@ pub async fn run(
                     ))
                     .with_models(crate::api::models::ModelFetcher::new(fleet_for_models, link)),
             )
-            .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES),
+            // FetchModel's largest valid request (512 files) is over 1 MiB (per service).
+            .max_decoding_message_size(
+                rbee_shared::model::MAX_SCHEDULE_FETCH_REQUEST_BYTES.max(MAX_DECODING_MESSAGE_BYTES),
+            ),
         )
         .serve_with_incoming_shutdown(incoming(listener), cancel.clone().cancelled_owned())
         .await;

@@ -24,7 +24,9 @@ pub enum ModelState {
     Ready,
     /// The last download failed; none of its files is left.
     Failed,
-    /// Copied in by hand; hashes are being computed.
+    /// Copied in by hand, or its files changed on disk; hashes are being computed, or
+    /// (a downloaded model with other bytes than its download's) it is refused: see
+    /// the entry's error.
     Unverified,
 }
 
@@ -137,6 +139,54 @@ pub struct DownloadProgress {
 
 /// The most sources one download record names.
 pub const MAX_DOWNLOAD_SOURCES: usize = 16;
+
+/// Longest peer address a fetch may name, bytes.
+pub const MAX_PEER_ADDRESS_BYTES: usize = 256;
+
+/// Bytes of a varint encoding `n`.
+const fn varint_len(mut n: usize) -> usize {
+    let mut k = 1;
+    while n >= 0x80 {
+        n >>= 7;
+        k += 1;
+    }
+    k
+}
+
+/// Bytes of a length-delimited field (tag, length, `len` bytes) with a one-byte tag.
+const fn field(len: usize) -> usize {
+    1 + varint_len(len) + len
+}
+
+/// A `uint64` field at its longest.
+const U64_FIELD: usize = 1 + 10;
+/// A sha256 field (64 hex digits).
+const SHA_FIELD: usize = field(64);
+
+/// The longest encoding of a valid `FetchModelRequest`: the model id, [`MAX_MODEL_FILES`]
+/// URL files (URL, path, size, sha256 at their limits), as many `peer_files`, and
+/// [`MAX_DOWNLOAD_SOURCES`] peers (one more than a fetch may name). The hive's gRPC
+/// decode limit covers it, so that every request the checks accept can be sent.
+pub const MAX_FETCH_REQUEST_BYTES: usize = {
+    let url_file = field(MAX_URL_BYTES) + field(MAX_MODEL_PATH_BYTES) + U64_FIELD + SHA_FIELD;
+    let model_file = field(MAX_MODEL_PATH_BYTES) + U64_FIELD + SHA_FIELD;
+    let peer = field(MAX_PEER_ADDRESS_BYTES) + field(crate::identity::MAX_HIVE_ID_LEN) + 2;
+    field(MAX_MODEL_ID_BYTES)
+        + field(MAX_MODEL_FILES * field(url_file))
+        + MAX_MODEL_FILES * field(model_file)
+        + MAX_DOWNLOAD_SOURCES * field(peer)
+};
+
+/// The longest encoding of a valid `ScheduleFetchRequest` (the queen's Scheduler): a
+/// [`MAX_FETCH_REQUEST_BYTES`] fetch, a hive id, [`crate::labels::MAX_LABELS`] labels at
+/// their limits and the flags.
+pub const MAX_SCHEDULE_FETCH_REQUEST_BYTES: usize = {
+    let label = field(crate::labels::MAX_LABEL_KEY_BYTES) + field(crate::labels::MAX_LABEL_VALUE_BYTES);
+    field(MAX_FETCH_REQUEST_BYTES)
+        + field(crate::identity::MAX_HIVE_ID_LEN)
+        + crate::labels::MAX_LABELS * field(label)
+        + 2 * 2
+};
 
 /// The source name of bytes fetched from the origin (a URL or the Hub).
 pub const ORIGIN_SOURCE: &str = "origin";
@@ -310,6 +360,57 @@ pub fn path_from_url(url: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The largest valid FetchModelRequest (and ScheduleFetchRequest around it), every
+    /// field at its limit: the bounds cover it, and are not loose.
+    #[test]
+    fn the_request_bounds_cover_the_largest_valid_requests() {
+        use prost::Message;
+        use rbee_proto::v1 as pb;
+        let sha = "a".repeat(64);
+        let path = |i: usize| format!("{i:03}{}", "p".repeat(MAX_MODEL_PATH_BYTES - 3));
+        let fetch = pb::FetchModelRequest {
+            model_id: "m".repeat(MAX_MODEL_ID_BYTES),
+            source: Some(pb::fetch_model_request::Source::Urls(pb::UrlSource {
+                files: (0..MAX_MODEL_FILES)
+                    .map(|i| pb::FileSource {
+                        url: format!("https://{}", "u".repeat(MAX_URL_BYTES - 8)),
+                        path: Some(path(i)),
+                        size_bytes: Some(u64::MAX),
+                        sha256: Some(sha.clone()),
+                    })
+                    .collect(),
+            })),
+            peers: (0..MAX_DOWNLOAD_SOURCES)
+                .map(|_| pb::PeerSource {
+                    address: "a".repeat(MAX_PEER_ADDRESS_BYTES),
+                    hive_id: "h".repeat(crate::identity::MAX_HIVE_ID_LEN),
+                    partial: true,
+                })
+                .collect(),
+            peer_files: (0..MAX_MODEL_FILES)
+                .map(|i| pb::ModelFile { path: path(i), size_bytes: u64::MAX, sha256: Some(sha.clone()) })
+                .collect(),
+        };
+        let len = fetch.encoded_len();
+        assert!(len <= MAX_FETCH_REQUEST_BYTES, "{len} > {MAX_FETCH_REQUEST_BYTES}");
+        assert!(len + 64 >= MAX_FETCH_REQUEST_BYTES, "{len}: the bound {MAX_FETCH_REQUEST_BYTES} is loose");
+        const { assert!(MAX_FETCH_REQUEST_BYTES > crate::grpc_server::MAX_DECODING_MESSAGE_BYTES) };
+        let schedule = pb::ScheduleFetchRequest {
+            fetch: Some(fetch),
+            hive: "h".repeat(crate::identity::MAX_HIVE_ID_LEN),
+            labels: (0..crate::labels::MAX_LABELS)
+                .map(|i| {
+                    let key = format!("{i:02}{}", "k".repeat(crate::labels::MAX_LABEL_KEY_BYTES - 2));
+                    (key, "v".repeat(crate::labels::MAX_LABEL_VALUE_BYTES))
+                })
+                .collect(),
+            all: true,
+            no_peers: true,
+        };
+        let len = schedule.encoded_len();
+        assert!(len <= MAX_SCHEDULE_FETCH_REQUEST_BYTES, "{len} > {MAX_SCHEDULE_FETCH_REQUEST_BYTES}");
+    }
 
     #[test]
     fn ids_and_paths_are_checked() {

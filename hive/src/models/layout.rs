@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! DIR/<id with / as -->/            a model: its files and .rbee-model.json
+//!                                   (.rbee-downloaded.json once a downloaded file changed)
 //! DIR/.partial/<id with / as -->/   a download in progress: fetch.json, <path>.part,
 //!                                   <path>.part.json (the resume sidecar)
 //! DIR/.trash/                       models being deleted
@@ -14,6 +15,9 @@ use std::path::{Path, PathBuf};
 
 /// The manifest inside a model's directory.
 pub const MANIFEST: &str = ".rbee-model.json";
+/// A downloaded model's manifest set aside when its files changed on disk: the sizes
+/// and hashes its download verified, which the model must have again to be ready.
+pub const DOWNLOAD_RECORD: &str = ".rbee-downloaded.json";
 /// The fetch record inside a partial directory.
 pub const FETCH_RECORD: &str = "fetch.json";
 /// Partial downloads.

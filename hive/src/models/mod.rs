@@ -184,6 +184,8 @@ pub struct Inner {
     failures: Mutex<rbee_shared::failure_limit::FailureLimit<Option<IpAddr>>>,
     /// What the view budgets made the hive drop or refuse lately.
     budget_log: Mutex<BudgetLog>,
+    /// Downloaded models refused for other bytes, with their files' stats then.
+    refused: Mutex<BTreeMap<String, verify::Stamps>>,
 }
 
 impl Inner {
@@ -273,6 +275,7 @@ impl Models {
             tasks: Mutex::new(Vec::new()),
             failures: Mutex::new(failures::limit()),
             budget_log: Mutex::default(),
+            refused: Mutex::default(),
             config,
         });
         let models = Self { inner };
@@ -550,6 +553,7 @@ impl Models {
         }
         self.inner.catalog.remove(id);
         self.inner.finished.lock_unpoisoned().remove(id);
+        self.inner.refused.lock_unpoisoned().remove(id);
         tracing::info!(model = %id, "model deleted");
         Ok(())
     }
@@ -608,7 +612,34 @@ impl Models {
             let dir = layout::model_dir(&self.inner.config.dir, &id);
             let vid = id.clone();
             let quiet = self.inner.config.rescan;
-            match tokio::task::spawn_blocking(move || verify::verify(&vid, &dir, quiet)).await {
+            // A downloaded model refused for other bytes is hashed again only once its
+            // files changed (stats), not every rescan.
+            let refused = self.inner.refused.lock_unpoisoned().get(&id).cloned();
+            let verified = tokio::task::spawn_blocking(move || {
+                let stamps = verify::stamps(&dir).ok();
+                if refused.is_some() && refused == stamps {
+                    return None;
+                }
+                Some((stamps, verify::verify(&vid, &dir, quiet)))
+            })
+            .await;
+            let verified = match verified {
+                Ok(None) => continue,
+                Ok(Some((stamps, result))) => {
+                    let mut refused = self.inner.refused.lock_unpoisoned();
+                    match (&result, stamps) {
+                        (Err(verify::VerifyError::ChangedAfterDownload(_)), Some(stamps)) => {
+                            refused.insert(id.clone(), stamps);
+                        }
+                        _ => {
+                            refused.remove(&id);
+                        }
+                    }
+                    Ok(result)
+                }
+                Err(e) => Err(e),
+            };
+            match verified {
                 Ok(Ok(manifest)) => {
                     tracing::info!(model = %id, "hand-copied model verified");
                     if self.inner.catalog.get(&id).map(|m| m.state) == Some(ModelState::Unverified) {
@@ -624,7 +655,9 @@ impl Models {
                         m.error.clone_from(&reason);
                         changed
                     });
-                    if changed {
+                    if changed && matches!(e, verify::VerifyError::ChangedAfterDownload(_)) {
+                        tracing::warn!(model = %id, error = %e, "downloaded model changed on disk; not ready");
+                    } else if changed {
                         tracing::info!(model = %id, error = %e, "hand-copied model not verified yet");
                     }
                 }
@@ -637,7 +670,7 @@ impl Models {
 impl Models {
     /// Whether the files of ready model `id` are no longer the ones it was verified
     /// with (other paths or sizes, or modified after the manifest); then its manifest
-    /// is removed, so that it is verified again.
+    /// is set aside ([`verify::set_aside`]), so that it is verified again.
     async fn changed_since_ready(&self, id: &str, files: &layout::FileList) -> bool {
         let Some(entry) = self.inner.catalog.get(id) else { return false };
         let mut listed: layout::FileList =
@@ -648,7 +681,7 @@ impl Models {
         let changed = tokio::task::spawn_blocking(move || {
             let changed = resized || verify::changed_since_verified(&dir).unwrap_or(false);
             if changed {
-                let _ = std::fs::remove_file(dir.join(layout::MANIFEST));
+                verify::set_aside(&dir);
             }
             changed
         })

@@ -13,6 +13,8 @@
 //!   from one peer in [`super::peer_fetch_read`].
 
 use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use rbee_proto::v1 as pb;
 use rbee_shared::lock::MutexExt;
@@ -43,6 +45,41 @@ pub struct PeerSource {
     pub partial: bool,
 }
 
+/// This hive, which a peer list may not name: its own bytes are not a source (a fetch
+/// would wait on itself), and its id would make its bytes look like another hive's.
+#[derive(Debug, Clone, Default)]
+pub struct Myself {
+    /// Its hive id.
+    pub hive_id: String,
+    /// The address its gRPC listener is bound to.
+    pub listen: Option<SocketAddr>,
+    /// The address it advertises to the queen.
+    pub advertised: Option<String>,
+}
+
+impl Myself {
+    /// True when `address` reaches this hive's own listener: its advertised address, or
+    /// the listener's port on its IP (any local IP for a wildcard listener: loopback,
+    /// `localhost`, the unspecified address).
+    fn is_me(&self, address: &PeerAddress) -> bool {
+        let advertised = self.advertised.as_deref().and_then(|a| PeerAddress::parse(a).ok());
+        if advertised.is_some_and(|a| a.host == address.host && a.port == address.port) {
+            return true;
+        }
+        let Some(listen) = self.listen else { return false };
+        if address.port != listen.port() {
+            return false;
+        }
+        let local = |ip: IpAddr| ip.is_loopback() || ip.is_unspecified();
+        match address.host.parse::<IpAddr>() {
+            Ok(ip) => {
+                ip == listen.ip() || (local(ip) && (listen.ip().is_unspecified() || local(listen.ip())))
+            }
+            Err(_) => address.host == "localhost" && local(listen.ip()),
+        }
+    }
+}
+
 /// The peers of a FetchModel request and the files they hold, validated.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PeerPlan {
@@ -55,7 +92,8 @@ pub struct PeerPlan {
 /// Validates `peers` and `peer_files` of a FetchModel against its origin (`None` when
 /// the request names none): at most [`MAX_PEERS`] peers with valid, distinct hive ids and
 /// addresses the hive may dial ([`PeerAddress::parse`]: never link-local, plaintext only
-/// to loopback, https only with `--peer-ca`); every peer file with a path, size and
+/// to loopback, https only with `--peer-ca`), none of them the origin's source name or
+/// this hive ([`Myself`]: its id or its listener); every peer file with a path, size and
 /// sha256, and the same files as a URL origin declares. A request with neither an origin
 /// nor peers is refused, as is a partial list.
 pub fn check_peers(
@@ -63,6 +101,7 @@ pub fn check_peers(
     files: &[pb::ModelFile],
     origin: Option<&ModelSource>,
     dialer: &PeerDialer,
+    me: &Myself,
 ) -> Result<PeerPlan, ConvertError> {
     if peers.is_empty() {
         if origin.is_none() {
@@ -84,6 +123,18 @@ pub fn check_peers(
             let field = format!("peers[{i}]");
             rbee_shared::identity::check_hive_id(&p.hive_id)
                 .map_err(|e| ConvertError::new(format!("{field}.hive_id"), e.to_string()))?;
+            if p.hive_id == ORIGIN_SOURCE {
+                return Err(ConvertError::new(
+                    format!("{field}.hive_id"),
+                    format!("{ORIGIN_SOURCE:?} names the origin in progress records; it is not a hive id"),
+                ));
+            }
+            if p.hive_id == me.hive_id {
+                return Err(ConvertError::new(
+                    format!("{field}.hive_id"),
+                    format!("{:?} is this hive: it cannot fetch from itself", p.hive_id),
+                ));
+            }
             if !ids.insert(p.hive_id.clone()) {
                 return Err(ConvertError::new(
                     format!("{field}.hive_id"),
@@ -93,6 +144,12 @@ pub fn check_peers(
             let address = PeerAddress::parse(&p.address)
                 .and_then(|a| dialer.admits(&a).map(|()| a))
                 .map_err(|why| ConvertError::new(format!("{field}.address"), why))?;
+            if me.is_me(&address) {
+                return Err(ConvertError::new(
+                    format!("{field}.address"),
+                    format!("{address} (peer {:?}) is this hive's own listener", p.hive_id),
+                ));
+            }
             Ok(PeerSource { address: address.to_string(), hive_id: p.hive_id.clone(), partial: p.partial })
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -205,19 +262,66 @@ struct Peer {
     channel: Option<Channel>,
 }
 
+/// The most time one fetch spends on peers that are then dropped having written less
+/// than [`USEFUL_PEER_BYTES`] (silent, trickling, failing at once): past it every peer
+/// left is dropped and the origin takes over, so that such peers cannot hold a download
+/// slot for long (15 peers x the stall window).
+pub const PEER_BUDGET: Duration = Duration::from_secs(30);
+
+/// A dropped peer that wrote fewer bytes than this was charged to the [`PEER_BUDGET`].
+const USEFUL_PEER_BYTES: u64 = 1 << 20;
+
+/// Longest part of a dropped peer's reason quoted in a download's error, bytes.
+const QUOTED_REASON_BYTES: usize = 160;
+
 /// The peers of one fetch, in preference order, and which are still usable.
 pub struct PeerSet {
     /// The peers.
     peers: Vec<Peer>,
     /// Dials them.
     dialer: PeerDialer,
+    /// Time spent on peers that were then dropped.
+    lost: Duration,
+    /// The last peer dropped and why.
+    last: Option<(String, String)>,
 }
 
 impl PeerSet {
     /// Over `peers`, dialed by `dialer`.
     pub fn new(peers: &[PeerSource], dialer: PeerDialer) -> Self {
         let peers = peers.iter().map(|p| Peer { source: p.clone(), dropped: None, channel: None }).collect();
-        Self { peers, dialer }
+        Self { peers, dialer, lost: Duration::ZERO, last: None }
+    }
+
+    /// Charges `spent` on a peer that was dropped to the fetch's [`PEER_BUDGET`]; once it
+    /// is spent, every peer left is dropped.
+    pub fn charge(&mut self, spent: Duration) {
+        self.lost += spent;
+        if self.lost < PEER_BUDGET {
+            return;
+        }
+        let why = format!(
+            "the fetch spent {} s on peers that failed (the budget is {} s); the origin goes on",
+            self.lost.as_secs(),
+            PEER_BUDGET.as_secs()
+        );
+        for i in 0..self.peers.len() {
+            if self.peers[i].dropped.is_none() {
+                self.drop_peer(i, why.clone());
+            }
+        }
+    }
+
+    /// The last dropped peer and why, as a download's error quotes it: its hive id and at
+    /// most [`QUOTED_REASON_BYTES`] of the reason.
+    pub fn last_reason(&self) -> Option<String> {
+        let (id, why) = self.last.as_ref()?;
+        let mut end = why.len().min(QUOTED_REASON_BYTES);
+        while !why.is_char_boundary(end) {
+            end -= 1;
+        }
+        let cut = if end < why.len() { "..." } else { "" };
+        Some(format!("{id}: {}{cut}", &why[..end]))
     }
 
     /// No peer at all (an origin-only fetch).
@@ -227,6 +331,7 @@ impl PeerSet {
 
     fn drop_peer(&mut self, i: usize, why: String) {
         tracing::warn!(peer = %self.peers[i].source.hive_id, reason = %why, "peer dropped for this fetch");
+        self.last = Some((self.peers[i].source.hive_id.clone(), why.clone()));
         self.peers[i].dropped = Some(why);
         self.peers[i].channel = None;
     }
@@ -266,28 +371,54 @@ pub async fn fetch_file(
 ) -> Result<FileDone, DownloadError> {
     // Sources that sent bytes of this file in this run, with how many (kept so far).
     let mut sent: Vec<(String, u64)> = Vec::new();
+    let result = fetch_file_from(job, model_id, file, peers, &mut sent).await;
+    if result.is_err() {
+        // The file is not kept (a failed download leaves nothing): peers' bytes of it
+        // were never verified, so they are not counted as kept from them.
+        let mut p = job.progress.lock_unpoisoned();
+        for (source, n) in sent.iter().filter(|(s, _)| s != ORIGIN_SOURCE) {
+            p.discard(source, *n);
+        }
+    }
+    result
+}
+
+async fn fetch_file_from(
+    job: &FileJob<'_>,
+    model_id: &str,
+    file: &FileSource,
+    peers: &mut PeerSet,
+    sent: &mut Vec<(String, u64)>,
+) -> Result<FileDone, DownloadError> {
     loop {
         let attempt = if let Some((i, channel)) = peers.next().await {
             let peer = peers.peers[i].source.clone();
+            let started = tokio::time::Instant::now();
             match peer_fetch_read::read(job, model_id, file, &peer, channel).await {
                 Ok((done, n)) => {
-                    tally(&mut sent, &peer.hive_id, n);
+                    tally(sent, &peer.hive_id, n);
                     Ok(done)
                 }
                 Err(PeerFailure::Fatal(e)) => return Err(e),
                 Err(PeerFailure::Dropped { why, kept }) => {
-                    tally(&mut sent, &peer.hive_id, kept);
+                    tally(sent, &peer.hive_id, kept);
                     peers.drop_peer(i, why);
+                    // Only a peer that gave next to nothing wastes the budget: one that
+                    // served a long prefix (a chain's partial peer) and then failed did not.
+                    if kept < USEFUL_PEER_BYTES {
+                        peers.charge(started.elapsed());
+                    }
                     continue;
                 }
                 Err(PeerFailure::Corrupt { error, kept }) => {
-                    tally(&mut sent, &peer.hive_id, kept);
+                    tally(sent, &peer.hive_id, kept);
                     Err(error)
                 }
             }
         } else if file.url.is_empty() {
+            let last = peers.last_reason().map(|r| format!(" (last: {r})")).unwrap_or_default();
             return Err(DownloadError::Resolve(format!(
-                "{}: every peer failed and the fetch names no origin",
+                "{}: every peer failed and the fetch names no origin{last}",
                 file.path
             )));
         } else {
@@ -297,7 +428,7 @@ pub async fn fetch_file(
                 Ok(done) => done.size,
                 Err(_) => download::bytes_on_disk(job.partial, file),
             };
-            tally(&mut sent, ORIGIN_SOURCE, after.saturating_sub(before));
+            tally(sent, ORIGIN_SOURCE, after.saturating_sub(before));
             result
         };
         match attempt {
@@ -310,7 +441,7 @@ pub async fn fetch_file(
                 tracing::warn!(%path, %expected, %actual, "a file with bytes from peers failed its sha256; starting it over");
                 {
                     let mut p = job.progress.lock_unpoisoned();
-                    for (source, n) in &sent {
+                    for (source, n) in sent.iter() {
                         p.discard(source, *n);
                     }
                 }
@@ -391,13 +522,14 @@ mod tests {
             &[file("w.bin", 5, Some(SHA))],
             None,
             &d,
+            &Myself::default(),
         )
         .unwrap();
         assert_eq!(plan.peers[0].address, "http://127.0.0.1:7834");
         assert_eq!(plan.peers[1].address, "http://localhost:1");
         assert_eq!(plan.files[0].sha256.as_deref(), Some(SHA));
         let files = [file("w.bin", 5, Some(SHA))];
-        let e = |peers: &[pb::PeerSource]| field_of(check_peers(peers, &files, None, &d));
+        let e = |peers: &[pb::PeerSource]| field_of(check_peers(peers, &files, None, &d, &Myself::default()));
         assert!(e(&[peer("http://169.254.169.254:80", "h")]).contains("peers[0].address"));
         assert!(e(&[peer("http://[fe80::1]:80", "h")]).contains("link-local"));
         assert!(e(&[peer("http://10.0.0.5:7834", "h")]).contains("plaintext"));
@@ -405,7 +537,13 @@ mod tests {
         assert!(e(&[peer("http://127.0.0.1:7834/x", "h")]).contains("path"));
         assert!(e(&[peer("http://u:p@127.0.0.1:7834", "h")]).contains("credentials"));
         assert!(e(&[peer("ftp://127.0.0.1:7834", "h")]).contains("http"));
-        assert!(e(&[peer("http://127.0.0.1", "h")]).contains("port"));
+        assert!(e(&[peer("http://127.0.0.1", "h")]).contains("needs a port"));
+        let why = e(&[peer("http://127.0.0.1:99999", "h")]);
+        assert!(why.contains("port out of range"), "{why}");
+        assert!(e(&[peer("http://127.0.0.1:0", "h")]).contains("port out of range"));
+        assert!(e(&[peer("http://127.0.0.1:7834#x", "h")]).contains("fragment"));
+        assert!(e(&[peer("http://127.0.0.1:7834/#x", "h")]).contains("fragment"));
+        assert!(e(&[peer("http://127.0.0.1:7834?q", "h")]).contains("query"));
         assert!(e(&[peer("127.0.0.1:1", "bad id!")]).contains("peers[0].hive_id"));
         assert!(e(&[peer("127.0.0.1:1", "a"), peer("127.0.0.1:2", "a")]).contains("twice"));
         let many: Vec<_> = (0..=MAX_PEERS).map(|i| peer("127.0.0.1:1", &format!("h{i}"))).collect();
@@ -413,11 +551,66 @@ mod tests {
     }
 
     #[test]
+    fn peers_that_fail_spend_a_bounded_budget_and_the_last_reason_is_quoted_bounded() {
+        let sources: Vec<PeerSource> = (0..3)
+            .map(|i| PeerSource {
+                address: format!("http://127.0.0.1:{}", i + 1),
+                hive_id: format!("p{i}"),
+                partial: false,
+            })
+            .collect();
+        let mut set = PeerSet::new(&sources, PeerDialer::plaintext_only());
+        assert_eq!(set.last_reason(), None);
+        set.drop_peer(0, format!("Internal: {}", "é".repeat(500)));
+        let quoted = set.last_reason().unwrap();
+        assert!(quoted.starts_with("p0: Internal: "), "{quoted}");
+        assert!(quoted.len() <= "p0: ".len() + QUOTED_REASON_BYTES + 3, "{} bytes", quoted.len());
+        set.charge(PEER_BUDGET / 2);
+        assert!(set.peers[1].dropped.is_none(), "within the budget the others stay");
+        set.charge(PEER_BUDGET / 2);
+        assert!(set.peers.iter().all(|p| p.dropped.is_some()), "past it every peer is dropped");
+        assert!(set.last_reason().unwrap().contains("budget"));
+        // A peer's stall window is short whatever the download's is.
+        let slow = download::MinProgress { bytes: 1, window: Duration::from_secs(60) };
+        assert_eq!(peer_fetch_read::peer_rule(slow).window, peer_fetch_read::PEER_WINDOW);
+        let quick = download::MinProgress { bytes: 1, window: Duration::from_millis(500) };
+        assert_eq!(peer_fetch_read::peer_rule(quick).window, quick.window);
+    }
+
+    #[test]
+    fn a_peer_named_origin_or_this_hive_is_refused() {
+        let d = PeerDialer::plaintext_only();
+        let files = [file("w.bin", 5, Some(SHA))];
+        let wildcard = Myself {
+            hive_id: "me".into(),
+            listen: Some("0.0.0.0:7834".parse().unwrap()),
+            advertised: Some("http://gpu-1.example:7834".into()),
+        };
+        let e = |peers: &[pb::PeerSource], me: &Myself| field_of(check_peers(peers, &files, None, &d, me));
+        assert!(e(&[peer("127.0.0.1:1", "origin")], &wildcard).contains("peers[0].hive_id"));
+        assert!(e(&[peer("127.0.0.1:1", "me")], &wildcard).contains("this hive"));
+        for address in ["127.0.0.1:7834", "http://localhost:7834", "127.1:7834", "http://[::1]:7834"] {
+            let why = e(&[peer(address, "other")], &wildcard);
+            assert!(why.contains("peers[0].address") && why.contains("own listener"), "{address}: {why}");
+        }
+        let loopback = Myself { listen: Some("127.0.0.1:7834".parse().unwrap()), ..wildcard.clone() };
+        assert!(e(&[peer("http://127.0.0.2:7834", "other")], &loopback).contains("own listener"));
+        // Another port, or another hive on the same machine, is a peer.
+        for me in [&wildcard, &loopback] {
+            assert!(check_peers(&[peer("127.0.0.1:7835", "other")], &files, None, &d, me).is_ok());
+        }
+        let on_lan = Myself { listen: Some("10.0.0.5:7834".parse().unwrap()), ..wildcard };
+        assert!(check_peers(&[peer("127.0.0.1:7834", "other")], &files, None, &d, &on_lan).is_ok());
+    }
+
+    #[test]
     fn peer_files_need_sizes_and_hashes_and_must_match_the_origin() {
         let d = PeerDialer::plaintext_only();
         let p = [peer("127.0.0.1:1", "a")];
-        let check =
-            |files: &[pb::ModelFile], o: Option<&ModelSource>| field_of(check_peers(&p, files, o, &d));
+        let none = Myself::default();
+        let check = |files: &[pb::ModelFile], o: Option<&ModelSource>| {
+            field_of(check_peers(&p, files, o, &d, &Myself::default()))
+        };
         assert!(check(&[], None).contains("peer_files"));
         assert!(check(&[file("w.bin", 5, None)], None).contains("peer_files[0].sha256"));
         assert!(check(&[file("../w.bin", 5, Some(SHA))], None).contains("peer_files[0].path"));
@@ -427,12 +620,13 @@ mod tests {
         assert!(check(&[file("w.bin", 5, Some(SHA))], Some(&origin(None, Some(&other)))).contains("sha256"));
         assert!(check(&[file("x.bin", 5, Some(SHA))], Some(&origin(None, None))).contains("no file w.bin"));
         assert!(
-            check_peers(&p, &[file("w.bin", 5, Some(SHA))], Some(&origin(Some(5), Some(SHA))), &d).is_ok()
+            check_peers(&p, &[file("w.bin", 5, Some(SHA))], Some(&origin(Some(5), Some(SHA))), &d, &none)
+                .is_ok()
         );
         // Neither an origin nor peers; peer files without peers.
-        assert!(field_of(check_peers(&[], &[], None, &d)).contains("source"));
+        assert!(field_of(check_peers(&[], &[], None, &d, &none)).contains("source"));
         assert!(
-            field_of(check_peers(&[], &[file("w.bin", 5, Some(SHA))], Some(&origin(None, None)), &d))
+            field_of(check_peers(&[], &[file("w.bin", 5, Some(SHA))], Some(&origin(None, None)), &d, &none))
                 .contains("peer_files")
         );
     }

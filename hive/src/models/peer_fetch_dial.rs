@@ -44,7 +44,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const PEER_WINDOW_BYTES: u32 = 8 << 20;
 
 /// Longest peer address accepted, bytes.
-const MAX_ADDRESS_BYTES: usize = 256;
+const MAX_ADDRESS_BYTES: usize = rbee_shared::model::MAX_PEER_ADDRESS_BYTES;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -90,12 +90,16 @@ impl PeerAddress {
         if authority.as_str().contains('@') {
             return Err(format!("{raw:?} must not carry credentials"));
         }
-        let port = match authority.port_u16() {
-            None | Some(0) => return Err(format!("{raw:?} needs a port (e.g. https://gpu-2:7834)")),
-            Some(p) => p,
+        // The parser reads no port past 65535: tell that from a missing one by the text.
+        let port_text = authority.as_str().rsplit_once(':').map(|(_, p)| p).filter(|p| !p.contains(']'));
+        let port = match (port_text.filter(|p| !p.is_empty()), authority.port_u16()) {
+            (None, _) => return Err(format!("{raw:?} needs a port (e.g. https://gpu-2:7834)")),
+            (Some(_), None | Some(0)) => return Err(format!("{raw:?} has a port out of range (1..=65535)")),
+            (Some(_), Some(p)) => p,
         };
-        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-            return Err(format!("{raw:?} must not have a path or query"));
+        // The URI parser drops a fragment: look for it in the text.
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() || s.contains('#') {
+            return Err(format!("{raw:?} must not have a path, query or fragment"));
         }
         let host = authority.host();
         let host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {

@@ -19,6 +19,16 @@ const MAX_CHUNK_MESSAGE_BYTES: usize = 16 << 20;
 /// Longest part of a peer's error text kept.
 const REASON_BYTES: usize = 200;
 
+/// The longest window of the minimum-progress rule for a peer: a peer that stalls is
+/// dropped within it (the origin's window is longer: 60 s by default).
+pub const PEER_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The minimum-progress rule for a peer: the download's, its window at most
+/// [`PEER_WINDOW`] (the same bytes in it).
+pub fn peer_rule(rule: download::MinProgress) -> download::MinProgress {
+    download::MinProgress { bytes: rule.bytes, window: rule.window.min(PEER_WINDOW) }
+}
+
 /// How a read from a peer ended without the file.
 #[derive(Debug)]
 pub enum PeerFailure {
@@ -93,7 +103,7 @@ pub async fn read(
     }
     let hasher =
         if have > 0 { download::hash_prefix(&part, have).await.map_err(fatal)? } else { Sha256::new() };
-    let rule = job.min_progress;
+    let rule = peer_rule(job.min_progress);
     let mut stream = if have < size {
         let request = pb::ReadModelFileRequest {
             model_id: model_id.to_owned(),

@@ -37,6 +37,9 @@ use super::{Inner, Models, catalog, layout};
 use crate::HiveError;
 use crate::preload::read::open_beneath;
 
+/// SHA-256 of no bytes: a file declared with it is known to be empty.
+const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
 /// Uploads to peers at once by default (`--max-peer-uploads`).
 pub const DEFAULT_MAX_PEER_UPLOADS: usize = 4;
 /// The most `--max-peer-uploads` may be.
@@ -185,7 +188,9 @@ impl PeerServer {
         let partial = match entry.state {
             ModelState::Ready => false,
             ModelState::Downloading if req.allow_partial => {
-                if file.size_bytes == 0 && file.sha256.is_none() {
+                // A declared size, or the hash of the empty file; a hash alone does
+                // not say where the file ends.
+                if file.size_bytes == 0 && file.sha256.as_deref() != Some(EMPTY_SHA256) {
                     return Err(not_served("its size is not known yet"));
                 }
                 true
@@ -272,15 +277,16 @@ fn open_ready(inner: &Inner, id: &str, file: &ModelFile) -> Result<Opened, HiveE
     Ok(Opened { file: opened, verified_at: Some(verified_at) })
 }
 
-/// Makes ready model `id` unverified (its manifest removed), so that the directory
-/// scan verifies it again, as for a file changed by hand. Blocking.
+/// Makes ready model `id` unverified (its manifest set aside, see
+/// [`super::verify::set_aside`]), so that the directory scan verifies it again, as for a
+/// file changed by hand: a downloaded model only against its download's hashes. Blocking.
 pub fn reverify(inner: &Inner, id: &str) {
     let dir = layout::model_dir(&inner.config.dir, id);
     if inner.catalog.get(id).map(|m| m.state) != Some(ModelState::Ready) {
         return;
     }
     tracing::warn!(model = %id, "a served file is not the verified one; verifying the model again");
-    let _ = std::fs::remove_file(dir.join(layout::MANIFEST));
+    super::verify::set_aside(&dir);
     let files = layout::list_files(&dir).unwrap_or_default();
     inner.catalog.update(id, |m| {
         if m.state != ModelState::Ready {
