@@ -346,3 +346,75 @@ async fn fan_out_bench() {
         h.stop().await.unwrap();
     }
 }
+
+/// Asks `hive` to fetch `model` from `url` with no declared hash.
+async fn unhashed_fetch(
+    scheduler: &mut SchedulerClient<tonic::transport::Channel>,
+    model: &str,
+    url: &str,
+    hive: &str,
+    no_peers: bool,
+) -> pb::ScheduleFetchResponse {
+    let mut fetch = url_fetch(model, url, None);
+    if let Some(pb::fetch_model_request::Source::Urls(u)) = &mut fetch.source {
+        u.files[0].path = Some("w.bin".into());
+    }
+    scheduler
+        .fetch_model(pb::ScheduleFetchRequest {
+            fetch: Some(fetch),
+            hive: hive.into(),
+            no_peers,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test]
+async fn holders_that_disagree_on_the_content_are_never_offered_without_a_hash_and_models_shows_it() {
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let server = FileServer::start().await;
+    let (right, wrong) = (generated(SIZE, 41), generated(SIZE, 42));
+    let right_url = server.add("right.bin", right.clone());
+    let wrong_url = server.add("wrong.bin", wrong);
+    let (hives, queen, mut fleet) = fleet_of(&dirs).await;
+    let mut scheduler = SchedulerClient::connect(queen.url()).await.unwrap();
+    // peer-0 holds another content of "c" than peer-1 and peer-2 (as a corrupted copy
+    // would), nothing declares the hash.
+    unhashed_fetch(&mut scheduler, "c", &wrong_url, "peer-0", true).await;
+    unhashed_fetch(&mut scheduler, "c", &right_url, "peer-1", true).await;
+    unhashed_fetch(&mut scheduler, "c", &right_url, "peer-2", true).await;
+    wait_for(&mut fleet, "c ready on three", |h| h.iter().filter(|h| ready_on(h, "c")).count() == 3).await;
+
+    // Without a hash: no peer at all (old code handed the best-ranked holder), and why.
+    let r = unhashed_fetch(&mut scheduler, "c", &right_url, "peer-3", false).await;
+    assert!(r.peers.is_empty(), "holders that disagree are never offered: {:?}", r.peers);
+    let note = r.peers_note.expect("the response says why");
+    assert!(note.contains("2 different contents"), "{note}");
+    wait_for(&mut fleet, "c ready on peer-3", |h| {
+        h.iter().any(|h| h.hive_id == "peer-3" && ready_on(h, "c"))
+    })
+    .await;
+    assert_eq!(std::fs::read(dirs[3].path().join("c/w.bin")).unwrap(), right);
+
+    // `queen models` shows the disagreement (text and --json, old fields kept).
+    let q = queen.url();
+    let (ok, out, err) = queen_cli(args(&["models", "--queen", &q])).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.lines().any(|l| l.starts_with("c ") && l.trim_end().ends_with("4 hives (2 contents)")),
+        "{out}"
+    );
+    let (ok, out, err) = queen_cli(args(&["models", "--json", "--queen", &q])).await;
+    assert!(ok, "{err}");
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let c = rows.as_array().unwrap().iter().find(|r| r["model"]["id"] == "c").unwrap();
+    assert_eq!(c["readyOn"], 4, "{c}");
+    assert_eq!(c["readyContents"], serde_json::json!([3, 1]), "{c}");
+
+    queen.stop().await;
+    for h in hives {
+        h.stop().await.unwrap();
+    }
+}

@@ -120,6 +120,9 @@ pub async fn follow(
     } else {
         ProgressDrawTarget::stderr()
     });
+    if let Some(note) = &answer.peers_note {
+        eprintln!("{note}");
+    }
     let mut hives = to_follow(answer, &multi, quiet, model);
     for h in hives.iter().filter(|h| h.outcome == Some(Outcome::Ready(0))) {
         rbee_shared::outln!("{model} is ready on {}", h.hive)?;
