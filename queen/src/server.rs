@@ -16,6 +16,15 @@ use tonic::transport::server::TcpIncoming;
 use tonic_reflection::server::Builder as ReflectionBuilder;
 
 use crate::QueenError;
+
+/// The largest message `rbee.v1.Scheduler` decodes: room for a `FetchModel` of the
+/// most files a model may have ([`rbee_shared::model::MAX_MODEL_FILES`]), each with the
+/// longest URL and path, a sha256 and a size (plus framing), over the usual limit for
+/// the rest. Larger is `RESOURCE_EXHAUSTED`; what is valid is then checked field by
+/// field (and against what a hive accepts) before anything starts.
+pub const MAX_SCHEDULER_MESSAGE_BYTES: usize = MAX_DECODING_MESSAGE_BYTES
+    + rbee_shared::model::MAX_MODEL_FILES
+        * (rbee_shared::model::MAX_URL_BYTES + rbee_shared::model::MAX_MODEL_PATH_BYTES + 128);
 use crate::api::auth::AuthLayer;
 use crate::api::leader::LeaderLayer;
 use crate::api::{FleetService, SchedulerService};
@@ -117,7 +126,7 @@ pub async fn run(
                     ))
                     .with_models(crate::api::models::ModelFetcher::new(fleet_for_models, link)),
             )
-            .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES),
+            .max_decoding_message_size(MAX_SCHEDULER_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(incoming(listener), cancel.clone().cancelled_owned())
         .await;

@@ -418,3 +418,110 @@ async fn holders_that_disagree_on_the_content_are_never_offered_without_a_hash_a
         h.stop().await.unwrap();
     }
 }
+
+/// A URL source of `urls`, sizes declared, no hashes.
+fn many_files(model: &str, urls: &[String], size: u64) -> pb::FetchModelRequest {
+    pb::FetchModelRequest {
+        model_id: model.into(),
+        source: Some(pb::fetch_model_request::Source::Urls(pb::UrlSource {
+            files: urls
+                .iter()
+                .map(|u| pb::FileSource { url: u.clone(), path: None, size_bytes: Some(size), sha256: None })
+                .collect(),
+        })),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_512_file_fetch_passes_the_queen_and_the_hive_request_never_exceeds_what_a_hive_accepts() {
+    use prost::Message as _;
+    use rbee_queen::api::peers::HIVE_FETCH_REQUEST_LIMIT_BYTES as LIMIT;
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let server = FileServer::start().await;
+    let urls: Vec<String> =
+        (0..512).map(|i| server.add(&format!("shard-{i:04}-of-0512.bin"), generated(16, i))).collect();
+    let (hives, queen, mut fleet) = fleet_of(&dirs).await;
+    let mut scheduler = SchedulerClient::connect(queen.url()).await.unwrap();
+
+    // A holder of all 512 files.
+    let fetch = many_files("many", &urls, 16);
+    let r = scheduler
+        .fetch_model(pb::ScheduleFetchRequest {
+            fetch: Some(fetch.clone()),
+            hive: "peer-0".into(),
+            no_peers: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.result.is_some(), "{r:?}");
+    wait_for(&mut fleet, "many ready on peer-0", |h| {
+        h.iter().any(|h| h.hive_id == "peer-0" && ready_on(h, "many"))
+    })
+    .await;
+
+    // The next hive's request with the holder's file list (peer_files) would be about
+    // twice as large: the queen hands the peers only where a hive accepts the request
+    // (old code sent it and the hive refused it for its size).
+    let r = scheduler
+        .fetch_model(pb::ScheduleFetchRequest {
+            fetch: Some(fetch.clone()),
+            hive: "peer-1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.result.is_some(), "{r:?}");
+    let mut with_peers = fetch.clone();
+    with_peers.peers =
+        vec![pb::PeerSource { address: hives[0].url(), hive_id: "peer-0".into(), partial: false }];
+    with_peers.peer_files = (0..512)
+        .map(|i| pb::ModelFile {
+            path: format!("shard-{i:04}-of-0512.bin"),
+            size_bytes: 16,
+            sha256: Some("0".repeat(64)),
+        })
+        .collect();
+    if with_peers.encoded_len() > LIMIT {
+        assert!(r.peers.is_empty(), "{:?}", r.peers);
+        let note = r.peers_note.expect("why no peers");
+        assert!(note.contains("more than a hive accepts"), "{note}");
+    } else {
+        assert_eq!(r.peers, ["peer-0"]);
+    }
+    wait_for(&mut fleet, "many ready on peer-1", |h| {
+        h.iter().any(|h| h.hive_id == "peer-1" && ready_on(h, "many"))
+    })
+    .await;
+
+    // 512 files with long URLs: over the usual 64 KiB, within the queen's own limit
+    // for Scheduler (old code: the decoder refused it). A hive that would not accept
+    // it gets nothing: INVALID_ARGUMENT naming the size.
+    let long: Vec<String> = urls.iter().map(|u| format!("{u}?{}", "p".repeat(200))).collect();
+    let big = many_files("big", &long, 16);
+    assert!(big.encoded_len() > 64 * 1024);
+    let gets = server.gets();
+    let r = scheduler
+        .fetch_model(pb::ScheduleFetchRequest {
+            fetch: Some(big.clone()),
+            hive: "peer-1".into(),
+            ..Default::default()
+        })
+        .await;
+    if big.encoded_len() > LIMIT {
+        let e = r.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains("more than a hive accepts"), "{}", e.message());
+        assert_eq!(server.gets(), gets, "nothing started");
+    } else {
+        assert!(r.unwrap().into_inner().result.is_some());
+    }
+
+    queen.stop().await;
+    for h in hives {
+        h.stop().await.unwrap();
+    }
+}

@@ -145,6 +145,7 @@ impl FanOut {
     /// Asks one hive, with `choice` as its peers.
     async fn one(&self, hive: &HiveSnapshot, choice: &PeerChoice) -> pb::HiveFetchResult {
         let mut fetch = self.fetch.clone();
+        let mut choice = choice.clone();
         choice.apply(&mut fetch);
         let mut out = pb::HiveFetchResult {
             hive_id: hive.hive_id().to_owned(),

@@ -230,6 +230,7 @@ impl ModelFetcher {
                     .into(),
             ));
         }
+        peers::check_hive_size(&fetch)?;
         let declared = match source {
             ModelSource::Urls(files) => Some(files),
             ModelSource::HuggingFace { .. } => None,
@@ -249,7 +250,7 @@ impl ModelFetcher {
                 })?,
             (_, false) => return Err(QueenError::InvalidArgument("give hive or labels, not both".into())),
         };
-        let choice = if r.no_peers {
+        let mut choice = if r.no_peers {
             PeerChoice::default()
         } else {
             peers::select(&self.fleet.list(), &hive, &model, declared.as_deref())

@@ -51,12 +51,50 @@ pub struct PeerChoice {
     pub note: Option<String>,
 }
 
+/// The largest `FetchModelRequest` a hive accepts (its gRPC decode limit): the queen
+/// never sends a larger one.
+pub const HIVE_FETCH_REQUEST_LIMIT_BYTES: usize = rbee_shared::grpc_server::MAX_DECODING_MESSAGE_BYTES;
+
+/// Refuses a fetch a hive would not accept for its size (`INVALID_ARGUMENT`, before
+/// anything starts).
+pub fn check_hive_size(fetch: &pb::FetchModelRequest) -> Result<(), crate::QueenError> {
+    use prost::Message as _;
+    let len = fetch.encoded_len();
+    if len > HIVE_FETCH_REQUEST_LIMIT_BYTES {
+        return Err(crate::QueenError::InvalidArgument(format!(
+            "fetch is {len} bytes encoded, more than a hive accepts ({HIVE_FETCH_REQUEST_LIMIT_BYTES}): \
+             fewer files or shorter URLs"
+        )));
+    }
+    Ok(())
+}
+
 impl PeerChoice {
     /// Hands the choice to a hive's fetch request (no peers: the request unchanged).
-    pub fn apply(&self, fetch: &mut pb::FetchModelRequest) {
+    /// Where the peers' file list would make the request larger than a hive accepts,
+    /// no peer is handed and the note says so (the request stays as it was).
+    pub fn apply(&mut self, fetch: &mut pb::FetchModelRequest) {
+        use prost::Message as _;
         if self.peers.is_empty() {
             return;
         }
+        let before = fetch.encoded_len();
+        self.fill(fetch);
+        let len = fetch.encoded_len();
+        if len > HIVE_FETCH_REQUEST_LIMIT_BYTES && before <= HIVE_FETCH_REQUEST_LIMIT_BYTES {
+            fetch.peers.clear();
+            fetch.peer_files.clear();
+            self.peers.clear();
+            self.files.clear();
+            self.note = Some(format!(
+                "no peers: with the peers' file list the hive's request would be {len} bytes, more than a \
+                 hive accepts ({HIVE_FETCH_REQUEST_LIMIT_BYTES}); fetching from the origin"
+            ));
+        }
+    }
+
+    /// Writes the peers and their files into `fetch`.
+    fn fill(&self, fetch: &mut pb::FetchModelRequest) {
         fetch.peers = self.peers.iter().map(Peer::to_wire).collect();
         fetch.peer_files = self
             .files
