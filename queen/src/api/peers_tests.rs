@@ -76,7 +76,7 @@ pub(crate) fn fleet(hives: Vec<HiveSnapshot>) -> Vec<Arc<HiveSnapshot>> {
 fn a_ready_holder_is_offered_with_its_files_and_never_the_target_itself() {
     let target = ready("t", &[]);
     let all = fleet(vec![target.clone(), ready("a", &[])]);
-    let choice = select(&all, &target, MODEL, None);
+    let mut choice = select(&all, &target, MODEL, None);
     assert_eq!(ids(&choice), ["a"]);
     assert!(!choice.peers[0].partial);
     assert_eq!(choice.peers[0].address, "a:1");
