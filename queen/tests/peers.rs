@@ -525,3 +525,85 @@ async fn a_512_file_fetch_passes_the_queen_and_the_hive_request_never_exceeds_wh
         h.stop().await.unwrap();
     }
 }
+
+/// `queen serve` on `listen` over `hives`, its state in `state`.
+fn serve(listen: &str, hives: &[TestHive], state: &std::path::Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_queen"));
+    cmd.args(["serve", "--listen", listen, "--sample-interval", "200ms", "--state-dir"]).arg(state);
+    for h in hives {
+        cmd.args(["--hive", &h.url()]);
+    }
+    cmd.env("RUST_LOG", "info")
+        .env_remove("QUEEN_CONFIG")
+        .env_remove("QUEEN_STATE_DIR")
+        .env_remove("QUEEN_RESET_STATE")
+        .env_remove("QUEEN_TOKEN")
+        .stdout(std::process::Stdio::null());
+    cmd
+}
+
+#[tokio::test]
+async fn a_fan_out_whose_queen_is_killed_says_what_started_and_the_same_command_resumes_it() {
+    use common::process::QueenProcess;
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let state = tempfile::tempdir().unwrap();
+    let server = FileServer::start().await;
+    let data = generated(SIZE, 51);
+    let url = server.add("w.bin", data.clone());
+    // About 4 s for the first hive: the queen dies while the others wait for it.
+    server.throttle(2 << 20);
+    let mut hives = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        hives.push(TestHive::start_with(models_config(&format!("peer-{i}"), dir.path(), None)).await);
+    }
+    let mut queen = QueenProcess::start(serve("127.0.0.1:0", &hives, state.path()));
+    let mut fleet = queen.fleet().await;
+    wait_for(&mut fleet, "every hive online", |h| h.iter().filter(|h| online(h)).count() == 3).await;
+
+    // No sha256: the others are held back until the first is ready.
+    let q = queen.url.clone();
+    let argv =
+        args(&["fetch", "g", "--from", &url, "--label", "zone=test", "--all", "--quiet", "--queen", &q]);
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_queen"))
+        .args(&argv)
+        .env_remove("QUEEN_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let downloading = |h: &pb::HiveView| {
+        h.latest_sample
+            .as_ref()
+            .is_some_and(|s| s.downloads.iter().any(|d| d.model_id == "g" && d.bytes_done > 0))
+    };
+    let seen = wait_for(&mut fleet, "g downloading on the first hive", |h| h.iter().any(downloading)).await;
+    let first = seen.iter().find(|h| downloading(h)).unwrap().hive_id.clone();
+    queen.kill_9();
+    let out = tokio::task::spawn_blocking(move || cli.wait_with_output()).await.unwrap().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{err}");
+    // Old code: a raw transport error and nothing else.
+    assert!(err.contains("lost the queen at"), "{err}");
+    assert!(err.contains(&format!("started on: {first} (downloading)")), "{err}");
+    assert!(err.contains("keep running"), "{err}");
+    let others: Vec<String> = (0..3).map(|i| format!("peer-{i}")).filter(|id| *id != first).collect();
+    assert!(err.contains(&format!("not started: {}", others.join(", "))), "{err}");
+    let resume = err.lines().skip_while(|l| !l.starts_with("to resume")).nth(1).expect("the command").trim();
+    assert_eq!(resume, format!("{} {}", env!("CARGO_BIN_EXE_queen"), argv.join(" ")), "{err}");
+
+    // A queen on the same address again; the same command joins the running download
+    // and starts the rest: all three ready, each with the origin's bytes.
+    let _queen = QueenProcess::start(serve(q.trim_start_matches("http://"), &hives, state.path()));
+    let (ok, out, err) = queen_cli(argv.clone()).await;
+    assert!(ok, "{out} {err}");
+    assert!(err.contains(&format!("joined the download of g on {first}")), "{err}");
+    for id in ["peer-0", "peer-1", "peer-2"] {
+        assert!(out.contains(&format!("g is ready on {id}")), "{out}");
+    }
+    for dir in &dirs {
+        assert_eq!(std::fs::read(dir.path().join("g/w.bin")).unwrap(), data);
+    }
+    for h in hives {
+        h.stop().await.unwrap();
+    }
+}
