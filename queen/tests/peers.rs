@@ -519,6 +519,19 @@ async fn a_512_file_fetch_passes_the_queen_and_the_hive_request_never_exceeds_wh
     } else {
         assert!(r.unwrap().into_inner().result.is_some());
     }
+    // Far past the queen's own limit (about 5 MB): RESOURCE_EXHAUSTED, and it keeps serving.
+    let huge: Vec<String> =
+        (0..600).map(|i| format!("http://127.0.0.1:9/{i}?{}", "p".repeat(8000))).collect();
+    let e = scheduler
+        .fetch_model(pb::ScheduleFetchRequest {
+            fetch: Some(many_files("huge", &huge, 16)),
+            hive: "peer-1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    assert!(fleet.list_hives(pb::ListHivesRequest::default()).await.is_ok());
 
     queen.stop().await;
     for h in hives {

@@ -52,7 +52,8 @@ pub struct PeerChoice {
 }
 
 /// The largest `FetchModelRequest` a hive accepts (its gRPC decode limit): the queen
-/// never sends a larger one.
+/// never sends a larger one. (Where shared has `model::MAX_FETCH_REQUEST_BYTES`, the
+/// hive decodes up to `MAX_FETCH_REQUEST_BYTES.max(MAX_DECODING_MESSAGE_BYTES)`: use that.)
 pub const HIVE_FETCH_REQUEST_LIMIT_BYTES: usize = rbee_shared::grpc_server::MAX_DECODING_MESSAGE_BYTES;
 
 /// Refuses a fetch a hive would not accept for its size (`INVALID_ARGUMENT`, before
