@@ -16,6 +16,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic_reflection::server::Builder as ReflectionBuilder;
 
 use crate::QueenError;
+
 use crate::api::auth::AuthLayer;
 use crate::api::leader::LeaderLayer;
 use crate::api::{FleetService, SchedulerService};

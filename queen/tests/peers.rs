@@ -346,3 +346,277 @@ async fn fan_out_bench() {
         h.stop().await.unwrap();
     }
 }
+
+/// Asks `hive` to fetch `model` from `url` with no declared hash.
+async fn unhashed_fetch(
+    scheduler: &mut SchedulerClient<tonic::transport::Channel>,
+    model: &str,
+    url: &str,
+    hive: &str,
+    no_peers: bool,
+) -> pb::ScheduleFetchResponse {
+    let mut fetch = url_fetch(model, url, None);
+    if let Some(pb::fetch_model_request::Source::Urls(u)) = &mut fetch.source {
+        u.files[0].path = Some("w.bin".into());
+    }
+    scheduler
+        .fetch_model(pb::ScheduleFetchRequest {
+            fetch: Some(fetch),
+            hive: hive.into(),
+            no_peers,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test]
+async fn holders_that_disagree_on_the_content_are_never_offered_without_a_hash_and_models_shows_it() {
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let server = FileServer::start().await;
+    let (right, wrong) = (generated(SIZE, 41), generated(SIZE, 42));
+    let right_url = server.add("right.bin", right.clone());
+    let wrong_url = server.add("wrong.bin", wrong);
+    let (hives, queen, mut fleet) = fleet_of(&dirs).await;
+    let mut scheduler = SchedulerClient::connect(queen.url()).await.unwrap();
+    // peer-0 holds another content of "c" than peer-1 and peer-2 (as a corrupted copy
+    // would), nothing declares the hash.
+    unhashed_fetch(&mut scheduler, "c", &wrong_url, "peer-0", true).await;
+    unhashed_fetch(&mut scheduler, "c", &right_url, "peer-1", true).await;
+    unhashed_fetch(&mut scheduler, "c", &right_url, "peer-2", true).await;
+    wait_for(&mut fleet, "c ready on three", |h| h.iter().filter(|h| ready_on(h, "c")).count() == 3).await;
+
+    // Without a hash: no peer at all (old code handed the best-ranked holder), and why.
+    let r = unhashed_fetch(&mut scheduler, "c", &right_url, "peer-3", false).await;
+    assert!(r.peers.is_empty(), "holders that disagree are never offered: {:?}", r.peers);
+    let note = r.peers_note.expect("the response says why");
+    assert!(note.contains("2 different contents"), "{note}");
+    wait_for(&mut fleet, "c ready on peer-3", |h| {
+        h.iter().any(|h| h.hive_id == "peer-3" && ready_on(h, "c"))
+    })
+    .await;
+    assert_eq!(std::fs::read(dirs[3].path().join("c/w.bin")).unwrap(), right);
+
+    // `queen models` shows the disagreement (text and --json, old fields kept).
+    let q = queen.url();
+    let (ok, out, err) = queen_cli(args(&["models", "--queen", &q])).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.lines().any(|l| l.starts_with("c ") && l.trim_end().ends_with("4 hives (2 contents)")),
+        "{out}"
+    );
+    let (ok, out, err) = queen_cli(args(&["models", "--json", "--queen", &q])).await;
+    assert!(ok, "{err}");
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let c = rows.as_array().unwrap().iter().find(|r| r["model"]["id"] == "c").unwrap();
+    assert_eq!(c["readyOn"], 4, "{c}");
+    assert_eq!(c["readyContents"], serde_json::json!([3, 1]), "{c}");
+
+    queen.stop().await;
+    for h in hives {
+        h.stop().await.unwrap();
+    }
+}
+
+/// A URL source of `urls`, sizes declared, no hashes.
+fn many_files(model: &str, urls: &[String], size: u64) -> pb::FetchModelRequest {
+    pb::FetchModelRequest {
+        model_id: model.into(),
+        source: Some(pb::fetch_model_request::Source::Urls(pb::UrlSource {
+            files: urls
+                .iter()
+                .map(|u| pb::FileSource { url: u.clone(), path: None, size_bytes: Some(size), sha256: None })
+                .collect(),
+        })),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_512_file_fetch_passes_the_queen_and_the_hive_request_never_exceeds_what_a_hive_accepts() {
+    use prost::Message as _;
+    use rbee_queen::api::peers::HIVE_FETCH_REQUEST_LIMIT_BYTES as LIMIT;
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let server = FileServer::start().await;
+    let urls: Vec<String> =
+        (0..512).map(|i| server.add(&format!("shard-{i:04}-of-0512.bin"), generated(16, i))).collect();
+    let (hives, queen, mut fleet) = fleet_of(&dirs).await;
+    let mut scheduler = SchedulerClient::connect(queen.url()).await.unwrap();
+
+    // A holder of all 512 files.
+    let fetch = many_files("many", &urls, 16);
+    let r = scheduler
+        .fetch_model(pb::ScheduleFetchRequest {
+            fetch: Some(fetch.clone()),
+            hive: "peer-0".into(),
+            no_peers: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.result.is_some(), "{r:?}");
+    wait_for(&mut fleet, "many ready on peer-0", |h| {
+        h.iter().any(|h| h.hive_id == "peer-0" && ready_on(h, "many"))
+    })
+    .await;
+
+    // The next hive's request with the holder's file list (peer_files) would be about
+    // twice as large: the queen hands the peers only where a hive accepts the request
+    // (old code sent it and the hive refused it for its size).
+    let r = scheduler
+        .fetch_model(pb::ScheduleFetchRequest {
+            fetch: Some(fetch.clone()),
+            hive: "peer-1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.result.is_some(), "{r:?}");
+    let mut with_peers = fetch.clone();
+    with_peers.peers =
+        vec![pb::PeerSource { address: hives[0].url(), hive_id: "peer-0".into(), partial: false }];
+    with_peers.peer_files = (0..512)
+        .map(|i| pb::ModelFile {
+            path: format!("shard-{i:04}-of-0512.bin"),
+            size_bytes: 16,
+            sha256: Some("0".repeat(64)),
+        })
+        .collect();
+    if with_peers.encoded_len() > LIMIT {
+        assert!(r.peers.is_empty(), "{:?}", r.peers);
+        let note = r.peers_note.expect("why no peers");
+        assert!(note.contains("more than a hive accepts"), "{note}");
+    } else {
+        assert_eq!(r.peers, ["peer-0"]);
+    }
+    wait_for(&mut fleet, "many ready on peer-1", |h| {
+        h.iter().any(|h| h.hive_id == "peer-1" && ready_on(h, "many"))
+    })
+    .await;
+
+    // 512 files with long URLs: over the usual 64 KiB, within the queen's own limit
+    // for Scheduler (old code: the decoder refused it). A hive that would not accept
+    // it gets nothing: INVALID_ARGUMENT naming the size.
+    let long: Vec<String> = urls.iter().map(|u| format!("{u}?{}", "p".repeat(200))).collect();
+    let big = many_files("big", &long, 16);
+    assert!(big.encoded_len() > 64 * 1024);
+    let gets = server.gets();
+    let r = scheduler
+        .fetch_model(pb::ScheduleFetchRequest {
+            fetch: Some(big.clone()),
+            hive: "peer-1".into(),
+            ..Default::default()
+        })
+        .await;
+    if big.encoded_len() > LIMIT {
+        let e = r.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains("more than a hive accepts"), "{}", e.message());
+        assert_eq!(server.gets(), gets, "nothing started");
+    } else {
+        assert!(r.unwrap().into_inner().result.is_some());
+    }
+    // Far past the queen's own limit (about 5 MB): RESOURCE_EXHAUSTED, and it keeps serving.
+    let huge: Vec<String> =
+        (0..600).map(|i| format!("http://127.0.0.1:9/{i}?{}", "p".repeat(8000))).collect();
+    let e = scheduler
+        .fetch_model(pb::ScheduleFetchRequest {
+            fetch: Some(many_files("huge", &huge, 16)),
+            hive: "peer-1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    assert!(fleet.list_hives(pb::ListHivesRequest::default()).await.is_ok());
+
+    queen.stop().await;
+    for h in hives {
+        h.stop().await.unwrap();
+    }
+}
+
+/// `queen serve` on `listen` over `hives`, its state in `state`.
+fn serve(listen: &str, hives: &[TestHive], state: &std::path::Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_queen"));
+    cmd.args(["serve", "--listen", listen, "--sample-interval", "200ms", "--state-dir"]).arg(state);
+    for h in hives {
+        cmd.args(["--hive", &h.url()]);
+    }
+    cmd.env("RUST_LOG", "info")
+        .env_remove("QUEEN_CONFIG")
+        .env_remove("QUEEN_STATE_DIR")
+        .env_remove("QUEEN_RESET_STATE")
+        .env_remove("QUEEN_TOKEN")
+        .stdout(std::process::Stdio::null());
+    cmd
+}
+
+#[tokio::test]
+async fn a_fan_out_whose_queen_is_killed_says_what_started_and_the_same_command_resumes_it() {
+    use common::process::QueenProcess;
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let state = tempfile::tempdir().unwrap();
+    let server = FileServer::start().await;
+    let data = generated(SIZE, 51);
+    let url = server.add("w.bin", data.clone());
+    // About 4 s for the first hive: the queen dies while the others wait for it.
+    server.throttle(2 << 20);
+    let mut hives = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        hives.push(TestHive::start_with(models_config(&format!("peer-{i}"), dir.path(), None)).await);
+    }
+    let mut queen = QueenProcess::start(serve("127.0.0.1:0", &hives, state.path()));
+    let mut fleet = queen.fleet().await;
+    wait_for(&mut fleet, "every hive online", |h| h.iter().filter(|h| online(h)).count() == 3).await;
+
+    // No sha256: the others are held back until the first is ready.
+    let q = queen.url.clone();
+    let argv =
+        args(&["fetch", "g", "--from", &url, "--label", "zone=test", "--all", "--quiet", "--queen", &q]);
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_queen"))
+        .args(&argv)
+        .env_remove("QUEEN_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let downloading = |h: &pb::HiveView| {
+        h.latest_sample
+            .as_ref()
+            .is_some_and(|s| s.downloads.iter().any(|d| d.model_id == "g" && d.bytes_done > 0))
+    };
+    let seen = wait_for(&mut fleet, "g downloading on the first hive", |h| h.iter().any(downloading)).await;
+    let first = seen.iter().find(|h| downloading(h)).unwrap().hive_id.clone();
+    queen.kill_9();
+    let out = tokio::task::spawn_blocking(move || cli.wait_with_output()).await.unwrap().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{err}");
+    // Old code: a raw transport error and nothing else.
+    assert!(err.contains("lost the queen at"), "{err}");
+    assert!(err.contains(&format!("started on: {first} (downloading)")), "{err}");
+    assert!(err.contains("keep running"), "{err}");
+    let others: Vec<String> = (0..3).map(|i| format!("peer-{i}")).filter(|id| *id != first).collect();
+    assert!(err.contains(&format!("not started: {}", others.join(", "))), "{err}");
+    let resume = err.lines().skip_while(|l| !l.starts_with("to resume")).nth(1).expect("the command").trim();
+    assert_eq!(resume, format!("{} {}", env!("CARGO_BIN_EXE_queen"), argv.join(" ")), "{err}");
+
+    // A queen on the same address again; the same command joins the running download
+    // and starts the rest: all three ready, each with the origin's bytes.
+    let _queen = QueenProcess::start(serve(q.trim_start_matches("http://"), &hives, state.path()));
+    let (ok, out, err) = queen_cli(argv.clone()).await;
+    assert!(ok, "{out} {err}");
+    assert!(err.contains(&format!("joined the download of g on {first}")), "{err}");
+    for id in ["peer-0", "peer-1", "peer-2"] {
+        assert!(out.contains(&format!("g is ready on {id}")), "{out}");
+    }
+    for dir in &dirs {
+        assert_eq!(std::fs::read(dir.path().join("g/w.bin")).unwrap(), data);
+    }
+    for h in hives {
+        h.stop().await.unwrap();
+    }
+}

@@ -49,13 +49,18 @@ pub struct FanOut {
 impl FanOut {
     /// Starts the fan-out: every hive now when the files are known, else the first now
     /// and the others from a background task (one of `waiting`'s permits) once the
-    /// first hive shows the files or is ready. One result per hive, in order.
-    pub async fn start(self, waiting: &Arc<Semaphore>) -> Result<Vec<pb::HiveFetchResult>, QueenError> {
+    /// first hive shows the files or is ready. One result per hive, in order, and why
+    /// no hive got peers when holders disagree on the content.
+    pub async fn start(
+        self,
+        waiting: &Arc<Semaphore>,
+    ) -> Result<(Vec<pb::HiveFetchResult>, Option<String>), QueenError> {
         let model = self.fetch.model_id.clone();
         let planned =
-            plan(&self.fleet.list(), &self.targets, &model, self.declared.as_deref(), self.no_peers);
+            plan(&self.fleet.list(), &self.targets, &model, self.declared.as_deref(), self.no_peers, false);
         if let Some(plan) = planned {
-            return Ok(self.in_order(plan, 0).await);
+            let note = plan.first().and_then(|c| c.note.clone());
+            return Ok((self.in_order(plan, 0).await, note));
         }
         let permit = Arc::clone(waiting).try_acquire_owned().map_err(|_| {
             QueenError::ResourceExhausted(format!(
@@ -74,14 +79,14 @@ impl FanOut {
         let Some(accepted) = first.result.as_ref().map(|r| r.accepted_at_unix_ms) else {
             let why = "not started: the first hive refused the fetch".to_owned();
             out.extend(self.targets[1..].iter().map(|h| deferred(h, Some(why.clone()))));
-            return Ok(out);
+            return Ok((out, None));
         };
         out.extend(self.targets[1..].iter().map(|h| deferred(h, None)));
         tokio::spawn(async move {
             let _permit = permit;
             self.finish(accepted).await;
         });
-        Ok(out)
+        Ok((out, None))
     }
 
     /// The waiting part: once the first hive shows the files (or is ready), starts the
@@ -101,7 +106,7 @@ impl FanOut {
                 tracing::warn!(model = %model, hive = %lead.hive_id(), "fan-out abandoned: the first hive's fetch failed");
                 return;
             }
-            if let Some(plan) = plan(&fleet, &self.targets, &model, self.declared.as_deref(), false) {
+            if let Some(plan) = plan(&fleet, &self.targets, &model, self.declared.as_deref(), false, true) {
                 for r in self.in_order(plan, 1).await {
                     if let Some(e) = r.error {
                         tracing::warn!(model = %model, hive = %r.hive_id, error = %e, "fan-out: a hive refused");
@@ -140,6 +145,7 @@ impl FanOut {
     /// Asks one hive, with `choice` as its peers.
     async fn one(&self, hive: &HiveSnapshot, choice: &PeerChoice) -> pb::HiveFetchResult {
         let mut fetch = self.fetch.clone();
+        let mut choice = choice.clone();
         choice.apply(&mut fetch);
         let mut out = pb::HiveFetchResult {
             hive_id: hive.hive_id().to_owned(),
@@ -177,30 +183,47 @@ fn first_failed(hive: &HiveSnapshot, model: &str, accepted_at_unix_ms: u64) -> b
 
 /// The peers for each of `targets` (in the order they are asked), or `None` while the
 /// files are not known yet: then only the first may start (from the origin), and the
-/// others wait. `no_peers`: nobody gets peers, all start.
+/// others wait. `no_peers`: nobody gets peers, all start. `first_started`: the first
+/// target was asked (without peers, from the origin) for this fan-out, so its files,
+/// once its catalog shows them, are the ones the others read. Holders that disagree on
+/// the content with nothing declared to tell which is right: nobody gets peers, all
+/// start, and every choice's note says why.
 pub fn plan(
     fleet: &[Arc<HiveSnapshot>],
     targets: &[Arc<HiveSnapshot>],
     model: &str,
     declared: Option<&[FileSource]>,
     no_peers: bool,
+    first_started: bool,
 ) -> Option<Vec<PeerChoice>> {
     if no_peers {
         return Some(vec![PeerChoice::default(); targets.len()]);
     }
-    let choices: Vec<PeerChoice> = targets.iter().map(|t| peers::select(fleet, t, model, declared)).collect();
-    let files: Vec<ModelFile> = peers::fully_declared(declared)
-        .or_else(|| choices.iter().find(|c| !c.files.is_empty()).map(|c| c.files.clone()))?;
+    let first = if first_started && peers::fully_declared(declared).is_none() {
+        fleet
+            .iter()
+            .find(|h| h.address == targets[0].address)
+            .and_then(|h| peers::contents(std::slice::from_ref(h), model, declared).pop())
+            .map(|(files, _)| files)
+    } else {
+        None
+    };
+    let files: Vec<ModelFile> = match first {
+        Some(files) => files,
+        None => match peers::reference(fleet, model, declared) {
+            Ok(files) => files?,
+            Err(note) => {
+                return Some(vec![PeerChoice { note: Some(note), ..Default::default() }; targets.len()]);
+            }
+        },
+    };
     Some(
         targets
             .iter()
             .enumerate()
-            .map(|(k, _)| {
-                let found = &choices[k];
-                // Holders the fleet view shows with other files are not offered.
-                let same = found.files == files;
-                let (ready, partial): (Vec<&Peer>, Vec<&Peer>) =
-                    found.peers.iter().filter(|_| same).partition(|p| !p.partial);
+            .map(|(k, target)| {
+                let found = peers::holding_these(fleet, target, model, declared, files.clone());
+                let (ready, partial): (Vec<&Peer>, Vec<&Peer>) = found.peers.iter().partition(|p| !p.partial);
                 let chain = targets[..k].iter().rev().map(|t| Peer {
                     hive_id: t.hive_id().to_owned(),
                     address: t.address.clone(),
@@ -216,7 +239,7 @@ pub fn plan(
                     }
                 }
                 let files = if out.is_empty() { Vec::new() } else { files.clone() };
-                PeerChoice { peers: out, files }
+                PeerChoice { peers: out, files, note: None }
             })
             .collect(),
     )

@@ -17,7 +17,7 @@ fn declared(sha: Option<String>) -> [FileSource; 1] {
 fn with_every_hash_declared_each_hive_chains_on_the_ones_before_it() {
     let targets = fleet((0..6).map(|i| hive(&format!("t{i}"), &[], None, vec![])).collect());
     let d = declared(Some("a".repeat(64)));
-    let plan = plan(&targets, &targets, MODEL, Some(&d), false).expect("known");
+    let plan = plan(&targets, &targets, MODEL, Some(&d), false, false).expect("known");
     assert!(plan[0].peers.is_empty(), "the first reads from the origin");
     assert_eq!(ids(&plan[1]), [("t0", true)]);
     assert_eq!(ids(&plan[2]), [("t1", true), ("t0", true)]);
@@ -33,15 +33,15 @@ fn with_every_hash_declared_each_hive_chains_on_the_ones_before_it() {
 fn without_hashes_the_others_wait_until_the_first_shows_them_or_a_holder_is_ready() {
     let targets = fleet((0..3).map(|i| hive(&format!("t{i}"), &[], None, vec![])).collect());
     let d = declared(None);
-    assert_eq!(plan(&targets, &targets, MODEL, Some(&d), false), None);
-    assert_eq!(plan(&targets, &targets, MODEL, None, false), None);
+    assert_eq!(plan(&targets, &targets, MODEL, Some(&d), false, false), None);
+    assert_eq!(plan(&targets, &targets, MODEL, None, false, false), None);
     // no_peers: everyone starts from the origin.
-    assert!(plan(&targets, &targets, MODEL, None, true).unwrap().iter().all(|c| c.peers.is_empty()));
+    assert!(plan(&targets, &targets, MODEL, None, true, false).unwrap().iter().all(|c| c.peers.is_empty()));
     // Once the first hive's catalog lists the files with their hashes, the chain starts.
     let mut now = targets.clone();
     now[0] =
         std::sync::Arc::new(hive("t0", &[], Some(ModelState::Downloading), vec![file("w.bin", 10, 'a')]));
-    let p = plan(&now, &now, MODEL, Some(&d), false).expect("known now");
+    let p = plan(&now, &now, MODEL, Some(&d), false, false).expect("known now");
     assert_eq!(ids(&p[1]), [("t0", true)]);
     assert_eq!(ids(&p[2]), [("t1", true), ("t0", true)]);
 }
@@ -51,9 +51,33 @@ fn ready_holders_outside_the_targets_come_before_the_chain() {
     let targets = fleet((0..2).map(|i| hive(&format!("t{i}"), &[], None, vec![])).collect());
     let mut all = targets.clone();
     all.extend(fleet(vec![ready("holder", &[])]));
-    let p = plan(&all, &targets, MODEL, None, false).expect("known from the holder");
+    let p = plan(&all, &targets, MODEL, None, false, false).expect("known from the holder");
     assert_eq!(ids(&p[0]), [("holder", false)]);
     assert_eq!(ids(&p[1]), [("holder", false), ("t0", true)]);
+}
+
+#[test]
+fn holders_that_disagree_give_no_hive_peers_unless_the_first_fetched_for_this_fan_out() {
+    let targets = fleet((0..3).map(|i| hive(&format!("t{i}"), &[], None, vec![])).collect());
+    let corrupt = hive("e", &[], Some(ModelState::Ready), vec![file("w.bin", 10, 'b')]);
+    let mut all = targets.clone();
+    all.extend(fleet(vec![corrupt, ready("f", &[]), ready("g", &[])]));
+    let p = plan(&all, &targets, MODEL, None, false, false).expect("all start");
+    for c in &p {
+        assert!(c.peers.is_empty(), "{c:?}");
+        assert!(c.note.as_deref().is_some_and(|n| n.contains("2 different contents")), "{c:?}");
+    }
+    // A declared hash picks its group; the corrupted holder is never handed.
+    let d = declared(Some("a".repeat(64)));
+    let p = plan(&all, &targets, MODEL, Some(&d), false, false).expect("known");
+    assert_eq!(ids(&p[1]), [("f", false), ("g", false), ("t0", true)]);
+    // The first target fetched from the origin for this fan-out: its files are the
+    // ones the others read, from it and from ready holders of the same content only.
+    let mut now = all.clone();
+    now[0] = std::sync::Arc::new(ready("t0", &[]));
+    let p = plan(&now, &targets, MODEL, None, false, true).expect("the first shows them");
+    assert_eq!(ids(&p[1]), [("f", false), ("g", false), ("t0", false)]);
+    assert!(p.iter().all(|c| c.peers.iter().all(|x| x.hive_id != "e")));
 }
 
 #[test]

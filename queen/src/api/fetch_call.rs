@@ -19,6 +19,7 @@ pub async fn ask(
     hive: &HiveSnapshot,
     fetch: pb::FetchModelRequest,
 ) -> Result<pb::FetchModelResponse, QueenError> {
+    super::peers::check_hive_size(&fetch)?;
     let hive_id = hive.hive_id().to_owned();
     let unreachable = |reason: String| QueenError::HiveUnreachable { hive: hive_id.clone(), reason };
     let mut client = crate::link::command::hive_client(&hive.address, link, hive.origin)

@@ -230,6 +230,7 @@ impl ModelFetcher {
                     .into(),
             ));
         }
+        peers::check_hive_size(&fetch)?;
         let declared = match source {
             ModelSource::Urls(files) => Some(files),
             ModelSource::HuggingFace { .. } => None,
@@ -249,7 +250,7 @@ impl ModelFetcher {
                 })?,
             (_, false) => return Err(QueenError::InvalidArgument("give hive or labels, not both".into())),
         };
-        let choice = if r.no_peers {
+        let mut choice = if r.no_peers {
             PeerChoice::default()
         } else {
             peers::select(&self.fleet.list(), &hive, &model, declared.as_deref())
@@ -262,6 +263,7 @@ impl ModelFetcher {
             address: hive.address.clone(),
             result: Some(result),
             peers: choice.ids(),
+            peers_note: choice.note,
             ..Default::default()
         })
     }
@@ -309,7 +311,7 @@ impl ModelFetcher {
             targets,
             no_peers: r.no_peers,
         };
-        let results = run.start(&self.waiting).await?;
+        let (results, peers_note) = run.start(&self.waiting).await?;
         let first = results[0].clone();
         if let (Some(e), true) = (&first.error, results.iter().all(|x| x.result.is_none() && !x.deferred)) {
             tracing::warn!(model, error = %e, "fan-out: no hive started");
@@ -320,6 +322,7 @@ impl ModelFetcher {
             result: first.result,
             peers: first.peers,
             results,
+            peers_note,
         })
     }
 }
@@ -330,8 +333,8 @@ fn matches(h: &HiveSnapshot, labels: &BTreeMap<String, String>) -> bool {
         && h.identity.as_ref().is_some_and(|i| labels.iter().all(|(k, v)| i.labels.get(k) == Some(v)))
 }
 
-/// Among online hives whose labels all match: one holding `model` ready, else the one
-/// with the most free models disk (ties: lowest id).
+/// Among online hives whose labels all match: one holding `model` ready, else one
+/// downloading it, else the one with the most free models disk (ties: lowest id).
 fn choose(
     hives: &[Arc<HiveSnapshot>],
     labels: &BTreeMap<String, String>,
@@ -339,13 +342,12 @@ fn choose(
 ) -> Option<Arc<HiveSnapshot>> {
     let candidates = hives.iter().filter(|h| matches(h, labels));
     let score = |h: &HiveSnapshot| {
-        let ready = h
-            .caps
-            .as_ref()
-            .and_then(|c| c.caps.models.get(model))
-            .is_some_and(|m| m.state == ModelState::Ready);
+        let state = h.caps.as_ref().and_then(|c| c.caps.models.get(model)).map(|m| m.state);
+        let ready = state == Some(ModelState::Ready);
+        // Already downloading it (a fetch re-run after the queen was lost joins it).
+        let downloading = state == Some(ModelState::Downloading);
         let free = h.latest.as_ref().and_then(|s| s.models_disk.as_ref()).map_or(0, |d| d.free_bytes);
-        (ready, free)
+        (ready, downloading, free)
     };
     candidates.max_by(|a, b| score(a).cmp(&score(b)).then_with(|| b.hive_id().cmp(a.hive_id()))).cloned()
 }

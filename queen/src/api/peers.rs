@@ -2,7 +2,9 @@
 //! not-unhealthy hives whose catalog holds the model `ready` with the same files (paths,
 //! sizes and sha256) as the request declares and as each other, then those still
 //! downloading it whose files' sizes and hashes are all known (read as growing
-//! prefixes). Preferred: ready before partial, then the target's own `zone`, then its
+//! prefixes). Holders are grouped by content (every file's size and sha256): without
+//! declared hashes peers come only from the one content all holders agree on; when they
+//! disagree none is offered (a wrong copy must not spread). Preferred: ready before partial, then the target's own `zone`, then its
 //! `rack`, then more shared labels, then the least busy (fewest running downloads, then
 //! the lowest CPU use), then the lowest id. A plain function over the fleet view, so
 //! `Scheduler.FetchModel` and `Place`'s prefetch share it.
@@ -44,14 +46,59 @@ pub struct PeerChoice {
     /// The model's files, sorted by path, every size and sha256 known (empty when no
     /// peer was chosen).
     pub files: Vec<ModelFile>,
+    /// Why no peer was offered although hives hold the model (they disagree on its
+    /// content and the request declares no hash to tell which is right).
+    pub note: Option<String>,
+}
+
+/// The largest `FetchModelRequest` a hive accepts (its gRPC decode limit, the Hive
+/// service's): the queen never sends a larger one.
+pub const HIVE_FETCH_REQUEST_LIMIT_BYTES: usize = {
+    let (fetch, any) =
+        (rbee_shared::model::MAX_FETCH_REQUEST_BYTES, rbee_shared::grpc_server::MAX_DECODING_MESSAGE_BYTES);
+    if fetch > any { fetch } else { any }
+};
+
+/// Refuses a fetch a hive would not accept for its size (`INVALID_ARGUMENT`, before
+/// anything starts).
+pub fn check_hive_size(fetch: &pb::FetchModelRequest) -> Result<(), crate::QueenError> {
+    use prost::Message as _;
+    let len = fetch.encoded_len();
+    if len > HIVE_FETCH_REQUEST_LIMIT_BYTES {
+        return Err(crate::QueenError::InvalidArgument(format!(
+            "fetch is {len} bytes encoded, more than a hive accepts ({HIVE_FETCH_REQUEST_LIMIT_BYTES}): \
+             fewer files or shorter URLs"
+        )));
+    }
+    Ok(())
 }
 
 impl PeerChoice {
     /// Hands the choice to a hive's fetch request (no peers: the request unchanged).
-    pub fn apply(&self, fetch: &mut pb::FetchModelRequest) {
+    /// Where the peers' file list would make the request larger than a hive accepts,
+    /// no peer is handed and the note says so (the request stays as it was).
+    pub fn apply(&mut self, fetch: &mut pb::FetchModelRequest) {
+        use prost::Message as _;
         if self.peers.is_empty() {
             return;
         }
+        let before = fetch.encoded_len();
+        self.fill(fetch);
+        let len = fetch.encoded_len();
+        if len > HIVE_FETCH_REQUEST_LIMIT_BYTES && before <= HIVE_FETCH_REQUEST_LIMIT_BYTES {
+            fetch.peers.clear();
+            fetch.peer_files.clear();
+            self.peers.clear();
+            self.files.clear();
+            self.note = Some(format!(
+                "no peers: with the peers' file list the hive's request would be {len} bytes, more than a \
+                 hive accepts ({HIVE_FETCH_REQUEST_LIMIT_BYTES}); fetching from the origin"
+            ));
+        }
+    }
+
+    /// Writes the peers and their files into `fetch`.
+    fn fill(&self, fetch: &mut pb::FetchModelRequest) {
         fetch.peers = self.peers.iter().map(Peer::to_wire).collect();
         fetch.peer_files = self
             .files
@@ -114,20 +161,15 @@ fn fits(declared: Option<&[FileSource]>, files: &[ModelFile]) -> bool {
         })
 }
 
-/// The hive's files of `model` when it may serve them to `target`: online, not
-/// unhealthy, not the target, the model ready (or downloading: `partial`) with every
-/// hash known and fitting the declared files.
-fn offer(
+/// The hive's files of `model` when it holds them as a source: online, not unhealthy,
+/// the model ready (or downloading: `partial`) with every hash known and fitting the
+/// declared files.
+fn holding(
     hive: &HiveSnapshot,
-    target: &HiveSnapshot,
     model: &str,
     declared: Option<&[FileSource]>,
 ) -> Option<(bool, Vec<ModelFile>)> {
-    if hive.state != ConnState::Online
-        || hive.health.health == Health::Unhealthy
-        || hive.hive_id().is_empty()
-        || hive.hive_id() == target.hive_id()
-        || hive.address == target.address
+    if hive.state != ConnState::Online || hive.health.health == Health::Unhealthy || hive.hive_id().is_empty()
     {
         return None;
     }
@@ -139,6 +181,70 @@ fn offer(
     };
     let files = known_files(entry, partial)?;
     fits(declared, &files).then_some((partial, files))
+}
+
+/// The hive's files of `model` when it may serve them to `target`: [`holding`], and not
+/// the target.
+fn offer(
+    hive: &HiveSnapshot,
+    target: &HiveSnapshot,
+    model: &str,
+    declared: Option<&[FileSource]>,
+) -> Option<(bool, Vec<ModelFile>)> {
+    if hive.hive_id() == target.hive_id() || hive.address == target.address {
+        return None;
+    }
+    holding(hive, model, declared)
+}
+
+/// The contents (files sorted by path, with sizes and hashes) hives hold `model` with,
+/// fitting `declared`, each with how many hives hold it: the most held first.
+pub fn contents(
+    hives: &[Arc<HiveSnapshot>],
+    model: &str,
+    declared: Option<&[FileSource]>,
+) -> Vec<(Vec<ModelFile>, usize)> {
+    let mut out: Vec<(Vec<ModelFile>, usize)> = Vec::new();
+    for (_, files) in hives.iter().filter_map(|h| holding(h, model, declared)) {
+        match out.iter_mut().find(|(f, _)| *f == files) {
+            Some((_, n)) => *n += 1,
+            None => out.push((files, 1)),
+        }
+    }
+    out.sort_by_key(|g| std::cmp::Reverse(g.1));
+    out
+}
+
+/// The files every peer must hold: the request's when it declares every size and
+/// sha256, else the one content all holders agree on (`None`: nobody holds it). When
+/// the holders disagree and nothing declared tells which content is right, the error
+/// says so: then no holder is offered, for a wrong copy must not spread.
+pub fn reference(
+    hives: &[Arc<HiveSnapshot>],
+    model: &str,
+    declared: Option<&[FileSource]>,
+) -> Result<Option<Vec<ModelFile>>, String> {
+    if let Some(files) = fully_declared(declared) {
+        return Ok(Some(files));
+    }
+    let mut groups = contents(hives, model, declared);
+    match groups.len() {
+        0 => Ok(None),
+        1 => Ok(groups.pop().map(|(files, _)| files)),
+        n => Err(disagreement(model, &groups, n)),
+    }
+}
+
+/// The note for holders that disagree.
+fn disagreement(model: &str, groups: &[(Vec<ModelFile>, usize)], n: usize) -> String {
+    let held: usize = groups.iter().map(|(_, k)| k).sum();
+    let counts: Vec<String> = groups.iter().map(|(_, k)| k.to_string()).collect();
+    format!(
+        "no peers: {held} hives hold {model} with {n} different contents (hives per content: {}); \
+         fetching from the origin. Declare the files' sha256 to read from the holders of that content, \
+         and remove the wrong copies",
+        counts.join(", ")
+    )
 }
 
 /// How `hive` ranks as a source for `target`: smaller is better.
@@ -165,30 +271,42 @@ fn rank(hive: &HiveSnapshot, target: &HiveSnapshot, partial: bool) -> impl Ord +
 
 /// The peers for `target`'s fetch of `model` among `hives`, with the files they hold.
 /// `declared` is the request's URL files (none for a Hub source). All peers hold the
-/// same files: those declared in full, else those of the best-ranked ready holder.
+/// same files ([`reference`]): those declared in full, else the one content every holder
+/// agrees on; holders that disagree get no peer offered, and the choice's note says why.
 pub fn select(
     hives: &[Arc<HiveSnapshot>],
     target: &HiveSnapshot,
     model: &str,
     declared: Option<&[FileSource]>,
 ) -> PeerChoice {
+    match reference(hives, model, declared) {
+        Ok(Some(files)) => holding_these(hives, target, model, declared, files),
+        Ok(None) => PeerChoice::default(),
+        Err(note) => PeerChoice { note: Some(note), ..Default::default() },
+    }
+}
+
+/// The peers for `target` among `hives` that hold exactly `files`, best first.
+pub fn holding_these(
+    hives: &[Arc<HiveSnapshot>],
+    target: &HiveSnapshot,
+    model: &str,
+    declared: Option<&[FileSource]>,
+    files: Vec<ModelFile>,
+) -> PeerChoice {
     let mut offers: Vec<_> = hives
         .iter()
         .filter_map(|h| {
             offer(h, target, model, declared)
-                .map(|(partial, files)| (rank(h, target, partial), h, partial, files))
+                .filter(|(_, held)| *held == files)
+                .map(|(partial, _)| (rank(h, target, partial), h, partial))
         })
         .collect();
     offers.sort_by(|a, b| a.0.cmp(&b.0));
-    let reference = fully_declared(declared)
-        .or_else(|| offers.iter().find(|o| !o.2).map(|o| o.3.clone()))
-        .or_else(|| offers.first().map(|o| o.3.clone()));
-    let Some(files) = reference else { return PeerChoice::default() };
     let peers: Vec<Peer> = offers
         .iter()
-        .filter(|o| o.3 == files)
         .take(MAX_PEERS)
-        .map(|(_, h, partial, _)| Peer {
+        .map(|(_, h, partial)| Peer {
             hive_id: h.hive_id().to_owned(),
             address: h.address.clone(),
             partial: *partial,
@@ -197,7 +315,7 @@ pub fn select(
     if peers.is_empty() {
         return PeerChoice::default();
     }
-    PeerChoice { peers, files }
+    PeerChoice { peers, files, note: None }
 }
 
 #[cfg(test)]

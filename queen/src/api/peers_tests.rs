@@ -76,7 +76,7 @@ pub(crate) fn fleet(hives: Vec<HiveSnapshot>) -> Vec<Arc<HiveSnapshot>> {
 fn a_ready_holder_is_offered_with_its_files_and_never_the_target_itself() {
     let target = ready("t", &[]);
     let all = fleet(vec![target.clone(), ready("a", &[])]);
-    let choice = select(&all, &target, MODEL, None);
+    let mut choice = select(&all, &target, MODEL, None);
     assert_eq!(ids(&choice), ["a"]);
     assert!(!choice.peers[0].partial);
     assert_eq!(choice.peers[0].address, "a:1");
@@ -106,9 +106,11 @@ fn lost_unhealthy_failed_and_other_hash_holders_are_never_offered() {
         sha256: Some("a".repeat(64)),
     }];
     assert_eq!(ids(&select(&all, &target, MODEL, Some(&declared))), ["good"]);
-    // Without a declared hash, holders that disagree with the best one are left out.
+    // Without a declared hash, holders that disagree: nobody is offered, and the note
+    // says why (a wrong copy must not spread).
     let choice = select(&all, &target, MODEL, None);
-    assert_eq!(choice.peers.len(), 1, "{choice:?}");
+    assert!(choice.peers.is_empty(), "{choice:?}");
+    assert!(choice.note.as_deref().is_some_and(|n| n.contains("2 different contents")), "{choice:?}");
     // A declared size that differs rules a holder out.
     let wrong_size = [FileSource {
         url: "http://x/w.bin".into(),
@@ -121,6 +123,44 @@ fn lost_unhealthy_failed_and_other_hash_holders_are_never_offered() {
     let other_path =
         [FileSource { url: "http://x/v.bin".into(), path: "v.bin".into(), size_bytes: None, sha256: None }];
     assert!(select(&all, &target, MODEL, Some(&other_path)).peers.is_empty());
+}
+
+#[test]
+fn holders_that_disagree_without_a_declared_hash_are_never_offered_and_never_mixed() {
+    // The tester's case: E holds a corrupted copy, F and G the right one; no sha256
+    // declared. Old code offered E (the best-ranked) or mixed groups.
+    let target = hive("t", &[], None, vec![]);
+    let e = hive("e", &[("zone", "eu")], Some(ModelState::Ready), vec![file("w.bin", 10, 'b')]);
+    let all = fleet(vec![target.clone(), e, ready("f", &[]), ready("g", &[])]);
+    let t = hive("t", &[("zone", "eu")], None, vec![]);
+    for target in [&target, &t] {
+        let choice = select(&all, target, MODEL, None);
+        assert!(choice.peers.is_empty(), "{choice:?}");
+        assert!(choice.files.is_empty());
+        let note = choice.note.expect("a note says why");
+        assert!(
+            note.contains("3 hives hold m with 2 different contents (hives per content: 2, 1)"),
+            "{note}"
+        );
+    }
+    assert_eq!(contents(&all, MODEL, None).iter().map(|(_, n)| *n).collect::<Vec<_>>(), [2, 1]);
+    // A URL source declaring paths only: the same.
+    let paths =
+        [FileSource { url: "http://x/w.bin".into(), path: "w.bin".into(), size_bytes: None, sha256: None }];
+    assert!(select(&all, &target, MODEL, Some(&paths)).peers.is_empty());
+    // The declared hash picks its group only.
+    let declared = [FileSource {
+        url: "http://x/w.bin".into(),
+        path: "w.bin".into(),
+        size_bytes: Some(10),
+        sha256: Some("a".repeat(64)),
+    }];
+    let choice = select(&all, &t, MODEL, Some(&declared));
+    assert_eq!(ids(&choice), ["f", "g"]);
+    assert_eq!(choice.note, None);
+    // All holders agree: offered as before.
+    let agree = fleet(vec![target.clone(), ready("f", &[]), ready("g", &[])]);
+    assert_eq!(ids(&select(&agree, &target, MODEL, None)), ["f", "g"]);
 }
 
 #[test]
@@ -255,6 +295,11 @@ proptest! {
                 let want = "a".repeat(64);
                 prop_assert_eq!(entry.files[0].sha256.as_deref(), Some(want.as_str()));
             }
+        }
+        // Peers come from one content, and without a declared hash only when every
+        // holder agrees on it.
+        if declared.is_none() && !choice.peers.is_empty() {
+            prop_assert_eq!(contents(&all, MODEL, None).len(), 1);
         }
         // Nobody eligible is left out while there is room.
         if choice.peers.len() < MAX_PEERS {

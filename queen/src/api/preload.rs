@@ -194,13 +194,14 @@ impl ModelCache {
             };
             // Several prefetches of one model spread from each other: a hive still
             // downloading it (with every hash known) is a partial peer.
-            let choice = peers::select(&self.fleet.list(), &hive, model, declared.as_deref());
+            let mut choice = peers::select(&self.fleet.list(), &hive, model, declared.as_deref());
             let mut req = pb::FetchModelRequest {
                 model_id: model.to_owned(),
                 source: Some(source),
                 ..Default::default()
             };
             choice.apply(&mut req);
+            peers::check_hive_size(&req)?;
             let started = client.fetch_model(req).await.map_err(hive_err)?.into_inner();
             if let Some((fetcher, caller)) = &limit {
                 fetcher.started(*caller, &hive.address, model, &started);

@@ -6,7 +6,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, anyhow};
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -33,6 +33,8 @@ struct Followed {
     accepted_at_unix_ms: u64,
     /// Asked later by the queen, once the first hive shows the files.
     deferred: bool,
+    /// A record of this download was seen (it runs on the hive).
+    seen: bool,
     /// Its bar.
     bar: ProgressBar,
     /// How it ended, once it has.
@@ -99,7 +101,14 @@ fn to_follow(
                 Some(Outcome::Failed(_)) => bar.abandon_with_message("refused"),
                 None => {}
             }
-            Followed { hive: r.hive_id, accepted_at_unix_ms: accepted, deferred: r.deferred, bar, outcome }
+            Followed {
+                hive: r.hive_id,
+                accepted_at_unix_ms: accepted,
+                deferred: r.deferred,
+                seen: false,
+                bar,
+                outcome,
+            }
         })
         .collect()
 }
@@ -120,6 +129,9 @@ pub async fn follow(
     } else {
         ProgressDrawTarget::stderr()
     });
+    if let Some(note) = &answer.peers_note {
+        eprintln!("{note}");
+    }
     let mut hives = to_follow(answer, &multi, quiet, model);
     for h in hives.iter().filter(|h| h.outcome == Some(Outcome::Ready(0))) {
         rbee_shared::outln!("{model} is ready on {}", h.hive)?;
@@ -133,9 +145,16 @@ pub async fn follow(
                 }
                 return Ok(ExitCode::from(super::fetch_interrupt::INTERRUPTED));
             }
-            e = stream.message() => e.map_err(|s| super::client::rpc_error(url, s))?,
+            e = stream.message() => e,
         };
-        let Some(event) = event else { bail!("the queen ended the fleet stream") };
+        let event = match event {
+            Ok(Some(event)) => event,
+            Ok(None) => return Err(lost_queen(model, url, &hives, "it ended the fleet stream")),
+            Err(s) => {
+                let why = super::client::rpc_error(url, s).to_string();
+                return Err(lost_queen(model, url, &hives, &why));
+            }
+        };
         for h in hives.iter_mut().filter(|h| h.outcome.is_none()) {
             if let Some(gone) = hive_gone(&event, &h.hive) {
                 h.bar.abandon_with_message("hive gone");
@@ -158,6 +177,7 @@ pub async fn follow(
                 continue;
             }
             let Some(d) = sample.downloads.iter().find(|d| d.model_id == model) else { continue };
+            h.seen = true;
             if let Some(o) = progress(h, d) {
                 if let Outcome::Ready(bytes) = o {
                     let from = sources_text(d);
@@ -193,6 +213,58 @@ pub async fn follow(
             failed.iter().map(|(h, why)| format!("{h}: {why}")).collect::<Vec<_>>().join("; ")
         )),
     }
+}
+
+/// The error when the queen is lost while hives are followed: which hives started
+/// (their downloads keep running), which were not asked yet (a fan-out's deferred
+/// hives: the queen that stopped was to ask them), and the command that resumes.
+fn lost_queen(model: &str, url: &str, hives: &[Followed], why: &str) -> anyhow::Error {
+    for h in hives.iter().filter(|h| h.outcome.is_none()) {
+        h.bar.abandon_with_message("queen lost");
+    }
+    let started: Vec<String> = hives
+        .iter()
+        .filter(|h| !h.deferred || h.seen)
+        .map(|h| {
+            let state = match &h.outcome {
+                Some(Outcome::Ready(_)) => "ready",
+                Some(Outcome::Failed(_)) => "failed",
+                None => "downloading",
+            };
+            format!("{} ({state})", h.hive)
+        })
+        .collect();
+    let waiting: Vec<&str> =
+        hives.iter().filter(|h| h.deferred && !h.seen).map(|h| h.hive.as_str()).collect();
+    let mut text = format!("lost the queen at {url} while following {model} ({why}).");
+    if !started.is_empty() {
+        text.push_str(&format!(
+            "\nstarted on: {}; their downloads keep running on the hives (`queen downloads` shows them).",
+            started.join(", ")
+        ));
+    }
+    if !waiting.is_empty() {
+        text.push_str(&format!(
+            "\nnot started: {} (the queen was to ask them once the first hive had the files; a queen that \
+             stops forgets that).",
+            waiting.join(", ")
+        ));
+    }
+    text.push_str(&format!(
+        "\nto resume, run the same command again once a queen answers: it joins the running downloads and \
+         starts the rest:\n  {}",
+        command_line(std::env::args())
+    ));
+    anyhow!(text)
+}
+
+/// `args` as a shell command line, each argument quoted where it needs to be.
+fn command_line(args: impl Iterator<Item = String>) -> String {
+    let quote = |a: String| {
+        let plain = !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+%".contains(c));
+        if plain { a } else { format!("'{}'", a.replace('\'', "'\\''")) }
+    };
+    args.map(quote).collect::<Vec<_>>().join(" ")
 }
 
 /// Moves `h`'s bar to `d`; how it ended when `d` is final.
@@ -279,6 +351,15 @@ pub(super) fn hive_gone(event: &pb::FleetEvent, hive: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_resume_command_quotes_what_a_shell_would_split() {
+        let args = ["queen", "fetch", "m", "--from", "http://h/a b?x=1&y", "--label", "zone=eu", "it's"];
+        assert_eq!(
+            command_line(args.iter().map(|s| (*s).to_owned())),
+            "queen fetch m --from 'http://h/a b?x=1&y' --label zone=eu 'it'\\''s'"
+        );
+    }
 
     #[test]
     fn sources_name_each_one_with_its_bytes() {

@@ -111,13 +111,52 @@ fn model_state(m: &pb::Model) -> &'static str {
     model_state_from_wire(m.state).map_or("?", ModelState::as_str)
 }
 
-/// How many hives hold each model ready (only models some hive holds ready).
-fn ready_counts<'a>(rows: &[(&str, &'a pb::Model)]) -> std::collections::BTreeMap<&'a str, usize> {
-    let mut counts = std::collections::BTreeMap::new();
-    for (_, m) in rows.iter().filter(|(_, m)| model_state_from_wire(m.state) == Some(ModelState::Ready)) {
-        *counts.entry(m.id.as_str()).or_insert(0) += 1;
+/// How many hives hold one model ready, by content.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct ReadyOn {
+    /// Hives holding it ready.
+    hives: usize,
+    /// Hives per distinct content (every file's path, size and sha256), most first:
+    /// more than one entry when the hives disagree.
+    contents: Vec<usize>,
+}
+
+impl ReadyOn {
+    /// "3 hives", or "3 hives (2 contents)" when they disagree.
+    fn text(&self) -> String {
+        let n = self.hives;
+        let mut t = format!("{n} hive{}", if n == 1 { "" } else { "s" });
+        if self.contents.len() > 1 {
+            t.push_str(&format!(" ({} contents)", self.contents.len()));
+        }
+        t
     }
-    counts
+}
+
+/// How many hives hold each model ready, and with how many contents (only models some
+/// hive holds ready).
+fn ready_counts<'a>(rows: &[(&str, &'a pb::Model)]) -> std::collections::BTreeMap<&'a str, ReadyOn> {
+    type Content = Vec<(String, u64, Option<String>)>;
+    let mut groups: std::collections::BTreeMap<&str, Vec<(Content, usize)>> =
+        std::collections::BTreeMap::new();
+    for (_, m) in rows.iter().filter(|(_, m)| model_state_from_wire(m.state) == Some(ModelState::Ready)) {
+        let mut content: Content =
+            m.files.iter().map(|f| (f.path.clone(), f.size_bytes, f.sha256.clone())).collect();
+        content.sort();
+        let model = groups.entry(m.id.as_str()).or_default();
+        match model.iter_mut().find(|(c, _)| *c == content) {
+            Some((_, n)) => *n += 1,
+            None => model.push((content, 1)),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(model, g)| {
+            let mut contents: Vec<usize> = g.into_iter().map(|(_, n)| n).collect();
+            contents.sort_by_key(|n| std::cmp::Reverse(*n));
+            (model, ReadyOn { hives: contents.iter().sum(), contents })
+        })
+        .collect()
 }
 
 /// `queen models`: which hive holds which model, its state and size, then how many
@@ -135,8 +174,13 @@ pub async fn models(args: ListArgs) -> Result<()> {
         let json: Vec<serde_json::Value> = rows
             .iter()
             .map(|(hive, m)| {
-                let ready_on = counts.get(m.id.as_str()).copied().unwrap_or(0);
-                serde_json::json!({ "hiveId": hive, "model": m, "readyOn": ready_on })
+                let ready = counts.get(m.id.as_str()).cloned().unwrap_or_default();
+                serde_json::json!({
+                    "hiveId": hive,
+                    "model": m,
+                    "readyOn": ready.hives,
+                    "readyContents": ready.contents,
+                })
             })
             .collect();
         rbee_shared::outln!("{}", super::json(&json)?)?;
@@ -162,7 +206,7 @@ pub async fn models(args: ListArgs) -> Result<()> {
     if !counts.is_empty() {
         let _ = writeln!(out, "\n{:<40} {:>8}", "MODEL", "READY ON");
         for (model, n) in &counts {
-            let _ = writeln!(out, "{model:<40} {:>8}", format!("{n} hive{}", if *n == 1 { "" } else { "s" }));
+            let _ = writeln!(out, "{model:<40} {:>8}", n.text());
         }
     }
     rbee_shared::out!("{out}")?;
@@ -319,7 +363,28 @@ mod tests {
         );
         let rows = [("h1", &a), ("h2", &b), ("h3", &c), ("h1", &d)];
         let counts = ready_counts(&rows);
-        assert_eq!(counts.into_iter().collect::<Vec<_>>(), [("a", 2)]);
+        assert_eq!(counts.into_iter().collect::<Vec<_>>(), [("a", ReadyOn { hives: 2, contents: vec![2] })]);
+    }
+
+    #[test]
+    fn hives_holding_different_contents_are_counted_apart() {
+        // The tester's case: E corrupted, F and G right; "3 hives" hid it.
+        let m = |sha: char| pb::Model {
+            id: "fan1".into(),
+            state: pb::ModelState::from(ModelState::Ready) as i32,
+            files: vec![pb::ModelFile {
+                path: "w.bin".into(),
+                size_bytes: 10,
+                sha256: Some(sha.to_string().repeat(64)),
+            }],
+            ..Default::default()
+        };
+        let (e, f, g) = (m('b'), m('a'), m('a'));
+        let counts = ready_counts(&[("e", &e), ("f", &f), ("g", &g)]);
+        let fan1 = &counts["fan1"];
+        assert_eq!(fan1, &ReadyOn { hives: 3, contents: vec![2, 1] });
+        assert_eq!(fan1.text(), "3 hives (2 contents)");
+        assert_eq!(ready_counts(&[("f", &f), ("g", &g)])["fan1"].text(), "2 hives");
     }
 
     #[test]
