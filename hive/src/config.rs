@@ -267,13 +267,22 @@ pub fn parse_max_streams(s: &str) -> Result<usize, MaxStreamsError> {
 pub struct MaxGpuProcessesError(String);
 
 /// Parses one `--peer-allow` entry: a network (CIDR) or an address, never a name.
-pub fn parse_peer_net(s: &str) -> Result<crate::models::egress::Net, String> {
-    match crate::models::egress::parse_allow(s).map_err(|e| e.to_string())? {
+pub fn parse_peer_net(s: &str) -> Result<crate::models::egress::Net, PeerNetError> {
+    match crate::models::egress::parse_allow(s).map_err(|e| PeerNetError::Bad(e.to_string()))? {
         crate::models::egress::Allow::Net(n) => Ok(n),
-        crate::models::egress::Allow::Host(h) => {
-            Err(format!("{h}: --peer-allow takes networks (CIDR), not names"))
-        }
+        crate::models::egress::Allow::Host(h) => Err(PeerNetError::Name(h)),
     }
+}
+
+/// A `--peer-allow` entry that is not a network.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerNetError {
+    /// Not a CIDR or an address.
+    #[error("{0}")]
+    Bad(String),
+    /// A host name.
+    #[error("{0}: --peer-allow takes networks (CIDR), not names")]
+    Name(String),
 }
 
 /// Parses `--max-gpu-processes`: at most the wire bound.

@@ -33,7 +33,7 @@ pub struct FetchRecord {
     pub resolved: Option<Vec<FileSource>>,
     /// Hives to read the files from before the origin, most preferred first.
     #[serde(default)]
-    pub peers: Vec<super::peer_fetch::PeerSource>,
+    pub peers: Vec<PeerSource>,
     /// The files as the peers hold them (size and sha256 set).
     #[serde(default)]
     pub peer_files: Vec<ModelFile>,
@@ -83,4 +83,15 @@ pub fn write<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
 pub fn write_private<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
     let bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
     layout::write_atomic_private(path, &bytes)
+}
+
+/// One hive offered as a source of a model's files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerSource {
+    /// Its address, normalised (`http://127.0.0.1:7834`, `https://gpu-2:7834`).
+    pub address: String,
+    /// Its hive id (on TLS, its certificate must carry it).
+    pub hive_id: String,
+    /// It is still downloading the model: its files' prefixes are read as they grow.
+    pub partial: bool,
 }

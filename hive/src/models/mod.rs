@@ -7,12 +7,12 @@
 //!   while streaming; [`sink`]: its writer and fsync threads; [`http`]: the client;
 //!   [`hf`]: `hf://` through the Hub API; [`egress`]: where downloads may go.
 //! - [`peer_fetch`]: weights from peers, the fetching side (sources in order, peers
-//!   before the origin); [`peer_fetch_dial`]: dialing them; [`peer_fetch_read`]: one read.
+//!   before the origin); [`peer_fetch_dial`]: dialing them; [`peer_fetch::peer_fetch_read`]: one read.
 //! - [`progress`]: what samples report per download. [`disk`]: free space.
 //! - [`failures`]: failed downloads, limited per caller. Failed entries and finished
 //!   records are bounded too (the view budgets, `rbee_shared::view_budget`).
 //! - [`source`]: how the catalog reaches capabilities, and progress reaches samples.
-//! - [`serve`]: serving model files to peer hives (`ReadModelFile`); [`serve_upload`]:
+//! - [`serve`]: serving model files to peer hives (`ReadModelFile`); [`serve::upload`]:
 //!   one upload; [`serve_throttle`]: `--peer-upload-limit`.
 
 pub mod catalog;
@@ -30,13 +30,11 @@ pub mod layout;
 pub mod manifest;
 pub mod peer_fetch;
 pub mod peer_fetch_dial;
-pub mod peer_fetch_read;
 pub mod progress;
 pub mod redact;
 pub mod residency;
 pub mod serve;
 pub mod serve_throttle;
-pub mod serve_upload;
 pub mod sink;
 pub mod source;
 pub mod verify;

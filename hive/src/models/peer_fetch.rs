@@ -10,7 +10,7 @@
 //!   marked bad for the whole fetch, and its bytes are taken out of the progress'
 //!   per-source counts (which count bytes kept).
 //! - Validation here ([`check_peers`]); dialing in [`super::peer_fetch_dial`]; one read
-//!   from one peer in [`super::peer_fetch_read`].
+//!   from one peer in [`peer_fetch_read`].
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
@@ -22,28 +22,22 @@ use rbee_shared::model::{
     MAX_DOWNLOAD_SOURCES, MAX_MODEL_FILES, ORIGIN_SOURCE, check_model_path, check_sha256,
 };
 use rbee_shared::{ConvertError, FileSource, ModelFile, ModelSource};
-use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 
+use self::peer_fetch_read::PeerFailure;
 use super::download::{self, DownloadError, FileDone, FileJob};
 use super::peer_fetch_dial::{PeerAddress, PeerDialer};
-use super::peer_fetch_read::{self, PeerFailure};
 use super::{layout, manifest};
+
+/// One read from one peer (a child of this module: it uses the peer list's types).
+#[path = "peer_fetch_read.rs"]
+pub mod peer_fetch_read;
 
 /// The most peers one fetch may name: with the origin, every source fits the progress
 /// record's [`MAX_DOWNLOAD_SOURCES`].
 pub const MAX_PEERS: usize = MAX_DOWNLOAD_SOURCES - 1;
 
-/// One hive offered as a source of a model's files.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PeerSource {
-    /// Its address, normalised (`http://127.0.0.1:7834`, `https://gpu-2:7834`).
-    pub address: String,
-    /// Its hive id (on TLS, its certificate must carry it).
-    pub hive_id: String,
-    /// It is still downloading the model: its files' prefixes are read as they grow.
-    pub partial: bool,
-}
+pub use super::manifest::PeerSource;
 
 /// This hive, which a peer list may not name: its own bytes are not a source (a fetch
 /// would wait on itself), and its id would make its bytes look like another hive's.
@@ -143,7 +137,7 @@ pub fn check_peers(
             }
             let address = PeerAddress::parse(&p.address)
                 .and_then(|a| dialer.admits(&a).map(|()| a))
-                .map_err(|why| ConvertError::new(format!("{field}.address"), why))?;
+                .map_err(|why| ConvertError::new(format!("{field}.address"), why.0))?;
             if me.is_me(&address) {
                 return Err(ConvertError::new(
                     format!("{field}.address"),

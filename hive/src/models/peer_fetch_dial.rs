@@ -59,6 +59,18 @@ pub struct PeerAddress {
     pub port: u16,
 }
 
+/// Why a peer address is refused or a peer cannot be dialed (its text is what a log or
+/// an `INVALID_ARGUMENT` shows).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct PeerError(pub String);
+
+impl From<String> for PeerError {
+    fn from(why: String) -> Self {
+        Self(why)
+    }
+}
+
 impl fmt::Display for PeerAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let scheme = if self.tls { "https" } else { "http" };
@@ -74,32 +86,36 @@ impl PeerAddress {
     /// (a bare `host:port` is http), a port, no credentials, path or query. IPv4 hosts
     /// in the shorthand forms resolvers accept (`127.1`, `2130706433`) are read as the
     /// address they name.
-    pub fn parse(raw: &str) -> Result<Self, String> {
+    pub fn parse(raw: &str) -> Result<Self, PeerError> {
         let s = raw.trim();
         if s.is_empty() || s.len() > MAX_ADDRESS_BYTES {
-            return Err(format!("must be 1..={MAX_ADDRESS_BYTES} bytes"));
+            return Err(PeerError::from(format!("must be 1..={MAX_ADDRESS_BYTES} bytes")));
         }
         let full = if s.contains("://") { s.to_owned() } else { format!("http://{s}") };
         let uri: Uri = full.parse().map_err(|e| format!("{raw:?} is not a URL: {e}"))?;
         let tls = match uri.scheme_str().map(str::to_ascii_lowercase).as_deref() {
             Some("http") => false,
             Some("https") => true,
-            _ => return Err(format!("{raw:?} must use http:// or https://")),
+            _ => return Err(PeerError::from(format!("{raw:?} must use http:// or https://"))),
         };
         let authority = uri.authority().ok_or_else(|| format!("{raw:?} has no host"))?;
         if authority.as_str().contains('@') {
-            return Err(format!("{raw:?} must not carry credentials"));
+            return Err(PeerError::from(format!("{raw:?} must not carry credentials")));
         }
         // The parser reads no port past 65535: tell that from a missing one by the text.
         let port_text = authority.as_str().rsplit_once(':').map(|(_, p)| p).filter(|p| !p.contains(']'));
         let port = match (port_text.filter(|p| !p.is_empty()), authority.port_u16()) {
-            (None, _) => return Err(format!("{raw:?} needs a port (e.g. https://gpu-2:7834)")),
-            (Some(_), None | Some(0)) => return Err(format!("{raw:?} has a port out of range (1..=65535)")),
+            (None, _) => {
+                return Err(PeerError::from(format!("{raw:?} needs a port (e.g. https://gpu-2:7834)")));
+            }
+            (Some(_), None | Some(0)) => {
+                return Err(PeerError::from(format!("{raw:?} has a port out of range (1..=65535)")));
+            }
             (Some(_), Some(p)) => p,
         };
         // The URI parser drops a fragment: look for it in the text.
         if !matches!(uri.path(), "" | "/") || uri.query().is_some() || s.contains('#') {
-            return Err(format!("{raw:?} must not have a path, query or fragment"));
+            return Err(PeerError::from(format!("{raw:?} must not have a path, query or fragment")));
         }
         let host = authority.host();
         let host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
@@ -113,14 +129,16 @@ impl PeerAddress {
                 match ipv4_number_form(&name) {
                     Some(ip) => ip.to_string(),
                     None if name.is_empty() || name.contains("..") || name.starts_with('.') => {
-                        return Err(format!("{raw:?} has an empty host name label"));
+                        return Err(PeerError::from(format!("{raw:?} has an empty host name label")));
                     }
                     None if name
                         .rsplit('.')
                         .next()
                         .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit())) =>
                     {
-                        return Err(format!("{raw:?} has a host that is not a valid IPv4 address"));
+                        return Err(PeerError::from(format!(
+                            "{raw:?} has a host that is not a valid IPv4 address"
+                        )));
                     }
                     None => name,
                 }
@@ -278,29 +296,29 @@ impl PeerDialer {
 
     /// Whether this hive may dial `address` at all (an IP literal is checked now; a
     /// name's addresses at the dial).
-    pub fn admits(&self, address: &PeerAddress) -> Result<(), String> {
+    pub fn admits(&self, address: &PeerAddress) -> Result<(), PeerError> {
         if address.tls && self.tls.is_none() {
-            return Err(format!(
+            return Err(PeerError::from(format!(
                 "{address}: https:// peers need this hive's --peer-ca (and --peer-tls-cert/--peer-tls-key)"
-            ));
+            )));
         }
         if let Some(ip) = address.ip()
             && let Some(why) = peer_refusal_with(ip, address.tls, &self.plaintext)
         {
-            return Err(why);
+            return Err(PeerError::from(why));
         }
         if !address.tls && address.ip().is_none() && address.host != "localhost" && self.plaintext.is_empty()
         {
-            return Err(format!(
+            return Err(PeerError::from(format!(
                 "{address}: plaintext (http://) only to loopback peers and --peer-allow networks; use https:// and --peer-ca"
-            ));
+            )));
         }
         Ok(())
     }
 
     /// A channel to `peer`: its address resolved and checked, TLS verified and its
     /// certificate holding its hive id.
-    pub async fn dial(&self, peer: &PeerSource) -> Result<Channel, String> {
+    pub async fn dial(&self, peer: &PeerSource) -> Result<Channel, PeerError> {
         let address = PeerAddress::parse(&peer.address)?;
         self.admits(&address)?;
         let resolved: Vec<SocketAddr> = tokio::time::timeout(
@@ -324,7 +342,9 @@ impl PeerDialer {
             })
             .collect();
         if targets.is_empty() {
-            return Err(refused.unwrap_or_else(|| format!("{}: does not resolve", address.host)));
+            return Err(PeerError::from(
+                refused.unwrap_or_else(|| format!("{}: does not resolve", address.host)),
+            ));
         }
         let connector = Connector {
             targets: Arc::new(targets),
@@ -352,7 +372,7 @@ impl PeerDialer {
         tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect_with_connector(connector))
             .await
             .map_err(|_| format!("{address}: connecting timed out"))?
-            .map_err(|e| reason(&e))
+            .map_err(|e| PeerError(reason(&e)))
     }
 }
 
@@ -465,8 +485,8 @@ mod tests {
             .with_plaintext_networks(vec![net("10.0.0.0/8"), net("169.254.0.0/16")]);
         let admits = |s: &str| dialer.admits(&PeerAddress::parse(s).unwrap());
         assert_eq!(admits("http://10.1.2.3:7834"), Ok(()));
-        assert!(admits("http://192.168.1.1:7834").unwrap_err().contains("--peer-allow"));
-        assert!(admits("http://169.254.169.254:80").unwrap_err().contains("link-local"));
+        assert!(admits("http://192.168.1.1:7834").unwrap_err().0.contains("--peer-allow"));
+        assert!(admits("http://169.254.169.254:80").unwrap_err().0.contains("link-local"));
         assert!(admits("http://gpu-2.lan:7834").is_ok(), "a name's addresses are checked at the dial");
         assert!(
             PeerDialer::plaintext_only()

@@ -9,10 +9,10 @@ use rbee_shared::lock::MutexExt;
 use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 
-use super::download::{self, DownloadError, FileDone, FileJob};
-use super::peer_fetch::{PeerSource, start_sidecar};
-use super::sink::Sink;
-use super::{disk, layout};
+use super::{PeerSource, start_sidecar};
+use crate::models::download::{self, DownloadError, FileDone, FileJob};
+use crate::models::sink::Sink;
+use crate::models::{disk, layout};
 
 /// Largest message read from a peer (its chunks are far smaller).
 const MAX_CHUNK_MESSAGE_BYTES: usize = 16 << 20;

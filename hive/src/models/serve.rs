@@ -4,7 +4,7 @@
 //! What is served, and the rules (docs/models.md, "Weights from peers"):
 //! - Only a file listed in a `ready` model's catalog entry, by that exact path; with
 //!   `allow_partial`, also a file of a model being downloaded, as it grows
-//!   ([`super::serve_upload`]). Anything else is NOT_FOUND: a model that is not ready or
+//!   ([`upload`]). Anything else is NOT_FOUND: a model that is not ready or
 //!   not in the catalog, a path that is not one of the model's files (so every
 //!   traversal form: `..`, absolute, `//`, `%2e`, NUL), and a file that is not a
 //!   regular file beneath the model's directory when opened (a symlink swapped in).
@@ -31,11 +31,16 @@ use futures::Stream;
 use rbee_shared::{ModelFile, ModelState};
 use tokio::sync::{Semaphore, mpsc};
 
+use self::upload::{Growth, Upload};
 use super::serve_throttle::TokenBucket;
-use super::serve_upload::{Growth, Upload};
 use super::{Inner, Models, catalog, layout};
 use crate::HiveError;
 use crate::preload::read::open_beneath;
+
+/// One upload: the blocking reader behind a `ReadModelFile` stream (a child of this
+/// module, so that it may use the request's types without an import cycle).
+#[path = "serve_upload.rs"]
+pub mod upload;
 
 /// SHA-256 of no bytes: a file declared with it is known to be empty.
 const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";

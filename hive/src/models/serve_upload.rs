@@ -27,11 +27,11 @@ use tokio::runtime::Handle;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::download::hex;
-use super::serve::{CHUNK_BYTES, FileChunk, Opened, UploadStats, reverify};
-use super::serve_throttle::TokenBucket;
-use super::{Inner, layout};
+use super::{CHUNK_BYTES, FileChunk, Opened, UploadStats, reverify};
 use crate::HiveError;
+use crate::models::download::hex;
+use crate::models::serve_throttle::TokenBucket;
+use crate::models::{Inner, layout};
 use crate::preload::read::open_beneath;
 
 /// Longest wait for a partial file to grow before looking again.

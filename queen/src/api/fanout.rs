@@ -213,7 +213,10 @@ pub fn plan(
         None => match peers::reference(fleet, model, declared) {
             Ok(files) => files?,
             Err(note) => {
-                return Some(vec![PeerChoice { note: Some(note), ..Default::default() }; targets.len()]);
+                return Some(vec![
+                    PeerChoice { note: Some(note.to_string()), ..Default::default() };
+                    targets.len()
+                ]);
             }
         },
     };

@@ -223,7 +223,7 @@ pub fn reference(
     hives: &[Arc<HiveSnapshot>],
     model: &str,
     declared: Option<&[FileSource]>,
-) -> Result<Option<Vec<ModelFile>>, String> {
+) -> Result<Option<Vec<ModelFile>>, Disagreement> {
     if let Some(files) = fully_declared(declared) {
         return Ok(Some(files));
     }
@@ -231,20 +231,36 @@ pub fn reference(
     match groups.len() {
         0 => Ok(None),
         1 => Ok(groups.pop().map(|(files, _)| files)),
-        n => Err(disagreement(model, &groups, n)),
+        _ => Err(Disagreement { model: model.to_owned(), counts: groups.iter().map(|(_, k)| *k).collect() }),
     }
 }
 
-/// The note for holders that disagree.
-fn disagreement(model: &str, groups: &[(Vec<ModelFile>, usize)], n: usize) -> String {
-    let held: usize = groups.iter().map(|(_, k)| k).sum();
-    let counts: Vec<String> = groups.iter().map(|(_, k)| k.to_string()).collect();
-    format!(
-        "no peers: {held} hives hold {model} with {n} different contents (hives per content: {}); \
-         fetching from the origin. Declare the files' sha256 to read from the holders of that content, \
-         and remove the wrong copies",
-        counts.join(", ")
-    )
+/// Holders of a model that disagree on its content, with no declared hash to tell which
+/// is right: no holder is offered. Its text is the note the caller sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disagreement {
+    /// The model.
+    pub model: String,
+    /// Hives per content.
+    pub counts: Vec<usize>,
+}
+
+impl std::error::Error for Disagreement {}
+
+impl std::fmt::Display for Disagreement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let held: usize = self.counts.iter().sum();
+        let counts: Vec<String> = self.counts.iter().map(usize::to_string).collect();
+        write!(
+            f,
+            "no peers: {held} hives hold {} with {} different contents (hives per content: {}); \
+             fetching from the origin. Declare the files' sha256 to read from the holders of that content, \
+             and remove the wrong copies",
+            self.model,
+            self.counts.len(),
+            counts.join(", ")
+        )
+    }
 }
 
 /// How `hive` ranks as a source for `target`: smaller is better.
@@ -282,7 +298,7 @@ pub fn select(
     match reference(hives, model, declared) {
         Ok(Some(files)) => holding_these(hives, target, model, declared, files),
         Ok(None) => PeerChoice::default(),
-        Err(note) => PeerChoice { note: Some(note), ..Default::default() },
+        Err(note) => PeerChoice { note: Some(note.to_string()), ..Default::default() },
     }
 }
 
