@@ -118,9 +118,12 @@ mod tests {
         assert!(e.contains("--peer-ca"), "{e}");
         let e = serve(&["--peer-tls-key", "k.pem"]).unwrap_err().to_string();
         assert!(e.contains("--peer-tls-cert"), "{e}");
-        let Command::Serve(args) = serve(&["--peer-ca", "/nonexistent/hive-ca.pem"]).unwrap().command else {
-            unreachable!()
-        };
+        // --peer-ca alone could dial no hive: they serve only callers with a certificate.
+        let e = serve(&["--peer-ca", "ca.pem"]).unwrap_err().to_string();
+        assert!(e.contains("--peer-tls-cert") && e.contains("--peer-tls-key"), "{e}");
+        let full =
+            ["--peer-ca", "/nonexistent/hive-ca.pem", "--peer-tls-cert", "c.pem", "--peer-tls-key", "k.pem"];
+        let Command::Serve(args) = serve(&full).unwrap().command else { unreachable!() };
         let e = args.into_config().unwrap_err().to_string();
         assert!(e.contains("--peer-ca") && e.contains("/nonexistent/hive-ca.pem"), "{e}");
         let Command::Serve(args) = serve(&["--peer-allow", "10.0.0.0/8,192.168.7.0/24"]).unwrap().command

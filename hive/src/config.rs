@@ -140,13 +140,15 @@ pub struct ServeArgs {
           value_parser = crate::models::egress::parse_allow)]
     pub download_allow: Vec<crate::models::egress::Allow>,
     /// CA that signs the other hives' server certificates: FetchModel may then name https:// peers to
-    /// read model files from (their certificate must also carry the peer's hive id). Without it only
-    /// loopback plaintext peers are read from.
-    #[arg(long, env = "HIVE_PEER_CA", value_name = "FILE")]
+    /// read model files from (their certificate must also carry the peer's hive id). Needs
+    /// --peer-tls-cert and --peer-tls-key: hives serve their files only to callers with a client
+    /// certificate. Without it only plaintext peers (loopback, --peer-allow) are read from.
+    #[arg(long, env = "HIVE_PEER_CA", value_name = "FILE", requires_all = ["peer_tls_cert", "peer_tls_key"])]
     pub peer_ca: Option<PathBuf>,
     /// Networks (CIDR, comma-separated) where FetchModel may name plaintext http:// peers besides
     /// loopback: a fleet without TLS on a private network. Bytes are still checked by sha256, but
-    /// nothing authenticates such a peer. Link-local (cloud metadata) addresses are never dialed.
+    /// nothing authenticates such a peer. Plaintext callers from these networks may read this
+    /// hive's ready files too. Link-local (cloud metadata) addresses are never dialed.
     #[arg(long = "peer-allow", env = "HIVE_PEER_ALLOW", value_name = "CIDR", value_delimiter = ',',
           value_parser = parse_peer_net)]
     pub peer_allow: Vec<crate::models::egress::Net>,
@@ -428,6 +430,7 @@ impl ServeArgs {
                     enabled: self.serve_models,
                     upload_limit: self.peer_upload_limit,
                     max_uploads: self.max_peer_uploads,
+                    plaintext_readers: self.peer_allow.clone(),
                 },
                 ..crate::models::ModelsConfig::new(
                     self.models_dir.clone().unwrap_or_else(crate::models::default_models_dir),

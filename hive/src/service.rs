@@ -12,7 +12,7 @@ use rbee_shared::convert::models::{model_id_from_wire, source_from_wire};
 
 use crate::HiveError;
 use crate::convert;
-use crate::models::serve::{PeerServer, may_read};
+use crate::models::serve::PeerServer;
 use crate::models::{FetchOutcome, Models};
 use crate::preload::Preloader;
 use crate::stream::{Session, SessionContext};
@@ -210,7 +210,7 @@ impl Hive for HiveService {
         request: Request<pb::ReadModelFileRequest>,
     ) -> Result<Response<Self::ReadModelFileStream>, Status> {
         let server = self.peer_server.as_ref().ok_or(HiveError::ModelsDisabled)?;
-        may_read(request.remote_addr(), request.peer_certs().is_some_and(|c| !c.is_empty()))?;
+        server.may_read(request.remote_addr(), request.peer_certs().is_some_and(|c| !c.is_empty()))?;
         let req = convert::file_request(request.into_inner())?;
         let chunks = server.read(req).await?;
         Ok(Response::new(Box::pin(chunks.map(|c| c.map(pb::ModelFileChunk::from).map_err(Status::from)))))

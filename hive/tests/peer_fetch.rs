@@ -322,9 +322,7 @@ async fn refused_peer_addresses_are_invalid_argument_and_start_nothing() {
         ("http://169.254.169.254:80", "link-local"),
         ("http://[::ffff:169.254.169.254]:80", "link-local"),
         ("http://2852039166:80", "link-local"),
-        ("https://169.254.169.254:443", "--peer-ca"),
-        ("http://10.1.2.3:7834", "plaintext"),
-        ("http://gpu-2.example:7834", "plaintext"),
+        ("https://169.254.169.254:443", "link-local"),
         ("http://127.0.0.1:7834/models", "path"),
     ] {
         let e =
@@ -362,6 +360,32 @@ async fn refused_peer_addresses_are_invalid_argument_and_start_nothing() {
     let caps = client.discover(pb::DiscoverRequest {}).await.unwrap().into_inner().capabilities.unwrap();
     assert!(caps.models.is_empty(), "{:?}", caps.models);
     assert_eq!(std::fs::read_dir(dir.path().join(".partial")).map(|d| d.count()).unwrap_or(0), 0);
+}
+
+#[tokio::test]
+async fn peers_this_hive_cannot_dial_are_skipped_and_the_origin_serves() {
+    // A fleet whose hives have no --peer-ca (or no --peer-allow for plaintext): the
+    // queen may still offer peers; the hive skips them and fetches as before.
+    let origin = http_files::FileServer::start().await;
+    let data = http_files::generated(1 << 20, 9);
+    let url = origin.add("w.bin", data.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let hive = TestHive::start_with(hive_config("hive-b", dir.path(), |_| {})).await;
+    let unusable = vec![
+        peer("https://gpu-2.example:7834".into(), "gpu-2"),
+        peer("http://10.1.2.3:7834".into(), "gpu-3"),
+        peer("http://gpu-4.example:7834".into(), "gpu-4"),
+    ];
+    let done = fetch_to_end(&hive, fetch("m", &url, &data, unusable.clone())).await;
+    assert_eq!(done.phase, pb::DownloadPhase::Done as i32, "{done:?}");
+    assert_eq!(sources(&done), [("origin".to_owned(), data.len() as u64)]);
+    assert_eq!(std::fs::read(dir.path().join("m/w.bin")).unwrap(), data);
+    // Without an origin there is nothing left to fetch from: refused, naming why.
+    let mut client = hive.client().await;
+    let no_origin = pb::FetchModelRequest { source: None, ..fetch("m2", &url, &data, unusable) };
+    let e = client.fetch_model(no_origin).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("none of them can be dialed") && e.message().contains("--peer-ca"), "{e:?}");
 }
 
 #[tokio::test]

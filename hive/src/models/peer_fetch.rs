@@ -26,7 +26,7 @@ use tonic::transport::Channel;
 
 use self::peer_fetch_read::PeerFailure;
 use super::download::{self, DownloadError, FileDone, FileJob};
-use super::peer_fetch_dial::{PeerAddress, PeerDialer};
+use super::peer_fetch_dial::{PeerAddress, PeerDialer, PeerError};
 use super::{layout, manifest};
 
 /// One read from one peer (a child of this module: it uses the peer list's types).
@@ -85,10 +85,13 @@ pub struct PeerPlan {
 
 /// Validates `peers` and `peer_files` of a FetchModel against its origin (`None` when
 /// the request names none): at most [`MAX_PEERS`] peers with valid, distinct hive ids and
-/// addresses the hive may dial ([`PeerAddress::parse`]: never link-local, plaintext only
-/// to loopback, https only with `--peer-ca`), none of them the origin's source name or
-/// this hive ([`Myself`]: its id or its listener); every peer file with a path, size and
-/// sha256, and the same files as a URL origin declares. A request with neither an origin
+/// addresses ([`PeerAddress::parse`]; never link-local, metadata, multicast or reserved),
+/// none of them the origin's source name or this hive ([`Myself`]: its id or its
+/// listener); every peer file with a path, size and sha256, and the same files as a URL
+/// origin declares. A peer this hive's configuration cannot dial (https without
+/// `--peer-ca`, plaintext outside loopback and `--peer-allow`) is skipped with a warning,
+/// so a fleet whose hives cannot dial each other fetches from the origin as before; with
+/// no origin and no peer left the request is refused. A request with neither an origin
 /// nor peers is refused, as is a partial list.
 pub fn check_peers(
     peers: &[pb::PeerSource],
@@ -110,43 +113,32 @@ pub fn check_peers(
         return Err(ConvertError::new("peers", format!("{} peers > {MAX_PEERS}", peers.len())));
     }
     let mut ids = BTreeSet::new();
+    let mut skipped = Vec::new();
     let peers = peers
         .iter()
         .enumerate()
-        .map(|(i, p)| {
+        .filter_map(|(i, p)| {
             let field = format!("peers[{i}]");
-            rbee_shared::identity::check_hive_id(&p.hive_id)
-                .map_err(|e| ConvertError::new(format!("{field}.hive_id"), e.to_string()))?;
-            if p.hive_id == ORIGIN_SOURCE {
-                return Err(ConvertError::new(
-                    format!("{field}.hive_id"),
-                    format!("{ORIGIN_SOURCE:?} names the origin in progress records; it is not a hive id"),
-                ));
+            match checked_peer(&field, p, dialer, me, &mut ids) {
+                Err(e) => Some(Err(e)),
+                Ok(Ok(peer)) => Some(Ok(peer)),
+                Ok(Err(why)) => {
+                    tracing::warn!(peer = %p.hive_id, reason = %why, "peer skipped: this hive cannot dial it");
+                    skipped.push(format!("{}: {why}", p.hive_id));
+                    None
+                }
             }
-            if p.hive_id == me.hive_id {
-                return Err(ConvertError::new(
-                    format!("{field}.hive_id"),
-                    format!("{:?} is this hive: it cannot fetch from itself", p.hive_id),
-                ));
-            }
-            if !ids.insert(p.hive_id.clone()) {
-                return Err(ConvertError::new(
-                    format!("{field}.hive_id"),
-                    format!("{:?} appears twice", p.hive_id),
-                ));
-            }
-            let address = PeerAddress::parse(&p.address)
-                .and_then(|a| dialer.admits(&a).map(|()| a))
-                .map_err(|why| ConvertError::new(format!("{field}.address"), why.0))?;
-            if me.is_me(&address) {
-                return Err(ConvertError::new(
-                    format!("{field}.address"),
-                    format!("{address} (peer {:?}) is this hive's own listener", p.hive_id),
-                ));
-            }
-            Ok(PeerSource { address: address.to_string(), hive_id: p.hive_id.clone(), partial: p.partial })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    if peers.is_empty() && origin.is_none() {
+        return Err(ConvertError::new(
+            "peers",
+            format!(
+                "none of them can be dialed by this hive and the fetch names no origin ({})",
+                rbee_shared::view_budget::bounded(&skipped.join("; "), 320)
+            ),
+        ));
+    }
     if files.is_empty() || files.len() > MAX_MODEL_FILES {
         return Err(ConvertError::new(
             "peer_files",
@@ -182,6 +174,52 @@ pub fn check_peers(
         return Err(ConvertError::new("peer_files", why));
     }
     Ok(PeerPlan { peers, files })
+}
+
+/// One peer of a FetchModel: `Err` when it is refused (bad syntax, an id it may not
+/// have, an address no peer has), `Ok(Err)` when only this hive's configuration cannot
+/// dial it (https without `--peer-ca`, plaintext outside loopback and `--peer-allow`):
+/// such a peer is skipped, so a fleet whose hives cannot dial each other still fetches
+/// from the origin.
+fn checked_peer(
+    field: &str,
+    p: &pb::PeerSource,
+    dialer: &PeerDialer,
+    me: &Myself,
+    ids: &mut BTreeSet<String>,
+) -> Result<Result<PeerSource, PeerError>, ConvertError> {
+    rbee_shared::identity::check_hive_id(&p.hive_id)
+        .map_err(|e| ConvertError::new(format!("{field}.hive_id"), e.to_string()))?;
+    if p.hive_id == ORIGIN_SOURCE {
+        return Err(ConvertError::new(
+            format!("{field}.hive_id"),
+            format!("{ORIGIN_SOURCE:?} names the origin in progress records; it is not a hive id"),
+        ));
+    }
+    if p.hive_id == me.hive_id {
+        return Err(ConvertError::new(
+            format!("{field}.hive_id"),
+            format!("{:?} is this hive: it cannot fetch from itself", p.hive_id),
+        ));
+    }
+    if !ids.insert(p.hive_id.clone()) {
+        return Err(ConvertError::new(format!("{field}.hive_id"), format!("{:?} appears twice", p.hive_id)));
+    }
+    let address =
+        PeerAddress::parse(&p.address).map_err(|why| ConvertError::new(format!("{field}.address"), why.0))?;
+    if let Some(why) = dialer.forbidden(&address) {
+        return Err(ConvertError::new(format!("{field}.address"), why.0));
+    }
+    if me.is_me(&address) {
+        return Err(ConvertError::new(
+            format!("{field}.address"),
+            format!("{address} (peer {:?}) is this hive's own listener", p.hive_id),
+        ));
+    }
+    if let Err(why) = dialer.admits(&address) {
+        return Ok(Err(why));
+    }
+    Ok(Ok(PeerSource { address: address.to_string(), hive_id: p.hive_id.clone(), partial: p.partial }))
 }
 
 /// How a URL origin's files differ from the peers' (other paths, or a declared size or

@@ -193,12 +193,8 @@ pub fn peer_refusal(ip: IpAddr, tls: bool) -> Option<String> {
 /// [`peer_refusal`] where plaintext may also reach the networks `plaintext`
 /// (`--peer-allow`); link-local and the other never-dialed classes stay refused.
 fn peer_refusal_with(ip: IpAddr, tls: bool, plaintext: &[Net]) -> Option<String> {
-    if let Some(class) = denied_class(ip)
-        && ["link-local", "unspecified", "multicast", "reserved", "discard", "IPv4-compatible"]
-            .iter()
-            .any(|c| class.starts_with(c))
-    {
-        return Some(format!("{ip} is {class}: never a peer"));
+    if let Some(why) = never_a_peer(ip) {
+        return Some(why);
     }
     let loopback = denied_class(ip).is_some_and(|c| c == "loopback");
     if !tls && !loopback && !plaintext.iter().any(|n| n.contains(ip)) {
@@ -207,6 +203,16 @@ fn peer_refusal_with(ip: IpAddr, tls: bool, plaintext: &[Net]) -> Option<String>
         ));
     }
     None
+}
+
+/// Why `ip` is never a peer, whatever the configuration: link-local (cloud metadata),
+/// unspecified, multicast and reserved addresses.
+fn never_a_peer(ip: IpAddr) -> Option<String> {
+    let class = denied_class(ip)?;
+    ["link-local", "unspecified", "multicast", "reserved", "discard", "IPv4-compatible"]
+        .iter()
+        .any(|c| class.starts_with(c))
+        .then(|| format!("{ip} is {class}: never a peer"))
 }
 
 /// Mutual TLS for dialing peers: `--peer-ca` (signs the hives' server certificates) and
@@ -292,6 +298,14 @@ impl PeerDialer {
     pub fn with_plaintext_networks(mut self, networks: Vec<Net>) -> Self {
         self.plaintext = networks;
         self
+    }
+
+    /// Why `address` may never be a peer, whatever this hive's configuration (an IP
+    /// literal of a class no peer has; a name's addresses are checked at the dial). A
+    /// FetchModel naming one is refused; one [`PeerDialer::admits`] refuses for this
+    /// hive's configuration alone is skipped instead.
+    pub fn forbidden(&self, address: &PeerAddress) -> Option<PeerError> {
+        address.ip().and_then(never_a_peer).map(PeerError)
     }
 
     /// Whether this hive may dial `address` at all (an IP literal is checked now; a

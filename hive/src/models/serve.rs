@@ -57,7 +57,7 @@ pub const CHUNKS_QUEUED: usize = 4;
 pub const MAX_PATH_BYTES: usize = 4096;
 
 /// How this hive serves its models to peers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServeConfig {
     /// Serve at all (`--serve-models`).
     pub enabled: bool,
@@ -66,11 +66,19 @@ pub struct ServeConfig {
     pub upload_limit: Option<u64>,
     /// Uploads at once (`--max-peer-uploads`).
     pub max_uploads: usize,
+    /// Networks whose plaintext callers may read (`--peer-allow`: the same networks this
+    /// hive dials plaintext peers on, for a fleet without TLS).
+    pub plaintext_readers: Vec<crate::models::egress::Net>,
 }
 
 impl Default for ServeConfig {
     fn default() -> Self {
-        Self { enabled: true, upload_limit: None, max_uploads: DEFAULT_MAX_PEER_UPLOADS }
+        Self {
+            enabled: true,
+            upload_limit: None,
+            max_uploads: DEFAULT_MAX_PEER_UPLOADS,
+            plaintext_readers: Vec::new(),
+        }
     }
 }
 
@@ -141,9 +149,15 @@ pub struct PeerServer {
 }
 
 /// Whether a caller may read model files: one that presented a client certificate
-/// (the TLS listener has checked it against `--client-ca`), or one on loopback.
-pub fn may_read(remote: Option<SocketAddr>, has_client_cert: bool) -> Result<(), HiveError> {
-    if has_client_cert || remote.is_some_and(|a| a.ip().is_loopback()) {
+/// (the TLS listener has checked it against `--client-ca`), one on loopback, or a
+/// plaintext caller on a `--peer-allow` network (`plaintext`).
+pub fn may_read(
+    remote: Option<SocketAddr>,
+    has_client_cert: bool,
+    plaintext: &[crate::models::egress::Net],
+) -> Result<(), HiveError> {
+    let ip = remote.map(|a| a.ip().to_canonical());
+    if has_client_cert || ip.is_some_and(|ip| ip.is_loopback() || plaintext.iter().any(|n| n.contains(ip))) {
         Ok(())
     } else {
         Err(HiveError::PeerUnauthenticated)
@@ -151,9 +165,14 @@ pub fn may_read(remote: Option<SocketAddr>, has_client_cert: bool) -> Result<(),
 }
 
 impl PeerServer {
+    /// Whether this caller may read ([`may_read`] with this hive's `--peer-allow`).
+    pub fn may_read(&self, remote: Option<SocketAddr>, has_client_cert: bool) -> Result<(), HiveError> {
+        may_read(remote, has_client_cert, &self.config.plaintext_readers)
+    }
+
     /// Serves `models` by its configuration's `serve`.
     pub fn new(models: Models) -> Self {
-        let config = models.inner.config.serve;
+        let config = models.inner.config.serve.clone();
         let bucket = config
             .upload_limit
             .map(|rate| Arc::new(TokenBucket::new(rate, CHUNK_BYTES as u64, Instant::now())));
@@ -335,11 +354,22 @@ mod tests {
         let lo: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         let lo6: SocketAddr = "[::1]:5000".parse().unwrap();
         let lan: SocketAddr = "10.1.2.3:5000".parse().unwrap();
-        assert!(may_read(Some(lo), false).is_ok());
-        assert!(may_read(Some(lo6), false).is_ok());
-        assert!(may_read(Some(lan), true).is_ok());
-        let refused = may_read(Some(lan), false).unwrap_err();
+        assert!(may_read(Some(lo), false, &[]).is_ok());
+        assert!(may_read(Some(lo6), false, &[]).is_ok());
+        assert!(may_read(Some(lan), true, &[]).is_ok());
+        let refused = may_read(Some(lan), false, &[]).unwrap_err();
         assert_eq!(tonic::Status::from(refused).code(), tonic::Code::Unauthenticated);
-        assert!(may_read(None, false).is_err(), "an unknown address is not loopback");
+        assert!(may_read(None, false, &[]).is_err(), "an unknown address is not loopback");
+        // --peer-allow opens plaintext reads to its networks (as it opens dialing them).
+        let net = |s: &str| match crate::models::egress::parse_allow(s).unwrap() {
+            crate::models::egress::Allow::Net(n) => n,
+            crate::models::egress::Allow::Host(_) => unreachable!(),
+        };
+        let allow = [net("10.0.0.0/8")];
+        assert!(may_read(Some(lan), false, &allow).is_ok());
+        let mapped: SocketAddr = "[::ffff:10.1.2.3]:5000".parse().unwrap();
+        assert!(may_read(Some(mapped), false, &allow).is_ok());
+        let other: SocketAddr = "192.168.1.1:5000".parse().unwrap();
+        assert!(may_read(Some(other), false, &allow).is_err());
     }
 }
