@@ -408,15 +408,7 @@ fn reason(e: &(dyn std::error::Error + 'static)) -> String {
         }
         source = s.source();
     }
-    let mut line = parts.join(": ");
-    if line.len() > 300 {
-        let mut end = 300;
-        while !line.is_char_boundary(end) {
-            end -= 1;
-        }
-        line.truncate(end);
-    }
-    line
+    rbee_shared::view_budget::bounded(&parts.join(": "), 300)
 }
 
 /// TCP to the checked addresses, then (https) a rustls handshake whose certificate must

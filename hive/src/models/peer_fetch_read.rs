@@ -57,15 +57,7 @@ fn dropped(why: impl Into<String>, kept: u64) -> PeerFailure {
 
 /// A peer's status as a bounded line.
 fn status_reason(s: &tonic::Status) -> String {
-    let mut message = s.message().to_owned();
-    if message.len() > REASON_BYTES {
-        let mut end = REASON_BYTES;
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
-        message.truncate(end);
-    }
-    format!("{:?}: {message}", s.code())
+    format!("{:?}: {}", s.code(), rbee_shared::view_budget::bounded(s.message(), REASON_BYTES))
 }
 
 /// Reads the rest of `file` (size and sha256 known) of model `model_id` from `peer`.
@@ -164,7 +156,14 @@ pub async fn read(
         if let Some(theirs) = &chunk.sha256
             && *theirs != expected
         {
-            break Err(dropped(format!("it holds another {} (sha256 {theirs})", file.path), got - have));
+            break Err(dropped(
+                format!(
+                    "it holds another {} (sha256 {})",
+                    file.path,
+                    rbee_shared::view_budget::bounded(theirs, 64)
+                ),
+                got - have,
+            ));
         }
         if chunk.offset != got {
             break Err(dropped(format!("it sent offset {}, not {got}", chunk.offset), got - have));
