@@ -82,9 +82,16 @@ impl FanOut {
             return Ok((out, None));
         };
         out.extend(self.targets[1..].iter().map(|h| deferred(h, None)));
+        let shutdown = self.fleet.shutdown_token().clone();
         tokio::spawn(async move {
             let _permit = permit;
-            self.finish(accepted).await;
+            let model = self.fetch.model_id.clone();
+            tokio::select! {
+                () = self.finish(accepted) => {}
+                () = shutdown.cancelled() => {
+                    tracing::warn!(model = %model, "fan-out abandoned: the queen is shutting down (re-run the fetch on the next leader)");
+                }
+            }
         });
         Ok((out, None))
     }
