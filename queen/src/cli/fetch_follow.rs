@@ -53,6 +53,10 @@ pub fn sources_text(d: &pb::DownloadProgress) -> String {
     if parts.is_empty() { String::new() } else { format!("from {}", parts.join(", ")) }
 }
 
+/// How long after the first hive of a fan-out is ready a deferred hive may show no
+/// download before `queen fetch --all` reports it not started.
+const DEFERRED_START_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// The hives of a fetch's answer to follow: the fan-out's results, else the one hive.
 /// Hives that are ready already, or refused, end at once.
 fn to_follow(
@@ -137,6 +141,7 @@ pub async fn follow(
         rbee_shared::outln!("{model} is ready on {}", h.hive)?;
     }
     let mut interrupted = interrupted;
+    let mut first_ready_at: Option<std::time::Instant> = None;
     while hives.iter().any(|h| h.outcome.is_none()) {
         let event = tokio::select! {
             () = &mut interrupted => {
@@ -194,6 +199,24 @@ pub async fn follow(
         for h in hives.iter_mut().filter(|h| h.deferred && h.outcome.is_none() && first_failed) {
             h.bar.abandon_with_message("not started");
             h.outcome = Some(Outcome::Failed("not started: the first hive's fetch failed".into()));
+        }
+        // The queen starts the deferred hives once the first has the files; one that
+        // shows no download long after the first is ready was refused or never asked
+        // (a queen restart): say so instead of waiting forever.
+        if first_ready_at.is_none()
+            && hives.first().is_some_and(|h| matches!(h.outcome, Some(Outcome::Ready(_))))
+        {
+            first_ready_at = Some(std::time::Instant::now());
+        }
+        if first_ready_at.is_some_and(|t| t.elapsed() > DEFERRED_START_WAIT) {
+            for h in hives.iter_mut().filter(|h| h.deferred && h.outcome.is_none() && !h.seen) {
+                h.bar.abandon_with_message("not started");
+                h.outcome = Some(Outcome::Failed(format!(
+                    "not started {} s after the first hive was ready (the queen refused it or lost the fan-out: \
+                     its log says which); re-run the same command to start it",
+                    DEFERRED_START_WAIT.as_secs()
+                )));
+            }
         }
     }
     let failed: Vec<(&str, &str)> = hives
