@@ -34,11 +34,14 @@ kills=$(( n >= 10000 ? 1000 : n / 10 ))
 # The swarm: the hives to be killed at once in a process of their own (killed whole,
 # which closes all their connections at once), the rest in one process, or two above
 # 9,000 hives (one process holds about 20,000 file descriptors here: a listener and a
-# connection each).
+# connection each). SWARM_WRAP: a command the swarm runs under, e.g. `nice -n 15` (this
+# machine has 2 cores: a niced simulator takes what the queen leaves, the nearest this
+# machine comes to hives on other machines; the swarm's CPU line and WatchFleet's
+# samples per second show whether it kept up).
 rest=$(( n - kills ))
 per=$(( rest > 9000 ? (rest + 1) / 2 : rest ))
 start_swarm() { # COUNT FIRST_ADDRESS PREFIX URLS_FILE
-  RUST_LOG=warn "$bin/hive" swarm --count "$1" --gpus 8 --first-address "$2" --id-prefix "$3" \
+  RUST_LOG=warn ${SWARM_WRAP:-} "$bin/hive" swarm --count "$1" --gpus 8 --first-address "$2" --id-prefix "$3" \
     --urls-file "$4" >"$tmp/$3.log" 2>&1 &
   echo "$!" >>"$tmp/pids"; echo "$!"
 }
