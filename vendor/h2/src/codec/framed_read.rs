@@ -72,6 +72,12 @@ impl<T> FramedRead<T> {
         self.inner.get_mut()
     }
 
+    /// The capacity of the read buffer.
+    #[cfg(test)]
+    pub(crate) fn read_buffer_capacity(&self) -> usize {
+        self.inner.read_buffer().capacity()
+    }
+
     /// Returns the current max frame size setting
     #[inline]
     pub fn max_frame_size(&self) -> usize {

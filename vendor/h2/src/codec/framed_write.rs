@@ -35,6 +35,9 @@ struct Encoder<B> {
 
     /// Write buffer
     ///
+    /// Allocated when a frame is buffered and given back once it has been
+    /// flushed, so that an idle connection holds no write buffer.
+    ///
     /// TODO: Should this be a ring buffer?
     buf: Cursor<BytesMut>,
 
@@ -60,7 +63,8 @@ enum Next<B> {
     Continuation(frame::Continuation),
 }
 
-/// Initialize the connection with this amount of write buffer.
+/// Allocate this amount of write buffer when a frame is buffered into an
+/// empty, unallocated buffer.
 ///
 /// The minimum MAX_FRAME_SIZE is 16kb, so always be able to send a HEADERS
 /// frame that big.
@@ -93,7 +97,7 @@ where
             final_flush_done: false,
             encoder: Encoder {
                 hpack: hpack::Encoder::default(),
-                buf: Cursor::new(BytesMut::with_capacity(DEFAULT_BUFFER_CAPACITY)),
+                buf: Cursor::new(BytesMut::new()),
                 next: None,
                 last_data_frame: None,
                 max_frame_size: frame::DEFAULT_MAX_FRAME_SIZE,
@@ -169,6 +173,10 @@ where
             }
         }
 
+        // Everything buffered has been written: give the buffer back, so that
+        // an idle connection does not hold it. The next frame allocates again.
+        self.encoder.release_buf();
+
         tracing::trace!("flushing buffer");
         // Flush the upstream
         ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
@@ -223,6 +231,7 @@ where
     fn buffer(&mut self, item: Frame<B>) -> Result<(), UserError> {
         // Ensure that we have enough capacity to accept the write.
         assert!(self.has_capacity());
+        self.reserve_buf();
         let span = tracing::trace_span!("FramedWrite::buffer", frame = ?item);
         let _e = span.enter();
 
@@ -307,9 +316,28 @@ where
     }
 
     fn has_capacity(&self) -> bool {
+        // An empty buffer always has capacity: `buffer` allocates it.
         self.next.is_none()
-            && (self.buf.get_ref().capacity() - self.buf.get_ref().len()
-                >= self.min_buffer_capacity)
+            && (self.buf.get_ref().is_empty()
+                || self.buf.get_ref().capacity() - self.buf.get_ref().len()
+                    >= self.min_buffer_capacity)
+    }
+
+    /// Allocates the write buffer if it was given back (or never allocated).
+    fn reserve_buf(&mut self) {
+        let buf = self.buf.get_mut();
+        if buf.is_empty() && buf.capacity() < self.min_buffer_capacity {
+            buf.reserve(DEFAULT_BUFFER_CAPACITY);
+        }
+    }
+
+    /// Gives the write buffer's allocation back once all of it was written.
+    fn release_buf(&mut self) {
+        if self.next.is_none() && self.buf.get_ref().is_empty() && self.buf.get_ref().capacity() > 0
+        {
+            self.buf.set_position(0);
+            *self.buf.get_mut() = BytesMut::new();
+        }
     }
 
     fn is_empty(&self) -> bool {
@@ -341,6 +369,12 @@ impl<T, B> FramedWrite<T, B> {
     /// Set the peer's header table size.
     pub fn set_header_table_size(&mut self, val: usize) {
         self.encoder.hpack.update_max_size(val);
+    }
+
+    /// The capacity of the write buffer.
+    #[cfg(test)]
+    pub(crate) fn write_buffer_capacity(&self) -> usize {
+        self.encoder.buf.get_ref().capacity()
     }
 
     /// Retrieve the last data frame that has been sent

@@ -20,6 +20,13 @@ use tokio_util::codec::length_delimited;
 
 use std::io;
 
+/// The initial capacity of the read buffer.
+///
+/// Most frames are small (SETTINGS, WINDOW_UPDATE, PING, HEADERS, short DATA),
+/// and every connection holds its read buffer for as long as it lives, busy or
+/// idle. A larger frame grows the buffer to its length.
+const INITIAL_READ_BUFFER_CAPACITY: usize = 1024;
+
 #[derive(Debug)]
 pub struct Codec<T, B> {
     inner: FramedRead<FramedWrite<T, B>>,
@@ -42,12 +49,19 @@ where
         let framed_write = FramedWrite::new(io);
 
         // Delimit the frames
-        let delimited = length_delimited::Builder::new()
+        let codec = length_delimited::Builder::new()
             .big_endian()
             .length_field_length(3)
             .length_adjustment(9)
             .num_skip(0) // Don't skip the header
-            .new_read(framed_write);
+            .new_codec();
+        // Start the read buffer small: the codec grows it to the length of a
+        // larger frame once that frame's header has been read.
+        let delimited = tokio_util::codec::FramedRead::with_capacity(
+            framed_write,
+            codec,
+            INITIAL_READ_BUFFER_CAPACITY,
+        );
 
         let mut inner = FramedRead::new(delimited);
 
@@ -208,5 +222,122 @@ where
 {
     fn from(src: T) -> Self {
         Self::new(src)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{Ping, Settings, StreamId};
+    use bytes::{Bytes, BytesMut};
+    use std::future::poll_fn;
+    use tokio::io::ReadBuf;
+
+    /// An in-memory transport: reads come from `read`, writes go to `written`.
+    struct Mock {
+        read: io::Cursor<Vec<u8>>,
+        written: Vec<u8>,
+    }
+
+    impl AsyncRead for Mock {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let pos = self.read.position() as usize;
+            let src = &self.read.get_ref()[pos..];
+            let n = src.len().min(buf.remaining());
+            buf.put_slice(&src[..n]);
+            self.read.set_position((pos + n) as u64);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Mock {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.written.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn codec(read: Vec<u8>) -> Codec<Mock, Bytes> {
+        Codec::new(Mock {
+            read: io::Cursor::new(read),
+            written: Vec::new(),
+        })
+    }
+
+    async fn next(codec: &mut Codec<Mock, Bytes>) -> Option<Result<Frame, Error>> {
+        poll_fn(|cx| Pin::new(&mut *codec).poll_next(cx)).await
+    }
+
+    #[tokio::test]
+    async fn write_buffer_is_allocated_while_frames_are_buffered() {
+        let mut codec = codec(Vec::new());
+        assert_eq!(codec.framed_write().write_buffer_capacity(), 0);
+
+        let payload = Bytes::from(vec![7u8; 16_000]);
+        let frames: Vec<Frame<Bytes>> = vec![
+            Settings::default().into(),
+            Ping::new([1; 8]).into(),
+            Data::new(StreamId::from(1), payload.clone()).into(),
+            Ping::new([2; 8]).into(),
+        ];
+        let mut expected = BytesMut::new();
+        Settings::default().encode(&mut expected);
+        Ping::new([1; 8]).encode(&mut expected);
+        Data::new(StreamId::from(1), payload.clone()).encode_chunk(&mut expected);
+        Ping::new([2; 8]).encode(&mut expected);
+
+        for frame in frames {
+            poll_fn(|cx| codec.poll_ready(cx)).await.unwrap();
+            codec.buffer(frame).unwrap();
+            assert!(codec.framed_write().write_buffer_capacity() > 0);
+        }
+        poll_fn(|cx| codec.flush(cx)).await.unwrap();
+
+        assert_eq!(codec.get_mut().written, &expected[..]);
+        // Nothing is left to write: the buffer was given back.
+        assert_eq!(codec.framed_write().write_buffer_capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn read_buffer_starts_small_and_a_large_frame_still_decodes() {
+        let payload = Bytes::from((0..20_000u32).map(|i| i as u8).collect::<Vec<_>>());
+        let mut wire = BytesMut::new();
+        Settings::default().encode(&mut wire);
+        Data::new(StreamId::from(1), payload.clone()).encode_chunk(&mut wire);
+        Ping::new([3; 8]).encode(&mut wire);
+
+        let mut codec = codec(wire.to_vec());
+        codec.set_max_recv_frame_size(32_768);
+        // Every connection holds its read buffer for its whole life.
+        assert!(codec.inner.read_buffer_capacity() <= 1024);
+
+        assert!(matches!(
+            next(&mut codec).await,
+            Some(Ok(Frame::Settings(_)))
+        ));
+        match next(&mut codec).await {
+            Some(Ok(Frame::Data(data))) => assert_eq!(data.payload(), &payload),
+            other => panic!("expected DATA, got {other:?}"),
+        }
+        assert!(
+            matches!(next(&mut codec).await, Some(Ok(Frame::Ping(p))) if p.payload() == &[3; 8])
+        );
+        assert!(next(&mut codec).await.is_none());
     }
 }

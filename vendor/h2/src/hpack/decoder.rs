@@ -158,7 +158,9 @@ impl Decoder {
             max_size_update: None,
             last_max_update: size,
             table: Table::new(size),
-            buffer: BytesMut::with_capacity(4096),
+            // Allocated for a header block's first Huffman-coded string, and
+            // let go of at the end of the block (see `decode`).
+            buffer: BytesMut::new(),
         }
     }
 
@@ -174,7 +176,19 @@ impl Decoder {
     }
 
     /// Decodes the headers found in the given buffer.
-    pub fn decode<F>(
+    pub fn decode<F>(&mut self, src: &mut Cursor<&mut BytesMut>, f: F) -> Result<(), DecoderError>
+    where
+        F: FnMut(Header) -> ControlFlow<()>,
+    {
+        let ret = self.decode_block(src, f);
+        // The decoded strings share the buffer's allocation: they keep it
+        // alive for as long as they need it. The decoder lets go of it, so
+        // that it holds nothing between header blocks.
+        self.buffer = BytesMut::new();
+        ret
+    }
+
+    fn decode_block<F>(
         &mut self,
         src: &mut Cursor<&mut BytesMut>,
         mut f: F,
@@ -333,6 +347,13 @@ impl Decoder {
 
         let offset = (buf.position() - old_pos) as usize;
         if huff {
+            // Room for this string and, in one allocation per header block,
+            // for the rest of the block's strings: a string of `n` bytes
+            // decodes to at most `n * 8 / 5 + 1`, less than twice what it
+            // takes in the block with its length prefix.
+            if self.buffer.capacity() - self.buffer.len() < len * 8 / 5 + 1 {
+                self.buffer.reserve(2 * buf.remaining() + 1);
+            }
             let ret = {
                 let raw = &buf.chunk()[..len];
                 huffman::decode(raw, &mut self.buffer).map(|buf| StringMarker {
@@ -893,6 +914,58 @@ mod test {
                 assert_eq!(value, "bar");
             }
             _ => panic!(),
+        }
+    }
+
+    #[test]
+    fn test_decode_holds_no_buffer_between_header_blocks() {
+        let mut de = Decoder::new(4096);
+        let values: Vec<String> = (0..64).map(|i| format!("value-{i}-").repeat(i)).collect();
+        let mut buf = BytesMut::new();
+        for value in &values {
+            // Literal without indexing, new name, both Huffman coded.
+            buf.extend([0]);
+            let name = huff_encode(b"x-name");
+            encode_len(name.len(), &mut buf);
+            buf.extend(name);
+            let value = huff_encode(value.as_bytes());
+            encode_len(value.len(), &mut buf);
+            buf.extend(value);
+        }
+
+        let mut res = vec![];
+        de.decode(&mut Cursor::new(&mut buf), |h| {
+            res.push(h);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+
+        assert_eq!(res.len(), values.len());
+        for (h, value) in res.iter().zip(&values) {
+            match h {
+                Header::Field { name, value: v } => {
+                    assert_eq!(name, "x-name");
+                    assert_eq!(v, value.as_str());
+                }
+                _ => panic!(),
+            }
+        }
+        // The decoded strings keep what they need; the decoder keeps nothing.
+        assert_eq!(de.buffer.capacity(), 0);
+    }
+
+    /// A string length with the Huffman flag and a 7-bit prefix.
+    fn encode_len(len: usize, dst: &mut BytesMut) {
+        if len < 127 {
+            dst.extend([0x80 | len as u8]);
+        } else {
+            dst.extend([0x80 | 127]);
+            let mut rest = len - 127;
+            while rest >= 128 {
+                dst.extend([(rest % 128) as u8 | 0x80]);
+                rest /= 128;
+            }
+            dst.extend([rest as u8]);
         }
     }
 
