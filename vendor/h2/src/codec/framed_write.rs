@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::io::poll_write_buf;
 
+use std::cmp;
 use std::io::{self, Cursor};
 
 // A macro to get around a method needing to borrow &mut self
@@ -35,8 +36,10 @@ struct Encoder<B> {
 
     /// Write buffer
     ///
-    /// Allocated when a frame is buffered and given back once it has been
-    /// flushed, so that an idle connection holds no write buffer.
+    /// Allocated small when a frame is buffered, grown as frames are added
+    /// (up to `DEFAULT_BUFFER_CAPACITY` before a flush is needed), and given
+    /// back once it has been flushed, so that an idle connection holds no
+    /// write buffer.
     ///
     /// TODO: Should this be a ring buffer?
     buf: Cursor<BytesMut>,
@@ -63,8 +66,7 @@ enum Next<B> {
     Continuation(frame::Continuation),
 }
 
-/// Allocate this amount of write buffer when a frame is buffered into an
-/// empty, unallocated buffer.
+/// Buffer frames up to this amount before a flush is needed.
 ///
 /// The minimum MAX_FRAME_SIZE is 16kb, so always be able to send a HEADERS
 /// frame that big.
@@ -316,18 +318,21 @@ where
     }
 
     fn has_capacity(&self) -> bool {
-        // An empty buffer always has capacity: `buffer` allocates it.
+        // The buffer is allocated and grown on demand (`reserve_buf`): what
+        // counts is what it may grow to, not what it holds now.
+        let buf = self.buf.get_ref();
         self.next.is_none()
-            && (self.buf.get_ref().is_empty()
-                || self.buf.get_ref().capacity() - self.buf.get_ref().len()
-                    >= self.min_buffer_capacity)
+            && (cmp::max(buf.capacity(), DEFAULT_BUFFER_CAPACITY) - buf.len()
+                >= self.min_buffer_capacity)
     }
 
-    /// Allocates the write buffer if it was given back (or never allocated).
+    /// Makes room for a frame: allocates the write buffer if it was given back
+    /// (or never allocated), or grows it (doubling).
     fn reserve_buf(&mut self) {
+        let min = self.min_buffer_capacity;
         let buf = self.buf.get_mut();
-        if buf.is_empty() && buf.capacity() < self.min_buffer_capacity {
-            buf.reserve(DEFAULT_BUFFER_CAPACITY);
+        if buf.capacity() - buf.len() < min {
+            buf.reserve(min);
         }
     }
 

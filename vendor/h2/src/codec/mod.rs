@@ -312,6 +312,32 @@ mod tests {
         assert_eq!(codec.get_mut().written, &expected[..]);
         // Nothing is left to write: the buffer was given back.
         assert_eq!(codec.framed_write().write_buffer_capacity(), 0);
+
+        // A control frame takes a small buffer, not the 16 KiB a flush may hold.
+        poll_fn(|cx| codec.poll_ready(cx)).await.unwrap();
+        codec.buffer(Ping::new([4; 8]).into()).unwrap();
+        assert!(codec.framed_write().write_buffer_capacity() <= 2048);
+        poll_fn(|cx| codec.flush(cx)).await.unwrap();
+        assert_eq!(codec.framed_write().write_buffer_capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn many_small_frames_grow_the_write_buffer_and_arrive_in_order() {
+        let mut codec = codec(Vec::new());
+        let mut expected = BytesMut::new();
+        for i in 0..1000u32 {
+            let payload = Bytes::from(vec![i as u8; 100]);
+            Data::new(StreamId::from(1), payload.clone()).encode_chunk(&mut expected);
+            poll_fn(|cx| codec.poll_ready(cx)).await.unwrap();
+            codec
+                .buffer(Data::new(StreamId::from(1), payload).into())
+                .unwrap();
+            // Never more than a flush's worth is buffered.
+            assert!(codec.framed_write().write_buffer_capacity() <= 2 * 16 * 1024);
+        }
+        poll_fn(|cx| codec.flush(cx)).await.unwrap();
+        assert_eq!(codec.get_mut().written, &expected[..]);
+        assert_eq!(codec.framed_write().write_buffer_capacity(), 0);
     }
 
     #[tokio::test]
