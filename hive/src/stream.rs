@@ -234,7 +234,9 @@ impl Session {
         }
         self.resample = 0;
         self.last_taken_at = sample.taken_at_unix_ms;
-        Some(self.envelope(HivePayload::Sample(sample)))
+        let message = self.envelope(HivePayload::Sample(sample));
+        crate::footprint::stream_sent(self.seq);
+        Some(message)
     }
 
     fn apply(&mut self, request: QueenStreamMessage) {
