@@ -331,10 +331,6 @@ pub struct HiveConfig {
     pub models: Option<crate::models::ModelsConfig>,
     /// Preloading and residency (used only with a models directory).
     pub preload: crate::preload::PreloadConfig,
-    /// Once serving, drop the process's mappings of the code that only start-up ran
-    /// (`rbee_pagecache::release_own_code`): `hive serve` sets it, where the process is
-    /// one hive; embedders and tests leave it off.
-    pub release_startup_code: bool,
 }
 
 impl HiveConfig {
@@ -357,7 +353,6 @@ impl HiveConfig {
             metrics: None,
             models: None,
             preload: crate::preload::PreloadConfig::default(),
-            release_startup_code: false,
         }
     }
 }
@@ -447,7 +442,6 @@ impl ServeArgs {
                 pressure_limit: self.preload_pressure_limit,
                 ..crate::preload::PreloadConfig::default()
             },
-            release_startup_code: true,
         };
         Ok((self.listen, config))
     }

@@ -11,7 +11,6 @@
 //! `rbee_shared`); [`run`] ([`server`]) wires them together.
 //!
 //! - [`error`]: the crate's one error type and its one mapping to a gRPC status.
-//! - [`footprint`]: `hive serve` releases the code only its start ran from its RSS.
 //! - [`identity`]: who this hive is (stable id, per-start epoch, state directory).
 //! - [`source`], then [`procs`]: where readings come from (NVML, `/proc`, simulated
 //!   GPUs) and the processes on each GPU.
@@ -37,7 +36,6 @@ pub mod cli;
 pub mod config;
 pub mod convert;
 pub mod error;
-pub mod footprint;
 pub mod identity;
 pub mod metrics;
 pub mod models;

@@ -258,7 +258,7 @@ async fn serve_parts(
     } else {
         (None, None)
     };
-    let router = grpc_server::server(config.tls.clone())?
+    let result = grpc_server::server(config.tls.clone())?
         .max_concurrent_streams(per_connection)
         .layer(rbee_shared::size_limit::SizeLimitStatusLayer)
         .add_service(health_service)
@@ -274,12 +274,7 @@ async fn serve_parts(
             // FetchModel's largest valid request (512 files with peers) is over 1 MiB;
             // tonic's limit is per service, so every Hive RPC gets it (docs/models.md).
             .max_decoding_message_size(MAX_FETCH_REQUEST_BYTES.max(MAX_DECODING_MESSAGE_BYTES)),
-        );
-    if config.release_startup_code {
-        // Start-up is done (telemetry open, first scan, server built).
-        crate::footprint::release_startup_code();
-    }
-    let result = router
+        )
         .serve_with_incoming_shutdown(grpc_server::incoming(listener), cancel.clone().cancelled_owned())
         .await;
     cancel.cancel();

@@ -234,9 +234,7 @@ impl Session {
         }
         self.resample = 0;
         self.last_taken_at = sample.taken_at_unix_ms;
-        let message = self.envelope(HivePayload::Sample(sample));
-        crate::footprint::stream_sent(self.seq);
-        Some(message)
+        Some(self.envelope(HivePayload::Sample(sample)))
     }
 
     fn apply(&mut self, request: QueenStreamMessage) {

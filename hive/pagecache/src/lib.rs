@@ -5,18 +5,12 @@
 //!   read-only mapping of the file where the kernel lacks it (`ENOSYS`) or a seccomp
 //!   filter forbids it (`EPERM`).
 //! - [`evict`] drops a file's clean cached pages with `posix_fadvise(DONTNEED)`.
-//! - [`release_own_code`] drops this process's mappings of its own executable's clean
-//!   pages (`madvise(MADV_DONTNEED)`), so that code only start-up ran leaves its RSS.
 //!
 //! No well-kept crate wraps `cachestat` or `mincore` safely (rustix 1.1 has neither;
-//! nix has neither), so [`sys`] makes those two calls itself (and `madvise` over the executable's own clean
-//! mappings, which no safe wrapper can offer for an arbitrary range). It is the only unsafe
+//! nix has neither), so [`sys`] makes those two calls itself. It is the only unsafe
 //! code in rbee; every block says why it is sound.
 
-mod own_code;
 mod sys;
-
-pub use own_code::{Released, release_own_code};
 
 use std::fs::File;
 use std::io;

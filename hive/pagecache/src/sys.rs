@@ -100,22 +100,3 @@ pub fn mincore_pages(file: &File) -> io::Result<u64> {
     }
     Ok(resident)
 }
-
-/// `madvise(start, len, MADV_DONTNEED)` over a mapping that `own_code` found to hold
-/// only its file's contents.
-///
-/// Sound only for such a mapping: it must be a private, read-only mapping of the running
-/// executable with no anonymous (copy-on-write) page. For one, `MADV_DONTNEED` changes
-/// no byte a reader can see: it removes the page-table entries, and the next access
-/// maps the same page-cache page again (the executable cannot be written while it runs:
-/// `ETXTBSY`). Kept private to the crate so that no other range reaches it.
-#[allow(unsafe_code)]
-pub(crate) fn dontneed_clean_file_mapping(start: usize, len: usize) -> io::Result<()> {
-    // SAFETY: see above; `start..start+len` is a whole mapping listed by
-    // /proc/self/smaps (page aligned), and the caller checked it is clean and read-only.
-    let rc = unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_DONTNEED) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
