@@ -7,7 +7,11 @@
 # (docs/bench/eight-gpus.toml), with one MetricsStream subscriber at 1 Hz (grpcurl), and
 # `prometheus-node-exporter` with only the cpu and meminfo collectors, scraped once a
 # second (curl). Both run for SECONDS (default 60); then it prints each process's CPU
-# time per sample / per scrape (from /proc/PID/stat) and its RSS (VmRSS, VmHWM).
+# time per sample / per scrape (from /proc/PID/stat) and its RSS (VmRSS, VmHWM), split
+# into anonymous and file-backed, and where the hive's file-backed pages are (its own
+# binary's code and read-only data, the shared libraries; /proc/PID/smaps). For the
+# shipped build: `cargo build --profile dist -p rbee-hive --bin hive`, then give
+# target/dist/hive as HIVE_BINARY.
 # Where `perf` runs, it also prints each one's task-clock over the same window (finer
 # than the 10 ms ticks of /proc/PID/stat).
 set -euo pipefail
