@@ -7,7 +7,11 @@
 # (docs/bench/eight-gpus.toml), with one MetricsStream subscriber at 1 Hz (grpcurl), and
 # `prometheus-node-exporter` with only the cpu and meminfo collectors, scraped once a
 # second (curl). Both run for SECONDS (default 60); then it prints each process's CPU
-# time per sample / per scrape (from /proc/PID/stat) and its RSS (VmRSS, VmHWM).
+# time per sample / per scrape (from /proc/PID/stat) and its RSS (VmRSS, VmHWM), split
+# into anonymous and file-backed, and where the hive's file-backed pages are (its own
+# binary's code and read-only data, the shared libraries; /proc/PID/smaps). For the
+# shipped build: `cargo build --profile dist -p rbee-hive --bin hive`, then give
+# target/dist/hive as HIVE_BINARY.
 # Where `perf` runs, it also prints each one's task-clock over the same window (finer
 # than the 10 ms ticks of /proc/PID/stat).
 set -euo pipefail
@@ -59,6 +63,22 @@ awk -v hs="$samples" -v ns="$scrapes" -v ht="$((h1 - h0))" -v nt="$((n1 - n0))" 
   printf "node_exporter: %d scrapes (cpu+meminfo), CPU %.2f ms per scrape, RSS %.1f MiB (peak %.1f MiB; anonymous %.1f, file-backed %.1f)\n", ns, nms, nr / 1024, nh / 1024, na / 1024, nf / 1024;
   if (nms > 0) printf "hive / node_exporter CPU: %.2f (target <= 0.25)\n", hms / nms;
 }'
+# Where the hive's file-backed RSS is (the split above, explained): pages of its own
+# binary mapped from the page cache (its code, and read-only data with the relocation
+# and unwind tables), and of the shared libraries (libc, libm, ...). Shared with the page
+# cache and other processes mapping the same files; reclaimable. Private written pages
+# (the relocated data) count as anonymous, in smaps as in /proc/PID/status.
+exe=$(readlink -f "/proc/$hpid/exe")
+awk -v exe="$exe" '
+  /^[0-9a-f]+-[0-9a-f]+ / { path = $6; perms = $2; next }
+  $1 == "Rss:" { rss = $2; next }
+  $1 == "Anonymous:" {
+    f = rss - $2;
+    if (path == exe) { if (perms ~ /x/) code += f; else data += f }
+    else if (path ~ /^\//) libs += f;
+  }
+  END { printf "hive file-backed RSS: its binary %.1f MiB (code %.1f, read-only data %.1f), shared libraries %.1f MiB\n", (code + data) / 1024, code / 1024, data / 1024, libs / 1024 }
+' "/proc/$hpid/smaps"
 if ((${#perfs[@]})); then
   wait "${perfs[@]}" || true
   clock() { awk -F, '$3 == "task-clock" || $3 ~ /task-clock/ {print $1; exit}' "$1"; }

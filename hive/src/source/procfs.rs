@@ -2,7 +2,8 @@
 //!
 //! Each sample re-reads `/proc/stat`, `/proc/meminfo`, `/proc/loadavg` and
 //! `/proc/uptime` from offset 0 (`pread`, as `top` does) into buffers that are reused,
-//! instead of opening, stat-ing and closing four files every second. CPU usage is
+//! instead of opening, stat-ing and closing four files every second: one `pread` each,
+//! as the kernel generates each whole on every read. CPU usage is
 //! computed exactly as sysinfo computes it (busy share of the ticks in the window).
 
 use std::fs::File;
@@ -17,12 +18,41 @@ pub struct ProcFile {
     file: File,
     /// The last contents (the allocation is reused).
     buf: Vec<u8>,
+    /// The kernel generates the file as one record (see [`ProcFile::open_one_record`]),
+    /// and it is on procfs: a read that does not fill the buffer returned all of it.
+    one_record: bool,
+    /// `pread`s made so far.
+    reads: u64,
 }
 
+/// `PROC_SUPER_MAGIC`, procfs's `f_type`.
+const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+
 impl ProcFile {
-    /// Opens `path`.
+    /// Opens `path`; each [`ProcFile::read`] reads until a read returns nothing.
     pub fn open(path: &Path) -> io::Result<Self> {
-        Ok(Self { file: File::open(path)?, buf: Vec::new() })
+        Ok(Self { file: File::open(path)?, buf: Vec::new(), one_record: false, reads: 0 })
+    }
+
+    /// Opens `path`, a file the kernel generates whole as one record on every read
+    /// (`seq_file`'s `single_open`: `/proc/stat`, `/proc/meminfo`, `/proc/loadavg`,
+    /// `/proc/uptime`): a read at offset 0 returns all of it, or as much as the buffer
+    /// holds. Where it is on procfs, a read that leaves room in the buffer is the whole
+    /// file, and [`ProcFile::read`] makes one `pread` instead of two (the second only to
+    /// see the end). Elsewhere (a test's fixture files) it reads until a read returns
+    /// nothing, as [`ProcFile::open`].
+    pub fn open_one_record(path: &Path) -> io::Result<Self> {
+        let mut f = Self::open(path)?;
+        // `f_type`'s integer type differs between targets (i64 on x86_64 glibc).
+        #[allow(clippy::useless_conversion)]
+        let on_procfs = rustix::fs::fstatfs(&f.file).is_ok_and(|s| i64::from(s.f_type) == PROC_SUPER_MAGIC);
+        f.one_record = on_procfs;
+        Ok(f)
+    }
+
+    /// `pread`s made so far.
+    pub fn reads(&self) -> u64 {
+        self.reads
     }
 
     /// Reads the whole file as it is now.
@@ -33,10 +63,14 @@ impl ProcFile {
                 self.buf.resize((self.buf.len() * 2).max(4096), 0);
             }
             let n = self.file.read_at(&mut self.buf[len..], len as u64)?;
+            self.reads += 1;
             if n == 0 {
                 break;
             }
             len += n;
+            if self.one_record && len < self.buf.len() {
+                break;
+            }
         }
         std::str::from_utf8(&self.buf[..len]).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
@@ -174,6 +208,36 @@ mod tests {
                         cpu1 40 0 20 400 40 0 0 0 0 0\nintr 12345 1 2\nctxt 999\n";
     const STAT_LATER: &str = "cpu  200 0 100 850 50 0 0 0 0 0\ncpu0 160 0 80 410 10 0 0 0 0 0\n\
                               cpu1 40 0 20 440 40 0 0 0 0 0\nintr 12346 1 2\n";
+
+    #[test]
+    fn a_one_record_proc_file_takes_one_pread_per_read() {
+        for name in ["stat", "meminfo", "loadavg", "uptime"] {
+            let path = Path::new("/proc").join(name);
+            let mut f = ProcFile::open_one_record(&path).unwrap();
+            for i in 1..=3 {
+                let text = f.read().unwrap().to_owned();
+                assert!(text.ends_with('\n') && text.len() > 10, "{name}: {text:?}");
+                assert_eq!(f.reads(), i, "{name}: one pread per read, not a second to see the end");
+            }
+            // Without the one-record rule it takes a second read to see the end.
+            let mut plain = ProcFile::open(&path).unwrap();
+            plain.read().unwrap();
+            assert_eq!(plain.reads(), 2, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_one_record_file_off_procfs_is_read_to_its_end() {
+        // A fixture file (not procfs) longer than the first buffer: read whole, to the end.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stat");
+        let text: String = (0..1000).map(|i| format!("cpu{i} 1 2 3\n")).collect();
+        assert!(text.len() > 8192);
+        std::fs::write(&path, &text).unwrap();
+        let mut f = ProcFile::open_one_record(&path).unwrap();
+        assert_eq!(f.read().unwrap(), text);
+        assert_eq!(f.read().unwrap(), text);
+    }
 
     #[test]
     fn cpu_usage_is_the_busy_share_of_the_window() {

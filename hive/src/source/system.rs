@@ -29,7 +29,7 @@ impl ProcFiles {
     fn open(root: &Path) -> Self {
         let open = |name: &str| {
             let path = root.join(name);
-            ProcFile::open(&path)
+            ProcFile::open_one_record(&path)
                 .inspect_err(
                     |e| tracing::warn!(path = %path.display(), error = %e, "cannot read; not reported"),
                 )
