@@ -53,7 +53,7 @@ fn sample(second: u64) -> Sample {
         .map(|i| rbee_shared::GpuSample {
             id: format!("GPU-{i:08x}"),
             index: i,
-            vram_used_bytes: Some((second + u64::from(i)) % 40 << 30),
+            vram_used_bytes: Some(((second + u64::from(i)) % 40) << 30),
             gpu_util_percent: Some(((second * 7 + u64::from(i) * 13) % 100) as f32),
             temperature_c: Some(50.0),
             power_draw_mw: Some(300_000),
