@@ -76,11 +76,15 @@ fn a_delta_is_decoded_without_copying_the_view_anew_and_a_bad_frame_changes_noth
     }
     let region = Region::new(GLOBAL);
     let decoded = decoder.decode_sample(&frames[3], &layout).unwrap();
-    let allocations = region.change().allocations;
+    let change = region.change();
     assert_eq!(decoded, sample(4));
     // What the domain sample owns: its GPU list, each GPU's id and the per-core list
     // (10). Copying the view anew added as many again (20 on the old code).
+    let allocations = change.allocations;
     assert!(allocations <= 12, "{allocations} allocations to decode a delta of 8 GPUs");
+    // Each list is allocated at its length, not grown to it (3 reallocations on the old
+    // code: the GPU list from 4 to 8, the per-core list from 4 to 16).
+    assert_eq!(change.reallocations, 0, "reallocations to decode a delta of 8 GPUs");
 
     // A bad frame (a GPU position the capabilities do not have) leaves the view as it
     // was: the next good delta applies to it. (In the same test: the allocator counts
