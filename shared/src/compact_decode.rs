@@ -2,6 +2,8 @@
 //! sample into the next view (the encoder keeps its copy of the receiver's view with
 //! it too), and [`Decoder`] holds a stream's view.
 
+use std::cell::RefCell;
+
 use rbee_proto::v1 as pb;
 
 use super::extras::Known;
@@ -176,10 +178,22 @@ fn apply_gpu(s: &mut pb::GpuSample, c: &pb::CompactGpu, total: u64) -> Result<()
 pub struct Decoder {
     /// The view so far.
     view: Option<pb::Sample>,
-    /// The view before last, kept for its allocations: the next sample is applied to a
-    /// copy of the view made in it, so that a bad frame leaves the view as it was
-    /// without a new allocation per sample.
-    spare: Option<pb::Sample>,
+}
+
+thread_local! {
+    /// A view no decoder holds any more, kept for its allocations: a decoder applies the
+    /// next sample to a copy of its view made in it, so that a bad frame leaves the view
+    /// as it was without new allocations per sample, and the view it replaces becomes
+    /// the spare. One per thread, not one per decoder: a queen holds thousands of
+    /// decoders and runs a few at once.
+    static SPARE: RefCell<Option<pb::Sample>> = const { RefCell::new(None) };
+}
+
+/// Gives `view` back as the spare (a `None` keeps the spare there is).
+fn give_back(view: Option<pb::Sample>) {
+    if view.is_some() {
+        SPARE.with(|s| *s.borrow_mut() = view);
+    }
 }
 
 impl Decoder {
@@ -189,25 +203,26 @@ impl Decoder {
     }
 
     /// The held view copied into the spare one (its allocations reused).
-    fn next_view(&mut self) -> Option<pb::Sample> {
-        let mut next = self.spare.take();
-        match (&self.view, &mut next) {
-            (Some(view), Some(into)) => copy_sample(view, into),
-            (view, next) => next.clone_from(view),
-        }
-        next
+    fn next_view(&self) -> Option<pb::Sample> {
+        let view = self.view.as_ref()?;
+        let mut next = SPARE.with(|s| s.borrow_mut().take()).unwrap_or_default();
+        copy_sample(view, &mut next);
+        Some(next)
     }
 
     /// Makes `next` the view; the one it replaces becomes the spare.
     fn keep(&mut self, next: Option<pb::Sample>) {
-        self.spare = std::mem::replace(&mut self.view, next);
+        give_back(std::mem::replace(&mut self.view, next));
     }
 
     /// The full sample `c` makes of the held view, against `layout` (the capabilities
     /// the stream delivered). A bad compact sample leaves the view as it was.
     pub fn decode(&mut self, c: &pb::CompactSample, layout: &Layout) -> Result<pb::Sample, CompactError> {
         let mut view = self.next_view();
-        apply(&mut view, c, layout)?;
+        if let Err(e) = apply(&mut view, c, layout) {
+            give_back(view);
+            return Err(e);
+        }
         self.keep(view);
         Ok(self.view.clone().unwrap_or_default())
     }
@@ -217,7 +232,10 @@ impl Decoder {
     /// one whose full sample does not validate, leaves the view as it was.
     pub fn decode_sample(&mut self, c: &pb::CompactSample, layout: &Layout) -> Result<Sample, CompactError> {
         let mut view = self.next_view();
-        apply(&mut view, c, layout)?;
+        if let Err(e) = apply(&mut view, c, layout) {
+            give_back(view);
+            return Err(e);
+        }
         let sample = Sample::try_from(view.as_ref().unwrap_or(&pb::Sample::default()));
         match sample {
             Ok(sample) => {
@@ -225,7 +243,7 @@ impl Decoder {
                 Ok(sample)
             }
             Err(e) => {
-                self.spare = view;
+                give_back(view);
                 Err(e.into())
             }
         }

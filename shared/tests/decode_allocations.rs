@@ -2,7 +2,7 @@
 //! allocations): at 10,000 hives the queen decodes 10,000 frames a second, and each used
 //! to clone the whole held sample (its GPU list, every GPU's id, the per-core list)
 //! before applying the frame, so that a bad frame could leave the view as it was. The
-//! copy now goes into the view before last, whose allocations it reuses. A counting
+//! copy now goes into a spare view (one per thread), whose allocations it reuses. A counting
 //! global allocator measures one delta of 8 GPUs; a bad frame still changes nothing.
 
 use std::alloc::System;
