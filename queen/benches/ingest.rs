@@ -83,7 +83,7 @@ fn main() {
         let seq = i as u64 + 1;
         window.push(&sample, seq * 1000);
         view.stats = if fresh { Arc::new(window.stats()) } else { spares.stats(&window) };
-        view.latest = Some(Arc::new(*sample));
+        view.latest = Some(sample);
         let input = HealthInput {
             state: ConnState::Online,
             silence: Some(Duration::ZERO),

@@ -365,6 +365,17 @@ impl From<&GpuSample> for pb::GpuSample {
     }
 }
 
+/// `f` of every item (with its position), in a vector allocated once at its length:
+/// collecting `Result`s grows a vector from a guess instead (4, 8, 16, ...: a
+/// reallocation per doubling, for every sample the queen converts).
+fn each_checked<T, U>(items: &[T], mut f: impl FnMut(usize, &T) -> Checked<U>) -> Checked<Vec<U>> {
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        out.push(f(i, item)?);
+    }
+    Ok(out)
+}
+
 fn gpu_sample_from_wire(field: impl fmt::Display + Copy, g: &pb::GpuSample) -> Checked<GpuSample> {
     if let (Some(used), Some(free)) = (g.vram_used_bytes, g.vram_free_bytes)
         && used.checked_add(free).is_none()
@@ -593,15 +604,10 @@ impl TryFrom<&pb::Sample> for Sample {
             taken_at_unix_ms: s.taken_at_unix_ms,
             cpu_window_ms: s.cpu_window_ms,
             cpu_percent: check_percent("sample.cpu_percent", s.cpu_percent)?,
-            cpu_per_core_percent: s
-                .cpu_per_core_percent
-                .iter()
-                .enumerate()
-                .map(|(i, p)| {
-                    check_percent(format_args!("sample.cpu_per_core_percent[{i}]"), Some(*p))
-                        .map(|p| p.unwrap_or(0.0))
-                })
-                .collect::<Checked<_>>()?,
+            cpu_per_core_percent: each_checked(&s.cpu_per_core_percent, |i, p| {
+                check_percent(format_args!("sample.cpu_per_core_percent[{i}]"), Some(*p))
+                    .map(|p| p.unwrap_or(0.0))
+            })?,
             load_average,
             ram_total_bytes: s.ram_total_bytes,
             ram_used_bytes: s.ram_used_bytes,
@@ -609,19 +615,11 @@ impl TryFrom<&pb::Sample> for Sample {
             swap_total_bytes: s.swap_total_bytes,
             swap_used_bytes: s.swap_used_bytes,
             uptime_s: s.uptime_s,
-            gpus: s
-                .gpus
-                .iter()
-                .enumerate()
-                .map(|(i, g)| gpu_sample_from_wire(format_args!("sample.gpus[{i}]"), g))
-                .collect::<Checked<_>>()?,
+            gpus: each_checked(&s.gpus, |i, g| gpu_sample_from_wire(format_args!("sample.gpus[{i}]"), g))?,
             capability_version: s.capability_version,
-            lost_gpus: s
-                .lost_gpus
-                .iter()
-                .enumerate()
-                .map(|(i, l)| lost_gpu_from_wire(format_args!("sample.lost_gpus[{i}]"), l))
-                .collect::<Checked<_>>()?,
+            lost_gpus: each_checked(&s.lost_gpus, |i, l| {
+                lost_gpu_from_wire(format_args!("sample.lost_gpus[{i}]"), l)
+            })?,
             downloads: models::downloads_from_wire("sample.downloads", &s.downloads)?,
             models_disk: s
                 .models_disk

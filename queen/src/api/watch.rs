@@ -219,7 +219,11 @@ impl WatchSession {
     fn fill_samples(&mut self) {
         for hive in self.fleet.list() {
             let Some(sample) = hive.latest.as_deref() else { continue };
-            let last = self.sent.entry(hive.address.clone()).or_insert(0);
+            // The address is copied only for a hive new to this watcher, not per sample.
+            let last = match self.sent.get_mut(&hive.address) {
+                Some(last) => last,
+                None => self.sent.entry(hive.address.clone()).or_insert(0),
+            };
             if hive.samples_applied <= *last {
                 continue;
             }

@@ -27,8 +27,9 @@ pub enum Outcome {
     },
     /// A diff applied cleanly.
     Diff,
-    /// A sample (boxed: it carries download records and is much larger than the rest).
-    Sample(Box<Sample>),
+    /// A sample, in the `Arc` the snapshot then holds it in (one allocation, where a
+    /// box and then an `Arc` made two and a copy of the whole sample between them).
+    Sample(Arc<Sample>),
     /// The view can no longer be trusted: ask the hive for a snapshot. Later diffs are
     /// dropped until it arrives.
     NeedResync(String),
@@ -184,7 +185,7 @@ impl IngestState {
                 _ => {
                     let mut s = s;
                     self.cut_sample(&mut s);
-                    Outcome::Sample(Box::new(s))
+                    Outcome::Sample(Arc::new(s))
                 }
             },
             HivePayload::Diff(diff) => {

@@ -256,7 +256,7 @@ impl Manager {
         }
     }
 
-    fn take_sample(&mut self, sample: Sample) {
+    fn take_sample(&mut self, sample: Arc<Sample>) {
         let received_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.window.push(&sample, received_ms);
         self.view.stats = self.spare.stats(&self.window);
@@ -265,7 +265,7 @@ impl Manager {
         self.sample_version = sample.capability_version.unwrap_or_else(|| self.ingest.version());
         let taken_at = sample.taken_at_unix_ms;
         self.sample_received_unix_ms = Some(rbee_shared::time::now_unix_ms());
-        self.view.latest = Some(Arc::new(sample));
+        self.view.latest = Some(sample);
         self.view.latest_received = Some(std::time::Instant::now());
         self.view.samples_applied += 1;
         self.last_applied = Instant::now();
@@ -449,7 +449,7 @@ impl Manager {
                 self.caps_changed(restarted);
             }
             Outcome::Diff => self.caps_changed(false),
-            Outcome::Sample(s) => self.take_sample(*s),
+            Outcome::Sample(s) => self.take_sample(s),
             Outcome::NeedResync(reason) => {
                 self.view.counters.gaps += 1;
                 if let Verdict::Log { suppressed } = self.warnings.check(&()) {

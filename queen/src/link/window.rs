@@ -239,8 +239,12 @@ impl SampleWindow {
         }
     }
 
-    fn slot(&mut self, id: &str) -> u16 {
-        match self.ids.iter().position(|x| x == id) {
+    /// The slot of GPU `id`, the `at`-th of its sample: a GPU keeps the slot it was
+    /// first seen in, which is usually its place in every sample (one comparison of
+    /// ids, not one per GPU before it).
+    fn slot(&mut self, at: usize, id: &str) -> u16 {
+        let here = self.ids.get(at).is_some_and(|x| x == id).then_some(at);
+        match here.or_else(|| self.ids.iter().position(|x| x == id)) {
             Some(i) => i as u16,
             None => {
                 self.ids.push(id.to_owned());
@@ -306,9 +310,9 @@ impl SampleWindow {
         let gpus = u16::try_from(s.gpus.len()).unwrap_or(u16::MAX);
         let head = Head { at_ms, cpu: s.cpu_percent.unwrap_or(f32::NAN), ram, gpus };
         let limit = self.capacity.saturating_mul(usize::from(gpus));
-        for g in s.gpus.iter().take(usize::from(gpus)) {
+        for (at, g) in s.gpus.iter().take(usize::from(gpus)).enumerate() {
             let point = Point {
-                slot: self.slot(&g.id),
+                slot: self.slot(at, &g.id),
                 util: g.gpu_util_percent.unwrap_or(f32::NAN),
                 vram_mib: g
                     .vram_used_bytes
