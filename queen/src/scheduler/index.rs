@@ -239,6 +239,9 @@ impl PlaceIndex {
                 list
             }
         };
+        if self.recent.back().is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(&list))) {
+            return list;
+        }
         if self.recent.len() == RECENT_LISTS {
             self.recent.pop_front();
         }
