@@ -8,12 +8,69 @@
 //! reservation is released outside the timed section so the fleet stays comparable.
 //! A call that fails (the policy ran past its wall budget) or is rejected is counted
 //! and printed, not fatal: its latency is still in the figures.
+//!
+//! With the word `ingest` among the arguments the hives are a live `Fleet` and a thread
+//! publishes every hive's view once a second meanwhile (as the links do at 1 Hz: a new
+//! snapshot, then the change noted), so each Place also brings the placement index up to
+//! date with what was published since the last one:
+//!
+//!     cargo bench -p rbee-queen --bench place -- 10000 8 1000 ingest
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rbee_queen::fleet::{Fleet, FleetSettings, HiveSnapshot, NewHive, Origin, Watcher};
 use rbee_queen::scheduler::request::PlaceRequest;
-use rbee_queen::scheduler::{Outcome, Scheduler, SchedulerSettings, StaticHives, synthetic};
+use rbee_queen::scheduler::{HiveSource, Outcome, Scheduler, SchedulerSettings, StaticHives, synthetic};
+
+type Sender = tokio::sync::watch::Sender<Arc<HiveSnapshot>>;
+
+/// Keeps each added hive's sender, as a link would.
+#[derive(Clone, Default)]
+struct Senders(Arc<std::sync::Mutex<Vec<(String, Sender)>>>);
+
+impl Watcher for Senders {
+    fn start(&self, hive: NewHive) {
+        let address = hive.publish.borrow().address.clone();
+        self.0.lock().unwrap().push((address, hive.publish));
+    }
+}
+
+/// A live fleet of `views`, and a thread that publishes each hive's view (a new snapshot
+/// of it) once a second until `stop`.
+fn live(views: Vec<Arc<HiveSnapshot>>, stop: Arc<std::sync::atomic::AtomicBool>) -> Arc<Fleet> {
+    let senders = Senders::default();
+    let fleet = Fleet::new(FleetSettings::default(), Default::default(), senders.clone());
+    for v in &views {
+        fleet.add(&v.address, Origin::Static).unwrap();
+    }
+    let hives: Vec<(String, Sender, Arc<HiveSnapshot>)> = std::mem::take(&mut *senders.0.lock().unwrap())
+        .into_iter()
+        .zip(views)
+        .map(|((address, tx), v)| {
+            let v = Arc::new(HiveSnapshot { address: address.clone(), ..HiveSnapshot::clone(&v) });
+            (address, tx, v)
+        })
+        .collect();
+    let publisher = fleet.clone();
+    std::thread::spawn(move || {
+        let n = hives.len().max(1);
+        let start = Instant::now();
+        let mut i = 0usize;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            // Hive `i` of round `i / n` publishes at `i / n` seconds and its share of one.
+            let due = start + Duration::from_secs_f64(i as f64 / n as f64);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let (address, tx, view) = &hives[i % n];
+            tx.send_replace(Arc::new(HiveSnapshot::clone(view)));
+            publisher.changed(address);
+            i += 1;
+        }
+    });
+    fleet
+}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
@@ -24,9 +81,14 @@ fn main() {
     let hives = args.first().copied().unwrap_or(1000);
     let gpus = args.get(1).copied().unwrap_or(8);
     let n = args.get(2).copied().unwrap_or(5000);
-    let scheduler =
-        Scheduler::new(Arc::new(StaticHives(synthetic::fleet(hives, gpus))), SchedulerSettings::default())
-            .unwrap();
+    let ingest = std::env::args().any(|a| a == "ingest");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let source: Arc<dyn HiveSource> = if ingest {
+        live(synthetic::fleet(hives, gpus), stop.clone())
+    } else {
+        Arc::new(StaticHives(synthetic::fleet(hives, gpus)))
+    };
+    let scheduler = Scheduler::new(source, SchedulerSettings::default()).unwrap();
     let req = PlaceRequest::gpu(4 << 30);
 
     // Warm up.
@@ -61,7 +123,12 @@ fn main() {
     }
     lat.sort();
     let mean = lat.iter().sum::<Duration>() / n as u32;
-    println!("fleet: {hives} hives x {gpus} GPUs ({} devices), policy built-in:least-loaded", hives * gpus);
+    let publishing =
+        if ingest { format!(", each hive publishing at 1 Hz ({hives} views/s)") } else { String::new() };
+    println!(
+        "fleet: {hives} hives x {gpus} GPUs ({} devices), policy built-in:least-loaded{publishing}",
+        hives * gpus
+    );
     println!(
         "place latency (1 thread, {n} calls, {rejected} rejected, {failed} failed): p50 {:?}  p99 {:?}  max {:?}  mean {:?}",
         percentile(&lat, 0.50),
@@ -106,4 +173,5 @@ fn main() {
         scheduler.reservations().len(),
         failures.load(std::sync::atomic::Ordering::Relaxed)
     );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
 }

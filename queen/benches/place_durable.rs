@@ -16,6 +16,13 @@
 //!
 //! First it measures the floor the store stands on: a bare 4 KiB write and fdatasync
 //! in the state directory, 500 times (what one durable commit cannot beat).
+//!
+//! With the word `etcd` among the arguments it measures the etcd store instead (what
+//! `queen serve --state etcd://...` uses): a local etcd started on free loopback ports
+//! with its data directory under `$RBEE_BENCH_STATE_DIR` (the `etcd` binary on `PATH`),
+//! this process its leader:
+//!
+//!     cargo bench -p rbee-queen --bench place_durable -- 10000 8 2000 etcd
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,7 +33,7 @@ use rbee_proto::v1::scheduler_server::SchedulerServer;
 use rbee_queen::api::SchedulerService;
 use rbee_queen::scheduler::request::PlaceRequest;
 use rbee_queen::scheduler::{Outcome, Scheduler, SchedulerSettings, StaticHives, synthetic};
-use rbee_queen::store::{GroupCommit, StateStore, Store};
+use rbee_queen::store::{Campaign, EtcdSettings, EtcdStore, GroupCommit, Role, StateStore, Store};
 use tonic::transport::server::TcpIncoming;
 
 const CALLERS: usize = 16;
@@ -55,6 +62,102 @@ enum Mode {
     OneByOne,
     /// Concurrent writes share a transaction and an fsync (what `queen serve` uses).
     Grouped,
+}
+
+/// A local etcd on free loopback ports (killed when dropped), this process its leader.
+struct Etcd {
+    /// The process.
+    child: std::process::Child,
+    /// Its client URL.
+    url: String,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Etcd {
+    /// Starts etcd with its data in `dir`.
+    fn start(dir: &std::path::Path) -> Self {
+        let port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (a, b) = (port(), port());
+        let client = format!("http://127.0.0.1:{}", a.local_addr().unwrap().port());
+        let peer = format!("http://127.0.0.1:{}", b.local_addr().unwrap().port());
+        drop((a, b));
+        let child = std::process::Command::new("etcd")
+            .args(["--name", "bench", "--data-dir"])
+            .arg(dir.join("etcd"))
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("bench={peer}"), "--log-level", "error"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start etcd (is it on PATH?)");
+        Self { child, url: client }
+    }
+
+    /// A store on this etcd that leads (campaigns until etcd answers).
+    async fn leader(&self) -> Arc<EtcdStore> {
+        let store = EtcdStore::connect(EtcdSettings {
+            endpoints: vec![self.url.clone()],
+            prefix: "/bench/".into(),
+            advertise: "http://127.0.0.1:1".into(),
+            lease_ttl: Duration::from_secs(3600),
+            tls: None,
+        })
+        .await
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match store.campaign().await {
+                Ok(Campaign::Won(lease)) => {
+                    store.set_role(Role::Leader { lease });
+                    return Arc::new(store);
+                }
+                Ok(_) => panic!("another queen leads this fresh etcd"),
+                Err(e) => assert!(Instant::now() < deadline, "etcd did not answer: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn etcd_scheduler(hives: usize, gpus: usize, store: Arc<EtcdStore>) -> Arc<Scheduler> {
+    let fleet = Arc::new(StaticHives(synthetic::fleet(hives, gpus)));
+    let mut settings = SchedulerSettings::default();
+    settings.limits.budget = Duration::from_secs(2);
+    Scheduler::durable(fleet, settings, store, Vec::new()).unwrap()
+}
+
+/// The etcd store: in-process, one gRPC caller and 16, each on a fresh etcd.
+fn etcd_modes(
+    runtime: &tokio::runtime::Runtime,
+    base: &std::path::Path,
+    hives: usize,
+    gpus: usize,
+    n: usize,
+) {
+    let fresh = || {
+        let dir = tempfile::tempdir_in(base).unwrap();
+        let etcd = Etcd::start(dir.path());
+        let store = runtime.block_on(etcd.leader());
+        (dir, etcd, etcd_scheduler(hives, gpus, store))
+    };
+    println!("store on, etcd (a local etcd, its data in {}):", base.display());
+    {
+        let (_dir, _etcd, scheduler) = fresh();
+        report("in-process, 1 thread", in_process(&scheduler, n));
+    }
+    let (_dir, _etcd, scheduler) = fresh();
+    let (one, many, rate) = runtime.block_on(over_grpc(scheduler, n));
+    report("gRPC, 1 caller", one);
+    report(&format!("gRPC, {CALLERS} callers"), many);
+    println!("  gRPC, {CALLERS} callers: {rate:.0} placements/s");
+    println!("  load average: {}", loadavg());
 }
 
 fn scheduler(hives: usize, gpus: usize, mode: Mode, dir: &std::path::Path) -> Arc<Scheduler> {
@@ -185,6 +288,9 @@ fn main() {
     {
         let dir = tempfile::tempdir_in(&base).unwrap();
         report("bare write+fdatasync", fsync_floor(dir.path(), 500));
+    }
+    if std::env::args().any(|a| a == "etcd") {
+        return etcd_modes(&runtime, &base, hives, gpus, n);
     }
     for mode in [Mode::Off, Mode::OneByOne, Mode::Grouped] {
         let dir = tempfile::tempdir_in(&base).unwrap();

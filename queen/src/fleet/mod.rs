@@ -23,7 +23,7 @@ pub use events::{EVENT_CAPACITY, FleetEvent};
 pub use health::{CpuBusy, DeviceHealth, Health, HealthReport};
 pub use ids::IdTaken;
 pub use placement::{GpuLoad, GpuParts, PlacementSummary, RamLoad, ViewParts, join_by_id, usable_vram};
-pub use registry::{Fleet, HiveHandle, NewHive, PUBLISH_DELAY_BUCKETS, Watcher};
+pub use registry::{Changes, Fleet, HiveHandle, NewHive, PUBLISH_DELAY_BUCKETS, Seen, Watcher};
 pub use settings::{FleetSettings, Thresholds};
 pub use snapshot::HiveSnapshot;
 pub use state::{ConnState, Counters, Origin};

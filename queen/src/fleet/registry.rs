@@ -1,6 +1,10 @@
-//! The registry of managed hives and the fleet's change events.
+//! The registry of managed hives and the fleet's change events, and the feed of which
+//! hives published a new view since a reader last looked ([`Fleet::changes`]), so that a
+//! reader that mirrors the fleet (the placement index) never walks every hive to find
+//! the few that changed.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use rbee_shared::lock::{MutexExt, RwLockExt};
@@ -42,6 +46,11 @@ pub struct HiveHandle {
     view: watch::Receiver<Arc<HiveSnapshot>>,
     /// Stops the connection manager.
     cancel: CancellationToken,
+    /// Published a view that the change feed's reader has not taken yet (it is in the
+    /// fleet's `changed` list exactly while this is set, so the list holds each hive once).
+    changed: AtomicBool,
+    /// Its position in the fleet's address order, as of the feed's last full list.
+    position: AtomicU32,
 }
 
 impl HiveHandle {
@@ -69,6 +78,62 @@ pub struct Fleet {
     /// How old each sample was when the queen published it: publish time minus the
     /// hive's `taken_at`, seconds (the two clocks' skew included).
     publish_delay: Histogram,
+    /// Bumped (under `hives`' write lock) whenever a hive joins or leaves: positions in
+    /// the address order hold while it stays the same.
+    epoch: AtomicU64,
+    /// The change feed: the hives that published since its reader last looked (each
+    /// once: bounded by the fleet's size), and which reader that was. Locked briefly,
+    /// after `hives` when both are held.
+    changed: Mutex<Changed>,
+}
+
+/// The change feed's state (see [`Fleet::changes`]).
+#[derive(Debug, Default)]
+struct Changed {
+    /// Hives that published since the last read, each once.
+    hives: Vec<Arc<HiveHandle>>,
+    /// The reader that took the last read.
+    reader: u64,
+}
+
+/// Where a reader of [`Fleet::changes`] stands: what it has seen of the fleet.
+#[derive(Debug)]
+pub struct Seen {
+    /// This reader (unique per `Seen`).
+    reader: u64,
+    /// The fleet's epoch of its last full list (0: none yet).
+    epoch: u64,
+}
+
+impl Default for Seen {
+    fn default() -> Self {
+        static READERS: AtomicU64 = AtomicU64::new(1);
+        Self { reader: READERS.fetch_add(1, Ordering::Relaxed), epoch: 0 }
+    }
+}
+
+impl Seen {
+    /// Forgets what was seen: the next read is a full list.
+    pub fn reset(&mut self) {
+        self.epoch = 0;
+    }
+
+    /// For a source that never changes: whether this is the reader's first read (the
+    /// one that needs the full list); later calls answer `false`.
+    pub fn first_read(&mut self) -> bool {
+        std::mem::replace(&mut self.epoch, 1) == 0
+    }
+}
+
+/// What changed in the fleet since a reader last looked.
+#[derive(Debug)]
+pub enum Changes {
+    /// Every hive's newest view, ordered by address (the first read, after a hive joined
+    /// or left, or after another reader took the feed).
+    All(Vec<Arc<HiveSnapshot>>),
+    /// The hives that published since, as (position in the last full list, newest view);
+    /// every other hive's view is the one the reader holds.
+    Some(Vec<(u32, Arc<HiveSnapshot>)>),
 }
 
 /// The bucket bounds of the publish delay histogram, in seconds (1 ms .. 10 s).
@@ -93,6 +158,8 @@ impl Fleet {
             shutdown,
             watcher: Box::new(watcher),
             publish_delay: Histogram::new(PUBLISH_DELAY_BUCKETS),
+            epoch: AtomicU64::new(1),
+            changed: Mutex::default(),
         })
     }
 
@@ -145,8 +212,15 @@ impl Fleet {
                 Arc::new(HiveSnapshot::pending(address.clone(), origin, self.settings.sample_interval));
             let (tx, rx) = watch::channel(initial);
             let cancel = self.shutdown.child_token();
-            let handle = Arc::new(HiveHandle { address: address.clone(), view: rx, cancel: cancel.clone() });
+            let handle = Arc::new(HiveHandle {
+                address: address.clone(),
+                view: rx,
+                cancel: cancel.clone(),
+                changed: AtomicBool::new(false),
+                position: AtomicU32::new(0),
+            });
             hives.insert(address.clone(), handle.clone());
+            self.epoch.fetch_add(1, Ordering::SeqCst);
             (handle, tx, cancel)
         };
         let view = handle.snapshot();
@@ -170,6 +244,7 @@ impl Fleet {
                     .ok_or_else(|| QueenError::NotFound(key.to_owned()))?,
             };
             let handle = hives.remove(&address).ok_or_else(|| QueenError::NotFound(key.to_owned()))?;
+            self.epoch.fetch_add(1, Ordering::SeqCst);
             // Under the registry's lock, so that a claim cannot slip in between.
             self.ids.lock_unpoisoned().release(&address);
             handle
@@ -188,6 +263,47 @@ impl Fleet {
     pub fn list(&self) -> Vec<Arc<HiveSnapshot>> {
         let handles: Vec<Arc<HiveHandle>> = self.read().values().cloned().collect();
         handles.iter().map(|h| h.snapshot()).collect()
+    }
+
+    /// Notes that the hive at `address` published a new view (call after publishing it):
+    /// the change feed's next read names it. A hive already noted is not noted twice.
+    pub fn changed(&self, address: &str) {
+        let hives = self.read();
+        if let Some(h) = hives.get(address)
+            && !h.changed.swap(true, Ordering::SeqCst)
+        {
+            self.changed.lock_unpoisoned().hives.push(h.clone());
+        }
+    }
+
+    /// What changed since `seen`'s last read: the hives that published since (with their
+    /// position in the address order), or every hive when one joined or left since, on
+    /// the first read, or when another reader took the feed in between. One reader at a
+    /// time gets the short answer: a second reader alternating with it gets full lists.
+    pub fn changes(&self, seen: &mut Seen) -> Changes {
+        let hives = self.read();
+        let taken = {
+            let mut changed = self.changed.lock_unpoisoned();
+            let other = std::mem::replace(&mut changed.reader, seen.reader) != seen.reader;
+            if other {
+                seen.reset();
+            }
+            std::mem::take(&mut changed.hives)
+        };
+        // Cleared before the views are read: a publish after this is noted again, and
+        // one before it is in the view read below (the swap orders the two).
+        for h in &taken {
+            h.changed.swap(false, Ordering::SeqCst);
+        }
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        if seen.epoch != epoch {
+            seen.epoch = epoch;
+            for (i, h) in hives.values().enumerate() {
+                h.position.store(i as u32, Ordering::Relaxed);
+            }
+            return Changes::All(hives.values().map(|h| h.snapshot()).collect());
+        }
+        Changes::Some(taken.iter().map(|h| (h.position.load(Ordering::Relaxed), h.snapshot())).collect())
     }
 
     /// Up to `limit` hives' newest views, ordered by address, starting after `after`.

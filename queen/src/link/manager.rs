@@ -192,6 +192,7 @@ impl Manager {
         // A shallow copy: identity, capabilities, sample, health, stats and the last
         // error are shared; only the address and a few numbers are copied.
         let snapshot = self.spare.publish(&self.view, &self.tx);
+        self.fleet.changed(&snapshot.address);
         if snapshot.health.health != before.health
             || !same_problems(&snapshot.health.reasons, &before.reasons)
         {

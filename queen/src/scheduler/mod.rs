@@ -46,7 +46,7 @@ use self::policy::{DEFAULT_POLICY, DEFAULT_POLICY_NAME, Limits, Policy, PolicyRu
 use self::request::ListRequest;
 use self::view::FleetView;
 use crate::QueenError;
-use crate::fleet::{Fleet, HiveSnapshot};
+use crate::fleet::{Changes, Fleet, HiveSnapshot, Seen};
 use crate::store::Store;
 
 /// Stripes of the keyed-Place turns.
@@ -57,11 +57,22 @@ const KEY_TURNS: usize = 64;
 pub trait HiveSource: Send + Sync {
     /// Every hive's newest view.
     fn hives(&self) -> Vec<Arc<HiveSnapshot>>;
+
+    /// What changed since `seen`'s last read (see [`Fleet::changes`]). By default every
+    /// hive, every time: the index then compares each view with the one it holds.
+    fn changes(&self, seen: &mut Seen) -> Changes {
+        let _ = seen;
+        Changes::All(self.hives())
+    }
 }
 
 impl HiveSource for Fleet {
     fn hives(&self) -> Vec<Arc<HiveSnapshot>> {
         self.list()
+    }
+
+    fn changes(&self, seen: &mut Seen) -> Changes {
+        Fleet::changes(self, seen)
     }
 }
 
@@ -71,6 +82,10 @@ pub struct StaticHives(pub Vec<Arc<HiveSnapshot>>);
 impl HiveSource for StaticHives {
     fn hives(&self) -> Vec<Arc<HiveSnapshot>> {
         self.0.clone()
+    }
+
+    fn changes(&self, seen: &mut Seen) -> Changes {
+        if seen.first_read() { Changes::All(self.0.clone()) } else { Changes::Some(Vec::new()) }
     }
 }
 
@@ -301,10 +316,11 @@ impl Scheduler {
         self.events.subscribe()
     }
 
-    /// The fleet now, with the book.
+    /// The fleet now, with the book: the index's list, brought up to date with the hives
+    /// that changed since the last view (no walk of every hive; see [`index`]).
     fn view(&self) -> FleetView {
         FleetView {
-            hives: Arc::new(self.fleet.hives()),
+            hives: self.index.refresh(self.fleet.as_ref()),
             book: self.book.clone(),
             index: Some(self.index.clone()),
         }

@@ -572,7 +572,7 @@ impl Scheduler {
     /// request or it ended less than the grace ago; `None` when the key is free.
     fn replay(&self, req: &PlaceRequest, key: &str) -> Result<Option<Outcome>, QueenError> {
         // The fleet first, as every path reads it: never while the book is locked.
-        let hives = self.fleet.hives();
+        let hives = self.view().hives;
         let book = view::read(&self.book);
         let r = match book.key_state(key) {
             KeyState::Free => return Ok(None),

@@ -225,3 +225,145 @@ fn bounded_ranking_may_miss_the_global_best_and_the_knob_makes_it_exact() {
     let bounded = place(150);
     assert!(bounded.starts_with("busy-"), "bounded: the 100 most-free hives are scored, got {bounded}");
 }
+
+/// The senders of a test fleet's hives, by address (what the links hold in the queen).
+#[derive(Default, Clone)]
+struct Publishers(Arc<std::sync::Mutex<std::collections::HashMap<String, Sender>>>);
+
+type Sender = tokio::sync::watch::Sender<Arc<HiveSnapshot>>;
+
+impl crate::fleet::Watcher for Publishers {
+    fn start(&self, hive: crate::fleet::NewHive) {
+        let address = hive.publish.borrow().address.clone();
+        self.0.lock().unwrap().insert(address, hive.publish);
+    }
+}
+
+/// A fleet whose hives tests publish to by hand.
+fn live_fleet() -> (Arc<crate::fleet::Fleet>, Publishers) {
+    let publishers = Publishers::default();
+    let settings = crate::fleet::FleetSettings::default();
+    let fleet = crate::fleet::Fleet::new(settings, Default::default(), publishers.clone());
+    (fleet, publishers)
+}
+
+/// Publishes hive `id`'s new view as a link does (publish, then note the change);
+/// the hive joins first when it is not in the fleet.
+fn publish(fleet: &Arc<crate::fleet::Fleet>, publishers: &Publishers, view: Arc<HiveSnapshot>) {
+    let (joined, _) = fleet.add(&view.address, crate::fleet::Origin::Static).unwrap();
+    let view = Arc::new(HiveSnapshot { address: joined.address.clone(), ..HiveSnapshot::clone(&view) });
+    publishers.0.lock().unwrap()[&joined.address].send_replace(view);
+    fleet.changed(&joined.address);
+}
+
+proptest::proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    /// The index kept from the fleet's change feed (only the hives that published since
+    /// the last view are swapped in and re-keyed) never misses a change: after every
+    /// change its list is the fleet's list, snapshot for snapshot, and every query
+    /// answers as the full scan. A second reader of the same feed (taking some reads),
+    /// and views that concurrent Places still hold, change nothing of that.
+    #[test]
+    fn the_index_fed_by_the_change_feed_misses_no_change(
+        ops in proptest::collection::vec((op(), 0usize..8, any::<bool>()), 1..60),
+        queries in proptest::collection::vec(query(), 1..3),
+    ) {
+        let (fleet, publishers) = live_fleet();
+        let source: &dyn crate::scheduler::HiveSource = fleet.as_ref();
+        let exact = Arc::new(SharedIndex::new(usize::MAX));
+        let other = Arc::new(SharedIndex::with_min_scored(0, 2));
+        let mut world = World::default();
+        let mut held: Option<Arc<Vec<Arc<HiveSnapshot>>>> = None;
+        for (op, second, keep) in &ops {
+            // Few hives, so that most publishes are of hives already in the fleet.
+            let op = &narrow(op.clone());
+            world.apply(op);
+            match *op {
+                Op::Publish { id, .. } => publish(&fleet, &publishers, world.hives[&id].clone()),
+                Op::Leave { id } => {
+                    let _ = fleet.remove(&world_address(id));
+                }
+                _ => {}
+            }
+            let book = Arc::new(RwLock::new(std::mem::take(&mut world.book)));
+            if *second == 0 {
+                let hives = other.refresh(source);
+                same_list(&hives, &fleet.list())?;
+                for &q in &queries {
+                    check(&hives, &book, &other, false, q)?;
+                }
+            }
+            let hives = exact.refresh(source);
+            same_list(&hives, &fleet.list())?;
+            // A view an earlier Place still holds is answered (same positions) without
+            // re-syncing the index to it.
+            if let Some(old) = &held {
+                let _ = exact.candidates(old, &Default::default(), 1, 1, Bound::Exact);
+            }
+            for &q in &queries {
+                check(&hives, &book, &exact, true, q)?;
+            }
+            if *keep {
+                held = Some(hives);
+            }
+            world.book = std::mem::take(&mut *book.write().unwrap());
+        }
+    }
+}
+
+/// `op` on one of 6 hives.
+fn narrow(op: Op) -> Op {
+    match op {
+        Op::Publish { id, gpus, used, seed, refresh } => {
+            Op::Publish { id: id % 6, gpus, used, seed, refresh }
+        }
+        Op::Leave { id } => Op::Leave { id: id % 6 },
+        Op::Reserve { id, gpu, gib } => Op::Reserve { id: id % 6, gpu, gib },
+        release => release,
+    }
+}
+
+/// The address `rough(id, ..)` gives hive `id` (the fleet normalises it).
+fn world_address(id: usize) -> String {
+    rough(id, 0, 0, 0, true).address.clone()
+}
+
+fn same_list(got: &[Arc<HiveSnapshot>], want: &[Arc<HiveSnapshot>]) -> Result<(), TestCaseError> {
+    prop_assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(want) {
+        prop_assert!(Arc::ptr_eq(g, w), "{} is not the fleet's newest view", g.address);
+    }
+    Ok(())
+}
+
+/// The change feed names only the hives that published since its reader last looked
+/// (each once, however often it published), and every hive after one joined or left,
+/// on a reader's first read, and when another reader took the feed in between.
+#[test]
+fn the_change_feed_names_only_the_hives_that_published() {
+    use crate::fleet::{Changes, Seen};
+    let (fleet, publishers) = live_fleet();
+    for id in 0..3 {
+        publish(&fleet, &publishers, rough(id, 2, 1, 0, true));
+    }
+    let (mut seen, mut other) = (Seen::default(), Seen::default());
+    assert!(matches!(fleet.changes(&mut seen), Changes::All(all) if all.len() == 3));
+    assert!(matches!(fleet.changes(&mut seen), Changes::Some(c) if c.is_empty()));
+    publish(&fleet, &publishers, rough(2, 2, 5, 1, true));
+    publish(&fleet, &publishers, rough(2, 2, 6, 2, true));
+    let Changes::Some(changed) = fleet.changes(&mut seen) else { panic!("a full list for one publish") };
+    assert_eq!(changed.len(), 1);
+    assert_eq!(changed[0].0, 2);
+    assert!(Arc::ptr_eq(&changed[0].1, &fleet.list()[2]));
+    // Another reader takes the feed: each then reads every hive once.
+    publish(&fleet, &publishers, rough(0, 2, 7, 3, true));
+    assert!(matches!(fleet.changes(&mut other), Changes::All(_)));
+    assert!(matches!(fleet.changes(&mut seen), Changes::All(_)));
+    assert!(matches!(fleet.changes(&mut seen), Changes::Some(c) if c.is_empty()));
+    // A hive leaves: positions moved, every hive again.
+    fleet.remove(&world_address(1)).unwrap();
+    assert!(matches!(fleet.changes(&mut seen), Changes::All(all) if all.len() == 2));
+    publish(&fleet, &publishers, rough(2, 2, 8, 4, true));
+    let Changes::Some(changed) = fleet.changes(&mut seen) else { panic!("a full list for one publish") };
+    assert_eq!(changed.iter().map(|c| c.0).collect::<Vec<_>>(), [1], "hive 2 moved to position 1");
+}
