@@ -388,3 +388,50 @@ async fn watch_fleet_resumes_with_exactly_the_missed_events() {
     };
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
 }
+
+/// The API has threads of its own (`server.rs`): with every worker of the runtime the
+/// hives' links run on held busy (ingest at thousands of hives), a call is still answered.
+/// On one shared runtime it waited for a worker: here, forever.
+#[test]
+fn the_api_answers_while_every_worker_of_the_links_runtime_is_busy() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex, mpsc};
+    const WORKERS: usize = 2;
+    let links =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(WORKERS).enable_all().build().unwrap();
+    let hive = links.block_on(TestHive::start_named("hive-a", ONE_GPU));
+    let queen = links.block_on(TestQueen::start(vec![hive.url()]));
+    let caller = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut client = caller.block_on(queen.client());
+    caller.block_on(wait_for(&mut client, "the hive online", |hs| hs.len() == 1 && online(&hs[0])));
+
+    // Hold every worker of the links' runtime: each task blocks its thread until released.
+    let (release, held) = mpsc::channel::<()>();
+    let held = Arc::new(Mutex::new(held));
+    let busy = Arc::new(AtomicUsize::new(0));
+    for _ in 0..WORKERS {
+        let (held, busy) = (held.clone(), busy.clone());
+        links.spawn(async move {
+            busy.fetch_add(1, Ordering::SeqCst);
+            let _ = held.lock().unwrap().recv();
+        });
+    }
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while busy.load(Ordering::SeqCst) < WORKERS {
+        assert!(std::time::Instant::now() < deadline, "the links' workers were not all held");
+        std::thread::yield_now();
+    }
+    let answer = caller.block_on(async {
+        tokio::time::timeout(DEADLINE, client.list_hives(pb::ListHivesRequest::default())).await
+    });
+    drop(release);
+    let hives =
+        answer.expect("ListHives answered while the links' runtime was busy").unwrap().into_inner().hives;
+    assert_eq!(hives.len(), 1);
+
+    // The links run again once their runtime is free: the hive stays online.
+    caller.block_on(wait_for(&mut client, "the hive still online", |hs| hs.len() == 1 && online(&hs[0])));
+    drop((client, caller));
+    links.block_on(queen.stop());
+    drop(hive);
+}

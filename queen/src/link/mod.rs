@@ -40,6 +40,10 @@ pub struct Links {
     /// thousands of hives dialed at once (a cold start) would otherwise time each other
     /// out and retry in a herd.
     dials: Arc<tokio::sync::Semaphore>,
+    /// The runtime links run on: the one these links were made on (the queen's ingest
+    /// runtime), also for hives added through an API call, which runs on the API's own
+    /// runtime (`server::run`). `None` outside a runtime: the caller's then.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 /// Most dials in flight at once (see [`Links`]).
@@ -57,12 +61,17 @@ impl Links {
         Self {
             settings: Arc::new(settings),
             dials: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_DIALS)),
+            runtime: tokio::runtime::Handle::try_current().ok(),
         }
     }
 }
 
 impl Watcher for Links {
     fn start(&self, hive: NewHive) {
-        tokio::spawn(manager::manage(hive, self.settings.clone(), self.dials.clone()));
+        let link = manager::manage(hive, self.settings.clone(), self.dials.clone());
+        match &self.runtime {
+            Some(runtime) => drop(runtime.spawn(link)),
+            None => drop(tokio::spawn(link)),
+        }
     }
 }
