@@ -46,4 +46,4 @@ pub mod store;
 
 pub use config::QueenConfig;
 pub use error::QueenError;
-pub use server::run;
+pub use server::{LINKS_NICE, LINKS_THREAD_NAME, run};

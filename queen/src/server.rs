@@ -1,12 +1,13 @@
 //! `run`: the queen server — the Fleet and Scheduler services, gRPC health and reflection (v1 and
 //! v1alpha) on one listener; the managed hives; optionally a hive in-process.
 //!
-//! The API (every RPC, Place included) runs on a runtime of its own ([`API_WORKER_THREADS`]
-//! threads), apart from the hives' links: at thousands of hives the links' ingest keeps
-//! the main runtime's workers busy, and a Place's reply waited in their queue behind it
-//! (tens of milliseconds at 10,000 hives on 2 cores). On threads of its own, a call that
-//! wakes is the operating system's to schedule promptly (it has slept), not one task in
-//! a queue of thousands.
+//! The hives' links run on a runtime of their own ([`LinkRuntime`]: threads named
+//! `queen-links`, at a lower priority, nice +[`LINKS_NICE`]), apart from the API (every
+//! RPC, Place included). At thousands of hives ingest keeps the links' threads busy; a
+//! Place that shared their runtime waited in its queue behind thousands of sample tasks,
+//! and at equal priority the operating system shared the cores evenly between them. Now
+//! a call that arrives wakes an API thread that preempts ingest; ingest still has every
+//! cycle the API leaves (it is lowered, not capped).
 //!
 //! Every accepted connection has `TCP_NODELAY` set: replies are small and written in several
 //! pieces, and Nagle's algorithm against the client's delayed ACK held each reply ~40 ms.
@@ -44,7 +45,8 @@ pub async fn run(
     let local = listener.local_addr().map_err(|e| QueenError::Config(format!("listener address: {e}")))?;
     let cancel = CancellationToken::new();
     let link = LinkSettings { dial_guard: Some(config.admission.allow.dial_guard()), ..config.link.clone() };
-    let fleet = Fleet::new(config.fleet.clone(), cancel.clone(), Links::new(link.clone()));
+    let links = LinkRuntime::start()?;
+    let fleet = Fleet::new(config.fleet.clone(), cancel.clone(), Links::new(link.clone()).on(links.handle()));
     let fleet_for_models = fleet.clone();
     let etcd = match &config.etcd {
         Some(settings) => Some(Arc::new(connect_etcd(settings, local, config.tls.is_some()).await?)),
@@ -102,7 +104,7 @@ pub async fn run(
     if config.tokens.enabled() {
         tracing::info!("bearer tokens required for rbee.v1.Fleet and rbee.v1.Scheduler");
     }
-    let router = grpc_server::server(config.tls.clone())?
+    let result = grpc_server::server(config.tls.clone())?
         .layer(rbee_shared::size_limit::SizeLimitStatusLayer)
         .layer(AuthLayer::new(config.tokens.clone()))
         .layer(LeaderLayer::new(store.clone()))
@@ -129,20 +131,10 @@ pub async fn run(
             .max_decoding_message_size(
                 rbee_shared::model::MAX_SCHEDULE_FETCH_REQUEST_BYTES.max(MAX_DECODING_MESSAGE_BYTES),
             ),
-        );
-    let listener = listener.into_std().map_err(|e| QueenError::Config(format!("listener: {e}")))?;
-    let stopped = cancel.clone().cancelled_owned();
-    let api = ApiRuntime::start()?;
-    let result = api
-        .spawn(async move {
-            // Registered with the API runtime's reactor: its connections are served there.
-            let listener =
-                TcpListener::from_std(listener).map_err(|e| QueenError::Config(format!("listener: {e}")))?;
-            router.serve_with_incoming_shutdown(incoming(listener), stopped).await.map_err(QueenError::from)
-        })
+        )
+        .serve_with_incoming_shutdown(incoming(listener), cancel.clone().cancelled_owned())
         .await
-        .unwrap_or_else(|e| Err(QueenError::Internal(format!("the API runtime's server task failed: {e}"))));
-    drop(api);
+        .map_err(QueenError::from);
     cancel.cancel();
     let _ = maintenance.await;
     if let Some(m) = metrics {
@@ -154,6 +146,7 @@ pub async fn run(
     if let Some(task) = local_hive {
         let _ = task.await;
     }
+    drop(links);
     tracing::info!("queen stopped");
     result
 }
@@ -180,39 +173,38 @@ fn reflection() -> ReflectionBuilder<'static> {
     SERVED_SERVICES.iter().fold(builder, |b, name| b.with_service_name(*name))
 }
 
-/// The listener's connections, each with `TCP_NODELAY` set (tonic's own `tcp_nodelay`
-/// applies only when tonic binds the socket itself).
-/// Worker threads of the API's runtime (see the module's documentation).
-pub const API_WORKER_THREADS: usize = 2;
+/// How much lower the links' threads run than the rest of the queen (a nice value; a
+/// process may always lower its own threads' priority).
+pub const LINKS_NICE: i32 = 10;
 
-/// The API's own runtime; shut down in the background when dropped (a runtime may not be
-/// dropped, blocking, inside another's async context).
-struct ApiRuntime(Option<tokio::runtime::Runtime>);
+/// The name of the links' threads (`top -H`, `ps -L`).
+pub const LINKS_THREAD_NAME: &str = "queen-links";
 
-impl ApiRuntime {
+/// The hives' links' own runtime (see the module's documentation); shut down in the
+/// background when dropped (a runtime may not be dropped, blocking, inside another's
+/// async context).
+struct LinkRuntime(Option<tokio::runtime::Runtime>);
+
+impl LinkRuntime {
     fn start() -> Result<Self, QueenError> {
+        // The priority the rest of the queen runs at; threads the links' threads start
+        // (a blocking pool's) would otherwise lower theirs twice.
+        let base = rustix::process::getpriority_process(None).unwrap_or(0);
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(API_WORKER_THREADS)
-            .thread_name("queen-api")
+            .thread_name(LINKS_THREAD_NAME)
+            .on_thread_start(move || lower_priority(base))
             .enable_all()
             .build()
-            .map_err(|e| QueenError::Config(format!("the API's runtime: {e}")))?;
+            .map_err(|e| QueenError::Config(format!("the links' runtime: {e}")))?;
         Ok(Self(Some(runtime)))
     }
 
-    fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
-    where
-        F: Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        match &self.0 {
-            Some(runtime) => runtime.spawn(task),
-            None => tokio::spawn(task),
-        }
+    fn handle(&self) -> Option<tokio::runtime::Handle> {
+        self.0.as_ref().map(|r| r.handle().clone())
     }
 }
 
-impl Drop for ApiRuntime {
+impl Drop for LinkRuntime {
     fn drop(&mut self) {
         if let Some(runtime) = self.0.take() {
             runtime.shutdown_background();
@@ -220,6 +212,19 @@ impl Drop for ApiRuntime {
     }
 }
 
+/// Sets the calling thread's priority [`LINKS_NICE`] below `base` (at most 19, the
+/// lowest); where the system refuses, the thread runs at the queen's priority (said once,
+/// in the log).
+fn lower_priority(base: i32) {
+    let tid = Some(rustix::thread::gettid());
+    if let Err(e) = rustix::process::setpriority_process(tid, (base + LINKS_NICE).min(19)) {
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| tracing::warn!(error = %e, "the links' threads run at the queen's priority: lowering it failed"));
+    }
+}
+
+/// The listener's connections, each with `TCP_NODELAY` set (tonic's own `tcp_nodelay`
+/// applies only when tonic binds the socket itself).
 fn incoming(listener: TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener).with_nodelay(Some(true))
 }

@@ -389,49 +389,46 @@ async fn watch_fleet_resumes_with_exactly_the_missed_events() {
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
 }
 
-/// The API has threads of its own (`server.rs`): with every worker of the runtime the
-/// hives' links run on held busy (ingest at thousands of hives), a call is still answered.
-/// On one shared runtime it waited for a worker: here, forever.
+/// The hives' links run on threads of their own at a lower priority (`server.rs`), so a
+/// Place that arrives preempts ingest rather than sharing the cores evenly with it: the
+/// links' threads (`queen-links`) carry the nice value, the API's do not. On one shared
+/// runtime there were no such threads.
 #[test]
-fn the_api_answers_while_every_worker_of_the_links_runtime_is_busy() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::{Arc, Mutex, mpsc};
-    const WORKERS: usize = 2;
-    let links =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(WORKERS).enable_all().build().unwrap();
-    let hive = links.block_on(TestHive::start_named("hive-a", ONE_GPU));
-    let queen = links.block_on(TestQueen::start(vec![hive.url()]));
-    let caller = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let mut client = caller.block_on(queen.client());
-    caller.block_on(wait_for(&mut client, "the hive online", |hs| hs.len() == 1 && online(&hs[0])));
-
-    // Hold every worker of the links' runtime: each task blocks its thread until released.
-    let (release, held) = mpsc::channel::<()>();
-    let held = Arc::new(Mutex::new(held));
-    let busy = Arc::new(AtomicUsize::new(0));
-    for _ in 0..WORKERS {
-        let (held, busy) = (held.clone(), busy.clone());
-        links.spawn(async move {
-            busy.fetch_add(1, Ordering::SeqCst);
-            let _ = held.lock().unwrap().recv();
-        });
+fn the_links_run_on_threads_of_their_own_at_a_lower_priority_than_the_api() {
+    fn nice_of(stat: &str) -> i64 {
+        // Field 19 (nice), counted after the command's closing parenthesis.
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        after.split_whitespace().nth(16).unwrap().parse().unwrap()
     }
-    let deadline = std::time::Instant::now() + DEADLINE;
-    while busy.load(Ordering::SeqCst) < WORKERS {
-        assert!(std::time::Instant::now() < deadline, "the links' workers were not all held");
-        std::thread::yield_now();
-    }
-    let answer = caller.block_on(async {
-        tokio::time::timeout(DEADLINE, client.list_hives(pb::ListHivesRequest::default())).await
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async {
+        let hive = TestHive::start_named("hive-a", ONE_GPU).await;
+        let queen = TestQueen::start(vec![hive.url()]).await;
+        let mut client = queen.client().await;
+        wait_for(&mut client, "the hive online with a sample", |hs| {
+            hs.len() == 1 && online(&hs[0]) && hs[0].latest_sample.is_some()
+        })
+        .await;
+        let me = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        let (mut links, mut others) = (Vec::new(), Vec::new());
+        for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+            let (Ok(comm), Ok(stat)) = (
+                std::fs::read_to_string(task.path().join("comm")),
+                std::fs::read_to_string(task.path().join("stat")),
+            ) else {
+                continue;
+            };
+            if comm.trim() == rbee_queen::LINKS_THREAD_NAME {
+                links.push(nice_of(&stat));
+            } else {
+                others.push(nice_of(&stat));
+            }
+        }
+        let base = nice_of(&me);
+        assert!(!links.is_empty(), "no thread named {}", rbee_queen::LINKS_THREAD_NAME);
+        let lowered = (base + i64::from(rbee_queen::LINKS_NICE)).min(19);
+        assert!(links.iter().all(|&n| n == lowered), "links' threads at nice {links:?}, expected {lowered}");
+        assert!(others.contains(&base), "the API's threads keep the queen's priority {base}: {others:?}");
+        queen.stop().await;
     });
-    drop(release);
-    let hives =
-        answer.expect("ListHives answered while the links' runtime was busy").unwrap().into_inner().hives;
-    assert_eq!(hives.len(), 1);
-
-    // The links run again once their runtime is free: the hive stays online.
-    caller.block_on(wait_for(&mut client, "the hive still online", |hs| hs.len() == 1 && online(&hs[0])));
-    drop((client, caller));
-    links.block_on(queen.stop());
-    drop(hive);
 }

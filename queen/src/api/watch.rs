@@ -108,8 +108,10 @@ pub struct WatchSession {
     /// Per hive address, the count of applied samples when its last sample was sent
     /// (the queen's own count: a hive's clock cannot hide its samples).
     sent: HashMap<String, u64>,
-    /// Sample events ready to go (at most one per hive per tick).
-    queue: VecDeque<Event>,
+    /// Hives whose newest sample is due to this watcher (at most one per hive per tick),
+    /// turned into their message only when it is sent: a tick of 10,000 hives is not one
+    /// long conversion on the API's threads (a Place waiting behind it).
+    queue: VecDeque<Arc<HiveSnapshot>>,
     /// A snapshot to send next.
     snapshot: Option<SnapshotKind>,
     /// The parts of the snapshot being sent, still to go.
@@ -218,7 +220,9 @@ impl WatchSession {
 
     fn fill_samples(&mut self) {
         for hive in self.fleet.list() {
-            let Some(sample) = hive.latest.as_deref() else { continue };
+            if hive.latest.is_none() {
+                continue;
+            }
             // The address is copied only for a hive new to this watcher, not per sample.
             let last = match self.sent.get_mut(&hive.address) {
                 Some(last) => last,
@@ -228,12 +232,7 @@ impl WatchSession {
                 continue;
             }
             *last = hive.samples_applied;
-            self.queue.push_back(Event::Sample(pb::HiveSample {
-                address: hive.address.clone(),
-                hive_id: hive.hive_id().to_owned(),
-                sample: Some(sample.into()),
-                sample_age_ms: hive.sample_age().map_or(0, |a| a.as_millis() as u64),
-            }));
+            self.queue.push_back(hive);
         }
     }
 
@@ -309,8 +308,11 @@ impl WatchSession {
                 }
                 continue;
             }
-            if let Some(e) = self.queue.pop_front() {
-                return Some(self.envelope(e));
+            if let Some(hive) = self.queue.pop_front() {
+                if let Some(e) = sample_event(&hive) {
+                    return Some(self.envelope(e));
+                }
+                continue;
             }
             let shutdown = self.fleet.shutdown_token().clone();
             let tick = async {
@@ -357,6 +359,17 @@ fn drain<T: Clone>(rx: &mut broadcast::Receiver<T>) {
         rx.try_recv(),
         Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed)
     ) {}
+}
+
+/// The sample event for `hive`'s newest sample (none if it has none), its age taken now.
+fn sample_event(hive: &HiveSnapshot) -> Option<Event> {
+    let sample = hive.latest.as_deref()?;
+    Some(Event::Sample(pb::HiveSample {
+        address: hive.address.clone(),
+        hive_id: hive.hive_id().to_owned(),
+        sample: Some(sample.into()),
+        sample_age_ms: hive.sample_age().map_or(0, |a| a.as_millis() as u64),
+    }))
 }
 
 /// The snapshot of `hives` in parts of at most `budget` bytes each (a part holds at

@@ -40,9 +40,8 @@ pub struct Links {
     /// thousands of hives dialed at once (a cold start) would otherwise time each other
     /// out and retry in a herd.
     dials: Arc<tokio::sync::Semaphore>,
-    /// The runtime links run on: the one these links were made on (the queen's ingest
-    /// runtime), also for hives added through an API call, which runs on the API's own
-    /// runtime (`server::run`). `None` outside a runtime: the caller's then.
+    /// The runtime links run on (`server::run` gives them one of their own, at a lower
+    /// priority than the API's); `None`: the runtime of whoever adds the hive.
     runtime: Option<tokio::runtime::Handle>,
 }
 
@@ -61,8 +60,15 @@ impl Links {
         Self {
             settings: Arc::new(settings),
             dials: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_DIALS)),
-            runtime: tokio::runtime::Handle::try_current().ok(),
+            runtime: None,
         }
+    }
+
+    /// These links, run on `runtime` (also for a hive added from another runtime, e.g.
+    /// by an API call).
+    pub fn on(mut self, runtime: Option<tokio::runtime::Handle>) -> Self {
+        self.runtime = runtime;
+        self
     }
 }
 
