@@ -606,7 +606,9 @@ async fn a_fan_out_whose_queen_is_killed_says_what_started_and_the_same_command_
 
     // A queen on the same address again; the same command joins the running download
     // and starts the rest: all three ready, each with the origin's bytes.
-    let _queen = QueenProcess::start(serve(q.trim_start_matches("http://"), &hives, state.path()));
+    let queen = QueenProcess::start(serve(q.trim_start_matches("http://"), &hives, state.path()));
+    let mut fleet = queen.fleet().await;
+    wait_for(&mut fleet, "every hive online again", |h| h.iter().filter(|h| online(h)).count() == 3).await;
     let (ok, out, err) = queen_cli(argv.clone()).await;
     assert!(ok, "{out} {err}");
     assert!(err.contains(&format!("joined the download of g on {first}")), "{err}");
