@@ -63,6 +63,9 @@ pub enum RenderError {
     /// The text encoder failed.
     #[error("encoding failed: {0}")]
     Encode(#[from] std::fmt::Error),
+    /// The thread that rendered it failed.
+    #[error("the rendering thread failed: {0}")]
+    Thread(#[from] tokio::task::JoinError),
 }
 
 /// A metrics listener beyond loopback without a bearer token, and not `--insecure`.
